@@ -1,0 +1,56 @@
+"""The one place tvmfront imports TVM from.
+
+Every other module takes TVM names from here, so a rename in TVM (0.27 renamed
+StructInfo to Type, moved TIR to ``tirx``/``s_tir``) costs one edit.
+"""
+
+import tvm
+import tvm_ffi
+from tvm import relax, te, tirx
+from tvm.relax.expr_functor import PyExprMutator, mutator
+from tvm.runtime import load_module
+
+__all__ = [
+    "tvm", "te", "relax", "tirx", "PyExprMutator", "mutator", "load_module",
+    "TVM_VERSION", "register_global_func", "to_device", "cpu", "Target",
+    "compile_prim_func", "device_for", "virtual_machine", "call_tir_with_grad_op", "TensorType", "llvm_system_cpu",
+]
+
+TVM_VERSION = tvm.__version__
+register_global_func = tvm_ffi.register_global_func
+Target = tvm.target.Target
+TensorType = relax.TensorType
+
+
+def llvm_system_cpu():
+    """LLVM's name for the host CPU (e.g. 'znver3'), used as -mcpu."""
+    from tvm.target import codegen
+
+    return codegen.llvm_get_system_cpu()
+
+
+def cpu():
+    return tvm.cpu()
+
+
+def device_for(kind):
+    """Runtime device for a target kind name ('llvm' -> host CPU, 'cuda' -> GPU 0)."""
+    return tvm.cuda(0) if kind == "cuda" else tvm.cpu()
+
+
+def virtual_machine(lib, device):
+    return relax.VirtualMachine(lib, device)
+
+
+def to_device(array, device=None):
+    """numpy array -> TVM runtime tensor on `device` (host CPU by default)."""
+    return tvm.runtime.tensor(array, device or tvm.cpu())
+
+
+def compile_prim_func(prim_func, target):
+    """Build one TIR PrimFunc into a callable runtime module."""
+    return tvm.compile(prim_func, target=target)
+
+
+def call_tir_with_grad_op():
+    return tvm.ir.Op.get("relax.call_tir_with_grad")

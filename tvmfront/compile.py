@@ -1,0 +1,67 @@
+"""compile_training / compile_inference: model -> graph -> pipeline -> build -> module."""
+
+from . import __version__, graph
+from . import pipeline as pipeline_mod
+from .build import build
+from .nn.loss import CrossEntropyLoss
+from .runtime.modules import InferenceModule, TrainingModule
+from .target import target_key
+
+
+def _manifest(kind, sig, target):
+    return {
+        "kind": kind,
+        "tvmfront_version": __version__,
+        "tvm_version": _tvm_version(),
+        "target": target.export() if hasattr(target, "export") else str(target),
+        "target_kind": target.kind.name,
+        "target_key": target_key(target),
+        "inputs": sig.inputs.to_json(),
+        "outputs": sig.outputs.to_json(),
+        "parameters": [dict(name=n, **s.to_json()) for n, s in sig.params],
+        "scalar_dtype": sig.scalar_dtype,
+    }
+
+
+def _tvm_version():
+    from ._tvm import TVM_VERSION
+
+    return TVM_VERSION
+
+
+def compile_training(model, loss, optimizer, inputs, labels, target="x86", records=None,
+                     dump_ir=None):
+    """Compile forward, loss, backward and optimizer update into one train step.
+
+    inputs / labels: TensorSpec or shape tuple of one batch (labels default to int64).
+    records: a MetaSchedule database directory to take schedules from (optional).
+    dump_ir: directory receiving the IR after every pipeline stage (or TVMFRONT_DUMP_IR).
+
+    >>> step = tvf.compile_training(model, tvf.nn.CrossEntropyLoss(), tvf.optim.Adam(1e-3),
+    ...                             inputs=(64, 1, 8, 8), labels=(64,))
+    >>> loss = step.step(x_batch, y_batch)
+    """
+    mod, sig = graph.build_training(model, loss, inputs, labels)
+    stages = [("gradient", graph.gradient),
+              ("append_optimizer", lambda m: graph.append_optimizer(m, sig, optimizer))]
+    mod = pipeline_mod.run(mod, stages, dump_ir)
+    executable, target = build(mod, target, records, dump_ir and f"{dump_ir}/lowering")
+    manifest = _manifest("training", sig, target)
+    manifest["labels"] = sig.labels.to_json()
+    manifest["loss"] = getattr(loss, "name", type(loss).__name__)
+    if isinstance(loss, CrossEntropyLoss):
+        manifest["num_classes"] = sig.outputs.shape[-1]
+    manifest["optimizer"] = {
+        "name": optimizer.name, "lr": optimizer.lr, "hyperparameters": optimizer.hyperparameters,
+        "state": [dict(name=n, **s.to_json()) for n, s, _ in sig.state]}
+    manifest["step"] = 0
+    return TrainingModule(executable, manifest, model.state_dict(), graph.initial_state(sig),
+                          executable=executable)
+
+
+def compile_inference(model, inputs, target="x86", records=None, dump_ir=None):
+    """Compile the model's forward at the input spec; returns a callable InferenceModule."""
+    mod, sig = graph.build_forward(model, inputs)
+    executable, target = build(mod, target, records, dump_ir)
+    return InferenceModule(executable, _manifest("inference", sig, target), model.state_dict(),
+                           executable=executable)

@@ -1,0 +1,13 @@
+"""Every knob in one place: each is a keyword argument somewhere and an environment variable here."""
+
+import os
+
+
+def dump_ir_dir():
+    """Directory where the IR after each pipeline stage is written (TVMFRONT_DUMP_IR), or None."""
+    return os.environ.get("TVMFRONT_DUMP_IR") or None
+
+
+def progress_enabled():
+    """Progress bars on unless TVMFRONT_PROGRESS=0."""
+    return os.environ.get("TVMFRONT_PROGRESS", "1") != "0"

@@ -1,0 +1,215 @@
+"""Small datasets and data utilities for examples and tests.
+
+Only numpy and the standard library are imported at module import time;
+scikit-learn is imported lazily by :func:`load_digits`, so the rest of the
+module works without it.
+"""
+
+import gzip
+import math
+import os
+import tempfile
+
+import numpy as np
+
+__all__ = ["load_digits", "upsample", "read_idx", "write_idx", "load_mnist", "batches"]
+
+# IDX dtype code -> on-disk (big-endian) dtype.
+_IDX_DTYPES = {
+    0x08: np.dtype("u1"),
+    0x09: np.dtype("i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+# Keyed by (kind, itemsize) so that either byte order of an array maps to its code.
+_IDX_CODES = {(dt.kind, dt.itemsize): code for code, dt in _IDX_DTYPES.items()}
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def load_digits(test_fraction=0.2, seed=0, dtype="float32"):
+    """Load scikit-learn's bundled 8x8 digits (1797 images) with a seeded split.
+
+    Pixels are scaled to [0, 1]; images are NCHW ``[N, 1, 8, 8]`` and labels
+    int64. The split depends only on ``seed`` and ``test_fraction``, so the same
+    arguments always give the same split::
+
+        >>> x_train, y_train, x_test, y_test = load_digits(seed=0)
+        >>> x_train.shape, x_test.shape
+        ((1438, 1, 8, 8), (359, 1, 8, 8))
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    from sklearn.datasets import load_digits as _sk_load_digits
+
+    digits = _sk_load_digits()
+    # The raw pixel intensities are integers in 0..16.
+    x = (digits.data / 16.0).astype(dtype).reshape(-1, 1, 8, 8)
+    y = digits.target.astype(np.int64)
+    order = np.random.default_rng(seed).permutation(len(y))
+    n_test = int(round(len(y) * test_fraction))
+    test, train = order[:n_test], order[n_test:]
+    return x[train], y[train], x[test], y[test]
+
+
+def upsample(x, factor):
+    """Nearest-neighbour upsampling of the last two (H, W) axes by an integer factor."""
+    # bool is an int subclass, but upsample(x, True) is surely a bug.
+    if isinstance(factor, (bool, np.bool_)) or not isinstance(factor, (int, np.integer)):
+        raise ValueError(f"upsample factor must be a positive int, got {factor!r}")
+    if factor <= 0:
+        raise ValueError(f"upsample factor must be a positive int, got {factor!r}")
+    x = np.asarray(x)
+    if x.ndim < 2:
+        raise ValueError(f"upsample needs an array with spatial axes, got shape {x.shape}")
+    return np.repeat(np.repeat(x, factor, axis=-2), factor, axis=-1)
+
+
+def _read_bytes(path):
+    with open(path, "rb") as f:
+        raw = f.read()
+    # Sniff the gzip magic rather than trusting the file name.
+    if raw[:2] != _GZIP_MAGIC:
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError) as e:
+        raise ValueError(f"{path}: corrupt gzip data ({e})") from e
+
+
+def read_idx(path):
+    """Read an IDX file (as used by MNIST), optionally gzip-compressed.
+
+    Returns an array in native byte order. Raises ``ValueError`` naming the
+    file for a bad magic number, unknown dtype code, truncated data or
+    trailing bytes.
+    """
+    data = _read_bytes(path)
+    if len(data) < 4:
+        raise ValueError(f"{path}: truncated IDX header ({len(data)} bytes)")
+    if data[0] != 0 or data[1] != 0:
+        raise ValueError(f"{path}: bad IDX magic {data[:4].hex()} (must start with two zero bytes)")
+    code, ndim = data[2], data[3]
+    if code not in _IDX_DTYPES:
+        raise ValueError(f"{path}: unknown IDX dtype code 0x{code:02x}")
+    dtype = _IDX_DTYPES[code]
+    header_len = 4 + 4 * ndim
+    if len(data) < header_len:
+        raise ValueError(f"{path}: truncated IDX header (need {header_len} bytes, got {len(data)})")
+    shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    expected = math.prod(shape) * dtype.itemsize
+    actual = len(data) - header_len
+    if actual < expected:
+        raise ValueError(f"{path}: truncated IDX data (shape {shape} needs {expected} bytes, got {actual})")
+    if actual > expected:
+        raise ValueError(f"{path}: {actual - expected} bytes of trailing data after IDX payload")
+    arr = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=header_len)
+    # astype copies, so the result is writable and not tied to the bytes buffer.
+    return arr.astype(dtype.newbyteorder("=")).reshape(shape)
+
+
+def write_idx(path, array):
+    """Write ``array`` as an IDX file (gzip-compressed if ``path`` ends in ``.gz``).
+
+    The file is written to a temporary file in the same directory, fsynced and
+    renamed into place, so readers never see a partial file.
+    """
+    arr = np.asarray(array)
+    code = _IDX_CODES.get((arr.dtype.kind, arr.dtype.itemsize))
+    if code is None:
+        raise ValueError(f"{path}: dtype {arr.dtype} cannot be stored in IDX "
+                         "(supported: uint8, int8, int16, int32, float32, float64)")
+    if arr.ndim > 255:
+        raise ValueError(f"{path}: IDX supports at most 255 dimensions, got {arr.ndim}")
+    if any(d >= 2**32 for d in arr.shape):
+        raise ValueError(f"{path}: dimension too large for IDX: {arr.shape}")
+    payload = (bytes([0, 0, code, arr.ndim])
+               + np.asarray(arr.shape, dtype=">u4").tobytes()
+               + np.ascontiguousarray(arr, dtype=_IDX_DTYPES[code]).tobytes())
+    if os.fspath(path).endswith(".gz"):
+        # mtime=0 keeps the output byte-for-byte reproducible.
+        payload = gzip.compress(payload, mtime=0)
+
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        # mkstemp creates the file 0600; keep the permissions an ordinary write would give.
+        try:
+            mode = os.stat(path).st_mode & 0o7777
+        except FileNotFoundError:
+            mode = 0o644
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _find_idx(directory, name):
+    for candidate in (name, name + ".gz"):
+        p = os.path.join(directory, candidate)
+        if os.path.isfile(p):
+            return p
+    raise FileNotFoundError(f"MNIST file {name}[.gz] not found in {directory}")
+
+
+def load_mnist(directory, kind="train"):
+    """Load MNIST-format IDX files from ``directory``.
+
+    ``kind`` is ``"train"`` (``train-*-idx?-ubyte[.gz]``) or ``"test"``
+    (``t10k-*``). Returns ``(x, y)``: x float32 ``[N, 1, 28, 28]`` in [0, 1],
+    y int64 ``[N]``.
+    """
+    prefixes = {"train": "train", "test": "t10k"}
+    if kind not in prefixes:
+        raise ValueError(f"kind must be 'train' or 'test', got {kind!r}")
+    prefix = prefixes[kind]
+    images_path = _find_idx(directory, f"{prefix}-images-idx3-ubyte")
+    labels_path = _find_idx(directory, f"{prefix}-labels-idx1-ubyte")
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    # Scaling by 255 is only right for uint8 pixels, so reject anything else.
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise ValueError(f"{images_path}: expected uint8 images [N, H, W], "
+                         f"got {images.dtype} {images.shape}")
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise ValueError(f"{labels_path}: expected integer labels [N], "
+                         f"got {labels.dtype} {labels.shape}")
+    if len(images) != len(labels):
+        raise ValueError(f"{directory}: {len(images)} images in {os.path.basename(images_path)} "
+                         f"but {len(labels)} labels in {os.path.basename(labels_path)}")
+    x = (images.astype(np.float32) / 255.0)[:, None, :, :]
+    return x, labels.astype(np.int64)
+
+
+def batches(x, y, batch_size, shuffle, seed, drop_last=True):
+    """Iterate over ``(xb, yb)`` minibatches along the first axis.
+
+    With ``shuffle`` the order comes from ``np.random.default_rng(seed)``, so
+    a given seed always yields the same batches. ``drop_last`` drops a final
+    batch smaller than ``batch_size``.
+    """
+    # Validate here, not inside the generator, so mistakes surface at the call site.
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    x, y = np.asarray(x), np.asarray(y)
+    if len(x) != len(y):
+        raise ValueError(f"x and y lengths differ: {len(x)} vs {len(y)}")
+    n = len(x)
+    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+    stop = n - n % batch_size if drop_last else n
+
+    def _gen():
+        for start in range(0, stop, batch_size):
+            idx = order[start:start + batch_size]
+            yield x[idx], y[idx]
+
+    return _gen()

@@ -1,0 +1,39 @@
+"""Seeded parameter initialisation, with PyTorch's default schemes."""
+
+import math
+
+import numpy as np
+
+_rng = np.random.default_rng(0)
+
+
+def manual_seed(seed):
+    """Reseed the generator every layer draws its initial values from."""
+    global _rng
+    _rng = np.random.default_rng(seed)
+
+
+def _fans(shape):
+    receptive = math.prod(shape[2:]) if len(shape) > 2 else 1
+    return shape[1] * receptive, shape[0] * receptive
+
+
+def uniform(shape, bound, dtype="float32"):
+    return _rng.uniform(-bound, bound, size=shape).astype(dtype)
+
+
+def kaiming_uniform(shape, a=math.sqrt(5), dtype="float32"):
+    """PyTorch's default for Linear/Conv weights: bound = gain * sqrt(3 / fan_in)."""
+    fan_in, _ = _fans(shape)
+    gain = math.sqrt(2.0 / (1 + a * a))
+    return uniform(shape, gain * math.sqrt(3.0 / fan_in), dtype)
+
+
+def xavier_uniform(shape, gain=1.0, dtype="float32"):
+    fan_in, fan_out = _fans(shape)
+    return uniform(shape, gain * math.sqrt(6.0 / (fan_in + fan_out)), dtype)
+
+
+def bias_uniform(shape, fan_in, dtype="float32"):
+    """PyTorch's default bias: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    return uniform(shape, 1.0 / math.sqrt(fan_in) if fan_in else 0.0, dtype)

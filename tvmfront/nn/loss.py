@@ -1,0 +1,22 @@
+"""Loss modules: (prediction, target) -> scalar, mean over the batch."""
+
+from .. import ops
+from .module import Module
+
+
+class CrossEntropyLoss(Module):
+    """Softmax cross entropy of logits [B, C] against integer labels [B]."""
+
+    name = "cross_entropy"
+
+    def forward(self, logits, labels):
+        return ops.cross_entropy(logits, labels)
+
+
+class MSELoss(Module):
+    """Mean squared error over all elements."""
+
+    name = "mse"
+
+    def forward(self, pred, target):
+        return ops.mse_loss(pred, target)

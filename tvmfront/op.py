@@ -1,0 +1,224 @@
+"""The op DSL: ``@op`` turns a TE forward into an op; ``@myop.grad`` gives its TE gradient.
+
+An op runs two ways:
+- symbolically, on Tensors inside a trace: it emits a Relax ``call_tir_with_grad`` whose
+  gradient Relax's ``Gradient`` pass obtains from the op, one kernel per input that needs it;
+- eagerly, on numpy arrays: it builds (and caches) a kernel for those shapes and runs it.
+
+Example::
+
+    @op
+    def square(x):
+        return te.compute(x.shape, lambda *i: x(*i) * x(*i), name="square")
+
+    @square.grad
+    def _(dy, x):
+        return [te.compute(x.shape, lambda *i: 2 * x(*i) * dy(*i))]
+
+    square(np.arange(3.0))          # -> array([0., 1., 4.])
+"""
+
+import itertools
+
+import numpy as np
+
+from ._tvm import register_global_func, relax, te, to_device, tvm
+from .errors import GradientError, ShapeError
+from .tensor import Tensor, current_trace, resolve
+
+_GRAD_PREFIX = "tvm.relax.te_grad._register."
+_op_ids = itertools.count()
+_EAGER_TARGET = "llvm"
+
+
+def _freeze(value):
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    return value
+
+
+def _is_float(dtype):
+    return np.dtype(dtype).kind == "f"
+
+
+def _zeros(like, name):
+    zero = tvm.tirx.const(0, like.dtype)
+    return te.compute(like.shape, lambda *_: zero, name=name)
+
+
+class Op:
+    """A tensor op: a TE forward (`fn(*te_tensors, **attrs)`) and an optional TE gradient."""
+
+    def __init__(self, fn, name=None):
+        self.fn = fn
+        self.name = name or fn.__name__
+        self.__doc__ = fn.__doc__
+        self.__name__ = self.name
+        self._grad_fn = None
+        self._kernels = {}  # eager kernels keyed by (input shapes/dtypes, attrs, which)
+        self._calls = {}  # symbolic call id -> (attrs, needs-grad flags), read by the handler
+        self._call_ids = itertools.count()
+        # Relax looks gradient handlers up by global name; one name per Op object.
+        self._grad_name = f"tvf.{self.name}.{next(_op_ids)}"
+        register_global_func(_GRAD_PREFIX + self._grad_name, self._relax_grad_handler)
+
+    def __repr__(self):
+        return f"<tvf.op {self.name}{' (with grad)' if self.has_grad else ''}>"
+
+    # ---- gradient registration -------------------------------------------------------------
+    def grad(self, fn):
+        """Decorator: `fn(dy, *inputs, **attrs)` returns one TE tensor (or None) per input."""
+        self._grad_fn = fn
+        self._kernels.clear()
+        return fn
+
+    @property
+    def has_grad(self):
+        return self._grad_fn is not None
+
+    # ---- TE level ----------------------------------------------------------------------------
+    def te_forward(self, *inputs, **attrs):
+        out = self.fn(*inputs, **attrs)
+        outs = out if isinstance(out, (list, tuple)) else [out]
+        if not outs or not all(isinstance(o, te.Tensor) for o in outs):
+            raise TypeError(f"op '{self.name}' must return a te.Tensor or a list of them, "
+                            f"got {type(out).__name__}")
+        return out
+
+    def te_grad(self, dy, *inputs, **attrs):
+        """Input gradients as TE tensors; inputs with no gradient get zeros of their shape."""
+        if not self.has_grad:
+            raise GradientError(self._no_grad_message())
+        grads = self._grad_fn(dy, *inputs, **attrs)
+        if isinstance(grads, te.Tensor):
+            grads = [grads]
+        grads = list(grads)
+        if len(grads) != len(inputs):
+            raise GradientError(f"gradient of op '{self.name}' returned {len(grads)} tensors "
+                                f"for {len(inputs)} inputs")
+        out = []
+        for i, (g, x) in enumerate(zip(grads, inputs)):
+            if g is None:
+                g = _zeros(x, f"zero{i}")
+            elif tuple(g.shape) != tuple(x.shape):
+                raise GradientError(f"gradient of op '{self.name}' for input {i} has shape "
+                                    f"{tuple(int(d) for d in g.shape)}, input has "
+                                    f"{tuple(int(d) for d in x.shape)}")
+            out.append(g)
+        return out
+
+    def _no_grad_message(self):
+        return (f"op '{self.name}' has no gradient, but one of its inputs depends on trainable "
+                f"parameters; define it with @{self.name}.grad (a function (dy, *inputs, **attrs) "
+                "returning one TE tensor per input)")
+
+    # ---- calling -----------------------------------------------------------------------------
+    def __call__(self, *inputs, **attrs):
+        inputs = [resolve(v) for v in inputs]
+        for i, v in enumerate(inputs):
+            if isinstance(v, (int, float, bool)):
+                raise TypeError(f"op '{self.name}': input {i} is a Python scalar; pass scalars "
+                                "as keyword attributes (e.g. value=2.0) or as 0-d arrays")
+        if any(isinstance(v, Tensor) for v in inputs):
+            return self._emit(inputs, attrs)
+        return self.eager(*inputs, **attrs)
+
+    def _emit(self, inputs, attrs):
+        trace = current_trace()
+        if trace is None:
+            raise RuntimeError(f"op '{self.name}' got a symbolic Tensor outside of a trace")
+        tensors = [v if isinstance(v, Tensor) else Tensor(relax.const(np.asarray(v)))
+                   for v in inputs]
+        needs = [t.requires_grad and _is_float(t.dtype) for t in tensors]
+        if any(needs) and not self.has_grad:
+            raise GradientError(self._no_grad_message())
+        call_id = next(self._call_ids)
+        self._calls[call_id] = (dict(attrs), needs)
+
+        def forward(*te_inputs):
+            return self.te_forward(*te_inputs, **attrs)
+
+        forward.__name__ = self.name
+        bb = trace.builder
+        var = bb.emit(bb.call_te_with_grad(
+            forward, *[t.expr for t in tensors], te_grad_name=self._grad_name,
+            te_grad_kwargs={"call": call_id}, primfunc_name_hint=self.name))
+        requires = any(needs)
+        if isinstance(var.ty, relax.TupleType):
+            if requires:
+                raise GradientError(f"op '{self.name}' has several outputs; differentiating "
+                                    "multi-output ops is not supported yet")
+            return tuple(Tensor(bb.emit(relax.TupleGetItem(var, i)))
+                         for i in range(len(var.ty.fields)))
+        return Tensor(var, requires_grad=requires)
+
+    def _relax_grad_handler(self, orig_var, call, output_grad, ctx):
+        # Called by Relax's Gradient pass. One kernel per input that needs a gradient, so
+        # gradients nobody uses (e.g. w.r.t. the input batch) are never computed.
+        attrs, needs = self._calls[int(call.attrs.te_grad_kwargs["call"])]
+        args = list(call.args[1])
+        partials = []
+        for i, arg in enumerate(args):
+            if needs[i]:
+                def grad_i(dy, *xs, i=i):
+                    return self.te_grad(dy, *xs, **attrs)[i]
+
+                grad_i.__name__ = f"{self.name}_grad{i}"
+                partials.append(ctx.emit_te(grad_i, output_grad, *args))
+            else:
+                partials.append(relax.op.zeros(arg.ty.shape, arg.ty.dtype))
+        return ctx.emit(relax.Tuple(partials))
+
+    # ---- eager -------------------------------------------------------------------------------
+    def _kernel(self, which, arrays, attrs, dy=None):
+        key = (which, tuple((a.shape, a.dtype.str) for a in arrays), _freeze(attrs),
+               None if dy is None else (dy.shape, dy.dtype.str))
+        hit = self._kernels.get(key)
+        if hit is not None:
+            return hit
+        xs = [te.placeholder(a.shape, str(a.dtype), name=f"x{i}") for i, a in enumerate(arrays)]
+        if which == "forward":
+            out = self.te_forward(*xs, **attrs)
+            outs = list(out) if isinstance(out, (list, tuple)) else [out]
+            args = xs + outs
+        else:
+            dyp = te.placeholder(dy.shape, str(dy.dtype), name="dy")
+            outs = self.te_grad(dyp, *xs, **attrs)
+            args = [dyp] + xs + outs
+        lib = tvm.compile(te.create_prim_func(args), target=_EAGER_TARGET)
+        spec = [(tuple(int(d) for d in o.shape), o.dtype) for o in outs]
+        kernel = (lib, spec, isinstance(out, (list, tuple)) if which == "forward" else True)
+        self._kernels[key] = kernel
+        return kernel
+
+    @staticmethod
+    def _run(kernel, arrays):
+        lib, spec, many = kernel
+        dev = tvm.cpu()
+        outs = [tvm.runtime.empty(shape, dtype, dev) for shape, dtype in spec]
+        lib["main"](*[to_device(np.require(a, requirements="C")) for a in arrays], *outs)
+        results = tuple(o.numpy() for o in outs)
+        return results if many else results[0]
+
+    def eager(self, *arrays, **attrs):
+        """Run the forward on numpy arrays (kernel compiled once per shapes/dtypes/attrs)."""
+        arrays = [np.asarray(a) for a in arrays]
+        return self._run(self._kernel("forward", arrays, attrs), arrays)
+
+    def vjp(self, dy, *arrays, **attrs):
+        """Input gradients for output gradient `dy`, eagerly: a list of numpy arrays."""
+        arrays = [np.asarray(a) for a in arrays]
+        dy = np.asarray(dy)
+        fwd_shape = self._kernel("forward", arrays, attrs)[1][0][0]
+        if dy.shape != fwd_shape:
+            raise ShapeError(f"op '{self.name}': dy has shape {dy.shape}, output has {fwd_shape}")
+        return list(self._run(self._kernel("grad", arrays, attrs, dy=dy), [dy] + arrays))
+
+
+def op(fn=None, *, name=None):
+    """Decorator making a TE function an op: ``@op`` or ``@op(name="my_relu")``."""
+    if fn is None:
+        return lambda f: Op(f, name=name)
+    return Op(fn, name=name)

@@ -1,0 +1,223 @@
+"""Pointwise ops: unary math, broadcasting binary arithmetic, and scalar variants.
+
+Every op has its TE gradient right below it.
+"""
+
+import math
+
+from .._tvm import te, tirx
+from ..op import op
+from ._broadcast import broadcast_shape, index_into, reduce_to
+
+
+def _c(value, dtype):
+    return tirx.const(value, dtype)
+
+
+def _unary(x, f, name):
+    return te.compute(x.shape, lambda *i: f(x(*i)), name=name)
+
+
+# ---- unary ----------------------------------------------------------------------------------
+@op
+def relu(x):
+    return _unary(x, lambda v: te.max(v, _c(0, x.dtype)), "relu")
+
+
+@relu.grad
+def _(dy, x):
+    return [te.compute(x.shape, lambda *i: te.if_then_else(x(*i) > _c(0, x.dtype), dy(*i),
+                                                             _c(0, x.dtype)), name="relu_grad")]
+
+
+@op
+def sigmoid(x):
+    return _unary(x, te.sigmoid, "sigmoid")
+
+
+@sigmoid.grad
+def _(dy, x):
+    def body(*i):
+        s = te.sigmoid(x(*i))
+        return dy(*i) * s * (_c(1, x.dtype) - s)
+    return [te.compute(x.shape, body, name="sigmoid_grad")]
+
+
+@op
+def tanh(x):
+    return _unary(x, te.tanh, "tanh")
+
+
+@tanh.grad
+def _(dy, x):
+    def body(*i):
+        t = te.tanh(x(*i))
+        return dy(*i) * (_c(1, x.dtype) - t * t)
+    return [te.compute(x.shape, body, name="tanh_grad")]
+
+
+@op
+def exp(x):
+    return _unary(x, te.exp, "exp")
+
+
+@exp.grad
+def _(dy, x):
+    return [te.compute(x.shape, lambda *i: dy(*i) * te.exp(x(*i)), name="exp_grad")]
+
+
+@op
+def log(x):
+    return _unary(x, te.log, "log")
+
+
+@log.grad
+def _(dy, x):
+    return [te.compute(x.shape, lambda *i: dy(*i) / x(*i), name="log_grad")]
+
+
+@op
+def sqrt(x):
+    return _unary(x, te.sqrt, "sqrt")
+
+
+@sqrt.grad
+def _(dy, x):
+    return [te.compute(x.shape, lambda *i: dy(*i) / (_c(2, x.dtype) * te.sqrt(x(*i))),
+                       name="sqrt_grad")]
+
+
+@op
+def neg(x):
+    return _unary(x, lambda v: -v, "neg")
+
+
+@neg.grad
+def _(dy, x):
+    return [te.compute(x.shape, lambda *i: -dy(*i), name="neg_grad")]
+
+
+# ---- binary, numpy broadcasting ---------------------------------------------------------------
+def _binary(a, b, f, name):
+    shape = broadcast_shape(a.shape, b.shape)
+    return te.compute(shape, lambda *i: f(a(*index_into(a.shape, i)), b(*index_into(b.shape, i))),
+                      name=name)
+
+
+def _at(t, idx):
+    return t(*index_into(t.shape, idx))
+
+
+@op
+def add(a, b):
+    return _binary(a, b, lambda u, v: u + v, "add")
+
+
+@add.grad
+def _(dy, a, b):
+    return [reduce_to(a.shape, dy.shape, lambda i: dy(*i)),
+            reduce_to(b.shape, dy.shape, lambda i: dy(*i))]
+
+
+@op
+def sub(a, b):
+    return _binary(a, b, lambda u, v: u - v, "sub")
+
+
+@sub.grad
+def _(dy, a, b):
+    return [reduce_to(a.shape, dy.shape, lambda i: dy(*i)),
+            reduce_to(b.shape, dy.shape, lambda i: -dy(*i))]
+
+
+@op
+def mul(a, b):
+    return _binary(a, b, lambda u, v: u * v, "mul")
+
+
+@mul.grad
+def _(dy, a, b):
+    return [reduce_to(a.shape, dy.shape, lambda i: dy(*i) * _at(b, i)),
+            reduce_to(b.shape, dy.shape, lambda i: dy(*i) * _at(a, i))]
+
+
+@op
+def div(a, b):
+    return _binary(a, b, lambda u, v: u / v, "div")
+
+
+@div.grad
+def _(dy, a, b):
+    return [reduce_to(a.shape, dy.shape, lambda i: dy(*i) / _at(b, i)),
+            reduce_to(b.shape, dy.shape,
+                      lambda i: -dy(*i) * _at(a, i) / (_at(b, i) * _at(b, i)))]
+
+
+# ---- with a Python scalar attribute -----------------------------------------------------------
+@op
+def add_scalar(x, value=0.0):
+    return _unary(x, lambda v: v + _c(value, x.dtype), "add_scalar")
+
+
+@add_scalar.grad
+def _(dy, x, value=0.0):
+    return [te.compute(x.shape, lambda *i: dy(*i), name="add_scalar_grad")]
+
+
+@op
+def mul_scalar(x, value=1.0):
+    return _unary(x, lambda v: v * _c(value, x.dtype), "mul_scalar")
+
+
+@mul_scalar.grad
+def _(dy, x, value=1.0):
+    return [te.compute(x.shape, lambda *i: dy(*i) * _c(value, x.dtype), name="mul_scalar_grad")]
+
+
+@op
+def rsub_scalar(x, value=0.0):
+    """value - x"""
+    return _unary(x, lambda v: _c(value, x.dtype) - v, "rsub_scalar")
+
+
+@rsub_scalar.grad
+def _(dy, x, value=0.0):
+    return [te.compute(x.shape, lambda *i: -dy(*i), name="rsub_scalar_grad")]
+
+
+@op
+def rdiv_scalar(x, value=1.0):
+    """value / x"""
+    return _unary(x, lambda v: _c(value, x.dtype) / v, "rdiv_scalar")
+
+
+@rdiv_scalar.grad
+def _(dy, x, value=1.0):
+    return [te.compute(x.shape, lambda *i: -dy(*i) * _c(value, x.dtype) / (x(*i) * x(*i)),
+                       name="rdiv_scalar_grad")]
+
+
+@op
+def pow_scalar(x, exponent=2.0):
+    """x ** exponent"""
+    return _unary(x, lambda v: te.power(v, _c(exponent, x.dtype)), "pow_scalar")
+
+
+@pow_scalar.grad
+def _(dy, x, exponent=2.0):
+    return [te.compute(x.shape, lambda *i: dy(*i) * _c(exponent, x.dtype)
+                       * te.power(x(*i), _c(exponent - 1, x.dtype)), name="pow_scalar_grad")]
+
+
+@op
+def rpow_scalar(x, base=2.0):
+    """base ** x (e.g. Adam's bias correction beta ** step)."""
+    if base <= 0:
+        raise ValueError(f"rpow_scalar: base must be positive, got {base}")
+    return _unary(x, lambda v: te.exp(v * _c(math.log(base), x.dtype)), "rpow_scalar")
+
+
+@rpow_scalar.grad
+def _(dy, x, base=2.0):
+    ln = _c(math.log(base), x.dtype)
+    return [te.compute(x.shape, lambda *i: dy(*i) * ln * te.exp(x(*i) * ln), name="rpow_grad")]

@@ -1,0 +1,63 @@
+"""Matrix products and bias addition."""
+
+from .._tvm import te
+from ..op import op
+from ._broadcast import reduce_to
+
+
+@op
+def matmul(a, b):
+    """[M, K] @ [K, N] -> [M, N]"""
+    if len(a.shape) != 2 or len(b.shape) != 2 or int(a.shape[1]) != int(b.shape[0]):
+        raise ValueError(f"matmul expects [M, K] @ [K, N], got {list(a.shape)} @ {list(b.shape)}")
+    k = te.reduce_axis((0, a.shape[1]), "k")
+    return te.compute((a.shape[0], b.shape[1]), lambda i, j: te.sum(a[i, k] * b[k, j], axis=k),
+                      name="matmul")
+
+
+@matmul.grad
+def _(dy, a, b):
+    # da = dy @ b^T ; db = a^T @ dy
+    n = te.reduce_axis((0, b.shape[1]), "n")
+    m = te.reduce_axis((0, a.shape[0]), "m")
+    return [te.compute(a.shape, lambda i, k: te.sum(dy[i, n] * b[k, n], axis=n), name="matmul_da"),
+            te.compute(b.shape, lambda k, j: te.sum(a[m, k] * dy[m, j], axis=m), name="matmul_db")]
+
+
+@op
+def dense(x, w):
+    """x @ w^T: [B, in] x [out, in] -> [B, out] (PyTorch's Linear weight layout)."""
+    if len(x.shape) != 2 or len(w.shape) != 2 or int(x.shape[1]) != int(w.shape[1]):
+        raise ValueError(f"dense expects x [B, in] and w [out, in], got {list(x.shape)} and "
+                         f"{list(w.shape)}")
+    k = te.reduce_axis((0, x.shape[1]), "k")
+    return te.compute((x.shape[0], w.shape[0]), lambda i, j: te.sum(x[i, k] * w[j, k], axis=k),
+                      name="dense")
+
+
+@dense.grad
+def _(dy, x, w):
+    o = te.reduce_axis((0, w.shape[0]), "o")
+    b = te.reduce_axis((0, x.shape[0]), "b")
+    return [te.compute(x.shape, lambda i, k: te.sum(dy[i, o] * w[o, k], axis=o), name="dense_dx"),
+            te.compute(w.shape, lambda j, k: te.sum(dy[b, j] * x[b, k], axis=b), name="dense_dw")]
+
+
+@op
+def bias_add(x, b, axis=1):
+    """x + b broadcast along `axis` (b is 1-D with x.shape[axis] elements)."""
+    if len(b.shape) != 1 or int(b.shape[0]) != int(x.shape[axis]):
+        raise ValueError(f"bias_add: bias of shape {list(b.shape)} does not match axis {axis} "
+                         f"of x {list(x.shape)}")
+    return te.compute(x.shape, lambda *i: x(*i) + b[i[axis]], name="bias_add")
+
+
+@bias_add.grad
+def _(dy, x, b, axis=1):
+    # db sums dy over every axis but `axis`: view b as broadcast along the others.
+    shape = [1] * len(x.shape)
+    shape[axis] = int(b.shape[0])
+    db = reduce_to(shape, dy.shape, lambda i: dy(*i), name="bias_add_db_nd")
+    return [te.compute(x.shape, lambda *i: dy(*i), name="bias_add_dx"),
+            te.compute(b.shape, lambda c: db(*[c if d == axis else 0 for d in range(len(shape))]),
+                       name="bias_add_db")]

@@ -1,0 +1,90 @@
+"""2-D max and average pooling (NCHW), gradients written as gathers over windows."""
+
+from .._tvm import te, tirx
+from ..op import op
+from .conv import _out_size, _pair
+
+
+def _geometry(x, kernel, stride, padding):
+    if len(x.shape) != 4:
+        raise ValueError(f"pooling expects x [N, C, H, W], got {list(x.shape)}")
+    (kh, kw) = _pair(kernel)
+    (sh, sw) = _pair(stride if stride is not None else kernel)
+    (ph, pw) = _pair(padding)
+    if ph * 2 > kh or pw * 2 > kw:
+        raise ValueError(f"pooling padding {padding} must be at most half the kernel {kernel}")
+    ho = _out_size(int(x.shape[2]), kh, sh, ph)
+    wo = _out_size(int(x.shape[3]), kw, sw, pw)
+    if ho <= 0 or wo <= 0:
+        raise ValueError(f"pooling kernel {kernel} larger than padded input {list(x.shape[2:])}")
+    return kh, kw, sh, sw, ph, pw, ho, wo
+
+
+def _window_gather(x, dy, kernel, stride, padding, term, name):
+    """dx[i] = sum over the output windows that cover input i of term(n, c, i, j, oh, ow)."""
+    kh, kw, sh, sw, ph, pw, ho, wo = _geometry(x, kernel, stride, padding)
+    zero = tirx.const(0, x.dtype)
+    rh = te.reduce_axis((0, kh), "rh")
+    rw = te.reduce_axis((0, kw), "rw")
+
+    def body(n, c, i, j):
+        r, q = i + ph - rh, j + pw - rw  # window offset rh of output row r // sh covers row i
+        ok = te.all(r >= 0, q >= 0, r % sh == 0, q % sw == 0, r // sh < ho, q // sw < wo)
+        return te.sum(te.if_then_else(ok, term(n, c, i, j, r // sh, q // sw), zero),
+                      axis=[rh, rw])
+
+    return te.compute(x.shape, body, name=name)
+
+
+@op
+def max_pool2d(x, kernel=2, stride=None, padding=0):
+    kh, kw, sh, sw, ph, pw, ho, wo = _geometry(x, kernel, stride, padding)
+    h, w = int(x.shape[2]), int(x.shape[3])
+    rh = te.reduce_axis((0, kh), "rh")
+    rw = te.reduce_axis((0, kw), "rw")
+    lowest = te.min_value(x.dtype)
+
+    def body(n, c, i, j):
+        r, q = i * sh + rh - ph, j * sw + rw - pw
+        inside = te.all(r >= 0, r < h, q >= 0, q < w)
+        return te.max(te.if_then_else(inside, x[n, c, r, q], lowest), axis=[rh, rw])
+
+    return te.compute((x.shape[0], x.shape[1], ho, wo), body, name="max_pool2d")
+
+
+@max_pool2d.grad
+def _(dy, x, kernel=2, stride=None, padding=0):
+    # The gradient flows to every element equal to its window's max (ties all receive it;
+    # PyTorch picks one). Ties have measure zero for continuous inputs.
+    out = max_pool2d.te_forward(x, kernel=kernel, stride=stride, padding=padding)
+    zero = tirx.const(0, x.dtype)
+    return [_window_gather(x, dy, kernel, stride, padding,
+                           lambda n, c, i, j, oh, ow: te.if_then_else(
+                               x[n, c, i, j] == out[n, c, oh, ow], dy[n, c, oh, ow], zero),
+                           "max_pool2d_grad")]
+
+
+@op
+def avg_pool2d(x, kernel=2, stride=None, padding=0):
+    """Average over each window; padded zeros count in the divisor (PyTorch's default)."""
+    kh, kw, sh, sw, ph, pw, ho, wo = _geometry(x, kernel, stride, padding)
+    h, w = int(x.shape[2]), int(x.shape[3])
+    rh = te.reduce_axis((0, kh), "rh")
+    rw = te.reduce_axis((0, kw), "rw")
+    zero = tirx.const(0, x.dtype)
+    scale = tirx.const(1.0 / (kh * kw), x.dtype)
+
+    def body(n, c, i, j):
+        r, q = i * sh + rh - ph, j * sw + rw - pw
+        inside = te.all(r >= 0, r < h, q >= 0, q < w)
+        return te.sum(te.if_then_else(inside, x[n, c, r, q], zero) * scale, axis=[rh, rw])
+
+    return te.compute((x.shape[0], x.shape[1], ho, wo), body, name="avg_pool2d")
+
+
+@avg_pool2d.grad
+def _(dy, x, kernel=2, stride=None, padding=0):
+    kh, kw = _pair(kernel)
+    scale = tirx.const(1.0 / (kh * kw), x.dtype)
+    return [_window_gather(x, dy, kernel, stride, padding,
+                           lambda n, c, i, j, oh, ow: dy[n, c, oh, ow] * scale, "avg_pool2d_grad")]

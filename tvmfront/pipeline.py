@@ -1,0 +1,66 @@
+"""The lowering pipeline as data: an ordered list of named stages, IRModule -> IRModule.
+
+Training: forward + loss (traced) -> gradient -> append_optimizer -> lower_grad_calls ->
+legalize -> fuse -> schedule (build layer) -> build. `run` writes the IR after each stage
+to a directory when asked (argument or TVMFRONT_DUMP_IR).
+"""
+
+import os
+
+from . import config
+from ._tvm import PyExprMutator, call_tir_with_grad_op, mutator, relax, tvm
+
+
+@mutator
+class _LowerGradCalls(PyExprMutator):
+    """call_tir_with_grad -> call_tir. TVM 0.27 has no pass for this (and the VM cannot run
+    call_tir_with_grad); once Gradient has run, the gradient link is no longer needed."""
+
+    def visit_call_(self, call):
+        call = super().visit_call_(call)
+        if call.op.same_as(call_tir_with_grad_op()):
+            return relax.call_tir(call.args[0], call.args[1], call.ty_args[0])
+        return call
+
+
+def lower_grad_calls(mod):
+    rewriter = _LowerGradCalls(mod)
+    for gvar, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
+    return rewriter.builder_.get()
+
+
+def _tvm_pass(p):
+    return lambda mod: p(mod)
+
+
+# Generic lowering after the graph-level stages; identical for training and inference.
+LOWERING = [
+    ("lower_grad_calls", lower_grad_calls),
+    ("legalize", _tvm_pass(relax.transform.LegalizeOps())),
+    ("annotate_patterns", _tvm_pass(relax.transform.AnnotateTIROpPattern())),
+    ("fold_constants", _tvm_pass(relax.transform.FoldConstant())),
+    ("fuse_ops", _tvm_pass(relax.transform.FuseOps())),
+    ("fuse_tir", _tvm_pass(relax.transform.FuseTIR())),
+    ("dead_code", _tvm_pass(relax.transform.DeadCodeElimination(
+        ["predict", "loss", "loss_adjoint", "train_step"]))),
+]
+
+
+def run(mod, stages, dump_dir=None):
+    """Apply (name, fn) stages in order; dump `NN_name.py` after each when dump_dir is set."""
+    dump_dir = dump_dir or config.dump_ir_dir()
+    if dump_dir:
+        os.makedirs(dump_dir, exist_ok=True)
+        _dump(dump_dir, 0, "input", mod)
+    for i, (name, fn) in enumerate(stages, 1):
+        mod = fn(mod)
+        if dump_dir:
+            _dump(dump_dir, i, name, mod)
+    return mod
+
+
+def _dump(directory, index, name, mod):
+    with open(os.path.join(directory, f"{index:02d}_{name}.py"), "w") as f:
+        f.write(mod.script(show_meta=False) if isinstance(mod, tvm.IRModule) else str(mod))

@@ -1,0 +1,85 @@
+"""Symbolic tensors: what ops see while a model is traced into a Relax function.
+
+A Tensor wraps one Relax variable emitted into the active BlockBuilder. It carries its
+static shape, dtype and whether it depends on trainable parameters (`requires_grad`),
+so an op with no gradient is reported by name at trace time, not deep inside Relax.
+Arithmetic operators are attached by `tvmfront.ops` (the op layer sits above this one).
+"""
+
+import contextlib
+import threading
+
+import numpy as np
+
+from ._tvm import relax
+
+_state = threading.local()
+
+
+class Tensor:
+    """A symbolic tensor inside a trace. Shape is a tuple of ints; dtype a numpy dtype name."""
+
+    __array_priority__ = 1000  # numpy defers `ndarray * Tensor` to Tensor.__rmul__
+
+    def __init__(self, expr, requires_grad=False, name=None):
+        ty = expr.ty if hasattr(expr, "ty") else None
+        self.expr = expr
+        self.shape = tuple(int(d) for d in ty.shape)
+        self.dtype = str(ty.dtype)
+        self.requires_grad = bool(requires_grad)
+        self.name = name
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+    def __repr__(self):
+        return f"Tensor(shape={self.shape}, dtype={self.dtype}, requires_grad={self.requires_grad})"
+
+    def __bool__(self):
+        raise TypeError("a symbolic Tensor has no truth value while tracing; "
+                        "data-dependent Python control flow cannot be compiled")
+
+
+class Trace:
+    """One tracing session: the BlockBuilder ops emit into, and parameter bindings."""
+
+    def __init__(self, builder, bindings=None):
+        self.builder = builder
+        self.bindings = dict(bindings or {})  # id(parameter object) -> Tensor
+
+    def lookup(self, obj):
+        try:
+            return self.bindings[id(obj)]
+        except KeyError:
+            raise RuntimeError(f"{obj!r} is not bound in this trace: was it registered on the "
+                               "model being compiled?") from None
+
+
+def current_trace():
+    """The active Trace, or None when running eagerly."""
+    stack = getattr(_state, "stack", None)
+    return stack[-1] if stack else None
+
+
+@contextlib.contextmanager
+def tracing(trace):
+    stack = getattr(_state, "stack", None)
+    if stack is None:
+        stack = _state.stack = []
+    stack.append(trace)
+    try:
+        yield trace
+    finally:
+        stack.pop()
+
+
+def resolve(value):
+    """Objects with __tvf_value__ (parameters) become their traced Tensor or numpy value."""
+    hook = getattr(value, "__tvf_value__", None)
+    return hook() if hook is not None else value
+
+
+def new_var(name, shape, dtype):
+    """A fresh Relax function parameter of static shape and dtype."""
+    return relax.Var(name, relax.TensorType(tuple(int(d) for d in shape), str(np.dtype(dtype))))
