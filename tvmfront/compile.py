@@ -1,19 +1,20 @@
 """compile_training / compile_inference: model -> graph -> pipeline -> build -> module."""
 
 from . import __version__, graph
+from ._tvm import TVM_VERSION
 from . import pipeline as pipeline_mod
 from .build import build
 from .nn.loss import CrossEntropyLoss
 from .runtime.modules import InferenceModule, TrainingModule
-from .target import target_key
+from .target import target_json, target_key
 
 
 def _manifest(kind, sig, target):
     return {
         "kind": kind,
         "tvmfront_version": __version__,
-        "tvm_version": _tvm_version(),
-        "target": target.export() if hasattr(target, "export") else str(target),
+        "tvm_version": TVM_VERSION,
+        "target": target_json(target),
         "target_kind": target.kind.name,
         "target_key": target_key(target),
         "inputs": sig.inputs.to_json(),
@@ -21,12 +22,6 @@ def _manifest(kind, sig, target):
         "parameters": [dict(name=n, **s.to_json()) for n, s in sig.params],
         "scalar_dtype": sig.scalar_dtype,
     }
-
-
-def _tvm_version():
-    from ._tvm import TVM_VERSION
-
-    return TVM_VERSION
 
 
 def compile_training(model, loss, optimizer, inputs, labels, target="x86", records=None,

@@ -43,8 +43,7 @@ LOWERING = [
     ("fold_constants", _tvm_pass(relax.transform.FoldConstant())),
     ("fuse_ops", _tvm_pass(relax.transform.FuseOps())),
     ("fuse_tir", _tvm_pass(relax.transform.FuseTIR())),
-    ("dead_code", _tvm_pass(relax.transform.DeadCodeElimination(
-        ["predict", "loss", "loss_adjoint", "train_step"]))),
+    ("dead_code", _tvm_pass(relax.transform.DeadCodeElimination())),  # keeps public functions
 ]
 
 

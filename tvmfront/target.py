@@ -3,6 +3,7 @@
 The target is always an argument (never a global), so later targets slot in as new rows.
 """
 
+import json
 import os
 
 from ._tvm import TVM_VERSION, Target, llvm_system_cpu
@@ -50,3 +51,8 @@ def target_key(target):
     kind = t.kind.name
     detail = str(t.attrs.get("mcpu", "") or t.attrs.get("arch", "") or "generic")
     return f"{kind}-{detail}-tvm{TVM_VERSION}".replace("/", "_")
+
+
+def target_json(target):
+    """The target as a plain JSON-serialisable dict (for manifests)."""
+    return json.loads(str(resolve_target(target)))

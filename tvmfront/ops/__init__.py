@@ -1,7 +1,7 @@
 """The built-in op library. Each op: TE forward and TE gradient side by side."""
 
 from .conv import conv2d
-from .elementwise import (add, add_scalar, div, exp, log, mul, mul_scalar, neg, pow_scalar,
+from .elementwise import (add, add_scalar, clip, div, exp, log, mul, mul_scalar, neg, pow_scalar,
                           rdiv_scalar, relu, rpow_scalar, rsub_scalar, sigmoid, sqrt, sub,
                           tanh)
 from .linalg import bias_add, dense, matmul
@@ -13,7 +13,7 @@ from .shape import flatten, reshape
 install_operators()
 
 __all__ = [
-    "add", "add_scalar", "avg_pool2d", "bias_add", "conv2d", "cross_entropy", "dense", "div",
+    "add", "add_scalar", "avg_pool2d", "bias_add", "clip", "conv2d", "cross_entropy", "dense", "div",
     "exp", "flatten", "log", "matmul", "max_pool2d", "mse_loss", "mul", "mul_scalar", "neg",
     "pow_scalar", "rdiv_scalar", "relu", "reshape", "rpow_scalar", "rsub_scalar", "sigmoid", "softmax", "sqrt",
     "sub", "tanh",

@@ -221,3 +221,16 @@ def rpow_scalar(x, base=2.0):
 def _(dy, x, base=2.0):
     ln = _c(math.log(base), x.dtype)
     return [te.compute(x.shape, lambda *i: dy(*i) * ln * te.exp(x(*i) * ln), name="rpow_grad")]
+
+
+@op
+def clip(x, lo=0.0, hi=1.0):
+    """min(max(x, lo), hi)"""
+    return _unary(x, lambda v: te.min(te.max(v, _c(lo, x.dtype)), _c(hi, x.dtype)), "clip")
+
+
+@clip.grad
+def _(dy, x, lo=0.0, hi=1.0):
+    zero = _c(0, x.dtype)
+    return [te.compute(x.shape, lambda *i: te.if_then_else(
+        te.all(x(*i) >= _c(lo, x.dtype), x(*i) <= _c(hi, x.dtype)), dy(*i), zero), name="clip_grad")]

@@ -43,9 +43,16 @@ def _(dy, x, w):
             te.compute(w.shape, lambda j, k: te.sum(dy[b, j] * x[b, k], axis=b), name="dense_dw")]
 
 
+def _axis(axis, x):
+    if not -len(x.shape) <= axis < len(x.shape):
+        raise ValueError(f"axis {axis} out of range for a {len(x.shape)}-d tensor")
+    return axis % len(x.shape)
+
+
 @op
 def bias_add(x, b, axis=1):
     """x + b broadcast along `axis` (b is 1-D with x.shape[axis] elements)."""
+    axis = _axis(axis, x)
     if len(b.shape) != 1 or int(b.shape[0]) != int(x.shape[axis]):
         raise ValueError(f"bias_add: bias of shape {list(b.shape)} does not match axis {axis} "
                          f"of x {list(x.shape)}")
@@ -55,6 +62,7 @@ def bias_add(x, b, axis=1):
 @bias_add.grad
 def _(dy, x, b, axis=1):
     # db sums dy over every axis but `axis`: view b as broadcast along the others.
+    axis = _axis(axis, x)
     shape = [1] * len(x.shape)
     shape[axis] = int(b.shape[0])
     db = reduce_to(shape, dy.shape, lambda i: dy(*i), name="bias_add_db_nd")

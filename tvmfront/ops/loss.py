@@ -82,6 +82,8 @@ def _(dy, pred, target):
 @op
 def softmax(x):
     """Softmax over the last axis of [B, C]."""
+    if len(x.shape) != 2:
+        raise ValueError(f"softmax expects [B, C], got {list(x.shape)}")
     mx, se = _log_softmax_parts(x)
     return te.compute(x.shape, lambda i, j: te.exp(x[i, j] - mx[i]) / se[i], name="softmax")
 

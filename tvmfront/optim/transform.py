@@ -60,9 +60,12 @@ def trace(momentum, nesterov=False, dampening=0.0):
         return {f"momentum.{n}": (shape, dtype, 0.0) for n, (shape, dtype) in params.items()}
 
     def update(grads, state, params, hyper):
+        # torch starts the buffer at g itself: no dampening on step 1 (the buffer is still 0).
+        undamped = ops.rsub_scalar(ops.clip(hyper["step"] - 1.0, lo=0.0, hi=1.0) * dampening,
+                                   value=1.0)  # 1 on step 1, then 1 - dampening
         out, new_state = {}, {}
         for n, g in grads.items():
-            buf = state[f"momentum.{n}"] * momentum + g * (1.0 - dampening)
+            buf = state[f"momentum.{n}"] * momentum + g * undamped
             new_state[f"momentum.{n}"] = buf
             out[n] = g + buf * momentum if nesterov else buf
         return out, new_state

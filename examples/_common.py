@@ -1,0 +1,37 @@
+"""Shared by the digits examples: argument parsing and the export -> reload -> evaluate tail."""
+
+import argparse
+import os
+import time
+
+import numpy as np
+
+import tvmfront as tvf
+
+
+def parse_args(description, default_out, epochs):
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--out", default=default_out, help="bundle directory to export to")
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--target", default="x86")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args()
+
+
+def compile_train_export(model, optimizer, x_shape, data, args, lr_schedule=None):
+    """Compile, fit with validation, export, reload the bundle, print test accuracy."""
+    x_train, y_train, x_test, y_test = data
+    batch = 64
+    t0 = time.perf_counter()
+    module = tvf.compile_training(model, tvf.nn.CrossEntropyLoss(), optimizer,
+                                  inputs=(batch, *x_shape), labels=(batch,), target=args.target)
+    print(f"compiled train step for {args.target} in {time.perf_counter() - t0:.1f} s")
+    trainer = tvf.Trainer(module, seed=args.seed, lr_schedule=lr_schedule)
+    trainer.fit(x_train, y_train, epochs=args.epochs, val=(x_test, y_test))
+    path = module.export(args.out)
+    print(f"exported bundle to {path}: {sorted(os.listdir(path))}")
+    reloaded = tvf.load(path)
+    accuracy = float(np.mean(reloaded.predict(x_test).argmax(axis=1) == y_test))
+    print(f"total time {time.perf_counter() - t0:.1f} s")
+    print(f"test_accuracy={accuracy:.4f}")
+    return accuracy

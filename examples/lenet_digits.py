@@ -1,0 +1,27 @@
+"""Train a LeNet-style CNN on scikit-learn's digits (upsampled to 16x16), export the
+bundle, reload it and evaluate it.
+
+    python examples/lenet_digits.py --out artifacts/lenet_digits
+"""
+
+import math
+
+import tvmfront as tvf
+from _common import compile_train_export, parse_args
+
+args = parse_args(__doc__, "artifacts/lenet_digits", epochs=30)
+tvf.manual_seed(args.seed)
+nn = tvf.nn
+model = nn.Sequential(
+    nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),    # 1x16x16 -> 6x8x8
+    nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),              # -> 16x4x4 -> 16x2x2
+    nn.Flatten(),                                                 # -> 64
+    nn.Linear(64, 120), nn.ReLU(),
+    nn.Linear(120, 84), nn.ReLU(),
+    nn.Linear(84, 10),
+)
+x_train, y_train, x_test, y_test = tvf.data.load_digits(seed=args.seed)
+data = (tvf.data.upsample(x_train, 2), y_train, tvf.data.upsample(x_test, 2), y_test)
+# Cosine decay to a tenth: the learning rate is a runtime input of the compiled step.
+schedule = lambda epoch: 1e-4 + 0.5 * (2e-3 - 1e-4) * (1 + math.cos(math.pi * epoch / args.epochs))
+compile_train_export(model, tvf.optim.Adam(lr=2e-3), (1, 16, 16), data, args, lr_schedule=schedule)

@@ -1,0 +1,354 @@
+"""One table of op specs drives the op tests (forward vs numpy, gradient vs finite differences).
+
+Each row (`OpSpec`) names an op, a numpy reference written independently of tvmfront, a
+function making the inputs from a numpy Generator, and the attributes to call the op with.
+`tests/test_ops.py` runs every row: forward in float32 and float64 against the reference and,
+for rows with ``grad=True``, ``tvf.gradcheck`` in float64.
+
+Inputs are float64 (the forward test casts them to float32 itself); integer inputs (class
+labels) keep their integer dtype. Shapes are tiny: gradcheck runs the op twice per input
+element, so each row stays under ~200 input elements.
+"""
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from tvmfront import ops
+
+
+@dataclass
+class OpSpec:
+    op: object  # a tvmfront Op
+    ref: Callable  # numpy reference: ref(*inputs, **attrs) -> array
+    inputs: Callable  # rng -> list of numpy arrays
+    attrs: dict = field(default_factory=dict)
+    grad: bool = True  # run gradcheck on this row
+    id: str = ""
+
+    def __post_init__(self):
+        if not self.id:
+            parts = [self.op.name] + [f"{k}={v}" for k, v in self.attrs.items()]
+            self.id = "-".join(parts).replace(" ", "")
+
+
+# ---- input makers --------------------------------------------------------------------------
+def randn(*shape):
+    return lambda rng: rng.standard_normal(shape)
+
+
+def positive(*shape, lo=0.5, hi=2.0):
+    return lambda rng: rng.uniform(lo, hi, size=shape)
+
+
+def away_from_zero(*shape, lo=0.5, hi=2.0):
+    """Values in ±[lo, hi]: safe for division and for relu's kink at 0. Both signs occur
+    (when there are two or more elements), in shuffled positions; a single element is positive."""
+    def make(rng):
+        n = math.prod(shape)
+        signs = rng.permutation(np.where(np.arange(n) % 2 == 0, 1.0, -1.0)).reshape(shape)
+        return rng.uniform(lo, hi, size=shape) * signs
+    return make
+
+
+def distinct(*shape, spacing=0.1):
+    """A shuffled arithmetic progression: no ties (max pooling's finite differences need that)."""
+    n = math.prod(shape)
+    return lambda rng: (rng.permutation(n).astype(np.float64) - n / 2).reshape(shape) * spacing
+
+
+def avoiding(points, *shape, scale=1.5, gap=0.05):
+    """Normal values, none within `gap` of the given points (kinks: clip's bounds)."""
+    def make(rng):
+        x = rng.standard_normal(shape) * scale
+        for _ in range(len(points) + 1):
+            near = np.any([np.abs(x - p) < gap for p in points], axis=0)
+            x = np.where(near, x + 2 * gap, x)
+        return x
+    return make
+
+
+def labels(batch, classes, dtype):
+    return lambda rng: rng.integers(0, classes, size=batch).astype(dtype)
+
+
+def concat(*makers):
+    """Inputs from several makers, in order: concat(randn(3), positive(3))(rng) -> [a, b]."""
+    return lambda rng: [m(rng) for m in makers]
+
+
+# ---- numpy references ----------------------------------------------------------------------
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _windows(xp, kh, kw, sh, sw):
+    """Yield (i, j, window) over a padded NCHW array."""
+    ho = (xp.shape[2] - kh) // sh + 1
+    wo = (xp.shape[3] - kw) // sw + 1
+    for i in range(ho):
+        for j in range(wo):
+            yield i, j, xp[:, :, i * sh:i * sh + kh, j * sw:j * sw + kw]
+
+
+def _out_hw(xp, kh, kw, sh, sw):
+    return (xp.shape[2] - kh) // sh + 1, (xp.shape[3] - kw) // sw + 1
+
+
+def conv2d_ref(x, w, stride=1, padding=0):
+    (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    kh, kw = w.shape[2:]
+    out = np.zeros((x.shape[0], w.shape[0]) + _out_hw(xp, kh, kw, sh, sw), dtype=x.dtype)
+    for i, j, win in _windows(xp, kh, kw, sh, sw):
+        out[:, :, i, j] = np.einsum("nchw,ochw->no", win, w)
+    return out
+
+
+def _pool_ref(x, kernel, stride, padding, pad_value, reduce):
+    kh, kw = _pair(kernel)
+    sh, sw = _pair(kernel if stride is None else stride)
+    ph, pw = _pair(padding)
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=pad_value)
+    out = np.zeros(x.shape[:2] + _out_hw(xp, kh, kw, sh, sw), dtype=x.dtype)
+    for i, j, win in _windows(xp, kh, kw, sh, sw):
+        out[:, :, i, j] = reduce(win)
+    return out
+
+
+def max_pool2d_ref(x, kernel=2, stride=None, padding=0):
+    return _pool_ref(x, kernel, stride, padding, -np.inf, lambda w: w.max(axis=(2, 3)))
+
+
+def avg_pool2d_ref(x, kernel=2, stride=None, padding=0):
+    # Padded zeros count in the divisor (PyTorch's count_include_pad=True).
+    return _pool_ref(x, kernel, stride, padding, 0.0, lambda w: w.mean(axis=(2, 3)))
+
+
+def bias_add_ref(x, b, axis=1):
+    shape = [1] * x.ndim
+    shape[axis] = b.shape[0]
+    return x + b.reshape(shape)
+
+
+def softmax_ref(x):
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def cross_entropy_ref(logits, labels):
+    m = logits.max(axis=1)
+    lse = np.log(np.exp(logits - m[:, None]).sum(axis=1)) + m
+    picked = logits[np.arange(logits.shape[0]), labels]
+    return np.asarray(np.mean(lse - picked), dtype=logits.dtype)
+
+
+def mse_loss_ref(pred, target):
+    return np.asarray(np.mean((pred - target) ** 2), dtype=pred.dtype)
+
+
+def sigmoid_ref(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def _cast_like(f):
+    """Wrap a reference so its result has the dtype of its first input (scalar attributes
+    are Python floats; the op computes in the input's dtype)."""
+    def ref(x, **attrs):
+        return np.asarray(f(x, **attrs)).astype(x.dtype)
+    return ref
+
+
+# ---- the table -----------------------------------------------------------------------------
+OP_SPECS = []
+
+
+def spec(*args, **kwargs):
+    OP_SPECS.append(OpSpec(*args, **kwargs))
+
+
+# Unary pointwise ops, on a plain 2-D shape, with size-1 dims, and 0-d.
+_UNARY = [
+    (ops.relu, lambda x: np.maximum(x, 0), away_from_zero),
+    (ops.sigmoid, sigmoid_ref, randn),
+    (ops.tanh, np.tanh, randn),
+    (ops.exp, np.exp, randn),
+    (ops.log, np.log, positive),
+    (ops.sqrt, np.sqrt, positive),
+    (ops.neg, np.negative, randn),
+]
+for _op, _ref, _make in _UNARY:
+    spec(_op, _ref, concat(_make(3, 4)), id=f"{_op.name}-3x4")
+    spec(_op, _ref, concat(_make(1, 3, 1)), id=f"{_op.name}-1x3x1")
+    spec(_op, _ref, concat(_make()), id=f"{_op.name}-scalar")
+
+# Broadcasting binary ops: equal shapes, trailing-axis broadcast, size-1 dims on both sides,
+# rank mismatch, and 0-d operands on either side.
+_BINARY = [
+    (ops.add, np.add), (ops.sub, np.subtract), (ops.mul, np.multiply), (ops.div, np.divide),
+]
+_BCAST = [
+    ((3, 4), (3, 4)),
+    ((4, 5), (5,)),
+    ((4, 1), (3, 1, 5)),
+    ((3, 1, 5), (4, 1)),
+    ((1, 4), (3, 1)),
+    ((), (3, 4)),
+    ((2, 3), ()),
+    ((), ()),
+]
+for _op, _ref in _BINARY:
+    for _sa, _sb in _BCAST:
+        # Divisors kept away from 0 so finite differences stay well conditioned.
+        _mb = away_from_zero(*_sb) if _op is ops.div else randn(*_sb)
+        spec(_op, _ref, concat(randn(*_sa), _mb),
+             id=f"{_op.name}-{'x'.join(map(str, _sa)) or 'scalar'}"
+                f"-{'x'.join(map(str, _sb)) or 'scalar'}")
+
+# Ops with a Python scalar attribute.
+spec(ops.add_scalar, _cast_like(lambda x, value=0.0: x + value), concat(randn(3, 4)),
+     id="add_scalar-default")
+spec(ops.add_scalar, _cast_like(lambda x, value=0.0: x + value), concat(randn(3, 4)),
+     attrs={"value": 2.5})
+spec(ops.add_scalar, _cast_like(lambda x, value=0.0: x + value), concat(randn(2, 1, 3)),
+     attrs={"value": -1})
+spec(ops.mul_scalar, _cast_like(lambda x, value=1.0: x * value), concat(randn(3, 4)),
+     attrs={"value": -3.0})
+spec(ops.mul_scalar, _cast_like(lambda x, value=1.0: x * value), concat(randn(3, 4)),
+     attrs={"value": 0.0})
+spec(ops.mul_scalar, _cast_like(lambda x, value=1.0: x * value), concat(randn()),
+     id="mul_scalar-default-scalar")
+spec(ops.rsub_scalar, _cast_like(lambda x, value=0.0: value - x), concat(randn(3, 4)),
+     attrs={"value": 1.5})
+spec(ops.rsub_scalar, _cast_like(lambda x, value=0.0: value - x), concat(randn(1, 5)),
+     id="rsub_scalar-default")
+spec(ops.rdiv_scalar, _cast_like(lambda x, value=1.0: value / x), concat(away_from_zero(3, 4)),
+     attrs={"value": 2.0})
+spec(ops.rdiv_scalar, _cast_like(lambda x, value=1.0: value / x), concat(away_from_zero(4)),
+     id="rdiv_scalar-default")
+for _e in (2.0, 3.0, 0.5, -1.5):
+    spec(ops.pow_scalar, _cast_like(lambda x, exponent=2.0: x ** exponent),
+         concat(positive(3, 4)), attrs={"exponent": _e})
+spec(ops.pow_scalar, _cast_like(lambda x, exponent=2.0: x ** exponent), concat(positive(5)),
+     id="pow_scalar-default")
+for _b in (2.0, 0.5, math.e):
+    spec(ops.rpow_scalar, _cast_like(lambda x, base=2.0: np.power(base, x)),
+         concat(randn(3, 4)), attrs={"base": _b}, id=f"rpow_scalar-base={_b:.4g}")
+spec(ops.rpow_scalar, _cast_like(lambda x, base=2.0: np.power(base, x)), concat(randn()),
+     id="rpow_scalar-default-scalar")
+
+# clip: inputs on both sides of each bound (and between), none at a bound.
+def clip_ref(x, lo=0.0, hi=1.0):
+    return np.minimum(np.maximum(x, np.asarray(lo, x.dtype)), np.asarray(hi, x.dtype))
+
+
+spec(ops.clip, clip_ref, concat(avoiding((0.0, 1.0), 3, 4)), id="clip-default")
+spec(ops.clip, clip_ref, concat(avoiding((-0.5, 0.5), 4, 5)), attrs={"lo": -0.5, "hi": 0.5})
+spec(ops.clip, clip_ref, concat(avoiding((-1.0, 2.0), 1, 3, 1)), attrs={"lo": -1, "hi": 2})
+spec(ops.clip, clip_ref, lambda rng: [np.array(-0.7)], attrs={"lo": -0.5, "hi": 0.5},
+     id="clip-scalar-below")
+
+# Matrix products.
+spec(ops.matmul, np.matmul, concat(randn(3, 4), randn(4, 5)), id="matmul-3x4-4x5")
+spec(ops.matmul, np.matmul, concat(randn(1, 3), randn(3, 1)), id="matmul-1x3-3x1")
+spec(ops.matmul, np.matmul, concat(randn(4, 1), randn(1, 2)), id="matmul-4x1-1x2")
+spec(ops.dense, lambda x, w: x @ w.T, concat(randn(2, 4), randn(3, 4)), id="dense-2x4-3x4")
+spec(ops.dense, lambda x, w: x @ w.T, concat(randn(1, 5), randn(1, 5)), id="dense-1x5-1x5")
+
+# bias_add: axis 1 of 2-D and 4-D (the default), other axes, size-1 dims.
+spec(ops.bias_add, bias_add_ref, concat(randn(3, 4), randn(4)), id="bias_add-2d-default")
+spec(ops.bias_add, bias_add_ref, concat(randn(3, 4), randn(4)), attrs={"axis": 1},
+     id="bias_add-2d-axis1")
+spec(ops.bias_add, bias_add_ref, concat(randn(2, 3, 2, 2), randn(3)), attrs={"axis": 1},
+     id="bias_add-4d-axis1")
+spec(ops.bias_add, bias_add_ref, concat(randn(3, 4), randn(3)), attrs={"axis": 0},
+     id="bias_add-2d-axis0")
+spec(ops.bias_add, bias_add_ref, concat(randn(2, 3, 2, 4), randn(4)), attrs={"axis": 3},
+     id="bias_add-4d-axis3")
+spec(ops.bias_add, bias_add_ref, concat(randn(1, 3, 1, 2), randn(3)), attrs={"axis": 1},
+     id="bias_add-1x3x1x2-axis1")
+spec(ops.bias_add, bias_add_ref, concat(randn(3, 4), randn(4)), attrs={"axis": -1},
+     id="bias_add-2d-axis-1")
+
+# Reshape (and flatten, which is reshape to (N, -1)).
+spec(ops.reshape, np.reshape, concat(randn(2, 3, 4)), attrs={"shape": (4, -1)})
+spec(ops.reshape, np.reshape, concat(randn(2, 3, 4)), attrs={"shape": (-1,)})
+spec(ops.reshape, np.reshape, concat(randn(2, 3, 4)), attrs={"shape": (3, 2, 2, 2)})
+spec(ops.reshape, np.reshape, concat(randn(1, 6)), attrs={"shape": (3, -1, 1)})
+spec(ops.reshape, np.reshape, concat(randn()), attrs={"shape": (1, 1)}, id="reshape-scalar-1x1")
+spec(ops.reshape, np.reshape, concat(randn(1)), attrs={"shape": ()}, id="reshape-1-scalar")
+spec(ops.reshape, lambda x, shape: x.reshape(x.shape[0], -1), concat(randn(2, 3, 2, 2)),
+     attrs={"shape": (2, -1)}, id="flatten-via-reshape")
+
+# Losses and softmax.
+spec(ops.softmax, softmax_ref, concat(randn(3, 5)), id="softmax-3x5")
+spec(ops.softmax, softmax_ref, concat(randn(1, 4)), id="softmax-1x4")
+spec(ops.softmax, softmax_ref, concat(randn(2, 1)), id="softmax-2x1")
+spec(ops.softmax, softmax_ref, lambda rng: [rng.standard_normal((2, 4)) * 30],
+     id="softmax-large-logits")
+spec(ops.cross_entropy, cross_entropy_ref, concat(randn(4, 5), labels(4, 5, np.int64)),
+     id="cross_entropy-int64")
+spec(ops.cross_entropy, cross_entropy_ref, concat(randn(4, 5), labels(4, 5, np.int32)),
+     id="cross_entropy-int32")
+spec(ops.cross_entropy, cross_entropy_ref, concat(randn(1, 3), labels(1, 3, np.int64)),
+     id="cross_entropy-batch1")
+spec(ops.cross_entropy, cross_entropy_ref,
+     lambda rng: [rng.standard_normal((3, 4)) * 20, np.array([3, 0, 3], dtype=np.int64)],
+     id="cross_entropy-large-logits")
+spec(ops.mse_loss, mse_loss_ref, concat(randn(3, 4), randn(3, 4)), id="mse_loss-3x4")
+spec(ops.mse_loss, mse_loss_ref, concat(randn(1, 5), randn(1, 5)), id="mse_loss-1x5")
+spec(ops.mse_loss, mse_loss_ref, concat(randn(2, 1, 3, 1), randn(2, 1, 3, 1)),
+     id="mse_loss-2x1x3x1")
+spec(ops.mse_loss, mse_loss_ref, concat(randn(), randn()), id="mse_loss-scalar")
+
+# conv2d: stride 1/2/3, padding 0/1/2, non-square inputs and kernels, (H + 2p - k) % s != 0,
+# tuple stride/padding, 1x1 kernels, size-1 dims.
+_CONV = [
+    # x shape, w shape, stride, padding
+    ((1, 2, 5, 6), (3, 2, 2, 3), 1, 0),
+    ((1, 2, 6, 5), (2, 2, 3, 2), 2, 1),     # (6+2-3) % 2 = 1, (5+2-2) % 2 = 1
+    ((1, 1, 7, 6), (2, 1, 2, 3), 3, 2),     # (6+4-3) % 3 = 1; padding 2 > kernel-1 in H
+    ((2, 2, 5, 5), (2, 2, 3, 3), 3, 1),     # (5+2-3) % 3 = 1, batch 2
+    ((1, 2, 4, 5), (2, 2, 3, 3), 1, 1),     # "same" convolution
+    ((1, 2, 5, 4), (2, 2, 2, 2), 2, 2),
+    ((1, 2, 4, 7), (1, 2, 3, 2), (1, 2), (2, 0)),
+    ((2, 3, 5, 5), (4, 3, 1, 1), 2, 0),     # 1x1 kernel
+    ((1, 1, 1, 4), (2, 1, 1, 2), 1, 0),     # size-1 dims
+    ((1, 2, 3, 3), (1, 2, 3, 3), 1, 0),     # kernel covers the input: 1x1 output
+]
+for _xs, _ws, _s, _p in _CONV:
+    spec(ops.conv2d, conv2d_ref, concat(randn(*_xs), randn(*_ws)),
+         attrs={"stride": _s, "padding": _p},
+         id=f"conv2d-x{'x'.join(map(str, _xs))}-w{'x'.join(map(str, _ws))}"
+            f"-s{_s}-p{_p}".replace(" ", ""))
+
+# Pooling: kernel 2/3 (and 2x3), stride default/1/2, padding 0/1. Max pooling inputs have
+# distinct values so finite differences never cross a tie.
+_POOL = [
+    # x shape, attrs
+    ((1, 2, 4, 4), {}),                                          # kernel 2, stride = kernel
+    ((1, 2, 5, 6), {"kernel": 2}),                               # (5-2) % 2 = 1: last row dropped
+    ((1, 2, 5, 6), {"kernel": 3}),                               # default stride 3
+    ((1, 2, 5, 6), {"kernel": 2, "stride": 1}),
+    ((1, 2, 5, 6), {"kernel": 3, "stride": 1}),
+    ((1, 2, 5, 6), {"kernel": 3, "stride": 2}),
+    ((1, 2, 5, 6), {"kernel": 2, "stride": 2, "padding": 1}),
+    ((1, 2, 5, 6), {"kernel": 3, "stride": 2, "padding": 1}),
+    ((1, 2, 5, 6), {"kernel": 3, "stride": 1, "padding": 1}),
+    ((1, 2, 6, 5), {"kernel": 2, "padding": 1}),                 # default stride with padding
+    ((2, 1, 5, 7), {"kernel": (2, 3), "stride": (1, 2), "padding": (1, 1)}),
+    ((1, 1, 1, 4), {"kernel": 1}),                               # size-1 dims, identity-like
+]
+for _xs, _a in _POOL:
+    _tag = "x".join(map(str, _xs)) + "".join(f"-{k}{v}" for k, v in _a.items()).replace(" ", "")
+    spec(ops.max_pool2d, max_pool2d_ref, concat(distinct(*_xs)), attrs=_a,
+         id=f"max_pool2d-{_tag}")
+    spec(ops.avg_pool2d, avg_pool2d_ref, concat(randn(*_xs)), attrs=_a,
+         id=f"avg_pool2d-{_tag}")
+# Max pooling over ties: forward only (the gradient at a tie is not differentiable).
+spec(ops.max_pool2d, max_pool2d_ref, lambda rng: [np.ones((1, 1, 4, 4))],
+     attrs={"kernel": 2, "stride": 1}, grad=False, id="max_pool2d-ties-forward-only")
+spec(ops.max_pool2d, max_pool2d_ref, lambda rng: [-np.full((1, 1, 3, 3), 1e30)],
+     attrs={"kernel": 2, "padding": 1}, grad=False, id="max_pool2d-very-negative-padded")

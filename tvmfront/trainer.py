@@ -1,0 +1,91 @@
+"""Trainer: the Python loop around a compiled train step (fit / evaluate over numpy data)."""
+
+import sys
+import time
+
+import numpy as np
+
+from . import config
+from .data import batches
+
+
+def _metrics(kind, outputs, y):
+    """Loss and accuracy from predictions, matching the compiled loss."""
+    if kind == "cross_entropy":
+        z = outputs - outputs.max(axis=1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return {"loss": float(-logp[np.arange(len(y)), y].mean()),
+                "accuracy": float((outputs.argmax(axis=1) == y).mean())}
+    return {"loss": float(np.mean((outputs - y) ** 2))}
+
+
+class _Progress:
+    """One line per epoch; redrawn in place on a terminal."""
+
+    def __init__(self, enabled, stream=sys.stderr):
+        self.enabled, self.stream = enabled, stream
+        self.tty = enabled and stream.isatty()
+
+    def update(self, epoch, epochs, done, total, loss, rate):
+        if not self.tty:
+            return
+        width = 24
+        bar = "#" * int(width * done / total) + "." * (width - int(width * done / total))
+        self.stream.write(f"\repoch {epoch}/{epochs} [{bar}] {done}/{total} "
+                          f"loss={loss:.4f} {rate:,.0f} samples/s")
+        self.stream.flush()
+
+    def end(self, epoch, epochs, summary):
+        if not self.enabled:
+            return
+        text = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in summary.items() if k != "epoch")
+        line = f"epoch {epoch}/{epochs} {text}"
+        self.stream.write(f"\r{line}\033[K\n" if self.tty else line + "\n")
+        self.stream.flush()
+
+
+class Trainer:
+    """Drives a TrainingModule over numpy data: shuffled (seeded) batches, one compiled step
+    per batch, validation after every epoch.
+
+    >>> trainer = tvf.Trainer(module, seed=0)
+    >>> history = trainer.fit(x_train, y_train, epochs=10, val=(x_test, y_test))
+    >>> trainer.evaluate(x_test, y_test)["accuracy"]
+    """
+
+    def __init__(self, module, seed=0, lr_schedule=None, progress=None):
+        self.module = module
+        self.seed = seed
+        self.lr_schedule = lr_schedule  # epoch (0-based) -> learning rate, or None
+        self.progress = _Progress(config.progress_enabled() if progress is None else progress)
+        self.history = []
+
+    def fit(self, x, y, epochs=1, val=None):
+        """Train for `epochs` over (x, y); the last partial batch of each epoch is skipped
+        (the step is compiled for one batch size). Returns the per-epoch history."""
+        m = self.module
+        steps = len(x) // m.batch_size
+        if steps == 0:
+            raise ValueError(f"fit: {len(x)} samples, fewer than one batch of {m.batch_size}")
+        start_epoch = len(self.history)
+        for e in range(start_epoch, start_epoch + epochs):
+            lr = self.lr_schedule(e) if self.lr_schedule else None
+            t0, losses = time.perf_counter(), []
+            for i, (xb, yb) in enumerate(batches(x, y, m.batch_size, shuffle=True,
+                                                 seed=self.seed + e), 1):
+                losses.append(m.step(xb, yb, lr=lr))
+                rate = i * m.batch_size / (time.perf_counter() - t0)
+                self.progress.update(e + 1, start_epoch + epochs, i, steps, losses[-1], rate)
+            seconds = time.perf_counter() - t0
+            record = {"epoch": e + 1, "loss": float(np.mean(losses)),
+                      "samples_per_s": round(steps * m.batch_size / seconds)}
+            if val is not None:
+                record.update({f"val_{k}": v for k, v in self.evaluate(*val).items()})
+            self.history.append(record)
+            self.progress.end(e + 1, start_epoch + epochs, record)
+        return self.history
+
+    def evaluate(self, x, y):
+        """{'loss', 'accuracy' (classification)} on (x, y), computed from predict()."""
+        return _metrics(self.module.manifest.get("loss"), self.module.predict(x), y)
