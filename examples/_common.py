@@ -14,7 +14,7 @@ def parse_args(description, default_out, epochs):
     p.add_argument("--out", default=default_out, help="bundle directory to export to")
     p.add_argument("--epochs", type=int, default=epochs)
     p.add_argument("--target", default="x86")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="initialisation and shuffling seed")
     return p.parse_args()
 
 

@@ -1,7 +1,8 @@
 """compile_training / compile_inference: model -> graph -> pipeline -> build -> module."""
 
-from . import __version__, graph
+from . import graph
 from ._tvm import TVM_VERSION
+from ._version import __version__
 from . import pipeline as pipeline_mod
 from .build import build
 from .nn.loss import CrossEntropyLoss
@@ -28,7 +29,8 @@ def compile_training(model, loss, optimizer, inputs, labels, target="x86", recor
                      dump_ir=None):
     """Compile forward, loss, backward and optimizer update into one train step.
 
-    inputs / labels: TensorSpec or shape tuple of one batch (labels default to int64).
+    inputs / labels: TensorSpec or shape tuple of one batch; a bare label shape gets the
+    loss's label dtype (int64 for CrossEntropyLoss, the output dtype for MSELoss).
     records: a MetaSchedule database directory to take schedules from (optional).
     dump_ir: directory receiving the IR after every pipeline stage (or TVMFRONT_DUMP_IR).
 

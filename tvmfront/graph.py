@@ -78,7 +78,8 @@ def build_forward(model, inputs):
 def build_training(model, loss_fn, inputs, labels):
     """IRModule with `predict` and `loss`, and its signature (no optimizer state yet)."""
     mod, sig = build_forward(model, inputs)
-    sig.labels = TensorSpec.of(labels, default_dtype="int64")
+    # A bare label shape takes the loss's label dtype (int64 class ids) or the output's.
+    sig.labels = TensorSpec.of(labels, getattr(loss_fn, "label_dtype", None) or sig.outputs.dtype)
     named = model.named_parameters()
     bb = relax.BlockBuilder(mod)
     x = new_var("x", sig.inputs.shape, sig.inputs.dtype)

@@ -58,8 +58,8 @@ class Op:
         self.__name__ = self.name
         self._grad_fn = None
         self._kernels = {}  # eager kernels keyed by (input shapes/dtypes, attrs, which)
-        self._calls = {}  # symbolic call id -> (attrs, needs-grad flags), read by the handler
-        self._call_ids = itertools.count()
+        self._calls = []  # call id -> (attrs, needs-grad flags), read by the gradient handler
+        self._call_ids = {}  # (frozen attrs, needs) -> call id
         # Relax looks gradient handlers up by global name; one name per Op object.
         self._grad_name = f"tvf.{self.name}.{next(_op_ids)}"
         register_global_func(_GRAD_PREFIX + self._grad_name, self._relax_grad_handler)
@@ -134,8 +134,12 @@ class Op:
         needs = [t.requires_grad and _is_float(t.dtype) for t in tensors]
         if any(needs) and not self.has_grad:
             raise GradientError(self._no_grad_message())
-        call_id = next(self._call_ids)
-        self._calls[call_id] = (dict(attrs), needs)
+        # The handler finds attrs and needs-grad flags through this id; equal calls share one.
+        key = (_freeze(attrs), tuple(needs))
+        if key not in self._call_ids:
+            self._call_ids[key] = len(self._calls)
+            self._calls.append((dict(attrs), needs))
+        call_id = self._call_ids[key]
 
         def forward(*te_inputs):
             return self.te_forward(*te_inputs, **attrs)

@@ -61,9 +61,10 @@ class Trainer:
         self.progress = _Progress(config.progress_enabled() if progress is None else progress)
         self.history = []
 
-    def fit(self, x, y, epochs=1, val=None):
+    def fit(self, x, y, epochs=1, val=None, augment=None):
         """Train for `epochs` over (x, y); the last partial batch of each epoch is skipped
-        (the step is compiled for one batch size). Returns the per-epoch history."""
+        (the step is compiled for one batch size). `augment(x_batch, rng) -> x_batch`
+        transforms each training batch (rng is seeded per epoch). Returns the history."""
         m = self.module
         steps = len(x) // m.batch_size
         if steps == 0:
@@ -72,8 +73,11 @@ class Trainer:
         for e in range(start_epoch, start_epoch + epochs):
             lr = self.lr_schedule(e) if self.lr_schedule else None
             t0, losses = time.perf_counter(), []
+            rng = np.random.default_rng((self.seed, e))
             for i, (xb, yb) in enumerate(batches(x, y, m.batch_size, shuffle=True,
                                                  seed=self.seed + e), 1):
+                if augment is not None:
+                    xb = augment(xb, rng)
                 losses.append(m.step(xb, yb, lr=lr))
                 rate = i * m.batch_size / (time.perf_counter() - t0)
                 self.progress.update(e + 1, start_epoch + epochs, i, steps, losses[-1], rate)

@@ -1,0 +1,44 @@
+"""The shipped examples run end to end and reach their accuracy targets (with the reloaded
+bundle, as their last line reports)."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(script, *args):
+    env = dict(os.environ, TVMFRONT_PROGRESS="1")
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "examples", script), *args],
+                         capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    return out.stdout, out.stderr
+
+
+def _accuracy(stdout):
+    last = stdout.strip().splitlines()[-1]
+    match = re.fullmatch(r"test_accuracy=([0-9.]+)", last)
+    assert match, f"last line is not test_accuracy=<float>: {last!r}"
+    return float(match.group(1))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script,target", [("mlp_digits.py", 0.97), ("lenet_digits.py", 0.98)])
+def test_digits_example(script, target, tmp_path):
+    stdout, progress = _run(script, "--out", str(tmp_path / "bundle"))
+    assert re.search(r"epoch 1/\d+ loss=[0-9.]+ samples_per_s=\d+ val_loss=[0-9.]+ "
+                     r"val_accuracy=[0-9.]+", progress)  # per-epoch progress, validation metrics
+    assert sorted(os.listdir(tmp_path / "bundle")) == [
+        "manifest.json", "module.so", "optimizer.safetensors", "params.safetensors"]
+    assert _accuracy(stdout) >= target
+
+
+@pytest.mark.slow
+def test_custom_op_example():
+    stdout, _ = _run("custom_op.py")
+    assert "gradcheck passed" in stdout
+    assert _accuracy(stdout) > 0.9

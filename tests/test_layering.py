@@ -1,0 +1,69 @@
+"""The package is layered: a module imports only from its own layer or those below it."""
+
+import ast
+import pathlib
+
+import pytest
+
+PKG = pathlib.Path(__file__).resolve().parents[1] / "tvmfront"
+
+# module (dotted, relative to tvmfront) -> layer. Lower layers never import higher ones.
+LAYERS = {
+    "_tvm": 0, "_version": 0, "errors": 0, "config": 0, "data": 0, "target": 0,
+    "spec": 1, "tensor": 1,
+    "op": 2, "ops": 2, "gradcheck": 2,
+    "nn": 3, "optim": 3,
+    "graph": 4, "pipeline": 4,
+    "build": 5,
+    "runtime": 6,
+    "compile": 7, "trainer": 7, "__init__": 7,
+}
+RUNTIME_MAY_IMPORT = {"_tvm", "errors", "runtime"}  # a bundle loads without the frontend
+
+
+def _layer_of(parts):
+    return LAYERS[parts[0]]
+
+
+def _imports(path):
+    rel = path.relative_to(PKG).with_suffix("").parts
+    package = rel[:-1] if rel[-1] != "__init__" else rel[:-1]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level > 0:
+            base = list(package[: len(package) - (node.level - 1)])
+            target = base + (node.module.split(".") if node.module else [])
+            if target:
+                yield tuple(target), node.lineno
+            else:  # "from . import x, y"
+                for alias in node.names:
+                    yield (alias.name,), node.lineno
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+            for name in names:
+                if name and name.split(".")[0] == "tvmfront":
+                    yield tuple(name.split(".")[1:]) or ("__init__",), node.lineno
+                if name and name.split(".")[0] in ("tvm", "tvm_ffi"):
+                    yield ("<tvm>", name), node.lineno
+
+
+MODULES = sorted(p for p in PKG.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PKG)))
+def test_no_upward_imports(path):
+    rel = path.relative_to(PKG).with_suffix("").parts
+    own = _layer_of(rel) if rel[0] != "__init__" else LAYERS["__init__"]
+    for target, line in _imports(path):
+        if target[0] == "<tvm>":
+            # Only the adapter (and lazily, GPU scheduling in build) touch TVM directly.
+            assert rel[0] in ("_tvm", "build"), f"{path.name}:{line} imports {target[1]} directly"
+            continue
+        assert _layer_of(target) <= own, f"{'.'.join(rel)}:{line} imports upward: {'.'.join(target)}"
+        if rel[0] == "runtime":
+            assert target[0] in RUNTIME_MAY_IMPORT, f"runtime imports frontend module {target}"
+
+
+def test_every_module_has_a_layer():
+    for path in MODULES:
+        top = path.relative_to(PKG).parts[0].removesuffix(".py")
+        assert top in LAYERS, f"{top} has no layer in tests/test_layering.py"
