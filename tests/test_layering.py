@@ -11,10 +11,10 @@ PKG = pathlib.Path(__file__).resolve().parents[1] / "tvmfront"
 LAYERS = {
     "_tvm": 0, "_version": 0, "errors": 0, "config": 0, "data": 0, "target": 0,
     "spec": 1, "tensor": 1,
-    "op": 2, "ops": 2, "gradcheck": 2,
+    "autodiff": 2, "op": 2, "ops": 2, "gradcheck": 2, "opcheck": 2,
     "nn": 3, "optim": 3,
     "graph": 4, "pipeline": 4,
-    "build": 5,
+    "build": 5, "schedule": 5,
     "runtime": 6,
     "compile": 7, "trainer": 7, "__init__": 7,
 }

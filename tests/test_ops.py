@@ -127,8 +127,14 @@ def _(dy, a, b):
 
 
 @tvf.op
-def no_grad_square(x):
-    return te.compute(x.shape, lambda *i: x(*i) * x(*i), name="no_grad_square")
+def square_no_explicit_grad(x):
+    return te.compute(x.shape, lambda *i: x(*i) * x(*i), name="square_no_explicit_grad")
+
+
+@tvf.op
+def gather_rows(x, idx):
+    # x[idx[i]]: a data-dependent index, which autodiff cannot invert
+    return te.compute(idx.shape, lambda i: x[idx[i]], name="gather_rows")
 
 
 def test_gradcheck_rejects_wrong_gradient():
@@ -147,14 +153,34 @@ def test_gradcheck_names_the_wrong_input():
     assert "'bad_mul'" in msg and "input 1" in msg and "input 0" not in msg, msg
 
 
-def test_op_without_gradient():
+def test_op_without_explicit_gradient_gets_a_derived_one():
     x = np.arange(1.0, 4.0)
-    np.testing.assert_array_equal(no_grad_square(x), x * x)  # forward works
-    assert not no_grad_square.has_grad
-    with pytest.raises(tvf.GradientError, match="no_grad_square.*no gradient"):
-        no_grad_square.vjp(np.ones(3), x)
-    with pytest.raises(tvf.GradientError, match="no_grad_square"):
-        tvf.gradcheck(no_grad_square, [x])
+    assert not square_no_explicit_grad.has_grad
+    np.testing.assert_allclose(square_no_explicit_grad.vjp(np.ones(3), x)[0], 2 * x)
+    assert tvf.gradcheck(square_no_explicit_grad, [x])
+
+
+def test_underivable_op_names_op_expression_and_remedy():
+    x, idx = np.arange(4.0), np.array([2, 0, 3])
+    np.testing.assert_array_equal(gather_rows(x, idx), x[idx])  # forward works
+    with pytest.raises(tvf.GradientError) as info:
+        gather_rows.vjp(np.ones(3), x, idx)
+    msg = str(info.value)
+    assert "op 'gather_rows'" in msg and "index [idx[i]]" in msg and "@gather_rows.grad" in msg
+
+
+# ---- derived gradients: every op, against finite differences and the explicit gradient -------
+@pytest.mark.parametrize("spec", GRAD_SPECS)
+def test_derived_gradient(spec):
+    xs = _inputs(spec)
+    assert tvf.gradcheck(spec.op, xs, derived=True, **spec.attrs) is True
+    out = spec.op.eager(*xs, **spec.attrs)
+    dy = np.random.default_rng(1).standard_normal(np.shape(out))
+    explicit = spec.op.vjp(dy, *xs, **spec.attrs)
+    derived = spec.op.vjp(dy, *xs, derived=True, **spec.attrs)
+    for e, d, x in zip(explicit, derived, xs):
+        if x.dtype.kind == "f":
+            np.testing.assert_allclose(d, e, rtol=1e-9, atol=1e-12)
 
 
 # ---- eager errors ----------------------------------------------------------------------------

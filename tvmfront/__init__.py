@@ -9,13 +9,15 @@ from .errors import BundleError, GradientError, ShapeError, TargetError, Tvmfron
 from .gradcheck import gradcheck
 from .nn.init import manual_seed
 from .op import Op, op
+from .opcheck import OpCheckError, OpCheckReport, opcheck
 from .runtime import InferenceModule, TrainingModule, load
 from .spec import TensorSpec
 from .target import targets
 from .trainer import Trainer
 
 __all__ = [
-    "BundleError", "GradientError", "InferenceModule", "Op", "ShapeError", "TargetError",
+    "BundleError", "GradientError", "InferenceModule", "Op", "OpCheckError", "OpCheckReport",
+    "ShapeError", "TargetError",
     "TensorSpec", "Trainer", "TrainingModule", "TvmfrontError", "compile_inference",
-    "compile_training", "data", "gradcheck", "load", "manual_seed", "nn", "op", "ops", "optim", "targets", "te", "tirx",
+    "compile_training", "data", "gradcheck", "load", "opcheck", "manual_seed", "nn", "op", "ops", "optim", "targets", "te", "tirx",
 ]

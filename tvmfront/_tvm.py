@@ -13,11 +13,12 @@ from tvm.runtime import load_module
 __all__ = [
     "tvm", "te", "relax", "tirx", "PyExprMutator", "mutator", "load_module",
     "TVM_VERSION", "register_global_func", "to_device", "cpu", "Target",
-    "compile_prim_func", "device_for", "virtual_machine", "call_tir_with_grad_op", "TensorType", "llvm_system_cpu",
+    "compile_prim_func", "structural_equal", "device_for", "virtual_machine", "call_tir_with_grad_op", "TensorType", "llvm_system_cpu",
 ]
 
 TVM_VERSION = tvm.__version__
 register_global_func = tvm_ffi.register_global_func
+structural_equal = tvm_ffi.structural_equal
 Target = tvm.target.Target
 TensorType = relax.TensorType
 
@@ -54,3 +55,30 @@ def compile_prim_func(prim_func, target):
 
 def call_tir_with_grad_op():
     return tvm.ir.Op.get("relax.call_tir_with_grad")
+
+
+# ---- default CPU schedules (tvmfront.schedule) ----------------------------------------------
+from tvm import s_tir  # noqa: E402  (schedulable TIR: s_tir.Schedule, s_tir.dlight)
+from tvm import sym as arith  # noqa: E402  (detect_linear_equation)
+from tvm.s_tir import dlight  # noqa: E402
+
+__all__ += ["s_tir", "arith", "dlight", "cpu_vector_bits"]
+
+
+def cpu_vector_bits(target):
+    """SIMD register width in bits for an LLVM CPU target (AVX-512: 512, AVX/AVX2: 256, else 128).
+
+    TVM 0.27's llvm_get_vector_width answers 512 for every x86 CPU, so x86 is asked by feature.
+    """
+    from tvm.target import codegen
+
+    try:
+        if codegen.target_has_features("avx512f", target):
+            return 512
+        if codegen.target_has_features("avx", target):
+            return 256
+        if codegen.target_has_features("sse2", target):
+            return 128
+        return max(128, int(codegen.llvm_get_vector_width(target)))
+    except Exception:  # non-LLVM targets or an LLVM without the query
+        return 128

@@ -10,12 +10,13 @@ def _float64(a):
     return a.astype(np.float64) if a.dtype.kind == "f" else a
 
 
-def gradcheck(op, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, seed=0, **attrs):
+def gradcheck(op, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, seed=0, derived=False, **attrs):
     """True if `op`'s gradient matches central differences; raises GradientError otherwise.
 
     The check projects the output on a random cotangent `dy` and compares
     d<dy, op(x)>/dx (finite differences, float64) with `op.vjp(dy, x)`, for every float input.
     The error names the worst element: its input, index, both values and the error.
+    `derived=True` checks the gradient derived from the forward even when `.grad` exists.
 
     >>> gradcheck(ops.tanh, [np.random.rand(3, 4)])
     True
@@ -26,7 +27,7 @@ def gradcheck(op, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, seed=0, **attrs):
         raise GradientError(f"gradcheck: op '{op.name}' has several outputs; not supported")
     rng = np.random.default_rng(seed)
     dy = rng.standard_normal(out.shape)
-    analytic = op.vjp(dy, *xs, **attrs)
+    analytic = op.vjp(dy, *xs, derived=derived, **attrs)
     worst = None  # (excess, input, index, numeric, analytic)
     for k, x in enumerate(xs):
         if x.dtype.kind != "f":
@@ -47,7 +48,7 @@ def gradcheck(op, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, seed=0, **attrs):
     if worst is not None and worst[0] > 0:
         _, k, i, num, ana = worst
         raise GradientError(
-            f"gradcheck failed for op '{op.name}': input {k} at index {tuple(int(v) for v in i)}: "
+            f"gradcheck failed for op '{op.name}'{' (derived gradient)' if derived else ''}: input {k} at index {tuple(int(v) for v in i)}: "
             f"finite difference {num:.8g}, gradient {ana:.8g}, |error| {abs(num - ana):.3g} "
             f"(atol={atol}, rtol={rtol})")
     return True

@@ -18,11 +18,13 @@ Example::
     square(np.arange(3.0))          # -> array([0., 1., 4.])
 """
 
+import inspect
 import itertools
 
 import numpy as np
 
 from ._tvm import register_global_func, relax, te, to_device, tvm
+from .autodiff import derive_for_op
 from .errors import GradientError, ShapeError
 from .tensor import Tensor, current_trace, resolve
 
@@ -87,11 +89,15 @@ class Op:
                             f"got {type(out).__name__}")
         return out
 
-    def te_grad(self, dy, *inputs, **attrs):
-        """Input gradients as TE tensors; inputs with no gradient get zeros of their shape."""
-        if not self.has_grad:
-            raise GradientError(self._no_grad_message())
-        grads = self._grad_fn(dy, *inputs, **attrs)
+    def te_grad(self, dy, *inputs, derived=None, **attrs):
+        """Input gradients as TE tensors; inputs with no gradient get zeros of their shape.
+
+        The explicit `.grad` is used when there is one, else the gradient derived from the
+        forward (`derived=True` forces the derived one, e.g. to compare the two)."""
+        if derived or (derived is None and not self.has_grad):
+            grads = derive_for_op(self.name, lambda *xs: self.te_forward(*xs, **attrs), inputs, dy)
+        else:
+            grads = self._grad_fn(dy, *inputs, **attrs)
         if isinstance(grads, te.Tensor):
             grads = [grads]
         grads = list(grads)
@@ -109,10 +115,19 @@ class Op:
             out.append(g)
         return out
 
-    def _no_grad_message(self):
-        return (f"op '{self.name}' has no gradient, but one of its inputs depends on trainable "
-                f"parameters; define it with @{self.name}.grad (a function (dy, *inputs, **attrs) "
-                "returning one TE tensor per input)")
+    def _placeholders(self, specs):
+        """TE placeholders named after the forward's parameters (for readable errors)."""
+        params = [p.name for p in inspect.signature(self.fn).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        return [te.placeholder(shape, str(dtype), name=params[i] if i < len(params) else f"x{i}")
+                for i, (shape, dtype) in enumerate(specs)]
+
+    def _check_derivable(self, tensors, attrs):
+        xs = self._placeholders([(t.shape, t.dtype) for t in tensors])
+        out = self.te_forward(*xs, **attrs)
+        if isinstance(out, (list, tuple)):
+            return  # reported below: several outputs cannot be differentiated yet
+        self.te_grad(te.placeholder(out.shape, out.dtype, name="dy"), *xs, **attrs)
 
     # ---- calling -----------------------------------------------------------------------------
     def __call__(self, *inputs, **attrs):
@@ -133,7 +148,7 @@ class Op:
                    for v in inputs]
         needs = [t.requires_grad and _is_float(t.dtype) for t in tensors]
         if any(needs) and not self.has_grad:
-            raise GradientError(self._no_grad_message())
+            self._check_derivable(tensors, attrs)  # fail now, naming the op, not inside Relax
         # The handler finds attrs and needs-grad flags through this id; equal calls share one.
         key = (_freeze(attrs), tuple(needs))
         if key not in self._call_ids:
@@ -182,14 +197,14 @@ class Op:
         hit = self._kernels.get(key)
         if hit is not None:
             return hit
-        xs = [te.placeholder(a.shape, str(a.dtype), name=f"x{i}") for i, a in enumerate(arrays)]
+        xs = self._placeholders([(a.shape, a.dtype) for a in arrays])
         if which == "forward":
             out = self.te_forward(*xs, **attrs)
             outs = list(out) if isinstance(out, (list, tuple)) else [out]
             args = xs + outs
         else:
             dyp = te.placeholder(dy.shape, str(dy.dtype), name="dy")
-            outs = self.te_grad(dyp, *xs, **attrs)
+            outs = self.te_grad(dyp, *xs, derived={"grad": None, "derived": True}[which], **attrs)
             args = [dyp] + xs + outs
         lib = tvm.compile(te.create_prim_func(args), target=_EAGER_TARGET)
         spec = [(tuple(int(d) for d in o.shape), o.dtype) for o in outs]
@@ -211,14 +226,16 @@ class Op:
         arrays = [np.asarray(a) for a in arrays]
         return self._run(self._kernel("forward", arrays, attrs), arrays)
 
-    def vjp(self, dy, *arrays, **attrs):
-        """Input gradients for output gradient `dy`, eagerly: a list of numpy arrays."""
+    def vjp(self, dy, *arrays, derived=False, **attrs):
+        """Input gradients for output gradient `dy`, eagerly: a list of numpy arrays.
+        `derived=True` uses the gradient derived from the forward even if `.grad` exists."""
         arrays = [np.asarray(a) for a in arrays]
         dy = np.asarray(dy)
         fwd_shape = self._kernel("forward", arrays, attrs)[1][0][0]
         if dy.shape != fwd_shape:
             raise ShapeError(f"op '{self.name}': dy has shape {dy.shape}, output has {fwd_shape}")
-        return list(self._run(self._kernel("grad", arrays, attrs, dy=dy), [dy] + arrays))
+        which = "derived" if derived else "grad"
+        return list(self._run(self._kernel(which, arrays, attrs, dy=dy), [dy] + arrays))
 
 
 def op(fn=None, *, name=None):

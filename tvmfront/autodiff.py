@@ -1,0 +1,484 @@
+"""Reverse-mode differentiation of TE compute graphs, producing TE (so derived gradients are
+scheduled, tuned and fused like any kernel).
+
+For every compute tensor `T[s] = f(reads)` (optionally a sum / max / min over reduce axes
+`r`) and every read `A[e(s, r)]` in it, the adjoint contribution is
+
+    dA[j] += sum_{free vars} [ e(s, r) == j ] * df/dA[e] * dT[s]
+
+The equality is solved, not masked: each dimension's affine index `e_k` eliminates one
+variable (the one with the largest extent, so what is left to sum over is small), with a
+divisibility and range guard when its coefficient is not 1. For a strided convolution this
+yields the transposed-convolution gather (sum over kernel taps), not an O(out x in) masked
+reduction. Indices that are not affine in the loop variables (data-dependent gathers,
+floordiv/floormod reshapes) are handled when the read is a bijective copy (an index map
+inverted with IterMap), and otherwise rejected with an error naming the expression.
+"""
+
+import math
+
+from ._tvm import structural_equal, te, tirx, tvm
+from .errors import GradientError
+
+P = tvm.ir.prim.expr  # binary and comparison expression classes
+Call = tvm.ir.expr.Call
+Var = tvm.ir.expr.Var
+Reduce = tirx.Reduce
+
+
+def _dtype(e):
+    return str(e.ty)
+
+
+def _const(v, dtype):
+    return tirx.const(v, dtype)
+
+
+def _is_load(e):
+    return isinstance(e, Call) and e.op.name == "te.tensor_load"
+
+
+def _load_parts(e):
+    return e.args[0], list(e.args[1:])
+
+
+_SYMBOLS = {P.Add: "+", P.Sub: "-", P.Mul: "*", P.Div: "/", P.FloorDiv: "//", P.FloorMod: "%",
+            P.Mod: "%", P.EQ: "==", P.NE: "!=", P.LT: "<", P.LE: "<=", P.GT: ">", P.GE: ">=",
+            P.And: "and", P.Or: "or"}
+
+
+def show(expr):
+    """Readable text of an expression for error messages: loads print as name[i, j]."""
+    if _is_load(expr):
+        tensor, idx = _load_parts(expr)
+        return f"{tensor.op.name}[{', '.join(show(i) for i in idx)}]"
+    if type(expr) in _SYMBOLS:
+        return f"({show(expr.a)} {_SYMBOLS[type(expr)]} {show(expr.b)})"
+    if isinstance(expr, (P.Max, P.Min)):
+        return f"{type(expr).__name__.lower()}({show(expr.a)}, {show(expr.b)})"
+    if isinstance(expr, Call):
+        return f"{expr.op.name.split('.')[-1]}({', '.join(show(a) for a in expr.args)})"
+    if isinstance(expr, P.Cast):
+        return f"{_dtype(expr)}({show(expr.value)})"
+    if isinstance(expr, Var):
+        return expr.name
+    if isinstance(expr, (P.IntImm, P.FloatImm)):
+        return str(expr.value)
+    return str(expr).split("\n")[0]
+
+
+def _same_load(a, b):
+    ta, ia = _load_parts(a)
+    tb, ib = _load_parts(b)
+    return ta.same_as(tb) and all(structural_equal(x, y) for x, y in zip(ia, ib))
+
+
+class _Unsupported(Exception):
+    pass
+
+
+# ---- expression rewriting -------------------------------------------------------------------
+_BINARY = (P.Add, P.Sub, P.Mul, P.Div, P.Mod, P.FloorDiv, P.FloorMod, P.Min, P.Max, P.EQ,
+           P.NE, P.LT, P.LE, P.GT, P.GE, P.And, P.Or)
+
+
+def substitute(expr, vmap):
+    """expr with Vars replaced per vmap {Var: expr} (loads' indices included)."""
+    if isinstance(expr, Var):
+        for v, e in vmap.items():
+            if v.same_as(expr):
+                return e
+        return expr
+    if isinstance(expr, (P.IntImm, P.FloatImm)):
+        return expr
+    if isinstance(expr, _BINARY):
+        return type(expr)(substitute(expr.a, vmap), substitute(expr.b, vmap))
+    if isinstance(expr, P.Not):
+        return P.Not(substitute(expr.a, vmap))
+    if isinstance(expr, P.Select):
+        return P.Select(substitute(expr.condition, vmap), substitute(expr.true_value, vmap),
+                        substitute(expr.false_value, vmap))
+    if isinstance(expr, P.Cast):
+        return P.Cast(_dtype(expr), substitute(expr.value, vmap))
+    if _is_load(expr):
+        tensor, idx = _load_parts(expr)
+        return tensor(*[substitute(i, vmap) for i in idx])
+    if isinstance(expr, Call):
+        return tirx.call_intrin(_dtype(expr), expr.op.name, *[substitute(a, vmap) for a in expr.args])
+    raise _Unsupported(f"cannot rewrite {type(expr).__name__}: {show(expr)}")
+
+
+def _loads(expr, out):
+    """All tensor loads in expr (post-order), including those inside indices."""
+    if _is_load(expr):
+        for i in expr.args[1:]:
+            _loads(i, out)
+        out.append(expr)
+    elif isinstance(expr, _BINARY) or isinstance(expr, P.Not):
+        _loads(expr.a, out)
+        if hasattr(expr, "b"):
+            _loads(expr.b, out)
+    elif isinstance(expr, P.Select):
+        for e in (expr.condition, expr.true_value, expr.false_value):
+            _loads(e, out)
+    elif isinstance(expr, P.Cast):
+        _loads(expr.value, out)
+    elif isinstance(expr, Call):
+        for a in expr.args:
+            _loads(a, out)
+    elif isinstance(expr, Reduce):
+        raise _Unsupported(f"nested reduction {show(expr)}")
+    return out
+
+
+# ---- symbolic derivative of a scalar expression ---------------------------------------------
+def _add(a, b):
+    return b if a is None else a if b is None else a + b
+
+
+def _mul(d, factor):
+    return None if d is None else d * factor
+
+
+def _if(cond, t, f, dtype):
+    if t is None and f is None:
+        return None
+    zero = _const(0, dtype)
+    return tvm.tirx.if_then_else(cond, zero if t is None else t, zero if f is None else f)
+
+
+def diff(expr, target):
+    """d expr / d target, where target is one tensor load; None stands for zero."""
+    if _is_load(expr):
+        return _const(1, _dtype(expr)) if _same_load(expr, target) else None
+    dtype = _dtype(expr) if hasattr(expr, "ty") else None
+    if isinstance(expr, (P.IntImm, P.FloatImm, Var)) or (dtype and "float" not in dtype):
+        return None
+    if isinstance(expr, P.Add):
+        return _add(diff(expr.a, target), diff(expr.b, target))
+    if isinstance(expr, P.Sub):
+        db = diff(expr.b, target)
+        return _add(diff(expr.a, target), None if db is None else -db)
+    if isinstance(expr, P.Mul):
+        return _add(_mul(diff(expr.a, target), expr.b), _mul(diff(expr.b, target), expr.a))
+    if isinstance(expr, P.Div):
+        da, db = diff(expr.a, target), diff(expr.b, target)
+        return _add(None if da is None else da / expr.b,
+                    None if db is None else -(expr.a * db) / (expr.b * expr.b))
+    if isinstance(expr, (P.Max, P.Min)):
+        pick_a = expr.a >= expr.b if isinstance(expr, P.Max) else expr.a <= expr.b
+        return _if(pick_a, diff(expr.a, target), diff(expr.b, target), dtype)
+    if isinstance(expr, P.Select):
+        return _if(expr.condition, diff(expr.true_value, target), diff(expr.false_value, target),
+                   dtype)
+    if isinstance(expr, P.Cast):
+        d = diff(expr.value, target)
+        return None if d is None else P.Cast(dtype, d)
+    if isinstance(expr, Call):
+        return _diff_call(expr, target, dtype)
+    raise _Unsupported(f"no derivative rule for {type(expr).__name__}: {show(expr)}")
+
+
+def _diff_call(expr, target, dtype):
+    name = expr.op.name
+    if name == "prim.if_then_else":
+        cond, t, f = expr.args
+        return _if(cond, diff(t, target), diff(f, target), dtype)
+    if name in ("tirx.floor", "tirx.ceil", "tirx.round", "tirx.trunc", "tirx.nearbyint"):
+        return None  # piecewise constant: zero almost everywhere
+    a = expr.args[0]
+    da = diff(a, target)
+    if name == "tirx.pow":
+        b = expr.args[1]
+        db = diff(b, target)
+        return _add(_mul(da, b * te.power(a, b - _const(1, dtype))),
+                    _mul(db, expr * te.log(a)))
+    if da is None:
+        return None
+    one = _const(1, dtype)
+    rules = {
+        "tirx.exp": lambda: expr,
+        "tirx.log": lambda: one / a,
+        "tirx.log1p": lambda: one / (one + a),
+        "tirx.sqrt": lambda: _const(0.5, dtype) / expr,
+        "tirx.rsqrt": lambda: _const(-0.5, dtype) * expr / a,
+        "tirx.tanh": lambda: one - expr * expr,
+        "tirx.sigmoid": lambda: expr * (one - expr),
+        "tirx.erf": lambda: _const(2 / math.sqrt(math.pi), dtype) * te.exp(-(a * a)),
+        "tirx.fabs": lambda: tvm.tirx.if_then_else(a >= _const(0, dtype), one, -one),
+        "tirx.sin": lambda: te.cos(a),
+        "tirx.cos": lambda: -te.sin(a),
+    }
+    if name not in rules:
+        raise _Unsupported(f"no derivative rule for intrinsic {name} in {show(expr)}")
+    return da * rules[name]()
+
+
+# ---- adjoint of one read: solve the index equation -------------------------------------------
+class _Loop:
+    def __init__(self, var, extent, start=0):
+        self.var, self.extent, self.start = var, int(extent), int(start)
+
+
+def _affine(expr, loops):
+    """(coefficients per loop, base) of an affine index, or None."""
+    vars_ = [lp.var for lp in loops]
+    coeffs = tvm.sym.detect_linear_equation(expr, vars_) if vars_ else [expr]
+    if len(coeffs) != len(vars_) + 1:
+        return None
+    if any(not isinstance(c, P.IntImm) for c in coeffs[:-1]):
+        return None
+    base = coeffs[-1]
+    if _loads(base, []) or _uses_any(base, vars_):
+        return None
+    return [int(c.value) for c in coeffs[:-1]], base
+
+
+def _uses_any(expr, vars_):
+    found = []
+
+    def visit(e):
+        if isinstance(e, Var):
+            found.extend(v for v in vars_ if v.same_as(e))
+        elif isinstance(e, _BINARY):
+            visit(e.a)
+            visit(e.b)
+        elif isinstance(e, P.Cast):
+            visit(e.value)
+        elif isinstance(e, Call):
+            for a in e.args:
+                visit(a)
+    visit(expr)
+    return bool(found)
+
+
+def _solve(indices, loops, j):
+    """Eliminate loop variables so that indices(loops) == j.
+
+    Returns (substitution {var: expr in j and free vars}, guards, free loops).
+    """
+    sub, guards, remaining = {}, [], list(loops)
+    # Dimensions with fewer candidate variables first, so each finds one to eliminate.
+    order = []
+    for k, e in enumerate(indices):
+        lin = _affine(e, loops)
+        if lin is None:
+            return _solve_bijective(indices, loops, j)
+        order.append((sum(1 for c in lin[0] if c), k))
+    for _, k in sorted(order):
+        e = substitute(indices[k], sub) if sub else indices[k]
+        lin = _affine(e, remaining)
+        if lin is None:
+            raise _Unsupported(f"index {show(indices[k])} is not affine in the loop variables")
+        coeffs, base = lin
+        candidates = [(lp.extent, abs(c) == 1, i) for i, (lp, c) in enumerate(zip(remaining, coeffs))
+                      if c]
+        if not candidates:
+            guards.append(P.EQ(j[k], e))
+            continue
+        _, _, pick = max(candidates)
+        lp, c = remaining[pick], coeffs[pick]
+        rest = base
+        for i, (other, co) in enumerate(zip(remaining, coeffs)):
+            if co and i != pick:
+                rest = rest + other.var * co
+        num = j[k] - rest  # c * v == num
+        if c < 0:
+            num, c = -num, -c
+        if c != 1:
+            guards.append(P.EQ(tvm.tirx.floormod(num, c), _const(0, _dtype(num))))
+            value = tvm.tirx.floordiv(num, c)
+        else:
+            value = num
+        guards += [value >= lp.start, value < lp.start + lp.extent]
+        sub[lp.var] = value
+        sub = {v: substitute(x, {lp.var: value}) for v, x in sub.items()}
+        remaining.pop(pick)
+    return sub, guards, remaining
+
+
+def _solve_bijective(indices, loops, j):
+    """Indices with floordiv/floormod (reshapes): invert them when they map the loops they use
+    one-to-one onto the read tensor's elements."""
+    used = [lp for lp in loops if any(_uses_any(e, [lp.var]) for e in indices)]
+    domain = {lp.var: tvm.ir.Range(lp.start, lp.start + lp.extent) for lp in used}
+    found = tvm.sym.detect_iter_map(indices, domain, check_level="bijective")
+    if not found.indices:
+        raise _Unsupported(f"index [{', '.join(show(e) for e in indices)}] is neither affine in "
+                           "the loop variables nor a one-to-one index map")
+    inverse = tvm.sym.inverse_affine_iter_map(found.indices, j)
+    sub = {}
+    for lp in used:
+        try:
+            sub[lp.var] = inverse[lp.var]
+        except KeyError:  # an extent-1 loop, folded to a constant by detect_iter_map
+            sub[lp.var] = _const(lp.start, _dtype(lp.var))
+    return sub, [], [lp for lp in loops if lp not in used]
+
+
+def _try_simplify(analyzer, expr):
+    # Folds guards the index solution made redundant (e.g. padding bounds). The simplifier
+    # cannot hash some tensor loads (e.g. comparisons between loads); leave those as they are.
+    try:
+        return analyzer.simplify(expr)
+    except TypeError:
+        return expr
+
+
+def _adjoint_of_read(shape, dtype, indices, loops, value, name):
+    """Tensor of `shape`: sum over loops with indices(loops) == j of value(loops)."""
+    red_axes = {}
+
+    def body(*j):
+        sub, guards, free = _solve(indices, loops, list(j))
+        for lp in free:
+            if lp.var not in red_axes:
+                red_axes[lp.var] = te.reduce_axis((lp.start, lp.start + lp.extent), lp.var.name)
+        rename = {lp.var: red_axes[lp.var].var for lp in free}
+        sub = {v: substitute(x, rename) for v, x in sub.items()}
+        sub.update(rename)
+        analyzer = tvm.sym.Analyzer()
+        for d, jv in zip(shape, j):
+            analyzer.bind(jv, tvm.ir.Range(0, int(d)))
+        for lp in free:
+            analyzer.bind(rename[lp.var], tvm.ir.Range(lp.start, lp.start + lp.extent))
+        cond = None
+        for g in guards:
+            g = analyzer.simplify(substitute(g, rename))
+            if isinstance(g, P.IntImm) and g.value == 1:
+                continue
+            cond = g if cond is None else P.And(cond, g)
+        term = _try_simplify(analyzer, substitute(value, sub))
+        if cond is not None:
+            term = tvm.tirx.if_then_else(cond, term, _const(0, dtype))
+        if free:
+            return te.sum(term, axis=[red_axes[lp.var] for lp in free])
+        return term
+
+    return te.compute(shape, body, name=name)
+
+
+# ---- the graph walk -------------------------------------------------------------------------
+def _topo(outputs, inputs):
+    order, seen = [], set()
+    input_ids = {_key(t) for t in inputs}
+
+    def visit(t):
+        key = _key(t)
+        if key in seen:
+            return
+        seen.add(key)
+        if key not in input_ids and isinstance(t.op, te.ComputeOp):
+            for parent in t.op.input_tensors:
+                visit(parent)
+        order.append(t)
+
+    for o in outputs:
+        visit(o)
+    return order
+
+
+def derive(name, outputs, inputs, output_grads, needs=None):
+    """Gradients (TE tensors or None) of `inputs` given cotangents of `outputs`."""
+    needs = needs or [True] * len(inputs)
+    adj = {}
+    for o, g in zip(outputs, output_grads):
+        adj.setdefault(_key(o), []).append(g)
+    order = _topo(outputs, inputs)
+    tensors = {_key(t): t for t in order}
+    wanted = {_key(t) for t, n in zip(inputs, needs) if n and "float" in str(t.dtype)}
+    # tensors on a path from a wanted input: only those need adjoints
+    live = set(wanted)
+    for t in order:
+        if isinstance(t.op, te.ComputeOp) and _key(t) not in wanted and \
+                any(_key(p) in live for p in t.op.input_tensors):
+            live.add(_key(t))
+    for t in reversed(order):
+        k = _key(t)
+        if k in wanted or k not in adj or not isinstance(t.op, te.ComputeOp):
+            continue
+        dT = _sum_all(adj[k], t, f"{t.op.name}_adj")
+        for src, contribution in _backprop(name, t, dT, live):
+            adj.setdefault(_key(src), []).append(contribution)
+    result = []
+    for t, n in zip(inputs, needs):
+        contribs = adj.get(_key(t)) if n else None
+        result.append(_sum_all(contribs, t, f"{name}_d{len(result)}") if contribs else None)
+    return result
+
+
+def _key(t):
+    return (t.op, t.value_index)
+
+
+def _sum_all(parts, like, name):
+    if len(parts) == 1:
+        return parts[0]
+    return te.compute(like.shape, lambda *i: _sum_exprs([p(*i) for p in parts]), name=name)
+
+
+def _sum_exprs(exprs):
+    total = exprs[0]
+    for e in exprs[1:]:
+        total = total + e
+    return total
+
+
+def _backprop(name, t, dT, live):
+    """[(input tensor, its adjoint contribution)] for compute tensor t with adjoint dT."""
+    op = t.op
+    if len(op.body) != 1:
+        raise _Unsupported(f"compute '{op.name}' has {len(op.body)} outputs in one stage")
+    body = op.body[0]
+    spatial = [_Loop(iv.var, iv.dom.extent, iv.dom.min) for iv in op.axis]
+    reduce_loops, mask = [], None
+    source = body
+    dtype = str(t.dtype)
+    if isinstance(body, Reduce):
+        combiner = type(body.combiner.result[0])
+        source = body.source[0]
+        reduce_loops = [_Loop(iv.var, iv.dom.extent, iv.dom.min) for iv in body.axis]
+        if not (isinstance(body.condition, P.IntImm) and body.condition.value == 1):
+            mask = body.condition
+        if combiner is P.Max or combiner is P.Min:
+            # arg-mask: the gradient flows to every element equal to the extreme (ties all get it)
+            out_here = t(*[lp.var for lp in spatial])
+            hit = P.EQ(source, out_here)
+            mask = hit if mask is None else P.And(mask, hit)
+        elif combiner is not P.Add:
+            raise _Unsupported(f"reduction with combiner {body.combiner} (only sum, max, min)")
+    dy = dT(*[lp.var for lp in spatial])
+    groups = []
+    for load in _loads(source, []):
+        tensor, _ = _load_parts(load)
+        if _key(tensor) not in live or "float" not in str(tensor.dtype):
+            continue
+        if not any(_same_load(load, g) for g in groups):
+            groups.append(load)
+    out = []
+    for g, load in enumerate(groups):
+        tensor, indices = _load_parts(load)
+        d = diff(source, load)
+        if d is None:
+            continue
+        value = d * dy
+        if mask is not None:
+            value = tvm.tirx.if_then_else(mask, value, _const(0, dtype))
+        out.append((tensor, _adjoint_of_read(
+            tuple(int(s) for s in tensor.shape), str(tensor.dtype), indices,
+            spatial + reduce_loops, value, f"{op.name}_d{tensor.op.name}{g}")))
+    return out
+
+
+def derive_for_op(op_name, forward, inputs, dy, needs=None):
+    """Derived input gradients of `forward(*inputs)` for output cotangent `dy` (TE)."""
+    out = forward(*inputs)
+    outs = list(out) if isinstance(out, (list, tuple)) else [out]
+    dys = list(dy) if isinstance(dy, (list, tuple)) else [dy]
+    try:
+        return derive(op_name, outs, list(inputs), dys, needs)
+    except _Unsupported as err:
+        raise GradientError(
+            f"cannot derive the gradient of op '{op_name}': {err}. Supply it explicitly with "
+            f"@{op_name}.grad (a function (dy, *inputs, **attrs) returning one TE tensor per "
+            "input)") from None

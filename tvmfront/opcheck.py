@@ -1,0 +1,144 @@
+"""opcheck: one call that checks an op's forward and gradients over a sweep of shapes."""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import GradientError, TvmfrontError
+from .gradcheck import gradcheck
+
+# Default sweep for one-input ops: a size-1 tensor, sizes that are not multiples of any
+# vector width, and a broadcast-like unit axis.
+DEFAULT_SHAPES = [[(1,)], [(7,)], [(3, 17)], [(2, 1, 5)]]
+_FORWARD_TOL = {"float32": (1e-5, 1e-5), "float64": (1e-10, 1e-12)}
+
+
+class OpCheckError(TvmfrontError, AssertionError):
+    """opcheck found a mismatch; the message holds the report and the worst element."""
+
+
+@dataclass
+class CheckRow:
+    shapes: list
+    dtype: str
+    check: str
+    ok: bool
+    detail: str
+
+
+class OpCheckReport:
+    """What opcheck ran: one row per (shapes, dtype, check)."""
+
+    def __init__(self, op_name, rows):
+        self.op_name, self.rows = op_name, rows
+
+    @property
+    def ok(self):
+        return all(r.ok for r in self.rows)
+
+    def __str__(self):
+        lines = [f"opcheck {self.op_name}: {sum(r.ok for r in self.rows)}/{len(self.rows)} passed"]
+        for r in self.rows:
+            shapes = ", ".join("x".join(map(str, s)) or "()" for s in r.shapes)
+            lines.append(f"  {'ok  ' if r.ok else 'FAIL'} {r.check:<19} {r.dtype:<8} "
+                         f"[{shapes}] {r.detail}")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def _make_inputs(shapes, dtype, int_inputs, rng):
+    xs = []
+    for i, shape in enumerate(shapes):
+        if i in int_inputs:
+            xs.append(rng.integers(0, int_inputs[i], shape).astype("int64"))
+        else:
+            xs.append(rng.standard_normal(shape).astype(dtype))
+    return xs
+
+
+def opcheck(op, shapes=None, ref=None, dtypes=("float32", "float64"), int_inputs=None,
+            make_inputs=None, seed=0, **attrs):
+    """Check `op` over a sweep of input shapes and dtypes; return an OpCheckReport.
+
+    For each shape set: the forward against `ref` (a numpy function) in every dtype; in float64
+    the gradient (explicit, else derived) against central finite differences, and, when the
+    op has an explicit `.grad`, the derived gradient against finite differences and against
+    the explicit one. Raises OpCheckError, with the report and the worst element, on failure.
+
+    shapes: list of input-shape lists, e.g. [[(4, 5), (5,)], [(1, 1), (1,)]]; one-input ops
+      default to a sweep with size-1 and non-multiple-of-vector sizes.
+    int_inputs: {input index: upper bound} for integer inputs (labels).
+    make_inputs: optional (rng, shapes, dtype) -> list of arrays, for ops with input domains
+      (e.g. positive inputs for log).
+
+    >>> print(tvf.opcheck(tvf.ops.tanh, ref=np.tanh))
+    """
+    int_inputs = dict(int_inputs or {})
+    if shapes is None:
+        if op.fn.__code__.co_argcount != 1:
+            raise ValueError(f"opcheck: op '{op.name}' takes several inputs; pass shapes=")
+        shapes = DEFAULT_SHAPES
+    rows, failures = [], []
+    for shape_set in shapes:
+        for dtype in dtypes:
+            rng = np.random.default_rng(seed)
+            xs = (make_inputs(rng, shape_set, dtype) if make_inputs
+                  else _make_inputs(shape_set, dtype, int_inputs, rng))
+            checks = []
+            if ref is not None:
+                checks.append(("forward vs ref", lambda: _check_forward(op, ref, xs, dtype, attrs)))
+            if dtype == "float64":
+                label = "grad vs fd" if op.has_grad else "derived grad vs fd"
+                checks.append((label, lambda: _check_grad(op, xs, attrs, False)))
+                if op.has_grad:
+                    checks.append(("derived grad vs fd", lambda: _check_grad(op, xs, attrs, True)))
+                    checks.append(("derived vs explicit", lambda: _compare_grads(op, xs, attrs)))
+            for name, run in checks:
+                try:
+                    detail = run()
+                    rows.append(CheckRow(list(shape_set), dtype, name, True, detail))
+                except (AssertionError, GradientError) as err:
+                    rows.append(CheckRow(list(shape_set), dtype, name, False, str(err)))
+                    failures.append(str(err))
+    report = OpCheckReport(op.name, rows)
+    if failures:
+        raise OpCheckError(f"{report}\nfirst failure: {failures[0]}")
+    return report
+
+
+def _check_forward(op, ref, xs, dtype, attrs):
+    got = op.eager(*xs, **attrs)
+    want = np.asarray(ref(*xs, **attrs))
+    if np.shape(got) != want.shape:
+        raise AssertionError(f"forward shape {np.shape(got)}, reference {want.shape}")
+    rtol, atol = _FORWARD_TOL.get(dtype, (1e-5, 1e-5))
+    err = np.abs(got - want) - (atol + rtol * np.abs(want))
+    if err.size and err.max() > 0:
+        i = np.unravel_index(int(np.argmax(err)), err.shape)
+        raise AssertionError(f"forward at {tuple(int(v) for v in i)}: got {got[i]:.8g}, "
+                             f"reference {want[i]:.8g}")
+    return f"max |err| {float(np.abs(got - want).max()) if got.size else 0:.2g}"
+
+
+def _check_grad(op, xs, attrs, derived):
+    gradcheck(op, [x.copy() for x in xs], derived=derived, **attrs)
+    return "matches finite differences"
+
+
+def _compare_grads(op, xs, attrs):
+    out = op.eager(*xs, **attrs)
+    dy = np.random.default_rng(1).standard_normal(np.shape(out))
+    explicit = op.vjp(dy, *xs, **attrs)
+    derived = op.vjp(dy, *xs, derived=True, **attrs)
+    worst = 0.0
+    for k, (e, d) in enumerate(zip(explicit, derived)):
+        if e.dtype.kind != "f" or not e.size:
+            continue
+        err = np.abs(e - d) - (1e-9 + 1e-7 * np.abs(e))
+        if err.max() > 0:
+            i = np.unravel_index(int(np.argmax(err)), err.shape)
+            raise GradientError(f"input {k} at {tuple(int(v) for v in i)}: derived {d[i]:.10g}, "
+                                f"explicit {e[i]:.10g}")
+        worst = max(worst, float(np.abs(e - d).max()))
+    return f"max |diff| {worst:.2g}"
