@@ -352,3 +352,60 @@ spec(ops.max_pool2d, max_pool2d_ref, lambda rng: [np.ones((1, 1, 4, 4))],
      attrs={"kernel": 2, "stride": 1}, grad=False, id="max_pool2d-ties-forward-only")
 spec(ops.max_pool2d, max_pool2d_ref, lambda rng: [-np.full((1, 1, 3, 3), 1e30)],
      attrs={"kernel": 2, "padding": 1}, grad=False, id="max_pool2d-very-negative-padded")
+
+# Ops whose gradient is derived from the forward (no explicit .grad): normalisations, GELU,
+# attention pieces.
+_ERF = np.vectorize(math.erf)
+
+
+@_cast_like
+def gelu_ref(x):
+    return 0.5 * x * (1 + _ERF(x / math.sqrt(2)))
+
+
+def layer_norm_ref(x, gamma, beta, eps=1e-5):
+    mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * gamma + beta
+
+
+def group_norm_ref(x, gamma, beta, groups=1, eps=1e-5):
+    n = x.shape[0]
+    g = x.reshape(n, groups, -1)
+    normed = ((g - g.mean(-1, keepdims=True)) / np.sqrt(g.var(-1, keepdims=True) + eps))
+    return normed.reshape(x.shape) * gamma[None, :, None, None] + beta[None, :, None, None]
+
+
+def batch_norm_ref(x, gamma, beta, eps=1e-5):
+    mean, var = x.mean((0, 2, 3), keepdims=True), x.var((0, 2, 3), keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * gamma[None, :, None, None] + beta[None, :, None, None]
+
+
+def softmax_last_ref(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+spec(ops.gelu, gelu_ref, concat(randn(3, 4)), id="gelu-3x4")
+spec(ops.gelu, gelu_ref, concat(randn(1, 7)), id="gelu-1x7")
+spec(ops.layer_norm, layer_norm_ref, concat(randn(3, 5), randn(5), randn(5)), id="layer_norm-3x5")
+spec(ops.layer_norm, layer_norm_ref, concat(randn(2, 1, 7), randn(7), randn(7)),
+     attrs={"eps": 1e-3}, id="layer_norm-2x1x7-eps")
+spec(ops.group_norm, group_norm_ref, concat(randn(2, 4, 3, 3), randn(4), randn(4)),
+     attrs={"groups": 2}, id="group_norm-g2")
+spec(ops.group_norm, group_norm_ref, concat(randn(1, 3, 2, 5), randn(3), randn(3)),
+     attrs={"groups": 3}, id="group_norm-instance")
+spec(ops.batch_norm, batch_norm_ref, concat(randn(3, 2, 3, 2), randn(2), randn(2)),
+     id="batch_norm-3x2x3x2")
+spec(ops.batch_norm, batch_norm_ref, concat(randn(4, 3, 1, 1), randn(3), randn(3)),
+     id="batch_norm-1x1-spatial")
+spec(ops.batch_matmul, np.matmul, concat(randn(2, 3, 4), randn(2, 4, 5)), id="batch_matmul-2x3x4")
+spec(ops.batch_matmul, np.matmul, concat(randn(2, 2, 1, 3), randn(2, 2, 3, 2)),
+     id="batch_matmul-4d")
+spec(ops.transpose, lambda x, axes=None: np.transpose(x, axes), concat(randn(2, 3, 4)),
+     attrs={"axes": (1, 2, 0)}, id="transpose-120")
+spec(ops.transpose, lambda x, axes=None: np.transpose(x, axes), concat(randn(3, 5)),
+     id="transpose-default")
+spec(ops.softmax_last, softmax_last_ref, concat(randn(2, 3, 4)), id="softmax_last-3d")
+spec(ops.softmax_last, softmax_last_ref, concat(randn(5)), id="softmax_last-1d")
+spec(ops.slice_first, lambda x, index=0: x[index:index + 1], concat(randn(3, 2, 2)),
+     attrs={"index": 2}, id="slice_first-2")

@@ -8,7 +8,7 @@ from .compile import compile_inference, compile_training
 from .errors import BundleError, GradientError, ShapeError, TargetError, TvmfrontError
 from .gradcheck import gradcheck
 from .nn.init import manual_seed
-from .op import Op, op
+from .op import Op, derived_gradients, op
 from .opcheck import OpCheckError, OpCheckReport, opcheck
 from .runtime import InferenceModule, TrainingModule, load
 from .spec import TensorSpec
@@ -19,5 +19,5 @@ __all__ = [
     "BundleError", "GradientError", "InferenceModule", "Op", "OpCheckError", "OpCheckReport",
     "ShapeError", "TargetError",
     "TensorSpec", "Trainer", "TrainingModule", "TvmfrontError", "compile_inference",
-    "compile_training", "data", "gradcheck", "load", "opcheck", "manual_seed", "nn", "op", "ops", "optim", "targets", "te", "tirx",
+    "compile_training", "data", "derived_gradients", "gradcheck", "load", "opcheck", "manual_seed", "nn", "op", "ops", "optim", "targets", "te", "tirx",
 ]

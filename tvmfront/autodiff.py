@@ -92,7 +92,7 @@ def substitute(expr, vmap):
     if isinstance(expr, (P.IntImm, P.FloatImm)):
         return expr
     if isinstance(expr, _BINARY):
-        return type(expr)(substitute(expr.a, vmap), substitute(expr.b, vmap))
+        return type(expr)(*_promote(substitute(expr.a, vmap), substitute(expr.b, vmap)))
     if isinstance(expr, P.Not):
         return P.Not(substitute(expr.a, vmap))
     if isinstance(expr, P.Select):
@@ -106,6 +106,15 @@ def substitute(expr, vmap):
     if isinstance(expr, Call):
         return tirx.call_intrin(_dtype(expr), expr.op.name, *[substitute(a, vmap) for a in expr.args])
     raise _Unsupported(f"cannot rewrite {type(expr).__name__}: {show(expr)}")
+
+
+def _promote(a, b):
+    """Widen mixed int32/int64 index operands (Relax emits int64 shapes, TE int32 loops)."""
+    da, db = _dtype(a), _dtype(b)
+    if da != db and da.startswith("int") and db.startswith("int"):
+        wide = max(da, db, key=lambda d: int(d[3:]))
+        a, b = (a if da == wide else P.Cast(wide, a)), (b if db == wide else P.Cast(wide, b))
+    return a, b
 
 
 def _loads(expr, out):
@@ -220,8 +229,22 @@ class _Loop:
         self.var, self.extent, self.start = var, int(extent), int(start)
 
 
+def _strip_index_casts(expr):
+    """Drop casts to the type a value already has (left by widening loops to int64), so that
+    index arithmetic is visible to the linear analysis."""
+    if isinstance(expr, P.Cast) and _dtype(expr) == _dtype(expr.value):
+        return _strip_index_casts(expr.value)
+    if isinstance(expr, P.Cast) and isinstance(expr.value, P.IntImm) and \
+            _dtype(expr).startswith("int"):
+        return _const(int(expr.value.value), _dtype(expr))
+    if isinstance(expr, (P.Add, P.Sub, P.Mul, P.FloorDiv, P.FloorMod)):
+        return type(expr)(*_promote(_strip_index_casts(expr.a), _strip_index_casts(expr.b)))
+    return expr
+
+
 def _affine(expr, loops):
     """(coefficients per loop, base) of an affine index, or None."""
+    expr = _strip_index_casts(expr)
     vars_ = [lp.var for lp in loops]
     coeffs = tvm.sym.detect_linear_equation(expr, vars_) if vars_ else [expr]
     if len(coeffs) != len(vars_) + 1:
@@ -325,9 +348,50 @@ def _try_simplify(analyzer, expr):
         return expr
 
 
+def _split_div_loops(indices, loops, value):
+    """Loops read as v // c or v % c (grouped channels, pixel shuffles) become two loops
+    v = c * outer + inner, which turns those indices affine."""
+    indices = [_strip_index_casts(e) for e in indices]
+    found = {}
+
+    def visit(e):
+        if isinstance(e, (P.FloorDiv, P.FloorMod)) and isinstance(e.a, Var) and \
+                isinstance(e.b, P.IntImm):
+            for lp in loops:
+                if lp.var.same_as(e.a) and lp.start == 0 and lp.extent % int(e.b.value) == 0:
+                    found.setdefault(lp.var, (lp, int(e.b.value)))
+        for child in ("a", "b", "value", "condition", "true_value", "false_value"):
+            if hasattr(e, child):
+                visit(getattr(e, child))
+        if isinstance(e, Call):
+            for arg in e.args:
+                visit(arg)
+
+    for e in indices:
+        visit(e)
+    if not found:
+        return indices, loops, value
+    sub, new_loops = {}, []
+    for lp in loops:
+        if lp.var not in found:
+            new_loops.append(lp)
+            continue
+        _, c = found[lp.var]
+        outer = Var(f"{lp.var.name}_o", lp.var.ty)
+        inner = Var(f"{lp.var.name}_i", lp.var.ty)
+        sub[lp.var] = outer * c + inner
+        new_loops += [_Loop(outer, lp.extent // c), _Loop(inner, c)]
+    analyzer = tvm.sym.Analyzer()
+    for lp in new_loops:
+        analyzer.bind(lp.var, tvm.ir.Range(lp.start, lp.start + lp.extent))
+    indices = [analyzer.simplify(substitute(e, sub)) for e in indices]
+    return indices, new_loops, substitute(value, sub)
+
+
 def _adjoint_of_read(shape, dtype, indices, loops, value, name):
     """Tensor of `shape`: sum over loops with indices(loops) == j of value(loops)."""
     red_axes = {}
+    indices, loops, value = _split_div_loops(indices, loops, value)
 
     def body(*j):
         sub, guards, free = _solve(indices, loops, list(j))
@@ -447,6 +511,16 @@ def _backprop(name, t, dT, live):
             mask = hit if mask is None else P.And(mask, hit)
         elif combiner is not P.Add:
             raise _Unsupported(f"reduction with combiner {body.combiner} (only sum, max, min)")
+    # One index width: Relax gives int64 shapes, Python-int shapes give int32 loops, and the
+    # casts between them would hide affine indices from the linear analysis.
+    wide = {lp.var: Var(lp.var.name, tvm.ir.PrimType("int64")) for lp in spatial + reduce_loops
+            if _dtype(lp.var) != "int64"}
+    if wide:
+        spatial = [_Loop(wide.get(lp.var, lp.var), lp.extent, lp.start) for lp in spatial]
+        reduce_loops = [_Loop(wide.get(lp.var, lp.var), lp.extent, lp.start)
+                        for lp in reduce_loops]
+        source = substitute(source, wide)
+        mask = None if mask is None else substitute(mask, wide)
     dy = dT(*[lp.var for lp in spatial])
     groups = []
     for load in _loads(source, []):

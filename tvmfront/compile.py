@@ -1,6 +1,7 @@
 """compile_training / compile_inference: model -> graph -> pipeline -> build -> module."""
 
-from . import graph
+from . import config, graph
+from . import op as op_mod
 from ._tvm import TVM_VERSION
 from ._version import __version__
 from . import pipeline as pipeline_mod
@@ -26,22 +27,27 @@ def _manifest(kind, sig, target):
 
 
 def compile_training(model, loss, optimizer, inputs, labels, target="x86", records=None,
-                     dump_ir=None):
+                     dump_ir=None, derived_gradients=None):
     """Compile forward, loss, backward and optimizer update into one train step.
 
     inputs / labels: TensorSpec or shape tuple of one batch; a bare label shape gets the
     loss's label dtype (int64 for CrossEntropyLoss, the output dtype for MSELoss).
     records: a MetaSchedule database directory to take schedules from (optional).
     dump_ir: directory receiving the IR after every pipeline stage (or TVMFRONT_DUMP_IR).
+    derived_gradients: True uses every op's derived gradient even where an explicit `.grad`
+      exists (or TVMFRONT_DERIVED_GRADIENTS=1).
 
     >>> step = tvf.compile_training(model, tvf.nn.CrossEntropyLoss(), tvf.optim.Adam(1e-3),
     ...                             inputs=(64, 1, 8, 8), labels=(64,))
     >>> loss = step.step(x_batch, y_batch)
     """
-    mod, sig = graph.build_training(model, loss, inputs, labels)
-    stages = [("gradient", graph.gradient),
-              ("append_optimizer", lambda m: graph.append_optimizer(m, sig, optimizer))]
-    mod = pipeline_mod.run(mod, stages, dump_ir)
+    if derived_gradients is None:
+        derived_gradients = config.derived_gradients()
+    with op_mod.derived_gradients(derived_gradients):
+        mod, sig = graph.build_training(model, loss, inputs, labels)
+        stages = [("gradient", graph.gradient),
+                  ("append_optimizer", lambda m: graph.append_optimizer(m, sig, optimizer))]
+        mod = pipeline_mod.run(mod, stages, dump_ir)
     executable, target = build(mod, target, records, dump_ir and f"{dump_ir}/lowering")
     manifest = _manifest("training", sig, target)
     manifest["labels"] = sig.labels.to_json()

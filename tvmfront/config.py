@@ -11,3 +11,8 @@ def dump_ir_dir():
 def progress_enabled():
     """Progress bars on unless TVMFRONT_PROGRESS=0."""
     return os.environ.get("TVMFRONT_PROGRESS", "1") != "0"
+
+
+def derived_gradients():
+    """Use derived gradients for every op, explicit ones ignored (TVMFRONT_DERIVED_GRADIENTS=1)."""
+    return os.environ.get("TVMFRONT_DERIVED_GRADIENTS", "0") == "1"

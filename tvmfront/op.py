@@ -18,6 +18,8 @@ Example::
     square(np.arange(3.0))          # -> array([0., 1., 4.])
 """
 
+import contextlib
+import contextvars
 import inspect
 import itertools
 
@@ -43,6 +45,20 @@ def _freeze(value):
 
 def _is_float(dtype):
     return np.dtype(dtype).kind == "f"
+
+
+_force_derived = contextvars.ContextVar("tvmfront_force_derived", default=False)
+
+
+@contextlib.contextmanager
+def derived_gradients(enabled=True):
+    """Within this block every op uses its derived gradient, even where `.grad` exists
+    (to compare the two, or to train on derived gradients alone)."""
+    token = _force_derived.set(enabled)
+    try:
+        yield
+    finally:
+        _force_derived.reset(token)
 
 
 def _zeros(like, name):
@@ -94,7 +110,9 @@ class Op:
 
         The explicit `.grad` is used when there is one, else the gradient derived from the
         forward (`derived=True` forces the derived one, e.g. to compare the two)."""
-        if derived or (derived is None and not self.has_grad):
+        if derived is None:
+            derived = _force_derived.get() or not self.has_grad
+        if derived:
             grads = derive_for_op(self.name, lambda *xs: self.te_forward(*xs, **attrs), inputs, dy)
         else:
             grads = self._grad_fn(dy, *inputs, **attrs)
@@ -147,7 +165,7 @@ class Op:
         tensors = [v if isinstance(v, Tensor) else Tensor(relax.const(np.asarray(v)))
                    for v in inputs]
         needs = [t.requires_grad and _is_float(t.dtype) for t in tensors]
-        if any(needs) and not self.has_grad:
+        if any(needs) and (_force_derived.get() or not self.has_grad):
             self._check_derivable(tensors, attrs)  # fail now, naming the op, not inside Relax
         # The handler finds attrs and needs-grad flags through this id; equal calls share one.
         key = (_freeze(attrs), tuple(needs))

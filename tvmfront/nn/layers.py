@@ -2,6 +2,8 @@
 
 import math
 
+import numpy as np
+
 from .. import ops
 from . import init
 from .module import Module, Parameter
@@ -112,3 +114,91 @@ class Sequential(Module):
         for layer in self._modules.values():
             x = layer(x)
         return x
+
+
+class GELU(_Activation):
+    op = ops.gelu
+
+
+class LayerNorm(Module):
+    """Normalise over the last axis of size `normalized_shape`, with affine weight and bias."""
+
+    def __init__(self, normalized_shape, eps=1e-5, dtype="float32"):
+        super().__init__()
+        self.normalized_shape, self.eps = int(normalized_shape), eps
+        self.weight = Parameter(np.ones(self.normalized_shape, dtype))
+        self.bias = Parameter(np.zeros(self.normalized_shape, dtype))
+
+    def forward(self, x):
+        return ops.layer_norm(x, self.weight, self.bias, eps=self.eps)
+
+    def extra_repr(self):
+        return f"{self.normalized_shape}, eps={self.eps}"
+
+
+class GroupNorm(Module):
+    """NCHW group normalisation with per-channel affine weight and bias."""
+
+    def __init__(self, num_groups, num_channels, eps=1e-5, dtype="float32"):
+        super().__init__()
+        if num_channels % num_groups:
+            raise ValueError(f"GroupNorm: {num_channels} channels do not split into "
+                             f"{num_groups} groups")
+        self.num_groups, self.num_channels, self.eps = num_groups, num_channels, eps
+        self.weight = Parameter(np.ones(num_channels, dtype))
+        self.bias = Parameter(np.zeros(num_channels, dtype))
+
+    def forward(self, x):
+        return ops.group_norm(x, self.weight, self.bias, groups=self.num_groups, eps=self.eps)
+
+    def extra_repr(self):
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}"
+
+
+class BatchNorm2d(Module):
+    """NCHW batch normalisation with the batch's statistics. Running statistics are not
+    tracked yet, so predict() also normalises with its own batch's statistics."""
+
+    def __init__(self, num_features, eps=1e-5, dtype="float32"):
+        super().__init__()
+        self.num_features, self.eps = num_features, eps
+        self.weight = Parameter(np.ones(num_features, dtype))
+        self.bias = Parameter(np.zeros(num_features, dtype))
+
+    def forward(self, x):
+        return ops.batch_norm(x, self.weight, self.bias, eps=self.eps)
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}"
+
+
+class SelfAttention(Module):
+    """Multi-head scaled dot-product self-attention over x [B, T, D] (no mask, no dropout)."""
+
+    def __init__(self, dim, heads=1, dtype="float32"):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"SelfAttention: dim {dim} is not divisible by {heads} heads")
+        self.dim, self.heads = dim, heads
+        self.qkv = Linear(dim, 3 * dim, dtype=dtype)
+        self.out = Linear(dim, dim, dtype=dtype)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        h, hd = self.heads, d // self.heads
+        qkv = ops.reshape(self.qkv(ops.reshape(x, shape=(b * t, d))), shape=(b, t, 3, h, hd))
+        qkv = ops.transpose(qkv, axes=(2, 0, 3, 1, 4))            # [3, B, H, T, hd]
+        q, k, v = (ops.reshape(_select(qkv, i), shape=(b * h, t, hd)) for i in range(3))
+        scores = ops.batch_matmul(q, ops.transpose(k, axes=(0, 2, 1)))   # [B*H, T, T]
+        attn = ops.softmax_last(ops.mul_scalar(scores, value=1.0 / math.sqrt(hd)))
+        ctx = ops.batch_matmul(attn, v)                                    # [B*H, T, hd]
+        ctx = ops.transpose(ops.reshape(ctx, shape=(b, h, t, hd)), axes=(0, 2, 1, 3))
+        return ops.reshape(self.out(ops.reshape(ctx, shape=(b * t, d))), shape=(b, t, d))
+
+    def extra_repr(self):
+        return f"dim={self.dim}, heads={self.heads}"
+
+
+def _select(x, i):
+    """x[i] along the first axis, as a reshape of a one-row slice."""
+    return ops.reshape(ops.slice_first(x, index=i), shape=tuple(x.shape[1:]))

@@ -52,3 +52,11 @@ def _(dy, x, shape=()):
 def flatten(x):
     """[N, ...] -> [N, prod(...)]"""
     return reshape(x, shape=(x.shape[0], -1))
+
+
+@op
+def slice_first(x, index=0):
+    """x[index : index + 1] along the first axis (keeps the axis)."""
+    if not 0 <= index < int(x.shape[0]):
+        raise ValueError(f"slice_first: index {index} out of range for {list(x.shape)}")
+    return te.compute((1, *x.shape[1:]), lambda i, *r: x(i + index, *r), name="slice_first")
