@@ -1,5 +1,6 @@
 """opcheck: one call that checks an op's forward and gradients over a sweep of shapes."""
 
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,7 +77,10 @@ def opcheck(op, shapes=None, ref=None, dtypes=("float32", "float64"), int_inputs
     """
     int_inputs = dict(int_inputs or {})
     if shapes is None:
-        if op.fn.__code__.co_argcount != 1:
+        tensor_params = [p for p in inspect.signature(op.fn).parameters.values()
+                         if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY,
+                                                                p.POSITIONAL_OR_KEYWORD)]
+        if len(tensor_params) != 1:
             raise ValueError(f"opcheck: op '{op.name}' takes several inputs; pass shapes=")
         shapes = DEFAULT_SHAPES
     rows, failures = [], []
