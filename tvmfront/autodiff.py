@@ -82,8 +82,11 @@ _BINARY = (P.Add, P.Sub, P.Mul, P.Div, P.Mod, P.FloorDiv, P.FloorMod, P.Min, P.M
            P.NE, P.LT, P.LE, P.GT, P.GE, P.And, P.Or)
 
 
-def substitute(expr, vmap):
-    """expr with Vars replaced per vmap {Var: expr} (loads' indices included)."""
+def substitute(expr, vmap, loads=None):
+    """expr with Vars replaced per vmap {Var: expr} (loads' indices included); `loads` maps a
+    tensor to a function (new indices) -> expr that replaces its loads."""
+    if loads:
+        return _Rewriter(vmap, loads).visit(expr)
     if isinstance(expr, Var):
         for v, e in vmap.items():
             if v.same_as(expr):
@@ -106,6 +109,34 @@ def substitute(expr, vmap):
     if isinstance(expr, Call):
         return tirx.call_intrin(_dtype(expr), expr.op.name, *[substitute(a, vmap) for a in expr.args])
     raise _Unsupported(f"cannot rewrite {type(expr).__name__}: {show(expr)}")
+
+
+class _Rewriter:
+    """substitute() that also replaces loads of given tensors."""
+
+    def __init__(self, vmap, loads):
+        self.vmap, self.loads = vmap, loads
+
+    def visit(self, expr):
+        if _is_load(expr):
+            tensor, idx = _load_parts(expr)
+            idx = [self.visit(i) for i in idx]
+            for t, fn in self.loads.items():
+                if t.same_as(tensor):
+                    return fn(idx)
+            return tensor(*idx)
+        if isinstance(expr, _BINARY):
+            return type(expr)(*_promote(self.visit(expr.a), self.visit(expr.b)))
+        if isinstance(expr, P.Not):
+            return P.Not(self.visit(expr.a))
+        if isinstance(expr, P.Select):
+            return P.Select(self.visit(expr.condition), self.visit(expr.true_value),
+                            self.visit(expr.false_value))
+        if isinstance(expr, P.Cast):
+            return P.Cast(_dtype(expr), self.visit(expr.value))
+        if isinstance(expr, Call):
+            return tirx.call_intrin(_dtype(expr), expr.op.name, *[self.visit(a) for a in expr.args])
+        return substitute(expr, self.vmap)
 
 
 def _promote(a, b):
@@ -278,9 +309,11 @@ def _uses_any(expr, vars_):
 def _solve(indices, loops, j):
     """Eliminate loop variables so that indices(loops) == j.
 
-    Returns (substitution {var: expr in j and free vars}, guards, free loops).
+    Returns (substitution {var: expr in j and free vars}, guards, free loops, solved), where
+    solved maps each eliminated var to (numerator, coefficient, loop, its guards):
+    coefficient * var == numerator.
     """
-    sub, guards, remaining = {}, [], list(loops)
+    sub, guards, remaining, solved = {}, [], list(loops), {}
     # Dimensions with fewer candidate variables first, so each finds one to eliminate.
     order = []
     for k, e in enumerate(indices):
@@ -308,16 +341,21 @@ def _solve(indices, loops, j):
         num = j[k] - rest  # c * v == num
         if c < 0:
             num, c = -num, -c
+        own = []
         if c != 1:
-            guards.append(P.EQ(tvm.tirx.floormod(num, c), _const(0, _dtype(num))))
+            own.append(P.EQ(tvm.tirx.floormod(num, c), _const(0, _dtype(num))))
             value = tvm.tirx.floordiv(num, c)
         else:
             value = num
-        guards += [value >= lp.start, value < lp.start + lp.extent]
+        own += [value >= lp.start, value < lp.start + lp.extent]
+        guards += own
+        solved[lp.var] = (num, c, lp, own)
         sub[lp.var] = value
         sub = {v: substitute(x, {lp.var: value}) for v, x in sub.items()}
+        solved = {v: (substitute(n, {lp.var: value}), co, l, g)
+                  for v, (n, co, l, g) in solved.items()}
         remaining.pop(pick)
-    return sub, guards, remaining
+    return sub, guards, remaining, solved
 
 
 def _solve_bijective(indices, loops, j):
@@ -336,7 +374,7 @@ def _solve_bijective(indices, loops, j):
             sub[lp.var] = inverse[lp.var]
         except KeyError:  # an extent-1 loop, folded to a constant by detect_iter_map
             sub[lp.var] = _const(lp.start, _dtype(lp.var))
-    return sub, [], [lp for lp in loops if lp not in used]
+    return sub, [], [lp for lp in loops if lp not in used], {}
 
 
 def _try_simplify(analyzer, expr):
@@ -388,13 +426,68 @@ def _split_div_loops(indices, loops, value):
     return indices, new_loops, substitute(value, sub)
 
 
-def _adjoint_of_read(shape, dtype, indices, loops, value, name):
-    """Tensor of `shape`: sum over loops with indices(loops) == j of value(loops)."""
+def _extend_adjoint(adjoint, value, solved, guards, analyzer, name):
+    """Move range and stride guards off the inner loop: the output adjoint dT is read at
+    var = num / c for eliminated spatial vars; when dT is the only thing reading such a var,
+    read instead a zero-extended (and, for strides, dilated) copy of dT at num - lo. For a
+    convolution this is the classic transposed convolution over a padded, dilated dy.
+    Returns the new value and the guards still needed."""
+    if adjoint is None:
+        return value, guards
+    dT, spatial = adjoint
+    probe = substitute(value, {}, loads={dT: lambda idx: _const(0, str(dT.dtype))})
+    plan = {}  # dim -> (num, c, loop, lo, size)
+    for d, var in enumerate(spatial):
+        entry = next(((n, c, lp, g) for v, (n, c, lp, g) in solved.items() if v.same_as(var)),
+                     None)
+        if entry is None or _uses_any(probe, [var]):
+            continue
+        num, c, lp, own = entry
+        bound = analyzer.const_int_bound(num)
+        lo, hi = int(bound.min_value), int(bound.max_value)
+        if hi - lo > 1 << 20 or (c == 1 and lo >= lp.start and hi < lp.start + lp.extent):
+            continue  # huge, or every read is in range already: nothing to move
+        plan[d] = (num, c, lp, lo, hi - lo + 1)
+        guards = [g for g in guards if not any(g.same_as(o) for o in own)]
+    if not plan:
+        return value, guards
+    shape = [plan[d][4] if d in plan else int(dT.shape[d]) for d in range(len(spatial))]
+    zero = _const(0, str(dT.dtype))
+
+    def ext_body(*u):
+        src, ok = [], []
+        for d, ud in enumerate(u):
+            if d not in plan:
+                src.append(ud)
+                continue
+            num, c, lp, lo, _ = plan[d]
+            raw = ud + lo
+            q = tvm.tirx.floordiv(raw, c) if c != 1 else raw
+            if c != 1:
+                ok.append(P.EQ(tvm.tirx.floormod(raw, c), _const(0, _dtype(raw))))
+            ok += [q >= lp.start, q < lp.start + lp.extent]
+            src.append(q)
+        cond = ok[0]
+        for extra in ok[1:]:
+            cond = P.And(cond, extra)
+        return tvm.tirx.if_then_else(cond, dT(*src), zero)
+
+    ext = te.compute(shape, ext_body, name=f"{name}_dy_ext")
+
+    def read(idx):
+        return ext(*[plan[d][0] - plan[d][3] if d in plan else idx[d] for d in range(len(idx))])
+
+    return substitute(value, {}, loads={dT: read}), guards
+
+
+def _adjoint_of_read(shape, dtype, indices, loops, value, name, adjoint=None):
+    """Tensor of `shape`: sum over loops with indices(loops) == j of value(loops).
+    `adjoint` = (dT, spatial vars) names the output adjoint read in `value`."""
     red_axes = {}
     indices, loops, value = _split_div_loops(indices, loops, value)
 
     def body(*j):
-        sub, guards, free = _solve(indices, loops, list(j))
+        sub, guards, free, solved = _solve(indices, loops, list(j))
         for lp in free:
             if lp.var not in red_axes:
                 red_axes[lp.var] = te.reduce_axis((lp.start, lp.start + lp.extent), lp.var.name)
@@ -406,13 +499,19 @@ def _adjoint_of_read(shape, dtype, indices, loops, value, name):
             analyzer.bind(jv, tvm.ir.Range(0, int(d)))
         for lp in free:
             analyzer.bind(rename[lp.var], tvm.ir.Range(lp.start, lp.start + lp.extent))
+        ext_analyzer = tvm.sym.Analyzer()
+        for d, jv in zip(shape, j):
+            ext_analyzer.bind(jv, tvm.ir.Range(0, int(d)))
+        for lp in free:
+            ext_analyzer.bind(lp.var, tvm.ir.Range(lp.start, lp.start + lp.extent))
+        value_here, guards = _extend_adjoint(adjoint, value, solved, guards, ext_analyzer, name)
         cond = None
         for g in guards:
             g = analyzer.simplify(substitute(g, rename))
             if isinstance(g, P.IntImm) and g.value == 1:
                 continue
             cond = g if cond is None else P.And(cond, g)
-        term = _try_simplify(analyzer, substitute(value, sub))
+        term = _try_simplify(analyzer, substitute(value_here, sub))
         if cond is not None:
             term = tvm.tirx.if_then_else(cond, term, _const(0, dtype))
         if free:
@@ -540,7 +639,8 @@ def _backprop(name, t, dT, live):
             value = tvm.tirx.if_then_else(mask, value, _const(0, dtype))
         out.append((tensor, _adjoint_of_read(
             tuple(int(s) for s in tensor.shape), str(tensor.dtype), indices,
-            spatial + reduce_loops, value, f"{op.name}_d{tensor.op.name}{g}")))
+            spatial + reduce_loops, value, f"{op.name}_d{tensor.op.name}{g}",
+            adjoint=(dT, [lp.var for lp in spatial]))))
     return out
 
 

@@ -1,0 +1,97 @@
+"""Derived-gradient kernels vs their forward, and vs PyTorch's backward, measured in one run.
+
+    .venv/bin/python bench/grad_kernels.py            # PyTorch from .venv-bench if present
+    bash bench/setup.sh                               # makes .venv-bench (torch, CPU)
+
+For each case: tvmfront's forward kernel and the derived backward kernels (one per input,
+as in a compiled train step), both with tvmfront's default CPU schedules; their median times
+and ratio; and PyTorch's forward and backward on the same shapes, in its own process.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+import tvmfront as tvf
+from tvmfront import ops
+from tvmfront._tvm import te, to_device, tvm
+from tvmfront.target import resolve_target
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CASES = {
+    "matmul 512": ("matmul", ops.matmul, [(512, 512), (512, 512)], {}),
+    "conv2d b32 32->64 @28 3x3": ("conv2d", ops.conv2d, [(32, 32, 28, 28), (64, 32, 3, 3)],
+                                  {"padding": 1}),
+    "conv2d b32 64->64 @14 3x3 s2": ("conv2d", ops.conv2d, [(32, 64, 14, 14), (64, 64, 3, 3)],
+                                     {"stride": 2, "padding": 1}),
+    "max_pool2d b32 64@28 k2": ("max_pool2d", ops.max_pool2d, [(32, 64, 28, 28)], {"kernel": 2}),
+    "avg_pool2d b32 64@28 k2": ("avg_pool2d", ops.avg_pool2d, [(32, 64, 28, 28)], {"kernel": 2}),
+}
+
+
+def _schedule(func, target):
+    try:
+        from tvmfront.schedule import schedule_prim_func
+    except ImportError:  # default schedules not available: time the naive loops
+        return func
+    return schedule_prim_func(func, target)[0]
+
+
+def _time_us(func, args, target):
+    lib = tvm.compile(_schedule(func, target), target=target)
+    timer = lib.mod.time_evaluator("main", tvm.cpu(), number=3, repeat=7, min_repeat_ms=50)
+    return float(np.median(timer(*args).results)) * 1e6
+
+
+def tvmfront_times(op, shapes, attrs, target):
+    rng = np.random.default_rng(0)
+    xs = [te.placeholder(s, "float32", name=f"x{i}") for i, s in enumerate(shapes)]
+    data = [to_device(rng.standard_normal(s).astype("float32")) for s in shapes]
+    out = op.te_forward(*xs, **attrs)
+    out_data = tvm.runtime.empty(tuple(int(d) for d in out.shape), "float32", tvm.cpu())
+    forward = _time_us(te.create_prim_func(xs + [out]), data + [out_data], target)
+    dy = te.placeholder(out.shape, "float32", name="dy")
+    dy_data = to_device(rng.standard_normal(tuple(int(d) for d in out.shape)).astype("float32"))
+    backward = 0.0
+    for i, x in enumerate(xs):  # one kernel per input, as the train step emits them
+        grad = op.te_grad(dy, *xs, derived=True, **attrs)[i]
+        grad_data = tvm.runtime.empty(shapes[i], "float32", tvm.cpu())
+        backward += _time_us(te.create_prim_func([dy] + xs + [grad]), [dy_data] + data + [grad_data],
+                             target)
+    return forward, backward
+
+
+def torch_times(threads):
+    python = os.path.join(ROOT, ".venv-bench", "bin", "python")
+    if not os.path.exists(python):
+        return None, "no .venv-bench (bash bench/setup.sh)"
+    spec = {n: {"op": k, "shapes": s, "attrs": a} for n, (k, _, s, a) in CASES.items()}
+    out = subprocess.run([python, os.path.join(ROOT, "bench", "_torch_grad_kernels.py"),
+                          json.dumps(spec), str(threads)], capture_output=True, text=True)
+    if out.returncode:
+        return None, out.stderr.strip().splitlines()[-1]
+    return json.loads(out.stdout.strip().splitlines()[-1]), None
+
+
+def main():
+    target = resolve_target("x86")
+    threads = int(target.attrs.get("num-cores", os.cpu_count() or 1))
+    torch_result, why = torch_times(threads)
+    print(f"target {target}; PyTorch: {'measured' if torch_result else why}")
+    print(f"{'case':<30} {'fwd us':>9} {'derived bwd us':>15} {'bwd/fwd':>8} "
+          f"{'torch fwd us':>13} {'torch bwd us':>13} {'bwd vs torch':>13}")
+    for name, (_, op, shapes, attrs) in CASES.items():
+        fwd, bwd = tvmfront_times(op, shapes, attrs, target)
+        row = f"{name:<30} {fwd:>9.0f} {bwd:>15.0f} {bwd / fwd:>8.2f}"
+        if torch_result:
+            t = torch_result[name]
+            row += (f" {t['forward_us']:>13.0f} {t['backward_us']:>13.0f} "
+                    f"{bwd / t['backward_us']:>12.2f}x")
+        print(row, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
