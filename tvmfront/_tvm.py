@@ -12,15 +12,14 @@ from tvm.runtime import load_module
 
 __all__ = [
     "tvm", "te", "relax", "tirx", "PyExprMutator", "mutator", "load_module",
-    "TVM_VERSION", "register_global_func", "to_device", "cpu", "Target",
-    "compile_prim_func", "structural_equal", "device_for", "virtual_machine", "call_tir_with_grad_op", "TensorType", "llvm_system_cpu",
+    "TVM_VERSION", "register_global_func", "to_device", "Target", "structural_equal",
+    "device_for", "virtual_machine", "call_tir_with_grad_op", "llvm_system_cpu",
 ]
 
 TVM_VERSION = tvm.__version__
 register_global_func = tvm_ffi.register_global_func
 structural_equal = tvm_ffi.structural_equal
 Target = tvm.target.Target
-TensorType = relax.TensorType
 
 
 def llvm_system_cpu():
@@ -28,10 +27,6 @@ def llvm_system_cpu():
     from tvm.target import codegen
 
     return codegen.llvm_get_system_cpu()
-
-
-def cpu():
-    return tvm.cpu()
 
 
 def device_for(kind):
@@ -46,11 +41,6 @@ def virtual_machine(lib, device):
 def to_device(array, device=None):
     """numpy array -> TVM runtime tensor on `device` (host CPU by default)."""
     return tvm.runtime.tensor(array, device or tvm.cpu())
-
-
-def compile_prim_func(prim_func, target):
-    """Build one TIR PrimFunc into a callable runtime module."""
-    return tvm.compile(prim_func, target=target)
 
 
 def call_tir_with_grad_op():

@@ -36,11 +36,3 @@ class TensorSpec:
 
     def to_json(self):
         return {"shape": list(self.shape), "dtype": self.dtype}
-
-    def check(self, name, array):
-        """Raise ShapeError naming `name` unless `array` matches this spec exactly."""
-        if not isinstance(array, np.ndarray):
-            raise ShapeError(f"{name}: expected a numpy array, got {type(array).__name__}")
-        if tuple(array.shape) != self.shape or str(array.dtype) != self.dtype:
-            raise ShapeError(f"{name}: expected shape {self.shape} dtype {self.dtype}, "
-                             f"got shape {tuple(array.shape)} dtype {array.dtype}")
