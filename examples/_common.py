@@ -35,3 +35,16 @@ def compile_train_export(model, optimizer, x_shape, data, args, lr_schedule=None
     print(f"total time {time.perf_counter() - t0:.1f} s")
     print(f"test_accuracy={accuracy:.4f}")
     return accuracy
+
+
+def tuning_modules(make_model, optimizer, x_shape, target):
+    """What `tvmfront tune` tunes for a digits example (its tvmfront_modules): the train step
+    at batch 64 and inference at batch 1 and 64, all from one seeded model."""
+    tvf.manual_seed(0)
+    model = make_model()
+    return {
+        "train_b64": tvf.compile_training(model, tvf.nn.CrossEntropyLoss(), optimizer,
+                                          inputs=(64, *x_shape), labels=(64,), target=target),
+        "infer_b1": tvf.compile_inference(model, inputs=(1, *x_shape), target=target),
+        "infer_b64": tvf.compile_inference(model, inputs=(64, *x_shape), target=target),
+    }

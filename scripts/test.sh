@@ -3,4 +3,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# qemu, the aarch64 cross compiler, sysroot and wheels for tests/test_arm.py (idempotent);
+# offline it fails and the ARM tests skip, printing why.
+if ! bash scripts/setup_arm.sh; then
+    echo "test: ARM setup failed (above); tests/test_arm.py will skip" >&2
+    export TVMFRONT_ARM_SETUP_FAILED="scripts/setup_arm.sh failed in scripts/test.sh (its output is above)"
+fi
 .venv/bin/python -m pytest -q "$@"

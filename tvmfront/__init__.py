@@ -14,10 +14,12 @@ from .runtime import InferenceModule, TrainingModule, load
 from .spec import TensorSpec
 from .target import targets
 from .trainer import Trainer
+from .tune import TuneReport, tune
 
 __all__ = [
     "BundleError", "GradientError", "InferenceModule", "Op", "OpCheckError", "OpCheckReport",
     "ShapeError", "TargetError",
     "TensorSpec", "Trainer", "TrainingModule", "TvmfrontError", "compile_inference",
     "compile_training", "data", "derived_gradients", "gradcheck", "load", "opcheck", "manual_seed", "nn", "op", "ops", "optim", "targets", "te", "tirx",
+    "tune", "TuneReport",
 ]

@@ -72,3 +72,141 @@ def cpu_vector_bits(target):
         return max(128, int(codegen.llvm_get_vector_width(target)))
     except Exception:  # non-LLVM targets or an LLVM without the query
         return 128
+
+
+# ---- targets across machines: which CPU a build is for, cross compilers, devices ------------
+# (tvmfront.target names targets; the runtime decides from these whether a module runs here
+# and how to export it. Kept here so the runtime layer needs nothing from the frontend.)
+import json as _json  # noqa: E402
+import os as _os  # noqa: E402
+import platform as _platform  # noqa: E402
+
+__all__ += ["normalize_arch", "host_arch", "target_arch", "device_available",
+            "cross_compiler_name", "cross_compiler", "export_library"]
+
+_ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "x86-64": "x86_64", "arm64": "aarch64"}
+# CPU architecture -> the GNU cross C++ compiler that links TVM libraries for it (Debian names)
+CROSS_CXX = {"aarch64": "aarch64-linux-gnu-g++", "x86_64": "x86_64-linux-gnu-g++"}
+
+
+def normalize_arch(name):
+    """'arm64' -> 'aarch64', 'AMD64' -> 'x86_64': one spelling per CPU architecture."""
+    name = str(name).lower()
+    return _ARCH_ALIASES.get(name, name)
+
+
+def host_arch():
+    """This machine's CPU architecture ('x86_64', 'aarch64', ...)."""
+    return normalize_arch(_platform.machine())
+
+
+def target_arch(target):
+    """The CPU architecture the host-side code of `target` (a Target or its dict) runs on:
+    an LLVM target's mtriple, a device target's host, else this machine."""
+    if isinstance(target, Target):
+        target = _json.loads(str(target))
+    if not isinstance(target, dict):
+        return host_arch()
+    if target.get("kind") != "llvm" and isinstance(target.get("host"), dict):
+        return target_arch(target["host"])
+    triple = target.get("mtriple") if target.get("kind") == "llvm" else None
+    return normalize_arch(str(triple).split("-")[0]) if triple else host_arch()
+
+
+def device_available(kind):
+    """Whether this process can run code for target kind `kind` (a CUDA target needs a GPU and
+    TVM's CUDA runtime, which loads only where the NVIDIA driver is installed)."""
+    if kind == "cuda":
+        try:
+            return bool(tvm.cuda(0).exist)
+        except Exception:  # no CUDA device API registered at all
+            return False
+    return True
+
+
+def cross_compiler_name(arch):
+    """The C++ compiler that links a library for `arch` on this machine, or None if unknown.
+    TVMFRONT_CXX_<ARCH> (e.g. TVMFRONT_CXX_AARCH64) overrides the default."""
+    arch = normalize_arch(arch)
+    return _os.environ.get(f"TVMFRONT_CXX_{arch.upper()}") or CROSS_CXX.get(arch)
+
+
+def cross_compiler(cxx):
+    """A TVM fcompile that links with `cxx` (tvm.support.cc.cross_compiler)."""
+    from tvm.support import cc
+
+    return cc.cross_compiler(cxx)
+
+
+def export_library(executable, path, cxx=None):
+    """executable.export_library(path), linked with the compiler `cxx` when given."""
+    if cxx is None:
+        return executable.export_library(path)
+    return executable.export_library(path, fcompile=cross_compiler(cxx))
+
+
+# ---- MetaSchedule tuning, tuning records, the compile cache (tune, records, cache) ----------
+import importlib as _importlib  # noqa: E402
+import sys as _sys  # noqa: E402
+
+from tvm.ir.utils import derived_object  # noqa: E402  (Python subclasses of TVM objects)
+from tvm.s_tir import meta_schedule as _meta_schedule  # noqa: E402
+
+__all__ += ["derived_object", "meta_schedule", "structural_hash", "normalize_prim_func",
+            "ms_local_builder", "prim_func_type", "relax_call_tir_op"]
+
+structural_hash = tvm_ffi.structural_hash
+_INTRIN = "tvm.s_tir.tensor_intrin"
+
+
+def _cpu_tensor_intrinsics(arch):
+    """Register only the CPU tensor intrinsics. MetaSchedule's TuneContext imports
+    tvm.s_tir.tensor_intrin, which registers every backend's (~25 s here, 23 s of it CUDA's);
+    fp32 CPU schedules use at most the x86 / ARM ones. The package is entered into sys.modules
+    unexecuted, so its submodules (``.cuda`` too) still import on demand."""
+    if _INTRIN not in _sys.modules:
+        import importlib.util
+
+        spec = importlib.util.find_spec(_INTRIN)
+        _sys.modules[_INTRIN] = importlib.util.module_from_spec(spec)
+    _importlib.import_module(f"{_INTRIN}.{'arm_cpu' if arch == 'aarch64' else 'x86'}")
+
+
+def meta_schedule(target=None):
+    """tvm.s_tir.meta_schedule, with the tensor intrinsics `target` needs registered."""
+    if target is not None and target.kind.name != "llvm":
+        _importlib.import_module(f"{_INTRIN}.cuda")  # GPU schedules tensorize with these
+    else:
+        _cpu_tensor_intrinsics(target_arch(target) if target is not None else host_arch())
+    return _meta_schedule
+
+
+def normalize_prim_func(func):
+    """A PrimFunc as the IRModule MetaSchedule keys its workloads by."""
+    return tvm.get_global_func("tvm.s_tir.meta_schedule.normalize_mod")(func)
+
+
+def prim_func_type():
+    return tirx.PrimFunc
+
+
+def relax_call_tir_op():
+    return tvm.ir.Op.get("relax.call_tir")
+
+
+def ms_local_builder(timeout_sec=120.0, max_workers=None):
+    """MetaSchedule's LocalBuilder without its two pitfalls (shared notes): its workers import
+    tvm.s_tir.tensor_intrin (~21-40 s) and die at the 30 s default timeout, so every
+    candidate fails and tuning measures nothing. f_build skips that import (fp32 CPU kernels
+    need no tensor intrinsics); it is a closure, so cloudpickle ships it by value and the
+    workers need nothing but TVM."""
+
+    def f_build(mod, target, _params):
+        from tvm.driver import build as tvm_build
+        from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+        mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+        return tvm_build(mod, target=target)
+
+    return _meta_schedule.builder.LocalBuilder(f_build=f_build, timeout_sec=timeout_sec,
+                                               max_workers=max_workers)

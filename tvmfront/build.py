@@ -1,12 +1,19 @@
 """IRModule + target (+ tuning records) -> compiled executable.
 
 Scheduling is its own stage: tuning records (a MetaSchedule database directory) are applied
-first, then default schedules for whatever they do not cover.
+first, then default schedules for whatever they do not cover. Builds go through the compile
+cache (tvmfront.cache): the library is exported once, into the cache, and loaded from there.
 """
 
-from . import pipeline
-from ._tvm import relax, tvm
-from .target import resolve_target
+import collections
+import os
+import shutil
+
+from . import cache, config, pipeline
+from . import records as records_mod
+from ._tvm import (cross_compiler_name, device_available, export_library, host_arch, load_module,
+                   normalize_prim_func, prim_func_type, relax, structural_hash, target_arch, tvm)
+from .target import resolve_target, target_key
 
 
 def schedule_stage(target, records=None):
@@ -21,17 +28,137 @@ def schedule_stage(target, records=None):
 
                 mod = dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
                                               dl.gpu.GeneralReduction(), dl.gpu.Fallback())(mod)
-            # CPU kernels keep their naive loop nests until default CPU schedules land.
+            elif target.kind.name == "llvm":
+                # Every kernel the records did not cover gets a default CPU schedule
+                # (dlight's CPU rules where they fit, tvmfront's own rules elsewhere).
+                from . import schedule as cpu_schedule
+
+                mod = cpu_schedule.default_cpu_schedule(mod, target)
         return mod
 
     return schedule
 
 
 def build(mod, target, records=None, dump_dir=None):
-    """Lower `mod` through the pipeline, schedule it and compile it for `target`."""
+    """Lower `mod` through the pipeline, then schedule and compile it (see build_lowered)."""
     target = resolve_target(target)
-    stages = pipeline.LOWERING + [("schedule", schedule_stage(target, records))]
-    mod = pipeline.run(mod, stages, dump_dir)
-    # Our stages already legalized and fused; TVM's build pipeline only lowers to the VM.
-    return tvm.compile(mod, target=target,
-                       relax_pipeline=relax.pipeline.default_build_pipeline()), target
+    dump_dir = dump_dir or config.dump_ir_dir()
+    lowered = pipeline.run(mod, pipeline.LOWERING, dump_dir)
+    return build_lowered(lowered, target, records, dump_dir)
+
+
+# What a build returns. library: the loaded runtime library (None when this machine cannot run
+# it); library_bytes: the exported library (None when it cannot be exported here: then the VM
+# runs the executable); executable: the in-memory executable (None on a cache hit); lowered:
+# the IRModule before scheduling (what tuning extracts its tasks from); info: {"cache": "hit"
+# | "miss" | "off", "records": [folders applied], "tuned_kernels": kernels scheduled from
+# records, "key": the compile-cache key}.
+Built = collections.namedtuple("Built", "library library_bytes executable target lowered info")
+
+
+def build_lowered(lowered, target, records=None, dump_dir=None):
+    """Schedule a lowered IRModule (tuning records for this target first, default schedules
+    for the rest) and compile it, through the compile cache (tvmfront.cache).
+
+    records: None (TVMFRONT_RECORDS or the default records root), False (none), a records
+    root with one folder per target key, or one database folder (tvmfront.records.select).
+    A cache hit loads the library built before and skips scheduling and compiling. dump_dir
+    (which asks for the schedule stage's IR) always builds, and so do targets this machine
+    cannot run (cross-compiled ARM, CUDA without a GPU): their modules keep the in-memory
+    executable, which tests inspect for its device code.
+    """
+    target = resolve_target(target)
+    selection = records_mod.select(records, target)
+    key = cache.key(lowered, target, selection.digest)
+    if not dump_dir and runnable_here(target):
+        hit = cache.lookup(key)
+        if hit is not None:
+            data, info, path = hit
+            library = _load(path, target)
+            if library is not False:
+                return Built(library, data, None, target, lowered, dict(info, cache="hit"))
+    scheduled, selection = schedule_lowered(lowered, target, selection)
+    if not selection:
+        key = cache.key(lowered, target, "")  # records TVM could not load were dropped
+    tuned = _covered(lowered, selection)
+    if dump_dir:
+        pipeline._dump(dump_dir, len(pipeline.LOWERING) + 1, "schedule", scheduled)
+    executable = compile_scheduled(scheduled, target)
+    info = {"records": selection.sources, "tuned_kernels": tuned, "key": key,
+            "target_key": target_key(target)}
+    library, data = _export(key, executable, target, info)
+    if data is None:  # not exportable here (no cross compiler): the VM runs the executable
+        return Built(executable, None, executable, target, lowered, dict(info, cache="off"))
+    state = "miss" if cache.cache_dir() is not None and runnable_here(target) else "off"
+    return Built(library, data, executable, target, lowered, dict(info, cache=state))
+
+
+def schedule_lowered(lowered, target, selection):
+    """(scheduled IRModule, the Selection applied): the records of `selection` (a
+    tvmfront.records.Selection) where they exist, default schedules elsewhere. Records that
+    TVM cannot load are dropped with a warning (the returned Selection is then empty)."""
+    with selection.database() as (folder, database):
+        if folder is None:
+            selection = records_mod.Selection()
+        stage = schedule_stage(target, folder)
+        if database is None:
+            return stage(lowered), selection
+        with database:  # MetaScheduleApplyDatabase queries the current database
+            return stage(lowered), selection
+
+
+def compile_scheduled(mod, target):
+    """tvm.compile to the Relax VM. Our stages already legalized, fused and scheduled; TVM's
+    build pipeline only lowers to the VM. (The step a compile-cache hit skips.)"""
+    return tvm.compile(mod, target=target, relax_pipeline=relax.pipeline.default_build_pipeline())
+
+
+def runnable_here(target):
+    """Whether this machine can run code built for `target` (CPU architecture, device)."""
+    return target_arch(target) == host_arch() and device_available(target.kind.name)
+
+
+def _load(path, target):
+    """The library at `path` loaded, None if it cannot run here, False if it fails to load."""
+    if not runnable_here(target):
+        return None
+    try:
+        return load_module(path)
+    except Exception:  # a damaged entry: rebuild
+        return False
+
+
+def _export(key, executable, target, info):
+    """Export the executable into the cache and load it back: (library, bytes); a target this
+    machine cannot run is exported to a temporary file (library None); (None, None) when it
+    cannot be exported here."""
+    arch = target_arch(target)
+    cxx = None
+    if arch != host_arch():
+        cxx = cross_compiler_name(arch)
+        if cxx is None or shutil.which(cxx) is None:
+            return None, None
+    runnable = runnable_here(target)
+    try:
+        path, data = cache.store(key if runnable else None,
+                                 lambda p: export_library(executable, p, cxx), info)
+    except Exception:  # a toolchain problem: keep the in-memory executable
+        return None, None
+    try:
+        library = _load(path, target) if runnable else None
+    finally:
+        if cache.cache_dir() is None or not runnable:
+            os.unlink(path)
+    if library is False:
+        return None, None
+    return library, data
+
+
+def _covered(lowered, selection):
+    """How many kernels of `lowered` the selected records schedule."""
+    if not selection:
+        return 0
+    hashes = selection.hashes()
+    return sum(1 for func in lowered.functions.values()
+               if isinstance(func, prim_func_type())
+               and str(structural_hash(normalize_prim_func(func))) in hashes)

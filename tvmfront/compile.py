@@ -8,7 +8,7 @@ from . import pipeline as pipeline_mod
 from .build import build
 from .nn.loss import CrossEntropyLoss
 from .runtime.modules import InferenceModule, TrainingModule
-from .target import target_json, target_key
+from .target import target_architecture, target_json, target_key
 
 
 def _manifest(kind, sig, target):
@@ -19,6 +19,7 @@ def _manifest(kind, sig, target):
         "target": target_json(target),
         "target_kind": target.kind.name,
         "target_key": target_key(target),
+        "target_arch": target_architecture(target),  # CPU the library's host code runs on
         "inputs": sig.inputs.to_json(),
         "outputs": sig.outputs.to_json(),
         "parameters": [dict(name=n, **s.to_json()) for n, s in sig.params],
@@ -32,7 +33,10 @@ def compile_training(model, loss, optimizer, inputs, labels, target="x86", recor
 
     inputs / labels: TensorSpec or shape tuple of one batch; a bare label shape gets the
     loss's label dtype (int64 for CrossEntropyLoss, the output dtype for MSELoss).
-    records: a MetaSchedule database directory to take schedules from (optional).
+    records: where tuning records come from (tvf.tune writes them): a records root holding
+      one folder per target key, or one MetaSchedule database folder; None takes
+      TVMFRONT_RECORDS or the default root (<repo>/schedules) when it exists; False, none.
+      Only records made for this target are applied, default schedules cover the rest.
     dump_ir: directory receiving the IR after every pipeline stage (or TVMFRONT_DUMP_IR).
     derived_gradients: True uses every op's derived gradient even where an explicit `.grad`
       exists (or TVMFRONT_DERIVED_GRADIENTS=1).
@@ -48,8 +52,8 @@ def compile_training(model, loss, optimizer, inputs, labels, target="x86", recor
         stages = [("gradient", graph.gradient),
                   ("append_optimizer", lambda m: graph.append_optimizer(m, sig, optimizer))]
         mod = pipeline_mod.run(mod, stages, dump_ir)
-    executable, target = build(mod, target, records, dump_ir and f"{dump_ir}/lowering")
-    manifest = _manifest("training", sig, target)
+    built = build(mod, target, records, dump_ir and f"{dump_ir}/lowering")
+    manifest = _manifest("training", sig, built.target)
     manifest["labels"] = sig.labels.to_json()
     manifest["loss"] = getattr(loss, "name", type(loss).__name__)
     if isinstance(loss, CrossEntropyLoss):
@@ -58,13 +62,25 @@ def compile_training(model, loss, optimizer, inputs, labels, target="x86", recor
         "name": optimizer.name, "lr": optimizer.lr, "hyperparameters": optimizer.hyperparameters,
         "state": [dict(name=n, **s.to_json()) for n, s, _ in sig.state]}
     manifest["step"] = 0
-    return TrainingModule(executable, manifest, model.state_dict(), graph.initial_state(sig),
-                          executable=executable)
+    module = TrainingModule(built.library, manifest, model.state_dict(), graph.initial_state(sig),
+                            library_bytes=built.library_bytes, executable=built.executable)
+    return _remember(module, built, records)
 
 
 def compile_inference(model, inputs, target="x86", records=None, dump_ir=None):
-    """Compile the model's forward at the input spec; returns a callable InferenceModule."""
+    """Compile the model's forward at the input spec; returns a callable InferenceModule.
+    records: as for compile_training."""
     mod, sig = graph.build_forward(model, inputs)
-    executable, target = build(mod, target, records, dump_ir)
-    return InferenceModule(executable, _manifest("inference", sig, target), model.state_dict(),
-                           executable=executable)
+    built = build(mod, target, records, dump_ir)
+    module = InferenceModule(built.library, _manifest("inference", sig, built.target),
+                             model.state_dict(), library_bytes=built.library_bytes,
+                             executable=built.executable)
+    return _remember(module, built, records)
+
+
+def _remember(module, built, records):
+    """Keep what tvf.tune needs on the module: the lowered, not yet scheduled IRModule, the
+    target, the records argument, and how the build went (cache hit, kernels from records)."""
+    module._lowered, module._target, module._records = built.lowered, built.target, records
+    module._build_info = built.info
+    return module

@@ -1,25 +1,54 @@
 """Named compilation targets: a short name or a raw TVM target dict -> a TVM Target.
 
 The target is always an argument (never a global), so later targets slot in as new rows.
+
+    x86            this machine's CPU (-mcpu detected) when it is an x86-64, else generic x86-64
+    arm, aarch64   64-bit ARM Linux with NEON, cross-compiled here with aarch64-linux-gnu-g++
+    cuda           an NVIDIA GPU, sm_80 by default; "cuda:sm_90" (or "cuda:90") picks the arch
+    a dict         any TVM target, e.g. {"kind": "llvm", "mcpu": "znver3"} or
+                   {"kind": "cuda", "arch": "sm_90"}
+
+`target_key(target)` names what changes compiled code (CPU architecture / GPU arch, CPU model
+or features, TVM version): `x86_64-znver3-tvm0.27.0.post1`, `aarch64-neon-tvm0.27.0.post1`,
+`cuda-sm_90-tvm0.27.0.post1`. Tuning records and caches are kept per key so that one target's
+schedules never reach another's build.
 """
 
 import json
 import os
+import re
 
-from ._tvm import TVM_VERSION, Target, llvm_system_cpu
+from ._tvm import TVM_VERSION, Target, host_arch, llvm_system_cpu, target_arch
 from .errors import TargetError
 
+DEFAULT_CUDA_ARCH = "sm_80"
 
-def _host_x86():
-    # -mcpu set to the host CPU lets LLVM use every vector extension this machine has.
-    return {"kind": "llvm", "mcpu": llvm_system_cpu(), "num-cores": os.cpu_count() or 1}
+
+def _x86():
+    if host_arch() == "x86_64":
+        # -mcpu set to the host CPU lets LLVM use every vector extension this machine has.
+        return {"kind": "llvm", "mcpu": llvm_system_cpu(), "num-cores": os.cpu_count() or 1}
+    return {"kind": "llvm", "mtriple": "x86_64-linux-gnu"}  # from another machine: generic x86-64
+
+
+def _aarch64():
+    return {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}
+
+
+def _cuda(arch=DEFAULT_CUDA_ARCH):
+    return {"kind": "cuda", "arch": arch}
 
 
 # name -> function returning a TVM target dict. One row per target family.
 _NAMED_TARGETS = {
-    "x86": _host_x86,
-    "llvm": _host_x86,
+    "x86": _x86,
+    "llvm": _x86,
+    "arm": _aarch64,
+    "aarch64": _aarch64,
+    "cuda": _cuda,
 }
+# names that take an option after a colon: "cuda:sm_90"
+_CUDA_ARCH = re.compile(r"cuda:(?:sm_)?(\d+[a-z]?)")
 
 
 def targets():
@@ -27,32 +56,66 @@ def targets():
     return sorted(_NAMED_TARGETS)
 
 
+def _valid_names():
+    return f"{', '.join(targets())}, cuda:sm_XX (e.g. cuda:sm_90)"
+
+
+def _named(name):
+    match = _CUDA_ARCH.fullmatch(name)
+    if match:
+        return _cuda(f"sm_{match.group(1)}")
+    if name not in _NAMED_TARGETS:
+        raise TargetError(f"unknown target {name!r}; valid names: {_valid_names()} "
+                          "(or a TVM target dict such as {'kind': 'llvm', 'mcpu': 'znver3'})")
+    return _NAMED_TARGETS[name]()
+
+
 def resolve_target(target):
-    """'x86' | TVM target dict | tvm Target -> tvm Target. Unknown names raise TargetError."""
+    """Name | TVM target dict | tvm Target -> tvm Target. Unknown names raise TargetError."""
     if isinstance(target, Target):
         return target
     if isinstance(target, str):
-        if target not in _NAMED_TARGETS:
-            raise TargetError(f"unknown target {target!r}; valid names: {', '.join(targets())} "
-                              "(or a TVM target dict such as {'kind': 'llvm', 'mcpu': 'znver3'})")
-        return Target(_NAMED_TARGETS[target]())
+        return Target(_named(target))
     if isinstance(target, dict):
         try:
             return Target(target)
         except Exception as err:  # TVM raises ValueError/TVMError with its own wording
             raise TargetError(f"invalid TVM target dict {target!r}: {err}") from None
-    raise TargetError(f"target must be a name ({', '.join(targets())}) or a TVM target dict, "
+    raise TargetError(f"target must be a name ({_valid_names()}) or a TVM target dict, "
                       f"got {type(target).__name__}")
 
 
+def _feature(f):
+    f = str(f)
+    return f[1:] if f.startswith("+") else "no" + f[1:] if f.startswith("-") else f
+
+
 def target_key(target):
-    """A filesystem-safe key naming what changes compiled code: kind, CPU / arch, TVM version."""
+    """A filesystem-safe key naming what changes compiled code: the CPU architecture and CPU
+    model or features (LLVM), or the GPU arch (CUDA), and the TVM version."""
     t = resolve_target(target)
     kind = t.kind.name
-    detail = str(t.attrs.get("mcpu", "") or t.attrs.get("arch", "") or "generic")
-    return f"{kind}-{detail}-tvm{TVM_VERSION}".replace("/", "_")
+    attrs = t.attrs
+    if kind == "llvm":
+        parts = [target_arch(t)]
+        if attrs.get("mcpu"):
+            parts.append(str(attrs["mcpu"]))
+        features = sorted(_feature(f) for f in (attrs.get("mattr") or []))
+        if features:
+            parts.append("+".join(features))
+        if len(parts) == 1:
+            parts.append("generic")
+    else:
+        parts = [kind, str(attrs.get("arch") or attrs.get("mcpu") or "generic")]
+    parts.append(f"tvm{TVM_VERSION}")
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", "-".join(parts))
 
 
 def target_json(target):
     """The target as a plain JSON-serialisable dict (for manifests)."""
     return json.loads(str(resolve_target(target)))
+
+
+def target_architecture(target):
+    """The CPU architecture the compiled library's host code is for ('x86_64', 'aarch64')."""
+    return target_arch(resolve_target(target))

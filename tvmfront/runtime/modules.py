@@ -6,12 +6,15 @@ model's Python class or the rest of tvmfront's frontend.
 
 import math
 import os
+import shutil
 from collections import OrderedDict
 
 import numpy as np
 
-from .._tvm import TVM_VERSION, device_for, load_module, to_device, virtual_machine
-from ..errors import BundleError, ShapeError
+from .._tvm import (TVM_VERSION, cross_compiler_name, device_available, device_for,
+                   export_library, host_arch, load_module, normalize_arch, target_arch,
+                   to_device, virtual_machine)
+from ..errors import BundleError, ShapeError, TargetError
 from . import bundle
 
 LIBRARY = "module.so"
@@ -32,6 +35,35 @@ def _check(name, array, spec, batch_free=False):
                          f"got shape {tuple(got)} dtype {array.dtype}")
 
 
+def module_arch(manifest):
+    """CPU architecture of a module's library (manifest 'target_arch'; older manifests: the
+    target's mtriple, else this machine)."""
+    arch = manifest.get("target_arch")
+    return normalize_arch(arch) if arch else target_arch(manifest.get("target") or {})
+
+
+def why_not_runnable_here(manifest):
+    """None when this machine can run the module described by `manifest`, else the reason."""
+    arch, host = module_arch(manifest), host_arch()
+    kind = manifest.get("target_kind", "llvm")
+    key = manifest.get("target_key", kind)
+    if arch != host:
+        return (f"this module is compiled for {arch} (target {key}) and this machine is {host}: "
+                f"export it and load the bundle with tvmfront.load on an {arch} device "
+                f"(its runtime needs only numpy, safetensors and the {arch} TVM wheel)")
+    if not device_available(kind):
+        where = ("a machine with an NVIDIA GPU, its driver and TVM's CUDA runtime"
+                 if kind == "cuda" else f"a machine with a {kind} device")
+        return (f"this module is compiled for {kind} (target {key}) and this machine has no "
+                f"usable {kind} device: export it and load the bundle on {where}")
+    return None
+
+
+def _host_copy(array):
+    """numpy copy of a TVM runtime tensor or an array-like."""
+    return array.numpy() if hasattr(array, "numpy") else np.array(array)
+
+
 class _Compiled:
     """What training and inference modules share: parameters, predict, export."""
 
@@ -40,15 +72,42 @@ class _Compiled:
     def __init__(self, library, manifest, params, library_bytes=None, executable=None):
         self.manifest = manifest
         self.device = device_for(manifest["target_kind"])
-        self._vm = virtual_machine(library, self.device)
+        # A module built for another machine (cross-compiled for aarch64, or CUDA without a
+        # GPU here) still keeps its parameters and exports; running it raises TargetError.
+        self.not_runnable_reason = why_not_runnable_here(manifest)
+        self._vm_ = None if self.not_runnable_reason else virtual_machine(library, self.device)
         self._executable, self._library_bytes = executable, library_bytes
         self.param_names = [p["name"] for p in manifest["parameters"]]
-        self._params = [to_device(np.asarray(params[n]), self.device) for n in self.param_names]
+        self._params = [self._to_device(params[n]) for n in self.param_names]
+
+    @property
+    def runnable(self):
+        """Whether this machine can run the module (same CPU architecture, device present)."""
+        return self.not_runnable_reason is None
+
+    @property
+    def _vm(self):
+        if self._vm_ is None:
+            raise TargetError(f"cannot run this {self.kind} module here: "
+                              f"{self.not_runnable_reason}")
+        return self._vm_
+
+    def _to_device(self, array):
+        # Not runnable here: tensors stay host numpy arrays (no device to put them on).
+        array = np.asarray(array)
+        return np.array(array) if self._vm_ is None else to_device(array, self.device)
+
+    def _replace_library(self, library, library_bytes=None, executable=None):
+        """Run a rebuild of the same program from now on (tvf.tune's tuned build); the
+        parameters, optimizer state and step count stay."""
+        if self.not_runnable_reason is None:
+            self._vm_ = virtual_machine(library, self.device)
+        self._executable, self._library_bytes = executable, library_bytes
 
     # ---- parameters ------------------------------------------------------------------------
     def state_dict(self):
         """{parameter name: numpy array}, a copy."""
-        return OrderedDict((n, p.numpy()) for n, p in zip(self.param_names, self._params))
+        return OrderedDict((n, _host_copy(p)) for n, p in zip(self.param_names, self._params))
 
     def load_state_dict(self, state):
         specs = {p["name"]: p for p in self.manifest["parameters"]}
@@ -57,12 +116,13 @@ class _Compiled:
                            f"unexpected {sorted(set(state) - set(specs))}")
         for n in state:
             _check(f"parameter '{n}'", np.asarray(state[n]), specs[n])
-        self._params = [to_device(np.asarray(state[n]), self.device) for n in self.param_names]
+        self._params = [self._to_device(state[n]) for n in self.param_names]
 
     # ---- forward ---------------------------------------------------------------------------
     def predict(self, x):
         """Forward on any number of samples: batched to the compiled batch size (the last
         batch zero-padded) and concatenated."""
+        vm = self._vm
         spec = self.manifest["inputs"]
         _check("x", x, spec, batch_free=True)
         b = spec["shape"][0]
@@ -72,7 +132,7 @@ class _Compiled:
             n = len(chunk)
             if n < b:
                 chunk = np.concatenate([chunk, np.zeros((b - n, *chunk.shape[1:]), chunk.dtype)])
-            outs.append(self._vm["predict"](to_device(chunk, self.device), *self._params)
+            outs.append(vm["predict"](to_device(chunk, self.device), *self._params)
                         .numpy()[:n])
         if not outs:
             return np.zeros((0, *self.manifest["outputs"]["shape"][1:]),
@@ -81,10 +141,30 @@ class _Compiled:
 
     # ---- export ----------------------------------------------------------------------------
     def _library_writer(self):
+        """A function writing the compiled library to a path: the loaded bundle's bytes as
+        they were, or the executable linked for its CPU (with the cross compiler for a
+        cross-compiled module, e.g. aarch64-linux-gnu-g++ for aarch64)."""
         if self._library_bytes is not None:
             data = self._library_bytes
-            return lambda path: open(path, "wb").write(data)
-        return lambda path: self._executable.export_library(path)
+
+            def write_bytes(path):
+                with open(path, "wb") as f:
+                    f.write(data)
+
+            return write_bytes
+        arch = module_arch(self.manifest)
+        cxx = None if arch == host_arch() else cross_compiler_name(arch)
+        if arch != host_arch():
+            if cxx is None:
+                raise TargetError(f"no cross compiler known for {arch}; set "
+                                  f"TVMFRONT_CXX_{arch.upper()} to a C++ compiler for {arch}")
+            if shutil.which(cxx) is None:
+                raise TargetError(
+                    f"exporting a module compiled for {arch} needs the cross compiler {cxx}, "
+                    f"which is not on PATH (Debian/Ubuntu: apt-get install "
+                    f"g++-{arch.replace('_', '-')}-linux-gnu; bash scripts/setup_arm.sh does it "
+                    f"for aarch64), or set TVMFRONT_CXX_{arch.upper()}")
+        return lambda path: export_library(self._executable, path, cxx)
 
     def _extra_files(self):
         return {}
@@ -99,8 +179,10 @@ class _Compiled:
         return bundle.write_bundle(path, self._manifest_now(), files)
 
     def __repr__(self):
-        return (f"<tvmfront {self.kind} module: target {self.manifest['target_kind']}, "
-                f"{len(self.param_names)} parameters>")
+        where = "" if self.runnable else ", not runnable on this machine"
+        return (f"<tvmfront {self.kind} module: target "
+                f"{self.manifest.get('target_key', self.manifest['target_kind'])}, "
+                f"{len(self.param_names)} parameters{where}>")
 
 
 class InferenceModule(_Compiled):
@@ -109,8 +191,9 @@ class InferenceModule(_Compiled):
     kind = "inference"
 
     def __call__(self, x):
+        vm = self._vm
         _check("x", x, self.manifest["inputs"])
-        return self._vm["predict"](to_device(x, self.device), *self._params).numpy()
+        return vm["predict"](to_device(x, self.device), *self._params).numpy()
 
 
 class TrainingModule(_Compiled):
@@ -125,7 +208,7 @@ class TrainingModule(_Compiled):
     def __init__(self, library, manifest, params, opt_state, library_bytes=None, executable=None):
         super().__init__(library, manifest, params, library_bytes, executable)
         self.state_names = [s["name"] for s in manifest["optimizer"]["state"]]
-        self._state = [to_device(np.asarray(opt_state[n]), self.device) for n in self.state_names]
+        self._state = [self._to_device(opt_state[n]) for n in self.state_names]
         self.step_count = int(manifest["step"])
         self.lr = float(manifest["optimizer"]["lr"])
         self._scalar = manifest["scalar_dtype"]
@@ -147,13 +230,14 @@ class TrainingModule(_Compiled):
 
     def step(self, x, y, lr=None):
         """One optimizer step on batch (x, y); returns the loss before the update."""
+        vm = self._vm
         self._check_batch(x, y)
         lr = self.lr if lr is None else float(lr)
         if not (lr >= 0 and math.isfinite(lr)):
             raise ValueError(f"learning rate must be finite and >= 0, got {lr}")
-        out = self._vm["train_step"](to_device(x, self.device), to_device(y, self.device),
-                                     self._scalar_in(lr), self._scalar_in(self.step_count + 1),
-                                     *self._params, *self._state)
+        out = vm["train_step"](to_device(x, self.device), to_device(y, self.device),
+                               self._scalar_in(lr), self._scalar_in(self.step_count + 1),
+                               *self._params, *self._state)
         p = len(self._params)
         self._params = [out[1 + i] for i in range(p)]
         self._state = [out[1 + p + i] for i in range(len(self._state))]
@@ -162,21 +246,23 @@ class TrainingModule(_Compiled):
 
     def loss(self, x, y):
         """The loss on batch (x, y) at the current parameters (no update)."""
+        vm = self._vm
         self._check_batch(x, y)
-        return float(self._vm["loss"](to_device(x, self.device), to_device(y, self.device),
-                                      *self._params).numpy())
+        return float(vm["loss"](to_device(x, self.device), to_device(y, self.device),
+                                *self._params).numpy())
 
     def loss_and_grads(self, x, y):
         """(loss, {parameter name: gradient}) on batch (x, y), no update."""
+        vm = self._vm
         self._check_batch(x, y)
-        out = self._vm["loss_adjoint"](to_device(x, self.device), to_device(y, self.device),
-                                       *self._params)
+        out = vm["loss_adjoint"](to_device(x, self.device), to_device(y, self.device),
+                                 *self._params)
         grads = out[1]
         return float(out[0].numpy()), OrderedDict(
             (n, grads[i].numpy()) for i, n in enumerate(self.param_names))
 
     def optimizer_state(self):
-        return OrderedDict((n, s.numpy()) for n, s in zip(self.state_names, self._state))
+        return OrderedDict((n, _host_copy(s)) for n, s in zip(self.state_names, self._state))
 
     def _extra_files(self):
         return {OPTIMIZER: bundle.tensors_to_bytes(self.optimizer_state())}
@@ -199,6 +285,9 @@ def load(path):
         raise BundleError(f"{path}: unknown module kind {kind!r}")
     if not os.path.exists(os.path.join(path, LIBRARY)):
         raise BundleError(f"{path}: missing file {LIBRARY}")
+    reason = why_not_runnable_here(manifest)  # before dlopen: a foreign .so cannot load here
+    if reason:
+        raise TargetError(f"{path}: cannot load this bundle here: {reason}")
     lib_path = os.path.join(path, LIBRARY)
     with open(lib_path, "rb") as f:
         library_bytes = f.read()

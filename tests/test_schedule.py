@@ -1,0 +1,182 @@
+"""Default CPU schedules (tvmfront/schedule.py).
+
+1. Training steps (MLP; a small LeNet-like CNN with max and average pooling) built with and
+   without the default schedules train identically: losses and parameters after two steps.
+2. The scheduled training IR of LeNet (the model of examples/lenet_digits.py) and of the MLP:
+   every kernel is marked scheduled, names the rule that scheduled it, and every kernel of
+   non-trivial size has a parallel or vectorized loop.
+3. Inference modules likewise (at batch 1 the Linear layers go through dlight's GEMV rule),
+   and scheduled inference modules predict what the naive ones predict.
+4. The pass keeps already-scheduled kernels and never fails a build over a schedule.
+"""
+
+import numpy as np
+import pytest
+
+import tvmfront as tvf
+from tvmfront import graph, nn, pipeline
+from tvmfront import schedule as cpu_schedule
+from tvmfront.build import schedule_stage
+from tvmfront.target import resolve_target
+
+
+def _naive(monkeypatch):
+    monkeypatch.setattr(cpu_schedule, "default_cpu_schedule", lambda mod, target, report=None: mod)
+
+
+def _mlp():
+    return nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 96), nn.ReLU(),
+                         nn.Linear(96, 10))
+
+
+def _small_cnn():
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),     # 12x12 -> 6x6
+        nn.Conv2d(4, 8, 3), nn.ReLU(), nn.AvgPool2d(2),                # -> 4x4 -> 2x2
+        nn.Flatten(), nn.Linear(32, 24), nn.ReLU(), nn.Linear(24, 10))
+
+
+def _lenet():  # examples/lenet_digits.py
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
+        nn.Linear(84, 10))
+
+
+TRAIN_CASES = {  # name -> (model, input shape, optimizer)
+    "mlp": (_mlp, (16, 64), lambda: tvf.optim.SGD(0.05, momentum=0.9)),
+    "cnn": (_small_cnn, (8, 1, 12, 12), lambda: tvf.optim.Adam(lr=1e-2)),
+}
+
+
+def _compile_training(case):
+    build_model, x_shape, optimizer = TRAIN_CASES[case]
+    tvf.manual_seed(0)
+    return tvf.compile_training(build_model(), nn.CrossEntropyLoss(), optimizer(),
+                                inputs=x_shape, labels=(x_shape[0],))
+
+
+def _two_steps(module, x_shape):
+    rng = np.random.default_rng(1)
+    losses = []
+    for _ in range(2):
+        x = rng.standard_normal(x_shape).astype("float32")
+        y = rng.integers(0, 10, x_shape[0]).astype("int64")
+        losses.append(module.step(x, y, lr=0.05))
+    return np.array(losses), module.state_dict()
+
+
+@pytest.mark.parametrize("case", sorted(TRAIN_CASES))
+def test_scheduled_training_matches_naive(case, monkeypatch):
+    x_shape = TRAIN_CASES[case][1]
+    losses, params = _two_steps(_compile_training(case), x_shape)
+    with monkeypatch.context() as m:
+        _naive(m)
+        naive_losses, naive_params = _two_steps(_compile_training(case), x_shape)
+    np.testing.assert_allclose(losses, naive_losses, rtol=1e-5)
+    assert losses[1] != losses[0]  # the parameters did change between the steps
+    for name in naive_params:
+        np.testing.assert_allclose(params[name], naive_params[name], rtol=1e-5, atol=1e-7,
+                                   err_msg=name)
+
+
+# ---- the scheduled IR ---------------------------------------------------------------------
+
+def _scheduled(mod):
+    target = resolve_target("x86")
+    return schedule_stage(target)(pipeline.run(mod, pipeline.LOWERING)), target
+
+
+def _training_ir(build_model, x_shape, optimizer):
+    tvf.manual_seed(0)
+    mod, sig = graph.build_training(build_model(), nn.CrossEntropyLoss(), x_shape, (x_shape[0],))
+    mod = graph.append_optimizer(graph.gradient(mod), sig, optimizer)
+    return _scheduled(mod)
+
+
+def _inference_ir(build_model, x_shape):
+    tvf.manual_seed(0)
+    mod, _ = graph.build_forward(build_model(), x_shape)
+    return _scheduled(mod)
+
+
+def _check_every_kernel_scheduled(mod):
+    rules = {}
+    for gvar, func in mod.functions_items():
+        if not isinstance(func, tvf.tirx.PrimFunc):
+            continue
+        name = gvar.name_hint
+        assert cpu_schedule.is_scheduled(func), name
+        rule = str(func.attrs[cpu_schedule.RULE_ATTR])
+        rules[name] = rule
+        work = cpu_schedule.kernel_work(func)
+        kinds = cpu_schedule.loop_kinds(func)
+        if work is not None and work >= cpu_schedule.SMALL_WORK:
+            assert kinds & {"parallel", "vectorized"}, f"{name} ({work} iterations): {rule}"
+    assert rules
+    print("\n".join(f"  {n}: {r}" for n, r in sorted(rules.items())))
+    return rules
+
+
+def test_lenet_training_kernels_are_scheduled():
+    mod, _ = _training_ir(_lenet, (64, 1, 16, 16), tvf.optim.Adam(lr=2e-3))
+    rules = _check_every_kernel_scheduled(mod)
+    # The heavy kernels get tvmfront's tiled, vectorized rule.
+    for name in ("conv2d", "conv2d1", "conv2d_grad0", "conv2d_grad1", "dense", "dense_grad01"):
+        assert "tiled[" in rules[name] and "v" in rules[name].split("tiled[")[1], rules[name]
+    assert all(not r.startswith("none") for n, r in rules.items()
+               if "rpow" not in n), rules  # only 0-d kernels are left alone
+
+
+def test_mlp_training_kernels_are_scheduled():
+    mod, _ = _training_ir(lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.ReLU(),
+                                                nn.Linear(256, 256), nn.ReLU(),
+                                                nn.Linear(256, 10)),
+                          (64, 1, 8, 8), tvf.optim.Adam(lr=1e-3))
+    _check_every_kernel_scheduled(mod)
+
+
+@pytest.mark.parametrize("batch", [1, 32])
+def test_inference_kernels_are_scheduled(batch):
+    mod, _ = _inference_ir(_lenet, (batch, 1, 16, 16))
+    rules = _check_every_kernel_scheduled(mod)
+    if batch == 1:
+        assert any(r.startswith("dlight.cpu.GEMV") for r in rules.values()), rules
+
+
+@pytest.mark.parametrize("batch", [1, 16])  # batch 1: dlight's GEMV for the Linear layers
+def test_scheduled_inference_matches_naive(batch, monkeypatch):
+    x = np.random.default_rng(2).standard_normal((batch, 1, 12, 12)).astype("float32")
+    tvf.manual_seed(0)
+    model = _small_cnn()
+    fast = tvf.compile_inference(model, inputs=x.shape)
+    with monkeypatch.context() as m:
+        _naive(m)
+        naive = tvf.compile_inference(model, inputs=x.shape)
+    np.testing.assert_allclose(fast(x), naive(x), rtol=1e-5, atol=1e-6)
+
+
+# ---- the pass itself -----------------------------------------------------------------------
+
+def test_already_scheduled_kernels_are_kept():
+    mod, target = _inference_ir(_mlp, (4, 64))
+    again = cpu_schedule.default_cpu_schedule(mod, target)
+    for gvar, func in mod.functions_items():
+        if isinstance(func, tvf.tirx.PrimFunc):
+            assert again[gvar].same_as(func), gvar.name_hint
+
+
+def test_a_failing_rule_falls_back_instead_of_failing(monkeypatch):
+    tvf.manual_seed(0)
+    mod, _ = graph.build_forward(_mlp(), (4, 64))
+    lowered = pipeline.run(mod, pipeline.LOWERING)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(cpu_schedule, "_tile_reduction", broken)
+    report = {}
+    scheduled = cpu_schedule.default_cpu_schedule(lowered, resolve_target("x86"), report)
+    assert report and all(isinstance(r, str) for r in report.values())
+    assert any(isinstance(f, tvf.tirx.PrimFunc) for _, f in scheduled.functions_items())

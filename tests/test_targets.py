@@ -1,0 +1,206 @@
+"""Named targets, target keys, and CUDA builds on a machine without a GPU."""
+
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+
+import tvmfront as tvf
+from tvmfront import target as tgt
+from tvmfront._tvm import TVM_VERSION, device_available, host_arch
+
+nn = tvf.nn
+BATCH = 4
+
+
+def test_targets_lists_every_name():
+    assert {"x86", "arm", "aarch64", "cuda"} <= set(tvf.targets())
+
+
+def test_named_targets_resolve():
+    x86 = tgt.resolve_target("x86")
+    assert x86.kind.name == "llvm"
+    if host_arch() == "x86_64":
+        assert str(x86.attrs["mcpu"])  # the host CPU, detected
+    for name in ("arm", "aarch64"):
+        arm = tgt.target_json(name)
+        assert arm["kind"] == "llvm"
+        assert arm["mtriple"] == "aarch64-linux-gnu"
+        assert list(arm["mattr"]) == ["+neon"]
+    assert tgt.target_json("cuda")["arch"] == "sm_80"
+    assert tgt.target_json("cuda:sm_90")["arch"] == "sm_90"
+    assert tgt.target_json("cuda:90")["arch"] == "sm_90"
+    assert tgt.target_json({"kind": "cuda", "arch": "sm_90"})["arch"] == "sm_90"
+    raw = tgt.target_json({"kind": "llvm", "mcpu": "cortex-a72",
+                           "mtriple": "aarch64-linux-gnu"})
+    assert raw["mcpu"] == "cortex-a72"
+
+
+def test_unknown_target_lists_the_valid_names():
+    with pytest.raises(tvf.TargetError) as err:
+        tgt.resolve_target("tpu")
+    for name in ("x86", "arm", "aarch64", "cuda", "cuda:sm_XX"):
+        assert name in str(err.value)
+    with pytest.raises(tvf.TargetError, match="valid names"):
+        tgt.resolve_target("cuda:volta")
+    with pytest.raises(tvf.TargetError, match="target must be a name"):
+        tgt.resolve_target(3)
+
+
+def test_keys_name_architecture_cpu_or_gpu_and_tvm_version():
+    keys = {name: tgt.target_key(name) for name in ("x86", "arm", "cuda", "cuda:sm_90")}
+    for key in keys.values():
+        assert key.endswith(f"-tvm{TVM_VERSION}")
+        assert re.fullmatch(r"[A-Za-z0-9._+-]+", key)  # a directory name as it is
+    if host_arch() == "x86_64":
+        mcpu = str(tgt.resolve_target("x86").attrs["mcpu"])
+        assert keys["x86"] == f"x86_64-{mcpu}-tvm{TVM_VERSION}"
+    assert keys["arm"] == f"aarch64-neon-tvm{TVM_VERSION}"
+    assert keys["cuda"] == f"cuda-sm_80-tvm{TVM_VERSION}"
+    assert keys["cuda:sm_90"] == f"cuda-sm_90-tvm{TVM_VERSION}"
+    assert len(set(keys.values())) == len(keys)
+
+
+def test_same_target_same_key_whatever_its_spelling():
+    arm = tgt.target_key("arm")
+    assert tgt.target_key("aarch64") == arm
+    assert tgt.target_key({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}) == arm
+    assert tgt.target_key(tgt.resolve_target("arm")) == arm
+    assert tgt.target_key({"kind": "cuda", "arch": "sm_90"}) == tgt.target_key("cuda:sm_90")
+
+
+def test_keys_separate_cpu_models_and_features():
+    keys = {tgt.target_key(t) for t in (
+        {"kind": "llvm", "mtriple": "aarch64-linux-gnu"},
+        {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]},
+        {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"]},
+        {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"},
+        {"kind": "llvm", "mtriple": "x86_64-linux-gnu"},
+        {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylake-avx512"},
+        {"kind": "cuda", "arch": "sm_80"}, {"kind": "cuda", "arch": "sm_90"})}
+    assert len(keys) == 8
+    assert tgt.target_key({"kind": "llvm", "mtriple": "aarch64-linux-gnu"}) == \
+        f"aarch64-generic-tvm{TVM_VERSION}"
+
+
+def _mlp():
+    tvf.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def test_records_never_mix_two_targets_two_keys(tmp_path):
+    """Modules record their target key; anything kept per key (tuning records) lands in one
+    directory per target, so x86 and ARM schedules never meet."""
+    manifests = {}
+    for name in ("x86", "arm"):
+        module = tvf.compile_inference(_mlp(), inputs=(BATCH, 1, 4, 4), target=name)
+        manifests[name] = module.manifest
+        store = tmp_path / "records" / module.manifest["target_key"]
+        store.mkdir(parents=True)
+        (store / "record.json").write_text(json.dumps(module.manifest["target"]))
+    assert manifests["x86"]["target_key"] != manifests["arm"]["target_key"]
+    assert manifests["arm"]["target_key"] == tgt.target_key("arm")
+    assert manifests["arm"]["target_arch"] == "aarch64"
+    assert manifests["x86"]["target_arch"] == host_arch()
+    assert len(os.listdir(tmp_path / "records")) == 2
+    for name, manifest in manifests.items():
+        stored = json.loads((tmp_path / "records" / manifest["target_key"] / "record.json")
+                            .read_text())
+        assert stored == manifest["target"]
+        assert tgt.target_key(stored) == manifest["target_key"]  # the key is recomputable
+
+
+# ---- CUDA without a GPU -------------------------------------------------------------------
+
+def _cnn():
+    tvf.manual_seed(1)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(16, 3))
+
+
+def _kernel_names(library_bytes):
+    return set(re.findall(rb'extern "C" __global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\(',
+                          library_bytes))
+
+
+def _device_module_kinds(executable):
+    kinds, todo = [], list(executable.mod.imports)
+    while todo:
+        m = todo.pop()
+        kinds.append(m.kind)
+        todo.extend(m.imports)
+    return kinds
+
+
+@pytest.fixture(scope="module")
+def cuda_modules():
+    train = tvf.compile_training(_cnn(), nn.CrossEntropyLoss(), tvf.optim.Adam(1e-2),
+                                 inputs=(BATCH, 1, 4, 4), labels=(BATCH,), target="cuda:sm_90")
+    infer = tvf.compile_inference(_cnn(), inputs=(BATCH, 1, 4, 4), target="cuda")
+    return train, infer
+
+
+def _batch(seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((BATCH, 1, 4, 4)).astype("float32"),
+            rng.integers(0, 3, BATCH).astype("int64"))
+
+
+@pytest.mark.slow
+def test_cuda_modules_build_and_record_their_target(cuda_modules):
+    train, infer = cuda_modules
+    assert train.manifest["target_kind"] == "cuda"
+    assert train.manifest["target"]["arch"] == "sm_90"
+    assert train.manifest["target_key"] == f"cuda-sm_90-tvm{TVM_VERSION}"
+    assert infer.manifest["target_key"] == f"cuda-sm_80-tvm{TVM_VERSION}"
+    for module in cuda_modules:
+        assert "cuda" in _device_module_kinds(module._executable)  # kernels in a CUDA module
+
+
+@pytest.mark.slow
+def test_cuda_bundles_hold_cuda_kernels(cuda_modules, tmp_path):
+    kernels = {}
+    for module, name in zip(cuda_modules, ("train", "infer")):
+        path = module.export(str(tmp_path / name))
+        data = open(os.path.join(path, "module.so"), "rb").read()
+        assert data[:4] == b"\x7fELF"  # host code for this CPU, CUDA kernels embedded in it
+        kernels[name] = _kernel_names(data)
+        assert kernels[name], "no CUDA __global__ kernel in the exported library"
+        assert any(b"conv" in k for k in kernels[name])
+        manifest = json.load(open(os.path.join(path, "manifest.json")))
+        assert manifest["target_kind"] == "cuda"
+    # the backward pass and the optimizer update are GPU kernels too
+    assert len(kernels["train"]) > len(kernels["infer"])
+    assert any(b"grad" in k for k in kernels["train"])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(device_available("cuda"), reason="a CUDA GPU is present")
+def test_cuda_module_without_gpu_is_a_clear_error(cuda_modules, tmp_path):
+    train, infer = cuda_modules
+    x, y = _batch()
+    with pytest.raises(tvf.TargetError, match="compiled for cuda .* no usable cuda device"):
+        train.step(x, y)
+    with pytest.raises(tvf.TargetError, match="NVIDIA GPU"):
+        infer(x)
+    with pytest.raises(tvf.TargetError, match="cuda"):
+        infer.predict(x)
+    assert not train.runnable and "not runnable" in repr(train)
+    assert set(train.state_dict()) == {"0.weight", "0.bias", "4.weight", "4.bias"}
+    path = train.export(str(tmp_path / "bundle"))
+    with pytest.raises(tvf.TargetError, match="cannot load this bundle here: .*cuda"):
+        tvf.load(path)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not device_available("cuda"), reason="needs a CUDA GPU")
+def test_cuda_training_matches_cpu():
+    """Runs where a GPU is present: the same steps on CUDA and on the CPU give the same losses."""
+    losses = {}
+    for name in ("x86", "cuda"):
+        module = tvf.compile_training(_cnn(), nn.CrossEntropyLoss(), tvf.optim.Adam(1e-2),
+                                      inputs=(BATCH, 1, 4, 4), labels=(BATCH,), target=name)
+        losses[name] = [module.step(*_batch(i)) for i in range(3)]
+    np.testing.assert_allclose(losses["cuda"], losses["x86"], rtol=1e-4)

@@ -1,0 +1,153 @@
+"""The ``tvmfront`` command.
+
+    tvmfront tune FILE [--target x86] [--budget N] [--seconds S] [--records DIR] [--only NAME]
+
+FILE is a Python file (an example, or your model file) defining ``tvmfront_modules()``, which
+returns {name: compiled module} (tvf.compile_training / tvf.compile_inference results); when
+it takes a ``target`` argument it receives --target. The file is imported, not run as a
+script, so code under ``if __name__ == "__main__":`` does not run. Each module is tuned with
+``--budget`` trials (and/or ``--seconds``) into the records store (``--records`` root, default
+TVMFRONT_RECORDS or ``<repo>/schedules``), then the command prints a per-kernel table (default
+vs tuned latency, each kernel timed alone; MetaSchedule's own measurement of the best record)
+and the end-to-end speedup: the median time of a train step / forward call, default schedules
+vs tuned, measured in this run, interleaved.
+
+``python -m tvmfront.cli tune ...`` is the same command without the installed script.
+"""
+
+import argparse
+import importlib.util
+import inspect
+import os
+import sys
+
+from .build import build_lowered
+from .errors import TvmfrontError
+from .runtime.modules import InferenceModule, TrainingModule
+from .target import target_key
+from .tune import time_module, tune
+
+
+def _load_modules(path, target, explicit_target):
+    path = os.path.abspath(path)
+    if not os.path.exists(path):
+        raise TvmfrontError(f"{path}: no such file")
+    folder = os.path.dirname(path)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)  # the file's own imports (e.g. the examples' _common)
+    name = "_tvmfront_user_" + os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    user = importlib.util.module_from_spec(spec)
+    sys.modules[name] = user
+    spec.loader.exec_module(user)
+    fn = getattr(user, "tvmfront_modules", None)
+    if not callable(fn):
+        raise TvmfrontError(f"{path} defines no tvmfront_modules() returning "
+                            "{name: compiled module}")
+    takes_target = "target" in inspect.signature(fn).parameters
+    modules = fn(target=target) if takes_target else fn()
+    if not isinstance(modules, dict) or not modules:
+        raise TvmfrontError(f"{path}: tvmfront_modules() must return a non-empty dict "
+                            f"{{name: compiled module}}, got {type(modules).__name__}")
+    want = target_key(target)
+    for key, module in modules.items():
+        if getattr(module, "_lowered", None) is None:
+            raise TvmfrontError(f"{path}: tvmfront_modules()[{key!r}] is not a module from "
+                                "tvf.compile_training / tvf.compile_inference")
+        have = target_key(module._target)
+        if explicit_target and have != want:
+            raise TvmfrontError(f"{path}: module {key!r} is compiled for {have}, not {want}; "
+                                "let tvmfront_modules take a target argument")
+    return modules
+
+
+def _default_copy(module):
+    """The same module built with default schedules only (no records), same parameters."""
+    built = build_lowered(module._lowered, module._target, records=False)
+    kwargs = dict(library_bytes=built.library_bytes, executable=built.executable)
+    if module.kind == "training":
+        return TrainingModule(built.library, dict(module.manifest), module.state_dict(),
+                              module.optimizer_state(), **kwargs)
+    return InferenceModule(built.library, dict(module.manifest), module.state_dict(), **kwargs)
+
+
+def _end_to_end(default, tuned, rounds=3):
+    """(median seconds default, median seconds tuned), interleaved rounds."""
+    a, b = [], []
+    for _ in range(rounds):
+        a.append(time_module(default, min_seconds=0.5))
+        b.append(time_module(tuned, min_seconds=0.5))
+    return sorted(a)[len(a) // 2], sorted(b)[len(b) // 2]
+
+
+def _ms(seconds):
+    return f"{seconds * 1e3:.3f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def cmd_tune(args):
+    modules = _load_modules(args.file, args.target, args.target_given)
+    names = list(modules) if not args.only else args.only
+    unknown = [n for n in names if n not in modules]
+    if unknown:
+        raise TvmfrontError(f"no module {unknown} in {args.file}; it has {sorted(modules)}")
+    summary = []
+    for name in names:
+        module = modules[name]
+        what = "train step" if module.kind == "training" else "forward"
+        print(f"== {name}: {module.kind} module, target {target_key(module._target)}", flush=True)
+        default = _default_copy(module)
+        report = tune(module, budget=args.budget, seconds=args.seconds, records=args.records,
+                      progress=not args.no_progress)
+        print(f"{report.trials} trials ({report.failed} failed) in {report.elapsed:.0f} s, "
+              f"stopped: {report.stopped}; records: {report.store}")
+        print(f"log: {report.log}")
+        print(report.table(top=args.top))
+        t_default, t_tuned = _end_to_end(default, module)
+        speedup = t_default / t_tuned
+        print(f"end to end ({what}, median): default {_ms(t_default)}, tuned {_ms(t_tuned)}, "
+              f"speedup {speedup:.2f}x "
+              f"({module._build_info.get('tuned_kernels', 0)} kernel(s) from records)\n",
+              flush=True)
+        summary.append((name, t_default, t_tuned, speedup))
+    if len(summary) > 1:
+        print("summary (median per call):")
+        for name, d, t, s in summary:
+            print(f"  {name:<20} default {_ms(d):>12}  tuned {_ms(t):>12}  speedup {s:.2f}x")
+    return 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="tvmfront", description="tvmfront command line")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("tune", help="tune the modules a Python file defines",
+                       description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("file", help="Python file defining tvmfront_modules()")
+    p.add_argument("--target", default=None, help="target name or JSON dict (default: x86)")
+    p.add_argument("--budget", type=int, default=64, help="trials per module (default 64)")
+    p.add_argument("--seconds", type=float, default=None, help="wall-time limit per module")
+    p.add_argument("--records", default=None,
+                   help="records root (default: TVMFRONT_RECORDS or <repo>/schedules)")
+    p.add_argument("--only", action="append", metavar="NAME", help="tune only this module")
+    p.add_argument("--top", type=int, default=20, help="kernels shown in the table")
+    p.add_argument("--no-progress", action="store_true", help="no progress line")
+    args = parser.parse_args(argv)
+    args.target_given = args.target is not None
+    target = args.target or "x86"
+    if target.lstrip().startswith("{"):
+        import json
+
+        target = json.loads(target)
+    args.target = target
+    try:
+        return cmd_tune(args)
+    except TvmfrontError as err:
+        print(f"tvmfront: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ntvmfront: interrupted (the records found so far are kept)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,874 @@
+"""Default schedules for CPU kernels of untuned builds.
+
+TVM 0.27's CPU build applies no schedule: a kernel lowered from TE runs as its naive loop
+nest, scalar, on one core. ``default_cpu_schedule(mod, target)`` (the build's schedule
+stage, after any tuning records) gives every unscheduled PrimFunc a schedule for an LLVM CPU
+target and records the rule in the kernel's ``tvmfront.schedule_rule`` attribute (visible in
+``dump_ir``'s schedule stage). Rules, tried in this order:
+
+1. ``dlight.cpu.GEMV`` - matrix times vector (a Linear layer at batch 1).
+2. tvmfront's rule (below); for kernels without a multiply-accumulate, first in a mode that
+   requires every reduction to get a register tile, then
+3. ``dlight.cpu.Reduction`` (rows parallelized; large row reductions only), then
+4. tvmfront's rule without that requirement.
+
+tvmfront's rule, block by block on copies of the schedule (a failing primitive falls back to
+a simpler schedule, never to a failed build):
+
+- injective producers of injective blocks (pointwise chains, reshapes) are inlined;
+- a reduction is register-tiled: the spatial axis whose vectors use the SIMD lanes best is
+  split by the vector length and vectorized; operands strided along it (``x @ w.T``'s
+  weight, a conv weight when vectorizing over output channels) are first packed into a
+  copy with that axis last, when the copy is cheap next to the reduction; one or two other
+  output axes form a register tile chosen so that operand loads are shared across it; the
+  reduction loops sit between the outer loops and the tile; the tile accumulates in a small
+  local buffer (``cache_write``, laid out with the vector axis last) written back together
+  with the pointwise epilogue (bias add, ReLU); outer loops are fused just enough to feed
+  ``num-cores`` threads and parallelized when the kernel is large enough;
+- a reduction with no vectorizable axis gets a tile of independent scalar accumulators; a
+  gather-form gradient indexed through ``// k`` and ``% k`` has those axes split by ``k``
+  so that the indices become affine, with the small inner loops unrolled;
+- a spatial block has its trailing loops fused as far as every access stays contiguous (or
+  constant), split by a vector length that tiles the rows, vectorized; padding blocks are
+  first split into a constant fill and an in-bounds copy (``decompose_padding``).
+
+Reduction order is never changed (no rfactor): every output element is accumulated in the
+order of its reduction loops, so results equal the naive build's up to LLVM's FMA
+contraction in fused pointwise chains (about 1e-7 relative).
+
+Threads: parallel loops run on TVM's CPU thread pool, which takes half the logical CPUs on
+x86 unless TVM_NUM_THREADS is set.
+"""
+
+import math
+import os
+
+from ._tvm import arith, cpu_vector_bits, dlight, s_tir, tirx, tvm
+
+SCHEDULED_ATTR = "tirx.is_scheduled"
+# Each kernel records the rule that scheduled it (visible in dump_ir's schedule stage).
+RULE_ATTR = "tvmfront.schedule_rule"
+# A parallel launch costs microseconds, and on a machine whose cores are shared a parallel
+# region waits for its slowest thread: loops with fewer (vector) iterations than this stay on
+# one core (about 50-100 us of single-core work).
+PARALLEL_MIN_ITERATIONS = 1 << 17
+# Scalar reductions without register tiles need this many times more iterations.
+PLAIN_PARALLEL_PENALTY = 8
+# Parallel loops are fused until they have this many iterations per core.
+PARALLEL_CHUNKS_PER_CORE = 8
+# Scalar accumulators in a register tile without vectors.
+SCALAR_TILE = 8
+# Fully unroll inner loops (register tile x innermost reduction) up to this many bodies.
+UNROLL_MAX_BODY = 64
+# Kernels below this many loop iterations count as trivially small (see `loop_kinds`).
+SMALL_WORK = 1 << 12
+# Pack a strided operand only when the copy is this many times cheaper than the reduction.
+PACK_RATIO = 8
+
+
+class CpuParams:
+    """What the schedules need to know about an LLVM CPU target."""
+
+    def __init__(self, target):
+        self.vector_bits = cpu_vector_bits(target)
+        cores = target.attrs.get("num-cores", None) if hasattr(target, "attrs") else None
+        self.cores = int(cores) if cores else (os.cpu_count() or 1)
+        # Vector registers kept for a reduction's accumulator tile: of x86's 16 (AVX2/SSE)
+        # ~12 are left after the operands; AVX-512 and AArch64 have 32.
+        triple = str(target.attrs.get("mtriple", "")) if hasattr(target, "attrs") else ""
+        wide = self.vector_bits >= 512 or triple.startswith(("aarch64", "arm64"))
+        self.acc_registers = 24 if wide else 12
+
+    def lanes(self, dtype):
+        bits = _dtype_bits(dtype)
+        return max(2, self.vector_bits // max(8, bits))
+
+
+def _dtype_bits(dtype):
+    digits = "".join(ch for ch in str(dtype) if ch.isdigit())
+    return int(digits) if digits else 32
+
+
+# ================================================================================================
+# Entry points
+# ================================================================================================
+
+def default_cpu_schedule(mod, target, report=None):
+    """Schedule every unscheduled PrimFunc of `mod` for the LLVM CPU `target`.
+
+    Returns a new IRModule; PrimFuncs already carrying ``tirx.is_scheduled`` (tuning records,
+    dlight) are kept as they are. `report`, when a dict, receives {kernel name: rule}.
+    """
+    params = CpuParams(target)
+    updates = {}
+    for gvar, func in mod.functions_items():
+        if isinstance(func, tirx.PrimFunc) and not is_scheduled(func):
+            func, rule = schedule_prim_func(func, target, params)
+            updates[gvar] = func.with_attr(RULE_ATTR, rule)
+            if report is not None:
+                report[gvar.name_hint] = rule
+    mod = mod.clone()  # the caller's module stays as it was
+    for gvar, func in updates.items():
+        mod.update_func(gvar, func)
+    return mod
+
+
+def is_scheduled(func):
+    attrs = func.attrs
+    return attrs is not None and SCHEDULED_ATTR in attrs and bool(attrs[SCHEDULED_ATTR])
+
+
+def schedule_prim_func(func, target, params=None):
+    """(scheduled PrimFunc, rule description). Never raises: worst case the func is returned
+    unchanged with rule 'none (...)'."""
+    params = params or CpuParams(target)
+    work = kernel_work(func)
+    if _max_block_iterations(func) <= 1:
+        return _mark(func), "none (trivial: 0-d)"
+    try:
+        sch = s_tir.Schedule(func)
+        contraction = _has_contraction(sch)
+    except Exception as err:  # noqa: BLE001 - never fail a build over a schedule
+        return func, f"none (not schedulable: {type(err).__name__})"
+
+    candidates = []
+    if contraction:  # GEMV is one
+        candidates.append(("dlight.cpu.GEMV", lambda: _dlight(dlight.cpu.GEMV(), func, target)))
+    else:
+        # Row reductions: tvmfront's register tiles when every reduction tiles, else
+        # dlight's Reduction (it parallelizes rows: only for kernels large enough to gain).
+        candidates.append(("tvmfront", lambda: _tvmfront_rule(func, params, tiled_only=True)))
+        if work is not None and work >= PARALLEL_MIN_ITERATIONS:
+            candidates.append(("dlight.cpu.Reduction",
+                               lambda: _dlight(dlight.cpu.Reduction(), func, target)))
+    candidates.append(("tvmfront", lambda: _tvmfront_rule(func, params)))
+    for name, attempt in candidates:
+        try:
+            result = attempt()
+        except Exception:  # noqa: BLE001
+            continue
+        if result is None:
+            continue
+        new_func, detail = result
+        return _mark(new_func), f"{name}{': ' + detail if detail else ''}"
+    return func, "none (no rule applied)"
+
+
+def _mark(func):
+    return func.with_attr(SCHEDULED_ATTR, True)
+
+
+def _dlight(rule, func, target):
+    sch = rule.apply(func, target, False)
+    if isinstance(sch, (list, tuple)):
+        sch = sch[0] if sch else None
+    if sch is None:
+        return None
+    new = sch.mod["main"]
+    if not loop_kinds(new) & {"parallel", "vectorized"}:
+        return None
+    return new, ""
+
+
+# ================================================================================================
+# Inspection helpers (used by tests and reports too)
+# ================================================================================================
+
+_KIND_NAMES = {int(tirx.ForKind.SERIAL): "serial", int(tirx.ForKind.PARALLEL): "parallel",
+               int(tirx.ForKind.VECTORIZED): "vectorized", int(tirx.ForKind.UNROLLED): "unrolled"}
+
+
+def _children(node):
+    for attr in ("body", "block", "then_case", "else_case", "init"):
+        child = getattr(node, attr, None)
+        if child is not None and isinstance(child, tirx.Stmt):
+            yield child
+    seq = getattr(node, "seq", None)
+    if seq is not None:
+        yield from seq
+
+
+def _walk_stmts(stmt, fn):
+    stack = [stmt]
+    while stack:
+        node = stack.pop()
+        fn(node)
+        stack.extend(_children(node))
+
+
+def loop_kinds(func):
+    """Set of loop kinds ('serial', 'parallel', 'vectorized', 'unrolled', ...) in a PrimFunc."""
+    kinds = set()
+
+    def visit(node):
+        if isinstance(node, tirx.For):
+            kinds.add(_KIND_NAMES.get(int(node.kind), str(node.kind)))
+
+    _walk_stmts(func.body, visit)
+    return kinds
+
+
+def kernel_work(func):
+    """Total loop iterations of a PrimFunc (sum over loop nests of the product of extents),
+    or None when an extent is not a constant."""
+    total = [0]
+    ok = [True]
+
+    def visit(node, scale=1):
+        if isinstance(node, tirx.For):
+            ext = _const(node.extent)
+            if ext is None:
+                ok[0] = False
+                return
+            for child in _children(node):
+                visit(child, scale * ext)
+            return
+        if type(node).__name__ in ("SBlockRealize", "BlockRealize"):
+            total[0] += scale
+        for child in _children(node):
+            visit(child, scale)
+
+    visit(func.body)
+    return total[0] if ok[0] else None
+
+
+def _max_block_iterations(func):
+    """Largest iteration count of any single block (1 for kernels of 0-d computations)."""
+    most = [0]
+
+    def visit(node, scale=1):
+        if isinstance(node, tirx.For):
+            scale *= _const(node.extent) or 2
+        elif type(node).__name__ in ("SBlockRealize", "BlockRealize"):
+            most[0] = max(most[0], scale)
+        for child in _children(node):
+            visit(child, scale)
+
+    visit(func.body)
+    return most[0]
+
+
+def _const(expr):
+    return int(expr.value) if isinstance(expr, tirx.IntImm) else None
+
+
+# ================================================================================================
+# Block analysis
+# ================================================================================================
+
+def _walk_expr(expr, fn):
+    stack = [expr]
+    while stack:
+        e = stack.pop()
+        fn(e)
+        for attr in ("a", "b", "value", "condition", "true_value", "false_value", "base",
+                     "stride", "body"):
+            child = getattr(e, attr, None)
+            if isinstance(child, tirx.Expr):
+                stack.append(child)
+        for attr in ("args", "indices"):
+            children = getattr(e, attr, None)
+            if children is not None:
+                stack.extend(c for c in children if isinstance(c, tirx.Expr))
+
+
+def _is_contraction_store(stmt):
+    """out = out + f(loads...) where f multiplies two loads of different buffers."""
+    store = stmt.body
+    if not isinstance(store, tirx.BufferStore) or stmt.init is None:
+        return False
+    found = [False]
+
+    def visit(e):
+        if isinstance(e, tirx.Mul):
+            bufs = set()
+            for side in (e.a, e.b):
+                _walk_expr(side, lambda x: bufs.add(x.source.name)
+                           if isinstance(x, tvm.ir.TensorLoad) else None)
+            if len(bufs) >= 2:
+                found[0] = True
+
+    _walk_expr(store.value, visit)
+    return found[0]
+
+
+def _root_blocks(sch):
+    root = sch.get_sblock("root")
+    return list(sch.get_child_blocks(root))
+
+
+def _has_contraction(sch):
+    return any(_is_contraction_store(sch.get(b)) and _reduction_iters(sch.get(b))
+               for b in _root_blocks(sch))
+
+
+def _reduction_iters(stmt):
+    return [iv for iv in stmt.iter_vars if int(iv.iter_type) == int(tirx.IterVar.CommReduce)]
+
+
+def _row_major(shape):
+    strides, acc = [], 1
+    for ext in reversed(shape):
+        strides.append(acc)
+        acc *= ext
+    return list(reversed(strides))
+
+
+def _access_strides(region, variables, analyzer=None):
+    """Flattened stride of a buffer access with respect to each block variable:
+    {index: int}, None for variables the access depends on non-linearly (or non-pointwise).
+    `analyzer` knows the variables' ranges (so that reshape indices such as (4i + j) % 64
+    simplify to affine ones)."""
+    shape = [_const(s) for s in region.source.shape]
+    if any(s is None for s in shape):
+        return {k: None for k in range(len(variables))}
+    strides = {k: 0 for k in range(len(variables))}
+    position = {v.name: k for k, v in enumerate(variables)}
+    if analyzer is not None and all(_const(r.extent) == 1 for r in region.region):
+        # The flattened offset first: a reshape's (i // 4) * 4 + i % 4 is just i.
+        flat = 0
+        for rng, dim_stride in zip(region.region, _row_major(shape)):
+            flat = flat + rng.min * dim_stride
+        coeffs = arith.detect_linear_equation(analyzer.canonical_simplify(flat), list(variables))
+        if coeffs and all(_const(c) is not None for c in coeffs[:-1]):
+            return {k: _const(c) for k, c in enumerate(coeffs[:-1])}
+    for rng, dim_stride in zip(region.region, _row_major(shape)):
+        index = analyzer.simplify(rng.min) if analyzer is not None else rng.min
+        used = [position[v.name] for v in tirx.analysis.undefined_vars(index)
+                if v.name in position]
+        coeffs = arith.detect_linear_equation(index, list(variables)) if used else []
+        if used and (not coeffs or _const(rng.extent) != 1
+                     or any(_const(c) is None for c in coeffs[:-1])):
+            for k in used:
+                strides[k] = None
+            continue
+        for k in used:
+            if strides[k] is not None:
+                strides[k] += _const(coeffs[k]) * dim_stride
+    return strides
+
+
+class _BlockInfo:
+    """Iteration space and access strides of one block with trivially bound loops."""
+
+    def __init__(self, sch, block):
+        self.block = block
+        self.stmt = stmt = sch.get(block)
+        self.name = stmt.name_hint
+        self.loops = list(sch.get_loops(block))
+        self.vars = [iv.var for iv in stmt.iter_vars]
+        self.kinds = ["R" if int(iv.iter_type) == int(tirx.IterVar.CommReduce) else
+                      "S" if int(iv.iter_type) == int(tirx.IterVar.DataPar) else "O"
+                      for iv in stmt.iter_vars]
+        self.extents = [_const(iv.dom.extent) for iv in stmt.iter_vars]
+        if len(self.loops) != len(self.vars) or any(e is None for e in self.extents):
+            raise ValueError(f"block {self.name}: loops are not trivially bound")
+        for loop, ext in zip(self.loops, self.extents):
+            if _const(sch.get(loop).extent) != ext:
+                raise ValueError(f"block {self.name}: loops are not trivially bound")
+        if len(stmt.writes) != 1:
+            raise ValueError(f"block {self.name}: {len(stmt.writes)} outputs")
+        self.write = stmt.writes[0]
+        self.dtype = self.write.source.dtype
+        analyzer = arith.Analyzer()
+        for iv in stmt.iter_vars:
+            analyzer.bind(iv.var, iv.dom)
+        self.write_strides = _access_strides(self.write, self.vars, analyzer)
+        self.reads = [(i, r, _access_strides(r, self.vars, analyzer))
+                      for i, r in enumerate(stmt.reads)
+                      if not r.source.same_as(self.write.source)]
+        self.work = math.prod(self.extents)
+
+    @property
+    def spatial(self):
+        return [k for k, kind in enumerate(self.kinds) if kind == "S"]
+
+    @property
+    def reduction(self):
+        return [k for k, kind in enumerate(self.kinds) if kind == "R"]
+
+
+# ================================================================================================
+# Choosing factors
+# ================================================================================================
+
+def _vector_factor(extent, lanes, max_registers=2, rows=()):
+    """Largest divisor V of `extent` (2 <= V <= max_registers * lanes) with the best use of
+    vector lanes; None when no divisor fits. `rows`: extents of the inner dimensions fused
+    into this loop; a vector must tile them (V divides a row or covers whole rows), or its
+    indices stop being a simple ramp and the vector code turns into gathers."""
+    best = None
+    for v in range(2, min(extent, max_registers * lanes) + 1):
+        if extent % v or any(v % r and r % v for r in rows):
+            continue
+        if v > lanes and v % lanes:  # e.g. 14 lanes of AVX2 = 8 + 4 + 2: slower than 7
+            continue
+        efficiency = v / (math.ceil(v / lanes) * lanes)
+        key = (efficiency, v)
+        if best is None or key > best[0]:
+            best = (key, v)
+    return best[1] if best else None
+
+
+def _largest_divisor(n, limit):
+    for f in range(min(n, max(1, limit)), 0, -1):
+        if n % f == 0:
+            return f
+    return 1
+
+
+# ================================================================================================
+# tvmfront's rule
+# ================================================================================================
+
+def _parallel_worth_it(work, lanes, params):
+    """A parallel launch costs microseconds: only loops with enough (vector) iterations."""
+    return params.cores > 1 and work / max(1, lanes) >= PARALLEL_MIN_ITERATIONS
+
+
+def _parallelize(sch, loops, params):
+    """Fuse the shortest prefix of `loops` that gives every core a few chunks and mark it
+    parallel (fusing more only adds index arithmetic). Returns (loops after fusion, note)."""
+    extents = [_const(sch.get(lp).extent) for lp in loops]
+    want = PARALLEL_CHUNKS_PER_CORE * params.cores
+    count, product = len(loops), 1
+    for i, ext in enumerate(extents):
+        product *= ext
+        if product >= want:
+            count = i + 1
+            break
+    if product < 2:
+        return loops, ""
+    head = sch.fuse(*loops[:count]) if count > 1 else loops[0]
+    sch.parallel(head)
+    return [head] + list(loops[count:]), "parallel"
+
+
+def _tvmfront_rule(func, params, tiled_only=False):
+    sch = s_tir.Schedule(func)
+    _inline_spatial(sch)
+    notes = []
+    done = set()
+    # Reductions first (they may absorb epilogues and create packing blocks).
+    for name in [sch.get(b).name_hint for b in _root_blocks(sch)]:
+        try:
+            block = sch.get_sblock(name)
+        except Exception:  # noqa: BLE001 - inlined or renamed meanwhile
+            continue
+        if not _reduction_iters(sch.get(block)):
+            continue
+        for strategy in (_tile_reduction, _gather_reduction, _tile_reduction_scalar,
+                         _plain_reduction):
+            trial = sch.copy()
+            try:
+                note, touched = strategy(trial, name, params)
+            except Exception:  # noqa: BLE001 - fall back to a simpler schedule
+                continue
+            sch = trial
+            notes.append(f"{name}={note}")
+            done.update(touched)
+            break
+        else:
+            if tiled_only:
+                raise ValueError(f"reduction {name} left unscheduled")
+        if tiled_only and not notes[-1].startswith(f"{name}=tiled"):
+            raise ValueError(f"reduction {name} not tiled")
+        done.add(name)
+    for block in _root_blocks(sch):
+        name = sch.get(block).name_hint
+        if name in done:
+            continue
+        trial = sch.copy()
+        try:
+            note = _schedule_spatial(trial, name, params)
+        except Exception:  # noqa: BLE001
+            continue
+        sch = trial
+        if note:
+            notes.append(f"{name}={note}")
+    new = sch.mod["main"]
+    if not loop_kinds(new) & {"parallel", "vectorized"} and (kernel_work(new) or 0) >= SMALL_WORK:
+        notes.append("no parallel/vector loop")
+    return new, ", ".join(notes)
+
+
+def _inline_spatial(sch):
+    """Inline injective blocks into injective consumers (pointwise chains, reshapes) until
+    nothing changes. Producers of reductions (padding) stay separate."""
+    changed = True
+    while changed:
+        changed = False
+        blocks = _root_blocks(sch)
+        outputs = {sch.get(b).name_hint for b in sch.get_output_blocks(sch.get_sblock("root"))}
+        for block in blocks:
+            stmt = sch.get(block)
+            if stmt.name_hint in outputs or _reduction_iters(stmt):
+                continue
+            consumers = sch.get_consumers(block)
+            if not consumers or any(_reduction_iters(sch.get(c)) for c in consumers):
+                continue
+            try:
+                sch.compute_inline(block)
+            except Exception:  # noqa: BLE001
+                continue
+            changed = True
+            break
+
+
+def _tile_reduction(sch, name, params, vector=True):
+    """Register-tiled, parallel schedule of a reduction. With `vector`, the output's
+    contiguous axis (along which every operand must be contiguous or constant, after packing
+    a strided operand when cheap) is vectorized and the tile holds vector accumulators;
+    without, the tile holds scalar accumulators (independent chains for the FPU)."""
+    block = sch.get_sblock(name)
+    info = _BlockInfo(sch, block)
+    if "O" in info.kinds or not info.reduction or not info.spatial:
+        raise ValueError("not a plain reduction")
+    lanes = params.lanes(info.dtype)
+    packed = []
+    v = vec = None
+    if vector:
+        v, vec = _choose_vector_axis(info, lanes)
+        # Operands strided along v: pack them into a copy whose last dimension is v's.
+        for _ in range(len(info.reads)):
+            strided = [(i, r) for i, r, strides in info.reads if strides[v] not in (0, 1)]
+            if not strided:
+                break
+            index, region = strided[0]
+            _pack_operand(sch, info, index, region, v)
+            packed.append(region.source.name)
+            block = sch.get_sblock(name)
+            info = _BlockInfo(sch, block)
+        if any(strides[v] not in (0, 1) for _, _, strides in info.reads):
+            raise ValueError("an operand is strided along the vector axis")
+        budget = max(1, params.acc_registers // math.ceil(vec / lanes))
+    else:
+        if _index_divisors(info.stmt, info.vars):
+            raise ValueError("strided-window gather: see _plain_reduction")
+        budget = SCALAR_TILE
+
+    def reuse(k):  # operand loads shared across a tile along axis k (vector loads count 2)
+        return sum((2 if v is not None and strides[v] == 1 else 1)
+                   for _, _, strides in info.reads if strides[k] == 0)
+
+    tiles = {}
+    for k in sorted((k for k in info.spatial if k != v), key=lambda k: (-reuse(k), -k))[:2]:
+        if reuse(k) == 0 or budget <= 1:
+            break
+        f = _largest_divisor(info.extents[k], budget)
+        if f > 1:
+            tiles[k] = f
+            budget //= f
+    if not vector and not tiles:
+        # No reuse to exploit: independent accumulators along the innermost spatial axis.
+        k = next((k for k in reversed(info.spatial) if info.extents[k] > 1), None)
+        f = _largest_divisor(info.extents[k], budget) if k is not None else 1
+        if f < 2:
+            raise ValueError("nothing to tile")
+        tiles[k] = f
+    # A kernel worth running in parallel keeps a few outer iterations per core.
+    if _parallel_worth_it(info.work, vec or 1, params):
+        def outer_count():
+            spatial = math.prod(info.extents[k] for k in info.spatial)
+            return spatial // math.prod(tiles.values()) // (vec or 1)
+
+        while tiles and outer_count() < params.cores:
+            k = max(tiles, key=tiles.get)
+            tiles[k] = _largest_divisor(info.extents[k], tiles[k] - 1)
+            if tiles[k] == 1:
+                del tiles[k]
+        if not vector and not tiles:
+            raise ValueError("nothing to tile")
+
+    outer, inner, red = [], [], []
+    vec_loop = None
+    for k, loop in enumerate(info.loops):
+        if info.kinds[k] == "R":
+            red.append(loop)
+        elif k == v:
+            o, vec_loop = sch.split(loop, factors=[None, vec])
+            outer.append(o)
+        elif k in tiles:
+            o, i = sch.split(loop, factors=[None, tiles[k]])
+            outer.append(o)
+            inner.append(i)
+        else:
+            outer.append(loop)
+    sch.reorder(*outer, *red, *inner, *([vec_loop] if vec_loop is not None else []))
+    parallel = ""
+    if _parallel_worth_it(info.work, vec or 1, params):
+        outer, parallel = _parallelize(sch, outer, params)
+    anchor = outer[-1]
+
+    # Accumulate the register tile in a local buffer; write it back with the epilogue.
+    writeback = sch.cache_write(block, 0, "global")
+    if v is not None and info.write_strides[v] != 1:
+        # The output is strided along v: lay the accumulator out with v's dimension last.
+        d = _packable_dim(info.write, info.vars[v])
+        ndim = len(info.write.region)
+        if d != ndim - 1:
+            sch.transform_layout(block, ("write", 0),
+                                 lambda *idx: [idx[i] for i in range(ndim) if i != d] + [idx[d]])
+    sch.reverse_compute_at(writeback, anchor, preserve_unit_loops=True)
+    epilogue = _absorb_epilogues(sch, writeback)
+    tile_points = math.prod(tiles.values())
+    last_red = red[-1]
+    if _const(sch.get(last_red).extent) * tile_points <= UNROLL_MAX_BODY and len(red) > 1:
+        sch.unroll(last_red)
+    for loop in inner:
+        sch.unroll(loop)
+    if vec_loop is not None:
+        sch.vectorize(vec_loop)
+    _vectorize_innermost(sch, writeback, lanes)
+    # Last: the update block loses its init, and with it the checks other primitives need.
+    init = sch.decompose_reduction(block, red[0])
+    _vectorize_innermost(sch, init, lanes)
+    touched = {sch.get(init).name_hint, sch.get(writeback).name_hint, name}
+    tile = "x".join(str(tiles[k]) for k in sorted(tiles))
+    note = (f"tiled[{tile}{'x' if tile and vec else ''}{f'v{vec}' if vec else ' scalar'}"
+            f"{', parallel' if parallel else ''}"
+            f"{', packed ' + '+'.join(packed) if packed else ''}"
+            f"{', +' + '+'.join(epilogue) if epilogue else ''}]")
+    return note, touched
+
+
+def _packable_dim(region, var):
+    """The one dimension of a point access indexed by `var` (with coefficient 1), or None."""
+    if any(_const(r.extent) != 1 for r in region.region):
+        return None
+    dims = [d for d, rng in enumerate(region.region)
+            if any(x.name == var.name for x in tirx.analysis.undefined_vars(rng.min))]
+    if len(dims) != 1:
+        return None
+    coeffs = arith.detect_linear_equation(region.region[dims[0]].min, [var])
+    return dims[0] if coeffs and _const(coeffs[0]) == 1 else None
+
+
+def _choose_vector_axis(info, lanes):
+    """(axis, vector length) for a reduction's register tile: the spatial axis whose vectors
+    use the lanes best, minus the cost of packing operands that are strided along it and
+    of a strided write-back. Raises when no axis qualifies."""
+    best = None
+    for v in info.spatial:
+        vec = _vector_factor(info.extents[v], lanes)
+        if vec is None:
+            continue
+        score = vec / (math.ceil(vec / lanes) * lanes)
+        feasible = True
+        for _, region, strides in info.reads:
+            if strides[v] in (0, 1):
+                continue
+            size = math.prod(_const(s) for s in region.source.shape)
+            if _packable_dim(region, info.vars[v]) is None or size * PACK_RATIO > info.work:
+                feasible = False
+                break
+            score -= 0.02 + 4 * size / info.work
+        if not feasible:
+            continue
+        if info.write_strides[v] != 1:
+            if _packable_dim(info.write, info.vars[v]) is None:
+                continue
+            score -= 0.05
+        if best is None or score > best[0]:
+            best = (score, v, vec)
+    if best is None:
+        raise ValueError("no vectorizable output axis")
+    return best[1], best[2]
+
+
+def _tile_reduction_scalar(sch, name, params):
+    return _tile_reduction(sch, name, params, vector=False)
+
+
+def _pack_operand(sch, info, index, region, v):
+    """Copy a read operand into a buffer whose last dimension is the one indexed by v."""
+    d = _packable_dim(region, info.vars[v])
+    if d is None:
+        raise ValueError("operand not packable")
+    size = math.prod(_const(s) for s in region.source.shape)
+    if size * PACK_RATIO > info.work:
+        raise ValueError("packing costs too much")
+    packed = sch.cache_read(info.block, index, "global")
+    ndim = len(region.region)
+    if d != ndim - 1:
+        sch.transform_layout(packed, ("write", 0),
+                             lambda *idx: [idx[i] for i in range(ndim) if i != d] + [idx[d]])
+    return packed
+
+
+def _absorb_epilogues(sch, writeback):
+    """Inline pointwise consumers (bias add, ReLU, ...) into the write-back block."""
+    names = []
+    progress = True
+    while progress:
+        progress = False
+        for consumer in sch.get_consumers(writeback):
+            stmt = sch.get(consumer)
+            if _reduction_iters(stmt):
+                continue
+            try:
+                sch.reverse_compute_inline(consumer)
+            except Exception:  # noqa: BLE001
+                continue
+            names.append(stmt.name_hint)
+            progress = True
+            break
+    return names
+
+
+def _vectorize_innermost(sch, block, lanes):
+    """Vectorize a block's innermost non-unit loop (unit loops after it fused into it)."""
+    loops = list(sch.get_loops(block))
+    while len(loops) > 1 and _const(sch.get(loops[-1]).extent) == 1:
+        loops.pop()
+    if not loops:
+        return
+    ext = _const(sch.get(loops[-1]).extent)
+    if not ext or not 2 <= ext <= 4 * lanes or int(sch.get(loops[-1]).kind) != 0:
+        return
+    tail = list(sch.get_loops(block))[len(loops):]
+    if any(int(sch.get(lp).kind) != 0 for lp in tail):
+        return
+    sch.vectorize(sch.fuse(loops[-1], *tail) if tail else loops[-1])
+
+
+def _index_divisors(stmt, variables):
+    """{var index: d} for spatial variables used under floordiv/floormod by a constant d
+    (gather-form gradients of strided windows). Splitting such an axis by d and unrolling
+    the remainder turns those indices affine."""
+    position = {v.name: k for k, v in enumerate(variables)}
+    found = {}
+
+    def visit(e):
+        if isinstance(e, (tirx.FloorDiv, tirx.FloorMod)) and isinstance(e.b, tirx.IntImm):
+            d = int(e.b.value)
+            if d > 1:
+                for x in tirx.analysis.undefined_vars(e.a):
+                    if x.name in position:
+                        k = position[x.name]
+                        found[k] = math.lcm(found.get(k, 1), d)
+
+    _walk_expr(stmt.body.value if isinstance(stmt.body, tirx.BufferStore) else stmt.body, visit)
+    return found
+
+
+def _gather_reduction(sch, name, params):
+    """_plain_reduction, for blocks indexed through floordiv/floormod only."""
+    info = _BlockInfo(sch, sch.get_sblock(name))
+    if not _index_divisors(info.stmt, info.vars):
+        raise ValueError("no strided-window gather")
+    return _plain_reduction(sch, name, params)
+
+
+def _plain_reduction(sch, name, params):
+    """Reductions with no vectorizable output axis (pooling, gather-form gradients, row
+    reductions): parallel outer spatial loops; axes indexed through floordiv/floormod split
+    by the divisor; short inner loops unrolled."""
+    block = sch.get_sblock(name)
+    info = _BlockInfo(sch, block)
+    if "O" in info.kinds:
+        raise ValueError("opaque iterators")
+    divisors = {k: d for k, d in _index_divisors(info.stmt, info.vars).items()
+                if info.kinds[k] == "S" and info.extents[k] % d == 0 and info.extents[k] > d}
+    outer, inner, red = [], [], []
+    for k, loop in enumerate(info.loops):
+        if info.kinds[k] == "R":
+            red.append(loop)
+        elif k in divisors:
+            o, i = sch.split(loop, factors=[None, divisors[k]])
+            outer.append(o)
+            inner.append(i)
+        else:
+            outer.append(loop)
+    if not outer:
+        raise ValueError("no spatial loop")
+    sch.reorder(*outer, *inner, *red)
+    notes = []
+    if divisors:
+        notes.append("split " + "x".join(str(divisors[k]) for k in sorted(divisors)))
+    body = math.prod(_const(sch.get(lp).extent) for lp in inner + red)
+    if body <= UNROLL_MAX_BODY:
+        for loop in inner + red:
+            sch.unroll(loop)
+        notes.append("unrolled")
+    elif red and _const(sch.get(red[-1]).extent) <= 8:
+        sch.unroll(red[-1])
+        notes.append("unrolled")
+    # Guarded loads (gather-form gradients) compile to branches inside parallel closures,
+    # where LLVM loses the alias facts it uses to turn them into selects: a higher bar.
+    if _parallel_worth_it(info.work, PLAIN_PARALLEL_PENALTY, params):
+        outer, note = _parallelize(sch, outer, params)
+        if note:
+            notes.append(note)
+    if not notes:
+        raise ValueError("nothing to do")
+    return f"plain[{', '.join(notes)}]", {name}
+
+
+def _has_if_then_else(stmt):
+    found = [False]
+
+    def visit(e):
+        if isinstance(e, tvm.ir.Call) and str(getattr(e.op, "name", "")).endswith("if_then_else"):
+            found[0] = True
+
+    if isinstance(stmt.body, tirx.BufferStore):
+        _walk_expr(stmt.body.value, visit)
+    return found[0]
+
+
+def _schedule_spatial(sch, name, params):
+    """Fuse the contiguous trailing loops, vectorize them, parallelize the rest. A padding
+    block is first split into a constant fill and an in-bounds copy (no per-element branch)."""
+    block = sch.get_sblock(name)
+    loops = sch.get_loops(block)
+    stmt = sch.get(block)
+    if not loops or _reduction_iters(stmt):
+        return ""
+    # Only blocks still under their own loop nest at the root are ours to schedule.
+    if any(int(sch.get(lp).kind) != int(tirx.ForKind.SERIAL) for lp in loops):
+        return ""
+    if _has_if_then_else(stmt):
+        try:
+            fill = sch.decompose_padding(block, loops[0])
+        except Exception:  # noqa: BLE001 - not a padding pattern
+            fill = None
+        if fill is not None:
+            first = _schedule_spatial(sch, sch.get(fill).name_hint, params)
+            second = _schedule_spatial(sch, name, params)
+            return f"padding[fill {first or '-'}; copy {second or '-'}]"
+    info = _BlockInfo(sch, block)
+    n = len(info.loops)
+    lanes = params.lanes(info.dtype)
+    start = n
+    for t in range(n - 1, -1, -1):
+        group = range(t, n)
+        want = {k: math.prod(info.extents[k + 1:]) for k in group}
+        if any(info.write_strides[k] != want[k] for k in group):
+            break
+        if not all(all(strides[k] == want[k] for k in group)
+                   or all(strides[k] == 0 for k in group) for _, _, strides in info.reads):
+            break
+        start = t
+    notes = []
+    outer = list(info.loops)
+    vec = None
+    if start < n:
+        fused = sch.fuse(*info.loops[start:]) if n - start > 1 else info.loops[start]
+        extent = math.prod(info.extents[start:])
+        rows = [math.prod(info.extents[k:]) for k in range(start + 1, n)]
+        vec = _vector_factor(extent, lanes, max_registers=4, rows=rows)
+        if vec is not None:
+            o, i = sch.split(fused, factors=[None, vec])
+            sch.vectorize(i)
+            outer = list(info.loops[:start]) + [o]
+            notes.append(f"v{vec}")
+        else:
+            outer = list(info.loops[:start]) + [fused]
+    if outer and _parallel_worth_it(info.work, vec or 1, params):
+        outer, note = _parallelize(sch, outer, params)
+        if note:
+            notes.append(note)
+    if not notes:
+        return ""
+    return f"spatial[{', '.join(notes)}]"
