@@ -34,6 +34,17 @@ def _const(v, dtype):
     return tirx.const(v, dtype)
 
 
+def _wide_shape(shape):
+    """int64 extents: the loops of a derived kernel are int64 like the widened indices they
+    feed (int32 loops would reach every index through a cast, which hides its stride from
+    the schedules' linear analysis and leaves the kernel scalar)."""
+    return [_const(int(d), "int64") for d in shape]
+
+
+def _range(start, extent):
+    return tvm.ir.Range.from_min_extent(_const(int(start), "int64"), _const(int(extent), "int64"))
+
+
 def _is_load(e):
     return isinstance(e, Call) and e.op.name == "te.tensor_load"
 
@@ -330,7 +341,22 @@ def _solve(indices, loops, j):
         candidates = [(lp.extent, abs(c) == 1, i) for i, (lp, c) in enumerate(zip(remaining, coeffs))
                       if c]
         if not candidates:
-            guards.append(P.EQ(j[k], e))
+            guards.append(P.EQ(*_promote(j[k], e)))
+            continue
+        tile = _tiled_pair(remaining, coeffs)
+        if tile is not None:
+            # s * a + b with b in [0, s): one (a, b) per index, nothing left to sum over.
+            a, b, step = tile
+            num = j[k] - base
+            outer = tvm.tirx.floordiv(num, step)
+            guards += [outer >= remaining[a].start, outer < remaining[a].start + remaining[a].extent]
+            for var, value in ((remaining[a].var, outer),
+                               (remaining[b].var, tvm.tirx.floormod(num, step))):
+                sub = {v: substitute(x, {var: value}) for v, x in sub.items()}
+                solved = {v: (substitute(n, {var: value}), co, l, g)
+                          for v, (n, co, l, g) in solved.items()}
+                sub[var] = value
+            remaining = [lp for i, lp in enumerate(remaining) if i not in (a, b)]
             continue
         _, _, pick = max(candidates)
         lp, c = remaining[pick], coeffs[pick]
@@ -356,6 +382,19 @@ def _solve(indices, loops, j):
                   for v, (n, co, l, g) in solved.items()}
         remaining.pop(pick)
     return sub, guards, remaining, solved
+
+
+def _tiled_pair(loops, coeffs):
+    """(a, b, s) when the index is s * a + b (+ base) with b in [0, s), a window that tiles
+    its axis (pooling with stride == kernel): the index then determines both loops."""
+    used = [i for i, c in enumerate(coeffs) if c]
+    if len(used) != 2:
+        return None
+    for a, b in (used, used[::-1]):
+        step = coeffs[a]
+        if step > 1 and coeffs[b] == 1 and loops[b].start == 0 and loops[b].extent == step:
+            return a, b, step
+    return None
 
 
 def _solve_bijective(indices, loops, j):
@@ -472,7 +511,7 @@ def _extend_adjoint(adjoint, value, solved, guards, analyzer, name):
             cond = P.And(cond, extra)
         return tvm.tirx.if_then_else(cond, dT(*src), zero)
 
-    ext = te.compute(shape, ext_body, name=f"{name}_dy_ext")
+    ext = te.compute(_wide_shape(shape), ext_body, name=f"{name}_dy_ext")
 
     def read(idx):
         return ext(*[plan[d][0] - plan[d][3] if d in plan else idx[d] for d in range(len(idx))])
@@ -490,20 +529,20 @@ def _adjoint_of_read(shape, dtype, indices, loops, value, name, adjoint=None):
         sub, guards, free, solved = _solve(indices, loops, list(j))
         for lp in free:
             if lp.var not in red_axes:
-                red_axes[lp.var] = te.reduce_axis((lp.start, lp.start + lp.extent), lp.var.name)
+                red_axes[lp.var] = te.reduce_axis(_range(lp.start, lp.extent), lp.var.name)
         rename = {lp.var: red_axes[lp.var].var for lp in free}
         sub = {v: substitute(x, rename) for v, x in sub.items()}
         sub.update(rename)
         analyzer = tvm.sym.Analyzer()
         for d, jv in zip(shape, j):
-            analyzer.bind(jv, tvm.ir.Range(0, int(d)))
+            analyzer.bind(jv, _range(0, d))
         for lp in free:
-            analyzer.bind(rename[lp.var], tvm.ir.Range(lp.start, lp.start + lp.extent))
+            analyzer.bind(rename[lp.var], _range(lp.start, lp.extent))
         ext_analyzer = tvm.sym.Analyzer()
         for d, jv in zip(shape, j):
-            ext_analyzer.bind(jv, tvm.ir.Range(0, int(d)))
+            ext_analyzer.bind(jv, _range(0, d))
         for lp in free:
-            ext_analyzer.bind(lp.var, tvm.ir.Range(lp.start, lp.start + lp.extent))
+            ext_analyzer.bind(lp.var, _range(lp.start, lp.extent))
         value_here, guards = _extend_adjoint(adjoint, value, solved, guards, ext_analyzer, name)
         cond = None
         for g in guards:
@@ -518,7 +557,7 @@ def _adjoint_of_read(shape, dtype, indices, loops, value, name, adjoint=None):
             return te.sum(term, axis=[red_axes[lp.var] for lp in free])
         return term
 
-    return te.compute(shape, body, name=name)
+    return te.compute(_wide_shape(shape), body, name=name)
 
 
 # ---- the graph walk -------------------------------------------------------------------------
