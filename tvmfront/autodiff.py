@@ -343,20 +343,10 @@ def _solve(indices, loops, j):
         if not candidates:
             guards.append(P.EQ(*_promote(j[k], e)))
             continue
-        tile = _tiled_pair(remaining, coeffs)
-        if tile is not None:
-            # s * a + b with b in [0, s): one (a, b) per index, nothing left to sum over.
-            a, b, step = tile
-            num = j[k] - base
-            outer = tvm.tirx.floordiv(num, step)
-            guards += [outer >= remaining[a].start, outer < remaining[a].start + remaining[a].extent]
-            for var, value in ((remaining[a].var, outer),
-                               (remaining[b].var, tvm.tirx.floormod(num, step))):
-                sub = {v: substitute(x, {var: value}) for v, x in sub.items()}
-                solved = {v: (substitute(n, {var: value}), co, l, g)
-                          for v, (n, co, l, g) in solved.items()}
-                sub[var] = value
-            remaining = [lp for i, lp in enumerate(remaining) if i not in (a, b)]
+        pair = _strided_pair(remaining, coeffs)
+        if pair is not None:
+            sub, solved, remaining = _solve_strided(pair, remaining, j[k] - base, sub, guards,
+                                                    solved)
             continue
         _, _, pick = max(candidates)
         lp, c = remaining[pick], coeffs[pick]
@@ -384,17 +374,49 @@ def _solve(indices, loops, j):
     return sub, guards, remaining, solved
 
 
-def _tiled_pair(loops, coeffs):
-    """(a, b, s) when the index is s * a + b (+ base) with b in [0, s), a window that tiles
-    its axis (pooling with stride == kernel): the index then determines both loops."""
+def _strided_pair(loops, coeffs):
+    """(a, b, s) when the index is s * a + b (+ base) with s > 1 and b in [0, K): a strided
+    window (conv or pooling with stride s and kernel K), else None."""
     used = [i for i, c in enumerate(coeffs) if c]
     if len(used) != 2:
         return None
     for a, b in (used, used[::-1]):
         step = coeffs[a]
-        if step > 1 and coeffs[b] == 1 and loops[b].start == 0 and loops[b].extent == step:
+        if step > 1 and coeffs[b] == 1 and loops[b].start == 0 and loops[b].extent > 1:
             return a, b, step
     return None
+
+
+def _solve_strided(pair, remaining, num, sub, guards, solved):
+    """Solve s * a + b == num for a strided window, polyphase: b keeps only the taps of num's
+    phase, b = s * q + num % s with q in [0, ceil(K / s)), and a = num // s - q. The sum runs
+    over q alone: K / s taps per element instead of K taps of which all but K / s read zeros
+    (the dilated form). When K == s (pooling whose windows tile the axis) nothing is left to
+    sum: a = num // s, b = num % s. Returns (sub, solved, remaining); appends to guards."""
+    a, b, step = pair
+    la, lb = remaining[a], remaining[b]
+    phase = tvm.tirx.floormod(num, step)
+    taps = -(-lb.extent // step)
+    rest = [lp for i, lp in enumerate(remaining) if i not in (a, b)]
+    if taps == 1:
+        q_value, a_num = _const(0, _dtype(num)), tvm.tirx.floordiv(num, step)
+    else:
+        q = _Loop(Var(f"{lb.var.name}_q", tvm.ir.PrimType(_dtype(num))), taps)
+        rest.append(q)
+        q_value, a_num = q.var, tvm.tirx.floordiv(num, step) - q.var
+    b_value = step * q_value + phase if taps > 1 else phase
+    own = [a_num >= la.start, a_num < la.start + la.extent]
+    guards += own
+    if lb.extent % step:
+        guards.append(b_value < lb.extent)
+    for var, value in ((la.var, a_num), (lb.var, b_value)):
+        sub = {v: substitute(x, {var: value}) for v, x in sub.items()}
+        solved = {v: (substitute(n, {var: value}), co, l, g) for v, (n, co, l, g) in solved.items()}
+        sub[var] = value
+    # a is read at a_num: recorded as solved (coefficient 1), so that a read of the output
+    # adjoint there can move its range guards into a zero-extended copy (_extend_adjoint).
+    solved[la.var] = (a_num, 1, la, own)
+    return sub, solved, rest
 
 
 def _solve_bijective(indices, loops, j):
