@@ -180,3 +180,41 @@ def test_a_failing_rule_falls_back_instead_of_failing(monkeypatch):
     scheduled = cpu_schedule.default_cpu_schedule(lowered, resolve_target("x86"), report)
     assert report and all(isinstance(r, str) for r in report.values())
     assert any(isinstance(f, tvf.tirx.PrimFunc) for _, f in scheduled.functions_items())
+
+
+@pytest.mark.parametrize("op_name", ["matmul", "conv2d_stride2_backward"])
+def test_large_kernels_get_their_special_forms_and_stay_exact(op_name):
+    """A 1024x1024 GEMM packs its right operand into panels (its rows, 4 KiB apart, would
+    alias in L1); a strided conv's derived d/dw mixes int32 and int64 indices, which the
+    schedule narrows before packing. Both still compute what numpy computes."""
+    from tvmfront import ops
+    from tvmfront._tvm import te, to_device, tvm
+
+    target = resolve_target("x86")
+    rng = np.random.default_rng(0)
+    if op_name == "matmul":
+        shapes = [(1024, 1024), (1024, 1024)]
+        xs = [te.placeholder(s, "float32", name=f"x{i}") for i, s in enumerate(shapes)]
+        out, expect_rule = ops.matmul.te_forward(*xs), "panels"
+        args = [rng.standard_normal(s).astype("float32") for s in shapes]
+        want = args[0] @ args[1]
+    else:
+        x = te.placeholder((2, 8, 9, 9), "float32", name="x")
+        w = te.placeholder((tvm.tirx.IntImm("int64", 16), 8, 3, 3), "float32", name="w")
+        fwd = ops.conv2d.te_forward(x, w, stride=2, padding=1)
+        dy = te.placeholder(fwd.shape, "float32", name="dy")
+        xs, out = [dy, x, w], ops.conv2d.te_grad(dy, x, w, derived=True, stride=2, padding=1)[1]
+        expect_rule = "packed dy"  # vectorized over o: dy is strided along it
+        args = [rng.standard_normal(tuple(int(d) for d in t.shape)).astype("float32") for t in xs]
+        xp = np.pad(args[1], ((0, 0), (0, 0), (1, 1), (1, 1)))
+        want = np.zeros((16, 8, 3, 3), "float32")
+        for kh in range(3):
+            for kw in range(3):
+                win = xp[:, :, kh:kh + 9:2, kw:kw + 9:2]  # [n, c, 5, 5]
+                want[:, :, kh, kw] = np.einsum("nohw,nchw->oc", args[0], win)
+    func, rule = cpu_schedule.schedule_prim_func(te.create_prim_func(xs + [out]), target)
+    assert expect_rule in rule and "scalar" not in rule, rule
+    lib = tvm.compile(func, target=target)
+    result = tvm.runtime.empty(tuple(int(d) for d in out.shape), "float32", tvm.cpu())
+    lib(*[to_device(a) for a in args], result)
+    np.testing.assert_allclose(result.numpy(), want, rtol=1e-4, atol=1e-3)

@@ -1,0 +1,21 @@
+"""Test-session environment: builds cache into a temporary folder, never the user's.
+
+The compile cache (tvmfront.cache) would otherwise read and fill ~/.cache/tvmfront/modules:
+a run must not depend on what an earlier run (or the user) left there. Tests that check the
+cache itself point TVMFRONT_CACHE_DIR at their own folders. A folder the caller set is kept
+(to reuse builds between local runs: TVMFRONT_CACHE_DIR=... pytest).
+"""
+
+import os
+import shutil
+import tempfile
+
+_made = None
+if not os.environ.get("TVMFRONT_CACHE_DIR"):
+    _made = tempfile.mkdtemp(prefix="tvmfront-test-cache-")
+    os.environ["TVMFRONT_CACHE_DIR"] = _made  # subprocesses (examples, reloads) inherit it
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _made:
+        shutil.rmtree(_made, ignore_errors=True)
