@@ -1,0 +1,294 @@
+"""tvmfront side of bench/peers.py: runs in .venv (no torch, JAX or matplotlib there).
+
+    .venv/bin/python bench/_peer_tvmfront.py '<json spec>'     (the driver builds the spec)
+
+Sections (spec["section"]): train, infer, ops, compile, cached, tune. Prints one JSON line
+{"rows": [...], "info": {...}}; a row is {section, case, contender, seconds | na | error, ...}.
+Variants: "tvmfront default" (records=False: default schedules) and "tvmfront tuned" (the
+records root spec["records"], default <repo>/schedules; n/a when it holds no records for this
+machine's target key, or none for the module's kernels).
+"""
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+# Before TVM creates its thread pool: every core (TVM alone would take half of them on x86).
+os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
+
+T_IMPORT = time.perf_counter()
+import numpy as np  # noqa: E402
+
+import tvmfront as tvf  # noqa: E402
+from tvmfront import records as records_mod  # noqa: E402
+from tvmfront.target import resolve_target, target_key  # noqa: E402
+from tvmfront.tune import time_module  # noqa: E402
+
+from _timing import emit, guarded, median_seconds, read_spec  # noqa: E402
+
+IMPORT_S = time.perf_counter() - T_IMPORT
+nn = tvf.nn
+NUM_CLASSES = 10
+
+
+# ---- models: exactly those of examples/mlp_digits.py and examples/lenet_digits.py ----------
+def mlp():
+    return nn.Sequential(
+        nn.Flatten(),                                   # [B, 1, 8, 8] -> [B, 64]
+        nn.Linear(64, 256), nn.ReLU(),
+        nn.Linear(256, 256), nn.ReLU(),
+        nn.Linear(256, 10))
+
+
+def lenet():
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),    # 1x16x16 -> 6x8x8
+        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),              # -> 16x4x4 -> 16x2x2
+        nn.Flatten(),                                                 # -> 64
+        nn.Linear(64, 120), nn.ReLU(),
+        nn.Linear(120, 84), nn.ReLU(),
+        nn.Linear(84, 10))
+
+
+MODELS = {"mlp": (mlp, (1, 8, 8)), "lenet": (lenet, (1, 16, 16))}
+
+
+def optimizer(name, hp):
+    if name == "sgd":
+        return tvf.optim.SGD(lr=hp["lr"], momentum=hp["momentum"])
+    return tvf.optim.Adam(lr=hp["lr"], betas=(hp["b1"], hp["b2"]), eps=hp["eps"])
+
+
+class MatMul(nn.Module):
+    """x @ w, w: [K, N] (one GEMM kernel)."""
+
+    def __init__(self, k, n):
+        super().__init__()
+        self.w = nn.Parameter(np.random.default_rng(1).standard_normal((k, n)).astype("float32"))
+
+    def forward(self, x):
+        return tvf.ops.matmul(x, self.w)
+
+
+# ---- variants -------------------------------------------------------------------------------
+def tuned_records(spec, target):
+    """(records root, None) or (None, why there are none)."""
+    root = spec.get("records") or records_mod.default_root()
+    store = records_mod.store_for(root, target)
+    if not records_mod.is_database(store):
+        return None, f"no records ({store} missing)"
+    return root, None
+
+
+def variants(spec, target):
+    """[(contender, records argument or None, reason it is n/a)]."""
+    out = [("tvmfront default", False, None)]
+    if "tuned" in spec.get("variants", ["default", "tuned"]):
+        root, why = tuned_records(spec, target)
+        out.append(("tvmfront tuned", root, why))
+    return out
+
+
+def _row(section, case, contender, **kw):
+    return dict(section=section, case=case, contender=contender, **kw)
+
+
+def _timed_or_na(section, case, contender, records, why, build, time_it):
+    """One row: build with `records`, time; n/a when tuned records cover none of its kernels."""
+    if why:
+        return _row(section, case, contender, na=why)
+    t0 = time.perf_counter()
+    module = build(records)
+    compile_s = time.perf_counter() - t0
+    tuned = module._build_info.get("tuned_kernels", 0)
+    if records is not False and not tuned:
+        return _row(section, case, contender, na="no records for its kernels")
+    extra = {"tuned_kernels": tuned} if records is not False else {}
+    return _row(section, case, contender, seconds=time_it(module), compile_s=compile_s, **extra)
+
+
+# ---- sections -------------------------------------------------------------------------------
+def section_train(spec, target):
+    rows = []
+    rng = np.random.default_rng(0)
+    batch = spec["batch"]
+    for model_name in spec["models"]:
+        make, x_shape = MODELS[model_name]
+        x = rng.standard_normal((batch, *x_shape)).astype("float32")
+        y = rng.integers(0, NUM_CLASSES, batch).astype("int64")
+        for opt_name in spec["optimizers"]:
+            hp = spec["hyper"][opt_name]
+            case = f"{model_name} {opt_name}"
+
+            def build(records, make=make, x_shape=x_shape, opt_name=opt_name, hp=hp):
+                tvf.manual_seed(0)
+                return tvf.compile_training(make(), nn.CrossEntropyLoss(), optimizer(opt_name, hp),
+                                            inputs=(batch, *x_shape), labels=(batch,),
+                                            target=target, records=records)
+
+            def time_it(module, x=x, y=y, lr=hp["lr"]):
+                return median_seconds(lambda: module.step(x, y, lr=lr), spec)
+
+            for contender, records, why in variants(spec, target):
+                rows.append(guarded(_timed_or_na, "train", case, contender, records, why, build,
+                                    time_it))
+                rows[-1].update(section="train", case=case, contender=contender)
+    return rows
+
+
+def section_infer(spec, target):
+    rows = []
+    rng = np.random.default_rng(0)
+    for model_name in spec["models"]:
+        make, x_shape = MODELS[model_name]
+        for batch in spec["batches"]:
+            x = rng.standard_normal((batch, *x_shape)).astype("float32")
+            case = f"{model_name} b{batch}"
+
+            def build(records, make=make, x_shape=x_shape, batch=batch):
+                tvf.manual_seed(0)
+                return tvf.compile_inference(make(), inputs=(batch, *x_shape), target=target,
+                                             records=records)
+
+            def time_it(module, x=x):
+                return median_seconds(lambda: module(x), spec)
+
+            for contender, records, why in variants(spec, target):
+                rows.append(guarded(_timed_or_na, "infer", case, contender, records, why, build,
+                                    time_it))
+                rows[-1].update(section="infer", case=case, contender=contender)
+    return rows
+
+
+def _op_model(case):
+    """(model, input shape) of one ops case (the driver's OPS table)."""
+    if case["kind"] == "gemm":
+        n = case["n"]
+        return MatMul(n, n), (n, n)
+    b, c, k, hw, pad = case["batch"], case["cin"], case["cout"], case["hw"], case["pad"]
+    tvf.manual_seed(0)
+    return nn.Conv2d(c, k, case["kernel"], padding=pad, bias=False), (b, c, hw, hw)
+
+
+def _time_kernel(module, x_shape, spec):
+    """Median seconds of the module's forward on device-resident inputs (no host copies)."""
+    vm = module._vm
+    x = tvf._tvm.to_device(np.random.default_rng(0).standard_normal(x_shape).astype("float32"))
+    params = module._params
+    return median_seconds(lambda: vm["predict"](x, *params), spec)
+
+
+def section_ops(spec, target):
+    rows = []
+    tune_budget = spec.get("tune_ops")
+    tune_root = spec.get("tune_ops_records")
+    for name, case in spec["ops"].items():
+        model, x_shape = _op_model(case)
+
+        def build(records, model=model, x_shape=x_shape):
+            return tvf.compile_inference(model, inputs=x_shape, target=target, records=records)
+
+        def time_it(module, x_shape=x_shape):
+            return _time_kernel(module, x_shape, spec)
+
+        for contender, records, why in variants(spec, target):
+            if contender == "tvmfront tuned" and tune_budget:
+                row = guarded(_tune_op, model, x_shape, target, tune_budget, tune_root, spec)
+            else:
+                row = guarded(_timed_or_na, "ops", name, contender, records, why, build, time_it)
+            row.update(section="ops", case=name, contender=contender)
+            rows.append(row)
+    return rows
+
+
+def _tune_op(model, x_shape, target, budget, root, spec):
+    """Tune the op's kernel inline (budget trials, records into `root`), time the result."""
+    module = tvf.compile_inference(model, inputs=x_shape, target=target, records=False)
+    report = tvf.tune(module, budget=budget, records=root, progress=False)
+    return dict(seconds=_time_kernel(module, x_shape, spec), tuned_kernels=module._build_info.get(
+        "tuned_kernels", 0), tune_s=report.elapsed, trials=report.trials)
+
+
+def _compile_train(model_name, target, records=False):
+    make, x_shape = MODELS[model_name]
+    tvf.manual_seed(0)
+    t0 = time.perf_counter()
+    module = tvf.compile_training(make(), nn.CrossEntropyLoss(), tvf.optim.Adam(lr=1e-3),
+                                  inputs=(64, *x_shape), labels=(64,), target=target,
+                                  records=records)
+    return time.perf_counter() - t0, module._build_info.get("cache")
+
+
+def section_compile(spec, target):
+    """Cold compile (the cache dir is fresh: the driver's temp dir), then the same compile
+    again in this process (a cache hit). The first compile of the process also pays TVM's
+    lazy initialisation, as a user's first compile does."""
+    model_name = spec["model"]
+    cold, state = _compile_train(model_name, target)
+    again, state2 = _compile_train(model_name, target)
+    return [_row("compile", model_name, "cold", seconds=cold, cache=state),
+            _row("compile", model_name, "cached, same process", seconds=again, cache=state2)]
+
+
+def section_cached(spec, target):
+    """A new process with the cache dir of an earlier compile: the rebuild is a cache hit."""
+    model_name = spec["model"]
+    again, state = _compile_train(model_name, target)
+    return [_row("compile", model_name, "cached, new process", seconds=again, cache=state,
+                 import_s=IMPORT_S)]
+
+
+def section_tune(spec, target):
+    """Tune LeNet's train step (Adam) with a small budget into a fresh records root and record
+    every progress report: when did the estimated step time reach 90% of the final gain?"""
+    model_name = spec.get("model", "lenet")
+    make, x_shape = MODELS[model_name]
+    root = tempfile.mkdtemp(prefix="tvmfront-bench-records-")
+    tvf.manual_seed(0)
+    module = tvf.compile_training(make(), nn.CrossEntropyLoss(), tvf.optim.Adam(lr=1e-3),
+                                  inputs=(64, *x_shape), labels=(64,), target=target,
+                                  records=False)
+    default_step = time_module(module, min_seconds=1.0)
+    trace = []
+
+    def progress(p):
+        trace.append({"elapsed": p.elapsed, "trials": p.trials, "step_us": p.step_us,
+                      "default_us": p.default_us})
+
+    t0 = time.perf_counter()
+    report = tvf.tune(module, budget=spec["budget"], seconds=spec.get("seconds"), records=root,
+                      progress=progress)
+    total = time.perf_counter() - t0
+    tuned_step = time_module(module, min_seconds=1.0)
+    known = [t for t in trace if t["step_us"] is not None and t["default_us"] is not None]
+    t90 = None
+    if known:
+        start, final = known[0]["default_us"], known[-1]["step_us"]
+        gain = start - final
+        for t in known:
+            if gain > 0 and start - t["step_us"] >= 0.9 * gain:
+                t90 = t
+                break
+    shutil.rmtree(root, ignore_errors=True)
+    return [_row("tune", model_name, "tvmfront tune", seconds=total, search_s=report.elapsed,
+                 trials=report.trials, failed=report.failed, stopped=report.stopped,
+                 t90=t90, trace=trace, default_step_s=default_step, tuned_step_s=tuned_step)]
+
+
+SECTIONS = {"train": section_train, "infer": section_infer, "ops": section_ops,
+            "compile": section_compile, "cached": section_cached, "tune": section_tune}
+
+
+def main():
+    spec = read_spec()
+    target = resolve_target(spec.get("target", "x86"))
+    rows = SECTIONS[spec["section"]](spec, target)
+    emit({"rows": rows, "info": {"target": str(target), "target_key": target_key(target),
+                                 "tvm_num_threads": os.environ["TVM_NUM_THREADS"],
+                                 "import_s": IMPORT_S}})
+
+
+if __name__ == "__main__":
+    sys.exit(main())

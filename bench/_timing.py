@@ -1,0 +1,53 @@
+"""Timing and the worker protocol shared by every bench worker (stdlib only: it runs in .venv
+and in .venv-bench alike).
+
+A worker is started as ``python bench/_peer_X.py '<json spec>'`` and prints one JSON line as
+its last line of stdout; anything else it prints (library chatter) is ignored by the driver.
+"""
+
+import json
+import statistics
+import sys
+import time
+
+# Every timed call: WARMUP calls first, then at least MIN_RUNS calls and MIN_SECONDS of calls;
+# the median is reported. The spec may override both (the driver's --quick).
+WARMUP = 5
+MIN_RUNS = 30
+MIN_SECONDS = 1.0
+
+
+def median_seconds(fn, spec=None, warmup=None):
+    """Median wall seconds of `fn()` (which must return only once its work is done)."""
+    spec = spec or {}
+    min_runs = spec.get("min_runs", MIN_RUNS)
+    min_seconds = spec.get("min_seconds", MIN_SECONDS)
+    for _ in range(WARMUP if warmup is None else warmup):
+        fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < min_runs or time.perf_counter() - start < min_seconds:
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+        if len(times) >= 20000:
+            break
+    return statistics.median(times)
+
+
+def read_spec():
+    return json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
+
+
+def emit(result):
+    sys.stdout.flush()
+    print("\n" + json.dumps(result), flush=True)
+
+
+def guarded(fn, *args, **kwargs):
+    """fn(...) or {"error": "..."}: one failing contender variant does not sink the rest."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as err:  # reported in the table as n/a (error)
+        lines = str(err).strip().splitlines() or [type(err).__name__]
+        return {"error": f"{type(err).__name__}: {lines[0][:200]}"}
