@@ -14,7 +14,7 @@ LAYERS = {
     "autodiff": 2, "op": 2, "ops": 2, "gradcheck": 2, "opcheck": 2,
     "nn": 3, "optim": 3,
     "graph": 4, "pipeline": 4,
-    "build": 5, "schedule": 5, "records": 5, "cache": 5, "tune": 5,
+    "build": 5, "schedule": 5, "records": 5, "cache": 5, "tune": 5, "rpc": 5,
     "runtime": 6,
     "compile": 7, "trainer": 7, "cli": 7, "__init__": 7,
 }

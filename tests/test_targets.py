@@ -55,8 +55,8 @@ def test_keys_name_architecture_cpu_or_gpu_and_tvm_version():
         assert key.endswith(f"-tvm{TVM_VERSION}")
         assert re.fullmatch(r"[A-Za-z0-9._+-]+", key)  # a directory name as it is
     if host_arch() == "x86_64":
-        mcpu = str(tgt.resolve_target("x86").attrs["mcpu"])
-        assert keys["x86"] == f"x86_64-{mcpu}-tvm{TVM_VERSION}"
+        assert keys["x86"] == f"x86_64-{tgt.x86_class('x86')}-tvm{TVM_VERSION}"
+        assert tgt.x86_class("x86") in ("avx512", "avx2", "avx", "sse")
     assert keys["arm"] == f"aarch64-neon-tvm{TVM_VERSION}"
     assert keys["cuda"] == f"cuda-sm_80-tvm{TVM_VERSION}"
     assert keys["cuda:sm_90"] == f"cuda-sm_90-tvm{TVM_VERSION}"
@@ -78,11 +78,37 @@ def test_keys_separate_cpu_models_and_features():
         {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"]},
         {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"},
         {"kind": "llvm", "mtriple": "x86_64-linux-gnu"},
+        {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "sandybridge"},
+        {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"},
         {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylake-avx512"},
         {"kind": "cuda", "arch": "sm_80"}, {"kind": "cuda", "arch": "sm_90"})}
-    assert len(keys) == 8
+    assert len(keys) == 10
     assert tgt.target_key({"kind": "llvm", "mtriple": "aarch64-linux-gnu"}) == \
         f"aarch64-generic-tvm{TVM_VERSION}"
+
+
+X86_CLASSES = {  # LLVM CPU models (and features) -> the x86-64 feature class that keys them
+    "avx512": [{"mcpu": "skylake-avx512"}, {"mcpu": "icelake-server"}, {"mcpu": "rocketlake"},
+               {"mcpu": "sapphirerapids"}, {"mcpu": "znver4"}, {"mcpu": "x86-64-v4"},
+               {"mtriple": "x86_64-linux-gnu", "mattr": ["+avx512f"]}],
+    "avx2": [{"mcpu": "haswell"}, {"mcpu": "skylake"}, {"mcpu": "znver2"}, {"mcpu": "znver3"},
+             {"mcpu": "x86-64-v3"}, {"mcpu": "znver4", "mattr": ["-avx512f"]},
+             {"mtriple": "x86_64-linux-gnu", "mattr": ["+avx2", "+fma"]}],
+    "avx": [{"mcpu": "sandybridge"}, {"mcpu": "ivybridge"}],
+    "sse": [{"mtriple": "x86_64-linux-gnu"}, {"mcpu": "x86-64"}, {"mcpu": "nehalem"}],
+}
+
+
+@pytest.mark.parametrize("cls", sorted(X86_CLASSES))
+def test_x86_keys_name_the_feature_class_not_the_model(cls):
+    """x86-64 records are shared by CPUs of one feature class: an AVX-512 Xeon that LLVM calls
+    rocketlake and one it calls icelake-server (or an AMD znver4) read the same folder."""
+    for attrs in X86_CLASSES[cls]:
+        key = tgt.target_key(dict({"kind": "llvm"}, **attrs))
+        assert key == f"x86_64-{cls}-tvm{TVM_VERSION}", attrs
+        # how a record stores its target: the full JSON, num-cores and all
+        stored = tgt.target_json(dict({"kind": "llvm", "num-cores": 2}, **attrs))
+        assert tgt.target_key(stored) == key
 
 
 def _mlp():
@@ -92,19 +118,22 @@ def _mlp():
 
 def test_records_never_mix_two_targets_two_keys(tmp_path):
     """Modules record their target key; anything kept per key (tuning records) lands in one
-    directory per target, so x86 and ARM schedules never meet."""
+    directory per target, so x86, ARM and x86 CPUs of another feature class never meet."""
     manifests = {}
-    for name in ("x86", "arm"):
-        module = tvf.compile_inference(_mlp(), inputs=(BATCH, 1, 4, 4), target=name)
+    names = {"x86": "x86", "arm": "arm"}
+    if host_arch() == "x86_64" and tgt.x86_class("x86") != "sse":
+        names["baseline"] = {"kind": "llvm", "mtriple": "x86_64-linux-gnu"}  # SSE2 only
+    for name, target in names.items():
+        module = tvf.compile_inference(_mlp(), inputs=(BATCH, 1, 4, 4), target=target)
         manifests[name] = module.manifest
         store = tmp_path / "records" / module.manifest["target_key"]
         store.mkdir(parents=True)
         (store / "record.json").write_text(json.dumps(module.manifest["target"]))
-    assert manifests["x86"]["target_key"] != manifests["arm"]["target_key"]
+    assert len({m["target_key"] for m in manifests.values()}) == len(manifests)
     assert manifests["arm"]["target_key"] == tgt.target_key("arm")
     assert manifests["arm"]["target_arch"] == "aarch64"
     assert manifests["x86"]["target_arch"] == host_arch()
-    assert len(os.listdir(tmp_path / "records")) == 2
+    assert len(os.listdir(tmp_path / "records")) == len(manifests)
     for name, manifest in manifests.items():
         stored = json.loads((tmp_path / "records" / manifest["target_key"] / "record.json")
                             .read_text())

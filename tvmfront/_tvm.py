@@ -4,6 +4,13 @@ Every other module takes TVM names from here, so a rename in TVM (0.27 renamed
 StructInfo to Type, moved TIR to ``tirx``/``s_tir``) costs one edit.
 """
 
+# TVM_NUM_THREADS is deliberately left as the user set it. TVM's CPU thread pool takes half the
+# logical CPUs on x86 (1 thread on this project's 2-CPU machines); setting it to 2 there did not
+# help. LeNet digits train step, batch 64, median (2026-11-25, other jobs sharing the 2 CPUs):
+# 1.25-1.30 ms with 1 thread, 1.24-1.35 ms with TVM_NUM_THREADS=2 (MLP: 0.76 vs 0.75-0.78 ms),
+# the same with tuned records; one earlier run measured 3.6-4.0 ms with 2 threads against
+# 1.26-1.33 ms with 1, as a parallel region waits for the core another process holds.
+
 import tvm
 import tvm_ffi
 from tvm import relax, te, tirx
@@ -14,6 +21,7 @@ __all__ = [
     "tvm", "te", "relax", "tirx", "PyExprMutator", "mutator", "load_module",
     "TVM_VERSION", "register_global_func", "to_device", "Target", "structural_equal",
     "device_for", "virtual_machine", "call_tir_with_grad_op", "llvm_system_cpu",
+    "llvm_has_features",
 ]
 
 TVM_VERSION = tvm.__version__
@@ -27,6 +35,17 @@ def llvm_system_cpu():
     from tvm.target import codegen
 
     return codegen.llvm_get_system_cpu()
+
+
+def llvm_has_features(target, *features):
+    """Whether the CPU of the LLVM target `target` (its mtriple, mcpu and mattr) has every one
+    of `features` (LLVM names: 'avx512f', 'avx2', 'fma', 'neon'); False where LLVM cannot tell."""
+    from tvm.target import codegen
+
+    try:
+        return all(bool(codegen.target_has_features(f, target)) for f in features)
+    except Exception:  # an LLVM without this backend or the query
+        return False
 
 
 def device_for(kind):
@@ -210,3 +229,105 @@ def ms_local_builder(timeout_sec=120.0, max_workers=None):
 
     return _meta_schedule.builder.LocalBuilder(f_build=f_build, timeout_sec=timeout_sec,
                                                max_workers=max_workers)
+
+
+# ---- remote measurement over TVM RPC (tvmfront.rpc: tune on a board or a fleet) -------------
+from tvm import rpc as _rpc  # noqa: E402
+
+__all__ += ["rpc_connect", "rpc_connect_tracker", "ms_remote_builder", "ms_rpc_runner",
+            "remote_device"]
+
+
+def rpc_connect(host, port, timeout=0, key=""):
+    """An RPC session with the server at host:port (no tracker); the server ends it after
+    `timeout` seconds (0: never)."""
+    return _rpc.connect(host, int(port), key=key, session_timeout=timeout)
+
+
+def rpc_connect_tracker(host, port):
+    """A tracker session: .summary(), .request(key, priority, session_timeout, max_retry)."""
+    return _rpc.connect_tracker(host, int(port))
+
+
+def remote_device(session, kind):
+    """The device of target kind `kind` ('llvm', 'cuda') in an RPC session."""
+    return session.device("cuda" if kind == "cuda" else "cpu", 0)
+
+
+def ms_remote_builder(cxx=None, timeout_sec=120.0, max_workers=None):
+    """ms_local_builder for candidates measured over RPC: the same f_build (no tensor
+    intrinsics import in the workers), and an f_export that links a shared library here, with
+    the cross compiler `cxx` when given, so the device needs no compiler (MetaSchedule's
+    default exports a .tar that the RPC server links with its own g++)."""
+
+    def f_build(mod, target, _params):
+        from tvm.driver import build as tvm_build
+        from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+        mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+        return tvm_build(mod, target=target)
+
+    def f_export(mod):
+        import os
+        import tempfile
+
+        path = os.path.join(tempfile.mkdtemp(prefix="tvmfront-cand-"), "tvm_tmp_mod.so")
+        if cxx:
+            from tvm.support import cc
+
+            mod.export_library(path, fcompile=cc.cross_compiler(cxx))
+        else:
+            mod.export_library(path)
+        return path
+
+    return _meta_schedule.builder.LocalBuilder(f_build=f_build, f_export=f_export,
+                                               timeout_sec=timeout_sec, max_workers=max_workers)
+
+
+def ms_rpc_runner(host, port, key=None, timeout_sec=60, max_workers=1, wait_sec=None):
+    """MetaSchedule's RPCRunner measuring on the servers a tracker at host:port holds under
+    `key` (max_workers sessions at once), or, with key None, on the one server at host:port
+    (RPCConfig knows only trackers). Sessions are opened by f_create_session, which gives up
+    after wait_sec (default 3 x timeout_sec + 60) without a server (all busy, or gone
+    mid-run): that candidate then fails and the search goes on, where TVM's own would wait
+    forever."""
+    ms = _meta_schedule
+    config = ms.runner.RPCConfig(tracker_host=host, tracker_port=int(port),
+                                 tracker_key=key if key is not None else "(direct)",
+                                 session_timeout_sec=int(timeout_sec))
+    wait = float(wait_sec if wait_sec is not None else 3 * timeout_sec + 60)
+    direct = key is None
+
+    def f_create_session(rpc_config):
+        import threading
+
+        from tvm import rpc
+
+        host, port = rpc_config.tracker_host, int(rpc_config.tracker_port)
+        timeout = rpc_config.session_timeout_sec
+        box = {}
+
+        def connect():
+            try:
+                if direct:
+                    box["session"] = rpc.connect(host, port, session_timeout=timeout)
+                else:
+                    box["session"] = rpc.connect_tracker(host, port).request(
+                        rpc_config.tracker_key, priority=rpc_config.session_priority,
+                        session_timeout=timeout, max_retry=2)
+            except Exception as err:  # re-raised in the worker, below
+                box["error"] = err
+
+        thread = threading.Thread(target=connect, daemon=True)
+        thread.start()
+        thread.join(wait)
+        if "error" in box:
+            raise box["error"]
+        if "session" not in box:
+            where = (f"the RPC server at {host}:{port}" if direct else
+                     f"the tracker at {host}:{port} (key {rpc_config.tracker_key!r})")
+            raise TimeoutError(f"no RPC session from {where} within {wait:g} s")
+        return box["session"]
+
+    return ms.runner.RPCRunner(rpc_config=config, f_create_session=f_create_session,
+                               max_workers=max_workers)

@@ -1,6 +1,7 @@
 """The ``tvmfront`` command.
 
     tvmfront tune FILE [--target x86] [--budget N] [--seconds S] [--records DIR] [--only NAME]
+                       [--rpc HOST:PORT | --rpc TRACKER:PORT/KEY]
 
 FILE is a Python file (an example, or your model file) defining ``tvmfront_modules()``, which
 returns {name: compiled module} (tvf.compile_training / tvf.compile_inference results); when
@@ -11,6 +12,12 @@ TVMFRONT_RECORDS or ``<repo>/schedules``), then the command prints a per-kernel 
 vs tuned latency, each kernel timed alone; MetaSchedule's own measurement of the best record)
 and the end-to-end speedup: the median time of a train step / forward call, default schedules
 vs tuned, measured in this run, interleaved.
+
+``--rpc`` measures on other machines over TVM RPC (tvmfront.rpc): ``HOST:PORT`` is one
+``python -m tvm.exec.rpc_server`` (e.g. on an ARM board: ``--target arm --rpc board:9090``),
+``TRACKER:PORT/KEY`` every server registered with that tracker under KEY, candidates fanned out
+over all of them. Kernels are then timed on the device; the end-to-end time is not measured
+(it would time this machine): run the exported bundle on the device for that.
 
 ``python -m tvmfront.cli tune ...`` is the same command without the installed script.
 """
@@ -95,13 +102,21 @@ def cmd_tune(args):
         module = modules[name]
         what = "train step" if module.kind == "training" else "forward"
         print(f"== {name}: {module.kind} module, target {target_key(module._target)}", flush=True)
-        default = _default_copy(module)
+        default = _default_copy(module) if args.rpc is None else None
         report = tune(module, budget=args.budget, seconds=args.seconds, records=args.records,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, rpc=args.rpc)
         print(f"{report.trials} trials ({report.failed} failed) in {report.elapsed:.0f} s, "
               f"stopped: {report.stopped}; records: {report.store}")
+        if report.remote is not None:
+            print(f"measured over RPC on {report.remote} ({report.servers} server(s))")
         print(f"log: {report.log}")
         print(report.table(top=args.top))
+        if default is None:
+            print(f"end to end: not timed (kernels were timed on {report.remote}; run the "
+                  f"exported bundle there to time a {what}) "
+                  f"({module._build_info.get('tuned_kernels', 0)} kernel(s) from records)\n",
+                  flush=True)
+            continue
         t_default, t_tuned = _end_to_end(default, module)
         speedup = t_default / t_tuned
         print(f"end to end ({what}, median): default {_ms(t_default)}, tuned {_ms(t_tuned)}, "
@@ -131,6 +146,9 @@ def main(argv=None):
     p.add_argument("--only", action="append", metavar="NAME", help="tune only this module")
     p.add_argument("--top", type=int, default=20, help="kernels shown in the table")
     p.add_argument("--no-progress", action="store_true", help="no progress line")
+    p.add_argument("--rpc", default=None, metavar="HOST:PORT[/KEY]",
+                   help="measure over TVM RPC: an rpc_server's HOST:PORT, or a tracker's "
+                        "HOST:PORT/KEY (every server under KEY)")
     args = parser.parse_args(argv)
     args.target_given = args.target is not None
     target = args.target or "x86"

@@ -1,7 +1,7 @@
 """Tuning records: MetaSchedule JSON databases, one folder per target key.
 
     schedules/                             the records root
-      x86_64-znver4-tvm0.27.0.post1/       one database per target key (tvmfront.target.target_key)
+      x86_64-avx512-tvm0.27.0.post1/       one database per target key (tvmfront.target.target_key)
         database_workload.json             [structural hash, kernel IR (base64)] per line
         database_tuning_record.json        [workload, [trace, run_secs, target, args]] per line
         tvmfront_records.json              the key, the target and the versions that made them

@@ -8,17 +8,18 @@ The target is always an argument (never a global), so later targets slot in as n
     a dict         any TVM target, e.g. {"kind": "llvm", "mcpu": "znver3"} or
                    {"kind": "cuda", "arch": "sm_90"}
 
-`target_key(target)` names what changes compiled code (CPU architecture / GPU arch, CPU model
-or features, TVM version): `x86_64-znver3-tvm0.27.0.post1`, `aarch64-neon-tvm0.27.0.post1`,
-`cuda-sm_90-tvm0.27.0.post1`. Tuning records and caches are kept per key so that one target's
-schedules never reach another's build.
+`target_key(target)` names what changes compiled code (CPU architecture / GPU arch, CPU
+feature class or features, TVM version): `x86_64-avx512-tvm0.27.0.post1`,
+`aarch64-neon-tvm0.27.0.post1`, `cuda-sm_90-tvm0.27.0.post1`. Tuning records are kept per key
+so that one target's schedules never reach another's build.
 """
 
 import json
 import os
 import re
 
-from ._tvm import TVM_VERSION, Target, host_arch, llvm_system_cpu, target_arch
+from ._tvm import (TVM_VERSION, Target, host_arch, llvm_has_features, llvm_system_cpu,
+                   target_arch)
 from .errors import TargetError
 
 DEFAULT_CUDA_ARCH = "sm_80"
@@ -90,13 +91,39 @@ def _feature(f):
     return f[1:] if f.startswith("+") else "no" + f[1:] if f.startswith("-") else f
 
 
+# x86-64 feature classes, widest first: (key part, LLVM features every CPU of the class has).
+# They follow what the schedules depend on: vector width (cpu_vector_bits: 512 / 256 / 128
+# bits) and, for AVX2, fused multiply-add.
+X86_CLASSES = (("avx512", ("avx512f",)), ("avx2", ("avx2", "fma")), ("avx", ("avx",)),
+               ("sse", ("sse2",)))
+
+
+def x86_class(target):
+    """The feature class of an x86-64 LLVM target ('avx512', 'avx2', 'avx', 'sse'), from what
+    LLVM knows of its -mcpu and -mattr; 'generic' when LLVM cannot tell."""
+    t = resolve_target(target)
+    for name, features in X86_CLASSES:
+        if llvm_has_features(t, *features):
+            return name
+    return "generic"
+
+
 def target_key(target):
     """A filesystem-safe key naming what changes compiled code: the CPU architecture and CPU
-    model or features (LLVM), or the GPU arch (CUDA), and the TVM version."""
+    feature class (x86-64) or model and features (other LLVM targets), or the GPU arch (CUDA),
+    and the TVM version."""
     t = resolve_target(target)
     kind = t.kind.name
     attrs = t.attrs
-    if kind == "llvm":
+    if kind == "llvm" and target_arch(t) == "x86_64":
+        # The feature class, not the CPU model: a record is a schedule (tile sizes, loop order,
+        # vector length), replayed and compiled for the building machine's own -mcpu, so what
+        # decides whether it fits another CPU is the vector width and instruction set, not
+        # the model name. LLVM names CPUs of one class differently (this machine's Xeon is
+        # 'rocketlake', others 'icelake-server', 'sapphirerapids', AMD's 'znver4'): keyed by
+        # model, records shipped from one AVX-512 machine would be missed on the next.
+        parts = ["x86_64", x86_class(t)]
+    elif kind == "llvm":
         parts = [target_arch(t)]
         if attrs.get("mcpu"):
             parts.append(str(attrs["mcpu"]))

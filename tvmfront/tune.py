@@ -18,7 +18,11 @@ How a run goes:
    candidates, built by a LocalBuilder whose workers skip ``import tvm.s_tir.tensor_intrin``
    (timeout 120 s; see tvmfront._tvm.ms_local_builder) and timed by a LocalRunner. A
    candidate that fails to build or run is logged (the log file is named in the report) and
-   skipped; the search goes on.
+   skipped; the search goes on. With ``rpc=`` (tvmfront.rpc) the builder links each candidate
+   here as a shared library (with the cross compiler for another CPU) and MetaSchedule's
+   RPCRunner times it on the device: one server, or every server a tracker holds under a key,
+   one session per server at once. The default-schedule and tuned latencies of steps 2 and 6
+   are then timed on the device as well (one session, the kernels uploaded as one library).
 4. Budget: ``budget`` trials and/or ``seconds`` of wall time. The time limit is checked by a
    measure callback after every batch; no batch is started that would end well past it.
 5. Records: tuning writes into a temporary database (seeded with the store's records, so a run
@@ -48,11 +52,12 @@ import numpy as np
 
 from . import config
 from . import records as records_mod
-from ._tvm import (derived_object, meta_schedule, ms_local_builder, normalize_prim_func,
+from . import rpc as rpc_mod
+from ._tvm import (Target, derived_object, meta_schedule, ms_local_builder, normalize_prim_func,
                    prim_func_type, relax, relax_call_tir_op, structural_hash, to_device, tvm)
 from .build import build_lowered, runnable_here, schedule_lowered
 from .errors import TvmfrontError
-from .target import target_key
+from .target import target_json, target_key
 
 log = logging.getLogger("tvmfront.tune")
 
@@ -93,7 +98,8 @@ class TuneReport:
     """What tvf.tune did: ``kernels`` (Kernel rows, largest share first), ``trials``,
     ``failed`` (candidates that did not build or run), ``elapsed`` seconds, ``stopped``
     ('budget', 'time', 'interrupt' or 'done'), ``store`` (the records folder), ``log`` (the
-    tuning log file) and ``module`` (rebuilt in place)."""
+    tuning log file), ``module`` (rebuilt in place), and with rpc= ``remote`` (where the
+    candidates were timed, as text) and ``servers`` (how many timed them)."""
 
     def __init__(self, module, kernels, store, log_path):
         self.module, self.kernels, self.store, self.log = module, kernels, store, log_path
@@ -101,6 +107,7 @@ class TuneReport:
         self.elapsed = 0.0
         self.stopped = "done"
         self.merged = 0
+        self.remote, self.servers = None, 1  # where candidates were timed (tvmfront.rpc)
 
     def table(self, top=None):
         """The per-kernel table: calls, default and tuned latency, speedup."""
@@ -123,6 +130,8 @@ class TuneReport:
         head = (f"tuned {len([k for k in self.kernels if k.trials])}/{len(self.kernels)} "
                 f"kernels: {self.trials} trials ({self.failed} failed) in {self.elapsed:.0f} s, "
                 f"stopped: {self.stopped}; records: {self.store}")
+        if self.remote is not None:
+            head += f"\nmeasured over RPC on {self.remote} ({self.servers} server(s))"
         return head + "\n" + self.table()
 
     __repr__ = __str__
@@ -200,11 +209,12 @@ def kernels_of(module):
 
 
 def measure_kernels(lowered, target, names, records=False, every_record=False,
-                    min_repeat_ms=25, repeat=5):
+                    min_repeat_ms=25, repeat=5, remote=None):
     """{kernel name: median latency in microseconds} of the named kernels of `lowered`,
     scheduled as a build with `records` would schedule them (every_record: with every record,
     also those found slower than the default schedule), built into one library and each timed
-    on its own with random inputs (integer inputs are zeros: valid indices)."""
+    on its own with random inputs (integer inputs are zeros: valid indices). remote (a
+    tvmfront.rpc spec): timed on that device, the library linked here and uploaded."""
     selection = records_mod.select(records, target, every_record=every_record)
     scheduled, _ = schedule_lowered(lowered, target, selection)
     funcs = {}
@@ -214,8 +224,19 @@ def measure_kernels(lowered, target, names, records=False, every_record=False,
     if not funcs:
         return {}
     lib = tvm.compile(tvm.IRModule(funcs), target=target)
+    if remote is not None:
+        with rpc_mod.session(remote) as sess:
+            remote_lib, device = rpc_mod.upload(sess, lib, target)
+            try:
+                return _time_kernels(remote_lib, device, funcs, min_repeat_ms, repeat)
+            finally:
+                del remote_lib, device  # remote objects go before the session ends
     lib = lib.jit() if hasattr(lib, "jit") else lib  # an Executable: compile to a library
     device = tvm.cpu() if target.kind.name == "llvm" else tvm.cuda(0)
+    return _time_kernels(lib, device, funcs, min_repeat_ms, repeat)
+
+
+def _time_kernels(lib, device, funcs, min_repeat_ms, repeat):
     rng = np.random.default_rng(0)
     out = {}
     for name, func in funcs.items():
@@ -236,16 +257,20 @@ def measure_kernels(lowered, target, names, records=False, every_record=False,
             out[name] = float(np.median(timer(*args).results)) * 1e6
         except Exception as err:  # a kernel that cannot be timed alone keeps no latency
             log.info("could not time kernel %s: %s", name, err)
+        finally:
+            args = timer = None
     return out
 
 
 def _measured(lowered, target, names, **kw):
-    """measure_kernels, or {} (logged) when the kernels cannot be built alone: tuning goes on
-    with weights by call count only, and records apply unmeasured."""
+    """measure_kernels, or {} (logged) when the kernels cannot be built alone or timed on the
+    remote device: tuning goes on with weights by call count only, and records apply
+    unmeasured."""
     try:
         return measure_kernels(lowered, target, names, **kw)
     except Exception as err:
-        log.warning("could not time the kernels on their own: %s", err)
+        where = f" on {kw['remote']}" if kw.get("remote") is not None else ""
+        log.warning("could not time the kernels on their own%s: %s", where, err)
         return {}
 
 
@@ -526,7 +551,7 @@ def _log_path(key):
 
 
 def tune(module, budget=64, seconds=None, records=None, progress=True, seed=0,
-         batch_size=None):
+         batch_size=None, rpc=None):
     """Tune every kernel of a compiled module with MetaSchedule; keep the records; rebuild.
 
     module: a TrainingModule / InferenceModule from tvf.compile_training / compile_inference
@@ -544,6 +569,14 @@ def tune(module, budget=64, seconds=None, records=None, progress=True, seed=0,
       every batch (raising KeyboardInterrupt there stops tuning as Ctrl-C does).
     seed: seed of the search.
     batch_size: candidates per batch (default: at most 16, dividing the budget evenly).
+    rpc: measure on other machines over TVM RPC instead of here (tvmfront.rpc):
+      ``"host:port"`` (one ``python -m tvm.exec.rpc_server``), ``"host:port/key"`` (a tracker:
+      candidates fan out over every server registered under the key), or a dict
+      ``{"host", "port"}`` / ``{"tracker": "host:port", "key"}`` with an optional
+      ``"timeout"`` (seconds per measurement session, default 60). Candidates and the kernels
+      timed before and after tuning are built here (cross-compiled for a target this machine
+      cannot run, e.g. "arm") and timed on the device. The module is rebuilt in place all the
+      same; for a target this machine cannot run, export it and run the bundle on the device.
 
     Tasks are weighted by call count x measured default-schedule latency (see the module
     docstring). Returns a TuneReport; str(report) is a per-kernel table.
@@ -553,10 +586,19 @@ def tune(module, budget=64, seconds=None, records=None, progress=True, seed=0,
     if budget is not None and budget < 1:
         raise ValueError(f"budget must be at least 1 trial, got {budget}")
     lowered, target = _lowered_of(module)
-    if not runnable_here(target):
+    remote = rpc_mod.parse(rpc) if rpc is not None else None
+    if remote is None and not runnable_here(target):
         raise TvmfrontError(f"tuning times candidates on this machine, which cannot run code for "
-                            f"{target_key(target)}: tune on such a machine (the records are "
-                            f"files: copy <records>/{target_key(target)} back)")
+                            f"{target_key(target)}: measure on such a device over RPC "
+                            f"(tvf.tune(module, rpc=\"board:9090\"), see tvmfront.rpc), or tune "
+                            f"on it (the records are files: copy <records>/{target_key(target)} "
+                            f"back)")
+    if remote is not None:
+        rpc_mod.cxx_for(target)  # a cross compiler for the device's CPU, before any work
+        if target.kind.name != "llvm":
+            raise TvmfrontError(f"tuning over RPC supports CPU (llvm) targets, not "
+                                f"{target.kind.name}")
+        servers = rpc_mod.servers(remote)  # RpcError naming the address if unreachable
     if progress is True:
         progress = config.progress_enabled()
     root = records
@@ -571,11 +613,14 @@ def tune(module, budget=64, seconds=None, records=None, progress=True, seed=0,
     key = target_key(target)
 
     kernels = kernels_of(module)
-    default = _measured(lowered, target, {k.name for k in kernels}, records=False)
+    default = _measured(lowered, target, {k.name for k in kernels}, records=False,
+                        remote=remote)
     for k in kernels:
         k.default_us = default.get(k.name)
     kernels.sort(key=lambda k: -k.share_us)
     report = TuneReport(module, kernels, store, _log_path(key))
+    if remote is not None:
+        report.remote, report.servers = str(remote), servers
     if not kernels:
         return report
 
@@ -586,7 +631,8 @@ def tune(module, budget=64, seconds=None, records=None, progress=True, seed=0,
     try:
         _seed_work_dir(work, store, key)
         with _logging_to(report.log):
-            _tune_in(work, ms, lowered, target, kernels, run, budget, per_batch, seed)
+            _tune_in(work, ms, lowered, target, kernels, run, budget, per_batch, seed,
+                     remote, report.servers)
     finally:
         report.trials, report.failed, report.elapsed = run.trials, run.failed, run.elapsed()
         report.stopped = run.stop or ("budget" if budget is not None and run.trials >= budget
@@ -599,7 +645,7 @@ def tune(module, budget=64, seconds=None, records=None, progress=True, seed=0,
             shutil.rmtree(work, ignore_errors=True)
         if progress:
             run.report(final=True)
-    _finish(report, module, root, target)
+    _finish(report, module, root, target, remote)
     return report
 
 
@@ -614,7 +660,11 @@ def _seed_work_dir(work, store, key):
     records_mod.write(work, records_mod.best_only(mine))
 
 
-def _tune_in(work, ms, lowered, target, kernels, run, budget, per_batch, seed):
+def _tune_in(work, ms, lowered, target, kernels, run, budget, per_batch, seed, remote=None,
+             servers=1):
+    if remote is not None and "num-cores" not in target.attrs:
+        # MetaSchedule needs the device's core count (parallel loops); not part of the key
+        target = Target(dict(target_json(target), **{"num-cores": rpc_mod.device_threads(remote)}))
     tasks = {str(structural_hash(t.mod)): t
              for t in ms.relax_integration.extract_tasks(lowered, target)}
     big = budget is None or budget >= 64
@@ -639,8 +689,12 @@ def _tune_in(work, ms, lowered, target, kernels, run, budget, per_batch, seed):
                 os.unlink(os.path.join(work, name))
         database = ms.database.JSONDatabase(work_dir=work)
     scheduler_cls, callback_cls = _tvm_classes()
-    builder = ms_local_builder(timeout_sec=120)
-    runner = ms.runner.LocalRunner(timeout_sec=60)
+    if remote is None:
+        builder = ms_local_builder(timeout_sec=120)
+        runner = ms.runner.LocalRunner(timeout_sec=60)
+    else:  # linked here (cross-compiled), timed on the servers: one session per server at once
+        builder = rpc_mod.builder(target, timeout_sec=120)
+        runner = rpc_mod.runner(remote, workers=servers)
     callbacks = list(ms.measure_callback.MeasureCallback.create("default")) + [callback_cls(run)]
     try:
         with _ctrl_c(run):
@@ -660,7 +714,7 @@ def _tune_in(work, ms, lowered, target, kernels, run, budget, per_batch, seed):
             runner.pool.shutdown(wait=False)
 
 
-def _finish(report, module, root, target):
+def _finish(report, module, root, target, remote=None):
     """Time the kernels that have records against their default schedules, keep the verdict
     in the store (a record slower than the default schedule is not applied), rebuild."""
     db = records_mod.read(report.store, warn=False) if records_mod.is_database(report.store) \
@@ -672,7 +726,7 @@ def _finish(report, module, root, target):
                 k.record_us = best[k.hash] * 1e6
         with_records = [k for k in report.kernels if k.record_us is not None]
         tuned = _measured(module._lowered, target, {k.name for k in with_records},
-                          records=report.store, every_record=True)
+                          records=report.store, every_record=True, remote=remote)
         results = {}
         for k in with_records:
             k.tuned_us = tuned.get(k.name)
