@@ -25,7 +25,10 @@ def compile_train_export(model, optimizer, x_shape, data, args, lr_schedule=None
     t0 = time.perf_counter()
     module = tvf.compile_training(model, tvf.nn.CrossEntropyLoss(), optimizer,
                                   inputs=(batch, *x_shape), labels=(batch,), target=args.target)
-    print(f"compiled train step for {args.target} in {time.perf_counter() - t0:.1f} s")
+    info = module._build_info
+    print(f"compiled train step for {args.target} in {time.perf_counter() - t0:.1f} s "
+          f"(compile cache: {info['cache']}; {info['tuned_kernels']} kernels from tuning records "
+          f"{', '.join(info['records']) or '(none for ' + info['target_key'] + ')'})")
     trainer = tvf.Trainer(module, seed=args.seed, lr_schedule=lr_schedule)
     trainer.fit(x_train, y_train, epochs=args.epochs, val=(x_test, y_test))
     path = module.export(args.out)

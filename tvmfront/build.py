@@ -76,7 +76,8 @@ def build_lowered(lowered, target, records=None, dump_dir=None):
             data, info, path = hit
             library = _load(path, target)
             if library is not False:
-                return Built(library, data, None, target, lowered, dict(info, cache="hit"))
+                return Built(library, data, None, target, lowered,
+                             dict(info, cache="hit", records=selection.sources))
     scheduled, selection = schedule_lowered(lowered, target, selection)
     if not selection:
         key = cache.key(lowered, target, "")  # records TVM could not load were dropped
