@@ -68,6 +68,9 @@ PACK_RATIO = 8
 # An operand read along the vector axis with a large stride along the reduction and bigger
 # than this (about an L2 cache) is packed into panels (see _pack_panels).
 PANEL_MIN_BYTES = 2 << 20
+# Reductions with an output of at most this size over operands of PANEL_MIN_BYTES or more
+# use one-register vectors, leaving registers for a wider tile (_streams_operands).
+STREAM_MAX_OUTPUT_BYTES = 256 << 10
 # dlight's GEMV is used only when it vectorizes at most this many SIMD registers per operation
 # (see _dlight_gemv: wider gathered tiles cost minutes of LLVM codegen).
 GEMV_MAX_VECTOR_REGISTERS = 2
@@ -600,6 +603,10 @@ def _tile_reduction(sch, name, params, vector=True):
     v = vec = None
     if vector:
         v, vec = _choose_vector_axis(info, lanes)
+        if vec > lanes and vec % lanes == 0 and _streams_operands(info):
+            # One register per vector leaves room for a register tile over a second output
+            # axis: fewer passes over operands that do not fit in cache.
+            vec = lanes
         # Operands strided along v: pack them into a copy whose last dimension is v's.
         for _ in range(len(info.reads)):
             strided = [(i, r) for i, r, strides in info.reads if strides[v] not in (0, 1)]
@@ -709,6 +716,16 @@ def _tile_reduction(sch, name, params, vector=True):
             f"{', packed ' + '+'.join(packed) if packed else ''}"
             f"{', +' + '+'.join(epilogue) if epilogue else ''}]")
     return note, touched
+
+
+def _streams_operands(info):
+    """A reduction with a small output (a weight gradient) over operands larger than a cache:
+    every pass of its register tiles over the reduction streams them from memory again."""
+    bits = _dtype_bits(info.dtype)
+    out_bytes = math.prod(_const(d) for d in info.write.source.shape) * bits // 8
+    read_bytes = sum(math.prod(_const(d) for d in r.source.shape) * bits // 8
+                     for _, r, _ in info.reads)
+    return out_bytes <= STREAM_MAX_OUTPUT_BYTES and read_bytes >= PANEL_MIN_BYTES
 
 
 def _panel_operand(info, v, vec):
