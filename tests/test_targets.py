@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 import tvmfront as tvf
+from tvmfront import records
 from tvmfront import target as tgt
-from tvmfront._tvm import TVM_VERSION, device_available, host_arch
+from tvmfront._tvm import TVM_VERSION, cuda_device_arch, device_available, host_arch
 
 nn = tvf.nn
 BATCH = 4
@@ -29,7 +30,7 @@ def test_named_targets_resolve():
         assert arm["kind"] == "llvm"
         assert arm["mtriple"] == "aarch64-linux-gnu"
         assert list(arm["mattr"]) == ["+neon"]
-    assert tgt.target_json("cuda")["arch"] == "sm_80"
+    assert tgt.target_json("cuda")["arch"] == (cuda_device_arch() or "sm_80")
     assert tgt.target_json("cuda:sm_90")["arch"] == "sm_90"
     assert tgt.target_json("cuda:90")["arch"] == "sm_90"
     assert tgt.target_json({"kind": "cuda", "arch": "sm_90"})["arch"] == "sm_90"
@@ -58,9 +59,9 @@ def test_keys_name_architecture_cpu_or_gpu_and_tvm_version():
         assert keys["x86"] == f"x86_64-{tgt.x86_class('x86')}-tvm{TVM_VERSION}"
         assert tgt.x86_class("x86") in ("avx512", "avx2", "avx", "sse")
     assert keys["arm"] == f"aarch64-neon-tvm{TVM_VERSION}"
-    assert keys["cuda"] == f"cuda-sm_80-tvm{TVM_VERSION}"
+    assert keys["cuda"] == f"cuda-{cuda_device_arch() or 'sm_80'}-tvm{TVM_VERSION}"
     assert keys["cuda:sm_90"] == f"cuda-sm_90-tvm{TVM_VERSION}"
-    assert len(set(keys.values())) == len(keys)
+    assert len(set(keys.values())) == len(keys) - (cuda_device_arch() == "sm_90")
 
 
 def test_same_target_same_key_whatever_its_spelling():
@@ -183,7 +184,9 @@ def test_cuda_modules_build_and_record_their_target(cuda_modules):
     assert train.manifest["target_kind"] == "cuda"
     assert train.manifest["target"]["arch"] == "sm_90"
     assert train.manifest["target_key"] == f"cuda-sm_90-tvm{TVM_VERSION}"
-    assert infer.manifest["target_key"] == f"cuda-sm_80-tvm{TVM_VERSION}"
+    # "cuda" alone: this machine's GPU, else sm_80
+    assert infer.manifest["target_key"] == \
+        f"cuda-{cuda_device_arch() or 'sm_80'}-tvm{TVM_VERSION}"
     for module in cuda_modules:
         assert "cuda" in _device_module_kinds(module._executable)  # kernels in a CUDA module
 
@@ -233,3 +236,23 @@ def test_cuda_training_matches_cpu():
                                       inputs=(BATCH, 1, 4, 4), labels=(BATCH,), target=name)
         losses[name] = [module.step(*_batch(i)) for i in range(3)]
     np.testing.assert_allclose(losses["cuda"], losses["x86"], rtol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not device_available("cuda"), reason="needs a CUDA GPU")
+def test_cuda_tuning_writes_records_under_the_cuda_key(tmp_path):
+    """Runs where a GPU is present: MetaSchedule tunes a CUDA inference module (tiny budget)
+    and its records land under this GPU's key, never another target's."""
+    module = tvf.compile_inference(_cnn(), inputs=(BATCH, 1, 4, 4), target="cuda",
+                                   records=False)
+    key = module.manifest["target_key"]
+    assert re.fullmatch(rf"cuda-sm_\d+-tvm{re.escape(TVM_VERSION)}", key)
+    report = tvf.tune(module, budget=8, records=str(tmp_path), progress=False)
+    assert report.trials > report.failed >= 0
+    assert os.listdir(tmp_path) == [key]
+    db = records.read(str(tmp_path / key))
+    assert len(db) > 0
+    assert {records.record_target_key(r[1][2]) for r in db.records} == {key}
+    x, _ = _batch()
+    reference = tvf.compile_inference(_cnn(), inputs=(BATCH, 1, 4, 4), target="x86")(x)
+    np.testing.assert_allclose(module(x), reference, rtol=1e-4, atol=1e-5)

@@ -101,7 +101,7 @@ import os as _os  # noqa: E402
 import platform as _platform  # noqa: E402
 
 __all__ += ["normalize_arch", "host_arch", "target_arch", "device_available",
-            "cross_compiler_name", "cross_compiler", "export_library"]
+            "cuda_device_arch", "cross_compiler_name", "cross_compiler", "export_library"]
 
 _ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "x86-64": "x86_64", "arm64": "aarch64"}
 # CPU architecture -> the GNU cross C++ compiler that links TVM libraries for it (Debian names)
@@ -141,6 +141,16 @@ def device_available(kind):
         except Exception:  # no CUDA device API registered at all
             return False
     return True
+
+
+def cuda_device_arch():
+    """'sm_XY' of this machine's first GPU, or None without one."""
+    if not device_available("cuda"):
+        return None
+    try:
+        return "sm_" + str(tvm.cuda(0).compute_version).replace(".", "")
+    except Exception:  # a driver that does not report it
+        return None
 
 
 def cross_compiler_name(arch):

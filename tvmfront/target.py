@@ -4,7 +4,8 @@ The target is always an argument (never a global), so later targets slot in as n
 
     x86            this machine's CPU (-mcpu detected) when it is an x86-64, else generic x86-64
     arm, aarch64   64-bit ARM Linux with NEON, cross-compiled here with aarch64-linux-gnu-g++
-    cuda           an NVIDIA GPU, sm_80 by default; "cuda:sm_90" (or "cuda:90") picks the arch
+    cuda           an NVIDIA GPU: this machine's GPU arch, else sm_80; "cuda:sm_90" (or
+                   "cuda:90") picks the arch
     a dict         any TVM target, e.g. {"kind": "llvm", "mcpu": "znver3"} or
                    {"kind": "cuda", "arch": "sm_90"}
 
@@ -18,8 +19,8 @@ import json
 import os
 import re
 
-from ._tvm import (TVM_VERSION, Target, host_arch, llvm_has_features, llvm_system_cpu,
-                   target_arch)
+from ._tvm import (TVM_VERSION, Target, cuda_device_arch, host_arch, llvm_has_features,
+                   llvm_system_cpu, target_arch)
 from .errors import TargetError
 
 DEFAULT_CUDA_ARCH = "sm_80"
@@ -36,8 +37,10 @@ def _aarch64():
     return {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}
 
 
-def _cuda(arch=DEFAULT_CUDA_ARCH):
-    return {"kind": "cuda", "arch": arch}
+def _cuda(arch=None):
+    # "cuda" alone: this machine's GPU where there is one (kernels for its own arch), else
+    # DEFAULT_CUDA_ARCH (building here for a GPU elsewhere: name it, "cuda:sm_90").
+    return {"kind": "cuda", "arch": arch or cuda_device_arch() or DEFAULT_CUDA_ARCH}
 
 
 # name -> function returning a TVM target dict. One row per target family.
