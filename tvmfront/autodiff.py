@@ -541,7 +541,7 @@ def _extend_adjoint(adjoint, value, solved, guards, analyzer, name):
     return substitute(value, {}, loads={dT: read}), guards
 
 
-def _adjoint_of_read(shape, dtype, indices, loops, value, name, adjoint=None):
+def _adjoint_of_read(shape, dtype, indices, loops, value, name, adjoint=None, inline=False):
     """Tensor of `shape`: sum over loops with indices(loops) == j of value(loops).
     `adjoint` = (dT, spatial vars) names the output adjoint read in `value`."""
     red_axes = {}
@@ -577,9 +577,29 @@ def _adjoint_of_read(shape, dtype, indices, loops, value, name, adjoint=None):
             term = tvm.tirx.if_then_else(cond, term, _const(0, dtype))
         if free:
             return te.sum(term, axis=[red_axes[lp.var] for lp in free])
-        return term
+        inlined = _inlined_reduction(term, adjoint[0] if adjoint and inline else None)
+        return term if inlined is None else inlined
 
     return te.compute(_wide_shape(shape), body, name=name)
+
+
+def _inlined_reduction(term, dT):
+    """When `term` is just a read of dT and dT is one reduction, that reduction evaluated at
+    the read's indices (a Reduce for a compute body), else None. A crop or shift of a
+    reduction's result (the adjoint of a padding) then costs no extra pass, and the reduction
+    runs over the cropped extent only: no gradient computed for the padding just to be
+    dropped."""
+    if dT is None or not _is_load(term):
+        return None
+    tensor, indices = _load_parts(term)
+    op = dT.op
+    if not tensor.op.same_as(op) or not isinstance(op, te.ComputeOp) or len(op.body) != 1 or \
+            not isinstance(op.body[0], Reduce) or len(op.body[0].source) != 1:
+        return None
+    red = op.body[0]
+    vmap = {iv.var: _promote(idx, iv.var)[0] for iv, idx in zip(op.axis, indices)}
+    return Reduce(red.combiner, [substitute(red.source[0], vmap)], red.axis,
+                  substitute(red.condition, vmap), red.value_index, red.init)
 
 
 # ---- the graph walk -------------------------------------------------------------------------
@@ -701,7 +721,7 @@ def _backprop(name, t, dT, live):
         out.append((tensor, _adjoint_of_read(
             tuple(int(s) for s in tensor.shape), str(tensor.dtype), indices,
             spatial + reduce_loops, value, f"{op.name}_d{tensor.op.name}{g}",
-            adjoint=(dT, [lp.var for lp in spatial]))))
+            adjoint=(dT, [lp.var for lp in spatial]), inline=len(groups) == 1)))
     return out
 
 
