@@ -294,15 +294,14 @@ def tune_table(rows):
              f"({r['failed']} failed), stopped: {r['stopped']}",
              f"  tuning wall time {r['search_s']:.0f} s (tvf.tune in all, with the rebuild: "
              f"{r['seconds']:.0f} s)"]
-    if trace:
-        d, f = trace[0]["default_us"], trace[-1]["step_us"]
-        lines.append(f"  estimated kernel time per step: default {d / 1e3:.3f} ms -> final "
-                     f"{f / 1e3:.3f} ms ({d / f:.2f}x)")
+    for t in trace:
+        lines.append(f"  after {t['trials']:>4} trials, {t['elapsed']:>5.0f} s of tuning: measured "
+                     f"step {t['step_us'] / 1e3:.3f} ms (default {t['default_us'] / 1e3:.3f} ms)")
     if t90:
         lines.append(f"  90% of the final gain reached after {t90['elapsed']:.0f} s "
                      f"({t90['trials']} trials)")
     else:
-        lines.append("  90% point: n/a (the estimate never fell below the default schedules')")
+        lines.append("  90% point: n/a (no checkpoint measured faster than the default)")
     lines.append(f"  end to end median step: default {r['default_step_s'] * 1e3:.3f} ms, tuned "
                  f"{r['tuned_step_s'] * 1e3:.3f} ms "
                  f"({r['default_step_s'] / r['tuned_step_s']:.2f}x)")
