@@ -22,6 +22,8 @@ from tvmfront.target import resolve_target
 
 def _naive(monkeypatch):
     monkeypatch.setattr(cpu_schedule, "default_cpu_schedule", lambda mod, target, report=None: mod)
+    # The compile cache cannot see the patch: a hit would return the scheduled build.
+    monkeypatch.setenv("TVMFRONT_CACHE", "0")
 
 
 def _mlp():
@@ -73,7 +75,9 @@ def test_scheduled_training_matches_naive(case, monkeypatch):
     losses, params = _two_steps(_compile_training(case), x_shape)
     with monkeypatch.context() as m:
         _naive(m)
-        naive_losses, naive_params = _two_steps(_compile_training(case), x_shape)
+        naive_module = _compile_training(case)
+        assert naive_module._build_info["cache"] == "off"  # really built without schedules
+        naive_losses, naive_params = _two_steps(naive_module, x_shape)
     np.testing.assert_allclose(losses, naive_losses, rtol=1e-5)
     assert losses[1] != losses[0]  # the parameters did change between the steps
     for name in naive_params:
@@ -154,6 +158,7 @@ def test_scheduled_inference_matches_naive(batch, monkeypatch):
     with monkeypatch.context() as m:
         _naive(m)
         naive = tvf.compile_inference(model, inputs=x.shape)
+        assert naive._build_info["cache"] == "off"
     np.testing.assert_allclose(fast(x), naive(x), rtol=1e-5, atol=1e-6)
 
 
