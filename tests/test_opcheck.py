@@ -71,3 +71,61 @@ def test_several_inputs_need_shapes():
 def test_integer_inputs():
     report = tvf.opcheck(tvf.ops.cross_entropy, shapes=[[(3, 4), (3,)]], int_inputs={1: 4})
     assert report.ok and len(report.rows) == 3
+
+
+# ---- ops with several outputs ---------------------------------------------------------------
+
+@tvf.op
+def row_moments(x, scale=1.0):
+    """(scale * mean of each row, mean of squares of each row): two outputs, one input."""
+    k1 = tvf.te.reduce_axis((0, x.shape[1]), "k1")
+    k2 = tvf.te.reduce_axis((0, x.shape[1]), "k2")
+    n = float(int(x.shape[1]))
+    mean = tvf.te.compute((x.shape[0],), lambda i: tvf.te.sum(x[i, k1] * (scale / n), axis=k1),
+                          name="row_mean")
+    square = tvf.te.compute((x.shape[0],), lambda i: tvf.te.sum(x[i, k2] * x[i, k2] / n, axis=k2),
+                            name="row_square")
+    return mean, square
+
+
+@tvf.op
+def row_moments_wrong_grad(x, scale=1.0):
+    return row_moments.te_forward(x, scale=scale)
+
+
+@row_moments_wrong_grad.grad
+def _(dys, x, scale=1.0):  # forgets the factor 2 of the squares' gradient
+    d_mean, d_square = dys
+    n = float(int(x.shape[1]))
+    return [tvf.te.compute(x.shape, lambda i, j: d_mean[i] * (scale / n) + d_square[i] * x[i, j] / n,
+                           name="wrong")]
+
+
+def test_several_outputs_derived_gradient_matches_finite_differences():
+    x = np.random.default_rng(0).standard_normal((3, 5))
+    assert tvf.gradcheck(row_moments, [x], scale=2.0)
+    mean, square = row_moments.eager(x, scale=2.0)
+    np.testing.assert_allclose(mean, 2.0 * x.mean(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(square, (x * x).mean(axis=1), rtol=1e-6)
+    # the derived gradient, by hand: d/dx [<a, 2 mean> + <b, mean(x^2)>] = (2a + 2 b x) / n
+    a, b = np.ones(3), np.arange(3.0)
+    (dx,) = row_moments.vjp([a, b], x, scale=2.0)
+    np.testing.assert_allclose(dx, (2.0 * a[:, None] + 2.0 * b[:, None] * x) / 5, rtol=1e-6)
+
+
+def test_several_outputs_wrong_explicit_gradient_is_caught():
+    x = np.random.default_rng(1).standard_normal((2, 4))
+    assert tvf.gradcheck(row_moments_wrong_grad, [x], derived=True)  # the derived one is right
+    with pytest.raises(tvf.GradientError, match="row_moments_wrong_grad.*input 0 at index"):
+        tvf.gradcheck(row_moments_wrong_grad, [x])
+    with pytest.raises(tvf.ShapeError, match="2 outputs: pass a list of 2 output gradients"):
+        row_moments.vjp(np.ones(2), x)
+    with pytest.raises(tvf.ShapeError, match="2 outputs, got 1 output gradients"):
+        row_moments.vjp([np.ones(2)], x)
+
+
+def test_opcheck_sweeps_an_op_with_several_outputs():
+    report = tvf.opcheck(row_moments, shapes=[((3, 5),), ((1, 7),)], scale=2.0)
+    assert len(report.rows) == 2 and all(r.ok for r in report.rows)
+    with pytest.raises(tvf.OpCheckError, match="derived vs explicit.*FAIL|FAIL.*derived vs"):
+        tvf.opcheck(row_moments_wrong_grad, shapes=[((3, 5),)])

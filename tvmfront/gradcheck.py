@@ -14,7 +14,8 @@ def gradcheck(op, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, seed=0, derived=False,
     """True if `op`'s gradient matches central differences; raises GradientError otherwise.
 
     The check projects the output on a random cotangent `dy` and compares
-    d<dy, op(x)>/dx (finite differences, float64) with `op.vjp(dy, x)`, for every float input.
+    d<dy, op(x)>/dx (finite differences, float64) with `op.vjp(dy, x)`, for every float input;
+    an op with several outputs gets one cotangent per output (their projections summed).
     The error names the worst element: its input, index, both values and the error.
     `derived=True` checks the gradient derived from the forward even when `.grad` exists.
 
@@ -23,11 +24,16 @@ def gradcheck(op, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, seed=0, derived=False,
     """
     xs = [_float64(x) for x in inputs]
     out = op.eager(*xs, **attrs)
-    if isinstance(out, tuple):
-        raise GradientError(f"gradcheck: op '{op.name}' has several outputs; not supported")
     rng = np.random.default_rng(seed)
-    dy = rng.standard_normal(out.shape)
-    analytic = op.vjp(dy, *xs, derived=derived, **attrs)
+    several = isinstance(out, tuple)
+    # several outputs: one cotangent each, projected together: sum_k <dy_k, out_k>
+    dys = [rng.standard_normal(o.shape) for o in (out if several else (out,))]
+
+    def project():
+        outs = op.eager(*xs, **attrs)
+        return float(sum(np.sum(o * d) for o, d in zip(outs if several else (outs,), dys)))
+
+    analytic = op.vjp(dys if several else dys[0], *xs, derived=derived, **attrs)
     worst = None  # (excess, input, index, numeric, analytic)
     for k, x in enumerate(xs):
         if x.dtype.kind != "f":
@@ -36,9 +42,9 @@ def gradcheck(op, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, seed=0, derived=False,
         for idx in np.ndindex(x.shape):
             orig = x[idx]
             x[idx] = orig + eps
-            plus = float(np.sum(op.eager(*xs, **attrs) * dy))
+            plus = project()
             x[idx] = orig - eps
-            minus = float(np.sum(op.eager(*xs, **attrs) * dy))
+            minus = project()
             x[idx] = orig
             numeric[idx] = (plus - minus) / (2 * eps)
         err = np.abs(numeric - analytic[k]) - (atol + rtol * np.abs(numeric))

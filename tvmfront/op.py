@@ -210,8 +210,11 @@ class Op:
 
     # ---- eager -------------------------------------------------------------------------------
     def _kernel(self, which, arrays, attrs, dy=None):
+        """(library, output specs, several outputs?) of the forward, or of the gradient for
+        output gradient(s) `dy` (one array, or a list with one per output)."""
+        dys = None if dy is None else list(dy) if isinstance(dy, (list, tuple)) else [dy]
         key = (which, tuple((a.shape, a.dtype.str) for a in arrays), _freeze(attrs),
-               None if dy is None else (dy.shape, dy.dtype.str))
+               None if dys is None else tuple((d.shape, d.dtype.str) for d in dys))
         hit = self._kernels.get(key)
         if hit is not None:
             return hit
@@ -221,9 +224,11 @@ class Op:
             outs = list(out) if isinstance(out, (list, tuple)) else [out]
             args = xs + outs
         else:
-            dyp = te.placeholder(dy.shape, str(dy.dtype), name="dy")
-            outs = self.te_grad(dyp, *xs, derived={"grad": None, "derived": True}[which], **attrs)
-            args = [dyp] + xs + outs
+            dyp = [te.placeholder(d.shape, str(d.dtype), name=f"dy{i}" if len(dys) > 1 else "dy")
+                   for i, d in enumerate(dys)]
+            outs = self.te_grad(dyp if isinstance(dy, (list, tuple)) else dyp[0], *xs,
+                                derived={"grad": None, "derived": True}[which], **attrs)
+            args = dyp + xs + outs
         lib = tvm.compile(te.create_prim_func(args), target=_EAGER_TARGET)
         spec = [(tuple(int(d) for d in o.shape), o.dtype) for o in outs]
         kernel = (lib, spec, isinstance(out, (list, tuple)) if which == "forward" else True)
@@ -245,15 +250,26 @@ class Op:
         return self._run(self._kernel("forward", arrays, attrs), arrays)
 
     def vjp(self, dy, *arrays, derived=False, **attrs):
-        """Input gradients for output gradient `dy`, eagerly: a list of numpy arrays.
+        """Input gradients for output gradient `dy`, eagerly: a list of numpy arrays. An op
+        with several outputs takes a list of output gradients, one per output.
         `derived=True` uses the gradient derived from the forward even if `.grad` exists."""
         arrays = [np.asarray(a) for a in arrays]
-        dy = np.asarray(dy)
-        fwd_shape = self._kernel("forward", arrays, attrs)[1][0][0]
-        if dy.shape != fwd_shape:
-            raise ShapeError(f"op '{self.name}': dy has shape {dy.shape}, output has {fwd_shape}")
+        _, specs, several = self._kernel("forward", arrays, attrs)
+        if several and not isinstance(dy, (list, tuple)):
+            raise ShapeError(f"op '{self.name}' has {len(specs)} outputs: pass a list of "
+                             f"{len(specs)} output gradients, got one array")
+        dys = [np.asarray(d) for d in dy] if several else [np.asarray(dy)]
+        if len(dys) != len(specs):
+            raise ShapeError(f"op '{self.name}' has {len(specs)} outputs, got {len(dys)} output "
+                             "gradients")
+        for i, (d, (shape, _)) in enumerate(zip(dys, specs)):
+            if d.shape != shape:
+                what = f"dy[{i}]" if several else "dy"
+                raise ShapeError(f"op '{self.name}': {what} has shape {d.shape}, output has "
+                                 f"{shape}")
         which = "derived" if derived else "grad"
-        return list(self._run(self._kernel(which, arrays, attrs, dy=dy), [dy] + arrays))
+        kernel = self._kernel(which, arrays, attrs, dy=dys if several else dys[0])
+        return list(self._run(kernel, dys + arrays))
 
 
 def op(fn=None, *, name=None):

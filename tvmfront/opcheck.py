@@ -132,7 +132,9 @@ def _check_grad(op, xs, attrs, derived):
 
 def _compare_grads(op, xs, attrs):
     out = op.eager(*xs, **attrs)
-    dy = np.random.default_rng(1).standard_normal(np.shape(out))
+    rng = np.random.default_rng(1)
+    dy = ([rng.standard_normal(np.shape(o)) for o in out] if isinstance(out, tuple)
+          else rng.standard_normal(np.shape(out)))  # one cotangent per output
     explicit = op.vjp(dy, *xs, **attrs)
     derived = op.vjp(dy, *xs, derived=True, **attrs)
     worst = 0.0
