@@ -13,7 +13,7 @@ import numpy as np
 
 from .._tvm import (TVM_VERSION, cross_compiler_name, device_available, device_for,
                    export_library, host_arch, load_module, normalize_arch, target_arch,
-                   to_device, virtual_machine)
+                   to_device, to_numpy, virtual_machine)
 from ..errors import BundleError, ShapeError, TargetError
 from . import bundle
 
@@ -61,7 +61,7 @@ def why_not_runnable_here(manifest):
 
 def _host_copy(array):
     """numpy copy of a TVM runtime tensor or an array-like."""
-    return array.numpy() if hasattr(array, "numpy") else np.array(array)
+    return to_numpy(array) if hasattr(array, "numpy") else np.array(array)
 
 
 class _Compiled:
@@ -132,8 +132,7 @@ class _Compiled:
             n = len(chunk)
             if n < b:
                 chunk = np.concatenate([chunk, np.zeros((b - n, *chunk.shape[1:]), chunk.dtype)])
-            outs.append(vm["predict"](to_device(chunk, self.device), *self._params)
-                        .numpy()[:n])
+            outs.append(to_numpy(vm["predict"](to_device(chunk, self.device), *self._params))[:n])
         if not outs:
             return np.zeros((0, *self.manifest["outputs"]["shape"][1:]),
                             self.manifest["outputs"]["dtype"])
@@ -193,7 +192,7 @@ class InferenceModule(_Compiled):
     def __call__(self, x):
         vm = self._vm
         _check("x", x, self.manifest["inputs"])
-        return vm["predict"](to_device(x, self.device), *self._params).numpy()
+        return to_numpy(vm["predict"](to_device(x, self.device), *self._params))
 
 
 class TrainingModule(_Compiled):
@@ -242,14 +241,14 @@ class TrainingModule(_Compiled):
         self._params = [out[1 + i] for i in range(p)]
         self._state = [out[1 + p + i] for i in range(len(self._state))]
         self.step_count += 1
-        return float(out[0].numpy())
+        return float(to_numpy(out[0]))
 
     def loss(self, x, y):
         """The loss on batch (x, y) at the current parameters (no update)."""
         vm = self._vm
         self._check_batch(x, y)
-        return float(vm["loss"](to_device(x, self.device), to_device(y, self.device),
-                                *self._params).numpy())
+        return float(to_numpy(vm["loss"](to_device(x, self.device), to_device(y, self.device),
+                                          *self._params)))
 
     def loss_and_grads(self, x, y):
         """(loss, {parameter name: gradient}) on batch (x, y), no update."""
@@ -258,8 +257,8 @@ class TrainingModule(_Compiled):
         out = vm["loss_adjoint"](to_device(x, self.device), to_device(y, self.device),
                                  *self._params)
         grads = out[1]
-        return float(out[0].numpy()), OrderedDict(
-            (n, grads[i].numpy()) for i, n in enumerate(self.param_names))
+        return float(to_numpy(out[0])), OrderedDict(
+            (n, to_numpy(grads[i])) for i, n in enumerate(self.param_names))
 
     def optimizer_state(self):
         return OrderedDict((n, _host_copy(s)) for n, s in zip(self.state_names, self._state))
