@@ -29,6 +29,10 @@ from tvmfront.tune import time_module  # noqa: E402
 from _timing import emit, guarded, median_seconds, read_spec  # noqa: E402
 
 IMPORT_S = time.perf_counter() - T_IMPORT
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "examples"))
+import lenet_digits  # noqa: E402  (examples/: LeNet as the main command trains it)
+
 nn = tvf.nn
 NUM_CLASSES = 10
 
@@ -43,13 +47,7 @@ def mlp():
 
 
 def lenet():
-    return nn.Sequential(
-        nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),    # 1x16x16 -> 6x8x8
-        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),              # -> 16x4x4 -> 16x2x2
-        nn.Flatten(),                                                 # -> 64
-        nn.Linear(64, 120), nn.ReLU(),
-        nn.Linear(120, 84), nn.ReLU(),
-        nn.Linear(84, 10))
+    return lenet_digits.make_model()  # the model of examples/lenet_digits.py, exactly
 
 
 MODELS = {"mlp": (mlp, (1, 8, 8)), "lenet": (lenet, (1, 16, 16))}

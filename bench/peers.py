@@ -197,16 +197,22 @@ def speed_table(rows, failed, cases, peers, title):
     body = []
     for case in cases:
         row = [case] + [cell(rows, case, c, failed) for c in contenders]
-        peer_times = {c: seconds_of(rows, case, c) for c in peers}
-        peer_times = {c: t for c, t in peer_times.items() if t is not None}
-        best = min(peer_times, key=peer_times.get) if peer_times else None
-        row.append(best or "-")
-        for c in OURS:
-            t = seconds_of(rows, case, c)
-            row.append(f"{peer_times[best] / t:.2f}x" if best and t else "-")
+        row += speedup_cells(rows, case, peers)
         body.append(row)
     return f"{title}\n" + render(header, body) + \
         "\n(speedup = fastest peer's median time / tvmfront's: above 1x tvmfront is faster)"
+
+
+def speedup_cells(rows, case, peers):
+    """[the fastest peer's name, then for each of our contenders: fastest peer's time / ours]."""
+    peer_times = {c: seconds_of(rows, case, c) for c in peers}
+    peer_times = {c: t for c, t in peer_times.items() if t is not None}
+    best = min(peer_times, key=peer_times.get) if peer_times else None
+    cells = [best or "-"]
+    for c in OURS:
+        t = seconds_of(rows, case, c)
+        cells.append(f"{peer_times[best] / t:.2f}x" if best and t else "-")
+    return cells
 
 
 def ops_table(rows, failed):
@@ -233,13 +239,7 @@ def ops_table(rows, failed):
 
             row = [case, f"{flop / 1e9:.2f}"] + [cell(rows, case, c, failed, value)
                                                  for c in contenders]
-            peer_times = {c: seconds_of(rows, case, c) for c in peers}
-            peer_times = {c: t for c, t in peer_times.items() if t is not None}
-            best = min(peer_times, key=peer_times.get) if peer_times else None
-            row.append(best or "-")
-            for c in OURS:
-                t = seconds_of(rows, case, c)
-                row.append(f"{peer_times[best] / t:.2f}x" if best and t else "-")
+            row += speedup_cells(rows, case, peers)
             body.append(row)
         parts.append(render(header, body))
     text = ("ops: median ms, GFLOP/s, % of the measured FMA peak (GEMM: PyTorch = torch.mm; "
