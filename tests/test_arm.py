@@ -18,6 +18,8 @@ import tvmfront as tvf
 from tvmfront import cross
 from tvmfront._tvm import TVM_VERSION, cross_compiler_name
 
+from _skip import skip_loudly
+
 nn = tvf.nn
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = 8
@@ -26,13 +28,7 @@ ELF_MACHINE = {183: "aarch64", 62: "x86_64"}
 
 
 def _skip(request, reason):
-    """Skip, and print why even under -q (CI logs must say why ARM went untested)."""
-    plugins = request.config.pluginmanager
-    reporter, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
-    if reporter is not None and capture is not None:
-        with capture.global_and_fixture_disabled():
-            reporter.write_line(f"\ntests/test_arm.py: skipping ARM tests: {reason}")
-    pytest.skip(reason)
+    skip_loudly(request, f"skipping ARM tests: {reason}")
 
 
 def _elf_machine(path):

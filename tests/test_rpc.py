@@ -22,6 +22,8 @@ from tvmfront import cli, cross, records, rpc
 from tvmfront.errors import TvmfrontError
 from tvmfront.target import resolve_target, target_key
 
+from _skip import skip_loudly
+
 nn = tvf.nn
 KEY86, KEY_ARM = target_key("x86"), target_key("arm")
 X = np.random.default_rng(0).standard_normal((4, 16)).astype("float32")
@@ -37,13 +39,7 @@ def _private_cache(tmp_path_factory):
 
 
 def _skip(request, reason):
-    """Skip, and print why even under -q (CI logs must say why remote ARM went untested)."""
-    plugins = request.config.pluginmanager
-    reporter, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
-    if reporter is not None and capture is not None:
-        with capture.global_and_fixture_disabled():
-            reporter.write_line(f"\ntests/test_rpc.py: skipping ARM RPC tests: {reason}")
-    pytest.skip(reason)
+    skip_loudly(request, f"skipping ARM RPC tests: {reason}")
 
 
 def mlp():

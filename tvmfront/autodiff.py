@@ -366,12 +366,18 @@ def _solve(indices, loops, j):
         own += [value >= lp.start, value < lp.start + lp.extent]
         guards += own
         solved[lp.var] = (num, c, lp, own)
-        sub[lp.var] = value
-        sub = {v: substitute(x, {lp.var: value}) for v, x in sub.items()}
-        solved = {v: (substitute(n, {lp.var: value}), co, l, g)
-                  for v, (n, co, l, g) in solved.items()}
+        sub, solved = _eliminate(sub, solved, lp.var, value)
         remaining.pop(pick)
     return sub, guards, remaining, solved
+
+
+def _eliminate(sub, solved, var, value):
+    """(sub, solved) with loop variable `var` replaced by `value` in every substitution and
+    numerator, and var -> value added to the substitution."""
+    sub = {v: substitute(x, {var: value}) for v, x in sub.items()}
+    sub[var] = value
+    solved = {v: (substitute(n, {var: value}), co, l, g) for v, (n, co, l, g) in solved.items()}
+    return sub, solved
 
 
 def _strided_pair(loops, coeffs):
@@ -410,9 +416,7 @@ def _solve_strided(pair, remaining, num, sub, guards, solved):
     if lb.extent % step:
         guards.append(b_value < lb.extent)
     for var, value in ((la.var, a_num), (lb.var, b_value)):
-        sub = {v: substitute(x, {var: value}) for v, x in sub.items()}
-        solved = {v: (substitute(n, {var: value}), co, l, g) for v, (n, co, l, g) in solved.items()}
-        sub[var] = value
+        sub, solved = _eliminate(sub, solved, var, value)
     # a is read at a_num: recorded as solved (coefficient 1), so that a read of the output
     # adjoint there can move its range guards into a zero-extended copy (_extend_adjoint).
     solved[la.var] = (a_num, 1, la, own)

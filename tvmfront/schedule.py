@@ -673,7 +673,10 @@ def _tile_reduction(sch, name, params, vector=True):
             o, vec_loop = sch.split(loop, factors=[None, vec])
             # With panels, the panel index runs outermost: one panel stays in cache while
             # every tile of the other axes sweeps it.
-            outer.insert(0, o) if panel is not None else outer.append(o)
+            if panel is not None:
+                outer.insert(0, o)
+            else:
+                outer.append(o)
         elif k in tiles:
             o, i = sch.split(loop, factors=[None, tiles[k]])
             outer.append(o)
@@ -718,14 +721,15 @@ def _tile_reduction(sch, name, params, vector=True):
     return note, touched
 
 
+def _bytes(buf):
+    return math.prod(_const(d) for d in buf.shape) * _dtype_bits(buf.dtype) // 8
+
+
 def _streams_operands(info):
     """A reduction with a small output (a weight gradient) over operands larger than a cache:
     every pass of its register tiles over the reduction streams them from memory again."""
-    bits = _dtype_bits(info.dtype)
-    out_bytes = math.prod(_const(d) for d in info.write.source.shape) * bits // 8
-    read_bytes = sum(math.prod(_const(d) for d in r.source.shape) * bits // 8
-                     for _, r, _ in info.reads)
-    return out_bytes <= STREAM_MAX_OUTPUT_BYTES and read_bytes >= PANEL_MIN_BYTES
+    return (_bytes(info.write.source) <= STREAM_MAX_OUTPUT_BYTES
+            and sum(_bytes(r.source) for _, r, _ in info.reads) >= PANEL_MIN_BYTES)
 
 
 def _panel_operand(info, v, vec):
@@ -740,9 +744,8 @@ def _panel_operand(info, v, vec):
             continue
         if not any(strides[k] >= 64 for k in info.reduction):
             continue
-        size = math.prod(_const(d) for d in region.source.shape) * _dtype_bits(info.dtype) // 8
         d = _packable_dim(region, info.vars[v])
-        if size < PANEL_MIN_BYTES or d is None:
+        if _bytes(region.source) < PANEL_MIN_BYTES or d is None:
             continue
         # Panels must tile the dimension, which the tile must read at exactly v (a window
         # offset such as i + kh would straddle two panels), and be more than one.
@@ -899,18 +902,8 @@ def _plain_reduction(sch, name, params):
     info = _BlockInfo(sch, block)
     if "O" in info.kinds:
         raise ValueError("opaque iterators")
-    divisors = {k: d for k, d in _index_divisors(info.stmt, info.vars).items()
-                if info.kinds[k] == "S" and info.extents[k] % d == 0 and info.extents[k] > d}
-    outer, inner, red = [], [], []
-    for k, loop in enumerate(info.loops):
-        if info.kinds[k] == "R":
-            red.append(loop)
-        elif k in divisors:
-            o, i = sch.split(loop, factors=[None, divisors[k]])
-            outer.append(o)
-            inner.append(i)
-        else:
-            outer.append(loop)
+    divisors = _split_divisors(info)
+    outer, inner, red = _split_by_divisors(sch, info, divisors)
     if not outer:
         raise ValueError("no spatial loop")
     sch.reorder(*outer, *inner, *red)
@@ -1015,17 +1008,26 @@ def _split_divisors(info):
             if info.kinds[k] == "S" and info.extents[k] % d == 0 and info.extents[k] > d}
 
 
-def _schedule_spatial_split(sch, info, divisors, params):
-    """Axes read as v // d or v % d are split by d, the remainders unrolled innermost: every
-    index becomes affine in the loops (no integer division per element)."""
-    outer, inner = [], []
+def _split_by_divisors(sch, info, divisors):
+    """(outer, inner, reduction loops) of a block: each axis k of `divisors` split by its
+    divisor into an outer and an inner loop; other spatial loops are outer."""
+    outer, inner, red = [], [], []
     for k, loop in enumerate(info.loops):
-        if k in divisors:
+        if info.kinds[k] == "R":
+            red.append(loop)
+        elif k in divisors:
             o, i = sch.split(loop, factors=[None, divisors[k]])
             outer.append(o)
             inner.append(i)
         else:
             outer.append(loop)
+    return outer, inner, red
+
+
+def _schedule_spatial_split(sch, info, divisors, params):
+    """Axes read as v // d or v % d are split by d, the remainders unrolled innermost: every
+    index becomes affine in the loops (no integer division per element)."""
+    outer, inner, _ = _split_by_divisors(sch, info, divisors)
     sch.reorder(*outer, *inner)
     for loop in inner:
         sch.unroll(loop)
