@@ -3,7 +3,8 @@
 # kept out of the runtime environment: with torch importable, MetaSchedule's build workers time
 # out (see shared notes), and the runtime needs none of them.
 #
-#     bash bench/setup.sh
+#     bash bench/setup.sh              # torch, jax, matplotlib
+#     bash bench/setup.sh torch        # only PyTorch (the test command's parity tests need it)
 #
 # Each package is installed on its own, so that one the package index cannot supply leaves
 # the others in place: the benchmarks print 'n/a (not installed)' for a missing contender.
@@ -13,7 +14,12 @@ cd "$(dirname "$0")/.."
 pip=(.venv-bench/bin/python -m pip install -q)
 "${pip[@]}" numpy || exit 1
 status=0
-for pkg in "torch==2.13.0+cpu" "jax[cpu]" matplotlib; do
+declare -A pinned=([torch]="torch==2.13.0+cpu" [jax]="jax[cpu]" [matplotlib]=matplotlib)
+wanted=("$@")
+[ ${#wanted[@]} -gt 0 ] || wanted=(torch jax matplotlib)
+for name in "${wanted[@]}"; do
+    pkg=${pinned[$name]:-}
+    [ -n "$pkg" ] || { echo "bench/setup.sh: unknown package $name (torch, jax, matplotlib)" >&2; exit 2; }
     if ! "${pip[@]}" "$pkg"; then
         echo "bench/setup.sh: could not install $pkg; its rows will read 'n/a (not installed)'" >&2
         status=1

@@ -9,4 +9,10 @@ if ! bash scripts/setup_arm.sh; then
     echo "test: ARM setup failed (above); tests/test_arm.py will skip" >&2
     export TVMFRONT_ARM_SETUP_FAILED="scripts/setup_arm.sh failed in scripts/test.sh (its output is above)"
 fi
+# PyTorch (CPU) in its own venv, .venv-bench, for the PyTorch-parity tests: they call it in a
+# subprocess, never in .venv (with torch importable MetaSchedule's build workers time out).
+if ! bash bench/setup.sh torch; then
+    echo "test: PyTorch setup failed (above); the PyTorch-parity tests will skip" >&2
+    export TVMFRONT_TORCH_SETUP_FAILED="bench/setup.sh torch failed in scripts/test.sh (its output is above)"
+fi
 .venv/bin/python -m pytest -q "$@"
