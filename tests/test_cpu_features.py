@@ -64,14 +64,6 @@ def test_required_features_follow_mcpu_and_mattr():
         SAPPHIRE))
 
 
-def test_portable_classes_resolve_and_key_by_class():
-    for name, cls, mcpu in (("x86:sse", "sse", "x86-64"), ("x86:avx2", "avx2", "x86-64-v3"),
-                            ("x86:avx512", "avx512", "x86-64-v4")):
-        assert name in tvf.targets()
-        assert tgt.target_json(name)["mcpu"] == mcpu
-        assert tgt.target_key(name) == f"x86_64-{cls}-tvm{TVM_VERSION}"
-
-
 @pytest.mark.slow
 def test_foreign_features_are_a_target_error_at_first_call_and_load(avx2_host, tmp_path):
     module = tvf.compile_inference(_mlp(), inputs=(BATCH, 1, 4, 4), target=SAPPHIRE)

@@ -14,7 +14,7 @@ those would refuse this machine's own builds and protect nothing, as kernels nev
 import functools
 import json
 
-from .._tvm import llvm_cpu_features, llvm_host_cpu_features, target_arch
+from .._tvm import host_arch, llvm_cpu_features, llvm_host_cpu_features, target_arch
 
 # LLVM feature name -> Linux /proc/cpuinfo flag, per CPU architecture.
 _X86 = {
@@ -61,13 +61,17 @@ def required_features(target):
     return _required(json.dumps(llvm, sort_keys=True)) if llvm else ()
 
 
-def _cpuinfo_flags():
-    """Flags of the first CPU in /proc/cpuinfo ('flags' on x86, 'Features' on ARM), or None."""
+# the /proc/cpuinfo line listing the CPU's features, per architecture
+_CPUINFO_KEY = {"x86_64": "flags", "aarch64": "Features"}
+
+
+def _cpuinfo_flags(key):
+    """The flags on the first `key` line of /proc/cpuinfo, or None."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() in ("flags", "Features"):
+                name, _, value = line.partition(":")
+                if name.strip() == key:
                     return set(value.split())
     except OSError:
         pass
@@ -79,15 +83,16 @@ def host_features():
     """LLVM names of the tracked features this CPU has, or None when it cannot be told.
 
     The kernel's /proc/cpuinfo first (it lists only what the OS has enabled: AVX-512 turned off
-    by the kernel is absent); elsewhere LLVM's own host detection."""
-    from .._tvm import host_arch
-
-    table = CPU_FLAGS.get(host_arch(), {})
-    flags = _cpuinfo_flags()
-    if flags is not None:
-        return frozenset(name for name, flag in table.items() if flag in flags)
-    found = llvm_host_cpu_features()
-    return None if found is None else frozenset(f for f in found if f in table)
+    by the kernel is absent); elsewhere LLVM's own host detection. None, so nothing is refused,
+    when both find nothing: every x86-64 has SSE2 and every aarch64 Linux NEON, so an empty set
+    means the detection failed (an emulator showing its host's /proc/cpuinfo)."""
+    arch = host_arch()
+    table = CPU_FLAGS.get(arch, {})
+    flags = _cpuinfo_flags(_CPUINFO_KEY.get(arch, "flags"))
+    found = {name for name, flag in table.items() if flag in flags} if flags else set()
+    if not found:
+        found = {f for f in llvm_host_cpu_features() or () if f in table}
+    return frozenset(found) or None
 
 
 def missing_features(required):

@@ -82,6 +82,8 @@ class _Compiled:
     kind = None
 
     def __init__(self, library, manifest, params, library_bytes=None, executable=None):
+        # the manifest as the bundle will record it: with the CPU features the code needs
+        manifest = dict(manifest, cpu_features=cpu_features(manifest))
         self.manifest = manifest
         self.device = device_for(manifest["target_kind"])
         # A module built for another machine (cross-compiled for aarch64, or CUDA without a
@@ -201,8 +203,7 @@ class _Compiled:
         with; tvf.load(path, trusted_keys=[its public key]) then checks the signature."""
         files = {LIBRARY: self._library_writer(),
                  PARAMS: bundle.tensors_to_bytes(self.state_dict()), **self._extra_files()}
-        manifest = dict(self._manifest_now(), cpu_features=cpu_features(self.manifest))
-        return bundle.write_bundle(path, manifest, files, sign_key=sign_key)
+        return bundle.write_bundle(path, self._manifest_now(), files, sign_key=sign_key)
 
     def __repr__(self):
         where = "" if self.runnable else ", not runnable on this machine"
