@@ -77,6 +77,7 @@ def test_manifest_records_versions_specs_optimizer_and_hashes(trained):
     assert manifest["tvmfront_version"] == tvf.__version__
     assert manifest["tvm_version"].startswith("0.27")
     assert manifest["target"]["kind"] == "llvm"
+    assert {"sse", "sse2"} <= set(manifest["cpu_features"])  # what the code needs of the CPU
     assert manifest["inputs"] == {"shape": [BATCH, 1, 8, 8], "dtype": "float32"}
     assert manifest["labels"] == {"shape": [BATCH], "dtype": "int64"}
     assert [p["name"] for p in manifest["parameters"]] == ["0.weight", "0.bias", "4.weight",

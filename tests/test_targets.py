@@ -17,7 +17,21 @@ BATCH = 4
 
 
 def test_targets_lists_every_name():
-    assert {"x86", "arm", "aarch64", "cuda"} <= set(tvf.targets())
+    assert {"x86", "arm", "aarch64", "cuda", "x86:sse", "x86:avx2", "x86:avx512"} <= \
+        set(tvf.targets())
+
+
+@pytest.mark.parametrize("name, cls, mcpu", [("x86:sse", "sse", "x86-64"),
+                                             ("x86:avx2", "avx2", "x86-64-v3"),
+                                             ("x86:avx512", "avx512", "x86-64-v4")])
+def test_portable_x86_classes_key_as_their_class_from_any_machine(name, cls, mcpu):
+    """A feature class names no CPU model and carries its triple, so it builds the same code
+    on any machine, and its key is the class's key (the format of every other key)."""
+    assert tgt.target_key(name) == f"x86_64-{cls}-tvm{TVM_VERSION}"
+    assert tgt.x86_class(name) == cls
+    raw = tgt.target_json(name)
+    assert raw["mcpu"] == mcpu and raw["mtriple"] == "x86_64-linux-gnu"
+    assert tgt.target_architecture(name) == "x86_64"
 
 
 def test_named_targets_resolve():

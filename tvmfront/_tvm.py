@@ -22,7 +22,7 @@ __all__ = [
     "tvm", "te", "relax", "tirx", "PyExprMutator", "mutator", "load_module",
     "TVM_VERSION", "register_global_func", "to_device", "to_numpy", "Target", "structural_equal",
     "device_for", "virtual_machine", "call_tir_with_grad_op", "llvm_system_cpu",
-    "llvm_has_features",
+    "llvm_has_features", "llvm_cpu_features", "llvm_host_cpu_features",
 ]
 
 TVM_VERSION = tvm.__version__
@@ -47,6 +47,26 @@ def llvm_has_features(target, *features):
         return all(bool(codegen.target_has_features(f, target)) for f in features)
     except Exception:  # an LLVM without this backend or the query
         return False
+
+
+def llvm_cpu_features(target):
+    """LLVM names of every feature the CPU of LLVM target `target` (a Target or its dict) has,
+    from its mtriple, mcpu and mattr; empty where LLVM cannot tell."""
+    from tvm.target import codegen
+
+    try:
+        return {str(f) for f in codegen.llvm_get_cpu_features(Target(target))}
+    except Exception:  # an LLVM without this backend, or a target it cannot parse
+        return set()
+
+
+def llvm_host_cpu_features():
+    """LLVM names of the features LLVM detects on this CPU, or None where it cannot."""
+    try:
+        found = tvm.get_global_func("tvm.codegen.llvm.GetHostCPUFeatures")()
+        return {str(k) for k, v in dict(found).items() if v}
+    except Exception:  # a TVM built without LLVM
+        return None
 
 
 def device_for(kind):

@@ -3,6 +3,9 @@
 The target is always an argument (never a global), so later targets slot in as new rows.
 
     x86            this machine's CPU (-mcpu detected) when it is an x86-64, else generic x86-64
+    x86:avx2       any x86-64 CPU with AVX2 and FMA (LLVM's x86-64-v3: Haswell, Zen and later):
+                   a bundle built for it on an AVX-512 server runs on every AVX2 machine;
+                   likewise x86:avx512 (x86-64-v4) and x86:sse (baseline x86-64, SSE2)
     arm, aarch64   64-bit ARM Linux with NEON, cross-compiled here with aarch64-linux-gnu-g++
     cuda           an NVIDIA GPU: this machine's GPU arch, else sm_80; "cuda:sm_90" (or
                    "cuda:90") picks the arch
@@ -33,6 +36,16 @@ def _x86():
     return {"kind": "llvm", "mtriple": "x86_64-linux-gnu"}  # from another machine: generic x86-64
 
 
+# portable x86-64 feature classes -> the LLVM CPU that stands for the whole class
+_X86_LEVELS = {"x86:sse": "x86-64", "x86:avx2": "x86-64-v3", "x86:avx512": "x86-64-v4"}
+
+
+def _x86_level(name):
+    # mtriple too, so the class builds the same code from any machine (an ARM laptop too).
+    return lambda: {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": _X86_LEVELS[name],
+                    "num-cores": os.cpu_count() or 1}
+
+
 def _aarch64():
     return {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}
 
@@ -47,6 +60,7 @@ def _cuda(arch=None):
 _NAMED_TARGETS = {
     "x86": _x86,
     "llvm": _x86,
+    **{name: _x86_level(name) for name in _X86_LEVELS},
     "arm": _aarch64,
     "aarch64": _aarch64,
     "cuda": _cuda,

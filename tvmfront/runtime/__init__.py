@@ -1,5 +1,6 @@
 """Load and run compiled modules; needs no frontend code."""
 
+from . import signing
 from .modules import InferenceModule, TrainingModule, load
 
-__all__ = ["InferenceModule", "TrainingModule", "load"]
+__all__ = ["InferenceModule", "TrainingModule", "load", "signing"]

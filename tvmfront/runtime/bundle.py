@@ -1,42 +1,48 @@
 """The export bundle: a directory with the compiled library, parameters and optimizer state
-as safetensors, and a JSON manifest holding versions, specs and a SHA-256 of every file.
+as safetensors, and a JSON manifest holding versions, specs and a SHA-256 of every file
+(optionally an Ed25519 signature of the manifest, manifest.sig).
 
 Writes are atomic: the bundle is assembled in a sibling temporary directory and renamed
 into place, so an interrupted export never leaves a half-written bundle where one was.
+
+Reads trust nothing before checking it: the manifest is validated as a schema first (see
+manifest.py), each file is read once, as a regular file inside the bundle directory, and the
+bytes whose hash was checked are the bytes used: the library is loaded from a private copy of
+them, never from the bundle path again.
 """
 
 import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 
 import numpy as np
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
+from .._tvm import load_module
 from ..errors import BundleError
+from . import signing
+from .manifest import FORMAT, FORMAT_VERSION, MANIFEST, SIGNATURE, validate
 
-MANIFEST = "manifest.json"
-FORMAT = "tvmfront-bundle"
-FORMAT_VERSION = 1
+MAX_MANIFEST_BYTES = 16 << 20  # a manifest is a few kB; anything near this is not one
 
 
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def sha256(data):
+    return hashlib.sha256(data).hexdigest()
 
 
 def tensors_to_bytes(arrays):
     return st_save({k: np.ascontiguousarray(v) for k, v in arrays.items()})
 
 
-def write_bundle(path, manifest, files):
-    """Write `files` ({name: bytes, or a callable(path) that writes it}) and the manifest."""
+def write_bundle(path, manifest, files, sign_key=None):
+    """Write `files` ({name: bytes, or a callable(path) that writes it}) and the manifest, and
+    with `sign_key` a signature of the manifest."""
     path = os.path.abspath(os.fspath(path))
+    sign_key = None if sign_key is None else signing.private_key(sign_key)  # fail before work
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tvmfront-export-", dir=parent)
@@ -46,20 +52,30 @@ def write_bundle(path, manifest, files):
             target = os.path.join(tmp, name)
             if callable(content):
                 content(target)
+                with open(target, "rb") as f:
+                    content = f.read()
             else:
                 with open(target, "wb") as f:
                     f.write(content)
-            hashes[name] = sha256(target)
+            hashes[name] = sha256(content)
         manifest = dict(manifest, format=FORMAT, format_version=FORMAT_VERSION, files=hashes)
-        with open(os.path.join(tmp, MANIFEST), "w") as f:
-            json.dump(manifest, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
+        validate(manifest, f"exporting {path}")  # never write a bundle load would refuse
+        text = json.dumps(manifest, indent=2, sort_keys=True).encode()
+        _write(os.path.join(tmp, MANIFEST), text)
+        if sign_key is not None:
+            _write(os.path.join(tmp, SIGNATURE), signing.sign(text, sign_key))
         _swap_into_place(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _write(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _swap_into_place(tmp, path):
@@ -76,47 +92,120 @@ def _swap_into_place(tmp, path):
     shutil.rmtree(old, ignore_errors=True)
 
 
-def read_bundle(path):
-    """Manifest of the bundle at `path`, after checking every file against its hash."""
-    path = os.fspath(path)
-    mpath = os.path.join(path, MANIFEST)
-    if not os.path.isdir(path):
-        raise BundleError(f"{path}: no such bundle directory")
-    if not os.path.exists(mpath):
-        raise BundleError(f"{path}: missing {MANIFEST}; not a tvmfront bundle")
+# ---- reading -------------------------------------------------------------------------------
+def _read_file(dir_fd, name, where, limit=None, missing_ok=False):
+    """Bytes of regular file `name` in the bundle directory (open as dir_fd). Symlinks, FIFOs
+    and devices are refused: O_NOFOLLOW, and O_NONBLOCK so that opening a FIFO cannot wait
+    for a writer; the type is checked on the open descriptor, so it cannot change after."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     try:
-        with open(mpath) as f:
-            manifest = json.load(f)
-    except (OSError, ValueError) as err:
-        raise BundleError(f"{mpath}: unreadable manifest ({err})") from None
-    if manifest.get("format") != FORMAT:
-        raise BundleError(f"{mpath}: not a tvmfront bundle manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"{mpath}: bundle format version {manifest.get('format_version')}, "
-                          f"this tvmfront reads version {FORMAT_VERSION}")
-    for name, digest in manifest.get("files", {}).items():
-        fpath = os.path.join(path, name)
-        if not os.path.exists(fpath):
-            raise BundleError(f"{path}: missing file {name}")
-        actual = sha256(fpath)
-        if actual != digest:
-            raise BundleError(f"{path}: {name} is corrupt or was modified (sha256 {actual[:12]}…"
-                              f" does not match the manifest's {digest[:12]}…)")
-    return manifest
+        fd = os.open(name, flags, dir_fd=dir_fd)
+    except FileNotFoundError:
+        if missing_ok:
+            return None
+        raise BundleError(f"{where}: missing file {name}") from None
+    except OSError as err:  # ELOOP: a symlink
+        raise BundleError(f"{where}: cannot open {name} as a regular file in the bundle "
+                          f"({err.strerror})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise BundleError(f"{where}: {name} is not a regular file; refusing to read it")
+        if limit is not None and info.st_size > limit:
+            raise BundleError(f"{where}: {name} is {info.st_size} bytes, more than a "
+                              f"{name} can be ({limit})")
+        chunks, left = [], info.st_size
+        while True:  # to the end, even if the file grew since fstat
+            chunk = os.read(fd, max(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left = max(left - len(chunk), 0)
+        data = b"".join(chunks)
+        if limit is not None and len(data) > limit:
+            raise BundleError(f"{where}: {name} grew past {limit} bytes while being read")
+        return data
+    finally:
+        os.close(fd)
 
 
-def read_tensors(path, name, expected):
-    """Arrays of safetensors file `name`, checked against [(name, shape, dtype)] `expected`."""
-    with open(os.path.join(path, name), "rb") as f:
+class Bundle:
+    """A bundle as read and checked: its manifest and the verified bytes of each file."""
+
+    def __init__(self, path, manifest, files):
+        self.path, self.manifest, self.files = path, manifest, files
+
+
+def read_bundle(path, trusted_keys=None):
+    """The bundle at `path`: the manifest validated, the signature checked when
+    `trusted_keys` are given, and every listed file read once and checked against its hash."""
+    path = os.fspath(path)
+    keys = None if trusted_keys is None else signing.trusted(trusted_keys)
+    try:
+        dir_fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        raise BundleError(f"{path}: no such bundle directory") from None
+    try:
+        text = _read_file(dir_fd, MANIFEST, path, MAX_MANIFEST_BYTES, missing_ok=True)
+        if text is None:
+            raise BundleError(f"{path}: missing {MANIFEST}; not a tvmfront bundle")
+        if keys is not None:
+            signature = _read_file(dir_fd, SIGNATURE, path, 1 << 16, missing_ok=True)
+            signing.verify(text, signature, keys, path)
         try:
-            arrays = st_load(f.read())
-        except Exception as err:  # safetensors raises its own error types
-            raise BundleError(f"{path}: {name} is not a valid safetensors file ({err})") from None
+            manifest = json.loads(text)
+        except ValueError as err:  # bad JSON or bad UTF-8
+            raise BundleError(f"{path}: unreadable manifest ({err})") from None
+        validate(manifest, path)
+        files = {}
+        for name, digest in manifest["files"].items():
+            data = _read_file(dir_fd, name, path)
+            actual = sha256(data)
+            if actual != digest:
+                raise BundleError(f"{path}: {name} is corrupt or was modified (sha256 "
+                                  f"{actual[:12]}… does not match the manifest's {digest[:12]}…)")
+            files[name] = data
+    finally:
+        os.close(dir_fd)
+    return Bundle(path, manifest, files)
+
+
+def read_tensors(bundle, name, expected):
+    """Arrays of the bundle's safetensors file `name` (from its verified bytes), checked
+    against [(name, shape, dtype)] `expected`."""
+    try:
+        arrays = st_load(bundle.files[name])
+    except Exception as err:  # safetensors raises its own error types
+        raise BundleError(f"{bundle.path}: {name} is not a valid safetensors file ({err})") \
+            from None
     for key, shape, dtype in expected:
         if key not in arrays:
-            raise BundleError(f"{path}: {name} lacks tensor '{key}'")
+            raise BundleError(f"{bundle.path}: {name} lacks tensor '{key}'")
         a = arrays[key]
         if list(a.shape) != list(shape) or str(a.dtype) != dtype:
-            raise BundleError(f"{path}: tensor '{key}' in {name} has shape {list(a.shape)} "
-                              f"{a.dtype}, manifest says {list(shape)} {dtype}")
+            raise BundleError(f"{bundle.path}: tensor '{key}' in {name} has shape "
+                              f"{list(a.shape)} {a.dtype}, manifest says {list(shape)} {dtype}")
+    unexpected = sorted(set(arrays) - {key for key, _, _ in expected})
+    if unexpected:
+        raise BundleError(f"{bundle.path}: {name} holds tensors the manifest does not list: "
+                          f"{unexpected}")
     return arrays
+
+
+def load_library(bundle, name):
+    """The bundle's native library `name`, loaded from its verified bytes: they are written to
+    a file only this user can reach (a fresh private temporary directory) and loaded from
+    there, so nothing that changes the bundle after its hash was checked gets loaded."""
+    private = tempfile.mkdtemp(prefix="tvmfront-lib-")  # mode 0700
+    try:
+        fd, lib_path = tempfile.mkstemp(suffix=".so", dir=private)
+        with os.fdopen(fd, "wb") as f:
+            f.write(bundle.files[name])
+        try:
+            return load_module(lib_path)
+        except Exception as err:  # TVM's loader error: a truncated file, a noexec TMPDIR
+            raise BundleError(f"{bundle.path}: cannot load {name} ({err}); if the temporary "
+                              f"directory {tempfile.gettempdir()} is mounted noexec, set "
+                              "TMPDIR to one that is not") from None
+    finally:
+        shutil.rmtree(private, ignore_errors=True)  # the loaded library stays mapped

@@ -5,21 +5,17 @@ model's Python class or the rest of tvmfront's frontend.
 """
 
 import math
-import os
 import shutil
 from collections import OrderedDict
 
 import numpy as np
 
 from .._tvm import (TVM_VERSION, cross_compiler_name, device_available, device_for,
-                   export_library, host_arch, load_module, normalize_arch, target_arch,
-                   to_device, to_numpy, virtual_machine)
+                   export_library, host_arch, normalize_arch, target_arch, to_device, to_numpy,
+                   virtual_machine)
 from ..errors import BundleError, ShapeError, TargetError
-from . import bundle
-
-LIBRARY = "module.so"
-PARAMS = "params.safetensors"
-OPTIMIZER = "optimizer.safetensors"
+from . import bundle, cpu
+from .manifest import LIBRARY, OPTIMIZER, PARAMS
 
 
 def _check(name, array, spec, batch_free=False):
@@ -42,8 +38,17 @@ def module_arch(manifest):
     return normalize_arch(arch) if arch else target_arch(manifest.get("target") or {})
 
 
+def cpu_features(manifest):
+    """The CPU features (LLVM names) the module's code needs: those its manifest lists and
+    those its target implies (a manifest from before features were recorded lists none)."""
+    return sorted(set(manifest.get("cpu_features", ())) |
+                  set(cpu.required_features(manifest.get("target"))))
+
+
 def why_not_runnable_here(manifest):
-    """None when this machine can run the module described by `manifest`, else the reason."""
+    """None when this machine can run the module described by `manifest`, else the reason:
+    another CPU architecture, CPU features this CPU lacks (code that would die of SIGILL at
+    its first call), or no device of the target's kind."""
     arch, host = module_arch(manifest), host_arch()
     kind = manifest.get("target_kind", "llvm")
     key = manifest.get("target_key", kind)
@@ -51,6 +56,13 @@ def why_not_runnable_here(manifest):
         return (f"this module is compiled for {arch} (target {key}) and this machine is {host}: "
                 f"export it and load the bundle with tvmfront.load on an {arch} device "
                 f"(its runtime needs only numpy, safetensors and the {arch} TVM wheel)")
+    missing = cpu.missing_features(cpu_features(manifest))
+    if missing:
+        hint = ("target='x86' (this CPU) or a class this CPU has, e.g. target='x86:avx2'"
+                if arch == "x86_64" else "a target this CPU supports")
+        return (f"this module's code needs CPU features {', '.join(missing)}, which this CPU "
+                f"lacks (target {key}): its first call would die of an illegal instruction; "
+                f"rebuild it for {hint}")
     if not device_available(kind):
         where = ("a machine with an NVIDIA GPU, its driver and TVM's CUDA runtime"
                  if kind == "cuda" else f"a machine with a {kind} device")
@@ -70,6 +82,8 @@ class _Compiled:
     kind = None
 
     def __init__(self, library, manifest, params, library_bytes=None, executable=None):
+        # the manifest as the bundle will record it: with the CPU features the code needs
+        manifest = dict(manifest, cpu_features=cpu_features(manifest))
         self.manifest = manifest
         self.device = device_for(manifest["target_kind"])
         # A module built for another machine (cross-compiled for aarch64, or CUDA without a
@@ -121,11 +135,21 @@ class _Compiled:
     # ---- forward ---------------------------------------------------------------------------
     def predict(self, x):
         """Forward on any number of samples: batched to the compiled batch size (the last
-        batch zero-padded) and concatenated."""
+        batch zero-padded) and concatenated. Splitting and joining along axis 0 is right only
+        when the output's axis 0 is the batch; for other outputs (e.g. logits reshaped to
+        [B*T, V]) predict takes exactly the compiled batch."""
         vm = self._vm
         spec = self.manifest["inputs"]
         _check("x", x, spec, batch_free=True)
         b = spec["shape"][0]
+        out_shape = self.manifest["outputs"]["shape"]
+        if not out_shape or out_shape[0] != b:
+            if len(x) == b:
+                return to_numpy(vm["predict"](to_device(x, self.device), *self._params))
+            raise ShapeError(
+                f"predict: this model's output has shape {tuple(out_shape)} for a batch of {b}, "
+                f"so its first axis is not the batch and outputs of several batches cannot be "
+                f"joined; pass exactly {b} samples (got {len(x)})")
         outs = []
         for start in range(0, len(x), b):
             chunk = x[start:start + b]
@@ -171,11 +195,15 @@ class _Compiled:
     def _manifest_now(self):
         return dict(self.manifest)
 
-    def export(self, path):
-        """Write the bundle directory at `path` (atomically); returns the path."""
+    def export(self, path, sign_key=None):
+        """Write the bundle directory at `path` (atomically); returns the path.
+
+        sign_key: an Ed25519 private key (a cryptography key, its 32-byte seed, PEM bytes or a
+        PEM file path; tvmfront.runtime.signing.generate_key makes one) to sign the bundle
+        with; tvf.load(path, trusted_keys=[its public key]) then checks the signature."""
         files = {LIBRARY: self._library_writer(),
                  PARAMS: bundle.tensors_to_bytes(self.state_dict()), **self._extra_files()}
-        return bundle.write_bundle(path, self._manifest_now(), files)
+        return bundle.write_bundle(path, self._manifest_now(), files, sign_key=sign_key)
 
     def __repr__(self):
         where = "" if self.runnable else ", not runnable on this machine"
@@ -217,12 +245,26 @@ class TrainingModule(_Compiled):
         return self.manifest["inputs"]["shape"][0]
 
     def _check_batch(self, x, y):
+        """(x, y) as the compiled step takes them: labels of another integer dtype are cast
+        to the compiled one once their values are known to fit."""
         _check("x", x, self.manifest["inputs"])
-        _check("y", y, self.manifest["labels"])
+        spec = self.manifest["labels"]
+        want = np.dtype(spec["dtype"])
+        if isinstance(y, np.ndarray) and want.kind in "iu" and y.dtype != want:
+            if y.dtype.kind not in "iu":
+                raise ShapeError(f"y: labels must be integers (class indices; any integer "
+                                 f"dtype), got {y.dtype}")
+            info = np.iinfo(want)
+            if y.size and (y.min() < info.min or y.max() > info.max):
+                raise ShapeError(f"y: labels with values in [{y.min()}, {y.max()}] do not fit "
+                                 f"the compiled label dtype {want}")
+            y = y.astype(want)
+        _check("y", y, spec)
         classes = self.manifest.get("num_classes")
         if classes is not None and y.size and (y.min() < 0 or y.max() >= classes):
             raise ShapeError(f"y: labels must lie in [0, {classes}), got values in "
                              f"[{y.min()}, {y.max()}]")
+        return x, y
 
     def _scalar_in(self, value):
         return to_device(np.asarray(value, dtype=self._scalar), self.device)
@@ -230,7 +272,7 @@ class TrainingModule(_Compiled):
     def step(self, x, y, lr=None):
         """One optimizer step on batch (x, y); returns the loss before the update."""
         vm = self._vm
-        self._check_batch(x, y)
+        x, y = self._check_batch(x, y)
         lr = self.lr if lr is None else float(lr)
         if not (lr >= 0 and math.isfinite(lr)):
             raise ValueError(f"learning rate must be finite and >= 0, got {lr}")
@@ -246,14 +288,14 @@ class TrainingModule(_Compiled):
     def loss(self, x, y):
         """The loss on batch (x, y) at the current parameters (no update)."""
         vm = self._vm
-        self._check_batch(x, y)
+        x, y = self._check_batch(x, y)
         return float(to_numpy(vm["loss"](to_device(x, self.device), to_device(y, self.device),
                                           *self._params)))
 
     def loss_and_grads(self, x, y):
         """(loss, {parameter name: gradient}) on batch (x, y), no update."""
         vm = self._vm
-        self._check_batch(x, y)
+        x, y = self._check_batch(x, y)
         out = vm["loss_adjoint"](to_device(x, self.device), to_device(y, self.device),
                                  *self._params)
         grads = out[1]
@@ -272,29 +314,29 @@ class TrainingModule(_Compiled):
         return manifest
 
 
-def load(path):
-    """Load an exported bundle: a TrainingModule or an InferenceModule."""
-    path = os.fspath(path)
-    manifest = bundle.read_bundle(path)
-    if manifest.get("tvm_version") != TVM_VERSION:
-        raise BundleError(f"{path}: built with TVM {manifest.get('tvm_version')}, this is TVM "
+def load(path, trusted_keys=None):
+    """Load an exported bundle: a TrainingModule or an InferenceModule.
+
+    A bundle holds native code, and loading it runs that code: load only bundles from sources
+    you trust. The manifest's hashes detect corrupt files; to detect tampering, export with
+    sign_key and pass the signers' public keys as trusted_keys: a bundle whose signature is
+    missing, bad or by another key is then refused (BundleError)."""
+    read = bundle.read_bundle(path, trusted_keys)
+    path, manifest = read.path, read.manifest
+    if manifest["tvm_version"] != TVM_VERSION:
+        raise BundleError(f"{path}: built with TVM {manifest['tvm_version']}, this is TVM "
                           f"{TVM_VERSION}; rebuild the bundle")
-    kind = manifest.get("kind")
-    if kind not in ("training", "inference"):
-        raise BundleError(f"{path}: unknown module kind {kind!r}")
-    if not os.path.exists(os.path.join(path, LIBRARY)):
-        raise BundleError(f"{path}: missing file {LIBRARY}")
     reason = why_not_runnable_here(manifest)  # before dlopen: a foreign .so cannot load here
     if reason:
         raise TargetError(f"{path}: cannot load this bundle here: {reason}")
-    lib_path = os.path.join(path, LIBRARY)
-    with open(lib_path, "rb") as f:
-        library_bytes = f.read()
-    library = load_module(lib_path)
-    params = bundle.read_tensors(path, PARAMS, [(p["name"], p["shape"], p["dtype"])
+    params = bundle.read_tensors(read, PARAMS, [(p["name"], p["shape"], p["dtype"])
                                                 for p in manifest["parameters"]])
-    if kind == "inference":
+    state = None
+    if manifest["kind"] == "training":
+        state = bundle.read_tensors(read, OPTIMIZER, [(s["name"], s["shape"], s["dtype"])
+                                                      for s in manifest["optimizer"]["state"]])
+    library = bundle.load_library(read, LIBRARY)
+    library_bytes = read.files[LIBRARY]
+    if state is None:
         return InferenceModule(library, manifest, params, library_bytes=library_bytes)
-    state = bundle.read_tensors(path, OPTIMIZER, [(s["name"], s["shape"], s["dtype"])
-                                                  for s in manifest["optimizer"]["state"]])
     return TrainingModule(library, manifest, params, state, library_bytes=library_bytes)

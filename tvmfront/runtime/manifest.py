@@ -1,0 +1,130 @@
+"""The bundle manifest's schema, checked before anything in a manifest is used.
+
+A manifest says which files to read and which native library to load, so it is validated as
+a whole first: every key known and of its type, file names plain names inside the bundle, the
+files a module needs all listed and nothing else. A key a new tvmfront version adds goes into
+FIELDS (and, if it changes how a bundle is read, FORMAT_VERSION goes up).
+"""
+
+import re
+
+from ..errors import BundleError
+
+FORMAT = "tvmfront-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
+LIBRARY = "module.so"
+PARAMS = "params.safetensors"
+OPTIMIZER = "optimizer.safetensors"
+# The files each kind of module consists of: exactly these are listed, hashed and read.
+FILES = {"inference": (LIBRARY, PARAMS), "training": (LIBRARY, PARAMS, OPTIMIZER)}
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_FEATURE = re.compile(r"[a-z0-9][a-z0-9_.-]*")
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _str(v):
+    return isinstance(v, str)
+
+
+def _tensor(v, named=False):
+    want = {"shape", "dtype", "name"} if named else {"shape", "dtype"}
+    return (isinstance(v, dict) and set(v) == want and _str(v["dtype"])
+            and isinstance(v["shape"], list) and all(_is_int(d) and d >= 0 for d in v["shape"])
+            and (not named or _str(v["name"]) and v["name"] != ""))
+
+
+def _tensors(v):
+    return (isinstance(v, list) and all(_tensor(t, named=True) for t in v)
+            and len({t["name"] for t in v}) == len(v))
+
+
+def _optimizer(v):
+    return (isinstance(v, dict) and set(v) == {"name", "lr", "hyperparameters", "state"}
+            and _str(v["name"]) and isinstance(v["lr"], (int, float))
+            and not isinstance(v["lr"], bool) and isinstance(v["hyperparameters"], dict)
+            and _tensors(v["state"]))
+
+
+def _features(v):
+    return isinstance(v, list) and all(_str(f) and _FEATURE.fullmatch(f) for f in v)
+
+
+# key -> (check, what it must be, required for: a set of kinds)
+_BOTH, _TRAINING = frozenset(FILES), frozenset({"training"})
+FIELDS = {
+    "format": (lambda v: v == FORMAT, f"'{FORMAT}'", _BOTH),
+    "format_version": (_is_int, "an integer", _BOTH),
+    "kind": (lambda v: v in FILES, f"one of {sorted(FILES)}", _BOTH),
+    "files": (lambda v: isinstance(v, dict), "an object {file name: sha256}", _BOTH),
+    "tvmfront_version": (_str, "a string", _BOTH),
+    "tvm_version": (_str, "a string", _BOTH),
+    "target": (lambda v: isinstance(v, dict), "a TVM target object", _BOTH),
+    "target_kind": (_str, "a string", _BOTH),
+    "target_key": (_str, "a string", _BOTH),
+    "target_arch": (_str, "a string", _BOTH),
+    "cpu_features": (_features, "a list of CPU feature names", frozenset()),
+    "inputs": (_tensor, "{shape, dtype}", _BOTH),
+    "outputs": (_tensor, "{shape, dtype}", _BOTH),
+    "parameters": (_tensors, "a list of {name, shape, dtype} with distinct names", _BOTH),
+    "scalar_dtype": (_str, "a string", _BOTH),
+    "labels": (_tensor, "{shape, dtype}", _TRAINING),
+    "loss": (_str, "a string", _TRAINING),
+    "num_classes": (lambda v: _is_int(v) and v > 0, "a positive integer", frozenset()),
+    "optimizer": (_optimizer, "{name, lr, hyperparameters, state: [{name, shape, dtype}]}",
+                  _TRAINING),
+    "step": (lambda v: _is_int(v) and v >= 0, "a non-negative integer", _TRAINING),
+}
+_ONLY_TRAINING = {"labels", "loss", "num_classes", "optimizer", "step"}
+
+
+def check_file_name(name, where):
+    """`name` if it is a plain file name inside the bundle directory, else BundleError."""
+    if (not isinstance(name, str) or name in ("", ".", "..") or name.startswith(".")
+            or "/" in name or "\\" in name or "\0" in name):
+        raise BundleError(f"{where}: file name {name!r} is not a plain file name in the bundle "
+                          "(no directories, no '..', no absolute or hidden paths)")
+    return name
+
+
+def validate(manifest, where):
+    """Raise BundleError naming the first problem unless `manifest` is a well-formed bundle
+    manifest of this format version; returns it."""
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{where}: the manifest is not a JSON object")
+    if manifest.get("format") != FORMAT:
+        raise BundleError(f"{where}: not a tvmfront bundle manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(f"{where}: bundle format version {manifest.get('format_version')!r}, "
+                          f"this tvmfront reads version {FORMAT_VERSION}")
+    kind = manifest.get("kind")
+    if kind not in FILES:
+        raise BundleError(f"{where}: unknown module kind {kind!r}; expected one of "
+                          f"{sorted(FILES)}")
+    allowed = set(FIELDS) - (set() if kind == "training" else _ONLY_TRAINING)
+    unknown = sorted(set(manifest) - allowed)
+    if unknown:
+        raise BundleError(f"{where}: unknown manifest keys {unknown} (kind {kind!r})")
+    missing = sorted(k for k, (_, _, need) in FIELDS.items() if kind in need and k not in manifest)
+    if missing:
+        raise BundleError(f"{where}: the manifest lacks {missing}")
+    for key, value in manifest.items():
+        check, what, _ = FIELDS[key]
+        if not check(value):
+            raise BundleError(f"{where}: manifest '{key}' must be {what}, got {value!r:.200}")
+    files = manifest["files"]
+    for name, digest in files.items():
+        check_file_name(name, where)
+        if not (isinstance(digest, str) and _SHA256.fullmatch(digest)):
+            raise BundleError(f"{where}: the hash of {name} is not a SHA-256 hex digest")
+    want = set(FILES[kind])
+    if set(files) != want:
+        raise BundleError(f"{where}: a {kind} bundle lists exactly {sorted(want)}; this one "
+                          f"lacks {sorted(want - set(files))} and has unknown files "
+                          f"{sorted(set(files) - want)}")
+    return manifest
