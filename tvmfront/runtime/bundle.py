@@ -2,8 +2,10 @@
 as safetensors, and a JSON manifest holding versions, specs and a SHA-256 of every file
 (optionally an Ed25519 signature of the manifest, manifest.sig).
 
-Writes are atomic: the bundle is assembled in a sibling temporary directory and renamed
-into place, so an interrupted export never leaves a half-written bundle where one was.
+Writes are atomic: the bundle is assembled in a sibling temporary directory and swapped into
+place in one step (renameat2 RENAME_EXCHANGE on Linux), so an export killed at any moment
+leaves the old bundle or the new one at its path, never a half-written one or none; the next
+export of that path removes the temporaries a killed one left.
 
 Reads trust nothing before checking it: the manifest is validated as a schema first (see
 manifest.py), each file is read once, as a regular file inside the bundle directory, and the
@@ -11,11 +13,14 @@ bytes whose hash was checked are the bytes used: the library is loaded from a pr
 them, never from the bundle path again.
 """
 
+import ctypes
+import errno
 import hashlib
 import json
 import os
 import shutil
 import stat
+import sys
 import tempfile
 
 import numpy as np
@@ -45,7 +50,8 @@ def write_bundle(path, manifest, files, sign_key=None):
     sign_key = None if sign_key is None else signing.private_key(sign_key)  # fail before work
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tvmfront-export-", dir=parent)
+    _remove_stale_temporaries(path)
+    tmp = tempfile.mkdtemp(prefix=_temp_prefix(path, "export"), dir=parent)
     try:
         hashes = {}
         for name, content in files.items():
@@ -85,11 +91,67 @@ def _swap_into_place(tmp, path):
     if not os.path.isdir(path) or (os.listdir(path) and not os.path.exists(
             os.path.join(path, MANIFEST))):
         raise BundleError(f"{path} exists and is not a tvmfront bundle; refusing to overwrite it")
-    old = tempfile.mkdtemp(prefix=".tvmfront-old-", dir=os.path.dirname(path))
+    if _exchange(tmp, path):  # one atomic step: tmp now holds the old bundle
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    # No atomic exchange here (not Linux, or a filesystem without it): two renames, and a
+    # crash between them leaves the old bundle beside `path`, in the folder named below.
+    old = tempfile.mkdtemp(prefix=_temp_prefix(path, "old"), dir=os.path.dirname(path))
     os.rmdir(old)
     os.rename(path, old)
     os.rename(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def _exchange(a, b):
+    """Atomically swap the directories `a` and `b` (Linux renameat2 RENAME_EXCHANGE, glibc
+    2.28+); False where that is not available, so the caller falls back to two renames."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):  # the filesystem cannot exchange
+        return False
+    raise OSError(err, f"cannot swap the new bundle into {b}: {os.strerror(err)}")
+
+
+def _temp_prefix(path, what):
+    # The exporting process's pid is in the name, so a later export can tell the leftovers
+    # of a killed one (dead pid) from those of an export still running.
+    return f".{os.path.basename(path)}.tvmfront-{what}-{os.getpid()}-"
+
+
+def _remove_stale_temporaries(path):
+    """Remove what killed exports of `path` left beside it (their pid is no longer alive)."""
+    parent, base = os.path.split(path)
+    for name in os.listdir(parent):
+        for what in ("export", "old"):
+            head = f".{base}.tvmfront-{what}-"
+            if not name.startswith(head):
+                continue
+            pid = name[len(head):].split("-", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 # ---- reading -------------------------------------------------------------------------------
