@@ -624,13 +624,15 @@ def _tvmfront_rule(func, params, tiled_only=False):
             continue
         if not _reduction_iters(sch.get(block)):
             continue
-        for strategy in (_tile_reduction, _gather_reduction, _tile_reduction_scalar,
-                         _plain_reduction):
+        for rule, strategy in (("tile_reduction", _tile_reduction),
+                               ("gather_reduction", _gather_reduction),
+                               ("tile_reduction_scalar", _tile_reduction_scalar),
+                               ("plain_reduction", _plain_reduction)):
             trial = sch.copy()
             try:
                 note, touched = strategy(trial, name, params)
             except Exception as err:  # noqa: BLE001 - fall back to a simpler schedule
-                _failed(f"{strategy.__name__.lstrip('_')} on block {name}", err)
+                _failed(f"{rule} on block {name}", err)
                 continue
             sch = trial
             notes.append(f"{name}={note}")
