@@ -193,3 +193,20 @@ def test_dump_ir_always_builds(tmp_path, monkeypatch):
     monkeypatch.setattr(build_mod, "compile_scheduled", _no_build)
     with pytest.raises(AssertionError, match="must not"):
         compile_step(dump_ir=str(tmp_path / "ir"))  # asks for the schedule stage's IR
+
+
+def test_a_hit_reports_the_fallbacks_of_its_build(monkeypatch, caplog):
+    from tvmfront import schedule as cpu_schedule
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    with monkeypatch.context() as m:
+        m.setattr(cpu_schedule, "_tile_reduction", broken)  # the key cannot see the patch
+        built = compile_step()._build_info
+    assert built["cache"] == "miss" and built["fallback_kernels"]
+    with caplog.at_level(logging.WARNING, "tvmfront"):
+        hit = compile_step()._build_info
+    assert hit["cache"] == "hit" and hit["fallback_kernels"] == built["fallback_kernels"]
+    assert f"{len(built['fallback_kernels'])} kernel(s)" in caplog.text
+    assert all(k in caplog.text for k in built["fallback_kernels"])

@@ -83,6 +83,11 @@ def build_lowered(lowered, target, records=None, dump_dir=None):
             data, info, path = hit
             library = _load(path, target)
             if library is not False:
+                if info.get("fallback_kernels"):  # logged when built: say it again
+                    log.warning("cached build %s: default schedule rules failed on %d "
+                                "kernel(s) when it was built: %s", key,
+                                len(info["fallback_kernels"]),
+                                ", ".join(sorted(info["fallback_kernels"])))
                 return Built(library, data, None, target, lowered,
                              dict(info, cache="hit", records=selection.sources))
             cache.discard(key)
