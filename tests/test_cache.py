@@ -153,11 +153,12 @@ def test_a_cached_library_that_does_not_load_is_rebuilt(cache_dir, caplog):
     assert compile_step()._build_info["cache"] == "hit"
 
 
-def test_a_failed_export_is_logged_with_the_compiler_error(cache_dir, caplog, monkeypatch):
-    def broken_link(executable, path, cxx=None):
-        raise RuntimeError("Compilation error:\n/usr/bin/ld: cannot find -lbroken")
-
-    monkeypatch.setattr(build_mod, "export_library", broken_link)
+def test_a_failed_export_is_logged_with_the_compiler_error(cache_dir, tmp_path, caplog,
+                                                           monkeypatch):
+    broken = tmp_path / "broken-g++"  # a toolchain that cannot link
+    broken.write_text("#!/bin/sh\necho '/usr/bin/ld: cannot find -lbroken' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv("CXX", str(broken))
     with caplog.at_level(logging.WARNING, "tvmfront"):
         module = compile_step()
     info = module._build_info
