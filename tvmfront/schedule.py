@@ -48,6 +48,7 @@ x86 unless TVM_NUM_THREADS is set.
 """
 
 import contextvars
+import logging
 import math
 import os
 
@@ -123,32 +124,29 @@ def _failed(rule, err):
     """A rule raised `err`: NotApplicable is a probe's answer (debug); anything else is a rule
     meant to apply that failed, so the kernel falls back to a simpler schedule (warning)."""
     kernel = _current.get() or _Kernel("?")
-    cause = f"{type(err).__name__}: {_first_lines(err)}"
     if isinstance(err, NotApplicable):
-        log.debug("kernel %s: rule %s does not apply (%s)", kernel.name, rule, cause)
+        log.debug("kernel %s: rule %s does not apply (%s)", kernel.name, rule, err)
     elif rule not in kernel.failures:  # tiled_only and the full rule retry the same blocks
-        kernel.failures[rule] = cause
+        kernel.failures[rule] = cause = f"{type(err).__name__}: {_first_lines(err)}"
         log.warning("kernel %s: schedule rule %s failed, falling back to a simpler schedule "
                     "(%s)", kernel.name, rule, cause)
 
 
 def _probe(rule, err):
     """A schedule primitive used as its own applicability check refused (debug level)."""
-    kernel = _current.get() or _Kernel("?")
-    log.debug("kernel %s: %s does not apply (%s: %s)", kernel.name, rule, type(err).__name__,
-              _first_lines(err))
+    if log.isEnabledFor(logging.DEBUG):  # TVM's messages hold the IR: only when asked for
+        kernel = _current.get() or _Kernel("?")
+        log.debug("kernel %s: %s does not apply (%s: %s)", kernel.name, rule,
+                  type(err).__name__, _first_lines(err))
 
 
 def _first_lines(err, limit=300):
-    """An exception's message without the IR that TVM prints with it: the part after its
+    """An exception's message without the IR that TVM prints with it: the lines after its
     last "Error message:", else the first line."""
     text = str(err).strip()
-    if "Error message:" in text:
-        text = text.rsplit("Error message:", 1)[1]
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    if not lines:
-        return "(no message)"
-    text = " ".join(lines[:3]) if "Error message:" in str(err) else lines[0]
+    head, marker, tail = text.rpartition("Error message:")
+    lines = [ln.strip() for ln in (tail if marker else text).splitlines() if ln.strip()]
+    text = " ".join(lines[:3] if marker else lines[:1]) or "(no message)"
     return text if len(text) <= limit else text[:limit] + "..."
 
 
