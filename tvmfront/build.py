@@ -156,7 +156,9 @@ def _export(key, executable, target, info):
     cxx = None
     if arch != host_arch():
         cxx = cross_compiler_name(arch)
-        if cxx is None or shutil.which(cxx) is None:
+        if cxx is None or shutil.which(cxx) is None:  # export() will say what to install
+            log.info("no cross compiler for %s (%s): the module keeps its in-memory "
+                     "executable", arch, cxx or "none known")
             return None, None
     runnable = runnable_here(target)
     try:
