@@ -1,5 +1,8 @@
 """The compile cache: the same model, specs, target and records load the library built before."""
 
+import hashlib
+import json
+import logging
 import os
 
 import numpy as np
@@ -41,6 +44,7 @@ def test_a_second_build_loads_the_cached_library(cache_dir, monkeypatch):
     entries = os.listdir(cache_dir / "modules")
     assert len([e for e in entries if e.endswith(".so")]) == 1
     assert not [e for e in entries if e.startswith(".tmp-")]  # written atomically
+    assert first._build_info["fallback_kernels"] == {}  # every default schedule applied
 
     monkeypatch.setattr(build_mod, "compile_scheduled", _no_build)
     monkeypatch.setattr(build_mod, "schedule_lowered", _no_build)
@@ -72,19 +76,98 @@ def test_the_key_covers_target_specs_and_records(tmp_path, monkeypatch):
     assert cache.key(lowered, target, "abc") != base
 
 
+def _library(cache_dir, key):
+    meta = json.loads((cache_dir / "modules" / f"{key}.json").read_text())
+    return cache_dir / "modules" / meta["library"]
+
+
+def _replace(path, data):
+    """Write a new file over `path` (a loaded library's pages stay intact)."""
+    tmp = path.parent / "new.tmp"
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
 @pytest.mark.slow
-def test_a_damaged_entry_is_rebuilt(cache_dir):
+def test_a_damaged_entry_is_rebuilt(cache_dir, caplog):
     first = compile_step()
     key = first._build_info["key"]
-    lib = cache_dir / "modules" / f"{key}.so"
+    lib = _library(cache_dir, key)
     data = bytearray(lib.read_bytes())
     data[len(data) // 2] ^= 0xFF
-    damaged = cache_dir / "damaged.so"  # a new file: the loaded library's pages stay intact
-    damaged.write_bytes(bytes(data))
-    os.replace(damaged, lib)
-    again = compile_step()
+    _replace(lib, bytes(data))
+    with caplog.at_level(logging.WARNING, "tvmfront"):
+        again = compile_step()
     assert again._build_info["cache"] == "miss"  # the SHA-256 did not match: built anew
+    assert [r.name for r in caplog.records] == ["tvmfront.cache"]
+    assert key in caplog.text and "does not match its SHA-256" in caplog.text
     assert again.step(X, Y) == first.step(X, Y)
+    assert compile_step()._build_info["cache"] == "hit"  # the rebuilt entry is whole
+
+
+@pytest.mark.parametrize("damage", ["not json", "no library", "missing library",
+                                    "other library name"])
+def test_damaged_metadata_is_a_logged_miss(cache_dir, caplog, damage):
+    key = "ab" * 20
+    path, data = cache.store(key, lambda p: open(p, "wb").write(b"library"), {"n": 1})
+    meta_path = cache_dir / "modules" / f"{key}.json"
+    meta = json.loads(meta_path.read_text())
+    whole = dict(meta, n=2)
+    if damage == "not json":
+        meta_path.write_bytes(b"\xff{")
+    elif damage == "no library":
+        del meta["library"]
+        meta_path.write_text(json.dumps(meta))
+    elif damage == "missing library":
+        os.unlink(path)
+    else:
+        meta["library"] = "../" + meta["library"]
+        meta_path.write_text(json.dumps(meta))
+    with caplog.at_level(logging.WARNING, "tvmfront"):
+        assert cache.lookup(key) is None
+    assert f"compile cache entry {key} is damaged" in caplog.text
+    assert not os.listdir(cache_dir / "modules")  # removed: the next build writes it anew
+    cache.store(key, lambda p: open(p, "wb").write(b"library"), {"n": 2})
+    assert cache.lookup(key)[:2] == (b"library", whole)
+
+
+@pytest.mark.slow
+def test_a_cached_library_that_does_not_load_is_rebuilt(cache_dir, caplog):
+    first = compile_step()
+    key = first._build_info["key"]
+    lib = _library(cache_dir, key)
+    meta_path = cache_dir / "modules" / f"{key}.json"
+    meta = json.loads(meta_path.read_text())
+    # Bytes that match the metadata's SHA-256 but are no library (written by a broken tool).
+    junk = b"not an ELF file"
+    os.unlink(lib)
+    name = cache._library_name(key, hashlib.sha256(junk).hexdigest())
+    (cache_dir / "modules" / name).write_bytes(junk)
+    meta.update(library=name, sha256=hashlib.sha256(junk).hexdigest())
+    meta_path.write_text(json.dumps(meta))
+    with caplog.at_level(logging.WARNING, "tvmfront"):
+        again = compile_step()
+    assert again._build_info["cache"] == "miss"
+    assert f"compile cache entry {key}" in caplog.text and "did not load" in caplog.text
+    assert again.step(X, Y) == first.step(X, Y)
+    assert compile_step()._build_info["cache"] == "hit"
+
+
+def test_a_failed_export_is_logged_with_the_compiler_error(cache_dir, tmp_path, caplog,
+                                                           monkeypatch):
+    broken = tmp_path / "broken-g++"  # a toolchain that cannot link
+    broken.write_text("#!/bin/sh\necho '/usr/bin/ld: cannot find -lbroken' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv("CXX", str(broken))
+    with caplog.at_level(logging.WARNING, "tvmfront"):
+        module = compile_step()
+    info = module._build_info
+    assert info["cache"] == "off" and "cannot find -lbroken" in info["export_error"]
+    assert "exporting the compiled library failed" in caplog.text
+    assert "cannot find -lbroken" in caplog.text
+    assert not (cache_dir / "modules").exists() or not [
+        n for n in os.listdir(cache_dir / "modules") if not n.startswith(".tmp-")]
+    assert np.isfinite(module.step(X, Y))  # the in-memory executable runs
 
 
 def test_cached_modules_export_and_load(tmp_path):
@@ -111,3 +194,20 @@ def test_dump_ir_always_builds(tmp_path, monkeypatch):
     monkeypatch.setattr(build_mod, "compile_scheduled", _no_build)
     with pytest.raises(AssertionError, match="must not"):
         compile_step(dump_ir=str(tmp_path / "ir"))  # asks for the schedule stage's IR
+
+
+def test_a_hit_reports_the_fallbacks_of_its_build(monkeypatch, caplog):
+    from tvmfront import schedule as cpu_schedule
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    with monkeypatch.context() as m:
+        m.setattr(cpu_schedule, "_tile_reduction", broken)  # the key cannot see the patch
+        built = compile_step()._build_info
+    assert built["cache"] == "miss" and built["fallback_kernels"]
+    with caplog.at_level(logging.WARNING, "tvmfront"):
+        hit = compile_step()._build_info
+    assert hit["cache"] == "hit" and hit["fallback_kernels"] == built["fallback_kernels"]
+    assert f"{len(built['fallback_kernels'])} kernel(s)" in caplog.text
+    assert all(k in caplog.text for k in built["fallback_kernels"])

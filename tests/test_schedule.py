@@ -7,8 +7,13 @@
    non-trivial size has a parallel or vectorized loop.
 3. Inference modules likewise (at batch 1 the Linear layers go through dlight's GEMV rule),
    and scheduled inference modules predict what the naive ones predict.
-4. The pass keeps already-scheduled kernels and never fails a build over a schedule.
+4. The pass keeps already-scheduled kernels and never fails a build over a schedule; a rule
+   that fails is logged with the kernel, the rule and the cause and counted in the build info
+   (a rule that merely does not fit is not), and LeNet's and the MLP's builds have none.
 """
+
+import logging
+import re
 
 import numpy as np
 import pytest
@@ -21,7 +26,7 @@ from tvmfront.target import resolve_target
 
 
 def _naive(monkeypatch):
-    monkeypatch.setattr(cpu_schedule, "default_cpu_schedule", lambda mod, target, report=None: mod)
+    monkeypatch.setattr(cpu_schedule, "default_cpu_schedule", lambda mod, target, *a, **kw: mod)
     # The compile cache cannot see the patch: a hit would return the scheduled build.
     monkeypatch.setenv("TVMFRONT_CACHE", "0")
 
@@ -88,8 +93,12 @@ def test_scheduled_training_matches_naive(case, monkeypatch):
 # ---- the scheduled IR ---------------------------------------------------------------------
 
 def _scheduled(mod):
+    """(scheduled module, target); fails if any default schedule rule failed on a kernel."""
     target = resolve_target("x86")
-    return schedule_stage(target)(pipeline.run(mod, pipeline.LOWERING)), target
+    fallbacks = {}
+    scheduled = schedule_stage(target, fallbacks=fallbacks)(pipeline.run(mod, pipeline.LOWERING))
+    assert fallbacks == {}, fallbacks
+    return scheduled, target
 
 
 def _training_ir(build_model, x_shape, optimizer):
@@ -172,19 +181,75 @@ def test_already_scheduled_kernels_are_kept():
             assert again[gvar].same_as(func), gvar.name_hint
 
 
-def test_a_failing_rule_falls_back_instead_of_failing(monkeypatch):
+def _mlp_lowered(batch=4):
     tvf.manual_seed(0)
-    mod, _ = graph.build_forward(_mlp(), (4, 64))
-    lowered = pipeline.run(mod, pipeline.LOWERING)
+    mod, _ = graph.build_forward(_mlp(), (batch, 64))
+    return pipeline.run(mod, pipeline.LOWERING)
 
-    def broken(*args, **kwargs):
-        raise RuntimeError("boom")
 
-    monkeypatch.setattr(cpu_schedule, "_tile_reduction", broken)
-    report = {}
-    scheduled = cpu_schedule.default_cpu_schedule(lowered, resolve_target("x86"), report)
+def _raising(error):
+    def rule(*args, **kwargs):
+        raise error
+
+    return rule
+
+
+def test_a_failing_rule_falls_back_and_says_so(monkeypatch, caplog):
+    lowered = _mlp_lowered()
+    normal = {}
+    cpu_schedule.default_cpu_schedule(lowered, resolve_target("x86"), normal)
+    tiled = sorted(k for k, r in normal.items() if "tiled[" in r)
+    assert tiled  # the Linear layers at batch 4
+
+    monkeypatch.setattr(cpu_schedule, "_tile_reduction", _raising(RuntimeError("boom")))
+    report, fallbacks = {}, {}
+    with caplog.at_level(logging.DEBUG, "tvmfront"):
+        scheduled = cpu_schedule.default_cpu_schedule(lowered, resolve_target("x86"), report,
+                                                      fallbacks)
     assert report and all(isinstance(r, str) for r in report.values())
-    assert any(isinstance(f, tvf.tirx.PrimFunc) for _, f in scheduled.functions_items())
+    assert all(cpu_schedule.is_scheduled(scheduled[k]) for k in report)  # never a failed build
+    assert sorted(fallbacks) == tiled  # exactly the kernels the rule was meant for
+    for kernel in tiled:
+        assert "tiled[" not in report[kernel]  # a simpler schedule
+        # _tile_reduction_scalar is _tile_reduction without vectors: it fails as well
+        assert fallbacks[kernel] == [f"{rule} on block dense: RuntimeError: boom"
+                                     for rule in ("tile_reduction", "tile_reduction_scalar")]
+        warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+                  and r.name == "tvmfront.schedule" and f"kernel {kernel}:" in r.getMessage()]
+        assert len(warned) == 2, caplog.text  # once each, though two candidates tried them
+        assert all("on block dense failed" in m and "boom" in m for m in warned)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING
+                and not any(f"kernel {k}:" in r.getMessage() for k in tiled)], caplog.text
+
+
+def test_a_rule_that_does_not_fit_is_no_fallback(monkeypatch, caplog):
+    monkeypatch.setattr(cpu_schedule, "_tile_reduction",
+                        _raising(cpu_schedule.NotApplicable("not this pattern")))
+    fallbacks = {}
+    with caplog.at_level(logging.DEBUG, "tvmfront"):
+        cpu_schedule.default_cpu_schedule(_mlp_lowered(), resolve_target("x86"),
+                                          fallbacks=fallbacks)
+    assert fallbacks == {}
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert "does not apply (not this pattern)" in caplog.text  # at debug level
+
+
+def test_the_build_info_counts_fallback_kernels(monkeypatch, caplog):
+    monkeypatch.setenv("TVMFRONT_CACHE", "0")  # the cache cannot see the patch
+    tvf.manual_seed(0)
+    model = _mlp()
+    assert tvf.compile_inference(model, inputs=(4, 64))._build_info["fallback_kernels"] == {}
+    monkeypatch.setattr(cpu_schedule, "_schedule_spatial", _raising(TypeError("bad arg")))
+    with caplog.at_level(logging.WARNING, "tvmfront"):
+        module = tvf.compile_inference(model, inputs=(4, 64))
+    fallbacks = module._build_info["fallback_kernels"]
+    assert sorted(fallbacks) == sorted(module._build_info["fallback_kernels"])
+    assert len(fallbacks) == 3, fallbacks  # the three Linear kernels' spatial blocks failed
+    assert all(re.fullmatch(r"schedule_spatial on block \w+: TypeError: bad arg", cause)
+               for causes in fallbacks.values() for cause in causes), fallbacks
+    assert all(f"kernel {k}:" in caplog.text for k in fallbacks)
+    x = np.random.default_rng(0).standard_normal((4, 64)).astype("float32")
+    assert module(x).shape == (4, 10)
 
 
 @pytest.mark.parametrize("op_name", ["matmul", "conv2d_stride2_backward"])

@@ -15,9 +15,13 @@ from ._tvm import (cross_compiler_name, device_available, export_library, host_a
                    normalize_prim_func, prim_func_type, relax, structural_hash, target_arch, tvm)
 from .target import resolve_target, target_key
 
+log = config.logger("build")
 
-def schedule_stage(target, records=None):
-    """The stage that gives TIR kernels their schedules for `target`."""
+
+def schedule_stage(target, records=None, fallbacks=None):
+    """The stage that gives TIR kernels their schedules for `target`. `fallbacks`, when a
+    dict, receives {kernel: [rule: cause, ...]} for kernels whose default schedule rule
+    failed (see tvmfront.schedule)."""
 
     def schedule(mod):
         with target:
@@ -33,7 +37,7 @@ def schedule_stage(target, records=None):
                 # (dlight's CPU rules where they fit, tvmfront's own rules elsewhere).
                 from . import schedule as cpu_schedule
 
-                mod = cpu_schedule.default_cpu_schedule(mod, target)
+                mod = cpu_schedule.default_cpu_schedule(mod, target, fallbacks=fallbacks)
         return mod
 
     return schedule
@@ -52,7 +56,10 @@ def build(mod, target, records=None, dump_dir=None):
 # runs the executable); executable: the in-memory executable (None on a cache hit); lowered:
 # the IRModule before scheduling (what tuning extracts its tasks from); info: {"cache": "hit"
 # | "miss" | "off", "records": [folders applied], "tuned_kernels": kernels scheduled from
-# records, "key": the compile-cache key}.
+# records, "key": the compile-cache key, "fallback_kernels": {kernel: [rule: cause]} for
+# kernels whose default schedule rule failed (they got a simpler one), and "export_error":
+# the compiler's message when the library could not be exported (the VM then runs the
+# in-memory executable and the cache is off)}.
 Built = collections.namedtuple("Built", "library library_bytes executable target lowered info")
 
 
@@ -76,9 +83,18 @@ def build_lowered(lowered, target, records=None, dump_dir=None):
             data, info, path = hit
             library = _load(path, target)
             if library is not False:
+                if info.get("fallback_kernels"):  # logged when built: say it again
+                    log.warning("cached build %s: default schedule rules failed on %d "
+                                "kernel(s) when it was built: %s", key,
+                                len(info["fallback_kernels"]),
+                                ", ".join(sorted(info["fallback_kernels"])))
                 return Built(library, data, None, target, lowered,
                              dict(info, cache="hit", records=selection.sources))
-    scheduled, selection = schedule_lowered(lowered, target, selection)
+            cache.discard(key)
+            log.warning("compile cache entry %s (%s) did not load: removed, building anew",
+                        key, path)
+    fallbacks = {}
+    scheduled, selection = schedule_lowered(lowered, target, selection, fallbacks)
     if not selection:
         key = cache.key(lowered, target, "")  # records TVM could not load were dropped
     tuned = _covered(lowered, selection)
@@ -86,22 +102,23 @@ def build_lowered(lowered, target, records=None, dump_dir=None):
         pipeline._dump(dump_dir, len(pipeline.LOWERING) + 1, "schedule", scheduled)
     executable = compile_scheduled(scheduled, target)
     info = {"records": selection.sources, "tuned_kernels": tuned, "key": key,
-            "target_key": target_key(target)}
+            "target_key": target_key(target), "fallback_kernels": fallbacks}
     library, data = _export(key, executable, target, info)
-    if data is None:  # not exportable here (no cross compiler): the VM runs the executable
+    if data is None:  # not exportable here: the VM runs the executable
         return Built(executable, None, executable, target, lowered, dict(info, cache="off"))
     state = "miss" if cache.cache_dir() is not None and runnable_here(target) else "off"
     return Built(library, data, executable, target, lowered, dict(info, cache=state))
 
 
-def schedule_lowered(lowered, target, selection):
+def schedule_lowered(lowered, target, selection, fallbacks=None):
     """(scheduled IRModule, the Selection applied): the records of `selection` (a
     tvmfront.records.Selection) where they exist, default schedules elsewhere. Records that
-    TVM cannot load are dropped with a warning (the returned Selection is then empty)."""
+    TVM cannot load are dropped with a warning (the returned Selection is then empty).
+    `fallbacks`: as for schedule_stage."""
     with selection.database() as (folder, database):
         if folder is None:
             selection = records_mod.Selection()
-        stage = schedule_stage(target, folder)
+        stage = schedule_stage(target, folder, fallbacks)
         if database is None:
             return stage(lowered), selection
         with database:  # MetaScheduleApplyDatabase queries the current database
@@ -120,12 +137,14 @@ def runnable_here(target):
 
 
 def _load(path, target):
-    """The library at `path` loaded, None if it cannot run here, False if it fails to load."""
+    """The library at `path` loaded, None if it cannot run here, False (logged with the
+    cause) if it fails to load."""
     if not runnable_here(target):
         return None
     try:
         return load_module(path)
-    except Exception:  # a damaged entry: rebuild
+    except Exception as err:  # noqa: BLE001 - the caller rebuilds or keeps the executable
+        log.warning("library %s did not load: %s", path, _message(err))
         return False
 
 
@@ -137,22 +156,36 @@ def _export(key, executable, target, info):
     cxx = None
     if arch != host_arch():
         cxx = cross_compiler_name(arch)
-        if cxx is None or shutil.which(cxx) is None:
+        if cxx is None or shutil.which(cxx) is None:  # export() will say what to install
+            log.info("no cross compiler for %s (%s): the module keeps its in-memory "
+                     "executable", arch, cxx or "none known")
             return None, None
     runnable = runnable_here(target)
     try:
         path, data = cache.store(key if runnable else None,
                                  lambda p: export_library(executable, p, cxx), info)
-    except Exception:  # a toolchain problem: keep the in-memory executable
+    except Exception as err:  # noqa: BLE001 - a toolchain problem: keep the executable
+        info["export_error"] = f"{type(err).__name__}: {_message(err, 2000)}"
+        log.warning("exporting the compiled library failed; this build runs in memory and "
+                    "is not cached: %s", info["export_error"])
         return None, None
     try:
         library = _load(path, target) if runnable else None
     finally:
         if cache.cache_dir() is None or not runnable:
             os.unlink(path)
-    if library is False:
+    if library is False:  # logged by _load
+        info["export_error"] = f"the exported library {path} did not load"
+        if cache.cache_dir() is not None and runnable:
+            cache.discard(key)
         return None, None
     return library, data
+
+
+def _message(err, limit=600):
+    """An exception's text, cut to its last `limit` characters (a compiler's error is last)."""
+    text = str(err).strip()
+    return text if len(text) <= limit else "..." + text[-limit:]
 
 
 def _covered(lowered, selection):

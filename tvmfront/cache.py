@@ -3,11 +3,19 @@
 Key: SHA-256 of the lowered IRModule's structural hash (before scheduling), the target (its
 full JSON), the content digest of the tuning records applied, the tvmfront and TVM versions
 and a digest of tvmfront's own source (schedule rules and passes change code without a
-version bump). Entries are ``<TVMFRONT_CACHE_DIR>/modules/<key>.so`` (default
-``~/.cache/tvmfront``) with ``<key>.json`` beside it (the SHA-256 of the library and what the
-build applied), each written to a temporary file and moved in with os.replace. A hit loads
-the library with tvm.runtime.load_module; the VM runs it as it would a fresh build.
-``TVMFRONT_CACHE=0`` turns the cache off. The oldest entries beyond MAX_ENTRIES are removed.
+version bump). ``TVMFRONT_CACHE=0`` turns the cache off. The oldest entries beyond
+MAX_ENTRIES are removed.
+
+An entry is ``<TVMFRONT_CACHE_DIR>/modules/<key>.json`` (default ``~/.cache/tvmfront``): what
+the build applied, the SHA-256 of the library and the library's file name,
+``<key>-<sha256 prefix>.so`` beside it. Crash safety: each file is written to a temporary
+file, flushed to disk (fsync) and moved in with os.replace; the library first, under its
+content's name (never over another library's bytes), then the metadata that names it. A
+process killed at any moment leaves the previous entry or the new one (or stray temporary
+files, removed later), never a half-written one: a reader finds a library only through the
+metadata written after it, and checks its SHA-256 before using it. An entry that does not
+check out (unreadable metadata, missing library, bytes that do not match) is logged
+(``tvmfront.cache``), removed and built anew, never loaded.
 """
 
 import contextlib
@@ -16,9 +24,13 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 
 from ._tvm import TVM_VERSION, structural_hash
 from ._version import __version__
+from .config import logger
+
+log = logger("cache")
 
 MAX_ENTRIES = 128
 PKG = os.path.dirname(os.path.abspath(__file__))
@@ -60,46 +72,102 @@ def key(lowered, target, records_digest, extra=None):
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:40]
 
 
-def _paths(k):
-    base = os.path.join(cache_dir(), "modules", k)
-    return base + ".so", base + ".json"
+def _folder():
+    return os.path.join(cache_dir(), "modules")
+
+
+def _meta_path(k):
+    return os.path.join(_folder(), k + ".json")
+
+
+def _library_name(k, sha):
+    return f"{k}-{sha[:16]}.so"
 
 
 def lookup(k):
-    """(library bytes, info dict, library path) of entry `k`, or None on a miss. An entry
-    whose bytes do not match its recorded SHA-256 is removed and counts as a miss."""
+    """(library bytes, info dict, library path) of entry `k`, or None on a miss. An entry that
+    does not check out (see the module docstring) is logged, removed and counts as a miss."""
     if cache_dir() is None:
         return None
-    lib, meta = _paths(k)
+    meta = _meta_path(k)
     try:
-        with open(meta, encoding="utf-8") as f:
-            info = json.load(f)
+        with open(meta, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        return _damaged(k, f"metadata unreadable ({err})")
+    try:
+        info = json.loads(raw.decode("utf-8"))
+        sha, name = info["sha256"], info["library"]
+    except (ValueError, TypeError, KeyError) as err:
+        return _damaged(k, f"metadata incomplete or not JSON ({type(err).__name__}: {err})")
+    if name != _library_name(k, str(sha)):  # a plain name made from the key: no other file
+        return _damaged(k, f"metadata names the library {name!r}")
+    lib = os.path.join(_folder(), name)
+    try:
         with open(lib, "rb") as f:
             data = f.read()
-    except (OSError, ValueError):
-        return None
-    if hashlib.sha256(data).hexdigest() != info.get("sha256"):
-        for p in (lib, meta):
-            with contextlib.suppress(OSError):
-                os.unlink(p)
-        return None
-    with contextlib.suppress(OSError):
-        os.utime(lib)  # recently used: pruned last
+    except OSError as err:
+        return _damaged(k, f"library unreadable ({err.strerror or err})")
+    if hashlib.sha256(data).hexdigest() != sha:
+        return _damaged(k, f"library {name} does not match its SHA-256")
+    for p in (meta, lib):
+        with contextlib.suppress(OSError):
+            os.utime(p)  # recently used: pruned last
     return data, info, lib
 
 
-def _atomic_write(path, write):
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
+def _damaged(k, why):
+    log.warning("compile cache entry %s is damaged (%s): removed, building anew", k, why)
+    discard(k)
+    return None
+
+
+def discard(k):
+    """Remove entry `k`: its metadata first (the entry is gone), then its libraries."""
+    with contextlib.suppress(OSError):
+        os.unlink(_meta_path(k))
+    for lib in _libraries(k):
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+            os.unlink(lib)
+
+
+def _libraries(k):
+    try:
+        names = os.listdir(_folder())
+    except OSError:
+        return []
+    return [os.path.join(_folder(), n) for n in names
+            if n.startswith(k + "-") and n.endswith(".so")]
+
+
+def _fsync_dir(directory):
+    """Make a rename in `directory` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _temporary(directory, suffix):
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
+    os.close(fd)
+    return tmp
+
+
+def _flush(path):
+    """fsync `path` and return its bytes."""
+    with open(path, "rb+") as f:
+        data = f.read()
+        os.fsync(f.fileno())
+    return data
 
 
 def store(k, write_library, info):
@@ -112,31 +180,69 @@ def store(k, write_library, info):
         write_library(tmp)
         with open(tmp, "rb") as f:
             return tmp, f.read()
-    lib, meta = _paths(k)
-    _atomic_write(lib, write_library)
-    with open(lib, "rb") as f:
-        data = f.read()
-    info = dict(info, sha256=hashlib.sha256(data).hexdigest())
-
-    def write_meta(path):
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(info, f, indent=1, sort_keys=True)
-
-    _atomic_write(meta, write_meta)
+    folder = _folder()
+    os.makedirs(folder, exist_ok=True)
+    tmp_lib = _temporary(folder, ".so")
+    tmp_meta = None
+    try:
+        write_library(tmp_lib)
+        data = _flush(tmp_lib)
+        sha = hashlib.sha256(data).hexdigest()
+        name = _library_name(k, sha)
+        lib = os.path.join(folder, name)
+        os.replace(tmp_lib, lib)  # 1. the library, under its content's name
+        _fsync_dir(folder)
+        tmp_meta = _temporary(folder, ".json")
+        with open(tmp_meta, "w", encoding="utf-8") as f:
+            json.dump(dict(info, sha256=sha, library=name), f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_meta, _meta_path(k))  # 2. the metadata that names it: the commit
+        _fsync_dir(folder)
+    except BaseException:
+        for p in (tmp_lib, tmp_meta):
+            if p is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(p)
+        raise
+    for old in _libraries(k):  # libraries of the entry this one replaced
+        if old != lib:
+            with contextlib.suppress(OSError):
+                os.unlink(old)
     _prune()
     return lib, data
 
 
-def _prune():
-    folder = os.path.join(cache_dir(), "modules")
+def _named(name):
+    """Whether `name` is the library its key's metadata names."""
     try:
-        libs = [os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".so")]
-        if len(libs) <= MAX_ENTRIES:
-            return
-        libs.sort(key=os.path.getmtime)
-        for lib in libs[:len(libs) - MAX_ENTRIES]:
-            for p in (lib, lib[:-3] + ".json"):
-                with contextlib.suppress(OSError):
-                    os.unlink(p)
+        with open(_meta_path(name.split("-")[0]), encoding="utf-8") as f:
+            return json.load(f).get("library") == name
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+STALE_SECONDS = 3600  # temporary files of a writer killed mid-write, orphaned libraries
+
+
+def _prune():
+    """Remove the least recently used entries beyond MAX_ENTRIES, and files no entry names
+    that are older than STALE_SECONDS (a younger one may belong to a writer at work)."""
+    folder = _folder()
+    try:
+        names = os.listdir(folder)
+        now = time.time()
+        metas = [os.path.join(folder, n) for n in names if n.endswith(".json")
+                 and not n.startswith(".")]
+        metas.sort(key=os.path.getmtime)
+        for meta in metas[:max(0, len(metas) - MAX_ENTRIES)]:
+            discard(os.path.basename(meta)[:-5])
+        for n in names:
+            path = os.path.join(folder, n)
+            if not (n.startswith(".tmp-") or n.endswith(".so")):
+                continue
+            with contextlib.suppress(OSError):
+                if now - os.path.getmtime(path) > STALE_SECONDS and not _named(n):
+                    os.unlink(path)
     except OSError:
         pass

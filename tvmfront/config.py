@@ -1,5 +1,6 @@
 """Every knob in one place: each is a keyword argument somewhere and an environment variable here."""
 
+import logging
 import os
 
 
@@ -16,3 +17,18 @@ def progress_enabled():
 def derived_gradients():
     """Use derived gradients for every op, explicit ones ignored (TVMFRONT_DERIVED_GRADIENTS=1)."""
     return os.environ.get("TVMFRONT_DERIVED_GRADIENTS", "0") == "1"
+
+
+# ---- logging ---------------------------------------------------------------------------------
+# Whatever falls back (a schedule rule that failed, a library that could not be exported, a
+# damaged compile-cache entry) says so through the `tvmfront` logger, with its cause: warning
+# level for a failure, debug level for an expected probe ("this rule does not fit here").
+# Without any logging configuration Python prints warnings to stderr; silence them with
+# logging.getLogger("tvmfront").setLevel(logging.ERROR). Problems in the user's own input
+# files (tuning records) are Python warnings instead (records.RecordsWarning): fixable data.
+LOG = logging.getLogger("tvmfront")
+
+
+def logger(part):
+    """The logger of one part of tvmfront ("tvmfront.<part>", a child of LOG)."""
+    return LOG.getChild(part)

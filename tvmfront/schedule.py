@@ -33,6 +33,12 @@ a simpler schedule, never to a failed build):
   constant), split by a vector length that tiles the rows, vectorized; padding blocks are
   first split into a constant fill and an in-bounds copy (``decompose_padding``).
 
+Fallbacks are logged (``tvmfront.schedule`` logger) with the kernel, the rule and the cause.
+A rule whose pattern does not fit a block says so by raising ``NotApplicable``: that is a
+probe's answer, logged at debug level. Any other exception from a rule (a schedule primitive
+refusing, a bug) is a failure: logged at warning level and counted, per kernel, in
+``default_cpu_schedule``'s `fallbacks` (the build info's ``fallback_kernels``).
+
 Reduction order is never changed (no rfactor): every output element is accumulated in the
 order of its reduction loops, so results equal the naive build's up to LLVM's FMA
 contraction in fused pointwise chains (about 1e-7 relative).
@@ -41,10 +47,15 @@ Threads: parallel loops run on TVM's CPU thread pool, which takes half the logic
 x86 unless TVM_NUM_THREADS is set.
 """
 
+import contextvars
+import logging
 import math
 import os
 
 from ._tvm import arith, cpu_vector_bits, dlight, s_tir, tirx, tvm
+from .config import logger
+
+log = logger("schedule")
 
 SCHEDULED_ATTR = "tirx.is_scheduled"
 # Each kernel records the rule that scheduled it (visible in dump_ir's schedule stage).
@@ -94,6 +105,51 @@ class CpuParams:
         return max(2, self.vector_bits // max(8, bits))
 
 
+class NotApplicable(ValueError):
+    """A rule's pattern does not fit this block: the answer of a probe, not a failure."""
+
+
+class _Kernel:
+    """The kernel being scheduled: its name and the rules that failed on it."""
+
+    def __init__(self, name):
+        self.name = name
+        self.failures = {}  # rule -> cause, first failure of each rule
+
+
+_current = contextvars.ContextVar("tvmfront_schedule_kernel", default=None)
+
+
+def _failed(rule, err):
+    """A rule raised `err`: NotApplicable is a probe's answer (debug); anything else is a rule
+    meant to apply that failed, so the kernel falls back to a simpler schedule (warning)."""
+    kernel = _current.get() or _Kernel("?")
+    if isinstance(err, NotApplicable):
+        log.debug("kernel %s: rule %s does not apply (%s)", kernel.name, rule, err)
+    elif rule not in kernel.failures:  # tiled_only and the full rule retry the same blocks
+        kernel.failures[rule] = cause = f"{type(err).__name__}: {_first_lines(err)}"
+        log.warning("kernel %s: schedule rule %s failed, falling back to a simpler schedule "
+                    "(%s)", kernel.name, rule, cause)
+
+
+def _probe(rule, err):
+    """A schedule primitive used as its own applicability check refused (debug level)."""
+    if log.isEnabledFor(logging.DEBUG):  # TVM's messages hold the IR: only when asked for
+        kernel = _current.get() or _Kernel("?")
+        log.debug("kernel %s: %s does not apply (%s: %s)", kernel.name, rule,
+                  type(err).__name__, _first_lines(err))
+
+
+def _first_lines(err, limit=300):
+    """An exception's message without the IR that TVM prints with it: the lines after its
+    last "Error message:", else the first line."""
+    text = str(err).strip()
+    head, marker, tail = text.rpartition("Error message:")
+    lines = [ln.strip() for ln in (tail if marker else text).splitlines() if ln.strip()]
+    text = " ".join(lines[:3] if marker else lines[:1]) or "(no message)"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _dtype_bits(dtype):
     digits = "".join(ch for ch in str(dtype) if ch.isdigit())
     return int(digits) if digits else 32
@@ -103,20 +159,25 @@ def _dtype_bits(dtype):
 # Entry points
 # ================================================================================================
 
-def default_cpu_schedule(mod, target, report=None):
+def default_cpu_schedule(mod, target, report=None, fallbacks=None):
     """Schedule every unscheduled PrimFunc of `mod` for the LLVM CPU `target`.
 
     Returns a new IRModule; PrimFuncs already carrying ``tirx.is_scheduled`` (tuning records,
-    dlight) are kept as they are. `report`, when a dict, receives {kernel name: rule}.
+    dlight) are kept as they are. `report`, when a dict, receives {kernel name: rule};
+    `fallbacks`, when a dict, receives {kernel name: ["rule: cause", ...]} for each kernel on
+    which a rule meant to apply failed (it got a simpler schedule, or none).
     """
     params = CpuParams(target)
     updates = {}
     for gvar, func in mod.functions_items():
         if isinstance(func, tirx.PrimFunc) and not is_scheduled(func):
-            func, rule = schedule_prim_func(func, target, params)
+            failures = {}
+            func, rule = schedule_prim_func(func, target, params, gvar.name_hint, failures)
             updates[gvar] = func.with_attr(RULE_ATTR, rule)
             if report is not None:
                 report[gvar.name_hint] = rule
+            if fallbacks is not None and failures:
+                fallbacks[gvar.name_hint] = [f"{r}: {c}" for r, c in failures.items()]
     mod = mod.clone()  # the caller's module stays as it was
     for gvar, func in updates.items():
         mod.update_func(gvar, func)
@@ -128,10 +189,24 @@ def is_scheduled(func):
     return attrs is not None and SCHEDULED_ATTR in attrs and bool(attrs[SCHEDULED_ATTR])
 
 
-def schedule_prim_func(func, target, params=None):
+def schedule_prim_func(func, target, params=None, name=None, failures=None):
     """(scheduled PrimFunc, rule description). Never raises: worst case the func is returned
-    unchanged with rule 'none (...)'."""
+    unchanged with rule 'none (...)'. Rules that failed on it are logged (see the module
+    docstring) and, when `failures` is a dict, recorded there as {rule: cause}."""
     params = params or CpuParams(target)
+    if name is None:
+        name = str((func.attrs or {}).get("global_symbol", "main"))
+    kernel = _Kernel(name)
+    token = _current.set(kernel)
+    try:
+        return _schedule_prim_func(func, target, params)
+    finally:
+        _current.reset(token)
+        if failures is not None:
+            failures.update(kernel.failures)
+
+
+def _schedule_prim_func(func, target, params):
     func = _narrow_indices(func)
     work = kernel_work(func)
     if _max_block_iterations(func) <= 1:
@@ -140,6 +215,7 @@ def schedule_prim_func(func, target, params=None):
         sch = s_tir.Schedule(func)
         contraction = _has_contraction(sch)
     except Exception as err:  # noqa: BLE001 - never fail a build over a schedule
+        _failed("analysis", err)
         return func, f"none (not schedulable: {type(err).__name__})"
 
     candidates = []
@@ -148,7 +224,8 @@ def schedule_prim_func(func, target, params=None):
     else:
         # Row reductions: tvmfront's register tiles when every reduction tiles, else
         # dlight's Reduction (it parallelizes rows: only for kernels large enough to gain).
-        candidates.append(("tvmfront", lambda: _tvmfront_rule(func, params, tiled_only=True)))
+        candidates.append(("tvmfront (tiled only)",
+                           lambda: _tvmfront_rule(func, params, tiled_only=True)))
         if work is not None and work >= PARALLEL_MIN_ITERATIONS:
             candidates.append(("dlight.cpu.Reduction",
                                lambda: _dlight(dlight.cpu.Reduction(), func, target)))
@@ -156,11 +233,14 @@ def schedule_prim_func(func, target, params=None):
     for name, attempt in candidates:
         try:
             result = attempt()
-        except Exception:  # noqa: BLE001
+        except Exception as err:  # noqa: BLE001 - logged; the next rule is simpler
+            _failed(name, err)
             continue
-        if result is None:
+        if result is None:  # dlight's rule does not match, or was refused (see _dlight_gemv)
+            log.debug("kernel %s: rule %s does not apply", _current.get().name, name)
             continue
         new_func, detail = result
+        name = name.replace(" (tiled only)", "")
         return _mark(new_func), f"{name}{': ' + detail if detail else ''}"
     return func, "none (no rule applied)"
 
@@ -177,9 +257,19 @@ def _narrow_indices(func):
         size = math.prod(_const(d) or (1 << 31) for d in buf.shape)
         if size >= 1 << 31:
             return func
+    # The pass refuses int64 buffer parameters (their data could be indices): int64 labels.
+    allocated = set()
+    _walk_stmts(func.body, lambda n: allocated.update(
+        b.name for b in getattr(n, "alloc_buffers", None) or []))
+    wide = sorted({buf.name for buf in _buffers(func)
+                   if str(buf.dtype) in ("int64", "uint64") and buf.name not in allocated})
+    if wide:
+        _failed("narrow indices to int32", NotApplicable(f"int64 data in {', '.join(wide)}"))
+        return func
     try:
         return tirx.transform.ForceNarrowIndexToInt32()(tvm.IRModule({"main": func}))["main"]
-    except Exception:  # noqa: BLE001 - keep the kernel as it is
+    except Exception as err:  # noqa: BLE001 - keep the kernel as it is
+        _failed("narrow indices to int32", err)
         return func
 
 
@@ -436,12 +526,12 @@ class _BlockInfo:
                       for iv in stmt.iter_vars]
         self.extents = [_const(iv.dom.extent) for iv in stmt.iter_vars]
         if len(self.loops) != len(self.vars) or any(e is None for e in self.extents):
-            raise ValueError(f"block {self.name}: loops are not trivially bound")
+            raise NotApplicable(f"block {self.name}: loops are not trivially bound")
         for loop, ext in zip(self.loops, self.extents):
             if _const(sch.get(loop).extent) != ext:
-                raise ValueError(f"block {self.name}: loops are not trivially bound")
+                raise NotApplicable(f"block {self.name}: loops are not trivially bound")
         if len(stmt.writes) != 1:
-            raise ValueError(f"block {self.name}: {len(stmt.writes)} outputs")
+            raise NotApplicable(f"block {self.name}: {len(stmt.writes)} outputs")
         self.write = stmt.writes[0]
         self.dtype = self.write.source.dtype
         analyzer = arith.Analyzer()
@@ -527,16 +617,20 @@ def _tvmfront_rule(func, params, tiled_only=False):
     for name in [sch.get(b).name_hint for b in _root_blocks(sch)]:
         try:
             block = sch.get_sblock(name)
-        except Exception:  # noqa: BLE001 - inlined or renamed meanwhile
+        except Exception as err:  # noqa: BLE001 - inlined or renamed meanwhile
+            _probe(f"block {name} (absorbed by an earlier block)", err)
             continue
         if not _reduction_iters(sch.get(block)):
             continue
-        for strategy in (_tile_reduction, _gather_reduction, _tile_reduction_scalar,
-                         _plain_reduction):
+        for rule, strategy in (("tile_reduction", _tile_reduction),
+                               ("gather_reduction", _gather_reduction),
+                               ("tile_reduction_scalar", _tile_reduction_scalar),
+                               ("plain_reduction", _plain_reduction)):
             trial = sch.copy()
             try:
                 note, touched = strategy(trial, name, params)
-            except Exception:  # noqa: BLE001 - fall back to a simpler schedule
+            except Exception as err:  # noqa: BLE001 - fall back to a simpler schedule
+                _failed(f"{rule} on block {name}", err)
                 continue
             sch = trial
             notes.append(f"{name}={note}")
@@ -544,9 +638,9 @@ def _tvmfront_rule(func, params, tiled_only=False):
             break
         else:
             if tiled_only:
-                raise ValueError(f"reduction {name} left unscheduled")
+                raise NotApplicable(f"reduction {name} left unscheduled")
         if tiled_only and not notes[-1].startswith(f"{name}=tiled"):
-            raise ValueError(f"reduction {name} not tiled")
+            raise NotApplicable(f"reduction {name} not tiled")
         done.add(name)
     for block in _root_blocks(sch):
         name = sch.get(block).name_hint
@@ -555,7 +649,8 @@ def _tvmfront_rule(func, params, tiled_only=False):
         trial = sch.copy()
         try:
             note = _schedule_spatial(trial, name, params)
-        except Exception:  # noqa: BLE001
+        except Exception as err:  # noqa: BLE001 - the block keeps its plain loops
+            _failed(f"schedule_spatial on block {name}", err)
             continue
         sch = trial
         if note:
@@ -583,7 +678,8 @@ def _inline_spatial(sch):
                 continue
             try:
                 sch.compute_inline(block)
-            except Exception:  # noqa: BLE001
+            except Exception as err:  # noqa: BLE001 - TVM's own check: not inlinable
+                _probe(f"compute_inline of block {stmt.name_hint}", err)
                 continue
             changed = True
             break
@@ -597,7 +693,7 @@ def _tile_reduction(sch, name, params, vector=True):
     block = sch.get_sblock(name)
     info = _BlockInfo(sch, block)
     if "O" in info.kinds or not info.reduction or not info.spatial:
-        raise ValueError("not a plain reduction")
+        raise NotApplicable("not a plain reduction")
     lanes = params.lanes(info.dtype)
     packed = []
     v = vec = None
@@ -618,7 +714,7 @@ def _tile_reduction(sch, name, params, vector=True):
             block = sch.get_sblock(name)
             info = _BlockInfo(sch, block)
         if any(strides[v] not in (0, 1) for _, _, strides in info.reads):
-            raise ValueError("an operand is strided along the vector axis")
+            raise NotApplicable("an operand is strided along the vector axis")
         panel = _panel_operand(info, v, vec)
         if panel is not None:
             _pack_panels(sch, info, *panel, v, vec)
@@ -628,7 +724,7 @@ def _tile_reduction(sch, name, params, vector=True):
     else:
         panel = None
         if _index_divisors(info.stmt, info.vars):
-            raise ValueError("strided-window gather: see _plain_reduction")
+            raise NotApplicable("strided-window gather: see _plain_reduction")
         budget = SCALAR_TILE
 
     def reuse(k):  # operand loads shared across a tile along axis k (vector loads count 2)
@@ -648,7 +744,7 @@ def _tile_reduction(sch, name, params, vector=True):
         k = next((k for k in reversed(info.spatial) if info.extents[k] > 1), None)
         f = _largest_divisor(info.extents[k], budget) if k is not None else 1
         if f < 2:
-            raise ValueError("nothing to tile")
+            raise NotApplicable("nothing to tile")
         tiles[k] = f
     # A kernel worth running in parallel keeps a few outer iterations per core.
     if _parallel_worth_it(info.work, vec or 1, params):
@@ -662,7 +758,7 @@ def _tile_reduction(sch, name, params, vector=True):
             if tiles[k] == 1:
                 del tiles[k]
         if not vector and not tiles:
-            raise ValueError("nothing to tile")
+            raise NotApplicable("nothing to tile")
 
     outer, inner, red = [], [], []
     vec_loop = None
@@ -806,7 +902,7 @@ def _choose_vector_axis(info, lanes):
         if best is None or score > best[0]:
             best = (score, v, vec)
     if best is None:
-        raise ValueError("no vectorizable output axis")
+        raise NotApplicable("no vectorizable output axis")
     return best[1], best[2]
 
 
@@ -818,10 +914,10 @@ def _pack_operand(sch, info, index, region, v):
     """Copy a read operand into a buffer whose last dimension is the one indexed by v."""
     d = _packable_dim(region, info.vars[v])
     if d is None:
-        raise ValueError("operand not packable")
+        raise NotApplicable("operand not packable")
     size = math.prod(_const(s) for s in region.source.shape)
     if size * PACK_RATIO > info.work:
-        raise ValueError("packing costs too much")
+        raise NotApplicable("packing costs too much")
     packed = sch.cache_read(info.block, index, "global")
     ndim = len(region.region)
     if d != ndim - 1:
@@ -842,7 +938,8 @@ def _absorb_epilogues(sch, writeback):
                 continue
             try:
                 sch.reverse_compute_inline(consumer)
-            except Exception:  # noqa: BLE001
+            except Exception as err:  # noqa: BLE001 - TVM's own check: not an epilogue
+                _probe(f"reverse_compute_inline of block {stmt.name_hint}", err)
                 continue
             names.append(stmt.name_hint)
             progress = True
@@ -890,7 +987,7 @@ def _gather_reduction(sch, name, params):
     """_plain_reduction, for blocks indexed through floordiv/floormod only."""
     info = _BlockInfo(sch, sch.get_sblock(name))
     if not _index_divisors(info.stmt, info.vars):
-        raise ValueError("no strided-window gather")
+        raise NotApplicable("no strided-window gather")
     return _plain_reduction(sch, name, params)
 
 
@@ -901,11 +998,11 @@ def _plain_reduction(sch, name, params):
     block = sch.get_sblock(name)
     info = _BlockInfo(sch, block)
     if "O" in info.kinds:
-        raise ValueError("opaque iterators")
+        raise NotApplicable("opaque iterators")
     divisors = _split_divisors(info)
     outer, inner, red = _split_by_divisors(sch, info, divisors)
     if not outer:
-        raise ValueError("no spatial loop")
+        raise NotApplicable("no spatial loop")
     sch.reorder(*outer, *inner, *red)
     notes = []
     if divisors:
@@ -925,7 +1022,7 @@ def _plain_reduction(sch, name, params):
         if note:
             notes.append(note)
     if not notes:
-        raise ValueError("nothing to do")
+        raise NotApplicable("nothing to do")
     return f"plain[{', '.join(notes)}]", {name}
 
 
@@ -955,7 +1052,8 @@ def _schedule_spatial(sch, name, params):
     if _has_if_then_else(stmt):
         try:
             fill = sch.decompose_padding(block, loops[0])
-        except Exception:  # noqa: BLE001 - not a padding pattern
+        except Exception as err:  # noqa: BLE001 - TVM's own check: not a padding pattern
+            _probe(f"decompose_padding of block {name}", err)
             fill = None
         if fill is not None:
             first = _schedule_spatial(sch, sch.get(fill).name_hint, params)
