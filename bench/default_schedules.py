@@ -55,7 +55,7 @@ def compile_step(build_model, x_shape, target, scheduled):
     model = build_model()
     original = cpu_schedule.default_cpu_schedule
     if not scheduled:
-        cpu_schedule.default_cpu_schedule = lambda mod, target, report=None: mod
+        cpu_schedule.default_cpu_schedule = lambda mod, target, *args, **kwargs: mod
     # Cold compiles, and never a cached build: the cache cannot see the patch above.
     os.environ["TVMFRONT_CACHE"] = "0"
     try:
