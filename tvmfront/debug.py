@@ -1,0 +1,108 @@
+"""NaN/Inf debugging: a compiled step that checks every kernel's output and names the first
+op that produced a non-finite value.
+
+Under ``tvf.debug_nans()`` (or ``compile_*(..., debug_nans=True)``, or
+``TVMFRONT_DEBUG_NANS=1`` at compile time) the lowering skips fusion, so each kernel is one
+op, and after every kernel call inserts ``call_packed("tvmfront.check_finite", out, kernel,
+function)``. That function, registered here from Python, raises NonFiniteOpError naming the op
+(the kernel's name: ``log``, ``relu_grad0`` for relu's input gradient, ...). The VM runs
+bindings in order, so the first check to fail is the first op that went wrong. The checks
+change the lowered IR, so debug builds never share a compile-cache entry with normal ones.
+"""
+
+import contextlib
+import contextvars
+import os
+import re
+
+import numpy as np
+
+from ._tvm import (PyExprMutator, mutator, register_error, register_global_func, relax,
+                   relax_call_tir_op, to_numpy, tvm)
+from .errors import NonFiniteOpError
+
+CHECK = "tvmfront.check_finite"
+_setting = contextvars.ContextVar("tvmfront_debug_nans", default=None)
+
+
+@contextlib.contextmanager
+def debug_nans(enabled=True):
+    """Within this block, compile_training / compile_inference build steps that check every
+    kernel's output for NaN/Inf and raise NonFiniteOpError naming the first op that made one.
+    Slower (no fusion, one check per kernel): for finding a NaN, not for training.
+
+    >>> with tvf.debug_nans():
+    ...     module = tvf.compile_training(model, loss, opt, inputs=..., labels=...)
+    >>> module.step(x, y)   # NonFiniteOpError: op 'log' (kernel log in loss) produced NaN ...
+    """
+    token = _setting.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _setting.reset(token)
+
+
+def enabled(explicit=None):
+    """The setting in force: the argument, else the innermost debug_nans(), else
+    TVMFRONT_DEBUG_NANS=1."""
+    if explicit is not None:
+        return bool(explicit)
+    if _setting.get() is not None:
+        return _setting.get()
+    return os.environ.get("TVMFRONT_DEBUG_NANS", "0") == "1"
+
+
+def op_name(kernel):
+    """The op behind a kernel's name: Relax numbers repeated names ('log1' -> 'log')."""
+    return re.sub(r"(?<=[A-Za-z_])\d+$", "", kernel) or kernel
+
+
+def _check_finite(tensor, kernel, function):
+    a = to_numpy(tensor) if hasattr(tensor, "device") else np.asarray(tensor)
+    bad = ~np.isfinite(a)
+    if bad.any():
+        nans = int(np.isnan(a).sum())
+        what = "NaN" if nans else "Inf"
+        op = op_name(str(kernel))
+        raise NonFiniteOpError(
+            f"op '{op}' (kernel {kernel} in {function}) produced {what}: {int(bad.sum())} of "
+            f"{a.size} values are not finite ({nans} NaN); it is the first kernel of this call "
+            f"whose output is not finite")
+
+
+register_global_func(CHECK, _check_finite, override=True)
+register_error(NonFiniteOpError)  # so the error leaves the VM as itself, not a RuntimeError
+
+
+@mutator
+class _InsertChecks(PyExprMutator):
+    """After each call_tir binding with a float output, call CHECK on that output."""
+
+    function = ""
+
+    def visit_var_binding_(self, binding):
+        super().visit_var_binding_(binding)
+        value = binding.value
+        if not (isinstance(value, relax.Call) and value.op.same_as(relax_call_tir_op())):
+            return
+        kernel = value.args[0].name_hint
+        var = binding.var  # this mutator changes no expression, so bindings keep their vars
+        fields = var.ty.fields if isinstance(var.ty, relax.TupleType) else [var.ty]
+        for i, ty in enumerate(fields):
+            out = relax.TupleGetItem(var, i) if isinstance(var.ty, relax.TupleType) else var
+            if str(getattr(ty, "dtype", "")).startswith(("float", "bfloat")):
+                self.builder_.emit(relax.Call(
+                    relax.ExternFunc(CHECK), [out, tvm.ir.StringImm(kernel),
+                                              tvm.ir.StringImm(self.function)],
+                    ty_args=[relax.TupleType([])]))
+
+
+def insert_finite_checks(mod):
+    """The debug stage: every Relax function checks each kernel output as it is computed."""
+    mod = relax.transform.ToNonDataflow()(mod)  # checks are impure: no dataflow blocks
+    rewriter = _InsertChecks(mod)
+    for gvar, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            rewriter.function = gvar.name_hint
+            rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
+    return relax.transform.RemovePurityChecking()(rewriter.builder_.get())
