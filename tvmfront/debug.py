@@ -52,9 +52,14 @@ def enabled(explicit=None):
     return os.environ.get("TVMFRONT_DEBUG_NANS", "0") == "1"
 
 
-def op_name(kernel):
-    """The op behind a kernel's name: Relax numbers repeated names ('log1' -> 'log')."""
-    return re.sub(r"(?<=[A-Za-z_])\d+$", "", kernel) or kernel
+def describe(kernel):
+    """(op name, what the kernel computes of it) from a kernel's name: Relax numbers repeated
+    names ('log1' is op log), and an op's gradient kernels are '<op>_grad<input>'."""
+    name = re.sub(r"(?<=[A-Za-z_])\d+$", "", kernel) or kernel
+    grad = re.fullmatch(r"(.+)_grad(\d)\d*", kernel)  # Relax may append a number
+    if grad:
+        return grad.group(1), f"its gradient for input {grad.group(2)}, kernel {kernel}"
+    return name, f"kernel {kernel}"
 
 
 def _check_finite(tensor, kernel, function):
@@ -63,9 +68,9 @@ def _check_finite(tensor, kernel, function):
     if bad.any():
         nans = int(np.isnan(a).sum())
         what = "NaN" if nans else "Inf"
-        op = op_name(str(kernel))
+        op, part = describe(str(kernel))
         raise NonFiniteOpError(
-            f"op '{op}' (kernel {kernel} in {function}) produced {what}: {int(bad.sum())} of "
+            f"op '{op}' ({part} in {function}) produced {what}: {int(bad.sum())} of "
             f"{a.size} values are not finite ({nans} NaN); it is the first kernel of this call "
             f"whose output is not finite")
 
