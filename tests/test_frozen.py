@@ -49,3 +49,23 @@ def test_parameter_repr_and_default():
     p = nn.Parameter(np.zeros(3, "float32"))
     assert p.requires_grad
     assert "requires_grad=False" in repr(nn.Parameter(np.zeros(3), requires_grad=False))
+
+
+def _gradient_kernels(model):
+    from tvmfront import graph
+
+    mod, sig = graph.build_training(model, nn.CrossEntropyLoss(), (6, 4), (6,))
+    return sorted(gv.name_hint for gv in graph.gradient(mod, sig).functions
+                  if "_grad" in gv.name_hint)
+
+
+def test_frozen_parameters_get_no_gradient_kernel():
+    trained = _gradient_kernels(_model())
+    model = _model()
+    model[0].weight.requires_grad = False
+    model[0].bias.requires_grad = False
+    frozen = _gradient_kernels(model)
+    # Layer 0 is frozen and x needs no gradient: nothing flows back past layer 2's input.
+    assert "tanh_grad0" in trained and "dense_grad1" in trained, trained
+    assert not any(k.startswith("tanh_grad") for k in frozen), frozen
+    assert len(frozen) < len(trained) - 2

@@ -103,3 +103,35 @@ def test_debug_nans_names_a_gradient_op():
                                                    r"kernel sqrt_grad0 in \w+\) produced Inf") as info:
         module.step(x, y)
     assert info.value.op == "sqrt"
+
+
+def test_kernel_names_map_to_ops():
+    from tvmfront.debug import describe
+
+    kernels = {"log", "log1", "log12", "dense_grad1", "dense_grad11", "split2", "sqrt_grad0"}
+    assert describe("log12", kernels) == ("log", "kernel log12")  # Relax's numbering
+    assert describe("split2", kernels) == ("split2", "kernel split2")  # the op's own name
+    assert describe("dense_grad11", kernels) == ("dense", "its gradient for input 1, kernel "
+                                                          "dense_grad11")
+    assert describe("sqrt_grad0", kernels)[0] == "sqrt"
+
+
+def test_debug_nans_checks_every_output_of_a_multi_output_op():
+    te = tvf.te
+
+    @tvf.op
+    def twice_and_log(x):
+        return [te.compute(x.shape, lambda *i: x(*i) * 2.0, name="twice"),
+                te.compute(x.shape, lambda *i: te.log(x(*i)), name="log")]
+
+    class TwoOut(nn.Module):
+        def forward(self, x):
+            a, b = twice_and_log(x)
+            return a + b
+
+    module = tvf.compile_inference(TwoOut(), inputs=(2, 4), debug_nans=True)
+    assert np.isfinite(module(np.ones((2, 4), "float32"))).all()
+    x = np.ones((2, 4), "float32")
+    x[0, 3] = -1.0  # the second output, log, is NaN there
+    with pytest.raises(tvf.NonFiniteOpError, match=r"op 'twice_and_log' .* produced NaN: 1 of 8"):
+        module(x)

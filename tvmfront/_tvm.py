@@ -20,7 +20,8 @@ from tvm.runtime import load_module
 
 __all__ = [
     "tvm", "te", "relax", "tirx", "PyExprMutator", "mutator", "load_module",
-    "TVM_VERSION", "register_error", "register_global_func", "to_device", "to_numpy", "Target", "structural_equal",
+    "TVM_VERSION", "register_error", "register_global_func", "to_device", "to_numpy", "Target",
+    "structural_equal",
     "device_for", "virtual_machine", "call_tir_with_grad_op", "llvm_system_cpu",
     "llvm_has_features",
 ]

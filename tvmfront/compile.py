@@ -53,8 +53,8 @@ def compile_training(model, loss, optimizer, inputs, labels, target="x86", recor
     dump_ir: directory receiving the IR after every pipeline stage (or TVMFRONT_DUMP_IR).
     derived_gradients: True uses every op's derived gradient even where an explicit `.grad`
       exists (or TVMFRONT_DERIVED_GRADIENTS=1).
-    debug_nans: True checks every kernel's output for NaN/Inf and raises NonFiniteError naming
-      the first op that made one (or tvf.debug_nans(), or TVMFRONT_DEBUG_NANS=1). Slower.
+    debug_nans: True checks every kernel's output for NaN/Inf and raises NonFiniteOpError
+      naming the first op that made one (or tvf.debug_nans(), or TVMFRONT_DEBUG_NANS=1). Slower.
 
     >>> step = tvf.compile_training(model, tvf.nn.CrossEntropyLoss(), tvf.optim.Adam(1e-3),
     ...                             inputs=(64, 1, 8, 8), labels=(64,))

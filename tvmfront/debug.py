@@ -5,7 +5,7 @@ Under ``tvf.debug_nans()`` (or ``compile_*(..., debug_nans=True)``, or
 ``TVMFRONT_DEBUG_NANS=1`` at compile time) the lowering skips fusion, so each kernel is one
 op, and after every kernel call inserts ``call_packed("tvmfront.check_finite", out, kernel,
 function)``. That function, registered here from Python, raises NonFiniteOpError naming the op
-(the kernel's name: ``log``, ``relu_grad0`` for relu's input gradient, ...). The VM runs
+and the kernel (``log``; ``sqrt_grad0``, sqrt's gradient for its input 0). The VM runs
 bindings in order, so the first check to fail is the first op that went wrong. The checks
 change the lowered IR, so debug builds never share a compile-cache entry with normal ones.
 """
@@ -33,7 +33,7 @@ def debug_nans(enabled=True):
 
     >>> with tvf.debug_nans():
     ...     module = tvf.compile_training(model, loss, opt, inputs=..., labels=...)
-    >>> module.step(x, y)   # NonFiniteOpError: op 'log' (kernel log in loss) produced NaN ...
+    >>> module.step(x, y)   # NonFiniteOpError: op 'log' (kernel log in loss_adjoint) produced NaN
     """
     token = _setting.set(bool(enabled))
     try:
@@ -52,25 +52,30 @@ def enabled(explicit=None):
     return os.environ.get("TVMFRONT_DEBUG_NANS", "0") == "1"
 
 
-def describe(kernel):
-    """(op name, what the kernel computes of it) from a kernel's name: Relax numbers repeated
-    names ('log1' is op log), and an op's gradient kernels are '<op>_grad<input>'."""
-    name = re.sub(r"(?<=[A-Za-z_])\d+$", "", kernel) or kernel
-    grad = re.fullmatch(r"(.+)_grad(\d)\d*", kernel)  # Relax may append a number
+def describe(kernel, kernels):
+    """(op name, which kernel of it) from a kernel's name. Relax numbers a repeated name
+    ('log', 'log1', 'log2'), so a name that is another kernel's name plus digits is that
+    kernel again; an op's gradient kernels are named '<op>_grad<input index>'."""
+    base = kernel
+    for cut in range(len(kernel) - 1, 0, -1):
+        if not kernel[cut:].isdigit():
+            break
+        if kernel[:cut] in kernels:
+            base = kernel[:cut]
+    grad = re.fullmatch(r"(.+)_grad(\d+)", base)
     if grad:
         return grad.group(1), f"its gradient for input {grad.group(2)}, kernel {kernel}"
-    return name, f"kernel {kernel}"
+    return base, f"kernel {kernel}"
 
 
-def _check_finite(tensor, kernel, function):
+def _check_finite(tensor, op, where):
     a = to_numpy(tensor) if hasattr(tensor, "device") else np.asarray(tensor)
     bad = ~np.isfinite(a)
     if bad.any():
         nans = int(np.isnan(a).sum())
         what = "NaN" if nans else "Inf"
-        op, part = describe(str(kernel))
         raise NonFiniteOpError(
-            f"op '{op}' ({part} in {function}) produced {what}: {int(bad.sum())} of "
+            f"op '{op}' ({where}) produced {what}: {int(bad.sum())} of "
             f"{a.size} values are not finite ({nans} NaN); it is the first kernel of this call "
             f"whose output is not finite")
 
@@ -83,22 +88,23 @@ register_error(NonFiniteOpError)  # so the error leaves the VM as itself, not a 
 class _InsertChecks(PyExprMutator):
     """After each call_tir binding with a float output, call CHECK on that output."""
 
-    function = ""
+    function = ""  # the Relax function being rewritten
+    kernels = frozenset()  # names of the module's kernels
 
     def visit_var_binding_(self, binding):
         super().visit_var_binding_(binding)
         value = binding.value
         if not (isinstance(value, relax.Call) and value.op.same_as(relax_call_tir_op())):
             return
-        kernel = value.args[0].name_hint
+        op, part = describe(value.args[0].name_hint, self.kernels)
+        where = f"{part} in {self.function}"
         var = binding.var  # this mutator changes no expression, so bindings keep their vars
         fields = var.ty.fields if isinstance(var.ty, relax.TupleType) else [var.ty]
         for i, ty in enumerate(fields):
             out = relax.TupleGetItem(var, i) if isinstance(var.ty, relax.TupleType) else var
             if str(getattr(ty, "dtype", "")).startswith(("float", "bfloat")):
                 self.builder_.emit(relax.Call(
-                    relax.ExternFunc(CHECK), [out, tvm.ir.StringImm(kernel),
-                                              tvm.ir.StringImm(self.function)],
+                    relax.ExternFunc(CHECK), [out, tvm.ir.StringImm(op), tvm.ir.StringImm(where)],
                     ty_args=[relax.TupleType([])]))
 
 
@@ -106,6 +112,8 @@ def insert_finite_checks(mod):
     """The debug stage: every Relax function checks each kernel output as it is computed."""
     mod = relax.transform.ToNonDataflow()(mod)  # checks are impure: no dataflow blocks
     rewriter = _InsertChecks(mod)
+    rewriter.kernels = frozenset(gv.name_hint for gv, f in mod.functions.items()
+                                 if not isinstance(f, relax.Function))
     for gvar, func in mod.functions.items():
         if isinstance(func, relax.Function):
             rewriter.function = gvar.name_hint

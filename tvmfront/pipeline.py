@@ -20,7 +20,9 @@ class _LowerGradCalls(PyExprMutator):
     def visit_call_(self, call):
         call = super().visit_call_(call)
         if call.op.same_as(call_tir_with_grad_op()):
-            return relax.call_tir(call.args[0], call.args[1], call.ty_args[0])
+            out = call.ty_args[0]  # one TensorType, or a TupleType for an op with several outputs
+            out = list(out.fields) if isinstance(out, relax.TupleType) else out
+            return relax.call_tir(call.args[0], call.args[1], out)
         return call
 
 

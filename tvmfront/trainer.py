@@ -85,8 +85,8 @@ class Trainer:
                     self.progress.end(e + 1, start_epoch + epochs, {"loss": losses[-1]})
                     raise NonFiniteLossError(
                         f"fit: the loss became {losses[-1]} at epoch {e + 1}, step {i} "
-                        f"(train step {m.step_count}); the parameters this step wrote are not "
-                        f"finite either. Lower the learning rate, or compile under "
+                        f"(train step {m.step_count}); the parameters this step wrote are "
+                        f"likely not finite either. Lower the learning rate, or compile under "
                         f"tvf.debug_nans() to name the op that first produced NaN/Inf.",
                         epoch=e + 1, step=i)
                 rate = i * m.batch_size / (time.perf_counter() - t0)
