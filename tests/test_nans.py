@@ -99,8 +99,8 @@ def test_debug_nans_names_a_gradient_op():
                                   inputs=(8, 4), labels=(8,), debug_nans=True)
     x, y = _positive()
     assert np.isfinite(module.loss(x, y))
-    with pytest.raises(tvf.NonFiniteOpError, match=r"op 'sqrt' \(its gradient for input 0, "
-                                                   r"kernel sqrt_grad0 in \w+\) produced Inf") as info:
+    match = r"op 'sqrt' \(its gradient for input 0, kernel sqrt_grad0 in \w+\) produced Inf"
+    with pytest.raises(tvf.NonFiniteOpError, match=match) as info:
         module.step(x, y)
     assert info.value.op == "sqrt"
 

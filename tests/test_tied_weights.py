@@ -80,15 +80,16 @@ def test_one_parameter_one_gradient_one_state():
         module.load_state_dict(dict(state, **{"a.weight": w}))
         return module.loss(x, y)
 
-    numeric = (loss_at(state["a.weight"] + eps * d) - loss_at(state["a.weight"] - eps * d)) / (2 * eps)
+    w = state["a.weight"]
+    numeric = (loss_at(w + eps * d) - loss_at(w - eps * d)) / (2 * eps)
     assert np.isclose(float((grads["a.weight"] * d).sum()), numeric, rtol=2e-3, atol=1e-5)
 
 
 def _torch_python(request):
     python = os.environ.get("TVMFRONT_TORCH_PYTHON") or str(ROOT / ".venv-bench" / "bin" / "python")
     if not os.path.exists(python):
-        skip_loudly(request, f"PyTorch parity of weight tying NOT CHECKED: no {python} "
-                             "(bash bench/setup.sh makes .venv-bench, or set TVMFRONT_TORCH_PYTHON)")
+        skip_loudly(request, f"PyTorch parity of weight tying NOT CHECKED: no {python} (bash "
+                             "bench/setup.sh makes .venv-bench, or set TVMFRONT_TORCH_PYTHON)")
     return python
 
 
