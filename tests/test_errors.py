@@ -43,7 +43,7 @@ def test_wrong_input_dtype(mlp):
     with pytest.raises(tvf.ShapeError, match="got shape .* dtype float64"):
         mlp.step(x.astype("float64"), y)
     with pytest.raises(tvf.ShapeError, match="y: expected shape .* dtype int64"):
-        mlp.step(x, y.astype("int32"))
+        mlp.step(x, y.astype("float32"))  # class ids are integers
 
 
 def test_labels_out_of_range(mlp):

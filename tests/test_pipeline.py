@@ -16,6 +16,15 @@ def test_lowering_order():
     assert names.index("legalize") < names.index("fuse_ops") < names.index("fuse_tir")
 
 
+def test_debug_nans_lowering_order():
+    names = [name for name, _ in pipeline.lowering(debug_nans=True)]
+    assert pipeline.lowering(debug_nans=False) is pipeline.LOWERING
+    # One op per kernel (no fusion), every kernel legalized before it is checked, and the
+    # checks in place before dead-code elimination, which keeps them (they are impure).
+    assert "fuse_ops" not in names and "fuse_tir" not in names
+    assert names.index("legalize") < names.index("check_finite") < names.index("dead_code")
+
+
 def test_dump_ir_after_every_stage(tmp_path):
     tvf.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))

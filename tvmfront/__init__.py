@@ -5,7 +5,9 @@ from ._version import __version__
 from . import data, nn, ops, optim
 from ._tvm import te, tirx
 from .compile import compile_inference, compile_training
-from .errors import BundleError, GradientError, ShapeError, TargetError, TvmfrontError
+from .debug import debug_nans
+from .errors import (BundleError, CheckpointError, GradientError, NonFiniteError,
+                     NonFiniteLossError, NonFiniteOpError, ShapeError, TargetError, TvmfrontError)
 from .gradcheck import gradcheck
 from .nn.init import manual_seed
 from .op import Op, derived_gradients, op
@@ -17,9 +19,10 @@ from .trainer import Trainer
 from .tune import TuneReport, tune
 
 __all__ = [
-    "BundleError", "GradientError", "InferenceModule", "Op", "OpCheckError", "OpCheckReport",
+    "BundleError", "CheckpointError", "GradientError", "NonFiniteError", "NonFiniteLossError",
+    "NonFiniteOpError", "InferenceModule", "Op", "OpCheckError", "OpCheckReport",
     "ShapeError", "TargetError",
     "TensorSpec", "Trainer", "TrainingModule", "TvmfrontError", "compile_inference",
-    "compile_training", "data", "derived_gradients", "gradcheck", "load", "opcheck", "manual_seed", "nn", "op", "ops", "optim", "targets", "te", "tirx",
+    "compile_training", "data", "debug_nans", "derived_gradients", "gradcheck", "load", "opcheck", "manual_seed", "nn", "op", "ops", "optim", "targets", "te", "tirx",
     "tune", "TuneReport",
 ]

@@ -20,13 +20,15 @@ from tvm.runtime import load_module
 
 __all__ = [
     "tvm", "te", "relax", "tirx", "PyExprMutator", "mutator", "load_module",
-    "TVM_VERSION", "register_global_func", "to_device", "to_numpy", "Target", "structural_equal",
+    "TVM_VERSION", "register_error", "register_global_func", "to_device", "to_numpy", "Target",
+    "structural_equal",
     "device_for", "virtual_machine", "call_tir_with_grad_op", "llvm_system_cpu",
     "llvm_has_features", "llvm_cpu_features", "llvm_host_cpu_features",
 ]
 
 TVM_VERSION = tvm.__version__
 register_global_func = tvm_ffi.register_global_func
+register_error = tvm_ffi.register_error  # a Python error raised in a packed func keeps its type
 structural_equal = tvm_ffi.structural_equal
 Target = tvm.target.Target
 

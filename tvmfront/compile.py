@@ -1,11 +1,11 @@
 """compile_training / compile_inference: model -> graph -> pipeline -> build -> module."""
 
-from . import config, graph
+from . import config, debug, graph
 from . import op as op_mod
 from ._tvm import TVM_VERSION
 from ._version import __version__
 from . import pipeline as pipeline_mod
-from .build import build
+from .build import build_lowered
 from .nn.loss import CrossEntropyLoss
 from .runtime.modules import InferenceModule, TrainingModule
 from .target import target_architecture, target_json, target_key
@@ -23,16 +23,29 @@ def _manifest(kind, sig, target):
         "inputs": sig.inputs.to_json(),
         "outputs": sig.outputs.to_json(),
         "parameters": [dict(name=n, **s.to_json()) for n, s in sig.params],
+        "frozen": list(sig.frozen),  # parameters the train step leaves unchanged
         "scalar_dtype": sig.scalar_dtype,
     }
 
 
+def _build(mod, target, records, dump_ir, debug_nans):
+    """Lower (with NaN/Inf checks after every kernel under debug_nans), schedule, compile."""
+    dump_ir = dump_ir or config.dump_ir_dir()
+    lowered = pipeline_mod.run(mod, pipeline_mod.lowering(debug.enabled(debug_nans)), dump_ir)
+    return build_lowered(lowered, target, records, dump_ir)
+
+
 def compile_training(model, loss, optimizer, inputs, labels, target="x86", records=None,
-                     dump_ir=None, derived_gradients=None):
+                     dump_ir=None, derived_gradients=None, debug_nans=None):
     """Compile forward, loss, backward and optimizer update into one train step.
 
-    inputs / labels: TensorSpec or shape tuple of one batch; a bare label shape gets the
-    loss's label dtype (int64 for CrossEntropyLoss, the output dtype for MSELoss).
+    inputs / labels: one batch's shape tuple, TensorSpec, or an example array (its shape and
+      dtype are taken). A bare label shape gets the loss's label dtype (int64 for
+      CrossEntropyLoss, the output dtype for MSELoss); CrossEntropyLoss takes labels of any
+      integer dtype (e.g. TensorSpec((64,), "int32")).
+    Parameters with requires_grad=False are not trained (no gradient, no optimizer state);
+    a Parameter shared by several modules is one parameter with one gradient (the sum over
+    its uses) and one optimizer state.
     records: where tuning records come from (tvf.tune writes them): a records root holding
       one folder per target key, or one MetaSchedule database folder; None takes
       TVMFRONT_RECORDS or the default root (<repo>/schedules) when it exists; False, none.
@@ -40,6 +53,8 @@ def compile_training(model, loss, optimizer, inputs, labels, target="x86", recor
     dump_ir: directory receiving the IR after every pipeline stage (or TVMFRONT_DUMP_IR).
     derived_gradients: True uses every op's derived gradient even where an explicit `.grad`
       exists (or TVMFRONT_DERIVED_GRADIENTS=1).
+    debug_nans: True checks every kernel's output for NaN/Inf and raises NonFiniteOpError
+      naming the first op that made one (or tvf.debug_nans(), or TVMFRONT_DEBUG_NANS=1). Slower.
 
     >>> step = tvf.compile_training(model, tvf.nn.CrossEntropyLoss(), tvf.optim.Adam(1e-3),
     ...                             inputs=(64, 1, 8, 8), labels=(64,))
@@ -49,10 +64,10 @@ def compile_training(model, loss, optimizer, inputs, labels, target="x86", recor
         derived_gradients = config.derived_gradients()
     with op_mod.derived_gradients(derived_gradients):
         mod, sig = graph.build_training(model, loss, inputs, labels)
-        stages = [("gradient", graph.gradient),
+        stages = [("gradient", lambda m: graph.gradient(m, sig)),
                   ("append_optimizer", lambda m: graph.append_optimizer(m, sig, optimizer))]
         mod = pipeline_mod.run(mod, stages, dump_ir)
-    built = build(mod, target, records, dump_ir and f"{dump_ir}/lowering")
+    built = _build(mod, target, records, dump_ir and f"{dump_ir}/lowering", debug_nans)
     manifest = _manifest("training", sig, built.target)
     manifest["labels"] = sig.labels.to_json()
     manifest["loss"] = getattr(loss, "name", type(loss).__name__)
@@ -67,11 +82,11 @@ def compile_training(model, loss, optimizer, inputs, labels, target="x86", recor
     return _remember(module, built, records)
 
 
-def compile_inference(model, inputs, target="x86", records=None, dump_ir=None):
-    """Compile the model's forward at the input spec; returns a callable InferenceModule.
-    records: as for compile_training."""
+def compile_inference(model, inputs, target="x86", records=None, dump_ir=None, debug_nans=None):
+    """Compile the model's forward at the input spec (shape, TensorSpec or example array);
+    returns a callable InferenceModule. records, debug_nans: as for compile_training."""
     mod, sig = graph.build_forward(model, inputs)
-    built = build(mod, target, records, dump_ir)
+    built = _build(mod, target, records, dump_ir, debug_nans)
     module = InferenceModule(built.library, _manifest("inference", sig, built.target),
                              model.state_dict(), library_bytes=built.library_bytes,
                              executable=built.executable)

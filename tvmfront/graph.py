@@ -3,7 +3,8 @@
 Functions of a training IRModule (parameters `p*`, optimizer state `s*`, all flat):
   predict(x, *p) -> y                                   the forward
   loss(x, y, *p) -> scalar                              forward + loss
-  loss_adjoint(x, y, *p) -> (loss, (dp...))             added by Relax's Gradient
+  loss_adjoint(x, y, *p) -> (loss, (dp...))             added by Relax's Gradient; one dp per
+                                                        trainable parameter (requires_grad)
   train_step(x, y, lr, step, *p, *s) -> (loss, *p', *s')  added by append_optimizer
 """
 
@@ -24,7 +25,8 @@ class GraphSignature:
     inputs: TensorSpec
     labels: TensorSpec = None
     outputs: TensorSpec = None
-    params: list = field(default_factory=list)  # [(name, TensorSpec)]
+    params: list = field(default_factory=list)  # [(name, TensorSpec)], one per Parameter
+    frozen: list = field(default_factory=list)  # names of parameters with requires_grad False
     state: list = field(default_factory=list)  # [(name, TensorSpec, fill)]
     scalar_dtype: str = "float32"  # dtype of the lr and step inputs
 
@@ -44,7 +46,9 @@ def _emit_function(bb, name, args, body):
 
 
 def _traced_forward(bb, model, named_params, pvars, x, trainable):
-    bindings = {id(p): Tensor(v, requires_grad=trainable, name=name)
+    # named_params lists a tied Parameter once: every use reads the same input, so Relax's
+    # Gradient sums the uses' adjoints into its one gradient.
+    bindings = {id(p): Tensor(v, requires_grad=trainable and p.requires_grad, name=name)
                 for (name, p), v in zip(named_params, pvars)}
     trace = Trace(bb, bindings)
     with tracing(trace):
@@ -56,7 +60,7 @@ def _traced_forward(bb, model, named_params, pvars, x, trainable):
 
 def build_forward(model, inputs):
     """IRModule with `predict(x, *params)`, and its signature."""
-    inputs = TensorSpec.of(inputs)
+    inputs = TensorSpec.of(inputs, what="inputs")
     named = model.named_parameters()
     bb = relax.BlockBuilder()
     x = new_var("x", inputs.shape, inputs.dtype)
@@ -71,7 +75,8 @@ def build_forward(model, inputs):
     _emit_function(bb, "predict", [x, *pvars], body)
     out = result["out"]
     sig = GraphSignature(inputs=inputs, outputs=TensorSpec(out.shape, out.dtype),
-                         params=[(n, TensorSpec(p.shape, p.dtype)) for n, p in named])
+                         params=[(n, TensorSpec(p.shape, p.dtype)) for n, p in named],
+                         frozen=[n for n, p in named if not p.requires_grad])
     return bb.get(), sig
 
 
@@ -79,7 +84,11 @@ def build_training(model, loss_fn, inputs, labels):
     """IRModule with `predict` and `loss`, and its signature (no optimizer state yet)."""
     mod, sig = build_forward(model, inputs)
     # A bare label shape takes the loss's label dtype (int64 class ids) or the output's.
-    sig.labels = TensorSpec.of(labels, getattr(loss_fn, "label_dtype", None) or sig.outputs.dtype)
+    sig.labels = TensorSpec.of(labels, getattr(loss_fn, "label_dtype", None) or sig.outputs.dtype,
+                               what="labels")
+    if len(sig.frozen) == len(sig.params):
+        raise ValueError("compile_training: every parameter has requires_grad=False; "
+                         "there is nothing to train")
     named = model.named_parameters()
     bb = relax.BlockBuilder(mod)
     x = new_var("x", sig.inputs.shape, sig.inputs.dtype)
@@ -101,15 +110,26 @@ def build_training(model, loss_fn, inputs, labels):
     return bb.get(), sig
 
 
-def gradient(mod):
-    """Relax's Gradient on `loss` w.r.t. every parameter: adds `loss_adjoint`."""
+def trainable(sig):
+    """Names of the parameters the step updates, in signature order."""
+    return [n for n, _ in sig.params if n not in sig.frozen]
+
+
+def gradient(mod, sig=None):
+    """Relax's Gradient on `loss` w.r.t. every trainable parameter (all when `sig` is None):
+    adds `loss_adjoint`, returning (loss, (one gradient per trainable parameter))."""
     params = list(mod["loss"].params)[2:]
+    if sig is not None:
+        frozen = set(sig.frozen)
+        params = [v for v, (n, _) in zip(params, sig.params) if n not in frozen]
     return relax.transform.Gradient("loss", require_grads=params)(mod)
 
 
 def append_optimizer(mod, sig, optimizer):
     """Add `train_step`: loss_adjoint, then the optimizer's update rule traced with ops."""
-    param_specs = {n: (s.shape, s.dtype) for n, s in sig.params}
+    # Frozen parameters get no optimizer state and come out of the step as they went in.
+    names = trainable(sig)
+    param_specs = {n: (s.shape, s.dtype) for n, s in sig.params if n in names}
     state_init = optimizer.init(param_specs)
     sig.state = [(n, TensorSpec(shape, dtype), fill) for n, (shape, dtype, fill) in state_init.items()]
     bb = relax.BlockBuilder(mod)
@@ -126,14 +146,14 @@ def append_optimizer(mod, sig, optimizer):
         result = bb.emit(relax.Call(adjoint, [x, y, *pvars]))
         loss = bb.emit(relax.TupleGetItem(result, 0))
         grads_tuple = bb.emit(relax.TupleGetItem(result, 1))
-        names = [n for n, _ in sig.params]
         grads = {n: Tensor(bb.emit(relax.TupleGetItem(grads_tuple, i))) for i, n in enumerate(names)}
-        params = {n: Tensor(v) for n, v in zip(names, pvars)}
+        params = {n: Tensor(v) for (n, _), v in zip(sig.params, pvars)}
         state = {n: Tensor(v) for (n, _, _), v in zip(sig.state, svars)}
         with tracing(Trace(bb)):
             updates, new_state = optimizer.update(grads, state, params,
                                                   {"lr": Tensor(lr), "step": Tensor(step)})
-            new_params = [params[n] + updates[n] for n in names]
+            new_params = [params[n] + updates[n] if n in grads else params[n]
+                          for n, _ in sig.params]
         missing = set(state) ^ set(new_state)
         if missing:
             raise RuntimeError(f"optimizer {optimizer!r}: update returned state {sorted(new_state)}"

@@ -8,6 +8,7 @@ to a directory when asked (argument or TVMFRONT_DUMP_IR).
 import os
 
 from . import config
+from .debug import insert_finite_checks
 from ._tvm import PyExprMutator, call_tir_with_grad_op, mutator, relax, tvm
 
 
@@ -19,7 +20,9 @@ class _LowerGradCalls(PyExprMutator):
     def visit_call_(self, call):
         call = super().visit_call_(call)
         if call.op.same_as(call_tir_with_grad_op()):
-            return relax.call_tir(call.args[0], call.args[1], call.ty_args[0])
+            out = call.ty_args[0]  # one TensorType, or a TupleType for an op with several outputs
+            out = list(out.fields) if isinstance(out, relax.TupleType) else out
+            return relax.call_tir(call.args[0], call.args[1], out)
         return call
 
 
@@ -45,6 +48,16 @@ LOWERING = [
     ("fuse_tir", _tvm_pass(relax.transform.FuseTIR())),
     ("dead_code", _tvm_pass(relax.transform.DeadCodeElimination())),  # keeps public functions
 ]
+
+# Under tvf.debug_nans(): no fusion (one op per kernel, so a failing check names one op), and
+# every kernel's output checked for NaN/Inf as it is computed (tvmfront/debug.py).
+DEBUG_NANS_LOWERING = [stage for stage in LOWERING if stage[0] not in ("fuse_ops", "fuse_tir")]
+DEBUG_NANS_LOWERING.insert(len(DEBUG_NANS_LOWERING) - 1, ("check_finite", insert_finite_checks))
+
+
+def lowering(debug_nans=False):
+    """The lowering stages: LOWERING, or DEBUG_NANS_LOWERING when checking for NaN/Inf."""
+    return DEBUG_NANS_LOWERING if debug_nans else LOWERING
 
 
 def run(mod, stages, dump_dir=None):

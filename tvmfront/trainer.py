@@ -1,12 +1,14 @@
 """Trainer: the Python loop around a compiled train step (fit / evaluate over numpy data)."""
 
+import math
 import sys
 import time
 
 import numpy as np
 
-from . import config
+from . import checkpoint, config
 from .data import batches
+from .errors import CheckpointError, NonFiniteLossError
 
 
 def _metrics(kind, outputs, y):
@@ -79,6 +81,14 @@ class Trainer:
                 if augment is not None:
                     xb = augment(xb, rng)
                 losses.append(m.step(xb, yb, lr=lr))
+                if not math.isfinite(losses[-1]):
+                    self.progress.end(e + 1, start_epoch + epochs, {"loss": losses[-1]})
+                    raise NonFiniteLossError(
+                        f"fit: the loss became {losses[-1]} at epoch {e + 1}, step {i} "
+                        f"(train step {m.step_count}); the parameters this step wrote are "
+                        f"likely not finite either. Lower the learning rate, or compile under "
+                        f"tvf.debug_nans() to name the op that first produced NaN/Inf.",
+                        epoch=e + 1, step=i)
                 rate = i * m.batch_size / (time.perf_counter() - t0)
                 self.progress.update(e + 1, start_epoch + epochs, i, steps, losses[-1], rate)
             seconds = time.perf_counter() - t0
@@ -89,6 +99,35 @@ class Trainer:
             self.history.append(record)
             self.progress.end(e + 1, start_epoch + epochs, record)
         return self.history
+
+    def save_checkpoint(self, path):
+        """Write one safetensors file at `path`, atomically: parameters, optimizer state, step
+        count, epoch, seed, learning rate and history. `load_checkpoint` resumes from it."""
+        m = self.module
+        meta = {"step": m.step_count, "epoch": len(self.history), "seed": self.seed,
+                "lr": m.lr, "history": self.history, "target_key": m.manifest.get("target_key"),
+                "optimizer": m.manifest["optimizer"]["name"]}
+        data = checkpoint.encode(m.state_dict(), m.optimizer_state(), meta)
+        return checkpoint.write_atomic(path, data)
+
+    def load_checkpoint(self, path):
+        """Restore what save_checkpoint wrote into this trainer and its module, after checking
+        that every name, shape and dtype fits the module (CheckpointError otherwise); the next
+        fit continues as the saved run would have."""
+        m = self.module
+        params, optim, meta = checkpoint.read(path)
+        checkpoint.check_fits(path, "parameter", params, m.manifest["parameters"])
+        checkpoint.check_fits(path, "optimizer state tensor", optim,
+                              m.manifest["optimizer"]["state"])
+        if meta.get("optimizer") != m.manifest["optimizer"]["name"]:
+            raise CheckpointError(f"{path}: saved with optimizer {meta.get('optimizer')}, this "
+                                  f"module trains with {m.manifest['optimizer']['name']}")
+        m.load_state_dict(params)
+        # TrainingModule has no public setter for its optimizer state yet.
+        m._state = [m._to_device(optim[n]) for n in m.state_names]
+        m.step_count, m.lr = int(meta["step"]), float(meta["lr"])
+        self.seed, self.history = meta["seed"], list(meta["history"])
+        return self
 
     def evaluate(self, x, y):
         """{'loss', 'accuracy' (classification)} on (x, y), computed from predict()."""

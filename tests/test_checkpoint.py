@@ -1,0 +1,126 @@
+"""Trainer.save_checkpoint / load_checkpoint: one safetensors file, written atomically; a
+resumed run continues exactly as the uninterrupted one; damaged files are refused."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+
+import tvmfront as tvf
+
+nn = tvf.nn
+
+
+def _module(seed, hidden=8):
+    tvf.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(4, hidden), nn.Tanh(), nn.Linear(hidden, 3))
+    return tvf.compile_training(model, nn.CrossEntropyLoss(), tvf.optim.Adam(0.05),
+                                inputs=(8, 4), labels=(8,))
+
+
+def _data():
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((40, 4)).astype("float32"), rng.integers(0, 3, 40)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A run of 2 epochs checkpointed after the first, and its second epoch's history."""
+    path = str(tmp_path_factory.mktemp("ckpt") / "run.safetensors")
+    x, y = _data()
+    trainer = tvf.Trainer(_module(0), seed=5, progress=False)
+    trainer.fit(x, y, epochs=1)
+    trainer.save_checkpoint(path)
+    trainer.fit(x, y, epochs=1)
+    return path, trainer
+
+
+def test_resume_continues_like_the_uninterrupted_run(saved):
+    path, uninterrupted = saved
+    x, y = _data()
+    resumed = tvf.Trainer(_module(1), seed=0, progress=False)  # other weights, other seed
+    resumed.load_checkpoint(path)
+    assert resumed.seed == 5 and len(resumed.history) == 1 and resumed.module.step_count == 5
+    resumed.fit(x, y, epochs=1)
+    assert resumed.history == [dict(h, samples_per_s=r["samples_per_s"])
+                               for h, r in zip(uninterrupted.history, resumed.history)]
+    assert resumed.history[1]["loss"] == uninterrupted.history[1]["loss"]
+    for n, v in uninterrupted.module.state_dict().items():
+        assert np.array_equal(resumed.module.state_dict()[n], v), n
+    for n, v in uninterrupted.module.optimizer_state().items():
+        assert np.array_equal(resumed.module.optimizer_state()[n], v), n
+    assert resumed.module.loss(x[:8], y[:8]) == uninterrupted.module.loss(x[:8], y[:8])
+
+
+def test_checkpoint_is_one_safetensors_file(saved):
+    path, _ = saved
+    assert sorted(os.listdir(os.path.dirname(path))) == ["run.safetensors"]  # no temp files
+    with safe_open(path, "np") as f:
+        meta = f.metadata()
+        keys = set(f.keys())
+    assert meta["format"] == "tvmfront-checkpoint"
+    info = json.loads(meta["meta"])
+    assert info["step"] == 5 and info["epoch"] == 1 and info["seed"] == 5
+    assert len(info["history"]) == 1
+    assert {"param/0.weight", "param/2.bias", "optim/0/mu.0.weight"} <= keys
+
+
+def test_save_replaces_an_existing_checkpoint(saved, tmp_path):
+    path = str(tmp_path / "c.safetensors")
+    _, trainer = saved
+    with open(path, "wb") as f:
+        f.write(b"old")
+    trainer.save_checkpoint(path)
+    fresh = tvf.Trainer(_module(0), progress=False).load_checkpoint(path)
+    assert fresh.module.step_count == trainer.module.step_count
+    assert os.listdir(tmp_path) == ["c.safetensors"]
+
+
+def _damaged(saved, tmp_path, damage):
+    with open(saved[0], "rb") as f:
+        data = bytearray(f.read())
+    path = str(tmp_path / "bad.safetensors")
+    with open(path, "wb") as f:
+        f.write(damage(data))
+    return path
+
+
+@pytest.mark.parametrize("damage,match", [
+    (lambda d: d[:len(d) // 2], "truncated|corrupt"),
+    (lambda d: d[:len(d) - 1], "corrupt or truncated"),
+    (lambda d: d[:20], "truncated"),
+    (lambda d: b"", "too short"),
+    (lambda d: d[:-4] + bytes(b ^ 0xFF for b in d[-4:]), "does not match its recorded SHA-256"),
+    (lambda d: d[:8] + b"[" + d[9:], "corrupt safetensors header"),
+    (lambda d: d[:9] + b"\xff" + d[10:], "corrupt safetensors header"),
+], ids=["half", "last-byte", "header-cut", "empty", "bit-flip", "header-not-object",
+         "header-not-utf8"])
+def test_damaged_checkpoint_is_refused(saved, tmp_path, damage, match):
+    path = _damaged(saved, tmp_path, damage)
+    trainer = tvf.Trainer(_module(0), progress=False)
+    before = trainer.module.state_dict()
+    with pytest.raises(tvf.CheckpointError, match=match):
+        trainer.load_checkpoint(path)
+    assert trainer.module.step_count == 0
+    assert all(np.array_equal(before[n], v) for n, v in trainer.module.state_dict().items())
+
+
+def test_checkpoint_of_another_model_is_refused(saved):
+    trainer = tvf.Trainer(_module(0, hidden=6), progress=False)
+    with pytest.raises(tvf.CheckpointError, match=r"parameter '0.weight' is shape \(8, 4\) "
+                                                  r"float32 in the checkpoint, shape \(6, 4\)"):
+        trainer.load_checkpoint(saved[0])
+
+
+def test_a_bundle_file_is_not_a_checkpoint(saved, tmp_path):
+    bundle = saved[1].module.export(str(tmp_path / "bundle"))
+    with pytest.raises(tvf.CheckpointError, match="not a tvmfront checkpoint"):
+        tvf.Trainer(_module(0), progress=False).load_checkpoint(
+            os.path.join(bundle, "params.safetensors"))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(tvf.CheckpointError, match="cannot read checkpoint"):
+        tvf.Trainer(_module(0), progress=False).load_checkpoint(str(tmp_path / "nope"))

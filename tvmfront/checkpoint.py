@@ -1,0 +1,141 @@
+"""Training checkpoints: one safetensors file holding everything a Trainer needs to resume.
+
+Tensors: ``param/<name>`` (parameters) and ``optim/<name>`` (optimizer state). The header's
+metadata holds ``format``, ``format_version`` and ``meta``: JSON with the step count, epoch,
+trainer seed (batch order and augmentation draw from (seed, epoch), so seed + epoch is the
+whole RNG state), learning rate, history, the spec of every tensor and a SHA-256 over the
+tensor bytes, so a flipped byte is caught as well as a cut-off file. No pickle anywhere.
+
+Writes are atomic: a temporary file in the same folder, fsync, os.replace, fsync of the
+folder; a crash leaves the old checkpoint or the new one, never half of one.
+"""
+
+import contextlib
+import hashlib
+import json
+import os
+import struct
+import tempfile
+
+import numpy as np
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+
+from .errors import CheckpointError
+
+FORMAT = "tvmfront-checkpoint"
+FORMAT_VERSION = 1
+_PARAM, _OPTIM = "param/", "optim/"
+
+
+def _digest(tensors):
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        a = np.ascontiguousarray(tensors[name])
+        h.update(f"{name}:{a.dtype}:{a.shape};".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _specs(arrays):
+    return {n: {"shape": list(a.shape), "dtype": str(a.dtype)} for n, a in arrays.items()}
+
+
+def encode(params, optim, meta):
+    """Checkpoint bytes from {name: array} parameters and optimizer state and a JSON-able
+    meta dict."""
+    tensors = {_PARAM + n: np.ascontiguousarray(a) for n, a in params.items()}
+    tensors.update({_OPTIM + n: np.ascontiguousarray(a) for n, a in optim.items()})
+    meta = dict(meta, parameters=_specs(params), optimizer_state=_specs(optim),
+                sha256=_digest(tensors))
+    return st_save(tensors, metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION),
+                                      "meta": json.dumps(meta, sort_keys=True)})
+
+
+def write_atomic(path, data):
+    """Write `data` to `path` so that a crash at any moment leaves the old file or the new."""
+    path = os.path.abspath(os.fspath(path))
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    return path
+
+
+def _header_metadata(path, data):
+    """The safetensors header's __metadata__, checked before trusting any of the file."""
+    if len(data) < 8:
+        raise CheckpointError(f"{path}: {len(data)} bytes, too short for a checkpoint")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > len(data) - 8:
+        raise CheckpointError(f"{path}: truncated (header of {n} bytes, file of {len(data)})")
+    try:
+        header = json.loads(data[8:8 + n].decode("utf-8"))
+        meta = header.get("__metadata__") or {}
+    except (UnicodeDecodeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{path}: corrupt safetensors header ({e})") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a tvmfront checkpoint (format "
+                              f"{meta.get('format')!r})")
+    if meta.get("format_version") != str(FORMAT_VERSION):
+        raise CheckpointError(f"{path}: checkpoint format version {meta.get('format_version')}, "
+                              f"this tvmfront reads version {FORMAT_VERSION}")
+    try:
+        return json.loads(meta["meta"])
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{path}: corrupt checkpoint metadata ({e})") from None
+
+
+def read(path):
+    """(params, optimizer state, meta) of the checkpoint at `path`, after checking its
+    format, that its tensors match the specs it records and the SHA-256 of their bytes."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
+    meta = _header_metadata(path, data)
+    try:
+        tensors = st_load(data)
+    except Exception as e:  # safetensors raises its own error type for every malformation
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({e})") from None
+    if _digest(tensors) != meta.get("sha256"):
+        raise CheckpointError(f"{path}: tensor data does not match its recorded SHA-256 "
+                              "(the file is corrupt)")
+    params = {n[len(_PARAM):]: a for n, a in tensors.items() if n.startswith(_PARAM)}
+    optim = {n[len(_OPTIM):]: a for n, a in tensors.items() if n.startswith(_OPTIM)}
+    if _specs(params) != meta.get("parameters") or _specs(optim) != meta.get("optimizer_state"):
+        raise CheckpointError(f"{path}: tensors do not match the specs the checkpoint records")
+    return params, optim, meta
+
+
+def check_fits(path, what, arrays, specs):
+    """Raise CheckpointError unless {name: array} matches [{'name', 'shape', 'dtype'}];
+    `what` names one entry ("parameter")."""
+    want = {s["name"]: {"shape": list(s["shape"]), "dtype": s["dtype"]} for s in specs}
+    got = _specs(arrays)
+    if set(got) != set(want):
+        raise CheckpointError(f"{path}: the {what}s do not match this module: missing "
+                              f"{sorted(set(want) - set(got))}, unexpected "
+                              f"{sorted(set(got) - set(want))}")
+    for n, spec in want.items():
+        if got[n] != spec:
+            raise CheckpointError(f"{path}: {what} '{n}' is shape {tuple(got[n]['shape'])} "
+                                  f"{got[n]['dtype']} in the checkpoint, shape "
+                                  f"{tuple(spec['shape'])} {spec['dtype']} in this module")
