@@ -13,7 +13,7 @@ def _model():
     return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
 
 
-def test_frozen_parameters_stay_bit_identical():
+def test_frozen_parameters_stay_bit_identical(tmp_path):
     model = _model()
     model[0].weight.requires_grad = False
     model[2].bias.requires_grad = False
@@ -34,6 +34,12 @@ def test_frozen_parameters_stay_bit_identical():
     for n in ("0.bias", "2.weight"):
         assert not np.array_equal(before[n], after[n]), n
     assert losses[-1] < losses[0]
+    # Gradients are named by the trainable parameters alone, each with its own shape.
+    _, grads = module.loss_and_grads(x, y)
+    assert list(grads) == ["0.bias", "2.weight"]
+    assert all(grads[n].shape == after[n].shape for n in grads)
+    path = module.export(str(tmp_path / "frozen"))  # the manifest's "frozen" list loads back
+    assert tvf.load(path).manifest["frozen"] == frozen
 
 
 def test_freezing_everything_is_an_error():

@@ -19,6 +19,11 @@ def derived_gradients():
     return os.environ.get("TVMFRONT_DERIVED_GRADIENTS", "0") == "1"
 
 
+def debug_nans():
+    """Check every kernel's outputs for NaN/Inf in compiled steps (TVMFRONT_DEBUG_NANS=1)."""
+    return os.environ.get("TVMFRONT_DEBUG_NANS", "0") == "1"
+
+
 # ---- logging ---------------------------------------------------------------------------------
 # Whatever falls back (a schedule rule that failed, a library that could not be exported, a
 # damaged compile-cache entry) says so through the `tvmfront` logger, with its cause: warning

@@ -12,13 +12,13 @@ change the lowered IR, so debug builds never share a compile-cache entry with no
 
 import contextlib
 import contextvars
-import os
 import re
 
 import numpy as np
 
 from ._tvm import (PyExprMutator, mutator, register_error, register_global_func, relax,
                    relax_call_tir_op, to_numpy, tvm)
+from . import config
 from .errors import NonFiniteOpError
 
 CHECK = "tvmfront.check_finite"
@@ -49,7 +49,7 @@ def enabled(explicit=None):
         return bool(explicit)
     if _setting.get() is not None:
         return _setting.get()
-    return os.environ.get("TVMFRONT_DEBUG_NANS", "0") == "1"
+    return config.debug_nans()
 
 
 def describe(kernel, kernels):

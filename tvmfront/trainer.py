@@ -123,8 +123,7 @@ class Trainer:
             raise CheckpointError(f"{path}: saved with optimizer {meta.get('optimizer')}, this "
                                   f"module trains with {m.manifest['optimizer']['name']}")
         m.load_state_dict(params)
-        # TrainingModule has no public setter for its optimizer state yet.
-        m._state = [m._to_device(optim[n]) for n in m.state_names]
+        m.load_optimizer_state(optim)
         m.step_count, m.lr = int(meta["step"]), float(meta["lr"])
         self.seed, self.history = meta["seed"], list(meta["history"])
         return self

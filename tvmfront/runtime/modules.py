@@ -124,13 +124,20 @@ class _Compiled:
         return OrderedDict((n, _host_copy(p)) for n, p in zip(self.param_names, self._params))
 
     def load_state_dict(self, state):
-        specs = {p["name"]: p for p in self.manifest["parameters"]}
-        if set(state) != set(specs):
-            raise KeyError(f"load_state_dict: missing {sorted(set(specs) - set(state))}, "
-                           f"unexpected {sorted(set(state) - set(specs))}")
-        for n in state:
-            _check(f"parameter '{n}'", np.asarray(state[n]), specs[n])
-        self._params = [self._to_device(state[n]) for n in self.param_names]
+        """Replace every parameter ({name: array}, shapes and dtypes as compiled)."""
+        self._params = self._checked_tensors("load_state_dict", "parameter", state,
+                                             self.manifest["parameters"])
+
+    def _checked_tensors(self, caller, what, state, specs):
+        """Device copies of `state` in the order of `specs` ([{name, shape, dtype}]), after
+        checking it has exactly those names, shapes and dtypes."""
+        names = [s["name"] for s in specs]
+        if set(state) != set(names):
+            raise KeyError(f"{caller}: missing {sorted(set(names) - set(state))}, "
+                           f"unexpected {sorted(set(state) - set(names))}")
+        for spec in specs:
+            _check(f"{what} '{spec['name']}'", np.asarray(state[spec["name"]]), spec)
+        return [self._to_device(state[n]) for n in names]
 
     # ---- forward ---------------------------------------------------------------------------
     def predict(self, x):
@@ -293,14 +300,23 @@ class TrainingModule(_Compiled):
                                           *self._params)))
 
     def loss_and_grads(self, x, y):
-        """(loss, {parameter name: gradient}) on batch (x, y), no update."""
+        """(loss, {parameter name: gradient}) on batch (x, y), no update. Frozen parameters
+        (requires_grad=False) have no gradient and are not in the dict."""
         vm = self._vm
         x, y = self._check_batch(x, y)
         out = vm["loss_adjoint"](to_device(x, self.device), to_device(y, self.device),
                                  *self._params)
         grads = out[1]
+        frozen = set(self.manifest.get("frozen", ()))
+        trainable = [n for n in self.param_names if n not in frozen]
         return float(to_numpy(out[0])), OrderedDict(
-            (n, to_numpy(grads[i])) for i, n in enumerate(self.param_names))
+            (n, to_numpy(grads[i])) for i, n in enumerate(trainable))
+
+    def load_optimizer_state(self, state):
+        """Replace the optimizer state ({state name: array}, every name, shapes and dtypes as
+        optimizer_state() gives them)."""
+        self._state = self._checked_tensors("load_optimizer_state", "optimizer state", state,
+                                            self.manifest["optimizer"]["state"])
 
     def optimizer_state(self):
         return OrderedDict((n, _host_copy(s)) for n, s in zip(self.state_names, self._state))
