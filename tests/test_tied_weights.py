@@ -2,7 +2,6 @@
 with one gradient (the sum over its uses) and one optimizer state, as in PyTorch."""
 
 import json
-import os
 import pathlib
 import subprocess
 
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 
 import tvmfront as tvf
-from _skip import skip_loudly
+from _torch import torch_python
 
 nn = tvf.nn
 ops = tvf.ops
@@ -85,20 +84,12 @@ def test_one_parameter_one_gradient_one_state():
     assert np.isclose(float((grads["a.weight"] * d).sum()), numeric, rtol=2e-3, atol=1e-5)
 
 
-def _torch_python(request):
-    python = os.environ.get("TVMFRONT_TORCH_PYTHON") or str(ROOT / ".venv-bench" / "bin" / "python")
-    if not os.path.exists(python):
-        skip_loudly(request, f"PyTorch parity of weight tying NOT CHECKED: no {python} (bash "
-                             "bench/setup.sh makes .venv-bench, or set TVMFRONT_TORCH_PYTHON)")
-    return python
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("opt", [{"name": "sgd", "lr": 0.1, "momentum": 0.9, "steps": 3},
                                  {"name": "adam", "lr": 0.05, "betas": [0.9, 0.999], "steps": 3}],
                          ids=["sgd-momentum", "adam"])
 def test_tied_training_matches_pytorch(request, tmp_path, opt):
-    python = _torch_python(request)
+    python = torch_python(request, "PyTorch parity of weight tying")
     tvf.manual_seed(3)
     model = Tied()
     x, y = _batch()
