@@ -14,6 +14,37 @@ def test_lowering_order():
     names = [name for name, _ in pipeline.LOWERING]
     assert names[0] == "lower_grad_calls"  # before anything that cannot see call_tir_with_grad
     assert names.index("legalize") < names.index("fuse_ops") < names.index("fuse_tir")
+    # Kernels with several outputs are marked opaque after patterns are annotated, before fusion.
+    assert (names.index("annotate_patterns") < names.index("unfused_multi_output")
+            < names.index("fuse_ops"))
+
+
+@tvf.op
+def _twice_and_plus_one(x):
+    te = tvf.te
+    return [te.compute(x.shape, lambda *i: x(*i) * 2, name="twice"),
+            te.compute(x.shape, lambda *i: x(*i) + 1, name="plus_one")]
+
+
+class _TwoOutputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):
+        a, b = _twice_and_plus_one(self.lin(x))
+        return a * b
+
+
+def test_op_with_several_outputs_runs_in_compiled_inference():
+    # Fused with the Linear before it, TVM's FuseTIR read an intermediate before defining it.
+    tvf.manual_seed(0)
+    model = _TwoOutputs()
+    infer = tvf.compile_inference(model, inputs=(3, 4))
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype("float32")
+    p = model.state_dict()
+    y = x @ p["lin.weight"].T + p["lin.bias"]
+    np.testing.assert_allclose(infer(x), 2 * y * (y + 1), rtol=1e-5, atol=1e-6)
 
 
 def test_debug_nans_lowering_order():

@@ -9,7 +9,8 @@ import os
 
 from . import config
 from .debug import insert_finite_checks
-from ._tvm import PyExprMutator, call_tir_with_grad_op, mutator, relax, tvm
+from ._tvm import (PyExprMutator, call_tir_with_grad_op, mutator, relax, relax_call_tir_op,
+                   tvm)
 
 
 @mutator
@@ -34,6 +35,28 @@ def lower_grad_calls(mod):
     return rewriter.builder_.get()
 
 
+_OPAQUE = 8  # relax OpPatternKind kOpaque: FuseOps leaves such a kernel alone
+
+
+def keep_multi_output_kernels_unfused(mod):
+    """Mark every kernel that a call_tir with several outputs calls as opaque. FuseOps would
+    otherwise fuse it with its producer, and TVM 0.27's FuseTIR then emits a read of the
+    producer's intermediate buffer before its definition ("used before its definition")."""
+    multi = set()
+
+    def visit(expr):
+        if (isinstance(expr, relax.Call) and expr.op.same_as(relax_call_tir_op())
+                and isinstance(expr.ty_args[0], relax.TupleType)):
+            multi.add(expr.args[0].name_hint)
+
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    for gvar in [g for g in mod.get_global_vars() if g.name_hint in multi]:
+        mod[gvar] = mod[gvar].with_attr("op_pattern", _OPAQUE)
+    return mod
+
+
 def _tvm_pass(p):
     return lambda mod: p(mod)
 
@@ -43,6 +66,7 @@ LOWERING = [
     ("lower_grad_calls", lower_grad_calls),
     ("legalize", _tvm_pass(relax.transform.LegalizeOps())),
     ("annotate_patterns", _tvm_pass(relax.transform.AnnotateTIROpPattern())),
+    ("unfused_multi_output", keep_multi_output_kernels_unfused),
     ("fold_constants", _tvm_pass(relax.transform.FoldConstant())),
     ("fuse_ops", _tvm_pass(relax.transform.FuseOps())),
     ("fuse_tir", _tvm_pass(relax.transform.FuseTIR())),
