@@ -321,10 +321,12 @@ class Op:
         arrays = [np.asarray(a) for a in arrays]
         return self._run(self._kernel("forward", arrays, attrs), arrays)
 
-    def vjp(self, dy, *arrays, derived=False, **attrs):
+    def vjp(self, dy, *arrays, derived=None, **attrs):
         """Input gradients for output gradient `dy`, eagerly: a list of numpy arrays. An op
         with several outputs takes a list of output gradients, one per output.
-        `derived=True` uses the gradient derived from the forward even if `.grad` exists."""
+        `derived=True` uses the gradient derived from the forward even if `.grad` exists,
+        `derived=False` the explicit one even inside `derived_gradients()`; None (default):
+        the explicit one unless inside `derived_gradients()` or there is none."""
         self.check_attrs(attrs, len(arrays))
         arrays = [np.asarray(a) for a in arrays]
         _, specs, several, _ = self._kernel("forward", arrays, attrs)
@@ -340,7 +342,9 @@ class Op:
                 what = f"dy[{i}]" if several else "dy"
                 raise ShapeError(f"op '{self.name}': {what} has shape {d.shape}, output has "
                                  f"{shape}")
-        derived = derived or _force_derived.get() or not self.has_grad
+        if derived is None:
+            derived = _force_derived.get()
+        derived = derived or not self.has_grad
         which = "derived" if derived else "explicit"
         kernel = self._kernel(which, arrays, attrs, dy=dys if several else dys[0])
         return list(self._run(kernel, dys + arrays))
