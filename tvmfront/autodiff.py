@@ -662,6 +662,59 @@ def _inlined_reduction(term, dT):
                   substitute(red.condition, vmap), red.value_index, red.init)
 
 
+# ---- ties: the first extremal element -------------------------------------------------------
+def _first_extremum_reducer(is_max, dtype):
+    """comm_reducer over (reduction index, value): the extreme value, and on ties the smallest
+    index (order-independent, so the reduction may run in any order)."""
+
+    def combine(x, y):
+        (ix, vx), (iy, vy) = x, y
+        better = vy > vx if is_max else vy < vx
+        take = tvm.tirx.Or(better, tvm.tirx.And(vy == vx, iy < ix))
+        return tvm.tirx.Select(take, iy, ix), tvm.tirx.Select(take, vy, vx)
+
+    def identity(idx_dtype, value_dtype):
+        worst = te.min_value(value_dtype) if is_max else te.max_value(value_dtype)
+        return te.max_value(idx_dtype), worst
+
+    return te.comm_reducer(combine, identity, name="first_max" if is_max else "first_min")
+
+
+def reduction_position(loops):
+    """Row-major position (int64) of a point of the reduce loops [(var, start, extent)]: the
+    reduction order in which ties are broken."""
+    pos = _const(0, "int64")
+    for var, start, extent in loops:
+        v = var if _dtype(var) == "int64" else P.Cast("int64", var)
+        pos = pos * _const(int(extent), "int64") + (v - _const(int(start), "int64"))
+    return pos
+
+
+def first_extremum(t, name=None):
+    """For `t`, a max or min reduction (one TE stage), the tensor of t's shape holding, per
+    output element, the reduction_position of the FIRST element attaining the extreme.
+
+    The tie rule of every max/min gradient (derived and explicit, PyTorch's max_pool2d):
+    the whole output gradient goes to that one element, so the total is dy, not k * dy."""
+    op = t.op
+    red = op.body[0]
+    is_max = type(red.combiner.result[0]) is P.Max
+    reducer = _first_extremum_reducer(is_max, str(t.dtype))
+
+    def body(*i):
+        axes = [te.reduce_axis(iv.dom, iv.var.name) for iv in red.axis]
+        vmap = {iv.var: v for iv, v in zip(op.axis, i)}
+        vmap.update({iv.var: ax.var for iv, ax in zip(red.axis, axes)})
+        pos = reduction_position([(ax.var, iv.dom.min, iv.dom.extent)
+                                  for iv, ax in zip(red.axis, axes)])
+        value = substitute(red.source[red.value_index], vmap)
+        cond = substitute(red.condition, vmap)
+        return reducer((pos, value), axis=axes, where=cond)
+
+    position, _ = te.compute(t.shape, body, name=name or f"{op.name}_first")
+    return position
+
+
 # ---- the graph walk -------------------------------------------------------------------------
 def _topo(outputs, inputs):
     order, seen = [], set()
@@ -745,9 +798,10 @@ def _backprop(name, t, dT, live):
         if not (isinstance(body.condition, P.IntImm) and body.condition.value == 1):
             mask = body.condition
         if combiner is P.Max or combiner is P.Min:
-            # arg-mask: the gradient flows to every element equal to the extreme (ties all get it)
-            out_here = t(*[lp.var for lp in spatial])
-            hit = P.EQ(source, out_here)
+            # the gradient flows to the first element (in reduction order) equal to the extreme
+            first = first_extremum(t)(*[lp.var for lp in spatial])
+            here = reduction_position([(lp.var, lp.start, lp.extent) for lp in reduce_loops])
+            hit = P.EQ(*_promote(here, first))
             mask = hit if mask is None else P.And(mask, hit)
         elif combiner is not P.Add:
             raise _Unsupported(f"reduction with combiner {body.combiner} (only sum, max, min)")
