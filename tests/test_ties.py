@@ -89,9 +89,10 @@ POOL_CASES = [(2, 2, 0), (2, 1, 0), (3, 2, 1), (3, 1, 1)]  # (kernel, stride, pa
 
 def _pool_inputs(seed):
     rng = np.random.default_rng(seed)
-    return [np.zeros((1, 2, 5, 5)),  # every window all-equal
-            rng.integers(0, 2, (2, 1, 5, 5)).astype(np.float64),  # many ties
-            rng.standard_normal((1, 1, 5, 5))]  # no ties
+    shape = (2, 2, 5, 5)  # one shape: one forward and two gradient kernels per geometry
+    return [np.zeros(shape),  # every window all-equal
+            rng.integers(0, 2, shape).astype(np.float64),  # many ties
+            rng.standard_normal(shape)]  # no ties
 
 
 @pytest.mark.parametrize("kernel,stride,padding", POOL_CASES)

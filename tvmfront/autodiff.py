@@ -10,9 +10,12 @@ The equality is solved, not masked: each dimension's affine index `e_k` eliminat
 variable (the one with the largest extent, so what is left to sum over is small), with a
 divisibility and range guard when its coefficient is not 1. For a strided convolution this
 yields the transposed-convolution gather (sum over kernel taps), not an O(out x in) masked
-reduction. Indices that are not affine in the loop variables (data-dependent gathers,
-floordiv/floormod reshapes) are handled when the read is a bijective copy (an index map
-inverted with IterMap), and otherwise rejected with an error naming the expression.
+reduction. Reads that take a linear index apart with floordiv/floormod (reshapes, flattens)
+are solved on their row-major flat index when that is affine, else inverted with IterMap
+when one-to-one; every solved index is guarded to the forward's loop ranges, so elements a
+read never touches get zeros and nothing is read outside a buffer. Other indices
+(data-dependent gathers) are rejected with an error naming the expression. Max/min
+reductions pass the gradient to the first extremal element (first_extremum), PyTorch's rule.
 """
 
 import math
@@ -663,7 +666,7 @@ def _inlined_reduction(term, dT):
 
 
 # ---- ties: the first extremal element -------------------------------------------------------
-def _first_extremum_reducer(is_max, dtype):
+def _first_extremum_reducer(is_max):
     """comm_reducer over (reduction index, value): the extreme value, and on ties the smallest
     index (order-independent, so the reduction may run in any order)."""
 
@@ -699,7 +702,7 @@ def first_extremum(t, name=None):
     op = t.op
     red = op.body[0]
     is_max = type(red.combiner.result[0]) is P.Max
-    reducer = _first_extremum_reducer(is_max, str(t.dtype))
+    reducer = _first_extremum_reducer(is_max)
 
     def body(*i):
         axes = [te.reduce_axis(iv.dom, iv.var.name) for iv in red.axis]
