@@ -157,6 +157,8 @@ def test_unknown_keyword_is_a_type_error_naming_it():
                                         r"\(its attributes: beta=; opcheck's own keywords: shapes=, "
                                         r"ref="):
         tvf.opcheck(swish, ref=swish_ref, inputs=[x])
+    with pytest.raises(TypeError, match="unknown keyword inputs="):
+        tvf.opcheck(swish, swish_ref, inputs=[x])  # the call the issue reports
     with pytest.raises(TypeError, match="shapes= is a function.*pass the numpy reference as ref="):
         tvf.opcheck(swish, swish_ref)
     with pytest.raises(TypeError, match=r"gradcheck: unknown keywords betta=, tol= .*beta="):

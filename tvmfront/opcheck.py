@@ -77,16 +77,18 @@ def opcheck(op, shapes=None, ref=None, dtypes=("float32", "float64"), int_inputs
 
     >>> print(tvf.opcheck(tvf.ops.tanh, ref=np.tanh))
     """
-    if callable(shapes):
+    tensor_params = [p for p in inspect.signature(op.fn).parameters.values()
+                     if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY,
+                                                            p.POSITIONAL_OR_KEYWORD)]
+    given = shapes is not None and not callable(shapes)
+    op.check_attrs(attrs, len(shapes[0]) if given and shapes else len(tensor_params),
+                   caller="opcheck",
+                   own=("shapes", "ref", "dtypes", "int_inputs", "make_inputs", "seed"))
+    if callable(shapes):  # opcheck(op, np.tanh): the reference passed where shapes go
         raise TypeError(f"opcheck: shapes= is a function ({getattr(shapes, '__name__', shapes)}); "
                         "pass the numpy reference as ref=, e.g. opcheck(op, ref=np.tanh)")
-    op.check_attrs(attrs, len(shapes[0]) if shapes else 1, caller="opcheck",
-                   own=("shapes", "ref", "dtypes", "int_inputs", "make_inputs", "seed"))
     int_inputs = dict(int_inputs or {})
     if shapes is None:
-        tensor_params = [p for p in inspect.signature(op.fn).parameters.values()
-                         if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY,
-                                                                p.POSITIONAL_OR_KEYWORD)]
         if len(tensor_params) != 1:
             raise ValueError(f"opcheck: op '{op.name}' takes several inputs; pass shapes=")
         shapes = DEFAULT_SHAPES
