@@ -129,3 +129,52 @@ def test_opcheck_sweeps_an_op_with_several_outputs():
     assert len(report.rows) == 2 and all(r.ok for r in report.rows)
     with pytest.raises(tvf.OpCheckError, match="derived vs explicit.*FAIL|FAIL.*derived vs"):
         tvf.opcheck(row_moments_wrong_grad, shapes=[((3, 5),)])
+
+
+# ---- the eager kernel cache tells explicit from derived ----------------------------------------
+
+def test_derived_gradients_mode_is_part_of_the_kernel_key():
+    x = np.random.default_rng(2).standard_normal((3, 4))
+    dy = np.random.default_rng(3).standard_normal((3, 4))
+    (explicit,) = cube.vjp(dy, x)  # cube's explicit gradient is wrong: 2 x^2, cached now
+    np.testing.assert_allclose(explicit, 2 * x * x * dy)
+    with tvf.derived_gradients():
+        (derived,) = cube.vjp(dy, x)  # was the cached explicit gradient
+        np.testing.assert_allclose(derived, 3 * x * x * dy)
+        assert tvf.gradcheck(cube, [x])  # checks the derived gradient, which is right
+        with pytest.raises(tvf.GradientError, match="'cube'"):
+            tvf.gradcheck(cube, [x], derived=False)
+        with pytest.raises(tvf.OpCheckError, match="FAIL derived vs explicit"):
+            tvf.opcheck(cube, ref=lambda x: x ** 3, shapes=[[(3, 4)]])
+    np.testing.assert_allclose(cube.vjp(dy, x)[0], explicit)
+
+
+# ---- keywords -----------------------------------------------------------------------------------
+
+def test_unknown_keyword_is_a_type_error_naming_it():
+    x = np.ones((2, 3))
+    with pytest.raises(TypeError, match=r"opcheck: unknown keyword inputs= for op 'swish' "
+                                        r"\(its attributes: beta=; opcheck's own keywords: shapes=, "
+                                        r"ref="):
+        tvf.opcheck(swish, ref=swish_ref, inputs=[x])
+    with pytest.raises(TypeError, match="unknown keyword inputs="):
+        tvf.opcheck(swish, swish_ref, inputs=[x])  # the call the issue reports
+    with pytest.raises(TypeError, match="shapes= is a function.*pass the numpy reference as ref="):
+        tvf.opcheck(swish, swish_ref)
+    with pytest.raises(TypeError, match=r"gradcheck: unknown keywords betta=, tol= .*beta="):
+        tvf.gradcheck(swish, [x], betta=2.0, tol=1e-3)
+    with pytest.raises(TypeError, match=r"unknown keyword scale= for op 'cube' \(its attributes: "
+                                        r"none\)"):
+        cube(x, scale=2.0)
+    with pytest.raises(TypeError, match="unknown keyword x= for op 'swish'"):
+        swish.vjp(x, x, x=x)  # a tensor input is not an attribute
+
+
+def test_unhashable_attribute_is_a_type_error_naming_it():
+    x = np.ones((2, 3))
+    with pytest.raises(TypeError, match=r"op 'swish': attribute beta= is a ndarray, which cannot "
+                                        "be a static attribute"):
+        swish(x, beta=np.ones(3))
+    with pytest.raises(TypeError, match="attribute beta= is a ndarray"):
+        tvf.opcheck(swish, ref=swish_ref, beta=np.ones(3))
+    np.testing.assert_allclose(swish(x, beta=[2.0][0]), swish_ref(x, 2.0), rtol=1e-6)

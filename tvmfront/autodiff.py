@@ -10,9 +10,12 @@ The equality is solved, not masked: each dimension's affine index `e_k` eliminat
 variable (the one with the largest extent, so what is left to sum over is small), with a
 divisibility and range guard when its coefficient is not 1. For a strided convolution this
 yields the transposed-convolution gather (sum over kernel taps), not an O(out x in) masked
-reduction. Indices that are not affine in the loop variables (data-dependent gathers,
-floordiv/floormod reshapes) are handled when the read is a bijective copy (an index map
-inverted with IterMap), and otherwise rejected with an error naming the expression.
+reduction. Reads that take a linear index apart with floordiv/floormod (reshapes, flattens)
+are solved on their row-major flat index when that is affine, else inverted with IterMap
+when one-to-one; every solved index is guarded to the forward's loop ranges, so elements a
+read never touches get zeros and nothing is read outside a buffer. Other indices
+(data-dependent gathers) are rejected with an error naming the expression. Max/min
+reductions pass the gradient to the first extremal element (first_extremum), PyTorch's rule.
 """
 
 import math
@@ -317,8 +320,8 @@ def _uses_any(expr, vars_):
     return bool(found)
 
 
-def _solve(indices, loops, j):
-    """Eliminate loop variables so that indices(loops) == j.
+def _solve(indices, loops, j, shape=None):
+    """Eliminate loop variables so that indices(loops) == j (j within `shape`).
 
     Returns (substitution {var: expr in j and free vars}, guards, free loops, solved), where
     solved maps each eliminated var to (numerator, coefficient, loop, its guards):
@@ -330,6 +333,9 @@ def _solve(indices, loops, j):
     for k, e in enumerate(indices):
         lin = _affine(e, loops)
         if lin is None:
+            flat = _flat_index(indices, shape, loops)
+            if flat is not None:
+                return _solve([flat], loops, [_row_major(j, shape)])
             return _solve_bijective(indices, loops, j)
         order.append((sum(1 for c in lin[0] if c), k))
     for _, k in sorted(order):
@@ -423,6 +429,29 @@ def _solve_strided(pair, remaining, num, sub, guards, solved):
     return sub, solved, rest
 
 
+def _row_major(idx, shape):
+    flat = idx[0]
+    for i, d in zip(idx[1:], shape[1:]):
+        flat = flat * int(d) + i
+    return flat
+
+
+def _flat_index(indices, shape, loops):
+    """The row-major flat index of a read whose indices take a linear index apart with // and %
+    (reshapes, flattens, partial or overlapping): e.g. x[g // 4, g % 4] of x [3, 4] reads the
+    flat element g. When that flat index is affine in the loops, solving it == flat(j) is
+    the whole adjoint: in-bounds indices and flat indices correspond one to one."""
+    if shape is None or len(indices) < 2:
+        return None
+    analyzer = tvm.sym.Analyzer()
+    for lp in loops:
+        analyzer.bind(lp.var, _range(lp.start, lp.extent))
+    wide = [_strip_index_casts(e) for e in indices]
+    wide = [e if _dtype(e) == "int64" else P.Cast("int64", e) for e in wide]
+    flat = _try_simplify(analyzer, _row_major(wide, [int(d) for d in shape]))
+    return flat if _affine(flat, loops) is not None else None
+
+
 def _solve_bijective(indices, loops, j):
     """Indices with floordiv/floormod (reshapes): invert them when they map the loops they use
     one-to-one onto the read tensor's elements."""
@@ -430,16 +459,45 @@ def _solve_bijective(indices, loops, j):
     domain = {lp.var: tvm.ir.Range(lp.start, lp.start + lp.extent) for lp in used}
     found = tvm.sym.detect_iter_map(indices, domain, check_level="bijective")
     if not found.indices:
+        # A read of a prefix (f // 3, f % 3 for f < 5): the map is one-to-one on loops
+        # extended to a multiple of the divisors; the guards below restore the real extents.
+        step = math.lcm(*(_divisors(indices) or [1]))
+        domain = {lp.var: tvm.ir.Range(lp.start, lp.start + -(-lp.extent // step) * step)
+                  for lp in used}
+        found = tvm.sym.detect_iter_map(indices, domain, check_level="bijective")
+    if not found.indices:
         raise _Unsupported(f"index [{', '.join(show(e) for e in indices)}] is neither affine in "
                            "the loop variables nor a one-to-one index map")
     inverse = tvm.sym.inverse_affine_iter_map(found.indices, j)
-    sub = {}
+    sub, guards = {}, []
     for lp in used:
         try:
             sub[lp.var] = inverse[lp.var]
         except KeyError:  # an extent-1 loop, folded to a constant by detect_iter_map
             sub[lp.var] = _const(lp.start, _dtype(lp.var))
-    return sub, [], [lp for lp in loops if lp not in used], {}
+        guards += [sub[lp.var] >= lp.start, sub[lp.var] < lp.start + lp.extent]
+    # The inverse formula is only right on the read's image: an element j the forward never
+    # reads (a read covering part of its input) gets loop values outside their ranges, or
+    # inside them but mapping back to another element. Both contribute zero.
+    for k, e in enumerate(indices):
+        guards.append(P.EQ(*_promote(substitute(e, sub), j[k])))
+    return sub, guards, [lp for lp in loops if lp not in used], {}
+
+
+def _divisors(indices):
+    """Constant divisors of the floordiv/floormod in index expressions."""
+    found = []
+
+    def visit(e):
+        if isinstance(e, (P.FloorDiv, P.FloorMod)) and isinstance(e.b, P.IntImm):
+            found.append(int(e.b.value))
+        for child in ("a", "b", "value"):
+            if hasattr(e, child):
+                visit(getattr(e, child))
+
+    for e in indices:
+        visit(_strip_index_casts(e))
+    return [d for d in found if d > 0]
 
 
 def _try_simplify(analyzer, expr):
@@ -552,7 +610,7 @@ def _adjoint_of_read(shape, dtype, indices, loops, value, name, adjoint=None, in
     indices, loops, value = _split_div_loops(indices, loops, value)
 
     def body(*j):
-        sub, guards, free, solved = _solve(indices, loops, list(j))
+        sub, guards, free, solved = _solve(indices, loops, list(j), shape)
         for lp in free:
             if lp.var not in red_axes:
                 red_axes[lp.var] = te.reduce_axis(_range(lp.start, lp.extent), lp.var.name)
@@ -572,7 +630,8 @@ def _adjoint_of_read(shape, dtype, indices, loops, value, name, adjoint=None, in
         value_here, guards = _extend_adjoint(adjoint, value, solved, guards, ext_analyzer, name)
         cond = None
         for g in guards:
-            g = analyzer.simplify(substitute(g, rename))
+            # guards made before a later elimination still hold its variable: substitute all
+            g = analyzer.simplify(substitute(g, sub))
             if isinstance(g, P.IntImm) and g.value == 1:
                 continue
             cond = g if cond is None else P.And(cond, g)
@@ -604,6 +663,59 @@ def _inlined_reduction(term, dT):
     vmap = {iv.var: _promote(idx, iv.var)[0] for iv, idx in zip(op.axis, indices)}
     return Reduce(red.combiner, [substitute(red.source[0], vmap)], red.axis,
                   substitute(red.condition, vmap), red.value_index, red.init)
+
+
+# ---- ties: the first extremal element -------------------------------------------------------
+def _first_extremum_reducer(is_max):
+    """comm_reducer over (reduction index, value): the extreme value, and on ties the smallest
+    index (order-independent, so the reduction may run in any order)."""
+
+    def combine(x, y):
+        (ix, vx), (iy, vy) = x, y
+        better = vy > vx if is_max else vy < vx
+        take = tvm.tirx.Or(better, tvm.tirx.And(vy == vx, iy < ix))
+        return tvm.tirx.Select(take, iy, ix), tvm.tirx.Select(take, vy, vx)
+
+    def identity(idx_dtype, value_dtype):
+        worst = te.min_value(value_dtype) if is_max else te.max_value(value_dtype)
+        return te.max_value(idx_dtype), worst
+
+    return te.comm_reducer(combine, identity, name="first_max" if is_max else "first_min")
+
+
+def reduction_position(loops):
+    """Row-major position (int64) of a point of the reduce loops [(var, start, extent)]: the
+    reduction order in which ties are broken."""
+    pos = _const(0, "int64")
+    for var, start, extent in loops:
+        v = var if _dtype(var) == "int64" else P.Cast("int64", var)
+        pos = pos * _const(int(extent), "int64") + (v - _const(int(start), "int64"))
+    return pos
+
+
+def first_extremum(t, name=None):
+    """For `t`, a max or min reduction (one TE stage), the tensor of t's shape holding, per
+    output element, the reduction_position of the FIRST element attaining the extreme.
+
+    The tie rule of every max/min gradient (derived and explicit, PyTorch's max_pool2d):
+    the whole output gradient goes to that one element, so the total is dy, not k * dy."""
+    op = t.op
+    red = op.body[0]
+    is_max = type(red.combiner.result[0]) is P.Max
+    reducer = _first_extremum_reducer(is_max)
+
+    def body(*i):
+        axes = [te.reduce_axis(iv.dom, iv.var.name) for iv in red.axis]
+        vmap = {iv.var: v for iv, v in zip(op.axis, i)}
+        vmap.update({iv.var: ax.var for iv, ax in zip(red.axis, axes)})
+        pos = reduction_position([(ax.var, iv.dom.min, iv.dom.extent)
+                                  for iv, ax in zip(red.axis, axes)])
+        value = substitute(red.source[red.value_index], vmap)
+        cond = substitute(red.condition, vmap)
+        return reducer((pos, value), axis=axes, where=cond)
+
+    position, _ = te.compute(t.shape, body, name=name or f"{op.name}_first")
+    return position
 
 
 # ---- the graph walk -------------------------------------------------------------------------
@@ -689,9 +801,10 @@ def _backprop(name, t, dT, live):
         if not (isinstance(body.condition, P.IntImm) and body.condition.value == 1):
             mask = body.condition
         if combiner is P.Max or combiner is P.Min:
-            # arg-mask: the gradient flows to every element equal to the extreme (ties all get it)
-            out_here = t(*[lp.var for lp in spatial])
-            hit = P.EQ(source, out_here)
+            # the gradient flows to the first element (in reduction order) equal to the extreme
+            first = first_extremum(t)(*[lp.var for lp in spatial])
+            here = reduction_position([(lp.var, lp.start, lp.extent) for lp in reduce_loops])
+            hit = P.EQ(*_promote(here, first))
             mask = hit if mask is None else P.And(mask, hit)
         elif combiner is not P.Add:
             raise _Unsupported(f"reduction with combiner {body.combiner} (only sum, max, min)")

@@ -10,18 +10,22 @@ def _float64(a):
     return a.astype(np.float64) if a.dtype.kind == "f" else a
 
 
-def gradcheck(op, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, seed=0, derived=False, **attrs):
+def gradcheck(op, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, seed=0, derived=None, **attrs):
     """True if `op`'s gradient matches central differences; raises GradientError otherwise.
 
     The check projects the output on a random cotangent `dy` and compares
     d<dy, op(x)>/dx (finite differences, float64) with `op.vjp(dy, x)`, for every float input;
     an op with several outputs gets one cotangent per output (their projections summed).
     The error names the worst element: its input, index, both values and the error.
-    `derived=True` checks the gradient derived from the forward even when `.grad` exists.
+    `derived=True` checks the gradient derived from the forward even when `.grad` exists,
+    `derived=False` the explicit one; by default the one `op.vjp` uses (see derived_gradients).
+    Keywords other than these are the op's attributes; an unknown one is a TypeError.
 
     >>> gradcheck(ops.tanh, [np.random.rand(3, 4)])
     True
     """
+    op.check_attrs(attrs, len(inputs), caller="gradcheck",
+                   own=("eps", "atol", "rtol", "seed", "derived"))
     xs = [_float64(x) for x in inputs]
     out = op.eager(*xs, **attrs)
     rng = np.random.default_rng(seed)

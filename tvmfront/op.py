@@ -22,9 +22,11 @@ import contextlib
 import contextvars
 import inspect
 import itertools
+import os
 
 import numpy as np
 
+from . import boundcheck
 from ._tvm import register_global_func, relax, te, to_device, tvm
 from .autodiff import derive_for_op
 from .errors import GradientError, ShapeError
@@ -43,22 +45,54 @@ def _freeze(value):
     return value
 
 
+def _freeze_attrs(op_name, attrs):
+    """attrs as a hashable key (attributes are static: kernels are cached per value)."""
+    frozen = []
+    for k in sorted(attrs):
+        v = _freeze(attrs[k])
+        try:
+            hash(v)
+        except TypeError:
+            raise TypeError(f"op '{op_name}': attribute {k}= is a {type(attrs[k]).__name__}, "
+                            "which cannot be a static attribute (use numbers, strings, tuples; "
+                            "pass arrays as inputs)") from None
+        frozen.append((k, v))
+    return tuple(frozen)
+
+
 def _is_float(dtype):
     return np.dtype(dtype).kind == "f"
 
 
 _force_derived = contextvars.ContextVar("tvmfront_force_derived", default=False)
+_force_bound_checks = contextvars.ContextVar("tvmfront_bound_checks", default=None)
 
 
 @contextlib.contextmanager
-def derived_gradients(enabled=True):
-    """Within this block every op uses its derived gradient, even where `.grad` exists
-    (to compare the two, or to train on derived gradients alone)."""
-    token = _force_derived.set(enabled)
+def _scoped(var, value):
+    token = var.set(value)
     try:
         yield
     finally:
-        _force_derived.reset(token)
+        var.reset(token)
+
+
+def derived_gradients(enabled=True):
+    """Within this block every op uses its derived gradient, even where `.grad` exists
+    (to compare the two, or to train on derived gradients alone)."""
+    return _scoped(_force_derived, enabled)
+
+
+def bound_checks(enabled=True):
+    """Within this block eager kernels are built (and cached apart) with bound checks: a read
+    outside a buffer raises OutOfBoundsError (tvmfront/boundcheck.py). Default: on when
+    TVMFRONT_BOUND_CHECKS=1 (the test suite sets it)."""
+    return _scoped(_force_bound_checks, enabled)
+
+
+def bound_checks_enabled():
+    forced = _force_bound_checks.get()
+    return forced if forced is not None else os.environ.get("TVMFRONT_BOUND_CHECKS") == "1"
 
 
 def _zeros(like, name):
@@ -95,6 +129,32 @@ class Op:
     @property
     def has_grad(self):
         return self._grad_fn is not None
+
+    # ---- attributes --------------------------------------------------------------------------
+    def attribute_names(self, n_inputs):
+        """Keywords the forward takes as attributes after `n_inputs` tensor inputs (None: any,
+        the forward takes **kwargs)."""
+        params = list(inspect.signature(self.fn).parameters.values())
+        if any(p.kind == p.VAR_KEYWORD for p in params):
+            return None
+        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        taken = {p.name for p in positional[:n_inputs]}
+        return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                and p.name not in taken]
+
+    def check_attrs(self, attrs, n_inputs, caller=None, own=()):
+        """TypeError naming every keyword that is not an attribute of the forward (nor one of
+        `own`, the caller's keywords); TypeError naming an attribute whose value is unhashable."""
+        valid = self.attribute_names(n_inputs)
+        unknown = [] if valid is None else sorted(set(attrs) - set(valid))
+        if unknown:
+            where = f"{caller}: " if caller else ""
+            listed = ", ".join(f"{k}=" for k in valid) or "none"
+            mine = f"; {caller}'s own keywords: {', '.join(f'{k}=' for k in own)}" if own else ""
+            raise TypeError(f"{where}unknown keyword{'s' if len(unknown) > 1 else ''} "
+                            f"{', '.join(f'{k}=' for k in unknown)} for op '{self.name}' (its "
+                            f"attributes: {listed}{mine})")
+        _freeze_attrs(self.name, attrs)
 
     # ---- TE level ----------------------------------------------------------------------------
     def te_forward(self, *inputs, **attrs):
@@ -154,6 +214,7 @@ class Op:
             if isinstance(v, (int, float, bool)):
                 raise TypeError(f"op '{self.name}': input {i} is a Python scalar; pass scalars "
                                 "as keyword attributes (e.g. value=2.0) or as 0-d arrays")
+        self.check_attrs(attrs, len(inputs))
         if any(isinstance(v, Tensor) for v in inputs):
             return self._emit(inputs, attrs)
         return self.eager(*inputs, **attrs)
@@ -168,7 +229,7 @@ class Op:
         if any(needs) and (_force_derived.get() or not self.has_grad):
             self._check_derivable(tensors, attrs)  # fail now, naming the op, not inside Relax
         # The handler finds attrs and needs-grad flags through this id; equal calls share one.
-        key = (_freeze(attrs), tuple(needs))
+        key = (_freeze_attrs(self.name, attrs), tuple(needs))
         if key not in self._call_ids:
             self._call_ids[key] = len(self._calls)
             self._calls.append((dict(attrs), needs))
@@ -210,11 +271,16 @@ class Op:
 
     # ---- eager -------------------------------------------------------------------------------
     def _kernel(self, which, arrays, attrs, dy=None):
-        """(library, output specs, several outputs?) of the forward, or of the gradient for
-        output gradient(s) `dy` (one array, or a list with one per output)."""
+        """(library, output specs, several outputs?, bound-check descriptions) of the forward,
+        or of the explicit or derived gradient (`which`) for output gradient(s) `dy` (one
+        array, or a list with one per output)."""
         dys = None if dy is None else list(dy) if isinstance(dy, (list, tuple)) else [dy]
-        key = (which, tuple((a.shape, a.dtype.str) for a in arrays), _freeze(attrs),
-               None if dys is None else tuple((d.shape, d.dtype.str) for d in dys))
+        checked = bound_checks_enabled()
+        # Everything that changes the kernel is in the key: which kernel (forward, explicit or
+        # derived gradient, resolved by the caller), shapes, dtypes, attributes, bound checks.
+        key = (which, tuple((a.shape, a.dtype.str) for a in arrays),
+               _freeze_attrs(self.name, attrs),
+               None if dys is None else tuple((d.shape, d.dtype.str) for d in dys), checked)
         hit = self._kernels.get(key)
         if hit is not None:
             return hit
@@ -227,34 +293,43 @@ class Op:
             dyp = [te.placeholder(d.shape, str(d.dtype), name=f"dy{i}" if len(dys) > 1 else "dy")
                    for i, d in enumerate(dys)]
             outs = self.te_grad(dyp if isinstance(dy, (list, tuple)) else dyp[0], *xs,
-                                derived={"grad": None, "derived": True}[which], **attrs)
+                                derived=which == "derived", **attrs)
             args = dyp + xs + outs
-        lib = tvm.compile(te.create_prim_func(args), target=_EAGER_TARGET)
+        checks = boundcheck.read_checks(outs) if checked else []
+        lib = tvm.compile(te.create_prim_func(args + [c for c, _ in checks]),
+                          target=_EAGER_TARGET)
         spec = [(tuple(int(d) for d in o.shape), o.dtype) for o in outs]
-        kernel = (lib, spec, isinstance(out, (list, tuple)) if which == "forward" else True)
+        kernel = (lib, spec, isinstance(out, (list, tuple)) if which == "forward" else True,
+                  [d for _, d in checks])
         self._kernels[key] = kernel
         return kernel
 
-    @staticmethod
-    def _run(kernel, arrays):
-        lib, spec, many = kernel
+    def _run(self, kernel, arrays):
+        lib, spec, many, checks = kernel
         dev = tvm.cpu()
         outs = [tvm.runtime.empty(shape, dtype, dev) for shape, dtype in spec]
-        lib["main"](*[to_device(np.require(a, requirements="C")) for a in arrays], *outs)
+        counts = [tvm.runtime.empty((1,), "int64", dev) for _ in checks]
+        lib["main"](*[to_device(np.require(a, requirements="C")) for a in arrays], *outs,
+                    *counts)
+        boundcheck.raise_if_out_of_bounds(self.name, checks, [c.numpy()[0] for c in counts])
         results = tuple(o.numpy() for o in outs)
         return results if many else results[0]
 
     def eager(self, *arrays, **attrs):
         """Run the forward on numpy arrays (kernel compiled once per shapes/dtypes/attrs)."""
+        self.check_attrs(attrs, len(arrays))
         arrays = [np.asarray(a) for a in arrays]
         return self._run(self._kernel("forward", arrays, attrs), arrays)
 
-    def vjp(self, dy, *arrays, derived=False, **attrs):
+    def vjp(self, dy, *arrays, derived=None, **attrs):
         """Input gradients for output gradient `dy`, eagerly: a list of numpy arrays. An op
         with several outputs takes a list of output gradients, one per output.
-        `derived=True` uses the gradient derived from the forward even if `.grad` exists."""
+        `derived=True` uses the gradient derived from the forward even if `.grad` exists,
+        `derived=False` the explicit one even inside `derived_gradients()`; None (default):
+        the explicit one unless inside `derived_gradients()` or there is none."""
+        self.check_attrs(attrs, len(arrays))
         arrays = [np.asarray(a) for a in arrays]
-        _, specs, several = self._kernel("forward", arrays, attrs)
+        _, specs, several, _ = self._kernel("forward", arrays, attrs)
         if several and not isinstance(dy, (list, tuple)):
             raise ShapeError(f"op '{self.name}' has {len(specs)} outputs: pass a list of "
                              f"{len(specs)} output gradients, got one array")
@@ -267,7 +342,10 @@ class Op:
                 what = f"dy[{i}]" if several else "dy"
                 raise ShapeError(f"op '{self.name}': {what} has shape {d.shape}, output has "
                                  f"{shape}")
-        which = "derived" if derived else "grad"
+        if derived is None:
+            derived = _force_derived.get()
+        derived = derived or not self.has_grad
+        which = "derived" if derived else "explicit"
         kernel = self._kernel(which, arrays, attrs, dy=dys if several else dys[0])
         return list(self._run(kernel, dys + arrays))
 

@@ -72,14 +72,23 @@ def opcheck(op, shapes=None, ref=None, dtypes=("float32", "float64"), int_inputs
     int_inputs: {input index: upper bound} for integer inputs (labels).
     make_inputs: optional (rng, shapes, dtype) -> list of arrays, for ops with input domains
       (e.g. positive inputs for log).
+    Other keywords are the op's attributes; one the op's forward does not take is a TypeError
+    naming it. The explicit and derived gradients are both checked inside derived_gradients() too.
 
     >>> print(tvf.opcheck(tvf.ops.tanh, ref=np.tanh))
     """
+    tensor_params = [p for p in inspect.signature(op.fn).parameters.values()
+                     if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY,
+                                                            p.POSITIONAL_OR_KEYWORD)]
+    given = shapes is not None and not callable(shapes)
+    op.check_attrs(attrs, len(shapes[0]) if given and shapes else len(tensor_params),
+                   caller="opcheck",
+                   own=("shapes", "ref", "dtypes", "int_inputs", "make_inputs", "seed"))
+    if callable(shapes):  # opcheck(op, np.tanh): the reference passed where shapes go
+        raise TypeError(f"opcheck: shapes= is a function ({getattr(shapes, '__name__', shapes)}); "
+                        "pass the numpy reference as ref=, e.g. opcheck(op, ref=np.tanh)")
     int_inputs = dict(int_inputs or {})
     if shapes is None:
-        tensor_params = [p for p in inspect.signature(op.fn).parameters.values()
-                         if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY,
-                                                                p.POSITIONAL_OR_KEYWORD)]
         if len(tensor_params) != 1:
             raise ValueError(f"opcheck: op '{op.name}' takes several inputs; pass shapes=")
         shapes = DEFAULT_SHAPES
@@ -126,7 +135,7 @@ def _check_forward(op, ref, xs, dtype, attrs):
 
 
 def _check_grad(op, xs, attrs, derived):
-    gradcheck(op, [x.copy() for x in xs], derived=derived, **attrs)
+    gradcheck(op, [x.copy() for x in xs], derived=derived, **attrs)  # False: the explicit one
     return "matches finite differences"
 
 
@@ -135,7 +144,7 @@ def _compare_grads(op, xs, attrs):
     rng = np.random.default_rng(1)
     dy = ([rng.standard_normal(np.shape(o)) for o in out] if isinstance(out, tuple)
           else rng.standard_normal(np.shape(out)))  # one cotangent per output
-    explicit = op.vjp(dy, *xs, **attrs)
+    explicit = op.vjp(dy, *xs, derived=False, **attrs)  # explicit even in derived_gradients()
     derived = op.vjp(dy, *xs, derived=True, **attrs)
     worst = 0.0
     for k, (e, d) in enumerate(zip(explicit, derived)):

@@ -21,11 +21,14 @@ def _unary(x, f, name):
 # ---- unary ----------------------------------------------------------------------------------
 @op
 def relu(x):
-    return _unary(x, lambda v: te.max(v, _c(0, x.dtype)), "relu")
+    # max(0, x), zero first: at a tie the derived gradient goes to the first operand, so
+    # relu'(0) = 0 as in PyTorch and the explicit gradient below (and NaN propagates, as
+    # torch.relu's does; max(x, 0) lowers to a select that turns NaN into 0).
+    return _unary(x, lambda v: te.max(_c(0, x.dtype), v), "relu")
 
 
 @relu.grad
-def _(dy, x):
+def _(dy, x):  # relu'(0) = 0
     return [te.compute(x.shape, lambda *i: te.if_then_else(x(*i) > _c(0, x.dtype), dy(*i),
                                                              _c(0, x.dtype)), name="relu_grad")]
 

@@ -1,6 +1,7 @@
 """2-D max and average pooling (NCHW), gradients written as gathers over windows."""
 
 from .._tvm import te, tirx
+from ..autodiff import first_extremum
 from ..op import op
 from .conv import _out_size, _pair
 
@@ -54,14 +55,20 @@ def max_pool2d(x, kernel=2, stride=None, padding=0):
 
 @max_pool2d.grad
 def _(dy, x, kernel=2, stride=None, padding=0):
-    # The gradient flows to every element equal to its window's max (ties all receive it;
-    # PyTorch picks one). Ties have measure zero for continuous inputs.
-    out = max_pool2d.te_forward(x, kernel=kernel, stride=stride, padding=padding)
+    # The whole dy of a window goes to its FIRST maximal element in scan order (PyTorch's
+    # rule), the same element the derived gradient picks: autodiff.first_extremum.
+    kh, kw, sh, sw, ph, pw, _, _ = _geometry(x, kernel, stride, padding)
+    first = first_extremum(max_pool2d.te_forward(x, kernel=kernel, stride=stride,
+                                                 padding=padding))
     zero = tirx.const(0, x.dtype)
-    return [_window_gather(x, dy, kernel, stride, padding,
-                           lambda n, c, i, j, oh, ow: te.if_then_else(
-                               x[n, c, i, j] == out[n, c, oh, ow], dy[n, c, oh, ow], zero),
-                           "max_pool2d_grad")]
+
+    def term(n, c, i, j, oh, ow):
+        # i sits at row i + ph - oh * sh of window (oh, ow); positions are row-major
+        position = (i + ph - oh * sh) * kw + (j + pw - ow * sw)
+        return te.if_then_else(tirx.Cast("int64", position) == first[n, c, oh, ow],
+                               dy[n, c, oh, ow], zero)
+
+    return [_window_gather(x, dy, kernel, stride, padding, term, "max_pool2d_grad")]
 
 
 @op
