@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import tvmfront as tvf
-from tvmfront.boundcheck import OutOfBoundsError
+from tvmfront import OutOfBoundsError
 from tvmfront.op import bound_checks, bound_checks_enabled
 
 te = tvf.te

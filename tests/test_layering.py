@@ -11,12 +11,12 @@ PKG = pathlib.Path(__file__).resolve().parents[1] / "tvmfront"
 LAYERS = {
     "_tvm": 0, "_version": 0, "errors": 0, "config": 0, "data": 0, "target": 0, "cross": 0,
     "spec": 1, "tensor": 1,
-    "autodiff": 2, "op": 2, "ops": 2, "gradcheck": 2, "opcheck": 2,
+    "autodiff": 2, "boundcheck": 2, "op": 2, "ops": 2, "gradcheck": 2, "opcheck": 2,
     "nn": 3, "optim": 3,
-    "graph": 4, "pipeline": 4,
+    "graph": 4, "pipeline": 4, "debug": 4,
     "build": 5, "schedule": 5, "records": 5, "cache": 5, "tune": 5, "rpc": 5,
     "runtime": 6,
-    "compile": 7, "trainer": 7, "cli": 7, "__init__": 7,
+    "compile": 7, "trainer": 7, "checkpoint": 7, "cli": 7, "__init__": 7,
 }
 RUNTIME_MAY_IMPORT = {"_tvm", "errors", "runtime"}  # a bundle loads without the frontend
 

@@ -7,10 +7,11 @@ from ._tvm import te, tirx
 from .compile import compile_inference, compile_training
 from .debug import debug_nans
 from .errors import (BundleError, CheckpointError, GradientError, NonFiniteError,
-                     NonFiniteLossError, NonFiniteOpError, ShapeError, TargetError, TvmfrontError)
+                     NonFiniteLossError, NonFiniteOpError, OutOfBoundsError, ShapeError, TargetError,
+                     TvmfrontError)
 from .gradcheck import gradcheck
 from .nn.init import manual_seed
-from .op import Op, derived_gradients, op
+from .op import Op, bound_checks, derived_gradients, op
 from .opcheck import OpCheckError, OpCheckReport, opcheck
 from .runtime import InferenceModule, TrainingModule, load
 from .spec import TensorSpec
@@ -20,9 +21,9 @@ from .tune import TuneReport, tune
 
 __all__ = [
     "BundleError", "CheckpointError", "GradientError", "NonFiniteError", "NonFiniteLossError",
-    "NonFiniteOpError", "InferenceModule", "Op", "OpCheckError", "OpCheckReport",
+    "NonFiniteOpError", "InferenceModule", "OutOfBoundsError", "Op", "OpCheckError", "OpCheckReport",
     "ShapeError", "TargetError",
     "TensorSpec", "Trainer", "TrainingModule", "TvmfrontError", "compile_inference",
-    "compile_training", "data", "debug_nans", "derived_gradients", "gradcheck", "load", "opcheck", "manual_seed", "nn", "op", "ops", "optim", "targets", "te", "tirx",
+    "bound_checks", "compile_training", "data", "debug_nans", "derived_gradients", "gradcheck", "load", "opcheck", "manual_seed", "nn", "op", "ops", "optim", "targets", "te", "tirx",
     "tune", "TuneReport",
 ]

@@ -17,14 +17,10 @@ guards) with an index outside its tensor's shape. A nonzero count raises OutOfBo
 
 from ._tvm import te, tirx, tvm
 from .autodiff import show, substitute
-from .errors import TvmfrontError
+from .errors import OutOfBoundsError
 
 P = tvm.ir.prim.expr
 
-
-
-class OutOfBoundsError(TvmfrontError, IndexError):
-    """A kernel read outside a tensor; the message names the stage, the read and the shape."""
 
 
 def _and(a, b):

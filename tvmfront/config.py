@@ -19,6 +19,11 @@ def derived_gradients():
     return os.environ.get("TVMFRONT_DERIVED_GRADIENTS", "0") == "1"
 
 
+def bound_checks():
+    """Eager kernels count reads outside their buffers and raise (TVMFRONT_BOUND_CHECKS=1)."""
+    return os.environ.get("TVMFRONT_BOUND_CHECKS", "0") == "1"
+
+
 def debug_nans():
     """Check every kernel's outputs for NaN/Inf in compiled steps (TVMFRONT_DEBUG_NANS=1)."""
     return os.environ.get("TVMFRONT_DEBUG_NANS", "0") == "1"

@@ -46,3 +46,8 @@ class NonFiniteOpError(NonFiniteError):
 
 class CheckpointError(TvmfrontError, ValueError):
     """A checkpoint file is corrupt, truncated, or does not fit the module it is loaded into."""
+
+
+class OutOfBoundsError(TvmfrontError, IndexError):
+    """Under bound checks (tvf.bound_checks(), TVMFRONT_BOUND_CHECKS=1), a kernel read outside
+    a tensor; the message names the stage, the read and the shape."""

@@ -22,11 +22,10 @@ import contextlib
 import contextvars
 import inspect
 import itertools
-import os
 
 import numpy as np
 
-from . import boundcheck
+from . import boundcheck, config
 from ._tvm import register_global_func, relax, te, to_device, tvm
 from .autodiff import derive_for_op
 from .errors import GradientError, ShapeError
@@ -92,7 +91,7 @@ def bound_checks(enabled=True):
 
 def bound_checks_enabled():
     forced = _force_bound_checks.get()
-    return forced if forced is not None else os.environ.get("TVMFRONT_BOUND_CHECKS") == "1"
+    return forced if forced is not None else config.bound_checks()
 
 
 def _zeros(like, name):
