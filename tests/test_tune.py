@@ -13,10 +13,10 @@ import tvmfront as tvf
 from tvmfront import cli, records
 from tvmfront.errors import TvmfrontError
 from tvmfront.records import RecordsWarning
-from tvmfront.target import target_key, x86_class
+from tvmfront.target import x86_class
 
 nn = tvf.nn
-KEY = target_key("x86")
+KEY = records.store_key("x86")
 X = np.random.default_rng(0).standard_normal((4, 16)).astype("float32")
 
 
@@ -64,7 +64,7 @@ def _retarget(folder, mcpu):
         f.writelines(json.dumps(rec) + "\n" for rec in lines)
     meta_path = os.path.join(folder, records.META)
     meta = json.load(open(meta_path))
-    meta.update(target_key=target_key(other), target=other)
+    meta.update(target_key=records.store_key(other), target=other)
     meta.pop("kernels", None)
     json.dump(meta, open(meta_path, "w"))
 
@@ -104,7 +104,7 @@ def test_records_of_another_target_are_never_applied(tuned, tmp_path):
     ours = _store_without_verdicts(root, tmp_path / "ours")
     # a CPU of another feature class than this machine's
     other_cpu = "haswell" if x86_class("x86") == "avx512" else "skylake-avx512"
-    other_key = target_key({"kind": "llvm", "mcpu": other_cpu})
+    other_key = records.store_key({"kind": "llvm", "mcpu": other_cpu, "num-cores": 2})
     assert other_key != KEY
     other_root = tmp_path / "other"
     shutil.copytree(os.path.join(ours, KEY), other_root / other_key)
@@ -157,7 +157,7 @@ def test_corrupt_record_files_warn_and_fall_back_to_default_schedules(tuned, tmp
 def test_merge_keeps_the_best_record_per_workload(tmp_path):
     trace = [[], []]
     target = {"kind": "llvm", "mcpu": "znver3", "num-cores": 2, "keys": ["cpu"], "tag": ""}
-    key = records.record_target_key(target)
+    key = records.record_key(target)
 
     def rec(secs):
         return [trace, secs, target, []]
