@@ -13,7 +13,7 @@ import tvmfront as tvf
 from tvmfront import cli, records
 from tvmfront.errors import TvmfrontError
 from tvmfront.records import RecordsWarning
-from tvmfront.target import x86_class
+from tvmfront.target import target_json, x86_class
 
 nn = tvf.nn
 KEY = records.store_key("x86")
@@ -33,13 +33,28 @@ def mlp():
     return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
 
 
+def _files(folder):
+    """{path: (size, mtime)} of every file under `folder` (to see that nothing wrote there)."""
+    out = {}
+    for d, _, files in os.walk(folder or os.devnull):
+        for f in files:
+            st = os.stat(os.path.join(d, f))
+            out[os.path.join(d, f)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
-    """One tuning run (4 trials) into a fresh records root; shared by the tests below."""
+    """One tuning run (4 trials) into the user store (a fresh TVMFRONT_RECORDS); shared by the
+    tests below."""
     root = tmp_path_factory.mktemp("schedules")
     module = tvf.compile_inference(mlp(), (4, 16), records=False)
     reference = module(X)
-    report = tvf.tune(module, budget=4, records=root, progress=False)
+    shipped = _files(records.shipped_root())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TVMFRONT_RECORDS", str(root))
+        report = tvf.tune(module, budget=4, progress=False)  # no records=: the user store
+    assert _files(records.shipped_root()) == shipped  # the git-tracked records: untouched
     return module, report, root, reference
 
 
@@ -80,9 +95,17 @@ def test_tune_writes_records_under_the_target_key(tuned):
     assert len(db) >= 1 and all(records.mean_seconds(r) for _, r in db.records)
     meta = json.load(open(os.path.join(store, records.META)))
     assert meta["target_key"] == KEY and meta["tvm_version"] == tvf._tvm.TVM_VERSION
-    # tune timed each kernel with a record against its default schedule and kept the verdict
-    assert meta["kernels"] and all({"default_us", "tuned_us", "record_us"} <= set(v)
-                                   for v in meta["kernels"].values())
+    # tune timed each kernel with a record against its default schedule and kept a verdict,
+    # stamped with today's default schedules, where the timings are above the noise
+    timed = [k for k in report.kernels if k.tuned_us is not None and k.default_us is not None]
+    assert timed
+    for k in timed:
+        verdict = records.judge(k.default_us, k.tuned_us)
+        assert (k.hash in meta["kernels"]) == (verdict is not None), (k, meta["kernels"])
+        if verdict is not None:
+            v = meta["kernels"][k.hash]
+            assert v["verdict"] == verdict and v["defaults"] == records.defaults_digest()
+    assert module._records[0] == str(root)  # rebuilt from the store it wrote first
     tuned_kernels = [k for k in report.kernels if k.trials]
     assert tuned_kernels and all(k.default_us > 0 for k in report.kernels)
     assert "kernel" in str(report) and tuned_kernels[0].name in str(report)
@@ -127,6 +150,20 @@ def test_records_of_another_target_are_never_applied(tuned, tmp_path):
     with pytest.warns(RecordsWarning, match="made for another target"):
         m = tvf.compile_inference(mlp(), (4, 16), records=str(tmp_path / "misplaced"))
     assert m._build_info["tuned_kernels"] == 0
+
+
+@pytest.mark.slow
+def test_records_of_another_core_count_class_are_never_applied(tuned, tmp_path):
+    _, _, root, reference = tuned
+    ours = str(_store_without_verdicts(root, tmp_path / "ours"))
+    here = target_json("x86")  # num-cores: this machine's cores, as the tuned module had
+    assert tvf.compile_inference(mlp(), (4, 16), target=here,
+                                 records=ours)._build_info["tuned_kernels"] >= 1
+    other = dict(here, **{"num-cores": 1 if records.core_class(here) != "1" else 2})
+    with pytest.warns(RecordsWarning, match=f"none for this target {records.store_key(other)}"):
+        m = tvf.compile_inference(mlp(), (4, 16), target=other, records=ours)
+    assert m._build_info["tuned_kernels"] == 0
+    np.testing.assert_allclose(m(X), reference, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow
