@@ -193,7 +193,8 @@ def test_merge_refuses_what_it_cannot_do(tmp_path):
         records.merge(tmp_path / "missing", tmp_path / "db")
     (tmp_path / "home").mkdir()
     (tmp_path / "home" / "notes.txt").write_text("not records")
-    with pytest.raises(records.RecordsError, match="is neither a records database .* nor a records root"):
+    with pytest.raises(records.RecordsError,
+                       match="is neither a records database .* nor a records root"):
         records.merge(tmp_path / "db", tmp_path / "home")
     with pytest.raises(records.RecordsError, match="neither"):
         records.merge(tmp_path / "home", tmp_path / "db")

@@ -270,7 +270,12 @@ def test_tune_needs_a_compiled_module(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_tunes_the_modules_a_file_defines(tmp_path, capsys):
+def test_cli_tunes_the_modules_a_file_defines(tmp_path, capsys, monkeypatch):
+    """Without --records (or TVMFRONT_RECORDS) the records go to ~/.cache/tvmfront/schedules."""
+    for name in ("TVMFRONT_RECORDS", "TVMFRONT_CACHE_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    shipped = _files(records.shipped_root())
     user = tmp_path / "model.py"
     user.write_text(textwrap.dedent("""
         import tvmfront as tvf
@@ -283,11 +288,13 @@ def test_cli_tunes_the_modules_a_file_defines(tmp_path, capsys):
         if __name__ == "__main__":
             raise SystemExit("tvmfront tune imports the file; it does not run it as a script")
     """))
-    rc = cli.main(["tune", str(user), "--target", "x86", "--budget", "2",
-                   "--records", str(tmp_path / "schedules"), "--no-progress"])
+    rc = cli.main(["tune", str(user), "--target", "x86", "--budget", "2", "--no-progress"])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "== infer: inference module" in out
     assert "default us" in out and "tuned us" in out  # the per-kernel table
     assert "end to end (forward, median): default" in out and "speedup" in out
-    assert records.read(tmp_path / "schedules" / KEY) is not None
+    store = tmp_path / "home" / ".cache" / "tvmfront" / "schedules" / KEY
+    assert f"records: {store}" in out
+    assert records.read(store) is not None
+    assert _files(records.shipped_root()) == shipped

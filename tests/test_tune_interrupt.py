@@ -58,7 +58,7 @@ def test_any_number_of_ctrl_c_leaves_a_valid_store_with_what_was_measured(tmp_pa
     env = dict(os.environ, PYTHONPATH=os.environ.get("TVMFRONT_TEST_PYTHONPATH", ROOT),
                TVMFRONT_PROGRESS="0")
     proc = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
+                            stderr=subprocess.STDOUT, text=True, env=env, cwd=str(tmp_path),
                             start_new_session=True)
     lines = []
     try:

@@ -79,7 +79,6 @@ def measured(lowered, target, names, **kw):
         return {}
 
 
-
 def time_module(module, min_seconds=1.0, min_runs=10, seed=0):
     """Median seconds of one call: a train step (random batch) or a forward."""
     rng = np.random.default_rng(seed)

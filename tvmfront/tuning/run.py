@@ -145,7 +145,6 @@ def _log_path(key):
     return os.path.join(folder, f"{key}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
 
 
-
 def tune(module, budget=64, seconds=None, records=None, progress=True, seed=0,
          batch_size=None, rpc=None):
     """Tune every kernel of a compiled module with MetaSchedule; keep the records; rebuild.

@@ -30,7 +30,6 @@ class Kernel:
         return f"<kernel {self.name} x{self.calls}: default {self.default_us} us>"
 
 
-
 # ---- kernels, calls and default latencies ---------------------------------------------------
 def _main_function(module):
     return "train_step" if getattr(module, "kind", None) == "training" else "predict"
@@ -93,7 +92,6 @@ def kernels_of(module):
         out.append(Kernel(names[0], names, h, sum(inside.get(n, 0) for n in names),
                           sum(outside.get(n, 0) for n in names)))
     return out
-
 
 
 def lowered_of(module):
