@@ -4,6 +4,8 @@
                 'interrupt')
     2nd press   stop at once: KeyboardInterrupt, raised after what was measured is merged
     more        change nothing; a press while the records are saved waits for the save
+    before the search starts (default latencies being timed) or after it ended (records
+    saved, verdicts timed, the module rebuilt): one press stops at once
 
 The handler never raises. A KeyboardInterrupt raised by a signal handler lands wherever the
 main thread happens to be, and inside MetaSchedule that is often Python code called from C++
@@ -27,14 +29,22 @@ class Sigint:
 
     def __call__(self, signum, frame):
         self.presses += 1
-        if self.presses == 1 and not self.run.abort:
+        if self.run.abort:
+            return
+        if self.run.phase == "search" and self.presses == 1:
             self.run.stop = "interrupt"
             _say("tune: Ctrl-C: stopping after the current batch, keeping every record "
                  "(press Ctrl-C again to stop at once)")
-        elif not self.run.abort:
-            self.run.stop, self.run.abort = "interrupt", True
+            return
+        self.run.abort = True
+        if self.run.phase == "search":
+            self.run.stop = "interrupt"
             _say("tune: Ctrl-C again: stopping now; the records measured so far are saved "
                  "first")
+        elif self.run.phase == "before":
+            _say("tune: Ctrl-C: stopping before the search (nothing measured yet)")
+        else:
+            _say("tune: Ctrl-C: stopping now (the records measured are saved)")
 
     def checkpoint(self):
         """KeyboardInterrupt here when a press asked to stop at once (after the save)."""

@@ -209,28 +209,30 @@ def tune(module, budget=64, seconds=None, records=None, progress=True, seed=0,
     folder, key = store.store_for(root, target), store.store_key(target)
 
     kernels = kernels_of(module)
-    default = measured(lowered, target, {k.name for k in kernels}, records=False,
-                       remote=remote)
-    for k in kernels:
-        k.default_us = default.get(k.name)
-    kernels.sort(key=lambda k: -k.share_us)
-    report = TuneReport(module, kernels, folder, _log_path(key))
-    if remote is not None:
-        report.remote, report.servers = str(remote), servers
-    if not kernels:
-        return report
-
-    ms = meta_schedule(target)
     per_batch = batch_size or search.batch_size(budget)
     run = search.Run(kernels, budget, seconds, per_batch, progress)
-    work = tempfile.mkdtemp(prefix="tvmfront-tune-")
-    with interrupt.handled(run) as sigint:
+    with interrupt.handled(run) as sigint:  # from here on Ctrl-C never lands inside TVM
+        default = measured(lowered, target, {k.name for k in kernels}, records=False,
+                           remote=remote)
+        sigint.checkpoint()
+        for k in kernels:
+            k.default_us = default.get(k.name)
+        kernels.sort(key=lambda k: -k.share_us)
+        report = TuneReport(module, kernels, folder, _log_path(key))
+        if remote is not None:
+            report.remote, report.servers = str(remote), servers
+        if not kernels:
+            return report
+        ms = meta_schedule(target)
+        work = tempfile.mkdtemp(prefix="tvmfront-tune-")
+        run.start()
         try:
             _seed_work_dir(work, folder, key)
             with _logging_to(report.log):
                 search.tune_in(work, ms, lowered, target, kernels, run, budget, per_batch, seed,
                                remote, report.servers)
         finally:  # however tuning ended (a Ctrl-C waits: the handler only sets flags)
+            run.phase = "after"
             report.trials, report.failed, report.elapsed = run.trials, run.failed, run.elapsed()
             report.stopped = run.stop or ("budget" if budget is not None
                                           and run.trials >= budget else "done")

@@ -40,8 +40,13 @@ class Run:
         self.history = [[] for _ in kernels]
         self.stop = None  # why tuning stops: 'time', 'interrupt'
         self.abort = False  # stop at once (a second Ctrl-C): raised from the next callback
+        self.phase = "before"  # 'search' while MetaSchedule runs, then 'after'
         self.exception = None  # a Python exception raised inside TVM's tuning loop
         self.tty = progress is True and sys.stderr.isatty()
+
+    def start(self):
+        """The search begins: the time limit counts from now."""
+        self.phase, self.t0 = "search", time.monotonic()
 
     def elapsed(self):
         return time.monotonic() - self.t0
