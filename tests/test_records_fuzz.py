@@ -8,7 +8,8 @@ valid JSON of the wrong shape, huge numbers, NaN, deep nesting, junk targets, a 
 file's place. Then it reads the store every way tvmfront does: read, select (the root, the
 folder, the default order), merge (from it, into it, root into root), tune's seeding, the
 build's selection loaded as TVM's JSONDatabase, and a few whole builds.
-TVMFRONT_FUZZ_CASES=N runs more cases (default 160)."""
+A quick run (40 cases) goes with every test run, a longer one (400) with the slow tests;
+TVMFRONT_FUZZ_CASES=N sets the longer one's count."""
 
 import os
 import random
@@ -27,7 +28,7 @@ from tvmfront.tuning.run import _seed_work_dir
 TARGET = target_json("x86")
 KEY = records.store_key("x86")
 SHIPPED = os.path.join(records.ROOT, "schedules", "x86_64-avx512-tvm0.27.0.post1-cores2")
-CASES = int(os.environ.get("TVMFRONT_FUZZ_CASES", "160"))
+LONG = int(os.environ.get("TVMFRONT_FUZZ_CASES", "400"))
 FILES = (records.WORKLOADS, records.RECORDS, records.META)
 
 WRONG_SHAPES = [
@@ -136,15 +137,17 @@ def _reads(root, folder, good, scratch, monkeypatch, tvm):
     return db
 
 
-def test_every_reading_path_survives_any_bytes(tmp_path, monkeypatch):
+@pytest.mark.parametrize("cases,seed", [
+    (40, 20261203), pytest.param(LONG, 1, marks=pytest.mark.slow)])
+def test_every_reading_path_survives_any_bytes(tmp_path, monkeypatch, cases, seed):
     monkeypatch.setattr(policy, "shipped_root", lambda: None)
-    rng = random.Random(20261203)
+    rng = random.Random(seed)
     base = tmp_path / "base"
     _base_store(base / KEY)
     good = str(tmp_path / "good")
     shutil.copytree(base / KEY, good)
     skipped = 0
-    for case in range(CASES):
+    for case in range(cases):
         root = tmp_path / f"case{case}"
         shutil.copytree(base, root)
         folder = str(root / KEY)
@@ -166,7 +169,7 @@ def test_every_reading_path_survives_any_bytes(tmp_path, monkeypatch):
         assert records.read(folder, warn=False) is not None, f"case {case} ({what})"
         shutil.rmtree(root)
         shutil.rmtree(scratch)
-    assert skipped >= CASES // 3  # most damage is caught as such (the rest stays valid JSON)
+    assert skipped >= cases // 3  # most damage is caught as such (the rest stays valid JSON)
 
 
 @pytest.mark.slow
