@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 import tvmfront as tvf
-from tvmfront import cross
+from tvmfront.testing import qemu as cross
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 p.add_argument("--out", default="artifacts/cross_compile_arm", help="directory for both bundles")

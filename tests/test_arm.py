@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import tvmfront as tvf
-from tvmfront import cross
+from tvmfront.testing import qemu as cross
 from tvmfront._tvm import TVM_VERSION, cross_compiler_name
 
 from _skip import skip_loudly

@@ -1,10 +1,13 @@
 """The tuning records shipped in the repository's schedules/ folder.
 
 1. Every shipped folder reads without warnings, and every record in it was made for a target
-   with the folder's key (so a build reading ``schedules/<its key>`` applies all of them).
-2. On a machine whose target key has shipped records, they apply to the LeNet train step of
+   with the folder's store key (so a build reading ``schedules/<its key>`` applies all of them).
+2. They are selected for any CPU of their feature class at their core-count class, and never
+   at another core count.
+3. On a machine of their feature class, they apply to the LeNet train step of
    examples/lenet_digits.py (the README's main command), also when LLVM names this CPU
-   differently from the machine that tuned them (the key is the feature class, not the model).
+   differently from the machine that tuned them (the key is the feature class, not the model),
+   built at the core count they were tuned at; at another core count they do not.
 """
 
 import importlib.util
@@ -15,7 +18,7 @@ import pytest
 
 import tvmfront as tvf
 from tvmfront import records
-from tvmfront.target import target_json, target_key, x86_class
+from tvmfront.target import target_json, x86_class
 
 SHIPPED = os.path.join(records.ROOT, "schedules")
 EXAMPLE = os.path.join(records.ROOT, "examples", "lenet_digits.py")
@@ -42,14 +45,35 @@ def test_every_shipped_record_carries_its_folder_key(folder):
     db = _read_quietly(os.path.join(SHIPPED, folder))
     assert db is not None and len(db) > 0
     assert db.meta["target_key"] == folder
-    assert target_key(db.meta["target"]) == folder
+    assert records.store_key(db.meta["target"]) == folder
     for _, rec in db.records:
-        assert records.record_target_key(rec[2]) == folder, rec[2]
+        assert records.record_key(rec[2]) == folder, rec[2]
         assert records.mean_seconds(rec) is not None  # the store keeps measured records only
     assert len(db.best()) == len(db)  # one record per kernel
 
 
-def _lenet_train_step(target, monkeypatch):
+def _tuned_at(folder):
+    """The target the folder's records were tuned for: its feature class and core count."""
+    return records.read(os.path.join(SHIPPED, folder)).meta["target"]
+
+
+@pytest.mark.parametrize("folder", _folders())
+def test_shipped_records_are_selected_at_their_core_class_only(folder):
+    tuned = _tuned_at(folder)
+    same_class = tuned
+    if x86_class(tuned) == "avx512":  # another CPU model of the class, same core count
+        model = "skylake-avx512" if tuned.get("mcpu") != "skylake-avx512" else "icelake-server"
+        same_class = dict(tuned, mcpu=model)
+    assert records.store_key(same_class) == folder
+    selection = records.select(SHIPPED, same_class)
+    assert selection and selection.sources == [os.path.join(SHIPPED, folder)]
+    assert len(selection.hashes()) == len(records.read(os.path.join(SHIPPED, folder)).best())
+    more_cores = dict(tuned, **{"num-cores": 8 * int(tuned["num-cores"])})
+    with pytest.warns(records.RecordsWarning, match="none for this target"):
+        assert not records.select(SHIPPED, more_cores)
+
+
+def _lenet_train_step(target, monkeypatch, strict=True):
     spec = importlib.util.spec_from_file_location("_lenet_digits", EXAMPLE)
     example = importlib.util.module_from_spec(spec)
     monkeypatch.syspath_prepend(os.path.dirname(EXAMPLE))  # its `from _common import ...`
@@ -57,41 +81,49 @@ def _lenet_train_step(target, monkeypatch):
     monkeypatch.setenv("TVMFRONT_CACHE", "0")  # a real build, not a cached library
     tvf.manual_seed(0)
     with warnings.catch_warnings():
-        warnings.simplefilter("error", records.RecordsWarning)
+        if strict:
+            warnings.simplefilter("error", records.RecordsWarning)
         return tvf.compile_training(example.make_model(), tvf.nn.CrossEntropyLoss(),
                                     example.make_optimizer(), inputs=(64, *example.X_SHAPE),
                                     labels=(64,), target=target, records=SHIPPED)
 
 
 def _this_machines_folder():
-    key = target_key("x86")
-    if key not in _folders():
-        pytest.skip(f"no shipped records for this machine's key {key} "
-                    f"(shipped: {', '.join(_folders()) or 'none'})")
-    return key
+    """(folder, this machine's target at the folder's core count): the shipped records of this
+    CPU's feature class, built as the machine that tuned them was (its num-cores)."""
+    for folder in _folders():
+        here = dict(target_json("x86"), **{"num-cores": _tuned_at(folder)["num-cores"]})
+        if records.store_key(here) == folder:
+            return folder, here
+    pytest.skip(f"no shipped records for this machine's feature class "
+                f"{records.store_key('x86')} (shipped: {', '.join(_folders()) or 'none'})")
 
 
 @pytest.mark.slow
 def test_shipped_records_apply_to_the_lenet_train_step(monkeypatch):
-    key = _this_machines_folder()
-    module = _lenet_train_step("x86", monkeypatch)
+    key, here = _this_machines_folder()
+    module = _lenet_train_step(here, monkeypatch)
     info = module._build_info
-    assert info["target_key"] == key
     assert info["records"] == [os.path.join(SHIPPED, key)]
     assert info["tuned_kernels"] > 0
+    # the same machine at another core count: they do not apply
+    more_cores = dict(here, **{"num-cores": 8 * int(here["num-cores"])})
+    with pytest.warns(records.RecordsWarning, match="none for this target"):
+        module = _lenet_train_step(more_cores, monkeypatch, strict=False)
+    assert module._build_info["tuned_kernels"] == 0
 
 
 @pytest.mark.slow
 def test_shipped_records_apply_to_another_cpu_model_of_the_class(monkeypatch):
     """An AVX-512 CPU that LLVM names differently from the tuning machine (whose records say
     e.g. rocketlake) reads the same folder and applies the same records."""
-    key = _this_machines_folder()
+    key, here = _this_machines_folder()
     if x86_class("x86") != "avx512":
         pytest.skip(f"this machine's key {key} is not the AVX-512 class")
-    tuned_on = records.read(os.path.join(SHIPPED, key)).meta["target"].get("mcpu")
+    tuned_on = _tuned_at(key).get("mcpu")
     model = "skylake-avx512" if tuned_on != "skylake-avx512" else "icelake-server"
-    other = dict(target_json("x86"), mcpu=model)
-    assert target_key(other) == key
+    other = dict(here, mcpu=model)
+    assert records.store_key(other) == key
     module = _lenet_train_step(other, monkeypatch)
     assert module._build_info["tuned_kernels"] > 0
     assert module.manifest["target"]["mcpu"] == model

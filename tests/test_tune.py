@@ -13,10 +13,10 @@ import tvmfront as tvf
 from tvmfront import cli, records
 from tvmfront.errors import TvmfrontError
 from tvmfront.records import RecordsWarning
-from tvmfront.target import target_key, x86_class
+from tvmfront.target import target_json, x86_class
 
 nn = tvf.nn
-KEY = target_key("x86")
+KEY = records.store_key("x86")
 X = np.random.default_rng(0).standard_normal((4, 16)).astype("float32")
 
 
@@ -33,13 +33,28 @@ def mlp():
     return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
 
 
+def _files(folder):
+    """{path: (size, mtime)} of every file under `folder` (to see that nothing wrote there)."""
+    out = {}
+    for d, _, files in os.walk(folder or os.devnull):
+        for f in files:
+            st = os.stat(os.path.join(d, f))
+            out[os.path.join(d, f)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
-    """One tuning run (4 trials) into a fresh records root; shared by the tests below."""
+    """One tuning run (4 trials) into the user store (a fresh TVMFRONT_RECORDS); shared by the
+    tests below."""
     root = tmp_path_factory.mktemp("schedules")
     module = tvf.compile_inference(mlp(), (4, 16), records=False)
     reference = module(X)
-    report = tvf.tune(module, budget=4, records=root, progress=False)
+    shipped = _files(records.shipped_root())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TVMFRONT_RECORDS", str(root))
+        report = tvf.tune(module, budget=4, progress=False)  # no records=: the user store
+    assert _files(records.shipped_root()) == shipped  # the git-tracked records: untouched
     return module, report, root, reference
 
 
@@ -64,7 +79,7 @@ def _retarget(folder, mcpu):
         f.writelines(json.dumps(rec) + "\n" for rec in lines)
     meta_path = os.path.join(folder, records.META)
     meta = json.load(open(meta_path))
-    meta.update(target_key=target_key(other), target=other)
+    meta.update(target_key=records.store_key(other), target=other)
     meta.pop("kernels", None)
     json.dump(meta, open(meta_path, "w"))
 
@@ -80,9 +95,17 @@ def test_tune_writes_records_under_the_target_key(tuned):
     assert len(db) >= 1 and all(records.mean_seconds(r) for _, r in db.records)
     meta = json.load(open(os.path.join(store, records.META)))
     assert meta["target_key"] == KEY and meta["tvm_version"] == tvf._tvm.TVM_VERSION
-    # tune timed each kernel with a record against its default schedule and kept the verdict
-    assert meta["kernels"] and all({"default_us", "tuned_us", "record_us"} <= set(v)
-                                   for v in meta["kernels"].values())
+    # tune timed each kernel with a record against its default schedule and kept a verdict,
+    # stamped with today's default schedules, where the timings are above the noise
+    timed = [k for k in report.kernels if k.tuned_us is not None and k.default_us is not None]
+    assert timed
+    for k in timed:
+        verdict = records.judge(k.default_us, k.tuned_us)
+        assert (k.hash in meta["kernels"]) == (verdict is not None), (k, meta["kernels"])
+        if verdict is not None:
+            v = meta["kernels"][k.hash]
+            assert v["verdict"] == verdict and v["defaults"] == records.defaults_digest()
+    assert module._records[0] == str(root)  # rebuilt from the store it wrote first
     tuned_kernels = [k for k in report.kernels if k.trials]
     assert tuned_kernels and all(k.default_us > 0 for k in report.kernels)
     assert "kernel" in str(report) and tuned_kernels[0].name in str(report)
@@ -104,7 +127,7 @@ def test_records_of_another_target_are_never_applied(tuned, tmp_path):
     ours = _store_without_verdicts(root, tmp_path / "ours")
     # a CPU of another feature class than this machine's
     other_cpu = "haswell" if x86_class("x86") == "avx512" else "skylake-avx512"
-    other_key = target_key({"kind": "llvm", "mcpu": other_cpu})
+    other_key = records.store_key({"kind": "llvm", "mcpu": other_cpu, "num-cores": 2})
     assert other_key != KEY
     other_root = tmp_path / "other"
     shutil.copytree(os.path.join(ours, KEY), other_root / other_key)
@@ -127,6 +150,20 @@ def test_records_of_another_target_are_never_applied(tuned, tmp_path):
     with pytest.warns(RecordsWarning, match="made for another target"):
         m = tvf.compile_inference(mlp(), (4, 16), records=str(tmp_path / "misplaced"))
     assert m._build_info["tuned_kernels"] == 0
+
+
+@pytest.mark.slow
+def test_records_of_another_core_count_class_are_never_applied(tuned, tmp_path):
+    _, _, root, reference = tuned
+    ours = str(_store_without_verdicts(root, tmp_path / "ours"))
+    here = target_json("x86")  # num-cores: this machine's cores, as the tuned module had
+    assert tvf.compile_inference(mlp(), (4, 16), target=here,
+                                 records=ours)._build_info["tuned_kernels"] >= 1
+    other = dict(here, **{"num-cores": 1 if records.core_class(here) != "1" else 2})
+    with pytest.warns(RecordsWarning, match=f"none for this target {records.store_key(other)}"):
+        m = tvf.compile_inference(mlp(), (4, 16), target=other, records=ours)
+    assert m._build_info["tuned_kernels"] == 0
+    np.testing.assert_allclose(m(X), reference, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow
@@ -157,7 +194,7 @@ def test_corrupt_record_files_warn_and_fall_back_to_default_schedules(tuned, tmp
 def test_merge_keeps_the_best_record_per_workload(tmp_path):
     trace = [[], []]
     target = {"kind": "llvm", "mcpu": "znver3", "num-cores": 2, "keys": ["cpu"], "tag": ""}
-    key = records.record_target_key(target)
+    key = records.record_key(target)
 
     def rec(secs):
         return [trace, secs, target, []]
@@ -233,7 +270,12 @@ def test_tune_needs_a_compiled_module(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_tunes_the_modules_a_file_defines(tmp_path, capsys):
+def test_cli_tunes_the_modules_a_file_defines(tmp_path, capsys, monkeypatch):
+    """Without --records (or TVMFRONT_RECORDS) the records go to ~/.cache/tvmfront/schedules."""
+    for name in ("TVMFRONT_RECORDS", "TVMFRONT_CACHE_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    shipped = _files(records.shipped_root())
     user = tmp_path / "model.py"
     user.write_text(textwrap.dedent("""
         import tvmfront as tvf
@@ -246,11 +288,13 @@ def test_cli_tunes_the_modules_a_file_defines(tmp_path, capsys):
         if __name__ == "__main__":
             raise SystemExit("tvmfront tune imports the file; it does not run it as a script")
     """))
-    rc = cli.main(["tune", str(user), "--target", "x86", "--budget", "2",
-                   "--records", str(tmp_path / "schedules"), "--no-progress"])
+    rc = cli.main(["tune", str(user), "--target", "x86", "--budget", "2", "--no-progress"])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "== infer: inference module" in out
     assert "default us" in out and "tuned us" in out  # the per-kernel table
     assert "end to end (forward, median): default" in out and "speedup" in out
-    assert records.read(tmp_path / "schedules" / KEY) is not None
+    store = tmp_path / "home" / ".cache" / "tvmfront" / "schedules" / KEY
+    assert f"records: {store}" in out
+    assert records.read(store) is not None
+    assert _files(records.shipped_root()) == shipped

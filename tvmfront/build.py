@@ -10,7 +10,7 @@ import os
 import shutil
 
 from . import cache, config, pipeline
-from . import records as records_mod
+from .tuning import policy as records_mod
 from ._tvm import (cross_compiler_name, device_available, export_library, host_arch, load_module,
                    normalize_prim_func, prim_func_type, relax, structural_hash, target_arch, tvm)
 from .target import resolve_target, target_key

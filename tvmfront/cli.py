@@ -7,11 +7,12 @@ FILE is a Python file (an example, or your model file) defining ``tvmfront_modul
 returns {name: compiled module} (tvf.compile_training / tvf.compile_inference results); when
 it takes a ``target`` argument it receives --target. The file is imported, not run as a
 script, so code under ``if __name__ == "__main__":`` does not run. Each module is tuned with
-``--budget`` trials (and/or ``--seconds``) into the records store (``--records`` root, default
-TVMFRONT_RECORDS or ``<repo>/schedules``), then the command prints a per-kernel table (default
-vs tuned latency, each kernel timed alone; MetaSchedule's own measurement of the best record)
-and the end-to-end speedup: the median time of a train step / forward call, default schedules
-vs tuned, measured in this run, interleaved.
+``--budget`` trials (and/or ``--seconds``) into the records store (``--records`` root,
+default the user store: TVMFRONT_RECORDS or ``~/.cache/tvmfront/schedules``), then the
+command prints a per-kernel table (default vs tuned latency, each kernel timed alone;
+MetaSchedule's own measurement of the best record) and the end-to-end speedup: the median
+time of a train step / forward call, default schedules vs tuned, measured in this run,
+interleaved.
 
 ``--rpc`` measures on other machines over TVM RPC (tvmfront.rpc): ``HOST:PORT`` is one
 ``python -m tvm.exec.rpc_server`` (e.g. on an ARM board: ``--target arm --rpc board:9090``),
@@ -142,7 +143,8 @@ def main(argv=None):
     p.add_argument("--budget", type=int, default=64, help="trials per module (default 64)")
     p.add_argument("--seconds", type=float, default=None, help="wall-time limit per module")
     p.add_argument("--records", default=None,
-                   help="records root (default: TVMFRONT_RECORDS or <repo>/schedules)")
+                   help="records root to write (default: TVMFRONT_RECORDS or "
+                        "~/.cache/tvmfront/schedules)")
     p.add_argument("--only", action="append", metavar="NAME", help="tune only this module")
     p.add_argument("--top", type=int, default=20, help="kernels shown in the table")
     p.add_argument("--no-progress", action="store_true", help="no progress line")

@@ -7,8 +7,8 @@ aarch64 wheels of the runtime stack (TVM, tvm-ffi, numpy, safetensors) into a ca
 aarch64 Python there with this checkout's tvmfront on its path, so a bundle exported for
 target="arm" is loaded and run by the very runtime code an ARM board would run.
 
-    env = cross.arm_env()                       # raises ArmUnavailable(reason) if not set up
-    outputs = cross.run_bundles_aarch64([
+    env = qemu.arm_env()                        # raises ArmUnavailable(reason) if not set up
+    outputs = qemu.run_bundles_aarch64([
         {"bundle": "bundles/infer", "op": "predict", "x": "x", "out": "pred"},
         {"bundle": "bundles/train", "op": "steps", "x": ["x0", "x1"], "y": ["y0", "y1"],
          "lr": 1e-2, "out": "losses"}], {"x": x, "x0": ..., ...})
@@ -24,9 +24,9 @@ import time
 
 import numpy as np
 
-from .errors import TvmfrontError
+from ..errors import TvmfrontError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SETUP = os.path.join(ROOT, "scripts", "setup_arm.sh")
 
 

@@ -1,0 +1,110 @@
+"""Timing kernels on their own (default schedules vs records), here or on a remote device,
+and timing a whole module call."""
+
+import logging
+import time
+
+import numpy as np
+
+from .._tvm import prim_func_type, to_device, tvm
+from ..build import schedule_lowered
+from . import policy, remote as rpc_mod
+
+log = logging.getLogger("tvmfront.tune")
+
+
+def measure_kernels(lowered, target, names, records=False, every_record=False,
+                    min_repeat_ms=25, repeat=5, remote=None):
+    """{kernel name: median latency in microseconds} of the named kernels of `lowered`,
+    scheduled as a build with `records` would schedule them (every_record: with every record,
+    also those found slower than the default schedule), built into one library and each timed
+    on its own with random inputs (integer inputs are zeros: valid indices). remote (a
+    tvmfront.rpc spec): timed on that device, the library linked here and uploaded."""
+    selection = policy.select(records, target, every_record=every_record)
+    scheduled, _ = schedule_lowered(lowered, target, selection)
+    funcs = {}
+    for gvar, func in scheduled.functions.items():
+        if gvar.name_hint in names and isinstance(func, prim_func_type()):
+            funcs[gvar.name_hint] = func.with_attr("global_symbol", gvar.name_hint)
+    if not funcs:
+        return {}
+    lib = tvm.compile(tvm.IRModule(funcs), target=target)
+    if remote is not None:
+        with rpc_mod.session(remote) as sess:
+            remote_lib, device = rpc_mod.upload(sess, lib, target)
+            try:
+                return _time_kernels(remote_lib, device, funcs, min_repeat_ms, repeat)
+            finally:
+                del remote_lib, device  # remote objects go before the session ends
+    lib = lib.jit() if hasattr(lib, "jit") else lib  # an Executable: compile to a library
+    device = tvm.cpu() if target.kind.name == "llvm" else tvm.cuda(0)
+    return _time_kernels(lib, device, funcs, min_repeat_ms, repeat)
+
+
+def _time_kernels(lib, device, funcs, min_repeat_ms, repeat):
+    rng = np.random.default_rng(0)
+    out = {}
+    for name, func in funcs.items():
+        try:
+            args = []
+            for param in func.params:
+                # TVM 0.27: a PrimFunc's parameters are buffer-typed vars (shape, dtype)
+                buf = func.buffer_map[param] if hasattr(func, "buffer_map") else param
+                shape = [int(s) for s in buf.shape]
+                dtype = str(buf.dtype)
+                if dtype.startswith("float"):
+                    arr = rng.uniform(0.1, 1.0, shape).astype(dtype)
+                else:
+                    arr = np.zeros(shape, dtype)
+                args.append(to_device(arr, device))
+            timer = lib.time_evaluator(name, device, number=1, repeat=repeat,
+                                       min_repeat_ms=min_repeat_ms)
+            out[name] = float(np.median(timer(*args).results)) * 1e6
+        except Exception as err:  # a kernel that cannot be timed alone keeps no latency
+            log.info("could not time kernel %s: %s", name, err)
+        finally:
+            args = timer = None
+    return out
+
+
+def measured(lowered, target, names, **kw):
+    """measure_kernels, or {} (logged) when the kernels cannot be built alone or timed on the
+    remote device: tuning goes on with weights by call count only, and records apply
+    unmeasured."""
+    try:
+        return measure_kernels(lowered, target, names, **kw)
+    except Exception as err:
+        where = f" on {kw['remote']}" if kw.get("remote") is not None else ""
+        log.warning("could not time the kernels on their own%s: %s", where, err)
+        return {}
+
+
+def time_module(module, min_seconds=1.0, min_runs=10, seed=0):
+    """Median seconds of one call: a train step (random batch) or a forward."""
+    rng = np.random.default_rng(seed)
+    spec = module.manifest["inputs"]
+    x = rng.standard_normal(spec["shape"]).astype(spec["dtype"])
+    if getattr(module, "kind", None) == "training":
+        lab = module.manifest["labels"]
+        classes = module.manifest.get("num_classes")
+        if classes:
+            y = rng.integers(0, classes, lab["shape"]).astype(lab["dtype"])
+        else:
+            y = rng.standard_normal(lab["shape"]).astype(lab["dtype"])
+
+        def call():
+            module.step(x, y, lr=0.0)
+    else:
+        def call():
+            module(x)
+    for _ in range(3):
+        call()
+    times = []
+    start = time.perf_counter()
+    while len(times) < min_runs or time.perf_counter() - start < min_seconds:
+        t = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t)
+        if len(times) >= 10000:
+            break
+    return float(np.median(times))
