@@ -84,6 +84,7 @@ def merge_folder(src, dst, key=None, target=None):
 def _merge_db(src_db, src_name, dst_dir, key=None, target=None):
     """Merge the Database `src_db` into the database folder `dst_dir` (under its lock)."""
     with store.locked(dst_dir):
+        store.remove_stale_temporaries(dst_dir)
         dst = store.read(dst_dir, warn=False) if store.is_database(dst_dir) else Database()
         if dst is None:
             stamp = store.stamp()
@@ -111,7 +112,9 @@ def _merge_db(src_db, src_name, dst_dir, key=None, target=None):
             store.warning(f"{sum(others.values())} tuning record(s) in {src_name} were made for "
                           f"another target ({', '.join(sorted(others))}) and are not merged "
                           f"into {dst_dir} ({key})")
-        merged, changed = _best_of(best_only(dst), best_only(mine))
+        # dst keeps every workload at its index (best_records, not best_only): its workload
+        # file is only ever appended to, so a reader between the two renames stays consistent.
+        merged, changed = _best_of(store.best_records(dst), best_only(mine))
         meta["updated"] = store.stamp()
         store.write(dst_dir, merged, meta)
     return changed

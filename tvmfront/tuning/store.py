@@ -299,9 +299,42 @@ def lines(db):
         yield json.dumps([w, rec], separators=(",", ":")) + "\n"
 
 
+def best_records(db):
+    """The database with only the best record of each workload; every workload stays at its
+    index, so a store rewritten from it only ever appends workloads (what `read` relies on
+    when a writer dies between the two files' renames)."""
+    return Database(db.workloads, sorted(db.best().items()), db.meta, db.path)
+
+
+def _temp_prefix(path):
+    # The writer's pid is in the name: a later merge removes the files of dead writers.
+    return f".{os.path.basename(path)}.{os.getpid()}."
+
+
+def remove_stale_temporaries(folder):
+    """Remove the temporary files that killed writers left in the store `folder`."""
+    for name in os.listdir(folder):
+        parts = name.split(".")
+        if name.startswith(".") and name.endswith(".tmp") and len(parts) > 3:
+            pid = parts[-3] if parts[-3].isdigit() else ""
+            if pid and not _alive(int(pid)):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(folder, name))
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def write_atomic(path, text):
     directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=_temp_prefix(path), suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
