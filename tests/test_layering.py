@@ -11,7 +11,7 @@ PKG = pathlib.Path(__file__).resolve().parents[1] / "tvmfront"
 # layers never import higher ones. Within level 5, tuning's record files and policy (5.0,
 # 5.1) sit under build (5.2), which reads records, and the rest of tuning (5.3) builds.
 LAYERS = {
-    "_tvm": 0, "_version": 0, "errors": 0, "config": 0, "data": 0, "target": 0,
+    "_tvm": 0, "_files": 0, "_version": 0, "errors": 0, "config": 0, "data": 0, "target": 0,
     "spec": 1, "tensor": 1,
     "autodiff": 2, "boundcheck": 2, "op": 2, "ops": 2, "gradcheck": 2, "opcheck": 2,
     "nn": 3, "optim": 3,
@@ -25,7 +25,7 @@ LAYERS = {
     "compile": 7, "trainer": 7, "checkpoint": 7, "cli": 7, "__init__": 7,
     "testing": 8,  # starts trackers, servers, qemu: apart from the library, nothing imports it
 }
-RUNTIME_MAY_IMPORT = {"_tvm", "errors", "runtime"}  # a bundle loads without the frontend
+RUNTIME_MAY_IMPORT = {"_tvm", "_files", "errors", "runtime"}  # a bundle loads without the frontend
 
 
 def _layer_of(parts):

@@ -26,6 +26,7 @@ import os
 import tempfile
 import time
 
+from ._files import fsync_dir
 from ._tvm import TVM_VERSION, structural_hash
 from ._version import __version__
 from .config import logger
@@ -142,20 +143,6 @@ def _libraries(k):
             if n.startswith(k + "-") and n.endswith(".so")]
 
 
-def _fsync_dir(directory):
-    """Make a rename in `directory` durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _temporary(directory, suffix):
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
     os.close(fd)
@@ -191,14 +178,14 @@ def store(k, write_library, info):
         name = _library_name(k, sha)
         lib = os.path.join(folder, name)
         os.replace(tmp_lib, lib)  # 1. the library, under its content's name
-        _fsync_dir(folder)
+        fsync_dir(folder)
         tmp_meta = _temporary(folder, ".json")
         with open(tmp_meta, "w", encoding="utf-8") as f:
             json.dump(dict(info, sha256=sha, library=name), f, indent=1, sort_keys=True)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_meta, _meta_path(k))  # 2. the metadata that names it: the commit
-        _fsync_dir(folder)
+        fsync_dir(folder)
     except BaseException:
         for p in (tmp_lib, tmp_meta):
             if p is not None:

@@ -10,17 +10,17 @@ Writes are atomic: a temporary file in the same folder, fsync, os.replace, fsync
 folder; a crash leaves the old checkpoint or the new one, never half of one.
 """
 
-import contextlib
+
 import hashlib
 import json
 import os
 import struct
-import tempfile
 
 import numpy as np
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
+from . import _files
 from .errors import CheckpointError
 
 FORMAT = "tvmfront-checkpoint"
@@ -53,28 +53,12 @@ def encode(params, optim, meta):
 
 
 def write_atomic(path, data):
-    """Write `data` to `path` so that a crash at any moment leaves the old file or the new."""
+    """Write `data` to `path` so that a crash at any moment leaves the old file or the new;
+    the temporaries of saves killed earlier are removed first."""
     path = os.path.abspath(os.fspath(path))
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        dfd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    return path
+    if os.path.isdir(os.path.dirname(path)):
+        _files.remove_stale_temporaries(os.path.dirname(path), os.path.basename(path))
+    return _files.write_atomic(path, data)
 
 
 def _header_metadata(path, data):

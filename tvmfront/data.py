@@ -8,9 +8,10 @@ module works without it.
 import gzip
 import math
 import os
-import tempfile
 
 import numpy as np
+
+from ._files import write_atomic
 
 __all__ = ["load_digits", "upsample", "read_idx", "write_idx", "load_mnist", "batches"]
 
@@ -131,27 +132,7 @@ def write_idx(path, array):
         # mtime=0 keeps the output byte-for-byte reproducible.
         payload = gzip.compress(payload, mtime=0)
 
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates the file 0600; keep the permissions an ordinary write would give.
-        try:
-            mode = os.stat(path).st_mode & 0o7777
-        except FileNotFoundError:
-            mode = 0o644
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    write_atomic(path, payload)
 
 
 def _find_idx(directory, name):

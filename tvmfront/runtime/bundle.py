@@ -27,6 +27,7 @@ import numpy as np
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
+from .._files import remove_stale_temporaries, temp_prefix
 from .._tvm import load_module
 from ..errors import BundleError
 from . import signing
@@ -50,8 +51,8 @@ def write_bundle(path, manifest, files, sign_key=None):
     sign_key = None if sign_key is None else signing.private_key(sign_key)  # fail before work
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
-    _remove_stale_temporaries(path)
-    tmp = tempfile.mkdtemp(prefix=_temp_prefix(path, "export"), dir=parent)
+    remove_stale_temporaries(parent, os.path.basename(path))  # what killed exports left
+    tmp = tempfile.mkdtemp(prefix=temp_prefix(path), dir=parent)
     try:
         hashes = {}
         for name, content in files.items():
@@ -96,7 +97,7 @@ def _swap_into_place(tmp, path):
         return
     # No atomic exchange here (not Linux, or a filesystem without it): two renames, and a
     # crash between them leaves the old bundle beside `path`, in the folder named below.
-    old = tempfile.mkdtemp(prefix=_temp_prefix(path, "old"), dir=os.path.dirname(path))
+    old = tempfile.mkdtemp(prefix=temp_prefix(path), dir=os.path.dirname(path))
     os.rmdir(old)
     os.rename(path, old)
     os.rename(tmp, path)
@@ -123,35 +124,6 @@ def _exchange(a, b):
     if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):  # the filesystem cannot exchange
         return False
     raise OSError(err, f"cannot swap the new bundle into {b}: {os.strerror(err)}")
-
-
-def _temp_prefix(path, what):
-    # The exporting process's pid is in the name, so a later export can tell the leftovers
-    # of a killed one (dead pid) from those of an export still running.
-    return f".{os.path.basename(path)}.tvmfront-{what}-{os.getpid()}-"
-
-
-def _remove_stale_temporaries(path):
-    """Remove what killed exports of `path` left beside it (their pid is no longer alive)."""
-    parent, base = os.path.split(path)
-    for name in os.listdir(parent):
-        for what in ("export", "old"):
-            head = f".{base}.tvmfront-{what}-"
-            if not name.startswith(head):
-                continue
-            pid = name[len(head):].split("-", 1)[0]
-            if pid.isdigit() and not _alive(int(pid)):
-                shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
 
 
 # ---- reading -------------------------------------------------------------------------------

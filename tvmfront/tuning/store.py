@@ -15,10 +15,10 @@ import contextlib
 import json
 import math
 import os
-import tempfile
 import time
 import warnings
 
+from .. import _files
 from .._tvm import TVM_VERSION
 from .._version import __version__
 from ..errors import TvmfrontError
@@ -306,45 +306,13 @@ def best_records(db):
     return Database(db.workloads, sorted(db.best().items()), db.meta, db.path)
 
 
-def _temp_prefix(path):
-    # The writer's pid is in the name: a later merge removes the files of dead writers.
-    return f".{os.path.basename(path)}.{os.getpid()}."
+def write_atomic(path, text):
+    _files.write_atomic(path, text)
 
 
 def remove_stale_temporaries(folder):
     """Remove the temporary files that killed writers left in the store `folder`."""
-    for name in os.listdir(folder):
-        parts = name.split(".")
-        if name.startswith(".") and name.endswith(".tmp") and len(parts) > 3:
-            pid = parts[-3] if parts[-3].isdigit() else ""
-            if pid and not _alive(int(pid)):
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(folder, name))
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def write_atomic(path, text):
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=_temp_prefix(path), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    _files.remove_stale_temporaries(folder)
 
 
 def _dump(obj):
