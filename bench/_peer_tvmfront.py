@@ -100,7 +100,7 @@ def _timed_or_na(section, case, contender, records, why, build, time_it):
     t0 = time.perf_counter()
     module = build(records)
     compile_s = time.perf_counter() - t0
-    tuned = module._build_info.get("tuned_kernels", 0)
+    tuned = module.build_info.get("tuned_kernels", 0)
     if records is not False and not tuned:
         return _row(section, case, contender, na="no records for its kernels")
     extra = {"tuned_kernels": tuned} if records is not False else {}
@@ -205,7 +205,7 @@ def _tune_op(model, x_shape, target, budget, root, spec):
     """Tune the op's kernel inline (budget trials, records into `root`), time the result."""
     module = tvf.compile_inference(model, inputs=x_shape, target=target, records=False)
     report = tvf.tune(module, budget=budget, records=root, progress=False)
-    return dict(seconds=_time_kernel(module, x_shape, spec), tuned_kernels=module._build_info.get(
+    return dict(seconds=_time_kernel(module, x_shape, spec), tuned_kernels=module.build_info.get(
         "tuned_kernels", 0), tune_s=report.elapsed, trials=report.trials)
 
 
@@ -216,7 +216,7 @@ def _compile_train(model_name, target, records=False):
     module = tvf.compile_training(make(), nn.CrossEntropyLoss(), tvf.optim.Adam(lr=1e-3),
                                   inputs=(64, *x_shape), labels=(64,), target=target,
                                   records=records)
-    return time.perf_counter() - t0, module._build_info.get("cache")
+    return time.perf_counter() - t0, module.build_info.get("cache")
 
 
 def section_compile(spec, target):

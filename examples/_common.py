@@ -25,7 +25,7 @@ def compile_train_export(model, optimizer, x_shape, data, args, lr_schedule=None
     t0 = time.perf_counter()
     module = tvf.compile_training(model, tvf.nn.CrossEntropyLoss(), optimizer,
                                   inputs=(batch, *x_shape), labels=(batch,), target=args.target)
-    info = module._build_info
+    info = module.build_info
     print(f"compiled train step for {args.target} in {time.perf_counter() - t0:.1f} s "
           f"(compile cache: {info['cache']}; {info['tuned_kernels']} kernels from tuning records "
           f"{', '.join(info['records']) or '(none for ' + info['target_key'] + ')'})")

@@ -40,17 +40,17 @@ def _no_build(*args, **kwargs):
 
 def test_a_second_build_loads_the_cached_library(cache_dir, monkeypatch):
     first = compile_step()
-    assert first._build_info["cache"] == "miss"
+    assert first.build_info["cache"] == "miss"
     entries = os.listdir(cache_dir / "modules")
     assert len([e for e in entries if e.endswith(".so")]) == 1
     assert not [e for e in entries if e.startswith(".tmp-")]  # written atomically
-    assert first._build_info["fallback_kernels"] == {}  # every default schedule applied
+    assert first.build_info["fallback_kernels"] == {}  # every default schedule applied
 
     monkeypatch.setattr(build_mod, "compile_scheduled", _no_build)
     monkeypatch.setattr(build_mod, "schedule_lowered", _no_build)
     second = compile_step()
-    assert second._build_info["cache"] == "hit"
-    assert second._build_info["key"] == first._build_info["key"]
+    assert second.build_info["cache"] == "hit"
+    assert second.build_info["key"] == first.build_info["key"]
     losses = [(first.step(X, Y), second.step(X, Y)) for _ in range(3)]
     assert [a for a, _ in losses] == [b for _, b in losses]  # identical, step after step
     for name, p in first.state_dict().items():
@@ -60,14 +60,14 @@ def test_a_second_build_loads_the_cached_library(cache_dir, monkeypatch):
 
 @pytest.mark.slow
 def test_the_key_covers_target_specs_and_records(tmp_path, monkeypatch):
-    base = compile_step()._build_info["key"]
-    other_target = compile_step(target={"kind": "llvm", "num-cores": 1})._build_info["key"]
+    base = compile_step().build_info["key"]
+    other_target = compile_step(target={"kind": "llvm", "num-cores": 1}).build_info["key"]
     other_specs = tvf.compile_training(convnet(), nn.CrossEntropyLoss(), tvf.optim.Adam(1e-2),
                                        inputs=(4, 1, 6, 6), labels=(4,),
-                                       records=False)._build_info["key"]
+                                       records=False).build_info["key"]
     other_opt = tvf.compile_training(convnet(), nn.CrossEntropyLoss(), tvf.optim.SGD(1e-2),
                                      inputs=(8, 1, 6, 6), labels=(8,),
-                                     records=False)._build_info["key"]
+                                     records=False).build_info["key"]
     assert len({base, other_target, other_specs, other_opt}) == 4
     # the same program with another records digest is another entry
     lowered = compile_step()._lowered
@@ -91,18 +91,18 @@ def _replace(path, data):
 @pytest.mark.slow
 def test_a_damaged_entry_is_rebuilt(cache_dir, caplog):
     first = compile_step()
-    key = first._build_info["key"]
+    key = first.build_info["key"]
     lib = _library(cache_dir, key)
     data = bytearray(lib.read_bytes())
     data[len(data) // 2] ^= 0xFF
     _replace(lib, bytes(data))
     with caplog.at_level(logging.WARNING, "tvmfront"):
         again = compile_step()
-    assert again._build_info["cache"] == "miss"  # the SHA-256 did not match: built anew
+    assert again.build_info["cache"] == "miss"  # the SHA-256 did not match: built anew
     assert [r.name for r in caplog.records] == ["tvmfront.cache"]
     assert key in caplog.text and "does not match its SHA-256" in caplog.text
     assert again.step(X, Y) == first.step(X, Y)
-    assert compile_step()._build_info["cache"] == "hit"  # the rebuilt entry is whole
+    assert compile_step().build_info["cache"] == "hit"  # the rebuilt entry is whole
 
 
 @pytest.mark.parametrize("damage", ["not json", "no library", "missing library",
@@ -134,7 +134,7 @@ def test_damaged_metadata_is_a_logged_miss(cache_dir, caplog, damage):
 @pytest.mark.slow
 def test_a_cached_library_that_does_not_load_is_rebuilt(cache_dir, caplog):
     first = compile_step()
-    key = first._build_info["key"]
+    key = first.build_info["key"]
     lib = _library(cache_dir, key)
     meta_path = cache_dir / "modules" / f"{key}.json"
     meta = json.loads(meta_path.read_text())
@@ -147,10 +147,10 @@ def test_a_cached_library_that_does_not_load_is_rebuilt(cache_dir, caplog):
     meta_path.write_text(json.dumps(meta))
     with caplog.at_level(logging.WARNING, "tvmfront"):
         again = compile_step()
-    assert again._build_info["cache"] == "miss"
+    assert again.build_info["cache"] == "miss"
     assert f"compile cache entry {key}" in caplog.text and "did not load" in caplog.text
     assert again.step(X, Y) == first.step(X, Y)
-    assert compile_step()._build_info["cache"] == "hit"
+    assert compile_step().build_info["cache"] == "hit"
 
 
 def test_a_failed_export_is_logged_with_the_compiler_error(cache_dir, tmp_path, caplog,
@@ -161,7 +161,7 @@ def test_a_failed_export_is_logged_with_the_compiler_error(cache_dir, tmp_path, 
     monkeypatch.setenv("CXX", str(broken))
     with caplog.at_level(logging.WARNING, "tvmfront"):
         module = compile_step()
-    info = module._build_info
+    info = module.build_info
     assert info["cache"] == "off" and "cannot find -lbroken" in info["export_error"]
     assert "exporting the compiled library failed" in caplog.text
     assert "cannot find -lbroken" in caplog.text
@@ -173,7 +173,7 @@ def test_a_failed_export_is_logged_with_the_compiler_error(cache_dir, tmp_path, 
 def test_cached_modules_export_and_load(tmp_path):
     compile_step()
     module = compile_step()
-    assert module._build_info["cache"] == "hit"
+    assert module.build_info["cache"] == "hit"
     module.step(X, Y)
     path = module.export(tmp_path / "bundle")
     loaded = tvf.load(path)
@@ -184,7 +184,7 @@ def test_cached_modules_export_and_load(tmp_path):
 def test_cache_off(cache_dir, monkeypatch):
     monkeypatch.setenv("TVMFRONT_CACHE", "0")
     a, b = compile_step(), compile_step()
-    assert a._build_info["cache"] == b._build_info["cache"] == "off"
+    assert a.build_info["cache"] == b.build_info["cache"] == "off"
     assert not cache_dir.exists()
     assert a.step(X, Y) == b.step(X, Y)
 
@@ -204,10 +204,10 @@ def test_a_hit_reports_the_fallbacks_of_its_build(monkeypatch, caplog):
 
     with monkeypatch.context() as m:
         m.setattr(cpu_schedule, "_tile_reduction", broken)  # the key cannot see the patch
-        built = compile_step()._build_info
+        built = compile_step().build_info
     assert built["cache"] == "miss" and built["fallback_kernels"]
     with caplog.at_level(logging.WARNING, "tvmfront"):
-        hit = compile_step()._build_info
+        hit = compile_step().build_info
     assert hit["cache"] == "hit" and hit["fallback_kernels"] == built["fallback_kernels"]
     assert f"{len(built['fallback_kernels'])} kernel(s)" in caplog.text
     assert all(k in caplog.text for k in built["fallback_kernels"])

@@ -72,13 +72,13 @@ def test_debug_builds_do_not_share_the_cache_with_normal_builds(monkeypatch):
     tvf.manual_seed(0)
     debug = tvf.compile_training(LogModel(), nn.CrossEntropyLoss(), tvf.optim.SGD(0.1),
                                  inputs=(8, 4), labels=(8,))
-    assert debug._build_info["key"] != normal._build_info["key"]
+    assert debug.build_info["key"] != normal.build_info["key"]
     with pytest.raises(tvf.NonFiniteOpError, match="op 'log'"):
         debug.loss(x, y)
     with tvf.debug_nans(False):  # the context manager overrides the environment
         again = tvf.compile_training(LogModel(), nn.CrossEntropyLoss(), tvf.optim.SGD(0.1),
                                      inputs=(8, 4), labels=(8,))
-    assert again._build_info["key"] == normal._build_info["key"]
+    assert again.build_info["key"] == normal.build_info["key"]
 
 
 def test_debug_nans_names_a_gradient_op():

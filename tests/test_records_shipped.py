@@ -103,14 +103,14 @@ def _this_machines_folder():
 def test_shipped_records_apply_to_the_lenet_train_step(monkeypatch):
     key, here = _this_machines_folder()
     module = _lenet_train_step(here, monkeypatch)
-    info = module._build_info
+    info = module.build_info
     assert info["records"] == [os.path.join(SHIPPED, key)]
     assert info["tuned_kernels"] > 0
     # the same machine at another core count: they do not apply
     more_cores = dict(here, **{"num-cores": 8 * int(here["num-cores"])})
     with pytest.warns(records.RecordsWarning, match="none for this target"):
         module = _lenet_train_step(more_cores, monkeypatch, strict=False)
-    assert module._build_info["tuned_kernels"] == 0
+    assert module.build_info["tuned_kernels"] == 0
 
 
 @pytest.mark.slow
@@ -125,5 +125,5 @@ def test_shipped_records_apply_to_another_cpu_model_of_the_class(monkeypatch):
     other = dict(here, mcpu=model)
     assert records.store_key(other) == key
     module = _lenet_train_step(other, monkeypatch)
-    assert module._build_info["tuned_kernels"] > 0
+    assert module.build_info["tuned_kernels"] > 0
     assert module.manifest["target"]["mcpu"] == model

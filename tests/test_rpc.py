@@ -224,11 +224,11 @@ def test_tuned_arm_build_applies_the_records_and_matches_x86(arm_tuned, tmp_path
     meta = json.load(open(os.path.join(report.store, records.META)))
     slower = sum(1 for v in meta.get("kernels", {}).values() if v["verdict"] == "slower")
     built = tvf.compile_inference(mlp(), (4, 16), target=ARM1, records=str(root))
-    assert built._build_info["tuned_kernels"] == len(records.read(report.store)) - slower
+    assert built.build_info["tuned_kernels"] == len(records.read(report.store)) - slower
     # every record applied (emulated timings decide nothing): the tuned ARM bundle under qemu
     applied = _store_without_verdicts(root, KEY_ARM, tmp_path / "all")
     tuned = tvf.compile_inference(mlp(), (4, 16), target=ARM1, records=applied)
-    assert tuned._build_info["tuned_kernels"] >= 1
+    assert tuned.build_info["tuned_kernels"] >= 1
     bundle = tuned.export(str(tmp_path / "bundle"))
     outputs, run = cross.run_bundles_aarch64(
         [{"bundle": bundle, "op": "predict", "x": "x", "out": "pred"}], {"x": X}, timeout=300)

@@ -81,7 +81,7 @@ def test_scheduled_training_matches_naive(case, monkeypatch):
     with monkeypatch.context() as m:
         _naive(m)
         naive_module = _compile_training(case)
-        assert naive_module._build_info["cache"] == "off"  # really built without schedules
+        assert naive_module.build_info["cache"] == "off"  # really built without schedules
         naive_losses, naive_params = _two_steps(naive_module, x_shape)
     np.testing.assert_allclose(losses, naive_losses, rtol=1e-5)
     assert losses[1] != losses[0]  # the parameters did change between the steps
@@ -167,7 +167,7 @@ def test_scheduled_inference_matches_naive(batch, monkeypatch):
     with monkeypatch.context() as m:
         _naive(m)
         naive = tvf.compile_inference(model, inputs=x.shape)
-        assert naive._build_info["cache"] == "off"
+        assert naive.build_info["cache"] == "off"
     np.testing.assert_allclose(fast(x), naive(x), rtol=1e-5, atol=1e-6)
 
 
@@ -238,12 +238,12 @@ def test_the_build_info_counts_fallback_kernels(monkeypatch, caplog):
     monkeypatch.setenv("TVMFRONT_CACHE", "0")  # the cache cannot see the patch
     tvf.manual_seed(0)
     model = _mlp()
-    assert tvf.compile_inference(model, inputs=(4, 64))._build_info["fallback_kernels"] == {}
+    assert tvf.compile_inference(model, inputs=(4, 64)).build_info["fallback_kernels"] == {}
     monkeypatch.setattr(cpu_schedule, "_schedule_spatial", _raising(TypeError("bad arg")))
     with caplog.at_level(logging.WARNING, "tvmfront"):
         module = tvf.compile_inference(model, inputs=(4, 64))
-    fallbacks = module._build_info["fallback_kernels"]
-    assert sorted(fallbacks) == sorted(module._build_info["fallback_kernels"])
+    fallbacks = module.build_info["fallback_kernels"]
+    assert sorted(fallbacks) == sorted(module.build_info["fallback_kernels"])
     assert len(fallbacks) == 3, fallbacks  # the three Linear kernels' spatial blocks failed
     assert all(re.fullmatch(r"schedule_spatial on block \w+: TypeError: bad arg", cause)
                for causes in fallbacks.values() for cause in causes), fallbacks

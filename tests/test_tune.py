@@ -117,7 +117,7 @@ def test_tuned_module_gives_the_default_results(tuned, tmp_path):
     np.testing.assert_allclose(module(X), reference, rtol=1e-5, atol=1e-6)  # rebuilt in place
     applied = _store_without_verdicts(root, tmp_path / "all")
     rebuilt = tvf.compile_inference(mlp(), (4, 16), records=str(applied))
-    assert rebuilt._build_info["tuned_kernels"] >= 1  # the records were applied
+    assert rebuilt.build_info["tuned_kernels"] >= 1  # the records were applied
     np.testing.assert_allclose(rebuilt(X), reference, rtol=1e-5, atol=1e-6)
 
 
@@ -136,20 +136,20 @@ def test_records_of_another_target_are_never_applied(tuned, tmp_path):
     # a root with records only for another key: none apply, and the build says why
     with pytest.warns(RecordsWarning, match=f"none for this target {KEY}"):
         m = tvf.compile_inference(mlp(), (4, 16), records=str(other_root))
-    assert m._build_info["tuned_kernels"] == 0 and m._build_info["records"] == []
+    assert m.build_info["tuned_kernels"] == 0 and m.build_info["records"] == []
     np.testing.assert_allclose(m(X), reference, rtol=1e-5, atol=1e-6)
 
     # the database folder given directly: its records carry the other target
     with pytest.warns(RecordsWarning, match="made for another target"):
         m = tvf.compile_inference(mlp(), (4, 16), records=str(other_root / other_key))
-    assert m._build_info["tuned_kernels"] == 0
+    assert m.build_info["tuned_kernels"] == 0
     np.testing.assert_allclose(m(X), reference, rtol=1e-5, atol=1e-6)
 
     # placed under our key by mistake: each record's own target still decides
     shutil.copytree(other_root / other_key, tmp_path / "misplaced" / KEY)
     with pytest.warns(RecordsWarning, match="made for another target"):
         m = tvf.compile_inference(mlp(), (4, 16), records=str(tmp_path / "misplaced"))
-    assert m._build_info["tuned_kernels"] == 0
+    assert m.build_info["tuned_kernels"] == 0
 
 
 @pytest.mark.slow
@@ -158,11 +158,11 @@ def test_records_of_another_core_count_class_are_never_applied(tuned, tmp_path):
     ours = str(_store_without_verdicts(root, tmp_path / "ours"))
     here = target_json("x86")  # num-cores: this machine's cores, as the tuned module had
     assert tvf.compile_inference(mlp(), (4, 16), target=here,
-                                 records=ours)._build_info["tuned_kernels"] >= 1
+                                 records=ours).build_info["tuned_kernels"] >= 1
     other = dict(here, **{"num-cores": 1 if records.core_class(here) != "1" else 2})
     with pytest.warns(RecordsWarning, match=f"none for this target {records.store_key(other)}"):
         m = tvf.compile_inference(mlp(), (4, 16), target=other, records=ours)
-    assert m._build_info["tuned_kernels"] == 0
+    assert m.build_info["tuned_kernels"] == 0
     np.testing.assert_allclose(m(X), reference, rtol=1e-5, atol=1e-6)
 
 
@@ -176,7 +176,7 @@ def test_corrupt_record_files_warn_and_fall_back_to_default_schedules(tuned, tmp
     open(path, "w").write(text[: len(text) // 2])
     with pytest.warns(RecordsWarning, match=f"corrupt tuning record file {path}"):
         m = tvf.compile_inference(mlp(), (4, 16), records=str(bad))
-    assert m._build_info["tuned_kernels"] == 0
+    assert m.build_info["tuned_kernels"] == 0
     np.testing.assert_allclose(m(X), reference, rtol=1e-5, atol=1e-6)
 
     # valid JSON, but a workload TVM cannot deserialize
@@ -187,7 +187,7 @@ def test_corrupt_record_files_warn_and_fall_back_to_default_schedules(tuned, tmp
     open(path, "w").writelines(json.dumps(r) + "\n" for r in rows)
     with pytest.warns(RecordsWarning, match="corrupt tuning records"):
         m = tvf.compile_inference(mlp(), (4, 16), records=str(bad))
-    assert m._build_info["tuned_kernels"] == 0
+    assert m.build_info["tuned_kernels"] == 0
     np.testing.assert_allclose(m(X), reference, rtol=1e-5, atol=1e-6)
 
 

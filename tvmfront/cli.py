@@ -115,14 +115,14 @@ def cmd_tune(args):
         if default is None:
             print(f"end to end: not timed (kernels were timed on {report.remote}; run the "
                   f"exported bundle there to time a {what}) "
-                  f"({module._build_info.get('tuned_kernels', 0)} kernel(s) from records)\n",
+                  f"({module.build_info.get('tuned_kernels', 0)} kernel(s) from records)\n",
                   flush=True)
             continue
         t_default, t_tuned = _end_to_end(default, module)
         speedup = t_default / t_tuned
         print(f"end to end ({what}, median): default {_ms(t_default)}, tuned {_ms(t_tuned)}, "
               f"speedup {speedup:.2f}x "
-              f"({module._build_info.get('tuned_kernels', 0)} kernel(s) from records)\n",
+              f"({module.build_info.get('tuned_kernels', 0)} kernel(s) from records)\n",
               flush=True)
         summary.append((name, t_default, t_tuned, speedup))
     if len(summary) > 1:

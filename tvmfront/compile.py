@@ -97,5 +97,5 @@ def _remember(module, built, records):
     """Keep what tvf.tune needs on the module: the lowered, not yet scheduled IRModule, the
     target, the records argument, and how the build went (cache hit, kernels from records)."""
     module._lowered, module._target, module._records = built.lowered, built.target, records
-    module._build_info = built.info
+    module.build_info = built.info
     return module

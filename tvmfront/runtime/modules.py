@@ -80,6 +80,9 @@ class _Compiled:
     """What training and inference modules share: parameters, predict, export."""
 
     kind = None
+    # How this module was built, set by compile_* and tvf.tune (None for a loaded bundle):
+    # {"key", "cache": "miss"/"hit"/"off", "tuned_kernels", "fallback_kernels", ...}
+    build_info = None
 
     def __init__(self, library, manifest, params, library_bytes=None, executable=None):
         # the manifest as the bundle will record it: with the CPU features the code needs

@@ -287,4 +287,4 @@ def _finish(report, module, root, target, remote, checkpoint):
     reads = [root] if given is False else [root, given]
     built = build_lowered(module._lowered, target, records=reads)
     module._replace_library(built.library, built.library_bytes, built.executable)
-    module._build_info, module._records = built.info, reads
+    module.build_info, module._records = built.info, reads
