@@ -130,3 +130,11 @@ def test_an_avx512_bundle_never_kills_the_process(tmp_path):
         assert out.stdout.startswith("ran")
     else:
         assert out.stdout.startswith("refused:") and "CPU features" in out.stdout
+
+
+def test_tuning_refuses_a_module_this_cpu_cannot_run(avx2_host):
+    # Timing its candidates here would run AVX-512 code on an AVX2 CPU: SIGILL.
+    model = tvf.nn.Sequential(tvf.nn.Linear(16, 4))
+    module = tvf.compile_inference(model, inputs=(BATCH, 16), target="x86:avx512", records=False)
+    with pytest.raises(tvf.TvmfrontError, match="avx512f"):
+        tvf.tune(module, budget=2, records=False)

@@ -190,6 +190,9 @@ def tune(module, budget=64, seconds=None, records=None, progress=True, seed=0,
                             f"{key}: measure on such a device over RPC "
                             f"(tvf.tune(module, rpc=\"board:9090\"), see tvmfront.rpc), or tune "
                             f"on it (the records are files: copy <records>/{key} back)")
+    if remote is None and not module.runnable:  # e.g. AVX-512 code on an AVX2 CPU: SIGILL
+        raise TvmfrontError(f"tuning times candidates on this machine, which cannot run this "
+                            f"module: {module.not_runnable_reason}")
     if remote is not None:
         rpc_mod.cxx_for(target)  # a cross compiler for the device's CPU, before any work
         if target.kind.name != "llvm":
