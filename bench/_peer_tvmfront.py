@@ -5,7 +5,7 @@
 Sections (spec["section"]): train, infer, ops, compile, cached, tune. Prints one JSON line
 {"rows": [...], "info": {...}}; a row is {section, case, contender, seconds | na | error, ...}.
 Variants: "tvmfront default" (records=False: default schedules) and "tvmfront tuned" (the
-records root spec["records"], default <repo>/schedules; n/a when it holds no records for this
+records root spec["records"], default the user store then <repo>/schedules; n/a when it holds no records for this
 machine's target key, or none for the module's kernels).
 """
 
@@ -72,12 +72,13 @@ class MatMul(nn.Module):
 
 # ---- variants -------------------------------------------------------------------------------
 def tuned_records(spec, target):
-    """(records root, None) or (None, why there are none)."""
-    root = spec.get("records") or records_mod.default_root()
-    store = records_mod.store_for(root, target)
-    if not records_mod.is_database(store):
-        return None, f"no records ({store} missing)"
-    return root, None
+    """(records argument, None) or (None, why there are none): --records, else what a build
+    reads by default (the user store, then the shipped schedules/)."""
+    records = spec.get("records")
+    if not records_mod.select(records, target):
+        where = records or "the user store or schedules/"
+        return None, f"no records for {records_mod.store_key(target)} in {where}"
+    return records, None
 
 
 def variants(spec, target):

@@ -17,7 +17,7 @@ Sections (--only a,b):
            root; when did the estimated step time reach 90% of the final gain?
 
 Contenders: "tvmfront default" (default schedules, records=False), "tvmfront tuned" (records
-from --records, default <repo>/schedules, for this machine's target key; n/a without them),
+from --records, default the user store then <repo>/schedules, for this machine's target key; n/a without them),
 PyTorch eager and torch.compile, JAX jit, numpy/OpenBLAS. tvmfront workers run with .venv's
 python, the others with .venv-bench's (made by bench/setup.sh; a contender that is not
 installed reads 'n/a (not installed)'). Each worker is its own process: BLAS libraries and
@@ -45,9 +45,9 @@ BENCH_PY = os.environ.get("TVMFRONT_BENCH_PYTHON") or os.path.join(ROOT, ".venv-
 SECTIONS = ["train", "infer", "ops", "compile", "tune"]
 HOW_TO_TUNE = {
     "train": "tvmfront tune examples/lenet_digits.py --budget 64 --only train_b64 (and "
-             "examples/mlp_digits.py) writes them to <repo>/schedules",
+             "examples/mlp_digits.py) writes them to the user store (~/.cache/tvmfront/schedules)",
     "infer": "tvmfront tune examples/lenet_digits.py --budget 64 --only infer_b1 --only "
-             "infer_b64 (and examples/mlp_digits.py) writes them to <repo>/schedules",
+             "infer_b64 (and examples/mlp_digits.py) writes them to the user store",
     "ops": "the op kernels are in no example: bench/peers.py --only ops --tune-ops 64 tunes "
            "them inline",
 }
@@ -455,7 +455,7 @@ def main():
                    help="threads of every contender (default: all CPUs)")
     p.add_argument("--records", default=None,
                    help="records root of 'tvmfront tuned' (default TVMFRONT_RECORDS or "
-                        "<repo>/schedules)")
+                        "the user store, then <repo>/schedules)")
     p.add_argument("--tune-ops", type=int, default=0, metavar="N",
                    help="ops: tune each op kernel inline with N trials (records into "
                         "--tune-ops-records) for the tuned column")
