@@ -684,12 +684,18 @@ def _first_extremum_reducer(is_max):
 
 
 def reduction_position(loops):
-    """Row-major position (int64) of a point of the reduce loops [(var, start, extent)]: the
-    reduction order in which ties are broken."""
-    pos = _const(0, "int64")
+    """Row-major position of a point of the reduce loops [(var, start, extent)]: the
+    reduction order in which ties are broken. int32 whenever the window fits (always, in
+    practice): an int64 position, and its reducer's identity (the int64 maximum), would keep
+    the kernel from the schedules' int32 index narrowing."""
+    size = 1
+    for _, _, extent in loops:
+        size *= int(extent)
+    dtype = "int32" if size < 2**31 - 1 else "int64"
+    pos = _const(0, dtype)
     for var, start, extent in loops:
-        v = var if _dtype(var) == "int64" else P.Cast("int64", var)
-        pos = pos * _const(int(extent), "int64") + (v - _const(int(start), "int64"))
+        v = var if _dtype(var) == dtype else P.Cast(dtype, var)
+        pos = pos * _const(int(extent), dtype) + (v - _const(int(start), dtype))
     return pos
 
 

@@ -65,7 +65,7 @@ def _(dy, x, kernel=2, stride=None, padding=0):
     def term(n, c, i, j, oh, ow):
         # i sits at row i + ph - oh * sh of window (oh, ow); positions are row-major
         position = (i + ph - oh * sh) * kw + (j + pw - ow * sw)
-        return te.if_then_else(tirx.Cast("int64", position) == first[n, c, oh, ow],
+        return te.if_then_else(tirx.Cast(first.dtype, position) == first[n, c, oh, ow],
                                dy[n, c, oh, ow], zero)
 
     return [_window_gather(x, dy, kernel, stride, padding, term, "max_pool2d_grad")]
