@@ -18,11 +18,9 @@ import pytest
 import tvmfront as tvf
 from tvmfront import ops
 
+from _torch import torch_python
+
 te = tvf.te
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# PyTorch lives in the bench venv (bash bench/setup.sh), never in the runtime one
-TORCH_PYTHON = os.environ.get("TVMFRONT_TORCH_PYTHON") or os.path.join(ROOT, ".venv-bench", "bin",
-                                                                       "python")
 
 
 def _both(op, dy, *xs, **attrs):
@@ -108,8 +106,8 @@ def test_max_pool_ties_derived_explicit_and_rule_agree(kernel, stride, padding):
         np.testing.assert_allclose(derived.sum(), dy.sum(), rtol=1e-9)  # dy, not k * dy
 
 
-@pytest.mark.skipif(not os.path.exists(TORCH_PYTHON), reason="no PyTorch (bench venv) here")
-def test_ties_match_pytorch(tmp_path):
+def test_ties_match_pytorch(request, tmp_path):
+    python = torch_python(request, "PyTorch parity of gradients at ties")
     cases = []
     for kernel, stride, padding in POOL_CASES:
         for k, x in enumerate(_pool_inputs(kernel + stride)):
@@ -135,7 +133,7 @@ def test_ties_match_pytorch(tmp_path):
         np.save(f"{{d}}/clip.npy", x.grad.numpy())
     """)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    subprocess.run([TORCH_PYTHON, "-c", script], check=True, env=env, timeout=300)
+    subprocess.run([python, "-c", script], check=True, env=env, timeout=300)
     for n, attrs in enumerate(cases):
         x, dy = np.load(tmp_path / f"x{n}.npy"), np.load(tmp_path / f"dy{n}.npy")
         want = np.load(tmp_path / f"torch{n}.npy")
