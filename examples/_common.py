@@ -28,7 +28,7 @@ def compile_train_export(model, optimizer, x_shape, data, args, lr_schedule=None
     info = module.build_info
     print(f"compiled train step for {args.target} in {time.perf_counter() - t0:.1f} s "
           f"(compile cache: {info['cache']}; {info['tuned_kernels']} kernels from tuning records "
-          f"{', '.join(info['records']) or '(none for ' + info['target_key'] + ')'})")
+          f"{', '.join(info['records']) or '(none for ' + info['records_key'] + ')'})")
     trainer = tvf.Trainer(module, seed=args.seed, lr_schedule=lr_schedule)
     trainer.fit(x_train, y_train, epochs=args.epochs, val=(x_test, y_test))
     path = module.export(args.out)

@@ -102,7 +102,8 @@ def build_lowered(lowered, target, records=None, dump_dir=None):
         pipeline._dump(dump_dir, len(pipeline.LOWERING) + 1, "schedule", scheduled)
     executable = compile_scheduled(scheduled, target)
     info = {"records": selection.sources, "tuned_kernels": tuned, "key": key,
-            "target_key": target_key(target), "fallback_kernels": fallbacks}
+            "target_key": target_key(target), "records_key": records_mod.store_key(target),
+            "fallback_kernels": fallbacks}
     library, data = _export(key, executable, target, info)
     if data is None:  # not exportable here: the VM runs the executable
         return Built(executable, None, executable, target, lowered, dict(info, cache="off"))
