@@ -21,7 +21,7 @@ class Schedule:
         self._fn, self._description = fn, description
 
     def __call__(self, step):
-        return float(self._fn(int(step)))
+        return self._fn(int(step))
 
     def __repr__(self):
         return self._description
