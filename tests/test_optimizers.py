@@ -168,3 +168,20 @@ def test_group_without_decay_emits_no_decay():
         g, {}, {n: np.full(4, 2.0, "float32") for n in NAMES}, {})
     assert updates["0.bias"] is g["0.bias"]
     np.testing.assert_allclose(updates["0.weight"], 1.2)
+
+
+def test_exported_bundle_keeps_the_runtime_scalars(tmp_path):
+    module = tvf.compile_training(_model(), nn.CrossEntropyLoss(),
+                                  tvf.optim.AdamW(0.05, max_norm=0.25), inputs=(6, 5),
+                                  labels=(6,))
+    hyper = module.manifest["optimizer"]["hyperparameters"]
+    assert hyper["scalar_inputs"] == ["lr", "step", "max_norm"] and hyper["max_norm"] == 0.25
+    (x, y), (x2, y2) = _batches(2)
+    module.step(x, y)
+    loaded = tvf.load(module.export(str(tmp_path / "bundle")))
+    assert loaded.scalar_inputs == module.scalar_inputs
+    assert loaded.scalar_defaults == {"max_norm": 0.25}
+    assert loaded.step(x2, y2) == module.step(x2, y2)
+    assert loaded.step(x, y, max_norm=0.01) == module.step(x, y, max_norm=0.01)
+    for n, v in module.state_dict().items():
+        np.testing.assert_array_equal(loaded.state_dict()[n], v, err_msg=n)
