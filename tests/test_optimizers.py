@@ -185,3 +185,10 @@ def test_exported_bundle_keeps_the_runtime_scalars(tmp_path):
     assert loaded.step(x, y, max_norm=0.01) == module.step(x, y, max_norm=0.01)
     for n, v in module.state_dict().items():
         np.testing.assert_array_equal(loaded.state_dict()[n], v, err_msg=n)
+
+
+def test_global_norm_runs_eagerly_on_numpy():
+    grads = {"a": np.arange(6, dtype="float32").reshape(2, 3), "b": np.float32([3.0]),
+             "c": np.array(4.0, "float32")}
+    want = np.sqrt(sum(float((g ** 2).sum()) for g in grads.values()))
+    assert float(tvf.optim.global_norm(grads)) == pytest.approx(want, rel=1e-6)
