@@ -1,10 +1,11 @@
 """Training checkpoints: one safetensors file holding everything a Trainer needs to resume.
 
 Tensors: ``param/<name>`` (parameters) and ``optim/<name>`` (optimizer state). The header's
-metadata holds ``format``, ``format_version`` and ``meta``: JSON with the step count, epoch,
-trainer seed (batch order and augmentation draw from (seed, epoch), so seed + epoch is the
-whole RNG state), learning rate, history, the spec of every tensor and a SHA-256 over the
-tensor bytes, so a flipped byte is caught as well as a cut-off file. No pickle anywhere.
+metadata holds ``format``, ``format_version`` and ``meta``: JSON with the step count (also the
+position of a per-step lr schedule), epoch, trainer seed (batch order and augmentation draw
+from (seed, epoch), so seed + epoch is the whole RNG state), learning rate, the schedule's
+description, history, the spec of every tensor and a SHA-256 over the tensor bytes, so a
+flipped byte is caught as well as a cut-off file. No pickle anywhere.
 
 Writes are atomic: a temporary file in the same folder, fsync, os.replace, fsync of the
 folder; a crash leaves the old checkpoint or the new one, never half of one.

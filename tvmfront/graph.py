@@ -126,7 +126,9 @@ def gradient(mod, sig=None):
 
 
 def append_optimizer(mod, sig, optimizer):
-    """Add `train_step`: loss_adjoint, then the optimizer's update rule traced with ops."""
+    """Add `train_step`: loss_adjoint, then the optimizer's update rule traced with ops.
+    Its runtime scalars (0-d, sig.scalar_dtype) follow x and y in the optimizer's
+    `scalar_inputs` order: lr, step, then the rules' own (e.g. max_norm); never constants."""
     # Frozen parameters get no optimizer state and come out of the step as they went in.
     names = trainable(sig)
     param_specs = {n: (s.shape, s.dtype) for n, s in sig.params if n in names}
@@ -135,8 +137,8 @@ def append_optimizer(mod, sig, optimizer):
     bb = relax.BlockBuilder(mod)
     x = new_var("x", sig.inputs.shape, sig.inputs.dtype)
     y = new_var("y", sig.labels.shape, sig.labels.dtype)
-    lr = new_var("lr", (), sig.scalar_dtype)
-    step = new_var("step", (), sig.scalar_dtype)
+    scalar_names = list(getattr(optimizer, "scalar_inputs", ("lr", "step")))
+    scalars = [new_var(n, (), sig.scalar_dtype) for n in scalar_names]
     pvars = _param_vars([(n, s) for n, s in sig.params])
     svars = [new_var("s_" + n.replace(".", "_").replace("/", "_"), s.shape, s.dtype)
              for n, s, _ in sig.state]
@@ -150,8 +152,8 @@ def append_optimizer(mod, sig, optimizer):
         params = {n: Tensor(v) for (n, _), v in zip(sig.params, pvars)}
         state = {n: Tensor(v) for (n, _, _), v in zip(sig.state, svars)}
         with tracing(Trace(bb)):
-            updates, new_state = optimizer.update(grads, state, params,
-                                                  {"lr": Tensor(lr), "step": Tensor(step)})
+            hyper = {n: Tensor(v) for n, v in zip(scalar_names, scalars)}
+            updates, new_state = optimizer.update(grads, state, params, hyper)
             new_params = [params[n] + updates[n] if n in grads else params[n]
                           for n, _ in sig.params]
         missing = set(state) ^ set(new_state)
@@ -160,7 +162,7 @@ def append_optimizer(mod, sig, optimizer):
                                f" but init declared {sorted(state)}")
         return [loss, *new_params, *[new_state[n] for n, _, _ in sig.state]]
 
-    _emit_function(bb, "train_step", [x, y, lr, step, *pvars, *svars], body)
+    _emit_function(bb, "train_step", [x, y, *scalars, *pvars, *svars], body)
     return bb.get()
 
 

@@ -3,10 +3,16 @@
 A GradientTransformation turns gradients into updates:
 - ``init(params)``: ``{name: (shape, dtype)}`` -> ``{state name: (shape, dtype, fill value)}``
 - ``update(grads, state, params, hyper)`` -> ``(updates, new_state)``, all dicts of Tensors,
-  where ``hyper`` holds the runtime scalars ``lr`` and ``step`` (0-d Tensors; step counts
-  from 1). They are written with tvmfront ops, so the same code traces into the compiled
-  train step (and runs eagerly on numpy arrays).
-The step then applies ``params + updates``.
+  where ``hyper`` holds the runtime scalars (0-d Tensors): always ``lr`` and ``step`` (step
+  counts from 1), plus those the rule declares.
+- ``hyper``: the extra runtime scalars the rule reads, ``((name, default), ...)``; e.g.
+  clip_by_global_norm declares ``("max_norm", 1.0)``. They become inputs of the compiled
+  step (never baked-in constants), so ``module.step(x, y, max_norm=0.5)`` changes them.
+They are written with tvmfront ops, so the same code traces into the compiled train step
+(and runs eagerly on numpy arrays). The step then applies ``params + updates``.
+
+Per-parameter settings (weight decay, lr scale: parameter groups) are functions of the
+parameter name, resolved when the rule is traced, so a parameter with no decay costs no kernel.
 """
 
 from typing import Callable, NamedTuple
@@ -17,10 +23,13 @@ from .. import ops
 class GradientTransformation(NamedTuple):
     init: Callable
     update: Callable
+    hyper: tuple = ()  # ((runtime scalar name, default or None), ...) beyond lr and step
 
 
 def chain(*transforms):
-    """Apply transforms in order; each one's state is kept under its index ('0/', '1/', ...)."""
+    """Apply transforms in order; each one's state is kept under its index ('0/', '1/', ...).
+    The chain reads every runtime scalar its rules declare (a name declared twice is one
+    input, with the first default given)."""
 
     def init(params):
         state = {}
@@ -37,18 +46,31 @@ def chain(*transforms):
             new_state.update({prefix + k: v for k, v in own.items()})
         return grads, new_state
 
-    return GradientTransformation(init, update)
+    declared = {}
+    for t in transforms:
+        for name, default in getattr(t, "hyper", ()):
+            if declared.get(name) is None:
+                declared[name] = default
+    return GradientTransformation(init, update, tuple(declared.items()))
 
 
 def _no_state(params):
     return {}
 
 
+def per_parameter(value):
+    """`value` as a function of the parameter name (a number is the same for every one)."""
+    return value if callable(value) else (lambda name: value)
+
+
 def add_decayed_weights(weight_decay):
-    """g + weight_decay * p  (L2 regularisation, as torch's SGD/Adam weight_decay)."""
+    """g + weight_decay * p: L2 regularisation as torch's SGD/Adam/RMSprop/Adagrad
+    weight_decay, or, placed after the adaptive scaling (AdamW), decoupled weight decay.
+    weight_decay: a number, or a function of the parameter name (parameter groups)."""
+    decay = per_parameter(weight_decay)
 
     def update(grads, state, params, hyper):
-        return {n: g + params[n] * weight_decay for n, g in grads.items()}, state
+        return {n: g + params[n] * decay(n) if decay(n) else g for n, g in grads.items()}, state
 
     return GradientTransformation(_no_state, update)
 
@@ -99,10 +121,61 @@ def scale_by_adam(b1=0.9, b2=0.999, eps=1e-8):
     return GradientTransformation(init, update)
 
 
-def scale_by_learning_rate():
-    """-lr * u, with lr the runtime learning-rate input of the step."""
+def scale_by_rms(alpha=0.99, eps=1e-8, centered=False):
+    """RMSprop's g / (sqrt(v) + eps), v = alpha * v + (1 - alpha) * g^2; centered subtracts
+    the squared running mean of g from v first (torch.optim.RMSprop)."""
+
+    def init(params):
+        state = {f"nu.{n}": (shape, dtype, 0.0) for n, (shape, dtype) in params.items()}
+        if centered:
+            state.update({f"mu.{n}": (shape, dtype, 0.0) for n, (shape, dtype) in params.items()})
+        return state
 
     def update(grads, state, params, hyper):
-        return {n: -(u * hyper["lr"]) for n, u in grads.items()}, state
+        out, new_state = {}, {}
+        for n, g in grads.items():
+            nu = state[f"nu.{n}"] * alpha + (g * g) * (1.0 - alpha)
+            new_state[f"nu.{n}"] = nu
+            if centered:
+                mu = state[f"mu.{n}"] * alpha + g * (1.0 - alpha)
+                new_state[f"mu.{n}"] = mu
+                nu = nu - mu * mu
+            out[n] = g / (ops.sqrt(nu) + eps)
+        return out, new_state
+
+    return GradientTransformation(init, update)
+
+
+def scale_by_rss(initial_accumulator_value=0.0, eps=1e-10, lr_decay=0.0):
+    """Adagrad's g / (sqrt(sum of g^2 so far) + eps), divided by 1 + (step - 1) * lr_decay
+    (torch.optim.Adagrad)."""
+
+    def init(params):
+        return {f"sum.{n}": (shape, dtype, initial_accumulator_value)
+                for n, (shape, dtype) in params.items()}
+
+    def update(grads, state, params, hyper):
+        decay = (ops.rdiv_scalar((hyper["step"] - 1.0) * lr_decay + 1.0, value=1.0)
+                 if lr_decay else None)
+        out, new_state = {}, {}
+        for n, g in grads.items():
+            total = state[f"sum.{n}"] + g * g
+            new_state[f"sum.{n}"] = total
+            u = g / (ops.sqrt(total) + eps)
+            out[n] = u * decay if decay is not None else u
+        return out, new_state
+
+    return GradientTransformation(init, update)
+
+
+def scale_by_learning_rate(scale=1.0):
+    """-lr * scale * u, with lr the runtime learning-rate input of the step. scale: a number
+    or a function of the parameter name (a parameter group's lr_scale)."""
+    factor = per_parameter(scale)
+
+    def update(grads, state, params, hyper):
+        lr = hyper["lr"]
+        return {n: -(u * (lr * factor(n) if factor(n) != 1 else lr))
+                for n, u in grads.items()}, state
 
     return GradientTransformation(_no_state, update)

@@ -248,6 +248,11 @@ class TrainingModule(_Compiled):
         self._state = [self._to_device(opt_state[n]) for n in self.state_names]
         self.step_count = int(manifest["step"])
         self.lr = float(manifest["optimizer"]["lr"])
+        # The step's runtime scalars in train_step's order: lr, step, then the optimizer's own
+        # (e.g. max_norm), whose defaults its hyperparameters hold under their names.
+        hyper = manifest["optimizer"]["hyperparameters"]
+        self.scalar_inputs = list(hyper.get("scalar_inputs", ("lr", "step")))
+        self.scalar_defaults = {n: hyper.get(n) for n in self.scalar_inputs[2:]}
         self._scalar = manifest["scalar_dtype"]
 
     @property
@@ -279,15 +284,30 @@ class TrainingModule(_Compiled):
     def _scalar_in(self, value):
         return to_device(np.asarray(value, dtype=self._scalar), self.device)
 
-    def step(self, x, y, lr=None):
-        """One optimizer step on batch (x, y); returns the loss before the update."""
+    def step(self, x, y, lr=None, **scalars):
+        """One optimizer step on batch (x, y); returns the loss before the update. The
+        optimizer's other runtime scalars (``scalar_inputs`` after lr and step, e.g.
+        ``max_norm=1.0``) are keywords, each defaulting to the optimizer's value."""
         vm = self._vm
         x, y = self._check_batch(x, y)
+        unknown = sorted(set(scalars) - set(self.scalar_defaults))
+        if unknown:
+            raise TypeError(f"step: unknown keyword(s) {unknown}; this step's runtime scalars "
+                            f"are {self.scalar_inputs}")
         lr = self.lr if lr is None else float(lr)
         if not (lr >= 0 and math.isfinite(lr)):
             raise ValueError(f"learning rate must be finite and >= 0, got {lr}")
+        values = {"lr": lr, "step": self.step_count + 1}
+        for name, default in self.scalar_defaults.items():
+            value = scalars.get(name, default)
+            if value is None:
+                raise ValueError(f"step: the optimizer gives {name} no default; pass "
+                                 f"step(x, y, {name}=...)")
+            if not float(value) >= 0:  # NaN fails too
+                raise ValueError(f"step: {name} must be >= 0, got {value}")
+            values[name] = float(value)
         out = vm["train_step"](to_device(x, self.device), to_device(y, self.device),
-                               self._scalar_in(lr), self._scalar_in(self.step_count + 1),
+                               *[self._scalar_in(values[n]) for n in self.scalar_inputs],
                                *self._params, *self._state)
         p = len(self._params)
         self._params = [out[1 + i] for i in range(p)]
