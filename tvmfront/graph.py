@@ -5,7 +5,7 @@ Functions of a training IRModule (parameters `p*`, optimizer state `s*`, all fla
   loss(x, y, *p) -> scalar                              forward + loss
   loss_adjoint(x, y, *p) -> (loss, (dp...))             added by Relax's Gradient; one dp per
                                                         trainable parameter (requires_grad)
-  train_step(x, y, lr, step, *p, *s) -> (loss, *p', *s')  added by append_optimizer
+  train_step(x, y, lr, step, *scalars, *p, *s) -> (loss, *p', *s')  added by append_optimizer
 """
 
 from dataclasses import dataclass, field
