@@ -8,6 +8,8 @@ import pytest
 import tvmfront as tvf
 from tvmfront.op import bound_checks
 
+from _fd import check_directional_grads
+
 nn, ops = tvf.nn, tvf.ops
 
 
@@ -140,3 +142,31 @@ def test_compiled_inference_clamps_out_of_range_ids():
     assert not np.allclose(infer(bad), infer(np.array([[1, 5, 0], [6, 2, 5]])))
     with pytest.raises(ValueError, match=r"embedding: id -4 at position \(0, 2\)"):
         model(bad)  # the same model run eagerly refuses
+
+
+class SiluBag(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(5, 4, padding_idx=1, dtype="float64")
+        self.act = nn.SiLU()
+        self.head = nn.Linear(4, 3, dtype="float64")
+
+    def forward(self, ids):
+        return self.head(ops.sum(self.act(self.emb(ids)), axis=1))
+
+
+def test_embedding_and_silu_compiled_gradients_match_finite_differences():
+    tvf.manual_seed(3)
+    rng = np.random.default_rng(3)
+    ids = np.array([[0, 2, 2, 1], [4, 1, 3, 0]], dtype=np.int32)   # repeats and padding
+    y = np.array([2, 0])
+    module = tvf.compile_training(SiluBag(), nn.CrossEntropyLoss(), tvf.optim.SGD(0.1),
+                                  inputs=ids, labels=y)
+    # The padding row is read but gets no gradient (PyTorch's rule, not the derivative):
+    # the finite differences move every other row.
+    not_padding = np.ones((5, 1))
+    not_padding[1] = 0
+    grads = check_directional_grads(module, ids, y, ["emb.weight", "head.weight"], rng,
+                                    eps=1e-5, rtol=1e-6, atol=1e-9,
+                                    masks={"emb.weight": not_padding})
+    assert not grads["emb.weight"][1].any() and grads["emb.weight"][2].any()
