@@ -6,8 +6,10 @@ function making the inputs from a numpy Generator, and the attributes to call th
 for rows with ``grad=True``, ``tvf.gradcheck`` in float64.
 
 Inputs are float64 (the forward test casts them to float32 itself); integer inputs (class
-labels, token ids) and boolean inputs (conditions) keep their dtype. Shapes are tiny: gradcheck runs the op twice per input
-element, so each row stays under ~200 input elements.
+labels, token ids) and boolean inputs (conditions) keep their dtype. Shapes are tiny:
+gradcheck runs the op twice per input element, so each row stays under ~200 input elements.
+A row with ``derived=False`` is an op whose gradient only exists explicitly (take, embedding:
+data-dependent reads); test_ops.py checks that the derived path refuses it by name.
 """
 
 import math

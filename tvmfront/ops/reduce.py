@@ -24,7 +24,8 @@ def _axes(x, axis, name):
 def _reduce(x, axis, keepdims, name, combine, scale=None):
     axes = _axes(x, axis, name)
     r = {a: te.reduce_axis((0, x.shape[a]), f"r{a}") for a in axes}
-    shape = tuple(1 if a in r else x.shape[a] for a in range(len(x.shape)) if keepdims or a not in r)
+    shape = tuple(1 if a in r else x.shape[a]
+                  for a in range(len(x.shape)) if keepdims or a not in r)
 
     def body(*j):
         it = iter(j)
