@@ -6,8 +6,10 @@ function making the inputs from a numpy Generator, and the attributes to call th
 for rows with ``grad=True``, ``tvf.gradcheck`` in float64.
 
 Inputs are float64 (the forward test casts them to float32 itself); integer inputs (class
-labels) keep their integer dtype. Shapes are tiny: gradcheck runs the op twice per input
-element, so each row stays under ~200 input elements.
+labels, token ids) and boolean inputs (conditions) keep their dtype. Shapes are tiny:
+gradcheck runs the op twice per input element, so each row stays under ~200 input elements.
+A row with ``derived=False`` is an op whose gradient only exists explicitly (take, embedding:
+data-dependent reads); test_ops.py checks that the derived path refuses it by name.
 """
 
 import math
@@ -17,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from tvmfront import ops
+from tvmfront.ops import mask
 
 
 @dataclass
@@ -26,6 +29,7 @@ class OpSpec:
     inputs: Callable  # rng -> list of numpy arrays
     attrs: dict = field(default_factory=dict)
     grad: bool = True  # run gradcheck on this row
+    derived: bool = True  # the derived gradient exists (False: data-dependent reads, e.g. take)
     id: str = ""
 
     def __post_init__(self):
@@ -359,7 +363,7 @@ _ERF = np.vectorize(math.erf)
 
 
 @_cast_like
-def gelu_ref(x):
+def gelu_ref(x, approximate="none"):
     return 0.5 * x * (1 + _ERF(x / math.sqrt(2)))
 
 
@@ -409,3 +413,171 @@ spec(ops.softmax_last, softmax_last_ref, concat(randn(2, 3, 4)), id="softmax_las
 spec(ops.softmax_last, softmax_last_ref, concat(randn(5)), id="softmax_last-1d")
 spec(ops.slice_first, lambda x, index=0: x[index:index + 1], concat(randn(3, 2, 2)),
      attrs={"index": 2}, id="slice_first-2")
+
+
+# ---- indexing, joining, reductions, masks, activations (issue 10) ---------------------------
+def ids(shape, n, dtype=np.int64, repeat=True):
+    """Integer ids in [0, n); with repeat=True at least one id occurs twice (the scatter-add
+    gradient must sum over repeated ids)."""
+    def make(rng):
+        out = rng.integers(0, n, size=shape).astype(dtype)
+        if repeat and out.size > 1:
+            out.flat[-1] = out.flat[0]
+        return out
+    return make
+
+
+def fixed(array):
+    return lambda rng: np.array(array)
+
+
+def take_ref(x, indices, axis=0):
+    return np.take(x, indices, axis=axis)
+
+
+def embedding_ref(weight, ids, padding_idx=None):
+    return weight[ids]
+
+
+def one_hot_ref(indices, depth, dtype="float32"):
+    return (indices[..., None] == np.arange(depth)).astype(dtype)
+
+
+spec(ops.take, take_ref, concat(randn(5, 3), fixed(np.array([[0, 4], [4, 1]], np.int32))),
+     derived=False, id="take-axis0-int32-2d-ids-repeated")
+spec(ops.take, take_ref, concat(randn(2, 4), fixed(np.array([3, 0, 3, 3, 1], np.int64))),
+     attrs={"axis": 1}, derived=False, id="take-axis1-int64-repeated")
+spec(ops.take, take_ref, concat(randn(2, 3, 4), ids((2,), 4)), attrs={"axis": -1},
+     derived=False, id="take-axis-1-3d")
+spec(ops.take, take_ref, concat(randn(4, 3), fixed(np.array(2, np.int64))), derived=False,
+     id="take-0d-index")
+# One row: the clamped id is the constant 0, so even the derived path can do this one.
+spec(ops.take, take_ref, concat(randn(1, 3), ids((3,), 1)), id="take-one-row")
+spec(ops.embedding, embedding_ref, concat(randn(6, 4), ids((2, 3), 6)), derived=False,
+     id="embedding-int64")
+spec(ops.embedding, embedding_ref, concat(randn(6, 4), ids((5,), 6, np.int32)), derived=False,
+     id="embedding-int32")
+# padding_idx present among the ids: its row gets no gradient (not the true derivative),
+# so gradcheck is off here; test_index.py checks that gradient against PyTorch and by hand.
+spec(ops.embedding, embedding_ref, concat(randn(6, 4), fixed(np.array([[1, 0, 0], [5, 0, 2]]))),
+     attrs={"padding_idx": 0}, grad=False, derived=False, id="embedding-padding_idx-forward")
+# padding_idx absent from the ids: the gradient is exact and gradcheck applies.
+spec(ops.embedding, embedding_ref, concat(randn(6, 4), fixed(np.array([1, 2, 2, 5]))),
+     attrs={"padding_idx": -3}, derived=False, id="embedding-padding_idx-absent")
+spec(ops.one_hot, one_hot_ref, concat(fixed(np.array([3, 0, 4, 0]))), attrs={"depth": 5},
+     grad=False, id="one_hot-int64")
+spec(ops.one_hot, one_hot_ref, concat(fixed(np.array([[1, 2], [0, 1]], np.int32))),
+     attrs={"depth": 3, "dtype": "float64"}, grad=False, id="one_hot-int32-2d-float64")
+
+
+def concat_ref(*xs, axis=0):
+    return np.concatenate(xs, axis=axis)
+
+
+def stack_ref(*xs, axis=0):
+    return np.stack(xs, axis=axis)
+
+
+def strided_slice_ref(x, slices=()):
+    return x[tuple(slice(*s) for s in slices)]
+
+
+spec(ops.concat, concat_ref, concat(randn(2, 3), randn(2, 1), randn(2, 2)), attrs={"axis": 1},
+     id="concat-3-axis1")
+spec(ops.concat, concat_ref, concat(randn(1, 3), randn(2, 3)), id="concat-axis0-default")
+spec(ops.concat, concat_ref, concat(randn(2, 2, 2), randn(2, 2, 1)), attrs={"axis": -1},
+     id="concat-axis-1")
+spec(ops.concat, concat_ref, concat(randn(3)), id="concat-one")
+spec(ops.stack, stack_ref, concat(randn(2, 3), randn(2, 3)), id="stack-axis0")
+spec(ops.stack, stack_ref, concat(randn(2, 3), randn(2, 3), randn(2, 3)), attrs={"axis": -1},
+     id="stack-3-axis-1")
+spec(ops.stack, stack_ref, concat(randn(), randn()), id="stack-scalars")
+for _sl in [((1, 4, 2),), ((None, None, -1), (1, None, 2)), ((4, None, -2), (-3, -1, None)),
+            ((None, None, 3), (5, 0, -3)), ((-1, None, None),), ((2, 2, None),)]:
+    spec(ops.strided_slice, strided_slice_ref, concat(randn(5, 6)), attrs={"slices": _sl},
+         id="strided_slice-" + "_".join(":".join("" if v is None else str(v) for v in s)
+                                        for s in _sl))
+spec(ops.strided_slice, strided_slice_ref, concat(randn(2, 3, 4)),
+     attrs={"slices": ((None, None, None), (None, None, None), (None, None, 2))},
+     id="strided_slice-3d-last-step2")
+
+
+def _reduce_ref(f):
+    def ref(x, axis=None, keepdims=False):
+        return np.asarray(f(x, axis=axis, keepdims=keepdims))
+    return ref
+
+
+for _name, _op, _f, _make in [("sum", ops.sum, np.sum, randn), ("mean", ops.mean, np.mean, randn),
+                               ("max", ops.max, np.max, distinct)]:
+    for _ax, _kd in [(None, False), (None, True), (1, False), (1, True), ((0, 2), False),
+                     (-1, True), ((-3, -2), True), ((), False)]:
+        spec(_op, _reduce_ref(_f), concat(_make(2, 3, 4)), attrs={"axis": _ax, "keepdims": _kd},
+             id=f"{_name}-axis{_ax}-keepdims{_kd}".replace(" ", ""))
+    spec(_op, _reduce_ref(_f), concat(_make(5)), id=f"{_name}-1d-default")
+
+
+def where_ref(cond, a, b):
+    return np.where(cond, a, b)
+
+
+spec(ops.where, where_ref, lambda rng: [rng.random((3, 4)) > 0.5, rng.standard_normal((3, 4)),
+                                        rng.standard_normal((3, 4))], id="where-bool-same-shape")
+spec(ops.where, where_ref, lambda rng: [rng.random((3, 1)) > 0.5, rng.standard_normal((3, 4)),
+                                        rng.standard_normal((4,))], id="where-broadcast")
+spec(ops.where, where_ref, lambda rng: [rng.integers(0, 3, (2, 3)).astype(np.int32),
+                                        rng.standard_normal(()), rng.standard_normal((2, 3))],
+     id="where-int-cond-scalar-a")
+spec(mask._padding_mask, lambda t, pad_id=None, max_len=None: t == pad_id,
+     concat(fixed(np.array([[3, 1, 0, 0], [2, 0, 5, 0]]))), attrs={"pad_id": 0}, grad=False,
+     id="padding_mask-tokens")
+spec(mask._padding_mask, lambda n, pad_id=None, max_len=None: np.arange(max_len) >= n[:, None],
+     concat(fixed(np.array([2, 4, 0], np.int32))), attrs={"max_len": 4}, grad=False,
+     id="padding_mask-lengths")
+
+
+def softmax_axis_ref(x, axis=-1):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def log_softmax_ref(x, axis=-1):
+    m = x.max(axis=axis, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=axis, keepdims=True))
+
+
+for _ax in (0, 1, -1):
+    spec(ops.softmax, softmax_axis_ref, concat(randn(2, 3, 4)), attrs={"axis": _ax},
+         id=f"softmax-3d-axis{_ax}")
+    spec(ops.log_softmax, log_softmax_ref, concat(randn(2, 3, 4)), attrs={"axis": _ax},
+         id=f"log_softmax-3d-axis{_ax}")
+spec(ops.log_softmax, log_softmax_ref, concat(randn(3, 5)), id="log_softmax-3x5")
+spec(ops.log_softmax, log_softmax_ref, concat(randn(4)), id="log_softmax-1d")
+spec(ops.log_softmax, log_softmax_ref, lambda rng: [rng.standard_normal((2, 4)) * 300],
+     id="log_softmax-large-logits")
+spec(ops.softmax, softmax_axis_ref, lambda rng: [rng.standard_normal((4, 2)) * 300],
+     attrs={"axis": 0}, id="softmax-large-logits-axis0")
+
+
+@_cast_like
+def gelu_tanh_ref(x, approximate="tanh"):
+    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+spec(ops.gelu, gelu_tanh_ref, concat(randn(3, 4)), attrs={"approximate": "tanh"},
+     id="gelu-tanh-3x4")
+spec(ops.gelu, gelu_ref, concat(randn(2, 3)), attrs={"approximate": "none"}, id="gelu-none")
+spec(ops.silu, _cast_like(lambda x: x / (1 + np.exp(-x))), concat(randn(3, 4)), id="silu-3x4")
+spec(ops.silu, _cast_like(lambda x: x / (1 + np.exp(-x))), concat(randn()), id="silu-scalar")
+
+
+def layer_norm_k_ref(x, gamma, beta, eps=1e-5):
+    axes = tuple(range(x.ndim - gamma.ndim, x.ndim))
+    mean, var = x.mean(axes, keepdims=True), x.var(axes, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * gamma + beta
+
+
+spec(ops.layer_norm, layer_norm_k_ref, concat(randn(2, 3, 4), randn(3, 4), randn(3, 4)),
+     id="layer_norm-last2")
+spec(ops.layer_norm, layer_norm_k_ref, concat(randn(2, 2, 3), randn(2, 2, 3), randn(2, 2, 3)),
+     id="layer_norm-all3")

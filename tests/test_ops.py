@@ -26,6 +26,15 @@ def _params(specs):
 
 
 GRAD_SPECS = _params([s for s in OP_SPECS if s.grad])
+DERIVED_SPECS = _params([s for s in OP_SPECS if s.grad and s.derived])
+# Plain functions in ops.__all__ (compositions of ops, or numpy constants) and the tests
+# that cover them.
+NON_OP_EXPORTS = {
+    "flatten": "test_ops.py::test_flatten",
+    "split": "test_join.py::test_split_*",
+    "causal_mask": "test_masks.py::test_causal_mask_*",
+    "padding_mask": "test_masks.py::test_padding_mask_*",
+}
 
 
 # ---- the table itself ------------------------------------------------------------------------
@@ -35,8 +44,8 @@ def test_every_op_has_a_spec():
     missing = sorted(exported_ops - covered)
     assert not missing, f"ops with no row in OP_SPECS: {missing}"
     # Plain functions in ops.__all__ are compositions of ops; each needs its own test here.
-    assert set(ops.__all__) - exported_ops == {"flatten"}, \
-        "a new non-Op export in tvmfront.ops needs a test (see test_flatten)"
+    assert set(ops.__all__) - exported_ops == set(NON_OP_EXPORTS), \
+        "a new non-Op export in tvmfront.ops needs a test (see NON_OP_EXPORTS)"
     assert any(s.op is ops.reshape and s.id.startswith("flatten") for s in OP_SPECS)
 
 
@@ -48,7 +57,7 @@ def test_spec_ids_unique_and_inputs_well_formed():
         assert isinstance(s, OpSpec) and isinstance(s.op, tvf.Op), s.id
         xs = _inputs(s)
         for x in xs:
-            assert x.dtype == np.float64 or x.dtype.kind in "iu", (s.id, x.dtype)
+            assert x.dtype == np.float64 or x.dtype.kind in "iub", (s.id, x.dtype)
         if s.grad:
             n = sum(x.size for x in xs if x.dtype.kind == "f")
             assert 0 < n <= 200, f"{s.id}: {n} float input elements (gradcheck cost)"
@@ -68,7 +77,8 @@ def test_flatten():
 def _check_forward(spec, dtype, rtol, atol):
     xs = _inputs(spec, dtype)
     expected = np.asarray(spec.ref(*[x.copy() for x in xs], **spec.attrs))
-    assert expected.dtype == dtype, f"{spec.id}: reference returned {expected.dtype}"
+    if any(x.dtype.kind == "f" for x in xs):  # else the dtype is the op's own (one_hot, masks)
+        assert expected.dtype == dtype, f"{spec.id}: reference returned {expected.dtype}"
     got = spec.op.eager(*xs, **spec.attrs)
     assert isinstance(got, np.ndarray), type(got)
     assert got.dtype == expected.dtype, (got.dtype, expected.dtype)
@@ -170,7 +180,7 @@ def test_underivable_op_names_op_expression_and_remedy():
 
 
 # ---- derived gradients: every op, against finite differences and the explicit gradient -------
-@pytest.mark.parametrize("spec", GRAD_SPECS)
+@pytest.mark.parametrize("spec", DERIVED_SPECS)
 def test_derived_gradient(spec):
     xs = _inputs(spec)
     assert tvf.gradcheck(spec.op, xs, derived=True, **spec.attrs) is True
@@ -210,3 +220,23 @@ def test_conv2d_kernel_larger_than_input():
 def test_broadcast_incompatible_add(sa, sb):
     with pytest.raises(ValueError, match="broadcast"):
         ops.add(np.ones(sa), np.ones(sb))
+
+
+# autodiff.py defect (not this file's): a read through a 0-d index tensor (x[idx[()]]) ends
+# in TVM's "StructuralHash is not supported for te.PlaceholderOp" TypeError inside
+# _adjoint_of_read, not in a GradientError naming the op.
+_ZERO_D_DEFECT = pytest.mark.xfail(strict=True, raises=TypeError,
+                                   reason="autodiff crashes on a 0-d data-dependent index")
+
+
+@pytest.mark.parametrize("spec", [pytest.param(s, id=s.id, marks=_ZERO_D_DEFECT)
+                                  if s.id == "take-0d-index" else pytest.param(s, id=s.id)
+                                  for s in OP_SPECS if not s.derived])
+def test_no_derived_gradient_is_refused_by_name(spec):
+    # Rows marked derived=False (take, embedding) read through data-dependent indices: the
+    # derived path must refuse them with the op's name, which is why they carry a .grad.
+    assert spec.op.has_grad
+    xs = _inputs(spec)
+    dy = np.ones(np.shape(spec.op.eager(*xs, **spec.attrs)))
+    with pytest.raises(tvf.GradientError, match=f"op '{spec.op.name}'"):
+        spec.op.vjp(dy, *xs, derived=True, **spec.attrs)

@@ -202,3 +202,37 @@ class SelfAttention(Module):
 def _select(x, i):
     """x[i] along the first axis, as a reshape of a one-row slice."""
     return ops.reshape(ops.slice_first(x, index=i), shape=tuple(x.shape[1:]))
+
+
+class Embedding(Module):
+    """Lookup table: ids [...] (int32 or int64) -> [..., embedding_dim], weight
+    [num_embeddings, embedding_dim] drawn from N(0, 1), as torch.nn.Embedding. The row
+    `padding_idx` (negative counts from the end) starts at zero and receives no gradient.
+    Out-of-range ids: a ValueError eagerly, clamped into range in compiled code
+    (tvmfront/ops/index.py)."""
+
+    def __init__(self, num_embeddings, embedding_dim, padding_idx=None, dtype="float32"):
+        super().__init__()
+        if padding_idx is not None:
+            if not -num_embeddings <= padding_idx < num_embeddings:
+                raise ValueError(f"Embedding: padding_idx {padding_idx} out of range for "
+                                 f"{num_embeddings} embeddings")
+            padding_idx %= num_embeddings
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.padding_idx = padding_idx
+        weight = init._rng.standard_normal((num_embeddings, embedding_dim)).astype(dtype)
+        if padding_idx is not None:
+            weight[padding_idx] = 0
+        self.weight = Parameter(weight)
+
+    def forward(self, ids):
+        return ops.embedding(self.weight, ids, padding_idx=self.padding_idx)
+
+    def extra_repr(self):
+        pad = f", padding_idx={self.padding_idx}" if self.padding_idx is not None else ""
+        return f"{self.num_embeddings}, {self.embedding_dim}{pad}"
+
+
+class SiLU(Module):
+    def forward(self, x):
+        return ops.silu(x)

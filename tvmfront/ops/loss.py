@@ -1,4 +1,4 @@
-"""Losses (mean over the batch) and softmax."""
+"""Losses (mean over the batch)."""
 
 from .._tvm import te, tirx
 from ..op import op
@@ -78,19 +78,3 @@ def _(dy, pred, target):
     dt = te.compute(pred.shape, lambda *i: -dy() * k * (pred(*i) - target(*i)), name="mse_dtarget")
     return [dp, dt]
 
-
-@op
-def softmax(x):
-    """Softmax over the last axis of [B, C]."""
-    if len(x.shape) != 2:
-        raise ValueError(f"softmax expects [B, C], got {list(x.shape)}")
-    mx, se = _log_softmax_parts(x)
-    return te.compute(x.shape, lambda i, j: te.exp(x[i, j] - mx[i]) / se[i], name="softmax")
-
-
-@softmax.grad
-def _(dy, x):
-    s = softmax.te_forward(x)
-    k = te.reduce_axis((0, x.shape[1]), "k")
-    dot = te.compute((x.shape[0],), lambda i: te.sum(dy[i, k] * s[i, k], axis=k), name="dot")
-    return [te.compute(x.shape, lambda i, j: s[i, j] * (dy[i, j] - dot[i]), name="softmax_grad")]

@@ -1,4 +1,4 @@
-"""Normalisations and GELU. Their gradients are derived from the TE forward (no .grad):
+"""Normalisations. Their gradients are derived from the TE forward (no .grad):
 TVM 0.27 has no Relax gradient for any of them."""
 
 import math
@@ -12,28 +12,29 @@ def _c(v, dtype):
 
 
 @op
-def gelu(x):
-    """x * Phi(x), the exact (erf) form."""
-    half, inv_sqrt2 = _c(0.5, x.dtype), _c(1 / math.sqrt(2), x.dtype)
-    return te.compute(x.shape, lambda *i: half * x(*i) * (_c(1, x.dtype) + te.erf(x(*i) * inv_sqrt2)),
-                      name="gelu")
-
-
-@op
 def layer_norm(x, gamma, beta, eps=1e-5):
-    """Normalise over the last axis: (x - mean) / sqrt(var + eps) * gamma + beta."""
-    if len(gamma.shape) != 1 or int(gamma.shape[0]) != int(x.shape[-1]) or \
+    """Normalise over the last k axes, k = gamma.ndim (PyTorch's normalized_shape):
+    (x - mean) / sqrt(var + eps) * gamma + beta, gamma and beta of shape x.shape[-k:]."""
+    k = len(gamma.shape)
+    norm_shape = tuple(int(d) for d in x.shape[len(x.shape) - k:])
+    if not 1 <= k <= len(x.shape) or tuple(int(d) for d in gamma.shape) != norm_shape or \
             tuple(gamma.shape) != tuple(beta.shape):
-        raise ValueError(f"layer_norm: gamma/beta {list(gamma.shape)}/{list(beta.shape)} must be "
-                         f"[{int(x.shape[-1])}] for x {list(x.shape)}")
-    lead, d = tuple(x.shape[:-1]), int(x.shape[-1])
-    inv_d = _c(1.0 / d, x.dtype)
-    k1, k2 = te.reduce_axis((0, d), "k1"), te.reduce_axis((0, d), "k2")
-    mean = te.compute(lead, lambda *i: te.sum(x(*i, k1) * inv_d, axis=k1), name="ln_mean")
-    var = te.compute(lead, lambda *i: te.sum((x(*i, k2) - mean(*i)) * (x(*i, k2) - mean(*i))
-                                             * inv_d, axis=k2), name="ln_var")
-    return te.compute(x.shape, lambda *i: (x(*i) - mean(*i[:-1])) * te.rsqrt(var(*i[:-1]) + _c(
-        eps, x.dtype)) * gamma[i[-1]] + beta[i[-1]], name="layer_norm")
+        raise ValueError(f"layer_norm: gamma/beta {list(gamma.shape)}/{list(beta.shape)} must "
+                         f"both be the trailing shape of x {list(x.shape)}")
+    lead = tuple(x.shape[:len(x.shape) - k])
+    inv_n = _c(1.0 / math.prod(norm_shape), x.dtype)
+    r1 = [te.reduce_axis((0, d), f"k1_{j}") for j, d in enumerate(norm_shape)]
+    r2 = [te.reduce_axis((0, d), f"k2_{j}") for j, d in enumerate(norm_shape)]
+    mean = te.compute(lead, lambda *i: te.sum(x(*i, *r1) * inv_n, axis=r1), name="ln_mean")
+
+    def centered_sq(i, r):
+        v = x(*i, *r) - mean(*i)
+        return v * v * inv_n
+
+    var = te.compute(lead, lambda *i: te.sum(centered_sq(i, r2), axis=r2), name="ln_var")
+    n = len(lead)
+    return te.compute(x.shape, lambda *i: (x(*i) - mean(*i[:n])) * te.rsqrt(var(*i[:n]) + _c(
+        eps, x.dtype)) * gamma(*i[n:]) + beta(*i[n:]), name="layer_norm")
 
 
 @op

@@ -1,4 +1,4 @@
-"""Python operators (+ - * / ** @, reshape) on symbolic Tensors, dispatched to ops.
+"""Python operators (+ - * / ** @, [], reshape) on symbolic Tensors, dispatched to ops.
 
 They are attached here, not in tensor.py, because the op layer sits above the tensor layer.
 """
@@ -7,6 +7,7 @@ from numbers import Number
 
 from ..tensor import Tensor
 from . import elementwise as ew
+from .join import getitem
 from .linalg import matmul
 from .shape import reshape
 
@@ -39,6 +40,7 @@ def install_operators():
         setattr(Tensor, f"__r{name}__", refl)
     Tensor.__neg__ = lambda self: ew.neg(self)
     Tensor.__pow__ = lambda self, e: ew.pow_scalar(self, exponent=float(e))
+    Tensor.__getitem__ = getitem
     Tensor.__matmul__ = lambda self, other: matmul(self, other)
     Tensor.reshape = lambda self, *shape: reshape(
         self, shape=tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list))

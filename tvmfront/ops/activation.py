@@ -1,0 +1,38 @@
+"""Smooth activations: GELU (exact and tanh-approximated, as PyTorch's `approximate=`) and
+SiLU. Their gradients are derived from the TE forward."""
+
+import math
+
+from .._tvm import te, tirx
+from ..op import op
+
+
+def _c(v, dtype):
+    return tirx.const(v, dtype)
+
+
+@op
+def gelu(x, approximate="none"):
+    """x * Phi(x): the exact erf form (approximate="none"), or PyTorch's tanh form
+    0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (approximate="tanh")."""
+    d = x.dtype
+    half, one = _c(0.5, d), _c(1, d)
+    if approximate == "none":
+        inv_sqrt2 = _c(1 / math.sqrt(2), d)
+        return te.compute(x.shape, lambda *i: half * x(*i) * (one + te.erf(x(*i) * inv_sqrt2)),
+                          name="gelu")
+    if approximate == "tanh":
+        k, c = _c(math.sqrt(2 / math.pi), d), _c(0.044715, d)
+
+        def body(*i):
+            v = x(*i)
+            return half * v * (one + te.tanh(k * (v + c * v * v * v)))
+
+        return te.compute(x.shape, body, name="gelu_tanh")
+    raise ValueError(f"gelu: approximate={approximate!r}; use 'none' or 'tanh'")
+
+
+@op
+def silu(x):
+    """x * sigmoid(x) (also called swish)."""
+    return te.compute(x.shape, lambda *i: x(*i) * te.sigmoid(x(*i)), name="silu")

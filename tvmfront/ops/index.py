@@ -1,0 +1,164 @@
+"""Indexing by data: take (gather along an axis), embedding lookup, one_hot.
+
+The derived gradient refuses data-dependent reads (`x[idx[i]]`), so take and embedding carry
+an explicit scatter-add gradient written as a TE reduction.
+
+Out-of-range ids: eagerly (numpy inputs) they are a ValueError naming the op, the offending
+id and the valid range, raised before any kernel runs. In compiled code (a model traced into
+a train step or inference module) the ids cannot be checked before the kernel runs, so every
+id is clamped into [0, n - 1]: an id below 0 reads row 0, an id >= n reads row n - 1, and the
+gradient goes to that same row. No kernel ever reads outside the table.
+"""
+
+import numpy as np
+
+from .._tvm import te, tirx
+from ..op import Op
+
+
+def _clamped(idx, i, n):
+    """idx(*i) clamped into [0, n-1] (in the id's own dtype, so no overflow), then int32 for
+    indexing (n fits int32, so the clamped value does)."""
+    lo, hi = tirx.const(0, idx.dtype), tirx.const(n - 1, idx.dtype)
+    return te.max(te.min(idx(*i), hi), lo).astype("int32")
+
+
+def _axis(axis, ndim, name):
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{name}: axis {axis} out of range for a {ndim}-d input")
+    return axis % ndim
+
+
+def _check_ids(name, ids, n, what="id"):
+    ids = np.asarray(ids)
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"{name}: {what}s must be integers (int32 or int64), got {ids.dtype}")
+    if ids.size:
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= n:
+            bad = lo if lo < 0 else hi
+            where = tuple(int(v) for v in np.argwhere(ids == bad)[0])
+            raise ValueError(f"{name}: {what} {bad} at position {where} is out of range: the "
+                             f"valid range is 0..{n - 1}")
+
+
+class _IndexOp(Op):
+    """An op whose integer input (position `ids_at`) indexes an axis of size `size(arrays,
+    attrs)`: eagerly the ids are checked before any kernel runs."""
+
+    def __init__(self, fn, ids_at, size, what="id"):
+        super().__init__(fn)
+        self._ids_at, self._size, self._what = ids_at, size, what
+
+    def _check(self, arrays, attrs):
+        arrays = [np.asarray(a) for a in arrays]
+        if len(arrays) > self._ids_at:
+            _check_ids(self.name, arrays[self._ids_at], self._size(arrays, attrs), self._what)
+
+    def eager(self, *arrays, **attrs):
+        self._check(arrays, attrs)
+        return super().eager(*arrays, **attrs)
+
+    def vjp(self, dy, *arrays, derived=None, **attrs):
+        self._check(arrays, attrs)
+        return super().vjp(dy, *arrays, derived=derived, **attrs)
+
+    def unchecked(self, *arrays, **attrs):
+        """The forward kernel on numpy arrays without the eager id check: what compiled code
+        does with out-of-range ids (clamps them). For tests of that behaviour."""
+        return super().eager(*arrays, **attrs)
+
+
+def _index_op(ids_at, size, what="id"):
+    return lambda fn: _IndexOp(fn, ids_at, size, what)
+
+
+# ---- take ------------------------------------------------------------------------------------
+def _take_te(x, idx, axis, name):
+    a = _axis(axis, len(x.shape), name)
+    n, k = int(x.shape[a]), len(idx.shape)
+    shape = (*x.shape[:a], *idx.shape, *x.shape[a + 1:])
+    if "int" not in str(idx.dtype):
+        raise TypeError(f"{name}: indices must be integers (int32 or int64), got {idx.dtype}")
+    if n == 0:
+        raise ValueError(f"{name}: cannot take from an empty axis {a} of {list(x.shape)}")
+    return te.compute(shape, lambda *i: x(*i[:a], _clamped(idx, i[a:a + k], n), *i[a + k:]),
+                      name=name)
+
+
+def _scatter_add(dy, x, idx, axis, skip=None, name="take_grad"):
+    """dx[.., r, ..] = sum over id positions p with clamp(idx[p]) == r of dy[.., p, ..].
+
+    O(x.size * idx.size): every element of dx scans every id. Fine for the tables and
+    sequences tests and small models use; a sort-or-atomic scatter would be the scalable form.
+    `skip`: a row that gets no gradient (Embedding's padding_idx)."""
+    a = _axis(axis, len(x.shape), "take")
+    n = int(x.shape[a])
+    ks = [te.reduce_axis((0, int(d)), f"p{j}") for j, d in enumerate(idx.shape)]
+    zero = tirx.const(0, dy.dtype)
+
+    def body(*i):
+        hit = _clamped(idx, ks, n) == i[a]
+        if skip is not None:
+            hit = te.all(hit, i[a] != skip)
+        return te.sum(te.if_then_else(hit, dy(*i[:a], *ks, *i[a + 1:]), zero), axis=ks)
+
+    if not ks:  # a 0-d index: no reduction, one row gets dy
+        def body(*i):  # noqa: F811
+            hit = _clamped(idx, (), n) == i[a]
+            if skip is not None:
+                hit = te.all(hit, i[a] != skip)
+            return te.if_then_else(hit, dy(*i[:a], *i[a + 1:]), zero)
+    return te.compute(x.shape, body, name=name)
+
+
+@_index_op(1, lambda arrays, attrs: arrays[0].shape[_axis(attrs.get("axis", 0),
+                                                            arrays[0].ndim, "take")], "index")
+def take(x, indices, axis=0):
+    """Gather along `axis`: out[..., p, ...] = x[..., indices[p], ...] (numpy.take, and
+    torch.index_select for 1-d indices). Indices int32 or int64, of any shape: the output
+    shape is x.shape[:axis] + indices.shape + x.shape[axis+1:]. Out-of-range indices: see
+    the module docstring (an error eagerly, clamped in compiled code)."""
+    return _take_te(x, indices, axis, "take")
+
+
+@take.grad
+def _(dy, x, indices, axis=0):
+    return [_scatter_add(dy, x, indices, axis), None]
+
+
+# ---- embedding -------------------------------------------------------------------------------
+def _padding_row(padding_idx, n):
+    if padding_idx is None:
+        return None
+    if not -n <= padding_idx < n:
+        raise ValueError(f"embedding: padding_idx {padding_idx} out of range for {n} rows")
+    return padding_idx % n
+
+
+@_index_op(1, lambda arrays, attrs: arrays[0].shape[0])
+def embedding(weight, ids, padding_idx=None):
+    """weight [num, dim], ids [...] int32/int64 -> [..., dim] (torch.nn.functional.embedding).
+    The row `padding_idx` is read as is but receives no gradient."""
+    if len(weight.shape) != 2:
+        raise ValueError(f"embedding: weight must be [num, dim], got {list(weight.shape)}")
+    _padding_row(padding_idx, int(weight.shape[0]))
+    return _take_te(weight, ids, 0, "embedding")
+
+
+@embedding.grad
+def _(dy, weight, ids, padding_idx=None):
+    skip = _padding_row(padding_idx, int(weight.shape[0]))
+    return [_scatter_add(dy, weight, ids, 0, skip=skip, name="embedding_grad"), None]
+
+
+# ---- one_hot ---------------------------------------------------------------------------------
+@_index_op(0, lambda arrays, attrs: attrs["depth"], "class id")
+def one_hot(indices, depth, dtype="float32"):
+    """indices [...] -> [..., depth], 1 at each index, 0 elsewhere (no gradient: the input is
+    integer). Compiled code with an out-of-range id gives an all-zero row (no read involved)."""
+    if "int" not in str(indices.dtype):
+        raise TypeError(f"one_hot: indices must be integers, got {indices.dtype}")
+    one, zero = tirx.const(1, dtype), tirx.const(0, dtype)
+    return te.compute((*indices.shape, int(depth)), lambda *i: te.if_then_else(
+        indices(*i[:-1]) == i[-1].astype(indices.dtype), one, zero), name="one_hot")

@@ -1,0 +1,192 @@
+"""Joining and cutting tensors: concat, stack, strided slices, split.
+
+split is several slices, not one op with several outputs: a compiled train step cannot
+differentiate multi-output ops yet (Op._emit refuses them), and slices train.
+"""
+
+from .._tvm import te, tirx
+from ..op import Op, op
+
+
+class _SeqOp(Op):
+    """An op over a variable number of tensors that also takes them as one list, as
+    torch.cat / torch.stack do: concat([a, b], axis=1) == concat(a, b, axis=1)."""
+
+    def __call__(self, *inputs, **attrs):
+        if len(inputs) == 1 and isinstance(inputs[0], (list, tuple)):
+            inputs = tuple(inputs[0])
+        if not inputs:
+            raise ValueError(f"{self.name}: needs at least one tensor")
+        return super().__call__(*inputs, **attrs)
+
+
+def _axis(axis, ndim, name):
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{name}: axis {axis} out of range for {ndim}-d tensors")
+    return axis % ndim
+
+
+def _chain(parts, i, a):
+    """Body of a concatenation along axis a: the part whose range holds i[a]."""
+    body, start = None, 0
+    pieces = []
+    for x in parts:
+        pieces.append((start, x))
+        start += int(x.shape[a])
+    for start, x in reversed(pieces):
+        read = x(*i[:a], i[a] - start, *i[a + 1:])
+        body = read if body is None else te.if_then_else(i[a] < start + int(x.shape[a]), read, body)
+    return body
+
+
+def _concat_shape(xs, axis, name):
+    a = _axis(axis, len(xs[0].shape), name)
+    first = [int(d) for d in xs[0].shape]
+    for k, x in enumerate(xs):
+        other = [int(d) for d in x.shape]
+        if len(other) != len(first) or other[:a] + other[a + 1:] != first[:a] + first[a + 1:] \
+                or x.dtype != xs[0].dtype:
+            raise ValueError(f"{name}: tensor {k} is {other} {x.dtype}, tensor 0 is {first} "
+                             f"{xs[0].dtype}; all must match except along axis {a}")
+    return a, (*first[:a], sum(int(x.shape[a]) for x in xs), *first[a + 1:])
+
+
+def _concat(*xs, axis=0):
+    """Join tensors along an existing axis (torch.cat, numpy.concatenate)."""
+    a, shape = _concat_shape(xs, axis, "concat")
+    return te.compute(shape, lambda *i: _chain(xs, i, a), name="concat")
+
+
+concat = _SeqOp(_concat, name="concat")
+
+
+def _shifted(dy, a, start):
+    return lambda *i: dy(*i[:a], i[a] + start, *i[a + 1:])
+
+
+@concat.grad
+def _(dy, *xs, axis=0):
+    a = _axis(axis, len(xs[0].shape), "concat")
+    grads, start = [], 0
+    for k, x in enumerate(xs):
+        grads.append(te.compute(x.shape, _shifted(dy, a, start), name=f"concat_grad{k}"))
+        start += int(x.shape[a])
+    return grads
+
+
+def _stack(*xs, axis=0):
+    """Join equal-shape tensors along a new axis (torch.stack, numpy.stack)."""
+    ndim = len(xs[0].shape) + 1
+    a = _axis(axis, ndim, "stack")
+    for k, x in enumerate(xs):
+        if tuple(int(d) for d in x.shape) != tuple(int(d) for d in xs[0].shape) or \
+                x.dtype != xs[0].dtype:
+            raise ValueError(f"stack: tensor {k} is {[int(d) for d in x.shape]} {x.dtype}, "
+                             f"tensor 0 is {[int(d) for d in xs[0].shape]} {xs[0].dtype}")
+    shape = (*xs[0].shape[:a], len(xs), *xs[0].shape[a:])
+
+    def body(*i):
+        out = None
+        for k in reversed(range(len(xs))):
+            read = xs[k](*i[:a], *i[a + 1:])
+            out = read if out is None else te.if_then_else(i[a] == k, read, out)
+        return out
+
+    return te.compute(shape, body, name="stack")
+
+
+stack = _SeqOp(_stack, name="stack")
+
+
+@stack.grad
+def _(dy, *xs, axis=0):
+    a = _axis(axis, len(xs[0].shape) + 1, "stack")
+    return [te.compute(x.shape, _at(dy, a, k), name=f"stack_grad{k}") for k, x in enumerate(xs)]
+
+
+def _at(dy, a, k):
+    return lambda *i: dy(*i[:a], k, *i[a:])
+
+
+# ---- slices ----------------------------------------------------------------------------------
+def _normalise_slices(shape, slices):
+    """Per axis (start, step, length) from a tuple of (start, stop, step), None meaning ':'."""
+    if len(slices) > len(shape):
+        raise IndexError(f"too many slices ({len(slices)}) for a {len(shape)}-d tensor")
+    out = []
+    for d, s in zip(shape, tuple(slices) + ((None, None, None),) * (len(shape) - len(slices))):
+        start, stop, step = s
+        if step == 0:
+            raise ValueError("strided_slice: step cannot be zero")
+        start, stop, step = slice(start, stop, step).indices(int(d))
+        out.append((start, step, len(range(start, stop, step))))
+    return out
+
+
+@op
+def strided_slice(x, slices=()):
+    """x[s0, s1, ...] for Python slices given as (start, stop, step) triples (None for a
+    default), one per leading axis: numpy/PyTorch basic slicing, negative steps and indices
+    included. The gradient is derived (the reads are affine in the loop variables)."""
+    norm = _normalise_slices(x.shape, slices)
+    shape = tuple(n for _, _, n in norm)
+    return te.compute(shape, lambda *i: x(*[tirx.const(s, "int32") + v * st if st != 1 or s
+                                           else v for v, (s, st, _) in zip(i, norm)]),
+                      name="strided_slice")
+
+
+def split(x, split_size_or_sections, axis=0):
+    """torch.split: chunks of `split_size_or_sections` along `axis` (the last one smaller if
+    the size does not divide), or pieces of the given sizes (a list summing to the axis).
+    Returns a tuple of slices; each trains like any slice."""
+    a = _axis(axis, len(x.shape), "split")
+    n = int(x.shape[a])
+    if isinstance(split_size_or_sections, int):
+        if split_size_or_sections <= 0:
+            raise ValueError(f"split: size {split_size_or_sections} must be positive")
+        sizes = [min(split_size_or_sections, n - s) for s in range(0, n, split_size_or_sections)]
+    else:
+        sizes = [int(s) for s in split_size_or_sections]
+        if sum(sizes) != n or any(s < 0 for s in sizes):
+            raise ValueError(f"split: sizes {sizes} do not sum to axis {a}'s length {n}")
+    out, start = [], 0
+    for size in sizes:
+        slices = ((None, None, None),) * a + ((start, start + size, 1),)
+        out.append(strided_slice(x, slices=slices))
+        start += size
+    return tuple(out)
+
+
+def getitem(x, key):
+    """x[key] for basic indexing: slices (any step, negative bounds), ints (negative too; each
+    drops its axis) and one Ellipsis. One strided_slice, then a reshape if ints drop axes."""
+    key = key if isinstance(key, tuple) else (key,)
+    if sum(k is Ellipsis for k in key) > 1:
+        raise IndexError("an index can only have a single ellipsis ('...')")
+    for k in key:
+        if not (k is Ellipsis or isinstance(k, (int, slice))) or isinstance(k, bool):
+            raise TypeError(f"symbolic tensor index {k!r} ({type(k).__name__}): only ints, "
+                            "slices and ... are supported; gather by an index tensor with "
+                            "ops.take(x, indices, axis=...)")
+    if Ellipsis in key:
+        at = key.index(Ellipsis)
+        fill = len(x.shape) - (len(key) - 1)
+        key = key[:at] + (slice(None),) * max(fill, 0) + key[at + 1:]
+    if len(key) > len(x.shape):
+        raise IndexError(f"too many indices ({len(key)}) for a {len(x.shape)}-d tensor")
+    slices, keep = [], []
+    for axis, k in enumerate(key):
+        if isinstance(k, int):
+            n = int(x.shape[axis])
+            if not -n <= k < n:
+                raise IndexError(f"index {k} is out of range for axis {axis} of size {n}")
+            k %= n
+            slices.append((k, k + 1, 1))
+        else:
+            slices.append((k.start, k.stop, k.step))
+            keep.append(axis)
+    keep += list(range(len(key), len(x.shape)))
+    out = strided_slice(x, slices=tuple(slices))
+    if len(keep) != len(x.shape):
+        out = out.reshape(tuple(out.shape[a] for a in keep))
+    return out

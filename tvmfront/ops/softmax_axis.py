@@ -1,0 +1,73 @@
+"""softmax and log_softmax over any axis, numerically stable (the max along the axis is
+subtracted before exp), each with its explicit gradient; the derived ones are checked too."""
+
+from .._tvm import te
+from ..op import op
+
+
+def _axis(x, axis, name):
+    ndim = len(x.shape)
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{name}: axis {axis} out of range for a {ndim}-d input")
+    return axis % ndim
+
+
+def _rest(i, a):
+    return (*i[:a], *i[a + 1:])
+
+
+def _max_and_sumexp(x, a):
+    """max over axis a and sum(exp(x - max)): tensors of x's shape without axis a."""
+    rest = (*x.shape[:a], *x.shape[a + 1:])
+    k1, k2 = te.reduce_axis((0, x.shape[a]), "k1"), te.reduce_axis((0, x.shape[a]), "k2")
+    mx = te.compute(rest, lambda *j: te.max(x(*j[:a], k1, *j[a:]), axis=k1), name="sm_max")
+    se = te.compute(rest, lambda *j: te.sum(te.exp(x(*j[:a], k2, *j[a:]) - mx(*j)), axis=k2),
+                    name="sm_sum")
+    return mx, se
+
+
+def _dot_along(dy, s, a):
+    """sum over axis a of dy * s (s None: of dy alone)."""
+    k = te.reduce_axis((0, dy.shape[a]), "k")
+    rest = (*dy.shape[:a], *dy.shape[a + 1:])
+    if s is None:
+        return te.compute(rest, lambda *j: te.sum(dy(*j[:a], k, *j[a:]), axis=k), name="dsum")
+    return te.compute(rest, lambda *j: te.sum(dy(*j[:a], k, *j[a:]) * s(*j[:a], k, *j[a:]),
+                                              axis=k), name="dot")
+
+
+@op
+def softmax(x, axis=-1):
+    """exp(x - max) / sum(exp(x - max)) along `axis` (torch.softmax(x, dim))."""
+    a = _axis(x, axis, "softmax")
+    mx, se = _max_and_sumexp(x, a)
+    return te.compute(x.shape, lambda *i: te.exp(x(*i) - mx(*_rest(i, a))) / se(*_rest(i, a)),
+                      name="softmax")
+
+
+@softmax.grad
+def _(dy, x, axis=-1):
+    a = _axis(x, axis, "softmax")
+    s = softmax.te_forward(x, axis=axis)
+    dot = _dot_along(dy, s, a)
+    return [te.compute(x.shape, lambda *i: s(*i) * (dy(*i) - dot(*_rest(i, a))),
+                       name="softmax_grad")]
+
+
+@op
+def log_softmax(x, axis=-1):
+    """x - max - log(sum(exp(x - max))) along `axis` (torch.log_softmax(x, dim))."""
+    a = _axis(x, axis, "log_softmax")
+    mx, se = _max_and_sumexp(x, a)
+    return te.compute(x.shape, lambda *i: x(*i) - mx(*_rest(i, a)) - te.log(se(*_rest(i, a))),
+                      name="log_softmax")
+
+
+@log_softmax.grad
+def _(dy, x, axis=-1):
+    # d/dx: dy - softmax(x) * sum(dy) along the axis
+    a = _axis(x, axis, "log_softmax")
+    s = softmax.te_forward(x, axis=axis)
+    total = _dot_along(dy, None, a)
+    return [te.compute(x.shape, lambda *i: dy(*i) - s(*i) * total(*_rest(i, a)),
+                       name="log_softmax_grad")]
