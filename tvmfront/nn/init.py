@@ -22,6 +22,11 @@ def uniform(shape, bound, dtype="float32"):
     return _rng.uniform(-bound, bound, size=shape).astype(dtype)
 
 
+def normal(shape, std=1.0, dtype="float32"):
+    """N(0, std^2): torch.nn.Embedding's default (std 1)."""
+    return (_rng.standard_normal(size=shape) * std).astype(dtype)
+
+
 def kaiming_uniform(shape, a=math.sqrt(5), dtype="float32"):
     """PyTorch's default for Linear/Conv weights: bound = gain * sqrt(3 / fan_in)."""
     fan_in, _ = _fans(shape)

@@ -116,16 +116,29 @@ class Sequential(Module):
         return x
 
 
-class GELU(_Activation):
-    op = ops.gelu
+class GELU(Module):
+    """x * Phi(x); approximate="tanh" for PyTorch's tanh form (nn.GELU(approximate=...))."""
+
+    def __init__(self, approximate="none"):
+        super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+
+    def forward(self, x):
+        return ops.gelu(x, approximate=self.approximate)
 
 
 class LayerNorm(Module):
-    """Normalise over the last axis of size `normalized_shape`, with affine weight and bias."""
+    """Normalise over the last dims, of shape `normalized_shape` (an int: the last axis; a
+    tuple: the last len(tuple) axes), with affine weight and bias of that shape (PyTorch's
+    layout)."""
 
     def __init__(self, normalized_shape, eps=1e-5, dtype="float32"):
         super().__init__()
-        self.normalized_shape, self.eps = int(normalized_shape), eps
+        shape = ((normalized_shape,) if isinstance(normalized_shape, (int, np.integer))
+                 else tuple(normalized_shape))
+        self.normalized_shape, self.eps = tuple(int(d) for d in shape), eps
         self.weight = Parameter(np.ones(self.normalized_shape, dtype))
         self.bias = Parameter(np.zeros(self.normalized_shape, dtype))
 
@@ -220,7 +233,7 @@ class Embedding(Module):
             padding_idx %= num_embeddings
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.padding_idx = padding_idx
-        weight = init._rng.standard_normal((num_embeddings, embedding_dim)).astype(dtype)
+        weight = init.normal((num_embeddings, embedding_dim), dtype=dtype)
         if padding_idx is not None:
             weight[padding_idx] = 0
         self.weight = Parameter(weight)
