@@ -222,16 +222,7 @@ def test_broadcast_incompatible_add(sa, sb):
         ops.add(np.ones(sa), np.ones(sb))
 
 
-# autodiff.py defect (not this file's): a read through a 0-d index tensor (x[idx[()]]) ends
-# in TVM's "StructuralHash is not supported for te.PlaceholderOp" TypeError inside
-# _adjoint_of_read, not in a GradientError naming the op.
-_ZERO_D_DEFECT = pytest.mark.xfail(strict=True, raises=TypeError,
-                                   reason="autodiff crashes on a 0-d data-dependent index")
-
-
-@pytest.mark.parametrize("spec", [pytest.param(s, id=s.id, marks=_ZERO_D_DEFECT)
-                                  if s.id == "take-0d-index" else pytest.param(s, id=s.id)
-                                  for s in OP_SPECS if not s.derived])
+@pytest.mark.parametrize("spec", [pytest.param(s, id=s.id) for s in OP_SPECS if not s.derived])
 def test_no_derived_gradient_is_refused_by_name(spec):
     # Rows marked derived=False (take, embedding) read through data-dependent indices: the
     # derived path must refuse them with the op's name, which is why they carry a .grad.

@@ -607,6 +607,9 @@ def _adjoint_of_read(shape, dtype, indices, loops, value, name, adjoint=None, in
     """Tensor of `shape`: sum over loops with indices(loops) == j of value(loops).
     `adjoint` = (dT, spatial vars) names the output adjoint read in `value`."""
     red_axes = {}
+    for e in indices:  # x[idx[i]]: which element is read depends on data, not on loops
+        if _loads(e, []):
+            raise _Unsupported(f"index {show(e)} reads a tensor (a data-dependent gather)")
     indices, loops, value = _split_div_loops(indices, loops, value)
 
     def body(*j):
