@@ -148,7 +148,9 @@ class Checkpoints:
 @pytest.mark.slow
 def test_checkpoint_save_killed_at_random_leaves_old_or_new(bundles, tmp_path_factory):
     ckpt = Checkpoints(tmp_path_factory.mktemp("crash-checkpoints"), bundles)
-    counts = kill_at_random(ckpt.write, ckpt.check, n=KILLS, seed=13, name="checkpoint save")
+    # three saves per child: a save is short, so a kill lands inside one more often
+    counts = kill_at_random(ckpt.write, ckpt.check, n=KILLS, seed=13, repeat=3,
+                            name="checkpoint save")
     print(f"checkpoint save: leftover temporary files at the end: {len(ckpt.leftovers())}")
     assert counts["when:mid-write"] >= MIN_MID_WRITE, counts
     assert counts["state:old"] and counts["state:new"], counts
