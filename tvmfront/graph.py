@@ -5,6 +5,7 @@ Functions of a training IRModule (inputs `x*`, labels `y`, loss extras `e*`, par
   predict(*x, *p, *b) -> out                            the forward in eval mode
   loss(*x, y, *e, *p, *b) -> (loss, *b')                forward in training mode + loss;
                                                         b': the buffers after the forward
+                                                        (the loss alone when no buffers)
   loss_adjoint(...) -> ((loss, *b'), (dp...))           added by Relax's Gradient; one dp per
                                                         trainable parameter (requires_grad)
   train_step(*x, y, *e, lr, step, *p, *b, *s) -> (loss, *p', *b', *s')  by append_optimizer
@@ -207,6 +208,8 @@ def build_training(model, loss_fn, inputs, labels, extras=None):
         if not isinstance(loss, Tensor) or loss.shape != ():
             raise ShapeError(f"the loss must be a scalar Tensor, got "
                              f"{getattr(loss, 'shape', type(loss).__name__)}")
+        if not named_buffers:
+            return loss  # not a 1-tuple: TVM 0.27's FuseOps/FuseTIR fail on one
         # the buffers as the forward left them (unchanged ones pass through)
         return [loss, *[trace.bindings[id(b)] for _, b in named_buffers]]
 
@@ -252,8 +255,8 @@ def append_optimizer(mod, sig, optimizer):
 
     def body():
         result = bb.emit(relax.Call(adjoint, [*data, *pvars, *bvars]))
-        outs = bb.emit(relax.TupleGetItem(result, 0))  # (loss, *buffers')
-        loss = bb.emit(relax.TupleGetItem(outs, 0))
+        outs = bb.emit(relax.TupleGetItem(result, 0))  # (loss, *buffers'), or loss alone
+        loss = bb.emit(relax.TupleGetItem(outs, 0)) if bvars else outs
         new_buffers = [bb.emit(relax.TupleGetItem(outs, 1 + i)) for i in range(len(bvars))]
         grads_tuple = bb.emit(relax.TupleGetItem(result, 1))
         grads = {n: Tensor(bb.emit(relax.TupleGetItem(grads_tuple, i))) for i, n in enumerate(names)}

@@ -410,7 +410,7 @@ class TrainingModule(_Compiled):
         buffers stay as they are)."""
         vm = self._vm
         out = vm["loss"](*self._check_batch(x, y, extras), *self._params, *self._buffers)
-        return float(to_numpy(out[0]))
+        return float(to_numpy(out[0] if self._buffers else out))
 
     def loss_and_grads(self, x, y, extras=None):
         """(loss, {parameter name: gradient}) on batch (x, y), no update. Frozen parameters
@@ -421,7 +421,8 @@ class TrainingModule(_Compiled):
         grads = out[1]
         frozen = set(self.manifest.get("frozen", ()))
         trainable = [n for n in self.param_names if n not in frozen]
-        return float(to_numpy(out[0][0])), OrderedDict(
+        loss = out[0][0] if self._buffers else out[0]  # (loss, *buffers') or the loss
+        return float(to_numpy(loss)), OrderedDict(
             (n, to_numpy(grads[i])) for i, n in enumerate(trainable))
 
     def load_optimizer_state(self, state):
