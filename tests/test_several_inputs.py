@@ -66,13 +66,13 @@ def test_token_ids_and_mask_sequence_cross_entropy(dtype):
     tokens, mask, labels = _tokens(dtype)
     labels[0, :2] = -1
     loss = nn.CrossEntropyLoss(ignore_index=-1, label_smoothing=0.1)
-    m = tvf.compile_training(model, loss, tvf.optim.SGD(lr=0.0), labels=labels,
+    m = tvf.compile_training(model, loss, tvf.optim.SGD(lr=0.1), labels=labels,
                              inputs={"mask": mask, "tokens": tokens})  # dict: by argument name
     assert [i["name"] for i in m.manifest["inputs"]] == ["tokens", "mask"]
     assert m.manifest["ignore_index"] == -1
     logits = m.predict((tokens, mask))
     assert logits.shape == (3, 4, 5)
-    got = m.step((tokens, mask), labels)
+    got = m.step((tokens, mask), labels, lr=0.0)
     np.testing.assert_allclose(got, _ce_ref(logits, labels, -1, 0.1), rtol=1e-5)
     # other integer dtypes are cast when the values fit; the dict form works too
     other = tokens.astype("int64" if dtype == "int32" else "int32")
@@ -94,7 +94,9 @@ def test_ce_gradient_matches_numpy_and_all_ignored_is_nan():
     labels = np.array([0, 3, -100, 1, -100, 2])
     f = lambda z: ops.cross_entropy(z, labels, label_smoothing=0.2)  # noqa: E731
     np.testing.assert_allclose(f(logits), _ce_ref(logits, labels, -100, 0.2), rtol=1e-10)
-    tvf.gradcheck(lambda z: ops.cross_entropy(z, labels, label_smoothing=0.2), [logits])
+    for derived in (False, True):
+        assert tvf.gradcheck(ops.cross_entropy, [logits, labels], label_smoothing=0.2,
+                             derived=derived)
     with np.errstate(invalid="ignore"):
         assert np.isnan(ops.cross_entropy(logits, np.full(6, -100)))
 
@@ -111,12 +113,13 @@ def test_loss_with_extra_weights():
     rng = np.random.default_rng(3)
     x, t = rng.normal(size=(4, 3)).astype("float32"), rng.normal(size=(4, 2)).astype("float32")
     w = rng.random((4, 2)).astype("float32")
-    m = tvf.compile_training(model, weighted_mse, tvf.optim.SGD(lr=0.0), inputs=x, labels=t,
+    m = tvf.compile_training(model, weighted_mse, tvf.optim.SGD(lr=0.1), inputs=x, labels=t,
                              extras=w)
     assert m.manifest["extras"] == [{"name": "weights", "shape": [4, 2], "dtype": "float32"}]
     pred = m.predict(x)
-    assert m.step(x, t, extras=w) == pytest.approx(float((w * (pred - t) ** 2).mean()), rel=1e-5)
-    assert m.loss(x, t, extras={"weights": w}) == pytest.approx(m.step(x, t, extras=(w,)))
+    want = float((w * (pred - t) ** 2).mean())
+    assert m.step(x, t, lr=0.0, extras=w) == pytest.approx(want, rel=1e-5)
+    assert m.loss(x, t, extras={"weights": w}) == pytest.approx(m.step(x, t, lr=0.0, extras=(w,)))
     with pytest.raises(tvf.ShapeError, match="takes extra inputs"):
         m.step(x, t)
     with pytest.raises(tvf.ShapeError, match=r"extra 'weights': expected shape \(4, 2\)"):
