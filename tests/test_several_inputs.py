@@ -137,5 +137,10 @@ def test_one_input_errors_name_the_tensor():
     with pytest.raises(tvf.ShapeError, match=r"x: expected shape .* got shape \(4, 3\) dtype "
                                              r"float64"):
         m.step(np.zeros((4, 3)), t)
-    with pytest.raises(TypeError, match=r"3 specs for 1 arguments \['x'\]"):
-        tvf.compile_inference(nn.Linear(3, 2), inputs=[(1, 3), (1, 3), (1, 3)])
+    with pytest.raises(tvf.ShapeError, match=r"inputs: got a list holding specs; the compiled "
+                                             r"step takes one array here"):
+        tvf.compile_inference(nn.Linear(3, 2), inputs=[(1, 3), (1, 3)])
+    with pytest.raises(TypeError, match=r"3 specs for 2 arguments \['tokens', 'mask'\]"):
+        tvf.compile_inference(Tagger(), inputs=[(1, 3), (1, 3), (1, 3)])
+    with pytest.raises(TypeError, match=r"unknown names \['tokenz'\]"):
+        tvf.compile_inference(Tagger(), inputs={"tokenz": (1, 3), "mask": (1, 3, 1)})

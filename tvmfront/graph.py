@@ -72,6 +72,11 @@ def named_specs(value, names, what, default_dtype="float32"):
         return [(n, TensorSpec.of(value[n], default_dtype, what=f"{what}['{n}']"))
                 for n in ordered]
     items = [value] if _is_one_spec(value) else list(value)
+    if names is not None and len(names) == 1 and not _is_one_spec(value):
+        held = ("an array" if any(hasattr(v, "shape") and hasattr(v, "dtype") for v in items)
+                else "specs")
+        raise ShapeError(f"{what}: got a {type(value).__name__} holding {held}; the compiled "
+                         f"step takes one array here: pass the array itself or its shape")
     if not items:
         raise ShapeError(f"{what}: no specs given")
     if names is not None and len(items) > len(names):

@@ -31,7 +31,7 @@ def _check(name, array, spec, batch_free=False):
                          f"got shape {tuple(got)} dtype {array.dtype}")
 
 
-def _as_integer(name, array, spec):
+def _as_integer(name, array, spec, kind=""):
     """`array` cast to the spec's integer dtype when it is of another integer dtype and its
     values fit (numpy's default int64 token ids into an int32 input); else unchanged, for
     _check to report."""
@@ -43,8 +43,8 @@ def _as_integer(name, array, spec):
                          f"values fit), got {array.dtype}")
     info = np.iinfo(want)
     if array.size and (array.min() < info.min or array.max() > info.max):
-        raise ShapeError(f"{name}: values in [{array.min()}, {array.max()}] do not fit the "
-                         f"compiled dtype {want}")
+        raise ShapeError(f"{name}: {kind}values in [{array.min()}, {array.max()}] do not fit "
+                         f"the compiled {kind}dtype {want}")
     return array.astype(want)
 
 
@@ -355,7 +355,7 @@ class TrainingModule(_Compiled):
                 and y.dtype.kind not in "iu":
             raise ShapeError(f"y: labels must be integers (class indices; any integer "
                              f"dtype), got {y.dtype}")
-        y = _as_integer("y", y, spec)
+        y = _as_integer("y", y, spec, kind="label ")
         _check("y", y, spec)
         classes = self.manifest.get("num_classes")
         if classes is not None and y.size:
