@@ -64,7 +64,9 @@ def named_specs(value, names, what, default_dtype="float32"):
             raise TypeError(f"{what}: a dict of specs needs named arguments, but the function "
                             f"takes *args; pass a tuple of specs in argument order")
         unknown = sorted(set(value) - set(names))
-        missing = [n for n in names[:len(value) + len(unknown)] if n not in value]
+        # trailing arguments may be left out (they keep their defaults), as with a tuple
+        last = max((names.index(n) for n in value if n in names), default=-1)
+        missing = [n for n in names[:last + 1] if n not in value]
         if unknown or missing or not value:
             raise TypeError(f"{what}: unknown names {unknown}, missing {missing}; the "
                             f"arguments are {names}")

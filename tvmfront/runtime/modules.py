@@ -80,11 +80,7 @@ def _named_arrays(caller, what, value, specs, label):
         raise ShapeError(f"{caller}: this module takes {len(specs)} {what} {names}: pass a "
                          f"tuple of arrays in that order or a dict by name, got "
                          f"{type(value).__name__}")
-    out = []
-    for (name, spec), a in zip(specs, arrays):
-        a = _as_integer(label(name), a, spec)
-        out.append(a)
-    return out
+    return [_as_integer(label(name), a, spec) for (name, spec), a in zip(specs, arrays)]
 
 
 def module_arch(manifest):
