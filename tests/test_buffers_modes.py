@@ -93,6 +93,8 @@ def test_step_updates_buffers_and_predict_is_per_sample(tmp_path):
     infer = tvf.compile_inference(model.train(), inputs=(1, 1, 4, 4))  # eval mode regardless
     infer.load_state_dict(m.state_dict())
     np.testing.assert_allclose(infer(xs[:1]), alone[:1], rtol=1e-5, atol=1e-6)
+    infer_loaded = tvf.load(infer.export(tmp_path / "i"))  # an inference bundle: eval mode too
+    np.testing.assert_allclose(infer_loaded.predict(xs), full, rtol=1e-5, atol=1e-6)
     # exported, reloaded, resumed: buffers included
     m.export(tmp_path / "b")
     loaded = tvf.load(tmp_path / "b")

@@ -5,9 +5,9 @@ environment and process (tests/_torch.py)."""
 
 import os
 import subprocess
-import sys
 
 import numpy as np
+import pytest
 
 import tvmfront as tvf
 from _torch import torch_python
@@ -49,6 +49,7 @@ class Block(nn.Module):
         return self.fc(ops.flatten(ops.relu(h + x)))
 
 
+@pytest.mark.slow
 def test_residual_block_with_batchnorm_matches_pytorch(request, tmp_path):
     c, b = 2, 6
     tvf.manual_seed(0)
@@ -92,6 +93,7 @@ class SeqLogits(nn.Module):
         return ops.reshape(ops.matmul(ops.reshape(x, shape=(b * t, d)), self.w), shape=(b, t, -1))
 
 
+@pytest.mark.slow
 def test_sequence_cross_entropy_matches_pytorch(request, tmp_path):
     rng = np.random.default_rng(1)
     b, t, d, v = 3, 5, 4, 7

@@ -454,8 +454,9 @@ def load(path, trusted_keys=None):
     reason = why_not_runnable_here(manifest)  # before dlopen: a foreign .so cannot load here
     if reason:
         raise TargetError(f"{path}: cannot load this bundle here: {reason}")
-    params = bundle.read_tensors(read, PARAMS, [(p["name"], p["shape"], p["dtype"]) for p in
-                                                manifest["parameters"] + manifest.get("buffers", [])])
+    tensors = manifest["parameters"] + manifest.get("buffers", [])  # one file holds both
+    params = bundle.read_tensors(read, PARAMS, [(p["name"], p["shape"], p["dtype"])
+                                                for p in tensors])
     state = None
     if manifest["kind"] == "training":
         state = bundle.read_tensors(read, OPTIMIZER, [(s["name"], s["shape"], s["dtype"])
