@@ -48,11 +48,16 @@ def _forward_arg_names(model):
     return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
+def _is_array(v):
+    # numpy scalars have .shape and .dtype too, but in a shape tuple they are dimensions
+    return hasattr(v, "shape") and hasattr(v, "dtype") and not isinstance(v, np.generic)
+
+
 def _is_one_spec(value):
     """A shape tuple of ints, a TensorSpec, an example array or a spec dict: one tensor."""
     if isinstance(value, (tuple, list)):
-        return all(not isinstance(d, (tuple, list, dict, TensorSpec)) and
-                   not (hasattr(d, "shape") and hasattr(d, "dtype")) for d in value)
+        return all(not isinstance(d, (tuple, list, dict, TensorSpec)) and not _is_array(d)
+                   for d in value)
     return True
 
 
@@ -75,8 +80,7 @@ def named_specs(value, names, what, default_dtype="float32"):
                 for n in ordered]
     items = [value] if _is_one_spec(value) else list(value)
     if names is not None and len(names) == 1 and not _is_one_spec(value):
-        held = ("an array" if any(hasattr(v, "shape") and hasattr(v, "dtype") for v in items)
-                else "specs")
+        held = "an array" if any(_is_array(v) for v in items) else "specs"
         raise ShapeError(f"{what}: got a {type(value).__name__} holding {held}; the compiled "
                          f"step takes one array here: pass the array itself or its shape")
     if not items:
