@@ -124,3 +124,24 @@ def test_a_bundle_file_is_not_a_checkpoint(saved, tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(tvf.CheckpointError, match="cannot read checkpoint"):
         tvf.Trainer(_module(0), progress=False).load_checkpoint(str(tmp_path / "nope"))
+
+
+def test_checkpoint_of_a_model_with_buffers_resumes_them(tmp_path):
+    # BatchNorm's running statistics (num_batches_tracked is 0-d) travel with the checkpoint.
+    def compiled():
+        tvf.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3))
+        return tvf.compile_training(model, nn.CrossEntropyLoss(), tvf.optim.Adam(0.01),
+                                    inputs=(np.int64(8), 4), labels=(8,))  # numpy ints too
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((32, 4)).astype("float32"), np.arange(32) % 3
+    trainer = tvf.Trainer(compiled(), progress=False)
+    trainer.fit(x, y, epochs=1)
+    trainer.save_checkpoint(tmp_path / "bn.ckpt")
+    resumed = tvf.Trainer(compiled(), progress=False).load_checkpoint(tmp_path / "bn.ckpt")
+    a, b = trainer.module.state_dict(), resumed.module.state_dict()
+    assert int(b["1.num_batches_tracked"]) == 4 and b["1.num_batches_tracked"].shape == ()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert trainer.module.step(x[:8], y[:8]) == resumed.module.step(x[:8], y[:8])

@@ -18,6 +18,7 @@ import pytest
 
 import tvmfront as tvf
 from tvmfront import nn
+from tvmfront.nn.layers import BatchNorm1d
 
 F64 = "float64"
 
@@ -78,6 +79,10 @@ GRAD_CASES = {
                                           nn.BatchNorm2d(2, dtype=F64), nn.Flatten(),
                                           nn.Linear(2 * 3 * 3, N_OUT, dtype=F64)),
                     (BATCH, 1, 3, 3)),
+    "BatchNorm1d": (lambda: nn.Sequential(nn.Linear(5, 6, bias=False, dtype=F64),
+                                          BatchNorm1d(6, momentum=None, dtype=F64),
+                                          nn.Linear(6, N_OUT, dtype=F64)),
+                    (BATCH, 5)),
     "SelfAttention": (lambda: nn.Sequential(nn.SelfAttention(4, heads=2, dtype=F64), nn.Flatten(),
                                             nn.Linear(2 * 4, N_OUT, dtype=F64)),
                       (BATCH, 2, 4)),
@@ -115,7 +120,8 @@ def _reset(g):
 def _finite_difference_grads(tm, x, y, eps=1e-6):
     base = tm.state_dict()
     grads = {}
-    for name, p in base.items():
+    for name in tm.param_names:  # not the buffers (running statistics)
+        p = base[name]
         grad = np.zeros_like(p)
         for idx in np.ndindex(p.shape):
             losses = []
@@ -133,12 +139,12 @@ def _finite_difference_grads(tm, x, y, eps=1e-6):
 def test_gradients_match_finite_differences(grad_model):
     g = grad_model
     tm = _reset(g)
-    assert all(p.dtype == np.float64 for p in tm.state_dict().values())
+    assert all(tm.state_dict()[n].dtype == np.float64 for n in tm.param_names)
     loss, grads = tm.loss_and_grads(g.x, g.y)
     assert loss == pytest.approx(tm.loss(g.x, g.y), rel=1e-12)
-    assert list(grads) == list(g.init)
+    assert list(grads) == tm.param_names
     fd = _finite_difference_grads(tm, g.x, g.y)
-    for name in g.init:
+    for name in tm.param_names:
         assert grads[name].shape == g.init[name].shape and grads[name].dtype == np.float64
         # a vanishing gradient would make the comparison vacuous
         assert np.abs(grads[name]).max() > 1e-4, f"{name}: gradient is (almost) zero"
@@ -156,9 +162,16 @@ def test_step_with_zero_lr_changes_nothing(grad_model):
     count = tm.step_count
     assert tm.step(g.x, g.y, lr=0.0) == pytest.approx(before, rel=1e-12)
     assert tm.step_count == count + 1
-    for name, p in tm.state_dict().items():
-        np.testing.assert_array_equal(p, g.init[name], err_msg=name)
-    assert tm.loss(g.x, g.y) == before
+    after = tm.state_dict()
+    for name in tm.param_names:
+        np.testing.assert_array_equal(after[name], g.init[name], err_msg=name)
+    # buffers are training state, not parameters: the step still updates running statistics
+    for name in tm.buffer_names:
+        if name.endswith("num_batches_tracked"):
+            assert after[name] == g.init[name] + 1
+        else:
+            assert not np.array_equal(after[name], g.init[name]), name
+    assert tm.loss(g.x, g.y) == before  # training mode: batch statistics, not the running ones
 
 
 def test_plain_sgd_step_is_p_minus_lr_grad(grad_model):
@@ -170,7 +183,8 @@ def test_plain_sgd_step_is_p_minus_lr_grad(grad_model):
         assert tm.step(g.x, g.y, lr=lr) == pytest.approx(loss, rel=1e-12)
         used = SGD_LR if lr is None else lr
         after = tm.state_dict()
-        for name, p in g.init.items():
+        for name in tm.param_names:
+            p = g.init[name]
             np.testing.assert_allclose(after[name], p - used * grads[name], rtol=1e-12,
                                        atol=1e-14, err_msg=f"lr={lr}: {name}")
     # the step moved downhill: a small step lowers the loss

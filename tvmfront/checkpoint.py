@@ -32,7 +32,7 @@ _PARAM, _OPTIM = "param/", "optim/"
 def _digest(tensors):
     h = hashlib.sha256()
     for name in sorted(tensors):
-        a = np.ascontiguousarray(tensors[name])
+        a = np.require(tensors[name], requirements="C")
         h.update(f"{name}:{a.dtype}:{a.shape};".encode())
         h.update(a.tobytes())
     return h.hexdigest()
@@ -45,8 +45,8 @@ def _specs(arrays):
 def encode(params, optim, meta):
     """Checkpoint bytes from {name: array} parameters and optimizer state and a JSON-able
     meta dict."""
-    tensors = {_PARAM + n: np.ascontiguousarray(a) for n, a in params.items()}
-    tensors.update({_OPTIM + n: np.ascontiguousarray(a) for n, a in optim.items()})
+    tensors = {_PARAM + n: np.require(a, requirements="C") for n, a in params.items()}
+    tensors.update({_OPTIM + n: np.require(a, requirements="C") for n, a in optim.items()})
     meta = dict(meta, parameters=_specs(params), optimizer_state=_specs(optim),
                 sha256=_digest(tensors))
     return st_save(tensors, metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION),

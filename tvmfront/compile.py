@@ -11,8 +11,20 @@ from .runtime.modules import InferenceModule, TrainingModule
 from .target import target_architecture, target_json, target_key
 
 
+def _named_json(named):
+    return [dict(name=n, **s.to_json()) for n, s in named]
+
+
+def _inputs_json(sig):
+    """One input: {shape, dtype}, the format bundles have always had (older readers and
+    tools keep working); several: [{name, shape, dtype}] in forward's argument order."""
+    if len(sig.inputs) == 1:
+        return sig.inputs[0][1].to_json()
+    return _named_json(sig.inputs)
+
+
 def _manifest(kind, sig, target):
-    return {
+    manifest = {
         "kind": kind,
         "tvmfront_version": __version__,
         "tvm_version": TVM_VERSION,
@@ -20,12 +32,15 @@ def _manifest(kind, sig, target):
         "target_kind": target.kind.name,
         "target_key": target_key(target),
         "target_arch": target_architecture(target),  # CPU the library's host code runs on
-        "inputs": sig.inputs.to_json(),
+        "inputs": _inputs_json(sig),
         "outputs": sig.outputs.to_json(),
-        "parameters": [dict(name=n, **s.to_json()) for n, s in sig.params],
+        "parameters": _named_json(sig.params),
         "frozen": list(sig.frozen),  # parameters the train step leaves unchanged
         "scalar_dtype": sig.scalar_dtype,
     }
+    if sig.buffers:
+        manifest["buffers"] = _named_json(sig.buffers)
+    return manifest
 
 
 def _build(mod, target, records, dump_ir, debug_nans):
@@ -36,13 +51,20 @@ def _build(mod, target, records, dump_ir, debug_nans):
 
 
 def compile_training(model, loss, optimizer, inputs, labels, target="x86", records=None,
-                     dump_ir=None, derived_gradients=None, debug_nans=None):
+                     dump_ir=None, derived_gradients=None, debug_nans=None, extras=None):
     """Compile forward, loss, backward and optimizer update into one train step.
 
+    The step runs the model in training mode and predict() in eval mode, whatever mode the
+    model is in now (BatchNorm: batch statistics and running-statistics updates in the step,
+    running statistics in predict). Buffers (register_buffer) go in and out of the step.
     inputs / labels: one batch's shape tuple, TensorSpec, or an example array (its shape and
       dtype are taken). A bare label shape gets the loss's label dtype (int64 for
       CrossEntropyLoss, the output dtype for MSELoss); CrossEntropyLoss takes labels of any
-      integer dtype (e.g. TensorSpec((64,), "int32")).
+      integer dtype (e.g. TensorSpec((64,), "int32")). A model whose forward takes several
+      tensors, e.g. forward(tokens, mask), takes a tuple/list of specs in argument order, or a
+      dict {argument name: spec}; integer inputs (token ids) are specs of an integer dtype.
+    extras: specs of the loss's inputs after (output, labels), e.g. sample weights for a loss
+      `loss(output, labels, weights)`: one spec, a tuple/list, or a dict by argument name.
     Parameters with requires_grad=False are not trained (no gradient, no optimizer state);
     a Parameter shared by several modules is one parameter with one gradient (the sum over
     its uses) and one optimizer state.
@@ -63,16 +85,19 @@ def compile_training(model, loss, optimizer, inputs, labels, target="x86", recor
     if derived_gradients is None:
         derived_gradients = config.derived_gradients()
     with op_mod.derived_gradients(derived_gradients):
-        mod, sig = graph.build_training(model, loss, inputs, labels)
+        mod, sig = graph.build_training(model, loss, inputs, labels, extras)
         stages = [("gradient", lambda m: graph.gradient(m, sig)),
                   ("append_optimizer", lambda m: graph.append_optimizer(m, sig, optimizer))]
         mod = pipeline_mod.run(mod, stages, dump_ir)
     built = _build(mod, target, records, dump_ir and f"{dump_ir}/lowering", debug_nans)
     manifest = _manifest("training", sig, built.target)
     manifest["labels"] = sig.labels.to_json()
+    if sig.extras:
+        manifest["extras"] = _named_json(sig.extras)
     manifest["loss"] = getattr(loss, "name", type(loss).__name__)
     if isinstance(loss, CrossEntropyLoss):
         manifest["num_classes"] = sig.outputs.shape[-1]
+        manifest["ignore_index"] = int(loss.ignore_index)
     manifest["optimizer"] = {
         "name": optimizer.name, "lr": optimizer.lr, "hyperparameters": optimizer.hyperparameters,
         "state": [dict(name=n, **s.to_json()) for n, s, _ in sig.state]}
@@ -83,8 +108,10 @@ def compile_training(model, loss, optimizer, inputs, labels, target="x86", recor
 
 
 def compile_inference(model, inputs, target="x86", records=None, dump_ir=None, debug_nans=None):
-    """Compile the model's forward at the input spec (shape, TensorSpec or example array);
-    returns a callable InferenceModule. records, debug_nans: as for compile_training."""
+    """Compile the model's forward in eval mode (whatever mode the model is in) at the input
+    spec (shape, TensorSpec or example array; several for a forward of several tensors, as
+    for compile_training); returns a callable InferenceModule. records, debug_nans: as for
+    compile_training."""
     mod, sig = graph.build_forward(model, inputs)
     built = _build(mod, target, records, dump_ir, debug_nans)
     module = InferenceModule(built.library, _manifest("inference", sig, built.target),

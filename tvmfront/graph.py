@@ -1,13 +1,19 @@
 """Model + specs -> Relax IRModule, and the two graph stages of training.
 
-Functions of a training IRModule (parameters `p*`, optimizer state `s*`, all flat):
-  predict(x, *p) -> y                                   the forward
-  loss(x, y, *p) -> scalar                              forward + loss
-  loss_adjoint(x, y, *p) -> (loss, (dp...))             added by Relax's Gradient; one dp per
+Functions of a training IRModule (inputs `x*`, labels `y`, loss extras `e*`, parameters
+`p*`, buffers `b*`, optimizer state `s*`, all flat):
+  predict(*x, *p, *b) -> out                            the forward in eval mode
+  loss(*x, y, *e, *p, *b) -> (loss, *b')                forward in training mode + loss;
+                                                        b': the buffers after the forward
+                                                        (the loss alone when no buffers)
+  loss_adjoint(...) -> ((loss, *b'), (dp...))           added by Relax's Gradient; one dp per
                                                         trainable parameter (requires_grad)
-  train_step(x, y, lr, step, *scalars, *p, *s) -> (loss, *p', *s')  added by append_optimizer
+  train_step(*x, y, *e, lr, step, *scalars, *p, *b, *s) -> (loss, *p', *b', *s')
+                                                        added by append_optimizer; scalars:
+                                                        the optimizer's own (e.g. max_norm)
 """
 
+import inspect
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,17 +28,92 @@ from .tensor import Tensor, Trace, new_var, tracing
 class GraphSignature:
     """What the compiled functions take and give, recorded in the bundle manifest."""
 
-    inputs: TensorSpec
+    inputs: list  # [(name, TensorSpec)], one per forward argument
     labels: TensorSpec = None
     outputs: TensorSpec = None
     params: list = field(default_factory=list)  # [(name, TensorSpec)], one per Parameter
     frozen: list = field(default_factory=list)  # names of parameters with requires_grad False
     state: list = field(default_factory=list)  # [(name, TensorSpec, fill)]
     scalar_dtype: str = "float32"  # dtype of the lr and step inputs
+    buffers: list = field(default_factory=list)  # [(name, TensorSpec)], one per Buffer
+    extras: list = field(default_factory=list)  # [(name, TensorSpec)]: the loss's extra inputs
+
+
+def _forward_arg_names(model):
+    """The names of forward's positional arguments (x0, x1, ... for *args)."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        return None
+    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def _is_array(v):
+    # numpy scalars have .shape and .dtype too, but in a shape tuple they are dimensions
+    return hasattr(v, "shape") and hasattr(v, "dtype") and not isinstance(v, np.generic)
+
+
+def _is_one_spec(value):
+    """A shape tuple of ints, a TensorSpec, an example array or a spec dict: one tensor."""
+    if isinstance(value, (tuple, list)):
+        return all(not isinstance(d, (tuple, list, dict, TensorSpec)) and not _is_array(d)
+                   for d in value)
+    return True
+
+
+def named_specs(value, names, what, default_dtype="float32"):
+    """[(name, TensorSpec)] from one spec, a tuple/list of specs (one per name) or a dict
+    {name: spec}. `names` are forward's (or the loss's) argument names, None if unknown."""
+    if isinstance(value, dict) and not (set(value) <= {"shape", "dtype"} and "shape" in value):
+        if names is None:
+            raise TypeError(f"{what}: a dict of specs needs named arguments, but the function "
+                            f"takes *args; pass a tuple of specs in argument order")
+        unknown = sorted(set(value) - set(names))
+        # trailing arguments may be left out (they keep their defaults), as with a tuple
+        last = max((names.index(n) for n in value if n in names), default=-1)
+        missing = [n for n in names[:last + 1] if n not in value]
+        if unknown or missing or not value:
+            raise TypeError(f"{what}: unknown names {unknown}, missing {missing}; the "
+                            f"arguments are {names}")
+        ordered = [n for n in names if n in value]
+        return [(n, TensorSpec.of(value[n], default_dtype, what=f"{what}['{n}']"))
+                for n in ordered]
+    items = [value] if _is_one_spec(value) else list(value)
+    if names is not None and len(names) == 1 and not _is_one_spec(value):
+        held = "an array" if any(_is_array(v) for v in items) else "specs"
+        raise ShapeError(f"{what}: got a {type(value).__name__} holding {held}; the compiled "
+                         f"step takes one array here: pass the array itself or its shape")
+    if not items:
+        raise ShapeError(f"{what}: no specs given")
+    if names is not None and len(items) > len(names):
+        raise TypeError(f"{what}: {len(items)} specs for {len(names)} arguments {names}")
+    labels = names if names is not None else [f"x{i}" for i in range(len(items))]
+    return [(labels[i], TensorSpec.of(v, default_dtype,
+                                      what=what if len(items) == 1 else f"{what}[{i}]"))
+            for i, v in enumerate(items)]
+
+
+def _vars(prefix, named):
+    return [new_var(prefix + name.replace(".", "_").replace("/", "_"), s.shape, s.dtype)
+            for name, s in named]
 
 
 def _param_vars(named_params):
     return [new_var("p_" + name.replace(".", "_"), p.shape, p.dtype) for name, p in named_params]
+
+
+def data_vars(sig, labels=False):
+    """Fresh Relax vars for the batch: inputs, and with `labels` the labels and extras."""
+    xs = _vars("x_", sig.inputs)
+    if not labels:
+        return xs
+    return xs + [new_var("y", sig.labels.shape, sig.labels.dtype)] + _vars("e_", sig.extras)
+
+
+def buffer_vars(sig):
+    return _vars("b_", sig.buffers)
 
 
 def _emit_function(bb, name, args, body):
@@ -45,66 +126,107 @@ def _emit_function(bb, name, args, body):
         bb.emit_func_output(relax.Tuple(outs) if isinstance(result, (tuple, list)) else outs[0])
 
 
-def _traced_forward(bb, model, named_params, pvars, x, trainable):
+class _Mode:
+    """Run the model in training or eval mode for the trace, then restore each module's flag:
+    the compiled functions' mode never depends on the mode the model is in."""
+
+    def __init__(self, model, training):
+        self.model, self.training = model, training
+
+    def __enter__(self):
+        self.saved = [(m, m.training) for m in self.model.modules()]
+        self.model.train(self.training)
+
+    def __exit__(self, *exc):
+        for m, flag in self.saved:
+            object.__setattr__(m, "training", flag)
+
+
+def _traced_forward(bb, model, named_params, pvars, named_buffers, bvars, xs, input_names,
+                    trainable):
     # named_params lists a tied Parameter once: every use reads the same input, so Relax's
     # Gradient sums the uses' adjoints into its one gradient.
     bindings = {id(p): Tensor(v, requires_grad=trainable and p.requires_grad, name=name)
                 for (name, p), v in zip(named_params, pvars)}
+    bindings.update({id(b): Tensor(v, name=name) for (name, b), v in zip(named_buffers, bvars)})
     trace = Trace(bb, bindings)
-    with tracing(trace):
-        out = model(Tensor(x, name="x"))
+    with tracing(trace), _Mode(model, training=trainable):
+        out = model(*[Tensor(x, name=n) for x, n in zip(xs, input_names)])
     if not isinstance(out, Tensor):
         raise TypeError(f"model.forward must return one Tensor, got {type(out).__name__}")
     return trace, out
 
 
 def build_forward(model, inputs):
-    """IRModule with `predict(x, *params)`, and its signature."""
-    inputs = TensorSpec.of(inputs, what="inputs")
-    named = model.named_parameters()
+    """IRModule with `predict(*xs, *params, *buffers)` (eval mode), and its signature."""
+    specs = named_specs(inputs, _forward_arg_names(model), "inputs")
+    named, named_buffers = model.named_parameters(), model.named_buffers()
     bb = relax.BlockBuilder()
-    x = new_var("x", inputs.shape, inputs.dtype)
-    pvars = _param_vars(named)
+    sig = GraphSignature(inputs=specs,
+                         params=[(n, TensorSpec(p.shape, p.dtype)) for n, p in named],
+                         frozen=[n for n, p in named if not p.requires_grad],
+                         buffers=[(n, TensorSpec(b.shape, b.dtype)) for n, b in named_buffers])
+    xs, pvars, bvars = data_vars(sig), _param_vars(named), buffer_vars(sig)
     result = {}
 
     def body():
-        _, out = _traced_forward(bb, model, named, pvars, x, trainable=False)
+        _, out = _traced_forward(bb, model, named, pvars, named_buffers, bvars, xs,
+                                 [n for n, _ in specs], trainable=False)
         result["out"] = out
         return out
 
-    _emit_function(bb, "predict", [x, *pvars], body)
+    _emit_function(bb, "predict", [*xs, *pvars, *bvars], body)
     out = result["out"]
-    sig = GraphSignature(inputs=inputs, outputs=TensorSpec(out.shape, out.dtype),
-                         params=[(n, TensorSpec(p.shape, p.dtype)) for n, p in named],
-                         frozen=[n for n, p in named if not p.requires_grad])
+    sig.outputs = TensorSpec(out.shape, out.dtype)
     return bb.get(), sig
 
 
-def build_training(model, loss_fn, inputs, labels):
-    """IRModule with `predict` and `loss`, and its signature (no optimizer state yet)."""
+def _loss_extra_names(loss_fn):
+    names = _forward_arg_names(loss_fn) if hasattr(loss_fn, "forward") else None
+    if names is None and callable(loss_fn) and not hasattr(loss_fn, "forward"):
+        try:
+            names = [p.name for p in inspect.signature(loss_fn).parameters.values()
+                     if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        except (TypeError, ValueError):
+            names = None
+    return None if names is None else names[2:]
+
+
+def build_training(model, loss_fn, inputs, labels, extras=None):
+    """IRModule with `predict` and `loss`, and its signature (no optimizer state yet).
+    extras: specs of the loss's inputs after (output, labels), e.g. sample weights."""
     mod, sig = build_forward(model, inputs)
     # A bare label shape takes the loss's label dtype (int64 class ids) or the output's.
     sig.labels = TensorSpec.of(labels, getattr(loss_fn, "label_dtype", None) or sig.outputs.dtype,
                                what="labels")
+    if extras is not None:
+        sig.extras = named_specs(extras, _loss_extra_names(loss_fn), "extras",
+                                 default_dtype=sig.outputs.dtype)
     if len(sig.frozen) == len(sig.params):
         raise ValueError("compile_training: every parameter has requires_grad=False; "
                          "there is nothing to train")
-    named = model.named_parameters()
+    named, named_buffers = model.named_parameters(), model.named_buffers()
     bb = relax.BlockBuilder(mod)
-    x = new_var("x", sig.inputs.shape, sig.inputs.dtype)
-    y = new_var("y", sig.labels.shape, sig.labels.dtype)
-    pvars = _param_vars(named)
+    data = data_vars(sig, labels=True)
+    n_in = len(sig.inputs)
+    xs, y, evars = data[:n_in], data[n_in], data[n_in + 1:]
+    pvars, bvars = _param_vars(named), buffer_vars(sig)
 
     def body():
-        trace, out = _traced_forward(bb, model, named, pvars, x, trainable=True)
+        trace, out = _traced_forward(bb, model, named, pvars, named_buffers, bvars, xs,
+                                     [n for n, _ in sig.inputs], trainable=True)
         with tracing(trace):
-            loss = loss_fn(out, Tensor(y, name="y"))
+            loss = loss_fn(out, Tensor(y, name="y"),
+                           *[Tensor(e, name=n) for e, (n, _) in zip(evars, sig.extras)])
         if not isinstance(loss, Tensor) or loss.shape != ():
             raise ShapeError(f"the loss must be a scalar Tensor, got "
                              f"{getattr(loss, 'shape', type(loss).__name__)}")
-        return loss
+        if not named_buffers:
+            return loss  # not a 1-tuple: TVM 0.27's FuseOps/FuseTIR fail on one
+        # the buffers as the forward left them (unchanged ones pass through)
+        return [loss, *[trace.bindings[id(b)] for _, b in named_buffers]]
 
-    _emit_function(bb, "loss", [x, y, *pvars], body)
+    _emit_function(bb, "loss", [*data, *pvars, *bvars], body)
     if sig.params:
         sig.scalar_dtype = sig.params[0][1].dtype
     return bb.get(), sig
@@ -116,13 +238,16 @@ def trainable(sig):
 
 
 def gradient(mod, sig=None):
-    """Relax's Gradient on `loss` w.r.t. every trainable parameter (all when `sig` is None):
-    adds `loss_adjoint`, returning (loss, (one gradient per trainable parameter))."""
+    """Relax's Gradient on `loss` (its first output) w.r.t. every trainable parameter: adds
+    `loss_adjoint`, returning ((loss, *buffers'), (one gradient per trainable parameter)).
+    Without `sig`: a model of one input and no buffers, every parameter trained."""
     params = list(mod["loss"].params)[2:]
     if sig is not None:
+        n_data = len(sig.inputs) + 1 + len(sig.extras)
+        params = list(mod["loss"].params)[n_data:n_data + len(sig.params)]
         frozen = set(sig.frozen)
         params = [v for v, (n, _) in zip(params, sig.params) if n not in frozen]
-    return relax.transform.Gradient("loss", require_grads=params)(mod)
+    return relax.transform.Gradient("loss", require_grads=params, target_index=0)(mod)
 
 
 def append_optimizer(mod, sig, optimizer):
@@ -135,8 +260,7 @@ def append_optimizer(mod, sig, optimizer):
     state_init = optimizer.init(param_specs)
     sig.state = [(n, TensorSpec(shape, dtype), fill) for n, (shape, dtype, fill) in state_init.items()]
     bb = relax.BlockBuilder(mod)
-    x = new_var("x", sig.inputs.shape, sig.inputs.dtype)
-    y = new_var("y", sig.labels.shape, sig.labels.dtype)
+    data, bvars = data_vars(sig, labels=True), buffer_vars(sig)
     scalar_names = list(getattr(optimizer, "scalar_inputs", ("lr", "step")))
     scalars = [new_var(n, (), sig.scalar_dtype) for n in scalar_names]
     pvars = _param_vars([(n, s) for n, s in sig.params])
@@ -145,8 +269,10 @@ def append_optimizer(mod, sig, optimizer):
     adjoint = mod.get_global_var("loss_adjoint")
 
     def body():
-        result = bb.emit(relax.Call(adjoint, [x, y, *pvars]))
-        loss = bb.emit(relax.TupleGetItem(result, 0))
+        result = bb.emit(relax.Call(adjoint, [*data, *pvars, *bvars]))
+        outs = bb.emit(relax.TupleGetItem(result, 0))  # (loss, *buffers'), or loss alone
+        loss = bb.emit(relax.TupleGetItem(outs, 0)) if bvars else outs
+        new_buffers = [bb.emit(relax.TupleGetItem(outs, 1 + i)) for i in range(len(bvars))]
         grads_tuple = bb.emit(relax.TupleGetItem(result, 1))
         grads = {n: Tensor(bb.emit(relax.TupleGetItem(grads_tuple, i))) for i, n in enumerate(names)}
         params = {n: Tensor(v) for (n, _), v in zip(sig.params, pvars)}
@@ -160,9 +286,9 @@ def append_optimizer(mod, sig, optimizer):
         if missing:
             raise RuntimeError(f"optimizer {optimizer!r}: update returned state {sorted(new_state)}"
                                f" but init declared {sorted(state)}")
-        return [loss, *new_params, *[new_state[n] for n, _, _ in sig.state]]
+        return [loss, *new_params, *new_buffers, *[new_state[n] for n, _, _ in sig.state]]
 
-    _emit_function(bb, "train_step", [x, y, *scalars, *pvars, *svars], body)
+    _emit_function(bb, "train_step", [*data, *scalars, *pvars, *bvars, *svars], body)
     return bb.get()
 
 

@@ -50,7 +50,8 @@ class TensorSpec:
                                      f"keys {sorted(value)}")
                 return cls(tuple(value["shape"]), value.get("dtype", default_dtype))
             if isinstance(value, (tuple, list)):
-                if any(hasattr(d, "shape") and hasattr(d, "dtype") for d in value):
+                if any(hasattr(d, "shape") and hasattr(d, "dtype") and not isinstance(d, np.generic)
+                       for d in value):  # a numpy scalar (np.int64(4)) is a dimension
                     raise ShapeError(
                         f"got a {type(value).__name__} holding an array; the compiled step "
                         f"takes one array here: pass the array itself or its shape")

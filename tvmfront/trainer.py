@@ -158,7 +158,8 @@ class Trainer:
         then continues on the new schedule from the saved step)."""
         m = self.module
         params, optim, meta = checkpoint.read(path)
-        checkpoint.check_fits(path, "parameter", params, m.manifest["parameters"])
+        checkpoint.check_fits(path, "parameter", params,  # buffers (BatchNorm) count too
+                              m.manifest["parameters"] + m.manifest.get("buffers", []))
         checkpoint.check_fits(path, "optimizer state tensor", optim,
                               m.manifest["optimizer"]["state"])
         if meta.get("optimizer") != m.manifest["optimizer"]["name"]:

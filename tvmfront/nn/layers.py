@@ -5,6 +5,8 @@ import math
 import numpy as np
 
 from .. import ops
+from ..ops import batch_stats
+from ..tensor import Tensor
 from . import init
 from .module import Module, Parameter
 
@@ -168,21 +170,84 @@ class GroupNorm(Module):
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}"
 
 
-class BatchNorm2d(Module):
-    """NCHW batch normalisation with the batch's statistics. Running statistics are not
-    tracked yet, so predict() also normalises with its own batch's statistics."""
+class _BatchNorm(Module):
+    """Batch normalisation over axis 1 with PyTorch's semantics. In training mode it
+    normalises with the batch's statistics (biased variance) and, with track_running_stats,
+    updates the buffers running_mean, running_var (the unbiased batch variance, n / (n - 1)
+    times the biased one) and num_batches_tracked:
+    running = (1 - momentum) * running + momentum * batch statistic, momentum=None being the
+    cumulative average (momentum = 1 / num_batches_tracked). In eval mode it normalises with
+    the running statistics, each sample on its own. track_running_stats=False keeps no
+    buffers and uses the batch's statistics in both modes (as PyTorch does)."""
 
-    def __init__(self, num_features, eps=1e-5, dtype="float32"):
+    ranks = ()
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, dtype="float32"):
         super().__init__()
-        self.num_features, self.eps = num_features, eps
-        self.weight = Parameter(np.ones(num_features, dtype))
-        self.bias = Parameter(np.zeros(num_features, dtype))
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.affine, self.track_running_stats = affine, track_running_stats
+        if affine:
+            self.weight = Parameter(np.ones(num_features, dtype))
+            self.bias = Parameter(np.zeros(num_features, dtype))
+        else:
+            # constants, not parameters: normalisation without a learned scale and shift
+            self.weight, self.bias = np.ones(num_features, dtype), np.zeros(num_features, dtype)
+        if track_running_stats:
+            self.register_buffer("running_mean", np.zeros(num_features, dtype))
+            self.register_buffer("running_var", np.ones(num_features, dtype))
+            self.register_buffer("num_batches_tracked", np.zeros((), "int64"))
+        else:
+            self.running_mean = self.running_var = self.num_batches_tracked = None
 
     def forward(self, x):
-        return ops.batch_norm(x, self.weight, self.bias, eps=self.eps)
+        shape = tuple(x.shape)
+        if len(shape) not in self.ranks or shape[1] != self.num_features:
+            raise ValueError(f"{type(self).__name__}({self.num_features}): expected input of rank "
+                             f"{' or '.join(map(str, self.ranks))} with {self.num_features} "
+                             f"channels on axis 1, got shape {shape}")
+        x4 = x if len(shape) == 4 else ops.reshape(x, shape=(*shape, 1, 1)[:4])
+        if not (self.training or not self.track_running_stats):
+            y = batch_stats.batch_norm_eval(x4, self.running_mean, self.running_var,
+                                            self.weight, self.bias, eps=self.eps)
+        else:
+            if self.training and math.prod(shape) // shape[1] < 2:
+                raise ValueError(f"{type(self).__name__}: expected more than 1 value per channel "
+                                 f"when training, got input shape {shape}")
+            y = ops.batch_norm(x4, self.weight, self.bias, eps=self.eps)
+            if self.training and self.track_running_stats:
+                self._update_running_stats(x4)
+        return y if len(shape) == 4 else ops.reshape(y, shape=shape)
+
+    def _update_running_stats(self, x4):
+        xd = _detached(x4)  # statistics feed buffers only: no gradient flows through them
+        self.num_batches_tracked = batch_stats.increment(self.num_batches_tracked)
+        if self.momentum is None:
+            factor = batch_stats.cumulative_factor(self.num_batches_tracked, dtype=xd.dtype)
+        else:
+            factor = np.asarray(self.momentum, dtype=xd.dtype)
+        self.running_mean = batch_stats.running_mean_update(xd, self.running_mean, factor)
+        self.running_var = batch_stats.running_var_update(xd, self.running_var, factor)
 
     def extra_repr(self):
-        return f"{self.num_features}, eps={self.eps}"
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, track_running_stats={self.track_running_stats}")
+
+
+def _detached(x):
+    return Tensor(x.expr) if isinstance(x, Tensor) else x
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalisation of [N, C] or [N, C, L] (statistics over N, and L)."""
+
+    ranks = (2, 3)
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch normalisation of NCHW [N, C, H, W] (statistics over N, H, W)."""
+
+    ranks = (4,)
 
 
 class SelfAttention(Module):

@@ -17,20 +17,47 @@ def _labels_to_int32(labels):
 
 
 class CrossEntropyLoss(Module):
-    """Softmax cross entropy of logits [B, C] against integer class labels [B] of any integer
-    dtype (a bare label shape compiles to int64, as in PyTorch)."""
+    """Softmax cross entropy of logits [..., C] against integer class labels [...] of any
+    integer dtype (a bare label shape compiles to int64, as in PyTorch): [B, C] with [B], or
+    a sequence's [B, T, V] with [B, T]. The classes are the LAST axis (PyTorch puts them on
+    axis 1; for [B, C] the two agree, for [B, T, V] this is PyTorch's
+    cross_entropy(logits.reshape(-1, V), labels.reshape(-1))).
+
+    ignore_index: labels equal to it contribute nothing; the mean is over the others (NaN
+      when every label is ignored, as in PyTorch).
+    label_smoothing: s in [0, 1]: the target is (1 - s) * one_hot + s / C, as in PyTorch."""
 
     name = "cross_entropy"
     label_dtype = "int64"
+
+    def __init__(self, ignore_index=-100, label_smoothing=0.0):
+        super().__init__()
+        if not isinstance(ignore_index, (int, np.integer)) or isinstance(ignore_index, bool):
+            raise TypeError(f"CrossEntropyLoss: ignore_index must be an int, got {ignore_index!r}")
+        if not 0.0 <= float(label_smoothing) <= 1.0:
+            raise ValueError(f"CrossEntropyLoss: label_smoothing must lie in [0, 1], got "
+                             f"{label_smoothing}")
+        self.ignore_index, self.label_smoothing = int(ignore_index), float(label_smoothing)
 
     def forward(self, logits, labels):
         kind = np.dtype(labels.dtype).kind
         if kind not in "iu":
             raise ShapeError(f"labels: CrossEntropyLoss takes integer class ids, got dtype "
                              f"{labels.dtype} (use MSELoss for float targets)")
+        if tuple(logits.shape[:-1]) != tuple(labels.shape) or len(logits.shape) < 2:
+            raise ShapeError(f"labels: CrossEntropyLoss takes logits [..., C] and labels [...] "
+                             f"(classes on the last axis), got logits {list(logits.shape)} and "
+                             f"labels {list(labels.shape)}")
         if labels.dtype not in ("int32", "int64"):
             labels = _labels_to_int32(labels)
-        return ops.cross_entropy(logits, labels)
+        if len(logits.shape) > 2:  # [B, T, V] -> [B*T, V]
+            logits = ops.reshape(logits, shape=(-1, logits.shape[-1]))
+            labels = ops.reshape(labels, shape=(-1,))
+        return ops.cross_entropy(logits, labels, ignore_index=self.ignore_index,
+                                 label_smoothing=self.label_smoothing)
+
+    def extra_repr(self):
+        return f"ignore_index={self.ignore_index}, label_smoothing={self.label_smoothing}"
 
 
 class MSELoss(Module):

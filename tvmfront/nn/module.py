@@ -5,7 +5,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ..errors import ShapeError
-from ..tensor import current_trace
+from ..tensor import Tensor, current_trace
 
 
 class Parameter:
@@ -36,24 +36,115 @@ class Parameter:
         return f"Parameter(shape={self.shape}, dtype={self.dtype}{frozen})"
 
 
+class Buffer:
+    """Non-trainable state (BatchNorm's running statistics): no gradient, no optimizer state,
+    but in the state_dict, exported and carried through the compiled train step, which reads
+    it and returns its new value. Inside a trace it stands for its current traced value."""
+
+    def __init__(self, data):
+        self.data = np.array(data)
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return str(self.data.dtype)
+
+    def __tvf_value__(self):
+        trace = current_trace()
+        return trace.lookup(self) if trace is not None else self.data
+
+    def __repr__(self):
+        return f"Buffer(shape={self.shape}, dtype={self.dtype})"
+
+
 class Module:
-    """Base class of layers and models: assign Parameters and Modules as attributes."""
+    """Base class of layers and models: assign Parameters and Modules as attributes,
+    register non-trainable state with register_buffer. `training` (True after construction)
+    is switched recursively by train() / eval(), as in PyTorch."""
 
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
 
     def __setattr__(self, name, value):
         if "_parameters" not in self.__dict__:
             raise RuntimeError(f"{type(self).__name__}.__init__ must call super().__init__() "
                                "before assigning attributes")
+        if name in self.__dict__.get("_buffers", {}) and not isinstance(value, Module) \
+                and not isinstance(value, (Parameter, Buffer)) and value is not None:
+            self._set_buffer(name, value)
+            return
         self._parameters.pop(name, None)
+        self._buffers.pop(name, None)
         self._modules.pop(name, None)
         if isinstance(value, Parameter):
             self._parameters[name] = value
         elif isinstance(value, Module):
             self._modules[name] = value
         object.__setattr__(self, name, value)
+
+    def register_buffer(self, name, array):
+        """Register non-trainable state `name` (e.g. running statistics) holding a copy of
+        `array`. Assigning `self.name = value` later replaces its value: eagerly a numpy
+        array (same shape and dtype), inside the compiled train step a Tensor, which becomes
+        the buffer's value after the step."""
+        if not isinstance(name, str) or not name or "." in name:
+            raise KeyError(f"register_buffer: buffer name must be a non-empty string without "
+                           f"'.', got {name!r}")
+        if name in self._parameters or name in self._modules:
+            raise KeyError(f"register_buffer: '{name}' is already a parameter or submodule")
+        buf = Buffer(array)
+        self._buffers[name] = buf
+        object.__setattr__(self, name, buf)
+        return buf
+
+    def _set_buffer(self, name, value):
+        buf = self._buffers[name]
+        trace = current_trace()
+        if isinstance(value, Tensor):
+            if trace is None:
+                raise RuntimeError(f"buffer '{name}': a symbolic Tensor assigned outside a trace")
+            if value.shape != buf.shape or value.dtype != buf.dtype:
+                raise ShapeError(f"buffer '{name}' has shape {buf.shape} dtype {buf.dtype}; the "
+                                 f"value assigned has shape {value.shape} dtype {value.dtype}")
+            trace.bindings[id(buf)] = value  # later reads, and the step's output, see it
+            return
+        value = np.asarray(value)
+        if value.shape != buf.shape or value.dtype != buf.data.dtype:
+            raise ShapeError(f"buffer '{name}' has shape {buf.shape} dtype {buf.dtype}; the value "
+                             f"assigned has shape {value.shape} dtype {value.dtype}")
+        buf.data = value.copy()
+
+    def train(self, mode=True):
+        """Set training mode on this module and every submodule (BatchNorm uses batch
+        statistics and updates its running ones). Returns self."""
+        object.__setattr__(self, "training", bool(mode))
+        for child in self._modules.values():
+            child.train(mode)
+        return self
+
+    def eval(self):
+        """Evaluation mode (BatchNorm normalises with its running statistics); train(False)."""
+        return self.train(False)
+
+    def modules(self):
+        """This module and every submodule, depth first (a shared one once)."""
+        out, seen = [], set()
+
+        def walk(m):
+            if id(m) not in seen:
+                seen.add(id(m))
+                out.append(m)
+                for c in m._modules.values():
+                    walk(c)
+
+        walk(self)
+        return out
 
     def forward(self, *args):
         raise NotImplementedError(f"{type(self).__name__} defines no forward()")
@@ -79,23 +170,39 @@ class Module:
     def parameters(self):
         return [p for _, p in self.named_parameters()]
 
+    def named_buffers(self, prefix="", remove_duplicate=True):
+        """[(dotted name, Buffer)], as named_parameters (PyTorch names: 'bn.running_mean')."""
+        out = [(prefix + name, b) for name, b in self._buffers.items()]
+        for name, child in self._modules.items():
+            out.extend(child.named_buffers(prefix + name + ".", remove_duplicate=False))
+        if remove_duplicate:
+            seen = set()
+            out = [(n, b) for n, b in out if not (id(b) in seen or seen.add(id(b)))]
+        return out
+
+    def buffers(self):
+        return [b for _, b in self.named_buffers()]
+
     def state_dict(self):
-        """{name: array copy}, one entry per Parameter: a tied Parameter appears once, under
-        its first name (PyTorch lists every name; a compiled module has one input per
-        Parameter, so its state_dict and this one have the same keys)."""
-        return OrderedDict((name, p.data.copy()) for name, p in self.named_parameters())
+        """{name: array copy}: every Parameter, then every buffer. A tied Parameter appears
+        once, under its first name (PyTorch lists every name; a compiled module has one input
+        per Parameter, so its state_dict and this one have the same keys)."""
+        return OrderedDict((name, t.data.copy()) for name, t in
+                           self.named_parameters() + self.named_buffers())
 
     def load_state_dict(self, state, strict=True):
         """Copy arrays into the parameters; shape and dtype must match, names too if strict.
         A tied Parameter may be given under any of its names (PyTorch's state_dict lists them
         all); given under several, the values must agree."""
-        params = dict(self.named_parameters())
-        aliases = dict(self.named_parameters(remove_duplicate=False))
+        params = dict(self.named_parameters() + self.named_buffers())
+        aliases = dict(self.named_parameters(remove_duplicate=False)
+                       + self.named_buffers(remove_duplicate=False))
         given = {id(aliases[n]) for n in state if n in aliases}
         missing = sorted(n for n, p in params.items() if id(p) not in given)
         unexpected = sorted(set(state) - set(aliases))
         if strict and (missing or unexpected):
-            raise KeyError(f"load_state_dict: missing {missing}, unexpected {unexpected}")
+            raise KeyError(f"load_state_dict: {describe_missing(missing, params)}"
+                           f"unexpected {unexpected}")
         loaded = {}
         for name, value in state.items():
             if name not in aliases:
@@ -120,3 +227,10 @@ class Module:
 
     def extra_repr(self):
         return ""
+
+
+def describe_missing(missing, tensors):
+    """'missing parameters [...], missing buffers [...], ' for a load_state_dict error."""
+    kinds = {"parameters": [n for n in missing if isinstance(tensors[n], Parameter)],
+             "buffers": [n for n in missing if not isinstance(tensors[n], Parameter)]}
+    return "".join(f"missing {k} {v}, " for k, v in kinds.items() if v) or "missing [], "

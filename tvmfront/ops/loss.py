@@ -22,9 +22,24 @@ def _check_ce(logits, labels):
         raise ValueError(f"cross_entropy labels must be integers, got {labels.dtype}")
 
 
+def _valid_count(labels, ignore_index, dtype):
+    """(valid(i): 1 where labels[i] != ignore_index else 0, their count as a 0-d tensor)."""
+    ignore = tirx.const(ignore_index, labels.dtype)
+    one, zero = tirx.const(1, dtype), tirx.const(0, dtype)
+
+    def valid(i):
+        return te.if_then_else(labels[i] != ignore, one, zero)
+
+    kb = te.reduce_axis((0, labels.shape[0]), "kv")
+    count = te.compute((), lambda: te.sum(valid(kb), axis=kb), name="valid_count")
+    return valid, count
+
+
 @op
-def cross_entropy(logits, labels):
-    """mean_b( logsumexp(logits[b]) - logits[b, labels[b]] ), integer class labels."""
+def cross_entropy(logits, labels, ignore_index=-100, label_smoothing=0.0):
+    """Mean over the samples whose label is not ignore_index of
+    logsumexp(logits[b]) - (1 - s) * logits[b, labels[b]] - s * mean_c(logits[b, c]),
+    s = label_smoothing: PyTorch's cross_entropy (0/0 = NaN when every label is ignored)."""
     _check_ce(logits, labels)
     b, c = logits.shape
     mx, se = _log_softmax_parts(logits)
@@ -32,21 +47,35 @@ def cross_entropy(logits, labels):
     kc = te.reduce_axis((0, c), "kc")
     picked = te.compute((b,), lambda i: te.sum(te.if_then_else(
         kc.var.astype(labels.dtype) == labels[i], logits[i, kc], zero), axis=kc), name="picked")
+    keep = tirx.const(1.0 - label_smoothing, logits.dtype)
+    if label_smoothing:
+        ks = te.reduce_axis((0, c), "ks")
+        spread = tirx.const(label_smoothing / int(c), logits.dtype)
+        row_sum = te.compute((b,), lambda i: te.sum(logits[i, ks], axis=ks), name="row_logit_sum")
+
+        def term(i):
+            return te.log(se[i]) + mx[i] - keep * picked[i] - spread * row_sum[i]
+    else:
+        def term(i):
+            return te.log(se[i]) + mx[i] - picked[i]
+    valid, count = _valid_count(labels, ignore_index, logits.dtype)
     kb = te.reduce_axis((0, b), "kb")
-    inv_b = tirx.const(1.0 / int(b), logits.dtype)
-    return te.compute((), lambda: te.sum((te.log(se[kb]) + mx[kb] - picked[kb]) * inv_b, axis=kb),
-                      name="cross_entropy")
+    total = te.compute((), lambda: te.sum(valid(kb) * term(kb), axis=kb), name="ce_total")
+    return te.compute((), lambda: total() / count(), name="cross_entropy")
 
 
 @cross_entropy.grad
-def _(dy, logits, labels):
+def _(dy, logits, labels, ignore_index=-100, label_smoothing=0.0):
     b, c = logits.shape
     mx, se = _log_softmax_parts(logits)
-    one, zero = tirx.const(1, logits.dtype), tirx.const(0, logits.dtype)
-    inv_b = tirx.const(1.0 / int(b), logits.dtype)
-    dlogits = te.compute(logits.shape, lambda i, j: dy() * inv_b * (
-        te.exp(logits[i, j] - mx[i]) / se[i]
-        - te.if_then_else(j.astype(labels.dtype) == labels[i], one, zero)), name="cross_entropy_grad")
+    keep = tirx.const(1.0 - label_smoothing, logits.dtype)
+    spread = tirx.const(label_smoothing / int(c), logits.dtype)
+    zero = tirx.const(0, logits.dtype)
+    valid, count = _valid_count(labels, ignore_index, logits.dtype)
+    dlogits = te.compute(logits.shape, lambda i, j: dy() * valid(i) / count() * (
+        te.exp(logits[i, j] - mx[i]) / se[i] - spread
+        - te.if_then_else(j.astype(labels.dtype) == labels[i], keep, zero)),
+        name="cross_entropy_grad")
     return [dlogits, None]
 
 

@@ -41,7 +41,9 @@ def sha256(data):
 
 
 def tensors_to_bytes(arrays):
-    return st_save({k: np.ascontiguousarray(v) for k, v in arrays.items()})
+    # np.require, not np.ascontiguousarray: that one turns a 0-d array (a buffer such as
+    # BatchNorm's num_batches_tracked) into shape (1,)
+    return st_save({k: np.require(v, requirements="C") for k, v in arrays.items()})
 
 
 def write_bundle(path, manifest, files, sign_key=None):

@@ -69,11 +69,16 @@ FIELDS = {
     "target_key": (_str, "a string", _BOTH),
     "target_arch": (_str, "a string", _BOTH),
     "cpu_features": (_features, "a list of CPU feature names", frozenset()),
-    "inputs": (_tensor, "{shape, dtype}", _BOTH),
+    "inputs": (lambda v: _tensor(v) or _tensors(v) and len(v) > 1,
+               "{shape, dtype}, or a list of {name, shape, dtype} for several inputs", _BOTH),
     "outputs": (_tensor, "{shape, dtype}", _BOTH),
     "parameters": (_tensors, "a list of {name, shape, dtype} with distinct names", _BOTH),
     "scalar_dtype": (_str, "a string", _BOTH),
     "labels": (_tensor, "{shape, dtype}", _TRAINING),
+    "extras": (_tensors, "a list of {name, shape, dtype} (the loss's extra inputs)",
+               frozenset()),
+    "buffers": (_tensors, "a list of {name, shape, dtype} with distinct names", frozenset()),
+    "ignore_index": (_is_int, "an integer (the label CrossEntropyLoss ignores)", frozenset()),
     "loss": (_str, "a string", _TRAINING),
     "num_classes": (lambda v: _is_int(v) and v > 0, "a positive integer", frozenset()),
     "optimizer": (_optimizer, "{name, lr, hyperparameters, state: [{name, shape, dtype}]}",
@@ -82,7 +87,8 @@ FIELDS = {
     "frozen": (lambda v: isinstance(v, list) and all(_str(n) for n in v),
                "a list of parameter names (requires_grad=False)", frozenset()),
 }
-_ONLY_TRAINING = {"labels", "loss", "num_classes", "optimizer", "step"}
+_ONLY_TRAINING = {"labels", "loss", "num_classes", "optimizer", "step", "extras",
+                  "ignore_index"}
 
 
 def check_file_name(name, where):

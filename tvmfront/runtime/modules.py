@@ -31,6 +31,58 @@ def _check(name, array, spec, batch_free=False):
                          f"got shape {tuple(got)} dtype {array.dtype}")
 
 
+def _as_integer(name, array, spec, kind=""):
+    """`array` cast to the spec's integer dtype when it is of another integer dtype and its
+    values fit (numpy's default int64 token ids into an int32 input); else unchanged, for
+    _check to report."""
+    want = np.dtype(spec["dtype"])
+    if not isinstance(array, np.ndarray) or want.kind not in "iu" or array.dtype == want:
+        return array
+    if array.dtype.kind not in "iu":
+        raise ShapeError(f"{name}: expected integers (dtype {want}; any integer dtype whose "
+                         f"values fit), got {array.dtype}")
+    info = np.iinfo(want)
+    if array.size and (array.min() < info.min or array.max() > info.max):
+        raise ShapeError(f"{name}: {kind}values in [{array.min()}, {array.max()}] do not fit "
+                         f"the compiled {kind}dtype {want}")
+    return array.astype(want)
+
+
+def input_specs(manifest):
+    """[(name, {shape, dtype})] of the forward's inputs (a manifest of one input records
+    {shape, dtype} alone: it is called 'x')."""
+    inputs = manifest["inputs"]
+    if isinstance(inputs, dict):
+        return [("x", inputs)]
+    return [(s["name"], s) for s in inputs]
+
+
+def _named_arrays(caller, what, value, specs, label):
+    """The arrays of `value` in the order of `specs` [(name, spec)]: one array for one spec;
+    a tuple/list (in order) or a dict {name: array} for several. `label(name)` names a
+    tensor in errors."""
+    names = [n for n, _ in specs]
+    if isinstance(value, dict):
+        if set(value) != set(names):
+            raise ShapeError(f"{caller}: {what} by name must be exactly {names}, got "
+                             f"{sorted(value)}")
+        arrays = [value[n] for n in names]
+    elif len(specs) == 1:
+        if isinstance(value, (tuple, list)) and len(value) == 1:
+            value = value[0]
+        arrays = [value]
+    elif isinstance(value, (tuple, list)):
+        if len(value) != len(specs):
+            raise ShapeError(f"{caller}: this module takes {len(specs)} {what} {names}, got "
+                             f"{len(value)}")
+        arrays = list(value)
+    else:
+        raise ShapeError(f"{caller}: this module takes {len(specs)} {what} {names}: pass a "
+                         f"tuple of arrays in that order or a dict by name, got "
+                         f"{type(value).__name__}")
+    return [_as_integer(label(name), a, spec) for (name, spec), a in zip(specs, arrays)]
+
+
 def module_arch(manifest):
     """CPU architecture of a module's library (manifest 'target_arch'; older manifests: the
     target's mtriple, else this machine)."""
@@ -96,6 +148,11 @@ class _Compiled:
         self._executable, self._library_bytes = executable, library_bytes
         self.param_names = [p["name"] for p in manifest["parameters"]]
         self._params = [self._to_device(params[n]) for n in self.param_names]
+        # buffers (BatchNorm's running statistics) travel with the parameters: same file,
+        # same state_dict, and the train step returns their new values
+        self.buffer_names = [b["name"] for b in manifest.get("buffers", ())]
+        self._buffers = [self._to_device(params[n]) for n in self.buffer_names]
+        self._inputs = input_specs(manifest)
 
     @property
     def runnable(self):
@@ -123,13 +180,20 @@ class _Compiled:
 
     # ---- parameters ------------------------------------------------------------------------
     def state_dict(self):
-        """{parameter name: numpy array}, a copy."""
-        return OrderedDict((n, _host_copy(p)) for n, p in zip(self.param_names, self._params))
+        """{name: numpy array}, a copy: every parameter, then every buffer."""
+        return OrderedDict((n, _host_copy(p)) for n, p in
+                           zip(self.param_names + self.buffer_names, self._params + self._buffers))
 
     def load_state_dict(self, state):
-        """Replace every parameter ({name: array}, shapes and dtypes as compiled)."""
-        self._params = self._checked_tensors("load_state_dict", "parameter", state,
-                                             self.manifest["parameters"])
+        """Replace every parameter and buffer ({name: array}, shapes and dtypes as compiled)."""
+        params = self.manifest["parameters"]
+        buffers = self.manifest.get("buffers", [])
+        missing = [b["name"] for b in buffers if b["name"] not in state]
+        if missing:
+            raise KeyError(f"load_state_dict: missing buffers {missing} (running statistics "
+                           f"and other non-trainable state are part of the state_dict)")
+        tensors = self._checked_tensors("load_state_dict", "parameter", state, params + buffers)
+        self._params, self._buffers = tensors[:len(params)], tensors[len(params):]
 
     def _checked_tensors(self, caller, what, state, specs):
         """Device copies of `state` in the order of `specs` ([{name, shape, dtype}]), after
@@ -138,35 +202,59 @@ class _Compiled:
         if set(state) != set(names):
             raise KeyError(f"{caller}: missing {sorted(set(names) - set(state))}, "
                            f"unexpected {sorted(set(state) - set(names))}")
+        buffers = set(self.buffer_names)
         for spec in specs:
-            _check(f"{what} '{spec['name']}'", np.asarray(state[spec["name"]]), spec)
+            kind = "buffer" if spec["name"] in buffers else what
+            _check(f"{kind} '{spec['name']}'", np.asarray(state[spec["name"]]), spec)
         return [self._to_device(state[n]) for n in names]
+
+    def _input_label(self, name):
+        return "x" if len(self._inputs) == 1 else f"input '{name}'"
+
+    def _inputs_in(self, caller, x, batch_free=False):
+        """The input arrays as the compiled function takes them, checked, one per input."""
+        arrays = _named_arrays(caller, "inputs", x, self._inputs, self._input_label)
+        for (name, spec), a in zip(self._inputs, arrays):
+            _check(self._input_label(name), a, spec, batch_free=batch_free)
+        if batch_free and len({len(a) for a in arrays}) > 1:
+            raise ShapeError(f"{caller}: the inputs hold different numbers of samples: "
+                             f"{ {n: len(a) for (n, _), a in zip(self._inputs, arrays)} }")
+        return arrays
+
+    def _run_predict(self, arrays):
+        return to_numpy(self._vm["predict"](*[to_device(a, self.device) for a in arrays],
+                                            *self._params, *self._buffers))
 
     # ---- forward ---------------------------------------------------------------------------
     def predict(self, x):
-        """Forward on any number of samples: batched to the compiled batch size (the last
-        batch zero-padded) and concatenated. Splitting and joining along axis 0 is right only
+        """Forward in eval mode on any number of samples: batched to the compiled batch size
+        (the last batch zero-padded) and concatenated. Eval mode normalises each sample on
+        its own (BatchNorm's running statistics), so a sample's prediction does not depend on
+        the others in its batch nor on the padding. x: an array, or for a model of several
+        inputs a tuple of arrays in forward's order (or a dict by argument name), all with
+        the same number of samples. Splitting and joining along axis 0 is right only
         when the output's axis 0 is the batch; for other outputs (e.g. logits reshaped to
         [B*T, V]) predict takes exactly the compiled batch."""
-        vm = self._vm
-        spec = self.manifest["inputs"]
-        _check("x", x, spec, batch_free=True)
-        b = spec["shape"][0]
+        self._vm  # not runnable here: TargetError before anything else
+        arrays = self._inputs_in("predict", x, batch_free=True)
+        b = self._inputs[0][1]["shape"][0]
+        n_samples = len(arrays[0])
         out_shape = self.manifest["outputs"]["shape"]
         if not out_shape or out_shape[0] != b:
-            if len(x) == b:
-                return to_numpy(vm["predict"](to_device(x, self.device), *self._params))
+            if n_samples == b:
+                return self._run_predict(arrays)
             raise ShapeError(
                 f"predict: this model's output has shape {tuple(out_shape)} for a batch of {b}, "
                 f"so its first axis is not the batch and outputs of several batches cannot be "
-                f"joined; pass exactly {b} samples (got {len(x)})")
+                f"joined; pass exactly {b} samples (got {n_samples})")
         outs = []
-        for start in range(0, len(x), b):
-            chunk = x[start:start + b]
-            n = len(chunk)
+        for start in range(0, n_samples, b):
+            chunks = [a[start:start + b] for a in arrays]
+            n = len(chunks[0])
             if n < b:
-                chunk = np.concatenate([chunk, np.zeros((b - n, *chunk.shape[1:]), chunk.dtype)])
-            outs.append(to_numpy(vm["predict"](to_device(chunk, self.device), *self._params))[:n])
+                chunks = [np.concatenate([c, np.zeros((b - n, *c.shape[1:]), c.dtype)])
+                          for c in chunks]
+            outs.append(self._run_predict(chunks)[:n])
         if not outs:
             return np.zeros((0, *self.manifest["outputs"]["shape"][1:]),
                             self.manifest["outputs"]["dtype"])
@@ -228,9 +316,9 @@ class InferenceModule(_Compiled):
     kind = "inference"
 
     def __call__(self, x):
-        vm = self._vm
-        _check("x", x, self.manifest["inputs"])
-        return to_numpy(vm["predict"](to_device(x, self.device), *self._params))
+        """The forward (eval mode) at the compiled shape; x as for predict."""
+        self._vm
+        return self._run_predict(self._inputs_in("module", x))
 
 
 class TrainingModule(_Compiled):
@@ -257,43 +345,60 @@ class TrainingModule(_Compiled):
 
     @property
     def batch_size(self):
-        return self.manifest["inputs"]["shape"][0]
+        return self._inputs[0][1]["shape"][0]
 
-    def _check_batch(self, x, y):
-        """(x, y) as the compiled step takes them: labels of another integer dtype are cast
-        to the compiled one once their values are known to fit."""
-        _check("x", x, self.manifest["inputs"])
+    def _check_batch(self, x, y, extras=None):
+        """The step's data arrays (inputs, labels, loss extras) as the compiled functions take
+        them: integers of another dtype cast to the compiled one once their values fit."""
+        arrays = self._inputs_in("step", x)
         spec = self.manifest["labels"]
-        want = np.dtype(spec["dtype"])
-        if isinstance(y, np.ndarray) and want.kind in "iu" and y.dtype != want:
-            if y.dtype.kind not in "iu":
-                raise ShapeError(f"y: labels must be integers (class indices; any integer "
-                                 f"dtype), got {y.dtype}")
-            info = np.iinfo(want)
-            if y.size and (y.min() < info.min or y.max() > info.max):
-                raise ShapeError(f"y: labels with values in [{y.min()}, {y.max()}] do not fit "
-                                 f"the compiled label dtype {want}")
-            y = y.astype(want)
+        if isinstance(y, np.ndarray) and np.dtype(spec["dtype"]).kind in "iu" \
+                and y.dtype.kind not in "iu":
+            raise ShapeError(f"y: labels must be integers (class indices; any integer "
+                             f"dtype), got {y.dtype}")
+        y = _as_integer("y", y, spec, kind="label ")
         _check("y", y, spec)
         classes = self.manifest.get("num_classes")
-        if classes is not None and y.size and (y.min() < 0 or y.max() >= classes):
-            raise ShapeError(f"y: labels must lie in [0, {classes}), got values in "
-                             f"[{y.min()}, {y.max()}]")
-        return x, y
+        if classes is not None and y.size:
+            ignore = self.manifest.get("ignore_index")
+            counted = y[y != ignore] if ignore is not None else y
+            if counted.size and (counted.min() < 0 or counted.max() >= classes):
+                also = f" or ignore_index {ignore}" if ignore is not None else ""
+                raise ShapeError(f"y: labels must lie in [0, {classes}){also}, got values in "
+                                 f"[{counted.min()}, {counted.max()}]")
+        extra_specs = [(e["name"], e) for e in self.manifest.get("extras", ())]
+        if extra_specs:
+            if extras is None:
+                raise ShapeError(f"step: this module's loss takes extra inputs "
+                                 f"{[n for n, _ in extra_specs]}: pass extras=")
+            extra_arrays = _named_arrays("step", "extras", extras, extra_specs,
+                                         lambda n: f"extra '{n}'")
+            for (name, spec), a in zip(extra_specs, extra_arrays):
+                _check(f"extra '{name}'", a, spec)
+        elif extras is not None:
+            raise ShapeError("step: this module's loss takes no extra inputs, got extras=")
+        else:
+            extra_arrays = []
+        return [to_device(a, self.device) for a in [*arrays, y, *extra_arrays]]
 
     def _scalar_in(self, value):
         return to_device(np.asarray(value, dtype=self._scalar), self.device)
 
-    def step(self, x, y, lr=None, **scalars):
-        """One optimizer step on batch (x, y); returns the loss before the update. The
-        optimizer's other runtime scalars (``scalar_inputs`` after lr and step, e.g.
-        ``max_norm=1.0``) are keywords, each defaulting to the optimizer's value."""
+    def step(self, x, y, lr=None, extras=None, **scalars):
+        """One optimizer step on batch (x, y); returns the loss before the update.
+
+        x: an array, or for a forward of several tensors a tuple of arrays in its argument
+        order (or a dict by name): module.step((tokens, mask), y). extras: the loss's extra
+        inputs (one array, a tuple, or a dict), when compiled with extras=. The optimizer's
+        other runtime scalars (``scalar_inputs`` after lr and step, e.g. ``max_norm=1.0``) are
+        keywords, each defaulting to the optimizer's value. The step runs the model in
+        training mode and updates its buffers (BatchNorm's running statistics)."""
         vm = self._vm
-        x, y = self._check_batch(x, y)
         unknown = sorted(set(scalars) - set(self.scalar_defaults))
         if unknown:
             raise TypeError(f"step: unknown keyword(s) {unknown}; this step's runtime scalars "
                             f"are {self.scalar_inputs}")
+        data = self._check_batch(x, y, extras)
         lr = self.lr if lr is None else float(lr)
         if not (lr >= 0 and math.isfinite(lr)):
             raise ValueError(f"learning rate must be finite and >= 0, got {lr}")
@@ -306,33 +411,33 @@ class TrainingModule(_Compiled):
             if not float(value) >= 0:  # NaN fails too
                 raise ValueError(f"step: {name} must be >= 0, got {value}")
             values[name] = float(value)
-        out = vm["train_step"](to_device(x, self.device), to_device(y, self.device),
-                               *[self._scalar_in(values[n]) for n in self.scalar_inputs],
-                               *self._params, *self._state)
-        p = len(self._params)
+        out = vm["train_step"](*data, *[self._scalar_in(values[n]) for n in self.scalar_inputs],
+                               *self._params, *self._buffers, *self._state)
+        p, b = len(self._params), len(self._buffers)
         self._params = [out[1 + i] for i in range(p)]
-        self._state = [out[1 + p + i] for i in range(len(self._state))]
+        self._buffers = [out[1 + p + i] for i in range(b)]
+        self._state = [out[1 + p + b + i] for i in range(len(self._state))]
         self.step_count += 1
         return float(to_numpy(out[0]))
 
-    def loss(self, x, y):
-        """The loss on batch (x, y) at the current parameters (no update)."""
+    def loss(self, x, y, extras=None):
+        """The loss on batch (x, y) at the current parameters (training mode; no update, the
+        buffers stay as they are)."""
         vm = self._vm
-        x, y = self._check_batch(x, y)
-        return float(to_numpy(vm["loss"](to_device(x, self.device), to_device(y, self.device),
-                                          *self._params)))
+        out = vm["loss"](*self._check_batch(x, y, extras), *self._params, *self._buffers)
+        return float(to_numpy(out[0] if self._buffers else out))
 
-    def loss_and_grads(self, x, y):
+    def loss_and_grads(self, x, y, extras=None):
         """(loss, {parameter name: gradient}) on batch (x, y), no update. Frozen parameters
         (requires_grad=False) have no gradient and are not in the dict."""
         vm = self._vm
-        x, y = self._check_batch(x, y)
-        out = vm["loss_adjoint"](to_device(x, self.device), to_device(y, self.device),
-                                 *self._params)
+        out = vm["loss_adjoint"](*self._check_batch(x, y, extras), *self._params,
+                                 *self._buffers)
         grads = out[1]
         frozen = set(self.manifest.get("frozen", ()))
         trainable = [n for n in self.param_names if n not in frozen]
-        return float(to_numpy(out[0])), OrderedDict(
+        loss = out[0][0] if self._buffers else out[0]  # (loss, *buffers') or the loss
+        return float(to_numpy(loss)), OrderedDict(
             (n, to_numpy(grads[i])) for i, n in enumerate(trainable))
 
     def load_optimizer_state(self, state):
@@ -368,8 +473,9 @@ def load(path, trusted_keys=None):
     reason = why_not_runnable_here(manifest)  # before dlopen: a foreign .so cannot load here
     if reason:
         raise TargetError(f"{path}: cannot load this bundle here: {reason}")
+    tensors = manifest["parameters"] + manifest.get("buffers", [])  # one file holds both
     params = bundle.read_tensors(read, PARAMS, [(p["name"], p["shape"], p["dtype"])
-                                                for p in manifest["parameters"]])
+                                                for p in tensors])
     state = None
     if manifest["kind"] == "training":
         state = bundle.read_tensors(read, OPTIMIZER, [(s["name"], s["shape"], s["dtype"])

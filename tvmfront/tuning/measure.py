@@ -79,11 +79,20 @@ def measured(lowered, target, names, **kw):
         return {}
 
 
+def _random(rng, shape, dtype):
+    # integer inputs (token ids) get small non-negative values, valid for any table
+    if np.dtype(dtype).kind in "iu":
+        return rng.integers(0, 2, shape).astype(dtype)
+    return rng.standard_normal(shape).astype(dtype)
+
+
 def time_module(module, min_seconds=1.0, min_runs=10, seed=0):
     """Median seconds of one call: a train step (random batch) or a forward."""
     rng = np.random.default_rng(seed)
-    spec = module.manifest["inputs"]
-    x = rng.standard_normal(spec["shape"]).astype(spec["dtype"])
+    inputs = module.manifest["inputs"]  # {shape, dtype}, or a list of them (several inputs)
+    xs = tuple(_random(rng, s["shape"], s["dtype"])
+               for s in ([inputs] if isinstance(inputs, dict) else inputs))
+    x = xs[0] if len(xs) == 1 else xs
     if getattr(module, "kind", None) == "training":
         lab = module.manifest["labels"]
         classes = module.manifest.get("num_classes")
