@@ -212,7 +212,7 @@ def test_dropout_layer_modes_and_streams():
     key, counter = random.key(5), np.array(2, np.int64)
     with rng_inputs(key=key, counter=counter) as inputs:
         a, b = layer(x), layer(x)  # one layer called twice: streams 0 and 1
-        assert inputs.next_stream() == 2
+        assert inputs.used == 2 and inputs.next_stream() == 2
     np.testing.assert_array_equal(a, ops.dropout(x, 0.25, key, counter, stream=0))
     np.testing.assert_array_equal(b, ops.dropout(x, 0.25, key, counter, stream=1))
     assert (a != b).any()

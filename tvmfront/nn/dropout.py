@@ -17,7 +17,6 @@ a process-wide default: key = the seed of the last `tvf.manual_seed` (0 before a
 
 import contextlib
 import contextvars
-import itertools
 
 import numpy as np
 
@@ -36,12 +35,13 @@ class RngInputs:
         if training and (key is None or counter is None):
             raise TypeError("rng_inputs: a training trace needs both key= and counter=")
         self.key, self.counter, self.training = key, counter, bool(training)
-        self._streams = itertools.count()
+        self.used = 0  # streams handed out: 0 after a trace means the model draws nothing
 
     def next_stream(self):
         """A stream number no other draw in this trace has taken (0, 1, 2, ... in call
         order: a trace of the same model hands out the same numbers)."""
-        return next(self._streams)
+        self.used += 1
+        return self.used - 1
 
 
 _active = contextvars.ContextVar("tvmfront_rng_inputs", default=None)
