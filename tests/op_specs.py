@@ -21,6 +21,8 @@ import numpy as np
 from tvmfront import ops
 from tvmfront.ops import mask
 
+import _philox
+
 
 @dataclass
 class OpSpec:
@@ -581,3 +583,32 @@ spec(ops.layer_norm, layer_norm_k_ref, concat(randn(2, 3, 4), randn(3, 4), randn
      id="layer_norm-last2")
 spec(ops.layer_norm, layer_norm_k_ref, concat(randn(2, 2, 3), randn(2, 2, 3), randn(2, 2, 3)),
      id="layer_norm-all3")
+
+
+# ---- randomness: Philox-4x32-10 bits and dropout, against the numpy Philox in _philox.py -----
+def _rng_inputs(*x_shape, key=(0x1234, 0xABCD), counter=7, counter_dtype="int64"):
+    """[x (if a shape is given), key uint32 [lo, hi], counter 0-d]: integer inputs keep their
+    dtype, so only x is differentiated."""
+    def make(rng):
+        xs = [rng.standard_normal(x_shape[0])] if x_shape else []
+        return xs + [np.array(key, np.uint32), np.array(counter, counter_dtype)]
+    return make
+
+
+spec(ops.random_bits, _philox.bits, _rng_inputs(), attrs={"shape": (3, 5), "stream": 2},
+     grad=False, id="random_bits-3x5")
+spec(ops.random_bits, _philox.bits, _rng_inputs(counter=2 ** 40 + 3, counter_dtype="uint64"),
+     attrs={"shape": (7,)}, grad=False, id="random_bits-counter-hi-word")
+spec(ops.uniform, lambda k, c, shape, dtype: (_philox.bits(k, c, shape) >> 8).astype(dtype)
+     * np.float32(2.0 ** -24), _rng_inputs(), attrs={"shape": (2, 6), "dtype": "float32"},
+     grad=False, id="uniform-float32")
+spec(ops.uniform, lambda k, c, shape, dtype: _philox.bits(k, c, shape) * 2.0 ** -32,
+     _rng_inputs(), attrs={"shape": (5,), "dtype": "float64"}, grad=False, id="uniform-float64")
+spec(ops.dropout, _philox.dropout, _rng_inputs((4, 5)), attrs={"p": 0.3}, id="dropout-p0.3")
+# A float counter (a compiled step's `step`) is a float input: not differentiable, no gradcheck.
+spec(ops.dropout, _philox.dropout, _rng_inputs((2, 3, 5), counter=12.0, counter_dtype="float64"),
+     attrs={"p": 0.5, "stream": 3}, grad=False, id="dropout-float-counter-stream3")
+spec(ops.dropout, _philox.dropout, _rng_inputs((), counter=1), attrs={"p": 0.9},
+     id="dropout-scalar")
+spec(ops.dropout, _philox.dropout, _rng_inputs((3, 4)), attrs={"p": 0.0}, id="dropout-p0")
+spec(ops.dropout, _philox.dropout, _rng_inputs((3, 4)), attrs={"p": 1.0}, id="dropout-p1")

@@ -1,12 +1,14 @@
 """Layers, losses and the Module tree."""
 
 from . import init
-from .layers import (GELU, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Embedding, Flatten, GroupNorm,
-                     LayerNorm, Linear, MaxPool2d, ReLU, SelfAttention, Sequential, Sigmoid, SiLU,
-                     Tanh)
+from .dropout import Dropout
+from .layers import (GELU, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Embedding, Flatten,
+                     GroupNorm, LayerNorm, Linear, MaxPool2d, ReLU, SelfAttention, Sequential,
+                     Sigmoid, SiLU, Tanh)
 from .loss import CrossEntropyLoss, MSELoss
 from .module import Module, Parameter
 
-__all__ = ["GELU", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "CrossEntropyLoss", "Embedding",
-           "Flatten", "GroupNorm", "LayerNorm", "Linear", "MSELoss", "MaxPool2d", "Module",
-           "Parameter", "ReLU", "SelfAttention", "Sequential", "SiLU", "Sigmoid", "Tanh", "init"]
+__all__ = ["GELU", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "CrossEntropyLoss",
+           "Dropout", "Embedding", "Flatten", "GroupNorm", "LayerNorm", "Linear", "MSELoss",
+           "MaxPool2d", "Module", "Parameter", "ReLU", "SelfAttention", "Sequential", "SiLU",
+           "Sigmoid", "Tanh", "init"]

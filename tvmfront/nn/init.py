@@ -13,6 +13,15 @@ def manual_seed(seed):
     _rng = np.random.default_rng(seed)
 
 
+def seed():
+    """The seed of the last manual_seed (0 before any): also the default key of random draws
+    (nn.Dropout's masks). Read back from the generator manual_seed made, which keeps it."""
+    entropy = _rng.bit_generator.seed_seq.entropy
+    if not isinstance(entropy, int):  # manual_seed was given a sequence or a SeedSequence
+        entropy = int(np.random.SeedSequence(entropy).generate_state(2, np.uint64)[0])
+    return entropy % 2 ** 64
+
+
 def _fans(shape):
     receptive = math.prod(shape[2:]) if len(shape) > 2 else 1
     return shape[1] * receptive, shape[0] * receptive

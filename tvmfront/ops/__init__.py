@@ -3,6 +3,7 @@
 from .activation import gelu, silu
 from .attention import batch_matmul, softmax_last, transpose
 from .conv import conv2d
+from .dropout import dropout
 from .elementwise import (add, add_scalar, clip, div, exp, log, mul, mul_scalar, neg, pow_scalar,
                           rdiv_scalar, relu, rpow_scalar, rsub_scalar, sigmoid, sqrt, sub,
                           tanh)
@@ -14,6 +15,7 @@ from .mask import causal_mask, padding_mask, where
 from .norm import batch_norm, group_norm, layer_norm
 from .operators import install_operators
 from .pool import avg_pool2d, max_pool2d
+from .random import random_bits, uniform
 from .reduce import max, mean, sum  # noqa: A004  (tvf.ops.sum etc., as numpy's)
 from .shape import flatten, reshape, slice_first
 from .softmax_axis import log_softmax, softmax
@@ -28,4 +30,5 @@ __all__ = [
     "rdiv_scalar", "relu", "reshape", "rpow_scalar", "rsub_scalar", "sigmoid", "silu",
     "slice_first", "softmax", "softmax_last", "split", "sqrt", "stack", "strided_slice", "sub",
     "sum", "take", "tanh", "transpose", "where",
+    "dropout", "random_bits", "uniform",
 ]
