@@ -30,8 +30,9 @@ def _accuracy(stdout):
 @pytest.mark.parametrize("script,target", [("mlp_digits.py", 0.97), ("lenet_digits.py", 0.98)])
 def test_digits_example(script, target, tmp_path):
     stdout, progress = _run(script, "--out", str(tmp_path / "bundle"))
-    assert re.search(r"epoch 1/\d+ loss=[0-9.]+ samples_per_s=\d+ val_loss=[0-9.]+ "
-                     r"val_accuracy=[0-9.]+", progress)  # per-epoch progress, validation metrics
+    # per-epoch progress (loss, learning rate, speed) and validation metrics
+    assert re.search(r"epoch 1/\d+ loss=[0-9.]+ lr=[0-9.e+-]+ samples_per_s=\d+ "
+                     r"val_loss=[0-9.]+ val_accuracy=[0-9.]+", progress)
     assert sorted(os.listdir(tmp_path / "bundle")) == [
         "manifest.json", "module.so", "optimizer.safetensors", "params.safetensors"]
     assert _accuracy(stdout) >= target

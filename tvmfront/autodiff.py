@@ -607,9 +607,11 @@ def _adjoint_of_read(shape, dtype, indices, loops, value, name, adjoint=None, in
     """Tensor of `shape`: sum over loops with indices(loops) == j of value(loops).
     `adjoint` = (dT, spatial vars) names the output adjoint read in `value`."""
     red_axes = {}
-    for e in indices:  # x[idx[i]]: which element is read depends on data, not on loops
-        if _loads(e, []):
-            raise _Unsupported(f"index {show(e)} reads a tensor (a data-dependent gather)")
+    # x[idx[()]]: a read through a 0-d index tensor is data-dependent like x[idx[i]] (which
+    # the affine solve refuses); refused here, as TVM's simplifier cannot hash a 0-d read.
+    if any(_is_load(ld) and len(ld.args) == 1 for e in indices for ld in _loads(e, [])):
+        raise _Unsupported(f"index [{', '.join(show(e) for e in indices)}] reads a tensor "
+                           f"(a data-dependent gather)")
     indices, loops, value = _split_div_loops(indices, loops, value)
 
     def body(*j):

@@ -6,6 +6,7 @@ from ._tvm import TVM_VERSION
 from ._version import __version__
 from . import pipeline as pipeline_mod
 from .build import build_lowered
+from .nn.init import seed
 from .nn.loss import CrossEntropyLoss
 from .runtime.modules import InferenceModule, TrainingModule
 from .target import target_architecture, target_json, target_key
@@ -102,6 +103,8 @@ def compile_training(model, loss, optimizer, inputs, labels, target="x86", recor
         "name": optimizer.name, "lr": optimizer.lr, "hyperparameters": optimizer.hyperparameters,
         "state": [dict(name=n, **s.to_json()) for n, s, _ in sig.state]}
     manifest["step"] = 0
+    if sig.rng:  # Dropout's key: the seed of the last tvf.manual_seed (nn.init.seed())
+        manifest["seed"] = seed()
     module = TrainingModule(built.library, manifest, model.state_dict(), graph.initial_state(sig),
                             library_bytes=built.library_bytes, executable=built.executable)
     return _remember(module, built, records)

@@ -8,11 +8,13 @@ Functions of a training IRModule (inputs `x*`, labels `y`, loss extras `e*`, par
                                                         (the loss alone when no buffers)
   loss_adjoint(...) -> ((loss, *b'), (dp...))           added by Relax's Gradient; one dp per
                                                         trainable parameter (requires_grad)
+  (after the extras, a model with Dropout also takes rng_key [2] uint32 and rng_counter int64)
   train_step(*x, y, *e, lr, step, *scalars, *p, *b, *s) -> (loss, *p', *b', *s')
                                                         added by append_optimizer; scalars:
                                                         the optimizer's own (e.g. max_norm)
 """
 
+import contextlib
 import inspect
 from dataclasses import dataclass, field
 
@@ -20,6 +22,7 @@ import numpy as np
 
 from ._tvm import relax
 from .errors import ShapeError
+from .nn.dropout import Dropout, rng_inputs
 from .spec import TensorSpec
 from .tensor import Tensor, Trace, new_var, tracing
 
@@ -37,6 +40,7 @@ class GraphSignature:
     scalar_dtype: str = "float32"  # dtype of the lr and step inputs
     buffers: list = field(default_factory=list)  # [(name, TensorSpec)], one per Buffer
     extras: list = field(default_factory=list)  # [(name, TensorSpec)]: the loss's extra inputs
+    rng: bool = False  # the step draws random numbers (Dropout): takes rng_key and rng_counter
 
 
 def _forward_arg_names(model):
@@ -105,11 +109,23 @@ def _param_vars(named_params):
 
 
 def data_vars(sig, labels=False):
-    """Fresh Relax vars for the batch: inputs, and with `labels` the labels and extras."""
+    """Fresh Relax vars for the batch: inputs, and with `labels` the labels, the extras and,
+    when the model draws random numbers, the generator's key and counter (rng_vars)."""
     xs = _vars("x_", sig.inputs)
     if not labels:
         return xs
-    return xs + [new_var("y", sig.labels.shape, sig.labels.dtype)] + _vars("e_", sig.extras)
+    return (xs + [new_var("y", sig.labels.shape, sig.labels.dtype)] + _vars("e_", sig.extras)
+            + (rng_vars() if sig.rng else []))
+
+
+def rng_vars():
+    """Dropout's runtime inputs: the key (the seed as 2 x uint32, Philox's key) and the
+    counter (the step number, int64): new masks every step, the same for the same pair."""
+    return [new_var("rng_key", (2,), "uint32"), new_var("rng_counter", (), "int64")]
+
+
+def _draws_random_numbers(model):
+    return any(isinstance(m, Dropout) and m.p > 0 for m in model.modules())
 
 
 def buffer_vars(sig):
@@ -206,15 +222,21 @@ def build_training(model, loss_fn, inputs, labels, extras=None):
         raise ValueError("compile_training: every parameter has requires_grad=False; "
                          "there is nothing to train")
     named, named_buffers = model.named_parameters(), model.named_buffers()
+    sig.rng = _draws_random_numbers(model)
     bb = relax.BlockBuilder(mod)
     data = data_vars(sig, labels=True)
-    n_in = len(sig.inputs)
-    xs, y, evars = data[:n_in], data[n_in], data[n_in + 1:]
+    n_in, n_extras = len(sig.inputs), len(sig.extras)
+    xs, y, evars = data[:n_in], data[n_in], data[n_in + 1:n_in + 1 + n_extras]
+    rng = data[n_in + 1 + n_extras:]  # [key, counter] when sig.rng
     pvars, bvars = _param_vars(named), buffer_vars(sig)
 
     def body():
-        trace, out = _traced_forward(bb, model, named, pvars, named_buffers, bvars, xs,
-                                     [n for n, _ in sig.inputs], trainable=True)
+        draws = (rng_inputs(key=Tensor(rng[0], name="rng_key"),
+                            counter=Tensor(rng[1], name="rng_counter"))
+                 if rng else contextlib.nullcontext())
+        with draws:
+            trace, out = _traced_forward(bb, model, named, pvars, named_buffers, bvars, xs,
+                                         [n for n, _ in sig.inputs], trainable=True)
         with tracing(trace):
             loss = loss_fn(out, Tensor(y, name="y"),
                            *[Tensor(e, name=n) for e, (n, _) in zip(evars, sig.extras)])
@@ -243,7 +265,7 @@ def gradient(mod, sig=None):
     Without `sig`: a model of one input and no buffers, every parameter trained."""
     params = list(mod["loss"].params)[2:]
     if sig is not None:
-        n_data = len(sig.inputs) + 1 + len(sig.extras)
+        n_data = len(sig.inputs) + 1 + len(sig.extras) + (2 if sig.rng else 0)
         params = list(mod["loss"].params)[n_data:n_data + len(sig.params)]
         frozen = set(sig.frozen)
         params = [v for v, (n, _) in zip(params, sig.params) if n not in frozen]

@@ -379,7 +379,18 @@ class TrainingModule(_Compiled):
             raise ShapeError("step: this module's loss takes no extra inputs, got extras=")
         else:
             extra_arrays = []
-        return [to_device(a, self.device) for a in [*arrays, y, *extra_arrays]]
+        return [to_device(a, self.device) for a in [*arrays, y, *extra_arrays, *self._rng()]]
+
+    def _rng(self):
+        """Dropout's inputs, for a model that draws random numbers: the key (the manifest's
+        seed as 2 x uint32) and the counter (the number of the step about to be taken), so
+        masks are new every step and the same for the same (seed, step), also after export,
+        reload or a checkpoint."""
+        seed = self.manifest.get("seed")
+        if seed is None:
+            return []
+        key = np.array([seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF], dtype="uint32")
+        return [key, np.array(self.step_count + 1, dtype="int64")]
 
     def _scalar_in(self, value):
         return to_device(np.asarray(value, dtype=self._scalar), self.device)
