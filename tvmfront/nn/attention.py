@@ -165,7 +165,8 @@ class MultiheadAttention(Module):
         self._check(query, key, value)
         b, t, e = (int(d) for d in query.shape)
         s = int(key.shape[1])
-        h, hd = self.num_heads, self.head_dim
+        hd = self.head_dim
+        mask = self._mask(attn_mask, key_padding_mask, is_causal, b, t, s, str(query.dtype))
         if self_attention:
             qkv = self._project(query, 0, parts=3)                   # [B*T, 3E]
             q, k, v = (self._heads(qkv, b, t, i) for i in range(3))  # [B, H, T, hd] each
@@ -176,7 +177,6 @@ class MultiheadAttention(Module):
         # scores: [B, H, T, hd] @ [B, H, hd, S] -> [B, H, T, S]; q scaled first, as PyTorch
         scores = ops.batch_matmul(ops.mul_scalar(q, value=1.0 / math.sqrt(hd)),
                                   ops.transpose(k, axes=(0, 1, 3, 2)))
-        mask = self._mask(attn_mask, key_padding_mask, is_causal, b, t, s, str(query.dtype))
         if mask is not None:
             scores = ops.add(scores, mask)
         weights = ops.softmax(scores, axis=-1)
