@@ -223,3 +223,28 @@ def test_encoder_in_a_module_list_trains():
     assert module.param_names == list(model.state_dict())
     losses = [module.step(x, y) for _ in range(30)]
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+@pytest.mark.slow
+def test_key_padding_mask_from_the_token_input():
+    """A mask computed in the traced model (ops.padding_mask of the token ids: a symbolic bool
+    Tensor) masks as the same mask given as a numpy constant does."""
+    tvf.manual_seed(3)
+    embed = nn.Embedding(10, 8)
+    layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.0)
+    tokens = np.array([[3, 4, 5, 0, 0], [1, 2, 3, 4, 0]], dtype="int64")
+
+    class FromTokens(nn.Module):
+        def __init__(self, constant=None):
+            super().__init__()
+            self.embed, self.layer, self.constant = embed, layer, constant
+
+        def forward(self, ids):
+            pad = ops.padding_mask(ids, pad_id=0) if self.constant is None else self.constant
+            return self.layer(self.embed(ids), src_key_padding_mask=pad)
+
+    symbolic = tvf.compile_inference(FromTokens(), inputs=tokens)(tokens)
+    constant = tvf.compile_inference(FromTokens(tokens == 0), inputs=tokens)(tokens)
+    unmasked = tvf.compile_inference(FromTokens(np.zeros_like(tokens, bool)), inputs=tokens)(tokens)
+    np.testing.assert_allclose(symbolic, constant, rtol=1e-6, atol=1e-6)
+    assert np.abs(symbolic - unmasked).max() > 1e-3  # the mask did something
