@@ -4,7 +4,8 @@ argv: input .npz, output .npz (no pickle either way). Input: `cases`, a JSON lis
 i, `x{i}` (and `target{i}`, `mask{i}`, `pad{i}` where the case has them). Per case, torch
 builds the layer from a fixed seed and writes its state_dict as `{i}.p.<name>`, the forward
 output `{i}.out`, and, where a target is given, the MSE loss `{i}.loss` and every
-parameter's gradient `{i}.g.<name>`; `{i}.weights` for need_weights.
+parameter's gradient `{i}.g.<name>`; `{i}.weights` for need_weights. A case with
+`dtype` "float64" runs in double precision.
 
 Case kinds:
 - "layer": TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout=0, activation,
@@ -65,6 +66,8 @@ def main(src, dst):
         torch.manual_seed(100 + i)
         module, run = {"layer": _layer, "mha": _mha}[case["kind"]](case)
         module.train()
+        if case.get("dtype") == "float64":
+            module.double()
         x = torch.from_numpy(data[f"x{i}"])
         mask = torch.from_numpy(data[f"mask{i}"]) if f"mask{i}" in data else None
         pad = torch.from_numpy(data[f"pad{i}"]) if f"pad{i}" in data else None

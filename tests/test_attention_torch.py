@@ -1,7 +1,7 @@
 """PyTorch parity of nn.TransformerEncoderLayer and nn.MultiheadAttention: torch builds each
 layer, its state_dict loads into ours strictly (same names, shapes, dtypes), and the forward
 output, the MSE loss and every parameter's gradient through a compiled train step agree
-within 1e-4 relative in float32. Torch runs once, in its own process (tests/_torch.py)."""
+within 1e-4 relative in float32 (1e-10 in float64). Torch runs once, in its own process (tests/_torch.py)."""
 
 import json
 import pathlib
@@ -27,6 +27,8 @@ CASES = {
     # seq-first layout, a key padding mask instead of causality
     "seq-first-padding": dict(LAYER, norm_first=True, activation="gelu", batch_first=False,
                               causal=False, pad=True),
+    # float64: PyTorch's and our arithmetic agree to rounding
+    "pre-norm-gelu-float64": dict(LAYER, norm_first=True, activation="gelu", dtype="float64"),
     # MultiheadAttention alone
     "mha-seq-first-bool-mask": dict(kind="mha", d_model=E, nhead=H, batch_first=False,
                                     mask="bool", need_weights=True),
@@ -39,9 +41,10 @@ NAMES = list(CASES)
 
 def _inputs(i, case):
     rng = np.random.default_rng(i)
+    dtype = case.get("dtype", "float32")
     shape = (B, T, E) if case["batch_first"] else (T, B, E)
-    arrays = {"x": rng.standard_normal(shape).astype("float32"),
-              "target": rng.standard_normal(shape).astype("float32")}
+    arrays = {"x": rng.standard_normal(shape).astype(dtype),
+              "target": rng.standard_normal(shape).astype(dtype)}
     s = case.get("split") or T
     t = T - case["split"] if case.get("split") else T
     if case.get("mask") == "bool":  # True = masked out; the diagonal stays open
@@ -81,7 +84,8 @@ class _Layer(nn.Module):
         if case["kind"] == "layer":
             self.layer = nn.TransformerEncoderLayer(
                 E, H, dim_feedforward=FF, dropout=0.0, activation=case["activation"],
-                batch_first=case["batch_first"], norm_first=case["norm_first"])
+                batch_first=case["batch_first"], norm_first=case["norm_first"],
+                dtype=case.get("dtype", "float32"))
         else:
             self.layer = nn.MultiheadAttention(E, H, batch_first=case["batch_first"])
 
@@ -99,9 +103,11 @@ class _Layer(nn.Module):
         return w if self.weights else out
 
 
-def _close(ours, ref, what):
-    # 1e-4 relative, elementwise; entries far below the tensor's scale are held to 1e-4 of it
-    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max()),
+def _close(ours, ref, what, dtype="float32"):
+    # 1e-4 relative (1e-10 in float64), elementwise; entries far below the tensor's scale are
+    # held to that fraction of it
+    rtol = 1e-10 if dtype == "float64" else 1e-4
+    np.testing.assert_allclose(ours, ref, rtol=rtol, atol=rtol * float(np.abs(ref).max()),
                                err_msg=what)
 
 
@@ -109,6 +115,7 @@ def _close(ours, ref, what):
 @pytest.mark.parametrize("name", NAMES)
 def test_matches_pytorch(torch_results, name):
     i, case = NAMES.index(name), CASES[name]
+    dtype = case.get("dtype", "float32")
     arrays = _inputs(i, case)
     state = {k[len(f"{i}.p."):]: v for k, v in torch_results.items() if k.startswith(f"{i}.p.")}
     model = _Layer(case, arrays)
@@ -116,12 +123,13 @@ def test_matches_pytorch(torch_results, name):
     x, target = arrays["x"], arrays["target"]
     module = tvf.compile_training(model, nn.MSELoss(), tvf.optim.SGD(0.1), inputs=x,
                                   labels=target)
-    _close(module.predict(x), torch_results[f"{i}.out"], f"{name}: forward")
+    _close(module.predict(x), torch_results[f"{i}.out"], f"{name}: forward", dtype)
     loss, grads = module.loss_and_grads(x, target)
-    np.testing.assert_allclose(loss, torch_results[f"{i}.loss"], rtol=1e-4, err_msg=name)
+    _close(np.float64(loss), torch_results[f"{i}.loss"], f"{name}: loss", dtype)
     assert sorted(grads) == sorted("layer." + n for n in state)
     for n in state:
-        _close(grads["layer." + n], torch_results[f"{i}.g.{n}"], f"{name}: gradient of {n}")
+        _close(grads["layer." + n], torch_results[f"{i}.g.{n}"], f"{name}: gradient of {n}",
+               dtype)
     if case.get("need_weights"):
         weights_model = _Layer(case, arrays, weights=True)
         weights_model.layer.load_state_dict(state)
