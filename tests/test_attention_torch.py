@@ -1,7 +1,8 @@
 """PyTorch parity of nn.TransformerEncoderLayer and nn.MultiheadAttention: torch builds each
 layer, its state_dict loads into ours strictly (same names, shapes, dtypes), and the forward
 output, the MSE loss and every parameter's gradient through a compiled train step agree
-within 1e-4 relative in float32 (1e-10 in float64). Torch runs once, in its own process (tests/_torch.py)."""
+within 1e-4 relative in float32 (1e-10 in float64). Torch runs once, in its own process
+(tests/_torch.py)."""
 
 import json
 import pathlib

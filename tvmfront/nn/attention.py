@@ -179,8 +179,9 @@ class MultiheadAttention(Module):
                                   ops.transpose(k, axes=(0, 1, 3, 2)))
         if mask is not None:
             scores = ops.add(scores, mask)
-        weights = ops.softmax(scores, axis=-1)
-        ctx = ops.batch_matmul(_apply(self.attn_dropout, weights), v)   # [B, H, T, hd]
+        # dropped-out weights are the ones returned too, as in PyTorch
+        weights = _apply(self.attn_dropout, ops.softmax(scores, axis=-1))
+        ctx = ops.batch_matmul(weights, v)                                # [B, H, T, hd]
         ctx = ops.reshape(ops.transpose(ctx, axes=(0, 2, 1, 3)), shape=(b * t, e))
         out = ops.reshape(self.out_proj(ctx), shape=(b, t, e))
         if not self.batch_first:
