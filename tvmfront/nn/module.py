@@ -8,7 +8,27 @@ from ..errors import ShapeError
 from ..tensor import Tensor, current_trace
 
 
-class Parameter:
+class _State:
+    """What Parameter and Buffer share: an owned numpy array that, inside a trace, stands for
+    its current traced value."""
+
+    def __init__(self, data):
+        self.data = np.array(data)  # a copy: the module owns its values
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return str(self.data.dtype)
+
+    def __tvf_value__(self):
+        trace = current_trace()
+        return trace.lookup(self) if trace is not None else self.data
+
+
+class Parameter(_State):
     """A trainable array. Inside a trace it stands for the function input bound to it.
 
     ``requires_grad = False`` freezes it: the compiled step computes no gradient for it,
@@ -16,45 +36,18 @@ class Parameter:
     One Parameter assigned to several modules (weight tying) is one parameter."""
 
     def __init__(self, data, requires_grad=True):
-        self.data = np.array(data)  # a copy: the module owns its values
+        super().__init__(data)
         self.requires_grad = bool(requires_grad)
-
-    @property
-    def shape(self):
-        return self.data.shape
-
-    @property
-    def dtype(self):
-        return str(self.data.dtype)
-
-    def __tvf_value__(self):
-        trace = current_trace()
-        return trace.lookup(self) if trace is not None else self.data
 
     def __repr__(self):
         frozen = "" if self.requires_grad else ", requires_grad=False"
         return f"Parameter(shape={self.shape}, dtype={self.dtype}{frozen})"
 
 
-class Buffer:
+class Buffer(_State):
     """Non-trainable state (BatchNorm's running statistics): no gradient, no optimizer state,
     but in the state_dict, exported and carried through the compiled train step, which reads
     it and returns its new value. Inside a trace it stands for its current traced value."""
-
-    def __init__(self, data):
-        self.data = np.array(data)
-
-    @property
-    def shape(self):
-        return self.data.shape
-
-    @property
-    def dtype(self):
-        return str(self.data.dtype)
-
-    def __tvf_value__(self):
-        trace = current_trace()
-        return trace.lookup(self) if trace is not None else self.data
 
     def __repr__(self):
         return f"Buffer(shape={self.shape}, dtype={self.dtype})"
