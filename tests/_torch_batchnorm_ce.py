@@ -1,6 +1,6 @@
 """PyTorch side of tests/test_torch_batchnorm_ce.py: runs in .venv-bench, in its own process.
 
-argv: case ("resblock" or "seq_ce"), input .npz, output .npz (no pickle either way).
+argv: input .npz, case ("resblock" or "seq_ce"), output .npz (no pickle either way).
 resblock: a conv-bn-relu-conv-bn + skip block and a linear head, the initial parameters as
 ``p.<name>``, three SGD (momentum 0.9) steps on batches ``x0..x2``/``y0..y2`` in train mode,
 then eval on ``xe``. Writes the losses, the first step's gradients ``g.<name>``, the final
@@ -68,6 +68,6 @@ def seq_ce(data):
 
 
 if __name__ == "__main__":
-    case, src, dst = sys.argv[1:]
+    src, case, dst = sys.argv[1:]
     result = {"resblock": resblock, "seq_ce": seq_ce}[case](np.load(src, allow_pickle=False))
     np.savez(dst, **result)

@@ -5,17 +5,14 @@ within 1e-4 relative in float32 (1e-10 in float64). Torch runs once, in its own 
 (tests/_torch.py)."""
 
 import json
-import pathlib
-import subprocess
 
 import numpy as np
 import pytest
 
 import tvmfront as tvf
-from _torch import torch_python
+from _torch import run_torch
 
 nn = tvf.nn
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 B, T, E, H, FF = 2, 5, 8, 2, 16
 
 LAYER = dict(kind="layer", d_model=E, nhead=H, dim_feedforward=FF, batch_first=True,
@@ -64,15 +61,12 @@ def _inputs(i, case):
 
 @pytest.fixture(scope="module")
 def torch_results(request, tmp_path_factory):
-    python = torch_python(request, "PyTorch parity of attention and Transformer layers")
-    tmp = tmp_path_factory.mktemp("attention_torch")
     arrays = {}
     for i, name in enumerate(NAMES):
         arrays.update({f"{k}{i}": v for k, v in _inputs(i, CASES[name]).items()})
-    np.savez(tmp / "in.npz", cases=np.array(json.dumps([CASES[n] for n in NAMES])), **arrays)
-    subprocess.run([python, str(ROOT / "tests" / "_torch_attention.py"), str(tmp / "in.npz"),
-                    str(tmp / "out.npz")], check=True, timeout=300)
-    return dict(np.load(tmp / "out.npz", allow_pickle=False))
+    return run_torch(request, "PyTorch parity of attention and Transformer layers",
+                     "_torch_attention.py", tmp_path_factory.mktemp("attention_torch"),
+                     cases=np.array(json.dumps([CASES[n] for n in NAMES])), **arrays)
 
 
 class _Layer(nn.Module):

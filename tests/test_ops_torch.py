@@ -2,21 +2,17 @@
 form, log_softmax / softmax over a middle axis, layer_norm over the last two axes, take's
 scatter-add gradient with repeated indices, embedding with padding_idx."""
 
-import pathlib
-import subprocess
 
 import numpy as np
 import pytest
 
-from _torch import torch_python
+from _torch import run_torch
 from tvmfront import ops
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def case(request, tmp_path_factory):
-    python = torch_python(request, "PyTorch parity of gelu/log_softmax/layer_norm/take/embedding")
     rng = np.random.default_rng(0)
     inputs = {
         "x": rng.standard_normal((3, 7)) * 3,
@@ -30,11 +26,9 @@ def case(request, tmp_path_factory):
         "emb_dy": rng.standard_normal((2, 3, 3)),
         "padding_idx": np.array(5),
     }
-    tmp = tmp_path_factory.mktemp("torch_ops")
-    np.savez(tmp / "in.npz", **inputs)
-    subprocess.run([python, str(ROOT / "tests" / "_torch_ops.py"), str(tmp / "in.npz"),
-                    str(tmp / "out.npz")], check=True, timeout=300)
-    return inputs, dict(np.load(tmp / "out.npz", allow_pickle=False))
+    return inputs, run_torch(request, "PyTorch parity of gelu/log_softmax/layer_norm/take/"
+                             "embedding", "_torch_ops.py", tmp_path_factory.mktemp("torch_ops"),
+                             **inputs)
 
 
 def _close(got, want):

@@ -4,17 +4,14 @@ norm changed per step at run time) for 5 steps on a small MLP from the same weig
 batches: losses and parameters within 1e-4 relative in float32."""
 
 import json
-import pathlib
-import subprocess
 
 import numpy as np
 import pytest
 
 import tvmfront as tvf
-from _torch import torch_python
+from _torch import run_torch
 
 nn = tvf.nn
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 5
 NAMES = ["0.weight", "0.bias", "2.weight", "2.bias"]
 NO_DECAY = ["0.bias", "2.bias"]
@@ -50,16 +47,13 @@ def _model():
 
 @pytest.fixture(scope="module")
 def torch_runs(request, tmp_path_factory):
-    python = torch_python(request, "PyTorch parity of AdamW, RMSprop, Adagrad and clipping")
-    tmp = tmp_path_factory.mktemp("optim_torch")
     x, y = _data()
     cases = [{"name": n, "optimizer": c[1], "kwargs": c[2], "no_decay": c[3],
               "max_norm": NORMS if c[4] else None} for n, c in CASES.items()]
-    np.savez(tmp / "in.npz", x=x, y=y, cases=np.array(json.dumps(cases)),
-             **{"p." + n: v for n, v in _model().state_dict().items()})
-    subprocess.run([python, str(ROOT / "tests" / "_torch_optim.py"), str(tmp / "in.npz"),
-                    str(tmp / "out.npz")], check=True, timeout=300)
-    return dict(np.load(tmp / "out.npz", allow_pickle=False))
+    return run_torch(request, "PyTorch parity of AdamW, RMSprop, Adagrad and clipping",
+                     "_torch_optim.py", tmp_path_factory.mktemp("optim_torch"), x=x, y=y,
+                     cases=np.array(json.dumps(cases)),
+                     **{"p." + n: v for n, v in _model().state_dict().items()})
 
 
 @pytest.mark.slow

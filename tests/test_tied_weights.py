@@ -2,18 +2,15 @@
 with one gradient (the sum over its uses) and one optimizer state, as in PyTorch."""
 
 import json
-import pathlib
-import subprocess
 
 import numpy as np
 import pytest
 
 import tvmfront as tvf
-from _torch import torch_python
+from _torch import run_torch
 
 nn = tvf.nn
 ops = tvf.ops
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 class Tied(nn.Module):
@@ -89,16 +86,12 @@ def test_one_parameter_one_gradient_one_state():
                                  {"name": "adam", "lr": 0.05, "betas": [0.9, 0.999], "steps": 3}],
                          ids=["sgd-momentum", "adam"])
 def test_tied_training_matches_pytorch(request, tmp_path, opt):
-    python = torch_python(request, "PyTorch parity of weight tying")
     tvf.manual_seed(3)
     model = Tied()
     x, y = _batch()
     init = model.state_dict()
-    np.savez(tmp_path / "in.npz", x=x, y=y, opt=np.array(json.dumps(opt)),
-             **{"p." + n: v for n, v in init.items()})
-    subprocess.run([python, str(ROOT / "tests" / "_torch_tied.py"), str(tmp_path / "in.npz"),
-                    str(tmp_path / "out.npz")], check=True, timeout=300)
-    ref = np.load(tmp_path / "out.npz", allow_pickle=False)
+    ref = run_torch(request, "PyTorch parity of weight tying", "_torch_tied.py", tmp_path, x=x,
+                    y=y, opt=np.array(json.dumps(opt)), **{"p." + n: v for n, v in init.items()})
     assert list(ref["names"]) == NAMES  # PyTorch also lists the tied weight once
 
     optimizer = (tvf.optim.SGD(opt["lr"], momentum=opt["momentum"]) if opt["name"] == "sgd"

@@ -3,30 +3,23 @@
 [B, T, V] with ignore_index and label_smoothing (loss and gradient). PyTorch runs in its own
 environment and process (tests/_torch.py)."""
 
-import os
-import subprocess
-
 import numpy as np
 import pytest
 
 import tvmfront as tvf
-from _torch import torch_python
 from tvmfront import ops
 
+from _torch import run_torch
+
 nn = tvf.nn
-HERE = os.path.dirname(os.path.abspath(__file__))
 RTOL = 1e-4
 
 
 def _torch(request, case, tmp_path, **arrays):
-    python = torch_python(request, f"PyTorch parity of {case}")
-    src, dst = tmp_path / f"{case}_in.npz", tmp_path / f"{case}_out.npz"
-    np.savez(src, **arrays)
-    run = subprocess.run([python, os.path.join(HERE, "_torch_batchnorm_ce.py"), case, str(src),
-                          str(dst)], capture_output=True, text=True, env={
-                              k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
-    assert run.returncode == 0, run.stderr[-2000:]
-    return dict(np.load(dst, allow_pickle=False))
+    folder = tmp_path / case
+    folder.mkdir()
+    return run_torch(request, f"PyTorch parity of {case}", "_torch_batchnorm_ce.py", folder,
+                     case, **arrays)
 
 
 def _close(got, want, what):
