@@ -2,13 +2,11 @@
 form, log_softmax / softmax over a middle axis, layer_norm over the last two axes, take's
 scatter-add gradient with repeated indices, embedding with padding_idx."""
 
-
 import numpy as np
 import pytest
 
 from _torch import run_torch
 from tvmfront import ops
-
 
 
 @pytest.fixture(scope="module")
