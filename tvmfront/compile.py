@@ -52,7 +52,8 @@ def _build(mod, target, records, dump_ir, debug_nans):
 
 
 def compile_training(model, loss, optimizer, inputs, labels, target="x86", records=None,
-                     dump_ir=None, derived_gradients=None, debug_nans=None, extras=None):
+                     dump_ir=None, derived_gradients=None, debug_nans=None, extras=None,
+                     accumulate=False):
     """Compile forward, loss, backward and optimizer update into one train step.
 
     The step runs the model in training mode and predict() in eval mode, whatever mode the
@@ -76,6 +77,9 @@ def compile_training(model, loss, optimizer, inputs, labels, target="x86", recor
     dump_ir: directory receiving the IR after every pipeline stage (or TVMFRONT_DUMP_IR).
     derived_gradients: True uses every op's derived gradient even where an explicit `.grad`
       exists (or TVMFRONT_DERIVED_GRADIENTS=1).
+    accumulate: True also compiles the update alone, for gradient accumulation over
+      micro-batches: module.accumulate(x, y) per micro-batch, then module.apply() (the mean
+      of their gradients, one optimizer step).
     debug_nans: True checks every kernel's output for NaN/Inf and raises NonFiniteOpError
       naming the first op that made one (or tvf.debug_nans(), or TVMFRONT_DEBUG_NANS=1). Slower.
 
@@ -88,7 +92,8 @@ def compile_training(model, loss, optimizer, inputs, labels, target="x86", recor
     with op_mod.derived_gradients(derived_gradients):
         mod, sig = graph.build_training(model, loss, inputs, labels, extras)
         stages = [("gradient", lambda m: graph.gradient(m, sig)),
-                  ("append_optimizer", lambda m: graph.append_optimizer(m, sig, optimizer))]
+                  ("append_optimizer",
+                   lambda m: graph.append_optimizer(m, sig, optimizer, apply_grads=accumulate))]
         mod = pipeline_mod.run(mod, stages, dump_ir)
     built = _build(mod, target, records, dump_ir and f"{dump_ir}/lowering", debug_nans)
     manifest = _manifest("training", sig, built.target)
@@ -103,6 +108,8 @@ def compile_training(model, loss, optimizer, inputs, labels, target="x86", recor
         "name": optimizer.name, "lr": optimizer.lr, "hyperparameters": optimizer.hyperparameters,
         "state": [dict(name=n, **s.to_json()) for n, s, _ in sig.state]}
     manifest["step"] = 0
+    if accumulate:
+        manifest["accumulate"] = True
     if sig.rng:  # Dropout's key: the seed of the last tvf.manual_seed (nn.init.seed())
         manifest["seed"] = seed()
     module = TrainingModule(built.library, manifest, model.state_dict(), graph.initial_state(sig),

@@ -272,10 +272,13 @@ def gradient(mod, sig=None):
     return relax.transform.Gradient("loss", require_grads=params, target_index=0)(mod)
 
 
-def append_optimizer(mod, sig, optimizer):
+def append_optimizer(mod, sig, optimizer, apply_grads=False):
     """Add `train_step`: loss_adjoint, then the optimizer's update rule traced with ops.
-    Its runtime scalars (0-d, sig.scalar_dtype) follow x and y in the optimizer's
-    `scalar_inputs` order: lr, step, then the rules' own (e.g. max_norm); never constants."""
+    Its runtime scalars (0-d, sig.scalar_dtype) follow the data in the optimizer's
+    `scalar_inputs` order: lr, step, then the rules' own (e.g. max_norm); never constants.
+    apply_grads: also add `apply_grads(*g, *scalars, *p, *s) -> (*p', *s')`, the update alone
+    from given gradients (one per trainable parameter): gradient accumulation over
+    micro-batches runs loss_adjoint on each and applies their mean once."""
     # Frozen parameters get no optimizer state and come out of the step as they went in.
     names = trainable(sig)
     param_specs = {n: (s.shape, s.dtype) for n, s in sig.params if n in names}
@@ -284,19 +287,18 @@ def append_optimizer(mod, sig, optimizer):
     bb = relax.BlockBuilder(mod)
     data, bvars = data_vars(sig, labels=True), buffer_vars(sig)
     scalar_names = list(getattr(optimizer, "scalar_inputs", ("lr", "step")))
-    scalars = [new_var(n, (), sig.scalar_dtype) for n in scalar_names]
-    pvars = _param_vars([(n, s) for n, s in sig.params])
-    svars = [new_var("s_" + n.replace(".", "_").replace("/", "_"), s.shape, s.dtype)
-             for n, s, _ in sig.state]
+
+    def update_vars():  # fresh for each function: a Relax var has one definition site
+        return ([new_var(n, (), sig.scalar_dtype) for n in scalar_names],
+                _param_vars([(n, s) for n, s in sig.params]),
+                [new_var("s_" + n.replace(".", "_").replace("/", "_"), s.shape, s.dtype)
+                 for n, s, _ in sig.state])
+
+    scalars, pvars, svars = update_vars()
     adjoint = mod.get_global_var("loss_adjoint")
 
-    def body():
-        result = bb.emit(relax.Call(adjoint, [*data, *pvars, *bvars]))
-        outs = bb.emit(relax.TupleGetItem(result, 0))  # (loss, *buffers'), or loss alone
-        loss = bb.emit(relax.TupleGetItem(outs, 0)) if bvars else outs
-        new_buffers = [bb.emit(relax.TupleGetItem(outs, 1 + i)) for i in range(len(bvars))]
-        grads_tuple = bb.emit(relax.TupleGetItem(result, 1))
-        grads = {n: Tensor(bb.emit(relax.TupleGetItem(grads_tuple, i))) for i, n in enumerate(names)}
+    def update(grads, scalars, pvars, svars):
+        """[*p', *s'] from {trainable name: gradient Tensor}."""
         params = {n: Tensor(v) for (n, _), v in zip(sig.params, pvars)}
         state = {n: Tensor(v) for (n, _, _), v in zip(sig.state, svars)}
         with tracing(Trace(bb)):
@@ -308,9 +310,28 @@ def append_optimizer(mod, sig, optimizer):
         if missing:
             raise RuntimeError(f"optimizer {optimizer!r}: update returned state {sorted(new_state)}"
                                f" but init declared {sorted(state)}")
-        return [loss, *new_params, *new_buffers, *[new_state[n] for n, _, _ in sig.state]]
+        return [*new_params, *[new_state[n] for n, _, _ in sig.state]]
+
+    def body():
+        result = bb.emit(relax.Call(adjoint, [*data, *pvars, *bvars]))
+        outs = bb.emit(relax.TupleGetItem(result, 0))  # (loss, *buffers'), or loss alone
+        loss = bb.emit(relax.TupleGetItem(outs, 0)) if bvars else outs
+        new_buffers = [bb.emit(relax.TupleGetItem(outs, 1 + i)) for i in range(len(bvars))]
+        grads_tuple = bb.emit(relax.TupleGetItem(result, 1))
+        grads = {n: Tensor(bb.emit(relax.TupleGetItem(grads_tuple, i))) for i, n in enumerate(names)}
+        new_params_and_state = update(grads, scalars, pvars, svars)
+        p = len(sig.params)
+        return [loss, *new_params_and_state[:p], *new_buffers, *new_params_and_state[p:]]
 
     _emit_function(bb, "train_step", [*data, *scalars, *pvars, *bvars, *svars], body)
+    if apply_grads:
+        specs = dict(sig.params)
+        gvars = [new_var("g_" + n.replace(".", "_"), specs[n].shape, specs[n].dtype)
+                 for n in names]
+        scalars, pvars, svars = update_vars()
+        _emit_function(bb, "apply_grads", [*gvars, *scalars, *pvars, *svars],
+                       lambda: update({n: Tensor(g) for n, g in zip(names, gvars)}, scalars,
+                                      pvars, svars))
     return bb.get()
 
 

@@ -84,12 +84,13 @@ FIELDS = {
     "optimizer": (_optimizer, "{name, lr, hyperparameters, state: [{name, shape, dtype}]}",
                   _TRAINING),
     "step": (lambda v: _is_int(v) and v >= 0, "a non-negative integer", _TRAINING),
+    "accumulate": (lambda v: isinstance(v, bool), "true or false", frozenset()),
     "seed": (lambda v: _is_int(v) and 0 <= v < 2**64, "an integer in [0, 2**64)", frozenset()),
     "frozen": (lambda v: isinstance(v, list) and all(_str(n) for n in v),
                "a list of parameter names (requires_grad=False)", frozenset()),
 }
 _ONLY_TRAINING = {"labels", "loss", "num_classes", "optimizer", "step", "extras", "seed",
-                  "ignore_index"}
+                  "accumulate", "ignore_index"}
 
 
 def check_file_name(name, where):

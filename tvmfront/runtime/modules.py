@@ -335,6 +335,7 @@ class TrainingModule(_Compiled):
         self.state_names = [s["name"] for s in manifest["optimizer"]["state"]]
         self._state = [self._to_device(opt_state[n]) for n in self.state_names]
         self.step_count = int(manifest["step"])
+        self._grad_sum, self._micro = None, 0  # gradient accumulation (accumulate, apply)
         self.lr = float(manifest["optimizer"]["lr"])
         # The step's runtime scalars in train_step's order: lr, step, then the optimizer's own
         # (e.g. max_norm), whose defaults its hyperparameters hold under their names.
@@ -347,7 +348,7 @@ class TrainingModule(_Compiled):
     def batch_size(self):
         return self._inputs[0][1]["shape"][0]
 
-    def _check_batch(self, x, y, extras=None):
+    def _check_batch(self, x, y, extras=None, micro=None):
         """The step's data arrays (inputs, labels, loss extras) as the compiled functions take
         them: integers of another dtype cast to the compiled one once their values fit."""
         arrays = self._inputs_in("step", x)
@@ -379,9 +380,10 @@ class TrainingModule(_Compiled):
             raise ShapeError("step: this module's loss takes no extra inputs, got extras=")
         else:
             extra_arrays = []
-        return [to_device(a, self.device) for a in [*arrays, y, *extra_arrays, *self._rng()]]
+        return [to_device(a, self.device)
+                for a in [*arrays, y, *extra_arrays, *self._rng(micro)]]
 
-    def _rng(self):
+    def _rng(self, micro=None):
         """Dropout's inputs, for a model that draws random numbers: the key (the manifest's
         seed as 2 x uint32) and the counter (the number of the step about to be taken), so
         masks are new every step and the same for the same (seed, step), also after export,
@@ -389,11 +391,34 @@ class TrainingModule(_Compiled):
         seed = self.manifest.get("seed")
         if seed is None:
             return []
-        key = np.array([seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF], dtype="uint32")
+        hi = (seed >> 32) & 0xFFFFFFFF
+        if micro is not None:  # micro-batch m of a step: another Philox key, its own masks
+            hi ^= (0x9E3779B9 * (micro + 1)) & 0xFFFFFFFF
+        key = np.array([seed & 0xFFFFFFFF, hi], dtype="uint32")
         return [key, np.array(self.step_count + 1, dtype="int64")]
 
     def _scalar_in(self, value):
         return to_device(np.asarray(value, dtype=self._scalar), self.device)
+
+    def _scalars(self, caller, lr, scalars):
+        """The step's runtime scalars in `scalar_inputs` order, checked (device tensors)."""
+        unknown = sorted(set(scalars) - set(self.scalar_defaults))
+        if unknown:
+            raise TypeError(f"{caller}: unknown keyword(s) {unknown}; this step's runtime "
+                            f"scalars are {self.scalar_inputs}")
+        lr = self.lr if lr is None else float(lr)
+        if not (lr >= 0 and math.isfinite(lr)):
+            raise ValueError(f"learning rate must be finite and >= 0, got {lr}")
+        values = {"lr": lr, "step": self.step_count + 1}
+        for name, default in self.scalar_defaults.items():
+            value = scalars.get(name, default)
+            if value is None:
+                raise ValueError(f"{caller}: the optimizer gives {name} no default; pass "
+                                 f"{caller}(..., {name}=...)")
+            if not float(value) >= 0:  # NaN fails too
+                raise ValueError(f"{caller}: {name} must be >= 0, got {value}")
+            values[name] = float(value)
+        return [self._scalar_in(values[n]) for n in self.scalar_inputs]
 
     def step(self, x, y, lr=None, extras=None, **scalars):
         """One optimizer step on batch (x, y); returns the loss before the update.
@@ -405,31 +430,54 @@ class TrainingModule(_Compiled):
         keywords, each defaulting to the optimizer's value. The step runs the model in
         training mode and updates its buffers (BatchNorm's running statistics)."""
         vm = self._vm
-        unknown = sorted(set(scalars) - set(self.scalar_defaults))
-        if unknown:
-            raise TypeError(f"step: unknown keyword(s) {unknown}; this step's runtime scalars "
-                            f"are {self.scalar_inputs}")
+        if self._grad_sum is not None:
+            raise RuntimeError("step: accumulated gradients are waiting; call apply() first")
+        hyper = self._scalars("step", lr, scalars)
         data = self._check_batch(x, y, extras)
-        lr = self.lr if lr is None else float(lr)
-        if not (lr >= 0 and math.isfinite(lr)):
-            raise ValueError(f"learning rate must be finite and >= 0, got {lr}")
-        values = {"lr": lr, "step": self.step_count + 1}
-        for name, default in self.scalar_defaults.items():
-            value = scalars.get(name, default)
-            if value is None:
-                raise ValueError(f"step: the optimizer gives {name} no default; pass "
-                                 f"step(x, y, {name}=...)")
-            if not float(value) >= 0:  # NaN fails too
-                raise ValueError(f"step: {name} must be >= 0, got {value}")
-            values[name] = float(value)
-        out = vm["train_step"](*data, *[self._scalar_in(values[n]) for n in self.scalar_inputs],
-                               *self._params, *self._buffers, *self._state)
+        out = vm["train_step"](*data, *hyper, *self._params, *self._buffers, *self._state)
         p, b = len(self._params), len(self._buffers)
         self._params = [out[1 + i] for i in range(p)]
         self._buffers = [out[1 + p + i] for i in range(b)]
         self._state = [out[1 + p + b + i] for i in range(len(self._state))]
         self.step_count += 1
         return float(to_numpy(out[0]))
+
+    # ---- gradient accumulation -------------------------------------------------------------
+    def accumulate(self, x, y, extras=None):
+        """Gradients of one micro-batch, added to those accumulated since the last apply();
+        returns its loss. The forward runs in training mode and updates the buffers, as each
+        forward does in PyTorch; micro-batch m of a step draws its dropout masks with its own
+        key (the seed mixed with m + 1). Needs compile_training(..., accumulate=True)."""
+        vm = self._vm
+        if not self.manifest.get("accumulate"):
+            raise RuntimeError("accumulate: this module was compiled without accumulate=True "
+                               "(compile_training(..., accumulate=True))")
+        data = self._check_batch(x, y, extras, micro=self._micro)
+        out = vm["loss_adjoint"](*data, *self._params, *self._buffers)
+        grads = [to_numpy(g) for g in out[1]]
+        if self._buffers:
+            self._buffers = [out[0][1 + i] for i in range(len(self._buffers))]
+        self._grad_sum = grads if self._grad_sum is None else [
+            a + g for a, g in zip(self._grad_sum, grads)]
+        self._micro += 1
+        loss = out[0][0] if self._buffers else out[0]
+        return float(to_numpy(loss))
+
+    def apply(self, lr=None, **scalars):
+        """One optimizer step with the mean of the gradients accumulated since the last apply
+        (for micro-batches of equal size: the step on their concatenation); the runtime
+        scalars as in step()."""
+        vm = self._vm
+        if self._grad_sum is None:
+            raise RuntimeError("apply: no gradients accumulated; call accumulate(x, y) first")
+        hyper = self._scalars("apply", lr, scalars)
+        mean = [to_device((g / self._micro).astype(g.dtype), self.device) for g in self._grad_sum]
+        out = vm["apply_grads"](*mean, *hyper, *self._params, *self._state)
+        p = len(self._params)
+        self._params = [out[i] for i in range(p)]
+        self._state = [out[p + i] for i in range(len(self._state))]
+        self._grad_sum, self._micro = None, 0
+        self.step_count += 1
 
     def loss(self, x, y, extras=None):
         """The loss on batch (x, y) at the current parameters (training mode; no update, the
