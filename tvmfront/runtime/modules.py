@@ -413,8 +413,9 @@ class TrainingModule(_Compiled):
         for name, default in self.scalar_defaults.items():
             value = scalars.get(name, default)
             if value is None:
+                call = "step(x, y, " if caller == "step" else f"{caller}("
                 raise ValueError(f"{caller}: the optimizer gives {name} no default; pass "
-                                 f"{caller}(..., {name}=...)")
+                                 f"{call}{name}=...)")
             if not float(value) >= 0:  # NaN fails too
                 raise ValueError(f"{caller}: {name} must be >= 0, got {value}")
             values[name] = float(value)
