@@ -77,3 +77,16 @@ def test_prediction_is_the_identity_of_dropout_and_per_sample():
     w = a_model.state_dict()
     np.testing.assert_allclose(infer(x), x @ w["0.weight"].T + w["0.bias"], rtol=1e-5,
                                atol=1e-6)
+
+
+def test_a_checkpoint_resumes_the_dropout_seed(tmp_path):
+    x, y = _batch()
+    a = _compiled(seed=0)
+    trainer = tvf.Trainer(a, progress=False)
+    trainer.fit(np.concatenate([x] * 2), np.concatenate([y] * 2), epochs=1)
+    trainer.save_checkpoint(tmp_path / "run.ckpt")
+    ahead = [a.step(x, y) for _ in range(2)]
+    b = _compiled(seed=5)  # compiled after another manual_seed: another dropout seed
+    tvf.Trainer(b, progress=False).load_checkpoint(tmp_path / "run.ckpt")
+    assert b.manifest["seed"] == 0
+    assert [b.step(x, y) for _ in range(2)] == ahead

@@ -147,6 +147,8 @@ class Trainer:
                 "lr": m.lr, "history": self.history, "target_key": m.manifest.get("target_key"),
                 "optimizer": m.manifest["optimizer"]["name"],
                 "lr_schedule": _describe(self.lr_schedule)}
+        if "seed" in m.manifest:  # dropout's key: a resumed run draws the masks it would have
+            meta["dropout_seed"] = m.manifest["seed"]
         data = checkpoint.encode(m.state_dict(), m.optimizer_state(), meta)
         return checkpoint.write_atomic(path, data)
 
@@ -173,6 +175,8 @@ class Trainer:
         m.load_state_dict(params)
         m.load_optimizer_state(optim)
         m.step_count, m.lr = int(meta["step"]), float(meta["lr"])
+        if "dropout_seed" in meta and "seed" in m.manifest:
+            m.manifest["seed"] = int(meta["dropout_seed"])
         self.seed, self.history = meta["seed"], list(meta["history"])
         return self
 
