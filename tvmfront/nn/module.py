@@ -152,25 +152,24 @@ class Module:
         """[(dotted name, Parameter)] in registration order, depth first. A Parameter reached
         by several paths (tied weights, a module used twice) is listed once, under the first
         name, as in PyTorch; remove_duplicate=False lists every path."""
-        out = [(prefix + name, p) for name, p in self._parameters.items()]
-        for name, child in self._modules.items():
-            out.extend(child.named_parameters(prefix + name + ".", remove_duplicate=False))
-        if remove_duplicate:
-            seen = set()
-            out = [(n, p) for n, p in out if not (id(p) in seen or seen.add(id(p)))]
-        return out
+        return self._named("_parameters", prefix, remove_duplicate)
 
     def parameters(self):
         return [p for _, p in self.named_parameters()]
 
     def named_buffers(self, prefix="", remove_duplicate=True):
         """[(dotted name, Buffer)], as named_parameters (PyTorch names: 'bn.running_mean')."""
-        out = [(prefix + name, b) for name, b in self._buffers.items()]
+        return self._named("_buffers", prefix, remove_duplicate)
+
+    def _named(self, table, prefix, remove_duplicate):
+        """[(dotted name, entry)] of the `table` dict ('_parameters' or '_buffers') of this
+        module and its children, depth first; each object once unless remove_duplicate=False."""
+        out = [(prefix + name, t) for name, t in getattr(self, table).items()]
         for name, child in self._modules.items():
-            out.extend(child.named_buffers(prefix + name + ".", remove_duplicate=False))
+            out.extend(child._named(table, prefix + name + ".", remove_duplicate=False))
         if remove_duplicate:
             seen = set()
-            out = [(n, b) for n, b in out if not (id(b) in seen or seen.add(id(b)))]
+            out = [(n, t) for n, t in out if not (id(t) in seen or seen.add(id(t)))]
         return out
 
     def buffers(self):
