@@ -12,6 +12,7 @@ atomically, under the store's lock.
 
 import os
 
+from .. import _files
 from . import store
 from .store import Database, RecordsError, best_only, for_key, mean_seconds, record_key
 
@@ -84,7 +85,7 @@ def merge_folder(src, dst, key=None, target=None):
 def _merge_db(src_db, src_name, dst_dir, key=None, target=None):
     """Merge the Database `src_db` into the database folder `dst_dir` (under its lock)."""
     with store.locked(dst_dir):
-        store.remove_stale_temporaries(dst_dir)
+        _files.remove_stale_temporaries(dst_dir)  # what killed merges left
         dst = store.read(dst_dir, warn=False) if store.is_database(dst_dir) else Database()
         if dst is None:
             stamp = store.stamp()

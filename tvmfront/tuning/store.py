@@ -306,15 +306,6 @@ def best_records(db):
     return Database(db.workloads, sorted(db.best().items()), db.meta, db.path)
 
 
-def write_atomic(path, text):
-    _files.write_atomic(path, text)
-
-
-def remove_stale_temporaries(folder):
-    """Remove the temporary files that killed writers left in the store `folder`."""
-    _files.remove_stale_temporaries(folder)
-
-
 def _dump(obj):
     # allow_nan=False: a NaN or infinity read from a damaged file is never written back as
     # JSON that other readers (TVM's) refuse
@@ -324,17 +315,17 @@ def _dump(obj):
 def write(path, db, meta=None):
     """Write `db` as the database folder `path` (workloads first, each file atomically)."""
     os.makedirs(path, exist_ok=True)
-    write_atomic(os.path.join(path, WORKLOADS),
-                 "".join(_dump([h, ir]) + "\n" for h, ir in db.workloads))
-    write_atomic(os.path.join(path, RECORDS),
-                 "".join(_dump([w, rec]) + "\n" for w, rec in db.records))
+    _files.write_atomic(os.path.join(path, WORKLOADS),
+                        "".join(_dump([h, ir]) + "\n" for h, ir in db.workloads))
+    _files.write_atomic(os.path.join(path, RECORDS),
+                        "".join(_dump([w, rec]) + "\n" for w, rec in db.records))
     if meta is not None:
         write_meta_dict(path, meta)
 
 
 def write_meta_dict(path, meta):
-    write_atomic(os.path.join(path, META),
-                 json.dumps(meta, indent=1, sort_keys=True, allow_nan=False) + "\n")
+    _files.write_atomic(os.path.join(path, META),
+                        json.dumps(meta, indent=1, sort_keys=True, allow_nan=False) + "\n")
 
 
 @contextlib.contextmanager
