@@ -15,6 +15,8 @@ from .op import Op, bound_checks, derived_gradients, op
 from .opcheck import OpCheckError, OpCheckReport, opcheck
 from .runtime import InferenceModule, TrainingModule, load
 from .spec import TensorSpec
+
+Spec = TensorSpec  # the short name: tvf.Spec(("batch", "seq"), "int64")
 from .target import targets
 from .trainer import Trainer
 from .tune import TuneReport, tune
@@ -23,7 +25,7 @@ __all__ = [
     "BundleError", "CheckpointError", "GradientError", "NonFiniteError", "NonFiniteLossError",
     "NonFiniteOpError", "InferenceModule", "OutOfBoundsError", "Op", "OpCheckError", "OpCheckReport",
     "ShapeError", "TargetError",
-    "TensorSpec", "Trainer", "TrainingModule", "TvmfrontError", "compile_inference",
+    "Spec", "TensorSpec", "Trainer", "TrainingModule", "TvmfrontError", "compile_inference",
     "bound_checks", "compile_training", "data", "debug_nans", "derived_gradients", "gradcheck", "load", "opcheck", "manual_seed", "nn", "op", "ops", "optim", "targets", "te", "tirx",
     "tune", "TuneReport",
 ]

@@ -103,6 +103,13 @@ def to_numpy(tensor):
     return tensor.numpy()
 
 
+def is_prim_expr(x):
+    """Whether `x` is a TIR scalar expression (a symbolic dimension such as tirx.Var('n')).
+    0.27 shares one Var class between TIR and Relax: the type tells them apart."""
+    return isinstance(x, tvm.ir.expr.Expr) and isinstance(getattr(x, "ty", None),
+                                                          tvm.ir.PrimType)
+
+
 def call_tir_with_grad_op():
     return tvm.ir.Op.get("relax.call_tir_with_grad")
 

@@ -99,8 +99,8 @@ def named_specs(value, names, what, default_dtype="float32"):
             for i, v in enumerate(items)]
 
 
-def _vars(prefix, named):
-    return [new_var(prefix + name.replace(".", "_").replace("/", "_"), s.shape, s.dtype)
+def _vars(prefix, named, dims=None):
+    return [new_var(prefix + name.replace(".", "_").replace("/", "_"), s.shape, s.dtype, dims)
             for name, s in named]
 
 
@@ -110,12 +110,15 @@ def _param_vars(named_params):
 
 def data_vars(sig, labels=False):
     """Fresh Relax vars for the batch: inputs, and with `labels` the labels, the extras and,
-    when the model draws random numbers, the generator's key and counter (rng_vars)."""
-    xs = _vars("x_", sig.inputs)
+    when the model draws random numbers, the generator's key and counter (rng_vars).
+    A symbolic dimension ("batch") is one TIR variable across them, new for each call: each
+    Relax function defines its own."""
+    dims = {}
+    xs = _vars("x_", sig.inputs, dims)
     if not labels:
         return xs
-    return (xs + [new_var("y", sig.labels.shape, sig.labels.dtype)] + _vars("e_", sig.extras)
-            + (rng_vars() if sig.rng else []))
+    return (xs + [new_var("y", sig.labels.shape, sig.labels.dtype, dims)]
+            + _vars("e_", sig.extras, dims) + (rng_vars() if sig.rng else []))
 
 
 def rng_vars():
@@ -193,7 +196,7 @@ def build_forward(model, inputs):
 
     _emit_function(bb, "predict", [*xs, *pvars, *bvars], body)
     out = result["out"]
-    sig.outputs = TensorSpec(out.shape, out.dtype)
+    sig.outputs = TensorSpec.traced(out.shape, out.dtype)
     return bb.get(), sig
 
 

@@ -1,6 +1,12 @@
-"""TensorSpec: the shape and dtype of a compiled function's input."""
+"""TensorSpec: the shape and dtype of a compiled function's input.
+
+A dimension is an int, or a name (a str such as "batch") for a symbolic one: the compiled
+function then takes any size there, and every dimension of the same name (across inputs,
+labels and extras) must be the same size at each call.
+"""
 
 import numbers
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -8,16 +14,37 @@ import numpy as np
 from .errors import ShapeError
 
 
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
 def _dim(d):
-    """One dimension as an int; anything but an integer (a bool, a float, an array) is None."""
+    """One dimension as an int, or a symbolic one's name (a str, kept); anything else (a
+    bool, a float, an array) is None."""
+    if isinstance(d, str):
+        if not _NAME.match(d):
+            raise ShapeError(f"symbolic dimension {d!r}: a name must be an identifier "
+                             f"(letters, digits, _), e.g. 'batch'")
+        return d
     if isinstance(d, (bool, np.bool_)) or not isinstance(d, (numbers.Integral, np.integer)):
         return None
     return int(d)
 
 
+def _expr_text(expr):
+    """'batch' for a TIR variable, the expression's text otherwise ('batch * seq')."""
+    name = getattr(expr, "name", None)
+    return name if isinstance(name, str) else " ".join(str(expr).split())
+
+
+def is_symbolic(d):
+    """Whether dimension `d` of a spec's shape is symbolic (a name)."""
+    return isinstance(d, str)
+
+
 @dataclass(frozen=True)
 class TensorSpec:
-    """Shape and dtype of one input, e.g. ``TensorSpec((64, 1, 16, 16), "float32")``."""
+    """Shape and dtype of one input, e.g. ``TensorSpec((64, 1, 16, 16), "float32")``, or
+    ``TensorSpec(("batch", "seq"), "int64")`` for any batch size and sequence length."""
 
     shape: tuple
     dtype: str = "float32"
@@ -25,8 +52,9 @@ class TensorSpec:
     def __post_init__(self):
         dims = tuple(_dim(d) for d in self.shape)
         if None in dims:
-            raise ShapeError(f"shape {tuple(self.shape)!r}: every dimension must be an int")
-        if any(d < 0 for d in dims):
+            raise ShapeError(f"shape {tuple(self.shape)!r}: every dimension must be an int or a "
+                             f"name (a str, for any size)")
+        if any(not is_symbolic(d) and d < 0 for d in dims):
             raise ShapeError(f"negative dimension in shape {dims}")
         try:
             dtype = str(np.dtype(self.dtype))
@@ -62,6 +90,21 @@ class TensorSpec:
             raise ShapeError(f"{what}: {e}") from None
         raise ShapeError(f"{what}: expected a shape tuple, a TensorSpec or an example array, "
                          f"got {type(value).__name__}: {value!r}")
+
+    @classmethod
+    def traced(cls, shape, dtype):
+        """The spec of a traced tensor's shape: a symbolic dimension is recorded as its TIR
+        expression's text ("batch", or e.g. "batch * seq" after a reshape)."""
+        spec = object.__new__(cls)
+        dims = tuple(int(d) if isinstance(d, (int, np.integer)) else _expr_text(d) for d in shape)
+        object.__setattr__(spec, "shape", dims)
+        object.__setattr__(spec, "dtype", str(np.dtype(dtype)))
+        return spec
+
+    @property
+    def symbolic(self):
+        """Whether any dimension is symbolic."""
+        return any(is_symbolic(d) for d in self.shape)
 
     def to_json(self):
         return {"shape": list(self.shape), "dtype": self.dtype}

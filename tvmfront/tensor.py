@@ -1,7 +1,8 @@
 """Symbolic tensors: what ops see while a model is traced into a Relax function.
 
 A Tensor wraps one Relax variable emitted into the active BlockBuilder. It carries its
-static shape, dtype and whether it depends on trainable parameters (`requires_grad`),
+shape (ints, and TIR variables or expressions for symbolic dimensions such as the batch), dtype
+and whether it depends on trainable parameters (`requires_grad`),
 so an op with no gradient is reported by name at trace time, not deep inside Relax.
 Arithmetic operators are attached by `tvmfront.ops` (the op layer sits above this one).
 """
@@ -11,20 +12,21 @@ import threading
 
 import numpy as np
 
-from ._tvm import relax
+from ._tvm import is_prim_expr, relax, tirx
 
 _state = threading.local()
 
 
 class Tensor:
-    """A symbolic tensor inside a trace. Shape is a tuple of ints; dtype a numpy dtype name."""
+    """A symbolic tensor inside a trace. Shape is a tuple of ints, with a TIR expression
+    (tirx.Var or arithmetic on one) for each symbolic dimension; dtype a numpy dtype name."""
 
     __array_priority__ = 1000  # numpy defers `ndarray * Tensor` to Tensor.__rmul__
 
     def __init__(self, expr, requires_grad=False, name=None):
         ty = expr.ty if hasattr(expr, "ty") else None
         self.expr = expr
-        self.shape = tuple(int(d) for d in ty.shape)
+        self.shape = tuple(dim(d) for d in ty.shape)
         self.dtype = str(ty.dtype)
         self.requires_grad = bool(requires_grad)
         self.name = name
@@ -80,6 +82,28 @@ def resolve(value):
     return hook() if hook is not None else value
 
 
-def new_var(name, shape, dtype):
-    """A fresh Relax function parameter of static shape and dtype."""
-    return relax.Var(name, relax.TensorType(tuple(int(d) for d in shape), str(np.dtype(dtype))))
+def dim(d):
+    """A dimension as an int when it is a constant, else its TIR expression (symbolic)."""
+    if isinstance(d, tirx.IntImm):
+        return int(d.value)
+    return d if is_prim_expr(d) else int(d)
+
+
+def is_static(shape):
+    return all(isinstance(d, int) for d in shape)
+
+
+def new_var(name, shape, dtype, dims=None):
+    """A fresh Relax function parameter of `shape` and dtype. A str dimension is symbolic: the
+    TIR variable of that name in `dims` (a dict, one per Relax function: each function
+    defines its own symbolic variables), created there on first use."""
+    def one(d):
+        if isinstance(d, str):
+            if dims is None:
+                raise ValueError(f"symbolic dimension {d!r} needs a dims scope")
+            if d not in dims:
+                dims[d] = tirx.Var(d, "int64")
+            return dims[d]
+        return int(d)
+
+    return relax.Var(name, relax.TensorType(tuple(one(d) for d in shape), str(np.dtype(dtype))))

@@ -2,6 +2,7 @@
 
 from .._tvm import te, tirx
 from ..op import op
+from ._dims import reciprocal, same, same_shape, show, size
 
 
 def _log_softmax_parts(logits):
@@ -15,9 +16,9 @@ def _log_softmax_parts(logits):
 
 def _check_ce(logits, labels):
     if len(logits.shape) != 2 or len(labels.shape) != 1 or \
-            int(labels.shape[0]) != int(logits.shape[0]):
+            not same(labels.shape[0], logits.shape[0]):
         raise ValueError(f"cross_entropy expects logits [B, C] and labels [B], got "
-                         f"{list(logits.shape)} and {list(labels.shape)}")
+                         f"{show(logits.shape)} and {show(labels.shape)}")
     if "int" not in str(labels.dtype):
         raise ValueError(f"cross_entropy labels must be integers, got {labels.dtype}")
 
@@ -82,13 +83,11 @@ def _(dy, logits, labels, ignore_index=-100, label_smoothing=0.0):
 @op
 def mse_loss(pred, target):
     """mean((pred - target)^2) over all elements."""
-    if tuple(pred.shape) != tuple(target.shape):
-        raise ValueError(f"mse_loss: pred {list(pred.shape)} and target {list(target.shape)} differ")
+    if not same_shape(pred.shape, target.shape):
+        raise ValueError(f"mse_loss: pred {show(pred.shape)} and target {show(target.shape)} "
+                         f"differ")
     axes = [te.reduce_axis((0, d), f"r{i}") for i, d in enumerate(pred.shape)]
-    count = 1
-    for d in pred.shape:
-        count *= int(d)
-    inv = tirx.const(1.0 / count, pred.dtype)
+    inv = reciprocal(size(pred.shape), pred.dtype)
 
     def sq(*i):
         d = pred(*i) - target(*i)
@@ -99,10 +98,7 @@ def mse_loss(pred, target):
 
 @mse_loss.grad
 def _(dy, pred, target):
-    count = 1
-    for d in pred.shape:
-        count *= int(d)
-    k = tirx.const(2.0 / count, pred.dtype)
+    k = tirx.const(2.0, pred.dtype) * reciprocal(size(pred.shape), pred.dtype)
     dp = te.compute(pred.shape, lambda *i: dy() * k * (pred(*i) - target(*i)), name="mse_dpred")
     dt = te.compute(pred.shape, lambda *i: -dy() * k * (pred(*i) - target(*i)), name="mse_dtarget")
     return [dp, dt]

@@ -32,16 +32,31 @@ def _str(v):
     return isinstance(v, str)
 
 
-def _tensor(v, named=False):
+_SYMBOLIC = re.compile(r"[A-Za-z_][A-Za-z0-9_ +*/%()-]{0,199}")
+
+
+def _dimension(d, symbolic):
+    """An int >= 0; with `symbolic`, also a symbolic dimension: its name ("batch") or, for
+    an output, its expression ("batch * seq")."""
+    return _is_int(d) and d >= 0 or symbolic and _str(d) and _SYMBOLIC.fullmatch(d) is not None
+
+
+def _tensor(v, named=False, symbolic=False):
     want = {"shape", "dtype", "name"} if named else {"shape", "dtype"}
     return (isinstance(v, dict) and set(v) == want and _str(v["dtype"])
-            and isinstance(v["shape"], list) and all(_is_int(d) and d >= 0 for d in v["shape"])
+            and isinstance(v["shape"], list)
+            and all(_dimension(d, symbolic) for d in v["shape"])
             and (not named or _str(v["name"]) and v["name"] != ""))
 
 
-def _tensors(v):
-    return (isinstance(v, list) and all(_tensor(t, named=True) for t in v)
+def _tensors(v, symbolic=False):
+    return (isinstance(v, list) and all(_tensor(t, named=True, symbolic=symbolic) for t in v)
             and len({t["name"] for t in v}) == len(v))
+
+
+def _data(v):
+    """A batch tensor's spec (inputs, outputs, labels): dimensions may be symbolic."""
+    return _tensor(v, symbolic=True)
 
 
 def _optimizer(v):
@@ -69,13 +84,13 @@ FIELDS = {
     "target_key": (_str, "a string", _BOTH),
     "target_arch": (_str, "a string", _BOTH),
     "cpu_features": (_features, "a list of CPU feature names", frozenset()),
-    "inputs": (lambda v: _tensor(v) or _tensors(v) and len(v) > 1,
+    "inputs": (lambda v: _data(v) or _tensors(v, symbolic=True) and len(v) > 1,
                "{shape, dtype}, or a list of {name, shape, dtype} for several inputs", _BOTH),
-    "outputs": (_tensor, "{shape, dtype}", _BOTH),
+    "outputs": (_data, "{shape, dtype}", _BOTH),
     "parameters": (_tensors, "a list of {name, shape, dtype} with distinct names", _BOTH),
     "scalar_dtype": (_str, "a string", _BOTH),
-    "labels": (_tensor, "{shape, dtype}", _TRAINING),
-    "extras": (_tensors, "a list of {name, shape, dtype} (the loss's extra inputs)",
+    "labels": (_data, "{shape, dtype}", _TRAINING),
+    "extras": (lambda v: _tensors(v, symbolic=True), "a list of {name, shape, dtype} (the loss's extra inputs)",
                frozenset()),
     "buffers": (_tensors, "a list of {name, shape, dtype} with distinct names", frozenset()),
     "ignore_index": (_is_int, "an integer (the label CrossEntropyLoss ignores)", frozenset()),

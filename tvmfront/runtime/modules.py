@@ -18,14 +18,32 @@ from . import bundle, cpu
 from .manifest import LIBRARY, OPTIMIZER, PARAMS
 
 
-def _check(name, array, spec, batch_free=False):
-    """Raise ShapeError naming `name` unless `array` matches spec {'shape', 'dtype'}."""
+def _check(name, array, spec, batch_free=False, sizes=None):
+    """Raise ShapeError naming `name` unless `array` matches spec {'shape', 'dtype'}. A
+    symbolic dimension (a name such as "batch") takes any size, the same for every tensor of
+    one call: `sizes` ({name: (size, first tensor's name)}) records and checks them.
+    batch_free: axis 0 may have any size (predict splits the samples into batches)."""
     if not isinstance(array, np.ndarray):
         raise ShapeError(f"{name}: expected a numpy array, got {type(array).__name__}")
     shape, dtype = list(spec["shape"]), spec["dtype"]
     got = list(array.shape)
-    ok = (got[1:] == shape[1:] and len(got) == len(shape)) if batch_free else got == shape
-    if not ok or str(array.dtype) != dtype:
+    sizes = {} if sizes is None else sizes
+    ok = len(got) == len(shape) and str(array.dtype) == dtype
+    conflict = None
+    for axis, (want, have) in enumerate(zip(shape, got) if ok else ()):
+        if batch_free and axis == 0:
+            continue
+        if isinstance(want, str):
+            seen = sizes.setdefault(want, (have, name))
+            if seen[0] != have:
+                conflict = (f"{name}: dimension '{want}' (axis {axis}) is {have}, but it is "
+                            f"{seen[0]} in {seen[1]}: every '{want}' of one call is one size")
+                break
+        elif want != have:
+            ok = False
+    if conflict:
+        raise ShapeError(conflict)
+    if not ok:
         want = ["N"] + shape[1:] if batch_free else shape
         raise ShapeError(f"{name}: expected shape {tuple(want)} dtype {dtype}, "
                          f"got shape {tuple(got)} dtype {array.dtype}")
@@ -211,11 +229,13 @@ class _Compiled:
     def _input_label(self, name):
         return "x" if len(self._inputs) == 1 else f"input '{name}'"
 
-    def _inputs_in(self, caller, x, batch_free=False):
-        """The input arrays as the compiled function takes them, checked, one per input."""
+    def _inputs_in(self, caller, x, batch_free=False, sizes=None):
+        """The input arrays as the compiled function takes them, checked, one per input.
+        sizes: the symbolic dimensions' sizes seen so far in this call (see _check)."""
         arrays = _named_arrays(caller, "inputs", x, self._inputs, self._input_label)
+        sizes = {} if sizes is None else sizes
         for (name, spec), a in zip(self._inputs, arrays):
-            _check(self._input_label(name), a, spec, batch_free=batch_free)
+            _check(self._input_label(name), a, spec, batch_free=batch_free, sizes=sizes)
         if batch_free and len({len(a) for a in arrays}) > 1:
             raise ShapeError(f"{caller}: the inputs hold different numbers of samples: "
                              f"{ {n: len(a) for (n, _), a in zip(self._inputs, arrays)} }")
@@ -226,22 +246,34 @@ class _Compiled:
                                             *self._params, *self._buffers))
 
     # ---- forward ---------------------------------------------------------------------------
-    def predict(self, x):
-        """Forward in eval mode on any number of samples: batched to the compiled batch size
-        (the last batch zero-padded) and concatenated. Eval mode normalises each sample on
-        its own (BatchNorm's running statistics), so a sample's prediction does not depend on
-        the others in its batch nor on the padding. x: an array, or for a model of several
+    @property
+    def batch_size(self):
+        """The compiled batch size; None when the module takes any batch size (compiled with
+        a symbolic first dimension, e.g. inputs=("batch", 8))."""
+        b = self._inputs[0][1]["shape"][0] if self._inputs[0][1]["shape"] else None
+        return b if isinstance(b, int) else None
+
+    def predict(self, x, batch_size=256):
+        """Forward in eval mode on any number of samples. A module compiled for any batch size
+        runs them `batch_size` at a time, the last batch as it is (never padded); one compiled
+        for a fixed batch runs batches of that size, the last zero-padded. Eval mode normalises
+        each sample on its own (BatchNorm's running statistics), so a sample's prediction
+        does not depend on the others in its batch. x: an array, or for a model of several
         inputs a tuple of arrays in forward's order (or a dict by argument name), all with
-        the same number of samples. Splitting and joining along axis 0 is right only
-        when the output's axis 0 is the batch; for other outputs (e.g. logits reshaped to
-        [B*T, V]) predict takes exactly the compiled batch."""
+        the same number of samples. Splitting and joining along axis 0 is right only when the
+        output's axis 0 is the batch; for other outputs (e.g. logits reshaped to [B*T, V])
+        predict takes exactly one compiled batch."""
         self._vm  # not runnable here: TargetError before anything else
         arrays = self._inputs_in("predict", x, batch_free=True)
-        b = self._inputs[0][1]["shape"][0]
+        first = self._inputs[0][1]["shape"][0]
+        fixed = isinstance(first, int)
+        b = first if fixed else int(batch_size)
+        if b <= 0:
+            raise ValueError(f"predict: batch_size must be positive, got {batch_size}")
         n_samples = len(arrays[0])
         out_shape = self.manifest["outputs"]["shape"]
-        if not out_shape or out_shape[0] != b:
-            if n_samples == b:
+        if not out_shape or out_shape[0] != first:
+            if not fixed or n_samples == b:
                 return self._run_predict(arrays)
             raise ShapeError(
                 f"predict: this model's output has shape {tuple(out_shape)} for a batch of {b}, "
@@ -251,13 +283,13 @@ class _Compiled:
         for start in range(0, n_samples, b):
             chunks = [a[start:start + b] for a in arrays]
             n = len(chunks[0])
-            if n < b:
+            if n < b and fixed:
                 chunks = [np.concatenate([c, np.zeros((b - n, *c.shape[1:]), c.dtype)])
                           for c in chunks]
             outs.append(self._run_predict(chunks)[:n])
         if not outs:
-            return np.zeros((0, *self.manifest["outputs"]["shape"][1:]),
-                            self.manifest["outputs"]["dtype"])
+            rest = [d if isinstance(d, int) else 0 for d in out_shape[1:]]
+            return np.zeros((0, *rest), self.manifest["outputs"]["dtype"])
         return np.concatenate(outs)
 
     # ---- export ----------------------------------------------------------------------------
@@ -344,21 +376,18 @@ class TrainingModule(_Compiled):
         self.scalar_defaults = {n: hyper.get(n) for n in self.scalar_inputs[2:]}
         self._scalar = manifest["scalar_dtype"]
 
-    @property
-    def batch_size(self):
-        return self._inputs[0][1]["shape"][0]
-
     def _check_batch(self, x, y, extras=None, micro=None):
         """The step's data arrays (inputs, labels, loss extras) as the compiled functions take
         them: integers of another dtype cast to the compiled one once their values fit."""
-        arrays = self._inputs_in("step", x)
+        sizes = {}  # symbolic dimensions: one size across inputs, labels and extras
+        arrays = self._inputs_in("step", x, sizes=sizes)
         spec = self.manifest["labels"]
         if isinstance(y, np.ndarray) and np.dtype(spec["dtype"]).kind in "iu" \
                 and y.dtype.kind not in "iu":
             raise ShapeError(f"y: labels must be integers (class indices; any integer "
                              f"dtype), got {y.dtype}")
         y = _as_integer("y", y, spec, kind="label ")
-        _check("y", y, spec)
+        _check("y", y, spec, sizes=sizes)
         classes = self.manifest.get("num_classes")
         if classes is not None and y.size:
             ignore = self.manifest.get("ignore_index")
@@ -375,7 +404,7 @@ class TrainingModule(_Compiled):
             extra_arrays = _named_arrays("step", "extras", extras, extra_specs,
                                          lambda n: f"extra '{n}'")
             for (name, spec), a in zip(extra_specs, extra_arrays):
-                _check(f"extra '{name}'", a, spec)
+                _check(f"extra '{name}'", a, spec, sizes=sizes)
         elif extras is not None:
             raise ShapeError("step: this module's loss takes no extra inputs, got extras=")
         else:
