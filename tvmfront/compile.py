@@ -41,6 +41,12 @@ def _manifest(kind, sig, target):
     }
     if sig.buffers:
         manifest["buffers"] = _named_json(sig.buffers)
+    if sig.methods:
+        manifest["methods"] = {
+            name: {"inputs": _named_json(specs),
+                   "outputs": ([o.to_json() for o in outs] if isinstance(outs, list)
+                               else outs.to_json())}
+            for name, (specs, outs) in sig.methods.items()}
     return manifest
 
 
@@ -117,12 +123,17 @@ def compile_training(model, loss, optimizer, inputs, labels, target="x86", recor
     return _remember(module, built, records)
 
 
-def compile_inference(model, inputs, target="x86", records=None, dump_ir=None, debug_nans=None):
+def compile_inference(model, inputs, target="x86", records=None, dump_ir=None, debug_nans=None,
+                      methods=None):
     """Compile the model's forward in eval mode (whatever mode the model is in) at the input
     spec (shape, TensorSpec or example array; several for a forward of several tensors, as
     for compile_training); returns a callable InferenceModule. records, debug_nans: as for
-    compile_training."""
-    mod, sig = graph.build_forward(model, inputs)
+    compile_training.
+    methods: {name: input specs} compiles other methods of the model into the same module,
+      sharing its parameters: `module.<name>(*arrays)` runs one and returns its Tensor's
+      array, or a tuple for a method returning a tuple (e.g. `decode(token, pos, k_cache,
+      v_cache) -> (logits, k_cache, v_cache)` for generation with a KV cache)."""
+    mod, sig = graph.build_forward(model, inputs, methods)
     built = _build(mod, target, records, dump_ir, debug_nans)
     module = InferenceModule(built.library, _manifest("inference", sig, built.target),
                              model.state_dict(), library_bytes=built.library_bytes,

@@ -41,12 +41,16 @@ class GraphSignature:
     buffers: list = field(default_factory=list)  # [(name, TensorSpec)], one per Buffer
     extras: list = field(default_factory=list)  # [(name, TensorSpec)]: the loss's extra inputs
     rng: bool = False  # the step draws random numbers (Dropout): takes rng_key and rng_counter
+    # {method name: ([(name, TensorSpec)] inputs, outputs: a TensorSpec, or a list of them
+    # for a method returning a tuple)}: other methods of the
+    # model compiled beside predict (eval mode), e.g. a one-token decode step with a KV cache
+    methods: dict = field(default_factory=dict)
 
 
-def _forward_arg_names(model):
-    """The names of forward's positional arguments (x0, x1, ... for *args)."""
+def _forward_arg_names(model, method="forward"):
+    """The names of forward's (or another method's) positional arguments; None for *args."""
     try:
-        params = list(inspect.signature(model.forward).parameters.values())
+        params = list(inspect.signature(getattr(model, method)).parameters.values())
     except (TypeError, ValueError):
         return None
     if any(p.kind == p.VAR_POSITIONAL for p in params):
@@ -162,22 +166,31 @@ class _Mode:
 
 
 def _traced_forward(bb, model, named_params, pvars, named_buffers, bvars, xs, input_names,
-                    trainable):
+                    trainable, method=None):
+    """(trace, output Tensor) of model.forward, or with `method` (a method name) of that
+    method, whose output may also be a tuple/list of Tensors."""
     # named_params lists a tied Parameter once: every use reads the same input, so Relax's
     # Gradient sums the uses' adjoints into its one gradient.
     bindings = {id(p): Tensor(v, requires_grad=trainable and p.requires_grad, name=name)
                 for (name, p), v in zip(named_params, pvars)}
     bindings.update({id(b): Tensor(v, name=name) for (name, b), v in zip(named_buffers, bvars)})
     trace = Trace(bb, bindings)
+    call = model if method is None else getattr(model, method)
     with tracing(trace), _Mode(model, training=trainable):
-        out = model(*[Tensor(x, name=n) for x, n in zip(xs, input_names)])
-    if not isinstance(out, Tensor):
-        raise TypeError(f"model.forward must return one Tensor, got {type(out).__name__}")
+        out = call(*[Tensor(x, name=n) for x, n in zip(xs, input_names)])
+    several = method is not None and isinstance(out, (tuple, list)) and len(out) > 0
+    if not all(isinstance(o, Tensor) for o in (out if several else [out])):
+        what = f"model.{method or 'forward'}"
+        want = "a Tensor or a tuple of Tensors" if method else "one Tensor"
+        raise TypeError(f"{what} must return {want}, got {type(out).__name__}")
     return trace, out
 
 
-def build_forward(model, inputs):
-    """IRModule with `predict(*xs, *params, *buffers)` (eval mode), and its signature."""
+def build_forward(model, inputs, methods=None):
+    """IRModule with `predict(*xs, *params, *buffers)` (eval mode), and its signature.
+    methods: {name of a model method: its input specs}: each becomes a function
+    `method_<name>(*its inputs, *params, *buffers)` (eval mode) returning its Tensor or tuple
+    of Tensors, e.g. a one-token decode step that takes and returns a KV cache."""
     specs = named_specs(inputs, _forward_arg_names(model), "inputs")
     named, named_buffers = model.named_parameters(), model.named_buffers()
     bb = relax.BlockBuilder()
@@ -197,7 +210,35 @@ def build_forward(model, inputs):
     _emit_function(bb, "predict", [*xs, *pvars, *bvars], body)
     out = result["out"]
     sig.outputs = TensorSpec.traced(out.shape, out.dtype)
+    for name, method_inputs in (methods or {}).items():
+        sig.methods[name] = _emit_method(bb, model, name, method_inputs, named, named_buffers)
     return bb.get(), sig
+
+
+def _emit_method(bb, model, name, inputs, named, named_buffers):
+    """Emit `method_<name>` for model.<name> at `inputs`; ([(name, spec)], [spec])."""
+    if not isinstance(name, str) or not name.isidentifier() or name.startswith("_") \
+            or not inspect.ismethod(getattr(model, name, None)) or name == "forward":
+        raise TypeError(f"methods: {name!r} is not a public method of "
+                        f"{type(model).__name__} (other than forward, which is predict)")
+    specs = named_specs(inputs, _forward_arg_names(model, name), f"methods['{name}']")
+    xs = _vars("x_", specs, {})
+    pvars, bvars = _param_vars(named), _vars("b_", [(n, TensorSpec(b.shape, b.dtype))
+                                                    for n, b in named_buffers])
+    result = {}
+
+    def body():
+        _, out = _traced_forward(bb, model, named, pvars, named_buffers, bvars, xs,
+                                 [n for n, _ in specs], trainable=False, method=name)
+        result["out"] = out
+        # a 1-tuple is emitted as its one tensor: TVM 0.27's FuseOps/FuseTIR fail on one
+        return out[0] if isinstance(out, (tuple, list)) and len(out) == 1 else out
+
+    _emit_function(bb, f"method_{name}", [*xs, *pvars, *bvars], body)
+    out = result["out"]
+    if isinstance(out, (tuple, list)):  # a list of specs: the method returns a tuple
+        return specs, [TensorSpec.traced(o.shape, o.dtype) for o in out]
+    return specs, TensorSpec.traced(out.shape, out.dtype)
 
 
 def _loss_extra_names(loss_fn):

@@ -32,16 +32,20 @@ def _str(v):
     return isinstance(v, str)
 
 
-_SYMBOLIC = re.compile(r"[A-Za-z_][A-Za-z0-9_ +*/%()-]{0,199}")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}")
+_EXPRESSION = re.compile(r"[A-Za-z_(][A-Za-z0-9_ +*/%()-]{0,199}")
 
 
 def _dimension(d, symbolic):
-    """An int >= 0; with `symbolic`, also a symbolic dimension: its name ("batch") or, for
-    an output, its expression ("batch * seq")."""
-    return _is_int(d) and d >= 0 or symbolic and _str(d) and _SYMBOLIC.fullmatch(d) is not None
+    """An int >= 0; a symbolic dimension's name ("batch") where `symbolic` is "name"; also an
+    expression of names ("batch * seq", an output's) where it is "expression"."""
+    if _is_int(d):
+        return d >= 0
+    pattern = {"name": _NAME, "expression": _EXPRESSION}.get(symbolic)
+    return pattern is not None and _str(d) and pattern.fullmatch(d) is not None
 
 
-def _tensor(v, named=False, symbolic=False):
+def _tensor(v, named=False, symbolic=None):
     want = {"shape", "dtype", "name"} if named else {"shape", "dtype"}
     return (isinstance(v, dict) and set(v) == want and _str(v["dtype"])
             and isinstance(v["shape"], list)
@@ -49,14 +53,28 @@ def _tensor(v, named=False, symbolic=False):
             and (not named or _str(v["name"]) and v["name"] != ""))
 
 
-def _tensors(v, symbolic=False):
+def _tensors(v, symbolic=None):
     return (isinstance(v, list) and all(_tensor(t, named=True, symbolic=symbolic) for t in v)
             and len({t["name"] for t in v}) == len(v))
 
 
 def _data(v):
-    """A batch tensor's spec (inputs, outputs, labels): dimensions may be symbolic."""
-    return _tensor(v, symbolic=True)
+    """An input's, label's or extra's spec: a dimension may be a symbolic name."""
+    return _tensor(v, symbolic="name")
+
+
+def _output(v):
+    """An output's spec: a dimension may be an expression of symbolic names."""
+    return _tensor(v, symbolic="expression")
+
+
+def _methods(v):
+    return isinstance(v, dict) and all(
+        _str(name) and name.isidentifier() and isinstance(m, dict)
+        and set(m) == {"inputs", "outputs"} and _tensors(m["inputs"], symbolic="name")
+        and (_output(m["outputs"]) or isinstance(m["outputs"], list)
+             and all(_output(o) for o in m["outputs"]))
+        for name, m in v.items())
 
 
 def _optimizer(v):
@@ -84,13 +102,13 @@ FIELDS = {
     "target_key": (_str, "a string", _BOTH),
     "target_arch": (_str, "a string", _BOTH),
     "cpu_features": (_features, "a list of CPU feature names", frozenset()),
-    "inputs": (lambda v: _data(v) or _tensors(v, symbolic=True) and len(v) > 1,
+    "inputs": (lambda v: _data(v) or _tensors(v, symbolic="name") and len(v) > 1,
                "{shape, dtype}, or a list of {name, shape, dtype} for several inputs", _BOTH),
-    "outputs": (_data, "{shape, dtype}", _BOTH),
+    "outputs": (_output, "{shape, dtype}", _BOTH),
     "parameters": (_tensors, "a list of {name, shape, dtype} with distinct names", _BOTH),
     "scalar_dtype": (_str, "a string", _BOTH),
     "labels": (_data, "{shape, dtype}", _TRAINING),
-    "extras": (lambda v: _tensors(v, symbolic=True), "a list of {name, shape, dtype} (the loss's extra inputs)",
+    "extras": (lambda v: _tensors(v, symbolic="name"), "a list of {name, shape, dtype} (the loss's extra inputs)",
                frozenset()),
     "buffers": (_tensors, "a list of {name, shape, dtype} with distinct names", frozenset()),
     "ignore_index": (_is_int, "an integer (the label CrossEntropyLoss ignores)", frozenset()),
@@ -101,6 +119,8 @@ FIELDS = {
     "step": (lambda v: _is_int(v) and v >= 0, "a non-negative integer", _TRAINING),
     "accumulate": (lambda v: isinstance(v, bool), "true or false", frozenset()),
     "seed": (lambda v: _is_int(v) and 0 <= v < 2**64, "an integer in [0, 2**64)", frozenset()),
+    "methods": (_methods, "{method name: {inputs: [{name, shape, dtype}], outputs: {shape, "
+                "dtype} or a list of them}}", frozenset()),
     "frozen": (lambda v: isinstance(v, list) and all(_str(n) for n in v),
                "a list of parameter names (requires_grad=False)", frozenset()),
 }

@@ -292,6 +292,40 @@ class _Compiled:
             return np.zeros((0, *rest), self.manifest["outputs"]["dtype"])
         return np.concatenate(outs)
 
+    # ---- other methods (compile_inference(..., methods=)) ----------------------------------
+    def call(self, method, *inputs):
+        """Run the compiled model method `method` (eval mode) on numpy arrays, one per
+        argument in order (or one dict by name); returns its output array, or a tuple of
+        arrays for a method that returns a tuple. ``module.decode(...)`` is the same as
+        ``module.call("decode", ...)``."""
+        methods = self.manifest.get("methods", {})
+        if method not in methods:
+            raise AttributeError(f"this module has no compiled method {method!r}; it has "
+                                 f"{sorted(methods) or 'none'} (compile_inference(..., "
+                                 f"methods={{name: input specs}}))")
+        spec = methods[method]
+        specs = [(s["name"], s) for s in spec["inputs"]]
+        value = inputs[0] if len(inputs) == 1 and (len(specs) == 1 or
+                                                    isinstance(inputs[0], dict)) else inputs
+        label = (lambda n: f"{method}: input '{n}'")
+        arrays = _named_arrays(method, "inputs", value, specs, label)
+        sizes = {}
+        for (name, s), a in zip(specs, arrays):
+            _check(label(name), a, s, sizes=sizes)
+        out = self._vm[f"method_{method}"](*[to_device(a, self.device) for a in arrays],
+                                           *self._params, *self._buffers)
+        outs = spec["outputs"]
+        if not isinstance(outs, list):
+            return to_numpy(out)
+        return (to_numpy(out),) if len(outs) == 1 else tuple(to_numpy(o) for o in out)
+
+    def __getattr__(self, name):
+        # only for names not found otherwise: the compiled methods, by name
+        methods = self.__dict__.get("manifest", {}).get("methods", {})
+        if name in methods:
+            return lambda *inputs: self.call(name, *inputs)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     # ---- export ----------------------------------------------------------------------------
     def _library_writer(self):
         """A function writing the compiled library to a path: the loaded bundle's bytes as
