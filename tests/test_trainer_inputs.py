@@ -109,6 +109,12 @@ def test_arrays_of_different_sample_counts_are_named(tagger):
         tvf.data.batches(tokens, labels, 4, False, 0, extras=labels[:5])
     with pytest.raises(ValueError, match=r"x\[1\] holds 7"):
         trainer.evaluate((tokens, mask[:7]), labels)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 6\) or ignore_index -1, got "
+                                         r"values in \[-5, "):
+        trainer.evaluate((tokens, mask), np.where(labels == -1, -5, labels))
+    with pytest.raises(ValueError, match=r"integer labels of the logits' shape less the class "
+                                         r"axis, \(8, 3\); got labels int64 \(8,\)"):
+        trainer.evaluate((tokens, mask), labels[:, 0])
     assert tagger.step_count == 0
 
 
@@ -292,3 +298,5 @@ def test_any_batch_size_trains_on_the_partial_batch(tmp_path):
     with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
         tvf.Trainer(AnyBatch(), progress=False).fit(x, x, batch_size=0)
     assert tvf.Trainer(module, progress=False).evaluate(x, x + 1) == {"loss": 1.0}
+    with pytest.raises(ValueError, match=r"targets of the outputs' shape \(10, 2\), got \(10,\)"):
+        tvf.Trainer(module, progress=False).evaluate(x, x[:, 0])

@@ -31,6 +31,20 @@ def _cross_entropy(logits, y, ignore_index, smoothing):
         return float((term * keep).sum() / keep.sum())
 
 
+def _check_labels(logits, y, ignore_index):
+    """ValueError unless y holds class ids for logits [..., C]: shape [...], integers in
+    [0, C) or ignore_index (numpy would read a negative id from the end, silently)."""
+    if y.dtype.kind not in "iu" or logits.shape[:-1] != y.shape:
+        raise ValueError(f"evaluate: cross entropy takes integer labels of the logits' shape "
+                         f"less the class axis, {logits.shape[:-1]}; got labels {y.dtype} "
+                         f"{y.shape}")
+    counted = y[y != ignore_index] if ignore_index is not None else y
+    if counted.size and (counted.min() < 0 or counted.max() >= logits.shape[-1]):
+        raise ValueError(f"evaluate: labels must lie in [0, {logits.shape[-1]}) or "
+                         f"ignore_index {ignore_index}, got values in [{counted.min()}, "
+                         f"{counted.max()}]")
+
+
 def _accuracy(outputs, y, ignore_index):
     """Argmax accuracy of outputs [..., C] against labels [...], over the labels that are not
     ignore_index; None when the outputs are not class scores for these labels."""
@@ -64,11 +78,12 @@ def _metrics(manifest, outputs, y, extras=(), loss=None):
     if loss is not None:
         value = float(np.asarray(loss(outputs, y, *extras)))
     elif manifest.get("loss") == "cross_entropy":
-        if outputs.shape[:-1] != y.shape:
-            raise ValueError(f"evaluate: cross entropy takes labels of the logits' shape less "
-                             f"the class axis, {outputs.shape[:-1]}; got labels {y.shape}")
+        _check_labels(outputs, y, ignore)
         value = _cross_entropy(outputs, y, ignore, float(manifest.get("label_smoothing", 0.0)))
     else:
+        if outputs.shape != y.shape:  # numpy would broadcast [N, 1] against [N] to [N, N]
+            raise ValueError(f"evaluate: mean squared error takes targets of the outputs' "
+                             f"shape {outputs.shape}, got {y.shape}")
         value = float(np.mean((outputs - y) ** 2))
     result = {"loss": value}
     accuracy = _accuracy(outputs, y, ignore)
