@@ -109,9 +109,10 @@ def _extras_in_order(manifest, extras):
 _DEFAULT_BATCH = 32  # fit's batch size for a module taking any (Keras' default too)
 
 
-def _loss_name(loss):
-    """The name compile_training records for a loss (manifest 'loss')."""
-    return getattr(loss, "name", type(loss).__name__)
+def _loss_names(loss):
+    """The names compile_training may record for a loss (manifest 'loss'): its `name`, else
+    its type's name (today's, "function" for a function) or its own __name__."""
+    return {getattr(loss, "name", None), type(loss).__name__, getattr(loss, "__name__", None)}
 
 
 def _describe(schedule):
@@ -180,9 +181,9 @@ class Trainer:
         # the batch size of a module that takes any: set by fit, kept by checkpoints
         self.batch_size = None
         compiled = module.manifest.get("loss")
-        if loss is not None and compiled is not None and _loss_name(loss) != compiled:
-            raise ValueError(f"Trainer: loss {_loss_name(loss)!r} is not the loss this module "
-                             f"was compiled with ({compiled!r})")
+        if loss is not None and compiled is not None and compiled not in _loss_names(loss):
+            raise ValueError(f"Trainer: loss {getattr(loss, 'name', loss)!r} is not the loss "
+                             f"this module was compiled with ({compiled!r})")
 
     def _lr(self, epoch, step):
         """The lr of the coming step (None: the module's), checked: a schedule that returns a
