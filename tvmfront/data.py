@@ -171,26 +171,72 @@ def load_mnist(directory, kind="train"):
     return x, labels.astype(np.int64)
 
 
-def batches(x, y, batch_size, shuffle, seed, drop_last=True):
-    """Iterate over ``(xb, yb)`` minibatches along the first axis.
+def _arrays(value, what):
+    """([(label, array)], rebuild) of one array, a tuple/list of arrays (a model of several
+    inputs, in forward's order) or a dict {name: array}: the labels name each array in errors
+    (``x[1]``, ``x['mask']``) and ``rebuild(arrays)`` gives back the caller's structure. A
+    tuple/list counts as several arrays only when every item is a numpy array (a nested list
+    of numbers is one array)."""
+    if isinstance(value, dict):
+        keys = list(value)
+        return ([(f"{what}[{k!r}]", np.asarray(value[k])) for k in keys],
+                lambda arrays: dict(zip(keys, arrays)))
+    if isinstance(value, (tuple, list)) and value and \
+            all(isinstance(a, np.ndarray) for a in value):
+        kind = type(value)
+        return [(f"{what}[{i}]", a) for i, a in enumerate(value)], lambda arrays: kind(arrays)
+    return [(what, np.asarray(value))], lambda arrays: arrays[0]
 
-    With ``shuffle`` the order comes from ``np.random.default_rng(seed)``, so
-    a given seed always yields the same batches. ``drop_last`` drops a final
-    batch smaller than ``batch_size``.
+
+def _num_samples(named):
+    """The number of samples of every array in [(label, array)], checked to be one number:
+    ValueError naming each array whose first axis differs from the first array's."""
+    counts = []
+    for label, a in named:
+        if a.ndim == 0:
+            raise ValueError(f"{label} is a scalar; every array needs a first axis of one "
+                             f"entry per sample")
+        counts.append(len(a))
+    odd = [f"{label} holds {n}" for (label, _), n in zip(named, counts) if n != counts[0]]
+    if odd:
+        raise ValueError(f"every array needs one entry per sample: {named[0][0]} holds "
+                         f"{counts[0]} samples but {', '.join(odd)}")
+    return counts[0]
+
+
+def batches(x, y, batch_size, shuffle, seed, drop_last=True, extras=None):
+    """Iterate over ``(xb, yb)`` minibatches along the first axis (``(xb, yb, eb)`` when
+    ``extras`` is given).
+
+    ``x`` is one array, or for a model of several inputs a tuple/list of arrays (forward's
+    order) or a dict {argument name: array}; ``extras`` (a loss's extra inputs: sample
+    weights, masks) likewise. Every array is sliced with the same sample indices, and each
+    batch comes back in the structure it was passed in. With ``shuffle`` the order comes from
+    ``np.random.default_rng(seed)``, so a given seed always yields the same batches.
+    ``drop_last`` drops a final batch smaller than ``batch_size``.
+
+        >>> for (tokens, mask), labels in batches((tokens, mask), labels, 32, True, seed=0):
+        ...     module.step((tokens, mask), labels)
     """
     # Validate here, not inside the generator, so mistakes surface at the call site.
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    x, y = np.asarray(x), np.asarray(y)
-    if len(x) != len(y):
-        raise ValueError(f"x and y lengths differ: {len(x)} vs {len(y)}")
-    n = len(x)
+    xs, x_back = _arrays(x, "x")
+    es, e_back = _arrays(extras, "extras") if extras is not None else ([], None)
+    y = np.asarray(y)
+    if len(xs) == 1 and not es and y.ndim and len(xs[0][1]) != len(y):
+        raise ValueError(f"x and y lengths differ: {len(xs[0][1])} vs {len(y)}")
+    n = _num_samples(xs + [("y", y)] + es)
     order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
     stop = n - n % batch_size if drop_last else n
 
     def _gen():
         for start in range(0, stop, batch_size):
             idx = order[start:start + batch_size]
-            yield x[idx], y[idx]
+            xb = x_back([a[idx] for _, a in xs])
+            if e_back is None:
+                yield xb, y[idx]
+            else:
+                yield xb, y[idx], e_back([a[idx] for _, a in es])
 
     return _gen()

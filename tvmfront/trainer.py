@@ -8,19 +8,111 @@ import warnings
 import numpy as np
 
 from . import checkpoint, config
-from .data import batches
+from .data import _arrays, _num_samples, batches
 from .errors import CheckpointError, NonFiniteLossError
 from .optim import schedules
+from .runtime.modules import _named_arrays
 
 
-def _metrics(kind, outputs, y):
-    """Loss and accuracy from predictions, matching the compiled loss."""
-    if kind == "cross_entropy":
-        z = outputs - outputs.max(axis=1, keepdims=True)
-        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-        return {"loss": float(-logp[np.arange(len(y)), y].mean()),
-                "accuracy": float((outputs.argmax(axis=1) == y).mean())}
-    return {"loss": float(np.mean((outputs - y) ** 2))}
+def _log_softmax(logits):
+    z = logits - logits.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def _cross_entropy(logits, y, ignore_index, smoothing):
+    """What nn.CrossEntropyLoss computes, in float64: logits [..., C], labels [...]; the mean
+    over the labels that are not ignore_index (NaN when all are, as in PyTorch)."""
+    logp = _log_softmax(logits.reshape(-1, logits.shape[-1]).astype("float64"))  # [M, C]
+    y = y.reshape(-1)
+    keep = np.ones(len(y), bool) if ignore_index is None else y != ignore_index
+    nll = -logp[np.arange(len(y)), np.where(keep, y, 0)]
+    term = (1.0 - smoothing) * nll - smoothing * logp.mean(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return float((term * keep).sum() / keep.sum())
+
+
+def _check_labels(logits, y, ignore_index):
+    """ValueError unless y holds class ids for logits [..., C]: shape [...], integers in
+    [0, C) or ignore_index (numpy would read a negative id from the end, silently)."""
+    if y.dtype.kind not in "iu" or logits.shape[:-1] != y.shape:
+        raise ValueError(f"evaluate: cross entropy takes integer labels of the logits' shape "
+                         f"less the class axis, {logits.shape[:-1]}; got labels {y.dtype} "
+                         f"{y.shape}")
+    counted = y[y != ignore_index] if ignore_index is not None else y
+    if counted.size and (counted.min() < 0 or counted.max() >= logits.shape[-1]):
+        raise ValueError(f"evaluate: labels must lie in [0, {logits.shape[-1]}) or "
+                         f"ignore_index {ignore_index}, got values in [{counted.min()}, "
+                         f"{counted.max()}]")
+
+
+def _accuracy(outputs, y, ignore_index):
+    """Argmax accuracy of outputs [..., C] against labels [...], over the labels that are not
+    ignore_index; None when the outputs are not class scores for these labels."""
+    if y.dtype.kind not in "iu" or outputs.shape[:-1] != y.shape:
+        return None
+    keep = np.ones(y.shape, bool) if ignore_index is None else y != ignore_index
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return float(((outputs.argmax(axis=-1) == y) & keep).sum() / keep.sum())
+
+
+def _evaluable(manifest, loss):
+    """Raise ValueError unless evaluate can compute this module's loss: built in for
+    CrossEntropyLoss and MSELoss without extras, otherwise through Trainer(loss=...)."""
+    kind = manifest.get("loss")
+    if loss is None and (manifest.get("extras") or kind not in ("cross_entropy", "mse")):
+        takes = f"a loss with extra inputs {[e['name'] for e in manifest['extras']]}" \
+            if manifest.get("extras") else f"the loss {kind!r}"
+        raise ValueError(f"evaluate: this module trains {takes}, which evaluate cannot rebuild "
+                         f"from the manifest; pass the loss you compiled with: "
+                         f"tvf.Trainer(module, loss=...)")
+
+
+def _metrics(manifest, outputs, y, extras=(), loss=None):
+    """{'loss'[, 'accuracy']} from predictions, matching the compiled loss: `loss` (the loss
+    the module was compiled with) run eagerly on all of (outputs, y, *extras) when given;
+    else cross entropy over [..., C] logits with the manifest's ignore_index and
+    label_smoothing (unsmoothed when the manifest does not record it), or mean squared error.
+    Accuracy: for integer labels of the outputs' shape less its last (class) axis, over the
+    labels that are not ignore_index."""
+    ignore = manifest.get("ignore_index")
+    if loss is not None:
+        value = float(np.asarray(loss(outputs, y, *extras)))
+    elif manifest.get("loss") == "cross_entropy":
+        _check_labels(outputs, y, ignore)
+        value = _cross_entropy(outputs, y, ignore, float(manifest.get("label_smoothing", 0.0)))
+    else:
+        if outputs.shape != y.shape:  # numpy would broadcast [N, 1] against [N] to [N, N]
+            raise ValueError(f"evaluate: mean squared error takes targets of the outputs' "
+                             f"shape {outputs.shape}, got {y.shape}")
+        value = float(np.mean((outputs - y) ** 2))
+    result = {"loss": value}
+    accuracy = _accuracy(outputs, y, ignore)
+    if accuracy is not None:
+        result["accuracy"] = accuracy
+    return result
+
+
+def _extras_in_order(manifest, extras):
+    """The loss's extra arrays as its positional arguments after (output, labels): one array,
+    a tuple/list in order, or a dict by the names the manifest records; checked as step
+    checks them."""
+    specs = [(e["name"], e) for e in manifest.get("extras", ())]
+    if extras is None and specs:
+        raise ValueError(f"this module's loss takes extra inputs {[n for n, _ in specs]}: "
+                         f"pass extras=")
+    if extras is not None and not specs:
+        raise ValueError("this module's loss takes no extra inputs, got extras=")
+    return [] if extras is None else _named_arrays("evaluate", "extras", extras, specs,
+                                                    lambda n: f"extra '{n}'")
+
+
+_DEFAULT_BATCH = 32  # fit's batch size for a module taking any (Keras' default too)
+
+
+def _loss_names(loss):
+    """The names compile_training may record for a loss (manifest 'loss'): its `name`, else
+    its type's name (today's, "function" for a function) or its own __name__."""
+    return {getattr(loss, "name", None), type(loss).__name__, getattr(loss, "__name__", None)}
 
 
 def _describe(schedule):
@@ -65,18 +157,33 @@ class Trainer:
       900))``), called with ``module.step_count`` (steps taken so far) before every step and
       fed as that step's runtime lr; or, as before, any other function of the epoch (0-based)
       returning the lr of that whole epoch. None: the module's lr.
+    loss: the loss the module was compiled with, for evaluate to run on the predictions
+      (eagerly, on numpy). Needed for a loss evaluate cannot rebuild from the manifest: one
+      with extra inputs (sample weights, masks) or of your own; optional for CrossEntropyLoss
+      and MSELoss (give it to have label_smoothing counted when the manifest does not record
+      it).
 
     >>> trainer = tvf.Trainer(module, seed=0)
     >>> history = trainer.fit(x_train, y_train, epochs=10, val=(x_test, y_test))
     >>> trainer.evaluate(x_test, y_test)["accuracy"]
+
+    Several inputs and loss extras: ``trainer.fit((tokens, mask), labels, extras=weights,
+    val=((tokens_val, mask_val), labels_val, weights_val))``.
     """
 
-    def __init__(self, module, seed=0, lr_schedule=None, progress=None):
+    def __init__(self, module, seed=0, lr_schedule=None, progress=None, loss=None):
         self.module = module
         self.seed = seed
         self.lr_schedule = lr_schedule
         self.progress = _Progress(config.progress_enabled() if progress is None else progress)
         self.history = []
+        self.loss = loss
+        # the batch size of a module that takes any: set by fit, kept by checkpoints
+        self.batch_size = None
+        compiled = module.manifest.get("loss")
+        if loss is not None and compiled is not None and compiled not in _loss_names(loss):
+            raise ValueError(f"Trainer: loss {getattr(loss, 'name', loss)!r} is not the loss "
+                             f"this module was compiled with ({compiled!r})")
 
     def _lr(self, epoch, step):
         """The lr of the coming step (None: the module's), checked: a schedule that returns a
@@ -96,27 +203,74 @@ class Trainer:
                              f"a learning rate must be a finite number >= 0")
         return float(lr)
 
-    def fit(self, x, y, epochs=1, val=None, augment=None):
-        """Train for `epochs` over (x, y); the last partial batch of each epoch is skipped
-        (the step is compiled for one batch size). `augment(x_batch, rng) -> x_batch`
-        transforms each training batch. The batch order comes from seed + epoch and `rng` is
-        seeded with (seed, epoch), so the epoch number and seed are the whole RNG state: a run
-        resumed from a checkpoint draws what the uninterrupted run would have. Returns the
-        history (one record per epoch: mean loss, the last step's lr, ...)."""
+    def _batch_size(self, batch_size):
+        """The batch size fit steps with: the compiled one for a module of one batch size
+        (batch_size must be None or equal it); for a module taking any batch size,
+        batch_size, else the last fit's or checkpoint's, else 32."""
+        compiled = self.module.batch_size
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(
+                batch_size, (int, np.integer)) or batch_size <= 0):
+            raise ValueError(f"fit: batch_size must be a positive int, got {batch_size!r}")
+        if compiled is not None:
+            if batch_size is not None and batch_size != compiled:
+                raise ValueError(f"fit: batch_size={batch_size}, but this module's step is "
+                                 f"compiled for batches of {compiled} only (compile with a "
+                                 f"symbolic batch, e.g. inputs=('batch', ...), for any size)")
+            return compiled
+        self.batch_size = int(batch_size or self.batch_size or _DEFAULT_BATCH)
+        return self.batch_size
+
+    def fit(self, x, y, epochs=1, val=None, augment=None, extras=None, batch_size=None):
+        """Train for `epochs` over (x, y); returns the history (one record per epoch: mean
+        loss over the samples, the last step's lr, ...).
+
+        x: an array, or for a model of several inputs a tuple/list of arrays in forward's
+          argument order or a dict {argument name: array}, all with one entry per sample.
+        extras: the loss's extra inputs (sample weights, masks), one array, a tuple or a dict,
+          sliced per batch alongside x and y.
+        val: (x, y) or (x, y, extras), evaluated after every epoch (see evaluate).
+        augment: `augment(x_batch, rng) -> x_batch` transforms each training batch; x_batch
+          has the structure x was passed in (a tuple of arrays for a tuple, ...).
+        batch_size: for a module compiled for any batch size (``module.batch_size`` None),
+          the batch size to train with (default: the last fit's, else 32); every batch is
+          trained on, the last partial one too. A module compiled for one batch size trains
+          in batches of that size and skips the last partial batch of each epoch (a warning
+          says how many samples).
+
+        The batch order comes from seed + epoch and `rng` is seeded with (seed, epoch), so the
+        epoch number and seed are the whole RNG state: a run resumed from a checkpoint draws
+        what the uninterrupted run would have."""
         m = self.module
-        steps = len(x) // m.batch_size
+        bs = self._batch_size(batch_size)
+        n = _num_samples(_arrays(x, "x")[0] + [("y", np.asarray(y))]
+                         + (_arrays(extras, "extras")[0] if extras is not None else []))
+        partial = m.batch_size is None
+        steps = -(-n // bs) if partial else n // bs
         if steps == 0:
-            raise ValueError(f"fit: {len(x)} samples, fewer than one batch of {m.batch_size}")
+            raise ValueError(f"fit: {n} samples, fewer than one batch of {bs}")
+        if not partial and n % bs:
+            warnings.warn(f"fit: {n} samples make {steps} batches of {bs}; the last {n % bs} "
+                          f"samples of each (shuffled) epoch are skipped, because this module's "
+                          f"step is compiled for batches of {bs} only (compile with a symbolic "
+                          f"batch, e.g. inputs=('batch', ...), to train on every sample)",
+                          stacklevel=2)
+        if val is not None:
+            if not isinstance(val, (tuple, list)) or len(val) not in (2, 3):
+                raise ValueError("fit: val must be (x, y) or (x, y, extras)")
+            _evaluable(m.manifest, self.loss)  # before training, not after the first epoch
         start_epoch = len(self.history)
         for e in range(start_epoch, start_epoch + epochs):
-            t0, losses = time.perf_counter(), []
+            t0, losses, sizes = time.perf_counter(), [], []
             rng = np.random.default_rng((self.seed, e))
-            for i, (xb, yb) in enumerate(batches(x, y, m.batch_size, shuffle=True,
-                                                 seed=self.seed + e), 1):
+            for i, batch in enumerate(batches(x, y, bs, shuffle=True, seed=self.seed + e,
+                                              drop_last=not partial, extras=extras), 1):
+                xb, yb = batch[:2]
                 lr = self._lr(e, i)
                 if augment is not None:
                     xb = augment(xb, rng)
-                losses.append(m.step(xb, yb, lr=lr))
+                losses.append(m.step(xb, yb, lr=lr, extras=batch[2] if len(batch) > 2
+                                     else None))
+                sizes.append(len(yb))
                 if not math.isfinite(losses[-1]):
                     self.progress.end(e + 1, start_epoch + epochs, {"loss": losses[-1]})
                     raise NonFiniteLossError(
@@ -125,12 +279,13 @@ class Trainer:
                         f"likely not finite either. Lower the learning rate, or compile under "
                         f"tvf.debug_nans() to name the op that first produced NaN/Inf.",
                         epoch=e + 1, step=i)
-                rate = i * m.batch_size / (time.perf_counter() - t0)
+                rate = sum(sizes) / (time.perf_counter() - t0)
                 self.progress.update(e + 1, start_epoch + epochs, i, steps, losses[-1], rate)
             seconds = time.perf_counter() - t0
-            record = {"epoch": e + 1, "loss": float(np.mean(losses)),
+            # each step's loss is its batch's mean: weigh a partial batch by its size
+            record = {"epoch": e + 1, "loss": float(np.dot(losses, sizes) / sum(sizes)),
                       "lr": m.lr if lr is None else lr,
-                      "samples_per_s": round(steps * m.batch_size / seconds)}
+                      "samples_per_s": round(sum(sizes) / seconds)}
             if val is not None:
                 record.update({f"val_{k}": v for k, v in self.evaluate(*val).items()})
             self.history.append(record)
@@ -140,8 +295,8 @@ class Trainer:
     def save_checkpoint(self, path):
         """Write one safetensors file at `path`, atomically: parameters, optimizer state, step
         count (the schedule's position), epoch and seed (the RNG state of batch order and
-        augmentation), the module's lr, the schedule's description and history.
-        `load_checkpoint` resumes from it."""
+        augmentation), the module's lr, the schedule's description, the batch size (of a
+        module taking any) and history. `load_checkpoint` resumes from it."""
         m = self.module
         meta = {"step": m.step_count, "epoch": len(self.history), "seed": self.seed,
                 "lr": m.lr, "history": self.history, "target_key": m.manifest.get("target_key"),
@@ -149,6 +304,8 @@ class Trainer:
                 "lr_schedule": _describe(self.lr_schedule)}
         if "seed" in m.manifest:  # dropout's key: a resumed run draws the masks it would have
             meta["dropout_seed"] = m.manifest["seed"]
+        if self.batch_size is not None:  # the batches of a module taking any size
+            meta["batch_size"] = self.batch_size
         data = checkpoint.encode(m.state_dict(), m.optimizer_state(), meta)
         return checkpoint.write_atomic(path, data)
 
@@ -178,8 +335,26 @@ class Trainer:
         if "dropout_seed" in meta and "seed" in m.manifest:
             m.manifest["seed"] = int(meta["dropout_seed"])
         self.seed, self.history = meta["seed"], list(meta["history"])
+        if meta.get("batch_size") is not None and m.batch_size is None:
+            self.batch_size = int(meta["batch_size"])
         return self
 
-    def evaluate(self, x, y):
-        """{'loss', 'accuracy' (classification)} on (x, y), computed from predict()."""
-        return _metrics(self.module.manifest.get("loss"), self.module.predict(x), y)
+    def evaluate(self, x, y, extras=None):
+        """{'loss', 'accuracy' (integer class labels)} on (x, y), from predict() (eval mode),
+        over all the samples at once: x and extras as for fit.
+
+        The loss is what the compiled loss computes on that data: the Trainer's `loss` run
+        on (predictions, y, *extras) when given (needed for a loss with extras or of your
+        own); else CrossEntropyLoss over logits [..., C] (e.g. a sequence's [B, T, V] with
+        labels [B, T]) with the module's ignore_index, or MSELoss. label_smoothing counts only
+        when the manifest records it; a manifest that does not gives the unsmoothed cross
+        entropy (pass Trainer(loss=...) for the smoothed value). Accuracy counts the labels
+        that are not ignore_index."""
+        m = self.module
+        _evaluable(m.manifest, self.loss)
+        extra_arrays = _extras_in_order(m.manifest, extras)
+        y = np.asarray(y)
+        _num_samples(_arrays(x, "x")[0] + [("y", y)]
+                     + [(f"extra '{e['name']}'", a) for e, a
+                        in zip(m.manifest.get("extras", ()), extra_arrays)])
+        return _metrics(m.manifest, m.predict(x), y, extra_arrays, self.loss)
