@@ -85,3 +85,24 @@ def test_spec_names_batch_and_sequence():
     spec = tvf.Spec(("batch", "seq"), "int64")
     assert spec.shape == ("batch", "seq") and spec.symbolic and spec.dtype == "int64"
     assert spec.to_json() == {"shape": ["batch", "seq"], "dtype": "int64"}
+
+
+def test_trainer_fit_trains_the_last_partial_batch():
+    """50 samples in batches of 16: four steps an epoch (16, 16, 16, 2), the same parameters
+    as stepping a hand loop over the same batches."""
+    def compiled():
+        return tvf.compile_training(_mlp(), nn.CrossEntropyLoss(), tvf.optim.Adam(1e-2),
+                                    inputs=("batch", 6), labels=("batch",))
+
+    x, y = _data(50, seed=3)
+    fitted, by_hand = compiled(), compiled()
+    tvf.Trainer(fitted, seed=5, progress=False).fit(x, y, epochs=2, batch_size=16)
+    assert fitted.step_count == 8
+    sizes = []
+    for epoch in range(2):
+        for xb, yb in tvf.data.batches(x, y, 16, shuffle=True, seed=5 + epoch, drop_last=False):
+            sizes.append(len(xb))
+            by_hand.step(xb, yb)
+    assert sizes == [16, 16, 16, 2] * 2
+    for name, value in by_hand.state_dict().items():
+        np.testing.assert_array_equal(fitted.state_dict()[name], value, err_msg=name)

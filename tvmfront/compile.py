@@ -106,10 +106,12 @@ def compile_training(model, loss, optimizer, inputs, labels, target="x86", recor
     manifest["labels"] = sig.labels.to_json()
     if sig.extras:
         manifest["extras"] = _named_json(sig.extras)
-    manifest["loss"] = getattr(loss, "name", type(loss).__name__)
+    manifest["loss"] = getattr(loss, "name", None) or (
+        loss.__name__ if callable(loss) and hasattr(loss, "__name__") else type(loss).__name__)
     if isinstance(loss, CrossEntropyLoss):
         manifest["num_classes"] = sig.outputs.shape[-1]
         manifest["ignore_index"] = int(loss.ignore_index)
+        manifest["label_smoothing"] = float(loss.label_smoothing)
     manifest["optimizer"] = {
         "name": optimizer.name, "lr": optimizer.lr, "hyperparameters": optimizer.hyperparameters,
         "state": [dict(name=n, **s.to_json()) for n, s, _ in sig.state]}

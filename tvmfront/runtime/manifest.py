@@ -112,6 +112,8 @@ FIELDS = {
                frozenset()),
     "buffers": (_tensors, "a list of {name, shape, dtype} with distinct names", frozenset()),
     "ignore_index": (_is_int, "an integer (the label CrossEntropyLoss ignores)", frozenset()),
+    "label_smoothing": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+                        and 0 <= v <= 1, "a number in [0, 1] (CrossEntropyLoss's)", frozenset()),
     "loss": (_str, "a string", _TRAINING),
     "num_classes": (lambda v: _is_int(v) and v > 0, "a positive integer", frozenset()),
     "optimizer": (_optimizer, "{name, lr, hyperparameters, state: [{name, shape, dtype}]}",
@@ -125,7 +127,7 @@ FIELDS = {
                "a list of parameter names (requires_grad=False)", frozenset()),
 }
 _ONLY_TRAINING = {"labels", "loss", "num_classes", "optimizer", "step", "extras", "seed",
-                  "accumulate", "ignore_index"}
+                  "accumulate", "ignore_index", "label_smoothing"}
 
 
 def check_file_name(name, where):
