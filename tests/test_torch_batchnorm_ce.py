@@ -28,13 +28,15 @@ def _close(got, want, what):
 
 
 class Block(nn.Module):
-    def __init__(self, c):
+    """tests/_torch_batchnorm_ce.py's Net (also used by test_parity_adamw.py)."""
+
+    def __init__(self, c, dtype="float32"):
         super().__init__()
-        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c)
-        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c, momentum=None)
-        self.fc = nn.Linear(c * 16, 3)
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False, dtype=dtype)
+        self.bn1 = nn.BatchNorm2d(c, dtype=dtype)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False, dtype=dtype)
+        self.bn2 = nn.BatchNorm2d(c, momentum=None, dtype=dtype)
+        self.fc = nn.Linear(c * 16, 3, dtype=dtype)
 
     def forward(self, x):
         h = ops.relu(self.bn1(self.conv1(x)))

@@ -12,7 +12,8 @@ from .module import Module, Parameter
 
 
 class Linear(Module):
-    """y = x @ W^T + b, W: [out, in]; Kaiming-uniform init as in PyTorch."""
+    """y = x @ W^T + b, W: [out, in]; Kaiming-uniform init as in PyTorch. x: [..., in] ->
+    [..., out], as PyTorch (e.g. a head on a sequence's [B, T, E])."""
 
     def __init__(self, in_features, out_features, bias=True, dtype="float32"):
         super().__init__()
@@ -21,8 +22,15 @@ class Linear(Module):
         self.bias = Parameter(init.bias_uniform((out_features,), in_features, dtype)) if bias else None
 
     def forward(self, x):
-        y = ops.dense(x, self.weight)  # [B, in] -> [B, out]
-        return ops.bias_add(y, self.bias, axis=1) if self.bias is not None else y
+        shape = tuple(x.shape)
+        if not shape or int(shape[-1]) != self.in_features:
+            raise ValueError(f"Linear({self.in_features}, {self.out_features}): expected input "
+                             f"[..., {self.in_features}], got shape {list(shape)}")
+        if len(shape) != 2:  # [..., in] as the [N, in] GEMM
+            x = ops.reshape(x, shape=(-1, self.in_features))
+        y = ops.dense(x, self.weight)  # [N, in] -> [N, out]
+        y = ops.bias_add(y, self.bias, axis=1) if self.bias is not None else y
+        return y if len(shape) == 2 else ops.reshape(y, shape=(*shape[:-1], self.out_features))
 
     def extra_repr(self):
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
@@ -225,7 +233,7 @@ class _BatchNorm(Module):
         if self.momentum is None:
             factor = batch_stats.cumulative_factor(self.num_batches_tracked, dtype=xd.dtype)
         else:
-            factor = np.asarray(self.momentum, dtype=xd.dtype)
+            factor = batch_stats.momentum_factor(self.running_mean, momentum=float(self.momentum))
         self.running_mean = batch_stats.running_mean_update(xd, self.running_mean, factor)
         self.running_var = batch_stats.running_var_update(xd, self.running_var, factor)
 

@@ -65,8 +65,8 @@ class TransformerEncoderLayer(Module):
         return self.dropout1(y)
 
     def _ff_block(self, x):
-        # [B, T, E] -> [B*T, E] once (Linear takes [N, in]): the activation then fuses into
-        # linear1's GEMM
+        # [B, T, E] -> [B*T, E] once, not inside each Linear: the activation then sits
+        # between GEMMs with no reshape and fuses into linear1's
         b, t, e = x.shape
         y = self._activation(self.linear1(ops.reshape(x, shape=(b * t, e))))
         y = self.linear2(self.dropout(y))

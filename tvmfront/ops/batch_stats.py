@@ -58,6 +58,15 @@ def increment(count):
 
 
 @op
+def momentum_factor(like, momentum=0.1):
+    """momentum as a 0-d tensor of like's dtype: the running statistics' weight. A kernel, not
+    a numpy constant: a traced graph holds a float64 numpy scalar as a float32 Relax constant,
+    which would round a float64 model's momentum. (`like` is read for its dtype only; not
+    num_batches_tracked: an int64 parameter keeps a kernel's indices from narrowing.)"""
+    return te.compute((), lambda: _c(momentum, like.dtype), name="momentum")
+
+
+@op
 def cumulative_factor(count, dtype="float32"):
     """1 / count as a float: momentum=None's cumulative moving average."""
     return te.compute((), lambda: _c(1.0, dtype) / count().astype(dtype), name="cumulative_factor")
