@@ -82,9 +82,6 @@ class Scaled(nn.Module):
         return tvf.ops.mul(self.fc(x), np.full((3, 2), 0.1))  # a float64 numpy constant
 
 
-@pytest.mark.xfail(strict=True, reason="tvmfront/op.py wraps numpy inputs with relax.const(a) "
-                   "without a dtype, which TVM narrows float64 -> float32 (int64 -> int32); "
-                   "relax.const(a, str(a.dtype)) fixes it: then drop this mark")
 def test_float64_numpy_constant_keeps_its_precision_in_a_traced_graph():
     tvf.manual_seed(0)
     x = np.random.default_rng(0).standard_normal((3, 2))

@@ -222,8 +222,9 @@ class Op:
         trace = current_trace()
         if trace is None:
             raise RuntimeError(f"op '{self.name}' got a symbolic Tensor outside of a trace")
-        tensors = [v if isinstance(v, Tensor) else Tensor(relax.const(np.asarray(v)))
-                   for v in inputs]
+        # relax.const without a dtype narrows float64 to float32 and int64 to int32
+        tensors = [v if isinstance(v, Tensor) else
+                   Tensor(relax.const(np.asarray(v), str(np.asarray(v).dtype))) for v in inputs]
         needs = [t.requires_grad and _is_float(t.dtype) for t in tensors]
         if any(needs) and (_force_derived.get() or not self.has_grad):
             self._check_derivable(tensors, attrs)  # fail now, naming the op, not inside Relax
