@@ -138,6 +138,55 @@ def test_generalized_traces_are_correct_at_every_size():
                                        atol=1e-5, err_msg=f"{generalized}\nbatch {n}")
 
 
+def _store_of_random_records(module, root, work, seed):
+    """A records store as tuning would leave it for `module`, without measuring: one random
+    design-space record per specialized kernel, then carried over to the symbolic kernels."""
+    from tvmfront._tvm import normalize_prim_func
+    from tvmfront.tuning import merge, store
+
+    lowered, target = lowered_of(module)
+    tuning, symbolic_hashes = symbolic.tuning_module(lowered)
+    ms = meta_schedule(target)
+    db = ms.database.JSONDatabase(work_dir=work)
+    for name in symbolic_hashes:
+        mod = normalize_prim_func(tuning[name])
+        ctx = ms.TuneContext(mod=mod, target=target, space_generator="post-order-apply",
+                             search_strategy="replay-trace", task_name=name, rand_state=seed)
+        sch = ctx.generate_design_space()[-1]
+        assert all(p.apply(sch) for p in ctx.space_generator.postprocs), name
+        db.commit_tuning_record(ms.database.TuningRecord(
+            sch.trace, db.commit_workload(mod), [1e-5], target,
+            ms.arg_info.ArgInfo.from_prim_func(tuning[name])))
+    assert symbolic.add_generalized(work, lowered, tuning, symbolic_hashes, target) == {}
+    merge.merge_folder(work, store.store_for(root, target), target=target)
+    return len(symbolic_hashes)
+
+
+@pytest.mark.slow
+def test_every_kernel_of_an_any_batch_training_step_replays_and_trains_exactly(tmp_path):
+    """Records on every symbolic kernel of a train step (forward, loss, gradients, Adam): the
+    steps equal the untuned module's at batch sizes 1, 7, 64 and 100."""
+    def step():
+        return tvf.compile_training(mlp(), tvf.nn.CrossEntropyLoss(), tvf.optim.Adam(1e-2),
+                                    inputs=("batch", 16), labels=("batch",), records=False)
+
+    untuned = step()
+    count = _store_of_random_records(untuned, str(tmp_path / "records"), str(tmp_path), seed=3)
+    tuned = tvf.compile_training(mlp(), tvf.nn.CrossEntropyLoss(), tvf.optim.Adam(1e-2),
+                                 inputs=("batch", 16), labels=("batch",),
+                                 records=str(tmp_path / "records"))
+    assert tuned.build_info["tuned_kernels"] == count > 10
+    assert tuned.build_info["record_fallbacks"] == {}
+    rng = np.random.default_rng(0)
+    for n in SIZES:
+        x, y = _x(n, n), rng.integers(0, 4, n)
+        for _ in range(2):
+            np.testing.assert_allclose(tuned.step(x, y), untuned.step(x, y), rtol=1e-5)
+    for name, value in untuned.state_dict().items():
+        np.testing.assert_allclose(tuned.state_dict()[name], value, rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
+
+
 def test_the_replayed_static_trace_alone_fails_on_the_symbolic_kernel():
     """What TVM 0.27 does without the carry-over: a record of the specialization does not
     replay on the symbolic kernel (SamplePerfectTile on a symbolic loop yields no factor)."""
