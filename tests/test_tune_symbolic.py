@@ -138,6 +138,33 @@ def test_generalized_traces_are_correct_at_every_size():
                                        atol=1e-5, err_msg=f"{generalized}\nbatch {n}")
 
 
+def test_a_product_of_symbolic_dimensions_is_specialized_and_generalized():
+    """A kernel over batch * seq rows (a flattened [batch, seq, d] tensor): tuned at 4 x 16,
+    carried over, correct for other (batch, seq) pairs."""
+    from tvmfront._tvm import te, tirx
+
+    n, m = tirx.Var("batch", "int64"), tirx.Var("seq", "int64")
+    a = te.placeholder((n * m, 16), name="a")
+    w = te.placeholder((8, 16), name="w")
+    k = te.reduce_axis((0, 16), name="k")
+    c = te.compute((n * m, 8), lambda i, j: te.sum(a[i, k] * w[j, k], axis=k), name="c")
+    func = te.create_prim_func([a, w, c, n, m])
+    static = symbolic.specialize(func, {"batch": 4, "seq": 16})
+    assert [int(d.value) for d in static.params[0].shape] == [64, 16]
+    target = tvm.target.Target({"kind": "llvm", "num-cores": 2})
+    rng = np.random.default_rng(1)
+    wv = rng.standard_normal((8, 16)).astype("float32")
+    for trace in _random_static_traces(static, 1):
+        _, sch = symbolic.generalize(trace, func)
+        lib = tvm.compile(tvm.IRModule({"main": sch.mod["main"]}), target=target)
+        lib = lib.jit() if hasattr(lib, "jit") else lib
+        for batch, seq in ((1, 1), (3, 5), (4, 16)):
+            av = rng.standard_normal((batch * seq, 16)).astype("float32")
+            out = tvm.runtime.tensor(np.zeros((batch * seq, 8), "float32"))
+            lib["main"](tvm.runtime.tensor(av), tvm.runtime.tensor(wv), out, batch, seq)
+            np.testing.assert_allclose(out.numpy(), av @ wv.T, rtol=1e-5, atol=1e-5)
+
+
 def _store_of_random_records(module, root, work, seed):
     """A records store as tuning would leave it for `module`, without measuring: one random
     design-space record per specialized kernel, then carried over to the symbolic kernels."""
@@ -205,3 +232,22 @@ def test_sizes_are_checked():
         tvf.tune(module, budget=1, sizes={"batch": 0})
     with pytest.raises(TypeError, match="sizes"):
         tvf.tune(module, budget=1, sizes=64)
+    with pytest.raises(ValueError, match=r"\['seq'\].*\['batch'\]"):
+        tvf.tune(module, budget=1, sizes={"seq": 16})
+    static = tvf.compile_inference(mlp(), (4, 16), records=False)
+    with pytest.raises(ValueError, match="none"):
+        tvf.tune(static, budget=1, sizes={"batch": 4})
+
+
+def test_time_module_calls_an_any_batch_module_at_the_given_size():
+    from tvmfront.tune import time_module
+
+    calls = []
+    module = tvf.compile_training(mlp(), tvf.nn.CrossEntropyLoss(), tvf.optim.SGD(0.1),
+                                  inputs=("batch", 16), labels=("batch",), records=False)
+    step = module.step
+    module.step = lambda x, y, **kw: calls.append((x.shape, y.shape)) or step(x, y, **kw)
+    assert time_module(module, min_seconds=0, min_runs=1, sizes={"batch": 3}) > 0
+    assert calls[0] == ((3, 16), (3,))
+    time_module(module, min_seconds=0, min_runs=1)
+    assert calls[-1] == ((64, 16), (64,))  # the default tuning size

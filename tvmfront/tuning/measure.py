@@ -8,7 +8,7 @@ import numpy as np
 
 from .._tvm import prim_func_type, to_device, tvm
 from ..build import schedule_lowered
-from . import policy, remote as rpc_mod
+from . import policy, remote as rpc_mod, symbolic
 
 log = logging.getLogger("tvmfront.tune")
 
@@ -86,20 +86,28 @@ def _random(rng, shape, dtype):
     return rng.standard_normal(shape).astype(dtype)
 
 
-def time_module(module, min_seconds=1.0, min_runs=10, seed=0):
-    """Median seconds of one call: a train step (random batch) or a forward."""
+def time_module(module, min_seconds=1.0, min_runs=10, seed=0, sizes=None):
+    """Median seconds of one call: a train step (random batch) or a forward. A module with
+    symbolic dimensions is called with `sizes` ({name: size}; a name not given: 64, the size
+    tvf.tune tunes at by default)."""
     rng = np.random.default_rng(seed)
+    sizes = symbolic.check_sizes(sizes)
+
+    def shape(spec):
+        return [sizes.get(d, symbolic.DEFAULT_SIZE) if isinstance(d, str) else d
+                for d in spec["shape"]]
+
     inputs = module.manifest["inputs"]  # {shape, dtype}, or a list of them (several inputs)
-    xs = tuple(_random(rng, s["shape"], s["dtype"])
+    xs = tuple(_random(rng, shape(s), s["dtype"])
                for s in ([inputs] if isinstance(inputs, dict) else inputs))
     x = xs[0] if len(xs) == 1 else xs
     if getattr(module, "kind", None) == "training":
         lab = module.manifest["labels"]
         classes = module.manifest.get("num_classes")
         if classes:
-            y = rng.integers(0, classes, lab["shape"]).astype(lab["dtype"])
+            y = rng.integers(0, classes, shape(lab)).astype(lab["dtype"])
         else:
-            y = rng.standard_normal(lab["shape"]).astype(lab["dtype"])
+            y = rng.standard_normal(shape(lab)).astype(lab["dtype"])
 
         def call():
             module.step(x, y, lr=0.0)

@@ -223,6 +223,10 @@ def tune(module, budget=64, seconds=None, records=None, progress=True, seed=0,
                             f"writes to <root>/{store.store_key(target)}")
     folder, key = store.store_for(root, target), store.store_key(target)
 
+    unknown = set(sizes) - symbolic.module_names(lowered)
+    if unknown:
+        raise ValueError(f"sizes names {sorted(unknown)}, which are not symbolic dimensions of "
+                         f"this module (it has {sorted(symbolic.module_names(lowered)) or 'none'})")
     kernels = kernels_of(module, sizes)
     # what is tuned and timed: the kernels, symbolic ones specialized at `sizes`
     tuning, generalize = symbolic.tuning_module(lowered, sizes)

@@ -37,21 +37,38 @@ class SymbolicError(ValueError):
 
 
 # ---- which kernels are symbolic ----------------------------------------------------------------
+def _is_scalar(param):
+    return isinstance(param.ty, tvm.ir.PrimType)
+
+
 def _shape_vars(func):
-    """{name: [tirx.Var]} of the variables in `func`'s parameter shapes."""
+    """{name: [tirx.Var]} of the variables in `func`'s buffer shapes, with the integer scalar
+    parameters that give them (Relax passes a size no shape gives alone as one, e.g. batch
+    and seq of a [batch * seq, d] buffer)."""
     out = {}
     for param in func.params:
-        for dim in getattr(param, "shape", None) or ():
+        if _is_scalar(param):
+            continue
+        for dim in param.shape:
             if isinstance(dim, tirx.IntImm):
                 continue
             for v in tirx.analysis.undefined_vars(dim, []):
                 out.setdefault(v.name, []).append(v)
+    for param in func.params:
+        if _is_scalar(param) and any(param.same_as(v) for v in out.get(param.name, ())):
+            out[param.name].append(param)
     return out
 
 
 def names(func):
     """The symbolic dimension names of a PrimFunc (empty for a static kernel)."""
     return set(_shape_vars(func))
+
+
+def module_names(mod):
+    """The symbolic dimension names of all PrimFuncs of `mod`."""
+    return {n for f in mod.functions.values() if isinstance(f, prim_func_type())
+            for n in names(f)}
 
 
 def workload_hash(func):
@@ -85,13 +102,31 @@ def specialize(func, sizes=None):
                 return value
         return v
 
-    out = tvm_ffi.structural_map(func, (tvm.ir.Var, bind), order="post")
-    still = [str(d) for p in out.params for d in (getattr(p, "shape", None) or ())
+    scalars = {p: values[p] for p in func.params if _is_scalar(p) and p in values}
+    out = func.specialize(scalars) if scalars else func  # drops those parameters
+    out = tvm_ffi.structural_map(out, (tvm.ir.Var, bind), order="post")
+    for kind, fold in _FOLD.items():  # batch * seq became 64 * 16: make it 1024
+        out = tvm_ffi.structural_map(out, (kind, _folder(fold)), order="post")
+    still = [str(d) for p in out.params if not _is_scalar(p) for d in p.shape
              if not isinstance(d, tirx.IntImm)]
     if still:
         raise SymbolicError(f"shape dimension(s) {', '.join(still)} stay symbolic after "
                             f"binding {sorted(found)}")
     return out
+
+
+_FOLD = {tirx.Mul: lambda a, b: a * b, tirx.Add: lambda a, b: a + b,
+         tirx.Sub: lambda a, b: a - b, tirx.FloorDiv: lambda a, b: a // b,
+         tirx.FloorMod: lambda a, b: a % b, tirx.Min: min, tirx.Max: max}
+
+
+def _folder(fold):
+    def folded(e):
+        if isinstance(e.a, tirx.IntImm) and isinstance(e.b, tirx.IntImm) and (
+                fold not in (_FOLD[tirx.FloorDiv], _FOLD[tirx.FloorMod]) or e.b.value):
+            return tirx.IntImm(str(e.a.ty.dtype), fold(e.a.value, e.b.value))
+        return e
+    return folded
 
 
 def check_sizes(sizes):
