@@ -38,7 +38,9 @@ def tuned(tmp_path_factory):
     """One tuning run (4 trials) of an any-batch MLP; the store with its verdicts dropped."""
     root = str(tmp_path_factory.mktemp("schedules"))
     module = tvf.compile_inference(mlp(), ("batch", 16), records=False)
-    report = tvf.tune(module, budget=4, records=root, progress=False)
+    report = tvf.tune(module, budget=4, records=root, progress=False, sizes={"batch": 32})
+    meta = json.load(open(os.path.join(root, records.store_key("x86"), records.META)))
+    report.verdicts = meta.get("kernels", {})
     _all_records_apply(root)
     return module, report, root
 
@@ -69,6 +71,14 @@ def test_the_store_keeps_the_specialization_and_the_symbolic_record(tuned):
     lowered, _ = lowered_of(module)
     assert set(tuned_kernel.symbolic.values()) <= {
         h for _, h in symbolic.symbolic_kernels(lowered).values()}
+    # the record's verdict for the symbolic kernel: timed against the symbolic kernel's own
+    # default schedule, at the tuning size
+    default_us, tuned_us = tuned_kernel.symbolic_us
+    assert default_us > 0 and tuned_us > 0
+    for h in tuned_kernel.symbolic.values():
+        if h in report.verdicts:  # none when the two timings are within the noise
+            assert report.verdicts[h]["default_us"] == default_us
+            assert report.verdicts[h]["sizes"] == {"batch": 32}
 
 
 @pytest.mark.slow

@@ -82,6 +82,7 @@ class TuneReport:
         self.merged = 0
         self.remote, self.servers = None, 1  # where candidates were timed (tvmfront.rpc)
         self.tuning = None  # the IRModule tuned and timed (symbolic kernels specialized)
+        self.sizes = {}  # the sizes symbolic dimensions were tuned at (64 where not given)
         self.not_generalized = {}  # symbolic kernel: why its record did not carry over
 
     def table(self, top=None):
@@ -240,7 +241,7 @@ def tune(module, budget=64, seconds=None, records=None, progress=True, seed=0,
             k.default_us = default.get(k.name)
         kernels.sort(key=lambda k: -k.share_us)
         report = TuneReport(module, kernels, folder, _log_path(key))
-        report.tuning = tuning
+        report.tuning, report.sizes = tuning, sizes
         if remote is not None:
             report.remote, report.servers = str(remote), servers
         if not kernels:
@@ -283,6 +284,25 @@ def _generalized(work, lowered, tuning, generalize, target):
         return {name: str(err) for name in generalize}
 
 
+def _symbolic_results(report, module, target, kernels, remote):
+    """Verdicts for the generalized records of symbolic kernels: each symbolic kernel timed at
+    the tuning sizes with its default schedule and with its record (the default schedule of a
+    symbolic kernel is not its specialization's, so their verdicts differ)."""
+    names = {n: (k, h) for k in kernels for n, h in k.symbolic.items()}
+    if not names:
+        return {}
+    kw = dict(names=set(names), remote=remote, sizes=report.sizes)
+    default = measured(module._lowered, target, records=False, **kw)
+    tuned = measured(module._lowered, target, records=report.store, every_record=True, **kw)
+    results = {}
+    for name, (k, h) in names.items():
+        k.symbolic_us = (default.get(name), tuned.get(name))
+        if None not in k.symbolic_us:
+            results[h] = {"name": name, "default_us": default[name], "tuned_us": tuned[name],
+                          "record_us": k.record_us, "sizes": report.sizes}
+    return results
+
+
 def _seed_work_dir(work, folder, key):
     """Start from the store's records: the search skips what was measured before."""
     if not store.is_database(folder):
@@ -314,8 +334,7 @@ def _finish(report, module, root, target, remote, checkpoint):
             if k.tuned_us is not None and k.default_us is not None:
                 results[k.hash] = {"name": k.name, "default_us": k.default_us,
                                    "tuned_us": k.tuned_us, "record_us": k.record_us}
-                for h in k.symbolic.values():  # its generalized record: the same verdict
-                    results[h] = results[k.hash]
+        results.update(_symbolic_results(report, module, target, with_records, remote))
         checkpoint()
         if results:
             policy.set_kernel_results(report.store, results)

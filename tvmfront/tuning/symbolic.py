@@ -37,7 +37,8 @@ class SymbolicError(ValueError):
 
 
 # ---- which kernels are symbolic ----------------------------------------------------------------
-def _is_scalar(param):
+def is_scalar(param):
+    """Whether a PrimFunc parameter is a scalar (not a buffer)."""
     return isinstance(param.ty, tvm.ir.PrimType)
 
 
@@ -47,7 +48,7 @@ def _shape_vars(func):
     and seq of a [batch * seq, d] buffer)."""
     out = {}
     for param in func.params:
-        if _is_scalar(param):
+        if is_scalar(param):
             continue
         for dim in param.shape:
             if isinstance(dim, tirx.IntImm):
@@ -55,7 +56,7 @@ def _shape_vars(func):
             for v in tirx.analysis.undefined_vars(dim, []):
                 out.setdefault(v.name, []).append(v)
     for param in func.params:
-        if _is_scalar(param) and any(param.same_as(v) for v in out.get(param.name, ())):
+        if is_scalar(param) and any(param.same_as(v) for v in out.get(param.name, ())):
             out[param.name].append(param)
     return out
 
@@ -102,12 +103,12 @@ def specialize(func, sizes=None):
                 return value
         return v
 
-    scalars = {p: values[p] for p in func.params if _is_scalar(p) and p in values}
+    scalars = {p: values[p] for p in func.params if is_scalar(p) and p in values}
     out = func.specialize(scalars) if scalars else func  # drops those parameters
     out = tvm_ffi.structural_map(out, (tvm.ir.Var, bind), order="post")
     for kind, fold in _FOLD.items():  # batch * seq became 64 * 16: make it 1024
         out = tvm_ffi.structural_map(out, (kind, _folder(fold)), order="post")
-    still = [str(d) for p in out.params if not _is_scalar(p) for d in p.shape
+    still = [str(d) for p in out.params if not is_scalar(p) for d in p.shape
              if not isinstance(d, tirx.IntImm)]
     if still:
         raise SymbolicError(f"shape dimension(s) {', '.join(still)} stay symbolic after "
@@ -127,6 +128,21 @@ def _folder(fold):
             return tirx.IntImm(str(e.a.ty.dtype), fold(e.a.value, e.b.value))
         return e
     return folded
+
+
+def evaluate(expr, sizes=None):
+    """The int value of a shape expression (IntImm, a symbolic dimension, arithmetic on
+    them) at `sizes` ({name: size}, DEFAULT_SIZE for a name not there)."""
+    if isinstance(expr, int):
+        return expr
+    if isinstance(expr, tirx.IntImm):
+        return int(expr.value)
+    if isinstance(expr, tvm.ir.Var):
+        return int((sizes or {}).get(expr.name, DEFAULT_SIZE))
+    for kind, fold in _FOLD.items():
+        if isinstance(expr, kind):
+            return fold(evaluate(expr.a, sizes), evaluate(expr.b, sizes))
+    raise SymbolicError(f"cannot evaluate the shape expression {expr}")
 
 
 def check_sizes(sizes):

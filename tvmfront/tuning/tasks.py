@@ -15,6 +15,7 @@ class Kernel:
         # {kernel name: hash of the symbolic kernel} for names tuned as a specialization
         # (tvmfront.tuning.symbolic); `hash` is then the specialization's
         self.symbolic = dict(symbolic or {})
+        self.symbolic_us = None  # (default, with its record) of the symbolic kernel at the sizes
         self.calls, self.other_calls = calls, other_calls
         self.default_us = None  # measured here, default schedule
         self.tuned_us = None  # measured here, with the records (tvmfront tune's report)
