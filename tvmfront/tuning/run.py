@@ -38,6 +38,14 @@ How a run goes:
    returns normally; a second one (or a KeyboardInterrupt raised elsewhere, e.g. from a
    progress callback) stops at once and KeyboardInterrupt is raised after the merge; further
    ones while the records are saved wait for the save.
+Symbolic dimensions (a module compiled with ``inputs=("batch", 64)``): MetaSchedule cannot
+tune a kernel with a symbolic loop extent, so steps 1-5 work on each such kernel specialized
+at ``sizes`` (default 64 per name), and before the merge the best record of each
+specialization is carried over to the symbolic kernel as a record of its own
+(tvmfront.tuning.symbolic): builds of the symbolic module replay it, at any batch size. Its
+verdict (step 6) times the symbolic kernel at ``sizes``, with its default schedule and with
+the carried-over record.
+
 6. Rebuild: the kernels with records are timed against their default schedules and the
    verdicts kept in the store (tvmfront.tuning.policy), then the module is rebuilt **in
    place** with the records (the store tuning wrote first, then what it read before): the

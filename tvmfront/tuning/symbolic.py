@@ -106,14 +106,15 @@ def specialize(func, sizes=None):
     scalars = {p: values[p] for p in func.params if is_scalar(p) and p in values}
     out = func.specialize(scalars) if scalars else func  # drops those parameters
     out = tvm_ffi.structural_map(out, (tvm.ir.Var, bind), order="post")
-    for kind, fold in _FOLD.items():  # batch * seq became 64 * 16: make it 1024
-        out = tvm_ffi.structural_map(out, (kind, _folder(fold)), order="post")
-    still = [str(d) for p in out.params if not is_scalar(p) for d in p.shape
-             if not isinstance(d, tirx.IntImm)]
-    if still:
-        raise SymbolicError(f"shape dimension(s) {', '.join(still)} stay symbolic after "
-                            f"binding {sorted(found)}")
-    return out
+    for _ in range(5):  # batch * seq became 64 * 16: make it 1024 (nested: a few rounds)
+        still = [str(d) for p in out.params if not is_scalar(p) for d in p.shape
+                 if not isinstance(d, tirx.IntImm)]
+        if not still:
+            return out
+        for kind, fold in _FOLD.items():
+            out = tvm_ffi.structural_map(out, (kind, _folder(fold)), order="post")
+    raise SymbolicError(f"shape dimension(s) {', '.join(still)} stay symbolic after binding "
+                        f"{sorted(found)}")
 
 
 _FOLD = {tirx.Mul: lambda a, b: a * b, tirx.Add: lambda a, b: a + b,
