@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import tvmfront as tvf
+from _tuning import _private_cache, mlp  # noqa: F401  (an autouse fixture)
 from tvmfront import cli, records
 from tvmfront.errors import TvmfrontError
 from tvmfront.records import RecordsWarning
@@ -18,19 +19,6 @@ from tvmfront.target import target_json, x86_class
 nn = tvf.nn
 KEY = records.store_key("x86")
 X = np.random.default_rng(0).standard_normal((4, 16)).astype("float32")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _private_cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TVMFRONT_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-        mp.setenv("TVMFRONT_PROGRESS", "0")
-        yield
-
-
-def mlp():
-    tvf.manual_seed(0)
-    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
 
 
 def _files(folder):

@@ -11,6 +11,7 @@ import shutil
 
 from . import cache, config, pipeline
 from .tuning import policy as records_mod
+from .tuning import symbolic
 from ._tvm import (cross_compiler_name, device_available, export_library, host_arch, load_module,
                    normalize_prim_func, prim_func_type, relax, structural_hash, target_arch, tvm)
 from .target import resolve_target, target_key
@@ -56,8 +57,10 @@ def build(mod, target, records=None, dump_dir=None):
 # runs the executable); executable: the in-memory executable (None on a cache hit); lowered:
 # the IRModule before scheduling (what tuning extracts its tasks from); info: {"cache": "hit"
 # | "miss" | "off", "records": [folders applied], "tuned_kernels": kernels scheduled from
-# records, "key": the compile-cache key, "fallback_kernels": {kernel: [rule: cause]} for
-# kernels whose default schedule rule failed (they got a simpler one), and "export_error":
+# records (symbolic kernels: those whose record replayed), "key": the compile-cache key,
+# "fallback_kernels": {kernel: [rule: cause]} for kernels whose default schedule rule failed
+# (they got a simpler one), "record_fallbacks": {kernel: cause} for symbolic kernels whose
+# record did not replay (they got the default schedule), and "export_error":
 # the compiler's message when the library could not be exported (the VM then runs the
 # in-memory executable and the cache is off)}.
 Built = collections.namedtuple("Built", "library library_bytes executable target lowered info")
@@ -93,17 +96,17 @@ def build_lowered(lowered, target, records=None, dump_dir=None):
             cache.discard(key)
             log.warning("compile cache entry %s (%s) did not load: removed, building anew",
                         key, path)
-    fallbacks = {}
-    scheduled, selection = schedule_lowered(lowered, target, selection, fallbacks)
+    fallbacks, applied = {}, {}
+    scheduled, selection = schedule_lowered(lowered, target, selection, fallbacks, applied)
     if not selection:
         key = cache.key(lowered, target, "")  # records TVM could not load were dropped
-    tuned = _covered(lowered, selection)
+    tuned = _covered(lowered, selection) + applied["symbolic_tuned"]
     if dump_dir:
         pipeline._dump(dump_dir, len(pipeline.LOWERING) + 1, "schedule", scheduled)
     executable = compile_scheduled(scheduled, target)
     info = {"records": selection.sources, "tuned_kernels": tuned, "key": key,
             "target_key": target_key(target), "records_key": records_mod.store_key(target),
-            "fallback_kernels": fallbacks}
+            "fallback_kernels": fallbacks, "record_fallbacks": applied["record_fallbacks"]}
     library, data = _export(key, executable, target, info)
     if data is None:  # not exportable here: the VM runs the executable
         return Built(executable, None, executable, target, lowered, dict(info, cache="off"))
@@ -111,13 +114,22 @@ def build_lowered(lowered, target, records=None, dump_dir=None):
     return Built(library, data, executable, target, lowered, dict(info, cache=state))
 
 
-def schedule_lowered(lowered, target, selection, fallbacks=None):
+def schedule_lowered(lowered, target, selection, fallbacks=None, report=None):
     """(scheduled IRModule, the Selection applied): the records of `selection` (a
     tvmfront.records.Selection) where they exist, default schedules elsewhere. Records that
     TVM cannot load are dropped with a warning (the returned Selection is then empty).
-    `fallbacks`: as for schedule_stage."""
-    with selection.database() as (folder, database):
-        if folder is None:
+    `fallbacks`: as for schedule_stage. Symbolic kernels (any batch size) are scheduled from
+    their records by replaying them here (tvmfront.tuning.symbolic); `report`, when a dict,
+    receives "symbolic_tuned" (how many were) and "record_fallbacks" ({kernel: cause} for
+    records that did not replay: those kernels got default schedules)."""
+    kernels = symbolic.symbolic_kernels(lowered)
+    rest, traces = selection.split({h for _, h in kernels.values()})
+    failures = {}
+    lowered, replayed = symbolic.apply(lowered, traces, failures)
+    if report is not None:
+        report.update(symbolic_tuned=replayed, record_fallbacks=failures)
+    with rest.database() as (folder, database):
+        if folder is None and rest:
             selection = records_mod.Selection()
         stage = schedule_stage(target, folder, fallbacks)
         if database is None:
@@ -190,10 +202,11 @@ def _message(err, limit=600):
 
 
 def _covered(lowered, selection):
-    """How many kernels of `lowered` the selected records schedule."""
+    """How many static kernels of `lowered` the selected records schedule (symbolic ones are
+    counted as their records replay: schedule_lowered)."""
     if not selection:
         return 0
     hashes = selection.hashes()
     return sum(1 for func in lowered.functions.values()
-               if isinstance(func, prim_func_type())
+               if isinstance(func, prim_func_type()) and not symbolic.names(func)
                and str(structural_hash(normalize_prim_func(func))) in hashes)

@@ -1,6 +1,7 @@
 """Tuning: MetaSchedule search over a compiled module's kernels, and the records it keeps.
 
     tasks      the distinct kernels of a module and their calls per step
+    symbolic   kernels with symbolic dimensions: tuned specialized, records carried over
     measure    timing kernels alone (default schedules vs records) and whole calls
     search     MetaSchedule's search under a budget, tvmfront's task order
     interrupt  Ctrl-C while tuning

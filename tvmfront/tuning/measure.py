@@ -8,18 +8,19 @@ import numpy as np
 
 from .._tvm import prim_func_type, to_device, tvm
 from ..build import schedule_lowered
-from . import policy, remote as rpc_mod
+from . import policy, remote as rpc_mod, symbolic
 
 log = logging.getLogger("tvmfront.tune")
 
 
 def measure_kernels(lowered, target, names, records=False, every_record=False,
-                    min_repeat_ms=25, repeat=5, remote=None):
+                    min_repeat_ms=25, repeat=5, remote=None, sizes=None):
     """{kernel name: median latency in microseconds} of the named kernels of `lowered`,
     scheduled as a build with `records` would schedule them (every_record: with every record,
     also those found slower than the default schedule), built into one library and each timed
     on its own with random inputs (integer inputs are zeros: valid indices). remote (a
-    tvmfront.rpc spec): timed on that device, the library linked here and uploaded."""
+    tvmfront.rpc spec): timed on that device, the library linked here and uploaded. Kernels
+    with symbolic dimensions are timed at `sizes` ({name: size}, default 64 each)."""
     selection = policy.select(records, target, every_record=every_record)
     scheduled, _ = schedule_lowered(lowered, target, selection)
     funcs = {}
@@ -33,24 +34,27 @@ def measure_kernels(lowered, target, names, records=False, every_record=False,
         with rpc_mod.session(remote) as sess:
             remote_lib, device = rpc_mod.upload(sess, lib, target)
             try:
-                return _time_kernels(remote_lib, device, funcs, min_repeat_ms, repeat)
+                return _time_kernels(remote_lib, device, funcs, min_repeat_ms, repeat, sizes)
             finally:
                 del remote_lib, device  # remote objects go before the session ends
     lib = lib.jit() if hasattr(lib, "jit") else lib  # an Executable: compile to a library
     device = tvm.cpu() if target.kind.name == "llvm" else tvm.cuda(0)
-    return _time_kernels(lib, device, funcs, min_repeat_ms, repeat)
+    return _time_kernels(lib, device, funcs, min_repeat_ms, repeat, sizes)
 
 
-def _time_kernels(lib, device, funcs, min_repeat_ms, repeat):
+def _time_kernels(lib, device, funcs, min_repeat_ms, repeat, sizes=None):
     rng = np.random.default_rng(0)
     out = {}
     for name, func in funcs.items():
         try:
             args = []
             for param in func.params:
+                if symbolic.is_scalar(param):  # a symbolic size Relax passes as a scalar
+                    args.append(symbolic.evaluate(param, sizes))
+                    continue
                 # TVM 0.27: a PrimFunc's parameters are buffer-typed vars (shape, dtype)
                 buf = func.buffer_map[param] if hasattr(func, "buffer_map") else param
-                shape = [int(s) for s in buf.shape]
+                shape = [symbolic.evaluate(s, sizes) for s in buf.shape]
                 dtype = str(buf.dtype)
                 if dtype.startswith("float"):
                     arr = rng.uniform(0.1, 1.0, shape).astype(dtype)
@@ -86,20 +90,28 @@ def _random(rng, shape, dtype):
     return rng.standard_normal(shape).astype(dtype)
 
 
-def time_module(module, min_seconds=1.0, min_runs=10, seed=0):
-    """Median seconds of one call: a train step (random batch) or a forward."""
+def time_module(module, min_seconds=1.0, min_runs=10, seed=0, sizes=None):
+    """Median seconds of one call: a train step (random batch) or a forward. A module with
+    symbolic dimensions is called with `sizes` ({name: size}; a name not given: 64, the size
+    tvf.tune tunes at by default)."""
     rng = np.random.default_rng(seed)
+    sizes = symbolic.check_sizes(sizes)
+
+    def shape(spec):
+        return [sizes.get(d, symbolic.DEFAULT_SIZE) if isinstance(d, str) else d
+                for d in spec["shape"]]
+
     inputs = module.manifest["inputs"]  # {shape, dtype}, or a list of them (several inputs)
-    xs = tuple(_random(rng, s["shape"], s["dtype"])
+    xs = tuple(_random(rng, shape(s), s["dtype"])
                for s in ([inputs] if isinstance(inputs, dict) else inputs))
     x = xs[0] if len(xs) == 1 else xs
     if getattr(module, "kind", None) == "training":
         lab = module.manifest["labels"]
         classes = module.manifest.get("num_classes")
         if classes:
-            y = rng.integers(0, classes, lab["shape"]).astype(lab["dtype"])
+            y = rng.integers(0, classes, shape(lab)).astype(lab["dtype"])
         else:
-            y = rng.standard_normal(lab["shape"]).astype(lab["dtype"])
+            y = rng.standard_normal(shape(lab)).astype(lab["dtype"])
 
         def call():
             module.step(x, y, lr=0.0)

@@ -112,6 +112,26 @@ class Selection:
         """Structural hashes of the workloads that have a record."""
         return {h for h, _ in self.db.workloads} if self.db else set()
 
+    def split(self, hashes):
+        """(the Selection without the workloads `hashes`, {hash: trace JSON} of their
+        records): symbolic kernels' records are replayed by tvmfront.tuning.symbolic, not by
+        MetaSchedule (a record that does not replay then falls back, never fails the build).
+        The rest keeps this Selection's sources and digest (the compile-cache key names every
+        record used)."""
+        if not self or not hashes & self.hashes():
+            return self, {}
+        traces, workloads, records = {}, [], []
+        for w, rec in self.db.records:
+            h, ir = self.db.workloads[w]
+            if h in hashes:
+                traces[h] = rec[0]
+            else:
+                records.append((len(workloads), rec))
+                workloads.append((h, ir))
+        rest = Selection(Database(workloads, records), self.sources)
+        rest.digest = self.digest
+        return rest, traces
+
     @contextlib.contextmanager
     def database(self):
         """A temporary MetaSchedule JSONDatabase of these records: (folder, TVM database),

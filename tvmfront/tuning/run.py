@@ -38,6 +38,14 @@ How a run goes:
    returns normally; a second one (or a KeyboardInterrupt raised elsewhere, e.g. from a
    progress callback) stops at once and KeyboardInterrupt is raised after the merge; further
    ones while the records are saved wait for the save.
+Symbolic dimensions (a module compiled with ``inputs=("batch", 64)``): MetaSchedule cannot
+tune a kernel with a symbolic loop extent, so steps 1-5 work on each such kernel specialized
+at ``sizes`` (default 64 per name), and before the merge the best record of each
+specialization is carried over to the symbolic kernel as a record of its own
+(tvmfront.tuning.symbolic): builds of the symbolic module replay it, at any batch size. Its
+verdict (step 6) times the symbolic kernel at ``sizes``, with its default schedule and with
+the carried-over record.
+
 6. Rebuild: the kernels with records are timed against their default schedules and the
    verdicts kept in the store (tvmfront.tuning.policy), then the module is rebuilt **in
    place** with the records (the store tuning wrote first, then what it read before): the
@@ -57,7 +65,7 @@ from .._tvm import Target, meta_schedule
 from ..build import build_lowered, runnable_here
 from ..errors import TvmfrontError
 from ..target import target_json
-from . import interrupt, merge, policy, search, store
+from . import interrupt, merge, policy, search, store, symbolic
 from . import remote as rpc_mod
 from .measure import measured
 from .tasks import kernels_of, lowered_of
@@ -70,7 +78,9 @@ class TuneReport:
     ``failed`` (candidates that did not build or run), ``elapsed`` seconds, ``stopped``
     ('budget', 'time', 'interrupt' or 'done'), ``store`` (the records folder), ``log`` (the
     tuning log file), ``module`` (rebuilt in place), and with rpc= ``remote`` (where the
-    candidates were timed, as text) and ``servers`` (how many timed them)."""
+    candidates were timed, as text) and ``servers`` (how many timed them); for a module with
+    symbolic dimensions, ``not_generalized`` ({kernel: why} for symbolic kernels whose tuned
+    record could not be carried over from their specialization)."""
 
     def __init__(self, module, kernels, store, log_path):
         self.module, self.kernels, self.store, self.log = module, kernels, store, log_path
@@ -79,6 +89,9 @@ class TuneReport:
         self.stopped = "done"
         self.merged = 0
         self.remote, self.servers = None, 1  # where candidates were timed (tvmfront.rpc)
+        self.tuning = None  # the IRModule tuned and timed (symbolic kernels specialized)
+        self.sizes = {}  # the sizes symbolic dimensions were tuned at (64 where not given)
+        self.not_generalized = {}  # symbolic kernel: why its record did not carry over
 
     def table(self, top=None):
         """The per-kernel table: calls, default and tuned latency, speedup."""
@@ -146,7 +159,7 @@ def _log_path(key):
 
 
 def tune(module, budget=64, seconds=None, records=None, progress=True, seed=0,
-         batch_size=None, rpc=None):
+         batch_size=None, rpc=None, sizes=None):
     """Tune every kernel of a compiled module with MetaSchedule; keep the records; rebuild.
 
     module: a TrainingModule / InferenceModule from tvf.compile_training / compile_inference
@@ -174,6 +187,13 @@ def tune(module, budget=64, seconds=None, records=None, progress=True, seed=0,
       at the device's thread count (it enters the store key: build for the device with that
       num-cores to apply the records). The module is rebuilt in place all the same; for a
       target this machine cannot run, export it and run the bundle on the device.
+    sizes: for a module compiled with symbolic dimensions (``inputs=("batch", 64)``), the
+      size each is tuned at, e.g. ``{"batch": 256}``; a name not given is tuned at 64
+      (tvmfront.tuning.symbolic.DEFAULT_SIZE). MetaSchedule cannot tune a symbolic kernel
+      itself: its specialization at these sizes is tuned, and the best record is carried over
+      to the symbolic kernel (tiles of a symbolic loop become a guarded split), so the tuned
+      module and any later compile of it run tuned kernels at every batch size. Tune at the
+      size you mostly run: the tiles are chosen for it.
 
     Tasks are weighted by call count x measured default-schedule latency (see the module
     docstring). Returns a TuneReport; str(report) is a per-kernel table.
@@ -182,6 +202,7 @@ def tune(module, budget=64, seconds=None, records=None, progress=True, seed=0,
         raise ValueError("tune needs a budget (trials) or seconds (wall time), or both")
     if budget is not None and budget < 1:
         raise ValueError(f"budget must be at least 1 trial, got {budget}")
+    sizes = symbolic.check_sizes(sizes)
     lowered, target = lowered_of(module)
     remote = rpc_mod.parse(rpc) if rpc is not None else None
     if remote is None and not runnable_here(target):
@@ -211,17 +232,24 @@ def tune(module, budget=64, seconds=None, records=None, progress=True, seed=0,
                             f"writes to <root>/{store.store_key(target)}")
     folder, key = store.store_for(root, target), store.store_key(target)
 
-    kernels = kernels_of(module)
+    unknown = set(sizes) - symbolic.module_names(lowered)
+    if unknown:
+        raise ValueError(f"sizes names {sorted(unknown)}, which are not symbolic dimensions of "
+                         f"this module (it has {sorted(symbolic.module_names(lowered)) or 'none'})")
+    kernels = kernels_of(module, sizes)
+    # what is tuned and timed: the kernels, symbolic ones specialized at `sizes`
+    tuning, generalize = symbolic.tuning_module(lowered, sizes)
     per_batch = batch_size or search.batch_size(budget)
     run = search.Run(kernels, budget, seconds, per_batch, progress)
     with interrupt.handled(run) as sigint:  # from here on Ctrl-C never lands inside TVM
-        default = measured(lowered, target, {k.name for k in kernels}, records=False,
+        default = measured(tuning, target, {k.name for k in kernels}, records=False,
                            remote=remote)
         sigint.checkpoint()
         for k in kernels:
             k.default_us = default.get(k.name)
         kernels.sort(key=lambda k: -k.share_us)
         report = TuneReport(module, kernels, folder, _log_path(key))
+        report.tuning, report.sizes = tuning, sizes
         if remote is not None:
             report.remote, report.servers = str(remote), servers
         if not kernels:
@@ -232,7 +260,7 @@ def tune(module, budget=64, seconds=None, records=None, progress=True, seed=0,
         try:
             _seed_work_dir(work, folder, key)
             with _logging_to(report.log):
-                search.tune_in(work, ms, lowered, target, kernels, run, budget, per_batch, seed,
+                search.tune_in(work, ms, tuning, target, kernels, run, budget, per_batch, seed,
                                remote, report.servers)
         finally:  # however tuning ended (a Ctrl-C waits: the handler only sets flags)
             run.phase = "after"
@@ -240,6 +268,9 @@ def tune(module, budget=64, seconds=None, records=None, progress=True, seed=0,
             report.stopped = run.stop or ("budget" if budget is not None
                                           and run.trials >= budget else "done")
             try:
+                if generalize and store.is_database(work):
+                    report.not_generalized = _generalized(work, lowered, tuning, generalize,
+                                                          target)
                 if store.is_database(work):
                     report.merged = merge.merge_folder(work, folder, target=target)
             finally:
@@ -248,6 +279,36 @@ def tune(module, budget=64, seconds=None, records=None, progress=True, seed=0,
                 run.report(final=True)
         _finish(report, module, root, target, remote, sigint.checkpoint)
     return report
+
+
+def _generalized(work, lowered, tuning, generalize, target):
+    """Records of the symbolic kernels, generalized from their specializations' (in `work`,
+    before the merge); {kernel: why} for those that could not be (logged, never raised: the
+    static records are kept whatever happens here)."""
+    try:
+        return symbolic.add_generalized(work, lowered, tuning, generalize, target)
+    except Exception as err:  # noqa: BLE001 - a TVM error here must not lose the records
+        log.warning("records of the symbolic kernels were not derived: %s", err)
+        return {name: str(err) for name in generalize}
+
+
+def _symbolic_results(report, module, target, kernels, remote):
+    """Verdicts for the generalized records of symbolic kernels: each symbolic kernel timed at
+    the tuning sizes with its default schedule and with its record (the default schedule of a
+    symbolic kernel is not its specialization's, so their verdicts differ)."""
+    names = {n: (k, h) for k in kernels for n, h in k.symbolic.items()}
+    if not names:
+        return {}
+    kw = dict(names=set(names), remote=remote, sizes=report.sizes)
+    default = measured(module._lowered, target, records=False, **kw)
+    tuned = measured(module._lowered, target, records=report.store, every_record=True, **kw)
+    results = {}
+    for name, (k, h) in names.items():
+        k.symbolic_us = (default.get(name), tuned.get(name))
+        if None not in k.symbolic_us:
+            results[h] = {"name": name, "default_us": default[name], "tuned_us": tuned[name],
+                          "record_us": k.record_us, "sizes": report.sizes}
+    return results
 
 
 def _seed_work_dir(work, folder, key):
@@ -273,7 +334,7 @@ def _finish(report, module, root, target, remote, checkpoint):
             if best.get(k.hash) is not None:
                 k.record_us = best[k.hash] * 1e6
         with_records = [k for k in report.kernels if k.record_us is not None]
-        tuned = measured(module._lowered, target, {k.name for k in with_records},
+        tuned = measured(report.tuning, target, {k.name for k in with_records},
                          records=report.store, every_record=True, remote=remote)
         results = {}
         for k in with_records:
@@ -281,6 +342,7 @@ def _finish(report, module, root, target, remote, checkpoint):
             if k.tuned_us is not None and k.default_us is not None:
                 results[k.hash] = {"name": k.name, "default_us": k.default_us,
                                    "tuned_us": k.tuned_us, "record_us": k.record_us}
+        results.update(_symbolic_results(report, module, target, with_records, remote))
         checkpoint()
         if results:
             policy.set_kernel_results(report.store, results)

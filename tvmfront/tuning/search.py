@@ -11,7 +11,8 @@ from collections import namedtuple
 
 import numpy as np
 
-from .._tvm import derived_object, meta_schedule, ms_local_builder, structural_hash
+from .._tvm import (derived_object, meta_schedule, ms_local_builder, normalize_prim_func,
+                    structural_hash)
 from . import remote as rpc_mod
 from . import store
 
@@ -229,9 +230,12 @@ def tune_in(work, ms, lowered, target, kernels, run, budget, per_batch, seed, re
     search_log = logging.getLogger("tvmfront.tune.search")
     contexts = []
     for k, s in zip(kernels, seeds):
-        task = tasks[k.hash]
+        task = tasks.get(k.hash)
+        # a symbolic kernel's specialization has no Relax call to extract it from
+        mod = task.dispatched[0] if task is not None else normalize_prim_func(lowered[k.name])
         contexts.append(ms.TuneContext(
-            mod=task.dispatched[0], target=task.target, space_generator="post-order-apply",
+            mod=mod, target=task.target if task is not None else target,
+            space_generator="post-order-apply",
             search_strategy=ms.search_strategy.EvolutionarySearch(
                 population_size=population, init_min_unmeasured=min(50, population // 4),
                 genetic_num_iters=4 if big else 2),

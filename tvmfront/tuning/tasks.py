@@ -1,8 +1,8 @@
 """Tuning tasks: the distinct kernels of a compiled module, and how often a step calls each."""
 
-from .._tvm import (normalize_prim_func, prim_func_type, relax, relax_call_tir_op,
-                    structural_hash, tvm)
+from .._tvm import normalize_prim_func, relax, relax_call_tir_op, structural_hash, tvm
 from ..errors import TvmfrontError
+from .symbolic import tuning_module
 
 OTHER_CALLS_WEIGHT = 0.02  # calls outside the main function (eval predict, loss): tuned last
 
@@ -10,8 +10,12 @@ OTHER_CALLS_WEIGHT = 0.02  # calls outside the main function (eval predict, loss
 class Kernel:
     """One tuning task: a distinct kernel, the functions calling it and its latencies."""
 
-    def __init__(self, name, names, workload_hash, calls, other_calls):
+    def __init__(self, name, names, workload_hash, calls, other_calls, symbolic=None):
         self.name, self.names, self.hash = name, names, workload_hash
+        # {kernel name: hash of the symbolic kernel} for names tuned as a specialization
+        # (tvmfront.tuning.symbolic); `hash` is then the specialization's
+        self.symbolic = dict(symbolic or {})
+        self.symbolic_us = None  # (default, with its record) of the symbolic kernel at the sizes
         self.calls, self.other_calls = calls, other_calls
         self.default_us = None  # measured here, default schedule
         self.tuned_us = None  # measured here, with the records (tvmfront tune's report)
@@ -78,19 +82,21 @@ def _call_counts(lowered, main):
     return inside, outside
 
 
-def kernels_of(module):
-    """The module's tuning tasks as Kernel rows (default latencies not measured yet)."""
-    lowered, target = lowered_of(module)
+def kernels_of(module, sizes=None):
+    """The module's tuning tasks as Kernel rows (default latencies not measured yet).
+    Symbolic kernels are tasks at their specialization to `sizes` (tuning.symbolic)."""
+    lowered, _ = lowered_of(module)
     inside, outside = _call_counts(lowered, _main_function(module))
+    tuning, symbolic = tuning_module(lowered, sizes)
     by_hash = {}
-    for gvar, func in lowered.functions.items():
-        if isinstance(func, prim_func_type()):
-            by_hash.setdefault(str(structural_hash(normalize_prim_func(func))), []).append(
-                gvar.name_hint)
+    for gvar, func in tuning.functions.items():
+        by_hash.setdefault(str(structural_hash(normalize_prim_func(func))), []).append(
+            gvar.name_hint)
     out = []
     for h, names in by_hash.items():
         out.append(Kernel(names[0], names, h, sum(inside.get(n, 0) for n in names),
-                          sum(outside.get(n, 0) for n in names)))
+                          sum(outside.get(n, 0) for n in names),
+                          {n: symbolic[n] for n in names if n in symbolic}))
     return out
 
 
