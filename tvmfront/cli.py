@@ -79,17 +79,28 @@ def _default_copy(module):
     return InferenceModule(built.library, dict(module.manifest), module.state_dict(), **kwargs)
 
 
-def _end_to_end(default, tuned, rounds=3):
+def _end_to_end(default, tuned, rounds=3, sizes=None):
     """(median seconds default, median seconds tuned), interleaved rounds."""
     a, b = [], []
     for _ in range(rounds):
-        a.append(time_module(default, min_seconds=0.5))
-        b.append(time_module(tuned, min_seconds=0.5))
+        a.append(time_module(default, min_seconds=0.5, sizes=sizes))
+        b.append(time_module(tuned, min_seconds=0.5, sizes=sizes))
     return sorted(a)[len(a) // 2], sorted(b)[len(b) // 2]
 
 
 def _ms(seconds):
     return f"{seconds * 1e3:.3f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def _sizes(items):
+    """{name: int} from ["batch=64", ...]; None when none given."""
+    sizes = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if not name or not value.strip().isdigit():
+            raise ValueError(f"--size {item!r}: expected NAME=N, e.g. batch=64")
+        sizes[name.strip()] = int(value)
+    return sizes or None
 
 
 def cmd_tune(args):
@@ -105,7 +116,7 @@ def cmd_tune(args):
         print(f"== {name}: {module.kind} module, target {target_key(module._target)}", flush=True)
         default = _default_copy(module) if args.rpc is None else None
         report = tune(module, budget=args.budget, seconds=args.seconds, records=args.records,
-                      progress=not args.no_progress, rpc=args.rpc)
+                      progress=not args.no_progress, rpc=args.rpc, sizes=args.sizes)
         print(f"{report.trials} trials ({report.failed} failed) in {report.elapsed:.0f} s, "
               f"stopped: {report.stopped}; records: {report.store}")
         if report.remote is not None:
@@ -118,7 +129,7 @@ def cmd_tune(args):
                   f"({module.build_info.get('tuned_kernels', 0)} kernel(s) from records)\n",
                   flush=True)
             continue
-        t_default, t_tuned = _end_to_end(default, module)
+        t_default, t_tuned = _end_to_end(default, module, sizes=args.sizes)
         speedup = t_default / t_tuned
         print(f"end to end ({what}, median): default {_ms(t_default)}, tuned {_ms(t_tuned)}, "
               f"speedup {speedup:.2f}x "
@@ -151,7 +162,14 @@ def main(argv=None):
     p.add_argument("--rpc", default=None, metavar="HOST:PORT[/KEY]",
                    help="measure over TVM RPC: an rpc_server's HOST:PORT, or a tracker's "
                         "HOST:PORT/KEY (every server under KEY)")
+    p.add_argument("--size", action="append", metavar="NAME=N", default=[],
+                   help="size a symbolic dimension is tuned and timed at (e.g. batch=64; "
+                        "repeatable; default 64 for each)")
     args = parser.parse_args(argv)
+    try:
+        args.sizes = _sizes(args.size)
+    except ValueError as err:
+        parser.error(str(err))
     args.target_given = args.target is not None
     target = args.target or "x86"
     if target.lstrip().startswith("{"):
