@@ -25,8 +25,8 @@ from tvmfront.testing import qemu as cross
 from tvmfront.testing import rpc as local
 
 from _skip import skip_loudly
+from _tuning import _private_cache, mlp  # noqa: F401  (an autouse fixture)
 
-nn = tvf.nn
 # Under qemu the server runs one thread: tune measures at the device's thread count and the
 # records carry it (the store key's core class), so builds that apply them name it too.
 ARM1 = dict(target_json("arm"), **{"num-cores": 1})
@@ -35,21 +35,8 @@ X = np.random.default_rng(0).standard_normal((4, 16)).astype("float32")
 CANDIDATE = "tvm_tmp_mod.so"  # what the builder names every candidate it links (its log line)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _private_cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TVMFRONT_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-        mp.setenv("TVMFRONT_PROGRESS", "0")
-        yield
-
-
 def _skip(request, reason):
     skip_loudly(request, f"skipping ARM RPC tests: {reason}")
-
-
-def mlp():
-    tvf.manual_seed(0)
-    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
 
 
 def _candidates_loaded(server):
