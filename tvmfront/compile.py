@@ -48,11 +48,17 @@ def _manifest(kind, sig, target):
     return manifest
 
 
+def build_lowered(lowered, target, records, dump_ir):
+    """tvmfront.build.build_lowered, imported when a compile runs (it loads TVM)."""
+    from .build import build_lowered as build
+
+    return build(lowered, target, records, dump_ir)
+
+
 def _build(mod, target, records, dump_ir, debug_nans):
     """Lower (with NaN/Inf checks after every kernel under debug_nans), schedule, compile."""
     from . import debug  # these subclass TVM classes: imported when a compile needs TVM
     from . import pipeline as pipeline_mod
-    from .build import build_lowered
 
     dump_ir = dump_ir or config.dump_ir_dir()
     lowered = pipeline_mod.run(mod, pipeline_mod.lowering(debug.enabled(debug_nans)), dump_ir)
