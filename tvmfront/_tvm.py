@@ -122,6 +122,7 @@ Target = _LazyClass(_LazyModule("tvm.target"), "Target")
 __all__ = [
     "tvm", "te", "relax", "tirx", "lazy", "PyExprMutator", "mutator", "load_module",
     "TVM_VERSION", "register_error", "register_global_func", "to_device", "to_numpy", "Target",
+    "tuple_items",
     "structural_equal",
     "device_for", "virtual_machine", "call_tir_with_grad_op", "llvm_system_cpu",
     "llvm_has_features", "llvm_cpu_features", "llvm_host_cpu_features",
@@ -229,19 +230,57 @@ def virtual_machine(lib, device):
     return relax.VirtualMachine(lib, device)
 
 
+_alloc = []  # [TVM's tensor allocator], found on first use
+_alloc_args = {}  # (shape, numpy dtype) -> (tvm_ffi.Shape, tvm_ffi.dtype), made once each
+
+
 def to_device(array, device=None):
     """numpy array -> TVM runtime tensor on `device` (host CPU by default).
 
-    On the CPU the tensor is allocated empty and filled through a DLPack view: ~5 us against
-    ~14 us for tvm.runtime.tensor (a batch-1 forward takes ~20 us, so this is per-call cost
-    that shows)."""
-    device = device or tvm.cpu()
+    On the CPU the tensor is allocated empty and filled through a DLPack view, with the
+    allocator's shape and dtype objects made once per (shape, dtype): tvm.runtime.empty makes
+    them every call, and str(numpy dtype) alone costs a few microseconds on numpy 2. A
+    batch-1 forward takes ~20 us, so this is per-call cost that shows."""
+    device = device or _cpu()
     array = np.asarray(array)
     if device.dlpack_device_type() != 1 or array.dtype.kind not in "fiu":
         return tvm.runtime.tensor(array, device)
-    out = tvm.runtime.empty(array.shape, str(array.dtype), device)
+    key = (array.shape, array.dtype)
+    args = _alloc_args.get(key)
+    if args is None:
+        import tvm_ffi
+
+        if not _alloc:
+            _alloc.append(_tvm_loaded().get_global_func("runtime.TVMTensorAllocWithScope"))
+        if len(_alloc_args) > 4096:  # shapes from a long run of varying batch sizes
+            _alloc_args.clear()
+        args = _alloc_args[key] = (tvm_ffi.Shape(array.shape), tvm_ffi.dtype(str(array.dtype)))
+    out = _alloc[0](args[0], args[1], device, None)
     np.from_dlpack(out)[...] = array
     return out
+
+
+_cpu_device = []
+
+
+def _cpu():
+    if not _cpu_device:
+        _cpu_device.append(tvm.cpu())
+    return _cpu_device[0]
+
+
+def tuple_items(value):
+    """The items of a tuple a VM function returns (a tvm_ffi Array) as a Python list, through
+    its ArrayGetItem directly: indexing goes through Python helpers (~2 us an item)."""
+    import tvm_ffi
+
+    get = _array_get.get("get")
+    if get is None:
+        get = _array_get["get"] = tvm_ffi.get_global_func("ffi.ArrayGetItem")
+    return [get(value, i) for i in range(len(value))]
+
+
+_array_get = {}
 
 
 def to_numpy(tensor):
