@@ -388,7 +388,7 @@ class _Compiled:
         for (name, s), a in zip(specs, arrays):
             _check(label(name), a, s, sizes=sizes)
         out = self._function(f"method_{method}")(*[to_device(a, self.device) for a in arrays],
-                                           *self._params, *self._buffers)
+                                                   *self._params, *self._buffers)
         outs = spec["outputs"]
         if not isinstance(outs, list):
             return to_numpy(out)
