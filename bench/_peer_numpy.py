@@ -1,11 +1,28 @@
-"""numpy/OpenBLAS GEMM and the machine's measured FMA peak, for bench/peers.py (ops section).
-Runs in .venv (numpy only), in its own process.
+"""numpy/OpenBLAS GEMM and the machine's FMA peak, measured and theoretical, for
+bench/peers.py (ops section). Runs in .venv (numpy only), in its own process.
 
-FMA peak: a C loop of independent fused multiply-adds on the widest vectors the compiler
-targets with -march=native (16 accumulators of __m512 with AVX-512F, else __m256 with
-AVX2+FMA), built here with the system C compiler (cc -O2 -march=native) and called through
-ctypes from one Python thread per core (ctypes releases the GIL); GFLOP/s = 2 x lanes x
-accumulators x iterations x threads / wall time, the best of several repeats.
+    .venv/bin/python bench/_peer_numpy.py --peak     # the peak alone, in words
+
+Measured FMA peak: a C loop of independent fused multiply-adds on the widest vectors the
+compiler targets with -march=native, built here with the system C compiler (cc -O3) and
+called through ctypes from one Python thread per core (ctypes releases the GIL); GFLOP/s =
+2 x lanes x chains x iterations x threads / wall time, the best of many repeats (load from
+other processes only ever lowers a repeat). The chains must cover FMA latency x FMA units
+(Zen 3: 4 x 2 = 8, Haswell: 5 x 2 = 10) and must all live in registers: the earlier probe
+kept 16 __m256 chains on AVX2, which has 16 ymm registers, so with the two constants three
+chains spilled to the stack every iteration, and the store/reload latency capped it at
+112 GFLOP/s where numpy's sgemm reached 148 (2-core AMD EPYC, AVX2). Now: 12 chains in AVX2
+(14 of 16 registers), 24 with AVX-512 (32 zmm registers).
+
+Theoretical peak: cores x FMA units per core x lanes x 2 flops x clock. Cores: distinct
+(physical id, core id) pairs in /proc/cpuinfo, at most the thread count used. Lanes: the
+probe's vector width. FMA units: 2 for AVX2-class x86 cores (Haswell on, Zen 2 on), 1 on
+Zen 1 (AMD family 0x17, model < 0x30: its 256-bit FMA is split in two 128-bit halves),
+1 per 512-bit op on AMD with AVX-512 (Zen 4 runs it on two 256-bit pipes), 2 on Intel
+with AVX-512 (Xeon Gold/Platinum; Silver/Bronze have 1): a table, not a measurement.
+Clock: both the nominal one (/proc/cpuinfo "cpu MHz"; under KVM the TSC rate) and one
+measured by a chain of dependent integer adds (one cycle each on every x86 core), so boost
+clocks show.
 """
 
 import ctypes
@@ -21,13 +38,14 @@ import numpy as np
 
 from _timing import emit, guarded, median_seconds, read_spec
 
-SPEC = read_spec()
+SPEC = read_spec() if sys.argv[1:2] != ["--peak"] else {}
 
 FMA_C = r"""
 #include <immintrin.h>
 #if defined(__AVX512F__)
 typedef __m512 V;
 #define LANES 16
+#define ACC 24 /* of 32 zmm registers */
 #define SET1 _mm512_set1_ps
 #define FMA _mm512_fmadd_ps
 #define ADD _mm512_add_ps
@@ -35,13 +53,13 @@ static float hsum(V v) { return _mm512_reduce_add_ps(v); }
 #else
 typedef __m256 V;
 #define LANES 8
+#define ACC 12 /* of 16 ymm registers: with b and c, 14; 16 chains spill */
 #define SET1 _mm256_set1_ps
 #define FMA _mm256_fmadd_ps
 #define ADD _mm256_add_ps
 static float hsum(V v) { float t[8]; _mm256_storeu_ps(t, v); float s = 0;
                          for (int i = 0; i < 8; i++) s += t[i]; return s; }
 #endif
-#define ACC 16
 int lanes(void) { return LANES; }
 int accumulators(void) { return ACC; }
 float fma_loop(long iters, float seed) {
@@ -49,12 +67,19 @@ float fma_loop(long iters, float seed) {
     for (int i = 0; i < ACC; i++) a[i] = SET1(seed + i);
     V b = SET1(0.9999f), c = SET1(1e-4f);
     for (long n = 0; n < iters; n++) {
-#pragma GCC unroll 16
+#pragma GCC unroll 32
         for (int i = 0; i < ACC; i++) a[i] = FMA(a[i], b, c);
     }
     V s = a[0];
     for (int i = 1; i < ACC; i++) s = ADD(s, a[i]);
     return hsum(s);
+}
+/* 32 dependent one-cycle adds per iteration: iterations x 32 / seconds = the clock. */
+#define A4 "add $1, %0\n\t" "add $1, %0\n\t" "add $1, %0\n\t" "add $1, %0\n\t"
+long add_chain(long iters) {
+    long x = 0;
+    for (long n = 0; n < iters; n++) __asm__ volatile(A4 A4 A4 A4 A4 A4 A4 A4 : "+r"(x));
+    return x;
 }
 """
 
@@ -66,16 +91,77 @@ def fma_library():
         f.write(FMA_C)
     cc = os.environ.get("CC", "cc")
     try:
-        subprocess.run([cc, "-O2", "-march=native", "-shared", "-fPIC", src, "-o", lib],
+        subprocess.run([cc, "-O3", "-march=native", "-shared", "-fPIC", src, "-o", lib],
                        check=True, capture_output=True)
         so = ctypes.CDLL(lib)
     finally:
         shutil.rmtree(folder, ignore_errors=True)  # loaded: the mapping outlives the file
     so.fma_loop.argtypes, so.fma_loop.restype = [ctypes.c_long, ctypes.c_float], ctypes.c_float
+    so.add_chain.argtypes, so.add_chain.restype = [ctypes.c_long], ctypes.c_long
     return so
 
 
-def fma_peak(threads, iters=5_000_000, repeats=20):
+def cpuinfo():
+    """{'vendor', 'family', 'model', 'mhz', 'cores', 'flags'} of the first CPU in
+    /proc/cpuinfo (cores: distinct physical id/core id pairs); {} where there is none."""
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return {}
+    info, cores = {}, set()
+    for block in text.strip().split("\n\n"):
+        fields = dict(line.split(":", 1) for line in block.splitlines() if ":" in line)
+        fields = {k.strip(): v.strip() for k, v in fields.items()}
+        cores.add((fields.get("physical id"), fields.get("core id"),
+                   None if "core id" in fields else fields.get("processor")))
+        if not info:
+            info = {"vendor": fields.get("vendor_id", ""),
+                    "family": int(fields.get("cpu family", "0")),
+                    "model": int(fields.get("model", "0")),
+                    "mhz": float(fields.get("cpu MHz", "0") or 0),
+                    "flags": set(fields.get("flags", "").split())}
+    info["cores"] = len(cores)
+    return info
+
+
+def fma_units(info, lanes):
+    """FMA units per core for vectors of `lanes` fp32, and why (a table: see the docstring)."""
+    amd = info.get("vendor") == "AuthenticAMD"
+    if lanes == 16:
+        return (1, "AMD with AVX-512: one 512-bit FMA per cycle (two 256-bit pipes)") if amd \
+            else (2, "Intel with AVX-512: two 512-bit FMA units (Gold/Platinum)")
+    if amd and info.get("family") == 0x17 and info.get("model", 0) < 0x30:
+        return 1, "Zen 1: one 256-bit FMA per cycle"
+    return 2, "x86 with AVX2: two 256-bit FMA units"
+
+
+def measured_clock_ghz(so, iters=200_000, repeats=200):
+    best = 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        so.add_chain(iters)
+        best = max(best, 32 * iters / (time.perf_counter() - t0))
+    return best / 1e9
+
+
+def theoretical_peak(so, threads):
+    info = cpuinfo()
+    lanes = so.lanes()
+    units, why = fma_units(info, lanes)
+    cores = min(threads, info.get("cores") or threads)
+    clock = measured_clock_ghz(so)
+    nominal = info.get("mhz", 0) / 1e3
+    per_ghz = cores * units * lanes * 2
+    return {"theoretical_gflops": per_ghz * clock,
+            "theoretical_nominal_gflops": per_ghz * nominal if nominal else None,
+            "clock_ghz": clock, "nominal_ghz": nominal or None,
+            "theoretical_how": f"{cores} cores x {units} FMA x {lanes} lanes x 2 x clock "
+                               f"({why}); clock {clock:.2f} GHz measured by a dependent-add "
+                               f"chain" + (f", {nominal:.2f} GHz nominal (/proc/cpuinfo)"
+                                           if nominal else "")}
+
+
+def fma_peak(threads, iters=1_000_000, repeats=100):
     so = fma_library()
     flops = 2.0 * so.lanes() * so.accumulators() * iters * threads
     best = 0.0
@@ -88,9 +174,18 @@ def fma_peak(threads, iters=5_000_000, repeats=20):
         for w in workers:
             w.join()
         best = max(best, flops / (time.perf_counter() - t0))
-    return {"gflops": best / 1e9, "lanes": so.lanes(), "threads": threads,
-            "how": f"C loop of {so.accumulators()} independent {so.lanes()}-lane fp32 FMA "
-                   f"chains, cc -O2 -march=native, {threads} thread(s), best of {repeats}"}
+    row = {"gflops": best / 1e9, "lanes": so.lanes(), "threads": threads}
+    row.update(guarded(theoretical_peak, so, threads))
+    theory = ""
+    if "theoretical_gflops" in row:
+        nominal = row["theoretical_nominal_gflops"]
+        theory = (f"; theoretical {row['theoretical_gflops']:.0f} GFLOP/s"
+                  + (f" ({nominal:.0f} at the nominal clock)" if nominal else "")
+                  + f" = {row['theoretical_how']}")
+    row["how"] = (f"C loop of {so.accumulators()} independent {so.lanes()}-lane fp32 FMA "
+                  f"chains in registers, cc -O3 -march=native, {threads} thread(s), best of "
+                  f"{repeats}{theory}")
+    return row
 
 
 def section_ops(spec):
@@ -110,7 +205,21 @@ def section_ops(spec):
     return rows
 
 
+def print_peak():
+    """--peak: numpy's sgemm at 1024 and 2048 beside the measured and theoretical peaks."""
+    threads = os.cpu_count() or 1
+    rng = np.random.default_rng(0)
+    for n in (1024, 2048):
+        a, b = (rng.standard_normal((n, n)).astype("float32") for _ in range(2))
+        seconds = median_seconds(lambda: a @ b)
+        print(f"numpy sgemm {n}: {2 * n ** 3 / seconds / 1e9:.0f} GFLOP/s (median)")
+    peak = fma_peak(threads)
+    print(f"measured FMA peak: {peak['gflops']:.0f} GFLOP/s ({peak['how']})")
+
+
 def main():
+    if "--peak" in sys.argv:
+        return print_peak()
     rows = section_ops(SPEC)
     blas = ""
     try:

@@ -1,11 +1,12 @@
 """tvmfront: write ops in TVM tensor expressions, train models built from them, ship one
 compiled module."""
 
+import importlib as _importlib
+
 from ._version import __version__
 from . import data, nn, ops, optim
 from ._tvm import te, tirx
 from .compile import compile_inference, compile_training
-from .debug import debug_nans
 from .errors import (BundleError, CheckpointError, GradientError, NonFiniteError,
                      NonFiniteLossError, NonFiniteOpError, OutOfBoundsError, ShapeError, TargetError,
                      TvmfrontError)
@@ -19,7 +20,23 @@ from .spec import TensorSpec
 Spec = TensorSpec  # the short name: tvf.Spec(("batch", "seq"), "int64")
 from .target import targets
 from .trainer import Trainer
-from .tune import TuneReport, tune
+
+# Names whose modules subclass TVM classes when imported, so importing them loads TVM (2-5 s
+# on a 2-core machine): they are imported on first use, and `import tvmfront` stays fast.
+_LAZY = {"debug_nans": ".debug", "tune": ".tune", "TuneReport": ".tune"}
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value  # later reads skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "BundleError", "CheckpointError", "GradientError", "NonFiniteError", "NonFiniteLossError",

@@ -11,26 +11,176 @@ StructInfo to Type, moved TIR to ``tirx``/``s_tir``) costs one edit.
 # the same with tuned records; one earlier run measured 3.6-4.0 ms with 2 threads against
 # 1.26-1.33 ms with 1, as a parallel region waits for the core another process holds.
 
+import importlib as _importlib
+import importlib.util as _importlib_util
+import sys as _sys
+
 import numpy as np
-import tvm
-import tvm_ffi
-from tvm import relax, te, tirx
-from tvm.relax.expr_functor import PyExprMutator, mutator
-from tvm.runtime import load_module
+
+# ---- lazy TVM: nothing below imports TVM until a name is used -------------------------------
+# `import tvm` costs 2-5 s on the 2-core machines (tvm_ffi alone ~2 s, most of it ml_dtypes
+# registering its numpy casts), and defining a model or loading a checkpoint needs none of it.
+# So the module names here are proxies that import on first attribute access, the functions
+# import when called, and registrations made before TVM is loaded are replayed once it is.
+
+_pending = []  # (function name in tvm_ffi, args, kwargs) registered before TVM was loaded
+
+
+def _tvm_loaded():
+    """Import TVM (once) and replay the registrations made before."""
+    if "tvm" not in _sys.modules or _pending:
+        import tvm_ffi
+
+        _importlib.import_module("tvm")
+        while _pending:
+            name, args, kwargs = _pending.pop(0)
+            getattr(tvm_ffi, name)(*args, **kwargs)
+    return _sys.modules["tvm"]
+
+
+class _LazyModule:
+    """A module imported on first attribute access (`te.compute` imports tvm.te then)."""
+
+    __slots__ = ("_name", "_module")
+
+    def __init__(self, name):
+        object.__setattr__(self, "_name", name)
+        object.__setattr__(self, "_module", None)
+
+    def _load(self):
+        module = self._module
+        if module is None:
+            _tvm_loaded()
+            module = _importlib.import_module(self._name)
+            object.__setattr__(self, "_module", module)
+        return module
+
+    def __getattr__(self, attr):
+        return getattr(self._load(), attr)
+
+    def __dir__(self):
+        return dir(self._load())
+
+    def __repr__(self):
+        return f"<lazy module {self._name!r}{'' if self._module is None else ' (loaded)'}>"
+
+
+class _LazyClass:
+    """A TVM class imported on first use: call it, isinstance() against it, read its
+    attributes (`Target(...)`, `isinstance(t, Target)`)."""
+
+    __slots__ = ("_module", "_attr", "_class")
+
+    def __init__(self, module, attr):
+        self._module, self._attr, self._class = module, attr, None
+
+    def _load(self):
+        if self._class is None:
+            self._class = getattr(self._module, self._attr)
+        return self._class
+
+    def __call__(self, *args, **kwargs):
+        return self._load()(*args, **kwargs)
+
+    def __instancecheck__(self, obj):
+        return isinstance(obj, self._load())
+
+    def __subclasscheck__(self, cls):
+        return issubclass(cls, self._load())
+
+    def __getattr__(self, attr):
+        return getattr(self._load(), attr)
+
+
+def _tvm_version():
+    """tvm.__version__ without importing tvm: the _version.py its build wrote, read alone."""
+    spec = _importlib_util.find_spec("tvm")
+    folder = spec.submodule_search_locations[0] if spec and spec.submodule_search_locations \
+        else None
+    try:
+        version_spec = _importlib_util.spec_from_file_location(
+            "_tvmfront_tvm_version", f"{folder}/_version.py")
+        module = _importlib_util.module_from_spec(version_spec)
+        version_spec.loader.exec_module(module)
+        return str(module.version)
+    except Exception:  # a source tree without _version.py: ask tvm itself
+        return str(_tvm_loaded().__version__)
+
+
+def lazy(module, attr=None):
+    """TVM module `module` (or its class `attr`), imported on first use: for names a module
+    keeps at its top level (`Call = lazy("tvm.ir.expr", "Call")`)."""
+    return _LazyModule(module) if attr is None else _LazyClass(_LazyModule(module), attr)
+
+
+tvm = _LazyModule("tvm")
+te = _LazyModule("tvm.te")
+relax = _LazyModule("tvm.relax")
+tirx = _LazyModule("tvm.tirx")
+Target = _LazyClass(_LazyModule("tvm.target"), "Target")
 
 __all__ = [
-    "tvm", "te", "relax", "tirx", "PyExprMutator", "mutator", "load_module",
+    "tvm", "te", "relax", "tirx", "lazy", "PyExprMutator", "mutator", "load_module",
     "TVM_VERSION", "register_error", "register_global_func", "to_device", "to_numpy", "Target",
+    "tuple_items",
     "structural_equal",
     "device_for", "virtual_machine", "call_tir_with_grad_op", "llvm_system_cpu",
     "llvm_has_features", "llvm_cpu_features", "llvm_host_cpu_features",
 ]
 
-TVM_VERSION = tvm.__version__
-register_global_func = tvm_ffi.register_global_func
-register_error = tvm_ffi.register_error  # a Python error raised in a packed func keeps its type
-structural_equal = tvm_ffi.structural_equal
-Target = tvm.target.Target
+TVM_VERSION = _tvm_version()
+
+# Defining a Python subclass of a TVM class needs the real class: these import TVM when
+# imported (`from ._tvm import PyExprMutator`), so only modules that compile take them.
+_LAZY_NAMES = {"PyExprMutator": ("tvm.relax.expr_functor", "PyExprMutator"),
+               "mutator": ("tvm.relax.expr_functor", "mutator"),
+               "derived_object": ("tvm.ir.utils", "derived_object")}
+
+
+def __getattr__(name):
+    if name not in _LAZY_NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    _tvm_loaded()
+    module, attr = _LAZY_NAMES[name]
+    return getattr(_importlib.import_module(module), attr)
+
+
+def load_module(path):
+    """tvm.runtime.load_module(path)."""
+    return _tvm_loaded().runtime.load_module(path)
+
+
+def register_global_func(name, f, override=False):
+    """tvm_ffi.register_global_func(name, f, override), deferred until TVM is loaded."""
+    if "tvm" in _sys.modules and not _pending:
+        import tvm_ffi
+
+        return tvm_ffi.register_global_func(name, f, override=override)
+    _pending.append(("register_global_func", (name, f), {"override": override}))
+    return f
+
+
+def register_error(cls):
+    """tvm_ffi.register_error(cls) (a Python error raised in a packed func keeps its type),
+    deferred until TVM is loaded."""
+    if "tvm" in _sys.modules and not _pending:
+        import tvm_ffi
+
+        return tvm_ffi.register_error(cls)
+    _pending.append(("register_error", (cls,), {}))
+    return cls
+
+
+def structural_equal(a, b, *args, **kwargs):
+    import tvm_ffi
+
+    return tvm_ffi.structural_equal(a, b, *args, **kwargs)
+
+
+def structural_hash(node, *args, **kwargs):
+    import tvm_ffi
+
+    return tvm_ffi.structural_hash(node, *args, **kwargs)
 
 
 def llvm_system_cpu():
@@ -80,19 +230,57 @@ def virtual_machine(lib, device):
     return relax.VirtualMachine(lib, device)
 
 
+_alloc = []  # [TVM's tensor allocator], found on first use
+_alloc_args = {}  # (shape, numpy dtype) -> (tvm_ffi.Shape, tvm_ffi.dtype), made once each
+
+
 def to_device(array, device=None):
     """numpy array -> TVM runtime tensor on `device` (host CPU by default).
 
-    On the CPU the tensor is allocated empty and filled through a DLPack view: ~5 us against
-    ~14 us for tvm.runtime.tensor (a batch-1 forward takes ~20 us, so this is per-call cost
-    that shows)."""
-    device = device or tvm.cpu()
+    On the CPU the tensor is allocated empty and filled through a DLPack view, with the
+    allocator's shape and dtype objects made once per (shape, dtype): tvm.runtime.empty makes
+    them every call, and str(numpy dtype) alone costs a few microseconds on numpy 2. A
+    batch-1 forward takes ~20 us, so this is per-call cost that shows."""
+    device = device or _cpu()
     array = np.asarray(array)
     if device.dlpack_device_type() != 1 or array.dtype.kind not in "fiu":
         return tvm.runtime.tensor(array, device)
-    out = tvm.runtime.empty(array.shape, str(array.dtype), device)
+    key = (array.shape, array.dtype)
+    args = _alloc_args.get(key)
+    if args is None:
+        import tvm_ffi
+
+        if not _alloc:
+            _alloc.append(_tvm_loaded().get_global_func("runtime.TVMTensorAllocWithScope"))
+        if len(_alloc_args) > 4096:  # shapes from a long run of varying batch sizes
+            _alloc_args.clear()
+        args = _alloc_args[key] = (tvm_ffi.Shape(array.shape), tvm_ffi.dtype(str(array.dtype)))
+    out = _alloc[0](args[0], args[1], device, None)
     np.from_dlpack(out)[...] = array
     return out
+
+
+_cpu_device = []
+
+
+def _cpu():
+    if not _cpu_device:
+        _cpu_device.append(tvm.cpu())
+    return _cpu_device[0]
+
+
+def tuple_items(value):
+    """The items of a tuple a VM function returns (a tvm_ffi Array) as a Python list, through
+    its ArrayGetItem directly: indexing goes through Python helpers (~2 us an item)."""
+    import tvm_ffi
+
+    get = _array_get.get("get")
+    if get is None:
+        get = _array_get["get"] = tvm_ffi.get_global_func("ffi.ArrayGetItem")
+    return [get(value, i) for i in range(len(value))]
+
+
+_array_get = {}
 
 
 def to_numpy(tensor):
@@ -115,9 +303,9 @@ def call_tir_with_grad_op():
 
 
 # ---- default CPU schedules (tvmfront.schedule) ----------------------------------------------
-from tvm import s_tir  # noqa: E402  (schedulable TIR: s_tir.Schedule, s_tir.dlight)
-from tvm import sym as arith  # noqa: E402  (detect_linear_equation)
-from tvm.s_tir import dlight  # noqa: E402
+s_tir = _LazyModule("tvm.s_tir")  # schedulable TIR: s_tir.Schedule, s_tir.dlight
+arith = _LazyModule("tvm.sym")  # detect_linear_equation
+dlight = _LazyModule("tvm.s_tir.dlight")
 
 __all__ += ["s_tir", "arith", "dlight", "cpu_vector_bits"]
 
@@ -223,16 +411,11 @@ def export_library(executable, path, cxx=None):
 
 
 # ---- MetaSchedule tuning, tuning records, the compile cache (tune, records, cache) ----------
-import importlib as _importlib  # noqa: E402
-import sys as _sys  # noqa: E402
-
-from tvm.ir.utils import derived_object  # noqa: E402  (Python subclasses of TVM objects)
-from tvm.s_tir import meta_schedule as _meta_schedule  # noqa: E402
+_meta_schedule = _LazyModule("tvm.s_tir.meta_schedule")
 
 __all__ += ["derived_object", "meta_schedule", "structural_hash", "normalize_prim_func",
             "ms_local_builder", "prim_func_type", "relax_call_tir_op"]
 
-structural_hash = tvm_ffi.structural_hash
 _INTRIN = "tvm.s_tir.tensor_intrin"
 
 
@@ -255,7 +438,7 @@ def meta_schedule(target=None):
         _importlib.import_module(f"{_INTRIN}.cuda")  # GPU schedules tensorize with these
     else:
         _cpu_tensor_intrinsics(target_arch(target) if target is not None else host_arch())
-    return _meta_schedule
+    return _meta_schedule._load()
 
 
 def normalize_prim_func(func):
@@ -290,7 +473,7 @@ def ms_local_builder(timeout_sec=120.0, max_workers=None):
 
 
 # ---- remote measurement over TVM RPC (tvmfront.rpc: tune on a board or a fleet) -------------
-from tvm import rpc as _rpc  # noqa: E402
+_rpc = _LazyModule("tvm.rpc")
 
 __all__ += ["rpc_connect", "rpc_connect_tracker", "ms_remote_builder", "ms_rpc_runner",
             "remote_device"]

@@ -18,15 +18,17 @@ read never touches get zeros and nothing is read outside a buffer. Other indices
 reductions pass the gradient to the first extremal element (first_extremum), PyTorch's rule.
 """
 
+import functools
 import math
 
-from ._tvm import structural_equal, te, tirx, tvm
+from ._tvm import lazy, structural_equal, te, tirx, tvm
 from .errors import GradientError
 
-P = tvm.ir.prim.expr  # binary and comparison expression classes
-Call = tvm.ir.expr.Call
-Var = tvm.ir.expr.Var
-Reduce = tirx.Reduce
+# TVM's expression classes, imported on first use (importing tvmfront does not load TVM)
+P = lazy("tvm.ir.prim.expr")  # binary and comparison expression classes
+Call = lazy("tvm.ir.expr", "Call")
+Var = lazy("tvm.ir.expr", "Var")
+Reduce = lazy("tvm.tirx", "Reduce")
 
 
 def _dtype(e):
@@ -56,7 +58,9 @@ def _load_parts(e):
     return e.args[0], list(e.args[1:])
 
 
-_SYMBOLS = {P.Add: "+", P.Sub: "-", P.Mul: "*", P.Div: "/", P.FloorDiv: "//", P.FloorMod: "%",
+@functools.cache
+def _symbols():  # a function: the classes are TVM's, loaded on first use
+    return {P.Add: "+", P.Sub: "-", P.Mul: "*", P.Div: "/", P.FloorDiv: "//", P.FloorMod: "%",
             P.Mod: "%", P.EQ: "==", P.NE: "!=", P.LT: "<", P.LE: "<=", P.GT: ">", P.GE: ">=",
             P.And: "and", P.Or: "or"}
 
@@ -66,8 +70,8 @@ def show(expr):
     if _is_load(expr):
         tensor, idx = _load_parts(expr)
         return f"{tensor.op.name}[{', '.join(show(i) for i in idx)}]"
-    if type(expr) in _SYMBOLS:
-        return f"({show(expr.a)} {_SYMBOLS[type(expr)]} {show(expr.b)})"
+    if type(expr) in _symbols():
+        return f"({show(expr.a)} {_symbols()[type(expr)]} {show(expr.b)})"
     if isinstance(expr, (P.Max, P.Min)):
         return f"{type(expr).__name__.lower()}({show(expr.a)}, {show(expr.b)})"
     if isinstance(expr, Call):
@@ -92,8 +96,10 @@ class _Unsupported(Exception):
 
 
 # ---- expression rewriting -------------------------------------------------------------------
-_BINARY = (P.Add, P.Sub, P.Mul, P.Div, P.Mod, P.FloorDiv, P.FloorMod, P.Min, P.Max, P.EQ,
-           P.NE, P.LT, P.LE, P.GT, P.GE, P.And, P.Or)
+@functools.cache
+def _binary():
+    return (P.Add, P.Sub, P.Mul, P.Div, P.Mod, P.FloorDiv, P.FloorMod, P.Min, P.Max, P.EQ,
+            P.NE, P.LT, P.LE, P.GT, P.GE, P.And, P.Or)
 
 
 def substitute(expr, vmap, loads=None):
@@ -108,7 +114,7 @@ def substitute(expr, vmap, loads=None):
         return expr
     if isinstance(expr, (P.IntImm, P.FloatImm)):
         return expr
-    if isinstance(expr, _BINARY):
+    if isinstance(expr, _binary()):
         return type(expr)(*_promote(substitute(expr.a, vmap), substitute(expr.b, vmap)))
     if isinstance(expr, P.Not):
         return P.Not(substitute(expr.a, vmap))
@@ -139,7 +145,7 @@ class _Rewriter:
                 if t.same_as(tensor):
                     return fn(idx)
             return tensor(*idx)
-        if isinstance(expr, _BINARY):
+        if isinstance(expr, _binary()):
             return type(expr)(*_promote(self.visit(expr.a), self.visit(expr.b)))
         if isinstance(expr, P.Not):
             return P.Not(self.visit(expr.a))
@@ -168,7 +174,7 @@ def _loads(expr, out):
         for i in expr.args[1:]:
             _loads(i, out)
         out.append(expr)
-    elif isinstance(expr, _BINARY) or isinstance(expr, P.Not):
+    elif isinstance(expr, _binary()) or isinstance(expr, P.Not):
         _loads(expr.a, out)
         if hasattr(expr, "b"):
             _loads(expr.b, out)
@@ -308,7 +314,7 @@ def _uses_any(expr, vars_):
     def visit(e):
         if isinstance(e, Var):
             found.extend(v for v in vars_ if v.same_as(e))
-        elif isinstance(e, _BINARY):
+        elif isinstance(e, _binary()):
             visit(e.a)
             visit(e.b)
         elif isinstance(e, P.Cast):

@@ -15,11 +15,11 @@ domain (spatial and reduce loops) where the read is reached (inside its ``if_the
 guards) with an index outside its tensor's shape. A nonzero count raises OutOfBoundsError.
 """
 
-from ._tvm import te, tirx, tvm
+from ._tvm import lazy, te, tirx, tvm
 from .autodiff import show, substitute
 from .errors import OutOfBoundsError
 
-P = tvm.ir.prim.expr
+P = lazy("tvm.ir.prim.expr")  # imported on first use
 
 
 

@@ -1,11 +1,9 @@
 """compile_training / compile_inference: model -> graph -> pipeline -> build -> module."""
 
-from . import config, debug, graph
+from . import config, graph
 from . import op as op_mod
 from ._tvm import TVM_VERSION
 from ._version import __version__
-from . import pipeline as pipeline_mod
-from .build import build_lowered
 from .nn.init import seed
 from .nn.loss import CrossEntropyLoss
 from .runtime.modules import InferenceModule, TrainingModule
@@ -50,8 +48,18 @@ def _manifest(kind, sig, target):
     return manifest
 
 
+def build_lowered(lowered, target, records, dump_ir):
+    """tvmfront.build.build_lowered, imported when a compile runs (it loads TVM)."""
+    from .build import build_lowered as build
+
+    return build(lowered, target, records, dump_ir)
+
+
 def _build(mod, target, records, dump_ir, debug_nans):
     """Lower (with NaN/Inf checks after every kernel under debug_nans), schedule, compile."""
+    from . import debug  # these subclass TVM classes: imported when a compile needs TVM
+    from . import pipeline as pipeline_mod
+
     dump_ir = dump_ir or config.dump_ir_dir()
     lowered = pipeline_mod.run(mod, pipeline_mod.lowering(debug.enabled(debug_nans)), dump_ir)
     return build_lowered(lowered, target, records, dump_ir)
@@ -100,6 +108,8 @@ def compile_training(model, loss, optimizer, inputs, labels, target="x86", recor
         stages = [("gradient", lambda m: graph.gradient(m, sig)),
                   ("append_optimizer",
                    lambda m: graph.append_optimizer(m, sig, optimizer, apply_grads=accumulate))]
+        from . import pipeline as pipeline_mod  # loads TVM
+
         mod = pipeline_mod.run(mod, stages, dump_ir)
     built = _build(mod, target, records, dump_ir and f"{dump_ir}/lowering", debug_nans)
     manifest = _manifest("training", sig, built.target)
