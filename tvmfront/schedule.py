@@ -64,6 +64,11 @@ RULE_ATTR = "tvmfront.schedule_rule"
 # region waits for its slowest thread: loops with fewer (vector) iterations than this stay on
 # one core (about 50-100 us of single-core work).
 PARALLEL_MIN_ITERATIONS = 1 << 17
+# LLVM calls libm for these once per element even in vectorized loops (~3 ns for expf here):
+# each call weighs this many vector iterations when deciding on parallel loops.
+LIBRARY_CALLS = frozenset({"exp", "exp2", "exp10", "log", "log2", "log10", "log1p", "tanh",
+                           "erf", "pow", "sin", "cos", "tan", "atan", "sinh", "cosh"})
+CALL_ITERATIONS = 8
 # Scalar reductions without register tiles need this many times more iterations.
 PLAIN_PARALLEL_PENALTY = 8
 # Parallel loops are fused until they have this many iterations per core.
@@ -571,6 +576,7 @@ class _BlockInfo:
                       for i, r in enumerate(stmt.reads)
                       if not r.source.same_as(self.write.source)]
         self.work = math.prod(self.extents)
+        self.calls = _library_calls(stmt)
 
     @property
     def spatial(self):
@@ -614,9 +620,11 @@ def _largest_divisor(n, limit):
 # tvmfront's rule
 # ================================================================================================
 
-def _parallel_worth_it(work, lanes, params):
-    """A parallel launch costs microseconds: only loops with enough (vector) iterations."""
-    return params.cores > 1 and work / max(1, lanes) >= PARALLEL_MIN_ITERATIONS
+def _parallel_worth_it(info, lanes, params):
+    """A parallel launch costs microseconds: only loops with enough (vector) iterations, where
+    each call of a math library function (exp: never vectorized) weighs CALL_ITERATIONS."""
+    iterations = info.work / max(1, lanes) + info.work * info.calls * CALL_ITERATIONS
+    return params.cores > 1 and iterations >= PARALLEL_MIN_ITERATIONS
 
 
 def _parallelize(sch, loops, params):
@@ -777,7 +785,7 @@ def _tile_reduction(sch, name, params, vector=True):
             raise NotApplicable("nothing to tile")
         tiles[k] = f
     # A kernel worth running in parallel keeps a few outer iterations per core.
-    if _parallel_worth_it(info.work, vec or 1, params):
+    if _parallel_worth_it(info, vec or 1, params):
         def outer_count():
             spatial = math.prod(info.extents[k] for k in info.spatial)
             return spatial // math.prod(tiles.values()) // (vec or 1)
@@ -815,7 +823,7 @@ def _tile_reduction(sch, name, params, vector=True):
             outer.append(loop)
     sch.reorder(*outer, *red, *inner, *([vec_loop] if vec_loop is not None else []))
     parallel = ""
-    if _parallel_worth_it(info.work, vec or 1, params):
+    if _parallel_worth_it(info, vec or 1, params):
         outer, parallel = _parallelize(sch, outer, params)
     anchor = outer[-1]
 
@@ -1069,13 +1077,27 @@ def _plain_reduction(sch, name, params):
         notes.append("unrolled")
     # Guarded loads (gather-form gradients) compile to branches inside parallel closures,
     # where LLVM loses the alias facts it uses to turn them into selects: a higher bar.
-    if _parallel_worth_it(info.work, PLAIN_PARALLEL_PENALTY, params):
+    if _parallel_worth_it(info, PLAIN_PARALLEL_PENALTY, params):
         outer, note = _parallelize(sch, outer, params)
         if note:
             notes.append(note)
     if not notes:
         raise NotApplicable("nothing to do")
     return f"plain[{', '.join(notes)}]", {name}
+
+
+def _library_calls(stmt):
+    """How many math library calls (exp, log, tanh, ...) one iteration of a block makes."""
+    count = [0]
+
+    def visit(e):
+        if isinstance(e, tvm.ir.Call) and \
+                str(getattr(e.op, "name", "")).rpartition(".")[2] in LIBRARY_CALLS:
+            count[0] += 1
+
+    if isinstance(stmt.body, tirx.BufferStore):
+        _walk_expr(stmt.body.value, visit)
+    return count[0]
 
 
 def _has_if_then_else(stmt):
@@ -1127,12 +1149,15 @@ def _schedule_spatial(sch, block, params):
                    or all(strides[k] == 0 for k in group) for _, _, strides in info.reads):
             break
         start = t
+        if t in info.symbolic:  # the group's outermost axis: vectors tile the static rest
+            break
     notes = []
     outer = list(info.loops)
     vec = None
     if start < n:
         fused = sch.fuse(*info.loops[start:]) if n - start > 1 else info.loops[start]
-        extent = math.prod(info.extents[start:])
+        # A vector must divide the fused extent provably, or its last one is predicated.
+        extent = math.prod(info.extents[k] for k in range(start, n) if k not in info.symbolic)
         rows = [math.prod(info.extents[k:]) for k in range(start + 1, n)]
         vec = _vector_factor(extent, lanes, max_registers=4, rows=rows)
         if vec is not None:
@@ -1142,7 +1167,7 @@ def _schedule_spatial(sch, block, params):
             notes.append(f"v{vec}")
         else:
             outer = list(info.loops[:start]) + [fused]
-    if outer and _parallel_worth_it(info.work, vec or 1, params):
+    if outer and _parallel_worth_it(info, vec or 1, params):
         outer, note = _parallelize(sch, outer, params)
         if note:
             notes.append(note)
@@ -1183,7 +1208,7 @@ def _schedule_spatial_split(sch, info, divisors, params):
     for loop in inner:
         sch.unroll(loop)
     notes = ["split " + "x".join(str(divisors[k]) for k in sorted(divisors)), "unrolled"]
-    if _parallel_worth_it(info.work, 1, params):
+    if _parallel_worth_it(info, 1, params):
         outer, note = _parallelize(sch, outer, params)
         if note:
             notes.append(note)
