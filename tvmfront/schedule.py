@@ -33,6 +33,20 @@ a simpler schedule, never to a failed build):
   constant), split by a vector length that tiles the rows, vectorized; padding blocks are
   first split into a constant fill and an in-bounds copy (``decompose_padding``).
 
+Symbolic extents (a batch size or sequence length given at run time, a ``tirx.Var``) are
+planned as if they were SYMBOLIC_EXTENT (64): tile shapes, vector axes and the parallel
+decision are those of the kernel at that size. Vectors use static axes only (a vector over a
+symbolic extent would be predicated). A register tile that splits a symbolic axis first pads
+it to a multiple of the tile (``pad_einsum``: zero-padded input copies, a padded output
+copied out with the epilogue), so the tile itself carries no predicate; a block that is no
+einsum (a conv window) or that tiles rows with scalar accumulators keeps its tiles to the
+static axes instead. A reduction over a symbolic axis (a weight gradient summed over the
+batch, batch statistics) is tiled and vectorized over its static output axes as usual.
+
+A math library call (exp, log, tanh, ...) costs as much as CALL_ITERATIONS vector iterations
+in the parallel decision: LLVM calls libm once per element even in vectorized loops, so a
+softmax's exp-heavy loops run in parallel at sizes where a pointwise add would not.
+
 Fallbacks are logged (``tvmfront.schedule`` logger) with the kernel, the rule and the cause.
 A rule whose pattern does not fit a block says so by raising ``NotApplicable``: that is a
 probe's answer, logged at debug level. Any other exception from a rule (a schedule primitive
@@ -797,7 +811,14 @@ def _tile_reduction(sch, name, params, vector=True):
                 del tiles[k]
         if not vector and not tiles:
             raise NotApplicable("nothing to tile")
-    padded = _pad_symbolic_tiles(sch, info, tiles, vector)
+    try:
+        padded = _pad_symbolic_tiles(sch, info, tiles, vector)
+    except Exception as err:  # noqa: BLE001 - TVM's own check: not an einsum (a conv window)
+        _probe(f"pad_einsum of block {name}", err)
+        padded = False
+        tiles = {k: f for k, f in tiles.items() if k not in info.symbolic}
+        if not vector and not tiles:
+            raise NotApplicable("only a symbolic axis to tile") from err
     if padded:
         block = sch.get_sblock(name)
         info = _BlockInfo(sch, block)
