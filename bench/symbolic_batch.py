@@ -1,6 +1,6 @@
 """Train-step time at batch 64: a step compiled for any batch size vs one compiled for 64.
 
-    .venv/bin/python bench/symbolic_batch.py [--steps 40] [--rounds 5] [--models mlp,lenet,transformer]
+    .venv/bin/python bench/symbolic_batch.py [--steps 40] [--rounds 5] [--models mlp,lenet]
 
 Models (SGD, cross-entropy, records=False: default schedules only, no tuning):
   mlp          64-256-10 MLP, inputs (batch, 64)

@@ -81,7 +81,7 @@ PARALLEL_MIN_ITERATIONS = 1 << 17
 # LLVM calls libm for these once per element even in vectorized loops (~3 ns for expf here):
 # each call weighs this many vector iterations when deciding on parallel loops.
 LIBRARY_CALLS = frozenset({"exp", "exp2", "exp10", "log", "log2", "log10", "log1p", "tanh",
-                           "erf", "pow", "sin", "cos", "tan", "atan", "sinh", "cosh"})
+                           "sigmoid", "erf", "pow", "sin", "cos", "tan", "atan", "sinh", "cosh"})
 CALL_ITERATIONS = 8
 # Scalar reductions without register tiles need this many times more iterations.
 PLAIN_PARALLEL_PENALTY = 8
@@ -103,8 +103,7 @@ PANEL_MIN_BYTES = 2 << 20
 STREAM_MAX_OUTPUT_BYTES = 256 << 10
 # Symbolic extents (a batch size or sequence length known only at run time) are planned as if
 # they were this size: tile shapes, vector axes and whether a kernel runs in parallel are those
-# of the kernel at this size; loops over them are split by constant factors (the last chunk
-# predicated) so that the tiles of static kernels apply.
+# of the kernel at this size (see the module docstring).
 SYMBOLIC_EXTENT = 64
 # dlight's GEMV is used only when it vectorizes at most this many SIMD registers per operation
 # (see _dlight_gemv: wider gathered tiles cost minutes of LLVM codegen).
@@ -925,7 +924,8 @@ def _panel_operand(info, v, vec):
         # Panels must tile the dimension, which the tile must read at exactly v (a window
         # offset such as i + kh would straddle two panels), and be more than one.
         extent = _const(region.source.shape[d])
-        if extent is not None and extent % vec == 0 and extent > vec and region.region[d].min.same_as(info.vars[v]):
+        if extent is not None and extent % vec == 0 and extent > vec and \
+                region.region[d].min.same_as(info.vars[v]):
             return index, region
     return None
 
