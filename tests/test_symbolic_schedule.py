@@ -49,6 +49,15 @@ def _batch_mean(n):
     return [x], out, lambda a: a.mean(0)
 
 
+def _two_axis_sum(n):
+    """Sum over a static and, innermost, the symbolic axis: a symbolic loop is never unrolled
+    (at 64 it would be: TVM's build then fails, "Cannot unroll non-constant loop")."""
+    x = te.placeholder((n, 2, 8), "float32", name="x")
+    c, b = te.reduce_axis((0, 2), "c"), te.reduce_axis((0, n), "b")
+    out = te.compute((8,), lambda j: te.sum(x[b, c, j], axis=[c, b]), name="total")
+    return [x], out, lambda a: a.sum((0, 1))
+
+
 def _conv(n, size=10):
     """3x3 convolution, 4 -> 16 channels: [n, 4, size, size] -> [n, 16, size - 2, size - 2]."""
     x = te.placeholder((n, 4, size, size), "float32", name="x")
@@ -94,6 +103,7 @@ def _softmax(n):
 KERNELS = {"matmul": (_matmul, "dense=tiled["), "weight_grad": (_weight_grad, "dw=tiled["),
            "batch_mean": (_batch_mean, "total=tiled["), "conv": (_conv, "conv=tiled["),
            "strided_matmul": (_strided_matmul, "dense=tiled[v"),
+           "two_axis_sum": (_two_axis_sum, "total=tiled[v"),
            "elementwise": (_elementwise, "axpy=spatial[v"),
            "softmax": (_softmax, "softmax=spatial[v")}
 

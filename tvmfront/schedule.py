@@ -452,6 +452,11 @@ def _size(expr):
     return _const(analyzer.simplify(expr))
 
 
+def _unroll_extent(sch, loop):
+    """A loop's extent for unrolling decisions: a symbolic one cannot be unrolled (infinite)."""
+    return _const(sch.get(loop).extent) or math.inf
+
+
 def _is_symbolic(expr):
     return _const(expr) is None
 
@@ -860,7 +865,7 @@ def _tile_reduction(sch, name, params, vector=True):
     epilogue = _absorb_epilogues(sch, writeback)
     tile_points = math.prod(tiles.values())
     last_red = red[-1]
-    if _size(sch.get(last_red).extent) * tile_points <= UNROLL_MAX_BODY and len(red) > 1:
+    if _unroll_extent(sch, last_red) * tile_points <= UNROLL_MAX_BODY and len(red) > 1:
         sch.unroll(last_red)
     for loop in inner:
         sch.unroll(loop)
@@ -1088,12 +1093,12 @@ def _plain_reduction(sch, name, params):
     notes = []
     if divisors:
         notes.append("split " + "x".join(str(divisors[k]) for k in sorted(divisors)))
-    body = math.prod(_size(sch.get(lp).extent) for lp in inner + red)
+    body = math.prod(_unroll_extent(sch, lp) for lp in inner + red)
     if body <= UNROLL_MAX_BODY:
         for loop in inner + red:
             sch.unroll(loop)
         notes.append("unrolled")
-    elif red and _size(sch.get(red[-1]).extent) <= 8:
+    elif red and _unroll_extent(sch, red[-1]) <= 8:
         sch.unroll(red[-1])
         notes.append("unrolled")
     # Guarded loads (gather-form gradients) compile to branches inside parallel closures,
