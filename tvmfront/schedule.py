@@ -1167,6 +1167,8 @@ def _schedule_spatial(sch, block, params):
     lanes = params.lanes(info.dtype)
     start = n
     for t in range(n - 1, -1, -1):
+        if t in info.symbolic:  # the vectors tile the static axes only (never predicated)
+            break
         group = range(t, n)
         want = {k: math.prod(info.extents[k + 1:]) for k in group}
         if any(info.write_strides[k] != want[k] for k in group):
@@ -1175,15 +1177,12 @@ def _schedule_spatial(sch, block, params):
                    or all(strides[k] == 0 for k in group) for _, _, strides in info.reads):
             break
         start = t
-        if t in info.symbolic:  # the group's outermost axis: vectors tile the static rest
-            break
     notes = []
     outer = list(info.loops)
     vec = None
     if start < n:
         fused = sch.fuse(*info.loops[start:]) if n - start > 1 else info.loops[start]
-        # A vector must divide the fused extent provably, or its last one is predicated.
-        extent = math.prod(info.extents[k] for k in range(start, n) if k not in info.symbolic)
+        extent = math.prod(info.extents[start:])
         rows = [math.prod(info.extents[k:]) for k in range(start + 1, n)]
         vec = _vector_factor(extent, lanes, max_registers=4, rows=rows)
         if vec is not None:
