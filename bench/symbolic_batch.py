@@ -10,7 +10,9 @@ Models (SGD, cross-entropy, records=False: default schedules only, no tuning):
 Each model is compiled twice in this one process, with inputs=(64, ...) and ("batch", ...);
 steps alternate between the two so that background load hits both alike. Reported: median
 `module.step` time of each, their ratio (the issue's aim: under 1.10) and the median ratio of
-the consecutive step pairs (steadier where other jobs share the cores). A model whose
+the consecutive step pairs (steadier where other jobs share the cores); with
+TVM_NUM_THREADS=1 also the ratio of the median CPU times of the step's thread, which other
+processes' load does not inflate. A model whose
 symbolic build fails (an op not yet converted to symbolic dimensions) is reported as such.
 
 Threads: as bench/default_schedules.py (TVM_NUM_THREADS defaults to the CPUs visible).
@@ -62,23 +64,20 @@ def compile_step(build_model, batch, sample_shape, target):
                                 records=False)
 
 
-def time_steps(module, x, y, steps):
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        module.step(x, y)
-        times.append(time.perf_counter() - t0)
-    return times
-
-
 def time_pairs(fixed, symbolic, x, y, steps):
-    """Step times of both modules, one step of each in turn: on a machine whose cores other
-    jobs share, load that comes and goes hits both alike."""
-    times = {"fixed": [], "symbolic": []}
+    """Wall and CPU seconds of steps of both modules, one step of each in turn: on a machine
+    whose cores other jobs share, load that comes and goes hits both alike. The CPU time is
+    this thread's (time.thread_time): with TVM_NUM_THREADS=1 every kernel runs on it, and it
+    leaves out the time other processes held the core."""
+    wall = {"fixed": [], "symbolic": []}
+    cpu = {"fixed": [], "symbolic": []}
     for _ in range(steps):
         for name, module in (("fixed", fixed), ("symbolic", symbolic)):
-            times[name] += time_steps(module, x, y, 1)
-    return times
+            c0, t0 = time.thread_time(), time.perf_counter()
+            module.step(x, y)
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.thread_time() - c0)
+    return wall, cpu
 
 
 def bench(name, args):
@@ -96,14 +95,18 @@ def bench(name, args):
     fallbacks = {**fixed.build_info["fallback_kernels"],
                  **symbolic.build_info["fallback_kernels"]}
     for module in (fixed, symbolic):  # warm up: first call allocates, threads start
-        time_steps(module, x, y, 3)
+        for _ in range(3):
+            module.step(x, y)
     np.testing.assert_allclose(symbolic.step(x, y), fixed.step(x, y), rtol=1e-5)
-    times = time_pairs(fixed, symbolic, x, y, args.steps * args.rounds)
+    times, cpu = time_pairs(fixed, symbolic, x, y, args.steps * args.rounds)
     t_fixed, t_sym = (statistics.median(times[k]) * 1e6 for k in ("fixed", "symbolic"))
     paired = statistics.median(s / f for f, s in zip(times["fixed"], times["symbolic"]))
+    c_fixed, c_sym = (statistics.median(cpu[k]) * 1e6 for k in ("fixed", "symbolic"))
+    one_thread = os.environ["TVM_NUM_THREADS"] == "1"
     print(f"{name:11s} step median at batch {BATCH}: fixed {t_fixed:8.1f} us, symbolic "
           f"{t_sym:8.1f} us | ratio {t_sym / t_fixed:5.2f} (median of step pairs "
           f"{paired:5.2f})"
+          f"{f' | CPU time ratio {c_sym / c_fixed:5.2f}' if one_thread else ''}"
           f"{' | fallback kernels: ' + ', '.join(sorted(fallbacks)) if fallbacks else ''}",
           flush=True)
     return t_sym / t_fixed
