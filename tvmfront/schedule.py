@@ -33,6 +33,20 @@ a simpler schedule, never to a failed build):
   constant), split by a vector length that tiles the rows, vectorized; padding blocks are
   first split into a constant fill and an in-bounds copy (``decompose_padding``).
 
+Symbolic extents (a batch size or sequence length given at run time, a ``tirx.Var``) are
+planned as if they were SYMBOLIC_EXTENT (64): tile shapes, vector axes and the parallel
+decision are those of the kernel at that size. Vectors use static axes only (a vector over a
+symbolic extent would be predicated). A register tile that splits a symbolic axis first pads
+it to a multiple of the tile (``pad_einsum``: zero-padded input copies, a padded output
+copied out with the epilogue), so the tile itself carries no predicate; a block that is no
+einsum (a conv window) or that tiles rows with scalar accumulators keeps its tiles to the
+static axes instead. A reduction over a symbolic axis (a weight gradient summed over the
+batch, batch statistics) is tiled and vectorized over its static output axes as usual.
+
+A math library call (exp, log, tanh, ...) costs as much as CALL_ITERATIONS vector iterations
+in the parallel decision: LLVM calls libm once per element even in vectorized loops, so a
+softmax's exp-heavy loops run in parallel at sizes where a pointwise add would not.
+
 Fallbacks are logged (``tvmfront.schedule`` logger) with the kernel, the rule and the cause.
 A rule whose pattern does not fit a block says so by raising ``NotApplicable``: that is a
 probe's answer, logged at debug level. Any other exception from a rule (a schedule primitive
@@ -52,7 +66,7 @@ import logging
 import math
 import os
 
-from ._tvm import arith, cpu_vector_bits, dlight, s_tir, tirx, tvm
+from ._tvm import arith, cpu_vector_bits, dlight, s_tir, structural_equal, tirx, tvm
 from .config import logger
 
 log = logger("schedule")
@@ -64,6 +78,11 @@ RULE_ATTR = "tvmfront.schedule_rule"
 # region waits for its slowest thread: loops with fewer (vector) iterations than this stay on
 # one core (about 50-100 us of single-core work).
 PARALLEL_MIN_ITERATIONS = 1 << 17
+# LLVM calls libm for these once per element even in vectorized loops (~3 ns for expf here):
+# each call weighs this many vector iterations when deciding on parallel loops.
+LIBRARY_CALLS = frozenset({"exp", "exp2", "exp10", "log", "log2", "log10", "log1p", "tanh",
+                           "sigmoid", "erf", "pow", "sin", "cos", "tan", "atan", "sinh", "cosh"})
+CALL_ITERATIONS = 8
 # Scalar reductions without register tiles need this many times more iterations.
 PLAIN_PARALLEL_PENALTY = 8
 # Parallel loops are fused until they have this many iterations per core.
@@ -82,6 +101,10 @@ PANEL_MIN_BYTES = 2 << 20
 # Reductions with an output of at most this size over operands of PANEL_MIN_BYTES or more
 # use one-register vectors, leaving registers for a wider tile (_streams_operands).
 STREAM_MAX_OUTPUT_BYTES = 256 << 10
+# Symbolic extents (a batch size or sequence length known only at run time) are planned as if
+# they were this size: tile shapes, vector axes and whether a kernel runs in parallel are those
+# of the kernel at this size (see the module docstring).
+SYMBOLIC_EXTENT = 64
 # dlight's GEMV is used only when it vectorizes at most this many SIMD registers per operation
 # (see _dlight_gemv: wider gathered tiles cost minutes of LLVM codegen).
 GEMV_MAX_VECTOR_REGISTERS = 2
@@ -208,7 +231,7 @@ def schedule_prim_func(func, target, params=None, name=None, failures=None):
 
 def _schedule_prim_func(func, target, params):
     func = _narrow_indices(func)
-    work = kernel_work(func)
+    work = kernel_work(func, symbolic=True)
     if _max_block_iterations(func) <= 1:
         return _mark(func), "none (trivial: 0-d)"
     try:
@@ -372,15 +395,16 @@ def loop_kinds(func):
     return kinds
 
 
-def kernel_work(func):
-    """Total loop iterations of a PrimFunc (sum over loop nests of the product of extents),
-    or None when an extent is not a constant."""
+def kernel_work(func, symbolic=False):
+    """Total loop iterations of a PrimFunc (sum over loop nests of the product of extents).
+    An extent that is not a constant makes it None, or with `symbolic`, counts as
+    SYMBOLIC_EXTENT."""
     total = [0]
     ok = [True]
 
     def visit(node, scale=1):
         if isinstance(node, tirx.For):
-            ext = _const(node.extent)
+            ext = _size(node.extent) if symbolic else _const(node.extent)
             if ext is None:
                 ok[0] = False
                 return
@@ -402,7 +426,7 @@ def _max_block_iterations(func):
 
     def visit(node, scale=1):
         if isinstance(node, tirx.For):
-            scale *= _const(node.extent) or 2
+            scale *= _size(node.extent) or 2
         elif type(node).__name__ in ("SBlockRealize", "BlockRealize"):
             most[0] = max(most[0], scale)
         for child in _children(node):
@@ -414,6 +438,32 @@ def _max_block_iterations(func):
 
 def _const(expr):
     return int(expr.value) if isinstance(expr, tirx.IntImm) else None
+
+
+def _size(expr):
+    """An extent as an int for planning: its value when constant; when symbolic (a batch size
+    known at run time), its value with every variable at SYMBOLIC_EXTENT (see there)."""
+    value = _const(expr)
+    if value is not None or not isinstance(expr, tirx.Expr):
+        return value
+    analyzer = arith.Analyzer()
+    for var in tirx.analysis.undefined_vars(expr):
+        analyzer.bind(var, tirx.IntImm(var.ty.dtype, SYMBOLIC_EXTENT))
+    return _const(analyzer.simplify(expr))
+
+
+def _unroll_extent(sch, loop):
+    """A loop's extent for unrolling decisions: a symbolic one cannot be unrolled (infinite)."""
+    return _const(sch.get(loop).extent) or math.inf
+
+
+def _is_symbolic(expr):
+    return _const(expr) is None
+
+
+def _same_extent(a, b):
+    return _const(a) == _const(b) if not (_is_symbolic(a) or _is_symbolic(b)) else \
+        structural_equal(a, b)
 
 
 # ================================================================================================
@@ -483,7 +533,7 @@ def _access_strides(region, variables, analyzer=None):
     {index: int}, None for variables the access depends on non-linearly (or non-pointwise).
     `analyzer` knows the variables' ranges (so that reshape indices such as (4i + j) % 64
     simplify to affine ones)."""
-    shape = [_const(s) for s in region.source.shape]
+    shape = [_size(s) for s in region.source.shape]
     if any(s is None for s in shape):
         return {k: None for k in range(len(variables))}
     strides = {k: 0 for k in range(len(variables))}
@@ -524,11 +574,13 @@ class _BlockInfo:
         self.kinds = ["R" if int(iv.iter_type) == int(tirx.IterVar.CommReduce) else
                       "S" if int(iv.iter_type) == int(tirx.IterVar.DataPar) else "O"
                       for iv in stmt.iter_vars]
-        self.extents = [_const(iv.dom.extent) for iv in stmt.iter_vars]
+        # Symbolic extents as SYMBOLIC_EXTENT; `symbolic` lists their axes.
+        self.extents = [_size(iv.dom.extent) for iv in stmt.iter_vars]
+        self.symbolic = {k for k, iv in enumerate(stmt.iter_vars) if _is_symbolic(iv.dom.extent)}
         if len(self.loops) != len(self.vars) or any(e is None for e in self.extents):
             raise NotApplicable(f"block {self.name}: loops are not trivially bound")
-        for loop, ext in zip(self.loops, self.extents):
-            if _const(sch.get(loop).extent) != ext:
+        for loop, iv in zip(self.loops, stmt.iter_vars):
+            if not _same_extent(sch.get(loop).extent, iv.dom.extent):
                 raise NotApplicable(f"block {self.name}: loops are not trivially bound")
         if len(stmt.writes) != 1:
             raise NotApplicable(f"block {self.name}: {len(stmt.writes)} outputs")
@@ -542,6 +594,7 @@ class _BlockInfo:
                       for i, r in enumerate(stmt.reads)
                       if not r.source.same_as(self.write.source)]
         self.work = math.prod(self.extents)
+        self.calls = _library_calls(stmt)
 
     @property
     def spatial(self):
@@ -585,15 +638,17 @@ def _largest_divisor(n, limit):
 # tvmfront's rule
 # ================================================================================================
 
-def _parallel_worth_it(work, lanes, params):
-    """A parallel launch costs microseconds: only loops with enough (vector) iterations."""
-    return params.cores > 1 and work / max(1, lanes) >= PARALLEL_MIN_ITERATIONS
+def _parallel_worth_it(info, lanes, params):
+    """A parallel launch costs microseconds: only loops with enough (vector) iterations, where
+    each call of a math library function (exp: never vectorized) weighs CALL_ITERATIONS."""
+    iterations = info.work / max(1, lanes) + info.work * info.calls * CALL_ITERATIONS
+    return params.cores > 1 and iterations >= PARALLEL_MIN_ITERATIONS
 
 
 def _parallelize(sch, loops, params):
     """Fuse the shortest prefix of `loops` that gives every core a few chunks and mark it
     parallel (fusing more only adds index arithmetic). Returns (loops after fusion, note)."""
-    extents = [_const(sch.get(lp).extent) for lp in loops]
+    extents = [_size(sch.get(lp).extent) for lp in loops]
     want = PARALLEL_CHUNKS_PER_CORE * params.cores
     count, product = len(loops), 1
     for i, ext in enumerate(extents):
@@ -648,7 +703,7 @@ def _tvmfront_rule(func, params, tiled_only=False):
             continue
         trial = sch.copy()
         try:
-            note = _schedule_spatial(trial, name, params)
+            note = _schedule_spatial(trial, block, params)  # names may repeat (pad_einsum)
         except Exception as err:  # noqa: BLE001 - the block keeps its plain loops
             _failed(f"schedule_spatial on block {name}", err)
             continue
@@ -656,7 +711,8 @@ def _tvmfront_rule(func, params, tiled_only=False):
         if note:
             notes.append(f"{name}={note}")
     new = sch.mod["main"]
-    if not loop_kinds(new) & {"parallel", "vectorized"} and (kernel_work(new) or 0) >= SMALL_WORK:
+    if not loop_kinds(new) & {"parallel", "vectorized"} and \
+            (kernel_work(new, symbolic=True) or 0) >= SMALL_WORK:
         notes.append("no parallel/vector loop")
     return new, ", ".join(notes)
 
@@ -747,7 +803,7 @@ def _tile_reduction(sch, name, params, vector=True):
             raise NotApplicable("nothing to tile")
         tiles[k] = f
     # A kernel worth running in parallel keeps a few outer iterations per core.
-    if _parallel_worth_it(info.work, vec or 1, params):
+    if _parallel_worth_it(info, vec or 1, params):
         def outer_count():
             spatial = math.prod(info.extents[k] for k in info.spatial)
             return spatial // math.prod(tiles.values()) // (vec or 1)
@@ -759,6 +815,17 @@ def _tile_reduction(sch, name, params, vector=True):
                 del tiles[k]
         if not vector and not tiles:
             raise NotApplicable("nothing to tile")
+    try:
+        padded = _pad_symbolic_tiles(sch, info, tiles, vector)
+    except Exception as err:  # noqa: BLE001 - TVM's own check: not an einsum (a conv window)
+        _probe(f"pad_einsum of block {name}", err)
+        padded = False
+        tiles = {k: f for k, f in tiles.items() if k not in info.symbolic}
+        if not vector and not tiles:
+            raise NotApplicable("only a symbolic axis to tile") from err
+    if padded:
+        block = sch.get_sblock(name)
+        info = _BlockInfo(sch, block)
 
     outer, inner, red = [], [], []
     vec_loop = None
@@ -781,7 +848,7 @@ def _tile_reduction(sch, name, params, vector=True):
             outer.append(loop)
     sch.reorder(*outer, *red, *inner, *([vec_loop] if vec_loop is not None else []))
     parallel = ""
-    if _parallel_worth_it(info.work, vec or 1, params):
+    if _parallel_worth_it(info, vec or 1, params):
         outer, parallel = _parallelize(sch, outer, params)
     anchor = outer[-1]
 
@@ -798,7 +865,7 @@ def _tile_reduction(sch, name, params, vector=True):
     epilogue = _absorb_epilogues(sch, writeback)
     tile_points = math.prod(tiles.values())
     last_red = red[-1]
-    if _const(sch.get(last_red).extent) * tile_points <= UNROLL_MAX_BODY and len(red) > 1:
+    if _unroll_extent(sch, last_red) * tile_points <= UNROLL_MAX_BODY and len(red) > 1:
         sch.unroll(last_red)
     for loop in inner:
         sch.unroll(loop)
@@ -817,8 +884,24 @@ def _tile_reduction(sch, name, params, vector=True):
     return note, touched
 
 
+def _pad_symbolic_tiles(sch, info, tiles, vector):
+    """Pad the block's symbolic axes that `tiles` splits to multiples of their tile factors
+    (``pad_einsum``: inputs are copied into zero-padded buffers, the output is computed into a
+    padded buffer and copied out). Split without padding, a symbolic axis predicates every
+    point of the tile, which keeps the accumulators out of registers and the tile's buffer
+    from being compacted. Returns whether anything was padded."""
+    padding = [tiles[k] if k in info.symbolic and k in tiles else 1
+               for k in range(len(info.vars))]
+    if all(p == 1 for p in padding):
+        return False
+    if not vector:  # row reductions (loss, softmax): copies cost more than the tile gains
+        raise NotApplicable("scalar tile over a symbolic axis")
+    sch.pad_einsum(info.block, padding)
+    return True
+
+
 def _bytes(buf):
-    return math.prod(_const(d) for d in buf.shape) * _dtype_bits(buf.dtype) // 8
+    return math.prod(_size(d) for d in buf.shape) * _dtype_bits(buf.dtype) // 8
 
 
 def _streams_operands(info):
@@ -846,7 +929,8 @@ def _panel_operand(info, v, vec):
         # Panels must tile the dimension, which the tile must read at exactly v (a window
         # offset such as i + kh would straddle two panels), and be more than one.
         extent = _const(region.source.shape[d])
-        if extent % vec == 0 and extent > vec and region.region[d].min.same_as(info.vars[v]):
+        if extent is not None and extent % vec == 0 and extent > vec and \
+                region.region[d].min.same_as(info.vars[v]):
             return index, region
     return None
 
@@ -880,6 +964,8 @@ def _choose_vector_axis(info, lanes):
     of a strided write-back. Raises when no axis qualifies."""
     best = None
     for v in info.spatial:
+        if v in info.symbolic:  # its last vector would be predicated: scalar code
+            continue
         vec = _vector_factor(info.extents[v], lanes)
         if vec is None:
             continue
@@ -888,7 +974,7 @@ def _choose_vector_axis(info, lanes):
         for _, region, strides in info.reads:
             if strides[v] in (0, 1):
                 continue
-            size = math.prod(_const(s) for s in region.source.shape)
+            size = math.prod(_size(s) for s in region.source.shape)
             if _packable_dim(region, info.vars[v]) is None or size * PACK_RATIO > info.work:
                 feasible = False
                 break
@@ -915,7 +1001,7 @@ def _pack_operand(sch, info, index, region, v):
     d = _packable_dim(region, info.vars[v])
     if d is None:
         raise NotApplicable("operand not packable")
-    size = math.prod(_const(s) for s in region.source.shape)
+    size = math.prod(_size(s) for s in region.source.shape)
     if size * PACK_RATIO > info.work:
         raise NotApplicable("packing costs too much")
     packed = sch.cache_read(info.block, index, "global")
@@ -1007,23 +1093,37 @@ def _plain_reduction(sch, name, params):
     notes = []
     if divisors:
         notes.append("split " + "x".join(str(divisors[k]) for k in sorted(divisors)))
-    body = math.prod(_const(sch.get(lp).extent) for lp in inner + red)
+    body = math.prod(_unroll_extent(sch, lp) for lp in inner + red)
     if body <= UNROLL_MAX_BODY:
         for loop in inner + red:
             sch.unroll(loop)
         notes.append("unrolled")
-    elif red and _const(sch.get(red[-1]).extent) <= 8:
+    elif red and _unroll_extent(sch, red[-1]) <= 8:
         sch.unroll(red[-1])
         notes.append("unrolled")
     # Guarded loads (gather-form gradients) compile to branches inside parallel closures,
     # where LLVM loses the alias facts it uses to turn them into selects: a higher bar.
-    if _parallel_worth_it(info.work, PLAIN_PARALLEL_PENALTY, params):
+    if _parallel_worth_it(info, PLAIN_PARALLEL_PENALTY, params):
         outer, note = _parallelize(sch, outer, params)
         if note:
             notes.append(note)
     if not notes:
         raise NotApplicable("nothing to do")
     return f"plain[{', '.join(notes)}]", {name}
+
+
+def _library_calls(stmt):
+    """How many math library calls (exp, log, tanh, ...) one iteration of a block makes."""
+    count = [0]
+
+    def visit(e):
+        if isinstance(e, tvm.ir.Call) and \
+                str(getattr(e.op, "name", "")).rpartition(".")[2] in LIBRARY_CALLS:
+            count[0] += 1
+
+    if isinstance(stmt.body, tirx.BufferStore):
+        _walk_expr(stmt.body.value, visit)
+    return count[0]
 
 
 def _has_if_then_else(stmt):
@@ -1038,10 +1138,10 @@ def _has_if_then_else(stmt):
     return found[0]
 
 
-def _schedule_spatial(sch, name, params):
+def _schedule_spatial(sch, block, params):
     """Fuse the contiguous trailing loops, vectorize them, parallelize the rest. A padding
     block is first split into a constant fill and an in-bounds copy (no per-element branch)."""
-    block = sch.get_sblock(name)
+    name = sch.get(block).name_hint
     loops = sch.get_loops(block)
     stmt = sch.get(block)
     if not loops or _reduction_iters(stmt):
@@ -1056,8 +1156,8 @@ def _schedule_spatial(sch, name, params):
             _probe(f"decompose_padding of block {name}", err)
             fill = None
         if fill is not None:
-            first = _schedule_spatial(sch, sch.get(fill).name_hint, params)
-            second = _schedule_spatial(sch, name, params)
+            first = _schedule_spatial(sch, fill, params)
+            second = _schedule_spatial(sch, block, params)
             return f"padding[fill {first or '-'}; copy {second or '-'}]"
     info = _BlockInfo(sch, block)
     divisors = _split_divisors(info)
@@ -1067,6 +1167,8 @@ def _schedule_spatial(sch, name, params):
     lanes = params.lanes(info.dtype)
     start = n
     for t in range(n - 1, -1, -1):
+        if t in info.symbolic:  # the vectors tile the static axes only (never predicated)
+            break
         group = range(t, n)
         want = {k: math.prod(info.extents[k + 1:]) for k in group}
         if any(info.write_strides[k] != want[k] for k in group):
@@ -1090,7 +1192,7 @@ def _schedule_spatial(sch, name, params):
             notes.append(f"v{vec}")
         else:
             outer = list(info.loops[:start]) + [fused]
-    if outer and _parallel_worth_it(info.work, vec or 1, params):
+    if outer and _parallel_worth_it(info, vec or 1, params):
         outer, note = _parallelize(sch, outer, params)
         if note:
             notes.append(note)
@@ -1103,7 +1205,8 @@ def _split_divisors(info):
     """{axis: d} for the spatial axes a block reads through floordiv/floormod by d and that d
     tiles (a strided gradient's dilated copy, pooling's gather-form gradient)."""
     return {k: d for k, d in _index_divisors(info.stmt, info.vars).items()
-            if info.kinds[k] == "S" and info.extents[k] % d == 0 and info.extents[k] > d}
+            if info.kinds[k] == "S" and k not in info.symbolic and info.extents[k] % d == 0
+            and info.extents[k] > d}
 
 
 def _split_by_divisors(sch, info, divisors):
@@ -1130,7 +1233,7 @@ def _schedule_spatial_split(sch, info, divisors, params):
     for loop in inner:
         sch.unroll(loop)
     notes = ["split " + "x".join(str(divisors[k]) for k in sorted(divisors)), "unrolled"]
-    if _parallel_worth_it(info.work, 1, params):
+    if _parallel_worth_it(info, 1, params):
         outer, note = _parallelize(sch, outer, params)
         if note:
             notes.append(note)
