@@ -313,7 +313,10 @@ def gradient(mod, sig=None):
         params = list(mod["loss"].params)[n_data:n_data + len(sig.params)]
         frozen = set(sig.frozen)
         params = [v for v, (n, _) in zip(params, sig.params) if n not in frozen]
-    return relax.transform.Gradient("loss", require_grads=params, target_index=0)(mod)
+    mod = relax.transform.Gradient("loss", require_grads=params, target_index=0)(mod)
+    # On symbolic shapes Gradient re-emits the forward's calls inside loss_adjoint (a second
+    # forward per step); they are identical to the originals, so CSE folds them back.
+    return relax.transform.EliminateCommonSubexpr()(mod)
 
 
 def append_optimizer(mod, sig, optimizer, apply_grads=False):
