@@ -695,13 +695,19 @@ def reduction_position(loops):
     the kernel from the schedules' int32 index narrowing."""
     size = 1
     for _, _, extent in loops:
-        size *= int(extent)
+        # a symbolic extent (the batch) has no size to check here: int64 positions
+        size = size * int(extent) if _is_const(extent) else 2**63 - 1
     dtype = "int32" if size < 2**31 - 1 else "int64"
     pos = _const(0, dtype)
     for var, start, extent in loops:
         v = var if _dtype(var) == dtype else P.Cast(dtype, var)
-        pos = pos * _const(int(extent), dtype) + (v - _const(int(start), dtype))
+        n = _const(int(extent), dtype) if _is_const(extent) else P.Cast(dtype, extent)
+        pos = pos * n + (v - _const(int(start), dtype))
     return pos
+
+
+def _is_const(x):
+    return isinstance(x, (int, P.IntImm))
 
 
 def first_extremum(t, name=None):

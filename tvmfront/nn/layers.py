@@ -6,13 +6,15 @@ import numpy as np
 
 from .. import ops
 from ..ops import batch_stats
+from ..ops._dims import is_static, same, show
 from ..tensor import Tensor
 from . import init
 from .module import Module, Parameter
 
 
 class Linear(Module):
-    """y = x @ W^T + b, W: [out, in]; Kaiming-uniform init as in PyTorch."""
+    """y = x @ W^T + b, W: [out, in], over the last axis of x [..., in] (as PyTorch);
+    Kaiming-uniform init as in PyTorch."""
 
     def __init__(self, in_features, out_features, bias=True, dtype="float32"):
         super().__init__()
@@ -21,8 +23,8 @@ class Linear(Module):
         self.bias = Parameter(init.bias_uniform((out_features,), in_features, dtype)) if bias else None
 
     def forward(self, x):
-        y = ops.dense(x, self.weight)  # [B, in] -> [B, out]
-        return ops.bias_add(y, self.bias, axis=1) if self.bias is not None else y
+        y = ops.dense(x, self.weight)  # [..., in] -> [..., out]
+        return ops.bias_add(y, self.bias, axis=-1) if self.bias is not None else y
 
     def extra_repr(self):
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
@@ -202,16 +204,19 @@ class _BatchNorm(Module):
 
     def forward(self, x):
         shape = tuple(x.shape)
-        if len(shape) not in self.ranks or shape[1] != self.num_features:
+        if len(shape) not in self.ranks or not same(shape[1], self.num_features):
             raise ValueError(f"{type(self).__name__}({self.num_features}): expected input of rank "
                              f"{' or '.join(map(str, self.ranks))} with {self.num_features} "
-                             f"channels on axis 1, got shape {shape}")
+                             f"channels on axis 1, got shape {tuple(show(shape))}")
         x4 = x if len(shape) == 4 else ops.reshape(x, shape=(*shape, 1, 1)[:4])
         if not (self.training or not self.track_running_stats):
             y = batch_stats.batch_norm_eval(x4, self.running_mean, self.running_var,
                                             self.weight, self.bias, eps=self.eps)
         else:
-            if self.training and math.prod(shape) // shape[1] < 2:
+            # A symbolic batch has no size to check while tracing: a compiled step given a
+            # single value per channel normalises it to beta (variance 0), and its running
+            # variance (unbiased: / (count - 1)) becomes inf, where PyTorch raises.
+            if self.training and is_static(shape) and math.prod(shape) // shape[1] < 2:
                 raise ValueError(f"{type(self).__name__}: expected more than 1 value per channel "
                                  f"when training, got input shape {shape}")
             y = ops.batch_norm(x4, self.weight, self.bias, eps=self.eps)
