@@ -122,3 +122,45 @@ def test_causal_attention_over_a_symbolic_length_matches_the_constant_mask():
     scores = rng.normal(size=(2, 3, 5, 5)).astype("float32")
     filled = ops.causal_fill(scores)
     np.testing.assert_array_equal(filled, scores + ops.causal_mask(5))
+
+
+@pytest.mark.slow
+def test_attention_layers_infer_any_batch_and_length():
+    """compile_inference over ("batch", "seq", E): SelfAttention and MultiheadAttention
+    (causal) give what the layers give eagerly at each size."""
+    tvf.manual_seed(1)
+
+    class Both(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.sa = nn.SelfAttention(8, heads=2)
+            self.mha = nn.MultiheadAttention(8, 2)
+
+        def forward(self, x):
+            return self.mha(self.sa(x), x, x, is_causal=True)[0]
+
+    model = Both()
+    module = tvf.compile_inference(model, ("batch", "seq", 8))
+    rng = np.random.default_rng(0)
+    for b, t in [(1, 3), (3, 6)]:
+        x = rng.normal(size=(b, t, 8)).astype("float32")
+        np.testing.assert_allclose(module(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_batchnorm_over_a_symbolic_batch_of_one():
+    """A fixed batch of one refuses to train BatchNorm when traced (PyTorch's error); a
+    symbolic batch cannot be checked then: one sample trains, its output is beta and the
+    running variance takes a variance of 0 (never NaN)."""
+    tvf.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    with pytest.raises(ValueError, match="expected more than 1 value per channel"):
+        tvf.compile_training(model, nn.MSELoss(), tvf.optim.SGD(LR), inputs=(1, 3),
+                             labels=(1, 4))
+    step = tvf.compile_training(model, nn.MSELoss(), tvf.optim.SGD(LR), inputs=("n", 3),
+                                labels=("n", 4))
+    loss = step.step(np.ones((1, 3), "float32"), np.zeros((1, 4), "float32"))
+    assert loss == 0.0  # the normalised output is beta = 0
+    state = step.state_dict()
+    np.testing.assert_allclose(state["1.running_var"], np.full(4, 0.9, "float32"))
+    assert np.isfinite(step.step(np.ones((2, 3), "float32"), np.zeros((2, 4), "float32")))

@@ -214,8 +214,8 @@ class _BatchNorm(Module):
                                             self.weight, self.bias, eps=self.eps)
         else:
             # A symbolic batch has no size to check while tracing: a compiled step given a
-            # single value per channel normalises it to beta (variance 0), and its running
-            # variance (unbiased: / (count - 1)) becomes inf, where PyTorch raises.
+            # single value per channel (where PyTorch raises) normalises it to beta
+            # (variance 0) and updates running_var with a variance of 0.
             if self.training and is_static(shape) and math.prod(shape) // shape[1] < 2:
                 raise ValueError(f"{type(self).__name__}: expected more than 1 value per channel "
                                  f"when training, got input shape {shape}")
@@ -269,6 +269,8 @@ class SelfAttention(Module):
     def forward(self, x):
         b, t, d = x.shape
         h, hd = self.heads, d // self.heads
+        if not is_static((b, t)):
+            return self._any_length(x, b, t, d, h, hd)
         qkv = ops.reshape(self.qkv(ops.reshape(x, shape=(b * t, d))), shape=(b, t, 3, h, hd))
         qkv = ops.transpose(qkv, axes=(2, 0, 3, 1, 4))            # [3, B, H, T, hd]
         q, k, v = (ops.reshape(_select(qkv, i), shape=(b * h, t, hd)) for i in range(3))
@@ -277,6 +279,16 @@ class SelfAttention(Module):
         ctx = ops.batch_matmul(attn, v)                                    # [B*H, T, hd]
         ctx = ops.transpose(ops.reshape(ctx, shape=(b, h, t, hd)), axes=(0, 2, 1, 3))
         return ops.reshape(self.out(ops.reshape(ctx, shape=(b * t, d))), shape=(b, t, d))
+
+    def _any_length(self, x, b, t, d, h, hd):
+        # A symbolic B or T stays a dimension of its own (never B*T or B*H, see
+        # MultiheadAttention._project): [B, T, 3D] -> [3, B, H, T, hd], 4-D batched matmuls.
+        qkv = ops.transpose(ops.reshape(self.qkv(x), shape=(b, t, 3, h, hd)), axes=(2, 0, 3, 1, 4))
+        q, k, v = (_select(qkv, i) for i in range(3))                      # [B, H, T, hd]
+        scores = ops.batch_matmul(q, ops.transpose(k, axes=(0, 1, 3, 2)))  # [B, H, T, T]
+        attn = ops.softmax_last(ops.mul_scalar(scores, value=1.0 / math.sqrt(hd)))
+        ctx = ops.transpose(ops.batch_matmul(attn, v), axes=(0, 2, 1, 3))  # [B, T, H, hd]
+        return self.out(ops.reshape(ctx, shape=(b, t, d)))
 
     def extra_repr(self):
         return f"dim={self.dim}, heads={self.heads}"

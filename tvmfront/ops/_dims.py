@@ -8,7 +8,7 @@ serves static and symbolic shapes alike.
 import math
 import re
 
-from .._tvm import arith, tirx
+from .._tvm import arith, is_prim_expr, tirx
 from ..errors import ShapeError
 from ..tensor import dim
 
@@ -119,6 +119,25 @@ def _monomial(coef, atoms):
         for _ in range(power):
             out = expr if isinstance(out, int) and out == 1 else out * expr
     return out
+
+
+def rebind(shape, like):
+    """`shape` with each symbolic variable replaced by the one of the same name in the shape
+    `like`. An attribute such as reshape's target holds the traced function's variables
+    (x.shape[0]); the kernel's placeholders hold copies of them (TVM gives each kernel its
+    own), and mixing the two would leave the kernel two unrelated sizes for one dimension."""
+    from ..autodiff import substitute  # ops sit above autodiff; _dims is imported first
+
+    own = {v.name: v for d in dims(like) if not isinstance(d, int)
+           for v in tirx.analysis.undefined_vars(d)}
+    out = []
+    for d in shape:
+        if is_prim_expr(d) and not isinstance(d, tirx.IntImm):
+            vmap = {v: own[v.name] for v in tirx.analysis.undefined_vars(d)
+                    if v.name in own and not v.same_as(own[v.name])}
+            d = substitute(d, vmap) if vmap else d
+        out.append(d)
+    return tuple(out)
 
 
 def infer_shape(in_shape, shape, op):

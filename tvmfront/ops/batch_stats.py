@@ -28,14 +28,15 @@ def running_mean_update(x, running, factor):
 def running_var_update(x, running, factor):
     """(1 - factor) * running + factor * the unbiased variance over (N, H, W) (PyTorch's
     running estimate: the batch variance times n / (n - 1)). With a symbolic N the count is
-    known at run time only: a count of 1 (which PyTorch refuses before any work, and a fixed
-    batch refuses when traced) divides by zero there (an inf running_var)."""
+    known at run time only: a count of 1, which PyTorch refuses (and a fixed batch refuses
+    when traced), takes the variance as 0 here (n - 1 is taken as at least 1), so the
+    running variance decays by (1 - factor) instead of becoming NaN."""
     n, c, h, w = dims(x.shape)
     count = size((n, h, w))
     mean, _, _ = batch_moments(x, "v")
     a = [te.reduce_axis((0, n), "b2"), te.reduce_axis((0, h), "h2"), te.reduce_axis((0, w), "w2")]
     inv = (_c(1.0 / max(count - 1, 1), x.dtype) if isinstance(count, int)
-           else reciprocal(count - 1, x.dtype))
+           else reciprocal(tirx.max(count - 1, tirx.const(1, "int64")), x.dtype))
 
     def centered_sq(ch, b, i, j):
         v = x[b, ch, i, j] - mean[ch]

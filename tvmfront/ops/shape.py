@@ -2,7 +2,7 @@
 
 from .._tvm import te, tirx
 from ..op import op
-from ._dims import dims, infer_shape, show
+from ._dims import dims, infer_shape, rebind, show
 
 
 def _flat_index(shape, idx):
@@ -30,7 +30,7 @@ def reshape(x, shape=()):
     """x viewed as `shape` (row-major), one -1 inferred. On symbolic dimensions the target
     names them (reshape(x, (b * t, d)) for x [b, t, d], b and t from x.shape) or a -1 stands
     where their product cancels: [b, t, d] -> (-1, d) or (b, -1)."""
-    return _reshape_te(x, infer_shape(x.shape, shape, "reshape"), "reshape")
+    return _reshape_te(x, infer_shape(x.shape, rebind(shape, x.shape), "reshape"), "reshape")
 
 
 @reshape.grad
