@@ -198,7 +198,6 @@ def batch_norm(x, gamma, beta, eps=1e-5):
 def _(dy, x, gamma, beta, eps=1e-5):
     c = _bn_check(x, gamma, beta)
     mean, var, inv = batch_moments(x, "g")
-    n, _, h, w = dims(x.shape)
     rstd = te.compute((c,), lambda ch: te.rsqrt(var[ch] + _c(eps, x.dtype)), name="bn_rstd")
 
     def xhat(b, ch, i, j):
