@@ -10,8 +10,9 @@ import os
 import numpy as np
 import pytest
 
-from tvmfront import ops
-from tvmfront.errors import ShapeError
+import tvmfront as tvf
+from tvmfront import ops, te
+from tvmfront.errors import GradientError, ShapeError
 
 import _symbolic_ops as sym
 from op_specs import OP_SPECS, batch_axes
@@ -155,3 +156,14 @@ def test_slices_and_concat_of_a_symbolic_axis():
     x = [(("batch", 6), "float32")]
     assert sym.trace(lambda x: x[-1], x) == [[6]]
     assert sym.trace(lambda x: ops.concat(x, x), x) == [["batch * 2", 6]]
+
+
+def test_an_op_without_a_gradient_on_a_symbolic_shape_is_a_clear_error():
+    @tvf.op
+    def cube(x):
+        return te.compute(x.shape, lambda *i: x(*i) * x(*i) * x(*i), name="cube")
+
+    case = sym.Case("cube", cube, {}, [np.ones((2, 3))], {0: (0,)}, True)
+    with pytest.raises(GradientError, match=r"cannot derive the gradient of op 'cube' on a "
+                                            r"symbolic shape \(\['batch', 3\]\).*@cube.grad"):
+        sym.differentiable_here(case)

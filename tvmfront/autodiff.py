@@ -864,6 +864,14 @@ def derive_for_op(op_name, forward, inputs, dy, needs=None):
     out = forward(*inputs)
     outs = list(out) if isinstance(out, (list, tuple)) else [out]
     dys = list(dy) if isinstance(dy, (list, tuple)) else [dy]
+    symbolic = [t for t in list(inputs) + outs if not all(_is_const(d) for d in t.shape)]
+    if symbolic:  # the derivation solves index maps over fixed extents
+        shape = [int(d) if _is_const(d) else str(d) for d in symbolic[0].shape]
+        raise GradientError(
+            f"cannot derive the gradient of op '{op_name}' on a symbolic shape ({shape}): "
+            f"derived gradients need fixed sizes. Supply it explicitly with @{op_name}.grad "
+            "(a function (dy, *inputs, **attrs) returning one TE tensor per input), or "
+            "compile with fixed sizes")
     try:
         return derive(op_name, outs, list(inputs), dys, needs)
     except _Unsupported as err:
