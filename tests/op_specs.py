@@ -10,6 +10,12 @@ labels, token ids) and boolean inputs (conditions) keep their dtype. Shapes are 
 gradcheck runs the op twice per input element, so each row stays under ~200 input elements.
 A row with ``derived=False`` is an op whose gradient only exists explicitly (take, embedding:
 data-dependent reads); test_ops.py checks that the derived path refuses it by name.
+
+``batch`` says which input axes tests/test_symbolic_ops.py makes the symbolic size "batch"
+when it compiles the row with Relax's symbolic shapes: ((input, axis), ...); None takes the
+default (`batch_axes`: axis 0 of the first input, and of every other input of the same size
+there); () leaves the row out (a size-1 axis that broadcasts, a reshape to
+a fixed shape, a 0-d input).
 """
 
 import math
@@ -33,11 +39,24 @@ class OpSpec:
     grad: bool = True  # run gradcheck on this row
     derived: bool = True  # the derived gradient exists (False: data-dependent reads, e.g. take)
     id: str = ""
+    batch: tuple = None  # symbolic-batch axes ((input, axis), ...); None: batch_axes' default
 
     def __post_init__(self):
         if not self.id:
             parts = [self.op.name] + [f"{k}={v}" for k, v in self.attrs.items()]
             self.id = "-".join(parts).replace(" ", "")
+
+
+def batch_axes(spec, xs):
+    """{input index: (axes,)} of the symbolic batch for `spec`'s inputs `xs` (see above)."""
+    if spec.batch is not None:
+        out = {}
+        for i, a in spec.batch:
+            out.setdefault(i, []).append(a)
+        return {i: tuple(a) for i, a in out.items()}
+    if not xs or xs[0].ndim == 0:
+        return {}
+    return {i: (0,) for i, x in enumerate(xs) if x.ndim and x.shape[0] == xs[0].shape[0]}
 
 
 # ---- input makers --------------------------------------------------------------------------
@@ -210,6 +229,7 @@ for _op, _ref in _BINARY:
         # Divisors kept away from 0 so finite differences stay well conditioned.
         _mb = away_from_zero(*_sb) if _op is ops.div else randn(*_sb)
         spec(_op, _ref, concat(randn(*_sa), _mb),
+             batch=() if (_sa, _sb) == ((1, 4), (3, 1)) else None,  # B broadcast against 3
              id=f"{_op.name}-{'x'.join(map(str, _sa)) or 'scalar'}"
                 f"-{'x'.join(map(str, _sb)) or 'scalar'}")
 
@@ -261,7 +281,8 @@ spec(ops.matmul, np.matmul, concat(randn(3, 4), randn(4, 5)), id="matmul-3x4-4x5
 spec(ops.matmul, np.matmul, concat(randn(1, 3), randn(3, 1)), id="matmul-1x3-3x1")
 spec(ops.matmul, np.matmul, concat(randn(4, 1), randn(1, 2)), id="matmul-4x1-1x2")
 spec(ops.dense, lambda x, w: x @ w.T, concat(randn(2, 4), randn(3, 4)), id="dense-2x4-3x4")
-spec(ops.dense, lambda x, w: x @ w.T, concat(randn(1, 5), randn(1, 5)), id="dense-1x5-1x5")
+spec(ops.dense, lambda x, w: x @ w.T, concat(randn(1, 5), randn(1, 5)), batch=((0, 0),),
+     id="dense-1x5-1x5")
 
 # bias_add: axis 1 of 2-D and 4-D (the default), other axes, size-1 dims.
 spec(ops.bias_add, bias_add_ref, concat(randn(3, 4), randn(4)), id="bias_add-2d-default")
@@ -270,7 +291,7 @@ spec(ops.bias_add, bias_add_ref, concat(randn(3, 4), randn(4)), attrs={"axis": 1
 spec(ops.bias_add, bias_add_ref, concat(randn(2, 3, 2, 2), randn(3)), attrs={"axis": 1},
      id="bias_add-4d-axis1")
 spec(ops.bias_add, bias_add_ref, concat(randn(3, 4), randn(3)), attrs={"axis": 0},
-     id="bias_add-2d-axis0")
+     batch=((0, 0), (1, 0)), id="bias_add-2d-axis0")
 spec(ops.bias_add, bias_add_ref, concat(randn(2, 3, 2, 4), randn(4)), attrs={"axis": 3},
      id="bias_add-4d-axis3")
 spec(ops.bias_add, bias_add_ref, concat(randn(1, 3, 1, 2), randn(3)), attrs={"axis": 1},
@@ -281,12 +302,13 @@ spec(ops.bias_add, bias_add_ref, concat(randn(3, 4), randn(4)), attrs={"axis": -
 # Reshape (and flatten, which is reshape to (N, -1)).
 spec(ops.reshape, np.reshape, concat(randn(2, 3, 4)), attrs={"shape": (4, -1)})
 spec(ops.reshape, np.reshape, concat(randn(2, 3, 4)), attrs={"shape": (-1,)})
-spec(ops.reshape, np.reshape, concat(randn(2, 3, 4)), attrs={"shape": (3, 2, 2, 2)})
+spec(ops.reshape, np.reshape, concat(randn(2, 3, 4)), attrs={"shape": (3, 2, 2, 2)}, batch=())
 spec(ops.reshape, np.reshape, concat(randn(1, 6)), attrs={"shape": (3, -1, 1)})
 spec(ops.reshape, np.reshape, concat(randn()), attrs={"shape": (1, 1)}, id="reshape-scalar-1x1")
-spec(ops.reshape, np.reshape, concat(randn(1)), attrs={"shape": ()}, id="reshape-1-scalar")
+spec(ops.reshape, np.reshape, concat(randn(1)), attrs={"shape": ()}, batch=(),
+     id="reshape-1-scalar")
 spec(ops.reshape, lambda x, shape: x.reshape(x.shape[0], -1), concat(randn(2, 3, 2, 2)),
-     attrs={"shape": (2, -1)}, id="flatten-via-reshape")
+     attrs={"shape": (2, -1)}, batch=(), id="flatten-via-reshape")
 
 # Losses and softmax.
 spec(ops.softmax, softmax_ref, concat(randn(3, 5)), id="softmax-3x5")
@@ -326,7 +348,7 @@ _CONV = [
 ]
 for _xs, _ws, _s, _p in _CONV:
     spec(ops.conv2d, conv2d_ref, concat(randn(*_xs), randn(*_ws)),
-         attrs={"stride": _s, "padding": _p},
+         attrs={"stride": _s, "padding": _p}, batch=((0, 0),),
          id=f"conv2d-x{'x'.join(map(str, _xs))}-w{'x'.join(map(str, _ws))}"
             f"-s{_s}-p{_p}".replace(" ", ""))
 
@@ -446,7 +468,7 @@ def one_hot_ref(indices, depth, dtype="float32"):
 
 
 spec(ops.take, take_ref, concat(randn(5, 3), fixed(np.array([[0, 4], [4, 1]], np.int32))),
-     derived=False, id="take-axis0-int32-2d-ids-repeated")
+     derived=False, batch=((1, 0),), id="take-axis0-int32-2d-ids-repeated")
 spec(ops.take, take_ref, concat(randn(2, 4), fixed(np.array([3, 0, 3, 3, 1], np.int64))),
      attrs={"axis": 1}, derived=False, id="take-axis1-int64-repeated")
 spec(ops.take, take_ref, concat(randn(2, 3, 4), ids((2,), 4)), attrs={"axis": -1},
@@ -456,16 +478,18 @@ spec(ops.take, take_ref, concat(randn(4, 3), fixed(np.array(2, np.int64))), deri
 # One row: the clamped id is the constant 0, so even the derived path can do this one.
 spec(ops.take, take_ref, concat(randn(1, 3), ids((3,), 1)), id="take-one-row")
 spec(ops.embedding, embedding_ref, concat(randn(6, 4), ids((2, 3), 6)), derived=False,
-     id="embedding-int64")
+     batch=((1, 0),), id="embedding-int64")
 spec(ops.embedding, embedding_ref, concat(randn(6, 4), ids((5,), 6, np.int32)), derived=False,
-     id="embedding-int32")
+     batch=((1, 0),), id="embedding-int32")
 # padding_idx present among the ids: its row gets no gradient (not the true derivative),
 # so gradcheck is off here; test_index.py checks that gradient against PyTorch and by hand.
 spec(ops.embedding, embedding_ref, concat(randn(6, 4), fixed(np.array([[1, 0, 0], [5, 0, 2]]))),
-     attrs={"padding_idx": 0}, grad=False, derived=False, id="embedding-padding_idx-forward")
+     attrs={"padding_idx": 0}, grad=False, derived=False, batch=((1, 0),),
+     id="embedding-padding_idx-forward")
 # padding_idx absent from the ids: the gradient is exact and gradcheck applies.
 spec(ops.embedding, embedding_ref, concat(randn(6, 4), fixed(np.array([1, 2, 2, 5]))),
-     attrs={"padding_idx": -3}, derived=False, id="embedding-padding_idx-absent")
+     attrs={"padding_idx": -3}, derived=False, batch=((1, 0),),
+     id="embedding-padding_idx-absent")
 spec(ops.one_hot, one_hot_ref, concat(fixed(np.array([3, 0, 4, 0]))), attrs={"depth": 5},
      grad=False, id="one_hot-int64")
 spec(ops.one_hot, one_hot_ref, concat(fixed(np.array([[1, 2], [0, 1]], np.int32))),
@@ -521,6 +545,19 @@ for _name, _op, _f, _make in [("sum", ops.sum, np.sum, randn), ("mean", ops.mean
 
 def where_ref(cond, a, b):
     return np.where(cond, a, b)
+
+
+def causal_fill_ref(x, value=-np.inf):
+    t, s = x.shape[-2:]
+    return np.where(np.triu(np.ones((t, s), bool), k=1), value, x)
+
+
+spec(ops.causal_fill, causal_fill_ref, concat(randn(2, 3, 4, 4)), id="causal_fill-square")
+spec(ops.causal_fill, causal_fill_ref, concat(randn(2, 3, 5)), attrs={"value": -1e4},
+     id="causal_fill-3x5-finite")
+# query and key lengths both the symbolic size: a causal mask of any length
+spec(ops.causal_fill, causal_fill_ref, concat(randn(2, 4, 4)), batch=((0, 1), (0, 2)),
+     id="causal_fill-symbolic-length")
 
 
 spec(ops.where, where_ref, lambda rng: [rng.random((3, 4)) > 0.5, rng.standard_normal((3, 4)),
@@ -582,7 +619,7 @@ def layer_norm_k_ref(x, gamma, beta, eps=1e-5):
 spec(ops.layer_norm, layer_norm_k_ref, concat(randn(2, 3, 4), randn(3, 4), randn(3, 4)),
      id="layer_norm-last2")
 spec(ops.layer_norm, layer_norm_k_ref, concat(randn(2, 2, 3), randn(2, 2, 3), randn(2, 2, 3)),
-     id="layer_norm-all3")
+     batch=(), id="layer_norm-all3")
 
 
 # ---- randomness: Philox-4x32-10 bits and dropout, against the numpy Philox in _philox.py -----
@@ -596,18 +633,20 @@ def _rng_inputs(*x_shape, key=(0x1234, 0xABCD), counter=7, counter_dtype="int64"
 
 
 spec(ops.random_bits, _philox.bits, _rng_inputs(), attrs={"shape": (3, 5), "stream": 2},
-     grad=False, id="random_bits-3x5")
+     grad=False, batch=(), id="random_bits-3x5")
 spec(ops.random_bits, _philox.bits, _rng_inputs(counter=2 ** 40 + 3, counter_dtype="uint64"),
-     attrs={"shape": (7,)}, grad=False, id="random_bits-counter-hi-word")
+     attrs={"shape": (7,)}, grad=False, batch=(), id="random_bits-counter-hi-word")
 spec(ops.uniform, lambda k, c, shape, dtype: (_philox.bits(k, c, shape) >> 8).astype(dtype)
      * np.float32(2.0 ** -24), _rng_inputs(), attrs={"shape": (2, 6), "dtype": "float32"},
-     grad=False, id="uniform-float32")
+     grad=False, batch=(), id="uniform-float32")
 spec(ops.uniform, lambda k, c, shape, dtype: _philox.bits(k, c, shape) * 2.0 ** -32,
-     _rng_inputs(), attrs={"shape": (5,), "dtype": "float64"}, grad=False, id="uniform-float64")
+     _rng_inputs(), attrs={"shape": (5,), "dtype": "float64"}, grad=False, batch=(),
+     id="uniform-float64")
 spec(ops.dropout, _philox.dropout, _rng_inputs((4, 5)), attrs={"p": 0.3}, id="dropout-p0.3")
 # A float counter (a compiled step's `step`) is a float input: not differentiable, no gradcheck.
 spec(ops.dropout, _philox.dropout, _rng_inputs((2, 3, 5), counter=12.0, counter_dtype="float64"),
-     attrs={"p": 0.5, "stream": 3}, grad=False, id="dropout-float-counter-stream3")
+     attrs={"p": 0.5, "stream": 3}, grad=False, batch=((0, 0),),
+     id="dropout-float-counter-stream3")
 spec(ops.dropout, _philox.dropout, _rng_inputs((), counter=1), attrs={"p": 0.9},
      id="dropout-scalar")
 spec(ops.dropout, _philox.dropout, _rng_inputs((3, 4)), attrs={"p": 0.0}, id="dropout-p0")

@@ -701,13 +701,19 @@ def reduction_position(loops):
     the kernel from the schedules' int32 index narrowing."""
     size = 1
     for _, _, extent in loops:
-        size *= int(extent)
+        # a symbolic extent (the batch) has no size to check here: int64 positions
+        size = size * int(extent) if _is_const(extent) else 2**63 - 1
     dtype = "int32" if size < 2**31 - 1 else "int64"
     pos = _const(0, dtype)
     for var, start, extent in loops:
         v = var if _dtype(var) == dtype else P.Cast(dtype, var)
-        pos = pos * _const(int(extent), dtype) + (v - _const(int(start), dtype))
+        n = _const(int(extent), dtype) if _is_const(extent) else P.Cast(dtype, extent)
+        pos = pos * n + (v - _const(int(start), dtype))
     return pos
+
+
+def _is_const(x):
+    return isinstance(x, (int, P.IntImm))
 
 
 def first_extremum(t, name=None):
@@ -864,6 +870,14 @@ def derive_for_op(op_name, forward, inputs, dy, needs=None):
     out = forward(*inputs)
     outs = list(out) if isinstance(out, (list, tuple)) else [out]
     dys = list(dy) if isinstance(dy, (list, tuple)) else [dy]
+    symbolic = [t for t in list(inputs) + outs if not all(_is_const(d) for d in t.shape)]
+    if symbolic:  # the derivation solves index maps over fixed extents
+        shape = [int(d) if _is_const(d) else str(d) for d in symbolic[0].shape]
+        raise GradientError(
+            f"cannot derive the gradient of op '{op_name}' on a symbolic shape ({shape}): "
+            f"derived gradients need fixed sizes. Supply it explicitly with @{op_name}.grad "
+            "(a function (dy, *inputs, **attrs) returning one TE tensor per input), or "
+            "compile with fixed sizes")
     try:
         return derive(op_name, outs, list(inputs), dys, needs)
     except _Unsupported as err:

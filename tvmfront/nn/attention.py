@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from .. import ops
+from ..ops._dims import dims, is_static, same, same_shape, show
 from ..tensor import Tensor
 from . import init
 from .dropout import Dropout
@@ -99,47 +100,51 @@ class MultiheadAttention(Module):
         if parts != 3:
             w = ops.strided_slice(w, slices=((lo, hi, 1),))
             bias = None if bias is None else ops.strided_slice(bias, slices=((lo, hi, 1),))
-        y = ops.dense(ops.reshape(x, shape=(b * n, e)), w)
-        return y if bias is None else ops.bias_add(y, bias, axis=1)
+        # A symbolic B or L stays a dimension of its own ([B, L, k*E]): merged into B*L it
+        # would make every later kernel take B and L as extra scalar arguments, which Relax's
+        # Gradient (TVM 0.27) cannot differentiate through.
+        y = ops.dense(x if not is_static((b, n)) else ops.reshape(x, shape=(b * n, e)), w)
+        return y if bias is None else ops.bias_add(y, bias, axis=-1)
 
     def _heads(self, y, b, n, part):
-        """Columns [part*E, (part+1)*E) of y [B*L, k*E] as heads: [B, H, L, hd]."""
+        """Columns [part*E, (part+1)*E) of y [B*L, k*E] (or [B, L, k*E]) as heads:
+        [B, H, L, hd]."""
         e, h, hd = self.embed_dim, self.num_heads, self.head_dim
-        if int(y.shape[1]) != e:
-            y = ops.strided_slice(y, slices=((None, None, None), (part * e, (part + 1) * e, 1)))
+        if not same(y.shape[-1], e):
+            y = ops.strided_slice(y, slices=((None, None, None),) * (len(y.shape) - 1)
+                                  + ((part * e, (part + 1) * e, 1),))
         return ops.transpose(ops.reshape(y, shape=(b, n, h, hd)), axes=(0, 2, 1, 3))
 
     def _check(self, query, key, value):
         e = self.embed_dim
         for name, x in (("query", query), ("key", key), ("value", value)):
-            if len(x.shape) != 3 or int(x.shape[2]) != e:
+            if len(x.shape) != 3 or not same(x.shape[2], e):
                 layout = "[B, L, E]" if self.batch_first else "[L, B, E]"
                 raise ValueError(f"MultiheadAttention: {name} must be {layout} with E = {e}, "
-                                 f"got {list(x.shape)}")
-        if tuple(key.shape) != tuple(value.shape) or int(key.shape[0]) != int(query.shape[0]):
-            raise ValueError(f"MultiheadAttention: key {list(key.shape)} and value "
-                             f"{list(value.shape)} must match, with query's batch "
-                             f"{list(query.shape)}")
+                                 f"got {show(x.shape)}")
+        if not same_shape(key.shape, value.shape) or not same(key.shape[0], query.shape[0]):
+            raise ValueError(f"MultiheadAttention: key {show(key.shape)} and value "
+                             f"{show(value.shape)} must match, with query's batch "
+                             f"{show(query.shape)}")
 
-    def _mask(self, attn_mask, key_padding_mask, is_causal, b, t, s, dtype):
+    def _mask(self, attn_mask, key_padding_mask, b, t, s, dtype):
         """The additive mask to add to scores [B, H, T, S] (None: none)."""
         h = self.num_heads
-        if attn_mask is None and is_causal:
-            attn_mask = np.triu(np.ones((t, s), dtype=bool), k=1)
         total = None
         if attn_mask is not None:
-            shape = tuple(int(d) for d in attn_mask.shape)
-            if shape not in ((t, s), (b * h, t, s)):
-                raise ValueError(f"MultiheadAttention: attn_mask must be [T, S] = {[t, s]} or "
-                                 f"[B*H, T, S] = {[b * h, t, s]}, got {list(shape)}")
+            shape = dims(attn_mask.shape)
+            if not (same_shape(shape, (t, s)) or same_shape(shape, (b * h, t, s))):
+                raise ValueError(f"MultiheadAttention: attn_mask must be [T, S] = "
+                                 f"{show((t, s))} or [B*H, T, S] = {show((b * h, t, s))}, got "
+                                 f"{show(shape)}")
             total = _additive(attn_mask, dtype, "attn_mask")
             if len(shape) == 3:
                 total = ops.reshape(total, shape=(b, h, t, s))
         if key_padding_mask is not None:
-            shape = tuple(int(d) for d in key_padding_mask.shape)
-            if shape != (b, s):
+            shape = dims(key_padding_mask.shape)
+            if not same_shape(shape, (b, s)):
                 raise ValueError(f"MultiheadAttention: key_padding_mask must be [B, S] = "
-                                 f"{[b, s]}, got {list(shape)}")
+                                 f"{show((b, s))}, got {show(shape)}")
             pad = ops.reshape(_additive(key_padding_mask, dtype, "key_padding_mask"),
                               shape=(b, 1, 1, s))
             total = pad if total is None else ops.add(total, pad)
@@ -152,10 +157,10 @@ class MultiheadAttention(Module):
         if not self.batch_first:  # [L, B, E] -> [B, L, E]
             query, key, value = (ops.transpose(x, axes=(1, 0, 2)) for x in (query, key, value))
         self._check(query, key, value)
-        b, t, e = (int(d) for d in query.shape)
-        s = int(key.shape[1])
+        b, t, e = dims(query.shape)  # b, t (and s) may be symbolic: any batch, any length
+        s = dims(key.shape)[1]
         hd = self.head_dim
-        mask = self._mask(attn_mask, key_padding_mask, is_causal, b, t, s, str(query.dtype))
+        mask = self._mask(attn_mask, key_padding_mask, b, t, s, str(query.dtype))
         if self_attention:
             qkv = self._project(query, 0, parts=3)                   # [B*T, 3E]
             q, k, v = (self._heads(qkv, b, t, i) for i in range(3))  # [B, H, T, hd] each
@@ -166,13 +171,19 @@ class MultiheadAttention(Module):
         # scores: [B, H, T, hd] @ [B, H, hd, S] -> [B, H, T, S]; q scaled first, as PyTorch
         scores = ops.batch_matmul(ops.mul_scalar(q, value=1.0 / math.sqrt(hd)),
                                   ops.transpose(k, axes=(0, 1, 3, 2)))
+        if attn_mask is None and is_causal:  # -inf after the query's position, any T and S
+            scores = ops.causal_fill(scores)
         if mask is not None:
             scores = ops.add(scores, mask)
         # dropped-out weights are the ones returned too, as in PyTorch
         weights = self.attn_dropout(ops.softmax(scores, axis=-1))
         ctx = ops.batch_matmul(weights, v)                                # [B, H, T, hd]
-        ctx = ops.reshape(ops.transpose(ctx, axes=(0, 2, 1, 3)), shape=(b * t, e))
-        out = ops.reshape(self.out_proj(ctx), shape=(b, t, e))
+        if is_static((b, t)):
+            ctx = ops.reshape(ops.transpose(ctx, axes=(0, 2, 1, 3)), shape=(b * t, e))
+            out = ops.reshape(self.out_proj(ctx), shape=(b, t, e))
+        else:  # [B, T, E] throughout (see _project)
+            out = self.out_proj(ops.reshape(ops.transpose(ctx, axes=(0, 2, 1, 3)),
+                                            shape=(b, t, e)))
         if not self.batch_first:
             out = ops.transpose(out, axes=(1, 0, 2))
         if not need_weights:

@@ -6,14 +6,15 @@ import numpy as np
 
 from .. import ops
 from ..ops import batch_stats
+from ..ops._dims import is_static, same, show
 from ..tensor import Tensor
 from . import init
 from .module import Module, Parameter
 
 
 class Linear(Module):
-    """y = x @ W^T + b, W: [out, in]; Kaiming-uniform init as in PyTorch. x: [..., in] ->
-    [..., out], as PyTorch (e.g. a head on a sequence's [B, T, E])."""
+    """y = x @ W^T + b, W: [out, in], over the last axis of x [..., in] (as PyTorch);
+    Kaiming-uniform init as in PyTorch."""
 
     def __init__(self, in_features, out_features, bias=True, dtype="float32"):
         super().__init__()
@@ -23,14 +24,11 @@ class Linear(Module):
 
     def forward(self, x):
         shape = tuple(x.shape)
-        if not shape or int(shape[-1]) != self.in_features:
+        if not shape or not isinstance(shape[-1], int) or shape[-1] != self.in_features:
             raise ValueError(f"Linear({self.in_features}, {self.out_features}): expected input "
-                             f"[..., {self.in_features}], got shape {list(shape)}")
-        if len(shape) != 2:  # [..., in] as the [N, in] GEMM
-            x = ops.reshape(x, shape=(-1, self.in_features))
-        y = ops.dense(x, self.weight)  # [N, in] -> [N, out]
-        y = ops.bias_add(y, self.bias, axis=1) if self.bias is not None else y
-        return y if len(shape) == 2 else ops.reshape(y, shape=(*shape[:-1], self.out_features))
+                             f"[..., {self.in_features}], got shape {show(shape)}")
+        y = ops.dense(x, self.weight)  # [..., in] -> [..., out]
+        return ops.bias_add(y, self.bias, axis=-1) if self.bias is not None else y
 
     def extra_repr(self):
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
@@ -210,16 +208,19 @@ class _BatchNorm(Module):
 
     def forward(self, x):
         shape = tuple(x.shape)
-        if len(shape) not in self.ranks or shape[1] != self.num_features:
+        if len(shape) not in self.ranks or not same(shape[1], self.num_features):
             raise ValueError(f"{type(self).__name__}({self.num_features}): expected input of rank "
                              f"{' or '.join(map(str, self.ranks))} with {self.num_features} "
-                             f"channels on axis 1, got shape {shape}")
+                             f"channels on axis 1, got shape {tuple(show(shape))}")
         x4 = x if len(shape) == 4 else ops.reshape(x, shape=(*shape, 1, 1)[:4])
         if not (self.training or not self.track_running_stats):
             y = batch_stats.batch_norm_eval(x4, self.running_mean, self.running_var,
                                             self.weight, self.bias, eps=self.eps)
         else:
-            if self.training and math.prod(shape) // shape[1] < 2:
+            # A symbolic batch has no size to check while tracing: a compiled step given a
+            # single value per channel (where PyTorch raises) normalises it to beta
+            # (variance 0) and updates running_var with a variance of 0.
+            if self.training and is_static(shape) and math.prod(shape) // shape[1] < 2:
                 raise ValueError(f"{type(self).__name__}: expected more than 1 value per channel "
                                  f"when training, got input shape {shape}")
             y = ops.batch_norm(x4, self.weight, self.bias, eps=self.eps)
@@ -272,6 +273,8 @@ class SelfAttention(Module):
     def forward(self, x):
         b, t, d = x.shape
         h, hd = self.heads, d // self.heads
+        if not is_static((b, t)):
+            return self._any_length(x, b, t, d, h, hd)
         qkv = ops.reshape(self.qkv(ops.reshape(x, shape=(b * t, d))), shape=(b, t, 3, h, hd))
         qkv = ops.transpose(qkv, axes=(2, 0, 3, 1, 4))            # [3, B, H, T, hd]
         q, k, v = (ops.reshape(_select(qkv, i), shape=(b * h, t, hd)) for i in range(3))
@@ -280,6 +283,16 @@ class SelfAttention(Module):
         ctx = ops.batch_matmul(attn, v)                                    # [B*H, T, hd]
         ctx = ops.transpose(ops.reshape(ctx, shape=(b, h, t, hd)), axes=(0, 2, 1, 3))
         return ops.reshape(self.out(ops.reshape(ctx, shape=(b * t, d))), shape=(b, t, d))
+
+    def _any_length(self, x, b, t, d, h, hd):
+        # A symbolic B or T stays a dimension of its own (never B*T or B*H, see
+        # MultiheadAttention._project): [B, T, 3D] -> [3, B, H, T, hd], 4-D batched matmuls.
+        qkv = ops.transpose(ops.reshape(self.qkv(x), shape=(b, t, 3, h, hd)), axes=(2, 0, 3, 1, 4))
+        q, k, v = (_select(qkv, i) for i in range(3))                      # [B, H, T, hd]
+        scores = ops.batch_matmul(q, ops.transpose(k, axes=(0, 1, 3, 2)))  # [B, H, T, T]
+        attn = ops.softmax_last(ops.mul_scalar(scores, value=1.0 / math.sqrt(hd)))
+        ctx = ops.transpose(ops.batch_matmul(attn, v), axes=(0, 2, 1, 3))  # [B, T, H, hd]
+        return self.out(ops.reshape(ctx, shape=(b, t, d)))
 
     def extra_repr(self):
         return f"dim={self.dim}, heads={self.heads}"

@@ -6,6 +6,7 @@ from .. import ops
 from .._tvm import te
 from ..errors import ShapeError
 from ..op import op
+from ..ops._dims import is_static, same_shape, show
 from .module import Module
 
 
@@ -44,13 +45,16 @@ class CrossEntropyLoss(Module):
         if kind not in "iu":
             raise ShapeError(f"labels: CrossEntropyLoss takes integer class ids, got dtype "
                              f"{labels.dtype} (use MSELoss for float targets)")
-        if tuple(logits.shape[:-1]) != tuple(labels.shape) or len(logits.shape) < 2:
+        if len(logits.shape) < 2 or not same_shape(logits.shape[:-1], labels.shape):
             raise ShapeError(f"labels: CrossEntropyLoss takes logits [..., C] and labels [...] "
-                             f"(classes on the last axis), got logits {list(logits.shape)} and "
-                             f"labels {list(labels.shape)}")
+                             f"(classes on the last axis), got logits {show(logits.shape)} and "
+                             f"labels {show(labels.shape)}")
         if labels.dtype not in ("int32", "int64"):
             labels = _labels_to_int32(labels)
-        if len(logits.shape) > 2:  # [B, T, V] -> [B*T, V]
+        # [B, T, V] -> [B*T, V]; symbolic B or T stay apart (ops.cross_entropy takes [..., V]):
+        # a merged B*T would make every kernel after it take B and T as extra scalar
+        # arguments, which Relax's Gradient (TVM 0.27) cannot differentiate through
+        if len(logits.shape) > 2 and is_static(logits.shape):
             logits = ops.reshape(logits, shape=(-1, logits.shape[-1]))
             labels = ops.reshape(labels, shape=(-1,))
         return ops.cross_entropy(logits, labels, ignore_index=self.ignore_index,

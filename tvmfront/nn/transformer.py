@@ -2,6 +2,7 @@
 norm1, norm2), so a torch state_dict loads as is."""
 
 from .. import ops
+from ..ops._dims import is_static, same, show
 from .attention import MultiheadAttention, dropout_module
 from .layers import LayerNorm, Linear
 from .module import Module
@@ -68,15 +69,17 @@ class TransformerEncoderLayer(Module):
         # [B, T, E] -> [B*T, E] once, not inside each Linear: the activation then sits
         # between GEMMs with no reshape and fuses into linear1's
         b, t, e = x.shape
+        if not is_static((b, t)):  # any batch or length: Linear on [B, T, E] (see _project)
+            return self.dropout2(self.linear2(self.dropout(self._activation(self.linear1(x)))))
         y = self._activation(self.linear1(ops.reshape(x, shape=(b * t, e))))
         y = self.linear2(self.dropout(y))
         return self.dropout2(ops.reshape(y, shape=(b, t, e)))
 
     def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal=False):
-        if len(src.shape) != 3 or int(src.shape[2]) != self.d_model:
+        if len(src.shape) != 3 or not same(src.shape[2], self.d_model):
             layout = "[B, T, d_model]" if self.batch_first else "[T, B, d_model]"
             raise ValueError(f"TransformerEncoderLayer: src must be {layout} with d_model = "
-                             f"{self.d_model}, got {list(src.shape)}")
+                             f"{self.d_model}, got {show(src.shape)}")
         x = src if self.batch_first else ops.transpose(src, axes=(1, 0, 2))
         if self.norm_first:  # x + sa(norm1(x)), then x + ff(norm2(x))
             x = ops.add(x, self._sa_block(self.norm1(x), src_mask, src_key_padding_mask,

@@ -11,7 +11,7 @@ from .index import embedding, one_hot, take
 from .join import concat, split, stack, strided_slice
 from .linalg import bias_add, dense, matmul
 from .loss import cross_entropy, mse_loss
-from .mask import causal_mask, padding_mask, where
+from .mask import causal_fill, causal_mask, padding_mask, where
 from .norm import batch_norm, group_norm, layer_norm
 from .operators import install_operators
 from .pool import avg_pool2d, max_pool2d
@@ -23,7 +23,8 @@ from .softmax_axis import log_softmax, softmax
 install_operators()
 
 __all__ = [
-    "add", "add_scalar", "avg_pool2d", "batch_matmul", "batch_norm", "bias_add", "causal_mask",
+    "add", "add_scalar", "avg_pool2d", "batch_matmul", "batch_norm", "bias_add", "causal_fill",
+    "causal_mask",
     "clip", "concat", "conv2d", "cross_entropy", "dense", "div", "embedding", "exp", "flatten",
     "gelu", "group_norm", "layer_norm", "log", "log_softmax", "matmul", "max", "max_pool2d",
     "mean", "mse_loss", "mul", "mul_scalar", "neg", "one_hot", "padding_mask", "pow_scalar",

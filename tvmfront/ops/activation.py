@@ -1,5 +1,6 @@
 """Smooth activations: GELU (exact and tanh-approximated, as PyTorch's `approximate=`) and
-SiLU. Their gradients are derived from the TE forward."""
+SiLU, each with its explicit gradient (which also serves symbolic shapes); the derived ones
+are checked against them."""
 
 import math
 
@@ -36,3 +37,35 @@ def gelu(x, approximate="none"):
 def silu(x):
     """x * sigmoid(x) (also called swish)."""
     return te.compute(x.shape, lambda *i: x(*i) * te.sigmoid(x(*i)), name="silu")
+
+
+@gelu.grad
+def _(dy, x, approximate="none"):
+    d = x.dtype
+    half, one = _c(0.5, d), _c(1, d)
+    if approximate == "none":  # Phi(x) + x phi(x)
+        inv_sqrt2, inv_sqrt_2pi = _c(1 / math.sqrt(2), d), _c(1 / math.sqrt(2 * math.pi), d)
+
+        def body(*i):
+            v = x(*i)
+            return dy(*i) * (half * (one + te.erf(v * inv_sqrt2))
+                             + v * inv_sqrt_2pi * te.exp(-half * v * v))
+    else:  # 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 c x^2), t = tanh(k (x + c x^3))
+        k, c, three = _c(math.sqrt(2 / math.pi), d), _c(0.044715, d), _c(3, d)
+
+        def body(*i):
+            v = x(*i)
+            t = te.tanh(k * (v + c * v * v * v))
+            return dy(*i) * (half * (one + t)
+                             + half * v * (one - t * t) * k * (one + three * c * v * v))
+    return [te.compute(x.shape, body, name="gelu_grad")]
+
+
+@silu.grad
+def _(dy, x):  # s + x s (1 - s)
+    one = _c(1, x.dtype)
+
+    def body(*i):
+        s = te.sigmoid(x(*i))
+        return dy(*i) * (s + x(*i) * s * (one - s))
+    return [te.compute(x.shape, body, name="silu_grad")]

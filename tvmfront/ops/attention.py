@@ -1,29 +1,45 @@
-"""Attention pieces: batched matmul, axis permutation, softmax over the last axis.
-Gradients are derived from the TE forward."""
+"""Attention pieces: batched matmul, axis permutation, softmax over the last axis, each with
+its explicit gradient (symbolic batch and sequence lengths need them: the derived gradient
+takes fixed extents); the derived ones are checked against them."""
 
 from .._tvm import te
 from ..op import op
+from ._dims import same, same_shape, show
 
 
 @op
 def batch_matmul(a, b):
     """[..., M, K] @ [..., K, N] -> [..., M, N] (equal leading dims)."""
-    if len(a.shape) < 2 or tuple(a.shape[:-2]) != tuple(b.shape[:-2]) or \
-            int(a.shape[-1]) != int(b.shape[-2]):
-        raise ValueError(f"batch_matmul expects [..., M, K] @ [..., K, N], got {list(a.shape)} @ "
-                         f"{list(b.shape)}")
+    if len(a.shape) < 2 or len(b.shape) != len(a.shape) or \
+            not same_shape(a.shape[:-2], b.shape[:-2]) or not same(a.shape[-1], b.shape[-2]):
+        raise ValueError(f"batch_matmul expects [..., M, K] @ [..., K, N], got {show(a.shape)} "
+                         f"@ {show(b.shape)}")
     k = te.reduce_axis((0, a.shape[-1]), "k")
     shape = (*a.shape[:-1], b.shape[-1])
     return te.compute(shape, lambda *i: te.sum(a(*i[:-1], k) * b(*i[:-2], k, i[-1]), axis=k),
                       name="batch_matmul")
 
 
-@op
-def transpose(x, axes=None):
-    """Permute axes (reverse them when axes is None), as numpy.transpose."""
+@batch_matmul.grad
+def _(dy, a, b):
+    # da = dy @ b^T, db = a^T @ dy, batched over the leading dims
+    n = te.reduce_axis((0, b.shape[-1]), "n")
+    m = te.reduce_axis((0, a.shape[-2]), "m")
+    da = te.compute(a.shape, lambda *i: te.sum(dy(*i[:-1], n) * b(*i[:-2], i[-1], n), axis=n),
+                    name="batch_matmul_da")
+    db = te.compute(b.shape, lambda *i: te.sum(a(*i[:-2], m, i[-2]) * dy(*i[:-2], m, i[-1]),
+                                               axis=m), name="batch_matmul_db")
+    return [da, db]
+
+
+def _permutation(x, axes):
     axes = tuple(range(len(x.shape)))[::-1] if axes is None else tuple(int(a) for a in axes)
     if sorted(axes) != list(range(len(x.shape))):
         raise ValueError(f"transpose: {axes} is not a permutation of {len(x.shape)} axes")
+    return axes
+
+
+def _permute(x, axes, name):
     shape = tuple(x.shape[a] for a in axes)
 
     def body(*i):
@@ -32,15 +48,41 @@ def transpose(x, axes=None):
             src[in_axis] = i[out_axis]
         return x(*src)
 
-    return te.compute(shape, body, name="transpose")
+    return te.compute(shape, body, name=name)
+
+
+@op
+def transpose(x, axes=None):
+    """Permute axes (reverse them when axes is None), as numpy.transpose."""
+    return _permute(x, _permutation(x, axes), "transpose")
+
+
+@transpose.grad
+def _(dy, x, axes=None):
+    axes = _permutation(x, axes)
+    inverse = [axes.index(a) for a in range(len(axes))]
+    return [_permute(dy, inverse, "transpose_grad")]
+
+
+def _softmax_last(x, name):
+    lead, c = tuple(x.shape[:-1]), x.shape[-1]
+    k1, k2 = te.reduce_axis((0, c), "k1"), te.reduce_axis((0, c), "k2")
+    mx = te.compute(lead, lambda *i: te.max(x(*i, k1), axis=k1), name="sm_max")
+    se = te.compute(lead, lambda *i: te.sum(te.exp(x(*i, k2) - mx(*i)), axis=k2), name="sm_sum")
+    return te.compute(x.shape, lambda *i: te.exp(x(*i) - mx(*i[:-1])) / se(*i[:-1]), name=name)
 
 
 @op
 def softmax_last(x):
     """Softmax over the last axis of any-rank x."""
-    lead, c = tuple(x.shape[:-1]), x.shape[-1]
-    k1, k2 = te.reduce_axis((0, c), "k1"), te.reduce_axis((0, c), "k2")
-    mx = te.compute(lead, lambda *i: te.max(x(*i, k1), axis=k1), name="sm_max")
-    se = te.compute(lead, lambda *i: te.sum(te.exp(x(*i, k2) - mx(*i)), axis=k2), name="sm_sum")
-    return te.compute(x.shape, lambda *i: te.exp(x(*i) - mx(*i[:-1])) / se(*i[:-1]),
-                      name="softmax_last")
+    return _softmax_last(x, "softmax_last")
+
+
+@softmax_last.grad
+def _(dy, x):  # s * (dy - sum(dy * s)) along the last axis
+    s = _softmax_last(x, "softmax_last")
+    k = te.reduce_axis((0, x.shape[-1]), "k")
+    dot = te.compute(tuple(x.shape[:-1]), lambda *i: te.sum(dy(*i, k) * s(*i, k), axis=k),
+                     name="softmax_last_dot")
+    return [te.compute(x.shape, lambda *i: s(*i) * (dy(*i) - dot(*i[:-1])),
+                       name="softmax_last_grad")]

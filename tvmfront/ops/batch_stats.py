@@ -7,25 +7,18 @@ input is detached), so the backward pass has no kernel for them.
 
 from .._tvm import te, tirx
 from ..op import op
+from ._dims import dims, reciprocal, size
+from .norm import batch_moments
 
 
 def _c(v, dtype):
     return tirx.const(v, dtype)
 
 
-def _channel_mean(x, tag):
-    n, c, h, w = (int(d) for d in x.shape)
-    inv = _c(1.0 / (n * h * w), x.dtype)
-    a = [te.reduce_axis((0, n), f"b{tag}"), te.reduce_axis((0, h), f"h{tag}"),
-         te.reduce_axis((0, w), f"w{tag}")]
-    return te.compute((c,), lambda ch: te.sum(x[a[0], ch, a[1], a[2]] * inv, axis=a),
-                      name=f"bn_mean{tag}")
-
-
 @op
 def running_mean_update(x, running, factor):
     """(1 - factor) * running + factor * mean over (N, H, W); factor: a 0-d tensor."""
-    mean = _channel_mean(x, "")
+    mean, _, _ = batch_moments(x, "r")
     one = _c(1.0, x.dtype)
     return te.compute(running.shape, lambda ch: (one - factor()) * running[ch]
                       + factor() * mean[ch], name="running_mean")
@@ -34,12 +27,16 @@ def running_mean_update(x, running, factor):
 @op
 def running_var_update(x, running, factor):
     """(1 - factor) * running + factor * the unbiased variance over (N, H, W) (PyTorch's
-    running estimate: the batch variance times n / (n - 1))."""
-    n, c, h, w = (int(d) for d in x.shape)
-    count = n * h * w
-    mean = _channel_mean(x, "v")
+    running estimate: the batch variance times n / (n - 1)). With a symbolic N the count is
+    known at run time only: a count of 1, which PyTorch refuses (and a fixed batch refuses
+    when traced), takes the variance as 0 here (n - 1 is taken as at least 1), so the
+    running variance decays by (1 - factor) instead of becoming NaN."""
+    n, c, h, w = dims(x.shape)
+    count = size((n, h, w))
+    mean, _, _ = batch_moments(x, "v")
     a = [te.reduce_axis((0, n), "b2"), te.reduce_axis((0, h), "h2"), te.reduce_axis((0, w), "w2")]
-    inv = _c(1.0 / max(count - 1, 1), x.dtype)
+    inv = (_c(1.0 / max(count - 1, 1), x.dtype) if isinstance(count, int)
+           else reciprocal(tirx.max(count - 1, tirx.const(1, "int64")), x.dtype))
 
     def centered_sq(ch, b, i, j):
         v = x[b, ch, i, j] - mean[ch]

@@ -1,7 +1,9 @@
-"""2-D convolution, NCHW input and OIHW weights, with stride and zero padding."""
+"""2-D convolution, NCHW input and OIHW weights, with stride and zero padding. The batch N
+may be symbolic; channels, height, width and the kernel are fixed sizes."""
 
 from .._tvm import te, tirx
 from ..op import op
+from ._dims import dims, show, static_shape
 
 
 def _pair(v):
@@ -15,19 +17,24 @@ def _out_size(size, k, s, p):
 def _padded(x, ph, pw, name):
     if ph == 0 and pw == 0:
         return x
-    n, c, h, w = (int(d) for d in x.shape)
+    n, c, h, w = dims(x.shape)
     zero = tirx.const(0, x.dtype)
     return te.compute((n, c, h + 2 * ph, w + 2 * pw), lambda a, b, i, j: te.if_then_else(
         te.all(i >= ph, i < h + ph, j >= pw, j < w + pw), x[a, b, i - ph, j - pw], zero), name=name)
 
 
 def _check(x, w, stride, padding):
-    if len(x.shape) != 4 or len(w.shape) != 4 or int(x.shape[1]) != int(w.shape[1]):
+    if len(x.shape) != 4 or len(w.shape) != 4:
         raise ValueError(f"conv2d expects x [N, C, H, W] and w [O, C, KH, KW], got "
-                         f"{list(x.shape)} and {list(w.shape)}")
+                         f"{show(x.shape)} and {show(w.shape)}")
+    _, c, h, wd = static_shape((1, *x.shape[1:]), "conv2d", "x's channels, height and width")
+    _, c_w, kh, kw = static_shape(w.shape, "conv2d", "the weight's shape")
+    if c != c_w:
+        raise ValueError(f"conv2d expects x [N, C, H, W] and w [O, C, KH, KW], got "
+                         f"{show(x.shape)} and {show(w.shape)}")
     (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
-    ho = _out_size(int(x.shape[2]), int(w.shape[2]), sh, ph)
-    wo = _out_size(int(x.shape[3]), int(w.shape[3]), sw, pw)
+    ho = _out_size(h, kh, sh, ph)
+    wo = _out_size(wd, kw, sw, pw)
     if ho <= 0 or wo <= 0:
         raise ValueError(f"conv2d: kernel {list(w.shape[2:])} larger than padded input "
                          f"{list(x.shape[2:])} (padding {padding})")
@@ -51,8 +58,8 @@ def conv2d(x, w, stride=1, padding=0):
 @conv2d.grad
 def _(dy, x, w, stride=1, padding=0):
     sh, sw, ph, pw, ho, wo = _check(x, w, stride, padding)
-    n_, c_, h, wd = (int(d) for d in x.shape)
-    o_, _, k_h, k_w = (int(d) for d in w.shape)
+    n_, c_, h, wd = dims(x.shape)
+    o_, _, k_h, k_w = dims(w.shape)
     zero = tirx.const(0, dy.dtype)
 
     # dx is a transposed convolution, written as a gather: dy is dilated by the stride and

@@ -10,6 +10,7 @@ import numpy as np
 
 from .._tvm import te, tirx
 from ..tensor import Tensor, resolve
+from ._dims import dims
 from .random import bits_of, check_stream, runtime_inputs, signature
 
 
@@ -33,7 +34,7 @@ def _mask_scale(x, key, counter, p, stream, name):
     """Function of the output position: 1/(1-p) where the element is kept, else 0."""
     if "float" not in str(x.dtype):
         raise TypeError(f"dropout: x must be a float tensor, got {x.dtype}")
-    shape = tuple(int(d) for d in x.shape)
+    shape = dims(x.shape)
     word = bits_of(key, counter, shape, check_stream(stream), name=name)
     t = _threshold(p)
     zero = tirx.const(0, x.dtype)

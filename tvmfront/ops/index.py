@@ -14,12 +14,15 @@ import numpy as np
 
 from .._tvm import te, tirx
 from ..op import Op
+from ._dims import dims, show, static
 
 
 def _clamped(idx, i, n):
     """idx(*i) clamped into [0, n-1] (in the id's own dtype, so no overflow), then int32 for
-    indexing (n fits int32, so the clamped value does)."""
-    lo, hi = tirx.const(0, idx.dtype), tirx.const(n - 1, idx.dtype)
+    indexing (n fits int32, so the clamped value does). n may be symbolic (a table whose
+    rows are the batch)."""
+    lo = tirx.const(0, idx.dtype)
+    hi = tirx.const(n - 1, idx.dtype) if isinstance(n, int) else (n - 1).astype(idx.dtype)
     return te.max(te.min(idx(*i), hi), lo).astype("int32")
 
 
@@ -76,12 +79,12 @@ def _index_op(ids_at, size, what="id"):
 # ---- take ------------------------------------------------------------------------------------
 def _take_te(x, idx, axis, name):
     a = _axis(axis, len(x.shape), name)
-    n, k = int(x.shape[a]), len(idx.shape)
+    n, k = dims(x.shape)[a], len(idx.shape)
     shape = (*x.shape[:a], *idx.shape, *x.shape[a + 1:])
     if "int" not in str(idx.dtype):
         raise TypeError(f"{name}: indices must be integers (int32 or int64), got {idx.dtype}")
-    if n == 0:
-        raise ValueError(f"{name}: cannot take from an empty axis {a} of {list(x.shape)}")
+    if isinstance(n, int) and n == 0:
+        raise ValueError(f"{name}: cannot take from an empty axis {a} of {show(x.shape)}")
     return te.compute(shape, lambda *i: x(*i[:a], _clamped(idx, i[a:a + k], n), *i[a + k:]),
                       name=name)
 
@@ -93,8 +96,8 @@ def _scatter_add(dy, x, idx, axis, skip=None, name="take_grad"):
     sequences tests and small models use; a sort-or-atomic scatter would be the scalable form.
     `skip`: a row that gets no gradient (Embedding's padding_idx)."""
     a = _axis(axis, len(x.shape), "take")
-    n = int(x.shape[a])
-    ks = [te.reduce_axis((0, int(d)), f"p{j}") for j, d in enumerate(idx.shape)]
+    n = dims(x.shape)[a]
+    ks = [te.reduce_axis((0, d), f"p{j}") for j, d in enumerate(idx.shape)]
     zero = tirx.const(0, dy.dtype)
 
     def body(*i):
@@ -141,14 +144,14 @@ def embedding(weight, ids, padding_idx=None):
     """weight [num, dim], ids [...] int32/int64 -> [..., dim] (torch.nn.functional.embedding).
     The row `padding_idx` is read as is but receives no gradient."""
     if len(weight.shape) != 2:
-        raise ValueError(f"embedding: weight must be [num, dim], got {list(weight.shape)}")
-    _padding_row(padding_idx, int(weight.shape[0]))
+        raise ValueError(f"embedding: weight must be [num, dim], got {show(weight.shape)}")
+    _padding_row(padding_idx, static(weight.shape[0], "embedding", "the number of rows"))
     return _take_te(weight, ids, 0, "embedding")
 
 
 @embedding.grad
 def _(dy, weight, ids, padding_idx=None):
-    skip = _padding_row(padding_idx, int(weight.shape[0]))
+    skip = _padding_row(padding_idx, static(weight.shape[0], "embedding", "the number of rows"))
     return [_scatter_add(dy, weight, ids, 0, skip=skip, name="embedding_grad"), None]
 
 

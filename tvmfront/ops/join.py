@@ -6,6 +6,7 @@ differentiate multi-output ops yet (Op._emit refuses them), and slices train.
 
 from .._tvm import te, tirx
 from ..op import Op, op
+from ._dims import dims, same, same_shape, show, simplify, static
 
 
 class _SeqOp(Op):
@@ -32,23 +33,28 @@ def _chain(parts, i, a):
     pieces = []
     for x in parts:
         pieces.append((start, x))
-        start += int(x.shape[a])
+        start = start + dims(x.shape)[a]
     for start, x in reversed(pieces):
         read = x(*i[:a], i[a] - start, *i[a + 1:])
-        body = read if body is None else te.if_then_else(i[a] < start + int(x.shape[a]), read, body)
+        body = read if body is None else te.if_then_else(i[a] < start + dims(x.shape)[a], read,
+                                                         body)
     return body
 
 
 def _concat_shape(xs, axis, name):
     a = _axis(axis, len(xs[0].shape), name)
-    first = [int(d) for d in xs[0].shape]
+    first = dims(xs[0].shape)
     for k, x in enumerate(xs):
-        other = [int(d) for d in x.shape]
-        if len(other) != len(first) or other[:a] + other[a + 1:] != first[:a] + first[a + 1:] \
+        other = dims(x.shape)
+        if len(other) != len(first) or not same_shape(other[:a] + other[a + 1:],
+                                                      first[:a] + first[a + 1:]) \
                 or x.dtype != xs[0].dtype:
-            raise ValueError(f"{name}: tensor {k} is {other} {x.dtype}, tensor 0 is {first} "
-                             f"{xs[0].dtype}; all must match except along axis {a}")
-    return a, (*first[:a], sum(int(x.shape[a]) for x in xs), *first[a + 1:])
+            raise ValueError(f"{name}: tensor {k} is {show(other)} {x.dtype}, tensor 0 is "
+                             f"{show(first)} {xs[0].dtype}; all must match except along axis {a}")
+    total = 0
+    for x in xs:
+        total = total + dims(x.shape)[a]
+    return a, (*first[:a], simplify(total), *first[a + 1:])
 
 
 def _concat(*xs, axis=0):
@@ -70,7 +76,7 @@ def _(dy, *xs, axis=0):
     grads, start = [], 0
     for k, x in enumerate(xs):
         grads.append(te.compute(x.shape, _shifted(dy, a, start), name=f"concat_grad{k}"))
-        start += int(x.shape[a])
+        start = start + dims(x.shape)[a]
     return grads
 
 
@@ -79,10 +85,9 @@ def _stack(*xs, axis=0):
     ndim = len(xs[0].shape) + 1
     a = _axis(axis, ndim, "stack")
     for k, x in enumerate(xs):
-        if tuple(int(d) for d in x.shape) != tuple(int(d) for d in xs[0].shape) or \
-                x.dtype != xs[0].dtype:
-            raise ValueError(f"stack: tensor {k} is {[int(d) for d in x.shape]} {x.dtype}, "
-                             f"tensor 0 is {[int(d) for d in xs[0].shape]} {xs[0].dtype}")
+        if not same_shape(x.shape, xs[0].shape) or x.dtype != xs[0].dtype:
+            raise ValueError(f"stack: tensor {k} is {show(x.shape)} {x.dtype}, "
+                             f"tensor 0 is {show(xs[0].shape)} {xs[0].dtype}")
     shape = (*xs[0].shape[:a], len(xs), *xs[0].shape[a:])
 
     def body(*i):
@@ -109,30 +114,87 @@ def _at(dy, a, k):
 
 
 # ---- slices ----------------------------------------------------------------------------------
+def _bound(v, d, default, lo, hi):
+    """One slice bound over a symbolic axis of size d, as Python's slice.indices takes it:
+    None -> default, negative -> from the end, then clamped into [lo, hi]."""
+    if v is None:
+        return default
+    v = d + v if v < 0 else tirx.const(v, "int64")
+    return tirx.max(tirx.min(v, hi), tirx.const(lo, "int64"))
+
+
+def _one_axis(d, start, stop, step):
+    """(start, step, length) of slice(start, stop, step) over an axis of size d (an int, or a
+    symbolic size: then start and length are TIR expressions, as slice.indices would give)."""
+    if isinstance(d, int):
+        start, stop, step = slice(start, stop, step).indices(d)
+        return start, step, len(range(start, stop, step))
+    step = 1 if step is None else step
+    if step > 0:
+        first, last = _bound(start, d, 0, 0, d), _bound(stop, d, d, 0, d)
+        length = (last - first + (step - 1)) // step
+    else:
+        first, last = _bound(start, d, d - 1, -1, d - 1), _bound(stop, d, -1, -1, d - 1)
+        length = (first - last + (-step - 1)) // -step
+    return simplify(first), step, simplify(tirx.max(length, 0))
+
+
 def _normalise_slices(shape, slices):
     """Per axis (start, step, length) from a tuple of (start, stop, step), None meaning ':'."""
     if len(slices) > len(shape):
         raise IndexError(f"too many slices ({len(slices)}) for a {len(shape)}-d tensor")
     out = []
-    for d, s in zip(shape, tuple(slices) + ((None, None, None),) * (len(shape) - len(slices))):
+    for d, s in zip(dims(shape), tuple(slices) + ((None, None, None),) * (len(shape) - len(slices))):
+        if len(s) == 1:  # (k,): the one element k (from the end when negative), length 1
+            k = s[0]
+            if isinstance(d, int) and not -d <= k < d:
+                raise IndexError(f"index {k} is out of range for an axis of size {d}")
+            out.append((k % d if isinstance(d, int) else k if k >= 0 else simplify(d + k), 1, 1))
+            continue
         start, stop, step = s
         if step == 0:
             raise ValueError("strided_slice: step cannot be zero")
-        start, stop, step = slice(start, stop, step).indices(int(d))
-        out.append((start, step, len(range(start, stop, step))))
+        out.append(_one_axis(d, start, stop, step))
     return out
+
+
+def _index(s, st, v):
+    if isinstance(s, int) and s == 0 and st == 1:
+        return v
+    first = tirx.const(s, "int32") if isinstance(s, int) else s  # int64 when symbolic
+    return first + v * st
 
 
 @op
 def strided_slice(x, slices=()):
     """x[s0, s1, ...] for Python slices given as (start, stop, step) triples (None for a
     default), one per leading axis: numpy/PyTorch basic slicing, negative steps and indices
-    included. The gradient is derived (the reads are affine in the loop variables)."""
+    included; on a symbolic axis the bounds are clamped at run time, as Python does. A
+    1-tuple (k,) takes the one element k (length 1), as x[k] does before dropping the axis."""
     norm = _normalise_slices(x.shape, slices)
     shape = tuple(n for _, _, n in norm)
-    return te.compute(shape, lambda *i: x(*[tirx.const(s, "int32") + v * st if st != 1 or s
-                                           else v for v, (s, st, _) in zip(i, norm)]),
+    return te.compute(shape, lambda *i: x(*[_index(s, st, v) for v, (s, st, _) in zip(i, norm)]),
                       name="strided_slice")
+
+
+@strided_slice.grad
+def _(dy, x, slices=()):
+    # dx[i] = dy[j] where i = start + j * step for some 0 <= j < length, else 0
+    norm = _normalise_slices(x.shape, slices)
+    zero = tirx.const(0, dy.dtype)
+
+    def body(*i):
+        ok, j = [], []
+        for v, (s, st, n) in zip(i, norm):
+            if isinstance(s, int) and s == 0 and st == 1 and same(n, dims(x.shape)[len(j)]):
+                j.append(v)
+                continue
+            t = (v - s) if st > 0 else (s - v)
+            ok += [t >= 0, t % abs(st) == 0, t // abs(st) < n]
+            j.append(t // abs(st))
+        return te.if_then_else(te.all(*ok), dy(*j), zero) if ok else dy(*j)
+
+    return [te.compute(x.shape, body, name="strided_slice_grad")]
 
 
 def split(x, split_size_or_sections, axis=0):
@@ -140,7 +202,7 @@ def split(x, split_size_or_sections, axis=0):
     the size does not divide), or pieces of the given sizes (a list summing to the axis).
     Returns a tuple of slices; each trains like any slice."""
     a = _axis(axis, len(x.shape), "split")
-    n = int(x.shape[a])
+    n = static(x.shape[a], "split", "the axis split")
     if isinstance(split_size_or_sections, int):
         if split_size_or_sections <= 0:
             raise ValueError(f"split: size {split_size_or_sections} must be positive")
@@ -177,7 +239,10 @@ def getitem(x, key):
     slices, keep = [], []
     for axis, k in enumerate(key):
         if isinstance(k, int):
-            n = int(x.shape[axis])
+            n = dims(x.shape)[axis]
+            if not isinstance(n, int):  # a symbolic axis: x[-1] is its last element; an index
+                slices.append((k,))      # outside the axis at run time is not caught
+                continue
             if not -n <= k < n:
                 raise IndexError(f"index {k} is out of range for axis {axis} of size {n}")
             k %= n

@@ -2,80 +2,93 @@
 
 from .._tvm import te, tirx
 from ..op import op
-from ._dims import reciprocal, same, same_shape, show, size
+from ._dims import reciprocal, same_shape, show, size, static
 
 
 def _log_softmax_parts(logits):
-    b, c = logits.shape
+    """Row max and sum(exp(logits - max)) over the last (class) axis."""
+    lead, c = tuple(logits.shape[:-1]), logits.shape[-1]
     k1 = te.reduce_axis((0, c), "k1")
     k2 = te.reduce_axis((0, c), "k2")
-    mx = te.compute((b,), lambda i: te.max(logits[i, k1], axis=k1), name="row_max")
-    se = te.compute((b,), lambda i: te.sum(te.exp(logits[i, k2] - mx[i]), axis=k2), name="row_sum")
+    mx = te.compute(lead, lambda *i: te.max(logits(*i, k1), axis=k1), name="row_max")
+    se = te.compute(lead, lambda *i: te.sum(te.exp(logits(*i, k2) - mx(*i)), axis=k2),
+                    name="row_sum")
     return mx, se
 
 
 def _check_ce(logits, labels):
-    if len(logits.shape) != 2 or len(labels.shape) != 1 or \
-            not same(labels.shape[0], logits.shape[0]):
-        raise ValueError(f"cross_entropy expects logits [B, C] and labels [B], got "
-                         f"{show(logits.shape)} and {show(labels.shape)}")
+    if len(logits.shape) < 2 or len(labels.shape) != len(logits.shape) - 1 or \
+            not same_shape(labels.shape, logits.shape[:-1]):
+        raise ValueError(f"cross_entropy expects logits [B, C] and labels [B] (or [..., C] and "
+                         f"[...]), got {show(logits.shape)} and {show(labels.shape)}")
     if "int" not in str(labels.dtype):
         raise ValueError(f"cross_entropy labels must be integers, got {labels.dtype}")
 
 
+def _lead_axes(labels, tag):
+    return [te.reduce_axis((0, d), f"{tag}{j}") for j, d in enumerate(labels.shape)]
+
+
 def _valid_count(labels, ignore_index, dtype):
-    """(valid(i): 1 where labels[i] != ignore_index else 0, their count as a 0-d tensor)."""
+    """(valid(*i): 1 where labels[i] != ignore_index else 0, their count as a 0-d tensor)."""
     ignore = tirx.const(ignore_index, labels.dtype)
     one, zero = tirx.const(1, dtype), tirx.const(0, dtype)
 
-    def valid(i):
-        return te.if_then_else(labels[i] != ignore, one, zero)
+    def valid(*i):
+        return te.if_then_else(labels(*i) != ignore, one, zero)
 
-    kb = te.reduce_axis((0, labels.shape[0]), "kv")
-    count = te.compute((), lambda: te.sum(valid(kb), axis=kb), name="valid_count")
+    kb = _lead_axes(labels, "kv")
+    count = te.compute((), lambda: te.sum(valid(*kb), axis=kb), name="valid_count")
     return valid, count
+
+
+def _spread(label_smoothing, logits):
+    c = static(logits.shape[-1], "cross_entropy", "the class count")
+    return tirx.const(label_smoothing / c, logits.dtype)
 
 
 @op
 def cross_entropy(logits, labels, ignore_index=-100, label_smoothing=0.0):
     """Mean over the samples whose label is not ignore_index of
     logsumexp(logits[b]) - (1 - s) * logits[b, labels[b]] - s * mean_c(logits[b, c]),
-    s = label_smoothing: PyTorch's cross_entropy (0/0 = NaN when every label is ignored)."""
+    s = label_smoothing: PyTorch's cross_entropy (0/0 = NaN when every label is ignored).
+    logits [B, C] with labels [B], or [..., C] with [...] (e.g. a sequence's [B, T, V] with
+    [B, T], no reshape: a symbolic B and T stay two plain dimensions)."""
     _check_ce(logits, labels)
-    b, c = logits.shape
+    lead, c = tuple(logits.shape[:-1]), logits.shape[-1]
     mx, se = _log_softmax_parts(logits)
     zero = tirx.const(0, logits.dtype)
     kc = te.reduce_axis((0, c), "kc")
-    picked = te.compute((b,), lambda i: te.sum(te.if_then_else(
-        kc.var.astype(labels.dtype) == labels[i], logits[i, kc], zero), axis=kc), name="picked")
+    picked = te.compute(lead, lambda *i: te.sum(te.if_then_else(
+        kc.var.astype(labels.dtype) == labels(*i), logits(*i, kc), zero), axis=kc), name="picked")
     keep = tirx.const(1.0 - label_smoothing, logits.dtype)
     if label_smoothing:
         ks = te.reduce_axis((0, c), "ks")
-        spread = tirx.const(label_smoothing / int(c), logits.dtype)
-        row_sum = te.compute((b,), lambda i: te.sum(logits[i, ks], axis=ks), name="row_logit_sum")
+        spread = _spread(label_smoothing, logits)
+        row_sum = te.compute(lead, lambda *i: te.sum(logits(*i, ks), axis=ks),
+                             name="row_logit_sum")
 
-        def term(i):
-            return te.log(se[i]) + mx[i] - keep * picked[i] - spread * row_sum[i]
+        def term(*i):
+            return te.log(se(*i)) + mx(*i) - keep * picked(*i) - spread * row_sum(*i)
     else:
-        def term(i):
-            return te.log(se[i]) + mx[i] - picked[i]
+        def term(*i):
+            return te.log(se(*i)) + mx(*i) - picked(*i)
     valid, count = _valid_count(labels, ignore_index, logits.dtype)
-    kb = te.reduce_axis((0, b), "kb")
-    total = te.compute((), lambda: te.sum(valid(kb) * term(kb), axis=kb), name="ce_total")
+    kb = _lead_axes(labels, "kb")
+    total = te.compute((), lambda: te.sum(valid(*kb) * term(*kb), axis=kb), name="ce_total")
     return te.compute((), lambda: total() / count(), name="cross_entropy")
 
 
 @cross_entropy.grad
 def _(dy, logits, labels, ignore_index=-100, label_smoothing=0.0):
-    b, c = logits.shape
     mx, se = _log_softmax_parts(logits)
     keep = tirx.const(1.0 - label_smoothing, logits.dtype)
-    spread = tirx.const(label_smoothing / int(c), logits.dtype)
+    spread = _spread(label_smoothing, logits)
     zero = tirx.const(0, logits.dtype)
     valid, count = _valid_count(labels, ignore_index, logits.dtype)
-    dlogits = te.compute(logits.shape, lambda i, j: dy() * valid(i) / count() * (
-        te.exp(logits[i, j] - mx[i]) / se[i] - spread
-        - te.if_then_else(j.astype(labels.dtype) == labels[i], keep, zero)),
+    dlogits = te.compute(logits.shape, lambda *i: dy() * valid(*i[:-1]) / count() * (
+        te.exp(logits(*i) - mx(*i[:-1])) / se(*i[:-1]) - spread
+        - te.if_then_else(i[-1].astype(labels.dtype) == labels(*i[:-1]), keep, zero)),
         name="cross_entropy_grad")
     return [dlogits, None]
 

@@ -9,7 +9,8 @@ import numpy as np
 
 from .._tvm import te, tirx
 from ..op import op
-from ._broadcast import broadcast_shape, index_into
+from ._broadcast import broadcast_shape, index_into, reduce_to
+from ._dims import show
 
 
 @op
@@ -22,14 +23,46 @@ def where(cond, a, b):
     if a.dtype != b.dtype:
         raise TypeError(f"where: a is {a.dtype} and b is {b.dtype}; they must match")
     shape = broadcast_shape(broadcast_shape(cond.shape, a.shape), b.shape)
-    zero = tirx.const(0, cond.dtype)
 
     def body(*i):
-        c = cond(*index_into(cond.shape, i))
-        c = c if str(cond.dtype) == "bool" else c != zero
-        return te.if_then_else(c, a(*index_into(a.shape, i)), b(*index_into(b.shape, i)))
+        return te.if_then_else(_holds(cond, i), a(*index_into(a.shape, i)),
+                               b(*index_into(b.shape, i)))
 
     return te.compute(shape, body, name="where")
+
+
+def _holds(cond, i):
+    c = cond(*index_into(cond.shape, i))
+    return c if str(cond.dtype) == "bool" else c != tirx.const(0, cond.dtype)
+
+
+@where.grad
+def _(dy, cond, a, b):
+    zero = tirx.const(0, dy.dtype)
+    return [None,
+            reduce_to(a.shape, dy.shape, lambda i: te.if_then_else(_holds(cond, i), dy(*i), zero),
+                      name="where_da"),
+            reduce_to(b.shape, dy.shape, lambda i: te.if_then_else(_holds(cond, i), zero, dy(*i)),
+                      name="where_db")]
+
+
+@op
+def causal_fill(x, value=float("-inf")):
+    """x [..., T, S] with `value` where key j comes after query i (j > i): a causal mask
+    applied in place of adding causal_mask(T) (the same values: s + 0 = s, s + -inf = -inf),
+    for any T and S, symbolic ones included. The gradient passes dy where x was kept."""
+    if len(x.shape) < 2:
+        raise ValueError(f"causal_fill expects [..., T, S], got {show(x.shape)}")
+    fill = tirx.const(value, x.dtype)
+    return te.compute(x.shape, lambda *i: te.if_then_else(i[-1] > i[-2], fill, x(*i)),
+                      name="causal_fill")
+
+
+@causal_fill.grad
+def _(dy, x, value=float("-inf")):
+    zero = tirx.const(0, dy.dtype)
+    return [te.compute(x.shape, lambda *i: te.if_then_else(i[-1] > i[-2], zero, dy(*i)),
+                       name="causal_fill_grad")]
 
 
 def causal_mask(size, additive=True, dtype="float32"):

@@ -1,30 +1,41 @@
-"""Normalisations. Their gradients are derived from the TE forward (no .grad):
-TVM 0.27 has no Relax gradient for any of them."""
+"""Normalisations, each with its explicit gradient (TVM 0.27 has no Relax gradient for any
+of them, and the derived one takes fixed extents only); the derived ones are checked
+against them. The batch (and any dimension statistics are not taken over per sample) may
+be symbolic; batch_norm's statistics are over a symbolic N, 1 / count computed at run time.
 
-import math
+Every gradient is the same formula over each normalised group (xhat = (x - mean) * rstd):
+    dx = rstd * (g - mean(g) - xhat * mean(g * xhat)),  g = dy * gamma
+    dgamma = sum of dy * xhat, dbeta = sum of dy over the positions sharing a gamma entry.
+"""
 
 from .._tvm import te, tirx
+from ..errors import ShapeError
 from ..op import op
+from ._dims import dims, reciprocal, same_shape, show, size, static, static_shape
 
 
 def _c(v, dtype):
     return tirx.const(v, dtype)
 
 
-@op
-def layer_norm(x, gamma, beta, eps=1e-5):
-    """Normalise over the last k axes, k = gamma.ndim (PyTorch's normalized_shape):
-    (x - mean) / sqrt(var + eps) * gamma + beta, gamma and beta of shape x.shape[-k:]."""
+def _axes(prefix, extents):
+    return [te.reduce_axis((0, d), f"{prefix}{j}") for j, d in enumerate(extents)]
+
+
+# ---- layer_norm: statistics over the last k axes, per leading position ----------------------
+def _ln_check(x, gamma, beta):
     k = len(gamma.shape)
-    norm_shape = tuple(int(d) for d in x.shape[len(x.shape) - k:])
-    if not 1 <= k <= len(x.shape) or tuple(int(d) for d in gamma.shape) != norm_shape or \
-            tuple(gamma.shape) != tuple(beta.shape):
-        raise ValueError(f"layer_norm: gamma/beta {list(gamma.shape)}/{list(beta.shape)} must "
-                         f"both be the trailing shape of x {list(x.shape)}")
-    lead = tuple(x.shape[:len(x.shape) - k])
-    inv_n = _c(1.0 / math.prod(norm_shape), x.dtype)
-    r1 = [te.reduce_axis((0, d), f"k1_{j}") for j, d in enumerate(norm_shape)]
-    r2 = [te.reduce_axis((0, d), f"k2_{j}") for j, d in enumerate(norm_shape)]
+    if not 1 <= k <= len(x.shape) or not same_shape(gamma.shape, x.shape[len(x.shape) - k:]) \
+            or not same_shape(gamma.shape, beta.shape):
+        raise ValueError(f"layer_norm: gamma/beta {show(gamma.shape)}/{show(beta.shape)} must "
+                         f"both be the trailing shape of x {show(x.shape)}")
+    norm_shape = static_shape(gamma.shape, "layer_norm", "normalized_shape")
+    return k, norm_shape, tuple(x.shape[:len(x.shape) - k])
+
+
+def _ln_stats(x, norm_shape, lead, tag):
+    inv_n = reciprocal(size(norm_shape), x.dtype)
+    r1, r2 = _axes(f"k1{tag}_", norm_shape), _axes(f"k2{tag}_", norm_shape)
     mean = te.compute(lead, lambda *i: te.sum(x(*i, *r1) * inv_n, axis=r1), name="ln_mean")
 
     def centered_sq(i, r):
@@ -32,53 +43,168 @@ def layer_norm(x, gamma, beta, eps=1e-5):
         return v * v * inv_n
 
     var = te.compute(lead, lambda *i: te.sum(centered_sq(i, r2), axis=r2), name="ln_var")
+    return mean, var
+
+
+@op
+def layer_norm(x, gamma, beta, eps=1e-5):
+    """Normalise over the last k axes, k = gamma.ndim (PyTorch's normalized_shape):
+    (x - mean) / sqrt(var + eps) * gamma + beta, gamma and beta of shape x.shape[-k:]."""
+    k, norm_shape, lead = _ln_check(x, gamma, beta)
+    mean, var = _ln_stats(x, norm_shape, lead, "")
     n = len(lead)
     return te.compute(x.shape, lambda *i: (x(*i) - mean(*i[:n])) * te.rsqrt(var(*i[:n]) + _c(
         eps, x.dtype)) * gamma(*i[n:]) + beta(*i[n:]), name="layer_norm")
 
 
-@op
-def group_norm(x, gamma, beta, groups=1, eps=1e-5):
-    """NCHW group normalisation: statistics over (channels of a group, H, W) per sample."""
-    n, c, h, w = (int(d) for d in x.shape)
+@layer_norm.grad
+def _(dy, x, gamma, beta, eps=1e-5):
+    k, norm_shape, lead = _ln_check(x, gamma, beta)
+    mean, var = _ln_stats(x, norm_shape, lead, "g")
+    n, d = len(lead), x.dtype
+    inv_n = reciprocal(size(norm_shape), d)
+    rstd = te.compute(lead, lambda *i: te.rsqrt(var(*i) + _c(eps, d)), name="ln_rstd")
+
+    def xhat(*i):
+        return (x(*i) - mean(*i[:n])) * rstd(*i[:n])
+
+    r1, r2 = _axes("s1_", norm_shape), _axes("s2_", norm_shape)
+    g_mean = te.compute(lead, lambda *i: te.sum(dy(*i, *r1) * gamma(*r1) * inv_n, axis=r1),
+                        name="ln_g_mean")
+    gx_mean = te.compute(lead, lambda *i: te.sum(dy(*i, *r2) * gamma(*r2) * xhat(*i, *r2)
+                                                 * inv_n, axis=r2), name="ln_gx_mean")
+    dx = te.compute(x.shape, lambda *i: rstd(*i[:n]) * (
+        dy(*i) * gamma(*i[n:]) - g_mean(*i[:n]) - xhat(*i) * gx_mean(*i[:n])), name="ln_dx")
+    ra, rb = _axes("l1_", lead), _axes("l2_", lead)
+    dgamma = te.compute(gamma.shape, lambda *j: te.sum(dy(*ra, *j) * xhat(*ra, *j), axis=ra)
+                        if ra else dy(*j) * xhat(*j), name="ln_dgamma")
+    dbeta = te.compute(beta.shape, lambda *j: te.sum(dy(*rb, *j), axis=rb) if rb else dy(*j),
+                       name="ln_dbeta")
+    return [dx, dgamma, dbeta]
+
+
+# ---- group_norm: statistics over (channels of a group, H, W), per sample ----------------------
+def _gn_check(x, gamma, beta, groups):
+    if len(x.shape) != 4:
+        raise ValueError(f"group_norm expects x [N, C, H, W], got {show(x.shape)}")
+    c = static(x.shape[1], "group_norm", "the channel count")
     if c % groups:
         raise ValueError(f"group_norm: {c} channels do not split into {groups} groups")
-    if tuple(int(d) for d in gamma.shape) != (c,) or tuple(int(d) for d in beta.shape) != (c,):
+    if not same_shape(gamma.shape, (c,)) or not same_shape(beta.shape, (c,)):
         raise ValueError(f"group_norm: gamma/beta must be [{c}]")
-    cg = c // groups
-    inv = _c(1.0 / (cg * h * w), x.dtype)
-    axes1 = [te.reduce_axis((0, cg), "cg"), te.reduce_axis((0, h), "rh"), te.reduce_axis((0, w), "rw")]
-    axes2 = [te.reduce_axis((0, cg), "cg2"), te.reduce_axis((0, h), "rh2"),
-             te.reduce_axis((0, w), "rw2")]
+    n, _, h, w = dims(x.shape)
+    return n, c // groups, h, w
+
+
+def _gn_stats(x, groups, cg, h, w, tag):
+    n = x.shape[0]
+    inv = reciprocal(size((cg, h, w)), x.dtype)
+    a1, a2 = _axes(f"a{tag}_", (cg, h, w)), _axes(f"b{tag}_", (cg, h, w))
     mean = te.compute((n, groups), lambda b, g: te.sum(
-        x[b, g * cg + axes1[0], axes1[1], axes1[2]] * inv, axis=axes1), name="gn_mean")
+        x[b, g * cg + a1[0], a1[1], a1[2]] * inv, axis=a1), name="gn_mean")
 
     def centered_sq(b, g, k, i, j):
         v = x[b, g * cg + k, i, j] - mean[b, g]
         return v * v * inv
 
-    var = te.compute((n, groups), lambda b, g: te.sum(centered_sq(b, g, *axes2), axis=axes2),
+    var = te.compute((n, groups), lambda b, g: te.sum(centered_sq(b, g, *a2), axis=a2),
                      name="gn_var")
+    return mean, var, inv
+
+
+@op
+def group_norm(x, gamma, beta, groups=1, eps=1e-5):
+    """NCHW group normalisation: statistics over (channels of a group, H, W) per sample."""
+    _, cg, h, w = _gn_check(x, gamma, beta, groups)
+    mean, var, _ = _gn_stats(x, groups, cg, h, w, "")
     return te.compute(x.shape, lambda b, ch, i, j: (x[b, ch, i, j] - mean[b, ch // cg]) * te.rsqrt(
         var[b, ch // cg] + _c(eps, x.dtype)) * gamma[ch] + beta[ch], name="group_norm")
 
 
-@op
-def batch_norm(x, gamma, beta, eps=1e-5):
-    """NCHW batch normalisation with the batch's own statistics (training mode)."""
-    n, c, h, w = (int(d) for d in x.shape)
-    if tuple(int(d) for d in gamma.shape) != (c,) or tuple(int(d) for d in beta.shape) != (c,):
+@group_norm.grad
+def _(dy, x, gamma, beta, groups=1, eps=1e-5):
+    n, cg, h, w = _gn_check(x, gamma, beta, groups)
+    mean, var, inv = _gn_stats(x, groups, cg, h, w, "g")
+    d = x.dtype
+    rstd = te.compute((x.shape[0], groups), lambda b, g: te.rsqrt(var[b, g] + _c(eps, d)),
+                      name="gn_rstd")
+
+    def xhat(b, ch, i, j):
+        return (x[b, ch, i, j] - mean[b, ch // cg]) * rstd[b, ch // cg]
+
+    def gsum(name, term):
+        a = _axes(f"{name}_", (cg, h, w))
+        return te.compute((x.shape[0], groups), lambda b, g: te.sum(
+            term(b, g * cg + a[0], a[1], a[2]) * inv, axis=a), name=name)
+
+    g_mean = gsum("gn_g_mean", lambda b, ch, i, j: dy[b, ch, i, j] * gamma[ch])
+    gx_mean = gsum("gn_gx_mean", lambda b, ch, i, j: dy[b, ch, i, j] * gamma[ch]
+                   * xhat(b, ch, i, j))
+    dx = te.compute(x.shape, lambda b, ch, i, j: rstd[b, ch // cg] * (
+        dy[b, ch, i, j] * gamma[ch] - g_mean[b, ch // cg] - xhat(b, ch, i, j)
+        * gx_mean[b, ch // cg]), name="gn_dx")
+    return [dx, *_affine_grads(dy, x, xhat, "gn")]
+
+
+def _affine_grads(dy, x, xhat, tag):
+    """dgamma[c] = sum over (N, H, W) of dy * xhat, dbeta[c] = sum of dy (NCHW)."""
+    n, c, h, w = dims(x.shape)
+    a, b = _axes(f"{tag}_ga", (n, h, w)), _axes(f"{tag}_gb", (n, h, w))
+    dgamma = te.compute((c,), lambda ch: te.sum(dy[a[0], ch, a[1], a[2]]
+                                                * xhat(a[0], ch, a[1], a[2]), axis=a),
+                        name=f"{tag}_dgamma")
+    dbeta = te.compute((c,), lambda ch: te.sum(dy[b[0], ch, b[1], b[2]], axis=b),
+                       name=f"{tag}_dbeta")
+    return dgamma, dbeta
+
+
+# ---- batch_norm: statistics over (N, H, W), per channel ----------------------------------------
+def _bn_check(x, gamma, beta):
+    if len(x.shape) != 4:
+        raise ShapeError(f"batch_norm expects x [N, C, H, W], got {show(x.shape)}")
+    c = static(x.shape[1], "batch_norm", "the channel count")
+    if not same_shape(gamma.shape, (c,)) or not same_shape(beta.shape, (c,)):
         raise ValueError(f"batch_norm: gamma/beta must be [{c}]")
-    inv = _c(1.0 / (n * h * w), x.dtype)
-    a1 = [te.reduce_axis((0, n), "b"), te.reduce_axis((0, h), "rh"), te.reduce_axis((0, w), "rw")]
-    a2 = [te.reduce_axis((0, n), "b2"), te.reduce_axis((0, h), "rh2"), te.reduce_axis((0, w), "rw2")]
+    return c
+
+
+def batch_moments(x, tag=""):
+    """(mean, biased variance, 1 / count) per channel of NCHW x, count = N * H * W (a TE
+    expression when N is symbolic)."""
+    n, c, h, w = dims(x.shape)
+    inv = reciprocal(size((n, h, w)), x.dtype)
+    a1, a2 = _axes(f"b1{tag}_", (n, h, w)), _axes(f"b2{tag}_", (n, h, w))
     mean = te.compute((c,), lambda ch: te.sum(x[a1[0], ch, a1[1], a1[2]] * inv, axis=a1),
-                      name="bn_mean")
+                      name=f"bn_mean{tag}")
 
     def centered_sq(ch, b, i, j):
         v = x[b, ch, i, j] - mean[ch]
         return v * v * inv
 
-    var = te.compute((c,), lambda ch: te.sum(centered_sq(ch, *a2), axis=a2), name="bn_var")
+    var = te.compute((c,), lambda ch: te.sum(centered_sq(ch, *a2), axis=a2), name=f"bn_var{tag}")
+    return mean, var, inv
+
+
+@op
+def batch_norm(x, gamma, beta, eps=1e-5):
+    """NCHW batch normalisation with the batch's own statistics (training mode)."""
+    _bn_check(x, gamma, beta)
+    mean, var, _ = batch_moments(x)
     return te.compute(x.shape, lambda b, ch, i, j: (x[b, ch, i, j] - mean[ch]) * te.rsqrt(
         var[ch] + _c(eps, x.dtype)) * gamma[ch] + beta[ch], name="batch_norm")
+
+
+@batch_norm.grad
+def _(dy, x, gamma, beta, eps=1e-5):
+    c = _bn_check(x, gamma, beta)
+    mean, var, inv = batch_moments(x, "g")
+    rstd = te.compute((c,), lambda ch: te.rsqrt(var[ch] + _c(eps, x.dtype)), name="bn_rstd")
+
+    def xhat(b, ch, i, j):
+        return (x[b, ch, i, j] - mean[ch]) * rstd[ch]
+
+    dgamma, dbeta = _affine_grads(dy, x, xhat, "bn")
+    # mean(g) = gamma * dbeta / count, mean(g * xhat) = gamma * dgamma / count
+    dx = te.compute(x.shape, lambda b, ch, i, j: rstd[ch] * gamma[ch] * (
+        dy[b, ch, i, j] - dbeta[ch] * inv - xhat(b, ch, i, j) * dgamma[ch] * inv), name="bn_dx")
+    return [dx, dgamma, dbeta]

@@ -3,21 +3,28 @@
 from .._tvm import te, tirx
 from ..autodiff import first_extremum
 from ..op import op
+from ._dims import show, static
 from .conv import _out_size, _pair
 
 
-def _geometry(x, kernel, stride, padding):
+def _hw(x, name):
+    return (static(x.shape[2], name, "the input height"),
+            static(x.shape[3], name, "the input width"))
+
+
+def _geometry(x, kernel, stride, padding, name="pooling"):
     if len(x.shape) != 4:
-        raise ValueError(f"pooling expects x [N, C, H, W], got {list(x.shape)}")
+        raise ValueError(f"pooling expects x [N, C, H, W], got {show(x.shape)}")
     (kh, kw) = _pair(kernel)
     (sh, sw) = _pair(stride if stride is not None else kernel)
     (ph, pw) = _pair(padding)
     if ph * 2 > kh or pw * 2 > kw:
         raise ValueError(f"pooling padding {padding} must be at most half the kernel {kernel}")
-    ho = _out_size(int(x.shape[2]), kh, sh, ph)
-    wo = _out_size(int(x.shape[3]), kw, sw, pw)
+    h, w = _hw(x, name)
+    ho = _out_size(h, kh, sh, ph)
+    wo = _out_size(w, kw, sw, pw)
     if ho <= 0 or wo <= 0:
-        raise ValueError(f"pooling kernel {kernel} larger than padded input {list(x.shape[2:])}")
+        raise ValueError(f"pooling kernel {kernel} larger than padded input {[h, w]}")
     return kh, kw, sh, sw, ph, pw, ho, wo
 
 
@@ -39,8 +46,8 @@ def _window_gather(x, dy, kernel, stride, padding, term, name):
 
 @op
 def max_pool2d(x, kernel=2, stride=None, padding=0):
-    kh, kw, sh, sw, ph, pw, ho, wo = _geometry(x, kernel, stride, padding)
-    h, w = int(x.shape[2]), int(x.shape[3])
+    kh, kw, sh, sw, ph, pw, ho, wo = _geometry(x, kernel, stride, padding, "max_pool2d")
+    h, w = _hw(x, "max_pool2d")
     rh = te.reduce_axis((0, kh), "rh")
     rw = te.reduce_axis((0, kw), "rw")
     lowest = te.min_value(x.dtype)
@@ -74,8 +81,8 @@ def _(dy, x, kernel=2, stride=None, padding=0):
 @op
 def avg_pool2d(x, kernel=2, stride=None, padding=0):
     """Average over each window; padded zeros count in the divisor (PyTorch's default)."""
-    kh, kw, sh, sw, ph, pw, ho, wo = _geometry(x, kernel, stride, padding)
-    h, w = int(x.shape[2]), int(x.shape[3])
+    kh, kw, sh, sw, ph, pw, ho, wo = _geometry(x, kernel, stride, padding, "avg_pool2d")
+    h, w = _hw(x, "avg_pool2d")
     rh = te.reduce_axis((0, kh), "rh")
     rw = te.reduce_axis((0, kw), "rw")
     zero = tirx.const(0, x.dtype)

@@ -28,6 +28,7 @@ import numpy as np
 
 from .._tvm import te, tirx
 from ..op import Op
+from ._dims import dims, size
 
 # Philox-4x32 constants (Random123): round multipliers and the Weyl key increments.
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57
@@ -73,7 +74,7 @@ def philox4x32(counter, key, rounds=_ROUNDS):
 # ---- key and counter inputs ------------------------------------------------------------------
 def _words(t, what):
     """(lo, hi) uint32 expressions of a key or counter tensor (see the module docstring)."""
-    shape = tuple(int(d) for d in t.shape)
+    shape = dims(t.shape)
     dtype = str(t.dtype)
     if shape == (2,) and dtype in ("uint32", "int32"):
         return t[0].astype("uint32"), t[1].astype("uint32")
@@ -127,19 +128,22 @@ def _shape(shape):
 
 
 def _flat_index(index, shape):
-    """Row-major flat index (int32) of the loop variables `index` over `shape`."""
+    """Row-major flat index (int32) of the loop variables `index` over `shape` (a symbolic
+    extent taken as int32 too: the same index, so the same mask, as a fixed-size kernel)."""
     flat = tirx.const(0, "int32")
     for v, d in zip(index, shape):
-        flat = flat * d + v.astype("int32")
+        flat = flat * (d if isinstance(d, int) else d.astype("int32")) + v.astype("int32")
     return flat
 
 
 def bits_of(key_t, counter_t, shape, stream, name="random_bits"):
     """A function of an output position (loop variables over `shape`) giving its uint32 word.
     The four words of a Philox block come from one TE stage with four outputs, so each block
-    is computed once, not once per word; the caller's stage picks the word."""
-    n = int(np.prod(shape, dtype=np.int64))
-    if n >= 2 ** 31:
+    is computed once, not once per word; the caller's stage picks the word. A symbolic
+    `shape` (a batch) cannot be checked against the int32 index when the kernel is built:
+    a call with 2**31 elements or more is not supported (its indices would wrap)."""
+    n = size(shape)
+    if isinstance(n, int) and n >= 2 ** 31:
         raise ValueError(f"random: {n} elements do not fit the int32 element index")
     k = _words(key_t, "key")
     c_lo, c_hi = _words(counter_t, "counter")

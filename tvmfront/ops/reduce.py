@@ -1,10 +1,12 @@
 """Reductions over given axes: sum, mean, max (numpy/PyTorch `axis`, `keepdims`).
-Gradients are derived (sum and max reductions; max passes it to the first maximum)."""
-
-import math
+Each has an explicit gradient (a broadcast of dy back over the reduced axes; max passes it
+to the first maximum, PyTorch's rule), so they train on symbolic shapes too, where the
+derived gradient does not apply; the derived ones are checked against them."""
 
 from .._tvm import te, tirx
+from ..autodiff import first_extremum
 from ..op import op
+from ._dims import dims, reciprocal, size
 
 
 def _axes(x, axis, name):
@@ -45,20 +47,72 @@ def _reduce(x, axis, keepdims, name, combine, scale=None):
     return te.compute(shape, body, name=name)
 
 
+def _out_index(x, axis, keepdims, i):
+    """The output position an input position i reduces into."""
+    axes = _axes(x, axis, "reduce")
+    if keepdims:
+        return [0 if a in axes else v for a, v in enumerate(i)]
+    return [v for a, v in enumerate(i) if a not in axes]
+
+
+def _spread(dy, x, axis, keepdims, name, scale=None):
+    """dx[i] = dy[the output i reduces into] (* scale)."""
+    def body(*i):
+        v = dy(*_out_index(x, axis, keepdims, i))
+        return v * scale if scale is not None else v
+    return te.compute(x.shape, body, name=name)
+
+
 @op
 def sum(x, axis=None, keepdims=False):  # noqa: A001  (tvf.ops.sum, as numpy.sum)
     """Sum over `axis` (an int, a tuple, or None for all)."""
     return _reduce(x, axis, keepdims, "sum", te.sum)
 
 
+@sum.grad
+def _(dy, x, axis=None, keepdims=False):
+    return [_spread(dy, x, axis, keepdims, "sum_grad")]
+
+
+def _inverse_count(x, axis):
+    n = size([dims(x.shape)[a] for a in _axes(x, axis, "mean")])
+    if isinstance(n, int) and n == 0:
+        return tirx.const(0.0, x.dtype)
+    return reciprocal(n, x.dtype)  # a symbolic count: 1 / n at run time
+
+
 @op
 def mean(x, axis=None, keepdims=False):
     """Mean over `axis` (an int, a tuple, or None for all)."""
-    n = math.prod(int(x.shape[a]) for a in _axes(x, axis, "mean"))
-    return _reduce(x, axis, keepdims, "mean", te.sum, tirx.const(1.0 / n if n else 0.0, x.dtype))
+    return _reduce(x, axis, keepdims, "mean", te.sum, _inverse_count(x, axis))
+
+
+@mean.grad
+def _(dy, x, axis=None, keepdims=False):
+    return [_spread(dy, x, axis, keepdims, "mean_grad", _inverse_count(x, axis))]
 
 
 @op
 def max(x, axis=None, keepdims=False):  # noqa: A001
     """Maximum over `axis`; the gradient goes to the first maximum (PyTorch's rule)."""
     return _reduce(x, axis, keepdims, "max", te.max)
+
+
+@max.grad
+def _(dy, x, axis=None, keepdims=False):
+    axes = _axes(x, axis, "max")
+    if not axes:
+        return [te.compute(x.shape, lambda *i: dy(*i), name="max_grad")]
+    first = first_extremum(_reduce(x, axis, keepdims, "max", te.max))
+    zero = tirx.const(0, dy.dtype)
+    dt = first.dtype
+    red = [dims(x.shape)[a] for a in axes]
+
+    def body(*i):
+        pos = tirx.const(0, dt)  # row-major position among the reduced axes, as first_extremum
+        for a, n in zip(axes, red):
+            pos = pos * tirx.Cast(dt, n) + tirx.Cast(dt, i[a])
+        out = _out_index(x, axis, keepdims, i)
+        return te.if_then_else(pos == first(*out), dy(*out), zero)
+
+    return [te.compute(x.shape, body, name="max_grad")]

@@ -1,37 +1,23 @@
 """Reshapes, written as index maps so they fuse into their neighbours."""
 
-import math
-
-from .._tvm import te
+from .._tvm import te, tirx
 from ..op import op
+from ._dims import dims, infer_shape, rebind, show
 
 
 def _flat_index(shape, idx):
     flat = 0
-    for d, i in zip(shape, idx):
-        flat = flat * int(d) + i
+    for d, i in zip(dims(shape), idx):
+        flat = flat * d + i
     return flat
 
 
 def _unflat_index(shape, flat):
     idx = []
-    for d in reversed([int(d) for d in shape]):
+    for d in reversed(dims(shape)):
         idx.append(flat % d)
         flat = flat // d
     return list(reversed(idx))
-
-
-def _target_shape(in_shape, shape):
-    shape = [int(d) for d in shape]
-    total = math.prod(int(d) for d in in_shape)
-    if shape.count(-1) > 1:
-        raise ValueError(f"reshape: at most one -1 in {shape}")
-    if -1 in shape:
-        known = math.prod(d for d in shape if d != -1)
-        shape[shape.index(-1)] = total // known if known else 0
-    if math.prod(shape) != total:
-        raise ValueError(f"reshape: cannot view {list(in_shape)} ({total} elements) as {shape}")
-    return tuple(shape)
 
 
 def _reshape_te(x, shape, name):
@@ -41,22 +27,35 @@ def _reshape_te(x, shape, name):
 
 @op
 def reshape(x, shape=()):
-    return _reshape_te(x, _target_shape(x.shape, shape), "reshape")
+    """x viewed as `shape` (row-major), one -1 inferred. On symbolic dimensions the target
+    names them (reshape(x, (b * t, d)) for x [b, t, d], b and t from x.shape) or a -1 stands
+    where their product cancels: [b, t, d] -> (-1, d) or (b, -1)."""
+    return _reshape_te(x, infer_shape(x.shape, rebind(shape, x.shape), "reshape"), "reshape")
 
 
 @reshape.grad
 def _(dy, x, shape=()):
-    return [_reshape_te(dy, tuple(int(d) for d in x.shape), "reshape_grad")]
+    return [_reshape_te(dy, x.shape, "reshape_grad")]
 
 
 def flatten(x):
-    """[N, ...] -> [N, prod(...)]"""
+    """[N, ...] -> [N, prod(...)] (N may be symbolic: the batch stays the batch)."""
     return reshape(x, shape=(x.shape[0], -1))
 
 
 @op
 def slice_first(x, index=0):
-    """x[index : index + 1] along the first axis (keeps the axis)."""
-    if not 0 <= index < int(x.shape[0]):
-        raise ValueError(f"slice_first: index {index} out of range for {list(x.shape)}")
+    """x[index : index + 1] along the first axis (keeps the axis). On a symbolic first axis
+    the index cannot be checked when the kernel is built (it must be below every size the
+    compiled function is called with)."""
+    n = dims(x.shape)[0]
+    if not 0 <= index or (isinstance(n, int) and index >= n):
+        raise ValueError(f"slice_first: index {index} out of range for {show(x.shape)}")
     return te.compute((1, *x.shape[1:]), lambda i, *r: x(i + index, *r), name="slice_first")
+
+
+@slice_first.grad
+def _(dy, x, index=0):
+    zero = tirx.const(0, dy.dtype)
+    return [te.compute(x.shape, lambda i, *r: te.if_then_else(
+        i == index, dy(0, *r), zero), name="slice_first_grad")]
