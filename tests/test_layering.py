@@ -8,8 +8,9 @@ import pytest
 PKG = pathlib.Path(__file__).resolve().parents[1] / "tvmfront"
 
 # module (dotted, relative to tvmfront) -> layer; the longest dotted prefix decides. Lower
-# layers never import higher ones. Within level 5, tuning's record files and policy (5.0,
-# 5.1) sit under build (5.2), which reads records, and the rest of tuning (5.3) builds.
+# layers never import higher ones. Within level 5, tuning's record files, policy and the
+# symbolic records' replay (5.0, 5.1) sit under build (5.2), which applies records, and the
+# rest of tuning (5.3) builds.
 LAYERS = {
     "_tvm": 0, "_files": 0, "_version": 0, "errors": 0, "config": 0, "data": 0, "target": 0,
     "spec": 1, "tensor": 1,
@@ -18,7 +19,7 @@ LAYERS = {
     "graph": 4, "pipeline": 4, "debug": 4,
     "schedule": 5, "cache": 5,
     "tuning.store": 5, "tuning.merge": 5, "tuning.remote": 5, "rpc": 5,
-    "tuning.policy": 5.1, "records": 5.1,
+    "tuning.policy": 5.1, "records": 5.1, "tuning.symbolic": 5.1,
     "build": 5.2,
     "tuning": 5.3, "tune": 5.3,
     "runtime": 6,

@@ -171,6 +171,20 @@ def register_error(cls):
     return cls
 
 
+def structural_map(obj, *rewrites, order="post"):
+    """tvm_ffi.structural_map: rebuild `obj` with each (type, fn) rewrite applied."""
+    import tvm_ffi
+
+    return tvm_ffi.structural_map(obj, *rewrites, order=order)
+
+
+def schedule_trace_types():
+    """(Instruction, Trace) of s_tir schedules: a tuning record's trace, rewritten."""
+    from tvm.s_tir.schedule import Instruction, Trace
+
+    return Instruction, Trace
+
+
 def structural_equal(a, b, *args, **kwargs):
     import tvm_ffi
 

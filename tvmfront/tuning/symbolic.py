@@ -22,9 +22,8 @@ in TranslateAddOutputRVs). So, as TVM users do:
 
 import logging
 
-import tvm_ffi
-
-from .._tvm import meta_schedule, normalize_prim_func, prim_func_type, s_tir, structural_hash, \
+from .._tvm import meta_schedule, normalize_prim_func, prim_func_type, s_tir, \
+    schedule_trace_types, structural_hash, structural_map, \
     tirx, tvm
 
 log = logging.getLogger("tvmfront.tune")
@@ -105,14 +104,14 @@ def specialize(func, sizes=None):
 
     scalars = {p: values[p] for p in func.params if is_scalar(p) and p in values}
     out = func.specialize(scalars) if scalars else func  # drops those parameters
-    out = tvm_ffi.structural_map(out, (tvm.ir.Var, bind), order="post")
+    out = structural_map(out, (tvm.ir.Var, bind), order="post")
     for _ in range(5):  # batch * seq became 64 * 16: make it 1024 (nested: a few rounds)
         still = [str(d) for p in out.params if not is_scalar(p) for d in p.shape
                  if not isinstance(d, tirx.IntImm)]
         if not still:
             return out
         for kind, fold in _FOLD.items():
-            out = tvm_ffi.structural_map(out, (kind, _folder(fold)), order="post")
+            out = structural_map(out, (kind, _folder(fold)), order="post")
     raise SymbolicError(f"shape dimension(s) {', '.join(still)} stay symbolic after binding "
                         f"{sorted(found)}")
 
@@ -187,7 +186,7 @@ def _without_samples(trace, drop):
     """`trace` with the SamplePerfectTile instructions at indices `drop` removed: their
     first output (the outer factor) becomes None (inferred), the others their decided
     constants, wherever later instructions use them."""
-    from tvm.s_tir.schedule import Instruction, Trace
+    Instruction, Trace = schedule_trace_types()
 
     decisions = dict(trace.decisions)
     replace, insts, kept = [], [], {}
@@ -280,7 +279,7 @@ def apply(mod, records, failures=None):
     JSON}) scheduled by replaying it, how many were). A record that does not replay leaves
     its kernel unscheduled (for the default schedule); `failures`, when a dict, receives
     {kernel name: cause}."""
-    from tvm.s_tir.schedule import Trace
+    _, Trace = schedule_trace_types()
 
     updates = {}
     for gv, func in mod.functions.items():
