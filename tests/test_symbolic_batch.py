@@ -106,3 +106,24 @@ def test_trainer_fit_trains_the_last_partial_batch():
     assert sizes == [16, 16, 16, 2] * 2
     for name, value in by_hand.state_dict().items():
         np.testing.assert_array_equal(fitted.state_dict()[name], value, err_msg=name)
+
+
+def test_a_merged_symbolic_dimension_on_the_gradient_path_is_a_clear_error():
+    """TVM 0.27's Gradient fails with a bare KeyError on a kernel that sees `b` only inside
+    b * t; tvmfront names the op and the way out. Inference through it works."""
+    class Flat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 3)
+
+        def forward(self, x):
+            b, t, e = x.shape
+            return tvf.ops.reshape(self.lin(tvf.ops.reshape(x, shape=(-1, e))), shape=(b, t, 3))
+
+    model = Flat()
+    inf = tvf.compile_inference(model, ("b", "t", 4))
+    assert inf(np.ones((2, 5, 4), "float32")).shape == (2, 5, 3)
+    assert inf.manifest["outputs"]["shape"] == ["b", "t", 3]
+    with pytest.raises(tvf.GradientError, match=r"op 'dense' on shapes \[\('b \* t', 4\)"):
+        tvf.compile_training(model, nn.MSELoss(), tvf.optim.SGD(0.1), inputs=("b", "t", 4),
+                             labels=("b", "t", 3))

@@ -29,7 +29,8 @@ from . import boundcheck, config
 from ._tvm import register_global_func, relax, te, to_device, tvm
 from .autodiff import derive_for_op
 from .errors import GradientError, ShapeError
-from .tensor import Tensor, current_trace, resolve
+from .spec import dim_text
+from .tensor import Tensor, current_trace, dim, resolve
 
 _GRAD_PREFIX = "tvm.relax.te_grad._register."
 _op_ids = itertools.count()
@@ -92,6 +93,11 @@ def bound_checks(enabled=True):
 def bound_checks_enabled():
     forced = _force_bound_checks.get()
     return forced if forced is not None else config.bound_checks()
+
+
+def _shape_text(shape):
+    """A TE shape for messages: ints, and symbolic dimensions as their names or expressions."""
+    return tuple(d if isinstance(d, int) else dim_text(d) for d in map(dim, shape))
 
 
 def _zeros(like, name):
@@ -187,8 +193,7 @@ class Op:
                 g = _zeros(x, f"zero{i}")
             elif tuple(g.shape) != tuple(x.shape):
                 raise GradientError(f"gradient of op '{self.name}' for input {i} has shape "
-                                    f"{tuple(int(d) for d in g.shape)}, input has "
-                                    f"{tuple(int(d) for d in x.shape)}")
+                                    f"{_shape_text(g.shape)}, input has {_shape_text(x.shape)}")
             out.append(g)
         return out
 
@@ -240,10 +245,20 @@ class Op:
 
         forward.__name__ = self.name
         bb = trace.builder
-        var = bb.emit(bb.call_te_with_grad(
+        call = bb.call_te_with_grad(
             forward, *[t.expr for t in tensors], te_grad_name=self._grad_name,
-            te_grad_kwargs={"call": call_id}, primfunc_name_hint=self.name))
+            te_grad_kwargs={"call": call_id}, primfunc_name_hint=self.name)
         requires = any(needs)
+        if requires and len(call.args[1].fields) > len(tensors):
+            # The kernel takes a symbolic size as an extra scalar argument (it sees `batch`
+            # only inside an expression such as batch * 3): TVM 0.27's Gradient pass fails on
+            # such a call with "KeyError: key is not in Map".
+            raise GradientError(
+                f"op '{self.name}' on shapes {[_shape_text(t.shape) for t in tensors]}: a "
+                f"symbolic dimension appears only inside an expression (e.g. batch * 3), which "
+                f"TVM 0.27's Gradient cannot differentiate through; keep symbolic dimensions "
+                f"apart (e.g. [B, T, E], not a reshape to [B*T, E]) on the gradient path")
+        var = bb.emit(call)
         if isinstance(var.ty, relax.TupleType):
             if requires:
                 raise GradientError(f"op '{self.name}' has several outputs; differentiating "

@@ -30,10 +30,13 @@ def _dim(d):
     return int(d)
 
 
-def _expr_text(expr):
-    """'batch' for a TIR variable, the expression's text otherwise ('batch * seq')."""
+def dim_text(expr):
+    """'batch' for a TIR variable, the expression's text otherwise ('batch * seq',
+    'batch * 3', not TVMScript's 'batch * T.int64(3)')."""
     name = getattr(expr, "name", None)
-    return name if isinstance(name, str) else " ".join(str(expr).split())
+    if isinstance(name, str):
+        return name
+    return re.sub(r"T\.int(?:32|64)\((-?\d+)\)", r"\1", " ".join(str(expr).split()))
 
 
 def is_symbolic(d):
@@ -96,7 +99,7 @@ class TensorSpec:
         """The spec of a traced tensor's shape: a symbolic dimension is recorded as its TIR
         expression's text ("batch", or e.g. "batch * seq" after a reshape)."""
         spec = object.__new__(cls)
-        dims = tuple(int(d) if isinstance(d, (int, np.integer)) else _expr_text(d) for d in shape)
+        dims = tuple(int(d) if isinstance(d, (int, np.integer)) else dim_text(d) for d in shape)
         object.__setattr__(spec, "shape", dims)
         object.__setattr__(spec, "dtype", str(np.dtype(dtype)))
         return spec

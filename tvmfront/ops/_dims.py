@@ -6,10 +6,10 @@ serves static and symbolic shapes alike.
 """
 
 import math
-import re
 
 from .._tvm import arith, is_prim_expr, tirx
 from ..errors import ShapeError
+from ..spec import dim_text
 from ..tensor import dim
 
 
@@ -56,11 +56,7 @@ def reciprocal(count, dtype):
 def show(shape):
     """The shape for an error message: ints, and names or expressions where symbolic
     ('batch * 3', not TVMScript's 'batch * T.int64(3)')."""
-    return [d if isinstance(d, int) else _text(d) for d in dims(shape)]
-
-
-def _text(expr):
-    return re.sub(r"T\.int(?:32|64)\((-?\d+)\)", r"\1", " ".join(str(expr).split()))
+    return [d if isinstance(d, int) else dim_text(d) for d in dims(shape)]
 
 
 def static(d, op, what):
@@ -100,7 +96,7 @@ def _factors(d, coef=1, atoms=None):
     if isinstance(d, tirx.Mul):
         coef, atoms = _factors(d.a, coef, atoms)
         return _factors(d.b, coef, atoms)
-    key = _text(d)
+    key = dim_text(d)
     expr, power = atoms.get(key, (d, 0))
     atoms[key] = (expr, power + 1)
     return coef, atoms
