@@ -55,3 +55,15 @@ def test_lazy_names_behave_as_tvm_names():
     assert _tvm.te.placeholder((2,), name="a").shape[0] == 2
     assert _tvm.TVM_VERSION == _tvm.tvm.__version__
     assert np.asarray(_tvm.to_numpy(_tvm.to_device(np.ones(3, "float32")))).sum() == 3
+
+
+def test_tune_stays_the_function_after_the_cli_is_imported():
+    """The command line imports tuning; tvf.tune must still be the function (a submodule of
+    the same name would have replaced it as the package's attribute)."""
+    import inspect
+
+    import tvmfront as tvf
+    from tvmfront import cli  # noqa: F401
+
+    assert inspect.isfunction(tvf.tune) and "budget" in inspect.signature(tvf.tune).parameters
+    assert tvf.TuneReport.__name__ == "TuneReport"

@@ -21,7 +21,7 @@ LAYERS = {
     "tuning.store": 5, "tuning.merge": 5, "tuning.remote": 5, "rpc": 5,
     "tuning.policy": 5.1, "records": 5.1, "tuning.symbolic": 5.1,
     "build": 5.2,
-    "tuning": 5.3, "tune": 5.3,
+    "tuning": 5.3,
     "runtime": 6,
     "compile": 7, "trainer": 7, "checkpoint": 7, "cli": 7, "__init__": 7,
     "testing": 8,  # starts trackers, servers, qemu: apart from the library, nothing imports it

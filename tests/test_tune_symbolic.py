@@ -250,7 +250,7 @@ def test_sizes_are_checked():
 
 
 def test_time_module_calls_an_any_batch_module_at_the_given_size():
-    from tvmfront.tune import time_module
+    from tvmfront.tuning.measure import time_module
 
     calls = []
     module = tvf.compile_training(mlp(), tvf.nn.CrossEntropyLoss(), tvf.optim.SGD(0.1),

@@ -23,7 +23,9 @@ from .trainer import Trainer
 
 # Names whose modules subclass TVM classes when imported, so importing them loads TVM (2-5 s
 # on a 2-core machine): they are imported on first use, and `import tvmfront` stays fast.
-_LAZY = {"debug_nans": ".debug", "tune": ".tune", "TuneReport": ".tune"}
+# (tvf.tune lives in tuning.run: a submodule named tvmfront.tune would, once imported,
+# replace the function as the package's attribute.)
+_LAZY = {"debug_nans": ".debug", "tune": ".tuning.run", "TuneReport": ".tuning.run"}
 
 
 def __getattr__(name):

@@ -33,7 +33,8 @@ from .build import build_lowered
 from .errors import TvmfrontError
 from .runtime.modules import InferenceModule, TrainingModule
 from .target import target_key
-from .tune import time_module, tune
+from .tuning.measure import time_module
+from .tuning.run import tune
 
 
 def _load_modules(path, target, explicit_target):

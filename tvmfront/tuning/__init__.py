@@ -11,7 +11,7 @@
     policy     which records a build applies: where stores live, read order, verdicts
     run        tvf.tune itself
 
-``tvf.tune`` / ``tvmfront.tune`` are the public entry; ``tvmfront.records`` and
+``tvf.tune`` (``tuning.run.tune``) is the public entry; ``tvmfront.records`` and
 ``tvmfront.rpc`` re-export the store's and remote measurement's public names.
 """
 
