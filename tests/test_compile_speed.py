@@ -1,0 +1,87 @@
+"""What makes a cold compile faster must not change what it builds: half of the kernels built
+in a second thread (tvmfront.split_build) and LLVM at LLVM_OPT_LEVEL give the same results as
+one piece built as TVM does by default."""
+
+import numpy as np
+
+import tvmfront as tvf
+from tvmfront import build as build_mod
+from tvmfront import split_build
+
+nn = tvf.nn
+
+
+def _model():
+    tvf.manual_seed(3)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(4 * 4 * 4, 10))
+
+
+def _step(tmp_path, name, monkeypatch, **settings):
+    monkeypatch.setenv("TVMFRONT_CACHE_DIR", str(tmp_path / name))
+    for attr, value in settings.items():
+        monkeypatch.setattr(build_mod, attr, value)
+    module = tvf.compile_training(_model(), tvf.nn.CrossEntropyLoss(), tvf.optim.Adam(1e-2),
+                                  inputs=(8, 1, 8, 8), labels=(8,), records=False)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 1, 8, 8)).astype("float32")
+    y = rng.integers(0, 10, 8)
+    losses = [float(module.step(x, y)) for _ in range(3)]
+    return module, losses, module.predict(x)
+
+
+def test_split_build_matches_one_piece_build(tmp_path, monkeypatch, caplog):
+    calls = []
+    split = split_build.split
+    monkeypatch.setattr(split_build, "split", lambda mod: calls.append(1) or split(mod))
+    one, one_losses, one_out = _step(tmp_path, "one", monkeypatch, SPLIT_BUILD=False,
+                                     LLVM_OPT_LEVEL=3)
+    assert not calls
+    two, two_losses, two_out = _step(tmp_path, "two", monkeypatch, SPLIT_BUILD=True,
+                                     LLVM_OPT_LEVEL=2)
+    assert calls  # the split path ran ...
+    assert two.build_info["cache"] == "miss" and "one piece" not in caplog.text
+    np.testing.assert_allclose(two_losses, one_losses, rtol=1e-5)  # ... and computes the same
+    np.testing.assert_allclose(two_out, one_out, rtol=1e-5, atol=1e-6)
+    # The library in the cache is complete: a second compile loads it and runs it.
+    again, again_losses, _ = _step(tmp_path, "two", monkeypatch, SPLIT_BUILD=True)
+    assert again.build_info["cache"] == "hit"
+    np.testing.assert_allclose(again_losses, one_losses, rtol=1e-5)
+
+
+def test_split_moves_every_other_static_kernel_out_and_calls_it_by_name():
+    from tvmfront import compile as compile_mod  # noqa: F401 - loads TVM
+    from tvmfront import graph, pipeline
+    from tvmfront._tvm import prim_func_type
+
+    mod, _ = graph.build_forward(_model(), (2, 1, 8, 8), None)
+    lowered = pipeline.run(mod, pipeline.LOWERING)
+    main, side = split_build.split(lowered)
+    kernels = {gv.name_hint for gv, f in lowered.functions.items()
+               if isinstance(f, prim_func_type())}
+    moved = {gv.name_hint for gv in side.get_global_vars()}
+    kept = {gv.name_hint for gv, f in main.functions.items() if isinstance(f, prim_func_type())}
+    assert moved and kept and moved | kept == kernels and not moved & kept
+    script = main.script()
+    for name in moved:  # called by name, exported under that name
+        assert f'"{name}"' in script
+        assert side[name].attrs["global_symbol"] == name
+
+
+def test_codegen_target_sets_the_opt_level_only_where_unset():
+    from tvmfront.target import resolve_target
+
+    assert build_mod.codegen_target(resolve_target("x86")).attrs["opt-level"] == \
+        build_mod.LLVM_OPT_LEVEL
+    explicit = resolve_target({"kind": "llvm", "opt-level": 3})
+    assert build_mod.codegen_target(explicit).attrs["opt-level"] == 3
+
+
+def test_a_failing_side_build_falls_back_to_one_piece(tmp_path, monkeypatch, caplog):
+    def boom(self):
+        self.error = RuntimeError("side build exploded")
+
+    monkeypatch.setattr(split_build.SideBuild, "_run", boom)
+    module, losses, _ = _step(tmp_path, "fail", monkeypatch, SPLIT_BUILD=True)
+    assert module.build_info["cache"] == "miss" and np.isfinite(losses).all()
+    assert "side build exploded" in caplog.text
