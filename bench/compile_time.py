@@ -1,7 +1,7 @@
 """Where a cold compile's time goes: LeNet's train step (examples/lenet_digits.py, batch 64,
 Adam, default schedules, no records) compiled into an empty compile cache, stage by stage.
 
-    .venv/bin/python bench/compile_time.py [--repeats 3] [--profile FILE]
+    .venv/bin/python bench/compile_time.py [--repeats 3] [--compare] [--profile FILE]
 
 Each repeat runs in a fresh process with TVMFRONT_CACHE_DIR a fresh temporary folder; the
 table shows each stage's median wall and CPU seconds over the repeats (CPU: this process
@@ -19,6 +19,8 @@ subprocess counts in wall time alone). Stages of the main thread, then:
   link          the shared library link (tvm.support.cc.create_shared)
   load          loading the library back (build._load)
   other         the rest of compile_training (cache key, manifest, module setup)
+--compare also times the baseline (TVM's argument asserts in every kernel, all kernels in
+one thread: TVM's defaults, what this bench's first version measured), its runs alternating with the others.
 --profile FILE also writes one repeat's cProfile stats there (pstats format).
 """
 
@@ -61,8 +63,9 @@ def _timed(owner, name, stage, totals, thread_too=False):
     setattr(owner, name, wrapper)
 
 
-def worker(profile):
-    """One cold compile in this process: prints {stage: [wall, cpu]} as its last line."""
+def worker(profile, baseline=False):
+    """One cold compile in this process: prints {stage: [wall, cpu]} as its last line.
+    baseline: as before this bench's changes (TVM's kernel argument asserts, one thread)."""
     totals = collections.defaultdict(lambda: [0.0, 0.0])
     t, c = time.perf_counter(), time.process_time()
     sys.path.insert(0, ROOT)
@@ -96,6 +99,8 @@ def worker(profile):
     _timed(build, "_load", "load", totals)
     from tvmfront import split_build
     _timed(split_build.SideBuild, "_run", SIDE, totals, thread_too=True)
+    if baseline:
+        build.KERNEL_ASSERTS, build.SPLIT_BUILD = True, False
 
     tvf.manual_seed(0)
     model = lenet_digits.make_model()
@@ -125,24 +130,41 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--profile", help="write one repeat's cProfile stats to this file")
+    p.add_argument("--compare", action="store_true",
+                   help="also time the baseline (kernel asserts, one thread), alternating")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        return worker(args.profile)
-    runs = []
-    for i in range(args.repeats):
-        with tempfile.TemporaryDirectory(prefix="tvmfront-compile-time-") as cache:
-            env = dict(os.environ, TVMFRONT_CACHE_DIR=cache,
-                       PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-            cmd = [sys.executable, __file__, "--worker"]
-            if args.profile and i == 0:
-                cmd += ["--profile", args.profile]
-            out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-            if out.returncode:
-                sys.exit(f"worker failed:\n{out.stderr[-3000:]}")
-            runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
-            print(f"repeat {i + 1}: {runs[-1]['TOTAL compile'][0]:.2f} s wall", flush=True)
-    print(f"\ncold compile of LeNet's train step (b64, Adam, default schedules), "
+        return worker(args.profile, args.baseline)
+    variants = [("now", [])] + ([("baseline", ["--baseline"])] if args.compare else [])
+    runs = {name: [] for name, _ in variants}
+    for i in range(args.repeats):  # interleaved, so changes in load hit every variant alike
+        for name, flags in variants:
+            if args.profile and i == 0 and not flags:
+                flags = flags + ["--profile", args.profile]
+            runs[name].append(_one(flags, i))
+    for name, _ in variants:
+        _table(f"{name}: " if args.compare else "", runs[name])
+
+
+def _one(flags, i):
+    """One cold compile in a fresh process and cache folder: its {stage: [wall, cpu]}."""
+    with tempfile.TemporaryDirectory(prefix="tvmfront-compile-time-") as cache:
+        env = dict(os.environ, TVMFRONT_CACHE_DIR=cache,
+                   PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        out = subprocess.run([sys.executable, __file__, "--worker", *flags], env=env,
+                             capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(f"worker failed:\n{out.stderr[-3000:]}")
+    run = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"repeat {i + 1} {' '.join(flags)}: {run['TOTAL compile'][0]:.2f} s wall "
+          f"{run['TOTAL compile'][1]:.2f} s cpu", flush=True)
+    return run
+
+
+def _table(title, runs):
+    print(f"\n{title}cold compile of LeNet's train step (b64, Adam, default schedules), "
           f"median of {len(runs)}:")
     print(f"{'stage':<26}{'wall s':>9}{'cpu s':>9}")
     for stage in ORDER + sorted(set(runs[0]) - set(ORDER)):

@@ -1,8 +1,9 @@
 """What makes a cold compile faster must not change what it builds: half of the kernels built
-in a second thread (tvmfront.split_build) and LLVM at LLVM_OPT_LEVEL give the same results as
-one piece built as TVM does by default."""
+in a second thread (tvmfront.split_build) and kernels without TVM's argument asserts give the
+same results as one piece built as TVM does by default."""
 
 import numpy as np
+import pytest
 
 import tvmfront as tvf
 from tvmfront import build as build_mod
@@ -35,10 +36,10 @@ def test_split_build_matches_one_piece_build(tmp_path, monkeypatch, caplog):
     split = split_build.split
     monkeypatch.setattr(split_build, "split", lambda mod: calls.append(1) or split(mod))
     one, one_losses, one_out = _step(tmp_path, "one", monkeypatch, SPLIT_BUILD=False,
-                                     LLVM_OPT_LEVEL=3)
+                                     KERNEL_ASSERTS=True)
     assert not calls
     two, two_losses, two_out = _step(tmp_path, "two", monkeypatch, SPLIT_BUILD=True,
-                                     LLVM_OPT_LEVEL=2)
+                                     KERNEL_ASSERTS=False)
     assert calls  # the split path ran ...
     assert two.build_info["cache"] == "miss" and "one piece" not in caplog.text
     np.testing.assert_allclose(two_losses, one_losses, rtol=1e-5)  # ... and computes the same
@@ -68,13 +69,30 @@ def test_split_moves_every_other_static_kernel_out_and_calls_it_by_name():
         assert side[name].attrs["global_symbol"] == name
 
 
-def test_codegen_target_sets_the_opt_level_only_where_unset():
-    from tvmfront.target import resolve_target
+def test_kernels_lose_their_argument_asserts_only_in_module_builds():
+    from tvmfront._tvm import tvm
 
-    assert build_mod.codegen_target(resolve_target("x86")).attrs["opt-level"] == \
-        build_mod.LLVM_OPT_LEVEL
-    explicit = resolve_target({"kind": "llvm", "opt-level": 3})
-    assert build_mod.codegen_target(explicit).attrs["opt-level"] == 3
+    with tvm.transform.PassContext(opt_level=3, config={"tirx.enable_debug": False}):
+        ctx = build_mod.kernel_pass_context()
+        assert ctx.opt_level == 3 and not ctx.config["tirx.enable_debug"]  # kept
+        assert ctx.config["tirx.disable_assert"]
+    assert not tvm.transform.PassContext.current().config.get("tirx.disable_assert", False)
+
+
+def test_the_vm_still_rejects_a_wrongly_shaped_argument(tmp_path, monkeypatch):
+    """What the kernels' asserts checked is checked at the VM function's entry (called here
+    directly, past the module's own Python checks)."""
+    from tvmfront._tvm import to_device
+
+    monkeypatch.setenv("TVMFRONT_CACHE_DIR", str(tmp_path))
+    module = tvf.compile_inference(_model(), (2, 1, 8, 8), records=False)
+    params = [to_device(np.zeros(p["shape"], "float32"), module.device)
+              for p in module.manifest["parameters"]]
+    good = to_device(np.zeros((2, 1, 8, 8), "float32"), module.device)
+    module._function("predict")(good, *params)
+    with pytest.raises(Exception, match="9 vs. 8"):
+        module._function("predict")(to_device(np.zeros((2, 1, 9, 8), "float32"), module.device),
+                                    *params)
 
 
 def test_a_failing_side_build_falls_back_to_one_piece(tmp_path, monkeypatch, caplog):

@@ -143,30 +143,32 @@ def schedule_lowered(lowered, target, selection, fallbacks=None, report=None):
             return stage(lowered), selection
 
 
-# LLVM optimization level for CPU kernels when the target does not set "opt-level". TVM's
-# default is 3 (Aggressive); 2 cuts LLVM's share of a cold compile (most of it) by about a
-# quarter with kernels as fast (bench/compile_time.py; the LeNet step timed A/B): our schedules
-# already tile, vectorize and unroll, which is what O3's extra passes would try.
-LLVM_OPT_LEVEL = 2
+# Kernels of a compiled module are called only by its Relax VM code, which checks the
+# arguments of the module's functions (shapes, dtypes, devices) on entry and allocates every
+# kernel's outputs from them: the per-kernel argument checks TVM's MakePackedAPI adds (asserts)
+# re-check what cannot differ. Without them the LLVM code of a kernel is about half as long,
+# and a cold compile spends ~4 s less CPU on LeNet's train step (bench/compile_time.py).
+KERNEL_ASSERTS = False
 
 
-def codegen_target(target):
-    """`target` as LLVM code generation gets it: LLVM_OPT_LEVEL unless it sets its own. Only
-    code generation sees this: the cache key, records and manifests keep `target`."""
-    if target.kind.name != "llvm" or "opt-level" in target.attrs:
-        return target
-    config = dict(target.export())
-    config["opt-level"] = LLVM_OPT_LEVEL
-    if target.host is not None:
-        config["host"] = target.host.export()
-    return type(target)(config)
+def kernel_pass_context():
+    """The PassContext module kernels are compiled under: the current one, without TVM's
+    argument asserts in kernels unless KERNEL_ASSERTS."""
+    current = tvm.transform.PassContext.current()
+    config = dict(current.config)
+    if not KERNEL_ASSERTS:
+        config["tirx.disable_assert"] = True
+    return tvm.transform.PassContext(opt_level=current.opt_level, config=config,
+                                     required_pass=list(current.required_pass),
+                                     disabled_pass=list(current.disabled_pass))
 
 
 def compile_scheduled(mod, target):
     """tvm.compile to the Relax VM. Our stages already legalized, fused and scheduled; TVM's
     build pipeline only lowers to the VM. (The step a compile-cache hit skips.)"""
-    return tvm.compile(mod, target=codegen_target(target),
-                       relax_pipeline=relax.pipeline.default_build_pipeline())
+    with kernel_pass_context():
+        return tvm.compile(mod, target=target,
+                           relax_pipeline=relax.pipeline.default_build_pipeline())
 
 
 # Whether CPU builds this machine runs compile half of their kernels in a second thread
@@ -186,7 +188,8 @@ def _compile_split(scheduled, target, key, info):
     if side is None:
         return None
     with tempfile.TemporaryDirectory(prefix="tvmfront-side-") as tmp:
-        job = split_build.SideBuild(side, codegen_target(target), os.path.join(tmp, "side.o"))
+        job = split_build.SideBuild(side, target, os.path.join(tmp, "side.o"),
+                                    kernel_pass_context())
         job.start()
         try:
             executable = compile_scheduled(main, target)

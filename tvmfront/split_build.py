@@ -88,13 +88,15 @@ class SideBuild:
     start(), then `link` as export_library's fcompile (it waits for the object and links it
     in with the others; it re-raises what the side build raised)."""
 
-    def __init__(self, mod, target, path):
+    def __init__(self, mod, target, path, pass_context):
         self.mod, self.target, self.path, self.error = mod, target, path, None
+        self.pass_context = pass_context  # PassContext is per thread: the caller's is handed on
         self.thread = threading.Thread(target=self._run, name="tvmfront-side-build", daemon=True)
 
     def _run(self):
         try:
-            tvm.tirx.build(self.mod, target=self.target).write_to_file(self.path)
+            with self.pass_context:
+                tvm.tirx.build(self.mod, target=self.target).write_to_file(self.path)
         except BaseException as err:  # noqa: BLE001 - handed to link()'s caller
             self.error = err
 
