@@ -14,8 +14,9 @@ subprocess counts in wall time alone). Stages of the main thread, then:
   tir passes    tvm.compile minus LLVM code generation (TIR lowering, VM codegen)
   llvm codegen  TIR -> optimized LLVM IR (tirx.build.codegen_build)
   llvm object   LLVM IR -> machine code (Module.write_to_file inside export_library)
-  side kernels  the kernels tvmfront.split_build compiles in a second thread meanwhile
-                (TIR passes, LLVM codegen and object): overlaps the stages above in wall time
+  side kernels  the kernels tvmfront.split_build compiles in a thread per core meanwhile
+                (TIR passes, LLVM codegen and object), summed over its threads: overlaps the
+                stages above in wall time
   link          the shared library link (tvm.support.cc.create_shared)
   load          loading the library back (build._load)
   other         the rest of compile_training (cache key, manifest, module setup)
@@ -35,7 +36,7 @@ import tempfile
 import threading
 import time
 
-SIDE = "side kernels (thread 2)"  # tvmfront.split_build: built while the main thread compiles
+SIDE = "side kernels (threads)"  # tvmfront.split_build: built while the main thread compiles
 ORDER = ["import", "trace", "gradient", "append_optimizer", "lower_grad_calls", "legalize",
          "annotate_patterns", "unfused_multi_output", "fold_constants", "fuse_ops", "fuse_tir",
          "dead_code", "schedule", "tir passes", "llvm codegen", "llvm object", SIDE, "link",

@@ -171,13 +171,13 @@ def compile_scheduled(mod, target):
                            relax_pipeline=relax.pipeline.default_build_pipeline())
 
 
-# Whether CPU builds this machine runs compile half of their kernels in a second thread
+# Whether CPU builds this machine runs compile their kernels in a thread per core
 # (tvmfront.split_build): LLVM's code generation is most of a cold compile, on one core.
 SPLIT_BUILD = True
 
 
 def _compile_split(scheduled, target, key, info):
-    """Compile `scheduled` with half of its kernels built in a second thread and export it:
+    """Compile `scheduled` with its kernels built in a thread per core and export it:
     (library, bytes), or None when that does not apply (not a CPU target this machine runs,
     SPLIT_BUILD off, nothing to split) or failed (logged; the caller builds it whole)."""
     if not (SPLIT_BUILD and target.kind.name == "llvm" and runnable_here(target)):
@@ -185,11 +185,11 @@ def _compile_split(scheduled, target, key, info):
     from . import split_build
 
     main, side = split_build.split(scheduled)
-    if side is None:
+    if not side:
         return None
     with tempfile.TemporaryDirectory(prefix="tvmfront-side-") as tmp:
-        job = split_build.SideBuild(side, target, os.path.join(tmp, "side.o"),
-                                    kernel_pass_context())
+        job = split_build.SideBuild(side, target, tmp, kernel_pass_context(),
+                                    threads=os.cpu_count() or 1)
         job.start()
         try:
             executable = compile_scheduled(main, target)
@@ -197,13 +197,13 @@ def _compile_split(scheduled, target, key, info):
             # meanwhile.
             library, data = _export(key, executable, target, info, link=job.link)
         except Exception as err:  # noqa: BLE001 - built in one piece instead
-            log.warning("building the kernels in two threads failed (%s): building the module "
+            log.warning("building the kernels in threads failed (%s): building the module "
                         "in one piece", _message(err))
             return None
         finally:
-            job.thread.join()
+            job.join()
     if data is None:  # the library did not load (logged by _export)
-        log.warning("the library built in two threads did not load: building the module in "
+        log.warning("the library built in threads did not load: building the module in "
                     "one piece")
         info.pop("export_error", None)
         return None

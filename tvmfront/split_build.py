@@ -1,16 +1,17 @@
-"""Compile a scheduled module's kernels on two cores.
+"""Compile a scheduled module's kernels on every core.
 
 TVM builds every kernel of a module into one LLVM module and generates its machine code on one
-thread: most of a cold compile. Here about half of the kernels (the "side" kernels) are built
-by tvm.tirx.build into an object file of their own in a second thread, while tvm.compile
-builds the Relax VM code and the other kernels; the export links both objects into one
-library. TVM's calls release the GIL, so the two run on two cores.
+thread: most of a cold compile. Here the kernels (the "side" kernels) are built by
+tvm.tirx.build in chunks, each into an object file of its own, by a thread per core, while
+tvm.compile builds the Relax VM code; the export links all objects into one library. TVM's
+calls release the GIL, so the threads run on every core.
 
 The Relax functions call a side kernel by name (call_dps_packed instead of call_tir): the VM
 resolves both kinds the same way, by the kernel's symbol in the loaded library. So the
 in-memory executable lacks the side kernels: only the exported library is complete.
 """
 
+import os
 import threading
 
 from ._tvm import (PyExprMutator, lazy, mutator, prim_func_type, relax, relax_call_tir_op,
@@ -58,55 +59,78 @@ def _static_kernels(mod):
     return called - symbolic
 
 
+CHUNK = 6  # kernels per tvm.tirx.build call of a side thread: small chunks balance the threads
+
+
 def split(mod):
-    """(main module, side module): the side module holds every other static kernel (by
-    name), each exported under its name; the main module calls them by name. The side module
-    is None when there is nothing to split."""
+    """(main module, [side modules]): the side modules hold the static kernels but the first
+    (which keeps an LLVM module in the main build, the one the export packs the VM code
+    into), CHUNK to a module, each kernel exported under its name; the main module calls them
+    by name. The list is empty when there is nothing to split."""
     kernels = sorted(gv.name_hint for gv, f in mod.functions.items()
                      if isinstance(f, prim_func_type()))
     static = _static_kernels(mod)
-    side = set(name for name in kernels[1::2] if name in static)
+    side = [name for name in kernels[1:] if name in static]
     if not side:
-        return mod, None
-    rewriter = _CallByName(mod, side)
+        return mod, []
+    rewriter = _CallByName(mod, set(side))
     for gvar, func in mod.functions.items():
         if isinstance(func, relax.Function):
             rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
     rewritten = rewriter.builder_.get()
-    main, kernels_side = {}, {}
+    main, funcs = {}, {}
     for gvar, func in rewritten.functions.items():
-        if gvar.name_hint in side:
-            kernels_side[gvar] = func.with_attr("global_symbol", gvar.name_hint)
+        if gvar.name_hint in rewriter.side:
+            funcs[gvar.name_hint] = (gvar, func.with_attr("global_symbol", gvar.name_hint))
         else:
             main[gvar] = func
     main_mod = tvm.IRModule(main, attrs=rewritten.attrs, global_infos=rewritten.global_infos)
-    return main_mod, tvm.IRModule(kernels_side)
+    chunks = [tvm.IRModule(dict(funcs[name] for name in side[i:i + CHUNK]))
+              for i in range(0, len(side), CHUNK)]
+    return main_mod, chunks
 
 
 class SideBuild:
-    """tvm.tirx.build of a side module and its object file written to `path`, in a thread:
-    start(), then `link` as export_library's fcompile (it waits for the object and links it
-    in with the others; it re-raises what the side build raised)."""
+    """The side modules built by `threads` threads, each taking the next module left
+    (tvm.tirx.build, then its object file written into `folder`): start(), then `link` as
+    export_library's fcompile (it waits for the objects and links them in with the others;
+    it re-raises what a side build raised)."""
 
-    def __init__(self, mod, target, path, pass_context):
-        self.mod, self.target, self.path, self.error = mod, target, path, None
+    def __init__(self, modules, target, folder, pass_context, threads):
+        self.target, self.folder, self.errors = target, folder, []
+        self.todo = list(enumerate(modules))
+        self.paths = [os.path.join(folder, f"side{i}.o") for i in range(len(modules))]
+        self.lock = threading.Lock()
         self.pass_context = pass_context  # PassContext is per thread: the caller's is handed on
-        self.thread = threading.Thread(target=self._run, name="tvmfront-side-build", daemon=True)
+        self.threads = [threading.Thread(target=self._run, name=f"tvmfront-side-build-{i}",
+                                         daemon=True) for i in range(max(1, threads))]
+
+    def _next(self):
+        with self.lock:
+            return None if self.errors or not self.todo else self.todo.pop(0)
 
     def _run(self):
         try:
             with self.pass_context:
-                tvm.tirx.build(self.mod, target=self.target).write_to_file(self.path)
+                while (job := self._next()) is not None:
+                    i, mod = job
+                    tvm.tirx.build(mod, target=self.target).write_to_file(self.paths[i])
         except BaseException as err:  # noqa: BLE001 - handed to link()'s caller
-            self.error = err
+            with self.lock:
+                self.errors.append(err)
 
     def start(self):
-        self.thread.start()
+        for thread in self.threads:
+            thread.start()
         return self
 
+    def join(self):
+        for thread in self.threads:
+            thread.join()
+
     def link(self, file_name, files, **kwargs):
-        """export_library's fcompile: tvm.support.cc.create_shared with the side object."""
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
-        return create_shared(file_name, list(files) + [self.path], **kwargs)
+        """export_library's fcompile: tvm.support.cc.create_shared with the side objects."""
+        self.join()
+        if self.errors:
+            raise self.errors[0]
+        return create_shared(file_name, list(files) + self.paths, **kwargs)
