@@ -17,6 +17,7 @@ subprocess counts in wall time alone). Stages of the main thread, then:
   side kernels  the kernels tvmfront.split_build compiles in a thread per core meanwhile
                 (TIR passes, LLVM codegen and object), summed over its threads: overlaps the
                 stages above in wall time
+  wait for side threads   the main thread waiting for them, before the link
   link          the shared library link (tvm.support.cc.create_shared)
   load          loading the library back (build._load)
   other         the rest of compile_training (cache key, manifest, module setup)
@@ -39,7 +40,7 @@ import time
 SIDE = "side kernels (threads)"  # tvmfront.split_build: built while the main thread compiles
 ORDER = ["import", "trace", "gradient", "append_optimizer", "lower_grad_calls", "legalize",
          "annotate_patterns", "unfused_multi_output", "fold_constants", "fuse_ops", "fuse_tir",
-         "dead_code", "schedule", "tir passes", "llvm codegen", "llvm object", SIDE, "link",
+         "dead_code", "schedule", "tir passes", "llvm codegen", "llvm object", SIDE, "wait for side threads", "link",
          "load", "other", "TOTAL compile"]
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -100,6 +101,7 @@ def worker(profile, baseline=False):
     _timed(build, "_load", "load", totals)
     from tvmfront import split_build
     _timed(split_build.SideBuild, "_run", SIDE, totals, thread_too=True)
+    _timed(split_build.SideBuild, "join", "wait for side threads", totals)
     if baseline:
         build.KERNEL_ASSERTS, build.SPLIT_BUILD = True, False
 
