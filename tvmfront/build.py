@@ -8,6 +8,7 @@ cache (tvmfront.cache): the library is exported once, into the cache, and loaded
 import collections
 import os
 import shutil
+import tempfile
 
 from . import cache, config, pipeline
 from .tuning import policy as records_mod
@@ -103,10 +104,14 @@ def build_lowered(lowered, target, records=None, dump_dir=None):
     tuned = _covered(lowered, selection) + applied["symbolic_tuned"]
     if dump_dir:
         pipeline._dump(dump_dir, len(pipeline.LOWERING) + 1, "schedule", scheduled)
-    executable = compile_scheduled(scheduled, target)
     info = {"records": selection.sources, "tuned_kernels": tuned, "key": key,
             "target_key": target_key(target), "records_key": records_mod.store_key(target),
             "fallback_kernels": fallbacks, "record_fallbacks": applied["record_fallbacks"]}
+    exported = _compile_split(scheduled, target, key, info)
+    if exported is not None:  # the in-memory executable lacks the side kernels: not kept
+        state = "miss" if cache.cache_dir() is not None else "off"
+        return Built(*exported, None, target, lowered, dict(info, cache=state))
+    executable = compile_scheduled(scheduled, target)
     library, data = _export(key, executable, target, info)
     if data is None:  # not exportable here: the VM runs the executable
         return Built(executable, None, executable, target, lowered, dict(info, cache="off"))
@@ -138,10 +143,71 @@ def schedule_lowered(lowered, target, selection, fallbacks=None, report=None):
             return stage(lowered), selection
 
 
+# Kernels of a compiled module are called only by its Relax VM code, which checks the
+# arguments of the module's functions (shapes, dtypes, devices) on entry and allocates every
+# kernel's outputs from them: the per-kernel argument checks TVM's MakePackedAPI adds (asserts)
+# re-check what cannot differ. Without them the LLVM code of a kernel is about half as long,
+# and a cold compile spends ~4 s less CPU on LeNet's train step (bench/compile_time.py).
+KERNEL_ASSERTS = False
+
+
+def kernel_pass_context():
+    """The PassContext module kernels are compiled under: the current one, without TVM's
+    argument asserts in kernels unless KERNEL_ASSERTS."""
+    current = tvm.transform.PassContext.current()
+    config = dict(current.config)
+    if not KERNEL_ASSERTS:
+        config["tirx.disable_assert"] = True
+    return tvm.transform.PassContext(opt_level=current.opt_level, config=config,
+                                     required_pass=list(current.required_pass),
+                                     disabled_pass=list(current.disabled_pass))
+
+
 def compile_scheduled(mod, target):
     """tvm.compile to the Relax VM. Our stages already legalized, fused and scheduled; TVM's
     build pipeline only lowers to the VM. (The step a compile-cache hit skips.)"""
-    return tvm.compile(mod, target=target, relax_pipeline=relax.pipeline.default_build_pipeline())
+    with kernel_pass_context():
+        return tvm.compile(mod, target=target,
+                           relax_pipeline=relax.pipeline.default_build_pipeline())
+
+
+# Whether CPU builds this machine runs compile their kernels in a thread per core
+# (tvmfront.split_build): LLVM's code generation is most of a cold compile, on one core.
+SPLIT_BUILD = True
+
+
+def _compile_split(scheduled, target, key, info):
+    """Compile `scheduled` with its kernels built in a thread per core and export it:
+    (library, bytes), or None when that does not apply (not a CPU target this machine runs,
+    SPLIT_BUILD off, nothing to split) or failed (logged; the caller builds it whole)."""
+    if not (SPLIT_BUILD and target.kind.name == "llvm" and runnable_here(target)):
+        return None
+    from . import split_build
+
+    main, side = split_build.split(scheduled)
+    if not side:
+        return None
+    with tempfile.TemporaryDirectory(prefix="tvmfront-side-") as tmp:
+        job = split_build.SideBuild(side, target, tmp, kernel_pass_context(),
+                                    threads=os.cpu_count() or 1)
+        job.start()
+        try:
+            executable = compile_scheduled(main, target)
+            # The side object joins at the link, so the main thread writes its own object
+            # meanwhile.
+            library, data = _export(key, executable, target, info, link=job.link)
+        except Exception as err:  # noqa: BLE001 - built in one piece instead
+            log.warning("building the kernels in threads failed (%s): building the module "
+                        "in one piece", _message(err))
+            return None
+        finally:
+            job.join()
+    if data is None:  # the library did not load (logged by _export)
+        log.warning("the library built in threads did not load: building the module in "
+                    "one piece")
+        info.pop("export_error", None)
+        return None
+    return library, data
 
 
 def runnable_here(target):
@@ -161,10 +227,11 @@ def _load(path, target):
         return False
 
 
-def _export(key, executable, target, info):
+def _export(key, executable, target, info, link=None):
     """Export the executable into the cache and load it back: (library, bytes); a target this
     machine cannot run is exported to a temporary file (library None); (None, None) when it
-    cannot be exported here."""
+    cannot be exported here. link: the function linking the library (export_library's
+    fcompile), whose errors are raised rather than answered with (None, None)."""
     arch = target_arch(target)
     cxx = None
     if arch != host_arch():
@@ -176,8 +243,10 @@ def _export(key, executable, target, info):
     runnable = runnable_here(target)
     try:
         path, data = cache.store(key if runnable else None,
-                                 lambda p: export_library(executable, p, cxx), info)
+                                 lambda p: _export_library(executable, p, cxx, link), info)
     except Exception as err:  # noqa: BLE001 - a toolchain problem: keep the executable
+        if link is not None:
+            raise
         info["export_error"] = f"{type(err).__name__}: {_message(err, 2000)}"
         log.warning("exporting the compiled library failed; this build runs in memory and "
                     "is not cached: %s", info["export_error"])
@@ -193,6 +262,13 @@ def _export(key, executable, target, info):
             cache.discard(key)
         return None, None
     return library, data
+
+
+def _export_library(executable, path, cxx, link):
+    """export_library, linked by `link` (an fcompile) when given."""
+    if link is not None:
+        return executable.export_library(path, fcompile=link)
+    return export_library(executable, path, cxx)
 
 
 def _message(err, limit=600):
