@@ -20,7 +20,7 @@ LAYERS = {
     "schedule": 5, "cache": 5,
     "tuning.store": 5, "tuning.merge": 5, "tuning.remote": 5, "rpc": 5,
     "tuning.policy": 5.1, "records": 5.1, "tuning.symbolic": 5.1,
-    "build": 5.2,
+    "build": 5.2, "split_build": 5.2,
     "tuning": 5.3,
     "runtime": 6,
     "compile": 7, "trainer": 7, "checkpoint": 7, "cli": 7, "__init__": 7,
