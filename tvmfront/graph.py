@@ -211,20 +211,19 @@ def build_forward(model, inputs, methods=None):
     out = result["out"]
     sig.outputs = TensorSpec.traced(out.shape, out.dtype)
     for name, method_inputs in (methods or {}).items():
-        sig.methods[name] = _emit_method(bb, model, name, method_inputs, named, named_buffers)
+        sig.methods[name] = _emit_method(bb, model, name, method_inputs, sig)
     return bb.get(), sig
 
 
-def _emit_method(bb, model, name, inputs, named, named_buffers):
+def _emit_method(bb, model, name, inputs, sig):
     """Emit `method_<name>` for model.<name> at `inputs`; ([(name, spec)], [spec])."""
     if not isinstance(name, str) or not name.isidentifier() or name.startswith("_") \
             or not inspect.ismethod(getattr(model, name, None)) or name == "forward":
         raise TypeError(f"methods: {name!r} is not a public method of "
                         f"{type(model).__name__} (other than forward, which is predict)")
     specs = named_specs(inputs, _forward_arg_names(model, name), f"methods['{name}']")
-    xs = _vars("x_", specs, {})
-    pvars, bvars = _param_vars(named), _vars("b_", [(n, TensorSpec(b.shape, b.dtype))
-                                                    for n, b in named_buffers])
+    named, named_buffers = model.named_parameters(), model.named_buffers()
+    xs, pvars, bvars = _vars("x_", specs, {}), _param_vars(named), buffer_vars(sig)
     result = {}
 
     def body():

@@ -29,8 +29,7 @@ from . import boundcheck, config
 from ._tvm import register_global_func, relax, te, to_device, tvm
 from .autodiff import derive_for_op
 from .errors import GradientError, ShapeError
-from .spec import dim_text
-from .tensor import Tensor, current_trace, dim, resolve
+from .tensor import Tensor, current_trace, resolve, shape_text
 
 _GRAD_PREFIX = "tvm.relax.te_grad._register."
 _op_ids = itertools.count()
@@ -93,11 +92,6 @@ def bound_checks(enabled=True):
 def bound_checks_enabled():
     forced = _force_bound_checks.get()
     return forced if forced is not None else config.bound_checks()
-
-
-def _shape_text(shape):
-    """A TE shape for messages: ints, and symbolic dimensions as their names or expressions."""
-    return tuple(d if isinstance(d, int) else dim_text(d) for d in map(dim, shape))
 
 
 def _zeros(like, name):
@@ -193,7 +187,8 @@ class Op:
                 g = _zeros(x, f"zero{i}")
             elif tuple(g.shape) != tuple(x.shape):
                 raise GradientError(f"gradient of op '{self.name}' for input {i} has shape "
-                                    f"{_shape_text(g.shape)}, input has {_shape_text(x.shape)}")
+                                    f"{tuple(shape_text(g.shape))}, input has "
+                                    f"{tuple(shape_text(x.shape))}")
             out.append(g)
         return out
 
@@ -254,7 +249,7 @@ class Op:
             # only inside an expression such as batch * 3): TVM 0.27's Gradient pass fails on
             # such a call with "KeyError: key is not in Map".
             raise GradientError(
-                f"op '{self.name}' on shapes {[_shape_text(t.shape) for t in tensors]}: a "
+                f"op '{self.name}' on shapes {[tuple(shape_text(t.shape)) for t in tensors]}: a "
                 f"symbolic dimension appears only inside an expression (e.g. batch * 3), which "
                 f"TVM 0.27's Gradient cannot differentiate through; keep symbolic dimensions "
                 f"apart (e.g. [B, T, E], not a reshape to [B*T, E]) on the gradient path")

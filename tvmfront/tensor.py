@@ -13,6 +13,7 @@ import threading
 import numpy as np
 
 from ._tvm import is_prim_expr, relax, tirx
+from .spec import dim_text
 
 _state = threading.local()
 
@@ -91,6 +92,12 @@ def dim(d):
 
 def is_static(shape):
     return all(isinstance(d, int) for d in shape)
+
+
+def shape_text(shape):
+    """A shape for messages: ints, and symbolic dimensions as their names or expressions
+    ('batch * 3', not TVMScript's 'batch * T.int64(3)')."""
+    return [d if isinstance(d, int) else dim_text(d) for d in map(dim, shape)]
 
 
 def new_var(name, shape, dtype, dims=None):

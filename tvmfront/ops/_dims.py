@@ -10,7 +10,7 @@ import math
 from .._tvm import arith, is_prim_expr, tirx
 from ..errors import ShapeError
 from ..spec import dim_text
-from ..tensor import dim
+from ..tensor import dim, shape_text
 
 
 def dims(shape):
@@ -53,10 +53,7 @@ def reciprocal(count, dtype):
     return tirx.const(1.0, dtype) / count.astype(dtype)
 
 
-def show(shape):
-    """The shape for an error message: ints, and names or expressions where symbolic
-    ('batch * 3', not TVMScript's 'batch * T.int64(3)')."""
-    return [d if isinstance(d, int) else dim_text(d) for d in dims(shape)]
+show = shape_text  # the shape for an error message ('batch * 3', not 'batch * T.int64(3)')
 
 
 def static(d, op, what):

@@ -128,6 +128,15 @@ def _named_arrays(caller, what, value, specs, label):
     return [_as_integer(label(name), a, spec) for (name, spec), a in zip(specs, arrays)]
 
 
+def _checked_arrays(caller, what, value, specs, label, sizes, batch_free=False):
+    """_named_arrays, each array then checked against its spec (_check) with the call's
+    symbolic sizes `sizes`."""
+    arrays = _named_arrays(caller, what, value, specs, label)
+    for (name, spec), a in zip(specs, arrays):
+        _check(label(name), a, spec, batch_free=batch_free, sizes=sizes)
+    return arrays
+
+
 def module_arch(manifest):
     """CPU architecture of a module's library (manifest 'target_arch'; older manifests: the
     target's mtriple, else this machine)."""
@@ -297,10 +306,8 @@ class _Compiled:
     def _inputs_in(self, caller, x, batch_free=False, sizes=None):
         """The input arrays as the compiled function takes them, checked, one per input.
         sizes: the symbolic dimensions' sizes seen so far in this call (see _check)."""
-        arrays = _named_arrays(caller, "inputs", x, self._inputs, self._input_label)
-        sizes = {} if sizes is None else sizes
-        for (name, spec), a in zip(self._inputs, arrays):
-            _check(self._input_label(name), a, spec, batch_free=batch_free, sizes=sizes)
+        arrays = _checked_arrays(caller, "inputs", x, self._inputs, self._input_label,
+                                 {} if sizes is None else sizes, batch_free)
         if batch_free and len({len(a) for a in arrays}) > 1:
             raise ShapeError(f"{caller}: the inputs hold different numbers of samples: "
                              f"{ {n: len(a) for (n, _), a in zip(self._inputs, arrays)} }")
@@ -383,10 +390,7 @@ class _Compiled:
         value = inputs[0] if len(inputs) == 1 and (len(specs) == 1 or
                                                     isinstance(inputs[0], dict)) else inputs
         label = (lambda n: f"{method}: input '{n}'")
-        arrays = _named_arrays(method, "inputs", value, specs, label)
-        sizes = {}
-        for (name, s), a in zip(specs, arrays):
-            _check(label(name), a, s, sizes=sizes)
+        arrays = _checked_arrays(method, "inputs", value, specs, label, {})
         out = self._function(f"method_{method}")(*[to_device(a, self.device) for a in arrays],
                                                    *self._params, *self._buffers)
         outs = spec["outputs"]
@@ -514,10 +518,8 @@ class TrainingModule(_Compiled):
             if extras is None:
                 raise ShapeError(f"step: this module's loss takes extra inputs "
                                  f"{[n for n, _ in extra_specs]}: pass extras=")
-            extra_arrays = _named_arrays("step", "extras", extras, extra_specs,
-                                         lambda n: f"extra '{n}'")
-            for (name, spec), a in zip(extra_specs, extra_arrays):
-                _check(f"extra '{name}'", a, spec, sizes=sizes)
+            extra_arrays = _checked_arrays("step", "extras", extras, extra_specs,
+                                           lambda n: f"extra '{n}'", sizes)
         elif extras is not None:
             raise ShapeError("step: this module's loss takes no extra inputs, got extras=")
         else:
