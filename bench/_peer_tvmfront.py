@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import tvmfront as tvf  # noqa: E402
 from tvmfront import records as records_mod  # noqa: E402
 from tvmfront.target import resolve_target, target_key  # noqa: E402
-from tvmfront.tune import time_module  # noqa: E402
+from tvmfront.tuning.measure import time_module  # noqa: E402
 
 from _timing import emit, guarded, median_seconds, read_spec  # noqa: E402
 
