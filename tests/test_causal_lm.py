@@ -7,6 +7,8 @@ import pytest
 import tvmfront as tvf
 from tvmfront import nn
 
+from _torch import run_torch
+
 SIZES = dict(vocab_size=11, context=8, d_model=16, nhead=2, num_layers=2, dim_feedforward=32)
 
 
@@ -52,3 +54,16 @@ def test_trains_at_any_batch_and_length():
 def test_too_long_a_static_sequence_is_refused():
     with pytest.raises(ValueError, match="9 tokens exceed the context of 8"):
         tvf.compile_inference(_model(), tvf.Spec((1, 9), "int64"))
+
+
+@pytest.mark.slow
+def test_forward_equals_the_pytorch_model_of_the_same_state_dict(request, tmp_path):
+    model = _model()
+    module = tvf.compile_inference(model, tvf.Spec(("batch", "seq"), "int64"))
+    idx = np.random.default_rng(2).integers(0, SIZES["vocab_size"], (2, 7))
+    sizes = [SIZES[k] for k in ("vocab_size", "context", "d_model", "nhead", "num_layers",
+                                "dim_feedforward")]
+    # the torch model loads the state_dict with strict=True: the names map 1:1
+    ref = run_torch(request, "CausalLM forward vs PyTorch", "_torch_causal_lm.py", tmp_path,
+                    *sizes, idx=idx, **module.state_dict())
+    np.testing.assert_allclose(module(idx), ref["logits"], rtol=1e-5, atol=1e-5)

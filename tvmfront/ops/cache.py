@@ -52,9 +52,14 @@ def cache_write(cache, new, pos):
         raise TypeError(f"cache_write: cache is {cache.dtype}, new is {new.dtype}")
     at, s = _pos(pos, "cache_write"), _i64(new.shape[-2])
 
+    one = isinstance(new.shape[-2], tirx.IntImm) and int(new.shape[-2]) == 1
+
     def body(*i):
         r = _i64(i[-2]) - at  # row of `new` landing on cache row i[-2]
-        return te.if_then_else(tirx.all(r >= 0, r < s), new(*i[:-2], r, i[-1]), cache(*i))
+        # one row (a decode step): read it at a constant index, so no read goes through pos
+        # and the kernel stays injective, fusable with the slice of the layer it writes into
+        row = 0 if one else r
+        return te.if_then_else(tirx.all(r >= 0, r < s), new(*i[:-2], row, i[-1]), cache(*i))
 
     return te.compute(cache.shape, body, name="cache_write")
 
