@@ -5,10 +5,9 @@ config, ``adamw`` (torch.optim.AdamW's keyword arguments), ``no_decay`` (paramet
 weight decay 0), ``lrs`` (one learning rate per step), ``max_norm``), the initial state_dict
 as ``s.<name>`` and the batches ``x<t>`` / ``y<t>`` (int64 [B, T]).
 
-The GPT-style model of tvf.nn.CausalLM written in PyTorch (token + learned positional
-embedding, pre-norm GELU TransformerEncoderLayers with the causal mask, final LayerNorm, head
-tied to the token embedding), loaded strictly from that state_dict, trained one AdamW step per
-batch with clip_grad_norm_ before it. Writes ``losses``, ``norms`` (the total norms
+tests/_torch_causal_lm.py's PyTorch model of tvf.nn.CausalLM (GPT-style, head tied to the
+token embedding), loaded strictly from that state_dict, trained one AdamW step per batch with
+clip_grad_norm_ before it. Writes ``losses``, ``norms`` (the total norms
 clip_grad_norm_ returned) and ``s.<name>`` (the final parameters).
 """
 
@@ -20,34 +19,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-class CausalLM(nn.Module):
-    def __init__(self, vocab_size, context, d_model, nhead, num_layers, dim_feedforward,
-                 dropout=0.0):
-        super().__init__()
-        self.tok_emb = nn.Embedding(vocab_size, d_model)
-        self.pos_emb = nn.Embedding(context, d_model)
-        self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList([
-            nn.TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout,
-                                       activation="gelu", batch_first=True, norm_first=True)
-            for _ in range(num_layers)])
-        self.ln_f = nn.LayerNorm(d_model)
-
-    def forward(self, idx):
-        t = idx.shape[1]
-        x = self.drop(self.tok_emb(idx) + self.pos_emb(torch.arange(t)))
-        mask = nn.Transformer.generate_square_subsequent_mask(t)
-        for block in self.blocks:
-            x = block(x, src_mask=mask, is_causal=True)
-        return self.ln_f(x) @ self.tok_emb.weight.T
+from _torch_causal_lm import CausalLM  # the reference model of CAUSALLM.md
 
 
 def main(src, dst):
     torch.manual_seed(0)
     data = np.load(src, allow_pickle=False)
     case = json.loads(str(data["case"]))
-    model = CausalLM(**case["config"])
+    c = case["config"]
+    assert c["dropout"] == 0.0, "the reference model has no dropout"
+    model = CausalLM(c["vocab_size"], c["context"], c["d_model"], c["nhead"], c["num_layers"],
+                     c["dim_feedforward"])
     model.load_state_dict({k[2:]: torch.from_numpy(data[k]) for k in data.files
                            if k.startswith("s.")})  # strict: every name, shape and dtype
     named = dict(model.named_parameters())
