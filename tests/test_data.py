@@ -278,7 +278,9 @@ def test_batches_bad_arguments():
 
 
 def test_module_all():
-    assert set(data.__all__) == {"load_digits", "upsample", "read_idx", "write_idx", "load_mnist", "batches"}
+    assert set(data.__all__) == {"load_digits", "upsample", "read_idx", "write_idx", "load_mnist",
+                                 "batches", "load_pydoc_text", "char_vocab", "encode", "decode",
+                                 "lm_windows"}
 
 
 def test_import_does_not_pull_in_sklearn():

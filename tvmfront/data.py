@@ -16,7 +16,8 @@ from ._files import write_atomic
 
 # The text helpers below (load_pydoc_text, char_vocab, encode, decode, lm_windows) are public
 # too; tests/test_data.py pins this list, so they join it with that test's update.
-__all__ = ["load_digits", "upsample", "read_idx", "write_idx", "load_mnist", "batches"]
+__all__ = ["load_digits", "upsample", "read_idx", "write_idx", "load_mnist", "batches",
+           "load_pydoc_text", "char_vocab", "encode", "decode", "lm_windows"]
 
 # IDX dtype code -> on-disk (big-endian) dtype.
 _IDX_DTYPES = {
