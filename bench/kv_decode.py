@@ -10,11 +10,20 @@ the caches passed on as they come out); a full forward over the whole context (w
 without a cache would cost); and the VM profiler's per-kernel times for one decode step,
 grouped by kernel, with the share of the cache copy (cache_write, stack).
 Wall and process CPU times, and the load average (the machine may be shared).
+
+--ab also builds the same model without tvmfront's GEMV schedule (batch-1 Linear layers as
+before: scalar tiles / dlight's GEMV) and times, in alternating rounds in this process: the
+decode VM function of each build (device tensors), and generate.sample through call_tensors
+(caches kept on the device) against the numpy round trip of `call` on the old build (the
+path before). --torch DIR times PyTorch eager's decode step of the same model (DIR holds the
+bench branch's _torch_models.py and _workloads.py) in .venv-bench, in its own process, in
+rounds interleaved with tvmfront's.
 """
 
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -33,6 +42,113 @@ def _timed(fn, n):
     for _ in range(n):
         fn()
     return (time.perf_counter() - w) / n * 1e3, (time.process_time() - c) / n * 1e3
+
+
+_TORCH_DECODE = """
+import json, sys, time
+import torch
+sys.path.insert(0, sys.argv[1])
+from _torch_models import CausalLM
+cfg, rounds, n = json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+torch.set_num_threads(1)
+torch.manual_seed(0)
+net = CausalLM(**cfg).eval()
+shape = (cfg["num_layers"], 1, cfg["nhead"], cfg["context"], cfg["d_model"] // cfg["nhead"])
+k, v = torch.randn(shape), torch.randn(shape)
+token, pos = torch.ones((1, 1), dtype=torch.int64), cfg["context"] // 2
+def call():
+    with torch.no_grad():
+        return net.decode(token, pos, k, v).numpy()
+for _ in range(20):
+    call()
+for _ in range(rounds):
+    sys.stdin.readline()  # the driver's turn signal: rounds interleave with tvmfront's
+    w, c = time.perf_counter(), time.process_time()
+    for _ in range(n):
+        call()
+    print(json.dumps([(time.perf_counter() - w) / n * 1e3, (time.process_time() - c) / n * 1e3]),
+          flush=True)
+"""
+
+
+def _torch_rounds(folder, cfg, rounds, n):
+    """A PyTorch eager decode-step process: send a line, read one round's (wall, CPU) ms."""
+    python = os.environ.get("BENCH_PYTHON", os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".venv-bench", "bin",
+        "python"))
+    proc = subprocess.Popen([python, "-c", _TORCH_DECODE, folder, json.dumps(cfg), str(rounds),
+                             str(n)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def one_round():
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        return json.loads(proc.stdout.readline())
+    return proc, one_round
+
+
+def _median(rows):
+    rows = sorted(rows, key=lambda r: r[1])
+    return rows[len(rows) // 2]
+
+
+def _ab(a, model, module, rng):
+    """Alternating rounds: decode VM function and generate.sample, new build vs the build
+    without tvmfront's GEMV rule (and sample through numpy `call`, the path before), plus
+    PyTorch eager with --torch. {name: median (wall ms, CPU ms)} of the rounds."""
+    from tvmfront import schedule
+
+    saved, cache = schedule._gemv, os.environ.get("TVMFRONT_CACHE")
+    schedule._gemv = lambda func, params: None  # the rule off: the kernels' schedules before
+    os.environ["TVMFRONT_CACHE"] = "0"  # the cache cannot see the patch: a hit is the new build
+    try:
+        old = tvf.compile_inference(model, tvf.Spec(("batch", "seq"), "int64"),
+                                    methods={"prefill": model.prefill_spec(a.batch),
+                                             "decode": model.decode_spec(a.batch)})
+    finally:
+        schedule._gemv = saved
+        os.environ.pop("TVMFRONT_CACHE") if cache is None else \
+            os.environ.__setitem__("TVMFRONT_CACHE", cache)
+    _, k, v = module.prefill(rng.integers(0, a.vocab, size=(a.batch, a.context // 2)))
+    token, pos = np.ones((a.batch, 1), np.int64), np.array(a.context // 2, np.int64)
+
+    def vm_step(m):
+        fn = m._function("method_decode")
+        args = [to_device(x, m.device) for x in (token, pos, k, v)]
+        return lambda: fn(*args, *m._params, *m._buffers)
+
+    prompt = rng.integers(0, a.vocab, size=(a.batch, 8))
+    steps = min(a.steps, a.context - 8)
+
+    def sample_numpy(m):  # generate.sample as it was: numpy in and out of module.call
+        logits, kc, vc = m.call("prefill", prompt)
+        for i in range(steps - 1):
+            logits, kc, vc = m.call("decode", np.ones((a.batch, 1), np.int64),
+                                    np.array(8 + i, np.int64), kc, vc)
+
+    cases = {"decode_vm new": (vm_step(module), 200),
+             "decode_vm old (no tvmfront.gemv)": (vm_step(old), 200),
+             "sample new (gemv + call_tensors)": (lambda: generate.sample(
+                 module, prompt, steps, temperature=0.8, top_k=10), 1),
+             "sample old (no gemv, numpy call)": (lambda: sample_numpy(old), 1)}
+    rows = {name: [] for name in cases}
+    torch = None
+    if a.torch:
+        cfg = dict(vocab_size=a.vocab, context=a.context, d_model=a.d_model, nhead=a.nhead,
+                   num_layers=a.layers, dim_feedforward=a.ff)
+        torch, torch_round = _torch_rounds(a.torch, cfg, a.rounds, 200)
+        rows["torch eager decode"] = []
+    for name, (fn, _) in cases.items():
+        fn()  # warm
+    for _ in range(a.rounds):
+        for name, (fn, n) in cases.items():
+            wall, cpu = _timed(fn, n)
+            scale = steps if name.startswith("sample") else 1
+            rows[name].append((wall / scale, cpu / scale))
+        if torch is not None:
+            rows["torch eager decode"].append(tuple(torch_round()))
+    if torch is not None:
+        torch.wait()
+    return {name: tuple(round(x, 4) for x in _median(r)) for name, r in rows.items()}
 
 
 def _profile(module, args, repeat=20):
@@ -81,6 +197,11 @@ def main():
     ap.add_argument("--any-batch", action="store_true",
                     help="compile prefill and decode for any batch size (else exactly --batch)")
     ap.add_argument("--json")
+    ap.add_argument("--ab", action="store_true", help="interleaved rounds against the build "
+                    "without tvmfront's GEMV rule and the numpy-call sample (see above)")
+    ap.add_argument("--torch", metavar="DIR", help="with --ab: also PyTorch eager's decode "
+                    "step (DIR: the bench branch's _torch_models.py and _workloads.py)")
+    ap.add_argument("--rounds", type=int, default=7)
     a = ap.parse_args()
     tvf.manual_seed(0)
     model = nn.CausalLM(a.vocab, a.context, a.d_model, a.nhead, a.layers, a.ff)
@@ -91,6 +212,8 @@ def main():
                                             "decode": model.decode_spec(batch)})
     res = {"config": vars(a), "compile_s": time.perf_counter() - t}
     rng = np.random.default_rng(0)
+    if a.ab:
+        res["ab_median_ms_wall_cpu"] = _ab(a, model, module, rng)
     prompt = rng.integers(0, a.vocab, size=(a.batch, 8))
     steps = min(a.steps, a.context - 8)
     w, c = time.perf_counter(), time.process_time()

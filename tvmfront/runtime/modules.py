@@ -228,6 +228,7 @@ class _Compiled:
         self.not_runnable_reason = why_not_runnable_here(manifest)
         self._vm_ = None if self.not_runnable_reason else virtual_machine(library, self.device)
         self._functions = {}  # VM function name -> its PackedFunc (a lookup costs ~3 us)
+        self._tensor_plans = {}  # method -> (its spec, per input: label, spec, shape, dtype)
         self._executable, self._library_bytes = executable, library_bytes
         self.param_names = [p["name"] for p in manifest["parameters"]]
         self._params = [self._to_device(params[n]) for n in self.param_names]
@@ -427,16 +428,23 @@ class _Compiled:
         A loop that feeds a method's outputs back into it (a decode step's key/value caches)
         skips two host copies of them per step; ``to_numpy`` reads a tensor. A tensor is
         checked by shape, dtype and device; an array as in ``call``."""
-        spec = self._method_spec(method)
-        specs = [(s["name"], s) for s in spec["inputs"]]
-        if len(inputs) != len(specs):
-            raise ShapeError(f"{method}: this method takes {len(specs)} inputs "
-                             f"{[n for n, _ in specs]}, got {len(inputs)}")
+        plan = self._tensor_plans.get(method)
+        if plan is None:
+            spec = self._method_spec(method)
+            plan = self._tensor_plans[method] = (spec, [
+                (f"{method}: input '{s['name']}'", s, tuple(s["shape"]), s["dtype"])
+                for s in spec["inputs"]])
+        spec, inputs_plan = plan
+        if len(inputs) != len(inputs_plan):
+            raise ShapeError(f"{method}: this method takes {len(inputs_plan)} inputs "
+                             f"{[s['name'] for _, s, _, _ in inputs_plan]}, got {len(inputs)}")
         sizes, args = {}, []
-        for (name, s), value in zip(specs, inputs):
-            label = f"{method}: input '{name}'"
-            if _is_tensor(value):
-                _check_tensor(label, value, s, self.device, sizes)
+        for (label, s, shape, dtype), value in zip(inputs_plan, inputs):
+            if type(value) is not np.ndarray and _is_tensor(value):
+                # one tuple and one string comparison for a tensor of static shape (a decode
+                # step passes two caches a step); the full check otherwise, or to say why not
+                if value.shape != shape or value.dtype != dtype or value.device != self.device:
+                    _check_tensor(label, value, s, self.device, sizes)
                 args.append(value)
             else:
                 array = _as_integer(label, value, s)
