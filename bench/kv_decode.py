@@ -101,9 +101,11 @@ def _ab(a, model, module, rng):
     schedule._gemv = lambda func, params: None  # the rule off: the kernels' schedules before
     os.environ["TVMFRONT_CACHE"] = "0"  # the cache cannot see the patch: a hit is the new build
     try:
+        t, c = time.perf_counter(), time.process_time()
         old = tvf.compile_inference(model, tvf.Spec(("batch", "seq"), "int64"),
                                     methods={"prefill": model.prefill_spec(a.batch),
                                              "decode": model.decode_spec(a.batch)})
+        old_compile_s = (time.perf_counter() - t, time.process_time() - c)
     finally:
         schedule._gemv = saved
         os.environ.pop("TVMFRONT_CACHE") if cache is None else \
@@ -148,30 +150,48 @@ def _ab(a, model, module, rng):
             rows["torch eager decode"].append(tuple(torch_round()))
     if torch is not None:
         torch.wait()
-    return {name: tuple(round(x, 4) for x in _median(r)) for name, r in rows.items()}
+    out = {name: tuple(round(x, 4) for x in _median(r)) for name, r in rows.items()}
+    out["compile_s old (no tvmfront.gemv, cache off): wall, CPU"] = tuple(
+        round(x, 1) for x in old_compile_s)
+    return out
 
 
 def _profile(module, args, repeat=20):
-    """{kernel name: [microseconds per step, calls per step]} of method_decode, timed by a VM
-    instrument around every call (its own cost, ~1 us a call, lands between kernels)."""
+    """({kernel name: [microseconds per step, calls per step]} of method_decode, timed in
+    this thread's CPU time by a VM instrument around every call; {the step's CPU us without
+    an instrument, with a no-op one, the instrument's cost per call}). That cost (~3-7 us a
+    call here, ~380 calls a step) is mostly what the vm.builtin rows measure: a builtin
+    itself takes well under a microsecond."""
     vm = module._vm  # instrumented from here on: profile last
-    times, started = {}, {}
+    times, started, count = {}, {}, [0]
 
     def instrument(func, symbol, before, ret, *_):
         if before:
-            started[symbol] = time.perf_counter()
+            started[symbol] = time.thread_time()
         else:
             row = times.setdefault(symbol, [0.0, 0])
-            row[0] += (time.perf_counter() - started[symbol]) * 1e6 / repeat
+            row[0] += (time.thread_time() - started[symbol]) * 1e6 / repeat
             row[1] += 1 / repeat
         return 0
 
+    def noop(*_):
+        count[0] += 1
+        return 0
+
     fn = vm["method_decode"]
-    fn(*args)  # warm, not instrumented
+    plain = _timed(lambda: fn(*args), 100)[1] * 1e3
+    vm.set_instrument(noop)
+    count[0] = 0
+    fn(*args)
+    calls = count[0] // 2
+    with_noop = _timed(lambda: fn(*args), 100)[1] * 1e3
     vm.set_instrument(instrument)
     for _ in range(repeat):
         fn(*args)
-    return times
+    cost = {"step_cpu_us": round(plain, 1), "step_cpu_us_noop_instrument": round(with_noop, 1),
+            "calls_per_step": calls, "instrument_us_per_call": round((with_noop - plain) /
+                                                                     max(1, calls), 2)}
+    return times, cost
 
 
 def _group(kernel):
@@ -206,11 +226,12 @@ def main():
     tvf.manual_seed(0)
     model = nn.CausalLM(a.vocab, a.context, a.d_model, a.nhead, a.layers, a.ff)
     batch = "batch" if a.any_batch else a.batch
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     module = tvf.compile_inference(model, tvf.Spec(("batch", "seq"), "int64"),
                                    methods={"prefill": model.prefill_spec(batch),
                                             "decode": model.decode_spec(batch)})
-    res = {"config": vars(a), "compile_s": time.perf_counter() - t}
+    res = {"config": vars(a), "compile_s (wall, CPU)": (time.perf_counter() - t,
+                                                         time.process_time() - c)}
     rng = np.random.default_rng(0)
     if a.ab:
         res["ab_median_ms_wall_cpu"] = _ab(a, model, module, rng)
@@ -239,7 +260,8 @@ def main():
     cache_mb = 2 * np.prod(model.cache_shape(a.batch)) * 4 / 2 ** 20
     res["cache_mb_k_plus_v"] = float(cache_mb)
     try:
-        prof = _profile(module, dev_args + list(module._params) + list(module._buffers))
+        prof, res["profile_instrument_cost"] = _profile(
+            module, dev_args + list(module._params) + list(module._buffers))
         groups = {}
         for n, (us, _) in prof.items():
             groups[_group(n)] = groups.get(_group(n), 0.0) + us
