@@ -6,8 +6,10 @@ stage, after any tuning records) gives every unscheduled PrimFunc a schedule for
 target and records the rule in the kernel's ``tvmfront.schedule_rule`` attribute (visible in
 ``dump_ir``'s schedule stage). Rules, tried in this order:
 
-1. ``dlight.cpu.GEMV`` - matrix times vector (a Linear layer at batch 1), unless its vector
-   tile is wider than two SIMD registers (minutes of LLVM codegen: see ``_dlight_gemv``).
+0. tvmfront's GEMV - a matrix times a vector with both read contiguously along the
+   reduction (a Linear layer at batch 1, its weight [N, K] row-major: see ``_gemv``);
+1. ``dlight.cpu.GEMV`` - other matrix-vector kernels, unless its vector tile is wider than
+   two SIMD registers (minutes of LLVM codegen: see ``_dlight_gemv``).
 2. tvmfront's rule (below); for kernels without a multiply-accumulate, first in a mode that
    requires every reduction to get a register tile, then
 3. ``dlight.cpu.Reduction`` (rows parallelized; large row reductions only), then
@@ -53,9 +55,10 @@ probe's answer, logged at debug level. Any other exception from a rule (a schedu
 refusing, a bug) is a failure: logged at warning level and counted, per kernel, in
 ``default_cpu_schedule``'s `fallbacks` (the build info's ``fallback_kernels``).
 
-Reduction order is never changed (no rfactor): every output element is accumulated in the
-order of its reduction loops, so results equal the naive build's up to LLVM's FMA
-contraction in fused pointwise chains (about 1e-7 relative).
+Reduction order is kept except by the GEMV rule (no other rfactor): every output element is
+accumulated in the order of its reduction loops, so results equal the naive build's up to
+LLVM's FMA contraction in fused pointwise chains (about 1e-7 relative). The GEMV rule sums
+each row in `lanes` interleaved partial sums added at the end (about 1e-6 relative).
 
 Threads: parallel loops run on TVM's CPU thread pool, which takes half the logical CPUs on
 x86 unless TVM_NUM_THREADS is set.
@@ -108,6 +111,10 @@ SYMBOLIC_EXTENT = 64
 # dlight's GEMV is used only when it vectorizes at most this many SIMD registers per operation
 # (see _dlight_gemv: wider gathered tiles cost minutes of LLVM codegen).
 GEMV_MAX_VECTOR_REGISTERS = 2
+# tvmfront's GEMV computes this many output rows at once: one vector accumulator each, every
+# load of the vector shared by the rows (4 beat 1, 2 and 8 rows, and 2- or 4-register
+# accumulators, on the decode step's 128..512-wide Linear layers, AVX2).
+GEMV_ROWS = 4
 
 
 class CpuParams:
@@ -243,6 +250,7 @@ def _schedule_prim_func(func, target, params):
 
     candidates = []
     if contraction:  # GEMV is one
+        candidates.append(("tvmfront.gemv", lambda: _gemv(func, params)))
         candidates.append(("dlight.cpu.GEMV", lambda: _dlight_gemv(func, target, params)))
     else:
         # Row reductions: tvmfront's register tiles when every reduction tiles, else
@@ -312,6 +320,61 @@ def _buffers(func):
 
 def _mark(func):
     return func.with_attr(SCHEDULED_ATTR, True)
+
+
+def _gemv(func, params):
+    """A matrix-vector product y[n] = sum_k w[n, k] * x[k] (+ a pointwise epilogue) whose
+    operands are all contiguous along k: vectorized along k, as a CPU GEMV kernel is.
+
+    The other rules vectorize an output axis, along which such a weight is strided: scalar
+    tiles (tvmfront's rule) or gathers (dlight's GEMV), 3-12x slower on the decode step's
+    Linear layers. Here k is split by the vector length and rfactored: GEMV_ROWS rows keep
+    one vector accumulator each over k (every load of x shared by them), then each row's
+    lanes are summed and the epilogue (bias, GELU) applied to those rows. Rows run in
+    parallel when the kernel is large enough. None (not applicable) for anything else: more
+    than one output axis wider than 1 (a GEMM, attention's batched products), a symbolic
+    axis, k not a multiple of the vector length, an operand strided along k."""
+    sch = s_tir.Schedule(func)
+    _inline_spatial(sch)
+    blocks = [b for b in _root_blocks(sch) if _reduction_iters(sch.get(b))]
+    if len(blocks) != 1:
+        return None
+    block = blocks[0]
+    try:
+        info = _BlockInfo(sch, block)
+    except NotApplicable:
+        return None
+    wide = [k for k in info.spatial if info.extents[k] > 1]
+    if "O" in info.kinds or len(info.reduction) != 1 or len(wide) != 1 or info.symbolic \
+            or str(info.dtype) not in ("float32", "float64") or len(info.reads) != 2:
+        return None
+    (r,), (n,) = info.reduction, wide
+    lanes = params.lanes(info.dtype)
+    # one operand varies along n (the matrix), the other not (the vector); both contiguous in k
+    if info.extents[r] % lanes or any(strides[r] != 1 for _, _, strides in info.reads) \
+            or sorted(strides[n] == 0 for _, _, strides in info.reads) != [False, True]:
+        return None
+    rows = _largest_divisor(info.extents[n], GEMV_ROWS)
+    unit = [info.loops[k] for k in info.spatial if k != n]
+    jo, ji = sch.split(info.loops[n], [None, rows])
+    ko, ki = sch.split(info.loops[r], [None, lanes])
+    sch.reorder(*unit, jo, ko, ji, ki)
+    partial = sch.rfactor(ki, len(info.write.region))  # [..., lanes]: the accumulators
+    *unit, jo, ko, ji, ki = sch.get_loops(partial)  # rfactor made these loops anew
+    # the lanes' sum and the epilogue, for the rows of one tile, right after it
+    sch.reverse_compute_at(block, jo, preserve_unit_loops=True)
+    for consumer in sch.get_consumers(block):
+        sch.reverse_compute_at(consumer, jo, preserve_unit_loops=True)
+    parallel = _parallel_worth_it(info, lanes, params)
+    if parallel:  # before decompose_reduction, which leaves blocks parallel() refuses
+        sch.parallel(sch.fuse(*unit, jo) if unit else jo)
+    sch.unroll(ji)
+    sch.vectorize(ki)
+    init = sch.decompose_reduction(partial, ko)
+    init_loops = sch.get_loops(init)
+    sch.unroll(init_loops[-2])
+    sch.vectorize(init_loops[-1])
+    return sch.mod["main"], f"{rows} rows x v{lanes} along k{', parallel' if parallel else ''}"
 
 
 def _dlight_gemv(func, target, params):

@@ -67,6 +67,34 @@ def _check(name, array, spec, batch_free=False, sizes=None):
                          f"got shape {tuple(got)} dtype {array.dtype}")
 
 
+def _is_tensor(value):
+    """Whether `value` is a TVM runtime tensor (what call_tensors returns)."""
+    return hasattr(value, "device") and hasattr(value, "numpy") and \
+        not isinstance(value, np.ndarray)
+
+
+def _check_tensor(name, tensor, spec, device, sizes):
+    """_check for a TVM runtime tensor: its shape and dtype, and that it lives on `device`."""
+    if tensor.device != device:
+        raise ShapeError(f"{name}: the tensor is on {tensor.device}, the module runs on "
+                         f"{device}")
+    shape, dtype = tuple(spec["shape"]), spec["dtype"]
+    got = tuple(int(d) for d in tensor.shape)
+    ok = len(got) == len(shape) and str(tensor.dtype) == dtype
+    for axis, (want, have) in enumerate(zip(shape, got) if ok else ()):
+        if isinstance(want, str):
+            seen = sizes.setdefault(want, (have, name))
+            if seen[0] != have:
+                raise ShapeError(f"{name}: dimension '{want}' (axis {axis}) is {have}, but it "
+                                 f"is {seen[0]} in {seen[1]}: every '{want}' of one call is "
+                                 f"one size")
+        elif want != have:
+            ok = False
+    if not ok:
+        raise ShapeError(f"{name}: expected shape {shape} dtype {dtype}, got shape {got} "
+                         f"dtype {tensor.dtype}")
+
+
 def _as_integer(name, array, spec, kind=""):
     """`array` cast to the spec's integer dtype when it is of another integer dtype and its
     values fit (numpy's default int64 token ids into an int32 input); else unchanged, for
@@ -200,6 +228,7 @@ class _Compiled:
         self.not_runnable_reason = why_not_runnable_here(manifest)
         self._vm_ = None if self.not_runnable_reason else virtual_machine(library, self.device)
         self._functions = {}  # VM function name -> its PackedFunc (a lookup costs ~3 us)
+        self._tensor_plans = {}  # method -> (its spec, per input: label, spec, shape, dtype)
         self._executable, self._library_bytes = executable, library_bytes
         self.param_names = [p["name"] for p in manifest["parameters"]]
         self._params = [self._to_device(params[n]) for n in self.param_names]
@@ -380,12 +409,7 @@ class _Compiled:
         argument in order (or one dict by name); returns its output array, or a tuple of
         arrays for a method that returns a tuple. ``module.decode(...)`` is the same as
         ``module.call("decode", ...)``."""
-        methods = self.manifest.get("methods", {})
-        if method not in methods:
-            raise AttributeError(f"this module has no compiled method {method!r}; it has "
-                                 f"{sorted(methods) or 'none'} (compile_inference(..., "
-                                 f"methods={{name: input specs}}))")
-        spec = methods[method]
+        spec = self._method_spec(method)
         specs = [(s["name"], s) for s in spec["inputs"]]
         value = inputs[0] if len(inputs) == 1 and (len(specs) == 1 or
                                                     isinstance(inputs[0], dict)) else inputs
@@ -397,6 +421,48 @@ class _Compiled:
         if not isinstance(outs, list):
             return to_numpy(out)
         return (to_numpy(out),) if len(outs) == 1 else tuple(to_numpy(o) for o in out)
+
+    def call_tensors(self, method, *inputs):
+        """``call`` that keeps its outputs on the device: returns TVM runtime tensors (a tuple
+        for a method that returns a tuple), and takes numpy arrays or such tensors, in order.
+        A loop that feeds a method's outputs back into it (a decode step's key/value caches)
+        skips two host copies of them per step; ``to_numpy`` reads a tensor. A tensor is
+        checked by shape, dtype and device; an array as in ``call``."""
+        plan = self._tensor_plans.get(method)
+        if plan is None:
+            spec = self._method_spec(method)
+            plan = self._tensor_plans[method] = (spec, [
+                (f"{method}: input '{s['name']}'", s, tuple(s["shape"]), s["dtype"])
+                for s in spec["inputs"]])
+        spec, inputs_plan = plan
+        if len(inputs) != len(inputs_plan):
+            raise ShapeError(f"{method}: this method takes {len(inputs_plan)} inputs "
+                             f"{[s['name'] for _, s, _, _ in inputs_plan]}, got {len(inputs)}")
+        sizes, args = {}, []
+        for (label, s, shape, dtype), value in zip(inputs_plan, inputs):
+            if type(value) is not np.ndarray and _is_tensor(value):
+                # one tuple and one string comparison for a tensor of static shape (a decode
+                # step passes two caches a step); the full check otherwise, or to say why not
+                if value.shape != shape or value.dtype != dtype or value.device != self.device:
+                    _check_tensor(label, value, s, self.device, sizes)
+                args.append(value)
+            else:
+                array = _as_integer(label, value, s)
+                _check(label, array, s, sizes=sizes)
+                args.append(to_device(array, self.device))
+        out = self._function(f"method_{method}")(*args, *self._params, *self._buffers)
+        outs = spec["outputs"]
+        if not isinstance(outs, list):
+            return out
+        return (out,) if len(outs) == 1 else tuple(tuple_items(out))
+
+    def _method_spec(self, method):
+        methods = self.manifest.get("methods", {})
+        if method not in methods:
+            raise AttributeError(f"this module has no compiled method {method!r}; it has "
+                                 f"{sorted(methods) or 'none'} (compile_inference(..., "
+                                 f"methods={{name: input specs}}))")
+        return methods[method]
 
     def __getattr__(self, name):
         # only for names not found otherwise: the compiled methods, by name
