@@ -5,7 +5,8 @@
 2. The scheduled training IR of LeNet (the model of examples/lenet_digits.py) and of the MLP:
    every kernel is marked scheduled, names the rule that scheduled it, and every kernel of
    non-trivial size has a parallel or vectorized loop.
-3. Inference modules likewise (at batch 1 the Linear layers go through dlight's GEMV rule),
+3. Inference modules likewise (at batch 1 a Linear layer goes through tvmfront.gemv when its K
+   is a multiple of the vector length, else dlight's GEMV rule),
    and scheduled inference modules predict what the naive ones predict.
 4. The pass keeps already-scheduled kernels and never fails a build over a schedule; a rule
    that fails is logged with the kernel, the rule and the cause and counted in the build info
