@@ -6,6 +6,7 @@ import math
 
 from .._tvm import te, tirx
 from ..op import op
+from . import _fastmath
 
 
 def _c(v, dtype):
@@ -20,7 +21,9 @@ def gelu(x, approximate="none"):
     half, one = _c(0.5, d), _c(1, d)
     if approximate == "none":
         inv_sqrt2 = _c(1 / math.sqrt(2), d)
-        return te.compute(x.shape, lambda *i: half * x(*i) * (one + te.erf(x(*i) * inv_sqrt2)),
+        # float32 erf by a vectorizable approximation (_fastmath), float64 by libm's.
+        return te.compute(x.shape,
+                          lambda *i: half * x(*i) * (one + _fastmath.erf(x(*i) * inv_sqrt2)),
                           name="gelu")
     if approximate == "tanh":
         k, c = _c(math.sqrt(2 / math.pi), d), _c(0.044715, d)
@@ -48,8 +51,8 @@ def _(dy, x, approximate="none"):
 
         def body(*i):
             v = x(*i)
-            return dy(*i) * (half * (one + te.erf(v * inv_sqrt2))
-                             + v * inv_sqrt_2pi * te.exp(-half * v * v))
+            return dy(*i) * (half * (one + _fastmath.erf(v * inv_sqrt2))
+                             + v * inv_sqrt_2pi * _fastmath.exp(-half * v * v))
     else:  # 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 c x^2), t = tanh(k (x + c x^3))
         k, c, three = _c(math.sqrt(2 / math.pi), d), _c(0.044715, d), _c(3, d)
 

@@ -1,0 +1,77 @@
+"""erf and exp for float32 in plain TE arithmetic, so LLVM vectorizes them.
+
+`te.erf` / `te.exp` lower to libm calls made one element at a time (LLVM has no vector erf or
+exp without a vector math library), which made exact GELU and its gradient 18% of the char
+Transformer's train step. Other dtypes keep the TE intrinsics: float64 is what the
+finite-difference gradient checks run in, and it must stay exact.
+"""
+
+from .._tvm import te, tirx
+
+# erf(x) = x P(x^2) / Q(x^2) on [-4, 4] (|erf| rounds to 1 in float32 beyond): the rational
+# approximation of Eigen's generic_fast_erf_float (also XLA's ErfImpl32, TVM's fast_erf),
+# highest power first.
+_ERF_P = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
+          -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03,
+          -1.60960333262415e-02)
+_ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
+          -7.37332916720468e-03, -1.42647390514189e-02)
+
+# exp(a) = 2^n exp(r), n = round(a / ln 2), r = a - n ln 2 (ln 2 in two parts so that n ln 2 is
+# exact), exp(r) = 1 + r + r^2 P(r) on |r| <= ln2/2: Cephes' expf, highest power first.
+_LN2_HI, _LN2_LO, _LOG2E = 0.693359375, -2.12194440e-4, 1.44269504088896341
+_EXP_P = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
+          1.6666665459e-1, 5.0000001201e-1)
+
+
+def _c(v, dtype="float32"):
+    return tirx.const(v, dtype)
+
+
+def _horner(coefficients, x, dtype="float32"):
+    acc = _c(coefficients[0], dtype)
+    for k in coefficients[1:]:
+        acc = acc * x + _c(k, dtype)
+    return acc
+
+
+def _nan_kept(a, value):
+    """`value`, or NaN where `a` is NaN (min/max clamps may lose it)."""
+    return tirx.Select(tirx.isnan(a), a, value)
+
+
+def erf(a):
+    """erf of a scalar TE expression; float32 by a rational approximation (GELU's accuracy
+    is measured in tests/test_fastmath.py), other dtypes by te.erf."""
+    if str(a.ty) != "float32":
+        return te.erf(a)
+    # The rational evaluated in float64 (still vector code) is 0.5 ulp from erf; in float32
+    # its rounding added ~2.6 ulp of 1 near |x| = 3.4, which 1 + erf, in GELU's negative tail,
+    # turns into 1.4e-6 absolute error.
+    x = tirx.Cast("float64", te.max(te.min(a, _c(4.0)), _c(-4.0)))
+    x2 = x * x
+    value = tirx.Cast("float32", x * _horner(_ERF_P, x2, "float64")
+                      / _horner(_ERF_Q, x2, "float64"))
+    return _nan_kept(a, te.max(te.min(value, _c(1.0)), _c(-1.0)))
+
+
+def exp(a):
+    """exp of a scalar TE expression; float32 by range reduction and a polynomial, other
+    dtypes by te.exp."""
+    if str(a.ty) != "float32":
+        return te.exp(a)
+    # exp underflows to 0 below -104 and overflows to inf above 89 in float32.
+    x = te.max(te.min(a, _c(89.0)), _c(-104.0))
+    n = te.floor(x * _c(_LOG2E) + _c(0.5))
+    r = x - n * _c(_LN2_HI) - n * _c(_LN2_LO)
+    value = _c(1.0) + r + r * r * _horner(_EXP_P, r)
+    # 2^n as two powers of two built from their exponent bits: each of n//2 and n - n//2 stays
+    # a normal float32 exponent over n in [-150, 129].
+    k = tirx.Cast("int32", n)
+    half = k >> 1
+    value = value * _pow2(half) * _pow2(k - half)
+    return _nan_kept(a, value)
+
+
+def _pow2(k):
+    return tirx.reinterpret("float32", (k + 127) << 23)
