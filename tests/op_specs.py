@@ -560,6 +560,51 @@ spec(ops.causal_fill, causal_fill_ref, concat(randn(2, 4, 4)), batch=((0, 1), (0
      id="causal_fill-symbolic-length")
 
 
+def cache_write_ref(cache, new, pos):
+    out = cache.copy()
+    rows = np.arange(int(pos), min(int(pos) + new.shape[-2], cache.shape[-2]))
+    out[..., rows, :] = new[..., rows - int(pos), :]
+    return out
+
+
+def cache_pad_ref(new, length=1):
+    out = np.zeros((*new.shape[:-2], length, new.shape[-1]), new.dtype)
+    t = min(length, new.shape[-2])
+    out[..., :t, :] = new[..., :t, :]
+    return out
+
+
+def cache_mask_ref(scores, pos, value=-np.inf):
+    s, tmax = scores.shape[-2:]
+    later = np.arange(tmax)[None, :] > np.arange(s)[:, None] + int(pos)
+    return np.where(later, value, scores)
+
+
+def positions_ref(ids, start):
+    return np.arange(ids.shape[-1], dtype=np.int64) + int(start)
+
+
+def _pos(p):
+    return fixed(np.array(p, np.int64))
+
+
+# The KV cache of generation: [B, H, Tmax, D] written at a runtime position (a 0-d input);
+# the rows written read `new` through pos, so only the explicit gradient exists.
+spec(ops.cache_write, cache_write_ref, concat(randn(2, 5, 3), randn(2, 2, 3), _pos(2)),
+     derived=False, id="cache_write-middle")
+spec(ops.cache_write, cache_write_ref, concat(randn(2, 5, 3), randn(2, 1, 3), _pos(4)),
+     derived=False, id="cache_write-last-row")
+spec(ops.cache_write, cache_write_ref, concat(randn(1, 2, 4, 2), randn(1, 2, 3, 2), _pos(3)),
+     derived=False, batch=(), id="cache_write-past-the-end-dropped")
+spec(ops.cache_pad, cache_pad_ref, concat(randn(2, 3, 2)), attrs={"length": 5},
+     id="cache_pad")
+spec(ops.cache_mask, cache_mask_ref, concat(randn(2, 1, 5), _pos(2)), id="cache_mask-one-query")
+spec(ops.cache_mask, cache_mask_ref, concat(randn(2, 3, 5), _pos(1)), attrs={"value": -1e4},
+     id="cache_mask-three-queries-finite")
+spec(ops.positions, positions_ref, concat(ids((2, 3), 7), _pos(4)), grad=False,
+     id="positions")
+
+
 spec(ops.where, where_ref, lambda rng: [rng.random((3, 4)) > 0.5, rng.standard_normal((3, 4)),
                                         rng.standard_normal((3, 4))], id="where-bool-same-shape")
 spec(ops.where, where_ref, lambda rng: [rng.random((3, 1)) > 0.5, rng.standard_normal((3, 4)),

@@ -6,6 +6,7 @@ module works without it.
 """
 
 import gzip
+import hashlib
 import math
 import os
 
@@ -13,7 +14,8 @@ import numpy as np
 
 from ._files import write_atomic
 
-__all__ = ["load_digits", "upsample", "read_idx", "write_idx", "load_mnist", "batches"]
+__all__ = ["load_digits", "upsample", "read_idx", "write_idx", "load_mnist", "batches",
+           "load_pydoc_text", "char_vocab", "encode", "decode", "lm_windows"]
 
 # IDX dtype code -> on-disk (big-endian) dtype.
 _IDX_DTYPES = {
@@ -240,3 +242,66 @@ def batches(x, y, batch_size, shuffle, seed, drop_last=True, extras=None):
                 yield xb, y[idx], e_back([a[idx] for _, a in es])
 
     return _gen()
+
+
+# --- text for character-level language models --------------------------------
+
+def load_pydoc_text():
+    """The Python reference documentation that ships with every CPython, as one string:
+    ``(text, sha256, nbytes)``.
+
+    The text is ``pydoc_data.topics.topics`` (help() topic -> its text), the values joined in
+    sorted key order with nothing between them, so it depends only on the Python version (about
+    465 KB on 3.11). ``sha256`` is the hex digest of its UTF-8 bytes and ``nbytes`` their count,
+    for printing which text a run trained on::
+
+        >>> text, sha, nbytes = load_pydoc_text()
+        >>> vocab = char_vocab(text); ids = encode(text, vocab)
+    """
+    from pydoc_data.topics import topics
+
+    text = "".join(topics[k] for k in sorted(topics))
+    raw = text.encode("utf-8")
+    return text, hashlib.sha256(raw).hexdigest(), len(raw)
+
+
+def char_vocab(text):
+    """The sorted list of the distinct characters of `text`: id i is ``vocab[i]``."""
+    if not isinstance(text, str) or not text:
+        raise ValueError(f"char_vocab needs a non-empty str, got {type(text).__name__} "
+                         f"{text!r:.40}")
+    return sorted(set(text))
+
+
+def encode(text, vocab):
+    """Character ids (int64 [len(text)]) of `text` under `vocab` (char_vocab's list);
+    ValueError naming the first character `vocab` lacks."""
+    index = {c: i for i, c in enumerate(vocab)}
+    try:
+        return np.fromiter((index[c] for c in text), dtype=np.int64, count=len(text))
+    except KeyError as e:
+        raise ValueError(f"encode: character {e.args[0]!r} (at index "
+                         f"{text.index(e.args[0])}) is not in the vocabulary of "
+                         f"{len(vocab)} characters") from None
+
+
+def decode(ids, vocab):
+    """The text of character ids under `vocab`; ValueError for an id outside it."""
+    ids = np.asarray(ids).reshape(-1)
+    if ids.size and (ids.dtype.kind not in "iu" or ids.min() < 0 or ids.max() >= len(vocab)):
+        raise ValueError(f"decode: ids must be integers in [0, {len(vocab)}), got {ids.dtype} "
+                         f"in [{ids.min()}, {ids.max()}]")
+    return "".join(vocab[i] for i in ids.tolist())
+
+
+def lm_windows(ids, batch, length, rng):
+    """A language-model batch: `batch` windows of `length` ids starting at random positions
+    of `ids` (drawn by numpy Generator `rng`), and the same windows shifted by one, the next
+    character to predict: ``(x, y)``, both int64 [batch, length]."""
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or len(ids) <= length:
+        raise ValueError(f"lm_windows: need a 1-d array of more than length={length} ids, got "
+                         f"shape {ids.shape}")
+    starts = rng.integers(0, len(ids) - length, batch)
+    at = starts[:, None] + np.arange(length)
+    return ids[at].astype(np.int64), ids[at + 1].astype(np.int64)

@@ -2,6 +2,7 @@
 
 from . import init
 from .attention import MultiheadAttention
+from .causal_lm import CausalLM
 from .containers import ModuleDict, ModuleList
 from .dropout import Dropout
 from .layers import (GELU, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Embedding, Flatten,
@@ -11,7 +12,8 @@ from .loss import CrossEntropyLoss, MSELoss
 from .module import Module, Parameter
 from .transformer import TransformerEncoderLayer
 
-__all__ = ["GELU", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "CrossEntropyLoss",
+__all__ = ["GELU", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "CausalLM", "Conv2d",
+           "CrossEntropyLoss",
            "Dropout", "Embedding", "Flatten", "GroupNorm", "LayerNorm", "Linear", "MSELoss",
            "MaxPool2d", "Module", "ModuleDict", "ModuleList", "MultiheadAttention", "Parameter",
            "ReLU", "SelfAttention", "Sequential", "SiLU", "Sigmoid", "Tanh",

@@ -150,6 +150,37 @@ class MultiheadAttention(Module):
             total = pad if total is None else ops.add(total, pad)
         return total
 
+    # ---- the math every entry point shares -----------------------------------------------
+    def _self_qkv(self, x):
+        """x [B, L, E] -> q, k, v [B, H, L, hd] each, from one GEMM."""
+        b, n = dims(x.shape)[:2]
+        qkv = self._project(x, 0, parts=3)                          # [B*L, 3E]
+        return tuple(self._heads(qkv, b, n, i) for i in range(3))
+
+    def _attend(self, q, k, v, fill=None, mask=None):
+        """Softmax attention of q [B, H, T, hd] over k, v [B, H, S, hd]: (context [B, H, T,
+        hd], weights [B, H, T, S]). `fill(scores)` masks in place (causal_fill, cache_mask),
+        `mask` is added to the scores."""
+        # scores: [B, H, T, hd] @ [B, H, hd, S] -> [B, H, T, S]; q scaled first, as PyTorch
+        scores = ops.batch_matmul(ops.mul_scalar(q, value=1.0 / math.sqrt(self.head_dim)),
+                                  ops.transpose(k, axes=(0, 1, 3, 2)))
+        if fill is not None:
+            scores = fill(scores)
+        if mask is not None:
+            scores = ops.add(scores, mask)
+        # dropped-out weights are the ones returned too, as in PyTorch
+        weights = self.attn_dropout(ops.softmax(scores, axis=-1))
+        return ops.batch_matmul(weights, v), weights                     # [B, H, T, hd]
+
+    def _merge(self, ctx, b, t):
+        """Heads back together and the out-projection: ctx [B, H, T, hd] -> [B, T, E]."""
+        e = self.embed_dim
+        if is_static((b, t)):
+            ctx = ops.reshape(ops.transpose(ctx, axes=(0, 2, 1, 3)), shape=(b * t, e))
+            return ops.reshape(self.out_proj(ctx), shape=(b, t, e))
+        # [B, T, E] throughout (see _project)
+        return self.out_proj(ops.reshape(ops.transpose(ctx, axes=(0, 2, 1, 3)), shape=(b, t, e)))
+
     # ---- forward -----------------------------------------------------------------------------
     def forward(self, query, key, value, key_padding_mask=None, need_weights=False,
                 attn_mask=None, average_attn_weights=True, is_causal=False):
@@ -159,33 +190,48 @@ class MultiheadAttention(Module):
         self._check(query, key, value)
         b, t, e = dims(query.shape)  # b, t (and s) may be symbolic: any batch, any length
         s = dims(key.shape)[1]
-        hd = self.head_dim
         mask = self._mask(attn_mask, key_padding_mask, b, t, s, str(query.dtype))
         if self_attention:
-            qkv = self._project(query, 0, parts=3)                   # [B*T, 3E]
-            q, k, v = (self._heads(qkv, b, t, i) for i in range(3))  # [B, H, T, hd] each
+            q, k, v = self._self_qkv(query)                          # [B, H, T, hd] each
         else:
             q = self._heads(self._project(query, 0), b, t, 0)
             k = self._heads(self._project(key, 1), b, s, 1)
             v = self._heads(self._project(value, 2), b, s, 2)
-        # scores: [B, H, T, hd] @ [B, H, hd, S] -> [B, H, T, S]; q scaled first, as PyTorch
-        scores = ops.batch_matmul(ops.mul_scalar(q, value=1.0 / math.sqrt(hd)),
-                                  ops.transpose(k, axes=(0, 1, 3, 2)))
-        if attn_mask is None and is_causal:  # -inf after the query's position, any T and S
-            scores = ops.causal_fill(scores)
-        if mask is not None:
-            scores = ops.add(scores, mask)
-        # dropped-out weights are the ones returned too, as in PyTorch
-        weights = self.attn_dropout(ops.softmax(scores, axis=-1))
-        ctx = ops.batch_matmul(weights, v)                                # [B, H, T, hd]
-        if is_static((b, t)):
-            ctx = ops.reshape(ops.transpose(ctx, axes=(0, 2, 1, 3)), shape=(b * t, e))
-            out = ops.reshape(self.out_proj(ctx), shape=(b, t, e))
-        else:  # [B, T, E] throughout (see _project)
-            out = self.out_proj(ops.reshape(ops.transpose(ctx, axes=(0, 2, 1, 3)),
-                                            shape=(b, t, e)))
+        # -inf after the query's position, any T and S
+        fill = ops.causal_fill if attn_mask is None and is_causal else None
+        ctx, weights = self._attend(q, k, v, fill=fill, mask=mask)
+        out = self._merge(ctx, b, t)
         if not self.batch_first:
             out = ops.transpose(out, axes=(1, 0, 2))
         if not need_weights:
             return out, None
         return out, (ops.mean(weights, axis=1) if average_attn_weights else weights)
+
+    # ---- with a key/value cache (inference: generation) --------------------------------------
+    def causal_kv(self, x):
+        """Causal self-attention of x [B, T, E] (batch first), as forward(x, x, x,
+        is_causal=True), also returning the keys and values it computed: (out [B, T, E],
+        k [B, H, T, hd], v [B, H, T, hd]), a prompt's entries for a cache."""
+        self._check_cached(x)
+        b, t = dims(x.shape)[:2]
+        q, k, v = self._self_qkv(x)
+        ctx, _ = self._attend(q, k, v, fill=ops.causal_fill)
+        return self._merge(ctx, b, t), k, v
+
+    def cached(self, x, k_cache, v_cache, pos):
+        """Causal self-attention of x [B, S, E], the tokens at positions pos..pos+S-1 (pos a
+        0-d int64 Tensor), over a cache k_cache, v_cache [B, H, Tmax, hd] holding the keys and
+        values of positions < pos: writes this step's rows at pos, attends over rows <= each
+        query's position. Returns (out [B, S, E], k_cache', v_cache')."""
+        self._check_cached(x)
+        b, s = dims(x.shape)[:2]
+        q, k, v = self._self_qkv(x)
+        k_cache, v_cache = ops.cache_write(k_cache, k, pos), ops.cache_write(v_cache, v, pos)
+        ctx, _ = self._attend(q, k_cache, v_cache, fill=lambda sc: ops.cache_mask(sc, pos))
+        return self._merge(ctx, b, s), k_cache, v_cache
+
+    def _check_cached(self, x):
+        if not self.batch_first:
+            raise ValueError("MultiheadAttention: the cached (generation) path takes batch_first "
+                             "inputs [B, T, E]")
+        self._check(x, x, x)

@@ -60,11 +60,6 @@ class TransformerEncoderLayer(Module):
                 f"{self.dim_feedforward}, activation={self.activation_name}, "
                 f"norm_first={self.norm_first}, batch_first={self.batch_first}")
 
-    def _sa_block(self, x, mask, key_padding_mask, is_causal):
-        y, _ = self.self_attn(x, x, x, key_padding_mask=key_padding_mask, attn_mask=mask,
-                              is_causal=is_causal)
-        return self.dropout1(y)
-
     def _ff_block(self, x):
         # [B, T, E] -> [B*T, E] once, not inside each Linear: the activation then sits
         # between GEMMs with no reshape and fuses into linear1's
@@ -75,18 +70,61 @@ class TransformerEncoderLayer(Module):
         y = self.linear2(self.dropout(y))
         return self.dropout2(ops.reshape(y, shape=(b, t, e)))
 
-    def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal=False):
+    def _layer(self, x, attend):
+        """The block around self-attention `attend(h) -> [B, T, E]`: residuals, norms,
+        dropout and the feed-forward block, pre- or post-norm. forward and the cached
+        (generation) paths differ only in `attend`."""
+        if self.norm_first:  # x + sa(norm1(x)), then x + ff(norm2(x))
+            x = ops.add(x, self.dropout1(attend(self.norm1(x))))
+            return ops.add(x, self._ff_block(self.norm2(x)))
+        # norm1(x + sa(x)), then norm2(x + ff(x))
+        x = self.norm1(ops.add(x, self.dropout1(attend(x))))
+        return self.norm2(ops.add(x, self._ff_block(x)))
+
+    def _check_src(self, src, cached=False):
+        if cached and not self.batch_first:
+            raise ValueError("TransformerEncoderLayer: the cached (generation) paths take "
+                             "batch_first inputs [B, T, d_model]")
         if len(src.shape) != 3 or not same(src.shape[2], self.d_model):
             layout = "[B, T, d_model]" if self.batch_first else "[T, B, d_model]"
             raise ValueError(f"TransformerEncoderLayer: src must be {layout} with d_model = "
                              f"{self.d_model}, got {show(src.shape)}")
+
+    def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal=False):
+        self._check_src(src)
         x = src if self.batch_first else ops.transpose(src, axes=(1, 0, 2))
-        if self.norm_first:  # x + sa(norm1(x)), then x + ff(norm2(x))
-            x = ops.add(x, self._sa_block(self.norm1(x), src_mask, src_key_padding_mask,
-                                          is_causal))
-            x = ops.add(x, self._ff_block(self.norm2(x)))
-        else:  # norm1(x + sa(x)), then norm2(x + ff(x))
-            x = self.norm1(ops.add(x, self._sa_block(x, src_mask, src_key_padding_mask,
-                                                     is_causal)))
-            x = self.norm2(ops.add(x, self._ff_block(x)))
+
+        def attend(h):
+            return self.self_attn(h, h, h, key_padding_mask=src_key_padding_mask,
+                                  attn_mask=src_mask, is_causal=is_causal)[0]
+
+        x = self._layer(x, attend)
         return x if self.batch_first else ops.transpose(x, axes=(1, 0, 2))
+
+    # ---- with a key/value cache (inference: generation) --------------------------------------
+    def causal_kv(self, src):
+        """forward(src, is_causal=True) for batch-first src [B, T, d_model], also returning
+        the layer's keys and values [B, H, T, hd]: (out, k, v)."""
+        self._check_src(src, cached=True)
+        kv = []
+
+        def attend(h):
+            out, k, v = self.self_attn.causal_kv(h)
+            kv.extend((k, v))
+            return out
+
+        return (self._layer(src, attend), *kv)
+
+    def cached(self, x, k_cache, v_cache, pos):
+        """The layer on x [B, S, d_model], tokens at positions pos..pos+S-1, attending over
+        the cache k_cache, v_cache [B, H, Tmax, hd] (see MultiheadAttention.cached):
+        (out, k_cache', v_cache')."""
+        self._check_src(x, cached=True)
+        kv = []
+
+        def attend(h):
+            out, k, v = self.self_attn.cached(h, k_cache, v_cache, pos)
+            kv.extend((k, v))
+            return out
+
+        return (self._layer(x, attend), *kv)

@@ -2,6 +2,7 @@
 
 from .activation import gelu, silu
 from .attention import batch_matmul, softmax_last, transpose
+from .cache import cache_mask, cache_pad, cache_write, positions
 from .conv import conv2d
 from .dropout import dropout
 from .elementwise import (add, add_scalar, clip, div, exp, log, mul, mul_scalar, neg, pow_scalar,
@@ -23,11 +24,12 @@ from .softmax_axis import log_softmax, softmax
 install_operators()
 
 __all__ = [
-    "add", "add_scalar", "avg_pool2d", "batch_matmul", "batch_norm", "bias_add", "causal_fill",
-    "causal_mask",
+    "add", "add_scalar", "avg_pool2d", "batch_matmul", "batch_norm", "bias_add", "cache_mask",
+    "cache_pad", "cache_write", "causal_fill", "causal_mask",
     "clip", "concat", "conv2d", "cross_entropy", "dense", "div", "embedding", "exp", "flatten",
     "gelu", "group_norm", "layer_norm", "log", "log_softmax", "matmul", "max", "max_pool2d",
-    "mean", "mse_loss", "mul", "mul_scalar", "neg", "one_hot", "padding_mask", "pow_scalar",
+    "mean", "mse_loss", "mul", "mul_scalar", "neg", "one_hot", "padding_mask", "positions",
+    "pow_scalar",
     "rdiv_scalar", "relu", "reshape", "rpow_scalar", "rsub_scalar", "sigmoid", "silu",
     "slice_first", "softmax", "softmax_last", "split", "sqrt", "stack", "strided_slice", "sub",
     "sum", "take", "tanh", "transpose", "where",
