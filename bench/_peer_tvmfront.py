@@ -345,15 +345,13 @@ def _cache_shape(cfg, batch):
 
 
 def _decoder(cfg, target, records):
-    """CausalLM compiled with its decode method (one token [1, 1], its position, the caches)."""
+    """CausalLM compiled with its decode method at batch 1 (one token [1, 1], its position
+    a runtime 0-d int64, the caches), as generation compiles it."""
     tvf.manual_seed(0)
     model, _ = _tvf_models.causal_lm(cfg)
-    cache = tvf.TensorSpec(_cache_shape(cfg, 1), "float32")
-    return tvf.compile_inference(
-        model, inputs=tvf.TensorSpec((1, cfg["seq"]), "int64"), target=target, records=records,
-        methods={"decode": {"token": tvf.TensorSpec((1, 1), "int64"),
-                            "pos": tvf.TensorSpec((), "int64"), "k_cache": cache,
-                            "v_cache": cache}})
+    return tvf.compile_inference(model, inputs=tvf.TensorSpec((1, cfg["seq"]), "int64"),
+                                 target=target, records=records,
+                                 methods={"decode": model.decode_spec(1)})
 
 
 def _time_decode(module, cfg, spec):

@@ -50,6 +50,7 @@ def test_stand_ins_match_the_peers_description():
     size = lambda m: sum(int(np.prod(p.shape)) for p in m.parameters())  # noqa: E731
     cfg = workloads.TRANSFORMER_PLACEHOLDER
     assert size(models.StandInCausalLM(**cfg["model"])) == workloads.transformer_params(cfg)
+    assert size(models.causal_lm(cfg)[0]) == workloads.transformer_params(cfg)  # tvf.nn.CausalLM
     cfg = workloads.RESNET_PLACEHOLDER
     assert size(models.StandInResNet(cfg)) == workloads.resnet_params(cfg)
     # a projection shortcut where the channels or the stride change, identity elsewhere
