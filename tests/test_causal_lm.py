@@ -30,6 +30,7 @@ def test_bad_sizes_are_named(bad):
         _model(**bad)
 
 
+@pytest.mark.slow
 def test_trains_at_any_batch_and_length():
     model = _model()
     module = tvf.compile_training(

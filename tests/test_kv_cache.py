@@ -23,7 +23,7 @@ def _compiled(dtype="float32"):
     model = nn.CausalLM(**SIZES, dtype=dtype)
     return model, tvf.compile_inference(
         model, tvf.Spec(("batch", "seq"), "int64"),
-        methods={"prefill": model.prefill_spec(), "decode": model.decode_spec()})
+        methods={"prefill": model.prefill_spec("batch"), "decode": model.decode_spec("batch")})
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +164,20 @@ def test_next_token_follows_temperature_and_top_k():
     want = np.array([.1, .2, .3, .4]) ** 4 / (np.array([.1, .2, .3, .4]) ** 4).sum()
     np.testing.assert_allclose(np.bincount(cold, minlength=4) / 20000, want, atol=0.015)
     assert (generate.next_token(logits[:3], top_k=1) == 3).all()
+
+
+@pytest.mark.slow
+def test_default_specs_fix_the_batch_at_one():
+    # model.prefill_spec() / decode_spec(): batch 1, any prompt length (the fast decode step)
+    tvf.manual_seed(5)
+    model = nn.CausalLM(**SIZES)
+    module = tvf.compile_inference(model, tvf.Spec((1, "seq"), "int64"), methods={
+        "prefill": model.prefill_spec(), "decode": model.decode_spec()})
+    assert module.manifest["methods"]["decode"]["inputs"][2]["shape"] == [2, 1, 2, 10, 8]
+    got = generate.sample(module, [4, 2], steps=8, top_k=1)
+    ids = np.array([[4, 2]])
+    for _ in range(8):
+        ids = np.concatenate([ids, module(ids)[:, -1:].argmax(-1)], axis=1)
+    np.testing.assert_array_equal(got, ids[0, 2:])
+    with pytest.raises(ValueError, match="compiled for batch 1, got 2 prompts"):
+        generate.sample(module, [[4, 2], [1, 1]], steps=2)

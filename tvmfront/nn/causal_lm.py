@@ -42,6 +42,7 @@ class CausalLM(Module):
     ...                     dim_feedforward=512)
     >>> gen = tvf.compile_inference(model, tvf.Spec(("batch", "seq"), "int64"),
     ...     methods={"prefill": model.prefill_spec(), "decode": model.decode_spec()})
+    >>> tvf.generate.sample(gen, [5, 17, 3], steps=20, top_k=10)   # 20 new token ids
     """
 
     def __init__(self, vocab_size, context, d_model, nhead, num_layers, dim_feedforward,
@@ -80,13 +81,17 @@ class CausalLM(Module):
         """The shape of k_cache and v_cache: [num_layers, batch, nhead, context, head_dim]."""
         return (self.num_layers, batch, self.nhead, self.context, self.head_dim)
 
-    def prefill_spec(self, batch="batch", seq="seq"):
-        """compile_inference's methods= entry for prefill: {"idx": ([batch, seq], int64)}."""
+    # Specs for compile_inference's methods=. The batch defaults to 1, a fixed size: a
+    # symbolic batch ("batch") serves any number of prompts at once, but its kernels are
+    # planned for a batch of 64 (tvmfront/schedule.py), which costs a batch-1 decode step
+    # several times its time on CPU.
+    def prefill_spec(self, batch=1, seq="seq"):
+        """methods= entry for prefill: {"idx": ([batch, seq], int64)} (any prompt length)."""
         return {"idx": TensorSpec((batch, seq), "int64")}
 
-    def decode_spec(self, batch="batch", dtype=None):
-        """compile_inference's methods= entry for decode: token [batch, 1] int64, pos 0-d
-        int64, k_cache and v_cache of cache_shape(batch) in the model's dtype."""
+    def decode_spec(self, batch=1, dtype=None):
+        """methods= entry for decode: token [batch, 1] int64, pos 0-d int64, k_cache and
+        v_cache of cache_shape(batch) in the model's dtype."""
         dtype = dtype or str(self.tok_emb.weight.data.dtype)
         cache = TensorSpec(self.cache_shape(batch), dtype)
         return {"token": TensorSpec((batch, 1), "int64"), "pos": TensorSpec((), "int64"),
