@@ -315,7 +315,7 @@ def section_transformer(spec, target):
         tvf.manual_seed(0)
         model, _ = _tvf_models.causal_lm(cfg)
         return tvf.compile_training(model, nn.CrossEntropyLoss(),
-                                    _tvf_models.optimizer(cfg["optimizer"]),
+                                    _tvf_models.optimizer(cfg),
                                     inputs=tvf.TensorSpec((batch, seq), "int64"),
                                     labels=tvf.TensorSpec((batch, seq), "int64"),
                                     target=target, records=records)
@@ -380,7 +380,7 @@ def section_resnet(spec, target):
     def train(records):
         tvf.manual_seed(0)
         return tvf.compile_training(_tvf_models.resnet(cfg), nn.CrossEntropyLoss(),
-                                    _tvf_models.optimizer(cfg["optimizer"]),
+                                    _tvf_models.optimizer(cfg),
                                     inputs=(batch, *x_shape), labels=(batch,), target=target,
                                     records=records)
 

@@ -67,9 +67,22 @@ def transformer_shapes():
         text = tvf.data.load_pydoc_text()[0]
         model = dict(ex.model_config(len(tvf.data.char_vocab(text))), dropout=0.0)
         cfg = dict(TRANSFORMER_PLACEHOLDER, model=model, batch=ex.BATCH, seq=ex.CONTEXT,
+                   optimizer=_optimizer_of(ex, TRANSFORMER_PLACEHOLDER["optimizer"]),
                    source="examples/char_transformer.py")
     cfg["params"] = transformer_params(cfg)
     return cfg
+
+
+def _optimizer_of(ex, default):
+    """The peers' description of the example's make_optimizer() (name, lr, betas, eps,
+    weight_decay, max_norm; its parameter groups, e.g. no decay on biases, are left out: the
+    same work per step)."""
+    if not hasattr(ex, "make_optimizer"):
+        return default
+    o = ex.make_optimizer()
+    hyper = {k: v for k, v in o.hyperparameters.items()
+             if k in ("betas", "eps", "weight_decay", "max_norm")}
+    return dict(default, name=o.name, lr=o.lr, **hyper)
 
 
 def causal_lm(cfg):
@@ -114,13 +127,8 @@ def resnet_shapes():
     ex = _example("resnet_digits")
     cfg = dict(RESNET_PLACEHOLDER)
     if ex is not None:
-        cfg.update(x_shape=list(ex.X_SHAPE), batch=ex.BATCH, source="examples/resnet_digits.py")
-        opt = getattr(ex, "make_optimizer", None)
-        if opt is not None:
-            o = opt()
-            cfg["optimizer"] = dict(cfg["optimizer"], name=o.name, lr=o.lr, **{
-                k: v for k, v in getattr(o, "hyperparameters", {}).items()
-                if k in ("betas", "eps", "weight_decay", "max_norm")})
+        cfg.update(x_shape=list(ex.X_SHAPE), batch=ex.BATCH, source="examples/resnet_digits.py",
+                   optimizer=_optimizer_of(ex, cfg["optimizer"]))
         got = sum(int(np.prod(p.shape)) for p in ex.make_model().parameters())
         if got != resnet_params(cfg):
             raise ValueError(f"examples/resnet_digits.py's make_model() has {got} parameters, "
@@ -135,7 +143,14 @@ def resnet(cfg):
     return ex.make_model() if ex is not None else StandInResNet(cfg)
 
 
-def optimizer(o):
-    """tvf.optim's optimizer of a section's {"name", "lr", ...}."""
+def optimizer(cfg):
+    """The example's make_optimizer() (groups included) where the section's shapes came from
+    it, else tvf.optim's optimizer of cfg["optimizer"] ({"name", "lr", ...})."""
+    source = cfg.get("source", "")
+    if source.startswith("examples/"):
+        ex = _example(os.path.splitext(os.path.basename(source))[0])
+        if hasattr(ex, "make_optimizer"):
+            return ex.make_optimizer()
+    o = cfg["optimizer"]
     kw = {k: o[k] for k in ("betas", "eps", "weight_decay", "max_norm") if o.get(k) is not None}
     return getattr(tvf.optim, o["name"])(lr=o["lr"], **kw)

@@ -60,8 +60,9 @@ def test_stand_ins_match_the_peers_description():
 
 def test_optimizer_of_a_workload_config():
     models = _bench_module("_tvf_models")
-    opt = models.optimizer({"name": "AdamW", "lr": 3e-4, "betas": [0.9, 0.95], "eps": 1e-8,
-                            "weight_decay": 0.1, "max_norm": 1.0})
+    opt = models.optimizer({"optimizer": {"name": "AdamW", "lr": 3e-4, "betas": [0.9, 0.95],
+                                          "eps": 1e-8, "weight_decay": 0.1, "max_norm": 1.0},
+                            "source": "placeholder"})
     assert isinstance(opt, tvf.optim.Optimizer) and opt.name == "AdamW" and opt.lr == 3e-4
     assert opt.hyperparameters["weight_decay"] == 0.1
     assert opt.hyperparameters["max_norm"] == 1.0
