@@ -66,3 +66,17 @@ def test_optimizer_of_a_workload_config():
     assert isinstance(opt, tvf.optim.Optimizer) and opt.name == "AdamW" and opt.lr == 3e-4
     assert opt.hyperparameters["weight_decay"] == 0.1
     assert opt.hyperparameters["max_norm"] == 1.0
+
+
+def test_shapes_come_from_the_examples():
+    """The peers' description matches the examples' models (resnet_shapes raises where
+    make_model()'s parameter count differs from the description's)."""
+    workloads, models = _bench_module("_workloads"), _bench_module("_tvf_models")
+    size = lambda m: sum(int(np.prod(p.shape)) for p in m.parameters())  # noqa: E731
+    cfg = models.resnet_shapes()
+    assert cfg["source"] == "examples/resnet_digits.py"
+    assert size(models.resnet(cfg)) == workloads.resnet_params(cfg) == cfg["params"]
+    cfg = models.transformer_shapes()
+    assert cfg["source"] == "examples/char_transformer.py"
+    assert size(models.causal_lm(cfg)[0]) == cfg["params"]
+    assert cfg["optimizer"]["name"] == models.optimizer(cfg).name
