@@ -125,6 +125,8 @@ def run_worker(script, python, spec, threads, timeout=3600, extra_env=None):
                MKL_NUM_THREADS=str(threads), TVM_NUM_THREADS=str(threads),
                TVMFRONT_PROGRESS="0", TORCHINDUCTOR_CACHE_DIR=os.path.join(scratch, "inductor"),
                **(extra_env or {}))
+    if python == RUNTIME_PY:  # this checkout's tvmfront, not one installed into .venv
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
     spec = dict(spec, threads=threads)
     try:
         out = subprocess.run([python, os.path.join(HERE, script), json.dumps(spec)],
