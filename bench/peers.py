@@ -185,8 +185,9 @@ def cell(rows, case, contender, failed, value=lambda r: fmt_ms(r["seconds"])):
         if r["case"] == case and r["contender"] == contender:
             if "seconds" in r:
                 return value(r)
-            if "na" in r:
-                return "n/a (" + r["na"].split(" (")[0] + ")"
+            if "na" in r:  # the reason's head: the footnote under the table says the rest
+                why = r["na"].split(" (")[0]
+                return "n/a (" + ("no records" if why.startswith("no records") else why) + ")"
             return "n/a (error)"
     return f"n/a ({failed[contender]})" if contender in failed else "n/a"
 
