@@ -21,6 +21,10 @@ COLORS = {"tvmfront default": "#9ecae1", "tvmfront tuned": "#08519c", "PyTorch e
           "PyTorch": "#a63603", "PyTorch NCHW": "#fdae6b", "PyTorch channels_last": "#e6550d"}
 
 
+TITLES = {"transformer": "char transformer: train step, inference, KV-cache decode (median ms)",
+          "resnet": "ResNet, digits 32x32: train step, inference (median ms)"}
+
+
 def _grouped(ax, cases, contenders, value, xlabel, log=False):
     """Horizontal bars: one group per case, one bar per contender that has a value."""
     height = 0.8 / max(1, len(contenders))
@@ -155,6 +159,8 @@ def main():
             chart_ops(rows, {k: ops_flops(v) for k, v in OPS.items()}, png)
         elif s == "compile":
             chart_compile(rows, png)
+        elif s in TITLES:  # issue 11's workloads; the FMA peak row is no bar
+            chart_times([r for r in rows if r["case"] != "FMA peak"], TITLES[s], png)
         elif s == "tune" and not chart_tune(rows, png):
             continue
         written.append(png)

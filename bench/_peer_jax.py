@@ -1,16 +1,19 @@
 """JAX side of bench/peers.py: runs in .venv-bench, in its own process (CPU backend).
 
 Sections (spec["section"]): train (one jax.jit of jax.value_and_grad + a hand-written SGD
-momentum / Adam update, no optax) and infer (jax.jit of the forward). Prints one JSON line
+momentum / Adam update, no optax), infer (jax.jit of the forward), transformer and resnet
+(issue 11; models in _jax_models.py; the decode step updates a preallocated cache with
+lax.dynamic_update_slice, caches and train state donated). Prints one JSON line
 {"rows": [...], "info": {...}}. Calls take numpy inputs and return a Python float / numpy
 array (block_until_ready through the conversion), as tvmfront's module.step / module(x) do.
 """
 
+import functools
 import os
 import sys
 import time
 
-from _timing import emit, guarded, median_seconds, read_spec
+from _timing import emit, first_and_median, guarded, median_seconds, read_spec
 
 SPEC = read_spec()
 if SPEC.get("threads") == 1:  # before jax initialises its CPU client
@@ -22,6 +25,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+
+import _jax_models as jm  # noqa: E402
+from _workloads import data, decode_position, resnet_params, transformer_params  # noqa: E402
 
 NUM_CLASSES = 10
 
@@ -188,7 +194,112 @@ def section_infer(spec):
     return rows
 
 
-SECTIONS = {"train": section_train, "infer": section_infer}
+# ---- transformer and resnet (issue 11) ------------------------------------------------------
+def _checked(params, want):
+    if jm.param_count(params) != want:
+        raise ValueError(f"the JAX model has {jm.param_count(params)} parameters, "
+                         f"tvmfront's {want}")
+    return params
+
+
+def _train_call(loss_fn, params, aux, o, x, y):
+    """A call running one jit'd step (value_and_grad, clipping, the optimizer), parameters,
+    optimizer state and `aux` (BatchNorm statistics, or None) donated and carried over."""
+    @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
+    def step(params, state, aux, x, y, t):
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, aux, x, y)
+        params, state = jm.adam_update(params, grads, state, t, o)
+        return loss, params, state, aux
+
+    held = {"params": params, "state": jm.adam_init(params), "aux": aux, "t": 0}
+
+    def call():
+        held["t"] += 1
+        loss, held["params"], held["state"], held["aux"] = step(
+            held["params"], held["state"], held["aux"], x, y, np.float32(held["t"]))
+        return float(loss)
+
+    return call
+
+
+def section_transformer(spec):
+    cfg = spec["config"]
+    m, batch, nhead = cfg["model"], cfg["batch"], cfg["model"]["nhead"]
+    arrays = data("transformer", cfg, "int32")
+    params = lambda: _checked(jm.causal_lm_init(jax.random.PRNGKey(0), **m),  # noqa: E731
+                              transformer_params(cfg))
+    x, y = arrays["x"], arrays["y"]
+    rows = []
+
+    def train():
+        def loss_fn(p, aux, x, y):
+            return jm.cross_entropy(jm.causal_lm_apply(p, x, nhead), y), aux
+
+        return first_and_median(_train_call(loss_fn, params(), None, cfg["optimizer"], x, y),
+                                 spec)
+
+    cases = [(f"train b{batch}", train)]
+    fwd = jax.jit(lambda p, x: jm.causal_lm_apply(p, x, nhead))
+    for b, xb in arrays["infer"].items():
+        def infer(xb=xb):
+            p = params()
+            return first_and_median(lambda: np.asarray(fwd(p, xb)), spec)
+
+        cases.append((f"infer b{b}", infer))
+    pos = decode_position(cfg)
+
+    def decode():
+        p = params()
+        shape = (m["num_layers"], 1, nhead, m["context"], m["d_model"] // nhead)
+        k1, k2 = jax.random.split(jax.random.PRNGKey(1))
+        held = {"k": jax.random.normal(k1, shape), "v": jax.random.normal(k2, shape)}
+        step = jax.jit(lambda p, t, i, k, v: jm.causal_lm_decode(p, t, i, k, v, nhead),
+                       donate_argnums=(3, 4))
+        token, at = np.ones((1, 1), "int32"), np.int32(pos)
+
+        def call():
+            logits, held["k"], held["v"] = step(p, token, at, held["k"], held["v"])
+            return np.asarray(logits)
+
+        return first_and_median(call, spec)
+
+    cases.append((f"decode b1 @{pos}", decode))
+    for case, run in cases:
+        rows.append(dict(guarded(run), section="transformer", case=case, contender="JAX jit"))
+    return rows
+
+
+def section_resnet(spec):
+    cfg = spec["config"]
+    arrays = data("resnet", cfg, "int32")
+    x, y = arrays["x"], arrays["y"]
+
+    def init():
+        params, stats = jm.resnet_init(jax.random.PRNGKey(0), cfg)
+        return _checked(params, resnet_params(cfg)), stats
+
+    def train():
+        def loss_fn(p, stats, x, y):
+            logits, stats = jm.resnet_apply(p, stats, x, cfg, train=True)
+            return jm.cross_entropy(logits, y), stats
+
+        return first_and_median(_train_call(loss_fn, *init(), cfg["optimizer"], x, y), spec)
+
+    rows = [dict(guarded(train), section="resnet", case=f"train b{cfg['batch']}",
+                 contender="JAX jit")]
+    fwd = jax.jit(lambda p, s, x: jm.resnet_apply(p, s, x, cfg, train=False)[0])
+    for b, xb in arrays["infer"].items():
+        def infer(xb=xb):
+            p, s = init()
+            return first_and_median(lambda: np.asarray(fwd(p, s, xb)), spec)
+
+        rows.append(dict(guarded(infer), section="resnet", case=f"infer b{b}",
+                         contender="JAX jit"))
+    return rows
+
+
+SECTIONS = {"train": section_train, "infer": section_infer, "transformer": section_transformer,
+            "resnet": section_resnet}
 
 
 def main():

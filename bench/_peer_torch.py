@@ -1,7 +1,9 @@
 """PyTorch side of bench/peers.py: runs in .venv-bench, in its own process.
 
 Sections (spec["section"]): train (eager, torch.compile), infer (eager, torch.compile), ops
-(GEMM; conv2d in NCHW and channels_last). Prints one JSON line {"rows": [...], "info": {...}}.
+(GEMM; conv2d in NCHW and channels_last), transformer and resnet (issue 11: train step,
+inference at batch 1 and 64, the transformer's KV-cache decode step; models in
+_torch_models.py). Prints one JSON line {"rows": [...], "info": {...}}.
 Each call takes numpy inputs (torch.from_numpy: no copy) and returns a Python float or a numpy
 array, as tvmfront's module.step / module(x) do.
 """
@@ -15,7 +17,9 @@ import torch
 import torch.nn as tnn
 import torch.nn.functional as F
 
-from _timing import emit, guarded, median_seconds, read_spec
+import _torch_models
+from _timing import emit, first_and_median, guarded, median_seconds, read_spec
+from _workloads import data, decode_position, resnet_params, transformer_params
 
 SPEC = read_spec()
 torch.set_num_threads(int(SPEC.get("threads") or os.cpu_count() or 1))
@@ -160,7 +164,117 @@ def section_ops(spec):
     return rows
 
 
-SECTIONS = {"train": section_train, "infer": section_infer, "ops": section_ops}
+# ---- transformer and resnet (issue 11) ------------------------------------------------------
+def _checked(model, want):
+    got = sum(p.numel() for p in model.parameters())
+    if got != want:
+        raise ValueError(f"the PyTorch model has {got} parameters, tvmfront's {want}")
+    return model
+
+
+def _train_step(model, o, x, y, compiled, flat):
+    """forward, cross-entropy (over every position when `flat`), backward, clipping to
+    o["max_norm"] when set, optimizer step; loss.item(). torch.compile: the loss and the
+    optimizer step compiled separately, as in the train section."""
+    opt = _torch_models.optimizer(o, model.parameters())
+
+    def loss_fn(x, y):
+        out = model(x)
+        return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1)) if flat else \
+            F.cross_entropy(out, y)
+
+    opt_step = opt.step
+    if compiled:
+        loss_fn, opt_step = torch.compile(loss_fn), torch.compile(opt.step)
+    params = list(model.parameters())
+
+    def step():
+        opt.zero_grad(set_to_none=False)
+        loss = loss_fn(torch.from_numpy(x), torch.from_numpy(y))
+        loss.backward()
+        if o.get("max_norm"):
+            torch.nn.utils.clip_grad_norm_(params, o["max_norm"])
+        opt_step()
+        return loss.item()
+
+    return step
+
+
+def _forward(model, x, compiled):
+    fwd = torch.compile(model) if compiled else model
+
+    def call():
+        with torch.no_grad():
+            return fwd(torch.from_numpy(x)).numpy()
+
+    return call
+
+
+def _workload_rows(section, cases):
+    rows = []
+    for case, make in cases:
+        for contender, compiled in (("PyTorch eager", False), ("torch.compile", True)):
+            rows.append(dict(guarded(make, compiled), section=section, case=case,
+                             contender=contender))
+    return rows
+
+
+def section_transformer(spec):
+    cfg = spec["config"]
+    m, batch = cfg["model"], cfg["batch"]
+    arrays = data("transformer", cfg, "int64")
+    want = transformer_params(cfg)
+
+    def model():
+        torch.manual_seed(0)
+        return _checked(_torch_models.CausalLM(**m), want)
+
+    x, y = arrays["x"], arrays["y"]
+    cases = [(f"train b{batch}", lambda c: first_and_median(
+        _train_step(model().train(), cfg["optimizer"], x, y, c, flat=True), spec))]
+    for b, xb in arrays["infer"].items():
+        cases.append((f"infer b{b}", lambda c, xb=xb: first_and_median(
+            _forward(model().eval(), xb, c), spec)))
+    pos = decode_position(cfg)
+
+    def decode(compiled):
+        net = model().eval()
+        shape = (m["num_layers"], 1, m["nhead"], m["context"], m["d_model"] // m["nhead"])
+        g = torch.Generator().manual_seed(0)
+        k, v = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+        token = torch.ones((1, 1), dtype=torch.int64)
+        fn = torch.compile(net.decode) if compiled else net.decode
+
+        def call():
+            with torch.no_grad():
+                return fn(token, pos, k, v).numpy()
+
+        return first_and_median(call, spec)
+
+    cases.append((f"decode b1 @{pos}", decode))
+    return _workload_rows("transformer", cases)
+
+
+def section_resnet(spec):
+    cfg = spec["config"]
+    arrays = data("resnet", cfg, "int64")
+    x, y = arrays["x"], arrays["y"]
+    want = resnet_params(cfg)
+
+    def model():
+        torch.manual_seed(0)
+        return _checked(_torch_models.ResNet(cfg), want)
+
+    cases = [(f"train b{cfg['batch']}", lambda c: first_and_median(
+        _train_step(model().train(), cfg["optimizer"], x, y, c, flat=False), spec))]
+    for b, xb in arrays["infer"].items():
+        cases.append((f"infer b{b}", lambda c, xb=xb: first_and_median(
+            _forward(model().eval(), xb, c), spec)))
+    return _workload_rows("resnet", cases)
+
+
+SECTIONS = {"train": section_train, "infer": section_infer, "ops": section_ops,
+            "transformer": section_transformer, "resnet": section_resnet}
 
 
 def main():

@@ -32,6 +32,8 @@ IMPORT_S = time.perf_counter() - T_IMPORT
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "examples"))
 import lenet_digits  # noqa: E402  (examples/: LeNet as the main command trains it)
+import _tvf_models  # noqa: E402  (the transformer and resnet sections' models)
+from _workloads import data, decode_position  # noqa: E402
 
 nn = tvf.nn
 NUM_CLASSES = 10
@@ -281,8 +283,126 @@ def section_tune(spec, target):
                  default_step_s=default_step, tuned_step_s=tuned_step)]
 
 
+# ---- transformer and resnet (issue 11): the examples' shapes, see _workloads.py --------------
+def section_shapes(spec, target):
+    """The configuration of spec["workload"] (the driver passes it to every worker)."""
+    shapes = {"transformer": _tvf_models.transformer_shapes, "resnet": _tvf_models.resnet_shapes}
+    return [_row("shapes", spec["workload"], "config", config=shapes[spec["workload"]]())]
+
+
+def _workload_rows(section, spec, target, cases):
+    """cases: [(case, build(records) -> module, time_it(module) -> seconds, why n/a or None)]."""
+    rows = []
+    for case, build, time_it, na in cases:
+        for contender, records, why in variants(spec, target):
+            row = _row(section, case, contender, na=na) if na else guarded(
+                _timed_or_na, section, case, contender, records, why, build, time_it)
+            rows.append(dict(row, section=section, case=case, contender=contender))
+    return rows
+
+
+def section_transformer(spec, target):
+    """Train step (forward, cross-entropy over every position, backward, AdamW with the
+    example's clipping), the forward at batch 1 and 64 over the full sequence, and the
+    one-token decode step with a KV cache at batch 1 (tvf.nn.CausalLM's decode method)."""
+    cfg = spec["config"]
+    batch, seq = cfg["batch"], cfg["seq"]
+    arrays = data("transformer", cfg, "int64")
+    x, y = arrays["x"], arrays["y"]
+    lr = cfg["optimizer"]["lr"]
+
+    def train(records):
+        tvf.manual_seed(0)
+        model, _ = _tvf_models.causal_lm(cfg)
+        return tvf.compile_training(model, nn.CrossEntropyLoss(),
+                                    _tvf_models.optimizer(cfg),
+                                    inputs=tvf.TensorSpec((batch, seq), "int64"),
+                                    labels=tvf.TensorSpec((batch, seq), "int64"),
+                                    target=target, records=records)
+
+    cases = [(f"train b{batch}", train,
+              lambda module: median_seconds(lambda: module.step(x, y, lr=lr), spec), None)]
+    for b, xb in arrays["infer"].items():
+        def infer(records, b=b):
+            tvf.manual_seed(0)
+            model, _ = _tvf_models.causal_lm(cfg)
+            return tvf.compile_inference(model, inputs=tvf.TensorSpec((b, seq), "int64"),
+                                         target=target, records=records)
+
+        cases.append((f"infer b{b}", infer,
+                      lambda module, xb=xb: median_seconds(lambda: module(xb), spec), None))
+    _, has_cache = _tvf_models.causal_lm(cfg)
+    cases.append((f"decode b1 @{decode_position(cfg)}", lambda records: _decoder(cfg, target,
+                                                                             records),
+                  lambda module: _time_decode(module, cfg, spec),
+                  None if has_cache else "tvf.nn.CausalLM with a KV cache not in this tree"))
+    return _workload_rows("transformer", spec, target, cases)
+
+
+def _cache_shape(cfg, batch):
+    m = cfg["model"]
+    return (m["num_layers"], batch, m["nhead"], m["context"], m["d_model"] // m["nhead"])
+
+
+def _decoder(cfg, target, records):
+    """CausalLM compiled with its decode method at batch 1 (one token [1, 1], its position
+    a runtime 0-d int64, the caches), as generation compiles it."""
+    tvf.manual_seed(0)
+    model, _ = _tvf_models.causal_lm(cfg)
+    return tvf.compile_inference(model, inputs=tvf.TensorSpec((1, cfg["seq"]), "int64"),
+                                 target=target, records=records,
+                                 methods={"decode": model.decode_spec(1)})
+
+
+def _time_decode(module, cfg, spec):
+    """One decode step at the mid-context position, the caches it returns fed back in (rows
+    before the position filled, as after a prefill), as a generation loop calls it."""
+    rng = np.random.default_rng(0)
+    state = {"k": rng.standard_normal(_cache_shape(cfg, 1)).astype("float32"),
+             "v": rng.standard_normal(_cache_shape(cfg, 1)).astype("float32")}
+    token, pos = np.array([[1]], dtype="int64"), np.array(decode_position(cfg), dtype="int64")
+
+    def step():
+        _, state["k"], state["v"] = module.decode(token, pos, state["k"], state["v"])
+
+    return median_seconds(step, spec)
+
+
+def section_resnet(spec, target):
+    """Train step in train mode (BatchNorm batch statistics, running stats updated) with the
+    example's optimizer; inference at batch 1 and 64 in eval mode."""
+    cfg = spec["config"]
+    batch, x_shape = cfg["batch"], tuple(cfg["x_shape"])
+    arrays = data("resnet", cfg, "int64")
+    x, y = arrays["x"], arrays["y"]
+    lr = cfg["optimizer"]["lr"]
+
+    def train(records):
+        tvf.manual_seed(0)
+        return tvf.compile_training(_tvf_models.resnet(cfg), nn.CrossEntropyLoss(),
+                                    _tvf_models.optimizer(cfg),
+                                    inputs=(batch, *x_shape), labels=(batch,), target=target,
+                                    records=records)
+
+    cases = [(f"train b{batch}", train,
+              lambda module: median_seconds(lambda: module.step(x, y, lr=lr), spec), None)]
+    for b, xb in arrays["infer"].items():
+        def infer(records, b=b):
+            tvf.manual_seed(0)
+            model = _tvf_models.resnet(cfg)
+            model.eval()
+            return tvf.compile_inference(model, inputs=(b, *x_shape), target=target,
+                                         records=records)
+
+        cases.append((f"infer b{b}", infer,
+                      lambda module, xb=xb: median_seconds(lambda: module(xb), spec), None))
+    return _workload_rows("resnet", spec, target, cases)
+
+
 SECTIONS = {"train": section_train, "infer": section_infer, "ops": section_ops,
-            "compile": section_compile, "cached": section_cached, "tune": section_tune}
+            "compile": section_compile, "cached": section_cached, "tune": section_tune,
+            "shapes": section_shapes, "transformer": section_transformer,
+            "resnet": section_resnet}
 
 
 def main():
@@ -292,6 +412,12 @@ def main():
     emit({"rows": rows, "info": {"target": str(target), "target_key": target_key(target),
                                  "tvm_num_threads": os.environ["TVM_NUM_THREADS"],
                                  "import_s": IMPORT_S}})
+    # Leave without the exit handlers: TVM's thread-pool teardown (ThreadGroup's destructor
+    # joining a worker that spins in sched_yield) once held a finished worker for minutes
+    # on a loaded machine. Everything is printed and flushed by now.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

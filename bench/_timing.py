@@ -35,6 +35,15 @@ def median_seconds(fn, spec=None, warmup=None):
     return statistics.median(times)
 
 
+def first_and_median(fn, spec=None):
+    """{"seconds": median of fn's calls, "compile_s": its first call} (where torch.compile and
+    jax.jit compile: their first-call time)."""
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    return {"seconds": median_seconds(fn, spec), "compile_s": first}
+
+
 def read_spec():
     return json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
 

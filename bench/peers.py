@@ -6,13 +6,20 @@
     .venv/bin/python bench/peers.py --slow       # also: tuning time to 90% of the final gain
     .venv/bin/python bench/peers.py --quick      # fewer timed runs, for a smoke test
 
-Sections (--only a,b):
+Sections (--only a,b; default all but tune):
   train    train step, batch 64, MLP 64-256-256-10 and LeNet (examples/*_digits.py), SGD
            (momentum 0.9) and Adam
   infer    forward at batch 1 and 64, both models
   ops      GEMM 512/1024 and two 3x3 conv2d (batch 32) in GFLOP/s, with the measured FMA peak
   compile  cold compile of each model's train step (a fresh TVMFRONT_CACHE_DIR) and the cached
            rebuild: in the same process, and in a new process with the same cache dir
+  transformer  examples/char_transformer.py's model and shapes (tvf.nn.CausalLM): train step
+           (forward, cross-entropy, backward, AdamW with clipping), forward at batch 1 and 64,
+           the one-token decode step with a KV cache (batch 1, mid-context position)
+  resnet   examples/resnet_digits.py's ResNet: train step in train mode with the example's
+           optimizer, inference at batch 1 and 64 in eval mode
+           (both: the shapes of bench/_workloads.py's placeholders where an example is missing;
+           the tables name the source; the tvmfront train step's GFLOP/s as % of the FMA peak)
   tune     (--slow) tune LeNet's train step with --tune-budget trials into a temporary records
            root; when did the estimated step time reach 90% of the final gain?
 
@@ -37,12 +44,16 @@ import sys
 import tempfile
 import time
 
+import _workloads
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 RUNTIME_PY = os.path.join(ROOT, ".venv", "bin", "python")
 BENCH_PY = os.environ.get("TVMFRONT_BENCH_PYTHON") or os.path.join(ROOT, ".venv-bench", "bin",
                                                                     "python")
-SECTIONS = ["train", "infer", "ops", "compile", "tune"]
+SECTIONS = ["train", "infer", "ops", "compile", "transformer", "resnet", "tune"]
+DEFAULT_SECTIONS = ["train", "infer", "ops", "compile", "transformer", "resnet"]
+WORKLOADS = ["transformer", "resnet"]  # issue 11: shapes from the examples (_workloads.py)
 HOW_TO_TUNE = {
     "train": "tvmfront tune examples/lenet_digits.py --budget 64 --only train_b64 (and "
              "examples/mlp_digits.py) writes them to the user store (~/.cache/tvmfront/schedules)",
@@ -50,6 +61,9 @@ HOW_TO_TUNE = {
              "infer_b64 (and examples/mlp_digits.py) writes them to the user store",
     "ops": "the op kernels are in no example: bench/peers.py --only ops --tune-ops 64 tunes "
            "them inline",
+    "transformer": "tvmfront tune examples/char_transformer.py --budget 64 writes them to the "
+                   "user store",
+    "resnet": "tvmfront tune examples/resnet_digits.py --budget 64 writes them to the user store",
 }
 
 # ---- what is measured -------------------------------------------------------------------------
@@ -78,6 +92,8 @@ WORKERS = {
     "ops": [TVMFRONT, ("_peer_numpy.py", RUNTIME_PY, ["numpy (OpenBLAS)", "measured peak"]),
             ("_peer_torch.py", BENCH_PY, ["PyTorch", "PyTorch NCHW", "PyTorch channels_last"])],
 }
+for _w in WORKLOADS:
+    WORKERS[_w] = WORKERS["train"]
 NEEDS = {"_peer_torch.py": "torch", "_peer_jax.py": "jax"}
 OURS = ["tvmfront default", "tvmfront tuned"]
 
@@ -109,6 +125,8 @@ def run_worker(script, python, spec, threads, timeout=3600, extra_env=None):
                MKL_NUM_THREADS=str(threads), TVM_NUM_THREADS=str(threads),
                TVMFRONT_PROGRESS="0", TORCHINDUCTOR_CACHE_DIR=os.path.join(scratch, "inductor"),
                **(extra_env or {}))
+    if python == RUNTIME_PY:  # this checkout's tvmfront, not one installed into .venv
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
     spec = dict(spec, threads=threads)
     try:
         out = subprocess.run([python, os.path.join(HERE, script), json.dumps(spec)],
@@ -167,8 +185,9 @@ def cell(rows, case, contender, failed, value=lambda r: fmt_ms(r["seconds"])):
         if r["case"] == case and r["contender"] == contender:
             if "seconds" in r:
                 return value(r)
-            if "na" in r:
-                return "n/a (" + r["na"].split(" (")[0] + ")"
+            if "na" in r:  # the reason's head: the footnote under the table says the rest
+                why = r["na"].split(" (")[0]
+                return "n/a (" + ("no records" if why.startswith("no records") else why) + ")"
             return "n/a (error)"
     return f"n/a ({failed[contender]})" if contender in failed else "n/a"
 
@@ -363,9 +382,12 @@ def targets(results):
             out.append((f"cached rebuild of LeNet train step < 0.5 s ({c})",
                         f"{r['seconds']:.3f} s" if "seconds" in r else "n/a",
                         verdict(r["seconds"] < 0.5 if "seconds" in r else None)))
+    for section in WORKLOADS:
+        if section in results:
+            out += workload_targets(section, results[section][0])
     if not out:
         return ""
-    return "targets (issue 4)\n" + render(["target", "measured", "verdict"],
+    return "targets (issues 4 and 11)\n" + render(["target", "measured", "verdict"],
                                           [list(t) for t in out])
 
 
@@ -396,6 +418,8 @@ def measure(section, base, args, log):
         spec = dict(base, ops=OPS, tune_ops=args.tune_ops,
                     tune_ops_records=os.path.abspath(args.tune_ops_records))
         return run_section(section, spec, args, log)
+    if section in WORKLOADS:
+        return measure_workload(section, base, args, log)
     if section == "compile":
         rows = []
         for m in MODELS:
@@ -415,6 +439,128 @@ def measure(section, base, args, log):
                     "error": why}], {}, {}
 
 
+PEAK = {}  # the FMA peak row, measured once per run (the workload sections' "what bounds it")
+
+
+def measure_workload(section, base, args, log):
+    """The example's shapes (the tvmfront worker reads them: examples/ import tvmfront), then
+    every worker with them, then the FMA peak. infos["config"]: the shapes."""
+    got, _, why = run_worker("_peer_tvmfront.py", RUNTIME_PY,
+                             dict(base, section="shapes", workload=section), args.threads)
+    if why:
+        log(f"  shapes of {section}: {why}")
+        return [], {}, {c: why for c in OURS + PEERS}
+    config = got[0]["config"]
+    rows, infos, failed = run_section(section, dict(base, config=config), args, log)
+    if "row" not in PEAK:
+        peak, _, why = run_worker("_peer_numpy.py", RUNTIME_PY, dict(base, section="peak"),
+                                  args.threads)
+        PEAK["row"] = peak[0] if peak else {"case": "FMA peak", "contender": "measured peak",
+                                            "error": why}
+    infos["config"] = config
+    return rows + [dict(PEAK["row"], section=section)], infos, failed
+
+
+PEERS = ["PyTorch eager", "torch.compile", "JAX jit"]
+
+
+def workload_flops(section, config, batch):
+    """FLOPs of a train step (batch None: the config's train batch) or of one forward."""
+    if section == "transformer":
+        fwd = _workloads.transformer_forward_flops(config, batch or config["batch"],
+                                                   config["seq"])
+    else:
+        fwd = _workloads.resnet_forward_flops(config, batch or config["batch"])
+    return _workloads.train_flops(fwd) if batch is None else fwd
+
+
+def describe_config(section, c):
+    o = c["optimizer"]
+    opt = f"{o['name']}(lr={o['lr']}, weight_decay={o.get('weight_decay')}" + (
+        f", max_norm={o['max_norm']})" if o.get("max_norm") else ")")
+    if section == "transformer":
+        m = c["model"]
+        return (f"CausalLM vocab {m['vocab_size']}, context {m['context']}, d_model "
+                f"{m['d_model']}, {m['nhead']} heads, {m['num_layers']} layers, ff "
+                f"{m['dim_feedforward']}; train batch {c['batch']} x {c['seq']} tokens; "
+                f"{c['params']} parameters; {opt}; shapes: {c['source']}")
+    stages = ", ".join(f"{ch}x{n}/s{st}" for ch, n, st in c["stages"])
+    return (f"ResNet input {'x'.join(map(str, c['x_shape']))}, stem {c['stem']}, stages "
+            f"(channels x blocks / stride) {stages}, {c['classes']} classes; train batch "
+            f"{c['batch']}; {c['params']} parameters; {opt}; shapes: {c['source']}")
+
+
+def workload_cases(rows):
+    return [c for c in dict.fromkeys(r["case"] for r in rows) if c != "FMA peak"]
+
+
+def ours_best(rows, case):
+    """(contender, seconds) of tvmfront's faster variant on `case` (tuned where it ran)."""
+    times = {c: seconds_of(rows, case, c) for c in OURS}
+    times = {c: t for c, t in times.items() if t is not None}
+    return min(times.items(), key=lambda kv: kv[1]) if times else (None, None)
+
+
+def workload_targets(section, rows):
+    """[(target, measured, verdict)]: the issue's ratios, tvmfront's faster variant against the
+    fastest peer on the train step and against PyTorch eager on the decode step."""
+    out = []
+    for case in workload_cases(rows):
+        kind = case.split()[0]
+        if kind == "train":
+            peers, goal, what = PEERS, 1.5, "fastest peer"
+        elif kind == "decode":
+            peers, goal, what = ["PyTorch eager"], 2.0, "PyTorch eager"
+        else:
+            continue
+        ours, t = ours_best(rows, case)
+        ts = [seconds_of(rows, case, p) for p in peers]
+        ts = [x for x in ts if x is not None]
+        s = min(ts) / t if t and ts else None
+        out.append((f"{section} {case}: {ours or 'tvmfront'} >= {goal:g}x faster than {what}",
+                    f"{s:.2f}x" if s else "n/a",
+                    "n/a" if s is None else "MET" if s >= goal else "not met"))
+    return out
+
+
+def bound_lines(section, rows, config):
+    """What bounds the train step: its GFLOP/s as % of the measured FMA peak, per contender."""
+    peak = next((r for r in rows if r["case"] == "FMA peak" and "gflops" in r), None)
+    case = next((c for c in workload_cases(rows) if c.startswith("train")), None)
+    if case is None:
+        return []
+    flop = workload_flops(section, config, None)
+    lines = [f"what bounds it: the train step is {flop / 1e9:.2f} GFLOP (3x the forward's "
+             f"GEMM, convolution and attention FLOPs); measured FMA peak "
+             + (f"{peak['gflops']:.0f} GFLOP/s ({peak.get('threads')} thread(s))" if peak
+                else "n/a")]
+    for c in OURS + PEERS:
+        t = seconds_of(rows, case, c)
+        if t:
+            g = flop / t / 1e9
+            lines.append(f"  {c}: {g:.1f} GFLOP/s" + (f" = {100 * g / peak['gflops']:.1f}% of "
+                                                     f"the peak" if peak else ""))
+    return lines
+
+
+def workload_text(section, results):
+    rows, infos, failed = results[section]
+    config = infos.get("config")
+    if config is None:
+        return f"{section}: n/a ({next(iter(failed.values()), 'no shapes')})"
+    title = {"transformer": "transformer (char LM): median ms per call (train step: forward, "
+                            "cross-entropy, backward, optimizer; infer bB: forward of B "
+                            "sequences; decode: one token, KV cache)",
+             "resnet": "resnet (digits 32x32): median ms per call (train step in train mode; "
+                       "infer bB: forward of B images in eval mode)"}[section]
+    text = describe_config(section, config) + "\n" + speed_table(
+        rows, failed, workload_cases(rows), PEERS, title)
+    goals = workload_targets(section, rows)
+    if goals:
+        text += "\n" + render(["target", "measured", "verdict"], [list(g) for g in goals])
+    return "\n".join([text] + bound_lines(section, rows, config))
+
+
 def section_text(section, results):
     """The printed table of one section (results: {section: (rows, infos, failed)})."""
     rows, _, failed = results[section]
@@ -432,6 +578,8 @@ def section_text(section, results):
         text = ops_table(rows, failed)
     elif section == "compile":
         return compile_table(rows, results.get("train", ([],))[0])
+    elif section in WORKLOADS:
+        text = workload_text(section, results)
     else:
         return tune_table(rows)
     if any(r.get("contender") == "tvmfront tuned" and "no records" in r.get("na", "")
@@ -469,7 +617,7 @@ def main():
                         "results.json again (the sections of --only, else all saved)")
     args = p.parse_args()
     sections = args.only.split(",") if args.only else \
-        ["train", "infer", "ops", "compile"] + (["tune"] if args.slow or args.render else [])
+        DEFAULT_SECTIONS + (["tune"] if args.slow or args.render else [])
     for s in sections:
         if s not in SECTIONS:
             p.error(f"unknown section {s!r}; sections: {SECTIONS}")

@@ -1,0 +1,82 @@
+"""bench/ keeps working: the tvmfront worker of bench/peers.py imports and times a tiny case
+(it once imported the removed tvmfront.tune and failed for days unnoticed), the driver lists
+its sections, and the transformer/resnet stand-ins are the models the PyTorch and JAX
+workers build (their parameter counts, which those workers check, from _workloads.py)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import tvmfront as tvf
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "bench")
+
+
+def _bench_module(name):
+    if BENCH not in sys.path:
+        sys.path.insert(0, BENCH)
+    return __import__(name)
+
+
+@pytest.mark.slow  # a process importing tvmfront and compiling the MLP: ~5 s of CPU
+def test_tvmfront_worker_prints_a_timed_row():
+    spec = {"section": "infer", "models": ["mlp"], "batches": [1], "variants": ["default"],
+            "min_runs": 1, "min_seconds": 0.0}
+    env = dict(os.environ, PYTHONPATH=ROOT, TVMFRONT_PROGRESS="0")
+    out = subprocess.run([sys.executable, os.path.join(BENCH, "_peer_tvmfront.py"),
+                          json.dumps(spec)], capture_output=True, text=True, env=env,
+                         cwd=BENCH, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads(out.stdout.strip().splitlines()[-1])["rows"]
+    assert [(r["case"], r["contender"]) for r in rows] == [("mlp b1", "tvmfront default")]
+    assert 0 < rows[0]["seconds"] < 1, rows
+
+
+def test_peers_help_lists_the_workload_sections():
+    out = subprocess.run([sys.executable, os.path.join(BENCH, "peers.py"), "--help"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    for section in ("train", "infer", "ops", "compile", "transformer", "resnet", "tune"):
+        assert f"\n  {section} " in out.stdout, section
+
+
+def test_stand_ins_match_the_peers_description():
+    workloads, models = _bench_module("_workloads"), _bench_module("_tvf_models")
+    size = lambda m: sum(int(np.prod(p.shape)) for p in m.parameters())  # noqa: E731
+    cfg = workloads.TRANSFORMER_PLACEHOLDER
+    assert size(models.StandInCausalLM(**cfg["model"])) == workloads.transformer_params(cfg)
+    assert size(models.causal_lm(cfg)[0]) == workloads.transformer_params(cfg)  # tvf.nn.CausalLM
+    cfg = workloads.RESNET_PLACEHOLDER
+    assert size(models.StandInResNet(cfg)) == workloads.resnet_params(cfg)
+    # a projection shortcut where the channels or the stride change, identity elsewhere
+    assert [b[3] for b in workloads.resnet_blocks(dict(cfg, stages=[[16, 2, 1], [32, 1, 2]]))] \
+        == [False, False, True]
+
+
+def test_optimizer_of_a_workload_config():
+    models = _bench_module("_tvf_models")
+    opt = models.optimizer({"optimizer": {"name": "AdamW", "lr": 3e-4, "betas": [0.9, 0.95],
+                                          "eps": 1e-8, "weight_decay": 0.1, "max_norm": 1.0},
+                            "source": "placeholder"})
+    assert isinstance(opt, tvf.optim.Optimizer) and opt.name == "AdamW" and opt.lr == 3e-4
+    assert opt.hyperparameters["weight_decay"] == 0.1
+    assert opt.hyperparameters["max_norm"] == 1.0
+
+
+def test_shapes_come_from_the_examples():
+    """The peers' description matches the examples' models (resnet_shapes raises where
+    make_model()'s parameter count differs from the description's)."""
+    workloads, models = _bench_module("_workloads"), _bench_module("_tvf_models")
+    size = lambda m: sum(int(np.prod(p.shape)) for p in m.parameters())  # noqa: E731
+    cfg = models.resnet_shapes()
+    assert cfg["source"] == "examples/resnet_digits.py"
+    assert size(models.resnet(cfg)) == workloads.resnet_params(cfg) == cfg["params"]
+    cfg = models.transformer_shapes()
+    assert cfg["source"] == "examples/char_transformer.py"
+    assert size(models.causal_lm(cfg)[0]) == cfg["params"]
+    assert cfg["optimizer"]["name"] == models.optimizer(cfg).name

@@ -1,0 +1,102 @@
+"""PyTorch parity over training for the ResNet of examples/resnet_digits.py (issue 11, item 4):
+the same initial weights and BatchNorm buffers in tvmfront and PyTorch, 5 steps of the
+example's optimizer (AdamW, its lr and weight decay) in train mode on the same augmented
+digits batches: the losses agree within 1e-4 relative at every step (float32), and so do the
+first step's gradients, the final parameters and running statistics, and the eval-mode outputs
+after the steps. A reduced ResNet (fewer channels, batch 8) of the example's structure: stem,
+three stages at strides 1, 2, 2 (an identity shortcut, then two 1x1 projections), global
+average pooling, linear head. PyTorch runs in its own process (tests/_torch_resnet.py)."""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import tvmfront as tvf
+from _torch import run_torch
+from test_parity_adamw import _close
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "examples"))
+import resnet_digits as example  # noqa: E402
+
+STEPS, B = 5, 8
+_CASE = dict(kind="resnet", widths=[4, 8, 8], blocks=1, in_channels=1, ignore_index=-100,
+             label_smoothing=0.0, steps=STEPS,
+             adamw=dict(lr=example.LR, weight_decay=example.WEIGHT_DECAY))
+DTYPES = ["float32", "float64"]
+CASES = [dict(_CASE, dtype=dtype) for dtype in DTYPES]
+
+
+def _model(dtype):
+    """The reduced ResNet, seeded, with every BatchNorm's affine parameters and running
+    statistics moved off their defaults (so a mixed-up scale, shift or momentum shows)."""
+    tvf.manual_seed(11)
+    model = example.ResNet(widths=_CASE["widths"], blocks=_CASE["blocks"], dtype=dtype)
+    rng = np.random.default_rng(11)
+    state = model.state_dict()
+    for name in [n[:-len(".running_mean")] for n in state if n.endswith(".running_mean")]:
+        c = state[f"{name}.weight"].shape[0]
+        state[f"{name}.weight"][:] = rng.uniform(0.5, 1.5, c)
+        state[f"{name}.bias"][:] = rng.normal(0, 0.3, c)
+        state[f"{name}.running_mean"][:] = rng.normal(0, 0.5, c)
+        state[f"{name}.running_var"][:] = rng.uniform(0.5, 2.0, c)
+        state[f"{name}.num_batches_tracked"][...] = 4
+    model.load_state_dict(state)
+    return model
+
+
+def _batches(dtype):
+    """STEPS training batches of the example's data (32x32 digits, randomly shifted as the
+    example augments them) and an eval batch of test images."""
+    x_train, y_train, x_test, _ = tvf.data.load_digits(dtype=dtype)
+    rng = np.random.default_rng(3)
+    batches = []
+    for _ in range(STEPS):
+        idx = rng.choice(len(y_train), B, replace=False)
+        x = example.random_shift(tvf.data.upsample(x_train[idx], 4), rng)
+        batches.append((np.ascontiguousarray(x), y_train[idx]))
+    return batches, tvf.data.upsample(x_test[:B], 4)
+
+
+@pytest.fixture(scope="module")
+def torch_results(request, tmp_path_factory):
+    arrays = {}
+    for i, dtype in enumerate(DTYPES):
+        arrays.update({f"{i}.s.{k}": v for k, v in _model(dtype).state_dict().items()})
+        batches, arrays[f"{i}.xe"] = _batches(dtype)
+        for t, (x, y) in enumerate(batches):
+            arrays[f"{i}.x{t}"], arrays[f"{i}.y{t}"] = x, y
+    return run_torch(request, "PyTorch parity of the ResNet example's training",
+                     "_torch_resnet.py", tmp_path_factory.mktemp("parity_resnet"),
+                     cases=np.array(json.dumps(CASES)), **arrays)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_resnet_training_matches_pytorch(torch_results, dtype):
+    i = DTYPES.index(dtype)
+    want = {k[len(f"{i}."):]: v for k, v in torch_results.items() if k.startswith(f"{i}.")}
+    batches, xe = _batches(dtype)
+    m = tvf.compile_training(_model(dtype), tvf.nn.CrossEntropyLoss(), example.make_optimizer(),
+                             inputs=batches[0][0], labels=batches[0][1])
+    assert m.lr == _CASE["adamw"]["lr"]
+    loss0, grads = m.loss_and_grads(*batches[0])
+    assert sorted(grads) == sorted(k[2:] for k in want if k.startswith("g."))
+    for n, g in grads.items():
+        _close(g, want["g." + n], f"gradient of {n}", dtype)
+    losses = np.array([m.step(x, y) for x, y in batches])
+    assert losses[0] == loss0
+    relative = np.abs(losses - want["losses"]) / np.abs(want["losses"])
+    assert relative.max() <= (1e-4 if dtype == "float32" else 1e-10), (losses, want["losses"])
+    state = m.state_dict()
+    assert sorted(state) == sorted(k[2:] for k in want if k.startswith("s."))
+    for n, value in state.items():
+        assert value.dtype == want["s." + n].dtype, n
+        diff = np.abs(value - want["s." + n]).max()
+        print(dtype, n, diff, diff / example.LR)
+        _close(value, want["s." + n], f"{n} after {STEPS} AdamW steps", dtype)
+    assert int(state["stages.1.shortcut.1.num_batches_tracked"]) == 4 + STEPS
+    _close(m.predict(xe), want["eval"], "eval-mode outputs", dtype)
