@@ -15,4 +15,8 @@ if ! bash bench/setup.sh torch; then
     echo "test: PyTorch setup failed (above); the PyTorch-parity tests will skip" >&2
     export TVMFRONT_TORCH_SETUP_FAILED="bench/setup.sh torch failed in scripts/test.sh (its output is above)"
 fi
-.venv/bin/python -m pytest -q "$@"
+# Two pytest-xdist workers, one test file each at a time (module fixtures build once): on CI's
+# 2 cores the suite is mostly single-threaded compiles, so two at once nearly halve the time.
+# Workers cannot print, so -rs lists every skip with its reason (what went untested).
+.venv/bin/python -m pip install -q pytest-xdist==3.8.0 execnet==2.1.2
+.venv/bin/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -rs "$@"
