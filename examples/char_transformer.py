@@ -5,6 +5,7 @@ from it with a key/value cache (a compiled prefill, then one compiled decode ste
 
     python examples/char_transformer.py --out artifacts/char_transformer
     python examples/char_generate.py artifacts/char_transformer --prompt "The " --chars 300
+    tvmfront tune examples/char_transformer.py --budget 64   # tune its modules (tvmfront_modules)
 
 The text is split 90/10 by position: training batches are windows at random positions of the
 first 90%; validation bits per character are the mean cross entropy (nats / ln 2) over every
@@ -59,6 +60,23 @@ def lr_schedule(steps):
     s = tvf.optim.schedules
     warmup = max(1, min(WARMUP, steps // 10))
     return s.warmup(warmup, s.cosine(LR, max(1, steps - warmup), final=LR * FINAL_LR))
+
+
+def tvmfront_modules(target="x86"):
+    """What `tvmfront tune examples/char_transformer.py` tunes: the train step and the
+    generation module (forward, prefill and the one-token decode step at batch 1)."""
+    vocab = tvf.data.char_vocab(tvf.data.load_pydoc_text()[0])
+    tvf.manual_seed(0)
+    model = tvf.nn.CausalLM(**model_config(len(vocab)))
+    ids = tvf.TensorSpec((BATCH, CONTEXT), "int64")
+    return {
+        "train": tvf.compile_training(model, tvf.nn.CrossEntropyLoss(), make_optimizer(),
+                                      inputs=ids, labels=ids, target=target),
+        "generate": tvf.compile_inference(model, tvf.TensorSpec(("batch", "seq"), "int64"),
+                                          methods={"prefill": model.prefill_spec(),
+                                                   "decode": model.decode_spec()},
+                                          target=target),
+    }
 
 
 def split(ids):
@@ -154,8 +172,10 @@ def main():
     print(f"compiled forward, prefill and decode in {time.perf_counter() - t1:.1f} s")
     module.export(os.path.join(args.out, "train"))
     gen.export(os.path.join(args.out, INFER))
-    with open(os.path.join(args.out, VOCAB), "w", encoding="utf-8") as f:
+    tmp = os.path.join(args.out, f".{VOCAB}.{os.getpid()}.tmp")  # atomic: no half-written vocab
+    with open(tmp, "w", encoding="utf-8") as f:
         json.dump(vocab, f)
+    os.replace(tmp, os.path.join(args.out, VOCAB))
     print(f"exported {args.out}: {sorted(os.listdir(args.out))}")
 
     reloaded = tvf.load(os.path.join(args.out, INFER))

@@ -18,5 +18,5 @@ fi
 # Two pytest-xdist workers, one test file each at a time (module fixtures build once): on CI's
 # 2 cores the suite is mostly single-threaded compiles, so two at once nearly halve the time.
 # Workers cannot print, so -rs lists every skip with its reason (what went untested).
-.venv/bin/python -m pip install -q pytest-xdist==3.8.0 execnet==2.1.2
+# pytest-xdist comes with the test extra (pyproject.toml), installed by scripts/setup.sh.
 .venv/bin/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -rs "$@"
