@@ -1,10 +1,11 @@
 """PyTorch parity over training for the ResNet of examples/resnet_digits.py (issue 11, item 4):
 the same initial weights and BatchNorm buffers in tvmfront and PyTorch, 5 steps of the
 example's optimizer (AdamW, its lr and weight decay) in train mode on the same augmented
-digits batches: the losses agree within 1e-4 relative at every step (float32), and so do the
-first step's gradients, the final parameters and running statistics, and the eval-mode outputs
-after the steps. A reduced ResNet (fewer channels, batch 8) of the example's structure: stem,
-three stages at strides 1, 2, 2 (an identity shortcut, then two 1x1 projections), global
+digits batches. float32: the losses agree within 1e-4 relative at every step, and so do the
+first step's gradients, the running statistics and the eval-mode outputs after the steps; the
+parameters within a tenth of one AdamW step (why: at the comparison). float64: all of them
+within 1e-10 relative. A reduced ResNet (fewer channels, batch 8) of the example's structure:
+stem, three stages at strides 1, 2, 2 (an identity shortcut, then two 1x1 projections), global
 average pooling, linear head. PyTorch runs in its own process (tests/_torch_resnet.py)."""
 
 import json
@@ -94,9 +95,17 @@ def test_resnet_training_matches_pytorch(torch_results, dtype):
     state = m.state_dict()
     assert sorted(state) == sorted(k[2:] for k in want if k.startswith("s."))
     for n, value in state.items():
-        assert value.dtype == want["s." + n].dtype, n
-        diff = np.abs(value - want["s." + n]).max()
-        print(dtype, n, diff, diff / example.LR)
-        _close(value, want["s." + n], f"{n} after {STEPS} AdamW steps", dtype)
+        ref = want["s." + n]
+        assert value.dtype == ref.dtype, n
+        if dtype == "float32" and n in m.param_names:
+            # AdamW moves an entry by lr * m / sqrt(v), about lr whatever the gradient's size:
+            # where a gradient entry is small, float32 rounding (in the gradient, and through
+            # it in later steps' batch statistics) changes that ratio, and two
+            # implementations' steps differ by a fraction of lr. The float64 case holds the
+            # parameters to 1e-10; here to a tenth of one step.
+            np.testing.assert_allclose(value, ref, rtol=1e-4, atol=0.1 * example.LR,
+                                       err_msg=f"{n} after {STEPS} AdamW steps")
+        else:
+            _close(value, ref, f"{n} after {STEPS} AdamW steps", dtype)
     assert int(state["stages.1.shortcut.1.num_batches_tracked"]) == 4 + STEPS
     _close(m.predict(xe), want["eval"], "eval-mode outputs", dtype)
