@@ -19,4 +19,7 @@ fi
 # 2 cores the suite is mostly single-threaded compiles, so two at once nearly halve the time.
 # Workers cannot print, so -rs lists every skip with its reason (what went untested).
 # pytest-xdist comes with the test extra (pyproject.toml), installed by scripts/setup.sh.
+# One TVM thread per worker (and per example a test runs): two workers already fill 2 cores,
+# and a TVM thread pool waiting for a core another process holds runs several times slower.
+export TVM_NUM_THREADS="${TVM_NUM_THREADS:-1}"
 .venv/bin/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -rs "$@"
