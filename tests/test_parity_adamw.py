@@ -73,18 +73,23 @@ def _model(name):
     tvf.manual_seed(NAMES.index(name))
     if case["kind"] == "resblock":
         model = Block(case["c"], dtype=case["dtype"])
-        rng = np.random.default_rng(5)
-        state = model.state_dict()
-        for bn in ("bn1", "bn2"):
-            c = case["c"]
-            state[f"{bn}.weight"][:] = rng.uniform(0.5, 1.5, c)
-            state[f"{bn}.bias"][:] = rng.normal(0, 0.3, c)
-            state[f"{bn}.running_mean"][:] = rng.normal(0, 0.5, c)
-            state[f"{bn}.running_var"][:] = rng.uniform(0.5, 2.0, c)
-            state[f"{bn}.num_batches_tracked"][...] = 4
-        model.load_state_dict(state)
-        return model
+        return perturb_batchnorms(model, ("bn1", "bn2"), np.random.default_rng(5))
     return {"encoder": Encoder, "embed": Embed}[case["kind"]](case)
+
+
+def perturb_batchnorms(model, names, rng):
+    """`model` with the BatchNorms `names` moved off their default affine parameters and
+    running statistics (so a mixed-up scale, shift or momentum shows); returns it."""
+    state = model.state_dict()
+    for name in names:
+        c = state[f"{name}.weight"].shape[0]
+        state[f"{name}.weight"][:] = rng.uniform(0.5, 1.5, c)
+        state[f"{name}.bias"][:] = rng.normal(0, 0.3, c)
+        state[f"{name}.running_mean"][:] = rng.normal(0, 0.5, c)
+        state[f"{name}.running_var"][:] = rng.uniform(0.5, 2.0, c)
+        state[f"{name}.num_batches_tracked"][...] = 4
+    model.load_state_dict(state)
+    return model
 
 
 def _batches(name):

@@ -18,7 +18,7 @@ import pytest
 
 import tvmfront as tvf
 from _torch import run_torch
-from test_parity_adamw import _close
+from test_parity_adamw import _close, perturb_batchnorms
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "examples"))
@@ -41,17 +41,8 @@ def _model(dtype):
     statistics moved off their defaults (so a mixed-up scale, shift or momentum shows)."""
     tvf.manual_seed(11)
     model = example.ResNet(widths=_CASE["widths"], blocks=_CASE["blocks"], dtype=dtype)
-    rng = np.random.default_rng(11)
-    state = model.state_dict()
-    for name in [n[:-len(".running_mean")] for n in state if n.endswith(".running_mean")]:
-        c = state[f"{name}.weight"].shape[0]
-        state[f"{name}.weight"][:] = rng.uniform(0.5, 1.5, c)
-        state[f"{name}.bias"][:] = rng.normal(0, 0.3, c)
-        state[f"{name}.running_mean"][:] = rng.normal(0, 0.5, c)
-        state[f"{name}.running_var"][:] = rng.uniform(0.5, 2.0, c)
-        state[f"{name}.num_batches_tracked"][...] = 4
-    model.load_state_dict(state)
-    return model
+    names = [n[:-len(".running_mean")] for n in model.state_dict() if n.endswith(".running_mean")]
+    return perturb_batchnorms(model, names, np.random.default_rng(11))
 
 
 def _batches(dtype):
