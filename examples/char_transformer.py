@@ -72,15 +72,23 @@ def tvmfront_modules(target="x86"):
     vocab = tvf.data.char_vocab(tvf.data.load_pydoc_text()[0])
     tvf.manual_seed(0)
     model = tvf.nn.CausalLM(**model_config(len(vocab)))
+    return {"train": compile_train_step(model, target),
+            "generate": compile_generator(model, target)}
+
+
+def compile_train_step(model, target):
+    """The train step: BATCH windows of CONTEXT characters, next-character cross entropy."""
     ids = tvf.TensorSpec((BATCH, CONTEXT), "int64")
-    return {
-        "train": tvf.compile_training(model, tvf.nn.CrossEntropyLoss(), make_optimizer(),
-                                      inputs=ids, labels=ids, target=target),
-        "generate": tvf.compile_inference(model, tvf.TensorSpec(("batch", "seq"), "int64"),
-                                          methods={"prefill": model.prefill_spec(),
-                                                   "decode": model.decode_spec()},
-                                          target=target),
-    }
+    return tvf.compile_training(model, tvf.nn.CrossEntropyLoss(), make_optimizer(), inputs=ids,
+                                labels=ids, target=target)
+
+
+def compile_generator(model, target):
+    """Forward (any batch and length), prefill and the one-token decode step over a key/value
+    cache, in one inference module."""
+    return tvf.compile_inference(model, tvf.TensorSpec(("batch", "seq"), "int64"),
+                                 methods={"prefill": model.prefill_spec(),
+                                          "decode": model.decode_spec()}, target=target)
 
 
 def split(ids):
@@ -152,10 +160,8 @@ def main():
 
     tvf.manual_seed(args.seed)
     model = tvf.nn.CausalLM(**dict(model_config(len(vocab)), dropout=args.dropout))
-    ids = tvf.TensorSpec((BATCH, CONTEXT), "int64")
     t1 = time.perf_counter()
-    module = tvf.compile_training(model, tvf.nn.CrossEntropyLoss(), make_optimizer(),
-                                  inputs=ids, labels=ids, target=args.target)
+    module = compile_train_step(model, args.target)
     n_params = sum(v.size for v in module.state_dict().values())
     print(f"{model!r}\n{n_params} parameters; compiled the train step in "
           f"{time.perf_counter() - t1:.1f} s (compile cache: {module.build_info['cache']})",
@@ -167,11 +173,8 @@ def main():
           f"{_unigram_bpc(train_ids, val_ids, len(vocab)):.2f}); training {tokens_per_s:.0f} "
           f"tokens/s")
 
-    # Generation: forward, prefill and decode over a key/value cache, any batch and length.
     t1 = time.perf_counter()
-    gen = tvf.compile_inference(model, tvf.TensorSpec(("batch", "seq"), "int64"),
-                                methods={"prefill": model.prefill_spec(),
-                                         "decode": model.decode_spec()}, target=args.target)
+    gen = compile_generator(model, args.target)
     gen.load_state_dict(module.state_dict())
     print(f"compiled forward, prefill and decode in {time.perf_counter() - t1:.1f} s")
     module.export(os.path.join(args.out, "train"))
