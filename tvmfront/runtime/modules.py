@@ -43,10 +43,15 @@ def _check(name, array, spec, batch_free=False, sizes=None):
     batch_free: axis 0 may have any size (predict splits the samples into batches)."""
     if not isinstance(array, np.ndarray):
         raise ShapeError(f"{name}: expected a numpy array, got {type(array).__name__}")
+    _match(name, list(array.shape), _same_dtype(array, spec["dtype"]), array.dtype, spec,
+           {} if sizes is None else sizes, batch_free)
+
+
+def _match(name, got, dtype_ok, got_dtype, spec, sizes, batch_free=False):
+    """The check of _check on a shape `got` (a list of ints) and whether its dtype matches,
+    for numpy arrays and device tensors alike."""
     shape, dtype = list(spec["shape"]), spec["dtype"]
-    got = list(array.shape)
-    sizes = {} if sizes is None else sizes
-    ok = len(got) == len(shape) and _same_dtype(array, dtype)
+    ok = len(got) == len(shape) and dtype_ok
     conflict = None
     for axis, (want, have) in enumerate(zip(shape, got) if ok else ()):
         if batch_free and axis == 0:
@@ -64,7 +69,7 @@ def _check(name, array, spec, batch_free=False, sizes=None):
     if not ok:
         want = ["N"] + shape[1:] if batch_free else shape
         raise ShapeError(f"{name}: expected shape {tuple(want)} dtype {dtype}, "
-                         f"got shape {tuple(got)} dtype {array.dtype}")
+                         f"got shape {tuple(got)} dtype {got_dtype}")
 
 
 def _is_tensor(value):
@@ -78,21 +83,8 @@ def _check_tensor(name, tensor, spec, device, sizes):
     if tensor.device != device:
         raise ShapeError(f"{name}: the tensor is on {tensor.device}, the module runs on "
                          f"{device}")
-    shape, dtype = tuple(spec["shape"]), spec["dtype"]
-    got = tuple(int(d) for d in tensor.shape)
-    ok = len(got) == len(shape) and str(tensor.dtype) == dtype
-    for axis, (want, have) in enumerate(zip(shape, got) if ok else ()):
-        if isinstance(want, str):
-            seen = sizes.setdefault(want, (have, name))
-            if seen[0] != have:
-                raise ShapeError(f"{name}: dimension '{want}' (axis {axis}) is {have}, but it "
-                                 f"is {seen[0]} in {seen[1]}: every '{want}' of one call is "
-                                 f"one size")
-        elif want != have:
-            ok = False
-    if not ok:
-        raise ShapeError(f"{name}: expected shape {shape} dtype {dtype}, got shape {got} "
-                         f"dtype {tensor.dtype}")
+    _match(name, [int(d) for d in tensor.shape], str(tensor.dtype) == spec["dtype"],
+           tensor.dtype, spec, sizes)
 
 
 def _as_integer(name, array, spec, kind=""):
