@@ -1,0 +1,31 @@
+// An inference bundle as tvmfront exports it (tvmfront/runtime/bundle.py, manifest.py): a
+// directory with manifest.json, module.so and params.safetensors. Read the way tvmfront's
+// Python runtime reads it: the manifest checked first, each file read once as a regular file
+// inside the directory and checked against the manifest's SHA-256, and the verified bytes are
+// the bytes used.
+#ifndef TVMFRONT_DEPLOY_BUNDLE_H_
+#define TVMFRONT_DEPLOY_BUNDLE_H_
+
+#include <string>
+#include <vector>
+
+#include "common.h"
+
+namespace deploy {
+
+struct Bundle {
+  std::string path;
+  std::string target_arch;           // "x86_64", "aarch64"
+  std::vector<std::string> cpu_features;
+  TensorSpec input;                  // the forward's one input (axis 0 may be symbolic)
+  TensorSpec output;
+  std::vector<TensorSpec> tensors;   // the forward's trailing arguments: parameters, buffers
+  std::string library;               // module.so's verified bytes
+  std::string params;                // params.safetensors' verified bytes
+};
+
+Bundle read_bundle(const std::string& path);
+
+}  // namespace deploy
+
+#endif  // TVMFRONT_DEPLOY_BUNDLE_H_

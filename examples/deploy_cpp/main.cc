@@ -1,0 +1,138 @@
+// tvmfront_run: run an exported tvmfront inference bundle with TVM's C++ runtime, no Python.
+//
+//   tvmfront_run BUNDLE_DIR INPUT_FILE [--output OUTPUT_FILE]
+//
+// INPUT_FILE holds the input's raw little-endian values in C order, of the dtype the
+// bundle's manifest gives ("inputs"), e.g. numpy's x.astype("float32").tofile(path): for a
+// bundle compiled for any batch size (inputs=("batch", ...)) any whole number of samples, else
+// exactly one compiled batch. Prints the output's shape, then one line per sample: the index
+// of its largest value (the predicted class) and its values. --output writes the output's raw
+// values too. Any problem (missing or corrupt bundle file, wrong input size, an error inside
+// TVM) is one line on stderr and exit status 1.
+#include <tvm/ffi/error.h>
+
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "bundle.h"
+#include "cpu.h"
+#include "model.h"
+
+namespace {
+using deploy::Fail;
+
+std::string read_input(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Fail(path + ": cannot open the input file (" + std::strerror(errno) + ")");
+  std::ostringstream data;
+  data << in.rdbuf();
+  if (in.bad()) throw Fail(path + ": cannot read the input file");
+  return data.str();
+}
+
+double value_at(const DLTensor& t, int64_t i) {
+  const char* p = static_cast<const char*>(t.data) + t.byte_offset;
+  switch (t.dtype.code) {
+    case kDLFloat:
+      if (t.dtype.bits == 32) return reinterpret_cast<const float*>(p)[i];
+      if (t.dtype.bits == 64) return reinterpret_cast<const double*>(p)[i];
+      break;
+    case kDLInt:
+      if (t.dtype.bits == 32) return reinterpret_cast<const int32_t*>(p)[i];
+      if (t.dtype.bits == 64) return static_cast<double>(reinterpret_cast<const int64_t*>(p)[i]);
+      break;
+  }
+  throw Fail("cannot print outputs of this dtype; use --output");
+}
+
+void print(const DLTensor& t) {
+  int64_t rows = t.ndim ? t.shape[0] : 1, cols = 1;
+  std::printf("output shape [");
+  for (int d = 0; d < t.ndim; ++d) std::printf(d ? ", %" PRId64 : "%" PRId64, t.shape[d]);
+  std::printf("]\n");
+  for (int d = 1; d < t.ndim; ++d) cols *= t.shape[d];
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t best = 0;
+    for (int64_t c = 1; c < cols; ++c)
+      if (value_at(t, r * cols + c) > value_at(t, r * cols + best)) best = c;
+    std::printf("%" PRId64 " %" PRId64 ":", r, best);
+    for (int64_t c = 0; c < cols; ++c) std::printf(" %.9g", value_at(t, r * cols + c));
+    std::printf("\n");
+  }
+}
+
+int run(int argc, char** argv) {
+  std::string bundle_dir, input, output;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--output" && i + 1 < argc) {
+      output = argv[++i];
+    } else if (a.size() > 1 && a[0] == '-') {
+      throw Fail("unknown option " + a);
+    } else if (bundle_dir.empty()) {
+      bundle_dir = a;
+    } else if (input.empty()) {
+      input = a;
+    } else {
+      throw Fail("too many arguments");
+    }
+  }
+  if (input.empty()) {
+    std::fprintf(stderr, "usage: %s BUNDLE_DIR INPUT_FILE [--output OUTPUT_FILE]\n", argv[0]);
+    return 2;
+  }
+  deploy::Bundle bundle = deploy::read_bundle(bundle_dir);
+  std::vector<std::string> missing = deploy::missing_cpu_features(bundle.cpu_features);
+  if (!missing.empty()) {
+    std::string names;
+    for (const auto& f : missing) names += (names.empty() ? "" : ", ") + f;
+    throw Fail(bundle_dir + ": the bundle's code needs CPU features " + names +
+               ", which this CPU lacks; export it for this CPU");
+  }
+  std::string data = read_input(input);  // before the library loads: cheap checks first
+  deploy::Model model(bundle);
+  int64_t per = model.sample_bytes();
+  bool any_batch = !bundle.input.shape.empty() && bundle.input.shape[0] < 0;
+  int64_t want = bundle.input.shape.empty() ? per : per * std::max<int64_t>(bundle.input.shape[0], 1);
+  std::string spec = deploy::shape_str(bundle.input.shape) + " " + bundle.input.dtype->name;
+  if (any_batch ? (data.empty() || data.size() % per) : int64_t(data.size()) != want)
+    throw Fail(input + " is " + std::to_string(data.size()) + " bytes; the bundle's input " + spec +
+               (any_batch ? " takes a positive multiple of " + std::to_string(per) + " bytes (one sample)"
+                          : " takes exactly " + std::to_string(want) + " bytes") +
+               " of raw little-endian values");
+  int64_t samples = bundle.input.shape.empty() ? 1 : int64_t(data.size()) / per;
+  tvm::ffi::Tensor out = model.run(data, samples);
+  const DLTensor& t = *out.GetDLTensorPtr();
+  if (t.device.device_type != kDLCPU || !tvm::ffi::IsContiguous(t))
+    throw Fail("the output is not a contiguous CPU tensor");
+  if (!output.empty()) {
+    std::ofstream f(output, std::ios::binary);
+    f.write(static_cast<const char*>(t.data) + t.byte_offset,
+            std::streamsize(tvm::ffi::GetDataSize(t)));
+    if (!f) throw Fail(output + ": cannot write the output file");
+  }
+  print(t);
+  return 0;
+}
+
+// One line: the message up to its first newline (TVM errors carry a traceback after it).
+std::string one_line(const std::string& s) { return s.substr(0, s.find('\n')); }
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const Fail& e) {
+    std::fprintf(stderr, "tvmfront_run: error: %s\n", one_line(e.what()).c_str());
+  } catch (const tvm::ffi::Error& e) {
+    std::fprintf(stderr, "tvmfront_run: error: TVM %s: %s\n", e.kind().c_str(),
+                 one_line(e.message()).c_str());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "tvmfront_run: error: %s\n", one_line(e.what()).c_str());
+  }
+  return 1;
+}

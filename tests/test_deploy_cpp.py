@@ -1,0 +1,263 @@
+"""examples/deploy_cpp: an exported inference bundle run by TVM's C++ runtime, no Python.
+
+The runner is built with the system compiler (make, g++) against the TVM wheel's headers and
+libraries, run on a bundle, and its outputs compared with the Python runtime's predict; then
+the same sources cross-compiled for aarch64 run under qemu against an ARM bundle. A missing or
+corrupt bundle file, a corrupt params.safetensors and a wrong input size each end in one line
+on stderr and exit status 1, never a signal.
+"""
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+import tvmfront as tvf
+from tvmfront.testing import qemu as cross
+
+from _skip import skip_loudly
+
+nn = tvf.nn
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SOURCES = os.path.join(ROOT, "examples", "deploy_cpp")
+SAMPLES = 7
+# the site-packages holding the wheel's tvm/ and tvm_ffi/ (headers, host libraries)
+TVM_SITE = os.path.dirname(os.path.dirname(importlib.util.find_spec("tvm_ffi").origin))
+
+
+def _model():
+    tvf.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 10))
+    # running statistics other than (0, 1), so that the buffers the runner feeds matter
+    state = model.state_dict()
+    rng = np.random.default_rng(1)
+    state["5.running_mean"] = rng.standard_normal(16).astype("float32")
+    state["5.running_var"] = rng.uniform(0.5, 2.0, 16).astype("float32")
+    model.load_state_dict(state)
+    return model
+
+
+def _input():
+    return np.random.default_rng(0).standard_normal((SAMPLES, 1, 8, 8)).astype("float32")
+
+
+def _build(request, out_dir, **variables):
+    """make the runner into out_dir; skips (loudly) when make or the compiler is missing."""
+    cxx = variables.get("CXX", "g++")
+    for tool in ("make", cxx):
+        if shutil.which(tool) is None:
+            skip_loudly(request, f"skipping C++ deployment tests: {tool} is not installed "
+                                 f"(Debian: apt-get install build-essential)")
+    cmd = ["make", "-s", "-j2", "-C", SOURCES, f"BUILD={out_dir}", f"TVM_SITE={TVM_SITE}",
+           *[f"{k}={v}" for k, v in variables.items()]]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return os.path.join(out_dir, "tvmfront_run")
+
+
+def _run(runner, bundle, x_file, out_file=None, prefix=()):
+    cmd = [*prefix, runner, str(bundle), str(x_file)]
+    if out_file is not None:
+        cmd += ["--output", str(out_file)]
+    env = dict(os.environ, TVM_NUM_THREADS="1")
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+
+
+def _check_outputs(proc, out_file, expected, rtol, atol):
+    assert proc.returncode == 0, proc.stderr
+    got = np.fromfile(out_file, dtype="float32").reshape(expected.shape)
+    np.testing.assert_allclose(got, expected, rtol=rtol, atol=atol)
+    # stdout: the shape, then per sample "index class: values" with the same class as Python
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"output shape {list(expected.shape)}"
+    classes = [int(line.split(":")[0].split()[1]) for line in lines[1:]]
+    assert classes == list(got.argmax(axis=1))
+    printed = np.array([[float(v) for v in line.split(":")[1].split()] for line in lines[1:]])
+    np.testing.assert_array_equal(printed.astype("float32"), got)  # %.9g round-trips float32
+
+
+@pytest.fixture(scope="module")
+def runner(request, tmp_path_factory):
+    return _build(request, str(tmp_path_factory.mktemp("deploy_cpp_build")))
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    module = tvf.compile_inference(_model(), inputs=("batch", 1, 8, 8))
+    root = tmp_path_factory.mktemp("deploy_cpp")
+    path = module.export(str(root / "bundle"))
+    x = _input()
+    x.tofile(root / "x.bin")
+    return {"path": path, "root": root, "x": x, "x_file": root / "x.bin",
+            "expected": tvf.load(path).predict(x)}
+
+
+def test_cpp_runner_matches_python(runner, bundle, tmp_path):
+    out = tmp_path / "out.bin"
+    proc = _run(runner, bundle["path"], bundle["x_file"], out)
+    _check_outputs(proc, out, bundle["expected"], rtol=1e-6, atol=1e-6)
+    # one sample: the batch axis is sized by the input file
+    bundle["x"][:1].tofile(tmp_path / "x1.bin")
+    proc = _run(runner, bundle["path"], tmp_path / "x1.bin", out)
+    _check_outputs(proc, out, bundle["expected"][:1], rtol=1e-6, atol=1e-6)
+
+
+# ---- bad input: one line on stderr, exit status 1 --------------------------------------------
+def _copy(bundle, tmp_path):
+    path = tmp_path / "copy"
+    shutil.copytree(bundle["path"], path)
+    return path
+
+
+def _rehash(path, name):
+    """Record `name`'s current bytes in the manifest: a file written wrong at export, which
+    its hash cannot catch; only the runner's own checks can."""
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["files"][name] = hashlib.sha256((path / name).read_bytes()).hexdigest()
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _assert_fails(proc, *fragments):
+    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)  # not a signal
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tvmfront_run: error: "), proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert proc.stdout == ""
+
+
+def _params_header(path):
+    data = (path / "params.safetensors").read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    return data, n, json.loads(data[8:8 + n])
+
+
+def _with_header(data, n, header):
+    text = json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text + data[8 + n:]
+
+
+def test_missing_files(runner, bundle, tmp_path):
+    x = bundle["x_file"]
+    _assert_fails(_run(runner, tmp_path / "nowhere", x), "no such bundle directory")
+    _assert_fails(_run(runner, bundle["path"], tmp_path / "nothing.bin"), "nothing.bin",
+                  "cannot open the input file")
+    for name, message in [("params.safetensors", "missing file params.safetensors"),
+                          ("module.so", "missing file module.so"),
+                          ("manifest.json", "missing manifest.json; not a tvmfront bundle")]:
+        path = _copy(bundle, tmp_path / name)
+        os.remove(path / name)
+        _assert_fails(_run(runner, path, x), message)
+
+
+def test_corrupt_files_caught_by_their_hash(runner, bundle, tmp_path):
+    for name in ("params.safetensors", "module.so"):
+        path = _copy(bundle, tmp_path / name)
+        data = (path / name).read_bytes()
+        (path / name).write_bytes(data[:len(data) // 2])
+        _assert_fails(_run(runner, path, bundle["x_file"]),
+                      f"{name} is corrupt or was modified (sha256")
+    path = _copy(bundle, tmp_path / "manifest")
+    (path / "manifest.json").write_text('{"format": "tvmfront-bundle", "format_version"')
+    _assert_fails(_run(runner, path, bundle["x_file"]), "unreadable manifest")
+
+
+def test_corrupt_params_caught_by_the_parser(runner, bundle, tmp_path):
+    """params.safetensors that matches its manifest hash but is not what the manifest
+    describes: each strict check of the parser, never a read out of bounds."""
+    data, n, header = _params_header(_copy(bundle, tmp_path / "read"))
+    name = "4.weight"
+    begin, end = header[name]["data_offsets"]
+    other = dict(header)
+    cases = {
+        "truncated": (data[:len(data) - 10], "lie outside the file's"),
+        "short": (data[:5], "too short for a safetensors file"),
+        "header length": ((10**12).to_bytes(8, "little") + data[8:],
+                          "header length 1000000000000 exceeds"),
+        "bad json": (data[:8] + b"x" + data[9:], "the header is not valid JSON"),
+        "offsets past end": (_with_header(data, n, {**other, name: {
+            **header[name], "data_offsets": [begin, end + 10**9]}}), "lie outside the file's"),
+        "wrong shape": (_with_header(data, n, {**other, name: {
+            **header[name], "shape": [header[name]["shape"][1], header[name]["shape"][0]]}}),
+            f"tensor '{name}' has shape [64, 16] float32, the manifest says [16, 64] float32"),
+        "wrong dtype": (_with_header(data, n, {**other, name: {**header[name], "dtype": "I32"}}),
+                        f"tensor '{name}' has shape [16, 64] int32, the manifest says"),
+        "missing tensor": (_with_header(data[:8 + n + begin] + data[8 + n + end:], n, {
+            k: ({**v, "data_offsets": [o - (end - begin) if o >= end else o
+                                       for o in v["data_offsets"]]} if k != "__metadata__" else v)
+            for k, v in header.items() if k != name}), f"lacks tensor '{name}'"),
+        "overlap": (_with_header(data, n, {**other, "4.bias": {
+            **header["4.bias"], "data_offsets": [begin, begin + 64]}}), "overlapping or gapped"),
+    }
+    for label, (content, message) in cases.items():
+        path = _copy(bundle, tmp_path / label.replace(" ", "_"))
+        (path / "params.safetensors").write_bytes(content)
+        _rehash(path, "params.safetensors")
+        _assert_fails(_run(runner, path, bundle["x_file"]), "params.safetensors", message)
+
+
+def test_corrupt_library_is_a_message(runner, bundle, tmp_path):
+    """A module.so cut short would pass dlopen's checks and die of SIGBUS on its first page
+    past the end of the file: the runner checks the ELF structure first."""
+    with open(os.path.join(bundle["path"], "module.so"), "rb") as f:
+        data = f.read()
+    no_sections = data[:60] + b"\0\0" + data[62:]  # e_shnum = 0: the segments are checked
+    for label, content, message in [
+            ("cut", data[:len(data) // 3], "its section headers lie outside the file"),
+            ("segments", no_sections[:len(data) // 3], "module.so: segment"),
+            ("tiny", data[:40], "too short for a shared library"),
+            ("not elf", b"hello" * 100, "module.so is not an ELF file")]:
+        path = _copy(bundle, tmp_path / label.replace(" ", "_"))
+        (path / "module.so").write_bytes(content)
+        _rehash(path, "module.so")
+        _assert_fails(_run(runner, path, bundle["x_file"]), message)
+
+
+def test_wrong_input_size(runner, bundle, tmp_path):
+    x = tmp_path / "x.bin"
+    sample = 64 * 4
+    for size in (0, sample - 4, 3 * sample + 1):
+        x.write_bytes(b"\0" * size)
+        _assert_fails(_run(runner, bundle["path"], x), f"x.bin is {size} bytes",
+                      "takes a positive multiple of 256 bytes (one sample)")
+
+
+def test_foreign_bundle_is_refused(runner, bundle, tmp_path):
+    path = _copy(bundle, tmp_path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    for key, value, message in [("target_arch", "aarch64", "compiled for aarch64, this runner is "
+                                                           "built for x86_64"),
+                                ("kind", "training", "a training bundle"),
+                                ("format_version", 2, "bundle format version 2"),
+                                ("tvm_version", "0.26.0", "built with TVM 0.26.0")]:
+        (path / "manifest.json").write_text(json.dumps({**manifest, key: value}))
+        _assert_fails(_run(runner, path, bundle["x_file"]), message)
+
+
+# ---- aarch64: cross-compiled, run under qemu ---------------------------------------------
+@pytest.mark.slow
+def test_cpp_runner_on_aarch64_under_qemu(request, bundle, tmp_path):
+    try:
+        env = cross.setup_arm()  # qemu, the cross compiler and the aarch64 wheels; idempotent
+    except cross.ArmUnavailable as err:
+        skip_loudly(request, f"skipping the aarch64 C++ runner: {err}")
+    cxx = env.get("ARM_CXX") or "aarch64-linux-gnu-g++"
+    runner = _build(request, str(tmp_path / "build"), CXX=cxx, TVM_LIB_SITE=env["ARM_SITE"])
+    with open(runner, "rb") as f:
+        assert f.read(20)[18] == 183, "the runner is not an aarch64 executable"  # EM_AARCH64
+    module = tvf.compile_inference(_model(), inputs=("batch", 1, 8, 8), target="arm")
+    path = module.export(str(tmp_path / "arm_bundle"))
+    out = tmp_path / "out.bin"
+    proc = _run(runner, path, bundle["x_file"], out, prefix=(env["QEMU"], "-L", env["ARM_SYSROOT"]))
+    # another CPU's code: the same model, float32 rounding may differ in the last bits
+    _check_outputs(proc, out, bundle["expected"], rtol=1e-4, atol=1e-5)
+    # and the x86 bundle is refused there with a message
+    _assert_fails(_run(runner, bundle["path"], bundle["x_file"],
+                       prefix=(env["QEMU"], "-L", env["ARM_SYSROOT"])),
+                  "compiled for x86_64, this runner is built for aarch64")
