@@ -226,6 +226,18 @@ def test_wrong_input_size(runner, bundle, tmp_path):
         x.write_bytes(b"\0" * size)
         _assert_fails(_run(runner, bundle["path"], x), f"x.bin is {size} bytes",
                       "takes a positive multiple of 256 bytes (one sample)")
+    # a bundle compiled for one batch size takes exactly that batch (this copy's manifest says
+    # 7; the library itself takes any, so the check is the runner's own)
+    path = _copy(bundle, tmp_path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["inputs"]["shape"][0] = SAMPLES
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "out.bin"
+    _check_outputs(_run(runner, path, bundle["x_file"], out), out, bundle["expected"],
+                   rtol=1e-6, atol=1e-6)
+    x.write_bytes(b"\0" * 3 * sample)
+    _assert_fails(_run(runner, path, x), f"input [{SAMPLES}, 1, 8, 8] float32 takes exactly "
+                                         f"{SAMPLES * sample} bytes")
 
 
 def test_foreign_bundle_is_refused(runner, bundle, tmp_path):
