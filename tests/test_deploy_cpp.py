@@ -108,6 +108,22 @@ def test_cpp_runner_matches_python(runner, bundle, tmp_path):
     _check_outputs(proc, out, bundle["expected"][:1], rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
+def test_cpp_runner_runs_a_training_bundle(runner, bundle, tmp_path):
+    """A training bundle (what the digits examples export) holds the same forward: its
+    optimizer state is checked by hash and left alone; batch 4, so 7 samples take two calls."""
+    module = tvf.compile_training(_model(), nn.CrossEntropyLoss(), tvf.optim.SGD(0.1),
+                                  inputs=(4, 1, 8, 8), labels=(4,))
+    module.step(bundle["x"][:4], np.arange(4))  # parameters other than the initial ones
+    path = module.export(str(tmp_path / "train"))
+    out = tmp_path / "out.bin"
+    _check_outputs(_run(runner, path, bundle["x_file"], out), out, module.predict(bundle["x"]),
+                   rtol=1e-6, atol=1e-6)
+    data = (tmp_path / "train" / "optimizer.safetensors").read_bytes()
+    (tmp_path / "train" / "optimizer.safetensors").write_bytes(data[:-1])
+    _assert_fails(_run(runner, path, bundle["x_file"]), "optimizer.safetensors is corrupt")
+
+
 # ---- bad input: one line on stderr, exit status 1 --------------------------------------------
 def _copy(bundle, tmp_path):
     path = tmp_path / "copy"
@@ -226,18 +242,21 @@ def test_wrong_input_size(runner, bundle, tmp_path):
         x.write_bytes(b"\0" * size)
         _assert_fails(_run(runner, bundle["path"], x), f"x.bin is {size} bytes",
                       "takes a positive multiple of 256 bytes (one sample)")
-    # a bundle compiled for one batch size takes exactly that batch (this copy's manifest says
-    # 7; the library itself takes any, so the check is the runner's own)
-    path = _copy(bundle, tmp_path)
+    # a bundle compiled for batch B runs B samples at a time, the last batch zero-padded, as
+    # predict does (this copy's manifest says 4; the library itself takes any batch, so the
+    # batching is the runner's own)
+    path, out = _copy(bundle, tmp_path / "fixed"), tmp_path / "out.bin"
     manifest = json.loads((path / "manifest.json").read_text())
-    manifest["inputs"]["shape"][0] = SAMPLES
+    manifest["inputs"]["shape"][0] = manifest["outputs"]["shape"][0] = 4
     (path / "manifest.json").write_text(json.dumps(manifest))
-    out = tmp_path / "out.bin"
     _check_outputs(_run(runner, path, bundle["x_file"], out), out, bundle["expected"],
-                   rtol=1e-6, atol=1e-6)
+                   rtol=1e-6, atol=1e-6)  # 7 samples: a batch of 4, then 3 and a padded one
+    # an output whose axis 0 is not the batch cannot be joined: exactly one batch
+    manifest["outputs"]["shape"][0] = "batch * 2"
+    (path / "manifest.json").write_text(json.dumps(manifest))
     x.write_bytes(b"\0" * 3 * sample)
-    _assert_fails(_run(runner, path, x), f"input [{SAMPLES}, 1, 8, 8] float32 takes exactly "
-                                         f"{SAMPLES * sample} bytes")
+    _assert_fails(_run(runner, path, x), "input [4, 1, 8, 8] float32 takes exactly 1024 bytes",
+                  "batches cannot be joined")
 
 
 def test_foreign_bundle_is_refused(runner, bundle, tmp_path):
@@ -245,7 +264,9 @@ def test_foreign_bundle_is_refused(runner, bundle, tmp_path):
     manifest = json.loads((path / "manifest.json").read_text())
     for key, value, message in [("target_arch", "aarch64", "compiled for aarch64, this runner is "
                                                            "built for x86_64"),
-                                ("kind", "training", "a training bundle"),
+                                ("kind", "training", "a training bundle lists exactly module.so, "
+                                                     "params.safetensors and optimizer"),
+                                ("kind", "eval", "unknown module kind 'eval'"),
                                 ("format_version", 2, "bundle format version 2"),
                                 ("tvm_version", "0.26.0", "built with TVM 0.26.0")]:
         (path / "manifest.json").write_text(json.dumps({**manifest, key: value}))

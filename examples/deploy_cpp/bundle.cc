@@ -18,6 +18,7 @@ namespace {
 constexpr const char* kManifest = "manifest.json";
 constexpr const char* kLibrary = "module.so";
 constexpr const char* kParams = "params.safetensors";
+constexpr const char* kOptimizer = "optimizer.safetensors";
 constexpr off_t kMaxManifest = 16 << 20;  // as bundle.py: a manifest is a few kB
 
 // Bytes of regular file `name` in the directory open as `dir_fd`. O_NOFOLLOW refuses a
@@ -150,9 +151,9 @@ Bundle read_bundle(const std::string& path) {
     throw Fail(path + ": bundle format version " + std::to_string(version) +
                ", this runner reads version 1");
   std::string kind = as_string(member(m, "kind", where), where + " 'kind'");
-  if (kind != "inference")
-    throw Fail(path + ": a " + kind + " bundle; this runner runs inference bundles (export the "
-               "module compile_inference returns)");
+  // a training bundle holds the same forward (predict) and parameters, plus optimizer state
+  if (kind != "inference" && kind != "training")
+    throw Fail(path + ": unknown module kind '" + kind + "'");
 
   std::string tvm_version = as_string(member(m, "tvm_version", where), where + " 'tvm_version'");
   if (release(tvm_version) != release(TVM_VERSION))
@@ -179,21 +180,24 @@ Bundle read_bundle(const std::string& path) {
     if (b.input.shape[axis] < 0)
       throw Fail(path + ": input dimension '" + b.input.symbols[axis] + "' (axis " +
                  std::to_string(axis) + ") is symbolic; this runner sizes axis 0 only");
-  json::Value outputs = member(m, "outputs", where);
-  json::Object out = as_object(outputs, where + " 'outputs'");
-  b.output.dtype = dtype_by_name(as_string(member(out, "dtype", where), where + " output dtype"));
-  if (!b.output.dtype) throw Fail(where + ": the output dtype is not one this runner handles");
+  // (a dimension may be an expression of symbolic names, "batch * 8": any string is symbolic)
+  b.output = tensor_spec(member(m, "outputs", where), where + " 'outputs'", false);
   b.tensors = tensor_list(m, "parameters", where);
   for (TensorSpec& t : tensor_list(m, "buffers", where)) b.tensors.push_back(t);
 
-  // exactly the two files of an inference bundle, each hashed (as manifest.py checks)
+  // exactly the files of its kind, each hashed (as manifest.py checks); the optimizer state
+  // is checked too (a corrupt bundle is refused as a whole) but not kept
+  bool training = kind == "training";
   json::Object files = as_object(member(m, "files", where), where + " 'files'");
-  if (files.size() != 2 || !has_member(files, kLibrary) || !has_member(files, kParams))
-    throw Fail(path + ": an inference bundle lists exactly module.so and params.safetensors");
+  if (files.size() != (training ? 3u : 2u) || !has_member(files, kLibrary) ||
+      !has_member(files, kParams) || (training && !has_member(files, kOptimizer)))
+    throw Fail(path + ": a " + kind + " bundle lists exactly module.so, params.safetensors" +
+               (training ? " and optimizer.safetensors" : ""));
   b.library = read_file(dir_fd, path, kLibrary, 0);
   verify(path, files, kLibrary, b.library);
   b.params = read_file(dir_fd, path, kParams, 0);
   verify(path, files, kParams, b.params);
+  if (training) verify(path, files, kOptimizer, read_file(dir_fd, path, kOptimizer, 0));
   return b;
 }
 

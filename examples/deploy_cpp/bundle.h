@@ -1,5 +1,6 @@
-// An inference bundle as tvmfront exports it (tvmfront/runtime/bundle.py, manifest.py): a
-// directory with manifest.json, module.so and params.safetensors. Read the way tvmfront's
+// A bundle as tvmfront exports it (tvmfront/runtime/bundle.py, manifest.py): a directory with
+// manifest.json, module.so and params.safetensors (and a training bundle's
+// optimizer.safetensors, checked but not used: its forward is the same). Read the way tvmfront's
 // Python runtime reads it: the manifest checked first, each file read once as a regular file
 // inside the directory and checked against the manifest's SHA-256, and the verified bytes are
 // the bytes used.

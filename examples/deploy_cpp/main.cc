@@ -3,9 +3,9 @@
 //   tvmfront_run BUNDLE_DIR INPUT_FILE [--output OUTPUT_FILE]
 //
 // INPUT_FILE holds the input's raw little-endian values in C order, of the dtype the
-// bundle's manifest gives ("inputs"), e.g. numpy's x.astype("float32").tofile(path): for a
-// bundle compiled for any batch size (inputs=("batch", ...)) any whole number of samples, else
-// exactly one compiled batch. Prints the output's shape, then one line per sample: the index
+// bundle's manifest gives ("inputs"), e.g. numpy's x.astype("float32").tofile(path): any
+// whole number of samples (a bundle compiled for batch B runs B at a time, as predict does).
+// Prints the output's shape, then one line per sample: the index
 // of its largest value (the predicted class) and its values. --output writes the output's raw
 // values too. Any problem (missing or corrupt bundle file, wrong input size, an error inside
 // TVM) is one line on stderr and exit status 1.
@@ -34,33 +34,31 @@ std::string read_input(const std::string& path) {
   return data.str();
 }
 
-double value_at(const DLTensor& t, int64_t i) {
-  const char* p = static_cast<const char*>(t.data) + t.byte_offset;
-  switch (t.dtype.code) {
+double value_at(const deploy::Output& out, int64_t i) {
+  const char* p = out.bytes.data();
+  switch (out.dtype.code) {
     case kDLFloat:
-      if (t.dtype.bits == 32) return reinterpret_cast<const float*>(p)[i];
-      if (t.dtype.bits == 64) return reinterpret_cast<const double*>(p)[i];
+      if (out.dtype.bits == 32) return reinterpret_cast<const float*>(p)[i];
+      if (out.dtype.bits == 64) return reinterpret_cast<const double*>(p)[i];
       break;
     case kDLInt:
-      if (t.dtype.bits == 32) return reinterpret_cast<const int32_t*>(p)[i];
-      if (t.dtype.bits == 64) return static_cast<double>(reinterpret_cast<const int64_t*>(p)[i]);
+      if (out.dtype.bits == 32) return reinterpret_cast<const int32_t*>(p)[i];
+      if (out.dtype.bits == 64) return static_cast<double>(reinterpret_cast<const int64_t*>(p)[i]);
       break;
   }
   throw Fail("cannot print outputs of this dtype; use --output");
 }
 
-void print(const DLTensor& t) {
-  int64_t rows = t.ndim ? t.shape[0] : 1, cols = 1;
-  std::printf("output shape [");
-  for (int d = 0; d < t.ndim; ++d) std::printf(d ? ", %" PRId64 : "%" PRId64, t.shape[d]);
-  std::printf("]\n");
-  for (int d = 1; d < t.ndim; ++d) cols *= t.shape[d];
+void print(const deploy::Output& out) {
+  int64_t rows = out.shape.empty() ? 1 : out.shape[0], cols = 1;
+  for (size_t d = 1; d < out.shape.size(); ++d) cols *= out.shape[d];
+  std::printf("output shape %s\n", deploy::shape_str(out.shape).c_str());
   for (int64_t r = 0; r < rows; ++r) {
     int64_t best = 0;
     for (int64_t c = 1; c < cols; ++c)
-      if (value_at(t, r * cols + c) > value_at(t, r * cols + best)) best = c;
+      if (value_at(out, r * cols + c) > value_at(out, r * cols + best)) best = c;
     std::printf("%" PRId64 " %" PRId64 ":", r, best);
-    for (int64_t c = 0; c < cols; ++c) std::printf(" %.9g", value_at(t, r * cols + c));
+    for (int64_t c = 0; c < cols; ++c) std::printf(" %.9g", value_at(out, r * cols + c));
     std::printf("\n");
   }
 }
@@ -95,27 +93,13 @@ int run(int argc, char** argv) {
   }
   std::string data = read_input(input);  // before the library loads: cheap checks first
   deploy::Model model(bundle);
-  int64_t per = model.sample_bytes();
-  bool any_batch = !bundle.input.shape.empty() && bundle.input.shape[0] < 0;
-  int64_t want = bundle.input.shape.empty() ? per : per * std::max<int64_t>(bundle.input.shape[0], 1);
-  std::string spec = deploy::shape_str(bundle.input.shape) + " " + bundle.input.dtype->name;
-  if (any_batch ? (data.empty() || data.size() % per) : int64_t(data.size()) != want)
-    throw Fail(input + " is " + std::to_string(data.size()) + " bytes; the bundle's input " + spec +
-               (any_batch ? " takes a positive multiple of " + std::to_string(per) + " bytes (one sample)"
-                          : " takes exactly " + std::to_string(want) + " bytes") +
-               " of raw little-endian values");
-  int64_t samples = bundle.input.shape.empty() ? 1 : int64_t(data.size()) / per;
-  tvm::ffi::Tensor out = model.run(data, samples);
-  const DLTensor& t = *out.GetDLTensorPtr();
-  if (t.device.device_type != kDLCPU || !tvm::ffi::IsContiguous(t))
-    throw Fail("the output is not a contiguous CPU tensor");
+  deploy::Output out = model.predict(data, input);
   if (!output.empty()) {
     std::ofstream f(output, std::ios::binary);
-    f.write(static_cast<const char*>(t.data) + t.byte_offset,
-            std::streamsize(tvm::ffi::GetDataSize(t)));
+    f.write(out.bytes.data(), std::streamsize(out.bytes.size()));
     if (!f) throw Fail(output + ": cannot write the output file");
   }
-  print(t);
+  print(out);
   return 0;
 }
 

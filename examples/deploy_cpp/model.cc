@@ -4,6 +4,7 @@
 #include <tvm/ffi/error.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -96,33 +97,69 @@ Model::Model(const Bundle& bundle)
   }
 }
 
-int64_t Model::sample_bytes() const {
-  int64_t n = bundle_.input.dtype->bytes;
-  for (size_t axis = 1; axis < bundle_.input.shape.size(); ++axis)
-    n = checked_mul(n, bundle_.input.shape[axis], "the input shape");
-  return n;
-}
-
-std::vector<int64_t> Model::input_shape(int64_t samples) const {
+ffi::Tensor Model::call(const char* data, size_t size, int64_t samples) const {
   std::vector<int64_t> shape = bundle_.input.shape;
-  if (shape.empty()) return shape;
-  if (shape[0] >= 0 && shape[0] != samples)
-    throw Fail("the input holds " + std::to_string(samples) + " samples; this bundle is compiled "
-               "for batches of exactly " + std::to_string(shape[0]));
-  shape[0] = samples;
-  return shape;
-}
-
-ffi::Tensor Model::run(const std::string& data, int64_t samples) const {
-  std::vector<ffi::Tensor> owned{cpu_tensor(input_shape(samples), *bundle_.input.dtype,
-                                            data.data(), data.size())};
-  std::vector<ffi::AnyView> args{owned[0]};
+  if (!shape.empty()) shape[0] = samples;
+  ffi::Tensor x = cpu_tensor(shape, *bundle_.input.dtype, data, size);
+  std::vector<ffi::AnyView> args{x};
   for (const ffi::Tensor& t : tensors_) args.emplace_back(t);
   ffi::Any result;
   forward_.CallPacked(args.data(), static_cast<int32_t>(args.size()), &result);
   auto out = result.as<ffi::Tensor>();
   if (!out) throw Fail(bundle_.path + ": predict returned a " + result.GetTypeKey() + ", not a tensor");
+  const DLTensor& t = *out->GetDLTensorPtr();
+  if (t.device.device_type != kDLCPU || !ffi::IsContiguous(t))
+    throw Fail(bundle_.path + ": predict returned a tensor that is not contiguous on the CPU");
   return *out;
+}
+
+Output Model::predict(const std::string& data, const std::string& what) const {
+  const TensorSpec& in = bundle_.input;
+  int64_t per = in.dtype->bytes;  // bytes of one sample: the input without axis 0
+  for (size_t axis = 1; axis < in.shape.size(); ++axis) per = checked_mul(per, in.shape[axis], what);
+  std::string spec = shape_str(in.shape) + " " + in.dtype->name;
+  auto wrong_size = [&](const std::string& takes) {
+    return Fail(what + " is " + std::to_string(data.size()) + " bytes; the bundle's input " + spec +
+                " takes " + takes + " of raw little-endian values");
+  };
+  Output out;
+  if (in.shape.empty()) {  // a scalar input: one value, one call
+    if (int64_t(data.size()) != per) throw wrong_size("exactly " + std::to_string(per) + " bytes");
+    ffi::Tensor t = call(data.data(), data.size(), 0);
+    const DLTensor& d = *t.GetDLTensorPtr();
+    out.shape.assign(d.shape, d.shape + d.ndim);
+    out.dtype = d.dtype;
+    out.bytes.assign(static_cast<const char*>(d.data) + d.byte_offset, ffi::GetDataSize(d));
+    return out;
+  }
+  if (data.empty() || data.size() % per)
+    throw wrong_size("a positive multiple of " + std::to_string(per) + " bytes (one sample)");
+  int64_t samples = int64_t(data.size()) / per, batch = in.shape[0];
+  // a fixed batch runs in pieces only when the output's axis 0 is that batch too: other
+  // outputs (logits reshaped to [B*T, V]) cannot be joined
+  const std::vector<int64_t>& out_spec = bundle_.output.shape;
+  bool joinable = batch < 0 || (!out_spec.empty() && out_spec[0] == batch);
+  if (!joinable && samples != batch)
+    throw wrong_size("exactly " + std::to_string(batch * per) + " bytes (the compiled batch of " +
+                     std::to_string(batch) + "; its output's axis 0 is not the batch, so batches "
+                     "cannot be joined)");
+  int64_t step = batch < 0 ? samples : batch;
+  for (int64_t start = 0; start < samples; start += step) {
+    int64_t n = std::min(step, samples - start);
+    std::string chunk = data.substr(size_t(start * per), size_t(n * per));
+    chunk.resize(size_t(step * per), '\0');  // the last batch zero-padded
+    ffi::Tensor t = call(chunk.data(), chunk.size(), step);
+    const DLTensor& d = *t.GetDLTensorPtr();
+    if (start == 0) {
+      out.shape.assign(d.shape, d.shape + d.ndim);
+      out.dtype = d.dtype;
+    }
+    size_t size = ffi::GetDataSize(d);  // the last, padded batch: its first n rows
+    out.bytes.append(static_cast<const char*>(d.data) + d.byte_offset,
+                     n == step ? size : size / size_t(step) * size_t(n));
+  }
+  if (batch >= 0 && joinable && !out.shape.empty()) out.shape[0] = samples;
+  return out;
 }
 
 }  // namespace deploy

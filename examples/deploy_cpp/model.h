@@ -16,17 +16,25 @@
 
 namespace deploy {
 
+// An output as the runner hands it on: shape, dtype and the raw values in C order.
+struct Output {
+  std::vector<int64_t> shape;
+  DLDataType dtype;
+  std::string bytes;
+};
+
 class Model {
  public:
   explicit Model(const Bundle& bundle);
-  // The forward on `data` (raw little-endian values of the input dtype, `samples` of them
-  // along axis 0); returns the output tensor (on the CPU).
-  tvm::ffi::Tensor run(const std::string& data, int64_t samples) const;
-  // Input shape for `samples` samples; Fail when the bundle takes another batch size.
-  std::vector<int64_t> input_shape(int64_t samples) const;
-  int64_t sample_bytes() const;  // bytes of one sample of the input (axis 0 = 1)
+  // The forward on every sample of `data` (raw little-endian values of the input dtype; the
+  // input file `what` in errors), as InferenceModule.predict runs it: a bundle compiled for
+  // any batch size in one call, one compiled for batch B B samples at a time, the last batch
+  // zero-padded (eval mode: padding never changes a sample's prediction).
+  Output predict(const std::string& data, const std::string& what) const;
 
  private:
+  tvm::ffi::Tensor call(const char* data, size_t size, int64_t samples) const;
+
   const Bundle& bundle_;
   tvm::ffi::Module library_;  // module.so, kept loaded while the VM runs its code
   tvm::ffi::Module vm_;
