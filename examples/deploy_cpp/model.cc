@@ -144,6 +144,7 @@ Output Model::predict(const std::string& data, const std::string& what) const {
                      std::to_string(batch) + "; its output's axis 0 is not the batch, so batches "
                      "cannot be joined)");
   int64_t step = batch < 0 ? samples : batch;
+  checked_mul(step, per, what);  // the padded batch's bytes: a manifest can say anything
   for (int64_t start = 0; start < samples; start += step) {
     int64_t n = std::min(step, samples - start);
     std::string chunk = data.substr(size_t(start * per), size_t(n * per));
