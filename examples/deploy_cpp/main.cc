@@ -1,13 +1,12 @@
-// tvmfront_run: run an exported tvmfront inference bundle with TVM's C++ runtime, no Python.
+// tvmfront_run: run an exported tvmfront bundle's forward with TVM's C++ runtime, no Python.
 //
 //   tvmfront_run BUNDLE_DIR INPUT_FILE [--output OUTPUT_FILE]
 //
 // INPUT_FILE holds the input's raw little-endian values in C order, of the dtype the
 // bundle's manifest gives ("inputs"), e.g. numpy's x.astype("float32").tofile(path): any
 // whole number of samples (a bundle compiled for batch B runs B at a time, as predict does).
-// Prints the output's shape, then one line per sample: the index
-// of its largest value (the predicted class) and its values. --output writes the output's raw
-// values too. Any problem (missing or corrupt bundle file, wrong input size, an error inside
+// Prints the output's shape, then one line per sample: its index, the index of its largest
+// value (the predicted class) and its values. --output writes the output's raw values too. Any problem (missing or corrupt bundle file, wrong input size, an error inside
 // TVM) is one line on stderr and exit status 1.
 #include <tvm/ffi/error.h>
 
@@ -15,7 +14,6 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
-#include <iostream>
 #include <sstream>
 
 #include "bundle.h"
