@@ -273,6 +273,25 @@ def test_foreign_bundle_is_refused(runner, bundle, tmp_path):
         _assert_fails(_run(runner, path, bundle["x_file"]), message)
 
 
+def test_code_for_missing_cpu_features_is_refused(request, runner, bundle, tmp_path):
+    """Code for a feature this CPU lacks would die of SIGILL at its first call."""
+    with open("/proc/cpuinfo") as f:
+        flags = set(next(line for line in f if line.startswith("flags")).split())
+    # LLVM's feature name -> /proc/cpuinfo's
+    absent = [llvm for llvm, linux in [("avx512f", "avx512f"), ("avx512vnni", "avx512_vnni"),
+                                       ("avx512bf16", "avx512_bf16"), ("avx512ifma", "avx512ifma")]
+              if linux not in flags]
+    if not absent:
+        skip_loudly(request, "this CPU has every AVX-512 feature the runner's check knows: no "
+                             "feature to refuse")
+    path = _copy(bundle, tmp_path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["cpu_features"] = sorted(manifest["cpu_features"] + [absent[0]])
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    _assert_fails(_run(runner, path, bundle["x_file"]),
+                  f"needs CPU features {absent[0]}, which this CPU lacks")
+
+
 # ---- aarch64: cross-compiled, run under qemu ---------------------------------------------
 @pytest.mark.slow
 def test_cpp_runner_on_aarch64_under_qemu(request, bundle, tmp_path):
