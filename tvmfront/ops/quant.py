@@ -57,7 +57,7 @@ def _channel_reader(x, scale, zero_point, axis):
         axis = int(axis) % ndim
         if len(scale.shape) != 1 or not same(scale.shape[0], x.shape[axis]):
             raise ShapeError(f"fake_quant: per-channel scale along axis {axis} must have shape "
-                             f"({show(x.shape[axis])},), got {tuple(show(scale.shape))}")
+                             f"({show([x.shape[axis]])[0]},), got {tuple(show(scale.shape))}")
         at = lambda i: (i[axis],)  # noqa: E731
     dt = x.dtype
     return (lambda i: scale(*at(i)).astype(dt)), (lambda i: zero_point(*at(i)).astype(dt))
