@@ -67,6 +67,7 @@ def test_rounds_half_to_even():
     np.testing.assert_array_equal(got, np.float32([0, 2, 2, 0, -2, -2, 0]))
 
 
+@pytest.mark.slow
 def test_forward_and_gradient_equal_pytorch(request, tmp_path):
     cases = _cases()
     arrays = {}

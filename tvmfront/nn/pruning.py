@@ -215,6 +215,8 @@ class PolynomialSparsity:
             return self.initial
         t = min(self.begin + (step - self.begin) // self.frequency * self.frequency, self.end)
         frac = (t - self.begin) / (self.end - self.begin)
+        if frac in (0, 1):  # exactly initial and final, not within a rounding of them
+            return self.initial if frac == 0 else self.final
         return self.final + (self.initial - self.final) * (1 - frac) ** self.power
 
     def __repr__(self):

@@ -106,9 +106,6 @@ class _QAT:
 
     def _take(self, layer, names, config):
         Module.__init__(self)
-        if "weight_orig" in layer._parameters:
-            raise ValueError(f"prepare_qat: {type(layer).__name__} is pruned; call prepare_qat "
-                             f"before tvf.nn.pruning.prune (or pruning.remove first)")
         for n in names:
             setattr(self, n, getattr(layer, n))
         self.weight, self.bias = layer.weight, layer.bias
@@ -169,6 +166,9 @@ def prepare_qat(model, activation_range=(0, 255), weight_range=(-128, 127),
     replaced = 0
     for parent in model.modules():
         for name, child in list(parent._modules.items()):
+            if "weight_orig" in child._parameters:
+                raise ValueError(f"prepare_qat: layer '{name}' is pruned; call prepare_qat "
+                                 f"before tvf.nn.pruning.prune (or pruning.remove first)")
             cls = _QAT_CLASS.get(type(child))
             if cls is not None:
                 # in place in the dict: setattr would move it last (Sequential's order)
