@@ -2,6 +2,9 @@
 weights exactly zero through SGD-momentum and AdamW, requested sparsity achieved, masks changed
 without a recompile, the polynomial schedule, export of the folded model."""
 
+import os
+import sys
+
 import numpy as np
 import pytest
 
@@ -153,3 +156,43 @@ def test_prune_after_prepare_qat_masks_the_quantized_weight():
     model.train()
     out = model(x)  # eager: observes, masks, fake-quantizes
     assert out.shape == (4, 10) and np.isfinite(out).all()
+
+
+@pytest.mark.slow
+def test_lenet_keeps_its_accuracy_at_50_80_90_percent_sparsity():
+    """One compiled step serves the float run (masks all ones) and every sparsity: train LeNet
+    8 epochs, then from those weights prune gradually to 50 / 80 / 90 % over 4 epochs
+    (masks between epochs) and fine-tune 2 more. Measured on the digits (seed 0): see the
+    README's pruning section; the bounds leave room for machine-to-machine rounding."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples"))
+    from lenet_digits import make_model
+
+    tvf.manual_seed(0)
+    model = pruning.prune(make_model(), amount=0.0)
+    x_train, y_train, x_test, y_test = tvf.data.load_digits()
+    x_train, x_test = tvf.data.upsample(x_train, 2), tvf.data.upsample(x_test, 2)
+    module = tvf.compile_training(model, nn.CrossEntropyLoss(), tvf.optim.Adam(3e-3),
+                                  inputs=("batch", 1, 16, 16), labels=("batch",))
+    trainer = tvf.Trainer(module, seed=0, progress=False)
+    trainer.fit(x_train, y_train, epochs=8, batch_size=64)
+    trained = module.state_dict()
+    accuracy = {0.0: trainer.evaluate(x_test, y_test)["accuracy"]}
+    steps = -(-len(x_train) // 64)
+    for target in (0.5, 0.8, 0.9):
+        module.load_state_dict(trained)
+        start = module.step_count
+        schedule = pruning.PolynomialSparsity(target, begin_step=start,
+                                              end_step=start + 3 * steps)
+        history = pruning.fit(tvf.Trainer(module, seed=1, progress=False, lr_schedule=lambda e:
+                                          1e-3), x_train, y_train, schedule, epochs=6,
+                              batch_size=64)
+        assert history[-1]["sparsity"] == pytest.approx(target, abs=1e-3)
+        state = module.state_dict()
+        masked = [state[n] for n in state if n.endswith("weight_mask")]
+        assert sum(int(np.sum(m == 0)) for m in masked) == round(target * sum(m.size
+                                                                              for m in masked))
+        accuracy[target] = float(np.mean(module.predict(x_test).argmax(1) == y_test))
+    print("LeNet accuracy by sparsity:", accuracy)
+    assert accuracy[0.0] > 0.94
+    assert accuracy[0.5] > accuracy[0.0] - 0.02 and accuracy[0.8] > accuracy[0.0] - 0.04
+    assert accuracy[0.9] > 0.85, accuracy
