@@ -136,6 +136,12 @@ def test_polynomial_schedule_values():
     assert pruning.PolynomialSparsity(0.8, end_step=100)(50) == pytest.approx(0.7)
 
 
+def _tied():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
+    model[2].weight = model[0].weight
+    return model
+
+
 @pytest.mark.parametrize("call, match", [
     (lambda: pruning.prune(mlp(), amount=1.5), r"fraction in \[0, 1\]"),
     (lambda: pruning.prune(mlp(), amount=0.5, scope="row"), "'global' or 'layer'"),
@@ -143,6 +149,7 @@ def test_polynomial_schedule_values():
     (lambda: pruning.PolynomialSparsity(0.9, begin_step=5, end_step=5), "begin_step < end_step"),
     (lambda: pruning.PolynomialSparsity(0.9, frequency=0), "frequency"),
     (lambda: tvf.nn.quantization.prepare_qat(pruning.prune(mlp())), "prune"),
+    (lambda: pruning.prune(_tied()), "tied weights"),
 ])
 def test_bad_input_is_a_clear_error(call, match):
     with pytest.raises(ValueError, match=match):

@@ -78,6 +78,9 @@ def test_qat_step_matches_pytorch_fake_quantizers(request, tmp_path):
         np.testing.assert_allclose(state[name], theirs["p." + name], rtol=1e-4, atol=1e-6,
                                    err_msg=name)
     np.testing.assert_allclose(module.predict(x_eval), theirs["eval"], rtol=1e-4, atol=1e-4)
+    # the bundle keeps the observed ranges (buffers): the reloaded module predicts the same
+    loaded = tvf.load(module.export(tmp_path / "bundle"))
+    np.testing.assert_array_equal(loaded.predict(x_eval), module.predict(x_eval))
     scales = qat.qat_scales(_loaded(model, state))
     _check_scales(scales, state)
 

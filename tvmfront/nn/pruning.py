@@ -103,6 +103,14 @@ def prune(model, amount=0.5, scope="global", layers=(Linear, Conv2d)):
     if not chosen:
         raise ValueError(f"prune: the model has no layer of type "
                          f"{', '.join(t.__name__ for t in layers)}")
+    owners = {}
+    for m in chosen:
+        w = m._parameters.get(_ORIG if is_pruned(m) else "weight")
+        if id(w) in owners and owners[id(w)] is not m:
+            raise ValueError(f"prune: {type(m).__name__} shares its weight with another "
+                             f"{type(owners[id(w)]).__name__} (tied weights): one Parameter "
+                             "cannot take two masks; prune with layers= excluding one of them")
+        owners[id(w)] = m
     for m in chosen:
         if not is_pruned(m):
             _reparametrize(m)
