@@ -3,7 +3,9 @@ own process. argv: input .npz, mode ("ops" or "qat"), output .npz (no pickle eit
 
 ops: cases ``c<k>.x``, ``.scale``, ``.zp``, ``.dy`` and ``c<k>.attrs`` (JSON: qmin, qmax,
 axis or null); writes ``c<k>.out`` (torch.fake_quantize_per_tensor_affine /
-per_channel_affine) and ``c<k>.grad`` (its gradient for dy).
+per_channel_affine) and ``c<k>.grad`` (its gradient for dy); with ``"learnable": true`` in
+the attrs, torch._fake_quantize_learnable_per_*_affine (grad_factor 1) and also
+``c<k>.grad_scale``, ``c<k>.grad_zp``.
 
 qat: x0..x<n-1>, y0.. (training batches), x_eval, the initial parameters ``p.<name>`` and
 ``opt`` (JSON: lr, momentum). The model is tests/test_qat.py's conv -> relu -> pool ->
@@ -31,6 +33,12 @@ def fake_quant(x, scale, zp, qmin, qmax, axis):
     return torch.fake_quantize_per_channel_affine(x, scale, zp, axis, qmin, qmax)
 
 
+def learnable_fake_quant(x, scale, zp, qmin, qmax, axis):
+    if axis is None:
+        return torch._fake_quantize_learnable_per_tensor_affine(x, scale, zp, qmin, qmax, 1.0)
+    return torch._fake_quantize_learnable_per_channel_affine(x, scale, zp, axis, qmin, qmax, 1.0)
+
+
 def run_ops(data):
     out = {}
     k = 0
@@ -39,10 +47,18 @@ def run_ops(data):
         x = torch.from_numpy(data[f"c{k}.x"]).requires_grad_(True)
         scale = torch.from_numpy(data[f"c{k}.scale"])
         zp = torch.from_numpy(data[f"c{k}.zp"])
-        y = fake_quant(x, scale, zp, attrs["qmin"], attrs["qmax"], attrs["axis"])
+        if attrs.get("learnable"):
+            scale.requires_grad_(True)
+            zp = zp.float().requires_grad_(True)
+            y = learnable_fake_quant(x, scale, zp, attrs["qmin"], attrs["qmax"], attrs["axis"])
+        else:
+            y = fake_quant(x, scale, zp, attrs["qmin"], attrs["qmax"], attrs["axis"])
         y.backward(torch.from_numpy(data[f"c{k}.dy"]))
         out[f"c{k}.out"] = y.detach().numpy()
         out[f"c{k}.grad"] = x.grad.numpy()
+        if attrs.get("learnable"):
+            out[f"c{k}.grad_scale"] = scale.grad.numpy()
+            out[f"c{k}.grad_zp"] = zp.grad.numpy()
         k += 1
     return out
 

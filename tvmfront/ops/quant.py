@@ -91,15 +91,50 @@ def fake_quant(x, scale, zero_point, qmin=-128, qmax=127, axis=None):
 
 @fake_quant.grad
 def _(dy, x, scale, zero_point, qmin=-128, qmax=127, axis=None):
-    # Straight-through estimator: the rounding passes dy unchanged, the clamp stops it.
+    # x: the straight-through estimator (the rounding passes dy unchanged, the clamp stops
+    # it). scale and a float zero_point: PyTorch's learnable fake quantization (LSQ,
+    # torch._fake_quantize_learnable_per_*_affine with grad_factor 1), summed per channel;
+    # only computed where they are trained (a Parameter), never for buffers.
     s, z = _channel_reader(x, scale, zero_point, axis)
     lo, hi = _c(qmin, x.dtype), _c(qmax, x.dtype)
+    zero = _c(0, x.dtype)
 
-    def body(*i):
+    def inside(q):
+        return te.all(q >= lo, q <= hi)
+
+    def dx(*i):
+        return te.if_then_else(inside(_quantized(x, s, z, i)), dy(*i), zero)
+
+    def dscale(i):
+        # in range: (fake_quant(x) - x) / scale; clamped: (qmin or qmax) - zero_point
         q = _quantized(x, s, z, i)
-        return te.if_then_else(te.all(q >= lo, q <= hi), dy(*i), _c(0, dy.dtype))
+        fq = (te.min(te.max(q, lo), hi) - z(i)) * s(i)
+        return dy(*i) * te.if_then_else(q < lo, lo - z(i), te.if_then_else(
+            q > hi, hi - z(i), (fq - x(*i)) * (_c(1, x.dtype) / s(i))))
 
-    return [te.compute(x.shape, body, name="fake_quant_grad"), None, None]
+    def dzero_point(i):
+        return te.if_then_else(inside(_quantized(x, s, z, i)), zero, -dy(*i) * s(i))
+
+    grads = [te.compute(x.shape, dx, name="fake_quant_grad"),
+             _summed(x, scale, dscale, axis, "fake_quant_grad_scale"), None]
+    if str(zero_point.dtype).startswith("float"):
+        grads[2] = _summed(x, zero_point, dzero_point, axis, "fake_quant_grad_zero_point")
+    return grads
+
+
+def _summed(x, like, term, axis, name):
+    """sum of term(i) over x's positions i, into like's shape: all of x (per tensor) or all
+    but `axis` (per channel)."""
+    ndim = len(x.shape)
+    keep = None if axis is None else int(axis) % ndim
+    r = {a: te.reduce_axis((0, x.shape[a]), f"r{a}") for a in range(ndim) if a != keep}
+
+    def body(*j):
+        i = [j[0] if a == keep else r[a] for a in range(ndim)]
+        v = term(i).astype(like.dtype)
+        return te.sum(v, axis=list(r.values())) if r else v
+
+    return te.compute(like.shape, body, name=name)
 
 
 # ---- observers: the scale and zero point from what was seen ---------------------------------
