@@ -173,6 +173,20 @@ def test_a_parameter_scale_is_learned_with_lsq_gradients():
     assert np.any(want_s != 0) and np.any(want_z != 0)
 
 
+@pytest.mark.parametrize("lo, hi, qmin, qmax, scale, zero_point", [
+    (np.inf, -np.inf, 0, 255, 1.0, 0),          # nothing observed yet: PyTorch's (1, 0)
+    (0.5, 1.0, -128, 127, 1.0 / 255, -128),     # the range always includes 0
+    (-1.0, -0.5, 0, 255, 1.0 / 255, 255),
+    (0.0, 0.0, 0, 255, float(np.finfo(np.float32).eps), 0),  # scale at least eps
+    (-0.3, 2.2, 0, 127, 2.5 / 127, 15),         # reduce_range: round(0.3 / (2.5/127)) = 15
+])
+def test_affine_qparams(lo, hi, qmin, qmax, scale, zero_point):
+    lo, hi = np.float32(lo), np.float32(hi)
+    got_s = quant.affine_qparams(lo, hi, qmin=qmin, qmax=qmax, which="scale")
+    got_z = quant.affine_qparams(lo, hi, qmin=qmin, qmax=qmax, which="zero_point")
+    assert got_s == pytest.approx(scale, rel=1e-6) and got_z == zero_point
+
+
 @pytest.mark.parametrize("call, error, match", [
     (lambda: ops.fake_quant(np.ones(3, np.float32), np.float32(1), np.int32(0), qmin=5, qmax=5),
      ValueError, "qmin < qmax"),
