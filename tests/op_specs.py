@@ -726,9 +726,9 @@ def affine_qparams_ref(min_val, max_val, qmin=0, qmax=255, which="scale"):
     lo, hi = np.minimum(min_val, dt(0)), np.maximum(max_val, dt(0))
     scale = np.maximum((hi - lo) / dt(qmax - qmin), dt(np.finfo(np.float32).eps))
     zp = np.clip(dt(qmin) - np.rint(lo / scale), qmin, qmax)
-    if min_val > max_val:
-        scale, zp = dt(1), dt(0)
-    return np.asarray(scale if which == "scale" else zp, min_val.dtype)
+    seen = min_val <= max_val
+    out = np.where(seen, scale, dt(1)) if which == "scale" else np.where(seen, zp, dt(0))
+    return np.asarray(out, min_val.dtype)
 
 
 def symmetric_scale_ref(w, qmin=-128, qmax=127, axis=0):
@@ -765,7 +765,10 @@ spec(ops.quant.affine_qparams, affine_qparams_ref, concat(fixed(-0.3), fixed(2.2
      grad=False, id="affine_qparams-scale")
 spec(ops.quant.affine_qparams, affine_qparams_ref, concat(fixed(-0.3), fixed(2.2)),
      attrs={"which": "zero_point"}, grad=False, id="affine_qparams-zero_point")
-# (0-d rows cannot take a symbolic batch; test_fake_quant.py checks more ranges directly)
+spec(ops.quant.affine_qparams, affine_qparams_ref,
+     concat(fixed([-0.3, 0.5, np.inf, -1.0]), fixed([2.2, 1.0, -np.inf, -0.5])),
+     attrs={"which": "zero_point", "qmin": -128, "qmax": 127}, grad=False,
+     id="affine_qparams-per-channel-int8")
 spec(ops.quant.symmetric_scale, symmetric_scale_ref, concat(randn(3, 2, 2, 2)), grad=False,
      id="symmetric_scale-conv-weight")
 spec(ops.quant.symmetric_scale, symmetric_scale_ref, concat(randn(4, 5)), attrs={"axis": 1},

@@ -171,28 +171,31 @@ def observe(x, min_val, max_val, averaging_constant=0.01, which="min"):
 
 @op
 def affine_qparams(min_val, max_val, qmin=0, qmax=255, which="scale"):
-    """PyTorch's per-tensor affine calculate_qparams: scale = (max(max_val, 0) - min(min_val,
-    0)) / (qmax - qmin), at least float32's eps; zero_point = qmin - round(min(min_val, 0) /
-    scale), clamped to [qmin, qmax] (a float holding an integer). Before anything was seen
-    (min_val > max_val) scale 1 and zero_point 0, as PyTorch. which: "scale" or
-    "zero_point"."""
+    """PyTorch's affine calculate_qparams, elementwise (0-d per tensor, [C] per channel):
+    scale = (max(max_val, 0) - min(min_val, 0)) / (qmax - qmin), at least float32's eps;
+    zero_point = qmin - round(min(min_val, 0) / scale), clamped to [qmin, qmax] (a float
+    holding an integer). Where nothing was seen (min_val > max_val) scale 1 and zero_point 0,
+    as PyTorch. which: "scale" or "zero_point"."""
     _check_range("affine_qparams", qmin, qmax)
     if which not in ("scale", "zero_point"):
         raise ValueError(f"affine_qparams: which must be 'scale' or 'zero_point', got {which!r}")
+    if tuple(show(min_val.shape)) != tuple(show(max_val.shape)):
+        raise ShapeError(f"affine_qparams: min_val {tuple(show(min_val.shape))} and max_val "
+                         f"{tuple(show(max_val.shape))} differ")
     dt = min_val.dtype
     zero = _c(0, dt)
 
-    def body():
-        lo, hi = te.min(min_val(), zero), te.max(max_val(), zero)
+    def body(*i):
+        lo, hi = te.min(min_val(*i), zero), te.max(max_val(*i), zero)
         scale = te.max((hi - lo) / _c(float(qmax - qmin), dt), _c(SCALE_EPS, dt))
         if which == "scale":
             value, unseen = scale, _c(1, dt)
         else:
             zp = _c(qmin, dt) - tirx.nearbyint(lo / scale)
             value, unseen = te.min(te.max(zp, _c(qmin, dt)), _c(qmax, dt)), zero
-        return te.if_then_else(min_val() <= max_val(), value, unseen)
+        return te.if_then_else(min_val(*i) <= max_val(*i), value, unseen)
 
-    return te.compute((), body, name=f"affine_{which}")
+    return te.compute(min_val.shape, body, name=f"affine_{which}")
 
 
 @op
