@@ -75,19 +75,15 @@ def test_qat_step_matches_pytorch_fake_quantizers(request, tmp_path):
             np.testing.assert_allclose(state[f"{name}.{b}"], theirs[f"b.{name}.{b}"], rtol=1e-5,
                                        err_msg=f"{name}.{b}")
     for name in init:
-        np.testing.assert_allclose(state[name], theirs["p." + name], rtol=1e-4, atol=1e-6,
+        # (a gradient leaking into the weights through their scales, which PyTorch's observers
+        # detach, once moved them by 1e-2 here)
+        np.testing.assert_allclose(state[name], theirs["p." + name], rtol=1e-5, atol=1e-7,
                                    err_msg=name)
     np.testing.assert_allclose(module.predict(x_eval), theirs["eval"], rtol=1e-4, atol=1e-4)
     # the bundle keeps the observed ranges (buffers): the reloaded module predicts the same
     loaded = tvf.load(module.export(tmp_path / "bundle"))
     np.testing.assert_array_equal(loaded.predict(x_eval), module.predict(x_eval))
-    scales = qat.qat_scales(_loaded(model, state))
-    _check_scales(scales, state)
-
-
-def _loaded(model, state):
-    model.load_state_dict(state)
-    return model
+    _check_scales(qat.qat_scales(model, state), state)
 
 
 def _check_scales(scales, state):

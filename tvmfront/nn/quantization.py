@@ -27,8 +27,8 @@ the input scale and zero point (see its docstring).
     >>> model = tvf.nn.quantization.prepare_qat(make_model())
     >>> module = tvf.compile_training(model, nn.CrossEntropyLoss(), tvf.optim.Adam(1e-3), ...)
     >>> tvf.Trainer(module).fit(x, y, epochs=5)
-    >>> model.load_state_dict(module.state_dict())
-    >>> scales = tvf.nn.quantization.qat_scales(model)   # {"0": {"weight_scale": ..., ...}}
+    >>> scales = tvf.nn.quantization.qat_scales(model, module.state_dict())
+    >>> scales["0"]["weight_scale"], scales["0"]["input_scale"]
 """
 
 import copy
@@ -37,13 +37,16 @@ import numpy as np
 
 from .. import ops
 from ..ops import quant
-from ..tensor import Tensor
+from ..tensor import Tensor, resolve
 from .layers import Conv2d, Linear
 from .module import Module, Parameter
 
 
 def _detached(x):
-    # observers and scales feed buffers only: no gradient flows through them
+    """x with no gradient path (observers and scales must not pass gradient back, as
+    PyTorch's observers see x.detach()). A Parameter is resolved first: inside a trace it
+    stands for a Tensor that requires a gradient."""
+    x = resolve(x)
     return Tensor(x.expr) if isinstance(x, Tensor) else x
 
 
@@ -200,7 +203,7 @@ def _value(weight):
     return weight.data if isinstance(weight, Parameter) else np.asarray(weight)
 
 
-def qat_scales(model):
+def qat_scales(model, state=None):
     """{layer name: scales} of a prepared (and trained) model, what an int8 converter needs:
 
     - ``weight_scale`` float32 [out]: per output channel, symmetric (zero point 0), of the
@@ -209,8 +212,11 @@ def qat_scales(model):
       the layer input's per-tensor affine quantization, from the observed range;
     - ``kind``: "linear" or "conv2d".
 
-    Load the trained values first (``model.load_state_dict(module.state_dict())``). A layer
-    whose input was never observed (no training step yet) is a ValueError naming it."""
+    state: the trained values (``module.state_dict()`` of the compiled step), loaded into the
+    model first; None: the model's own. A layer whose input was never observed (no training
+    step yet) is a ValueError naming it."""
+    if state is not None:
+        model.load_state_dict(state)
     layers = qat_layers(model)
     if not layers:
         raise ValueError("qat_scales: the model has no QAT layer (call prepare_qat first)")
