@@ -697,3 +697,79 @@ spec(ops.dropout, _philox.dropout, _rng_inputs((), counter=1), attrs={"p": 0.9},
      id="dropout-scalar")
 spec(ops.dropout, _philox.dropout, _rng_inputs((3, 4)), attrs={"p": 0.0}, id="dropout-p0")
 spec(ops.dropout, _philox.dropout, _rng_inputs((3, 4)), attrs={"p": 1.0}, id="dropout-p1")
+
+
+# ---- fake quantization and its observers (issue 14), against numpy in the input's dtype ------
+# The STE gradient of fake_quant is a step function's: no finite differences (grad=False);
+# tests/test_fake_quant.py checks it against its definition and PyTorch.
+def fake_quant_ref(x, scale, zero_point, qmin=-128, qmax=127, axis=None):
+    dt = x.dtype.type
+    view = [1] * x.ndim
+    if axis is not None:
+        view[axis] = -1
+    s = np.asarray(scale).astype(dt).reshape(view if axis is not None else ())
+    z = np.asarray(zero_point).astype(dt).reshape(view if axis is not None else ())
+    q = np.rint(x * (dt(1) / s)) + z  # np.rint rounds half to even, as nearbyint
+    return ((np.clip(q, qmin, qmax) - z) * s).astype(x.dtype)
+
+
+def observe_ref(x, min_val, max_val, averaging_constant=0.01, which="min"):
+    seen = (x.min() if which == "min" else x.max()).astype(min_val.dtype)
+    old = min_val if which == "min" else max_val
+    if min_val == np.inf and max_val == -np.inf:
+        return np.asarray(seen)
+    return np.asarray(old + min_val.dtype.type(averaging_constant) * (seen - old))
+
+
+def affine_qparams_ref(min_val, max_val, qmin=0, qmax=255, which="scale"):
+    dt = min_val.dtype.type
+    lo, hi = np.minimum(min_val, dt(0)), np.maximum(max_val, dt(0))
+    scale = np.maximum((hi - lo) / dt(qmax - qmin), dt(np.finfo(np.float32).eps))
+    zp = np.clip(dt(qmin) - np.rint(lo / scale), qmin, qmax)
+    seen = min_val <= max_val
+    out = np.where(seen, scale, dt(1)) if which == "scale" else np.where(seen, zp, dt(0))
+    return np.asarray(out, min_val.dtype)
+
+
+def symmetric_scale_ref(w, qmin=-128, qmax=127, axis=0):
+    dt = w.dtype.type
+    amax = np.abs(np.moveaxis(w, axis, 0)).reshape(w.shape[axis], -1).max(1)
+    return np.maximum(amax / dt((qmax - qmin) / 2), dt(np.finfo(np.float32).eps)).astype(w.dtype)
+
+
+def _on_grid(*shape, step=0.25, lo=-12, hi=12):
+    """Exact ties: (k + 1/2) * step for integers k, half of them, the rest normal draws."""
+    def make(rng):
+        ties = (rng.integers(lo, hi, size=shape) + 0.5) * step
+        return np.where(rng.random(shape) < 0.5, ties, rng.standard_normal(shape) * 2)
+    return make
+
+
+spec(ops.fake_quant, fake_quant_ref, concat(_on_grid(4, 6), fixed(0.25), fixed(np.int32(1))),
+     attrs={"qmin": -8, "qmax": 7}, grad=False, id="fake_quant-tensor-ties-clamped")
+spec(ops.fake_quant, fake_quant_ref, concat(randn(3, 5), fixed([0.02]), fixed([128.0])),
+     attrs={"qmin": 0, "qmax": 255}, grad=False, id="fake_quant-tensor-uint8-float-zp")
+spec(ops.fake_quant, fake_quant_ref, concat(randn(4, 3), positive(4, lo=0.005, hi=0.05),
+                                            fixed(np.zeros(4, np.int32))),
+     attrs={"axis": 0}, grad=False, id="fake_quant-channel-axis0-int8")
+spec(ops.fake_quant, fake_quant_ref, concat(_on_grid(2, 3, 2, 2, step=0.5), fixed([0.5, 0.25, 1.0]),
+                                            fixed(np.array([0, -3, 4], np.int32))),
+     attrs={"axis": 1, "qmin": -4, "qmax": 3}, grad=False, id="fake_quant-channel-axis1-nchw")
+spec(ops.fake_quant, fake_quant_ref, concat(randn(2, 5), fixed([0.1] * 5), fixed([2] * 5)),
+     attrs={"axis": -1, "qmin": -8, "qmax": 7}, grad=False, id="fake_quant-channel-axis-1")
+spec(ops.quant.observe, observe_ref, concat(randn(4, 3), fixed(np.inf), fixed(-np.inf)),
+     grad=False, id="observe-first-min")
+spec(ops.quant.observe, observe_ref, concat(randn(4, 3), fixed(-0.5), fixed(0.7)),
+     attrs={"which": "max", "averaging_constant": 0.1}, grad=False, id="observe-average-max")
+spec(ops.quant.affine_qparams, affine_qparams_ref, concat(fixed(-0.3), fixed(2.2)),
+     grad=False, id="affine_qparams-scale")
+spec(ops.quant.affine_qparams, affine_qparams_ref, concat(fixed(-0.3), fixed(2.2)),
+     attrs={"which": "zero_point"}, grad=False, id="affine_qparams-zero_point")
+spec(ops.quant.affine_qparams, affine_qparams_ref,
+     concat(fixed([-0.3, 0.5, np.inf, -1.0]), fixed([2.2, 1.0, -np.inf, -0.5])),
+     attrs={"which": "zero_point", "qmin": -128, "qmax": 127}, grad=False,
+     id="affine_qparams-per-channel-int8")
+spec(ops.quant.symmetric_scale, symmetric_scale_ref, concat(randn(3, 2, 2, 2)), grad=False,
+     id="symmetric_scale-conv-weight")
+spec(ops.quant.symmetric_scale, symmetric_scale_ref, concat(randn(4, 5)), attrs={"axis": 1},
+     grad=False, id="symmetric_scale-axis1")

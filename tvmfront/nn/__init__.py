@@ -1,6 +1,6 @@
 """Layers, losses and the Module tree."""
 
-from . import init
+from . import init, pruning, quantization
 from .attention import MultiheadAttention
 from .causal_lm import CausalLM
 from .containers import ModuleDict, ModuleList
@@ -17,4 +17,4 @@ __all__ = ["GELU", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "CausalLM", "Conv2
            "Dropout", "Embedding", "Flatten", "GroupNorm", "LayerNorm", "Linear", "MSELoss",
            "MaxPool2d", "Module", "ModuleDict", "ModuleList", "MultiheadAttention", "Parameter",
            "ReLU", "SelfAttention", "Sequential", "SiLU", "Sigmoid", "Tanh",
-           "TransformerEncoderLayer", "init"]
+           "TransformerEncoderLayer", "init", "pruning", "quantization"]

@@ -16,6 +16,7 @@ from .mask import causal_fill, causal_mask, padding_mask, where
 from .norm import batch_norm, group_norm, layer_norm
 from .operators import install_operators
 from .pool import avg_pool2d, max_pool2d
+from .quant import fake_quant
 from .random import random_bits, uniform
 from .reduce import max, mean, sum  # noqa: A004  (tvf.ops.sum etc., as numpy's)
 from .shape import flatten, reshape, slice_first
@@ -26,7 +27,8 @@ install_operators()
 __all__ = [
     "add", "add_scalar", "avg_pool2d", "batch_matmul", "batch_norm", "bias_add", "cache_mask",
     "cache_pad", "cache_write", "causal_fill", "causal_mask",
-    "clip", "concat", "conv2d", "cross_entropy", "dense", "div", "embedding", "exp", "flatten",
+    "clip", "concat", "conv2d", "cross_entropy", "dense", "div", "embedding", "exp", "fake_quant",
+    "flatten",
     "gelu", "group_norm", "layer_norm", "log", "log_softmax", "matmul", "max", "max_pool2d",
     "mean", "mse_loss", "mul", "mul_scalar", "neg", "one_hot", "padding_mask", "positions",
     "pow_scalar",
