@@ -36,7 +36,8 @@ LONGEST_FIRST = ["test_ops.py", "test_rpc.py", "test_symbolic_models.py", "test_
                  "test_training.py", "test_symbolic_ops.py", "test_parity_adamw.py",
                  "test_parity_char_lm.py", "test_parity_resnet.py", "test_attention_torch.py",
                  "test_examples.py", "test_attention.py", "test_cache.py", "test_tune_symbolic.py",
-                 "test_schedule.py", "test_random.py"]
+                 "test_schedule.py", "test_random.py", "test_qat.py", "test_pruning.py",
+                 "test_deploy_cpp.py", "test_fake_quant.py"]
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -1,8 +1,11 @@
 """Bad input gets a clear error naming the problem, never a crash."""
 
+import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -116,6 +119,33 @@ def test_bundle_truncated_file(bundle, name):
     open(path, "wb").write(data[: len(data) // 2])
     with pytest.raises(tvf.BundleError, match=f"{name} is corrupt or was modified"):
         tvf.load(bundle)
+
+
+def _rehashed(bundle, name, content):
+    """Write `content` as the bundle's `name` and record its hash in the manifest, as someone
+    who rewrote both would: only the reader's own checks of the content remain."""
+    path = os.path.join(bundle, name)
+    open(path, "wb").write(content)
+    mpath = os.path.join(bundle, "manifest.json")
+    manifest = json.load(open(mpath))
+    manifest["files"][name] = hashlib.sha256(content).hexdigest()
+    json.dump(manifest, open(mpath, "w"))
+
+
+@pytest.mark.parametrize("cut,message", [
+    (3, "module.so: its section headers lie outside the file"),
+    (None, "module.so is not an ELF file")])
+def test_bundle_truncated_library_with_its_hash_rewritten(bundle, cut, message):
+    """dlopen maps a truncated library and the process dies of SIGBUS on its first page past
+    the end: the loader checks the ELF structure of the bytes first (in a subprocess, so a
+    regression shows as a signal, not a dead test runner)."""
+    data = open(os.path.join(bundle, "module.so"), "rb").read()
+    _rehashed(bundle, "module.so", data[:len(data) // cut] if cut else b"hello" * 100)
+    code = f"import tvmfront as tvf; tvf.load({bundle!r})"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 1, (run.returncode, run.stderr[-2000:])
+    assert "BundleError" in run.stderr and message in run.stderr, run.stderr[-2000:]
 
 
 def test_bundle_tampered_parameters(bundle):

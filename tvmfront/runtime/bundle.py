@@ -31,6 +31,7 @@ from .._files import remove_stale_temporaries, temp_prefix
 from .._tvm import load_module
 from ..errors import BundleError
 from . import signing
+from .elf import check_shared_object
 from .manifest import FORMAT, FORMAT_VERSION, MANIFEST, SIGNATURE, validate
 
 MAX_MANIFEST_BYTES = 16 << 20  # a manifest is a few kB; anything near this is not one
@@ -232,6 +233,7 @@ def load_library(bundle, name):
     """The bundle's native library `name`, loaded from its verified bytes: they are written to
     a file only this user can reach (a fresh private temporary directory) and loaded from
     there, so nothing that changes the bundle after its hash was checked gets loaded."""
+    check_shared_object(bundle.files[name], f"{bundle.path}: {name}")
     private = tempfile.mkdtemp(prefix="tvmfront-lib-")  # mode 0700
     try:
         fd, lib_path = tempfile.mkstemp(suffix=".so", dir=private)
