@@ -36,7 +36,7 @@ def blobs(n=96, seed=0):
 def lenet(seed):
     tvf.manual_seed(seed)
     return tvf.compile_training(lenet_digits.make_model(), tvf.nn.CrossEntropyLoss(),
-                                tvf.optim.Adam(3e-3), inputs=("batch", 1, 16, 16),
+                                lenet_digits.make_optimizer(), inputs=("batch", 1, 16, 16),
                                 labels=("batch",), accumulate=True)
 
 

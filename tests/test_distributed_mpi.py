@@ -7,6 +7,7 @@ Each launch runs TVM with one thread per rank (2 ranks on CI's 2 cores); the ran
 modules from the compile cache the reference compile here filled."""
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -132,3 +133,22 @@ def test_a_hung_rank_times_out_and_ends_the_job(mpiexec, tmp_path):
     assert "DistributedError" in output and "waited" in output, output
     assert "aborting the job" in output, output
     assert seconds < 60, seconds
+
+
+def test_lenet_example_trains_on_two_ranks(mpiexec, tmp_path):
+    worker.lenet(0)  # the example's module: the ranks load it from the compile cache
+    env = dict(os.environ, PYTHONPATH=ROOT, TVM_NUM_THREADS="1")
+    proc = subprocess.run([mpiexec, "-n", "2", sys.executable,
+                           os.path.join(ROOT, "examples", "lenet_digits.py"), "--distributed",
+                           "--epochs", "3", "--out", str(tmp_path / "bundle")],
+                          env=env, capture_output=True, text=True, timeout=180)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    # rank 0 alone prints, reports progress and exports
+    assert proc.stdout.count("compiled train step") == 1, output
+    assert "2 ranks of 32 samples per step" in proc.stdout
+    assert len(re.findall(r"epoch \d/3 loss=", output)) == 3, output
+    assert sorted(os.listdir(tmp_path / "bundle")) == [
+        "manifest.json", "module.so", "optimizer.safetensors", "params.safetensors"]
+    accuracy = float(re.search(r"test_accuracy=([0-9.]+)", proc.stdout).group(1))
+    assert accuracy >= 0.7, output
