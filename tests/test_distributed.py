@@ -173,3 +173,14 @@ def test_one_rank_of_a_distributed_trainer_trains_as_without(no_launcher, data, 
     assert tvf.distributed.state_hash(plain.module) == tvf.distributed.state_hash(solo.module)
     assert solo.save_checkpoint(tmp_path / "c.safetensors") is not None
     assert solo.export(tmp_path / "bundle") is not None
+
+
+def test_launch_builds_the_mpiexec_command_beside_this_python(tmp_path):
+    from tvmfront.distributed import launch
+
+    argv = launch.command(4, "train.py", ["--epochs", "2"], hosts="hosts.txt")
+    assert argv[1:] == ["-f", "hosts.txt", "-n", "4", sys.executable, "train.py", "--epochs",
+                        "2"]
+    assert argv[0].endswith("mpiexec")
+    with pytest.raises(ValueError, match="at least 1"):
+        launch.command(0, "train.py")

@@ -152,3 +152,16 @@ def test_lenet_example_trains_on_two_ranks(mpiexec, tmp_path):
         "manifest.json", "module.so", "optimizer.safetensors", "params.safetensors"]
     accuracy = float(re.search(r"test_accuracy=([0-9.]+)", proc.stdout).group(1))
     assert accuracy >= 0.7, output
+
+
+def test_tvmfront_launch_runs_a_script_on_n_ranks(mpiexec, tmp_path):
+    script = tmp_path / "ranks.py"
+    script.write_text("import sys, tvmfront as tvf\n"
+                      "w = tvf.distributed.init()\n"
+                      "print(f'rank {w.rank} of {w.size}', sys.argv[1:], flush=True)\n")
+    proc = subprocess.run([sys.executable, "-m", "tvmfront.cli", "launch", "-n", "2",
+                           str(script), "--flag", "x"], env=dict(os.environ, PYTHONPATH=ROOT),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("rank"))
+    assert lines == ["rank 0 of 2 ['--flag', 'x']", "rank 1 of 2 ['--flag', 'x']"]
