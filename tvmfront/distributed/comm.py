@@ -18,8 +18,8 @@ import numpy as np
 from ..errors import TvmfrontError
 
 DEFAULT_TIMEOUT = 600.0  # seconds: torch.distributed's default for NCCL too
-_SPIN_S = 2e-4   # poll without sleeping this long: in a balanced step the peer is that close
-_NAP_MAX_S = 1e-3  # the longest sleep between polls: the latency a late peer can add
+_SPIN_S = 1e-3   # poll without sleeping this long: in a balanced step the peer is that close
+_NAP_MAX_S = 5e-4  # the longest sleep between polls: the latency a late peer can add
 
 
 class DistributedError(TvmfrontError, RuntimeError):
