@@ -124,6 +124,7 @@ def data():
     return rng.normal(size=(40, 4)).astype("float32"), rng.integers(0, 3, 40)
 
 
+@pytest.mark.slow  # compiles a small model
 def test_compute_then_apply_gradients_is_one_step(data):
     x, y = data
     fused, split = _mlp(), _mlp()
@@ -139,6 +140,7 @@ def test_compute_then_apply_gradients_is_one_step(data):
     np.testing.assert_array_equal(split.buffer_arrays()[0], fused.buffer_arrays()[0])
 
 
+@pytest.mark.slow  # compiles a small model
 def test_hooks_reject_bad_input(data):
     module = _mlp()
     _, grads = module.compute_gradients(*data)
@@ -154,6 +156,7 @@ def test_hooks_reject_bad_input(data):
         module.apply_gradients(grads)
 
 
+@pytest.mark.slow  # compiles a small model
 def test_data_parallel_needs_the_split_update(data):
     with pytest.raises(RuntimeError, match="accumulate=True"):
         _mlp(accumulate=False).apply_gradients([])
@@ -161,6 +164,7 @@ def test_data_parallel_needs_the_split_update(data):
         tvf.distributed.DataParallel(_mlp(accumulate=False), Solo())
 
 
+@pytest.mark.slow  # compiles a small model
 def test_one_rank_of_a_distributed_trainer_trains_as_without(no_launcher, data, tmp_path):
     x, y = data
     plain = tvf.Trainer(_mlp(), seed=3, progress=False)

@@ -19,6 +19,8 @@ from ..errors import TvmfrontError
 
 DEFAULT_TIMEOUT = 600.0  # seconds: torch.distributed's default for NCCL too
 _SPIN_S = 1e-3   # poll without sleeping this long: in a balanced step the peer is that close
+_SPIN_BYTES_PER_S = 1e9  # ...and as long as moving the buffer may take: MPICH moves a large
+                         # one in rounds, each driven by a poll, so a sleeping rank stalls it
 _NAP_MAX_S = 5e-4  # the longest sleep between polls: the latency a late peer can add
 
 
@@ -70,15 +72,16 @@ class Communicator:
         self.timeout = timeout_from_env() if timeout is None else float(timeout)
         self.waited = 0.0  # seconds spent in collectives (the allreduce's share of a step)
 
-    def _wait(self, request, what):
-        """Poll `request` until done: spin briefly, then sleep between polls (progress in
-        MPICH happens inside MPI calls, so the sleep caps at _NAP_MAX_S); DistributedError
-        after `timeout` seconds."""
+    def _wait(self, request, what, nbytes=0):
+        """Poll `request` until done: spin while the transfer of `nbytes` may be under way,
+        then sleep between polls (progress in MPICH happens inside MPI calls, so the sleep
+        caps at _NAP_MAX_S); DistributedError after `timeout` seconds."""
         start = time.perf_counter()
+        spin = _SPIN_S + nbytes / _SPIN_BYTES_PER_S
         nap = 1e-5
         while not request.Test():
             now = time.perf_counter()
-            if now - start < _SPIN_S:
+            if now - start < spin:
                 continue
             if now - start > self.timeout:
                 raise DistributedError(
@@ -91,11 +94,12 @@ class Communicator:
 
     def allreduce_sum(self, buffer, what):
         """Sum the contiguous numpy `buffer` over all ranks, in place on every rank."""
-        self._wait(self.comm.Iallreduce(self._mpi.IN_PLACE, buffer, op=self._mpi.SUM), what)
+        self._wait(self.comm.Iallreduce(self._mpi.IN_PLACE, buffer, op=self._mpi.SUM), what,
+                   buffer.nbytes)
 
     def broadcast(self, buffer, what):
         """Rank 0's `buffer` into every rank's, in place."""
-        self._wait(self.comm.Ibcast(buffer, root=0), what)
+        self._wait(self.comm.Ibcast(buffer, root=0), what, buffer.nbytes)
 
     def broadcast_json(self, value, what):
         """Rank 0's JSON-able `value`, returned on every rank (JSON, never pickle)."""
