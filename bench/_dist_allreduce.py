@@ -1,7 +1,9 @@
 """Allreduce (sum, float32, in place) between 2 processes on this machine, per buffer size:
 MPI (mpi4py + MPICH, tvmfront's .venv; blocking Allreduce and tvmfront's polled Iallreduce)
 or torch.distributed's gloo backend (.venv-bench, which has torch). Prints one JSON line:
-{"backend": ..., "seconds": {size: {variant: median seconds}}}.
+{"backend": ..., "seconds": {size: {variant: {"median": s, "min": s}}}}: the median is what
+a step sees on this machine as it is; the minimum, what the transfer costs when both ranks
+hold a core (on a shared, loaded machine the median mostly measures the scheduler).
 
     mpiexec -n 2 .venv/bin/python bench/_dist_allreduce.py mpi 1000,1000000
     .venv-bench/bin/python bench/_dist_allreduce.py gloo 1000,1000000
@@ -18,7 +20,7 @@ import numpy as np
 REPEATS_BYTES = 2e9  # repeats: about this many bytes per size and variant (at least 20)
 
 
-def _median(fn, size, sync):
+def _timed(fn, size, sync):
     repeats = int(min(1000, max(20, REPEATS_BYTES / (4 * size))))
     for _ in range(5):
         fn()
@@ -28,7 +30,7 @@ def _median(fn, size, sync):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return {"median": statistics.median(times), "min": min(times)}
 
 
 def mpi(sizes):
@@ -43,9 +45,9 @@ def mpi(sizes):
     for n in sizes:
         buf = np.ones(n, np.float32)
         out[n] = {
-            "MPI blocking": _median(lambda: world.comm.Allreduce(MPI.IN_PLACE, buf), n,
+            "MPI blocking": _timed(lambda: world.comm.Allreduce(MPI.IN_PLACE, buf), n,
                                     world.comm.Barrier),
-            "MPI polled (tvmfront)": _median(lambda: world.allreduce_sum(buf, "bench"), n,
+            "MPI polled (tvmfront)": _timed(lambda: world.allreduce_sum(buf, "bench"), n,
                                              world.comm.Barrier)}
     return world.rank, out
 
@@ -60,7 +62,7 @@ def _gloo_rank(rank, sizes, port, queue):
     out = {}
     for n in sizes:
         t = torch.ones(n, dtype=torch.float32)
-        out[n] = {"gloo": _median(lambda: dist.all_reduce(t), n, dist.barrier)}
+        out[n] = {"gloo": _timed(lambda: dist.all_reduce(t), n, dist.barrier)}
     dist.destroy_process_group()
     if rank == 0:
         queue.put(out)

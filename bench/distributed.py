@@ -87,11 +87,13 @@ def report(results):
                          f"step; on 1 process the split step (what a rank runs) takes "
                          f"{split:.2f} ms")
     variants = sorted({v for s in results["allreduce"].values() for v in s})
-    lines += ["", "allreduce, 2 processes on this machine, float32 sum in place (median us)",
-              f"{'elements':>10} " + " ".join(f"{v:>22}" for v in variants)]
+    lines += ["", "allreduce, 2 processes on this machine, float32 sum in place: us, "
+                  "minimum / median",
+              f"{'elements':>10} " + " ".join(f"{v:>24}" for v in variants)]
     for size, seconds in results["allreduce"].items():
-        cells = [f"{1e6 * seconds[v]:.1f}" if v in seconds else "n/a" for v in variants]
-        lines.append(f"{int(size):>10} " + " ".join(f"{c:>22}" for c in cells))
+        cells = [f"{1e6 * seconds[v]['min']:.1f} / {1e6 * seconds[v]['median']:.1f}"
+                 if v in seconds else "n/a" for v in variants]
+        lines.append(f"{int(size):>10} " + " ".join(f"{c:>24}" for c in cells))
     return "\n".join(lines)
 
 
@@ -133,12 +135,16 @@ def chart(path_json, path_png):
     b.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)
     sizes = [int(s) for s in results["allreduce"]]
     for v in sorted({v for s in results["allreduce"].values() for v in s}):
-        c.plot([4 * s for s in sizes], [1e6 * results["allreduce"][str(s)].get(v, float("nan"))
-                                        for s in sizes], marker="o", label=v)
+        line = c.plot([4 * s for s in sizes], [1e6 * results["allreduce"][str(s)][v]["min"]
+                                               if v in results["allreduce"][str(s)] else None
+                                               for s in sizes], marker="o", label=v)[0]
+        c.plot([4 * s for s in sizes], [1e6 * results["allreduce"][str(s)][v]["median"]
+                                        if v in results["allreduce"][str(s)] else None
+                                        for s in sizes], ls=":", color=line.get_color())
     c.set_xscale("log")
     c.set_yscale("log")
     c.set_xlabel("bytes")
-    c.set_ylabel("us (median)")
+    c.set_ylabel("us: minimum (solid), median (dotted)")
     c.set_title("allreduce between 2 processes")
     c.legend(fontsize=8)
     c.grid(alpha=0.3)
