@@ -7,8 +7,9 @@ Each launch runs TVM with one thread per rank (2 ranks on CI's 2 cores); the ran
 modules from the compile cache the reference compile here filled."""
 
 import json
-import re
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -41,13 +42,27 @@ def mpiexec():
     return MPIEXEC
 
 
+def run_job(cmd, env, timeout):
+    """subprocess.run for an MPI job: on timeout the whole process group is killed, ranks
+    included (killing mpiexec alone would leave them running), then the test fails."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"{' '.join(cmd)} still ran after {timeout} s (killed):\n{stdout}{stderr}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
 def launch(mpiexec, n, scenario, out, timeout=120, env=None, args=()):
     """Run the worker's `scenario` on n ranks; (completed process, seconds, {rank: result})."""
     full = dict(os.environ, PYTHONPATH=ROOT, TVM_NUM_THREADS="1", TVMFRONT_PROGRESS="0",
                 **(env or {}))
     start = time.perf_counter()
-    proc = subprocess.run([mpiexec, *args, "-n", str(n), sys.executable, WORKER, scenario,
-                           str(out)], env=full, capture_output=True, text=True, timeout=timeout)
+    proc = run_job([mpiexec, *args, "-n", str(n), sys.executable, WORKER, scenario, str(out)],
+                   full, timeout)
     seconds = time.perf_counter() - start
     results = {}
     for r in range(n):
@@ -138,10 +153,9 @@ def test_a_hung_rank_times_out_and_ends_the_job(mpiexec, tmp_path):
 def test_lenet_example_trains_on_two_ranks(mpiexec, tmp_path):
     worker.lenet(0)  # the example's module: the ranks load it from the compile cache
     env = dict(os.environ, PYTHONPATH=ROOT, TVM_NUM_THREADS="1")
-    proc = subprocess.run([mpiexec, "-n", "2", sys.executable,
-                           os.path.join(ROOT, "examples", "lenet_digits.py"), "--distributed",
-                           "--epochs", "3", "--out", str(tmp_path / "bundle")],
-                          env=env, capture_output=True, text=True, timeout=180)
+    proc = run_job([mpiexec, "-n", "2", sys.executable,
+                    os.path.join(ROOT, "examples", "lenet_digits.py"), "--distributed",
+                    "--epochs", "3", "--out", str(tmp_path / "bundle")], env, 180)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
     # rank 0 alone prints, reports progress and exports
@@ -159,9 +173,8 @@ def test_tvmfront_launch_runs_a_script_on_n_ranks(mpiexec, tmp_path):
     script.write_text("import sys, tvmfront as tvf\n"
                       "w = tvf.distributed.init()\n"
                       "print(f'rank {w.rank} of {w.size}', sys.argv[1:], flush=True)\n")
-    proc = subprocess.run([sys.executable, "-m", "tvmfront.cli", "launch", "-n", "2",
-                           str(script), "--flag", "x"], env=dict(os.environ, PYTHONPATH=ROOT),
-                          capture_output=True, text=True, timeout=120)
+    proc = run_job([sys.executable, "-m", "tvmfront.cli", "launch", "-n", "2", str(script),
+                    "--flag", "x"], dict(os.environ, PYTHONPATH=ROOT), 120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("rank"))
     assert lines == ["rank 0 of 2 ['--flag', 'x']", "rank 1 of 2 ['--flag', 'x']"]
