@@ -170,11 +170,12 @@ def test_lenet_example_trains_on_two_ranks(mpiexec, tmp_path):
 
 def test_tvmfront_launch_runs_a_script_on_n_ranks(mpiexec, tmp_path):
     script = tmp_path / "ranks.py"
-    script.write_text("import sys, tvmfront as tvf\n"
+    script.write_text("import os, sys, tvmfront as tvf\n"  # a file per rank: no interleaving
                       "w = tvf.distributed.init()\n"
-                      "print(f'rank {w.rank} of {w.size}', sys.argv[1:], flush=True)\n")
+                      "with open(os.path.join(sys.argv[1], f'r{w.rank}'), 'w') as f:\n"
+                      "    f.write(f'rank {w.rank} of {w.size} {sys.argv[2:]}')\n")
     proc = run_job([sys.executable, "-m", "tvmfront.cli", "launch", "-n", "2", str(script),
-                    "--flag", "x"], dict(os.environ, PYTHONPATH=ROOT), 120)
+                    str(tmp_path), "--flag", "x"], dict(os.environ, PYTHONPATH=ROOT), 120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("rank"))
-    assert lines == ["rank 0 of 2 ['--flag', 'x']", "rank 1 of 2 ['--flag', 'x']"]
+    assert [(tmp_path / f"r{r}").read_text() for r in range(2)] == [
+        "rank 0 of 2 ['--flag', 'x']", "rank 1 of 2 ['--flag', 'x']"]
