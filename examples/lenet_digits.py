@@ -3,7 +3,14 @@ bundle, reload it and evaluate it.
 
     python examples/lenet_digits.py --out artifacts/lenet_digits
     tvmfront tune examples/lenet_digits.py --budget 64   # tune its modules (tvmfront_modules)
+    mpiexec -n 2 .venv/bin/python examples/lenet_digits.py --distributed   # data-parallel
 """
+
+import os
+import sys
+import time
+
+import numpy as np
 
 import tvmfront as tvf
 from _common import compile_train_export, parse_args, tuning_modules
@@ -32,7 +39,39 @@ def tvmfront_modules(target="x86"):
     return tuning_modules(make_model, make_optimizer(), X_SHAPE, target)
 
 
+def train_distributed(model, data, args, lr_schedule, batch=64):
+    """Data-parallel over the ranks of `mpiexec -n N`: the global batch stays 64, each rank
+    steps on its 64 / N samples of it (a module for any batch size, so that every sample
+    trains: the last global batch of an epoch is dealt out unevenly), gradients averaged
+    every step. Rank 0 alone prints, exports and evaluates the bundle."""
+    world = tvf.distributed.init()
+    if batch % world.size:
+        raise SystemExit(f"--distributed: {world.size} ranks do not divide the batch of {batch}")
+    x_train, y_train, x_test, y_test = data
+    t0 = time.perf_counter()
+    module = tvf.compile_training(model, tvf.nn.CrossEntropyLoss(), make_optimizer(),
+                                  inputs=("batch", *X_SHAPE), labels=("batch",),
+                                  target=args.target, accumulate=True)
+    trainer = tvf.Trainer(module, seed=args.seed, lr_schedule=lr_schedule, distributed=True)
+    if trainer.is_main:
+        print(f"compiled train step in {time.perf_counter() - t0:.1f} s (compile cache: "
+              f"{module.build_info['cache']}); {world.size} ranks "
+              f"of {batch // world.size} samples per step")
+    trainer.fit(x_train, y_train, epochs=args.epochs, val=(x_test, y_test),
+                batch_size=batch // world.size)
+    path = trainer.export(args.out)
+    if trainer.is_main:
+        print(f"exported bundle to {path}: {sorted(os.listdir(path))}")
+        accuracy = float(np.mean(tvf.load(path).predict(x_test).argmax(axis=1) == y_test))
+        print(f"total time {time.perf_counter() - t0:.1f} s")
+        print(f"test_accuracy={accuracy:.4f}")
+
+
 if __name__ == "__main__":
+    # --distributed is this example's own flag (the digits examples share parse_args)
+    distributed = "--distributed" in sys.argv
+    if distributed:
+        sys.argv.remove("--distributed")
     args = parse_args(__doc__, "artifacts/lenet_digits", epochs=30)
     tvf.manual_seed(args.seed)
     model = make_model()
@@ -40,4 +79,7 @@ if __name__ == "__main__":
     data = (tvf.data.upsample(x_train, 2), y_train, tvf.data.upsample(x_test, 2), y_test)
     # Step decay: a tenth of the rate for the last third (lr is a runtime input of the step).
     schedule = lambda epoch: 3e-3 if epoch < 2 * args.epochs // 3 else 3e-4  # noqa: E731
-    compile_train_export(model, make_optimizer(), X_SHAPE, data, args, lr_schedule=schedule)
+    if distributed:
+        train_distributed(model, data, args, schedule)
+    else:
+        compile_train_export(model, make_optimizer(), X_SHAPE, data, args, lr_schedule=schedule)

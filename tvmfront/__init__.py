@@ -4,7 +4,7 @@ compiled module."""
 import importlib as _importlib
 
 from ._version import __version__
-from . import data, generate, nn, ops, optim
+from . import data, distributed, generate, nn, ops, optim  # distributed loads MPI in init() only
 from ._tvm import te, tirx
 from .compile import compile_inference, compile_training
 from .errors import (BundleError, CheckpointError, GradientError, NonFiniteError,
@@ -45,6 +45,6 @@ __all__ = [
     "NonFiniteOpError", "InferenceModule", "OutOfBoundsError", "Op", "OpCheckError", "OpCheckReport",
     "ShapeError", "TargetError",
     "Spec", "TensorSpec", "Trainer", "TrainingModule", "TvmfrontError", "compile_inference",
-    "bound_checks", "compile_training", "data", "debug_nans", "generate", "derived_gradients", "gradcheck", "load", "opcheck", "manual_seed", "nn", "op", "ops", "optim", "targets", "te", "tirx",
+    "bound_checks", "compile_training", "data", "distributed", "debug_nans", "generate", "derived_gradients", "gradcheck", "load", "opcheck", "manual_seed", "nn", "op", "ops", "optim", "targets", "te", "tirx",
     "tune", "TuneReport",
 ]

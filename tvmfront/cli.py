@@ -2,6 +2,7 @@
 
     tvmfront tune FILE [--target x86] [--budget N] [--seconds S] [--records DIR] [--only NAME]
                        [--rpc HOST:PORT | --rpc TRACKER:PORT/KEY]
+    tvmfront launch -n N [--hosts FILE] SCRIPT [ARGS...]   (mpiexec; see tvf.distributed)
 
 FILE is a Python file (an example, or your model file) defining ``tvmfront_modules()``, which
 returns {name: compiled module} (tvf.compile_training / tvf.compile_inference results); when
@@ -30,6 +31,7 @@ import os
 import sys
 
 from .build import build_lowered
+from .distributed import launch
 from .errors import TvmfrontError
 from .runtime.modules import InferenceModule, TrainingModule
 from .target import target_key
@@ -166,7 +168,14 @@ def main(argv=None):
     p.add_argument("--size", action="append", metavar="NAME=N", default=[],
                    help="size a symbolic dimension is tuned and timed at (e.g. batch=64; "
                         "repeatable; default 64 for each)")
+    p = sub.add_parser("launch", help="run a script on N MPI processes (data-parallel "
+                                      "training: tvf.distributed)",
+                       description=launch.__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    launch.add_arguments(p)
     args = parser.parse_args(argv)
+    if args.command == "launch":
+        return launch.run(args)
     try:
         args.sizes = _sizes(args.size)
     except ValueError as err:

@@ -8,7 +8,9 @@ import warnings
 import numpy as np
 
 from . import checkpoint, config
+from . import distributed as _distributed
 from .data import _arrays, _num_samples, batches
+from .distributed.shard import shard
 from .errors import CheckpointError, NonFiniteLossError
 from .optim import schedules
 from .runtime.modules import _named_arrays
@@ -169,13 +171,28 @@ class Trainer:
 
     Several inputs and loss extras: ``trainer.fit((tokens, mask), labels, extras=weights,
     val=((tokens_val, mask_val), labels_val, weights_val))``.
+
+    distributed: True trains data-parallel over the processes of an MPI job (``mpiexec -n 2
+      python train.py``; see tvf.distributed): batch_size is each rank's, every global batch
+      of ranks x batch_size samples (the epoch's shuffled order, the same on every rank) is
+      dealt out by rank, gradients are averaged with one allreduce per step, and every rank
+      applies the same update. Rank 0's parameters, optimizer state and trainer state
+      (history, seed: a checkpoint read on rank 0 alone) go to every rank when fit starts;
+      rank 0 alone prints progress, evaluates val (the others receive its metrics), writes
+      checkpoints and exports. Needs compile_training(..., accumulate=True). Without a
+      launcher it is a world of one, trained as without distributed.
     """
 
-    def __init__(self, module, seed=0, lr_schedule=None, progress=None, loss=None):
+    def __init__(self, module, seed=0, lr_schedule=None, progress=None, loss=None,
+                 distributed=False):
         self.module = module
         self.seed = seed
         self.lr_schedule = lr_schedule
-        self.progress = _Progress(config.progress_enabled() if progress is None else progress)
+        self.world = _distributed.init() if distributed else None
+        self._parallel = (_distributed.DataParallel(module, self.world)
+                          if distributed and self.world.size > 1 else None)
+        show = config.progress_enabled() if progress is None else progress
+        self.progress = _Progress(show and self.is_main)
         self.history = []
         self.loss = loss
         # the batch size of a module that takes any: set by fit, kept by checkpoints
@@ -184,6 +201,25 @@ class Trainer:
         if loss is not None and compiled is not None and compiled not in _loss_names(loss):
             raise ValueError(f"Trainer: loss {getattr(loss, 'name', loss)!r} is not the loss "
                              f"this module was compiled with ({compiled!r})")
+
+    @property
+    def is_main(self):
+        """Whether this process prints, writes checkpoints and exports: rank 0 of a
+        distributed run, and any process without distributed=True."""
+        return self.world is None or self.world.rank == 0
+
+    def _sync(self):
+        """Rank 0's training state on every rank: the module's (parameters, buffers, optimizer
+        state, step count, lr) and this trainer's seed, history and batch size."""
+        m = self.module
+        self._parallel.broadcast_state()
+        mine = {"seed": self.seed, "history": self.history, "batch_size": self.batch_size,
+                "dropout_seed": m.manifest.get("seed")}
+        state = self.world.broadcast_json(mine, "the trainer state")
+        self.seed, self.history, self.batch_size = state["seed"], state["history"], \
+            state["batch_size"]
+        if state["dropout_seed"] is not None:
+            m.manifest["seed"] = state["dropout_seed"]
 
     def _lr(self, epoch, step):
         """The lr of the coming step (None: the module's), checked: a schedule that returns a
@@ -241,15 +277,19 @@ class Trainer:
         epoch number and seed are the whole RNG state: a run resumed from a checkpoint draws
         what the uninterrupted run would have."""
         m = self.module
+        if self._parallel is not None:
+            self._sync()  # before the batch size: a checkpoint read on rank 0 may set it
+        ranks = 1 if self._parallel is None else self.world.size
         bs = self._batch_size(batch_size)
         n = _num_samples(_arrays(x, "x")[0] + [("y", np.asarray(y))]
                          + (_arrays(extras, "extras")[0] if extras is not None else []))
         partial = m.batch_size is None
-        steps = -(-n // bs) if partial else n // bs
+        gbs = bs * ranks  # the global batch: each rank steps on its shard of bs samples
+        steps = -(-n // gbs) if partial else n // gbs
         if steps == 0:
-            raise ValueError(f"fit: {n} samples, fewer than one batch of {bs}")
-        if not partial and n % bs:
-            warnings.warn(f"fit: {n} samples make {steps} batches of {bs}; the last {n % bs} "
+            raise ValueError(f"fit: {n} samples, fewer than one batch of {gbs}")
+        if not partial and n % gbs and self.is_main:
+            warnings.warn(f"fit: {n} samples make {steps} batches of {gbs}; the last {n % gbs} "
                           f"samples of each (shuffled) epoch are skipped, because this module's "
                           f"step is compiled for batches of {bs} only (compile with a symbolic "
                           f"batch, e.g. inputs=('batch', ...), to train on every sample)",
@@ -261,16 +301,20 @@ class Trainer:
         start_epoch = len(self.history)
         for e in range(start_epoch, start_epoch + epochs):
             t0, losses, sizes = time.perf_counter(), [], []
-            rng = np.random.default_rng((self.seed, e))
-            for i, batch in enumerate(batches(x, y, bs, shuffle=True, seed=self.seed + e,
+            # ranks augment their shards with draws of their own
+            rng = np.random.default_rng((self.seed, e) if ranks == 1 else
+                                        (self.seed, e, self.world.rank))
+            for i, batch in enumerate(batches(x, y, gbs, shuffle=True, seed=self.seed + e,
                                               drop_last=not partial, extras=extras), 1):
+                sizes.append(len(batch[1]))
+                if ranks > 1:
+                    batch = shard(batch, self.world.rank, ranks)
                 xb, yb = batch[:2]
                 lr = self._lr(e, i)
                 if augment is not None:
                     xb = augment(xb, rng)
-                losses.append(m.step(xb, yb, lr=lr, extras=batch[2] if len(batch) > 2
-                                     else None))
-                sizes.append(len(yb))
+                run = m.step if self._parallel is None else self._parallel.step
+                losses.append(run(xb, yb, lr=lr, extras=batch[2] if len(batch) > 2 else None))
                 if not math.isfinite(losses[-1]):
                     self.progress.end(e + 1, start_epoch + epochs, {"loss": losses[-1]})
                     raise NonFiniteLossError(
@@ -287,7 +331,10 @@ class Trainer:
                       "lr": m.lr if lr is None else lr,
                       "samples_per_s": round(sum(sizes) / seconds)}
             if val is not None:
-                record.update({f"val_{k}": v for k, v in self.evaluate(*val).items()})
+                metrics = self.evaluate(*val) if self.is_main else {}
+                if self._parallel is not None:  # the others wait for rank 0's metrics
+                    metrics = self.world.broadcast_json(metrics, "the validation metrics")
+                record.update({f"val_{k}": v for k, v in metrics.items()})
             self.history.append(record)
             self.progress.end(e + 1, start_epoch + epochs, record)
         return self.history
@@ -296,7 +343,10 @@ class Trainer:
         """Write one safetensors file at `path`, atomically: parameters, optimizer state, step
         count (the schedule's position), epoch and seed (the RNG state of batch order and
         augmentation), the module's lr, the schedule's description, the batch size (of a
-        module taking any) and history. `load_checkpoint` resumes from it."""
+        module taking any) and history. `load_checkpoint` resumes from it. In a distributed
+        run rank 0 alone writes (the ranks hold the same state); the others return None."""
+        if not self.is_main:
+            return None
         m = self.module
         meta = {"step": m.step_count, "epoch": len(self.history), "seed": self.seed,
                 "lr": m.lr, "history": self.history, "target_key": m.manifest.get("target_key"),
@@ -306,6 +356,8 @@ class Trainer:
             meta["dropout_seed"] = m.manifest["seed"]
         if self.batch_size is not None:  # the batches of a module taking any size
             meta["batch_size"] = self.batch_size
+        if self.world is not None:  # informative: a resumed run may have another number
+            meta["ranks"] = self.world.size
         data = checkpoint.encode(m.state_dict(), m.optimizer_state(), meta)
         return checkpoint.write_atomic(path, data)
 
@@ -314,7 +366,11 @@ class Trainer:
         that every name, shape and dtype fits the module (CheckpointError otherwise); the next
         fit continues as the saved run would have: same batches, augmentation draws and
         schedule position. A schedule that differs from the saved run's is a warning (the run
-        then continues on the new schedule from the saved step)."""
+        then continues on the new schedule from the saved step). In a distributed run rank 0
+        alone reads the file (the other ranks need no copy of it) and fit hands its state to
+        the others, whatever number of ranks wrote it: the batch size is each rank's."""
+        if self._parallel is not None and not self.is_main:
+            return self
         m = self.module
         params, optim, meta = checkpoint.read(path)
         checkpoint.check_fits(path, "parameter", params,  # buffers (BatchNorm) count too
@@ -338,6 +394,11 @@ class Trainer:
         if meta.get("batch_size") is not None and m.batch_size is None:
             self.batch_size = int(meta["batch_size"])
         return self
+
+    def export(self, path, **kwargs):
+        """module.export(path, **kwargs) on rank 0 alone (in every process without
+        distributed=True); returns the bundle's path there, None on the other ranks."""
+        return self.module.export(path, **kwargs) if self.is_main else None
 
     def evaluate(self, x, y, extras=None):
         """{'loss', 'accuracy' (integer class labels)} on (x, y), from predict() (eval mode),

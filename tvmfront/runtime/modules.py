@@ -710,6 +710,65 @@ class TrainingModule(_Compiled):
         return float(to_numpy(loss)), OrderedDict(
             (n, to_numpy(grads[i])) for i, n in enumerate(trainable))
 
+    # ---- data parallelism (tvmfront.distributed): gradients and update as separate calls ----
+    def gradient_specs(self):
+        """[{name, shape, dtype}] of the gradients compute_gradients returns, in its order:
+        the trainable parameters (those with requires_grad=False have none)."""
+        frozen = set(self.manifest.get("frozen", ()))
+        return [p for p in self.manifest["parameters"] if p["name"] not in frozen]
+
+    def compute_gradients(self, x, y, extras=None, stream=None):
+        """(loss, [gradient arrays in gradient_specs' order]) of batch (x, y), no optimizer
+        step. The forward runs in training mode and updates the buffers, as accumulate()
+        does. stream: a data-parallel rank; it draws dropout masks from its own key, the one
+        micro-batch `stream` of accumulate() draws from, so that ranks mask differently."""
+        self._vm
+        out = self._function("loss_adjoint")(*self._check_batch(x, y, extras, micro=stream),
+                                             *self._params, *self._buffers)
+        if self._buffers:
+            self._buffers = [out[0][1 + i] for i in range(len(self._buffers))]
+        loss = out[0][0] if self._buffers else out[0]
+        return float(to_numpy(loss)), [to_numpy(g) for g in out[1]]
+
+    def buffer_arrays(self):
+        """The buffers (BatchNorm's running statistics), numpy copies in buffer_names' order."""
+        return [_host_copy(b) for b in self._buffers]
+
+    def set_buffer_arrays(self, arrays):
+        """Replace the buffers with `arrays` (buffer_names' order, shapes and dtypes as
+        compiled): the mean of the ranks' running statistics after a data-parallel step."""
+        specs = self.manifest.get("buffers", [])
+        if len(arrays) != len(specs):
+            raise ShapeError(f"set_buffer_arrays: this module has {len(specs)} buffers, got "
+                             f"{len(arrays)}")
+        self._buffers = self._checked_tensors("set_buffer_arrays", "buffer",
+                                              dict(zip(self.buffer_names, arrays)), specs)
+
+    def apply_gradients(self, grads, lr=None, **scalars):
+        """One optimizer step with `grads` (numpy arrays in gradient_specs' order, e.g. the
+        mean of every rank's); the runtime scalars as in step(). Needs
+        compile_training(..., accumulate=True), which compiles the update alone."""
+        self._vm
+        if not self.manifest.get("accumulate"):
+            raise RuntimeError("apply_gradients: this module was compiled without "
+                               "accumulate=True (compile_training(..., accumulate=True))")
+        if self._grad_sum is not None:
+            raise RuntimeError("apply_gradients: accumulated gradients are waiting; call "
+                               "apply() first")
+        specs = self.gradient_specs()
+        if len(grads) != len(specs):
+            raise ShapeError(f"apply_gradients: this module has {len(specs)} trainable "
+                             f"parameters, got {len(grads)} gradients")
+        for spec, g in zip(specs, grads):
+            _check(f"gradient of '{spec['name']}'", g, spec)
+        hyper = self._scalars("apply_gradients", lr, scalars)
+        out = self._function("apply_grads")(*[to_device(g, self.device) for g in grads],
+                                            *hyper, *self._params, *self._state)
+        p = len(self._params)
+        self._params = [out[i] for i in range(p)]
+        self._state = [out[p + i] for i in range(len(self._state))]
+        self.step_count += 1
+
     def load_optimizer_state(self, state):
         """Replace the optimizer state ({state name: array}, every name, shapes and dtypes as
         optimizer_state() gives them)."""
