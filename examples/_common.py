@@ -18,8 +18,12 @@ def use_every_core():
     os.environ.setdefault("TVM_NUM_THREADS", str(cpus or 1))
 
 
-def parse_args(description, default_out, epochs):
+def parse_args(description, default_out, epochs, flags=()):
+    """The digits examples' shared arguments; flags: (name, help) pairs of an example's own
+    on/off switches, e.g. ("--distributed", "...")."""
     p = argparse.ArgumentParser(description=description)
+    for name, help_text in flags:
+        p.add_argument(name, action="store_true", help=help_text)
     p.add_argument("--out", default=default_out, help="bundle directory to export to")
     p.add_argument("--epochs", type=int, default=epochs)
     p.add_argument("--target", default="x86")

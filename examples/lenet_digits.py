@@ -7,7 +7,6 @@ bundle, reload it and evaluate it.
 """
 
 import os
-import sys
 import time
 
 import numpy as np
@@ -68,18 +67,15 @@ def train_distributed(model, data, args, lr_schedule, batch=64):
 
 
 if __name__ == "__main__":
-    # --distributed is this example's own flag (the digits examples share parse_args)
-    distributed = "--distributed" in sys.argv
-    if distributed:
-        sys.argv.remove("--distributed")
-    args = parse_args(__doc__, "artifacts/lenet_digits", epochs=30)
+    args = parse_args(__doc__, "artifacts/lenet_digits", epochs=30, flags=[
+        ("--distributed", "data-parallel over the MPI ranks of mpiexec (tvf.distributed)")])
     tvf.manual_seed(args.seed)
     model = make_model()
     x_train, y_train, x_test, y_test = tvf.data.load_digits()  # the fixed split
     data = (tvf.data.upsample(x_train, 2), y_train, tvf.data.upsample(x_test, 2), y_test)
     # Step decay: a tenth of the rate for the last third (lr is a runtime input of the step).
     schedule = lambda epoch: 3e-3 if epoch < 2 * args.epochs // 3 else 3e-4  # noqa: E731
-    if distributed:
+    if args.distributed:
         train_distributed(model, data, args, schedule)
     else:
         compile_train_export(model, make_optimizer(), X_SHAPE, data, args, lr_schedule=schedule)

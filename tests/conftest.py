@@ -31,8 +31,8 @@ os.environ.setdefault("TVMFRONT_BOUND_CHECKS", "1")
 # test_ops.py down to 33 s for test_random.py): under xdist they start first, so no worker is
 # left with one of them at the end while the other idles. Files not named keep their order after these; a file missing here only costs
 # balance (the example and parity files are new: estimated).
-LONGEST_FIRST = ["test_ops.py", "test_rpc.py", "test_symbolic_models.py", "test_example_char.py",
-                 "test_example_resnet.py", "test_tune_interrupt.py", "test_tune.py", "test_arm.py",
+LONGEST_FIRST = ["test_ops.py", "test_rpc.py", "test_distributed_mpi.py", "test_symbolic_models.py",
+                 "test_example_char.py", "test_example_resnet.py", "test_tune_interrupt.py", "test_tune.py", "test_arm.py",
                  "test_training.py", "test_symbolic_ops.py", "test_parity_adamw.py",
                  "test_parity_char_lm.py", "test_parity_resnet.py", "test_attention_torch.py",
                  "test_examples.py", "test_attention.py", "test_cache.py", "test_tune_symbolic.py",

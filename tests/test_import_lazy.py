@@ -24,6 +24,7 @@ def test_import_and_model_definition_load_no_tvm():
     loaded = _run(
         "import sys\n"
         "import tvmfront as tvf\n"
+        "import tvmfront.cli  # `tvmfront launch` starts mpiexec without loading TVM\n"
         "model = tvf.nn.Sequential(tvf.nn.Flatten(), tvf.nn.Linear(64, 8), tvf.nn.ReLU())\n"
         "spec = tvf.Spec(('batch', 64), 'float32')\n"
         f"print([m for m in {HEAVY!r} if m in sys.modules])")

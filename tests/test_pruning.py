@@ -203,3 +203,27 @@ def test_lenet_keeps_its_accuracy_at_50_80_90_percent_sparsity():
     assert accuracy[0.0] > 0.94
     assert accuracy[0.5] > accuracy[0.0] - 0.02 and accuracy[0.8] > accuracy[0.0] - 0.04
     assert accuracy[0.9] > 0.85, accuracy
+
+
+def test_fit_updates_the_masks_every_k_steps():
+    """pruning.fit(every=k) recomputes the masks after every k-th step (Trainer.fit's on_step),
+    not only between epochs: the schedule is asked at each multiple of k."""
+    model = pruning.prune(mlp(), amount=0.0)
+    x, y, _, _ = tvf.data.load_digits()
+    x, y = x[:160], y[:160]  # 5 steps of 32 an epoch
+    module = tvf.compile_training(model, nn.CrossEntropyLoss(), tvf.optim.SGD(0.05),
+                                  inputs=(32, 1, 8, 8), labels=(32,))
+    asked = []
+
+    def schedule(step):
+        asked.append(step)
+        return min(0.1 * step, 0.9)
+
+    trainer = tvf.Trainer(module, seed=0, progress=False)
+    history = pruning.fit(trainer, x, y, schedule, epochs=2, every=2)
+    assert asked == [0, 2, 4, 5, 6, 8, 10]  # epoch starts (0, 5) and every second step
+    assert history[0]["sparsity"] == pytest.approx(0.4, abs=1e-3)
+    assert history[1]["sparsity"] == pytest.approx(0.9, abs=1e-3)
+    assert pruning.sparsity(module)["global"] == pytest.approx(0.9, abs=1e-3)
+    with pytest.raises(ValueError, match="every must be a positive"):
+        pruning.fit(trainer, x, y, schedule, every=0)

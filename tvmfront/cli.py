@@ -30,13 +30,10 @@ import inspect
 import os
 import sys
 
-from .build import build_lowered
 from .distributed import launch
 from .errors import TvmfrontError
 from .runtime.modules import InferenceModule, TrainingModule
 from .target import target_key
-from .tuning.measure import time_module
-from .tuning.run import tune
 
 
 def _load_modules(path, target, explicit_target):
@@ -74,6 +71,7 @@ def _load_modules(path, target, explicit_target):
 
 def _default_copy(module):
     """The same module built with default schedules only (no records), same parameters."""
+    from .build import build_lowered  # TVM loads here, not when `tvmfront launch` starts
     built = build_lowered(module._lowered, module._target, records=False)
     kwargs = dict(library_bytes=built.library_bytes, executable=built.executable)
     if module.kind == "training":
@@ -84,6 +82,7 @@ def _default_copy(module):
 
 def _end_to_end(default, tuned, rounds=3, sizes=None):
     """(median seconds default, median seconds tuned), interleaved rounds."""
+    from .tuning.measure import time_module
     a, b = [], []
     for _ in range(rounds):
         a.append(time_module(default, min_seconds=0.5, sizes=sizes))
@@ -107,6 +106,7 @@ def _sizes(items):
 
 
 def cmd_tune(args):
+    from .tuning.run import tune
     modules = _load_modules(args.file, args.target, args.target_given)
     names = list(modules) if not args.only else args.only
     unknown = [n for n in names if n not in modules]

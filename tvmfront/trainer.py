@@ -256,7 +256,8 @@ class Trainer:
         self.batch_size = int(batch_size or self.batch_size or _DEFAULT_BATCH)
         return self.batch_size
 
-    def fit(self, x, y, epochs=1, val=None, augment=None, extras=None, batch_size=None):
+    def fit(self, x, y, epochs=1, val=None, augment=None, extras=None, batch_size=None,
+            on_step=None):
         """Train for `epochs` over (x, y); returns the history (one record per epoch: mean
         loss over the samples, the last step's lr, ...).
 
@@ -272,6 +273,8 @@ class Trainer:
           trained on, the last partial one too. A module compiled for one batch size trains
           in batches of that size and skips the last partial batch of each epoch (a warning
           says how many samples).
+        on_step: ``on_step(module)`` after every optimizer step (``module.step_count`` counts
+          them), e.g. to update pruning masks every k steps; on every rank when distributed.
 
         The batch order comes from seed + epoch and `rng` is seeded with (seed, epoch), so the
         epoch number and seed are the whole RNG state: a run resumed from a checkpoint draws
@@ -323,6 +326,8 @@ class Trainer:
                         f"likely not finite either. Lower the learning rate, or compile under "
                         f"tvf.debug_nans() to name the op that first produced NaN/Inf.",
                         epoch=e + 1, step=i)
+                if on_step is not None:
+                    on_step(m)
                 rate = sum(sizes) / (time.perf_counter() - t0)
                 self.progress.update(e + 1, start_epoch + epochs, i, steps, losses[-1], rate)
             seconds = time.perf_counter() - t0

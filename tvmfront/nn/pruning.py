@@ -233,14 +233,23 @@ class PolynomialSparsity:
                 f"power={self.power})")
 
 
-def fit(trainer, x, y, schedule, epochs=1, scope="global", **fit_kwargs):
+def fit(trainer, x, y, schedule, epochs=1, scope="global", every=None, **fit_kwargs):
     """Train with `trainer` (a Trainer of a pruned model's compiled step) for `epochs`, setting
-    the masks to ``schedule(step)`` (step: the module's steps so far) before every epoch; a
-    mask change is a buffer write, no recompile. Returns the trainer's history, each record
-    with the ``sparsity`` it trained at. Other keywords go to ``trainer.fit``."""
+    the masks to ``schedule(step)`` (step: the module's steps so far) before every epoch, and
+    also after every `every` steps when given; a mask change is a buffer write, no recompile.
+    Returns the trainer's history, each record with the ``sparsity`` it ended the epoch at.
+    Other keywords go to ``trainer.fit``."""
     module = trainer.module
+    if every is not None and (not isinstance(every, int) or every < 1):
+        raise ValueError(f"fit: every must be a positive number of steps, got {every!r}")
+    achieved = [None]
+
+    def on_step(m):
+        if m.step_count % every == 0:
+            achieved[0] = update_masks(m, schedule(m.step_count), scope)
+
     for _ in range(epochs):
-        achieved = update_masks(module, schedule(module.step_count), scope)
-        trainer.fit(x, y, epochs=1, **fit_kwargs)
-        trainer.history[-1]["sparsity"] = achieved
+        achieved[0] = update_masks(module, schedule(module.step_count), scope)
+        trainer.fit(x, y, epochs=1, on_step=on_step if every else None, **fit_kwargs)
+        trainer.history[-1]["sparsity"] = achieved[0]
     return trainer.history
