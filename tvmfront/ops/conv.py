@@ -119,13 +119,22 @@ def _grad_x(dy, w, x_shape, sh, sw, ph, pw, ho, wo):
 @conv2d.grad
 def _(dy, x, w, stride=1, padding=0):
     sh, sw, ph, pw, ho, wo = _check(x, w, stride, padding)
-    n_, c_, h, wd = dims(x.shape)
     dx = _grad_x(dy, w, x.shape, sh, sw, ph, pw, ho, wo)
 
+    return [dx, _grad_w(dy, x, w, sh, sw, ph, pw, ho, wo)]
+
+
+def _grad_w(dy, x, w, sh, sw, ph, pw, ho, wo):
+    """dw[o, c, p, q] = sum_{n, i, j} dy[n, o, i, j] * x_pad[n, c, i * sh + p, j * sw + q]."""
     xp = _padded(x, ph, pw, "conv2d_dw_pad")
-    b = te.reduce_axis((0, n_), "b")
+    b = te.reduce_axis((0, x.shape[0]), "b")
     i = te.reduce_axis((0, ho), "i")
     j = te.reduce_axis((0, wo), "j")
-    dw = te.compute(w.shape, lambda o2, c, p, q: te.sum(
+    if tuple(int(d) for d in w.shape[2:]) == (1, 1):
+        # A 1x1 kernel's dw is a GEMM over (o, c): computed 2-D, the reduction rule tiles c
+        # beside the vector of o (in 4-D it picks the unit kernel axes and tiles nothing).
+        flat = te.compute(w.shape[:2], lambda o2, c: te.sum(
+            dy[b, o2, i, j] * xp[b, c, i * sh, j * sw], axis=[b, i, j]), name="conv2d_dw")
+        return te.compute(w.shape, lambda o2, c, p, q: flat[o2, c], name="conv2d_dw_1x1")
+    return te.compute(w.shape, lambda o2, c, p, q: te.sum(
         dy[b, o2, i, j] * xp[b, c, i * sh + p, j * sw + q], axis=[b, i, j]), name="conv2d_dw")
-    return [dx, dw]
