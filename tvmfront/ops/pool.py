@@ -84,6 +84,17 @@ def max_pool2d(x, kernel=2, stride=None, padding=0):
                       name="max_pool2d")
 
 
+def _pick(value, *conds):
+    """value where every cond holds, else 0, as a product with 0/1 factors: LLVM compiles a
+    select (or an AND of conditions) on data, such as which element is a window's max, into
+    branches that mispredict on every other window. (An infinite value where a cond fails
+    gives NaN instead of 0.)"""
+    dtype = value.dtype
+    for cond in conds:
+        value = value * tirx.Cast(dtype, cond)
+    return value
+
+
 @max_pool2d.grad
 def _(dy, x, kernel=2, stride=None, padding=0):
     # The whole dy of a window goes to its FIRST maximal element in scan order (PyTorch's
@@ -92,18 +103,34 @@ def _(dy, x, kernel=2, stride=None, padding=0):
     # then the position) that the reduction rules schedule like the forward, where
     # first_extremum's (position, value) tuple reducer has no fast schedule.
     shape, (kh, kw), value = _max_window(x, kernel, stride, padding)
+    _, _, sh, sw, _, _, _, _ = _geometry(x, kernel, stride, padding)
+    zero = tirx.const(0, x.dtype)
+    if kh <= sh and kw <= sw:
+        # Windows do not overlap: each input is in one window at most, whose first max is
+        # found inline by a scan of its kh * kw elements (read from cache), in one pass.
+        def term(n, c, oh, ow, dh, dw):
+            # i is the first max: equal to the window's max, every element before it less.
+            vals = [value(n, c, oh, ow, e // kw, e % kw) for e in range(kh * kw)]
+            top = vals[0]
+            for v in vals[1:]:
+                top = te.max(top, v)
+            here = dh * kw + dw
+            mine = value(n, c, oh, ow, dh, dw)
+            one = tirx.const(True, "bool")
+            earlier = [tirx.Select(e < here, v < top, one) for e, v in enumerate(vals[:-1])]
+            return _pick(dy[n, c, oh, ow], mine == top, *earlier)
+
+        return [_window_gather(x, dy, kernel, stride, padding, term, "max_pool2d_grad")]
     top = max_pool2d.te_forward(x, kernel=kernel, stride=stride, padding=padding)
     rh = te.reduce_axis((0, kh), "rh")
     rw = te.reduce_axis((0, kw), "rw")
     none = tirx.const(kh * kw, "int32")
-    first = te.compute(shape, lambda n, c, i, j: te.min(te.if_then_else(
+    first = te.compute(shape, lambda n, c, i, j: te.min(tirx.Select(
         value(n, c, i, j, rh, rw) == top[n, c, i, j], rh * kw + rw, none), axis=[rh, rw]),
         name="max_pool2d_first")
-    zero = tirx.const(0, x.dtype)
 
     def term(n, c, oh, ow, dh, dw):
-        return te.if_then_else(tirx.Cast(first.dtype, dh * kw + dw) == first[n, c, oh, ow],
-                               dy[n, c, oh, ow], zero)
+        return _pick(dy[n, c, oh, ow], tirx.Cast(first.dtype, dh * kw + dw) == first[n, c, oh, ow])
 
     return [_window_gather(x, dy, kernel, stride, padding, term, "max_pool2d_grad")]
 
