@@ -50,6 +50,15 @@ for _name, _cin, _cout, _hw, _k, _s in (("stem 1->16", 1, 16, 32, 3, 1),
                                                            (_cout, _cin, _k, _k)],
                                     {"stride": _s, "padding": _k // 2})
 
+# examples/lenet_digits.py at batch 64: its two convolutions and max-pools.
+CASES["lenet b64 conv 1->6 @16 5x5 p2"] = ("conv2d", ops.conv2d,
+                                           [(64, 1, 16, 16), (6, 1, 5, 5)], {"padding": 2})
+CASES["lenet b64 conv 6->16 @8 5x5"] = ("conv2d", ops.conv2d, [(64, 6, 8, 8), (16, 6, 5, 5)], {})
+CASES["lenet b64 max_pool2d 6@16 k2"] = ("max_pool2d", ops.max_pool2d, [(64, 6, 16, 16)],
+                                         {"kernel": 2})
+CASES["lenet b64 max_pool2d 16@4 k2"] = ("max_pool2d", ops.max_pool2d, [(64, 16, 4, 4)],
+                                         {"kernel": 2})
+
 
 def _schedule(func, target, rules):
     try:
