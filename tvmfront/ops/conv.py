@@ -55,32 +55,86 @@ def conv2d(x, w, stride=1, padding=0):
                                   axis=[c, kh, kw]), name="conv2d")
 
 
+def _phases(size, k, s, p):
+    """The stride-s transposed convolution along one axis, split by input phase q = i % s:
+    [(q, first tap, taps, dy offset, rows)]. Input rows i = s * a + q (a < rows) are reached
+    by taps kh = first + s * t (t < taps) from dy row a + offset - t: every other tap of a
+    dilated dy would multiply a zero."""
+    out = []
+    for q in range(s):
+        first = (q + p) % s
+        out.append((q, first, len(range(first, k, s)), (q + p - first) // s,
+                    len(range(q, size, s))))
+    return out
+
+
+def _grad_x(dy, w, x_shape, sh, sw, ph, pw, ho, wo):
+    """dx of conv2d: one stride-1 convolution of dy per input phase (i % sh, j % sw) with the
+    flipped, transposed kernel taps of that phase, interleaved into dx. Each phase has the
+    forward's shape class (spatial n, c, rows, cols; reduction o, taps), so it gets the
+    forward's schedule, and it visits only real taps (a dilated dy would be 3/4 zeros at
+    stride 2, with divisibility tests in the inner loop)."""
+    n_, c_, h, wd = dims(x_shape)
+    o_, _, k_h, k_w = dims(w.shape)
+    rows, cols = _phases(h, k_h, sh, ph), _phases(wd, k_w, sw, pw)
+    # one zero-padded dy serves every phase: dy row a + offset - t for a < rows, t < taps
+    low_h = max(0, *(taps - 1 - off for _, _, taps, off, _ in rows))
+    low_w = max(0, *(taps - 1 - off for _, _, taps, off, _ in cols))
+    size_h = max(ho, *(n + off for _, _, _, off, n in rows)) + low_h
+    size_w = max(wo, *(n + off for _, _, _, off, n in cols)) + low_w
+    zero = tirx.const(0, dy.dtype)
+    dyp = dy
+    if (size_h, size_w) != (ho, wo):
+        dyp = te.compute((n_, o_, size_h, size_w), lambda a, b, i, j: te.if_then_else(
+            te.all(i >= low_h, i < ho + low_h, j >= low_w, j < wo + low_w),
+            dy[a, b, i - low_h, j - low_w], zero), name="conv2d_dy_pad")
+
+    def phase(first_h, taps_h, off_h, n_h, first_w, taps_w, off_w, n_w, name):
+        o = te.reduce_axis((0, o_), "o")
+        t = te.reduce_axis((0, taps_h), "t")
+        u = te.reduce_axis((0, taps_w), "u")
+        return te.compute((n_, c_, n_h, n_w), lambda a, c, i, j: te.sum(
+            dyp[a, o, i + off_h - t + low_h, j + off_w - u + low_w]
+            * w[o, c, first_h + sh * t, first_w + sw * u], axis=[o, t, u]), name=name)
+
+    parts = {}
+    for qh, fh, th, dh, nh in rows:
+        for qw, fw, tw, dw, nw in cols:
+            if th and tw and nh and nw:  # else no window reaches these inputs: zero gradient
+                parts[qh, qw] = phase(fh, th, dh, nh, fw, tw, dw, nw, f"conv2d_dx{qh}{qw}"
+                                      if sh * sw > 1 else "conv2d_dx")
+    if sh == sw == 1 and (0, 0) in parts:
+        return parts[0, 0]
+
+    def interleave(a, c, i, j):
+        value = zero
+        for (qh, qw), part in parts.items():
+            value = te.if_then_else(te.all(i % sh == qh, j % sw == qw),
+                                    part[a, c, i // sh, j // sw], value)
+        return value
+
+    return te.compute(x_shape, interleave, name="conv2d_dx")
+
+
 @conv2d.grad
 def _(dy, x, w, stride=1, padding=0):
     sh, sw, ph, pw, ho, wo = _check(x, w, stride, padding)
-    n_, c_, h, wd = dims(x.shape)
-    o_, _, k_h, k_w = dims(w.shape)
-    zero = tirx.const(0, dy.dtype)
+    dx = _grad_x(dy, w, x.shape, sh, sw, ph, pw, ho, wo)
 
-    # dx is a transposed convolution, written as a gather: dy is dilated by the stride and
-    # padded by (k - 1 - p), then correlated with the flipped kernel. No scatter, no atomics.
-    def dilated(a, o, i, j):
-        r, q = i - (k_h - 1 - ph), j - (k_w - 1 - pw)
-        ok = te.all(r >= 0, q >= 0, r % sh == 0, q % sw == 0, r // sh < ho, q // sw < wo)
-        return te.if_then_else(ok, dy[a, o, r // sh, q // sw], zero)
+    return [dx, _grad_w(dy, x, w, sh, sw, ph, pw, ho, wo)]
 
-    dyp = te.compute((n_, o_, h + k_h - 1, wd + k_w - 1), dilated, name="conv2d_dy_dilated")
-    o = te.reduce_axis((0, o_), "o")
-    rh = te.reduce_axis((0, k_h), "rh")
-    rw = te.reduce_axis((0, k_w), "rw")
-    dx = te.compute(x.shape, lambda a, c, i, j: te.sum(
-        dyp[a, o, i + (k_h - 1) - rh, j + (k_w - 1) - rw] * w[o, c, rh, rw], axis=[o, rh, rw]),
-        name="conv2d_dx")
 
+def _grad_w(dy, x, w, sh, sw, ph, pw, ho, wo):
+    """dw[o, c, p, q] = sum_{n, i, j} dy[n, o, i, j] * x_pad[n, c, i * sh + p, j * sw + q]."""
     xp = _padded(x, ph, pw, "conv2d_dw_pad")
-    b = te.reduce_axis((0, n_), "b")
+    b = te.reduce_axis((0, x.shape[0]), "b")
     i = te.reduce_axis((0, ho), "i")
     j = te.reduce_axis((0, wo), "j")
-    dw = te.compute(w.shape, lambda o2, c, p, q: te.sum(
+    if tuple(int(d) for d in w.shape[2:]) == (1, 1):
+        # A 1x1 kernel's dw is a GEMM over (o, c): computed 2-D, the reduction rule tiles c
+        # beside the vector of o (in 4-D it picks the unit kernel axes and tiles nothing).
+        flat = te.compute(w.shape[:2], lambda o2, c: te.sum(
+            dy[b, o2, i, j] * xp[b, c, i * sh, j * sw], axis=[b, i, j]), name="conv2d_dw")
+        return te.compute(w.shape, lambda o2, c, p, q: flat[o2, c], name="conv2d_dw_1x1")
+    return te.compute(w.shape, lambda o2, c, p, q: te.sum(
         dy[b, o2, i, j] * xp[b, c, i * sh + p, j * sw + q], axis=[b, i, j]), name="conv2d_dw")
-    return [dx, dw]

@@ -1,7 +1,6 @@
 """2-D max and average pooling (NCHW), gradients written as gathers over windows."""
 
 from .._tvm import te, tirx
-from ..autodiff import first_extremum
 from ..op import op
 from ._dims import show, static
 from .conv import _out_size, _pair
@@ -28,52 +27,110 @@ def _geometry(x, kernel, stride, padding, name="pooling"):
     return kh, kw, sh, sw, ph, pw, ho, wo
 
 
+def _covering(i, p, s, k, n_out):
+    """[(o, offset, valid)] for the output windows o of one axis that may cover input index
+    i: o = (i + p) // s - t for t < ceil(k / s), at `offset` = i + p - o * s in the window,
+    `valid` when 0 <= o < n_out and offset < k. Only these windows are visited: no loop over
+    all k taps with a divisibility test each."""
+    base, rest = (i + p) // s, (i + p) % s
+    out = []
+    for t in range(-(-k // s)):
+        offset = rest + t * s
+        out.append((base - t, offset, te.all(base - t >= 0, base - t < n_out, offset < k)))
+    return out
+
+
 def _window_gather(x, dy, kernel, stride, padding, term, name):
-    """dx[i] = sum over the output windows that cover input i of term(n, c, i, j, oh, ow)."""
+    """dx[i] = sum over the output windows that cover input i of term(n, c, oh, ow, dh, dw),
+    (dh, dw) the position of i in the window. An unrolled sum (a spatial kernel, not
+    a reduction), ceil(k / s) windows per axis."""
     kh, kw, sh, sw, ph, pw, ho, wo = _geometry(x, kernel, stride, padding)
     zero = tirx.const(0, x.dtype)
-    rh = te.reduce_axis((0, kh), "rh")
-    rw = te.reduce_axis((0, kw), "rw")
 
     def body(n, c, i, j):
-        r, q = i + ph - rh, j + pw - rw  # window offset rh of output row r // sh covers row i
-        ok = te.all(r >= 0, q >= 0, r % sh == 0, q % sw == 0, r // sh < ho, q // sw < wo)
-        return te.sum(te.if_then_else(ok, term(n, c, i, j, r // sh, q // sw), zero),
-                      axis=[rh, rw])
+        total = None
+        for oh, dh, ok_h in _covering(i, ph, sh, kh, ho):
+            for ow, dw, ok_w in _covering(j, pw, sw, kw, wo):
+                # clamped indices: the guarded-off reads stay in bounds
+                value = te.if_then_else(te.all(ok_h, ok_w), term(
+                    n, c, te.max(te.min(oh, ho - 1), 0), te.max(te.min(ow, wo - 1), 0),
+                    dh, dw), zero)
+                total = value if total is None else total + value
+        return total
 
     return te.compute(x.shape, body, name=name)
 
 
-@op
-def max_pool2d(x, kernel=2, stride=None, padding=0):
+def _max_window(x, kernel, stride, padding):
+    """(output shape, window reduce axes, value(n, c, i, j, rh, rw)): the window's element,
+    the dtype's lowest value where the window hangs over the padding."""
     kh, kw, sh, sw, ph, pw, ho, wo = _geometry(x, kernel, stride, padding, "max_pool2d")
     h, w = _hw(x, "max_pool2d")
-    rh = te.reduce_axis((0, kh), "rh")
-    rw = te.reduce_axis((0, kw), "rw")
     lowest = te.min_value(x.dtype)
 
-    def body(n, c, i, j):
+    def value(n, c, i, j, rh, rw):
         r, q = i * sh + rh - ph, j * sw + rw - pw
-        inside = te.all(r >= 0, r < h, q >= 0, q < w)
-        return te.max(te.if_then_else(inside, x[n, c, r, q], lowest), axis=[rh, rw])
+        return te.if_then_else(te.all(r >= 0, r < h, q >= 0, q < w), x[n, c, r, q], lowest)
 
-    return te.compute((x.shape[0], x.shape[1], ho, wo), body, name="max_pool2d")
+    return (x.shape[0], x.shape[1], ho, wo), (kh, kw), value
+
+
+@op
+def max_pool2d(x, kernel=2, stride=None, padding=0):
+    shape, (kh, kw), value = _max_window(x, kernel, stride, padding)
+    rh = te.reduce_axis((0, kh), "rh")
+    rw = te.reduce_axis((0, kw), "rw")
+    return te.compute(shape, lambda n, c, i, j: te.max(value(n, c, i, j, rh, rw), axis=[rh, rw]),
+                      name="max_pool2d")
+
+
+def _pick(value, *conds):
+    """value where every cond holds, else 0, as a product with 0/1 factors: LLVM compiles a
+    select (or an AND of conditions) on data, such as which element is a window's max, into
+    branches that mispredict on every other window. (An infinite value where a cond fails
+    gives NaN instead of 0.)"""
+    dtype = value.dtype
+    for cond in conds:
+        value = value * tirx.Cast(dtype, cond)
+    return value
 
 
 @max_pool2d.grad
 def _(dy, x, kernel=2, stride=None, padding=0):
     # The whole dy of a window goes to its FIRST maximal element in scan order (PyTorch's
-    # rule), the same element the derived gradient picks: autodiff.first_extremum.
-    kh, kw, sh, sw, ph, pw, _, _ = _geometry(x, kernel, stride, padding)
-    first = first_extremum(max_pool2d.te_forward(x, kernel=kernel, stride=stride,
-                                                 padding=padding))
+    # rule), the element autodiff.first_extremum picks for the derived gradient. Here as a
+    # min over the window of the positions holding the max: two plain reductions (the max,
+    # then the position) that the reduction rules schedule like the forward, where
+    # first_extremum's (position, value) tuple reducer has no fast schedule.
+    shape, (kh, kw), value = _max_window(x, kernel, stride, padding)
+    _, _, sh, sw, _, _, _, _ = _geometry(x, kernel, stride, padding)
     zero = tirx.const(0, x.dtype)
+    if kh <= sh and kw <= sw:
+        # Windows do not overlap: each input is in one window at most, whose first max is
+        # found inline by a scan of its kh * kw elements (read from cache), in one pass.
+        def term(n, c, oh, ow, dh, dw):
+            # i is the first max: equal to the window's max, every element before it less.
+            vals = [value(n, c, oh, ow, e // kw, e % kw) for e in range(kh * kw)]
+            top = vals[0]
+            for v in vals[1:]:
+                top = te.max(top, v)
+            here = dh * kw + dw
+            mine = value(n, c, oh, ow, dh, dw)
+            one = tirx.const(True, "bool")
+            earlier = [tirx.Select(e < here, v < top, one) for e, v in enumerate(vals[:-1])]
+            return _pick(dy[n, c, oh, ow], mine == top, *earlier)
 
-    def term(n, c, i, j, oh, ow):
-        # i sits at row i + ph - oh * sh of window (oh, ow); positions are row-major
-        position = (i + ph - oh * sh) * kw + (j + pw - ow * sw)
-        return te.if_then_else(tirx.Cast(first.dtype, position) == first[n, c, oh, ow],
-                               dy[n, c, oh, ow], zero)
+        return [_window_gather(x, dy, kernel, stride, padding, term, "max_pool2d_grad")]
+    top = max_pool2d.te_forward(x, kernel=kernel, stride=stride, padding=padding)
+    rh = te.reduce_axis((0, kh), "rh")
+    rw = te.reduce_axis((0, kw), "rw")
+    none = tirx.const(kh * kw, "int32")
+    first = te.compute(shape, lambda n, c, i, j: te.min(tirx.Select(
+        value(n, c, i, j, rh, rw) == top[n, c, i, j], rh * kw + rw, none), axis=[rh, rw]),
+        name="max_pool2d_first")
+
+    def term(n, c, oh, ow, dh, dw):
+        return _pick(dy[n, c, oh, ow], tirx.Cast(first.dtype, dh * kw + dw) == first[n, c, oh, ow])
 
     return [_window_gather(x, dy, kernel, stride, padding, term, "max_pool2d_grad")]
 
@@ -101,4 +158,4 @@ def _(dy, x, kernel=2, stride=None, padding=0):
     kh, kw = _pair(kernel)
     scale = tirx.const(1.0 / (kh * kw), x.dtype)
     return [_window_gather(x, dy, kernel, stride, padding,
-                           lambda n, c, i, j, oh, ow: dy[n, c, oh, ow] * scale, "avg_pool2d_grad")]
+                           lambda n, c, oh, ow, *_: dy[n, c, oh, ow] * scale, "avg_pool2d_grad")]

@@ -1,0 +1,119 @@
+"""The explicit conv2d and pooling gradients: the work their kernels do (the slow forms
+they replaced did 4x the multiply-adds at stride 2, or ran serially), and their values against
+NumPy references and the derived gradients at geometries the op table does not cover."""
+
+import math
+
+import numpy as np
+import pytest
+
+import tvmfront as tvf
+from tvmfront import ops
+from tvmfront._tvm import te
+from tvmfront.schedule import schedule_prim_func
+from tvmfront.target import resolve_target
+
+from op_specs import conv2d_ref, max_pool2d_ref
+
+
+def _reductions(t, seen=None):
+    """Every reduction stage under TE tensor t: [(output elements, reduction extent)]."""
+    seen = set() if seen is None else seen
+    if t.op in seen or not isinstance(t.op, te.ComputeOp):
+        return []
+    seen.add(t.op)
+    out = []
+    if t.op.reduce_axis:
+        out.append((math.prod(int(d) for d in t.shape),
+                    math.prod(int(a.dom.extent) for a in t.op.reduce_axis)))
+    for parent in t.op.input_tensors:
+        out += _reductions(parent, seen)
+    return out
+
+
+@pytest.mark.parametrize("k,stride,padding", [(3, 2, 1), (3, 1, 1), (1, 2, 0), (2, 3, 1),
+                                              (5, 2, 2)])
+def test_conv2d_dx_multiplies_only_real_taps(k, stride, padding):
+    # Each input element takes at most ceil(k/s)^2 taps per output channel: at stride 2 the
+    # old gather over a dilated dy did k*k per element, 3/4 of them zeros.
+    n, c, o, h = 2, 3, 4, 11
+    x = te.placeholder((n, c, h, h), "float32", name="x")
+    w = te.placeholder((o, c, k, k), "float32", name="w")
+    y = ops.conv2d.te_forward(x, w, stride=stride, padding=padding)
+    dy = te.placeholder(y.shape, "float32", name="dy")
+    dx = ops.conv2d.te_grad(dy, x, w, stride=stride, padding=padding, derived=False)[0]
+    work = sum(elements * extent for elements, extent in _reductions(dx))
+    taps = math.ceil(k / stride) ** 2
+    assert work <= n * c * h * h * o * taps, (work, n * c * h * h * o * taps)
+    if stride > 1:
+        assert work < n * c * h * h * o * k * k
+
+
+def _conv_grads_ref(x, w, dy, stride, padding):
+    """dx, dw by finite contraction: the adjoint of conv2d_ref, one (kh, kw) tap at a time."""
+    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    dxp, dw = np.zeros_like(xp), np.zeros_like(w)
+    ho, wo = dy.shape[2:]
+    for p in range(w.shape[2]):
+        for q in range(w.shape[3]):
+            rows = slice(p, p + stride * (ho - 1) + 1, stride)
+            cols = slice(q, q + stride * (wo - 1) + 1, stride)
+            dw[:, :, p, q] = np.einsum("noij,ncij->oc", dy, xp[:, :, rows, cols])
+            dxp[:, :, rows, cols] += np.einsum("noij,oc->ncij", dy, w[:, :, p, q])
+    h, wd = x.shape[2:]
+    return dxp[:, :, padding:padding + h, padding:padding + wd], dw
+
+
+@pytest.mark.parametrize("xs,ws,stride,padding", [
+    ((2, 3, 9, 8), (4, 3, 1, 1), 2, 1),    # 1x1 with padding: border outputs see only zeros
+    ((1, 2, 10, 7), (3, 2, 1, 1), 3, 0),   # 1x1, stride 3: two of three phases get no tap
+    ((2, 2, 8, 9), (2, 2, 3, 3), 2, 0),    # no padding: an uneven last phase
+    ((1, 2, 7, 7), (2, 2, 4, 4), 2, 2),    # even kernel, padding = k / 2
+    ((1, 1, 6, 6), (2, 1, 2, 2), 4, 0),    # stride above the kernel: untouched inputs
+])
+def test_conv2d_grads_match_reference_and_derived(xs, ws, stride, padding):
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal(xs), rng.standard_normal(ws)
+    y = ops.conv2d(x, w, stride=stride, padding=padding)
+    np.testing.assert_allclose(y, conv2d_ref(x, w, stride, padding), rtol=1e-10, atol=1e-10)
+    dy = rng.standard_normal(y.shape)
+    want = _conv_grads_ref(x, w, dy, stride, padding)
+    explicit = ops.conv2d.vjp(dy, x, w, stride=stride, padding=padding, derived=False)
+    derived = ops.conv2d.vjp(dy, x, w, stride=stride, padding=padding, derived=True)
+    for got, ref, other in zip(explicit, want, derived):
+        np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(other, ref, rtol=1e-10, atol=1e-10)
+    assert tvf.gradcheck(ops.conv2d, [x[:1, :, :6, :6], w], stride=stride, padding=padding)
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(2, 2, 0), (3, 2, 1)])
+def test_max_pool_gradient_kernel_is_parallel_and_has_no_tuple_reduction(kernel, stride,
+                                                                         padding):
+    # The first-max position came from a (position, value) tuple reducer that no tvmfront
+    # rule tiles: dlight's Reduction rule took the whole kernel (62x the forward).
+    x = te.placeholder((8, 16, 28, 28), "float32", name="x")
+    attrs = dict(kernel=kernel, stride=stride, padding=padding)
+    dy = te.placeholder(ops.max_pool2d.te_forward(x, **attrs).shape, "float32", name="dy")
+    dx = ops.max_pool2d.te_grad(dy, x, derived=False, **attrs)[0]
+    _, rule = schedule_prim_func(te.create_prim_func([dy, x, dx]), resolve_target("x86"))
+    assert rule.startswith("tvmfront") and "parallel" in rule, rule
+    if kernel <= stride:  # windows do not overlap: one pass, no reduction at all
+        assert _reductions(dx) == []
+
+
+@pytest.mark.parametrize("attrs", [dict(kernel=2), dict(kernel=3, stride=3, padding=1),
+                                   dict(kernel=(2, 3), stride=(2, 3))])
+def test_max_pool_gradient_first_max_on_ties_and_infinities(attrs):
+    # Non-overlapping windows (the inline first-max scan): all-equal windows, -inf, +inf.
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 3, (2, 2, 6, 9)).astype(np.float64)
+    x[0, 0, 0, :2] = -np.inf  # part of a window (all -inf pools to the lowest float)
+    x[1, 1, 3:, 3:6] = np.inf
+    x[0, 1] = 1.0
+    y = ops.max_pool2d(x, **attrs)
+    np.testing.assert_array_equal(y, max_pool2d_ref(x, **attrs))
+    dy = rng.standard_normal(y.shape)
+    got = ops.max_pool2d.vjp(dy, x, derived=False, **attrs)[0]
+    derived = ops.max_pool2d.vjp(dy, x, derived=True, **attrs)[0]
+    np.testing.assert_array_equal(got, derived)
+    np.testing.assert_allclose(got.sum(), dy.sum())  # each window's dy goes to one element
