@@ -84,8 +84,12 @@ def train_parts(repeats, batch):
     return {"call": us(lambda: module.step(x, y, lr=1e-3), repeats, number=200),
             "vm call": us(lambda: fn(*args), repeats, number=200),
             "kernels": kernels_us(module, "train_step", args, repeats),
-            "checks + inputs to device": us(lambda: module._check_batch(x, y), repeats),
-            "runtime scalars": us(lambda: module._scalars("step", 1e-3, {}), repeats)}
+            "checks + inputs to device (general path)": us(lambda: module._check_batch(x, y),
+                                                            repeats),
+            "runtime scalars (general path)": us(lambda: module._scalars("step", 1e-3, {}),
+                                                 repeats),
+            "inputs + scalars into reused tensors (fast path)":
+                us(lambda: module._fast_step_args(x, y, 1e-3), repeats)}
 
 
 def torch_b1(repeats):
@@ -112,10 +116,10 @@ def torch_b1(repeats):
 def show(title, parts):
     print(title)
     for name, value in parts.items():
-        print(f"  {name:<36} {value:9.2f} us")
+        print(f"  {name:<50} {value:9.2f} us")
     framework = parts["call"] - parts["vm call"]
-    print(f"  {'framework (call - vm call)':<36} {framework:9.2f} us")
-    print(f"  {'call / kernels':<36} {parts['call'] / parts['kernels']:9.2f}x")
+    print(f"  {'framework (call - vm call)':<50} {framework:9.2f} us")
+    print(f"  {'call / kernels':<50} {parts['call'] / parts['kernels']:9.2f}x")
 
 
 def main():

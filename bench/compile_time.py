@@ -10,7 +10,9 @@ subprocess counts in wall time alone). Stages of the main thread, then:
   import        import tvmfront (not part of the compile total)
   trace         model + loss traced to Relax (graph.build_training)
   gradient, append_optimizer, lowering stages (legalize, fuse_ops, fuse_tir, ...): pipeline.run
-  schedule      default CPU schedules for every kernel (build.schedule_lowered)
+  schedule      default CPU schedules for every kernel (schedule.default_cpu_schedule; the
+                side kernels' chunks are scheduled while the side threads compile the
+                chunks before them: build._compile_streamed)
   tir passes    tvm.compile minus LLVM code generation (TIR lowering, VM codegen)
   llvm codegen  TIR -> optimized LLVM IR (tirx.build.codegen_build)
   llvm object   LLVM IR -> machine code (Module.write_to_file inside export_library)
@@ -22,7 +24,8 @@ subprocess counts in wall time alone). Stages of the main thread, then:
   load          loading the library back (build._load)
   other         the rest of compile_training (cache key, manifest, module setup)
 --compare also times the baseline (TVM's argument asserts in every kernel, all kernels in
-one thread: TVM's defaults, what this bench's first version measured), its runs alternating with the others.
+one thread, LLVM -O3: TVM's defaults, what this bench's first version measured), its runs
+alternating with the others.
 --profile FILE also writes one repeat's cProfile stats there (pstats format).
 """
 
@@ -67,7 +70,8 @@ def _timed(owner, name, stage, totals, thread_too=False):
 
 def worker(profile, baseline=False):
     """One cold compile in this process: prints {stage: [wall, cpu]} as its last line.
-    baseline: as before this bench's changes (TVM's kernel argument asserts, one thread)."""
+    baseline: as before this bench's changes (TVM's kernel argument asserts, one thread,
+    LLVM -O3)."""
     totals = collections.defaultdict(lambda: [0.0, 0.0])
     t, c = time.perf_counter(), time.process_time()
     sys.path.insert(0, ROOT)
@@ -93,7 +97,10 @@ def worker(profile, baseline=False):
         return run(mod, named, dump_dir)
 
     pipeline.run = timed_run
-    _timed(build, "schedule_lowered", "schedule", totals)
+    from tvmfront import schedule as cpu_schedule
+    # default schedules, wherever build calls them (module-wide, or a chunk at a time while
+    # the side threads compile the chunks before: build._compile_streamed)
+    _timed(cpu_schedule, "default_cpu_schedule", "schedule", totals)
     _timed(build, "compile_scheduled", "tir passes", totals)  # minus llvm codegen, below
     _timed(sys.modules["tvm.tirx.build"], "codegen_build", "llvm codegen", totals)
     _timed(tvm_ffi.Module, "write_to_file", "llvm object", totals)
@@ -103,7 +110,7 @@ def worker(profile, baseline=False):
     _timed(split_build.SideBuild, "_run", SIDE, totals, thread_too=True)
     _timed(split_build.SideBuild, "join", "wait for side threads", totals)
     if baseline:
-        build.KERNEL_ASSERTS, build.SPLIT_BUILD = True, False
+        build.KERNEL_ASSERTS, build.SPLIT_BUILD, build.LLVM_OPT_LEVEL = True, False, 3
 
     tvf.manual_seed(0)
     model = lenet_digits.make_model()

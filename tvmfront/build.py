@@ -98,15 +98,19 @@ def build_lowered(lowered, target, records=None, dump_dir=None):
             log.warning("compile cache entry %s (%s) did not load: removed, building anew",
                         key, path)
     fallbacks, applied = {}, {}
+    exported = None if dump_dir else _compile_streamed(lowered, target, selection, key,
+                                                       fallbacks, applied)
+    if exported is not None:
+        library, data, info = exported
+        state = "miss" if cache.cache_dir() is not None else "off"
+        return Built(library, data, None, target, lowered, dict(info, cache=state))
+    fallbacks, applied = {}, {}
     scheduled, selection = schedule_lowered(lowered, target, selection, fallbacks, applied)
     if not selection:
         key = cache.key(lowered, target, "")  # records TVM could not load were dropped
-    tuned = _covered(lowered, selection) + applied["symbolic_tuned"]
     if dump_dir:
         pipeline._dump(dump_dir, len(pipeline.LOWERING) + 1, "schedule", scheduled)
-    info = {"records": selection.sources, "tuned_kernels": tuned, "key": key,
-            "target_key": target_key(target), "records_key": records_mod.store_key(target),
-            "fallback_kernels": fallbacks, "record_fallbacks": applied["record_fallbacks"]}
+    info = _build_info(lowered, target, selection, key, fallbacks, applied)
     exported = _compile_split(scheduled, target, key, info)
     if exported is not None:  # the in-memory executable lacks the side kernels: not kept
         state = "miss" if cache.cache_dir() is not None else "off"
@@ -117,6 +121,15 @@ def build_lowered(lowered, target, records=None, dump_dir=None):
         return Built(executable, None, executable, target, lowered, dict(info, cache="off"))
     state = "miss" if cache.cache_dir() is not None and runnable_here(target) else "off"
     return Built(library, data, executable, target, lowered, dict(info, cache=state))
+
+
+def _build_info(lowered, target, selection, key, fallbacks, applied):
+    """The build's info (see Built) before its cache state is known."""
+    return {"records": selection.sources,
+            "tuned_kernels": _covered(lowered, selection) + applied["symbolic_tuned"],
+            "key": key, "target_key": target_key(target),
+            "records_key": records_mod.store_key(target), "fallback_kernels": fallbacks,
+            "record_fallbacks": applied["record_fallbacks"]}
 
 
 def schedule_lowered(lowered, target, selection, fallbacks=None, report=None):
@@ -163,11 +176,27 @@ def kernel_pass_context():
                                      disabled_pass=list(current.disabled_pass))
 
 
+# LLVM's optimization level for kernels, unless the target sets "opt-level" itself. The
+# schedules already tile, unroll and vectorize; -O3's extra passes (aggressive unrolling, SLP
+# vectorization of the unrolled tiles) cost ~25% of LLVM's time on LeNet's train step and
+# made its step slower, not faster (bench/compile_time.py; -O1 crashed LeNet's step).
+LLVM_OPT_LEVEL = 2
+
+
+def codegen_target(target):
+    """`target` as its kernels are compiled: an LLVM CPU target gets LLVM_OPT_LEVEL unless it
+    names its own "opt-level". Only code generation sees it: cache keys, records and
+    manifests keep `target`."""
+    if target.kind.name != "llvm" or "opt-level" in target.export():
+        return target
+    return tvm.target.Target(dict(target.export(), **{"opt-level": LLVM_OPT_LEVEL}))
+
+
 def compile_scheduled(mod, target):
     """tvm.compile to the Relax VM. Our stages already legalized, fused and scheduled; TVM's
     build pipeline only lowers to the VM. (The step a compile-cache hit skips.)"""
     with kernel_pass_context():
-        return tvm.compile(mod, target=target,
+        return tvm.compile(mod, target=codegen_target(target),
                            relax_pipeline=relax.pipeline.default_build_pipeline())
 
 
@@ -187,13 +216,27 @@ def _compile_split(scheduled, target, key, info):
     main, side = split_build.split(scheduled)
     if not side:
         return None
+    return _build_threaded(main, side, target, key, info)
+
+
+def _build_threaded(main, side, target, key, info, schedule=None):
+    """Build the side modules in a thread per core (split_build.SideBuild) and `main` here,
+    then export and load the library: (library, bytes); None when that failed (logged).
+    schedule: applied to each side module before the threads get it, and to `main`, when
+    they come unscheduled (_compile_streamed)."""
+    from . import split_build
+
+    schedule = schedule or (lambda mod: mod)
     with tempfile.TemporaryDirectory(prefix="tvmfront-side-") as tmp:
-        job = split_build.SideBuild(side, target, tmp, kernel_pass_context(),
+        job = split_build.SideBuild([], codegen_target(target), tmp, kernel_pass_context(),
                                     threads=os.cpu_count() or 1)
         job.start()
         try:
-            executable = compile_scheduled(main, target)
-            # The side object joins at the link, so the main thread writes its own object
+            for chunk in side:
+                job.add(schedule(chunk))
+            job.close()
+            executable = compile_scheduled(schedule(main), target)
+            # The side objects join at the link, so the main thread writes its own object
             # meanwhile.
             library, data = _export(key, executable, target, info, link=job.link)
         except Exception as err:  # noqa: BLE001 - built in one piece instead
@@ -208,6 +251,43 @@ def _compile_split(scheduled, target, key, info):
         info.pop("export_error", None)
         return None
     return library, data
+
+
+def _compile_streamed(lowered, target, selection, key, fallbacks, applied):
+    """Schedule and compile `lowered` at once: the side kernels (tvmfront.split_build) are
+    given their default schedules here one chunk at a time, each chunk handed to the
+    threads that generate code while the next is scheduled (scheduling is Python, code
+    generation mostly LLVM without the GIL: on 2 cores they overlap). Returns (library,
+    bytes, info), or None where it does not apply: a target this machine does not run on
+    the CPU, SPLIT_BUILD off, records that MetaSchedule's database applies (the module-wide
+    path schedules those), nothing to split; or when it failed (logged: the caller then
+    schedules and builds the module the usual way)."""
+    if not (SPLIT_BUILD and target.kind.name == "llvm" and runnable_here(target)):
+        return None
+    kernels = symbolic.symbolic_kernels(lowered)
+    rest, traces = selection.split({h for _, h in kernels.values()})
+    if rest:
+        return None
+    from . import schedule as cpu_schedule
+    from . import split_build
+
+    failures = {}
+    replayed_mod, replayed = symbolic.apply(lowered, traces, failures)
+    applied.update(symbolic_tuned=replayed, record_fallbacks=failures)
+    main, side = split_build.split(replayed_mod)
+    if not side:
+        return None
+    info = _build_info(lowered, target, selection, key, fallbacks, applied)
+
+    def schedule(mod):
+        with target:
+            return cpu_schedule.default_cpu_schedule(mod, target, fallbacks=fallbacks)
+
+    built = _build_threaded(main, side, target, key, info, schedule)
+    if built is None:
+        fallbacks.clear()  # the module-wide path schedules (and reports) again
+        return None
+    return (*built, info)
 
 
 def runnable_here(target):

@@ -94,30 +94,51 @@ class SideBuild:
     """The side modules built by `threads` threads, each taking the next module left
     (tvm.tirx.build, then its object file written into `folder`): start(), then `link` as
     export_library's fcompile (it waits for the objects and links them in with the others;
-    it re-raises what a side build raised)."""
+    it re-raises what a side build raised). Modules can also be handed on while the threads
+    run: add(module) for each, then close() (`modules` is then the first of them, or [])."""
 
     def __init__(self, modules, target, folder, pass_context, threads):
         self.target, self.folder, self.errors = target, folder, []
-        self.todo = list(enumerate(modules))
-        self.paths = [os.path.join(folder, f"side{i}.o") for i in range(len(modules))]
-        self.lock = threading.Lock()
+        self.todo, self.paths, self.closed = [], [], False
+        self.ready = threading.Condition()
         self.pass_context = pass_context  # PassContext is per thread: the caller's is handed on
         self.threads = [threading.Thread(target=self._run, name=f"tvmfront-side-build-{i}",
                                          daemon=True) for i in range(max(1, threads))]
+        for mod in modules:
+            self.add(mod)
+        if modules:
+            self.close()
+
+    def add(self, mod):
+        """Build `mod` too (a thread takes it as soon as one is free)."""
+        with self.ready:
+            path = os.path.join(self.folder, f"side{len(self.paths)}.o")
+            self.paths.append(path)
+            self.todo.append((path, mod))
+            self.ready.notify()
+
+    def close(self):
+        """No more modules: the threads end once the last is built."""
+        with self.ready:
+            self.closed = True
+            self.ready.notify_all()
 
     def _next(self):
-        with self.lock:
+        with self.ready:
+            while not (self.errors or self.todo or self.closed):
+                self.ready.wait()
             return None if self.errors or not self.todo else self.todo.pop(0)
 
     def _run(self):
         try:
             with self.pass_context:
                 while (job := self._next()) is not None:
-                    i, mod = job
-                    tvm.tirx.build(mod, target=self.target).write_to_file(self.paths[i])
+                    path, mod = job
+                    tvm.tirx.build(mod, target=self.target).write_to_file(path)
         except BaseException as err:  # noqa: BLE001 - handed to link()'s caller
-            with self.lock:
+            with self.ready:
                 self.errors.append(err)
+                self.ready.notify_all()
 
     def start(self):
         for thread in self.threads:
@@ -125,6 +146,7 @@ class SideBuild:
         return self
 
     def join(self):
+        self.close()  # a caller that failed before closing must not leave the threads waiting
         for thread in self.threads:
             thread.join()
 
