@@ -75,7 +75,7 @@ class _Quantized(Module):
         self.register_buffer("input_zero_point", np.array(zx, np.int32))
         self.zero_point = zx  # also static: the padding of a convolution holds it
         self.quantize_input = True  # False: the previous layer hands over integers
-        self.out = {"out_dtype": "float32"}
+        self.out = {}  # dequantize
         self.train(False)
 
     def requantize_to(self, nxt, relu):
@@ -95,8 +95,7 @@ class _Quantized(Module):
                           qmax=self.input_qmax, dtype=self.input_dtype)
 
     def extra_repr(self):
-        mode = ("dequantize" if self.out["out_dtype"].startswith("float")
-                else f"requantize to {self.out['out_dtype']}")
+        mode = (f"requantize to {self.out['out_dtype']}" if self.out else "dequantize")
         return f"{tuple(self.weight.shape)} int8, input {self.input_dtype}, {mode}"
 
 

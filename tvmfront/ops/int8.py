@@ -12,7 +12,7 @@ Conventions (PyTorch's x86 quantized backend, gemmlowp's arithmetic):
   the multiply: exact, and the shape LLVM turns into vpmaddwd / vpdpbusd), adds an int32
   ``bias`` that the converter precomputes as round(b / (s_x * s_w)) - zx * sum_k q_w, and the
   epilogue multiplies by one float ``multiplier`` per output channel:
-  - ``out_dtype="float32"`` (dequantize): y = float(acc + bias) * multiplier, multiplier =
+  - ``out_dtype=None`` (dequantize): y = float(acc + bias) * multiplier, multiplier =
     s_x * s_w;
   - ``out_dtype="uint8"`` / ``"int8"`` (requantize to the next layer's input):
     y = clamp(nearbyint(float(acc + bias) * multiplier) + out_zero_point, out_qmin, out_qmax),
@@ -84,17 +84,17 @@ def _check_operands(name, x, w, bias, multiplier, out_dtype, out_qmin, out_qmax)
                 and lo <= out_qmin < out_qmax <= hi):
             raise ValueError(f"{name}: need integers {lo} <= out_qmin < out_qmax <= {hi} for "
                              f"out_dtype {out_dtype}, got {out_qmin!r}, {out_qmax!r}")
-    elif out_dtype not in ("float32", "float64"):
-        raise ValueError(f"{name}: out_dtype must be float32/float64 (dequantize) or "
-                         f"uint8/int8 (requantize), got {out_dtype!r}")
+    elif out_dtype is not None:
+        raise ValueError(f"{name}: out_dtype must be None (dequantize to the multiplier's "
+                         f"dtype) or uint8/int8 (requantize), got {out_dtype!r}")
 
 
 def _epilogue(acc, bias, multiplier, channel, out_dtype, out_zero_point, out_qmin, out_qmax):
     """The accumulator at one position -> the output element (see the module docstring)."""
     dt = multiplier.dtype
     real = (acc + bias[channel]).astype(dt) * multiplier[channel]
-    if out_dtype not in _ACTIVATION:
-        return real.astype(out_dtype)
+    if out_dtype is None:
+        return real
     q = tirx.nearbyint(real) + _c(out_zero_point, dt)
     return te.min(te.max(q, _c(out_qmin, dt)), _c(out_qmax, dt)).astype(out_dtype)
 
@@ -104,10 +104,10 @@ def _widened(v):
 
 
 @op
-def qdense(x, w, bias, multiplier, out_dtype="float32", out_zero_point=0, out_qmin=0,
+def qdense(x, w, bias, multiplier, out_dtype=None, out_zero_point=0, out_qmin=0,
            out_qmax=255):
     """x [..., in] (uint8/int8) @ w [out, in] (int8)^T, accumulated in int32, + bias [out]
-    (int32), then dequantized (out_dtype float) or requantized (uint8/int8) with
+    (int32), then dequantized (out_dtype None) or requantized (uint8/int8) with
     multiplier [out] in the same kernel (see the module docstring)."""
     _check_operands("qdense", x, w, bias, multiplier, out_dtype, out_qmin, out_qmax)
     if len(x.shape) < 1 or len(w.shape) != 2 or not same(x.shape[-1], w.shape[1]):
@@ -124,7 +124,7 @@ def qdense(x, w, bias, multiplier, out_dtype="float32", out_zero_point=0, out_qm
 
 
 @op
-def qconv2d(x, w, bias, multiplier, stride=1, padding=0, x_zero_point=0, out_dtype="float32",
+def qconv2d(x, w, bias, multiplier, stride=1, padding=0, x_zero_point=0, out_dtype=None,
             out_zero_point=0, out_qmin=0, out_qmax=255):
     """conv2d of x [N, C, H, W] (uint8/int8) with w [O, C, kh, kw] (int8), accumulated in
     int32, + bias [O] (int32), dequantized or requantized with multiplier [O] in the same
