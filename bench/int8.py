@@ -157,36 +157,35 @@ def _dot_intrinsics():
                         C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
         return desc
 
-    @T.prim_func(s_tir=True)
-    def avx2(A: T.Buffer((4,), "uint8", offset_factor=1),
-             B: T.Buffer((8, 4), "int8", offset_factor=1),
-             C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:8], A[0:4], B[0:8, 0:4])
-            T.writes(C[0:8])
-            a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"),
-                                          8), dtype="uint8x32")
-            pairs = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(
-                "llvm.x86.avx2.pmadd.ub.sw"), a, B.vload([0, 0], dtype="int8x32"),
-                dtype="int16x16")
-            C[T.ramp(T.int32(0), 1, 8)] += T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(
-                "llvm.x86.avx2.pmadd.wd"), pairs, T.broadcast(T.int16(1), 16), dtype="int32x8")
+    def impl_of(lanes, dot):
+        @T.prim_func(s_tir=True)
+        def impl(A: T.Buffer((4,), "uint8", offset_factor=1),
+                 B: T.Buffer((lanes, 4), "int8", offset_factor=1),
+                 C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+            with T.sblock("root"):
+                T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+                T.writes(C[0:lanes])
+                a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"),
+                                                            dtype="int32"), lanes),
+                                  dtype=f"uint8x{4 * lanes}")
+                C[T.ramp(T.int32(0), 1, lanes)] = dot(C.vload([0], dtype=f"int32x{lanes}"), a,
+                                                      B.vload([0, 0], dtype=f"int8x{4 * lanes}"))
+        return impl
 
-    @T.prim_func(s_tir=True)
-    def vnni(A: T.Buffer((4,), "uint8", offset_factor=1),
-             B: T.Buffer((16, 4), "int8", offset_factor=1),
-             C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"),
-                                          16), dtype="uint8x64")
-            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(
-                "llvm.x86.avx512.vpdpbusd.512"), C.vload([0], dtype="int32x16"), a,
-                B.vload([0, 0], dtype="int8x64"), dtype="int32x16")
+    def intrin(name, *args, dtype):
+        return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(name), *args, dtype=dtype)
 
-    TensorIntrin.register("tvmfront_dot_8x4_avx2", desc_of(8), avx2, override=True)
-    TensorIntrin.register("tvmfront_dot_16x4_vnni", desc_of(16), vnni, override=True)
+    def avx2(c, a, b):  # u8 x s8 pairs summed to int16 (saturating), then pairs to int32
+        pairs = intrin("llvm.x86.avx2.pmadd.ub.sw", a, b, dtype="int16x16")
+        return c + intrin("llvm.x86.avx2.pmadd.wd", pairs, T.broadcast(T.int16(1), 16),
+                          dtype="int32x8")
+
+    def vnni(c, a, b):
+        return intrin("llvm.x86.avx512.vpdpbusd.512", c, a, b, dtype="int32x16")
+
+    TensorIntrin.register("tvmfront_dot_8x4_avx2", desc_of(8), impl_of(8, avx2), override=True)
+    TensorIntrin.register("tvmfront_dot_16x4_vnni", desc_of(16), impl_of(16, vnni),
+                          override=True)
 
 
 def _check_packed(f, m, k, n, lanes):
