@@ -14,6 +14,7 @@ import tvmfront as tvf
 from tvmfront.nn import int8 as nn_int8
 from tvmfront.nn import quantization as qat
 from tvmfront.ops import int8 as q
+from tvmfront.ptq import calibrate
 
 from op_specs import qconv2d_ref, qdense_ref
 
@@ -109,9 +110,8 @@ def test_percentile_calibration_narrows_the_range_of_outliers():
     x, _ = digits(256)
     x = x.copy()
     x[0, 0, 0, 0] = 200.0  # one outlier: min/max spends the whole uint8 range on it
-    tvf_calibrate = sys.modules["tvmfront.ptq"].calibrate
-    minmax = tvf_calibrate(model, x, method="minmax")
-    pct = tvf_calibrate(model, x, method="percentile", percentile=99.9)
+    minmax = calibrate(model, x, method="minmax")
+    pct = calibrate(model, x, method="percentile", percentile=99.9)
     assert minmax["0"]["input_scale"] == pytest.approx(200 / 255, rel=1e-6)
     assert pct["0"]["input_scale"] < minmax["0"]["input_scale"] / 10
     np.testing.assert_array_equal(pct["0"]["weight_scale"], minmax["0"]["weight_scale"])
@@ -143,7 +143,7 @@ def test_a_qat_model_converts_to_the_integers_it_was_trained_with():
 def test_layers_without_an_int8_kernel_stay_float_and_are_named():
     tvf.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.LayerNorm(16), nn.ReLU(),
-                          nn.Linear(16, 10))
+                          nn.Linear(16, 10, bias=False))
     x, x_test = digits(128)
     with pytest.warns(UserWarning, match=r"no int8 kernel for '2' \(LayerNorm\).*stay float"):
         module = tvf.quantize(model, calibration=x)
@@ -163,6 +163,9 @@ def test_bad_calibration_data_is_a_clear_error():
         tvf.quantize(model, calibration=x.reshape(64, 1, 4, 16), inputs=spec)
     with pytest.raises(ValueError, match=r"calibration samples have shape \(64, 64\)"):
         tvf.quantize(model, calibration=x.reshape(64, 64), inputs=spec)
+    with pytest.raises(ValueError, match=r"does not take calibration samples of shape "
+                       r"\(256, 1, 4, 4\).*expected input \[\.\.\., 96\]"):
+        tvf.quantize(model, calibration=x.reshape(256, 1, 4, 4))  # no inputs=: the model says
     bad = x.copy()
     bad[3, 0, 2, 1] = np.nan
     with pytest.raises(ValueError, match=r"1 NaN/inf value\(s\) \(first at index \(3, 0, 2, 1\)"):

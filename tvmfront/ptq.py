@@ -20,6 +20,7 @@ from .compile import compile_inference
 from .nn import int8
 from .nn.quantization import qat_layers, qat_scales
 from .ops import quant
+from .errors import ShapeError
 from .spec import TensorSpec
 
 METHODS = ("minmax", "percentile")
@@ -96,7 +97,12 @@ def _ranges(model, names, spec, calibration, method, percentile, target):
     batch = spec.shape[0]
     size = batch if isinstance(batch, (int, np.integer)) else CALIBRATION_BATCH
     run_spec = TensorSpec(("batch", *spec.shape[1:]), spec.dtype)
-    module = compile_inference(tapped, run_spec, target=target, methods={"calibrate": run_spec})
+    try:
+        module = compile_inference(tapped, run_spec, target=target,
+                                   methods={"calibrate": run_spec})
+    except (ValueError, ShapeError) as err:  # the model's own check, named from here
+        raise ValueError(f"quantize: the model does not take calibration samples of shape "
+                         f"{calibration.shape}: {err}") from err
     order = [n for n, _ in int8.int8_layers(model) if n in names]
     seen = {n: [] for n in order}
     x = calibration.astype(spec.dtype, copy=False)
