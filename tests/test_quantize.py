@@ -90,14 +90,16 @@ def test_int8_cnn_follows_the_float_model_and_chains_integers(tmp_path):
     # measured: max |diff| ~3% of the logits' range; argmax agrees on ~all samples
     assert np.abs(got - want).max() < 0.06 * np.abs(want).max()
     assert (got.argmax(1) == want.argmax(1)).mean() > 0.97
-    # conv0 -> relu -> pool stays float between (pool is no int8 layer), conv3 -> relu ->
-    # flatten -> linear6 -> relu -> linear8 hand integers over
+    # every int8 layer hands integers to the next (ReLU as the clamp, pooling and flattening
+    # on uint8); only the last one dequantizes
     converted = nn_int8.convert(model, report["scales"])
-    kinds = [(type(m).__name__, m.out.get("out_dtype")) for m in converted
+    kinds = [(type(m).__name__, m.out.get("out_dtype"), m.quantize_input) for m in converted
              if isinstance(m, nn_int8._Quantized)]
-    assert kinds == [("QuantizedConv2d", None), ("QuantizedConv2d", "uint8"),
-                     ("QuantizedLinear", "uint8"), ("QuantizedLinear", None)]
-    assert [type(m).__name__ for m in converted][4] == "Identity"  # the ReLU is the clamp
+    assert kinds == [("QuantizedConv2d", "uint8", True), ("QuantizedConv2d", "uint8", False),
+                     ("QuantizedLinear", "uint8", False), ("QuantizedLinear", None, False)]
+    assert [type(m).__name__ for m in converted] == [
+        "QuantizedConv2d", "Identity", "MaxPool2d", "QuantizedConv2d", "Identity", "Flatten",
+        "QuantizedLinear", "Identity", "QuantizedLinear"]
     # a bundle: int8 weights in the file, same predictions after tvf.load
     loaded = tvf.load(module.export(tmp_path / "int8"))
     np.testing.assert_array_equal(loaded.predict(x_test), got)

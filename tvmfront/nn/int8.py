@@ -13,8 +13,8 @@ loaded, never trained):
 - ``multiplier``: float32 [out], s_x * s_w (dequantize) or s_x * s_w / s_next (requantize);
 - ``input_scale`` / ``input_zero_point``: 0-d, the layer quantizes its float input with them.
 
-Inside a Sequential, a quantized layer followed by another (with only ReLU and Flatten
-between) hands it uint8 directly: the epilogue requantizes to the next layer's input scale
+Inside a Sequential, a quantized layer followed by another (with only ReLU, MaxPool2d and
+Flatten between) hands it uint8 directly: the epilogue requantizes to the next layer's input scale
 and the ReLU becomes the clamp at the zero point, so the activation between the two never
 exists in float. Elsewhere the layer dequantizes to float in its epilogue.
 """
@@ -24,7 +24,7 @@ import copy
 import numpy as np
 
 from ..ops import int8 as q
-from .layers import Conv2d, Flatten, Linear, ReLU, Sequential
+from .layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
 from .module import Module, Parameter
 
 INT8_KINDS = (Linear, Conv2d)  # QATLinear / QATConv2d subclass them
@@ -182,7 +182,8 @@ def convert(model, scales):
 
 def _chain(seq):
     """Within a Sequential: a quantized layer whose next quantized layer follows after only
-    ReLU / Flatten requantizes into it (the ReLU folded into the clamp)."""
+    ReLU / MaxPool2d / Flatten requantizes into it (the ReLU folded into the clamp, the pooling
+    and flattening done on the integers)."""
     items = list(seq._modules.items())
     for k, (_, layer) in enumerate(items):
         if not isinstance(layer, _Quantized):
@@ -192,8 +193,8 @@ def _chain(seq):
             name, m = items[j]
             if isinstance(m, ReLU) and not relu:
                 relu, between = True, between + [name]
-            elif isinstance(m, Flatten):
-                continue
+            elif isinstance(m, (Flatten, MaxPool2d)):
+                continue  # max commutes with the (monotone) requantization: exact on uint8
             elif isinstance(m, _Quantized):
                 layer.requantize_to(m, relu)
                 for n in between:
