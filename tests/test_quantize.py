@@ -241,3 +241,38 @@ def test_kernels_use_integer_multiply_add_instructions():
             assert counts["vpmulld"] == 0, (target, kernel, counts)
     vnni = found["cascadelake (VNNI, compile only)"]
     assert all(c["vpdpwssd"] + c["vpdpbusd"] > 0 for c in vnni.values()), vnni
+
+
+class _Reversed(nn.Module):
+    """Layers registered in one order and called in the other."""
+
+    def __init__(self):
+        super().__init__()
+        tvf.manual_seed(0)
+        self.head = nn.Linear(32, 10)
+        self.body = nn.Linear(64, 32)
+
+    def forward(self, x):
+        return self.head(tvf.ops.relu(self.body(tvf.ops.flatten(x))) * 100.0)
+
+
+def test_calibration_follows_the_forward_not_the_registration_order():
+    """head's input (scaled by 100) gets the wide range, body's the digits' [0, 16]."""
+    x, _ = digits(128)
+    scales = calibrate(_Reversed(), x)
+    assert scales["body"]["input_scale"] == pytest.approx(x.max() / 255, rel=1e-6)
+    assert scales["head"]["input_scale"] > 20 * scales["body"]["input_scale"]
+
+
+def test_a_layer_called_twice_is_a_clear_error():
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(64, 64)
+
+        def forward(self, x):
+            return self.fc(self.fc(tvf.ops.flatten(x)))
+
+    x, _ = digits(64)
+    with pytest.raises(ValueError, match=r"\['fc'\] run more than once"):
+        calibrate(Shared(), x)

@@ -29,30 +29,32 @@ PERCENTILE_SAMPLES = 1 << 20  # values per layer the percentile is taken over, a
 
 
 class _Tap(nn.Module):
-    """Records the input of `layer` in `seen` on its way through."""
+    """Records (its name, the input of `layer`) in `seen` on its way through."""
 
-    def __init__(self, layer, seen):
+    def __init__(self, name, layer, seen):
         super().__init__()
         self.layer = layer
+        object.__setattr__(self, "_name", name)
         object.__setattr__(self, "_seen", seen)  # a plain list, not state
 
     def forward(self, x):
-        self._seen.append(x)
+        self._seen.append((self._name, x))
         return self.layer(x)
 
 
 class _Calibrator(nn.Module):
-    """forward: the model's; calibrate: the input of each tapped layer, in order."""
+    """forward: the model's; calibrate: the input of each tapped layer in the order the
+    forward calls them (their names in `names` once traced)."""
 
     def __init__(self, model, names):
         super().__init__()
-        self.seen = []
-        object.__setattr__(self, "seen", self.seen)
+        object.__setattr__(self, "seen", [])
+        object.__setattr__(self, "names", None)
         for parent_name, parent in int8.named_modules(model):
             for n, child in list(parent._modules.items()):
                 full = f"{parent_name}.{n}" if parent_name else n
                 if full in names:
-                    parent._modules[n] = tap = _Tap(child, self.seen)
+                    parent._modules[n] = tap = _Tap(full, child, self.seen)
                     object.__setattr__(parent, n, tap)
         self.model = model
 
@@ -62,7 +64,13 @@ class _Calibrator(nn.Module):
     def calibrate(self, x):
         self.seen.clear()
         self.model(x)
-        return tuple(self.seen)
+        names = [n for n, _ in self.seen]
+        if len(set(names)) != len(names):
+            shared = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"quantize: layer(s) {shared} run more than once in the forward "
+                             "(shared weights): one input scale cannot be calibrated for them")
+        object.__setattr__(self, "names", names)
+        return tuple(v for _, v in self.seen)
 
 
 def _spec(inputs, calibration):
@@ -103,7 +111,11 @@ def _ranges(model, names, spec, calibration, method, percentile, target):
     except (ValueError, ShapeError) as err:  # the model's own check, named from here
         raise ValueError(f"quantize: the model does not take calibration samples of shape "
                          f"{calibration.shape}: {err}") from err
-    order = [n for n, _ in int8.int8_layers(model) if n in names]
+    order = tapped.names  # the forward's call order, as traced
+    missing = sorted(set(names) - set(order))
+    if missing:
+        raise ValueError(f"quantize: layer(s) {missing} are not called by the forward: no input "
+                         "to calibrate them on")
     seen = {n: [] for n in order}
     x = calibration.astype(spec.dtype, copy=False)
     for start in range(0, len(x), size):
