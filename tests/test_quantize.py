@@ -157,6 +157,19 @@ def test_layers_without_an_int8_kernel_stay_float_and_are_named():
     assert np.isfinite(module.predict(x_test)).all()
 
 
+def test_a_pruned_model_keeps_its_zeros_in_int8():
+    from tvmfront.nn import pruning
+
+    tvf.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    pruning.prune(model, amount=0.8)
+    x, _ = digits(128)
+    weight = tvf.quantize(model, calibration=x).state_dict()["1.weight"]
+    assert weight.dtype == np.int8
+    assert (weight[model[1].weight_mask.data == 0] == 0).all()  # masked: exactly 0
+    assert (weight == 0).mean() >= 0.8
+
+
 def test_bad_calibration_data_is_a_clear_error():
     model = small_cnn()
     x, _ = digits(64)

@@ -154,7 +154,7 @@ def calibrate(model, calibration, method="minmax", percentile=99.99, inputs=None
     for name, layer in layers:
         lo, hi = (np.array(v, np.float32) for v in ranges[name])
         r = {"qmin": qmin, "qmax": qmax}
-        w = np.asarray(layer.weight.data, np.float32)
+        w = np.asarray(int8.float_weight(layer.weight), np.float32)
         out[name] = {
             "kind": "conv2d" if isinstance(layer, nn.Conv2d) else "linear",
             "weight_scale": np.asarray(quant.symmetric_scale(w, axis=0), np.float32),

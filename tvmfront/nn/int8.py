@@ -30,7 +30,9 @@ from .module import Module, Parameter
 INT8_KINDS = (Linear, Conv2d)  # QATLinear / QATConv2d subclass them
 
 
-def _value(p):
+def float_weight(p):
+    """A layer's weight or bias as an array: a Parameter's value, or a pruned layer's
+    effective weight (weight_orig * weight_mask, an array); None stays None."""
     return None if p is None else np.asarray(p.data if isinstance(p, Parameter) else p)
 
 
@@ -59,9 +61,9 @@ class _Quantized(Module):
         s_x, zx = float(entry["input_scale"]), int(entry["input_zero_point"])
         self.input_qmin, self.input_qmax = int(entry["input_qmin"]), int(entry["input_qmax"])
         self.input_dtype = _activation_dtype(self.input_qmin, self.input_qmax)
-        wq = quantize_weight(_value(layer.weight), w_scale, entry.get("weight_qmin", -128),
+        wq = quantize_weight(float_weight(layer.weight), w_scale, entry.get("weight_qmin", -128),
                              entry.get("weight_qmax", 127))
-        b = _value(layer.bias)
+        b = float_weight(layer.bias)
         out = wq.shape[0]
         bias = np.zeros(out) if b is None else np.rint(b.astype(np.float64) / (s_x * w_scale))
         bias = bias - zx * wq.reshape(out, -1).astype(np.int64).sum(1)
