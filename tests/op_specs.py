@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 
 from tvmfront import ops
-from tvmfront.ops import mask
+from tvmfront.ops import int8, mask  # noqa: F401  (ops.int8)
 
 import _philox
 
@@ -773,3 +773,50 @@ spec(ops.quant.symmetric_scale, symmetric_scale_ref, concat(randn(3, 2, 2, 2)), 
      id="symmetric_scale-conv-weight")
 spec(ops.quant.symmetric_scale, symmetric_scale_ref, concat(randn(4, 5)), attrs={"axis": 1},
      grad=False, id="symmetric_scale-axis1")
+
+
+# ---- int8 inference kernels (issue 14), against numpy in int64 --------------------------------
+# Integer inputs (no gradient). The epilogue's multiplier is the row's float input: these rows
+# dequantize (float output); requantization and quantize (integer outputs) are checked in
+# tests/test_quantize.py.
+def _int8_epilogue(acc, bias, multiplier, out_dtype=None, out_zero_point=0, out_qmin=0,
+                   out_qmax=255):
+    real = (acc + bias).astype(multiplier.dtype) * multiplier
+    if out_dtype is None:
+        return real
+    return np.clip(np.rint(real) + out_zero_point, out_qmin, out_qmax).astype(out_dtype)
+
+
+def qdense_ref(x, w, bias, multiplier, **out):
+    acc = np.einsum("...k,ok->...o", x.astype(np.int64), w.astype(np.int64))
+    return _int8_epilogue(acc, bias, multiplier, **out)
+
+
+def qconv2d_ref(x, w, bias, multiplier, stride=1, padding=0, x_zero_point=0, **out):
+    (ph, pw) = _pair(padding)
+    xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (ph, ph), (pw, pw)),
+                constant_values=x_zero_point)
+    acc = conv2d_ref(xp, w.astype(np.int64), stride=stride)
+    view = (-1, 1, 1)
+    return _int8_epilogue(acc, bias.reshape(view), multiplier.reshape(view), **out)
+
+
+def ints(dtype, *shape, lo=None, hi=None):
+    info = np.iinfo(dtype)
+    lo, hi = info.min if lo is None else lo, info.max if hi is None else hi
+    return lambda rng: rng.integers(lo, hi + 1, size=shape).astype(dtype)
+
+
+spec(ops.int8.qdense, qdense_ref, concat(ints("uint8", 3, 37), ints("int8", 5, 37),
+                                         ints("int32", 5, lo=-3000, hi=3000),
+                                         positive(5, lo=1e-4, hi=1e-3)),
+     grad=False, id="qdense-u8-dequantize")
+spec(ops.int8.qdense, qdense_ref, concat(ints("int8", 2, 3, 16), ints("int8", 4, 16),
+                                         ints("int32", 4, lo=-100, hi=100),
+                                         positive(4, lo=1e-3, hi=1e-2)),
+     grad=False, id="qdense-s8-3d-dequantize")
+spec(ops.int8.qconv2d, qconv2d_ref, concat(ints("uint8", 2, 3, 6, 7), ints("int8", 4, 3, 3, 3),
+                                           ints("int32", 4, lo=-3000, hi=3000),
+                                           positive(4, lo=1e-4, hi=1e-3)),
+     attrs={"stride": 2, "padding": 1, "x_zero_point": 9}, grad=False,
+     id="qconv2d-u8-s2-p1-zp9-dequantize")

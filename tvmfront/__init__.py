@@ -18,6 +18,7 @@ from .runtime import InferenceModule, TrainingModule, load
 from .spec import TensorSpec
 
 Spec = TensorSpec  # the short name: tvf.Spec(("batch", "seq"), "int64")
+from .ptq import quantize  # a module named quantize would shadow the function
 from .target import targets
 from .trainer import Trainer
 
@@ -45,6 +46,8 @@ __all__ = [
     "NonFiniteOpError", "InferenceModule", "OutOfBoundsError", "Op", "OpCheckError", "OpCheckReport",
     "ShapeError", "TargetError",
     "Spec", "TensorSpec", "Trainer", "TrainingModule", "TvmfrontError", "compile_inference",
-    "bound_checks", "compile_training", "data", "distributed", "debug_nans", "generate", "derived_gradients", "gradcheck", "load", "opcheck", "manual_seed", "nn", "op", "ops", "optim", "targets", "te", "tirx",
+    "bound_checks", "compile_training", "data", "distributed", "debug_nans", "generate",
+    "derived_gradients", "gradcheck", "load", "opcheck", "manual_seed", "nn", "op", "ops", "optim",
+    "quantize", "targets", "te", "tirx",
     "tune", "TuneReport",
 ]

@@ -1,0 +1,207 @@
+"""Int8 inference layers and the conversion of a float (or QAT) model to them.
+
+``convert(model, scales)`` returns a copy of the model whose Linear and Conv2d layers (and
+QATLinear / QATConv2d) are QuantizedLinear / QuantizedConv2d, built from one description per
+layer, the one ``tvf.nn.quantization.qat_scales`` returns (calibration produces the same):
+``weight_scale`` [out] (per-channel symmetric int8), ``input_scale`` / ``input_zero_point`` /
+``input_qmin`` / ``input_qmax`` (per-tensor affine). So a QAT-trained model and a calibrated
+one convert through the same code. What a quantized layer holds, all as buffers (exported,
+loaded, never trained):
+
+- ``weight``: int8, nearbyint(w * (1 / weight_scale)) clamped, as fake_quant rounds it;
+- ``bias``: int32, round(b / (s_x * s_w)) - zx * sum_k weight (the input zero point folded in);
+- ``multiplier``: float32 [out], s_x * s_w (dequantize) or s_x * s_w / s_next (requantize);
+- ``input_scale`` / ``input_zero_point``: 0-d, the layer quantizes its float input with them.
+
+Inside a Sequential, a quantized layer followed by another (with only ReLU, MaxPool2d and
+Flatten between) hands it uint8 directly: the epilogue requantizes to the next layer's input scale
+and the ReLU becomes the clamp at the zero point, so the activation between the two never
+exists in float. Elsewhere the layer dequantizes to float in its epilogue.
+"""
+
+import copy
+
+import numpy as np
+
+from ..ops import int8 as q
+from .layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
+from .module import Module, Parameter
+
+INT8_KINDS = (Linear, Conv2d)  # QATLinear / QATConv2d subclass them
+
+
+def float_weight(p):
+    """A layer's weight or bias as an array: a Parameter's value, or a pruned layer's
+    effective weight (weight_orig * weight_mask, an array); None stays None."""
+    return None if p is None else np.asarray(p.data if isinstance(p, Parameter) else p)
+
+
+def _activation_dtype(qmin, qmax):
+    if 0 <= qmin < qmax <= 255:
+        return "uint8"
+    if -128 <= qmin < qmax <= 127:
+        return "int8"
+    raise ValueError(f"int8: activation range [{qmin}, {qmax}] fits neither uint8 nor int8")
+
+
+def quantize_weight(w, scale, qmin=-128, qmax=127):
+    """int8 weights per output channel (axis 0), rounded as fake_quant does (float32,
+    multiplied by the reciprocal, half to even)."""
+    w = np.asarray(w, np.float32)
+    s = np.asarray(scale, np.float32).reshape((-1,) + (1,) * (w.ndim - 1))
+    return np.clip(np.rint(w * (np.float32(1) / s)), qmin, qmax).astype(np.int8)
+
+
+class _Quantized(Module):
+    """What QuantizedLinear and QuantizedConv2d share: the buffers and the epilogue mode."""
+
+    def _setup(self, layer, entry):
+        Module.__init__(self)
+        w_scale = np.asarray(entry["weight_scale"], np.float64)
+        s_x, zx = float(entry["input_scale"]), int(entry["input_zero_point"])
+        self.input_qmin, self.input_qmax = int(entry["input_qmin"]), int(entry["input_qmax"])
+        self.input_dtype = _activation_dtype(self.input_qmin, self.input_qmax)
+        wq = quantize_weight(float_weight(layer.weight), w_scale, entry.get("weight_qmin", -128),
+                             entry.get("weight_qmax", 127))
+        b = float_weight(layer.bias)
+        out = wq.shape[0]
+        bias = np.zeros(out) if b is None else np.rint(b.astype(np.float64) / (s_x * w_scale))
+        bias = bias - zx * wq.reshape(out, -1).astype(np.int64).sum(1)
+        if np.abs(bias).max(initial=0) >= 2 ** 31:
+            raise ValueError("int8: a bias does not fit int32 at this layer's scales "
+                             "(input or weight scale too small)")
+        self.register_buffer("weight", wq)
+        self.register_buffer("bias", bias.astype(np.int32))
+        self.register_buffer("multiplier", (s_x * w_scale).astype(np.float32))
+        self.register_buffer("input_scale", np.array(s_x, np.float32))
+        self.register_buffer("input_zero_point", np.array(zx, np.int32))
+        self.zero_point = zx  # also static: the padding of a convolution holds it
+        self.quantize_input = True  # False: the previous layer hands over integers
+        self.out = {}  # dequantize
+        self.train(False)
+
+    def requantize_to(self, nxt, relu):
+        """Hand `nxt` (the next quantized layer) integers at its input scale; `relu`: a ReLU
+        between them becomes the clamp's lower bound."""
+        s_next, z_next = float(nxt.input_scale.data), nxt.zero_point
+        self.multiplier = (self.multiplier.data.astype(np.float64) / s_next).astype(np.float32)
+        lo = max(nxt.input_qmin, z_next) if relu else nxt.input_qmin
+        self.out = {"out_dtype": nxt.input_dtype, "out_zero_point": z_next,
+                    "out_qmin": lo, "out_qmax": nxt.input_qmax}
+        nxt.quantize_input = False
+
+    def _input(self, x):
+        if not self.quantize_input:
+            return x
+        return q.quantize(x, self.input_scale, self.input_zero_point, qmin=self.input_qmin,
+                          qmax=self.input_qmax, dtype=self.input_dtype)
+
+    def extra_repr(self):
+        mode = (f"requantize to {self.out['out_dtype']}" if self.out else "dequantize")
+        return f"{tuple(self.weight.shape)} int8, input {self.input_dtype}, {mode}"
+
+
+class QuantizedLinear(_Quantized):
+    """Linear as int8 (see the module docstring)."""
+
+    def __init__(self, layer, entry):
+        self._setup(layer, entry)
+
+    def forward(self, x):
+        return q.qdense(self._input(x), self.weight, self.bias, self.multiplier, **self.out)
+
+
+class QuantizedConv2d(_Quantized):
+    """Conv2d as int8 (see the module docstring)."""
+
+    def __init__(self, layer, entry):
+        self._setup(layer, entry)
+        self.stride, self.padding = layer.stride, layer.padding
+
+    def forward(self, x):
+        return q.qconv2d(self._input(x), self.weight, self.bias, self.multiplier,
+                         stride=self.stride, padding=self.padding,
+                         x_zero_point=self.zero_point, **self.out)
+
+
+class Identity(Module):
+    def forward(self, x):
+        return x
+
+
+def named_modules(model):
+    """[(dotted name, module)], the model itself as "", depth first; the submodules of a
+    Linear / Conv2d (a QAT layer's fake quantizers) are part of it and left out."""
+    out, seen = [], set()
+
+    def walk(m, name):
+        if id(m) in seen:
+            return
+        seen.add(id(m))
+        out.append((name, m))
+        if not isinstance(m, INT8_KINDS):
+            for n, c in m._modules.items():
+                walk(c, f"{name}.{n}" if name else n)
+
+    walk(model, "")
+    return out
+
+
+def int8_layers(model):
+    """[(dotted name, layer)] of the layers that have an int8 kernel, depth first."""
+    return [(n, m) for n, m in named_modules(model) if isinstance(m, INT8_KINDS)]
+
+
+def float_layers(model):
+    """[(dotted name, class name)] of the layers with parameters or buffers of their own that
+    have no int8 kernel, so stay float, depth first."""
+    return [(n, type(m).__name__) for n, m in named_modules(model)
+            if not isinstance(m, INT8_KINDS) and (m._parameters or m._buffers)]
+
+
+def convert(model, scales):
+    """A copy of `model` (eval mode) with every Linear / Conv2d named in `scales` replaced by
+    its int8 version; `scales`: {dotted name: description} as qat_scales returns."""
+    model = copy.deepcopy(model)
+    done = set()
+    for parent_name, parent in named_modules(model):
+        for name, child in list(parent._modules.items()):
+            full = f"{parent_name}.{name}" if parent_name else name
+            if isinstance(child, INT8_KINDS) and full in scales:
+                cls = QuantizedConv2d if isinstance(child, Conv2d) else QuantizedLinear
+                new = cls(child, scales[full])
+                parent._modules[name] = new  # in place in the dict (Sequential's order)
+                object.__setattr__(parent, name, new)
+                done.add(full)
+    missing = sorted(set(scales) - done)
+    if missing:
+        raise ValueError(f"int8.convert: no Linear or Conv2d named {missing} in the model")
+    for seq in [m for _, m in named_modules(model) if isinstance(m, Sequential)]:
+        _chain(seq)
+    model.eval()
+    return model
+
+
+def _chain(seq):
+    """Within a Sequential: a quantized layer whose next quantized layer follows after only
+    ReLU / MaxPool2d / Flatten requantizes into it (the ReLU folded into the clamp, the pooling
+    and flattening done on the integers)."""
+    items = list(seq._modules.items())
+    for k, (_, layer) in enumerate(items):
+        if not isinstance(layer, _Quantized):
+            continue
+        relu, between = False, []
+        for j in range(k + 1, len(items)):
+            name, m = items[j]
+            if isinstance(m, ReLU) and not relu:
+                relu, between = True, between + [name]
+            elif isinstance(m, (Flatten, MaxPool2d)):
+                continue  # max commutes with the (monotone) requantization: exact on uint8
+            elif isinstance(m, _Quantized):
+                layer.requantize_to(m, relu)
+                for n in between:
+                    seq._modules[n] = ident = Identity()
+                    object.__setattr__(seq, n, ident)
+                break
+            else:
+                break

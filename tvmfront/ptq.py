@@ -1,0 +1,206 @@
+"""Post-training static quantization: ``tvf.quantize(model, calibration=x, ...)``.
+
+Calibration runs the float model in eval mode over the calibration samples, compiled once
+with a symbolic batch and an extra method that returns the input of every Linear and Conv2d,
+and takes each input's range: its min and max ("minmax", PyTorch's MinMaxObserver) or the
+`percentile` and 100 - `percentile` percentiles ("percentile", clipping rare outliers). The
+range gives the per-tensor affine uint8 scale and zero point with the same op QAT uses
+(``ops.quant.affine_qparams``), the weights their per-channel symmetric scales
+(``ops.quant.symmetric_scale``): the per-layer description ``qat_scales`` returns, which
+``nn.int8.convert`` turns into int8 layers, compiled with ``compile_inference``.
+"""
+
+import copy
+import warnings
+
+import numpy as np
+
+from . import nn
+from .compile import compile_inference
+from .nn import int8
+from .nn.quantization import qat_layers, qat_scales
+from .ops import quant
+from .errors import ShapeError
+from .spec import TensorSpec
+
+METHODS = ("minmax", "percentile")
+CALIBRATION_BATCH = 256
+PERCENTILE_SAMPLES = 1 << 20  # values per layer the percentile is taken over, at most
+
+
+class _Tap(nn.Module):
+    """Records (its name, the input of `layer`) in `seen` on its way through."""
+
+    def __init__(self, name, layer, seen):
+        super().__init__()
+        self.layer = layer
+        object.__setattr__(self, "_name", name)
+        object.__setattr__(self, "_seen", seen)  # a plain list, not state
+
+    def forward(self, x):
+        self._seen.append((self._name, x))
+        return self.layer(x)
+
+
+class _Calibrator(nn.Module):
+    """forward: the model's; calibrate: the input of each tapped layer in the order the
+    forward calls them (their names in `names` once traced)."""
+
+    def __init__(self, model, names):
+        super().__init__()
+        object.__setattr__(self, "seen", [])
+        object.__setattr__(self, "names", None)
+        for parent_name, parent in int8.named_modules(model):
+            for n, child in list(parent._modules.items()):
+                full = f"{parent_name}.{n}" if parent_name else n
+                if full in names:
+                    parent._modules[n] = tap = _Tap(full, child, self.seen)
+                    object.__setattr__(parent, n, tap)
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x)
+
+    def calibrate(self, x):
+        self.seen.clear()
+        self.model(x)
+        names = [n for n, _ in self.seen]
+        if len(set(names)) != len(names):
+            shared = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"quantize: layer(s) {shared} run more than once in the forward "
+                             "(shared weights): one input scale cannot be calibrated for them")
+        object.__setattr__(self, "names", names)
+        return tuple(v for _, v in self.seen)
+
+
+def _spec(inputs, calibration):
+    """The input spec (given, or a symbolic batch of the calibration samples' shape); a
+    calibration array that does not match it is a ValueError."""
+    if not isinstance(calibration, np.ndarray) or calibration.ndim < 1 or not len(calibration):
+        raise ValueError(f"quantize: calibration must be a non-empty numpy array [N, ...] of "
+                         f"input samples, got {type(calibration).__name__}"
+                         f"{getattr(calibration, 'shape', '')}")
+    if calibration.dtype.kind != "f":
+        raise ValueError(f"quantize: calibration must be float samples, got {calibration.dtype}")
+    bad = ~np.isfinite(calibration)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"quantize: calibration holds {int(bad.sum())} NaN/inf value(s) (first "
+                         f"at index {where}: {calibration[where]}); calibrate on finite data")
+    if inputs is None:
+        return TensorSpec(("batch", *calibration.shape[1:]), str(calibration.dtype))
+    spec = TensorSpec.of(inputs, what="inputs")
+    want = tuple(spec.shape)
+    if len(want) != calibration.ndim or any(
+            isinstance(d, (int, np.integer)) and calibration.shape[k] != d
+            for k, d in enumerate(want) if k > 0):
+        raise ValueError(f"quantize: calibration samples have shape {calibration.shape} but the "
+                         f"model's input is {want} (the first axis is the batch)")
+    return spec
+
+
+def _ranges(model, names, spec, calibration, method, percentile, target):
+    """{layer: (lo, hi)} of each named layer's input over the calibration data."""
+    tapped = _Calibrator(copy.deepcopy(model), set(names))
+    batch = spec.shape[0]
+    size = batch if isinstance(batch, (int, np.integer)) else CALIBRATION_BATCH
+    run_spec = TensorSpec(("batch", *spec.shape[1:]), spec.dtype)
+    try:
+        module = compile_inference(tapped, run_spec, target=target,
+                                   methods={"calibrate": run_spec})
+    except (ValueError, ShapeError) as err:  # the model's own check, named from here
+        raise ValueError(f"quantize: the model does not take calibration samples of shape "
+                         f"{calibration.shape}: {err}") from err
+    order = tapped.names  # the forward's call order, as traced
+    missing = sorted(set(names) - set(order))
+    if missing:
+        raise ValueError(f"quantize: layer(s) {missing} are not called by the forward: no input "
+                         "to calibrate them on")
+    seen = {n: [] for n in order}
+    x = calibration.astype(spec.dtype, copy=False)
+    for start in range(0, len(x), size):
+        outs = module.calibrate(x[start:start + size])
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        for n, v in zip(order, outs):
+            v = np.asarray(v)
+            seen[n].append(np.array([v.min(), v.max()]) if method == "minmax" else v.ravel())
+    out = {}
+    for n, parts in seen.items():
+        v = np.concatenate(parts)
+        if method == "minmax":
+            out[n] = (v.min(), v.max())
+        else:
+            if v.size > PERCENTILE_SAMPLES:  # a fixed subsample: same data, same scales
+                v = v[np.random.default_rng(0).choice(v.size, PERCENTILE_SAMPLES, replace=False)]
+            out[n] = tuple(np.percentile(v, [100 - percentile, percentile]))
+    return out
+
+
+def calibrate(model, calibration, method="minmax", percentile=99.99, inputs=None, target="x86",
+              activation_range=(0, 255)):
+    """{layer name: description} (the format of ``qat_scales``) for every Linear / Conv2d of
+    the float model, from its inputs over the calibration samples."""
+    if method not in METHODS:
+        raise ValueError(f"quantize: method must be one of {METHODS}, got {method!r}")
+    if method == "percentile" and not 50 < percentile <= 100:
+        raise ValueError(f"quantize: percentile must be in (50, 100], got {percentile!r}")
+    spec = _spec(inputs, calibration)
+    layers = int8.int8_layers(model)
+    if not layers:
+        raise ValueError("quantize: the model has no Linear or Conv2d layer to quantize")
+    ranges = _ranges(model, [n for n, _ in layers], spec, calibration, method, percentile, target)
+    qmin, qmax = activation_range
+    out = {}
+    for name, layer in layers:
+        lo, hi = (np.array(v, np.float32) for v in ranges[name])
+        r = {"qmin": qmin, "qmax": qmax}
+        w = np.asarray(int8.float_weight(layer.weight), np.float32)
+        out[name] = {
+            "kind": "conv2d" if isinstance(layer, nn.Conv2d) else "linear",
+            "weight_scale": np.asarray(quant.symmetric_scale(w, axis=0), np.float32),
+            "weight_qmin": -128, "weight_qmax": 127,
+            "input_scale": float(quant.affine_qparams(lo, hi, which="scale", **r)),
+            "input_zero_point": int(quant.affine_qparams(lo, hi, which="zero_point", **r)),
+            "input_qmin": qmin, "input_qmax": qmax,
+        }
+    return out
+
+
+def quantize(model, calibration=None, method="minmax", percentile=99.99, inputs=None,
+             target="x86", records=None):
+    """An int8 inference module of `model`: Linear and Conv2d as int8 kernels (per-channel
+    symmetric int8 weights, per-tensor uint8 activations, int32 accumulation, requantization
+    in the kernel's epilogue), everything else float. Scales from `calibration` (float
+    samples [N, ...]; method "minmax" or "percentile"), or, for a model prepared with
+    ``prepare_qat`` and trained, from what it learned (calibration None).
+
+    Returns the module, compiled as ``compile_inference`` (predict, export, tvf.load, tuning);
+    ``module.quantization`` reports {"int8": [layer names], "float": [(name, kind)]}, and a
+    layer with parameters but no int8 kernel is named in a warning.
+
+        >>> module = tvf.quantize(model, calibration=x_train[:512], inputs=("batch", 1, 8, 8))
+        >>> module.predict(x_test), module.quantization
+    """
+    model = copy.deepcopy(model).eval()
+    if qat_layers(model):
+        if calibration is not None:
+            raise ValueError("quantize: the model was prepared for QAT: its scales come from "
+                             "training; pass calibration=None")
+        scales = qat_scales(model)
+        spec = inputs
+    else:
+        if calibration is None:
+            raise ValueError("quantize: give calibration samples (or a model trained with "
+                             "prepare_qat)")
+        spec = _spec(inputs, calibration)
+        scales = calibrate(model, calibration, method, percentile, spec, target)
+    if spec is None:
+        raise ValueError("quantize: give inputs= (the input spec) for a QAT model")
+    stays = int8.float_layers(model)
+    if stays:
+        warnings.warn("quantize: no int8 kernel for " + ", ".join(
+            f"'{n}' ({k})" for n, k in stays) + "; these layers stay float", stacklevel=2)
+    converted = int8.convert(model, scales)
+    module = compile_inference(converted, spec, target=target, records=records)
+    module.quantization = {"int8": sorted(scales), "float": stays, "scales": scales}
+    return module
