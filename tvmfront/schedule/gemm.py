@@ -1,0 +1,287 @@
+"""The GEMM family: register-tiled contractions (dense, batch_matmul, the transposed forms
+their gradients use, and convolution forward, whose loop nest has the same shape), and in
+"tiled only" mode the vectorizable reductions without a multiply (row sums, max).
+
+A reduction is register-tiled: the spatial axis whose vectors use the SIMD lanes best is
+split by the vector length and vectorized; operands strided along it (``x @ w.T``'s weight,
+a conv weight when vectorizing over output channels) are first packed into a copy with that
+axis last, when the copy is cheap next to the reduction; large operands with a long stride
+along the reduction are packed into panels; one or two other output axes form a register
+tile chosen so that operand loads are shared across it; the reduction loops sit between the
+outer loops and the tile; the tile accumulates in a small local buffer (``cache_write``,
+laid out with the vector axis last) written back together with the pointwise epilogue (bias
+add, ReLU); outer loops are fused just enough to feed ``num-cores`` threads and parallelized
+when the kernel is large enough. Without a vectorizable axis the same rule builds a tile of
+independent scalar accumulators (reductions._tile_reduction_scalar).
+
+Symbolic extents: a register tile that splits a symbolic axis first pads it to a multiple of
+the tile (``pad_einsum``: zero-padded input copies, a padded output copied out with the
+epilogue), so the tile itself carries no predicate; a block that is no einsum (a conv
+window) or that tiles rows with scalar accumulators keeps its tiles to the static axes
+instead. A reduction over a symbolic axis (a weight gradient summed over the batch, batch
+statistics) is tiled and vectorized over its static output axes as usual.
+
+Every output element is accumulated in the order of its reduction loops.
+"""
+
+import math
+
+from .params import (PACK_RATIO, PANEL_MIN_BYTES, SCALAR_TILE, STREAM_MAX_OUTPUT_BYTES,
+                     UNROLL_MAX_BODY)
+from .failures import NotApplicable, _probe
+from .analysis import _BlockInfo, _bytes, _const, _packable_dim, _size, _unroll_extent
+from .loops import (_largest_divisor, _parallel_worth_it, _parallelize, _vector_factor,
+                    _vectorize_innermost)
+from .conv import _index_divisors
+from .spatial import _absorb_epilogues
+
+
+def _tile_reduction(sch, name, params, vector=True):
+    """Register-tiled, parallel schedule of a reduction. With `vector`, the output's
+    contiguous axis (along which every operand must be contiguous or constant, after packing
+    a strided operand when cheap) is vectorized and the tile holds vector accumulators;
+    without, the tile holds scalar accumulators (independent chains for the FPU)."""
+    block = sch.get_sblock(name)
+    info = _BlockInfo(sch, block)
+    if "O" in info.kinds or not info.reduction or not info.spatial:
+        raise NotApplicable("not a plain reduction")
+    lanes = params.lanes(info.dtype)
+    packed = []
+    v = vec = None
+    if vector:
+        v, vec = _choose_vector_axis(info, lanes)
+        if vec > lanes and vec % lanes == 0 and _streams_operands(info):
+            # One register per vector leaves room for a register tile over a second output
+            # axis: fewer passes over operands that do not fit in cache.
+            vec = lanes
+        # Operands strided along v: pack them into a copy whose last dimension is v's.
+        for _ in range(len(info.reads)):
+            strided = [(i, r) for i, r, strides in info.reads if strides[v] not in (0, 1)]
+            if not strided:
+                break
+            index, region = strided[0]
+            _pack_operand(sch, info, index, region, v)
+            packed.append(region.source.name)
+            block = sch.get_sblock(name)
+            info = _BlockInfo(sch, block)
+        if any(strides[v] not in (0, 1) for _, _, strides in info.reads):
+            raise NotApplicable("an operand is strided along the vector axis")
+        panel = _panel_operand(info, v, vec)
+        if panel is not None:
+            _pack_panels(sch, info, *panel, v, vec)
+            packed.append(f"{panel[1].source.name} (panels)")
+            info = _BlockInfo(sch, sch.get_sblock(name))
+        budget = max(1, params.acc_registers // math.ceil(vec / lanes))
+    else:
+        panel = None
+        if _index_divisors(info.stmt, info.vars):
+            raise NotApplicable("strided-window gather: see _plain_reduction")
+        budget = SCALAR_TILE
+
+    def reuse(k):  # operand loads shared across a tile along axis k (vector loads count 2)
+        return sum((2 if v is not None and strides[v] == 1 else 1)
+                   for _, _, strides in info.reads if strides[k] == 0)
+
+    tiles = {}
+    for k in sorted((k for k in info.spatial if k != v), key=lambda k: (-reuse(k), -k))[:2]:
+        if reuse(k) == 0 or budget <= 1:
+            break
+        f = _largest_divisor(info.extents[k], budget)
+        if f > 1:
+            tiles[k] = f
+            budget //= f
+    if not vector and not tiles:
+        # No reuse to exploit: independent accumulators along the innermost spatial axis.
+        k = next((k for k in reversed(info.spatial) if info.extents[k] > 1), None)
+        f = _largest_divisor(info.extents[k], budget) if k is not None else 1
+        if f < 2:
+            raise NotApplicable("nothing to tile")
+        tiles[k] = f
+    # A kernel worth running in parallel keeps a few outer iterations per core.
+    if _parallel_worth_it(info, vec or 1, params):
+        def outer_count():
+            spatial = math.prod(info.extents[k] for k in info.spatial)
+            return spatial // math.prod(tiles.values()) // (vec or 1)
+
+        while tiles and outer_count() < params.cores:
+            k = max(tiles, key=tiles.get)
+            tiles[k] = _largest_divisor(info.extents[k], tiles[k] - 1)
+            if tiles[k] == 1:
+                del tiles[k]
+        if not vector and not tiles:
+            raise NotApplicable("nothing to tile")
+    try:
+        padded = _pad_symbolic_tiles(sch, info, tiles, vector)
+    except Exception as err:  # noqa: BLE001 - TVM's own check: not an einsum (a conv window)
+        _probe(f"pad_einsum of block {name}", err)
+        padded = False
+        tiles = {k: f for k, f in tiles.items() if k not in info.symbolic}
+        if not vector and not tiles:
+            raise NotApplicable("only a symbolic axis to tile") from err
+    if padded:
+        block = sch.get_sblock(name)
+        info = _BlockInfo(sch, block)
+
+    outer, inner, red = [], [], []
+    vec_loop = None
+    for k, loop in enumerate(info.loops):
+        if info.kinds[k] == "R":
+            red.append(loop)
+        elif k == v:
+            o, vec_loop = sch.split(loop, factors=[None, vec])
+            # With panels, the panel index runs outermost: one panel stays in cache while
+            # every tile of the other axes sweeps it.
+            if panel is not None:
+                outer.insert(0, o)
+            else:
+                outer.append(o)
+        elif k in tiles:
+            o, i = sch.split(loop, factors=[None, tiles[k]])
+            outer.append(o)
+            inner.append(i)
+        else:
+            outer.append(loop)
+    sch.reorder(*outer, *red, *inner, *([vec_loop] if vec_loop is not None else []))
+    parallel = ""
+    if _parallel_worth_it(info, vec or 1, params):
+        outer, parallel = _parallelize(sch, outer, params)
+    anchor = outer[-1]
+
+    # Accumulate the register tile in a local buffer; write it back with the epilogue.
+    writeback = sch.cache_write(block, 0, "global")
+    if v is not None and info.write_strides[v] != 1:
+        # The output is strided along v: lay the accumulator out with v's dimension last.
+        d = _packable_dim(info.write, info.vars[v])
+        ndim = len(info.write.region)
+        if d != ndim - 1:
+            sch.transform_layout(block, ("write", 0),
+                                 lambda *idx: [idx[i] for i in range(ndim) if i != d] + [idx[d]])
+    sch.reverse_compute_at(writeback, anchor, preserve_unit_loops=True)
+    epilogue = _absorb_epilogues(sch, writeback)
+    tile_points = math.prod(tiles.values())
+    last_red = red[-1]
+    if _unroll_extent(sch, last_red) * tile_points <= UNROLL_MAX_BODY and len(red) > 1:
+        sch.unroll(last_red)
+    for loop in inner:
+        sch.unroll(loop)
+    if vec_loop is not None:
+        sch.vectorize(vec_loop)
+    _vectorize_innermost(sch, writeback, lanes)
+    # Last: the update block loses its init, and with it the checks other primitives need.
+    init = sch.decompose_reduction(block, red[0])
+    _vectorize_innermost(sch, init, lanes)
+    touched = {sch.get(init).name_hint, sch.get(writeback).name_hint, name}
+    tile = "x".join(str(tiles[k]) for k in sorted(tiles))
+    note = (f"tiled[{tile}{'x' if tile and vec else ''}{f'v{vec}' if vec else ' scalar'}"
+            f"{', parallel' if parallel else ''}"
+            f"{', packed ' + '+'.join(packed) if packed else ''}"
+            f"{', +' + '+'.join(epilogue) if epilogue else ''}]")
+    return note, touched
+
+
+def _choose_vector_axis(info, lanes):
+    """(axis, vector length) for a reduction's register tile: the spatial axis whose vectors
+    use the lanes best, minus the cost of packing operands that are strided along it and
+    of a strided write-back. Raises when no axis qualifies."""
+    best = None
+    for v in info.spatial:
+        if v in info.symbolic:  # its last vector would be predicated: scalar code
+            continue
+        vec = _vector_factor(info.extents[v], lanes)
+        if vec is None:
+            continue
+        score = vec / (math.ceil(vec / lanes) * lanes)
+        feasible = True
+        for _, region, strides in info.reads:
+            if strides[v] in (0, 1):
+                continue
+            size = math.prod(_size(s) for s in region.source.shape)
+            if _packable_dim(region, info.vars[v]) is None or size * PACK_RATIO > info.work:
+                feasible = False
+                break
+            score -= 0.02 + 4 * size / info.work
+        if not feasible:
+            continue
+        if info.write_strides[v] != 1:
+            if _packable_dim(info.write, info.vars[v]) is None:
+                continue
+            score -= 0.05
+        if best is None or score > best[0]:
+            best = (score, v, vec)
+    if best is None:
+        raise NotApplicable("no vectorizable output axis")
+    return best[1], best[2]
+
+
+def _pack_operand(sch, info, index, region, v):
+    """Copy a read operand into a buffer whose last dimension is the one indexed by v."""
+    d = _packable_dim(region, info.vars[v])
+    if d is None:
+        raise NotApplicable("operand not packable")
+    size = math.prod(_size(s) for s in region.source.shape)
+    if size * PACK_RATIO > info.work:
+        raise NotApplicable("packing costs too much")
+    packed = sch.cache_read(info.block, index, "global")
+    ndim = len(region.region)
+    if d != ndim - 1:
+        sch.transform_layout(packed, ("write", 0),
+                             lambda *idx: [idx[i] for i in range(ndim) if i != d] + [idx[d]])
+    return packed
+
+
+def _streams_operands(info):
+    """A reduction with a small output (a weight gradient) over operands larger than a cache:
+    every pass of its register tiles over the reduction streams them from memory again."""
+    return (_bytes(info.write.source) <= STREAM_MAX_OUTPUT_BYTES
+            and sum(_bytes(r.source) for _, r, _ in info.reads) >= PANEL_MIN_BYTES)
+
+
+def _panel_operand(info, v, vec):
+    """(read index, region) of an operand worth packing into panels for vector axis v: read
+    contiguously along v, reused across another output axis (stride 0 there), with a large
+    stride along a reduction (the weight of a big GEMM: each step of the reduction would
+    touch a new row, rows 4 KiB apart alias in the L1 cache) and bigger than PANEL_MIN_BYTES."""
+    for index, region, strides in info.reads:
+        if strides[v] != 1 or any(strides[k] is None for k in range(len(info.vars))):
+            continue
+        if not any(strides[k] == 0 for k in info.spatial if k != v):
+            continue
+        if not any(strides[k] >= 64 for k in info.reduction):
+            continue
+        d = _packable_dim(region, info.vars[v])
+        if _bytes(region.source) < PANEL_MIN_BYTES or d is None:
+            continue
+        # Panels must tile the dimension, which the tile must read at exactly v (a window
+        # offset such as i + kh would straddle two panels), and be more than one.
+        extent = _const(region.source.shape[d])
+        if extent is not None and extent % vec == 0 and extent > vec and \
+                region.region[d].min.same_as(info.vars[v]):
+            return index, region
+    return None
+
+
+def _pack_panels(sch, info, index, region, v, vec):
+    """Copy an operand into panels: its dimension d indexed by v becomes [d // vec, ...,
+    d % vec], so the slice one register tile reads along the reduction is contiguous."""
+    d = _packable_dim(region, info.vars[v])
+    packed = sch.cache_read(info.block, index, "global")
+    ndim = len(region.region)
+    sch.transform_layout(packed, ("write", 0), lambda *idx: [idx[d] // vec] + [
+        idx[i] for i in range(ndim) if i != d] + [idx[d] % vec])
+    return packed
+
+
+def _pad_symbolic_tiles(sch, info, tiles, vector):
+    """Pad the block's symbolic axes that `tiles` splits to multiples of their tile factors
+    (``pad_einsum``: inputs are copied into zero-padded buffers, the output is computed into a
+    padded buffer and copied out). Split without padding, a symbolic axis predicates every
+    point of the tile, which keeps the accumulators out of registers and the tile's buffer
+    from being compacted. Returns whether anything was padded."""
+    padding = [tiles[k] if k in info.symbolic and k in tiles else 1
+               for k in range(len(info.vars))]
+    if all(p == 1 for p in padding):
+        return False
+    if not vector:  # row reductions (loss, softmax): copies cost more than the tile gains
+        raise NotApplicable("scalar tile over a symbolic axis")
+    sch.pad_einsum(info.block, padding)
+    return True
