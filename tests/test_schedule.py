@@ -330,3 +330,64 @@ def test_large_kernels_get_their_special_forms_and_stay_exact(op_name):
     result = tvm.runtime.empty(tuple(int(d) for d in out.shape), "float32", tvm.cpu())
     lib(*[to_device(a) for a in args], result)
     np.testing.assert_allclose(result.numpy(), want, rtol=1e-4, atol=1e-3)
+
+
+def _gemm_form(form, m, k, n):
+    """(TE inputs, output, numpy of the inputs) of one GEMM-family kernel as the ops build it:
+    A B (matmul), A B^T (dense, and matmul's d/da), A^T B (matmul's d/db, dense's d/dw)."""
+    from tvmfront import ops
+    from tvmfront._tvm import te
+
+    if form == "A B":
+        a, b = te.placeholder((m, k), name="a"), te.placeholder((k, n), name="b")
+        return [a, b], ops.matmul.te_forward(a, b), lambda x, y: x @ y
+    if form == "A B^T":
+        x, w = te.placeholder((m, k), name="x"), te.placeholder((n, k), name="w")
+        return [x, w], ops.dense.te_forward(x, w), lambda x, w: x @ w.T
+    a, dy = te.placeholder((k, m), name="a"), te.placeholder((k, n), name="dy")
+    b = te.placeholder((m, n), name="b")  # matmul's d/db = a^T @ dy: [m, n] from [k, m], [k, n]
+    return [a, dy], ops.matmul.te_grad(dy, a, b)[1], lambda a, dy: a.T @ dy
+
+
+@pytest.mark.parametrize("form", ["A B", "A B^T", "A^T B"])
+def test_gemm_family_packs_its_operands_into_panels_once(form):
+    """At 512 each GEMM form reads its big strided operands from panels (rows 2 KiB apart
+    alias in L1; a transposed weight goes straight into panels, not through a transposed
+    copy first: that copy, column by column, cost more than the GEMM), every copy is
+    scheduled with the GEMM, and the result is numpy's."""
+    from tvmfront._tvm import te, to_device, tvm
+
+    target = resolve_target("x86")
+    inputs, out, ref = _gemm_form(form, 512, 512, 512)
+    func, rule = cpu_schedule.schedule_prim_func(te.create_prim_func(inputs + [out]), target)
+    lanes = cpu_schedule.CpuParams(target).lanes("float32")
+    assert re.search(rf"tiled\[\d+xv{2 * lanes}, parallel, packed \w+ \(panels\)", rule), rule
+    if form == "A^T B":  # the broadcast operand too, in panels of the tile's rows
+        assert re.search(r"\+a \(panels of \d+\)\]", rule), rule
+    assert "spatial" not in rule and rule.count("(panels") == (2 if form == "A^T B" else 1)
+    args = [np.random.default_rng(0).standard_normal([int(d) for d in t.shape]).astype("float32")
+            for t in inputs]
+    lib = tvm.compile(func, target=target)
+    result = tvm.runtime.empty((512, 512), "float32", tvm.cpu())
+    lib(*[to_device(a) for a in args], result)
+    np.testing.assert_allclose(result.numpy(), ref(*args), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("mcpu, lanes, rows, fma", [("skylake-avx512", 16, 8, "zmm"),
+                                                     ("haswell", 8, 4, "ymm")])
+@pytest.mark.parametrize("form", ["A B", "A B^T", "A^T B"])
+def test_gemm_family_is_scheduled_for_the_other_vector_width(form, mcpu, lanes, rows, fma):
+    """This machine has one vector width; the other class is only compiled: a GEMM for an
+    AVX-512 CPU gets 2-register vectors of 16 lanes and a tile of 8 rows (16 of AVX-512's 32
+    registers accumulate), compiled to zmm FMAs, one per accumulator of the unrolled tile; for
+    AVX2, 4 rows of 8-lane vectors in ymm."""
+    from tvmfront._tvm import te, tvm
+
+    target = resolve_target({"kind": "llvm", "mcpu": mcpu, "num-cores": 2})
+    assert cpu_schedule.CpuParams(target).lanes("float32") == lanes
+    inputs, out, _ = _gemm_form(form, 256, 256, 256)
+    func, rule = cpu_schedule.schedule_prim_func(te.create_prim_func(inputs + [out]), target)
+    assert f"tiled[{rows}xv{2 * lanes}, parallel" in rule and "panels" in rule, rule
+    asm = tvm.compile(func, target=target).mod.inspect_source("asm")
+    fmas = re.findall(rf"vfmadd\w+\s+[^\n]*%{fma}", asm)
+    assert len(fmas) >= 2 * rows, f"{len(fmas)} {fma} FMAs for a {rows}x2-register tile"

@@ -26,8 +26,8 @@ Every output element is accumulated in the order of its reduction loops.
 
 import math
 
-from .params import (PACK_RATIO, PANEL_MIN_BYTES, SCALAR_TILE, STREAM_MAX_OUTPUT_BYTES,
-                     UNROLL_MAX_BODY)
+from .params import (PACK_RATIO, PANEL_MIN_BYTES, PARALLEL_MIN_ITERATIONS, SCALAR_TILE,
+                     STREAM_MAX_OUTPUT_BYTES, STREAM_MIN_OPERAND_BYTES, UNROLL_MAX_BODY)
 from .failures import NotApplicable, _probe
 from .analysis import _BlockInfo, _bytes, _const, _packable_dim, _size, _unroll_extent
 from .loops import (_largest_divisor, _parallel_worth_it, _parallelize, _vector_factor,
@@ -47,6 +47,7 @@ def _tile_reduction(sch, name, params, vector=True):
         raise NotApplicable("not a plain reduction")
     lanes = params.lanes(info.dtype)
     packed = []
+    copies = []  # blocks of the panel copies, scheduled by _pack_panels
     v = vec = None
     if vector:
         v, vec = _choose_vector_axis(info, lanes)
@@ -54,22 +55,32 @@ def _tile_reduction(sch, name, params, vector=True):
             # One register per vector leaves room for a register tile over a second output
             # axis: fewer passes over operands that do not fit in cache.
             vec = lanes
-        # Operands strided along v: pack them into a copy whose last dimension is v's.
+        # Operands strided along v: pack them into a copy whose last dimension is v's, or
+        # straight into panels when they are big enough for panels (one copy, not two).
+        panel = None  # the copy of the operand read in panels along v
         for _ in range(len(info.reads)):
-            strided = [(i, r) for i, r, strides in info.reads if strides[v] not in (0, 1)]
+            strided = [(i, r, strides) for i, r, strides in info.reads
+                       if strides[v] not in (0, 1) and r.source.name != panel]
             if not strided:
                 break
-            index, region = strided[0]
-            _pack_operand(sch, info, index, region, v)
-            packed.append(region.source.name)
+            index, region, strides = strided[0]
+            if panel is None and _panel_fits(info, region, strides, v, vec):
+                panel = _pack_panels(sch, info, index, region, v, vec, params)
+                copies.append(panel)
+                packed.append(f"{region.source.name} (panels)")
+            else:
+                _pack_operand(sch, info, index, region, v)
+                packed.append(region.source.name)
             block = sch.get_sblock(name)
             info = _BlockInfo(sch, block)
-        if any(strides[v] not in (0, 1) for _, _, strides in info.reads):
+        if any(strides[v] not in (0, 1) for _, r, strides in info.reads
+               if r.source.name != panel):
             raise NotApplicable("an operand is strided along the vector axis")
-        panel = _panel_operand(info, v, vec)
-        if panel is not None:
-            _pack_panels(sch, info, *panel, v, vec)
-            packed.append(f"{panel[1].source.name} (panels)")
+        found = _panel_operand(info, v, vec) if panel is None else None
+        if found is not None:
+            panel = _pack_panels(sch, info, *found, v, vec, params)
+            copies.append(panel)
+            packed.append(f"{found[1].source.name} (panels)")
             info = _BlockInfo(sch, sch.get_sblock(name))
         budget = max(1, params.acc_registers // math.ceil(vec / lanes))
     else:
@@ -110,6 +121,15 @@ def _tile_reduction(sch, name, params, vector=True):
                 del tiles[k]
         if not vector and not tiles:
             raise NotApplicable("nothing to tile")
+    if vector and not info.symbolic:
+        # The operand broadcast across the vectors (A of A^T B) in panels of its tile too
+        for t, f in tiles.items():
+            found = _panel_operand(info, t, f, broadcast=v)
+            if found is not None:
+                copies.append(_pack_panels(sch, info, *found, t, f, params))
+                packed.append(f"{found[1].source.name} (panels of {f})")
+                block = sch.get_sblock(name)
+                info = _BlockInfo(sch, block)
     try:
         padded = _pad_symbolic_tiles(sch, info, tiles, vector)
     except Exception as err:  # noqa: BLE001 - TVM's own check: not an einsum (a conv window)
@@ -170,7 +190,7 @@ def _tile_reduction(sch, name, params, vector=True):
     # Last: the update block loses its init, and with it the checks other primitives need.
     init = sch.decompose_reduction(block, red[0])
     _vectorize_innermost(sch, init, lanes)
-    touched = {sch.get(init).name_hint, sch.get(writeback).name_hint, name}
+    touched = {sch.get(init).name_hint, sch.get(writeback).name_hint, name} | set(copies)
     tile = "x".join(str(tiles[k]) for k in sorted(tiles))
     note = (f"tiled[{tile}{'x' if tile and vec else ''}{f'v{vec}' if vec else ' scalar'}"
             f"{', parallel' if parallel else ''}"
@@ -233,42 +253,69 @@ def _streams_operands(info):
     """A reduction with a small output (a weight gradient) over operands larger than a cache:
     every pass of its register tiles over the reduction streams them from memory again."""
     return (_bytes(info.write.source) <= STREAM_MAX_OUTPUT_BYTES
-            and sum(_bytes(r.source) for _, r, _ in info.reads) >= PANEL_MIN_BYTES)
+            and sum(_bytes(r.source) for _, r, _ in info.reads) >= STREAM_MIN_OPERAND_BYTES)
 
 
-def _panel_operand(info, v, vec):
-    """(read index, region) of an operand worth packing into panels for vector axis v: read
-    contiguously along v, reused across another output axis (stride 0 there), with a large
-    stride along a reduction (the weight of a big GEMM: each step of the reduction would
-    touch a new row, rows 4 KiB apart alias in the L1 cache) and bigger than PANEL_MIN_BYTES."""
+def _panel_operand(info, v, vec, broadcast=None):
+    """(read index, region) of an operand worth packing into panels of `vec` along axis v:
+    read contiguously along v, with a large stride along a reduction (the right operand of a
+    big GEMM: each step of the reduction would touch a new row, and rows 2 or 4 KiB apart
+    alias in the L1 cache; the left operand of A^T B likewise), and fit for panels
+    (_panel_fits). With `broadcast`, only an operand constant along that axis (the vector
+    axis, whose tile broadcasts it)."""
     for index, region, strides in info.reads:
-        if strides[v] != 1 or any(strides[k] is None for k in range(len(info.vars))):
+        if broadcast is not None and strides[broadcast] != 0:
             continue
-        if not any(strides[k] == 0 for k in info.spatial if k != v):
-            continue
-        if not any(strides[k] >= 64 for k in info.reduction):
-            continue
-        d = _packable_dim(region, info.vars[v])
-        if _bytes(region.source) < PANEL_MIN_BYTES or d is None:
-            continue
-        # Panels must tile the dimension, which the tile must read at exactly v (a window
-        # offset such as i + kh would straddle two panels), and be more than one.
-        extent = _const(region.source.shape[d])
-        if extent is not None and extent % vec == 0 and extent > vec and \
-                region.region[d].min.same_as(info.vars[v]):
+        if strides[v] == 1 and any(strides[k] is not None and strides[k] >= 64
+                                   for k in info.reduction) \
+                and _panel_fits(info, region, strides, v, vec):
             return index, region
     return None
 
 
-def _pack_panels(sch, info, index, region, v, vec):
+def _panel_fits(info, region, strides, v, vec):
+    """Whether an operand can be copied into panels of `vec` along v: linear in every block
+    variable, reused across another output axis (stride 0 there: a weight, not an
+    activation), bigger than PANEL_MIN_BYTES, its dimension indexed by v a multiple of vec
+    (more than one panel) and read at exactly v (a window offset such as i + kh would
+    straddle two panels)."""
+    if any(strides[k] is None for k in range(len(info.vars))):
+        return False
+    if not any(strides[k] == 0 for k in info.spatial if k != v):
+        return False
+    d = _packable_dim(region, info.vars[v])
+    if d is None or _bytes(region.source) < PANEL_MIN_BYTES:
+        return False
+    extent = _const(region.source.shape[d])
+    return extent is not None and extent % vec == 0 and extent > vec and \
+        region.region[d].min.same_as(info.vars[v])
+
+
+def _pack_panels(sch, info, index, region, v, vec, params):
     """Copy an operand into panels: its dimension d indexed by v becomes [d // vec, ...,
-    d % vec], so the slice one register tile reads along the reduction is contiguous."""
+    d % vec], so the slice one register tile reads along the reduction is contiguous. The
+    copy runs panel by panel, each written in order (a transposed weight is read from vec
+    rows at once: each cache line read serves several consecutive steps). Returns the name
+    of the copy (its block and its buffer)."""
     d = _packable_dim(region, info.vars[v])
     packed = sch.cache_read(info.block, index, "global")
     ndim = len(region.region)
     sch.transform_layout(packed, ("write", 0), lambda *idx: [idx[d] // vec] + [
         idx[i] for i in range(ndim) if i != d] + [idx[d] % vec])
-    return packed
+    loops = list(sch.get_loops(packed))  # the source's dimensions, in its order
+    outer, inner = sch.split(loops[d], factors=[None, vec])
+    others = [lp for i, lp in enumerate(loops) if i != d]
+    sch.reorder(outer, *others, inner)
+    if d == ndim - 1:  # contiguous in the source too: a vector copy
+        sch.vectorize(inner)
+    else:
+        sch.unroll(inner)
+    # A copy is memory-bound: its vector width does not make it cheaper per element.
+    if params.cores > 1 and _bytes(region.source) // 4 >= PARALLEL_MIN_ITERATIONS:
+        _parallelize(sch, [outer, *others], params)
+    name = sch.get(packed).name_hint
+    assert sch.get(packed).writes[0].source.name == name, "cache_read names the copy after its block"
+    return name
 
 
 def _pad_symbolic_tiles(sch, info, tiles, vector):

@@ -36,10 +36,13 @@ SMALL_WORK = 1 << 12
 # Pack a strided operand only when the copy is this many times cheaper than the reduction.
 PACK_RATIO = 8
 # An operand read along the vector axis with a large stride along the reduction and bigger
-# than this (about an L2 cache) is packed into panels (see _pack_panels).
-PANEL_MIN_BYTES = 2 << 20
-# Reductions with an output of at most this size over operands of PANEL_MIN_BYTES or more
-# use one-register vectors, leaving registers for a wider tile (_streams_operands).
+# than this (half of a 512 KiB L2 cache) is packed into panels (see gemm._pack_panels): the
+# right operand of a 512 GEMM (1 MiB) already streams from L3 once per row tile without them.
+PANEL_MIN_BYTES = 256 << 10
+# Reductions with an output of at most STREAM_MAX_OUTPUT_BYTES over operands of
+# STREAM_MIN_OPERAND_BYTES or more use one-register vectors, leaving registers for a wider
+# tile (gemm._streams_operands).
+STREAM_MIN_OPERAND_BYTES = 2 << 20
 STREAM_MAX_OUTPUT_BYTES = 256 << 10
 # Symbolic extents (a batch size or sequence length known only at run time) are planned as if
 # they were this size: tile shapes, vector axes and whether a kernel runs in parallel are those
