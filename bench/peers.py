@@ -377,6 +377,12 @@ def targets(results):
         s = p / t if t and p else None
         out.append(("tuned GEMM 1024 >= 0.95x numpy", f"{s:.2f}x" if s else "n/a",
                     verdict(s >= 0.95 if s else None)))
+        for case in [c for c in OPS if c.startswith("gemm ")]:  # issue 12: 512 and 1024
+            t, p = seconds_of(rows, case, "tvmfront default"), \
+                seconds_of(rows, case, "numpy (OpenBLAS)")
+            s = p / t if t and p else None
+            out.append((f"default {case} >= 0.9x numpy", f"{s:.2f}x" if s else "n/a",
+                        verdict(s >= 0.9 if s else None)))
         for case in [c for c in OPS if c.startswith("conv")]:
             t = seconds_of(rows, case, "tvmfront tuned")
             p = best_peer(rows, case, ["PyTorch NCHW", "PyTorch channels_last"])

@@ -391,3 +391,21 @@ def test_gemm_family_is_scheduled_for_the_other_vector_width(form, mcpu, lanes, 
     asm = tvm.compile(func, target=target).mod.inspect_source("asm")
     fmas = re.findall(rf"vfmadd\w+\s+[^\n]*%{fma}", asm)
     assert len(fmas) >= 2 * rows, f"{len(fmas)} {fma} FMAs for a {rows}x2-register tile"
+
+
+@pytest.mark.parametrize("form", ["A B", "A B^T", "A^T B"])
+def test_narrow_gemm_outputs_get_full_vectors(form):
+    """The MLP head (N=10) and the char Transformer's head (N=103, a prime: no register tile
+    beside the vectors) compile to vector FMAs, none scalar. With nothing to tile beside it,
+    the vector axis takes 8 registers (8 independent accumulators, not 2)."""
+    from tvmfront._tvm import te, tvm
+
+    target = resolve_target("x86")
+    lanes = cpu_schedule.CpuParams(target).lanes("float32")
+    for m, k, n in [(64, 256, 10), (1024, 128, 103)]:
+        inputs, out, _ = _gemm_form(form, m, k, n)
+        func, rule = cpu_schedule.schedule_prim_func(te.create_prim_func(inputs + [out]), target)
+        asm = tvm.compile(func, target=target).mod.inspect_source("asm")
+        assert re.findall(r"vfmadd\w*ps\s", asm) and not re.findall(r"vfmadd\w*ss\s", asm), rule
+        if n == 103:
+            assert f"tiled[v{8 * lanes}," in rule, rule

@@ -3,12 +3,17 @@ their gradients use, and convolution forward, whose loop nest has the same shape
 "tiled only" mode the vectorizable reductions without a multiply (row sums, max).
 
 A reduction is register-tiled: the spatial axis whose vectors use the SIMD lanes best is
-split by the vector length and vectorized; operands strided along it (``x @ w.T``'s weight,
+split by the vector length and vectorized (two registers per vector; eight when no other
+output axis can tile, e.g. a prime extent); operands strided along it (``x @ w.T``'s weight,
 a conv weight when vectorizing over output channels) are first packed into a copy with that
-axis last, when the copy is cheap next to the reduction; large operands with a long stride
-along the reduction are packed into panels; one or two other output axes form a register
-tile chosen so that operand loads are shared across it; the reduction loops sit between the
-outer loops and the tile; the tile accumulates in a small local buffer (``cache_write``,
+axis last, when the copy is cheap next to the reduction; operands whose rows along the
+reduction are far apart (PANEL_MIN_STRIDE, PANEL_MIN_BYTES) are instead copied into panels,
+as BLAS packs them: the vector operand into panels of the vector length (the panel index
+runs outermost, so one panel stays in cache while the row tiles sweep it), the broadcast
+operand of A^T B into panels of the tile's rows; one or two other output axes form a
+register tile (CpuParams.acc_registers accumulators: 4 rows x 2 vectors on AVX2, 8 x 2 on
+AVX-512) chosen so that operand loads are shared across it; the reduction loops sit between
+the outer loops and the tile; the tile accumulates in a small local buffer (``cache_write``,
 laid out with the vector axis last) written back together with the pointwise epilogue (bias
 add, ReLU); outer loops are fused just enough to feed ``num-cores`` threads and parallelized
 when the kernel is large enough. Without a vectorizable axis the same rule builds a tile of
@@ -26,8 +31,9 @@ Every output element is accumulated in the order of its reduction loops.
 
 import math
 
-from .params import (PACK_RATIO, PANEL_MIN_BYTES, PARALLEL_MIN_ITERATIONS, SCALAR_TILE,
-                     STREAM_MAX_OUTPUT_BYTES, STREAM_MIN_OPERAND_BYTES, UNROLL_MAX_BODY)
+from .params import (PACK_RATIO, PANEL_MIN_BYTES, PANEL_MIN_STRIDE, PARALLEL_MIN_ITERATIONS,
+                     SCALAR_TILE, STREAM_MAX_OUTPUT_BYTES, STREAM_MIN_OPERAND_BYTES,
+                     TILE_ONLY_REGISTERS, UNROLL_MAX_BODY)
 from .failures import NotApplicable, _probe
 from .analysis import _BlockInfo, _bytes, _const, _packable_dim, _size, _unroll_extent
 from .loops import (_largest_divisor, _parallel_worth_it, _parallelize, _vector_factor,
@@ -55,6 +61,12 @@ def _tile_reduction(sch, name, params, vector=True):
             # One register per vector leaves room for a register tile over a second output
             # axis: fewer passes over operands that do not fit in cache.
             vec = lanes
+        if _no_tile_beside(info, v, params):
+            # No other output axis tiles (the char vocabulary's 103 outputs, a prime): wider
+            # vectors along v keep enough independent accumulators in flight instead.
+            vec = _vector_factor(info.extents[v], lanes, max_registers=min(
+                TILE_ONLY_REGISTERS, params.acc_registers)) \
+                or vec
         # Operands strided along v: pack them into a copy whose last dimension is v's, or
         # straight into panels when they are big enough for panels (one copy, not two).
         panel = None  # the copy of the operand read in panels along v
@@ -256,6 +268,15 @@ def _streams_operands(info):
             and sum(_bytes(r.source) for _, r, _ in info.reads) >= STREAM_MIN_OPERAND_BYTES)
 
 
+def _no_tile_beside(info, v, params):
+    """Whether every output axis but v is wider than 1 and has no divisor for a register tile
+    (a prime extent; a symbolic one is planned at SYMBOLIC_EXTENT and padded to its tile):
+    the tile would be v's vectors alone."""
+    others = [k for k in info.spatial if k != v and info.extents[k] > 1]
+    return bool(others) and all(_largest_divisor(info.extents[k], params.acc_registers) == 1
+                                for k in others)
+
+
 def _panel_operand(info, v, vec, broadcast=None):
     """(read index, region) of an operand worth packing into panels of `vec` along axis v:
     read contiguously along v, with a large stride along a reduction (the right operand of a
@@ -266,7 +287,7 @@ def _panel_operand(info, v, vec, broadcast=None):
     for index, region, strides in info.reads:
         if broadcast is not None and strides[broadcast] != 0:
             continue
-        if strides[v] == 1 and any(strides[k] is not None and strides[k] >= 64
+        if strides[v] == 1 and any(strides[k] is not None and strides[k] >= PANEL_MIN_STRIDE
                                    for k in info.reduction) \
                 and _panel_fits(info, region, strides, v, vec):
             return index, region
@@ -276,7 +297,8 @@ def _panel_operand(info, v, vec, broadcast=None):
 def _panel_fits(info, region, strides, v, vec):
     """Whether an operand can be copied into panels of `vec` along v: linear in every block
     variable, reused across another output axis (stride 0 there: a weight, not an
-    activation), bigger than PANEL_MIN_BYTES, its dimension indexed by v a multiple of vec
+    activation), bigger than PANEL_MIN_BYTES and cheap to copy next to the reduction
+    (PACK_RATIO), its dimension indexed by v a multiple of vec
     (more than one panel) and read at exactly v (a window offset such as i + kh would
     straddle two panels)."""
     if any(strides[k] is None for k in range(len(info.vars))):
@@ -284,7 +306,8 @@ def _panel_fits(info, region, strides, v, vec):
     if not any(strides[k] == 0 for k in info.spatial if k != v):
         return False
     d = _packable_dim(region, info.vars[v])
-    if d is None or _bytes(region.source) < PANEL_MIN_BYTES:
+    size = _bytes(region.source)
+    if d is None or size < PANEL_MIN_BYTES or size // 4 * PACK_RATIO > info.work:
         return False
     extent = _const(region.source.shape[d])
     return extent is not None and extent % vec == 0 and extent > vec and \
@@ -314,7 +337,7 @@ def _pack_panels(sch, info, index, region, v, vec, params):
     if params.cores > 1 and _bytes(region.source) // 4 >= PARALLEL_MIN_ITERATIONS:
         _parallelize(sch, [outer, *others], params)
     name = sch.get(packed).name_hint
-    assert sch.get(packed).writes[0].source.name == name, "cache_read names the copy after its block"
+    assert sch.get(packed).writes[0].source.name == name, "cache_read: block and buffer alike"
     return name
 
 

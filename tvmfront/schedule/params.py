@@ -27,6 +27,9 @@ CALL_ITERATIONS = 8
 PLAIN_PARALLEL_PENALTY = 8
 # Parallel loops are fused until they have this many iterations per core.
 PARALLEL_CHUNKS_PER_CORE = 8
+# Vector registers along the vector axis when no other output axis can form a register tile
+# (a prime extent): 8 independent FMA chains cover the FMA latency of two units (4 cycles).
+TILE_ONLY_REGISTERS = 8
 # Scalar accumulators in a register tile without vectors.
 SCALAR_TILE = 8
 # Fully unroll inner loops (register tile x innermost reduction) up to this many bodies.
@@ -35,10 +38,13 @@ UNROLL_MAX_BODY = 64
 SMALL_WORK = 1 << 12
 # Pack a strided operand only when the copy is this many times cheaper than the reduction.
 PACK_RATIO = 8
-# An operand read along the vector axis with a large stride along the reduction and bigger
-# than this (half of a 512 KiB L2 cache) is packed into panels (see gemm._pack_panels): the
-# right operand of a 512 GEMM (1 MiB) already streams from L3 once per row tile without them.
-PANEL_MIN_BYTES = 256 << 10
+# An operand read along the vector axis with rows at least PANEL_MIN_STRIDE elements apart
+# along the reduction and bigger than PANEL_MIN_BYTES is packed into panels (see
+# gemm._pack_panels): a register tile's steps along the reduction would each touch a new
+# row, and rows 512 bytes to 4 KiB apart map to a few L1 sets (a [128, 384] weight, 1.5 KiB
+# rows, keeps 64 of its 128 rows in L1). Smaller operands stay in L1 as they are.
+PANEL_MIN_BYTES = 128 << 10
+PANEL_MIN_STRIDE = 128
 # Reductions with an output of at most STREAM_MAX_OUTPUT_BYTES over operands of
 # STREAM_MIN_OPERAND_BYTES or more use one-register vectors, leaving registers for a wider
 # tile (gemm._streams_operands).
