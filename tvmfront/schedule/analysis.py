@@ -292,8 +292,12 @@ def _has_if_then_else(stmt):
     return found[0]
 
 
+def _elements(buf):
+    return math.prod(_size(d) for d in buf.shape)
+
+
 def _bytes(buf):
-    return math.prod(_size(d) for d in buf.shape) * _dtype_bits(buf.dtype) // 8
+    return _elements(buf) * _dtype_bits(buf.dtype) // 8
 
 
 def _packable_dim(region, var):

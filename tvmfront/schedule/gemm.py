@@ -35,7 +35,7 @@ from .params import (PACK_RATIO, PANEL_MIN_BYTES, PANEL_MIN_STRIDE, PARALLEL_MIN
                      SCALAR_TILE, STREAM_MAX_OUTPUT_BYTES, STREAM_MIN_OPERAND_BYTES,
                      TILE_ONLY_REGISTERS, UNROLL_MAX_BODY)
 from .failures import NotApplicable, _probe
-from .analysis import _BlockInfo, _bytes, _const, _packable_dim, _size, _unroll_extent
+from .analysis import _BlockInfo, _bytes, _const, _elements, _packable_dim, _unroll_extent
 from .loops import (_largest_divisor, _parallel_worth_it, _parallelize, _vector_factor,
                     _vectorize_innermost)
 from .conv import _index_divisors
@@ -227,7 +227,7 @@ def _choose_vector_axis(info, lanes):
         for _, region, strides in info.reads:
             if strides[v] in (0, 1):
                 continue
-            size = math.prod(_size(s) for s in region.source.shape)
+            size = _elements(region.source)
             if _packable_dim(region, info.vars[v]) is None or size * PACK_RATIO > info.work:
                 feasible = False
                 break
@@ -250,7 +250,7 @@ def _pack_operand(sch, info, index, region, v):
     d = _packable_dim(region, info.vars[v])
     if d is None:
         raise NotApplicable("operand not packable")
-    size = math.prod(_size(s) for s in region.source.shape)
+    size = _elements(region.source)
     if size * PACK_RATIO > info.work:
         raise NotApplicable("packing costs too much")
     packed = sch.cache_read(info.block, index, "global")
@@ -298,16 +298,15 @@ def _panel_fits(info, region, strides, v, vec):
     """Whether an operand can be copied into panels of `vec` along v: linear in every block
     variable, reused across another output axis (stride 0 there: a weight, not an
     activation), bigger than PANEL_MIN_BYTES and cheap to copy next to the reduction
-    (PACK_RATIO), its dimension indexed by v a multiple of vec
-    (more than one panel) and read at exactly v (a window offset such as i + kh would
-    straddle two panels)."""
+    (PACK_RATIO), its dimension indexed by v a multiple of vec (more than one panel) and read
+    at exactly v (a window offset such as i + kh would straddle two panels)."""
     if any(strides[k] is None for k in range(len(info.vars))):
         return False
     if not any(strides[k] == 0 for k in info.spatial if k != v):
         return False
     d = _packable_dim(region, info.vars[v])
-    size = _bytes(region.source)
-    if d is None or size < PANEL_MIN_BYTES or size // 4 * PACK_RATIO > info.work:
+    if d is None or _bytes(region.source) < PANEL_MIN_BYTES or \
+            _elements(region.source) * PACK_RATIO > info.work:
         return False
     extent = _const(region.source.shape[d])
     return extent is not None and extent % vec == 0 and extent > vec and \
@@ -334,7 +333,7 @@ def _pack_panels(sch, info, index, region, v, vec, params):
     else:
         sch.unroll(inner)
     # A copy is memory-bound: its vector width does not make it cheaper per element.
-    if params.cores > 1 and _bytes(region.source) // 4 >= PARALLEL_MIN_ITERATIONS:
+    if params.cores > 1 and _elements(region.source) >= PARALLEL_MIN_ITERATIONS:
         _parallelize(sch, [outer, *others], params)
     name = sch.get(packed).name_hint
     assert sch.get(packed).writes[0].source.name == name, "cache_read: block and buffer alike"
