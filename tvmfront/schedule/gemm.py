@@ -31,11 +31,12 @@ Every output element is accumulated in the order of its reduction loops.
 
 import math
 
-from .params import (PACK_RATIO, PANEL_MIN_BYTES, PANEL_MIN_STRIDE, PARALLEL_MIN_ITERATIONS,
-                     SCALAR_TILE, STREAM_MAX_OUTPUT_BYTES, STREAM_MIN_OPERAND_BYTES,
-                     TILE_ONLY_REGISTERS, UNROLL_MAX_BODY)
+from .params import (CACHE_LINE_BYTES, PACK_RATIO, PANEL_MIN_BYTES, PANEL_MIN_STRIDE,
+                     PARALLEL_MIN_ITERATIONS, SCALAR_TILE, STREAM_MAX_OUTPUT_BYTES,
+                     STREAM_MIN_OPERAND_BYTES, TILE_ONLY_REGISTERS, UNROLL_MAX_BODY, _dtype_bits)
 from .failures import NotApplicable, _probe
-from .analysis import _BlockInfo, _bytes, _const, _elements, _packable_dim, _unroll_extent
+from .analysis import (_BlockInfo, _bytes, _const, _elements, _packable_dim,
+                       _unroll_extent)
 from .loops import (_largest_divisor, _parallel_worth_it, _parallelize, _vector_factor,
                     _vectorize_innermost)
 from .conv import _index_divisors
@@ -327,10 +328,19 @@ def _pack_panels(sch, info, index, region, v, vec, params):
     loops = list(sch.get_loops(packed))  # the source's dimensions, in its order
     outer, inner = sch.split(loops[d], factors=[None, vec])
     others = [lp for i, lp in enumerate(loops) if i != d]
-    sch.reorder(outer, *others, inner)
+    line = CACHE_LINE_BYTES * 8 // _dtype_bits(region.source.dtype)
     if d == ndim - 1:  # contiguous in the source too: a vector copy
+        sch.reorder(outer, *others, inner)
         sch.vectorize(inner)
+    elif _const(region.source.shape[-1]) and _const(region.source.shape[-1]) % line == 0:
+        # A transpose, by blocks of vec rows x one cache line: each row's line is read whole
+        # before the next row's (vec rows 4 KiB apart share one L1 set: read column by
+        # column they would evict each other), and the block's writes fill vec lines.
+        others[-1], last_inner = sch.split(others[-1], factors=[None, line])
+        sch.reorder(outer, *others, inner, last_inner)
+        sch.unroll(last_inner)
     else:
+        sch.reorder(outer, *others, inner)
         sch.unroll(inner)
     # A copy is memory-bound: its vector width does not make it cheaper per element.
     if params.cores > 1 and _elements(region.source) >= PARALLEL_MIN_ITERATIONS:

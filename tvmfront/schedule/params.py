@@ -36,6 +36,8 @@ SCALAR_TILE = 8
 UNROLL_MAX_BODY = 64
 # Kernels below this many loop iterations count as trivially small (see `loop_kinds`).
 SMALL_WORK = 1 << 12
+# Transposing copies move blocks of one cache line per row (x86 and most AArch64 cores).
+CACHE_LINE_BYTES = 64
 # Pack a strided operand only when the copy is this many times cheaper than the reduction.
 PACK_RATIO = 8
 # An operand read along the vector axis with rows at least PANEL_MIN_STRIDE elements apart
