@@ -409,3 +409,22 @@ def test_narrow_gemm_outputs_get_full_vectors(form):
         assert re.findall(r"vfmadd\w*ps\s", asm) and not re.findall(r"vfmadd\w*ss\s", asm), rule
         if n == 103:
             assert f"tiled[v{8 * lanes}," in rule, rule
+
+
+def test_one_register_vectors_only_where_the_tile_covers_more_outputs():
+    """A weight gradient over operands larger than a cache takes one-register vectors when
+    that lets its tile cover more outputs (a conv's d/dw: 3x3 taps x 8 lanes, not 3 x 16),
+    not for a GEMM's d/dw, where 8 rows x 8 lanes cover what 4 x 16 do at half the speed."""
+    from tvmfront import ops
+    from tvmfront._tvm import te
+
+    target = resolve_target("x86")
+    lanes = cpu_schedule.CpuParams(target).lanes("float32")
+    inputs, out, _ = _gemm_form("A^T B", 512, 1024, 128)  # the Transformer's ff2 d/dw
+    _, rule = cpu_schedule.schedule_prim_func(te.create_prim_func(inputs + [out]), target)
+    assert f"xv{2 * lanes}," in rule, rule
+    x, w = te.placeholder((32, 32, 28, 28), name="x"), te.placeholder((64, 32, 3, 3), name="w")
+    dy = te.placeholder(ops.conv2d.te_forward(x, w, stride=1, padding=1).shape, name="dy")
+    dw = ops.conv2d.te_grad(dy, x, w, derived=False, stride=1, padding=1)[1]
+    _, rule = cpu_schedule.schedule_prim_func(te.create_prim_func([dy, x, w, dw]), target)
+    assert f"tiled[3x3xv{lanes}," in rule, rule

@@ -58,9 +58,12 @@ def _tile_reduction(sch, name, params, vector=True):
     v = vec = None
     if vector:
         v, vec = _choose_vector_axis(info, lanes)
-        if vec > lanes and vec % lanes == 0 and _streams_operands(info):
+        if vec > lanes and vec % lanes == 0 and _streams_operands(info) and \
+                _tile_outputs(info, v, lanes, params) > _tile_outputs(info, v, vec, params):
             # One register per vector leaves room for a register tile over a second output
-            # axis: fewer passes over operands that do not fit in cache.
+            # axis: fewer passes over operands that do not fit in cache (a conv's d/dw:
+            # 3x3xv8 outputs per tile, not 3xv16). Not where the tile would cover no more
+            # outputs (a GEMM's d/dw: 8xv8 ran at half the speed of 4xv16).
             vec = lanes
         if _no_tile_beside(info, v, params):
             # No other output axis tiles (the char vocabulary's 103 outputs, a prime): wider
@@ -102,18 +105,7 @@ def _tile_reduction(sch, name, params, vector=True):
             raise NotApplicable("strided-window gather: see _plain_reduction")
         budget = SCALAR_TILE
 
-    def reuse(k):  # operand loads shared across a tile along axis k (vector loads count 2)
-        return sum((2 if v is not None and strides[v] == 1 else 1)
-                   for _, _, strides in info.reads if strides[k] == 0)
-
-    tiles = {}
-    for k in sorted((k for k in info.spatial if k != v), key=lambda k: (-reuse(k), -k))[:2]:
-        if reuse(k) == 0 or budget <= 1:
-            break
-        f = _largest_divisor(info.extents[k], budget)
-        if f > 1:
-            tiles[k] = f
-            budget //= f
+    tiles = _register_tiles(info, v, budget)
     if not vector and not tiles:
         # No reuse to exploit: independent accumulators along the innermost spatial axis.
         k = next((k for k in reversed(info.spatial) if info.extents[k] > 1), None)
@@ -260,6 +252,31 @@ def _pack_operand(sch, info, index, region, v):
         sch.transform_layout(packed, ("write", 0),
                              lambda *idx: [idx[i] for i in range(ndim) if i != d] + [idx[d]])
     return packed
+
+
+def _register_tiles(info, v, budget):
+    """{axis: factor} of the register tile beside vector axis v (None: scalar accumulators)
+    with `budget` accumulators: at most two other output axes, those across which the most
+    operand loads are shared first, each split by its largest divisor within the budget."""
+    def reuse(k):  # operand loads shared across a tile along axis k (vector loads count 2)
+        return sum((2 if v is not None and strides[v] == 1 else 1)
+                   for _, _, strides in info.reads if strides[k] == 0)
+
+    tiles = {}
+    for k in sorted((k for k in info.spatial if k != v), key=lambda k: (-reuse(k), -k))[:2]:
+        if reuse(k) == 0 or budget <= 1:
+            break
+        f = _largest_divisor(info.extents[k], budget)
+        if f > 1:
+            tiles[k] = f
+            budget //= f
+    return tiles
+
+
+def _tile_outputs(info, v, vec, params):
+    """Outputs one register tile covers with vectors of `vec` along v."""
+    budget = max(1, params.acc_registers // math.ceil(vec / params.lanes(info.dtype)))
+    return vec * math.prod(_register_tiles(info, v, budget).values())
 
 
 def _streams_operands(info):
