@@ -36,6 +36,7 @@ import time
 
 import numpy as np
 
+from _gemm_cases import gemm_apply, gemm_shapes
 from _timing import emit, guarded, median_seconds, read_spec
 
 SPEC = read_spec() if sys.argv[1:2] != ["--peak"] else {}
@@ -194,11 +195,12 @@ def section_ops(spec):
     for name, case in spec["ops"].items():
         if case["kind"] != "gemm":
             continue
-        n = case["n"]
-        a = rng.standard_normal((n, n)).astype("float32")
-        b = rng.standard_normal((n, n)).astype("float32")
-        rows.append(dict(guarded(lambda a=a, b=b: {"seconds": median_seconds(lambda: a @ b, spec)}),
-                         section="ops", case=name, contender="numpy (OpenBLAS)"))
+        a, b = (rng.standard_normal(s).astype("float32") for s in gemm_shapes(case))
+
+        def run(a=a, b=b, case=case):  # a transposed view: sgemm's transpose flag, no copy
+            return {"seconds": median_seconds(lambda: gemm_apply(case, a, b), spec)}
+
+        rows.append(dict(guarded(run), section="ops", case=name, contender="numpy (OpenBLAS)"))
     threads = spec.get("threads") or os.cpu_count() or 1
     rows.append(dict(guarded(fma_peak, threads), section="ops", case="FMA peak",
                      contender="measured peak"))

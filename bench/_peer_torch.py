@@ -18,6 +18,7 @@ import torch.nn as tnn
 import torch.nn.functional as F
 
 import _torch_models
+from _gemm_cases import gemm_apply, gemm_shapes
 from _timing import emit, first_and_median, guarded, median_seconds, read_spec
 from _workloads import data, decode_position, resnet_params, transformer_params
 
@@ -142,11 +143,10 @@ def section_ops(spec):
     g = torch.Generator().manual_seed(0)
     for name, case in spec["ops"].items():
         if case["kind"] == "gemm":
-            n = case["n"]
-            a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+            a, b = (torch.randn(*s, generator=g) for s in gemm_shapes(case))
 
-            def run(a=a, b=b):
-                return {"seconds": median_seconds(lambda: torch.mm(a, b), spec)}
+            def run(a=a, b=b, case=case):  # torch.mm / torch.bmm on transposed views
+                return {"seconds": median_seconds(lambda: gemm_apply(case, a, b), spec)}
 
             rows.append(dict(guarded(run), section="ops", case=name, contender="PyTorch"))
             continue

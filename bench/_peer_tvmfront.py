@@ -47,6 +47,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
                                 "examples"))
 import lenet_digits  # noqa: E402  (examples/: LeNet as the main command trains it)
 import _tvf_models  # noqa: E402  (the transformer and resnet sections' models)
+from _gemm_cases import gemm_dims, gemm_shapes  # noqa: E402
 from _workloads import data, decode_position  # noqa: E402
 
 nn = tvf.nn
@@ -73,17 +74,6 @@ def optimizer(name, hp):
     if name == "sgd":
         return tvf.optim.SGD(lr=hp["lr"], momentum=hp["momentum"])
     return tvf.optim.Adam(lr=hp["lr"], betas=(hp["b1"], hp["b2"]), eps=hp["eps"])
-
-
-class MatMul(nn.Module):
-    """x @ w, w: [K, N] (one GEMM kernel)."""
-
-    def __init__(self, k, n):
-        super().__init__()
-        self.w = nn.Parameter(np.random.default_rng(1).standard_normal((k, n)).astype("float32"))
-
-    def forward(self, x):
-        return tvf.ops.matmul(x, self.w)
 
 
 # ---- variants -------------------------------------------------------------------------------
@@ -177,11 +167,39 @@ def section_infer(spec, target):
     return rows
 
 
+class Gemm(nn.Module):
+    """One GEMM-family kernel (bench/_gemm_cases.py): the left operand is the input, the right
+    one a parameter."""
+
+    def __init__(self, case):
+        super().__init__()
+        self.form = gemm_dims(case)[4]
+        self.w = nn.Parameter(np.random.default_rng(1).standard_normal(
+            gemm_shapes(case)[1]).astype("float32"))
+
+    def forward(self, x):
+        if len(x.shape) == 3:
+            return tvf.ops.batch_matmul(x, self.w)
+        if self.form == "A B^T":
+            return tvf.ops.dense(x, self.w)
+        if self.form == "A^T B":
+            return _at_b(x, self.w)
+        return tvf.ops.matmul(x, self.w)
+
+
+@tvf.op
+def _at_b(a, b):
+    """[K, M]^T @ [K, N]: the kernel of a Linear layer's d/dw (one kernel, as in a train step;
+    ops.transpose before ops.matmul would be a kernel of its own)."""
+    k = tvf.te.reduce_axis((0, a.shape[0]), "k")
+    return tvf.te.compute((a.shape[1], b.shape[1]),
+                          lambda i, j: tvf.te.sum(a[k, i] * b[k, j], axis=k), name="matmul_db")
+
+
 def _op_model(case):
     """(model, input shape) of one ops case (the driver's OPS table)."""
     if case["kind"] == "gemm":
-        n = case["n"]
-        return MatMul(n, n), (n, n)
+        return Gemm(case), gemm_shapes(case)[0]
     b, c, k, hw, pad = case["batch"], case["cin"], case["cout"], case["hw"], case["pad"]
     tvf.manual_seed(0)
     return nn.Conv2d(c, k, case["kernel"], padding=pad, bias=False), (b, c, hw, hw)

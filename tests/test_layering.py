@@ -86,3 +86,19 @@ def test_every_module_has_a_layer():
     for path in MODULES:
         top = path.relative_to(PKG).parts[0].removesuffix(".py")
         assert top in LAYERS, f"{top} has no layer in tests/test_layering.py"
+
+
+def test_the_schedule_files_import_in_their_listed_order():
+    """tvmfront/schedule/: a file imports only the files listed before it in the package's
+    FILES (shared analysis first, the kernel families, the dispatch last), so the package has
+    no import cycle and a new family's file has an obvious place."""
+    from tvmfront import schedule
+
+    order = [m.__name__.rpartition(".")[2] for m in schedule.FILES]
+    files = sorted(p.stem for p in (PKG / "schedule").glob("*.py") if p.stem != "__init__")
+    assert sorted(order) == files, "every file of tvmfront/schedule/ is listed in FILES"
+    for name in order:
+        for target, line in _imports(PKG / "schedule" / f"{name}.py"):
+            if target[0] == "schedule":
+                assert order.index(target[1]) < order.index(name), \
+                    f"schedule/{name}.py:{line} imports schedule.{target[1]}, listed after it"

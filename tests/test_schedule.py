@@ -1,4 +1,4 @@
-"""Default CPU schedules (tvmfront/schedule.py).
+"""Default CPU schedules (tvmfront/schedule/).
 
 1. Training steps (MLP; a small LeNet-like CNN with max and average pooling) built with and
    without the default schedules train identically: losses and parameters after two steps.
@@ -13,6 +13,7 @@
    (a rule that merely does not fit is not), and LeNet's and the MLP's builds have none.
 """
 
+import inspect
 import logging
 import re
 
@@ -235,6 +236,34 @@ def test_a_failing_rule_falls_back_and_says_so(monkeypatch, caplog):
                 and not any(f"kernel {k}:" in r.getMessage() for k in tiled)], caplog.text
 
 
+def test_patching_the_package_patches_its_files_and_is_undone(monkeypatch):
+    """The schedule was one module: tests and benches patch a rule on the package
+    (``cpu_schedule._tile_reduction``, bench/kv_decode.py's ``_gemv``); the files that call
+    it must see the patch, and get their own function back when it is undone."""
+    holders = [m for m in cpu_schedule.FILES if "_tile_reduction" in vars(m)]
+    original = cpu_schedule._tile_reduction
+    assert len(holders) >= 3 and cpu_schedule.gemm._tile_reduction is original  # gemm's
+    with monkeypatch.context() as m:
+        m.setattr(cpu_schedule, "_tile_reduction", _raising(RuntimeError("first")))
+        m.setattr(cpu_schedule, "_tile_reduction", _raising(RuntimeError("second")))
+        m.setattr(cpu_schedule, "default_cpu_schedule", _raising(RuntimeError("third")))
+        assert all(vars(h)["_tile_reduction"] is cpu_schedule._tile_reduction
+                   is not original for h in holders)
+        assert cpu_schedule.dispatch.default_cpu_schedule is cpu_schedule.default_cpu_schedule
+    assert all(vars(h)["_tile_reduction"] is original for h in holders)
+    assert cpu_schedule.default_cpu_schedule is cpu_schedule.dispatch.default_cpu_schedule
+    assert "raise error" not in inspect.getsource(cpu_schedule.default_cpu_schedule)
+    saved = cpu_schedule._gemv
+    cpu_schedule._gemv = None  # a plain assignment, as bench/kv_decode.py does
+    try:
+        assert cpu_schedule.dispatch._gemv is None
+    finally:
+        cpu_schedule._gemv = saved
+    assert cpu_schedule.dispatch._gemv is saved is cpu_schedule.gemv._gemv
+    with pytest.raises(AttributeError, match="no_such_rule"):
+        cpu_schedule.no_such_rule  # noqa: B018
+
+
 def test_a_rule_that_does_not_fit_is_no_fallback(monkeypatch, caplog):
     monkeypatch.setattr(cpu_schedule, "_tile_reduction",
                         _raising(cpu_schedule.NotApplicable("not this pattern")))
@@ -301,3 +330,101 @@ def test_large_kernels_get_their_special_forms_and_stay_exact(op_name):
     result = tvm.runtime.empty(tuple(int(d) for d in out.shape), "float32", tvm.cpu())
     lib(*[to_device(a) for a in args], result)
     np.testing.assert_allclose(result.numpy(), want, rtol=1e-4, atol=1e-3)
+
+
+def _gemm_form(form, m, k, n):
+    """(TE inputs, output, numpy of the inputs) of one GEMM-family kernel as the ops build it:
+    A B (matmul), A B^T (dense, and matmul's d/da), A^T B (matmul's d/db, dense's d/dw)."""
+    from tvmfront import ops
+    from tvmfront._tvm import te
+
+    if form == "A B":
+        a, b = te.placeholder((m, k), name="a"), te.placeholder((k, n), name="b")
+        return [a, b], ops.matmul.te_forward(a, b), lambda x, y: x @ y
+    if form == "A B^T":
+        x, w = te.placeholder((m, k), name="x"), te.placeholder((n, k), name="w")
+        return [x, w], ops.dense.te_forward(x, w), lambda x, w: x @ w.T
+    a, dy = te.placeholder((k, m), name="a"), te.placeholder((k, n), name="dy")
+    b = te.placeholder((m, n), name="b")  # matmul's d/db = a^T @ dy: [m, n] from [k, m], [k, n]
+    return [a, dy], ops.matmul.te_grad(dy, a, b)[1], lambda a, dy: a.T @ dy
+
+
+@pytest.mark.parametrize("form", ["A B", "A B^T", "A^T B"])
+def test_gemm_family_packs_its_operands_into_panels_once(form):
+    """At 512 each GEMM form reads its big strided operands from panels (rows 2 KiB apart
+    alias in L1; a transposed weight goes straight into panels, not through a transposed
+    copy first: that copy, column by column, cost more than the GEMM), every copy is
+    scheduled with the GEMM, and the result is numpy's."""
+    from tvmfront._tvm import te, to_device, tvm
+
+    target = resolve_target("x86")
+    inputs, out, ref = _gemm_form(form, 512, 512, 512)
+    func, rule = cpu_schedule.schedule_prim_func(te.create_prim_func(inputs + [out]), target)
+    lanes = cpu_schedule.CpuParams(target).lanes("float32")
+    assert re.search(rf"tiled\[\d+xv{2 * lanes}, parallel, packed \w+ \(panels\)", rule), rule
+    if form == "A^T B":  # the broadcast operand too, in panels of the tile's rows
+        assert re.search(r"\+a \(panels of \d+\)\]", rule), rule
+    assert "spatial" not in rule and rule.count("(panels") == (2 if form == "A^T B" else 1)
+    args = [np.random.default_rng(0).standard_normal([int(d) for d in t.shape]).astype("float32")
+            for t in inputs]
+    lib = tvm.compile(func, target=target)
+    result = tvm.runtime.empty((512, 512), "float32", tvm.cpu())
+    lib(*[to_device(a) for a in args], result)
+    np.testing.assert_allclose(result.numpy(), ref(*args), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("mcpu, lanes, rows, fma", [("skylake-avx512", 16, 8, "zmm"),
+                                                     ("haswell", 8, 4, "ymm")])
+@pytest.mark.parametrize("form", ["A B", "A B^T", "A^T B"])
+def test_gemm_family_is_scheduled_for_the_other_vector_width(form, mcpu, lanes, rows, fma):
+    """This machine has one vector width; the other class is only compiled: a GEMM for an
+    AVX-512 CPU gets 2-register vectors of 16 lanes and a tile of 8 rows (16 of AVX-512's 32
+    registers accumulate), compiled to zmm FMAs, one per accumulator of the unrolled tile; for
+    AVX2, 4 rows of 8-lane vectors in ymm."""
+    from tvmfront._tvm import te, tvm
+
+    target = resolve_target({"kind": "llvm", "mcpu": mcpu, "num-cores": 2})
+    assert cpu_schedule.CpuParams(target).lanes("float32") == lanes
+    inputs, out, _ = _gemm_form(form, 256, 256, 256)
+    func, rule = cpu_schedule.schedule_prim_func(te.create_prim_func(inputs + [out]), target)
+    assert f"tiled[{rows}xv{2 * lanes}, parallel" in rule and "panels" in rule, rule
+    asm = tvm.compile(func, target=target).mod.inspect_source("asm")
+    fmas = re.findall(rf"vfmadd\w+\s+[^\n]*%{fma}", asm)
+    assert len(fmas) >= 2 * rows, f"{len(fmas)} {fma} FMAs for a {rows}x2-register tile"
+
+
+@pytest.mark.parametrize("form", ["A B", "A B^T", "A^T B"])
+def test_narrow_gemm_outputs_get_full_vectors(form):
+    """The MLP head (N=10) and the char Transformer's head (N=103, a prime: no register tile
+    beside the vectors) compile to vector FMAs, none scalar. With nothing to tile beside it,
+    the vector axis takes 8 registers (8 independent accumulators, not 2)."""
+    from tvmfront._tvm import te, tvm
+
+    target = resolve_target("x86")
+    lanes = cpu_schedule.CpuParams(target).lanes("float32")
+    for m, k, n in [(64, 256, 10), (1024, 128, 103)]:
+        inputs, out, _ = _gemm_form(form, m, k, n)
+        func, rule = cpu_schedule.schedule_prim_func(te.create_prim_func(inputs + [out]), target)
+        asm = tvm.compile(func, target=target).mod.inspect_source("asm")
+        assert re.findall(r"vfmadd\w*ps\s", asm) and not re.findall(r"vfmadd\w*ss\s", asm), rule
+        if n == 103:
+            assert f"tiled[v{8 * lanes}," in rule, rule
+
+
+def test_one_register_vectors_only_where_the_tile_covers_more_outputs():
+    """A weight gradient over operands larger than a cache takes one-register vectors when
+    that lets its tile cover more outputs (a conv's d/dw: 3x3 taps x 8 lanes, not 3 x 16),
+    not for a GEMM's d/dw, where 8 rows x 8 lanes cover what 4 x 16 do at half the speed."""
+    from tvmfront import ops
+    from tvmfront._tvm import te
+
+    target = resolve_target("x86")
+    lanes = cpu_schedule.CpuParams(target).lanes("float32")
+    inputs, out, _ = _gemm_form("A^T B", 512, 1024, 128)  # the Transformer's ff2 d/dw
+    _, rule = cpu_schedule.schedule_prim_func(te.create_prim_func(inputs + [out]), target)
+    assert f"xv{2 * lanes}," in rule, rule
+    x, w = te.placeholder((32, 32, 28, 28), name="x"), te.placeholder((64, 32, 3, 3), name="w")
+    dy = te.placeholder(ops.conv2d.te_forward(x, w, stride=1, padding=1).shape, name="dy")
+    dw = ops.conv2d.te_grad(dy, x, w, derived=False, stride=1, padding=1)[1]
+    _, rule = cpu_schedule.schedule_prim_func(te.create_prim_func([dy, x, w, dw]), target)
+    assert f"tiled[3x3xv{lanes}," in rule, rule

@@ -1,0 +1,88 @@
+"""Default schedules for CPU kernels of untuned builds.
+
+TVM 0.27's CPU build applies no schedule: a kernel lowered from TE runs as its naive loop
+nest, scalar, on one core. ``default_cpu_schedule(mod, target)`` (the build's schedule
+stage, after any tuning records) gives every unscheduled PrimFunc a schedule for an LLVM CPU
+target and records the rule in the kernel's ``tvmfront.schedule_rule`` attribute (visible in
+``dump_ir``'s schedule stage).
+
+One file per kernel family, plus the dispatch and what they share (each file's docstring
+says more; a file imports only the ones listed before it):
+
+- ``params``: the target as the schedules see it (CpuParams: vector lanes, cores,
+  accumulator registers) and every tuning constant;
+- ``failures``: NotApplicable (a rule's pattern does not fit) and how failures are logged;
+- ``analysis``: read-only facts: block iteration spaces, access strides, loop kinds, work;
+- ``loops``: decisions every family shares: vector factors, tile divisors, parallel loops;
+- ``conv``: strided sliding windows (gather-form gradients of convolution and pooling);
+- ``spatial``: elementwise and injective blocks, padding, epilogues;
+- ``gemm``: the GEMM family (dense, batch_matmul, transposed forms, convolution forward):
+  register tiles over a vectorized output axis, packed operands;
+- ``gemv``: matrix times vector (a Linear layer at batch 1);
+- ``reductions``: reductions with no vectorizable output axis (scalar tiles, plain loops);
+- ``dispatch``: the entry points and the order in which rules are tried.
+
+A schedule for a new kind of kernel goes in its family's file (a new file for a new family)
+as a function ``(sch, block name, params) -> (note, touched block names)`` that raises
+NotApplicable when its pattern does not fit; dispatch._tvmfront_rule tries it before the
+simpler rules (or, for a whole-kernel rule such as gemv, dispatch._schedule_prim_func).
+
+Threads: parallel loops run on TVM's CPU thread pool, which takes half the logical CPUs on
+x86 unless TVM_NUM_THREADS is set.
+"""
+
+import sys
+import types
+
+from . import analysis, conv, dispatch, failures, gemm, gemv, loops, params, reductions, spatial
+from .analysis import kernel_work, loop_kinds
+from .dispatch import RULE_ATTR, SCHEDULED_ATTR, default_cpu_schedule, is_scheduled, \
+    schedule_prim_func
+from .failures import NotApplicable
+from .params import SMALL_WORK, SYMBOLIC_EXTENT, CpuParams
+
+__all__ = ["CpuParams", "NotApplicable", "RULE_ATTR", "SCHEDULED_ATTR", "SMALL_WORK",
+           "SYMBOLIC_EXTENT", "default_cpu_schedule", "is_scheduled", "kernel_work",
+           "loop_kinds", "schedule_prim_func"]
+
+# In import order: a file imports only those before it (tests/test_layering.py).
+FILES = (params, failures, analysis, loops, conv, spatial, gemm, gemv, reductions, dispatch)
+
+
+def __getattr__(name):
+    """Any name of the files, as when they were one module (tests and benches reach in for
+    private ones: _tile_reduction, _walk_expr, the constants)."""
+    for module in FILES:
+        if name in vars(module):
+            return vars(module)[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+_ORIGINALS = {}  # name -> {file: its value before the package first set it}
+
+
+class _Package(types.ModuleType):
+    """Setting a name of the files on the package (a test or bench patching a rule:
+    ``_gemv``, ``_tile_reduction``) sets it in every file that holds it, since each file
+    looks its names up in its own globals, as the single module did; deleting it (pytest's
+    monkeypatch undoes a patch of a name the package's own dict lacked that way) restores
+    the files' originals."""
+
+    def __setattr__(self, name, value):
+        homes = [m for m in FILES if name in vars(m)]
+        _ORIGINALS.setdefault(name, {m: vars(m)[name] for m in homes})
+        for module in homes:
+            setattr(module, name, value)
+        if not homes or name in vars(self):  # the package's own names (re-exports)
+            super().__setattr__(name, value)
+
+    def __delattr__(self, name):
+        if name in vars(self):
+            super().__delattr__(name)
+        elif not any(name in vars(m) for m in FILES):
+            raise AttributeError(name)
+        for module, value in _ORIGINALS.pop(name, {}).items():
+            setattr(module, name, value)
+
+
+sys.modules[__name__].__class__ = _Package

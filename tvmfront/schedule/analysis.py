@@ -1,0 +1,312 @@
+"""Read-only facts about a kernel: walking its statements and expressions, loop kinds, its
+total work, symbolic extents, and per block its iteration space and the stride of every
+access along each block variable (_BlockInfo), which every rule decides from.
+
+Nothing here changes a schedule. loop_kinds and kernel_work serve tests and reports too.
+"""
+
+import math
+
+from .._tvm import arith, structural_equal, tirx, tvm
+from .params import LIBRARY_CALLS, SYMBOLIC_EXTENT, _dtype_bits
+from .failures import NotApplicable
+
+
+_KIND_NAMES = {int(tirx.ForKind.SERIAL): "serial", int(tirx.ForKind.PARALLEL): "parallel",
+               int(tirx.ForKind.VECTORIZED): "vectorized", int(tirx.ForKind.UNROLLED): "unrolled"}
+
+
+def _children(node):
+    for attr in ("body", "block", "then_case", "else_case", "init"):
+        child = getattr(node, attr, None)
+        if child is not None and isinstance(child, tirx.Stmt):
+            yield child
+    seq = getattr(node, "seq", None)
+    if seq is not None:
+        yield from seq
+
+
+def _walk_stmts(stmt, fn):
+    stack = [stmt]
+    while stack:
+        node = stack.pop()
+        fn(node)
+        stack.extend(_children(node))
+
+
+def loop_kinds(func):
+    """Set of loop kinds ('serial', 'parallel', 'vectorized', 'unrolled', ...) in a PrimFunc."""
+    kinds = set()
+
+    def visit(node):
+        if isinstance(node, tirx.For):
+            kinds.add(_KIND_NAMES.get(int(node.kind), str(node.kind)))
+
+    _walk_stmts(func.body, visit)
+    return kinds
+
+
+def kernel_work(func, symbolic=False):
+    """Total loop iterations of a PrimFunc (sum over loop nests of the product of extents).
+    An extent that is not a constant makes it None, or with `symbolic`, counts as
+    SYMBOLIC_EXTENT."""
+    total = [0]
+    ok = [True]
+
+    def visit(node, scale=1):
+        if isinstance(node, tirx.For):
+            ext = _size(node.extent) if symbolic else _const(node.extent)
+            if ext is None:
+                ok[0] = False
+                return
+            for child in _children(node):
+                visit(child, scale * ext)
+            return
+        if type(node).__name__ in ("SBlockRealize", "BlockRealize"):
+            total[0] += scale
+        for child in _children(node):
+            visit(child, scale)
+
+    visit(func.body)
+    return total[0] if ok[0] else None
+
+
+def _max_block_iterations(func):
+    """Largest iteration count of any single block (1 for kernels of 0-d computations)."""
+    most = [0]
+
+    def visit(node, scale=1):
+        if isinstance(node, tirx.For):
+            scale *= _size(node.extent) or 2
+        elif type(node).__name__ in ("SBlockRealize", "BlockRealize"):
+            most[0] = max(most[0], scale)
+        for child in _children(node):
+            visit(child, scale)
+
+    visit(func.body)
+    return most[0]
+
+
+def _const(expr):
+    return int(expr.value) if isinstance(expr, tirx.IntImm) else None
+
+
+def _size(expr):
+    """An extent as an int for planning: its value when constant; when symbolic (a batch size
+    known at run time), its value with every variable at SYMBOLIC_EXTENT (see there)."""
+    value = _const(expr)
+    if value is not None or not isinstance(expr, tirx.Expr):
+        return value
+    analyzer = arith.Analyzer()
+    for var in tirx.analysis.undefined_vars(expr):
+        analyzer.bind(var, tirx.IntImm(var.ty.dtype, SYMBOLIC_EXTENT))
+    return _const(analyzer.simplify(expr))
+
+
+def _unroll_extent(sch, loop):
+    """A loop's extent for unrolling decisions: a symbolic one cannot be unrolled (infinite)."""
+    return _const(sch.get(loop).extent) or math.inf
+
+
+def _is_symbolic(expr):
+    return _const(expr) is None
+
+
+def _same_extent(a, b):
+    return _const(a) == _const(b) if not (_is_symbolic(a) or _is_symbolic(b)) else \
+        structural_equal(a, b)
+
+
+def _walk_expr(expr, fn):
+    stack = [expr]
+    while stack:
+        e = stack.pop()
+        fn(e)
+        for attr in ("a", "b", "value", "condition", "true_value", "false_value", "base",
+                     "stride", "body"):
+            child = getattr(e, attr, None)
+            if isinstance(child, tirx.Expr):
+                stack.append(child)
+        for attr in ("args", "indices"):
+            children = getattr(e, attr, None)
+            if children is not None:
+                stack.extend(c for c in children if isinstance(c, tirx.Expr))
+
+
+def _is_contraction_store(stmt):
+    """out = out + f(loads...) where f multiplies two loads of different buffers."""
+    store = stmt.body
+    if not isinstance(store, tirx.BufferStore) or stmt.init is None:
+        return False
+    found = [False]
+
+    def visit(e):
+        if isinstance(e, tirx.Mul):
+            bufs = set()
+            for side in (e.a, e.b):
+                _walk_expr(side, lambda x: bufs.add(x.source.name)
+                           if isinstance(x, tvm.ir.TensorLoad) else None)
+            if len(bufs) >= 2:
+                found[0] = True
+
+    _walk_expr(store.value, visit)
+    return found[0]
+
+
+def _root_blocks(sch):
+    root = sch.get_sblock("root")
+    return list(sch.get_child_blocks(root))
+
+
+def _has_contraction(sch):
+    return any(_is_contraction_store(sch.get(b)) and _reduction_iters(sch.get(b))
+               for b in _root_blocks(sch))
+
+
+def _reduction_iters(stmt):
+    return [iv for iv in stmt.iter_vars if int(iv.iter_type) == int(tirx.IterVar.CommReduce)]
+
+
+def _row_major(shape):
+    strides, acc = [], 1
+    for ext in reversed(shape):
+        strides.append(acc)
+        acc *= ext
+    return list(reversed(strides))
+
+
+def _access_strides(region, variables, analyzer=None):
+    """Flattened stride of a buffer access with respect to each block variable:
+    {index: int}, None for variables the access depends on non-linearly (or non-pointwise).
+    `analyzer` knows the variables' ranges (so that reshape indices such as (4i + j) % 64
+    simplify to affine ones)."""
+    shape = [_size(s) for s in region.source.shape]
+    if any(s is None for s in shape):
+        return {k: None for k in range(len(variables))}
+    strides = {k: 0 for k in range(len(variables))}
+    position = {v.name: k for k, v in enumerate(variables)}
+    if analyzer is not None and all(_const(r.extent) == 1 for r in region.region):
+        # The flattened offset first: a reshape's (i // 4) * 4 + i % 4 is just i.
+        flat = 0
+        for rng, dim_stride in zip(region.region, _row_major(shape)):
+            flat = flat + rng.min * dim_stride
+        coeffs = arith.detect_linear_equation(analyzer.canonical_simplify(flat), list(variables))
+        if coeffs and all(_const(c) is not None for c in coeffs[:-1]):
+            return {k: _const(c) for k, c in enumerate(coeffs[:-1])}
+    for rng, dim_stride in zip(region.region, _row_major(shape)):
+        index = analyzer.simplify(rng.min) if analyzer is not None else rng.min
+        used = [position[v.name] for v in tirx.analysis.undefined_vars(index)
+                if v.name in position]
+        coeffs = arith.detect_linear_equation(index, list(variables)) if used else []
+        if used and (not coeffs or _const(rng.extent) != 1
+                     or any(_const(c) is None for c in coeffs[:-1])):
+            for k in used:
+                strides[k] = None
+            continue
+        for k in used:
+            if strides[k] is not None:
+                strides[k] += _const(coeffs[k]) * dim_stride
+    return strides
+
+
+class _BlockInfo:
+    """Iteration space and access strides of one block with trivially bound loops."""
+
+    def __init__(self, sch, block):
+        self.block = block
+        self.stmt = stmt = sch.get(block)
+        self.name = stmt.name_hint
+        self.loops = list(sch.get_loops(block))
+        self.vars = [iv.var for iv in stmt.iter_vars]
+        self.kinds = ["R" if int(iv.iter_type) == int(tirx.IterVar.CommReduce) else
+                      "S" if int(iv.iter_type) == int(tirx.IterVar.DataPar) else "O"
+                      for iv in stmt.iter_vars]
+        # Symbolic extents as SYMBOLIC_EXTENT; `symbolic` lists their axes.
+        self.extents = [_size(iv.dom.extent) for iv in stmt.iter_vars]
+        self.symbolic = {k for k, iv in enumerate(stmt.iter_vars) if _is_symbolic(iv.dom.extent)}
+        if len(self.loops) != len(self.vars) or any(e is None for e in self.extents):
+            raise NotApplicable(f"block {self.name}: loops are not trivially bound")
+        for loop, iv in zip(self.loops, stmt.iter_vars):
+            if not _same_extent(sch.get(loop).extent, iv.dom.extent):
+                raise NotApplicable(f"block {self.name}: loops are not trivially bound")
+        if len(stmt.writes) != 1:
+            raise NotApplicable(f"block {self.name}: {len(stmt.writes)} outputs")
+        self.write = stmt.writes[0]
+        self.dtype = self.write.source.dtype
+        analyzer = arith.Analyzer()
+        for iv in stmt.iter_vars:
+            analyzer.bind(iv.var, iv.dom)
+        self.write_strides = _access_strides(self.write, self.vars, analyzer)
+        self.reads = [(i, r, _access_strides(r, self.vars, analyzer))
+                      for i, r in enumerate(stmt.reads)
+                      if not r.source.same_as(self.write.source)]
+        self.work = math.prod(self.extents)
+        self.calls = _library_calls(stmt)
+
+    @property
+    def spatial(self):
+        return [k for k, kind in enumerate(self.kinds) if kind == "S"]
+
+    @property
+    def reduction(self):
+        return [k for k, kind in enumerate(self.kinds) if kind == "R"]
+
+
+def _buffers(func):
+    """Every buffer a kernel's blocks read, write or allocate."""
+    found = []
+
+    def visit(node):
+        found.extend(getattr(node, "alloc_buffers", None) or [])
+        for region in list(getattr(node, "reads", None) or []) + \
+                list(getattr(node, "writes", None) or []):
+            found.append(region.source)
+
+    _walk_stmts(func.body, visit)
+    return found
+
+
+def _library_calls(stmt):
+    """How many math library calls (exp, log, tanh, ...) one iteration of a block makes."""
+    count = [0]
+
+    def visit(e):
+        if isinstance(e, tvm.ir.Call) and \
+                str(getattr(e.op, "name", "")).rpartition(".")[2] in LIBRARY_CALLS:
+            count[0] += 1
+
+    if isinstance(stmt.body, tirx.BufferStore):
+        _walk_expr(stmt.body.value, visit)
+    return count[0]
+
+
+def _has_if_then_else(stmt):
+    found = [False]
+
+    def visit(e):
+        if isinstance(e, tvm.ir.Call) and str(getattr(e.op, "name", "")).endswith("if_then_else"):
+            found[0] = True
+
+    if isinstance(stmt.body, tirx.BufferStore):
+        _walk_expr(stmt.body.value, visit)
+    return found[0]
+
+
+def _elements(buf):
+    return math.prod(_size(d) for d in buf.shape)
+
+
+def _bytes(buf):
+    return _elements(buf) * _dtype_bits(buf.dtype) // 8
+
+
+def _packable_dim(region, var):
+    """The one dimension of a point access indexed by `var` (with coefficient 1), or None."""
+    if any(_const(r.extent) != 1 for r in region.region):
+        return None
+    dims = [d for d, rng in enumerate(region.region)
+            if any(x.name == var.name for x in tirx.analysis.undefined_vars(rng.min))]
+    if len(dims) != 1:
+        return None
+    coeffs = arith.detect_linear_equation(region.region[dims[0]].min, [var])
+    return dims[0] if coeffs and _const(coeffs[0]) == 1 else None

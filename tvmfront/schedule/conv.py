@@ -1,0 +1,74 @@
+"""Sliding windows with a stride: the gather-form gradients of strided convolutions and
+pooling, which index through ``v // s`` and ``v % s``.
+
+Such an axis is split by s, with the remainder loop unrolled innermost, so that every index
+becomes affine (no integer division per element). Spatial blocks (a strided gradient's
+dilated copy) use _schedule_spatial_split; reductions (pooling's and convolution's gathered
+gradients) use the split in reductions._plain_reduction. Convolution forward is a
+contraction, register-tiled like a GEMM: see gemm.py.
+"""
+
+import math
+
+from .._tvm import tirx
+from .analysis import _walk_expr
+from .loops import _parallel_worth_it, _parallelize
+
+
+def _index_divisors(stmt, variables):
+    """{var index: d} for spatial variables used under floordiv/floormod by a constant d
+    (gather-form gradients of strided windows). Splitting such an axis by d and unrolling
+    the remainder turns those indices affine."""
+    position = {v.name: k for k, v in enumerate(variables)}
+    found = {}
+
+    def visit(e):
+        if isinstance(e, (tirx.FloorDiv, tirx.FloorMod)) and isinstance(e.b, tirx.IntImm):
+            d = int(e.b.value)
+            if d > 1:
+                for x in tirx.analysis.undefined_vars(e.a):
+                    if x.name in position:
+                        k = position[x.name]
+                        found[k] = math.lcm(found.get(k, 1), d)
+
+    _walk_expr(stmt.body.value if isinstance(stmt.body, tirx.BufferStore) else stmt.body, visit)
+    return found
+
+
+def _split_divisors(info):
+    """{axis: d} for the spatial axes a block reads through floordiv/floormod by d and that d
+    tiles (a strided gradient's dilated copy, pooling's gather-form gradient)."""
+    return {k: d for k, d in _index_divisors(info.stmt, info.vars).items()
+            if info.kinds[k] == "S" and k not in info.symbolic and info.extents[k] % d == 0
+            and info.extents[k] > d}
+
+
+def _split_by_divisors(sch, info, divisors):
+    """(outer, inner, reduction loops) of a block: each axis k of `divisors` split by its
+    divisor into an outer and an inner loop; other spatial loops are outer."""
+    outer, inner, red = [], [], []
+    for k, loop in enumerate(info.loops):
+        if info.kinds[k] == "R":
+            red.append(loop)
+        elif k in divisors:
+            o, i = sch.split(loop, factors=[None, divisors[k]])
+            outer.append(o)
+            inner.append(i)
+        else:
+            outer.append(loop)
+    return outer, inner, red
+
+
+def _schedule_spatial_split(sch, info, divisors, params):
+    """Axes read as v // d or v % d are split by d, the remainders unrolled innermost: every
+    index becomes affine in the loops (no integer division per element)."""
+    outer, inner, _ = _split_by_divisors(sch, info, divisors)
+    sch.reorder(*outer, *inner)
+    for loop in inner:
+        sch.unroll(loop)
+    notes = ["split " + "x".join(str(divisors[k]) for k in sorted(divisors)), "unrolled"]
+    if _parallel_worth_it(info, 1, params):
+        outer, note = _parallelize(sch, outer, params)
+        if note:
+            notes.append(note)
+    return f"spatial[{', '.join(notes)}]"

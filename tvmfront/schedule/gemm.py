@@ -1,0 +1,383 @@
+"""The GEMM family: register-tiled contractions (dense, batch_matmul, the transposed forms
+their gradients use, and convolution forward, whose loop nest has the same shape), and in
+"tiled only" mode the vectorizable reductions without a multiply (row sums, max).
+
+A reduction is register-tiled: the spatial axis whose vectors use the SIMD lanes best is
+split by the vector length and vectorized (two registers per vector; eight when no other
+output axis can tile, e.g. a prime extent); operands strided along it (``x @ w.T``'s weight,
+a conv weight when vectorizing over output channels) are first packed into a copy with that
+axis last, when the copy is cheap next to the reduction; operands whose rows along the
+reduction are far apart (PANEL_MIN_STRIDE, PANEL_MIN_BYTES) are instead copied into panels,
+as BLAS packs them: the vector operand into panels of the vector length (the panel index
+runs outermost, so one panel stays in cache while the row tiles sweep it), the broadcast
+operand of A^T B into panels of the tile's rows; one or two other output axes form a
+register tile (CpuParams.acc_registers accumulators: 4 rows x 2 vectors on AVX2, 8 x 2 on
+AVX-512) chosen so that operand loads are shared across it; the reduction loops sit between
+the outer loops and the tile; the tile accumulates in a small local buffer (``cache_write``,
+laid out with the vector axis last) written back together with the pointwise epilogue (bias
+add, ReLU); outer loops are fused just enough to feed ``num-cores`` threads and parallelized
+when the kernel is large enough. Without a vectorizable axis the same rule builds a tile of
+independent scalar accumulators (reductions._tile_reduction_scalar).
+
+Symbolic extents: a register tile that splits a symbolic axis first pads it to a multiple of
+the tile (``pad_einsum``: zero-padded input copies, a padded output copied out with the
+epilogue), so the tile itself carries no predicate; a block that is no einsum (a conv
+window) or that tiles rows with scalar accumulators keeps its tiles to the static axes
+instead. A reduction over a symbolic axis (a weight gradient summed over the batch, batch
+statistics) is tiled and vectorized over its static output axes as usual.
+
+Every output element is accumulated in the order of its reduction loops.
+"""
+
+import math
+
+from .params import (CACHE_LINE_BYTES, PACK_RATIO, PANEL_MIN_BYTES, PANEL_MIN_STRIDE,
+                     PARALLEL_MIN_ITERATIONS, SCALAR_TILE, STREAM_MAX_OUTPUT_BYTES,
+                     STREAM_MIN_OPERAND_BYTES, TILE_ONLY_REGISTERS, UNROLL_MAX_BODY, _dtype_bits)
+from .failures import NotApplicable, _probe
+from .analysis import (_BlockInfo, _bytes, _const, _elements, _packable_dim,
+                       _unroll_extent)
+from .loops import (_largest_divisor, _parallel_worth_it, _parallelize, _vector_factor,
+                    _vectorize_innermost)
+from .conv import _index_divisors
+from .spatial import _absorb_epilogues
+
+
+def _tile_reduction(sch, name, params, vector=True):
+    """Register-tiled, parallel schedule of a reduction. With `vector`, the output's
+    contiguous axis (along which every operand must be contiguous or constant, after packing
+    a strided operand when cheap) is vectorized and the tile holds vector accumulators;
+    without, the tile holds scalar accumulators (independent chains for the FPU)."""
+    block = sch.get_sblock(name)
+    info = _BlockInfo(sch, block)
+    if "O" in info.kinds or not info.reduction or not info.spatial:
+        raise NotApplicable("not a plain reduction")
+    lanes = params.lanes(info.dtype)
+    packed = []
+    copies = []  # blocks of the panel copies, scheduled by _pack_panels
+    v = vec = None
+    if vector:
+        v, vec = _choose_vector_axis(info, lanes)
+        if vec > lanes and vec % lanes == 0 and _streams_operands(info) and \
+                _tile_outputs(info, v, lanes, params) > _tile_outputs(info, v, vec, params):
+            # One register per vector leaves room for a register tile over a second output
+            # axis: fewer passes over operands that do not fit in cache (a conv's d/dw:
+            # 3x3xv8 outputs per tile, not 3xv16). Not where the tile would cover no more
+            # outputs (a GEMM's d/dw: 8xv8 ran at half the speed of 4xv16).
+            vec = lanes
+        if _no_tile_beside(info, v, params):
+            # No other output axis tiles (the char vocabulary's 103 outputs, a prime): wider
+            # vectors along v keep enough independent accumulators in flight instead.
+            vec = _vector_factor(info.extents[v], lanes, max_registers=min(
+                TILE_ONLY_REGISTERS, params.acc_registers)) \
+                or vec
+        # Operands strided along v: pack them into a copy whose last dimension is v's, or
+        # straight into panels when they are big enough for panels (one copy, not two).
+        panel = None  # the copy of the operand read in panels along v
+        for _ in range(len(info.reads)):
+            strided = [(i, r, strides) for i, r, strides in info.reads
+                       if strides[v] not in (0, 1) and r.source.name != panel]
+            if not strided:
+                break
+            index, region, strides = strided[0]
+            if panel is None and _panel_fits(info, region, strides, v, vec):
+                panel = _pack_panels(sch, info, index, region, v, vec, params)
+                copies.append(panel)
+                packed.append(f"{region.source.name} (panels)")
+            else:
+                _pack_operand(sch, info, index, region, v)
+                packed.append(region.source.name)
+            block = sch.get_sblock(name)
+            info = _BlockInfo(sch, block)
+        if any(strides[v] not in (0, 1) for _, r, strides in info.reads
+               if r.source.name != panel):
+            raise NotApplicable("an operand is strided along the vector axis")
+        found = _panel_operand(info, v, vec) if panel is None else None
+        if found is not None:
+            panel = _pack_panels(sch, info, *found, v, vec, params)
+            copies.append(panel)
+            packed.append(f"{found[1].source.name} (panels)")
+            info = _BlockInfo(sch, sch.get_sblock(name))
+        budget = max(1, params.acc_registers // math.ceil(vec / lanes))
+    else:
+        panel = None
+        if _index_divisors(info.stmt, info.vars):
+            raise NotApplicable("strided-window gather: see _plain_reduction")
+        budget = SCALAR_TILE
+
+    tiles = _register_tiles(info, v, budget)
+    if not vector and not tiles:
+        # No reuse to exploit: independent accumulators along the innermost spatial axis.
+        k = next((k for k in reversed(info.spatial) if info.extents[k] > 1), None)
+        f = _largest_divisor(info.extents[k], budget) if k is not None else 1
+        if f < 2:
+            raise NotApplicable("nothing to tile")
+        tiles[k] = f
+    # A kernel worth running in parallel keeps a few outer iterations per core.
+    if _parallel_worth_it(info, vec or 1, params):
+        def outer_count():
+            spatial = math.prod(info.extents[k] for k in info.spatial)
+            return spatial // math.prod(tiles.values()) // (vec or 1)
+
+        while tiles and outer_count() < params.cores:
+            k = max(tiles, key=tiles.get)
+            tiles[k] = _largest_divisor(info.extents[k], tiles[k] - 1)
+            if tiles[k] == 1:
+                del tiles[k]
+        if not vector and not tiles:
+            raise NotApplicable("nothing to tile")
+    if vector and not info.symbolic:
+        # The operand broadcast across the vectors (A of A^T B) in panels of its tile too
+        for t, f in tiles.items():
+            found = _panel_operand(info, t, f, broadcast=v)
+            if found is not None:
+                copies.append(_pack_panels(sch, info, *found, t, f, params))
+                packed.append(f"{found[1].source.name} (panels of {f})")
+                block = sch.get_sblock(name)
+                info = _BlockInfo(sch, block)
+    try:
+        padded = _pad_symbolic_tiles(sch, info, tiles, vector)
+    except Exception as err:  # noqa: BLE001 - TVM's own check: not an einsum (a conv window)
+        _probe(f"pad_einsum of block {name}", err)
+        padded = False
+        tiles = {k: f for k, f in tiles.items() if k not in info.symbolic}
+        if not vector and not tiles:
+            raise NotApplicable("only a symbolic axis to tile") from err
+    if padded:
+        block = sch.get_sblock(name)
+        info = _BlockInfo(sch, block)
+
+    outer, inner, red = [], [], []
+    vec_loop = None
+    for k, loop in enumerate(info.loops):
+        if info.kinds[k] == "R":
+            red.append(loop)
+        elif k == v:
+            o, vec_loop = sch.split(loop, factors=[None, vec])
+            # With panels, the panel index runs outermost: one panel stays in cache while
+            # every tile of the other axes sweeps it.
+            if panel is not None:
+                outer.insert(0, o)
+            else:
+                outer.append(o)
+        elif k in tiles:
+            o, i = sch.split(loop, factors=[None, tiles[k]])
+            outer.append(o)
+            inner.append(i)
+        else:
+            outer.append(loop)
+    sch.reorder(*outer, *red, *inner, *([vec_loop] if vec_loop is not None else []))
+    parallel = ""
+    if _parallel_worth_it(info, vec or 1, params):
+        outer, parallel = _parallelize(sch, outer, params)
+    anchor = outer[-1]
+
+    # Accumulate the register tile in a local buffer; write it back with the epilogue.
+    writeback = sch.cache_write(block, 0, "global")
+    if v is not None and info.write_strides[v] != 1:
+        # The output is strided along v: lay the accumulator out with v's dimension last.
+        d = _packable_dim(info.write, info.vars[v])
+        ndim = len(info.write.region)
+        if d != ndim - 1:
+            sch.transform_layout(block, ("write", 0),
+                                 lambda *idx: [idx[i] for i in range(ndim) if i != d] + [idx[d]])
+    sch.reverse_compute_at(writeback, anchor, preserve_unit_loops=True)
+    epilogue = _absorb_epilogues(sch, writeback)
+    tile_points = math.prod(tiles.values())
+    last_red = red[-1]
+    if _unroll_extent(sch, last_red) * tile_points <= UNROLL_MAX_BODY and len(red) > 1:
+        sch.unroll(last_red)
+    for loop in inner:
+        sch.unroll(loop)
+    if vec_loop is not None:
+        sch.vectorize(vec_loop)
+    _vectorize_innermost(sch, writeback, lanes)
+    # Last: the update block loses its init, and with it the checks other primitives need.
+    init = sch.decompose_reduction(block, red[0])
+    _vectorize_innermost(sch, init, lanes)
+    touched = {sch.get(init).name_hint, sch.get(writeback).name_hint, name} | set(copies)
+    tile = "x".join(str(tiles[k]) for k in sorted(tiles))
+    note = (f"tiled[{tile}{'x' if tile and vec else ''}{f'v{vec}' if vec else ' scalar'}"
+            f"{', parallel' if parallel else ''}"
+            f"{', packed ' + '+'.join(packed) if packed else ''}"
+            f"{', +' + '+'.join(epilogue) if epilogue else ''}]")
+    return note, touched
+
+
+def _choose_vector_axis(info, lanes):
+    """(axis, vector length) for a reduction's register tile: the spatial axis whose vectors
+    use the lanes best, minus the cost of packing operands that are strided along it and
+    of a strided write-back. Raises when no axis qualifies."""
+    best = None
+    for v in info.spatial:
+        if v in info.symbolic:  # its last vector would be predicated: scalar code
+            continue
+        vec = _vector_factor(info.extents[v], lanes)
+        if vec is None:
+            continue
+        score = vec / (math.ceil(vec / lanes) * lanes)
+        feasible = True
+        for _, region, strides in info.reads:
+            if strides[v] in (0, 1):
+                continue
+            size = _elements(region.source)
+            if _packable_dim(region, info.vars[v]) is None or size * PACK_RATIO > info.work:
+                feasible = False
+                break
+            score -= 0.02 + 4 * size / info.work
+        if not feasible:
+            continue
+        if info.write_strides[v] != 1:
+            if _packable_dim(info.write, info.vars[v]) is None:
+                continue
+            score -= 0.05
+        if best is None or score > best[0]:
+            best = (score, v, vec)
+    if best is None:
+        raise NotApplicable("no vectorizable output axis")
+    return best[1], best[2]
+
+
+def _pack_operand(sch, info, index, region, v):
+    """Copy a read operand into a buffer whose last dimension is the one indexed by v."""
+    d = _packable_dim(region, info.vars[v])
+    if d is None:
+        raise NotApplicable("operand not packable")
+    size = _elements(region.source)
+    if size * PACK_RATIO > info.work:
+        raise NotApplicable("packing costs too much")
+    packed = sch.cache_read(info.block, index, "global")
+    ndim = len(region.region)
+    if d != ndim - 1:
+        sch.transform_layout(packed, ("write", 0),
+                             lambda *idx: [idx[i] for i in range(ndim) if i != d] + [idx[d]])
+    return packed
+
+
+def _register_tiles(info, v, budget):
+    """{axis: factor} of the register tile beside vector axis v (None: scalar accumulators)
+    with `budget` accumulators: at most two other output axes, those across which the most
+    operand loads are shared first, each split by its largest divisor within the budget."""
+    def reuse(k):  # operand loads shared across a tile along axis k (vector loads count 2)
+        return sum((2 if v is not None and strides[v] == 1 else 1)
+                   for _, _, strides in info.reads if strides[k] == 0)
+
+    tiles = {}
+    for k in sorted((k for k in info.spatial if k != v), key=lambda k: (-reuse(k), -k))[:2]:
+        if reuse(k) == 0 or budget <= 1:
+            break
+        f = _largest_divisor(info.extents[k], budget)
+        if f > 1:
+            tiles[k] = f
+            budget //= f
+    return tiles
+
+
+def _tile_outputs(info, v, vec, params):
+    """Outputs one register tile covers with vectors of `vec` along v."""
+    budget = max(1, params.acc_registers // math.ceil(vec / params.lanes(info.dtype)))
+    return vec * math.prod(_register_tiles(info, v, budget).values())
+
+
+def _streams_operands(info):
+    """A reduction with a small output (a weight gradient) over operands larger than a cache:
+    every pass of its register tiles over the reduction streams them from memory again."""
+    return (_bytes(info.write.source) <= STREAM_MAX_OUTPUT_BYTES
+            and sum(_bytes(r.source) for _, r, _ in info.reads) >= STREAM_MIN_OPERAND_BYTES)
+
+
+def _no_tile_beside(info, v, params):
+    """Whether every output axis but v is wider than 1 and has no divisor for a register tile
+    (a prime extent; a symbolic one is planned at SYMBOLIC_EXTENT and padded to its tile):
+    the tile would be v's vectors alone."""
+    others = [k for k in info.spatial if k != v and info.extents[k] > 1]
+    return bool(others) and all(_largest_divisor(info.extents[k], params.acc_registers) == 1
+                                for k in others)
+
+
+def _panel_operand(info, v, vec, broadcast=None):
+    """(read index, region) of an operand worth packing into panels of `vec` along axis v:
+    read contiguously along v, with a large stride along a reduction (the right operand of a
+    big GEMM: each step of the reduction would touch a new row, and rows 2 or 4 KiB apart
+    alias in the L1 cache; the left operand of A^T B likewise), and fit for panels
+    (_panel_fits). With `broadcast`, only an operand constant along that axis (the vector
+    axis, whose tile broadcasts it)."""
+    for index, region, strides in info.reads:
+        if broadcast is not None and strides[broadcast] != 0:
+            continue
+        if strides[v] == 1 and any(strides[k] is not None and strides[k] >= PANEL_MIN_STRIDE
+                                   for k in info.reduction) \
+                and _panel_fits(info, region, strides, v, vec):
+            return index, region
+    return None
+
+
+def _panel_fits(info, region, strides, v, vec):
+    """Whether an operand can be copied into panels of `vec` along v: linear in every block
+    variable, reused across another output axis (stride 0 there: a weight, not an
+    activation), bigger than PANEL_MIN_BYTES and cheap to copy next to the reduction
+    (PACK_RATIO), its dimension indexed by v a multiple of vec (more than one panel) and read
+    at exactly v (a window offset such as i + kh would straddle two panels)."""
+    if any(strides[k] is None for k in range(len(info.vars))):
+        return False
+    if not any(strides[k] == 0 for k in info.spatial if k != v):
+        return False
+    d = _packable_dim(region, info.vars[v])
+    if d is None or _bytes(region.source) < PANEL_MIN_BYTES or \
+            _elements(region.source) * PACK_RATIO > info.work:
+        return False
+    extent = _const(region.source.shape[d])
+    return extent is not None and extent % vec == 0 and extent > vec and \
+        region.region[d].min.same_as(info.vars[v])
+
+
+def _pack_panels(sch, info, index, region, v, vec, params):
+    """Copy an operand into panels: its dimension d indexed by v becomes [d // vec, ...,
+    d % vec], so the slice one register tile reads along the reduction is contiguous. The
+    copy runs panel by panel, each written in order (a transposed weight is read from vec
+    rows at once: each cache line read serves several consecutive steps). Returns the name
+    of the copy (its block and its buffer)."""
+    d = _packable_dim(region, info.vars[v])
+    packed = sch.cache_read(info.block, index, "global")
+    ndim = len(region.region)
+    sch.transform_layout(packed, ("write", 0), lambda *idx: [idx[d] // vec] + [
+        idx[i] for i in range(ndim) if i != d] + [idx[d] % vec])
+    loops = list(sch.get_loops(packed))  # the source's dimensions, in its order
+    outer, inner = sch.split(loops[d], factors=[None, vec])
+    others = [lp for i, lp in enumerate(loops) if i != d]
+    line = CACHE_LINE_BYTES * 8 // _dtype_bits(region.source.dtype)
+    if d == ndim - 1:  # contiguous in the source too: a vector copy
+        sch.reorder(outer, *others, inner)
+        sch.vectorize(inner)
+    elif _const(region.source.shape[-1]) and _const(region.source.shape[-1]) % line == 0:
+        # A transpose, by blocks of vec rows x one cache line: each row's line is read whole
+        # before the next row's (vec rows 4 KiB apart share one L1 set: read column by
+        # column they would evict each other), and the block's writes fill vec lines.
+        others[-1], last_inner = sch.split(others[-1], factors=[None, line])
+        sch.reorder(outer, *others, inner, last_inner)
+        sch.unroll(last_inner)
+    else:
+        sch.reorder(outer, *others, inner)
+        sch.unroll(inner)
+    # A copy is memory-bound: its vector width does not make it cheaper per element.
+    if params.cores > 1 and _elements(region.source) >= PARALLEL_MIN_ITERATIONS:
+        _parallelize(sch, [outer, *others], params)
+    name = sch.get(packed).name_hint
+    assert sch.get(packed).writes[0].source.name == name, "cache_read: block and buffer alike"
+    return name
+
+
+def _pad_symbolic_tiles(sch, info, tiles, vector):
+    """Pad the block's symbolic axes that `tiles` splits to multiples of their tile factors
+    (``pad_einsum``: inputs are copied into zero-padded buffers, the output is computed into a
+    padded buffer and copied out). Split without padding, a symbolic axis predicates every
+    point of the tile, which keeps the accumulators out of registers and the tile's buffer
+    from being compacted. Returns whether anything was padded."""
+    padding = [tiles[k] if k in info.symbolic and k in tiles else 1
+               for k in range(len(info.vars))]
+    if all(p == 1 for p in padding):
+        return False
+    if not vector:  # row reductions (loss, softmax): copies cost more than the tile gains
+        raise NotApplicable("scalar tile over a symbolic axis")
+    sch.pad_einsum(info.block, padding)
+    return True

@@ -1,0 +1,88 @@
+"""What the schedules know about the target (CpuParams) and every tuning constant.
+
+Symbolic extents (a batch size or sequence length given at run time, a ``tirx.Var``) are
+planned as if they were SYMBOLIC_EXTENT (64): tile shapes, vector axes and the parallel
+decision are those of the kernel at that size.
+
+A math library call (exp, log, tanh, ...) costs as much as CALL_ITERATIONS vector iterations
+in the parallel decision: LLVM calls libm once per element even in vectorized loops, so a
+softmax's exp-heavy loops run in parallel at sizes where a pointwise add would not.
+"""
+
+import os
+
+from .._tvm import cpu_vector_bits
+
+
+# A parallel launch costs microseconds, and on a machine whose cores are shared a parallel
+# region waits for its slowest thread: loops with fewer (vector) iterations than this stay on
+# one core (about 50-100 us of single-core work).
+PARALLEL_MIN_ITERATIONS = 1 << 17
+# LLVM calls libm for these once per element even in vectorized loops (~3 ns for expf here):
+# each call weighs this many vector iterations when deciding on parallel loops.
+LIBRARY_CALLS = frozenset({"exp", "exp2", "exp10", "log", "log2", "log10", "log1p", "tanh",
+                           "sigmoid", "erf", "pow", "sin", "cos", "tan", "atan", "sinh", "cosh"})
+CALL_ITERATIONS = 8
+# Scalar reductions without register tiles need this many times more iterations.
+PLAIN_PARALLEL_PENALTY = 8
+# Parallel loops are fused until they have this many iterations per core.
+PARALLEL_CHUNKS_PER_CORE = 8
+# Vector registers along the vector axis when no other output axis can form a register tile
+# (a prime extent): 8 independent FMA chains cover the FMA latency of two units (4 cycles).
+TILE_ONLY_REGISTERS = 8
+# Scalar accumulators in a register tile without vectors.
+SCALAR_TILE = 8
+# Fully unroll inner loops (register tile x innermost reduction) up to this many bodies.
+UNROLL_MAX_BODY = 64
+# Kernels below this many loop iterations count as trivially small (see `loop_kinds`).
+SMALL_WORK = 1 << 12
+# Transposing copies move blocks of one cache line per row (x86 and most AArch64 cores).
+CACHE_LINE_BYTES = 64
+# Pack a strided operand only when the copy is this many times cheaper than the reduction.
+PACK_RATIO = 8
+# An operand read along the vector axis with rows at least PANEL_MIN_STRIDE elements apart
+# along the reduction and bigger than PANEL_MIN_BYTES is packed into panels (see
+# gemm._pack_panels): a register tile's steps along the reduction would each touch a new
+# row, and rows 512 bytes to 4 KiB apart map to a few L1 sets (a [128, 384] weight, 1.5 KiB
+# rows, keeps 64 of its 128 rows in L1). Smaller operands stay in L1 as they are.
+PANEL_MIN_BYTES = 128 << 10
+PANEL_MIN_STRIDE = 128
+# Reductions with an output of at most STREAM_MAX_OUTPUT_BYTES over operands of
+# STREAM_MIN_OPERAND_BYTES or more use one-register vectors, leaving registers for a wider
+# tile (gemm._streams_operands).
+STREAM_MIN_OPERAND_BYTES = 2 << 20
+STREAM_MAX_OUTPUT_BYTES = 256 << 10
+# Symbolic extents (a batch size or sequence length known only at run time) are planned as if
+# they were this size: tile shapes, vector axes and whether a kernel runs in parallel are those
+# of the kernel at this size (see the module docstring).
+SYMBOLIC_EXTENT = 64
+# dlight's GEMV is used only when it vectorizes at most this many SIMD registers per operation
+# (see _dlight_gemv: wider gathered tiles cost minutes of LLVM codegen).
+GEMV_MAX_VECTOR_REGISTERS = 2
+# tvmfront's GEMV computes this many output rows at once: one vector accumulator each, every
+# load of the vector shared by the rows (4 beat 1, 2 and 8 rows, and 2- or 4-register
+# accumulators, on the decode step's 128..512-wide Linear layers, AVX2).
+GEMV_ROWS = 4
+
+
+class CpuParams:
+    """What the schedules need to know about an LLVM CPU target."""
+
+    def __init__(self, target):
+        self.vector_bits = cpu_vector_bits(target)
+        cores = target.attrs.get("num-cores", None) if hasattr(target, "attrs") else None
+        self.cores = int(cores) if cores else (os.cpu_count() or 1)
+        # Vector registers kept for a reduction's accumulator tile: of x86's 16 (AVX2/SSE)
+        # ~12 are left after the operands; AVX-512 and AArch64 have 32.
+        triple = str(target.attrs.get("mtriple", "")) if hasattr(target, "attrs") else ""
+        wide = self.vector_bits >= 512 or triple.startswith(("aarch64", "arm64"))
+        self.acc_registers = 24 if wide else 12
+
+    def lanes(self, dtype):
+        bits = _dtype_bits(dtype)
+        return max(2, self.vector_bits // max(8, bits))
+
+
+def _dtype_bits(dtype):
+    digits = "".join(ch for ch in str(dtype) if ch.isdigit())
+    return int(digits) if digits else 32

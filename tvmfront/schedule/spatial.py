@@ -1,0 +1,127 @@
+"""Elementwise and other injective blocks.
+
+- injective producers of injective blocks (pointwise chains, reshapes) are inlined
+  (_inline_spatial); pointwise consumers of a reduction (bias add, ReLU) join its
+  write-back (_absorb_epilogues);
+- a spatial block left standing has its trailing loops fused as far as every access stays
+  contiguous (or constant), split by a vector length that tiles the rows, vectorized, and its
+  outer loops parallelized when large enough; padding blocks are first split into a constant
+  fill and an in-bounds copy (``decompose_padding``). Vectors use static axes only (a vector
+  over a symbolic extent would be predicated).
+"""
+
+import math
+
+from .._tvm import tirx
+from .failures import _probe
+from .analysis import _BlockInfo, _has_if_then_else, _reduction_iters, _root_blocks
+from .loops import _parallel_worth_it, _parallelize, _vector_factor
+from .conv import _schedule_spatial_split, _split_divisors
+
+
+def _inline_spatial(sch):
+    """Inline injective blocks into injective consumers (pointwise chains, reshapes) until
+    nothing changes. Producers of reductions (padding) stay separate."""
+    changed = True
+    while changed:
+        changed = False
+        blocks = _root_blocks(sch)
+        outputs = {sch.get(b).name_hint for b in sch.get_output_blocks(sch.get_sblock("root"))}
+        for block in blocks:
+            stmt = sch.get(block)
+            if stmt.name_hint in outputs or _reduction_iters(stmt):
+                continue
+            consumers = sch.get_consumers(block)
+            if not consumers or any(_reduction_iters(sch.get(c)) for c in consumers):
+                continue
+            try:
+                sch.compute_inline(block)
+            except Exception as err:  # noqa: BLE001 - TVM's own check: not inlinable
+                _probe(f"compute_inline of block {stmt.name_hint}", err)
+                continue
+            changed = True
+            break
+
+
+def _absorb_epilogues(sch, writeback):
+    """Inline pointwise consumers (bias add, ReLU, ...) into the write-back block."""
+    names = []
+    progress = True
+    while progress:
+        progress = False
+        for consumer in sch.get_consumers(writeback):
+            stmt = sch.get(consumer)
+            if _reduction_iters(stmt):
+                continue
+            try:
+                sch.reverse_compute_inline(consumer)
+            except Exception as err:  # noqa: BLE001 - TVM's own check: not an epilogue
+                _probe(f"reverse_compute_inline of block {stmt.name_hint}", err)
+                continue
+            names.append(stmt.name_hint)
+            progress = True
+            break
+    return names
+
+
+def _schedule_spatial(sch, block, params):
+    """Fuse the contiguous trailing loops, vectorize them, parallelize the rest. A padding
+    block is first split into a constant fill and an in-bounds copy (no per-element branch)."""
+    name = sch.get(block).name_hint
+    loops = sch.get_loops(block)
+    stmt = sch.get(block)
+    if not loops or _reduction_iters(stmt):
+        return ""
+    # Only blocks still under their own loop nest at the root are ours to schedule.
+    if any(int(sch.get(lp).kind) != int(tirx.ForKind.SERIAL) for lp in loops):
+        return ""
+    if _has_if_then_else(stmt):
+        try:
+            fill = sch.decompose_padding(block, loops[0])
+        except Exception as err:  # noqa: BLE001 - TVM's own check: not a padding pattern
+            _probe(f"decompose_padding of block {name}", err)
+            fill = None
+        if fill is not None:
+            first = _schedule_spatial(sch, fill, params)
+            second = _schedule_spatial(sch, block, params)
+            return f"padding[fill {first or '-'}; copy {second or '-'}]"
+    info = _BlockInfo(sch, block)
+    divisors = _split_divisors(info)
+    if divisors:
+        return _schedule_spatial_split(sch, info, divisors, params)
+    n = len(info.loops)
+    lanes = params.lanes(info.dtype)
+    start = n
+    for t in range(n - 1, -1, -1):
+        if t in info.symbolic:  # the vectors tile the static axes only (never predicated)
+            break
+        group = range(t, n)
+        want = {k: math.prod(info.extents[k + 1:]) for k in group}
+        if any(info.write_strides[k] != want[k] for k in group):
+            break
+        if not all(all(strides[k] == want[k] for k in group)
+                   or all(strides[k] == 0 for k in group) for _, _, strides in info.reads):
+            break
+        start = t
+    notes = []
+    outer = list(info.loops)
+    vec = None
+    if start < n:
+        fused = sch.fuse(*info.loops[start:]) if n - start > 1 else info.loops[start]
+        extent = math.prod(info.extents[start:])
+        rows = [math.prod(info.extents[k:]) for k in range(start + 1, n)]
+        vec = _vector_factor(extent, lanes, max_registers=4, rows=rows)
+        if vec is not None:
+            o, i = sch.split(fused, factors=[None, vec])
+            sch.vectorize(i)
+            outer = list(info.loops[:start]) + [o]
+            notes.append(f"v{vec}")
+        else:
+            outer = list(info.loops[:start]) + [fused]
+    if outer and _parallel_worth_it(info, vec or 1, params):
+        outer, note = _parallelize(sch, outer, params)
+        if note:
+            notes.append(note)
+    if not notes:
+        return ""
+    return f"spatial[{', '.join(notes)}]"
