@@ -85,7 +85,7 @@ class CausalLM(Module):
 
     # Specs for compile_inference's methods=. The batch defaults to 1, a fixed size: a
     # symbolic batch ("batch") serves any number of prompts at once, but its kernels are
-    # planned for a batch of 64 (tvmfront/schedule.py), which costs a batch-1 decode step
+    # planned for a batch of 64 (tvmfront/schedule/), which costs a batch-1 decode step
     # several times its time on CPU.
     def prefill_spec(self, batch=1, seq="seq"):
         """methods= entry for prefill: {"idx": ([batch, seq], int64)} (any prompt length)."""

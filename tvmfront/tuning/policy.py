@@ -218,11 +218,11 @@ def _layered(layers):
 @functools.lru_cache(maxsize=1)
 def defaults_digest():
     """Names the default schedules a verdict was judged against: TVM's version and the
-    source of tvmfront's default CPU schedules (tvmfront/schedule.py, or the package)."""
+    source of tvmfront's default CPU schedules (every file of the package tvmfront/schedule/)."""
     h = hashlib.sha256(TVM_VERSION.encode())
     base = os.path.join(PKG, "schedule")
-    files = [base + ".py"] if os.path.exists(base + ".py") else sorted(
-        os.path.join(d, f) for d, _, fs in os.walk(base) for f in fs if f.endswith(".py"))
+    files = sorted(os.path.join(d, f) for d, _, fs in os.walk(base) for f in fs
+                   if f.endswith(".py"))
     for path in files:
         h.update(os.path.relpath(path, PKG).encode() + b"\0")
         with open(path, "rb") as f:
