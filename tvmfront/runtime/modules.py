@@ -746,20 +746,26 @@ class TrainingModule(_Compiled):
         returns its loss. The forward runs in training mode and updates the buffers, as each
         forward does in PyTorch; micro-batch m of a step draws its dropout masks with its own
         key (the seed mixed with m + 1). Needs compile_training(..., accumulate=True)."""
-        vm = self._vm
-        if not self.manifest.get("accumulate"):
-            raise RuntimeError("accumulate: this module was compiled without accumulate=True "
-                               "(compile_training(..., accumulate=True))")
-        data = self._check_batch(x, y, extras, micro=self._micro)
-        out = self._function("loss_adjoint")(*data, *self._params, *self._buffers)
-        grads = [to_numpy(g) for g in out[1]]
-        if self._buffers:
-            self._buffers = [out[0][1 + i] for i in range(len(self._buffers))]
+        self._vm
+        self._needs_update_alone("accumulate")
+        loss, grads = self.compute_gradients(x, y, extras, stream=self._micro)
         self._grad_sum = grads if self._grad_sum is None else [
             a + g for a, g in zip(self._grad_sum, grads)]
         self._micro += 1
-        loss = out[0][0] if self._buffers else out[0]
-        return float(to_numpy(loss))
+        return loss
+
+    def _needs_update_alone(self, caller):
+        if not self.manifest.get("accumulate"):
+            raise RuntimeError(f"{caller}: this module was compiled without accumulate=True "
+                               "(compile_training(..., accumulate=True))")
+
+    def _apply_grads(self, grads, hyper):
+        """One optimizer step with `grads` (device tensors in gradient_specs' order)."""
+        out = self._function("apply_grads")(*grads, *hyper, *self._params, *self._state)
+        p = len(self._params)
+        self._params = [out[i] for i in range(p)]
+        self._state = [out[p + i] for i in range(len(self._state))]
+        self.step_count += 1
 
     def apply(self, lr=None, **scalars):
         """One optimizer step with the mean of the gradients accumulated since the last apply
@@ -770,12 +776,8 @@ class TrainingModule(_Compiled):
             raise RuntimeError("apply: no gradients accumulated; call accumulate(x, y) first")
         hyper = self._scalars("apply", lr, scalars)
         mean = [to_device((g / self._micro).astype(g.dtype), self.device) for g in self._grad_sum]
-        out = self._function("apply_grads")(*mean, *hyper, *self._params, *self._state)
-        p = len(self._params)
-        self._params = [out[i] for i in range(p)]
-        self._state = [out[p + i] for i in range(len(self._state))]
+        self._apply_grads(mean, hyper)
         self._grad_sum, self._micro = None, 0
-        self.step_count += 1
 
     def loss(self, x, y, extras=None):
         """The loss on batch (x, y) at the current parameters (training mode; no update, the
@@ -790,12 +792,9 @@ class TrainingModule(_Compiled):
         vm = self._vm
         out = vm["loss_adjoint"](*self._check_batch(x, y, extras), *self._params,
                                  *self._buffers)
-        grads = out[1]
-        frozen = set(self.manifest.get("frozen", ()))
-        trainable = [n for n in self.param_names if n not in frozen]
         loss = out[0][0] if self._buffers else out[0]  # (loss, *buffers') or the loss
         return float(to_numpy(loss)), OrderedDict(
-            (n, to_numpy(grads[i])) for i, n in enumerate(trainable))
+            (spec["name"], to_numpy(g)) for spec, g in zip(self.gradient_specs(), out[1]))
 
     # ---- data parallelism (tvmfront.distributed): gradients and update as separate calls ----
     def gradient_specs(self):
@@ -836,9 +835,7 @@ class TrainingModule(_Compiled):
         mean of every rank's); the runtime scalars as in step(). Needs
         compile_training(..., accumulate=True), which compiles the update alone."""
         self._vm
-        if not self.manifest.get("accumulate"):
-            raise RuntimeError("apply_gradients: this module was compiled without "
-                               "accumulate=True (compile_training(..., accumulate=True))")
+        self._needs_update_alone("apply_gradients")
         if self._grad_sum is not None:
             raise RuntimeError("apply_gradients: accumulated gradients are waiting; call "
                                "apply() first")
@@ -849,12 +846,7 @@ class TrainingModule(_Compiled):
         for spec, g in zip(specs, grads):
             _check(f"gradient of '{spec['name']}'", g, spec)
         hyper = self._scalars("apply_gradients", lr, scalars)
-        out = self._function("apply_grads")(*[to_device(g, self.device) for g in grads],
-                                            *hyper, *self._params, *self._state)
-        p = len(self._params)
-        self._params = [out[i] for i in range(p)]
-        self._state = [out[p + i] for i in range(len(self._state))]
-        self.step_count += 1
+        self._apply_grads([to_device(g, self.device) for g in grads], hyper)
 
     def load_optimizer_state(self, state):
         """Replace the optimizer state ({state name: array}, every name, shapes and dtypes as
