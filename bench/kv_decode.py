@@ -97,8 +97,8 @@ def _ab(a, model, module, rng):
     PyTorch eager with --torch. {name: median (wall ms, CPU ms)} of the rounds."""
     from tvmfront import schedule
 
-    saved, cache = schedule._gemv, os.environ.get("TVMFRONT_CACHE")
-    schedule._gemv = lambda func, params: None  # the rule off: the kernels' schedules before
+    saved, cache = schedule.gemv._gemv, os.environ.get("TVMFRONT_CACHE")
+    schedule.gemv._gemv = lambda func, params: None  # the rule off: the kernels' schedules before
     os.environ["TVMFRONT_CACHE"] = "0"  # the cache cannot see the patch: a hit is the new build
     try:
         t, c = time.perf_counter(), time.process_time()
@@ -107,7 +107,7 @@ def _ab(a, model, module, rng):
                                              "decode": model.decode_spec(a.batch)})
         old_compile_s = (time.perf_counter() - t, time.process_time() - c)
     finally:
-        schedule._gemv = saved
+        schedule.gemv._gemv = saved
         os.environ.pop("TVMFRONT_CACHE") if cache is None else \
             os.environ.__setitem__("TVMFRONT_CACHE", cache)
     _, k, v = module.prefill(rng.integers(0, a.vocab, size=(a.batch, a.context // 2)))

@@ -203,7 +203,7 @@ def test_a_hit_reports_the_fallbacks_of_its_build(monkeypatch, caplog):
         raise RuntimeError("boom")
 
     with monkeypatch.context() as m:
-        m.setattr(cpu_schedule, "_tile_reduction", broken)  # the key cannot see the patch
+        m.setattr(cpu_schedule.gemm, "_tile_reduction", broken)  # the key cannot see the patch
         built = compile_step().build_info
     assert built["cache"] == "miss" and built["fallback_kernels"]
     with caplog.at_level(logging.WARNING, "tvmfront"):

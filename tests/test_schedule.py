@@ -13,7 +13,6 @@
    (a rule that merely does not fit is not), and LeNet's and the MLP's builds have none.
 """
 
-import inspect
 import logging
 import re
 
@@ -219,7 +218,7 @@ def test_a_failing_rule_falls_back_and_says_so(monkeypatch, caplog):
     tiled = sorted(k for k, r in normal.items() if "tiled[" in r)
     assert tiled  # the Linear layers at batch 4
 
-    monkeypatch.setattr(cpu_schedule, "_tile_reduction", _raising(RuntimeError("boom")))
+    monkeypatch.setattr(cpu_schedule.gemm, "_tile_reduction", _raising(RuntimeError("boom")))
     report, fallbacks = {}, {}
     with caplog.at_level(logging.DEBUG, "tvmfront"):
         scheduled = cpu_schedule.default_cpu_schedule(lowered, resolve_target("x86"), report,
@@ -240,36 +239,8 @@ def test_a_failing_rule_falls_back_and_says_so(monkeypatch, caplog):
                 and not any(f"kernel {k}:" in r.getMessage() for k in tiled)], caplog.text
 
 
-def test_patching_the_package_patches_its_files_and_is_undone(monkeypatch):
-    """The schedule was one module: tests and benches patch a rule on the package
-    (``cpu_schedule._tile_reduction``, bench/kv_decode.py's ``_gemv``); the files that call
-    it must see the patch, and get their own function back when it is undone."""
-    holders = [m for m in cpu_schedule.FILES if "_tile_reduction" in vars(m)]
-    original = cpu_schedule._tile_reduction
-    assert len(holders) >= 3 and cpu_schedule.gemm._tile_reduction is original  # gemm's
-    with monkeypatch.context() as m:
-        m.setattr(cpu_schedule, "_tile_reduction", _raising(RuntimeError("first")))
-        m.setattr(cpu_schedule, "_tile_reduction", _raising(RuntimeError("second")))
-        m.setattr(cpu_schedule, "default_cpu_schedule", _raising(RuntimeError("third")))
-        assert all(vars(h)["_tile_reduction"] is cpu_schedule._tile_reduction
-                   is not original for h in holders)
-        assert cpu_schedule.dispatch.default_cpu_schedule is cpu_schedule.default_cpu_schedule
-    assert all(vars(h)["_tile_reduction"] is original for h in holders)
-    assert cpu_schedule.default_cpu_schedule is cpu_schedule.dispatch.default_cpu_schedule
-    assert "raise error" not in inspect.getsource(cpu_schedule.default_cpu_schedule)
-    saved = cpu_schedule._gemv
-    cpu_schedule._gemv = None  # a plain assignment, as bench/kv_decode.py does
-    try:
-        assert cpu_schedule.dispatch._gemv is None
-    finally:
-        cpu_schedule._gemv = saved
-    assert cpu_schedule.dispatch._gemv is saved is cpu_schedule.gemv._gemv
-    with pytest.raises(AttributeError, match="no_such_rule"):
-        cpu_schedule.no_such_rule  # noqa: B018
-
-
 def test_a_rule_that_does_not_fit_is_no_fallback(monkeypatch, caplog):
-    monkeypatch.setattr(cpu_schedule, "_tile_reduction",
+    monkeypatch.setattr(cpu_schedule.gemm, "_tile_reduction",
                         _raising(cpu_schedule.NotApplicable("not this pattern")))
     fallbacks = {}
     with caplog.at_level(logging.DEBUG, "tvmfront"):
@@ -285,7 +256,7 @@ def test_the_build_info_counts_fallback_kernels(monkeypatch, caplog):
     tvf.manual_seed(0)
     model = _mlp()
     assert tvf.compile_inference(model, inputs=(4, 64)).build_info["fallback_kernels"] == {}
-    monkeypatch.setattr(cpu_schedule, "_schedule_spatial", _raising(TypeError("bad arg")))
+    monkeypatch.setattr(cpu_schedule.spatial, "_schedule_spatial", _raising(TypeError("bad arg")))
     with caplog.at_level(logging.WARNING, "tvmfront"):
         module = tvf.compile_inference(model, inputs=(4, 64))
     fallbacks = module.build_info["fallback_kernels"]

@@ -31,9 +31,6 @@ Threads: parallel loops run on TVM's CPU thread pool, which takes half the logic
 x86 unless TVM_NUM_THREADS is set.
 """
 
-import sys
-import types
-
 from . import analysis, conv, dispatch, failures, gemm, gemv, loops, params, reductions, spatial
 from .analysis import kernel_work, loop_kinds
 from .dispatch import RULE_ATTR, SCHEDULED_ATTR, default_cpu_schedule, is_scheduled, \
@@ -56,33 +53,3 @@ def __getattr__(name):
         if name in vars(module):
             return vars(module)[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-_ORIGINALS = {}  # name -> {file: its value before the package first set it}
-
-
-class _Package(types.ModuleType):
-    """Setting a name of the files on the package (a test or bench patching a rule:
-    ``_gemv``, ``_tile_reduction``) sets it in every file that holds it, since each file
-    looks its names up in its own globals, as the single module did; deleting it (pytest's
-    monkeypatch undoes a patch of a name the package's own dict lacked that way) restores
-    the files' originals."""
-
-    def __setattr__(self, name, value):
-        homes = [m for m in FILES if name in vars(m)]
-        _ORIGINALS.setdefault(name, {m: vars(m)[name] for m in homes})
-        for module in homes:
-            setattr(module, name, value)
-        if not homes or name in vars(self):  # the package's own names (re-exports)
-            super().__setattr__(name, value)
-
-    def __delattr__(self, name):
-        if name in vars(self):
-            super().__delattr__(name)
-        elif not any(name in vars(m) for m in FILES):
-            raise AttributeError(name)
-        for module, value in _ORIGINALS.pop(name, {}).items():
-            setattr(module, name, value)
-
-
-sys.modules[__name__].__class__ = _Package

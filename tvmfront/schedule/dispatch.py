@@ -30,9 +30,10 @@ from .params import CpuParams, GEMV_MAX_VECTOR_REGISTERS, PARALLEL_MIN_ITERATION
 from .failures import NotApplicable, _Kernel, _current, _failed, _probe, log
 from .analysis import (_buffers, _children, _const, _has_contraction, _max_block_iterations,
                        _reduction_iters, _root_blocks, _walk_stmts, kernel_work, loop_kinds)
-from .spatial import _inline_spatial, _schedule_spatial
-from .gemm import _tile_reduction
-from .gemv import _gemv
+# The rules below are looked up in their files at call time (gemm._tile_reduction, ...), so a
+# test or bench that patches a rule in its file reaches every caller.
+from . import gemm, gemv, spatial
+from .spatial import _inline_spatial
 from .reductions import _gather_reduction, _plain_reduction, _tile_reduction_scalar
 
 SCHEDULED_ATTR = "tirx.is_scheduled"
@@ -101,7 +102,7 @@ def _schedule_prim_func(func, target, params):
 
     candidates = []
     if contraction:  # GEMV is one
-        candidates.append(("tvmfront.gemv", lambda: _gemv(func, params)))
+        candidates.append(("tvmfront.gemv", lambda: gemv._gemv(func, params)))
         candidates.append(("dlight.cpu.GEMV", lambda: _dlight_gemv(func, target, params)))
     else:
         # Row reductions: tvmfront's register tiles when every reduction tiles, else
@@ -173,7 +174,7 @@ def _tvmfront_rule(func, params, tiled_only=False):
             continue
         if not _reduction_iters(sch.get(block)):
             continue
-        for rule, strategy in (("tile_reduction", _tile_reduction),
+        for rule, strategy in (("tile_reduction", gemm._tile_reduction),
                                ("gather_reduction", _gather_reduction),
                                ("tile_reduction_scalar", _tile_reduction_scalar),
                                ("plain_reduction", _plain_reduction)):
@@ -199,7 +200,7 @@ def _tvmfront_rule(func, params, tiled_only=False):
             continue
         trial = sch.copy()
         try:
-            note = _schedule_spatial(trial, block, params)  # names may repeat (pad_einsum)
+            note = spatial._schedule_spatial(trial, block, params)  # names may repeat (pad_einsum)
         except Exception as err:  # noqa: BLE001 - the block keeps its plain loops
             _failed(f"schedule_spatial on block {name}", err)
             continue
