@@ -46,6 +46,17 @@ def test_named_parameters_lists_a_tied_parameter_once():
     assert list(model.state_dict()) == NAMES
 
 
+def test_named_modules_lists_a_shared_module_once_under_its_first_name():
+    model = Tied()
+    model.c = model.a                      # the same Linear registered under a second name
+    names = [n for n, _ in model.named_modules()]
+    assert names == ["", "a", "b", "head"]
+    assert [n for n, _ in model.named_modules(remove_duplicate=False)] == ["", "a", "b", "head", "c"]
+    assert [n for n, _ in nn.Sequential(model).named_modules(prefix="net")] == [
+        "net", "net.0", "net.0.a", "net.0.b", "net.0.head"]
+    assert model.modules() == [m for _, m in model.named_modules()]
+
+
 def test_load_state_dict_accepts_any_name_of_a_tied_parameter():
     model = Tied()
     state = model.state_dict()

@@ -104,7 +104,7 @@ def build_lowered(lowered, target, records=None, dump_dir=None):
         library, data, info = exported
         state = "miss" if cache.cache_dir() is not None else "off"
         return Built(library, data, None, target, lowered, dict(info, cache=state))
-    fallbacks, applied = {}, {}
+    fallbacks, applied = {}, {}  # the streamed attempt may have filled them before it gave up
     scheduled, selection = schedule_lowered(lowered, target, selection, fallbacks, applied)
     if not selection:
         key = cache.key(lowered, target, "")  # records TVM could not load were dropped

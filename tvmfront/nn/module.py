@@ -127,16 +127,24 @@ class Module:
 
     def modules(self):
         """This module and every submodule, depth first (a shared one once)."""
+        return [m for _, m in self.named_modules()]
+
+    def named_modules(self, prefix="", remove_duplicate=True):
+        """[(dotted name, module)]: this module (named `prefix`, "" by default), then every
+        submodule, depth first, as in PyTorch. A module reached by several paths (used twice)
+        is listed once, under its first name, unless remove_duplicate=False."""
         out, seen = [], set()
 
-        def walk(m):
-            if id(m) not in seen:
+        def walk(m, name):
+            if remove_duplicate:
+                if id(m) in seen:
+                    return
                 seen.add(id(m))
-                out.append(m)
-                for c in m._modules.values():
-                    walk(c)
+            out.append((name, m))
+            for n, c in m._modules.items():
+                walk(c, f"{name}.{n}" if name else n)
 
-        walk(self)
+        walk(self, prefix)
         return out
 
     def forward(self, *args):

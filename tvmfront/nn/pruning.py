@@ -82,24 +82,13 @@ def _reparametrize(layer):
 
 def pruned_layers(model):
     """[(dotted name, layer)] of the pruned layers, depth first."""
-    return [(n, m) for n, m in _named_modules(model) if is_pruned(m)]
-
-
-def _named_modules(model, prefix=""):
-    out = [(prefix.rstrip("."), model)]
-    for name, child in model._modules.items():
-        out.extend(_named_modules(child, prefix + name + "."))
-    return out
+    return [(n, m) for n, m in model.named_modules() if is_pruned(m)]
 
 
 def prune(model, amount=0.5, scope="global", layers=(Linear, Conv2d)):
     """Prune the weights of every layer of the given types (already pruned layers are pruned
     further) by magnitude, in place; returns the model. See the module docstring."""
-    chosen, seen = [], set()
-    for name, m in _named_modules(model):
-        if isinstance(m, tuple(layers)) and id(m) not in seen:
-            seen.add(id(m))
-            chosen.append(m)
+    chosen = [m for _, m in model.named_modules() if isinstance(m, tuple(layers))]
     if not chosen:
         raise ValueError(f"prune: the model has no layer of type "
                          f"{', '.join(t.__name__ for t in layers)}")

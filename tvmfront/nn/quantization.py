@@ -184,18 +184,8 @@ def prepare_qat(model, activation_range=(0, 255), weight_range=(-128, 127),
 
 
 def qat_layers(model):
-    """[(dotted name, QATLinear or QATConv2d)] in the model, depth first."""
-    out, seen = [], set()
-
-    def walk(m, prefix):
-        for name, child in m._modules.items():
-            if isinstance(child, _QAT) and id(child) not in seen:
-                seen.add(id(child))
-                out.append((prefix + name, child))
-            walk(child, prefix + name + ".")
-
-    walk(model, "")
-    return out
+    """[(dotted name, QATLinear or QATConv2d)] in the model, depth first, each once."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, _QAT)]
 
 
 def _value(weight):
