@@ -30,7 +30,7 @@ def gelu(x, approximate="none"):
 
         def body(*i):
             v = x(*i)
-            return half * v * (one + te.tanh(k * (v + c * v * v * v)))
+            return half * v * (one + _fastmath.tanh(k * (v + c * v * v * v)))
 
         return te.compute(x.shape, body, name="gelu_tanh")
     raise ValueError(f"gelu: approximate={approximate!r}; use 'none' or 'tanh'")
@@ -39,7 +39,7 @@ def gelu(x, approximate="none"):
 @op
 def silu(x):
     """x * sigmoid(x) (also called swish)."""
-    return te.compute(x.shape, lambda *i: x(*i) * te.sigmoid(x(*i)), name="silu")
+    return te.compute(x.shape, lambda *i: x(*i) * _fastmath.sigmoid(x(*i)), name="silu")
 
 
 @gelu.grad
@@ -58,7 +58,7 @@ def _(dy, x, approximate="none"):
 
         def body(*i):
             v = x(*i)
-            t = te.tanh(k * (v + c * v * v * v))
+            t = _fastmath.tanh(k * (v + c * v * v * v))
             return dy(*i) * (half * (one + t)
                              + half * v * (one - t * t) * k * (one + three * c * v * v))
     return [te.compute(x.shape, body, name="gelu_grad")]
@@ -69,6 +69,6 @@ def _(dy, x):  # s + x s (1 - s)
     one = _c(1, x.dtype)
 
     def body(*i):
-        s = te.sigmoid(x(*i))
+        s = _fastmath.sigmoid(x(*i))
         return dy(*i) * (s + x(*i) * s * (one - s))
     return [te.compute(x.shape, body, name="silu_grad")]

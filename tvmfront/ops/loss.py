@@ -2,18 +2,20 @@
 
 from .._tvm import te, tirx
 from ..op import op
+from ._fastmath import exp
 from ._dims import reciprocal, same_shape, show, size, static
 
 
 def _log_softmax_parts(logits):
-    """Row max and sum(exp(logits - max)) over the last (class) axis."""
+    """Row max, exp(logits - max) and its row sum over the last (class) axis (exp a stage
+    of its own, vectorized: see ops/softmax_axis.py)."""
     lead, c = tuple(logits.shape[:-1]), logits.shape[-1]
     k1 = te.reduce_axis((0, c), "k1")
     k2 = te.reduce_axis((0, c), "k2")
     mx = te.compute(lead, lambda *i: te.max(logits(*i, k1), axis=k1), name="row_max")
-    se = te.compute(lead, lambda *i: te.sum(te.exp(logits(*i, k2) - mx(*i)), axis=k2),
-                    name="row_sum")
-    return mx, se
+    e = te.compute(logits.shape, lambda *i: exp(logits(*i) - mx(*i[:-1])), name="row_exp")
+    se = te.compute(lead, lambda *i: te.sum(e(*i, k2), axis=k2), name="row_sum")
+    return mx, e, se
 
 
 def _check_ce(logits, labels):
@@ -56,7 +58,7 @@ def cross_entropy(logits, labels, ignore_index=-100, label_smoothing=0.0):
     [B, T], no reshape: a symbolic B and T stay two plain dimensions)."""
     _check_ce(logits, labels)
     lead, c = tuple(logits.shape[:-1]), logits.shape[-1]
-    mx, se = _log_softmax_parts(logits)
+    mx, _, se = _log_softmax_parts(logits)
     zero = tirx.const(0, logits.dtype)
     kc = te.reduce_axis((0, c), "kc")
     picked = te.compute(lead, lambda *i: te.sum(te.if_then_else(
@@ -81,13 +83,13 @@ def cross_entropy(logits, labels, ignore_index=-100, label_smoothing=0.0):
 
 @cross_entropy.grad
 def _(dy, logits, labels, ignore_index=-100, label_smoothing=0.0):
-    mx, se = _log_softmax_parts(logits)
+    _, e, se = _log_softmax_parts(logits)
     keep = tirx.const(1.0 - label_smoothing, logits.dtype)
     spread = _spread(label_smoothing, logits)
     zero = tirx.const(0, logits.dtype)
     valid, count = _valid_count(labels, ignore_index, logits.dtype)
     dlogits = te.compute(logits.shape, lambda *i: dy() * valid(*i[:-1]) / count() * (
-        te.exp(logits(*i) - mx(*i[:-1])) / se(*i[:-1]) - spread
+        e(*i) / se(*i[:-1]) - spread
         - te.if_then_else(i[-1].astype(labels.dtype) == labels(*i[:-1]), keep, zero)),
         name="cross_entropy_grad")
     return [dlogits, None]

@@ -7,7 +7,7 @@ Nothing here changes a schedule. loop_kinds and kernel_work serve tests and repo
 
 import math
 
-from .._tvm import arith, structural_equal, tirx, tvm
+from .._tvm import arith, structural_equal, structural_hash, tirx, tvm
 from .params import LIBRARY_CALLS, SYMBOLIC_EXTENT, _dtype_bits
 from .failures import NotApplicable
 
@@ -266,18 +266,37 @@ def _buffers(func):
     return found
 
 
-def _library_calls(stmt):
-    """How many math library calls (exp, log, tanh, ...) one iteration of a block makes."""
-    count = [0]
+# An inlined math function (ops/_fastmath.py's exp, erf, tanh: a clamp, a polynomial and bit
+# tricks, ~30 nodes, 4-5 cycles an element vectorized against libm's ~10 scalar) weighs one
+# library call per ARITH_NODES_PER_CALL arithmetic nodes beyond the first FREE_ARITH_NODES, so
+# exp-heavy kernels still run in parallel at the sizes where libm's calls did.
+FREE_ARITH_NODES, ARITH_NODES_PER_CALL = 16, 64
 
-    def visit(e):
+
+def _library_calls(stmt):
+    """How many math library calls (exp, log, tanh, ...) one iteration of a block makes, or
+    their equivalent in inlined arithmetic (a float)."""
+    if not isinstance(stmt.body, tirx.BufferStore):
+        return 0
+    calls, nodes, stack, seen = 0, 0, [stmt.body.value], set()
+    while stack:  # the value's expression DAG (a shared subexpression once: CSE keeps one);
+        e = stack.pop()  # a load's index arithmetic is not counted
+        if isinstance(e, (tirx.Var, tirx.IntImm, tirx.FloatImm)) or \
+                type(e).__name__ == "BufferLoad":  # (0.27's tirx.BufferLoad is a function)
+            continue
+        key = structural_hash(e)  # TE's lowering copies what the ops shared
+        if key in seen:
+            continue
+        seen.add(key)
         if isinstance(e, tvm.ir.Call) and \
                 str(getattr(e.op, "name", "")).rpartition(".")[2] in LIBRARY_CALLS:
-            count[0] += 1
-
-    if isinstance(stmt.body, tirx.BufferStore):
-        _walk_expr(stmt.body.value, visit)
-    return count[0]
+            calls += 1
+        else:
+            nodes += 1
+        stack.extend(c for attr in ("a", "b", "value", "condition", "true_value", "false_value")
+                     if isinstance(c := getattr(e, attr, None), tirx.Expr))
+        stack.extend(c for c in (getattr(e, "args", None) or []) if isinstance(c, tirx.Expr))
+    return calls + max(0, nodes - FREE_ARITH_NODES) / ARITH_NODES_PER_CALL
 
 
 def _has_if_then_else(stmt):
