@@ -1,4 +1,4 @@
-"""float32 exact GELU and its gradient by the vectorizable erf/exp of ops/_fastmath.py: close to
+"""float32 exact GELU and its gradient by the vectorizable erf/exp of ops/fastmath.py: close to
 a float64 reference over a dense grid with the tails, NaN/inf as PyTorch, and no libm erf/exp
 call left in the compiled float32 kernel (the point of it: those calls are scalar)."""
 
@@ -65,12 +65,12 @@ def test_float32_gelu_kernel_calls_no_erf_or_exp():
 
 
 def test_float32_exp_over_its_whole_range():
-    from tvmfront.ops import _fastmath
+    from tvmfront.ops import fastmath
 
     special = [-np.inf, np.inf, np.nan, -200, 200, 0]
     a = np.concatenate([np.linspace(-104, 89, 200001), special]).astype(np.float32)
     x = te.placeholder(a.shape, "float32", name="x")
-    y = te.compute(a.shape, lambda i: _fastmath.exp(x[i] * tvm.tirx.const(1, "float32")))
+    y = te.compute(a.shape, lambda i: fastmath.exp(x[i] * tvm.tirx.const(1, "float32")))
     lib = tvm.compile(te.create_prim_func([x, y]), target="llvm")
     out = tvm.runtime.empty(a.shape, "float32", tvm.cpu())
     lib["main"](tvm.runtime.tensor(a), out)
@@ -94,19 +94,19 @@ def _run_unary(fn, a):
 
 
 def test_float32_tanh_and_sigmoid_over_a_dense_grid():
-    from tvmfront.ops import _fastmath
+    from tvmfront.ops import fastmath
 
     special = np.array([-np.inf, np.inf, np.nan, 0.0, -0.0], np.float32)
     a = np.concatenate([np.linspace(-20, 20, 400001), special]).astype(np.float32)
     n = len(special)
     ref = a[:-n].astype(np.float64)
-    t = _run_unary(_fastmath.tanh, a)
+    t = _run_unary(fastmath.tanh, a)
     # relative near 0 (the polynomial branch), absolute where |tanh| -> 1
     err = np.abs(t[:-n] - np.tanh(ref)) / np.maximum(np.abs(np.tanh(ref)), 1e-30)
     assert err.max() < 3e-7, (err.max(), a[err.argmax()])  # measured 1.3e-7 (numpy 1.1e-7)
     np.testing.assert_array_equal(t[-n:], [-1, 1, np.nan, 0, 0])
     assert np.all(np.abs(t[:-n]) <= 1)
-    s = _run_unary(_fastmath.sigmoid, a)
+    s = _run_unary(fastmath.sigmoid, a)
     want = 1 / (1 + np.exp(-ref))
     normal = want > np.finfo(np.float32).tiny
     err = np.abs(s[:-n][normal] / want[normal] - 1)
@@ -127,7 +127,7 @@ def _kernel_calls(fn, *shapes):
 
 def test_float32_exp_family_kernels_call_no_libm():
     # libm's expf is called one element at a time even in vectorized loops (11 ns an element
-    # in a softmax, 19 in tanh): every float32 op built on exp uses _fastmath's
+    # in a softmax, 19 in tanh): every float32 op built on exp uses fastmath's
     for fn, shapes in [(ops.exp, [(64,)]), (ops.sigmoid, [(64,)]), (ops.tanh, [(64,)]),
                        (ops.silu, [(64,)]), (ops.softmax, [(4, 16)]), (ops.log_softmax, [(4, 16)]),
                        (ops.softmax_last, [(2, 4, 16)])]:

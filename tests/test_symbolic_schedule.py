@@ -170,7 +170,7 @@ def test_a_symbolic_register_tile_is_padded_not_predicated():
 @pytest.mark.parametrize("batch", [64, "symbolic"])
 def test_attention_softmax_is_parallel_and_vectorized(batch):
     """Softmax over attention scores [B, H, T, T]: exp is a stage of its own, vectorized
-    (ops/_fastmath.py's, not libm's scalar calls), and its ~40 operations an element make it
+    (ops/fastmath.py's, not libm's scalar calls), and its ~40 operations an element make it
     run in parallel like the GEMMs around it; the sums and the division stay on one core."""
     n = tirx.Var("n", "int64") if batch == "symbolic" else batch
     x = te.placeholder((n, 4, 16, 16), "float32", name="x")

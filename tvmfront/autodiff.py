@@ -98,7 +98,7 @@ class _Unsupported(Exception):
 # ---- expression rewriting -------------------------------------------------------------------
 @functools.cache
 def _binary():
-    # the bit operations come from inlined math (ops/_fastmath.py builds 2^n from exponent
+    # the bit operations come from inlined math (ops/fastmath.py builds 2^n from exponent
     # bits): integer-valued, so diff() gives them no derivative, but substitute() rebuilds them
     return (P.Add, P.Sub, P.Mul, P.Div, P.Mod, P.FloorDiv, P.FloorMod, P.Min, P.Max, P.EQ,
             P.NE, P.LT, P.LE, P.GT, P.GE, P.And, P.Or, P.LShift, P.RShift, P.BitwiseAnd,

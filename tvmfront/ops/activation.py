@@ -6,7 +6,7 @@ import math
 
 from .._tvm import te, tirx
 from ..op import op
-from . import _fastmath
+from . import fastmath
 
 
 def _c(v, dtype):
@@ -21,16 +21,16 @@ def gelu(x, approximate="none"):
     half, one = _c(0.5, d), _c(1, d)
     if approximate == "none":
         inv_sqrt2 = _c(1 / math.sqrt(2), d)
-        # float32 erf by a vectorizable approximation (_fastmath), float64 by libm's.
+        # float32 erf by a vectorizable approximation (fastmath), float64 by libm's.
         return te.compute(x.shape,
-                          lambda *i: half * x(*i) * (one + _fastmath.erf(x(*i) * inv_sqrt2)),
+                          lambda *i: half * x(*i) * (one + fastmath.erf(x(*i) * inv_sqrt2)),
                           name="gelu")
     if approximate == "tanh":
         k, c = _c(math.sqrt(2 / math.pi), d), _c(0.044715, d)
 
         def body(*i):
             v = x(*i)
-            return half * v * (one + _fastmath.tanh(k * (v + c * v * v * v)))
+            return half * v * (one + fastmath.tanh(k * (v + c * v * v * v)))
 
         return te.compute(x.shape, body, name="gelu_tanh")
     raise ValueError(f"gelu: approximate={approximate!r}; use 'none' or 'tanh'")
@@ -39,7 +39,7 @@ def gelu(x, approximate="none"):
 @op
 def silu(x):
     """x * sigmoid(x) (also called swish)."""
-    return te.compute(x.shape, lambda *i: x(*i) * _fastmath.sigmoid(x(*i)), name="silu")
+    return te.compute(x.shape, lambda *i: x(*i) * fastmath.sigmoid(x(*i)), name="silu")
 
 
 @gelu.grad
@@ -51,14 +51,14 @@ def _(dy, x, approximate="none"):
 
         def body(*i):
             v = x(*i)
-            return dy(*i) * (half * (one + _fastmath.erf(v * inv_sqrt2))
-                             + v * inv_sqrt_2pi * _fastmath.exp(-half * v * v))
+            return dy(*i) * (half * (one + fastmath.erf(v * inv_sqrt2))
+                             + v * inv_sqrt_2pi * fastmath.exp(-half * v * v))
     else:  # 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 c x^2), t = tanh(k (x + c x^3))
         k, c, three = _c(math.sqrt(2 / math.pi), d), _c(0.044715, d), _c(3, d)
 
         def body(*i):
             v = x(*i)
-            t = _fastmath.tanh(k * (v + c * v * v * v))
+            t = fastmath.tanh(k * (v + c * v * v * v))
             return dy(*i) * (half * (one + t)
                              + half * v * (one - t * t) * k * (one + three * c * v * v))
     return [te.compute(x.shape, body, name="gelu_grad")]
@@ -69,6 +69,6 @@ def _(dy, x):  # s + x s (1 - s)
     one = _c(1, x.dtype)
 
     def body(*i):
-        s = _fastmath.sigmoid(x(*i))
+        s = fastmath.sigmoid(x(*i))
         return dy(*i) * (s + x(*i) * s * (one - s))
     return [te.compute(x.shape, body, name="silu_grad")]

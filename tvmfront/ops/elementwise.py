@@ -7,7 +7,7 @@ import math
 
 from .._tvm import te, tirx
 from ..op import op
-from . import _fastmath
+from . import fastmath
 from ._broadcast import broadcast_shape, index_into, reduce_to
 
 
@@ -36,38 +36,38 @@ def _(dy, x):  # relu'(0) = 0
 
 @op
 def sigmoid(x):
-    return _unary(x, _fastmath.sigmoid, "sigmoid")
+    return _unary(x, fastmath.sigmoid, "sigmoid")
 
 
 @sigmoid.grad
 def _(dy, x):
     def body(*i):
-        s = _fastmath.sigmoid(x(*i))
+        s = fastmath.sigmoid(x(*i))
         return dy(*i) * s * (_c(1, x.dtype) - s)
     return [te.compute(x.shape, body, name="sigmoid_grad")]
 
 
 @op
 def tanh(x):
-    return _unary(x, _fastmath.tanh, "tanh")
+    return _unary(x, fastmath.tanh, "tanh")
 
 
 @tanh.grad
 def _(dy, x):
     def body(*i):
-        t = _fastmath.tanh(x(*i))
+        t = fastmath.tanh(x(*i))
         return dy(*i) * (_c(1, x.dtype) - t * t)
     return [te.compute(x.shape, body, name="tanh_grad")]
 
 
 @op
 def exp(x):
-    return _unary(x, _fastmath.exp, "exp")
+    return _unary(x, fastmath.exp, "exp")
 
 
 @exp.grad
 def _(dy, x):
-    return [te.compute(x.shape, lambda *i: dy(*i) * _fastmath.exp(x(*i)), name="exp_grad")]
+    return [te.compute(x.shape, lambda *i: dy(*i) * fastmath.exp(x(*i)), name="exp_grad")]
 
 
 @op
@@ -218,13 +218,13 @@ def rpow_scalar(x, base=2.0):
     """base ** x (e.g. Adam's bias correction beta ** step)."""
     if base <= 0:
         raise ValueError(f"rpow_scalar: base must be positive, got {base}")
-    return _unary(x, lambda v: _fastmath.exp(v * _c(math.log(base), x.dtype)), "rpow_scalar")
+    return _unary(x, lambda v: fastmath.exp(v * _c(math.log(base), x.dtype)), "rpow_scalar")
 
 
 @rpow_scalar.grad
 def _(dy, x, base=2.0):
     ln = _c(math.log(base), x.dtype)
-    return [te.compute(x.shape, lambda *i: dy(*i) * ln * _fastmath.exp(x(*i) * ln), name="rpow_grad")]
+    return [te.compute(x.shape, lambda *i: dy(*i) * ln * fastmath.exp(x(*i) * ln), name="rpow_grad")]
 
 
 @op

@@ -2,7 +2,7 @@
 
 from .._tvm import te, tirx
 from ..op import op
-from ._fastmath import exp
+from .fastmath import exp
 from ._dims import reciprocal, same_shape, show, size, static
 
 

@@ -3,7 +3,7 @@ subtracted before exp), each with its explicit gradient; the derived ones are ch
 
 from .._tvm import te
 from ..op import op
-from ._fastmath import exp
+from .fastmath import exp
 
 
 def _axis(x, axis, name):

@@ -266,7 +266,7 @@ def _buffers(func):
     return found
 
 
-# An inlined math function (ops/_fastmath.py's exp, erf, tanh: a clamp, a polynomial and bit
+# An inlined math function (ops/fastmath.py's exp, erf, tanh: a clamp, a polynomial and bit
 # tricks, ~30 nodes, 4-5 cycles an element vectorized against libm's ~10 scalar) weighs one
 # library call per ARITH_NODES_PER_CALL arithmetic nodes beyond the first FREE_ARITH_NODES, so
 # exp-heavy kernels still run in parallel at the sizes where libm's calls did.
