@@ -46,6 +46,33 @@ def loop_kinds(func):
     return kinds
 
 
+def parallel_write_races(func):
+    """Names of the blocks that every iteration of an enclosing parallel loop writes to the
+    same place: none of their spatial iteration variables is bound to the loop's variable
+    (e.g. dlight's Reduction computing a loss's 0-d sample count inside its parallel rows).
+    Each thread then initializes and accumulates the same buffer: a data race, and the work
+    repeated once per iteration."""
+    races = []
+
+    def visit(node, parallel_vars):
+        if isinstance(node, tirx.For) and int(node.kind) == int(tirx.ForKind.PARALLEL):
+            parallel_vars = parallel_vars + [node.loop_var]
+        if type(node).__name__ in ("SBlockRealize", "BlockRealize") and parallel_vars:
+            block = node.block
+            bound = [v for iv, value in zip(block.iter_vars, node.iter_values)
+                     if int(iv.iter_type) == 0  # data-parallel (spatial)
+                     for v in tirx.analysis.undefined_vars(value)]
+            # by identity: loop names repeat (dlight names every nest's loops ax0, ax1, ...)
+            if block.writes and any(not any(v.same_as(p) for v in bound)
+                                    for p in parallel_vars):
+                races.append(block.name_hint)
+        for child in _children(node):
+            visit(child, parallel_vars)
+
+    visit(func.body, [])
+    return races
+
+
 def kernel_work(func, symbolic=False):
     """Total loop iterations of a PrimFunc (sum over loop nests of the product of extents).
     An extent that is not a constant makes it None, or with `symbolic`, counts as

@@ -29,7 +29,8 @@ from .._tvm import dlight, s_tir, tirx, tvm
 from .params import CpuParams, GEMV_MAX_VECTOR_REGISTERS, PARALLEL_MIN_ITERATIONS, SMALL_WORK
 from .failures import NotApplicable, _Kernel, _current, _failed, _probe, log
 from .analysis import (_buffers, _children, _const, _has_contraction, _max_block_iterations,
-                       _reduction_iters, _root_blocks, _walk_stmts, kernel_work, loop_kinds)
+                       _reduction_iters, _root_blocks, _walk_stmts, kernel_work, loop_kinds,
+                       parallel_write_races)
 # The rules below are looked up in their files at call time (gemm._tile_reduction, ...), so a
 # test or bench that patches a rule in its file reaches every caller.
 from . import gemm, gemv, spatial
@@ -253,5 +254,10 @@ def _dlight(rule, func, target):
         return None
     new = sch.mod["main"]
     if not loop_kinds(new) & {"parallel", "vectorized"}:
+        return None
+    races = parallel_write_races(new)
+    if races:  # refused: a race, and the block's whole work repeated in every iteration
+        log.debug("kernel %s: %s writes %s from every parallel iteration: refused",
+                  _current.get().name, type(rule).__name__, ", ".join(races))
         return None
     return new, ""
