@@ -166,6 +166,8 @@ def test_a_pruned_model_keeps_its_zeros_in_int8():
     x, _ = digits(128)
     weight = tvf.quantize(model, calibration=x).state_dict()["1.weight"]
     assert weight.dtype == np.int8
+    if weight.ndim == 4:  # packed for this CPU's 8-bit dot product
+        weight = q.unpack_weight(weight, (32, 64))
     assert (weight[model[1].weight_mask.data == 0] == 0).all()  # masked: exactly 0
     assert (weight == 0).mean() >= 0.8
 

@@ -21,6 +21,9 @@ from .nn import int8
 from .nn.quantization import qat_layers, qat_scales
 from .ops import quant
 from .errors import ShapeError
+from .schedule import NotApplicable
+from .schedule.int8 import dot_intrinsic
+from .target import resolve_target
 from .spec import TensorSpec
 
 METHODS = ("minmax", "percentile")
@@ -166,13 +169,39 @@ def calibrate(model, calibration, method="minmax", percentile=99.99, inputs=None
     return out
 
 
+def _dot_product(target):
+    """(pack, reduce_range) for `target`: pack(entry) says whether a layer's kernel can use
+    the target's 8-bit dot product (schedule/int8.py), reduce_range whether activations must
+    be 7-bit for it (AVX2's vpmaddubsw saturates on 8-bit ones; VNNI does not)."""
+    t = resolve_target(target)
+
+    def pack(entry):
+        try:
+            dot_intrinsic(t, int(entry["input_qmax"]))
+        except NotApplicable:
+            return False
+        return True
+
+    try:
+        dot_intrinsic(t, 255)
+        reduce = False
+    except NotApplicable:
+        reduce = pack({"input_qmax": 127})
+    return pack, reduce
+
+
 def quantize(model, calibration=None, method="minmax", percentile=99.99, inputs=None,
-             target="x86", records=None):
+             target="x86", records=None, reduce_range=None):
     """An int8 inference module of `model`: Linear and Conv2d as int8 kernels (per-channel
     symmetric int8 weights, per-tensor uint8 activations, int32 accumulation, requantization
     in the kernel's epilogue), everything else float. Scales from `calibration` (float
     samples [N, ...]; method "minmax" or "percentile"), or, for a model prepared with
     ``prepare_qat`` and trained, from what it learned (calibration None).
+
+    `reduce_range`: quantize activations to [0, 127] instead of [0, 255]; None: where the
+    target's 8-bit dot product needs it (AVX2 without VNNI, as PyTorch's x86 backend does).
+    Layers whose input range the target's dot product takes get their weights packed for it
+    (schedule/int8.py tensorizes them); the others keep the widening kernels.
 
     Returns the module, compiled as ``compile_inference`` (predict, export, tvf.load, tuning);
     ``module.quantization`` reports {"int8": [layer names], "float": [(name, kind)]}, and a
@@ -182,6 +211,9 @@ def quantize(model, calibration=None, method="minmax", percentile=99.99, inputs=
         >>> module.predict(x_test), module.quantization
     """
     model = copy.deepcopy(model).eval()
+    pack, reduce = _dot_product(target)
+    if reduce_range is not None:
+        reduce = bool(reduce_range)
     if qat_layers(model):
         if calibration is not None:
             raise ValueError("quantize: the model was prepared for QAT: its scales come from "
@@ -193,14 +225,15 @@ def quantize(model, calibration=None, method="minmax", percentile=99.99, inputs=
             raise ValueError("quantize: give calibration samples (or a model trained with "
                              "prepare_qat)")
         spec = _spec(inputs, calibration)
-        scales = calibrate(model, calibration, method, percentile, spec, target)
+        scales = calibrate(model, calibration, method, percentile, spec, target,
+                           activation_range=(0, 127) if reduce else (0, 255))
     if spec is None:
         raise ValueError("quantize: give inputs= (the input spec) for a QAT model")
     stays = int8.float_layers(model)
     if stays:
         warnings.warn("quantize: no int8 kernel for " + ", ".join(
             f"'{n}' ({k})" for n, k in stays) + "; these layers stay float", stacklevel=2)
-    converted = int8.convert(model, scales)
+    converted = int8.convert(model, scales, pack=pack)
     module = compile_inference(converted, spec, target=target, records=records)
     module.quantization = {"int8": sorted(scales), "float": stays, "scales": scales}
     return module

@@ -32,7 +32,7 @@ from .analysis import (_buffers, _children, _const, _has_contraction, _max_block
                        _reduction_iters, _root_blocks, _walk_stmts, kernel_work, loop_kinds)
 # The rules below are looked up in their files at call time (gemm._tile_reduction, ...), so a
 # test or bench that patches a rule in its file reaches every caller.
-from . import gemm, gemv, spatial
+from . import gemm, gemv, int8, spatial
 from .spatial import _inline_spatial
 from .reductions import _gather_reduction, _plain_reduction, _tile_reduction_scalar
 
@@ -100,7 +100,7 @@ def _schedule_prim_func(func, target, params):
         _failed("analysis", err)
         return func, f"none (not schedulable: {type(err).__name__})"
 
-    candidates = []
+    candidates = [("tvmfront.int8", lambda: int8._int8_gemm(func, target, params))]
     if contraction:  # GEMV is one
         candidates.append(("tvmfront.gemv", lambda: gemv._gemv(func, params)))
         candidates.append(("dlight.cpu.GEMV", lambda: _dlight_gemv(func, target, params)))
