@@ -267,15 +267,20 @@ def qconv2d_packed(x, w, bias, multiplier, kernel, stride=1, padding=0, x_zero_p
     if not same(w.shape[1] * GROUP, -(-taps // GROUP) * GROUP):
         raise ShapeError(f"qconv2d_packed: w holds {show([w.shape[1] * GROUP])[0]} taps per "
                          f"channel, x with kernel {kernel} needs {taps}")
-    fill = _c(x_zero_point, x.dtype)
+    if ph or pw:  # padded once; the windows then read it without a branch
+        fill = _c(x_zero_point, x.dtype)
+        xp = te.compute((n_, c_, h + 2 * ph, wd + 2 * pw), lambda a, c, i, j: te.if_then_else(
+            te.all(i >= ph, i < h + ph, j >= pw, j < wd + pw), x[a, c, i - ph, j - pw], fill),
+            name="qconv2d_pad")
+    else:
+        xp = x
 
     def window(m, r):
+        # taps past C * kh * kw (the packing's last group) meet zero weights: any in-bounds
+        # value does, so the channel is clamped instead of tested
         a, p = m // (ho * wo), m % (ho * wo)
-        c, t = r // (k_h * k_w), r % (k_h * k_w)
-        i, j = p // wo * sh + t // k_w - ph, p % wo * sw + t % k_w - pw
-        inside = te.all(r < taps, i >= 0, i < h, j >= 0, j < wd)
-        return te.if_then_else(inside, x[a, c, te.max(te.min(i, h - 1), 0),
-                                         te.max(te.min(j, wd - 1), 0)], fill)
+        c, t = te.min(r // (k_h * k_w), c_ - 1), r % (k_h * k_w)
+        return xp[a, c, p // wo * sh + t // k_w, p % wo * sw + t % k_w]
 
     rows = n_ * ho * wo
     cols = te.compute((rows, w.shape[1] * GROUP), window, name="qconv2d_windows")

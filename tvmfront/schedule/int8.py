@@ -48,17 +48,18 @@ def _intrinsics():
     return {"tvmfront_dot_8x4_avx2": (8, avx2), "tvmfront_dot_16x4_vnni": (16, vnni)}
 
 
-def _register(name, scope):
+def _register(name, scope, a_scope="global"):
     """Register intrinsic `name` on an accumulator buffer of `scope` ("local": the tile held
-    in registers; "global": the whole accumulator), as f"{name}_{scope}"."""
-    full = f"{name}_{scope}"
+    in registers; "global": the whole accumulator) and activations in `a_scope` ("local": a
+    convolution's windows gathered per tile), as f"{name}_{scope}_{a_scope}"."""
+    full = f"{name}_{scope}_{a_scope}"
     if full in _registered:
         return full
     T = tvm.script.tirx
     lanes, dot = _intrinsics()[name]
 
     @T.prim_func(s_tir=True)
-    def desc(A: T.Buffer((GROUP,), "uint8", offset_factor=1),
+    def desc(A: T.Buffer((GROUP,), "uint8", offset_factor=1, scope=a_scope),
              B: T.Buffer((lanes, GROUP), "int8", offset_factor=1),
              C: T.Buffer((lanes,), "int32", offset_factor=1, scope=scope)) -> None:
         with T.sblock("root"):
@@ -70,7 +71,7 @@ def _register(name, scope):
                     C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
 
     @T.prim_func(s_tir=True)
-    def impl(A: T.Buffer((GROUP,), "uint8", offset_factor=1),
+    def impl(A: T.Buffer((GROUP,), "uint8", offset_factor=1, scope=a_scope),
              B: T.Buffer((lanes, GROUP), "int8", offset_factor=1),
              C: T.Buffer((lanes,), "int32", offset_factor=1, scope=scope)) -> None:
         with T.sblock("root"):
@@ -173,6 +174,18 @@ def _tile(sch, name, rows, intrin, lanes, params):
         except Exception as err:  # noqa: BLE001 - the epilogue stays its own loop nest
             _probe(f"reverse_compute_at of {name}'s epilogue", err)
         block = sch.get_sblock(name)
+    a_scope = "global"
+    for producer in sch.get_producers(block):  # a convolution's windows: gathered per tile
+        trial = sch.copy()
+        try:
+            trial.compute_at(producer, tile)
+            trial.set_scope(producer, 0, "local")
+            for lp in trial.get_loops(producer)[-2:]:  # constant taps: loads at fixed offsets
+                _unroll(trial, lp)
+            sch, a_scope = trial, "local"
+        except Exception as err:  # noqa: BLE001 - gathered whole, before the GEMM
+            _probe(f"compute_at of {name}'s operand", err)
+    block = sch.get_sblock(name)
     sch.unannotate(block, GEMM_ATTR)  # the intrinsic's pattern has no annotation
     init = sch.decompose_reduction(block, sch.get_loops(block)[1])
     # Unrolled rows and halves: constant offsets into the tile, which LLVM then keeps in
@@ -180,10 +193,35 @@ def _tile(sch, name, rows, intrin, lanes, params):
     *_, init_rows, init_halves, init_lanes = sch.get_loops(init)
     sch.vectorize(init_lanes)
     for lp in (init_rows, init_halves, *sch.get_loops(block)[2:4]):
-        sch.unroll(lp)
+        _unroll(sch, lp)
     if epilogue:
-        for lp in sch.get_loops(consumers[0])[1:]:
-            sch.unroll(lp)
-    sch.tensorize(sch.get_loops(block)[-2], _register(intrin, "local" if epilogue else "global"))
+        sch = _vectorize_epilogue(sch, consumers[0])
+    sch.tensorize(sch.get_loops(block)[-2], _register(intrin, "local" if epilogue else "global",
+                                                         a_scope))
     return sch, (f"{intrin}[{rows}x{LANES}x{GROUP}{epilogue}"
                  f"{', parallel' if parallel else ''}]")
+
+
+def _vectorize_epilogue(sch, block):
+    """The epilogue's tile, vectorized along its inner loop (the output's contiguous axis:
+    channels for dense, pixels of a row for a convolution's NCHW), the outer unrolled: the
+    schedule."""
+    outer, inner = sch.get_loops(block)[-2:]
+    trial = sch.copy()
+    try:
+        if _const(trial.get(inner).extent) is None:
+            raise NotApplicable("a symbolic tile")
+        trial.vectorize(inner)
+        _unroll(trial, outer)
+        return trial
+    except Exception as err:  # noqa: BLE001 - scalar, unrolled
+        _probe("vectorize the int8 epilogue", err)
+        _unroll(sch, outer)
+        _unroll(sch, inner)
+        return sch
+
+
+def _unroll(sch, loop):
+    """Unroll `loop` where its extent is constant (unrolling a symbolic one fails at build)."""
+    if _const(sch.get(loop).extent) is not None:
+        sch.unroll(loop)
