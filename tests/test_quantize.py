@@ -142,7 +142,7 @@ def test_a_qat_model_converts_to_the_integers_it_was_trained_with():
         tvf.quantize(model, calibration=x, inputs=("batch", 1, 8, 8))
 
 
-def test_layers_without_an_int8_kernel_stay_float_and_are_named():
+def test_layers_without_an_int8_kernel_stay_float_and_are_named(tmp_path):
     tvf.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.LayerNorm(16), nn.ReLU(),
                           nn.Linear(16, 10, bias=False))
@@ -155,6 +155,10 @@ def test_layers_without_an_int8_kernel_stay_float_and_are_named():
     assert type(converted[2]).__name__ == "LayerNorm"  # between the two: float
     assert not converted[1].out and converted[4].quantize_input  # dequantize, quantize again
     assert np.isfinite(module.predict(x_test)).all()
+    # the exported bundle says it too: its manifest, read back by tvf.load
+    loaded = tvf.load(module.export(tmp_path / "q"))
+    assert loaded.manifest["quantization"] == {"int8": ["1", "4"], "float": [["2", "LayerNorm"]]}
+    np.testing.assert_array_equal(loaded.predict(x_test), module.predict(x_test))
 
 
 def test_a_pruned_model_keeps_its_zeros_in_int8():
@@ -291,3 +295,13 @@ def test_a_layer_called_twice_is_a_clear_error():
     x, _ = digits(64)
     with pytest.raises(ValueError, match=r"\['fc'\] run more than once"):
         calibrate(Shared(), x)
+
+
+def test_the_manifest_checks_the_quantization_report():
+    from tvmfront.runtime.manifest import FIELDS
+
+    check = FIELDS["quantization"][0]
+    assert check({"int8": ["0", "3"], "float": [["2", "LayerNorm"]]})
+    for bad in ({"int8": ["0"]}, {"int8": [0], "float": []},
+                {"int8": [], "float": [["2"]]}, {"int8": [], "float": [], "x": 1}, []):
+        assert not check(bad), bad

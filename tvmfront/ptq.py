@@ -236,4 +236,7 @@ def quantize(model, calibration=None, method="minmax", percentile=99.99, inputs=
     converted = int8.convert(model, scales, pack=pack)
     module = compile_inference(converted, spec, target=target, records=records)
     module.quantization = {"int8": sorted(scales), "float": stays, "scales": scales}
+    # in the exported bundle too: what a deployed int8 module still runs in float
+    module.manifest["quantization"] = {"int8": sorted(scales),
+                                       "float": [[n, k] for n, k in stays]}
     return module
