@@ -83,9 +83,10 @@ def _spec(inputs, calibration):
         raise ValueError(f"quantize: calibration must be a non-empty numpy array [N, ...] of "
                          f"input samples, got {type(calibration).__name__}"
                          f"{getattr(calibration, 'shape', '')}")
-    if calibration.dtype.kind != "f":
-        raise ValueError(f"quantize: calibration must be float samples, got {calibration.dtype}")
-    bad = ~np.isfinite(calibration)
+    if calibration.dtype.kind not in "fiu":
+        raise ValueError(f"quantize: calibration must be float samples (or integer ones for a "
+                         f"model taking token ids), got {calibration.dtype}")
+    bad = ~np.isfinite(calibration) if calibration.dtype.kind == "f" else np.zeros(1, bool)
     if bad.any():
         where = tuple(int(i) for i in np.argwhere(bad)[0])
         raise ValueError(f"quantize: calibration holds {int(bad.sum())} NaN/inf value(s) (first "
