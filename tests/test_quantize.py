@@ -310,3 +310,34 @@ def test_the_manifest_checks_the_quantization_report():
     for bad in ({"int8": ["0"]}, {"int8": [0], "float": []},
                 {"int8": [], "float": [["2"]]}, {"int8": [], "float": [], "x": 1}, []):
         assert not check(bad), bad
+
+
+class _Tokens(nn.Module):
+    """Token ids -> embedding -> Linear: a model whose input is integers."""
+
+    def __init__(self):
+        super().__init__()
+        tvf.manual_seed(0)
+        self.emb = nn.Embedding(12, 8)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, ids):
+        return self.fc(self.emb(ids))
+
+
+def test_a_model_taking_token_ids_calibrates_on_integers():
+    """The char Transformer's case: integer calibration samples, the Embedding kept float and
+    named, the Linear int8 on a 3-d input (rows flattened into the GEMM)."""
+    model = _Tokens()
+    ids = np.random.default_rng(0).integers(0, 12, (32, 6)).astype(np.int64)
+    spec = tvf.TensorSpec(("batch", 6), "int64")
+    with pytest.warns(UserWarning, match=r"'emb' \(Embedding\)"):
+        module = tvf.quantize(model, calibration=ids, inputs=spec)
+    assert module.quantization["int8"] == ["fc"]
+    assert module.quantization["float"] == [("emb", "Embedding")]
+    want = tvf.compile_inference(model, spec).predict(ids)
+    got = module.predict(ids)
+    assert got.shape == (32, 6, 5)
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
+    with pytest.raises(ValueError, match="float samples"):
+        tvf.quantize(model, calibration=ids.astype(bool), inputs=spec)
