@@ -287,6 +287,7 @@ def main():
         elif name:
             epochs = args.resnet_epochs if name == "resnet" else args.epochs
             rows.append(bench_model(name, epochs, args.rounds, args.qat_epochs, python))
+        if name:
             print(json.dumps(rows[-1]), flush=True)
     if rows and args.out:
         with open(args.out, "w") as f:
