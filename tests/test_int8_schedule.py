@@ -152,3 +152,23 @@ def test_avx512_targets_compile_their_dot_product(mcpu, instruction):
 def test_no_dot_product_on_baseline_x86():
     with pytest.raises(schedule.NotApplicable, match="no 8-bit dot-product"):
         si.dot_intrinsic(resolve_target("x86:sse"), 127)
+
+
+# ---- tvf.quantize's choices per target -------------------------------------------------------
+@pytest.mark.parametrize("target,qmax,packed", [
+    ("x86:avx2", 127, True),                                   # vpmaddubsw: 7-bit activations
+    ({"kind": "llvm", "mcpu": "cascadelake", "num-cores": 2}, 255, True),   # VNNI
+    ("x86:sse", 255, False),                                   # no 8-bit dot product
+])
+def test_quantize_picks_the_activation_range_and_layout_for_its_target(target, qmax, packed):
+    """Calibration runs on this CPU whatever the target (a cascadelake module would not run
+    on an AVX2 machine); the module is built for the target."""
+    tvf.manual_seed(0)
+    model = tvf.nn.Sequential(tvf.nn.Flatten(), tvf.nn.Linear(64, 32), tvf.nn.ReLU(),
+                              tvf.nn.Linear(32, 10))
+    x = tvf.data.load_digits()[0][:64]
+    module = tvf.quantize(model, calibration=x, inputs=("batch", 1, 8, 8), target=target)
+    scales = module.quantization["scales"]
+    assert {s["input_qmax"] for s in scales.values()} == {qmax}
+    assert module.state_dict()["1.weight"].ndim == (4 if packed else 2)
+    assert not module.build_info["fallback_kernels"]

@@ -20,6 +20,7 @@ from .compile import compile_inference
 from .nn import int8
 from .nn.quantization import qat_layers, qat_scales
 from .ops import quant
+from ._tvm import host_arch
 from .errors import ShapeError
 from .schedule import NotApplicable
 from .schedule.int8 import dot_intrinsic
@@ -140,10 +141,17 @@ def _ranges(model, names, spec, calibration, method, percentile, target):
     return out
 
 
-def calibrate(model, calibration, method="minmax", percentile=99.99, inputs=None, target="x86",
+def host_target():
+    """The target calibration runs on: this machine's CPU, whatever the module is built for."""
+    return "arm" if host_arch() in ("aarch64", "arm64") else "x86"
+
+
+def calibrate(model, calibration, method="minmax", percentile=99.99, inputs=None, target=None,
               activation_range=(0, 255)):
     """{layer name: description} (the format of ``qat_scales``) for every Linear / Conv2d of
-    the float model, from its inputs over the calibration samples."""
+    the float model, from its inputs over the calibration samples (run on `target`, this
+    machine's CPU when None)."""
+    target = host_target() if target is None else target
     if method not in METHODS:
         raise ValueError(f"quantize: method must be one of {METHODS}, got {method!r}")
     if method == "percentile" and not 50 < percentile <= 100:
@@ -226,7 +234,8 @@ def quantize(model, calibration=None, method="minmax", percentile=99.99, inputs=
             raise ValueError("quantize: give calibration samples (or a model trained with "
                              "prepare_qat)")
         spec = _spec(inputs, calibration)
-        scales = calibrate(model, calibration, method, percentile, spec, target,
+        # calibrated here: a module built for another CPU (VNNI, ARM) may not run on this one
+        scales = calibrate(model, calibration, method, percentile, spec,
                            activation_range=(0, 127) if reduce else (0, 255))
     if spec is None:
         raise ValueError("quantize: give inputs= (the input spec) for a QAT model")
