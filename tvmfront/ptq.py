@@ -22,8 +22,6 @@ from .nn.quantization import qat_layers, qat_scales
 from .ops import quant
 from ._tvm import host_arch
 from .errors import ShapeError
-from .schedule import NotApplicable
-from .schedule.int8 import dot_intrinsic
 from .target import resolve_target
 from .spec import TensorSpec
 
@@ -182,6 +180,10 @@ def _dot_product(target):
     """(pack, reduce_range) for `target`: pack(entry) says whether a layer's kernel can use
     the target's 8-bit dot product (schedule/int8.py), reduce_range whether activations must
     be 7-bit for it (AVX2's vpmaddubsw saturates on 8-bit ones; VNNI does not)."""
+    # here, not at the top: the schedule package loads TVM, and `import tvmfront` must not
+    from .schedule import NotApplicable
+    from .schedule.int8 import dot_intrinsic
+
     t = resolve_target(target)
 
     def pack(entry):

@@ -1,7 +1,8 @@
 """Entry points (default_cpu_schedule, schedule_prim_func) and the order in which rules are
 tried on a kernel.
 
-Rules, tried in this order (the first that applies wins):
+Rules, tried in this order (the first that applies wins), after the int8 dot-product rule
+(int8.py), which takes only kernels holding ops.int8's packed GEMM:
 
 0. tvmfront's GEMV - a matrix times a vector with both read contiguously along the
    reduction (gemv.py);

@@ -19,7 +19,7 @@ the generic rules, which compute the same integers.
 
 from .._tvm import llvm_has_features, s_tir, tvm
 from ..ops.int8 import GEMM_ATTR, GROUP, LANES
-from .analysis import _const, _root_blocks
+from .analysis import _const, _root_blocks, _walk_stmts
 from .failures import NotApplicable, _current, _probe, log
 from . import spatial
 
@@ -101,6 +101,11 @@ def dot_intrinsic(target, x_max):
 
 def _int8_gemm(func, target, params):
     """(scheduled func, note), or None when the kernel has no annotated int8 GEMM block."""
+    found = []
+    _walk_stmts(func.body, lambda n: found.append(1) if GEMM_ATTR in (
+        getattr(n, "annotations", None) or {}) else None)
+    if not found:  # every other kernel: no Schedule built for nothing
+        return None
     sch = s_tir.Schedule(func)
     gemms = [sch.get(b).name_hint for b in _root_blocks(sch)
              if GEMM_ATTR in sch.get(b).annotations]
