@@ -37,14 +37,15 @@ def fusable(seq):
 
 
 def median_call(fn, x, min_seconds=0.5, min_runs=30):
+    """(median wall seconds per call, process CPU seconds per call)."""
     with torch.inference_mode():
         fn(x)
-        times, start = [], time.perf_counter()
+        times, start, cpu = [], time.perf_counter(), time.process_time()
         while len(times) < min_runs or time.perf_counter() - start < min_seconds:
             t = time.perf_counter()
             fn(x)
             times.append(time.perf_counter() - t)
-    return float(np.median(times))
+    return float(np.median(times)), (time.process_time() - cpu) / len(times)
 
 
 def main():
@@ -69,7 +70,8 @@ def main():
     for batch in (1, 64):
         x = x_test[:batch].contiguous()
         for key, m in (("float32", model), ("int8", q)):
-            row[f"torch_{key}_b{batch}_ms"] = 1e3 * median_call(m, x)
+            wall, cpu = median_call(m, x)
+            row[f"torch_{key}_b{batch}_ms"], row[f"torch_{key}_b{batch}_cpu_ms"] = 1e3 * wall, 1e3 * cpu
     print(json.dumps(row))
 
 

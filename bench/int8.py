@@ -207,23 +207,27 @@ def _time_modules(row, modules, x, batch, rounds):
 
 
 def summary(rows):
-    """The text table of bench/results/int8.txt."""
-    lines = [f"{'model':7} {'float32':>8} {'int8 mm':>8} {'int8 pct':>8} {'int8 QAT':>8}  "
-             f"{'b1 f32/i8 ms':>14} {'x':>5}  {'b64 f32/i8 ms':>15} {'x':>5}  "
-             f"{'torch i8 b1/b64 ms':>18}"]
+    """The text table of bench/results/int8.txt: accuracy (bits per char for the
+    Transformer), then per batch float32 / int8 wall ms, the speedup by wall and by process
+    CPU time (the one to trust on a loaded machine), and PyTorch's x86 int8 wall ms."""
+    lines = [f"{'model':11} {'float32':>8} {'int8 mm':>8} {'int8 pct':>8} {'int8 QAT':>8}  "
+             + "  ".join(f"{'b%d f32/i8 ms' % b:>15} {'x wall':>6} {'x cpu':>6}" for b in (1, 64))
+             + f"  {'torch i8 b1/b64 ms':>18}"]
     for r in rows:
         if "float32_bpc" in r:  # bits per character, not accuracy
             pct = (lambda k: f"{r[k + '_bpc']:.3f}b" if k + "_bpc" in r else "-")
         else:
             pct = (lambda k: f"{100 * r[k]:.2f}" if k in r else "-")
+        cells = []
+        for b in (1, 64):
+            cpu = r[f"float32_b{b}_cpu_ms"] / r[f"int8_b{b}_cpu_ms"]
+            cells.append(f"{r[f'float32_b{b}_ms']:.3f}/{r[f'int8_b{b}_ms']:.3f}".rjust(15)
+                         + f" {r[f'speedup_b{b}']:6.2f} {cpu:6.2f}")
         torch_ms = (f"{r['torch_int8_b1_ms']:.3f}/{r['torch_int8_b64_ms']:.3f}"
                     if "torch_int8_b1_ms" in r else "-")
-        lines.append(
-            f"{r['model']:7} {pct('float32'):>8} {pct('int8_minmax'):>8} "
-            f"{pct('int8_percentile'):>8} {pct('int8_qat'):>8}  "
-            f"{r['float32_b1_ms']:.3f}/{r['int8_b1_ms']:.3f}".rjust(14) + f" {r['speedup_b1']:5.2f}  "
-            + f"{r['float32_b64_ms']:.3f}/{r['int8_b64_ms']:.3f}".rjust(15)
-            + f" {r['speedup_b64']:5.2f}  {torch_ms:>18}")
+        lines.append(f"{r['model']:11} {pct('float32'):>8} {pct('int8_minmax'):>8} "
+                     f"{pct('int8_percentile'):>8} {pct('int8_qat'):>8}  " + "  ".join(cells)
+                     + f"  {torch_ms:>18}")
     return "\n".join(lines)
 
 
