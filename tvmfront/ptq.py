@@ -20,7 +20,9 @@ from .compile import compile_inference
 from .nn import int8
 from .nn.quantization import qat_layers, qat_scales
 from .ops import quant
+from ._tvm import host_arch
 from .errors import ShapeError
+from .target import resolve_target
 from .spec import TensorSpec
 
 METHODS = ("minmax", "percentile")
@@ -80,9 +82,10 @@ def _spec(inputs, calibration):
         raise ValueError(f"quantize: calibration must be a non-empty numpy array [N, ...] of "
                          f"input samples, got {type(calibration).__name__}"
                          f"{getattr(calibration, 'shape', '')}")
-    if calibration.dtype.kind != "f":
-        raise ValueError(f"quantize: calibration must be float samples, got {calibration.dtype}")
-    bad = ~np.isfinite(calibration)
+    if calibration.dtype.kind not in "fiu":
+        raise ValueError(f"quantize: calibration must be float samples (or integer ones for a "
+                         f"model taking token ids), got {calibration.dtype}")
+    bad = ~np.isfinite(calibration) if calibration.dtype.kind == "f" else np.zeros(1, bool)
     if bad.any():
         where = tuple(int(i) for i in np.argwhere(bad)[0])
         raise ValueError(f"quantize: calibration holds {int(bad.sum())} NaN/inf value(s) (first "
@@ -136,10 +139,17 @@ def _ranges(model, names, spec, calibration, method, percentile, target):
     return out
 
 
-def calibrate(model, calibration, method="minmax", percentile=99.99, inputs=None, target="x86",
+def host_target():
+    """The target calibration runs on: this machine's CPU, whatever the module is built for."""
+    return "arm" if host_arch() in ("aarch64", "arm64") else "x86"
+
+
+def calibrate(model, calibration, method="minmax", percentile=99.99, inputs=None, target=None,
               activation_range=(0, 255)):
     """{layer name: description} (the format of ``qat_scales``) for every Linear / Conv2d of
-    the float model, from its inputs over the calibration samples."""
+    the float model, from its inputs over the calibration samples (run on `target`, this
+    machine's CPU when None)."""
+    target = host_target() if target is None else target
     if method not in METHODS:
         raise ValueError(f"quantize: method must be one of {METHODS}, got {method!r}")
     if method == "percentile" and not 50 < percentile <= 100:
@@ -166,13 +176,43 @@ def calibrate(model, calibration, method="minmax", percentile=99.99, inputs=None
     return out
 
 
+def _dot_product(target):
+    """(pack, reduce_range) for `target`: pack(entry) says whether a layer's kernel can use
+    the target's 8-bit dot product (schedule/int8.py), reduce_range whether activations must
+    be 7-bit for it (AVX2's vpmaddubsw saturates on 8-bit ones; VNNI does not)."""
+    # here, not at the top: the schedule package loads TVM, and `import tvmfront` must not
+    from .schedule import NotApplicable
+    from .schedule.int8 import dot_intrinsic
+
+    t = resolve_target(target)
+
+    def pack(entry):
+        try:
+            dot_intrinsic(t, int(entry["input_qmax"]))
+        except NotApplicable:
+            return False
+        return True
+
+    try:
+        dot_intrinsic(t, 255)
+        reduce = False
+    except NotApplicable:
+        reduce = pack({"input_qmax": 127})
+    return pack, reduce
+
+
 def quantize(model, calibration=None, method="minmax", percentile=99.99, inputs=None,
-             target="x86", records=None):
+             target="x86", records=None, reduce_range=None):
     """An int8 inference module of `model`: Linear and Conv2d as int8 kernels (per-channel
     symmetric int8 weights, per-tensor uint8 activations, int32 accumulation, requantization
     in the kernel's epilogue), everything else float. Scales from `calibration` (float
     samples [N, ...]; method "minmax" or "percentile"), or, for a model prepared with
     ``prepare_qat`` and trained, from what it learned (calibration None).
+
+    `reduce_range`: quantize activations to [0, 127] instead of [0, 255]; None: where the
+    target's 8-bit dot product needs it (AVX2 without VNNI, as PyTorch's x86 backend does).
+    Layers whose input range the target's dot product takes get their weights packed for it
+    (schedule/int8.py tensorizes them); the others keep the widening kernels.
 
     Returns the module, compiled as ``compile_inference`` (predict, export, tvf.load, tuning);
     ``module.quantization`` reports {"int8": [layer names], "float": [(name, kind)]}, and a
@@ -182,6 +222,9 @@ def quantize(model, calibration=None, method="minmax", percentile=99.99, inputs=
         >>> module.predict(x_test), module.quantization
     """
     model = copy.deepcopy(model).eval()
+    pack, reduce = _dot_product(target)
+    if reduce_range is not None:
+        reduce = bool(reduce_range)
     if qat_layers(model):
         if calibration is not None:
             raise ValueError("quantize: the model was prepared for QAT: its scales come from "
@@ -193,14 +236,19 @@ def quantize(model, calibration=None, method="minmax", percentile=99.99, inputs=
             raise ValueError("quantize: give calibration samples (or a model trained with "
                              "prepare_qat)")
         spec = _spec(inputs, calibration)
-        scales = calibrate(model, calibration, method, percentile, spec, target)
+        # calibrated here: a module built for another CPU (VNNI, ARM) may not run on this one
+        scales = calibrate(model, calibration, method, percentile, spec,
+                           activation_range=(0, 127) if reduce else (0, 255))
     if spec is None:
         raise ValueError("quantize: give inputs= (the input spec) for a QAT model")
     stays = int8.float_layers(model)
     if stays:
         warnings.warn("quantize: no int8 kernel for " + ", ".join(
             f"'{n}' ({k})" for n, k in stays) + "; these layers stay float", stacklevel=2)
-    converted = int8.convert(model, scales)
+    converted = int8.convert(model, scales, pack=pack)
     module = compile_inference(converted, spec, target=target, records=records)
     module.quantization = {"int8": sorted(scales), "float": stays, "scales": scales}
+    # in the exported bundle too: what a deployed int8 module still runs in float
+    module.manifest["quantization"] = {"int8": sorted(scales),
+                                       "float": [[n, k] for n, k in stays]}
     return module

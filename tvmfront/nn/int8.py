@@ -55,7 +55,7 @@ def quantize_weight(w, scale, qmin=-128, qmax=127):
 class _Quantized(Module):
     """What QuantizedLinear and QuantizedConv2d share: the buffers and the epilogue mode."""
 
-    def _setup(self, layer, entry):
+    def _setup(self, layer, entry, pack):
         Module.__init__(self)
         w_scale = np.asarray(entry["weight_scale"], np.float64)
         s_x, zx = float(entry["input_scale"]), int(entry["input_zero_point"])
@@ -70,7 +70,9 @@ class _Quantized(Module):
         if np.abs(bias).max(initial=0) >= 2 ** 31:
             raise ValueError("int8: a bias does not fit int32 at this layer's scales "
                              "(input or weight scale too small)")
-        self.register_buffer("weight", wq)
+        # packed: the layout of the CPU's 8-bit dot product (ops.int8.pack_weight)
+        self.packed = bool(pack) and self._packable(wq)
+        self.register_buffer("weight", q.pack_weight(wq) if self.packed else wq)
         self.register_buffer("bias", bias.astype(np.int32))
         self.register_buffer("multiplier", (s_x * w_scale).astype(np.float32))
         self.register_buffer("input_scale", np.array(s_x, np.float32))
@@ -90,6 +92,13 @@ class _Quantized(Module):
                     "out_qmin": lo, "out_qmax": nxt.input_qmax}
         nxt.quantize_input = False
 
+    def _packable(self, wq):
+        return True
+
+    def _int8_options(self):
+        """The keywords of the packed ops: the input's largest value, and the epilogue."""
+        return {"x_max": self.input_qmax, **self.out} if self.packed else self.out
+
     def _input(self, x):
         if not self.quantize_input:
             return x
@@ -98,30 +107,46 @@ class _Quantized(Module):
 
     def extra_repr(self):
         mode = (f"requantize to {self.out['out_dtype']}" if self.out else "dequantize")
-        return f"{tuple(self.weight.shape)} int8, input {self.input_dtype}, {mode}"
+        layout = " packed" if self.packed else ""
+        return f"{tuple(self.weight.shape)} int8{layout}, input {self.input_dtype}, {mode}"
 
 
 class QuantizedLinear(_Quantized):
     """Linear as int8 (see the module docstring)."""
 
-    def __init__(self, layer, entry):
-        self._setup(layer, entry)
+    def __init__(self, layer, entry, pack=False):
+        self._setup(layer, entry, pack)
+
+    def _packable(self, wq):
+        return wq.shape[1] % q.GROUP == 0  # the input is read in groups of 4 as it is
 
     def forward(self, x):
-        return q.qdense(self._input(x), self.weight, self.bias, self.multiplier, **self.out)
+        kernel = q.qdense_packed if self.packed else q.qdense
+        return kernel(self._input(x), self.weight, self.bias, self.multiplier,
+                      **self._int8_options())
 
 
 class QuantizedConv2d(_Quantized):
     """Conv2d as int8 (see the module docstring)."""
 
-    def __init__(self, layer, entry):
-        self._setup(layer, entry)
+    def __init__(self, layer, entry, pack=False):
+        self._setup(layer, entry, pack)
+        self.kernel = tuple(int(d) for d in np.shape(float_weight(layer.weight))[2:])
         self.stride, self.padding = layer.stride, layer.padding
 
+    def _packable(self, wq):
+        # Fewer than 16 output channels leave most of the dot product's lanes idle: with
+        # the windows gathered per tile on top, slower than the widening kernel (LeNet's
+        # 6-channel conv at batch 64: ~2x slower; its 16-channel conv: ~1.2x faster).
+        return wq.shape[0] >= q.LANES
+
     def forward(self, x):
-        return q.qconv2d(self._input(x), self.weight, self.bias, self.multiplier,
-                         stride=self.stride, padding=self.padding,
-                         x_zero_point=self.zero_point, **self.out)
+        args = (self._input(x), self.weight, self.bias, self.multiplier)
+        common = {"stride": self.stride, "padding": self.padding,
+                  "x_zero_point": self.zero_point, **self._int8_options()}
+        if self.packed:
+            return q.qconv2d_packed(*args, kernel=self.kernel, **common)
+        return q.qconv2d(*args, **common)
 
 
 class Identity(Module):
@@ -159,9 +184,11 @@ def float_layers(model):
             if not isinstance(m, INT8_KINDS) and (m._parameters or m._buffers)]
 
 
-def convert(model, scales):
+def convert(model, scales, pack=None):
     """A copy of `model` (eval mode) with every Linear / Conv2d named in `scales` replaced by
-    its int8 version; `scales`: {dotted name: description} as qat_scales returns."""
+    its int8 version; `scales`: {dotted name: description} as qat_scales returns. `pack`:
+    called with a description, True where the layer's weight should be packed for the
+    target's 8-bit dot product (ops.int8.pack_weight); None packs none."""
     model = copy.deepcopy(model)
     done = set()
     for parent_name, parent in named_modules(model):
@@ -169,7 +196,7 @@ def convert(model, scales):
             full = f"{parent_name}.{name}" if parent_name else name
             if isinstance(child, INT8_KINDS) and full in scales:
                 cls = QuantizedConv2d if isinstance(child, Conv2d) else QuantizedLinear
-                new = cls(child, scales[full])
+                new = cls(child, scales[full], pack=bool(pack and pack(scales[full])))
                 parent._modules[name] = new  # in place in the dict (Sequential's order)
                 object.__setattr__(parent, name, new)
                 done.add(full)

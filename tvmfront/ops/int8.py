@@ -24,6 +24,8 @@ trained with fake quantization sees at inference the integers it was trained wit
 have no gradient (integer inputs).
 """
 
+import numpy as np
+
 from .._tvm import te, tirx
 from ..errors import ShapeError
 from ..op import op
@@ -153,3 +155,136 @@ def qconv2d(x, w, bias, multiplier, stride=1, padding=0, x_zero_point=0, out_dty
     return te.compute(shape, lambda a, o, i, j: _epilogue(
         acc[a, o, i, j], bias, multiplier, o, out_dtype, out_zero_point, out_qmin, out_qmax),
         name="qconv2d")
+
+
+# ---- packed weights: the layout the integer dot-product instructions read -------------------
+# A weight [O, K] is stored as [ceil(O / LANES), ceil(K / GROUP), LANES, GROUP] int8, zero-padded:
+# one dot-product step reads 4 consecutive activation bytes (broadcast) and LANES x 4 weight
+# bytes in one contiguous load, and adds 4-byte dot products into LANES int32 accumulators
+# (vpdpbusd on AVX-512 VNNI: 16 lanes; vpmaddubsw + vpmaddwd on AVX2: two steps of 8). The
+# default schedule tensorizes the reduction of these kernels (schedule/int8.py); any other
+# schedule computes the same integers.
+LANES = 16
+GROUP = 4
+GEMM_ATTR = "tvmfront.int8_gemm"  # block annotation: the largest activation value (x_max)
+
+
+def pack_weight(w):
+    """numpy int8 [O, ...] -> the packed layout [ceil(O/16), ceil(K/4), 16, 4], K the product
+    of the other axes (a convolution's C * kh * kw, in that order), zeros in the padding."""
+    w = np.asarray(w, np.int8).reshape(len(w), -1)
+    o, k = w.shape
+    op, kp = -(-o // LANES) * LANES, -(-k // GROUP) * GROUP
+    full = np.zeros((op, kp), np.int8)
+    full[:o, :k] = w
+    return np.ascontiguousarray(full.reshape(op // LANES, LANES, kp // GROUP, GROUP)
+                                .transpose(0, 2, 1, 3))
+
+
+def unpack_weight(wp, shape):
+    """pack_weight's inverse: the packed array -> int8 of `shape` ([O, ...])."""
+    wp = np.asarray(wp)
+    o, k = shape[0], int(np.prod(shape[1:]))
+    full = wp.transpose(0, 2, 1, 3).reshape(wp.shape[0] * LANES, wp.shape[1] * GROUP)
+    return np.ascontiguousarray(full[:o, :k]).reshape(shape)
+
+
+def _packed_gemm(rows, a, wp, x_max):
+    """acc [rows, O padded] int32 = a(m, k) (uint8/int8 in a buffer) . unpacked wp."""
+    k = te.reduce_axis((0, wp.shape[1] * GROUP), "k")
+    return te.compute(
+        (rows, wp.shape[0] * LANES),
+        lambda m, o: te.sum(_widened(a(m, k)) * _widened(
+            wp[o // LANES, k // GROUP, o % LANES, k % GROUP]), axis=k),
+        name="qgemm_acc", attrs={GEMM_ATTR: x_max})
+
+
+def _check_packed(name, wp, bias, x_max, x):
+    if len(wp.shape) != 4 or not same(wp.shape[2], LANES) or not same(wp.shape[3], GROUP):
+        raise ShapeError(f"{name}: w must be packed [O/{LANES}, K/{GROUP}, {LANES}, {GROUP}] "
+                         f"(ops.int8.pack_weight), got {tuple(show(wp.shape))}")
+    o = dims(bias.shape)[0]
+    if not isinstance(o, int) or not 0 < o <= dims(wp.shape)[0] * LANES:
+        raise ShapeError(f"{name}: {show(bias.shape)} output channels do not fit the packed "
+                         f"weight {tuple(show(wp.shape))}")
+    lo, hi = _range(str(x.dtype))
+    if not (isinstance(x_max, int) and lo < x_max <= hi):
+        raise ValueError(f"{name}: x_max must be the largest value x holds, an integer in "
+                         f"({lo}, {hi}] for {x.dtype}, got {x_max!r}")
+    return o
+
+
+@op
+def qdense_packed(x, w, bias, multiplier, x_max=255, out_dtype=None, out_zero_point=0,
+                  out_qmin=0, out_qmax=255):
+    """qdense with w packed by pack_weight (x [..., K] with K = w.shape[1] * 4); `x_max`: the
+    largest value x can hold (its quantizer's qmax), which decides whether AVX2's saturating
+    vpmaddubsw is exact on it (x_max <= 127)."""
+    o = _check_packed("qdense_packed", w, bias, x_max, x)
+    _check_operands("qdense_packed", x, te.placeholder((o, 1), "int8"), bias, multiplier,
+                    out_dtype, out_qmin, out_qmax)
+    if len(x.shape) < 1 or not same(x.shape[-1], w.shape[1] * GROUP):
+        raise ShapeError(f"qdense_packed expects x [..., {show([w.shape[1] * GROUP])[0]}], got "
+                         f"{show(x.shape)}")
+    lead = x.shape[:-1]
+    rows = 1
+    for d in lead:
+        rows = rows * d
+
+    def row(m):  # flat row -> x's leading indices (row-major)
+        idx = []
+        for d in reversed(lead[1:]):
+            idx.append(m % d)
+            m = m // d
+        return [m, *reversed(idx)] if lead else []
+
+    def flat(i):
+        m = 0
+        for d, v in zip(lead, i):
+            m = m * d + v
+        return m
+
+    acc = _packed_gemm(rows, lambda m, k: x(*row(m), k), w, x_max)
+    return te.compute((*lead, o), lambda *i: _epilogue(
+        acc[flat(i[:-1]), i[-1]], bias, multiplier, i[-1], out_dtype, out_zero_point, out_qmin,
+        out_qmax), name="qdense")
+
+
+@op
+def qconv2d_packed(x, w, bias, multiplier, kernel, stride=1, padding=0, x_zero_point=0,
+                   x_max=255, out_dtype=None, out_zero_point=0, out_qmin=0, out_qmax=255):
+    """qconv2d with w [O, C, kh, kw] packed by pack_weight (`kernel` = (kh, kw)): the
+    windows of x gathered into rows [N * Ho * Wo, C * kh * kw] (padding holds x_zero_point),
+    multiplied as qdense_packed, the epilogue writing NCHW."""
+    o = _check_packed("qconv2d_packed", w, bias, x_max, x)
+    _check_operands("qconv2d_packed", x, te.placeholder((o, 1), "int8"), bias, multiplier,
+                    out_dtype, out_qmin, out_qmax)
+    k_h, k_w = kernel
+    n_, c_, h, wd = dims(x.shape)
+    sh, sw, ph, pw, ho, wo = _conv_check(x, te.placeholder((o, c_, k_h, k_w), "int8"), stride,
+                                         padding)
+    taps = c_ * k_h * k_w
+    if not same(w.shape[1] * GROUP, -(-taps // GROUP) * GROUP):
+        raise ShapeError(f"qconv2d_packed: w holds {show([w.shape[1] * GROUP])[0]} taps per "
+                         f"channel, x with kernel {kernel} needs {taps}")
+    if ph or pw:  # padded once; the windows then read it without a branch
+        fill = _c(x_zero_point, x.dtype)
+        xp = te.compute((n_, c_, h + 2 * ph, wd + 2 * pw), lambda a, c, i, j: te.if_then_else(
+            te.all(i >= ph, i < h + ph, j >= pw, j < wd + pw), x[a, c, i - ph, j - pw], fill),
+            name="qconv2d_pad")
+    else:
+        xp = x
+
+    def window(m, r):
+        # taps past C * kh * kw (the packing's last group) meet zero weights: any in-bounds
+        # value does, so the channel is clamped instead of tested
+        a, p = m // (ho * wo), m % (ho * wo)
+        c, t = te.min(r // (k_h * k_w), c_ - 1), r % (k_h * k_w)
+        return xp[a, c, p // wo * sh + t // k_w, p % wo * sw + t % k_w]
+
+    rows = n_ * ho * wo
+    cols = te.compute((rows, w.shape[1] * GROUP), window, name="qconv2d_windows")
+    acc = _packed_gemm(rows, lambda m, k: cols[m, k], w, x_max)
+    return te.compute((n_, o, ho, wo), lambda a, c, i, j: _epilogue(
+        acc[(a * ho + i) * wo + j, c], bias, multiplier, c, out_dtype, out_zero_point, out_qmin,
+        out_qmax), name="qconv2d")

@@ -125,6 +125,12 @@ FIELDS = {
                 "dtype} or a list of them}}", frozenset()),
     "frozen": (lambda v: isinstance(v, list) and all(_str(n) for n in v),
                "a list of parameter names (requires_grad=False)", frozenset()),
+    # tvf.quantize: the layers run as int8 kernels, and those kept in float (no int8 kernel)
+    "quantization": (lambda v: isinstance(v, dict) and set(v) == {"int8", "float"}
+                     and all(_str(n) for n in v["int8"])
+                     and all(isinstance(f, list) and len(f) == 2 and all(map(_str, f))
+                             for f in v["float"]),
+                     "{int8: [layer names], float: [[layer name, layer kind]]}", frozenset()),
 }
 _ONLY_TRAINING = {"labels", "loss", "num_classes", "optimizer", "step", "extras", "seed",
                   "accumulate", "ignore_index", "label_smoothing"}

@@ -1,7 +1,8 @@
 """Entry points (default_cpu_schedule, schedule_prim_func) and the order in which rules are
 tried on a kernel.
 
-Rules, tried in this order (the first that applies wins):
+Rules, tried in this order (the first that applies wins), after the int8 dot-product rule
+(int8.py), which takes only kernels holding ops.int8's packed GEMM:
 
 0. tvmfront's GEMV - a matrix times a vector with both read contiguously along the
    reduction (gemv.py);
@@ -33,7 +34,7 @@ from .analysis import (_buffers, _children, _const, _has_contraction, _max_block
                        parallel_write_races)
 # The rules below are looked up in their files at call time (gemm._tile_reduction, ...), so a
 # test or bench that patches a rule in its file reaches every caller.
-from . import gemm, gemv, spatial
+from . import gemm, gemv, int8, spatial
 from .spatial import _inline_spatial
 from .reductions import _gather_reduction, _plain_reduction, _tile_reduction_scalar
 
@@ -101,7 +102,7 @@ def _schedule_prim_func(func, target, params):
         _failed("analysis", err)
         return func, f"none (not schedulable: {type(err).__name__})"
 
-    candidates = []
+    candidates = [("tvmfront.int8", lambda: int8._int8_gemm(func, target, params))]
     if contraction:  # GEMV is one
         candidates.append(("tvmfront.gemv", lambda: gemv._gemv(func, params)))
         candidates.append(("dlight.cpu.GEMV", lambda: _dlight_gemv(func, target, params)))

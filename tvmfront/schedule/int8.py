@@ -1,0 +1,232 @@
+"""The int8 GEMM rule: the reduction of ops.int8's packed kernels (qdense_packed,
+qconv2d_packed: a block annotated GEMM_ATTR) tensorized with the CPU's 8-bit dot product.
+
+One step reads 4 activation bytes (u8, broadcast), 16 x 4 weight bytes (s8, one contiguous
+load from the packed weight) and adds the 16 four-byte dot products into 16 int32 lanes:
+
+- AVX-512 VNNI: one ``vpdpbusd`` (exact);
+- AVX2: per 8 lanes ``vpmaddubsw`` (u8 x s8 pairs summed to int16, *saturating*) then
+  ``vpmaddwd`` by ones (pairs to int32). Exact only when 2 * x_max * 128 <= 32767, i.e.
+  activations in [0, 127] (PyTorch's reduce_range on x86): the kernel's annotation carries
+  x_max, and above 127 the rule does not apply (the generic rules widen to int16, vpmaddwd).
+
+Tile: rows x 16 output channels of accumulators (4 rows when the row count divides), the
+reduction 4 bytes at a time inside, the requantizing epilogue computed under the same tile
+when its index is affine (dense), else as its own loop nest (a convolution's NCHW output).
+Where the pattern or a primitive refuses, the rule raises and dispatch falls back (logged) to
+the generic rules, which compute the same integers.
+"""
+
+from .._tvm import llvm_has_features, s_tir, tvm
+from ..ops.int8 import GEMM_ATTR, GROUP, LANES
+from .analysis import _const, _root_blocks, _walk_stmts
+from .failures import NotApplicable, _current, _probe, log
+from . import spatial
+
+ROWS = 4  # accumulator rows per tile: 4 x 16 int32 = 8 ymm / 4 zmm registers
+PARALLEL_MIN_MACS = 1 << 19  # below this a parallel launch costs more than it saves
+_registered = set()
+
+
+def _intrinsics():
+    """{name: (lanes per call, impl)}: C[L] int32 += sum_k<4 A[k] (u8) * B[L, k] (s8). (TVM
+    0.27's own VNNI_DOT_16x4_INTRIN passes <16 x i32> operands to vpdpbusd.512, which its
+    LLVM declares on <64 x i8>: module verification fails. These pass bytes.)"""
+    T = tvm.script.tirx
+
+    def call(name, *args, dtype):
+        return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(name), *args, dtype=dtype)
+
+    def avx2(c, a, b):  # u8 x s8 pairs to int16 (saturating), then pairs to int32
+        pairs = call("llvm.x86.avx2.pmadd.ub.sw", a, b, dtype="int16x16")
+        return c + call("llvm.x86.avx2.pmadd.wd", pairs, T.broadcast(T.int16(1), 16),
+                        dtype="int32x8")
+
+    def vnni(c, a, b):
+        return call("llvm.x86.avx512.vpdpbusd.512", c, a, b, dtype="int32x16")
+
+    return {"tvmfront_dot_8x4_avx2": (8, avx2), "tvmfront_dot_16x4_vnni": (16, vnni)}
+
+
+def _register(name, scope, a_scope="global"):
+    """Register intrinsic `name` on an accumulator buffer of `scope` ("local": the tile held
+    in registers; "global": the whole accumulator) and activations in `a_scope` ("local": a
+    convolution's windows gathered per tile), as f"{name}_{scope}_{a_scope}"."""
+    full = f"{name}_{scope}_{a_scope}"
+    if full in _registered:
+        return full
+    T = tvm.script.tirx
+    lanes, dot = _intrinsics()[name]
+
+    @T.prim_func(s_tir=True)
+    def desc(A: T.Buffer((GROUP,), "uint8", offset_factor=1, scope=a_scope),
+             B: T.Buffer((lanes, GROUP), "int8", offset_factor=1),
+             C: T.Buffer((lanes,), "int32", offset_factor=1, scope=scope)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:GROUP], B[0:lanes, 0:GROUP])
+            T.writes(C[0:lanes])
+            for i, k in T.grid(lanes, GROUP):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((GROUP,), "uint8", offset_factor=1, scope=a_scope),
+             B: T.Buffer((lanes, GROUP), "int8", offset_factor=1),
+             C: T.Buffer((lanes,), "int32", offset_factor=1, scope=scope)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:GROUP], B[0:lanes, 0:GROUP])
+            T.writes(C[0:lanes])
+            a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"),
+                                          lanes), dtype=f"uint8x{GROUP * lanes}")
+            C[T.ramp(T.int32(0), 1, lanes)] = dot(C.vload([0], dtype=f"int32x{lanes}"), a,
+                                                  B.vload([0, 0], dtype=f"int8x{GROUP * lanes}"))
+
+    s_tir.TensorIntrin.register(full, desc, impl, override=True)
+    _registered.add(full)
+    return full
+
+
+def dot_intrinsic(target, x_max):
+    """(intrinsic name, lanes) for `target` on activations <= x_max; NotApplicable if none."""
+    if llvm_has_features(target, "avx512vnni", "avx512bw"):
+        return "tvmfront_dot_16x4_vnni", 16
+    if llvm_has_features(target, "avx2"):
+        if x_max > 127:
+            raise NotApplicable(f"AVX2's vpmaddubsw saturates on activations up to {x_max} "
+                                "(needs <= 127: quantize with reduce_range)")
+        return "tvmfront_dot_8x4_avx2", 8
+    raise NotApplicable("no 8-bit dot-product instruction known for this target")
+
+
+def _int8_gemm(func, target, params):
+    """(scheduled func, note), or None when the kernel has no annotated int8 GEMM block."""
+    found = []
+    _walk_stmts(func.body, lambda n: found.append(1) if GEMM_ATTR in (
+        getattr(n, "annotations", None) or {}) else None)
+    if not found:  # every other kernel: no Schedule built for nothing
+        return None
+    sch = s_tir.Schedule(func)
+    gemms = [sch.get(b).name_hint for b in _root_blocks(sch)
+             if GEMM_ATTR in sch.get(b).annotations]
+    if not gemms:
+        return None
+    notes = []
+    for name in gemms:
+        block = sch.get_sblock(name)
+        x_max = int(sch.get(block).annotations[GEMM_ATTR])
+        try:
+            intrin, lanes = dot_intrinsic(target, x_max)
+        except NotApplicable as err:
+            log.info("kernel %s: int8 dot product not used (%s)", _current.get().name, err)
+            raise
+        last = None
+        for rows in (ROWS, 1):
+            trial = sch.copy()
+            try:
+                trial, note = _tile(trial, name, rows, intrin, lanes, params)
+            except Exception as err:  # noqa: BLE001 - fewer rows, else dispatch's fallback
+                last = err
+                _probe(f"int8 GEMM tile of {rows} rows on block {name}", err)
+                continue
+            # a fresh schedule: copy() of one holding a tensorized block fails in 0.27
+            sch = s_tir.Schedule(trial.mod["main"])
+            notes.append(f"{name}={note}")
+            break
+        else:
+            raise last
+    for block in _root_blocks(sch):  # producers (quantize, windows), a separate epilogue
+        trial = sch.copy()
+        try:
+            note = spatial._schedule_spatial(trial, trial.get_sblock(sch.get(block).name_hint),
+                                             params)
+        except Exception as err:  # noqa: BLE001 - keeps its plain loops
+            _probe(f"schedule_spatial on block {sch.get(block).name_hint}", err)
+            continue
+        sch = trial
+        if note:
+            notes.append(f"{sch.get(block).name_hint}={note}")
+    return sch.mod["main"], ", ".join(notes)
+
+
+def _tile(sch, name, rows, intrin, lanes, params):
+    block = sch.get_sblock(name)
+    loops = sch.get_loops(block)
+    if len(loops) != 3:
+        raise NotApplicable(f"expected loops (row, channel, k), got {len(loops)}")
+    i, j, k = loops
+    extent = _const(sch.get(i).extent)
+    if rows > 1 and (extent is None or extent % rows):
+        raise NotApplicable(f"{extent} rows are not a multiple of {rows}")
+    jo, ji = sch.split(j, [None, LANES])
+    ko, ki = sch.split(k, [None, GROUP])
+    io, ii = sch.split(i, [None, rows])
+    jh, jl = sch.split(ji, [None, lanes])
+    sch.reorder(io, jo, ko, ii, jh, jl, ki)
+    tile = sch.fuse(io, jo)
+    macs = (_const(sch.get(tile).extent) or 0) * (_const(sch.get(ko).extent) or 0)
+    parallel = macs * rows * LANES * GROUP >= PARALLEL_MIN_MACS and params.cores > 1
+    if parallel:  # first: parallel checks the dataflow of the bare reduction
+        sch.parallel(tile)
+    epilogue = ""
+    consumers = sch.get_consumers(block)
+    if len(consumers) == 1:
+        trial = sch.copy()
+        try:  # the epilogue reads the tile while it is in registers (dense: affine index)
+            trial.reverse_compute_at(consumers[0], tile)
+            trial.set_scope(trial.get_sblock(name), 0, "local")  # the tile, in registers
+            sch, epilogue = trial, ", epilogue in tile"
+        except Exception as err:  # noqa: BLE001 - the epilogue stays its own loop nest
+            _probe(f"reverse_compute_at of {name}'s epilogue", err)
+        block = sch.get_sblock(name)
+    a_scope = "global"
+    for producer in sch.get_producers(block):  # a convolution's windows: gathered per tile
+        trial = sch.copy()
+        try:
+            trial.compute_at(producer, tile)
+            trial.set_scope(producer, 0, "local")
+            for lp in trial.get_loops(producer)[-2:]:  # constant taps: loads at fixed offsets
+                _unroll(trial, lp)
+            sch, a_scope = trial, "local"
+        except Exception as err:  # noqa: BLE001 - gathered whole, before the GEMM
+            _probe(f"compute_at of {name}'s operand", err)
+    block = sch.get_sblock(name)
+    sch.unannotate(block, GEMM_ATTR)  # the intrinsic's pattern has no annotation
+    init = sch.decompose_reduction(block, sch.get_loops(block)[1])
+    # Unrolled rows and halves: constant offsets into the tile, which LLVM then keeps in
+    # registers (serial loops left it in memory: a store and reload per dot-product step).
+    *_, init_rows, init_halves, init_lanes = sch.get_loops(init)
+    sch.vectorize(init_lanes)
+    for lp in (init_rows, init_halves, *sch.get_loops(block)[2:4]):
+        _unroll(sch, lp)
+    if epilogue:
+        sch = _vectorize_epilogue(sch, consumers[0])
+    sch.tensorize(sch.get_loops(block)[-2], _register(intrin, "local" if epilogue else "global",
+                                                         a_scope))
+    return sch, (f"{intrin}[{rows}x{LANES}x{GROUP}{epilogue}"
+                 f"{', parallel' if parallel else ''}]")
+
+
+def _vectorize_epilogue(sch, block):
+    """The epilogue's tile, vectorized along its inner loop (the output's contiguous axis:
+    channels for dense, pixels of a row for a convolution's NCHW), the outer unrolled: the
+    schedule."""
+    outer, inner = sch.get_loops(block)[-2:]
+    trial = sch.copy()
+    try:
+        if _const(trial.get(inner).extent) is None:
+            raise NotApplicable("a symbolic tile")
+        trial.vectorize(inner)
+        _unroll(trial, outer)
+        return trial
+    except Exception as err:  # noqa: BLE001 - scalar, unrolled
+        _probe("vectorize the int8 epilogue", err)
+        _unroll(sch, outer)
+        _unroll(sch, inner)
+        return sch
+
+
+def _unroll(sch, loop):
+    """Unroll `loop` where its extent is constant (unrolling a symbolic one fails at build)."""
+    if _const(sch.get(loop).extent) is not None:
+        sch.unroll(loop)
