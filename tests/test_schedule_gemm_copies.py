@@ -1,8 +1,8 @@
 """The GEMM family's operand copies (tvmfront/schedule/gemm.py) move whole cache lines.
 
-1. A transposed copy of an operand too small for panels (the MLP's first weight, [256, 64]:
-   x @ w.T vectorized over w's rows) runs by TRANSPOSE_TILE-square tiles, its contiguous
-   side innermost and vectorized, not column by column (52 -> 30 us on one core).
+1. A transposed copy of an operand too small for panels (a [128, 32] weight: x @ w.T
+   vectorized over w's rows) runs by TRANSPOSE_TILE-square tiles, its contiguous side
+   innermost and vectorized, not column by column (a [256, 64] one, one core: 52 -> 30 us).
 2. Panels narrower than a cache line (the broadcast operand of A^T B, in panels of the
    tile's 4 rows) are copied a cache line of the source at a time: the Transformer's ff2
    d/dw, 1.8 -> 1.6 ms on one core.
@@ -64,11 +64,11 @@ VECTORIZED = 2  # tirx.ForKind
 
 
 def test_a_transposed_copy_runs_by_tiles():
-    rule, loops, check = _scheduled("A B^T", 64, 64, 256)
+    rule, loops, check = _scheduled("A B^T", 64, 32, 128)
     assert rule.endswith("packed w]"), rule  # transposed, not in panels
     t = gemm.TRANSPOSE_TILE
-    # [256, 64] -> [64, 256]: tiles of t x t, the copy's rows (w's columns) innermost
-    assert loops["w_global"] == [(256 // t, 0), (64 // t, 0), (t, 0), (t, VECTORIZED)], loops
+    # [128, 32] -> [32, 128]: tiles of t x t, the copy's rows (w's columns) innermost
+    assert loops["w_global"] == [(128 // t, 0), (32 // t, 0), (t, 0), (t, VECTORIZED)], loops
     check()
 
 
@@ -90,3 +90,14 @@ def test_narrow_panels_are_copied_a_cache_line_at_a_time(m, k, n):
     assert loops["a_global"][-2:] == [(line // rows, 0), (rows, VECTORIZED)], loops
     assert loops["a_global"][-3][0] == k, loops
     check()
+
+
+def test_operands_bigger_than_l1_go_into_panels():
+    """The MLP's 256x256 d/dw over a batch of 64 reads two [64, 256] operands (64 KiB each,
+    rows 1 KiB apart: more than L1 holds, and aliasing in it) from panels; an operand within
+    L1 (the head's [64, 10] gradient) stays as it is."""
+    rule, loops, check = _scheduled("A^T B", 256, 64, 256)
+    assert "packed dy (panels)+a (panels of" in rule, rule
+    check()
+    rule, _, _ = _scheduled("A^T B", 10, 64, 256)
+    assert "panels of" not in rule, rule

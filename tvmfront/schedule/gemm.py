@@ -258,8 +258,8 @@ def _pack_operand(sch, info, index, region, v):
 # A transposing copy runs by TRANSPOSE_TILE x TRANSPOSE_TILE tiles: row by row, the rows of
 # a [256, 64] fp32 weight lie 256 bytes apart and those of a [256, 256] one 1 KiB apart, so
 # the column side of the copy touches a new cache line (soon evicted: the rows alias in L1)
-# per element; by tiles both sides stay in cache (the MLP's dense 64x256 @ [256, 64]^T, one
-# core: 52 -> 30 us).
+# per element; by tiles both sides stay in cache (dense 64x256 @ [256, 64]^T as a transposed
+# copy, one core: 52 -> 30 us; an operand that size now goes into panels).
 TRANSPOSE_TILE = 8
 
 
