@@ -60,7 +60,7 @@ def _scheduled(form, m, k, n):
     return rule, loops, check
 
 
-VECTORIZED = 2  # tirx.ForKind
+PARALLEL, VECTORIZED = 1, 2  # tirx.ForKind
 
 
 def test_a_transposed_copy_runs_by_tiles():
@@ -101,3 +101,18 @@ def test_operands_bigger_than_l1_go_into_panels():
     check()
     rule, _, _ = _scheduled("A^T B", 10, 64, 256)
     assert "panels of" not in rule, rule
+
+
+def test_each_panel_is_copied_inside_its_parallel_panel_loop():
+    """x @ w.T over a [256, 256] weight: the panel loop runs alone in parallel, and each of
+    its iterations copies its own panel of w (16 rows) just before its tiles read it, on
+    every core, not the whole weight on one core first."""
+    rule, loops, check = _scheduled("A B^T", 64, 256, 256)
+    assert "parallel, packed w (panels)" in rule, rule
+    lanes = 8  # AVX2 ("x86")
+    panel = 2 * lanes
+    assert loops["w_global"][0] == (256 // panel, PARALLEL), loops  # the panel loop
+    # inside it, one panel: 256 // line blocks of (panel rows x one line)
+    line = CACHE_LINE_BYTES // 4
+    assert [e for e, _ in loops["w_global"][1:]] == [256 // line, panel, line], loops
+    check()
