@@ -3,6 +3,7 @@ the "what bounds it" of bench/peers.py's transformer and resnet sections, kernel
 
     .venv/bin/python bench/kernel_breakdown.py transformer        # or resnet
     .venv/bin/python bench/kernel_breakdown.py transformer --infer 64 --top 12
+    .venv/bin/python bench/kernel_breakdown.py mlp --optimizer adam     # bench/peers.py's MLP
 
 The step is compiled with the default schedules (records=False) at the examples' shapes
 (bench/_workloads.py's placeholders where an example is missing). Every distinct kernel is
@@ -42,9 +43,28 @@ def kind_of(name):
     return next(k for k, pattern in KINDS if pattern.search(name))
 
 
-def build(section, infer):
+def mlp_shapes(optimizer):
+    """bench/peers.py's MLP (64-256-256-10 on 1x8x8 inputs) at its batch, with its optimizer."""
+    return {"batch": 64, "x_shape": (1, 8, 8), "optimizer": optimizer,
+            "source": f"bench/_peer_tvmfront.py's MLP, batch 64, {optimizer}"}
+
+
+def build(section, infer, optimizer="sgd"):
     """The compiled module (train step, or the forward at batch `infer`) and its config."""
     tvf.manual_seed(0)
+    if section == "mlp":
+        cfg = mlp_shapes(optimizer)
+        nn = tvf.nn
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256),
+                              nn.ReLU(), nn.Linear(256, 10))
+        if infer:
+            return tvf.compile_inference(model, inputs=(infer, *cfg["x_shape"]),
+                                         records=False), cfg
+        opt = tvf.optim.SGD(lr=0.05, momentum=0.9) if optimizer == "sgd" else \
+            tvf.optim.Adam(lr=1e-3)
+        return tvf.compile_training(model, nn.CrossEntropyLoss(), opt,
+                                    inputs=(cfg["batch"], *cfg["x_shape"]),
+                                    labels=(cfg["batch"],), records=False), cfg
     if section == "transformer":
         cfg = _tvf_models.transformer_shapes()
         model, _ = _tvf_models.causal_lm(cfg)
@@ -131,12 +151,14 @@ def report(rows, step_s, peak, top):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("section", choices=["transformer", "resnet"])
+    p.add_argument("section", choices=["transformer", "resnet", "mlp"])
+    p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd",
+                   help="the MLP's optimizer (the mlp section)")
     p.add_argument("--infer", type=int, default=0, metavar="B",
                    help="the forward at batch B instead of the train step")
     p.add_argument("--top", type=int, default=10)
     args = p.parse_args()
-    module, cfg = build(args.section, args.infer)
+    module, cfg = build(args.section, args.infer, args.optimizer)
     step_s = time_module(module, min_seconds=1.0)
     rows = breakdown(module)
     what = f"forward at batch {args.infer}" if args.infer else "train step"

@@ -9,8 +9,10 @@ a conv weight when vectorizing over output channels) are first packed into a cop
 axis last, when the copy is cheap next to the reduction; operands whose rows along the
 reduction are far apart (PANEL_MIN_STRIDE, PANEL_MIN_BYTES) are instead copied into panels,
 as BLAS packs them: the vector operand into panels of the vector length (the panel index
-runs outermost, so one panel stays in cache while the row tiles sweep it), the broadcast
-operand of A^T B into panels of the tile's rows; one or two other output axes form a
+runs outermost, so one panel stays in cache while the row tiles sweep it; when that loop
+runs alone in parallel, each iteration copies its own panel first), the broadcast operand
+of A^T B into panels of the tile's rows; copies read whole cache lines of their source
+(a transposed copy by tiles); one or two other output axes form a
 register tile (CpuParams.acc_registers accumulators: 4 rows x 2 vectors on AVX2, 8 x 2 on
 AVX-512) chosen so that operand loads are shared across it; the reduction loops sit between
 the outer loops and the tile; the tile accumulates in a small local buffer (``cache_write``,
@@ -81,7 +83,8 @@ def _tile_reduction(sch, name, params, vector=True):
                 break
             index, region, strides = strided[0]
             if panel is None and _panel_fits(info, region, strides, v, vec):
-                panel = _pack_panels(sch, info, index, region, v, vec, params)
+                deferred = _pack_panels(sch, info, index, region, v, vec, params, defer=True)
+                panel = deferred[0]
                 copies.append(panel)
                 packed.append(f"{region.source.name} (panels)")
             else:
@@ -94,7 +97,8 @@ def _tile_reduction(sch, name, params, vector=True):
             raise NotApplicable("an operand is strided along the vector axis")
         found = _panel_operand(info, v, vec) if panel is None else None
         if found is not None:
-            panel = _pack_panels(sch, info, *found, v, vec, params)
+            deferred = _pack_panels(sch, info, *found, v, vec, params, defer=True)
+            panel = deferred[0]
             copies.append(panel)
             packed.append(f"{found[1].source.name} (panels)")
             info = _BlockInfo(sch, sch.get_sblock(name))
@@ -171,6 +175,8 @@ def _tile_reduction(sch, name, params, vector=True):
     if _parallel_worth_it(info, vec or 1, params):
         outer, parallel = _parallelize(sch, outer, params)
     anchor = outer[-1]
+    if panel is not None:
+        _place_panel_copy(sch, deferred, outer[0], info.extents[v] // vec)
 
     # Accumulate the register tile in a local buffer; write it back with the epilogue.
     writeback = sch.cache_write(block, 0, "global")
@@ -251,7 +257,34 @@ def _pack_operand(sch, info, index, region, v):
     if d != ndim - 1:
         sch.transform_layout(packed, ("write", 0),
                              lambda *idx: [idx[i] for i in range(ndim) if i != d] + [idx[d]])
+        _tile_transpose(sch, packed, d, ndim)
     return packed
+
+
+# A transposing copy runs by TRANSPOSE_TILE x TRANSPOSE_TILE tiles: row by row, the rows of
+# a [256, 64] fp32 weight lie 256 bytes apart and those of a [256, 256] one 1 KiB apart, so
+# the column side of the copy touches a new cache line (soon evicted: the rows alias in L1)
+# per element; by tiles both sides stay in cache (dense 64x256 @ [256, 64]^T as a transposed
+# copy, one core: 52 -> 30 us; an operand that size now goes into panels).
+TRANSPOSE_TILE = 8
+
+
+def _tile_transpose(sch, packed, d, ndim):
+    """Loop the copy block `packed` (source axis d becomes its last) over square tiles, the
+    copy's contiguous axis (d) innermost and vectorized. Symbolic or ragged extents keep
+    the row-by-row copy."""
+    loops = sch.get_loops(packed)
+    last, t = ndim - 1, TRANSPOSE_TILE
+    if len(loops) != ndim:
+        return
+    extents = [_const(sch.get(loops[a]).extent) for a in (d, last)]
+    if any(e is None or e % t for e in extents):
+        return
+    d_out, d_in = sch.split(loops[d], factors=[None, t])
+    l_out, l_in = sch.split(loops[last], factors=[None, t])
+    others = [lp for i, lp in enumerate(loops) if i not in (d, last)]
+    sch.reorder(*others, d_out, l_out, l_in, d_in)
+    sch.vectorize(d_in)
 
 
 def _register_tiles(info, v, budget):
@@ -331,40 +364,83 @@ def _panel_fits(info, region, strides, v, vec):
         region.region[d].min.same_as(info.vars[v])
 
 
-def _pack_panels(sch, info, index, region, v, vec, params):
+def _pack_panels(sch, info, index, region, v, vec, params, defer=False):
     """Copy an operand into panels: its dimension d indexed by v becomes [d // vec, ...,
     d % vec], so the slice one register tile reads along the reduction is contiguous. The
     copy runs panel by panel, each written in order (a transposed weight is read from vec
-    rows at once: each cache line read serves several consecutive steps). Returns the name
-    of the copy (its block and its buffer)."""
+    rows at once: each cache line read serves several consecutive steps). With `defer`, its
+    loops are left for _place_panel_copy. Returns the name of the copy (its block and its
+    buffer)."""
     d = _packable_dim(region, info.vars[v])
     packed = sch.cache_read(info.block, index, "global")
     ndim = len(region.region)
     sch.transform_layout(packed, ("write", 0), lambda *idx: [idx[d] // vec] + [
         idx[i] for i in range(ndim) if i != d] + [idx[d] % vec])
-    loops = list(sch.get_loops(packed))  # the source's dimensions, in its order
-    outer, inner = sch.split(loops[d], factors=[None, vec])
+    name = sch.get(packed).name_hint
+    assert sch.get(packed).writes[0].source.name == name, "cache_read: block and buffer alike"
+
+    def order(one_panel=False):
+        _order_panel_copy(sch, sch.get_sblock(name), d, ndim, vec, region.source, params,
+                          one_panel)
+
+    if defer:
+        return name, order
+    order()
+    return name
+
+
+def _place_panel_copy(sch, order, panel_loop, panels):
+    """Schedule a deferred panel copy (`order`: its _order_panel_copy, from _pack_panels).
+    When the panel loop runs alone (not fused with other loops for the thread pool), each of
+    its iterations copies its own panel just before the tiles read it: the copy runs on
+    every core, and the panel is still in cache when read. Else the whole copy runs first."""
+    name, order = order
+    if _const(sch.get(panel_loop).extent) == panels:
+        sch.compute_at(sch.get_sblock(name), panel_loop)
+        order(one_panel=True)
+    else:
+        order(one_panel=False)
+
+
+def _order_panel_copy(sch, packed, d, ndim, vec, source, params, one_panel=False):
+    """Loop order of a panel copy (see _pack_panels): its last ndim loops are the source's
+    dimensions, d's over every panel, or over one panel's vec rows (`one_panel`: the copy
+    sits inside the panel loop; it is then never parallel itself)."""
+    loops = list(sch.get_loops(packed))[-ndim:]  # the source's dimensions, in its order
+    if one_panel:
+        outer, inner = None, loops[d]
+    else:
+        outer, inner = sch.split(loops[d], factors=[None, vec])
+    head = [outer] if outer is not None else []
     others = [lp for i, lp in enumerate(loops) if i != d]
-    line = CACHE_LINE_BYTES * 8 // _dtype_bits(region.source.dtype)
-    if d == ndim - 1:  # contiguous in the source too: a vector copy
-        sch.reorder(outer, *others, inner)
+    line = CACHE_LINE_BYTES * 8 // _dtype_bits(source.dtype)
+    per_line = line // vec if line % vec == 0 else 1
+    extent_d = _const(source.shape[d])
+    if d == ndim - 1 and outer is not None and per_line > 1 and extent_d and \
+            extent_d % line == 0:
+        # Panels narrower than a cache line: per_line panels at once, so every line of the
+        # source is read whole (one panel at a time would read a quarter of each line, and
+        # come back for the rest after the line was evicted).
+        outer, mid = sch.split(outer, factors=[None, per_line])
+        head = [outer]
+        sch.reorder(outer, *others, mid, inner)
         sch.vectorize(inner)
-    elif _const(region.source.shape[-1]) and _const(region.source.shape[-1]) % line == 0:
+    elif d == ndim - 1:  # contiguous in the source too: a vector copy
+        sch.reorder(*head, *others, inner)
+        sch.vectorize(inner)
+    elif _const(source.shape[-1]) and _const(source.shape[-1]) % line == 0:
         # A transpose, by blocks of vec rows x one cache line: each row's line is read whole
         # before the next row's (vec rows 4 KiB apart share one L1 set: read column by
         # column they would evict each other), and the block's writes fill vec lines.
         others[-1], last_inner = sch.split(others[-1], factors=[None, line])
-        sch.reorder(outer, *others, inner, last_inner)
+        sch.reorder(*head, *others, inner, last_inner)
         sch.unroll(last_inner)
     else:
-        sch.reorder(outer, *others, inner)
+        sch.reorder(*head, *others, inner)
         sch.unroll(inner)
     # A copy is memory-bound: its vector width does not make it cheaper per element.
-    if params.cores > 1 and _elements(region.source) >= PARALLEL_MIN_ITERATIONS:
-        _parallelize(sch, [outer, *others], params)
-    name = sch.get(packed).name_hint
-    assert sch.get(packed).writes[0].source.name == name, "cache_read: block and buffer alike"
-    return name
+    if not one_panel and params.cores > 1 and _elements(source) >= PARALLEL_MIN_ITERATIONS:
+        _parallelize(sch, [*head, *others], params)
 
 
 def _pad_symbolic_tiles(sch, info, tiles, vector):

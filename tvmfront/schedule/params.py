@@ -44,8 +44,10 @@ PACK_RATIO = 8
 # along the reduction and bigger than PANEL_MIN_BYTES is packed into panels (see
 # gemm._pack_panels): a register tile's steps along the reduction would each touch a new
 # row, and rows 512 bytes to 4 KiB apart map to a few L1 sets (a [128, 384] weight, 1.5 KiB
-# rows, keeps 64 of its 128 rows in L1). Smaller operands stay in L1 as they are.
-PANEL_MIN_BYTES = 128 << 10
+# rows, keeps 64 of its 128 rows in L1). Operands within an L1 data cache (32 KiB on
+# x86 cores) stay as they are; 64 KiB ones do not fit, and the aliasing rows make it worse
+# (the MLP's 256x256 d/dw over a batch of 64, [64, 256] operands: 131 -> 95 us on one core).
+PANEL_MIN_BYTES = 32 << 10
 PANEL_MIN_STRIDE = 128
 # Reductions with an output of at most STREAM_MAX_OUTPUT_BYTES over operands of
 # STREAM_MIN_OPERAND_BYTES or more use one-register vectors, leaving registers for a wider
