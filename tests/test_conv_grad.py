@@ -91,7 +91,7 @@ def test_max_pool_gradient_kernel_is_parallel_and_has_no_tuple_reduction(kernel,
                                                                          padding):
     # The first-max position came from a (position, value) tuple reducer that no tvmfront
     # rule tiles: dlight's Reduction rule took the whole kernel (62x the forward).
-    x = te.placeholder((8, 16, 28, 28), "float32", name="x")
+    x = te.placeholder((32, 16, 28, 28), "float32", name="x")  # large enough for threads
     attrs = dict(kernel=kernel, stride=stride, padding=padding)
     dy = te.placeholder(ops.max_pool2d.te_forward(x, **attrs).shape, "float32", name="dy")
     dx = ops.max_pool2d.te_grad(dy, x, derived=False, **attrs)[0]
@@ -99,6 +99,9 @@ def test_max_pool_gradient_kernel_is_parallel_and_has_no_tuple_reduction(kernel,
     assert rule.startswith("tvmfront") and "parallel" in rule, rule
     if kernel <= stride:  # windows do not overlap: one pass, no reduction at all
         assert _reductions(dx) == []
+    # the window columns are vectorized under the unrolled 2x2 split (it was all scalar: 6x
+    # the forward, now 2.5x)
+    assert "split 2x2, unrolled, v7" in rule, rule
 
 
 @pytest.mark.parametrize("attrs", [dict(kernel=2), dict(kernel=3, stride=3, padding=1),
@@ -117,3 +120,17 @@ def test_max_pool_gradient_first_max_on_ties_and_infinities(attrs):
     derived = ops.max_pool2d.vjp(dy, x, derived=True, **attrs)[0]
     np.testing.assert_array_equal(got, derived)
     np.testing.assert_allclose(got.sum(), dy.sum())  # each window's dy goes to one element
+
+
+@pytest.mark.parametrize("attrs", [dict(kernel=2), dict(kernel=3, stride=2, padding=1)])
+def test_max_pool_gradient_of_an_infinite_dy_is_zero_off_the_max(attrs):
+    # The gradient picked dy with 0/1 factors: inf * 0 gave NaN at every other element.
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((1, 2, 6, 6))
+    y = ops.max_pool2d(x, **attrs)
+    dy = np.ones(y.shape)
+    dy[0, 1, 1, 1] = np.inf
+    got = ops.max_pool2d.vjp(dy, x, derived=False, **attrs)[0]
+    assert not np.isnan(got).any()
+    finite = ops.max_pool2d.vjp(np.where(np.isinf(dy), 7.0, dy), x, derived=False, **attrs)[0]
+    np.testing.assert_array_equal(np.isinf(got), finite >= 7.0)  # the other dys sum to < 7
