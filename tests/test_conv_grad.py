@@ -134,3 +134,20 @@ def test_max_pool_gradient_of_an_infinite_dy_is_zero_off_the_max(attrs):
     assert not np.isnan(got).any()
     finite = ops.max_pool2d.vjp(np.where(np.isinf(dy), 7.0, dy), x, derived=False, **attrs)[0]
     np.testing.assert_array_equal(np.isinf(got), finite >= 7.0)  # the other dys sum to < 7
+
+
+def test_conv2d_dw_sums_the_batch_in_chunks_with_the_same_value():
+    # Large batches x spatial sizes sum dw per chunk of images, then over the chunks (the
+    # chunk stays in cache across the register tiles); values as the reference.
+    n, h = 8, 48  # 4 images x 48 x 48 outputs reach DW_CHUNK_REDUCTION: two chunks
+    x = te.placeholder((n, 2, h, h), "float32", name="x")
+    w = te.placeholder((3, 2, 3, 3), "float32", name="w")
+    dy = te.placeholder((n, 3, h, h), "float32", name="dy")
+    dw = ops.conv2d.te_grad(dy, x, w, padding=1, derived=False)[1]
+    assert sorted(_reductions(dw)) == [(3 * 2 * 9, 2), (2 * 3 * 2 * 9, 4 * h * h)]
+    rng = np.random.default_rng(3)
+    xv, wv = rng.standard_normal((n, 2, h, h)), rng.standard_normal((3, 2, 3, 3))
+    dyv = rng.standard_normal((n, 3, h, h))
+    got = ops.conv2d.vjp(dyv, xv, wv, padding=1, derived=False)
+    for g, ref in zip(got, _conv_grads_ref(xv, wv, dyv, 1, 1)):
+        np.testing.assert_allclose(g, ref, rtol=1e-10, atol=1e-10)
