@@ -140,14 +140,41 @@ def test_conv2d_dw_sums_the_batch_in_chunks_with_the_same_value():
     # Large batches x spatial sizes sum dw per chunk of images, then over the chunks (the
     # chunk stays in cache across the register tiles); values as the reference.
     n, h = 8, 48  # 4 images x 48 x 48 outputs reach DW_CHUNK_REDUCTION: two chunks
-    x = te.placeholder((n, 2, h, h), "float32", name="x")
-    w = te.placeholder((3, 2, 3, 3), "float32", name="w")
+    x = te.placeholder((n, 8, h, h), "float32", name="x")
+    w = te.placeholder((3, 8, 3, 3), "float32", name="w")
     dy = te.placeholder((n, 3, h, h), "float32", name="dy")
     dw = ops.conv2d.te_grad(dy, x, w, padding=1, derived=False)[1]
-    assert sorted(_reductions(dw)) == [(3 * 2 * 9, 2), (2 * 3 * 2 * 9, 4 * h * h)]
+    assert sorted(_reductions(dw)) == [(3 * 8 * 9, 2), (2 * 3 * 8 * 9, 4 * h * h)]
     rng = np.random.default_rng(3)
-    xv, wv = rng.standard_normal((n, 2, h, h)), rng.standard_normal((3, 2, 3, 3))
+    xv, wv = rng.standard_normal((n, 8, h, h)), rng.standard_normal((3, 8, 3, 3))
     dyv = rng.standard_normal((n, 3, h, h))
     got = ops.conv2d.vjp(dyv, xv, wv, padding=1, derived=False)
     for g, ref in zip(got, _conv_grads_ref(xv, wv, dyv, 1, 1)):
         np.testing.assert_allclose(g, ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("stride", [1, (2, 1)])
+def test_conv2d_dw_of_few_channels_sums_column_lanes_with_the_same_value(stride):
+    # Fewer than 8 input channels: dw sums each of 8 column lanes, then the lanes (vectors
+    # along the columns, no transposed copy of dy); values as the reference.
+    x = te.placeholder((2, 1, 10, 16), "float32", name="x")
+    w = te.placeholder((3, 1, 3, 3), "float32", name="w")
+    y = ops.conv2d.te_forward(x, w, stride=stride, padding=1)
+    dy = te.placeholder(y.shape, "float32", name="dy")
+    dw = ops.conv2d.te_grad(dy, x, w, stride=stride, padding=1, derived=False)[1]
+    ho = int(y.shape[2])
+    assert sorted(_reductions(dw)) == [(3 * 9, 8), (3 * 9 * 8, 2 * ho * 2)]
+    rng = np.random.default_rng(4)
+    xv, wv = rng.standard_normal((2, 1, 10, 16)), rng.standard_normal((3, 1, 3, 3))
+    if stride == 1:
+        dyv = rng.standard_normal((2, 3, ho, 16))
+        got = ops.conv2d.vjp(dyv, xv, wv, padding=1, derived=False)
+        for g, ref in zip(got, _conv_grads_ref(xv, wv, dyv, 1, 1)):
+            np.testing.assert_allclose(g, ref, rtol=1e-10, atol=1e-10)
+    else:  # _conv_grads_ref takes one stride: check against autodiff's derived gradient
+        dyv = rng.standard_normal((2, 3, ho, 16))
+        got = ops.conv2d.vjp(dyv, xv, wv, stride=stride, padding=1, derived=False)
+        want = ops.conv2d.vjp(dyv, xv, wv, stride=stride, padding=1, derived=True)
+        for g, ref in zip(got, want):
+            np.testing.assert_allclose(g, ref, rtol=1e-10, atol=1e-10)
+    assert tvf.gradcheck(ops.conv2d, [xv[:1, :, :6], wv], stride=stride, padding=1)
