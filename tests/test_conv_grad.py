@@ -178,3 +178,13 @@ def test_conv2d_dw_of_few_channels_sums_column_lanes_with_the_same_value(stride)
         for g, ref in zip(got, want):
             np.testing.assert_allclose(g, ref, rtol=1e-10, atol=1e-10)
     assert tvf.gradcheck(ops.conv2d, [xv[:1, :, :6], wv], stride=stride, padding=1)
+
+
+def test_max_pool_gradient_of_overlapping_windows_has_no_guarded_load():
+    # The covering windows were summed with if_then_else: a guarded load in the vectorized
+    # column loop made TVM scalarize it (6.9x the forward; 3.5x with selects).
+    x = te.placeholder((2, 3, 12, 12), "float32", name="x")
+    attrs = dict(kernel=3, stride=2, padding=1)
+    dy = te.placeholder(ops.max_pool2d.te_forward(x, **attrs).shape, "float32", name="dy")
+    dx = ops.max_pool2d.te_grad(dy, x, derived=False, **attrs)[0]
+    assert "if_then_else" not in str(dx.op.body[0])

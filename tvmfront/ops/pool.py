@@ -51,8 +51,11 @@ def _window_gather(x, dy, kernel, stride, padding, term, name):
         total = None
         for oh, dh, ok_h in _covering(i, ph, sh, kh, ho):
             for ow, dw, ok_w in _covering(j, pw, sw, kw, wo):
-                # clamped indices: the guarded-off reads stay in bounds
-                value = te.if_then_else(te.all(ok_h, ok_w), term(
+                # A select, not if_then_else: a guarded load made TVM scalarize the whole
+                # vectorized column loop (max-pool k3 s2 p1's gradient: 6.9x its forward, 3.5x
+                # as a select). Clamped indices keep the read of a window that does not
+                # cover i in bounds; the select drops its value.
+                value = tirx.Select(te.all(ok_h, ok_w), term(
                     n, c, te.max(te.min(oh, ho - 1), 0), te.max(te.min(ow, wo - 1), 0),
                     dh, dw), zero)
                 total = value if total is None else total + value
