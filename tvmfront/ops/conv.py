@@ -3,7 +3,7 @@ may be symbolic; channels, height, width and the kernel are fixed sizes."""
 
 from .._tvm import te, tirx
 from ..op import op
-from ._dims import dims, show, static_shape
+from ._dims import dim, dims, show, static_shape
 
 
 def _pair(v):
@@ -124,17 +124,72 @@ def _(dy, x, w, stride=1, padding=0):
     return [dx, _grad_w(dy, x, w, sh, sw, ph, pw, ho, wo)]
 
 
+# Output columns summed as separate lanes by a weight gradient with few input channels.
+DW_LANES = 8
+# A weight gradient's reduction per batch chunk: enough to amortize a pass of the register
+# tiles, small enough that a chunk of dy and x stays in a core's L2 cache (see _batch_chunk).
+DW_CHUNK_REDUCTION = 8192
+
+
+def _batch_chunk(n, ho, wo):
+    """Images per partial sum of a 3x3-style weight gradient, or None for one sum over the
+    whole batch. The register tiles of dw sweep the whole reduction (batch x rows x columns)
+    once per tile of (o, c): over a large batch each sweep streams dy and x from L3. Partial
+    sums over chunks of the batch keep one chunk in L2 across the tiles (ResNet's 32->32 @16
+    at batch 64: dw 1.2-1.7x its forward summed at once, 1.1x in chunks of 32)."""
+    if not isinstance(n, int):
+        return None  # a symbolic batch: no static chunks
+    for b in range(1, n):
+        if n % b == 0 and b * ho * wo >= DW_CHUNK_REDUCTION:
+            return b
+    return None
+
+
 def _grad_w(dy, x, w, sh, sw, ph, pw, ho, wo):
     """dw[o, c, p, q] = sum_{n, i, j} dy[n, o, i, j] * x_pad[n, c, i * sh + p, j * sw + q]."""
     xp = _padded(x, ph, pw, "conv2d_dw_pad")
-    b = te.reduce_axis((0, x.shape[0]), "b")
     i = te.reduce_axis((0, ho), "i")
     j = te.reduce_axis((0, wo), "j")
     if tuple(int(d) for d in w.shape[2:]) == (1, 1):
         # A 1x1 kernel's dw is a GEMM over (o, c): computed 2-D, the reduction rule tiles c
         # beside the vector of o (in 4-D it picks the unit kernel axes and tiles nothing).
+        b = te.reduce_axis((0, x.shape[0]), "b")
         flat = te.compute(w.shape[:2], lambda o2, c: te.sum(
             dy[b, o2, i, j] * xp[b, c, i * sh, j * sw], axis=[b, i, j]), name="conv2d_dw")
         return te.compute(w.shape, lambda o2, c, p, q: flat[o2, c], name="conv2d_dw_1x1")
-    return te.compute(w.shape, lambda o2, c, p, q: te.sum(
-        dy[b, o2, i, j] * xp[b, c, i * sh + p, j * sw + q], axis=[b, i, j]), name="conv2d_dw")
+    channels = int(w.shape[1])
+    if channels < DW_LANES and sw == 1 and wo % DW_LANES == 0:
+        return _grad_w_by_columns(dy, xp, w, sh, ho, wo)
+    chunk = _batch_chunk(dim(x.shape[0]), ho, wo)
+    if chunk is None:
+        b = te.reduce_axis((0, x.shape[0]), "b")
+        return te.compute(w.shape, lambda o2, c, p, q: te.sum(
+            dy[b, o2, i, j] * xp[b, c, i * sh + p, j * sw + q], axis=[b, i, j]), name="conv2d_dw")
+    # The same products, summed per chunk of the batch, then over the chunks (exact up to
+    # the order of the float sums).
+    b = te.reduce_axis((0, chunk), "b")
+    part = te.compute((dim(x.shape[0]) // chunk, *w.shape), lambda g, o2, c, p, q: te.sum(
+        dy[g * chunk + b, o2, i, j] * xp[g * chunk + b, c, i * sh + p, j * sw + q],
+        axis=[b, i, j]), name="conv2d_dw_part")
+    g = te.reduce_axis((0, part.shape[0]), "g")
+    return te.compute(w.shape, lambda o2, c, p, q: te.sum(part[g, o2, c, p, q], axis=[g]),
+                      name="conv2d_dw")
+
+
+def _grad_w_by_columns(dy, xp, w, sh, ho, wo):
+    """dw for few input channels (a stem on 1-channel images): summed per lane l of the
+    output columns j = DW_LANES * jo + l, then over the lanes. Its only wide output axis is
+    o, along which dy is strided: vectors of o need a transposed copy of all of dy (most of
+    the time: the stem at batch 64 took 1.3 ms, 0.7 ms by columns). Vectors of l read dy and
+    x contiguously; the tile rule tiles o and q beside them ((c, p, o, q, l): the last axes
+    tile first)."""
+    o_, c_, k_h, k_w = (int(d) for d in w.shape)
+    b = te.reduce_axis((0, dy.shape[0]), "b")
+    i = te.reduce_axis((0, ho), "i")
+    jo = te.reduce_axis((0, wo // DW_LANES), "jo")
+    part = te.compute((c_, k_h, o_, k_w, DW_LANES), lambda c, p, o2, q, l: te.sum(
+        dy[b, o2, i, jo * DW_LANES + l] * xp[b, c, i * sh + p, jo * DW_LANES + l + q],
+        axis=[b, i, jo]), name="conv2d_dw_lanes")
+    r = te.reduce_axis((0, DW_LANES), "l")
+    return te.compute(w.shape, lambda o2, c, p, q: te.sum(part[c, p, o2, q, r], axis=[r]),
+                      name="conv2d_dw")
