@@ -13,6 +13,7 @@ import numpy as np
 
 from .._tvm import (derived_object, meta_schedule, ms_local_builder, normalize_prim_func,
                     structural_hash)
+from ..build import codegen_target
 from . import remote as rpc_mod
 from . import store
 
@@ -233,8 +234,11 @@ def tune_in(work, ms, lowered, target, kernels, run, budget, per_batch, seed, re
         task = tasks.get(k.hash)
         # a symbolic kernel's specialization has no Relax call to extract it from
         mod = task.dispatched[0] if task is not None else normalize_prim_func(lowered[k.name])
+        # MetaSchedule's builder compiles each candidate for the context's target: the target
+        # as module builds compile kernels (their LLVM opt level), so that candidates are
+        # timed as the code a build of the record runs
         contexts.append(ms.TuneContext(
-            mod=mod, target=task.target if task is not None else target,
+            mod=mod, target=codegen_target(task.target if task is not None else target),
             space_generator="post-order-apply",
             search_strategy=ms.search_strategy.EvolutionarySearch(
                 population_size=population, init_min_unmeasured=min(50, population // 4),
