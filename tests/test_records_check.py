@@ -89,6 +89,8 @@ def test_cli_check_reports_and_prune_drops_what_is_not_faster(tuned_root, tmp_pa
     out = capsys.readouterr().out
     assert "pruned " in out and "model:infer" in out and " drop" in out, out
     assert len(records.read(folder)) < len(records.read(os.path.join(tuned_root, KEY)))
+    judged = records.read(folder).meta["modules"]["model:infer"]  # kept beside the records
+    assert judged["kept"] is False and judged["tuned_kernels"] > 0 and judged["speedup"] > 0
     module, now = _applied(root)
     assert now == 0
     np.testing.assert_allclose(module(X), reference(X), rtol=1e-5, atol=1e-6)

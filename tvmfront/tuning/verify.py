@@ -63,6 +63,7 @@ class ModuleCheck:
         self.default_s = self.tuned_s = None
         self.ratios, self.kernels = [], {}
         self.keep = True
+        self.applied = 0  # kernels the build with the records scheduled from them
 
     @property
     def speedup(self):
@@ -94,8 +95,9 @@ def check_module(name, module, folder, rounds=3, min_speedup=1.0, min_seconds=0.
     result.default_s, result.tuned_s, result.ratios = end_to_end(
         plain, with_records, rounds=rounds, min_seconds=min_seconds)
     result.keep = result.speedup >= min_speedup
+    result.applied = with_records.build_info["tuned_kernels"]
     log(f"{name}: default {result.default_s * 1e3:.3f} ms, tuned {result.tuned_s * 1e3:.3f} ms "
-        f"({with_records.build_info['tuned_kernels']} kernel(s) from records), speedup "
+        f"({result.applied} kernel(s) from records), speedup "
         f"{result.speedup:.3f}x (rounds: {', '.join(f'{r:.2f}' for r in result.ratios)}): "
         f"{'faster' if result.keep else 'NOT faster'}")
     for h, (kname, d, t, verdict) in result.kernels.items():
@@ -135,9 +137,21 @@ def prune(folder, checks):
         meta = dict(db.meta)
         meta["kernels"] = {h: v for h, v in (meta.get("kernels") or {}).items()
                            if h not in drop}
+        meta["modules"] = dict(meta.get("modules") or {}, **_module_results(checks))
         store.write(folder, store.Database(db.workloads, kept, meta), meta=meta)
     policy.set_kernel_results(folder, {h: r for h, r in results.items() if h not in drop})
     return drop
+
+
+def _module_results(checks):
+    """What the store's metadata keeps of each module checked ("modules"): its end-to-end
+    times, whether its records stayed, and the default schedules it was judged against
+    (tests/test_records_shipped.py builds the modules kept)."""
+    return {c.name: {"default_ms": round(c.default_s * 1e3, 4),
+                     "tuned_ms": round(c.tuned_s * 1e3, 4), "speedup": round(c.speedup, 3),
+                     "rounds": [round(r, 3) for r in c.ratios], "kept": c.keep,
+                     "tuned_kernels": c.applied, "defaults": policy.defaults_digest()}
+            for c in checks if c.speedup is not None}
 
 
 def store_folder(root, target):
