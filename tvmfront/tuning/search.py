@@ -46,6 +46,12 @@ class Run:
         self.exception = None  # a Python exception raised inside TVM's tuning loop
         self.tty = progress is True and sys.stderr.isatty()
 
+    def keep_only(self, indices):
+        """Tune only the kernels at `indices` (the others cannot be tuned)."""
+        self.kernels = [self.kernels[i] for i in indices]
+        self.best = [None] * len(self.kernels)
+        self.history = [[] for _ in self.kernels]
+
     def start(self):
         """The search begins: the time limit counts from now."""
         self.phase, self.t0 = "search", time.monotonic()
@@ -244,6 +250,10 @@ def tune_in(work, ms, lowered, target, kernels, run, budget, per_batch, seed, re
                 population_size=population, init_min_unmeasured=min(50, population // 4),
                 genetic_num_iters=4 if big else 2),
             task_name=k.name, rand_state=s, logger=search_log).clone())
+    contexts = _tunable(contexts, run)
+    if not contexts:
+        return
+    kernels = run.kernels
     try:
         database = ms.database.JSONDatabase(work_dir=work)
     except Exception as err:  # the seeded records do not load: start empty
@@ -276,3 +286,22 @@ def tune_in(work, ms, lowered, target, kernels, run, budget, per_batch, seed, re
         with contextlib.suppress(Exception):
             runner.pool.shutdown(wait=False)
 
+
+def _tunable(contexts, run):
+    """The contexts whose design space MetaSchedule can generate; the kernels of the others
+    are logged and left to their default schedules (run.keep_only). MetaSchedule raises a
+    schedule rule's ScheduleError out of its whole tuning loop (e.g. reverse_compute_at on a
+    LayerNorm backward kernel whose producers sit under other loops): one such kernel would
+    end the run with nothing tuned."""
+    usable = []
+    for i, ctx in enumerate(contexts):
+        try:
+            ctx.generate_design_space()
+            usable.append(i)
+        except Exception as err:  # noqa: BLE001 - any TVM error: this kernel is not tuned
+            lines = str(err).strip().splitlines()
+            log.warning("kernel %s is not tuned: MetaSchedule cannot generate its design "
+                        "space (%s)", run.kernels[i].name, lines[-1][:300] if lines else err)
+    if len(usable) < len(contexts):
+        run.keep_only(usable)
+    return [contexts[i] for i in usable]
