@@ -91,11 +91,15 @@ def check_module(name, module, folder, rounds=3, min_speedup=1.0, min_seconds=0.
     for kname, h in kernels.items():
         d, t = default.get(kname), tuned.get(kname)
         result.kernels[h] = (kname, d, t, policy.judge(d, t))
-    plain, with_records = rebuilt(module, False), rebuilt(module, folder)
-    result.default_s, result.tuned_s, result.ratios = end_to_end(
-        plain, with_records, rounds=rounds, min_seconds=min_seconds)
-    result.keep = result.speedup >= min_speedup
+    with_records = rebuilt(module, folder)
     result.applied = with_records.build_info["tuned_kernels"]
+    if not result.applied:  # verdicts left every record out: the build is the default one
+        log(f"{name}: no record applied (each left out by a verdict: slower alone)")
+        result.keep = False
+        return result
+    result.default_s, result.tuned_s, result.ratios = end_to_end(
+        rebuilt(module, False), with_records, rounds=rounds, min_seconds=min_seconds)
+    result.keep = result.speedup >= min_speedup
     log(f"{name}: default {result.default_s * 1e3:.3f} ms, tuned {result.tuned_s * 1e3:.3f} ms "
         f"({result.applied} kernel(s) from records), speedup "
         f"{result.speedup:.3f}x (rounds: {', '.join(f'{r:.2f}' for r in result.ratios)}): "
@@ -137,19 +141,21 @@ def prune(folder, checks):
         meta = dict(db.meta)
         meta["kernels"] = {h: v for h, v in (meta.get("kernels") or {}).items()
                            if h not in drop}
-        meta["modules"] = dict(meta.get("modules") or {}, **_module_results(checks))
+        meta["modules"] = dict(meta.get("modules") or {}, **_module_results(checks, drop))
         store.write(folder, store.Database(db.workloads, kept, meta), meta=meta)
     policy.set_kernel_results(folder, {h: r for h, r in results.items() if h not in drop})
     return drop
 
 
-def _module_results(checks):
+def _module_results(checks, drop):
     """What the store's metadata keeps of each module checked ("modules"): its end-to-end
-    times, whether its records stayed, and the default schedules it was judged against
-    (tests/test_records_shipped.py builds the modules kept)."""
+    times, whether records of it stay (faster, and not all dropped as slower alone), and the
+    default schedules it was judged against (tests/test_records_shipped.py builds the
+    modules kept)."""
     return {c.name: {"default_ms": round(c.default_s * 1e3, 4),
                      "tuned_ms": round(c.tuned_s * 1e3, 4), "speedup": round(c.speedup, 3),
-                     "rounds": [round(r, 3) for r in c.ratios], "kept": c.keep,
+                     "rounds": [round(r, 3) for r in c.ratios],
+                     "kept": c.keep and bool(c.hashes - drop),
                      "tuned_kernels": c.applied, "defaults": policy.defaults_digest()}
             for c in checks if c.speedup is not None}
 
