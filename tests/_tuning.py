@@ -1,8 +1,14 @@
-"""Shared by the tuning tests: a private compile cache per test module, and a tiny MLP."""
+"""Shared by the tuning tests: a private compile cache per test module, a tiny MLP, and a
+copy of a store whose records all apply."""
+
+import json
+import os
+import shutil
 
 import pytest
 
 import tvmfront as tvf
+from tvmfront import records
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -17,3 +23,14 @@ def _private_cache(tmp_path_factory):
 def mlp():
     tvf.manual_seed(0)
     return tvf.nn.Sequential(tvf.nn.Linear(16, 32), tvf.nn.ReLU(), tvf.nn.Linear(32, 4))
+
+
+def store_without_verdicts(root, dest):
+    """A copy of the records root `root` whose records all apply (tune keeps a record measured
+    slower than the default schedule out of builds; these tests need records that apply)."""
+    shutil.copytree(root, dest)
+    meta_path = os.path.join(dest, records.store_key("x86"), records.META)
+    meta = json.load(open(meta_path))
+    meta.pop("kernels", None)
+    json.dump(meta, open(meta_path, "w"))
+    return dest

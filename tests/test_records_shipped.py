@@ -8,16 +8,22 @@
    examples/lenet_digits.py (the README's main command), also when LLVM names this CPU
    differently from the machine that tuned them (the key is the feature class, not the model),
    built at the core count they were tuned at; at another core count they do not.
+4. Every example module whose records the store keeps ("modules" in its metadata, written by
+   ``tvmfront records check --prune``) replays them on a machine of the folder's class: built
+   with the shipped records it schedules kernels from them, and computes what the default
+   schedules compute.
 """
 
 import importlib.util
 import os
 import warnings
 
+import numpy as np
 import pytest
 
 import tvmfront as tvf
 from tvmfront import records
+from tvmfront.tuning import verify
 from tvmfront.target import target_json, x86_class
 
 SHIPPED = os.path.join(records.ROOT, "schedules")
@@ -73,6 +79,59 @@ def test_shipped_records_are_selected_at_their_core_class_only(folder):
         assert not records.select(SHIPPED, more_cores)
 
 
+def _kept_modules(folder):
+    """{example file: [module names]} whose records the folder keeps."""
+    kept = {}
+    for label, m in (records.read(os.path.join(SHIPPED, folder)).meta.get("modules") or {}).items():
+        if m.get("kept"):
+            example, name = label.split(":")
+            kept.setdefault(example, []).append(name)
+    return kept
+
+
+def _batch(spec, rng):
+    """Random data of a manifest's {shape, dtype}: small valid indices for integer inputs."""
+    if np.dtype(spec["dtype"]).kind in "iu":
+        return rng.integers(0, 2, spec["shape"]).astype(spec["dtype"])
+    return rng.standard_normal(spec["shape"]).astype(spec["dtype"])
+
+
+def _same_outputs(module, other, seed=0):
+    """One call of each (a train step at lr 0.01 on the same random batch, or a forward):
+    the losses / outputs they give."""
+    rng = np.random.default_rng(seed)
+    x = _batch(module.manifest["inputs"], rng)
+    if module.kind == "training":
+        y = _batch(module.manifest["labels"], rng)
+        return [float(m.step(x, y, lr=0.01)) for m in (module, other)]
+    return [np.asarray(m(x)) for m in (module, other)]
+
+
+@pytest.mark.slow
+def test_kept_records_replay_on_this_machines_class(monkeypatch, tmp_path):
+    key, here = _this_machines_folder()
+    kept = _kept_modules(key)
+    if not kept:
+        pytest.skip(f"{key} keeps no module's records (metadata 'modules')")
+    monkeypatch.setenv("TVMFRONT_RECORDS", str(tmp_path))  # no user records: shipped only
+    monkeypatch.setenv("TVMFRONT_CACHE", "0")
+    folder = os.path.join(SHIPPED, key)
+    for example, names in sorted(kept.items()):
+        path = os.path.join(records.ROOT, "examples", example + ".py")
+        spec = importlib.util.spec_from_file_location("_shipped_" + example, path)
+        user = importlib.util.module_from_spec(spec)
+        monkeypatch.syspath_prepend(os.path.dirname(path))
+        spec.loader.exec_module(user)
+        modules = user.tvmfront_modules(target=here)
+        for name in names:
+            tuned = verify.rebuilt(modules[name], folder)
+            default = verify.rebuilt(modules[name], False)
+            assert tuned.build_info["records"] == [folder], (example, name)
+            assert tuned.build_info["tuned_kernels"] > 0, (example, name)
+            a, b = _same_outputs(tuned, default)
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=f"{example}:{name}")
+
+
 def _lenet_train_step(target, monkeypatch, strict=True):
     spec = importlib.util.spec_from_file_location("_lenet_digits", EXAMPLE)
     example = importlib.util.module_from_spec(spec)
@@ -102,6 +161,10 @@ def _this_machines_folder():
 @pytest.mark.slow
 def test_shipped_records_apply_to_the_lenet_train_step(monkeypatch):
     key, here = _this_machines_folder()
+    judged = records.read(os.path.join(SHIPPED, key)).meta.get("modules")
+    if judged and "train_b64" not in _kept_modules(key).get("lenet_digits", []):
+        pytest.skip(f"{key}: records check found no records that make LeNet's train step "
+                    f"faster; none are shipped for it")
     module = _lenet_train_step(here, monkeypatch)
     info = module.build_info
     assert info["records"] == [os.path.join(SHIPPED, key)]

@@ -11,6 +11,7 @@ import pytest
 
 import tvmfront as tvf
 from _tuning import _private_cache, mlp  # noqa: F401  (an autouse fixture)
+from _tuning import store_without_verdicts as _store_without_verdicts
 from tvmfront import cli, records
 from tvmfront.errors import TvmfrontError
 from tvmfront.records import RecordsWarning
@@ -44,17 +45,6 @@ def tuned(tmp_path_factory):
         report = tvf.tune(module, budget=4, progress=False)  # no records=: the user store
     assert _files(records.shipped_root()) == shipped  # the git-tracked records: untouched
     return module, report, root, reference
-
-
-def _store_without_verdicts(root, dest):
-    """A copy of the store whose records all apply (tune keeps a record measured slower than
-    the default schedule out of builds; these tests need records that apply)."""
-    shutil.copytree(root, dest)
-    meta_path = os.path.join(dest, KEY, records.META)
-    meta = json.load(open(meta_path))
-    meta.pop("kernels", None)
-    json.dump(meta, open(meta_path, "w"))
-    return dest
 
 
 def _retarget(folder, mcpu):

@@ -2,6 +2,7 @@
 
     tvmfront tune FILE [--target x86] [--budget N] [--seconds S] [--records DIR] [--only NAME]
                        [--rpc HOST:PORT | --rpc TRACKER:PORT/KEY]
+    tvmfront records check [FILE ...] [--records DIR] [--prune] [--rounds N] [--only NAME]
     tvmfront launch -n N [--hosts FILE] SCRIPT [ARGS...]   (mpiexec; see tvf.distributed)
 
 FILE is a Python file (an example, or your model file) defining ``tvmfront_modules()``, which
@@ -32,7 +33,6 @@ import sys
 
 from .distributed import launch
 from .errors import TvmfrontError
-from .runtime.modules import InferenceModule, TrainingModule
 from .target import target_key
 
 
@@ -69,27 +69,6 @@ def _load_modules(path, target, explicit_target):
     return modules
 
 
-def _default_copy(module):
-    """The same module built with default schedules only (no records), same parameters."""
-    from .build import build_lowered  # TVM loads here, not when `tvmfront launch` starts
-    built = build_lowered(module._lowered, module._target, records=False)
-    kwargs = dict(library_bytes=built.library_bytes, executable=built.executable)
-    if module.kind == "training":
-        return TrainingModule(built.library, dict(module.manifest), module.state_dict(),
-                              module.optimizer_state(), **kwargs)
-    return InferenceModule(built.library, dict(module.manifest), module.state_dict(), **kwargs)
-
-
-def _end_to_end(default, tuned, rounds=3, sizes=None):
-    """(median seconds default, median seconds tuned), interleaved rounds."""
-    from .tuning.measure import time_module
-    a, b = [], []
-    for _ in range(rounds):
-        a.append(time_module(default, min_seconds=0.5, sizes=sizes))
-        b.append(time_module(tuned, min_seconds=0.5, sizes=sizes))
-    return sorted(a)[len(a) // 2], sorted(b)[len(b) // 2]
-
-
 def _ms(seconds):
     return f"{seconds * 1e3:.3f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
@@ -107,6 +86,7 @@ def _sizes(items):
 
 def cmd_tune(args):
     from .tuning.run import tune
+    from .tuning.verify import end_to_end, rebuilt  # TVM loads here, not at `tvmfront launch`
     modules = _load_modules(args.file, args.target, args.target_given)
     names = list(modules) if not args.only else args.only
     unknown = [n for n in names if n not in modules]
@@ -117,7 +97,7 @@ def cmd_tune(args):
         module = modules[name]
         what = "train step" if module.kind == "training" else "forward"
         print(f"== {name}: {module.kind} module, target {target_key(module._target)}", flush=True)
-        default = _default_copy(module) if args.rpc is None else None
+        default = rebuilt(module, False) if args.rpc is None else None
         report = tune(module, budget=args.budget, seconds=args.seconds, records=args.records,
                       progress=not args.no_progress, rpc=args.rpc, sizes=args.sizes)
         print(f"{report.trials} trials ({report.failed} failed) in {report.elapsed:.0f} s, "
@@ -132,7 +112,7 @@ def cmd_tune(args):
                   f"({module.build_info.get('tuned_kernels', 0)} kernel(s) from records)\n",
                   flush=True)
             continue
-        t_default, t_tuned = _end_to_end(default, module, sizes=args.sizes)
+        t_default, t_tuned, _ = end_to_end(default, module, sizes=args.sizes)
         speedup = t_default / t_tuned
         print(f"end to end ({what}, median): default {_ms(t_default)}, tuned {_ms(t_tuned)}, "
               f"speedup {speedup:.2f}x "
@@ -146,9 +126,51 @@ def cmd_tune(args):
     return 0
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="tvmfront", description="tvmfront command line")
-    sub = parser.add_subparsers(dest="command", required=True)
+EXAMPLES = ("lenet_digits.py", "mlp_digits.py", "resnet_digits.py", "char_transformer.py")
+
+
+def _example_files():
+    """The repository's examples whose records ship (a source checkout), else []."""
+    from .tuning.policy import ROOT
+    paths = [os.path.join(ROOT, "examples", name) for name in EXAMPLES]
+    return [p for p in paths if os.path.exists(p)]
+
+
+def cmd_records_check(args):
+    """Rebuild each module of each file with and without the records of this machine's store
+    key under --records, time both interleaved; with --prune, drop the records that no longer
+    beat the default schedules (tvmfront.tuning.verify)."""
+    from .tuning import policy, store, verify
+
+    root = args.records or policy.shipped_root() or policy.user_root()
+    files = args.files or _example_files()
+    if not files:
+        raise TvmfrontError("records check: no FILE given and no examples/ beside the package")
+    folder = verify.store_folder(root, args.target)
+    if folder is None:
+        print(f"no records for {store.store_key(args.target)} under {root}: nothing to check")
+        return 0
+    print(f"checking {folder} against the default schedules ({args.rounds} interleaved "
+          f"round(s) per module{', pruning' if args.prune else ''})", flush=True)
+    checks = []
+    for path in files:
+        modules = _load_modules(path, args.target, args.target_given)
+        for name in (args.only or modules):
+            if name not in modules:
+                continue
+            label = f"{os.path.splitext(os.path.basename(path))[0]}:{name}"
+            checks.append(verify.check_module(
+                label, modules[name], folder, rounds=args.rounds, min_speedup=args.min_speedup,
+                log=lambda line: print(line, flush=True)))
+    dropped = verify.prune(folder, checks) if args.prune else None
+    if not args.prune:
+        would = verify.to_drop(checks)
+        print(f"{len(would)} kernel record(s) would be dropped (--prune drops them)")
+    print("\n".join(verify.describe(folder, dropped, checks)))
+    return 0
+
+
+def _add_tune_parser(sub):
     p = sub.add_parser("tune", help="tune the modules a Python file defines",
                        description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -168,6 +190,47 @@ def main(argv=None):
     p.add_argument("--size", action="append", metavar="NAME=N", default=[],
                    help="size a symbolic dimension is tuned and timed at (e.g. batch=64; "
                         "repeatable; default 64 for each)")
+
+
+def _add_records_parser(sub):
+    p = sub.add_parser("records", help="check a records store against the default schedules")
+    actions = p.add_subparsers(dest="action", required=True)
+    c = actions.add_parser("check", help="time each module with and without the records of "
+                                         "this machine's store key; --prune drops losers",
+                           description=cmd_records_check.__doc__)
+    c.add_argument("files", nargs="*", metavar="FILE",
+                   help="Python files defining tvmfront_modules() (default: the four "
+                        "examples of the source checkout)")
+    c.add_argument("--target", default=None, help="target name or JSON dict (default: x86)")
+    c.add_argument("--records", default=None,
+                   help="records root to check (default: the shipped schedules/ of a source "
+                        "checkout, else the user store)")
+    c.add_argument("--prune", action="store_true",
+                   help="drop the records that no longer beat the default schedules")
+    c.add_argument("--rounds", type=int, default=5,
+                   help="interleaved rounds of timing per module (default 5)")
+    c.add_argument("--min-speedup", type=float, default=1.02,
+                   help="a module's records are kept when it is at least this much faster "
+                        "end to end (default 1.02: closer is noise on a shared machine)")
+    c.add_argument("--only", action="append", metavar="NAME", help="check only this module")
+
+
+def _target_arg(args):
+    """args.target as a target (default x86), args.target_given whether one was named."""
+    args.target_given = args.target is not None
+    target = args.target or "x86"
+    if target.lstrip().startswith("{"):
+        import json
+
+        target = json.loads(target)
+    args.target = target
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="tvmfront", description="tvmfront command line")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_tune_parser(sub)
+    _add_records_parser(sub)
     p = sub.add_parser("launch", help="run a script on N MPI processes (data-parallel "
                                       "training: tvf.distributed)",
                        description=launch.__doc__,
@@ -176,19 +239,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.command == "launch":
         return launch.run(args)
+    if args.command == "tune":
+        try:
+            args.sizes = _sizes(args.size)
+        except ValueError as err:
+            parser.error(str(err))
+    _target_arg(args)
     try:
-        args.sizes = _sizes(args.size)
-    except ValueError as err:
-        parser.error(str(err))
-    args.target_given = args.target is not None
-    target = args.target or "x86"
-    if target.lstrip().startswith("{"):
-        import json
-
-        target = json.loads(target)
-    args.target = target
-    try:
-        return cmd_tune(args)
+        return cmd_tune(args) if args.command == "tune" else cmd_records_check(args)
     except TvmfrontError as err:
         print(f"tvmfront: error: {err}", file=sys.stderr)
         return 2

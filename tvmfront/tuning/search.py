@@ -13,6 +13,7 @@ import numpy as np
 
 from .._tvm import (derived_object, meta_schedule, ms_local_builder, normalize_prim_func,
                     structural_hash)
+from ..build import codegen_target
 from . import remote as rpc_mod
 from . import store
 
@@ -44,6 +45,12 @@ class Run:
         self.phase = "before"  # 'search' while MetaSchedule runs, then 'after'
         self.exception = None  # a Python exception raised inside TVM's tuning loop
         self.tty = progress is True and sys.stderr.isatty()
+
+    def keep_only(self, indices):
+        """Tune only the kernels at `indices` (the others cannot be tuned)."""
+        self.kernels = [self.kernels[i] for i in indices]
+        self.best = [None] * len(self.kernels)
+        self.history = [[] for _ in self.kernels]
 
     def start(self):
         """The search begins: the time limit counts from now."""
@@ -233,13 +240,20 @@ def tune_in(work, ms, lowered, target, kernels, run, budget, per_batch, seed, re
         task = tasks.get(k.hash)
         # a symbolic kernel's specialization has no Relax call to extract it from
         mod = task.dispatched[0] if task is not None else normalize_prim_func(lowered[k.name])
+        # MetaSchedule's builder compiles each candidate for the context's target: the target
+        # as module builds compile kernels (their LLVM opt level), so that candidates are
+        # timed as the code a build of the record runs
         contexts.append(ms.TuneContext(
-            mod=mod, target=task.target if task is not None else target,
+            mod=mod, target=codegen_target(task.target if task is not None else target),
             space_generator="post-order-apply",
             search_strategy=ms.search_strategy.EvolutionarySearch(
                 population_size=population, init_min_unmeasured=min(50, population // 4),
                 genetic_num_iters=4 if big else 2),
             task_name=k.name, rand_state=s, logger=search_log).clone())
+    contexts = _tunable(contexts, run)
+    if not contexts:
+        return
+    kernels = run.kernels
     try:
         database = ms.database.JSONDatabase(work_dir=work)
     except Exception as err:  # the seeded records do not load: start empty
@@ -272,3 +286,22 @@ def tune_in(work, ms, lowered, target, kernels, run, budget, per_batch, seed, re
         with contextlib.suppress(Exception):
             runner.pool.shutdown(wait=False)
 
+
+def _tunable(contexts, run):
+    """The contexts whose design space MetaSchedule can generate; the kernels of the others
+    are logged and left to their default schedules (run.keep_only). MetaSchedule raises a
+    schedule rule's ScheduleError out of its whole tuning loop (e.g. reverse_compute_at on a
+    LayerNorm backward kernel whose producers sit under other loops): one such kernel would
+    end the run with nothing tuned."""
+    usable = []
+    for i, ctx in enumerate(contexts):
+        try:
+            ctx.generate_design_space()
+            usable.append(i)
+        except Exception as err:  # noqa: BLE001 - any TVM error: this kernel is not tuned
+            lines = str(err).strip().splitlines()
+            log.warning("kernel %s is not tuned: MetaSchedule cannot generate its design "
+                        "space (%s)", run.kernels[i].name, lines[-1][:300] if lines else err)
+    if len(usable) < len(contexts):
+        run.keep_only(usable)
+    return [contexts[i] for i in usable]
