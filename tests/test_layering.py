@@ -23,7 +23,8 @@ LAYERS = {
     "build": 5.2, "split_build": 5.2,
     "tuning": 5.3,
     "runtime": 6,
-    "compile": 7, "ptq": 7, "generate": 7, "trainer": 7, "distributed": 7, "checkpoint": 7, "cli": 7,
+    # tuning.verify rebuilds whole runtime modules with and without records (for the CLI)
+    "compile": 7, "tuning.verify": 7, "ptq": 7, "generate": 7, "trainer": 7, "distributed": 7, "checkpoint": 7, "cli": 7,
     "__init__": 7,
     "testing": 8,  # starts trackers, servers, qemu: apart from the library, nothing imports it
 }
