@@ -155,20 +155,16 @@ class Identity(Module):
 
 
 def named_modules(model):
-    """[(dotted name, module)], the model itself as "", depth first; the submodules of a
-    Linear / Conv2d (a QAT layer's fake quantizers) are part of it and left out."""
-    out, seen = [], set()
-
-    def walk(m, name):
-        if id(m) in seen:
-            return
-        seen.add(id(m))
+    """[(dotted name, module)], the model itself as "", depth first (Module.named_modules);
+    the submodules of a Linear / Conv2d (a QAT layer's fake quantizers) are part of it and
+    left out."""
+    out, inside = [], set()
+    for name, m in model.named_modules():
+        if id(m) in inside:
+            continue
         out.append((name, m))
-        if not isinstance(m, INT8_KINDS):
-            for n, c in m._modules.items():
-                walk(c, f"{name}.{n}" if name else n)
-
-    walk(model, "")
+        if isinstance(m, INT8_KINDS):
+            inside.update(id(c) for c in m.modules()[1:])
     return out
 
 
