@@ -145,10 +145,12 @@ def _same_extent(a, b):
 
 
 def _walk_expr(expr, fn):
+    """fn(e) for every subexpression; where fn returns False, e's children are skipped."""
     stack = [expr]
     while stack:
         e = stack.pop()
-        fn(e)
+        if fn(e) is False:
+            continue
         for attr in ("a", "b", "value", "condition", "true_value", "false_value", "base",
                      "stride", "body"):
             child = getattr(e, attr, None)
@@ -305,25 +307,25 @@ def _library_calls(stmt):
     their equivalent in inlined arithmetic (a float)."""
     if not isinstance(stmt.body, tirx.BufferStore):
         return 0
-    calls, nodes, stack, seen = 0, 0, [stmt.body.value], set()
-    while stack:  # the value's expression DAG (a shared subexpression once: CSE keeps one);
-        e = stack.pop()  # a load's index arithmetic is not counted
+    calls, nodes, seen = [0], [0], set()
+
+    def visit(e):  # the value's expression DAG: a shared subexpression once (CSE keeps one)
         if isinstance(e, (tirx.Var, tirx.IntImm, tirx.FloatImm)) or \
                 type(e).__name__ == "BufferLoad":  # (0.27's tirx.BufferLoad is a function)
-            continue
+            return False  # a load's index arithmetic is not counted
         key = structural_hash(e)  # TE's lowering copies what the ops shared
         if key in seen:
-            continue
+            return False
         seen.add(key)
         if isinstance(e, tvm.ir.Call) and \
                 str(getattr(e.op, "name", "")).rpartition(".")[2] in LIBRARY_CALLS:
-            calls += 1
+            calls[0] += 1
         else:
-            nodes += 1
-        stack.extend(c for attr in ("a", "b", "value", "condition", "true_value", "false_value")
-                     if isinstance(c := getattr(e, attr, None), tirx.Expr))
-        stack.extend(c for c in (getattr(e, "args", None) or []) if isinstance(c, tirx.Expr))
-    return calls + max(0, nodes - FREE_ARITH_NODES) / ARITH_NODES_PER_CALL
+            nodes[0] += 1
+        return True
+
+    _walk_expr(stmt.body.value, visit)
+    return calls[0] + max(0, nodes[0] - FREE_ARITH_NODES) / ARITH_NODES_PER_CALL
 
 
 def _has_if_then_else(stmt):
