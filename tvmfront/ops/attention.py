@@ -4,7 +4,7 @@ takes fixed extents); the derived ones are checked against them."""
 
 from .._tvm import te
 from ..op import op
-from .fastmath import exp
+from .softmax_axis import _max_and_sumexp
 from ._dims import same, same_shape, show
 
 
@@ -66,12 +66,7 @@ def _(dy, x, axes=None):
 
 
 def _softmax_last(x, name):
-    lead, c = tuple(x.shape[:-1]), x.shape[-1]
-    k1, k2 = te.reduce_axis((0, c), "k1"), te.reduce_axis((0, c), "k2")
-    mx = te.compute(lead, lambda *i: te.max(x(*i, k1), axis=k1), name="sm_max")
-    # exp a stage of its own, vectorized, not inside the sum's scalar tiles: see softmax_axis
-    e = te.compute(x.shape, lambda *i: exp(x(*i) - mx(*i[:-1])), name="sm_exp")
-    se = te.compute(lead, lambda *i: te.sum(e(*i, k2), axis=k2), name="sm_sum")
+    _, e, se = _max_and_sumexp(x, len(x.shape) - 1)
     return te.compute(x.shape, lambda *i: e(*i) / se(*i[:-1]), name=name)
 
 

@@ -2,20 +2,8 @@
 
 from .._tvm import te, tirx
 from ..op import op
-from .fastmath import exp
+from .softmax_axis import _max_and_sumexp
 from ._dims import reciprocal, same_shape, show, size, static
-
-
-def _log_softmax_parts(logits):
-    """Row max, exp(logits - max) and its row sum over the last (class) axis (exp a stage
-    of its own, vectorized: see ops/softmax_axis.py)."""
-    lead, c = tuple(logits.shape[:-1]), logits.shape[-1]
-    k1 = te.reduce_axis((0, c), "k1")
-    k2 = te.reduce_axis((0, c), "k2")
-    mx = te.compute(lead, lambda *i: te.max(logits(*i, k1), axis=k1), name="row_max")
-    e = te.compute(logits.shape, lambda *i: exp(logits(*i) - mx(*i[:-1])), name="row_exp")
-    se = te.compute(lead, lambda *i: te.sum(e(*i, k2), axis=k2), name="row_sum")
-    return mx, e, se
 
 
 def _check_ce(logits, labels):
@@ -58,7 +46,7 @@ def cross_entropy(logits, labels, ignore_index=-100, label_smoothing=0.0):
     [B, T], no reshape: a symbolic B and T stay two plain dimensions)."""
     _check_ce(logits, labels)
     lead, c = tuple(logits.shape[:-1]), logits.shape[-1]
-    mx, _, se = _log_softmax_parts(logits)
+    mx, _, se = _max_and_sumexp(logits, len(logits.shape) - 1)  # over the classes
     zero = tirx.const(0, logits.dtype)
     kc = te.reduce_axis((0, c), "kc")
     picked = te.compute(lead, lambda *i: te.sum(te.if_then_else(
@@ -83,7 +71,7 @@ def cross_entropy(logits, labels, ignore_index=-100, label_smoothing=0.0):
 
 @cross_entropy.grad
 def _(dy, logits, labels, ignore_index=-100, label_smoothing=0.0):
-    _, e, se = _log_softmax_parts(logits)
+    _, e, se = _max_and_sumexp(logits, len(logits.shape) - 1)  # over the classes
     keep = tirx.const(1.0 - label_smoothing, logits.dtype)
     spread = _spread(label_smoothing, logits)
     zero = tirx.const(0, logits.dtype)
