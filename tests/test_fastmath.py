@@ -50,38 +50,21 @@ def test_float32_gelu_specials_as_pytorch():
     np.testing.assert_array_equal(g, [np.nan, np.nan, np.nan, 0.5, 0.5])
 
 
-def _calls(dtype):
-    x = te.placeholder((64,), dtype, name="x")
-    dy = te.placeholder((64,), dtype, name="dy")
-    (g,) = ops.gelu.te_grad(dy, x, derived=False)
-    lib = tvm.compile(te.create_prim_func([x, dy, ops.gelu.te_forward(x), g]), target="llvm")
+def _kernel_calls(fn, *shapes, dtype="float32"):
+    """The libm calls (erf, exp, tanh) left in the kernels of op `fn` (forward and gradient)."""
+    xs = [te.placeholder(s, dtype, name=f"x{k}") for k, s in enumerate(shapes)]
+    y = fn.te_forward(*xs)
+    dy = te.placeholder(y.shape, dtype, name="dy")
+    grads = fn.te_grad(dy, *xs, derived=False)
+    lib = tvm.compile(te.create_prim_func([*xs, dy, y, *grads]), target="llvm")
     source = "".join(m.inspect_source("ll") for m in [lib.mod, *lib.mod.imports])
-    return set(re.findall(r"@([\w.]*(?:erf|exp)[\w.]*)\(", source))
+    return set(re.findall(r"@([\w.]*(?:exp|tanh|erf)[\w.]*)\(", source))
 
 
 def test_float32_gelu_kernel_calls_no_erf_or_exp():
-    assert _calls("float32") == set()
-    assert "erf" in _calls("float64")  # float64 keeps libm's: the inspection does see calls
-
-
-def test_float32_exp_over_its_whole_range():
-    from tvmfront.ops import fastmath
-
-    special = [-np.inf, np.inf, np.nan, -200, 200, 0]
-    a = np.concatenate([np.linspace(-104, 89, 200001), special]).astype(np.float32)
-    x = te.placeholder(a.shape, "float32", name="x")
-    y = te.compute(a.shape, lambda i: fastmath.exp(x[i] * tvm.tirx.const(1, "float32")))
-    lib = tvm.compile(te.create_prim_func([x, y]), target="llvm")
-    out = tvm.runtime.empty(a.shape, "float32", tvm.cpu())
-    lib["main"](tvm.runtime.tensor(a), out)
-    got, n = out.numpy(), len(special)
-    want = np.exp(a[:-n].astype(np.float64))
-    f32 = np.finfo(np.float32)
-    normal = (want >= f32.tiny) & (want <= f32.max)
-    assert np.max(np.abs(got[:-n][normal] / want[normal] - 1)) < 2.5e-7  # measured 1.2e-7 (numpy float32: 1.9e-7)
-    assert np.all(np.abs(got[:-n][want < f32.tiny] - want[want < f32.tiny]) < 2e-45)
-    assert np.all(got[:-n][want > f32.max] == np.inf)
-    np.testing.assert_array_equal(got[-n:], [0, np.inf, np.nan, 0, np.inf, 1])
+    assert _kernel_calls(ops.gelu, (64,)) == set()
+    # float64 keeps libm's: the inspection does see calls
+    assert "erf" in _kernel_calls(ops.gelu, (64,), dtype="float64")
 
 
 def _run_unary(fn, a):
@@ -91,6 +74,21 @@ def _run_unary(fn, a):
     out = tvm.runtime.empty(a.shape, "float32", tvm.cpu())
     lib["main"](tvm.runtime.tensor(a), out)
     return out.numpy()
+
+
+def test_float32_exp_over_its_whole_range():
+    from tvmfront.ops import fastmath
+
+    special = [-np.inf, np.inf, np.nan, -200, 200, 0]
+    a = np.concatenate([np.linspace(-104, 89, 200001), special]).astype(np.float32)
+    got, n = _run_unary(fastmath.exp, a), len(special)
+    want = np.exp(a[:-n].astype(np.float64))
+    f32 = np.finfo(np.float32)
+    normal = (want >= f32.tiny) & (want <= f32.max)
+    assert np.max(np.abs(got[:-n][normal] / want[normal] - 1)) < 2.5e-7  # measured 1.2e-7 (numpy float32: 1.9e-7)
+    assert np.all(np.abs(got[:-n][want < f32.tiny] - want[want < f32.tiny]) < 2e-45)
+    assert np.all(got[:-n][want > f32.max] == np.inf)
+    np.testing.assert_array_equal(got[-n:], [0, np.inf, np.nan, 0, np.inf, 1])
 
 
 def test_float32_tanh_and_sigmoid_over_a_dense_grid():
@@ -112,17 +110,6 @@ def test_float32_tanh_and_sigmoid_over_a_dense_grid():
     err = np.abs(s[:-n][normal] / want[normal] - 1)
     assert err.max() < 3e-7, err.max()  # measured 1.8e-7
     np.testing.assert_array_equal(s[-n:], [0, 1, np.nan, 0.5, 0.5])
-
-
-def _kernel_calls(fn, *shapes):
-    """The libm calls left in the float32 kernels of op `fn` (forward and gradient)."""
-    xs = [te.placeholder(s, "float32", name=f"x{k}") for k, s in enumerate(shapes)]
-    y = fn.te_forward(*xs)
-    dy = te.placeholder(y.shape, "float32", name="dy")
-    grads = fn.te_grad(dy, *xs, derived=False)
-    lib = tvm.compile(te.create_prim_func([*xs, dy, y, *grads]), target="llvm")
-    source = "".join(m.inspect_source("ll") for m in [lib.mod, *lib.mod.imports])
-    return set(re.findall(r"@([\w.]*(?:exp|tanh|erf)[\w.]*)\(", source))
 
 
 def test_float32_exp_family_kernels_call_no_libm():
