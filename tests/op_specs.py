@@ -264,6 +264,9 @@ for _b in (2.0, 0.5, math.e):
          concat(randn(3, 4)), attrs={"base": _b}, id=f"rpow_scalar-base={_b:.4g}")
 spec(ops.rpow_scalar, _cast_like(lambda x, base=2.0: np.power(base, x)), concat(randn()),
      id="rpow_scalar-default-scalar")
+for _b in (0.9, 0.999, 2.0):
+    spec(ops.one_minus_pow, _cast_like(lambda x, base=0.5: 1.0 - np.power(base, x)),
+         concat(randn(3, 4)), attrs={"base": _b}, id=f"one_minus_pow-base={_b:.4g}")
 
 # clip: inputs on both sides of each bound (and between), none at a bound.
 def clip_ref(x, lo=0.0, hi=1.0):

@@ -192,3 +192,22 @@ def test_global_norm_runs_eagerly_on_numpy():
              "c": np.array(4.0, "float32")}
     want = np.sqrt(sum(float((g ** 2).sum()) for g in grads.values()))
     assert float(tvf.optim.global_norm(grads)) == pytest.approx(want, rel=1e-6)
+
+
+def test_adam_bias_correction_is_exact_to_float32():
+    """1 - 0.999 ** t cancels three digits: in float32 it was 3e-5 off at t = 1 (1.2e-4 with a
+    fast exp), which moved every Adam update by 1.5e-5 relative. The step's updates now agree
+    with float64 to float32 rounding (lr = 1, so a parameter's change is the update itself)."""
+    module = tvf.compile_training(_model(), nn.CrossEntropyLoss(), tvf.optim.Adam(1.0),
+                                  inputs=(6, 5), labels=(6,))
+    state = {n: {} for n in NAMES}
+    for t, (x, y) in enumerate(_batches(3), 1):
+        _, grads = module.loss_and_grads(x, y)
+        before = module.state_dict()
+        module.step(x, y)
+        for n in NAMES:
+            expected = before[n] - _adamw(before[n].astype("float64"), grads[n].astype("float64"),
+                                          state[n], t, lr=1.0, wd=0.0)
+            moved = (before[n] - module.state_dict()[n]).astype("float64")
+            np.testing.assert_allclose(moved, expected, rtol=2e-6, atol=1e-6,
+                                       err_msg=f"{n} at step {t}")

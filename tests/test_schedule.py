@@ -144,7 +144,7 @@ def test_lenet_training_kernels_are_scheduled():
     for name in ("conv2d", "conv2d1", "conv2d_grad0", "conv2d_grad1", "dense", "dense_grad01"):
         assert "tiled[" in rules[name] and "v" in rules[name].split("tiled[")[1], rules[name]
     assert all(not r.startswith("none") for n, r in rules.items()
-               if "rpow" not in n), rules  # only 0-d kernels are left alone
+               if "one_minus_pow" not in n), rules  # only 0-d kernels are left alone
 
 
 def test_mlp_training_kernels_are_scheduled():

@@ -5,9 +5,9 @@ from .attention import batch_matmul, softmax_last, transpose
 from .cache import cache_mask, cache_pad, cache_write, positions
 from .conv import conv2d
 from .dropout import dropout
-from .elementwise import (add, add_scalar, clip, div, exp, log, mul, mul_scalar, neg, pow_scalar,
-                          rdiv_scalar, relu, rpow_scalar, rsub_scalar, sigmoid, sqrt, sub,
-                          tanh)
+from .elementwise import (add, add_scalar, clip, div, exp, log, mul, mul_scalar, neg,
+                          one_minus_pow, pow_scalar, rdiv_scalar, relu, rpow_scalar, rsub_scalar,
+                          sigmoid, sqrt, sub, tanh)
 from .index import embedding, one_hot, take
 from .join import concat, split, stack, strided_slice
 from .linalg import bias_add, dense, matmul
@@ -30,7 +30,8 @@ __all__ = [
     "clip", "concat", "conv2d", "cross_entropy", "dense", "div", "embedding", "exp", "fake_quant",
     "flatten",
     "gelu", "group_norm", "layer_norm", "log", "log_softmax", "matmul", "max", "max_pool2d",
-    "mean", "mse_loss", "mul", "mul_scalar", "neg", "one_hot", "padding_mask", "positions",
+    "mean", "mse_loss", "mul", "mul_scalar", "neg", "one_hot", "one_minus_pow", "padding_mask",
+    "positions",
     "pow_scalar",
     "rdiv_scalar", "relu", "reshape", "rpow_scalar", "rsub_scalar", "sigmoid", "silu",
     "slice_first", "softmax", "softmax_last", "split", "sqrt", "stack", "strided_slice", "sub",

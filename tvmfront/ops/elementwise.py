@@ -215,11 +215,11 @@ def _(dy, x, exponent=2.0):
 
 @op
 def rpow_scalar(x, base=2.0):
-    """base ** x (e.g. Adam's bias correction beta ** step)."""
+    """base ** x."""
     if base <= 0:
         raise ValueError(f"rpow_scalar: base must be positive, got {base}")
-    # libm's exp, not fastmath's: optimizers form 1 - beta^t with it, where exp's 1.2e-7
-    # relative error becomes 1.2e-4 of Adam's bias correction at t = 1 (beta 0.999)
+    # libm's exp, not fastmath's: a user forming 1 - base ** x with it would see fastmath's
+    # 1.2e-7 relative error grow by the cancellation (one_minus_pow is the exact form)
     return _unary(x, lambda v: te.exp(v * _c(math.log(base), x.dtype)), "rpow_scalar")
 
 
@@ -227,6 +227,32 @@ def rpow_scalar(x, base=2.0):
 def _(dy, x, base=2.0):
     ln = _c(math.log(base), x.dtype)
     return [te.compute(x.shape, lambda *i: dy(*i) * ln * te.exp(x(*i) * ln), name="rpow_grad")]
+
+
+@op
+def one_minus_pow(x, base=0.5):
+    """1 - base ** x, computed in float64 whatever x's dtype: Adam's bias correction
+    1 - 0.999 ** t cancels ~3 decimal digits, so float32's exp error (1e-7 relative) became
+    3e-5 of the result at t = 1; float64 leaves it exact to float32 rounding (PyTorch forms
+    it on the host in double)."""
+    if base <= 0:
+        raise ValueError(f"one_minus_pow: base must be positive, got {base}")
+    ln = _c(math.log(base), "float64")
+
+    def body(v):
+        wide = v.astype("float64")
+        return (_c(1, "float64") - te.exp(wide * ln)).astype(x.dtype)
+    return _unary(x, body, "one_minus_pow")
+
+
+@one_minus_pow.grad
+def _(dy, x, base=0.5):
+    ln = _c(math.log(base), "float64")
+
+    def body(*i):
+        power = te.exp(x(*i).astype("float64") * ln)
+        return dy(*i) * (-(ln * power)).astype(x.dtype)
+    return [te.compute(x.shape, body, name="one_minus_pow_grad")]
 
 
 @op

@@ -107,9 +107,9 @@ def scale_by_adam(b1=0.9, b2=0.999, eps=1e-8):
 
     def update(grads, state, params, hyper):
         step = hyper["step"]
-        # 1 - b ** t, computed at run time from the step input
-        correct1 = ops.rsub_scalar(ops.rpow_scalar(step, base=b1), value=1.0)
-        correct2 = ops.rsub_scalar(ops.rpow_scalar(step, base=b2), value=1.0)
+        # 1 - b ** t, computed at run time from the step input (in float64: see one_minus_pow)
+        correct1 = ops.one_minus_pow(step, base=b1)
+        correct2 = ops.one_minus_pow(step, base=b2)
         out, new_state = {}, {}
         for n, g in grads.items():
             mu = state[f"mu.{n}"] * b1 + g * (1.0 - b1)
