@@ -11,6 +11,7 @@ machine's target key, or none for the module's kernels).
 
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -41,13 +42,14 @@ from tvmfront import records as records_mod  # noqa: E402
 from tvmfront.target import resolve_target, target_key  # noqa: E402
 from tvmfront.tuning.measure import time_module  # noqa: E402
 
-from _timing import emit, guarded, median_seconds, read_spec  # noqa: E402
+from _timing import (emit, guarded, interleaved_medians, median_seconds,  # noqa: E402
+                     paired_ratio, read_spec)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "examples"))
 import lenet_digits  # noqa: E402  (examples/: LeNet as the main command trains it)
 import _tvf_models  # noqa: E402  (the transformer and resnet sections' models)
-from _gemm_cases import gemm_dims, gemm_shapes  # noqa: E402
+from _gemm_cases import gemm_apply, gemm_dims, gemm_shapes  # noqa: E402
 from _workloads import data, decode_position  # noqa: E402
 
 nn = tvf.nn
@@ -213,18 +215,40 @@ def _time_kernel(module, x_shape, spec):
     return median_seconds(lambda: vm["predict"](x, *params), spec)
 
 
+def _paired_with_numpy(module, case, spec):
+    """The default GEMM kernel and numpy's product on the same shapes, timed interleaved in
+    this process (bench/_timing.interleaved_medians): {"paired_numpy_ratio": numpy's block
+    time / ours, median over rounds, with both medians}. numpy runs here with the driver's
+    OPENBLAS_NUM_THREADS, as in _peer_numpy.py."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal(s).astype("float32") for s in gemm_shapes(case))
+    vm, params = module._vm, module._params
+    x = tvf._tvm.to_device(a)
+    blocks = interleaved_medians({"tvmfront": lambda: vm["predict"](x, *params),
+                                  "numpy": lambda: gemm_apply(case, a, b)},
+                                 rounds=spec.get("paired_rounds", 9))
+    return {"paired_numpy_ratio": paired_ratio(blocks, "numpy", "tvmfront"),
+            "paired_seconds": statistics.median(blocks["tvmfront"]),
+            "paired_numpy_seconds": statistics.median(blocks["numpy"]),
+            "paired_rounds": len(blocks["numpy"])}
+
+
 def section_ops(spec, target):
     rows = []
     tune_budget = spec.get("tune_ops")
     tune_root = spec.get("tune_ops_records")
     for name, case in spec["ops"].items():
         model, x_shape = _op_model(case)
+        paired = {}  # the default GEMM's interleaved comparison with numpy
 
         def build(records, model=model, x_shape=x_shape):
             return tvf.compile_inference(model, inputs=x_shape, target=target, records=records)
 
-        def time_it(module, x_shape=x_shape):
-            return _time_kernel(module, x_shape, spec)
+        def time_it(module, x_shape=x_shape, case=case, paired=paired):
+            seconds = _time_kernel(module, x_shape, spec)
+            if case["kind"] == "gemm" and not paired and spec.get("paired_rounds", 9):
+                paired.update(_paired_with_numpy(module, case, spec))
+            return seconds
 
         for contender, records, why in variants(spec, target):
             if contender == "tvmfront tuned" and tune_budget:
@@ -232,6 +256,8 @@ def section_ops(spec, target):
             else:
                 row = guarded(_timed_or_na, "ops", name, contender, records, why, build, time_it)
             row.update(section="ops", case=name, contender=contender)
+            if contender == "tvmfront default":
+                row.update(paired)
             rows.append(row)
     return rows
 

@@ -35,6 +35,36 @@ def median_seconds(fn, spec=None, warmup=None):
     return statistics.median(times)
 
 
+def interleaved_medians(fns, rounds=9, block_seconds=0.1, rest_seconds=0.15):
+    """{name: [median seconds of each round's block]} for several callables timed in turn,
+    round after round (the order reversed every round), in one process.
+
+    Contenders timed minutes apart in separate processes drift apart with the machine (on a
+    shared 2-core VM back-to-back runs of one kernel differed 1.5-2x); blocks of ~0.1 s that
+    alternate see the same machine, so the ratio of two contenders' blocks in one round is
+    steady even when both times move. Between blocks the process sleeps `rest_seconds`: a
+    thread pool keeps spinning after its last call (OpenBLAS ~2^28 cycles, ~0.1 s), which
+    would otherwise take the cores from the next contender."""
+    names = list(fns)
+    blocks = {n: [] for n in names}
+    for round_ in range(rounds):
+        for n in (names if round_ % 2 == 0 else names[::-1]):
+            time.sleep(rest_seconds)
+            fns[n]()  # wakes the pool after the rest
+            times, start = [], time.perf_counter()
+            while len(times) < 3 or time.perf_counter() - start < block_seconds:
+                t = time.perf_counter()
+                fns[n]()
+                times.append(time.perf_counter() - t)
+            blocks[n].append(statistics.median(times))
+    return blocks
+
+
+def paired_ratio(blocks, numerator, denominator):
+    """Median over rounds of numerator's block time / denominator's (interleaved_medians)."""
+    return statistics.median(a / b for a, b in zip(blocks[numerator], blocks[denominator]))
+
+
 def first_and_median(fn, spec=None):
     """{"seconds": median of fn's calls, "compile_s": its first call} (where torch.compile and
     jax.jit compile: their first-call time)."""

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -35,6 +36,51 @@ def test_tvmfront_worker_prints_a_timed_row():
     rows = json.loads(out.stdout.strip().splitlines()[-1])["rows"]
     assert [(r["case"], r["contender"]) for r in rows] == [("mlp b1", "tvmfront default")]
     assert 0 < rows[0]["seconds"] < 1, rows
+
+
+@pytest.mark.slow  # a process importing tvmfront and compiling one small GEMM: ~5 s of CPU
+def test_tvmfront_worker_times_a_gemm_interleaved_with_numpy():
+    spec = {"section": "ops", "ops": {"gemm 64": {"kind": "gemm", "n": 64, "form": "A B^T"}},
+            "variants": ["default"], "min_runs": 1, "min_seconds": 0.0, "paired_rounds": 2}
+    env = dict(os.environ, PYTHONPATH=ROOT, TVMFRONT_PROGRESS="0")
+    out = subprocess.run([sys.executable, os.path.join(BENCH, "_peer_tvmfront.py"),
+                          json.dumps(spec)], capture_output=True, text=True, env=env,
+                         cwd=BENCH, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    row, = [r for r in json.loads(out.stdout.strip().splitlines()[-1])["rows"]
+            if r["contender"] == "tvmfront default"]
+    assert row["paired_rounds"] == 2 and 0 < row["paired_numpy_seconds"] < 0.01, row
+    assert row["paired_numpy_ratio"] == pytest.approx(
+        row["paired_numpy_seconds"] / row["paired_seconds"], rel=1.0), row
+
+
+def test_interleaved_timing_alternates_and_pairs_rounds():
+    """Blocks alternate (order reversed each round) and the ratio is per round: a contender
+    twice as slow reads 2x although the machine's speed changes between rounds."""
+    timing = _bench_module("_timing")
+    calls, slowdown = [], [1.0]
+
+    def work(name, ms):
+        def fn():
+            calls.append(name)
+            deadline = time.perf_counter() + ms * slowdown[0] / 1e3
+            while time.perf_counter() < deadline:
+                pass
+        return fn
+
+    fast, slow = work("fast", 0.2), work("slow", 0.4)
+
+    def drifting_slow():  # the machine gets slower after every round of the slow contender
+        slow()
+        if calls.count("slow") % 20 == 0:
+            slowdown[0] *= 1.5
+
+    blocks = timing.interleaved_medians({"fast": fast, "slow": drifting_slow}, rounds=4,
+                                        block_seconds=0.005, rest_seconds=0.0)
+    assert [len(v) for v in blocks.values()] == [4, 4]
+    firsts = [calls[0]] + [b for a, b in zip(calls, calls[1:]) if a != b]
+    assert firsts[:4] == ["fast", "slow", "fast", "slow"]  # fast, slow | slow, fast | ...
+    assert 1.3 < timing.paired_ratio(blocks, "slow", "fast") < 3.5
 
 
 def test_peers_help_lists_the_workload_sections():
