@@ -108,14 +108,18 @@ def scale_by_adam(b1=0.9, b2=0.999, eps=1e-8):
     def update(grads, state, params, hyper):
         step = hyper["step"]
         # 1 - b ** t, computed at run time from the step input (in float64: see one_minus_pow)
-        correct1 = ops.one_minus_pow(step, base=b1)
-        correct2 = ops.one_minus_pow(step, base=b2)
+        # Their reciprocals are scalars formed once per step: per element, one sqrt and one
+        # division remain (the update kernel was bound by four divider ops per element).
+        # torch.optim.Adam's form: sqrt(nu) / sqrt(1 - b2^t) + eps.
+        inv_correct1 = ops.rdiv_scalar(ops.one_minus_pow(step, base=b1), value=1.0)
+        inv_sqrt_correct2 = ops.rdiv_scalar(ops.sqrt(ops.one_minus_pow(step, base=b2)),
+                                            value=1.0)
         out, new_state = {}, {}
         for n, g in grads.items():
             mu = state[f"mu.{n}"] * b1 + g * (1.0 - b1)
             nu = state[f"nu.{n}"] * b2 + (g * g) * (1.0 - b2)
             new_state[f"mu.{n}"], new_state[f"nu.{n}"] = mu, nu
-            out[n] = (mu / correct1) / (ops.sqrt(nu / correct2) + eps)
+            out[n] = (mu * inv_correct1) / (ops.sqrt(nu) * inv_sqrt_correct2 + eps)
         return out, new_state
 
     return GradientTransformation(init, update)
