@@ -7,6 +7,8 @@ The target is always an argument (never a global), so later targets slot in as n
                    a bundle built for it on an AVX-512 server runs on every AVX2 machine;
                    likewise x86:avx512 (x86-64-v4) and x86:sse (baseline x86-64, SSE2)
     arm, aarch64   64-bit ARM Linux with NEON, cross-compiled here with aarch64-linux-gnu-g++
+    aarch64:dotprod  the same with the ARMv8.2 8-bit dot product (sdot: Cortex-A55/A76 and
+                   later, Neoverse N1 / Graviton2 and later, Apple M1): int8 kernels use it
     cuda           an NVIDIA GPU: this machine's GPU arch, else sm_80; "cuda:sm_90" (or
                    "cuda:90") picks the arch
     a dict         any TVM target, e.g. {"kind": "llvm", "mcpu": "znver3"} or
@@ -46,8 +48,8 @@ def _x86_level(name):
                     "num-cores": os.cpu_count() or 1}
 
 
-def _aarch64():
-    return {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}
+def _aarch64(*features):
+    return {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", *features]}
 
 
 def _cuda(arch=None):
@@ -63,6 +65,8 @@ _NAMED_TARGETS = {
     **{name: _x86_level(name) for name in _X86_LEVELS},
     "arm": _aarch64,
     "aarch64": _aarch64,
+    "arm:dotprod": lambda: _aarch64("+dotprod"),
+    "aarch64:dotprod": lambda: _aarch64("+dotprod"),
     "cuda": _cuda,
 }
 # names that take an option after a colon: "cuda:sm_90"

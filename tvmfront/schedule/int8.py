@@ -9,6 +9,9 @@ load from the packed weight) and adds the 16 four-byte dot products into 16 int3
   ``vpmaddwd`` by ones (pairs to int32). Exact only when 2 * x_max * 128 <= 32767, i.e.
   activations in [0, 127] (PyTorch's reduce_range on x86): the kernel's annotation carries
   x_max, and above 127 the rule does not apply (the generic rules widen to int16, vpmaddwd).
+- aarch64 with the dot-product extension (ARMv8.2 dotprod; target "aarch64:dotprod"): per 4
+  lanes one ``sdot`` (s8 x s8 to int32, exact). Its activations are signed bytes, so they
+  must lie in [0, 127] as on AVX2 (an unsigned byte up to 127 is the same int8).
 
 Tile: rows x 16 output channels of accumulators (4 rows when the row count divides), the
 reduction 4 bytes at a time inside, the requantizing epilogue computed under the same tile
@@ -45,7 +48,11 @@ def _intrinsics():
     def vnni(c, a, b):
         return call("llvm.x86.avx512.vpdpbusd.512", c, a, b, dtype="int32x16")
 
-    return {"tvmfront_dot_8x4_avx2": (8, avx2), "tvmfront_dot_16x4_vnni": (16, vnni)}
+    def sdot(c, a, b):  # signed x signed: activations <= 127 read the same as int8
+        return call("llvm.aarch64.neon.sdot.v4i32.v16i8", c, a, b, dtype="int32x4")
+
+    return {"tvmfront_dot_8x4_avx2": (8, avx2), "tvmfront_dot_16x4_vnni": (16, vnni),
+            "tvmfront_dot_4x4_sdot": (4, sdot)}
 
 
 def _register(name, scope, a_scope="global"):
@@ -96,6 +103,11 @@ def dot_intrinsic(target, x_max):
             raise NotApplicable(f"AVX2's vpmaddubsw saturates on activations up to {x_max} "
                                 "(needs <= 127: quantize with reduce_range)")
         return "tvmfront_dot_8x4_avx2", 8
+    if llvm_has_features(target, "dotprod"):
+        if x_max > 127:
+            raise NotApplicable(f"aarch64's sdot multiplies signed bytes: activations up to "
+                                f"{x_max} (needs <= 127: quantize with reduce_range)")
+        return "tvmfront_dot_4x4_sdot", 4
     raise NotApplicable("no 8-bit dot-product instruction known for this target")
 
 
