@@ -68,3 +68,40 @@ def test_max_pool_gradient_over_padding_matches_the_derived_one(attrs):
     got = ops.max_pool2d.vjp(dy, x, derived=False, **attrs)[0]
     derived = ops.max_pool2d.vjp(dy, x, derived=True, **attrs)[0]
     np.testing.assert_array_equal(got, derived)
+
+
+def test_max_pool_gradient_builds_under_a_cached_vectorized_schedule():
+    # dy was first made an unconditional load by a Let; under other schedules (a tuner's:
+    # the output cached per row of windows in a transposed local buffer, vectorized) TVM's
+    # common-subexpression pass broke the Let ("cse_v used before definition").
+    from tvmfront._tvm import s_tir
+
+    x = te.placeholder((2, 3, 16, 16), "float32", name="x")
+    dy = te.placeholder((2, 3, 8, 8), "float32", name="dy")
+    dx = ops.max_pool2d.te_grad(dy, x, derived=False, kernel=2)[0]
+    sch = s_tir.Schedule(te.create_prim_func([dy, x, dx]))
+    block = sch.get_sblock("max_pool2d_grad")
+    n, c, i, j = sch.get_loops(block)
+    i0, i1 = sch.split(i, [None, 2])
+    j0, j1 = sch.split(j, [None, 2])
+    j0, lanes = sch.split(j0, [None, 8])
+    sch.reorder(n, c, i0, j0, i1, j1, lanes)
+    cache = sch.cache_write(block, 0, "local")
+    sch.reverse_compute_at(cache, j0)
+    sch.transform_layout(block, ("write", 0),
+                         lambda a, b, r, q: (a, b, r // 2, r % 2, q % 2, q // 2))
+    sch.vectorize(lanes)
+    sch.unroll(i1)
+    sch.unroll(j1)
+    copy = sch.get_loops(cache)
+    sch.unroll(copy[-2])
+    sch.vectorize(copy[-1])
+    sch.parallel(n)
+    lib = tvm.compile(sch.mod["main"], target=resolve_target("x86"))
+    rng = np.random.default_rng(6)
+    xv = rng.standard_normal((2, 3, 16, 16)).astype(np.float32)
+    dyv = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    out = tvm.runtime.empty((2, 3, 16, 16), "float32", tvm.cpu())
+    lib["main"](tvm.runtime.tensor(dyv), tvm.runtime.tensor(xv), out)
+    want = ops.max_pool2d.vjp(dyv.astype(np.float64), xv.astype(np.float64), kernel=2)[0]
+    np.testing.assert_array_equal(out.numpy(), want.astype(np.float32))

@@ -40,14 +40,17 @@ def _covering(i, p, s, k, n_out):
     return out
 
 
-def _select(condition, value, other, dtype):
-    """condition ? value : other, with `value` computed whatever the condition (a Let), so
-    that no load in it becomes a conditional one. A Select whose operand is a load compiles to
-    a masked load or a branch per element: branches that random data mispredicts wherever
-    LLVM does not vectorize the loop (in a parallel loop's closure it does not: LeNet's
-    6@16 k2 max-pool gradient took 295 us against a 7 us forward)."""
-    bound = tirx.Var("v", dtype)
-    return tirx.Let(bound, value, tirx.Select(condition, bound, other))
+def _if_else_zero(condition, value, dtype):
+    """condition ? value : 0 with `value` loaded whatever the condition: its bits and-ed with
+    a mask of all ones or zeros. A Select whose operand is a load compiles to a masked load
+    or a branch per element: branches that random data mispredicts wherever LLVM does not
+    vectorize the loop (in a parallel loop's closure it does not: LeNet's 6@16 k2 max-pool
+    gradient took 295 us against a 7 us forward). (A Let-bound load would do too, but TVM's
+    common-subexpression pass breaks such Lets under some schedules: "cse_v used before
+    definition".)"""
+    bits = "int" + "".join(ch for ch in str(dtype) if ch.isdigit())
+    mask = tirx.const(0, bits) - tirx.Cast(bits, condition)
+    return tirx.reinterpret(dtype, tirx.reinterpret(bits, value) & mask)
 
 
 def _window_gather(x, dy, kernel, stride, padding, term, name):
@@ -141,7 +144,6 @@ def _(dy, x, kernel=2, stride=None, padding=0):
     # tuple reducer has no fast schedule.
     shape, (kh, kw), _ = _max_window(x, kernel, stride, padding)
     _, _, sh, sw, _, _, _, _ = _geometry(x, kernel, stride, padding)
-    zero = tirx.const(0, x.dtype)
     if kh <= sh and kw <= sw:
         # Windows do not overlap: each input is in one window at most, whose first max is
         # found inline (its elements read from cache), in one pass: the same expression for
@@ -149,7 +151,7 @@ def _(dy, x, kernel=2, stride=None, padding=0):
         # computes it on whole vectors).
         def term(n, c, oh, ow, dh, dw):
             first = _first_max(x, n, c, oh, ow, kernel, stride, padding)
-            return _select(first == dh * kw + dw, dy[n, c, oh, ow], zero, x.dtype)
+            return _if_else_zero(first == dh * kw + dw, dy[n, c, oh, ow], x.dtype)
 
         return [_window_gather(x, dy, kernel, stride, padding, term, "max_pool2d_grad")]
     # Overlapping windows: each window's first max position in one pass over the windows
@@ -163,8 +165,8 @@ def _(dy, x, kernel=2, stride=None, padding=0):
         name="max_pool2d_first")
 
     def term(n, c, oh, ow, dh, dw):
-        return _select(tirx.Cast(first.dtype, dh * kw + dw) == first[n, c, oh, ow],
-                       dy[n, c, oh, ow], zero, x.dtype)
+        return _if_else_zero(tirx.Cast(first.dtype, dh * kw + dw) == first[n, c, oh, ow],
+                             dy[n, c, oh, ow], x.dtype)
 
     return [_window_gather(x, dy, kernel, stride, padding, term, "max_pool2d_grad")]
 
