@@ -40,6 +40,19 @@ def _covering(i, p, s, k, n_out):
     return out
 
 
+def _if_else_zero(condition, value, dtype):
+    """condition ? value : 0 with `value` loaded whatever the condition: its bits and-ed with
+    a mask of all ones or zeros. A Select whose operand is a load compiles to a masked load
+    or a branch per element: branches that random data mispredicts wherever LLVM does not
+    vectorize the loop (in a parallel loop's closure it does not: LeNet's 6@16 k2 max-pool
+    gradient took 295 us against a 7 us forward). (A Let-bound load would do too, but TVM's
+    common-subexpression pass breaks such Lets under some schedules: "cse_v used before
+    definition".)"""
+    bits = "int" + "".join(ch for ch in str(dtype) if ch.isdigit())
+    mask = tirx.const(0, bits) - tirx.Cast(bits, condition)
+    return tirx.reinterpret(dtype, tirx.reinterpret(bits, value) & mask)
+
+
 def _window_gather(x, dy, kernel, stride, padding, term, name):
     """dx[i] = sum over the output windows that cover input i of term(n, c, oh, ow, dh, dw),
     (dh, dw) the position of i in the window. An unrolled sum (a spatial kernel, not
@@ -78,6 +91,42 @@ def _max_window(x, kernel, stride, padding):
     return (x.shape[0], x.shape[1], ho, wo), (kh, kw), value
 
 
+def _first_max(x, n, c, oh, ow, kernel, stride, padding):
+    """The position (rh * kw + rw) of window (oh, ow)'s first maximal element in scan order
+    (padding counts as the dtype's lowest value, as in the forward), kh * kw where no element
+    equals the max (a NaN, a window of -inf). Straight-line code, no reduction loop and no
+    guarded load (a guarded load is a branch, or a scalarized vector loop): each element is
+    read at an index clamped into x, which over the padding reads a copy of an element of
+    the same window, leaving the max as it is; the padding's own positions are told apart
+    by index only."""
+    kh, kw, sh, sw, ph, pw, _, _ = _geometry(x, kernel, stride, padding, "max_pool2d")
+    h, w = _hw(x, "max_pool2d")
+    lowest = te.min_value(x.dtype)
+    none = kh * kw
+    vals, inside = [], []
+    for e in range(kh * kw):
+        r, q = oh * sh + e // kw - ph, ow * sw + e % kw - pw
+        vals.append(x[n, c, te.max(te.min(r, h - 1), 0), te.max(te.min(q, w - 1), 0)])
+        inside.append(te.all(r >= 0, r < h, q >= 0, q < w))
+    # The max starts from the lowest value, as the forward's max reduction does (its
+    # identity): a window of -inf has the lowest value as its max, held by no element.
+    top = lowest
+    for v in vals:
+        top = te.max(top, v)
+    # The least position holding the max, as a min of integers (none - (none - e) * found):
+    # a chain of selects compiled to a chain of branches, mispredicted on real data.
+    first = None
+    for e in range(kh * kw):
+        if ph or pw:
+            found = tirx.Or(tirx.And(inside[e], vals[e] == top),
+                            tirx.And(tirx.Not(inside[e]), top == lowest))
+        else:
+            found = vals[e] == top
+        candidate = none - (none - e) * tirx.Cast("int32", found)
+        first = candidate if first is None else te.min(first, candidate)
+    return first
+
+
 @op
 def max_pool2d(x, kernel=2, stride=None, padding=0):
     shape, (kh, kw), value = _max_window(x, kernel, stride, padding)
@@ -90,41 +139,34 @@ def max_pool2d(x, kernel=2, stride=None, padding=0):
 @max_pool2d.grad
 def _(dy, x, kernel=2, stride=None, padding=0):
     # The whole dy of a window goes to its FIRST maximal element in scan order (PyTorch's
-    # rule), the element autodiff.first_extremum picks for the derived gradient. Here as a
-    # min over the window of the positions holding the max: two plain reductions (the max,
-    # then the position) that the reduction rules schedule like the forward, where
-    # first_extremum's (position, value) tuple reducer has no fast schedule.
-    shape, (kh, kw), value = _max_window(x, kernel, stride, padding)
+    # rule), the element autodiff.first_extremum picks for the derived gradient, found by an
+    # unrolled scan of the window (_first_max), where first_extremum's (position, value)
+    # tuple reducer has no fast schedule.
+    shape, (kh, kw), _ = _max_window(x, kernel, stride, padding)
     _, _, sh, sw, _, _, _, _ = _geometry(x, kernel, stride, padding)
-    zero = tirx.const(0, x.dtype)
     if kh <= sh and kw <= sw:
         # Windows do not overlap: each input is in one window at most, whose first max is
-        # found inline by a scan of its kh * kw elements (read from cache), in one pass.
+        # found inline (its elements read from cache), in one pass: the same expression for
+        # every element of a window and for every window (the vectorized column loop
+        # computes it on whole vectors).
         def term(n, c, oh, ow, dh, dw):
-            # The window's first max position, by selects from the last element back: the
-            # same expression for every element of a window (LLVM computes it once per
-            # window) and for every window (the vectorized column loop blends whole vectors).
-            vals = [value(n, c, oh, ow, e // kw, e % kw) for e in range(kh * kw)]
-            top = vals[0]
-            for v in vals[1:]:
-                top = te.max(top, v)
-            first = tirx.const(kh * kw - 1, "int32")
-            for e in range(kh * kw - 2, -1, -1):
-                first = tirx.Select(vals[e] == top, tirx.const(e, "int32"), first)
-            return tirx.Select(first == dh * kw + dw, dy[n, c, oh, ow], zero)
+            first = _first_max(x, n, c, oh, ow, kernel, stride, padding)
+            return _if_else_zero(first == dh * kw + dw, dy[n, c, oh, ow], x.dtype)
 
         return [_window_gather(x, dy, kernel, stride, padding, term, "max_pool2d_grad")]
-    top = max_pool2d.te_forward(x, kernel=kernel, stride=stride, padding=padding)
-    rh = te.reduce_axis((0, kh), "rh")
-    rw = te.reduce_axis((0, kw), "rw")
-    none = tirx.const(kh * kw, "int32")
-    first = te.compute(shape, lambda n, c, i, j: te.min(tirx.Select(
-        value(n, c, i, j, rh, rw) == top[n, c, i, j], rh * kw + rw, none), axis=[rh, rw]),
+    # Overlapping windows: each window's first max position in one pass over the windows
+    # (the forward's reads), then the gather over the covering windows. The pass is a
+    # one-step reduction so that it stays a kernel of its own: the schedule inlines spatial
+    # producers into their consumers, which would scan each window again for each of the
+    # up to 4 inputs of the gather's 2x2 block that it covers.
+    one = te.reduce_axis((0, 1), "one")
+    first = te.compute(shape, lambda n, c, i, j: te.min(_first_max(
+        x, n, c, i, j, kernel, stride, padding), axis=one),
         name="max_pool2d_first")
 
     def term(n, c, oh, ow, dh, dw):
-        return tirx.Select(tirx.Cast(first.dtype, dh * kw + dw) == first[n, c, oh, ow],
-                           dy[n, c, oh, ow], zero)
+        return _if_else_zero(tirx.Cast(first.dtype, dh * kw + dw) == first[n, c, oh, ow],
+                             dy[n, c, oh, ow], x.dtype)
 
     return [_window_gather(x, dy, kernel, stride, padding, term, "max_pool2d_grad")]
 
