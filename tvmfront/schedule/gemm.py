@@ -295,8 +295,13 @@ def _register_tiles(info, v, budget):
         return sum((2 if v is not None and strides[v] == 1 else 1)
                    for _, _, strides in info.reads if strides[k] == 0)
 
+    # An axis with no divisor within the whole budget (a unit axis: a stem's one input
+    # channel; a prime: 7x7 outputs) takes neither place: the stem's d/dw got a tile of 3,
+    # not 3x4, and a stride-2 conv at 7x7 lone vectors, not 4 images x the vectors.
+    candidates = [k for k in info.spatial
+                  if k != v and _largest_divisor(info.extents[k], budget) > 1]
     tiles = {}
-    for k in sorted((k for k in info.spatial if k != v), key=lambda k: (-reuse(k), -k))[:2]:
+    for k in sorted(candidates, key=lambda k: (-reuse(k), -k))[:2]:
         if reuse(k) == 0 or budget <= 1:
             break
         f = _largest_divisor(info.extents[k], budget)
