@@ -109,7 +109,7 @@ def _tile_reduction(sch, name, params, vector=True):
             raise NotApplicable("strided-window gather: see _plain_reduction")
         budget = SCALAR_TILE
 
-    tiles = _register_tiles(info, v, budget)
+    tiles = _register_tiles(info, v, budget, math.ceil(vec / lanes) if vector else 1)
     if not vector and not tiles:
         # No reuse to exploit: independent accumulators along the innermost spatial axis.
         k = next((k for k in reversed(info.spatial) if info.extents[k] > 1), None)
@@ -287,10 +287,12 @@ def _tile_transpose(sch, packed, d, ndim):
     sch.vectorize(d_in)
 
 
-def _register_tiles(info, v, budget):
+def _register_tiles(info, v, budget, registers=1, balance=True):
     """{axis: factor} of the register tile beside vector axis v (None: scalar accumulators)
-    with `budget` accumulators: at most two other output axes, those across which the most
-    operand loads are shared first, each split by its largest divisor within the budget."""
+    with `budget` accumulators of `registers` vector registers each: at most two other
+    output axes, those across which the most operand loads are shared first, each split by
+    its largest divisor within the budget; then, with `balance` and vectors, a tile of two
+    axes with as many accumulators that loads less per FMA (_tile_loads), if any."""
     def reuse(k):  # operand loads shared across a tile along axis k (vector loads count 2)
         return sum((2 if v is not None and strides[v] == 1 else 1)
                    for _, _, strides in info.reads if strides[k] == 0)
@@ -300,21 +302,59 @@ def _register_tiles(info, v, budget):
     # not 3x4, and a stride-2 conv at 7x7 lone vectors, not 4 images x the vectors.
     candidates = [k for k in info.spatial
                   if k != v and _largest_divisor(info.extents[k], budget) > 1]
+    ranked = [k for k in sorted(candidates, key=lambda k: (-reuse(k), -k)) if reuse(k) > 0]
     tiles = {}
-    for k in sorted(candidates, key=lambda k: (-reuse(k), -k))[:2]:
-        if reuse(k) == 0 or budget <= 1:
+    left = budget
+    for k in ranked[:2]:
+        if left <= 1:
             break
-        f = _largest_divisor(info.extents[k], budget)
+        f = _largest_divisor(info.extents[k], left)
         if f > 1:
             tiles[k] = f
-            budget //= f
-    return tiles
+            left //= f
+    # Balanced tiles: a stride-2 d/dx phase (8 columns) tiled 8 channels x v8 loads 8 weights
+    # and 1 row per 8 FMAs; 4 channels x 2 rows load 4 weights and 2 rows.
+    best, cost = tiles, _tile_loads(info, v, tiles, registers)
+    points = math.prod(tiles.values())
+    for a, k1 in enumerate(ranked[:3] if balance and v is not None else []):
+        for k2 in ranked[a + 1:3]:
+            for f1 in _divisors(info.extents[k1], budget):
+                for f2 in _divisors(info.extents[k2], budget // f1):
+                    trial = {k1: f1, k2: f2}
+                    loads = _tile_loads(info, v, trial, registers)
+                    if f1 * f2 >= points and loads < cost * (1 - TILE_LOADS_MARGIN):
+                        best, cost = trial, loads
+    return best
+
+
+# A balanced tile replaces the first one only when it loads this much less per FMA.
+TILE_LOADS_MARGIN = 0.05
+
+
+def _divisors(n, limit):
+    """Divisors of n from 2 to limit, largest first."""
+    return [f for f in range(min(n, limit), 1, -1) if n % f == 0]
+
+
+def _tile_loads(info, v, tiles, registers):
+    """Operand loads per FMA of a register tile: an operand constant along a tiled axis is
+    loaded once for the axis; a vector operand loads each of its registers, and counts twice
+    (as in _register_tiles' reuse): a window's vectors start anywhere, and often straddle two
+    cache lines, a broadcast never (LeNet's 6xv16 conv beat 3 channels x 2 rows x v16, 61 vs
+    74 us, though the rows load one operand less per 12 FMAs)."""
+    loads = 0
+    for _, _, strides in info.reads:
+        n = math.prod(f for k, f in tiles.items() if strides[k] != 0)
+        loads += n * (2 * registers if v is not None and strides[v] == 1 else 1)
+    fmas = math.prod(tiles.values()) * registers
+    return loads / fmas
 
 
 def _tile_outputs(info, v, vec, params):
     """Outputs one register tile covers with vectors of `vec` along v."""
     budget = max(1, params.acc_registers // math.ceil(vec / params.lanes(info.dtype)))
-    return vec * math.prod(_register_tiles(info, v, budget).values())
+    registers = math.ceil(vec / params.lanes(info.dtype))
+    return vec * math.prod(_register_tiles(info, v, budget, registers, balance=False).values())
 
 
 def _streams_operands(info):
