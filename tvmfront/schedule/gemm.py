@@ -36,9 +36,10 @@ import math
 from .params import (CACHE_LINE_BYTES, PACK_RATIO, PANEL_MIN_BYTES, PANEL_MIN_STRIDE,
                      PARALLEL_MIN_ITERATIONS, SCALAR_TILE, STREAM_MAX_OUTPUT_BYTES,
                      STREAM_MIN_OPERAND_BYTES, TILE_ONLY_REGISTERS, UNROLL_MAX_BODY, _dtype_bits)
+from .._tvm import tirx
 from .failures import NotApplicable, _probe
-from .analysis import (_BlockInfo, _bytes, _const, _elements, _packable_dim,
-                       _unroll_extent)
+from .analysis import (_BlockInfo, _bytes, _const, _elements, _has_if_then_else, _packable_dim,
+                       _reduction_iters, _unroll_extent)
 from .loops import (_largest_divisor, _parallel_worth_it, _parallelize, _vector_factor,
                     _vectorize_innermost)
 from .conv import _index_divisors
@@ -172,8 +173,12 @@ def _tile_reduction(sch, name, params, vector=True):
             outer.append(loop)
     sch.reorder(*outer, *red, *inner, *([vec_loop] if vec_loop is not None else []))
     parallel = ""
+    padded_here = []
     if _parallel_worth_it(info, vec or 1, params):
+        first = outer[0]
         outer, parallel = _parallelize(sch, outer, params)
+        if parallel and outer[0] is first and first is info.loops[0]:
+            padded_here = _pad_per_iteration(sch, block, outer[0], info, lanes)
     anchor = outer[-1]
     if panel is not None:
         _place_panel_copy(sch, deferred, outer[0], info.extents[v] // vec)
@@ -201,13 +206,55 @@ def _tile_reduction(sch, name, params, vector=True):
     # Last: the update block loses its init, and with it the checks other primitives need.
     init = sch.decompose_reduction(block, red[0])
     _vectorize_innermost(sch, init, lanes)
-    touched = {sch.get(init).name_hint, sch.get(writeback).name_hint, name} | set(copies)
+    touched = {sch.get(init).name_hint, sch.get(writeback).name_hint, name} | set(copies) \
+        | set(padded_here)
     tile = "x".join(str(tiles[k]) for k in sorted(tiles))
     note = (f"tiled[{tile}{'x' if tile and vec else ''}{f'v{vec}' if vec else ' scalar'}"
             f"{', parallel' if parallel else ''}"
             f"{', packed ' + '+'.join(packed) if packed else ''}"
+            f"{', padded per image' if padded_here else ''}"
             f"{', +' + '+'.join(epilogue) if epilogue else ''}]")
     return note, touched
+
+
+def _pad_per_iteration(sch, block, loop, info, lanes):
+    """Move the zero-padding copies the block reads (a conv's padded input or dy) into its
+    parallel loop, when that loop runs over the first axis alone (the images) and the copy's
+    first axis is indexed by it: each iteration pads its own image just before its tiles
+    read it (in cache, on every core), instead of one pass over the whole padded tensor
+    first. Returns the names of the blocks so placed (copy and fill)."""
+    var = info.vars[0]
+    placed = []
+    for producer in sch.get_producers(block):
+        stmt = sch.get(producer)
+        if _reduction_iters(stmt) or not _has_if_then_else(stmt):
+            continue
+        reads = [r for r in sch.get(block).reads if r.source.same_as(stmt.writes[0].source)]
+        if not reads or not all(r.region[0].min.same_as(var) and _const(r.region[0].extent) == 1
+                                for r in reads):
+            continue
+        try:
+            sch.compute_at(producer, loop, preserve_unit_loops=True)
+        except Exception as err:  # noqa: BLE001 - TVM's own check: not placeable there
+            _probe(f"compute_at of padding {stmt.name_hint}", err)
+            continue
+        own = [lp for lp in sch.get_loops(producer)
+               if int(sch.get(lp).kind) == int(tirx.ForKind.SERIAL)]
+        placed.append(stmt.name_hint)
+        try:
+            fill = sch.decompose_padding(producer, own[0])
+        except Exception as err:  # noqa: BLE001 - keeps its per-element branch
+            _probe(f"decompose_padding of {stmt.name_hint}", err)
+            continue
+        placed.append(sch.get(fill).name_hint)
+        _vectorize_innermost(sch, producer, lanes)
+        # The constant fill is one contiguous run per image: vectors over its fused loops.
+        inner = [lp for lp in sch.get_loops(fill) if int(sch.get(lp).kind) == int(tirx.ForKind.SERIAL)]
+        run = sch.fuse(*inner) if len(inner) > 1 else inner[0]
+        f = _vector_factor(_const(sch.get(run).extent) or 1, lanes, max_registers=4)
+        if f:
+            sch.vectorize(sch.split(run, factors=[None, f])[1])
+    return placed
 
 
 def _choose_vector_axis(info, lanes):
