@@ -4,6 +4,7 @@ kernel's accumulating block (unrolled = the register tile, vectorized = its vect
 The schedules are those of an AVX2 target (haswell, 12 accumulator registers of 8 lanes),
 whatever this machine is, so the expected tiles are fixed."""
 
+import numpy as np
 import pytest
 
 from tvmfront import ops
@@ -138,3 +139,28 @@ def test_padding_stays_whole_where_the_parallel_loop_is_not_the_images():
     _, rule = _conv_kernel((2, 16, 32, 32), (64, 16, 3, 3), "fwd", padding=1)
     assert "parallel" in rule.split("conv2d=")[1].split("]")[0], rule
     assert "padded per image" not in rule, rule
+
+
+@pytest.mark.parametrize("h, k, padding", [(8, 5, 0), (6, 5, 1), (4, 3, 0)])
+def test_small_output_dx_sums_over_dy_not_over_taps(h, k, padding):
+    """A stride-1 conv with fewer outputs than taps per axis (LeNet's second conv: 4x4
+    outputs of 5x5 taps) sums d/dx over the dy positions (16 per channel), not over the
+    taps of a dy padded by k - 1 (25, most of them zeros), and pads the small weight, not
+    dy (one core: 204 -> 118 us at batch 64). Values as the derived gradient's."""
+    n, c, o = 2, 3, 4
+    x = te.placeholder((n, c, h, h), "float32", name="x")
+    w = te.placeholder((o, c, k, k), "float32", name="w")
+    y = ops.conv2d.te_forward(x, w, padding=padding)
+    ho = int(y.shape[2])
+    assert ho < k
+    dy = te.placeholder(y.shape, "float32", name="dy")
+    dx = ops.conv2d.te_grad(dy, x, w, padding=padding, derived=False)[0]
+    assert [int(a.dom.extent) for a in dx.op.reduce_axis] == [o, ho, ho]
+    assert [t.op.name for t in dx.op.input_tensors] == ["dy", "conv2d_dx_w_pad"]
+    rng = np.random.default_rng(5)
+    xv, wv = rng.standard_normal((n, c, h, h)), rng.standard_normal((o, c, k, k))
+    dyv = rng.standard_normal((n, o, ho, ho))
+    got = ops.conv2d.vjp(dyv, xv, wv, padding=padding, derived=False)
+    want = ops.conv2d.vjp(dyv, xv, wv, padding=padding, derived=True)
+    for g, ref in zip(got, want):
+        np.testing.assert_allclose(g, ref, rtol=1e-10, atol=1e-10)
