@@ -76,6 +76,8 @@ def _grad_x(dy, w, x_shape, sh, sw, ph, pw, ho, wo):
     stride 2, with divisibility tests in the inner loop)."""
     n_, c_, h, wd = dims(x_shape)
     o_, _, k_h, k_w = dims(w.shape)
+    if sh == sw == 1 and ho < k_h and wo < k_w:
+        return _grad_x_over_dy(dy, w, x_shape, ph, pw, ho, wo)
     rows, cols = _phases(h, k_h, sh, ph), _phases(wd, k_w, sw, pw)
     # one zero-padded dy serves every phase: dy row a + offset - t for a < rows, t < taps
     low_h = max(0, *(taps - 1 - off for _, _, taps, off, _ in rows))
@@ -114,6 +116,28 @@ def _grad_x(dy, w, x_shape, sh, sw, ph, pw, ho, wo):
         return value
 
     return te.compute(x_shape, interleave, name="conv2d_dx")
+
+
+def _grad_x_over_dy(dy, w, x_shape, ph, pw, ho, wo):
+    """dx of a stride-1 conv whose output is smaller than its kernel (LeNet's second conv:
+    4x4 outputs, 5x5 taps): dx[i] = sum_a dy[a] * w[i + p - a], summed over the ho dy rows
+    rather than the k taps of a dy padded by k - 1 on each side. Fewer products (16 per
+    output channel, not 25, in LeNet's) and no padded copy of dy; the weight is padded
+    instead (w_pad[s] = w[s - ho + 1 + p]), a small copy, so that dx's columns read it as
+    contiguous vectors."""
+    n_, c_, h, wd = dims(x_shape)
+    o_, _, k_h, k_w = dims(w.shape)
+    lo_h, lo_w = ho - 1 - ph, wo - 1 - pw  # w_pad[s] = w[s - lo]
+    zero = tirx.const(0, w.dtype)
+    w_pad = te.compute((o_, c_, h + ho - 1, wd + wo - 1), lambda o, c, s, t: te.if_then_else(
+        te.all(s >= lo_h, s < k_h + lo_h, t >= lo_w, t < k_w + lo_w),
+        w[o, c, s - lo_h, t - lo_w], zero), name="conv2d_dx_w_pad")
+    o = te.reduce_axis((0, o_), "o")
+    a = te.reduce_axis((0, ho), "a")
+    b = te.reduce_axis((0, wo), "b")
+    return te.compute(x_shape, lambda n, c, i, j: te.sum(
+        dy[n, o, a, b] * w_pad[o, c, i - a + ho - 1, j - b + wo - 1], axis=[o, a, b]),
+        name="conv2d_dx")
 
 
 @conv2d.grad

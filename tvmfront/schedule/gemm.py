@@ -36,9 +36,10 @@ import math
 from .params import (CACHE_LINE_BYTES, PACK_RATIO, PANEL_MIN_BYTES, PANEL_MIN_STRIDE,
                      PARALLEL_MIN_ITERATIONS, SCALAR_TILE, STREAM_MAX_OUTPUT_BYTES,
                      STREAM_MIN_OPERAND_BYTES, TILE_ONLY_REGISTERS, UNROLL_MAX_BODY, _dtype_bits)
+from .._tvm import tirx
 from .failures import NotApplicable, _probe
-from .analysis import (_BlockInfo, _bytes, _const, _elements, _packable_dim,
-                       _unroll_extent)
+from .analysis import (_BlockInfo, _bytes, _const, _elements, _has_if_then_else, _packable_dim,
+                       _reduction_iters, _unroll_extent)
 from .loops import (_largest_divisor, _parallel_worth_it, _parallelize, _vector_factor,
                     _vectorize_innermost)
 from .conv import _index_divisors
@@ -109,7 +110,7 @@ def _tile_reduction(sch, name, params, vector=True):
             raise NotApplicable("strided-window gather: see _plain_reduction")
         budget = SCALAR_TILE
 
-    tiles = _register_tiles(info, v, budget)
+    tiles = _register_tiles(info, v, budget, math.ceil(vec / lanes) if vector else 1)
     if not vector and not tiles:
         # No reuse to exploit: independent accumulators along the innermost spatial axis.
         k = next((k for k in reversed(info.spatial) if info.extents[k] > 1), None)
@@ -172,8 +173,12 @@ def _tile_reduction(sch, name, params, vector=True):
             outer.append(loop)
     sch.reorder(*outer, *red, *inner, *([vec_loop] if vec_loop is not None else []))
     parallel = ""
+    padded_here = []
     if _parallel_worth_it(info, vec or 1, params):
+        first = outer[0]
         outer, parallel = _parallelize(sch, outer, params)
+        if parallel and outer[0] is first and first is info.loops[0]:
+            padded_here = _pad_per_iteration(sch, block, outer[0], info, lanes)
     anchor = outer[-1]
     if panel is not None:
         _place_panel_copy(sch, deferred, outer[0], info.extents[v] // vec)
@@ -201,13 +206,55 @@ def _tile_reduction(sch, name, params, vector=True):
     # Last: the update block loses its init, and with it the checks other primitives need.
     init = sch.decompose_reduction(block, red[0])
     _vectorize_innermost(sch, init, lanes)
-    touched = {sch.get(init).name_hint, sch.get(writeback).name_hint, name} | set(copies)
+    touched = {sch.get(init).name_hint, sch.get(writeback).name_hint, name} | set(copies) \
+        | set(padded_here)
     tile = "x".join(str(tiles[k]) for k in sorted(tiles))
     note = (f"tiled[{tile}{'x' if tile and vec else ''}{f'v{vec}' if vec else ' scalar'}"
             f"{', parallel' if parallel else ''}"
             f"{', packed ' + '+'.join(packed) if packed else ''}"
+            f"{', padded per image' if padded_here else ''}"
             f"{', +' + '+'.join(epilogue) if epilogue else ''}]")
     return note, touched
+
+
+def _pad_per_iteration(sch, block, loop, info, lanes):
+    """Move the zero-padding copies the block reads (a conv's padded input or dy) into its
+    parallel loop, when that loop runs over the first axis alone (the images) and the copy's
+    first axis is indexed by it: each iteration pads its own image just before its tiles
+    read it (in cache, on every core), instead of one pass over the whole padded tensor
+    first. Returns the names of the blocks so placed (copy and fill)."""
+    var = info.vars[0]
+    placed = []
+    for producer in sch.get_producers(block):
+        stmt = sch.get(producer)
+        if _reduction_iters(stmt) or not _has_if_then_else(stmt):
+            continue
+        reads = [r for r in sch.get(block).reads if r.source.same_as(stmt.writes[0].source)]
+        if not reads or not all(r.region[0].min.same_as(var) and _const(r.region[0].extent) == 1
+                                for r in reads):
+            continue
+        try:
+            sch.compute_at(producer, loop, preserve_unit_loops=True)
+        except Exception as err:  # noqa: BLE001 - TVM's own check: not placeable there
+            _probe(f"compute_at of padding {stmt.name_hint}", err)
+            continue
+        own = [lp for lp in sch.get_loops(producer)
+               if int(sch.get(lp).kind) == int(tirx.ForKind.SERIAL)]
+        placed.append(stmt.name_hint)
+        try:
+            fill = sch.decompose_padding(producer, own[0])
+        except Exception as err:  # noqa: BLE001 - keeps its per-element branch
+            _probe(f"decompose_padding of {stmt.name_hint}", err)
+            continue
+        placed.append(sch.get(fill).name_hint)
+        _vectorize_innermost(sch, producer, lanes)
+        # The constant fill is one contiguous run per image: vectors over its fused loops.
+        inner = [lp for lp in sch.get_loops(fill) if int(sch.get(lp).kind) == int(tirx.ForKind.SERIAL)]
+        run = sch.fuse(*inner) if len(inner) > 1 else inner[0]
+        f = _vector_factor(_const(sch.get(run).extent) or 1, lanes, max_registers=4)
+        if f:
+            sch.vectorize(sch.split(run, factors=[None, f])[1])
+    return placed
 
 
 def _choose_vector_axis(info, lanes):
@@ -287,29 +334,74 @@ def _tile_transpose(sch, packed, d, ndim):
     sch.vectorize(d_in)
 
 
-def _register_tiles(info, v, budget):
+def _register_tiles(info, v, budget, registers=1, balance=True):
     """{axis: factor} of the register tile beside vector axis v (None: scalar accumulators)
-    with `budget` accumulators: at most two other output axes, those across which the most
-    operand loads are shared first, each split by its largest divisor within the budget."""
+    with `budget` accumulators of `registers` vector registers each: at most two other
+    output axes, those across which the most operand loads are shared first, each split by
+    its largest divisor within the budget; then, with `balance` and vectors, a tile of two
+    axes with as many accumulators that loads less per FMA (_tile_loads), if any."""
     def reuse(k):  # operand loads shared across a tile along axis k (vector loads count 2)
         return sum((2 if v is not None and strides[v] == 1 else 1)
                    for _, _, strides in info.reads if strides[k] == 0)
 
+    # An axis with no divisor within the whole budget (a unit axis: a stem's one input
+    # channel; a prime: 7x7 outputs) takes neither place: the stem's d/dw got a tile of 3,
+    # not 3x4, and a stride-2 conv at 7x7 lone vectors, not 4 images x the vectors.
+    candidates = [k for k in info.spatial
+                  if k != v and _largest_divisor(info.extents[k], budget) > 1]
+    ranked = [k for k in sorted(candidates, key=lambda k: (-reuse(k), -k)) if reuse(k) > 0]
     tiles = {}
-    for k in sorted((k for k in info.spatial if k != v), key=lambda k: (-reuse(k), -k))[:2]:
-        if reuse(k) == 0 or budget <= 1:
+    left = budget
+    for k in ranked[:2]:
+        if left <= 1:
             break
-        f = _largest_divisor(info.extents[k], budget)
+        f = _largest_divisor(info.extents[k], left)
         if f > 1:
             tiles[k] = f
-            budget //= f
-    return tiles
+            left //= f
+    # Balanced tiles: a stride-2 d/dx phase (8 columns) tiled 8 channels x v8 loads 8 weights
+    # and 1 row per 8 FMAs; 4 channels x 2 rows load 4 weights and 2 rows.
+    best, cost = tiles, _tile_loads(info, v, tiles, registers)
+    points = math.prod(tiles.values())
+    for a, k1 in enumerate(ranked[:3] if balance and v is not None else []):
+        for k2 in ranked[a + 1:3]:
+            for f1 in _divisors(info.extents[k1], budget):
+                for f2 in _divisors(info.extents[k2], budget // f1):
+                    trial = {k1: f1, k2: f2}
+                    loads = _tile_loads(info, v, trial, registers)
+                    if f1 * f2 >= points and loads < cost * (1 - TILE_LOADS_MARGIN):
+                        best, cost = trial, loads
+    return best
+
+
+# A balanced tile replaces the first one only when it loads this much less per FMA.
+TILE_LOADS_MARGIN = 0.05
+
+
+def _divisors(n, limit):
+    """Divisors of n from 2 to limit, largest first."""
+    return [f for f in range(min(n, limit), 1, -1) if n % f == 0]
+
+
+def _tile_loads(info, v, tiles, registers):
+    """Operand loads per FMA of a register tile: an operand constant along a tiled axis is
+    loaded once for the axis; a vector operand loads each of its registers, and counts twice
+    (as in _register_tiles' reuse): a window's vectors start anywhere, and often straddle two
+    cache lines, a broadcast never (LeNet's 6xv16 conv beat 3 channels x 2 rows x v16, 61 vs
+    74 us, though the rows load one operand less per 12 FMAs)."""
+    loads = 0
+    for _, _, strides in info.reads:
+        n = math.prod(f for k, f in tiles.items() if strides[k] != 0)
+        loads += n * (2 * registers if v is not None and strides[v] == 1 else 1)
+    fmas = math.prod(tiles.values()) * registers
+    return loads / fmas
 
 
 def _tile_outputs(info, v, vec, params):
     """Outputs one register tile covers with vectors of `vec` along v."""
     budget = max(1, params.acc_registers // math.ceil(vec / params.lanes(info.dtype)))
-    return vec * math.prod(_register_tiles(info, v, budget).values())
+    registers = math.ceil(vec / params.lanes(info.dtype))
+    return vec * math.prod(_register_tiles(info, v, budget, registers, balance=False).values())
 
 
 def _streams_operands(info):
