@@ -86,6 +86,29 @@ def measured(lowered, target, names, **kw):
         return {}
 
 
+PAIRED_ROUNDS = 3  # rounds of default-then-tuned (alternating) behind each verdict
+
+
+def paired(lowered, target, names, records, rounds=PAIRED_ROUNDS, **kw):
+    """({name: default-schedule us}, {name: us with `records`}) of the named kernels, timed
+    in turns, the first of each round alternating, each the median of its rounds.
+
+    A verdict compares these two: timed minutes apart (the default before the search, the
+    record after it) they measured the load of the moment as much as the kernels on a shared
+    machine (the MLP's dense: default 251 us under load before a search, 29 us idle; its
+    record 104 us), and a record that lost by 3.6x was kept as faster."""
+    default, tuned = {}, {}
+    for r in range(rounds):
+        pair = [(False, dict(every_record=False), default),
+                (records, dict(every_record=True), tuned)]
+        for recs, extra, into in (pair if r % 2 == 0 else pair[::-1]):
+            for name, us in measured(lowered, target, names, records=recs, **extra,
+                                     **kw).items():
+                into.setdefault(name, []).append(us)
+    return ({n: float(np.median(v)) for n, v in default.items()},
+            {n: float(np.median(v)) for n, v in tuned.items()})
+
+
 def _random(rng, shape, dtype):
     # integer inputs (token ids) get small non-negative values, valid for any table
     if np.dtype(dtype).kind in "iu":

@@ -46,8 +46,10 @@ specialization is carried over to the symbolic kernel as a record of its own
 verdict (step 6) times the symbolic kernel at ``sizes``, with its default schedule and with
 the carried-over record.
 
-6. Rebuild: the kernels with records are timed against their default schedules and the
-   verdicts kept in the store (tvmfront.tuning.policy), then the module is rebuilt **in
+6. Rebuild: the kernels with records are timed against their default schedules, the two in
+   turns over a few rounds (tvmfront.tuning.measure.paired: never against the default
+   latency of step 2, taken minutes earlier under another load), and the verdicts kept in
+   the store (tvmfront.tuning.policy), then the module is rebuilt **in
    place** with the records (the store tuning wrote first, then what it read before): the
    same object runs the tuned kernels from then on, with its parameters, optimizer state and
    step count unchanged. tune returns a TuneReport.
@@ -67,7 +69,7 @@ from ..errors import TvmfrontError
 from ..target import target_json
 from . import interrupt, merge, policy, search, store, symbolic
 from . import remote as rpc_mod
-from .measure import measured
+from .measure import measured, paired
 from .tasks import kernels_of, lowered_of
 
 log = logging.getLogger("tvmfront.tune")
@@ -299,9 +301,8 @@ def _symbolic_results(report, module, target, kernels, remote):
     names = {n: (k, h) for k in kernels for n, h in k.symbolic.items()}
     if not names:
         return {}
-    kw = dict(names=set(names), remote=remote, sizes=report.sizes)
-    default = measured(module._lowered, target, records=False, **kw)
-    tuned = measured(module._lowered, target, records=report.store, every_record=True, **kw)
+    default, tuned = paired(module._lowered, target, set(names), report.store, remote=remote,
+                            sizes=report.sizes)
     results = {}
     for name, (k, h) in names.items():
         k.symbolic_us = (default.get(name), tuned.get(name))
@@ -334,11 +335,14 @@ def _finish(report, module, root, target, remote, checkpoint):
             if best.get(k.hash) is not None:
                 k.record_us = best[k.hash] * 1e6
         with_records = [k for k in report.kernels if k.record_us is not None]
-        tuned = measured(report.tuning, target, {k.name for k in with_records},
-                         records=report.store, every_record=True, remote=remote)
+        # the default schedule is timed again beside the record: the latency measured before
+        # the search was taken at another moment, under another load (tuning.measure.paired)
+        default, tuned = paired(report.tuning, target, {k.name for k in with_records},
+                                report.store, remote=remote)
         results = {}
         for k in with_records:
             k.tuned_us = tuned.get(k.name)
+            k.default_us = default.get(k.name, k.default_us)
             if k.tuned_us is not None and k.default_us is not None:
                 results[k.hash] = {"name": k.name, "default_us": k.default_us,
                                    "tuned_us": k.tuned_us, "record_us": k.record_us}

@@ -15,7 +15,7 @@ with prune it then drops from the store:
 from ..build import build_lowered
 from ..runtime.modules import InferenceModule, TrainingModule
 from . import policy, store
-from .measure import measured, time_module
+from .measure import paired, time_module
 from .tasks import kernels_of
 
 
@@ -86,8 +86,7 @@ def check_module(name, module, folder, rounds=3, min_speedup=1.0, min_seconds=0.
         log(f"{name}: no record of this store applies")
         return result
     lowered, target = module._lowered, module._target
-    default = measured(lowered, target, set(kernels), records=False)
-    tuned = measured(lowered, target, set(kernels), records=folder, every_record=True)
+    default, tuned = paired(lowered, target, set(kernels), folder)
     for kname, h in kernels.items():
         d, t = default.get(kname), tuned.get(kname)
         result.kernels[h] = (kname, d, t, policy.judge(d, t))
