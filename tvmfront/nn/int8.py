@@ -24,6 +24,7 @@ import copy
 import numpy as np
 
 from ..ops import int8 as q
+from .fold import Identity
 from .layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
 from .module import Module, Parameter
 
@@ -149,11 +150,6 @@ class QuantizedConv2d(_Quantized):
         return q.qconv2d(*args, **common)
 
 
-class Identity(Module):
-    def forward(self, x):
-        return x
-
-
 def named_modules(model):
     """[(dotted name, module)], the model itself as "", depth first (Module.named_modules);
     the submodules of a Linear / Conv2d (a QAT layer's fake quantizers) are part of it and
@@ -218,7 +214,7 @@ def _chain(seq):
             name, m = items[j]
             if isinstance(m, ReLU) and not relu:
                 relu, between = True, between + [name]
-            elif isinstance(m, (Flatten, MaxPool2d)):
+            elif isinstance(m, (Flatten, MaxPool2d, Identity)):  # Identity: a folded BN
                 continue  # max commutes with the (monotone) requantization: exact on uint8
             elif isinstance(m, _Quantized):
                 layer.requantize_to(m, relu)
