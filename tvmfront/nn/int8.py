@@ -73,7 +73,7 @@ class _Quantized(Module):
                              "(input or weight scale too small)")
         # packed: the layout of the CPU's 8-bit dot product (ops.int8.pack_weight)
         self.packed = bool(pack) and self._packable(wq)
-        self.register_buffer("weight", q.pack_weight(wq) if self.packed else wq)
+        self.register_buffer("weight", q.pack_weight(self._taps(wq)) if self.packed else wq)
         self.register_buffer("bias", bias.astype(np.int32))
         self.register_buffer("multiplier", (s_x * w_scale).astype(np.float32))
         self.register_buffer("input_scale", np.array(s_x, np.float32))
@@ -95,6 +95,10 @@ class _Quantized(Module):
 
     def _packable(self, wq):
         return True
+
+    def _taps(self, wq):
+        """The weight as packed (a direct convolution pads its rows of taps)."""
+        return wq
 
     def _int8_options(self):
         """The keywords of the packed ops: the input's largest value, and the epilogue."""
@@ -127,12 +131,21 @@ class QuantizedLinear(_Quantized):
                       **self._int8_options())
 
 
+def _direct(kernel):
+    """Whether a packed convolution reads x's rows in place (ops.int8.qconv2d_packed): where
+    a window's rows are wide enough that the zero taps padding them to groups of 4 cost less
+    than gathering every byte (ResNet's 3x3 convolutions at batch 64: 1.2-1.7x faster); a 1x1
+    gathers (4 channels per group, no zero taps)."""
+    return kernel[1] > 1
+
+
 class QuantizedConv2d(_Quantized):
     """Conv2d as int8 (see the module docstring)."""
 
     def __init__(self, layer, entry, pack=False):
         self._setup(layer, entry, pack)
         self.kernel = tuple(int(d) for d in np.shape(float_weight(layer.weight))[2:])
+        self.direct = self.packed and _direct(self.kernel)
         self.stride, self.padding = layer.stride, layer.padding
 
     def _packable(self, wq):
@@ -141,12 +154,15 @@ class QuantizedConv2d(_Quantized):
         # 6-channel conv at batch 64: ~2x slower; its 16-channel conv: ~1.2x faster).
         return wq.shape[0] >= q.LANES
 
+    def _taps(self, wq):
+        return q.pad_taps(wq) if _direct(wq.shape[2:]) else wq
+
     def forward(self, x):
         args = (self._input(x), self.weight, self.bias, self.multiplier)
         common = {"stride": self.stride, "padding": self.padding,
                   "x_zero_point": self.zero_point, **self._int8_options()}
         if self.packed:
-            return q.qconv2d_packed(*args, kernel=self.kernel, **common)
+            return q.qconv2d_packed(*args, kernel=self.kernel, direct=self.direct, **common)
         return q.qconv2d(*args, **common)
 
 
