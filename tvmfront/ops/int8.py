@@ -167,6 +167,7 @@ def qconv2d(x, w, bias, multiplier, stride=1, padding=0, x_zero_point=0, out_dty
 LANES = 16
 GROUP = 4
 GEMM_ATTR = "tvmfront.int8_gemm"  # block annotation: the largest activation value (x_max)
+GEMM_STEPS = "tvmfront.int8_steps"  # direct convolution: dot-product steps per (kh, row)
 WINDOWS = "qconv2d_windows"  # the gathered rows' stage: the schedule gathers them per tile
 
 
@@ -190,14 +191,17 @@ def unpack_weight(wp, shape):
     return np.ascontiguousarray(full[:o, :k]).reshape(shape)
 
 
-def _packed_gemm(rows, a, wp, x_max):
-    """acc [rows, O padded] int32 = a(m, k) (uint8/int8 in a buffer) . unpacked wp."""
+def _packed_gemm(rows, a, wp, x_max, steps=None):
+    """acc [rows, O padded] int32 = a(m, k) (uint8/int8 in a buffer) . unpacked wp.
+    `steps`: (kh, steps per row of taps) of a direct convolution, annotated so that the
+    schedule splits the reduction along them (x's offsets then need no division)."""
+    attrs = {GEMM_ATTR: x_max, **({GEMM_STEPS: list(steps)} if steps else {})}
     k = te.reduce_axis((0, wp.shape[1] * GROUP), "k")
     return te.compute(
         (rows, wp.shape[0] * LANES),
         lambda m, o: te.sum(_widened(a(m, k)) * _widened(
             wp[o // LANES, k // GROUP, o % LANES, k % GROUP]), axis=k),
-        name="qgemm_acc", attrs={GEMM_ATTR: x_max})
+        name="qgemm_acc", attrs=attrs)
 
 
 def _check_packed(name, wp, bias, x_max, x):
@@ -304,7 +308,7 @@ def qconv2d_packed(x, w, bias, multiplier, kernel, stride=1, padding=0, x_zero_p
 
     rows = n_ * ho * wo
     if direct:  # the GEMM reads x's rows in place
-        acc = _packed_gemm(rows, window, w, x_max)
+        acc = _packed_gemm(rows, window, w, x_max, steps=(k_h, row // GROUP))
     else:
         cols = te.compute((rows, w.shape[1] * GROUP), window, name=WINDOWS)
         acc = _packed_gemm(rows, lambda m, k: cols[m, k], w, x_max)

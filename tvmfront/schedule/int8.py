@@ -18,7 +18,7 @@ the generic rules, which compute the same integers.
 """
 
 from .._tvm import llvm_has_features, s_tir, tvm
-from ..ops.int8 import GEMM_ATTR, GROUP, LANES, WINDOWS
+from ..ops.int8 import GEMM_ATTR, GEMM_STEPS, GROUP, LANES, WINDOWS
 from .analysis import _const, _root_blocks, _walk_stmts
 from .failures import NotApplicable, _current, _probe, log
 from . import spatial
@@ -177,13 +177,18 @@ def _tile(sch, name, rows, intrin, lanes, params):
     extent = _const(sch.get(i).extent)
     if rows > 1 and (extent is None or extent % rows):
         raise NotApplicable(f"{extent} rows are not a multiple of {rows}")
+    steps = [int(v) for v in sch.get(block).annotations.get(GEMM_STEPS, ())]
     jo, ji = sch.split(j, [None, LANES])
     ko, ki = sch.split(k, [None, GROUP])
+    k_steps = _const(sch.get(ko).extent) or 0
     io, ii = sch.split(i, [None, rows])
     jh, jl = sch.split(ji, [None, lanes])
     sch.reorder(io, jo, ko, ii, jh, jl, ki)
     tile = sch.fuse(io, jo)
-    macs = (_const(sch.get(tile).extent) or 0) * (_const(sch.get(ko).extent) or 0)
+    macs = (_const(sch.get(tile).extent) or 0) * k_steps
+    if steps:  # a direct convolution: steps along (channel, kh, row): no division by kh
+        # (serial: unrolled, the 3 steps' tiles of a 3x3 spill the 16 ymm registers)
+        sch.split(ko, [None, *steps])
     parallel = macs * rows * LANES * GROUP >= PARALLEL_MIN_MACS and params.cores > 1
     if parallel:  # first: parallel checks the dataflow of the bare reduction
         sch.parallel(tile)
@@ -218,7 +223,7 @@ def _tile(sch, name, rows, intrin, lanes, params):
     # registers (serial loops left it in memory: a store and reload per dot-product step).
     *_, init_rows, init_halves, init_lanes = sch.get_loops(init)
     sch.vectorize(init_lanes)
-    for lp in (init_rows, init_halves, *sch.get_loops(block)[2:4]):
+    for lp in (init_rows, init_halves, *sch.get_loops(block)[-4:-2]):  # rows, halves
         _unroll(sch, lp)
     if epilogue:
         sch = _vectorize_epilogue(sch, consumers[0])
