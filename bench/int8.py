@@ -53,6 +53,7 @@ import numpy as np  # noqa: E402
 import tvmfront as tvf  # noqa: E402
 from bench._timing import median_seconds  # noqa: E402
 
+SPARSITY = (0.5, 0.8, 0.9)
 INSTRUCTIONS = ("vpdpbusd", "vpdpwssd", "vpmaddubsw", "vpmaddwd", "vpmulld")
 
 
@@ -97,6 +98,28 @@ def qat(model, data, epochs, activation_range):
     return model
 
 
+def pruned(name, model, data, sparsity, epochs):
+    """Test accuracy of the trained model pruned gradually to `sparsity` (global magnitude
+    pruning, Zhu & Gupta's schedule over the first two thirds of `epochs` fine-tuning epochs
+    at lr 1e-3 with Adam, masks between epochs), folded (pruning.remove) and compiled for
+    inference: examples/compress_digits.py's recipe."""
+    x_train, y_train, x_test, y_test = data
+    example = __import__(EXAMPLES[name])
+    fresh = example.make_model()
+    fresh.load_state_dict(model.state_dict())
+    fresh = tvf.nn.pruning.prune(fresh, amount=0.0)
+    step = tvf.compile_training(fresh, tvf.nn.CrossEntropyLoss(), tvf.optim.Adam(1e-3),
+                                inputs=("batch", *x_train.shape[1:]), labels=("batch",))
+    steps = epochs * -(-len(x_train) // 64)
+    schedule = tvf.nn.pruning.PolynomialSparsity(sparsity, end_step=max(1, 2 * steps // 3))
+    tvf.nn.pruning.fit(tvf.Trainer(step, seed=0, progress=False), x_train, y_train, schedule,
+                       epochs=epochs, batch_size=64)
+    tvf.nn.pruning.update_masks(step, sparsity)  # the final sparsity, whatever the epochs
+    fresh.load_state_dict(step.state_dict())
+    tvf.nn.pruning.remove(fresh)
+    return accuracy(tvf.compile_inference(fresh, ("batch", *x_train.shape[1:])), x_test, y_test)
+
+
 def accuracy(module, x, y):
     return float((module.predict(x).argmax(1) == y).mean())
 
@@ -111,7 +134,7 @@ def timed(fn):
 
 def torch_peer(name, model, data, calib, python):
     """PyTorch float32 and x86 int8 (bench/_torch_int8.py) on the same weights, or {}."""
-    if not python or name not in ("mlp", "lenet"):
+    if not python or name not in ("mlp", "lenet", "resnet"):
         return {}
     _, _, x_test, y_test = data
     with tempfile.TemporaryDirectory() as tmp:
@@ -127,7 +150,7 @@ def torch_peer(name, model, data, calib, python):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def bench_model(name, epochs, rounds, qat_epochs, python):
+def bench_model(name, epochs, rounds, qat_epochs, python, prune_epochs=0):
     model, data = train(name, epochs)
     x_train, y_train, x_test, y_test = data
     calib, sample = x_train[:512], x_train.shape[1:]
@@ -140,11 +163,16 @@ def bench_model(name, epochs, rounds, qat_epochs, python):
             q = tvf.quantize(model, calibration=calib, method=method, inputs=spec)
             row[f"int8_{method}"] = accuracy(q, x_test, y_test)
     row["float_kept"] = [f"{n} ({k})" for n, k in q.quantization["float"]]
+    row["folded"] = [f"{c}+{b}" for c, b in q.quantization["folded"]]
     row["activation_range"] = [int(q.quantization["scales"][n]["input_qmax"]) for n in
                                q.quantization["int8"][:1]]
     if qat_epochs:
         trained = qat(model, data, qat_epochs, (0, row["activation_range"][0]))
         row["int8_qat"] = accuracy(tvf.quantize(trained, inputs=spec), x_test, y_test)
+    if prune_epochs and name != "mlp":
+        for sparsity in SPARSITY:
+            row[f"pruned{round(100 * sparsity)}"] = pruned(name, model, data, sparsity,
+                                                           prune_epochs)
     for batch in (1, 64):
         spec = (batch, *sample)
         modules = {"float32": tvf.compile_inference(model, spec),
@@ -228,6 +256,16 @@ def summary(rows):
         lines.append(f"{r['model']:11} {pct('float32'):>8} {pct('int8_minmax'):>8} "
                      f"{pct('int8_percentile'):>8} {pct('int8_qat'):>8}  " + "  ".join(cells)
                      + f"  {torch_ms:>18}")
+    lines.append("")
+    lines.append(f"{'model':11} {'folded BN':>9} {'torch f32':>9} {'torch i8':>8}  "
+                 + " ".join(f"{'pruned %d%%' % round(100 * s):>10}" for s in SPARSITY))
+    for r in rows:
+        if "float32_bpc" in r:
+            continue
+        acc = (lambda k: f"{100 * r[k]:.2f}" if k in r else "-")
+        lines.append(f"{r['model']:11} {len(r.get('folded', [])):9d} {acc('torch_float32'):>9} "
+                     f"{acc('torch_int8'):>8}  " + " ".join(
+                         f"{acc('pruned%d' % round(100 * s)):>10}" for s in SPARSITY))
     return "\n".join(lines)
 
 
@@ -277,6 +315,8 @@ def main():
     parser.add_argument("--qat-epochs", type=int, default=2)
     parser.add_argument("--resnet-epochs", type=int, default=3)
     parser.add_argument("--transformer-steps", type=int, default=300)
+    parser.add_argument("--prune-epochs", type=int, default=4,
+                        help="fine-tuning epochs per sparsity (LeNet, ResNet); 0: skip")
     parser.add_argument("--asm", action="store_true")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "int8.txt"))
@@ -290,7 +330,8 @@ def main():
             rows.append(bench_transformer(args.transformer_steps, args.rounds))
         elif name:
             epochs = args.resnet_epochs if name == "resnet" else args.epochs
-            rows.append(bench_model(name, epochs, args.rounds, args.qat_epochs, python))
+            rows.append(bench_model(name, epochs, args.rounds, args.qat_epochs, python,
+                                    args.prune_epochs))
         if name:
             print(json.dumps(rows[-1]), flush=True)
     if rows and args.out:
