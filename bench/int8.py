@@ -1,7 +1,8 @@
 """Int8 quantization (tvf.quantize) against float32 and PyTorch's x86 int8: accuracy and speed.
 
     .venv/bin/python bench/int8.py [--models mlp,lenet,resnet,transformer] [--epochs 10]
-        [--resnet-epochs 3] [--qat-epochs 2] [--transformer-steps 300] [--rounds 5] [--asm] [--no-torch]
+        [--resnet-epochs 3] [--qat-epochs 2] [--prune-epochs 4] [--transformer-steps 300]
+        [--rounds 5] [--asm] [--no-torch]
 
 Models: the digits MLP (examples/mlp_digits.py, 64-256-256-10), LeNet
 (examples/lenet_digits.py, digits upsampled to 16x16) and the ResNet
@@ -15,8 +16,12 @@ Models: the digits MLP (examples/mlp_digits.py, 64-256-256-10), LeNet
   float and int8 so that background load hits both alike; reported: the median over rounds of
   each one's median call time (wall), the ratio, and the process CPU time (user+sys) per call,
   with the load average before and after;
-- PyTorch (/work/main/.venv-bench, a subprocess, MLP and LeNet): the same weights in float32
-  and int8 with torch.ao.quantization's "x86" backend, its accuracy and call times.
+- pruned (LeNet, ResNet): accuracy at 50 / 80 / 90 % sparsity, gradual global magnitude
+  pruning over --prune-epochs of fine-tuning (examples/compress_digits.py's recipe);
+- PyTorch (/work/main/.venv-bench, a subprocess, MLP, LeNet and the ResNet with its
+  conv-BN(-ReLU) fused, bench/_torch_resnet_q.py): the same weights in float32 and int8 with
+  torch.ao.quantization's "x86" backend, its accuracy and call times. (Not the Transformer:
+  there is no torch twin of CausalLM here.)
 On an AVX2 CPU without VNNI, tvf.quantize quantizes activations to [0, 127] (vpmaddubsw's
 int16 pair sums saturate otherwise; PyTorch's x86 backend does the same, reduce_range), and
 the QAT model is prepared with that range. The char Transformer (examples/char_transformer.py's model, --transformer-steps steps): its
