@@ -68,6 +68,21 @@ def test_only_a_batchnorm_that_alone_reads_the_conv_output_is_folded():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_a_convolution_called_twice_is_not_folded():
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            rng = np.random.default_rng(2)
+            self.conv = nn.Conv2d(2, 2, 3, padding=1)
+            self.bn_a = _trained_bn(nn.BatchNorm2d(2), rng)
+            self.bn_b = _trained_bn(nn.BatchNorm2d(2), rng)
+
+        def forward(self, x):
+            return self.bn_b(self.conv(self.bn_a(self.conv(x))))
+
+    assert ptq.fold_batchnorms(Shared().eval(), tvf.TensorSpec(SPEC, "float32")) == []
+
+
 def test_a_pruned_convolution_keeps_its_zeros_when_folded():
     model = Block().eval()
     pruning.prune(model, amount=0.5, scope="layer")

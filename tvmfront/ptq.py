@@ -135,12 +135,15 @@ def foldable_pairs(model, spec):
     convs = {}  # id of a convolution's output Tensor -> (conv name, Tensor)
     pairs = []
     kinds = dict(int8.named_modules(spied))
+    calls = [name for name, _, _ in seen]
     for name, x, y in seen:
         if isinstance(kinds[name].layer, nn.Conv2d):
             convs[id(y)] = (name, y)
         elif id(x) in convs and convs[id(x)][1] is x:
-            if uses.get(x.expr, 0) == 1:  # the BatchNorm only
-                pairs.append((convs[id(x)][0], name))
+            conv = convs[id(x)][0]
+            # the BatchNorm is the only reader; a layer called twice (shared) is not folded
+            if uses.get(x.expr, 0) == 1 and calls.count(conv) == calls.count(name) == 1:
+                pairs.append((conv, name))
     return pairs
 
 
