@@ -1,6 +1,6 @@
 """PyTorch's x86 quantized backend on bench/int8.py's models (runs in .venv-bench, one process
 per model): the same trained weights in a torch twin, float32 and int8 (eager-mode static
-quantization, torch.ao.quantization with the "x86" qconfig: fbgemm/onednn kernels, per-channel
+quantization, conv-BN(-ReLU) and Linear/Conv-ReLU fused, torch.ao.quantization with the "x86" qconfig: fbgemm/onednn kernels, per-channel
 int8 weights, reduce_range activations), calibrated on the same samples. Prints one JSON row:
 accuracies and median call times at batch 1 and 64.
 
@@ -8,6 +8,7 @@ accuracies and median call times at batch 1 and 64.
 """
 
 import copy
+import os
 import json
 import sys
 import time
@@ -17,9 +18,15 @@ import torch
 import torch.ao.quantization as tq
 import torch.nn as tnn
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # _torch_resnet_q
+
 
 def twin(name):
     """The tvmfront example's layers, same order (so state_dict names match: '0.weight')."""
+    if name == "resnet":
+        from _torch_resnet_q import ResNet
+
+        return ResNet()
     if name == "mlp":
         return tnn.Sequential(tnn.Flatten(), tnn.Linear(64, 256), tnn.ReLU(), tnn.Linear(256, 256),
                               tnn.ReLU(), tnn.Linear(256, 10))
@@ -57,7 +64,9 @@ def main():
                            if k.startswith("w:")})
     x_test, y_test = torch.from_numpy(data["x_test"]), data["y_test"]
     torch.backends.quantized.engine = "x86"
-    q = tq.QuantWrapper(tq.fuse_modules(copy.deepcopy(model), fusable(model)))
+    fused = copy.deepcopy(model)
+    fused = fused.fuse() if hasattr(fused, "fuse") else tq.fuse_modules(fused, fusable(fused))
+    q = tq.QuantWrapper(fused)
     q.qconfig = tq.get_default_qconfig("x86")
     tq.prepare(q, inplace=True)
     with torch.inference_mode():

@@ -31,28 +31,43 @@ def operands(rng, x_shape, w_shape, x_max=127):
     return x, w, b, m
 
 
-def build(kind, x, w, b, m, target, **kw):
-    """(compiled kernel, rule, fallbacks) of the packed op on these operands' shapes."""
+def packed(w, direct=False):
+    return q.pack_weight(q.pad_taps(w) if direct else w)
+
+
+def schedule_kernel(kind, x, w, b, m, target, after=None, extra=(), **kw):
+    """(scheduled IRModule, rule, fallbacks, out) of the packed op on these operands' shapes;
+    after(out) -> the kernel's output: elementwise ops fused after it, as Relax fuses them,
+    reading the placeholders `extra` too."""
     from tvmfront._tvm import te, tvm
 
     args = [te.placeholder(a.shape, str(a.dtype), n) for a, n in
-            ((x, "x"), (q.pack_weight(w), "w"), (b, "b"), (m, "m"))]
+            ((x, "x"), (packed(w, kw.get("direct")), "w"), (b, "b"), (m, "m"))]
     if kind == "dense":
         out = q.qdense_packed.fn(*args, **kw)
     else:
         out = q.qconv2d_packed.fn(*args, kernel=w.shape[2:], **kw)
-    func = te.create_prim_func(args + [out]).with_attr("global_symbol", "k")
+    out = after(out) if after else out
+    func = te.create_prim_func(args + list(extra) + [out]).with_attr("global_symbol", "k")
     report, fallbacks = {}, {}
     mod = schedule.default_cpu_schedule(tvm.IRModule({"k": func}), target, report=report,
                                         fallbacks=fallbacks)
-    return tvm.compile(mod, target), report["k"], fallbacks, out
+    return mod, report["k"], fallbacks, out
 
 
-def run(ex, out, x, w, b, m):
+def build(kind, x, w, b, m, target, **kw):
+    """(compiled kernel, rule, fallbacks) of the packed op on these operands' shapes."""
+    from tvmfront._tvm import tvm
+
+    mod, rule, fallbacks, out = schedule_kernel(kind, x, w, b, m, target, **kw)
+    return tvm.compile(mod, target), rule, fallbacks, out
+
+
+def run(ex, out, x, w, b, m, direct=False):
     from tvmfront._tvm import tvm
 
     res = tvm.runtime.tensor(np.zeros([int(d) for d in out.shape], str(out.dtype)))
-    ex["k"](*[tvm.runtime.tensor(a) for a in (x, q.pack_weight(w), b, m)], res)
+    ex["k"](*[tvm.runtime.tensor(a) for a in (x, packed(w, direct), b, m)], res)
     return res.numpy()
 
 
@@ -96,6 +111,14 @@ def test_packed_ops_refuse_an_unpacked_weight_and_a_wrong_x_max():
     ("dense", (64, 256), (256, 256), {}),                   # 4-row tiles, parallel
     ("dense", (3, 36), (10, 36), {}),                       # 1-row tiles, 10 of 16 channels
     ("conv", (2, 3, 9, 8), (6, 3, 3, 3), {"stride": 2, "padding": 1, "x_zero_point": 5}),
+    # direct: rows of x read in place; the last window's zero taps past x's right edge
+    # (no padding: x is widened for them), stride 2, a 5x5 (taps 5 -> 8), a 1x1 (1 -> 4)
+    ("conv", (2, 3, 9, 8), (6, 3, 3, 3), {"stride": 2, "padding": 1, "x_zero_point": 5,
+                                          "direct": True}),
+    ("conv", (2, 6, 8, 8), (16, 6, 5, 5), {"direct": True}),
+    ("conv", (1, 5, 6, 7), (20, 5, 3, 2), {"stride": (2, 1), "padding": (0, 1),
+                                           "x_zero_point": 7, "direct": True}),
+    ("conv", (2, 8, 6, 6), (16, 8, 1, 1), {"stride": 2, "direct": True}),
 ])
 def test_avx2_tensorizes_with_vpmaddubsw_and_stays_exact(kind, x_shape, w_shape, kw):
     x, w, b, m = operands(np.random.default_rng(1), x_shape, w_shape)
@@ -104,8 +127,66 @@ def test_avx2_tensorizes_with_vpmaddubsw_and_stays_exact(kind, x_shape, w_shape,
     assert rule.startswith("tvmfront.int8: qgemm_acc=tvmfront_dot_8x4_avx2"), rule
     assert not fallbacks
     assert count(ex, "vpmaddubsw") > 0 and count(ex, "vpmulld") == 0
+    direct = kw.pop("direct", False)
     ref = qdense_ref if kind == "dense" else qconv2d_ref
-    np.testing.assert_array_equal(run(ex, out, x, w, b, m), ref(x, w, b, m, **REQUANT, **kw))
+    np.testing.assert_array_equal(run(ex, out, x, w, b, m, direct),
+                                  ref(x, w, b, m, **REQUANT, **kw))
+
+
+def _blocks(mod):
+    """The names of the scheduled kernel's blocks."""
+    from tvmfront.schedule.analysis import _walk_stmts
+
+    names = []
+    _walk_stmts(mod["k"].body, lambda n: names.append(n.name_hint) if hasattr(
+        n, "name_hint") and hasattr(n, "iter_vars") else None)
+    return names
+
+
+@needs_avx2
+def test_direct_convolution_gathers_nothing():
+    """direct=True: no windows stage, and the dot product's activation operand is 4 bytes of
+    the (padded) input read in place."""
+    x, w, b, m = operands(np.random.default_rng(5), (2, 16, 8, 8), (16, 16, 3, 3))
+    for direct in (False, True):
+        mod, rule, _, _ = schedule_kernel("conv", x, w, b, m, resolve_target("x86:avx2"),
+                                          x_max=127, padding=1, direct=direct, **REQUANT)
+        text = mod.script()
+        assert ("qconv2d_windows" in _blocks(mod)) is not direct, rule
+        assert ("A = T.match_buffer(qconv2d_pad[" in text) is direct
+
+
+@needs_avx2
+def test_elementwise_ops_fused_after_the_gemm_run_in_its_tile():
+    """Relax fuses the dequantized output's residual add and ReLU (and a next layer's
+    quantize) into the convolution's kernel: the rule inlines them into one block computed
+    in the tile, so no float tensor is written between them; same numbers."""
+    from tvmfront._tvm import te, tirx, tvm
+
+    rng = np.random.default_rng(6)
+    x, w, b, m = operands(rng, (2, 16, 8, 8), (16, 16, 3, 3))
+    r = rng.normal(0, 1, (2, 16, 8, 8)).astype(np.float32)
+    rp = te.placeholder(r.shape, "float32", "r")
+
+    def after(out):
+        add = te.compute(out.shape, lambda *i: out(*i) + rp(*i), name="T_add")
+        return te.compute(out.shape, lambda *i: te.max(add(*i), tirx.const(0, "float32")),
+                          name="T_relu")
+
+    kw = {"x_max": 127, "padding": 1, "direct": True}
+    mod, rule, fallbacks, out = schedule_kernel("conv", x, w, b, m, resolve_target("x86:avx2"),
+                                                after=after, extra=[rp], **kw)
+    func = mod["k"]
+    assert "epilogue in tile" in rule and not fallbacks
+    blocks = _blocks(mod)
+    assert "T_relu" in blocks and "T_add" not in blocks and "qconv2d" not in blocks, blocks
+    ex = tvm.compile(mod, resolve_target("x86:avx2"))
+    res = tvm.runtime.tensor(np.zeros(r.shape, np.float32))
+    order = [p.name for p in func.params]
+    vals = {"x": x, "w": packed(w, True), "b": b, "m": m, "r": r}
+    ex["k"](*[tvm.runtime.tensor(vals[n]) for n in order[:-1]], res)
+    want = np.maximum(qconv2d_ref(x, w, b, m, padding=1) + r, 0)
+    np.testing.assert_allclose(res.numpy(), want, rtol=1e-6, atol=1e-5)
 
 
 @needs_avx2

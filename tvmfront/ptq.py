@@ -10,6 +10,7 @@ range gives the per-tensor affine uint8 scale and zero point with the same op QA
 ``nn.int8.convert`` turns into int8 layers, compiled with ``compile_inference``.
 """
 
+import contextlib
 import copy
 import warnings
 
@@ -17,7 +18,8 @@ import numpy as np
 
 from . import nn
 from .compile import compile_inference
-from .nn import int8
+from .graph import build_forward
+from .nn import fold, int8
 from .nn.quantization import qat_layers, qat_scales
 from .ops import quant
 from ._tvm import host_arch
@@ -75,6 +77,86 @@ class _Calibrator(nn.Module):
         return tuple(v for _, v in self.seen)
 
 
+class _Spy(nn.Module):
+    """Records (its name, its input, its output) in `seen` on its way through `layer`."""
+
+    def __init__(self, name, layer, seen):
+        super().__init__()
+        self.layer = layer
+        object.__setattr__(self, "_name", name)
+        object.__setattr__(self, "_seen", seen)
+
+    def forward(self, x):
+        y = self.layer(x)
+        self._seen.append((self._name, x, y))
+        return y
+
+
+def _replace(model, names, make):
+    """Replace each submodule of `model` named in `names` by make(name, module), in place
+    (kept at its place in its parent's order, as Sequential needs)."""
+    for parent_name, parent in int8.named_modules(model):
+        for n, child in list(parent._modules.items()):
+            full = f"{parent_name}.{n}" if parent_name else n
+            if full in names:
+                parent._modules[n] = new = make(full, child)
+                object.__setattr__(parent, n, new)
+
+
+def _uses(func):
+    """{Relax var: how many bindings (and the function's result) read it}."""
+    from ._tvm import relax
+
+    count = {}
+
+    def read(expr):
+        for v in relax.analysis.free_vars(expr):
+            count[v] = count.get(v, 0) + 1
+
+    for block in func.body.blocks:
+        for binding in block.bindings:
+            read(binding.value)
+    read(func.body.body)
+    return count
+
+
+def foldable_pairs(model, spec):
+    """[(conv name, BatchNorm name)]: each BatchNorm2d (running statistics) whose input is a
+    Conv2d's output that nothing else reads, found by tracing the forward (eval mode) with
+    the layers spied on. Where a convolution's output also feeds something else (a residual
+    branch), folding would change that reader, so the pair is not folded."""
+    seen = []
+    spied = copy.deepcopy(model)
+    wanted = {n for n, m in int8.named_modules(spied)
+              if isinstance(m, nn.Conv2d) or fold.foldable(m)}
+    _replace(spied, wanted, lambda name, m: _Spy(name, m, seen))
+    mod, _ = build_forward(spied, spec)
+    uses = _uses(mod["predict"])
+    convs = {}  # id of a convolution's output Tensor -> (conv name, Tensor)
+    pairs = []
+    kinds = dict(int8.named_modules(spied))
+    calls = [name for name, _, _ in seen]
+    for name, x, y in seen:
+        if isinstance(kinds[name].layer, nn.Conv2d):
+            convs[id(y)] = (name, y)
+        elif id(x) in convs and convs[id(x)][1] is x:
+            conv = convs[id(x)][0]
+            # the BatchNorm is the only reader; a layer called twice (shared) is not folded
+            if uses.get(x.expr, 0) == 1 and calls.count(conv) == calls.count(name) == 1:
+                pairs.append((conv, name))
+    return pairs
+
+
+def fold_batchnorms(model, spec):
+    """Fold every foldable BatchNorm into its convolution (in place): [(conv, bn) names]."""
+    pairs = foldable_pairs(model, spec)
+    modules = dict(int8.named_modules(model))
+    for conv, bn in pairs:
+        fold.fold_batchnorm(modules[conv], modules[bn])
+    _replace(model, {bn for _, bn in pairs}, lambda name, m: fold.Identity())
+    return pairs
+
+
 def _spec(inputs, calibration):
     """The input spec (given, or a symbolic batch of the calibration samples' shape); a
     calibration array that does not match it is a ValueError."""
@@ -102,18 +184,25 @@ def _spec(inputs, calibration):
     return spec
 
 
+@contextlib.contextmanager
+def _takes(calibration):
+    """The model's own shape check while tracing it, named as quantize's."""
+    try:
+        yield
+    except (ValueError, ShapeError) as err:
+        raise ValueError(f"quantize: the model does not take calibration samples of shape "
+                         f"{calibration.shape}: {err}") from err
+
+
 def _ranges(model, names, spec, calibration, method, percentile, target):
     """{layer: (lo, hi)} of each named layer's input over the calibration data."""
     tapped = _Calibrator(copy.deepcopy(model), set(names))
     batch = spec.shape[0]
     size = batch if isinstance(batch, (int, np.integer)) else CALIBRATION_BATCH
     run_spec = TensorSpec(("batch", *spec.shape[1:]), spec.dtype)
-    try:
+    with _takes(calibration):
         module = compile_inference(tapped, run_spec, target=target,
                                    methods={"calibrate": run_spec})
-    except (ValueError, ShapeError) as err:  # the model's own check, named from here
-        raise ValueError(f"quantize: the model does not take calibration samples of shape "
-                         f"{calibration.shape}: {err}") from err
     order = tapped.names  # the forward's call order, as traced
     missing = sorted(set(names) - set(order))
     if missing:
@@ -202,7 +291,7 @@ def _dot_product(target):
 
 
 def quantize(model, calibration=None, method="minmax", percentile=99.99, inputs=None,
-             target="x86", records=None, reduce_range=None):
+             target="x86", records=None, reduce_range=None, fold_bn=True):
     """An int8 inference module of `model`: Linear and Conv2d as int8 kernels (per-channel
     symmetric int8 weights, per-tensor uint8 activations, int32 accumulation, requantization
     in the kernel's epilogue), everything else float. Scales from `calibration` (float
@@ -214,9 +303,13 @@ def quantize(model, calibration=None, method="minmax", percentile=99.99, inputs=
     Layers whose input range the target's dot product takes get their weights packed for it
     (schedule/int8.py tensorizes them); the others keep the widening kernels.
 
+    `fold_bn`: fold each BatchNorm2d into the convolution whose output it alone reads
+    (eval-mode statistics, nn/fold.py) first, so the pair runs as one int8 convolution.
+
     Returns the module, compiled as ``compile_inference`` (predict, export, tvf.load, tuning);
-    ``module.quantization`` reports {"int8": [layer names], "float": [(name, kind)]}, and a
-    layer with parameters but no int8 kernel is named in a warning.
+    ``module.quantization`` reports {"int8": [layer names], "float": [(name, kind)],
+    "folded": [(conv, BatchNorm) names]}, and a layer with parameters but no int8 kernel is
+    named in a warning.
 
         >>> module = tvf.quantize(model, calibration=x_train[:512], inputs=("batch", 1, 8, 8))
         >>> module.predict(x_test), module.quantization
@@ -229,13 +322,16 @@ def quantize(model, calibration=None, method="minmax", percentile=99.99, inputs=
         if calibration is not None:
             raise ValueError("quantize: the model was prepared for QAT: its scales come from "
                              "training; pass calibration=None")
-        scales = qat_scales(model)
         spec = inputs
+        folded = fold_batchnorms(model, spec) if fold_bn and spec is not None else []
+        scales = qat_scales(model)
     else:
         if calibration is None:
             raise ValueError("quantize: give calibration samples (or a model trained with "
                              "prepare_qat)")
         spec = _spec(inputs, calibration)
+        with _takes(calibration):
+            folded = fold_batchnorms(model, spec) if fold_bn else []
         # calibrated here: a module built for another CPU (VNNI, ARM) may not run on this one
         scales = calibrate(model, calibration, method, percentile, spec,
                            activation_range=(0, 127) if reduce else (0, 255))
@@ -247,8 +343,10 @@ def quantize(model, calibration=None, method="minmax", percentile=99.99, inputs=
             f"'{n}' ({k})" for n, k in stays) + "; these layers stay float", stacklevel=2)
     converted = int8.convert(model, scales, pack=pack)
     module = compile_inference(converted, spec, target=target, records=records)
-    module.quantization = {"int8": sorted(scales), "float": stays, "scales": scales}
+    module.quantization = {"int8": sorted(scales), "float": stays, "scales": scales,
+                           "folded": folded}
     # in the exported bundle too: what a deployed int8 module still runs in float
+    # (what was folded is not: the manifest's schema, runtime/manifest.py, takes these two)
     module.manifest["quantization"] = {"int8": sorted(scales),
                                        "float": [[n, k] for n, k in stays]}
     return module

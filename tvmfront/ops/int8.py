@@ -167,6 +167,8 @@ def qconv2d(x, w, bias, multiplier, stride=1, padding=0, x_zero_point=0, out_dty
 LANES = 16
 GROUP = 4
 GEMM_ATTR = "tvmfront.int8_gemm"  # block annotation: the largest activation value (x_max)
+GEMM_STEPS = "tvmfront.int8_steps"  # direct convolution: dot-product steps per (kh, row)
+WINDOWS = "qconv2d_windows"  # the gathered rows' stage: the schedule gathers them per tile
 
 
 def pack_weight(w):
@@ -189,14 +191,17 @@ def unpack_weight(wp, shape):
     return np.ascontiguousarray(full[:o, :k]).reshape(shape)
 
 
-def _packed_gemm(rows, a, wp, x_max):
-    """acc [rows, O padded] int32 = a(m, k) (uint8/int8 in a buffer) . unpacked wp."""
+def _packed_gemm(rows, a, wp, x_max, steps=None):
+    """acc [rows, O padded] int32 = a(m, k) (uint8/int8 in a buffer) . unpacked wp.
+    `steps`: (kh, steps per row of taps) of a direct convolution, annotated so that the
+    schedule splits the reduction along them (x's offsets then need no division)."""
+    attrs = {GEMM_ATTR: x_max, **({GEMM_STEPS: list(steps)} if steps else {})}
     k = te.reduce_axis((0, wp.shape[1] * GROUP), "k")
     return te.compute(
         (rows, wp.shape[0] * LANES),
         lambda m, o: te.sum(_widened(a(m, k)) * _widened(
             wp[o // LANES, k // GROUP, o % LANES, k % GROUP]), axis=k),
-        name="qgemm_acc", attrs={GEMM_ATTR: x_max})
+        name="qgemm_acc", attrs=attrs)
 
 
 def _check_packed(name, wp, bias, x_max, x):
@@ -250,12 +255,27 @@ def qdense_packed(x, w, bias, multiplier, x_max=255, out_dtype=None, out_zero_po
         out_qmax), name="qdense")
 
 
+def pad_taps(w):
+    """w [O, C, kh, kw] -> [O, C, kh, kw rounded up to 4], zeros in the new taps: the layout
+    of qconv2d_packed(direct=True), whose groups of 4 taps lie along a window's row."""
+    w = np.asarray(w)
+    return np.pad(w, [(0, 0)] * 3 + [(0, -w.shape[3] % GROUP)])
+
+
 @op
 def qconv2d_packed(x, w, bias, multiplier, kernel, stride=1, padding=0, x_zero_point=0,
-                   x_max=255, out_dtype=None, out_zero_point=0, out_qmin=0, out_qmax=255):
-    """qconv2d with w [O, C, kh, kw] packed by pack_weight (`kernel` = (kh, kw)): the
-    windows of x gathered into rows [N * Ho * Wo, C * kh * kw] (padding holds x_zero_point),
-    multiplied as qdense_packed, the epilogue writing NCHW."""
+                   x_max=255, direct=False, out_dtype=None, out_zero_point=0, out_qmin=0,
+                   out_qmax=255):
+    """qconv2d with w [O, C, kh, kw] packed by pack_weight (`kernel` = (kh, kw)), multiplied
+    as qdense_packed on rows [N * Ho * Wo, K], the epilogue writing NCHW. Padding holds
+    x_zero_point. Two ways to form the rows:
+
+    - direct=False: the windows gathered into rows [N * Ho * Wo, C * kh * kw] (w packed as
+      it is), byte by byte: the dot product's 4 taps come from 4 places of x;
+    - direct=True: w packed as pack_weight(pad_taps(w)), taps [C, kh, kw rounded up to 4]:
+      each group of 4 taps is 4 consecutive bytes of one row of x, which the dot product reads
+      in place, so nothing is gathered (x is padded on the right for the last window's extra
+      taps, which meet zero weights). Costs the zero taps' multiplies (3x3: 4/3)."""
     o = _check_packed("qconv2d_packed", w, bias, x_max, x)
     _check_operands("qconv2d_packed", x, te.placeholder((o, 1), "int8"), bias, multiplier,
                     out_dtype, out_qmin, out_qmax)
@@ -263,15 +283,18 @@ def qconv2d_packed(x, w, bias, multiplier, kernel, stride=1, padding=0, x_zero_p
     n_, c_, h, wd = dims(x.shape)
     sh, sw, ph, pw, ho, wo = _conv_check(x, te.placeholder((o, c_, k_h, k_w), "int8"), stride,
                                          padding)
-    taps = c_ * k_h * k_w
+    row = -(-k_w // GROUP) * GROUP if direct else k_w  # taps per window row, as packed
+    taps = c_ * k_h * row
     if not same(w.shape[1] * GROUP, -(-taps // GROUP) * GROUP):
         raise ShapeError(f"qconv2d_packed: w holds {show([w.shape[1] * GROUP])[0]} taps per "
-                         f"channel, x with kernel {kernel} needs {taps}")
-    if ph or pw:  # padded once; the windows then read it without a branch
+                         f"channel, x with kernel {kernel} needs {taps}"
+                         f"{' (direct: kw padded to a multiple of 4)' if direct else ''}")
+    extra = max(0, (wo - 1) * sw + row - (wd + 2 * pw)) if direct else 0
+    if ph or pw or extra:  # padded once; the windows then read it without a branch
         fill = _c(x_zero_point, x.dtype)
-        xp = te.compute((n_, c_, h + 2 * ph, wd + 2 * pw), lambda a, c, i, j: te.if_then_else(
-            te.all(i >= ph, i < h + ph, j >= pw, j < wd + pw), x[a, c, i - ph, j - pw], fill),
-            name="qconv2d_pad")
+        xp = te.compute((n_, c_, h + 2 * ph, wd + 2 * pw + extra), lambda a, c, i, j:
+                        te.if_then_else(te.all(i >= ph, i < h + ph, j >= pw, j < wd + pw),
+                                        x[a, c, i - ph, j - pw], fill), name="qconv2d_pad")
     else:
         xp = x
 
@@ -279,12 +302,16 @@ def qconv2d_packed(x, w, bias, multiplier, kernel, stride=1, padding=0, x_zero_p
         # taps past C * kh * kw (the packing's last group) meet zero weights: any in-bounds
         # value does, so the channel is clamped instead of tested
         a, p = m // (ho * wo), m % (ho * wo)
-        c, t = te.min(r // (k_h * k_w), c_ - 1), r % (k_h * k_w)
-        return xp[a, c, p // wo * sh + t // k_w, p % wo * sw + t % k_w]
+        c, t = r // (k_h * row), r % (k_h * row)
+        c = c if direct else te.min(c, c_ - 1)  # direct: every tap is a real one's place
+        return xp[a, c, p // wo * sh + t // row, p % wo * sw + t % row]
 
     rows = n_ * ho * wo
-    cols = te.compute((rows, w.shape[1] * GROUP), window, name="qconv2d_windows")
-    acc = _packed_gemm(rows, lambda m, k: cols[m, k], w, x_max)
+    if direct:  # the GEMM reads x's rows in place
+        acc = _packed_gemm(rows, window, w, x_max, steps=(k_h, row // GROUP))
+    else:
+        cols = te.compute((rows, w.shape[1] * GROUP), window, name=WINDOWS)
+        acc = _packed_gemm(rows, lambda m, k: cols[m, k], w, x_max)
     return te.compute((n_, o, ho, wo), lambda a, c, i, j: _epilogue(
         acc[(a * ho + i) * wo + j, c], bias, multiplier, c, out_dtype, out_zero_point, out_qmin,
         out_qmax), name="qconv2d")

@@ -21,7 +21,7 @@ the generic rules, which compute the same integers.
 """
 
 from .._tvm import llvm_has_features, s_tir, tvm
-from ..ops.int8 import GEMM_ATTR, GROUP, LANES
+from ..ops.int8 import GEMM_ATTR, GEMM_STEPS, GROUP, LANES, WINDOWS
 from .analysis import _const, _root_blocks, _walk_stmts
 from .failures import NotApplicable, _current, _probe, log
 from . import spatial
@@ -132,6 +132,7 @@ def _int8_gemm(func, target, params):
         except NotApplicable as err:
             log.info("kernel %s: int8 dot product not used (%s)", _current.get().name, err)
             raise
+        sch = _inline_epilogue(sch, name)
         last = None
         for rows in (ROWS, 1):
             trial = sch.copy()
@@ -161,6 +162,24 @@ def _int8_gemm(func, target, params):
     return sch.mod["main"], ", ".join(notes)
 
 
+def _inline_epilogue(sch, name):
+    """The elementwise blocks Relax fused after the GEMM's epilogue (ReLU, a residual add,
+    the next layer's quantize) inlined into one block that reads the accumulator, which
+    _tile then computes in the tile: without it each one is a pass over a float tensor
+    (dequantize, add, ReLU, quantize: 4 passes, ResNet's convolutions ~1.3x slower)."""
+    while True:
+        consumers = sch.get_consumers(sch.get_sblock(name))
+        if len(consumers) != 1 or not sch.get_consumers(consumers[0]):
+            return sch  # none, or the one left writes the kernel's output
+        trial = sch.copy()
+        try:
+            trial.compute_inline(consumers[0])
+        except Exception as err:  # noqa: BLE001 - the rest stay their own loop nests
+            _probe(f"compute_inline of {name}'s epilogue", err)
+            return sch
+        sch = trial
+
+
 def _tile(sch, name, rows, intrin, lanes, params):
     block = sch.get_sblock(name)
     loops = sch.get_loops(block)
@@ -170,13 +189,18 @@ def _tile(sch, name, rows, intrin, lanes, params):
     extent = _const(sch.get(i).extent)
     if rows > 1 and (extent is None or extent % rows):
         raise NotApplicable(f"{extent} rows are not a multiple of {rows}")
+    steps = [int(v) for v in sch.get(block).annotations.get(GEMM_STEPS, ())]
     jo, ji = sch.split(j, [None, LANES])
     ko, ki = sch.split(k, [None, GROUP])
+    k_steps = _const(sch.get(ko).extent) or 0
     io, ii = sch.split(i, [None, rows])
     jh, jl = sch.split(ji, [None, lanes])
     sch.reorder(io, jo, ko, ii, jh, jl, ki)
     tile = sch.fuse(io, jo)
-    macs = (_const(sch.get(tile).extent) or 0) * (_const(sch.get(ko).extent) or 0)
+    macs = (_const(sch.get(tile).extent) or 0) * k_steps
+    if steps:  # a direct convolution: steps along (channel, kh, row): no division by kh
+        # (serial: unrolled, the 3 steps' tiles of a 3x3 spill the 16 ymm registers)
+        sch.split(ko, [None, *steps])
     parallel = macs * rows * LANES * GROUP >= PARALLEL_MIN_MACS and params.cores > 1
     if parallel:  # first: parallel checks the dataflow of the bare reduction
         sch.parallel(tile)
@@ -193,6 +217,8 @@ def _tile(sch, name, rows, intrin, lanes, params):
         block = sch.get_sblock(name)
     a_scope = "global"
     for producer in sch.get_producers(block):  # a convolution's windows: gathered per tile
+        if not sch.get(producer).name_hint.endswith(WINDOWS):
+            continue  # (a padded input read in place: padded once, not per tile)
         trial = sch.copy()
         try:
             trial.compute_at(producer, tile)
@@ -209,7 +235,7 @@ def _tile(sch, name, rows, intrin, lanes, params):
     # registers (serial loops left it in memory: a store and reload per dot-product step).
     *_, init_rows, init_halves, init_lanes = sch.get_loops(init)
     sch.vectorize(init_lanes)
-    for lp in (init_rows, init_halves, *sch.get_loops(block)[2:4]):
+    for lp in (init_rows, init_halves, *sch.get_loops(block)[-4:-2]):  # rows, halves
         _unroll(sch, lp)
     if epilogue:
         sch = _vectorize_epilogue(sch, consumers[0])
