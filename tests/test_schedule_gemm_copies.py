@@ -6,8 +6,12 @@
 2. Panels narrower than a cache line (the broadcast operand of A^T B, in panels of the
    tile's 4 rows) are copied a cache line of the source at a time: the Transformer's ff2
    d/dw, 1.8 -> 1.6 ms on one core.
-Both still compute numpy's product.
+3. The broadcast operand of a 1024^3 A B^T (rows 4 KiB apart, 4 MiB) goes into panels of
+   the tile's rows too, by blocks of whole cache lines; at 512 it does not.
+All still compute numpy's product.
 """
+
+import re
 
 import numpy as np
 import pytest
@@ -116,3 +120,18 @@ def test_each_panel_is_copied_inside_its_parallel_panel_loop():
     line = CACHE_LINE_BYTES // 4
     assert [e for e, _ in loops["w_global"][1:]] == [256 // line, panel, line], loops
     check()
+
+
+def test_broadcast_rows_beyond_l2_go_into_panels_of_the_tile():
+    """x @ w.T at 1024: x (4 MiB, rows 4 KiB apart: beyond any x86 L2, one L3 stream per tile
+    row on every pass of a panel of w) is copied into panels of the tile's rows, by blocks
+    of whole cache lines; at 512 (1 MiB) it stays as it is."""
+    rule, loops, check = _scheduled("A B^T", 1024, 1024, 1024)
+    assert re.search(r"packed w \(panels\)\+x \(panels of \d+\)", rule), rule
+    rows = int(rule.split("x (panels of ")[1].split(")")[0])
+    line = CACHE_LINE_BYTES // 4
+    # x's [1024, 1024] -> [1024 // rows, 1024, rows]: rows x one line of the source innermost
+    assert [e for e, _ in loops["x_global"][-2:]] == [rows, line], loops
+    check()
+    rule, _, _ = _scheduled("A B^T", 512, 512, 512)
+    assert "x (panels" not in rule, rule

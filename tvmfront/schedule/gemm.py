@@ -36,8 +36,9 @@ Every output element is accumulated in the order of its reduction loops.
 import math
 
 from .params import (CACHE_LINE_BYTES, PACK_RATIO, PANEL_MIN_BYTES, PANEL_MIN_STRIDE,
-                     PARALLEL_MIN_ITERATIONS, SCALAR_TILE, STREAM_MAX_OUTPUT_BYTES,
-                     STREAM_MIN_OPERAND_BYTES, TILE_ONLY_REGISTERS, UNROLL_MAX_BODY, _dtype_bits)
+                     PARALLEL_MIN_ITERATIONS, ROW_PANEL_MIN_BYTES, SCALAR_TILE,
+                     STREAM_MAX_OUTPUT_BYTES, STREAM_MIN_OPERAND_BYTES, TILE_ONLY_REGISTERS,
+                     UNROLL_MAX_BODY, _dtype_bits)
 from .._tvm import tirx
 from .failures import NotApplicable, _probe
 from .analysis import (_BlockInfo, _bytes, _const, _elements, _has_if_then_else, _packable_dim,
@@ -477,11 +478,26 @@ def _panel_operand(info, v, vec, broadcast=None):
     for index, region, strides in info.reads:
         if broadcast is not None and strides[broadcast] != 0:
             continue
-        if strides[v] == 1 and any(strides[k] is not None and strides[k] >= PANEL_MIN_STRIDE
-                                   for k in info.reduction) \
-                and _panel_fits(info, region, strides, v, vec):
+        far = strides[v] == 1 and any(strides[k] is not None and strides[k] >= PANEL_MIN_STRIDE
+                                      for k in info.reduction)
+        # Or the tile's rows far apart (A of A B): a transposing copy into panels.
+        rows = broadcast is not None and _rows_apart(info, region, strides, v)
+        if (far or rows) and _panel_fits(info, region, strides, v, vec):
             return index, region
     return None
+
+
+def _rows_apart(info, region, strides, t):
+    """Whether the broadcast operand is read along a reduction contiguously, its tile's rows
+    (along t) PANEL_MIN_STRIDE or more apart, and too big for an L2 cache
+    (ROW_PANEL_MIN_BYTES): A of a 1024^3 A B or A B^T, whose tiles read one element of each
+    of their rows per step of the reduction, a stream per row from L3 on every pass of a
+    vector panel, rows 4 KiB apart in one L1 set. Only in plain contractions, every index a
+    loop variable (a conv's window, h + kh, is not)."""
+    return (strides[t] is not None and strides[t] >= PANEL_MIN_STRIDE
+            and _bytes(region.source) >= ROW_PANEL_MIN_BYTES
+            and any(strides[k] == 1 for k in info.reduction)
+            and _plain(region))
 
 
 def _plain(region):

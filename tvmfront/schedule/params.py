@@ -49,6 +49,13 @@ PACK_RATIO = 8
 # (the MLP's 256x256 d/dw over a batch of 64, [64, 256] operands: 131 -> 95 us on one core).
 PANEL_MIN_BYTES = 32 << 10
 PANEL_MIN_STRIDE = 128
+# The broadcast operand of A B or A B^T (rows along the tile, contiguous along the reduction)
+# goes into panels of the tile's rows only from this size, beyond any x86 L2 cache: every
+# pass of a vector panel then streams it from L3, one stream per tile row. On a 2-core AVX2
+# EPYC (2 threads) A^T B, whose A was already in panels, ran at 0.93x numpy at 1024^3 where
+# A B ran at 0.67x; smaller operands lose more to the copy than they gain (the Transformer's
+# ff2, x of 2 MiB: 109 -> 97 GF/s on one AVX-512 core).
+ROW_PANEL_MIN_BYTES = 4 << 20
 # Reductions with an output of at most STREAM_MAX_OUTPUT_BYTES over operands of
 # STREAM_MIN_OPERAND_BYTES or more use one-register vectors, leaving registers for a wider
 # tile (gemm._streams_operands).
