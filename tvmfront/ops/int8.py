@@ -272,10 +272,10 @@ def qconv2d_packed(x, w, bias, multiplier, kernel, stride=1, padding=0, x_zero_p
                    x_max=255, direct=False, out_dtype=None, out_zero_point=0, out_qmin=0,
                    out_qmax=255):
     """qconv2d with w [O, C, kh, kw] packed by pack_weight (`kernel` = (kh, kw)), multiplied
-    as qdense_packed on rows [N * Ho * Wo, K], the epilogue writing NCHW. Padding holds
+    as qdense_packed on rows (N, Ho, Wo) x K, the epilogue writing NCHW. Padding holds
     x_zero_point. Two ways to form the rows:
 
-    - direct=False: the windows gathered into rows [N * Ho * Wo, C * kh * kw] (w packed as
+    - direct=False: the windows gathered into rows [N, Ho, Wo, C * kh * kw] (w packed as
       it is), byte by byte: the dot product's 4 taps come from 4 places of x;
     - direct=True: w packed as pack_weight(pad_taps(w)), taps [C, kh, kw rounded up to 4]:
       each group of 4 taps is 4 consecutive bytes of one row of x, which the dot product reads

@@ -13,9 +13,11 @@ load from the packed weight) and adds the 16 four-byte dot products into 16 int3
   lanes one ``sdot`` (s8 x s8 to int32, exact). Its activations are signed bytes, so they
   must lie in [0, 127] as on AVX2 (an unsigned byte up to 127 is the same int8).
 
-Tile: rows x 16 output channels of accumulators (4 rows when the row count divides), the
-reduction 4 bytes at a time inside, the requantizing epilogue computed under the same tile
-when its index is affine (dense), else as its own loop nest (a convolution's NCHW output).
+Tile: rows x 16 output channels of accumulators (_row_choices: up to 16 rows with AVX-512's
+32 registers, else 4; a convolution's rows along Wo or over whole image rows), the reduction 4
+bytes at a time inside, the requantizing epilogue (and the elementwise ops fused after it)
+computed under the same tile from the registers.
+
 Where the pattern or a primitive refuses, the rule raises and dispatch falls back (logged) to
 the generic rules, which compute the same integers.
 """
