@@ -29,8 +29,8 @@ the QAT model is prepared with that range. The char Transformer (examples/char_t
 validation bits per character float vs int8 (its Linear layers) and its forward's time.
 Writes bench/results/int8.txt (--out).
 --asm: the integer dot-product instructions in the generated code of the int8 dense and conv
-  kernels (default schedules, widening and packed) for this CPU and for an AVX-512 VNNI
-  target (mcpu=cascadelake, compiled only).
+  kernels (default schedules, widening and packed) for this CPU, an AVX-512 VNNI target
+  (mcpu=cascadelake) and an AVX2 one (mcpu=haswell), those two compiled only.
 """
 
 import argparse
@@ -314,7 +314,9 @@ def instructions():
 
     targets = {"this CPU": resolve_target("x86"),
                "cascadelake (VNNI, compile only)": tvm.target.Target(
-                   {"kind": "llvm", "mcpu": "cascadelake", "num-cores": 2})}
+                   {"kind": "llvm", "mcpu": "cascadelake", "num-cores": 2}),
+               "haswell (AVX2, compile only)": tvm.target.Target(
+                   {"kind": "llvm", "mcpu": "haswell", "num-cores": 2})}
     kinds = ("dense", "conv2d", "dense_packed", "conv2d_packed")
     return {t: {k: kernel(k, target) for k in kinds} for t, target in targets.items()}
 

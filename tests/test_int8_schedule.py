@@ -133,6 +133,55 @@ def test_avx2_tensorizes_with_vpmaddubsw_and_stays_exact(kind, x_shape, w_shape,
                                   ref(x, w, b, m, **REQUANT, **kw))
 
 
+
+VNNI_TARGET = {"kind": "llvm", "mcpu": "cascadelake", "num-cores": 2}
+VNNI = llvm_has_features(resolve_target("x86"), "avx512vnni", "avx512bw")
+TILES = [  # (x, w, options, rows x lanes of its tile on VNNI, on AVX2)
+    ((2, 16, 32, 32), (16, 16, 3, 3), {"padding": 1}, "16x16", "4x16"),  # along Wo
+    ((2, 32, 8, 8), (32, 32, 3, 3), {"padding": 1}, "16x16", "4x16"),    # 2 rows of 8
+    ((2, 6, 8, 8), (16, 6, 5, 5), {}, "16x16", "4x16"),                  # 4x4 out
+    ((2, 16, 16, 16), (32, 16, 1, 1), {"stride": 2}, "16x16", "4x16"),   # 1x1 stride 2
+    # Wo 7, 98 rows: 1 row (4 rows over (N, Ho, Wo) fused, where they divide, bound the
+    # box loosely: the tile stays in memory)
+    ((2, 8, 7, 7), (16, 8, 3, 3), {"padding": 1}, "1x16", "1x16"),
+]
+
+
+def _stores_in_dot_loop(asm, instruction):
+    """(vector stores between the first and the last dot-product instruction, dot-product
+    instructions): a tile left in memory is written back at every step (a few stores are
+    spills of AVX2's 16 registers)."""
+    lines = asm.splitlines()
+    hits = [k for k, ln in enumerate(lines) if re.search(rf"\b{instruction}\b", ln)]
+    body = lines[hits[0]:hits[-1]]
+    return sum(bool(re.search(r"\bvmov\w+\s+%[xyz]mm\d+, .*\(", ln)) for ln in body), len(hits)
+
+
+@pytest.mark.parametrize("x_shape,w_shape,kw,vnni_tile,avx2_tile", TILES)
+@pytest.mark.parametrize("isa", ["vnni", "avx2"])
+def test_conv_tiles_keep_their_accumulators_in_registers(isa, x_shape, w_shape, kw, vnni_tile,
+                                                         avx2_tile):
+    """The convolution's rows are (N, Ho, Wo): a tile along Wo (or over whole image rows)
+    is a box of the NCHW output, so the epilogue reads it at constant offsets and LLVM keeps
+    it in registers: no store per dot-product step (one flat row axis left it in
+    memory, a store and reload per step: ResNet int8 0.8x float32). VNNI: up to 16 rows (32
+    zmm); AVX2: 4. Exact where this CPU runs the code."""
+    vnni = isa == "vnni"
+    target = resolve_target(VNNI_TARGET if vnni else "x86:avx2")
+    x_max = 255 if vnni else 127
+    x, w, b, m = operands(np.random.default_rng(7), x_shape, w_shape, x_max=x_max)
+    kw = {"direct": True, **kw}
+    ex, rule, fallbacks, out = build("conv", x, w, b, m, target, x_max=x_max, **REQUANT, **kw)
+    tile = vnni_tile if vnni else avx2_tile
+    assert f"[{tile}x4, epilogue in tile" in rule and not fallbacks, rule
+    instruction = "vpdpbusd" if vnni else "vpmaddubsw"
+    stores, dots = _stores_in_dot_loop(ex.mod.inspect_source("asm"), instruction)
+    assert stores < dots // 4, (stores, dots)
+    if (VNNI if vnni else AVX2):
+        direct = kw.pop("direct")
+        np.testing.assert_array_equal(run(ex, out, x, w, b, m, direct),
+                                      qconv2d_ref(x, w, b, m, **REQUANT, **kw))
+
 def _blocks(mod):
     """The names of the scheduled kernel's blocks."""
     from tvmfront.schedule.analysis import _walk_stmts

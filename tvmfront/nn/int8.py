@@ -29,6 +29,7 @@ from .layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
 from .module import Module, Parameter
 
 INT8_KINDS = (Linear, Conv2d)  # QATLinear / QATConv2d subclass them
+MIN_PACKED_TAPS = 16  # a convolution's taps per output (C * kh * kw) worth packing
 
 
 def float_weight(p):
@@ -152,8 +153,12 @@ class QuantizedConv2d(_Quantized):
     def _packable(self, wq):
         # Fewer than 16 output channels leave most of the dot product's lanes idle: with
         # the windows gathered per tile on top, slower than the widening kernel (LeNet's
-        # 6-channel conv at batch 64: ~2x slower; its 16-channel conv: ~1.2x faster).
-        return wq.shape[0] >= q.LANES
+        # 6-channel conv at batch 64: ~2x slower; its 16-channel conv: ~1.2x faster; with
+        # VNNI's 16-row register tiles, direct, still 2.3x slower). Fewer than 16 taps per
+        # output (a one-channel 3x3 stem: 3 dot-product steps) leave the tile's epilogue,
+        # which turns it from channels to NCHW pixels, costing more than the steps: ResNet's
+        # stem at batch 64 on VNNI 1.5x float32's time packed, 0.9x widening.
+        return wq.shape[0] >= q.LANES and wq[0].size >= MIN_PACKED_TAPS
 
     def _taps(self, wq):
         return q.pad_taps(wq) if _direct(wq.shape[2:]) else wq

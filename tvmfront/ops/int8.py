@@ -192,15 +192,20 @@ def unpack_weight(wp, shape):
 
 
 def _packed_gemm(rows, a, wp, x_max, steps=None):
-    """acc [rows, O padded] int32 = a(m, k) (uint8/int8 in a buffer) . unpacked wp.
-    `steps`: (kh, steps per row of taps) of a direct convolution, annotated so that the
-    schedule splits the reduction along them (x's offsets then need no division)."""
+    """acc [*rows, O padded] int32 = a(*row, k) (uint8/int8 in a buffer) . unpacked wp.
+    `rows`: the row axes, one for dense (the flattened leading axes), (N, Ho, Wo) for a
+    convolution: kept apart so that the schedule's tile of rows along Wo maps to an (n, i,
+    j..j+3) box of the NCHW output, whose epilogue then reads the tile at constant offsets
+    (one flat row axis made it a box TVM could not bound: the tile stayed in memory, a store
+    and reload per dot-product step). `steps`: (kh, steps per row of taps) of a direct
+    convolution, annotated so that the schedule splits the reduction along them (x's offsets
+    then need no division)."""
     attrs = {GEMM_ATTR: x_max, **({GEMM_STEPS: list(steps)} if steps else {})}
     k = te.reduce_axis((0, wp.shape[1] * GROUP), "k")
     return te.compute(
-        (rows, wp.shape[0] * LANES),
-        lambda m, o: te.sum(_widened(a(m, k)) * _widened(
-            wp[o // LANES, k // GROUP, o % LANES, k % GROUP]), axis=k),
+        (*rows, wp.shape[0] * LANES),
+        lambda *i: te.sum(_widened(a(*i[:-1], k)) * _widened(
+            wp[i[-1] // LANES, k // GROUP, i[-1] % LANES, k % GROUP]), axis=k),
         name="qgemm_acc", attrs=attrs)
 
 
@@ -249,7 +254,7 @@ def qdense_packed(x, w, bias, multiplier, x_max=255, out_dtype=None, out_zero_po
             m = m * d + v
         return m
 
-    acc = _packed_gemm(rows, lambda m, k: x(*row(m), k), w, x_max)
+    acc = _packed_gemm((rows,), lambda m, k: x(*row(m), k), w, x_max)
     return te.compute((*lead, o), lambda *i: _epilogue(
         acc[flat(i[:-1]), i[-1]], bias, multiplier, i[-1], out_dtype, out_zero_point, out_qmin,
         out_qmax), name="qdense")
@@ -267,10 +272,10 @@ def qconv2d_packed(x, w, bias, multiplier, kernel, stride=1, padding=0, x_zero_p
                    x_max=255, direct=False, out_dtype=None, out_zero_point=0, out_qmin=0,
                    out_qmax=255):
     """qconv2d with w [O, C, kh, kw] packed by pack_weight (`kernel` = (kh, kw)), multiplied
-    as qdense_packed on rows [N * Ho * Wo, K], the epilogue writing NCHW. Padding holds
+    as qdense_packed on rows (N, Ho, Wo) x K, the epilogue writing NCHW. Padding holds
     x_zero_point. Two ways to form the rows:
 
-    - direct=False: the windows gathered into rows [N * Ho * Wo, C * kh * kw] (w packed as
+    - direct=False: the windows gathered into rows [N, Ho, Wo, C * kh * kw] (w packed as
       it is), byte by byte: the dot product's 4 taps come from 4 places of x;
     - direct=True: w packed as pack_weight(pad_taps(w)), taps [C, kh, kw rounded up to 4]:
       each group of 4 taps is 4 consecutive bytes of one row of x, which the dot product reads
@@ -298,20 +303,19 @@ def qconv2d_packed(x, w, bias, multiplier, kernel, stride=1, padding=0, x_zero_p
     else:
         xp = x
 
-    def window(m, r):
+    def window(a, i, j, r):
         # taps past C * kh * kw (the packing's last group) meet zero weights: any in-bounds
         # value does, so the channel is clamped instead of tested
-        a, p = m // (ho * wo), m % (ho * wo)
         c, t = r // (k_h * row), r % (k_h * row)
         c = c if direct else te.min(c, c_ - 1)  # direct: every tap is a real one's place
-        return xp[a, c, p // wo * sh + t // row, p % wo * sw + t % row]
+        return xp[a, c, i * sh + t // row, j * sw + t % row]
 
-    rows = n_ * ho * wo
+    rows = (n_, ho, wo)
     if direct:  # the GEMM reads x's rows in place
         acc = _packed_gemm(rows, window, w, x_max, steps=(k_h, row // GROUP))
     else:
-        cols = te.compute((rows, w.shape[1] * GROUP), window, name=WINDOWS)
-        acc = _packed_gemm(rows, lambda m, k: cols[m, k], w, x_max)
+        cols = te.compute((*rows, w.shape[1] * GROUP), window, name=WINDOWS)
+        acc = _packed_gemm(rows, lambda a, i, j, k: cols[a, i, j, k], w, x_max)
     return te.compute((n_, o, ho, wo), lambda a, c, i, j: _epilogue(
-        acc[(a * ho + i) * wo + j, c], bias, multiplier, c, out_dtype, out_zero_point, out_qmin,
+        acc[a, i, j, c], bias, multiplier, c, out_dtype, out_zero_point, out_qmin,
         out_qmax), name="qconv2d")

@@ -13,9 +13,11 @@ load from the packed weight) and adds the 16 four-byte dot products into 16 int3
   lanes one ``sdot`` (s8 x s8 to int32, exact). Its activations are signed bytes, so they
   must lie in [0, 127] as on AVX2 (an unsigned byte up to 127 is the same int8).
 
-Tile: rows x 16 output channels of accumulators (4 rows when the row count divides), the
-reduction 4 bytes at a time inside, the requantizing epilogue computed under the same tile
-when its index is affine (dense), else as its own loop nest (a convolution's NCHW output).
+Tile: rows x 16 output channels of accumulators (_row_choices: up to 16 rows with AVX-512's
+32 registers, else 4; a convolution's rows along Wo or over whole image rows), the reduction 4
+bytes at a time inside, the requantizing epilogue (and the elementwise ops fused after it)
+computed under the same tile from the registers.
+
 Where the pattern or a primitive refuses, the rule raises and dispatch falls back (logged) to
 the generic rules, which compute the same integers.
 """
@@ -27,6 +29,10 @@ from .failures import NotApplicable, _current, _probe, log
 from . import spatial
 
 ROWS = 4  # accumulator rows per tile: 4 x 16 int32 = 8 ymm / 4 zmm registers
+# AVX-512 (32 zmm): up to 16 rows, one zmm each. Along a convolution's Wo the rows are also
+# the epilogue's vector (NCHW: pixels contiguous), 4 rows only xmm-wide: its per-element work
+# then cost as much as the GEMM's (ResNet 16->16 3x3 convs).
+WIDE_ROWS = (16, 8)
 PARALLEL_MIN_MACS = 1 << 19  # below this a parallel launch costs more than it saves
 _registered = set()
 
@@ -134,13 +140,14 @@ def _int8_gemm(func, target, params):
             raise
         sch = _inline_epilogue(sch, name)
         last = None
-        for rows in (ROWS, 1):
+        for rows, span in _row_choices(lanes):
             trial = sch.copy()
             try:
-                trial, note = _tile(trial, name, rows, intrin, lanes, params)
+                trial, note = _tile(trial, name, rows, intrin, lanes, params, span)
             except Exception as err:  # noqa: BLE001 - fewer rows, else dispatch's fallback
                 last = err
-                _probe(f"int8 GEMM tile of {rows} rows on block {name}", err)
+                _probe(f"int8 GEMM tile of {rows} rows over {span or 'all'} row axes on "
+                       f"block {name}", err)
                 continue
             # a fresh schedule: copy() of one holding a tensorized block fails in 0.27
             sch = s_tir.Schedule(trial.mod["main"])
@@ -180,23 +187,46 @@ def _inline_epilogue(sch, name):
         sch = trial
 
 
-def _tile(sch, name, rows, intrin, lanes, params):
+def _row_choices(lanes):
+    """(rows, span) tiles to try, best first: `rows` rows along the last `span` row axes
+    fused (0: all). AVX-512's 16-lane intrinsic (32 zmm): 16 or 8 rows along a convolution's
+    Wo, else along (Ho, Wo) (small images: LeNet's 4x4, ResNet's 8x8); else ROWS."""
+    wide = WIDE_ROWS if lanes == 16 else ()
+    return [*((r, span) for r in wide for span in (1, 2)), (ROWS, 1), (ROWS, 0), (1, 1)]
+
+
+def _tile(sch, name, rows, intrin, lanes, params, span=1):
+    """Tile the GEMM block `name`: `rows` rows x LANES channels, tensorized. `span` 1: the
+    rows along the last row axis (dense's one; a convolution's Wo, which `rows` divides);
+    2: whole image rows (a convolution's Wo divides `rows`, Ho split); 0: along all row axes
+    fused. Spans 1 and 2 tile an (n, i.., j..) box of a convolution's NCHW output that TVM
+    bounds exactly, so that the epilogue reads the tile at constant offsets, in registers;
+    span 0 bounds it loosely: the tile stays in memory (a store and reload per step)."""
     block = sch.get_sblock(name)
     loops = sch.get_loops(block)
-    if len(loops) != 3:
-        raise NotApplicable(f"expected loops (row, channel, k), got {len(loops)}")
-    i, j, k = loops
-    extent = _const(sch.get(i).extent)
-    if rows > 1 and (extent is None or extent % rows):
-        raise NotApplicable(f"{extent} rows are not a multiple of {rows}")
+    if len(loops) < 3:
+        raise NotApplicable(f"expected loops (rows..., channel, k), got {len(loops)}")
+    *axes, j, k = loops
     steps = [int(v) for v in sch.get(block).annotations.get(GEMM_STEPS, ())]
     jo, ji = sch.split(j, [None, LANES])
     ko, ki = sch.split(k, [None, GROUP])
     k_steps = _const(sch.get(ko).extent) or 0
-    io, ii = sch.split(i, [None, rows])
+    if span == 2:  # whole rows of the image: Ho split, Wo inside the tile
+        wo = _const(sch.get(axes[-1]).extent) if len(axes) > 1 else None
+        if wo is None or rows % wo or (_const(sch.get(axes[-2]).extent) or 1) % (rows // wo):
+            raise NotApplicable(f"{rows} rows are not whole image rows of {wo} pixels")
+        ho, hi = sch.split(axes[-2], [None, rows // wo])
+        outer, inner = [*axes[:-2], ho], [hi, axes[-1]]
+    else:
+        i = sch.fuse(*axes) if span == 0 and len(axes) > 1 else axes[-1]
+        extent = _const(sch.get(i).extent)
+        if rows > 1 and (extent is None or extent % rows):
+            raise NotApplicable(f"{extent} rows are not a multiple of {rows}")
+        io, ii = sch.split(i, [None, rows])
+        outer, inner = [*(axes[:-1] if span else []), io], [ii]
     jh, jl = sch.split(ji, [None, lanes])
-    sch.reorder(io, jo, ko, ii, jh, jl, ki)
-    tile = sch.fuse(io, jo)
+    sch.reorder(*outer, jo, ko, *inner, jh, jl, ki)
+    tile = sch.fuse(*outer, jo)
     macs = (_const(sch.get(tile).extent) or 0) * k_steps
     if steps:  # a direct convolution: steps along (channel, kh, row): no division by kh
         # (serial: unrolled, the 3 steps' tiles of a 3x3 spill the 16 ymm registers)
@@ -233,22 +263,31 @@ def _tile(sch, name, rows, intrin, lanes, params):
     init = sch.decompose_reduction(block, sch.get_loops(block)[1])
     # Unrolled rows and halves: constant offsets into the tile, which LLVM then keeps in
     # registers (serial loops left it in memory: a store and reload per dot-product step).
-    *_, init_rows, init_halves, init_lanes = sch.get_loops(init)
+    *init_rows, init_lanes = sch.get_loops(init)[-len(inner) - 2:]
     sch.vectorize(init_lanes)
-    for lp in (init_rows, init_halves, *sch.get_loops(block)[-4:-2]):  # rows, halves
+    for lp in (*init_rows, *sch.get_loops(block)[-len(inner) - 3:-2]):  # rows, halves
         _unroll(sch, lp)
     if epilogue:
-        sch = _vectorize_epilogue(sch, consumers[0])
+        sch = _vectorize_epilogue(sch, consumers[0], image_rows=len(inner) == 2)
     sch.tensorize(sch.get_loops(block)[-2], _register(intrin, "local" if epilogue else "global",
                                                          a_scope))
     return sch, (f"{intrin}[{rows}x{LANES}x{GROUP}{epilogue}"
                  f"{', parallel' if parallel else ''}]")
 
 
-def _vectorize_epilogue(sch, block):
+def _vectorize_epilogue(sch, block, image_rows=False):
     """The epilogue's tile, vectorized along its inner loop (the output's contiguous axis:
-    channels for dense, pixels of a row for a convolution's NCHW), the outer unrolled: the
+    channels for dense, pixels of a row for a convolution's NCHW; `image_rows`: the tile's
+    whole rows of an image, contiguous too, fused into one vector), the outer unrolled: the
     schedule."""
+    trial = sch.copy()
+    try:
+        if image_rows:
+            trial.fuse(*trial.get_loops(block)[-2:])
+    except Exception as err:  # noqa: BLE001 - one image row per vector
+        _probe("fuse the int8 epilogue's image rows", err)
+        trial = sch.copy()
+    sch = trial
     outer, inner = sch.get_loops(block)[-2:]
     trial = sch.copy()
     try:
