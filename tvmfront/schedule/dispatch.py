@@ -36,7 +36,8 @@ from .analysis import (_buffers, _children, _const, _has_contraction, _max_block
 # test or bench that patches a rule in its file reaches every caller.
 from . import gemm, gemv, int8, spatial
 from .spatial import _inline_spatial
-from .reductions import _gather_reduction, _plain_reduction, _tile_reduction_scalar
+from .reductions import (_gather_reduction, _lane_reduction, _plain_reduction,
+                         _tile_reduction_scalar)
 
 SCHEDULED_ATTR = "tirx.is_scheduled"
 # Each kernel records the rule that scheduled it (visible in dump_ir's schedule stage).
@@ -178,6 +179,7 @@ def _tvmfront_rule(func, params, tiled_only=False):
             continue
         for rule, strategy in (("tile_reduction", gemm._tile_reduction),
                                ("gather_reduction", _gather_reduction),
+                               ("lane_reduction", _lane_reduction),
                                ("tile_reduction_scalar", _tile_reduction_scalar),
                                ("plain_reduction", _plain_reduction)):
             trial = sch.copy()
