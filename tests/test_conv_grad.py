@@ -211,3 +211,28 @@ def test_max_pool_gradient_of_overlapping_windows_has_no_guarded_load():
     dy = te.placeholder(ops.max_pool2d.te_forward(x, **attrs).shape, "float32", name="dy")
     dx = ops.max_pool2d.te_grad(dy, x, derived=False, **attrs)[0]
     assert "if_then_else" not in str(dx.op.body[0])
+
+
+@pytest.mark.parametrize("batch", ["n", 2])
+def test_conv2d_dx_of_stride_2_on_odd_sizes_writes_its_zeros(batch):
+    """At an odd size (5x5, 1x1 stride 2) the dilated d/dx covers more elements than the
+    sub-convolution it copies; it was inlined into that convolution's write-back as an
+    epilogue, and the zeros between the values were never written (garbage in d/dx, with a
+    fixed and with a symbolic batch)."""
+    from tvmfront._tvm import tirx, to_device, tvm
+
+    n = tirx.Var("n", "int64") if batch == "n" else batch
+    x, w = te.placeholder((n, 3, 5, 5), name="x"), te.placeholder((4, 3, 1, 1), name="w")
+    dy = te.placeholder(ops.conv2d.te_forward(x, w, stride=2).shape, name="dy")
+    dx = ops.conv2d.te_grad(dy, x, w, stride=2, derived=False)[0]
+    target = resolve_target("x86")
+    func, rule = schedule_prim_func(te.create_prim_func([dy, w, dx]), target)
+    rng = np.random.default_rng(0)
+    a_dy = rng.standard_normal((2, 4, 3, 3)).astype("float32")
+    a_w = rng.standard_normal((4, 3, 1, 1)).astype("float32")
+    got = tvm.runtime.empty((2, 3, 5, 5), "float32", tvm.cpu())
+    got.copyfrom(np.full((2, 3, 5, 5), np.nan, "float32"))  # what the kernel leaves unwritten
+    tvm.compile(func, target=target)(to_device(a_dy), to_device(a_w), got)
+    want, _ = _conv_grads_ref(np.zeros((2, 3, 5, 5)), a_w.astype("float64"),
+                              a_dy.astype("float64"), 2, 0)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-5, err_msg=rule)
