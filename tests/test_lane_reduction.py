@@ -62,11 +62,27 @@ def test_batch_norm_reductions_use_vector_partial_sums(which, name):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+def _row_reduction(shape, reducer, axis, name):
+    """(scheduled func, rule, target) of a 2-D reduction over `axis` (0: columns, 1: rows)."""
+    target = resolve_target("x86")
+    x = te.placeholder(shape, name="x")
+    r = te.reduce_axis((0, shape[axis]), "r")
+    out = te.compute((shape[1 - axis],), lambda i: reducer(x[r, i] if axis == 0 else x[i, r],
+                                                           axis=r), name=name)
+    func, rule = cpu_schedule.schedule_prim_func(te.create_prim_func([x, out]), target)
+    return func, rule, target
+
+
 def test_a_contiguous_output_axis_keeps_the_vector_tile():
     """A sum over rows whose output is contiguous (a column sum) is not a lane reduction."""
-    target = resolve_target("x86")
-    x = te.placeholder((256, 64), name="x")
-    r = te.reduce_axis((0, 256), "r")
-    out = te.compute((64,), lambda j: te.sum(x[r, j], axis=r), name="colsum")
-    _, rule = cpu_schedule.schedule_prim_func(te.create_prim_func([x, out]), target)
+    _, rule, _ = _row_reduction((256, 64), te.sum, 0, "colsum")
     assert "lanes" not in rule and ("xv" in rule or "tiled[v" in rule), rule
+
+
+def test_row_max_takes_lane_partial_maxima():
+    """The lanes hold partial results of any reducer TVM can split: a max over long rows."""
+    func, rule, target = _row_reduction((8, 4096), te.max, 1, "rowmax")
+    assert "rowmax=tiled[lanes v" in rule, rule
+    a = np.random.default_rng(1).standard_normal((8, 4096)).astype("float32")
+    got, = _run(func, target, [a], [(8,)])
+    np.testing.assert_array_equal(got, a.max(axis=1))

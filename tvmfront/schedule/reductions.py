@@ -10,7 +10,7 @@ unrolled (_plain_reduction).
 import math
 
 from .params import PLAIN_PARALLEL_PENALTY, UNROLL_MAX_BODY
-from .failures import NotApplicable
+from .failures import NotApplicable, _probe
 from .analysis import _BlockInfo, _unroll_extent
 from .loops import _parallel_worth_it, _parallelize, _vectorize_innermost
 from .conv import _index_divisors, _split_by_divisors, _split_divisors
@@ -113,7 +113,11 @@ def _lane_reduction(sch, name, params):
     fused = sch.fuse(*loops[start:]) if len(loops) - start > 1 else loops[start]
     _, lane = sch.split(fused, factors=[None, vec])
     # factor_axis after the output axes: each output's partial sums are one contiguous vector
-    partial = sch.rfactor(lane, factor_axis=len(info.spatial))
+    try:
+        partial = sch.rfactor(lane, factor_axis=len(info.spatial))
+    except Exception as err:  # noqa: BLE001 - TVM's own check: a reducer it cannot split
+        _probe(f"rfactor of block {info.name}", err)
+        raise NotApplicable("rfactor refused") from err
     ploops = sch.get_loops(partial)
     spatial_loops, lane_loop = ploops[:len(info.spatial)], ploops[-1]
     notes = [f"lanes v{vec}"]
