@@ -16,12 +16,14 @@ Rules, tried in this order (the first that applies wins), after the int8 dot-pro
 tvmfront's rule goes block by block on copies of the schedule (a failing primitive falls
 back to a simpler schedule, never to a failed build): spatial producers are inlined
 (spatial.py), then each reduction gets the first of the GEMM family's register tile
-(gemm.py), the strided-window gather (reductions.py, conv.py), a scalar tile, a plain loop
-nest; the spatial blocks left standing are scheduled last (spatial.py).
+(gemm.py), the strided-window gather (reductions.py, conv.py), vector partial sums along
+contiguous reduction rows (reductions.py's lane reduction), a scalar tile, a plain loop nest;
+the spatial blocks left standing are scheduled last (spatial.py).
 
-Reduction order is kept except by the GEMV rule (no other rfactor): every output element is
-accumulated in the order of its reduction loops, so results equal the naive build's up to
-LLVM's FMA contraction in fused pointwise chains (about 1e-7 relative).
+Reduction order is kept except by the GEMV rule and the lane reductions (rfactor): every
+other output element is accumulated in the order of its reduction loops, so results equal the
+naive build's up to LLVM's FMA contraction in fused pointwise chains (about 1e-7 relative);
+lane reductions sum per-lane partial sums (BatchNorm's statistics: about 1e-6 relative).
 """
 
 import math
@@ -36,7 +38,8 @@ from .analysis import (_buffers, _children, _const, _has_contraction, _max_block
 # test or bench that patches a rule in its file reaches every caller.
 from . import gemm, gemv, int8, spatial
 from .spatial import _inline_spatial
-from .reductions import _gather_reduction, _plain_reduction, _tile_reduction_scalar
+from .reductions import (_gather_reduction, _lane_reduction, _plain_reduction,
+                         _tile_reduction_scalar)
 
 SCHEDULED_ATTR = "tirx.is_scheduled"
 # Each kernel records the rule that scheduled it (visible in dump_ir's schedule stage).
@@ -178,6 +181,7 @@ def _tvmfront_rule(func, params, tiled_only=False):
             continue
         for rule, strategy in (("tile_reduction", gemm._tile_reduction),
                                ("gather_reduction", _gather_reduction),
+                               ("lane_reduction", _lane_reduction),
                                ("tile_reduction_scalar", _tile_reduction_scalar),
                                ("plain_reduction", _plain_reduction)):
             trial = sch.copy()

@@ -10,9 +10,9 @@ unrolled (_plain_reduction).
 import math
 
 from .params import PLAIN_PARALLEL_PENALTY, UNROLL_MAX_BODY
-from .failures import NotApplicable
+from .failures import NotApplicable, _probe
 from .analysis import _BlockInfo, _unroll_extent
-from .loops import _parallel_worth_it, _parallelize
+from .loops import _parallel_worth_it, _parallelize, _vectorize_innermost
 from .conv import _index_divisors, _split_by_divisors, _split_divisors
 from . import gemm
 
@@ -62,3 +62,72 @@ def _plain_reduction(sch, name, params):
     if not notes:
         raise NotApplicable("nothing to do")
     return f"plain[{', '.join(notes)}]", {name}
+
+
+# A lane reduction needs at least this many vector steps per output to pay for its final
+# horizontal sum (below it, the scalar tile's independent chains do as well).
+LANE_REDUCTION_MIN_STEPS = 8
+LANE_REDUCTION_REGISTERS = 4  # vector accumulators per output: covers the add's latency
+
+
+def _lane_reduction(sch, name, params):
+    """Sums whose output has no contiguous axis but whose innermost reduction axes are
+    contiguous in every operand (BatchNorm's per-channel statistics and gradients over
+    (N, H, W) of NCHW): the trailing contiguous reduction axes are fused, split by a few
+    vectors' worth of lanes, and those lanes become partial sums (rfactor) accumulated in
+    vector registers while the rows stream by; a short horizontal sum per output follows.
+    The scalar tile instead reads one element from each of 8 channels per step: 8 streams
+    H * W floats apart and no vector arithmetic. Changes the summation order (partial sums
+    per lane), as any vectorized reduction must."""
+    block = sch.get_sblock(name)
+    info = _BlockInfo(sch, block)
+    if "O" in info.kinds or not info.reduction or not info.spatial or info.symbolic:
+        raise NotApplicable("not a static plain reduction")
+    if info.kinds != ["S"] * len(info.spatial) + ["R"] * len(info.reduction):
+        raise NotApplicable("reduction axes are not innermost")
+    lanes = params.lanes(info.dtype)
+    streamed = [strides for _, _, strides in info.reads
+                if any(strides[k] for k in info.reduction)]
+    if not streamed:
+        raise NotApplicable("no operand read along the reduction")
+    if any(strides[k] == 1 for strides in streamed for k in info.spatial):
+        raise NotApplicable("an output axis is contiguous: a vector tile fits")
+    # The trailing reduction axes every streamed operand reads contiguously, fused.
+    red = info.reduction
+    start = len(info.kinds)
+    for t in range(len(red) - 1, -1, -1):
+        group = red[t:]
+        want = {k: math.prod(info.extents[j] for j in red[red.index(k) + 1:]) for k in group}
+        if any(strides[k] != want[k] for strides in streamed for k in group):
+            break
+        start = red[t]
+    if start == len(info.kinds):
+        raise NotApplicable("no contiguous reduction axis")
+    fused_extent = math.prod(info.extents[start:])
+    vec = next((lanes * r for r in range(LANE_REDUCTION_REGISTERS, 0, -1)
+                if fused_extent % (lanes * r) == 0), None)
+    per_output = math.prod(info.extents[k] for k in red)
+    if vec is None or per_output < LANE_REDUCTION_MIN_STEPS * vec:
+        raise NotApplicable("too few vector steps per output")
+    loops = info.loops
+    fused = sch.fuse(*loops[start:]) if len(loops) - start > 1 else loops[start]
+    _, lane = sch.split(fused, factors=[None, vec])
+    # factor_axis after the output axes: each output's partial sums are one contiguous vector
+    try:
+        partial = sch.rfactor(lane, factor_axis=len(info.spatial))
+    except Exception as err:  # noqa: BLE001 - TVM's own check: a reducer it cannot split
+        _probe(f"rfactor of block {info.name}", err)
+        raise NotApplicable("rfactor refused") from err
+    ploops = sch.get_loops(partial)
+    spatial_loops, lane_loop = ploops[:len(info.spatial)], ploops[-1]
+    notes = [f"lanes v{vec}"]
+    outer = list(spatial_loops)
+    if _parallel_worth_it(info, lanes, params):
+        outer, note = _parallelize(sch, outer, params)
+        if note:
+            notes.append(note)
+    sch.vectorize(lane_loop)
+    init = sch.decompose_reduction(partial, ploops[len(info.spatial)])
+    _vectorize_innermost(sch, init, lanes)
+    touched = {name, sch.get(partial).name_hint, sch.get(init).name_hint}
+    return f"tiled[{', '.join(notes)}]", touched

@@ -14,7 +14,7 @@ import math
 
 from .._tvm import tirx
 from .failures import _probe
-from .analysis import _BlockInfo, _has_if_then_else, _reduction_iters, _root_blocks
+from .analysis import _BlockInfo, _has_if_then_else, _reduction_iters, _root_blocks, _size
 from .loops import _parallel_worth_it, _parallelize, _vector_factor
 from .conv import _schedule_spatial_split, _split_divisors
 
@@ -44,14 +44,16 @@ def _inline_spatial(sch):
 
 
 def _absorb_epilogues(sch, writeback):
-    """Inline pointwise consumers (bias add, ReLU, ...) into the write-back block."""
+    """Inline pointwise consumers (bias add, ReLU, ...) into the write-back block. Not a
+    consumer that writes elements the write-back does not produce (a strided conv's dilated
+    d/dx: zeros between the values): TVM inlines it, and those elements are never written."""
     names = []
     progress = True
     while progress:
         progress = False
         for consumer in sch.get_consumers(writeback):
             stmt = sch.get(consumer)
-            if _reduction_iters(stmt):
+            if _reduction_iters(stmt) or _iterations(stmt) != _iterations(sch.get(writeback)):
                 continue
             try:
                 sch.reverse_compute_inline(consumer)
@@ -62,6 +64,11 @@ def _absorb_epilogues(sch, writeback):
             progress = True
             break
     return names
+
+
+def _iterations(stmt):
+    """A block's iteration count (symbolic extents as analysis._size counts them)."""
+    return math.prod(_size(iv.dom.extent) or 0 for iv in stmt.iter_vars)
 
 
 def _schedule_spatial(sch, block, params):

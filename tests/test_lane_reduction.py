@@ -1,0 +1,88 @@
+"""Per-channel sums over NCHW (BatchNorm's statistics and gradients): the default schedule
+accumulates vectors of partial sums along the contiguous H * W rows (schedule/reductions.py's
+_lane_reduction), not one scalar per channel, and the values are numpy's."""
+
+import numpy as np
+import pytest
+
+from tvmfront import ops
+from tvmfront import schedule as cpu_schedule
+from tvmfront._tvm import te, to_device, tvm
+from tvmfront.target import resolve_target
+
+SHAPE = (8, 4, 16, 16)  # 2048 elements per channel: enough vector steps for the rule
+
+
+def _run(func, target, args, shapes):
+    lib = tvm.compile(func, target=target)
+    outs = [tvm.runtime.empty(s, "float32", tvm.cpu()) for s in shapes]
+    lib(*[to_device(a) for a in args], *outs)
+    return [o.numpy() for o in outs]
+
+
+def _ref(x, gamma, beta, dy, eps=1e-5):
+    mean = x.mean(axis=(0, 2, 3), keepdims=True)
+    var = x.var(axis=(0, 2, 3), keepdims=True)
+    xhat = (x - mean) / np.sqrt(var + eps)
+    g = gamma[None, :, None, None]
+    y = xhat * g + beta[None, :, None, None]
+    dbeta = dy.sum(axis=(0, 2, 3))
+    dgamma = (dy * xhat).sum(axis=(0, 2, 3))
+    count = x.size / x.shape[1]
+    dx = g / np.sqrt(var + eps) * (dy - dbeta[None, :, None, None] / count
+                                   - xhat * dgamma[None, :, None, None] / count)
+    return y, dx, dgamma, dbeta
+
+
+@pytest.mark.parametrize("name", ["x86", "x86:avx2"])
+@pytest.mark.parametrize("which", ["forward", "dx", "dgamma", "dbeta"])
+def test_batch_norm_reductions_use_vector_partial_sums(which, name):
+    target = resolve_target(name)
+    lanes = cpu_schedule.CpuParams(target).lanes("float32")
+    rng = np.random.default_rng(0)
+    x = te.placeholder(SHAPE, name="x")
+    gamma, beta = te.placeholder((SHAPE[1],), name="gamma"), te.placeholder((SHAPE[1],), name="b")
+    dy = te.placeholder(SHAPE, name="dy")
+    args = [(rng.standard_normal(SHAPE) * 3 + 1).astype("float32"),
+            rng.standard_normal(SHAPE[1]).astype("float32"),
+            rng.standard_normal(SHAPE[1]).astype("float32"),
+            rng.standard_normal(SHAPE).astype("float32")]
+    y, dx, dgamma, dbeta = _ref(*[a.astype("float64") for a in args])
+    if which == "forward":
+        out, inputs, want, args = ops.batch_norm.te_forward(x, gamma, beta), [x, gamma, beta], \
+            y, args[:3]
+    else:
+        k = ["dx", "dgamma", "dbeta"].index(which)
+        out = ops.batch_norm.te_grad(dy, x, gamma, beta, derived=False)[k]
+        inputs, want, args = [dy, x, gamma, beta], [dx, dgamma, dbeta][k], [args[3], *args[:3]]
+    func, rule = cpu_schedule.schedule_prim_func(te.create_prim_func(inputs + [out]), target)
+    assert "scalar" not in rule and "tiled[lanes v" in rule, rule
+    assert f"lanes v{4 * lanes}" in rule, rule  # four vector accumulators per channel
+    got, = _run(func, target, args, [tuple(int(d) for d in out.shape)])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def _row_reduction(shape, reducer, axis, name):
+    """(scheduled func, rule, target) of a 2-D reduction over `axis` (0: columns, 1: rows)."""
+    target = resolve_target("x86")
+    x = te.placeholder(shape, name="x")
+    r = te.reduce_axis((0, shape[axis]), "r")
+    out = te.compute((shape[1 - axis],), lambda i: reducer(x[r, i] if axis == 0 else x[i, r],
+                                                           axis=r), name=name)
+    func, rule = cpu_schedule.schedule_prim_func(te.create_prim_func([x, out]), target)
+    return func, rule, target
+
+
+def test_a_contiguous_output_axis_keeps_the_vector_tile():
+    """A sum over rows whose output is contiguous (a column sum) is not a lane reduction."""
+    _, rule, _ = _row_reduction((256, 64), te.sum, 0, "colsum")
+    assert "lanes" not in rule and ("xv" in rule or "tiled[v" in rule), rule
+
+
+def test_row_max_takes_lane_partial_maxima():
+    """The lanes hold partial results of any reducer TVM can split: a max over long rows."""
+    func, rule, target = _row_reduction((8, 4096), te.max, 1, "rowmax")
+    assert "rowmax=tiled[lanes v" in rule, rule
+    a = np.random.default_rng(1).standard_normal((8, 4096)).astype("float32")
+    got, = _run(func, target, [a], [(8,)])
+    np.testing.assert_array_equal(got, a.max(axis=1))
