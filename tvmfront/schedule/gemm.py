@@ -159,7 +159,7 @@ def _tile_reduction(sch, name, params, vector=True):
         block = sch.get_sblock(name)
         info = _BlockInfo(sch, block)
 
-    outer, inner, red = [], [], []
+    outer, outer_axes, inner, red = [], [], [], []
     vec_loop = None
     for k, loop in enumerate(info.loops):
         if info.kinds[k] == "R":
@@ -170,20 +170,30 @@ def _tile_reduction(sch, name, params, vector=True):
             # every tile of the other axes sweeps it.
             if panel is not None:
                 outer.insert(0, o)
+                outer_axes.insert(0, k)
             else:
                 outer.append(o)
+                outer_axes.append(k)
         elif k in tiles:
             o, i = sch.split(loop, factors=[None, tiles[k]])
             outer.append(o)
+            outer_axes.append(k)
             inner.append(i)
         else:
             outer.append(loop)
+            outer_axes.append(k)
     sch.reorder(*outer, *red, *inner, *([vec_loop] if vec_loop is not None else []))
     parallel = ""
     padded_here = []
     if _parallel_worth_it(info, vec or 1, params):
         first = outer[0]
-        outer, parallel = _parallelize(sch, outer, params)
+        # The fused parallel loop stops before an axis the block reads under floordiv or
+        # floormod (a derived strided conv's d/dx): TVM 0.27 lowered such an axis fused into
+        # it to wrong values (LeNet's stride-2 conv d/dx on AVX-512, 4x4 input: off by 32).
+        divided = _index_divisors(info.stmt, info.vars)
+        limit = next((i for i, k in enumerate(outer_axes) if k in divided), len(outer))
+        head, parallel = _parallelize(sch, outer[:limit], params)
+        outer = head + outer[limit:]
         if parallel and outer[0] is first and first is info.loops[0]:
             padded_here = _pad_per_iteration(sch, block, outer[0], info, lanes)
     anchor = outer[-1]
