@@ -45,15 +45,16 @@ def _inline_spatial(sch):
 
 def _absorb_epilogues(sch, writeback):
     """Inline pointwise consumers (bias add, ReLU, ...) into the write-back block. Not a
-    consumer that writes elements the write-back does not produce (a strided conv's dilated
-    d/dx: zeros between the values): TVM inlines it, and those elements are never written."""
+    consumer that writes more elements than the write-back produces (a strided conv's dilated
+    d/dx: zeros between the values): TVM inlines it, and those elements are never written. A
+    consumer that reads a slice (a padded GEMM's output cropped back) is inlined."""
     names = []
     progress = True
     while progress:
         progress = False
         for consumer in sch.get_consumers(writeback):
             stmt = sch.get(consumer)
-            if _reduction_iters(stmt) or _iterations(stmt) != _iterations(sch.get(writeback)):
+            if _reduction_iters(stmt) or _iterations(stmt) > _iterations(sch.get(writeback)):
                 continue
             try:
                 sch.reverse_compute_inline(consumer)
