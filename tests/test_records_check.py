@@ -83,6 +83,12 @@ def test_cli_check_reports_and_prune_drops_what_is_not_faster(tuned_root, tmp_pa
     out = capsys.readouterr().out
     assert "model:infer" in out and "NOT faster" in out and "would be dropped" in out
     assert {f: open(os.path.join(folder, f)).read() for f in os.listdir(folder)} == files
+    # --only takes the printed label too; a name that matches no module is an error, not a
+    # check of nothing that reads as a clean store
+    assert cli.main(["records", "check", *common, "--only", "model:infer"]) == 0
+    assert "model:infer" in capsys.readouterr().out
+    assert cli.main(["records", "check", *common, "--only", "nosuch"]) != 0
+    assert "no module ['nosuch']; there are ['model:infer'" in capsys.readouterr().err
 
     # --prune: the module's records are gone; builds apply none and compute the same
     assert cli.main(["records", "check", *common, "--prune"]) == 0

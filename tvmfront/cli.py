@@ -152,16 +152,23 @@ def cmd_records_check(args):
         return 0
     print(f"checking {folder} against the default schedules ({args.rounds} interleaved "
           f"round(s) per module{', pruning' if args.prune else ''})", flush=True)
-    checks = []
+    checks, matched, seen = [], set(), []
     for path in files:
         modules = _load_modules(path, args.target, args.target_given)
-        for name in (args.only or modules):
-            if name not in modules:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        for name in modules:
+            label = f"{stem}:{name}"  # --only takes a module's name or this printed label
+            seen.append(label)
+            wanted = [o for o in (args.only or [name]) if o in (name, label)]
+            if not wanted:
                 continue
-            label = f"{os.path.splitext(os.path.basename(path))[0]}:{name}"
+            matched.update(wanted)
             checks.append(verify.check_module(
                 label, modules[name], folder, rounds=args.rounds, min_speedup=args.min_speedup,
                 log=lambda line: print(line, flush=True)))
+    missing = sorted(set(args.only or []) - matched)
+    if missing:  # checking nothing and pruning nothing would pass for a clean store
+        raise TvmfrontError(f"records check: no module {missing}; there are {seen}")
     dropped = verify.prune(folder, checks) if args.prune else None
     if not args.prune:
         would = verify.to_drop(checks)
