@@ -187,11 +187,14 @@ def _tile_reduction(sch, name, params, vector=True):
     padded_here = []
     if _parallel_worth_it(info, vec or 1, params):
         first = outer[0]
-        # The fused parallel loop stops before an axis the block reads under floordiv or
-        # floormod (a derived strided conv's d/dx): TVM 0.27 lowered such an axis fused into
-        # it to wrong values (LeNet's stride-2 conv d/dx on AVX-512, 4x4 input: off by 32).
-        divided = _index_divisors(info.stmt, info.vars)
-        limit = next((i for i, k in enumerate(outer_axes) if k in divided), len(outer))
+        # The fused parallel loop stops before an untiled axis the block reads under
+        # floordiv or floormod (a derived strided conv's d/dx: (i + 1) // 2, (i + 1) % 2):
+        # TVM 0.27 lowered such an axis fused whole into it to wrong values (LeNet's
+        # stride-2 d/dx on AVX-512, 4x4 input: off by 32). Tiled axes (a panel's i // f over
+        # a tile of f, the strided d/dx phases' channels) fuse as before.
+        risky = {k for k in _index_divisors(info.stmt, info.vars)
+                 if k not in tiles and not (vector and k == v)}
+        limit = next((i for i, k in enumerate(outer_axes) if k in risky), len(outer))
         head, parallel = _parallelize(sch, outer[:limit], params)
         outer = head + outer[limit:]
         if parallel and outer[0] is first and first is info.loops[0]:
