@@ -182,10 +182,13 @@ class Stores:
     def __init__(self, folder, unrecorded_first=False):
         folders = sorted(f for f in os.listdir(SHIPPED) if records.is_database(f"{SHIPPED}/{f}"))
         shipped = records.read(os.path.join(SHIPPED, folders[0]))
-        assert shipped is not None and len(shipped.workloads) >= 8
-        n = len(shipped.workloads)
+        assert shipped is not None
         ws, recs = shipped.workloads, dict(shipped.records)
-        keep, tuned = range(0, n - 3), range(n // 2, n)
+        # the workloads with a record (pruning keeps the others' workload entries)
+        ids = sorted(recs)
+        assert len(ids) >= 8
+        n = len(ids)
+        keep, tuned = ids[:n - 3], ids[n // 2:]
         self.folder = str(folder)
         self.dst, self.src = os.path.join(self.folder, "store"), os.path.join(self.folder, "tuned")
         kept = [(i, recs[w]) for i, w in enumerate(keep)]
