@@ -6,7 +6,8 @@ exist in a forked child, and a kernel that waits for it would hang. Writing file
 
 Two ways to pick the moment of death:
 - kill_at_random: the parent sleeps a random delay after the child is ready, then kills it.
-  Delays are drawn in [0, 1.2 x the time of one write], so most kills land inside a write.
+  Delays are drawn in [0, 1.2 x the time of one write] (re-estimated as kills go), so most
+  kills land inside a write.
 - kill_at_each_step: the child kills itself right after its k-th filesystem call (mkdir,
   rename, fsync, ...), for every k. Random kills almost never hit a microsecond-wide gap
   between two renames; this visits every such gap once.
@@ -110,17 +111,24 @@ def time_one_write(write, check_after, repeat=1, tries=3):
     return sorted(times)[len(times) // 2]
 
 
-def kill_at_random(write, check_after, n=50, seed=0, repeat=1, name="write"):
+def kill_at_random(write, check_after, n=50, seed=0, repeat=1, name="write", min_mid_write=0):
     """Kill a child running `write()` (`repeat` times) at n random moments; after each kill
     `check_after()` asserts the state on disk and returns a label for it ("old", "new").
+
+    Delays are drawn from [0, 1.2 x the write's time], and that time is re-estimated as kills
+    show it: a kill that finds the writes completed after `delay` proves they take at most
+    that long (on a loaded machine the first timing can be several times too long, and most
+    kills then land after the end). Kills go on past n, up to 4n, until `min_mid_write` of
+    them landed inside a write.
 
     Returns a Counter of "when:<moment>" and "state:<label>"; prints it (pytest -s shows it).
     A write that raises in the child fails the test: after a crash, the next write must work.
     """
-    seconds = time_one_write(write, check_after, repeat)
+    seconds = first = time_one_write(write, check_after, repeat)
     rng = random.Random(seed)
     counts = collections.Counter()
-    for i in range(n):
+    i = 0
+    while i < n or (counts["when:mid-write"] < min_mid_write and i < 4 * n):
         delay = rng.uniform(0, 1.2 * seconds)
         pid, fd = _fork(_writer(write, repeat))
         ready = os.read(fd, 1)
@@ -137,9 +145,13 @@ def kill_at_random(write, check_after, n=50, seed=0, repeat=1, name="write"):
         except Exception as err:  # e.g. the loader's own error: name the kill
             raise AssertionError(f"kill {i} ({when}, {delay * 1e3:.2f} ms into "
                                  f"{seconds * 1e3:.2f} ms of writing): {err}") from err
+        if when == "after completion":
+            seconds = min(seconds, delay)
         counts[f"when:{when}"] += 1
         counts[f"state:{label}"] += 1
-    print(f"\n{name}: {n} kills, one write {seconds * 1e3:.1f} ms: "
+        i += 1
+    print(f"\n{name}: {i} kills, one write {first * 1e3:.1f} ms timed, "
+          f"{seconds * 1e3:.1f} ms at the end: "
           + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     return counts
 

@@ -98,7 +98,8 @@ def bundles(tmp_path_factory):
 
 @pytest.mark.slow
 def test_bundle_export_killed_at_random_leaves_old_or_new(bundles):
-    counts = kill_at_random(bundles.write, bundles.check, n=KILLS, seed=9, name="bundle export")
+    counts = kill_at_random(bundles.write, bundles.check, n=KILLS, seed=9, name="bundle export",
+                            min_mid_write=MIN_MID_WRITE)
     print(f"bundle export: temporary folders left beside the bundle: at most "
           f"{bundles.leftovers_seen} at once; at the end {dict(bundles.leftovers())}")
     assert counts["when:mid-write"] >= MIN_MID_WRITE, counts
@@ -150,7 +151,7 @@ def test_checkpoint_save_killed_at_random_leaves_old_or_new(bundles, tmp_path_fa
     ckpt = Checkpoints(tmp_path_factory.mktemp("crash-checkpoints"), bundles)
     # three saves per child: a save is short, so a kill lands inside one more often
     counts = kill_at_random(ckpt.write, ckpt.check, n=KILLS, seed=13, repeat=3,
-                            name="checkpoint save")
+                            name="checkpoint save", min_mid_write=MIN_MID_WRITE)
     print(f"checkpoint save: leftover temporary files at the end: {len(ckpt.leftovers())}")
     assert counts["when:mid-write"] >= MIN_MID_WRITE, counts
     assert counts["state:old"] and counts["state:new"], counts
@@ -232,7 +233,8 @@ class Stores:
 @pytest.mark.slow
 def test_records_merge_killed_at_random_leaves_old_or_merged(tmp_path):
     stores = Stores(tmp_path)
-    counts = kill_at_random(stores.write, stores.check, n=KILLS, seed=11, name="records merge")
+    counts = kill_at_random(stores.write, stores.check, n=KILLS, seed=11, name="records merge",
+                            min_mid_write=MIN_MID_WRITE)
     print(f"records merge: leftover temporary files in the store at the end: "
           f"{len(stores.leftovers())}")
     assert not stores.leftovers()  # each merge removes what killed ones left

@@ -13,12 +13,26 @@ where an exception cannot pass: the process then dies in std::terminate (SIGSEGV
 record is written. So the handler only sets flags, and tvmfront's own callbacks (the task
 scheduler before each batch, the measure callback after it: Run.next_task / Run.on_batch)
 and checkpoint() raise KeyboardInterrupt where TVM carries it out cleanly.
+
+A terminal's Ctrl-C reaches the whole process group, MetaSchedule's build and run workers too.
+A worker that gets it while importing TVM prints a KeyboardInterrupt traceback, and one that
+gets it mid-candidate fails that candidate, so the first press could not finish the batch it
+promised to. So during the block the main thread blocks SIGINT: the threads it starts inherit
+the mask, and the workers those threads spawn inherit it through exec, so workers never see a
+press. A helper thread started before the mask keeps SIGINT unblocked, so the kernel delivers
+presses to it and Python runs the handler in the main thread as before. A stop-at-once press
+ends the workers (SIGTERM: quiet) so the batch in flight ends now.
 """
 
 import contextlib
 import signal
 import sys
 import threading
+
+import psutil
+
+# the command line of MetaSchedule's build and run workers (tvm.support.popen_pool)
+_WORKER_MODULE = "tvm.exec.popen_worker"
 
 
 class Sigint:
@@ -37,6 +51,7 @@ class Sigint:
                  "(press Ctrl-C again to stop at once)")
             return
         self.run.abort = True
+        _end_workers()
         if self.run.phase == "search":
             self.run.stop = "interrupt"
             _say("tune: Ctrl-C again: stopping now; the records measured so far are saved "
@@ -50,6 +65,16 @@ class Sigint:
         """KeyboardInterrupt here when a press asked to stop at once (after the save)."""
         if self.run.abort:
             raise KeyboardInterrupt
+
+
+def _end_workers():
+    """SIGTERM this process's MetaSchedule workers (they never see SIGINT, module docstring):
+    the candidates in flight fail at once and the batch ends."""
+    with contextlib.suppress(psutil.Error):
+        for child in psutil.Process().children():
+            with contextlib.suppress(psutil.Error):
+                if _WORKER_MODULE in child.cmdline():
+                    child.terminate()
 
 
 def _say(text):
@@ -67,8 +92,28 @@ def handled(run):
         yield sigint
         return
     previous = signal.signal(signal.SIGINT, sigint)
+    receiver = _Receiver()
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield sigint
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a pending press is delivered here
+        receiver.stop()
         signal.signal(signal.SIGINT, previous)
     sigint.checkpoint()
+
+
+class _Receiver:
+    """A thread with SIGINT unblocked while the main thread blocks it: the kernel delivers a
+    process-wide SIGINT to a thread that does not block it, and CPython's C handler, wherever
+    it runs, has the main thread run the Python handler."""
+
+    def __init__(self):
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._done.wait, name="tvmfront-sigint",
+                                        daemon=True)
+        self._thread.start()  # before the main thread blocks SIGINT: it inherits the mask
+
+    def stop(self):
+        self._done.set()
+        self._thread.join()
