@@ -158,13 +158,20 @@ def _this_machines_folder():
                 f"{records.store_key('x86')} (shipped: {', '.join(_folders()) or 'none'})")
 
 
-@pytest.mark.slow
-def test_shipped_records_apply_to_the_lenet_train_step(monkeypatch):
+def _lenet_records_folder():
+    """_this_machines_folder(), skipping when records check judged LeNet's train step and
+    kept none of its records (defaults at least as fast): none are shipped for it."""
     key, here = _this_machines_folder()
     judged = records.read(os.path.join(SHIPPED, key)).meta.get("modules")
     if judged and "train_b64" not in _kept_modules(key).get("lenet_digits", []):
         pytest.skip(f"{key}: records check found no records that make LeNet's train step "
                     f"faster; none are shipped for it")
+    return key, here
+
+
+@pytest.mark.slow
+def test_shipped_records_apply_to_the_lenet_train_step(monkeypatch):
+    key, here = _lenet_records_folder()
     module = _lenet_train_step(here, monkeypatch)
     info = module.build_info
     assert info["records"] == [os.path.join(SHIPPED, key)]
@@ -180,7 +187,7 @@ def test_shipped_records_apply_to_the_lenet_train_step(monkeypatch):
 def test_shipped_records_apply_to_another_cpu_model_of_the_class(monkeypatch):
     """An AVX-512 CPU that LLVM names differently from the tuning machine (whose records say
     e.g. rocketlake) reads the same folder and applies the same records."""
-    key, here = _this_machines_folder()
+    key, here = _lenet_records_folder()
     if x86_class("x86") != "avx512":
         pytest.skip(f"this machine's key {key} is not the AVX-512 class")
     tuned_on = _tuned_at(key).get("mcpu")
