@@ -15,7 +15,7 @@ import pytest
 from tvmfront import ops
 from tvmfront import schedule as cpu_schedule
 from tvmfront._tvm import te, tirx, to_device, tvm
-from tvmfront.target import resolve_target, x86_class
+from tvmfront.target import resolve_target
 
 SIZES = (1, 7, 64)
 
@@ -125,21 +125,7 @@ def _tiles(rule):
             if not block.endswith("_pad")}
 
 
-# Known defects of the AVX-512 host's schedules (the AVX2 ones hold): the symbolic conv's
-# register tile fails in TVM (int64 and int32 indices of one buffer mixed: it falls back to a
-# simpler schedule, exact but slower), and the symbolic Linear tiles 16xv10 over a padded
-# weight where the fixed one tiles 10xv32. strict: a fix turns these into failures to remove.
-_AVX512_DEFECTS = {"conv": "symbolic conv tile: int64/int32 index mix in TVM on AVX-512",
-                   "matmul": "symbolic Linear tiles 16xv10, the fixed one 10xv32 on AVX-512"}
-
-
-def _params():
-    on_avx512 = x86_class("x86") == "avx512"
-    return [pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=_AVX512_DEFECTS[name]))
-            if on_avx512 and name in _AVX512_DEFECTS else name for name in sorted(KERNELS)]
-
-
-@pytest.mark.parametrize("name", _params())
+@pytest.mark.parametrize("name", sorted(KERNELS))
 def test_symbolic_kernel_is_scheduled_as_the_fixed_one_and_exact(name):
     build, expect = KERNELS[name]
     n = tirx.Var("n", "int64")

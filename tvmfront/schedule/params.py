@@ -38,6 +38,9 @@ UNROLL_MAX_BODY = 64
 SMALL_WORK = 1 << 12
 # Transposing copies move blocks of one cache line per row (x86 and most AArch64 cores).
 CACHE_LINE_BYTES = 64
+# Addresses this far apart share an L1 data cache set (x86: 32 KiB, 8 ways; 48 KiB, 12 ways):
+# a copy that reads many rows this far apart at once evicts its own lines.
+L1_ALIAS_BYTES = 4 << 10
 # Pack a strided operand only when the copy is this many times cheaper than the reduction.
 PACK_RATIO = 8
 # An operand read along the vector axis with rows at least PANEL_MIN_STRIDE elements apart
