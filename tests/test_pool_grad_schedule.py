@@ -44,7 +44,9 @@ def test_max_pool_gradient_kernel_has_no_data_dependent_branch(shape, attrs):
     rule, ir = _grad_kernel_ir(shape, **attrs)
     body = _kernel_bodies(ir)
     assert body, "no kernel function found in the LLVM IR"
-    assert "masked.load" not in body, rule
+    # a masked load whose mask is a value computed at run time (LLVM's vectorized strided
+    # reads of the lowest-padded copy mask with constants: not data-dependent)
+    assert not re.search(r"masked\.load[^(]*\([^,]*, <\d+ x i1> %", body), rule
     assert not re.search(r"\bif_(then|else)", body), rule
 
 
