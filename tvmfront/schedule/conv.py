@@ -143,30 +143,42 @@ def _deinterleave_window_reads(sch, info, d, outer, axes, lanes):
         try:
             local = sch.cache_read(info.block, index, "local")
             sch.compute_at(local, at)
-            ndim = len(source.shape)
-            sch.transform_layout(local, ("write", 0), lambda *idx: [
-                *idx[:ndim - 1], idx[ndim - 1] % d, idx[ndim - 1] // d])
+            _deinterleave(sch, local, d, lanes)
         except Exception as err:  # noqa: BLE001 - TVM's own check: keep the strided reads
             _probe(f"deinterleaved copy of {source.name}", err)
             continue
-        _vectorize_innermost(sch, local, lanes)
-        # Rows unrolled: each lane's place in the local plane a constant, which LLVM needs to
-        # see the scattered lanes as shuffles of whole vectors (a row loop: 2.7x slower).
-        sch.unroll(sch.get_loops(local)[-2])
         copied.append(source.name)
     return copied
 
 
-def _strided_by(index, variables, extents, d):
-    """Whether `index` (over the block variables, the column last) steps by d whenever the
-    column steps by d: d * jo plus a function of the remainder r, for j = d * jo + r (a
-    window element's column). Checked on the column's values, the other variables at 0."""
-    column, extent = variables[-1], extents[-1]
-    values = []
-    for j in range(extent):
+def _column_values(index, variables, extents):
+    """The values of `index` (over the block variables, the column last) along the column,
+    the other variables at 0; None where one is not a constant."""
+    column, values = variables[-1], []
+    for j in range(extents[-1]):
         analyzer = arith.Analyzer()
         for var in variables:
             analyzer.bind(var, tirx.IntImm(var.ty.dtype, j if var.same_as(column) else 0))
         values.append(_const(analyzer.simplify(index)))
-    return all(v is not None for v in values) and \
-        all(values[j + d] - values[j] == d for j in range(extent - d))
+    return None if None in values else values
+
+
+def _strided_by(index, variables, extents, d):
+    """Whether `index` steps by d whenever the column steps by d: d * jo plus a function of
+    the remainder r, for j = d * jo + r (a window element's column in a gather-form
+    gradient)."""
+    values = _column_values(index, variables, extents)
+    return values is not None and all(values[j + d] - values[j] == d
+                                      for j in range(len(values) - d))
+
+
+def _deinterleave(sch, block, d, lanes):
+    """Lay a plane copy's buffer (its block: `block`) out as [.., w % d, w // d] and schedule
+    it: rows unrolled, columns vectorized. Each lane's place in the plane is then a
+    constant, which LLVM needs to see the scattered lanes as shuffles of whole vectors (a
+    row loop ran 2.7x slower)."""
+    ndim = len(sch.get(block).writes[0].region)
+    sch.transform_layout(block, ("write", 0), lambda *idx: [
+        *idx[:ndim - 1], idx[ndim - 1] % d, idx[ndim - 1] // d])
+    _vectorize_innermost(sch, block, lanes)
+    sch.unroll(sch.get_loops(block)[-2])
