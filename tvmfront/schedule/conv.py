@@ -10,9 +10,11 @@ contraction, register-tiled like a GEMM: see gemm.py.
 
 import math
 
-from .._tvm import tirx
-from .analysis import _walk_expr
-from .loops import _parallel_worth_it, _parallelize, _vector_factor
+from .._tvm import arith, tirx
+from .analysis import _const, _walk_expr
+from .failures import _probe
+from .params import _dtype_bits
+from .loops import _parallel_worth_it, _parallelize, _vector_factor, _vectorize_innermost
 
 
 def _index_divisors(stmt, variables):
@@ -75,6 +77,7 @@ def _schedule_spatial_split(sch, info, divisors, params):
     columns = info.extents[last] // divisors.get(last, 1)
     if last in divisors and last not in info.symbolic and columns % lanes:
         vec = _vector_factor(columns, lanes)
+    axes = [k for k in range(len(info.loops)) if info.kinds[k] == "S"]  # outer's axes
     if vec is not None:
         column, vector = sch.split(outer[-1], factors=[None, vec])
         outer[-1] = column
@@ -96,7 +99,86 @@ def _schedule_spatial_split(sch, info, divisors, params):
         sch.unroll(loop)
     # strided vectors are assembled lane by lane: parallel as for scalar loops
     if _parallel_worth_it(info, 1, params):
+        before = len(outer)
         outer, note = _parallelize(sch, outer, params)
         if note:
             notes.append(note)
+            axes = axes[before - len(outer):]  # the fused head: its last axis
+    if vec is not None:
+        planes = _deinterleave_window_reads(sch, info, divisors[last], outer, axes, lanes)
+        if planes:
+            notes.append(f"deinterleaved {'+'.join(planes)}")
     return f"spatial[{', '.join(notes)}]"
+
+
+# A window operand is copied per plane (see _deinterleave_window_reads) up to this size: a
+# plane stays in the L1 data cache between its copy and its reads.
+DEINTERLEAVE_MAX_PLANE_BYTES = 16 << 10
+
+
+def _deinterleave_window_reads(sch, info, d, outer, axes, lanes):
+    """Operands the vectorized window columns read with a stride of d (max-pool's input in
+    its gradient: x[.., 2 * jo + e] for the column jo of vector lanes) are first copied, one
+    plane (the last two axes) at a time, into a local buffer laid out [.., w % d, w // d],
+    which the vector loop then reads contiguously. TVM assembles a strided vector lane by
+    lane (a scalar load and an insert per lane); the copy loads whole rows, and LLVM turns
+    the lanes it scatters into the local rows into shuffles. `outer` are the block's outer
+    loops after the parallel fusion, `axes` the last block axis each runs over. Returns the
+    names of the operands copied."""
+    # the loop over the planes: the innermost outer loop over axes before the rows
+    rows = len(info.loops) - 2
+    at = next((lp for lp, k in reversed(list(zip(outer, axes))) if k < rows), None)
+    if at is None or rows < 1:
+        return []
+    copied = []
+    for index, region, _ in info.reads:
+        source = region.source
+        plane = [_const(n) for n in source.shape[-2:]]
+        if len(source.shape) != len(info.vars) or None in plane or plane[1] % d or \
+                plane[0] * plane[1] * _dtype_bits(source.dtype) // 8 > \
+                DEINTERLEAVE_MAX_PLANE_BYTES:
+            continue
+        if not _strided_by(region.region[-1].min, info.vars, info.extents, d):
+            continue
+        try:
+            local = sch.cache_read(info.block, index, "local")
+            sch.compute_at(local, at)
+            _deinterleave(sch, local, d, lanes)
+        except Exception as err:  # noqa: BLE001 - TVM's own check: keep the strided reads
+            _probe(f"deinterleaved copy of {source.name}", err)
+            continue
+        copied.append(source.name)
+    return copied
+
+
+def _column_values(index, variables, extents):
+    """The values of `index` (over the block variables, the column last) along the column,
+    the other variables at 0; None where one is not a constant."""
+    column, values = variables[-1], []
+    for j in range(extents[-1]):
+        analyzer = arith.Analyzer()
+        for var in variables:
+            analyzer.bind(var, tirx.IntImm(var.ty.dtype, j if var.same_as(column) else 0))
+        values.append(_const(analyzer.simplify(index)))
+    return None if None in values else values
+
+
+def _strided_by(index, variables, extents, d):
+    """Whether `index` steps by d whenever the column steps by d: d * jo plus a function of
+    the remainder r, for j = d * jo + r (a window element's column in a gather-form
+    gradient)."""
+    values = _column_values(index, variables, extents)
+    return values is not None and all(values[j + d] - values[j] == d
+                                      for j in range(len(values) - d))
+
+
+def _deinterleave(sch, block, d, lanes):
+    """Lay a plane copy's buffer (its block: `block`) out as [.., w % d, w // d] and schedule
+    it: rows unrolled, columns vectorized. Each lane's place in the plane is then a
+    constant, which LLVM needs to see the scattered lanes as shuffles of whole vectors (a
+    row loop ran 2.7x slower)."""
+    ndim = len(sch.get(block).writes[0].region)
+    sch.transform_layout(block, ("write", 0), lambda *idx: [
+        *idx[:ndim - 1], idx[ndim - 1] % d, idx[ndim - 1] // d])
+    _vectorize_innermost(sch, block, lanes)
+    sch.unroll(sch.get_loops(block)[-2])
