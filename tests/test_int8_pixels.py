@@ -123,11 +123,13 @@ def test_pixel_lanes_tensorize_and_stay_exact(isa, x_shape, w_shape, kw, float_i
     ((1, 3, 9, 9), (20, 3, 3, 3), {"padding": 1}, 3),   # 9 -> 3, 20 channels
 ])
 @pytest.mark.parametrize("out", [REQUANT, {}], ids=["requantize", "dequantize"])
-def test_packed_convolution_max_pools_in_its_epilogue(x_shape, w_shape, kw, pool, out):
+@pytest.mark.parametrize("flat", [False, True])
+def test_packed_convolution_max_pools_in_its_epilogue(x_shape, w_shape, kw, pool, out, flat):
     x, w, b, m = operands(np.random.default_rng(3), x_shape, w_shape, x_max=255)
     got = q.qconv2d_packed(x, q.pack_weight(q.pad_taps(w)), b, m, kernel=w_shape[2:],
-                           direct=True, pool=pool, **kw, **out)
-    np.testing.assert_array_equal(got, reference(x, w, b, m, pool, **kw, **out))
+                           direct=True, pool=pool, flat=flat, **kw, **out)
+    want = reference(x, w, b, m, pool, **kw, **out)
+    np.testing.assert_array_equal(got, want.reshape(len(want), -1) if flat else want)
 
 
 def lenet():
@@ -137,24 +139,61 @@ def lenet():
                          nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
 
 
-def test_quantized_lenet_equals_the_widening_kernels_with_fewer_kernels():
+def test_quantized_lenet_equals_the_widening_kernels_with_fewer_kernels(tmp_path):
     """tvf.quantize on this CPU (VNNI or AVX2): the first conv on pixel lanes with its input's
-    quantize and its max-pool inside, the second packed with its max-pool in the epilogue:
-    the same logits, bit for bit, as the same scales on the widening kernels (convert with
-    nothing packed: quantize, qconv2d, max_pool2d each a kernel), and two kernels fewer."""
+    quantize and its max-pool inside, the second packed with its max-pool in the epilogue,
+    writing the Flatten's layout: the same logits, bit for bit, as the same scales on the
+    widening kernels (convert with nothing packed: quantize, qconv2d, max_pool2d, reshape
+    each a kernel), in 3 kernels instead of 8 (the two Linear layers one qdense_chain); the
+    input scales of the layers that receive
+    integers are no buffers (no call arguments), and the bundle reloads."""
     x = tvf.data.upsample(tvf.data.load_digits()[0][:96], 2)
     model = lenet()
     spec = ("batch", 1, 16, 16)
     fused = tvf.quantize(model, calibration=x[:64], inputs=spec)
     scales = fused.quantization["scales"]
     plain = tvf.compile_inference(nn_int8.convert(model, scales), spec)
-    np.testing.assert_array_equal(fused.predict(x), plain.predict(x))
+    got = fused.predict(x)
+    np.testing.assert_array_equal(got, plain.predict(x))
+    np.testing.assert_array_equal(tvf.load(fused.export(tmp_path / "q")).predict(x), got)
+    state = fused.state_dict()
+    assert "0.input_scale" in state and "3.input_scale" not in state
     if not (VNNI or AVX2):
         return
     converted = nn_int8.convert(model, scales, pack=lambda entry: True)
-    assert [type(m).__name__ for m in converted][:6] == [
-        "QuantizedConv2d", "Identity", "Identity", "QuantizedConv2d", "Identity", "Identity"]
+    assert [type(m).__name__ for m in converted][:7] == [
+        "QuantizedConv2d", "Identity", "Identity", "QuantizedConv2d", "Identity", "Identity",
+        "Identity"]
     first, second = converted[0], converted[3]
-    assert (first.pixels, first.pool, second.packed, second.pool) == (True, 2, True, 2)
-    names = [gv.name_hint for gv in fused._lowered.functions]
-    assert not [n for n in names if n.startswith(("quantize", "max_pool"))], names
+    assert (first.pixels, first.pool, second.packed, second.pool, second.flat) == (
+        True, 2, True, 2, True)
+    assert converted[7].chain == (converted[9],) and converted[9].in_chain
+    names = {gv.name_hint for gv in fused._lowered.functions} - {"predict"}
+    assert names == {"qconv2d_pixels", "qconv2d_packed", "qdense_chain"}, names
+    assert not fused.build_info["fallback_kernels"]
+
+
+def test_a_chain_of_packed_dense_layers_is_one_kernel_with_the_same_integers():
+    """qdense_chain: 64 -> 120 -> 84 -> 10 (LeNet's head) as one kernel, each GEMM
+    tensorized, equal to qdense_packed called three times."""
+    from tvmfront import schedule
+    from tvmfront._tvm import te, tvm
+
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 256, (5, 64)).astype(np.uint8)
+    operands_, layers, y = [], [], x
+    for k, (i, o) in enumerate([(64, 120), (120, 84), (84, 10)]):
+        _, w, b, m = operands(rng, (1, i), (o, i))
+        options = {"x_max": 255, **(REQUANT if k < 2 else {})}
+        y = q.qdense_packed(y, q.pack_weight(w), b, m, **options)
+        operands_ += [q.pack_weight(w), b, m]
+        layers.append(tuple(sorted(options.items())))
+    got = q.qdense_chain(x, *operands_, layers=tuple(layers))
+    np.testing.assert_array_equal(got, y)
+    args = [te.placeholder(a.shape, str(a.dtype)) for a in (x, *operands_)]
+    func = te.create_prim_func([*args, q.qdense_chain.fn(*args, layers=tuple(layers))])
+    report, fallbacks = {}, {}
+    schedule.default_cpu_schedule(tvm.IRModule({"k": func.with_attr("global_symbol", "k")}),
+                                  resolve_target(VNNI_TARGET), report=report,
+                                  fallbacks=fallbacks)
+    assert report["k"].count("tvmfront_dot_16x4_vnni") == 3 and not fallbacks, report

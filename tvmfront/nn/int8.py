@@ -11,7 +11,8 @@ loaded, never trained):
 - ``weight``: int8, nearbyint(w * (1 / weight_scale)) clamped, as fake_quant rounds it;
 - ``bias``: int32, round(b / (s_x * s_w)) - zx * sum_k weight (the input zero point folded in);
 - ``multiplier``: float32 [out], s_x * s_w (dequantize) or s_x * s_w / s_next (requantize);
-- ``input_scale`` / ``input_zero_point``: 0-d, the layer quantizes its float input with them.
+- ``input_scale`` / ``input_zero_point``: 0-d, the layer quantizes its float input with them
+  (plain values, not buffers, where the previous layer hands it integers).
 
 Inside a Sequential, a quantized layer followed by another (with only ReLU, MaxPool2d and
 Flatten between) hands it uint8 directly: the epilogue requantizes to the next layer's input scale
@@ -83,12 +84,22 @@ class _Quantized(Module):
     def requantize_to(self, nxt, relu):
         """Hand `nxt` (the next quantized layer) integers at its input scale; `relu`: a ReLU
         between them becomes the clamp's lower bound."""
-        s_next, z_next = float(nxt.input_scale.data), nxt.zero_point
+        s_next, z_next = float(np.asarray(nxt.input_scale.data)), nxt.zero_point
         self.multiplier = (self.multiplier.data.astype(np.float64) / s_next).astype(np.float32)
         lo = max(nxt.input_qmin, z_next) if relu else nxt.input_qmin
         self.out = {"out_dtype": nxt.input_dtype, "out_zero_point": z_next,
                     "out_qmin": lo, "out_qmax": nxt.input_qmax}
         nxt.quantize_input = False
+        nxt._unregister_input_scales()
+
+    def _unregister_input_scales(self):
+        """input_scale and input_zero_point kept as plain values, not buffers: a layer that
+        receives integers never reads them, and every buffer is an argument of each call
+        (LeNet int8 at batch 1: 25 arguments for 5 kernels, the calls' overhead more than
+        their kernels' time)."""
+        for name in ("input_scale", "input_zero_point"):
+            value = self._buffers.pop(name)
+            object.__setattr__(self, name, value)
 
     def _packable(self, wq):
         return True
@@ -125,7 +136,17 @@ class QuantizedLinear(_Quantized):
     def _packable(self, wq):
         return wq.shape[1] % q.GROUP == 0  # the input is read in groups of 4 as it is
 
+    chain = ()  # (_chain_linears) the packed layers after it that its kernel computes too
+    in_chain = False  # computed by an earlier layer's kernel: passes its input through
+
     def forward(self, x):
+        if self.in_chain:
+            return x
+        if self.chain:
+            layers = (self, *self.chain)
+            operands = [t for m in layers for t in (m.weight, m.bias, m.multiplier)]
+            return q.qdense_chain(self._input(x), *operands, layers=tuple(
+                tuple(sorted(m._int8_options().items())) for m in layers))
         kernel = q.qdense_packed if self.packed else q.qdense
         return kernel(self._input(x), self.weight, self.bias, self.multiplier,
                       **self._int8_options())
@@ -149,6 +170,7 @@ class QuantizedConv2d(_Quantized):
         self.direct = self.packed and _direct(self.kernel)
         self.stride, self.padding = layer.stride, layer.padding
         self.pool = 1  # a max-pool after it done in its epilogue (_chain), on the accumulator
+        self.flat = False  # packed: writes Flatten's [N, C * H * W] (_chain)
 
     def _packable(self, wq):
         # Fewer than 16 output channels leave most of the dot product's lanes idle: with
@@ -183,7 +205,7 @@ class QuantizedConv2d(_Quantized):
         common.update(self._int8_options())
         if self.packed:
             return q.qconv2d_packed(*args, kernel=self.kernel, direct=self.direct,
-                                    pool=self.pool, **common)
+                                    pool=self.pool, flat=self.flat, **common)
         return q.qconv2d(*args, **common)
 
 
@@ -264,11 +286,45 @@ def _tiling_max_pool(m):
     return kh == kw and stride == (kh, kw) and _pair(m.padding) == (0, 0)
 
 
+def _flattens_after(layer, between):
+    """Whether packed convolution `layer` can write the flattened output itself: one Flatten
+    among `between` (what lies before the next quantized layer) and no MaxPool2d (a pooling
+    after the convolution needs its NCHW output)."""
+    kinds = [type(m) for _, m in between]
+    return (isinstance(layer, QuantizedConv2d) and layer.packed and kinds.count(Flatten) == 1
+            and MaxPool2d not in kinds)
+
+
 def _chain(seq):
     """Within a Sequential: a quantized layer whose next quantized layer follows after only
     ReLU / MaxPool2d / Flatten requantizes into it (the ReLU folded into the clamp, the pooling
     and flattening done on the integers)."""
     _pool_into(seq)
+    _requantize_chain(seq)
+    _chain_linears(list(seq._modules.items()))
+
+
+def _chain_linears(items):
+    """Runs of packed QuantizedLinear layers that hand each other integers, with only
+    Identity modules between them, computed by the first one's kernel (ops.int8.qdense_chain),
+    the others passing their input through: one kernel call instead of one per layer."""
+    run = []
+    for _, m in [*items, (None, None)]:
+        if isinstance(m, Identity):
+            continue
+        if isinstance(m, QuantizedLinear) and m.packed and run and run[-1].out and \
+                not m.quantize_input:
+            run.append(m)
+            continue
+        if len(run) > 1:
+            run[0].chain = tuple(run[1:])
+            for member in run[1:]:
+                member.in_chain = True
+        run = [m] if isinstance(m, QuantizedLinear) and m.packed else []
+
+
+def _requantize_chain(seq):
+    """_chain's requantization (see there)."""
     items = list(seq._modules.items())
     for k, (_, layer) in enumerate(items):
         if not isinstance(layer, _Quantized):
@@ -282,6 +338,9 @@ def _chain(seq):
                 continue  # max commutes with the (monotone) requantization: exact on uint8
             elif isinstance(m, _Quantized):
                 layer.requantize_to(m, relu)
+                if _flattens_after(layer, items[k + 1:j]):  # the epilogue writes it flat
+                    layer.flat = True
+                    between += [n for n, f in items[k + 1:j] if isinstance(f, Flatten)]
                 for n in between:
                     seq._modules[n] = ident = Identity()
                     object.__setattr__(seq, n, ident)

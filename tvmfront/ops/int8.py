@@ -264,8 +264,8 @@ def pad_taps(w):
 
 @op
 def qconv2d_packed(x, w, bias, multiplier, kernel, stride=1, padding=0, x_zero_point=0,
-                   x_max=255, direct=False, pool=1, out_dtype=None, out_zero_point=0,
-                   out_qmin=0, out_qmax=255):
+                   x_max=255, direct=False, pool=1, flat=False, out_dtype=None,
+                   out_zero_point=0, out_qmin=0, out_qmax=255):
     """qconv2d with w [O, C, kh, kw] packed by pack_weight (`kernel` = (kh, kw)), multiplied
     as qdense_packed on rows (N, Ho, Wo) x K, the epilogue writing NCHW. Padding holds
     x_zero_point. Two ways to form the rows:
@@ -313,9 +313,18 @@ def qconv2d_packed(x, w, bias, multiplier, kernel, stride=1, padding=0, x_zero_p
         acc = _packed_gemm(rows, lambda a, i, j, k: cols[a, i, j, k], w, x_max)
     _check_pool("qconv2d_packed", pool, ho, wo)
     value = _pooled(lambda a, c, i, j: acc[a, i, j, c], pool)
-    return te.compute((n_, o, ho // pool, wo // pool), lambda a, c, i, j: _epilogue(
-        value(a, c, i, j), bias, multiplier, c, out_dtype, out_zero_point, out_qmin,
-        out_qmax), name="qconv2d")
+    return _nchw_output((n_, o, ho // pool, wo // pool), flat, lambda a, c, i, j: _epilogue(
+        value(a, c, i, j), bias, multiplier, c, out_dtype, out_zero_point, out_qmin, out_qmax))
+
+
+def _nchw_output(shape, flat, element):
+    """The output [N, C, H, W], or with `flat` [N, C * H * W] (Flatten's layout, NCHW order:
+    a Flatten after the layer costs no kernel of its own); element(a, c, i, j)."""
+    if not flat:
+        return te.compute(shape, element, name="qconv2d")
+    _, c_, h, w = shape
+    return te.compute((shape[0], c_ * h * w), lambda a, f: element(
+        a, f // (h * w), f // w % h, f % w), name="qconv2d")
 
 
 # ---- few input channels: output pixels as the dot product's lanes ---------------------------
@@ -432,3 +441,18 @@ def activation_dtype(qmin, qmax):
     if -128 <= qmin < qmax <= 127:
         return "int8"
     raise ValueError(f"int8: activation range [{qmin}, {qmax}] fits neither uint8 nor int8")
+
+
+@op
+def qdense_chain(x, *operands, layers=()):
+    """qdense_packed applied once per entry of `layers` in one kernel, each on the previous
+    one's output: operands = (w, bias, multiplier) per layer, layers = their keywords
+    (x_max, out_dtype, ...), each one as a tuple of (name, value) pairs. A chain of small
+    layers (LeNet's 64 -> 120 -> 84 -> 10) is then one call: at batch 1 a kernel call costs
+    more than these kernels' work."""
+    if not layers or len(operands) != 3 * len(layers):
+        raise ValueError(f"qdense_chain: {len(operands)} operands for {len(layers)} layers "
+                         "(need a weight, bias and multiplier per layer)")
+    for k, options in enumerate(layers):
+        x = qdense_packed.fn(x, *operands[3 * k:3 * k + 3], **dict(options))
+    return x

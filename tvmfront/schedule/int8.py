@@ -134,7 +134,9 @@ def _int8_gemm(func, target, params):
     if not gemms:
         return None
     notes = []
-    for name in gemms:
+    # the last first: a tiled epilogue before a GEMM that reads it (qdense_chain) made the
+    # reading GEMM's reverse_compute_at refuse (root no longer a stage pipeline)
+    for name in reversed(gemms):
         annotations = sch.get(sch.get_sblock(name)).annotations
         x_max = int(annotations.get(GEMM_ATTR, annotations.get(PIXELS_ATTR)))
         try:
@@ -187,6 +189,8 @@ def _inline_epilogue(sch, name):
         consumers = sch.get_consumers(sch.get_sblock(name))
         if len(consumers) != 1 or not sch.get_consumers(consumers[0]):
             return sch  # none, or the one left writes the kernel's output
+        if any(_ATTRS & set(sch.get(c).annotations) for c in sch.get_consumers(consumers[0])):
+            return sch  # it feeds the next layer's GEMM (qdense_chain): stays its input
         trial = sch.copy()
         try:
             trial.compute_inline(consumers[0])
