@@ -11,7 +11,8 @@ loaded, never trained):
 - ``weight``: int8, nearbyint(w * (1 / weight_scale)) clamped, as fake_quant rounds it;
 - ``bias``: int32, round(b / (s_x * s_w)) - zx * sum_k weight (the input zero point folded in);
 - ``multiplier``: float32 [out], s_x * s_w (dequantize) or s_x * s_w / s_next (requantize);
-- ``input_scale`` / ``input_zero_point``: 0-d, the layer quantizes its float input with them.
+- ``input_scale`` / ``input_zero_point``: 0-d, the layer quantizes its float input with them
+  (plain values, not buffers, where the previous layer hands it integers).
 
 Inside a Sequential, a quantized layer followed by another (with only ReLU, MaxPool2d and
 Flatten between) hands it uint8 directly: the epilogue requantizes to the next layer's input scale
@@ -24,6 +25,7 @@ import copy
 import numpy as np
 
 from ..ops import int8 as q
+from ..ops.conv import _pair
 from .fold import Identity
 from .layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
 from .module import Module, Parameter
@@ -36,14 +38,6 @@ def float_weight(p):
     """A layer's weight or bias as an array: a Parameter's value, or a pruned layer's
     effective weight (weight_orig * weight_mask, an array); None stays None."""
     return None if p is None else np.asarray(p.data if isinstance(p, Parameter) else p)
-
-
-def _activation_dtype(qmin, qmax):
-    if 0 <= qmin < qmax <= 255:
-        return "uint8"
-    if -128 <= qmin < qmax <= 127:
-        return "int8"
-    raise ValueError(f"int8: activation range [{qmin}, {qmax}] fits neither uint8 nor int8")
 
 
 def quantize_weight(w, scale, qmin=-128, qmax=127):
@@ -62,7 +56,7 @@ class _Quantized(Module):
         w_scale = np.asarray(entry["weight_scale"], np.float64)
         s_x, zx = float(entry["input_scale"]), int(entry["input_zero_point"])
         self.input_qmin, self.input_qmax = int(entry["input_qmin"]), int(entry["input_qmax"])
-        self.input_dtype = _activation_dtype(self.input_qmin, self.input_qmax)
+        self.input_dtype = q.activation_dtype(self.input_qmin, self.input_qmax)
         wq = quantize_weight(float_weight(layer.weight), w_scale, entry.get("weight_qmin", -128),
                              entry.get("weight_qmax", 127))
         b = float_weight(layer.bias)
@@ -72,9 +66,12 @@ class _Quantized(Module):
         if np.abs(bias).max(initial=0) >= 2 ** 31:
             raise ValueError("int8: a bias does not fit int32 at this layer's scales "
                              "(input or weight scale too small)")
-        # packed: the layout of the CPU's 8-bit dot product (ops.int8.pack_weight)
+        # packed: the layout of the CPU's 8-bit dot product (ops.int8.pack_weight); pixels:
+        # that dot product along a convolution's output pixels (ops.int8.qconv2d_pixels)
         self.packed = bool(pack) and self._packable(wq)
-        self.register_buffer("weight", q.pack_weight(self._taps(wq)) if self.packed else wq)
+        self.pixels = bool(pack) and not self.packed and self._pixel_lanes(layer)
+        self.register_buffer("weight", q.pack_weight(self._taps(wq)) if self.packed else
+                             q.pad_taps(wq) if self.pixels else wq)
         self.register_buffer("bias", bias.astype(np.int32))
         self.register_buffer("multiplier", (s_x * w_scale).astype(np.float32))
         self.register_buffer("input_scale", np.array(s_x, np.float32))
@@ -87,15 +84,28 @@ class _Quantized(Module):
     def requantize_to(self, nxt, relu):
         """Hand `nxt` (the next quantized layer) integers at its input scale; `relu`: a ReLU
         between them becomes the clamp's lower bound."""
-        s_next, z_next = float(nxt.input_scale.data), nxt.zero_point
+        s_next, z_next = float(np.asarray(nxt.input_scale.data)), nxt.zero_point
         self.multiplier = (self.multiplier.data.astype(np.float64) / s_next).astype(np.float32)
         lo = max(nxt.input_qmin, z_next) if relu else nxt.input_qmin
         self.out = {"out_dtype": nxt.input_dtype, "out_zero_point": z_next,
                     "out_qmin": lo, "out_qmax": nxt.input_qmax}
         nxt.quantize_input = False
+        nxt._unregister_input_scales()
+
+    def _unregister_input_scales(self):
+        """input_scale and input_zero_point kept as plain values, not buffers: a layer that
+        receives integers never reads them, and every buffer is an argument of each call
+        (LeNet int8 at batch 1: 25 arguments for 5 kernels, the calls' overhead more than
+        their kernels' time)."""
+        for name in ("input_scale", "input_zero_point"):
+            value = self._buffers.pop(name)
+            object.__setattr__(self, name, value)
 
     def _packable(self, wq):
         return True
+
+    def _pixel_lanes(self, layer):
+        return False
 
     def _taps(self, wq):
         """The weight as packed (a direct convolution pads its rows of taps)."""
@@ -113,7 +123,7 @@ class _Quantized(Module):
 
     def extra_repr(self):
         mode = (f"requantize to {self.out['out_dtype']}" if self.out else "dequantize")
-        layout = " packed" if self.packed else ""
+        layout = " packed" if self.packed else " pixel lanes" if self.pixels else ""
         return f"{tuple(self.weight.shape)} int8{layout}, input {self.input_dtype}, {mode}"
 
 
@@ -126,7 +136,17 @@ class QuantizedLinear(_Quantized):
     def _packable(self, wq):
         return wq.shape[1] % q.GROUP == 0  # the input is read in groups of 4 as it is
 
+    chain = ()  # (_chain_linears) the packed layers after it that its kernel computes too
+    in_chain = False  # computed by an earlier layer's kernel: passes its input through
+
     def forward(self, x):
+        if self.in_chain:
+            return x
+        if self.chain:
+            layers = (self, *self.chain)
+            operands = [t for m in layers for t in (m.weight, m.bias, m.multiplier)]
+            return q.qdense_chain(self._input(x), *operands, layers=tuple(
+                tuple(sorted(m._int8_options().items())) for m in layers))
         kernel = q.qdense_packed if self.packed else q.qdense
         return kernel(self._input(x), self.weight, self.bias, self.multiplier,
                       **self._int8_options())
@@ -149,6 +169,8 @@ class QuantizedConv2d(_Quantized):
         self.kernel = tuple(int(d) for d in np.shape(float_weight(layer.weight))[2:])
         self.direct = self.packed and _direct(self.kernel)
         self.stride, self.padding = layer.stride, layer.padding
+        self.pool = 1  # a max-pool after it done in its epilogue (_chain), on the accumulator
+        self.flat = False  # packed: writes Flatten's [N, C * H * W] (_chain)
 
     def _packable(self, wq):
         # Fewer than 16 output channels leave most of the dot product's lanes idle: with
@@ -160,15 +182,30 @@ class QuantizedConv2d(_Quantized):
         # stem at batch 64 on VNNI 1.5x float32's time packed, 0.9x widening.
         return wq.shape[0] >= q.LANES and wq[0].size >= MIN_PACKED_TAPS
 
+    def _pixel_lanes(self, layer):
+        # The rest (few output channels or taps) on the dot product with the output pixels
+        # as its lanes instead (ops.int8.qconv2d_pixels: stride 1 along the width). LeNet's
+        # 1 -> 6 5x5 conv at batch 64, VNNI, one thread: ~95 us widening (plus its quantize
+        # and max-pool kernels) -> ~TODO us, the quantize and max-pool inside.
+        return _pair(layer.stride)[1] == 1
+
     def _taps(self, wq):
         return q.pad_taps(wq) if _direct(wq.shape[2:]) else wq
 
     def forward(self, x):
-        args = (self._input(x), self.weight, self.bias, self.multiplier)
         common = {"stride": self.stride, "padding": self.padding,
-                  "x_zero_point": self.zero_point, **self._int8_options()}
+                  "x_zero_point": self.zero_point}
+        if self.pixels:  # the input quantized in the kernel
+            scales = (self.input_scale, self.input_zero_point) if self.quantize_input else ()
+            return q.qconv2d_pixels(x, self.weight, self.bias, self.multiplier, *scales,
+                                    kernel=self.kernel, x_qmin=self.input_qmin,
+                                    x_qmax=self.input_qmax, pool=self.pool, **common,
+                                    **self.out)
+        args = (self._input(x), self.weight, self.bias, self.multiplier)
+        common.update(self._int8_options())
         if self.packed:
-            return q.qconv2d_packed(*args, kernel=self.kernel, direct=self.direct, **common)
+            return q.qconv2d_packed(*args, kernel=self.kernel, direct=self.direct,
+                                    pool=self.pool, flat=self.flat, **common)
         return q.qconv2d(*args, **common)
 
 
@@ -223,10 +260,71 @@ def convert(model, scales, pack=None):
     return model
 
 
+def _pool_into(seq):
+    """Within a Sequential: a packed or pixel-lanes convolution followed by a MaxPool2d (a ReLU between
+    them or not) whose windows tile the image (kernel = stride, no padding) max-pools in its
+    epilogue, the MaxPool2d replaced by an Identity. Exact either way round: max-pooling
+    commutes with the ReLU and with the (monotone) epilogue (ops.int8._pooled)."""
+    items = list(seq._modules.items())
+    for k, (_, layer) in enumerate(items):
+        if not (isinstance(layer, QuantizedConv2d) and (layer.pixels or layer.packed)
+                and layer.pool == 1):
+            continue
+        after = [(n, m) for n, m in items[k + 1:k + 3]]
+        if after and isinstance(after[0][1], ReLU):
+            after = after[1:]
+        if after and _tiling_max_pool(after[0][1]):
+            layer.pool = _pair(after[0][1].kernel_size)[0]
+            seq._modules[after[0][0]] = ident = Identity()
+            object.__setattr__(seq, after[0][0], ident)
+
+
+def _tiling_max_pool(m):
+    if not isinstance(m, MaxPool2d):
+        return False
+    (kh, kw), stride = _pair(m.kernel_size), _pair(m.stride or m.kernel_size)
+    return kh == kw and stride == (kh, kw) and _pair(m.padding) == (0, 0)
+
+
+def _flattens_after(layer, between):
+    """Whether packed convolution `layer` can write the flattened output itself: one Flatten
+    among `between` (what lies before the next quantized layer) and no MaxPool2d (a pooling
+    after the convolution needs its NCHW output)."""
+    kinds = [type(m) for _, m in between]
+    return (isinstance(layer, QuantizedConv2d) and layer.packed and kinds.count(Flatten) == 1
+            and MaxPool2d not in kinds)
+
+
 def _chain(seq):
     """Within a Sequential: a quantized layer whose next quantized layer follows after only
     ReLU / MaxPool2d / Flatten requantizes into it (the ReLU folded into the clamp, the pooling
     and flattening done on the integers)."""
+    _pool_into(seq)
+    _requantize_chain(seq)
+    _chain_linears(list(seq._modules.items()))
+
+
+def _chain_linears(items):
+    """Runs of packed QuantizedLinear layers that hand each other integers, with only
+    Identity modules between them, computed by the first one's kernel (ops.int8.qdense_chain),
+    the others passing their input through: one kernel call instead of one per layer."""
+    run = []
+    for _, m in [*items, (None, None)]:
+        if isinstance(m, Identity):
+            continue
+        if isinstance(m, QuantizedLinear) and m.packed and run and run[-1].out and \
+                not m.quantize_input:
+            run.append(m)
+            continue
+        if len(run) > 1:
+            run[0].chain = tuple(run[1:])
+            for member in run[1:]:
+                member.in_chain = True
+        run = [m] if isinstance(m, QuantizedLinear) and m.packed else []
+
+
+def _requantize_chain(seq):
+    """_chain's requantization (see there)."""
     items = list(seq._modules.items())
     for k, (_, layer) in enumerate(items):
         if not isinstance(layer, _Quantized):
@@ -240,6 +338,9 @@ def _chain(seq):
                 continue  # max commutes with the (monotone) requantization: exact on uint8
             elif isinstance(m, _Quantized):
                 layer.requantize_to(m, relu)
+                if _flattens_after(layer, items[k + 1:j]):  # the epilogue writes it flat
+                    layer.flat = True
+                    between += [n for n, f in items[k + 1:j] if isinstance(f, Flatten)]
                 for n in between:
                     seq._modules[n] = ident = Identity()
                     object.__setattr__(seq, n, ident)

@@ -58,13 +58,8 @@ def quantize(x, scale, zero_point, qmin=0, qmax=255, dtype="uint8"):
     if scale.shape or zero_point.shape:
         raise ShapeError(f"quantize: scale and zero_point must be 0-d, got "
                          f"{tuple(show(scale.shape))} and {tuple(show(zero_point.shape))}")
-    dt = x.dtype
-
-    def body(*i):
-        q = tirx.nearbyint(x(*i) * (_c(1, dt) / scale().astype(dt))) + zero_point().astype(dt)
-        return te.min(te.max(q, _c(qmin, dt)), _c(qmax, dt)).astype(dtype)
-
-    return te.compute(x.shape, body, name="quantize")
+    return te.compute(x.shape, lambda *i: _quantized(x, scale, zero_point, qmin, qmax, dtype, i),
+                      name="quantize")
 
 
 def _check_operands(name, x, w, bias, multiplier, out_dtype, out_qmin, out_qmax):
@@ -269,8 +264,8 @@ def pad_taps(w):
 
 @op
 def qconv2d_packed(x, w, bias, multiplier, kernel, stride=1, padding=0, x_zero_point=0,
-                   x_max=255, direct=False, out_dtype=None, out_zero_point=0, out_qmin=0,
-                   out_qmax=255):
+                   x_max=255, direct=False, pool=1, flat=False, out_dtype=None,
+                   out_zero_point=0, out_qmin=0, out_qmax=255):
     """qconv2d with w [O, C, kh, kw] packed by pack_weight (`kernel` = (kh, kw)), multiplied
     as qdense_packed on rows (N, Ho, Wo) x K, the epilogue writing NCHW. Padding holds
     x_zero_point. Two ways to form the rows:
@@ -316,6 +311,148 @@ def qconv2d_packed(x, w, bias, multiplier, kernel, stride=1, padding=0, x_zero_p
     else:
         cols = te.compute((*rows, w.shape[1] * GROUP), window, name=WINDOWS)
         acc = _packed_gemm(rows, lambda a, i, j, k: cols[a, i, j, k], w, x_max)
-    return te.compute((n_, o, ho, wo), lambda a, c, i, j: _epilogue(
-        acc[a, i, j, c], bias, multiplier, c, out_dtype, out_zero_point, out_qmin,
-        out_qmax), name="qconv2d")
+    _check_pool("qconv2d_packed", pool, ho, wo)
+    value = _pooled(lambda a, c, i, j: acc[a, i, j, c], pool)
+    return _nchw_output((n_, o, ho // pool, wo // pool), flat, lambda a, c, i, j: _epilogue(
+        value(a, c, i, j), bias, multiplier, c, out_dtype, out_zero_point, out_qmin, out_qmax))
+
+
+def _nchw_output(shape, flat, element):
+    """The output [N, C, H, W], or with `flat` [N, C * H * W] (Flatten's layout, NCHW order:
+    a Flatten after the layer costs no kernel of its own); element(a, c, i, j)."""
+    if not flat:
+        return te.compute(shape, element, name="qconv2d")
+    _, c_, h, w = shape
+    return te.compute((shape[0], c_ * h * w), lambda a, f: element(
+        a, f // (h * w), f // w % h, f % w), name="qconv2d")
+
+
+# ---- few input channels: output pixels as the dot product's lanes ---------------------------
+# A convolution with few taps per output or few output channels (a stem on a 1-channel image:
+# LeNet's 1 -> 6 5x5) leaves most of the packed kernels' 16 channel lanes idle. Here the lanes
+# are 16 output pixels along a row (NCHW's contiguous axis: the epilogue stores them as they
+# are) and the 4 bytes of a step are 4 taps along a window's row, the weights' 4 bytes
+# broadcast: one step = 4 taps x 16 pixels of one channel. The operand is a row's "quads"
+# (quads[.., j, t] = x[.., j + t], 4 bytes per pixel), built once per image, so that the 16
+# pixels' 4 taps at any kernel offset are 64 contiguous bytes.
+PIXELS_ATTR = "tvmfront.int8_pixels"  # block annotation: the largest activation value (x_max)
+PIXELS_POOL = "tvmfront.int8_pool"  # and the max-pool done in the epilogue (1: none)
+QUADS = "qconv2d_quads"
+QUANTIZED = "qconv2d_quantize"
+
+
+def _quantized(x, scale, zero_point, qmin, qmax, dtype, i):
+    """quantize's value at x[i]: clamp(nearbyint(x * (1 / scale)) + zero_point, qmin, qmax)."""
+    dt = x.dtype
+    q = tirx.nearbyint(x(*i) * (_c(1, dt) / scale().astype(dt))) + zero_point().astype(dt)
+    return te.min(te.max(q, _c(qmin, dt)), _c(qmax, dt)).astype(dtype)
+
+
+def _check_pool(name, pool, ho, wo):
+    if not (isinstance(pool, int) and 1 <= pool <= min(ho, wo)):
+        raise ValueError(f"{name}: pool must be an integer in [1, {min(ho, wo)}], got {pool!r}")
+
+
+def _pooled(acc, pool):
+    """value(a, o, i, j): max of acc over the pool x pool window of output (i, j) (stride
+    pool, no padding): the max-pool done on the accumulator, before the epilogue. Exact: the
+    epilogue (float(acc + bias) * multiplier with multiplier > 0, rounding, clamping) never
+    decreases as acc grows, so max(epilogue(acc)) = epilogue(max(acc))."""
+    if pool == 1:
+        return lambda a, o, i, j: acc(a, o, i, j)
+
+    def value(a, o, i, j):
+        terms = [acc(a, o, i * pool + u, j * pool + v) for u in range(pool) for v in range(pool)]
+        out = terms[0]
+        for t in terms[1:]:
+            out = te.max(out, t)
+        return out
+
+    return value
+
+
+@op
+def qconv2d_pixels(x, w, bias, multiplier, x_scale=None, x_offset=None, kernel=(1, 1),
+                   stride=1, padding=0, x_zero_point=0, x_qmin=0, x_qmax=255, pool=1,
+                   out_dtype=None, out_zero_point=0, out_qmin=0, out_qmax=255):
+    """qconv2d with w [O, C, kh, kw] as pad_taps(w) ([O, C, kh, kw rounded up to 4]) and
+    `kernel` = (kh, kw), the output pixels as the dot product's lanes (see above); stride 1
+    along the width. x: uint8/int8, or float with x_scale, x_offset (0-d float, 0-d int32:
+    the input's quantization, as ``quantize`` with qmin, qmax = x_qmin, x_qmax and dtype uint8
+    where x_qmin >= 0, done in this kernel). Padding holds x_zero_point. `pool` > 1: the
+    output max-pooled over pool x pool windows (stride pool, no padding, floor), on the
+    accumulator (exact: see _pooled)."""
+    k_h, k_w = kernel
+    o = dims(w.shape)[0]
+    _check_operands("qconv2d_pixels", te.placeholder((1,), "uint8") if str(x.dtype).startswith(
+        "float") else x, te.placeholder((o, 1), "int8"), bias, multiplier, out_dtype, out_qmin,
+        out_qmax)
+    n_, c_, h, wd = dims(x.shape)
+    sh, sw, ph, pw, ho, wo = _conv_check(x, te.placeholder((o, c_, k_h, k_w), "int8"), stride,
+                                         padding)
+    row = -(-k_w // GROUP) * GROUP
+    if sw != 1:
+        raise ValueError(f"qconv2d_pixels: stride 1 along the width only, got {stride}")
+    if tuple(dims(w.shape)) != (o, c_, k_h, row):
+        raise ShapeError(f"qconv2d_pixels: w must be pad_taps of [O, {c_}, {k_h}, {k_w}]: "
+                         f"[O, {c_}, {k_h}, {row}], got {tuple(show(w.shape))}")
+    _check_pool("qconv2d_pixels", pool, ho, wo)
+    if str(x.dtype).startswith("float"):
+        if x_scale is None or x_offset is None:
+            raise TypeError("qconv2d_pixels: a float x needs x_scale and x_offset (its "
+                            "quantization)")
+        dtype = activation_dtype(x_qmin, x_qmax)
+        # a stage of its own, not in the padding's: over x's contiguous pixels, which LLVM
+        # vectorizes (TVM leaves nearbyint's loop scalar; in the padded rows' short loops LLVM
+        # vectorized across rows, with gathers)
+        x = te.compute(x.shape, lambda *i: _quantized(x, x_scale, x_offset, x_qmin, x_qmax,
+                                                       dtype, i), name=QUANTIZED)
+    else:
+        dtype = str(x.dtype)
+        x_qmax = min(x_qmax, _range(dtype)[1])
+    fill = _c(x_zero_point, dtype)
+    # the accumulator: whole vectors of pixels per row (past wo: columns nobody reads), the
+    # rows the pooling reads
+    wide, high = -(-wo // LANES) * LANES, ho // pool * pool
+    extra = wide - wo + row - k_w  # those columns' and the last window's zero taps' inputs
+    xq = te.compute((n_, c_, h + 2 * ph, wd + 2 * pw + extra), lambda a, c, i, j:
+                    te.if_then_else(te.all(i >= ph, i < h + ph, j >= pw, j < wd + pw),
+                                    x[a, c, i - ph, j - pw], fill), name="qconv2d_pad")
+    quads = te.compute((n_, c_, h + 2 * ph, wide + row - GROUP, GROUP),
+                       lambda a, c, i, j, t: xq[a, c, i, j + t], name=QUADS)
+    rc = te.reduce_axis((0, c_), "c")
+    rh = te.reduce_axis((0, k_h), "kh")
+    rg = te.reduce_axis((0, row // GROUP), "g")
+    rt = te.reduce_axis((0, GROUP), "t")
+    acc = te.compute((n_, o, high, wide), lambda a, oc, i, j: te.sum(
+        _widened(quads[a, rc, i * sh + rh, j + rg * GROUP, rt])
+        * _widened(w[oc, rc, rh, rg * GROUP + rt]), axis=[rc, rh, rg, rt]),
+        name="qpixels_acc", attrs={PIXELS_ATTR: x_qmax, PIXELS_POOL: pool})
+    value = _pooled(lambda a, c, i, j: acc[a, c, i, j], pool)
+    return te.compute((n_, o, ho // pool, wo // pool), lambda a, c, i, j: _epilogue(
+        value(a, c, i, j), bias, multiplier, c, out_dtype, out_zero_point, out_qmin, out_qmax),
+        name="qconv2d")
+
+
+def activation_dtype(qmin, qmax):
+    """The 8-bit type holding integers in [qmin, qmax]: uint8 where it can, else int8."""
+    if 0 <= qmin < qmax <= 255:
+        return "uint8"
+    if -128 <= qmin < qmax <= 127:
+        return "int8"
+    raise ValueError(f"int8: activation range [{qmin}, {qmax}] fits neither uint8 nor int8")
+
+
+@op
+def qdense_chain(x, *operands, layers=()):
+    """qdense_packed applied once per entry of `layers` in one kernel, each on the previous
+    one's output: operands = (w, bias, multiplier) per layer, layers = their keywords
+    (x_max, out_dtype, ...), each one as a tuple of (name, value) pairs. A chain of small
+    layers (LeNet's 64 -> 120 -> 84 -> 10) is then one call: at batch 1 a kernel call costs
+    more than these kernels' work."""
+    if not layers or len(operands) != 3 * len(layers):
+        raise ValueError(f"qdense_chain: {len(operands)} operands for {len(layers)} layers "
+                         "(need a weight, bias and multiplier per layer)")
+    for k, options in enumerate(layers):
+        x = qdense_packed.fn(x, *operands[3 * k:3 * k + 3], **dict(options))
+    return x

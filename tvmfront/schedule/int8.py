@@ -22,8 +22,11 @@ Where the pattern or a primitive refuses, the rule raises and dispatch falls bac
 the generic rules, which compute the same integers.
 """
 
+import numpy as np
+
 from .._tvm import llvm_has_features, s_tir, tvm
-from ..ops.int8 import GEMM_ATTR, GEMM_STEPS, GROUP, LANES, WINDOWS
+from ..ops.int8 import (GEMM_ATTR, GEMM_STEPS, GROUP, LANES, PIXELS_ATTR, PIXELS_POOL, QUADS,
+                        QUANTIZED, WINDOWS)
 from .analysis import _const, _root_blocks, _walk_stmts
 from .failures import NotApplicable, _current, _probe, log
 from . import spatial
@@ -34,6 +37,7 @@ ROWS = 4  # accumulator rows per tile: 4 x 16 int32 = 8 ymm / 4 zmm registers
 # then cost as much as the GEMM's (ResNet 16->16 3x3 convs).
 WIDE_ROWS = (16, 8)
 PARALLEL_MIN_MACS = 1 << 19  # below this a parallel launch costs more than it saves
+_ATTRS = {GEMM_ATTR, PIXELS_ATTR}  # the blocks this rule schedules
 _registered = set()
 
 
@@ -120,24 +124,31 @@ def dot_intrinsic(target, x_max):
 def _int8_gemm(func, target, params):
     """(scheduled func, note), or None when the kernel has no annotated int8 GEMM block."""
     found = []
-    _walk_stmts(func.body, lambda n: found.append(1) if GEMM_ATTR in (
+    _walk_stmts(func.body, lambda n: found.append(1) if _ATTRS & set(
         getattr(n, "annotations", None) or {}) else None)
     if not found:  # every other kernel: no Schedule built for nothing
         return None
     sch = s_tir.Schedule(func)
     gemms = [sch.get(b).name_hint for b in _root_blocks(sch)
-             if GEMM_ATTR in sch.get(b).annotations]
+             if _ATTRS & set(sch.get(b).annotations)]
     if not gemms:
         return None
     notes = []
-    for name in gemms:
-        block = sch.get_sblock(name)
-        x_max = int(sch.get(block).annotations[GEMM_ATTR])
+    # the last first: a tiled epilogue before a GEMM that reads it (qdense_chain) made the
+    # reading GEMM's reverse_compute_at refuse (root no longer a stage pipeline)
+    for name in reversed(gemms):
+        annotations = sch.get(sch.get_sblock(name)).annotations
+        x_max = int(annotations.get(GEMM_ATTR, annotations.get(PIXELS_ATTR)))
         try:
             intrin, lanes = dot_intrinsic(target, x_max)
         except NotApplicable as err:
             log.info("kernel %s: int8 dot product not used (%s)", _current.get().name, err)
             raise
+        if PIXELS_ATTR in annotations:
+            sch, note = _int8_pixels(sch, name, target, params)
+            sch = s_tir.Schedule(sch.mod["main"])  # as below: a tensorized block's schedule
+            notes.append(f"{name}={note}")
+            continue
         sch = _inline_epilogue(sch, name)
         last = None
         for rows, span in _row_choices(lanes):
@@ -178,6 +189,8 @@ def _inline_epilogue(sch, name):
         consumers = sch.get_consumers(sch.get_sblock(name))
         if len(consumers) != 1 or not sch.get_consumers(consumers[0]):
             return sch  # none, or the one left writes the kernel's output
+        if any(_ATTRS & set(sch.get(c).annotations) for c in sch.get_consumers(consumers[0])):
+            return sch  # it feeds the next layer's GEMM (qdense_chain): stays its input
         trial = sch.copy()
         try:
             trial.compute_inline(consumers[0])
@@ -307,3 +320,148 @@ def _unroll(sch, loop):
     """Unroll `loop` where its extent is constant (unrolling a symbolic one fails at build)."""
     if _const(sch.get(loop).extent) is not None:
         sch.unroll(loop)
+
+
+# ---- qconv2d_pixels: output pixels as lanes ---------------------------------------------------
+PIXEL_REGISTERS = {16: 24, 8: 12, 4: 24}  # accumulator registers per tile, by lanes (32 zmm,
+# 16 ymm, 32 q: the rest hold the operand row and the broadcast weights)
+
+
+def _register_pixels(name, scope, a_scope):
+    """Register intrinsic `name` with the roles of its operands turned: C[L] int32 +=
+    sum_k<4 A[L, k] (u8, L pixels' 4 taps, contiguous) * B[k] (s8, one channel's 4 weights,
+    broadcast), as f"{name}_pixels_{scope}_{a_scope}"."""
+    full = f"{name}_pixels_{scope}_{a_scope}"
+    if full in _registered:
+        return full
+    T = tvm.script.tirx
+    lanes, dot = _intrinsics()[name]
+
+    @T.prim_func(s_tir=True)
+    def desc(A: T.Buffer((lanes, GROUP), "uint8", offset_factor=1, scope=a_scope),
+             B: T.Buffer((GROUP,), "int8", offset_factor=1),
+             C: T.Buffer((lanes,), "int32", offset_factor=1, scope=scope)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:lanes, 0:GROUP], B[0:GROUP])
+            T.writes(C[0:lanes])
+            for i, k in T.grid(lanes, GROUP):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vi, vk], "int32") * T.cast(B[vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((lanes, GROUP), "uint8", offset_factor=1, scope=a_scope),
+             B: T.Buffer((GROUP,), "int8", offset_factor=1),
+             C: T.Buffer((lanes,), "int32", offset_factor=1, scope=scope)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:lanes, 0:GROUP], B[0:GROUP])
+            T.writes(C[0:lanes])
+            b = T.reinterpret(T.broadcast(T.reinterpret(B.vload([0], "int8x4"), dtype="int32"),
+                                          lanes), dtype=f"int8x{GROUP * lanes}")
+            C[T.ramp(T.int32(0), 1, lanes)] = dot(C.vload([0], dtype=f"int32x{lanes}"),
+                                                  A.vload([0, 0], dtype=f"uint8x{GROUP * lanes}"),
+                                                  b)
+
+    s_tir.TensorIntrin.register(full, desc, impl, override=True)
+    _registered.add(full)
+    return full
+
+
+def _largest_divisor(n, limit):
+    return max(d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0)
+
+
+def _int8_pixels(sch, name, target, params):
+    """Schedule qconv2d_pixels' block `name`: per image, the quantized padded input and its
+    quads computed first (in the image's loop); then tiles of `pool` output rows x a chunk of
+    channels x whole vectors of pixels, held in registers, the reduction (channel, kh, groups
+    of 4 taps) outside, tensorized along the pixels with the weights' 4 bytes broadcast; the
+    epilogue (pooling, requantization, fused elementwise ops) in the tile. (schedule, note)."""
+    block = sch.get_sblock(name)
+    stmt = sch.get(block)
+    x_max, pool = int(stmt.annotations[PIXELS_ATTR]), int(stmt.annotations[PIXELS_POOL])
+    intrin, lanes = dot_intrinsic(target, x_max)
+    sch = _inline_epilogue(sch, name)
+    block = sch.get_sblock(name)
+    loops = sch.get_loops(block)
+    if len(loops) != 8:
+        raise NotApplicable(f"expected loops (n, o, i, j, c, kh, g, t), got {len(loops)}")
+    a, o, i, j, rc, rh, rg, rt = loops
+    n_o, ho, wo = (_const(sch.get(lp).extent) for lp in (o, i, j))
+    if None in (n_o, ho, wo) or wo % lanes or ho % pool:
+        raise NotApplicable(f"{wo} pixels per row are not whole vectors of {lanes}, or {ho} "
+                            f"rows not whole pooling windows of {pool}")
+    budget = PIXEL_REGISTERS[lanes]
+    vectors = _largest_divisor(wo // lanes, budget // pool)
+    chunk = _largest_divisor(n_o, budget // (pool * vectors))
+    io, ii = sch.split(i, [None, pool])
+    oo, oi = sch.split(o, [None, chunk])
+    jo, jm, jl = sch.split(j, [None, vectors, lanes])
+    sch.reorder(a, io, oo, jo, rc, rh, rg, ii, oi, jm, jl, rt)
+    tile = sch.fuse(io, oo, jo)
+    macs = int(np.prod([_const(sch.get(lp).extent) or 1 for lp in sch.get_loops(block)]))
+    parallel = macs >= PARALLEL_MIN_MACS and params.cores > 1 and (_const(sch.get(a).extent)
+                                                                   or 1) > 1
+    consumers = sch.get_consumers(block)
+    if len(consumers) != 1:
+        raise NotApplicable(f"{len(consumers)} consumers of the accumulator")
+    epilogue = sch.get(consumers[0]).name_hint
+    sch.reverse_compute_at(consumers[0], tile)
+    sch.set_scope(block, 0, "local")
+    names = {sch.get(b).name_hint for b in _root_blocks(sch)}
+    for producer in (QUADS, "qconv2d_pad", QUANTIZED):  # per image, before its tiles
+        if producer in names:
+            sch.compute_at(sch.get_sblock(producer), a)
+    fill = _split_padding(sch, "qconv2d_pad")
+    for producer in (QUADS, "qconv2d_pad", *fill):
+        sch = _vectorize_last(sch, producer)
+    if QUANTIZED in names:  # one loop over the image's pixels, for LLVM to vectorize
+        sch.fuse(*sch.get_loops(sch.get_sblock(QUANTIZED))[1:])
+    sch.set_scope(sch.get_sblock(QUADS), 0, "local")
+    if parallel:
+        sch.parallel(a)
+    sch.unannotate(block, PIXELS_ATTR)
+    sch.unannotate(block, PIXELS_POOL)
+    init = sch.decompose_reduction(block, rc)
+    for lp in sch.get_loops(init)[-4:-1]:  # rows, channels, vectors: registers
+        _unroll(sch, lp)
+    sch.vectorize(sch.get_loops(init)[-1])
+    for lp in (rh, rg, ii, oi, jm):  # constant offsets into the tile and the quads
+        _unroll(sch, lp)
+    sch = _vectorize_last(sch, epilogue, unroll_from=2)  # under (image, tile)
+    sch.tensorize(jl, _register_pixels(intrin, "local", "local"))
+    return sch, (f"{intrin}[pixels {pool}x{chunk}x{vectors * lanes}"
+                 f"{', pool ' + str(pool) if pool > 1 else ''}"
+                 f"{', parallel' if parallel else ''}]")
+
+
+def _split_padding(sch, name):
+    """The padding block `name` split into a constant fill and the copy of the inside (in
+    place): vectors without a per-element branch, whose masked loads of the 0-d scale and
+    zero point were gathers (a third of the pixel-lanes kernel's time). The fill's name, if
+    split."""
+    block = sch.get_sblock(name)
+    try:
+        fill = sch.decompose_padding(block, sch.get_loops(block)[1])  # under the image
+    except Exception as err:  # noqa: BLE001 - TVM's own check: one block, branches
+        _probe(f"decompose_padding of block {name}", err)
+        return []
+    return [sch.get(fill).name_hint]
+
+
+def _vectorize_last(sch, block_name, unroll_from=None):
+    """Block `block_name`'s last loop vectorized (on a copy: the schedule returned), its
+    loops from index `unroll_from` on unrolled (the epilogue's under the tile: constant
+    offsets into the accumulator tile). A producer per image: quads, the 4 bytes of a pixel moved as one
+    32-bit word; the padded input, a row of pixels."""
+    trial = sch.copy()
+    try:
+        block = trial.get_sblock(block_name)
+        *outer, inner = trial.get_loops(block)
+        trial.vectorize(inner)
+    except Exception as err:  # noqa: BLE001 - left scalar
+        _probe(f"vectorize {block_name}", err)
+        return sch
+    for lp in outer[unroll_from:] if unroll_from is not None else ():
+        _unroll(trial, lp)
+    return trial
