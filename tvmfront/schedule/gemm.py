@@ -17,7 +17,8 @@ register tile (CpuParams.acc_registers accumulators: 4 rows x 2 vectors on AVX2,
 AVX-512) chosen so that operand loads are shared across it; the reduction loops sit between
 the outer loops and the tile; the tile accumulates in a small local buffer (``cache_write``,
 laid out with the vector axis last) written back together with the pointwise epilogue (bias
-add, ReLU); outer loops are fused just enough to feed ``num-cores`` threads and parallelized
+add, ReLU), or, with no epilogue and the output contiguous along the vectors, in the output
+itself (_cache_accumulator); outer loops are fused just enough to feed ``num-cores`` threads and parallelized
 when the kernel is large enough. Without a vectorizable axis the same rule builds a tile of
 independent scalar accumulators (reductions._tile_reduction_scalar).
 
