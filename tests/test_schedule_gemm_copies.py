@@ -113,7 +113,8 @@ def test_each_panel_is_copied_inside_its_parallel_panel_loop():
     every core, not the whole weight on one core first."""
     # AVX2, whichever the host: with AVX-512's 32-wide panels the 8 panels would be fused
     # with the row tiles to feed the thread pool, and the copy would run first, whole.
-    rule, loops, check = _scheduled("A B^T", 64, 256, 256, target="x86:avx2")
+    # 256 rows of x: at 64 the vectors run along the rows instead (x, 4x smaller, copied).
+    rule, loops, check = _scheduled("A B^T", 256, 256, 256, target="x86:avx2")
     assert "parallel, packed w (panels)" in rule, rule
     lanes = 8
     panel = 2 * lanes

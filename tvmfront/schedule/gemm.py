@@ -17,7 +17,8 @@ register tile (CpuParams.acc_registers accumulators: 4 rows x 2 vectors on AVX2,
 AVX-512) chosen so that operand loads are shared across it; the reduction loops sit between
 the outer loops and the tile; the tile accumulates in a small local buffer (``cache_write``,
 laid out with the vector axis last) written back together with the pointwise epilogue (bias
-add, ReLU); outer loops are fused just enough to feed ``num-cores`` threads and parallelized
+add, ReLU), or, with no epilogue and the output contiguous along the vectors, in the output
+itself (_cache_accumulator); outer loops are fused just enough to feed ``num-cores`` threads and parallelized
 when the kernel is large enough. Without a vectorizable axis the same rule builds a tile of
 independent scalar accumulators (reductions._tile_reduction_scalar).
 
@@ -28,8 +29,9 @@ is packed, so the tile itself carries no predicate and equals the fixed size's (
 layer's batch carries the vectors, 10 x v32, as at batch 64); a block that is no einsum (a
 conv window) or that tiles rows with scalar accumulators keeps its vectors and tiles to the
 static axes instead. Buffers whose extents mix int64 (the symbolic batch) and int32 (sizes a
-TE op computed) are laid out by reindex_cache_read/write, which transform_layout refuses. A static output axis with no divisor for a tile (a prime: the char vocabulary's
-103) is padded the same way, to a multiple of PRIME_PAD. A reduction over a symbolic axis (a
+TE op computed) are laid out by reindex_cache_read/write, which transform_layout refuses.
+A static output axis with no divisor for a tile (a prime: the char vocabulary's 103) is
+padded the same way, to a multiple of PRIME_PAD. A reduction over a symbolic axis (a
 weight gradient summed over the batch, batch statistics) is tiled and vectorized over its
 static output axes as usual.
 
@@ -38,10 +40,10 @@ Every output element is accumulated in the order of its reduction loops.
 
 import math
 
-from .params import (CACHE_LINE_BYTES, L1_ALIAS_BYTES, PACK_RATIO, PANEL_MIN_BYTES,
-                     PANEL_MIN_STRIDE, PARALLEL_MIN_ITERATIONS, ROW_PANEL_MIN_BYTES, SCALAR_TILE,
-                     STREAM_MAX_OUTPUT_BYTES, STREAM_MIN_OPERAND_BYTES, TILE_ONLY_REGISTERS,
-                     UNROLL_MAX_BODY, _dtype_bits)
+from .params import (CACHE_LINE_BYTES, L1_ALIAS_BYTES, PACK_COST, PACK_RATIO,
+                     PANEL_MIN_BYTES, PANEL_MIN_STRIDE, PARALLEL_MIN_ITERATIONS,
+                     ROW_PANEL_MIN_BYTES, SCALAR_TILE, STREAM_MAX_OUTPUT_BYTES,
+                     STREAM_MIN_OPERAND_BYTES, TILE_ONLY_REGISTERS, UNROLL_MAX_BODY, _dtype_bits)
 from .._tvm import arith, tirx
 from .failures import NotApplicable, _probe
 from .analysis import (_BlockInfo, _bytes, _const, _elements, _has_if_then_else, _packable_dim,
@@ -421,18 +423,36 @@ def _choose_vector_axis(info, lanes, symbolic=False):
             if _packable_dim(region, info.vars[v]) is None or size * PACK_RATIO > info.work:
                 feasible = False
                 break
-            score -= 0.02 + 4 * size / info.work
+            score -= 0.02 + (PACK_COST if _plain_gemm(info) else 4) * size / info.work
         if not feasible:
             continue
         if info.write_strides[v] != 1:
             if _packable_dim(info.write, info.vars[v]) is None:
                 continue
-            score -= 0.05
+            score -= _strided_write_cost(info)
         if best is None or score > best[0]:
             best = (score, v, vec)
     if best is None:
         raise NotApplicable("no vectorizable output axis")
     return best[1], best[2]
+
+
+def _strided_write_cost(info):
+    """The score _choose_vector_axis takes off for an output strided along the vector axis:
+    a GEMM's tiles are written back transposed, like a packing copy of the output, whose
+    share of the work grows as its reduction shortens (x[64, 32] @ w[128, 32]^T: 11 us with
+    vectors along w's rows, 12 us along the batch, x copied and the tiles written back
+    transposed); 0.05 in other blocks (convolutions and their phases, tuned on that)."""
+    if not _plain_gemm(info):
+        return 0.05
+    return 0.02 + PACK_COST * _elements(info.write.source) / info.work
+
+
+def _plain_gemm(info):
+    """A GEMM or batched GEMM: one reduction, every index a block variable. The costs of
+    PACK_COST were measured on these; convolutions keep the older estimates their tiles
+    were tuned with (a copied element as 4 multiply-adds, a strided write-back 0.05)."""
+    return len(info.reduction) == 1 and all(_plain(r) for _, r, _ in info.reads)
 
 
 def _pack_operand(sch, info, index, region, v):

@@ -41,6 +41,13 @@ CACHE_LINE_BYTES = 64
 # Addresses this far apart share an L1 data cache set (x86: 32 KiB, 8 ways; 48 KiB, 12 ways):
 # a copy that reads many rows this far apart at once evicts its own lines.
 L1_ALIAS_BYTES = 4 << 10
+# What copying one element of an operand costs, in multiply-adds of the reduction, when
+# choosing the vector axis (gemm._choose_vector_axis): a packing copy moves ~1 element per
+# 10-12 MAC-times of a register tile on one AVX-512 core (the MLP's [256, 256] weight into
+# panels: ~14 us, its forward GEMM at batch 64: ~70 us). At 4 the MLP's 256x256 Linear at
+# batch 64 copied its weight (64K elements) instead of its input (16K): 86 -> 79 us with the
+# input, LeNet's 84->120 d/dx 2.5 -> 1.6 us, a Transformer's attention d/da 24.8 -> 15.8 us.
+PACK_COST = 12
 # Pack a strided operand only when the copy is this many times cheaper than the reduction.
 PACK_RATIO = 8
 # An operand read along the vector axis with rows at least PANEL_MIN_STRIDE elements apart
