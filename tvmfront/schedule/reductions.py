@@ -4,7 +4,9 @@ row reductions (a loss, softmax's sums).
 A reduction with no vectorizable axis gets a tile of independent scalar accumulators (the
 GEMM rule without vectors); a gather-form gradient indexed through ``// k`` and ``% k`` has
 those axes split by ``k`` so that the indices become affine, with the small inner loops
-unrolled (_plain_reduction).
+unrolled (_plain_reduction); a short reduction over windows read with a stride along its
+output's columns gets vector columns over a deinterleaved copy of each plane
+(_window_reduction).
 """
 
 import math
@@ -34,8 +36,8 @@ def _gather_reduction(sch, name, params):
 
 def _window_reduction(sch, info, params):
     """A short reduction over windows that its output's columns step across with a stride d
-    (max-pool's first-max pass, over x padded with the lowest value; max-pool k2's forward):
-    the columns vectorized, the reduction unrolled outside them, and the strided operand
+    (max-pool's first-max pass over x padded with the lowest value; not the forward, whose
+    reads of the padding are guarded): the columns vectorized, the reduction unrolled outside them, and the strided operand
     copied per plane (the last two axes) into a local buffer laid out [.., w % d, w // d]
     (conv._deinterleave), which the vectors read contiguously; a padding block producing
     the operand is itself computed into that local plane (no padded copy of the whole
@@ -62,7 +64,8 @@ def _window_reduction(sch, info, params):
     outer = list(loops[:plane + 1])
     if _parallel_worth_it(info, vec, params):
         outer, note = _parallelize(sch, outer, params)
-        notes.append(note) if note else None
+        if note:
+            notes.append(note)
     at = outer[-1]
     touched = {info.name}
     producer = _producer_of(sch, info.block, source)
