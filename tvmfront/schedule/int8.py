@@ -18,6 +18,14 @@ Tile: rows x 16 output channels of accumulators (_row_choices: up to 16 rows wit
 bytes at a time inside, the requantizing epilogue (and the elementwise ops fused after it)
 computed under the same tile from the registers.
 
+Pixel lanes (ops.int8.qconv2d_pixels, a block annotated PIXELS_ATTR: few output channels
+or taps): the same instructions with the operands' roles turned, 16 (8, 4) output pixels of a
+row as the lanes and one channel's 4 weight bytes broadcast; per image the input quantized,
+padded and laid out as quads first, then tiles of (pool) rows x a chunk of channels x whole
+vectors of pixels in registers, the epilogue (max-pool, requantization) in the tile.
+
+A kernel may hold several of these (ops.int8.qchain: a run of layers in one kernel).
+
 Where the pattern or a primitive refuses, the rule raises and dispatch falls back (logged) to
 the generic rules, which compute the same integers.
 """
