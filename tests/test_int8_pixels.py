@@ -144,8 +144,7 @@ def test_quantized_lenet_equals_the_widening_kernels_with_fewer_kernels(tmp_path
     quantize and its max-pool inside, the second packed with its max-pool in the epilogue,
     writing the Flatten's layout: the same logits, bit for bit, as the same scales on the
     widening kernels (convert with nothing packed: quantize, qconv2d, max_pool2d, reshape
-    each a kernel), in 3 kernels instead of 8 (the two Linear layers one qdense_chain); the
-    input scales of the layers that receive
+    each a kernel), in one kernel (ops.int8.qchain) instead of 8; the input scales of the layers that receive
     integers are no buffers (no call arguments), and the bundle reloads."""
     x = tvf.data.upsample(tvf.data.load_digits()[0][:96], 2)
     model = lenet()
@@ -167,33 +166,36 @@ def test_quantized_lenet_equals_the_widening_kernels_with_fewer_kernels(tmp_path
     first, second = converted[0], converted[3]
     assert (first.pixels, first.pool, second.packed, second.pool, second.flat) == (
         True, 2, True, 2, True)
-    assert converted[7].chain == (converted[9],) and converted[9].in_chain
+    assert converted[0].chain == (second, converted[7], converted[9])
+    assert all(m.in_chain for m in converted[0].chain)
     names = {gv.name_hint for gv in fused._lowered.functions} - {"predict"}
-    assert names == {"qconv2d_pixels", "qconv2d_packed", "qdense_chain"}, names
+    assert names == {"qchain"}, names
     assert not fused.build_info["fallback_kernels"]
 
 
 def test_a_chain_of_packed_dense_layers_is_one_kernel_with_the_same_integers():
-    """qdense_chain: 64 -> 120 -> 84 -> 10 (LeNet's head) as one kernel, each GEMM
-    tensorized, equal to qdense_packed called three times."""
+    """qchain: 64 -> 120 -> 84 -> 10 (LeNet's head) as one kernel, each GEMM tensorized,
+    equal to qdense_packed called three times."""
     from tvmfront import schedule
     from tvmfront._tvm import te, tvm
 
     rng = np.random.default_rng(4)
     x = rng.integers(0, 256, (5, 64)).astype(np.uint8)
-    operands_, layers, y = [], [], x
+    operands_, steps, y = [], [], x
     for k, (i, o) in enumerate([(64, 120), (120, 84), (84, 10)]):
         _, w, b, m = operands(rng, (1, i), (o, i))
         options = {"x_max": 255, **(REQUANT if k < 2 else {})}
         y = q.qdense_packed(y, q.pack_weight(w), b, m, **options)
         operands_ += [q.pack_weight(w), b, m]
-        layers.append(tuple(sorted(options.items())))
-    got = q.qdense_chain(x, *operands_, layers=tuple(layers))
+        steps.append(("dense", 3, tuple(sorted(options.items()))))
+    got = q.qchain(x, *operands_, steps=tuple(steps))
     np.testing.assert_array_equal(got, y)
     args = [te.placeholder(a.shape, str(a.dtype)) for a in (x, *operands_)]
-    func = te.create_prim_func([*args, q.qdense_chain.fn(*args, layers=tuple(layers))])
+    func = te.create_prim_func([*args, q.qchain.fn(*args, steps=tuple(steps))])
     report, fallbacks = {}, {}
     schedule.default_cpu_schedule(tvm.IRModule({"k": func.with_attr("global_symbol", "k")}),
                                   resolve_target(VNNI_TARGET), report=report,
                                   fallbacks=fallbacks)
     assert report["k"].count("tvmfront_dot_16x4_vnni") == 3 and not fallbacks, report
+    with pytest.raises(ValueError, match="do not take 2 operands"):
+        q.qchain(x, *operands_[:2], steps=tuple(steps))

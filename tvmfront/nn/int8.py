@@ -18,6 +18,12 @@ Inside a Sequential, a quantized layer followed by another (with only ReLU, MaxP
 Flatten between) hands it uint8 directly: the epilogue requantizes to the next layer's input scale
 and the ReLU becomes the clamp at the zero point, so the activation between the two never
 exists in float. Elsewhere the layer dequantizes to float in its epilogue.
+
+With `pack` (the target has an 8-bit dot product) there is less in between: a convolution
+max-pools in its epilogue when a tiling MaxPool2d follows it (kernel = stride), and writes the
+Flatten's layout when one follows; a pixel-lanes convolution quantizes its float input
+itself; and a run of such layers handing each other integers is one kernel
+(ops.int8.qchain). LeNet's forward is one kernel call instead of nine.
 """
 
 import copy
@@ -31,6 +37,7 @@ from .layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
 from .module import Module, Parameter
 
 INT8_KINDS = (Linear, Conv2d)  # QATLinear / QATConv2d subclass them
+_OPS = {"dense": q.qdense_packed, "conv": q.qconv2d_packed, "pixels": q.qconv2d_pixels}
 MIN_PACKED_TAPS = 16  # a convolution's taps per output (C * kh * kw) worth packing
 
 
@@ -115,6 +122,34 @@ class _Quantized(Module):
         """The keywords of the packed ops: the input's largest value, and the epilogue."""
         return {"x_max": self.input_qmax, **self.out} if self.packed else self.out
 
+    chain = ()  # (_fuse_runs) the layers after it that its kernel computes too
+    in_chain = False  # computed by an earlier layer's kernel: passes its input through
+
+    def forward(self, x):
+        if self.in_chain:
+            return x
+        step = self._step()
+        if step is None:  # the widening kernel
+            return self._forward_one(x)
+        if not self.chain:
+            kind, operands, options = step
+            return _OPS[kind](self._chain_input(x), *operands, **options)
+        steps, operands = [], []
+        for m in (self, *self.chain):
+            kind, tensors, options = m._step()
+            steps.append((kind, len(tensors), tuple(sorted(options.items()))))
+            operands += tensors
+        return q.qchain(self._chain_input(x), *operands, steps=tuple(steps))
+
+    def _step(self):
+        """(kind, tensor operands, options) of its packed op (see ops.int8.qchain), or None
+        for the widening kernel."""
+        return None
+
+    def _chain_input(self, x):
+        """What its packed op takes: the input quantized unless the op does it."""
+        return self._input(x)
+
     def _input(self, x):
         if not self.quantize_input:
             return x
@@ -136,20 +171,13 @@ class QuantizedLinear(_Quantized):
     def _packable(self, wq):
         return wq.shape[1] % q.GROUP == 0  # the input is read in groups of 4 as it is
 
-    chain = ()  # (_chain_linears) the packed layers after it that its kernel computes too
-    in_chain = False  # computed by an earlier layer's kernel: passes its input through
+    def _step(self):
+        if not self.packed:
+            return None
+        return "dense", [self.weight, self.bias, self.multiplier], self._int8_options()
 
-    def forward(self, x):
-        if self.in_chain:
-            return x
-        if self.chain:
-            layers = (self, *self.chain)
-            operands = [t for m in layers for t in (m.weight, m.bias, m.multiplier)]
-            return q.qdense_chain(self._input(x), *operands, layers=tuple(
-                tuple(sorted(m._int8_options().items())) for m in layers))
-        kernel = q.qdense_packed if self.packed else q.qdense
-        return kernel(self._input(x), self.weight, self.bias, self.multiplier,
-                      **self._int8_options())
+    def _forward_one(self, x):
+        return q.qdense(self._input(x), self.weight, self.bias, self.multiplier, **self.out)
 
 
 def _direct(kernel):
@@ -185,28 +213,35 @@ class QuantizedConv2d(_Quantized):
     def _pixel_lanes(self, layer):
         # The rest (few output channels or taps) on the dot product with the output pixels
         # as its lanes instead (ops.int8.qconv2d_pixels: stride 1 along the width). LeNet's
-        # 1 -> 6 5x5 conv at batch 64, VNNI, one thread: ~95 us widening (plus its quantize
-        # and max-pool kernels) -> ~TODO us, the quantize and max-pool inside.
+        # 1 -> 6 5x5 conv at batch 64, VNNI, one thread, each alone on a loaded 2-core
+        # machine: ~95 us widening (and 5 us of quantize and max-pool kernels) -> ~50 us,
+        # the quantize and max-pool inside.
         return _pair(layer.stride)[1] == 1
 
     def _taps(self, wq):
         return q.pad_taps(wq) if _direct(wq.shape[2:]) else wq
 
-    def forward(self, x):
+    def _step(self):
         common = {"stride": self.stride, "padding": self.padding,
-                  "x_zero_point": self.zero_point}
+                  "x_zero_point": self.zero_point, "kernel": self.kernel, "pool": self.pool}
+        operands = [self.weight, self.bias, self.multiplier]
         if self.pixels:  # the input quantized in the kernel
-            scales = (self.input_scale, self.input_zero_point) if self.quantize_input else ()
-            return q.qconv2d_pixels(x, self.weight, self.bias, self.multiplier, *scales,
-                                    kernel=self.kernel, x_qmin=self.input_qmin,
-                                    x_qmax=self.input_qmax, pool=self.pool, **common,
-                                    **self.out)
-        args = (self._input(x), self.weight, self.bias, self.multiplier)
-        common.update(self._int8_options())
+            if self.quantize_input:
+                operands += [self.input_scale, self.input_zero_point]
+            return "pixels", operands, {"x_qmin": self.input_qmin, "x_qmax": self.input_qmax,
+                                        **common, **self.out}
         if self.packed:
-            return q.qconv2d_packed(*args, kernel=self.kernel, direct=self.direct,
-                                    pool=self.pool, flat=self.flat, **common)
-        return q.qconv2d(*args, **common)
+            return "conv", operands, {"direct": self.direct, "flat": self.flat, **common,
+                                      **self._int8_options()}
+        return None
+
+    def _chain_input(self, x):
+        return x if self.pixels else self._input(x)
+
+    def _forward_one(self, x):
+        return q.qconv2d(self._input(x), self.weight, self.bias, self.multiplier,
+                         stride=self.stride, padding=self.padding,
+                         x_zero_point=self.zero_point, **self.out)
 
 
 def named_modules(model):
@@ -301,26 +336,26 @@ def _chain(seq):
     and flattening done on the integers)."""
     _pool_into(seq)
     _requantize_chain(seq)
-    _chain_linears(list(seq._modules.items()))
+    _fuse_runs(list(seq._modules.items()))
 
 
-def _chain_linears(items):
-    """Runs of packed QuantizedLinear layers that hand each other integers, with only
-    Identity modules between them, computed by the first one's kernel (ops.int8.qdense_chain),
+def _fuse_runs(items):
+    """Runs of packed (or pixel-lanes) layers that hand each other integers, with only
+    Identity modules between them, computed by the first one's kernel (ops.int8.qchain),
     the others passing their input through: one kernel call instead of one per layer."""
     run = []
     for _, m in [*items, (None, None)]:
         if isinstance(m, Identity):
             continue
-        if isinstance(m, QuantizedLinear) and m.packed and run and run[-1].out and \
-                not m.quantize_input:
+        fusable = isinstance(m, _Quantized) and m._step() is not None
+        if fusable and run and run[-1].out and not m.quantize_input:
             run.append(m)
             continue
         if len(run) > 1:
             run[0].chain = tuple(run[1:])
             for member in run[1:]:
                 member.in_chain = True
-        run = [m] if isinstance(m, QuantizedLinear) and m.packed else []
+        run = [m] if fusable else []
 
 
 def _requantize_chain(seq):

@@ -18,6 +18,14 @@ Tile: rows x 16 output channels of accumulators (_row_choices: up to 16 rows wit
 bytes at a time inside, the requantizing epilogue (and the elementwise ops fused after it)
 computed under the same tile from the registers.
 
+Pixel lanes (ops.int8.qconv2d_pixels, a block annotated PIXELS_ATTR: few output channels
+or taps): the same instructions with the operands' roles turned, 16 (8, 4) output pixels of a
+row as the lanes and one channel's 4 weight bytes broadcast; per image the input quantized,
+padded and laid out as quads first, then tiles of (pool) rows x a chunk of channels x whole
+vectors of pixels in registers, the epilogue (max-pool, requantization) in the tile.
+
+A kernel may hold several of these (ops.int8.qchain: a run of layers in one kernel).
+
 Where the pattern or a primitive refuses, the rule raises and dispatch falls back (logged) to
 the generic rules, which compute the same integers.
 """
@@ -134,9 +142,11 @@ def _int8_gemm(func, target, params):
     if not gemms:
         return None
     notes = []
-    # the last first: a tiled epilogue before a GEMM that reads it (qdense_chain) made the
-    # reading GEMM's reverse_compute_at refuse (root no longer a stage pipeline)
-    for name in reversed(gemms):
+    # The GEMMs last first: a tiled epilogue before a GEMM that reads it (qchain) made the
+    # reading GEMM's reverse_compute_at refuse (root no longer a stage pipeline); the pixel
+    # convolutions before all (they refused after any other was tiled).
+    pixels = [n for n in gemms if PIXELS_ATTR in sch.get(sch.get_sblock(n)).annotations]
+    for name in pixels + [n for n in reversed(gemms) if n not in pixels]:
         annotations = sch.get(sch.get_sblock(name)).annotations
         x_max = int(annotations.get(GEMM_ATTR, annotations.get(PIXELS_ATTR)))
         try:
@@ -190,7 +200,7 @@ def _inline_epilogue(sch, name):
         if len(consumers) != 1 or not sch.get_consumers(consumers[0]):
             return sch  # none, or the one left writes the kernel's output
         if any(_ATTRS & set(sch.get(c).annotations) for c in sch.get_consumers(consumers[0])):
-            return sch  # it feeds the next layer's GEMM (qdense_chain): stays its input
+            return sch  # it feeds the next layer's GEMM (qchain): stays its input
         trial = sch.copy()
         try:
             trial.compute_inline(consumers[0])
@@ -408,16 +418,16 @@ def _int8_pixels(sch, name, target, params):
     epilogue = sch.get(consumers[0]).name_hint
     sch.reverse_compute_at(consumers[0], tile)
     sch.set_scope(block, 0, "local")
-    names = {sch.get(b).name_hint for b in _root_blocks(sch)}
-    for producer in (QUADS, "qconv2d_pad", QUANTIZED):  # per image, before its tiles
-        if producer in names:
+    quads, pad, quantized = _own_stages(sch, name)
+    for producer in (quads, pad, quantized):  # per image, before its tiles
+        if producer:
             sch.compute_at(sch.get_sblock(producer), a)
-    fill = _split_padding(sch, "qconv2d_pad")
-    for producer in (QUADS, "qconv2d_pad", *fill):
+    fill = _split_padding(sch, pad)
+    for producer in (quads, pad, *fill):
         sch = _vectorize_last(sch, producer)
-    if QUANTIZED in names:  # one loop over the image's pixels, for LLVM to vectorize
-        sch.fuse(*sch.get_loops(sch.get_sblock(QUANTIZED))[1:])
-    sch.set_scope(sch.get_sblock(QUADS), 0, "local")
+    if quantized:  # one loop over the image's pixels, for LLVM to vectorize
+        sch.fuse(*sch.get_loops(sch.get_sblock(quantized))[1:])
+    sch.set_scope(sch.get_sblock(quads), 0, "local")
     if parallel:
         sch.parallel(a)
     sch.unannotate(block, PIXELS_ATTR)
@@ -433,6 +443,25 @@ def _int8_pixels(sch, name, target, params):
     return sch, (f"{intrin}[pixels {pool}x{chunk}x{vectors * lanes}"
                  f"{', pool ' + str(pool) if pool > 1 else ''}"
                  f"{', parallel' if parallel else ''}]")
+
+
+def _own_stages(sch, name):
+    """[quads, padding, quantization]: the names of qconv2d_pixels' stages before its
+    accumulator `name` (quantization None where x came quantized), found by following
+    producers: in a qchain later layers' stages carry suffixes, and what lies before the
+    padding (or the quantization) is the previous layer's."""
+    found = []
+    block = sch.get_sblock(name)
+    for prefix in (QUADS, "qconv2d_pad", QUANTIZED):
+        match = [b for b in sch.get_producers(block) if sch.get(b).name_hint.startswith(prefix)]
+        if not match:
+            if prefix != QUANTIZED:
+                raise NotApplicable(f"no {prefix} stage before {name}")
+            found.append(None)
+            break
+        block = match[0]
+        found.append(sch.get(block).name_hint)
+    return found
 
 
 def _split_padding(sch, name):
