@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import tvmfront as tvf
+from tvmfront.errors import TvmfrontError
 from tvmfront.nn import int8 as nn_int8
 from tvmfront.ops import int8 as q
 from tvmfront.target import resolve_target
@@ -171,6 +172,25 @@ def test_quantized_lenet_equals_the_widening_kernels_with_fewer_kernels(tmp_path
     names = {gv.name_hint for gv in fused._lowered.functions} - {"predict"}
     assert names == {"qchain"}, names
     assert not fused.build_info["fallback_kernels"]
+
+
+def test_a_layer_computed_by_an_earlier_kernel_refuses_to_run_alone():
+    """A chain member's work is in its head's kernel: compiled on its own (or with the head
+    left out) it would pass its input through unchanged; it says so instead."""
+    if not (VNNI or AVX2):
+        pytest.skip("no packed int8 kernels on this CPU: no chains")
+    x = tvf.data.upsample(tvf.data.load_digits()[0][:64], 2)
+    model = lenet()
+    scales = tvf.quantize(model, calibration=x, inputs=(64, 1, 16, 16)).quantization["scales"]
+    converted = nn_int8.convert(model, scales, pack=lambda entry: True)
+    member = converted[0].chain[-1]
+    with pytest.raises(TvmfrontError, match="cannot run on its own"):
+        tvf.compile_inference(member, tvf.TensorSpec((64, 32), "uint8"))
+    tail = nn.Sequential(*list(converted)[1:])  # the head left out
+    with pytest.raises(TvmfrontError, match="fused int8 kernel"):
+        tvf.compile_inference(tail, tvf.TensorSpec((64, 6, 16, 16), "uint8"))
+    whole = tvf.compile_inference(converted, (64, 1, 16, 16))  # and whole it still runs
+    assert whole.predict(x).shape == (64, 10)
 
 
 def test_a_chain_of_packed_dense_layers_is_one_kernel_with_the_same_integers():

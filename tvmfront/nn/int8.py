@@ -30,6 +30,7 @@ import copy
 
 import numpy as np
 
+from ..errors import TvmfrontError
 from ..ops import int8 as q
 from ..ops.conv import _pair
 from .fold import Identity
@@ -127,6 +128,15 @@ class _Quantized(Module):
 
     def forward(self, x):
         if self.in_chain:
+            # Its work is in the head's kernel: only the head's output may pass. Run on its own
+            # (a sub-module of the converted model compiled alone, layers called out of order)
+            # it would return its input unchanged: a silent wrong answer.
+            if x is not self.__dict__.pop("_chain_output", None):
+                raise TvmfrontError(
+                    f"this quantized layer ({self.extra_repr()}) is computed by an earlier "
+                    f"layer's fused int8 kernel (ops.int8.qchain) and cannot run on its own: "
+                    f"run the converted model whole, or convert with the layers you want to run "
+                    f"alone outside it")
             return x
         step = self._step()
         if step is None:  # the widening kernel
@@ -139,7 +149,10 @@ class _Quantized(Module):
             kind, tensors, options = m._step()
             steps.append((kind, len(tensors), tuple(sorted(options.items()))))
             operands += tensors
-        return q.qchain(self._chain_input(x), *operands, steps=tuple(steps))
+        out = q.qchain(self._chain_input(x), *operands, steps=tuple(steps))
+        for m in self.chain:  # the members pass exactly this through (see in_chain)
+            m.__dict__["_chain_output"] = out
+        return out
 
     def _step(self):
         """(kind, tensor operands, options) of its packed op (see ops.int8.qchain), or None
