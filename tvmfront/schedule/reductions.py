@@ -177,10 +177,25 @@ def _plain_reduction(sch, name, params):
     return f"plain[{', '.join(notes)}]", {name}
 
 
-# A lane reduction needs at least this many vector steps per output to pay for its final
-# horizontal sum (below it, the scalar tile's independent chains do as well).
+# A lane reduction with several vector accumulators per output needs this many vector
+# steps per accumulator; short rows (layer norm's 128, attention's 64) get one accumulator,
+# which pays for its final horizontal sum from LANE_REDUCTION_MIN_SINGLE_STEPS steps: the
+# scalar tile's strided reads (one element of each of 8 rows per step) ran 5-10x slower on
+# them (layer_norm_grad [1024, 128] 684 -> 71 us, softmax_grad [64, 64, 64] 1362 -> 426 us,
+# one AVX-512 core; 2 steps of v32 over 64 lost to 4 of v16: 780 us).
 LANE_REDUCTION_MIN_STEPS = 8
+LANE_REDUCTION_MIN_SINGLE_STEPS = 4
 LANE_REDUCTION_REGISTERS = 4  # vector accumulators per output: covers the add's latency
+
+
+def _lane_vector(fused_extent, per_output, lanes):
+    """The lanes of partial sums per output (a multiple of `lanes` dividing the contiguous
+    extent), or None when the rows are too short for vector steps to pay."""
+    for r in range(LANE_REDUCTION_REGISTERS, 0, -1):
+        steps = LANE_REDUCTION_MIN_STEPS if r > 1 else LANE_REDUCTION_MIN_SINGLE_STEPS
+        if fused_extent % (lanes * r) == 0 and per_output >= steps * lanes * r:
+            return lanes * r
+    return None
 
 
 def _lane_reduction(sch, name, params):
@@ -217,10 +232,9 @@ def _lane_reduction(sch, name, params):
     if start == len(info.kinds):
         raise NotApplicable("no contiguous reduction axis")
     fused_extent = math.prod(info.extents[start:])
-    vec = next((lanes * r for r in range(LANE_REDUCTION_REGISTERS, 0, -1)
-                if fused_extent % (lanes * r) == 0), None)
     per_output = math.prod(info.extents[k] for k in red)
-    if vec is None or per_output < LANE_REDUCTION_MIN_STEPS * vec:
+    vec = _lane_vector(fused_extent, per_output, lanes)
+    if vec is None:
         raise NotApplicable("too few vector steps per output")
     loops = info.loops
     fused = sch.fuse(*loops[start:]) if len(loops) - start > 1 else loops[start]
