@@ -146,3 +146,29 @@ def test_attention_softmax_gradient_rows_of_64_are_lane_reductions(name):
     want = s * (d - (d * s).sum(-1, keepdims=True))
     got, = _run(func, target, [d, a], [shape])
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["x86", "x86:avx2"])
+@pytest.mark.parametrize("op", ["softmax", "softmax_grad"])
+def test_attention_sized_softmax_is_computed_row_by_row(op, name):
+    """At attention's [16, 4, 64, 64] (1 MiB per tensor, past L2) softmax and its gradient
+    are computed row by row (reductions.ROW_FUSION_MIN_BYTES): every stage inside the output's
+    row loop, no whole-tensor pass; the values stay numpy's."""
+    target = resolve_target(name)
+    shape = (16, 4, 64, 64)
+    rng = np.random.default_rng(4)
+    x, dy = te.placeholder(shape, name="x"), te.placeholder(shape, name="dy")
+    a = (rng.standard_normal(shape) * 4).astype("float32")
+    d = rng.standard_normal(shape).astype("float32")
+    s = np.exp(a.astype("float64") - a.max(-1, keepdims=True))
+    s /= s.sum(-1, keepdims=True)
+    if op == "softmax":
+        out, inputs, args, want = ops.softmax.te_forward(x, axis=-1), [x], [a], s
+    else:
+        out = ops.softmax.te_grad(dy, x, axis=-1, derived=False)[0]
+        inputs, args, want = [dy, x], [d, a], s * (d - (d * s).sum(-1, keepdims=True))
+    func, rule = cpu_schedule.schedule_prim_func(te.create_prim_func(inputs + [out]), target)
+    assert "sm_max=tiled[fused rows of 64, lanes v" in rule, rule
+    assert "sm_sum=" not in rule and "spatial" not in rule, rule  # all inside the row loop
+    got, = _run(func, target, args, [shape])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
