@@ -86,3 +86,89 @@ def test_row_max_takes_lane_partial_maxima():
     a = np.random.default_rng(1).standard_normal((8, 4096)).astype("float32")
     got, = _run(func, target, [a], [(8,)])
     np.testing.assert_array_equal(got, a.max(axis=1))
+
+
+@pytest.mark.parametrize("name", ["x86", "x86:avx2"])
+@pytest.mark.parametrize("which", ["forward", "dx", "dgamma"])
+def test_short_layer_norm_rows_take_one_vector_accumulator(which, name):
+    """Layer norm over rows of 128 (the char Transformer's [B, T, 128]): its per-row sums are
+    lane reductions, one vector of partial sums per row on AVX-512 (8 steps), two on AVX2,
+    not the scalar tile's strided reads; the values are numpy's."""
+    target = resolve_target(name)
+    lanes = cpu_schedule.CpuParams(target).lanes("float32")
+    shape, n = (4, 64, 128), 128
+    rng = np.random.default_rng(2)
+    x, dy = te.placeholder(shape, name="x"), te.placeholder(shape, name="dy")
+    gamma, beta = te.placeholder((n,), name="gamma"), te.placeholder((n,), name="beta")
+    a = (rng.standard_normal(shape) * 2 + 0.5).astype("float32")
+    g, b = rng.standard_normal(n).astype("float32"), rng.standard_normal(n).astype("float32")
+    d = rng.standard_normal(shape).astype("float32")
+    xd, gd, dd = a.astype("float64"), g.astype("float64"), d.astype("float64")
+    mean, var = xd.mean(-1, keepdims=True), xd.var(-1, keepdims=True)
+    rstd = 1 / np.sqrt(var + 1e-5)
+    xhat = (xd - mean) * rstd
+    if which == "forward":
+        out, inputs, args, want = ops.layer_norm.te_forward(x, gamma, beta), [x, gamma, beta], \
+            [a, g, b], xhat * gd + b
+    else:
+        k = ["dx", "dgamma"].index(which)
+        out = ops.layer_norm.te_grad(dy, x, gamma, beta, derived=False)[k]
+        gg = dd * gd
+        dx = rstd * (gg - gg.mean(-1, keepdims=True)
+                     - xhat * (gg * xhat).mean(-1, keepdims=True))
+        inputs, args = [dy, x, gamma, beta], [d, a, g, b]
+        want = [dx, (dd * xhat).sum(axis=(0, 1))][k]
+    func, rule = cpu_schedule.schedule_prim_func(te.create_prim_func(inputs + [out]), target)
+    # 16 lanes of partial sums: one AVX-512 vector (8 steps) or two AVX2 ones (8 steps each)
+    assert lanes in (8, 16) and "ln_var=tiled[lanes v16]" in rule, rule
+    assert "ln_mean=tiled[lanes v16]" in rule, rule
+    assert "scalar" not in rule, rule
+    got, = _run(func, target, args, [tuple(int(s) for s in out.shape)])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["x86", "x86:avx2"])
+def test_attention_softmax_gradient_rows_of_64_are_lane_reductions(name):
+    """softmax's gradient over attention rows of 64: its max, sum and dot are lane
+    reductions (4 steps of 16 lanes, 8 of 8), and the gradient is s * (dy - sum(dy * s))."""
+    target = resolve_target(name)
+    shape = (2, 4, 64, 64)
+    rng = np.random.default_rng(3)
+    x, dy = te.placeholder(shape, name="x"), te.placeholder(shape, name="dy")
+    out = ops.softmax.te_grad(dy, x, axis=-1, derived=False)[0]
+    func, rule = cpu_schedule.schedule_prim_func(te.create_prim_func([dy, x, out]), target)
+    for block in ("sm_max", "sm_sum", "dot"):
+        assert f"{block}=tiled[lanes v" in rule, rule
+    a = (rng.standard_normal(shape) * 4).astype("float32")
+    d = rng.standard_normal(shape).astype("float32")
+    s = np.exp(a - a.max(-1, keepdims=True))
+    s /= s.sum(-1, keepdims=True)
+    want = s * (d - (d * s).sum(-1, keepdims=True))
+    got, = _run(func, target, [d, a], [shape])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["x86", "x86:avx2"])
+@pytest.mark.parametrize("op", ["softmax", "softmax_grad"])
+def test_attention_sized_softmax_is_computed_row_by_row(op, name):
+    """At attention's [16, 4, 64, 64] (1 MiB per tensor, past L2) softmax and its gradient
+    are computed row by row (reductions.ROW_FUSION_MIN_BYTES): every stage inside the output's
+    row loop, no whole-tensor pass; the values stay numpy's."""
+    target = resolve_target(name)
+    shape = (16, 4, 64, 64)
+    rng = np.random.default_rng(4)
+    x, dy = te.placeholder(shape, name="x"), te.placeholder(shape, name="dy")
+    a = (rng.standard_normal(shape) * 4).astype("float32")
+    d = rng.standard_normal(shape).astype("float32")
+    s = np.exp(a.astype("float64") - a.max(-1, keepdims=True))
+    s /= s.sum(-1, keepdims=True)
+    if op == "softmax":
+        out, inputs, args, want = ops.softmax.te_forward(x, axis=-1), [x], [a], s
+    else:
+        out = ops.softmax.te_grad(dy, x, axis=-1, derived=False)[0]
+        inputs, args, want = [dy, x], [d, a], s * (d - (d * s).sum(-1, keepdims=True))
+    func, rule = cpu_schedule.schedule_prim_func(te.create_prim_func(inputs + [out]), target)
+    assert "sm_max=tiled[fused rows of 64, lanes v" in rule, rule
+    assert "sm_sum=" not in rule and "spatial" not in rule, rule  # all inside the row loop
+    got, = _run(func, target, args, [shape])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

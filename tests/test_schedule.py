@@ -219,6 +219,10 @@ def test_a_failing_rule_falls_back_and_says_so(monkeypatch, caplog):
     assert tiled  # the Linear layers at batch 4
 
     monkeypatch.setattr(cpu_schedule.gemm, "_tile_reduction", _raising(RuntimeError("boom")))
+    # the batch-4 dots are short rows a lane reduction would take: off, so that the chain
+    # reaches the scalar tile (a patch of the tile rule) and the plain loops
+    monkeypatch.setattr(cpu_schedule.dispatch, "_lane_reduction",
+                        _raising(cpu_schedule.NotApplicable("off")))
     report, fallbacks = {}, {}
     with caplog.at_level(logging.DEBUG, "tvmfront"):
         scheduled = cpu_schedule.default_cpu_schedule(lowered, resolve_target("x86"), report,

@@ -4,7 +4,7 @@ takes fixed extents); the derived ones are checked against them."""
 
 from .._tvm import te
 from ..op import op
-from .softmax_axis import _max_and_sumexp
+from .softmax_axis import _max_and_sumexp, softmax_vjp
 from ._dims import same, same_shape, show
 
 
@@ -78,9 +78,4 @@ def softmax_last(x):
 
 @softmax_last.grad
 def _(dy, x):  # s * (dy - sum(dy * s)) along the last axis
-    s = _softmax_last(x, "softmax_last")
-    k = te.reduce_axis((0, x.shape[-1]), "k")
-    dot = te.compute(tuple(x.shape[:-1]), lambda *i: te.sum(dy(*i, k) * s(*i, k), axis=k),
-                     name="softmax_last_dot")
-    return [te.compute(x.shape, lambda *i: s(*i) * (dy(*i) - dot(*i[:-1])),
-                       name="softmax_last_grad")]
+    return [softmax_vjp(dy, x, len(x.shape) - 1, "softmax_last_grad")]

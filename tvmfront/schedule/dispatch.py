@@ -38,7 +38,7 @@ from .analysis import (_buffers, _children, _const, _has_contraction, _max_block
 # test or bench that patches a rule in its file reaches every caller.
 from . import gemm, gemv, int8, spatial
 from .spatial import _inline_spatial
-from .reductions import (_gather_reduction, _lane_reduction, _plain_reduction,
+from .reductions import (_gather_reduction, _lane_reduction, _plain_reduction, _row_fusion,
                          _tile_reduction_scalar)
 
 SCHEDULED_ATTR = "tirx.is_scheduled"
@@ -177,9 +177,10 @@ def _tvmfront_rule(func, params, tiled_only=False):
         except Exception as err:  # noqa: BLE001 - inlined or renamed meanwhile
             _probe(f"block {name} (absorbed by an earlier block)", err)
             continue
-        if not _reduction_iters(sch.get(block)):
+        if not _reduction_iters(sch.get(block)) or name in done:  # done: by a kernel rule
             continue
-        for rule, strategy in (("tile_reduction", gemm._tile_reduction),
+        for rule, strategy in (("row_fusion", _row_fusion),
+                               ("tile_reduction", gemm._tile_reduction),
                                ("gather_reduction", _gather_reduction),
                                ("lane_reduction", _lane_reduction),
                                ("tile_reduction_scalar", _tile_reduction_scalar),

@@ -14,7 +14,8 @@ import math
 from .._tvm import tirx
 from .params import PLAIN_PARALLEL_PENALTY, UNROLL_MAX_BODY, _dtype_bits
 from .failures import NotApplicable, _probe
-from .analysis import _BlockInfo, _const, _has_if_then_else, _reduction_iters, _unroll_extent
+from .analysis import (_BlockInfo, _const, _has_if_then_else, _reduction_iters, _root_blocks,
+                       _unroll_extent)
 from .loops import _parallel_worth_it, _parallelize, _vector_factor, _vectorize_innermost
 from .conv import (DEINTERLEAVE_MAX_PLANE_BYTES, _column_values, _deinterleave,
                    _index_divisors, _split_by_divisors, _split_divisors)
@@ -180,10 +181,25 @@ def _plain_reduction(sch, name, params):
     return f"plain[{', '.join(notes)}]", {name}
 
 
-# A lane reduction needs at least this many vector steps per output to pay for its final
-# horizontal sum (below it, the scalar tile's independent chains do as well).
+# A lane reduction with several vector accumulators per output needs this many vector
+# steps per accumulator; short rows (layer norm's 128, attention's 64) get one accumulator,
+# which pays for its final horizontal sum from LANE_REDUCTION_MIN_SINGLE_STEPS steps: the
+# scalar tile's strided reads (one element of each of 8 rows per step) ran 5-10x slower on
+# them (layer_norm_grad [1024, 128] 684 -> 71 us, softmax_grad [64, 64, 64] 1362 -> 426 us,
+# one AVX-512 core; 2 steps of v32 over 64 lost to 4 of v16: 780 us).
 LANE_REDUCTION_MIN_STEPS = 8
+LANE_REDUCTION_MIN_SINGLE_STEPS = 4
 LANE_REDUCTION_REGISTERS = 4  # vector accumulators per output: covers the add's latency
+
+
+def _lane_vector(fused_extent, per_output, lanes):
+    """The lanes of partial sums per output (a multiple of `lanes` dividing the contiguous
+    extent), or None when the rows are too short for vector steps to pay."""
+    for r in range(LANE_REDUCTION_REGISTERS, 0, -1):
+        steps = LANE_REDUCTION_MIN_STEPS if r > 1 else LANE_REDUCTION_MIN_SINGLE_STEPS
+        if fused_extent % (lanes * r) == 0 and per_output >= steps * lanes * r:
+            return lanes * r
+    return None
 
 
 def _lane_reduction(sch, name, params):
@@ -220,10 +236,9 @@ def _lane_reduction(sch, name, params):
     if start == len(info.kinds):
         raise NotApplicable("no contiguous reduction axis")
     fused_extent = math.prod(info.extents[start:])
-    vec = next((lanes * r for r in range(LANE_REDUCTION_REGISTERS, 0, -1)
-                if fused_extent % (lanes * r) == 0), None)
     per_output = math.prod(info.extents[k] for k in red)
-    if vec is None or per_output < LANE_REDUCTION_MIN_STEPS * vec:
+    vec = _lane_vector(fused_extent, per_output, lanes)
+    if vec is None:
         raise NotApplicable("too few vector steps per output")
     loops = info.loops
     fused = sch.fuse(*loops[start:]) if len(loops) - start > 1 else loops[start]
@@ -247,3 +262,138 @@ def _lane_reduction(sch, name, params):
     _vectorize_innermost(sch, init, lanes)
     touched = {name, sch.get(partial).name_hint, sch.get(init).name_hint}
     return f"tiled[{', '.join(notes)}]", touched
+
+
+# Rows are fused from this tensor size (the output's): past a core's L2, where each whole
+# pass streams from L3. Below it the passes did as well or better: [1024, 128] (512 KiB)
+# layer norm 33 us in passes vs 43 fused, its gradient 69 vs 72; [16, 4, 64, 64] (1 MiB)
+# softmax 339 -> 170 us, its gradient 394 -> 273 (min of 7, one AVX-512 core, load ~5).
+ROW_FUSION_MIN_BYTES = 1 << 20
+
+
+def _row_fusion(sch, name, params):
+    """A kernel that works row by row along a short contiguous last axis (softmax and its
+    gradient, layer norm's dx: per-row max / sums, then a result per element): every block
+    is computed per row, inside the output's row loop, its sums as lane reductions over the
+    row and its elementwise stages vectorized along it. Passes over the whole tensor (each
+    stage's intermediate written, then read back by the next) read the row from L1 instead:
+    attention's [16, 4, 64, 64] is 1 MiB per tensor. Tried on the kernel's first reduction."""
+    blocks = [sch.get(b).name_hint for b in _root_blocks(sch)]
+    out, rows, n, dtype = _row_output(sch)
+    lanes = params.lanes(dtype)
+    reductions = [b for b in blocks if b != out and _reduction_iters(sch.get(sch.get_sblock(b)))]
+    if not reductions or reductions[0] != name or n % lanes or n < 2 * lanes:
+        raise NotApplicable("not the first reduction of a row kernel")
+    if math.prod(rows) * n * _dtype_bits(dtype) // 8 < ROW_FUSION_MIN_BYTES:
+        raise NotApplicable("small enough for whole passes")
+    for b in blocks:
+        if b != out:
+            _check_row_block(sch, b, rows, n)
+    partials = [_row_partial_sums(sch, b, lanes) for b in reductions]  # rfactor: at the root
+    out_loops = sch.get_loops(sch.get_sblock(out))
+    row = sch.fuse(*out_loops[:len(rows)]) if len(rows) > 1 else out_loops[0]
+    inner = [sch.get(b).name_hint for b in _root_blocks(sch)]
+    for b in reversed([b for b in inner if b != out]):
+        sch.compute_at(sch.get_sblock(b), row, preserve_unit_loops=False)
+    touched = set(inner)
+    for b, partial in zip(reductions, partials):
+        touched.add(_vectorize_partial_sums(sch, b, partial, lanes))
+    for b in inner:
+        if b not in reductions and b not in partials:
+            loop = sch.get_loops(sch.get_sblock(b))[-1]
+            if _const(sch.get(loop).extent) == n:
+                _vectorize_row(sch, loop, n, lanes)
+    notes = [f"fused rows of {n}, lanes v{lanes}"]
+    if _parallel_worth_it(_RowWork(math.prod(rows) * n), lanes, params):
+        _, note = _parallelize(sch, [row], params)
+        notes.append(note) if note else None
+    return f"tiled[{', '.join(notes)}]", touched
+
+
+class _RowWork:  # what _parallel_worth_it reads of a block: its work and library calls
+    def __init__(self, work):
+        self.work, self.calls = work, 0
+
+
+def _row_output(sch):
+    """(name, row extents, row length, dtype) of the kernel's one output block: spatial,
+    static, written contiguously along its last axis."""
+    root = sch.get_sblock("root")
+    outputs = sch.get_output_blocks(root)
+    if len(outputs) != 1:
+        raise NotApplicable("not one output block")
+    info = _BlockInfo(sch, outputs[0])
+    if info.reduction or info.symbolic or len(info.spatial) < 2 or "O" in info.kinds or \
+            info.write_strides[len(info.kinds) - 1] != 1:
+        raise NotApplicable("the output is not a static row-major spatial block")
+    return info.name, info.extents[:-1], info.extents[-1], info.dtype
+
+
+def _check_row_block(sch, name, rows, n):
+    """A block of a row kernel: per row (spatial over the rows, one reduction of length n
+    innermost and contiguous) or per element (spatial over rows + [n])."""
+    info = _BlockInfo(sch, sch.get_sblock(name))
+    if info.symbolic or "O" in info.kinds:
+        raise NotApplicable(f"block {name}: not static")
+    if info.kinds == ["S"] * len(rows) + ["R"] and info.extents == [*rows, n]:
+        if all(strides[len(rows)] in (0, 1) for _, _, strides in info.reads):
+            return
+    elif info.kinds == ["S"] * (len(rows) + 1) and info.extents == [*rows, n]:
+        return
+    elif info.kinds == ["S"] * len(rows) and info.extents == list(rows):
+        return
+    raise NotApplicable(f"block {name}: not a row block")
+
+
+def _row_partial_sums(sch, name, lanes):
+    """Split a per-row reduction into `lanes` partial results per row (rfactor, at the root:
+    TVM refuses it under a compute_at). Returns the partial block's name."""
+    block = sch.get_sblock(name)
+    _, lane = sch.split(sch.get_loops(block)[-1], factors=[None, lanes])
+    try:
+        partial = sch.rfactor(lane, factor_axis=len(sch.get_loops(block)) - 2)
+    except Exception as err:  # noqa: BLE001 - TVM's own check: a reducer it cannot split
+        _probe(f"rfactor of block {name}", err)
+        raise NotApplicable("rfactor refused") from err
+    return sch.get(partial).name_hint
+
+
+def _vectorize_partial_sums(sch, name, partial, lanes):
+    """The partial results accumulated in one vector along the row; their sum unrolled.
+    Returns the name of the partial results' init block."""
+    block = sch.get_sblock(partial)
+    step, lane = _step_and_lane(sch, block, lanes)
+    sch.reorder(step, lane)
+    sch.vectorize(lane)
+    init = sch.decompose_reduction(block, step)
+    _vectorize_innermost(sch, init, lanes)
+    sch.unroll(sch.get_loops(sch.get_sblock(name))[-1])  # the horizontal sum of the lanes
+    return sch.get(init).name_hint
+
+
+def _step_and_lane(sch, block, lanes):
+    """(the loop over a row's vector steps, the loop over lanes) of a partial-sums block under
+    its row loop, in whatever order compute_at made them: told apart by the block iterator
+    each binds (the lanes a data-parallel one)."""
+    loops = sch.get_loops(block)[-2:]
+    realize = sch.get(loops[-1]).body  # the block's realize: iterator bindings
+    stmt = realize.block if hasattr(realize, "block") else None
+    if stmt is None or not hasattr(realize, "iter_values"):
+        raise NotApplicable("no block realize under the innermost loop")
+    kinds = {}
+    for iv, value in zip(stmt.iter_vars, realize.iter_values):
+        used = tirx.analysis.undefined_vars(value)
+        for loop in loops:
+            if any(v.same_as(sch.get(loop).loop_var) for v in used):
+                kinds[loop] = int(iv.iter_type)
+    lane = [lp for lp in loops if kinds.get(lp) == int(tirx.IterVar.DataPar)]
+    step = [lp for lp in loops if kinds.get(lp) == int(tirx.IterVar.CommReduce)]
+    if len(lane) != 1 or len(step) != 1 or _const(sch.get(lane[0]).extent) != lanes:
+        raise NotApplicable("partial sums not under a lane and a step loop")
+    return step[0], lane[0]
+
+
+def _vectorize_row(sch, loop, n, lanes):
+    vec = _vector_factor(n, lanes)
+    _, inner = sch.split(loop, factors=[None, vec])
+    sch.vectorize(inner)
