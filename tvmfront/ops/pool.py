@@ -102,27 +102,36 @@ def _first_max(x, n, c, oh, ow, kernel, stride, padding):
     kh, kw, sh, sw, ph, pw, _, _ = _geometry(x, kernel, stride, padding, "max_pool2d")
     h, w = _hw(x, "max_pool2d")
     lowest = te.min_value(x.dtype)
-    none = kh * kw
     vals, inside = [], []
     for e in range(kh * kw):
         r, q = oh * sh + e // kw - ph, ow * sw + e % kw - pw
         vals.append(x[n, c, te.max(te.min(r, h - 1), 0), te.max(te.min(q, w - 1), 0)])
         inside.append(te.all(r >= 0, r < h, q >= 0, q < w))
-    # The max starts from the lowest value, as the forward's max reduction does (its
-    # identity): a window of -inf has the lowest value as its max, held by no element.
+    top = _window_max(vals, lowest)
+    if not (ph or pw):
+        return _least_found([v == top for v in vals])
+    return _least_found([tirx.Or(tirx.And(inside[e], vals[e] == top),
+                                 tirx.And(tirx.Not(inside[e]), top == lowest))
+                         for e in range(kh * kw)])
+
+
+def _window_max(vals, lowest):
+    """The max of a window's elements starting from the lowest value, as the forward's max
+    reduction does (its identity): a window of -inf has the lowest value as its max, held by
+    no element."""
     top = lowest
     for v in vals:
         top = te.max(top, v)
-    # The least position holding the max, as a min of integers (none - (none - e) * found):
-    # a chain of selects compiled to a chain of branches, mispredicted on real data.
-    first = None
-    for e in range(kh * kw):
-        if ph or pw:
-            found = tirx.Or(tirx.And(inside[e], vals[e] == top),
-                            tirx.And(tirx.Not(inside[e]), top == lowest))
-        else:
-            found = vals[e] == top
-        candidate = none - (none - e) * tirx.Cast("int32", found)
+    return top
+
+
+def _least_found(found):
+    """The least position e whose found[e] holds, len(found) where none does, as a min of
+    integers (none - (none - e) * found): a chain of selects compiled to a chain of branches,
+    mispredicted on real data."""
+    none, first = len(found), None
+    for e, f in enumerate(found):
+        candidate = none - (none - e) * tirx.Cast("int32", f)
         first = candidate if first is None else te.min(first, candidate)
     return first
 
@@ -145,16 +154,9 @@ def _first_max_of_padded(xp, n, c, oh, ow, kernel, stride):
     is what _first_max tests for the padding by index."""
     kh, kw = _pair(kernel)
     sh, sw = _pair(stride if stride is not None else kernel)
-    none = kh * kw
-    vals = [xp[n, c, oh * sh + e // kw, ow * sw + e % kw] for e in range(none)]
-    top = te.min_value(xp.dtype)  # the forward's max starts from it (its identity)
-    for v in vals:
-        top = te.max(top, v)
-    first = None
-    for e in range(none):
-        candidate = none - (none - e) * tirx.Cast("int32", vals[e] == top)
-        first = candidate if first is None else te.min(first, candidate)
-    return first
+    vals = [xp[n, c, oh * sh + e // kw, ow * sw + e % kw] for e in range(kh * kw)]
+    top = _window_max(vals, te.min_value(xp.dtype))
+    return _least_found([v == top for v in vals])
 
 
 @op

@@ -133,10 +133,7 @@ def _deinterleave_window_reads(sch, info, d, outer, axes, lanes):
     copied = []
     for index, region, _ in info.reads:
         source = region.source
-        plane = [_const(n) for n in source.shape[-2:]]
-        if len(source.shape) != len(info.vars) or None in plane or plane[1] % d or \
-                plane[0] * plane[1] * _dtype_bits(source.dtype) // 8 > \
-                DEINTERLEAVE_MAX_PLANE_BYTES:
+        if len(source.shape) != len(info.vars) or not _plane_fits(source, d):
             continue
         if not _strided_by(region.region[-1].min, info.vars, info.extents, d):
             continue
@@ -149,6 +146,15 @@ def _deinterleave_window_reads(sch, info, d, outer, axes, lanes):
             continue
         copied.append(source.name)
     return copied
+
+
+def _plane_fits(source, d):
+    """Whether `source`'s planes (its last two axes) are static, their columns split evenly
+    into d phases, and one fits DEINTERLEAVE_MAX_PLANE_BYTES (a deinterleaved copy per
+    plane)."""
+    plane = [_const(n) for n in source.shape[-2:]]
+    return None not in plane and plane[1] % d == 0 and \
+        plane[0] * plane[1] * _dtype_bits(source.dtype) // 8 <= DEINTERLEAVE_MAX_PLANE_BYTES
 
 
 def _column_values(index, variables, extents):
@@ -177,8 +183,13 @@ def _deinterleave(sch, block, d, lanes):
     it: rows unrolled, columns vectorized. Each lane's place in the plane is then a
     constant, which LLVM needs to see the scattered lanes as shuffles of whole vectors (a
     row loop ran 2.7x slower)."""
+    _deinterleaved_layout(sch, block, d)
+    _vectorize_innermost(sch, block, lanes)
+    sch.unroll(sch.get_loops(block)[-2])
+
+
+def _deinterleaved_layout(sch, block, d):
+    """The buffer `block` writes laid out [.., w % d, w // d] (its last axis deinterleaved)."""
     ndim = len(sch.get(block).writes[0].region)
     sch.transform_layout(block, ("write", 0), lambda *idx: [
         *idx[:ndim - 1], idx[ndim - 1] % d, idx[ndim - 1] // d])
-    _vectorize_innermost(sch, block, lanes)
-    sch.unroll(sch.get_loops(block)[-2])

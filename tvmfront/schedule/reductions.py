@@ -17,8 +17,8 @@ from .failures import NotApplicable, _probe
 from .analysis import (_BlockInfo, _const, _has_if_then_else, _reduction_iters, _root_blocks,
                        _unroll_extent)
 from .loops import _parallel_worth_it, _parallelize, _vector_factor, _vectorize_innermost
-from .conv import (DEINTERLEAVE_MAX_PLANE_BYTES, _column_values, _deinterleave,
-                   _index_divisors, _split_by_divisors, _split_divisors)
+from .conv import (_column_values, _deinterleave, _deinterleaved_layout, _index_divisors,
+                   _plane_fits, _split_by_divisors, _split_divisors)
 from . import gemm
 
 
@@ -98,10 +98,7 @@ def _strided_operand(info):
     constant stride d > 1 whose planes are small (DEINTERLEAVE_MAX_PLANE_BYTES), or None."""
     for index, region, _ in info.reads:
         source = region.source
-        plane = [_const(n) for n in source.shape[-2:]]
-        if len(source.shape) != len(info.vars) - len(info.reduction) or None in plane or \
-                plane[0] * plane[1] * _dtype_bits(source.dtype) // 8 > \
-                DEINTERLEAVE_MAX_PLANE_BYTES:
+        if len(source.shape) != len(info.vars) - len(info.reduction):
             continue
         order = [k for k in range(len(info.vars)) if k != info.spatial[-1]] + \
             [info.spatial[-1]]  # the output's column last
@@ -110,8 +107,8 @@ def _strided_operand(info):
         if values is None or len(values) < 2:
             continue
         d = values[1] - values[0]
-        if d > 1 and plane[1] % d == 0 and \
-                all(b - a == d for a, b in zip(values, values[1:])):
+        if d > 1 and all(b - a == d for a, b in zip(values, values[1:])) and \
+                _plane_fits(source, d):
             return index, source, d
     return None
 
@@ -130,9 +127,7 @@ def _plane_padding(sch, producer, d, lanes):
     """Lay out a padding block computed per plane as [.., w % d, w // d] and split it into
     a fill of the plane and a copy of its inside (no test per element). Returns the names
     of its blocks."""
-    ndim = len(sch.get(producer).writes[0].region)
-    sch.transform_layout(producer, ("write", 0), lambda *idx: [
-        *idx[:ndim - 1], idx[ndim - 1] % d, idx[ndim - 1] // d])
+    _deinterleaved_layout(sch, producer, d)
     names = {sch.get(producer).name_hint}
     if _has_if_then_else(sch.get(producer)):
         own = [lp for lp in sch.get_loops(producer)
@@ -306,7 +301,8 @@ def _row_fusion(sch, name, params):
     notes = [f"fused rows of {n}, lanes v{lanes}"]
     if _parallel_worth_it(_RowWork(math.prod(rows) * n), lanes, params):
         _, note = _parallelize(sch, [row], params)
-        notes.append(note) if note else None
+        if note:
+            notes.append(note)
     return f"tiled[{', '.join(notes)}]", touched
 
 
