@@ -36,7 +36,7 @@ from .analysis import (_buffers, _children, _const, _has_contraction, _max_block
                        parallel_write_races)
 # The rules below are looked up in their files at call time (gemm._tile_reduction, ...), so a
 # test or bench that patches a rule in its file reaches every caller.
-from . import gemm, gemv, int8, spatial
+from . import conv_forward, gemm, gemv, int8, spatial
 from .spatial import _inline_spatial
 from .reductions import (_gather_reduction, _lane_reduction, _plain_reduction, _row_fusion,
                          _tile_reduction_scalar)
@@ -180,6 +180,7 @@ def _tvmfront_rule(func, params, tiled_only=False):
         if not _reduction_iters(sch.get(block)) or name in done:  # done: by a kernel rule
             continue
         for rule, strategy in (("row_fusion", _row_fusion),
+                               ("conv_forward", conv_forward._conv_forward),
                                ("tile_reduction", gemm._tile_reduction),
                                ("gather_reduction", _gather_reduction),
                                ("lane_reduction", _lane_reduction),
