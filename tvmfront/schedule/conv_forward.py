@@ -41,9 +41,10 @@ def _conv_forward(sch, name, params):
         raise NotApplicable(f"{info.extents[j]} columns: no register tile")
     if not _parallel_worth_it(info, vec, params):
         raise NotApplicable("too small to run in parallel")
-    packed = sch.cache_read(block, weight[0], "global")
-    sch.transform_layout(packed, ("write", 0), lambda *idx: [
-        idx[0] // vec, *idx[1:], idx[0] % vec])
+    # The weight in panels of vec output channels, copied a panel at a time (gemm's copy).
+    packed = gemm._pack_panels(sch, info, weight[0], weight[1], o, vec, params)
+    block = sch.get_sblock(name)
+    info = _BlockInfo(sch, block)
     loops = info.loops
     o_out, o_vec = sch.split(loops[o], factors=[None, vec])
     j_out, j_tile = sch.split(loops[j], factors=[None, columns])
@@ -63,7 +64,7 @@ def _conv_forward(sch, name, params):
     _vectorize_innermost(sch, writeback, lanes)
     init = sch.decompose_reduction(block, red[0])
     _vectorize_innermost(sch, init, lanes)
-    touched = {name, sch.get(init).name_hint, sch.get(writeback).name_hint, *padded}
+    touched = {name, packed, sch.get(init).name_hint, sch.get(writeback).name_hint, *padded}
     note = (f"conv[{columns}xv{vec}, parallel{' per image' if per_image else ''}, packed w"
             f"{', padded per image' if padded else ''}"
             f"{', +' + '+'.join(epilogue) if epilogue else ''}]")
