@@ -9,6 +9,12 @@ each thread sweeps every image. Here the images run in parallel, each padded ins
 iteration (in cache, on every core), and every output-channel panel of the small packed weight
 is swept per image (b32 32->64 @28 on two AVX-512 threads: 4.8 -> 4.6 ms, 64->64 @14 2.6 ->
 2.2 ms; see the commit).
+
+The tile stays at 14 accumulators (7 columns x v32, each image element broadcast once per
+two FMAs): tiles of 28 (7 x v64, 14 x v32, 2 rows x 7 x v32, 28 x v16) made LLVM spill
+accumulators to the stack (70-93 GF/s on one Zen 4 core against 104), and neither 14 x v16,
+blocking the input channels to keep the weight slice in L1, nor writing the tile back at the
+end of each row was faster.
 """
 
 from .params import CONV_MIN_VECTOR_BITS, PARALLEL_CHUNKS_PER_CORE

@@ -15,9 +15,10 @@ Rules, tried in this order (the first that applies wins), after the int8 dot-pro
 
 tvmfront's rule goes block by block on copies of the schedule (a failing primitive falls
 back to a simpler schedule, never to a failed build): spatial producers are inlined
-(spatial.py), then each reduction gets the first of the GEMM family's register tile
-(gemm.py), the strided-window gather (reductions.py, conv.py), vector partial sums along
-contiguous reduction rows (reductions.py's lane reduction), a scalar tile, a plain loop nest;
+(spatial.py), then each reduction gets the first of conv forward's per-image tiles on
+AVX-512 (conv_forward.py), the GEMM family's register tile (gemm.py), the strided-window
+gather (reductions.py, conv.py), vector partial sums along contiguous reduction rows
+(reductions.py's lane reduction), a scalar tile, a plain loop nest;
 the spatial blocks left standing are scheduled last (spatial.py).
 
 Reduction order is kept except by the GEMV rule and the lane reductions (rfactor): every
