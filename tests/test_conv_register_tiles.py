@@ -164,3 +164,49 @@ def test_small_output_dx_sums_over_dy_not_over_taps(h, k, padding):
     want = ops.conv2d.vjp(dyv, xv, wv, padding=padding, derived=True)
     for g, ref in zip(got, want):
         np.testing.assert_allclose(g, ref, rtol=1e-10, atol=1e-10)
+
+
+AVX512 = {"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2}
+
+
+def _conv_reference(x, w, padding):
+    """NCHW stride-1 convolution in numpy (float64)."""
+    k = w.shape[2]
+    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    ho = xp.shape[2] - k + 1
+    wo = xp.shape[3] - k + 1
+    out = np.zeros((x.shape[0], w.shape[0], ho, wo))
+    for a in range(k):
+        for b in range(k):
+            out += np.einsum("ncij,oc->noij", xp[:, :, a:a + ho, b:b + wo], w[:, :, a, b])
+    return out
+
+
+@pytest.mark.parametrize("shapes", [((32, 32, 28, 28), (64, 32, 3, 3)),
+                                    ((16, 64, 14, 14), (64, 64, 3, 3))])
+def test_avx512_conv_forward_runs_images_in_parallel_and_pads_each(shapes):
+    """On AVX-512 a stride-1 conv forward runs one image per parallel iteration, pads it
+    there (the GEMM rule padded the whole batch serially before its tiles) and tiles 7
+    columns x v32; AVX2 keeps the GEMM family's tiles. Values as numpy's (run where the host
+    has AVX-512)."""
+    x = te.placeholder(shapes[0], "float32", name="x")
+    w = te.placeholder(shapes[1], "float32", name="w")
+    y = ops.conv2d.te_forward(x, w, padding=1)
+    func = te.create_prim_func([x, w, y])
+    scheduled, rule = schedule_prim_func(func, resolve_target(AVX512))
+    assert "conv2d=conv[7xv32, parallel per image, packed w, padded per image]" in rule, rule
+    for block in ("conv2d_pad_pad_const", "conv2d_pad"):
+        parallel, vector = _placed_under_parallel(scheduled, block)
+        assert parallel and vector, (block, rule)
+    _, avx2_rule = schedule_prim_func(func, resolve_target(AVX2))
+    assert "conv2d=tiled[" in avx2_rule, avx2_rule
+    from tvmfront._tvm import llvm_host_cpu_features, to_device, tvm
+    if "avx512f" not in (llvm_host_cpu_features() or set()):
+        return
+    lib = tvm.compile(tvm.IRModule({"main": scheduled}), target=resolve_target("x86"))
+    rng = np.random.default_rng(3)
+    xv = rng.standard_normal(shapes[0]).astype("float32")
+    wv = rng.standard_normal(shapes[1]).astype("float32")
+    out = to_device(np.zeros([int(d) for d in y.shape], "float32"))
+    lib["main"](to_device(xv), to_device(wv), out)
+    np.testing.assert_allclose(out.numpy(), _conv_reference(xv, wv, 1), rtol=1e-4, atol=1e-4)

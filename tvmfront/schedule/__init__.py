@@ -18,6 +18,7 @@ says more; a file imports only the ones listed before it):
 - ``spatial``: elementwise and injective blocks, padding, epilogues;
 - ``gemm``: the GEMM family (dense, batch_matmul, transposed forms, convolution forward):
   register tiles over a vectorized output axis, packed operands;
+- ``conv_forward``: stride-1 convolution forward, one image per parallel iteration;
 - ``gemv``: matrix times vector (a Linear layer at batch 1);
 - ``reductions``: reductions with no vectorizable output axis (scalar tiles, plain loops);
 - ``int8``: ops.int8's packed GEMM tensorized with the CPU's 8-bit dot product;
@@ -32,7 +33,7 @@ Threads: parallel loops run on TVM's CPU thread pool, which takes half the logic
 x86 unless TVM_NUM_THREADS is set.
 """
 
-from . import (analysis, conv, dispatch, failures, gemm, gemv, int8, loops, params, reductions,
+from . import (analysis, conv, conv_forward, dispatch, failures, gemm, gemv, int8, loops, params, reductions,
                spatial)
 from .analysis import kernel_work, loop_kinds
 from .dispatch import RULE_ATTR, SCHEDULED_ATTR, default_cpu_schedule, is_scheduled, \
@@ -45,8 +46,8 @@ __all__ = ["CpuParams", "NotApplicable", "RULE_ATTR", "SCHEDULED_ATTR", "SMALL_W
            "loop_kinds", "schedule_prim_func"]
 
 # In import order: a file imports only those before it (tests/test_layering.py).
-FILES = (params, failures, analysis, loops, conv, spatial, gemm, gemv, reductions, int8,
-         dispatch)
+FILES = (params, failures, analysis, loops, conv, spatial, gemm, conv_forward, gemv, reductions,
+         int8, dispatch)
 
 
 def __getattr__(name):

@@ -15,9 +15,10 @@ Rules, tried in this order (the first that applies wins), after the int8 dot-pro
 
 tvmfront's rule goes block by block on copies of the schedule (a failing primitive falls
 back to a simpler schedule, never to a failed build): spatial producers are inlined
-(spatial.py), then each reduction gets the first of the GEMM family's register tile
-(gemm.py), the strided-window gather (reductions.py, conv.py), vector partial sums along
-contiguous reduction rows (reductions.py's lane reduction), a scalar tile, a plain loop nest;
+(spatial.py), then each reduction gets the first of conv forward's per-image tiles on
+AVX-512 (conv_forward.py), the GEMM family's register tile (gemm.py), the strided-window
+gather (reductions.py, conv.py), vector partial sums along contiguous reduction rows
+(reductions.py's lane reduction), a scalar tile, a plain loop nest;
 the spatial blocks left standing are scheduled last (spatial.py).
 
 Reduction order is kept except by the GEMV rule and the lane reductions (rfactor): every
@@ -36,7 +37,7 @@ from .analysis import (_buffers, _children, _const, _has_contraction, _max_block
                        parallel_write_races)
 # The rules below are looked up in their files at call time (gemm._tile_reduction, ...), so a
 # test or bench that patches a rule in its file reaches every caller.
-from . import gemm, gemv, int8, spatial
+from . import conv_forward, gemm, gemv, int8, spatial
 from .spatial import _inline_spatial
 from .reductions import (_gather_reduction, _lane_reduction, _plain_reduction, _row_fusion,
                          _tile_reduction_scalar)
@@ -180,6 +181,7 @@ def _tvmfront_rule(func, params, tiled_only=False):
         if not _reduction_iters(sch.get(block)) or name in done:  # done: by a kernel rule
             continue
         for rule, strategy in (("row_fusion", _row_fusion),
+                               ("conv_forward", conv_forward._conv_forward),
                                ("tile_reduction", gemm._tile_reduction),
                                ("gather_reduction", _gather_reduction),
                                ("lane_reduction", _lane_reduction),

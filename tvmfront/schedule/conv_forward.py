@@ -1,0 +1,113 @@
+"""Convolution forward (out[n, o, i, j] = sum_{c, kh, kw} x[n, c, i + kh, j + kw] * w[o, c,
+kh, kw], stride 1, NCHW) on AVX-512: one image per parallel iteration, register tiles of
+output columns x vectors of output channels.
+
+The GEMM family's rule (gemm.py) tiles this loop nest too, but as a contraction: with the
+weight in panels, the panel index runs outermost and is fused with the images for the thread
+pool, so the zero padding stays one serial pass over the whole input before the tiles, and
+each thread sweeps every image. Here the images run in parallel, each padded inside its own
+iteration (in cache, on every core), and every output-channel panel of the small packed weight
+is swept per image (b32 32->64 @28 on two AVX-512 threads: 4.8 -> 4.6 ms, 64->64 @14 2.6 ->
+2.2 ms; see the commit).
+
+The tile stays at 14 accumulators (7 columns x v32, each image element broadcast once per
+two FMAs): tiles of 28 (7 x v64, 14 x v32, 2 rows x 7 x v32, 28 x v16) made LLVM spill
+accumulators to the stack (70-93 GF/s on one Zen 4 core against 104), and neither 14 x v16,
+blocking the input channels to keep the weight slice in L1, nor writing the tile back at the
+end of each row was faster.
+"""
+
+from .params import CONV_MIN_VECTOR_BITS, PARALLEL_CHUNKS_PER_CORE
+from .failures import NotApplicable
+from .analysis import _BlockInfo, _const
+from .loops import _largest_divisor, _parallel_worth_it, _parallelize, _vectorize_innermost
+from .spatial import _absorb_epilogues
+from . import gemm
+
+
+def _conv_forward(sch, name, params):
+    """(note, touched blocks) of a stride-1 NCHW convolution forward block `name`: the
+    output channels o split into vectors of `registers` SIMD registers (the weight packed
+    [o // vec, c, kh, kw, o % vec], read as whole vectors), the output columns j into a
+    register tile; loops (n | o // vec, i, j // tile | c, kh, kw | j % tile, o % vec), the
+    tile accumulated in a buffer laid out [n, i, j, o] and written back (with pointwise
+    epilogues) after each tile. Raises NotApplicable for other blocks."""
+    if params.vector_bits < CONV_MIN_VECTOR_BITS:
+        raise NotApplicable("measured on AVX-512 only: the GEMM family's tiles")
+    block = sch.get_sblock(name)
+    info = _BlockInfo(sch, block)
+    n, o, i, j, image, weight = _conv_axes(info)
+    lanes = params.lanes(info.dtype)
+    registers = _vector_registers(info, o, lanes)
+    vec = registers * lanes
+    columns = _largest_divisor(info.extents[j], params.acc_registers // registers)
+    # Fewer accumulators than half the budget (4 columns x v32: 8 of 24) leave the FMA
+    # latency uncovered; the GEMM family's rule tiles channels or images there instead.
+    if 2 * columns * registers < params.acc_registers:
+        raise NotApplicable(f"{info.extents[j]} columns: no register tile")
+    if not _parallel_worth_it(info, vec, params):
+        raise NotApplicable("too small to run in parallel")
+    # The weight in panels of vec output channels, copied a panel at a time (gemm's copy).
+    packed = gemm._pack_panels(sch, info, weight[0], weight[1], o, vec, params)
+    block = sch.get_sblock(name)
+    info = _BlockInfo(sch, block)
+    loops = info.loops
+    o_out, o_vec = sch.split(loops[o], factors=[None, vec])
+    j_out, j_tile = sch.split(loops[j], factors=[None, columns])
+    red = [loops[k] for k in info.reduction]
+    sch.reorder(loops[n], o_out, loops[i], j_out, *red, j_tile, o_vec)
+    per_image = info.extents[n] >= PARALLEL_CHUNKS_PER_CORE * params.cores
+    outer, _ = _parallelize(sch, [loops[n]] if per_image else [loops[n], o_out, loops[i]],
+                            params)
+    writeback = sch.cache_write(block, 0, "global")
+    sch.transform_layout(writeback, ("read", 0), lambda a, b, c, d: [a, c, d, b])
+    sch.reverse_compute_at(writeback, j_out, preserve_unit_loops=True)
+    epilogue = _absorb_epilogues(sch, writeback)
+    padded = gemm._pad_per_iteration(sch, block, outer[0], info, lanes) if per_image else []
+    sch.unroll(red[-1])
+    sch.unroll(j_tile)
+    sch.vectorize(o_vec)
+    _vectorize_innermost(sch, writeback, lanes)
+    init = sch.decompose_reduction(block, red[0])
+    _vectorize_innermost(sch, init, lanes)
+    touched = {name, packed, sch.get(init).name_hint, sch.get(writeback).name_hint, *padded}
+    note = (f"conv[{columns}xv{vec}, parallel{' per image' if per_image else ''}, packed w"
+            f"{', padded per image' if padded else ''}"
+            f"{', +' + '+'.join(epilogue) if epilogue else ''}]")
+    return note, touched
+
+
+def _conv_axes(info):
+    """(n, o, i, j, image read, weight read) of a stride-1 NCHW convolution forward block:
+    spatial axes n, o, i, j (all static but n) and three reductions c, kh, kw; the image
+    read x[n, c, i + kh, j + kw] (contiguous along j, constant along o) and the weight
+    w[o, c, kh, kw] (constant along n, i, j). Raises NotApplicable otherwise."""
+    if info.kinds != ["S"] * 4 + ["R"] * 3 or len(info.reads) != 2:
+        raise NotApplicable("not a 2-D convolution's loop nest")
+    n, o, i, j = 0, 1, 2, 3
+    if any(k in info.symbolic for k in (o, i, j, *info.reduction)) or \
+            info.write_strides[j] != 1 or info.write_strides[o] in (0, 1, None):
+        raise NotApplicable("not a static NCHW output")
+    image = weight = None
+    for read in info.reads:
+        strides = read[2]
+        if strides[o] == 0 and strides[j] == 1 and strides[i] == strides[info.reduction[1]] \
+                and strides[j] == strides[info.reduction[2]] and strides[n] not in (0, None):
+            image = read
+        elif all(strides[k] == 0 for k in (n, i, j)) and strides[o] not in (0, None) and \
+                all(strides[k] not in (0, None) for k in info.reduction):
+            weight = read
+    if image is None or weight is None or \
+            _const(weight[1].source.shape[0]) != info.extents[o]:
+        raise NotApplicable("not a stride-1 convolution's operands")
+    return n, o, i, j, image, weight
+
+
+def _vector_registers(info, o, lanes):
+    """SIMD registers per vector of output channels: two (a broadcast image element feeds
+    two FMAs). Where they do not tile the channels (16 on AVX-512), the GEMM family's tiles
+    win (ResNet's 16->16 @32, one AVX-512 core: 16 columns x v16 took 3.3 ms, its 8 x v32
+    along the columns 3.0)."""
+    if info.extents[o] % (2 * lanes):
+        raise NotApplicable(f"{info.extents[o]} output channels: no two-register vectors")
+    return 2
