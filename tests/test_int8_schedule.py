@@ -182,6 +182,27 @@ def test_conv_tiles_keep_their_accumulators_in_registers(isa, x_shape, w_shape, 
         np.testing.assert_array_equal(run(ex, out, x, w, b, m, direct),
                                       qconv2d_ref(x, w, b, m, **REQUANT, **kw))
 
+
+def test_vnni_epilogue_reads_the_tile_by_channels_and_chunks_the_parallel_tiles():
+    """A requantizing convolution on VNNI: the epilogue runs along the channels (the tile's
+    own layout, one register of 16 channels per row), not along the pixels (a column of
+    the tile per vector: in the ResNet's kernels 16 vpgatherdd per tile); the parallel loop
+    runs chunks of tiles (64 here), not single tiles, so the 1 KiB accumulator's workspace
+    is taken once per chunk. Exact where this CPU has VNNI."""
+    target = resolve_target(VNNI_TARGET)
+    x, w, b, m = operands(np.random.default_rng(8), (2, 16, 32, 32), (16, 16, 3, 3), 255)
+    kw = {"x_max": 255, "padding": 1, "direct": True, **REQUANT}
+    mod, rule, fallbacks, _ = schedule_kernel("conv", x, w, b, m, target, **kw)
+    assert "[16x16x4, epilogue in tile by channels, parallel]" in rule and not fallbacks, rule
+    parallel = re.findall(r"in T.parallel\((\d+)\)", mod.script())
+    assert parallel == [str(si.PARALLEL_CHUNKS)], parallel  # (n, Ho) fused: 2 x 32
+    ex, _, _, out = build("conv", x, w, b, m, target, **kw)
+    if VNNI:
+        kw.pop("direct"), kw.pop("x_max")
+        np.testing.assert_array_equal(run(ex, out, x, w, b, m, True),
+                                      qconv2d_ref(x, w, b, m, **kw))
+
+
 def _blocks(mod):
     """The names of the scheduled kernel's blocks."""
     from tvmfront.schedule.analysis import _walk_stmts
@@ -227,6 +248,7 @@ def test_elementwise_ops_fused_after_the_gemm_run_in_its_tile():
                                                 after=after, extra=[rp], **kw)
     func = mod["k"]
     assert "epilogue in tile" in rule and not fallbacks
+    assert "by channels" not in rule, rule  # the residual's 16 strided loads cost more
     blocks = _blocks(mod)
     assert "T_relu" in blocks and "T_add" not in blocks and "qconv2d" not in blocks, blocks
     ex = tvm.compile(mod, resolve_target("x86:avx2"))
