@@ -10,6 +10,7 @@ import tvmfront as tvf
 from tvmfront import records as records_mod
 from tvmfront._tvm import relax, relax_call_tir_op, to_device, to_numpy
 from tvmfront.build import schedule_lowered
+from tvmfront.tuning.tasks import kernels_of
 from tvmfront.runtime.modules import PACKED_FORWARD, PARAM_TRANSFORM
 
 nn = tvf.nn
@@ -70,6 +71,14 @@ def test_forward_runs_on_weights_packed_once(module):
              if gv.name_hint.startswith("fused_dense_packed")}
     assert len(notes) == 3 and not any("packed" in n.split("[", 1)[1] for n in notes.values()), \
         notes
+
+
+def test_tuning_counts_the_packing_as_run_once(module):
+    # tvf.tune weighs kernels by their calls per forward: the packing is not one of them
+    calls = {k.name: (k.calls, k.other_calls) for k in kernels_of(module)}
+    packing = [c for name, c in calls.items() if "pack_panels" in name]
+    assert len(packing) == 3 and all(c[0] == 0 and c[1] >= 1 for c in packing), calls
+    assert all(c[0] == 1 for name, c in calls.items() if "dense_packed" in name), calls
 
 
 def test_answers_are_the_models(module):
