@@ -235,7 +235,9 @@ class _Compiled:
         self._inputs = input_specs(manifest)
         self._fast = self._fast_input_spec()
         self._local = threading.local()  # per thread: the fast path's input tensor
-        self._packed = None  # (the parameter list they were made from, transformed params)
+        # (the parameter list they were made from, predict_packed, the transformed parameters);
+        # False: the library has no predict_packed; None: not looked up yet
+        self._packed = None
 
     def _fast_input_spec(self):
         """(shape, dtype) of the one input when every dimension is a number and the module
@@ -346,12 +348,15 @@ class _Compiled:
         packed for the kernels, tvmfront.prepack) where the library has them, else predict
         on the parameters as they are (a training step's predict, a module built before)."""
         packed = self._packed
+        if packed is False:
+            return self._function("predict"), self._params
         if packed is not None and packed[0] is self._params:
             return packed[1], packed[2]
         try:
             transform = self._function(PARAM_TRANSFORM)
             forward = self._function(PACKED_FORWARD)
         except Exception:  # noqa: BLE001 - TVM's lookup error: a library without them
+            self._packed = False  # looked up once: a failed lookup costs microseconds
             return self._function("predict"), self._params
         params = self._params
         self._packed = (params, forward, [*tuple_items(transform(*params))])
