@@ -9,7 +9,12 @@ The step is compiled with the default schedules (records=False) at the examples'
 (bench/_workloads.py's placeholders where an example is missing). Every distinct kernel is
 built alone and timed with random inputs (tvmfront.tuning.measure, as tvf.tune measures
 them); its FLOPs are TVM's estimate of its loop nest (s_tir.analysis.estimate_tir_flops of
-the PrimFunc's body: a multiply-add counts 2); calls per step from the step's Relax functions. Kinds, by kernel name:
+the PrimFunc's body: a multiply-add counts 2); calls per step from the step's Relax functions.
+Each kernel is also timed inside the step ("in step": a VM instrument around every call,
+wall time, median over --in-step-rounds steps): alone, a kernel's inputs stay in the caches
+across repeats; in the step they come from wherever the kernel before left them, so
+memory-bound kernels (norms, activations, their gradients) take several times longer there,
+and that, not the VM, is most of the gap between the step and the kernels alone. Kinds, by kernel name:
 GEMM (dense, matmul), attention (batch_matmul, softmax), conv, and the rest (elementwise,
 norms, reductions, copies). The sum of kernel times is set beside the measured step: the
 difference is the VM's dispatch, allocation and the host copies. Prints a table; writes
@@ -20,8 +25,10 @@ import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -114,11 +121,46 @@ def breakdown(module):
     return rows
 
 
-def report(rows, step_s, peak, top):
+def in_step_times(module, rounds):
+    """({kernel name: median microseconds per step inside the step}, median ms per step of
+    the VM's builtins (allocation, shape checks)), over `rounds` instrumented steps. Run
+    last: the module's VM keeps the instrument."""
+    per_step, started, current = [], {}, {}
+
+    def instrument(func, symbol, before, ret, *_):
+        if before:
+            started[symbol] = time.perf_counter()
+        else:
+            current[symbol] = current.get(symbol, 0.0) + \
+                (time.perf_counter() - started.pop(symbol)) * 1e6
+        return 0
+
+    module._vm.set_instrument(instrument)
+    for _ in range(rounds + 2):  # two warm-up steps
+        current.clear()
+        time_module(module, min_seconds=0.0, min_runs=1)  # its 3 warm-up calls, then 1
+        per_step.append(dict(current))
+    per_step = per_step[2:]
+    # time_module ran 4 steps per round: a step's share is a quarter of the round's sum
+    names = set().union(*per_step)
+    median = {n: statistics.median(r.get(n, 0.0) for r in per_step) / 4 for n in names}
+    builtins = sum(us for n, us in median.items() if n.startswith("vm.builtin"))
+    return median, builtins / 1e3
+
+
+def report(rows, step_s, peak, top, in_step=None):
+    """The table by kind and the `top` kernels; `in_step` ({name: us per step}, builtins ms)
+    adds the kernels' time inside the step beside their time alone."""
     timed = [r for r in rows if r[3] is not None]
     total_us = sum(calls * us for _, _, calls, us, _ in timed)
+    inside, builtins_ms = in_step if in_step else ({}, None)
+    step_col = f" {'in step':>8}" if inside else ""
+
+    def in_step_ms(mine):
+        return f" {sum(inside.get(r[0], 0.0) for r in mine) / 1e3:>8.2f}" if inside else ""
+
     lines = [f"{'kind':<10} {'kernels':>7} {'calls':>6} {'ms/step':>8} {'share':>6} "
-             f"{'GFLOP':>7} {'GFLOP/s':>8} {'% peak':>7}"]
+             f"{'GFLOP':>7} {'GFLOP/s':>8} {'% peak':>7}{step_col}"]
     for kind, _ in KINDS:
         mine = [r for r in timed if r[1] == kind]
         if not mine:
@@ -128,21 +170,33 @@ def report(rows, step_s, peak, top):
         g = flop / us / 1e3 if us else 0.0
         lines.append(f"{kind:<10} {len(mine):>7} {sum(r[2] for r in mine):>6} {us / 1e3:>8.2f} "
                      f"{100 * us / total_us:>5.1f}% {flop / 1e9:>7.2f} {g:>8.1f} "
-                     + (f"{100 * g / peak:>6.1f}%" if peak else "    n/a"))
+                     + (f"{100 * g / peak:>6.1f}%" if peak else "    n/a") + in_step_ms(mine))
     flop = sum(c * f for _, _, c, _, f in timed)
     lines.append(f"{'all':<10} {len(timed):>7} {sum(r[2] for r in timed):>6} "
                  f"{total_us / 1e3:>8.2f} {100.0:>5.1f}% {flop / 1e9:>7.2f} "
                  f"{flop / total_us / 1e3:>8.1f} "
-                 + (f"{100 * flop / total_us / 1e3 / peak:>6.1f}%" if peak else "    n/a"))
+                 + (f"{100 * flop / total_us / 1e3 / peak:>6.1f}%" if peak else "    n/a")
+                 + in_step_ms(timed))
     lines.append(f"kernels alone {total_us / 1e3:.2f} ms; the whole step measured "
                  f"{step_s * 1e3:.2f} ms ({step_s * 1e3 - total_us / 1e3:+.2f} ms outside the "
                  f"kernels, or the kernels run slower in the step than alone)"
                  + (f"; measured FMA peak {peak:.0f} GFLOP/s" if peak else ""))
-    lines.append(f"\nthe {top} kernels taking the most time per step:")
-    lines.append(f"{'kernel':<48} {'kind':<9} {'calls':>5} {'us/call':>9} {'GFLOP/s':>8}")
-    for name, kind, calls, us, f in sorted(timed, key=lambda r: -r[2] * r[3])[:top]:
+    if inside:
+        lines.append(f"inside the step (instrumented, each call timed): kernels "
+                     f"{sum(inside.get(r[0], 0.0) for r in timed) / 1e3:.2f} ms, the VM's "
+                     f"builtins {builtins_ms:.2f} ms")
+    lines.append(f"\nthe {top} kernels taking the most time per step"
+                 + (" (in the step)" if inside else "") + ":")
+    lines.append(f"{'kernel':<48} {'kind':<9} {'calls':>5} {'us/call':>9} {'GFLOP/s':>8}"
+                 + (f" {'in step us/call':>15}" if inside else ""))
+
+    def weight(r):
+        return -inside.get(r[0], 0.0) if inside else -r[2] * r[3]
+
+    for name, kind, calls, us, f in sorted(timed, key=weight)[:top]:
         lines.append(f"{name[:48]:<48} {kind:<9} {calls:>5} {us:>9.1f} "
-                     f"{f / us / 1e3 if us else 0:>8.1f}")
+                     f"{f / us / 1e3 if us else 0:>8.1f}"
+                     + (f" {inside.get(name, 0.0) / calls:>15.1f}" if inside else ""))
     untimed = [r[0] for r in rows if r[3] is None]
     if untimed:
         lines.append(f"not timed alone (left out above): {', '.join(untimed)}")
@@ -157,14 +211,17 @@ def main():
     p.add_argument("--infer", type=int, default=0, metavar="B",
                    help="the forward at batch B instead of the train step")
     p.add_argument("--top", type=int, default=10)
+    p.add_argument("--in-step-rounds", type=int, default=5, metavar="N",
+                   help="instrumented steps timing each kernel inside the step (0: none)")
     args = p.parse_args()
     module, cfg = build(args.section, args.infer, args.optimizer)
     step_s = time_module(module, min_seconds=1.0)
     rows = breakdown(module)
+    in_step = in_step_times(module, args.in_step_rounds) if args.in_step_rounds else None
     what = f"forward at batch {args.infer}" if args.infer else "train step"
     print(f"{args.section} {what}, default schedules; shapes: {cfg['source']}; load average "
           f"{os.getloadavg()[0]:.2f}")
-    print(report(rows, step_s, fma_peak(), args.top))
+    print(report(rows, step_s, fma_peak(), args.top, in_step))
 
 
 if __name__ == "__main__":

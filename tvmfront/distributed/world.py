@@ -2,6 +2,8 @@
 
 import os
 import sys
+import time
+import traceback
 
 from . import env
 from .comm import Communicator, DistributedError, Solo
@@ -56,13 +58,26 @@ def _share_cores():
     os.environ["TVM_NUM_THREADS"] = str(max(1, (cpus or 1) // env.local_size()))
 
 
+# MPI_Abort makes the launcher kill every rank at once, and MPICH's launcher drops what a
+# rank wrote but it had not forwarded yet: a traceback written line by line came out cut.
+# The report is one write, and the launcher gets this long to forward it before the abort.
+_FORWARD_GRACE_S = 0.5
+
+
 def _abort_on_uncaught_exception(world):
     previous = sys.excepthook
 
-    def hook(kind, value, traceback):
-        previous(kind, value, traceback)
-        sys.stderr.write(f"tvmfront.distributed: rank {world.rank} of {world.size} failed "
-                         f"(above); aborting the job, whose other ranks would wait for it\n")
+    def hook(kind, value, tb):
+        if previous is not sys.__excepthook__:  # a user's hook: let it report its own way
+            previous(kind, value, tb)
+            report = ""
+        else:
+            report = "".join(traceback.format_exception(kind, value, tb))
+        report += (f"tvmfront.distributed: rank {world.rank} of {world.size} failed "
+                   f"(above); aborting the job, whose other ranks would wait for it\n")
+        sys.stderr.write(report)
+        sys.stderr.flush()
+        time.sleep(_FORWARD_GRACE_S)
         world.abort(1)
 
     sys.excepthook = hook
