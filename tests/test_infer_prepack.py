@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import tvmfront as tvf
+from tvmfront import prepack
 from tvmfront import records as records_mod
 from tvmfront._tvm import relax, relax_call_tir_op, to_device, to_numpy
 from tvmfront.build import schedule_lowered
@@ -51,6 +52,10 @@ def _kernels_called(func):
 @pytest.fixture(scope="module")
 def module():
     return tvf.compile_inference(_mlp(), inputs=(BATCH, 1, 8, 8), records=False)
+
+
+def test_runtime_and_stage_name_the_same_functions():
+    assert (PARAM_TRANSFORM, PACKED_FORWARD) == (prepack.TRANSFORM, prepack.PACKED)
 
 
 def test_forward_runs_on_weights_packed_once(module):

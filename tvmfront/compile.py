@@ -158,10 +158,12 @@ def compile_inference(model, inputs, target="x86", records=None, dump_ir=None, d
 
 def _prepack_stage(sig, target):
     """The inference stage that packs dense weights once (tvmfront.prepack): predict splits
-    into transform_params (run by the module when parameters are bound) and predict_packed."""
+    into transform_params (run by the module when parameters are bound) and predict_packed.
+    Panels are two vectors wide (the register tile of schedule/gemm.py); CPU targets only."""
     from . import prepack  # loads TVM
+    from .schedule.params import CpuParams
 
-    width = prepack.panel_width(target)
+    width = 2 * CpuParams(target).lanes("float32") if target.kind.name == "llvm" else None
     return ("prepack_weights",
             lambda mod: prepack.prepack_weights(mod, len(sig.inputs), len(sig.params), width))
 

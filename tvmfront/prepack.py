@@ -26,22 +26,13 @@ reads the weight as it is, contiguously along K: such calls are left alone.
 """
 
 from ._tvm import PyExprMutator, mutator, relax, relax_call_tir_op, s_tir, tirx, tvm
-from .schedule.analysis import _walk_stmts
 
-from .runtime.modules import PACKED_FORWARD as PACKED, PARAM_TRANSFORM as TRANSFORM
+# The functions the stage makes; the runtime (which imports nothing of the frontend) names
+# them too: runtime/modules.py's PARAM_TRANSFORM and PACKED_FORWARD.
+TRANSFORM, PACKED = "transform_params", "predict_packed"
 
 # Whether compile_inference packs dense weights once (off: every call packs, as before).
 ENABLED = True
-
-
-def panel_width(target):
-    """The panel width P for float32 dense weights on `target`: two vectors (the register
-    tile's width in schedule/gemm.py), or None where no panels apply (not a CPU target)."""
-    if not ENABLED or target.kind.name != "llvm":
-        return None
-    from .schedule.params import CpuParams
-
-    return 2 * CpuParams(target).lanes("float32")
 
 
 def _static(shape):
@@ -64,10 +55,9 @@ def _dense_shape(func):
     (m, k), (n, k2), (m2, n2) = shapes
     if (k, m, n) != (k2, m2, n2):
         return None
-    blocks = []
-    _walk_stmts(func.body, lambda s: blocks.append(s) if isinstance(s, s_tir.SBlock) and
-                s.name_hint != "root" else None)
-    if len(blocks) != 1 or not _is_dense_block(blocks[0], a, w, out):
+    sch = s_tir.Schedule(func)
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    if len(blocks) != 1 or not _is_dense_block(sch.get(blocks[0]), a, w, out):
         return None
     return m, n, k
 
@@ -142,10 +132,9 @@ def dense_packed(a: T.Buffer((T.int64({m}), T.int64({k})), "float32"),
 
 
 def _prim_func(template, **sizes):
-    from tvm.script import tirx as script  # noqa: PLC0415 - TVMScript's T, for the parser
-
-    return tvm.script.from_source(template.format(**sizes), extra_vars={"T": script},
-                                  s_tir=True)
+    """The TVMScript `template` at `sizes`, parsed (its T is TVMScript's TIR namespace)."""
+    return tvm.script.from_source(template.format(**sizes),
+                                  extra_vars={"T": tvm.script.tirx}, s_tir=True)
 
 
 def _panels_of(n, width):
@@ -213,9 +202,10 @@ class _OnPanels(PyExprMutator):
 def prepack_weights(mod, n_inputs, n_params, width):
     """The stage (see the module's docstring): `mod` with predict(*inputs, *params, *buffers)
     split into transform_params and predict_packed, when any dense weight qualifies;
-    unchanged otherwise. width: the panel width (panel_width), None for no packing."""
+    unchanged otherwise. width: the panel width for float32 (two vector registers: the
+    register tile's width in schedule/gemm.py), None for no packing."""
     gvar = next((g for g in mod.get_global_vars() if g.name_hint == "predict"), None)
-    if width is None or gvar is None:
+    if not ENABLED or width is None or gvar is None:
         return mod
     func = mod[gvar]
     inputs = list(func.params[:n_inputs])

@@ -20,7 +20,8 @@ from . import bundle, cpu
 from .manifest import LIBRARY, OPTIMIZER, PARAMS
 
 # The VM functions of an inference library whose dense weights are packed once
-# (tvmfront.prepack): transform_params(*params) -> the parameters predict_packed takes.
+# (tvmfront.prepack, whose TRANSFORM and PACKED they are: the runtime imports no frontend
+# module): transform_params(*params) -> the parameters predict_packed takes.
 PARAM_TRANSFORM, PACKED_FORWARD = "transform_params", "predict_packed"
 
 

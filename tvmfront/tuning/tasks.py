@@ -3,7 +3,7 @@
 from .._tvm import normalize_prim_func, relax, relax_call_tir_op, structural_hash, tvm
 from ..errors import TvmfrontError
 from .symbolic import tuning_module
-from ..runtime.modules import PACKED_FORWARD
+from ..prepack import PACKED as PACKED_FORWARD
 
 OTHER_CALLS_WEIGHT = 0.02  # calls outside the main function (eval predict, loss): tuned last
 
