@@ -36,6 +36,7 @@ ENABLED = True
 
 
 def _static(shape):
+    """A shape as ints, None when a dimension is symbolic."""
     try:
         return [int(d) for d in shape]
     except TypeError:
@@ -67,7 +68,7 @@ def _is_dense_block(block, a, w, out):
     reduction), initialized to 0."""
     iters = block.iter_vars
     if len(iters) != 3 or [int(v.iter_type) for v in iters] != [0, 0, 2]:
-        return None
+        return False
     i, j, k = (v.var for v in iters)
     body, init = block.body, block.init
 
