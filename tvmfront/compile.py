@@ -7,7 +7,7 @@ from ._version import __version__
 from .nn.init import seed
 from .nn.loss import CrossEntropyLoss
 from .runtime.modules import InferenceModule, TrainingModule
-from .target import target_architecture, target_json, target_key
+from .target import resolve_target, target_architecture, target_json, target_key
 
 
 def _named_json(named):
@@ -55,13 +55,15 @@ def build_lowered(lowered, target, records, dump_ir):
     return build(lowered, target, records, dump_ir)
 
 
-def _build(mod, target, records, dump_ir, debug_nans):
-    """Lower (with NaN/Inf checks after every kernel under debug_nans), schedule, compile."""
+def _build(mod, target, records, dump_ir, debug_nans, graph_stages=()):
+    """Lower (with NaN/Inf checks after every kernel under debug_nans), schedule, compile.
+    graph_stages: (name, fn) stages run before legalize (pipeline.lowering)."""
     from . import debug  # these subclass TVM classes: imported when a compile needs TVM
     from . import pipeline as pipeline_mod
 
     dump_ir = dump_ir or config.dump_ir_dir()
-    lowered = pipeline_mod.run(mod, pipeline_mod.lowering(debug.enabled(debug_nans)), dump_ir)
+    stages = pipeline_mod.lowering(debug.enabled(debug_nans), graph_stages)
+    lowered = pipeline_mod.run(mod, stages, dump_ir)
     return build_lowered(lowered, target, records, dump_ir)
 
 
@@ -146,11 +148,24 @@ def compile_inference(model, inputs, target="x86", records=None, dump_ir=None, d
       array, or a tuple for a method returning a tuple (e.g. `decode(token, pos, k_cache,
       v_cache) -> (logits, k_cache, v_cache)` for generation with a KV cache)."""
     mod, sig = graph.build_forward(model, inputs, methods)
-    built = _build(mod, target, records, dump_ir, debug_nans)
+    target = resolve_target(target)
+    built = _build(mod, target, records, dump_ir, debug_nans, [_prepack_stage(sig, target)])
     module = InferenceModule(built.library, _manifest("inference", sig, built.target),
                              model.state_dict(), library_bytes=built.library_bytes,
                              executable=built.executable)
     return _remember(module, built, records)
+
+
+def _prepack_stage(sig, target):
+    """The inference stage that packs dense weights once (tvmfront.prepack): predict splits
+    into transform_params (run by the module when parameters are bound) and predict_packed.
+    Panels are two vectors wide (the register tile of schedule/gemm.py); CPU targets only."""
+    from . import prepack  # loads TVM
+    from .schedule.params import CpuParams
+
+    width = 2 * CpuParams(target).lanes("float32") if target.kind.name == "llvm" else None
+    return ("prepack_weights",
+            lambda mod: prepack.prepack_weights(mod, len(sig.inputs), len(sig.params), width))
 
 
 def _remember(module, built, records):

@@ -81,9 +81,12 @@ DEBUG_NANS_LOWERING = [stage for stage in LOWERING if stage[0] not in ("fuse_ops
 DEBUG_NANS_LOWERING.insert(len(DEBUG_NANS_LOWERING) - 1, ("check_finite", insert_finite_checks))
 
 
-def lowering(debug_nans=False):
-    """The lowering stages: LOWERING, or DEBUG_NANS_LOWERING when checking for NaN/Inf."""
-    return DEBUG_NANS_LOWERING if debug_nans else LOWERING
+def lowering(debug_nans=False, graph_stages=()):
+    """The lowering stages: LOWERING, or DEBUG_NANS_LOWERING when checking for NaN/Inf, with
+    `graph_stages` (name, fn) run right after lower_grad_calls, before legalize (an inference
+    module's prepack_weights: it rewrites the call_tir kernels the graph emitted)."""
+    stages = DEBUG_NANS_LOWERING if debug_nans else LOWERING
+    return stages[:1] + list(graph_stages) + stages[1:] if graph_stages else stages
 
 
 def run(mod, stages, dump_dir=None):

@@ -19,6 +19,11 @@ from ..errors import BundleError, ShapeError, TargetError
 from . import bundle, cpu
 from .manifest import LIBRARY, OPTIMIZER, PARAMS
 
+# The VM functions of an inference library whose dense weights are packed once
+# (tvmfront.prepack, whose TRANSFORM and PACKED they are: the runtime imports no frontend
+# module): transform_params(*params) -> the parameters predict_packed takes.
+PARAM_TRANSFORM, PACKED_FORWARD = "transform_params", "predict_packed"
+
 
 @functools.cache
 def _numpy_dtype(name):
@@ -231,6 +236,9 @@ class _Compiled:
         self._inputs = input_specs(manifest)
         self._fast = self._fast_input_spec()
         self._local = threading.local()  # per thread: the fast path's input tensor
+        # (the parameter list they were made from, predict_packed, the transformed parameters);
+        # False: the library has no predict_packed; None: not looked up yet
+        self._packed = None
 
     def _fast_input_spec(self):
         """(shape, dtype) of the one input when every dimension is a number and the module
@@ -289,6 +297,7 @@ class _Compiled:
         if self.not_runnable_reason is None:
             self._vm_ = virtual_machine(library, self.device)
             self._functions = {}
+            self._packed = None
         self._executable, self._library_bytes = executable, library_bytes
 
     # ---- parameters ------------------------------------------------------------------------
@@ -334,16 +343,38 @@ class _Compiled:
                              f"{ {n: len(a) for (n, _), a in zip(self._inputs, arrays)} }")
         return arrays
 
+    def _forward(self):
+        """(the forward's VM function, its parameters): predict_packed on the parameters that
+        transform_params made from the current ones (made once per parameter set: weights
+        packed for the kernels, tvmfront.prepack) where the library has them, else predict
+        on the parameters as they are (a training step's predict, a module built before)."""
+        packed = self._packed
+        if packed is False:
+            return self._function("predict"), self._params
+        if packed is not None and packed[0] is self._params:
+            return packed[1], packed[2]
+        try:
+            transform = self._function(PARAM_TRANSFORM)
+            forward = self._function(PACKED_FORWARD)
+        except Exception:  # noqa: BLE001 - TVM's lookup error: a library without them
+            self._packed = False  # looked up once: a failed lookup costs microseconds
+            return self._function("predict"), self._params
+        params = self._params
+        self._packed = (params, forward, [*tuple_items(transform(*params))])
+        return forward, self._packed[2]
+
     def _run_predict(self, arrays):
-        return to_numpy(self._function("predict")(*[to_device(a, self.device) for a in arrays],
-                                                  *self._params, *self._buffers))
+        forward, params = self._forward()
+        return to_numpy(forward(*[to_device(a, self.device) for a in arrays], *params,
+                                *self._buffers))
 
     def _predict_fast(self, x):
         """The forward on `x` through the fast path, or None when `x` needs the general one."""
         tensor = self._fast_input(x)
         if tensor is None:
             return None
-        return to_numpy(self._function("predict")(tensor, *self._params, *self._buffers))
+        forward, params = self._forward()
+        return to_numpy(forward(tensor, *params, *self._buffers))
 
     # ---- forward ---------------------------------------------------------------------------
     @property

@@ -3,6 +3,7 @@
 from .._tvm import normalize_prim_func, relax, relax_call_tir_op, structural_hash, tvm
 from ..errors import TvmfrontError
 from .symbolic import tuning_module
+from ..prepack import PACKED as PACKED_FORWARD
 
 OTHER_CALLS_WEIGHT = 0.02  # calls outside the main function (eval predict, loss): tuned last
 
@@ -35,8 +36,14 @@ class Kernel:
 
 
 # ---- kernels, calls and default latencies ---------------------------------------------------
-def _main_function(module):
-    return "train_step" if getattr(module, "kind", None) == "training" else "predict"
+def _main_function(module, lowered):
+    """The function a call of the module runs: train_step, or an inference module's forward
+    (predict_packed where its weights are packed once: transform_params runs once, not per
+    call; tvmfront.prepack)."""
+    if getattr(module, "kind", None) == "training":
+        return "train_step"
+    names = {gv.name_hint for gv in lowered.get_global_vars()}
+    return PACKED_FORWARD if PACKED_FORWARD in names else "predict"
 
 
 def _call_counts(lowered, main):
@@ -86,7 +93,7 @@ def kernels_of(module, sizes=None):
     """The module's tuning tasks as Kernel rows (default latencies not measured yet).
     Symbolic kernels are tasks at their specialization to `sizes` (tuning.symbolic)."""
     lowered, _ = lowered_of(module)
-    inside, outside = _call_counts(lowered, _main_function(module))
+    inside, outside = _call_counts(lowered, _main_function(module, lowered))
     tuning, symbolic = tuning_module(lowered, sizes)
     by_hash = {}
     for gvar, func in tuning.functions.items():
