@@ -35,8 +35,11 @@ class Encoder(nn.Module):
 
 
 def _lowered_calls(module):
-    """Kernel names called by the compiled predict function, in call order."""
-    return re.findall(r"call_tir\((\w+),", module._lowered["predict"].script())
+    """Kernel names called by the compiled forward, in call order (predict_packed where the
+    inference module packs its dense weights once: predict then calls it)."""
+    names = {gv.name_hint for gv in module._lowered.get_global_vars()}
+    forward = "predict_packed" if "predict_packed" in names else "predict"
+    return re.findall(r"call_tir\((\w+),", module._lowered[forward].script())
 
 
 # ---- names and layout ----------------------------------------------------------------------
