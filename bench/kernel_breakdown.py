@@ -35,7 +35,7 @@ sys.path.insert(0, HERE)
 
 import tvmfront as tvf  # noqa: E402
 from tvmfront._tvm import s_tir  # noqa: E402
-from tvmfront.tuning.measure import measure_kernels, time_module  # noqa: E402
+from tvmfront.tuning.measure import measure_kernels, module_call, time_module  # noqa: E402
 from tvmfront.tuning.tasks import kernels_of  # noqa: E402
 
 import _tvf_models  # noqa: E402
@@ -135,15 +135,15 @@ def in_step_times(module, rounds):
                 (time.perf_counter() - started.pop(symbol)) * 1e6
         return 0
 
+    step = module_call(module)
     module._vm.set_instrument(instrument)
     for _ in range(rounds + 2):  # two warm-up steps
         current.clear()
-        time_module(module, min_seconds=0.0, min_runs=1)  # its 3 warm-up calls, then 1
+        step()
         per_step.append(dict(current))
     per_step = per_step[2:]
-    # time_module ran 4 steps per round: a step's share is a quarter of the round's sum
     names = set().union(*per_step)
-    median = {n: statistics.median(r.get(n, 0.0) for r in per_step) / 4 for n in names}
+    median = {n: statistics.median(r.get(n, 0.0) for r in per_step) for n in names}
     builtins = sum(us for n, us in median.items() if n.startswith("vm.builtin"))
     return median, builtins / 1e3
 

@@ -224,8 +224,7 @@ def prepack_weights(mod, n_inputs, n_params, width):
         sizes = dict(m=m, n=n, k=k, p=p, no=n // p, block=block, kb=k // block)
         pack[w] = bb.add_func(_prim_func(_PACK, **sizes), "pack_panels")
         dense[w] = bb.add_func(_prim_func(_DENSE, **sizes), "dense_packed")
-        panels[w] = relax.Var(f"{w.name}_panels",
-                              relax.TensorType((n // p, k, p), "float32"))
+        panels[w] = relax.Var(f"{w.name}_panels", _panels_type(n, k, p))
     _emit_transform(bb, params, chosen, pack)
     on_panels = _OnPanels(bb.get(), panels, dense)
     body = on_panels.visit_expr(func.body)
@@ -235,6 +234,11 @@ def prepack_weights(mod, n_inputs, n_params, width):
     bb.add_func(packed, PACKED)
     _emit_predict(bb, inputs, params, buffers)
     return bb.get()
+
+
+def _panels_type(n, k, p):
+    """The type of an [n, k] float32 weight's panels [n / p, k, p]."""
+    return relax.TensorType((n // p, k, p), "float32")
 
 
 def _fresh(var):
@@ -248,9 +252,8 @@ def _emit_transform(bb, params, chosen, pack):
         outs = []
         for p, a in zip(params, args):
             if p in chosen:
-                m, n, k, width = chosen[p]
-                a = bb.emit(relax.call_tir(pack[p], [a],
-                                           relax.TensorType((n // width, k, width), "float32")))
+                _, n, k, width = chosen[p]
+                a = bb.emit(relax.call_tir(pack[p], [a], _panels_type(n, k, width)))
             outs.append(a)
         bb.emit_func_output(relax.Tuple(outs))
 

@@ -45,7 +45,7 @@ def drop_unread_inputs(mod):
 def _call_sites(mod):
     """{kernel name: number of inputs} for the kernels that only call_tir calls (each call
     passing its inputs as a tuple, every call the same number); other kernels are absent."""
-    inputs, refused, seen = {}, set(), {}
+    inputs, refused, seen, calls = {}, set(), {}, {}
 
     def visit(expr):
         if isinstance(expr, relax.GlobalVar):
@@ -60,7 +60,6 @@ def _call_sites(mod):
             refused.add(name)
         calls[name] = calls.get(name, 0) + 1
 
-    calls = {}
     for func in mod.functions.values():
         if isinstance(func, relax.Function):
             relax.analysis.post_order_visit(func, visit)

@@ -116,10 +116,10 @@ def _random(rng, shape, dtype):
     return rng.standard_normal(shape).astype(dtype)
 
 
-def time_module(module, min_seconds=1.0, min_runs=10, seed=0, sizes=None):
-    """Median seconds of one call: a train step (random batch) or a forward. A module with
-    symbolic dimensions is called with `sizes` ({name: size}; a name not given: 64, the size
-    tvf.tune tunes at by default)."""
+def module_call(module, seed=0, sizes=None):
+    """A function running one call of `module` on random inputs made once: a train step
+    (random batch, lr 0) or a forward. Symbolic dimensions take `sizes` ({name: size}; a
+    name not given: 64, the size tvf.tune tunes at by default)."""
     rng = np.random.default_rng(seed)
     sizes = symbolic.check_sizes(sizes)
 
@@ -138,12 +138,13 @@ def time_module(module, min_seconds=1.0, min_runs=10, seed=0, sizes=None):
             y = rng.integers(0, classes, shape(lab)).astype(lab["dtype"])
         else:
             y = rng.standard_normal(shape(lab)).astype(lab["dtype"])
+        return lambda: module.step(x, y, lr=0.0)
+    return lambda: module(x)
 
-        def call():
-            module.step(x, y, lr=0.0)
-    else:
-        def call():
-            module(x)
+
+def time_module(module, min_seconds=1.0, min_runs=10, seed=0, sizes=None):
+    """Median seconds of one call (module_call's), after 3 warm-up calls."""
+    call = module_call(module, seed, sizes)
     for _ in range(3):
         call()
     times = []
