@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 
 import tvmfront as tvf
-from tvmfront import pipeline
 from tvmfront._tvm import prim_func_type, te, tirx
 from tvmfront.unread_inputs import _unread, _without_params
+
+from _lowering_stage import assert_same_steps, without_stage
 
 nn = tvf.nn
 
@@ -18,9 +19,7 @@ def _mlp():
 
 
 def _compile(model, monkeypatch, with_stage, batch=6):
-    monkeypatch.setenv("TVMFRONT_CACHE", "0")
-    stages = [s for s in pipeline.LOWERING if with_stage or s[0] != "drop_unread_inputs"]
-    monkeypatch.setattr(pipeline, "LOWERING", stages)
+    without_stage(monkeypatch, "drop_unread_inputs", with_stage)
     return tvf.compile_training(model, nn.CrossEntropyLoss(), tvf.optim.Adam(0.01),
                                 inputs=(batch, 8), labels=(batch,))
 
@@ -49,15 +48,7 @@ def test_the_steps_numbers_do_not_change(monkeypatch, batch):
     x = rng.standard_normal((5, 8)).astype("float32") if batch == "n" else \
         rng.standard_normal((6, 8)).astype("float32")
     y = np.arange(len(x)) % 4
-    runs = []
-    for with_stage in (False, True):
-        module = _compile(_mlp(), monkeypatch, with_stage, batch)
-        runs.append(([module.step(x, y) for _ in range(4)], module.state_dict()))
-    (losses_a, state_a), (losses_b, state_b) = runs
-    np.testing.assert_allclose(losses_a, losses_b, rtol=1e-6)
-    for name in state_a:
-        np.testing.assert_allclose(state_a[name], state_b[name], rtol=1e-5, atol=1e-7,
-                                   err_msg=name)
+    assert_same_steps(lambda with_stage: _compile(_mlp(), monkeypatch, with_stage, batch), x, y)
 
 
 def test_a_symbolic_size_only_an_unread_input_defines_keeps_that_input():

@@ -9,6 +9,7 @@ import os
 
 from . import config
 from .debug import insert_finite_checks
+from .identity_kernels import elide_identity_copies
 from .unread_inputs import drop_unread_inputs
 from ._tvm import (PyExprMutator, call_tir_with_grad_op, mutator, relax, relax_call_tir_op,
                    tvm)
@@ -69,6 +70,7 @@ LOWERING = [
     ("annotate_patterns", _tvm_pass(relax.transform.AnnotateTIROpPattern())),
     ("unfused_multi_output", keep_multi_output_kernels_unfused),
     ("drop_unread_inputs", drop_unread_inputs),
+    ("elide_identity_copies", elide_identity_copies),
     ("fold_constants", _tvm_pass(relax.transform.FoldConstant())),
     ("fuse_ops", _tvm_pass(relax.transform.FuseOps())),
     ("fuse_tir", _tvm_pass(relax.transform.FuseTIR())),
