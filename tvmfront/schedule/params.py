@@ -82,6 +82,12 @@ GEMV_MAX_VECTOR_REGISTERS = 2
 # load of the vector shared by the rows (4 beat 1, 2 and 8 rows, and 2- or 4-register
 # accumulators, on the decode step's 128..512-wide Linear layers, AVX2).
 GEMV_ROWS = 4
+# TVM puts a buffer allocated inside a kernel on the stack only when it is smaller than this
+# and in "global" scope (runtime::kMaxStackAlloca, LowerTVMBuiltin); any other, "local" ones
+# included, is a TVMBackendAllocWorkspace / FreeWorkspace call pair each time its allocation
+# is reached (once per 16x16 plane in LeNet's max-pool gradient, 384 per call). On the stack
+# LLVM can also keep such a buffer in registers.
+STACK_MAX_BYTES = 1024
 # conv_forward's rule applies from this vector width (AVX-512: 32 registers, where it was
 # measured). AVX2's 16 registers hold tiles of 4 columns x v16 at most, which its tests pin to
 # the GEMM family's choices (4 channels x 2 rows x v8 at 8 columns), untimed against it.
