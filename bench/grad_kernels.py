@@ -9,6 +9,11 @@ compiled train step), both with tvmfront's default CPU schedules; their median t
 ratio; and PyTorch's forward and backward on the same shapes, in its own process. The
 backward is the op's explicit `.grad` (what a train step uses) or, with --gradient derived,
 the one autodiff derives from the forward. --rules prints the schedule rule of each kernel.
+
+Threads: TVM_NUM_THREADS defaults to the CPUs visible, set before TVM starts its pool (as in
+bench/default_schedules.py). Unset, TVM runs one thread on a 2-CPU x86 machine yet hands every
+parallel kernel to a worker: 8-22 us a launch on a loaded machine, which made a serial forward
+and its parallel backward incomparable (LeNet's max-pool backward 24 us unset, 15 us at 1).
 """
 
 import argparse
@@ -17,12 +22,14 @@ import os
 import subprocess
 import sys
 
-import numpy as np
+os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
 
-import tvmfront as tvf
-from tvmfront import ops
-from tvmfront._tvm import te, to_device, tvm
-from tvmfront.target import resolve_target
+import numpy as np  # noqa: E402
+
+import tvmfront as tvf  # noqa: E402
+from tvmfront import ops  # noqa: E402
+from tvmfront._tvm import te, to_device, tvm  # noqa: E402
+from tvmfront.target import resolve_target  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = {
