@@ -74,6 +74,9 @@ LOWERING = [
     ("fold_constants", _tvm_pass(relax.transform.FoldConstant())),
     ("fuse_ops", _tvm_pass(relax.transform.FuseOps())),
     ("fuse_tir", _tvm_pass(relax.transform.FuseTIR())),
+    # Reshape kernels (Flatten) become views: TVM's build pipeline does this only for kernels
+    # it recognizes as reshapes, which a scheduled (vectorized) copy no longer is.
+    ("reshape_views", _tvm_pass(relax.transform.RewriteDataflowReshape())),
     ("dead_code", _tvm_pass(relax.transform.DeadCodeElimination())),  # keeps public functions
 ]
 

@@ -34,11 +34,13 @@ def _largest_divisor(n, limit):
     return 1
 
 
-def _parallel_worth_it(info, lanes, params):
-    """A parallel launch costs microseconds: only loops with enough (vector) iterations, where
-    each call of a math library function (exp: never vectorized) weighs CALL_ITERATIONS."""
+def _parallel_worth_it(info, lanes, params, minimum=None):
+    """A parallel launch costs microseconds: only loops with enough (vector) iterations
+    (`minimum`, default PARALLEL_MIN_ITERATIONS), where each call of a math library function
+    (exp: never vectorized) weighs CALL_ITERATIONS."""
     iterations = info.work / max(1, lanes) + info.work * info.calls * CALL_ITERATIONS
-    return params.cores > 1 and iterations >= PARALLEL_MIN_ITERATIONS
+    minimum = PARALLEL_MIN_ITERATIONS if minimum is None else minimum
+    return params.cores > 1 and iterations >= minimum
 
 
 def _parallelize(sch, loops, params):

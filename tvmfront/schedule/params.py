@@ -18,6 +18,13 @@ from .._tvm import cpu_vector_bits
 # region waits for its slowest thread: loops with fewer (vector) iterations than this stay on
 # one core (about 50-100 us of single-core work).
 PARALLEL_MIN_ITERATIONS = 1 << 17
+# A register-tiled contraction runs in parallel from this many register FMAs (~18 us on one
+# AVX-512 core, ~9 us on an AVX2 one at two FMAs a cycle): each is a whole vector register's
+# work with no memory stall, so fewer than PARALLEL_MIN_ITERATIONS pay for the launch. The
+# MLP's 64 -> 256 Linear at batch 64 (65K register FMAs) stayed on one core under
+# PARALLEL_MIN_ITERATIONS: 18.3 us there, against a 2-thread minimum of 11.8 us (AVX-512,
+# other jobs on the machine: load 3.6). Its 256 -> 10 Linear (16K) stays on one core.
+GEMM_PARALLEL_MIN_ITERATIONS = 1 << 16
 # LLVM calls libm for these once per element even in vectorized loops (~3 ns for expf here):
 # each call weighs this many vector iterations when deciding on parallel loops.
 LIBRARY_CALLS = frozenset({"exp", "exp2", "exp10", "log", "log2", "log10", "log1p", "tanh",
