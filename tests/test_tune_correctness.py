@@ -16,7 +16,7 @@ import tvmfront as tvf
 from tvmfront import records
 from tvmfront._tvm import meta_schedule, normalize_prim_func, s_tir
 from tvmfront.target import resolve_target, target_json
-from tvmfront.tuning import correctness
+from tvmfront.tuning import correctness, verify
 from tvmfront.tuning.tasks import kernels_of
 
 from _tuning import _private_cache  # noqa: F401  (an autouse fixture)
@@ -140,3 +140,17 @@ def test_tune_drops_a_wrong_record_of_its_store_and_the_module_computes_right(tm
     assert name in report.wrong and "wrong results" in str(report)
     rebuilt = tvf.compile_inference(_mlp(), (4, 16), records=str(tmp_path))
     np.testing.assert_allclose(rebuilt(X), reference, rtol=1e-5, atol=1e-6)
+
+
+def test_records_check_finds_a_wrong_record_and_prune_drops_it(tmp_path):
+    """Stores tuned before tuning checked its records: `tvmfront records check --prune`."""
+    module = tvf.compile_inference(_mlp(), (4, 16), records=False)
+    name, func = _dense_on_panels(module)
+    _write_record(tmp_path, func, _wrong_schedule(func), module._target)
+    lines = []
+    check = verify.check_module("mlp", module, str(tmp_path), rounds=1, min_speedup=0.0,
+                                min_seconds=0.01, log=lines.append)
+    assert list(check.wrong.values()) == [name] and len(records.read(tmp_path)) == 1
+    assert any("computes wrong results" in line for line in lines), lines
+    assert verify.prune(str(tmp_path), [check]) == set(check.wrong)
+    assert len(records.read(tmp_path)) == 0

@@ -279,11 +279,13 @@ def tune(module, budget=64, seconds=None, records=None, progress=True, seed=0,
             report.stopped = run.stop or ("budget" if budget is not None
                                           and run.trials >= budget else "done")
             try:
+                dropped = []
+                if store.is_database(work):  # first: symbolic kernels carry checked records over
+                    report.wrong, dropped = _checked(work, tuning, target, kernels)
                 if generalize and store.is_database(work):
                     report.not_generalized = _generalized(work, lowered, tuning, generalize,
                                                           target)
                 if store.is_database(work):
-                    report.wrong, dropped = _checked(work, tuning, target, kernels)
                     report.merged = merge.merge_folder(work, folder, target=target)
                     correctness.prune(folder, dropped)
             finally:
