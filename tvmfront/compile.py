@@ -159,16 +159,14 @@ def compile_inference(model, inputs, target="x86", records=None, dump_ir=None, d
 def _prepack_stage(sig, target):
     """The inference stage that packs dense weights once (tvmfront.prepack): predict splits
     into transform_params (run by the module when parameters are bound) and predict_packed.
-    Panels are two vectors wide (the register tile of schedule/gemm.py); x86 targets only:
-    a tuned aarch64 build of prepacked kernels gave wrong numbers once under qemu
-    (tests/test_rpc.py, every record applied), not reproduced since: until it is understood,
-    ARM keeps packing per call."""
+    Panels are two vectors wide (the register tile of schedule/gemm.py), on every CPU target.
+    (aarch64 was left out for a while: a tuned build gave wrong numbers; the cause was a
+    wrong MetaSchedule schedule of the dense on panels, on x86 as well, which tuning now
+    catches: tvmfront.tuning.correctness.)"""
     from . import prepack  # loads TVM
-    from ._tvm import target_arch
     from .schedule.params import CpuParams
 
-    x86 = target.kind.name == "llvm" and target_arch(target) == "x86_64"
-    width = 2 * CpuParams(target).lanes("float32") if x86 else None
+    width = 2 * CpuParams(target).lanes("float32") if target.kind.name == "llvm" else None
     return ("prepack_weights",
             lambda mod: prepack.prepack_weights(mod, len(sig.inputs), len(sig.params), width))
 

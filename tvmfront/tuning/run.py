@@ -38,6 +38,9 @@ How a run goes:
    returns normally; a second one (or a KeyboardInterrupt raised elsewhere, e.g. from a
    progress callback) stops at once and KeyboardInterrupt is raised after the merge; further
    ones while the records are saved wait for the save.
+   Before the merge, the best record of every kernel is checked against the kernel's default
+   schedule on random inputs, built for this machine (tvmfront.tuning.correctness): a record
+   that computes wrong results is dropped, from the store too, and the next best checked.
 Symbolic dimensions (a module compiled with ``inputs=("batch", 64)``): MetaSchedule cannot
 tune a kernel with a symbolic loop extent, so steps 1-5 work on each such kernel specialized
 at ``sizes`` (default 64 per name), and before the merge the best record of each
@@ -67,7 +70,7 @@ from .._tvm import Target, meta_schedule
 from ..build import build_lowered, runnable_here
 from ..errors import TvmfrontError
 from ..target import target_json
-from . import interrupt, merge, policy, search, store, symbolic
+from . import correctness, interrupt, merge, policy, search, store, symbolic
 from . import remote as rpc_mod
 from .measure import measured, paired
 from .tasks import kernels_of, lowered_of
@@ -82,7 +85,9 @@ class TuneReport:
     tuning log file), ``module`` (rebuilt in place), and with rpc= ``remote`` (where the
     candidates were timed, as text) and ``servers`` (how many timed them); for a module with
     symbolic dimensions, ``not_generalized`` ({kernel: why} for symbolic kernels whose tuned
-    record could not be carried over from their specialization)."""
+    record could not be carried over from their specialization); ``wrong`` ({kernel: [error
+    of each record dropped]}: tuned schedules that computed wrong results, checked against
+    the default schedule before the merge, tvmfront.tuning.correctness)."""
 
     def __init__(self, module, kernels, store, log_path):
         self.module, self.kernels, self.store, self.log = module, kernels, store, log_path
@@ -94,6 +99,7 @@ class TuneReport:
         self.tuning = None  # the IRModule tuned and timed (symbolic kernels specialized)
         self.sizes = {}  # the sizes symbolic dimensions were tuned at (64 where not given)
         self.not_generalized = {}  # symbolic kernel: why its record did not carry over
+        self.wrong = {}  # kernel: [error of each record dropped as wrong] (tuning.correctness)
 
     def table(self, top=None):
         """The per-kernel table: calls, default and tuned latency, speedup."""
@@ -118,6 +124,9 @@ class TuneReport:
                 f"stopped: {self.stopped}; records: {self.store}")
         if self.remote is not None:
             head += f"\nmeasured over RPC on {self.remote} ({self.servers} server(s))"
+        if self.wrong:
+            head += (f"\nrecords dropped, wrong results against the default schedule: "
+                     f"{', '.join(f'{k} ({len(v)})' for k, v in sorted(self.wrong.items()))}")
         return head + "\n" + self.table()
 
     __repr__ = __str__
@@ -270,17 +279,33 @@ def tune(module, budget=64, seconds=None, records=None, progress=True, seed=0,
             report.stopped = run.stop or ("budget" if budget is not None
                                           and run.trials >= budget else "done")
             try:
+                dropped = []
+                if store.is_database(work):  # first: symbolic kernels carry checked records over
+                    report.wrong, dropped = _checked(work, tuning, target, kernels)
                 if generalize and store.is_database(work):
                     report.not_generalized = _generalized(work, lowered, tuning, generalize,
                                                           target)
                 if store.is_database(work):
                     report.merged = merge.merge_folder(work, folder, target=target)
+                    correctness.prune(folder, dropped)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
             if progress:
                 run.report(final=True)
         _finish(report, module, root, target, remote, sigint.checkpoint)
     return report
+
+
+def _checked(work, tuning, target, kernels):
+    """Drop the records of `work` that compute wrong results (tvmfront.tuning.correctness):
+    ({kernel: [errors]}, [(workload hash, record)]) of those dropped. A check that cannot run
+    is logged and keeps the records (it must not lose a run's records)."""
+    try:
+        return correctness.check_database(work, tuning, target, {k.hash: k.name for k in kernels})
+    except Exception as err:  # noqa: BLE001 - a TVM error here must not lose the records
+        log.warning("the tuned kernels could not be checked against their default schedules: "
+                    "%s", err)
+        return {}, []
 
 
 def _generalized(work, lowered, tuning, generalize, target):

@@ -9,12 +9,16 @@ with prune it then drops from the store:
   - the records of kernels that, timed alone, are now slower than their default schedule
     (and refreshes every verdict: tvmfront.tuning.policy stamps them with today's defaults);
   - the records applied in a module that is no longer faster end to end (min_speedup), unless
-    a module that is faster applies the same kernel's record too.
+    a module that is faster applies the same kernel's record too;
+  - the records that compute wrong results, against the kernel's default schedule on random
+    inputs (tvmfront.tuning.correctness: stores tuned before tuning checked its records).
 """
+
+import tempfile
 
 from ..build import build_lowered
 from ..runtime.modules import InferenceModule, TrainingModule
-from . import policy, store
+from . import correctness, policy, store
 from .measure import paired, time_module
 from .tasks import kernels_of
 
@@ -56,12 +60,13 @@ def _median(xs):
 class ModuleCheck:
     """One module's verdict: ``default_s`` / ``tuned_s`` (median seconds per call),
     ``ratios`` (speedup per round), ``speedup``, ``hashes`` (workloads whose records it
-    applied), ``kernels`` ({hash: (name, default us, tuned us, verdict)}) and ``keep``."""
+    applied), ``kernels`` ({hash: (name, default us, tuned us, verdict)}), ``wrong``
+    ({hash: kernel name} whose record computes wrong results) and ``keep``."""
 
     def __init__(self, name, hashes):
         self.name, self.hashes = name, set(hashes)
         self.default_s = self.tuned_s = None
-        self.ratios, self.kernels = [], {}
+        self.ratios, self.kernels, self.wrong = [], {}, {}
         self.keep = True
         self.applied = 0  # kernels the build with the records scheduled from them
 
@@ -86,6 +91,10 @@ def check_module(name, module, folder, rounds=3, min_speedup=1.0, min_seconds=0.
         log(f"{name}: no record of this store applies")
         return result
     lowered, target = module._lowered, module._target
+    result.wrong = _wrong_records(module, folder, kernels)
+    for h, kname in result.wrong.items():
+        log(f"  kernel {kname}: its record computes wrong results (against its default "
+            f"schedule): dropped with --prune")
     default, tuned = paired(lowered, target, set(kernels), folder)
     for kname, h in kernels.items():
         d, t = default.get(kname), tuned.get(kname)
@@ -109,13 +118,27 @@ def check_module(name, module, folder, rounds=3, min_speedup=1.0, min_seconds=0.
     return result
 
 
+def _wrong_records(module, folder, kernels):
+    """{hash: kernel name} of the kernels ({name: hash}) whose best record in the database
+    `folder` computes wrong results (checked on a copy: the store is left as it is)."""
+    db = store.read(folder, warn=False)
+    if db is None:
+        return {}
+    with tempfile.TemporaryDirectory(prefix="tvmfront-check-") as tmp:
+        store.write(tmp, store.best_only(db))
+        wrong, _ = correctness.check_database(tmp, module._lowered, module._target,
+                                              {h: n for n, h in kernels.items()})
+    return {h: n for n, h in kernels.items() if n in wrong}
+
+
 def to_drop(checks):
-    """Workload hashes whose records go: slower than the default alone, or applied only in
-    modules that are not faster end to end."""
+    """Workload hashes whose records go: slower than the default alone, computing wrong
+    results, or applied only in modules that are not faster end to end."""
     kept = set().union(*[c.hashes for c in checks if c.keep])
     drop = set().union(*[c.hashes for c in checks if not c.keep]) - kept
     for c in checks:
         drop |= {h for h, (_, _, _, verdict) in c.kernels.items() if verdict == "slower"}
+        drop |= set(c.wrong)
     return drop
 
 
