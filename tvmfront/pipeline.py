@@ -9,7 +9,6 @@ import os
 
 from . import config
 from .debug import insert_finite_checks
-from .identity_kernels import elide_identity_copies
 from .unread_inputs import drop_unread_inputs
 from ._tvm import (PyExprMutator, call_tir_with_grad_op, mutator, relax, relax_call_tir_op,
                    tvm)
@@ -70,12 +69,13 @@ LOWERING = [
     ("annotate_patterns", _tvm_pass(relax.transform.AnnotateTIROpPattern())),
     ("unfused_multi_output", keep_multi_output_kernels_unfused),
     ("drop_unread_inputs", drop_unread_inputs),
-    ("elide_identity_copies", elide_identity_copies),
     ("fold_constants", _tvm_pass(relax.transform.FoldConstant())),
     ("fuse_ops", _tvm_pass(relax.transform.FuseOps())),
     ("fuse_tir", _tvm_pass(relax.transform.FuseTIR())),
-    # Reshape kernels (Flatten) become views: TVM's build pipeline does this only for kernels
-    # it recognizes as reshapes, which a scheduled (vectorized) copy no longer is.
+    # Reshape kernels become views: Flatten's, and the copies a derived gradient leaves (a bias
+    # add's or an add's d/dx once drop_unread_inputs removed what it ignores: FuseOps cannot
+    # fuse a copy into the GEMM that reads it). TVM's build pipeline does this only for
+    # kernels it recognizes as reshapes, which a scheduled (vectorized) copy no longer is.
     ("reshape_views", _tvm_pass(relax.transform.RewriteDataflowReshape())),
     ("dead_code", _tvm_pass(relax.transform.DeadCodeElimination())),  # keeps public functions
 ]
