@@ -853,11 +853,8 @@ def running_var_ref(x, moments, running, factor):
     return (1 - factor) * running + factor * moments[1] * count / (count - 1)
 
 
-# bn_moments sums in a tuple reduction (two sums, one pass), which the derived path refuses
-spec(norm.bn_moments, bn_moments_ref, concat(randn(4, 3, 2, 3)), derived=False,
-     id="bn_moments-4x3x2x3")
-spec(norm.bn_moments, bn_moments_ref, concat(randn(5, 2, 1, 1)), derived=False,
-     id="bn_moments-1x1-spatial")
+spec(norm.bn_moments, bn_moments_ref, concat(randn(4, 3, 2, 3)), id="bn_moments-4x3x2x3")
+spec(norm.bn_moments, bn_moments_ref, concat(randn(5, 2, 1, 1)), id="bn_moments-1x1-spatial")
 spec(norm.bn_coefficients, bn_coefficients_ref, concat(moments_of(3), randn(3), randn(3)),
      batch=((0, 1), (1, 0), (2, 0)), id="bn_coefficients-3")  # any channel count
 spec(norm.bn_coefficients, bn_coefficients_ref, concat(moments_of(4), randn(4), randn(4)),
