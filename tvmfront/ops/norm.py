@@ -208,3 +208,105 @@ def _(dy, x, gamma, beta, eps=1e-5):
     dx = te.compute(x.shape, lambda b, ch, i, j: rstd[ch] * gamma[ch] * (
         dy[b, ch, i, j] - dbeta[ch] * inv - xhat(b, ch, i, j) * dgamma[ch] * inv), name="bn_dx")
     return [dx, dgamma, dbeta]
+
+
+def _count_inv(x):
+    n, _, h, w = dims(x.shape)
+    return reciprocal(size((n, h, w)), x.dtype)
+
+
+# ---- BatchNorm2d's training step as three ops: moments, coefficients, normalisation -----------
+# batch_norm above recomputes the statistics in every kernel that needs them: its forward
+# and each of its three gradient kernels (one per input), and the running statistics read x
+# again: about 18 passes over the activation per layer and step. Split, the statistics are
+# two passes (bn_moments, which the running statistics read too), the per-channel
+# coefficients [C]-sized kernels, and the normalisation an elementwise map whose gradient
+# is one pass of two per-channel sums and an elementwise dy * scale; bn_moments' own dx
+# (a mean pass and an elementwise pass) is added to it: about 10 passes in all.
+def _pair_sums(x, first, second, name):
+    """Two per-channel sums over (N, H, W) of NCHW x, of first(b, ch, i, j) and
+    second(b, ch, i, j), in one pass (a tuple reduction: one loop nest, both accumulators)."""
+    n, c, h, w = dims(x.shape)
+    pair_sum = te.comm_reducer(lambda u, v: (u[0] + v[0], u[1] + v[1]),
+                               lambda t0, t1: (tirx.const(0, t0), tirx.const(0, t1)),
+                               name="pair_sum")
+    a = _axes(f"{name}_", (n, h, w))
+    return te.compute((c,), lambda ch: pair_sum((first(a[0], ch, a[1], a[2]),
+                                                 second(a[0], ch, a[1], a[2])), axis=a), name=name)
+
+
+@op
+def bn_moments(x):
+    """[2, C]: the mean and the biased variance over (N, H, W) per channel of NCHW x (the
+    variance about the mean: two passes, no cancellation). Not one tuple reduction of the
+    sums of x - s and (x - s)^2: a model trained on derived gradients derives this forward,
+    and autodiff takes one output per stage."""
+    mean, var, _ = batch_moments(x, "m")
+    return te.compute((2, x.shape[1]), lambda k, ch: tirx.Select(k == 0, mean[ch], var[ch]),
+                      name="bn_moments")
+
+
+@bn_moments.grad
+def _(dm, x):
+    # d mean / dx = 1 / count, d var / dx = 2 (x - mean) / count
+    inv = _count_inv(x)
+    n, c, h, w = dims(x.shape)
+    a = _axes("g_", (n, h, w))
+    mean = te.compute((c,), lambda ch: te.sum(x[a[0], ch, a[1], a[2]] * inv, axis=a),
+                      name="bn_mean")
+    return te.compute(x.shape, lambda b, ch, i, j: (dm[0, ch] + _c(2, x.dtype) * (
+        x[b, ch, i, j] - mean[ch]) * dm[1, ch]) * inv, name="bn_moments_dx")
+
+
+def _bn_rstd(moments, ch, eps):
+    return te.rsqrt(moments[1, ch] + _c(eps, moments.dtype))
+
+
+@op
+def bn_coefficients(moments, gamma, beta, eps=1e-5):
+    """[3, C] from bn_moments' [2, C]: the batch mean, the scale gamma / sqrt(var + eps) and
+    beta, bn_apply's per-channel coefficients."""
+    def coef(k, ch):
+        scale = gamma[ch] * _bn_rstd(moments, ch, eps)
+        return tirx.Select(k == 0, moments[0, ch], tirx.Select(k == 1, scale, beta[ch]))
+
+    return te.compute((3, moments.shape[1]), coef, name="bn_coefficients")
+
+
+@bn_coefficients.grad
+def _(dc, moments, gamma, beta, eps=1e-5):
+    c, d = moments.shape[1], moments.dtype
+
+    def dvar(ch):  # of gamma * rstd: -gamma / 2 * rstd^3
+        r = _bn_rstd(moments, ch, eps)
+        return dc[1, ch] * gamma[ch] * _c(-0.5, d) * r * r * r
+
+    dmoments = te.compute((2, c), lambda k, ch: tirx.Select(k == 0, dc[0, ch], dvar(ch)),
+                          name="dmoments")
+    dgamma = te.compute((c,), lambda ch: dc[1, ch] * _bn_rstd(moments, ch, eps), name="dgamma")
+    dbeta = te.compute((c,), lambda ch: dc[2, ch], name="dbeta")
+    return [dmoments, dgamma, dbeta]
+
+
+@op
+def bn_apply(x, coef):
+    """(x - coef[0]) * coef[1] + coef[2] per channel of NCHW x (bn_coefficients' rows)."""
+    return te.compute(x.shape, lambda b, ch, i, j: (x[b, ch, i, j] - coef[0, ch]) * coef[1, ch]
+                      + coef[2, ch], name="bn_apply")
+
+
+@bn_apply.grad
+def _(dy, x, coef):
+    n, c, h, w = dims(x.shape)
+    dx = te.compute(x.shape, lambda b, ch, i, j: dy[b, ch, i, j] * coef[1, ch],
+                    name="bn_apply_dx")
+
+    def dy_centered(b, ch, i, j):
+        return dy[b, ch, i, j] * (x[b, ch, i, j] - coef[0, ch])
+
+    sum_dy, sum_dyx = _pair_sums(x, lambda b, ch, i, j: dy[b, ch, i, j], dy_centered,
+                                 "bn_grad_sums")
+    dcoef = te.compute((3, c), lambda k, ch: tirx.Select(
+        k == 0, -coef[1, ch] * sum_dy[ch], tirx.Select(k == 1, sum_dyx[ch], sum_dy[ch])),
+        name="bn_dcoef")
+    return [dx, dcoef]
