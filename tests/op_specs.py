@@ -841,7 +841,8 @@ def moments_of(c):
 
 
 def bn_coefficients_ref(moments, gamma, beta, eps=1e-5):
-    return np.stack([moments[0], gamma / np.sqrt(moments[1] + eps), beta])
+    rstd = 1 / np.sqrt(moments[1] + eps)
+    return np.stack([moments[0], gamma * rstd, beta, rstd])
 
 
 def bn_apply_ref(x, coef):
@@ -861,6 +862,8 @@ spec(norm.bn_coefficients, bn_coefficients_ref, concat(moments_of(4), randn(4), 
      attrs={"eps": 1e-3}, batch=(), id="bn_coefficients-4-eps")
 spec(norm.bn_apply, bn_apply_ref, concat(randn(4, 3, 2, 3), randn(3, 3)), batch=((0, 0),),
      id="bn_apply-4x3x2x3")
+spec(norm.bn_apply, bn_apply_ref, concat(randn(4, 3, 2, 3), randn(4, 3)), batch=((0, 0),),
+     id="bn_apply-4-rows")  # bn_coefficients' [4, C]: the rstd row has no gradient
 spec(batch_stats.running_mean_update, lambda m, r, f: (1 - f) * r + f * m[0],
      concat(moments_of(3), randn(3), fixed(np.array(0.1))), grad=False,
      batch=((0, 1), (1, 0)), id="running_mean_update")

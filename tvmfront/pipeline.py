@@ -62,6 +62,16 @@ def _tvm_pass(p):
     return lambda mod: p(mod)
 
 
+def untuple_gradients(mod):
+    """Relax's Gradient binds an op's input gradients as a tuple and reads them back out of
+    it (`t = (g0, g1); g = t[0]`): the tuple is a second consumer of every gradient kernel,
+    so FuseOps fuses none of them with its consumer (the add of two gradient pieces, an
+    activation's gradient after a mean's). CanonicalizeBindings reads t[0] as g0; the
+    tuples, then unread, go."""
+    mod = relax.transform.CanonicalizeBindings()(mod)
+    return relax.transform.DeadCodeElimination()(mod)
+
+
 # Generic lowering after the graph-level stages; identical for training and inference.
 LOWERING = [
     ("lower_grad_calls", lower_grad_calls),
@@ -70,6 +80,7 @@ LOWERING = [
     ("unfused_multi_output", keep_multi_output_kernels_unfused),
     ("drop_unread_inputs", drop_unread_inputs),
     ("fold_constants", _tvm_pass(relax.transform.FoldConstant())),
+    ("untuple_gradients", untuple_gradients),
     ("fuse_ops", _tvm_pass(relax.transform.FuseOps())),
     ("fuse_tir", _tvm_pass(relax.transform.FuseTIR())),
     ("dead_code", _tvm_pass(relax.transform.DeadCodeElimination())),  # keeps public functions

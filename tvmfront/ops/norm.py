@@ -221,8 +221,10 @@ def _count_inv(x):
 # again: about 18 passes over the activation per layer and step. Split, the statistics are
 # two passes (bn_moments, which the running statistics read too), the per-channel
 # coefficients [C]-sized kernels, and the normalisation an elementwise map whose gradient
-# is one pass of two per-channel sums and an elementwise dy * scale; bn_moments' own dx
-# (a mean pass and an elementwise pass) is added to it: about 10 passes in all.
+# is one pass of two per-channel sums and an elementwise dy * scale; bn_moments' own dx, an
+# elementwise map of x and the forward's moments, is added to it, the two pieces and their
+# sum one kernel (pipeline.untuple_gradients): about 8 passes in all, and a ReLU after the
+# normalisation fuses with it (relu's gradient reads relu's output).
 def _pair_sums(x, first, second, name):
     """Two per-channel sums over (N, H, W) of NCHW x, of first(b, ch, i, j) and
     second(b, ch, i, j), in one pass (a tuple reduction: one loop nest, both accumulators)."""
@@ -246,16 +248,13 @@ def bn_moments(x):
                       name="bn_moments")
 
 
-@bn_moments.grad
-def _(dm, x):
-    # d mean / dx = 1 / count, d var / dx = 2 (x - mean) / count
+@bn_moments.grad(uses_output=True)
+def _(dm, moments, x):
+    # d mean / dx = 1 / count, d var / dx = 2 (x - mean) / count: elementwise, the mean read
+    # from the forward's moments, so it fuses with bn_apply's dx into one pass
     inv = _count_inv(x)
-    n, c, h, w = dims(x.shape)
-    a = _axes("g_", (n, h, w))
-    mean = te.compute((c,), lambda ch: te.sum(x[a[0], ch, a[1], a[2]] * inv, axis=a),
-                      name="bn_mean")
     return te.compute(x.shape, lambda b, ch, i, j: (dm[0, ch] + _c(2, x.dtype) * (
-        x[b, ch, i, j] - mean[ch]) * dm[1, ch]) * inv, name="bn_moments_dx")
+        x[b, ch, i, j] - moments[0, ch]) * dm[1, ch]) * inv, name="bn_moments_dx")
 
 
 def _bn_rstd(moments, ch, eps):
@@ -264,33 +263,37 @@ def _bn_rstd(moments, ch, eps):
 
 @op
 def bn_coefficients(moments, gamma, beta, eps=1e-5):
-    """[3, C] from bn_moments' [2, C]: the batch mean, the scale gamma / sqrt(var + eps) and
-    beta, bn_apply's per-channel coefficients."""
+    """[4, C] from bn_moments' [2, C]: the batch mean, the scale gamma * rstd, beta (bn_apply's
+    per-channel coefficients) and rstd = 1 / sqrt(var + eps), which the gradient reads."""
     def coef(k, ch):
-        scale = gamma[ch] * _bn_rstd(moments, ch, eps)
-        return tirx.Select(k == 0, moments[0, ch], tirx.Select(k == 1, scale, beta[ch]))
+        rstd = _bn_rstd(moments, ch, eps)
+        return tirx.Select(k == 0, moments[0, ch], tirx.Select(
+            k == 1, gamma[ch] * rstd, tirx.Select(k == 2, beta[ch], rstd)))
 
-    return te.compute((3, moments.shape[1]), coef, name="bn_coefficients")
+    return te.compute((4, moments.shape[1]), coef, name="bn_coefficients")
 
 
-@bn_coefficients.grad
-def _(dc, moments, gamma, beta, eps=1e-5):
+@bn_coefficients.grad(uses_output=True)
+def _(dc, coef, moments, gamma, beta, eps=1e-5):
+    # rstd read from the forward's coefficients: the dmoments row is inlined into the
+    # elementwise dx kernel it feeds (FuseOps), a square root per element otherwise
     c, d = moments.shape[1], moments.dtype
 
-    def dvar(ch):  # of gamma * rstd: -gamma / 2 * rstd^3
-        r = _bn_rstd(moments, ch, eps)
-        return dc[1, ch] * gamma[ch] * _c(-0.5, d) * r * r * r
+    def dvar(ch):  # d rstd / d var = -rstd^3 / 2; rstd feeds the scale and row 3
+        r = coef[3, ch]
+        return (dc[1, ch] * gamma[ch] + dc[3, ch]) * _c(-0.5, d) * r * r * r
 
     dmoments = te.compute((2, c), lambda k, ch: tirx.Select(k == 0, dc[0, ch], dvar(ch)),
                           name="dmoments")
-    dgamma = te.compute((c,), lambda ch: dc[1, ch] * _bn_rstd(moments, ch, eps), name="dgamma")
+    dgamma = te.compute((c,), lambda ch: dc[1, ch] * coef[3, ch], name="dgamma")
     dbeta = te.compute((c,), lambda ch: dc[2, ch], name="dbeta")
     return [dmoments, dgamma, dbeta]
 
 
 @op
 def bn_apply(x, coef):
-    """(x - coef[0]) * coef[1] + coef[2] per channel of NCHW x (bn_coefficients' rows)."""
+    """(x - coef[0]) * coef[1] + coef[2] per channel of NCHW x (bn_coefficients' rows; rows
+    after the third are not read)."""
     return te.compute(x.shape, lambda b, ch, i, j: (x[b, ch, i, j] - coef[0, ch]) * coef[1, ch]
                       + coef[2, ch], name="bn_apply")
 
@@ -306,7 +309,8 @@ def _(dy, x, coef):
 
     sum_dy, sum_dyx = _pair_sums(x, lambda b, ch, i, j: dy[b, ch, i, j], dy_centered,
                                  "bn_grad_sums")
-    dcoef = te.compute((3, c), lambda k, ch: tirx.Select(
-        k == 0, -coef[1, ch] * sum_dy[ch], tirx.Select(k == 1, sum_dyx[ch], sum_dy[ch])),
-        name="bn_dcoef")
+    zero = _c(0, x.dtype)  # rows past beta's (bn_coefficients' rstd) do not enter y
+    dcoef = te.compute(coef.shape, lambda k, ch: tirx.Select(
+        k == 0, -coef[1, ch] * sum_dy[ch], tirx.Select(
+            k == 1, sum_dyx[ch], tirx.Select(k == 2, sum_dy[ch], zero))), name="bn_dcoef")
     return [dx, dcoef]
