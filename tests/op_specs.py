@@ -831,7 +831,7 @@ def _per_channel(v):
     return v[None, :, None, None]
 
 
-def bn_moments_ref(x):
+def bn_moments_ref(x, one_pass=False):
     return np.stack([x.mean((0, 2, 3)), x.var((0, 2, 3))])
 
 
@@ -856,6 +856,8 @@ def running_var_ref(x, moments, running, factor):
 
 spec(norm.bn_moments, bn_moments_ref, concat(randn(4, 3, 2, 3)), id="bn_moments-4x3x2x3")
 spec(norm.bn_moments, bn_moments_ref, concat(randn(5, 2, 1, 1)), id="bn_moments-1x1-spatial")
+spec(norm.bn_moments, bn_moments_ref, concat(lambda rng: 5 + 3 * rng.standard_normal((4, 3, 2, 3))),
+     attrs={"one_pass": True}, derived=False, id="bn_moments-one-pass")  # a tuple reduction
 spec(norm.bn_coefficients, bn_coefficients_ref, concat(moments_of(3), randn(3), randn(3)),
      batch=((0, 1), (1, 0), (2, 0)), id="bn_coefficients-3")  # any channel count
 spec(norm.bn_coefficients, bn_coefficients_ref, concat(moments_of(4), randn(4), randn(4)),

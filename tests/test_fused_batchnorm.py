@@ -1,8 +1,9 @@
-"""BatchNorm2d's train step fuses: ReLU into the normalisation (relu's gradient reads relu's
-output, not its input), and the two pieces of BatchNorm's dx (bn_apply's, bn_moments')
-into one kernel with their sum (pipeline.untuple_gradients; bn_moments' gradient reads the
-forward's moments, not a mean of its own). Checked on the kernels of the step and on its
-numbers, with and without the stage."""
+"""BatchNorm2d's train step: ReLU fuses into the normalisation (relu's gradient reads relu's
+output, not its input, so the normalisation's output has relu as its only reader), and
+BatchNorm's dx (bn_apply's piece, bn_moments' piece reading the forward's moments, their
+sum) is one kernel (pipeline.untuple_gradients), while GEMM and convolution gradients stay
+unfused. A gradient that reads its op's output (`@op.grad(uses_output=True)`) is checked
+on its own."""
 
 import numpy as np
 import pytest
@@ -25,55 +26,71 @@ class _ConvBnRelu(nn.Module):
         return self.fc(ops.mean(ops.relu(self.bn(self.conv(x))), axis=(2, 3)))
 
 
-def _compile(monkeypatch, untuple=True):
+def _compile(monkeypatch, untuple=True, **kwargs):
     monkeypatch.setenv("TVMFRONT_CACHE", "0")
     stages = [s for s in pipeline.LOWERING if untuple or s[0] != "untuple_gradients"]
     monkeypatch.setattr(pipeline, "LOWERING", stages)
     tvf.manual_seed(0)
     return tvf.compile_training(_ConvBnRelu(), nn.CrossEntropyLoss(), tvf.optim.Adam(0.01),
-                                inputs=(4, 2, 6, 6), labels=(4,), records=False)
+                                inputs=(4, 2, 6, 6), labels=(4,), records=False, **kwargs)
 
 
-def _called(module, function="loss_adjoint"):
-    """Names of the kernels `function` of the lowered step calls, in order."""
+def _kernels(module, function="loss_adjoint"):
+    """{name: PrimFunc} of the kernels `function` of the lowered step calls."""
     text = module._lowered[function].script(show_meta=False)
-    return [part.split(",")[0].removeprefix("cls.") for part in text.split("R.call_tir(")[1:]]
+    called = {part.split(",")[0].removeprefix("cls.") for part in text.split("R.call_tir(")[1:]}
+    return {name: module._lowered[name] for name in called}
 
 
-def test_relu_fuses_into_the_normalisation_and_bn_dx_is_one_kernel(monkeypatch):
-    called = _called(_compile(monkeypatch))
+def test_relu_fuses_into_the_normalisation_and_bn_moments_dx_takes_no_mean(monkeypatch):
+    kernels = _kernels(_compile(monkeypatch))
     # the forward writes relu(bn(x)) only: bn's own output is never written out
     assert any(k.startswith("fused_bn_apply") and "relu" in k and "grad" not in k
-               for k in called), called
-    assert "relu" not in called and "bn_apply" not in called, called
-    # dx = bn_apply's piece + bn_moments' piece, summed, in one kernel; no mean of x of its own
-    dx = [k for k in called if "bn_moments_grad0" in k]
-    assert len(dx) == 1 and "bn_apply_grad0" in dx[0] and "add" in dx[0], called
-    assert not [k for k in called if k.startswith("add")], called
+               for k in kernels), sorted(kernels)
+    assert "relu" not in kernels and "bn_apply" not in kernels, sorted(kernels)
+    # bn_moments' dx: an elementwise map of x and the forward's moments, no reduction, in
+    # one kernel with bn_apply's piece and their sum
+    (dx,) = [k for k in kernels if "bn_moments_grad0" in k]
+    assert "T.axis.reduce" not in kernels[dx].script(), kernels[dx].script()
+    assert "bn_apply_grad0" in dx and "add" in dx, sorted(kernels)
+    assert not [k for k in kernels if k.startswith("add")], sorted(kernels)
+    # the mean's gradient and relu's fuse; the GEMMs' and the convolution's gradients alone
+    assert "fused_mean_grad0_relu_grad0" in kernels, sorted(kernels)
+    assert {"dense_grad0", "dense_grad1", "conv2d_grad1"} <= set(kernels), sorted(kernels)
 
 
 def test_without_the_stage_the_gradient_pieces_stay_apart(monkeypatch):
-    called = _called(_compile(monkeypatch, untuple=False))
-    pieces = [k for k in called if "bn_apply_grad0" in k or "bn_moments_grad0" in k]
-    assert len(pieces) == 2 and [k for k in called if "add" in k and "grad" not in k], called
+    kernels = _kernels(_compile(monkeypatch, untuple=False))
+    assert [k for k in kernels if "bn_apply_grad0" in k and "bn_moments_grad0" not in k]
+    assert [k for k in kernels if "add" in k and "grad" not in k], sorted(kernels)
 
 
-def _trained(monkeypatch, untuple, x, y, steps=4):
-    module = _compile(monkeypatch, untuple)
-    losses = [module.step(x, y) for _ in range(steps)]
-    return losses, module.state_dict()
-
-
-def test_the_steps_numbers_do_not_change_with_the_stage(monkeypatch):
+def test_the_stage_changes_no_numbers(monkeypatch):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((4, 2, 6, 6)).astype("float32")
     y = np.array([0, 1, 2, 1])
-    apart_losses, apart = _trained(monkeypatch, False, x, y)
-    fused_losses, fused = _trained(monkeypatch, True, x, y)
-    np.testing.assert_allclose(fused_losses, apart_losses, rtol=1e-6)
-    assert fused.keys() == apart.keys()
-    for name, value in fused.items():  # weights, BatchNorm's running statistics, its count
-        np.testing.assert_allclose(value, apart[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    apart, fused = (_compile(monkeypatch, untuple) for untuple in (False, True))
+    for _ in range(4):
+        np.testing.assert_allclose(fused.step(x, y), apart.step(x, y), rtol=1e-6)
+    for name, value in fused.state_dict().items():
+        np.testing.assert_allclose(value, apart.state_dict()[name], rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
+
+
+def test_derived_gradients_train_the_same(monkeypatch):
+    # derived gradients take bn_moments in two passes (autodiff takes one output per stage);
+    # the explicit ones take it in one (a tuple reduction): the steps agree
+    rng = np.random.default_rng(0)
+    x = 2 + rng.standard_normal((4, 2, 6, 6)).astype("float32")
+    y = np.array([0, 1, 2, 1])
+    runs = []
+    for derived in (False, True):
+        module = _compile(monkeypatch, derived_gradients=derived)
+        runs.append(([module.step(x, y) for _ in range(4)], module.state_dict()))
+    (explicit_losses, explicit), (derived_losses, derived) = runs
+    np.testing.assert_allclose(derived_losses, explicit_losses, rtol=1e-5)
+    for name, value in derived.items():  # weights, BatchNorm's running statistics, its count
+        np.testing.assert_allclose(value, explicit[name], rtol=1e-4, atol=1e-5, err_msg=name)
 
 
 @tvf.op

@@ -82,6 +82,11 @@ def derived_gradients(enabled=True):
     return _scoped(_force_derived, enabled)
 
 
+def deriving():
+    """True within derived_gradients(): ops traced now get their derived gradient."""
+    return _force_derived.get()
+
+
 def bound_checks(enabled=True):
     """Within this block eager kernels are built (and cached apart) with bound checks: a read
     outside a buffer raises OutOfBoundsError (tvmfront/boundcheck.py). Default: on when

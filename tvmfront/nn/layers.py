@@ -6,6 +6,7 @@ import numpy as np
 
 from .. import ops
 from ..ops import batch_stats, norm
+from ..op import deriving
 from ..ops._dims import is_static, same, show
 from ..tensor import Tensor
 from . import init
@@ -229,7 +230,7 @@ class _BatchNorm(Module):
     def _batch_normalize(self, x4):
         """ops.batch_norm's result as three ops (ops/norm.py says why): the moments, read by
         the running statistics too, the per-channel coefficients, the normalisation."""
-        moments = norm.bn_moments(x4)
+        moments = norm.bn_moments(x4, one_pass=not deriving())
         coef = norm.bn_coefficients(moments, self.weight, self.bias, eps=self.eps)
         if self.training and self.track_running_stats:
             self._update_running_stats(x4, moments)

@@ -223,8 +223,8 @@ def _count_inv(x):
 # coefficients [C]-sized kernels, and the normalisation an elementwise map whose gradient
 # is one pass of two per-channel sums and an elementwise dy * scale; bn_moments' own dx, an
 # elementwise map of x and the forward's moments, is added to it, the two pieces and their
-# sum one kernel (pipeline.untuple_gradients): about 8 passes in all, and a ReLU after the
-# normalisation fuses with it (relu's gradient reads relu's output).
+# sum one kernel (pipeline.untuple_gradients): about 8 passes in all (one_pass moments: 7).
+# A ReLU after the normalisation fuses with it (relu's gradient reads relu's output).
 def _pair_sums(x, first, second, name):
     """Two per-channel sums over (N, H, W) of NCHW x, of first(b, ch, i, j) and
     second(b, ch, i, j), in one pass (a tuple reduction: one loop nest, both accumulators)."""
@@ -238,18 +238,37 @@ def _pair_sums(x, first, second, name):
 
 
 @op
-def bn_moments(x):
-    """[2, C]: the mean and the biased variance over (N, H, W) per channel of NCHW x (the
-    variance about the mean: two passes, no cancellation). Not one tuple reduction of the
-    sums of x - s and (x - s)^2: a model trained on derived gradients derives this forward,
-    and autodiff takes one output per stage."""
-    mean, var, _ = batch_moments(x, "m")
-    return te.compute((2, x.shape[1]), lambda k, ch: tirx.Select(k == 0, mean[ch], var[ch]),
-                      name="bn_moments")
+def bn_moments(x, one_pass=False):
+    """[2, C]: the mean and the biased variance over (N, H, W) per channel of NCHW x.
+    Two passes by default, the variance about the mean. one_pass=True: one pass, a tuple
+    reduction of the sums of x - s and (x - s)^2 about a sample s = x[0, c, 0, 0] of the
+    channel (near its mean, so m2 - m1^2 keeps its precision; about 0 it would not); autodiff
+    takes one output per stage, so a derived gradient needs the two-pass form (BatchNorm2d
+    asks for one pass unless gradients are derived)."""
+    if not one_pass:
+        mean, var, _ = batch_moments(x, "m")
+        return te.compute((2, x.shape[1]), lambda k, ch: tirx.Select(k == 0, mean[ch], var[ch]),
+                          name="bn_moments")
+    inv = _count_inv(x)
+    # a stage of its own: read inside the sums, x's one region would span both reads
+    shift = te.compute((x.shape[1],), lambda ch: x[0, ch, 0, 0], name="bn_shift")
+
+    def centered(b, ch, i, j):
+        return x[b, ch, i, j] - shift[ch]
+
+    s1, s2 = _pair_sums(x, centered, lambda *i: centered(*i) * centered(*i), "bn_sums")
+
+    def moment(k, ch):
+        m1 = s1[ch] * inv
+        # rounding can take a constant channel's m2 - m1^2 just below 0
+        var = tirx.max(s2[ch] * inv - m1 * m1, _c(0, x.dtype))
+        return tirx.Select(k == 0, shift[ch] + m1, var)
+
+    return te.compute((2, x.shape[1]), moment, name="bn_moments")
 
 
 @bn_moments.grad(uses_output=True)
-def _(dm, moments, x):
+def _(dm, moments, x, one_pass=False):
     # d mean / dx = 1 / count, d var / dx = 2 (x - mean) / count: elementwise, the mean read
     # from the forward's moments, so it fuses with bn_apply's dx into one pass
     inv = _count_inv(x)
