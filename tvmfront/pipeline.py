@@ -62,63 +62,6 @@ def _tvm_pass(p):
     return lambda mod: p(mod)
 
 
-_OUT_ELEMWISE_FUSABLE = 4  # relax OpPatternKind kOutEWiseFusable: GEMMs, convolutions
-
-
-@mutator
-class _Untuple(PyExprMutator):
-    """`t = (g0, g1); a = t[0]` -> uses of `a` read `g0`, except where g0 is a GEMM's or a
-    convolution's: that read goes through a tuple of its own, `a = (g0,)[0]`, so FuseOps
-    still leaves it unfused."""
-
-    patterns = {}  # kernel name -> op_pattern
-
-    def visit_var_binding_(self, binding):
-        value = binding.value
-        bound = self._bound(value.tuple_value) if isinstance(value, relax.TupleGetItem) else None
-        if not isinstance(bound, relax.Tuple):
-            return super().visit_var_binding_(binding)
-        field = bound.fields[value.index]
-        if self._pattern(field) == _OUT_ELEMWISE_FUSABLE:
-            alone = self.builder_.emit(relax.Tuple([field]))
-            self.builder_.emit_normalized(relax.VarBinding(binding.var,
-                                                           relax.TupleGetItem(alone, 0)))
-        elif isinstance(field, relax.Var) and (isinstance(binding.var, relax.DataflowVar)
-                                               or not isinstance(field, relax.DataflowVar)):
-            self.set_var_remap(binding.var, field)  # a dataflow var must not leave its block
-        else:  # a constant (the zeros of an input with no gradient), or a block's output
-            super().visit_var_binding_(binding)
-
-    def _bound(self, expr):
-        return self.lookup_binding(expr) if isinstance(expr, relax.Var) else None
-
-    def _pattern(self, expr):
-        call = self._bound(expr)
-        if (isinstance(call, relax.Call) and call.op.same_as(relax_call_tir_op())
-                and isinstance(call.args[0], relax.GlobalVar)):
-            return self.patterns.get(call.args[0].name_hint)
-        return None
-
-
-def untuple_gradients(mod):
-    """Relax's Gradient binds an op's input gradients into a tuple and reads them back out
-    of it: the tuple is a second consumer of every gradient kernel, so FuseOps fused none
-    with its consumer (BatchNorm's two dx pieces with their sum, an activation's gradient
-    with a mean's). Reads of a tuple field become the field itself, then the unread tuples
-    go. GEMM and convolution gradients keep a tuple: fused with the elementwise gradient
-    after them (the Transformer's dense dx + gelu_grad, a conv dx + relu_grad) they ran
-    slower than apart."""
-    rewriter = _Untuple(mod)
-    rewriter.patterns = {gv.name_hint: int(f.attrs["op_pattern"])
-                         for gv, f in mod.functions.items()
-                         if f.attrs is not None and "op_pattern" in f.attrs}
-    for gvar, func in mod.functions.items():
-        if isinstance(func, relax.Function):
-            rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
-    return relax.transform.DeadCodeElimination()(rewriter.builder_.get())
-
-
-
 # Generic lowering after the graph-level stages; identical for training and inference.
 LOWERING = [
     ("lower_grad_calls", lower_grad_calls),
@@ -127,7 +70,6 @@ LOWERING = [
     ("unfused_multi_output", keep_multi_output_kernels_unfused),
     ("drop_unread_inputs", drop_unread_inputs),
     ("fold_constants", _tvm_pass(relax.transform.FoldConstant())),
-    ("untuple_gradients", untuple_gradients),
     ("fuse_ops", _tvm_pass(relax.transform.FuseOps())),
     ("fuse_tir", _tvm_pass(relax.transform.FuseTIR())),
     ("dead_code", _tvm_pass(relax.transform.DeadCodeElimination())),  # keeps public functions
