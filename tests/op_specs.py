@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 
 from tvmfront import ops
-from tvmfront.ops import int8, mask  # noqa: F401  (ops.int8)
+from tvmfront.ops import batch_stats, int8, mask, norm  # noqa: F401  (ops.int8)
 
 import _philox
 
@@ -823,3 +823,52 @@ spec(ops.int8.qconv2d, qconv2d_ref, concat(ints("uint8", 2, 3, 6, 7), ints("int8
                                            positive(4, lo=1e-4, hi=1e-3)),
      attrs={"stride": 2, "padding": 1, "x_zero_point": 9}, grad=False,
      id="qconv2d-u8-s2-p1-zp9-dequantize")
+
+
+# BatchNorm2d's training step split (nn.BatchNorm2d): the moments, the per-channel
+# coefficients, the normalisation; and the running statistics read from the moments.
+def _per_channel(v):
+    return v[None, :, None, None]
+
+
+def bn_moments_ref(x, one_pass=False):
+    return np.stack([x.mean((0, 2, 3)), x.var((0, 2, 3))])
+
+
+def moments_of(c):
+    """A valid bn_moments result for c channels: a mean and a positive variance."""
+    return lambda rng: np.stack([rng.standard_normal(c), rng.uniform(0.5, 2.0, size=c)])
+
+
+def bn_coefficients_ref(moments, gamma, beta, eps=1e-5):
+    rstd = 1 / np.sqrt(moments[1] + eps)
+    return np.stack([moments[0], gamma * rstd, beta, rstd])
+
+
+def bn_apply_ref(x, coef):
+    return (x - _per_channel(coef[0])) * _per_channel(coef[1]) + _per_channel(coef[2])
+
+
+def running_var_ref(x, moments, running, factor):
+    count = x.size // x.shape[1]
+    return (1 - factor) * running + factor * moments[1] * count / (count - 1)
+
+
+spec(norm.bn_moments, bn_moments_ref, concat(randn(4, 3, 2, 3)), id="bn_moments-4x3x2x3")
+spec(norm.bn_moments, bn_moments_ref, concat(randn(5, 2, 1, 1)), id="bn_moments-1x1-spatial")
+spec(norm.bn_moments, bn_moments_ref, concat(lambda rng: 5 + 3 * rng.standard_normal((4, 3, 2, 3))),
+     attrs={"one_pass": True}, derived=False, id="bn_moments-one-pass")  # a tuple reduction
+spec(norm.bn_coefficients, bn_coefficients_ref, concat(moments_of(3), randn(3), randn(3)),
+     batch=((0, 1), (1, 0), (2, 0)), id="bn_coefficients-3")  # any channel count
+spec(norm.bn_coefficients, bn_coefficients_ref, concat(moments_of(4), randn(4), randn(4)),
+     attrs={"eps": 1e-3}, batch=(), id="bn_coefficients-4-eps")
+spec(norm.bn_apply, bn_apply_ref, concat(randn(4, 3, 2, 3), randn(3, 3)), batch=((0, 0),),
+     id="bn_apply-4x3x2x3")
+spec(norm.bn_apply, bn_apply_ref, concat(randn(4, 3, 2, 3), randn(4, 3)), batch=((0, 0),),
+     id="bn_apply-4-rows")  # bn_coefficients' [4, C]: the rstd row has no gradient
+spec(batch_stats.running_mean_update, lambda m, r, f: (1 - f) * r + f * m[0],
+     concat(moments_of(3), randn(3), fixed(np.array(0.1))), grad=False,
+     batch=((0, 1), (1, 0)), id="running_mean_update")
+spec(batch_stats.running_var_update, running_var_ref,
+     concat(randn(4, 3, 2, 2), moments_of(3), positive(3), fixed(np.array(0.1))),
+     grad=False, batch=((0, 0),), id="running_var_update")

@@ -172,3 +172,28 @@ def test_attention_sized_softmax_is_computed_row_by_row(op, name):
     assert "sm_sum=" not in rule and "spatial" not in rule, rule  # all inside the row loop
     got, = _run(func, target, args, [shape])
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["x86", "x86:avx2"])
+def test_two_sums_in_one_pass_are_one_lane_reduction(name):
+    # bn_apply's gradient (BatchNorm2d's split ops) sums dy and dy * (x - mean) in one tuple
+    # reduction (one block, two outputs), which gets the vector partial sums of a one-output
+    # sum: one pass over the activations.
+    from tvmfront.ops import norm
+    target = resolve_target(name)
+    lanes = cpu_schedule.CpuParams(target).lanes("float32")
+    rng = np.random.default_rng(0)
+    x, dy = te.placeholder(SHAPE, name="x"), te.placeholder(SHAPE, name="dy")
+    coef = te.placeholder((3, SHAPE[1]), name="coef")
+    args = [rng.standard_normal(SHAPE).astype("float32"),
+            (rng.standard_normal(SHAPE) * 3 + 1).astype("float32"),
+            rng.standard_normal((3, SHAPE[1])).astype("float32")]
+    dy64, x64, c64 = (a.astype("float64") for a in args)
+    out = norm.bn_apply.te_grad(dy, x, coef, derived=False)[1]
+    sum_dy = dy64.sum((0, 2, 3))
+    sum_dyx = (dy64 * (x64 - c64[0][None, :, None, None])).sum((0, 2, 3))
+    want = np.stack([-c64[1] * sum_dy, sum_dyx, sum_dy])
+    func, rule = cpu_schedule.schedule_prim_func(te.create_prim_func([dy, x, coef, out]), target)
+    assert f"bn_grad_sums=tiled[lanes v{4 * lanes}" in rule and "scalar" not in rule, rule
+    got, = _run(func, target, args, [tuple(int(d) for d in out.shape)])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)

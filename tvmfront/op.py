@@ -82,6 +82,11 @@ def derived_gradients(enabled=True):
     return _scoped(_force_derived, enabled)
 
 
+def deriving():
+    """True within derived_gradients(): ops traced now get their derived gradient."""
+    return _force_derived.get()
+
+
 def bound_checks(enabled=True):
     """Within this block eager kernels are built (and cached apart) with bound checks: a read
     outside a buffer raises OutOfBoundsError (tvmfront/boundcheck.py). Default: on when
@@ -107,7 +112,7 @@ class Op:
         self.name = name or fn.__name__
         self.__doc__ = fn.__doc__
         self.__name__ = self.name
-        self._grad_fn = None
+        self._grad_fn, self._grad_uses_output = None, False
         self._kernels = {}  # eager kernels keyed by (input shapes/dtypes, attrs, which)
         self._calls = []  # call id -> (attrs, needs-grad flags), read by the gradient handler
         self._call_ids = {}  # (frozen attrs, needs) -> call id
@@ -119,9 +124,15 @@ class Op:
         return f"<tvf.op {self.name}{' (with grad)' if self.has_grad else ''}>"
 
     # ---- gradient registration -------------------------------------------------------------
-    def grad(self, fn):
-        """Decorator: `fn(dy, *inputs, **attrs)` returns one TE tensor (or None) per input."""
-        self._grad_fn = fn
+    def grad(self, fn=None, *, uses_output=False):
+        """Decorator: `fn(dy, *inputs, **attrs)` returns one TE tensor (or None) per input.
+        `@myop.grad(uses_output=True)`: `fn(dy, out, *inputs, **attrs)` also reads the
+        forward's output `out`, the step's own tensor, not recomputed: a gradient that reads
+        `out` instead of an input (relu's) lets that input die at the forward, so the kernel
+        making it can fuse with the op (one pass over the activation fewer each way)."""
+        if fn is None:
+            return lambda f: self.grad(f, uses_output=uses_output)
+        self._grad_fn, self._grad_uses_output = fn, uses_output
         self._kernels.clear()
         return fn
 
@@ -164,15 +175,21 @@ class Op:
                             f"got {type(out).__name__}")
         return out
 
-    def te_grad(self, dy, *inputs, derived=None, **attrs):
+    def _derived(self, derived=None):
+        return (_force_derived.get() or not self.has_grad) if derived is None else derived
+
+    def te_grad(self, dy, *inputs, derived=None, forward_output=None, **attrs):
         """Input gradients as TE tensors; inputs with no gradient get zeros of their shape.
 
         The explicit `.grad` is used when there is one, else the gradient derived from the
-        forward (`derived=True` forces the derived one, e.g. to compare the two)."""
-        if derived is None:
-            derived = _force_derived.get() or not self.has_grad
-        if derived:
+        forward (`derived=True` forces the derived one, e.g. to compare the two). A gradient
+        that reads the forward's output gets `forward_output`, or the forward computed again
+        from `inputs` (inlined into the gradient kernel) when it is None."""
+        if self._derived(derived):
             grads = derive_for_op(self.name, lambda *xs: self.te_forward(*xs, **attrs), inputs, dy)
+        elif self._grad_uses_output:
+            out = self.te_forward(*inputs, **attrs) if forward_output is None else forward_output
+            grads = self._grad_fn(dy, out, *inputs, **attrs)
         else:
             grads = self._grad_fn(dy, *inputs, **attrs)
         if isinstance(grads, te.Tensor):
@@ -267,14 +284,17 @@ class Op:
         # gradients nobody uses (e.g. w.r.t. the input batch) are never computed.
         attrs, needs = self._calls[int(call.attrs.te_grad_kwargs["call"])]
         args = list(call.args[1])
+        # orig_var, the forward's output in the step, for a gradient that reads it
+        outs = [orig_var] if self._grad_uses_output and not self._derived() else []
         partials = []
         for i, arg in enumerate(args):
             if needs[i]:
                 def grad_i(dy, *xs, i=i):
-                    return self.te_grad(dy, *xs, **attrs)[i]
+                    out, xs = (xs[0], xs[1:]) if outs else (None, xs)
+                    return self.te_grad(dy, *xs, forward_output=out, **attrs)[i]
 
                 grad_i.__name__ = f"{self.name}_grad{i}"
-                partials.append(ctx.emit_te(grad_i, output_grad, *args))
+                partials.append(ctx.emit_te(grad_i, output_grad, *outs, *args))
             else:
                 partials.append(relax.op.zeros(arg.ty.shape, arg.ty.dtype))
         return ctx.emit(relax.Tuple(partials))

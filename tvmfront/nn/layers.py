@@ -5,7 +5,8 @@ import math
 import numpy as np
 
 from .. import ops
-from ..ops import batch_stats
+from ..ops import batch_stats, norm
+from ..op import deriving
 from ..ops._dims import is_static, same, show
 from ..tensor import Tensor
 from . import init
@@ -223,20 +224,28 @@ class _BatchNorm(Module):
             if self.training and is_static(shape) and math.prod(shape) // shape[1] < 2:
                 raise ValueError(f"{type(self).__name__}: expected more than 1 value per channel "
                                  f"when training, got input shape {shape}")
-            y = ops.batch_norm(x4, self.weight, self.bias, eps=self.eps)
-            if self.training and self.track_running_stats:
-                self._update_running_stats(x4)
+            y = self._batch_normalize(x4)
         return y if len(shape) == 4 else ops.reshape(y, shape=shape)
 
-    def _update_running_stats(self, x4):
-        xd = _detached(x4)  # statistics feed buffers only: no gradient flows through them
+    def _batch_normalize(self, x4):
+        """ops.batch_norm's result as three ops (ops/norm.py says why): the moments, read by
+        the running statistics too, the per-channel coefficients, the normalisation."""
+        moments = norm.bn_moments(x4, one_pass=not deriving())
+        coef = norm.bn_coefficients(moments, self.weight, self.bias, eps=self.eps)
+        if self.training and self.track_running_stats:
+            self._update_running_stats(x4, moments)
+        return norm.bn_apply(x4, coef)
+
+    def _update_running_stats(self, x4, moments):
+        # statistics feed buffers only: no gradient flows through them
+        xd, md = _detached(x4), _detached(moments)
         self.num_batches_tracked = batch_stats.increment(self.num_batches_tracked)
         if self.momentum is None:
             factor = batch_stats.cumulative_factor(self.num_batches_tracked, dtype=xd.dtype)
         else:
             factor = batch_stats.momentum_factor(self.running_mean, momentum=float(self.momentum))
-        self.running_mean = batch_stats.running_mean_update(xd, self.running_mean, factor)
-        self.running_var = batch_stats.running_var_update(xd, self.running_var, factor)
+        self.running_mean = batch_stats.running_mean_update(md, self.running_mean, factor)
+        self.running_var = batch_stats.running_var_update(xd, md, self.running_var, factor)
 
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "

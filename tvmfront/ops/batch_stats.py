@@ -8,7 +8,6 @@ input is detached), so the backward pass has no kernel for them.
 from .._tvm import te, tirx
 from ..op import op
 from ._dims import dims, reciprocal, size
-from .norm import batch_moments
 
 
 def _c(v, dtype):
@@ -16,36 +15,32 @@ def _c(v, dtype):
 
 
 @op
-def running_mean_update(x, running, factor):
-    """(1 - factor) * running + factor * mean over (N, H, W); factor: a 0-d tensor."""
-    mean, _, _ = batch_moments(x, "r")
-    one = _c(1.0, x.dtype)
+def running_mean_update(moments, running, factor):
+    """(1 - factor) * running + factor * the batch mean (bn_moments' row 0); factor: a 0-d
+    tensor."""
+    one = _c(1.0, running.dtype)
     return te.compute(running.shape, lambda ch: (one - factor()) * running[ch]
-                      + factor() * mean[ch], name="running_mean")
+                      + factor() * moments[0, ch], name="running_mean")
 
 
 @op
-def running_var_update(x, running, factor):
-    """(1 - factor) * running + factor * the unbiased variance over (N, H, W) (PyTorch's
-    running estimate: the batch variance times n / (n - 1)). With a symbolic N the count is
-    known at run time only: a count of 1, which PyTorch refuses (and a fixed batch refuses
-    when traced), takes the variance as 0 here (n - 1 is taken as at least 1), so the
-    running variance decays by (1 - factor) instead of becoming NaN."""
+def running_var_update(x, moments, running, factor):
+    """(1 - factor) * running + factor * the unbiased variance over (N, H, W) of x (x is read
+    for its count only; the variance is bn_moments' row 1): PyTorch's running
+    estimate, the batch variance times n / (n - 1). With a symbolic N the count is known at
+    run time only: a count of 1, which PyTorch refuses (and a fixed batch refuses when
+    traced), takes the variance as 0 here (n - 1 is taken as at least 1), so the running
+    variance decays by (1 - factor) instead of becoming NaN."""
     n, c, h, w = dims(x.shape)
     count = size((n, h, w))
-    mean, _, _ = batch_moments(x, "v")
-    a = [te.reduce_axis((0, n), "b2"), te.reduce_axis((0, h), "h2"), te.reduce_axis((0, w), "w2")]
-    inv = (_c(1.0 / max(count - 1, 1), x.dtype) if isinstance(count, int)
-           else reciprocal(tirx.max(count - 1, tirx.const(1, "int64")), x.dtype))
-
-    def centered_sq(ch, b, i, j):
-        v = x[b, ch, i, j] - mean[ch]
-        return v * v * inv
-
-    var = te.compute((c,), lambda ch: te.sum(centered_sq(ch, *a), axis=a), name="bn_var_unbiased")
-    one = _c(1.0, x.dtype)
+    if isinstance(count, int):
+        unbias = _c(count / max(count - 1, 1), running.dtype)
+    else:
+        unbias = count.astype(running.dtype) * reciprocal(
+            tirx.max(count - 1, tirx.const(1, "int64")), running.dtype)
+    one = _c(1.0, running.dtype)
     return te.compute(running.shape, lambda ch: (one - factor()) * running[ch]
-                      + factor() * var[ch], name="running_var")
+                      + factor() * moments[1, ch] * unbias, name="running_var")
 
 
 @op

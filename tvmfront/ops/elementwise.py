@@ -28,9 +28,12 @@ def relu(x):
     return _unary(x, lambda v: te.max(_c(0, x.dtype), v), "relu")
 
 
-@relu.grad
-def _(dy, x):  # relu'(0) = 0
-    return [te.compute(x.shape, lambda *i: te.if_then_else(x(*i) > _c(0, x.dtype), dy(*i),
+@relu.grad(uses_output=True)
+def _(dy, out, x):
+    # out > 0 exactly where x > 0 (relu'(0) = 0; NaN: both false). Reading the output, not x,
+    # leaves x to relu alone, so the kernel making x (a BatchNorm, a residual add) fuses
+    # with relu: x is never written out in the forward nor read again in the backward.
+    return [te.compute(x.shape, lambda *i: te.if_then_else(out(*i) > _c(0, x.dtype), dy(*i),
                                                              _c(0, x.dtype)), name="relu_grad")]
 
 

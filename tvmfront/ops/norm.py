@@ -208,3 +208,131 @@ def _(dy, x, gamma, beta, eps=1e-5):
     dx = te.compute(x.shape, lambda b, ch, i, j: rstd[ch] * gamma[ch] * (
         dy[b, ch, i, j] - dbeta[ch] * inv - xhat(b, ch, i, j) * dgamma[ch] * inv), name="bn_dx")
     return [dx, dgamma, dbeta]
+
+
+def _count_inv(x):
+    n, _, h, w = dims(x.shape)
+    return reciprocal(size((n, h, w)), x.dtype)
+
+
+# ---- BatchNorm2d's training step as three ops: moments, coefficients, normalisation -----------
+# batch_norm above recomputes the statistics in every kernel that needs them: its forward
+# and each of its three gradient kernels (one per input), and the running statistics read x
+# again: about 18 passes over the activation per layer and step. Split, the statistics are
+# two passes (bn_moments, which the running statistics read too), the per-channel
+# coefficients [C]-sized kernels, and the normalisation an elementwise map whose gradient
+# is one pass of two per-channel sums and an elementwise dy * scale; bn_moments' own dx, an
+# elementwise map of x and the forward's moments, is added to it. A ReLU after the
+# normalisation fuses with it (relu's gradient reads relu's output). The two dx pieces and
+# their sum stay three kernels: Relax's Gradient binds an op's input gradients into a tuple,
+# a second consumer that keeps FuseOps from fusing them. Reading through the tuples before
+# FuseOps (git history: pipeline.untuple_gradients) made them one kernel, the ResNet step 2%
+# faster and the Transformer step 4% slower (its gradients' fusions), so it is not a stage.
+def _pair_sums(x, first, second, name):
+    """Two per-channel sums over (N, H, W) of NCHW x, of first(b, ch, i, j) and
+    second(b, ch, i, j), in one pass (a tuple reduction: one loop nest, both accumulators)."""
+    n, c, h, w = dims(x.shape)
+    pair_sum = te.comm_reducer(lambda u, v: (u[0] + v[0], u[1] + v[1]),
+                               lambda t0, t1: (tirx.const(0, t0), tirx.const(0, t1)),
+                               name="pair_sum")
+    a = _axes(f"{name}_", (n, h, w))
+    return te.compute((c,), lambda ch: pair_sum((first(a[0], ch, a[1], a[2]),
+                                                 second(a[0], ch, a[1], a[2])), axis=a), name=name)
+
+
+@op
+def bn_moments(x, one_pass=False):
+    """[2, C]: the mean and the biased variance over (N, H, W) per channel of NCHW x.
+    Two passes by default, the variance about the mean. one_pass=True: one pass, a tuple
+    reduction of the sums of x - s and (x - s)^2 about a sample s = x[0, c, 0, 0] of the
+    channel (near its mean, so m2 - m1^2 keeps its precision; about 0 it would not); autodiff
+    takes one output per stage, so a derived gradient needs the two-pass form (BatchNorm2d
+    asks for one pass unless gradients are derived)."""
+    if not one_pass:
+        mean, var, _ = batch_moments(x, "m")
+        return te.compute((2, x.shape[1]), lambda k, ch: tirx.Select(k == 0, mean[ch], var[ch]),
+                          name="bn_moments")
+    inv = _count_inv(x)
+    # a stage of its own: read inside the sums, x's one region would span both reads
+    shift = te.compute((x.shape[1],), lambda ch: x[0, ch, 0, 0], name="bn_shift")
+
+    def centered(b, ch, i, j):
+        return x[b, ch, i, j] - shift[ch]
+
+    s1, s2 = _pair_sums(x, centered, lambda *i: centered(*i) * centered(*i), "bn_sums")
+
+    def moment(k, ch):
+        m1 = s1[ch] * inv
+        # rounding can take a constant channel's m2 - m1^2 just below 0
+        var = tirx.max(s2[ch] * inv - m1 * m1, _c(0, x.dtype))
+        return tirx.Select(k == 0, shift[ch] + m1, var)
+
+    return te.compute((2, x.shape[1]), moment, name="bn_moments")
+
+
+@bn_moments.grad(uses_output=True)
+def _(dm, moments, x, one_pass=False):
+    # d mean / dx = 1 / count, d var / dx = 2 (x - mean) / count: elementwise, the mean read
+    # from the forward's moments, so it fuses with bn_apply's dx into one pass
+    inv = _count_inv(x)
+    return te.compute(x.shape, lambda b, ch, i, j: (dm[0, ch] + _c(2, x.dtype) * (
+        x[b, ch, i, j] - moments[0, ch]) * dm[1, ch]) * inv, name="bn_moments_dx")
+
+
+def _bn_rstd(moments, ch, eps):
+    return te.rsqrt(moments[1, ch] + _c(eps, moments.dtype))
+
+
+@op
+def bn_coefficients(moments, gamma, beta, eps=1e-5):
+    """[4, C] from bn_moments' [2, C]: the batch mean, the scale gamma * rstd, beta (bn_apply's
+    per-channel coefficients) and rstd = 1 / sqrt(var + eps), which the gradient reads."""
+    def coef(k, ch):
+        rstd = _bn_rstd(moments, ch, eps)
+        return tirx.Select(k == 0, moments[0, ch], tirx.Select(
+            k == 1, gamma[ch] * rstd, tirx.Select(k == 2, beta[ch], rstd)))
+
+    return te.compute((4, moments.shape[1]), coef, name="bn_coefficients")
+
+
+@bn_coefficients.grad(uses_output=True)
+def _(dc, coef, moments, gamma, beta, eps=1e-5):
+    # rstd read from the forward's coefficients: the dmoments row is inlined into the
+    # elementwise dx kernel it feeds (FuseOps), a square root per element otherwise
+    c, d = moments.shape[1], moments.dtype
+
+    def dvar(ch):  # d rstd / d var = -rstd^3 / 2; rstd feeds the scale and row 3
+        r = coef[3, ch]
+        return (dc[1, ch] * gamma[ch] + dc[3, ch]) * _c(-0.5, d) * r * r * r
+
+    dmoments = te.compute((2, c), lambda k, ch: tirx.Select(k == 0, dc[0, ch], dvar(ch)),
+                          name="dmoments")
+    dgamma = te.compute((c,), lambda ch: dc[1, ch] * coef[3, ch], name="dgamma")
+    dbeta = te.compute((c,), lambda ch: dc[2, ch], name="dbeta")
+    return [dmoments, dgamma, dbeta]
+
+
+@op
+def bn_apply(x, coef):
+    """(x - coef[0]) * coef[1] + coef[2] per channel of NCHW x (bn_coefficients' rows; rows
+    after the third are not read)."""
+    return te.compute(x.shape, lambda b, ch, i, j: (x[b, ch, i, j] - coef[0, ch]) * coef[1, ch]
+                      + coef[2, ch], name="bn_apply")
+
+
+@bn_apply.grad
+def _(dy, x, coef):
+    n, c, h, w = dims(x.shape)
+    dx = te.compute(x.shape, lambda b, ch, i, j: dy[b, ch, i, j] * coef[1, ch],
+                    name="bn_apply_dx")
+
+    def dy_centered(b, ch, i, j):
+        return dy[b, ch, i, j] * (x[b, ch, i, j] - coef[0, ch])
+
+    sum_dy, sum_dyx = _pair_sums(x, lambda b, ch, i, j: dy[b, ch, i, j], dy_centered,
+                                 "bn_grad_sums")
+    zero = _c(0, x.dtype)  # rows past beta's (bn_coefficients' rstd) do not enter y
+    dcoef = te.compute(coef.shape, lambda k, ch: tirx.Select(
+        k == 0, -coef[1, ch] * sum_dy[ch], tirx.Select(
+            k == 1, sum_dyx[ch], tirx.Select(k == 2, sum_dy[ch], zero))), name="bn_dcoef")
+    return [dx, dcoef]

@@ -238,6 +238,15 @@ def _access_strides(region, variables, analyzer=None):
     return strides
 
 
+def _same_places(regions):
+    """Whether every region is the same place of a same-shaped buffer: the outputs of a
+    tuple reduction (several sums in one pass), which schedule as one."""
+    first = regions[0]
+    return all(len(r.region) == len(first.region) and r.source.dtype == first.source.dtype
+               and all(structural_equal(a.min, b.min) and structural_equal(a.extent, b.extent)
+                       for a, b in zip(r.region, first.region)) for r in regions[1:])
+
+
 class _BlockInfo:
     """Iteration space and access strides of one block with trivially bound loops."""
 
@@ -258,7 +267,7 @@ class _BlockInfo:
         for loop, iv in zip(self.loops, stmt.iter_vars):
             if not _same_extent(sch.get(loop).extent, iv.dom.extent):
                 raise NotApplicable(f"block {self.name}: loops are not trivially bound")
-        if len(stmt.writes) != 1:
+        if len(stmt.writes) != 1 and not _same_places(stmt.writes):
             raise NotApplicable(f"block {self.name}: {len(stmt.writes)} outputs")
         self.write = stmt.writes[0]
         self.dtype = self.write.source.dtype
