@@ -141,9 +141,10 @@ def test_lenet_training_kernels_are_scheduled():
     mod, _ = _training_ir(_lenet, (64, 1, 16, 16), tvf.optim.Adam(lr=2e-3))
     rules = _check_every_kernel_scheduled(mod)
     # The heavy kernels get tvmfront's tiled, vectorized rule.
-    # (the forward's GEMMs and convolutions carry their bias adds: drop_unread_inputs)
-    for name in ("fused_conv2d_bias_add", "fused_conv2d1_bias_add1", "conv2d_grad0",
-                 "conv2d_grad1", "fused_dense_bias_add2", "dense_grad01"):
+    # (the forward's GEMMs and convolutions carry their bias adds, drop_unread_inputs, and
+    # their ReLUs: relu's gradient reads relu's output)
+    for name in ("fused_conv2d_bias_add_relu", "fused_conv2d1_bias_add1_relu1", "conv2d_grad0",
+                 "conv2d_grad1", "fused_dense_bias_add2_relu2", "dense_grad01"):
         assert "tiled[" in rules[name] and "v" in rules[name].split("tiled[")[1], rules[name]
     assert all(not r.startswith("none") for n, r in rules.items()
                if "one_minus_pow" not in n), rules  # only 0-d kernels are left alone
@@ -165,7 +166,7 @@ def test_symbolic_batch_training_kernels_are_scheduled():
     mod, sig = graph.build_training(_mlp(), nn.CrossEntropyLoss(), ("batch", 64), ("batch",))
     mod, _ = _scheduled(graph.append_optimizer(graph.gradient(mod), sig, tvf.optim.Adam()))
     rules = _check_every_kernel_scheduled(mod)
-    for name in ("fused_dense_bias_add", "dense_grad0", "dense_grad1",
+    for name in ("fused_dense2_bias_add1", "dense_grad0", "dense_grad1",
                  "fused_dense_bias_add_relu"):
         assert re.search(r"=tiled\[\d+xv\d+", rules[name]), (name, rules[name])
 

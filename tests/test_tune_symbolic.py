@@ -212,7 +212,9 @@ def test_every_kernel_of_an_any_batch_training_step_replays_and_trains_exactly(t
     tuned = tvf.compile_training(mlp(), tvf.nn.CrossEntropyLoss(), tvf.optim.Adam(1e-2),
                                  inputs=("batch", 16), labels=("batch",),
                                  records=str(tmp_path / "records"))
-    assert tuned.build_info["tuned_kernels"] == count > 10
+    # every symbolic kernel: the forward's (GEMMs with their bias adds and ReLUs), the
+    # loss's, the gradients' and Adam's
+    assert tuned.build_info["tuned_kernels"] == count >= 10
     assert tuned.build_info["record_fallbacks"] == {}
     rng = np.random.default_rng(0)
     for n in SIZES:
