@@ -112,3 +112,20 @@ def test_a_gradient_reading_the_output_reads_the_steps_own_output(monkeypatch):
     dh = 2 * (h ** 3 - y) / y.size * 3 * h * h
     np.testing.assert_allclose(module.state_dict()["lin.weight"], w - 0.01 * dh.T @ x,
                                rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda norm, z: norm.bn_moments(z(2, 3, 4)), r"bn_moments expects x \[N, C, H, W\]"),
+    (lambda norm, z: norm.bn_coefficients(z(2, 3), z(5), z(3)),
+     r"bn_coefficients expects moments \[2, C\] and gamma, beta \[C\], got \[2, 3\], \[5\]"),
+    (lambda norm, z: norm.bn_coefficients(z(3, 3), z(3), z(3)), r"got \[3, 3\]"),
+    (lambda norm, z: norm.bn_apply(z(2, 3, 4, 4), z(4, 5)),
+     r"bn_apply expects coef \[3 or more, C\] for x \[2, 3, 4, 4\], got \[4, 5\]"),
+    (lambda norm, z: norm.bn_apply(z(2, 3, 4, 4), z(2, 3)), r"got \[2, 3\]"),
+])
+def test_the_three_ops_name_a_wrong_shape(call, message):
+    from tvmfront.errors import ShapeError
+    from tvmfront.ops import norm
+
+    with pytest.raises(ShapeError, match=message):
+        call(norm, lambda *shape: np.zeros(shape, "float32"))

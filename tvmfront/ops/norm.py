@@ -11,7 +11,7 @@ Every gradient is the same formula over each normalised group (xhat = (x - mean)
 from .._tvm import te, tirx
 from ..errors import ShapeError
 from ..op import op
-from ._dims import dims, reciprocal, same_shape, show, size, static, static_shape
+from ._dims import dims, reciprocal, same, same_shape, show, size, static, static_shape
 
 
 def _c(v, dtype):
@@ -159,20 +159,30 @@ def _affine_grads(dy, x, xhat, tag):
 
 
 # ---- batch_norm: statistics over (N, H, W), per channel ----------------------------------------
-def _bn_check(x, gamma, beta):
+def _nchw(x, name):
     if len(x.shape) != 4:
-        raise ShapeError(f"batch_norm expects x [N, C, H, W], got {show(x.shape)}")
+        raise ShapeError(f"{name} expects x [N, C, H, W], got {show(x.shape)}")
+
+
+def _bn_check(x, gamma, beta):
+    _nchw(x, "batch_norm")
     c = static(x.shape[1], "batch_norm", "the channel count")
     if not same_shape(gamma.shape, (c,)) or not same_shape(beta.shape, (c,)):
         raise ValueError(f"batch_norm: gamma/beta must be [{c}]")
     return c
 
 
+def _count_inv(x):
+    """1 / (N * H * W) of NCHW x (a TE expression when N is symbolic)."""
+    n, _, h, w = dims(x.shape)
+    return reciprocal(size((n, h, w)), x.dtype)
+
+
 def batch_moments(x, tag=""):
     """(mean, biased variance, 1 / count) per channel of NCHW x, count = N * H * W (a TE
     expression when N is symbolic)."""
     n, c, h, w = dims(x.shape)
-    inv = reciprocal(size((n, h, w)), x.dtype)
+    inv = _count_inv(x)
     a1, a2 = _axes(f"b1{tag}_", (n, h, w)), _axes(f"b2{tag}_", (n, h, w))
     mean = te.compute((c,), lambda ch: te.sum(x[a1[0], ch, a1[1], a1[2]] * inv, axis=a1),
                       name=f"bn_mean{tag}")
@@ -210,11 +220,6 @@ def _(dy, x, gamma, beta, eps=1e-5):
     return [dx, dgamma, dbeta]
 
 
-def _count_inv(x):
-    n, _, h, w = dims(x.shape)
-    return reciprocal(size((n, h, w)), x.dtype)
-
-
 # ---- BatchNorm2d's training step as three ops: moments, coefficients, normalisation -----------
 # batch_norm above recomputes the statistics in every kernel that needs them: its forward
 # and each of its three gradient kernels (one per input), and the running statistics read x
@@ -248,6 +253,7 @@ def bn_moments(x, one_pass=False):
     channel (near its mean, so m2 - m1^2 keeps its precision; about 0 it would not); autodiff
     takes one output per stage, so a derived gradient needs the two-pass form (BatchNorm2d
     asks for one pass unless gradients are derived)."""
+    _nchw(x, "bn_moments")
     if not one_pass:
         mean, var, _ = batch_moments(x, "m")
         return te.compute((2, x.shape[1]), lambda k, ch: tirx.Select(k == 0, mean[ch], var[ch]),
@@ -287,6 +293,12 @@ def _bn_rstd(moments, ch, eps):
 def bn_coefficients(moments, gamma, beta, eps=1e-5):
     """[4, C] from bn_moments' [2, C]: the batch mean, the scale gamma * rstd, beta (bn_apply's
     per-channel coefficients) and rstd = 1 / sqrt(var + eps), which the gradient reads."""
+    channels = moments.shape[1:]
+    if len(moments.shape) != 2 or not same(moments.shape[0], 2) \
+            or not same_shape(gamma.shape, channels) or not same_shape(beta.shape, channels):
+        raise ShapeError(f"bn_coefficients expects moments [2, C] and gamma, beta [C], got "
+                         f"{show(moments.shape)}, {show(gamma.shape)}, {show(beta.shape)}")
+
     def coef(k, ch):
         rstd = _bn_rstd(moments, ch, eps)
         return tirx.Select(k == 0, moments[0, ch], tirx.Select(
@@ -316,6 +328,11 @@ def _(dc, coef, moments, gamma, beta, eps=1e-5):
 def bn_apply(x, coef):
     """(x - coef[0]) * coef[1] + coef[2] per channel of NCHW x (bn_coefficients' rows; rows
     after the third are not read)."""
+    _nchw(x, "bn_apply")
+    rows = dims(coef.shape)[0] if len(coef.shape) == 2 else None
+    if not (isinstance(rows, int) and rows >= 3 and same(coef.shape[1], x.shape[1])):
+        raise ShapeError(f"bn_apply expects coef [3 or more, C] for x {show(x.shape)}, got "
+                         f"{show(coef.shape)}")
     return te.compute(x.shape, lambda b, ch, i, j: (x[b, ch, i, j] - coef[0, ch]) * coef[1, ch]
                       + coef[2, ch], name="bn_apply")
 
