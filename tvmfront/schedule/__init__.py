@@ -33,8 +33,8 @@ Threads: parallel loops run on TVM's CPU thread pool, which takes half the logic
 x86 unless TVM_NUM_THREADS is set.
 """
 
-from . import (analysis, conv, conv_forward, dispatch, failures, gemm, gemv, int8, loops, params, reductions,
-               spatial)
+from . import (analysis, conv, conv_forward, dispatch, failures, gemm, gemv, int8, loops, params,
+               reductions, spatial)
 from .analysis import kernel_work, loop_kinds
 from .dispatch import RULE_ATTR, SCHEDULED_ATTR, default_cpu_schedule, is_scheduled, \
     schedule_prim_func

@@ -185,9 +185,9 @@ def _tile_reduction(sch, name, params, vector=True, plan=False):
         else:
             outer.append(loop)
             outer_axes.append(k)
-    first = _prepacked_panel_axis(info, v, tiles) if panel is None else None
-    if first is not None:  # as with panels made here: one panel swept by every tile
-        position = outer_axes.index(first)
+    panel_axis = _prepacked_panel_axis(info, v, tiles) if panel is None else None
+    if panel_axis is not None:  # as with panels made here: one panel swept by every tile
+        position = outer_axes.index(panel_axis)
         outer.insert(0, outer.pop(position))
         outer_axes.insert(0, outer_axes.pop(position))
     sch.reorder(*outer, *red, *inner, *([vec_loop] if vec_loop is not None else []))

@@ -27,7 +27,7 @@ import logging
 import numpy as np
 
 from .._tvm import host_arch, prim_func_type, to_device, tvm
-from ..build import codegen_target, kernel_pass_context, schedule_lowered
+from ..build import codegen_target, kernel_pass_context, runnable_here, schedule_lowered
 from ..target import resolve_target
 from . import policy, store, symbolic
 
@@ -40,8 +40,6 @@ RTOL, ATOL = 1e-3, 1e-4  # float reassociation, and atol relative to the output'
 def host_target(target):
     """The target records are checked on: `target` where this machine runs it, else this
     machine's CPU (a schedule's TIR means the same on every CPU)."""
-    from ..build import runnable_here
-
     if target.kind.name == "llvm" and runnable_here(target):
         return target
     return resolve_target("arm" if host_arch() == "aarch64" else "x86")
