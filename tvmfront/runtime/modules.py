@@ -7,7 +7,6 @@ model's Python class or the rest of tvmfront's frontend.
 import functools
 import math
 import shutil
-import threading
 from collections import OrderedDict
 
 import numpy as np
@@ -17,6 +16,7 @@ from .._tvm import (TVM_VERSION, cross_compiler_name, device_available, device_f
                    tuple_items, virtual_machine)
 from ..errors import BundleError, ShapeError, TargetError
 from . import bundle, cpu
+from .held import HeldTensors, fits
 from .manifest import LIBRARY, OPTIMIZER, PARAMS
 
 # The VM functions of an inference library whose dense weights are packed once
@@ -235,37 +235,49 @@ class _Compiled:
         self._buffers = [self._to_device(params[n]) for n in self.buffer_names]
         self._inputs = input_specs(manifest)
         self._fast = self._fast_input_spec()
-        self._local = threading.local()  # per thread: the fast path's input tensor
+        self._held_inputs = HeldTensors()  # the fast path's input tensors, per input shape
         # (the parameter list they were made from, predict_packed, the transformed parameters);
         # False: the library has no predict_packed; None: not looked up yet
         self._packed = None
 
     def _fast_input_spec(self):
-        """(shape, dtype) of the one input when every dimension is a number and the module
-        runs on this CPU: a call with a numpy array of exactly that shape and dtype needs no
-        other check (_fast_input), so it skips the general ones. None otherwise."""
+        """(shape, dtype) of the one input when the module runs on this CPU: a call with a
+        numpy array of that dtype and a shape the spec allows (a symbolic dimension any
+        positive size) needs no other check (_fast_input), so it skips the general ones.
+        None otherwise."""
         if self._vm_ is None or len(self._inputs) != 1 or self.device.dlpack_device_type() != 1:
             return None
         spec = self._inputs[0][1]
-        if not all(isinstance(d, int) for d in spec["shape"]):
-            return None
         return tuple(spec["shape"]), np.dtype(spec["dtype"])
 
     def _fast_input(self, x):
-        """The device tensor holding `x` when `x` is a numpy array of exactly the compiled
-        shape and dtype (any strides), else None (the general path then checks and converts,
-        and raises its errors). The tensor is this thread's, made once and refilled in place:
-        ~0.5 us against ~5-15 us for a new one. Safe because every caller copies the
-        outputs to numpy before the next call could refill it."""
+        """The device tensor holding `x` when `x` is a numpy array of the compiled dtype and a
+        shape the compiled one allows (any strides), else None (the general path then checks
+        and converts, and raises its errors). The tensor is this thread's, made once per
+        shape and refilled in place: ~0.5 us against ~5-15 us for a new one. Safe because
+        every caller copies the outputs to numpy before the next call could refill it."""
         fast = self._fast
-        if fast is None or type(x) is not np.ndarray or x.shape != fast[0] or x.dtype != fast[1]:
+        if fast is None or type(x) is not np.ndarray or x.dtype != fast[1]:
             return None
-        held = getattr(self._local, "input", None)
+        held = self._held_inputs.get(x.shape)
         if held is None:
-            tensor = to_device(x, self.device)
-            self._local.input = held = (tensor, np.from_dlpack(tensor))
-        held[1][...] = x
-        return held[0]
+            if not fits(x.shape, fast[0], {}):
+                return None
+            return self._held_inputs.make(x.shape, [x], self.device)[0][0]
+        held[1][0][...] = x
+        return held[0][0]
+
+    def _one_batch(self, x, batch_size):
+        """Whether predict(x, batch_size) runs `x` as one compiled batch: always at a fixed
+        batch (the fast path takes only exactly it); at any batch size, when x has at most
+        batch_size samples or the output's first axis is not the batch (predict then never
+        splits)."""
+        first = self._inputs[0][1]["shape"][0] if self._inputs[0][1]["shape"] else None
+        if isinstance(first, int) or type(x) is not np.ndarray or not x.ndim:
+            return True
+        out_shape = self.manifest["outputs"]["shape"]
+        return (type(batch_size) is int and x.shape[0] <= batch_size) or not out_shape \
+            or out_shape[0] != first
 
     def _function(self, name):
         """The VM's function `name` (looked up once)."""
@@ -394,7 +406,8 @@ class _Compiled:
         the same number of samples. Splitting and joining along axis 0 is right only when the
         output's axis 0 is the batch; for other outputs (e.g. logits reshaped to [B*T, V])
         predict takes exactly one compiled batch."""
-        out = self._predict_fast(x)  # exactly one compiled batch: the forward itself
+        # One compiled batch: the forward itself
+        out = self._predict_fast(x) if self._one_batch(x, batch_size) else None
         if out is not None:
             return out
         self._vm  # not runnable here: TargetError before anything else
@@ -582,15 +595,14 @@ class TrainingModule(_Compiled):
         self._scalar = manifest["scalar_dtype"]
         self._scalar_tensors = {}  # value -> its device tensor: lr is the same every step
         self._step_plan = self._fast_step_plan()
+        self._held_steps = HeldTensors()  # the fast path's step tensors, per (x, y) shapes
 
     def _fast_step_plan(self):
-        """What step()'s fast path needs, when it applies: one input of static shape on this
-        CPU (_fast), labels of static shape, no loss extras, no dropout inputs, every runtime
-        scalar after lr and step with a usable default. Else None (the general path only)."""
+        """What step()'s fast path needs, when it applies: one input on this CPU (_fast), no
+        loss extras, every runtime scalar after lr and step with a usable default. Else None
+        (the general path only). Symbolic dimensions and dropout's inputs are fine."""
         spec = self.manifest["labels"]
         if self._fast is None or self.manifest.get("extras") or \
-                self.manifest.get("seed") is not None or \
-                not all(isinstance(d, int) for d in spec["shape"]) or \
                 self.scalar_inputs[:2] != ["lr", "step"] or \
                 not all(v is not None and float(v) >= 0 for v in self.scalar_defaults.values()):
             return None
@@ -598,20 +610,28 @@ class TrainingModule(_Compiled):
                           self.device) for n in self.scalar_inputs[2:]]
         return {"y": (tuple(spec["shape"]), np.dtype(spec["dtype"])),
                 "classes": self.manifest.get("num_classes"), "rest": rest,
-                "scalar": np.dtype(self._scalar), "checked": False}
+                "scalar": np.dtype(self._scalar), "checked": False,
+                "dropout": self.manifest.get("seed") is not None, "key": (None, None)}
 
     def _fast_step_args(self, x, y, lr):
-        """The train step's data and scalar arguments, [x, y, lr, step, *other scalars], when
-        x and y are numpy arrays of exactly the compiled shapes and dtypes, the labels lie in
+        """(the train step's data and scalar arguments [x, y, (dropout key, counter,) lr,
+        step, *other scalars], numpy views of the refilled ones) when x and y are numpy
+        arrays of the compiled dtypes and shapes the compiled ones allow, the labels lie in
         range and lr is a valid number: copied into this thread's device tensors, made once
-        and refilled in place (the general path makes 4 new tensors a step, ~5 us each).
-        None otherwise: the general path then converts, checks and raises its errors."""
+        per pair of shapes and refilled in place (the general path makes 4-6 new tensors a
+        step, ~5 us each). None otherwise: the general path then converts, checks and
+        raises its errors."""
         plan = self._step_plan
         fast = self._fast
         if plan is None or type(x) is not np.ndarray or type(y) is not np.ndarray or \
-                x.shape != fast[0] or x.dtype != fast[1] or \
-                y.shape != plan["y"][0] or y.dtype != plan["y"][1]:
+                x.dtype != fast[1] or y.dtype != plan["y"][1]:
             return None
+        shapes = (x.shape, y.shape)
+        held = self._held_steps.get(shapes)
+        if held is None:
+            sizes = {}
+            if not (fits(x.shape, fast[0], sizes) and fits(y.shape, plan["y"][0], sizes)):
+                return None
         classes = plan["classes"]
         if classes is not None and y.size and not _labels_in_range(y, classes):
             return None
@@ -623,27 +643,35 @@ class TrainingModule(_Compiled):
                 return None
         if not (lr >= 0 and math.isfinite(lr)):
             return None
-        held = getattr(self._local, "step", None)
+        scalar = np.zeros((), plan["scalar"])
+        dropout = ([np.zeros(2, "uint32"), np.zeros((), "int64")] if plan["dropout"] else [])
         if held is None:
-            tensors = [to_device(np.zeros(fast[0], fast[1]), self.device),
-                       to_device(np.zeros(plan["y"][0], plan["y"][1]), self.device),
-                       to_device(np.zeros((), plan["scalar"]), self.device),
-                       to_device(np.zeros((), plan["scalar"]), self.device)]
-            self._local.step = held = (tensors + plan["rest"],
-                                       [np.from_dlpack(t) for t in tensors])
+            held = self._held_steps.make(shapes, [x, y, *dropout, scalar, scalar],
+                                         self.device)
         views = held[1]
         views[0][...] = x
         views[1][...] = y
-        views[2][()] = lr
-        views[3][()] = self.step_count + 1
-        return held[0]
+        if dropout:
+            views[2][...] = self._dropout_key()
+            views[3][()] = self.step_count + 1
+        views[-2][()] = lr
+        views[-1][()] = self.step_count + 1
+        return held[0] + plan["rest"], views
 
-    def _fast_step_outputs_alias(self, outputs):
+    def _dropout_key(self):
+        """The dropout key of the manifest's seed (_rng's), made once per seed."""
+        seed, key = self._step_plan["key"]
+        if seed != self.manifest["seed"]:
+            key = self._rng()[0]
+            self._step_plan["key"] = (self.manifest["seed"], key)
+        return key
+
+    def _fast_step_outputs_alias(self, outputs, views):
         """Whether a train step output shares memory with a tensor the fast path refills in
-        place (a graph that returns an input, or a view of one, as a new parameter or state):
-        checked on the first fast step; such a module then takes the general path only."""
-        held = self._local.step[1]
-        spans = [(v.ctypes.data, v.ctypes.data + max(1, v.nbytes)) for v in held]
+        place (`views`: a graph that returns an input, or a view of one, as a new parameter or
+        state): checked on the first fast step; such a module then takes the general path
+        only."""
+        spans = [(v.ctypes.data, v.ctypes.data + max(1, v.nbytes)) for v in views]
         for out in outputs:
             if out.device.dlpack_device_type() != 1:
                 continue
@@ -665,6 +693,10 @@ class TrainingModule(_Compiled):
                              f"dtype), got {y.dtype}")
         y = _as_integer("y", y, spec, kind="label ")
         _check("y", y, spec, sizes=sizes)
+        empty = [name for name, (size, _) in sizes.items() if size == 0]
+        if empty:  # a loss averaged over no samples: no number, and no update to make
+            raise ShapeError(f"dimension '{empty[0]}' is 0: a loss and its gradients need at "
+                             f"least one sample")
         classes = self.manifest.get("num_classes")
         if classes is not None and y.size and not _labels_in_range(y, classes):
             ignore = self.manifest.get("ignore_index")
@@ -742,11 +774,12 @@ class TrainingModule(_Compiled):
         other runtime scalars (``scalar_inputs`` after lr and step, e.g. ``max_norm=1.0``) are
         keywords, each defaulting to the optimizer's value. The step runs the model in
         training mode and updates its buffers (BatchNorm's running statistics)."""
-        args = None
+        fast = None
         if extras is None and not scalars and self._grad_sum is None and self._vm_ is not None:
-            args = self._fast_step_args(x, y, lr)
-        fast = args is not None
-        if not fast:
+            fast = self._fast_step_args(x, y, lr)
+        if fast is not None:
+            args = fast[0]
+        else:
             self._vm
             if self._grad_sum is not None:
                 raise RuntimeError("step: accumulated gradients are waiting; call apply() first")
@@ -758,13 +791,13 @@ class TrainingModule(_Compiled):
         self._params, self._buffers = out[1:1 + p], out[1 + p:1 + p + b]
         self._state = out[1 + p + b:1 + p + b + s]
         self.step_count += 1
-        if fast and not self._step_plan["checked"]:
-            if self._fast_step_outputs_alias(out):
+        if fast is not None and not self._step_plan["checked"]:
+            if self._fast_step_outputs_alias(out, fast[1]):
                 self._step_plan = None
-                del self._local.step  # the outputs own those tensors now: never refilled
+                self._held_steps.forget()  # the outputs own those tensors now: never refilled
             else:
                 self._step_plan["checked"] = True
-        if fast:  # on the CPU: the loss's value through DLPack, ~3 us less than to_numpy
+        if fast is not None:  # on the CPU: the loss's value through DLPack, ~3 us less
             try:
                 return float(np.from_dlpack(out[0]))
             except (BufferError, TypeError, ValueError):  # a dtype numpy lacks (bfloat16)
