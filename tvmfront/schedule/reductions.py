@@ -208,8 +208,8 @@ def _lane_reduction(sch, name, params):
     per lane), as any vectorized reduction must."""
     block = sch.get_sblock(name)
     info = _BlockInfo(sch, block)
-    if "O" in info.kinds or not info.reduction or not info.spatial or info.symbolic:
-        raise NotApplicable("not a static plain reduction")
+    if "O" in info.kinds or not info.reduction or not info.spatial:
+        raise NotApplicable("not a plain reduction")
     if info.kinds != ["S"] * len(info.spatial) + ["R"] * len(info.reduction):
         raise NotApplicable("reduction axes are not innermost")
     lanes = params.lanes(info.dtype)
@@ -224,6 +224,8 @@ def _lane_reduction(sch, name, params):
     start = len(info.kinds)
     for t in range(len(red) - 1, -1, -1):
         group = red[t:]
+        if info.symbolic & set(group):  # lanes split a static run (a symbolic batch: outer)
+            break
         want = {k: math.prod(info.extents[j] for j in red[red.index(k) + 1:]) for k in group}
         if any(strides[k] != want[k] for strides in streamed for k in group):
             break
