@@ -239,10 +239,12 @@ def _access_strides(region, variables, analyzer=None):
 
 
 def _same_places(regions):
-    """Whether every region is the same place of a same-shaped buffer: the outputs of a
-    tuple reduction (several sums in one pass), which schedule as one."""
+    """Whether every region is the same place of a same-shaped buffer of as wide elements:
+    the outputs of a tuple reduction (several sums in one pass; a max and its position),
+    which schedule as one."""
     first = regions[0]
-    return all(len(r.region) == len(first.region) and r.source.dtype == first.source.dtype
+    bits = _dtype_bits(first.source.dtype)
+    return all(len(r.region) == len(first.region) and _dtype_bits(r.source.dtype) == bits
                and all(structural_equal(a.min, b.min) and structural_equal(a.extent, b.extent)
                        for a, b in zip(r.region, first.region)) for r in regions[1:])
 
@@ -277,7 +279,7 @@ class _BlockInfo:
         self.write_strides = _access_strides(self.write, self.vars, analyzer)
         self.reads = [(i, r, _access_strides(r, self.vars, analyzer))
                       for i, r in enumerate(stmt.reads)
-                      if not r.source.same_as(self.write.source)]
+                      if not any(r.source.same_as(w.source) for w in stmt.writes)]
         self.work = math.prod(self.extents)
         self.calls = _library_calls(stmt)
 
@@ -338,14 +340,21 @@ def _library_calls(stmt):
 
 
 def _has_if_then_else(stmt):
+    """Whether the block's body computes an if_then_else (a guarded read), in its stores and
+    in the lets of a tuple reduction's body (a max and its position) alike."""
     found = [False]
 
     def visit(e):
         if isinstance(e, tvm.ir.Call) and str(getattr(e.op, "name", "")).endswith("if_then_else"):
             found[0] = True
 
-    if isinstance(stmt.body, tirx.BufferStore):
-        _walk_expr(stmt.body.value, visit)
+    def visit_stmt(node):
+        for attr in ("value", "condition"):  # a store's or a let's value, an if's condition
+            e = getattr(node, attr, None)
+            if isinstance(e, tirx.Expr):
+                _walk_expr(e, visit)
+
+    _walk_stmts(stmt.body, visit_stmt)
     return found[0]
 
 
