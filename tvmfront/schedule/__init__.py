@@ -18,6 +18,8 @@ says more; a file imports only the ones listed before it):
 - ``spatial``: elementwise and injective blocks, padding, epilogues;
 - ``gemm``: the GEMM family (dense, batch_matmul, transposed forms, convolution forward):
   register tiles over a vectorized output axis, packed operands;
+- ``window_reindex``: reductions over a symbolic batch whose window read of a small operand
+  keeps them from being padded: the window copied out, then the GEMM family's rule;
 - ``conv_forward``: stride-1 convolution forward, one image per parallel iteration;
 - ``gemv``: matrix times vector (a Linear layer at batch 1);
 - ``reductions``: reductions with no vectorizable output axis (scalar tiles, plain loops);
@@ -34,7 +36,7 @@ x86 unless TVM_NUM_THREADS is set.
 """
 
 from . import (analysis, conv, conv_forward, dispatch, failures, gemm, gemv, int8, loops, params,
-               reductions, spatial)
+               reductions, spatial, window_reindex)
 from .analysis import kernel_work, loop_kinds
 from .dispatch import RULE_ATTR, SCHEDULED_ATTR, default_cpu_schedule, is_scheduled, \
     schedule_prim_func
@@ -46,8 +48,8 @@ __all__ = ["CpuParams", "NotApplicable", "RULE_ATTR", "SCHEDULED_ATTR", "SMALL_W
            "loop_kinds", "schedule_prim_func"]
 
 # In import order: a file imports only those before it (tests/test_layering.py).
-FILES = (params, failures, analysis, loops, conv, spatial, gemm, conv_forward, gemv, reductions,
-         int8, dispatch)
+FILES = (params, failures, analysis, loops, conv, spatial, gemm, window_reindex, conv_forward,
+         gemv, reductions, int8, dispatch)
 
 
 def __getattr__(name):

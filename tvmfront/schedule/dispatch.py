@@ -37,7 +37,7 @@ from .analysis import (_buffers, _children, _const, _has_contraction, _max_block
                        parallel_write_races)
 # The rules below are looked up in their files at call time (gemm._tile_reduction, ...), so a
 # test or bench that patches a rule in its file reaches every caller.
-from . import conv_forward, gemm, gemv, int8, spatial
+from . import conv_forward, gemm, gemv, int8, spatial, window_reindex
 from .spatial import _inline_spatial
 from .reductions import (_gather_reduction, _lane_reduction, _plain_reduction, _row_fusion,
                          _tile_reduction_scalar)
@@ -182,6 +182,7 @@ def _tvmfront_rule(func, params, tiled_only=False):
             continue
         rules = (("row_fusion", _row_fusion),
                  ("conv_forward", conv_forward._conv_forward),
+                 ("window_reindex", window_reindex._window_reindex),
                  ("tile_reduction", gemm._tile_reduction),
                  ("gather_reduction", _gather_reduction),
                  ("lane_reduction", _lane_reduction),

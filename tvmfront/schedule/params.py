@@ -99,6 +99,10 @@ STACK_MAX_BYTES = 1024
 # measured). AVX2's 16 registers hold tiles of 4 columns x v16 at most, which its tests pin to
 # the GEMM family's choices (4 channels x 2 rows x v8 at 8 columns), untimed against it.
 CONV_MIN_VECTOR_BITS = 512
+# window_reindex copies a window read out (per call) up to this many bytes: memory traffic the
+# reduction must win back (LeNet's conv d/dx over a symbolic batch: a 393 KB copy, ~15 us of
+# the 117 us it saves on one AVX-512 core).
+REINDEX_MAX_BYTES = 1 << 20
 
 
 class CpuParams:
