@@ -20,14 +20,17 @@ Where the time goes (b32 32->64 @28, one Zen 4 core, 1-thread CPU time, variants
 scheduled TIR timed interleaved in one process; perf samples agree): the accumulate loop
 alone runs at 98% of the FMA peak; the rest is the write-back to NCHW (~4%), the padded copy
 (~2.5%: fetching the image from memory ~2%, the copy and the zero fill ~1%) and loop
-overhead. The write-back's cost is its NCHW stores, not its transpose: the same tiles
-stored NHWC (whole zmm rows) cost 0.5%, but an in-register shuffle transpose (LLVM emits
-vunpck/vpermt2ps from explicit T.Shuffle stages), a per-image or per-4-row NHWC staging
-buffer transposed by 16x16 shuffle blocks into whole output lines, scatter-style stores,
-unrolling the write-back, software prefetch (prefetchw or prefetcht1 of the tile's or next
-row's output lines) and huge pages for the output were each no faster (0.99-1.03x). Reading
+overhead. The write-back resists: the same tiles stored NHWC (whole zmm rows) cost 0.5%,
+and with the output kept in L1 a shuffle transpose is 1.5% faster than the lane-by-lane
+one, but into the real output an in-register shuffle transpose (LLVM emits
+vunpck/vpermt2ps from explicit T.Shuffle stages; 7-lane or masked 8-lane stores), a
+per-image or per-4-row NHWC staging buffer transposed by 16x16 shuffle blocks into whole
+output lines, scatter-style stores, unrolling the write-back, software prefetch (prefetchw
+or prefetcht1 of the tile's or next row's output lines) and huge pages for the output were
+each no faster (0.99-1.04x the time). A 28 x v16 tile with the window columns as a loop
+(LLVM folds each broadcast into its FMA: 28 FMAs + 1 load, no spills) was 4% slower. Reading
 the padded input straight from memory (no copy) gained ~1%, zeroing only the border 0.4%,
-prefetching the next image 0.5%, padding per row (3 rows per output row) lost 2-3%; the loop
+prefetching the next image 0.5-0.9%, padding per row (3 rows per output row) lost 2-3%; the loop
 order (rows or columns outside the channel panels) made no difference.
 """
 
