@@ -15,6 +15,23 @@ two FMAs): tiles of 28 (7 x v64, 14 x v32, 2 rows x 7 x v32, 28 x v16) made LLVM
 accumulators to the stack (70-93 GF/s on one Zen 4 core against 104), and neither 14 x v16,
 blocking the input channels to keep the weight slice in L1, nor writing the tile back at the
 end of each row was faster.
+
+Where the time goes (b32 32->64 @28, one Zen 4 core, 1-thread CPU time, variants of the
+scheduled TIR timed interleaved in one process; perf samples agree): the accumulate loop
+alone runs at 98% of the FMA peak; the rest is the write-back to NCHW (~4%), the padded copy
+(~2.5%: fetching the image from memory ~2%, the copy and the zero fill ~1%) and loop
+overhead. The write-back resists: the same tiles stored NHWC (whole zmm rows) cost 0.5%,
+and with the output kept in L1 a shuffle transpose is 1.5% faster than the lane-by-lane
+one, but into the real output an in-register shuffle transpose (LLVM emits
+vunpck/vpermt2ps from explicit T.Shuffle stages; 7-lane or masked 8-lane stores), a
+per-image or per-4-row NHWC staging buffer transposed by 16x16 shuffle blocks into whole
+output lines, scatter-style stores, unrolling the write-back, software prefetch (prefetchw
+or prefetcht1 of the tile's or next row's output lines) and huge pages for the output were
+each no faster (0.99-1.04x the time). A 28 x v16 tile with the window columns as a loop
+(LLVM folds each broadcast into its FMA: 28 FMAs + 1 load, no spills) was 4% slower. Reading
+the padded input straight from memory (no copy) gained ~1%, zeroing only the border 0.4%,
+prefetching the next image 0.5-0.9%, padding per row (3 rows per output row) lost 2-3%; the loop
+order (rows or columns outside the channel panels) made no difference.
 """
 
 from .params import CONV_MIN_VECTOR_BITS, PARALLEL_CHUNKS_PER_CORE
@@ -23,6 +40,11 @@ from .analysis import _BlockInfo, _const
 from .loops import _largest_divisor, _parallel_worth_it, _parallelize, _vectorize_innermost
 from .spatial import _absorb_epilogues
 from . import gemm
+
+# The window's rows are unrolled too (its columns always are) up to this many taps: one loop
+# iteration per input channel, 3 x 3 x 7 x 2 = 126 FMAs (3x3 on one AVX-512 core, old/new
+# per round, median of 21: b32 32->64 @28 1.006x, 64->64 @14 1.013x, 128->128 @7 1.006x).
+UNROLLED_WINDOW_TAPS = 9
 
 
 def _conv_forward(sch, name, params):
@@ -65,6 +87,8 @@ def _conv_forward(sch, name, params):
     epilogue = _absorb_epilogues(sch, writeback)
     padded = gemm._pad_per_iteration(sch, block, outer[0], info, lanes) if per_image else []
     sch.unroll(red[-1])
+    if info.extents[info.reduction[1]] * info.extents[info.reduction[2]] <= UNROLLED_WINDOW_TAPS:
+        sch.unroll(red[-2])
     sch.unroll(j_tile)
     sch.vectorize(o_vec)
     _vectorize_innermost(sch, writeback, lanes)
