@@ -34,17 +34,12 @@ prefetching the next image 0.5-0.9%, padding per row (3 rows per output row) los
 order (rows or columns outside the channel panels) made no difference.
 """
 
-from .params import CONV_MIN_VECTOR_BITS, PARALLEL_CHUNKS_PER_CORE
+from .params import CONV_MIN_VECTOR_BITS, PARALLEL_CHUNKS_PER_CORE, UNROLLED_WINDOW_TAPS
 from .failures import NotApplicable
 from .analysis import _BlockInfo, _const
 from .loops import _largest_divisor, _parallel_worth_it, _parallelize, _vectorize_innermost
 from .spatial import _absorb_epilogues
 from . import gemm
-
-# The window's rows are unrolled too (its columns always are) up to this many taps: one loop
-# iteration per input channel, 3 x 3 x 7 x 2 = 126 FMAs (3x3 on one AVX-512 core, old/new
-# per round, median of 21: b32 32->64 @28 1.006x, 64->64 @14 1.013x, 128->128 @7 1.006x).
-UNROLLED_WINDOW_TAPS = 9
 
 
 def _conv_forward(sch, name, params):

@@ -99,6 +99,10 @@ STACK_MAX_BYTES = 1024
 # measured). AVX2's 16 registers hold tiles of 4 columns x v16 at most, which its tests pin to
 # the GEMM family's choices (4 channels x 2 rows x v8 at 8 columns), untimed against it.
 CONV_MIN_VECTOR_BITS = 512
+# conv_forward unrolls the window's rows too (its columns always are) up to this many taps: one
+# loop iteration per input channel, 3 x 3 x 7 x 2 = 126 FMAs (3x3 on one AVX-512 core, old/new
+# per round, median of 21: b32 32->64 @28 1.006x, 64->64 @14 1.013x, 128->128 @7 1.006x).
+UNROLLED_WINDOW_TAPS = 9
 # window_reindex copies a window read out (per call) up to this many bytes: memory traffic the
 # reduction must win back (LeNet's conv d/dx over a symbolic batch: a 393 KB copy, ~15 us of
 # the 117 us it saves on one AVX-512 core).
