@@ -1,13 +1,17 @@
 """BatchNorm2d's train step: ReLU fuses into the normalisation (relu's gradient reads relu's
-output, not its input, so the normalisation's output has relu as its only reader), and
-bn_moments' dx reads the forward's moments instead of taking a mean of x of its own. A
-gradient that reads its op's output (`@op.grad(uses_output=True)`) is checked on its own."""
+output, not its input, so the normalisation's output has relu as its only reader),
+bn_moments' dx reads the forward's moments instead of taking a mean of x of its own, and
+BatchNorm's dx (bn_apply's piece, bn_moments' piece, their sum) is one kernel
+(pipeline.untuple_gradients), while convolution gradients stay unfused. A gradient that
+reads its op's output (`@op.grad(uses_output=True)`) is checked on its own."""
 
 import numpy as np
 import pytest
 
 import tvmfront as tvf
 from tvmfront._tvm import te
+
+from _lowering_stage import without_stage
 
 nn, ops = tvf.nn, tvf.ops
 
@@ -23,8 +27,8 @@ class _ConvBnRelu(nn.Module):
         return self.fc(ops.mean(ops.relu(self.bn(self.conv(x))), axis=(2, 3)))
 
 
-def _compile(monkeypatch, **kwargs):
-    monkeypatch.setenv("TVMFRONT_CACHE", "0")
+def _compile(monkeypatch, untuple=True, **kwargs):
+    without_stage(monkeypatch, "untuple_gradients", untuple)
     tvf.manual_seed(0)
     return tvf.compile_training(_ConvBnRelu(), nn.CrossEntropyLoss(), tvf.optim.Adam(0.01),
                                 inputs=(4, 2, 6, 6), labels=(4,), records=False, **kwargs)
@@ -43,9 +47,33 @@ def test_relu_fuses_into_the_normalisation_and_bn_moments_dx_takes_no_mean(monke
     assert any(k.startswith("fused_bn_apply") and "relu" in k and "grad" not in k
                for k in kernels), sorted(kernels)
     assert "relu" not in kernels and "bn_apply" not in kernels, sorted(kernels)
-    # bn_moments' dx: an elementwise map of x and the forward's moments, no reduction
-    (dx,) = [f for k, f in kernels.items() if "bn_moments_grad0" in k]
-    assert "T.axis.reduce" not in dx.script(), dx.script()
+    # bn_moments' dx: an elementwise map of x and the forward's moments, no reduction, in
+    # one kernel with bn_apply's piece and their sum
+    (dx,) = [k for k in kernels if "bn_moments_grad0" in k]
+    assert "T.axis.reduce" not in kernels[dx].script(), kernels[dx].script()
+    assert "bn_apply_grad0" in dx and "add" in dx, sorted(kernels)
+    assert not [k for k in kernels if k.startswith("add")], sorted(kernels)
+    # the mean's gradient and relu's fuse; the convolution's gradient alone
+    assert "fused_mean_grad0_relu_grad0" in kernels, sorted(kernels)
+    assert "conv2d_grad1" in kernels, sorted(kernels)
+
+
+def test_without_the_stage_the_gradient_pieces_stay_apart(monkeypatch):
+    kernels = _kernels(_compile(monkeypatch, untuple=False))
+    assert [k for k in kernels if "bn_apply_grad0" in k and "bn_moments_grad0" not in k]
+    assert [k for k in kernels if "add" in k and "grad" not in k], sorted(kernels)
+
+
+def test_the_stage_changes_no_numbers(monkeypatch):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 2, 6, 6)).astype("float32")
+    y = np.array([0, 1, 2, 1])
+    apart, fused = (_compile(monkeypatch, untuple) for untuple in (False, True))
+    for _ in range(4):
+        np.testing.assert_allclose(fused.step(x, y), apart.step(x, y), rtol=1e-6)
+    for name, value in fused.state_dict().items():
+        np.testing.assert_allclose(value, apart.state_dict()[name], rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
 
 
 def test_derived_gradients_train_the_same(monkeypatch):

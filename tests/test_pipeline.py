@@ -17,6 +17,10 @@ def test_lowering_order():
     # Kernels with several outputs are marked opaque after patterns are annotated, before fusion.
     assert (names.index("annotate_patterns") < names.index("unfused_multi_output")
             < names.index("fuse_ops"))
+    # Gradient tuples are read through before fusion; the outputs FuseOps emitted last are
+    # moved back beside their inputs after it.
+    assert (names.index("untuple_gradients") < names.index("fuse_ops")
+            < names.index("fuse_tir") < names.index("outputs_early"))
 
 
 @tvf.op

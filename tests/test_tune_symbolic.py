@@ -213,8 +213,8 @@ def test_every_kernel_of_an_any_batch_training_step_replays_and_trains_exactly(t
                                  inputs=("batch", 16), labels=("batch",),
                                  records=str(tmp_path / "records"))
     # every symbolic kernel: the forward's (GEMMs with their bias adds and ReLUs), the
-    # loss's, the gradients' and Adam's
-    assert tuned.build_info["tuned_kernels"] == count >= 10
+    # loss's, the gradients' (a dense d/dx with the relu_grad after it) and Adam's
+    assert tuned.build_info["tuned_kernels"] == count >= 9
     assert tuned.build_info["record_fallbacks"] == {}
     rng = np.random.default_rng(0)
     for n in SIZES:

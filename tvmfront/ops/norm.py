@@ -229,10 +229,8 @@ def _(dy, x, gamma, beta, eps=1e-5):
 # is one pass of two per-channel sums and an elementwise dy * scale; bn_moments' own dx, an
 # elementwise map of x and the forward's moments, is added to it. A ReLU after the
 # normalisation fuses with it (relu's gradient reads relu's output). The two dx pieces and
-# their sum stay three kernels: Relax's Gradient binds an op's input gradients into a tuple,
-# a second consumer that keeps FuseOps from fusing them. Reading through the tuples before
-# FuseOps (git history: pipeline.untuple_gradients) made them one kernel, the ResNet step 2%
-# faster and the Transformer step 4% slower (its gradients' fusions), so it is not a stage.
+# their sum are one kernel (pipeline.untuple_gradients: Relax's Gradient binds an op's input
+# gradients into a tuple, a second consumer that kept FuseOps from fusing them).
 def _pair_sums(x, first, second, name):
     """Two per-channel sums over (N, H, W) of NCHW x, of first(b, ch, i, j) and
     second(b, ch, i, j), in one pass (a tuple reduction: one loop nest, both accumulators)."""

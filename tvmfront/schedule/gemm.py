@@ -52,7 +52,7 @@ from .analysis import (_BlockInfo, _bytes, _const, _elements, _has_if_then_else,
 from .loops import (_largest_divisor, _parallel_worth_it, _parallelize, _vector_factor,
                     _vectorize_innermost)
 from .conv import _index_divisors
-from .spatial import _absorb_epilogues
+from .spatial import _absorb_epilogues, _streamed_operands
 
 
 def _tile_reduction(sch, name, params, vector=True, plan=False):
@@ -213,12 +213,14 @@ def _tile_reduction(sch, name, params, vector=True, plan=False):
         outer = _chunk_parallel_loop(sch, outer, params)
     anchor = outer[-1]
 
-    # Accumulate the register tile in a local buffer; write it back with the epilogue.
-    writeback = _cache_accumulator(sch, block, info, v)
+    # Accumulate the register tile in a local buffer; write it back with the epilogue,
+    # unless the epilogue streams operands of the output's size: then it runs after the tiles.
+    streamed = _streamed_operands(sch, block)
+    writeback = _cache_accumulator(sch, block, info, v, absorb=not streamed)
     epilogue = []
     if writeback is not None:
         sch.reverse_compute_at(writeback, anchor, preserve_unit_loops=True)
-        epilogue = _absorb_epilogues(sch, writeback)
+        epilogue = [] if streamed else _absorb_epilogues(sch, writeback)
     tile_points = math.prod(tiles.values())
     last_red = red[-1]
     if _unroll_extent(sch, last_red) * tile_points <= UNROLL_MAX_BODY and len(red) > 1:
@@ -371,11 +373,12 @@ def _pad_axes(sch, info, factors):
     return True
 
 
-def _cache_accumulator(sch, block, info, v):
+def _cache_accumulator(sch, block, info, v, absorb=True):
     """The block's output accumulated in a buffer of its own (returns the write-back block),
     laid out with v's dimension last when the output is strided along v (a conv's output
     channels), so the tile's vectors are stored whole; None where the vector tile accumulates
-    in the kernel's output itself: no epilogue (no consumer) and no layout to change.
+    in the block's output itself: no epilogue to absorb (no consumer, or not `absorb`) and no
+    layout to change.
 
     LLVM keeps the tile in registers either way, but a buffer of its own is compacted to the
     tile, which at 8 x v32 fp32 is 1 KiB: too big for TVM to put on the stack (under 1 KiB
@@ -386,7 +389,7 @@ def _cache_accumulator(sch, block, info, v):
         info.write_strides[v] != 1 else None
     ndim = len(info.write.region)
     if d is None or d == ndim - 1:
-        if v is not None and not sch.get_consumers(block):
+        if v is not None and (not absorb or not sch.get_consumers(block)):
             return None
         return sch.cache_write(block, 0, "global")
     return _cache_laid_out(sch, info, "write", 0, info.write,
