@@ -25,6 +25,10 @@ from tvmfront import cache
 from tvmfront._tvm import export_library, load_module, te, to_device, tvm
 
 KILLS = 50
+# More kills, up to this many, until both outcomes of a mid-commit kill were seen: the new
+# entry is found only for a kill after the rename and before the child marks it done, which
+# 50 kills missed in about one run of ten (CI flake, 2026-12-04: 5-9 kills while committing).
+MAX_KILLS = 400
 KEY = "c0ffee" * 6 + "c0ff"
 IDLE, WRITING, COMMITTING = 0, 1, 2
 PHASES = {IDLE: "between writes", WRITING: "writing the library", COMMITTING: "committing"}
@@ -137,7 +141,9 @@ def test_killed_writers_leave_the_old_or_the_new_entry(cache_dir, tmp_path, monk
     phases = dict.fromkeys(PHASES.values(), 0)
     next_version, on_disk = 1, 0  # the version the cache holds (0: none)
     t0 = time.perf_counter()
-    for _ in range(KILLS):
+    kills = 0
+    while kills < KILLS or not (counts["new"] and counts["old"]) and kills < MAX_KILLS:
+        kills += 1
         pid = _fork_writer(shared, libraries, next_version, on_disk)
         deadline = time.perf_counter() + 10
         while LAYOUT.unpack(shared[:LAYOUT.size])[0] == 0:  # the child is running
@@ -164,11 +170,11 @@ def test_killed_writers_leave_the_old_or_the_new_entry(cache_dir, tmp_path, monk
         on_disk = 0 if hit is None else version
         next_version = writing + 1
     seconds = time.perf_counter() - t0
-    mid_write = KILLS - phases["between writes"]
-    print(f"\n{KILLS} kills in {seconds:.1f} s ({window * 1e3:.1f} ms window): {mid_write} "
+    mid_write = kills - phases["between writes"]
+    print(f"\n{kills} kills in {seconds:.1f} s ({window * 1e3:.1f} ms window): {mid_write} "
           f"mid-write ({phases}); found {counts}")
-    assert sum(counts.values()) == KILLS
-    assert mid_write >= KILLS // 2  # the test does exercise interrupted writes
+    assert sum(counts.values()) == kills
+    assert mid_write >= kills // 2  # the test does exercise interrupted writes
     assert counts["new"] and counts["old"]
     assert phases["writing the library"] and phases["committing"]
 
