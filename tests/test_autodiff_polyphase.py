@@ -72,3 +72,33 @@ def test_per_phase_derived_dx_equals_the_explicit_one(stride, padding, shape, na
         lib(*[to_device(a) for a in args], out)
         got.append(out.numpy())
     np.testing.assert_allclose(got[0], got[1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["x86", "x86:avx2"])
+def test_a_1x1_stride_2_derived_dx_sums_one_phase_and_zeros_the_others(name):
+    # x read at 2 * i: only inputs of phase (0, 0) get a gradient. Before, one tensor summed
+    # over the output channels for every input, tested j % 2 == 0 inside the sum (ResNet's
+    # 1x1 16->32 @32 projection: backward 5.0x its forward, now 2.4x on one AVX-512 core).
+    inputs, dx = _dx(True, 2, 0, kernel=1)
+    stages = {}
+    _walk(dx, stages)
+    parts = {n: stages[n].op.body[0] for n in stages if n[-4:-2] == "_p"}
+    want = [f"{dx.op.name}_p{a}{b}" for a in (0, 1) for b in (0, 1)]
+    assert sorted(parts) == want, sorted(stages)
+    assert type(parts[f"{dx.op.name}_p00"]).__name__ == "Reduce"
+    for phase in ("p01", "p10", "p11"):  # no read lands there: a constant, no sum
+        body = parts[f"{dx.op.name}_{phase}"]
+        assert type(body).__name__ == "FloatImm" and body.value == 0.0, (phase, body)
+    target = resolve_target(name)
+    got = []
+    for derived in (True, False):
+        inputs, grad = _dx(derived, 2, 0, kernel=1)
+        func, _ = cpu_schedule.schedule_prim_func(te.create_prim_func(inputs + [grad]), target)
+        lib = tvm.compile(func, target=target)
+        args = [np.random.default_rng(2).standard_normal([int(d) for d in t.shape])
+                .astype("float32") for t in inputs]
+        out = tvm.runtime.empty((2, 4, 8, 8), "float32", tvm.cpu())
+        lib(*[to_device(a) for a in args], out)
+        got.append(out.numpy())
+    np.testing.assert_allclose(got[0], got[1], rtol=1e-5, atol=1e-5)
+    assert np.all(got[0][:, :, 1::2, :] == 0) and np.all(got[0][:, :, :, 1::2] == 0)

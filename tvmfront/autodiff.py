@@ -374,7 +374,16 @@ def _solve(indices, loops, j, shape=None):
         if c < 0:
             num, c = -num, -c
         own = []
-        if c != 1:
+        known = tvm.sym.Analyzer()  # the loops' ranges: a 1x1 kernel's taps are all 0
+        for other in remaining:
+            known.bind(other.var, _range(other.start, other.extent))
+        phase = known.simplify(tvm.tirx.floormod(num, c)) if c != 1 else None
+        if isinstance(phase, P.IntImm):  # a part of _polyphase_adjoint: j's phase is known
+            if phase.value:  # no element of the read lands on this phase
+                guards.append(tvm.tirx.const(False, "bool"))
+            num = known.simplify(tvm.tirx.floordiv(num, c))
+            value, c = num, 1
+        elif c != 1:
             own.append(P.EQ(tvm.tirx.floormod(num, c), _const(0, _dtype(num))))
             value = tvm.tirx.floordiv(num, c)
         else:
@@ -640,11 +649,16 @@ def _polyphase_strides(indices, loops, shape):
     strides = {}
     for k, e in enumerate(indices):
         lin = _affine(e, loops)
-        pair = _strided_pair(loops, lin[0]) if lin is not None else None
+        if lin is None:
+            continue
+        pair = _strided_pair(loops, lin[0])
+        used = [int(c) for c, lp in zip(lin[0], loops) if c and lp.extent > 1]
         if pair is not None:
             _, b, step = pair
             if loops[b].extent > step and int(shape[k]) % step == 0:
                 strides[k] = step
+        elif len(used) == 1 and abs(used[0]) > 1 and int(shape[k]) % abs(used[0]) == 0:
+            strides[k] = abs(used[0])  # a 1x1 kernel's stride: one phase of s reads
     return strides
 
 
@@ -722,6 +736,8 @@ def _adjoint_body(shape, dtype, indices, loops, value, name, adjoint, inline):
             g = analyzer.simplify(substitute(g, sub))
             if isinstance(g, P.IntImm) and g.value == 1:
                 continue
+            if isinstance(g, P.IntImm):  # never true (a phase no read lands on): zeros
+                return _const(0, dtype)
             cond = g if cond is None else P.And(cond, g)
         term = _try_simplify(analyzer, substitute(value_here, sub))
         if cond is not None:
