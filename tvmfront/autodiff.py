@@ -374,10 +374,12 @@ def _solve(indices, loops, j, shape=None):
         if c < 0:
             num, c = -num, -c
         own = []
-        known = tvm.sym.Analyzer()  # the loops' ranges: a 1x1 kernel's taps are all 0
-        for other in remaining:
-            known.bind(other.var, _range(other.start, other.extent))
-        phase = known.simplify(tvm.tirx.floormod(num, c)) if c != 1 else None
+        phase = None
+        if c != 1:
+            known = tvm.sym.Analyzer()  # the loops' ranges: a 1x1 kernel's taps are all 0
+            for other in remaining:
+                known.bind(other.var, _range(other.start, other.extent))
+            phase = known.simplify(tvm.tirx.floormod(num, c))
         if isinstance(phase, P.IntImm):  # a part of _polyphase_adjoint: j's phase is known
             if phase.value:  # no element of the read lands on this phase
                 guards.append(tvm.tirx.const(False, "bool"))

@@ -643,15 +643,15 @@ class TrainingModule(_Compiled):
                 return None
         if not (lr >= 0 and math.isfinite(lr)):
             return None
-        scalar = np.zeros((), plan["scalar"])
-        dropout = ([np.zeros(2, "uint32"), np.zeros((), "int64")] if plan["dropout"] else [])
-        if held is None:
+        if held is None:  # the tensors' first values are refilled below like every step's
+            scalar = np.zeros((), plan["scalar"])
+            dropout = [np.zeros(2, "uint32"), np.zeros((), "int64")] if plan["dropout"] else []
             held = self._held_steps.make(shapes, [x, y, *dropout, scalar, scalar],
                                          self.device)
         views = held[1]
         views[0][...] = x
         views[1][...] = y
-        if dropout:
+        if plan["dropout"]:
             views[2][...] = self._dropout_key()
             views[3][()] = self.step_count + 1
         views[-2][()] = lr

@@ -339,22 +339,28 @@ def _library_calls(stmt):
     return calls[0] + max(0, nodes[0] - FREE_ARITH_NODES) / ARITH_NODES_PER_CALL
 
 
+def _walk_block_exprs(stmt, fn):
+    """fn(e) for every subexpression a block's body computes: its stores' values, and the
+    lets and conditions of a body that is more than one store (a tuple reduction's: a max
+    and its position)."""
+    def visit_stmt(node):
+        for attr in ("value", "condition"):  # a store's or a let's value, an if's condition
+            e = getattr(node, attr, None)
+            if isinstance(e, tirx.Expr):
+                _walk_expr(e, fn)
+
+    _walk_stmts(stmt.body, visit_stmt)
+
+
 def _has_if_then_else(stmt):
-    """Whether the block's body computes an if_then_else (a guarded read), in its stores and
-    in the lets of a tuple reduction's body (a max and its position) alike."""
+    """Whether the block's body computes an if_then_else (a guarded read)."""
     found = [False]
 
     def visit(e):
         if isinstance(e, tvm.ir.Call) and str(getattr(e.op, "name", "")).endswith("if_then_else"):
             found[0] = True
 
-    def visit_stmt(node):
-        for attr in ("value", "condition"):  # a store's or a let's value, an if's condition
-            e = getattr(node, attr, None)
-            if isinstance(e, tirx.Expr):
-                _walk_expr(e, visit)
-
-    _walk_stmts(stmt.body, visit_stmt)
+    _walk_block_exprs(stmt, visit)
     return found[0]
 
 

@@ -11,7 +11,7 @@ contraction, register-tiled like a GEMM: see gemm.py.
 import math
 
 from .._tvm import arith, tirx
-from .analysis import _const, _walk_expr
+from .analysis import _const, _walk_block_exprs, _walk_expr
 from .failures import _probe
 from .params import STACK_MAX_BYTES, _dtype_bits
 from .loops import _parallel_worth_it, _parallelize, _vector_factor, _vectorize_innermost
@@ -25,16 +25,23 @@ def _index_divisors(stmt, variables):
     found = {}
 
     def visit(e):
-        if isinstance(e, (tirx.FloorDiv, tirx.FloorMod)) and isinstance(e.b, tirx.IntImm):
-            d = int(e.b.value)
-            if d > 1:
-                for x in tirx.analysis.undefined_vars(e.a):
-                    if x.name in position:
-                        k = position[x.name]
-                        found[k] = math.lcm(found.get(k, 1), d)
+        d = _constant_divisor(e)
+        if d is not None:
+            for x in tirx.analysis.undefined_vars(e.a):
+                if x.name in position:
+                    k = position[x.name]
+                    found[k] = math.lcm(found.get(k, 1), d)
 
-    _walk_expr(stmt.body.value if isinstance(stmt.body, tirx.BufferStore) else stmt.body, visit)
+    _walk_block_exprs(stmt, visit)
     return found
+
+
+def _constant_divisor(e):
+    """d for a floordiv or floormod of e by a constant d > 1, else None."""
+    if isinstance(e, (tirx.FloorDiv, tirx.FloorMod)) and isinstance(e.b, tirx.IntImm) \
+            and int(e.b.value) > 1:
+        return int(e.b.value)
+    return None
 
 
 def _split_divisors(info):
@@ -136,7 +143,7 @@ def _divides(index, d):
     found = [False]
 
     def visit(e):
-        if isinstance(e, tirx.FloorDiv) and isinstance(e.b, tirx.IntImm) and int(e.b.value) == d:
+        if isinstance(e, tirx.FloorDiv) and _constant_divisor(e) == d:
             found[0] = True
 
     _walk_expr(index, visit)

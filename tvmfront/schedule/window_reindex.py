@@ -17,7 +17,7 @@ import math
 
 from .params import REINDEX_MAX_BYTES, _dtype_bits
 from .failures import NotApplicable, _probe
-from .analysis import _BlockInfo, _reduction_iters, _walk_expr
+from .analysis import _BlockInfo, _reduction_iters
 from . import gemm
 
 
@@ -35,20 +35,21 @@ def _window_reindex(sch, name, params):
     windows = [index for index, region, _ in info.reads if not gemm._plain(region)]
     if not windows:
         raise NotApplicable("no window read: an einsum already")
-    try:
-        _, vec, _ = gemm._tile_reduction(sch.copy(), name, params, plan=True)
-    except NotApplicable:
-        vec = None
-    if vec is not None and vec >= params.lanes(info.dtype):
-        raise NotApplicable(f"whole vectors of {vec} as it is")  # no copy to win back
-    for index in windows:
-        region = info.stmt.reads[index]
-        used = _block_vars_used(region, info.vars)
+    for index, region, strides in info.reads:
+        if index not in windows:
+            continue
+        used = {k for k, stride in strides.items() if stride != 0}  # None: used, not affine
         if used & info.symbolic:
             raise NotApplicable(f"window read of {region.source.name} depends on a symbolic axis")
         size = math.prod(info.extents[k] for k in used) * _dtype_bits(region.source.dtype) // 8
         if size > REINDEX_MAX_BYTES:
             raise NotApplicable(f"window copy of {region.source.name}: {size} bytes")
+    try:  # last: planning schedules a copy of the kernel
+        _, vec, _ = gemm._tile_reduction(sch.copy(), name, params, plan=True)
+    except NotApplicable:
+        vec = None
+    if vec is not None and vec >= params.lanes(info.dtype):
+        raise NotApplicable(f"whole vectors of {vec} as it is")  # no copy to win back
     # Highest index first: reindex leaves the indices of the reads before it as they are.
     copies = []
     for index in sorted(windows, reverse=True):
@@ -73,16 +74,3 @@ def _inline_producers(sch, copy):
         except Exception as err:  # noqa: BLE001 - TVM's own check: the copy reads it anyway
             _probe(f"compute_inline of {sch.get(producer).name_hint}", err)
 
-
-def _block_vars_used(region, block_vars):
-    """The positions of the block variables an access's indices use."""
-    used = set()
-
-    def visit(e):
-        for k, var in enumerate(block_vars):
-            if e.same_as(var):
-                used.add(k)
-
-    for r in region.region:
-        _walk_expr(r.min, visit)
-    return used
