@@ -179,19 +179,26 @@ def arm_server(request, tmp_path_factory):
         yield server
 
 
+# Trials of the aarch64 tune. Most candidates of its one kernel are MetaSchedule's wrong
+# schedules (tvmfront/tuning/correctness.py), which tune drops: with 4 trials all 4 were wrong
+# in 2 of 6 suite runs of 2026-12-04 and no record was kept for these tests to read.
+ARM_BUDGET = 12
+
+
 @pytest.fixture(scope="module")
 def arm_tuned(arm_server, tmp_path_factory):
     root = tmp_path_factory.mktemp("schedules")
     module = tvf.compile_inference(mlp(), (4, 16), target="arm", records=False)
     before = _candidates_loaded(arm_server)
-    report = tvf.tune(module, budget=4, records=root, progress=False, rpc=arm_server.address)
+    report = tvf.tune(module, budget=ARM_BUDGET, records=root, progress=False,
+                      rpc=arm_server.address)
     return module, report, root, _candidates_loaded(arm_server) - before
 
 
 @pytest.mark.slow
 def test_arm_records_are_made_on_the_device_and_kept_under_its_key(arm_tuned):
     module, report, root, loaded = arm_tuned
-    assert report.trials == 4 and report.failed == 0 and loaded == 4  # timed under qemu
+    assert report.trials == ARM_BUDGET and report.failed == 0 and loaded == ARM_BUDGET  # qemu
     assert report.store == os.path.join(root, KEY_ARM) and KEY_ARM.startswith("aarch64-")
     assert os.listdir(root) == [KEY_ARM]
     db = records.read(report.store)
