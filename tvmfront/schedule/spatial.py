@@ -14,9 +14,9 @@
 import math
 
 from .._tvm import tirx
-from .failures import _probe
+from .failures import NotApplicable, _probe
 from .analysis import (_BlockInfo, _elements, _has_if_then_else, _reduction_iters,
-                       _root_blocks, _size)
+                       _root_blocks, _size, _walk_block_exprs)
 from .loops import _parallel_worth_it, _parallelize, _vector_factor
 from .conv import _schedule_spatial_split, _split_divisors
 
@@ -122,6 +122,74 @@ def _iterations(stmt):
     return math.prod(_size(iv.dom.extent) or 0 for iv in stmt.iter_vars)
 
 
+# At most this many ranges of a row are unrolled (_schedule_ranges): a concat of a few tensors.
+MAX_ROW_RANGES = 16
+
+
+def _row_cuts(stmt, var, extent):
+    """The points 0 < c < extent where a comparison of the block's body with a constant
+    changes its answer along `var` (c <= v, v < c, ...): the borders of the row's ranges."""
+    cuts = set()
+    # v < c and v >= c change at c; v <= c and v > c at c + 1
+    past = {tirx.LT: 0, tirx.LE: 1, tirx.GT: 1, tirx.GE: 0}
+    flipped = {tirx.LT: tirx.GT, tirx.LE: tirx.GE, tirx.GT: tirx.LT, tirx.GE: tirx.LE}
+
+    def visit(e):
+        kind = type(e)
+        if kind not in past:
+            return
+        a, b = e.a, e.b
+        if isinstance(a, tirx.IntImm) and isinstance(b, tirx.Var):
+            kind, a, b = flipped[kind], b, a
+        if isinstance(b, tirx.IntImm) and isinstance(a, tirx.Var) and a.same_as(var):
+            c = int(b.value) + past[kind]
+            if 0 < c < extent:
+                cuts.add(c)
+
+    _walk_block_exprs(stmt, visit)
+    return sorted(cuts)
+
+
+def _schedule_ranges(sch, block, params):
+    """A row made of ranges that each read something else (the sum of the slice gradients of
+    attention's q, k and v: each output column is in exactly one slice's range, the others'
+    if_then_else give 0): the row is split at the greatest common divisor of the ranges'
+    borders and the pieces unrolled, so in each piece every condition and index is a
+    constant expression of the unrolled loop (simplified away) and the run inside it is a
+    plain vectorized copy. Per element the whole sum of guarded reads with its divisions of
+    the reshape's indices ran scalar otherwise: the Transformer's [1024, 384] q/k/v gradient
+    697 -> 59 us on one AVX-512 core. One vector per step: k's piece is read transposed (a
+    gather), and two or four vectors took 67 and 137 us. '' when the block is not such a row."""
+    stmt = sch.get(block)
+    try:
+        info = _BlockInfo(sch, block)
+    except NotApplicable:
+        return ""
+    last = len(info.vars) - 1
+    extent = info.extents[last]
+    if last in info.symbolic or info.write_strides.get(last) != 1:
+        return ""
+    cuts = _row_cuts(stmt, info.vars[last], extent)
+    if not cuts:
+        return ""
+    run = math.gcd(extent, *cuts)
+    lanes = params.lanes(info.dtype)
+    vec = _vector_factor(run, lanes, max_registers=1) if run >= lanes else None
+    if vec is None or extent // run > MAX_ROW_RANGES:
+        return ""
+    pieces, inner = sch.split(info.loops[-1], factors=[extent // run, run])
+    sch.unroll(pieces)
+    _, lane = sch.split(inner, factors=[None, vec])
+    sch.vectorize(lane)
+    notes = [f"{extent // run} ranges", f"v{vec}"]
+    outer = info.loops[:-1]
+    if outer and _parallel_worth_it(info, vec, params):
+        _, note = _parallelize(sch, outer, params)
+        if note:
+            notes.append(note)
+    return f"spatial[{', '.join(notes)}]"
+
+
 def _schedule_spatial(sch, block, params):
     """Fuse the contiguous trailing loops, vectorize them, parallelize the rest. A padding
     block is first split into a constant fill and an in-bounds copy (no per-element branch)."""
@@ -143,6 +211,9 @@ def _schedule_spatial(sch, block, params):
             first = _schedule_spatial(sch, fill, params)
             second = _schedule_spatial(sch, block, params)
             return f"padding[fill {first or '-'}; copy {second or '-'}]"
+        ranges = _schedule_ranges(sch, block, params)
+        if ranges:
+            return ranges
     info = _BlockInfo(sch, block)
     divisors = _split_divisors(info)
     if divisors:
