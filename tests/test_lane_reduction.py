@@ -89,6 +89,23 @@ def test_row_max_takes_lane_partial_maxima():
 
 
 @pytest.mark.parametrize("name", ["x86", "x86:avx2"])
+def test_a_sum_to_a_scalar_takes_vector_partial_sums(name):
+    """A reduction with no output axis (gradient clipping's sum of squares of a [128, 512]
+    gradient) accumulates lanes of partial sums too: it ran one scalar chain (72 -> 3.4 us on
+    an AVX-512 core)."""
+    target = resolve_target(name)
+    g = te.placeholder((128, 512), name="g")
+    r0, r1 = te.reduce_axis((0, 128), "r0"), te.reduce_axis((0, 512), "r1")
+    out = te.compute((), lambda: te.sum(g[r0, r1] * g[r0, r1], axis=[r0, r1]), name="sumsq")
+    func, rule = cpu_schedule.schedule_prim_func(te.create_prim_func([g, out]), target)
+    lanes = cpu_schedule.CpuParams(target).lanes("float32")
+    assert f"sumsq=tiled[lanes v{4 * lanes}]" in rule, rule
+    a = np.random.default_rng(3).standard_normal((128, 512)).astype("float32")
+    got, = _run(func, target, [a], [()])
+    np.testing.assert_allclose(got, (a.astype("float64") ** 2).sum(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["x86", "x86:avx2"])
 @pytest.mark.parametrize("which", ["forward", "dx", "dgamma"])
 def test_short_layer_norm_rows_take_one_vector_accumulator(which, name):
     """Layer norm over rows of 128 (the char Transformer's [B, T, 128]): its per-row sums are
