@@ -72,6 +72,32 @@ def test_scatter_add_gradient_sums_repeated_ids():
     assert dids.shape == ids.shape and not dids.any()
 
 
+def test_scatter_add_gradient_is_linear_in_the_ids_not_their_product_with_the_table():
+    """The gradient adds each id's row of dy into its table row: a loop nest of about
+    table + dy iterations. The reduction it replaced scanned every id for every table
+    element: 2^31 iterations here, where this kernel makes 2^21 (a word vocabulary's
+    embedding gradient)."""
+    from tvmfront._tvm import te
+    from tvmfront.schedule.analysis import kernel_work
+    rows, dim, ids_shape = 1 << 14, 64, (8, 256)
+    w = te.placeholder((rows, dim), name="w")
+    ids = te.placeholder(ids_shape, "int64", name="ids")
+    dy = te.placeholder((*ids_shape, dim), name="dy")
+    dw = ops.embedding.te_grad(dy, w, ids)[0]
+    work = kernel_work(te.create_prim_func([dy, ids, dw]))
+    assert work <= 2 * (rows * dim + 8 * 256 * dim), work
+    # a large table, ids in any order and repeated: numpy's unbuffered scatter-add
+    rng = np.random.default_rng(2)
+    table = np.zeros((rows, 8), "float32")
+    ids_np = rng.integers(0, rows, size=(4, 300))
+    ids_np[0, :5] = 7
+    grad = rng.standard_normal((4, 300, 8)).astype("float32")
+    expected = np.zeros_like(table)
+    np.add.at(expected, ids_np, grad)
+    np.testing.assert_allclose(ops.embedding.vjp(grad, table, ids_np)[0], expected,
+                               rtol=1e-6, atol=1e-6)
+
+
 def test_embedding_padding_row_gets_no_gradient():
     w = np.random.default_rng(0).standard_normal((5, 3))
     ids = np.array([[2, 0, 0], [4, 2, 0]])

@@ -119,8 +119,13 @@ relax = _LazyModule("tvm.relax")
 tirx = _LazyModule("tvm.tirx")
 Target = _LazyClass(_LazyModule("tvm.target"), "Target")
 
+# Loop nests written statement by statement (te.extern bodies: a scatter, which no TE compute
+# expresses): `with tir_builder.serial(0, n) as i: ...` inside `with IRBuilder() as b:`.
+tir_builder = _LazyModule("tvm.script.ir_builder.tirx")
+IRBuilder = _LazyClass(_LazyModule("tvm.script.ir_builder"), "IRBuilder")
+
 __all__ = [
-    "tvm", "te", "relax", "tirx", "lazy", "PyExprMutator", "mutator", "load_module",
+    "tvm", "te", "relax", "tirx", "lazy", "tir_builder", "IRBuilder", "PyExprMutator", "mutator", "load_module",
     "TVM_VERSION", "register_error", "register_global_func", "to_device", "to_numpy", "Target",
     "tuple_items",
     "structural_equal",

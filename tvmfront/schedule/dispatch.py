@@ -150,7 +150,8 @@ def _narrow_indices(func):
     allocated = set()
     _walk_stmts(func.body, lambda n: allocated.update(
         b.name for b in getattr(n, "alloc_buffers", None) or []))
-    wide = sorted({buf.name for buf in _buffers(func)
+    # Parameters too: an opaque block (a te.extern scatter) lists no reads of its int64 ids.
+    wide = sorted({buf.name for buf in [*_buffers(func), *_buffer_params(func)]
                    if str(buf.dtype) in ("int64", "uint64") and buf.name not in allocated})
     if wide:
         _failed("narrow indices to int32", NotApplicable(f"int64 data in {', '.join(wide)}"))
@@ -160,6 +161,14 @@ def _narrow_indices(func):
     except Exception as err:  # noqa: BLE001 - keep the kernel as it is
         _failed("narrow indices to int32", err)
         return func
+
+
+def _buffer_params(func):
+    """A kernel's buffer parameters (TVM 0.27: buffer-typed vars; a buffer_map before)."""
+    buffer_map = getattr(func, "buffer_map", None)
+    params = [buffer_map[p] for p in func.params if p in buffer_map] if buffer_map is not None \
+        else list(func.params)
+    return [p for p in params if hasattr(p, "dtype") and hasattr(p, "shape")]
 
 
 def _mark(func):
