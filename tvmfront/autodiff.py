@@ -211,6 +211,22 @@ def _if(cond, t, f, dtype):
     return tvm.tirx.if_then_else(cond, zero if t is None else t, zero if f is None else f)
 
 
+def if_else_zero(condition, value, dtype):
+    """condition ? value : 0 with `value` computed whatever the condition: its bits and-ed
+    with a mask of all ones or zeros (a select where the dtype has no integer of its width).
+    A select whose operand is a load compiles to a masked load or a branch per element:
+    branches that random data mispredicts wherever LLVM does not vectorize the loop (in a
+    parallel loop's closure it does not: LeNet's 6@16 k2 max-pool gradient took 295 us
+    against a 7 us forward). (A Let-bound load would do too, but TVM's common-subexpression
+    pass breaks such Lets under some schedules: "cse_v used before definition".)"""
+    width = "".join(ch for ch in str(dtype) if ch.isdigit())
+    if not str(dtype).startswith("float") or width not in ("16", "32", "64"):
+        return P.Select(condition, value, _const(0, dtype))
+    bits = "int" + width
+    mask = _const(0, bits) - P.Cast(bits, condition)
+    return tirx.reinterpret(dtype, tirx.reinterpret(bits, value) & mask)
+
+
 def diff(expr, target):
     """d expr / d target, where target is one tensor load; None stands for zero."""
     if _is_load(expr):
@@ -579,11 +595,15 @@ def _extend_adjoint(adjoint, value, solved, guards, analyzer, name):
     var = num / c for eliminated spatial vars; when dT is the only thing reading such a var,
     read instead a zero-extended (and, for strides, dilated) copy of dT at num - lo. For a
     convolution this is the classic transposed convolution over a padded, dilated dy.
+    adjoint = (dT, spatial vars, *companions): companions are tensors of dT's shape read
+    with it at the same point (a max's first positions), extended alike (their zeros are
+    read where dT's are: the term is zero there whatever they hold).
     Returns the new value and the guards still needed."""
     if adjoint is None:
         return value, guards
-    dT, spatial = adjoint
-    probe = substitute(value, {}, loads={dT: lambda idx: _const(0, str(dT.dtype))})
+    dT, spatial, *companions = adjoint
+    read_with = (dT, *companions)
+    probe = substitute(value, {}, loads={t: functools.partial(_zero_of, t) for t in read_with})
     plan = {}  # dim -> (num, c, loop, lo, size)
     for d, var in enumerate(spatial):
         entry = next(((n, c, lp, g) for v, (n, c, lp, g) in solved.items() if v.same_as(var)),
@@ -600,9 +620,8 @@ def _extend_adjoint(adjoint, value, solved, guards, analyzer, name):
     if not plan:
         return value, guards
     shape = [plan[d][4] if d in plan else int(dT.shape[d]) for d in range(len(spatial))]
-    zero = _const(0, str(dT.dtype))
 
-    def ext_body(*u):
+    def ext_body(tensor, *u):
         src, ok = [], []
         for d, ud in enumerate(u):
             if d not in plan:
@@ -618,14 +637,22 @@ def _extend_adjoint(adjoint, value, solved, guards, analyzer, name):
         cond = ok[0]
         for extra in ok[1:]:
             cond = P.And(cond, extra)
-        return tvm.tirx.if_then_else(cond, dT(*src), zero)
+        return tvm.tirx.if_then_else(cond, tensor(*src), _const(0, str(tensor.dtype)))
 
-    ext = te.compute(_wide_shape(shape), ext_body, name=f"{name}_dy_ext")
-
-    def read(idx):
+    def read(ext, idx):
         return ext(*[plan[d][0] - plan[d][3] if d in plan else idx[d] for d in range(len(idx))])
 
-    return substitute(value, {}, loads={dT: read}), guards
+    loads = {}
+    for k, tensor in enumerate(read_with):
+        suffix = "dy_ext" if k == 0 else f"ext{k}"
+        ext = te.compute(_wide_shape(shape), functools.partial(ext_body, tensor),
+                         name=f"{name}_{suffix}")
+        loads[tensor] = functools.partial(read, ext)
+    return substitute(value, {}, loads=loads), guards
+
+
+def _zero_of(tensor, idx):
+    return _const(0, str(tensor.dtype))
 
 
 def _adjoint_of_read(shape, dtype, indices, loops, value, name, adjoint=None, inline=False):
@@ -836,6 +863,164 @@ def first_extremum(t, name=None):
     return position
 
 
+# A window of at most this many elements has its first extremum found by straight-line code
+# (_scan_first_extremum), not by first_extremum's (position, value) tuple reduction, which
+# the schedules run on scalars (max-pool k2 64@28 b32: the tuple pass alone 0.9 ms against a
+# 0.2 ms forward).
+SCAN_WINDOW_MAX = 16
+
+
+def _window_points(red):
+    """The points of a reduction's axes in reduction_position order, or None where an extent
+    is symbolic or there are more than SCAN_WINDOW_MAX points."""
+    extents = [iv.dom.extent for iv in red.axis]
+    if not all(_is_const(e) and _is_const(iv.dom.min) for e, iv in zip(extents, red.axis)) \
+            or math.prod(int(e) for e in extents) > SCAN_WINDOW_MAX:
+        return None
+    return list(itertools.product(*[range(int(iv.dom.min), int(iv.dom.min) + int(iv.dom.extent))
+                                    for iv in red.axis]))
+
+
+def _clamped_loads(expr, analyzer):
+    """expr with every load read at its indices clamped into its tensor (those the analyzer
+    does not prove in it)."""
+    loads = {}
+    for load in _loads(expr, []):
+        tensor, _ = _load_parts(load)
+        loads[tensor] = functools.partial(_clamped_load, tensor, analyzer)
+    return substitute(expr, {}, loads=loads) if loads else expr
+
+
+def _clamped_load(tensor, analyzer, idx):
+    clamped = []
+    for i, n in zip(idx, tensor.shape):
+        bound = analyzer.const_int_bound(i)
+        if bound.max_value > int(n) - 1:
+            i = te.min(i, _const(int(n) - 1, _dtype(i)))
+        if bound.min_value < 0:
+            i = te.max(i, _const(0, _dtype(i)))
+        clamped.append(i)
+    return tensor(*clamped)
+
+
+def _unguarded(expr, analyzer):
+    """expr with each guarded read if_then_else(inside, x[i], v) (a padded window's element)
+    made a select of x read at an index clamped into x: the same value, and no branch (a
+    guarded load is a branch or a scalarized vector loop). Guards the analyzer proves true
+    (a window without padding) are dropped."""
+    if isinstance(expr, Call) and expr.op.name == "prim.if_then_else":
+        cond = _try_simplify(analyzer, expr.args[0])
+        then, other = (_unguarded(a, analyzer) for a in expr.args[1:])
+        if isinstance(cond, P.IntImm):
+            return then if cond.value else other
+        return P.Select(cond, _clamped_loads(then, analyzer), other)
+    if isinstance(expr, _binary()):
+        return type(expr)(*_promote(_unguarded(expr.a, analyzer), _unguarded(expr.b, analyzer)))
+    if isinstance(expr, P.Cast):
+        return P.Cast(_dtype(expr), _unguarded(expr.value, analyzer))
+    return expr
+
+
+def _scan_first_extremum(t, index):
+    """first_extremum(t) at `index` as straight-line code over the window's points (at most
+    SCAN_WINDOW_MAX): the same position, the number of points where none is found (a window
+    of NaN or -inf), which no position equals. Each point's element is compared as the
+    tuple reducer does: taken when strictly better, so NaN never is."""
+    op = t.op
+    red = op.body[0]
+    is_max = type(red.combiner.result[0]) is P.Max
+    analyzer = tvm.sym.Analyzer()
+    for iv in op.axis:
+        analyzer.bind(iv.var, iv.dom)
+    at = {iv.var: i for iv, i in zip(op.axis, index)}
+    vals, conds = [], []
+    for point in _window_points(red):
+        vmap = {iv.var: _const(p, _dtype(iv.var)) for iv, p in zip(red.axis, point)}
+        value = _unguarded(substitute(red.source[red.value_index], vmap), analyzer)
+        vals.append(substitute(value, at))
+        conds.append(substitute(_try_simplify(analyzer, substitute(red.condition, vmap)), at))
+    dtype = _dtype(vals[0])
+    top = te.min_value(dtype) if is_max else te.max_value(dtype)
+    for value, cond in zip(vals, conds):
+        # max(value, top) compiles to value > top ? value : top, the reducer's test
+        value = value if _is_true(cond) else P.Select(cond, value, top)
+        top = te.max(value, top) if is_max else te.min(value, top)
+    none, first = len(vals), None
+    for e, (value, cond) in enumerate(zip(vals, conds)):
+        found = P.Cast("int32", _and_unless_true(cond, P.EQ(value, top)))
+        # the least e found, as a min of integers: a chain of selects is a chain of branches
+        candidate = _const(none, "int32") - _const(none - e, "int32") * found
+        first = candidate if first is None else te.min(first, candidate)
+    return first
+
+
+def _is_true(cond):
+    return isinstance(cond, P.IntImm) and bool(cond.value)
+
+
+def _and_unless_true(cond, expr):
+    return expr if _is_true(cond) else P.And(cond, expr)
+
+
+def _first_extremum_stage(t):
+    """The scan of _scan_first_extremum as a kernel of its own (a one-step reduction, which
+    the schedules do not inline into its readers): where windows overlap, each window's
+    position is read by several elements of the gradient, which would scan it again."""
+    one = te.reduce_axis((0, 1), "one")
+    return te.compute(t.shape, lambda *i: te.min(_scan_first_extremum(t, i), axis=one),
+                      name=f"{t.op.name}_first")
+
+
+def _reads_windows_once(source, loops, live):
+    """Whether every float read of a live tensor in `source` reads each element at one point
+    of `loops` at most (windows that do not overlap: max-pool with its stride equal to its
+    kernel, a max over whole axes)."""
+    domain = {lp.var: tvm.ir.Range.from_min_extent(_const(lp.start, _dtype(lp.var)),
+                                                   _const(lp.extent, _dtype(lp.var)))
+              for lp in loops}
+    for load in _loads(source, []):
+        tensor, indices = _load_parts(load)
+        if _key(tensor) not in live or "float" not in str(tensor.dtype):
+            continue
+        found = tvm.sym.detect_iter_map([_strip_index_casts(i) for i in indices], domain,
+                                        check_level="bijective")
+        if not found.indices:
+            return False
+    return True
+
+
+def _inside_read(expr, load):
+    """expr simplified knowing that `load` reads inside its tensor, as it does wherever its
+    adjoint is evaluated: the derivative of a padded window's read, inside ? 1 : 0, is 1.
+    Nothing else then reads the output's spatial indices, so _extend_adjoint can move the
+    range guards of the dy and first-position reads into zero-extended copies (max-pool k3
+    s2 p1: its column guards scalarized the vector loops of two of the four phases)."""
+    tensor, indices = _load_parts(load)
+    inside = None
+    for i, n in zip(indices, tensor.shape):
+        bounds = P.And(i >= _const(0, _dtype(i)), i < _const(int(n), _dtype(i)))
+        inside = bounds if inside is None else P.And(inside, bounds)
+    analyzer = tvm.sym.Analyzer()
+    with analyzer.constraint_scope(inside):
+        return _try_simplify(analyzer, expr)
+
+
+def _first_position(t, spatial, reduce_loops, live):
+    """The reduction_position of t's first extremum at the spatial loops' point: a scan of
+    the window inline where each window is read by its own elements only (the gradient's
+    element finds its window's first from cache, in the same pass), a scan kernel where
+    windows overlap, the tuple reduction first_extremum for large windows. Returns (that
+    position, the tensor read for it or None)."""
+    index = [lp.var for lp in spatial]
+    if _window_points(t.op.body[0]) is None:
+        stage = first_extremum(t)
+    elif _reads_windows_once(t.op.body[0].source[0], spatial + reduce_loops, live):
+        return _scan_first_extremum(t, index), None
+    else:
+        stage = _first_extremum_stage(t)
+    return stage(*index), stage
+
+
 # ---- the graph walk -------------------------------------------------------------------------
 def _topo(outputs, inputs):
     order, seen = [], set()
@@ -909,7 +1094,7 @@ def _backprop(name, t, dT, live):
         raise _Unsupported(f"compute '{op.name}' has {len(op.body)} outputs in one stage")
     body = op.body[0]
     spatial = [_Loop(iv.var, iv.dom.extent, iv.dom.min) for iv in op.axis]
-    reduce_loops, mask = [], None
+    reduce_loops, mask, extremum, companions = [], None, False, []
     source = body
     dtype = str(t.dtype)
     if isinstance(body, Reduce):
@@ -920,7 +1105,9 @@ def _backprop(name, t, dT, live):
             mask = body.condition
         if combiner is P.Max or combiner is P.Min:
             # the gradient flows to the first element (in reduction order) equal to the extreme
-            first = first_extremum(t)(*[lp.var for lp in spatial])
+            extremum = True
+            first, first_tensor = _first_position(t, spatial, reduce_loops, live)
+            companions = [first_tensor] if first_tensor is not None else []
             here = reduction_position([(lp.var, lp.start, lp.extent) for lp in reduce_loops])
             hit = P.EQ(*_promote(here, first))
             mask = hit if mask is None else P.And(mask, hit)
@@ -950,13 +1137,17 @@ def _backprop(name, t, dT, live):
         d = diff(source, load)
         if d is None:
             continue
+        if extremum:
+            d = _inside_read(d, load)
         value = d * dy
-        if mask is not None:
+        if mask is not None and extremum:
+            value = if_else_zero(mask, value, dtype)
+        elif mask is not None:
             value = tvm.tirx.if_then_else(mask, value, _const(0, dtype))
         out.append((tensor, _adjoint_of_read(
             tuple(int(s) for s in tensor.shape), str(tensor.dtype), indices,
             spatial + reduce_loops, value, f"{op.name}_d{tensor.op.name}{g}",
-            adjoint=(dT, [lp.var for lp in spatial]), inline=len(groups) == 1)))
+            adjoint=(dT, [lp.var for lp in spatial], *companions), inline=len(groups) == 1)))
     return out
 
 
