@@ -881,93 +881,161 @@ def _window_points(red):
                                     for iv in red.axis]))
 
 
-def _clamped_loads(expr, analyzer):
-    """expr with every load read at its indices clamped into its tensor (those the analyzer
-    does not prove in it)."""
-    loads = {}
-    for load in _loads(expr, []):
-        tensor, _ = _load_parts(load)
-        loads[tensor] = functools.partial(_clamped_load, tensor, analyzer)
-    return substitute(expr, {}, loads=loads) if loads else expr
+def _is_true(cond):
+    return isinstance(cond, P.IntImm) and bool(cond.value)
 
 
-def _clamped_load(tensor, analyzer, idx):
-    clamped = []
-    for i, n in zip(idx, tensor.shape):
-        bound = analyzer.const_int_bound(i)
-        if bound.max_value > int(n) - 1:
-            i = te.min(i, _const(int(n) - 1, _dtype(i)))
-        if bound.min_value < 0:
-            i = te.max(i, _const(0, _dtype(i)))
-        clamped.append(i)
-    return tensor(*clamped)
+class _Guarded(Exception):
+    """A guarded read that is not a padded window's element."""
 
 
-def _unguarded(expr, analyzer):
-    """expr with each guarded read if_then_else(inside, x[i], v) (a padded window's element)
-    made a select of x read at an index clamped into x: the same value, and no branch (a
-    guarded load is a branch or a scalarized vector loop). Guards the analyzer proves true
-    (a window without padding) are dropped."""
+def _unguarded(expr, analyzer, pads):
+    """expr with each guarded read if_then_else(x's bounds at i, x[i], v) (a padded window's
+    element) made a read of x padded with v (_padded, one copy per (x, v) in `pads`): the
+    same value with no guard (a guarded load is a branch or a scalarized vector loop; a
+    select of a clamped read would do, but TVM's simplifier drops the clamps under the
+    select's condition, and the select reads out of bounds). Guards the analyzer (over the
+    window and output loops) proves true, as without padding, are dropped. Raises _Guarded
+    for another guard."""
     if isinstance(expr, Call) and expr.op.name == "prim.if_then_else":
         cond = _try_simplify(analyzer, expr.args[0])
-        then, other = (_unguarded(a, analyzer) for a in expr.args[1:])
+        then, other = expr.args[1:]
         if isinstance(cond, P.IntImm):
-            return then if cond.value else other
-        return P.Select(cond, _clamped_loads(then, analyzer), other)
+            return _unguarded(then if cond.value else other, analyzer, pads)
+        if not _is_load(then) or not isinstance(other, (P.FloatImm, P.IntImm)) or \
+                not _guards_its_bounds(cond, then, analyzer):
+            raise _Guarded(show(expr))
+        tensor, idx = _load_parts(then)
+        bounds = [analyzer.const_int_bound(i) for i in idx]
+        lo = [min(0, int(b.min_value)) for b in bounds]
+        key = (tensor, float(other.value))
+        if key not in pads:
+            # as much padding after as before at least, the forward's padded input: its
+            # planes split evenly by the stride (the schedule's deinterleaved plane copy)
+            hi = [max(int(n) - 1 - low, int(b.max_value)) for n, b, low in
+                  zip(tensor.shape, bounds, lo)]
+            pads[key] = _padded(tensor, other, lo, hi)
+        return _shifted_read(pads[key], lo, idx)
     if isinstance(expr, _binary()):
-        return type(expr)(*_promote(_unguarded(expr.a, analyzer), _unguarded(expr.b, analyzer)))
+        return type(expr)(*_promote(_unguarded(expr.a, analyzer, pads),
+                                    _unguarded(expr.b, analyzer, pads)))
     if isinstance(expr, P.Cast):
-        return P.Cast(_dtype(expr), _unguarded(expr.value, analyzer))
+        return P.Cast(_dtype(expr), _unguarded(expr.value, analyzer, pads))
+    if isinstance(expr, (P.Select, Call)) and not _is_load(expr):
+        raise _Guarded(show(expr))  # a select or another call may guard a read
     return expr
 
 
-def _scan_first_extremum(t, index):
+def _guards_its_bounds(cond, load, analyzer):
+    """Whether cond holds exactly where `load` reads inside its tensor."""
+    inside = _in_bounds(load)
+    with analyzer.constraint_scope(inside):
+        implied = _is_true(_try_simplify(analyzer, cond))
+    with analyzer.constraint_scope(cond):
+        return implied and _is_true(_try_simplify(analyzer, inside))
+
+
+def _reads_inside(expr, analyzer):
+    """Whether every load in expr reads inside its tensor over the analyzer's loops."""
+    for load in _loads(expr, []):
+        tensor, idx = _load_parts(load)
+        for i, n in zip(idx, tensor.shape):
+            bound = analyzer.const_int_bound(i)
+            if bound.min_value < 0 or bound.max_value >= int(n):
+                return False
+    return True
+
+
+def _padded(tensor, fill, lo, hi):
+    """`tensor` extended to [lo, hi] per axis (lo <= 0), `fill` outside it, indexed from 0."""
+    def body(*u):
+        src, inside = _pad_source(tensor, u, lo, hi)
+        return te.if_then_else(inside, tensor(*src), fill)
+
+    return te.compute(_pad_shape(lo, hi), body, name=f"{tensor.op.name}_pad")
+
+
+def _zero_padded_kernel(tensor, lo, hi):
+    """_padded with zeros, as a kernel of its own (a one-step reduction: the schedules inline
+    a spatial padding into its reader, where its guarded load scalarizes a vector loop), and
+    no guarded load (a branch per element): each element read at an index clamped into the
+    tensor, its bits masked."""
+    one = te.reduce_axis((0, 1), "one")
+    dtype = str(tensor.dtype)
+    bits = "int" + "".join(ch for ch in dtype if ch.isdigit())
+
+    def body(*u):
+        src, inside = _pad_source(tensor, u, lo, hi)
+        value = tensor(*[te.max(te.min(sk, _const(int(n) - 1, _dtype(sk))), _const(0, _dtype(sk)))
+                         for sk, n in zip(src, tensor.shape)])
+        value = value if dtype == bits else tirx.reinterpret(bits, value)
+        value = value & P.Select(inside, _const(-1, bits), _const(0, bits))
+        value = value if dtype == bits else tirx.reinterpret(dtype, value)
+        return te.sum(value, axis=one)  # 0 + v: v (a max's identity would turn -inf finite)
+
+    return te.compute(_pad_shape(lo, hi), body, name=f"{tensor.op.name}_pad")
+
+
+def _pad_shape(lo, hi):
+    return [h - low + 1 for low, h in zip(lo, hi)]
+
+
+def _pad_source(tensor, u, lo, hi):
+    """(the tensor's index at the padded index u, whether it is inside the tensor)."""
+    src = [uk + _const(low, _dtype(uk)) if low else uk for uk, low in zip(u, lo)]
+    inside = [P.And(sk >= _const(0, _dtype(sk)), sk < _const(int(n), _dtype(sk)))
+              for sk, n, low, h in zip(src, tensor.shape, lo, hi) if low or h >= int(n)]
+    return src, te.all(*inside) if inside else tvm.tirx.const(True, "bool")
+
+
+def _scan_first_extremum(t, index, pads=None):
     """first_extremum(t) at `index` as straight-line code over the window's points (at most
     SCAN_WINDOW_MAX): the same position, the number of points where none is found (a window
     of NaN or -inf), which no position equals. Each point's element is compared as the
-    tuple reducer does: taken when strictly better, so NaN never is."""
+    tuple reducer does: taken when strictly better, so NaN never is. Raises _Guarded."""
     op = t.op
     red = op.body[0]
     is_max = type(red.combiner.result[0]) is P.Max
     analyzer = tvm.sym.Analyzer()
-    for iv in op.axis:
+    for iv in list(op.axis) + list(red.axis):
         analyzer.bind(iv.var, iv.dom)
+    source = _unguarded(red.source[red.value_index], analyzer, {} if pads is None else pads)
+    if not _is_true(red.condition) and not _reads_inside(source, analyzer):
+        raise _Guarded(show(red.condition))  # where= may keep a read in bounds
     at = {iv.var: i for iv, i in zip(op.axis, index)}
     vals, conds = [], []
     for point in _window_points(red):
         vmap = {iv.var: _const(p, _dtype(iv.var)) for iv, p in zip(red.axis, point)}
-        value = _unguarded(substitute(red.source[red.value_index], vmap), analyzer)
-        vals.append(substitute(value, at))
-        conds.append(substitute(_try_simplify(analyzer, substitute(red.condition, vmap)), at))
+        vmap.update(at)
+        vals.append(substitute(source, vmap))
+        conds.append(_try_simplify(analyzer, substitute(red.condition, vmap)))
     dtype = _dtype(vals[0])
-    top = te.min_value(dtype) if is_max else te.max_value(dtype)
+    worst = te.min_value(dtype) if is_max else te.max_value(dtype)
+    top = worst
     for value, cond in zip(vals, conds):
+        # an element where= leaves out counts as the reducer's identity, found nowhere
+        value = value if _is_true(cond) else P.Select(cond, value, worst)
         # max(value, top) compiles to value > top ? value : top, the reducer's test
-        value = value if _is_true(cond) else P.Select(cond, value, top)
         top = te.max(value, top) if is_max else te.min(value, top)
     none, first = len(vals), None
     for e, (value, cond) in enumerate(zip(vals, conds)):
-        found = P.Cast("int32", _and_unless_true(cond, P.EQ(value, top)))
+        equal = P.EQ(value, top)
+        found = P.Cast("int32", equal if _is_true(cond) else P.And(cond, equal))
         # the least e found, as a min of integers: a chain of selects is a chain of branches
         candidate = _const(none, "int32") - _const(none - e, "int32") * found
         first = candidate if first is None else te.min(first, candidate)
     return first
 
 
-def _is_true(cond):
-    return isinstance(cond, P.IntImm) and bool(cond.value)
-
-
-def _and_unless_true(cond, expr):
-    return expr if _is_true(cond) else P.And(cond, expr)
-
-
 def _first_extremum_stage(t):
     """The scan of _scan_first_extremum as a kernel of its own (a one-step reduction, which
     the schedules do not inline into its readers): where windows overlap, each window's
-    position is read by several elements of the gradient, which would scan it again."""
+    position is read by several elements of the gradient, which would scan it again.
+    Raises _Guarded."""
     one = te.reduce_axis((0, 1), "one")
-    return te.compute(t.shape, lambda *i: te.min(_scan_first_extremum(t, i), axis=one),
+    pads = {}
+    _scan_first_extremum(t, [iv.var for iv in t.op.axis], pads)  # the padded copies, once
+    return te.compute(t.shape, lambda *i: te.min(_scan_first_extremum(t, i, pads), axis=one),
                       name=f"{t.op.name}_first")
 
 
@@ -995,14 +1063,101 @@ def _inside_read(expr, load):
     Nothing else then reads the output's spatial indices, so _extend_adjoint can move the
     range guards of the dy and first-position reads into zero-extended copies (max-pool k3
     s2 p1: its column guards scalarized the vector loops of two of the four phases)."""
-    tensor, indices = _load_parts(load)
+    analyzer = tvm.sym.Analyzer()
+    with analyzer.constraint_scope(_in_bounds(load)):
+        return _try_simplify(analyzer, expr)
+
+
+def _in_bounds(load):
+    """The condition that `load` reads inside its tensor."""
+    tensor, idx = _load_parts(load)
     inside = None
-    for i, n in zip(indices, tensor.shape):
+    for i, n in zip(idx, tensor.shape):
         bounds = P.And(i >= _const(0, _dtype(i)), i < _const(int(n), _dtype(i)))
         inside = bounds if inside is None else P.And(inside, bounds)
-    analyzer = tvm.sym.Analyzer()
-    with analyzer.constraint_scope(inside):
-        return _try_simplify(analyzer, expr)
+    return inside
+
+
+# A max's adjoint whose index solve leaves at most this many points of free loops (the taps
+# of the windows covering an element: 2 x 2 for a 3x3 window of stride 2) sums them unrolled.
+GATHER_TAPS_MAX = 9
+
+
+def _tap_gather(shape, dtype, indices, loops, value, name, read_with):
+    """The adjoint of a read as an unrolled sum over the few windows covering each element
+    (free loops of at most GATHER_TAPS_MAX points), in one pass, the explicit max-pool
+    gradient's form (ops/pool.py's _window_gather), where _adjoint_of_read's per-phase
+    parts write and reread the whole gradient once more (max-pool k3 s2 p1: 1.3 ms against
+    0.3 ms). For a max or min with overlapping windows, whose value reads only dy and the
+    positions (`read_with`): from copies zero-padded to every index a tap reads (a window
+    out of range has dy 0), so each term is a select of reads in bounds (not guarded
+    loads, which scalarize the vector loop). None where the solve leaves no free loop or
+    more points, or the value reads another tensor."""
+    if any(_is_load(ld) and len(ld.args) == 1 for e in indices for ld in _loads(e, [])):
+        return None  # refused by _adjoint_of_read, with its message
+    if any(not any(t.same_as(_load_parts(ld)[0]) for t in read_with)
+           for ld in _loads(value, [])):
+        return None
+    indices, loops, value = _split_div_loops(indices, loops, value)
+    probe = [Var(f"j{k}", tvm.ir.PrimType("int64")) for k in range(len(shape))]
+    try:
+        _, _, free, _ = _solve(indices, loops, probe, shape)
+    except _Unsupported:
+        return None
+    if not free or math.prod(lp.extent for lp in free) > GATHER_TAPS_MAX:
+        return None
+
+    def body(*j):
+        sub, guards, free, _ = _solve(indices, loops, list(j), shape)
+        analyzer = tvm.sym.Analyzer()
+        for jk, n in zip(j, shape):
+            analyzer.bind(jk, _range(0, n))
+        taps = []
+        for point in itertools.product(*[range(lp.start, lp.start + lp.extent) for lp in free]):
+            at = {lp.var: _const(p, _dtype(lp.var)) for lp, p in zip(free, point)}
+            vmap = {v: substitute(x, at) for v, x in sub.items()}
+            vmap.update(at)
+            cond = [_try_simplify(analyzer, substitute(g, vmap)) for g in guards]
+            if not any(isinstance(c, P.IntImm) and not c.value for c in cond):
+                taps.append((substitute(value, vmap), [c for c in cond if not _is_true(c)]))
+        reads = _zero_padded_reads([term for term, _ in taps], analyzer)
+        total = _const(0, dtype)
+        for term, cond in taps:
+            term = substitute(term, {}, loads=reads)
+            if cond:
+                term = P.Select(functools.reduce(P.And, cond), term, _const(0, dtype))
+            total = total + term
+        return total
+
+    return te.compute(_wide_shape(shape), body, name=name)
+
+
+def _zero_padded_reads(terms, analyzer):
+    """{tensor: read} reading each tensor loaded in `terms` from a copy zero-padded to every
+    index they read (over the analyzer's loops)."""
+    lo, hi, tensors = {}, {}, {}
+    for term in terms:
+        for load in _loads(term, []):
+            tensor, idx = _load_parts(load)
+            key = _key(tensor)
+            tensors[key] = tensor
+            for k, i in enumerate(idx):
+                bound = analyzer.const_int_bound(i)
+                lo[key, k] = min(lo.get((key, k), 0), int(bound.min_value))
+                hi[key, k] = max(hi.get((key, k), int(tensor.shape[k]) - 1),
+                                 int(bound.max_value))
+    reads = {}
+    for key, tensor in tensors.items():
+        low = [lo[key, k] for k in range(len(tensor.shape))]
+        if not any(low) and all(hi[key, k] == int(n) - 1 for k, n in enumerate(tensor.shape)):
+            continue  # read in bounds as it is
+        padded = _zero_padded_kernel(tensor, low, [hi[key, k] for k in range(len(tensor.shape))])
+        reads[tensor] = functools.partial(_shifted_read, padded, low)
+    return reads
+
+
+def _shifted_read(padded, low, idx):
+    return padded(*[i - _const(lk, _dtype(i)) if lk else i for i, lk in zip(idx, low)])
 
 
 def _first_position(t, spatial, reduce_loops, live):
@@ -1012,12 +1167,15 @@ def _first_position(t, spatial, reduce_loops, live):
     windows overlap, the tuple reduction first_extremum for large windows. Returns (that
     position, the tensor read for it or None)."""
     index = [lp.var for lp in spatial]
-    if _window_points(t.op.body[0]) is None:
-        stage = first_extremum(t)
-    elif _reads_windows_once(t.op.body[0].source[0], spatial + reduce_loops, live):
-        return _scan_first_extremum(t, index), None
-    else:
-        stage = _first_extremum_stage(t)
+    stage = None
+    if _window_points(t.op.body[0]) is not None:
+        try:
+            if _reads_windows_once(t.op.body[0].source[0], spatial + reduce_loops, live):
+                return _scan_first_extremum(t, index), None
+            stage = _first_extremum_stage(t)
+        except _Guarded:  # a guard other than a padded window's: the tuple reduction
+            stage = None
+    stage = stage if stage is not None else first_extremum(t)
     return stage(*index), stage
 
 
@@ -1144,9 +1302,11 @@ def _backprop(name, t, dT, live):
             value = if_else_zero(mask, value, dtype)
         elif mask is not None:
             value = tvm.tirx.if_then_else(mask, value, _const(0, dtype))
-        out.append((tensor, _adjoint_of_read(
-            tuple(int(s) for s in tensor.shape), str(tensor.dtype), indices,
-            spatial + reduce_loops, value, f"{op.name}_d{tensor.op.name}{g}",
+        shape, name = tuple(int(s) for s in tensor.shape), f"{op.name}_d{tensor.op.name}{g}"
+        gather = _tap_gather(shape, str(tensor.dtype), indices, spatial + reduce_loops, value,
+                             name, [dT, *companions]) if companions else None
+        out.append((tensor, gather if gather is not None else _adjoint_of_read(
+            shape, str(tensor.dtype), indices, spatial + reduce_loops, value, name,
             adjoint=(dT, [lp.var for lp in spatial], *companions), inline=len(groups) == 1)))
     return out
 
