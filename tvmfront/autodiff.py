@@ -914,8 +914,8 @@ def _unguarded(expr, analyzer, pads):
             # planes split evenly by the stride (the schedule's deinterleaved plane copy)
             hi = [max(int(n) - 1 - low, int(b.max_value)) for n, b, low in
                   zip(tensor.shape, bounds, lo)]
-            pads[key] = _padded(tensor, other, lo, hi)
-        return _shifted_read(pads[key], lo, idx)
+            pads[key] = _padded(tensor, other, lo, hi), _pads(tensor, lo, hi)
+        return _shifted_read(*pads[key], idx)
     if isinstance(expr, _binary()):
         return type(expr)(*_promote(_unguarded(expr.a, analyzer, pads),
                                     _unguarded(expr.b, analyzer, pads)))
@@ -948,44 +948,61 @@ def _reads_inside(expr, analyzer):
 
 def _padded(tensor, fill, lo, hi):
     """`tensor` extended to [lo, hi] per axis (lo <= 0), `fill` outside it, indexed from 0."""
+    pads = _pads(tensor, lo, hi)
+
     def body(*u):
-        src, inside = _pad_source(tensor, u, lo, hi)
+        src, inside = _pad_source(tensor, u, pads)
         return te.if_then_else(inside, tensor(*src), fill)
 
-    return te.compute(_pad_shape(lo, hi), body, name=f"{tensor.op.name}_pad")
+    return te.compute(_pad_shape(tensor, pads), body, name=f"{tensor.op.name}_pad")
 
 
-def _zero_padded_kernel(tensor, lo, hi):
-    """_padded with zeros, as a kernel of its own (a one-step reduction: the schedules inline
-    a spatial padding into its reader, where its guarded load scalarizes a vector loop), and
-    no guarded load (a branch per element): each element read at an index clamped into the
-    tensor, its bits masked."""
+def _zero_padded_kernel(tensor, pads):
+    """`tensor` extended to [lo, hi] along each axis of pads {axis: (lo <= 0, hi)} with
+    zeros, indexed from 0, as a kernel of its own (a one-step reduction: the schedules
+    inline a spatial padding into its reader, where its guarded load scalarizes a vector
+    loop), and with no guarded load (a branch per element): each element read at an index
+    clamped into the tensor, its bits masked."""
     one = te.reduce_axis((0, 1), "one")
     dtype = str(tensor.dtype)
     bits = "int" + "".join(ch for ch in dtype if ch.isdigit())
 
     def body(*u):
-        src, inside = _pad_source(tensor, u, lo, hi)
-        value = tensor(*[te.max(te.min(sk, _const(int(n) - 1, _dtype(sk))), _const(0, _dtype(sk)))
-                         for sk, n in zip(src, tensor.shape)])
+        src, inside = _pad_source(tensor, u, pads)
+        value = tensor(*[te.max(te.min(sk, _const(int(tensor.shape[k]) - 1, _dtype(sk))),
+                                _const(0, _dtype(sk))) if k in pads else sk
+                         for k, sk in enumerate(src)])
         value = value if dtype == bits else tirx.reinterpret(bits, value)
         value = value & P.Select(inside, _const(-1, bits), _const(0, bits))
         value = value if dtype == bits else tirx.reinterpret(dtype, value)
         return te.sum(value, axis=one)  # 0 + v: v (a max's identity would turn -inf finite)
 
-    return te.compute(_pad_shape(lo, hi), body, name=f"{tensor.op.name}_pad")
+    return te.compute(_pad_shape(tensor, pads), body, name=f"{tensor.op.name}_pad")
 
 
-def _pad_shape(lo, hi):
-    return [h - low + 1 for low, h in zip(lo, hi)]
+def _pads(tensor, lo, hi):
+    """{axis: (lo, hi)} of the axes [lo, hi] extends beyond [0, n - 1]."""
+    return {k: (low, h) for k, (low, h, n) in enumerate(zip(lo, hi, tensor.shape))
+            if low or h != int(n) - 1}
 
 
-def _pad_source(tensor, u, lo, hi):
+def _pad_shape(tensor, pads):
+    return [pads[k][1] - pads[k][0] + 1 if k in pads else n for k, n in enumerate(tensor.shape)]
+
+
+def _pad_source(tensor, u, pads):
     """(the tensor's index at the padded index u, whether it is inside the tensor)."""
-    src = [uk + _const(low, _dtype(uk)) if low else uk for uk, low in zip(u, lo)]
-    inside = [P.And(sk >= _const(0, _dtype(sk)), sk < _const(int(n), _dtype(sk)))
-              for sk, n, low, h in zip(src, tensor.shape, lo, hi) if low or h >= int(n)]
+    src = [uk + _const(pads[k][0], _dtype(uk)) if k in pads and pads[k][0] else uk
+           for k, uk in enumerate(u)]
+    inside = [P.And(src[k] >= _const(0, _dtype(src[k])),
+                    src[k] < _const(int(tensor.shape[k]), _dtype(src[k]))) for k in pads]
     return src, te.all(*inside) if inside else tvm.tirx.const(True, "bool")
+
+
+def _shifted_read(padded, pads, idx):
+    """The element of a tensor at idx, read from its copy padded by pads {axis: (lo, hi)}."""
+    return padded(*[i - _const(pads[k][0], _dtype(i)) if k in pads and pads[k][0] else i
+                    for k, i in enumerate(idx)])
 
 
 def _scan_first_extremum(t, index, pads=None):
@@ -1148,16 +1165,11 @@ def _zero_padded_reads(terms, analyzer):
                                  int(bound.max_value))
     reads = {}
     for key, tensor in tensors.items():
-        low = [lo[key, k] for k in range(len(tensor.shape))]
-        if not any(low) and all(hi[key, k] == int(n) - 1 for k, n in enumerate(tensor.shape)):
-            continue  # read in bounds as it is
-        padded = _zero_padded_kernel(tensor, low, [hi[key, k] for k in range(len(tensor.shape))])
-        reads[tensor] = functools.partial(_shifted_read, padded, low)
+        pads = _pads(tensor, *zip(*[(lo[key, k], hi[key, k]) for k in range(len(tensor.shape))]))
+        if pads:  # else read in bounds as it is
+            reads[tensor] = functools.partial(_shifted_read, _zero_padded_kernel(tensor, pads),
+                                              pads)
     return reads
-
-
-def _shifted_read(padded, low, idx):
-    return padded(*[i - _const(lk, _dtype(i)) if lk else i for i, lk in zip(idx, low)])
 
 
 def _first_position(t, spatial, reduce_loops, live):
