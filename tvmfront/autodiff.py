@@ -211,6 +211,22 @@ def _if(cond, t, f, dtype):
     return tvm.tirx.if_then_else(cond, zero if t is None else t, zero if f is None else f)
 
 
+def if_else_zero(condition, value, dtype):
+    """condition ? value : 0 with `value` computed whatever the condition: its bits and-ed
+    with a mask of all ones or zeros (a select where the dtype has no integer of its width).
+    A select whose operand is a load compiles to a masked load or a branch per element:
+    branches that random data mispredicts wherever LLVM does not vectorize the loop (in a
+    parallel loop's closure it does not: LeNet's 6@16 k2 max-pool gradient took 295 us
+    against a 7 us forward). (A Let-bound load would do too, but TVM's common-subexpression
+    pass breaks such Lets under some schedules: "cse_v used before definition".)"""
+    width = "".join(ch for ch in str(dtype) if ch.isdigit())
+    if not str(dtype).startswith("float") or width not in ("16", "32", "64"):
+        return P.Select(condition, value, _const(0, dtype))
+    bits = "int" + width
+    mask = _const(0, bits) - P.Cast(bits, condition)
+    return tirx.reinterpret(dtype, tirx.reinterpret(bits, value) & mask)
+
+
 def diff(expr, target):
     """d expr / d target, where target is one tensor load; None stands for zero."""
     if _is_load(expr):
@@ -579,11 +595,15 @@ def _extend_adjoint(adjoint, value, solved, guards, analyzer, name):
     var = num / c for eliminated spatial vars; when dT is the only thing reading such a var,
     read instead a zero-extended (and, for strides, dilated) copy of dT at num - lo. For a
     convolution this is the classic transposed convolution over a padded, dilated dy.
+    adjoint = (dT, spatial vars, *companions): companions are tensors of dT's shape read
+    with it at the same point (a max's first positions), extended alike (their zeros are
+    read where dT's are: the term is zero there whatever they hold).
     Returns the new value and the guards still needed."""
     if adjoint is None:
         return value, guards
-    dT, spatial = adjoint
-    probe = substitute(value, {}, loads={dT: lambda idx: _const(0, str(dT.dtype))})
+    dT, spatial, *companions = adjoint
+    read_with = (dT, *companions)
+    probe = substitute(value, {}, loads={t: functools.partial(_zero_of, t) for t in read_with})
     plan = {}  # dim -> (num, c, loop, lo, size)
     for d, var in enumerate(spatial):
         entry = next(((n, c, lp, g) for v, (n, c, lp, g) in solved.items() if v.same_as(var)),
@@ -600,9 +620,8 @@ def _extend_adjoint(adjoint, value, solved, guards, analyzer, name):
     if not plan:
         return value, guards
     shape = [plan[d][4] if d in plan else int(dT.shape[d]) for d in range(len(spatial))]
-    zero = _const(0, str(dT.dtype))
 
-    def ext_body(*u):
+    def ext_body(tensor, *u):
         src, ok = [], []
         for d, ud in enumerate(u):
             if d not in plan:
@@ -618,14 +637,22 @@ def _extend_adjoint(adjoint, value, solved, guards, analyzer, name):
         cond = ok[0]
         for extra in ok[1:]:
             cond = P.And(cond, extra)
-        return tvm.tirx.if_then_else(cond, dT(*src), zero)
+        return tvm.tirx.if_then_else(cond, tensor(*src), _const(0, str(tensor.dtype)))
 
-    ext = te.compute(_wide_shape(shape), ext_body, name=f"{name}_dy_ext")
-
-    def read(idx):
+    def read(ext, idx):
         return ext(*[plan[d][0] - plan[d][3] if d in plan else idx[d] for d in range(len(idx))])
 
-    return substitute(value, {}, loads={dT: read}), guards
+    loads = {}
+    for k, tensor in enumerate(read_with):
+        suffix = "dy_ext" if k == 0 else f"ext{k}"
+        ext = te.compute(_wide_shape(shape), functools.partial(ext_body, tensor),
+                         name=f"{name}_{suffix}")
+        loads[tensor] = functools.partial(read, ext)
+    return substitute(value, {}, loads=loads), guards
+
+
+def _zero_of(tensor, idx):
+    return _const(0, str(tensor.dtype))
 
 
 def _adjoint_of_read(shape, dtype, indices, loops, value, name, adjoint=None, inline=False):
@@ -836,6 +863,334 @@ def first_extremum(t, name=None):
     return position
 
 
+# A window of at most this many elements has its first extremum found by straight-line code
+# (_scan_first_extremum), not by first_extremum's (position, value) tuple reduction, which
+# the schedules run on scalars (max-pool k2 64@28 b32: the tuple pass alone 0.9 ms against a
+# 0.2 ms forward).
+SCAN_WINDOW_MAX = 16
+
+
+def _window_points(red):
+    """The points of a reduction's axes in reduction_position order, or None where an extent
+    is symbolic or there are more than SCAN_WINDOW_MAX points."""
+    extents = [iv.dom.extent for iv in red.axis]
+    if not all(_is_const(e) and _is_const(iv.dom.min) for e, iv in zip(extents, red.axis)) \
+            or math.prod(int(e) for e in extents) > SCAN_WINDOW_MAX:
+        return None
+    return list(itertools.product(*[range(int(iv.dom.min), int(iv.dom.min) + int(iv.dom.extent))
+                                    for iv in red.axis]))
+
+
+def _is_true(cond):
+    return isinstance(cond, P.IntImm) and bool(cond.value)
+
+
+class _Guarded(Exception):
+    """A guarded read that is not a padded window's element."""
+
+
+def _unguarded(expr, analyzer, pads):
+    """expr with each guarded read if_then_else(x's bounds at i, x[i], v) (a padded window's
+    element) made a read of x padded with v (_padded, one copy per (x, v) in `pads`): the
+    same value with no guard (a guarded load is a branch or a scalarized vector loop; a
+    select of a clamped read would do, but TVM's simplifier drops the clamps under the
+    select's condition, and the select reads out of bounds). Guards the analyzer (over the
+    window and output loops) proves true, as without padding, are dropped. Raises _Guarded
+    for another guard."""
+    if isinstance(expr, Call) and expr.op.name == "prim.if_then_else":
+        cond = _try_simplify(analyzer, expr.args[0])
+        then, other = expr.args[1:]
+        if isinstance(cond, P.IntImm):
+            return _unguarded(then if cond.value else other, analyzer, pads)
+        if not _is_load(then) or not isinstance(other, (P.FloatImm, P.IntImm)) or \
+                not _guards_its_bounds(cond, then, analyzer):
+            raise _Guarded(show(expr))
+        tensor, idx = _load_parts(then)
+        bounds = [analyzer.const_int_bound(i) for i in idx]
+        lo = [min(0, int(b.min_value)) for b in bounds]
+        key = (tensor, float(other.value))
+        if key not in pads:
+            # as much padding after as before at least, the forward's padded input: its
+            # planes split evenly by the stride (the schedule's deinterleaved plane copy)
+            hi = [max(int(n) - 1 - low, int(b.max_value)) for n, b, low in
+                  zip(tensor.shape, bounds, lo)]
+            pads[key] = _padded(tensor, other, lo, hi), _pads(tensor, lo, hi)
+        return _shifted_read(*pads[key], idx)
+    if isinstance(expr, _binary()):
+        return type(expr)(*_promote(_unguarded(expr.a, analyzer, pads),
+                                    _unguarded(expr.b, analyzer, pads)))
+    if isinstance(expr, P.Cast):
+        return P.Cast(_dtype(expr), _unguarded(expr.value, analyzer, pads))
+    if isinstance(expr, (P.Select, Call)) and not _is_load(expr):
+        raise _Guarded(show(expr))  # a select or another call may guard a read
+    return expr
+
+
+def _guards_its_bounds(cond, load, analyzer):
+    """Whether cond holds exactly where `load` reads inside its tensor."""
+    inside = _in_bounds(load)
+    with analyzer.constraint_scope(inside):
+        implied = _is_true(_try_simplify(analyzer, cond))
+    with analyzer.constraint_scope(cond):
+        return implied and _is_true(_try_simplify(analyzer, inside))
+
+
+def _reads_inside(expr, analyzer):
+    """Whether every load in expr reads inside its tensor over the analyzer's loops."""
+    for load in _loads(expr, []):
+        tensor, idx = _load_parts(load)
+        for i, n in zip(idx, tensor.shape):
+            bound = analyzer.const_int_bound(i)
+            if bound.min_value < 0 or bound.max_value >= int(n):
+                return False
+    return True
+
+
+def _padded(tensor, fill, lo, hi):
+    """`tensor` extended to [lo, hi] per axis (lo <= 0), `fill` outside it, indexed from 0."""
+    pads = _pads(tensor, lo, hi)
+
+    def body(*u):
+        src, inside = _pad_source(tensor, u, pads)
+        return te.if_then_else(inside, tensor(*src), fill)
+
+    return te.compute(_pad_shape(tensor, pads), body, name=f"{tensor.op.name}_pad")
+
+
+def _zero_padded_kernel(tensor, pads):
+    """`tensor` extended to [lo, hi] along each axis of pads {axis: (lo <= 0, hi)} with
+    zeros, indexed from 0, as a kernel of its own (a one-step reduction: the schedules
+    inline a spatial padding into its reader, where its guarded load scalarizes a vector
+    loop), and with no guarded load (a branch per element): each element read at an index
+    clamped into the tensor, its bits masked."""
+    one = te.reduce_axis((0, 1), "one")
+    dtype = str(tensor.dtype)
+    bits = "int" + "".join(ch for ch in dtype if ch.isdigit())
+
+    def body(*u):
+        src, inside = _pad_source(tensor, u, pads)
+        value = tensor(*[te.max(te.min(sk, _const(int(tensor.shape[k]) - 1, _dtype(sk))),
+                                _const(0, _dtype(sk))) if k in pads else sk
+                         for k, sk in enumerate(src)])
+        value = value if dtype == bits else tirx.reinterpret(bits, value)
+        value = value & P.Select(inside, _const(-1, bits), _const(0, bits))
+        value = value if dtype == bits else tirx.reinterpret(dtype, value)
+        return te.sum(value, axis=one)  # 0 + v: v (a max's identity would turn -inf finite)
+
+    return te.compute(_pad_shape(tensor, pads), body, name=f"{tensor.op.name}_pad")
+
+
+def _pads(tensor, lo, hi):
+    """{axis: (lo, hi)} of the axes [lo, hi] extends beyond [0, n - 1]."""
+    return {k: (low, h) for k, (low, h, n) in enumerate(zip(lo, hi, tensor.shape))
+            if low or h != int(n) - 1}
+
+
+def _pad_shape(tensor, pads):
+    return [pads[k][1] - pads[k][0] + 1 if k in pads else n for k, n in enumerate(tensor.shape)]
+
+
+def _pad_source(tensor, u, pads):
+    """(the tensor's index at the padded index u, whether it is inside the tensor)."""
+    src = [uk + _const(pads[k][0], _dtype(uk)) if k in pads and pads[k][0] else uk
+           for k, uk in enumerate(u)]
+    inside = [P.And(src[k] >= _const(0, _dtype(src[k])),
+                    src[k] < _const(int(tensor.shape[k]), _dtype(src[k]))) for k in pads]
+    return src, te.all(*inside) if inside else tvm.tirx.const(True, "bool")
+
+
+def _shifted_read(padded, pads, idx):
+    """The element of a tensor at idx, read from its copy padded by pads {axis: (lo, hi)}."""
+    return padded(*[i - _const(pads[k][0], _dtype(i)) if k in pads and pads[k][0] else i
+                    for k, i in enumerate(idx)])
+
+
+def _scan_first_extremum(t, index, pads=None):
+    """first_extremum(t) at `index` as straight-line code over the window's points (at most
+    SCAN_WINDOW_MAX): the same position, the number of points where none is found (a window
+    of NaN or -inf), which no position equals. Each point's element is compared as the
+    tuple reducer does: taken when strictly better, so NaN never is. Raises _Guarded."""
+    op = t.op
+    red = op.body[0]
+    is_max = type(red.combiner.result[0]) is P.Max
+    analyzer = tvm.sym.Analyzer()
+    for iv in list(op.axis) + list(red.axis):
+        analyzer.bind(iv.var, iv.dom)
+    source = _unguarded(red.source[red.value_index], analyzer, {} if pads is None else pads)
+    if not _is_true(red.condition) and not _reads_inside(source, analyzer):
+        raise _Guarded(show(red.condition))  # where= may keep a read in bounds
+    at = {iv.var: i for iv, i in zip(op.axis, index)}
+    vals, conds = [], []
+    for point in _window_points(red):
+        vmap = {iv.var: _const(p, _dtype(iv.var)) for iv, p in zip(red.axis, point)}
+        vmap.update(at)
+        vals.append(substitute(source, vmap))
+        conds.append(_try_simplify(analyzer, substitute(red.condition, vmap)))
+    dtype = _dtype(vals[0])
+    worst = te.min_value(dtype) if is_max else te.max_value(dtype)
+    top = worst
+    for value, cond in zip(vals, conds):
+        # an element where= leaves out counts as the reducer's identity, found nowhere
+        value = value if _is_true(cond) else P.Select(cond, value, worst)
+        # max(value, top) compiles to value > top ? value : top, the reducer's test
+        top = te.max(value, top) if is_max else te.min(value, top)
+    none, first = len(vals), None
+    for e, (value, cond) in enumerate(zip(vals, conds)):
+        equal = P.EQ(value, top)
+        found = P.Cast("int32", equal if _is_true(cond) else P.And(cond, equal))
+        # the least e found, as a min of integers: a chain of selects is a chain of branches
+        candidate = _const(none, "int32") - _const(none - e, "int32") * found
+        first = candidate if first is None else te.min(first, candidate)
+    return first
+
+
+def _first_extremum_stage(t):
+    """The scan of _scan_first_extremum as a kernel of its own (a one-step reduction, which
+    the schedules do not inline into its readers): where windows overlap, each window's
+    position is read by several elements of the gradient, which would scan it again.
+    Raises _Guarded."""
+    one = te.reduce_axis((0, 1), "one")
+    pads = {}
+    _scan_first_extremum(t, [iv.var for iv in t.op.axis], pads)  # the padded copies, once
+    return te.compute(t.shape, lambda *i: te.min(_scan_first_extremum(t, i, pads), axis=one),
+                      name=f"{t.op.name}_first")
+
+
+def _reads_windows_once(source, loops, live):
+    """Whether every float read of a live tensor in `source` reads each element at one point
+    of `loops` at most (windows that do not overlap: max-pool with its stride equal to its
+    kernel, a max over whole axes)."""
+    domain = {lp.var: tvm.ir.Range.from_min_extent(_const(lp.start, _dtype(lp.var)),
+                                                   _const(lp.extent, _dtype(lp.var)))
+              for lp in loops}
+    for load in _loads(source, []):
+        tensor, indices = _load_parts(load)
+        if _key(tensor) not in live or "float" not in str(tensor.dtype):
+            continue
+        found = tvm.sym.detect_iter_map([_strip_index_casts(i) for i in indices], domain,
+                                        check_level="bijective")
+        if not found.indices:
+            return False
+    return True
+
+
+def _inside_read(expr, load):
+    """expr simplified knowing that `load` reads inside its tensor, as it does wherever its
+    adjoint is evaluated: the derivative of a padded window's read, inside ? 1 : 0, is 1.
+    Nothing else then reads the output's spatial indices, so _extend_adjoint can move the
+    range guards of the dy and first-position reads into zero-extended copies (max-pool k3
+    s2 p1: its column guards scalarized the vector loops of two of the four phases)."""
+    analyzer = tvm.sym.Analyzer()
+    with analyzer.constraint_scope(_in_bounds(load)):
+        return _try_simplify(analyzer, expr)
+
+
+def _in_bounds(load):
+    """The condition that `load` reads inside its tensor."""
+    tensor, idx = _load_parts(load)
+    inside = None
+    for i, n in zip(idx, tensor.shape):
+        bounds = P.And(i >= _const(0, _dtype(i)), i < _const(int(n), _dtype(i)))
+        inside = bounds if inside is None else P.And(inside, bounds)
+    return inside
+
+
+# A max's adjoint whose index solve leaves at most this many points of free loops (the taps
+# of the windows covering an element: 2 x 2 for a 3x3 window of stride 2) sums them unrolled.
+GATHER_TAPS_MAX = 9
+
+
+def _tap_gather(shape, dtype, indices, loops, value, name, read_with):
+    """The adjoint of a read as an unrolled sum over the few windows covering each element
+    (free loops of at most GATHER_TAPS_MAX points), in one pass, the explicit max-pool
+    gradient's form (ops/pool.py's _window_gather), where _adjoint_of_read's per-phase
+    parts write and reread the whole gradient once more (max-pool k3 s2 p1: 1.3 ms against
+    0.3 ms). For a max or min with overlapping windows, whose value reads only dy and the
+    positions (`read_with`): from copies zero-padded to every index a tap reads (a window
+    out of range has dy 0), so each term is a select of reads in bounds (not guarded
+    loads, which scalarize the vector loop). None where the solve leaves no free loop or
+    more points, or the value reads another tensor."""
+    if any(_is_load(ld) and len(ld.args) == 1 for e in indices for ld in _loads(e, [])):
+        return None  # refused by _adjoint_of_read, with its message
+    if any(not any(t.same_as(_load_parts(ld)[0]) for t in read_with)
+           for ld in _loads(value, [])):
+        return None
+    indices, loops, value = _split_div_loops(indices, loops, value)
+    probe = [Var(f"j{k}", tvm.ir.PrimType("int64")) for k in range(len(shape))]
+    try:
+        _, _, free, _ = _solve(indices, loops, probe, shape)
+    except _Unsupported:
+        return None
+    if not free or math.prod(lp.extent for lp in free) > GATHER_TAPS_MAX:
+        return None
+
+    def body(*j):
+        sub, guards, free, _ = _solve(indices, loops, list(j), shape)
+        analyzer = tvm.sym.Analyzer()
+        for jk, n in zip(j, shape):
+            analyzer.bind(jk, _range(0, n))
+        taps = []
+        for point in itertools.product(*[range(lp.start, lp.start + lp.extent) for lp in free]):
+            at = {lp.var: _const(p, _dtype(lp.var)) for lp, p in zip(free, point)}
+            vmap = {v: substitute(x, at) for v, x in sub.items()}
+            vmap.update(at)
+            cond = [_try_simplify(analyzer, substitute(g, vmap)) for g in guards]
+            if not any(isinstance(c, P.IntImm) and not c.value for c in cond):
+                taps.append((substitute(value, vmap), [c for c in cond if not _is_true(c)]))
+        reads = _zero_padded_reads([term for term, _ in taps], analyzer)
+        total = _const(0, dtype)
+        for term, cond in taps:
+            term = substitute(term, {}, loads=reads)
+            if cond:
+                term = P.Select(functools.reduce(P.And, cond), term, _const(0, dtype))
+            total = total + term
+        return total
+
+    return te.compute(_wide_shape(shape), body, name=name)
+
+
+def _zero_padded_reads(terms, analyzer):
+    """{tensor: read} reading each tensor loaded in `terms` from a copy zero-padded to every
+    index they read (over the analyzer's loops)."""
+    lo, hi, tensors = {}, {}, {}
+    for term in terms:
+        for load in _loads(term, []):
+            tensor, idx = _load_parts(load)
+            key = _key(tensor)
+            tensors[key] = tensor
+            for k, i in enumerate(idx):
+                bound = analyzer.const_int_bound(i)
+                lo[key, k] = min(lo.get((key, k), 0), int(bound.min_value))
+                hi[key, k] = max(hi.get((key, k), int(tensor.shape[k]) - 1),
+                                 int(bound.max_value))
+    reads = {}
+    for key, tensor in tensors.items():
+        pads = _pads(tensor, *zip(*[(lo[key, k], hi[key, k]) for k in range(len(tensor.shape))]))
+        if pads:  # else read in bounds as it is
+            reads[tensor] = functools.partial(_shifted_read, _zero_padded_kernel(tensor, pads),
+                                              pads)
+    return reads
+
+
+def _first_position(t, spatial, reduce_loops, live):
+    """The reduction_position of t's first extremum at the spatial loops' point: a scan of
+    the window inline where each window is read by its own elements only (the gradient's
+    element finds its window's first from cache, in the same pass), a scan kernel where
+    windows overlap, the tuple reduction first_extremum for large windows. Returns (that
+    position, the tensor read for it or None)."""
+    index = [lp.var for lp in spatial]
+    stage = None
+    if _window_points(t.op.body[0]) is not None:
+        try:
+            if _reads_windows_once(t.op.body[0].source[0], spatial + reduce_loops, live):
+                return _scan_first_extremum(t, index), None
+            stage = _first_extremum_stage(t)
+        except _Guarded:  # a guard other than a padded window's: the tuple reduction
+            stage = None
+    stage = stage if stage is not None else first_extremum(t)
+    return stage(*index), stage
+
+
 # ---- the graph walk -------------------------------------------------------------------------
 def _topo(outputs, inputs):
     order, seen = [], set()
@@ -909,7 +1264,7 @@ def _backprop(name, t, dT, live):
         raise _Unsupported(f"compute '{op.name}' has {len(op.body)} outputs in one stage")
     body = op.body[0]
     spatial = [_Loop(iv.var, iv.dom.extent, iv.dom.min) for iv in op.axis]
-    reduce_loops, mask = [], None
+    reduce_loops, mask, extremum, companions = [], None, False, []
     source = body
     dtype = str(t.dtype)
     if isinstance(body, Reduce):
@@ -920,7 +1275,9 @@ def _backprop(name, t, dT, live):
             mask = body.condition
         if combiner is P.Max or combiner is P.Min:
             # the gradient flows to the first element (in reduction order) equal to the extreme
-            first = first_extremum(t)(*[lp.var for lp in spatial])
+            extremum = True
+            first, first_tensor = _first_position(t, spatial, reduce_loops, live)
+            companions = [first_tensor] if first_tensor is not None else []
             here = reduction_position([(lp.var, lp.start, lp.extent) for lp in reduce_loops])
             hit = P.EQ(*_promote(here, first))
             mask = hit if mask is None else P.And(mask, hit)
@@ -950,13 +1307,19 @@ def _backprop(name, t, dT, live):
         d = diff(source, load)
         if d is None:
             continue
+        if extremum:
+            d = _inside_read(d, load)
         value = d * dy
-        if mask is not None:
+        if mask is not None and extremum:
+            value = if_else_zero(mask, value, dtype)
+        elif mask is not None:
             value = tvm.tirx.if_then_else(mask, value, _const(0, dtype))
-        out.append((tensor, _adjoint_of_read(
-            tuple(int(s) for s in tensor.shape), str(tensor.dtype), indices,
-            spatial + reduce_loops, value, f"{op.name}_d{tensor.op.name}{g}",
-            adjoint=(dT, [lp.var for lp in spatial]), inline=len(groups) == 1)))
+        shape, name = tuple(int(s) for s in tensor.shape), f"{op.name}_d{tensor.op.name}{g}"
+        gather = _tap_gather(shape, str(tensor.dtype), indices, spatial + reduce_loops, value,
+                             name, [dT, *companions]) if companions else None
+        out.append((tensor, gather if gather is not None else _adjoint_of_read(
+            shape, str(tensor.dtype), indices, spatial + reduce_loops, value, name,
+            adjoint=(dT, [lp.var for lp in spatial], *companions), inline=len(groups) == 1)))
     return out
 
 

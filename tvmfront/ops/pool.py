@@ -1,6 +1,7 @@
 """2-D max and average pooling (NCHW), gradients written as gathers over windows."""
 
 from .._tvm import te, tirx
+from ..autodiff import if_else_zero
 from ..op import op
 from ._dims import show, static
 from .conv import _out_size, _pair
@@ -38,19 +39,6 @@ def _covering(i, p, s, k, n_out):
         offset = rest + t * s
         out.append((base - t, offset, te.all(base - t >= 0, base - t < n_out, offset < k)))
     return out
-
-
-def _if_else_zero(condition, value, dtype):
-    """condition ? value : 0 with `value` loaded whatever the condition: its bits and-ed with
-    a mask of all ones or zeros. A Select whose operand is a load compiles to a masked load
-    or a branch per element: branches that random data mispredicts wherever LLVM does not
-    vectorize the loop (in a parallel loop's closure it does not: LeNet's 6@16 k2 max-pool
-    gradient took 295 us against a 7 us forward). (A Let-bound load would do too, but TVM's
-    common-subexpression pass breaks such Lets under some schedules: "cse_v used before
-    definition".)"""
-    bits = "int" + "".join(ch for ch in str(dtype) if ch.isdigit())
-    mask = tirx.const(0, bits) - tirx.Cast(bits, condition)
-    return tirx.reinterpret(dtype, tirx.reinterpret(bits, value) & mask)
 
 
 def _window_gather(x, dy, kernel, stride, padding, term, name):
@@ -183,7 +171,7 @@ def _(dy, x, kernel=2, stride=None, padding=0):
         # computes it on whole vectors).
         def term(n, c, oh, ow, dh, dw):
             first = _first_max(x, n, c, oh, ow, kernel, stride, padding)
-            return _if_else_zero(first == dh * kw + dw, dy[n, c, oh, ow], x.dtype)
+            return if_else_zero(first == dh * kw + dw, dy[n, c, oh, ow], x.dtype)
 
         return [_window_gather(x, dy, kernel, stride, padding, term, "max_pool2d_grad")]
     # Overlapping windows: each window's first max position in one pass over the windows
@@ -200,7 +188,7 @@ def _(dy, x, kernel=2, stride=None, padding=0):
         xp, n, c, i, j, kernel, stride), axis=one), name="max_pool2d_first")
 
     def term(n, c, oh, ow, dh, dw):
-        return _if_else_zero(tirx.Cast(first.dtype, dh * kw + dw) == first[n, c, oh, ow],
+        return if_else_zero(tirx.Cast(first.dtype, dh * kw + dw) == first[n, c, oh, ow],
                              dy[n, c, oh, ow], x.dtype)
 
     return [_window_gather(x, dy, kernel, stride, padding, term, "max_pool2d_grad")]
