@@ -69,6 +69,10 @@ def test_a_padded_strided_convolution_s_derived_dx_sums_the_input_s_elements_onl
         assert type(part.op.body[0]).__name__ == "Reduce", name
     # one pass interleaves them into dx: no stage of the padded input's size is left
     assert not [n for n, t in stages.items() if [int(d) for d in t.shape][-1] == 8 + 2 * padding]
+    # and the parts read one zero-extended dy, sized for all of them (each its own: three
+    # copies of dy per call at padding 1); at padding 2 every read of dy is in its range
+    exts = [n for n in stages if n.endswith("_dy_ext")]
+    assert exts == ([f"{dx.op.name}_dy_ext"] if padding == 1 else []), sorted(stages)
 
 
 @pytest.mark.parametrize("name", ["x86", "x86:avx2"])

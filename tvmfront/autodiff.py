@@ -574,11 +574,12 @@ def _split_div_loops(indices, loops, value):
     return indices, new_loops, substitute(value, sub)
 
 
-def _extend_adjoint(adjoint, value, solved, guards, analyzer, name):
+def _extend_adjoint(adjoint, value, solved, guards, analyzer, name, shared=None):
     """Move range and stride guards off the inner loop: the output adjoint dT is read at
     var = num / c for eliminated spatial vars; when dT is the only thing reading such a var,
     read instead a zero-extended (and, for strides, dilated) copy of dT at num - lo. For a
     convolution this is the classic transposed convolution over a padded, dilated dy.
+    `shared` (see _shared_extension): one copy for the parts of a polyphase adjoint.
     Returns the new value and the guards still needed."""
     if adjoint is None:
         return value, guards
@@ -599,16 +600,60 @@ def _extend_adjoint(adjoint, value, solved, guards, analyzer, name):
         guards = [g for g in guards if not any(g.same_as(o) for o in own)]
     if not plan:
         return value, guards
-    shape = [plan[d][4] if d in plan else int(dT.shape[d]) for d in range(len(spatial))]
+    extent = {d: entry[1:] for d, entry in plan.items()}  # dim -> (c, loop, lo, size)
+    ext = None
+    if shared is not None:
+        extent, ext = _shared_extension(shared, extent)
+    if ext is None:
+        ext = _zero_extended(dT, extent, shared.get("name", name) if shared else name)
+        if shared is not None and shared.get("use"):
+            shared["tensor"] = ext
+
+    def read(idx):
+        # dims this read keeps in range but the shared copy extends: c * index - lo there
+        return ext(*[plan[d][0] - extent[d][2] if d in plan else
+                     extent[d][0] * idx[d] - extent[d][2] if d in extent else idx[d]
+                     for d in range(len(idx))])
+
+    return substitute(value, {}, loads={dT: read}), guards
+
+
+def _shared_extension(shared, extent):
+    """(extent, copy or None) for a read of dT that the parts of one polyphase adjoint share
+    (`shared`, made by its two passes): the first pass ("use" unset) records the union of
+    the parts' extents and keeps each its own; the second gives every part that union and
+    the one copy made for it. A stride-2 3x3 d/dx otherwise made a zero-extended dy for each
+    of three phases (17x17, 17x16, 16x17 per image at 16x16 for ResNet's 16->32 @32), three
+    copies where one serves."""
+    ranges = shared.setdefault("ranges", {})
+    if shared.get("use"):
+        return ranges, shared.get("tensor")
+    for d, (c, lp, lo, size) in extent.items():
+        old = ranges.get(d)
+        if old is None:
+            ranges[d] = (c, lp, lo, size)
+            continue
+        if old[0] != c or (old[1].start, old[1].extent) != (lp.start, lp.extent):
+            shared["conflict"] = True  # not one copy's dims: each part keeps its own
+        first = min(old[2], lo)
+        ranges[d] = (c, lp, first, max(old[2] + old[3], lo + size) - first)
+    return extent, None
+
+
+def _zero_extended(dT, extent, name):
+    """dT zero-extended (and dilated by c) along the dims of `extent` ({dim: (c, loop, lo,
+    size)}): element u is dT[(u + lo) / c] where that is a whole index in the loop's range,
+    else 0."""
+    shape = [extent[d][3] if d in extent else int(n) for d, n in enumerate(dT.shape)]
     zero = _const(0, str(dT.dtype))
 
     def ext_body(*u):
         src, ok = [], []
         for d, ud in enumerate(u):
-            if d not in plan:
+            if d not in extent:
                 src.append(ud)
                 continue
-            num, c, lp, lo, _ = plan[d]
+            c, lp, lo, _ = extent[d]
             raw = ud + lo
             q = tvm.tirx.floordiv(raw, c) if c != 1 else raw
             if c != 1:
@@ -620,12 +665,7 @@ def _extend_adjoint(adjoint, value, solved, guards, analyzer, name):
             cond = P.And(cond, extra)
         return tvm.tirx.if_then_else(cond, dT(*src), zero)
 
-    ext = te.compute(_wide_shape(shape), ext_body, name=f"{name}_dy_ext")
-
-    def read(idx):
-        return ext(*[plan[d][0] - plan[d][3] if d in plan else idx[d] for d in range(len(idx))])
-
-    return substitute(value, {}, loads={dT: read}), guards
+    return te.compute(_wide_shape(shape), ext_body, name=f"{name}_dy_ext")
 
 
 def _adjoint_of_read(shape, dtype, indices, loops, value, name, adjoint=None, inline=False,
@@ -686,13 +726,20 @@ def _polyphase_adjoint(shape, dtype, indices, loops, value, name, adjoint, strid
         """{phase: part} for the elements shifts + j (j < region) of the adjoint, region a
         multiple of the strides: part q holds those at s * i + q + shifts."""
         part_shape = [n // strides[k] if k in strides else n for k, n in enumerate(region)]
-        made = {}
-        for phase in itertools.product(*[range(strides[k]) for k in dims]):
-            part = f"{prefix}_p{''.join(map(str, phase))}"
-            body = _adjoint_body(shape, dtype, indices, loops, value, part, adjoint, False)
-            made[phase] = te.compute(_wide_shape(part_shape),
-                                     _phase_body(body, dict(zip(dims, phase)), strides,
-                                                 part_shape, shifts), name=part)
+        shared = {"name": prefix}  # one zero-extended dT for all parts: a pass to size it,
+        # one to use it
+        for _ in range(2):
+            made = {}
+            for phase in itertools.product(*[range(strides[k]) for k in dims]):
+                part = f"{prefix}_p{''.join(map(str, phase))}"
+                body = _adjoint_body(shape, dtype, indices, loops, value, part, adjoint, False,
+                                     shared)
+                made[phase] = te.compute(_wide_shape(part_shape),
+                                         _phase_body(body, dict(zip(dims, phase)), strides,
+                                                     part_shape, shifts), name=part)
+            if shared.get("conflict") or not shared.get("ranges"):
+                break
+            shared["use"] = True
         return made
 
     result = _interleave(shape, dtype, parts(shape, [0] * len(shape), name), strides, name)
@@ -756,9 +803,10 @@ def _phase_body(body, at, strides, part_shape, shifts):
     return part_body
 
 
-def _adjoint_body(shape, dtype, indices, loops, value, name, adjoint, inline):
+def _adjoint_body(shape, dtype, indices, loops, value, name, adjoint, inline, shared=None):
     """body(j, full, bounds) of the adjoint of a read at `indices`: its value at the index
-    `full` (expressions of the compute's variables j, whose extents are `bounds`)."""
+    `full` (expressions of the compute's variables j, whose extents are `bounds`). `shared`:
+    see _shared_extension."""
     red_axes = {}
 
     def body(j, full, bounds):
@@ -779,7 +827,8 @@ def _adjoint_body(shape, dtype, indices, loops, value, name, adjoint, inline):
             ext_analyzer.bind(jv, _range(0, d))
         for lp in free:
             ext_analyzer.bind(lp.var, _range(lp.start, lp.extent))
-        value_here, guards = _extend_adjoint(adjoint, value, solved, guards, ext_analyzer, name)
+        value_here, guards = _extend_adjoint(adjoint, value, solved, guards, ext_analyzer, name,
+                                             shared)
         cond = None
         for g in guards:
             # guards made before a later elimination still hold its variable: substitute all
