@@ -52,18 +52,45 @@ def test_a_strided_convolution_s_derived_dx_is_summed_per_phase(padding):
     assert sorted(taps) == [1, 2, 2, 4]  # the kernel's 9 taps, each in one phase
 
 
+@pytest.mark.parametrize("padding", [1, 2])
+def test_a_padded_strided_convolution_s_derived_dx_sums_the_input_s_elements_only(padding):
+    # The padding's adjoint, a crop, reads the phases of the padded input's gradient at an
+    # offset: it gets parts of its own, of the input's size over the stride (4x4 for 8x8;
+    # the padded input's would be 5x5 or 6x6). The padding's gradient is never summed:
+    # ResNet's stride-2 3x3 d/dx summed phases of 8x8 for a 14x14 input (1.31x the products).
+    inputs, dx = _dx(True, 2, padding)
+    stages = {}
+    _walk(dx, stages)
+    parts = {n: t for n, t in stages.items() if n[-4:-2] == "_p" and n[-2:].isdigit()}
+    assert sorted(parts) == [f"{dx.op.name}_p{a}{b}" for a in (0, 1) for b in (0, 1)], \
+        sorted(stages)
+    for name, part in parts.items():
+        assert [int(d) for d in part.shape] == [2, 4, 4, 4], name
+        assert type(part.op.body[0]).__name__ == "Reduce", name
+    # one pass interleaves them into dx: no stage of the padded input's size is left
+    assert not [n for n, t in stages.items() if [int(d) for d in t.shape][-1] == 8 + 2 * padding]
+    # and the parts read one zero-extended dy, sized for all of them (each its own: three
+    # copies of dy per call at padding 1); at padding 2 every read of dy is in its range
+    exts = [n for n in stages if n.endswith("_dy_ext")]
+    assert exts == ([f"{dx.op.name}_dy_ext"] if padding == 1 else []), sorted(stages)
+
+
 @pytest.mark.parametrize("name", ["x86", "x86:avx2"])
 @pytest.mark.parametrize("stride, padding, shape", [(2, 1, (2, 4, 8, 8)), (2, 0, (2, 4, 8, 8)),
-                                                     (3, 1, (2, 4, 9, 9)), (2, 1, (2, 4, 7, 7))])
+                                                     (3, 1, (2, 4, 9, 9)), (2, 1, (2, 4, 7, 7)),
+                                                     (2, 2, (2, 4, 8, 8)),
+                                                     (3, 1, (2, 4, 10, 10))])
 def test_per_phase_derived_dx_equals_the_explicit_one(stride, padding, shape, name):
-    # (7, 7) at stride 2: the phases would differ in size, so the single-tensor form is kept
+    # (7, 7) at stride 2: the phases would differ in size, so the single-tensor form is kept;
+    # (10, 10) at stride 3, padding 1: phases of the padded 12x12, the crop a pass of its own
+    # (10 is no multiple of 3); padding 2: the crop's parts read the padded ones a row on
     target = resolve_target(name)
     got = []
     for derived in (True, False):
         inputs, dx = _dx(derived, stride, padding, shape)
         func, rule = cpu_schedule.schedule_prim_func(te.create_prim_func(inputs + [dx]), target)
         if derived and stride == 2 and padding == 1 and shape[-1] == 8:
-            # the crop of the padding reads the parts one column on: vectorized here
+            # the interleave of the parts: its columns vectorized
             assert "conv2d_pad_dx0=spatial[split 2x2, unrolled, v" in rule, rule
         lib = tvm.compile(func, target=target)
         args = [np.random.default_rng(1).standard_normal([int(d) for d in t.shape])

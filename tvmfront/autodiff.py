@@ -590,7 +590,7 @@ def _split_div_loops(indices, loops, value):
     return indices, new_loops, substitute(value, sub)
 
 
-def _extend_adjoint(adjoint, value, solved, guards, analyzer, name):
+def _extend_adjoint(adjoint, value, solved, guards, analyzer, name, shared=None):
     """Move range and stride guards off the inner loop: the output adjoint dT is read at
     var = num / c for eliminated spatial vars; when dT is the only thing reading such a var,
     read instead a zero-extended (and, for strides, dilated) copy of dT at num - lo. For a
@@ -598,6 +598,7 @@ def _extend_adjoint(adjoint, value, solved, guards, analyzer, name):
     adjoint = (dT, spatial vars, *companions): companions are tensors of dT's shape read
     with it at the same point (a max's first positions), extended alike (their zeros are
     read where dT's are: the term is zero there whatever they hold).
+    `shared` (see _shared_extension): one copy of dT for the parts of a polyphase adjoint.
     Returns the new value and the guards still needed."""
     if adjoint is None:
         return value, guards
@@ -619,15 +620,67 @@ def _extend_adjoint(adjoint, value, solved, guards, analyzer, name):
         guards = [g for g in guards if not any(g.same_as(o) for o in own)]
     if not plan:
         return value, guards
-    shape = [plan[d][4] if d in plan else int(dT.shape[d]) for d in range(len(spatial))]
+    extent = {d: entry[1:] for d, entry in plan.items()}  # dim -> (c, loop, lo, size)
+    ext = None
+    if shared is not None:
+        extent, ext = _shared_extension(shared, extent)
+    if ext is None:
+        ext = _zero_extended(dT, extent, shared.get("name", name) if shared else name)
+        if shared is not None and shared.get("use"):
+            shared["tensor"] = ext
 
-    def ext_body(tensor, *u):
+    def read(copy, idx):
+        # dims this read keeps in range but the shared copy extends: c * index - lo there
+        return copy(*[plan[d][0] - extent[d][2] if d in plan else
+                      extent[d][0] * idx[d] - extent[d][2] if d in extent else idx[d]
+                      for d in range(len(idx))])
+
+    loads = {dT: functools.partial(read, ext)}
+    for k, tensor in enumerate(companions, 1):  # over the same extents: read at dT's points
+        loads[tensor] = functools.partial(read, _zero_extended(tensor, extent, name, f"ext{k}"))
+    return substitute(value, {}, loads=loads), guards
+
+
+def _zero_of(tensor, idx):
+    return _const(0, str(tensor.dtype))
+
+
+def _shared_extension(shared, extent):
+    """(extent, copy or None) for a read of dT that the parts of one polyphase adjoint share
+    (`shared`, made by its two passes): the first pass ("use" unset) records the union of
+    the parts' extents and keeps each its own; the second gives every part that union and
+    the one copy made for it. A stride-2 3x3 d/dx otherwise made a zero-extended dy for each
+    of three phases (17x17, 17x16, 16x17 per image at 16x16 for ResNet's 16->32 @32), three
+    copies where one serves."""
+    ranges = shared.setdefault("ranges", {})
+    if shared.get("use"):
+        return ranges, shared.get("tensor")
+    for d, (c, lp, lo, size) in extent.items():
+        old = ranges.get(d)
+        if old is None:
+            ranges[d] = (c, lp, lo, size)
+            continue
+        if old[0] != c or (old[1].start, old[1].extent) != (lp.start, lp.extent):
+            shared["conflict"] = True  # not one copy's dims: each part keeps its own
+        first = min(old[2], lo)
+        ranges[d] = (c, lp, first, max(old[2] + old[3], lo + size) - first)
+    return extent, None
+
+
+def _zero_extended(tensor, extent, name, suffix="dy_ext"):
+    """`tensor` (dT, or a companion of its shape) zero-extended (and dilated by c) along the
+    dims of `extent` ({dim: (c, loop, lo, size)}): element u is tensor[(u + lo) / c] where
+    that is a whole index in the loop's range, else 0."""
+    shape = [extent[d][3] if d in extent else int(n) for d, n in enumerate(tensor.shape)]
+    zero = _const(0, str(tensor.dtype))
+
+    def ext_body(*u):
         src, ok = [], []
         for d, ud in enumerate(u):
-            if d not in plan:
+            if d not in extent:
                 src.append(ud)
                 continue
-            num, c, lp, lo, _ = plan[d]
+            c, lp, lo, _ = extent[d]
             raw = ud + lo
             q = tvm.tirx.floordiv(raw, c) if c != 1 else raw
             if c != 1:
@@ -637,27 +690,17 @@ def _extend_adjoint(adjoint, value, solved, guards, analyzer, name):
         cond = ok[0]
         for extra in ok[1:]:
             cond = P.And(cond, extra)
-        return tvm.tirx.if_then_else(cond, tensor(*src), _const(0, str(tensor.dtype)))
+        return tvm.tirx.if_then_else(cond, tensor(*src), zero)
 
-    def read(ext, idx):
-        return ext(*[plan[d][0] - plan[d][3] if d in plan else idx[d] for d in range(len(idx))])
-
-    loads = {}
-    for k, tensor in enumerate(read_with):
-        suffix = "dy_ext" if k == 0 else f"ext{k}"
-        ext = te.compute(_wide_shape(shape), functools.partial(ext_body, tensor),
-                         name=f"{name}_{suffix}")
-        loads[tensor] = functools.partial(read, ext)
-    return substitute(value, {}, loads=loads), guards
+    return te.compute(_wide_shape(shape), ext_body, name=f"{name}_{suffix}")
 
 
-def _zero_of(tensor, idx):
-    return _const(0, str(tensor.dtype))
-
-
-def _adjoint_of_read(shape, dtype, indices, loops, value, name, adjoint=None, inline=False):
+def _adjoint_of_read(shape, dtype, indices, loops, value, name, adjoint=None, inline=False,
+                     phased=None):
     """Tensor of `shape`: sum over loops with indices(loops) == j of value(loops).
-    `adjoint` = (dT, spatial vars) names the output adjoint read in `value`."""
+    `adjoint` = (dT, spatial vars) names the output adjoint read in `value`. `phased`
+    ({interleave op: its parts' maker}, one per derive) collects the polyphase adjoints made
+    here and serves _cropped_polyphase."""
     # x[idx[()]]: a read through a 0-d index tensor is data-dependent like x[idx[i]] (which
     # the affine solve refuses); refused here, as TVM's simplifier cannot hash a 0-d read.
     if any(_is_load(ld) and len(ld.args) == 1 for e in indices for ld in _loads(e, [])):
@@ -666,9 +709,13 @@ def _adjoint_of_read(shape, dtype, indices, loops, value, name, adjoint=None, in
     indices, loops, value = _split_div_loops(indices, loops, value)
     strides = _polyphase_strides(indices, loops, shape)
     if strides:
-        return _polyphase_adjoint(shape, dtype, indices, loops, value, name, adjoint, strides)
+        return _polyphase_adjoint(shape, dtype, indices, loops, value, name, adjoint, strides,
+                                  {} if phased is None else phased)
     body = _adjoint_body(shape, dtype, indices, loops, value, name, adjoint, inline)
-    return te.compute(_wide_shape(shape), lambda *j: body(list(j), list(j), shape), name=name)
+    out = te.compute(_wide_shape(shape), lambda *j: body(list(j), list(j), shape), name=name)
+    cropped = _cropped_polyphase(out, adjoint[0], phased) if adjoint and inline and phased \
+        else None
+    return out if cropped is None else cropped
 
 
 def _polyphase_strides(indices, loops, shape):
@@ -691,53 +738,102 @@ def _polyphase_strides(indices, loops, shape):
     return strides
 
 
-def _polyphase_adjoint(shape, dtype, indices, loops, value, name, adjoint, strides):
+def _polyphase_adjoint(shape, dtype, indices, loops, value, name, adjoint, strides, phased):
     """The adjoint of a strided window read as one tensor per input phase (j % s along each
     strided dim), interleaved: each part sums only the taps of its phase, with no guard in
     its loop (stride 2, 3x3: 1 or 2 taps of 3 per dim), and has the shape class of a
     stride-1 convolution, which the schedules tile as such (the explicit conv2d gradient's
     form: ops/conv.py's _grad_x). In one tensor the phase is j % s inside the reduction:
     taps and indices vary from one output element to the next (ResNet's 16->32 @32 stride-2
-    d/dx: 11.9 ms against the explicit 2.1 ms on one AVX-512 core)."""
+    d/dx: 11.9 ms against the explicit 2.1 ms on one AVX-512 core). The maker of its parts
+    is kept in `phased` under the interleave's op (see _cropped_polyphase)."""
     dims = sorted(strides)
-    part_shape = [int(d) // strides[k] if k in strides else int(d) for k, d in enumerate(shape)]
-    parts = {}
-    for phase in itertools.product(*[range(strides[k]) for k in dims]):
-        part = f"{name}_p{''.join(map(str, phase))}"
-        body = _adjoint_body(shape, dtype, indices, loops, value, part, adjoint, False)
-        parts[phase] = te.compute(_wide_shape(part_shape),
-                                  _phase_body(body, dict(zip(dims, phase)), strides, part_shape),
-                                  name=part)
+
+    def parts(region, shifts, prefix):
+        """{phase: part} for the elements shifts + j (j < region) of the adjoint, region a
+        multiple of the strides: part q holds those at s * i + q + shifts."""
+        part_shape = [n // strides[k] if k in strides else n for k, n in enumerate(region)]
+        shared = {"name": prefix}  # one zero-extended dT for all parts: a pass to size it,
+        # one to use it
+        for _ in range(2):
+            made = {}
+            for phase in itertools.product(*[range(strides[k]) for k in dims]):
+                part = f"{prefix}_p{''.join(map(str, phase))}"
+                body = _adjoint_body(shape, dtype, indices, loops, value, part, adjoint, False,
+                                     shared)
+                made[phase] = te.compute(_wide_shape(part_shape),
+                                         _phase_body(body, dict(zip(dims, phase)), strides,
+                                                     part_shape, shifts), name=part)
+            if shared.get("conflict") or not shared.get("ranges"):
+                break
+            shared["use"] = True
+        return made
+
+    result = _interleave(shape, dtype, parts(shape, [0] * len(shape), name), strides, name)
+    phased[result.op] = (parts, strides)
+    return result
+
+
+def _interleave(shape, dtype, parts, strides, name):
+    """The tensor of `shape` whose element j is parts[j % s][j // s] along the strided dims
+    ({dim: s}; parts keyed by the phase tuple over the sorted dims)."""
+    dims = sorted(strides)
     zero = _const(0, dtype)
 
     def interleave(*j):
         result = zero
         for phase, part in parts.items():
-            at = dict(zip(dims, phase))
             cond = None
-            for k, c in at.items():
+            for k, c in zip(dims, phase):
                 here = P.EQ(tvm.tirx.floormod(j[k], strides[k]), _const(c, _dtype(j[k])))
                 cond = here if cond is None else P.And(cond, here)
-            src = [tvm.tirx.floordiv(jk, strides[k]) if k in at else jk for k, jk in enumerate(j)]
+            src = [tvm.tirx.floordiv(jk, strides[k]) if k in strides else jk
+                   for k, jk in enumerate(j)]
             result = tvm.tirx.if_then_else(cond, part(*src), result)
         return result
 
     return te.compute(_wide_shape(shape), interleave, name=name)
 
 
-def _phase_body(body, at, strides, part_shape):
+def _cropped_polyphase(t, dT, phased):
+    """t, a read of dT (a polyphase adjoint of `phased`) at constant shifts (the adjoint of
+    a zero padding: a crop), as a polyphase adjoint of its own: its parts sum the products
+    of t's elements only, and no pass crops them. None where t is no such read or a strided
+    dim of t is no multiple of its stride. The parts of dT summed over the padded extent:
+    a 3x3 stride-2 conv's d/dx on 14x14 over phases of 8x8 (16x16 padded), 1.31x the
+    products, and each part's zero-extended dy was sized for those (64->64 @14 s2, b32, one
+    AVX-512 core: 2210 -> 1553 us)."""
+    body = t.op.body[0]
+    if dT.op not in phased or not _is_load(body) or not _load_parts(body)[0].op.same_as(dT.op):
+        return None
+    parts, strides = phased[dT.op]
+    analyzer = tvm.sym.Analyzer()
+    shifts = [analyzer.simplify(index - iv.var)
+              for index, iv in zip(_load_parts(body)[1], t.op.axis)]
+    region = [int(n) for n in t.shape]
+    if any(not isinstance(c, P.IntImm) for c in shifts) or \
+            any(region[k] % s for k, s in strides.items()):
+        return None
+    made = parts(region, [int(c.value) for c in shifts], t.op.name)
+    return _interleave(region, str(t.dtype), made, strides, t.op.name)
+
+
+def _phase_body(body, at, strides, part_shape, shifts):
     """The compute body of the part of phase `at` ({dim: phase}): index j of the part is
-    index s * j + phase of the whole along each strided dim."""
+    index s * j + phase + shift of the whole along each strided dim, j + shift along the
+    others."""
     def part_body(*j):
-        full = [strides[k] * jk + at[k] if k in at else jk for k, jk in enumerate(j)]
+        full = [strides[k] * jk + at[k] + c if k in at else jk + c
+                for k, (jk, c) in enumerate(zip(j, shifts))]
         return body(list(j), full, part_shape)
 
     return part_body
 
 
-def _adjoint_body(shape, dtype, indices, loops, value, name, adjoint, inline):
+def _adjoint_body(shape, dtype, indices, loops, value, name, adjoint, inline, shared=None):
     """body(j, full, bounds) of the adjoint of a read at `indices`: its value at the index
-    `full` (expressions of the compute's variables j, whose extents are `bounds`)."""
+    `full` (expressions of the compute's variables j, whose extents are `bounds`). `shared`:
+    see _shared_extension."""
     red_axes = {}
 
     def body(j, full, bounds):
@@ -758,7 +854,8 @@ def _adjoint_body(shape, dtype, indices, loops, value, name, adjoint, inline):
             ext_analyzer.bind(jv, _range(0, d))
         for lp in free:
             ext_analyzer.bind(lp.var, _range(lp.start, lp.extent))
-        value_here, guards = _extend_adjoint(adjoint, value, solved, guards, ext_analyzer, name)
+        value_here, guards = _extend_adjoint(adjoint, value, solved, guards, ext_analyzer, name,
+                                             shared)
         cond = None
         for g in guards:
             # guards made before a later elimination still hold its variable: substitute all
@@ -1218,6 +1315,7 @@ def derive(name, outputs, inputs, output_grads, needs=None):
     for o, g in zip(outputs, output_grads):
         adj.setdefault(_key(o), []).append(g)
     order = _topo(outputs, inputs)
+    phased = {}  # polyphase adjoints made so far: see _cropped_polyphase
     tensors = {_key(t): t for t in order}
     wanted = {_key(t) for t, n in zip(inputs, needs) if n and "float" in str(t.dtype)}
     # tensors on a path from a wanted input: only those need adjoints
@@ -1231,7 +1329,7 @@ def derive(name, outputs, inputs, output_grads, needs=None):
         if k in wanted or k not in adj or not isinstance(t.op, te.ComputeOp):
             continue
         dT = _sum_all(adj[k], t, f"{t.op.name}_adj")
-        for src, contribution in _backprop(name, t, dT, live):
+        for src, contribution in _backprop(name, t, dT, live, phased):
             adj.setdefault(_key(src), []).append(contribution)
     result = []
     for t, n in zip(inputs, needs):
@@ -1257,8 +1355,9 @@ def _sum_exprs(exprs):
     return total
 
 
-def _backprop(name, t, dT, live):
-    """[(input tensor, its adjoint contribution)] for compute tensor t with adjoint dT."""
+def _backprop(name, t, dT, live, phased=None):
+    """[(input tensor, its adjoint contribution)] for compute tensor t with adjoint dT
+    (`phased`: see _adjoint_of_read)."""
     op = t.op
     if len(op.body) != 1:
         raise _Unsupported(f"compute '{op.name}' has {len(op.body)} outputs in one stage")
@@ -1319,7 +1418,8 @@ def _backprop(name, t, dT, live):
                              name, [dT, *companions]) if companions else None
         out.append((tensor, gather if gather is not None else _adjoint_of_read(
             shape, str(tensor.dtype), indices, spatial + reduce_loops, value, name,
-            adjoint=(dT, [lp.var for lp in spatial], *companions), inline=len(groups) == 1)))
+            adjoint=(dT, [lp.var for lp in spatial], *companions), inline=len(groups) == 1,
+            phased=phased)))
     return out
 
 

@@ -396,13 +396,44 @@ def _cache_accumulator(sch, block, info, v, absorb=True):
                            lambda *idx: [idx[i] for i in range(ndim) if i != d] + [idx[d]])
 
 
+def _cache_read(sch, block, index):
+    """A copy of `block`'s read `index` that `block` alone reads. By default cache_read
+    sends every block of the kernel that reads the buffer to the copy, in the layout chosen
+    for this one: a strided conv's d/dx phases all read the weight in the panels of the
+    first phase's vectors of input channels, which the others could then not vectorize
+    (w_packed[c // 32, o, kh, kw, c % 32] has no stride along c) and tiled the batch instead,
+    with a transposed copy of dy and a write-back scattered across channels (64->64 @14
+    stride 2, b32, d/dx on one AVX-512 core: 1601 -> 1331 us).
+
+    TVM names every copy of a buffer x x_global, and the rules find blocks by name: where
+    that name is taken, the copy is copied again (x_global_global) and the first copy
+    inlined into the second, until the name is new."""
+    copy = sch.cache_read(block, index, "global", consumer_blocks=[block])
+    chain = []
+    while not _named_once(sch, sch.get(copy).name_hint):
+        chain.append(copy)
+        copy = sch.cache_read(block, index, "global")
+    for first in chain:
+        sch.compute_inline(first)
+    return copy
+
+
+def _named_once(sch, name):
+    """Whether exactly one block of the kernel is called `name`."""
+    try:
+        sch.get_sblock(name)
+    except Exception:  # noqa: BLE001 - TVM's error: no block, or several, of that name
+        return False
+    return True
+
+
 def _cache_laid_out(sch, info, kind, index, region, layout):
     """A copy of the block's read (`kind` "read") or written buffer `index` (region `region`)
     in a new buffer whose indices are layout(*the buffer's indices). Returns the block of the
     copy (cache_read's, or cache_write's write-back)."""
     if len({str(e.ty.dtype) for e in region.source.shape}) == 1:
         if kind == "read":
-            copy = sch.cache_read(info.block, index, "global")
+            copy = _cache_read(sch, info.block, index)
             sch.transform_layout(copy, ("write", 0), layout)
         else:
             copy = sch.cache_write(info.block, index, "global")
@@ -532,7 +563,7 @@ def _pack_operand(sch, info, index, region, v):
         raise NotApplicable("packing costs too much")
     ndim = len(region.region)
     if d == ndim - 1:
-        return sch.cache_read(info.block, index, "global")
+        return _cache_read(sch, info.block, index)
     packed = _cache_laid_out(sch, info, "read", index, region,
                              lambda *idx: [idx[i] for i in range(ndim) if i != d] + [idx[d]])
     _tile_transpose(sch, packed, d, ndim)
@@ -762,9 +793,12 @@ def _pack_panels(sch, info, index, region, v, vec, params, defer=False):
     name = sch.get(packed).name_hint
     assert sch.get(packed).writes[0].source.name == name, "cache_read: block and buffer alike"
 
-    def order(one_panel=False):
-        _order_panel_copy(sch, sch.get_sblock(name), d, ndim, vec, region.source, params,
-                          one_panel)
+    def order(panel_loop=None):
+        # by its handle, not its name: another block's copy of the source may share it
+        if panel_loop is not None:
+            sch.compute_at(packed, panel_loop, preserve_unit_loops=True)
+        _order_panel_copy(sch, packed, d, ndim, vec, region.source, params,
+                          one_panel=panel_loop is not None)
 
     if defer:
         return name, order
@@ -772,17 +806,13 @@ def _pack_panels(sch, info, index, region, v, vec, params, defer=False):
     return name
 
 
-def _place_panel_copy(sch, order, panel_loop, panels):
-    """Schedule a deferred panel copy (`order`: its _order_panel_copy, from _pack_panels).
+def _place_panel_copy(sch, deferred, panel_loop, panels):
+    """Schedule a deferred panel copy (`deferred`: its name and order, from _pack_panels).
     When the panel loop runs alone (not fused with other loops for the thread pool), each of
     its iterations copies its own panel just before the tiles read it: the copy runs on
     every core, and the panel is still in cache when read. Else the whole copy runs first."""
-    name, order = order
-    if _const(sch.get(panel_loop).extent) == panels:
-        sch.compute_at(sch.get_sblock(name), panel_loop)
-        order(one_panel=True)
-    else:
-        order(one_panel=False)
+    _, order = deferred
+    order(panel_loop if _const(sch.get(panel_loop).extent) == panels else None)
 
 
 
