@@ -179,9 +179,18 @@ def test_overlapping_windows_find_their_first_max_in_a_vector_pass_and_gather_un
 
 @tvf.op
 def max_where(x):
-    """A row max skipping column 1 (a reduction's where= condition)."""
+    """A row max skipping column 1 by a reduction's where= condition, which TVM 0.27's
+    lowering drops: the op is refused with a clear error."""
     k = te.reduce_axis((0, x.shape[1]), "k")
     return te.compute((x.shape[0],), lambda i: te.max(x[i, k], axis=k, where=k != 1), name="mw")
+
+
+@tvf.op
+def max_skipping(x):
+    """The same max with the condition in the value, as the error tells."""
+    k = te.reduce_axis((0, x.shape[1]), "k")
+    return te.compute((x.shape[0],), lambda i: te.max(
+        te.if_then_else(k != 1, x[i, k], te.min_value(x.dtype)), axis=k), name="ms")
 
 
 @tvf.op
@@ -195,17 +204,24 @@ def _first_argmax(v, allowed):
     return max(allowed, key=lambda k: (v[k], -k))
 
 
-def test_a_small_max_reduction_with_a_condition_skips_the_excluded_elements():
-    # the tuple reduction's gradient (first_extremum, before small windows were scanned)
-    # was wrong here
+@pytest.mark.parametrize("n", [5, 40])  # a scanned window, and a tuple reduction's
+def test_a_max_reduction_with_a_condition_is_refused_and_its_rewrite_skips_the_excluded(n):
+    # the where= condition vanished in TVM's lowering: the forward was the max over every
+    # column (9 here), and the tuple reduction's gradient followed it
     rng = np.random.default_rng(1)
-    x = rng.integers(0, 3, (6, 5)).astype("float64")
+    x = rng.integers(0, 3, (6, n)).astype("float64")
     x[:, 1] = 9.0  # the largest, but excluded
     dy = rng.standard_normal(6)
-    (dx,) = max_where.vjp(dy, x, derived=True)
+    with pytest.raises(ValueError, match=r"op 'max_where': the reduction 'mw' has a where="):
+        max_where(x)
+    with pytest.raises(ValueError, match="where="):
+        max_where.vjp(dy, x, derived=True)
+    allowed = [k for k in range(n) if k != 1]
+    np.testing.assert_array_equal(max_skipping(x), x[:, allowed].max(axis=1))
+    (dx,) = max_skipping.vjp(dy, x, derived=True)
     want = np.zeros_like(x)
     for i in range(6):
-        want[i, _first_argmax(x[i], [0, 2, 3, 4])] = dy[i]
+        want[i, _first_argmax(x[i], allowed)] = dy[i]
     np.testing.assert_array_equal(dx, want)
 
 

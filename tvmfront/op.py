@@ -173,6 +173,7 @@ class Op:
         if not outs or not all(isinstance(o, te.Tensor) for o in outs):
             raise TypeError(f"op '{self.name}' must return a te.Tensor or a list of them, "
                             f"got {type(out).__name__}")
+        _refuse_reduction_conditions(self.name, outs)
         return out
 
     def _derived(self, derived=None):
@@ -195,6 +196,7 @@ class Op:
         if isinstance(grads, te.Tensor):
             grads = [grads]
         grads = list(grads)
+        _refuse_reduction_conditions(self.name, [g for g in grads if isinstance(g, te.Tensor)])
         if len(grads) != len(inputs):
             raise GradientError(f"gradient of op '{self.name}' returned {len(grads)} tensors "
                                 f"for {len(inputs)} inputs")
@@ -385,3 +387,28 @@ def op(fn=None, *, name=None):
     if fn is None:
         return lambda f: Op(f, name=name)
     return Op(fn, name=name)
+
+
+def _refuse_reduction_conditions(name, outputs):
+    """ValueError for a reduction with a where= condition among the stages computing
+    `outputs`: TVM 0.27's te.create_prim_func drops the condition (te.max(x[i, k], axis=k,
+    where=k != 1) compiles to the max over every k), a silent wrong answer."""
+    seen, pending = set(), list(outputs)
+    while pending:
+        t = pending.pop()
+        op = t.op
+        if op in seen:
+            continue
+        seen.add(op)
+        for body in op.body if isinstance(op, te.ComputeOp) else []:  # not an extern's loops
+            if not isinstance(body, tvm.tirx.Reduce):
+                continue
+            cond = body.condition
+            if not (isinstance(cond, tvm.tirx.IntImm) and cond.value == 1):
+                raise ValueError(
+                    f"op '{name}': the reduction '{op.name}' has a where= condition ({cond}), "
+                    "which TVM 0.27's lowering drops (the condition would be ignored). Put it "
+                    "into the reduced value instead: te.max(te.if_then_else(cond, x[i, k], "
+                    "te.min_value(x.dtype)), axis=k), or te.sum(te.if_then_else(cond, v, 0), "
+                    "axis=k)")
+        pending.extend(op.input_tensors)
