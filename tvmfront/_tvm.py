@@ -125,7 +125,8 @@ tir_builder = _LazyModule("tvm.script.ir_builder.tirx")
 IRBuilder = _LazyClass(_LazyModule("tvm.script.ir_builder"), "IRBuilder")
 
 __all__ = [
-    "tvm", "te", "relax", "tirx", "lazy", "tir_builder", "IRBuilder", "PyExprMutator", "mutator", "load_module",
+    "tvm", "te", "relax", "tirx", "lazy", "tir_builder", "IRBuilder", "PyExprMutator",
+    "mutator", "load_module",
     "TVM_VERSION", "register_error", "register_global_func", "to_device", "to_numpy", "Target",
     "tuple_items",
     "structural_equal",
