@@ -10,14 +10,9 @@ from tvmfront import schedule as cpu_schedule
 from tvmfront._tvm import te, to_device, tvm
 from tvmfront.target import resolve_target
 
+from _scheduled import run
+
 SHAPE = (8, 4, 16, 16)  # 2048 elements per channel: enough vector steps for the rule
-
-
-def _run(func, target, args, shapes):
-    lib = tvm.compile(func, target=target)
-    outs = [tvm.runtime.empty(s, "float32", tvm.cpu()) for s in shapes]
-    lib(*[to_device(a) for a in args], *outs)
-    return [o.numpy() for o in outs]
 
 
 def _ref(x, gamma, beta, dy, eps=1e-5):
@@ -58,7 +53,7 @@ def test_batch_norm_reductions_use_vector_partial_sums(which, name):
     func, rule = cpu_schedule.schedule_prim_func(te.create_prim_func(inputs + [out]), target)
     assert "scalar" not in rule and "tiled[lanes v" in rule, rule
     assert f"lanes v{4 * lanes}" in rule, rule  # four vector accumulators per channel
-    got, = _run(func, target, args, [tuple(int(d) for d in out.shape)])
+    got, = run(func, target, args, [tuple(int(d) for d in out.shape)])
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
@@ -84,7 +79,7 @@ def test_row_max_takes_lane_partial_maxima():
     func, rule, target = _row_reduction((8, 4096), te.max, 1, "rowmax")
     assert "rowmax=tiled[lanes v" in rule, rule
     a = np.random.default_rng(1).standard_normal((8, 4096)).astype("float32")
-    got, = _run(func, target, [a], [(8,)])
+    got, = run(func, target, [a], [(8,)])
     np.testing.assert_array_equal(got, a.max(axis=1))
 
 
@@ -101,7 +96,7 @@ def test_a_sum_to_a_scalar_takes_vector_partial_sums(name):
     lanes = cpu_schedule.CpuParams(target).lanes("float32")
     assert f"sumsq=tiled[lanes v{4 * lanes}]" in rule, rule
     a = np.random.default_rng(3).standard_normal((128, 512)).astype("float32")
-    got, = _run(func, target, [a], [()])
+    got, = run(func, target, [a], [()])
     np.testing.assert_allclose(got, (a.astype("float64") ** 2).sum(), rtol=1e-5)
 
 
@@ -140,7 +135,7 @@ def test_short_layer_norm_rows_take_one_vector_accumulator(which, name):
     assert lanes in (8, 16) and "ln_var=tiled[lanes v16]" in rule, rule
     assert "ln_mean=tiled[lanes v16]" in rule, rule
     assert "scalar" not in rule, rule
-    got, = _run(func, target, args, [tuple(int(s) for s in out.shape)])
+    got, = run(func, target, args, [tuple(int(s) for s in out.shape)])
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
@@ -161,7 +156,7 @@ def test_attention_softmax_gradient_rows_of_64_are_lane_reductions(name):
     s = np.exp(a - a.max(-1, keepdims=True))
     s /= s.sum(-1, keepdims=True)
     want = s * (d - (d * s).sum(-1, keepdims=True))
-    got, = _run(func, target, [d, a], [shape])
+    got, = run(func, target, [d, a], [shape])
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
@@ -187,7 +182,7 @@ def test_attention_sized_softmax_is_computed_row_by_row(op, name):
     func, rule = cpu_schedule.schedule_prim_func(te.create_prim_func(inputs + [out]), target)
     assert "sm_max=tiled[fused rows of 64, lanes v" in rule, rule
     assert "sm_sum=" not in rule and "spatial" not in rule, rule  # all inside the row loop
-    got, = _run(func, target, args, [shape])
+    got, = run(func, target, args, [shape])
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
@@ -212,7 +207,7 @@ def test_two_sums_in_one_pass_are_one_lane_reduction(name):
     want = np.stack([-c64[1] * sum_dy, sum_dyx, sum_dy])
     func, rule = cpu_schedule.schedule_prim_func(te.create_prim_func([dy, x, coef, out]), target)
     assert f"bn_grad_sums=tiled[lanes v{4 * lanes}" in rule and "scalar" not in rule, rule
-    got, = _run(func, target, args, [tuple(int(d) for d in out.shape)])
+    got, = run(func, target, args, [tuple(int(d) for d in out.shape)])
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
 
 

@@ -7,24 +7,11 @@ result exactly (a copy, and additions of zeros)."""
 import numpy as np
 
 from tvmfront import ops
-from tvmfront import schedule as cpu_schedule
-from tvmfront._tvm import te, tirx, to_device, tvm
-from tvmfront.target import resolve_target
+from tvmfront._tvm import te, tirx
+
+from _scheduled import run, schedule
 
 ROWS, WIDTH = 96, 128
-
-
-def _schedule(inputs, out):
-    target = resolve_target("x86")
-    func, rule = cpu_schedule.schedule_prim_func(te.create_prim_func(inputs + [out]), target)
-    return func, rule, target
-
-
-def _run(func, target, args, shape):
-    lib = tvm.compile(func, target=target)
-    result = tvm.runtime.empty(shape, "float32", tvm.cpu())
-    lib(*[to_device(a) for a in args], result)
-    return result.numpy()
 
 
 def _slice_grad_sum(parts, widths):
@@ -52,12 +39,12 @@ def test_slice_gradients_summed_into_a_row_are_copied_range_by_range():
     kt = te.placeholder((WIDTH, ROWS), name="kt")
     k = te.compute((ROWS, WIDTH), lambda i, j: kt[j, i], name="k_untransposed")
     out = _slice_grad_sum([parts[0], k, parts[2]], widths)
-    func, rule, target = _schedule([parts[0], kt, parts[2]], out)
+    func, rule, target = schedule([parts[0], kt, parts[2]], out)
     assert "row=spatial[3 ranges, v" in rule, rule
     rng = np.random.default_rng(0)
     a, c = (rng.standard_normal((ROWS, WIDTH)).astype("float32") for _ in range(2))
     b = rng.standard_normal((WIDTH, ROWS)).astype("float32")
-    np.testing.assert_array_equal(_run(func, target, [a, b, c], (ROWS, 3 * WIDTH)),
+    np.testing.assert_array_equal(run(func, target, [a, b, c], [(ROWS, 3 * WIDTH)])[0],
                                   np.concatenate([a, b.T, c], axis=1))
 
 
@@ -65,11 +52,11 @@ def test_borders_no_vector_divides_keep_the_general_schedule():
     widths = [5, 2 * WIDTH - 5]
     parts = [te.placeholder((ROWS, w), name=f"p{k}") for k, w in enumerate(widths)]
     out = _slice_grad_sum(parts, widths)
-    func, rule, target = _schedule(parts, out)
+    func, rule, target = schedule(parts, out)
     assert "row=spatial[" in rule and " ranges" not in rule, rule
     rng = np.random.default_rng(1)
     args = [rng.standard_normal((ROWS, w)).astype("float32") for w in widths]
-    np.testing.assert_array_equal(_run(func, target, args, (ROWS, sum(widths))),
+    np.testing.assert_array_equal(run(func, target, args, [(ROWS, sum(widths))])[0],
                                   np.concatenate(args, axis=1))
 
 

@@ -13,28 +13,15 @@ import math
 import numpy as np
 
 from tvmfront import ops
-from tvmfront import schedule as cpu_schedule
-from tvmfront._tvm import s_tir, te, to_device, tvm
-from tvmfront.target import resolve_target
+from tvmfront._tvm import s_tir, te
+
+from _scheduled import run, schedule
 
 M, N, K = 256, 64, 128  # dx [M, K] = dy [M, N] @ w [N, K]
 
 
-def _schedule(inputs, out):
-    target = resolve_target("x86")
-    func, rule = cpu_schedule.schedule_prim_func(te.create_prim_func(inputs + [out]), target)
-    return func, rule, target
-
-
 def _loops(sch, name):
     return {sch.get(lp).loop_var.name for lp in sch.get_loops(sch.get_sblock(name))}
-
-
-def _run(func, target, args, shape):
-    lib = tvm.compile(func, target=target)
-    result = tvm.runtime.empty(shape, "float32", tvm.cpu())
-    lib(*[to_device(a) for a in args], result)
-    return result.numpy()
 
 
 def _gelu_grad(dy, x):
@@ -48,7 +35,7 @@ def test_gelu_grad_after_a_gemm_runs_after_the_tiles():
     x = te.placeholder((M, K), name="x")
     dx = ops.dense.te_grad(dy, te.placeholder((M, K), name="unused"), w)[0]
     out = ops.gelu.te_grad(dx, x)[0]
-    func, rule, target = _schedule([dy, w, x], out)
+    func, rule, target = schedule([dy, w, x], out)
     assert "+gelu_grad" not in rule and "gelu_grad=spatial[" in rule, rule
     # The epilogue reads x under none of the reduction's loops: once per element, in order.
     sch = s_tir.Schedule(func)
@@ -56,7 +43,7 @@ def test_gelu_grad_after_a_gemm_runs_after_the_tiles():
     assert not _loops(sch, "gelu_grad") & _loops(sch, update)
     rng = np.random.default_rng(0)
     args = [rng.standard_normal(s).astype("float32") for s in ((M, N), (N, K), (M, K))]
-    np.testing.assert_allclose(_run(func, target, args, (M, K)),
+    np.testing.assert_allclose(run(func, target, args, [(M, K)])[0],
                                _gelu_grad(args[0] @ args[1], args[2]), rtol=1e-4, atol=1e-4)
 
 
@@ -65,11 +52,11 @@ def test_a_bias_and_relu_still_join_the_write_back():
     b = te.placeholder((K,), name="b")
     y = ops.dense.te_forward(x, w)
     out = te.compute((M, K), lambda i, j: te.max(y[i, j] + b[j], 0.0), name="bias_relu")
-    func, rule, target = _schedule([x, w, b], out)
+    func, rule, target = schedule([x, w, b], out)
     assert "+bias_relu" in rule, rule
     rng = np.random.default_rng(0)
     args = [rng.standard_normal(s).astype("float32") for s in ((M, N), (K, N), (K,))]
-    np.testing.assert_allclose(_run(func, target, args, (M, K)),
+    np.testing.assert_allclose(run(func, target, args, [(M, K)])[0],
                                np.maximum(args[0] @ args[1].T + args[2], 0), rtol=1e-4,
                                atol=1e-4)
 
@@ -89,5 +76,5 @@ def test_a_convolution_keeps_its_residual_epilogue_in_the_write_back():
     r = te.placeholder((4, 16, 16, 16), name="r")
     y = ops.conv2d.te_forward(x, w, padding=1)
     out = te.compute(y.shape, lambda *i: te.max(y(*i) + r(*i), 0.0), name="add_relu")
-    func, rule, target = _schedule([x, w, r], out)
+    func, rule, target = schedule([x, w, r], out)
     assert "+add_relu" in rule, rule
