@@ -212,18 +212,22 @@ def _if(cond, t, f, dtype):
 
 
 def if_else_zero(condition, value, dtype):
-    """condition ? value : 0 with `value` computed whatever the condition: its bits and-ed
-    with a mask of all ones or zeros (a select where the dtype has no integer of its width).
+    """condition ? value : 0 with `value` computed whatever the condition: its bits (an
+    integer's own) and-ed with a mask of all ones or zeros (a select for other dtypes).
     A select whose operand is a load compiles to a masked load or a branch per element:
     branches that random data mispredicts wherever LLVM does not vectorize the loop (in a
     parallel loop's closure it does not: LeNet's 6@16 k2 max-pool gradient took 295 us
     against a 7 us forward). (A Let-bound load would do too, but TVM's common-subexpression
     pass breaks such Lets under some schedules: "cse_v used before definition".)"""
-    width = "".join(ch for ch in str(dtype) if ch.isdigit())
-    if not str(dtype).startswith("float") or width not in ("16", "32", "64"):
+    dtype = str(dtype)
+    width = "".join(ch for ch in dtype if ch.isdigit())
+    is_int = dtype.startswith("int") and width in ("8", "16", "32", "64")
+    if not is_int and not (dtype.startswith("float") and width in ("16", "32", "64")):
         return P.Select(condition, value, _const(0, dtype))
     bits = "int" + width
     mask = _const(0, bits) - P.Cast(bits, condition)
+    if is_int:
+        return value & mask
     return tirx.reinterpret(dtype, tirx.reinterpret(bits, value) & mask)
 
 
@@ -1032,17 +1036,6 @@ def _guards_its_bounds(cond, load, analyzer):
         return implied and _is_true(_try_simplify(analyzer, inside))
 
 
-def _reads_inside(expr, analyzer):
-    """Whether every load in expr reads inside its tensor over the analyzer's loops."""
-    for load in _loads(expr, []):
-        tensor, idx = _load_parts(load)
-        for i, n in zip(idx, tensor.shape):
-            bound = analyzer.const_int_bound(i)
-            if bound.min_value < 0 or bound.max_value >= int(n):
-                return False
-    return True
-
-
 def _padded(tensor, fill, lo, hi):
     """`tensor` extended to [lo, hi] per axis (lo <= 0), `fill` outside it, indexed from 0."""
     pads = _pads(tensor, lo, hi)
@@ -1061,18 +1054,14 @@ def _zero_padded_kernel(tensor, pads):
     loop), and with no guarded load (a branch per element): each element read at an index
     clamped into the tensor, its bits masked."""
     one = te.reduce_axis((0, 1), "one")
-    dtype = str(tensor.dtype)
-    bits = "int" + "".join(ch for ch in dtype if ch.isdigit())
 
     def body(*u):
         src, inside = _pad_source(tensor, u, pads)
         value = tensor(*[te.max(te.min(sk, _const(int(tensor.shape[k]) - 1, _dtype(sk))),
                                 _const(0, _dtype(sk))) if k in pads else sk
                          for k, sk in enumerate(src)])
-        value = value if dtype == bits else tirx.reinterpret(bits, value)
-        value = value & P.Select(inside, _const(-1, bits), _const(0, bits))
-        value = value if dtype == bits else tirx.reinterpret(dtype, value)
-        return te.sum(value, axis=one)  # 0 + v: v (a max's identity would turn -inf finite)
+        # 0 + v: v (a max's identity would turn -inf finite)
+        return te.sum(if_else_zero(inside, value, str(tensor.dtype)), axis=one)
 
     return te.compute(_pad_shape(tensor, pads), body, name=f"{tensor.op.name}_pad")
 
@@ -1106,37 +1095,38 @@ def _scan_first_extremum(t, index, pads=None):
     """first_extremum(t) at `index` as straight-line code over the window's points (at most
     SCAN_WINDOW_MAX): the same position, the number of points where none is found (a window
     of NaN or -inf), which no position equals. Each point's element is compared as the
-    tuple reducer does: taken when strictly better, so NaN never is. Raises _Guarded."""
+    tuple reducer does: taken when strictly better, so NaN never is. Raises _Guarded, also
+    for a where= condition (op.py refuses such a forward; the tuple reduction honours it)."""
     op = t.op
     red = op.body[0]
+    if not _is_true(red.condition):
+        raise _Guarded(show(red.condition))
     is_max = type(red.combiner.result[0]) is P.Max
     analyzer = tvm.sym.Analyzer()
     for iv in list(op.axis) + list(red.axis):
         analyzer.bind(iv.var, iv.dom)
     source = _unguarded(red.source[red.value_index], analyzer, {} if pads is None else pads)
-    if not _is_true(red.condition) and not _reads_inside(source, analyzer):
-        raise _Guarded(show(red.condition))  # where= may keep a read in bounds
     at = {iv.var: i for iv, i in zip(op.axis, index)}
-    vals, conds = [], []
+    vals = []
     for point in _window_points(red):
         vmap = {iv.var: _const(p, _dtype(iv.var)) for iv, p in zip(red.axis, point)}
         vmap.update(at)
         vals.append(substitute(source, vmap))
-        conds.append(_try_simplify(analyzer, substitute(red.condition, vmap)))
     dtype = _dtype(vals[0])
-    worst = te.min_value(dtype) if is_max else te.max_value(dtype)
-    top = worst
-    for value, cond in zip(vals, conds):
-        # an element where= leaves out counts as the reducer's identity, found nowhere
-        value = value if _is_true(cond) else P.Select(cond, value, worst)
+    top = te.min_value(dtype) if is_max else te.max_value(dtype)
+    for value in vals:
         # max(value, top) compiles to value > top ? value : top, the reducer's test
         top = te.max(value, top) if is_max else te.min(value, top)
-    none, first = len(vals), None
-    for e, (value, cond) in enumerate(zip(vals, conds)):
-        equal = P.EQ(value, top)
-        found = P.Cast("int32", equal if _is_true(cond) else P.And(cond, equal))
-        # the least e found, as a min of integers: a chain of selects is a chain of branches
-        candidate = _const(none, "int32") - _const(none - e, "int32") * found
+    return least_found([P.EQ(value, top) for value in vals])
+
+
+def least_found(found):
+    """The least position e whose found[e] holds, len(found) where none does, as a min of
+    integers (none - (none - e) * found): a chain of selects compiled to a chain of branches,
+    mispredicted on real data."""
+    none, first = len(found), None
+    for e, f in enumerate(found):
+        candidate = _const(none, "int32") - _const(none - e, "int32") * P.Cast("int32", f)
         first = candidate if first is None else te.min(first, candidate)
     return first
 

@@ -1,7 +1,7 @@
 """2-D max and average pooling (NCHW), gradients written as gathers over windows."""
 
 from .._tvm import te, tirx
-from ..autodiff import if_else_zero
+from ..autodiff import if_else_zero, least_found
 from ..op import op
 from ._dims import show, static
 from .conv import _out_size, _pair
@@ -97,8 +97,8 @@ def _first_max(x, n, c, oh, ow, kernel, stride, padding):
         inside.append(te.all(r >= 0, r < h, q >= 0, q < w))
     top = _window_max(vals, lowest)
     if not (ph or pw):
-        return _least_found([v == top for v in vals])
-    return _least_found([tirx.Or(tirx.And(inside[e], vals[e] == top),
+        return least_found([v == top for v in vals])
+    return least_found([tirx.Or(tirx.And(inside[e], vals[e] == top),
                                  tirx.And(tirx.Not(inside[e]), top == lowest))
                          for e in range(kh * kw)])
 
@@ -111,17 +111,6 @@ def _window_max(vals, lowest):
     for v in vals:
         top = te.max(top, v)
     return top
-
-
-def _least_found(found):
-    """The least position e whose found[e] holds, len(found) where none does, as a min of
-    integers (none - (none - e) * found): a chain of selects compiled to a chain of branches,
-    mispredicted on real data."""
-    none, first = len(found), None
-    for e, f in enumerate(found):
-        candidate = none - (none - e) * tirx.Cast("int32", f)
-        first = candidate if first is None else te.min(first, candidate)
-    return first
 
 
 def _padded_lowest(x, kernel, stride, padding):
@@ -144,7 +133,7 @@ def _first_max_of_padded(xp, n, c, oh, ow, kernel, stride):
     sh, sw = _pair(stride if stride is not None else kernel)
     vals = [xp[n, c, oh * sh + e // kw, ow * sw + e % kw] for e in range(kh * kw)]
     top = _window_max(vals, te.min_value(xp.dtype))
-    return _least_found([v == top for v in vals])
+    return least_found([v == top for v in vals])
 
 
 @op
