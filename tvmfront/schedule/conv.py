@@ -108,7 +108,11 @@ def _schedule_spatial_split(sch, info, divisors, params):
     # strided vectors are assembled lane by lane: parallel as for scalar loops
     if _parallel_worth_it(info, 1, params):
         before = len(outer)
-        outer, note = _parallelize(sch, outer, params)
+        # A deinterleaved copy is placed per plane: only the loops over planes are fused (one
+        # fused with the rows would leave no plane loop to place it at).
+        head = outer if vec is None else [lp for lp, k in zip(outer, axes) if k < last - 1]
+        fused, note = _parallelize(sch, head, params)
+        outer = fused + outer[len(head):]
         if note:
             notes.append(note)
             axes = axes[before - len(outer):]  # the fused head: its last axis

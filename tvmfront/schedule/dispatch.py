@@ -30,7 +30,7 @@ lane reductions sum per-lane partial sums (BatchNorm's statistics: about 1e-6 re
 import math
 
 from .._tvm import dlight, s_tir, tirx, tvm
-from .params import CpuParams, GEMV_MAX_VECTOR_REGISTERS, PARALLEL_MIN_ITERATIONS, SMALL_WORK
+from .params import CpuParams, DLIGHT_REDUCTION_MIN_WORK, GEMV_MAX_VECTOR_REGISTERS, SMALL_WORK
 from .failures import NotApplicable, _Kernel, _current, _failed, _probe, log
 from .analysis import (_buffers, _children, _const, _has_contraction, _max_block_iterations,
                        _reduction_iters, _root_blocks, _walk_stmts, kernel_work, loop_kinds,
@@ -115,7 +115,7 @@ def _schedule_prim_func(func, target, params):
         # dlight's Reduction (it parallelizes rows: only for kernels large enough to gain).
         candidates.append(("tvmfront (tiled only)",
                            lambda: _tvmfront_rule(func, params, tiled_only=True)))
-        if work is not None and work >= PARALLEL_MIN_ITERATIONS:
+        if work is not None and work >= DLIGHT_REDUCTION_MIN_WORK:
             candidates.append(("dlight.cpu.Reduction",
                                lambda: _dlight(dlight.cpu.Reduction(), func, target)))
     candidates.append(("tvmfront", lambda: _tvmfront_rule(func, params)))

@@ -42,7 +42,7 @@ import math
 
 from .params import (CACHE_LINE_BYTES, L1_ALIAS_BYTES, PACK_COST, PACK_RATIO,
                      GEMM_PARALLEL_MIN_ITERATIONS, PANEL_MIN_BYTES, PANEL_MIN_STRIDE,
-                     PARALLEL_CHUNKS_PER_CORE, PARALLEL_MIN_ITERATIONS, ROW_PANEL_MIN_BYTES,
+                     PARALLEL_CHUNKS_PER_CORE, PARALLEL_COPY_MIN_ELEMENTS, ROW_PANEL_MIN_BYTES,
                      SCALAR_TILE, STREAM_MAX_OUTPUT_BYTES, STREAM_MIN_OPERAND_BYTES,
                      TILE_ONLY_REGISTERS, UNROLL_MAX_BODY, _dtype_bits)
 from .._tvm import arith, tirx
@@ -270,7 +270,7 @@ def _in_parallel(info, vec, lanes, params, vector):
     """Whether the block runs in parallel. A plain contraction with vector tiles (every
     operand read at loop variables: no conv window) counts its register FMAs (a v32 tile
     of AVX-512 is 2 per iteration, a v10 one 1) against GEMM_PARALLEL_MIN_ITERATIONS;
-    everything else its vector iterations against PARALLEL_MIN_ITERATIONS."""
+    everything else its vector iterations against params.PARALLEL_MIN_ITERATIONS."""
     if vector and all(_plain(r) for _, r, _ in info.reads):
         per_register = vec / math.ceil(vec / lanes)
         return _parallel_worth_it(info, per_register, params, GEMM_PARALLEL_MIN_ITERATIONS)
@@ -861,7 +861,7 @@ def _order_panel_copy(sch, packed, d, ndim, vec, source, params, one_panel=False
         sch.reorder(*head, *others, inner)
         sch.unroll(inner)
     # A copy is memory-bound: its vector width does not make it cheaper per element.
-    if not one_panel and params.cores > 1 and _elements(source) >= PARALLEL_MIN_ITERATIONS:
+    if not one_panel and params.cores > 1 and _elements(source) >= PARALLEL_COPY_MIN_ELEMENTS:
         _parallelize(sch, [*head, *others], params)
 
 

@@ -14,16 +14,24 @@ import os
 from .._tvm import cpu_vector_bits
 
 
-# A parallel launch costs microseconds, and on a machine whose cores are shared a parallel
-# region waits for its slowest thread: loops with fewer (vector) iterations than this stay on
-# one core (about 50-100 us of single-core work).
-PARALLEL_MIN_ITERATIONS = 1 << 17
+# A parallel launch costs a few microseconds while the pool's workers spin (they do between
+# the kernels of a step): loops with fewer (vector) iterations than this stay on one core.
+# 4096 vector iterations are 64K float32 on AVX-512, about 5-30 us of single-core work, more
+# in a step where the data comes from L3. At 2 threads (AVX-512 EPYC, 2026-12-05) it took the
+# ResNet train step 35.6-37.2 -> 32.3 ms and the char Transformer's 20.9 -> 19.6-19.9 (its
+# memory-bound BatchNorm, ReLU, softmax, layer norm kernels were serial below the old 1 << 17);
+# 2048 made LeNet's batch-1 forward 0.017 -> 0.029-0.069 ms (its kernels went parallel).
+PARALLEL_MIN_ITERATIONS = 1 << 12
+# Row reductions are handed to dlight's Reduction rule (it parallelizes rows) from this work.
+DLIGHT_REDUCTION_MIN_WORK = 1 << 17
+# A packed operand copy of a GEMM (memory-bound, counted in elements) runs in parallel from
+# this size.
+PARALLEL_COPY_MIN_ELEMENTS = 1 << 17
 # A register-tiled contraction runs in parallel from this many register FMAs (~18 us on one
-# AVX-512 core, ~9 us on an AVX2 one at two FMAs a cycle): each is a whole vector register's
-# work with no memory stall, so fewer than PARALLEL_MIN_ITERATIONS pay for the launch. The
-# MLP's 64 -> 256 Linear at batch 64 (65K register FMAs) stayed on one core under
-# PARALLEL_MIN_ITERATIONS: 18.3 us there, against a 2-thread minimum of 11.8 us (AVX-512,
-# other jobs on the machine: load 3.6). Its 256 -> 10 Linear (16K) stays on one core.
+# AVX-512 core, ~9 us on an AVX2 one at two FMAs a cycle; each is a whole vector register's
+# work with no memory stall). The MLP's 64 -> 256 Linear at batch 64 (65K register FMAs) took
+# 18.3 us on one core against a 2-thread minimum of 11.8 us (AVX-512, other jobs on the
+# machine: load 3.6). Its 256 -> 10 Linear (16K) stays on one core.
 GEMM_PARALLEL_MIN_ITERATIONS = 1 << 16
 # LLVM calls libm for these once per element even in vectorized loops (~3 ns for expf here):
 # each call weighs this many vector iterations when deciding on parallel loops.

@@ -290,6 +290,13 @@ def _row_fusion(sch, name, params):
     partials = [_row_partial_sums(sch, b, lanes) for b in reductions]  # rfactor: at the root
     out_loops = sch.get_loops(sch.get_sblock(out))
     row = sch.fuse(*out_loops[:len(rows)]) if len(rows) > 1 else out_loops[0]
+    notes = [f"fused rows of {n}, lanes v{lanes}"]
+    # Marked parallel while the output is its only block: TVM checks a parallel loop's
+    # subtree for compact dataflow, which the partial sums computed at it would fail.
+    if _parallel_worth_it(_RowWork(math.prod(rows) * n), lanes, params):
+        _, note = _parallelize(sch, [row], params)
+        if note:
+            notes.append(note)
     inner = [sch.get(b).name_hint for b in _root_blocks(sch)]
     for b in reversed([b for b in inner if b != out]):
         sch.compute_at(sch.get_sblock(b), row, preserve_unit_loops=False)
@@ -301,11 +308,6 @@ def _row_fusion(sch, name, params):
             loop = sch.get_loops(sch.get_sblock(b))[-1]
             if _const(sch.get(loop).extent) == n:
                 _vectorize_row(sch, loop, n, lanes)
-    notes = [f"fused rows of {n}, lanes v{lanes}"]
-    if _parallel_worth_it(_RowWork(math.prod(rows) * n), lanes, params):
-        _, note = _parallelize(sch, [row], params)
-        if note:
-            notes.append(note)
     return f"tiled[{', '.join(notes)}]", touched
 
 
