@@ -247,7 +247,8 @@ def _schedule_spatial(sch, block, params):
             notes.append(f"v{vec}")
         else:
             outer = list(info.loops[:start]) + [fused]
-    if outer and _parallel_worth_it(info, vec or 1, params):
+    # counted in hardware vectors: a v64 step on AVX-512 is four iterations' work
+    if outer and _parallel_worth_it(info, min(vec, lanes) if vec else 1, params):
         outer, note = _parallelize(sch, outer, params)
         if note:
             notes.append(note)
