@@ -176,6 +176,76 @@ def test_conv2d_dw_sums_the_batch_in_chunks_with_the_same_value():
         np.testing.assert_allclose(g, ref, rtol=1e-10, atol=1e-10)
 
 
+def _stages(t, seen=None):
+    """Names of the compute stages under TE tensor t."""
+    seen = set() if seen is None else seen
+    if t.op in seen or not isinstance(t.op, te.ComputeOp):
+        return set()
+    seen.add(t.op)
+    return {t.op.name}.union(*(_stages(p, seen) for p in t.op.input_tensors))
+
+
+@pytest.mark.parametrize("channels,stride,padding", [(32, 2, 0), (32, 3, 1), (8, 2, 0)])
+def test_conv2d_dw_of_strided_1x1_reads_its_pixels_copied_out(channels, stride, padding):
+    # From DW_SUBSAMPLE_CHANNELS input channels on, a strided 1x1 d/dw reads the pixels its
+    # windows touch from a copy (vectors of input channels instead of panels of dy: ResNet's
+    # 1x1 32->64 @16 s2 at batch 64, 266 -> 191 us on one AVX-512 core); fewer channels read
+    # x in place. Values as the reference either way.
+    from tvmfront._tvm import to_device, tvm
+    from tvmfront.ops.conv import DW_SUBSAMPLE_CHANNELS
+
+    xs, ws = (4, channels, 16, 15), (64, channels, 1, 1)
+    x, w = te.placeholder(xs, "float32", name="x"), te.placeholder(ws, "float32", name="w")
+    y = ops.conv2d.te_forward(x, w, stride=stride, padding=padding)
+    dy = te.placeholder(y.shape, "float32", name="dy")
+    dw = ops.conv2d.te_grad(dy, x, w, stride=stride, padding=padding, derived=False)[1]
+    assert ("conv2d_dw_pixels" in _stages(dw)) == (channels >= DW_SUBSAMPLE_CHANNELS)
+    rng = np.random.default_rng(5)
+    xv, wv = rng.standard_normal(xs), rng.standard_normal(ws)
+    dyv = rng.standard_normal([int(d) for d in y.shape])
+    _, want = _conv_grads_ref(xv, wv, dyv, stride, padding)
+    got = ops.conv2d.vjp(dyv, xv, wv, stride=stride, padding=padding, derived=False)[1]
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+    # and scheduled by the default rules, in float32
+    target = resolve_target("x86")
+    func, _ = schedule_prim_func(te.create_prim_func([dy, x, dw]), target)
+    out = tvm.runtime.empty(ws, "float32", tvm.cpu())
+    tvm.compile(func, target=target)(to_device(dyv.astype("float32")),
+                                     to_device(xv.astype("float32")), out)
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("target", ["x86", {"kind": "llvm", "mcpu": "haswell"}])
+def test_conv2d_dw_of_same_size_conv_copies_dy_transposed_by_tiles(target):
+    # A stride-1 conv with outputs of its input's size (and at most DW_PADDED_DY_CHANNELS
+    # output channels) reads x in place and dy from one zero-padded, transposed copy ([n,
+    # rows, columns, o]: vectors of o), copied by tiles (vectors along dy's columns in, along
+    # o out); values as the reference.
+    from tvmfront._tvm import to_device, tvm
+    from tvmfront.ops.conv import DW_PADDED_DY_CHANNELS
+
+    o = DW_PADDED_DY_CHANNELS
+    xs, ws, dys = (2, 16, 12, 12), (o, 16, 3, 3), (2, o, 12, 12)
+    x, w = te.placeholder(xs, "float32", name="x"), te.placeholder(ws, "float32", name="w")
+    dy = te.placeholder(dys, "float32", name="dy")
+    dw = ops.conv2d.te_grad(dy, x, w, padding=1, derived=False)[1]
+    assert "conv2d_dw_dy_t" in _stages(dw) and "conv2d_dw_pad" not in _stages(dw)
+    wide = te.placeholder((o + 1, 16, 3, 3), "float32", name="wide")
+    dy_wide = te.placeholder((2, o + 1, 12, 12), "float32", name="dy_wide")
+    assert "conv2d_dw_dy_t" not in _stages(
+        ops.conv2d.te_grad(dy_wide, x, wide, padding=1, derived=False)[1])
+    target = resolve_target(target)
+    func, rule = schedule_prim_func(te.create_prim_func([dy, x, dw]), target)
+    assert re.search(r"conv2d_dw_dy_t=padding\[fill [^;]*; copy spatial\[transposed", rule), rule
+    rng = np.random.default_rng(6)
+    xv, wv, dyv = (rng.standard_normal(s) for s in (xs, ws, dys))
+    _, want = _conv_grads_ref(xv, wv, dyv, 1, 1)
+    out = tvm.runtime.empty(ws, "float32", tvm.cpu())
+    tvm.compile(func, target=target)(to_device(dyv.astype("float32")),
+                                     to_device(xv.astype("float32")), out)
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("stride", [1, (2, 1)])
 def test_conv2d_dw_of_few_channels_sums_column_lanes_with_the_same_value(stride):
     # Fewer than 8 input channels: dw sums each of 8 column lanes, then the lanes (vectors

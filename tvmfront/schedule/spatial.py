@@ -18,7 +18,7 @@ from .failures import NotApplicable, _probe
 from .analysis import (_BlockInfo, _elements, _has_if_then_else, _reduction_iters,
                        _root_blocks, _size, _walk_block_exprs)
 from .loops import _parallel_worth_it, _parallelize, _vector_factor
-from .conv import _schedule_spatial_split, _split_divisors
+from .conv import _schedule_spatial_split, _schedule_transposed_copy, _split_divisors
 
 
 def _inline_spatial(sch):
@@ -190,9 +190,10 @@ def _schedule_ranges(sch, block, params):
     return f"spatial[{', '.join(notes)}]"
 
 
-def _schedule_spatial(sch, block, params):
+def _schedule_spatial(sch, block, params, transposes=False):
     """Fuse the contiguous trailing loops, vectorize them, parallelize the rest. A padding
-    block is first split into a constant fill and an in-bounds copy (no per-element branch)."""
+    block is first split into a constant fill and an in-bounds copy (no per-element branch);
+    that copy, when it transposes (`transposes`), goes by tiles (_schedule_transposed_copy)."""
     name = sch.get(block).name_hint
     loops = sch.get_loops(block)
     stmt = sch.get(block)
@@ -209,7 +210,7 @@ def _schedule_spatial(sch, block, params):
             fill = None
         if fill is not None:
             first = _schedule_spatial(sch, fill, params)
-            second = _schedule_spatial(sch, block, params)
+            second = _schedule_spatial(sch, block, params, transposes=True)
             return f"padding[fill {first or '-'}; copy {second or '-'}]"
         ranges = _schedule_ranges(sch, block, params)
         if ranges:
@@ -232,6 +233,10 @@ def _schedule_spatial(sch, block, params):
                    or all(strides[k] == 0 for k in group) for _, _, strides in info.reads):
             break
         start = t
+    if start == n and transposes:  # nothing contiguous on both sides: a transpose?
+        transposed = _schedule_transposed_copy(sch, info, params)
+        if transposed:
+            return transposed
     notes = []
     outer = list(info.loops)
     vec = None
