@@ -206,7 +206,8 @@ def _lane_reduction(sch, name, params):
     The scalar tile instead reads one element from each of 8 channels per step: 8 streams
     H * W floats apart and no vector arithmetic. Changes the summation order (partial sums
     per lane), as any vectorized reduction must. Also a sum to a scalar (gradient clipping's
-    sum of squares of each gradient: one scalar add chain, 72 -> 3.4 us for [128, 512])."""
+    sum of squares of each gradient: one scalar add chain, 72 -> 3.4 us for [128, 512]).
+    A row that no vector tiles takes a vector bulk and a scalar tail (_lane_reduction_tail)."""
     block = sch.get_sblock(name)
     info = _BlockInfo(sch, block)
     if "O" in info.kinds or not info.reduction:
@@ -280,40 +281,33 @@ def _loop_over_loopless_blocks(sch):
             sch.add_unit_loop(block)
 
 
-def _tail_lane_vector(n, lanes):
-    """The lanes of partial results per output for a row of n elements that no vector tiles:
-    several vectors where the row holds LANE_REDUCTION_MIN_STEPS steps of them, one from a
-    single step; None for a row shorter than a vector."""
-    for r in range(LANE_REDUCTION_REGISTERS, 1, -1):
-        if n >= LANE_REDUCTION_MIN_STEPS * lanes * r:
-            return lanes * r
-    return lanes if n >= lanes else None
-
-
 def _lane_reduction_tail(sch, info, params):
     """A per-row reduction along one contiguous axis of n elements, n a multiple of no vector
-    (a cross-entropy over a vocabulary of 103): the row is split into steps of `vec` lanes
+    (a cross-entropy over a vocabulary of 103): the row is split into steps of one vector
     (the last step short, under a predicate), the lanes become partial results (rfactor),
     and the steps are partitioned into the whole ones, vectorized, and the last one, unrolled
-    scalar code over its n % vec elements: the partial results of the lanes it does not reach
+    scalar code over its n % lanes elements: the partial results of the lanes it does not reach
     keep the reducer's identity (their init), which the per-row combination of the lanes
     then reads. Everything after the partial block is computed under its row loop
     (reverse_compute_at: compute_at of the partial block instead drops its predicate, reading
     past the row). The scalar tile ran 8 rows a step, one element of each
-    ([1024, 103] max: 15 us against ~7 on one AVX-512 core)."""
+    ([1024, 103] max: 15 us against ~7 on one AVX-512 core). One vector of partial results:
+    the lanes' combination is scalar code per row, and with 2 or 4 vectors it cost more than
+    their shorter chains gained ([64, 1032] sum: v16 3.4-3.9 us, v32 3.6-4.0, v64 4.9-5.2;
+    [256, 263]: v16 4.7-4.8, v32 6.0-6.6; and 4 vectors leave up to 63 elements to the
+    scalar step)."""
     red = info.reduction
     if len(red) != 1 or not info.spatial or info.symbolic & set(red):
         raise NotApplicable("not one static reduction axis under output axes")
     k = red[0]
     n, lanes = info.extents[k], params.lanes(info.dtype)
-    vec = _tail_lane_vector(n, lanes)
-    if vec is None:
+    if n < lanes:
         raise NotApplicable("a row shorter than a vector")
-    partial = _lane_partials(sch, info, info.loops[k], vec)
+    partial = _lane_partials(sch, info, info.loops[k], lanes)
     ploops = sch.get_loops(partial)
     outer, step, lane = list(ploops[:len(info.spatial)]), ploops[-2], ploops[-1]
     sch.reverse_compute_at(info.block, outer[-1])
-    notes = [f"lanes v{vec}", f"tail {n % vec}"]
+    notes = [f"lanes v{lanes}", f"tail {n % lanes}"]
     if _parallel_worth_it(info, lanes, params):  # before the partition: its blocks have no init
         outer, note = _parallelize(sch, outer, params)
         if note:
@@ -322,7 +316,7 @@ def _lane_reduction_tail(sch, info, params):
     init = sch.decompose_reduction(partial, step)
     _vectorize_innermost(sch, init, lanes)
     sch.unroll(sch.get_loops(info.block)[-1])  # the combination of the lanes
-    _, last = sch.loop_partition(step, factors=[n // vec, None])
+    _, last = sch.loop_partition(step, factors=[n // lanes, None])
     for block in sch.get_child_blocks(last):
         sch.unroll(sch.get_loops(block)[-1])  # the short step: scalar code, not vectors
     return f"tiled[{', '.join(notes)}]", _block_names(sch.get(outer[-1]))
