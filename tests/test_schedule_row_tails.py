@@ -224,3 +224,15 @@ def test_rows_enough_for_threads_take_the_tail_in_parallel():
     a = np.random.default_rng(7).standard_normal((rows, width)).astype("float32")
     got, = run(func, tgt, [a], [(rows,)])
     np.testing.assert_allclose(got, a.astype("float64").sum(axis=1), rtol=1e-5, atol=1e-4)
+
+
+def test_a_symbolic_number_of_rows_keeps_the_vector_bulk():
+    """Rows counted at run time (a batch): the rows' loop is symbolic, the row of 103 is not."""
+    from tvmfront._tvm import tirx
+    x = te.placeholder((tirx.Var("B", "int64"), 103), name="x")
+    func, rule, tgt = schedule([x], ops.log_softmax.te_forward(x, axis=-1))
+    assert "sm_max=tiled[lanes v" in rule and "tail " in rule, rule
+    a = _rows(103, "float32", 9)[:37]
+    a[3, :] = 0.5
+    got, = run(func, tgt, [a], [a.shape])
+    _check(got, _log_softmax(a), "float32")

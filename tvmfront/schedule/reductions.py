@@ -6,7 +6,8 @@ GEMM rule without vectors); a gather-form gradient indexed through ``// k`` and 
 those axes split by ``k`` so that the indices become affine, with the small inner loops
 unrolled (_plain_reduction); a short reduction over windows read with a stride along its
 output's columns gets vector columns over a deinterleaved copy of each plane
-(_window_reduction).
+(_window_reduction). Sums along contiguous rows accumulate vectors of partial results
+(_lane_reduction), rows that no vector tiles with a scalar tail (_lane_reduction_tail).
 """
 
 import math
