@@ -13,9 +13,9 @@ def schedule(inputs, out, target="x86"):
     return func, rule, target
 
 
-def run(func, target, args, shapes):
-    """The kernel's outputs (float32, of `shapes`) for the numpy arrays `args`."""
+def run(func, target, args, shapes, dtype="float32"):
+    """The kernel's outputs (of `dtype` and `shapes`) for the numpy arrays `args`."""
     lib = tvm.compile(func, target=target)
-    outs = [tvm.runtime.empty(s, "float32", tvm.cpu()) for s in shapes]
+    outs = [tvm.runtime.empty(s, dtype, tvm.cpu()) for s in shapes]
     lib(*[to_device(a) for a in args], *outs)
     return [o.numpy() for o in outs]
