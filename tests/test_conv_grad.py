@@ -14,6 +14,7 @@ from tvmfront._tvm import te
 from tvmfront.schedule import schedule_prim_func
 from tvmfront.target import resolve_target
 
+from _scheduled import run, schedule
 from op_specs import conv2d_ref, max_pool2d_ref
 
 
@@ -191,7 +192,6 @@ def test_conv2d_dw_of_strided_1x1_reads_its_pixels_copied_out(channels, stride, 
     # windows touch from a copy (vectors of input channels instead of panels of dy: ResNet's
     # 1x1 32->64 @16 s2 at batch 64, 266 -> 191 us on one AVX-512 core); fewer channels read
     # x in place. Values as the reference either way.
-    from tvmfront._tvm import to_device, tvm
     from tvmfront.ops.conv import DW_SUBSAMPLE_CHANNELS
 
     xs, ws = (4, channels, 16, 15), (64, channels, 1, 1)
@@ -207,12 +207,9 @@ def test_conv2d_dw_of_strided_1x1_reads_its_pixels_copied_out(channels, stride, 
     got = ops.conv2d.vjp(dyv, xv, wv, stride=stride, padding=padding, derived=False)[1]
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
     # and scheduled by the default rules, in float32
-    target = resolve_target("x86")
-    func, _ = schedule_prim_func(te.create_prim_func([dy, x, dw]), target)
-    out = tvm.runtime.empty(ws, "float32", tvm.cpu())
-    tvm.compile(func, target=target)(to_device(dyv.astype("float32")),
-                                     to_device(xv.astype("float32")), out)
-    np.testing.assert_allclose(out.numpy(), want, rtol=1e-4, atol=1e-4)
+    func, _, target = schedule([dy, x], dw)
+    got, = run(func, target, [dyv.astype("float32"), xv.astype("float32")], [ws])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("target", ["x86", {"kind": "llvm", "mcpu": "haswell"}])
@@ -221,7 +218,6 @@ def test_conv2d_dw_of_same_size_conv_copies_dy_transposed_by_tiles(target):
     # output channels) reads x in place and dy from one zero-padded, transposed copy ([n,
     # rows, columns, o]: vectors of o), copied by tiles (vectors along dy's columns in, along
     # o out); values as the reference.
-    from tvmfront._tvm import to_device, tvm
     from tvmfront.ops.conv import DW_PADDED_DY_CHANNELS
 
     o = DW_PADDED_DY_CHANNELS
@@ -234,16 +230,13 @@ def test_conv2d_dw_of_same_size_conv_copies_dy_transposed_by_tiles(target):
     dy_wide = te.placeholder((2, o + 1, 12, 12), "float32", name="dy_wide")
     assert "conv2d_dw_dy_t" not in _stages(
         ops.conv2d.te_grad(dy_wide, x, wide, padding=1, derived=False)[1])
-    target = resolve_target(target)
-    func, rule = schedule_prim_func(te.create_prim_func([dy, x, dw]), target)
+    func, rule, target = schedule([dy, x], dw, target)
     assert re.search(r"conv2d_dw_dy_t=padding\[fill [^;]*; copy spatial\[transposed", rule), rule
     rng = np.random.default_rng(6)
     xv, wv, dyv = (rng.standard_normal(s) for s in (xs, ws, dys))
     _, want = _conv_grads_ref(xv, wv, dyv, 1, 1)
-    out = tvm.runtime.empty(ws, "float32", tvm.cpu())
-    tvm.compile(func, target=target)(to_device(dyv.astype("float32")),
-                                     to_device(xv.astype("float32")), out)
-    np.testing.assert_allclose(out.numpy(), want, rtol=1e-4, atol=1e-4)
+    got, = run(func, target, [dyv.astype("float32"), xv.astype("float32")], [ws])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("stride", [1, (2, 1)])

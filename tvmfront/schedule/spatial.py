@@ -15,10 +15,10 @@ import math
 
 from .._tvm import tirx
 from .failures import NotApplicable, _probe
-from .analysis import (_BlockInfo, _elements, _has_if_then_else, _reduction_iters,
+from .analysis import (_BlockInfo, _const, _elements, _has_if_then_else, _reduction_iters,
                        _root_blocks, _size, _walk_block_exprs)
 from .loops import _parallel_worth_it, _parallelize, _vector_factor
-from .conv import _schedule_spatial_split, _schedule_transposed_copy, _split_divisors
+from .conv import _schedule_spatial_split, _split_divisors
 
 
 def _inline_spatial(sch):
@@ -185,6 +185,51 @@ def _schedule_ranges(sch, block, params):
     outer = info.loops[:-1]
     if outer and _parallel_worth_it(info, vec, params):
         _, note = _parallelize(sch, outer, params)
+        if note:
+            notes.append(note)
+    return f"spatial[{', '.join(notes)}]"
+
+
+def _schedule_transposed_copy(sch, info, params):
+    """A copy whose write is contiguous along one axis v and whose read is contiguous along
+    another u (a transpose: a weight gradient's dy copied to [n, rows, columns, o] with its
+    zero padding, ops/conv.py's _same_size_product), by tiles of (v, u): each tile's rows
+    are loaded as vectors along u into a small buffer, then stored as vectors along v. The
+    whole tile is unrolled, so LLVM turns the columns it reads from that buffer into
+    shuffles. Row by row, vectors along v would gather every lane from a row of its own,
+    and along u scatter every lane (ResNet's 16->16 @32 d/dw at batch 64, dy padded and
+    transposed, 1.2M elements, one AVX-512 core: about 0.28 ms by tiles; the kernel 3.24 ms
+    with the copy unvectorized, 3.34 with the gathers, 3.05 by tiles). Returns the note, or
+    "" where the block is no such copy."""
+    if len(info.reads) != 1 or info.symbolic or any(k == "R" for k in info.kinds):
+        return ""
+    _, region, strides = info.reads[0]
+    v = next((k for k, s in info.write_strides.items() if s == 1), None)
+    u = next((k for k, s in strides.items() if s == 1), None)
+    if v is None or u is None or v == u or strides[v] in (0, 1) or \
+            info.write_strides[u] in (0, 1):
+        return ""
+    lanes = params.lanes(info.dtype)
+    fv = _vector_factor(info.extents[v], lanes, max_registers=1)
+    fu = _vector_factor(info.extents[u], lanes, max_registers=1)
+    if fv is None or fu is None:
+        return ""
+    v_out, v_in = sch.split(info.loops[v], factors=[None, fv])
+    u_out, u_in = sch.split(info.loops[u], factors=[None, fu])
+    others = [lp for k, lp in enumerate(info.loops) if k not in (u, v)]
+    sch.reorder(*others, v_out, u_out, u_in, v_in)
+    tile = sch.cache_read(info.block, 0, "local", consumer_blocks=[info.block])
+    sch.compute_at(tile, u_out)
+    tile_loops = [lp for lp in sch.get_loops(tile)[len(others) + 2:]
+                  if _const(sch.get(lp).extent) != 1]
+    if len(tile_loops) == 2:
+        sch.unroll(tile_loops[0])
+        sch.vectorize(tile_loops[1])
+    sch.unroll(u_in)
+    sch.vectorize(v_in)
+    notes = [f"transposed {fv}x{fu}"]
+    if _parallel_worth_it(info, 1, params):
+        _, note = _parallelize(sch, others + [v_out, u_out], params)
         if note:
             notes.append(note)
     return f"spatial[{', '.join(notes)}]"
