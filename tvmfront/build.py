@@ -13,8 +13,9 @@ import tempfile
 from . import cache, config, pipeline
 from .tuning import policy as records_mod
 from .tuning import symbolic
-from ._tvm import (cross_compiler_name, device_available, export_library, host_arch, load_module,
-                   normalize_prim_func, prim_func_type, relax, structural_hash, target_arch, tvm)
+from ._tvm import (cpu_vector_bits, cross_compiler_name, device_available, export_library,
+                   host_arch, load_module, normalize_prim_func, prim_func_type, relax,
+                   structural_hash, target_arch, tvm)
 from .target import resolve_target, target_key
 
 log = config.logger("build")
@@ -185,11 +186,28 @@ LLVM_OPT_LEVEL = 2
 
 def codegen_target(target):
     """`target` as its kernels are compiled: an LLVM CPU target gets LLVM_OPT_LEVEL unless it
-    names its own "opt-level". Only code generation sees it: cache keys, records and
-    manifests keep `target`."""
-    if target.kind.name != "llvm" or "opt-level" in target.export():
+    names its own "opt-level", and an x86 AVX-512 one full-width vectors (PREFER_256_BIT_OFF)
+    unless its -mattr decides prefer-256-bit itself. Only code generation sees it: cache keys,
+    records and manifests keep `target`."""
+    if target.kind.name != "llvm":
         return target
-    return tvm.target.Target(dict(target.export(), **{"opt-level": LLVM_OPT_LEVEL}))
+    attrs = target.export()
+    extra = {}
+    if "opt-level" not in attrs:
+        extra["opt-level"] = LLVM_OPT_LEVEL
+    mattr = list(attrs.get("mattr") or [])
+    if (target_arch(target) == "x86_64" and cpu_vector_bits(target) == 512
+            and not any("prefer-256-bit" in str(f) for f in mattr)):
+        extra["mattr"] = mattr + [PREFER_256_BIT_OFF]
+    return tvm.target.Target(dict(attrs, **extra)) if extra else target
+
+
+# LLVM gives its Intel AVX-512 CPUs (skylake-avx512 to sapphirerapids, this VM's 'rocketlake')
+# and the portable x86-64-v4 the tuning flag prefer-256-bit (AMD's znver4 has not got it). With
+# it a kernel holding an if_then_else (relu_grad, causal masks) or an isnan select (fastmath's
+# exp, erf, tanh) was compiled to 256-bit ymm code only (0 zmm instructions), half the width
+# the schedules size their vectors for (cpu_vector_bits) and the FMA peak counts.
+PREFER_256_BIT_OFF = "-prefer-256-bit"
 
 
 def compile_scheduled(mod, target):
