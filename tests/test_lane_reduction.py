@@ -102,6 +102,29 @@ def test_a_sum_to_a_scalar_takes_vector_partial_sums(name):
     np.testing.assert_allclose(got, (a.astype("float64") ** 2).sum(), rtol=1e-5)
 
 
+def _layer_norm_case(shape, which, seed):
+    """(TE output, TE inputs, numpy inputs, float64 reference) of layer norm over the last
+    axis of `shape`: its forward, its dx or its dgamma."""
+    n = shape[-1]
+    rng = np.random.default_rng(seed)
+    x, dy = te.placeholder(shape, name="x"), te.placeholder(shape, name="dy")
+    gamma, beta = te.placeholder((n,), name="gamma"), te.placeholder((n,), name="beta")
+    a = (rng.standard_normal(shape) * 2 + 0.5).astype("float32")
+    g, b = rng.standard_normal(n).astype("float32"), rng.standard_normal(n).astype("float32")
+    d = rng.standard_normal(shape).astype("float32")
+    xd, gd, dd = a.astype("float64"), g.astype("float64"), d.astype("float64")
+    rstd = 1 / np.sqrt(xd.var(-1, keepdims=True) + 1e-5)
+    xhat = (xd - xd.mean(-1, keepdims=True)) * rstd
+    if which == "forward":
+        return ops.layer_norm.te_forward(x, gamma, beta), [x, gamma, beta], [a, g, b], \
+            xhat * gd + b
+    k = ["dx", "dgamma"].index(which)
+    out = ops.layer_norm.te_grad(dy, x, gamma, beta, derived=False)[k]
+    gg = dd * gd
+    dx = rstd * (gg - gg.mean(-1, keepdims=True) - xhat * (gg * xhat).mean(-1, keepdims=True))
+    return out, [dy, x, gamma, beta], [d, a, g, b], [dx, (dd * xhat).sum(axis=(0, 1))][k]
+
+
 @pytest.mark.parametrize("name", ["x86", "x86:avx2"])
 @pytest.mark.parametrize("which", ["forward", "dx", "dgamma"])
 def test_short_layer_norm_rows_take_one_vector_accumulator(which, name):
@@ -110,28 +133,7 @@ def test_short_layer_norm_rows_take_one_vector_accumulator(which, name):
     not the scalar tile's strided reads; the values are numpy's."""
     target = resolve_target(name)
     lanes = cpu_schedule.CpuParams(target).lanes("float32")
-    shape, n = (4, 64, 128), 128
-    rng = np.random.default_rng(2)
-    x, dy = te.placeholder(shape, name="x"), te.placeholder(shape, name="dy")
-    gamma, beta = te.placeholder((n,), name="gamma"), te.placeholder((n,), name="beta")
-    a = (rng.standard_normal(shape) * 2 + 0.5).astype("float32")
-    g, b = rng.standard_normal(n).astype("float32"), rng.standard_normal(n).astype("float32")
-    d = rng.standard_normal(shape).astype("float32")
-    xd, gd, dd = a.astype("float64"), g.astype("float64"), d.astype("float64")
-    mean, var = xd.mean(-1, keepdims=True), xd.var(-1, keepdims=True)
-    rstd = 1 / np.sqrt(var + 1e-5)
-    xhat = (xd - mean) * rstd
-    if which == "forward":
-        out, inputs, args, want = ops.layer_norm.te_forward(x, gamma, beta), [x, gamma, beta], \
-            [a, g, b], xhat * gd + b
-    else:
-        k = ["dx", "dgamma"].index(which)
-        out = ops.layer_norm.te_grad(dy, x, gamma, beta, derived=False)[k]
-        gg = dd * gd
-        dx = rstd * (gg - gg.mean(-1, keepdims=True)
-                     - xhat * (gg * xhat).mean(-1, keepdims=True))
-        inputs, args = [dy, x, gamma, beta], [d, a, g, b]
-        want = [dx, (dd * xhat).sum(axis=(0, 1))][k]
+    out, inputs, args, want = _layer_norm_case((4, 64, 128), which, 2)
     func, rule = cpu_schedule.schedule_prim_func(te.create_prim_func(inputs + [out]), target)
     # 16 lanes of partial sums: one AVX-512 vector (8 steps) or two AVX2 ones (8 steps each)
     # (", parallel" follows where the rows are work enough for two cores: AVX2's 8 lanes)
@@ -199,25 +201,8 @@ def test_transformer_sized_layer_norm_rows_are_fused_on_several_cores(cores, whi
     each fork and join, 31 against 20 us at 2 threads), on one core in whole passes (there
     they were faster); the values are numpy's either way."""
     target = resolve_target({**resolve_target("x86").export(), "num-cores": cores})
-    shape, n = (16, 64, 128), 128
-    rng = np.random.default_rng(5)
-    x, dy = te.placeholder(shape, name="x"), te.placeholder(shape, name="dy")
-    gamma, beta = te.placeholder((n,), name="gamma"), te.placeholder((n,), name="beta")
-    a = (rng.standard_normal(shape) * 2 + 0.5).astype("float32")
-    g, b = rng.standard_normal(n).astype("float32"), rng.standard_normal(n).astype("float32")
-    d = rng.standard_normal(shape).astype("float32")
-    xd = a.astype("float64")
-    rstd = 1 / np.sqrt(xd.var(-1, keepdims=True) + 1e-5)
-    xhat = (xd - xd.mean(-1, keepdims=True)) * rstd
-    if which == "forward":
-        out, inputs, args, want = ops.layer_norm.te_forward(x, gamma, beta), [x, gamma, beta], \
-            [a, g, b], xhat * g + b
-    else:
-        out = ops.layer_norm.te_grad(dy, x, gamma, beta, derived=False)[0]
-        gg = d * g.astype("float64")
-        want = rstd * (gg - gg.mean(-1, keepdims=True)
-                       - xhat * (gg * xhat).mean(-1, keepdims=True))
-        inputs, args = [dy, x, gamma, beta], [d, a, g, b]
+    shape = (16, 64, 128)
+    out, inputs, args, want = _layer_norm_case(shape, which, 5)
     func, rule = cpu_schedule.schedule_prim_func(te.create_prim_func(inputs + [out]), target)
     fused = re.search(r"ln_mean=tiled\[fused rows of 128, lanes v\d+, parallel\]", rule)
     assert bool(fused) == (cores == 2), rule
