@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from tvmfront import ops
-from tvmfront._tvm import llvm_host_cpu_features, te, tirx, to_device, tvm
+from tvmfront._tvm import te, tirx
 from tvmfront.schedule import schedule_prim_func
 from tvmfront.target import resolve_target
-from test_conv_register_tiles import AVX512, _conv_reference, _loops_around
+from test_conv_register_tiles import (AVX512, _conv_reference, _loops_around,
+                                      _run_on_avx512_host)
 
 
 def _forward(x_shape, w_shape, padding):
@@ -38,13 +39,7 @@ def test_window_unrolled_up_to_nine_taps(x_shape, w_shape, padding, unrolled):
     expected = [(serial, x_shape[1])] + rows + [(unroll, e) for e in unrolled] + [(vector, 32)]
     loops = _loops_around(func, "conv2d_update")
     assert loops[-len(expected):] == expected, (loops, rule)
-    if "avx512f" not in (llvm_host_cpu_features() or set()):
-        return
-    lib = tvm.compile(tvm.IRModule({"main": func}), target=resolve_target("x86"))
-    rng = np.random.default_rng(5)
-    xv = rng.standard_normal(x_shape).astype("float32")
-    wv = rng.standard_normal(w_shape).astype("float32")
-    out = to_device(np.full(y_shape, np.nan, "float32"))  # every output written
-    lib["main"](to_device(xv), to_device(wv), out)
-    np.testing.assert_allclose(out.numpy(), _conv_reference(xv, wv, padding),
-                               rtol=1e-4, atol=1e-4)
+    run = _run_on_avx512_host(func, x_shape, w_shape, y_shape, seed=5)
+    if run is not None:
+        xv, wv, got = run
+        np.testing.assert_allclose(got, _conv_reference(xv, wv, padding), rtol=1e-4, atol=1e-4)

@@ -169,16 +169,17 @@ def test_small_output_dx_sums_over_dy_not_over_taps(h, k, padding):
 AVX512 = {"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2}
 
 
-def _conv_reference(x, w, padding):
-    """NCHW stride-1 convolution in numpy (float64)."""
+def _conv_reference(x, w, padding, stride=1):
+    """NCHW convolution in numpy (float64)."""
     k = w.shape[2]
     xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
-    ho = xp.shape[2] - k + 1
-    wo = xp.shape[3] - k + 1
+    ho = (xp.shape[2] - k) // stride + 1
+    wo = (xp.shape[3] - k) // stride + 1
     out = np.zeros((x.shape[0], w.shape[0], ho, wo))
     for a in range(k):
         for b in range(k):
-            out += np.einsum("ncij,oc->noij", xp[:, :, a:a + ho, b:b + wo], w[:, :, a, b])
+            window = xp[:, :, a:a + stride * ho:stride, b:b + stride * wo:stride]
+            out += np.einsum("ncij,oc->noij", window, w[:, :, a, b])
     return out
 
 
@@ -195,18 +196,68 @@ def test_avx512_conv_forward_runs_images_in_parallel_and_pads_each(shapes):
     func = te.create_prim_func([x, w, y])
     scheduled, rule = schedule_prim_func(func, resolve_target(AVX512))
     assert "conv2d=conv[7xv32, parallel per image, packed w, padded per image]" in rule, rule
+    _check_padding_in_parallel_and_avx2_tiles(func, scheduled, rule)
+    run = _run_on_avx512_host(scheduled, shapes[0], shapes[1], y.shape)
+    if run is not None:
+        xv, wv, got = run
+        np.testing.assert_allclose(got, _conv_reference(xv, wv, 1), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, tile, rows", [
+    ((64, 32, 16, 16), (64, 32, 3, 3), "8xv32", 2),  # ResNet's 32->64 @8
+    ((64, 16, 32, 32), (32, 16, 3, 3), "8xv32", 2),  # ResNet's 16->32 @16
+    ((32, 64, 14, 14), (64, 64, 3, 3), "7xv32", 1),  # 7 output rows: per row
+])
+@pytest.mark.parametrize("epilogue", [False, True])
+def test_avx512_stride2_conv_forward_takes_the_per_image_tiles(x_shape, w_shape, tile, rows,
+                                                               epilogue):
+    """A stride-2 3x3 conv forward gets conv_forward's rule on AVX-512 like a stride-1 one
+    (the GEMM family's tile fused channel panels with the images and padded the whole batch
+    serially first: 32->64 @8 161 -> ~290 GFLOP/s on two threads), its zero padding copied
+    per block of output rows inside the image loop, a pointwise epilogue (an inference
+    conv + batch norm + relu) in its write-back. Values as numpy's where the host has
+    AVX-512."""
+    x = te.placeholder(x_shape, "float32", name="x")
+    w = te.placeholder(w_shape, "float32", name="w")
+    y = ops.conv2d.te_forward(x, w, stride=2, padding=1)
+    out = y
+    if epilogue:
+        out = te.compute(y.shape, lambda *i: te.max(y(*i) * 0.5 + 0.25, 0.0), name="bn_relu")
+    func = te.create_prim_func([x, w, out])
+    scheduled, rule = schedule_prim_func(func, resolve_target(AVX512))
+    assert f"conv2d=conv[{tile}, parallel per image, packed w, padded per {rows} row(s)" in rule, \
+        rule
+    assert ("+bn_relu]" in rule) == epilogue, rule
+    _check_padding_in_parallel_and_avx2_tiles(func, scheduled, rule)
+    run = _run_on_avx512_host(scheduled, x_shape, w_shape, out.shape)
+    if run is not None:
+        xv, wv, got = run
+        want = _conv_reference(xv, wv, 1, stride=2)
+        if epilogue:
+            want = np.maximum(want * 0.5 + 0.25, 0.0)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def _check_padding_in_parallel_and_avx2_tiles(func, scheduled, rule):
+    """The AVX-512 schedule `scheduled` of the conv `func` pads inside its parallel loop,
+    vectorized; AVX2 keeps the GEMM family's tiles."""
     for block in ("conv2d_pad_pad_const", "conv2d_pad"):
         parallel, vector = _placed_under_parallel(scheduled, block)
         assert parallel and vector, (block, rule)
     _, avx2_rule = schedule_prim_func(func, resolve_target(AVX2))
     assert "conv2d=tiled[" in avx2_rule, avx2_rule
+
+
+def _run_on_avx512_host(scheduled, x_shape, w_shape, out_shape, seed=3):
+    """(x, w, output) of a scheduled conv kernel run on random inputs, its output first all
+    NaN (so every element must be written); None where the host has no AVX-512."""
     from tvmfront._tvm import llvm_host_cpu_features, to_device, tvm
     if "avx512f" not in (llvm_host_cpu_features() or set()):
-        return
+        return None
     lib = tvm.compile(tvm.IRModule({"main": scheduled}), target=resolve_target("x86"))
-    rng = np.random.default_rng(3)
-    xv = rng.standard_normal(shapes[0]).astype("float32")
-    wv = rng.standard_normal(shapes[1]).astype("float32")
-    out = to_device(np.zeros([int(d) for d in y.shape], "float32"))
+    rng = np.random.default_rng(seed)
+    xv = rng.standard_normal(x_shape).astype("float32")
+    wv = rng.standard_normal(w_shape).astype("float32")
+    out = to_device(np.full([int(d) for d in out_shape], np.nan, "float32"))
     lib["main"](to_device(xv), to_device(wv), out)
-    np.testing.assert_allclose(out.numpy(), _conv_reference(xv, wv, 1), rtol=1e-4, atol=1e-4)
+    return xv, wv, out.numpy()

@@ -1,6 +1,8 @@
-"""Convolution forward (out[n, o, i, j] = sum_{c, kh, kw} x[n, c, i + kh, j + kw] * w[o, c,
-kh, kw], stride 1, NCHW) on AVX-512: one image per parallel iteration, register tiles of
-output columns x vectors of output channels.
+"""Convolution forward (out[n, o, i, j] = sum_{c, kh, kw} x[n, c, s * i + kh, s * j + kw] *
+w[o, c, kh, kw], stride s of 1 or 2, NCHW) on AVX-512: one image per parallel iteration,
+register tiles of output columns x vectors of output channels. Each image element is
+broadcast to a vector of output channels, so a stride reads no gathers; at stride 2 the zero
+padding is copied per block of output rows (params.CONV_STRIDED_PAD_ROWS), not per image.
 
 The GEMM family's rule (gemm.py) tiles this loop nest too, but as a contraction: with the
 weight in panels, the panel index runs outermost and is fused with the images for the thread
@@ -34,7 +36,8 @@ prefetching the next image 0.5-0.9%, padding per row (3 rows per output row) los
 order (rows or columns outside the channel panels) made no difference.
 """
 
-from .params import CONV_MIN_VECTOR_BITS, PARALLEL_CHUNKS_PER_CORE, UNROLLED_WINDOW_TAPS
+from .params import (CONV_MIN_VECTOR_BITS, CONV_STRIDED_PAD_ROWS, CONV_STRIDES,
+                     PARALLEL_CHUNKS_PER_CORE, UNROLLED_WINDOW_TAPS)
 from .failures import NotApplicable
 from .analysis import _BlockInfo, _const
 from .loops import _largest_divisor, _parallel_worth_it, _parallelize, _vectorize_innermost
@@ -43,11 +46,12 @@ from . import gemm
 
 
 def _conv_forward(sch, name, params):
-    """(note, touched blocks) of a stride-1 NCHW convolution forward block `name`: the
+    """(note, touched blocks) of a stride-1 or -2 NCHW convolution forward block `name`: the
     output channels o split into vectors of `registers` SIMD registers (the weight packed
     [o // vec, c, kh, kw, o % vec], read as whole vectors), the output columns j into a
-    register tile; loops (n | o // vec, i, j // tile | c, kh, kw | j % tile, o % vec), the
-    tile accumulated in a buffer laid out [n, i, j, o] and written back (with pointwise
+    register tile; loops (n | o // vec, i, j // tile | c, kh, kw | j % tile, o % vec), at
+    stride 2 (n | i // rows, o // vec, i % rows, j // tile | ...) with the padding per block
+    of rows, the tile accumulated in a buffer laid out [n, i, j, o] and written back (with pointwise
     epilogues) after each tile. Raises NotApplicable for other blocks."""
     if params.vector_bits < CONV_MIN_VECTOR_BITS:
         raise NotApplicable("measured on AVX-512 only: the GEMM family's tiles")
@@ -72,15 +76,25 @@ def _conv_forward(sch, name, params):
     o_out, o_vec = sch.split(loops[o], factors=[None, vec])
     j_out, j_tile = sch.split(loops[j], factors=[None, columns])
     red = [loops[k] for k in info.reduction]
-    sch.reorder(loops[n], o_out, loops[i], j_out, *red, j_tile, o_vec)
     per_image = info.extents[n] >= PARALLEL_CHUNKS_PER_CORE * params.cores
+    strided = image[2][j] > 1
+    row_block = None
+    if strided and per_image:
+        # Padded per block of output rows (see CONV_STRIDED_PAD_ROWS): the block's input
+        # rows are copied just before the tiles of every output-channel panel read them.
+        per_block = _largest_divisor(info.extents[i], CONV_STRIDED_PAD_ROWS)
+        row_block, row = sch.split(loops[i], factors=[None, per_block])
+        sch.reorder(loops[n], row_block, o_out, row, j_out, *red, j_tile, o_vec)
+    else:
+        sch.reorder(loops[n], o_out, loops[i], j_out, *red, j_tile, o_vec)
     outer, _ = _parallelize(sch, [loops[n]] if per_image else [loops[n], o_out, loops[i]],
                             params)
     writeback = sch.cache_write(block, 0, "global")
     sch.transform_layout(writeback, ("read", 0), lambda a, b, c, d: [a, c, d, b])
     sch.reverse_compute_at(writeback, j_out, preserve_unit_loops=True)
     epilogue = _absorb_epilogues(sch, writeback)
-    padded = gemm._pad_per_iteration(sch, block, outer[0], info, lanes) if per_image else []
+    pad_at = outer[0] if row_block is None else row_block
+    padded = gemm._pad_per_iteration(sch, block, pad_at, info, lanes) if per_image else []
     sch.unroll(red[-1])
     if info.extents[info.reduction[1]] * info.extents[info.reduction[2]] <= UNROLLED_WINDOW_TAPS:
         sch.unroll(red[-2])
@@ -90,16 +104,18 @@ def _conv_forward(sch, name, params):
     init = sch.decompose_reduction(block, red[0])
     _vectorize_innermost(sch, init, lanes)
     touched = {name, packed, sch.get(init).name_hint, sch.get(writeback).name_hint, *padded}
+    pad_note = "image" if row_block is None else f"{per_block} row(s)"
     note = (f"conv[{columns}xv{vec}, parallel{' per image' if per_image else ''}, packed w"
-            f"{', padded per image' if padded else ''}"
+            f"{', padded per ' + pad_note if padded else ''}"
             f"{', +' + '+'.join(epilogue) if epilogue else ''}]")
     return note, touched
 
 
 def _conv_axes(info):
-    """(n, o, i, j, image read, weight read) of a stride-1 NCHW convolution forward block:
-    spatial axes n, o, i, j (all static but n) and three reductions c, kh, kw; the image
-    read x[n, c, i + kh, j + kw] (contiguous along j, constant along o) and the weight
+    """(n, o, i, j, image read, weight read) of an NCHW convolution forward block of a stride
+    s in CONV_STRIDES: spatial axes n, o, i, j (all static but n) and three reductions c, kh,
+    kw; the image read x[n, c, s * i + kh, s * j + kw] (contiguous along kw, constant along
+    o) and the weight
     w[o, c, kh, kw] (constant along n, i, j). Raises NotApplicable otherwise."""
     if info.kinds != ["S"] * 4 + ["R"] * 3 or len(info.reads) != 2:
         raise NotApplicable("not a 2-D convolution's loop nest")
@@ -108,17 +124,20 @@ def _conv_axes(info):
             info.write_strides[j] != 1 or info.write_strides[o] in (0, 1, None):
         raise NotApplicable("not a static NCHW output")
     image = weight = None
+    kh, kw = info.reduction[1], info.reduction[2]
     for read in info.reads:
         strides = read[2]
-        if strides[o] == 0 and strides[j] == 1 and strides[i] == strides[info.reduction[1]] \
-                and strides[j] == strides[info.reduction[2]] and strides[n] not in (0, None):
+        stride = strides[j]
+        if strides[o] == 0 and strides[kw] == 1 and stride in CONV_STRIDES and \
+                strides[kh] not in (0, None) and strides[i] == stride * strides[kh] \
+                and strides[n] not in (0, None):
             image = read
         elif all(strides[k] == 0 for k in (n, i, j)) and strides[o] not in (0, None) and \
                 all(strides[k] not in (0, None) for k in info.reduction):
             weight = read
     if image is None or weight is None or \
             _const(weight[1].source.shape[0]) != info.extents[o]:
-        raise NotApplicable("not a stride-1 convolution's operands")
+        raise NotApplicable("not a stride-1 or -2 convolution's operands")
     return n, o, i, j, image, weight
 
 

@@ -480,8 +480,7 @@ def _pad_per_iteration(sch, block, loop, info, lanes):
         except Exception as err:  # noqa: BLE001 - TVM's own check: not placeable there
             _probe(f"compute_at of padding {stmt.name_hint}", err)
             continue
-        own = [lp for lp in sch.get_loops(producer)
-               if int(sch.get(lp).kind) == int(tirx.ForKind.SERIAL)]
+        own = _loops_inside(sch, producer, loop)
         placed.append(stmt.name_hint)
         try:
             fill = sch.decompose_padding(producer, own[0])
@@ -491,12 +490,19 @@ def _pad_per_iteration(sch, block, loop, info, lanes):
         placed.append(sch.get(fill).name_hint)
         _vectorize_innermost(sch, producer, lanes)
         # The constant fill is one contiguous run per image: vectors over its fused loops.
-        inner = [lp for lp in sch.get_loops(fill) if int(sch.get(lp).kind) == int(tirx.ForKind.SERIAL)]
+        inner = _loops_inside(sch, fill, loop)
         run = sch.fuse(*inner) if len(inner) > 1 else inner[0]
         f = _vector_factor(_const(sch.get(run).extent) or 1, lanes, max_registers=4)
         if f:
             sch.vectorize(sch.split(run, factors=[None, f])[1])
     return placed
+
+
+def _loops_inside(sch, block, loop):
+    """The loops of `block` nested inside `loop` (one of its loops), outermost first."""
+    loops = sch.get_loops(block)
+    at = next(k for k, lp in enumerate(loops) if sch.get(lp).same_as(sch.get(loop)))
+    return loops[at + 1:]
 
 
 def _choose_vector_axis(info, lanes, symbolic=False):

@@ -107,6 +107,16 @@ STACK_MAX_BYTES = 1024
 # measured). AVX2's 16 registers hold tiles of 4 columns x v16 at most, which its tests pin to
 # the GEMM family's choices (4 channels x 2 rows x v8 at 8 columns), untimed against it.
 CONV_MIN_VECTOR_BITS = 512
+# ... and to these strides (the image read x[n, c, s * i + kh, s * j + kw]). Each image element
+# is broadcast to a vector of output channels, so a stride costs no gathers; the GEMM family's
+# tile of the same kernel fused channel panels with the images and padded the whole batch first
+# (stride 2, AVX-512, 2 threads: 64->64 @8 (from 16) 161 -> ~290 GFLOP/s).
+CONV_STRIDES = (1, 2)
+# A strided conv's zero padding is copied per this many output rows (fewer where they do not
+# divide the rows), not per image: at stride 2 the input is four times the output plane, and
+# its copy from memory, one pass per image before the tiles, took a quarter of 16->32 @16
+# (from 32) on one core. Per block of rows the reads alternate with the tiles, in L1.
+CONV_STRIDED_PAD_ROWS = 2
 # conv_forward unrolls the window's rows too (its columns always are) up to this many taps: one
 # loop iteration per input channel, 3 x 3 x 7 x 2 = 126 FMAs (3x3 on one AVX-512 core, old/new
 # per round, median of 21: b32 32->64 @28 1.006x, 64->64 @14 1.013x, 128->128 @7 1.006x).
