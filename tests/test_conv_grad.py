@@ -369,3 +369,31 @@ def test_conv2d_dw_of_strided_padded_conv_pads_x_per_chunk_of_images(xs, ws, str
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
     got, = run(func, target, [dyv.astype("float32"), xv.astype("float32")], [ws])
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-3)
+
+
+def test_conv2d_dw_of_few_channels_sums_column_lanes_per_chunk_of_images():
+    # The column lanes are summed per chunk of DW_COLUMN_CHUNK_IMAGES images, then over the
+    # chunks and lanes (a chunk's dy stays in cache across the tiles of o and tap rows);
+    # values as the reference, and scheduled at ResNet's stem shape (1 -> 16 @32, batch 64).
+    from tvmfront.ops.conv import DW_COLUMN_CHUNK_IMAGES, DW_LANES
+
+    chunk = DW_COLUMN_CHUNK_IMAGES
+    for n, h in ((2 * chunk, 10), (64, 32)):
+        xs, ws = (n, 1, h, 32), (16, 1, 3, 3)
+        x, w = te.placeholder(xs, "float32", name="x"), te.placeholder(ws, "float32", name="w")
+        dy = te.placeholder((n, 16, h, 32), "float32", name="dy")
+        dw = ops.conv2d.te_grad(dy, x, w, padding=1, derived=False)[1]
+        assert sorted(_reductions(dw)) == [
+            (16 * 9, n // chunk * DW_LANES),
+            (n // chunk * 16 * 9 * DW_LANES, chunk * h * 32 // DW_LANES)]
+        rng = np.random.default_rng(8)
+        xv, wv = rng.standard_normal(xs), rng.standard_normal(ws)
+        dyv = rng.standard_normal((n, 16, h, 32))
+        _, want = _conv_grads_ref(xv, wv, dyv, 1, 1)
+        if n == 2 * chunk:
+            got = ops.conv2d.vjp(dyv, xv, wv, padding=1, derived=False)[1]
+            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+        func, rule, target = schedule([dy, x], dw)
+        assert "conv2d_dw_lanes=tiled[" in rule, rule
+        got, = run(func, target, [dyv.astype("float32"), xv.astype("float32")], [ws])
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)

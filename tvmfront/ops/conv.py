@@ -290,20 +290,38 @@ def _same_size_product(dy, x, ph, pw):
     return product
 
 
+# A column-lane weight gradient sums per chunk of this many images (see _grad_w_by_columns).
+DW_COLUMN_CHUNK_IMAGES = 4
+
+
 def _grad_w_by_columns(dy, xp, w, sh, ho, wo):
     """dw for few input channels (a stem on 1-channel images): summed per lane l of the
     output columns j = DW_LANES * jo + l, then over the lanes. Its only wide output axis is
     o, along which dy is strided: vectors of o need a transposed copy of all of dy (most of
     the time: the stem at batch 64 took 1.3 ms, 0.7 ms by columns). Vectors of l read dy and
     x contiguously; the tile rule tiles o and q beside them ((c, p, o, q, l): the last axes
-    tile first)."""
+    tile first).
+
+    Summed per chunk of DW_COLUMN_CHUNK_IMAGES images g (a spatial axis, outermost), then
+    over the chunks: summed at once, each tile of (p, o) swept the whole batch, streaming
+    all of dy from L3 once per tile of o and tap row (the stem's dy is 4 MiB, 6 sweeps of
+    half of it); per chunk, the chunk's dy stays in L2 across its tiles (the stem at batch
+    64, one core, CPU time: 491 -> 299 us)."""
     o_, c_, k_h, k_w = (int(d) for d in w.shape)
-    b = te.reduce_axis((0, dy.shape[0]), "b")
+    n = dim(dy.shape[0])
+    chunk, chunks = DW_COLUMN_CHUNK_IMAGES, 1
+    if isinstance(n, int) and n % chunk == 0 and n > chunk:
+        chunks = n // chunk
+    else:
+        chunk = n  # one chunk: a symbolic or small batch
+    b = te.reduce_axis((0, chunk), "b")
     i = te.reduce_axis((0, ho), "i")
     jo = te.reduce_axis((0, wo // DW_LANES), "jo")
-    part = te.compute((c_, k_h, o_, k_w, DW_LANES), lambda c, p, o2, q, l: te.sum(
-        dy[b, o2, i, jo * DW_LANES + l] * xp[b, c, i * sh + p, jo * DW_LANES + l + q],
+    part = te.compute((chunks, c_, k_h, o_, k_w, DW_LANES), lambda g, c, p, o2, q, l: te.sum(
+        dy[g * chunk + b, o2, i, jo * DW_LANES + l]
+        * xp[g * chunk + b, c, i * sh + p, jo * DW_LANES + l + q],
         axis=[b, i, jo]), name="conv2d_dw_lanes")
+    g = te.reduce_axis((0, part.shape[0]), "g")
     r = te.reduce_axis((0, DW_LANES), "l")
-    return te.compute(w.shape, lambda o2, c, p, q: te.sum(part[c, p, o2, q, r], axis=[r]),
-                      name="conv2d_dw")
+    return te.compute(w.shape, lambda o2, c, p, q: te.sum(part[g, c, p, o2, q, r],
+                                                          axis=[g, r]), name="conv2d_dw")
