@@ -324,3 +324,99 @@ def test_derived_stride_2_dx_parallel_loop_keeps_divided_axes_out(schedule_for):
         tvm.compile(f, target=resolve_target("x86"))(*[to_device(a) for a in args], got)
         outs.append(got.numpy())
     np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-5, err_msg=rule)
+
+
+def _stage(t, name, seen=None):
+    """The compute stage called `name` under TE tensor t, or None."""
+    seen = set() if seen is None else seen
+    if t.op in seen or not isinstance(t.op, te.ComputeOp):
+        return None
+    seen.add(t.op)
+    if t.op.name == name:
+        return t
+    return next((s for p in t.op.input_tensors if (s := _stage(p, name, seen)) is not None),
+                None)
+
+
+@pytest.mark.parametrize("xs,ws,stride,padding,per_image", [
+    ((64, 16, 32, 32), (32, 16, 3, 3), 2, 1, True),  # ResNet's 16->32 @32 s2 at batch 64
+    ((8, 8, 95, 95), (3, 8, 5, 5), 2, 2, False)])  # odd sizes: windows end off the last row
+def test_conv2d_dw_of_strided_padded_conv_pads_x_per_chunk_of_images(xs, ws, stride, padding,
+                                                                      per_image):
+    # A strided, padded d/dw summed in chunks pads x per chunk of DW_STRIDED_CHUNK_IMAGES
+    # images (x_pad[chunk, image, c, rows, columns]), which the schedule pads inside the
+    # parallel loop over the chunks (where that loop runs over the chunks alone, as in
+    # ResNet's), just before the tiles read it, not in a pass over all of x first; values
+    # as the reference.
+    from tvmfront.ops.conv import DW_STRIDED_CHUNK_IMAGES
+
+    x, w = te.placeholder(xs, "float32", name="x"), te.placeholder(ws, "float32", name="w")
+    y = ops.conv2d.te_forward(x, w, stride=stride, padding=padding)
+    dy = te.placeholder(y.shape, "float32", name="dy")
+    dw = ops.conv2d.te_grad(dy, x, w, stride=stride, padding=padding, derived=False)[1]
+    pad = _stage(dw, "conv2d_dw_pad")
+    assert [int(d) for d in pad.shape[:2]] == [xs[0] // DW_STRIDED_CHUNK_IMAGES,
+                                               DW_STRIDED_CHUNK_IMAGES], pad.shape
+    func, rule, target = schedule([dy, x], dw)
+    assert bool(re.search(r"conv2d_dw_part=tiled\[[^]]*padded per image", rule)) == per_image, \
+        rule
+    rng = np.random.default_rng(7)
+    xv, wv = rng.standard_normal(xs), rng.standard_normal(ws)
+    dyv = rng.standard_normal([int(d) for d in y.shape])
+    _, want = _conv_grads_ref(xv, wv, dyv, stride, padding)
+    if per_image:  # the op in float64 too (the other shape's float64 kernel builds slowly)
+        got = ops.conv2d.vjp(dyv, xv, wv, stride=stride, padding=padding, derived=False)[1]
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+    got, = run(func, target, [dyv.astype("float32"), xv.astype("float32")], [ws])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-3)
+
+
+def _chunked_dw(xs, ws, stride, padding):
+    """(dw's TE tensor, its reductions, and a check of its values) for conv2d's explicit
+    d/dw: the check compares with the reference in float64 (the op, on small batches) and,
+    scheduled by the default rules, in float32, and returns the schedule's rule."""
+    x, w = te.placeholder(xs, "float32", name="x"), te.placeholder(ws, "float32", name="w")
+    y = ops.conv2d.te_forward(x, w, stride=stride, padding=padding)
+    dy = te.placeholder(y.shape, "float32", name="dy")
+    dw = ops.conv2d.te_grad(dy, x, w, stride=stride, padding=padding, derived=False)[1]
+
+    def check():
+        rng = np.random.default_rng(8)
+        xv, wv = rng.standard_normal(xs), rng.standard_normal(ws)
+        dyv = rng.standard_normal([int(d) for d in y.shape])
+        _, want = _conv_grads_ref(xv, wv, dyv, stride, padding)
+        if xs[0] <= 8:
+            got = ops.conv2d.vjp(dyv, xv, wv, stride=stride, padding=padding, derived=False)[1]
+            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+        func, rule, target = schedule([dy, x], dw)
+        got, = run(func, target, [dyv.astype("float32"), xv.astype("float32")], [ws])
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+        return rule
+    return dw, sorted(_reductions(dw)), check
+
+
+@pytest.mark.parametrize("n,h", [(8, 10), (64, 32)])
+def test_conv2d_dw_of_few_channels_sums_column_lanes_per_chunk_of_images(n, h):
+    # The column lanes are summed per chunk of DW_COLUMN_CHUNK_IMAGES images, then over the
+    # chunks and lanes (a chunk's dy stays in cache across the tiles of o and tap rows);
+    # values as the reference, at batch 8 and at ResNet's stem shape (1 -> 16 @32, batch 64).
+    from tvmfront.ops.conv import DW_COLUMN_CHUNK_IMAGES, DW_LANES
+
+    chunk = DW_COLUMN_CHUNK_IMAGES
+    _, reductions, check = _chunked_dw((n, 1, h, 32), (16, 1, 3, 3), 1, 1)
+    assert reductions == [(16 * 9, n // chunk * DW_LANES),
+                          (n // chunk * 16 * 9 * DW_LANES, chunk * h * 32 // DW_LANES)]
+    assert "conv2d_dw_lanes=tiled[" in check()
+
+
+@pytest.mark.parametrize("n,h", [(8, 10), (64, 32)])
+def test_conv2d_dw_of_strided_1x1_in_place_sums_per_chunk_of_images(n, h):
+    # Under DW_SUBSAMPLE_CHANNELS input channels a strided 1x1 d/dw reads x in place, summed
+    # per chunk of DW_STRIDED_CHUNK_IMAGES images, then over the chunks; values as the
+    # reference, at batch 8 and at ResNet's 1x1 s2 16->32 @32 shape (batch 64).
+    from tvmfront.ops.conv import DW_STRIDED_CHUNK_IMAGES
+
+    chunk, ho = DW_STRIDED_CHUNK_IMAGES, (h + 1) // 2
+    _, reductions, check = _chunked_dw((n, 16, h, h), (32, 16, 1, 1), 2, 0)
+    assert reductions == [(32 * 16, n // chunk), (n // chunk * 32 * 16, chunk * ho * ho)]
+    assert "conv2d_dw_part=tiled[" in check()
