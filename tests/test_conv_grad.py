@@ -420,3 +420,26 @@ def test_conv2d_dw_of_strided_1x1_in_place_sums_per_chunk_of_images(n, h):
     _, reductions, check = _chunked_dw((n, 16, h, h), (32, 16, 1, 1), 2, 0)
     assert reductions == [(32 * 16, n // chunk), (n // chunk * 32 * 16, chunk * ho * ho)]
     assert "conv2d_dw_part=tiled[" in check()
+
+
+@pytest.mark.parametrize("target", ["x86", "x86:avx2"])
+@pytest.mark.parametrize("xs,ws", [((64, 16, 32, 32), (32, 16, 3, 3)),  # ResNet's 16->32 @32
+                                   ((64, 32, 16, 16), (64, 32, 3, 3))])  # and 32->64 @16
+def test_conv2d_dx_of_stride_2_computes_its_phases_per_image(xs, ws, target):
+    # A 3x3 stride-2 d/dx (one convolution of the padded dy per input phase, interleaved into
+    # dx) runs one image per parallel iteration: that image's padded dy and phases are
+    # computed inside it, just before the interleave reads them from cache, not each phase
+    # over the whole batch with a quarter of dx written to memory and read back; values as
+    # the reference.
+    x, w = te.placeholder(xs, "float32", name="x"), te.placeholder(ws, "float32", name="w")
+    y = ops.conv2d.te_forward(x, w, stride=2, padding=1)
+    dy = te.placeholder(y.shape, "float32", name="dy")
+    dx = ops.conv2d.te_grad(dy, x, w, stride=2, padding=1, derived=False)[0]
+    func, rule, target = schedule([dy, w], dx, target)
+    assert rule.startswith("tvmfront.conv_phases: phases per image[conv2d_dx"), rule
+    rng = np.random.default_rng(3)
+    xv, wv = rng.standard_normal(xs), rng.standard_normal(ws)
+    dyv = rng.standard_normal([int(d) for d in y.shape])
+    want, _ = _conv_grads_ref(xv, wv, dyv, 2, 1)
+    got, = run(func, target, [dyv.astype("float32"), wv.astype("float32")], [xs])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-3, err_msg=rule)

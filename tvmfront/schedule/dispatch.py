@@ -2,7 +2,8 @@
 tried on a kernel.
 
 Rules, tried in this order (the first that applies wins), after the int8 dot-product rule
-(int8.py), which takes only kernels holding ops.int8's packed GEMM:
+(int8.py), which takes only kernels holding ops.int8's packed GEMM, and the per-image rule
+of a strided conv's d/dx (its phases and their interleave: conv_phases.py):
 
 0. tvmfront's GEMV - a matrix times a vector with both read contiguously along the
    reduction (gemv.py);
@@ -37,7 +38,7 @@ from .analysis import (_buffers, _children, _const, _has_contraction, _max_block
                        parallel_write_races)
 # The rules below are looked up in their files at call time (gemm._tile_reduction, ...), so a
 # test or bench that patches a rule in its file reaches every caller.
-from . import conv_forward, gemm, gemv, int8, spatial, window_reindex
+from . import conv_forward, conv_phases, gemm, gemv, int8, spatial, window_reindex
 from .spatial import _inline_spatial
 from .reductions import (_gather_reduction, _lane_reduction, _plain_reduction, _row_fusion,
                          _tile_reduction_scalar)
@@ -108,6 +109,8 @@ def _schedule_prim_func(func, target, params):
 
     candidates = [("tvmfront.int8", lambda: int8._int8_gemm(func, target, params))]
     if contraction:  # GEMV is one
+        candidates.append(("tvmfront.conv_phases",
+                           lambda: conv_phases._conv_phases(func, params)))
         candidates.append(("tvmfront.gemv", lambda: gemv._gemv(func, params)))
         candidates.append(("dlight.cpu.GEMV", lambda: _dlight_gemv(func, target, params)))
     else:

@@ -1,0 +1,180 @@
+"""A strided convolution's d/dx as ops.conv builds it (ops/conv.py's _grad_x): one stride-1
+convolution of a zero-padded dy per input phase (i % s, j % s), then a block interleaving the
+phases into dx. Scheduled per image: the interleave's image loop runs in parallel, and in
+each iteration that image's padded dy and every phase are computed just before the
+interleave reads them, so they are read back from cache.
+
+Scheduled block by block, each phase swept the whole batch in its own parallel loop, writing
+a quarter of dx to memory, and the interleave then read all four quarters back: in ResNet's
+3x3 s2 16->32 d/dx at batch 64 the interleave was ~16% of the time and the padded copy of dy
+~12% (see the commit for the measured gain).
+"""
+
+from .._tvm import s_tir
+from .analysis import _BlockInfo, _const, _has_if_then_else, _reduction_iters, _root_blocks
+from .conv import _split_divisors
+from .failures import NotApplicable
+from .loops import _largest_divisor, _vector_factor
+from .params import PARALLEL_CHUNKS_PER_CORE
+
+
+def _conv_phases(func, params):
+    """(scheduled func, note) of a strided conv's d/dx kernel (_phases_per_image); None for
+    other kernels, which the next rules take."""
+    sch = s_tir.Schedule(func)
+    try:
+        plans = _plan(sch, params)
+    except NotApplicable:
+        return None
+    note = _phases_per_image(sch, params, plans)
+    return sch.mod["main"], note
+
+
+def _plan(sch, params):
+    """(interleave, phases, paddings, each phase's tile) of a strided conv's d/dx kernel
+    (_phase_blocks, _phase_tile). Raises NotApplicable for other kernels and for too few
+    images to run one per parallel iteration."""
+    interleave, phases, pads = _phase_blocks(sch)
+    info = _BlockInfo(sch, interleave)
+    if 0 in info.symbolic or info.extents[0] < PARALLEL_CHUNKS_PER_CORE * params.cores:
+        raise NotApplicable("too few images for one per parallel iteration")
+    lanes = params.lanes(info.dtype)
+    tiles = [_phase_tile(_BlockInfo(sch, phase), lanes, params) for phase in phases]
+    return interleave, phases, pads, tiles
+
+
+def _phases_per_image(sch, params, plans):
+    """Schedule `sch` per image as `plans` (_plan) says; returns the rule's note."""
+    interleave, phases, pads, tiles = plans
+    info = _BlockInfo(sch, interleave)
+    lanes = params.lanes(info.dtype)
+    image = _schedule_interleave(sch, info)
+    names = [sch.get(phase).name_hint for phase in phases]
+    for name in names:
+        sch.compute_at(sch.get_sblock(name), image, preserve_unit_loops=True)
+    for pad in [sch.get(p).name_hint for p in pads]:
+        sch.compute_at(sch.get_sblock(pad), image, preserve_unit_loops=True)
+        _decompose_pad(sch, sch.get_sblock(pad), lanes)
+    notes = [_tile_phase(sch, name, plan) for name, plan in zip(names, tiles)]
+    return f"phases per image[{', '.join(notes)}]"
+
+
+def _phase_blocks(sch):
+    """(interleave, phases, paddings): the kernel's last root block, spatial, reading its
+    producers through floordiv/floormod (i // s, i % s); those producers, each a reduction
+    over 4 spatial and 3 reduction axes (o, taps); the padding blocks they read."""
+    roots = _root_blocks(sch)
+    interleave = roots[-1]
+    info = _BlockInfo(sch, interleave)
+    if info.kinds != ["S"] * 4 or set(_split_divisors(info)) != {2, 3}:
+        raise NotApplicable("no interleave of phases")
+    phases = sch.get_producers(interleave)
+    if len(phases) < 2 or len(roots) > len(phases) + 2:
+        raise NotApplicable("not a strided d/dx's phases")
+    pads = []
+    for phase in phases:
+        stmt = sch.get(phase)
+        if len(stmt.iter_vars) != 7 or len(_reduction_iters(stmt)) != 3:
+            raise NotApplicable(f"{stmt.name_hint}: not a convolution phase")
+        for producer in sch.get_producers(phase):
+            if _reduction_iters(sch.get(producer)) or not _has_if_then_else(sch.get(producer)):
+                raise NotApplicable(f"{stmt.name_hint} reads a computed operand")
+            if not any(sch.get(p).same_as(sch.get(producer)) for p in pads):
+                pads.append(producer)
+    return interleave, phases, pads
+
+
+def _schedule_interleave(sch, info):
+    """The interleave's loops (n | c, i // s, i % s, j // s, j % s), the remainders unrolled
+    (affine indices into each phase), n parallel. Returns the image loop."""
+    divisors = _split_divisors(info)
+    n, c, i, j = info.loops
+    io, ii = sch.split(i, factors=[None, divisors[2]])
+    jo, ji = sch.split(j, factors=[None, divisors[3]])
+    sch.reorder(n, c, io, ii, jo, ji)
+    sch.unroll(ii)
+    sch.unroll(ji)
+    sch.parallel(n)
+    return n
+
+
+def _phase_tile(info, lanes, params):
+    """(vector axis, its length, {axis: tile}, the weight's read or None) of a phase's
+    register tile. Vectors along the columns (the write and dy's rows contiguous, the weight
+    broadcast) under a tile of input channels x rows, where the columns fill whole vectors;
+    else vectors of all input channels (the weight read through a copy laid out
+    [o, kh, kw, c]) under a tile of columns. Fewer accumulators than half the registers
+    kept for them (params.acc_registers) leave the FMA latency uncovered: NotApplicable."""
+    _, c, i, j = info.extents[:4]
+    budget = params.acc_registers
+    if j % lanes == 0 and j // lanes <= 2:
+        registers = j // lanes
+        rows = 2 if i % 2 == 0 else 1
+        channels = _largest_divisor(c, budget // (registers * rows))
+        if 2 * channels * rows * registers >= budget:
+            return 3, j, {1: channels, 2: rows}, None
+    vec = _vector_factor(c, lanes)
+    if vec is not None and vec == c:
+        registers = -(-vec // lanes)
+        columns = _largest_divisor(j, budget // registers)
+        weight = next((index for index, _, strides in info.reads if strides[0] == 0), None)
+        if 2 * columns * registers >= budget and weight is not None:
+            return 1, vec, {3: columns}, weight
+    raise NotApplicable(f"{info.name}: no register tile")
+
+
+def _tile_phase(sch, name, plan):
+    """Tile the phase `name` (its loops: the image's, then a, c, i, j, o, t, u) per `plan`
+    (_phase_tile), accumulating in a local buffer written back per tile. Returns a note."""
+    v, vec, tiles, weight = plan
+    block = sch.get_sblock(name)
+    if v == 1:  # vectors of input channels, read from the weight as one load each
+        copy = sch.cache_read(block, weight, "global", consumer_blocks=[block])
+        sch.transform_layout(copy, ("write", 0), lambda o, c, h, w: [o, h, w, c])
+        block = sch.get_sblock(name)
+    loops = list(sch.get_loops(block))[1:]
+    spatial, red = loops[:4], loops[4:]
+    outer, inner = [spatial[0]], []
+    for k in (1, 2, 3):
+        if k in tiles:
+            o, i = sch.split(spatial[k], factors=[None, tiles[k]])
+            outer.append(o)
+            inner.append(i)
+        elif k != v:
+            outer.append(spatial[k])
+    sch.reorder(*outer, *red, *inner, spatial[v])
+    if v == 1:
+        # The phase's buffer laid out [n, i, j, c]: its tile's vectors of channels are
+        # stored whole, and the interleave transposes them into dx (in cache, per image)
+        # in its own pass. Written back NCHW, lane by lane, the scalar stores of a short
+        # reduction (64 channels x 1 tap in ResNet's 32->64 d/dx) cost a fifth of the time.
+        sch.transform_layout(block, ("write", 0), lambda a, b, c, d: [a, c, d, b])
+    writeback = sch.cache_write(block, 0, "global")
+    sch.reverse_compute_at(writeback, outer[-1], preserve_unit_loops=True)
+    for loop in [*red[1:], *inner]:
+        sch.unroll(loop)
+    sch.vectorize(spatial[v])
+    _vectorize_last(sch, writeback)
+    init = sch.decompose_reduction(block, red[0])
+    _vectorize_last(sch, init)
+    tile = "x".join(str(tiles[k]) for k in sorted(tiles))
+    return f"{name}={tile}xv{vec}"
+
+
+def _vectorize_last(sch, block):
+    loops = sch.get_loops(block)
+    if loops:
+        sch.vectorize(loops[-1])
+
+
+def _decompose_pad(sch, pad, lanes):
+    """The padding block placed in the image loop: its zero fill and its copy separate, each
+    a vector loop (no per-element branch)."""
+    own = list(sch.get_loops(pad))[1:]
+    fill = sch.decompose_padding(pad, own[0])
+    sch.vectorize(sch.get_loops(pad)[-1])
+    inner = list(sch.get_loops(fill))[1:]
+    run = sch.fuse(*inner) if len(inner) > 1 else inner[0]
+    f = _vector_factor(_const(sch.get(run).extent) or 1, lanes, max_registers=4)
+    if f:
+        sch.vectorize(sch.split(run, factors=[None, f])[1])
