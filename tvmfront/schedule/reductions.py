@@ -341,6 +341,10 @@ ROW_FUSION_MIN_BYTES = 1 << 20
 # passes, 19.5 fused; its gradient with the residual add 58.2 -> 34.5 (one core: 27.3 passes,
 # 36.8 fused). In-process A/B on a 2-core AVX-512 Xeon, 8 interleaved rounds (median).
 PARALLEL_ROW_FUSION_MIN_BYTES = 1 << 18
+# ... for rows of this many vectors or more: each row pays its lane sums' horizontal adds, which
+# rows of 2 vectors do not win back (softmax over 32: 37.5 us in passes, 45.2 fused; over 64:
+# 87.5 -> 67.6, same machine and rounds).
+PARALLEL_ROW_FUSION_MIN_VECTORS = 4
 
 
 def _row_fusion(sch, name, params):
@@ -357,7 +361,8 @@ def _row_fusion(sch, name, params):
     if not reductions or reductions[0] != name or n % lanes or n < 2 * lanes:
         raise NotApplicable("not the first reduction of a row kernel")
     parallel = _parallel_worth_it(_RowWork(math.prod(rows) * n), lanes, params)
-    minimum = PARALLEL_ROW_FUSION_MIN_BYTES if parallel else ROW_FUSION_MIN_BYTES
+    long_rows = n >= PARALLEL_ROW_FUSION_MIN_VECTORS * lanes
+    minimum = PARALLEL_ROW_FUSION_MIN_BYTES if parallel and long_rows else ROW_FUSION_MIN_BYTES
     if math.prod(rows) * n * _dtype_bits(dtype) // 8 < minimum:
         raise NotApplicable("small enough for whole passes")
     for b in blocks:
