@@ -1,8 +1,9 @@
 """Convolution forward (out[n, o, i, j] = sum_{c, kh, kw} x[n, c, s * i + kh, s * j + kw] *
 w[o, c, kh, kw], stride s of 1 or 2, NCHW) on AVX-512: one image per parallel iteration,
 register tiles of output columns x vectors of output channels. Each image element is
-broadcast to a vector of output channels, so a stride reads no gathers; at stride 2 the zero
-padding is copied per block of output rows (params.CONV_STRIDED_PAD_ROWS), not per image.
+broadcast to a vector of output channels, so a stride reads no gathers; at stride 2, and at
+stride 1 where the padded image is over L1, the zero padding is copied per block of output rows
+(params.CONV_STRIDED_PAD_ROWS, CONV_PAD_ROWS), not per image.
 
 The GEMM family's rule (gemm.py) tiles this loop nest too, but as a contraction: with the
 weight in panels, the panel index runs outermost and is fused with the images for the thread
@@ -36,8 +37,11 @@ prefetching the next image 0.5-0.9%, padding per row (3 rows per output row) los
 order (rows or columns outside the channel panels) made no difference.
 """
 
-from .params import (CONV_MIN_VECTOR_BITS, CONV_STRIDED_PAD_ROWS, CONV_STRIDES,
-                     PARALLEL_CHUNKS_PER_CORE, UNROLLED_WINDOW_TAPS)
+import math
+
+from .params import (CONV_MIN_VECTOR_BITS, CONV_PAD_L1_BYTES, CONV_PAD_ROWS,
+                     CONV_STRIDED_PAD_ROWS, CONV_STRIDES, PARALLEL_CHUNKS_PER_CORE,
+                     UNROLLED_WINDOW_TAPS, _dtype_bits)
 from .failures import NotApplicable
 from .analysis import _BlockInfo, _const
 from .loops import _largest_divisor, _parallel_worth_it, _parallelize, _vectorize_innermost
@@ -50,9 +54,10 @@ def _conv_forward(sch, name, params):
     output channels o split into vectors of `registers` SIMD registers (the weight packed
     [o // vec, c, kh, kw, o % vec], read as whole vectors), the output columns j into a
     register tile; loops (n | o // vec, i, j // tile | c, kh, kw | j % tile, o % vec), at
-    stride 2 (n | i // rows, o // vec, i % rows, j // tile | ...) with the padding per block
-    of rows, the tile accumulated in a buffer laid out [n, i, j, o] and written back (with pointwise
-    epilogues) after each tile. Raises NotApplicable for other blocks."""
+    stride 2 or over L1 (n | i // rows, o // vec, i % rows, j // tile | ...) with the padding
+    per block of rows (_padding_rows), the tile accumulated in a buffer laid out [n, i, j, o]
+    and written back (with pointwise epilogues) after each tile. Raises NotApplicable for
+    other blocks."""
     if params.vector_bits < CONV_MIN_VECTOR_BITS:
         raise NotApplicable("measured on AVX-512 only: the GEMM family's tiles")
     block = sch.get_sblock(name)
@@ -77,12 +82,11 @@ def _conv_forward(sch, name, params):
     j_out, j_tile = sch.split(loops[j], factors=[None, columns])
     red = [loops[k] for k in info.reduction]
     per_image = info.extents[n] >= PARALLEL_CHUNKS_PER_CORE * params.cores
-    strided = image[2][j] > 1
+    per_block = _padding_rows(info, i, j, image) if per_image else None
     row_block = None
-    if strided and per_image:
-        # Padded per block of output rows (see CONV_STRIDED_PAD_ROWS): the block's input
-        # rows are copied just before the tiles of every output-channel panel read them.
-        per_block = _largest_divisor(info.extents[i], CONV_STRIDED_PAD_ROWS)
+    if per_block is not None:
+        # Padded per block of output rows: the block's input rows are copied just before
+        # the tiles of every output-channel panel read them.
         row_block, row = sch.split(loops[i], factors=[None, per_block])
         sch.reorder(loops[n], row_block, o_out, row, j_out, *red, j_tile, o_vec)
     else:
@@ -139,6 +143,27 @@ def _conv_axes(info):
             _const(weight[1].source.shape[0]) != info.extents[o]:
         raise NotApplicable("not a stride-1 or -2 convolution's operands")
     return n, o, i, j, image, weight
+
+
+def _padding_rows(info, i, j, image):
+    """Output rows per block of the zero padding's copy, or None to copy it per image: at
+    stride 2 CONV_STRIDED_PAD_ROWS, at stride 1 CONV_PAD_ROWS where the padded image is over
+    CONV_PAD_L1_BYTES and such a block of rows (with the window's) within it (fewer rows where
+    they do not divide the output's). Every output-channel panel sweeps the image: a padded
+    image in L1 is read from there each time, a larger one from L2, where a block of rows
+    in L1 serves all the panels."""
+    if image[2][j] > 1:
+        return _largest_divisor(info.extents[i], CONV_STRIDED_PAD_ROWS)
+    channels, height, width = (_const(d) for d in image[1].source.shape[1:])
+    if None in (channels, height, width):
+        return None
+    row_bytes = channels * width * _dtype_bits(image[1].source.dtype) // 8
+    rows = _largest_divisor(info.extents[i], CONV_PAD_ROWS)
+    window = info.extents[info.reduction[1]]
+    if height * row_bytes <= CONV_PAD_L1_BYTES or \
+            (rows + window - 1) * row_bytes > CONV_PAD_L1_BYTES:
+        return None
+    return rows
 
 
 def _vector_registers(info, o, lanes):

@@ -117,6 +117,14 @@ CONV_STRIDES = (1, 2)
 # its copy from memory, one pass per image before the tiles, took a quarter of 16->32 @16
 # (from 32) on one core. Per block of rows the reads alternate with the tiles, in L1.
 CONV_STRIDED_PAD_ROWS = 2
+# At stride 1 the padding is copied per image where the padded image fits in L1 (an Intel
+# server core's 48 KiB: ResNet's 32->32 @16, 41 KiB, 1.00x per block of rows), else per this
+# many output rows where their input rows fit in it: every output-channel panel sweeps the
+# image, read from L2 where it is larger (1 AVX-512 thread, CPU time: b32 32->64 @28, 113 KiB,
+# 0.97-0.99x the time; 64->64 @14, 64 KiB, 0.97x; b32 32->32 @32 0.96x; b64 16->32 @32
+# 0.94x; with 4 rows over L1, b16 128->128 @28, 1.005x; per 2 rows @28 1.14x, per 7 @14 1.15x).
+CONV_PAD_L1_BYTES = 48 << 10
+CONV_PAD_ROWS = 4
 # conv_forward unrolls the window's rows too (its columns always are) up to this many taps: one
 # loop iteration per input channel, 3 x 3 x 7 x 2 = 126 FMAs (3x3 on one AVX-512 core, old/new
 # per round, median of 21: b32 32->64 @28 1.006x, 64->64 @14 1.013x, 128->128 @7 1.006x).
