@@ -49,7 +49,10 @@ def _horner(coefficients, x, dtype="float32"):
 
 def _nan_kept(a, value):
     """`value`, or NaN where `a` is NaN (min/max clamps may lose it)."""
-    return tirx.Select(tirx.isnan(a), a, value)
+    # |a| <= inf is false for NaN alone. tirx.isnan is a call TVM's VectorizeLoop does not
+    # know: it emitted the loop scalar, which LLVM re-vectorized narrower than the schedule
+    # (tanh's gradient 592 against 275 us on [1024, 512]). a == a TVM's simplifier folds to true.
+    return tirx.Select(te.abs(a) <= _c(math.inf), value, a)
 
 
 def erf(a):
@@ -165,7 +168,8 @@ def _gauss(r):
     """exp(-r^2 / 2) for r in [0, _GAUSS_CUT]: exp's reduction without its clamps and special
     cases (none can occur here), with 2^n in one step (n >= -120) and ln 2 in one float32 part
     (off by 1.9e-9: n of that, relative, where the result is below 2^(n + 1/2)). With exp
-    instead, GELU's forward took 457 against 221 us ([1024, 512], 1 thread)."""
+    instead, GELU's forward took 294 against 220 us, its gradient 310 against 248 ([1024, 512],
+    1 thread)."""
     y = r * r * _c(-0.5)  # the halving is exact: one rounding, in r * r
     n = te.floor(y * _c(_LOG2E) + _c(0.5))
     f = n * _c(-math.log(2)) + y
