@@ -18,14 +18,12 @@ def gelu(x, approximate="none"):
     """x * Phi(x): the exact erf form (approximate="none"), or PyTorch's tanh form
     0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (approximate="tanh")."""
     d = x.dtype
-    half, one = _c(0.5, d), _c(1, d)
     if approximate == "none":
-        inv_sqrt2 = _c(1 / math.sqrt(2), d)
-        # float32 erf by a vectorizable approximation (fastmath), float64 by libm's.
-        return te.compute(x.shape,
-                          lambda *i: half * x(*i) * (one + fastmath.erf(x(*i) * inv_sqrt2)),
-                          name="gelu")
+        # float32 Phi in vector arithmetic, accurate in the tail x -> -inf where 1/2 (1 + erf)
+        # cancels (fastmath); float64 by libm's erf
+        return te.compute(x.shape, lambda *i: x(*i) * fastmath.normal_cdf(x(*i)), name="gelu")
     if approximate == "tanh":
+        half, one = _c(0.5, d), _c(1, d)
         k, c = _c(math.sqrt(2 / math.pi), d), _c(0.044715, d)
 
         def body(*i):
@@ -45,15 +43,12 @@ def silu(x):
 @gelu.grad
 def _(dy, x, approximate="none"):
     d = x.dtype
-    half, one = _c(0.5, d), _c(1, d)
-    if approximate == "none":  # Phi(x) + x phi(x)
-        inv_sqrt2, inv_sqrt_2pi = _c(1 / math.sqrt(2), d), _c(1 / math.sqrt(2 * math.pi), d)
-
+    if approximate == "none":  # Phi(x) + x phi(x), sharing one exp in float32
         def body(*i):
-            v = x(*i)
-            return dy(*i) * (half * (one + fastmath.erf(v * inv_sqrt2))
-                             + v * inv_sqrt_2pi * fastmath.exp(-half * v * v))
+            cdf, pdf = fastmath.normal_cdf_and_pdf(x(*i))
+            return dy(*i) * (cdf + x(*i) * pdf)
     else:  # 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 c x^2), t = tanh(k (x + c x^3))
+        half, one = _c(0.5, d), _c(1, d)
         k, c, three = _c(math.sqrt(2 / math.pi), d), _c(0.044715, d), _c(3, d)
 
         def body(*i):
