@@ -20,7 +20,10 @@ says more; a file imports only the ones listed before it):
   register tiles over a vectorized output axis, packed operands;
 - ``window_reindex``: reductions over a symbolic batch whose window read of a small operand
   keeps them from being padded: the window copied out, then the GEMM family's rule;
-- ``conv_forward``: stride-1 convolution forward, one image per parallel iteration;
+- ``conv_forward``: 3x3-style convolution forward (stride 1 or 2), one image per parallel
+  iteration;
+- ``conv_phases``: a stride-2 convolution's d/dx, its four output phases computed per image
+  just before they are interleaved;
 - ``gemv``: matrix times vector (a Linear layer at batch 1);
 - ``reductions``: reductions with no vectorizable output axis (scalar tiles, plain loops);
 - ``int8``: ops.int8's packed GEMM tensorized with the CPU's 8-bit dot product;
@@ -35,8 +38,8 @@ Threads: parallel loops run on TVM's CPU thread pool, which takes half the logic
 x86 unless TVM_NUM_THREADS is set.
 """
 
-from . import (analysis, conv, conv_forward, dispatch, failures, gemm, gemv, int8, loops, params,
-               reductions, spatial, window_reindex)
+from . import (analysis, conv, conv_forward, conv_phases, dispatch, failures, gemm, gemv, int8,
+               loops, params, reductions, spatial, window_reindex)
 from .analysis import kernel_work, loop_kinds
 from .dispatch import RULE_ATTR, SCHEDULED_ATTR, default_cpu_schedule, is_scheduled, \
     schedule_prim_func
@@ -49,7 +52,7 @@ __all__ = ["CpuParams", "NotApplicable", "RULE_ATTR", "SCHEDULED_ATTR", "SMALL_W
 
 # In import order: a file imports only those before it (tests/test_layering.py).
 FILES = (params, failures, analysis, loops, conv, spatial, gemm, window_reindex, conv_forward,
-         gemv, reductions, int8, dispatch)
+         conv_phases, gemv, reductions, int8, dispatch)
 
 
 def __getattr__(name):
