@@ -119,8 +119,8 @@ def _conv_axes(info):
     """(n, o, i, j, image read, weight read) of an NCHW convolution forward block of a stride
     s in CONV_STRIDES: spatial axes n, o, i, j (all static but n) and three reductions c, kh,
     kw; the image read x[n, c, s * i + kh, s * j + kw] (contiguous along kw, constant along
-    o) and the weight
-    w[o, c, kh, kw] (constant along n, i, j). Raises NotApplicable otherwise."""
+    o) and the weight w[o, c, kh, kw] (constant along n, i, j). Raises NotApplicable
+    otherwise."""
     if info.kinds != ["S"] * 4 + ["R"] * 3 or len(info.reads) != 2:
         raise NotApplicable("not a 2-D convolution's loop nest")
     n, o, i, j = 0, 1, 2, 3
