@@ -193,8 +193,7 @@ def _grad_w_1x1(dy, xp, w, sh, sw, ho, wo):
     chunk, chunks = n, 1
     if (sh, sw) != (1, 1) and int(w.shape[1]) >= DW_SUBSAMPLE_CHANNELS:
         src, s_h, s_w = _strided_pixels(xp, sh, sw, ho, wo), 1, 1
-    elif (sh, sw) != (1, 1) and isinstance(n, int) and n % DW_STRIDED_CHUNK_IMAGES == 0 \
-            and n > DW_STRIDED_CHUNK_IMAGES:
+    elif (sh, sw) != (1, 1) and _image_chunks(n, DW_STRIDED_CHUNK_IMAGES) > 1:
         chunk, chunks = DW_STRIDED_CHUNK_IMAGES, n // DW_STRIDED_CHUNK_IMAGES
     b = te.reduce_axis((0, chunk), "b")
     if chunks == 1:
@@ -208,6 +207,12 @@ def _grad_w_1x1(dy, xp, w, sh, sw, ho, wo):
         flat = te.compute(w.shape[:2], lambda o2, c: te.sum(part[g, o2, c], axis=[g]),
                           name="conv2d_dw")
     return te.compute(w.shape, lambda o2, c, p, q: flat[o2, c], name="conv2d_dw_1x1")
+
+
+def _image_chunks(n, chunk):
+    """How many chunks of `chunk` images a batch of n splits into: 1 (the batch in one sum)
+    for a symbolic batch, a batch of at most one chunk, or one `chunk` does not divide."""
+    return n // chunk if isinstance(n, int) and n % chunk == 0 and n > chunk else 1
 
 
 def _batch_chunk(n, ho, wo):
@@ -236,7 +241,7 @@ def _grad_w(dy, x, w, sh, sw, ph, pw, ho, wo):
         return _grad_w_by_columns(dy, xp, w, sh, ho, wo)
     n = dim(x.shape[0])
     if (sh, sw) != (1, 1) and (ph, pw) != (0, 0) and _batch_chunk(n, ho, wo) is not None and \
-            n % DW_STRIDED_CHUNK_IMAGES == 0 and n > DW_STRIDED_CHUNK_IMAGES:
+            _image_chunks(n, DW_STRIDED_CHUNK_IMAGES) > 1:
         return _grad_w_padded_per_chunk(dy, x, w, sh, sw, ph, pw, ho, wo)
     if (sh, sw) == (1, 1) and (ho, wo) == tuple(int(d) for d in x.shape[2:]) and \
             int(w.shape[0]) <= DW_PADDED_DY_CHANNELS:
@@ -244,7 +249,7 @@ def _grad_w(dy, x, w, sh, sw, ph, pw, ho, wo):
     else:
         def product(n, o2, c, p, q, a, e):
             return dy[n, o2, a, e] * xp[n, c, a * sh + p, e * sw + q]
-    chunk = _batch_chunk(dim(x.shape[0]), ho, wo)
+    chunk = _batch_chunk(n, ho, wo)
     if chunk is None:
         b = te.reduce_axis((0, x.shape[0]), "b")
         return te.compute(w.shape, lambda o2, c, p, q: te.sum(
@@ -334,11 +339,8 @@ def _grad_w_by_columns(dy, xp, w, sh, ho, wo):
     64, one core, CPU time: 491 -> 299 us)."""
     o_, c_, k_h, k_w = (int(d) for d in w.shape)
     n = dim(dy.shape[0])
-    chunk, chunks = DW_COLUMN_CHUNK_IMAGES, 1
-    if isinstance(n, int) and n % chunk == 0 and n > chunk:
-        chunks = n // chunk
-    else:
-        chunk = n  # one chunk: a symbolic or small batch
+    chunks = _image_chunks(n, DW_COLUMN_CHUNK_IMAGES)
+    chunk = DW_COLUMN_CHUNK_IMAGES if chunks > 1 else n  # one chunk: a symbolic or small batch
     b = te.reduce_axis((0, chunk), "b")
     i = te.reduce_axis((0, ho), "i")
     jo = te.reduce_axis((0, wo // DW_LANES), "jo")
