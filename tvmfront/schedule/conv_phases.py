@@ -11,9 +11,10 @@ a quarter of dx to memory, and the interleave then read all four quarters back: 
 """
 
 from .._tvm import s_tir
-from .analysis import _BlockInfo, _const, _has_if_then_else, _reduction_iters, _root_blocks
+from .analysis import _BlockInfo, _has_if_then_else, _reduction_iters, _root_blocks
 from .conv import _split_divisors
 from .failures import NotApplicable
+from . import gemm
 from .loops import _largest_divisor, _vector_factor
 from .params import PARALLEL_CHUNKS_PER_CORE
 
@@ -54,7 +55,7 @@ def _phases_per_image(sch, params, plans):
         sch.compute_at(sch.get_sblock(name), image, preserve_unit_loops=True)
     for pad in [sch.get(p).name_hint for p in pads]:
         sch.compute_at(sch.get_sblock(pad), image, preserve_unit_loops=True)
-        _decompose_pad(sch, sch.get_sblock(pad), lanes)
+        _decompose_pad(sch, sch.get_sblock(pad), image, lanes)
     notes = [_tile_phase(sch, name, plan) for name, plan in zip(names, tiles)]
     return f"phases per image[{', '.join(notes)}]"
 
@@ -167,14 +168,8 @@ def _vectorize_last(sch, block):
         sch.vectorize(loops[-1])
 
 
-def _decompose_pad(sch, pad, lanes):
+def _decompose_pad(sch, pad, image, lanes):
     """The padding block placed in the image loop: its zero fill and its copy separate, each
     a vector loop (no per-element branch)."""
-    own = list(sch.get_loops(pad))[1:]
-    fill = sch.decompose_padding(pad, own[0])
-    sch.vectorize(sch.get_loops(pad)[-1])
-    inner = list(sch.get_loops(fill))[1:]
-    run = sch.fuse(*inner) if len(inner) > 1 else inner[0]
-    f = _vector_factor(_const(sch.get(run).extent) or 1, lanes, max_registers=4)
-    if f:
-        sch.vectorize(sch.split(run, factors=[None, f])[1])
+    fill = sch.decompose_padding(pad, gemm._loops_inside(sch, pad, image)[0])
+    gemm._vectorize_fill_and_copy(sch, fill, pad, image, lanes)

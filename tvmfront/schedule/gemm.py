@@ -488,14 +488,20 @@ def _pad_per_iteration(sch, block, loop, info, lanes):
             _probe(f"decompose_padding of {stmt.name_hint}", err)
             continue
         placed.append(sch.get(fill).name_hint)
-        _vectorize_innermost(sch, producer, lanes)
-        # The constant fill is one contiguous run per image: vectors over its fused loops.
-        inner = _loops_inside(sch, fill, loop)
-        run = sch.fuse(*inner) if len(inner) > 1 else inner[0]
-        f = _vector_factor(_const(sch.get(run).extent) or 1, lanes, max_registers=4)
-        if f:
-            sch.vectorize(sch.split(run, factors=[None, f])[1])
+        _vectorize_fill_and_copy(sch, fill, producer, loop, lanes)
     return placed
+
+
+def _vectorize_fill_and_copy(sch, fill, copy, loop, lanes):
+    """Vector loops for a padding placed at `loop` and split by decompose_padding: its
+    in-bounds copy along its innermost loop, its constant fill (one contiguous run per
+    iteration of `loop`) over its fused loops."""
+    _vectorize_innermost(sch, copy, lanes)
+    inner = _loops_inside(sch, fill, loop)
+    run = sch.fuse(*inner) if len(inner) > 1 else inner[0]
+    f = _vector_factor(_const(sch.get(run).extent) or 1, lanes, max_registers=4)
+    if f:
+        sch.vectorize(sch.split(run, factors=[None, f])[1])
 
 
 def _loops_inside(sch, block, loop):
