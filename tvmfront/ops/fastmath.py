@@ -143,15 +143,19 @@ _INV_SQRT_2PI = 0.3989422804014327
 
 def normal_cdf(a):
     """Phi(a), the standard normal CDF, of a scalar TE expression; float32 in plain arithmetic
-    (accurate in the tail a -> -inf, where 1/2 (1 + erf) cancels), other dtypes by te.erf."""
+    (accurate in the tail a -> -inf, where 1/2 (1 + erf) cancels), float64 by te.erf,
+    float16 and bfloat16 through float32."""
     return normal_cdf_and_pdf(a)[0]
 
 
 def normal_cdf_and_pdf(a):
     """(Phi(a), phi(a)): the standard normal CDF and density of a scalar TE expression, which
-    share one exp in float32 (exact GELU's gradient Phi + x phi); other dtypes by te.erf and
-    te.exp. Phi(-inf) = 0, Phi(inf) = 1, phi(+-inf) = 0, NaN stays NaN."""
+    share one exp in float32 (exact GELU's gradient Phi + x phi); float64 by te.erf and
+    te.exp, float16 and bfloat16 through float32. Phi(-inf) = 0, Phi(inf) = 1, phi(+-inf) = 0, NaN stays NaN."""
     d = str(a.ty)
+    if d not in ("float32", "float64"):  # float16, bfloat16: no erf intrinsic for them
+        cdf, pdf = normal_cdf_and_pdf(tirx.Cast("float32", a))
+        return tirx.Cast(d, cdf), tirx.Cast(d, pdf)
     if d != "float32":
         half = _c(0.5, d)
         return (half * (_c(1.0, d) + te.erf(a * _c(1 / math.sqrt(2), d))),
