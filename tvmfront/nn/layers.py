@@ -6,6 +6,7 @@ import numpy as np
 
 from .. import ops
 from ..ops import batch_stats, norm
+from ..ops.conv import _pair
 from ..op import deriving
 from ..ops._dims import is_static, same, show
 from ..tensor import Tensor
@@ -49,8 +50,23 @@ class Conv2d(Module):
         self.bias = Parameter(init.bias_uniform((out_channels,), fan_in, dtype)) if bias else None
 
     def forward(self, x):
-        y = ops.conv2d(x, self.weight, stride=self.stride, padding=self.padding)
+        stride = self.stride
+        if self.training and self._subsamples():
+            # A strided 1x1 conv reads only x[..., ::s, ::s]. In training its d/dx is then
+            # the small dx of a stride-1 conv and strided_slice's zero interleave, which
+            # fuses into the kernel that consumes dx (a residual add), instead of a dx of
+            # x's full size that is 3/4 zeros written out and read back at stride 2 (ResNet's
+            # train step: 28.37 -> 27.72 ms). In eval mode the one strided conv is cheaper.
+            s = _pair(stride)
+            x = ops.strided_slice(x, slices=((None,) * 3, (None,) * 3, (0, None, s[0]),
+                                             (0, None, s[1])))
+            stride = 1
+        y = ops.conv2d(x, self.weight, stride=stride, padding=self.padding)
         return ops.bias_add(y, self.bias, axis=1) if self.bias is not None else y
+
+    def _subsamples(self):
+        return self.kernel_size == (1, 1) and _pair(self.padding) == (0, 0) and \
+            _pair(self.stride) != (1, 1)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
