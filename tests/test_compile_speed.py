@@ -72,6 +72,35 @@ def test_split_moves_the_static_kernels_out_and_calls_them_by_name():
             assert func.attrs["global_symbol"] == gvar.name_hint
 
 
+class _Reshaped(nn.Module):
+    """A conv whose output is reshaped: the step has a kernel of its own named `reshape`,
+    and the build legalizes Relax reshapes left in its functions into kernels named so."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return tvf.ops.reshape(y, shape=(y.shape[0], 4 * 6 * 6))
+
+
+def test_a_side_kernel_named_as_a_legalized_op_stays_in_main(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("TVMFRONT_CACHE_DIR", str(tmp_path))
+    tvf.manual_seed(0)
+    module = tvf.compile_training(_Reshaped(), nn.MSELoss(), tvf.optim.SGD(lr=0.1),
+                                  inputs=(2, 2, 6, 6), labels=(2, 144), records=False)
+    # before: "multiple definition of `__tvm_ffi_reshape'" at the link, built in one piece
+    assert "one piece" not in caplog.text and "multiple definition" not in caplog.text
+    names = {gv.name_hint for gv in module._lowered.get_global_vars()}
+    assert "reshape" in names
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 2, 6, 6)).astype("float32")
+    y = rng.standard_normal((2, 144)).astype("float32")
+    losses = [float(module.step(x, y)) for _ in range(3)]
+    assert losses[2] < losses[0]
+
+
 def test_kernels_lose_their_argument_asserts_only_in_module_builds():
     from tvmfront._tvm import tvm
 

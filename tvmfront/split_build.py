@@ -73,6 +73,22 @@ def split(mod):
     side = [name for name in kernels[1:] if name in static]
     if not side:
         return mod, []
+    main, funcs = _take_out(mod, side)
+    # The build legalizes the Relax ops left in main (a reshape) into kernels named after
+    # the op; one named as a side kernel would be a second definition of its symbol at the
+    # link (a model's own `reshape` kernel: the build then fell back to one piece). Such side
+    # kernels stay in main, where the names of the legalized ones are made unique.
+    clash = _legalized_names(main) & set(side)
+    if clash:
+        side = [name for name in side if name not in clash]
+        main, funcs = _take_out(mod, side)
+    chunks = [tvm.IRModule(dict(funcs[name] for name in side[i:i + CHUNK]))
+              for i in range(0, len(side), CHUNK)]
+    return main, chunks
+
+
+def _take_out(mod, side):
+    """(mod without the `side` kernels, calling them by name; {name: (gvar, kernel)})."""
     rewriter = _CallByName(mod, set(side))
     for gvar, func in mod.functions.items():
         if isinstance(func, relax.Function):
@@ -84,10 +100,13 @@ def split(mod):
             funcs[gvar.name_hint] = (gvar, func.with_attr("global_symbol", gvar.name_hint))
         else:
             main[gvar] = func
-    main_mod = tvm.IRModule(main, attrs=rewritten.attrs, global_infos=rewritten.global_infos)
-    chunks = [tvm.IRModule(dict(funcs[name] for name in side[i:i + CHUNK]))
-              for i in range(0, len(side), CHUNK)]
-    return main_mod, chunks
+    return tvm.IRModule(main, attrs=rewritten.attrs, global_infos=rewritten.global_infos), funcs
+
+
+def _legalized_names(mod):
+    """Names of the kernels relax.transform.LegalizeOps adds to `mod`."""
+    before = {gv.name_hint for gv in mod.get_global_vars()}
+    return {gv.name_hint for gv in relax.transform.LegalizeOps()(mod).get_global_vars()} - before
 
 
 class SideBuild:
