@@ -81,6 +81,10 @@ PANEL_MIN_STRIDE = 128
 # A B ran at 0.67x; smaller operands lose more to the copy than they gain (the Transformer's
 # ff2, x of 2 MiB: 109 -> 97 GF/s on one AVX-512 core).
 ROW_PANEL_MIN_BYTES = 4 << 20
+# A GEMM whose operand packed into vector panels is at most this big runs its row tiles
+# outermost, every tile sweeping all the panels from L2 (gemm._rows_outer): 512 KiB leaves
+# room in the L2 of x86 server cores (512 KiB to 2 MiB) for the rows streaming through it.
+ROWS_OUTER_MAX_PANEL_BYTES = 512 << 10
 # Reductions with an output of at most STREAM_MAX_OUTPUT_BYTES over operands of
 # STREAM_MIN_OPERAND_BYTES or more use one-register vectors, leaving registers for a wider
 # tile (gemm._streams_operands).
