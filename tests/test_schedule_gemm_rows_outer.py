@@ -53,3 +53,28 @@ def test_weight_gradient_keeps_its_panels_outermost():
     dy = te.placeholder((1024, 512), name="dy")
     _, rule = _scheduled([dy, x, w], ops.dense.te_grad(dy, x, w)[1])
     assert "panels of" in rule and "rows outer" not in rule, rule
+
+
+def test_inference_on_prepacked_weights_runs_rows_outer_over_many_rows():
+    # predict_packed's dense reads weights packed once into panels: at 1024 rows of 128
+    # features a [512, 128] weight (256 KiB) is the smaller operand; at 8 rows it is not
+    import tvmfront as tvf
+    from tvmfront.build import schedule_lowered
+    from tvmfront.tuning import policy
+
+    notes = {}
+    for rows in (1024, 8):
+        tvf.manual_seed(0)
+        model = tvf.nn.Sequential(tvf.nn.Linear(128, 512), tvf.nn.ReLU(), tvf.nn.Linear(512, 10))
+        module = tvf.compile_inference(model, inputs=(rows, 128), records=False)
+        target = module._target
+        scheduled, _ = schedule_lowered(module._lowered, target, policy.select(False, target))
+        notes[rows] = [str(f.attrs["tvmfront.schedule_rule"]) for gv, f in
+                       scheduled.functions.items() if gv.name_hint.startswith("fused_dense_packed")]
+        x = np.random.default_rng(rows).standard_normal((rows, 128)).astype("float32")
+        state = module.state_dict()
+        w1, b1, w2, b2 = (state[k] for k in ("0.weight", "0.bias", "2.weight", "2.bias"))
+        want = np.maximum(x @ w1.T + b1, 0) @ w2.T + b2
+        np.testing.assert_allclose(module(x), want, rtol=1e-4, atol=1e-4)
+    assert any("rows outer" in n for n in notes[1024]), notes
+    assert not any("rows outer" in n for n in notes[8]), notes
