@@ -40,8 +40,8 @@ from .analysis import (_buffers, _children, _const, _has_contraction, _max_block
 # test or bench that patches a rule in its file reaches every caller.
 from . import conv_forward, conv_phases, gemm, gemv, int8, spatial, window_reindex
 from .spatial import _inline_spatial
-from .reductions import (_gather_reduction, _lane_reduction, _plain_reduction, _row_fusion,
-                         _tile_reduction_scalar)
+from .reductions import (_column_reduction, _gather_reduction, _lane_reduction,
+                         _plain_reduction, _row_fusion, _tile_reduction_scalar)
 
 SCHEDULED_ATTR = "tirx.is_scheduled"
 # Each kernel records the rule that scheduled it (visible in dump_ir's schedule stage).
@@ -195,6 +195,7 @@ def _tvmfront_rule(func, params, tiled_only=False):
         rules = (("row_fusion", _row_fusion),
                  ("conv_forward", conv_forward._conv_forward),
                  ("window_reindex", window_reindex._window_reindex),
+                 ("column_reduction", _column_reduction),
                  ("tile_reduction", gemm._tile_reduction),
                  ("gather_reduction", _gather_reduction),
                  ("lane_reduction", _lane_reduction),

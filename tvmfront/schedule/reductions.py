@@ -261,6 +261,48 @@ def _lane_reduction(sch, name, params):
     return f"tiled[{', '.join(notes)}]", touched
 
 
+def _column_reduction(sch, name, params):
+    """A sum over leading axes into the last axis, [rows..., C] -> [C] (a bias's gradient, a
+    layer norm's dgamma and dbeta), every operand read contiguously along C or constant
+    along it, with work for several cores: the rows split across the cores (rfactor), each
+    core streaming whole rows into its own vector partial sums of C, then the cores'
+    partials added. The GEMM family's tile read it column block by column block down all
+    the rows on one core, each row a new page (bias_add_grad [1024, 512] with cold caches:
+    210 -> 136 us). Changes the summation order (one partial sum per core)."""
+    block = sch.get_sblock(name)
+    info = _BlockInfo(sch, block)
+    spatial, red = info.spatial, info.reduction
+    if "O" in info.kinds or not red or not spatial or info.symbolic or \
+            info.kinds != ["S"] * len(spatial) + ["R"] * len(red) or \
+            any(info.extents[k] != 1 for k in spatial[:-1]):
+        raise NotApplicable("not a static sum over leading axes into one axis")
+    c = spatial[-1]
+    lanes = params.lanes(info.dtype)
+    if info.write_strides[c] != 1 or info.extents[c] % lanes or \
+            any(strides[c] not in (0, 1) for _, _, strides in info.reads) or \
+            not any(strides[c] == 1 and any(strides[k] for k in red)
+                    for _, _, strides in info.reads):
+        raise NotApplicable("no operand streamed in rows along the output")
+    rows = math.prod(info.extents[k] for k in red)
+    if not _parallel_worth_it(info, lanes, params) or rows % params.cores:
+        raise NotApplicable("one core's work")
+    loops = info.loops
+    r = sch.fuse(*loops[len(spatial):]) if len(red) > 1 else loops[-1]
+    per_core, _ = sch.split(r, factors=[params.cores, None])
+    partial = sch.rfactor(per_core, factor_axis=0)
+    # the partial sums' loops: (spatial..., core, rows of the core) -> (core, rows, C)
+    ploops = sch.get_loops(partial)
+    core, own_rows, columns = ploops[len(spatial)], ploops[-1], ploops[len(spatial) - 1]
+    sch.reorder(core, own_rows, columns)
+    _, vector = sch.split(columns, factors=[None, lanes])
+    sch.parallel(core)
+    sch.vectorize(vector)
+    init = sch.decompose_reduction(partial, own_rows)
+    _vectorize_innermost(sch, init, lanes)
+    touched = {name, sch.get(partial).name_hint, sch.get(init).name_hint}
+    return f"tiled[columns, rows over {params.cores} cores, v{lanes}]", touched
+
+
 def _lane_partials(sch, info, loop, vec):
     """Split the reduction `loop` of `info`'s block by `vec` and make those lanes partial
     results (rfactor) after the output axes, so that each output's partial results are one
