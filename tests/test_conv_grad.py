@@ -241,12 +241,14 @@ def test_conv2d_dw_of_same_size_conv_copies_dy_transposed_by_tiles(target):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("xs, o", [((8, 64, 8, 8), 64), ((4, 32, 16, 16), 32)])
+@pytest.mark.parametrize("xs, o", [((8, 64, 8, 8), 64), ((4, 32, 16, 16), 32),
+                                   ((4, 32, 12, 12), 64)])
 def test_conv2d_dx_of_stride_1_takes_the_forward_rule(xs, o):
     # A stride-1 d/dx is a forward conv of the padded dy with the flipped kernel: written
     # with the taps reversed (dy read at i + t, as a forward reads x at i + kh), it gets
     # conv_forward's per-image tiles on AVX-512, as the forward does (64->64 @8 at batch 64,
-    # one core: 1967 -> 1770 us, the forward 1778); values as the reference.
+    # one core: 1967 -> 1770 us, the forward 1778), also where its weight's output channels
+    # are its second dimension (w[o, c]: d/dx's channels are c).
     n, c, h, _ = xs
     ws, dys = (o, c, 3, 3), (n, o, h, h)
     x, w = te.placeholder(xs, "float32", name="x"), te.placeholder(ws, "float32", name="w")
