@@ -95,6 +95,17 @@ def _grad_x(dy, w, x_shape, sh, sw, ph, pw, ho, wo):
         o = te.reduce_axis((0, o_), "o")
         t = te.reduce_axis((0, taps_h), "t")
         u = te.reduce_axis((0, taps_w), "u")
+        if sh == sw == 1:
+            # The taps in reverse (t -> taps - 1 - t): dy read as a forward conv reads its
+            # image (rising with the window, x[i + kh]), the weight flipped instead, so
+            # schedule/conv_forward's per-image tiles take it (64->64 @8 at batch 64, one
+            # AVX-512 core, CPU time: 1967 -> 1770 us, its forward 1778; 32->32 @16 1963 ->
+            # 1913). The strided phases keep their order: their rule is conv_phases'.
+            return te.compute((n_, c_, n_h, n_w), lambda a, c, i, j: te.sum(
+                dyp[a, o, i + off_h + low_h - (taps_h - 1) + t,
+                    j + off_w + low_w - (taps_w - 1) + u]
+                * w[o, c, first_h + taps_h - 1 - t, first_w + taps_w - 1 - u],
+                axis=[o, t, u]), name=name)
         return te.compute((n_, c_, n_h, n_w), lambda a, c, i, j: te.sum(
             dyp[a, o, i + off_h - t + low_h, j + off_w - u + low_w]
             * w[o, c, first_h + sh * t, first_w + sw * u], axis=[o, t, u]), name=name)
@@ -161,8 +172,16 @@ DW_SUBSAMPLE_CHANNELS = 32
 
 
 # A stride-1 weight gradient with outputs of its input's size reads dy from a padded,
-# transposed copy up to this many output channels (see _same_size_product).
+# transposed copy up to this many output channels, or a multiple of it (see
+# _same_size_product).
 DW_PADDED_DY_CHANNELS = 16
+
+
+def _dy_in_vectors(channels):
+    """Whether dw reads dy in vectors of its output channels (_same_size_product): up to
+    DW_PADDED_DY_CHANNELS, or a multiple of them, which whole AVX2 and AVX-512 vectors tile
+    (schedule/conv_weight_grad.py's rule)."""
+    return channels <= DW_PADDED_DY_CHANNELS or channels % DW_PADDED_DY_CHANNELS == 0
 
 
 def _strided_pixels(x, sh, sw, ho, wo):
@@ -244,7 +263,7 @@ def _grad_w(dy, x, w, sh, sw, ph, pw, ho, wo):
             _image_chunks(n, DW_STRIDED_CHUNK_IMAGES) > 1:
         return _grad_w_padded_per_chunk(dy, x, w, sh, sw, ph, pw, ho, wo)
     if (sh, sw) == (1, 1) and (ho, wo) == tuple(int(d) for d in x.shape[2:]) and \
-            int(w.shape[0]) <= DW_PADDED_DY_CHANNELS:
+            _dy_in_vectors(int(w.shape[0])):
         product = _same_size_product(dy, x, ph, pw)
     else:
         def product(n, o2, c, p, q, a, e):
@@ -305,10 +324,13 @@ def _same_size_product(dy, x, ph, pw):
     x and the transposed dy the reduction rule copies for the vectors of o. ResNet's d/dw at
     batch 64, one core, CPU time: 16->16 @32 3.35 -> 3.09 ms on AVX-512 (its reduction
     alone about 2.6 ms, its forward 2.87), 3.94 -> 3.86 ms in AVX2 code. Up to
-    DW_PADDED_DY_CHANNELS: wider, the vectors of o in AVX2 code split dy_t's rows into
-    several vectors, and the rule copies dy_t again, into panels of them, with a tile of
-    2 channels x 3 columns x v16 (32->32 @16: 3.55 -> 7.03 ms; 64->64 @8 3.39 -> 4.56; on
-    AVX-512 3.05 -> 3.00 and 2.94 -> 2.80)."""
+    DW_PADDED_DY_CHANNELS, or a multiple of them (_dy_in_vectors): schedule/
+    conv_weight_grad.py's rule then sums image by image, each image's dy_t made just before
+    the tiles read it (ResNet's 32->32 @16 d/dw at batch 64 and b32 32->64 @28 on one
+    AVX-512 core, CPU time: 2.40 -> 2.06 and 9.73 -> 7.18 ms before its copy by 8 x 8
+    tiles; AVX2 code 3.85 -> 2.87 ms @16). Other widths keep a padded x: in the GEMM
+    family's rule the vectors of o in AVX2 code split dy_t's rows into several vectors, and
+    it copies dy_t again, into panels of them (32->32 @16: 3.55 -> 7.03 ms)."""
     n_, o_, ho, wo = dims(dy.shape)
     zero = tirx.const(0, dy.dtype)
     dy_t = te.compute((n_, ho + 2 * ph, wo + 2 * pw, o_), lambda n, r, s, o: te.if_then_else(

@@ -24,6 +24,8 @@ says more; a file imports only the ones listed before it):
   iteration;
 - ``conv_phases``: a stride-2 convolution's d/dx, its four output phases computed per image
   just before they are interleaved;
+- ``conv_weight_grad``: a same-size stride-1 convolution's d/dw, the image loop outside
+  the register tiles, dy padded and transposed per image;
 - ``gemv``: matrix times vector (a Linear layer at batch 1);
 - ``reductions``: reductions with no vectorizable output axis (scalar tiles, plain loops);
 - ``int8``: ops.int8's packed GEMM tensorized with the CPU's 8-bit dot product;
@@ -38,8 +40,8 @@ Threads: parallel loops run on TVM's CPU thread pool, which takes half the logic
 x86 unless TVM_NUM_THREADS is set.
 """
 
-from . import (analysis, conv, conv_forward, conv_phases, dispatch, failures, gemm, gemv, int8,
-               loops, params, reductions, spatial, window_reindex)
+from . import (analysis, conv, conv_forward, conv_phases, conv_weight_grad, dispatch, failures,
+               gemm, gemv, int8, loops, params, reductions, spatial, window_reindex)
 from .analysis import kernel_work, loop_kinds
 from .dispatch import RULE_ATTR, SCHEDULED_ATTR, default_cpu_schedule, is_scheduled, \
     schedule_prim_func
@@ -52,7 +54,7 @@ __all__ = ["CpuParams", "NotApplicable", "RULE_ATTR", "SCHEDULED_ATTR", "SMALL_W
 
 # In import order: a file imports only those before it (tests/test_layering.py).
 FILES = (params, failures, analysis, loops, conv, spatial, gemm, window_reindex, conv_forward,
-         conv_phases, gemv, reductions, int8, dispatch)
+         conv_phases, conv_weight_grad, gemv, reductions, int8, dispatch)
 
 
 def __getattr__(name):

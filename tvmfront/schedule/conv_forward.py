@@ -43,7 +43,7 @@ from .params import (CONV_MIN_VECTOR_BITS, CONV_PAD_L1_BYTES, CONV_PAD_ROWS,
                      CONV_STRIDED_PAD_ROWS, CONV_STRIDES, PARALLEL_CHUNKS_PER_CORE,
                      UNROLLED_WINDOW_TAPS, _dtype_bits)
 from .failures import NotApplicable
-from .analysis import _BlockInfo, _const
+from .analysis import _BlockInfo, _const, _packable_dim
 from .loops import _largest_divisor, _parallel_worth_it, _parallelize, _vectorize_innermost
 from .spatial import _absorb_epilogues
 from . import gemm
@@ -139,8 +139,9 @@ def _conv_axes(info):
         elif all(strides[k] == 0 for k in (n, i, j)) and strides[o] not in (0, None) and \
                 all(strides[k] not in (0, None) for k in info.reduction):
             weight = read
-    if image is None or weight is None or \
-            _const(weight[1].source.shape[0]) != info.extents[o]:
+    channel = _packable_dim(weight[1], info.vars[o]) if weight is not None else None
+    if image is None or channel is None or \
+            _const(weight[1].source.shape[channel]) != info.extents[o]:
         raise NotApplicable("not a stride-1 or -2 convolution's operands")
     return n, o, i, j, image, weight
 

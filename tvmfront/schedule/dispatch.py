@@ -17,7 +17,8 @@ of a strided conv's d/dx (its phases and their interleave: conv_phases.py):
 tvmfront's rule goes block by block on copies of the schedule (a failing primitive falls
 back to a simpler schedule, never to a failed build): spatial producers are inlined
 (spatial.py), then each reduction gets the first of conv forward's per-image tiles on
-AVX-512 (conv_forward.py), the GEMM family's register tile (gemm.py), the strided-window
+AVX-512 (conv_forward.py), a same-size conv's d/dw summed image by image
+(conv_weight_grad.py), the GEMM family's register tile (gemm.py), the strided-window
 gather (reductions.py, conv.py), vector partial sums along contiguous reduction rows
 (reductions.py's lane reduction), a scalar tile, a plain loop nest;
 the spatial blocks left standing are scheduled last (spatial.py).
@@ -38,7 +39,7 @@ from .analysis import (_buffers, _children, _const, _has_contraction, _max_block
                        parallel_write_races)
 # The rules below are looked up in their files at call time (gemm._tile_reduction, ...), so a
 # test or bench that patches a rule in its file reaches every caller.
-from . import conv_forward, conv_phases, gemm, gemv, int8, spatial, window_reindex
+from . import conv_forward, conv_phases, conv_weight_grad, gemm, gemv, int8, spatial, window_reindex
 from .spatial import _inline_spatial
 from .reductions import (_column_reduction, _gather_reduction, _lane_reduction,
                          _plain_reduction, _row_fusion, _tile_reduction_scalar)
@@ -194,6 +195,7 @@ def _tvmfront_rule(func, params, tiled_only=False):
             continue
         rules = (("row_fusion", _row_fusion),
                  ("conv_forward", conv_forward._conv_forward),
+                 ("conv_weight_grad", conv_weight_grad._conv_weight_grad),
                  ("window_reindex", window_reindex._window_reindex),
                  ("column_reduction", _column_reduction),
                  ("tile_reduction", gemm._tile_reduction),

@@ -151,6 +151,7 @@ class CpuParams:
         triple = str(target.attrs.get("mtriple", "")) if hasattr(target, "attrs") else ""
         wide = self.vector_bits >= 512 or triple.startswith(("aarch64", "arm64"))
         self.acc_registers = 24 if wide else 12
+        self.vector_registers = 32 if wide else 16
 
     def lanes(self, dtype):
         bits = _dtype_bits(dtype)

@@ -214,25 +214,37 @@ def _schedule_transposed_copy(sch, info, params):
     fu = _vector_factor(info.extents[u], lanes, max_registers=1)
     if fv is None or fu is None:
         return ""
-    v_out, v_in = sch.split(info.loops[v], factors=[None, fv])
-    u_out, u_in = sch.split(info.loops[u], factors=[None, fu])
     others = [lp for k, lp in enumerate(info.loops) if k not in (u, v)]
-    sch.reorder(*others, v_out, u_out, u_in, v_in)
-    tile = sch.cache_read(info.block, 0, "local", consumer_blocks=[info.block])
-    sch.compute_at(tile, u_out)
-    tile_loops = [lp for lp in sch.get_loops(tile)[len(others) + 2:]
-                  if _const(sch.get(lp).extent) != 1]
-    if len(tile_loops) == 2:
-        sch.unroll(tile_loops[0])
-        sch.vectorize(tile_loops[1])
-    sch.unroll(u_in)
-    sch.vectorize(v_in)
+    v_out, u_out, _ = _transpose_by_tiles(sch, info.block, others, info.loops[v], fv,
+                                          info.loops[u], fu)
     notes = [f"transposed {fv}x{fu}"]
     if _parallel_worth_it(info, 1, params):
         _, note = _parallelize(sch, others + [v_out, u_out], params)
         if note:
             notes.append(note)
     return f"spatial[{', '.join(notes)}]"
+
+
+def _transpose_by_tiles(sch, block, outer, v, fv, u, fu, scope="local"):
+    """Loop the copy `block` (its write contiguous along loop v, its read along loop u) over
+    tiles of fv x fu inside the loops `outer`: (outer, v // fv, u // fu, u % fu, v % fv). Each
+    tile's rows are loaded as vectors along u into a small buffer of `scope`, then stored as
+    vectors along v, the whole tile unrolled. Returns (v's outer loop, u's outer loop, the
+    tile's block)."""
+    v_out, v_in = sch.split(v, factors=[None, fv])
+    u_out, u_in = sch.split(u, factors=[None, fu])
+    sch.reorder(*outer, v_out, u_out, u_in, v_in)
+    tile = sch.cache_read(block, 0, scope, consumer_blocks=[block])
+    sch.compute_at(tile, u_out)
+    loops = [sch.get(lp) for lp in sch.get_loops(tile)]
+    at = next(k for k, lp in enumerate(loops) if lp.same_as(sch.get(u_out)))
+    tile_loops = [lp for lp in sch.get_loops(tile)[at + 1:] if _const(sch.get(lp).extent) != 1]
+    if len(tile_loops) == 2:
+        sch.unroll(tile_loops[0])
+        sch.vectorize(tile_loops[1])
+    sch.unroll(u_in)
+    sch.vectorize(v_in)
+    return v_out, u_out, tile
 
 
 def _schedule_spatial(sch, block, params, transposes=False):

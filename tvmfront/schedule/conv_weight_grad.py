@@ -1,0 +1,160 @@
+"""Weight gradient of a stride-1 convolution whose output has its input's size (a 3x3 with
+padding 1): dw[o, c, p, q] = sum_{n, i, j} dy_t[n, i + 2ph - p, j + 2pw - q, o] * x[n, c, i, j]
+(ops/conv.py's _same_size_product: dy zero-padded and transposed to [n, rows, columns, o], x
+read in place), summed per chunk g of images (part[g, o, c, p, q]) where the batch allows.
+A GEMM whose reduction (images x pixels) is long and whose output is small.
+
+The GEMM family's rule (gemm.py) runs that reduction inside each register tile: every tile
+sweeps the whole chunk, streaming its dy_t and x from L2 or L3, after one pass that pads and
+transposes all of dy first. Here the image loop runs outside the tiles, as the reduction's
+blocking: per image, its dy_t is made (padded and transposed by 8 x 8 tiles) just before the
+tiles of that image read it from L1 or L2, and each tile's accumulators are loaded and stored
+once per image (24 vector loads and stores against H x W x 24 FMAs). The chunks (and panels of
+output channels, each copying its own slice of dy_t) run in parallel.
+
+Loop order: (g, o // vec) parallel | n | dy_t of the image | c // tc, p, i, j | c % tc, q,
+o % vec: per step of (i, j) tc broadcasts of x and kw vectors of dy_t feed tc x kw x vec FMAs.
+ResNet's d/dw at batch 64 and b32 32->64 @28, one AVX-512 core, old/new interleaved: see the
+commit.
+"""
+
+import math
+
+from .failures import NotApplicable
+from .analysis import _BlockInfo, _const, _has_if_then_else
+from .loops import _largest_divisor, _parallel_worth_it, _vector_factor
+from .gemm import TRANSPOSE_TILE, _loops_inside
+from .spatial import _transpose_by_tiles
+
+
+def _conv_weight_grad(sch, name, params):
+    """(note, touched blocks) of a same-size stride-1 conv's weight gradient block `name`
+    (see the module docstring). Raises NotApplicable for other blocks."""
+    block = sch.get_sblock(name)
+    info = _BlockInfo(sch, block)
+    g, o, c, p, q, n, copy = _weight_grad_axes(sch, info)
+    registers, tc = _register_tile(info, o, c, q, params)
+    vec = registers * params.lanes(info.dtype)
+    loops = info.loops
+    o_out, o_vec = sch.split(loops[o], factors=[None, vec])
+    c_out, c_in = sch.split(loops[c], factors=[None, tc])
+    tasks = ([loops[g]] if g is not None else []) + [o_out]
+    parallel = _parallel_worth_it(info, vec, params)
+    if parallel and _extent(sch, tasks) < params.cores:
+        # Too few chunks and panels for the cores: tiles of input channels as well, each
+        # making its own copy of the image's dy_t (a symbolic batch has no chunks).
+        tasks.append(c_out)
+    if parallel and _extent(sch, tasks) < params.cores:
+        raise NotApplicable(f"{_extent(sch, tasks)} parallel task(s) for {params.cores} cores")
+    i, j = loops[info.reduction[1]], loops[info.reduction[2]]
+    images = [loops[n]] + ([] if c_out in tasks else [c_out])
+    sch.reorder(*tasks, *images, loops[p], i, j, c_in, loops[q], o_vec)
+    outer = sch.fuse(*tasks)
+    if parallel:
+        sch.parallel(outer)
+    # The tiles accumulate in a buffer laid out with o last (whole vectors), written back
+    # once every image of the chunk is summed.
+    writeback = sch.cache_write(block, 0, "global")
+    ndim = len(info.write.region)
+    sch.transform_layout(writeback, ("read", 0), lambda *idx: [
+        *idx[:ndim - 4], idx[ndim - 3], idx[ndim - 2], idx[ndim - 1], idx[ndim - 4]])
+    sch.reverse_compute_at(writeback, outer, preserve_unit_loops=True)
+    lanes = params.lanes(info.dtype)
+    copies, transposed = _copy_per_image(sch, copy, loops[n], lanes)
+    touched = {name, sch.get(writeback).name_hint, *copies}
+    sch.unroll(c_in)
+    sch.unroll(loops[q])
+    sch.vectorize(o_vec)
+    init = sch.decompose_reduction(block, loops[n])
+    sch.vectorize(sch.get_loops(init)[-1])
+    touched.add(sch.get(init).name_hint)
+    split = "chunks x panels" if g is not None else "panels"
+    note = (f"conv_dw[{tc}x{info.extents[q]}xv{vec}, {'parallel ' if parallel else ''}"
+            f"{split}{' x channels' if c_out in tasks else ''}, dy_t per image{transposed}]")
+    return note, touched
+
+
+def _register_tile(info, o, c, q, params):
+    """(registers per vector of o, input channels per tile) of the tile c x q x v."""
+    lanes = params.lanes(info.dtype)
+    kw = info.extents[q]
+    # Two registers per vector where the tile, the kw vectors of dy_t it reads per step and a
+    # broadcast still fit the register file (AVX-512: 24 + 6 + 1 of 32); else one (AVX2: a
+    # 2 x 3 x v16 tile with its 6 vectors spilled, 1.7x the time of 4 x 3 x v8).
+    registers = 2 if info.extents[o] % (2 * lanes) == 0 and \
+        params.acc_registers + 2 * kw + 1 <= params.vector_registers else 1
+    if info.extents[o] % (registers * lanes):
+        raise NotApplicable(f"{info.extents[o]} output channels: no whole vectors")
+    tc = _largest_divisor(info.extents[c], params.acc_registers // registers // kw)
+    # Fewer accumulators than half the budget leave the FMA latency uncovered.
+    if 2 * tc * kw * registers < params.acc_registers:
+        raise NotApplicable(f"{info.extents[c]} input channels: no register tile")
+    return registers, tc
+
+
+def _extent(sch, loops):
+    """The iterations of `loops` together."""
+    return math.prod(_const(sch.get(lp).extent) for lp in loops)
+
+
+def _weight_grad_axes(sch, info):
+    """(g or None, o, c, p, q, n, copy block) of a same-size weight gradient block: output axes
+    ([g,] o, c, p, q) all static, reductions (n, i, j); reads dy_t[n', i + a - p, j + b - q,
+    o] (contiguous along o, constant along c, made by a padding block of the kernel) and
+    x[n', c, i, j] (constant along o, contiguous along j). Raises NotApplicable otherwise."""
+    kinds = "".join(info.kinds)
+    if kinds not in ("SSSSRRR", "SSSSSRRR") or len(info.reads) != 2:
+        raise NotApplicable("not a weight gradient's loop nest")
+    g = 0 if kinds.startswith("SSSSS") else None
+    o, c, p, q = (1, 2, 3, 4) if g is not None else (0, 1, 2, 3)
+    n, i, j = info.reduction
+    if any(k in info.symbolic for k in (g, o, c, p, q, i, j) if k is not None):
+        raise NotApplicable("symbolic output or image axes")
+    if info.write_strides[q] != 1:
+        raise NotApplicable("not an OIHW weight gradient")
+    vector = broadcast = None
+    for _, region, strides in info.reads:
+        if strides[o] == 1 and strides[c] == 0 and strides[p] not in (0, None) and \
+                strides[q] not in (0, None) and strides[n] not in (0, None):
+            vector = region
+        elif strides[o] == 0 and strides[j] == 1 and strides[c] not in (0, None) and \
+                strides[p] == 0 and strides[q] == 0:
+            broadcast = region
+    if vector is None or broadcast is None:
+        raise NotApplicable("not dy_t x x of a same-size conv")
+    copy = next((blk for blk in sch.get_producers(info.block)
+                 if sch.get(blk).writes[0].source.same_as(vector.source)), None)
+    if copy is None or not _has_if_then_else(sch.get(copy)) or \
+            len(sch.get_loops(copy)) != 4:
+        raise NotApplicable("dy_t is no padding copy of the kernel")
+    return g, o, c, p, q, n, copy
+
+
+def _copy_per_image(sch, copy, image_loop, lanes):
+    """Make the padded, transposed dy_t (block `copy`, loops (n, rows, columns, o)) per
+    image inside `image_loop`: the zero fill by vectors along its rows, the in-bounds copy
+    by tiles of columns x channels (rows loaded along the columns into a small buffer,
+    stored along the channels: spatial._transpose_by_tiles). Returns the names of
+    the blocks and a note on the tiles."""
+    sch.compute_at(copy, image_loop, preserve_unit_loops=True)
+    fill = sch.decompose_padding(copy, _loops_inside(sch, copy, image_loop)[0])
+    # Rows of channels: a vector over whole rows and columns would index the compacted
+    # per-image buffer through divisions, lane by lane (a scatter of zeros).
+    columns, channels = sch.get_loops(fill)[-2:]
+    width = _const(sch.get(channels).extent)
+    run = sch.fuse(columns, channels)
+    f = _vector_factor(_const(sch.get(run).extent), lanes, max_registers=4, rows=[width])
+    if f:
+        sch.vectorize(sch.split(run, factors=[None, f])[1])
+    names = [sch.get(copy).name_hint, sch.get(fill).name_hint]
+    rows, cols, chans = sch.get_loops(copy)[-3:]
+    # 8 x 8 tiles (gemm.TRANSPOSE_TILE), in a buffer on the stack: 16 x 16 ones, 1 KiB, were
+    # a workspace whose lanes LLVM gathered one by one (one AVX-512 core, the whole d/dw:
+    # 32->32 @16 1.03x, 16->16 @32 1.07x, b32 32->64 @28 1.04x the time of 8 x 8).
+    fc = _vector_factor(_const(sch.get(cols).extent), TRANSPOSE_TILE, max_registers=1)
+    fo = _vector_factor(_const(sch.get(chans).extent), TRANSPOSE_TILE, max_registers=1)
+    if fc is None or fo is None:
+        return names, ""
+    _, _, tile = _transpose_by_tiles(sch, copy, [rows], chans, fo, cols, fc, scope="global")
+    return names + [sch.get(tile).name_hint], f", transposed {fo}x{fc}"
+
