@@ -40,7 +40,8 @@ Every output element is accumulated in the order of its reduction loops.
 
 import math
 
-from .params import (CACHE_LINE_BYTES, L1_ALIAS_BYTES, PACK_COST, PACK_RATIO,
+from .params import (CACHE_LINE_BYTES, L1_ALIAS_BYTES, L1_PANEL_SHARE, MIN_REDUCTION_BLOCK,
+                     PACK_COST, PACK_RATIO, REDUCTION_BLOCK_MAX_OUTPUT_BYTES,
                      GEMM_PARALLEL_MIN_ITERATIONS, PANEL_MIN_BYTES, PANEL_MIN_STRIDE,
                      PARALLEL_CHUNKS_PER_CORE, PARALLEL_COPY_MIN_ELEMENTS, ROW_PANEL_MIN_BYTES,
                      ROWS_OUTER_MAX_PANEL_BYTES, SCALAR_TILE,
@@ -198,10 +199,25 @@ def _tile_reduction(sch, name, params, vector=True, plan=False):
         position = outer_axes.index(panel_axis)
         outer.insert(0, outer.pop(position))
         outer_axes.insert(0, outer_axes.pop(position))
-    sch.reorder(*outer, *red, *inner, *([vec_loop] if vec_loop is not None else []))
+    # The reduction in blocks whose slice of the vector panel stays in L1 (_reduction_block):
+    # their loop runs outside the panels, so that the broadcast operand's slice stays in L2
+    # while every panel sweeps it (not rows outer: each row tile sweeps every panel whole).
+    kc = _reduction_block(sch, block, info, v, vec, params) \
+        if panel is not None and not rows_outer else None
+    k_outer = None
+    if kc:
+        k_outer, red[0] = sch.split(red[0], factors=[None, kc])
+    sch.reorder(*([k_outer] if k_outer is not None else []), *outer, *red, *inner,
+                *([vec_loop] if vec_loop is not None else []))
     parallel = ""
     padded_here = []
-    if _in_parallel(info, vec, lanes, params, vector):
+    panel_loop = outer[0]
+    per_panel = _const(sch.get(panel_loop).extent) == info.extents[v] // vec if vector else False
+    in_parallel = _in_parallel(info, vec, lanes, params, vector)
+    if in_parallel and k_outer is not None and _cores_outside_blocks(sch, k_outer, outer, params):
+        parallel = "parallel"
+        panel_loop = outer[1]
+    elif in_parallel:
         first = outer[0]
         # The fused parallel loop stops before an untiled axis the block reads under
         # floordiv or floormod (a derived strided conv's d/dx: (i + 1) // 2, (i + 1) % 2):
@@ -213,11 +229,13 @@ def _tile_reduction(sch, name, params, vector=True, plan=False):
         limit = next((i for i, k in enumerate(outer_axes) if k in risky), len(outer))
         head, parallel = _parallelize(sch, outer[:limit], params)
         outer = head + outer[limit:]
+        panel_loop = outer[0]
+        per_panel = per_panel and panel_loop is first  # else fused with other loops
         if parallel and outer[0] is first and first is info.loops[0]:
             padded_here = _pad_per_iteration(sch, block, outer[0], info, lanes)
     if panel is not None:
-        _place_panel_copy(sch, deferred, outer[0], None if rows_outer else info.extents[v] // vec)
-    elif parallel and not padded_here:
+        _place_panel_copy(sch, deferred, panel_loop, per_panel and not rows_outer)
+    elif parallel and not padded_here and k_outer is None:
         outer = _chunk_parallel_loop(sch, outer, params)
     anchor = outer[-1]
 
@@ -239,9 +257,17 @@ def _tile_reduction(sch, name, params, vector=True, plan=False):
         sch.vectorize(vec_loop)
     if writeback is not None:
         _vectorize_innermost(sch, writeback, lanes)
-    # Last: the update block loses its init, and with it the checks other primitives need.
-    init = sch.decompose_reduction(block, red[0])
-    _vectorize_innermost(sch, init, lanes)
+    if k_outer is not None:
+        # Each block of the reduction adds to the output; the first sets it. As one block
+        # over the tile (whose reduction is the block loop), the tile's init is one branch
+        # per tile (k_outer == 0) around vector stores, outside the reduction's inner loop
+        # (decompose_reduction refuses an init below a reduction loop).
+        init = sch.blockize(red[0])
+    else:
+        # Last: the update block loses its init, and with it the checks other primitives
+        # need.
+        init = sch.decompose_reduction(block, red[0])
+        _vectorize_innermost(sch, init, lanes)
     touched = {sch.get(init).name_hint, name} | set(copies) | set(padded_here) \
         | ({sch.get(writeback).name_hint} if writeback is not None else set())
     tile = "x".join(str(tiles[k]) for k in sorted(tiles))
@@ -249,6 +275,7 @@ def _tile_reduction(sch, name, params, vector=True, plan=False):
             f"{', parallel' if parallel else ''}"
             f"{', packed ' + '+'.join(packed) if packed else ''}"
             f"{', rows outer' if rows_outer else ''}"
+            f"{f', k-blocks of {kc}' if k_outer is not None else ''}"
             f"{', padded per image' if padded_here else ''}"
             f"{', +' + '+'.join(epilogue) if epilogue else ''}]")
     return note, touched
@@ -267,6 +294,57 @@ def _rows_outer(info, region, index):
     panel_bytes = _bytes(region.source)
     others = [_bytes(r.source) for i, r, _ in info.reads if i != index]
     return panel_bytes <= ROWS_OUTER_MAX_PANEL_BYTES and max(others, default=0) > panel_bytes
+
+
+def _reduction_block(sch, block, info, v, vec, params):
+    """Steps of the reduction per block (KC, as BLAS calls it) for a contraction that reads
+    its vector operand in panels, or None where the whole reduction fits: a block's slice of
+    a panel (KC x vec) fits in L1_PANEL_SHARE of the L1 data cache, where every row tile
+    reads it again; a whole panel of a 1024-step reduction (128 KiB at v32) sat in L2.
+    Only a single static reduction that accumulates in the output itself (no write-back:
+    _accumulates_in_output), each block adding to it, into an output of at most
+    REDUCTION_BLOCK_MAX_OUTPUT_BYTES: each block reloads the output tiles before its FMAs.
+
+    At 1024^3 (a 4 MiB output, from L3 on every reload) blocks of 256 made one AVX-512 core
+    7-19% slower, and two threads 0.87x -> 0.92x numpy on a quiet machine (the broadcast
+    operand's 1 MiB block kept in each core's L2 across its panels, not 4 MiB streamed from
+    L3 per panel) but 8-18% slower under load. Summing each block from zero in registers and
+    adding it to the output after (hand-written TIR, one core) was slower still; GotoBLAS
+    also prefetches the output tile meanwhile, which this tile does not (untried)."""
+    if v is None or info.symbolic or len(info.reduction) != 1 or \
+            _bytes(info.write.source) > REDUCTION_BLOCK_MAX_OUTPUT_BYTES or \
+            not _accumulates_in_output(sch, block, info, v):
+        return None
+    extent = info.extents[info.reduction[0]]
+    step = vec * _dtype_bits(info.dtype) // 8  # bytes of a panel per step of the reduction
+    fits = int(params.l1d_bytes * L1_PANEL_SHARE) // step
+    if extent <= fits:
+        return None
+    kc = _largest_divisor(extent, fits)
+    return kc if kc >= MIN_REDUCTION_BLOCK else None
+
+
+def _cores_outside_blocks(sch, k_outer, outer, params):
+    """Split the outermost loop `outer[0]` (the panels) into one parallel iteration per core
+    outside the loop over blocks of the reduction `k_outer` (outermost until now), in place
+    in `outer`: one parallel launch per call, not one per block, each core sweeping its own
+    panels block by block. Returns whether it did; not where the cores do not divide that
+    loop (then the parallel loop runs inside the blocks: a launch per block)."""
+    extent = _const(sch.get(outer[0]).extent)
+    if not extent or extent % params.cores:
+        return False
+    core, rest = sch.split(outer[0], factors=[params.cores, None])
+    sch.reorder(core, k_outer)
+    sch.parallel(core)
+    outer[:1] = [core, rest]
+    return True
+
+
+def _accumulates_in_output(sch, block, info, v):
+    """Whether the block's vector tile accumulates in its output (_cache_accumulator returns
+    None): the output is contiguous along v and no epilogue reads it."""
+    return info.write_strides[v] == 1 and (
+        _streamed_operands(sch, block) or not sch.get_consumers(block))
 
 
 def _prepacked_panel_axis(info, v, tiles):
@@ -844,13 +922,14 @@ def _pack_panels(sch, info, index, region, v, vec, params, defer=False):
     return name
 
 
-def _place_panel_copy(sch, deferred, panel_loop, panels):
+def _place_panel_copy(sch, deferred, panel_loop, per_panel):
     """Schedule a deferred panel copy (`deferred`: its name and order, from _pack_panels).
-    When the panel loop runs alone (not fused with other loops for the thread pool), each of
-    its iterations copies its own panel just before the tiles read it: the copy runs on
-    every core, and the panel is still in cache when read. Else the whole copy runs first."""
+    When the panel loop runs alone (`per_panel`: not fused with other loops for the thread
+    pool), each of its iterations copies its own panel just before the tiles read it: the
+    copy runs on every core, and the panel is still in cache when read (under a loop over
+    blocks of the reduction, the block's slice of it). Else the whole copy runs first."""
     _, order = deferred
-    order(panel_loop if _const(sch.get(panel_loop).extent) == panels else None)
+    order(panel_loop if per_panel else None)
 
 
 
