@@ -13,9 +13,9 @@ from tvmfront.schedule import schedule_prim_func
 from tvmfront.target import resolve_target
 
 
-def _grad_kernel_ir(shape, **attrs):
+def _grad_kernel_ir(shape, target="x86", **attrs):
     """(rule, LLVM IR) of max_pool2d's explicit gradient kernel with the default schedule."""
-    target = resolve_target("x86")
+    target = resolve_target(target)
     x = te.placeholder(shape, "float32", name="x")
     dy = te.placeholder(ops.max_pool2d.te_forward(x, **attrs).shape, "float32", name="dy")
     dx = ops.max_pool2d.te_grad(dy, x, derived=False, **attrs)[0]
@@ -167,19 +167,25 @@ def test_max_pool_first_max_pass_of_overlapping_windows_is_vectorized(schedule_f
     # column at a stride of 2, scalar (2.2x the forward by itself); its columns are vectors
     # over a per-plane padded copy laid out [row, column % 2, column // 2] (the pass 2.8 ->
     # 0.5 ms at 64@28 b32). Exact values against the unscheduled kernel, ties included.
-    attrs = dict(kernel=3, stride=2, padding=1)
-    target = resolve_target(schedule_for)
-    x = te.placeholder(shape, "float32", name="x")
-    dy = te.placeholder(ops.max_pool2d.te_forward(x, **attrs).shape, "float32", name="dy")
-    dx = ops.max_pool2d.te_grad(dy, x, derived=False, **attrs)[0]
-    naive = te.create_prim_func([dy, x, dx])
-    func, rule = schedule_prim_func(naive, target)
+    func, rule, naive, dy_shape = _scheduled_gradient(
+        shape, dict(kernel=3, stride=2, padding=1), schedule_for)
     assert re.search(r"max_pool2d_first=tiled\[window v\d+.*deinterleaved max_pool2d_pad", rule), \
         rule
     rng = np.random.default_rng(8)
     x_val = rng.integers(0, 4, shape).astype("float32")
     x_val[0, 0, :4, :4] = -np.inf  # a window of -inf and padding: the lowest value is the max
-    _assert_same_as_unscheduled(func, naive, x_val, [int(d) for d in dy.shape], rule)
+    _assert_same_as_unscheduled(func, naive, x_val, dy_shape, rule)
+
+
+def _scheduled_gradient(shape, attrs, schedule_for):
+    """(scheduled PrimFunc, rule, unscheduled PrimFunc, dy's shape) of max_pool2d's explicit
+    gradient (dy, x) -> dx under the default schedule for `schedule_for`."""
+    x = te.placeholder(shape, "float32", name="x")
+    dy = te.placeholder(ops.max_pool2d.te_forward(x, **attrs).shape, "float32", name="dy")
+    dx = ops.max_pool2d.te_grad(dy, x, derived=False, **attrs)[0]
+    naive = te.create_prim_func([dy, x, dx])
+    func, rule = schedule_prim_func(naive, resolve_target(schedule_for))
+    return func, rule, naive, [int(d) for d in dy.shape]
 
 
 def _assert_same_as_unscheduled(func, naive, x_val, dy_shape, rule):
@@ -193,3 +199,35 @@ def _assert_same_as_unscheduled(func, naive, x_val, dy_shape, rule):
             tvm.runtime.tensor(dy_val), tvm.runtime.tensor(x_val), out)
         outs.append(out.numpy())
     np.testing.assert_array_equal(outs[0], outs[1], err_msg=rule)
+
+
+@pytest.mark.parametrize("shape,lanes", [((64, 6, 16, 16), 16), ((64, 16, 4, 4), 8)])
+def test_lenet_max_pool_gradient_vectors_span_rows_of_windows(shape, lanes):
+    # LeNet's pools have 8 and 2 windows a row: the vectors ran over one row of windows (v8
+    # and v2 of AVX-512's 16 lanes), 3.3x and 3.5x the forward. A vector is now a block of
+    # whole rows of windows (of 2 planes at 4x4, each window element read from two x vectors):
+    # every compare of the window's max and of the first-max scan is on the block's vector.
+    rule, ir = _grad_kernel_ir(shape, target="x86:avx512", kernel=2)  # LLVM IR, not run
+    assert f"v{lanes} window blocks" in rule, rule
+    compares = re.findall(r"= fcmp (\w+) <(\d+) x float>", _kernel_bodies(ir))
+    assert compares, "no vector compare in the kernel"
+    assert {int(width) for _, width in compares} == {lanes}, compares
+
+
+@pytest.mark.parametrize("schedule_for", ["x86:avx2", "x86:avx512"])
+@pytest.mark.parametrize("shape,attrs", [((4, 6, 16, 16), dict(kernel=2)),
+                                         ((4, 16, 4, 4), dict(kernel=2)),
+                                         ((2, 3, 6, 6), dict(kernel=3)),
+                                         ((2, 4, 9, 9), dict(kernel=3, stride=3, padding=1))])
+def test_max_pool_gradient_by_window_blocks_equals_the_unscheduled_one(schedule_for, shape,
+                                                                        attrs):
+    # ties (the first max in scan order takes dy), windows of -inf (none does) and of the
+    # lowest float (the first does), in blocks of windows that span rows (6@16 on AVX-512)
+    # and planes (4x4), and under the other rules (3x3 windows, padded)
+    func, rule, naive, dy_shape = _scheduled_gradient(shape, attrs, schedule_for)
+    rng = np.random.default_rng(10)
+    x_val = rng.integers(0, 3, shape).astype("float32")
+    x_val[0, 0, :2, :4] = -np.inf
+    x_val[0, 1, :2, :] = np.finfo(np.float32).min
+    x_val[1, 0] = 1.0
+    _assert_same_as_unscheduled(func, naive, x_val, dy_shape, rule)

@@ -15,6 +15,7 @@ from .analysis import _const, _walk_block_exprs, _walk_expr
 from .failures import _probe
 from .params import STACK_MAX_BYTES, _dtype_bits
 from .loops import _parallel_worth_it, _parallelize, _vector_factor, _vectorize_innermost
+from . import window_blocks
 
 
 def _index_divisors(stmt, variables):
@@ -70,7 +71,14 @@ def _split_by_divisors(sch, info, divisors):
 
 def _schedule_spatial_split(sch, info, divisors, params):
     """Axes read as v // d or v % d are split by d, the remainders unrolled innermost: every
-    index becomes affine in the loops (no integer division per element)."""
+    index becomes affine in the loops (no integer division per element). Rows of windows
+    narrower than a vector are vectorized by blocks of windows (window_blocks.py)."""
+    last = len(info.loops) - 1
+    if last in divisors:
+        blocks = window_blocks._window_blocks(sch, info, divisors,
+                                              _window_operands(info, divisors[last]), params)
+        if blocks:
+            return blocks
     outer, inner, _ = _split_by_divisors(sch, info, divisors)
     notes = ["split " + "x".join(str(divisors[k]) for k in sorted(divisors)), "unrolled"]
     # The last outer loop (a window column) is vectorized under the unrolled remainders: its
@@ -121,6 +129,14 @@ def _schedule_spatial_split(sch, info, divisors, params):
         if planes:
             notes.append(f"deinterleaved {'+'.join(planes)}")
     return f"spatial[{', '.join(notes)}]"
+
+
+def _window_operands(info, d):
+    """Read indices of the operands shaped like the block and read at window columns with a
+    stride of d (max-pool's x in its gradient)."""
+    return [index for index, region, _ in info.reads
+            if [_const(n) for n in region.source.shape] == info.extents
+            and _strided_by(region.region[-1].min, info.vars, info.extents, d)]
 
 
 def _shifted_column_reads(info, last, d):
