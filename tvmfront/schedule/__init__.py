@@ -14,6 +14,8 @@ says more; a file imports only the ones listed before it):
 - ``failures``: NotApplicable (a rule's pattern does not fit) and how failures are logged;
 - ``analysis``: read-only facts: block iteration spaces, access strides, loop kinds, work;
 - ``loops``: decisions every family shares: vector factors, tile divisors, parallel loops;
+- ``window_blocks``: max-pool gradients whose rows of windows are narrower than a vector,
+  vectorized over blocks of whole rows of windows (conv's gather rule calls it);
 - ``conv``: strided sliding windows (gather-form gradients of convolution and pooling);
 - ``spatial``: elementwise and injective blocks, padding, epilogues;
 - ``gemm``: the GEMM family (dense, batch_matmul, transposed forms, convolution forward):
@@ -27,7 +29,8 @@ says more; a file imports only the ones listed before it):
 - ``conv_weight_grad``: a same-size stride-1 convolution's d/dw, the image loop outside
   the register tiles, dy padded and transposed per image;
 - ``gemv``: matrix times vector (a Linear layer at batch 1);
-- ``reductions``: reductions with no vectorizable output axis (scalar tiles, plain loops);
+- ``reductions``: reductions with no vectorizable output axis (scalar tiles, plain loops),
+  and sums over leading axes split across the cores;
 - ``int8``: ops.int8's packed GEMM tensorized with the CPU's 8-bit dot product;
 - ``dispatch``: the entry points and the order in which rules are tried.
 
@@ -41,7 +44,8 @@ x86 unless TVM_NUM_THREADS is set.
 """
 
 from . import (analysis, conv, conv_forward, conv_phases, conv_weight_grad, dispatch, failures,
-               gemm, gemv, int8, loops, params, reductions, spatial, window_reindex)
+               gemm, gemv, int8, loops, params, reductions, spatial, window_blocks,
+               window_reindex)
 from .analysis import kernel_work, loop_kinds
 from .dispatch import RULE_ATTR, SCHEDULED_ATTR, default_cpu_schedule, is_scheduled, \
     schedule_prim_func
@@ -53,8 +57,8 @@ __all__ = ["CpuParams", "NotApplicable", "RULE_ATTR", "SCHEDULED_ATTR", "SMALL_W
            "loop_kinds", "schedule_prim_func"]
 
 # In import order: a file imports only those before it (tests/test_layering.py).
-FILES = (params, failures, analysis, loops, conv, spatial, gemm, window_reindex, conv_forward,
-         conv_phases, conv_weight_grad, gemv, reductions, int8, dispatch)
+FILES = (params, failures, analysis, loops, window_blocks, conv, spatial, gemm, window_reindex,
+         conv_forward, conv_phases, conv_weight_grad, gemv, reductions, int8, dispatch)
 
 
 def __getattr__(name):
