@@ -125,11 +125,14 @@ def test_resnet_quantized_with_every_batchnorm_folded():
     model = rd.make_model()
     step = tvf.compile_training(model, nn.CrossEntropyLoss(), rd.make_optimizer(),
                                 inputs=("batch", 1, 32, 32), labels=("batch",))
-    tvf.Trainer(step, seed=0, progress=False).fit(x_train[:512], y_train[:512], epochs=2,
-                                                  batch_size=64)
+    # 66 steps: after 16 (512 samples, 2 epochs) the eval-mode accuracy was chance, 0.11
+    # (the running statistics still 19% = 0.9^16 their initial values), so int8 against
+    # float compared two coin tosses and failed on 0.6 points of noise
+    tvf.Trainer(step, seed=0, progress=False).fit(x_train, y_train, epochs=3, batch_size=64)
     model.load_state_dict(step.state_dict())
     spec = ("batch", 1, 32, 32)
     float_acc = (tvf.compile_inference(model, spec).predict(x_test).argmax(1) == y_test).mean()
+    assert float_acc >= 0.9, float_acc
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing stays float: no warning
         q = tvf.quantize(model, calibration=x_train[:256], inputs=spec)
