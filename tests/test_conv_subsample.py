@@ -5,6 +5,7 @@ the kernel that consumes it; in eval mode it stays one strided conv. Same number
 import re
 
 import numpy as np
+import pytest
 
 import tvmfront as tvf
 
@@ -75,3 +76,15 @@ def test_strided_1x1_conv_in_eval_mode_stays_one_strided_conv():
                                 records=False)
     x = np.random.default_rng(1).standard_normal((2, 2, 8, 8)).astype("float32")
     np.testing.assert_array_equal(module.predict(x), raw.predict(x))
+
+
+@pytest.mark.parametrize("stride,padding", [(0, 0), (-1, 0), ((2, 0), 0), (2, -1)])
+def test_a_stride_below_one_or_negative_padding_is_refused_by_name(stride, padding):
+    # before: ZeroDivisionError, or "kernel larger than padded input" for a negative stride
+    model = nn.Conv2d(4, 8, 1, stride=stride, padding=padding)
+    refused = r"conv2d: stride .* must be positive and padding .* non-negative"
+    with pytest.raises(ValueError, match=refused):  # training mode: the subsampled path
+        tvf.compile_training(model, nn.MSELoss(), tvf.optim.SGD(lr=0.1), inputs=(2, 4, 8, 8),
+                             labels=(2, 8, 8, 8), records=False)
+    with pytest.raises(ValueError, match=refused):
+        tvf.compile_inference(model, inputs=(2, 4, 8, 8), records=False)

@@ -65,8 +65,10 @@ class Conv2d(Module):
         return ops.bias_add(y, self.bias, axis=1) if self.bias is not None else y
 
     def _subsamples(self):
+        # (a stride below 1 goes to ops.conv2d, which names it)
+        stride = _pair(self.stride)
         return self.kernel_size == (1, 1) and _pair(self.padding) == (0, 0) and \
-            _pair(self.stride) != (1, 1)
+            min(stride) >= 1 and stride != (1, 1)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

@@ -33,6 +33,9 @@ def _check(x, w, stride, padding):
         raise ValueError(f"conv2d expects x [N, C, H, W] and w [O, C, KH, KW], got "
                          f"{show(x.shape)} and {show(w.shape)}")
     (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
+    if min(sh, sw) < 1 or min(ph, pw) < 0:
+        raise ValueError(f"conv2d: stride {stride} must be positive and padding {padding} "
+                         f"non-negative")
     ho = _out_size(h, kh, sh, ph)
     wo = _out_size(wd, kw, sw, pw)
     if ho <= 0 or wo <= 0:
