@@ -9,6 +9,7 @@ import os
 
 from . import config
 from .debug import insert_finite_checks
+from .merge_elementwise import merge_elementwise
 from .unread_inputs import drop_unread_inputs
 from ._tvm import (PyExprMutator, call_tir_with_grad_op, mutator, prim_func_type, relax,
                    relax_call_tir_op, tirx, tvm)
@@ -200,6 +201,7 @@ LOWERING = [
     ("untuple_gradients", untuple_gradients),
     ("fuse_ops", _tvm_pass(relax.transform.FuseOps())),
     ("fuse_tir", _tvm_pass(relax.transform.FuseTIR())),
+    ("merge_elementwise", merge_elementwise),  # FuseTIR again, on the groups it makes
     ("outputs_early", outputs_early),
     # Reshape kernels become views: Flatten's, and the copies a derived gradient leaves (a bias
     # add's or an add's d/dx once drop_unread_inputs removed what it ignores: FuseOps cannot
@@ -211,7 +213,8 @@ LOWERING = [
 
 # Under tvf.debug_nans(): no fusion (one op per kernel, so a failing check names one op), and
 # every kernel's output checked for NaN/Inf as it is computed (tvmfront/debug.py).
-DEBUG_NANS_LOWERING = [stage for stage in LOWERING if stage[0] not in ("fuse_ops", "fuse_tir")]
+DEBUG_NANS_LOWERING = [stage for stage in LOWERING if stage[0] not in ("fuse_ops", "fuse_tir",
+                                                                  "merge_elementwise")]
 DEBUG_NANS_LOWERING.insert(len(DEBUG_NANS_LOWERING) - 1, ("check_finite", insert_finite_checks))
 
 

@@ -226,6 +226,16 @@ def _tvmfront_rule(func, params, tiled_only=False):
         if tiled_only and not notes[-1].startswith(f"{name}=tiled"):
             raise NotApplicable(f"reduction {name} not tiled")
         done.add(name)
+    trial = sch.copy()
+    try:
+        nested = spatial._nest_pointwise_outputs(trial)
+    except Exception as err:  # noqa: BLE001 - each output keeps a loop nest of its own
+        _failed("nest_pointwise_outputs", err)
+        nested = []
+    if nested:
+        sch = trial
+        done.update(nested)
+        notes.append(f"{'+'.join(nested)}=nested")
     for block in _root_blocks(sch):
         name = sch.get(block).name_hint
         if name in done:

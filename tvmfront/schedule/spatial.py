@@ -45,6 +45,50 @@ def _inline_spatial(sch):
             break
 
 
+def _nest_pointwise_outputs(sch):
+    """Merge the loop nests of consecutive pointwise blocks over the same iterations into one
+    (a merged optimizer update, tvmfront/merge_elementwise.py: Adam's new moments, both
+    outputs of the step, then the parameter's update that reads them): one loop nest then
+    writes every output, each element's moments read back from L1 as they are computed, not
+    streamed again. compute_at refuses output blocks; Schedule.merge takes sibling loops.
+    Returns the names of the blocks merged into a later one's loops."""
+    nested = []
+    run, key = [], None
+    for block in [*_root_blocks(sch), None]:
+        info = _pointwise(sch, block) if block is not None else None
+        this = (info.extents, info.write_strides) if info is not None else None
+        if this is not None and this == key:
+            run.append(info)
+            continue
+        if len(run) > 1:
+            try:
+                sch.merge(*[sch.get_loops(i.block)[-1] for i in run])
+                nested.extend(i.name for i in run[:-1])
+            except Exception as err:  # noqa: BLE001 - TVM's own check; they stay apart
+                _probe(f"merge of the loops of {', '.join(i.name for i in run)}", err)
+        run, key = ([info], this) if info is not None else ([], None)
+    return nested
+
+
+def _pointwise(sch, block):
+    """The block's _BlockInfo when it is spatial, under its own serial loops, and reads every
+    operand at its own element or a 0-d one; else None."""
+    stmt = sch.get(block)
+    if _reduction_iters(stmt) or any(int(sch.get(lp).kind) != int(tirx.ForKind.SERIAL)
+                                     for lp in sch.get_loops(block)):
+        return None
+    try:
+        info = _BlockInfo(sch, block)
+    except NotApplicable:
+        return None
+    if info.symbolic or not info.extents:
+        return None
+    if any(strides != info.write_strides and any(strides.values())
+           for _, _, strides in info.reads):
+        return None
+    return info
+
+
 def _absorb_epilogues(sch, writeback):
     """Inline pointwise consumers (bias add, ReLU, ...) into the write-back block. Not a
     consumer that writes more elements than the write-back produces (a strided conv's dilated
@@ -309,7 +353,9 @@ def _schedule_spatial(sch, block, params, transposes=False):
             notes.append(f"v{vec}")
         else:
             outer = list(info.loops[:start]) + [fused]
-    # counted in hardware vectors: a v64 step on AVX-512 is four iterations' work
+    # counted in hardware vectors: a v64 step on AVX-512 is four iterations' work; the
+    # blocks merged into this one's loops (_nest_pointwise_outputs) add theirs
+    info.work *= len(sch.get_child_blocks(outer[0])) if outer else 1
     if outer and _parallel_worth_it(info, min(vec, lanes) if vec else 1, params):
         outer, note = _parallelize(sch, outer, params)
         if note:

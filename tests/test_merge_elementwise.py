@@ -1,0 +1,90 @@
+"""Elementwise kernels that read each other's outputs are merged into one kernel with several
+outputs (tvmfront/merge_elementwise.py), computed in one loop nest (schedule/spatial.py's
+_nest_pointwise_outputs): an optimizer's update is one kernel per parameter."""
+
+import numpy as np
+from tvm.script import ir as I, relax as R
+
+import tvmfront as tvf
+from tvmfront import pipeline
+from tvmfront._tvm import relax, relax_call_tir_op, tvm
+from tvmfront.build import schedule_lowered
+from tvmfront.tuning import policy
+from tvmfront.merge_elementwise import merge_elementwise
+
+
+def _mlp():
+    tvf.manual_seed(0)
+    return tvf.nn.Sequential(tvf.nn.Linear(16, 32), tvf.nn.ReLU(), tvf.nn.Linear(32, 4))
+
+
+def _compile(merge):
+    stages = list(pipeline.LOWERING)
+    if not merge:
+        pipeline.LOWERING[:] = [s for s in stages if s[0] != "merge_elementwise"]
+    try:
+        opt = tvf.optim.AdamW(lr=1e-2, weight_decay=0.1, max_norm=0.5)
+        return tvf.compile_training(_mlp(), tvf.nn.CrossEntropyLoss(), opt, inputs=(8, 16),
+                                    labels=(8,), records=False)
+    finally:
+        pipeline.LOWERING[:] = stages
+
+
+def _calls(mod, function):
+    found = []
+
+    def visit(e):
+        if isinstance(e, relax.Call) and e.op.same_as(relax_call_tir_op()):
+            found.append(e)
+
+    relax.analysis.post_order_visit(mod[function], visit)
+    return found
+
+
+def test_adamw_updates_each_parameter_in_one_kernel_and_trains_as_before():
+    merged, apart = _compile(True), _compile(False)
+    step = [g.name_hint for g in merged._lowered.get_global_vars() if "train_step" in g.name_hint]
+    calls = _calls(merged._lowered, step[0])
+    updates = [c for c in calls if isinstance(c.ty_args[0], relax.TupleType)]
+    # one kernel per parameter (two Linear layers: 4), writing its moments and the parameter
+    assert len(updates) == 4 and all(len(c.ty_args[0].fields) == 3 for c in updates)
+    assert len(calls) < len(_calls(apart._lowered, step[0])) - 8
+    target = merged._target
+    scheduled, _ = schedule_lowered(merged._lowered, target, policy.select(False, target))
+    rules = {c.args[0].name_hint: str(scheduled[c.args[0]].attrs["tvmfront.schedule_rule"])
+             for c in updates}
+    assert all("=nested" in r for r in rules.values()), rules  # one loop nest each
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        x = rng.standard_normal((8, 16)).astype("float32")
+        y = rng.integers(0, 4, 8)
+        np.testing.assert_allclose(merged.step(x, y), apart.step(x, y), rtol=1e-6)
+    for name, value in apart.state_dict().items():
+        np.testing.assert_allclose(merged.state_dict()[name], value, rtol=1e-5, atol=1e-7)
+
+
+@I.ir_module
+class ReadBetween:
+    @R.function
+    def main(x: R.Tensor((64,), "float32")):
+        with R.dataflow():
+            a = R.exp(x)
+            s = R.sum(a)  # reads `a` before `b`, which reads both: merging a and b would
+            b = R.add(a, s)  # have to move this reduction
+            c = R.multiply(b, b)
+            R.output(a, c)
+        return (a, c)
+
+
+def test_a_group_read_in_between_by_another_kernel_is_left_alone_and_correct():
+    mod = relax.transform.LegalizeOps()(ReadBetween)
+    mod = relax.transform.AnnotateTIROpPattern()(mod)
+    mod = relax.transform.FuseTIR()(relax.transform.FuseOps()(mod))
+    before = len(_calls(mod, "main"))
+    merged = merge_elementwise(mod)
+    assert len(_calls(merged, "main")) == before  # exp stays apart: sum reads it first
+    x = np.linspace(-1, 1, 64).astype("float32")
+    vm = relax.VirtualMachine(tvm.compile(merged, target="llvm"), tvm.cpu())
+    a, c = vm["main"](tvm.runtime.tensor(x))
+    np.testing.assert_allclose(a.numpy(), np.exp(x), rtol=1e-6)
+    np.testing.assert_allclose(c.numpy(), (np.exp(x) + np.exp(x).sum()) ** 2, rtol=1e-5)
