@@ -4,7 +4,7 @@ takes fixed extents); the derived ones are checked against them."""
 
 from .._tvm import te
 from ..op import op
-from .softmax_axis import _max_and_sumexp, softmax_vjp
+from .softmax_axis import softmax_along, softmax_output_vjp
 from ._dims import same, same_shape, show
 
 
@@ -65,17 +65,12 @@ def _(dy, x, axes=None):
     return [_permute(dy, inverse, "transpose_grad")]
 
 
-def _softmax_last(x, name):
-    _, e, se = _max_and_sumexp(x, len(x.shape) - 1)
-    return te.compute(x.shape, lambda *i: e(*i) / se(*i[:-1]), name=name)
-
-
 @op
 def softmax_last(x):
     """Softmax over the last axis of any-rank x."""
-    return _softmax_last(x, "softmax_last")
+    return softmax_along(x, len(x.shape) - 1, "softmax_last")
 
 
-@softmax_last.grad
-def _(dy, x):  # s * (dy - sum(dy * s)) along the last axis
-    return [softmax_vjp(dy, x, len(x.shape) - 1, "softmax_last_grad")]
+@softmax_last.grad(uses_output=True)
+def _(dy, s, x):  # s * (dy - sum(dy * s)) along the last axis
+    return [softmax_output_vjp(dy, s, len(x.shape) - 1, "softmax_last_grad")]
