@@ -11,8 +11,9 @@ one. Merged, the clipped gradient is never written (its kernel is inlined where 
 read) and the moments are read back from cache right after they are computed.
 
 A group is a set of call_tir bindings of one dataflow block, each calling a PrimFunc with no
-reduction and one output, all outputs of one static shape and dtype, linked by reads of one
-another's outputs. It becomes one Relax function marked Primitive (as FuseOps makes them),
+reduction and one output, none a reshape (those become views later, unless merged: the
+Transformer's bias-add d/dx, merged with the d(qkv) concatenation, was copied), all outputs
+of one static shape and dtype, linked by reads of one another's outputs. It becomes one Relax function marked Primitive (as FuseOps makes them),
 called where the group's last binding was; FuseTIR then turns it into one PrimFunc. A group
 is left alone when a binding outside it reads one of its outputs before its last binding
 (moving that reader would reorder the block).
@@ -60,8 +61,8 @@ def _kernel_call(binding, mod):
     if not isinstance(out.shape, relax.ShapeExpr) or \
             not all(isinstance(d, tirx.IntImm) for d in out.shape.values) or not out.shape.values:
         return None
-    if _has_reduction(func):
-        return None
+    if _has_reduction(func) or relax.analysis.has_reshape_pattern(func):
+        return None  # a reshape becomes a view (reshape_views): merged, it would be a copy
     return func, list(call.args[1].fields)
 
 

@@ -71,10 +71,12 @@ def _nest_pointwise_outputs(sch):
 
 
 def _pointwise(sch, block):
-    """The block's _BlockInfo when it is spatial, under its own serial loops, and reads every
-    operand at its own element or a 0-d one; else None."""
+    """The block's _BlockInfo when it is spatial, under its own serial loops, with no
+    branch (a concatenation or padding: it gets _schedule_ranges' copies, which a merged
+    loop would lose: the Transformer's d(qkv) 34 -> 204 us), and reads every operand at its
+    own element or a 0-d one; else None."""
     stmt = sch.get(block)
-    if _reduction_iters(stmt) or any(int(sch.get(lp).kind) != int(tirx.ForKind.SERIAL)
+    if _reduction_iters(stmt) or _has_if_then_else(stmt) or any(int(sch.get(lp).kind) != int(tirx.ForKind.SERIAL)
                                      for lp in sch.get_loops(block)):
         return None
     try:
