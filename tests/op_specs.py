@@ -430,6 +430,12 @@ spec(ops.batch_norm, batch_norm_ref, concat(randn(3, 2, 3, 2), randn(2), randn(2
 spec(ops.batch_norm, batch_norm_ref, concat(randn(4, 3, 1, 1), randn(3), randn(3)),
      id="batch_norm-1x1-spatial")
 spec(ops.batch_matmul, np.matmul, concat(randn(2, 3, 4), randn(2, 4, 5)), id="batch_matmul-2x3x4")
+spec(ops.batch_matmul, lambda a, b, transpose_b: np.matmul(a, np.swapaxes(b, -1, -2)),
+     concat(randn(2, 3, 4), randn(2, 5, 4)), attrs={"transpose_b": True},
+     id="batch_matmul-transpose-b")
+spec(ops.batch_matmul, lambda a, b, transpose_b: np.matmul(a, np.swapaxes(b, -1, -2)),
+     concat(randn(2, 2, 3, 2), randn(2, 2, 1, 2)), attrs={"transpose_b": True},
+     id="batch_matmul-transpose-b-4d")
 spec(ops.batch_matmul, np.matmul, concat(randn(2, 2, 1, 3), randn(2, 2, 3, 2)),
      id="batch_matmul-4d")
 spec(ops.transpose, lambda x, axes=None: np.transpose(x, axes), concat(randn(2, 3, 4)),

@@ -161,9 +161,10 @@ class MultiheadAttention(Module):
         """Softmax attention of q [B, H, T, hd] over k, v [B, H, S, hd]: (context [B, H, T,
         hd], weights [B, H, T, S]). `fill(scores)` masks in place (causal_fill, cache_mask),
         `mask` is added to the scores."""
-        # scores: [B, H, T, hd] @ [B, H, hd, S] -> [B, H, T, S]; q scaled first, as PyTorch
-        scores = ops.batch_matmul(ops.mul_scalar(q, value=1.0 / math.sqrt(self.head_dim)),
-                                  ops.transpose(k, axes=(0, 1, 3, 2)))
+        # scores: [B, H, T, hd] @ [B, H, S, hd]^T -> [B, H, T, S]; q scaled first, as
+        # PyTorch; k read as it is (transpose_b), not copied transposed
+        scores = ops.batch_matmul(ops.mul_scalar(q, value=1.0 / math.sqrt(self.head_dim)), k,
+                                  transpose_b=True)
         if fill is not None:
             scores = fill(scores)
         if mask is not None:

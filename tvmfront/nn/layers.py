@@ -305,7 +305,7 @@ class SelfAttention(Module):
         qkv = ops.reshape(self.qkv(ops.reshape(x, shape=(b * t, d))), shape=(b, t, 3, h, hd))
         qkv = ops.transpose(qkv, axes=(2, 0, 3, 1, 4))            # [3, B, H, T, hd]
         q, k, v = (ops.reshape(_select(qkv, i), shape=(b * h, t, hd)) for i in range(3))
-        scores = ops.batch_matmul(q, ops.transpose(k, axes=(0, 2, 1)))   # [B*H, T, T]
+        scores = ops.batch_matmul(q, k, transpose_b=True)                 # [B*H, T, T]
         attn = ops.softmax_last(ops.mul_scalar(scores, value=1.0 / math.sqrt(hd)))
         ctx = ops.batch_matmul(attn, v)                                    # [B*H, T, hd]
         ctx = ops.transpose(ops.reshape(ctx, shape=(b, h, t, hd)), axes=(0, 2, 1, 3))
@@ -316,7 +316,7 @@ class SelfAttention(Module):
         # MultiheadAttention._project): [B, T, 3D] -> [3, B, H, T, hd], 4-D batched matmuls.
         qkv = ops.transpose(ops.reshape(self.qkv(x), shape=(b, t, 3, h, hd)), axes=(2, 0, 3, 1, 4))
         q, k, v = (_select(qkv, i) for i in range(3))                      # [B, H, T, hd]
-        scores = ops.batch_matmul(q, ops.transpose(k, axes=(0, 1, 3, 2)))  # [B, H, T, T]
+        scores = ops.batch_matmul(q, k, transpose_b=True)                  # [B, H, T, T]
         attn = ops.softmax_last(ops.mul_scalar(scores, value=1.0 / math.sqrt(hd)))
         ctx = ops.transpose(ops.batch_matmul(attn, v), axes=(0, 2, 1, 3))  # [B, T, H, hd]
         return self.out(ops.reshape(ctx, shape=(b, t, d)))

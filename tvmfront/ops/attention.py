@@ -9,23 +9,37 @@ from ._dims import same, same_shape, show
 
 
 @op
-def batch_matmul(a, b):
-    """[..., M, K] @ [..., K, N] -> [..., M, N] (equal leading dims)."""
+def batch_matmul(a, b, transpose_b=False):
+    """[..., M, K] @ [..., K, N] -> [..., M, N] (equal leading dims). transpose_b: b is
+    [..., N, K] and the product a @ b^T (attention's q k^T, k read in its own layout: no
+    transposed copy of k, and its gradient comes out in that layout too)."""
+    kb = -1 if transpose_b else -2  # b's reduction axis
     if len(a.shape) < 2 or len(b.shape) != len(a.shape) or \
-            not same_shape(a.shape[:-2], b.shape[:-2]) or not same(a.shape[-1], b.shape[-2]):
-        raise ValueError(f"batch_matmul expects [..., M, K] @ [..., K, N], got {show(a.shape)} "
+            not same_shape(a.shape[:-2], b.shape[:-2]) or not same(a.shape[-1], b.shape[kb]):
+        layout = "[..., N, K] (transpose_b)" if transpose_b else "[..., K, N]"
+        raise ValueError(f"batch_matmul expects [..., M, K] @ {layout}, got {show(a.shape)} "
                          f"@ {show(b.shape)}")
     k = te.reduce_axis((0, a.shape[-1]), "k")
+    if transpose_b:
+        return te.compute((*a.shape[:-1], b.shape[-2]), lambda *i: te.sum(
+            a(*i[:-1], k) * b(*i[:-2], i[-1], k), axis=k), name="batch_matmul")
     shape = (*a.shape[:-1], b.shape[-1])
     return te.compute(shape, lambda *i: te.sum(a(*i[:-1], k) * b(*i[:-2], k, i[-1]), axis=k),
                       name="batch_matmul")
 
 
 @batch_matmul.grad
-def _(dy, a, b):
-    # da = dy @ b^T, db = a^T @ dy, batched over the leading dims
-    n = te.reduce_axis((0, b.shape[-1]), "n")
+def _(dy, a, b, transpose_b=False):
+    # da = dy @ b^T, db = a^T @ dy (transpose_b: da = dy @ b, db = dy^T @ a), batched over
+    # the leading dims
+    n = te.reduce_axis((0, dy.shape[-1]), "n")
     m = te.reduce_axis((0, a.shape[-2]), "m")
+    if transpose_b:
+        da = te.compute(a.shape, lambda *i: te.sum(dy(*i[:-1], n) * b(*i[:-2], n, i[-1]),
+                                                   axis=n), name="batch_matmul_da")
+        db = te.compute(b.shape, lambda *i: te.sum(dy(*i[:-2], m, i[-2]) * a(*i[:-2], m, i[-1]),
+                                                   axis=m), name="batch_matmul_db")
+        return [da, db]
     da = te.compute(a.shape, lambda *i: te.sum(dy(*i[:-1], n) * b(*i[:-2], i[-1], n), axis=n),
                     name="batch_matmul_da")
     db = te.compute(b.shape, lambda *i: te.sum(a(*i[:-2], m, i[-2]) * dy(*i[:-2], m, i[-1]),
