@@ -88,3 +88,27 @@ def test_a_group_read_in_between_by_another_kernel_is_left_alone_and_correct():
     a, c = vm["main"](tvm.runtime.tensor(x))
     np.testing.assert_allclose(a.numpy(), np.exp(x), rtol=1e-6)
     np.testing.assert_allclose(c.numpy(), (np.exp(x) + np.exp(x).sum()) ** 2, rtol=1e-5)
+
+
+def test_a_causal_lm_keeps_its_reshape_views_and_its_concatenation_copies():
+    """The attention's d(qkv) concatenation (strided_slice gradients summed: a branch per
+    element) keeps _schedule_ranges' copies, not merged into the loop of the bias-add d/dx
+    beside it, and that d/dx (a reshape) is no output of a merged kernel: it stays a view."""
+    tvf.manual_seed(0)
+    model = tvf.nn.CausalLM(vocab_size=11, context=8, d_model=16, nhead=2, num_layers=1,
+                            dim_feedforward=32)
+    module = tvf.compile_training(model, tvf.nn.CrossEntropyLoss(),
+                                  tvf.optim.AdamW(lr=1e-3, max_norm=1.0),
+                                  inputs=tvf.TensorSpec((4, 8), "int64"),
+                                  labels=tvf.TensorSpec((4, 8), "int64"), records=False)
+    target = module._target
+    scheduled, _ = schedule_lowered(module._lowered, target, policy.select(False, target))
+    rules = {g.name_hint: str(f.attrs["tvmfront.schedule_rule"])
+             for g, f in scheduled.functions.items()
+             if f.attrs is not None and "tvmfront.schedule_rule" in f.attrs}
+    concat = [r for n, r in rules.items() if "strided_slice_grad" in n]
+    assert concat and all("ranges" in r and "nested" not in r for r in concat), concat
+    merged = [c for c in _calls(module._lowered, "loss_adjoint")
+              if isinstance(c.ty_args[0], relax.TupleType)]
+    assert not any("strided_slice_grad" in c.args[0].name_hint for c in merged)
+    assert any("nested" in r for r in rules.values())  # AdamW's updates still are
