@@ -76,8 +76,14 @@ def _(dy, logits, labels, ignore_index=-100, label_smoothing=0.0):
     spread = _spread(label_smoothing, logits)
     zero = tirx.const(0, logits.dtype)
     valid, count = _valid_count(labels, ignore_index, logits.dtype)
-    dlogits = te.compute(logits.shape, lambda *i: dy() * valid(*i[:-1]) / count() * (
-        e(*i) / se(*i[:-1]) - spread
+    one = tirx.const(1.0, logits.dtype)
+    lead = tuple(logits.shape[:-1])
+    # per row: the sample's weight dy * valid / count and 1 / sum(exp), so that each logit
+    # takes multiplies only (two divisions per element cost as much as the row's exp)
+    weight = te.compute(lead, lambda *r: dy() * valid(*r) / count(), name="ce_row_weight")
+    inv_se = te.compute(lead, lambda *r: one / se(*r), name="ce_inv_sumexp")
+    dlogits = te.compute(logits.shape, lambda *i: weight(*i[:-1]) * (
+        e(*i) * inv_se(*i[:-1]) - spread
         - te.if_then_else(i[-1].astype(labels.dtype) == labels(*i[:-1]), keep, zero)),
         name="cross_entropy_grad")
     return [dlogits, None]
