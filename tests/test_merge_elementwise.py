@@ -112,3 +112,32 @@ def test_a_causal_lm_keeps_its_reshape_views_and_its_concatenation_copies():
               if isinstance(c.ty_args[0], relax.TupleType)]
     assert not any("strided_slice_grad" in c.args[0].name_hint for c in merged)
     assert any("nested" in r for r in rules.values())  # AdamW's updates still are
+
+
+def _two_outputs(shifted):
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def func(x: T.Buffer((64,), "float32"), a: T.Buffer((64,), "float32"),
+             b: T.Buffer((64,), "float32")):
+        for i in range(64):
+            with T.sblock("a"):
+                vi = T.axis.spatial(64, i)
+                a[vi] = x[vi] * T.float32(2)
+        for i in range(64):
+            with T.sblock("b"):
+                vi = T.axis.spatial(64, i)
+                if shifted:  # one element ahead: merged, b would read a before it is written
+                    b[vi] = a[(vi + 1) % 64] + T.float32(1)
+                else:
+                    b[vi] = a[vi] + T.float32(1)
+
+    return func
+
+
+def test_the_loop_merge_takes_blocks_that_read_each_other_in_place_only():
+    from tvmfront._tvm import s_tir
+    from tvmfront.schedule import spatial
+
+    assert spatial._nest_pointwise_outputs(s_tir.Schedule(_two_outputs(False))) == ["a"]
+    assert spatial._nest_pointwise_outputs(s_tir.Schedule(_two_outputs(True))) == []

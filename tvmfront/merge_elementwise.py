@@ -13,10 +13,11 @@ read) and the moments are read back from cache right after they are computed.
 A group is a set of call_tir bindings of one dataflow block, each calling a PrimFunc with no
 reduction and one output, none a reshape (those become views later, unless merged: the
 Transformer's bias-add d/dx, merged with the d(qkv) concatenation, was copied), all outputs
-of one static shape and dtype, linked by reads of one another's outputs. It becomes one Relax function marked Primitive (as FuseOps makes them),
-called where the group's last binding was; FuseTIR then turns it into one PrimFunc. A group
-is left alone when a binding outside it reads one of its outputs before its last binding
-(moving that reader would reorder the block).
+of one static shape and dtype, linked by reads of one another's outputs. It becomes one
+Relax function marked Primitive (as FuseOps makes them), called where the group's last
+binding was; FuseTIR then turns it into one PrimFunc. A group is left alone when a binding
+outside it reads one of its outputs before its last binding (moving that reader would
+reorder the block).
 """
 
 from ._tvm import prim_func_type, relax, relax_call_tir_op, tirx

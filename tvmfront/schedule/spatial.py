@@ -57,7 +57,7 @@ def _nest_pointwise_outputs(sch):
     for block in [*_root_blocks(sch), None]:
         info = _pointwise(sch, block) if block is not None else None
         this = (info.extents, info.write_strides) if info is not None else None
-        if this is not None and this == key:
+        if this is not None and this == key and _reads_in_place(info, run):
             run.append(info)
             continue
         if len(run) > 1:
@@ -70,14 +70,30 @@ def _nest_pointwise_outputs(sch):
     return nested
 
 
+def _reads_in_place(info, run):
+    """Whether the block reads what the blocks of `run` write only at its own element, each
+    index its own loop variable, as each of them writes it: merged into one loop, a read one
+    element ahead would find it not yet written."""
+    written = {i.write.source.name: i for i in run}
+    for _, region, _ in info.reads:
+        writer = written.get(region.source.name)
+        if writer is None:
+            continue
+        for mine, theirs in ((region, info), (writer.write, writer)):
+            if len(mine.region) != len(theirs.vars) or not all(
+                    r.min.same_as(v) for r, v in zip(mine.region, theirs.vars)):
+                return False
+    return True
+
+
 def _pointwise(sch, block):
     """The block's _BlockInfo when it is spatial, under its own serial loops, with no
     branch (a concatenation or padding: it gets _schedule_ranges' copies, which a merged
     loop would lose: the Transformer's d(qkv) 34 -> 204 us), and reads every operand at its
     own element or a 0-d one; else None."""
     stmt = sch.get(block)
-    if _reduction_iters(stmt) or _has_if_then_else(stmt) or any(int(sch.get(lp).kind) != int(tirx.ForKind.SERIAL)
-                                     for lp in sch.get_loops(block)):
+    if _reduction_iters(stmt) or _has_if_then_else(stmt) or any(
+            int(sch.get(lp).kind) != int(tirx.ForKind.SERIAL) for lp in sch.get_loops(block)):
         return None
     try:
         info = _BlockInfo(sch, block)
