@@ -21,6 +21,7 @@ reorder the block).
 """
 
 from ._tvm import prim_func_type, relax, relax_call_tir_op, tirx
+from .tir_walk import statements
 
 MAX_NAME = 60  # characters of the merged kernel's name taken from its members' names
 
@@ -47,9 +48,9 @@ def merge_elementwise(mod):
     return relax.transform.FuseTIR()(builder.get()) if merged_any else mod
 
 
-def _kernel_call(binding, mod):
-    """(PrimFunc, args) when `binding` is a call_tir of an elementwise kernel with one static
-    output and no shape arguments, else None."""
+def _kernel_args(binding, mod):
+    """The arguments of `binding` when it is a call_tir of an elementwise kernel with one
+    static output and no shape arguments, else None."""
     call = binding.value
     if not (isinstance(binding, relax.VarBinding) and isinstance(call, relax.Call)
             and call.op.same_as(relax_call_tir_op()) and len(call.args) == 2
@@ -64,21 +65,13 @@ def _kernel_call(binding, mod):
         return None
     if _has_reduction(func) or relax.analysis.has_reshape_pattern(func):
         return None  # a reshape becomes a view (reshape_views): merged, it would be a copy
-    return func, list(call.args[1].fields)
+    return list(call.args[1].fields)
 
 
 def _has_reduction(func):
-    stack = [func.body]
-    while stack:
-        node = stack.pop()
-        if any(int(iv.iter_type) != int(tirx.IterVar.DataPar)
-               for iv in getattr(node, "iter_vars", None) or []):
-            return True
-        stack.extend(c for c in (getattr(node, a, None) for a in ("body", "block", "then_case",
-                                                                   "else_case", "init"))
-                     if isinstance(c, tirx.Stmt))
-        stack.extend(getattr(node, "seq", None) or [])
-    return False
+    return any(int(iv.iter_type) != int(tirx.IterVar.DataPar)
+               for node in statements(func.body)
+               for iv in getattr(node, "iter_vars", None) or [])
 
 
 def _shape_key(binding):
@@ -89,7 +82,7 @@ def _shape_key(binding):
 def _merge_block(block, mod, builder):
     bindings = list(block.bindings)
     position = {b.var: i for i, b in enumerate(bindings)}
-    calls = {i: c for i, b in enumerate(bindings) if (c := _kernel_call(b, mod)) is not None}
+    calls = {i: a for i, b in enumerate(bindings) if (a := _kernel_args(b, mod)) is not None}
     readers = {}  # binding index -> indices of the bindings that read its var
     for i, b in enumerate(bindings):
         for v in relax.analysis.free_vars(b.value):
@@ -103,7 +96,7 @@ def _merge_block(block, mod, builder):
             i = parent[i]
         return i
 
-    for i, (_, args) in calls.items():
+    for i, args in calls.items():
         for a in args:
             j = position.get(a) if isinstance(a, relax.Var) else None
             if j in calls and _shape_key(bindings[j]) == _shape_key(bindings[i]):

@@ -10,6 +10,7 @@ import os
 from . import config
 from .debug import insert_finite_checks
 from .merge_elementwise import merge_elementwise
+from .tir_walk import statements
 from .unread_inputs import drop_unread_inputs
 from ._tvm import (PyExprMutator, call_tir_with_grad_op, mutator, prim_func_type, relax,
                    relax_call_tir_op, tirx, tvm)
@@ -140,9 +141,7 @@ def _reads_a_window(func):
     variable (a convolution's h + kh), or a region of several elements placed by an output
     variable (max-pool's gradient reads a 2 x 2 window of its input; not BatchNorm's
     coefficients, all four rows of a channel's column)."""
-    stack = [func.body]
-    while stack:
-        node = stack.pop()
+    for node in statements(func.body):
         iter_vars = getattr(node, "iter_vars", None) or []
         reduce = {iv.var.name for iv in iter_vars
                   if int(iv.iter_type) == int(tirx.IterVar.CommReduce)}
@@ -152,10 +151,6 @@ def _reads_a_window(func):
             several = not (isinstance(r.extent, tirx.IntImm) and r.extent.value == 1)
             if names & spatial and (names & reduce or several):
                 return True
-        stack.extend(c for c in (getattr(node, a, None) for a in ("body", "block", "then_case",
-                                                                   "else_case"))
-                     if isinstance(c, tirx.Stmt))
-        stack.extend(getattr(node, "seq", None) or [])
     return False
 
 

@@ -8,6 +8,7 @@ Nothing here changes a schedule. loop_kinds and kernel_work serve tests and repo
 import math
 
 from .._tvm import arith, structural_equal, structural_hash, tirx, tvm
+from ..tir_walk import children as _children, statements
 from .params import LIBRARY_CALLS, SYMBOLIC_EXTENT, _dtype_bits
 from .failures import NotApplicable
 
@@ -16,22 +17,9 @@ _KIND_NAMES = {int(tirx.ForKind.SERIAL): "serial", int(tirx.ForKind.PARALLEL): "
                int(tirx.ForKind.VECTORIZED): "vectorized", int(tirx.ForKind.UNROLLED): "unrolled"}
 
 
-def _children(node):
-    for attr in ("body", "block", "then_case", "else_case", "init"):
-        child = getattr(node, attr, None)
-        if child is not None and isinstance(child, tirx.Stmt):
-            yield child
-    seq = getattr(node, "seq", None)
-    if seq is not None:
-        yield from seq
-
-
 def _walk_stmts(stmt, fn):
-    stack = [stmt]
-    while stack:
-        node = stack.pop()
+    for node in statements(stmt):
         fn(node)
-        stack.extend(_children(node))
 
 
 def loop_kinds(func):

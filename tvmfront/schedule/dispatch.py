@@ -226,12 +226,13 @@ def _tvmfront_rule(func, params, tiled_only=False):
         if tiled_only and not notes[-1].startswith(f"{name}=tiled"):
             raise NotApplicable(f"reduction {name} not tiled")
         done.add(name)
-    trial = sch.copy()
-    try:
-        nested = spatial._nest_pointwise_outputs(trial)
-    except Exception as err:  # noqa: BLE001 - each output keeps a loop nest of its own
-        _failed("nest_pointwise_outputs", err)
-        nested = []
+    nested = []
+    if len(_root_blocks(sch)) > 1:  # most kernels are one block by now: no copy, no analysis
+        trial = sch.copy()
+        try:
+            nested = spatial._nest_pointwise_outputs(trial)
+        except Exception as err:  # noqa: BLE001 - each output keeps a loop nest of its own
+            _failed("nest_pointwise_outputs", err)
     if nested:
         sch = trial
         done.update(nested)

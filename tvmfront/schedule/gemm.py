@@ -935,7 +935,6 @@ def _place_panel_copy(sch, deferred, panel_loop, per_panel):
     order(panel_loop if per_panel else None)
 
 
-
 def _order_panel_copy(sch, packed, d, ndim, vec, source, params, one_panel=False):
     """Loop order of a panel copy (see _pack_panels): its last ndim loops are the source's
     dimensions, d's over every panel, or over one panel's vec rows (`one_panel`: the copy

@@ -57,7 +57,12 @@ def _nest_pointwise_outputs(sch):
     for block in [*_root_blocks(sch), None]:
         info = _pointwise(sch, block) if block is not None else None
         this = (info.extents, info.write_strides) if info is not None else None
-        if this is not None and this == key and _reads_in_place(info, run):
+        # no block with a branch (a concatenation or padding: it gets _schedule_ranges'
+        # copies, which a merged loop would lose: the Transformer's d(qkv) 34 -> 204 us),
+        # checked last, on candidates only: it walks the whole expression
+        if this is not None and this == key and _reads_in_place(info, run) and \
+                not _has_if_then_else(info.stmt) and \
+                (len(run) > 1 or not _has_if_then_else(run[0].stmt)):
             run.append(info)
             continue
         if len(run) > 1:
@@ -87,12 +92,10 @@ def _reads_in_place(info, run):
 
 
 def _pointwise(sch, block):
-    """The block's _BlockInfo when it is spatial, under its own serial loops, with no
-    branch (a concatenation or padding: it gets _schedule_ranges' copies, which a merged
-    loop would lose: the Transformer's d(qkv) 34 -> 204 us), and reads every operand at its
-    own element or a 0-d one; else None."""
+    """The block's _BlockInfo when it is spatial, under its own serial loops, and reads
+    every operand with the strides it writes with, or a 0-d one; else None."""
     stmt = sch.get(block)
-    if _reduction_iters(stmt) or _has_if_then_else(stmt) or any(
+    if _reduction_iters(stmt) or any(
             int(sch.get(lp).kind) != int(tirx.ForKind.SERIAL) for lp in sch.get_loops(block)):
         return None
     try:
