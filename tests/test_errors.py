@@ -205,3 +205,12 @@ def test_model_load_state_dict_checks(tmp_path):
         model.load_state_dict({"weight": np.zeros((3, 3), "float32"),
                                "bias": np.zeros(2, "float32")})
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+@pytest.mark.parametrize("transpose_b, b_shape, layout", [
+    (False, (2, 5, 3), r"\[\.\.\., K, N\]"),
+    (True, (2, 5, 3), r"\[\.\.\., N, K\] \(transpose_b\)")])
+def test_batch_matmul_names_the_layout_it_expects(transpose_b, b_shape, layout):
+    a = np.ones((2, 3, 4), "float32")
+    with pytest.raises(ValueError, match=r"batch_matmul expects \[\.\.\., M, K\] @ " + layout):
+        tvf.ops.batch_matmul(a, np.ones(b_shape, "float32"), transpose_b=transpose_b)
