@@ -86,6 +86,12 @@ ROW_PANEL_MIN_BYTES = 4 << 20
 # outermost, every tile sweeping all the panels from L2 (gemm._rows_outer): 512 KiB leaves
 # room in the L2 of x86 server cores (512 KiB to 2 MiB) for the rows streaming through it.
 ROWS_OUTER_MAX_PANEL_BYTES = 512 << 10
+# A^T B's broadcast operand, packed into panels of the tile's rows and swept whole by every
+# vector panel, is past the L2 of many x86 cores beyond this size: vectors along the other
+# output axis lose SWEPT_BROADCAST_COST less of their score (gemm._swept_broadcast_cost),
+# more than a strided write-back costs (_strided_write_cost: 0.02 and up).
+BROADCAST_PANELS_MAX_BYTES = 512 << 10
+SWEPT_BROADCAST_COST = 0.1
 # Reductions with an output of at most STREAM_MAX_OUTPUT_BYTES over operands of
 # STREAM_MIN_OPERAND_BYTES or more use one-register vectors, leaving registers for a wider
 # tile (gemm._streams_operands).
