@@ -170,16 +170,19 @@ def _tile_reduction(sch, name, params, vector=True, plan=False):
 
     outer, outer_axes, inner, red = [], [], [], []
     vec_loop = None
+    batch_at = 0  # outer loops over batch axes before the panel loop
     for k, loop in enumerate(info.loops):
         if info.kinds[k] == "R":
             red.append(loop)
         elif k == v:
             o, vec_loop = sch.split(loop, factors=[None, vec])
             # With panels, the panel index runs outermost: one panel stays in cache while
-            # every tile of the other axes sweeps it (but see _rows_outer).
+            # every tile of the other axes sweeps it (but see _rows_outer), after the
+            # batch axes, whose indices have panels of their own (_batch_loops).
             if panel is not None and not rows_outer:
-                outer.insert(0, o)
-                outer_axes.insert(0, k)
+                batch_at = _batch_loops(info, outer_axes)
+                outer.insert(batch_at, o)
+                outer_axes.insert(batch_at, k)
             else:
                 outer.append(o)
                 outer_axes.append(k)
@@ -201,9 +204,10 @@ def _tile_reduction(sch, name, params, vector=True, plan=False):
         outer_axes.insert(0, outer_axes.pop(position))
     # The reduction in blocks whose slice of the vector panel stays in L1 (_reduction_block):
     # their loop runs outside the panels, so that the broadcast operand's slice stays in L2
-    # while every panel sweeps it (not rows outer: each row tile sweeps every panel whole).
+    # while every panel sweeps it (not rows outer: each row tile sweeps every panel whole;
+    # not per batch index: its panels are small, and the core loop would split the batch).
     kc = _reduction_block(sch, block, info, v, vec, params) \
-        if panel is not None and not rows_outer else None
+        if panel is not None and not rows_outer and not batch_at else None
     k_outer = None
     if kc:
         k_outer, red[0] = sch.split(red[0], factors=[None, kc])
@@ -211,7 +215,7 @@ def _tile_reduction(sch, name, params, vector=True, plan=False):
                 *([vec_loop] if vec_loop is not None else []))
     parallel = ""
     padded_here = []
-    panel_loop = outer[0]
+    panel_loop = outer[batch_at]
     # whether the panel copy can go panel by panel into the panel loop (not rows outer: the
     # outer loop then runs over rows, whatever its extent)
     per_panel = vector and not rows_outer and \
@@ -232,8 +236,11 @@ def _tile_reduction(sch, name, params, vector=True, plan=False):
         limit = next((i for i, k in enumerate(outer_axes) if k in risky), len(outer))
         head, parallel = _parallelize(sch, outer[:limit], params)
         outer = head + outer[limit:]
-        panel_loop = outer[0]
-        per_panel = per_panel and panel_loop is first  # else fused with other loops
+        if not (batch_at and any(lp is panel_loop for lp in outer)):
+            # (after batch loops, not fused into the parallel loop: it copies the panels
+            # of its batch index, as they are read)
+            panel_loop = outer[0]
+            per_panel = per_panel and panel_loop is first  # else fused with other loops
         if parallel and outer[0] is first and first is info.loops[0]:
             padded_here = _pad_per_iteration(sch, block, outer[0], info, lanes)
     if panel is not None:
@@ -282,6 +289,23 @@ def _tile_reduction(sch, name, params, vector=True, plan=False):
             f"{', padded per image' if padded_here else ''}"
             f"{', +' + '+'.join(epilogue) if epilogue else ''}]")
     return note, touched
+
+
+def _batch_loops(info, outer_axes):
+    """How many of `outer_axes` (the axes of the outer loops placed so far) lead over batch
+    axes: axes along which every operand is read (batch_matmul's batch and heads), each
+    index of which has panels of its own. The panel loop goes after them, not outermost:
+    each core then copies and reads the panels of its own batch indices, in cache, writes
+    whole rows of their outputs and reads only their rows of the other operand (attention's
+    q k^T over 16 x 4 heads of [64, 32]: 105 -> 79 us warm, 184 -> 136 us flushed, 2 threads
+    of the 2-core AVX-512 Xeon; panel outermost, each core read all of q and wrote a column
+    strip of every head)."""
+    count = 0
+    for k in outer_axes:
+        if not all(strides[k] not in (0, None) for _, _, strides in info.reads):
+            break
+        count += 1
+    return count
 
 
 def _rows_outer(info, region, index):
