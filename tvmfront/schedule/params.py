@@ -54,9 +54,6 @@ UNROLL_MAX_BODY = 64
 SMALL_WORK = 1 << 12
 # Transposing copies move blocks of one cache line per row (x86 and most AArch64 cores).
 CACHE_LINE_BYTES = 64
-# Addresses this far apart share an L1 data cache set (x86: 32 KiB, 8 ways; 48 KiB, 12 ways):
-# a copy that reads many rows this far apart at once evicts its own lines.
-L1_ALIAS_BYTES = 4 << 10
 # What copying one element of an operand costs, in multiply-adds of the reduction, when
 # choosing the vector axis (gemm._choose_vector_axis): a packing copy moves ~1 element per
 # 10-12 MAC-times of a register tile on one AVX-512 core (the MLP's [256, 256] weight into
