@@ -77,7 +77,7 @@ def test_a_long_reduction_runs_in_blocks_that_keep_a_panel_slice_in_l1(form, m, 
     target = resolve_target("x86")
     params = CpuParams(target)
     if form == "A^T B" and m > n:
-        # its vectors run along the wider output axis, m (test_schedule_gemm_swept_broadcast)
+        # its vectors run along the wider output axis, m (test_schedule_gemm_vector_axis)
         m, n = n, m
     rule, blocks, inner, run = _schedule(form, m, k, n, target)
     if (m, k, n) == (512, 1024, 128) and form != "A^T B":

@@ -89,6 +89,11 @@ ROWS_OUTER_MAX_PANEL_BYTES = 512 << 10
 # more than a strided write-back costs (_strided_write_cost: 0.02 and up).
 BROADCAST_PANELS_MAX_BYTES = 512 << 10
 SWEPT_BROADCAST_COST = 0.1
+# A GEMM's operand packed along an axis whose elements lie this far apart (a page) reads a
+# new page per element: vectors along such an axis lose FAR_PACK_COST of their score
+# (gemm._far_pack_cost), more than a strided write-back costs.
+FAR_PACK_BYTES = 4 << 10
+FAR_PACK_COST = 0.5
 # Reductions with an output of at most STREAM_MAX_OUTPUT_BYTES over operands of
 # STREAM_MIN_OPERAND_BYTES or more use one-register vectors, leaving registers for a wider
 # tile (gemm._streams_operands).

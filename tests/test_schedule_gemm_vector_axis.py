@@ -1,10 +1,14 @@
-"""A^T B's vectors run along the output axis whose broadcast operand stays small
+"""Which output axis a GEMM's vectors run along, by the memory traffic of each choice
+(tvmfront/schedule/gemm.py, _choose_vector_axis).
+
+A^T B's vectors run along the output axis whose broadcast operand stays small
 (tvmfront/schedule/gemm.py, _swept_broadcast_cost): that operand is packed into panels of
 the tile's rows and every vector panel sweeps all of it, from L3 once it is bigger than
 BROADCAST_PANELS_MAX_BYTES. The Transformer's d/dw [1024, 512]^T @ [1024, 128] -> [512, 128]
 vectorizes the 512 axis (its tiles written back transposed) and sweeps the 512 KiB operand,
 not the 2 MiB one; the mirror [128, 512] keeps its contiguous vectors, and so does a square
-product, whose two choices sweep as much. Each computes numpy's product.
+product, whose two choices sweep as much. Nor do vectors run along an axis whose packing copy
+would read a page per element (_far_pack_cost). Each computes numpy's product.
 """
 
 import numpy as np
@@ -54,3 +58,25 @@ def test_the_mirror_keeps_its_contiguous_vectors():
 def test_equal_sweeps_keep_the_contiguous_vectors():
     rule, _ = _scheduled(512, 512, 512, "x86")
     assert "packed dy (panels)+a (panels of" in rule, rule
+
+
+def test_vectors_avoid_an_axis_whose_copy_reads_a_page_per_element():
+    """The char Transformer's head, [16, 64, 128] @ [103, 128]^T (103 is prime): along the
+    16 sequences its x would be gathered 32 KiB apart, a page per element
+    (_far_pack_cost); the vectors run along the 64 positions, 512 B apart."""
+    from tvmfront import ops
+    from tvmfront._tvm import te, to_device, tvm
+    from tvmfront.schedule.params import FAR_PACK_BYTES
+
+    assert 64 * 128 * 4 >= FAR_PACK_BYTES > 128 * 4
+    x, w = te.placeholder((16, 64, 128), name="x"), te.placeholder((103, 128), name="w")
+    target = resolve_target("x86")
+    func, rule = cpu_schedule.schedule_prim_func(
+        te.create_prim_func([x, w, ops.dense.te_forward(x, w)]), target)
+    assert "xv32" in rule and "packed x (panels)" in rule, rule
+    rng = np.random.default_rng(0)
+    xa = rng.standard_normal((16, 64, 128)).astype("float32")
+    wa = rng.standard_normal((103, 128)).astype("float32")
+    result = tvm.runtime.empty((16, 64, 103), "float32", tvm.cpu())
+    tvm.compile(func, target=target)(to_device(xa), to_device(wa), result)
+    np.testing.assert_allclose(result.numpy(), xa @ wa.T, rtol=1e-4, atol=2e-3)
