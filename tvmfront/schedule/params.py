@@ -84,9 +84,9 @@ ROW_PANEL_MIN_BYTES = 4 << 20
 # room in the L2 of x86 server cores (512 KiB to 2 MiB) for the rows streaming through it.
 ROWS_OUTER_MAX_PANEL_BYTES = 512 << 10
 # A^T B's broadcast operand, packed into panels of the tile's rows and swept whole by every
-# vector panel, is past the L2 of many x86 cores beyond this size: vectors along the other
-# output axis lose SWEPT_BROADCAST_COST less of their score (gemm._swept_broadcast_cost),
-# more than a strided write-back costs (_strided_write_cost: 0.02 and up).
+# vector panel, is past the L2 of many x86 cores beyond this size: a vector axis that would
+# sweep such an operand loses SWEPT_BROADCAST_COST of its score (gemm._swept_broadcast_cost),
+# more than a strided write-back costs the other axis (_strided_write_cost: 0.02 and up).
 BROADCAST_PANELS_MAX_BYTES = 512 << 10
 SWEPT_BROADCAST_COST = 0.1
 # A GEMM's operand packed along an axis whose elements lie this far apart (a page) reads a
