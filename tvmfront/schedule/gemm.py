@@ -718,8 +718,7 @@ def _swept_broadcast_cost(info, v):
         return 0
     for _, region, strides in info.reads:
         if strides[v] == 0 and _bytes(region.source) > BROADCAST_PANELS_MAX_BYTES and \
-                all(strides[k] is not None and strides[k] >= PANEL_MIN_STRIDE
-                    for k in info.reduction):
+                _rows_far_along_reduction(info, strides):
             return SWEPT_BROADCAST_COST
     return 0
 
@@ -911,13 +910,18 @@ def _panel_operand(info, v, vec, broadcast=None):
     for index, region, strides in info.reads:
         if broadcast is not None and strides[broadcast] != 0:
             continue
-        far = strides[v] == 1 and any(strides[k] is not None and strides[k] >= PANEL_MIN_STRIDE
-                                      for k in info.reduction)
+        far = strides[v] == 1 and _rows_far_along_reduction(info, strides)
         # Or the tile's rows far apart (A of A B): a transposing copy into panels.
         rows = broadcast is not None and _rows_apart(info, region, strides, v)
         if (far or rows) and _panel_fits(info, region, strides, v, vec):
             return index, region
     return None
+
+
+def _rows_far_along_reduction(info, strides):
+    """Whether an operand read with `strides` steps PANEL_MIN_STRIDE elements or more along
+    a reduction: each step of it touches a new row (far enough apart to alias in L1)."""
+    return any(strides[k] is not None and strides[k] >= PANEL_MIN_STRIDE for k in info.reduction)
 
 
 def _rows_apart(info, region, strides, t):
@@ -1022,13 +1026,13 @@ def _order_panel_copy(sch, packed, d, ndim, vec, source, params, one_panel=False
         sch.vectorize(inner)
     elif _const(source.shape[-1]) and _const(source.shape[-1]) % line == 0:
         # A transpose, by blocks of vec rows x one cache line, so the block's writes fill
-        # vec lines and each row's line is read whole while it stays in cache.
-        # Row by row, element by element: column by column, each column a vector gathered
-        # from the vec rows, TVM loads the vector's elements one by one and inserts them
-        # (attention's q k^T, one head's [32, 32] panels copied in its loop: 80.5 -> 68.9 us;
-        # 512^3 A B^T 0.93 -> 0.90 ms; [64, 256] @ [256, 256]^T 38 -> 37 us; Transformer and
-        # MLP train steps 1.009x and 1.025x; 2 threads, 2-core AVX-512 Xeon). Rows 4 KiB
-        # apart, in one L1 set, would also evict each other read column by column.
+        # vec lines and each row's line is read whole while it stays in cache; inside a
+        # block row by row, element by element. Column by column, each column a vector
+        # gathered from the vec rows, TVM loads the vector's elements one by one and inserts
+        # them, and rows 4 KiB apart, in one L1 set, evict each other (row by row: attention's
+        # q k^T, one head's [32, 32] panels copied in its loop, 80.5 -> 68.9 us; 512^3 A B^T
+        # 0.93 -> 0.90 ms; [64, 256] @ [256, 256]^T 38 -> 37 us; Transformer and MLP train
+        # steps 1.009x and 1.025x; 2 threads, 2-core AVX-512 Xeon).
         others[-1], last_inner = sch.split(others[-1], factors=[None, line])
         sch.reorder(*head, *others, inner, last_inner)
         sch.unroll(last_inner)
