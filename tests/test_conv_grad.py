@@ -506,13 +506,14 @@ def test_conv2d_dw_of_strided_1x1_in_place_sums_per_chunk_of_images(n, h):
 
 @pytest.mark.parametrize("target", ["x86", "x86:avx2"])
 @pytest.mark.parametrize("xs,ws", [((64, 16, 32, 32), (32, 16, 3, 3)),  # ResNet's 16->32 @32
-                                   ((64, 32, 16, 16), (64, 32, 3, 3))])  # and 32->64 @16
+                                   ((64, 32, 16, 16), (64, 32, 3, 3)),  # and 32->64 @16
+                                   ((32, 64, 14, 14), (64, 64, 3, 3))])  # bench's 64->64 s2
 def test_conv2d_dx_of_stride_2_computes_its_phases_per_image(xs, ws, target):
     # A 3x3 stride-2 d/dx (one convolution of the padded dy per input phase, interleaved into
     # dx) runs one image per parallel iteration: that image's padded dy and phases are
     # computed inside it, just before the interleave reads them from cache, not each phase
     # over the whole batch with a quarter of dx written to memory and read back; values as
-    # the reference.
+    # the reference. 64 input channels over 7 columns: tiles of 7 columns x a panel of them.
     x, w = te.placeholder(xs, "float32", name="x"), te.placeholder(ws, "float32", name="w")
     y = ops.conv2d.te_forward(x, w, stride=2, padding=1)
     dy = te.placeholder(y.shape, "float32", name="dy")

@@ -11,7 +11,7 @@ a quarter of dx to memory, and the interleave then read all four quarters back: 
 """
 
 from .._tvm import s_tir
-from .analysis import _BlockInfo, _has_if_then_else, _reduction_iters, _root_blocks
+from .analysis import _BlockInfo, _const, _has_if_then_else, _reduction_iters, _root_blocks
 from .conv import _split_divisors
 from .failures import NotApplicable
 from . import gemm
@@ -103,8 +103,8 @@ def _phase_tile(info, lanes, params):
     """(vector axis, its length, {axis: tile}, the weight's read or None) of a phase's
     register tile. Vectors along the columns (the write and dy's rows contiguous, the weight
     broadcast) under a tile of input channels x rows, where the columns fill whole vectors;
-    else vectors of all input channels (the weight read through a copy laid out
-    [o, kh, kw, c]) under a tile of columns. Fewer accumulators than half the registers
+    else vectors of input channels (_channel_vectors; the weight read through a copy laid
+    out [o, kh, kw, c]) under a tile of columns. Fewer accumulators than half the registers
     kept for them (params.acc_registers) leave the FMA latency uncovered: NotApplicable."""
     _, c, i, j = info.extents[:4]
     budget = params.acc_registers
@@ -114,14 +114,24 @@ def _phase_tile(info, lanes, params):
         channels = _largest_divisor(c, budget // (registers * rows))
         if 2 * channels * rows * registers >= budget:
             return 3, j, {1: channels, 2: rows}, None
-    vec = _vector_factor(c, lanes)
-    if vec is not None and vec == c:
+    weight = next((index for index, _, strides in info.reads if strides[0] == 0), None)
+    for vec in _channel_vectors(c, lanes):
         registers = -(-vec // lanes)
         columns = _largest_divisor(j, budget // registers)
-        weight = next((index for index, _, strides in info.reads if strides[0] == 0), None)
         if 2 * columns * registers >= budget and weight is not None:
             return 1, vec, {3: columns}, weight
     raise NotApplicable(f"{info.name}: no register tile")
+
+
+def _channel_vectors(c, lanes):
+    """Vector lengths along c, the preferred first: all the channels where they fit two
+    registers (_vector_factor), else panels of two registers, then of one (a tile of 7
+    columns: 64 channels on AVX-512 take 7 x v32, on AVX2 7 x v8). The weight's copy is
+    then swept once per panel for each image."""
+    vec = _vector_factor(c, lanes)
+    if vec == c:
+        return [vec]
+    return [r * lanes for r in (2, 1) if c % (r * lanes) == 0]
 
 
 def _tile_phase(sch, name, plan):
@@ -135,15 +145,18 @@ def _tile_phase(sch, name, plan):
         block = sch.get_sblock(name)
     loops = list(sch.get_loops(block))[1:]
     spatial, red = loops[:4], loops[4:]
-    outer, inner = [spatial[0]], []
+    outer, inner, vector = [spatial[0]], [], spatial[v]
     for k in (1, 2, 3):
-        if k in tiles:
+        if k == v and _const(sch.get(spatial[k]).extent) > vec:
+            o, vector = sch.split(spatial[k], factors=[None, vec])
+            outer.append(o)
+        elif k in tiles:
             o, i = sch.split(spatial[k], factors=[None, tiles[k]])
             outer.append(o)
             inner.append(i)
         elif k != v:
             outer.append(spatial[k])
-    sch.reorder(*outer, *red, *inner, spatial[v])
+    sch.reorder(*outer, *red, *inner, vector)
     if v == 1:
         # The phase's buffer laid out [n, i, j, c]: its tile's vectors of channels are
         # stored whole, and the interleave transposes them into dx (in cache, per image)
@@ -154,7 +167,7 @@ def _tile_phase(sch, name, plan):
     sch.reverse_compute_at(writeback, outer[-1], preserve_unit_loops=True)
     for loop in [*red[1:], *inner]:
         sch.unroll(loop)
-    sch.vectorize(spatial[v])
+    sch.vectorize(vector)
     _vectorize_last(sch, writeback)
     init = sch.decompose_reduction(block, red[0])
     _vectorize_last(sch, init)
