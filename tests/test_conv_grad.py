@@ -504,6 +504,20 @@ def test_conv2d_dw_of_strided_1x1_in_place_sums_per_chunk_of_images(n, h):
     assert "conv2d_dw_part=tiled[" in check()
 
 
+def _stride_2_grad(xs, ws, which, seed):
+    """(TE dy, x, w, the explicit gradient `which` (0: dx, 1: dw), numpy dy, x, w, numpy's
+    gradient) of a 3x3 stride-2 conv with padding 1."""
+    x, w = te.placeholder(xs, "float32", name="x"), te.placeholder(ws, "float32", name="w")
+    y = ops.conv2d.te_forward(x, w, stride=2, padding=1)
+    dy = te.placeholder(y.shape, "float32", name="dy")
+    grad = ops.conv2d.te_grad(dy, x, w, stride=2, padding=1, derived=False)[which]
+    rng = np.random.default_rng(seed)
+    xv, wv = rng.standard_normal(xs), rng.standard_normal(ws)
+    dyv = rng.standard_normal([int(d) for d in y.shape])
+    want = _conv_grads_ref(xv, wv, dyv, 2, 1)[which]
+    return dy, x, w, grad, dyv.astype("float32"), xv.astype("float32"), wv.astype("float32"), want
+
+
 @pytest.mark.parametrize("target", ["x86", "x86:avx2"])
 @pytest.mark.parametrize("xs,ws", [((64, 16, 32, 32), (32, 16, 3, 3)),  # ResNet's 16->32 @32
                                    ((64, 32, 16, 16), (64, 32, 3, 3)),  # and 32->64 @16
@@ -514,15 +528,25 @@ def test_conv2d_dx_of_stride_2_computes_its_phases_per_image(xs, ws, target):
     # computed inside it, just before the interleave reads them from cache, not each phase
     # over the whole batch with a quarter of dx written to memory and read back; values as
     # the reference. 64 input channels over 7 columns: tiles of 7 columns x a panel of them.
-    x, w = te.placeholder(xs, "float32", name="x"), te.placeholder(ws, "float32", name="w")
-    y = ops.conv2d.te_forward(x, w, stride=2, padding=1)
-    dy = te.placeholder(y.shape, "float32", name="dy")
-    dx = ops.conv2d.te_grad(dy, x, w, stride=2, padding=1, derived=False)[0]
+    dy, _, w, dx, dyv, _, wv, want = _stride_2_grad(xs, ws, 0, seed=3)
     func, rule, target = schedule([dy, w], dx, target)
     assert rule.startswith("tvmfront.conv_phases: phases per image[conv2d_dx"), rule
-    rng = np.random.default_rng(3)
-    xv, wv = rng.standard_normal(xs), rng.standard_normal(ws)
-    dyv = rng.standard_normal([int(d) for d in y.shape])
-    want, _ = _conv_grads_ref(xv, wv, dyv, 2, 1)
-    got, = run(func, target, [dyv.astype("float32"), wv.astype("float32")], [xs])
+    got, = run(func, target, [dyv, wv], [xs])
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-3, err_msg=rule)
+
+
+@pytest.mark.parametrize("schedule_for", ["x86:avx512", "x86:avx2"])
+@pytest.mark.parametrize("xs,ws", [((64, 32, 16, 16), (64, 32, 3, 3)),  # ResNet's 32->64 @16
+                                   ((32, 64, 14, 14), (64, 64, 3, 3))])  # bench's 64->64 s2
+def test_conv2d_dw_of_stride_2_pads_x_per_image(xs, ws, schedule_for):
+    # A 3x3 stride-2 d/dw summed over the whole batch (7 x 7 and 8 x 8 outputs: no chunks)
+    # pads x and transposes dy image by image, in cache, each core over its own input
+    # channels, not in one pass over all of x before tiles that sweep the whole batch. AVX2
+    # code keeps the GEMM family's tiles (faster there). The TIR scheduled for either class
+    # runs on this host and computes the reference.
+    dy, x, _, dw, dyv, xv, _, want = _stride_2_grad(xs, ws, 1, seed=4)
+    func, rule, _ = schedule([dy, x], dw, schedule_for)
+    per_image = "conv2d_dw=conv_dw[" in rule and "x padded and dy_t per image" in rule
+    assert per_image == (schedule_for == "x86:avx512"), rule
+    got, = run(func, resolve_target("x86"), [dyv, xv], [ws])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=5e-3, err_msg=rule)
