@@ -160,6 +160,13 @@ CONV_PAD_ROWS = 4
 # loop iteration per input channel, 3 x 3 x 7 x 2 = 126 FMAs (3x3 on one AVX-512 core, old/new
 # per round, median of 21: b32 32->64 @28 1.006x, 64->64 @14 1.013x, 128->128 @7 1.006x).
 UNROLLED_WINDOW_TAPS = 9
+# conv_weight_grad unrolls this many steps along the columns j of its reduction (fewer where
+# they do not divide it): the 28-step loop of the b32 32->64 @28 d/dw (24 FMAs a step) paid
+# its exit and its 6 dy_t loads a step, which the unrolled steps share (q shifts the column:
+# j + 2 - q). One AVX-512 core, old/new alternated: 32->64 @28 6.23 -> 5.71 ms (its forward
+# 5.7); ResNet's b64 16->16 @32 2.08 -> 1.95, 32->32 @16 1.94 -> 1.79, 64->64 @8 1.87 -> 1.76;
+# by 2 5.82, by 7 5.76, by 14 6.10 ms at 28.
+DW_UNROLLED_COLUMNS = 4
 # window_reindex copies a window read out (per call) up to this many bytes: memory traffic the
 # reduction must win back (LeNet's conv d/dx over a symbolic batch: a 393 KB copy, ~15 us of
 # the 117 us it saves on one AVX-512 core).
