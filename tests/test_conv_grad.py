@@ -541,12 +541,14 @@ def test_conv2d_dx_of_stride_2_computes_its_phases_per_image(xs, ws, target):
 def test_conv2d_dw_of_stride_2_pads_x_per_image(xs, ws, schedule_for):
     # A 3x3 stride-2 d/dw summed over the whole batch (7 x 7 and 8 x 8 outputs: no chunks)
     # pads x and transposes dy image by image, in cache, each core over its own input
-    # channels, not in one pass over all of x before tiles that sweep the whole batch. AVX2
-    # code keeps the GEMM family's tiles (faster there). The TIR scheduled for either class
+    # channels, not in one pass over all of x before tiles that sweep the whole batch, its
+    # rows of columns unrolled. AVX2 code keeps the GEMM family's tiles (faster there). The TIR scheduled for either class
     # runs on this host and computes the reference.
     dy, x, _, dw, dyv, xv, _, want = _stride_2_grad(xs, ws, 1, seed=4)
     func, rule, _ = schedule([dy, x], dw, schedule_for)
     per_image = "conv2d_dw=conv_dw[" in rule and "x padded and dy_t per image" in rule
     assert per_image == (schedule_for == "x86:avx512"), rule
+    # each row of output columns (7 or 8) unrolled whole
+    assert not per_image or f"{xs[-1] // 2} columns unrolled" in rule, rule
     got, = run(func, resolve_target("x86"), [dyv, xv], [ws])
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=5e-3, err_msg=rule)
