@@ -9,6 +9,8 @@ compiled train step), both with tvmfront's default CPU schedules; their median t
 ratio; and PyTorch's forward and backward on the same shapes, in its own process. The
 backward is the op's explicit `.grad` (what a train step uses) or, with --gradient derived,
 the one autodiff derives from the forward. --rules prints the schedule rule of each kernel.
+A case's forward and gradient kernels are timed in alternating rounds (--rounds), each the
+median of its rounds, so that a slow phase of a shared machine weighs on all of them alike.
 
 Threads: TVM_NUM_THREADS defaults to the CPUs visible, set before TVM starts its pool (as in
 bench/default_schedules.py). Unset, TVM runs one thread on a 2-CPU x86 machine yet hands every
@@ -78,27 +80,40 @@ def _schedule(func, target, rules):
     return scheduled
 
 
-def _time_us(func, args, target, rules=None):
+def _build(func, args, target, rules=None):
+    """A timer of the scheduled kernel on `args`: each call returns one median in us."""
     lib = tvm.compile(_schedule(func, target, rules), target=target)
-    timer = lib.mod.time_evaluator("main", tvm.cpu(), number=3, repeat=7, min_repeat_ms=50)
-    return float(np.median(timer(*args).results)) * 1e6
+    timer = lib.mod.time_evaluator("main", tvm.cpu(), number=3, repeat=3, min_repeat_ms=30)
+    return lambda: float(np.median(timer(*args).results)) * 1e6
 
 
-def tvmfront_times(op, shapes, attrs, target, derived=True, rules=None):
+def _interleaved(timers, rounds):
+    """Median time of each timer over `rounds` rounds, the timers alternating within each
+    round: a forward and its gradient kernels see the same phases of a shared machine (timed
+    one after the other, a slow phase once read a backward 1.8x or 2.1x its forward)."""
+    times = [[] for _ in timers]
+    for r in range(rounds):
+        order = list(range(len(timers)))
+        for k in order if r % 2 == 0 else reversed(order):
+            times[k].append(timers[k]())
+    return [float(np.median(t)) for t in times]
+
+
+def tvmfront_times(op, shapes, attrs, target, derived=True, rules=None, rounds=5):
     rng = np.random.default_rng(0)
     xs = [te.placeholder(s, "float32", name=f"x{i}") for i, s in enumerate(shapes)]
     data = [to_device(rng.standard_normal(s).astype("float32")) for s in shapes]
     out = op.te_forward(*xs, **attrs)
     out_data = tvm.runtime.empty(tuple(int(d) for d in out.shape), "float32", tvm.cpu())
-    forward = _time_us(te.create_prim_func(xs + [out]), data + [out_data], target, rules)
+    timers = [_build(te.create_prim_func(xs + [out]), data + [out_data], target, rules)]
     dy = te.placeholder(out.shape, "float32", name="dy")
     dy_data = to_device(rng.standard_normal(tuple(int(d) for d in out.shape)).astype("float32"))
-    per_input = []
     for i, x in enumerate(xs):  # one kernel per input, as the train step emits them
         grad = op.te_grad(dy, *xs, derived=derived, **attrs)[i]
         grad_data = tvm.runtime.empty(shapes[i], "float32", tvm.cpu())
-        per_input.append(_time_us(te.create_prim_func([dy] + xs + [grad]),
-                                  [dy_data] + data + [grad_data], target, rules))
+        timers.append(_build(te.create_prim_func([dy] + xs + [grad]),
+                             [dy_data] + data + [grad_data], target, rules))
+    forward, *per_input = _interleaved(timers, rounds)
     return forward, per_input
 
 
@@ -121,6 +136,8 @@ def main():
     parser.add_argument("--only", default="", help="cases whose name contains this text")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch's timings")
     parser.add_argument("--rules", action="store_true", help="print each kernel's rule")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="rounds of the forward and gradient kernels, alternating")
     args = parser.parse_args()
     cases = {n: c for n, c in CASES.items() if args.only in n}
     target = resolve_target("x86")
@@ -135,7 +152,8 @@ def main():
     for name, (_, op, shapes, attrs) in cases.items():
         rules = [] if args.rules else None
         fwd, per_input = tvmfront_times(op, shapes, attrs, target,
-                                        derived=args.gradient == "derived", rules=rules)
+                                        derived=args.gradient == "derived", rules=rules,
+                                        rounds=args.rounds)
         bwd = sum(per_input)
         row = (f"{name:<34} {fwd:>9.0f} {bwd:>9.0f} {bwd / fwd:>8.2f} "
                f"{max(per_input) / fwd:>10.2f}")
