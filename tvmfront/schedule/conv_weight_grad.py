@@ -13,10 +13,14 @@ once per image (24 vector loads and stores against H x W x 24 FMAs). The chunks 
 output channels, each copying its own slice of dy_t) run in parallel.
 
 Loop order: (g, o // vec) parallel | n | dy_t of the image | c // tc, p, i, j // 4 | j % 4,
-c % tc, q, o % vec (params.DW_UNROLLED_COLUMNS, on AVX-512): per step of (i, j) tc broadcasts of x and kw
-vectors of dy_t feed tc x kw x vec FMAs, the unrolled steps sharing their dy_t loads.
-ResNet's d/dw at batch 64 and b32 32->64 @28, one AVX-512 core, old/new interleaved: see the
-commit.
+c % tc, q, o % vec (params.DW_UNROLLED_COLUMNS, on AVX-512): per step of (i, j) tc broadcasts
+of x and kw vectors of dy_t feed tc x kw x vec FMAs, the unrolled steps sharing their dy_t
+loads. ResNet's d/dw at batch 64 and b32 32->64 @28, one AVX-512 core, old/new interleaved:
+see the commit.
+
+Other weight gradients that read x through a zero-padded copy (strided convs', autodiff's)
+take the same image-by-image order with x padded per image and dy transposed per image
+(_padded_weight_grad).
 """
 
 import math
@@ -169,25 +173,29 @@ def _copy_per_image(sch, copy, image_loop, lanes):
 
 
 
-def _strided_weight_grad(sch, name, params):
-    """(note, touched blocks) of a strided conv's weight gradient block `name`:
-    dw[o, c, p, q] = sum_{n, i, j} dy[n, o, i, j] * x_pad[n, c, s * i + p, s * j + q], summed
-    over the whole batch at once (ops/conv.py's _grad_w where no chunk of images is worth a
-    partial sum: 7 x 7 and 8 x 8 outputs) or per chunk of images (_grad_w_padded_per_chunk,
-    the chunks in parallel; ResNet's b64 16->32 @32 s2 on one AVX-512 core: 1427 -> 1318 us
-    against the GEMM family's rule, which padded each chunk whole before its tiles). Image by
-    image, as _conv_weight_grad: per image,
-    x_pad is made (its zero fill and copy) and dy copied into [i, j, o] by 8 x 8 tiles just
-    before the tiles read them from cache. The GEMM family's rule padded all of x in one pass
-    first, and swept the whole batch in each tile (b32 64->64 @14 s2 on one AVX-512 core:
-    the pass was a fifth of the time). Raises NotApplicable for other blocks, and under
-    AVX-512 (params.CONV_MIN_VECTOR_BITS): AVX2 code, 4 x 3 x v8 tiles, ran that d/dw 1.2x
-    the GEMM family's time on the same core."""
+def _padded_weight_grad(sch, name, params):
+    """(note, touched blocks) of a conv's weight gradient block `name` that reads x through a
+    zero-padded copy: dw[o, c, p, q] = sum_{n, i, j} dy[n, o, i, j] * x_pad[n, c, s * i + p,
+    s * j + q] (_padded_axes), summed over the whole batch or per chunk of images. Strided
+    convs' (ops/conv.py's _grad_w: 7 x 7 and 8 x 8 outputs sum the whole batch, larger ones
+    per chunk, _grad_w_padded_per_chunk) and at stride 1 autodiff's, which _conv_weight_grad
+    does not take.
+
+    Image by image, as _conv_weight_grad: per image, x_pad is made (its zero fill and copy)
+    and dy copied into [i, j, o] by 8 x 8 tiles just before the tiles read them from cache.
+    The GEMM family's rule padded all of x (or a chunk) in one pass first and swept the whole
+    batch (or chunk) in each tile. One AVX-512 core, old/new in one process: b32 64->64 @14
+    s2 931 -> 850 us (the pass was a fifth of the time); ResNet's b64 32->64 @16 s2 1335 ->
+    1105, 16->32 @32 s2 (chunks) 1427 -> 1318; derived at stride 1, b32 32->64 @28 9.7 ->
+    6.4 ms, ResNet's 32->32 @16 2.50 -> 2.11, 16->16 @32 2.92 -> 2.69, 64->64 @8 2.10 -> 1.97.
+    Raises NotApplicable for other blocks, and under AVX-512 (params.CONV_MIN_VECTOR_BITS):
+    AVX2 code, 4 x 3 x v8 tiles, ran the 64->64 @14 s2 d/dw 1.2x the GEMM family's time on
+    the same core."""
     if params.vector_bits < CONV_MIN_VECTOR_BITS:
         raise NotApplicable("measured on AVX-512 only: the GEMM family's tiles")
     block = sch.get_sblock(name)
     info = _BlockInfo(sch, block)
-    g, o, c, p, q, n, dy_index, pad = _strided_axes(sch, info)
+    g, o, c, p, q, n, dy_index, pad, stride = _padded_axes(sch, info)
     registers, tc = _register_tile(info, o, c, q, params)
     lanes = params.lanes(info.dtype)
     vec = registers * lanes
@@ -209,9 +217,13 @@ def _strided_weight_grad(sch, name, params):
                                 f"{params.cores} cores")
         task, c_out = sch.split(c_out, factors=[split, None])
         tasks.append(task)
-    # Its rows of 7 or 8 columns unrolled whole (up to 2 x DW_UNROLLED_COLUMNS): one AVX-512
-    # core, b32 64->64 @14 s2 875 -> 839 us; ResNet's 32->64 @16 s2 1177 -> 1117 (by 4: 1137).
-    columns = _largest_divisor(info.extents[info.reduction[2]], 2 * DW_UNROLLED_COLUMNS)
+    # Strided, its rows of 7 or 8 columns unrolled whole (up to 2 x DW_UNROLLED_COLUMNS): one
+    # AVX-512 core, b32 64->64 @14 s2 875 -> 839 us; ResNet's 32->64 @16 s2 1177 -> 1117 (by
+    # 4: 1137). At stride 1 the unrolled steps share broadcasts of x_pad (column j + q), which
+    # LLVM kept live until the accumulators spilled (b32 32->64 @28, derived: one step 6.3 ms,
+    # by 2 11.3, by 4 8.8, by 7 8.5).
+    columns = 1 if stride == 1 else \
+        _largest_divisor(info.extents[info.reduction[2]], 2 * DW_UNROLLED_COLUMNS)
     j_out, j_in = sch.split(j, factors=[None, columns])
     sch.reorder(*tasks, loops[n], o_out, c_out, loops[p], i, j_out, j_in, c_in, loops[q], o_vec)
     sch.unroll(j_in)
@@ -246,15 +258,16 @@ def _strided_weight_grad(sch, name, params):
     split = " x ".join((["chunks"] if g is not None else []) +
                        (["channels"] if len(tasks) > (g is not None) else []))
     note = (f"conv_dw[{tc}x{info.extents[q]}xv{vec}, {f'parallel {split}, ' if parallel else ''}"
-            f"x padded and dy_t per image, {columns} columns unrolled]")
+            f"x padded and dy_t per image{f', {columns} columns unrolled' if columns > 1 else ''}]")
     return note, touched
 
 
-def _strided_axes(sch, info):
-    """(g or None, o, c, p, q, n, dy's read index, x_pad's padding block) of a strided weight
-    gradient block: output axes ([g,] o, c, p, q) and reductions (n, i, j), all static; reads
-    dy[n', o, i, j] (contiguous along j, constant along c, p, q) and x_pad[.., c, s * i + p,
-    s * j + q] (s > 1, constant along o), made by a padding block of the kernel. With g, the
+def _padded_axes(sch, info):
+    """(g or None, o, c, p, q, n, dy's read index, x_pad's padding block, the stride s) of a
+    weight gradient block reading a padded x: output axes ([g,] o, c, p, q) and reductions
+    (n, i, j), all static; reads dy[n', o, i, j] (contiguous along j, constant along c, p, q)
+    and x_pad[.., c, s * i + p, s * j + q] (s >= 1, constant along o), made by a padding
+    block of the kernel. With g, the
     sum of a chunk of images (ops/conv.py's _grad_w_padded_per_chunk: x_pad[g, n, ...]).
     Raises NotApplicable otherwise."""
     kinds = "".join(info.kinds)
@@ -271,10 +284,10 @@ def _strided_axes(sch, info):
                 strides[j] == 1:
             dy = index
         elif strides[o] == 0 and strides[q] == 1 and strides[j] is not None and \
-                strides[j] > 1 and strides[p] not in (0, None) and \
+                strides[j] >= 1 and strides[p] not in (0, None) and \
                 strides[i] == strides[j] * strides[p] and \
                 all(strides[k] not in (0, None) for k in (c, n)):
-            x = region  # rows and columns both at the stride s = strides[j]
+            x, stride = region, strides[j]  # rows and columns both at the stride s
     if dy is None or x is None:
         raise NotApplicable("not dy x x_pad of a strided conv")
     pad = next((blk for blk in sch.get_producers(info.block)
@@ -282,4 +295,4 @@ def _strided_axes(sch, info):
     if pad is None or not _has_if_then_else(sch.get(pad)) or \
             len(sch.get_loops(pad)) != len(x.region):
         raise NotApplicable("x_pad is no padding copy of the kernel")
-    return g, o, c, p, q, n, dy, pad
+    return g, o, c, p, q, n, dy, pad, stride

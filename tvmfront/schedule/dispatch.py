@@ -196,7 +196,7 @@ def _tvmfront_rule(func, params, tiled_only=False):
         rules = (("row_fusion", _row_fusion),
                  ("conv_forward", conv_forward._conv_forward),
                  ("conv_weight_grad", conv_weight_grad._conv_weight_grad),
-                 ("strided_weight_grad", conv_weight_grad._strided_weight_grad),
+                 ("padded_weight_grad", conv_weight_grad._padded_weight_grad),
                  ("window_reindex", window_reindex._window_reindex),
                  ("column_reduction", _column_reduction),
                  ("tile_reduction", gemm._tile_reduction),
