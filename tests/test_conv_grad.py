@@ -557,23 +557,29 @@ def test_conv2d_dw_of_stride_2_pads_x_per_image(xs, ws, schedule_for):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=5e-3, err_msg=rule)
 
 
+@pytest.mark.parametrize("which", [0, 1])
 @pytest.mark.parametrize("xs,ws", [((32, 32, 28, 28), (64, 32, 3, 3)),  # bench's 32->64 @28
                                    ((64, 32, 16, 16), (32, 32, 3, 3))])  # ResNet's 32->32
-def test_derived_stride_1_dw_pads_x_per_image_on_avx512(xs, ws):
-    # Autodiff's d/dw of a padded stride-1 conv reads x through the forward's padded copy:
-    # scheduled for AVX-512 it pads x and transposes dy image by image (_padded_weight_grad),
-    # its columns not unrolled (at stride 1 the unrolled steps shared broadcasts until the
-    # accumulators spilled); the TIR runs on this host and computes the reference.
+def test_derived_stride_1_grads_take_the_per_image_rules_on_avx512(xs, ws, which):
+    # Autodiff's gradients of a padded stride-1 conv, scheduled for AVX-512: its d/dx (taps
+    # running backwards through dy) on conv_forward's per-image tiles; its d/dw, reading x
+    # through the forward's padded copy, pads x and transposes dy image by image
+    # (_padded_weight_grad), its columns not unrolled (at stride 1 the unrolled steps shared
+    # broadcasts until the accumulators spilled). The TIR runs on this host and computes the
+    # reference.
     x, w = te.placeholder(xs, "float32", name="x"), te.placeholder(ws, "float32", name="w")
     y = ops.conv2d.te_forward(x, w, padding=1)
     dy = te.placeholder(y.shape, "float32", name="dy")
-    dw = ops.conv2d.te_grad(dy, x, w, padding=1, derived=True)[1]
-    func, rule, _ = schedule([dy, x, w], dw, "x86:avx512")
-    assert re.search(r"=conv_dw\[[^]]*x padded and dy_t per image\]", rule), rule
+    grad = ops.conv2d.te_grad(dy, x, w, padding=1, derived=True)[which]
+    func, rule, _ = schedule([dy, x, w], grad, "x86:avx512")
+    expected = r"=conv\[7xv32|=conv\[8xv32" if which == 0 else \
+        r"=conv_dw\[[^]]*x padded and dy_t per image\]"
+    assert re.search(expected, rule), rule
     rng = np.random.default_rng(8)
     xv, wv = rng.standard_normal(xs), rng.standard_normal(ws)
     dyv = rng.standard_normal([int(d) for d in y.shape])
-    _, want = _conv_grads_ref(xv, wv, dyv, 1, 1)
+    want = _conv_grads_ref(xv, wv, dyv, 1, 1)[which]
     got, = run(func, resolve_target("x86"),
-               [dyv.astype("float32"), xv.astype("float32"), wv.astype("float32")], [ws])
+               [dyv.astype("float32"), xv.astype("float32"), wv.astype("float32")],
+               [xs if which == 0 else ws])
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=5e-2, err_msg=rule)
