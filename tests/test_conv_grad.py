@@ -542,10 +542,11 @@ def test_conv2d_dx_of_stride_2_computes_its_phases_per_image(xs, ws, target):
                                    ((64, 16, 32, 32), (32, 16, 3, 3))])  # in chunks of images
 def test_conv2d_dw_of_stride_2_pads_x_per_image(xs, ws, schedule_for):
     # A 3x3 stride-2 d/dw, summed over the whole batch (7 x 7 and 8 x 8 outputs: no chunks)
-    # or per chunk of images (16 x 16), pads x and transposes dy image by image, in cache, each core over its own input
-    # channels, not in one pass over all of x before tiles that sweep the whole batch, its
-    # rows of columns unrolled. AVX2 code keeps the GEMM family's tiles (faster there). The TIR scheduled for either class
-    # runs on this host and computes the reference.
+    # or per chunk of images (16 x 16), pads x and transposes dy image by image, in cache,
+    # each core over its own input channels (or chunks), not in one pass over all of x before
+    # tiles that sweep the whole batch, its rows of columns unrolled. AVX2 code keeps the GEMM
+    # family's tiles (faster there). The TIR scheduled for either class runs on this host and
+    # computes the reference.
     dy, x, _, dw, dyv, xv, _, want = _stride_2_grad(xs, ws, 1, seed=4)
     func, rule, _ = schedule([dy, x], dw, schedule_for)
     per_image = bool(re.search(r"conv2d_dw(_part)?=conv_dw\[[^]]*x padded and dy_t per image",

@@ -119,10 +119,10 @@ def _conv_axes(info):
     """(n, o, i, j, image read, weight read) of an NCHW convolution forward block of a stride
     s in CONV_STRIDES: spatial axes n, o, i, j (all static but n) and three reductions c, kh,
     kw; the image read x[n, c, s * i + kh, s * j + kw] (contiguous along kw, constant along
-    o), or at stride 1 x[n, c, i - kh + a, j - kw + b] (autodiff's d/dx reading dy: one AVX-512
-    core, b32 32->64 @28 5878 -> 5717 us against the GEMM family's tiles, ResNet's b64 32->32
-    @16 1.012x, 64->64 @8 1.017x), and the weight w[o, c, kh, kw] (constant along n, i, j). Raises NotApplicable
-    otherwise."""
+    o), or at stride 1 x[n, c, i - kh + a, j - kw + b] (autodiff's d/dx reading dy: one
+    AVX-512 core, b32 32->64 @28 5878 -> 5717 us against the GEMM family's tiles, ResNet's b64
+    32->32 @16 1.012x, 64->64 @8 1.017x), and the weight w[o, c, kh, kw] (constant along n,
+    i, j). Raises NotApplicable otherwise."""
     if info.kinds != ["S"] * 4 + ["R"] * 3 or len(info.reads) != 2:
         raise NotApplicable("not a 2-D convolution's loop nest")
     n, o, i, j = 0, 1, 2, 3

@@ -172,7 +172,6 @@ def _copy_per_image(sch, copy, image_loop, lanes):
     return names + [sch.get(tile).name_hint], f", transposed {fo}x{fc}"
 
 
-
 def _padded_weight_grad(sch, name, params):
     """(note, touched blocks) of a conv's weight gradient block `name` that reads x through a
     zero-padded copy: dw[o, c, p, q] = sum_{n, i, j} dy[n, o, i, j] * x_pad[n, c, s * i + p,
@@ -206,8 +205,8 @@ def _padded_weight_grad(sch, name, params):
     o_out, o_vec = sch.split(loops[o], factors=[None, vec])
     c_out, c_in = sch.split(loops[c], factors=[None, tc])
     i, j = loops[info.reduction[1]], loops[info.reduction[2]]
-    # The cores take tiles of input channels, each padding only its channels of x; panels
-    # of o would each pad all of x (s * s times dy's pixels), copying dy instead.
+    # The cores take chunks of images, else tiles of input channels, each padding only its
+    # channels of x; panels of o would each pad all of x (at stride 2 four times dy's pixels).
     parallel = _parallel_worth_it(info, vec, params)
     tasks = [loops[g]] if g is not None else []
     if parallel and _extent(sch, tasks) < params.cores:
@@ -267,12 +266,11 @@ def _padded_axes(sch, info):
     weight gradient block reading a padded x: output axes ([g,] o, c, p, q) and reductions
     (n, i, j), all static; reads dy[n', o, i, j] (contiguous along j, constant along c, p, q)
     and x_pad[.., c, s * i + p, s * j + q] (s >= 1, constant along o), made by a padding
-    block of the kernel. With g, the
-    sum of a chunk of images (ops/conv.py's _grad_w_padded_per_chunk: x_pad[g, n, ...]).
-    Raises NotApplicable otherwise."""
+    block of the kernel. With g, the sum of a chunk of images (ops/conv.py's
+    _grad_w_padded_per_chunk: x_pad[g, n, ...]). Raises NotApplicable otherwise."""
     kinds = "".join(info.kinds)
     if kinds not in ("SSSSRRR", "SSSSSRRR") or len(info.reads) != 2 or info.symbolic:
-        raise NotApplicable("not a static strided weight gradient's loop nest")
+        raise NotApplicable("not a static weight gradient's loop nest")
     g = 0 if kinds.startswith("SSSSS") else None
     o, c, p, q = (1, 2, 3, 4) if g is not None else (0, 1, 2, 3)
     n, i, j = info.reduction
@@ -289,7 +287,7 @@ def _padded_axes(sch, info):
                 all(strides[k] not in (0, None) for k in (c, n)):
             x, stride = region, strides[j]  # rows and columns both at the stride s
     if dy is None or x is None:
-        raise NotApplicable("not dy x x_pad of a strided conv")
+        raise NotApplicable("not dy x x_pad of a conv")
     pad = next((blk for blk in sch.get_producers(info.block)
                 if sch.get(blk).writes[0].source.same_as(x.source)), None)
     if pad is None or not _has_if_then_else(sch.get(pad)) or \
