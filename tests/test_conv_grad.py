@@ -505,13 +505,13 @@ def test_conv2d_dw_of_strided_1x1_in_place_sums_per_chunk_of_images(n, h):
     assert "conv2d_dw_part=tiled[" in check()
 
 
-def _stride_2_grad(xs, ws, which, seed):
-    """(TE dy, x, w, the explicit gradient `which` (0: dx, 1: dw), numpy dy, x, w, numpy's
-    gradient) of a 3x3 stride-2 conv with padding 1."""
+def _stride_2_grad(xs, ws, which, seed, derived=False):
+    """(TE dy, x, w, the gradient `which` (0: dx, 1: dw; explicit or autodiff's), numpy dy,
+    x, w, numpy's gradient) of a 3x3 stride-2 conv with padding 1."""
     x, w = te.placeholder(xs, "float32", name="x"), te.placeholder(ws, "float32", name="w")
     y = ops.conv2d.te_forward(x, w, stride=2, padding=1)
     dy = te.placeholder(y.shape, "float32", name="dy")
-    grad = ops.conv2d.te_grad(dy, x, w, stride=2, padding=1, derived=False)[which]
+    grad = ops.conv2d.te_grad(dy, x, w, stride=2, padding=1, derived=derived)[which]
     rng = np.random.default_rng(seed)
     xv, wv = rng.standard_normal(xs), rng.standard_normal(ws)
     dyv = rng.standard_normal([int(d) for d in y.shape])
@@ -519,19 +519,21 @@ def _stride_2_grad(xs, ws, which, seed):
     return dy, x, w, grad, dyv.astype("float32"), xv.astype("float32"), wv.astype("float32"), want
 
 
+@pytest.mark.parametrize("derived", [False, True])
 @pytest.mark.parametrize("target", ["x86", "x86:avx2"])
 @pytest.mark.parametrize("xs,ws", [((64, 16, 32, 32), (32, 16, 3, 3)),  # ResNet's 16->32 @32
                                    ((64, 32, 16, 16), (64, 32, 3, 3)),  # and 32->64 @16
                                    ((32, 64, 14, 14), (64, 64, 3, 3))])  # bench's 64->64 s2
-def test_conv2d_dx_of_stride_2_computes_its_phases_per_image(xs, ws, target):
+def test_conv2d_dx_of_stride_2_computes_its_phases_per_image(xs, ws, target, derived):
     # A 3x3 stride-2 d/dx (one convolution of the padded dy per input phase, interleaved into
     # dx) runs one image per parallel iteration: that image's padded dy and phases are
     # computed inside it, just before the interleave reads them from cache, not each phase
     # over the whole batch with a quarter of dx written to memory and read back; values as
     # the reference. 64 input channels over 7 columns: tiles of 7 columns x a panel of them.
-    dy, _, w, dx, dyv, _, wv, want = _stride_2_grad(xs, ws, 0, seed=3)
+    # Autodiff's phases too, whose one-tap axes are gone (2, 1 or no tap loops).
+    dy, _, w, dx, dyv, _, wv, want = _stride_2_grad(xs, ws, 0, seed=3, derived=derived)
     func, rule, target = schedule([dy, w], dx, target)
-    assert rule.startswith("tvmfront.conv_phases: phases per image[conv2d_dx"), rule
+    assert rule.startswith("tvmfront.conv_phases: phases per image[conv2d_"), rule
     got, = run(func, target, [dyv, wv], [xs])
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-3, err_msg=rule)
 
