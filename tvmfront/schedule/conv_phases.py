@@ -55,7 +55,7 @@ def _phases_per_image(sch, params, plans):
         sch.compute_at(sch.get_sblock(name), image, preserve_unit_loops=True)
     for pad in [sch.get(p).name_hint for p in pads]:
         sch.compute_at(sch.get_sblock(pad), image, preserve_unit_loops=True)
-        _decompose_pad(sch, sch.get_sblock(pad), image, lanes)
+        gemm._decompose_pad(sch, sch.get_sblock(pad), image, lanes)
     notes = [_tile_phase(sch, name, plan) for name, plan in zip(names, tiles)]
     return f"phases per image[{', '.join(notes)}]"
 
@@ -184,10 +184,3 @@ def _vectorize_last(sch, block):
     loops = sch.get_loops(block)
     if loops:
         sch.vectorize(loops[-1])
-
-
-def _decompose_pad(sch, pad, image, lanes):
-    """The padding block placed in the image loop: its zero fill and its copy separate, each
-    a vector loop (no per-element branch)."""
-    fill = sch.decompose_padding(pad, gemm._loops_inside(sch, pad, image)[0])
-    gemm._vectorize_fill_and_copy(sch, fill, pad, image, lanes)

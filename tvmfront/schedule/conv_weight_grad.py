@@ -29,7 +29,7 @@ from .failures import NotApplicable
 from .params import CONV_MIN_VECTOR_BITS, DW_UNROLLED_COLUMNS
 from .analysis import _BlockInfo, _const, _has_if_then_else
 from .loops import _largest_divisor, _parallel_worth_it, _vector_factor, _vectorize_innermost
-from .gemm import TRANSPOSE_TILE, _loops_inside, _vectorize_fill_and_copy
+from .gemm import TRANSPOSE_TILE, _decompose_pad, _loops_inside
 from .spatial import _transpose_by_tiles
 
 
@@ -67,11 +67,7 @@ def _conv_weight_grad(sch, name, params):
         sch.parallel(outer)
     # The tiles accumulate in a buffer laid out with o last (whole vectors), written back
     # once every image of the chunk is summed.
-    writeback = sch.cache_write(block, 0, "global")
-    ndim = len(info.write.region)
-    sch.transform_layout(writeback, ("read", 0), lambda *idx: [
-        *idx[:ndim - 4], idx[ndim - 3], idx[ndim - 2], idx[ndim - 1], idx[ndim - 4]])
-    sch.reverse_compute_at(writeback, outer, preserve_unit_loops=True)
+    writeback = _o_last_writeback(sch, block, outer)
     lanes = params.lanes(info.dtype)
     copies, transposed = _copy_per_image(sch, copy, loops[n], lanes)
     touched = {name, sch.get(writeback).name_hint, *copies}
@@ -85,6 +81,18 @@ def _conv_weight_grad(sch, name, params):
     note = (f"conv_dw[{tc}x{info.extents[q]}xv{vec}, {'parallel ' if parallel else ''}"
             f"{split}{' x channels' if c_out in tasks else ''}, dy_t per image{transposed}]")
     return note, touched
+
+
+def _o_last_writeback(sch, block, loop):
+    """The weight gradient's accumulator buffer laid out [.., c, p, q, o] (whole vectors of
+    o), written back to [.., o, c, p, q] once per iteration of `loop` (the parallel task),
+    or once after the whole nest where `loop` is None. Returns the write-back block."""
+    writeback = sch.cache_write(block, 0, "global")
+    sch.transform_layout(writeback, ("read", 0), lambda *idx: [
+        *idx[:-4], idx[-3], idx[-2], idx[-1], idx[-4]])
+    if loop is not None:
+        sch.reverse_compute_at(writeback, loop, preserve_unit_loops=True)
+    return writeback
 
 
 def _register_tile(info, o, c, q, params):
@@ -161,15 +169,23 @@ def _copy_per_image(sch, copy, image_loop, lanes):
         sch.vectorize(sch.split(run, factors=[None, f])[1])
     names = [sch.get(copy).name_hint, sch.get(fill).name_hint]
     rows, cols, chans = sch.get_loops(copy)[-3:]
+    tile, note = _transpose_dy(sch, copy, rows, chans, cols)
+    return names + ([tile] if tile else []), note
+
+
+def _transpose_dy(sch, copy, rows, chans, cols):
+    """Copy dy's rows into [.., columns, o] by tiles of columns x channels inside the loop
+    `rows` (the copy's read contiguous along `cols`, its write along `chans`:
+    spatial._transpose_by_tiles). Returns (the tile's block name or None, a note)."""
     # 8 x 8 tiles (gemm.TRANSPOSE_TILE), in a buffer on the stack: 16 x 16 ones, 1 KiB, were
     # a workspace whose lanes LLVM gathered one by one (one AVX-512 core, the whole d/dw:
     # 32->32 @16 1.03x, 16->16 @32 1.07x, b32 32->64 @28 1.04x the time of 8 x 8).
     fc = _vector_factor(_const(sch.get(cols).extent), TRANSPOSE_TILE, max_registers=1)
     fo = _vector_factor(_const(sch.get(chans).extent), TRANSPOSE_TILE, max_registers=1)
     if fc is None or fo is None:
-        return names, ""
+        return None, ""
     _, _, tile = _transpose_by_tiles(sch, copy, [rows], chans, fo, cols, fc, scope="global")
-    return names + [sch.get(tile).name_hint], f", transposed {fo}x{fc}"
+    return sch.get(tile).name_hint, f", transposed {fo}x{fc}"
 
 
 def _padded_weight_grad(sch, name, params):
@@ -229,23 +245,16 @@ def _padded_weight_grad(sch, name, params):
     task_loop = (sch.fuse(*tasks) if len(tasks) > 1 else tasks[0]) if tasks else None
     if parallel and task_loop is not None:
         sch.parallel(task_loop)
-    writeback = sch.cache_write(block, 0, "global")
-    sch.transform_layout(writeback, ("read", 0), lambda *idx: [
-        *idx[:-4], idx[-3], idx[-2], idx[-1], idx[-4]])
-    if task_loop is not None:
-        sch.reverse_compute_at(writeback, task_loop, preserve_unit_loops=True)
+    writeback = _o_last_writeback(sch, block, task_loop)
     image = loops[n]
     sch.compute_at(dy_t, image, preserve_unit_loops=True)
     chans, rows, cols = sch.get_loops(dy_t)[-3:]  # dy's loops (o, i, j): written along o
-    fc = _vector_factor(_const(sch.get(cols).extent), TRANSPOSE_TILE, max_registers=1)
-    fo = _vector_factor(_const(sch.get(chans).extent), TRANSPOSE_TILE, max_registers=1)
+    tile, _ = _transpose_dy(sch, dy_t, rows, chans, cols)
     touched = {name, sch.get(writeback).name_hint, sch.get(dy_t).name_hint}
-    if fc is not None and fo is not None:
-        _, _, tile = _transpose_by_tiles(sch, dy_t, [rows], chans, fo, cols, fc, scope="global")
-        touched.add(sch.get(tile).name_hint)
+    if tile:
+        touched.add(tile)
     sch.compute_at(pad, image, preserve_unit_loops=True)
-    fill = sch.decompose_padding(pad, _loops_inside(sch, pad, image)[0])
-    _vectorize_fill_and_copy(sch, fill, pad, image, lanes)
+    fill = _decompose_pad(sch, pad, image, lanes)
     touched.update({sch.get(pad).name_hint, sch.get(fill).name_hint})
     sch.unroll(c_in)
     sch.unroll(loops[q])

@@ -636,6 +636,14 @@ def _vectorize_fill_and_copy(sch, fill, copy, loop, lanes):
         sch.vectorize(sch.split(run, factors=[None, f])[1])
 
 
+def _decompose_pad(sch, pad, loop, lanes):
+    """A padding block placed in `loop`: its zero fill and its copy separate, each a vector
+    loop (no per-element branch). Returns the fill block."""
+    fill = sch.decompose_padding(pad, _loops_inside(sch, pad, loop)[0])
+    _vectorize_fill_and_copy(sch, fill, pad, loop, lanes)
+    return fill
+
+
 def _loops_inside(sch, block, loop):
     """The loops of `block` nested inside `loop` (one of its loops), outermost first."""
     loops = sch.get_loops(block)
