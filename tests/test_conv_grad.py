@@ -505,17 +505,17 @@ def test_conv2d_dw_of_strided_1x1_in_place_sums_per_chunk_of_images(n, h):
     assert "conv2d_dw_part=tiled[" in check()
 
 
-def _stride_2_grad(xs, ws, which, seed, derived=False):
+def _padded_conv_grad(xs, ws, which, seed, stride=2, derived=False):
     """(TE dy, x, w, the gradient `which` (0: dx, 1: dw; explicit or autodiff's), numpy dy,
-    x, w, numpy's gradient) of a 3x3 stride-2 conv with padding 1."""
+    x, w, numpy's gradient) of a conv with padding 1 (3x3 kernels in these tests)."""
     x, w = te.placeholder(xs, "float32", name="x"), te.placeholder(ws, "float32", name="w")
-    y = ops.conv2d.te_forward(x, w, stride=2, padding=1)
+    y = ops.conv2d.te_forward(x, w, stride=stride, padding=1)
     dy = te.placeholder(y.shape, "float32", name="dy")
-    grad = ops.conv2d.te_grad(dy, x, w, stride=2, padding=1, derived=derived)[which]
+    grad = ops.conv2d.te_grad(dy, x, w, stride=stride, padding=1, derived=derived)[which]
     rng = np.random.default_rng(seed)
     xv, wv = rng.standard_normal(xs), rng.standard_normal(ws)
     dyv = rng.standard_normal([int(d) for d in y.shape])
-    want = _conv_grads_ref(xv, wv, dyv, 2, 1)[which]
+    want = _conv_grads_ref(xv, wv, dyv, stride, 1)[which]
     return dy, x, w, grad, dyv.astype("float32"), xv.astype("float32"), wv.astype("float32"), want
 
 
@@ -531,7 +531,7 @@ def test_conv2d_dx_of_stride_2_computes_its_phases_per_image(xs, ws, target, der
     # over the whole batch with a quarter of dx written to memory and read back; values as
     # the reference. 64 input channels over 7 columns: tiles of 7 columns x a panel of them.
     # Autodiff's phases too, whose one-tap axes are gone (2, 1 or no tap loops).
-    dy, _, w, dx, dyv, _, wv, want = _stride_2_grad(xs, ws, 0, seed=3, derived=derived)
+    dy, _, w, dx, dyv, _, wv, want = _padded_conv_grad(xs, ws, 0, seed=3, derived=derived)
     func, rule, target = schedule([dy, w], dx, target)
     assert rule.startswith("tvmfront.conv_phases: phases per image[conv2d_"), rule
     got, = run(func, target, [dyv, wv], [xs])
@@ -549,7 +549,7 @@ def test_conv2d_dw_of_stride_2_pads_x_per_image(xs, ws, schedule_for):
     # tiles that sweep the whole batch, its rows of columns unrolled. AVX2 code keeps the GEMM
     # family's tiles (faster there). The TIR scheduled for either class runs on this host and
     # computes the reference.
-    dy, x, _, dw, dyv, xv, _, want = _stride_2_grad(xs, ws, 1, seed=4)
+    dy, x, _, dw, dyv, xv, _, want = _padded_conv_grad(xs, ws, 1, seed=4)
     func, rule, _ = schedule([dy, x], dw, schedule_for)
     per_image = bool(re.search(r"conv2d_dw(_part)?=conv_dw\[[^]]*x padded and dy_t per image",
                                rule))
@@ -570,19 +570,11 @@ def test_derived_stride_1_grads_take_the_per_image_rules_on_avx512(xs, ws, which
     # (_padded_weight_grad), its columns not unrolled (at stride 1 the unrolled steps shared
     # broadcasts until the accumulators spilled). The TIR runs on this host and computes the
     # reference.
-    x, w = te.placeholder(xs, "float32", name="x"), te.placeholder(ws, "float32", name="w")
-    y = ops.conv2d.te_forward(x, w, padding=1)
-    dy = te.placeholder(y.shape, "float32", name="dy")
-    grad = ops.conv2d.te_grad(dy, x, w, padding=1, derived=True)[which]
+    dy, x, w, grad, dyv, xv, wv, want = _padded_conv_grad(xs, ws, which, seed=8, stride=1,
+                                                           derived=True)
     func, rule, _ = schedule([dy, x, w], grad, "x86:avx512")
     expected = r"=conv\[7xv32|=conv\[8xv32" if which == 0 else \
         r"=conv_dw\[[^]]*x padded and dy_t per image\]"
     assert re.search(expected, rule), rule
-    rng = np.random.default_rng(8)
-    xv, wv = rng.standard_normal(xs), rng.standard_normal(ws)
-    dyv = rng.standard_normal([int(d) for d in y.shape])
-    want = _conv_grads_ref(xv, wv, dyv, 1, 1)[which]
-    got, = run(func, resolve_target("x86"),
-               [dyv.astype("float32"), xv.astype("float32"), wv.astype("float32")],
-               [xs if which == 0 else ws])
+    got, = run(func, resolve_target("x86"), [dyv, xv, wv], [xs if which == 0 else ws])
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=5e-2, err_msg=rule)
