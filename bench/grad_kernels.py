@@ -139,6 +139,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=5,
                         help="rounds of the forward and gradient kernels, alternating")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds must be 1 or more, got {args.rounds}")
     cases = {n: c for n, c in CASES.items() if args.only in n}
     target = resolve_target("x86")
     threads = int(target.attrs.get("num-cores", os.cpu_count() or 1))
