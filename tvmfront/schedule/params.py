@@ -112,11 +112,23 @@ L1_PANEL_SHARE = 2 / 3
 # (1 MiB output) 151 / 156; Transformer backward GEMMs (K = 384..1024, 64-512 KiB outputs)
 # -1.7% to +8%; 1024^3 (4 MiB) 130-145 / 113-131 in A B and A^T B (-7 to -19%).
 REDUCTION_BLOCK_MAX_OUTPUT_BYTES = 1 << 20
+# A bigger output is computed in blocks of rows of at most this share of the L2 cache
+# (gemm._row_blocks), each accumulated there over the blocks of the reduction, beside the
+# broadcast operand's rows of it for one block of the reduction and the panels streaming
+# through. 1024^3 on the 2-core AVX-512 Xeon (2 MiB L2 per core), interleaved, 1 and 2
+# threads: blocks of 512 KiB took 0.96-0.98x the time of 256 KiB ones; 1 MiB ones 0.99-1.01x.
+OUTPUT_BLOCK_L2_SHARE = 1 / 4
+# ... from this vector width (AVX-512's 8 x v32 tile, 16 registers). AVX2's 4 x v16 tile does
+# half the FMAs per step between reloads of its output tile: its code on the same core, one
+# thread, ran 0.93-0.96x the time of the whole-reduction schedule (two threads 0.98-1.01x).
+ROW_BLOCKS_MIN_VECTOR_BITS = 512
 # ... and not in blocks shorter than this: each block loads and stores the output tile again.
 MIN_REDUCTION_BLOCK = 64
 # The L1 data cache where the target is not this machine's CPU (x86 cores since Haswell and
 # Zen: 32 or 48 KiB; AArch64 cores: 32 to 64 KiB).
 DEFAULT_L1D_BYTES = 32 << 10
+# ... and the L2 cache of one core (Zen 2 and 3: 512 KiB; Intel server cores 1-2 MiB).
+DEFAULT_L2_BYTES = 512 << 10
 # Symbolic extents (a batch size or sequence length known only at run time) are planned as if
 # they were this size: tile shapes, vector axes and whether a kernel runs in parallel are those
 # of the kernel at this size (see the module docstring).
@@ -190,7 +202,8 @@ class CpuParams:
         # "x86" target sets it), else DEFAULT_L1D_BYTES.
         mcpu = str(target.attrs.get("mcpu", "")) if hasattr(target, "attrs") else ""
         host = mcpu and not triple and mcpu == llvm_system_cpu()
-        self.l1d_bytes = (_host_l1d_bytes() if host else None) or DEFAULT_L1D_BYTES
+        self.l1d_bytes = (_host_cache_bytes(1) if host else None) or DEFAULT_L1D_BYTES
+        self.l2_bytes = (_host_cache_bytes(2) if host else None) or DEFAULT_L2_BYTES
 
     def lanes(self, dtype):
         bits = _dtype_bits(dtype)
@@ -198,15 +211,16 @@ class CpuParams:
 
 
 @functools.lru_cache(maxsize=None)
-def _host_l1d_bytes():
-    """Size of this machine's level-1 data cache (Linux sysfs), or None where unknown."""
+def _host_cache_bytes(level):
+    """Size of this machine's data cache of `level` for one core (Linux sysfs), or None where
+    unknown."""
     root = "/sys/devices/system/cpu/cpu0/cache"
     try:
         for index in sorted(os.listdir(root)):
             def read(name, index=index):
                 with open(os.path.join(root, index, name)) as f:
                     return f.read().strip()
-            if read("level") == "1" and read("type") in ("Data", "Unified"):
+            if read("level") == str(level) and read("type") in ("Data", "Unified"):
                 size = read("size")  # "48K"
                 scale = {"K": 1 << 10, "M": 1 << 20}.get(size[-1:].upper(), 1)
                 return int(size.rstrip("KkMm")) * scale
