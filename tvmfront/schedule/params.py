@@ -46,6 +46,9 @@ PARALLEL_CHUNKS_PER_CORE = 8
 # Vector registers along the vector axis when no other output axis can form a register tile
 # (a prime extent): 8 independent FMA chains cover the FMA latency of two units (4 cycles).
 TILE_ONLY_REGISTERS = 8
+# A register tile of rows that does not divide its axis (gemm._remainder_tile) only over at
+# least this many tiles: the last, partial one computes its missing rows too.
+REMAINDER_TILE_MIN_TILES = 16
 # Scalar accumulators in a register tile without vectors.
 SCALAR_TILE = 8
 # Fully unroll inner loops (register tile x innermost reduction) up to this many bodies.

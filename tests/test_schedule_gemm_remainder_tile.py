@@ -1,0 +1,149 @@
+"""On AVX2 (16 vector registers) a GEMM's register tile takes the whole accumulator budget, 6 rows
+x v16 (12 accumulators), where the rows have no such divisor (1024: 4 x v16, 8 accumulators,
+before), the last tile partial (tvmfront/schedule/gemm.py, _remainder_tile):
+
+- its predicate is marked likely (schedule/predicates.py), and LoopPartition
+  (build.PARTITION_CONST_LOOPS) peels the partial tile off the row loop, so the full tiles run
+  without checks;
+- the reduction runs whole (no blocks: blockize refuses the predicated tile);
+- A of A^T B, whose rows lie far apart along the reduction, keeps its panels of 4 rows;
+- 32-register targets (AVX-512, AArch64) keep their divisor tiles.
+
+AVX2 code against OpenBLAS's Haswell kernels on the 2-core AVX-512 Xeon, 1 / 2 threads:
+1024^3 A B 1.10x / 1.18x, 512^3 1.21x / 1.15x. Values against numpy, scheduled for AVX2 and
+run on this host.
+"""
+
+import numpy as np
+import pytest
+
+from tvmfront import schedule as cpu_schedule
+from tvmfront.target import resolve_target
+
+from test_schedule_gemm_blocks import _gemm
+
+UNROLLED = 3  # tirx.ForKind
+
+
+def _schedule(inputs, out, target="x86:avx2"):
+    from tvmfront._tvm import s_tir, te
+
+    func, rule = cpu_schedule.schedule_prim_func(te.create_prim_func(inputs + [out]),
+                                                 resolve_target(target))
+    return func, rule, s_tir.Schedule(func)
+
+
+def _loops(sch, name):
+    return [(int(sch.get(lp).extent), int(sch.get(lp).kind))
+            for lp in sch.get_loops(sch.get_sblock(name))]
+
+
+def _lowered(func):
+    """The kernel's TIR after TVM's lowering passes up to LoopPartition (a subset of the s_tir
+    pipeline, in its order), under the build's pass context."""
+    from tvmfront._tvm import s_tir, tirx, tvm
+    from tvmfront.build import kernel_pass_context
+
+    passes = [s_tir.transform.LowerInitBlock(),
+              s_tir.transform.PlanAndUpdateBufferAllocationLocation(),
+              s_tir.transform.ConvertBlocksToOpaque(), s_tir.transform.CompactBufferAllocation(),
+              s_tir.transform.StmtSimplify(), s_tir.transform.LowerOpaqueBlock(),
+              tirx.transform.FlattenBuffer(), s_tir.transform.LoopPartition()]
+    with kernel_pass_context():
+        mod = tvm.transform.Sequential(passes)(tvm.IRModule({"main": func}))
+    return mod["main"].script()
+
+
+def _run(func, inputs, out, ref):
+    from tvmfront._tvm import to_device, tvm
+
+    rng = np.random.default_rng(0)
+    args = [rng.standard_normal([int(d) for d in t.shape]).astype("float32") for t in inputs]
+    got = tvm.runtime.empty([int(d) for d in out.shape], "float32", tvm.cpu())
+    tvm.compile(func, target=resolve_target("x86"))(*[to_device(a) for a in args], got)
+    np.testing.assert_allclose(got.numpy(), ref(*args), rtol=1e-4, atol=2e-3)
+
+
+@pytest.mark.parametrize("form", ["A B", "A B^T"])
+def test_avx2_tiles_1024_rows_by_6_and_peels_the_partial_tile(form):
+    inputs, out, _ = _gemm(form, 1024, 1024, 1024)
+    func, rule, sch = _schedule(inputs, out)
+    assert "tiled[6xv16" in rule and "k-blocks" not in rule, rule
+    loops = _loops(sch, "c_update")
+    assert (171, 0) in loops and (6, UNROLLED) in loops and (1024, 0) in loops, loops
+    # 170 full tiles without checks, then the partial one (4 rows); unpartitioned, one loop
+    # of 171 checks every row of every tile (5x slower)
+    assert "range(170)" in _lowered(func)
+    assert "tvmfront.likely_predicate" not in func.script()
+
+
+@pytest.mark.parametrize("form", ["A B", "A B^T", "A^T B"])
+@pytest.mark.parametrize("m, k, n", [(256, 256, 256), (512, 512, 512)])
+def test_partial_tiles_compute_the_product(form, m, k, n):
+    inputs, out, ref = _gemm(form, m, k, n)
+    func, rule, _ = _schedule(inputs, out)
+    assert "tiled[6xv16" in rule or form == "A^T B", rule
+    _run(func, inputs, out, ref)
+
+
+def test_a_partial_tile_writes_back_its_rows_with_an_epilogue():
+    """200 rows (33 tiles of 6 and one of 2), bias and ReLU absorbed by the write-back."""
+    from tvmfront._tvm import te
+
+    m, k, n = 200, 128, 256
+    r = te.reduce_axis((0, k), "k")
+    x, w = te.placeholder((m, k), name="x"), te.placeholder((n, k), name="w")
+    bias = te.placeholder((n,), name="bias")
+    mm = te.compute((m, n), lambda i, j: te.sum(x[i, r] * w[j, r], axis=r), name="c")
+    out = te.compute((m, n), lambda i, j: te.max(mm[i, j] + bias[j], 0.0), name="out")
+    func, rule, _ = _schedule([x, w, bias], out)
+    assert "tiled[6xv16" in rule, rule
+    assert "range(33)" in _lowered(func)
+    _run(func, [x, w, bias], out, lambda x, w, b: np.maximum(x @ w.T + b, 0))
+
+
+def test_a_transposed_far_operand_keeps_its_panels_of_divisor_rows():
+    inputs, out, _ = _gemm("A^T B", 1024, 1024, 1024)
+    _, rule, _ = _schedule(inputs, out)
+    assert "tiled[4xv16" in rule and "(panels of 4)" in rule, rule
+
+
+@pytest.mark.parametrize("target", ["x86:avx512", "aarch64"])
+def test_32_register_targets_keep_divisor_tiles(target):
+    inputs, out, _ = _gemm("A B", 1000, 256, 1024)
+    _, rule, sch = _schedule(inputs, out, target)
+    rows = next(e for e, kind in _loops(sch, "c_update") if kind == UNROLLED)
+    assert 1000 % rows == 0, (rule, rows)
+
+
+def test_likely_predicates_wraps_only_marked_blocks():
+    from tvmfront._tvm import s_tir, te
+    from tvmfront.schedule.predicates import LIKELY, likely_predicates, mark_likely
+
+    x = te.placeholder((10, 16), name="x")
+    y = te.compute((10, 16), lambda i, j: x[i, j] * 2.0, name="y")
+    z = te.compute((10, 16), lambda i, j: y[i, j] + 1.0, name="z")
+    sch = s_tir.Schedule(te.create_prim_func([x, z]))
+    for name in ("y", "z"):
+        sch.split(sch.get_loops(sch.get_sblock(name))[0], factors=[None, 4])  # 12 rows > 10
+    mark_likely(sch, sch.get_sblock("z"))
+    text = likely_predicates(sch.mod["main"]).script()
+    assert text.count("T.where(T.likely(") == 1 and text.count("T.where(") == 2, text
+    assert LIKELY not in text
+
+
+def test_rows_outer_partial_tiles_peel_the_parallel_row_loop():
+    """The Transformer's first Linear, [1024, 128] @ [512, 128]^T + bias, its row tiles
+    outermost (gemm._rows_outer) and run by the thread pool alone: 170 parallel full tiles."""
+    from tvmfront._tvm import te
+
+    m, k, n = 1024, 128, 512
+    r = te.reduce_axis((0, k), "k")
+    x, w = te.placeholder((m, k), name="x"), te.placeholder((n, k), name="w")
+    bias = te.placeholder((n,), name="bias")
+    mm = te.compute((m, n), lambda i, j: te.sum(x[i, r] * w[j, r], axis=r), name="c")
+    out = te.compute((m, n), lambda i, j: mm[i, j] + bias[j], name="out")
+    func, rule, _ = _schedule([x, w, bias], out)
+    assert "tiled[6xv16" in rule and "rows outer" in rule, rule
+    assert "T.parallel(170)" in _lowered(func)
+    _run(func, [x, w, bias], out, lambda x, w, b: x @ w.T + b)
