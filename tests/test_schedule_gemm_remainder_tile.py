@@ -54,6 +54,13 @@ def _lowered(func):
     return mod["main"].script()
 
 
+def _checks_left(lowered):
+    """The conditions left in lowered TIR that LoopPartition did not decide (it leaves
+    T.bool(True) / T.bool(False) where it peeled a loop)."""
+    return [line.strip() for line in lowered.splitlines()
+            if line.strip().startswith("if ") and "T.bool(" not in line]
+
+
 def _run(func, inputs, out, ref):
     from tvmfront._tvm import to_device, tvm
 
@@ -73,7 +80,8 @@ def test_avx2_tiles_1024_rows_by_6_and_peels_the_partial_tile(form):
     assert (171, 0) in loops and (6, UNROLLED) in loops and (1024, 0) in loops, loops
     # 170 full tiles without checks, then the partial one (4 rows); unpartitioned, one loop
     # of 171 checks every row of every tile (5x slower)
-    assert "range(170)" in _lowered(func)
+    lowered = _lowered(func)
+    assert "range(170)" in lowered and not _checks_left(lowered), _checks_left(lowered)
     assert "tvmfront.likely_predicate" not in func.script()
 
 
@@ -98,7 +106,8 @@ def test_a_partial_tile_writes_back_its_rows_with_an_epilogue():
     out = te.compute((m, n), lambda i, j: te.max(mm[i, j] + bias[j], 0.0), name="out")
     func, rule, _ = _schedule([x, w, bias], out)
     assert "tiled[6xv16" in rule, rule
-    assert "range(33)" in _lowered(func)
+    lowered = _lowered(func)
+    assert "range(33)" in lowered and not _checks_left(lowered), _checks_left(lowered)
     _run(func, [x, w, bias], out, lambda x, w, b: np.maximum(x @ w.T + b, 0))
 
 
@@ -145,5 +154,26 @@ def test_rows_outer_partial_tiles_peel_the_parallel_row_loop():
     out = te.compute((m, n), lambda i, j: mm[i, j] + bias[j], name="out")
     func, rule, _ = _schedule([x, w, bias], out)
     assert "tiled[6xv16" in rule and "rows outer" in rule, rule
-    assert "T.parallel(170)" in _lowered(func)
+    lowered = _lowered(func)
+    assert "T.parallel(170)" in lowered and not _checks_left(lowered), _checks_left(lowered)
     _run(func, [x, w, bias], out, lambda x, w, b: x @ w.T + b)
+
+
+def test_a_weight_already_in_panels_takes_partial_tiles_too():
+    """tvmfront.prepack's inference dense ([4096, 128] tokens at batch 64 in the Transformer:
+    here 1024) over a weight packed once into panels [n // 16, k, 16]."""
+    from tvmfront._tvm import to_device, tvm
+    from tvmfront.prepack import _DENSE, _prim_func
+
+    m, k, n = 1024, 128, 512
+    dense = _prim_func(_DENSE, m=m, k=k, n=n, no=n // 16, p=16)
+    func, rule = cpu_schedule.schedule_prim_func(dense, resolve_target("x86:avx2"))
+    assert "tiled[6xv16" in rule and "rows outer" in rule, rule
+    func = func.with_attr("global_symbol", "dense")
+    assert not _checks_left(_lowered(func)), _checks_left(_lowered(func))
+    rng = np.random.default_rng(0)
+    x, w = (rng.standard_normal(s).astype("float32") for s in ((m, k), (n, k)))
+    panels = np.ascontiguousarray(w.reshape(n // 16, 16, k).transpose(0, 2, 1))
+    got = tvm.runtime.empty((m, n), "float32", tvm.cpu())
+    tvm.compile(func, target=resolve_target("x86"))(to_device(x), to_device(panels), got)
+    np.testing.assert_allclose(got.numpy(), x @ w.T, rtol=1e-4, atol=2e-3, err_msg=rule)

@@ -149,8 +149,10 @@ def _tile_reduction(sch, name, params, vector=True, plan=False):
                 del tiles[k]
         if not vector and not tiles:
             raise NotApplicable("nothing to tile")
-    if vector and panel is not None:
-        tiles = _remainder_tile(info, v, vec, tiles, budget, params, rows_outer)
+    prepacked = _prepacked_panel_axis(info, v, tiles) if vector and panel is None else None
+    if vector and (panel is not None or prepacked is not None):
+        tiles = _remainder_tile(info, v, vec, tiles, budget, params, rows_outer if prepacked
+                                is None else _rows_outer(info, *prepacked[1:]))
     partial = any(info.extents[k] % f for k, f in tiles.items())  # a partial last tile
     if plan:
         return v, vec, tiles
@@ -322,7 +324,8 @@ def _remainder_tile(info, v, vec, tiles, budget, params, rows_outer=False):
     tiles and a last one of 4 rows, not 4 x v16 (8). The split is then predicated, and
     LoopPartition (build.PARTITION_CONST_LOOPS) peels the partial tile off the row loop. Only
     for a 2-D output (a GEMM's: not a conv's or a batch's) contiguous along the vectors, of at
-    least REMAINDER_TILE_MIN_TILES tiles, with its vector operand in panels, where the thread
+    least REMAINDER_TILE_MIN_TILES tiles, with its vector operand in panels (copied here, or
+    an inference weight packed before: _prepacked_panel_axis), where the thread
     pool takes the panels' loop alone, or with rows outer the row tiles' (a row loop fused
     with another for the pool would keep its predicates). The reduction then runs whole:
     blockize, which blocks of it need (_reduction_block), refuses the predicated tile.
@@ -333,12 +336,15 @@ def _remainder_tile(info, v, vec, tiles, budget, params, rows_outer=False):
     last tile partial, old/new interleaved, 1 / 2 threads: 1024^3 A B 1.10x / 1.18x, A B^T
     1.09x / 1.25x (0.76-0.86x -> 0.90-0.95x OpenBLAS); 512^3 (4 x v16 in blocks of the
     reduction before) 1.21x / 1.15x; 256^3 1.19x, its A^T B 1.08-1.10x; the Transformer's
-    Linear layers (1024 rows, rows outer) 1.10-1.14x / 1.06-1.16x, its train step 1.028x."""
+    Linear layers (1024 rows, rows outer) 1.10-1.14x / 1.06-1.16x, its train step 1.028x, its
+    inference at batch 64 (prepacked weights) 1.13x."""
     if params.vector_registers > 16 or len(tiles) != 1 or info.symbolic or \
-            len([k for k in info.spatial if info.extents[k] > 1]) != 2 or \
+            len(info.write.region) != 2 or \
             info.write_strides[v] != 1:  # (a transposed write-back vectorizes the rows)
         return tiles
     (t, f), = tiles.items()
+    if not any(r.min.same_as(info.vars[t]) for r in info.write.region):
+        return tiles
     # the loop the thread pool takes alone (_parallelize fuses no other into it): the row
     # tiles' with rows outer, else the panels'
     alone = -(-info.extents[t] // budget) if rows_outer else info.extents[v] // vec
