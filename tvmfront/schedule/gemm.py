@@ -44,7 +44,7 @@ import math
 
 from .params import (BROADCAST_PANELS_MAX_BYTES, CACHE_LINE_BYTES, FAR_PACK_BYTES,
                      FAR_PACK_COST, L1_PANEL_SHARE, MIN_REDUCTION_BLOCK, OUTPUT_BLOCK_L2_SHARE,
-                     PACK_COST, PACK_RATIO, REDUCTION_BLOCK_MAX_OUTPUT_BYTES,
+                     PACK_COST, PACK_RATIO, PARTIAL_PANEL_GROUP, REDUCTION_BLOCK_MAX_OUTPUT_BYTES,
                      GEMM_PARALLEL_MIN_ITERATIONS, PANEL_MIN_BYTES, PANEL_MIN_STRIDE,
                      PARALLEL_CHUNKS_PER_CORE, PARALLEL_COPY_MIN_ELEMENTS, ROW_PANEL_MIN_BYTES,
                      REMAINDER_TILE_MIN_TILES, ROW_BLOCKS_MIN_VECTOR_BITS,
@@ -159,7 +159,7 @@ def _tile_reduction(sch, name, params, vector=True, plan=False):
     if vector and not info.symbolic:
         # The operand broadcast across the vectors (A of A^T B) in panels of its tile too
         for t, f in tiles.items():
-            found = _panel_operand(info, t, f, broadcast=v)
+            found = _panel_operand(info, t, f, broadcast=v, partial=partial)
             if found is not None:
                 rows_outer = False
                 copies.append(_pack_panels(sch, info, *found, t, f, params))
@@ -328,16 +328,20 @@ def _remainder_tile(info, v, vec, tiles, budget, params, rows_outer=False):
     an inference weight packed before: _prepacked_panel_axis), where the thread
     pool takes the panels' loop alone, or with rows outer the row tiles' (a row loop fused
     with another for the pool would keep its predicates). The reduction then runs whole:
-    blockize, which blocks of it need (_reduction_block), refuses the predicated tile.
+    blockize, which blocks of it need (_reduction_block), refuses the predicated tile. A
+    broadcast operand whose rows lie far apart along the reduction (A of A^T B) goes into
+    panels of the tile's rows, the last one padded with zeros (_pack_partial_panels); read in
+    place it touched a new row every step (1024^3: 0.43x the time of 4 x v16).
 
     Eight accumulators barely cover the FMA latency of two units (4-5 cycles). AVX2 code on the
     2-core AVX-512 Xeon against OpenBLAS's Haswell kernels (OPENBLAS_CORETYPE=Haswell), one
     thread: 768 x 1024 x 1024 A B 6 x v16 1.10x the speed of 4 x v16, A^T B 1.06x. With the
     last tile partial, old/new interleaved, 1 / 2 threads: 1024^3 A B 1.10x / 1.18x, A B^T
     1.09x / 1.25x (0.76-0.86x -> 0.90-0.95x OpenBLAS); 512^3 (4 x v16 in blocks of the
-    reduction before) 1.21x / 1.15x; 256^3 1.19x, its A^T B 1.08-1.10x; the Transformer's
-    Linear layers (1024 rows, rows outer) 1.10-1.14x / 1.06-1.16x, its train step 1.028x, its
-    inference at batch 64 (prepacked weights) 1.13x."""
+    reduction before) 1.21x / 1.15x; A^T B in partial panels 1024^3 1.11x / 1.10x, 512^3
+    1.15x / 1.16x; 256^3 1.19x; the Transformer's Linear layers (1024 rows, rows outer)
+    1.10-1.14x / 1.06-1.16x, its train step 1.035x, its inference at batch 64 (prepacked
+    weights) 1.13x."""
     if params.vector_registers > 16 or len(tiles) != 1 or info.symbolic or \
             len(info.write.region) != 2 or \
             info.write_strides[v] != 1:  # (a transposed write-back vectorizes the rows)
@@ -350,14 +354,6 @@ def _remainder_tile(info, v, vec, tiles, budget, params, rows_outer=False):
     alone = -(-info.extents[t] // budget) if rows_outer else info.extents[v] // vec
     if f >= budget or info.extents[t] < REMAINDER_TILE_MIN_TILES * budget or \
             alone < PARALLEL_CHUNKS_PER_CORE * params.cores:
-        return tiles
-    # A broadcast operand the divisor tile reads from panels of its rows because its rows
-    # lie far apart along the reduction (A of A^T B at 1024^3) would be read in place: a
-    # new row every step (0.43x the time of 4 x v16 in panels). Panels of 6 rows do not
-    # divide the axis (_panel_fits).
-    found = _panel_operand(info, t, f, broadcast=v)
-    if found is not None and _rows_far_along_reduction(
-            info, next(strides for i, _, strides in info.reads if i == found[0])):
         return tiles
     return {t: budget}
 
@@ -1054,20 +1050,21 @@ def _pad_prime_axes(sch, info, v, params):
     return True
 
 
-def _panel_operand(info, v, vec, broadcast=None):
+def _panel_operand(info, v, vec, broadcast=None, partial=False):
     """(read index, region) of an operand worth packing into panels of `vec` along axis v:
     read contiguously along v, with a large stride along a reduction (the right operand of a
     big GEMM: each step of the reduction would touch a new row, and rows 2 or 4 KiB apart
     alias in the L1 cache; the left operand of A^T B likewise), and fit for panels
     (_panel_fits). With `broadcast`, only an operand constant along that axis (the vector
-    axis, whose tile broadcasts it)."""
+    axis, whose tile broadcasts it). With `partial`, panels whose last one is partial (vec
+    does not divide the axis: _pack_panels pads it with zeros), for a far operand only."""
     for index, region, strides in info.reads:
         if broadcast is not None and strides[broadcast] != 0:
             continue
         far = strides[v] == 1 and _rows_far_along_reduction(info, strides)
         # Or the tile's rows far apart (A of A B): a transposing copy into panels.
-        rows = broadcast is not None and _rows_apart(info, region, strides, v)
-        if (far or rows) and _panel_fits(info, region, strides, v, vec):
+        rows = broadcast is not None and not partial and _rows_apart(info, region, strides, v)
+        if (far or rows) and _panel_fits(info, region, strides, v, vec, partial):
             return index, region
     return None
 
@@ -1096,12 +1093,13 @@ def _plain(region):
     return all(isinstance(r.min, tirx.Var) for r in region.region)
 
 
-def _panel_fits(info, region, strides, v, vec):
+def _panel_fits(info, region, strides, v, vec, partial=False):
     """Whether an operand can be copied into panels of `vec` along v: linear in every block
     variable, reused across another output axis (stride 0 there: a weight, not an
     activation), bigger than PANEL_MIN_BYTES and cheap to copy next to the reduction
-    (PACK_RATIO), its dimension indexed by v a multiple of vec (more than one panel) and read
-    at exactly v (a window offset such as i + kh would straddle two panels)."""
+    (PACK_RATIO), its dimension indexed by v a multiple of vec (more than one panel; any
+    extent with `partial`) and read at exactly v (a window offset such as i + kh would
+    straddle two panels)."""
     if any(strides[k] is None for k in range(len(info.vars))):
         return False
     if not any(strides[k] == 0 for k in info.spatial if k != v):
@@ -1111,7 +1109,7 @@ def _panel_fits(info, region, strides, v, vec):
             _elements(region.source) * PACK_RATIO > info.work:
         return False
     extent = _const(region.source.shape[d])
-    return extent is not None and extent % vec == 0 and extent > vec and \
+    return extent is not None and (partial or extent % vec == 0) and extent > vec and \
         region.region[d].min.same_as(info.vars[v])
 
 
@@ -1124,8 +1122,11 @@ def _pack_panels(sch, info, index, region, v, vec, params, defer=False):
     buffer)."""
     d = _packable_dim(region, info.vars[v])
     ndim = len(region.region)
-    packed = _cache_laid_out(sch, info, "read", index, region, lambda *idx: [idx[d] // vec] + [
-        idx[i] for i in range(ndim) if i != d] + [idx[d] % vec])
+    layout = lambda *idx: [idx[d] // vec] + [  # noqa: E731
+        idx[i] for i in range(ndim) if i != d] + [idx[d] % vec]
+    if _const(region.source.shape[d]) % vec:
+        return _pack_partial_panels(sch, info, index, layout, params)
+    packed = _cache_laid_out(sch, info, "read", index, region, layout)
     name = sch.get(packed).name_hint
     assert sch.get(packed).writes[0].source.name == name, "cache_read: block and buffer alike"
 
@@ -1140,6 +1141,24 @@ def _pack_panels(sch, info, index, region, v, vec, params, defer=False):
         return name, order
     order()
     return name
+
+
+def _pack_partial_panels(sch, info, index, layout, params):
+    """_pack_panels where the last panel is partial (a register tile of 6 rows over 1024:
+    _remainder_tile): the copy pads it with zeros and runs by groups of PARTIAL_PANEL_GROUP
+    panels (in parallel when big), each panel's rows unrolled. Returns the name of the copy."""
+    copy = _cache_read(sch, info.block, index)
+    sch.transform_layout(copy, ("write", 0), layout, pad_value=0.0)
+    loops = list(sch.get_loops(copy))  # over the panels' layout: panel, ..., row of the panel
+    # a few panels at a time, so that each line read of a source row serves all its rows
+    group = _largest_divisor(_const(sch.get(loops[0]).extent), PARTIAL_PANEL_GROUP)
+    head, panels = sch.split(loops[0], factors=[None, group])
+    sch.reorder(head, *loops[1:-1], panels, loops[-1])
+    sch.unroll(loops[-1])
+    source = next(r.source for i, r, _ in info.reads if i == index)
+    if params.cores > 1 and _elements(source) >= PARALLEL_COPY_MIN_ELEMENTS:
+        sch.parallel(head)
+    return sch.get(copy).name_hint
 
 
 def _place_panel_copy(sch, deferred, panel_loop, per_panel):
