@@ -1124,7 +1124,8 @@ def _pack_panels(sch, info, index, region, v, vec, params, defer=False):
     ndim = len(region.region)
     layout = lambda *idx: [idx[d] // vec] + [  # noqa: E731
         idx[i] for i in range(ndim) if i != d] + [idx[d] % vec]
-    if _const(region.source.shape[d]) % vec:
+    if _const(region.source.shape[d]) % vec:  # (a broadcast operand's: never deferred)
+        assert not defer, "partial panels are copied whole, first"
         return _pack_partial_panels(sch, info, index, layout, params)
     packed = _cache_laid_out(sch, info, "read", index, region, layout)
     name = sch.get(packed).name_hint
