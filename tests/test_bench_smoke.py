@@ -5,6 +5,7 @@ workers build (their parameter counts, which those workers check, from _workload
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -52,6 +53,32 @@ def test_tvmfront_worker_times_a_gemm_interleaved_with_numpy():
     assert row["paired_rounds"] == 2 and 0 < row["paired_numpy_seconds"] < 0.01, row
     assert row["paired_numpy_ratio"] == pytest.approx(
         row["paired_numpy_seconds"] / row["paired_seconds"], rel=1.0), row
+
+
+@pytest.mark.slow  # a process compiling three small GEMMs for AVX2: ~5 s of CPU
+def test_gemm_class_times_another_class_against_numpy():
+    """bench/gemm_class.py schedules for --target (AVX2 code runs on every x86 machine the
+    suite runs on), checks each product against numpy and prints a row per case; a target
+    this CPU cannot run is a clear error, not a crash."""
+    import platform
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("AVX2 code runs on x86 only")
+    env = dict(os.environ, PYTHONPATH=ROOT, TVMFRONT_PROGRESS="0")
+    script = os.path.join(BENCH, "gemm_class.py")
+    out = subprocess.run([sys.executable, script, "--target", "x86:avx2", "--sizes", "64",
+                          "--rounds", "1", "--threads", "1"], capture_output=True, text=True,
+                         env=env, cwd=BENCH, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    # case, tvmfront ms, GF/s, numpy ms, numpy's time / tvmfront's, rule
+    rows = re.findall(r"^64 (A B|A B\^T|A\^T B) +([\d.]+) +(\d+) +([\d.]+) +([\d.]+)x  \S",
+                      out.stdout, re.M)
+    assert [r[0] for r in rows] == ["A B", "A B^T", "A^T B"], out.stdout
+    assert all(float(r[1]) > 0 and float(r[4]) > 0 for r in rows), out.stdout
+    bad = subprocess.run([sys.executable, script, "--target", "aarch64"], capture_output=True,
+                         text=True, env=env, cwd=BENCH, timeout=300)
+    assert bad.returncode != 0 and "cannot run code built for 'aarch64'" in bad.stderr, \
+        bad.stderr[-2000:]
 
 
 def test_interleaved_timing_alternates_and_pairs_rounds():
