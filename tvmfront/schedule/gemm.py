@@ -225,12 +225,13 @@ def _tile_reduction(sch, name, params, vector=True, plan=False):
     row_blocks = _row_blocks(sch, block, info, v, vec, tiles, params) \
         if kc is None and panels_first and not batch_at else None
     if row_blocks is not None:
-        _schedule_row_blocks(sch, info, tiles, row_blocks, (outer, outer_axes, red, inner),
-                             vec_loop, deferred if panel is not None else None, params)
+        init, writeback = _schedule_row_blocks(
+            sch, info, tiles, row_blocks, (outer, outer_axes, red, inner), vec_loop,
+            deferred if panel is not None else None, params)
         tile = "x".join(str(tiles[k]) for k in sorted(tiles))
         note = (f"tiled[{tile}xv{vec}, parallel, packed {'+'.join(packed)}, "
                 f"row blocks of {row_blocks[1]}, k-blocks of {row_blocks[2]}]")
-        return note, {f"{name}_init", name, f"{info.write.source.name}_global"} | set(copies)
+        return note, {name, sch.get(init).name_hint, sch.get(writeback).name_hint} | set(copies)
     k_outer = None
     if kc:
         k_outer, red[0] = sch.split(red[0], factors=[None, kc])
@@ -469,7 +470,7 @@ def _schedule_row_blocks(sch, info, tiles, row_blocks, loops, vec_loop, deferred
     """The loop nest of _row_blocks: `loops` are (outer loops, their axes, reduction loops,
     tile loops) as _tile_reduction split them, the panel loop first; `deferred` the vector
     operand's panel copy (None where it came in panels), which runs whole first, in
-    parallel."""
+    parallel. Returns (the init block, the write-back block)."""
     outer, outer_axes, red, inner = loops
     t, rows, kc, d_t = row_blocks
     position = outer_axes.index(t)
@@ -492,6 +493,7 @@ def _schedule_row_blocks(sch, info, tiles, row_blocks, loops, vec_loop, deferred
     sch.vectorize(vec_loop)
     init = sch.decompose_reduction(info.block, k_outer)
     _vectorize_innermost(sch, init, lanes)
+    return init, writeback
 
 
 def _cores_outside_blocks(sch, k_outer, outer, params):
@@ -1126,7 +1128,7 @@ def _pack_panels(sch, info, index, region, v, vec, params, defer=False):
         idx[i] for i in range(ndim) if i != d] + [idx[d] % vec]
     if _const(region.source.shape[d]) % vec:  # (a broadcast operand's: never deferred)
         assert not defer, "partial panels are copied whole, first"
-        return _pack_partial_panels(sch, info, index, layout, params)
+        return _pack_partial_panels(sch, info, index, region, layout, params)
     packed = _cache_laid_out(sch, info, "read", index, region, layout)
     name = sch.get(packed).name_hint
     assert sch.get(packed).writes[0].source.name == name, "cache_read: block and buffer alike"
@@ -1144,7 +1146,7 @@ def _pack_panels(sch, info, index, region, v, vec, params, defer=False):
     return name
 
 
-def _pack_partial_panels(sch, info, index, layout, params):
+def _pack_partial_panels(sch, info, index, region, layout, params):
     """_pack_panels where the last panel is partial (a register tile of 6 rows over 1024:
     _remainder_tile): the copy pads it with zeros and runs by groups of PARTIAL_PANEL_GROUP
     panels (in parallel when big), each panel's rows unrolled. Returns the name of the copy."""
@@ -1156,8 +1158,7 @@ def _pack_partial_panels(sch, info, index, layout, params):
     head, panels = sch.split(loops[0], factors=[None, group])
     sch.reorder(head, *loops[1:-1], panels, loops[-1])
     sch.unroll(loops[-1])
-    source = next(r.source for i, r, _ in info.reads if i == index)
-    if params.cores > 1 and _elements(source) >= PARALLEL_COPY_MIN_ELEMENTS:
+    if params.cores > 1 and _elements(region.source) >= PARALLEL_COPY_MIN_ELEMENTS:
         sch.parallel(head)
     return sch.get(copy).name_hint
 
