@@ -89,14 +89,14 @@ long add_chain(long iters) {
 """
 
 
-def fma_library():
+def fma_library(march="native"):
     folder = tempfile.mkdtemp(prefix="tvmfront-bench-fma-")
     src, lib = os.path.join(folder, "fma.c"), os.path.join(folder, "fma.so")
     with open(src, "w") as f:
         f.write(FMA_C)
     cc = os.environ.get("CC", "cc")
     try:
-        subprocess.run([cc, "-O3", "-march=native", "-shared", "-fPIC", src, "-o", lib],
+        subprocess.run([cc, "-O3", f"-march={march}", "-shared", "-fPIC", src, "-o", lib],
                        check=True, capture_output=True)
         so = ctypes.CDLL(lib)
     finally:
@@ -166,8 +166,8 @@ def theoretical_peak(so, threads):
                                            if nominal else "")}
 
 
-def fma_peak(threads, iters=1_000_000, repeats=100):
-    so = fma_library()
+def fma_peak(threads, march="native", iters=1_000_000, repeats=100):
+    so = fma_library(march)
     flops = 2.0 * so.lanes() * so.accumulators() * iters * threads
     best = 0.0
     for _ in range(repeats):
@@ -188,7 +188,7 @@ def fma_peak(threads, iters=1_000_000, repeats=100):
                   + (f" ({nominal:.0f} at the nominal clock)" if nominal else "")
                   + f" = {row['theoretical_how']}")
     row["how"] = (f"C loop of {so.accumulators()} independent {so.lanes()}-lane fp32 FMA "
-                  f"chains in registers, cc -O3 -march=native, {threads} thread(s), best of "
+                  f"chains in registers, cc -O3 -march={march}, {threads} thread(s), best of "
                   f"{repeats}{theory}")
     return row
 
@@ -206,16 +206,16 @@ def section_ops(spec):
 
         rows.append(dict(guarded(run), section="ops", case=name, contender="numpy (OpenBLAS)"))
     threads = spec.get("threads") or os.cpu_count() or 1
-    rows.append(dict(guarded(fma_peak, threads), section="ops", case="FMA peak",
-                     contender="measured peak"))
+    rows.append(dict(guarded(fma_peak, threads, spec.get("march", "native")), section="ops",
+                     case="FMA peak", contender="measured peak"))
     return rows
 
 
 def section_peak(spec):
     """The measured FMA peak alone (the transformer and resnet sections' "what bounds it")."""
     threads = spec.get("threads") or os.cpu_count() or 1
-    return [dict(guarded(fma_peak, threads), section=spec["section"], case="FMA peak",
-                 contender="measured peak")]
+    return [dict(guarded(fma_peak, threads, spec.get("march", "native")),
+                 section=spec["section"], case="FMA peak", contender="measured peak")]
 
 
 def print_peak():

@@ -95,6 +95,20 @@ OPS = {
                             "kernel": 3, "pad": 1},
 }
 
+# --isa: every contender held to one CPU class below the host's, so that an AVX-512 machine
+# stands in for an AVX2 one (AVX2 code on this core and its caches: a stand-in, not an AVX2
+# CPU). tvmfront builds for the target; the peak probe is compiled for -march; the libraries
+# take the environment: OpenBLAS its Haswell kernels, MKL (torch.mm) and oneDNN (PyTorch's
+# convolutions) at most AVX2, ATen's own kernels AVX2, XLA's generated code AVX2. JAX's
+# GEMMs call a library that none of these caps (1024^3 took the same time with and without
+# them), so JAX jit keeps AVX-512 there: its column is the uncapped peer.
+ISA_CAPS = {
+    "avx2": {"target": "x86:avx2", "march": "haswell", "flags": {"avx2", "fma"},
+             "env": {"OPENBLAS_CORETYPE": "Haswell", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+                     "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2",
+                     "XLA_FLAGS": "--xla_cpu_max_isa=AVX2"}},
+}
+
 # (worker script, python, contenders it reports) per section
 TVMFRONT = ("_peer_tvmfront.py", RUNTIME_PY, ["tvmfront default", "tvmfront tuned"])
 WORKERS = {
@@ -132,12 +146,13 @@ def installed(python, module):
 
 def run_worker(script, python, spec, threads, timeout=3600, extra_env=None):
     """(rows, info, None) or (None, None, why it failed). torch.compile gets a fresh
-    inductor cache every time: its first-call time is a cold compile, as tvmfront's is."""
+    inductor cache every time: its first-call time is a cold compile, as tvmfront's is.
+    The spec's "env" (--isa's caps) goes into every worker's environment."""
     scratch = tempfile.mkdtemp(prefix="tvmfront-bench-")
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
                MKL_NUM_THREADS=str(threads), TVM_NUM_THREADS=str(threads),
                TVMFRONT_PROGRESS="0", TORCHINDUCTOR_CACHE_DIR=os.path.join(scratch, "inductor"),
-               **(extra_env or {}))
+               **spec.get("env", {}), **(extra_env or {}))
     if python == RUNTIME_PY:  # this checkout's tvmfront, not one installed into .venv
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
     spec = dict(spec, threads=threads)
@@ -441,6 +456,16 @@ def targets(results):
 
 
 # ---- main -------------------------------------------------------------------------------------
+def cpu_flags():
+    """The first CPU's flags in /proc/cpuinfo (an empty set where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((set(ln.split(":", 1)[1].split()) for ln in f
+                         if ln.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
 def machine_note(threads):
     try:
         load = os.getloadavg()[0]
@@ -662,6 +687,11 @@ def main():
                         "--tune-ops-records) for the tuned column")
     p.add_argument("--tune-ops-records", default=os.path.join(ROOT, ".cache", "bench-records"))
     p.add_argument("--tune-budget", type=int, default=64, help="trials of the tune section")
+    p.add_argument("--isa", choices=["native", *ISA_CAPS], default="native",
+                   help="avx2: every contender held to AVX2 (tvmfront's target x86:avx2, the "
+                        "peak probe -march=haswell, OpenBLAS/MKL/oneDNN/ATen/XLA capped), so "
+                        "that an AVX-512 machine stands in for an AVX2 one; JAX's GEMMs stay "
+                        "uncapped")
     p.add_argument("--out", default=os.path.join(HERE, "results"),
                    help="where tables (.txt), charts (.png) and results.json go ('' for none)")
     p.add_argument("--note", default="", help="a line added to every saved table")
@@ -680,6 +710,12 @@ def main():
 
     timing = {"min_runs": 5, "min_seconds": 0.1} if args.quick else {}
     base = dict(timing, records=args.records and os.path.abspath(args.records))
+    if args.isa != "native":
+        cap = ISA_CAPS[args.isa]
+        missing = cap["flags"] - cpu_flags()
+        if missing:
+            p.error(f"--isa {args.isa}: this CPU lacks {', '.join(sorted(missing))}")
+        base.update(target=cap["target"], march=cap["march"], env=cap["env"])
     results, texts = {}, {}
     if args.render:  # tables and charts again from the saved rows; nothing is measured
         with open(os.path.join(args.out, "results.json")) as f:
@@ -695,6 +731,12 @@ def main():
         save(args, os.path.join(args.out, "results.json"), saved, results, texts, summary)
         return
     note = machine_note(args.threads) + (f"\n{args.note}" if args.note else "")
+    if args.isa != "native":
+        note += (f"\n--isa {args.isa}: a stand-in for an {args.isa.upper()} machine, not one: "
+                 f"tvmfront built for {base['target']}, the peak probe for -march="
+                 f"{base['march']}, the peers' libraries capped ("
+                 + ", ".join(f"{k}={v}" for k, v in base["env"].items())
+                 + "); JAX's GEMMs are not capped")
     print(note, flush=True)
     for section in sections:
         t0 = time.perf_counter()

@@ -55,6 +55,46 @@ def test_tvmfront_worker_times_a_gemm_interleaved_with_numpy():
         row["paired_numpy_seconds"] / row["paired_seconds"], rel=1.0), row
 
 
+def _has_avx2():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return {"avx2", "fma"} <= next((set(ln.split(":", 1)[1].split()) for ln in f
+                                            if ln.startswith("flags")), set())
+    except OSError:
+        return False
+
+
+@pytest.mark.slow  # a process compiling one small GEMM for AVX2: ~5 s of CPU
+@pytest.mark.skipif(not _has_avx2(), reason="AVX2 code runs on an AVX2 CPU only")
+def test_isa_caps_reach_the_tvmfront_worker_and_the_peak_probe(tmp_path):
+    """peers.py --isa avx2: the spec's target builds tvmfront's kernels for AVX2, the peak
+    probe compiles for -march=haswell (8 lanes), and every worker gets the caps' env."""
+    peers = _bench_module("peers")
+    cap = peers.ISA_CAPS["avx2"]
+    env = dict(os.environ, PYTHONPATH=ROOT, TVMFRONT_PROGRESS="0")
+    spec = {"section": "ops", "ops": {"gemm 64": {"kind": "gemm", "n": 64}},
+            "variants": ["default"], "min_runs": 1, "min_seconds": 0.0, "paired_rounds": 0,
+            "target": cap["target"]}
+    out = subprocess.run([sys.executable, os.path.join(BENCH, "_peer_tvmfront.py"),
+                          json.dumps(spec)], capture_output=True, text=True, env=env,
+                         cwd=BENCH, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    info = json.loads(out.stdout.strip().splitlines()[-1])["info"]
+    assert "avx2" in info["target_key"], info
+    out = subprocess.run([sys.executable, os.path.join(BENCH, "_peer_numpy.py"), json.dumps(
+        {"section": "peak", "threads": 1, "march": cap["march"]})], capture_output=True,
+        text=True, cwd=BENCH, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    row = json.loads(out.stdout.strip().splitlines()[-1])["rows"][0]
+    assert row["lanes"] == 8 and "-march=haswell" in row["how"], row
+    worker = tmp_path / "worker.py"  # run_worker's env: the caps, then the thread counts
+    worker.write_text("import json, os\nprint(json.dumps({'rows': [{k: os.environ.get(k) for k "
+                      "in ('OPENBLAS_CORETYPE', 'ONEDNN_MAX_CPU_ISA', 'TVM_NUM_THREADS')}]}))\n")
+    rows, _, why = peers.run_worker(str(worker), sys.executable, {"env": cap["env"]}, 1)
+    assert why is None and rows == [{"OPENBLAS_CORETYPE": "Haswell", "ONEDNN_MAX_CPU_ISA": "AVX2",
+                                     "TVM_NUM_THREADS": "1"}], (rows, why)
+
+
 @pytest.mark.slow  # a process compiling three small GEMMs for AVX2: ~5 s of CPU
 def test_gemm_class_times_another_class_against_numpy():
     """bench/gemm_class.py schedules for --target (AVX2 code runs on every x86 machine the
