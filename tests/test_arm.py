@@ -167,3 +167,21 @@ def test_cross_compile_example(arm_env, tmp_path):
         assert _elf_machine(str(tmp_path / "out" / name / "module.so")) == "aarch64"
     last = out.stdout.strip().splitlines()[-1]
     assert last.startswith("arm_matches_x86=True"), out.stdout[-2000:]
+
+
+@pytest.mark.slow
+def test_arm_kernels_flush_denormals(arm_env, tmp_path):
+    """tvmfront.denormals on AArch64 (FPCR.FZ, set and restored by each kernel): a product
+    below float32's smallest normal comes out zero under qemu, as on x86."""
+    from test_denormals import SCALE, TINY, Scale
+
+    # (a parallel kernel; here TVM's pool starts inside it, and its threads inherit the mode:
+    # test_denormals checks on x86 that a pool started before sets it in each task)
+    shape = (512, 1024)
+    module = tvf.compile_inference(Scale(shape[-1]), inputs=shape, target="arm")
+    path = module.export(str(tmp_path / "scale"))
+    arrays = {"x": np.full(shape, TINY, "float32")}
+    outputs, _ = cross.run_bundles_aarch64(
+        [{"bundle": path, "op": "predict", "x": "x", "out": "y"}], arrays)
+    assert np.float32(TINY * SCALE) > 0  # denormal, not zero, in IEEE arithmetic
+    assert (outputs["y"] == 0).all(), outputs["y"][:2, :4]

@@ -18,7 +18,7 @@ LAYERS = {
     "nn": 3, "optim": 3,
     "graph": 4, "pipeline": 4, "debug": 4, "unread_inputs": 4, "prepack": 4,
     "merge_elementwise": 4,
-    "schedule": 5, "cache": 5,
+    "schedule": 5, "cache": 5, "denormals": 5,
     "tuning.store": 5, "tuning.merge": 5, "tuning.remote": 5, "rpc": 5,
     "tuning.policy": 5.1, "records": 5.1, "tuning.symbolic": 5.1,
     "build": 5.2, "split_build": 5.2,

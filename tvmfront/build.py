@@ -222,7 +222,16 @@ def compile_scheduled(mod, target):
     """tvm.compile to the Relax VM. Our stages already legalized, fused and scheduled; TVM's
     build pipeline only lowers to the VM. (The step a compile-cache hit skips.)"""
     with kernel_pass_context():
-        return tvm.compile(mod, target=codegen_target(target), relax_pipeline=vm_pipeline())
+        return tvm.compile(mod, target=codegen_target(target), relax_pipeline=vm_pipeline(),
+                           tir_pipeline=kernel_tir_pipeline())
+
+
+def kernel_tir_pipeline():
+    """The name of the TIR pipeline every kernel build uses (tvm.compile's tir_pipeline,
+    tvm.tirx.build's pipeline): TVM's default after tvmfront.denormals' FlushDenormals."""
+    from . import denormals
+
+    return denormals.register_pipeline()
 
 
 def vm_pipeline():
@@ -279,7 +288,8 @@ def _build_threaded(main, side, target, key, info, schedule=None):
     schedule = schedule or (lambda mod: mod)
     with tempfile.TemporaryDirectory(prefix="tvmfront-side-") as tmp:
         job = split_build.SideBuild([], codegen_target(target), tmp, kernel_pass_context(),
-                                    threads=os.cpu_count() or 1)
+                                    threads=os.cpu_count() or 1,
+                                    pipeline=kernel_tir_pipeline())
         job.start()
         try:
             for chunk in side:

@@ -29,7 +29,7 @@ import time
 from ._files import fsync_dir
 from ._tvm import TVM_VERSION, structural_hash
 from ._version import __version__
-from .config import logger
+from .config import flush_denormals, logger
 
 log = logger("cache")
 
@@ -69,6 +69,8 @@ def key(lowered, target, records_digest, extra=None):
         "tvm": TVM_VERSION,
         "source": source_digest(),
         "extra": extra or {},
+        # a build switch that changes the kernels built from the same IR
+        "flush_denormals": flush_denormals(),
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:40]
 

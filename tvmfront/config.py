@@ -24,6 +24,12 @@ def bound_checks():
     return os.environ.get("TVMFRONT_BOUND_CHECKS", "0") == "1"
 
 
+def flush_denormals():
+    """Compiled CPU kernels flush denormal floats to zero (tvmfront.denormals), unless
+    TVMFRONT_FLUSH_DENORMALS=0."""
+    return os.environ.get("TVMFRONT_FLUSH_DENORMALS", "1") != "0"
+
+
 def debug_nans():
     """Check every kernel's outputs for NaN/Inf in compiled steps (TVMFRONT_DEBUG_NANS=1)."""
     return os.environ.get("TVMFRONT_DEBUG_NANS", "0") == "1"

@@ -116,8 +116,9 @@ class SideBuild:
     it re-raises what a side build raised). Modules can also be handed on while the threads
     run: add(module) for each, then close() (`modules` is then the first of them, or [])."""
 
-    def __init__(self, modules, target, folder, pass_context, threads):
+    def __init__(self, modules, target, folder, pass_context, threads, pipeline="default"):
         self.target, self.folder, self.errors = target, folder, []
+        self.pipeline = pipeline  # the TIR pipeline's name (build.kernel_tir_pipeline)
         self.todo, self.paths, self.closed = [], [], False
         self.ready = threading.Condition()
         self.pass_context = pass_context  # PassContext is per thread: the caller's is handed on
@@ -153,7 +154,8 @@ class SideBuild:
             with self.pass_context:
                 while (job := self._next()) is not None:
                     path, mod = job
-                    tvm.tirx.build(mod, target=self.target).write_to_file(path)
+                    tvm.tirx.build(mod, target=self.target,
+                                   pipeline=self.pipeline).write_to_file(path)
         except BaseException as err:  # noqa: BLE001 - handed to link()'s caller
             with self.ready:
                 self.errors.append(err)

@@ -27,7 +27,8 @@ import logging
 import numpy as np
 
 from .._tvm import host_arch, prim_func_type, to_device, tvm
-from ..build import codegen_target, kernel_pass_context, runnable_here, schedule_lowered
+from ..build import (codegen_target, kernel_pass_context, kernel_tir_pipeline, runnable_here,
+                     schedule_lowered)
 from ..target import resolve_target
 from . import policy, store, symbolic
 
@@ -87,7 +88,8 @@ def run_kernels(lowered, target, selection, names, inputs):
     funcs = {g.name_hint: f.with_attr("global_symbol", g.name_hint)
              for g, f in scheduled.functions.items()}
     with kernel_pass_context():
-        lib = tvm.compile(tvm.IRModule(funcs), target=codegen_target(host_target(target)))
+        lib = tvm.compile(tvm.IRModule(funcs), target=codegen_target(host_target(target)),
+                          tir_pipeline=kernel_tir_pipeline())
     lib = lib.jit() if hasattr(lib, "jit") else lib
     out = {}
     for name in funcs:

@@ -1,0 +1,168 @@
+"""Denormal floats flushed to zero in compiled CPU kernels, as XLA's CPU kernels do.
+
+On x86 an arithmetic instruction whose input or result is denormal (below 1.18e-38 in
+float32) takes a microcode assist of ~100 cycles. Training makes such values: SGD's momentum
+of a weight whose gradient stays zero (a dead ReLU unit) decays by 0.9 a step and is denormal
+after ~800 steps. The MLP of bench/ at batch 1 (SGD, momentum 0.9) went from 65 to 160-180 us
+a step once 7195 of its parameters and momenta were denormal (2 AVX-512 threads).
+
+The floating-point mode is per thread (x86: the FTZ and DAZ bits of MXCSR; AArch64: FZ of
+FPCR), so every kernel sets it itself: at entry it saves the calling thread's mode and sets
+flushing, at exit it restores the saved mode, so that the caller's own code (numpy, the
+Python thread) keeps IEEE denormals. Each parallel loop's body sets flushing too, on the
+thread pool's threads, which run only TVM's tasks and keep it (threads inherit the mode of
+the thread that starts them: a pool started inside a flushing kernel already flushes, one
+started before gets it from its first task). A parallel loop under a statement the rebuild
+does not enter (_in_parallel_loops) keeps the pool threads' mode, and a kernel that fails
+an assert (build.KERNEL_ASSERTS) returns early and leaves the calling thread flushing.
+Normal steps take the same time (MLP, Transformer and ResNet train steps 0.996-1.004x, 2
+threads, 8 interleaved rounds).
+
+Off with TVMFRONT_FLUSH_DENORMALS=0 (config.flush_denormals; part of the compile-cache key).
+Other targets (CUDA, whose kernels TVM builds without such a prologue) are left as they are.
+"""
+
+from . import config
+from ._tvm import s_tir, target_arch, tirx, tvm
+
+# x86 MXCSR: FTZ (bit 15) flushes denormal results to zero, DAZ (bit 6) reads denormal inputs
+# as zero. AArch64 FPCR: FZ (bit 24) does both.
+MXCSR_FLUSH = 0x8040
+FPCR_FLUSH = 1 << 24
+
+ARCHES = ("x86_64", "aarch64")
+
+# The TIR pipeline kernels are built with (register_pipeline): TVM's own, after FlushDenormals.
+PIPELINE = "tvmfront"
+
+
+def register_pipeline():
+    """Register PIPELINE with TVM (tvm.compile's tir_pipeline, tvm.tirx.build's pipeline) and
+    return its name: FlushDenormals (where config.flush_denormals()), then TVM's default."""
+    def factory():
+        lower, host, device = tirx.get_tir_pipeline("default")
+        if not config.flush_denormals():
+            return lower, host, device
+        return tvm.transform.Sequential([module_pass(), lower]), host, device
+
+    tirx.register_tir_pipeline(PIPELINE, factory)
+    return PIPELINE
+
+
+def _arch(func):
+    """The architecture in ARCHES whose CPU runs `func` (by its target attribute), else None."""
+    target = func.attrs.get("target") if func.attrs is not None else None
+    if target is None or target.kind.name != "llvm":
+        return None
+    arch = target_arch(target)
+    return arch if arch in ARCHES else None
+
+
+def flush_denormals(func, arch):
+    """`func` (scheduled TIR: a root block over loops) setting flushing at entry and in each
+    parallel loop's body, and restoring the caller's mode at exit (see the module doc)."""
+    root = func.body
+    if type(root).__name__ != "SBlockRealize":
+        return func
+    saved = tirx.decl_buffer((1,), "int64" if arch == "aarch64" else "int32", "fp_mode_saved")
+    flushing = tirx.decl_buffer((1,), saved.dtype, "fp_mode_flushing")
+    enter, leave, in_task = _mode_stmts(arch, saved, flushing)
+    block = root.block
+    body = tirx.SeqStmt([*enter, _in_parallel_loops(block.body, in_task), leave])
+    block = s_tir.SBlock(block.iter_vars, block.reads, block.writes, block.name_hint, body,
+                         block.init, [*block.alloc_buffers, saved, flushing],
+                         block.match_buffers, block.annotations)
+    return func.with_body(s_tir.SBlockRealize(root.iter_values, root.predicate, block))
+
+
+def _mode_stmts(arch, saved, flushing):
+    """(statements at entry, the statement at exit, a maker of the statement opening a
+    parallel loop's body). In a parallel body the mode is read and set only where it is not flushing yet:
+    setting it stalls the pipeline (~6 ns a time here), and a fine-grained parallel loop
+    (the MLP's batch-1 GEMV: 64 tasks of 30 ns) paid that on every iteration, 3% of its
+    forward; read, the check costs ~1 ns, and the mode is set once per pool thread."""
+    def load(buf):
+        return tirx.BufferLoad(buf, [0])
+
+    def call(name, *args):
+        return tirx.Evaluate(tirx.call_llvm_intrin("void", name, *args))
+
+    if arch == "aarch64":
+        dtype, flag = "int64", FPCR_FLUSH
+
+        def read(buf):
+            return tirx.BufferStore(buf, tirx.call_llvm_intrin(dtype, "llvm.aarch64.get.fpcr"),
+                                    [0])
+
+        def write(buf):
+            return call("llvm.aarch64.set.fpcr", load(buf))
+    else:
+        dtype, flag = "int32", MXCSR_FLUSH
+
+        def read(buf):
+            return call("llvm.x86.sse.stmxcsr", tirx.address_of(load(buf)))
+
+        def write(buf):
+            return call("llvm.x86.sse.ldmxcsr", tirx.address_of(load(buf)))
+
+    flags = tirx.const(flag, dtype)
+    enter = [read(saved),
+             tirx.BufferStore(flushing, tirx.bitwise_or(load(saved), flags), [0]),
+             write(flushing)]
+
+    def in_task():  # a buffer of its own per loop (TVM refuses one defined twice)
+        mode = tirx.decl_buffer((1,), dtype, "fp_mode")
+        body = tirx.SeqStmt([
+            read(mode),
+            tirx.IfThenElse(tirx.NE(tirx.bitwise_and(load(mode), flags), flags), tirx.SeqStmt([
+                tirx.BufferStore(mode, tirx.bitwise_or(load(mode), flags), [0]),
+                write(mode)]), None)])
+        # an opaque block of its own: the buffer lives in the task, on its thread's stack
+        block = s_tir.SBlock([], [], [], "fp_mode", body, None, [mode], [], {})
+        return s_tir.SBlockRealize([], tirx.const(True, "bool"), block)
+
+    return enter, write(saved), in_task
+
+
+def _in_parallel_loops(node, stmt):
+    """`node` with stmt() first in the body of every parallel loop (the outermost: TVM runs
+    no parallel loop inside another). Scheduled TIR nests loops in loops, sequences, blocks
+    and conditions; other statements are left as they are."""
+    kind = type(node).__name__
+    if kind == "For":
+        if node.kind == tirx.ForKind.PARALLEL:
+            body = tirx.SeqStmt([stmt(), node.body])
+        else:
+            body = _in_parallel_loops(node.body, stmt)
+        return tirx.For(node.loop_var, node.min, node.extent, node.kind, body,
+                        node.thread_binding, node.annotations, getattr(node, "step", None))
+    if kind == "SeqStmt":
+        return tirx.SeqStmt([_in_parallel_loops(s, stmt) for s in node.seq])
+    if kind == "SBlockRealize":
+        return s_tir.SBlockRealize(node.iter_values, node.predicate,
+                                   _in_parallel_loops(node.block, stmt))
+    if kind == "SBlock":
+        return s_tir.SBlock(node.iter_vars, node.reads, node.writes, node.name_hint,
+                            _in_parallel_loops(node.body, stmt), node.init, node.alloc_buffers,
+                            node.match_buffers, node.annotations)
+    if kind == "IfThenElse":
+        return tirx.IfThenElse(node.condition, _in_parallel_loops(node.then_case, stmt),
+                               None if node.else_case is None else
+                               _in_parallel_loops(node.else_case, stmt))
+    return node
+
+
+def module_pass():
+    """FlushDenormals: every PrimFunc of a CPU target in ARCHES with the prologue."""
+    def run(mod, _ctx):
+        funcs = {gv: f for gv, f in mod.functions.items()}
+        changed = False
+        for gv, f in funcs.items():
+            arch = _arch(f) if isinstance(f, tirx.PrimFunc) else None
+            if arch is not None:
+                funcs[gv] = flush_denormals(f, arch)
+                changed = True
+        return tvm.IRModule(funcs, attrs=mod.attrs, global_infos=mod.global_infos) \
+            if changed else mod
+
+    return tvm.transform.module_pass(run, opt_level=0, name="FlushDenormals")
