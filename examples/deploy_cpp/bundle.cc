@@ -183,6 +183,7 @@ Bundle read_bundle(const std::string& path) {
   // (a dimension may be an expression of symbolic names, "batch * 8": any string is symbolic)
   b.output = tensor_spec(member(m, "outputs", where), where + " 'outputs'", false);
   b.tensors = tensor_list(m, "parameters", where);
+  b.parameters = b.tensors.size();
   for (TensorSpec& t : tensor_list(m, "buffers", where)) b.tensors.push_back(t);
 
   // exactly the files of its kind, each hashed (as manifest.py checks); the optimizer state

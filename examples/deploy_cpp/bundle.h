@@ -21,6 +21,7 @@ struct Bundle {
   TensorSpec input;                  // the forward's one input (axis 0 may be symbolic)
   TensorSpec output;
   std::vector<TensorSpec> tensors;   // the forward's trailing arguments: parameters, buffers
+  size_t parameters = 0;             // how many of `tensors` are parameters (the rest: buffers)
   std::string library;               // module.so's verified bytes
   std::string params;                // params.safetensors' verified bytes
 };

@@ -1,20 +1,26 @@
 // tvmfront_run: run an exported tvmfront bundle's forward with TVM's C++ runtime, no Python.
 //
-//   tvmfront_run BUNDLE_DIR INPUT_FILE [--output OUTPUT_FILE]
+//   tvmfront_run BUNDLE_DIR INPUT_FILE [--output OUTPUT_FILE] [--time N]
 //
 // INPUT_FILE holds the input's raw little-endian values in C order, of the dtype the
 // bundle's manifest gives ("inputs"), e.g. numpy's x.astype("float32").tofile(path): any
 // whole number of samples (a bundle compiled for batch B runs B at a time, as predict does).
 // Prints the output's shape, then one line per sample: its index, the index of its largest
-// value (the predicted class) and its values. --output writes the output's raw values too. Any problem (missing or corrupt bundle file, wrong input size, an error inside
+// value (the predicted class) and its values. --output writes the output's raw values too.
+// --time N runs the forward on the input N more times and prints to stderr the VM function it
+// calls (predict_packed: the weights packed once at load) and the median time of a run. Any problem (missing or corrupt bundle file, wrong input size, an error inside
 // TVM) is one line on stderr and exit status 1.
 #include <tvm/ffi/error.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cinttypes>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <sstream>
+#include <vector>
 
 #include "bundle.h"
 #include "cpu.h"
@@ -63,10 +69,17 @@ void print(const deploy::Output& out) {
 
 int run(int argc, char** argv) {
   std::string bundle_dir, input, output;
+  long repeat = 0;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--output" && i + 1 < argc) {
       output = argv[++i];
+    } else if (a == "--time" && i + 1 < argc) {
+      char* end = nullptr;
+      long n = std::strtol(argv[++i], &end, 10);
+      if (*end || n < 1 || n > 1000000) throw Fail(std::string("--time takes a count of runs "
+                                                              "from 1 to 1000000, not ") + argv[i]);
+      repeat = n;
     } else if (a.size() > 1 && a[0] == '-') {
       throw Fail("unknown option " + a);
     } else if (bundle_dir.empty()) {
@@ -78,7 +91,8 @@ int run(int argc, char** argv) {
     }
   }
   if (input.empty()) {
-    std::fprintf(stderr, "usage: %s BUNDLE_DIR INPUT_FILE [--output OUTPUT_FILE]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s BUNDLE_DIR INPUT_FILE [--output OUTPUT_FILE] [--time N]\n",
+                 argv[0]);
     return 2;
   }
   deploy::Bundle bundle = deploy::read_bundle(bundle_dir);
@@ -98,6 +112,18 @@ int run(int argc, char** argv) {
     if (!f) throw Fail(output + ": cannot write the output file");
   }
   print(out);
+  if (repeat > 0) {
+    std::vector<double> us;
+    for (long i = 0; i < repeat; ++i) {
+      auto t0 = std::chrono::steady_clock::now();
+      model.predict(data, input);
+      us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() -
+                                                             t0).count());
+    }
+    std::nth_element(us.begin(), us.begin() + us.size() / 2, us.end());
+    std::fprintf(stderr, "tvmfront_run: %s, %ld runs: median %.1f us a run\n",
+                 model.forward_name().c_str(), repeat, us[us.size() / 2]);
+  }
   return 0;
 }
 

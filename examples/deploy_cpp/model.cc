@@ -1,6 +1,7 @@
 #include "model.h"
 
 #include <tvm/ffi/any.h>
+#include <tvm/ffi/container/array.h>
 #include <tvm/ffi/error.h>
 #include <unistd.h>
 
@@ -94,6 +95,27 @@ Model::Model(const Bundle& bundle)
   for (const TensorSpec& spec : bundle.tensors) {
     const TensorBytes& t = params.at(spec.name);
     tensors_.push_back(cpu_tensor(t.shape, *t.dtype, t.data, t.size));
+  }
+  ffi::Optional<ffi::Function> transform = vm_->GetFunction("transform_params", true);
+  ffi::Optional<ffi::Function> packed = vm_->GetFunction("predict_packed", true);
+  if (transform.has_value() && packed.has_value()) {
+    // the parameters predict_packed takes, made once (the MLP 64-256-256-10 at batch 64:
+    // predict packs 84K weights on every call)
+    std::vector<ffi::AnyView> args(tensors_.begin(), tensors_.begin() + bundle.parameters);
+    ffi::Any made;
+    transform.value().CallPacked(args.data(), static_cast<int32_t>(args.size()), &made);
+    std::vector<ffi::Tensor> out;
+    if (auto items = made.as<ffi::Array<ffi::Any>>()) {
+      for (const ffi::Any& item : *items) out.push_back(item.cast<ffi::Tensor>());
+    } else {
+      out.push_back(made.cast<ffi::Tensor>());
+    }
+    if (out.size() != bundle.parameters)
+      throw Fail(bundle.path + ": transform_params made " + std::to_string(out.size()) +
+                 " parameters for " + std::to_string(bundle.parameters));
+    std::copy(out.begin(), out.end(), tensors_.begin());
+    forward_ = packed.value();
+    forward_name_ = "predict_packed";
   }
 }
 

@@ -1,7 +1,10 @@
 // A bundle's forward on TVM's C++ runtime: module.so loaded as a Relax VM executable, the
 // parameters from params.safetensors placed in CPU tensors, one call per batch. The same
 // calls tvm.runtime.vm.VirtualMachine makes from Python: vm_load_executable,
-// vm_initialization(device type, device id, allocator), then the function by name.
+// vm_initialization(device type, device id, allocator), then the function by name. Where the
+// library has transform_params and predict_packed (dense weights packed into panels once,
+// tvmfront/prepack.py), the runner makes the packed parameters once and calls predict_packed,
+// as tvmfront's Python runtime does; predict, which packs them on every call, otherwise.
 #ifndef TVMFRONT_DEPLOY_MODEL_H_
 #define TVMFRONT_DEPLOY_MODEL_H_
 
@@ -31,6 +34,8 @@ class Model {
   // any batch size in one call, one compiled for batch B B samples at a time, the last batch
   // zero-padded (eval mode: padding never changes a sample's prediction).
   Output predict(const std::string& data, const std::string& what) const;
+  // The VM function predict calls: "predict_packed" or "predict".
+  const std::string& forward_name() const { return forward_name_; }
 
  private:
   tvm::ffi::Tensor call(const char* data, size_t size, int64_t samples) const;
@@ -38,8 +43,9 @@ class Model {
   const Bundle& bundle_;
   tvm::ffi::Module library_;  // module.so, kept loaded while the VM runs its code
   tvm::ffi::Module vm_;
-  tvm::ffi::Function forward_;
-  std::vector<tvm::ffi::Tensor> tensors_;  // parameters, then buffers
+  tvm::ffi::Function forward_;             // predict_packed, or predict
+  std::string forward_name_ = "predict";
+  std::vector<tvm::ffi::Tensor> tensors_;  // its parameters (packed or not), then buffers
 };
 
 // A CPU tensor holding a copy of `bytes` (shape and dtype as given; sizes must agree).
