@@ -19,7 +19,10 @@ Normal steps take the same time (MLP, Transformer and ResNet train steps 0.996-1
 threads, 8 interleaved rounds).
 
 Off with TVMFRONT_FLUSH_DENORMALS=0 (config.flush_denormals; part of the compile-cache key).
-Other targets (CUDA, whose kernels TVM builds without such a prologue) are left as they are.
+Such a module's kernels leave the mode as they find it: in a process that also ran flushing
+kernels, its parallel tasks flush on pool threads that ran theirs. Other targets (CUDA,
+whose kernels TVM builds without such a prologue), and op.eager's unscheduled kernels (what
+opcheck and gradcheck run), keep IEEE arithmetic.
 """
 
 from . import config
