@@ -31,7 +31,7 @@ def _products(shape, monkeypatch, flush):
     module = tvf.compile_inference(Scale(shape[-1]), inputs=shape)
     out = module(np.full(shape, TINY, "float32"))
     # the caller's thread keeps IEEE denormals: numpy's product after the call is not flushed
-    assert np.multiply(TINY, SCALE) == np.float32(1e-39) and np.float32(1e-39) > 0
+    assert np.multiply(TINY, SCALE) > 0
     return out
 
 
@@ -55,26 +55,21 @@ def test_flushing_switched_off_keeps_denormals_and_is_part_of_the_cache_key(monk
     assert (off > 0).all()
 
 
-def test_training_with_flushing_takes_the_same_steps():
-    """Flushing changes nothing above float32's smallest normal: two train steps of a small
+def test_training_with_flushing_takes_the_same_steps(monkeypatch):
+    """Flushing changes nothing above float32's smallest normal: three train steps of a small
     model give the losses and parameters of the unflushed build (here no value is denormal)."""
-    import os
-
     def run(flush):
-        os.environ["TVMFRONT_FLUSH_DENORMALS"] = flush
-        try:
-            tvf.manual_seed(0)
-            model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
-            module = tvf.compile_training(model, nn.CrossEntropyLoss(),
-                                          tvf.optim.SGD(lr=0.1, momentum=0.9),
-                                          inputs=(32, 8), labels=(32,))
-            rng = np.random.default_rng(0)
-            x = rng.standard_normal((32, 8)).astype("float32")
-            y = rng.integers(0, 4, 32).astype("int64")
-            losses = [module.step(x, y) for _ in range(3)]
-            return losses, [p.copy() for p in module.state_dict().values()]
-        finally:
-            del os.environ["TVMFRONT_FLUSH_DENORMALS"]
+        monkeypatch.setenv("TVMFRONT_FLUSH_DENORMALS", flush)
+        tvf.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+        module = tvf.compile_training(model, nn.CrossEntropyLoss(),
+                                      tvf.optim.SGD(lr=0.1, momentum=0.9),
+                                      inputs=(32, 8), labels=(32,))
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((32, 8)).astype("float32")
+        y = rng.integers(0, 4, 32).astype("int64")
+        losses = [module.step(x, y) for _ in range(3)]
+        return losses, [p.copy() for p in module.state_dict().values()]
 
     (l1, p1), (l0, p0) = run("1"), run("0")
     assert l1 == l0
