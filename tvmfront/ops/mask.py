@@ -8,6 +8,7 @@ True where a position is masked out (nn.MultiheadAttention's attn_mask / key_pad
 import numpy as np
 
 from .._tvm import te, tirx
+from ..autodiff import if_else_zero
 from ..op import op
 from ._broadcast import broadcast_shape, index_into, reduce_to
 from ._dims import show
@@ -38,11 +39,12 @@ def _holds(cond, i):
 
 @where.grad
 def _(dy, cond, a, b):
-    zero = tirx.const(0, dy.dtype)
+    # branch-free (autodiff.if_else_zero): dy's index is in bounds either way
     return [None,
-            reduce_to(a.shape, dy.shape, lambda i: te.if_then_else(_holds(cond, i), dy(*i), zero),
-                      name="where_da"),
-            reduce_to(b.shape, dy.shape, lambda i: te.if_then_else(_holds(cond, i), zero, dy(*i)),
+            reduce_to(a.shape, dy.shape, lambda i: if_else_zero(_holds(cond, i), dy(*i),
+                                                                dy.dtype), name="where_da"),
+            reduce_to(b.shape, dy.shape, lambda i: if_else_zero(tirx.Not(_holds(cond, i)),
+                                                                dy(*i), dy.dtype),
                       name="where_db")]
 
 
