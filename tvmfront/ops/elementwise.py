@@ -271,6 +271,6 @@ def clip(x, lo=0.0, hi=1.0):
 
 @clip.grad
 def _(dy, x, lo=0.0, hi=1.0):
-    zero = _c(0, x.dtype)
-    return [te.compute(x.shape, lambda *i: te.if_then_else(
-        te.all(x(*i) >= _c(lo, x.dtype), x(*i) <= _c(hi, x.dtype)), dy(*i), zero), name="clip_grad")]
+    return [te.compute(x.shape, lambda *i: if_else_zero(  # branch-free, as relu_grad
+        te.all(x(*i) >= _c(lo, x.dtype), x(*i) <= _c(hi, x.dtype)), dy(*i), x.dtype),
+        name="clip_grad")]

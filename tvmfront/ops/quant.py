@@ -18,6 +18,7 @@ symmetric observers, in float32 arithmetic as PyTorch does it.
 import numpy as np
 
 from .._tvm import te, tirx
+from ..autodiff import if_else_zero
 from ..errors import ShapeError
 from ..op import op
 from ._dims import same, show
@@ -97,13 +98,14 @@ def _(dy, x, scale, zero_point, qmin=-128, qmax=127, axis=None):
     # only computed where they are trained (a Parameter), never for buffers.
     s, z = _channel_reader(x, scale, zero_point, axis)
     lo, hi = _c(qmin, x.dtype), _c(qmax, x.dtype)
-    zero = _c(0, x.dtype)
 
     def inside(q):
         return te.all(q >= lo, q <= hi)
 
+    # branch-free (autodiff.if_else_zero): a guarded load is a branch per element where the
+    # kernel is not vectorized, mispredicted on real data (see ops.relu's gradient)
     def dx(*i):
-        return te.if_then_else(inside(_quantized(x, s, z, i)), dy(*i), zero)
+        return if_else_zero(inside(_quantized(x, s, z, i)), dy(*i), x.dtype)
 
     def dscale(i):
         # in range: (fake_quant(x) - x) / scale; clamped: (qmin or qmax) - zero_point
@@ -113,7 +115,7 @@ def _(dy, x, scale, zero_point, qmin=-128, qmax=127, axis=None):
             q > hi, hi - z(i), (fq - x(*i)) * (_c(1, x.dtype) / s(i))))
 
     def dzero_point(i):
-        return te.if_then_else(inside(_quantized(x, s, z, i)), zero, -dy(*i) * s(i))
+        return if_else_zero(tirx.Not(inside(_quantized(x, s, z, i))), -dy(*i) * s(i), x.dtype)
 
     grads = [te.compute(x.shape, dx, name="fake_quant_grad"),
              _summed(x, scale, dscale, axis, "fake_quant_grad_scale"), None]

@@ -4,7 +4,7 @@ to the first maximum, PyTorch's rule), so they train on symbolic shapes too, whe
 derived gradient does not apply; the derived ones are checked against them."""
 
 from .._tvm import te, tirx
-from ..autodiff import first_extremum
+from ..autodiff import first_extremum, if_else_zero
 from ..op import op
 from ._dims import dims, reciprocal, size
 
@@ -104,7 +104,6 @@ def _(dy, x, axis=None, keepdims=False):
     if not axes:
         return [te.compute(x.shape, lambda *i: dy(*i), name="max_grad")]
     first = first_extremum(_reduce(x, axis, keepdims, "max", te.max))
-    zero = tirx.const(0, dy.dtype)
     dt = first.dtype
     red = [dims(x.shape)[a] for a in axes]
 
@@ -113,6 +112,6 @@ def _(dy, x, axis=None, keepdims=False):
         for a, n in zip(axes, red):
             pos = pos * tirx.Cast(dt, n) + tirx.Cast(dt, i[a])
         out = _out_index(x, axis, keepdims, i)
-        return te.if_then_else(pos == first(*out), dy(*out), zero)
+        return if_else_zero(pos == first(*out), dy(*out), dy.dtype)  # branch-free
 
     return [te.compute(x.shape, body, name="max_grad")]
