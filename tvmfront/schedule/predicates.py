@@ -8,10 +8,11 @@ runs the checks (an AVX2 1024^3 GEMM: 5x slower). Wrapped in `likely`, LoopParti
 (partition_const_loop: build.PARTITION_CONST_LOOPS) splits the last, partial tile off the row
 loop, and the full tiles run without them. A rule marks such blocks (mark_likely); TVM 0.27
 has no statement mutator in Python, so likely_predicates rebuilds the path to them node by
-node.
+node (tir_walk.rebuild).
 """
 
 from .._tvm import s_tir, tirx
+from ..tir_walk import rebuild, with_block
 
 # The block annotation that asks for a likely predicate (removed once applied).
 LIKELY = "tvmfront.likely_predicate"
@@ -25,52 +26,19 @@ def mark_likely(sch, block):
 def likely_predicates(func):
     """`func` with the predicate of every block marked by mark_likely wrapped in `likely` and
     the mark removed (the function itself where none is marked)."""
-    body = _rebuild(func.body)
+    body = rebuild(func.body, _likely)
     return func if body is None else func.with_body(body)
 
 
-def _rebuild(node):
-    """`node` rebuilt with its marked blocks' predicates likely, or None where nothing under
-    it is marked. Scheduled TIR nests blocks only in loops, sequences and blocks: any other
-    statement is returned as it is."""
-    kind = type(node).__name__
-    if kind == "For":
-        body = _rebuild(node.body)
-        return None if body is None else tirx.For(
-            node.loop_var, node.min, node.extent, node.kind, body, node.thread_binding,
-            node.annotations, getattr(node, "step", None))
-    if kind == "SeqStmt":
-        seq = [_rebuild(stmt) for stmt in node.seq]
-        if all(stmt is None for stmt in seq):
-            return None
-        return tirx.SeqStmt([new if new is not None else old for new, old in zip(seq, node.seq)])
-    if kind == "SBlockRealize":
-        block = node.block
-        marked = LIKELY in block.annotations
-        rebuilt = _rebuild(block)
-        if rebuilt is None and not marked:
-            return None
-        block = rebuilt if rebuilt is not None else block
-        predicate = node.predicate
-        if marked:
-            block = _block(block, annotations={k: v for k, v in block.annotations.items()
-                                               if k != LIKELY})
-            if not (isinstance(predicate, tirx.IntImm) and int(predicate.value) == 1):
-                predicate = tirx.likely(predicate)
-        return s_tir.SBlockRealize(node.iter_values, predicate, block)
-    if kind == "SBlock":
-        body = _rebuild(node.body)
-        init = _rebuild(node.init) if node.init is not None else None
-        if body is None and init is None:
-            return None
-        return _block(node, body=body, init=init)
-    return None
-
-
-def _block(block, body=None, init=None, annotations=None):
-    """`block` with a new body, init or annotations (the others kept)."""
-    return s_tir.SBlock(block.iter_vars, block.reads, block.writes, block.name_hint,
-                        body if body is not None else block.body,
-                        init if init is not None else block.init,
-                        block.alloc_buffers, block.match_buffers,
-                        annotations if annotations is not None else block.annotations)
+def _likely(node):
+    """A marked block's realize with its predicate likely and the mark removed (its own
+    body rebuilt too), or None for any other statement."""
+    if type(node).__name__ != "SBlockRealize" or LIKELY not in node.block.annotations:
+        return None
+    block = rebuild(node.block, _likely) or node.block
+    block = with_block(block, annotations={k: v for k, v in block.annotations.items()
+                                           if k != LIKELY})
+    predicate = node.predicate
+    if not (isinstance(predicate, tirx.IntImm) and int(predicate.value) == 1):
+        predicate = tirx.likely(predicate)
+    return s_tir.SBlockRealize(node.iter_values, predicate, block)
