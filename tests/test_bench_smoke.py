@@ -56,12 +56,9 @@ def test_tvmfront_worker_times_a_gemm_interleaved_with_numpy():
 
 
 def _has_avx2():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return {"avx2", "fma"} <= next((set(ln.split(":", 1)[1].split()) for ln in f
-                                            if ln.startswith("flags")), set())
-    except OSError:
-        return False
+    """Whether this CPU has what peers.py --isa avx2 asks of it (the driver's own check)."""
+    peers = _bench_module("peers")
+    return peers.ISA_CAPS["avx2"]["flags"] <= peers.cpu_flags()
 
 
 @pytest.mark.slow  # a process compiling one small GEMM for AVX2: ~5 s of CPU
