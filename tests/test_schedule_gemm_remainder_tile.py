@@ -11,8 +11,8 @@ before), the last tile partial (tvmfront/schedule/gemm.py, _remainder_tile):
 - 32-register targets (AVX-512, AArch64) keep their divisor tiles.
 
 AVX2 code against OpenBLAS's Haswell kernels on the 2-core AVX-512 Xeon, 1 / 2 threads:
-1024^3 A B 1.10x / 1.18x, 512^3 1.21x / 1.15x. Values against numpy, scheduled for AVX2 and
-run on this host.
+1024^3 A B 1.10x / 1.18x (whole reduction, before row blocks), 512^3 1.21x / 1.15x. Values
+against numpy, scheduled for AVX2, built as tvmfront.build does and run on this host.
 """
 
 import numpy as np
@@ -63,18 +63,26 @@ def _checks_left(lowered):
 
 
 def _run(func, inputs, out, ref):
+    """Build the AVX2 kernel as tvmfront.build does (its pass context: LoopPartition; its TIR
+    pipeline) and compare it with numpy on this host."""
     from tvmfront._tvm import to_device, tvm
+    from tvmfront.build import codegen_target, kernel_pass_context, kernel_tir_pipeline
 
     rng = np.random.default_rng(0)
     args = [rng.standard_normal([int(d) for d in t.shape]).astype("float32") for t in inputs]
     got = tvm.runtime.empty([int(d) for d in out.shape], "float32", tvm.cpu())
-    tvm.compile(func, target=resolve_target("x86"))(*[to_device(a) for a in args], got)
+    with kernel_pass_context():
+        lib = tvm.compile(func, target=codegen_target(resolve_target("x86:avx2")),
+                          tir_pipeline=kernel_tir_pipeline())
+    lib(*[to_device(a) for a in args], got)
     np.testing.assert_allclose(got.numpy(), ref(*args), rtol=1e-4, atol=2e-3)
 
 
 @pytest.mark.parametrize("form", ["A B", "A B^T"])
 def test_avx2_tiles_1024_rows_by_6_and_peels_the_partial_tile(form):
-    inputs, out, _ = _gemm(form, 1024, 1024, 1024)
+    # a 1 MiB output: the reduction whole (a bigger one goes into row blocks, whose own
+    # partial tile test_schedule_gemm_row_blocks.py checks)
+    inputs, out, _ = _gemm(form, 1024, 1024, 256)
     func, rule, sch = _schedule(inputs, out)
     assert "tiled[6xv16" in rule and "k-blocks" not in rule, rule
     loops = _loops(sch, "c_update")
@@ -194,3 +202,15 @@ def test_a_weight_already_in_panels_takes_partial_tiles_too(m, k, n, order):
     got = tvm.runtime.empty((m, n), "float32", tvm.cpu())
     tvm.compile(func, target=resolve_target("x86"))(to_device(x), to_device(panels), got)
     np.testing.assert_allclose(got.numpy(), x @ w.T, rtol=1e-4, atol=2e-3, err_msg=rule)
+
+
+@pytest.mark.parametrize("m, k, n", [(200, 256, 128), (512, 128, 128)])
+def test_a_t_b_whose_a_goes_into_panels_runs_its_panels_first(m, k, n):
+    """A^T B with B's panels small and A bigger: rows outer by _rows_outer, until A goes into
+    panels of the tile's rows, which runs the panels first. The tile was chosen for rows outer
+    (6 rows over 34 row tiles), the pool then fused 8 panels with the rows, and TVM refused to
+    build the unrolled partial tile ("Cannot unroll non-constant loop")."""
+    inputs, out, ref = _gemm("A^T B", m, k, n)
+    func, rule, _ = _schedule(inputs, out)
+    assert "panels of" in rule and "rows outer" not in rule, rule
+    _run(func, inputs, out, ref)

@@ -18,11 +18,12 @@ AVX-512) chosen so that operand loads are shared across it; the reduction loops 
 the outer loops and the tile; the tile accumulates in a small local buffer (``cache_write``,
 laid out with the vector axis last) written back together with the pointwise epilogue (bias
 add, ReLU), or, with no epilogue and the output contiguous along the vectors, in the output
-itself (_cache_accumulator); outer loops are fused just enough to feed ``num-cores`` threads and parallelized
-when the kernel is large enough. A long reduction runs in blocks whose slice of a panel stays
-in L1 (_reduction_block), and a big output besides in blocks of its rows that stay in L2, each
-core taking its own (_row_blocks), as GotoBLAS blocks a GEMM. Without a vectorizable axis the
-same rule builds a tile of independent scalar accumulators (reductions._tile_reduction_scalar).
+itself (_cache_accumulator); outer loops are fused just enough to feed ``num-cores`` threads
+and parallelized when the kernel is large enough. A long reduction runs in blocks whose slice
+of a panel stays in L1 (_reduction_block), and a big output besides in blocks of its rows that
+stay in L2, each core sweeping its share of the columns block by block (_row_blocks), as
+GotoBLAS blocks a GEMM. Without a vectorizable axis the same rule builds a tile of independent
+scalar accumulators (reductions._tile_reduction_scalar).
 
 Symbolic extents: the tile is chosen as at SYMBOLIC_EXTENT, and a symbolic axis that its
 vectors or register tile split is first padded to a multiple of them (``pad_einsum``:
@@ -153,12 +154,14 @@ def _tile_reduction(sch, name, params, vector=True, plan=False):
     if vector and (panel is not None or prepacked is not None):
         tiles = _remainder_tile(info, v, vec, tiles, budget, params, rows_outer if prepacked
                                 is None else _rows_outer(info, *prepacked[1:]),
-                                None if prepacked is None else info.extents[prepacked[0]])
+                                None if prepacked is None else info.extents[prepacked[0]],
+                                _broadcast_in_panels(info, v))
     partial = any(info.extents[k] % f for k, f in tiles.items())  # a partial last tile
     if plan:
         return v, vec, tiles
     if vector and not info.symbolic:
         # The operand broadcast across the vectors (A of A^T B) in panels of its tile too
+        # (_broadcast_in_panels)
         for t, f in tiles.items():
             found = _panel_operand(info, t, f, broadcast=v, partial=partial)
             if found is not None:
@@ -229,6 +232,9 @@ def _tile_reduction(sch, name, params, vector=True, plan=False):
         init, writeback = _schedule_row_blocks(
             sch, info, tiles, row_blocks, (outer, outer_axes, red, inner), vec_loop,
             deferred if panel is not None else None, params)
+        if partial:
+            for predicated in (block, init, writeback):
+                mark_likely(sch, predicated)
         tile = "x".join(str(tiles[k]) for k in sorted(tiles))
         note = (f"tiled[{tile}xv{vec}, parallel, packed {'+'.join(packed)}, "
                 f"row blocks of {row_blocks[1]}, k-blocks of {row_blocks[2]}]")
@@ -320,7 +326,23 @@ def _tile_reduction(sch, name, params, vector=True, plan=False):
     return note, touched
 
 
-def _remainder_tile(info, v, vec, tiles, budget, params, rows_outer=False, panels=None):
+def _broadcast_in_panels(info, v):
+    """A function of a tile {t: f} telling whether _tile_reduction packs the operand broadcast
+    across the vectors (A of A^T B) into panels of that tile, which runs the panels first
+    (rows_outer = False) whatever _rows_outer said; None for a symbolic block (no such
+    panels)."""
+    if info.symbolic:
+        return None
+
+    def packs(tiles):
+        partial = any(info.extents[k] % f for k, f in tiles.items())
+        return any(_panel_operand(info, t, f, broadcast=v, partial=partial) is not None
+                   for t, f in tiles.items())
+    return packs
+
+
+def _remainder_tile(info, v, vec, tiles, budget, params, rows_outer=False, panels=None,
+                    broadcast_packs=None):
     """`tiles`, or on a 16-register target (AVX2) a tile of rows of the whole register budget
     where its largest divisor is smaller: 6 x v16 (12 accumulators) over 1024 rows, 170 full
     tiles and a last one of 4 rows, not 4 x v16 (8). The split is then predicated, and
@@ -329,8 +351,9 @@ def _remainder_tile(info, v, vec, tiles, budget, params, rows_outer=False, panel
     least REMAINDER_TILE_MIN_TILES tiles, with its vector operand in panels (copied here, or
     an inference weight packed before: _prepacked_panel_axis), where the thread
     pool takes the panels' loop alone, or with rows outer the row tiles' (a row loop fused
-    with another for the pool would keep its predicates). The reduction then runs whole:
-    blockize, which blocks of it need (_reduction_block), refuses the predicated tile. A
+    with another for the pool would keep its predicates). The reduction then runs whole
+    (blockize, which blocks of it need (_reduction_block), refuses the predicated tile) but
+    in a big output's row blocks (_row_blocks: decompose_reduction takes it there). A
     broadcast operand whose rows lie far apart along the reduction (A of A^T B) goes into
     panels of the tile's rows, the last one padded with zeros (_pack_partial_panels); read in
     place it touched a new row every step (1024^3: 0.43x the time of 4 x v16).
@@ -345,7 +368,11 @@ def _remainder_tile(info, v, vec, tiles, budget, params, rows_outer=False, panel
     1.10-1.14x / 1.06-1.16x, its train step 1.035x, its inference at batch 64 (prepacked
     weights) 1.13x. A weight prepacked in panels, panels first (its panel index an axis of
     its own, `panels` of them): 1024^3 at 2 threads 0.80x -> 0.93x numpy, the MLP's forward
-    at batch 64 1.05x."""
+    at batch 64 1.05x. Rows outer ends where the tile sends the broadcast operand into panels
+    (`broadcast_packs`, _broadcast_in_panels): the panels then run first, and the tile is
+    judged by them (A^T B 200 x 256 x 128 took 6 rows for 34 row tiles, then fused its 8
+    panels with them for the pool, and LoopPartition left the unrolled tile a loop of
+    symbolic extent: TVM refused to build it)."""
     if params.vector_registers > 16 or len(tiles) != 1 or info.symbolic or \
             len(info.write.region) != 2 or \
             info.write_strides[v] != 1:  # (a transposed write-back vectorizes the rows)
@@ -361,6 +388,8 @@ def _remainder_tile(info, v, vec, tiles, budget, params, rows_outer=False, panel
     if f >= budget or info.extents[t] < REMAINDER_TILE_MIN_TILES * budget or \
             alone < PARALLEL_CHUNKS_PER_CORE * params.cores:
         return tiles
+    if rows_outer and broadcast_packs is not None and broadcast_packs({t: budget}):
+        return _remainder_tile(info, v, vec, tiles, budget, params, False, panels)
     return {t: budget}
 
 
@@ -434,20 +463,28 @@ def _panel_block_steps(info, vec, params):
 def _row_blocks(sch, block, info, v, vec, tiles, params):
     """(row axis t, rows per block, KC, the output dimension t indexes) for a big 2-D
     contraction whose output is past REDUCTION_BLOCK_MAX_OUTPUT_BYTES and whose vector panel is
-    past L1 (_panel_block_steps), as GotoBLAS blocks it; else None. Each core takes blocks of
-    output rows (OUTPUT_BLOCK_L2_SHARE of L2) and accumulates them in a buffer of their own,
-    laid out tile after tile (the output's rows, 4 KiB apart at 1024 columns, would share L1
-    sets with the panel's slice), copied out after the block; inside, the blocks of the
-    reduction, then the panels (a block's slice of one in L1), then the row tiles (the
-    broadcast operand's rows x KC in L2). Only where the tile accumulates in the output
-    itself (no epilogue: _accumulates_in_output), on AVX-512 (ROW_BLOCKS_MIN_VECTOR_BITS).
+    past L1 (_panel_block_steps), as GotoBLAS blocks it; else None. Each core takes an equal
+    share of the panels (the output's columns) and sweeps it block of rows by block of rows
+    (its share of a block at most OUTPUT_BLOCK_L2_SHARE of L2), accumulating a block in a
+    buffer of its own laid out panel after panel ([columns // vec, rows, vec]: the output's
+    rows, 4 KiB apart at 1024 columns, would share L1 sets with the panel's slice), copied out
+    after the block; inside, the blocks of the reduction, then the panels (a block's slice of
+    one in L1), then the row tiles (the broadcast operand's rows x KC in L2). A block holds a
+    divisor of the row tiles, at least half the most it may hold (else None); the last tile
+    may be partial (_remainder_tile: 6 x v16 over 1024 rows, 171 tiles in blocks of 9), its
+    predicate peeled off by LoopPartition as without blocks. Only where the tile accumulates
+    in the output itself (no epilogue: _accumulates_in_output), from AVX2's vectors up
+    (ROW_BLOCKS_MIN_VECTOR_BITS).
 
     Panels outermost over the whole reduction, each core streamed all of the broadcast
-    operand (4 MiB at 1024^3) from L3 once per panel, beside the other core's stream. 1024^3
-    on the 2-core AVX-512 Xeon, old/new interleaved, 8 rounds: 2 threads A B, A B^T, A^T B
-    1.06x, 1.06x, 1.04x (0.91 -> 0.96, 0.92 -> 0.97, 0.89 -> 0.93x numpy); 1 thread 1.00x,
-    0.99x, 0.98x. Hand-written, the output itself as the accumulator instead: 2 threads
-    0.93-0.97x numpy, 1 thread 0.91-0.93x."""
+    operand (4 MiB at 1024^3) from L3 once per panel, beside the other core's stream. Blocks
+    of whole rows taken by the cores in turn (before) needed rows in full tiles, which AVX2's
+    6-row tile over 1024 rows is not. 1024^3 on the 2-core AVX-512 Xeon, 2 threads, against
+    numpy interleaved (whole reduction / whole rows by block / columns by core):
+    AVX-512 A B 0.92 / 1.01 / 1.02-1.04x, A B^T 0.94 / 0.96 / 1.00-1.01x, A^T B 0.93 / 0.95 /
+    0.98-0.99x; AVX2 code against OpenBLAS's Haswell kernels A B 0.91-0.93 / - / 0.97-0.98x,
+    A B^T 0.96-0.98 / - / 1.00-1.01x, A^T B 0.83-0.84 / - / 0.92x (one thread: 1.02x, -, 0.98x
+    the whole reduction's speed)."""
     if v is None or info.symbolic or len(info.reduction) != 1 or len(tiles) != 1 or \
             params.vector_bits < ROW_BLOCKS_MIN_VECTOR_BITS or \
             _bytes(info.write.source) <= REDUCTION_BLOCK_MAX_OUTPUT_BYTES or \
@@ -461,14 +498,15 @@ def _row_blocks(sch, block, info, v, vec, tiles, params):
     columns = _const(info.write.source.shape[1 - d_t]) if len(region) == 2 and \
         d_t is not None else None
     kc = _panel_block_steps(info, vec, params)
-    if not columns or kc is None:
+    if not columns or kc is None or columns % vec or (columns // vec) % params.cores:
         return None
-    row_bytes = columns * _dtype_bits(info.dtype) // 8
-    block_bytes = int(params.l2_bytes * OUTPUT_BLOCK_L2_SHARE)
-    rows = _largest_divisor(info.extents[t] // f, max(1, block_bytes // row_bytes // f)) * f
-    if rows * row_bytes > block_bytes or info.extents[t] // rows < params.cores:
-        return None
-    return t, rows, kc, d_t
+    share_bytes = columns // params.cores * _dtype_bits(info.dtype) // 8  # a core's row
+    most = max(1, int(params.l2_bytes * OUTPUT_BLOCK_L2_SHARE) // share_bytes // f)
+    count = -(-info.extents[t] // f)  # row tiles, the last one maybe partial
+    per_block = _largest_divisor(count, most)
+    if 2 * per_block < most:  # (a partial last block kept its checks: LoopPartition peels
+        return None           # no predicate of two conditions)
+    return t, per_block * f, kc, d_t
 
 
 def _schedule_row_blocks(sch, info, tiles, row_blocks, loops, vec_loop, deferred, params):
@@ -479,16 +517,17 @@ def _schedule_row_blocks(sch, info, tiles, row_blocks, loops, vec_loop, deferred
     outer, outer_axes, red, inner = loops
     t, rows, kc, d_t = row_blocks
     position = outer_axes.index(t)
+    cores, outer[0] = sch.split(outer[0], factors=[params.cores, None])
     row_block, outer[position] = sch.split(outer[position], factors=[None, rows // tiles[t]])
     k_outer, red[0] = sch.split(red[0], factors=[None, kc])
-    sch.reorder(row_block, k_outer, *outer, *red, *inner, vec_loop)
-    sch.parallel(row_block)
+    sch.reorder(cores, row_block, k_outer, *outer, *red, *inner, vec_loop)
+    sch.parallel(cores)
     if deferred is not None:
         _place_panel_copy(sch, deferred, None, False)
     d_v = 1 - d_t  # the output's last dimension: it is contiguous along the vectors
-    f, vec = tiles[t], _const(sch.get(vec_loop).extent)
+    vec = _const(sch.get(vec_loop).extent)
     writeback = _cache_laid_out(sch, info, "write", 0, info.write, lambda *idx: [
-        idx[d_t] // f, idx[d_v] // vec, idx[d_t] % f, idx[d_v] % vec])
+        idx[d_v] // vec, idx[d_t], idx[d_v] % vec])
     sch.reverse_compute_at(writeback, row_block, preserve_unit_loops=True)
     # the write-back by vectors of the tile's width, along the output's contiguous axis
     sch.vectorize(sch.split(sch.get_loops(writeback)[-1], factors=[None, vec])[1])

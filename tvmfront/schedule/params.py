@@ -124,16 +124,18 @@ L1_PANEL_SHARE = 2 / 3
 # (1 MiB output) 151 / 156; Transformer backward GEMMs (K = 384..1024, 64-512 KiB outputs)
 # -1.7% to +8%; 1024^3 (4 MiB) 130-145 / 113-131 in A B and A^T B (-7 to -19%).
 REDUCTION_BLOCK_MAX_OUTPUT_BYTES = 1 << 20
-# A bigger output is computed in blocks of rows of at most this share of the L2 cache
-# (gemm._row_blocks), each accumulated there over the blocks of the reduction, beside the
-# broadcast operand's rows of it for one block of the reduction and the panels streaming
-# through. 1024^3 on the 2-core AVX-512 Xeon (2 MiB L2 per core), interleaved, 1 and 2
-# threads: blocks of 512 KiB took 0.96-0.98x the time of 256 KiB ones; 1 MiB ones 0.99-1.01x.
+# A bigger output is computed in blocks of rows, a core's share of a block (its columns) at
+# most this share of the L2 cache (gemm._row_blocks), each accumulated there over the blocks
+# of the reduction, beside the broadcast operand's rows of it for one block of the reduction
+# and the panels streaming through. 1024^3 on the 2-core AVX-512 Xeon (2 MiB L2 per core),
+# interleaved, 1 and 2 threads, whole rows by block (before): blocks of 512 KiB took
+# 0.96-0.98x the time of 256 KiB ones; 1 MiB ones 0.99-1.01x. AVX2 code for the default L2
+# (512 KiB: 54 rows of 2 KiB per core) took 1.01x the time of 114-row blocks.
 OUTPUT_BLOCK_L2_SHARE = 1 / 4
-# ... from this vector width (AVX-512's 8 x v32 tile, 16 registers). AVX2's 4 x v16 tile does
-# half the FMAs per step between reloads of its output tile: its code on the same core, one
-# thread, ran 0.93-0.96x the time of the whole-reduction schedule (two threads 0.98-1.01x).
-ROW_BLOCKS_MIN_VECTOR_BITS = 512
+# ... from this vector width: AVX2 (its 6 x v16 tile, 12 accumulators: _remainder_tile; the
+# 4 x v16 tile before ran 0.98-1.01x the whole reduction's time at 2 threads) and up; not
+# NEON's 128-bit vectors (untried there).
+ROW_BLOCKS_MIN_VECTOR_BITS = 256
 # ... and not in blocks shorter than this: each block loads and stores the output tile again.
 MIN_REDUCTION_BLOCK = 64
 # The L1 data cache where the target is not this machine's CPU (x86 cores since Haswell and
