@@ -54,7 +54,7 @@ def main():
     from _gemm_cases import FORMS, gemm_apply, gemm_flops, gemm_shapes
     from _timing import interleaved_medians, paired_ratio
     from tvmfront._tvm import cpu_vector_bits, te, to_device, tvm
-    from tvmfront.build import codegen_target, kernel_pass_context, runnable_here
+    from tvmfront.build import compile_kernels, runnable_here
     from tvmfront.schedule import schedule_prim_func
     from tvmfront.target import resolve_target
 
@@ -74,9 +74,7 @@ def main():
             case = {"kind": "gemm", "n": n, "form": form}
             a, b = (rng.standard_normal(s).astype("float32") for s in gemm_shapes(case))
             func, rule = schedule_prim_func(_prim_func(te, case, a.shape, b.shape), target)
-            with kernel_pass_context():
-                lib = tvm.compile(func.with_attr("global_symbol", "gemm"),
-                                  target=codegen_target(target))
+            lib = compile_kernels(func.with_attr("global_symbol", "gemm"), target)
             out = tvm.runtime.empty(gemm_apply(case, a, b).shape, "float32", tvm.cpu())
             dev_args = [to_device(a), to_device(b), out]
             lib(*dev_args)

@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 import tvmfront as tvf  # noqa: E402
 from tvmfront import ops  # noqa: E402
 from tvmfront._tvm import te, to_device, tvm  # noqa: E402
+from tvmfront.build import compile_kernels  # noqa: E402
 from tvmfront.target import resolve_target  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,7 +83,7 @@ def _schedule(func, target, rules):
 
 def _build(func, args, target, rules=None):
     """A timer of the scheduled kernel on `args`: each call returns one median in us."""
-    lib = tvm.compile(_schedule(func, target, rules), target=target)
+    lib = compile_kernels(_schedule(func, target, rules), target)
     timer = lib.mod.time_evaluator("main", tvm.cpu(), number=3, repeat=3, min_repeat_ms=30)
     return lambda: float(np.median(timer(*args).results)) * 1e6
 

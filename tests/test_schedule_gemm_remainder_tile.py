@@ -66,15 +66,12 @@ def _run(func, inputs, out, ref):
     """Build the AVX2 kernel as tvmfront.build does (its pass context: LoopPartition; its TIR
     pipeline) and compare it with numpy on this host."""
     from tvmfront._tvm import to_device, tvm
-    from tvmfront.build import codegen_target, kernel_pass_context, kernel_tir_pipeline
+    from tvmfront.build import compile_kernels
 
     rng = np.random.default_rng(0)
     args = [rng.standard_normal([int(d) for d in t.shape]).astype("float32") for t in inputs]
     got = tvm.runtime.empty([int(d) for d in out.shape], "float32", tvm.cpu())
-    with kernel_pass_context():
-        lib = tvm.compile(func, target=codegen_target(resolve_target("x86:avx2")),
-                          tir_pipeline=kernel_tir_pipeline())
-    lib(*[to_device(a) for a in args], got)
+    compile_kernels(func, resolve_target("x86:avx2"))(*[to_device(a) for a in args], got)
     np.testing.assert_allclose(got.numpy(), ref(*args), rtol=1e-4, atol=2e-3)
 
 
@@ -188,6 +185,7 @@ def test_a_weight_already_in_panels_takes_partial_tiles_too(m, k, n, order):
     these kernels 4 x v16 (1024^3 on 2 AVX2 threads 0.80x numpy, A packed in panels of 4 rows;
     6 x v16 0.93x; the MLP's forward at batch 64 1.05x faster)."""
     from tvmfront._tvm import to_device, tvm
+    from tvmfront.build import compile_kernels
     from tvmfront.prepack import _DENSE, _prim_func
 
     dense = _prim_func(_DENSE, m=m, k=k, n=n, no=n // 16, p=16)
@@ -200,7 +198,7 @@ def test_a_weight_already_in_panels_takes_partial_tiles_too(m, k, n, order):
     x, w = (rng.standard_normal(s).astype("float32") for s in ((m, k), (n, k)))
     panels = np.ascontiguousarray(w.reshape(n // 16, 16, k).transpose(0, 2, 1))
     got = tvm.runtime.empty((m, n), "float32", tvm.cpu())
-    tvm.compile(func, target=resolve_target("x86"))(to_device(x), to_device(panels), got)
+    compile_kernels(func, resolve_target("x86:avx2"))(to_device(x), to_device(panels), got)
     np.testing.assert_allclose(got.numpy(), x @ w.T, rtol=1e-4, atol=2e-3, err_msg=rule)
 
 

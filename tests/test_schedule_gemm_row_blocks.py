@@ -43,13 +43,16 @@ def _update_block(sch, name):
     return loops, sch.get(block).writes[0].source
 
 
-def _run(func, inputs, out, ref):
+def _run(func, inputs, out, ref, target):
+    """Build as tvmfront.build does (LoopPartition peels a partial tile) for `target`, run on
+    this host."""
     from tvmfront._tvm import to_device, tvm
+    from tvmfront.build import compile_kernels
 
     rng = np.random.default_rng(0)
     args = [rng.standard_normal([int(d) for d in t.shape]).astype("float32") for t in inputs]
     result = tvm.runtime.empty([int(d) for d in out.shape], "float32", tvm.cpu())
-    tvm.compile(func, target=resolve_target("x86"))(*[to_device(a) for a in args], result)
+    compile_kernels(func, resolve_target(target))(*[to_device(a) for a in args], result)
     return result.numpy(), ref(*args)
 
 
@@ -97,7 +100,7 @@ def test_row_blocks_compute_the_product(form, target):
     inputs, out, ref = _gemm(form, 1024, 512, 512)
     func, rule, _ = _schedule(inputs, out, resolve_target(target))
     assert "row blocks of" in rule, rule
-    got, want = _run(func, inputs, out, ref)
+    got, want = _run(func, inputs, out, ref, target)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-3, err_msg=rule)
 
 
@@ -105,6 +108,7 @@ def test_row_blocks_compute_the_product(form, target):
 def test_a_weight_already_in_panels_is_blocked_too(target, p):
     """tvmfront.prepack's dense over a weight packed once into panels [n // p, k, p]."""
     from tvmfront._tvm import s_tir, to_device, tvm
+    from tvmfront.build import compile_kernels
     from tvmfront.prepack import _DENSE, _prim_func
 
     m, k, n = 1024, 512, 1024
@@ -117,7 +121,7 @@ def test_a_weight_already_in_panels_is_blocked_too(target, p):
     x, w = (rng.standard_normal(s).astype("float32") for s in ((m, k), (n, k)))
     panels = np.ascontiguousarray(w.reshape(n // p, p, k).transpose(0, 2, 1))
     got = tvm.runtime.empty((m, n), "float32", tvm.cpu())
-    tvm.compile(func.with_attr("global_symbol", "dense"), target=resolve_target("x86"))(
+    compile_kernels(func.with_attr("global_symbol", "dense"), resolve_target(target))(
         to_device(x), to_device(panels), got)
     np.testing.assert_allclose(got.numpy(), x @ w.T, rtol=1e-4, atol=2e-3, err_msg=rule)
 

@@ -226,6 +226,16 @@ def compile_scheduled(mod, target):
                            tir_pipeline=kernel_tir_pipeline())
 
 
+def compile_kernels(mod, target):
+    """TIR kernels (an IRModule of scheduled PrimFuncs, or one) compiled as module builds
+    compile them: under kernel_pass_context, for codegen_target, through kernel_tir_pipeline.
+    A kernel timed or checked alone is then the code a module runs (built otherwise, a
+    partial tile kept its checks, and AVX-512 code LLVM's prefer-256-bit)."""
+    with kernel_pass_context():
+        return tvm.compile(mod, target=codegen_target(target),
+                           tir_pipeline=kernel_tir_pipeline())
+
+
 def kernel_tir_pipeline():
     """The name of the TIR pipeline every kernel build uses (tvm.compile's tir_pipeline,
     tvm.tirx.build's pipeline): TVM's default after tvmfront.denormals' FlushDenormals."""

@@ -27,8 +27,7 @@ import logging
 import numpy as np
 
 from .._tvm import host_arch, prim_func_type, to_device, tvm
-from ..build import (codegen_target, kernel_pass_context, kernel_tir_pipeline, runnable_here,
-                     schedule_lowered)
+from ..build import compile_kernels, runnable_here, schedule_lowered
 from ..target import resolve_target
 from . import policy, store, symbolic
 
@@ -87,9 +86,7 @@ def run_kernels(lowered, target, selection, names, inputs):
     scheduled, _ = schedule_lowered(alone, target, selection)  # these kernels only: cheaper
     funcs = {g.name_hint: f.with_attr("global_symbol", g.name_hint)
              for g, f in scheduled.functions.items()}
-    with kernel_pass_context():
-        lib = tvm.compile(tvm.IRModule(funcs), target=codegen_target(host_target(target)),
-                          tir_pipeline=kernel_tir_pipeline())
+    lib = compile_kernels(tvm.IRModule(funcs), host_target(target))
     lib = lib.jit() if hasattr(lib, "jit") else lib
     out = {}
     for name in funcs:

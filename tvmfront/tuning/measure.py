@@ -7,7 +7,7 @@ import time
 import numpy as np
 
 from .._tvm import prim_func_type, to_device, tvm
-from ..build import codegen_target, kernel_pass_context, kernel_tir_pipeline, schedule_lowered
+from ..build import compile_kernels, schedule_lowered
 from . import policy, remote as rpc_mod, symbolic
 
 log = logging.getLogger("tvmfront.tune")
@@ -31,9 +31,7 @@ def measure_kernels(lowered, target, names, records=False, every_record=False,
         return {}
     # compiled as module builds compile them (LLVM opt level, no kernel asserts): a verdict
     # judged at another opt level than builds use would judge other code
-    with kernel_pass_context():
-        lib = tvm.compile(tvm.IRModule(funcs), target=codegen_target(target),
-                          tir_pipeline=kernel_tir_pipeline())
+    lib = compile_kernels(tvm.IRModule(funcs), target)
     if remote is not None:
         with rpc_mod.session(remote) as sess:
             remote_lib, device = rpc_mod.upload(sess, lib, target)
