@@ -7,6 +7,8 @@ _row_blocks):
   a buffer laid out panel after panel ([columns // vec, rows, vec]: the output's rows, 4 KiB
   apart, would share L1 sets with the panel), copied out after the block;
 - inside a block, the blocks of the reduction (KC), then the panels, then the row tiles;
+- A of A^T B goes into panels of the tile's rows block by block, each core making the block it
+  reads (rows x KC), as GotoBLAS packs A;
 - AVX2's 6-row tile over 1024 rows (171 tiles, the last of 4 rows: _remainder_tile) in blocks of
   a divisor of 171, the partial tile peeled off by LoopPartition;
 - a weight already in panels (inference, tvmfront.prepack) is blocked the same way;
@@ -17,6 +19,8 @@ A^T B 0.91-0.93x whole, 0.95-1.01x in row blocks taken by the cores in turn (bef
 now; AVX2 code against OpenBLAS's Haswell kernels 0.84-0.96x whole, 0.92-1.00x now. Every form
 computes numpy's product, scheduled for each class and run on this host.
 """
+
+import math
 
 import numpy as np
 import pytest
@@ -79,6 +83,14 @@ def test_a_big_output_is_blocked_by_cores_over_columns_then_rows_reduction_panel
     assert k_blocks * kc == 1024 and kc * vec * 4 <= params.l1d_bytes * L1_PANEL_SHARE, loops
     # the block's accumulator: panel after panel, not the output's rows
     assert acc.name != "c" and [int(d) for d in acc.shape] == [1024 // vec, 1024, vec], acc
+    if form == "A^T B":
+        # A's panels made by each core per block of rows and of the reduction, just before
+        # its panels sweep them (not one copy of the whole, made and read by both cores)
+        copy = sch.get_sblock("a_global")
+        outer = [(int(sch.get(lp).extent), int(sch.get(lp).kind)) for lp in sch.get_loops(copy)]
+        assert outer[:3] == loops[:3], (outer, loops)
+        inner = [int(sch.get(lp).extent) for lp in sch.get_loops(copy)[3:]]
+        assert math.prod(inner) == rows * kc, (inner, rows, kc)
 
 
 def test_avx2_row_blocks_peel_the_partial_tile():
