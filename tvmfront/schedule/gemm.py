@@ -366,9 +366,10 @@ def _remainder_tile(info, v, vec, tiles, budget, params, rows_outer=False, panel
     tiles, with its vector operand in panels (copied here, or an inference weight packed
     before: _prepacked_panel_axis), where the thread pool takes the panels' loop alone, or
     with rows outer the row tiles' (a row loop fused with another for the pool would keep its
-    predicates). The reduction then runs whole
-    (blockize, which blocks of it need (_reduction_block), refuses the predicated tile) but
-    in a big output's row blocks (_row_blocks: decompose_reduction takes it there). A
+    predicates). The reduction then runs whole (blockize, which blocks of it need
+    (_reduction_block), refuses the predicated tile) but in a big output's row blocks
+    (_row_blocks) and a transposed tile's panel (_panel_blocks_inside), whose blocks
+    decompose_reduction makes. A
     broadcast operand whose rows lie far apart along the reduction (A of A^T B) goes into
     panels of the tile's rows, the last one padded with zeros (_pack_partial_panels); read in
     place it touched a new row every step (1024^3: 0.43x the time of 4 x v16).
@@ -427,7 +428,8 @@ def _panel_blocks_inside(sch, info, v, vec, outer, red, params):
 
     That d/dw at 2 threads, against numpy interleaved: AVX2 code 0.88x -> 0.92x (its 64 KiB
     panel, read by each of 22 row tiles, was in L2), AVX-512 1.03x -> 1.05x; the Transformer's
-    train step 1.006x (AVX2), 1.002x (AVX-512), the only kernels changed its two d/dw."""
+    train step 1.006x (AVX2), 1.002x (AVX-512): its two d/dw are the only kernels of the
+    example models this changes."""
     if info.write_strides[v] == 1 or info.symbolic or len(red) != 1 or len(outer) < 2 or \
             (_const(sch.get(outer[0]).extent) or 0) < PARALLEL_CHUNKS_PER_CORE * params.cores:
         return None
