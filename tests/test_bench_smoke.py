@@ -41,8 +41,11 @@ def test_tvmfront_worker_prints_a_timed_row():
 
 @pytest.mark.slow  # a process importing tvmfront and compiling one small GEMM: ~5 s of CPU
 def test_tvmfront_worker_times_a_gemm_interleaved_with_numpy():
+    # 5 rounds: the median of the rounds' ratios and the ratio of the medians agree within 2x
+    # unless most rounds are disturbed (with 2, one load spike under `-n 2` beside the tuning
+    # tests once set them 2x apart)
     spec = {"section": "ops", "ops": {"gemm 64": {"kind": "gemm", "n": 64, "form": "A B^T"}},
-            "variants": ["default"], "min_runs": 1, "min_seconds": 0.0, "paired_rounds": 2}
+            "variants": ["default"], "min_runs": 1, "min_seconds": 0.0, "paired_rounds": 5}
     env = dict(os.environ, PYTHONPATH=ROOT, TVMFRONT_PROGRESS="0")
     out = subprocess.run([sys.executable, os.path.join(BENCH, "_peer_tvmfront.py"),
                           json.dumps(spec)], capture_output=True, text=True, env=env,
@@ -50,7 +53,7 @@ def test_tvmfront_worker_times_a_gemm_interleaved_with_numpy():
     assert out.returncode == 0, out.stderr[-3000:]
     row, = [r for r in json.loads(out.stdout.strip().splitlines()[-1])["rows"]
             if r["contender"] == "tvmfront default"]
-    assert row["paired_rounds"] == 2 and 0 < row["paired_numpy_seconds"] < 0.01, row
+    assert row["paired_rounds"] == 5 and 0 < row["paired_numpy_seconds"] < 0.01, row
     assert row["paired_numpy_ratio"] == pytest.approx(
         row["paired_numpy_seconds"] / row["paired_seconds"], rel=1.0), row
 
