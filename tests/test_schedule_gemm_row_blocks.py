@@ -50,13 +50,11 @@ def _update_block(sch, name):
 def _host_runnable(target):
     """`target`, or this host's where it lacks the target's features (AVX-512 code on an AVX2
     machine: the schedule stays, LLVM splits its vectors)."""
-    import json
-
     from tvmfront.runtime.cpu import missing_features, required_features
+    from tvmfront.target import target_json
 
-    target = resolve_target(target)
-    return resolve_target("x86") if missing_features(required_features(json.loads(str(target)))) \
-        else target
+    missing = missing_features(required_features(target_json(target)))
+    return resolve_target("x86" if missing else target)
 
 
 def _run(func, inputs, out, ref, target):

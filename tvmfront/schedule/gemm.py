@@ -154,8 +154,7 @@ def _tile_reduction(sch, name, params, vector=True, plan=False):
     if vector and (panel is not None or prepacked is not None):
         tiles = _remainder_tile(info, v, vec, tiles, budget, params, rows_outer if prepacked
                                 is None else _rows_outer(info, *prepacked[1:]),
-                                None if prepacked is None else info.extents[prepacked[0]],
-                                _broadcast_in_panels(info, v))
+                                None if prepacked is None else info.extents[prepacked[0]])
     partial = any(info.extents[k] % f for k, f in tiles.items())  # a partial last tile
     if plan:
         return v, vec, tiles
@@ -288,10 +287,8 @@ def _tile_reduction(sch, name, params, vector=True, plan=False):
         _place_panel_copy(sch, deferred, panel_loop, per_panel)
     elif parallel and not padded_here and k_outer is None:
         outer = _chunk_parallel_loop(sch, outer, params)
-    anchor = outer[-1]
-    if k_panel is not None:
-        lps = list(sch.get_loops(block))
-        anchor = lps[[sch.get(lp).same_as(sch.get(k_panel)) for lp in lps].index(True) - 1]
+    # (with blocks inside the panels, the panel loop: parallelized alone, never fused)
+    anchor = outer[-1] if k_panel is None else outer[0]
 
     # Accumulate the register tile in a local buffer; write it back with the epilogue,
     # unless the epilogue streams operands of the output's size: then it runs after the tiles.
@@ -340,23 +337,16 @@ def _tile_reduction(sch, name, params, vector=True, plan=False):
     return note, touched
 
 
-def _broadcast_in_panels(info, v):
-    """A function of a tile {t: f} telling whether _tile_reduction packs the operand broadcast
-    across the vectors (A of A^T B) into panels of that tile, which runs the panels first
-    (rows_outer = False) whatever _rows_outer said; None for a symbolic block (no such
-    panels)."""
-    if info.symbolic:
-        return None
-
-    def packs(tiles):
-        partial = any(info.extents[k] % f for k, f in tiles.items())
-        return any(_panel_operand(info, t, f, broadcast=v, partial=partial) is not None
-                   for t, f in tiles.items())
-    return packs
+def _broadcast_in_panels(info, v, tiles):
+    """Whether _tile_reduction packs the operand broadcast across the vectors (A of A^T B)
+    into panels of the static block's tile `tiles` ({t: f}), which runs the panels first
+    (rows_outer = False) whatever _rows_outer said."""
+    partial = any(info.extents[k] % f for k, f in tiles.items())
+    return any(_panel_operand(info, t, f, broadcast=v, partial=partial) is not None
+               for t, f in tiles.items())
 
 
-def _remainder_tile(info, v, vec, tiles, budget, params, rows_outer=False, panels=None,
-                    broadcast_packs=None):
+def _remainder_tile(info, v, vec, tiles, budget, params, rows_outer=False, panels=None):
     """`tiles`, or on a 16-register target (AVX2) a tile of rows of the whole register budget
     where its largest divisor is smaller: 6 x v16 (12 accumulators) over 1024 rows, 170 full
     tiles and a last one of 4 rows, not 4 x v16 (8). The split is then predicated, and
@@ -385,7 +375,7 @@ def _remainder_tile(info, v, vec, tiles, budget, params, rows_outer=False, panel
     weights) 1.13x. A weight prepacked in panels, panels first (its panel index an axis of
     its own, `panels` of them): 1024^3 at 2 threads 0.80x -> 0.93x numpy, the MLP's forward
     at batch 64 1.05x. Rows outer ends where the tile sends the broadcast operand into panels
-    (`broadcast_packs`, _broadcast_in_panels): the panels then run first, and the tile is
+    (_broadcast_in_panels): the panels then run first, and the tile is
     judged by them (A^T B 200 x 256 x 128 took 6 rows for 34 row tiles, then fused its 8
     panels with them for the pool, and LoopPartition left the unrolled tile a loop of
     symbolic extent: TVM refused to build it). A tile written back transposed (vectors along
@@ -410,7 +400,7 @@ def _remainder_tile(info, v, vec, tiles, budget, params, rows_outer=False, panel
     if f >= budget or info.extents[t] < REMAINDER_TILE_MIN_TILES * budget or \
             alone < PARALLEL_CHUNKS_PER_CORE * params.cores:
         return tiles
-    if rows_outer and broadcast_packs is not None and broadcast_packs({t: budget}):
+    if rows_outer and _broadcast_in_panels(info, v, {t: budget}):
         return _remainder_tile(info, v, vec, tiles, budget, params, False, panels)
     return {t: budget}
 
