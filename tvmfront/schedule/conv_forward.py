@@ -23,7 +23,14 @@ Where the time goes (b32 32->64 @28, one Zen 4 core, 1-thread CPU time, variants
 scheduled TIR timed interleaved in one process; perf samples agree): the accumulate loop
 alone runs at 98% of the FMA peak; the rest is the write-back to NCHW (~4%), the padded copy
 (~2.5%: fetching the image from memory ~2%, the copy and the zero fill ~1%) and loop
-overhead. The write-back resists: the same tiles stored NHWC (whole zmm rows) cost 0.5%,
+overhead. On an Emerald Rapids core the write-back, a burst of stores into 32 output planes
+after the tile's FMAs, was 8.5% (perf) and the same tile stored channels last 1.10x faster;
+there the write-back now runs during the next tile's reduction, one channel per input
+channel, its stores overlapping FMA work (_defer_writeback, deferred_writeback.py: 1.05x;
+ResNet's convs and stride-1 d/dx 1.01-1.05x, b32 64->64 @14 stride 2 1.00x). Re-tried there, a
+shuffle transpose (8 x 16, masked stores) gained 1.02x, the tile's output lines prefetched
+1.02x, staging a row block or an image NHWC then transposing 16 x 16 blocks 0.98-1.00x. On
+Zen 4 the write-back resisted: the same tiles stored NHWC (whole zmm rows) cost 0.5%,
 and with the output kept in L1 a shuffle transpose is 1.5% faster than the lane-by-lane
 one, but into the real output an in-register shuffle transpose (LLVM emits
 vunpck/vpermt2ps from explicit T.Shuffle stages; 7-lane or masked 8-lane stores), a
@@ -47,6 +54,11 @@ from .analysis import _BlockInfo, _const, _packable_dim
 from .loops import _largest_divisor, _parallel_worth_it, _parallelize, _vectorize_innermost
 from .spatial import _absorb_epilogues
 from . import gemm
+from .deferred_writeback import mark_deferred
+
+# Each tile's write-back runs during the next tile's reduction (deferred_writeback.py); off,
+# after its own tile (the tests build both and compare their bits).
+DEFER_WRITEBACK = True
 
 
 def _conv_forward(sch, name, params):
@@ -105,9 +117,13 @@ def _conv_forward(sch, name, params):
     sch.unroll(j_tile)
     sch.vectorize(o_vec)
     _vectorize_innermost(sch, writeback, lanes)
+    # The tiles run serially within an image: each can write the one before it back.
+    tiles = ([o_out, loops[i] if row_block is None else row] if per_image else []) + [j_out]
+    copy = _defer_writeback(sch, block, writeback, red[0], tiles, columns, vec, lanes)
     init = sch.decompose_reduction(block, red[0])
     _vectorize_innermost(sch, init, lanes)
-    touched = {name, packed, sch.get(init).name_hint, sch.get(writeback).name_hint, *padded}
+    touched = {name, packed, sch.get(init).name_hint, sch.get(writeback).name_hint, *padded,
+               *([sch.get(copy).name_hint] if copy is not None else [])}
     pad_note = "image" if row_block is None else f"{per_block} row(s)"
     note = (f"conv[{columns}xv{vec}, parallel{' per image' if per_image else ''}, packed w"
             f"{', padded per ' + pad_note if padded else ''}"
@@ -185,3 +201,23 @@ def _vector_registers(info, o, lanes):
     if info.extents[o] % (2 * lanes):
         raise NotApplicable(f"{info.extents[o]} output channels: no two-register vectors")
     return 2
+
+
+def _defer_writeback(sch, block, writeback, reduction, tiles, columns, vec, lanes):
+    """Accumulate each tile in a buffer of its own, copied at the tile's end into the
+    channels-last cache, and mark the write-back to run one tile late, spread over the next
+    tile's `reduction` loop (deferred_writeback.py). `tiles`: the serial loops over the tiles,
+    outermost first. Returns the copy block, or None."""
+    if not DEFER_WRITEBACK:
+        return None
+    copy = sch.cache_write(block, 0, "local")
+    if not any(sch.get(lp).same_as(sch.get(tiles[-1])) for lp in sch.get_loops(copy)):
+        sch.reverse_compute_at(copy, tiles[-1], preserve_unit_loops=True)
+    _vectorize_innermost(sch, copy, lanes)
+    # The cache holds one tile, on the stack (896 B at 7 x v32): a tile's copy overwrites the
+    # tile before it only after the write-back has read that one, during the reduction.
+    sch.set_scope(copy, 0, "local")
+    sch.transform_layout(copy, ("write", 0), lambda n, i, j, o: [j % columns, o % vec],
+                         assume_injective_transform=True)
+    mark_deferred(sch, writeback, reduction, tiles[0])
+    return copy

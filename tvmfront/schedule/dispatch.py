@@ -40,6 +40,7 @@ from .analysis import (_buffers, _children, _const, _has_contraction, _max_block
 # The rules below are looked up in their files at call time (gemm._tile_reduction, ...), so a
 # test or bench that patches a rule in its file reaches every caller.
 from . import conv_forward, conv_phases, conv_weight_grad, gemm, gemv, int8, spatial, window_reindex
+from .deferred_writeback import defer_writebacks
 from .predicates import likely_predicates
 from .spatial import _inline_spatial
 from .reductions import (_column_reduction, _gather_reduction, _lane_reduction,
@@ -252,7 +253,7 @@ def _tvmfront_rule(func, params, tiled_only=False):
         sch = trial
         if note:
             notes.append(f"{name}={note}")
-    new = likely_predicates(sch.mod["main"])
+    new = defer_writebacks(likely_predicates(sch.mod["main"]))
     if not loop_kinds(new) & {"parallel", "vectorized"} and \
             (kernel_work(new, symbolic=True) or 0) >= SMALL_WORK:
         notes.append("no parallel/vector loop")
