@@ -12,7 +12,7 @@ from tvmfront.schedule import conv_forward, deferred_writeback, schedule_prim_fu
 from tvmfront.target import resolve_target
 from tvmfront.tir_walk import children
 
-AVX512 = {"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2}
+from test_conv_register_tiles import AVX512, _conv_reference
 
 
 def _conv(x_shape, w_shape, stride=1, epilogue=False):
@@ -81,6 +81,9 @@ def test_deferred_writeback_computes_the_convolution(monkeypatch, x_shape, w_sha
     rng = np.random.default_rng(0)
     xv = rng.standard_normal(x_shape).astype("float32")
     wv = rng.standard_normal(w_shape).astype("float32")
+    want = _conv_reference(xv.astype("float64"), wv.astype("float64"), w_shape[2] // 2, stride)
+    if epilogue:
+        want = np.maximum(want * 0.5 + 0.25, 0.0)
     outs = []
     for defer in (True, False):
         monkeypatch.setattr(conv_forward, "DEFER_WRITEBACK", defer)
@@ -89,27 +92,11 @@ def test_deferred_writeback_computes_the_convolution(monkeypatch, x_shape, w_sha
         paths = _block_paths(scheduled, "conv2d_global")[0]
         inside = [path for path in paths if "c" in path]  # in the next tile's reduction
         assert len(paths) - len(inside) == 1 and bool(inside) == defer, paths
-        out = to_device(np.full(_out_shape(x_shape, w_shape, stride), np.nan, "float32"))
+        out = to_device(np.full(want.shape, np.nan, "float32"))
         compile_kernels(scheduled, target)["main"](to_device(xv), to_device(wv), out)
         outs.append(out.numpy())
-    pad = w_shape[2] // 2
-    xp = np.pad(xv.astype("float64"), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    ho = (x_shape[2] + 2 * pad - w_shape[2]) // stride + 1
-    want = np.zeros((x_shape[0], w_shape[0], ho, ho))
-    for a in range(w_shape[2]):
-        for b in range(w_shape[3]):
-            window = xp[:, :, a:a + stride * ho:stride, b:b + stride * ho:stride]
-            want += np.einsum("ncij,oc->noij", window, wv[:, :, a, b].astype("float64"))
-    if epilogue:
-        want = np.maximum(want * 0.5 + 0.25, 0.0)
     np.testing.assert_allclose(outs[0], want, rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(outs[0], outs[1])
-
-
-def _out_shape(x_shape, w_shape, stride):
-    pad = w_shape[2] // 2
-    ho = (x_shape[2] + 2 * pad - w_shape[2]) // stride + 1
-    return (x_shape[0], w_shape[0], ho, ho)
 
 
 _TWO_WRITEBACKS = """

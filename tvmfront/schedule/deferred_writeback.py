@@ -61,10 +61,8 @@ def _defer(node):
 
 
 def _deferred(outer):
-    tiles = [outer]
-    while type(tiles[-1].body).__name__ == "For":
-        tiles.append(tiles[-1].body)
-    seq = list(tiles[-1].body.seq) if type(tiles[-1].body).__name__ == "SeqStmt" else []
+    tiles, inner = _chain(outer)
+    seq = list(inner.seq) if type(inner).__name__ == "SeqStmt" else []
     writebacks = [k for k, stmt in enumerate(seq) if _marked_realize(stmt) is not None]
     reductions = [k for k, stmt in enumerate(seq)
                   if type(stmt).__name__ == "For" and DEFER_INTO in stmt.annotations]
@@ -108,15 +106,14 @@ def _for(loop, body, drop=(DEFER_INTO, DEFER_TILES)):
 
 def _marked_realize(stmt):
     """The marked write-back realize at the bottom of the loop chain `stmt`, or None."""
-    while type(stmt).__name__ == "For":
-        stmt = stmt.body
+    stmt = _chain(stmt)[1]
     if type(stmt).__name__ == "SBlockRealize" and DEFER in stmt.block.annotations:
         return stmt
     return None
 
 
 def _chain(nest):
-    """([the loops of `nest`, outermost first], the realize under them)."""
+    """([the loops of `nest`, outermost first], the statement under them)."""
     loops = []
     while type(nest).__name__ == "For":
         loops.append(nest)
@@ -140,11 +137,8 @@ def _clone(loops, realize, values, drop=None):
         var = tirx.Var(lp.loop_var.name, lp.loop_var.ty)
         fresh[lp.loop_var] = var
         values[lp.loop_var] = var
-    block = with_block(realize.block, annotations={k: v for k, v in
-                                                   realize.block.annotations.items()
-                                                   if k != DEFER})
     stmt = s_tir.SBlockRealize([_substitute(v, values) for v in realize.iter_values],
-                               _substitute(realize.predicate, values), block)
+                               _substitute(realize.predicate, values), _unmarked_block(realize))
     for lp in reversed(kept):
         stmt = tirx.For(fresh[lp.loop_var], lp.min, lp.extent, lp.kind, stmt, lp.thread_binding,
                         lp.annotations)
@@ -158,11 +152,16 @@ def _unmarked(tiles):
         if kind == "For" and ({DEFER_INTO, DEFER_TILES} & set(node.annotations.keys())):
             return _for(node, rebuild(node.body, unmark) or node.body)
         if kind == "SBlockRealize" and DEFER in node.block.annotations:
-            block = with_block(node.block, annotations={
-                k: v for k, v in node.block.annotations.items() if k != DEFER})
-            return s_tir.SBlockRealize(node.iter_values, node.predicate, block)
+            return s_tir.SBlockRealize(node.iter_values, node.predicate, _unmarked_block(node))
         return None
     return rebuild(tiles, unmark) or tiles
+
+
+def _unmarked_block(realize):
+    """The block of `realize` without the write-back's mark."""
+    return with_block(realize.block, annotations={k: v for k, v in
+                                                  realize.block.annotations.items()
+                                                  if k != DEFER})
 
 
 _BINARY = ("Add", "Sub", "Mul", "Div", "Mod", "FloorDiv", "FloorMod", "Min", "Max", "EQ", "NE",
