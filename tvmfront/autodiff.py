@@ -699,6 +699,120 @@ def _zero_extended(tensor, extent, name, suffix="dy_ext"):
     return te.compute(_wide_shape(shape), ext_body, name=f"{name}_{suffix}")
 
 
+# ---- a sum over a zero-padded tensor's window: over its interior ----------------------------
+# _interior_sum trades the padded copy of X for a zero-extended copy of dT up to this many
+# times its size. One AVX-512 core, the derived d/dw: b32 32->64 @28 (dy's copy 2x) 1.06x
+# faster than the padded form; with 16 or 6 output channels per input channel (ResNet's stem
+# 1->16, LeNet's 1->6 5x5) 2.2x and 2.6x slower (1734 against 806 us, 248 against 96).
+INTERIOR_COPY_RATIO = 2
+
+
+def _padding_of(tensor):
+    """(X, {axis: lo}) when `tensor` is X zero-padded: a compute whose element u is
+    if_then_else(X's bounds at u - lo, X[u - lo], 0) (ops/conv.py's _padded), else None."""
+    op = tensor.op
+    if not isinstance(op, te.ComputeOp) or len(op.body) != 1:
+        return None
+    body = op.body[0]
+    if not (isinstance(body, Call) and body.op.name == "prim.if_then_else"):
+        return None
+    cond, then, other = body.args
+    if not _is_load(then) or not isinstance(other, (P.FloatImm, P.IntImm)) or other.value:
+        return None
+    source, idx = _load_parts(then)
+    axes = [_Loop(iv.var, iv.dom.extent, iv.dom.min) for iv in op.axis]
+    if len(idx) != len(axes):
+        return None
+    lo = {}
+    for k, e in enumerate(idx):
+        lin = _affine(e, axes)
+        if lin is None or lin[0] != [int(m == k) for m in range(len(axes))] or \
+                not isinstance(lin[1], P.IntImm):
+            return None
+        lo[k] = -int(lin[1].value)
+    analyzer = tvm.sym.Analyzer()
+    for lp in axes:
+        analyzer.bind(lp.var, _range(lp.start, lp.extent))
+    if not _guards_its_bounds(cond, then, analyzer):
+        return None
+    return source, lo
+
+
+def _interior_sum(indices, loops, value, dT, spatial, name):
+    """(loops, value) of the adjoint of a read at `indices` whose value d * dT reads a
+    zero-padded P (ops/conv.py's x_pad) at f + e along its padded axes, f a loop of the output
+    the adjoint sums over (free: not in `indices`), e fixed by `indices`: the same sum taken
+    over the interior u = f + e - lo of P, which reads its source X in place, dT read at
+    u + lo - e from a zero-extended copy. A convolution's weight gradient sum_{n, i, j}
+    dy[n, o, i, j] * x_pad[n, c, i + p, j + q] becomes sum_{n, u, v} dy_ext[n, o, u + 2 - p,
+    v + 2 - q] * x[n, c, u, v] (3x3, padding 1): the explicit gradient's form (ops/conv.py's
+    _same_size_product), a copy of dy where x_pad copied x, and x's pixels as the reduction.
+    Only where no term is added (X no longer than f along each axis) and f is read nowhere
+    else (but by dT, as itself); None otherwise."""
+    def is_fixed(lp):
+        return any(_uses_any(e, [lp.var]) for e in indices)
+
+    free = [lp for lp in spatial if not is_fixed(lp)]
+    dT_loads = [ld for ld in _loads(value, []) if _load_parts(ld)[0].same_as(dT)]
+    if len(dT_loads) != 1:
+        return None
+    dT_idx = _load_parts(dT_loads[0])[1]
+    padded = [ld for ld in _loads(value, []) if _padding_of(_load_parts(ld)[0]) is not None]
+    if len(padded) != 1:
+        return None
+    tensor, idx = _load_parts(padded[0])
+    source, lo = _padding_of(tensor)
+    shift, new_loops, sub, moved = {}, list(loops), {}, []
+    for k, e in enumerate(idx):
+        if not lo[k] and int(tensor.shape[k]) == int(source.shape[k]):
+            continue  # not padded along k
+        lin = _affine(e, loops)
+        if lin is None:
+            return None
+        used = [lp for lp, c in zip(loops, lin[0]) if c]
+        f = [lp for lp in used if any(lp is g for g in free)]
+        if len(f) != 1 or lin[0][loops.index(f[0])] != 1 or f[0].start != 0 or \
+                any(lp is not f[0] and not is_fixed(lp) for lp in used) or \
+                any(lp is f[0] for lp in moved) or int(source.shape[k]) > f[0].extent or \
+                sum(_uses_any(i, [f[0].var]) for i in dT_idx) != 1 or \
+                not any(i.same_as(f[0].var) for i in dT_idx) or \
+                any(_uses_any(other, [f[0].var]) for m, other in enumerate(idx) if m != k):
+            return None
+        u = Var(f"{f[0].var.name}_in", f[0].var.ty)
+        # f + e == u + lo: f = u + lo - e
+        sub[f[0].var] = u + _const(lo[k], _dtype(u)) - (e - f[0].var)
+        shift[k] = u
+        moved.append(f[0])
+        new_loops[loops.index(f[0])] = _Loop(u, int(source.shape[k]))
+    if not shift or any(_uses_any(ld, [lp.var for lp in moved])
+                        for ld in _loads(value, []) if not _load_parts(ld)[0].same_as(dT)
+                        and not _load_parts(ld)[0].same_as(tensor)):
+        return None
+    analyzer = tvm.sym.Analyzer()
+    for lp in new_loops:
+        analyzer.bind(lp.var, _range(lp.start, lp.extent))
+    extent, at = {}, []
+    for d, i in enumerate(dT_idx):
+        here = analyzer.simplify(substitute(i, sub))
+        at.append(here)
+        owner = next((lp for lp in moved if i.same_as(lp.var)), None)
+        if owner is None:
+            continue
+        bound = analyzer.const_int_bound(here)
+        low, high = int(bound.min_value), int(bound.max_value)
+        if low < 0 or high >= owner.extent:
+            extent[d] = (1, owner, low, high - low + 1)
+    size = math.prod(extent[d][3] if d in extent else int(n) for d, n in enumerate(dT.shape))
+    if size > INTERIOR_COPY_RATIO * math.prod(int(n) for n in tensor.shape):
+        return None
+    ext = _zero_extended(dT, extent, name) if extent else dT
+    read_dT = ext(*[a - _const(extent[d][2], _dtype(a)) if d in extent else a
+                    for d, a in enumerate(at)])
+    read_x = source(*[shift[k] if k in shift else substitute(e, sub) for k, e in enumerate(idx)])
+    loads = {dT: lambda _idx: read_dT, tensor: lambda _idx: read_x}
+    return new_loops, substitute(value, sub, loads=loads)
+
+
 def _adjoint_of_read(shape, dtype, indices, loops, value, name, adjoint=None, inline=False,
                      phased=None):
     """Tensor of `shape`: sum over loops with indices(loops) == j of value(loops).
@@ -1406,6 +1520,12 @@ def _backprop(name, t, dT, live, phased=None):
         shape, name = tuple(int(s) for s in tensor.shape), f"{op.name}_d{tensor.op.name}{g}"
         gather = _tap_gather(shape, str(tensor.dtype), indices, spatial + reduce_loops, value,
                              name, [dT, *companions]) if companions else None
+        interior = _interior_sum(indices, spatial + reduce_loops, value, dT, spatial, name) \
+            if gather is None and mask is None and not companions else None
+        if interior is not None:
+            out.append((tensor, _adjoint_of_read(shape, str(tensor.dtype), indices, *interior,
+                                                 name)))
+            continue
         out.append((tensor, gather if gather is not None else _adjoint_of_read(
             shape, str(tensor.dtype), indices, spatial + reduce_loops, value, name,
             adjoint=(dT, [lp.var for lp in spatial], *companions), inline=len(groups) == 1,

@@ -18,9 +18,11 @@ of x and kw vectors of dy_t feed tc x kw x vec FMAs, the unrolled steps sharing 
 loads. ResNet's d/dw at batch 64 and b32 32->64 @28, one AVX-512 core, old/new interleaved:
 see the commit.
 
-Other weight gradients that read x through a zero-padded copy (strided convs', autodiff's)
-take the same image-by-image order with x padded per image and dy transposed per image
-(_padded_weight_grad).
+Autodiff's gradient of a padded stride-1 conv comes in the same form (autodiff.py's
+_interior_sum) with dy's copy laid out [n, o, rows, columns]: laid out o last here.
+Other weight gradients that read x through a zero-padded copy (strided convs', and autodiff's
+where _interior_sum keeps x padded) take the same image-by-image order with x padded per
+image and dy transposed per image (_padded_weight_grad).
 """
 
 import math
@@ -38,7 +40,11 @@ def _conv_weight_grad(sch, name, params):
     (see the module docstring). Raises NotApplicable for other blocks."""
     block = sch.get_sblock(name)
     info = _BlockInfo(sch, block)
-    g, o, c, p, q, n, copy = _weight_grad_axes(sch, info)
+    g, o, c, p, q, n, copy, o_last = _weight_grad_axes(sch, info)
+    if not o_last:  # autodiff's zero-extended dy, [n, o, rows, columns]
+        sch.transform_layout(copy, ("write", 0), lambda a, b, e, f: [a, e, f, b])
+        info = _BlockInfo(sch, block)
+        g, o, c, p, q, n, copy, _ = _weight_grad_axes(sch, info)
     registers, tc = _register_tile(info, o, c, q, params)
     vec = registers * params.lanes(info.dtype)
     loops = info.loops
@@ -46,14 +52,19 @@ def _conv_weight_grad(sch, name, params):
     c_out, c_in = sch.split(loops[c], factors=[None, tc])
     tasks = ([loops[g]] if g is not None else []) + [o_out]
     parallel = _parallel_worth_it(info, vec, params)
-    if parallel and _extent(sch, tasks) < params.cores:
-        # Too few chunks and panels for the cores: tiles of input channels as well, each
-        # making its own copy of the image's dy_t (a symbolic batch has no chunks).
-        tasks.append(c_out)
+    by_channels = parallel and _extent(sch, tasks) < params.cores
+    if by_channels:
+        # Too few chunks and panels for the cores: as many groups of input channels as
+        # needed, each making its own copy of the image's dy_t (a symbolic batch, and
+        # autodiff's gradient, have no chunks). One per tile of them copied dy_t 8 times
+        # per image in ResNet's 32->32 @16 at batch 64 (derived: 2.9 ms, 1.49x its forward).
+        groups = _largest_divisor(_extent(sch, [c_out]), -(-params.cores // _extent(sch, tasks)))
+        task, c_out = sch.split(c_out, factors=[groups, None])
+        tasks.append(task)
     if parallel and _extent(sch, tasks) < params.cores:
         raise NotApplicable(f"{_extent(sch, tasks)} parallel task(s) for {params.cores} cores")
     i, j = loops[info.reduction[1]], loops[info.reduction[2]]
-    images = [loops[n]] + ([] if c_out in tasks else [c_out])
+    images = [loops[n], c_out]
     # Steps along j unrolled on AVX-512 only: in AVX2 code the 4 x 3 x v8 tile, its 3
     # vectors of dy_t and a broadcast fill the 16 registers, and the unrolled steps spilled
     # (32->32 @16 at batch 64 on one core: 2.9 -> 4.6 ms).
@@ -69,7 +80,7 @@ def _conv_weight_grad(sch, name, params):
     # once every image of the chunk is summed.
     writeback = _o_last_writeback(sch, block, outer)
     lanes = params.lanes(info.dtype)
-    copies, transposed = _copy_per_image(sch, copy, loops[n], lanes)
+    copies, transposed = _copy_per_image(sch, copy, loops[n], lanes, channels_first=not o_last)
     touched = {name, sch.get(writeback).name_hint, *copies}
     sch.unroll(c_in)
     sch.unroll(loops[q])
@@ -79,7 +90,7 @@ def _conv_weight_grad(sch, name, params):
     touched.add(sch.get(init).name_hint)
     split = "chunks x panels" if g is not None else "panels"
     note = (f"conv_dw[{tc}x{info.extents[q]}xv{vec}, {'parallel ' if parallel else ''}"
-            f"{split}{' x channels' if c_out in tasks else ''}, dy_t per image{transposed}]")
+            f"{split}{' x channels' if by_channels else ''}, dy_t per image{transposed}]")
     return note, touched
 
 
@@ -119,10 +130,11 @@ def _extent(sch, loops):
 
 
 def _weight_grad_axes(sch, info):
-    """(g or None, o, c, p, q, n, copy block) of a same-size weight gradient block: output axes
-    ([g,] o, c, p, q) all static, reductions (n, i, j); reads dy_t[n', i + a - p, j + b - q,
-    o] (contiguous along o, constant along c, made by a padding block of the kernel) and
-    x[n', c, i, j] (constant along o, contiguous along j). Raises NotApplicable otherwise."""
+    """(g or None, o, c, p, q, n, copy block, whether o is dy_t's last axis) of a same-size
+    weight gradient block: output axes ([g,] o, c, p, q) all static, reductions (n, i, j);
+    reads dy_t[n', i + a - p, j + b - q, o] (constant along c, made by a padding block of
+    the kernel; or dy_t[n', o, i + a - p, j + b - q], autodiff's) and x[n', c, i, j]
+    (constant along o, contiguous along j). Raises NotApplicable otherwise."""
     kinds = "".join(info.kinds)
     if kinds not in ("SSSSRRR", "SSSSSRRR") or len(info.reads) != 2:
         raise NotApplicable("not a weight gradient's loop nest")
@@ -135,9 +147,9 @@ def _weight_grad_axes(sch, info):
         raise NotApplicable("not an OIHW weight gradient")
     vector = broadcast = None
     for _, region, strides in info.reads:
-        if strides[o] == 1 and strides[c] == 0 and strides[p] not in (0, None) and \
+        if strides[o] not in (0, None) and strides[c] == 0 and strides[p] not in (0, None) and \
                 strides[q] not in (0, None) and strides[n] not in (0, None):
-            vector = region
+            vector, o_last, strides_o = region, strides[o] == 1, strides[o]
         elif strides[o] == 0 and strides[j] == 1 and strides[c] not in (0, None) and \
                 strides[p] == 0 and strides[q] == 0:
             broadcast = region
@@ -148,16 +160,22 @@ def _weight_grad_axes(sch, info):
     if copy is None or not _has_if_then_else(sch.get(copy)) or \
             len(sch.get_loops(copy)) != 4:
         raise NotApplicable("dy_t is no padding copy of the kernel")
-    return g, o, c, p, q, n, copy
+    shape = [_const(d) for d in vector.source.shape]
+    if not o_last and (len(shape) != 4 or strides_o != shape[2] * shape[3]):
+        raise NotApplicable("dy_t read along o on no axis of its own")
+    return g, o, c, p, q, n, copy, o_last
 
 
-def _copy_per_image(sch, copy, image_loop, lanes):
+def _copy_per_image(sch, copy, image_loop, lanes, channels_first=False):
     """Make the padded, transposed dy_t (block `copy`, loops (n, rows, columns, o)) per
     image inside `image_loop`: the zero fill by vectors along its rows, the in-bounds copy
     by tiles of columns x channels (rows loaded along the columns into a small buffer,
     stored along the channels: spatial._transpose_by_tiles). Returns the names of
     the blocks and a note on the tiles."""
     sch.compute_at(copy, image_loop, preserve_unit_loops=True)
+    if channels_first:  # its loops (o, rows, columns) as its block's axes: o inside
+        channels, rows, columns = sch.get_loops(copy)[-3:]
+        sch.reorder(rows, columns, channels)
     fill = sch.decompose_padding(copy, _loops_inside(sch, copy, image_loop)[0])
     # Rows of channels: a vector over whole rows and columns would index the compacted
     # per-image buffer through divisions, lane by lane (a scatter of zeros).
@@ -193,8 +211,8 @@ def _padded_weight_grad(sch, name, params):
     zero-padded copy: dw[o, c, p, q] = sum_{n, i, j} dy[n, o, i, j] * x_pad[n, c, s * i + p,
     s * j + q] (_padded_axes), summed over the whole batch or per chunk of images. Strided
     convs' (ops/conv.py's _grad_w: 7 x 7 and 8 x 8 outputs sum the whole batch, larger ones
-    per chunk, _grad_w_padded_per_chunk) and at stride 1 autodiff's, which _conv_weight_grad
-    does not take.
+    per chunk, _grad_w_padded_per_chunk) and at stride 1 autodiff's where it keeps x padded
+    (autodiff.INTERIOR_COPY_RATIO).
 
     Image by image, as _conv_weight_grad: per image, x_pad is made (its zero fill and copy)
     and dy copied into [i, j, o] by 8 x 8 tiles just before the tiles read them from cache.
