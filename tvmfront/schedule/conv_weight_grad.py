@@ -272,8 +272,7 @@ def _padded_weight_grad(sch, name, params):
     if tile:
         touched.add(tile)
     sch.compute_at(pad, image, preserve_unit_loops=True)
-    fill = _decompose_pad(sch, pad, image, lanes)
-    touched.update({sch.get(pad).name_hint, sch.get(fill).name_hint})
+    touched.update(_decompose_pad(sch, pad, image, lanes))
     sch.unroll(c_in)
     sch.unroll(loops[q])
     sch.vectorize(o_vec)

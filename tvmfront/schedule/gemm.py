@@ -59,6 +59,7 @@ from .analysis import (_BlockInfo, _bytes, _const, _elements, _has_if_then_else,
 from .loops import (_largest_divisor, _parallel_worth_it, _parallelize, _vector_factor,
                     _vectorize_innermost)
 from .conv import _index_divisors
+from .pad_borders import _copy_with_borders
 from .predicates import mark_likely
 from .spatial import _absorb_epilogues, _streamed_operands
 
@@ -866,6 +867,10 @@ def _pad_per_iteration(sch, block, loop, info, lanes):
             continue
         own = _loops_inside(sch, producer, loop)
         placed.append(stmt.name_hint)
+        parts = _copy_with_borders(sch, producer, own)
+        if parts is not None:
+            placed.extend(parts)
+            continue
         try:
             fill = sch.decompose_padding(producer, own[0])
         except Exception as err:  # noqa: BLE001 - keeps its per-element branch
@@ -889,11 +894,15 @@ def _vectorize_fill_and_copy(sch, fill, copy, loop, lanes):
 
 
 def _decompose_pad(sch, pad, loop, lanes):
-    """A padding block placed in `loop`: its zero fill and its copy separate, each a vector
-    loop (no per-element branch). Returns the fill block."""
+    """A padding block placed in `loop`: its borders and interior copied by parts of its
+    columns (pad_borders.py), else its zero fill and its copy separate, each a vector loop
+    (no per-element branch). Returns the names of the blocks made."""
+    parts = _copy_with_borders(sch, pad, _loops_inside(sch, pad, loop))
+    if parts is not None:
+        return parts
     fill = sch.decompose_padding(pad, _loops_inside(sch, pad, loop)[0])
     _vectorize_fill_and_copy(sch, fill, pad, loop, lanes)
-    return fill
+    return [sch.get(pad).name_hint, sch.get(fill).name_hint]
 
 
 def _loops_inside(sch, block, loop):

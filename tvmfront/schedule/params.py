@@ -182,6 +182,14 @@ CONV_STRIDED_PAD_ROWS = 2
 # 0.94x; with 4 rows over L1, b16 128->128 @28, 1.005x; per 2 rows @28 1.14x, per 7 @14 1.15x).
 CONV_PAD_L1_BYTES = 48 << 10
 CONV_PAD_ROWS = 4
+# A padding placed in a loop is copied with its borders stored apart (pad_borders.py), not
+# zero-filled whole and then copied, from this many bytes per copy: below it the block stays
+# in L1 through both passes and a branch and the border's stores per row cost more. One
+# AVX-512 core, old/new interleaved: 16->16 @32 (74 KiB per image) forward and d/dx 1.06x,
+# the stem's d/dx (16 channels @32) 1.25x, 32->32 @16 (41 KiB) 1.02x, b32 64->32 @28 per 4
+# rows (46 KiB) 1.025x, 16->32 @32 s2 d/dx 1.03x; under it b32 32->64 @28 (23 KiB) 0.988x,
+# 64->64 @8 (26 KiB) 0.99x, LeNet's 5x5 convs (2-10 KiB) 0.96-0.98x.
+PAD_BORDERS_MIN_BYTES = 32 << 10
 # conv_forward unrolls the window's rows too (its columns always are) up to this many taps: one
 # loop iteration per input channel, 3 x 3 x 7 x 2 = 126 FMAs (3x3 on one AVX-512 core, old/new
 # per round, median of 21: b32 32->64 @28 1.006x, 64->64 @14 1.013x, 128->128 @7 1.006x).

@@ -1,0 +1,110 @@
+"""Zero paddings placed in a loop, copied once with their borders apart
+(tvmfront/schedule/pad_borders.py) instead of zero-filled whole and copied over: which blocks
+the scheduled TIR holds, and that the convolutions computed through them are numpy's, bit
+for bit those of the decomposed form."""
+
+import numpy as np
+import pytest
+
+from tvmfront import ops
+from tvmfront._tvm import te, to_device
+from tvmfront.build import compile_kernels
+from tvmfront.schedule import conv_forward, pad_borders, schedule_prim_func
+from tvmfront.target import resolve_target
+from tvmfront.tir_walk import children
+
+from test_conv_register_tiles import AVX512, _conv_reference
+
+
+def _conv(x_shape, w_shape, stride=1, padding=None):
+    x = te.placeholder(x_shape, "float32", name="x")
+    w = te.placeholder(w_shape, "float32", name="w")
+    y = ops.conv2d.te_forward(x, w, stride=stride,
+                              padding=w_shape[2] // 2 if padding is None else padding)
+    return te.create_prim_func([x, w, y])
+
+
+def _dx(x_shape, w_shape, stride):
+    x = te.placeholder(x_shape, "float32", name="x")
+    w = te.placeholder(w_shape, "float32", name="w")
+    y = ops.conv2d.te_forward(x, w, stride=stride, padding=1)
+    dy = te.placeholder([int(d) for d in y.shape], "float32", name="dy")
+    dx = ops.conv2d.te_grad(dy, x, w, stride=stride, padding=1)[0]
+    return te.create_prim_func([dy, w, dx])
+
+
+def _blocks(func):
+    """{block name: the value it stores, as text}."""
+    found = {}
+
+    def visit(node):
+        if type(node).__name__ == "SBlock":
+            found[node.name_hint] = str(getattr(node.body, "value", ""))
+        for child in children(node):
+            visit(child)
+
+    visit(func.body)
+    return found
+
+
+@pytest.mark.parametrize("x_shape, w_shape, split", [
+    ((32, 64, 28, 28), (32, 64, 3, 3), True),   # padded per 4 rows: 46 KiB a block
+    ((32, 32, 28, 28), (64, 32, 3, 3), False)])  # 23 KiB a block: the fill stays
+def test_large_padded_blocks_are_copied_with_their_borders_apart(x_shape, w_shape, split):
+    func, rule = schedule_prim_func(_conv(x_shape, w_shape), resolve_target(AVX512))
+    assert "padded per 4 row(s)" in rule, rule
+    blocks = _blocks(func)
+    fills = [n for n in blocks if n.endswith("_pad_const")]
+    borders = [n for n in blocks if n.startswith("conv2d_pad_") and
+               not n.endswith(("_partition", "_common", "_pad_const"))]
+    if split:
+        assert not fills and len(borders) == 3, sorted(blocks)
+        assert pad_borders.PAD_BORDERS_MIN_BYTES <= 64 * 6 * 30 * 4
+    else:
+        assert fills and not borders, sorted(blocks)
+
+
+@pytest.mark.parametrize("make, shapes, rule_has, forced", [
+    # conv_forward padded per block of 4 rows (first and last blocks hold rows of zeros)
+    (lambda: _conv((16, 64, 28, 28), (32, 64, 3, 3)), [(16, 64, 28, 28), (32, 64, 3, 3)],
+     "conv[4xv16, parallel per image, packed w, padded per 4 row(s)]", True),
+    # 5x5, borders of 2 columns, 8 rows a block
+    (lambda: _conv((16, 32, 28, 28), (32, 32, 5, 5)), [(16, 32, 28, 28), (32, 32, 5, 5)],
+     "padded per 4 row(s)", True),
+    # the GEMM family's tiles, padded per image
+    (lambda: _conv((16, 16, 32, 32), (16, 16, 3, 3)), [(16, 16, 32, 32), (16, 16, 3, 3)],
+     "=tiled[", False),
+])
+def test_convolutions_through_split_paddings_are_numpy_s(monkeypatch, make, shapes, rule_has,
+                                                         forced):
+    """conv_forward's rule forced onto AVX2 code (so that any x86 host runs it) where
+    `forced`."""
+    if forced:
+        monkeypatch.setattr(conv_forward, "CONV_MIN_VECTOR_BITS", 256)
+    target = resolve_target("x86:avx2")
+    rng = np.random.default_rng(1)
+    xv, wv = (rng.standard_normal(s).astype("float32") for s in shapes)
+    want = _conv_reference(xv.astype("float64"), wv.astype("float64"), shapes[1][2] // 2, 1)
+    outs = []
+    for minimum in (pad_borders.PAD_BORDERS_MIN_BYTES, 1 << 40):
+        monkeypatch.setattr(pad_borders, "PAD_BORDERS_MIN_BYTES", minimum)
+        func, rule = schedule_prim_func(make(), target)
+        assert rule_has in rule, rule
+        split = not any(n.endswith("_pad_const") for n in _blocks(func))
+        assert split == (minimum < 1 << 40), (minimum, sorted(_blocks(func)))
+        out = to_device(np.full(want.shape, np.nan, "float32"))
+        compile_kernels(func, target)["main"](to_device(xv), to_device(wv), out)
+        outs.append(out.numpy())
+    np.testing.assert_allclose(outs[0], want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_a_strided_conv_s_dx_phases_read_split_paddings():
+    """The stride-2 d/dx's phases (conv_phases) read dy zero-padded per image: 32 channels at
+    16 x 16, 37 KiB, copied with its borders apart; the values are the decomposed form's."""
+    func = _dx((64, 16, 32, 32), (32, 16, 3, 3), 2)
+    target = resolve_target(AVX512)
+    scheduled, rule = schedule_prim_func(func, target)
+    assert "phases per image" in rule, rule
+    assert not any(n.endswith("_pad_const") for n in _blocks(scheduled)), \
+        sorted(_blocks(scheduled))
