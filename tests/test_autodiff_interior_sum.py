@@ -1,9 +1,11 @@
-"""A derived gradient that sums a zero-padded tensor's window over the free output loops is
-summed over the padded tensor's interior instead (autodiff._interior_sum): a padded stride-1
-convolution's derived d/dw reads x in place and a zero-extended dy, the explicit gradient's
-form, which the weight-gradient rule schedules image by image. Where that would add terms
-(output shorter than x) or copy much more (dy over INTERIOR_COPY_RATIO times x_pad), the
-padded form stays. Values: float64 numpy references and central finite differences."""
+"""What a padded convolution's derived gradients read. A derived gradient that sums a
+zero-padded tensor's window over the free output loops is summed over the padded tensor's
+interior instead (autodiff._interior_sum): a padded stride-1 convolution's derived d/dw reads
+x in place and a zero-extended dy, the explicit gradient's form, which the weight-gradient
+rule schedules image by image. Where that would add terms (output shorter than x) or copy
+much more (dy over INTERIOR_COPY_RATIO times x_pad), the padded form stays. Its derived d/dx,
+the padded input's adjoint cropped, extends dy only over the taps the crop reads
+(autodiff._trimmed_extensions). Values: float64 numpy references and finite differences."""
 
 import numpy as np
 import pytest
@@ -114,3 +116,24 @@ def test_a_user_op_s_derived_gradients_match_finite_differences():
                                     te.placeholder(w.shape, "float64", name="w")], dy)
     assert any(n.endswith("_dy_ext") for n in _tensors(grads[1])), sorted(_tensors(grads[1]))
     assert tvf.gradcheck(conv1d_same, [x, w], derived=True)
+
+
+@pytest.mark.parametrize("xs,ws,padding,ext", [((2, 4, 8, 8), (6, 4, 3, 3), 1, (10, 10)),
+                                               ((2, 3, 7, 9), (5, 3, 5, 5), 2, (11, 13)),
+                                               ((1, 2, 6, 6), (3, 2, 3, 5), (1, 2), (8, 10))])
+def test_a_padded_conv_s_derived_dx_extends_dy_over_the_read_taps_only(xs, ws, padding, ext):
+    # the padded input's adjoint spans x_pad (8 + 2 rows, 3 taps: dy extended to 12), the
+    # crop back to x reads dy over 8 + 3 - 1 rows: 10
+    x = te.placeholder(xs, "float64", name="x")
+    w = te.placeholder(ws, "float64", name="w")
+    y = ops.conv2d.te_forward(x, w, padding=padding)
+    dy = te.placeholder([int(d) for d in y.shape], "float64", name="dy")
+    derived, explicit = (ops.conv2d.te_grad(dy, x, w, derived=d, padding=padding)[0]
+                         for d in (True, False))
+    extended = [t for n, t in _tensors(derived).items() if n.endswith("_dy_ext")]
+    assert [tuple(int(d) for d in t.shape[2:]) for t in extended] == [ext], \
+        sorted(_tensors(derived))
+    target = resolve_target("x86")
+    (dyv, xv, wv), got, rule = _run([dy, x, w], derived, target, seed=5)
+    _, want, _ = _run([dy, x, w], explicit, target, seed=5)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10, err_msg=rule)
