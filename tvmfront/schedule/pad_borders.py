@@ -31,18 +31,18 @@ def _copy_with_borders(sch, pad, inner):
         _dtype_bits(sch.get(pad).writes[0].source.dtype) // 8
     if parts is None or size < PAD_BORDERS_MIN_BYTES:
         return None
-    before, width, _ = parts
-    factors = [f for f in (before, width) if f]
-    loops = sch.loop_partition(inner[-1], factors=factors)
-    interior = loops[1] if before else loops[0]
-    sch.vectorize(interior)
+    before, width, after = parts
+    factors = [f for f in (before, width) if f] if after else [before] if before else []
+    loops = sch.loop_partition(inner[-1], factors=factors) if factors else [inner[-1]]
+    sch.vectorize(loops[1] if before else loops[0])
     return [sch.get(b).name_hint for lp in loops for b in sch.get_child_blocks(lp)] or None
 
 
 def _column_parts(sch, pad, columns):
-    """(left padding, source width, right padding) of the padding block `pad` along its last
-    axis, where the loop `columns` runs over all of it and the block stores
-    if_then_else(cond, src[..., v - left], 0) at [..., v] (v the last axis); else None."""
+    """(left padding, source columns, right padding) the loop `columns` of the padding block
+    `pad` runs over, from the first column of its last axis (all of them, or fewer: a
+    stride-2 window reads 15 of 14 + 2 x 1), where the block stores if_then_else(cond,
+    src[..., v - left], 0) at [..., v] (v the last axis); else None."""
     stmt = sch.get(pad)
     store = stmt.body
     if not isinstance(store, tvm.tirx.BufferStore) or not store.indices:
@@ -63,9 +63,13 @@ def _column_parts(sch, pad, columns):
         return None
     before = -_const(coeffs[1])
     padded, width = _const(store.buffer.shape[-1]), _const(then.source.shape[-1])
-    after = None if None in (padded, width) else padded - width - before
-    if after is None or before < 0 or after < 0 or not (before or after) or \
-            _const(sch.get(columns).extent) != padded or \
+    extent = _const(sch.get(columns).extent)
+    if None in (padded, width, extent) or before < 0 or padded - width - before < 0 or \
+            extent > padded or extent <= before or \
             _const(sch.get(columns).min) not in (0, None):
+        return None
+    width = min(width, extent - before)
+    after = extent - before - width
+    if not (before or after):
         return None
     return before, width, after
