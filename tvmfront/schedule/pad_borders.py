@@ -23,9 +23,9 @@ IF_THEN_ELSE = "if_then_else"
 def _copy_with_borders(sch, pad, inner):
     """Partition the padding block `pad`'s innermost loop (`inner`: its loops inside the loop
     it was placed in, outermost first) into its left border, interior and right border, the
-    interior a vector loop. Returns the names of the blocks made, or None (nothing done) where
-    that loop does not run over a whole padded axis copied along it (the caller decomposes
-    the padding instead)."""
+    interior a vector loop. Returns the names of the blocks made, or None (nothing done) for
+    a copy under PAD_BORDERS_MIN_BYTES or a loop that does not run from the first column of a
+    padded axis copied along it (_column_parts): the caller decomposes the padding then."""
     parts = _column_parts(sch, pad, inner[-1])
     size = math.prod(_const(sch.get(lp).extent) or 0 for lp in inner) * \
         _dtype_bits(sch.get(pad).writes[0].source.dtype) // 8
