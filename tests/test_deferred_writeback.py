@@ -130,3 +130,31 @@ def test_a_tile_loop_of_another_shape_keeps_its_writeback():
         paths, keys = _block_paths(out, name)
         assert paths == [["t", "k"]], (name, paths)
         assert not {k for k in keys if k.startswith("tvmfront.defer")}, keys
+
+
+_LIKELY_PREDICATE = """
+@T.prim_func(s_tir=True)
+def main(a: T.Buffer((4, 8), "float32"), b: T.Buffer((4, 6), "float32")):
+    for t in T.serial(4, annotations={"tvmfront.defer_writeback_tiles": 1}):
+        for c in T.serial(8, annotations={"tvmfront.defer_writeback_into": 1}):
+            with T.sblock("update"):
+                vt, vc = T.axis.remap("SS", [t, c])
+                a[vt, vc] = a[vt, vc] + T.float32(1)
+        for k in range(8):
+            with T.sblock("wb"):
+                vt, vk = T.axis.remap("SS", [t, k])
+                T.where(T.likely(k < 6))
+                T.sblock_attr({"tvmfront.defer_writeback": 1})
+                b[vt, vk] = a[vt, vk]
+"""
+
+
+def test_a_write_back_under_a_likely_predicate_is_deferred():
+    """A write-back whose predicate is a call (T.likely, as predicates.py marks partial
+    tiles) is rebuilt with its loop variables substituted inside the call: deferred into the
+    next tile's reduction loop and after the tiles, no mark left."""
+    out = deferred_writeback.defer_writebacks(tvm.script.from_source(_LIKELY_PREDICATE))
+    paths, keys = _block_paths(out, "wb")
+    assert sorted(paths) == [["k"], ["t", "c"]], paths
+    assert not {k for k in keys if k.startswith("tvmfront.defer")}, keys
+    assert "T.likely" in out.script(), out.script()

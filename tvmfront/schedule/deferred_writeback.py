@@ -24,6 +24,7 @@ the write-back; anything else keeps its write-back where it is, the marks remove
 import math
 
 from .._tvm import s_tir, tirx
+from ..autodiff import _Unsupported, substitute
 from ..tir_walk import rebuild, with_block
 from .failures import NotApplicable, _failed
 
@@ -91,8 +92,9 @@ def _deferred(outer):
         late.append(tirx.IfThenElse(cond, _clone(loops, realize, {**before, channel.loop_var: ch},
                                                  drop=channel), None))
     carried = _for(reduction, tirx.SeqStmt([*late, reduction.body]))
-    body = tirx.SeqStmt([carried if k == reductions[0] else stmt for k, stmt in enumerate(seq)
-                         if k != writebacks[0]])
+    kept = [carried if k == reductions[0] else stmt for k, stmt in enumerate(seq)
+            if k != writebacks[0]]
+    body = kept[0] if len(kept) == 1 else tirx.SeqStmt(kept)  # TVM refuses a SeqStmt of one
     for lp in reversed(tiles):
         body = _for(lp, body)
     return tirx.SeqStmt([body, _clone(loops, realize, last)])
@@ -164,26 +166,9 @@ def _unmarked_block(realize):
                                                   if k != DEFER})
 
 
-_BINARY = ("Add", "Sub", "Mul", "Div", "Mod", "FloorDiv", "FloorMod", "Min", "Max", "EQ", "NE",
-           "LT", "LE", "GT", "GE", "And", "Or")
-
-
 def _substitute(expr, values):
     """An index expression with variables replaced per `values` ({Var: expr})."""
-    if isinstance(expr, tirx.Var):
-        return next((new for old, new in values.items() if old.same_as(expr)), expr)
-    if isinstance(expr, (tirx.IntImm, tirx.FloatImm)):
-        return expr
-    kind = type(expr).__name__
-    if kind in _BINARY:
-        return getattr(tirx, kind)(_substitute(expr.a, values), _substitute(expr.b, values))
-    if kind == "Not":
-        return tirx.Not(_substitute(expr.a, values))
-    if kind == "Cast":
-        return tirx.Cast(expr.ty.dtype, _substitute(expr.value, values))
-    if kind == "Select":
-        return tirx.Select(*(_substitute(e, values) for e in
-                             (expr.condition, expr.true_value, expr.false_value)))
-    if kind == "Call":
-        return tirx.Call(expr.ty.dtype, expr.op, [_substitute(a, values) for a in expr.args])
-    raise NotApplicable(f"cannot substitute into {kind}")
+    try:
+        return substitute(expr, values)
+    except _Unsupported as err:  # a load in an index, say: the write-back stays in place
+        raise NotApplicable(str(err)) from err
