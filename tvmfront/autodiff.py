@@ -719,9 +719,8 @@ def _trimmed_extensions(expr, analyzer):
         entry = reads.setdefault(_key(tensor), [tensor, (source, extended), {}])
         for d in extended:
             bound = analyzer.const_int_bound(idx[d])
-            low, high = entry[2].get(d, (None, None))
-            entry[2][d] = (int(bound.min_value) if low is None else min(low, int(bound.min_value)),
-                           int(bound.max_value) if high is None else max(high, int(bound.max_value)))
+            low, high = entry[2].get(d, (bound.min_value, bound.max_value))
+            entry[2][d] = (int(min(low, bound.min_value)), int(max(high, bound.max_value)))
     loads = {}
     for tensor, (source, lo), span in reads.values():
         if all(span[d][0] <= 0 and span[d][1] >= int(tensor.shape[d]) - 1 for d in lo) or \
@@ -790,15 +789,14 @@ def _interior_sum(indices, loops, value, dT, spatial, name):
         return any(_uses_any(e, [lp.var]) for e in indices)
 
     free = [lp for lp in spatial if not is_fixed(lp)]
-    dT_loads = [ld for ld in _loads(value, []) if _load_parts(ld)[0].same_as(dT)]
-    if len(dT_loads) != 1:
+    reads = [_load_parts(ld) for ld in _loads(value, [])]
+    dT_reads = [idx for tensor, idx in reads if tensor.same_as(dT)]
+    padded = [(tensor, idx, _padding_of(tensor)) for tensor, idx in reads]
+    padded = [read for read in padded if read[2] is not None]
+    if len(dT_reads) != 1 or len(padded) != 1:
         return None
-    dT_idx = _load_parts(dT_loads[0])[1]
-    padded = [ld for ld in _loads(value, []) if _padding_of(_load_parts(ld)[0]) is not None]
-    if len(padded) != 1:
-        return None
-    tensor, idx = _load_parts(padded[0])
-    source, lo = _padding_of(tensor)
+    dT_idx = dT_reads[0]
+    tensor, idx, (source, lo) = padded[0]
     shift, new_loops, sub, moved = {}, list(loops), {}, []
     for k, e in enumerate(idx):
         if not lo[k] and int(tensor.shape[k]) == int(source.shape[k]):
@@ -821,9 +819,8 @@ def _interior_sum(indices, loops, value, dT, spatial, name):
         shift[k] = u
         moved.append(f[0])
         new_loops[loops.index(f[0])] = _Loop(u, int(source.shape[k]))
-    if not shift or any(_uses_any(ld, [lp.var for lp in moved])
-                        for ld in _loads(value, []) if not _load_parts(ld)[0].same_as(dT)
-                        and not _load_parts(ld)[0].same_as(tensor)):
+    if not shift or any(_uses_any(i, [lp.var for lp in moved]) for t, idx_t in reads
+                        if not t.same_as(dT) and not t.same_as(tensor) for i in idx_t):
         return None
     analyzer = tvm.sym.Analyzer()
     for lp in new_loops:
@@ -1562,7 +1559,7 @@ def _backprop(name, t, dT, live, phased=None):
         gather = _tap_gather(shape, str(tensor.dtype), indices, spatial + reduce_loops, value,
                              name, [dT, *companions]) if companions else None
         interior = _interior_sum(indices, spatial + reduce_loops, value, dT, spatial, name) \
-            if gather is None and mask is None and not companions else None
+            if mask is None and not companions else None
         if interior is not None:
             out.append((tensor, _adjoint_of_read(shape, str(tensor.dtype), indices, *interior,
                                                  name)))

@@ -172,7 +172,7 @@ def _weight_grad_axes(sch, info):
     for _, region, strides in info.reads:
         if strides[o] not in (0, None) and strides[c] == 0 and strides[p] not in (0, None) and \
                 strides[q] not in (0, None) and strides[n] not in (0, None):
-            vector, o_last, strides_o = region, strides[o] == 1, strides[o]
+            vector, o_stride = region, strides[o]
         elif strides[o] == 0 and strides[j] == 1 and strides[c] not in (0, None) and \
                 strides[p] == 0 and strides[q] == 0:
             broadcast = region
@@ -184,9 +184,9 @@ def _weight_grad_axes(sch, info):
             len(sch.get_loops(copy)) != 4:
         raise NotApplicable("dy_t is no padding copy of the kernel")
     shape = [_const(d) for d in vector.source.shape]
-    if not o_last and (len(shape) != 4 or strides_o != shape[2] * shape[3]):
+    if o_stride != 1 and (len(shape) != 4 or o_stride != shape[2] * shape[3]):
         raise NotApplicable("dy_t read along o on no axis of its own")
-    return g, o, c, p, q, n, copy, o_last
+    return g, o, c, p, q, n, copy, o_stride == 1
 
 
 def _copy_per_image(sch, copy, image_loop, lanes, channels_first=False):
