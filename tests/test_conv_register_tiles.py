@@ -115,9 +115,8 @@ def test_window_vectors_keep_the_channel_tile():
     assert vector == [16] and unrolled[-1] == 6, (unrolled, rule)
 
 
-def _padding_blocks(func, pad):
-    """Names of the blocks writing the padding `pad`: the border and interior parts of its
-    columns (schedule/pad_borders.py), else its constant fill and its copy."""
+def _block_names(func):
+    """The names of every block of `func`."""
     names = []
 
     def visit(node):
@@ -127,9 +126,20 @@ def _padding_blocks(func, pad):
             visit(child)
 
     visit(func.body)
-    parts = [n for n in names if n.startswith(pad + "_") and
-             not n.endswith(("_partition", "_common", "_pad_const"))]
-    return parts or [f"{pad}_pad_const", pad]
+    return names
+
+
+def _border_parts(func, pad):
+    """Names of the border and interior parts of the padding `pad`'s columns
+    (schedule/pad_borders.py); none where it is a constant fill and a copy."""
+    return [n for n in _block_names(func) if n.startswith(pad + "_") and
+            not n.endswith(("_partition", "_common", "_pad_const"))]
+
+
+def _padding_blocks(func, pad):
+    """Names of the blocks writing the padding `pad`: the border and interior parts of its
+    columns, else its constant fill and its copy."""
+    return _border_parts(func, pad) or [f"{pad}_pad_const", pad]
 
 
 def _check_padded_in_parallel(func, pad, rule, lanes=1):

@@ -11,9 +11,8 @@ from tvmfront._tvm import te, to_device
 from tvmfront.build import compile_kernels
 from tvmfront.schedule import conv_forward, pad_borders, schedule_prim_func
 from tvmfront.target import resolve_target
-from tvmfront.tir_walk import children
 
-from test_conv_register_tiles import AVX512, _conv_reference
+from test_conv_register_tiles import AVX512, _block_names, _border_parts, _conv_reference
 
 
 def _conv(x_shape, w_shape, stride=1, padding=None):
@@ -33,30 +32,15 @@ def _dx(x_shape, w_shape, stride):
     return te.create_prim_func([dy, w, dx])
 
 
-def _blocks(func):
-    """{block name: the value it stores, as text}."""
-    found = {}
-
-    def visit(node):
-        if type(node).__name__ == "SBlock":
-            found[node.name_hint] = str(getattr(node.body, "value", ""))
-        for child in children(node):
-            visit(child)
-
-    visit(func.body)
-    return found
-
-
 @pytest.mark.parametrize("x_shape, w_shape, split", [
     ((32, 64, 28, 28), (32, 64, 3, 3), True),   # padded per 4 rows: 46 KiB a block
     ((32, 32, 28, 28), (64, 32, 3, 3), False)])  # 23 KiB a block: the fill stays
 def test_large_padded_blocks_are_copied_with_their_borders_apart(x_shape, w_shape, split):
     func, rule = schedule_prim_func(_conv(x_shape, w_shape), resolve_target(AVX512))
     assert "padded per 4 row(s)" in rule, rule
-    blocks = _blocks(func)
+    blocks = _block_names(func)
     fills = [n for n in blocks if n.endswith("_pad_const")]
-    borders = [n for n in blocks if n.startswith("conv2d_pad_") and
-               not n.endswith(("_partition", "_common", "_pad_const"))]
+    borders = _border_parts(func, "conv2d_pad")
     if split:
         assert not fills and len(borders) == 3, sorted(blocks)
         assert pad_borders.PAD_BORDERS_MIN_BYTES <= 64 * 6 * 30 * 4
@@ -90,8 +74,8 @@ def test_convolutions_through_split_paddings_are_numpy_s(monkeypatch, make, shap
         monkeypatch.setattr(pad_borders, "PAD_BORDERS_MIN_BYTES", minimum)
         func, rule = schedule_prim_func(make(), target)
         assert rule_has in rule, rule
-        split = not any(n.endswith("_pad_const") for n in _blocks(func))
-        assert split == (minimum < 1 << 40), (minimum, sorted(_blocks(func)))
+        split = not any(n.endswith("_pad_const") for n in _block_names(func))
+        assert split == (minimum < 1 << 40), (minimum, sorted(_block_names(func)))
         out = to_device(np.full(want.shape, np.nan, "float32"))
         compile_kernels(func, target)["main"](to_device(xv), to_device(wv), out)
         outs.append(out.numpy())
@@ -106,8 +90,8 @@ def test_a_strided_conv_s_dx_phases_read_split_paddings():
     target = resolve_target(AVX512)
     scheduled, rule = schedule_prim_func(func, target)
     assert "phases per image" in rule, rule
-    assert not any(n.endswith("_pad_const") for n in _blocks(scheduled)), \
-        sorted(_blocks(scheduled))
+    assert not any(n.endswith("_pad_const") for n in _block_names(scheduled)), \
+        sorted(_block_names(scheduled))
 
 
 def test_a_strided_dw_pads_the_columns_its_windows_read():
@@ -123,7 +107,7 @@ def test_a_strided_dw_pads_the_columns_its_windows_read():
     scheduled, rule = schedule_prim_func(te.create_prim_func([dy, x, dw]),
                                          resolve_target(AVX512))
     assert "x padded and dy_t per image" in rule, rule
-    blocks = _blocks(scheduled)
+    blocks = _block_names(scheduled)
     assert not any(n.endswith("_pad_const") for n in blocks), sorted(blocks)
     assert any(n.startswith("conv2d_dw_pad_") for n in blocks), sorted(blocks)
     from tvmfront._tvm import llvm_host_cpu_features
