@@ -9,7 +9,7 @@ import pytest
 
 from tvmfront import ops
 from tvmfront._tvm import te, tirx
-from tvmfront.schedule import schedule_prim_func
+from tvmfront.schedule import conv_forward, schedule_prim_func
 from tvmfront.schedule.analysis import _children
 from tvmfront.target import resolve_target
 
@@ -230,23 +230,32 @@ def _conv_reference(x, w, padding, stride=1):
     (((64, 64, 8, 8), (64, 64, 3, 3)), "8xv32", None),  # ResNet's 64->64 @8, 25 KiB
     (((16, 128, 28, 28), (128, 128, 3, 3)), "7xv32", None),  # 4 rows' 92 KiB over L1
 ])
-def test_avx512_conv_forward_runs_images_in_parallel_and_pads_each(shapes, tile, rows):
-    """On AVX-512 a stride-1 conv forward runs one image per parallel iteration, pads it
-    there (the GEMM rule padded the whole batch serially before its tiles) and tiles
-    columns x v32; AVX2 keeps the GEMM family's tiles. A padded image over L1
-    (CONV_PAD_IMAGE_BYTES) is copied per block of output rows, just before every
-    output-channel panel's tiles read it (0.97x the time on one core); a smaller one per
-    image. Values as numpy's (run where the host has AVX-512)."""
+@pytest.mark.parametrize("skip", [True, False])
+def test_avx512_conv_forward_runs_images_in_parallel_and_pads_each(monkeypatch, shapes, tile,
+                                                                   rows, skip):
+    """On AVX-512 a stride-1 conv forward runs one image per parallel iteration and tiles
+    columns x v32 (the GEMM rule padded the whole batch serially before its tiles); AVX2
+    keeps the GEMM family's tiles. Its zero padding is inlined and its terms skipped
+    (padded_terms.py). Where it is not (a padding read by another block too; here forced),
+    the padding is copied inside the image's iteration: a padded image over L1
+    (CONV_PAD_IMAGE_BYTES) per block of output rows, just before every output-channel
+    panel's tiles read it (0.97x the time on one core), a smaller one per image. Values as
+    numpy's (run where the host has AVX-512)."""
+    if not skip:
+        monkeypatch.setattr(conv_forward, "inline_padding", lambda sch, block: [])
     x = te.placeholder(shapes[0], "float32", name="x")
     w = te.placeholder(shapes[1], "float32", name="w")
     y = ops.conv2d.te_forward(x, w, padding=1)
     func = te.create_prim_func([x, w, y])
     scheduled, rule = schedule_prim_func(func, resolve_target(AVX512))
-    padded = "image" if rows is None else f"{rows} row(s)"
-    assert f"conv2d=conv[{tile}, parallel per image, packed w, padded per {padded}]" in rule, \
-        rule
-    _check_padding_in_parallel_and_avx2_tiles(func, scheduled, rule)
-    if rows is not None:  # the copy's loops: images, row blocks, then rows + 2 window rows
+    padded = "padding skipped" if skip else \
+        "padded per " + ("image" if rows is None else f"{rows} row(s)")
+    assert f"conv2d=conv[{tile}, parallel per image, packed w, {padded}]" in rule, rule
+    if skip:
+        _check_padding_skipped(func, scheduled, rule)
+    else:
+        _check_padding_in_parallel_and_avx2_tiles(func, scheduled, rule)
+    if rows is not None and not skip:  # the copy's loops: images, row blocks, rows + 2
         copied = [e for _, e in _loops_around(scheduled, "conv2d_pad")]
         assert copied[1] == shapes[0][2] // rows and rows + 2 in copied[2:], (copied, rule)
     run = _run_on_avx512_host(scheduled, shapes[0], shapes[1], y.shape)
@@ -260,15 +269,17 @@ def test_avx512_conv_forward_runs_images_in_parallel_and_pads_each(shapes, tile,
     ((64, 16, 32, 32), (32, 16, 3, 3), "8xv32", 2),  # ResNet's 16->32 @16
     ((32, 64, 14, 14), (64, 64, 3, 3), "7xv32", 1),  # 7 output rows: per row
 ])
-@pytest.mark.parametrize("epilogue", [False, True])
-def test_avx512_stride2_conv_forward_takes_the_per_image_tiles(x_shape, w_shape, tile, rows,
-                                                               epilogue):
+@pytest.mark.parametrize("epilogue, skip", [(False, True), (True, True), (True, False)])
+def test_avx512_stride2_conv_forward_takes_the_per_image_tiles(monkeypatch, x_shape, w_shape,
+                                                               tile, rows, epilogue, skip):
     """A stride-2 3x3 conv forward gets conv_forward's rule on AVX-512 like a stride-1 one
     (the GEMM family's tile fused channel panels with the images and padded the whole batch
-    serially first: 32->64 @8 161 -> ~290 GFLOP/s on two threads), its zero padding copied
-    per block of output rows inside the image loop, a pointwise epilogue (an inference
-    conv + batch norm + relu) in its write-back. Values as numpy's where the host has
-    AVX-512."""
+    serially first: 32->64 @8 161 -> ~290 GFLOP/s on two threads), its zero padding's terms
+    skipped (or, where the padding is not inlined, here forced, copied per block of output
+    rows inside the image loop), a pointwise epilogue (an inference conv + batch norm +
+    relu) in its write-back. Values as numpy's where the host has AVX-512."""
+    if not skip:
+        monkeypatch.setattr(conv_forward, "inline_padding", lambda sch, block: [])
     x = te.placeholder(x_shape, "float32", name="x")
     w = te.placeholder(w_shape, "float32", name="w")
     y = ops.conv2d.te_forward(x, w, stride=2, padding=1)
@@ -277,10 +288,13 @@ def test_avx512_stride2_conv_forward_takes_the_per_image_tiles(x_shape, w_shape,
         out = te.compute(y.shape, lambda *i: te.max(y(*i) * 0.5 + 0.25, 0.0), name="bn_relu")
     func = te.create_prim_func([x, w, out])
     scheduled, rule = schedule_prim_func(func, resolve_target(AVX512))
-    assert f"conv2d=conv[{tile}, parallel per image, packed w, padded per {rows} row(s)" in rule, \
-        rule
+    padded = "padding skipped" if skip else f"padded per {rows} row(s)"
+    assert f"conv2d=conv[{tile}, parallel per image, packed w, {padded}" in rule, rule
     assert ("+bn_relu]" in rule) == epilogue, rule
-    _check_padding_in_parallel_and_avx2_tiles(func, scheduled, rule)
+    if skip:
+        _check_padding_skipped(func, scheduled, rule)
+    else:
+        _check_padding_in_parallel_and_avx2_tiles(func, scheduled, rule)
     run = _run_on_avx512_host(scheduled, x_shape, w_shape, out.shape)
     if run is not None:
         xv, wv, got = run
@@ -296,6 +310,33 @@ def _check_padding_in_parallel_and_avx2_tiles(func, scheduled, rule):
     _check_padded_in_parallel(scheduled, "conv2d_pad", rule)
     _, avx2_rule = schedule_prim_func(func, resolve_target(AVX2))
     assert "conv2d=tiled[" in avx2_rule, avx2_rule
+
+
+def _check_padding_skipped(func, scheduled, rule):
+    """The AVX-512 schedule `scheduled` of the conv `func` has no padding block left, its
+    update reads x itself under a likely predicate (padded_terms.py); AVX2 keeps the GEMM
+    family's tiles."""
+    realizes = _realizes(scheduled)
+    assert not [name for name in realizes if name.startswith("conv2d_pad")], (realizes, rule)
+    update = realizes["conv2d_update"]
+    assert "likely" in str(update.predicate), (update.predicate, rule)
+    assert {r.source.name for r in update.block.reads} >= {"x"}, update.block.reads
+    _, avx2_rule = schedule_prim_func(func, resolve_target(AVX2))
+    assert "conv2d=tiled[" in avx2_rule, avx2_rule
+
+
+def _realizes(func):
+    """{block name: its SBlockRealize} of a scheduled function."""
+    found = {}
+
+    def visit(node):
+        if type(node).__name__ in ("SBlockRealize", "BlockRealize"):
+            found[node.block.name_hint] = node
+        for child in _children(node):
+            visit(child)
+
+    visit(func.body)
+    return found
 
 
 def _run_on_avx512_host(scheduled, x_shape, w_shape, out_shape, seed=3):

@@ -35,7 +35,10 @@ def _dx(x_shape, w_shape, stride):
 @pytest.mark.parametrize("x_shape, w_shape, split", [
     ((32, 64, 28, 28), (32, 64, 3, 3), True),   # padded per 4 rows: 46 KiB a block
     ((32, 32, 28, 28), (64, 32, 3, 3), False)])  # 23 KiB a block: the fill stays
-def test_large_padded_blocks_are_copied_with_their_borders_apart(x_shape, w_shape, split):
+def test_large_padded_blocks_are_copied_with_their_borders_apart(monkeypatch, x_shape, w_shape,
+                                                                split):
+    """conv_forward's copy per block of rows where its padding is not inlined (forced)."""
+    _copy_conv_forward_paddings(monkeypatch)
     func, rule = schedule_prim_func(_conv(x_shape, w_shape), resolve_target(AVX512))
     assert "padded per 4 row(s)" in rule, rule
     blocks = _block_names(func)
@@ -61,10 +64,11 @@ def test_large_padded_blocks_are_copied_with_their_borders_apart(x_shape, w_shap
 ])
 def test_convolutions_through_split_paddings_are_numpy_s(monkeypatch, make, shapes, rule_has,
                                                          forced):
-    """conv_forward's rule forced onto AVX2 code (so that any x86 host runs it) where
-    `forced`."""
+    """conv_forward's rule forced onto AVX2 code (so that any x86 host runs it), copying its
+    padding, where `forced`."""
     if forced:
         monkeypatch.setattr(conv_forward, "CONV_MIN_VECTOR_BITS", 256)
+        _copy_conv_forward_paddings(monkeypatch)
     target = resolve_target("x86:avx2")
     rng = np.random.default_rng(1)
     xv, wv = (rng.standard_normal(s).astype("float32") for s in shapes)
@@ -81,6 +85,11 @@ def test_convolutions_through_split_paddings_are_numpy_s(monkeypatch, make, shap
         outs.append(out.numpy())
     np.testing.assert_allclose(outs[0], want, rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def _copy_conv_forward_paddings(monkeypatch):
+    """conv_forward copies its padding, as where it cannot inline it (padded_terms.py)."""
+    monkeypatch.setattr(conv_forward, "inline_padding", lambda sch, block: [])
 
 
 def test_a_strided_conv_s_dx_phases_read_split_paddings():

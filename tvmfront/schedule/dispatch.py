@@ -42,6 +42,7 @@ from .analysis import (_buffers, _children, _const, _has_contraction, _max_block
 from . import conv_forward, conv_phases, conv_weight_grad, gemm, gemv, int8, spatial, window_reindex
 from .deferred_writeback import defer_writebacks
 from .predicates import likely_predicates
+from .padded_terms import skip_padded_terms
 from .spatial import _inline_spatial
 from .reductions import (_column_reduction, _gather_reduction, _lane_reduction,
                          _plain_reduction, _row_fusion, _tile_reduction_scalar)
@@ -253,7 +254,7 @@ def _tvmfront_rule(func, params, tiled_only=False):
         sch = trial
         if note:
             notes.append(f"{name}={note}")
-    new = defer_writebacks(likely_predicates(sch.mod["main"]))
+    new = defer_writebacks(likely_predicates(skip_padded_terms(sch.mod["main"])))
     if not loop_kinds(new) & {"parallel", "vectorized"} and \
             (kernel_work(new, symbolic=True) or 0) >= SMALL_WORK:
         notes.append("no parallel/vector loop")

@@ -1,0 +1,173 @@
+"""A sum's terms that read a zero padding, skipped where they read it
+(tvmfront/schedule/padded_terms.py): the rewrite on a marked block, and convolutions scheduled
+by conv_forward with their padding inlined: numpy's values, the same as through the padded
+copy, every output written."""
+
+import numpy as np
+import pytest
+
+from tvmfront import ops
+from tvmfront._tvm import te, to_device, tvm
+from tvmfront.build import compile_kernels
+from tvmfront.schedule import conv_forward, padded_terms, schedule_prim_func
+from tvmfront.target import resolve_target
+
+from test_conv_register_tiles import _realizes
+
+_MARKED = """
+@T.prim_func(s_tir=True)
+def main(a: T.Buffer((8,), "float32"), b: T.Buffer((3,), "float32"),
+         out: T.Buffer((6,), "float32")):
+    for i in range(6):
+        with T.sblock("init"):
+            vi = T.axis.remap("S", [i])
+            out[vi] = T.float32(0)
+        for k in range(3):
+            with T.sblock("update"):
+                vi, vk = T.axis.remap("SR", [i, k])
+                T.sblock_attr({"tvmfront.skip_padded_terms": 1})
+                out[vi] = out[vi] + T.if_then_else(1 <= vi + vk and vi + vk < 7,
+                                                   a[vi + vk - 1], T.float32(0)) * b[vk]
+"""
+_GUARDED = """T.if_then_else(1 <= vi + vk and vi + vk < 7,
+                                                   a[vi + vk - 1], T.float32(0))"""
+_INIT = """    for i in range(6):
+        with T.sblock("init"):
+            vi = T.axis.remap("S", [i])
+            out[vi] = T.float32(0)
+        for k in range(3):
+            with T.sblock("update"):
+                vi, vk = T.axis.remap("SR", [i, k])
+                T.sblock_attr({"tvmfront.skip_padded_terms": 1})
+"""
+_WITH_INIT = """    for i, k in T.grid(6, 3):
+            with T.sblock("update"):
+                vi, vk = T.axis.remap("SR", [i, k])
+                T.sblock_attr({"tvmfront.skip_padded_terms": 1})
+                with T.init():
+                    out[vi] = T.float32(0)
+"""
+
+
+def _padded_sum(func):
+    """out of the 3-tap sum over a zero-padded `a` (the marked function's), and numpy's."""
+    av = np.arange(1, 9, dtype="float32")
+    bv = np.array([0.5, -1.0, 2.0], "float32")
+    got = to_device(np.full(6, np.nan, "float32"))
+    tvm.compile(tvm.IRModule({"main": func}), target="llvm")["main"](
+        to_device(av), to_device(bv), got)
+    padded = np.concatenate([[0], av[:6], [0]])
+    return got.numpy(), [sum(padded[i + k] * bv[k] for k in range(3)) for i in range(6)]
+
+
+def test_a_marked_sum_skips_its_padded_terms():
+    """The guarded term's condition becomes the block's predicate (likely, over the loop
+    variables), the term reads a directly, the mark is gone; the values are the padded sum's."""
+    func = tvm.script.from_source(_MARKED)
+    assert padded_terms.SKIP in _MARKED
+    out = padded_terms.skip_padded_terms(func)
+    update = _realizes(out)["update"]
+    predicate = str(update.predicate)
+    assert "likely" in predicate and "i + k" in predicate, predicate
+    assert "if_then_else" not in str(update.block.body), update.block.body
+    assert padded_terms.SKIP not in update.block.annotations
+    got, want = _padded_sum(out)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("change", ["plain product", "init in the block"])
+def test_a_marked_block_of_another_form_keeps_its_body(change):
+    """A product without a select of zero (a plain sum) is left as it is, and so is a block
+    that holds its init (the predicate would skip the init where the guard fails: out[0]
+    came out NaN), both unmarked, the values still the padded sum's."""
+    source = _MARKED.replace(_GUARDED, "a[vi + vk]") if change == "plain product" else \
+        _MARKED.replace(_INIT, _WITH_INIT)
+    assert source != _MARKED
+    out = padded_terms.skip_padded_terms(tvm.script.from_source(source))
+    update = _realizes(out)["update"]
+    assert "likely" not in str(update.predicate), update.predicate
+    assert padded_terms.SKIP not in update.block.annotations
+    if change == "init in the block":
+        assert "if_then_else" in str(update.block.body)
+        got, want = _padded_sum(out)
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def _conv(x_shape, w_shape, stride, padding, epilogue=False):
+    x = te.placeholder(x_shape, "float32", name="x")
+    w = te.placeholder(w_shape, "float32", name="w")
+    y = ops.conv2d.te_forward(x, w, stride=stride, padding=padding)
+    if epilogue:  # an inference conv + batch norm + relu: absorbed into the write-back
+        y = te.compute(y.shape, lambda *i: te.max(y(*i) * 0.5 + 0.25, 0.0), name="bn_relu")
+    return te.create_prim_func([x, w, y]), [int(d) for d in y.shape]
+
+
+def _reference(xv, wv, stride, padding):
+    """NCHW conv in float64 with padding (rows, columns), kernels of any shape."""
+    ph, pw = padding
+    xp = np.pad(xv.astype("float64"), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    kh, kw = wv.shape[2:]
+    ho, wo = (xp.shape[2] - kh) // stride + 1, (xp.shape[3] - kw) // stride + 1
+    out = np.zeros((xv.shape[0], wv.shape[0], ho, wo))
+    for a in range(kh):
+        for b in range(kw):
+            window = xp[:, :, a:a + stride * ho:stride, b:b + stride * wo:stride]
+            out += np.einsum("ncij,oc->noij", window, wv[:, :, a, b].astype("float64"))
+    return out
+
+
+@pytest.mark.parametrize("x_shape, w_shape, stride, padding, epilogue", [
+    ((16, 8, 12, 12), (16, 8, 3, 3), 1, (1, 1), False),
+    ((16, 8, 12, 12), (16, 8, 5, 5), 1, (2, 2), True),   # 2 border rows and columns
+    ((16, 8, 15, 15), (16, 8, 3, 3), 2, (1, 1), False),  # odd input, stride 2
+    ((16, 8, 12, 12), (16, 8, 3, 5), 1, (1, 2), False),  # rows and columns padded apart
+])
+def test_convolutions_with_skipped_padding_are_numpy_s(monkeypatch, x_shape, w_shape, stride,
+                                                       padding, epilogue):
+    """conv_forward's rule forced onto AVX2 code (so that any x86 host runs it), compiled as
+    modules are (LoopPartition on): numpy's values, and the same as the padded copy's."""
+    monkeypatch.setattr(conv_forward, "CONV_MIN_VECTOR_BITS", 256)
+    func, out_shape = _conv(x_shape, w_shape, stride, padding, epilogue)
+    target = resolve_target("x86:avx2")
+    rng = np.random.default_rng(4)
+    xv = rng.standard_normal(x_shape).astype("float32")
+    wv = rng.standard_normal(w_shape).astype("float32")
+    want = _reference(xv, wv, stride, padding)
+    if epilogue:
+        want = np.maximum(want * 0.5 + 0.25, 0.0)
+    outs = []
+    for skip in (True, False):
+        if not skip:
+            monkeypatch.setattr(conv_forward, "inline_padding", lambda sch, block: [])
+        scheduled, rule = schedule_prim_func(func, target)
+        assert ("padding skipped" in rule) == skip, rule
+        out = to_device(np.full(out_shape, np.nan, "float32"))
+        compile_kernels(scheduled, target)["main"](to_device(xv), to_device(wv), out)
+        outs.append(out.numpy())
+    np.testing.assert_allclose(outs[0], want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-6, atol=1e-6)
+
+
+def test_a_padding_read_by_another_block_is_copied(monkeypatch):
+    """A padded tensor that is also an output of the kernel stays a block: conv_forward
+    copies it per image, as before, and computes numpy's conv."""
+    monkeypatch.setattr(conv_forward, "CONV_MIN_VECTOR_BITS", 256)
+    x = te.placeholder((16, 8, 10, 10), "float32", name="x")
+    w = te.placeholder((16, 8, 3, 3), "float32", name="w")
+    xp = te.compute((16, 8, 12, 12), lambda n, c, i, j: te.if_then_else(
+        te.all(i >= 1, i < 11, j >= 1, j < 11), x[n, c, i - 1, j - 1], 0.0), name="x_pad")
+    c, kh, kw = (te.reduce_axis((0, e), name) for e, name in ((8, "c"), (3, "kh"), (3, "kw")))
+    y = te.compute((16, 16, 10, 10), lambda n, o, i, j: te.sum(
+        xp[n, c, i + kh, j + kw] * w[o, c, kh, kw], axis=[c, kh, kw]), name="conv2d")
+    target = resolve_target("x86:avx2")
+    scheduled, rule = schedule_prim_func(te.create_prim_func([x, w, y, xp]), target)
+    assert "conv2d=conv[" in rule and "padding skipped" not in rule, rule
+    assert "x_pad" in _realizes(scheduled), sorted(_realizes(scheduled))
+    rng = np.random.default_rng(5)
+    xv = rng.standard_normal((16, 8, 10, 10)).astype("float32")
+    wv = rng.standard_normal((16, 8, 3, 3)).astype("float32")
+    out = to_device(np.full((16, 16, 10, 10), np.nan, "float32"))
+    padded = to_device(np.zeros((16, 8, 12, 12), "float32"))
+    compile_kernels(scheduled, target)["main"](to_device(xv), to_device(wv), out, padded)
+    np.testing.assert_allclose(out.numpy(), _reference(xv, wv, 1, (1, 1)), rtol=1e-4,
+                               atol=1e-4)
