@@ -14,23 +14,7 @@ from tvmfront.target import resolve_target
 
 from test_conv_register_tiles import _realizes
 
-_MARKED = """
-@T.prim_func(s_tir=True)
-def main(a: T.Buffer((8,), "float32"), b: T.Buffer((3,), "float32"),
-         out: T.Buffer((6,), "float32")):
-    for i in range(6):
-        with T.sblock("init"):
-            vi = T.axis.remap("S", [i])
-            out[vi] = T.float32(0)
-        for k in range(3):
-            with T.sblock("update"):
-                vi, vk = T.axis.remap("SR", [i, k])
-                T.sblock_attr({"tvmfront.skip_padded_terms": 1})
-                out[vi] = out[vi] + T.if_then_else(1 <= vi + vk and vi + vk < 7,
-                                                   a[vi + vk - 1], T.float32(0)) * b[vk]
-"""
-_GUARDED = """T.if_then_else(1 <= vi + vk and vi + vk < 7,
-                                                   a[vi + vk - 1], T.float32(0))"""
+# The init apart (as conv_forward decomposes it), then the marked update...
 _INIT = """    for i in range(6):
         with T.sblock("init"):
             vi = T.axis.remap("S", [i])
@@ -40,12 +24,21 @@ _INIT = """    for i in range(6):
                 vi, vk = T.axis.remap("SR", [i, k])
                 T.sblock_attr({"tvmfront.skip_padded_terms": 1})
 """
+# ... or the init held in the update block.
 _WITH_INIT = """    for i, k in T.grid(6, 3):
             with T.sblock("update"):
                 vi, vk = T.axis.remap("SR", [i, k])
                 T.sblock_attr({"tvmfront.skip_padded_terms": 1})
                 with T.init():
                     out[vi] = T.float32(0)
+"""
+_GUARDED = """T.if_then_else(1 <= vi + vk and vi + vk < 7,
+                                                   a[vi + vk - 1], T.float32(0))"""
+_MARKED = """
+@T.prim_func(s_tir=True)
+def main(a: T.Buffer((8,), "float32"), b: T.Buffer((3,), "float32"),
+         out: T.Buffer((6,), "float32")):
+""" + _INIT + """                out[vi] = out[vi] + """ + _GUARDED + """ * b[vk]
 """
 
 
