@@ -12,7 +12,8 @@ from tvmfront.build import compile_kernels
 from tvmfront.schedule import conv_forward, pad_borders, schedule_prim_func
 from tvmfront.target import resolve_target
 
-from test_conv_register_tiles import AVX512, _block_names, _border_parts, _conv_reference
+from test_conv_register_tiles import (AVX512, _block_names, _border_parts, _conv_reference,
+                                      _realizes)
 
 
 def _conv(x_shape, w_shape, stride=1, padding=None):
@@ -92,15 +93,26 @@ def _copy_conv_forward_paddings(monkeypatch):
     monkeypatch.setattr(conv_forward, "inline_padding", lambda sch, block: [])
 
 
-def test_a_strided_conv_s_dx_phases_read_split_paddings():
-    """The stride-2 d/dx's phases (conv_phases) read dy zero-padded per image: 32 channels at
-    16 x 16, 37 KiB, copied with its borders apart; the values are the decomposed form's."""
-    func = _dx((64, 16, 32, 32), (32, 16, 3, 3), 2)
-    target = resolve_target(AVX512)
-    scheduled, rule = schedule_prim_func(func, target)
+@pytest.mark.parametrize("x_shape, w_shape, inlined", [
+    ((64, 32, 16, 16), (64, 32, 3, 3), True),    # ResNet's 32->64: vectors of channels
+    ((64, 16, 32, 32), (32, 16, 3, 3), False)])  # 16->32: vectors along the columns
+def test_a_strided_conv_s_dx_phases_read_dy_itself(x_shape, w_shape, inlined):
+    """The stride-2 d/dx's phases (conv_phases) that broadcast dy to vectors of channels read
+    it through no padded copy: the padding is inlined into them, their terms over it skipped
+    under likely predicates (padded_terms.py). Phases vectorized along their columns keep dy
+    zero-padded per image, copied with its borders apart (37 KiB). Values are
+    test_conv_grad's."""
+    scheduled, rule = schedule_prim_func(_dx(x_shape, w_shape, 2), resolve_target(AVX512))
     assert "phases per image" in rule, rule
-    assert not any(n.endswith("_pad_const") for n in _block_names(scheduled)), \
-        sorted(_block_names(scheduled))
+    blocks = _realizes(scheduled)
+    copies = [n for n in blocks if "pad" in n and not n.startswith("conv2d_dx")]
+    guarded = [n for n, r in blocks.items() if "likely" in str(r.predicate)]
+    if inlined:
+        assert not copies, sorted(blocks)
+        assert len(guarded) >= 3 and all(n.endswith("_update") for n in guarded), guarded
+    else:
+        assert copies and not guarded, sorted(blocks)
+        assert not any(n.endswith("_pad_const") for n in blocks), sorted(blocks)
 
 
 def test_a_strided_dw_pads_the_columns_its_windows_read():

@@ -96,7 +96,7 @@ def _conv_forward(sch, name, params):
     info = _BlockInfo(sch, block)
     loops = info.loops
     # The zero padding inlined, its terms skipped (padded_terms.py): no copy to place.
-    inlined = inline_padding(sch, block)
+    inlined = inline_padding(sch, [block])
     o_out, o_vec = sch.split(loops[o], factors=[None, vec])
     j_out, j_tile = sch.split(loops[j], factors=[None, columns])
     red = [loops[k] for k in info.reduction]

@@ -16,7 +16,7 @@ padded form's NaN there, as PyTorch's oneDNN kernels also skip those terms). The
 on the scheduled function (the schedule primitives set no predicates), as predicates.py's.
 """
 
-from .._tvm import s_tir, tirx, tvm
+from .._tvm import s_tir, structural_equal, tirx, tvm
 from ..autodiff import substitute
 from ..tir_walk import rebuild, with_block
 from .analysis import _reduction_iters
@@ -26,28 +26,32 @@ SKIP = "tvmfront.skip_padded_terms"
 IF_THEN_ELSE = "if_then_else"
 
 
-def inline_padding(sch, block):
-    """Inline into `block`, a sum of products (acc + a * b), the zero paddings whose only
-    reader it is and that its product reads (_zero_padding), and mark it for
-    skip_padded_terms. Returns the names of the paddings inlined."""
-    if _product(sch.get(block).body) is None:
+def inline_padding(sch, blocks):
+    """Inline into `blocks`, sums of products (acc + a * b), the zero paddings (_zero_padding)
+    that they alone read, and mark each block that read one for skip_padded_terms. Returns the
+    names of the paddings inlined. Only for blocks whose vector loop is not one the padding's
+    condition reads: a predicate that varies along the lanes takes every vector apart."""
+    if any(_product(sch.get(block).body) is None for block in blocks):
         return []
-    inlined = []
-    for producer in sch.get_producers(block):
-        stmt = sch.get(producer)
-        if _reduction_iters(stmt) or _zero_padding(stmt) is None or \
-                len(sch.get_consumers(producer)) != 1:
-            continue
-        name = stmt.name_hint
-        try:
-            sch.compute_inline(producer)
-        except Exception as err:  # noqa: BLE001 - TVM's own check: the copy stays
-            _probe(f"inline of padding {name}", err)
-            continue
-        inlined.append(name)
-    if inlined:
-        sch.annotate(block, SKIP, 1)
-    return inlined
+    names = {sch.get(block).name_hint for block in blocks}
+    paddings, readers = [], set()
+    for block in blocks:
+        for producer in sch.get_producers(block):
+            stmt = sch.get(producer)
+            consumers = {sch.get(c).name_hint for c in sch.get_consumers(producer)}
+            if stmt.name_hint in paddings or _reduction_iters(stmt) or \
+                    _zero_padding(stmt) is None or not consumers <= names:
+                continue
+            try:
+                sch.compute_inline(producer)
+            except Exception as err:  # noqa: BLE001 - TVM's own check: the copy stays
+                _probe(f"inline of padding {stmt.name_hint}", err)
+                continue
+            paddings.append(stmt.name_hint)
+            readers |= consumers
+    for name in sorted(readers):
+        sch.annotate(sch.get_sblock(name), SKIP, 1)
+    return paddings
 
 
 def skip_padded_terms(func):
@@ -104,8 +108,8 @@ def _product(store):
         return None
     acc, term = store.value.a, store.value.b
     if not isinstance(term, tirx.Mul) or not isinstance(acc, tvm.ir.TensorLoad) or \
-            not acc.source.same_as(store.buffer) or len(acc.indices) != len(store.indices) or \
-            not all(i.same_as(j) for i, j in zip(acc.indices, store.indices)):
+            not acc.source.same_as(store.buffer) or \
+            not structural_equal(list(acc.indices), list(store.indices)):
         return None
     return acc, term.a, term.b
 
