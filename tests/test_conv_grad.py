@@ -265,8 +265,8 @@ def test_conv2d_dx_of_stride_1_takes_the_forward_rule(xs, o):
 
 
 def _enclosing_extents(func, names):
-    """Extents of the loops enclosing every block whose name is in `names`, outermost first
-    (the loops the blocks share)."""
+    """Extents of the loops enclosing every block whose name starts with one in `names`,
+    outermost first (the loops the blocks share)."""
     from tvmfront._tvm import tirx
     from tvmfront.schedule.analysis import _children
 
@@ -275,7 +275,7 @@ def _enclosing_extents(func, names):
     def visit(node, loops):
         if isinstance(node, tirx.For):
             loops = loops + [node]
-        elif type(node).__name__ in ("SBlock", "Block") and node.name_hint in names:
+        elif type(node).__name__ in ("SBlock", "Block") and node.name_hint.startswith(names):
             paths.append(loops)
         for child in _children(node):
             visit(child, loops)
@@ -312,8 +312,9 @@ def test_conv2d_dw_of_same_size_conv_sums_image_by_image(xs, o, target, tile):
     if tile is not None:
         assert f"conv_dw[{tile}," in rule, rule
     update = "conv2d_dw_part_update" if images < n else "conv2d_dw_update"
-    # the innermost loop around both the copy and the tiles: the images (of a chunk)
-    assert _enclosing_extents(func, {"conv2d_dw_dy_t", update})[-1] == images, func.script()
+    # the innermost loop around both dy's transposed copy and the tiles (their parts over
+    # dy's border and interior): the images (of a chunk)
+    assert _enclosing_extents(func, ("dy_global", update))[-1] == images, func.script()
     rng = np.random.default_rng(7)
     xv, wv, dyv = (rng.standard_normal(s) for s in (xs, ws, dys))
     _, want = _conv_grads_ref(xv, wv, dyv, 1, 1)
@@ -577,7 +578,7 @@ def test_derived_stride_1_grads_take_the_per_image_rules_on_avx512(xs, ws, which
     func, rule, _ = schedule([dy, x, w], grad, "x86:avx512")
     split = "chunks x panels" if ws[0] == 32 else "panels"
     expected = r"=conv\[7xv32|=conv\[8xv32" if which == 0 else \
-        rf"=conv_dw\[[^]]*, parallel {split}, dy_t per image, transposed \d+x\d+\]"
+        rf"=conv_dw\[[^]]*, parallel {split}, dy_t per image, transposed \d+x\d+, padding skipped\]"
     assert re.search(expected, rule), rule
     got, = run(func, resolve_target("x86"), [dyv, xv, wv], [xs if which == 0 else ws])
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=5e-2, err_msg=rule)

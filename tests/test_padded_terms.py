@@ -164,3 +164,44 @@ def test_a_padding_read_by_another_block_is_copied(monkeypatch):
     compile_kernels(scheduled, target)["main"](to_device(xv), to_device(wv), out, padded)
     np.testing.assert_allclose(out.numpy(), _reference(xv, wv, 1, (1, 1)), rtol=1e-4,
                                atol=1e-4)
+
+
+@pytest.mark.parametrize("derived", [False, True])
+@pytest.mark.parametrize("schedule_for", ["x86:avx2", "x86:avx512"])
+def test_same_size_weight_gradients_read_dy_without_its_border(derived, schedule_for):
+    """A same-size stride-1 d/dw (conv_weight_grad) copies dy per image transposed but not
+    padded (no zero fill), skips the terms over its border, and runs its rows and its steps of
+    columns in three parts each (border, interior, border): 9 parts of its update, the
+    largest over the 10 x 3 interior steps (12 rows, 12 columns in steps of 4 on AVX-512, 1 on
+    AVX2: 10 x 10). Values as numpy's, run on this host where it has the ISA."""
+    from tvmfront._tvm import llvm_host_cpu_features
+    from test_conv_register_tiles import _block_names, _interior_part, _loops_around
+    xs, ws = (8, 32, 12, 12), (64, 32, 3, 3)
+    x, w = te.placeholder(xs, "float32", name="x"), te.placeholder(ws, "float32", name="w")
+    y = ops.conv2d.te_forward(x, w, padding=1)
+    dy = te.placeholder(y.shape, "float32", name="dy")
+    dw = ops.conv2d.te_grad(dy, x, w, padding=1, derived=derived)[1]
+    target = resolve_target(schedule_for)
+    scheduled, rule = schedule_prim_func(te.create_prim_func([dy, x, dw]), target)
+    assert "=conv_dw[" in rule and "padding skipped" in rule, rule
+    names = _block_names(scheduled)
+    assert not [n for n in names if n.endswith("_pad_const") or "dy_t" in n or "dy_ext" in n], \
+        sorted(names)
+    update = "conv2d_dw1_update" if derived else "conv2d_dw_update"
+    parts = [n for n in names if n.startswith(update) and
+             not n.endswith(("_partition", "_common"))]
+    assert len(parts) == 9, sorted(names)
+    interior = [e for _, e in _loops_around(scheduled, _interior_part(scheduled, update))]
+    steps = 3 if schedule_for == "x86:avx512" else 10
+    assert 10 in interior and steps in interior, (interior, rule)
+    if schedule_for == "x86:avx512" and "avx512f" not in (llvm_host_cpu_features() or set()):
+        return
+    rng = np.random.default_rng(6)
+    xv = rng.standard_normal(xs).astype("float32")
+    dyv = rng.standard_normal([int(d) for d in y.shape]).astype("float32")
+    got = to_device(np.full(ws, np.nan, "float32"))
+    compile_kernels(scheduled, resolve_target("x86"))["main"](to_device(dyv), to_device(xv), got)
+    xp = np.pad(xv.astype("float64"), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    want = np.stack([np.stack([np.einsum("nohw,nchw->oc", dyv, xp[:, :, p:p + 12, q:q + 12])
+                               for q in range(3)], -1) for p in range(3)], -2)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-3)
