@@ -442,7 +442,7 @@ def test_conv2d_dw_of_strided_padded_conv_pads_x_per_chunk_of_images(xs, ws, str
                                                DW_STRIDED_CHUNK_IMAGES], pad.shape
     func, rule, target = schedule([dy, x], dw)
     # (the GEMM family's tiles, or on AVX-512 conv_weight_grad's strided rule, per image)
-    per_chunk = r"conv2d_dw_part=(tiled\[[^]]*padded per image|conv_dw\[[^]]*x padded and dy_t)"
+    per_chunk = r"conv2d_dw_part=(tiled\[[^]]*padded per image|conv_dw\[[^]]*x (padded|in place) and dy_t)"
     assert bool(re.search(per_chunk, rule)) == per_image, rule
     rng = np.random.default_rng(7)
     xv, wv = rng.standard_normal(xs), rng.standard_normal(ws)
@@ -545,15 +545,18 @@ def test_conv2d_dx_of_stride_2_computes_its_phases_per_image(xs, ws, target, der
                                    ((64, 16, 32, 32), (32, 16, 3, 3))])  # in chunks of images
 def test_conv2d_dw_of_stride_2_pads_x_per_image(xs, ws, schedule_for):
     # A 3x3 stride-2 d/dw, summed over the whole batch (7 x 7 and 8 x 8 outputs: no chunks)
-    # or per chunk of images (16 x 16), pads x and transposes dy image by image, in cache,
+    # or per chunk of images (16 x 16), pads x (at 16 x 16 reads it in place, its padding's
+    # terms skipped: padded_terms.py) and transposes dy image by image, in cache,
     # each core over its own input channels (or chunks), not in one pass over all of x before
     # tiles that sweep the whole batch, its rows of columns unrolled. AVX2 code keeps the GEMM
     # family's tiles (faster there). The TIR scheduled for either class runs on this host and
     # computes the reference.
     dy, x, _, dw, dyv, xv, _, want = _padded_conv_grad(xs, ws, 1, seed=4)
     func, rule, _ = schedule([dy, x], dw, schedule_for)
-    per_image = bool(re.search(r"conv2d_dw(_part)?=conv_dw\[[^]]*x padded and dy_t per image",
-                               rule))
+    per_image = bool(re.search(r"conv2d_dw(_part)?=conv_dw\[[^]]*x (padded|in place) and dy_t "
+                               r"per image", rule))
+    # x read in place where a row of output columns takes more than one step (16 x 16)
+    assert not per_image or ("x in place" in rule) == (xs[-1] // 2 > 8), rule
     assert per_image == (schedule_for == "x86:avx512"), rule
     # each row of output columns (7 or 8) unrolled whole, 16 by halves
     assert not per_image or f"{min(xs[-1] // 2, 8)} columns unrolled" in rule, rule

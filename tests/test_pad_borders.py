@@ -9,7 +9,7 @@ import pytest
 from tvmfront import ops
 from tvmfront._tvm import te, to_device
 from tvmfront.build import compile_kernels
-from tvmfront.schedule import conv_forward, pad_borders, schedule_prim_func
+from tvmfront.schedule import conv_forward, conv_weight_grad, pad_borders, schedule_prim_func
 from tvmfront.target import resolve_target
 
 from test_conv_register_tiles import (AVX512, _block_names, _border_parts, _conv_reference,
@@ -115,11 +115,13 @@ def test_a_strided_conv_s_dx_phases_read_dy_itself(x_shape, w_shape, inlined):
         assert not any(n.endswith("_pad_const") for n in blocks), sorted(blocks)
 
 
-def test_a_strided_dw_pads_the_columns_its_windows_read():
-    """ResNet's 3x3 s2 16->32 @32 d/dw pads x image by image inside the parallel loop
+def test_a_strided_dw_pads_the_columns_its_windows_read(monkeypatch):
+    """ResNet's 3x3 s2 16->32 @32 d/dw, where its padding is not inlined (forced; inlined,
+    padded_terms.py, it reads x in place), pads x image by image inside the parallel loop
     (_padded_weight_grad): its windows read 33 of the 34 padded columns, the last left out,
     split as border and interior there too (one AVX-512 core: 1.05x). Values as numpy's
     where the host has AVX-512."""
+    monkeypatch.setattr(conv_weight_grad, "inline_padding", lambda sch, blocks: [])
     x = te.placeholder((64, 16, 32, 32), "float32", name="x")
     w = te.placeholder((32, 16, 3, 3), "float32", name="w")
     y = ops.conv2d.te_forward(x, w, stride=2, padding=1)

@@ -205,3 +205,44 @@ def test_same_size_weight_gradients_read_dy_without_its_border(derived, schedule
     want = np.stack([np.stack([np.einsum("nohw,nchw->oc", dyv, xp[:, :, p:p + 12, q:q + 12])
                                for q in range(3)], -1) for p in range(3)], -2)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("derived", [False, True])
+def test_strided_weight_gradients_read_x_in_place(derived):
+    """ResNet's 3x3 stride-2 16->32 @32 d/dw (_padded_weight_grad, AVX-512) reads x itself,
+    no padded copy, the terms over its border skipped: its rows and its two steps of 8
+    output columns each run in a border part (the first row's and column's first tap reads
+    index -1) and the rest, 4 parts. A row of 7 columns, unrolled whole (b32 64->64 @14),
+    keeps x padded per image (measured faster there). Values as numpy's where the host has
+    AVX-512."""
+    from tvmfront._tvm import llvm_host_cpu_features
+    from test_conv_register_tiles import AVX512, _block_names
+    rules = {}
+    for xs, ws in (((64, 16, 32, 32), (32, 16, 3, 3)), ((32, 64, 14, 14), (64, 64, 3, 3))):
+        x, w = te.placeholder(xs, "float32", name="x"), te.placeholder(ws, "float32", name="w")
+        y = ops.conv2d.te_forward(x, w, stride=2, padding=1)
+        dy = te.placeholder(y.shape, "float32", name="dy")
+        dw = ops.conv2d.te_grad(dy, x, w, stride=2, padding=1, derived=derived)[1]
+        rules[xs[-1]] = schedule_prim_func(te.create_prim_func([dy, x, dw]),
+                                           resolve_target(AVX512))
+    assert "x padded and dy_t per image, 7 columns unrolled]" in rules[14][1], rules[14][1]
+    scheduled, rule = rules[32]
+    assert "x in place and dy_t per image, 8 columns unrolled, padding skipped" in rule, rule
+    names = _block_names(scheduled)
+    assert not [n for n in names if "_pad" in n], sorted(names)
+    update = "conv2d_dw1" if derived else "conv2d_dw_part"
+    parts = [n for n in names if n.startswith(update + "_update") and
+             not n.endswith(("_partition", "_common"))]
+    assert len(parts) == 4, sorted(names)
+    if "avx512f" not in (llvm_host_cpu_features() or set()):
+        return
+    rng = np.random.default_rng(8)
+    xv = rng.standard_normal((64, 16, 32, 32)).astype("float32")
+    dyv = rng.standard_normal((64, 32, 16, 16)).astype("float32")
+    got = to_device(np.full((32, 16, 3, 3), np.nan, "float32"))
+    compile_kernels(scheduled, resolve_target("x86"))["main"](to_device(dyv), to_device(xv), got)
+    xp = np.pad(xv.astype("float64"), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    want = np.stack([np.stack([np.einsum("noij,ncij->oc", dyv.astype("float64"),
+                                         xp[:, :, p:p + 32:2, q:q + 32:2]) for q in range(3)], -1)
+                     for p in range(3)], -2)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=2e-2)

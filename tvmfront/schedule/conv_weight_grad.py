@@ -107,8 +107,9 @@ def _conv_weight_grad(sch, name, params):
     sch.vectorize(sch.get_loops(init)[-1])
     touched.add(sch.get(init).name_hint)
     if unpadded:
-        touched.update(_border_partitions(sch, block, info, unpadded[2], (p, i), (q, j_out),
-                                          _const(sch.get(j_in).extent)))
+        steps = _const(sch.get(j_in).extent)  # dy's copy [n, rows, columns, o]
+        touched.update(_border_partitions(sch, block, unpadded[2], [
+            (-3, p, info.reduction[1], i, 1), (-2, q, info.reduction[2], j_out, steps)]))
     split = "chunks x panels" if g is not None else "panels"
     note = (f"conv_dw[{tc}x{info.extents[q]}xv{vec}, {'parallel ' if parallel else ''}"
             f"{split}{' x channels' if by_channels else ''}, dy_t per image{transposed}]")
@@ -225,36 +226,38 @@ def _unpadded_dy_per_image(sch, block, copy, image_loop):
             sch.get(dy).writes[0].source)
 
 
-def _border_partitions(sch, block, info, dy, rows, columns, steps):
-    """Partition the rows loop and, in each part, the loop over `steps` columns at a time of
-    the weight gradient `block` (its read of `dy` at [n, i + a - p, j + b - q, o] under the
-    predicate padded_terms sets) into the steps that read dy's border for some tap, before
-    and after, and the interior, where the predicate holds for every tap: TVM's
-    simplification removes it there, and the border parts unroll to constants (LoopPartition
-    on the predicate alone left a branch per step: b32 32->64 @28 d/dw 0.6x). `rows`:
-    (tap axis p, rows loop); `columns`: (tap axis q, loop of steps). Returns the names of
-    the blocks made."""
+def _border_partitions(sch, block, source, axes):
+    """Partition loops of the weight gradient `block`, which reads `source` under the
+    predicate padded_terms sets, each into the steps that read past `source`'s bounds for
+    some tap, before and after, and the interior, where the predicate holds for every tap:
+    TVM's simplification removes it there, and the border parts unroll to constants
+    (LoopPartition on the predicate alone left a branch per step: b32 32->64 @28 d/dw 0.6x).
+    `axes`: (source axis, the tap's block axis, the reduction's block axis, the loop over its
+    steps, reduction iterations per step) for each, `source` read there at a * r + b * t + e
+    (a > 0, b = +-1). Returns the names of the blocks made."""
     stmt = sch.get(block)
-    read = next(r for r in stmt.reads if r.source.same_as(dy))
-    variables = [iv.var for iv in stmt.iter_vars]  # info's, rebuilt by the inlining
+    read = next(r for r in stmt.reads if r.source.same_as(source))
+    iter_vars = list(stmt.iter_vars)  # info's, rebuilt by the inlining
     parts = [block]
     names = set()
-    # the loops' places counted from the innermost, fixed before either is partitioned
-    # (their handles go stale, and the parts hang under blocks of their own)
+    # the loops' places counted from the innermost, fixed before any is partitioned (their
+    # handles go stale, and the parts hang under blocks of their own)
     loops = sch.get_loops(block)
-    depths = [[sch.get(lp).same_as(sch.get(loop)) for lp in loops].index(True) - len(loops)
-              for loop in (rows[1], columns[1])]
-    for axis, (tap, loop), step, depth in ((1, rows, 1, depths[0]),
-                                           (2, columns, steps, depths[1])):  # dy's rows, columns
-        reduction = info.reduction[axis]  # (n, i, j)
-        coeffs = tvm.sym.detect_linear_equation(read.region[axis].min,
-                                                [variables[reduction], variables[tap]])
-        if len(coeffs) != 3 or _const(coeffs[0]) != 1 or _const(coeffs[1]) != -1:
+    depths = [[sch.get(lp).same_as(sch.get(axis[3])) for lp in loops].index(True) - len(loops)
+              for axis in axes]
+    for (axis, tap, reduction, _, step), depth in zip(axes, depths):
+        coeffs = [_const(k) for k in tvm.sym.detect_linear_equation(
+            read.region[axis].min, [iter_vars[reduction].var, iter_vars[tap].var])]
+        if len(coeffs) != 3 or None in coeffs or coeffs[0] <= 0 or coeffs[1] not in (1, -1):
             return names
-        offset, size = _const(coeffs[2]), _const(read.source.shape[axis])
-        taps, extent = info.extents[tap], _const(sch.get(sch.get_loops(parts[0])[depth]).extent)
-        first = -(-max(0, taps - 1 - offset) // step)
-        end = min(extent, (size - offset - step) // step + 1)
+        a, b, e = coeffs
+        reach = b * (_const(iter_vars[tap].dom.extent) - 1)
+        size = _const(read.source.shape[axis])
+        low = -(-(-min(0, reach) - e) // a)  # the first r read in bounds by every tap
+        high = (size - 1 - max(0, reach) - e) // a  # the last
+        extent = _const(sch.get(sch.get_loops(parts[0])[depth]).extent)
+        first = -(-max(0, low) // step)
+        end = min(extent, (high + 1 - step) // step + 1)
         if first >= end or (first == 0 and end == extent):
             continue
         new_parts = []
@@ -316,8 +319,10 @@ def _padded_weight_grad(sch, name, params):
     per chunk, _grad_w_padded_per_chunk) and at stride 1 autodiff's where it keeps x padded
     (autodiff.INTERIOR_COPY_RATIO).
 
-    Image by image, as _conv_weight_grad: per image, x_pad is made (its zero fill and copy)
-    and dy copied into [i, j, o] by 8 x 8 tiles just before the tiles read them from cache.
+    Image by image, as _conv_weight_grad: per image, x_pad is made (its zero fill and copy;
+    where a row of output columns takes several steps, x is read in place instead, the
+    padding's terms skipped) and dy copied into [i, j, o] by 8 x 8 tiles just before the
+    tiles read them from cache.
     The GEMM family's rule padded all of x (or a chunk) in one pass first and swept the whole
     batch (or chunk) in each tile. One AVX-512 core, old/new in one process: b32 64->64 @14
     s2 931 -> 850 us (the pass was a fifth of the time); ResNet's b64 32->64 @16 s2 1335 ->
@@ -373,8 +378,16 @@ def _padded_weight_grad(sch, name, params):
     touched = {name, sch.get(writeback).name_hint, sch.get(dy_t).name_hint}
     if tile:
         touched.add(tile)
-    sch.compute_at(pad, image, preserve_unit_loops=True)
-    touched.update(_decompose_pad(sch, pad, image, lanes))
+    # x read in place, the terms over its zero border skipped (padded_terms.py), where a row
+    # of output columns takes more than one unrolled step; rows unrolled whole (7 x 7 and 8 x
+    # 8 outputs) keep x padded per image, measured faster (one Emerald Rapids core: read in
+    # place, b32 64->64 @14 s2 and ResNet's 32->64 @16 s2 0.75-0.78x; ResNet's 16->32 @32 s2,
+    # 16 columns in 2 steps, 1.18-1.26x)
+    x = sch.get(pad).reads[0].source
+    inlined = inline_padding(sch, [block]) if _const(sch.get(j_out).extent) > 1 else []
+    if not inlined:
+        sch.compute_at(pad, image, preserve_unit_loops=True)
+        touched.update(_decompose_pad(sch, pad, image, lanes))
     sch.unroll(c_in)
     sch.unroll(loops[q])
     sch.vectorize(o_vec)
@@ -382,10 +395,15 @@ def _padded_weight_grad(sch, name, params):
     sch.vectorize(sch.get_loops(init)[-1])
     _vectorize_innermost(sch, writeback, lanes)
     touched.add(sch.get(init).name_hint)
+    if inlined:
+        touched.update(_border_partitions(sch, block, x, [
+            (-2, p, info.reduction[1], i, 1), (-1, q, info.reduction[2], j_out, columns)]))
     split = " x ".join((["chunks"] if g is not None else []) +
                        (["channels"] if len(tasks) > (g is not None) else []))
     note = (f"conv_dw[{tc}x{info.extents[q]}xv{vec}, {f'parallel {split}, ' if parallel else ''}"
-            f"x padded and dy_t per image{f', {columns} columns unrolled' if columns > 1 else ''}]")
+            f"{'x in place' if inlined else 'x padded'} and dy_t per image"
+            f"{f', {columns} columns unrolled' if columns > 1 else ''}"
+            f"{', padding skipped' if inlined else ''}]")
     return note, touched
 
 
