@@ -442,7 +442,8 @@ def test_conv2d_dw_of_strided_padded_conv_pads_x_per_chunk_of_images(xs, ws, str
                                                DW_STRIDED_CHUNK_IMAGES], pad.shape
     func, rule, target = schedule([dy, x], dw)
     # (the GEMM family's tiles, or on AVX-512 conv_weight_grad's strided rule, per image)
-    per_chunk = r"conv2d_dw_part=(tiled\[[^]]*padded per image|conv_dw\[[^]]*x (padded|in place) and dy_t)"
+    per_chunk = (r"conv2d_dw_part=(tiled\[[^]]*padded per image|"
+                 r"conv_dw\[[^]]*x (padded|in place) and dy_t)")
     assert bool(re.search(per_chunk, rule)) == per_image, rule
     rng = np.random.default_rng(7)
     xv, wv = rng.standard_normal(xs), rng.standard_normal(ws)
@@ -581,7 +582,8 @@ def test_derived_stride_1_grads_take_the_per_image_rules_on_avx512(xs, ws, which
     func, rule, _ = schedule([dy, x, w], grad, "x86:avx512")
     split = "chunks x panels" if ws[0] == 32 else "panels"
     expected = r"=conv\[7xv32|=conv\[8xv32" if which == 0 else \
-        rf"=conv_dw\[[^]]*, parallel {split}, dy_t per image, transposed \d+x\d+, padding skipped\]"
+        rf"=conv_dw\[[^]]*, parallel {split}, dy_t per image, transposed \d+x\d+, " \
+        r"padding skipped\]"
     assert re.search(expected, rule), rule
     got, = run(func, resolve_target("x86"), [dyv, xv, wv], [xs if which == 0 else ws])
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=5e-2, err_msg=rule)

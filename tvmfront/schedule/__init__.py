@@ -66,8 +66,8 @@ __all__ = ["CpuParams", "NotApplicable", "RULE_ATTR", "SCHEDULED_ATTR", "SMALL_W
 
 # In import order: a file imports only those before it (tests/test_layering.py).
 FILES = (params, failures, analysis, loops, predicates, deferred_writeback, pad_borders,
-         padded_terms, window_blocks, conv, spatial, gemm, window_reindex, conv_forward, conv_phases, conv_weight_grad, gemv,
-         reductions, int8, dispatch)
+         padded_terms, window_blocks, conv, spatial, gemm, window_reindex, conv_forward,
+         conv_phases, conv_weight_grad, gemv, reductions, int8, dispatch)
 
 
 def __getattr__(name):

@@ -72,9 +72,9 @@ def _conv_forward(sch, name, params):
     [o // vec, c, kh, kw, o % vec], read as whole vectors), the output columns j into a
     register tile; loops (n | o // vec, i, j // tile | c, kh, kw | j % tile, o % vec), the
     padding inlined, or copied, at stride 2 or over L1 per block of rows (n | i // rows,
-    o // vec, i % rows, j // tile | ...: _padding_rows), the tile accumulated in a buffer laid out [n, i, j, o]
-    and written back (with pointwise epilogues) after each tile. Raises NotApplicable for
-    other blocks."""
+    o // vec, i % rows, j // tile | ...: _padding_rows), the tile accumulated in a buffer
+    laid out [n, i, j, o] and written back (with pointwise epilogues) after each tile.
+    Raises NotApplicable for other blocks."""
     if params.vector_bits < CONV_MIN_VECTOR_BITS:
         raise NotApplicable("measured on AVX-512 only: the GEMM family's tiles")
     block = sch.get_sblock(name)

@@ -16,7 +16,7 @@ from .conv import _split_divisors
 from .failures import NotApplicable
 from . import gemm
 from .loops import _largest_divisor, _vector_factor
-from .padded_terms import inline_padding, skip_padded_terms
+from .padded_terms import inline_padding
 from .params import PARALLEL_CHUNKS_PER_CORE
 
 
@@ -29,7 +29,7 @@ def _conv_phases(func, params):
     except NotApplicable:
         return None
     note = _phases_per_image(sch, params, plans)
-    return skip_padded_terms(sch.mod["main"]), note
+    return sch.mod["main"], note
 
 
 def _plan(sch, params):

@@ -56,7 +56,8 @@ def inline_padding(sch, blocks):
 
 def skip_padded_terms(func):
     """`func` with every block marked by inline_padding predicated on its padding's condition
-    (likely) and reading the padded tensor's source directly; the mark removed."""
+    (likely) and reading the padded tensor's source directly; the mark removed. Dispatch runs
+    it on whatever rule scheduled the kernel."""
     body = rebuild(func.body, _skip)
     return func if body is None else func.with_body(body)
 
