@@ -171,9 +171,10 @@ def test_a_padding_read_by_another_block_is_copied(monkeypatch):
 def test_same_size_weight_gradients_read_dy_without_its_border(derived, schedule_for):
     """A same-size stride-1 d/dw (conv_weight_grad) copies dy per image transposed but not
     padded (no zero fill), skips the terms over its border, and runs its rows and its steps of
-    columns in three parts each (border, interior, border): 9 parts of its update, the
-    largest over the 10 x 3 interior steps (12 rows, 12 columns in steps of 4 on AVX-512, 1 on
-    AVX2: 10 x 10). Values as numpy's, run on this host where it has the ISA."""
+    columns in three parts each (border, interior, border), a border step's columns one part
+    each: 3 x 3 parts of its update on AVX2 (12 columns in steps of 1), 3 x (4 + 1 + 4) on
+    AVX-512 (steps of 4), the largest over the 10 x 3 interior steps (10 x 10 on AVX2).
+    Values as numpy's, run on this host where it has the ISA."""
     from tvmfront._tvm import llvm_host_cpu_features
     from test_conv_register_tiles import _block_names, _interior_part, _loops_around
     xs, ws = (8, 32, 12, 12), (64, 32, 3, 3)
@@ -190,7 +191,7 @@ def test_same_size_weight_gradients_read_dy_without_its_border(derived, schedule
     update = "conv2d_dw1_update" if derived else "conv2d_dw_update"
     parts = [n for n in names if n.startswith(update) and
              not n.endswith(("_partition", "_common"))]
-    assert len(parts) == 9, sorted(names)
+    assert len(parts) == (27 if schedule_for == "x86:avx512" else 9), sorted(names)
     interior = [e for _, e in _loops_around(scheduled, _interior_part(scheduled, update))]
     steps = 3 if schedule_for == "x86:avx512" else 10
     assert 10 in interior and steps in interior, (interior, rule)
@@ -212,9 +213,9 @@ def test_strided_weight_gradients_read_x_in_place(derived):
     """ResNet's 3x3 stride-2 16->32 @32 d/dw (_padded_weight_grad, AVX-512) reads x itself,
     no padded copy, the terms over its border skipped: its rows and its two steps of 8
     output columns each run in a border part (the first row's and column's first tap reads
-    index -1) and the rest, 4 parts. A row of 7 columns, unrolled whole (b32 64->64 @14),
-    keeps x padded per image (measured faster there). Values as numpy's where the host has
-    AVX-512."""
+    index -1), the border step's columns one part each, and the rest: 2 x (8 + 1) parts. A
+    row of 7 columns, unrolled whole (b32 64->64 @14), keeps x padded per image (measured
+    faster there). Values as numpy's where the host has AVX-512."""
     from tvmfront._tvm import llvm_host_cpu_features
     from test_conv_register_tiles import AVX512, _block_names
     rules = {}
@@ -233,7 +234,7 @@ def test_strided_weight_gradients_read_x_in_place(derived):
     update = "conv2d_dw1" if derived else "conv2d_dw_part"
     parts = [n for n in names if n.startswith(update + "_update") and
              not n.endswith(("_partition", "_common"))]
-    assert len(parts) == 4, sorted(names)
+    assert len(parts) == 18, sorted(names)
     if "avx512f" not in (llvm_host_cpu_features() or set()):
         return
     rng = np.random.default_rng(8)
@@ -246,3 +247,65 @@ def test_strided_weight_gradients_read_x_in_place(derived):
                                          xp[:, :, p:p + 32:2, q:q + 32:2]) for q in range(3)], -1)
                      for p in range(3)], -2)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=2e-2)
+
+
+@pytest.mark.parametrize("derived", [False, True])
+@pytest.mark.parametrize("schedule_for, xs, ws, padding, rule", [
+    ("x86:avx512", (2, 8, 12, 12), (32, 8, 3, 5), (1, 2), "dy_t per image"),
+    ("x86:avx512", (2, 8, 10, 10), (32, 8, 7, 7), (3, 3), "dy_t per image"),
+    ("x86:avx2", (2, 8, 12, 12), (16, 8, 5, 5), (2, 2), "dy_t per image"),
+    ("x86:avx512", (2, 8, 13, 13), (32, 8, 2, 2), (1, 2), "x in place"),
+])
+def test_weight_gradients_with_borders_of_several_steps_build(derived, schedule_for, xs, ws,
+                                                             padding, rule):
+    """Weight gradients whose skipped border spans several column steps, or a step's several
+    unrolled columns (5x5 padded 2, 7x7 padded 3, 3x5 padded (1, 2), 2x2 padded (1, 2)):
+    their border parts run one step and one column each, else TVM's LoopPartition split an
+    unrolled tap loop at a bound set by the column and the build failed ('Cannot unroll
+    non-constant loop', found by a random sweep of shapes). They build, and compute numpy's
+    d/dw on this host where it has the ISA."""
+    from tvmfront._tvm import llvm_host_cpu_features
+    x, w = te.placeholder(xs, "float32", name="x"), te.placeholder(ws, "float32", name="w")
+    y = ops.conv2d.te_forward(x, w, padding=padding)
+    dy = te.placeholder(y.shape, "float32", name="dy")
+    dw = ops.conv2d.te_grad(dy, x, w, padding=padding, derived=derived)[1]
+    scheduled, got_rule = schedule_prim_func(te.create_prim_func([dy, x, dw]),
+                                             resolve_target(schedule_for))
+    assert "=conv_dw[" in got_rule and rule in got_rule and "padding skipped" in got_rule, \
+        got_rule
+    host = resolve_target("x86")
+    kernel = compile_kernels(scheduled, host)["main"]
+    if schedule_for == "x86:avx512" and "avx512f" not in (llvm_host_cpu_features() or set()):
+        return
+    rng = np.random.default_rng(9)
+    xv = rng.standard_normal(xs).astype("float32")
+    dyv = rng.standard_normal([int(d) for d in y.shape]).astype("float32")
+    got = to_device(np.full(ws, np.nan, "float32"))
+    kernel(to_device(dyv), to_device(xv), got)
+    ph, pw = padding
+    xp = np.pad(xv.astype("float64"), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    ho, wo = dyv.shape[2:]
+    want = np.stack([np.stack([np.einsum("noij,ncij->oc", dyv.astype("float64"),
+                                         xp[:, :, p:p + ho, q:q + wo]) for q in range(ws[3])],
+                              -1) for p in range(ws[2])], -2)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("target", ["x86", "x86:avx2"])
+def test_a_train_step_with_a_3x5_conv_padded_1_2_builds_and_learns(target):
+    """The same through a model: a train step with nn.Conv2d(8, 32, (3, 5), padding=(1, 2))
+    compiled for this host and for AVX2 code failed to build before (its d/dw's border).
+    Every kernel keeps its default schedule, and the loss on a fixed batch falls."""
+    import tvmfront as tvf
+    nn = tvf.nn
+    tvf.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(8, 32, (3, 5), padding=(1, 2)), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(32 * 12 * 12, 10))
+    module = tvf.compile_training(model, nn.CrossEntropyLoss(), tvf.optim.SGD(lr=0.01),
+                                  inputs=(2, 8, 12, 12), labels=(2,), target=target,
+                                  records=False)
+    assert module.build_info["fallback_kernels"] == {}, module.build_info["fallback_kernels"]
+    rng = np.random.default_rng(10)
+    x, y = rng.standard_normal((2, 8, 12, 12)).astype("float32"), np.array([3, 7])
+    losses = [float(module.step(x, y)) for _ in range(5)]
+    assert np.isfinite(losses).all() and losses[-1] < losses[0], losses

@@ -230,8 +230,9 @@ def _border_partitions(sch, block, source, axes):
     """Partition loops of the weight gradient `block`, which reads `source` under the
     predicate padded_terms sets, each into the steps that read past `source`'s bounds for
     some tap, before and after, and the interior, where the predicate holds for every tap:
-    TVM's simplification removes it there, and the border parts unroll to constants
-    (LoopPartition on the predicate alone left a branch per step: b32 32->64 @28 d/dw 0.6x).
+    TVM's simplification removes it there, and the border parts, one step each (see below),
+    unroll to constants (LoopPartition on the predicate alone left a branch per step: b32
+    32->64 @28 d/dw 0.6x).
     `axes`: (source axis, the tap's block axis, the reduction's block axis, the loop over its
     steps, reduction iterations per step) for each, `source` read there at a * r + b * t + e
     (a > 0, b = +-1). Returns the names of the blocks made."""
@@ -245,7 +246,7 @@ def _border_partitions(sch, block, source, axes):
     loops = sch.get_loops(block)
     depths = [[sch.get(lp).same_as(sch.get(axis[3])) for lp in loops].index(True) - len(loops)
               for axis in axes]
-    for (axis, tap, reduction, _, step), depth in zip(axes, depths):
+    for index, ((axis, tap, reduction, _, step), depth) in enumerate(zip(axes, depths)):
         coeffs = [_const(k) for k in tvm.sym.detect_linear_equation(
             read.region[axis].min, [iter_vars[reduction].var, iter_vars[tap].var])]
         if len(coeffs) != 3 or None in coeffs or coeffs[0] <= 0 or coeffs[1] not in (1, -1):
@@ -260,15 +261,34 @@ def _border_partitions(sch, block, source, axes):
         end = min(extent, (high + 1 - step) // step + 1)
         if first >= end or (first == 0 and end == extent):
             continue
-        new_parts = []
+        # The border steps one part each, and in the last axis (the innermost loops) a border
+        # step's unrolled iterations too: in a part of several, TVM's LoopPartition split an
+        # unrolled tap loop at a bound set by the part's step or iteration (q >= 2 - j, a 2 x
+        # 2 kernel padded 2; q < j + 3 in steps of 2 columns, a 3 x 5 kernel padded (1, 2)),
+        # and the unroller refused that loop of no constant extent, failing the build
+        # ('Cannot unroll non-constant loop'). Unrolled, it is the same code.
+        factors = [1] * first + ([end - first] + [1] * (extent - end - 1) if end < extent else [])
+        interior, borders = [], []
         for part in parts:
             target = sch.get_loops(part)[depth]
-            factors = [f for f in (first, end - first) if f] if end < extent else [first]
-            for lp in sch.loop_partition(target, factors=factors):
-                new_parts.extend(sch.get_child_blocks(lp))
-        parts = new_parts
+            for k, lp in enumerate(sch.loop_partition(target, factors=factors)):
+                (interior if k == first else borders).extend(sch.get_child_blocks(lp))
+        if step > 1 and index == len(axes) - 1:
+            borders = [one for part in borders for one in _single_iterations(sch, part, depth + 1)]
+        parts = interior + borders
         names.update(sch.get(b).name_hint for b in parts)
     return names
+
+
+def _single_iterations(sch, block, depth):
+    """The blocks of `block` with its loop at `depth` (from the innermost, negative) split into
+    loops of one iteration each; [block] where it has one."""
+    loop = sch.get_loops(block)[depth]
+    count = _const(sch.get(loop).extent)
+    if count == 1:
+        return [block]
+    return [child for lp in sch.loop_partition(loop, factors=[1] * (count - 1))
+            for child in sch.get_child_blocks(lp)]
 
 
 def _copy_per_image(sch, copy, image_loop, lanes, channels_first=False):
