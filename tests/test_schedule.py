@@ -452,3 +452,26 @@ def test_one_register_vectors_only_where_the_tile_covers_more_outputs():
     _, rule = cpu_schedule.schedule_prim_func(te.create_prim_func([dy, x, w, dw]), target)
     # the balanced tile (gemm._register_tiles) takes 4 channels x 3 taps of one vector each
     assert re.search(rf"tiled\[\dx3xv{lanes},", rule), rule
+
+
+@pytest.mark.parametrize("transpose_b", [False, True])
+def test_a_product_over_one_term_schedules_without_a_failed_rule(transpose_b):
+    """Attention at sequence length 1: scores [.., 1, 1] @ v [.., 1, d] sums one term (as
+    its gradients do, with transpose_b). dlight's GEMV asserted a reduction loop there and
+    the kernel fell back with a warning; it is not tried now. The rule that takes it
+    computes numpy's product."""
+    from tvmfront import ops
+    from tvmfront._tvm import te, to_device, tvm
+    a = te.placeholder((2, 4, 1, 1), name="a")
+    b = te.placeholder((2, 4, 8, 1) if transpose_b else (2, 4, 1, 8), name="b")
+    c = ops.batch_matmul.te_forward(a, b, transpose_b=transpose_b)
+    failures = {}
+    func, rule = cpu_schedule.schedule_prim_func(te.create_prim_func([a, b, c]),
+                                                 resolve_target("x86"), failures=failures)
+    assert not failures, (failures, rule)
+    rng = np.random.default_rng(0)
+    av, bv = (rng.standard_normal([int(d) for d in t.shape]).astype("float32") for t in (a, b))
+    out = tvm.runtime.empty([int(d) for d in c.shape], "float32", tvm.cpu())
+    tvm.compile(func, target=resolve_target("x86"))(to_device(av), to_device(bv), out)
+    want = av @ (np.swapaxes(bv, -1, -2) if transpose_b else bv)
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-6)

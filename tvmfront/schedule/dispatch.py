@@ -272,7 +272,12 @@ def _dlight_gemv(func, target, params):
     64->256 and 256->256 Linear layers at batch 1 took ~170 s and ~15 s of LLVM codegen and ran
     slower than tvmfront's rule (6.6 vs 3.3 us, 21.8 vs 12.5 us; that rule builds each in 0.02
     s). Where the tile leaves a remainder (a predicated block: LeNet's 120, 84 and 10 outputs)
-    the loop is not really vectorized: it builds in under 0.2 s and beats tvmfront's rule."""
+    the loop is not really vectorized: it builds in under 0.2 s and beats tvmfront's rule.
+    Not for a product over one term (attention's scores @ v over a single key, at sequence
+    length 1): dlight's normalize asserts a reduction loop, and the kernel fell back with a
+    warning."""
+    if not _reduces_over_several(func):
+        return None
     result = _dlight(dlight.cpu.GEMV(), func, target)
     if result is None:
         return None
@@ -292,6 +297,14 @@ def _dlight_gemv(func, target, params):
 
     visit(result[0].body)
     return None if wide else result
+
+
+def _reduces_over_several(func):
+    """Whether a block of `func` sums over more than one term (a reduction axis of extent
+    other than 1: symbolic counts)."""
+    sch = s_tir.Schedule(func)
+    return any(_const(iv.dom.extent) != 1 for block in _root_blocks(sch)
+               for iv in _reduction_iters(sch.get(block)))
 
 
 def _dlight(rule, func, target):
