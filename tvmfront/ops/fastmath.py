@@ -32,8 +32,6 @@ _ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
 _LN2_HI, _LN2_LO, _LOG2E = 0.693359375, -2.12194440e-4, 1.44269504088896341
 # The float32 just above ln(2^-126): exp of it is the smallest normal float32 (rounded up).
 _EXP_MIN = -87.33654
-# The largest float32 whose exp is finite (the next, 88.72284, is above ln(FLT_MAX)).
-_EXP_MAX = 88.72283172607422
 _EXP_P = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
           1.6666665459e-1, 5.0000001201e-1)
 
@@ -78,16 +76,17 @@ def exp(a):
     dtypes by te.exp."""
     if str(a.ty) != "float32":
         return te.exp(a)
-    # Above _EXP_MAX exp is inf in float32: a constant (the Select below), with no derivative,
-    # so that a gradient derived through exp is 0 there. Computed (from a clamp at 89), it was
-    # inf with an inf derivative, and derived gradients divided one by the other: NaN for
-    # tanh at |x| in (44.36, 44.5], sigmoid and silu at x in [-89, -88.72], tanh-GELU at
-    # |x| ~ 10.07. Below ln(smallest normal) it returns 0, not a subnormal: subnormal
-    # arithmetic takes a microcode assist (~100x) on x86, and a causal softmax's masked scores
-    # (-inf) made every exp, the row sum, the stored weights and the softmax gradient that
-    # reads them subnormal or slow: 2.8x the softmax's time (390 against 138 us for [16, 4,
-    # 64, 64] at 2 threads) and 3.4x in the Transformer's step.
-    x = te.max(te.min(a, _c(_EXP_MAX)), _c(_EXP_MIN))
+    return _exp32(a, 89.0)
+
+
+def _exp32(a, high):
+    """float32 exp of `a` clamped to at most `high` (89: inf above ln(FLT_MAX) = 88.72)."""
+    # exp overflows to inf above 89 in float32. Below ln(smallest normal) it returns 0, not a
+    # subnormal: subnormal arithmetic takes a microcode assist (~100x) on x86, and a causal
+    # softmax's masked scores (-inf) made every exp, the row sum, the stored weights and the
+    # softmax gradient that reads them subnormal or slow: 2.8x the softmax's time (390 against
+    # 138 us for [16, 4, 64, 64] at 2 threads) and 3.4x in the Transformer's step.
+    x = te.max(te.min(a, _c(high)), _c(_EXP_MIN))
     n = te.floor(x * _c(_LOG2E) + _c(0.5))
     r = x - n * _c(_LN2_HI) - n * _c(_LN2_LO)
     value = _c(1.0) + r + r * r * _horner(_EXP_P, r)
@@ -96,7 +95,6 @@ def exp(a):
     k = tirx.Cast("int32", n)
     half = k >> 1
     value = value * _pow2(half) * _pow2(k - half)
-    value = tirx.Select(a > _c(_EXP_MAX), _c(math.inf), value)
     return _nan_kept(a, tirx.Select(a < _c(_EXP_MIN), _c(0.0), value))
 
 
@@ -112,6 +110,8 @@ def sigmoid(a):
 # relative accuracy of small x to cancellation), highest power first.
 _TANH_P = (-5.70498872745e-3, 2.06390887954e-2, -5.37397155531e-2, 1.33314422036e-1,
            -3.33332819422e-1)
+# 2|x| beyond which tanh rounds to 1 in float32 (1 - 2 / (exp(19) + 1) = 1 - 1.1e-8)
+_TANH_EXP_HIGH = 19.0
 
 
 def tanh(a):
@@ -122,11 +122,11 @@ def tanh(a):
     x2 = a * a
     small = a + a * x2 * _horner(_TANH_P, x2)
     z = te.abs(a)
-    # (1 - e) / (1 + e), e = exp(-2|x|) <= 1: 1 - 2 / (exp(2|x|) + 1) is the same value, but
-    # a derived gradient through it divided 4 exp(2|x|) by (exp(2|x|) + 1)^2, both overflowing
-    # to inf for |x| in (43.7, 44.4): NaN, and tanh-GELU's at |x| ~ 10.07
-    e = exp(-(z + z))
-    large = (_c(1.0) - e) / (_c(1.0) + e)
+    # exp(2|x|) clamped at exp(19): above it 1 - 2 / (E + 1) rounds to 1 in float32 anyway,
+    # and a gradient derived through it (4 E / (E + 1)^2) no longer overflows: unclamped, E
+    # and E^2 reached inf together for |x| in (43.7, 44.5], NaN there and in tanh-GELU's
+    # derived gradient at |x| ~ 10.07; a clamp costs nothing, exp has one
+    large = _c(1.0) - _c(2.0) / (_exp32(z + z, _TANH_EXP_HIGH) + _c(1.0))
     large = tirx.Select(a < _c(0.0), -large, large)
     return _nan_kept(a, tirx.Select(z < _c(0.625), small, large))
 
