@@ -15,7 +15,7 @@ from tvmfront.schedule import schedule_prim_func
 from tvmfront.target import resolve_target
 
 from _scheduled import run, schedule
-from op_specs import conv2d_ref, max_pool2d_ref
+from op_specs import _pair, conv2d_ref, max_pool2d_ref
 
 
 def _reductions(t, seen=None):
@@ -52,18 +52,21 @@ def test_conv2d_dx_multiplies_only_real_taps(k, stride, padding):
 
 
 def _conv_grads_ref(x, w, dy, stride, padding):
-    """dx, dw by finite contraction: the adjoint of conv2d_ref, one (kh, kw) tap at a time."""
-    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    """dx, dw by finite contraction: the adjoint of conv2d_ref, one (kh, kw) tap at a time;
+    stride and padding an int or (rows, columns). float64 (x, w and dy cast)."""
+    (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
+    x, w, dy = (np.asarray(a, "float64") for a in (x, w, dy))
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     dxp, dw = np.zeros_like(xp), np.zeros_like(w)
     ho, wo = dy.shape[2:]
     for p in range(w.shape[2]):
         for q in range(w.shape[3]):
-            rows = slice(p, p + stride * (ho - 1) + 1, stride)
-            cols = slice(q, q + stride * (wo - 1) + 1, stride)
+            rows = slice(p, p + sh * (ho - 1) + 1, sh)
+            cols = slice(q, q + sw * (wo - 1) + 1, sw)
             dw[:, :, p, q] = np.einsum("noij,ncij->oc", dy, xp[:, :, rows, cols])
             dxp[:, :, rows, cols] += np.einsum("noij,oc->ncij", dy, w[:, :, p, q])
     h, wd = x.shape[2:]
-    return dxp[:, :, padding:padding + h, padding:padding + wd], dw
+    return dxp[:, :, ph:ph + h, pw:pw + wd], dw
 
 
 @pytest.mark.parametrize("xs,ws,stride,padding", [

@@ -21,6 +21,9 @@ from tvmfront.build import compile_kernels
 from tvmfront.schedule import schedule_prim_func
 from tvmfront.target import resolve_target
 
+from op_specs import conv2d_ref
+from test_conv_grad import _conv_grads_ref
+
 
 def _shapes(seed, count):
     """`count` (n, c_in, c_out, (h, w), kernel, stride, padding) drawn from `seed`, each small
@@ -43,24 +46,6 @@ def _shapes(seed, count):
     return out
 
 
-def _reference(x, w, dy, stride, padding):
-    """(y, dx, dw) of the NCHW convolution in float64."""
-    (sh, sw), (ph, pw) = stride, padding
-    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    kh, kw = w.shape[2:]
-    ho, wo = (xp.shape[2] - kh) // sh + 1, (xp.shape[3] - kw) // sw + 1
-    y, dxp, dw = np.zeros((x.shape[0], w.shape[0], ho, wo)), np.zeros_like(xp), np.zeros_like(w)
-    for a in range(kh):
-        for b in range(kw):
-            window = (slice(None), slice(None), slice(a, a + sh * (ho - 1) + 1, sh),
-                      slice(b, b + sw * (wo - 1) + 1, sw))
-            y += np.einsum("ncij,oc->noij", xp[window], w[:, :, a, b])
-            if dy is not None:
-                dxp[window] += np.einsum("noij,oc->ncij", dy, w[:, :, a, b])
-                dw[:, :, a, b] = np.einsum("noij,ncij->oc", dy, xp[window])
-    return y, dxp[:, :, ph:ph + x.shape[2], pw:pw + x.shape[3]], dw
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("schedule_for", ["x86", "x86:avx2"])
 @pytest.mark.parametrize("n, ci, co, hw, kernel, stride, padding", _shapes(0, 10))
@@ -69,9 +54,9 @@ def test_swept_convolutions_build_and_match_numpy(n, ci, co, hw, kernel, stride,
     rng = np.random.default_rng(n * ci + co)
     xv = rng.standard_normal((n, ci, *hw))
     wv = rng.standard_normal((co, ci, *kernel))
-    y, _, _ = _reference(xv, wv, None, stride, padding)
+    y = conv2d_ref(xv, wv, stride, padding)
     dyv = rng.standard_normal(y.shape)
-    _, dx, dw = _reference(xv, wv, dyv, stride, padding)
+    dx, dw = _conv_grads_ref(xv, wv, dyv, stride, padding)
     x = te.placeholder(xv.shape, "float32", name="x")
     w = te.placeholder(wv.shape, "float32", name="w")
     out = ops.conv2d.te_forward(x, w, stride=stride, padding=padding)

@@ -12,6 +12,7 @@ from tvmfront.build import compile_kernels
 from tvmfront.schedule import conv_forward, padded_terms, schedule_prim_func
 from tvmfront.target import resolve_target
 
+from test_conv_grad import _conv_grads_ref
 from test_conv_register_tiles import _realizes
 
 # The init apart (as conv_forward decomposes it), then the marked update...
@@ -202,9 +203,7 @@ def test_same_size_weight_gradients_read_dy_without_its_border(derived, schedule
     dyv = rng.standard_normal([int(d) for d in y.shape]).astype("float32")
     got = to_device(np.full(ws, np.nan, "float32"))
     compile_kernels(scheduled, resolve_target("x86"))["main"](to_device(dyv), to_device(xv), got)
-    xp = np.pad(xv.astype("float64"), ((0, 0), (0, 0), (1, 1), (1, 1)))
-    want = np.stack([np.stack([np.einsum("nohw,nchw->oc", dyv, xp[:, :, p:p + 12, q:q + 12])
-                               for q in range(3)], -1) for p in range(3)], -2)
+    _, want = _conv_grads_ref(xv, np.zeros(ws), dyv, 1, 1)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-3)
 
 
@@ -242,10 +241,7 @@ def test_strided_weight_gradients_read_x_in_place(derived):
     dyv = rng.standard_normal((64, 32, 16, 16)).astype("float32")
     got = to_device(np.full((32, 16, 3, 3), np.nan, "float32"))
     compile_kernels(scheduled, resolve_target("x86"))["main"](to_device(dyv), to_device(xv), got)
-    xp = np.pad(xv.astype("float64"), ((0, 0), (0, 0), (1, 1), (1, 1)))
-    want = np.stack([np.stack([np.einsum("noij,ncij->oc", dyv.astype("float64"),
-                                         xp[:, :, p:p + 32:2, q:q + 32:2]) for q in range(3)], -1)
-                     for p in range(3)], -2)
+    _, want = _conv_grads_ref(xv, np.zeros((32, 16, 3, 3)), dyv, 2, 1)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=2e-2)
 
 
@@ -282,12 +278,7 @@ def test_weight_gradients_with_borders_of_several_steps_build(derived, schedule_
     dyv = rng.standard_normal([int(d) for d in y.shape]).astype("float32")
     got = to_device(np.full(ws, np.nan, "float32"))
     kernel(to_device(dyv), to_device(xv), got)
-    ph, pw = padding
-    xp = np.pad(xv.astype("float64"), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    ho, wo = dyv.shape[2:]
-    want = np.stack([np.stack([np.einsum("noij,ncij->oc", dyv.astype("float64"),
-                                         xp[:, :, p:p + ho, q:q + wo]) for q in range(ws[3])],
-                              -1) for p in range(ws[2])], -2)
+    _, want = _conv_grads_ref(xv, np.zeros(ws), dyv, 1, padding)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-3)
 
 
