@@ -107,6 +107,7 @@ def _schedule_prim_func(func, target, params):
     try:
         sch = s_tir.Schedule(func)
         contraction = _has_contraction(sch)
+        several_terms = contraction and _reduces_over_several(sch)
     except Exception as err:  # noqa: BLE001 - never fail a build over a schedule
         _failed("analysis", err)
         return func, f"none (not schedulable: {type(err).__name__})"
@@ -116,7 +117,11 @@ def _schedule_prim_func(func, target, params):
         candidates.append(("tvmfront.conv_phases",
                            lambda: conv_phases._conv_phases(func, params)))
         candidates.append(("tvmfront.gemv", lambda: gemv._gemv(func, params)))
-        candidates.append(("dlight.cpu.GEMV", lambda: _dlight_gemv(func, target, params)))
+        # not for a product over one term (attention's scores @ v over a single key, at
+        # sequence length 1): dlight's normalize asserts a reduction loop, and the kernel
+        # fell back with a warning
+        if several_terms:
+            candidates.append(("dlight.cpu.GEMV", lambda: _dlight_gemv(func, target, params)))
     else:
         # Row reductions: tvmfront's register tiles when every reduction tiles, else
         # dlight's Reduction (it parallelizes rows: only for kernels large enough to gain).
@@ -272,12 +277,7 @@ def _dlight_gemv(func, target, params):
     64->256 and 256->256 Linear layers at batch 1 took ~170 s and ~15 s of LLVM codegen and ran
     slower than tvmfront's rule (6.6 vs 3.3 us, 21.8 vs 12.5 us; that rule builds each in 0.02
     s). Where the tile leaves a remainder (a predicated block: LeNet's 120, 84 and 10 outputs)
-    the loop is not really vectorized: it builds in under 0.2 s and beats tvmfront's rule.
-    Not for a product over one term (attention's scores @ v over a single key, at sequence
-    length 1): dlight's normalize asserts a reduction loop, and the kernel fell back with a
-    warning."""
-    if not _reduces_over_several(func):
-        return None
+    the loop is not really vectorized: it builds in under 0.2 s and beats tvmfront's rule."""
     result = _dlight(dlight.cpu.GEMV(), func, target)
     if result is None:
         return None
@@ -299,10 +299,9 @@ def _dlight_gemv(func, target, params):
     return None if wide else result
 
 
-def _reduces_over_several(func):
-    """Whether a block of `func` sums over more than one term (a reduction axis of extent
+def _reduces_over_several(sch):
+    """Whether a root block of `sch` sums over more than one term (a reduction axis of extent
     other than 1: symbolic counts)."""
-    sch = s_tir.Schedule(func)
     return any(_const(iv.dom.extent) != 1 for block in _root_blocks(sch)
                for iv in _reduction_iters(sch.get(block)))
 
