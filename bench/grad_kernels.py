@@ -144,9 +144,12 @@ def main():
         parser.error(f"--rounds must be 1 or more, got {args.rounds}")
     cases = {n: c for n, c in CASES.items() if args.only in n}
     target = resolve_target("x86")
-    threads = int(target.attrs.get("num-cores", os.cpu_count() or 1))
+    # PyTorch gets the threads TVM's pool runs (not the target's num-cores, which sizes the
+    # parallel loops): at TVM_NUM_THREADS=1 it had run on 2 threads against tvmfront's 1.
+    threads = int(os.environ["TVM_NUM_THREADS"])
     torch_result, why = (None, "--no-torch") if args.no_torch else torch_times(threads, cases)
-    print(f"target {target}; PyTorch: {'measured' if torch_result else why}; "
+    print(f"target {target}; {threads} thread(s) each; "
+          f"PyTorch: {'measured' if torch_result else why}; "
           f"load average {os.getloadavg()[0]:.2f}")
     print(f"{args.gradient} bwd: all input gradients (d/dx + d/dw for conv and matmul); worst "
           "kernel: the slowest single input's gradient kernel / the forward")
