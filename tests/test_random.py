@@ -293,3 +293,39 @@ def test_compiled_function_draws_new_masks_per_counter_and_replays():
         np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
         for g, r in zip(grads, ref_grads):
             np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(4, 128), (2, 3, 64), (5, 30)])
+def test_scheduled_dropout_kernels_keep_their_rule_and_the_eager_masks(shape):
+    # A counter read as a 0-d buffer crashed the column check of the spatial rule
+    # (conv._shifted_column_reads) wherever a row's blocks of four filled whole vectors (a last
+    # dimension a multiple of 64 on AVX-512, of 32 on AVX2): the dropout of every Transformer
+    # width then fell back to a scalar loop, 10x slower ([2048, 1024]: 21 -> 2.0 ms).
+    from tvmfront._tvm import to_device, tvm
+    from tvmfront.build import compile_kernels
+    from tvmfront.schedule import schedule_prim_func
+    from tvmfront.target import resolve_target
+
+    rng = np.random.default_rng(0)
+    xv = rng.standard_normal(shape).astype("float32")
+    dyv = rng.standard_normal(shape).astype("float32")
+    kv, counter = random.key(2 ** 40 + 3), np.array(7.0, "float32")
+    x = te.placeholder(shape, "float32", name="x")
+    dy = te.placeholder(shape, "float32", name="dy")
+    key = te.placeholder((2,), "uint32", name="key")
+    step = te.placeholder((), "float32", name="step")
+    forward = ops.dropout.te_forward(x, key, step, p=0.3, stream=2)
+    grad = ops.dropout.te_grad(dy, x, key, step, p=0.3, stream=2)[0]
+    want = ops.dropout(xv, 0.3, kv, counter, stream=2)
+    for target in ("x86", "x86:avx2"):
+        for out, inputs, values, expected in (
+                (forward, [x, key, step], [xv], want),
+                (grad, [dy, x, key, step], [dyv, xv], dyv * (want != 0) / np.float32(0.7))):
+            failures = {}
+            func, rule = schedule_prim_func(te.create_prim_func(inputs + [out]),
+                                            resolve_target(target), failures=failures)
+            assert failures == {} and rule.startswith("tvmfront: "), (target, rule, failures)
+            lib = compile_kernels(func, resolve_target(target))
+            result = tvm.runtime.empty(shape, "float32", tvm.cpu())
+            lib["main"](*[to_device(v) for v in (*values, kv, counter)], result)
+            np.testing.assert_allclose(result.numpy(), expected, rtol=1e-6, err_msg=target)

@@ -146,6 +146,8 @@ def _shifted_column_reads(info, last, d):
     itself with gathers (4 parts interleaved into 64x16x32x32: 4.3 ms, against 0.1 ms with
     the columns vectorized here and the remainders unrolled outside them)."""
     for _, region, _ in info.reads:
+        if not region.region:  # a 0-d buffer (dropout's counter): the same at every column
+            continue
         index = region.region[-1].min
         if not _divides(index, d):  # read at the column itself (max-pool's x): not a part
             continue
