@@ -329,3 +329,36 @@ def test_scheduled_dropout_kernels_keep_their_rule_and_the_eager_masks(shape):
             result = tvm.runtime.empty(shape, "float32", tvm.cpu())
             lib["main"](*[to_device(v) for v in (*values, kv, counter)], result)
             np.testing.assert_allclose(result.numpy(), expected, rtol=1e-6, err_msg=target)
+
+
+@pytest.mark.parametrize("order", ["dropout, reshape", "reshape, dropout"])
+def test_dropout_fused_with_a_reshape_computes_each_philox_block_once(order):
+    # A Transformer's dropout sits beside reshapes ([B, T, E] <-> [B * T, E]), which FuseOps
+    # fuses into its kernel: the flattened index, cut again ((j // 128 + i) % 1024 // 64, j %
+    # 128), hid the four words' v // 4 from the spatial rule, so the kernel ran every Philox
+    # block once per word, vectorized: 1.2-2.0 ms instead of 0.13-0.16 for [16, 64, 128].
+    from tvmfront._tvm import to_device, tvm
+    from tvmfront.build import compile_kernels
+    from tvmfront.schedule import schedule_prim_func
+    from tvmfront.target import resolve_target
+
+    shape, flat = (2, 16, 128), (32, 128)
+    xv = np.random.default_rng(0).standard_normal(shape).astype("float32")
+    kv, counter = random.key(5), np.array(11.0, "float32")
+    key = te.placeholder((2,), "uint32", name="key")
+    step = te.placeholder((), "float32", name="step")
+    if order == "dropout, reshape":
+        x = te.placeholder(shape, "float32", name="x")
+        out = ops.reshape.te_forward(ops.dropout.te_forward(x, key, step, p=0.2), shape=flat)
+        want = ops.dropout(xv, 0.2, kv, counter).reshape(flat)
+    else:
+        x = te.placeholder(flat, "float32", name="x")
+        out = ops.dropout.te_forward(ops.reshape.te_forward(x, shape=shape), key, step, p=0.2)
+        xv = xv.reshape(flat)
+        want = ops.dropout(xv.reshape(shape), 0.2, kv, counter)
+    target = resolve_target("x86")
+    func, rule = schedule_prim_func(te.create_prim_func([x, key, step, out]), target)
+    assert "split 4, unrolled" in rule, rule
+    result = tvm.runtime.empty(want.shape, "float32", tvm.cpu())
+    compile_kernels(func, target)["main"](*[to_device(v) for v in (xv, kv, counter)], result)
+    np.testing.assert_array_equal(result.numpy(), want)

@@ -13,7 +13,7 @@ import math
 from .._tvm import arith, tirx
 from .analysis import _const, _walk_block_exprs, _walk_expr
 from .failures import _probe
-from .params import STACK_MAX_BYTES, _dtype_bits
+from .params import SPLIT_MAX_DIVISOR, STACK_MAX_BYTES, _dtype_bits
 from .loops import _parallel_worth_it, _parallelize, _vector_factor, _vectorize_innermost
 from . import window_blocks
 
@@ -47,8 +47,34 @@ def _constant_divisor(e):
 
 def _split_divisors(info):
     """{axis: d} for the spatial axes a block reads through floordiv/floormod by d and that d
-    tiles (a strided gradient's dilated copy, pooling's gather-form gradient)."""
-    return {k: d for k, d in _index_divisors(info.stmt, info.vars).items()
+    tiles (a strided gradient's dilated copy, pooling's gather-form gradient, dropout's four
+    words per Philox block), d at most SPLIT_MAX_DIVISOR.
+
+    Each division is first simplified within the block's domain: a kernel that reaches its
+    operands through a reshape indexes them by the flattened position, cut again, as in
+    ((j // 128 + i) % 1024) // 64 and (j % 128) // 4 over [1024, 128] (i // 64 and j // 4
+    within it), and the wrap-arounds that are identities there had hidden the divisor of 4
+    that dropout's words need under the least common multiple (the char Transformer's
+    dropout-then-reshape kernels ran scalar, each Philox block computed four times)."""
+    analyzer = arith.Analyzer()
+    for iv in info.stmt.iter_vars:
+        analyzer.bind(iv.var, iv.dom)
+    position = {v.name: k for k, v in enumerate(info.vars)}
+    found = {}
+
+    def visit(e):
+        if _constant_divisor(e) is None:
+            return
+        e = analyzer.simplify(e)
+        d = _constant_divisor(e)
+        if d is None or d > SPLIT_MAX_DIVISOR:  # an identity here, or a reshape's rows
+            return
+        for x in tirx.analysis.undefined_vars(e.a):
+            if x.name in position:
+                found[position[x.name]] = math.lcm(found.get(position[x.name], 1), d)
+
+    _walk_block_exprs(info.stmt, visit)
+    return {k: d for k, d in found.items()
             if info.kinds[k] == "S" and k not in info.symbolic and info.extents[k] % d == 0
             and info.extents[k] > d}
 
