@@ -1,7 +1,8 @@
 """PyTorch parity of the optimizers: AdamW (weight decay, a no-decay group), RMSprop (centered,
-momentum), Adagrad (lr_decay) and global-norm clipping (torch.nn.utils.clip_grad_norm_, max
-norm changed per step at run time) for 5 steps on a small MLP from the same weights and
-batches: losses and parameters within 1e-4 relative in float32."""
+momentum), Adagrad (lr_decay), Adam with beta1 = 0 and global-norm clipping
+(torch.nn.utils.clip_grad_norm_, max norm changed per step at run time) for 5 steps on a
+small MLP from the same weights and batches: losses and parameters within 1e-4 relative in
+float32."""
 
 import json
 
@@ -31,6 +32,9 @@ CASES = {
                             "initial_accumulator_value": 0.1}, [], False),
     "sgd-clipped": (tvf.optim.SGD(0.5, momentum=0.9, max_norm=1.0), "SGD",
                     {"lr": 0.5, "momentum": 0.9}, [], True),
+    # a beta of 0 (GANs' Adam) failed to compile: no bias correction to make
+    "adam-beta1-0": (tvf.optim.Adam(0.02, betas=(0.0, 0.99), weight_decay=0.01), "Adam",
+                     {"lr": 0.02, "betas": [0.0, 0.99], "weight_decay": 0.01}, [], False),
 }
 
 

@@ -57,6 +57,11 @@ CASES = {
                                   weight_decay=0.02, groups=GROUPS), _rmsprop, 0.02),
     "adagrad": (tvf.optim.Adagrad(0.1, lr_decay=0.05, weight_decay=0.02,
                                   initial_accumulator_value=0.1, groups=GROUPS), _adagrad, 0.02),
+    # a beta of 0 (GANs' Adam): no bias correction to make; it raised at compile time
+    # (one_minus_pow refuses the base 0)
+    "adamw-beta1-0": (tvf.optim.AdamW(0.05, betas=(0.0, 0.99), weight_decay=0.1,
+                                      groups=GROUPS),
+                      lambda *a: _adamw(*a, b1=0.0, b2=0.99), 0.1),
 }
 
 
@@ -79,8 +84,8 @@ def test_optimizer_with_groups_matches_numpy(case):
         for n in NAMES:
             scale = 0.5 if n == "2.weight" else 1.0
             decay = 0.0 if n.endswith("bias") else wd
-            params[n] = rule(params[n], grads[n].astype("float64"), state[n], t, 0.05 * scale
-                             if case == "adamw" else optimizer.lr * scale, decay)
+            params[n] = rule(params[n], grads[n].astype("float64"), state[n], t,
+                             optimizer.lr * scale, decay)
         for n, v in module.state_dict().items():
             np.testing.assert_allclose(v, params[n], rtol=2e-5, atol=1e-6,
                                        err_msg=f"{case}: {n} after step {t}")
@@ -211,3 +216,36 @@ def test_adam_bias_correction_is_exact_to_float32():
             moved = (before[n] - module.state_dict()[n]).astype("float64")
             np.testing.assert_allclose(moved, expected, rtol=2e-6, atol=1e-6,
                                        err_msg=f"{n} at step {t}")
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: tvf.optim.Adam(1e-3, betas=(1.0, 0.999)), r"Adam: betas\[0\] must be in \[0, 1\), got 1.0"),
+    (lambda: tvf.optim.AdamW(1e-3, betas=(0.9, -0.1)), r"AdamW: betas\[1\] must be a finite number >= 0"),
+    (lambda: tvf.optim.Adam(1e-3, betas=(0.9,)), r"Adam: betas must be two numbers in \[0, 1\)"),
+    (lambda: tvf.optim.Adam(1e-3, eps=-1e-8), "Adam: eps must be a finite number >= 0, got -1e-08"),
+    (lambda: tvf.optim.AdamW(1e-3, weight_decay=-0.1), "AdamW: weight_decay must be a finite"),
+    (lambda: tvf.optim.SGD(0.1, momentum=-0.5), "SGD: momentum must be a finite number >= 0"),
+    (lambda: tvf.optim.SGD(0.1, weight_decay=float("nan")), "SGD: weight_decay must be a finite"),
+    (lambda: tvf.optim.RMSprop(0.01, alpha=-0.1), "RMSprop: alpha must be a finite number >= 0"),
+    (lambda: tvf.optim.Adagrad(0.01, lr_decay=-1.0), "Adagrad: lr_decay must be a finite"),
+    (lambda: tvf.optim.Adagrad(0.01, initial_accumulator_value=-1.0),
+     "Adagrad: initial_accumulator_value must be a finite number >= 0"),
+    (lambda: tvf.optim.Adam(float("inf")), "Adam: lr must be a finite number >= 0, got inf"),
+    (lambda: tvf.optim.SGD(-0.1), "SGD: lr must be a finite number >= 0, got -0.1"),
+])
+def test_invalid_hyperparameters_are_refused_as_pytorch_refuses_them(make, match):
+    # They were accepted: betas of 1 divide by 1 - 1 ** t = 0 (NaN from the first step), a
+    # negative eps or decay trains into NaN or divergence without an error
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_a_learning_rate_of_zero_is_accepted_as_in_pytorch():
+    # refused at construction before, while module.step(lr=0) took it
+    module = tvf.compile_training(_model(), nn.CrossEntropyLoss(),
+                                  tvf.optim.Adam(0, betas=(np.float32(0.5), 0.9)),
+                                  inputs=(6, 5), labels=(6,))
+    before = module.state_dict()
+    module.step(*_batches(1)[0])
+    for n, v in module.state_dict().items():
+        np.testing.assert_array_equal(v, before[n])

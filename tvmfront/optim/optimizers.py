@@ -8,6 +8,9 @@ Every named optimizer takes (PyTorch's names and defaults where PyTorch has the 
   overrides it per step.
 """
 
+import math
+import numbers
+
 from .clip import clip_by_global_norm
 from .groups import ParamGroups
 from .transform import (add_decayed_weights, chain, scale_by_adam, scale_by_learning_rate,
@@ -28,8 +31,7 @@ class Optimizer:
     defaults are recorded in ``hyperparameters`` under their names."""
 
     def __init__(self, name, transform, lr, groups=None, **hyperparameters):
-        if not lr > 0:
-            raise ValueError(f"{name}: learning rate must be positive, got {lr}")
+        _check(name, lr=lr)  # 0 as in PyTorch (and as module.step(lr=0) takes it)
         self.name, self.transform, self.lr = name, transform, float(lr)
         self.groups = groups
         declared = dict(getattr(transform, "hyper", ()))
@@ -60,6 +62,26 @@ class Optimizer:
         return f"{self.name}(lr={self.lr}{', ' + args if args else ''})"
 
 
+def _check(name, **values):
+    """ValueError naming the first of `values` that is not a finite number >= 0 (PyTorch's
+    checks of learning rates, eps, momentum, weight decay, alpha, lr_decay and initial
+    accumulator values: a negative eps or decay otherwise trains into NaN or divergence)."""
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or \
+                not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name}: {key} must be a finite number >= 0, got {value!r}")
+
+
+def _check_betas(name, betas):
+    """Adam's betas: two numbers in [0, 1) (at 1 the bias correction 1 - beta ** t is 0)."""
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"{name}: betas must be two numbers in [0, 1), got {betas!r}")
+    for i, b in enumerate(betas):
+        _check(name, **{f"betas[{i}]": b})
+        if not b < 1:
+            raise ValueError(f"{name}: betas[{i}] must be in [0, 1), got {b!r}")
+
+
 def _named(name, rules, lr, groups, max_norm, **hyperparameters):
     """The Optimizer `name`: clipping (when max_norm is given), `rules`, then -lr * lr_scale."""
     if max_norm is not None:
@@ -82,6 +104,7 @@ def _l2(groups):
 def SGD(lr, momentum=0.0, nesterov=False, weight_decay=0.0, dampening=0.0, groups=None,
         max_norm=None):
     """torch.optim.SGD's update rule."""
+    _check("SGD", lr=lr, momentum=momentum, weight_decay=weight_decay, dampening=dampening)
     if nesterov and (momentum <= 0 or dampening != 0):
         raise ValueError("SGD: nesterov needs momentum > 0 and dampening == 0")
     g = _groups("SGD", groups, weight_decay)
@@ -92,6 +115,8 @@ def SGD(lr, momentum=0.0, nesterov=False, weight_decay=0.0, dampening=0.0, group
 
 def Adam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, groups=None, max_norm=None):
     """torch.optim.Adam's update rule (L2 weight decay added to the gradient)."""
+    _check("Adam", lr=lr, eps=eps, weight_decay=weight_decay)
+    _check_betas("Adam", betas)
     g = _groups("Adam", groups, weight_decay)
     return _named("Adam", _l2(g) + [scale_by_adam(betas[0], betas[1], eps)], lr, g, max_norm,
                   betas=list(betas), eps=eps, weight_decay=weight_decay)
@@ -101,6 +126,8 @@ def AdamW(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, groups=None,
           max_norm=None):
     """torch.optim.AdamW: Adam with decoupled weight decay, p -= lr * (adam + wd * p)
     (torch writes it p *= 1 - lr * wd, then the Adam step: the same update)."""
+    _check("AdamW", lr=lr, eps=eps, weight_decay=weight_decay)
+    _check_betas("AdamW", betas)
     g = _groups("AdamW", groups, weight_decay)
     rules = [scale_by_adam(betas[0], betas[1], eps)]
     if g.uses("weight_decay"):
@@ -113,6 +140,7 @@ def RMSprop(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, cente
             groups=None, max_norm=None):
     """torch.optim.RMSprop: g / (sqrt(v) + eps), optionally centered and with momentum
     (b = momentum * b + g / (sqrt(v) + eps))."""
+    _check("RMSprop", lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum)
     g = _groups("RMSprop", groups, weight_decay)
     rules = _l2(g) + [scale_by_rms(alpha, eps, centered)] + ([trace(momentum)] if momentum else [])
     return _named("RMSprop", rules, lr, g, max_norm, alpha=alpha, eps=eps,
@@ -122,6 +150,8 @@ def RMSprop(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, cente
 def Adagrad(lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10,
             groups=None, max_norm=None):
     """torch.optim.Adagrad: g / (sqrt(sum of g^2) + eps), lr / (1 + (step - 1) * lr_decay)."""
+    _check("Adagrad", lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+           initial_accumulator_value=initial_accumulator_value, eps=eps)
     g = _groups("Adagrad", groups, weight_decay)
     rules = _l2(g) + [scale_by_rss(initial_accumulator_value, eps, lr_decay)]
     return _named("Adagrad", rules, lr, g, max_norm, lr_decay=lr_decay,

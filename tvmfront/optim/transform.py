@@ -111,9 +111,11 @@ def scale_by_adam(b1=0.9, b2=0.999, eps=1e-8):
         # Their reciprocals are scalars formed once per step: per element, one sqrt and one
         # division remain (the update kernel was bound by four divider ops per element).
         # torch.optim.Adam's form: sqrt(nu) / sqrt(1 - b2^t) + eps.
-        inv_correct1 = ops.rdiv_scalar(ops.one_minus_pow(step, base=b1), value=1.0)
+        # A beta of 0 (GANs' Adam(betas=(0, 0.99))) has no bias to correct: 1 - 0 ** t = 1.
+        inv_correct1 = ops.rdiv_scalar(ops.one_minus_pow(step, base=b1), value=1.0) \
+            if b1 else 1.0
         inv_sqrt_correct2 = ops.rdiv_scalar(ops.sqrt(ops.one_minus_pow(step, base=b2)),
-                                            value=1.0)
+                                            value=1.0) if b2 else 1.0
         out, new_state = {}, {}
         for n, g in grads.items():
             mu = state[f"mu.{n}"] * b1 + g * (1.0 - b1)
