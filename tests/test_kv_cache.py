@@ -135,10 +135,30 @@ def test_bundle_generates_the_same_ids_in_a_fresh_process(lm, tmp_path):
     (dict(prompt_ids=[1], steps=2, top_k=2.5), r"top_k"),
     (dict(prompt_ids=[], steps=2), r"T >= 1"),
     (dict(prompt_ids=[1], steps=-1), r"steps must be an int >= 0"),
+    # the compiled embedding clamps ids: these sampled as if they were 12 and 0
+    (dict(prompt_ids=[1, 13, 2], steps=2), r"token ids in 0..12 \(the vocabulary\), got 13"),
+    (dict(prompt_ids=[[1, 2], [-4, 3]], steps=2), r"token ids in 0..12.*got -4"),
 ])
 def test_bad_requests_are_named(lm, kwargs, match):
     with pytest.raises(ValueError, match=match):
         generate.sample(lm[1], **kwargs)
+
+
+def test_prefill_of_an_empty_prompt_is_refused_not_read_outside_its_buffer(lm, tmp_path):
+    # prefill's logits are x[:, -1] over a symbolic prompt length: at length 0 the kernel read
+    # the row before the buffer (other numbers each call); the traced int index records that
+    # the method needs one position, checked per call, in a reloaded bundle too
+    module = lm[1]
+    assert module.manifest["methods"]["prefill"]["min_sizes"] == {"seq": 1}
+    assert "min_sizes" not in module.manifest["methods"]["decode"]
+    loaded = tvf.load(module.export(str(tmp_path / "lm")))
+    for m in (module, loaded):
+        for call in (m.prefill, lambda ids: m.call_tensors("prefill", ids)):
+            with pytest.raises(tvf.ShapeError, match="dimension 'seq' is 0 in prefill: input "
+                                                     "'idx', but prefill indexes 1 position"):
+                call(np.zeros((2, 0), np.int64))
+        logits, _, _ = m.prefill(_ids((2, 1)))  # one position is enough
+        assert logits.shape == (2, SIZES["vocab_size"])
 
 
 def test_a_module_without_prefill_and_decode_or_float_ids_are_refused(lm):

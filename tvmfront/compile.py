@@ -43,7 +43,9 @@ def _manifest(kind, sig, target):
         manifest["methods"] = {
             name: {"inputs": _named_json(specs),
                    "outputs": ([o.to_json() for o in outs] if isinstance(outs, list)
-                               else outs.to_json())}
+                               else outs.to_json()),
+                   **({"min_sizes": sig.method_min_sizes[name]}
+                      if sig.method_min_sizes.get(name) else {})}
             for name, (specs, outs) in sig.methods.items()}
     return manifest
 

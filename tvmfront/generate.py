@@ -87,6 +87,12 @@ def sample(module, prompt_ids, steps, temperature=1.0, top_k=None, seed=0):
     prompt, single = _prompt(prompt_ids)
     _check_options(steps, temperature, top_k, vocab)
     b, t = prompt.shape
+    if prompt.min() < 0 or prompt.max() >= vocab:
+        # the compiled embedding clamps ids into its table: tokens of another vocabulary
+        # would be sampled from as if they were the first or last id
+        bad = prompt[(prompt < 0) | (prompt >= vocab)]
+        raise ValueError(f"sample: prompt_ids must be token ids in 0..{vocab - 1} (the "
+                         f"vocabulary), got {int(bad[0])}")
     if isinstance(batch_dim, int) and b != batch_dim:
         raise ValueError(f"sample: the module's cache is compiled for batch {batch_dim}, got "
                          f"{b} prompts")

@@ -45,6 +45,8 @@ class GraphSignature:
     # for a method returning a tuple)}: other methods of the
     # model compiled beside predict (eval mode), e.g. a one-token decode step with a KV cache
     methods: dict = field(default_factory=dict)
+    # {method name: {symbolic dimension: the fewest positions its int indices need}}
+    method_min_sizes: dict = field(default_factory=dict)
 
 
 def _forward_arg_names(model, method="forward"):
@@ -227,9 +229,11 @@ def _emit_method(bb, model, name, inputs, sig):
     result = {}
 
     def body():
-        _, out = _traced_forward(bb, model, named, pvars, named_buffers, bvars, xs,
-                                 [n for n, _ in specs], trainable=False, method=name)
+        trace, out = _traced_forward(bb, model, named, pvars, named_buffers, bvars, xs,
+                                     [n for n, _ in specs], trainable=False, method=name)
         result["out"] = out
+        if trace.min_sizes:
+            sig.method_min_sizes[name] = dict(trace.min_sizes)
         # a 1-tuple is emitted as its one tensor: TVM 0.27's FuseOps/FuseTIR fail on one
         return out[0] if isinstance(out, (tuple, list)) and len(out) == 1 else out
 

@@ -50,6 +50,9 @@ class Trace:
     def __init__(self, builder, bindings=None):
         self.builder = builder
         self.bindings = dict(bindings or {})  # id(parameter object) -> Tensor
+        # {symbolic dimension name: the fewest positions an int index into it needs (x[:, -1]
+        # on a symbolic T: 1)}; a compiled method refuses smaller calls (runtime/modules.py)
+        self.min_sizes = {}
 
     def lookup(self, obj):
         try:

@@ -6,6 +6,7 @@ differentiate multi-output ops yet (Op._emit refuses them), and slices train.
 
 from .._tvm import te, tirx
 from ..op import Op, op
+from ..tensor import current_trace
 from ._dims import dims, same, same_shape, show, simplify, static
 
 
@@ -219,6 +220,16 @@ def split(x, split_size_or_sections, axis=0):
     return tuple(out)
 
 
+def _needs_positions(dim, count):
+    """Record in the trace that symbolic dimension `dim` needs at least `count` positions
+    (an int index into it): a compiled method called with fewer raises ShapeError instead of
+    reading outside its buffer (CausalLM.prefill's x[:, -1] on an empty prompt)."""
+    trace = current_trace()
+    name = getattr(dim, "name", None)
+    if trace is not None and isinstance(name, str):
+        trace.min_sizes[name] = max(trace.min_sizes.get(name, 0), count)
+
+
 def getitem(x, key):
     """x[key] for basic indexing: slices (any step, negative bounds), ints (negative too; each
     drops its axis) and one Ellipsis. One strided_slice, then a reshape if ints drop axes."""
@@ -240,8 +251,9 @@ def getitem(x, key):
     for axis, k in enumerate(key):
         if isinstance(k, int):
             n = dims(x.shape)[axis]
-            if not isinstance(n, int):  # a symbolic axis: x[-1] is its last element; an index
-                slices.append((k,))      # outside the axis at run time is not caught
+            if not isinstance(n, int):  # a symbolic axis: x[-1] is its last element
+                slices.append((k,))
+                _needs_positions(n, k + 1 if k >= 0 else -k)
                 continue
             if not -n <= k < n:
                 raise IndexError(f"index {k} is out of range for axis {axis} of size {n}")

@@ -71,10 +71,17 @@ def _output(v):
 def _methods(v):
     return isinstance(v, dict) and all(
         _str(name) and name.isidentifier() and isinstance(m, dict)
-        and set(m) == {"inputs", "outputs"} and _tensors(m["inputs"], symbolic="name")
+        and {"inputs", "outputs"} <= set(m) <= {"inputs", "outputs", "min_sizes"}
+        and _tensors(m["inputs"], symbolic="name")
         and (_output(m["outputs"]) or isinstance(m["outputs"], list)
              and all(_output(o) for o in m["outputs"]))
+        and _min_sizes(m.get("min_sizes", {}))
         for name, m in v.items())
+
+
+def _min_sizes(v):
+    """{symbolic dimension name: the fewest positions a method's int indices need}."""
+    return isinstance(v, dict) and all(_str(k) and _is_int(n) and n >= 1 for k, n in v.items())
 
 
 def _optimizer(v):
@@ -122,7 +129,8 @@ FIELDS = {
     "accumulate": (lambda v: isinstance(v, bool), "true or false", frozenset()),
     "seed": (lambda v: _is_int(v) and 0 <= v < 2**64, "an integer in [0, 2**64)", frozenset()),
     "methods": (_methods, "{method name: {inputs: [{name, shape, dtype}], outputs: {shape, "
-                "dtype} or a list of them}}", frozenset()),
+                "dtype} or a list of them, and optionally min_sizes: {dimension: int >= 1}}}",
+                frozenset()),
     "frozen": (lambda v: isinstance(v, list) and all(_str(n) for n in v),
                "a list of parameter names (requires_grad=False)", frozenset()),
     # tvf.quantize: the layers run as int8 kernels, and those kept in float (no int8 kernel)

@@ -77,6 +77,18 @@ def _match(name, got, dtype_ok, got_dtype, spec, sizes, batch_free=False):
                          f"got shape {tuple(got)} dtype {got_dtype}")
 
 
+def _check_min_sizes(method, spec, sizes):
+    """ShapeError where a symbolic dimension of this call is smaller than the method's int
+    indices into it need (spec["min_sizes"], recorded when it was traced: x[:, -1] needs 1):
+    the kernel would read outside its buffer."""
+    for name, need in spec.get("min_sizes", {}).items():
+        size, where = sizes.get(name, (need, None))
+        if size < need:
+            raise ShapeError(f"{method}: dimension '{name}' is {size} in {where}, but {method} "
+                             f"indexes {need} position(s) into it (an int index on that axis, "
+                             f"e.g. x[:, -1]): it needs at least {need}")
+
+
 def _is_tensor(value):
     """Whether `value` is a TVM runtime tensor (what call_tensors returns)."""
     return hasattr(value, "device") and hasattr(value, "numpy") and \
@@ -450,7 +462,9 @@ class _Compiled:
         value = inputs[0] if len(inputs) == 1 and (len(specs) == 1 or
                                                     isinstance(inputs[0], dict)) else inputs
         label = (lambda n: f"{method}: input '{n}'")
-        arrays = _checked_arrays(method, "inputs", value, specs, label, {})
+        sizes = {}
+        arrays = _checked_arrays(method, "inputs", value, specs, label, sizes)
+        _check_min_sizes(method, spec, sizes)
         out = self._function(f"method_{method}")(*[to_device(a, self.device) for a in arrays],
                                                    *self._params, *self._buffers)
         outs = spec["outputs"]
@@ -486,6 +500,8 @@ class _Compiled:
                 array = _as_integer(label, value, s)
                 _check(label, array, s, sizes=sizes)
                 args.append(to_device(array, self.device))
+        if "min_sizes" in spec:
+            _check_min_sizes(method, spec, sizes)
         out = self._function(f"method_{method}")(*args, *self._params, *self._buffers)
         outs = spec["outputs"]
         if not isinstance(outs, list):
