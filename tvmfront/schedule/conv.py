@@ -10,7 +10,7 @@ contraction, register-tiled like a GEMM: see gemm.py.
 
 import math
 
-from .._tvm import arith, tirx
+from .._tvm import arith, structural_equal, tirx
 from .analysis import _const, _walk_block_exprs, _walk_expr
 from .failures import _probe
 from .params import SPLIT_MAX_DIVISOR, STACK_MAX_BYTES, _dtype_bits
@@ -48,14 +48,16 @@ def _constant_divisor(e):
 def _split_divisors(info):
     """{axis: d} for the spatial axes a block reads through floordiv/floormod by d and that d
     tiles (a strided gradient's dilated copy, pooling's gather-form gradient, dropout's four
-    words per Philox block), d at most SPLIT_MAX_DIVISOR.
+    words per Philox block).
 
     Each division is first simplified within the block's domain: a kernel that reaches its
     operands through a reshape indexes them by the flattened position, cut again, as in
     ((j // 128 + i) % 1024) // 64 and (j % 128) // 4 over [1024, 128] (i // 64 and j // 4
     within it), and the wrap-arounds that are identities there had hidden the divisor of 4
     that dropout's words need under the least common multiple (the char Transformer's
-    dropout-then-reshape kernels ran scalar, each Philox block computed four times)."""
+    dropout-then-reshape kernels ran scalar, each Philox block computed four times). A
+    divisor that the simplification reveals (a reshape's) splits only up to
+    SPLIT_MAX_DIVISOR; one written in the index itself (a pooling window of 16) as before."""
     analyzer = arith.Analyzer()
     for iv in info.stmt.iter_vars:
         analyzer.bind(iv.var, iv.dom)
@@ -65,10 +67,13 @@ def _split_divisors(info):
     def visit(e):
         if _constant_divisor(e) is None:
             return
-        e = analyzer.simplify(e)
-        d = _constant_divisor(e)
-        if d is None or d > SPLIT_MAX_DIVISOR:  # an identity here, or a reshape's rows
+        simple = analyzer.simplify(e)
+        d = _constant_divisor(simple)
+        if d is None:  # an identity within the block
             return
+        if d > SPLIT_MAX_DIVISOR and not structural_equal(simple, e):
+            return  # a reshape's rows (i // T of [B * T, E] reading [B, T, E]): not a window
+        e = simple
         for x in tirx.analysis.undefined_vars(e.a):
             if x.name in position:
                 found[position[x.name]] = math.lcm(found.get(position[x.name], 1), d)

@@ -201,9 +201,9 @@ UNROLLED_WINDOW_TAPS = 9
 # 5.7); ResNet's b64 16->16 @32 2.08 -> 1.95, 32->32 @16 1.94 -> 1.79, 64->64 @8 1.87 -> 1.76;
 # by 2 5.82, by 7 5.76, by 14 6.10 ms at 28.
 DW_UNROLLED_COLUMNS = 4
-# conv._split_divisors splits an axis read through v // d or v % d by d (unrolling d) only up
-# to this d: strides, pooling windows and dropout's four words per Philox block are 2-4; a
-# reshape's rows (a [B * T, E] loop reading [B, T, E]: i // T) are not windows to unroll.
+# conv._split_divisors splits an axis by a divisor that only its simplification within the
+# block reveals (a reshape's: i // T of a [B * T, E] loop reading [B, T, E]; dropout's words
+# through a reshape: 4) only up to this d: a reshape's rows are not windows to unroll.
 SPLIT_MAX_DIVISOR = 8
 # window_reindex copies a window read out (per call) up to this many bytes: memory traffic the
 # reduction must win back (LeNet's conv d/dx over a symbolic batch: a 393 KB copy, ~15 us of
