@@ -231,3 +231,15 @@ def test_max_pool_gradient_by_window_blocks_equals_the_unscheduled_one(schedule_
     x_val[0, 1, :2, :] = np.finfo(np.float32).min
     x_val[1, 0] = 1.0
     _assert_same_as_unscheduled(func, naive, x_val, dy_shape, rule)
+
+
+@pytest.mark.parametrize("name", ["max_pool2d", "avg_pool2d"])
+def test_pooling_gradients_of_wide_windows_keep_their_split(name):
+    # conv._split_divisors caps only divisors that simplifying a reshape's index reveals: a
+    # window of 16 (written in the index as v // 16) is split 16 x 16 and unrolled as it was
+    op = getattr(ops, name)
+    x = te.placeholder((2, 4, 32, 32), "float32", name="x")
+    dy = te.placeholder(op.te_forward(x, kernel=16, stride=16).shape, "float32", name="dy")
+    dx = op.te_grad(dy, x, kernel=16, stride=16, derived=False)[0]
+    _, rule = schedule_prim_func(te.create_prim_func([dy, x, dx]), resolve_target("x86"))
+    assert "split 16x16, unrolled" in rule, rule
