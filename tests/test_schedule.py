@@ -25,6 +25,8 @@ from tvmfront import schedule as cpu_schedule
 from tvmfront.build import schedule_stage
 from tvmfront.target import resolve_target
 
+from _scheduled import run as run_scheduled
+
 
 def _naive(monkeypatch):
     monkeypatch.setattr(cpu_schedule, "default_cpu_schedule", lambda mod, target, *a, **kw: mod)
@@ -185,6 +187,23 @@ def test_inference_kernels_are_scheduled(batch):
     rules = _check_every_kernel_scheduled(mod)
     if batch == 1:
         assert any(r.startswith("dlight.cpu.GEMV") for r in rules.values()), rules
+
+
+def test_a_gemv_whose_reduction_is_padded_to_the_tile_is_not_left_to_dlight():
+    # A 24 -> 128 Linear at batch 1: dlight's GEMV vectorized all 128 outputs (gathers from
+    # the weight's rows) over 64 unrolled steps of a 24-term sum, its block predicated on the
+    # reduction only; the guard took any predicate for an output remainder, and LLVM's
+    # codegen of the kernel ran for over 5 minutes (a Transformer layer's step at batch 1, T 1)
+    x = tvf.te.placeholder((1, 24), "float32", name="x")
+    w = tvf.te.placeholder((128, 24), "float32", name="w")
+    out = tvf.ops.dense.te_forward(x, w)
+    func, rule = cpu_schedule.schedule_prim_func(tvf.te.create_prim_func([x, w, out]),
+                                                 resolve_target("x86"))
+    assert not rule.startswith("dlight"), rule
+    xv = np.random.default_rng(0).standard_normal((1, 24)).astype("float32")
+    wv = np.random.default_rng(1).standard_normal((128, 24)).astype("float32")
+    (got,) = run_scheduled(func, resolve_target("x86"), [xv, wv], [(1, 128)])
+    np.testing.assert_allclose(got, xv @ wv.T, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("batch", [1, 16])  # batch 1: dlight's GEMV for the Linear layers

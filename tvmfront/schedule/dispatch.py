@@ -276,8 +276,9 @@ def _dlight_gemv(func, target, params):
     the tile divides the output, LLVM gets that whole gathered, unrolled code: the MLP's
     64->256 and 256->256 Linear layers at batch 1 took ~170 s and ~15 s of LLVM codegen and ran
     slower than tvmfront's rule (6.6 vs 3.3 us, 21.8 vs 12.5 us; that rule builds each in 0.02
-    s). Where the tile leaves a remainder (a predicated block: LeNet's 120, 84 and 10 outputs)
-    the loop is not really vectorized: it builds in under 0.2 s and beats tvmfront's rule."""
+    s). Where the tile leaves a remainder of the outputs (a block predicated on the vectorized
+    loop: LeNet's 120, 84 and 10 outputs) the loop is not really vectorized: it builds in
+    under 0.2 s and beats tvmfront's rule. A predicate on the reduction alone does not."""
     result = _dlight(dlight.cpu.GEMV(), func, target)
     if result is None:
         return None
@@ -287,11 +288,17 @@ def _dlight_gemv(func, target, params):
     def visit(node, vectorized=None):
         if isinstance(node, tirx.For) and node.kind == tirx.ForKind.VECTORIZED:
             ext = _const(node.extent)
-            vectorized = ext if ext is not None and ext > limit else None
+            vectorized = (ext, node.loop_var) if ext is not None and ext > limit else None
         elif vectorized and type(node).__name__ in ("SBlockRealize", "BlockRealize"):
+            # unpredicated, or predicated on the reduction only (its steps padded to the
+            # tile: a 24 -> 128 Linear at batch 1 sums 24 terms in 64 steps): all 128 lanes
+            # are gathers, and LLVM's codegen of that kernel ran for over 5 minutes
             predicate = node.predicate
-            if isinstance(predicate, tirx.IntImm) and predicate.value:  # unpredicated
-                wide.append(vectorized)
+            lanes = {v.name for v in tirx.analysis.undefined_vars(predicate)} \
+                if not isinstance(predicate, tirx.IntImm) else set()
+            if (isinstance(predicate, tirx.IntImm) and predicate.value) or \
+                    vectorized[1].name not in lanes:
+                wide.append(vectorized[0])
         for child in _children(node):
             visit(child, vectorized)
 
