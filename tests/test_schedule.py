@@ -477,8 +477,8 @@ def test_one_register_vectors_only_where_the_tile_covers_more_outputs():
 def test_a_product_over_one_term_schedules_without_a_failed_rule(transpose_b):
     """Attention at sequence length 1: scores [.., 1, 1] @ v [.., 1, d] sums one term (as
     its gradients do, with transpose_b). dlight's GEMV asserted a reduction loop there and
-    the kernel fell back with a warning; it is not tried now. The rule that takes it
-    computes numpy's product."""
+    the kernel fell back with a warning; that assertion now means the rule does not apply.
+    The rule that takes it computes numpy's product."""
     from tvmfront import ops
     from tvmfront._tvm import te, to_device, tvm
     a = te.placeholder((2, 4, 1, 1), name="a")

@@ -261,7 +261,8 @@ class _BlockInfo:
             raise NotApplicable(f"block {self.name}: {len(stmt.writes)} outputs")
         self.write = stmt.writes[0]
         self.dtype = self.write.source.dtype
-        analyzer = arith.Analyzer()
+        # knows each block variable's range: indices simplified within the block
+        self.analyzer = analyzer = arith.Analyzer()
         for iv in stmt.iter_vars:
             analyzer.bind(iv.var, iv.dom)
         self.write_strides = _access_strides(self.write, self.vars, analyzer)

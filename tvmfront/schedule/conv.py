@@ -18,20 +18,30 @@ from .loops import _parallel_worth_it, _parallelize, _vector_factor, _vectorize_
 from . import window_blocks
 
 
-def _index_divisors(stmt, variables):
+def _index_divisors(stmt, variables, analyzer=None):
     """{var index: d} for spatial variables used under floordiv/floormod by a constant d
     (gather-form gradients of strided windows). Splitting such an axis by d and unrolling
-    the remainder turns those indices affine."""
+    the remainder turns those indices affine. With `analyzer` (the block's variable ranges)
+    each division is simplified first (see _split_divisors)."""
     position = {v.name: k for k, v in enumerate(variables)}
     found = {}
 
     def visit(e):
         d = _constant_divisor(e)
-        if d is not None:
-            for x in tirx.analysis.undefined_vars(e.a):
-                if x.name in position:
-                    k = position[x.name]
-                    found[k] = math.lcm(found.get(k, 1), d)
+        if d is None:
+            return
+        if analyzer is not None:
+            simple = analyzer.simplify(e)
+            d = _constant_divisor(simple)
+            if d is None:  # an identity within the block
+                return
+            if d > SPLIT_MAX_DIVISOR and not structural_equal(simple, e):
+                return  # a reshape's rows (i // T of [B * T, E] reading [B, T, E])
+            e = simple
+        for x in tirx.analysis.undefined_vars(e.a):
+            if x.name in position:
+                k = position[x.name]
+                found[k] = math.lcm(found.get(k, 1), d)
 
     _walk_block_exprs(stmt, visit)
     return found
@@ -58,27 +68,7 @@ def _split_divisors(info):
     dropout-then-reshape kernels ran scalar, each Philox block computed four times). A
     divisor that the simplification reveals (a reshape's) splits only up to
     SPLIT_MAX_DIVISOR; one written in the index itself (a pooling window of 16) as before."""
-    analyzer = arith.Analyzer()
-    for iv in info.stmt.iter_vars:
-        analyzer.bind(iv.var, iv.dom)
-    position = {v.name: k for k, v in enumerate(info.vars)}
-    found = {}
-
-    def visit(e):
-        if _constant_divisor(e) is None:
-            return
-        simple = analyzer.simplify(e)
-        d = _constant_divisor(simple)
-        if d is None:  # an identity within the block
-            return
-        if d > SPLIT_MAX_DIVISOR and not structural_equal(simple, e):
-            return  # a reshape's rows (i // T of [B * T, E] reading [B, T, E]): not a window
-        e = simple
-        for x in tirx.analysis.undefined_vars(e.a):
-            if x.name in position:
-                found[position[x.name]] = math.lcm(found.get(position[x.name], 1), d)
-
-    _walk_block_exprs(info.stmt, visit)
+    found = _index_divisors(info.stmt, info.vars, info.analyzer)
     return {k: d for k, d in found.items()
             if info.kinds[k] == "S" and k not in info.symbolic and info.extents[k] % d == 0
             and info.extents[k] > d}

@@ -107,7 +107,6 @@ def _schedule_prim_func(func, target, params):
     try:
         sch = s_tir.Schedule(func)
         contraction = _has_contraction(sch)
-        several_terms = contraction and _reduces_over_several(sch)
     except Exception as err:  # noqa: BLE001 - never fail a build over a schedule
         _failed("analysis", err)
         return func, f"none (not schedulable: {type(err).__name__})"
@@ -117,11 +116,7 @@ def _schedule_prim_func(func, target, params):
         candidates.append(("tvmfront.conv_phases",
                            lambda: conv_phases._conv_phases(func, params)))
         candidates.append(("tvmfront.gemv", lambda: gemv._gemv(func, params)))
-        # not for a product over one term (attention's scores @ v over a single key, at
-        # sequence length 1): dlight's normalize asserts a reduction loop, and the kernel
-        # fell back with a warning
-        if several_terms:
-            candidates.append(("dlight.cpu.GEMV", lambda: _dlight_gemv(func, target, params)))
+        candidates.append(("dlight.cpu.GEMV", lambda: _dlight_gemv(func, target, params)))
     else:
         # Row reductions: tvmfront's register tiles when every reduction tiles, else
         # dlight's Reduction (it parallelizes rows: only for kernels large enough to gain).
@@ -282,10 +277,11 @@ def _dlight_gemv(func, target, params):
     try:
         result = _dlight(dlight.cpu.GEMV(), func, target)
     except AssertionError as err:
-        # dlight's normalize asserts the shapes it handles (a derived BatchNorm's coefficient
-        # gradients, fake_quant's scale gradients: a bare AssertionError) where its matcher
-        # let the kernel through: it does not apply, and tvmfront's rule schedules the kernel
-        # as it did after the warning "dlight.cpu.GEMV failed, falling back" that this logged
+        # dlight's normalize asserts the shapes it handles where its matcher let the kernel
+        # through (a bare AssertionError): a product over one term (attention's scores @ v
+        # at sequence length 1) or over several blocks (a derived BatchNorm's coefficient
+        # gradients, fake_quant's scale gradients). The rule does not apply, and the next
+        # takes the kernel, without the warning "dlight.cpu.GEMV failed, falling back"
         _probe("dlight.cpu.GEMV", err)
         return None
     if result is None:
@@ -301,24 +297,19 @@ def _dlight_gemv(func, target, params):
             # unpredicated, or predicated on the reduction only (its steps padded to the
             # tile: a 24 -> 128 Linear at batch 1 sums 24 terms in 64 steps): all 128 lanes
             # are gathers, and LLVM's codegen of that kernel ran for over 5 minutes
-            predicate = node.predicate
-            lanes = {v.name for v in tirx.analysis.undefined_vars(predicate)} \
-                if not isinstance(predicate, tirx.IntImm) else set()
-            if (isinstance(predicate, tirx.IntImm) and predicate.value) or \
-                    vectorized[1].name not in lanes:
-                wide.append(vectorized[0])
+            predicate, (extent, lane) = node.predicate, vectorized
+            if isinstance(predicate, tirx.IntImm):
+                gathered = bool(predicate.value)
+            else:
+                gathered = lane.name not in {v.name for v in
+                                             tirx.analysis.undefined_vars(predicate)}
+            if gathered:
+                wide.append(extent)
         for child in _children(node):
             visit(child, vectorized)
 
     visit(result[0].body)
     return None if wide else result
-
-
-def _reduces_over_several(sch):
-    """Whether a root block of `sch` sums over more than one term (a reduction axis of extent
-    other than 1: symbolic counts)."""
-    return any(_const(iv.dom.extent) != 1 for block in _root_blocks(sch)
-               for iv in _reduction_iters(sch.get(block)))
 
 
 def _dlight(rule, func, target):
