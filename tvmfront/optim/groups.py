@@ -10,6 +10,16 @@ earlier group is an error: a misspelt name never silently trains with the wrong 
 """
 
 import fnmatch
+import math
+import numbers
+
+
+def check_setting(where, key, value):
+    """ValueError naming `key` unless `value` is a finite number >= 0: a group's setting, and
+    an optimizer's hyperparameters (optimizers.py; PyTorch refuses the same)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or \
+            not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{where}: {key} must be a finite number >= 0, got {value!r}")
 
 
 class ParamGroups:
@@ -40,10 +50,7 @@ class ParamGroups:
             settings = {}
             for key, value in group.items():
                 if key != "params":
-                    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                            or not value >= 0 or value == float("inf"):
-                        raise ValueError(f"{where}: {key} must be a finite number >= 0, "
-                                         f"got {value!r}")
+                    check_setting(where, key, value)
                     settings[key] = float(value)
             self.groups.append((list(patterns), settings))
 

@@ -8,11 +8,8 @@ Every named optimizer takes (PyTorch's names and defaults where PyTorch has the 
   overrides it per step.
 """
 
-import math
-import numbers
-
 from .clip import clip_by_global_norm
-from .groups import ParamGroups
+from .groups import ParamGroups, check_setting
 from .transform import (add_decayed_weights, chain, scale_by_adam, scale_by_learning_rate,
                         scale_by_rms, scale_by_rss, trace)
 
@@ -67,9 +64,7 @@ def _check(name, **values):
     checks of learning rates, eps, momentum, weight decay, alpha, lr_decay and initial
     accumulator values: a negative eps or decay otherwise trains into NaN or divergence)."""
     for key, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or \
-                not (math.isfinite(value) and value >= 0):
-            raise ValueError(f"{name}: {key} must be a finite number >= 0, got {value!r}")
+        check_setting(name, key, value)
 
 
 def _check_betas(name, betas):
