@@ -35,6 +35,19 @@ def median_seconds(fn, spec=None, warmup=None):
     return statistics.median(times)
 
 
+def alternating_medians(timers, rounds):
+    """[median] of each timer (a callable returning one time) over `rounds` rounds, the timers
+    alternating within each round, their order reversed every other round: kernels compared
+    with each other see the same phases of a shared machine (timed one after the other, a
+    slow phase once read a backward 1.8x or 2.1x its forward)."""
+    times = [[] for _ in timers]
+    for r in range(rounds):
+        order = list(range(len(timers)))
+        for k in order if r % 2 == 0 else reversed(order):
+            times[k].append(timers[k]())
+    return [statistics.median(t) for t in times]
+
+
 def interleaved_medians(fns, rounds=9, block_seconds=0.1, rest_seconds=0.15):
     """{name: [median seconds of each round's block]} for several callables timed in turn,
     round after round (the order reversed every round), in one process.

@@ -23,17 +23,14 @@ from tvmfront.schedule import schedule_prim_func  # noqa: E402
 from tvmfront.target import resolve_target  # noqa: E402
 
 import _tvf_models  # noqa: E402
+from _timing import alternating_medians  # noqa: E402
 
 SHAPE = (2048, 1024)
 
 
-def _alternating(calls, rounds):
-    """{name: median seconds} of calls() timed in turn, the order reversed every round."""
-    times = {n: [] for n in calls}
-    for r in range(rounds):
-        for name in (list(calls) if r % 2 == 0 else list(calls)[::-1]):
-            times[name].append(calls[name]())
-    return {n: statistics.median(t) for n, t in times.items()}
+def _alternating(timers, rounds):
+    """{name: median seconds} of {name: timer}, timed in alternating rounds."""
+    return dict(zip(timers, alternating_medians(list(timers.values()), rounds)))
 
 
 def kernels(p, target):

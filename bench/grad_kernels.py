@@ -34,6 +34,8 @@ from tvmfront._tvm import te, to_device, tvm  # noqa: E402
 from tvmfront.build import compile_kernels  # noqa: E402
 from tvmfront.target import resolve_target  # noqa: E402
 
+from _timing import alternating_medians  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = {
     "matmul 512": ("matmul", ops.matmul, [(512, 512), (512, 512)], {}),
@@ -88,18 +90,6 @@ def _build(func, args, target, rules=None):
     return lambda: float(np.median(timer(*args).results)) * 1e6
 
 
-def _interleaved(timers, rounds):
-    """Median time of each timer over `rounds` rounds, the timers alternating within each
-    round: a forward and its gradient kernels see the same phases of a shared machine (timed
-    one after the other, a slow phase once read a backward 1.8x or 2.1x its forward)."""
-    times = [[] for _ in timers]
-    for r in range(rounds):
-        order = list(range(len(timers)))
-        for k in order if r % 2 == 0 else reversed(order):
-            times[k].append(timers[k]())
-    return [float(np.median(t)) for t in times]
-
-
 def tvmfront_times(op, shapes, attrs, target, derived=True, rules=None, rounds=5):
     rng = np.random.default_rng(0)
     xs = [te.placeholder(s, "float32", name=f"x{i}") for i, s in enumerate(shapes)]
@@ -114,7 +104,7 @@ def tvmfront_times(op, shapes, attrs, target, derived=True, rules=None, rounds=5
         grad_data = tvm.runtime.empty(shapes[i], "float32", tvm.cpu())
         timers.append(_build(te.create_prim_func([dy] + xs + [grad]),
                              [dy_data] + data + [grad_data], target, rules))
-    forward, *per_input = _interleaved(timers, rounds)
+    forward, *per_input = alternating_medians(timers, rounds)
     return forward, per_input
 
 
