@@ -39,6 +39,8 @@ def _manifest(kind, sig, target):
     }
     if sig.buffers:
         manifest["buffers"] = _named_json(sig.buffers)
+    if sig.min_sizes:  # {"predict": ..., "step": ...}; methods carry their own
+        manifest["min_sizes"] = {name: dict(need) for name, need in sig.min_sizes.items()}
     if sig.methods:
         manifest["methods"] = {
             name: {"inputs": _named_json(specs),

@@ -47,6 +47,17 @@ class GraphSignature:
     methods: dict = field(default_factory=dict)
     # {method name: {symbolic dimension: the fewest positions its int indices need}}
     method_min_sizes: dict = field(default_factory=dict)
+    # the same for "predict" (the forward in eval mode) and "step" (the forward in training
+    # mode and the loss, which the train step and loss functions run): x[:, -2] needs 2
+    min_sizes: dict = field(default_factory=dict)
+
+
+def _needs_of(trace, table, name):
+    """Merge the trace's min_sizes ({dimension: positions}) into table[name], keeping the
+    larger; table gets no entry for a trace without int indices on symbolic axes."""
+    for dim, need in trace.min_sizes.items():
+        into = table.setdefault(name, {})
+        into[dim] = max(into.get(dim, 0), need)
 
 
 def _forward_arg_names(model, method="forward"):
@@ -204,8 +215,9 @@ def build_forward(model, inputs, methods=None):
     result = {}
 
     def body():
-        _, out = _traced_forward(bb, model, named, pvars, named_buffers, bvars, xs,
-                                 [n for n, _ in specs], trainable=False)
+        trace, out = _traced_forward(bb, model, named, pvars, named_buffers, bvars, xs,
+                                     [n for n, _ in specs], trainable=False)
+        _needs_of(trace, sig.min_sizes, "predict")
         result["out"] = out
         return out
 
@@ -232,8 +244,7 @@ def _emit_method(bb, model, name, inputs, sig):
         trace, out = _traced_forward(bb, model, named, pvars, named_buffers, bvars, xs,
                                      [n for n, _ in specs], trainable=False, method=name)
         result["out"] = out
-        if trace.min_sizes:
-            sig.method_min_sizes[name] = dict(trace.min_sizes)
+        _needs_of(trace, sig.method_min_sizes, name)
         # a 1-tuple is emitted as its one tensor: TVM 0.27's FuseOps/FuseTIR fail on one
         return out[0] if isinstance(out, (tuple, list)) and len(out) == 1 else out
 
@@ -290,6 +301,7 @@ def build_training(model, loss_fn, inputs, labels, extras=None):
         if not isinstance(loss, Tensor) or loss.shape != ():
             raise ShapeError(f"the loss must be a scalar Tensor, got "
                              f"{getattr(loss, 'shape', type(loss).__name__)}")
+        _needs_of(trace, sig.min_sizes, "step")  # the training forward's and the loss's
         if not named_buffers:
             return loss  # not a 1-tuple: TVM 0.27's FuseOps/FuseTIR fail on one
         # the buffers as the forward left them (unchanged ones pass through)

@@ -80,7 +80,7 @@ def _methods(v):
 
 
 def _min_sizes(v):
-    """{symbolic dimension name: the fewest positions a method's int indices need}."""
+    """{symbolic dimension name: the fewest positions a function's int indices need}."""
     return isinstance(v, dict) and all(_str(k) and _is_int(n) and n >= 1 for k, n in v.items())
 
 
@@ -131,6 +131,10 @@ FIELDS = {
     "methods": (_methods, "{method name: {inputs: [{name, shape, dtype}], outputs: {shape, "
                 "dtype} or a list of them, and optionally min_sizes: {dimension: int >= 1}}}",
                 frozenset()),
+    "min_sizes": (lambda v: isinstance(v, dict) and set(v) <= {"predict", "step"}
+                  and all(_min_sizes(m) for m in v.values()),
+                  "{predict, step: {dimension: int >= 1}} (the positions their int indices "
+                  "need)", frozenset()),
     "frozen": (lambda v: isinstance(v, list) and all(_str(n) for n in v),
                "a list of parameter names (requires_grad=False)", frozenset()),
     # tvf.quantize: the layers run as int8 kernels, and those kept in float (no int8 kernel)

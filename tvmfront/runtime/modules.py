@@ -77,16 +77,33 @@ def _match(name, got, dtype_ok, got_dtype, spec, sizes, batch_free=False):
                          f"got shape {tuple(got)} dtype {got_dtype}")
 
 
-def _check_min_sizes(method, spec, sizes):
-    """ShapeError where a symbolic dimension of this call is smaller than the method's int
-    indices into it need (spec["min_sizes"], recorded when it was traced: x[:, -1] needs 1):
-    the kernel would read outside its buffer."""
-    for name, need in spec.get("min_sizes", {}).items():
+def _check_min_sizes(caller, min_sizes, sizes):
+    """ShapeError where a symbolic dimension of this call is smaller than the function's int
+    indices into it need (`min_sizes`, {dimension: positions}, recorded when it was traced:
+    x[:, -1] needs 1): the kernel would read outside its buffer. sizes: {dimension: (size,
+    the tensor it was first seen in)}."""
+    for name, need in min_sizes.items():
         size, where = sizes.get(name, (need, None))
         if size < need:
-            raise ShapeError(f"{method}: dimension '{name}' is {size} in {where}, but {method} "
+            raise ShapeError(f"{caller}: dimension '{name}' is {size} in {where}, but {caller} "
                              f"indexes {need} position(s) into it (an int index on that axis, "
                              f"e.g. x[:, -1]): it needs at least {need}")
+
+
+def _short_of(min_sizes, sizes):
+    """Whether a size in `sizes` ({dimension: size}, as fits fills it) is below its need:
+    the fast paths then leave the call to the general one, which raises."""
+    return any(sizes.get(name, need) < need for name, need in min_sizes.items())
+
+
+def _array_sizes(specs, arrays, label):
+    """{symbolic dimension: (size, tensor label)} of arrays already checked against specs."""
+    sizes = {}
+    for (name, spec), a in zip(specs, arrays):
+        for want, have in zip(spec["shape"], a.shape):
+            if isinstance(want, str):
+                sizes.setdefault(want, (have, label(name)))
+    return sizes
 
 
 def _is_tensor(value):
@@ -246,6 +263,9 @@ class _Compiled:
         self.buffer_names = [b["name"] for b in manifest.get("buffers", ())]
         self._buffers = [self._to_device(params[n]) for n in self.buffer_names]
         self._inputs = input_specs(manifest)
+        # {dimension: positions} predict's and the step's int indices need, or None
+        needs = manifest.get("min_sizes", {})
+        self._predict_needs, self._step_needs = needs.get("predict"), needs.get("step")
         self._fast = self._fast_input_spec()
         self._held_inputs = HeldTensors()  # the fast path's input tensors, per input shape
         # (the parameter list they were made from, predict_packed, the transformed parameters);
@@ -273,7 +293,9 @@ class _Compiled:
             return None
         held = self._held_inputs.get(x.shape)
         if held is None:
-            if not fits(x.shape, fast[0], {}):
+            sizes = {}
+            if not fits(x.shape, fast[0], sizes) or \
+                    self._predict_needs and _short_of(self._predict_needs, sizes):
                 return None
             return self._held_inputs.make(x.shape, [x], self.device)[0][0]
         held[1][0][...] = x
@@ -388,6 +410,9 @@ class _Compiled:
         return forward, self._packed[2]
 
     def _run_predict(self, arrays):
+        if self._predict_needs:  # per compiled batch: predict's last one may be smaller
+            _check_min_sizes("predict", self._predict_needs,
+                             _array_sizes(self._inputs, arrays, self._input_label))
         forward, params = self._forward()
         return to_numpy(forward(*[to_device(a, self.device) for a in arrays], *params,
                                 *self._buffers))
@@ -464,7 +489,7 @@ class _Compiled:
         label = (lambda n: f"{method}: input '{n}'")
         sizes = {}
         arrays = _checked_arrays(method, "inputs", value, specs, label, sizes)
-        _check_min_sizes(method, spec, sizes)
+        _check_min_sizes(method, spec.get("min_sizes", {}), sizes)
         out = self._function(f"method_{method}")(*[to_device(a, self.device) for a in arrays],
                                                    *self._params, *self._buffers)
         outs = spec["outputs"]
@@ -501,7 +526,7 @@ class _Compiled:
                 _check(label, array, s, sizes=sizes)
                 args.append(to_device(array, self.device))
         if "min_sizes" in spec:
-            _check_min_sizes(method, spec, sizes)
+            _check_min_sizes(method, spec["min_sizes"], sizes)
         out = self._function(f"method_{method}")(*args, *self._params, *self._buffers)
         outs = spec["outputs"]
         if not isinstance(outs, list):
@@ -646,7 +671,8 @@ class TrainingModule(_Compiled):
         held = self._held_steps.get(shapes)
         if held is None:
             sizes = {}
-            if not (fits(x.shape, fast[0], sizes) and fits(y.shape, plan["y"][0], sizes)):
+            if not (fits(x.shape, fast[0], sizes) and fits(y.shape, plan["y"][0], sizes)) or \
+                    self._step_needs and _short_of(self._step_needs, sizes):
                 return None
         classes = plan["classes"]
         if classes is not None and y.size and not _labels_in_range(y, classes):
@@ -713,6 +739,8 @@ class TrainingModule(_Compiled):
         if empty:  # a loss averaged over no samples: no number, and no update to make
             raise ShapeError(f"dimension '{empty[0]}' is 0: a loss and its gradients need at "
                              f"least one sample")
+        if self._step_needs:
+            _check_min_sizes("step", self._step_needs, sizes)
         classes = self.manifest.get("num_classes")
         if classes is not None and y.size and not _labels_in_range(y, classes):
             ignore = self.manifest.get("ignore_index")
