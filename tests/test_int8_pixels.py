@@ -174,6 +174,29 @@ def test_quantized_lenet_equals_the_widening_kernels_with_fewer_kernels(tmp_path
     assert not fused.build_info["fallback_kernels"]
 
 
+def test_two_pixel_convolutions_in_one_chain_keep_their_int8_schedules():
+    """A pooled pixel-lane conv feeding a padded pixel-lane conv in one qchain: the first
+    one's pooled epilogue stays its own block before the second's padding. It had been
+    inlined into that padding, so the epilogue read the accumulator at (i - 1) * 2, which
+    reverse_compute_at could not place: the int8 rule failed on the whole kernel and it ran
+    scalar (5x slower). Same integers as the widening kernels, every kernel scheduled."""
+    tvf.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(96, 10))
+    x = tvf.data.load_digits()[0][:64]
+    spec = ("batch", 1, 8, 8)
+    fused = tvf.quantize(model, calibration=x, inputs=spec)
+    plain = tvf.compile_inference(nn_int8.convert(model, fused.quantization["scales"]), spec)
+    np.testing.assert_array_equal(fused.predict(x), plain.predict(x))
+    assert fused.build_info["fallback_kernels"] == {}
+    if VNNI or AVX2:
+        converted = nn_int8.convert(model, fused.quantization["scales"], pack=lambda e: True)
+        assert (converted[0].pixels, converted[0].pool, converted[3].pixels) == (True, 2, True)
+        assert converted[0].chain[0] is converted[3]  # both convolutions in one kernel
+        assert "qchain" in {gv.name_hint for gv in fused._lowered.functions}
+
+
 def test_a_layer_computed_by_an_earlier_kernel_refuses_to_run_alone():
     """A chain member's work is in its head's kernel: compiled on its own (or with the head
     left out) it would pass its input through unchanged; it says so instead."""

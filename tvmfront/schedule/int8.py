@@ -46,6 +46,7 @@ ROWS = 4  # accumulator rows per tile: 4 x 16 int32 = 8 ymm / 4 zmm registers
 WIDE_ROWS = (16, 8)
 PARALLEL_MIN_MACS = 1 << 19  # below this a parallel launch costs more than it saves
 _ATTRS = {GEMM_ATTR, PIXELS_ATTR}  # the blocks this rule schedules
+_PAD = "qconv2d_pad"  # a convolution's padded input ("qconv2d_pad_1": a qchain's next layer)
 _registered = set()
 
 
@@ -155,7 +156,15 @@ def _int8_gemm(func, target, params):
             log.info("kernel %s: int8 dot product not used (%s)", _current.get().name, err)
             raise
         if PIXELS_ATTR in annotations:
-            sch, note = _int8_pixels(sch, name, target, params)
+            try:  # its epilogue inlined into the next layer's stages: no pass of its own
+                sch, note = _int8_pixels(sch.copy(), name, target, params)
+            except NotApplicable:
+                raise
+            except Exception as err:  # noqa: BLE001 - e.g. a pooled epilogue inlined into a
+                # padding reads the accumulator at (i - 1) * 2: no region reverse_compute_at
+                # can place (a padded conv after a pooled one). Then the stages stay apart.
+                _probe(f"int8 pixels on block {name} with the next layer's stages inlined", err)
+                sch, note = _int8_pixels(sch, name, target, params, into_stages=False)
             sch = s_tir.Schedule(sch.mod["main"])  # as below: a tensorized block's schedule
             notes.append(f"{name}={note}")
             continue
@@ -190,16 +199,19 @@ def _int8_gemm(func, target, params):
     return sch.mod["main"], ", ".join(notes)
 
 
-def _inline_epilogue(sch, name):
+def _inline_epilogue(sch, name, into_stages=True):
     """The elementwise blocks Relax fused after the GEMM's epilogue (ReLU, a residual add,
     the next layer's quantize) inlined into one block that reads the accumulator, which
     _tile then computes in the tile: without it each one is a pass over a float tensor
-    (dequantize, add, ReLU, quantize: 4 passes, ResNet's convolutions ~1.3x slower)."""
+    (dequantize, add, ReLU, quantize: 4 passes, ResNet's convolutions ~1.3x slower).
+    into_stages False: not into the next layer's padding or quads (qchain) either."""
     while True:
         consumers = sch.get_consumers(sch.get_sblock(name))
         if len(consumers) != 1 or not sch.get_consumers(consumers[0]):
             return sch  # none, or the one left writes the kernel's output
-        if any(_ATTRS & set(sch.get(c).annotations) for c in sch.get_consumers(consumers[0])):
+        if any(_ATTRS & set(sch.get(c).annotations)
+               or not into_stages and sch.get(c).name_hint.startswith((QUADS, _PAD))
+               for c in sch.get_consumers(consumers[0])):
             return sch  # it feeds the next layer's GEMM (qchain): stays its input
         trial = sch.copy()
         try:
@@ -469,17 +481,18 @@ def _largest_divisor(n, limit):
     return max(d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0)
 
 
-def _int8_pixels(sch, name, target, params):
+def _int8_pixels(sch, name, target, params, into_stages=True):
     """Schedule qconv2d_pixels' block `name`: per image, the quantized padded input and its
     quads computed first (in the image's loop); then tiles of `pool` output rows x a chunk of
     channels x whole vectors of pixels, held in registers, the reduction (channel, kh, groups
     of 4 taps) outside, tensorized along the pixels with the weights' 4 bytes broadcast; the
-    epilogue (pooling, requantization, fused elementwise ops) in the tile. (schedule, note)."""
+    epilogue (pooling, requantization, fused elementwise ops) in the tile. (schedule, note).
+    into_stages: as _inline_epilogue's."""
     block = sch.get_sblock(name)
     stmt = sch.get(block)
     x_max, pool = int(stmt.annotations[PIXELS_ATTR]), int(stmt.annotations[PIXELS_POOL])
     intrin, lanes = dot_intrinsic(target, x_max)
-    sch = _inline_epilogue(sch, name)
+    sch = _inline_epilogue(sch, name, into_stages)
     block = sch.get_sblock(name)
     loops = sch.get_loops(block)
     if len(loops) != 8:
@@ -540,7 +553,7 @@ def _own_stages(sch, name):
     padding (or the quantization) is the previous layer's."""
     found = []
     block = sch.get_sblock(name)
-    for prefix in (QUADS, "qconv2d_pad", QUANTIZED):
+    for prefix in (QUADS, _PAD, QUANTIZED):
         match = [b for b in sch.get_producers(block) if sch.get(b).name_hint.startswith(prefix)]
         if not match:
             if prefix != QUANTIZED:
