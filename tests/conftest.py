@@ -14,9 +14,12 @@ scripts/test.sh runs the suite in two pytest-xdist workers, a test file per work
 (the controller makes it before they start; a write is atomic, see tvmfront.cache).
 """
 
+import logging
 import os
 import shutil
 import tempfile
+
+import pytest
 
 _made = None
 if not os.environ.get("TVMFRONT_CACHE_DIR"):
@@ -45,6 +48,44 @@ def pytest_collection_modifyitems(session, config, items):
         return  # one process: the usual order (quick files fail first under -x)
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
+
+
+class _Fallbacks(logging.Handler):
+    """The schedule fallbacks (tvmfront.schedule.failures' warnings) logged in this process
+    since the current test's setup began."""
+
+    def __init__(self):
+        super().__init__(level=logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        message = record.getMessage()
+        if "falling back" in message:
+            self.messages.append(message)
+
+
+_fallbacks = _Fallbacks()
+logging.getLogger("tvmfront.schedule").addHandler(_fallbacks)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    _fallbacks.messages.clear()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    # A rule that fails on a kernel only logs a warning and the kernel gets a slower
+    # schedule, with right values: a test of values alone cannot see it (Transformer dropout
+    # ran 5x slower for sessions that way). So every kernel a test builds here (its module
+    # fixtures' too) must keep its rule, unless the test makes a rule fail on purpose.
+    result = yield
+    if _fallbacks.messages and item.get_closest_marker("falls_back") is None:
+        shown = "\n  ".join(_fallbacks.messages[:5])
+        pytest.fail(f"{len(_fallbacks.messages)} kernel(s) fell back to a simpler schedule "
+                    f"(mark the test falls_back if it makes a rule fail on purpose):\n  {shown}",
+                    pytrace=False)
+    return result
 
 
 def pytest_sessionfinish(session, exitstatus):

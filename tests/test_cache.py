@@ -196,6 +196,7 @@ def test_dump_ir_always_builds(tmp_path, monkeypatch):
         compile_step(dump_ir=str(tmp_path / "ir"))  # asks for the schedule stage's IR
 
 
+@pytest.mark.falls_back
 def test_a_hit_reports_the_fallbacks_of_its_build(monkeypatch, caplog):
     from tvmfront import schedule as cpu_schedule
 

@@ -273,6 +273,7 @@ def test_8_bit_activations_on_avx2_fall_back_to_the_widening_kernel(caplog):
     np.testing.assert_array_equal(run(ex, out, x, w, b, m), qdense_ref(x, w, b, m))
 
 
+@pytest.mark.falls_back
 def test_a_failing_tensorization_falls_back_and_is_recorded(monkeypatch):
     def broken(*args):
         raise RuntimeError("tensorize refused")

@@ -242,6 +242,7 @@ def _raising(error):
     return rule
 
 
+@pytest.mark.falls_back
 def test_a_failing_rule_falls_back_and_says_so(monkeypatch, caplog):
     lowered = _mlp_lowered()
     normal = {}
@@ -286,6 +287,7 @@ def test_a_rule_that_does_not_fit_is_no_fallback(monkeypatch, caplog):
     assert "does not apply (not this pattern)" in caplog.text  # at debug level
 
 
+@pytest.mark.falls_back
 def test_the_build_info_counts_fallback_kernels(monkeypatch, caplog):
     monkeypatch.setenv("TVMFRONT_CACHE", "0")  # the cache cannot see the patch
     tvf.manual_seed(0)
