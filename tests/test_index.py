@@ -1,6 +1,7 @@
-"""take / embedding / one_hot beyond the op table: out-of-range ids (a clear error eagerly,
-clamped in compiled code, never an out-of-bounds read), the scatter-add gradient with repeated
-and clamped ids, padding_idx, and nn.Embedding in a compiled train step."""
+"""take / embedding / one_hot beyond the op table: out-of-range ids (a clear error eagerly and
+from a compiled module, clamped inside the kernels, never an out-of-bounds read), the
+scatter-add gradient with repeated and clamped ids, padding_idx, and nn.Embedding in a
+compiled train step."""
 
 import numpy as np
 import pytest
@@ -159,14 +160,38 @@ def test_embedding_trains_in_a_compiled_step_and_padding_row_stays(dtype):
     assert not grads["emb.weight"][0].any()
 
 
-def test_compiled_inference_clamps_out_of_range_ids():
+def test_compiled_modules_refuse_the_ids_their_kernels_would_clamp():
+    # The kernels clamp (tested above, under bound checks); a compiled module checks the ids
+    # of a data input before they reach them, as the eager op does (PyTorch raises too)
     tvf.manual_seed(2)
     model = Bag(padding_idx=None)
-    infer = tvf.compile_inference(model, inputs=tvf.TensorSpec((2, 3), "int64"))
-    bad = np.array([[1, 70, -4], [6, 2, 7]], dtype=np.int64)
-    np.testing.assert_allclose(infer(bad), infer(np.clip(bad, 0, 6)), rtol=1e-6)
-    assert not np.allclose(infer(bad), infer(np.array([[1, 5, 0], [6, 2, 5]])))
-    with pytest.raises(ValueError, match=r"embedding: id -4 at position \(0, 2\)"):
+    spec = tvf.TensorSpec(("batch", 3), "int64")
+    infer = tvf.compile_inference(model, inputs=spec)
+    train = tvf.compile_training(model, nn.CrossEntropyLoss(), tvf.optim.SGD(0.1), inputs=spec,
+                                 labels=("batch",))
+    assert infer.manifest["id_ranges"] == {"predict": {"x": 7}}
+    assert train.manifest["id_ranges"] == {"predict": {"x": 7}, "step": {"x": 7}}
+    bad = np.array([[1, 70, 4], [6, 2, 7]], dtype=np.int64)
+    low = np.array([[1, 5, -4], [6, 2, 0]], dtype=np.int64)
+    y = np.zeros(2, np.int64)
+    state = train.state_dict()
+    for call, name in ((infer, "predict"), (infer.predict, "predict"),
+                       (lambda x: infer.predict(x, batch_size=1), "predict"),
+                       (lambda x: train.step(x, y), "step"),
+                       (lambda x: train.step([x], y), "step"),
+                       (lambda x: train.loss(x, y), "step")):
+        with pytest.raises(ValueError, match=rf"{name}: x holds 70 at \(0, 1\), out of range: "
+                                             r"it indexes a table of 7 rows, so it must lie in "
+                                             r"0\.\.6"):
+            call(bad)
+        with pytest.raises(ValueError, match=r"x holds -4 at \(0, 2\), out of range"):
+            call(low)
+    assert train.step_count == 0
+    for name, value in train.state_dict().items():
+        np.testing.assert_array_equal(value, state[name])
+    good = np.clip(bad, 0, 6)
+    np.testing.assert_allclose(infer(good), model(good), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"embedding: id 70 at position \(0, 1\)"):
         model(bad)  # the same model run eagerly refuses
 
 

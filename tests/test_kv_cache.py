@@ -135,7 +135,7 @@ def test_bundle_generates_the_same_ids_in_a_fresh_process(lm, tmp_path):
     (dict(prompt_ids=[1], steps=2, top_k=2.5), r"top_k"),
     (dict(prompt_ids=[], steps=2), r"T >= 1"),
     (dict(prompt_ids=[1], steps=-1), r"steps must be an int >= 0"),
-    # the compiled embedding clamps ids: these sampled as if they were 12 and 0
+    # sample names the vocabulary before the compiled prefill would refuse them
     (dict(prompt_ids=[1, 13, 2], steps=2), r"token ids in 0..12 \(the vocabulary\), got 13"),
     (dict(prompt_ids=[[1, 2], [-4, 3]], steps=2), r"token ids in 0..12.*got -4"),
 ])

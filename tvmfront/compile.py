@@ -39,15 +39,21 @@ def _manifest(kind, sig, target):
     }
     if sig.buffers:
         manifest["buffers"] = _named_json(sig.buffers)
-    if sig.min_sizes:  # {"predict": ..., "step": ...}; methods carry their own
-        manifest["min_sizes"] = {name: dict(need) for name, need in sig.min_sizes.items()}
+    # id_ranges name inputs as the runtime does: a module of one input calls it "x"
+    runtime_name = {sig.inputs[0][0]: "x"} if len(sig.inputs) == 1 else {}
+    for kind in graph.BOUND_KINDS:  # e.g. "min_sizes": {"predict": {...}, "step": {...}}
+        per_function = {f: {runtime_name.get(k, k) if kind == "id_ranges" else k: n
+                            for k, n in b[kind].items()}
+                        for f, b in sig.bounds.items() if b.get(kind)}
+        if per_function:
+            manifest[kind] = per_function
     if sig.methods:
         manifest["methods"] = {
             name: {"inputs": _named_json(specs),
                    "outputs": ([o.to_json() for o in outs] if isinstance(outs, list)
                                else outs.to_json()),
-                   **({"min_sizes": sig.method_min_sizes[name]}
-                      if sig.method_min_sizes.get(name) else {})}
+                   **{kind: dict(b) for kind, b in sig.method_bounds.get(name, {}).items()
+                      if b}}
             for name, (specs, outs) in sig.methods.items()}
     return manifest
 

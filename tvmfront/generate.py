@@ -88,8 +88,8 @@ def sample(module, prompt_ids, steps, temperature=1.0, top_k=None, seed=0):
     _check_options(steps, temperature, top_k, vocab)
     b, t = prompt.shape
     if prompt.min() < 0 or prompt.max() >= vocab:
-        # the compiled embedding clamps ids into its table: tokens of another vocabulary
-        # would be sampled from as if they were the first or last id
+        # the compiled prefill refuses them too, naming a position in the batch; this names
+        # the vocabulary
         bad = prompt[(prompt < 0) | (prompt >= vocab)]
         raise ValueError(f"sample: prompt_ids must be token ids in 0..{vocab - 1} (the "
                          f"vocabulary), got {int(bad[0])}")

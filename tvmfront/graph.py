@@ -45,19 +45,24 @@ class GraphSignature:
     # for a method returning a tuple)}: other methods of the
     # model compiled beside predict (eval mode), e.g. a one-token decode step with a KV cache
     methods: dict = field(default_factory=dict)
-    # {method name: {symbolic dimension: the fewest positions its int indices need}}
-    method_min_sizes: dict = field(default_factory=dict)
-    # the same for "predict" (the forward in eval mode) and "step" (the forward in training
-    # mode and the loss, which the train step and loss functions run): x[:, -2] needs 2
-    min_sizes: dict = field(default_factory=dict)
+    # What calls must satisfy (Trace's min_sizes, max_sizes, id_ranges), per function:
+    # {"predict" (the forward in eval mode), "step" (the forward in training mode and the
+    # loss: the train step and loss functions): {kind: {dimension or input: n}}}
+    bounds: dict = field(default_factory=dict)
+    method_bounds: dict = field(default_factory=dict)  # the same per compiled method
 
 
-def _needs_of(trace, table, name):
-    """Merge the trace's min_sizes ({dimension: positions}) into table[name], keeping the
-    larger; table gets no entry for a trace without int indices on symbolic axes."""
-    for dim, need in trace.min_sizes.items():
-        into = table.setdefault(name, {})
-        into[dim] = max(into.get(dim, 0), need)
+# each kind of bound: how two bounds on one dimension or input combine (the tighter wins)
+BOUND_KINDS = {"min_sizes": max, "max_sizes": min, "id_ranges": min}
+
+
+def _bounds_of(trace, table, name):
+    """Merge the trace's bounds into table[name] ({kind: {key: n}}); table gets no entry for
+    a trace without any."""
+    for kind, keep in BOUND_KINDS.items():
+        for key, value in getattr(trace, kind).items():
+            into = table.setdefault(name, {}).setdefault(kind, {})
+            into[key] = keep(into.get(key, value), value)
 
 
 def _forward_arg_names(model, method="forward"):
@@ -190,6 +195,7 @@ def _traced_forward(bb, model, named_params, pvars, named_buffers, bvars, xs, in
     trace = Trace(bb, bindings)
     call = model if method is None else getattr(model, method)
     with tracing(trace), _Mode(model, training=trainable):
+        trace.inputs += zip(xs, input_names)
         out = call(*[Tensor(x, name=n) for x, n in zip(xs, input_names)])
     several = method is not None and isinstance(out, (tuple, list)) and len(out) > 0
     if not all(isinstance(o, Tensor) for o in (out if several else [out])):
@@ -217,7 +223,7 @@ def build_forward(model, inputs, methods=None):
     def body():
         trace, out = _traced_forward(bb, model, named, pvars, named_buffers, bvars, xs,
                                      [n for n, _ in specs], trainable=False)
-        _needs_of(trace, sig.min_sizes, "predict")
+        _bounds_of(trace, sig.bounds, "predict")
         result["out"] = out
         return out
 
@@ -244,7 +250,7 @@ def _emit_method(bb, model, name, inputs, sig):
         trace, out = _traced_forward(bb, model, named, pvars, named_buffers, bvars, xs,
                                      [n for n, _ in specs], trainable=False, method=name)
         result["out"] = out
-        _needs_of(trace, sig.method_min_sizes, name)
+        _bounds_of(trace, sig.method_bounds, name)
         # a 1-tuple is emitted as its one tensor: TVM 0.27's FuseOps/FuseTIR fail on one
         return out[0] if isinstance(out, (tuple, list)) and len(out) == 1 else out
 
@@ -295,13 +301,14 @@ def build_training(model, loss_fn, inputs, labels, extras=None):
         with draws:
             trace, out = _traced_forward(bb, model, named, pvars, named_buffers, bvars, xs,
                                          [n for n, _ in sig.inputs], trainable=True)
+        trace.inputs += [(y, "y"), *zip(evars, [n for n, _ in sig.extras])]
         with tracing(trace):
             loss = loss_fn(out, Tensor(y, name="y"),
                            *[Tensor(e, name=n) for e, (n, _) in zip(evars, sig.extras)])
         if not isinstance(loss, Tensor) or loss.shape != ():
             raise ShapeError(f"the loss must be a scalar Tensor, got "
                              f"{getattr(loss, 'shape', type(loss).__name__)}")
-        _needs_of(trace, sig.min_sizes, "step")  # the training forward's and the loss's
+        _bounds_of(trace, sig.bounds, "step")  # the training forward's and the loss's
         if not named_buffers:
             return loss  # not a 1-tuple: TVM 0.27's FuseOps/FuseTIR fail on one
         # the buffers as the forward left them (unchanged ones pass through)

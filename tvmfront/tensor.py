@@ -50,9 +50,22 @@ class Trace:
     def __init__(self, builder, bindings=None):
         self.builder = builder
         self.bindings = dict(bindings or {})  # id(parameter object) -> Tensor
-        # {symbolic dimension name: the fewest positions an int index into it needs (x[:, -1]
-        # on a symbolic T: 1)}; a compiled method refuses smaller calls (runtime/modules.py)
-        self.min_sizes = {}
+        # What a call of the traced function must satisfy, or a kernel would read outside a
+        # buffer or clamp an index (runtime/modules.py checks them before each call):
+        # {symbolic dimension: the fewest positions an int index into it needs} (x[:, -1] on
+        # a symbolic T: 1), {symbolic dimension: the most positions a table indexed by them
+        # has} (positions 0..T-1 into a positional embedding of `context` rows), and
+        # {data input: n} (its values index a table of n rows: each in [0, n))
+        self.min_sizes, self.max_sizes, self.id_ranges = {}, {}, {}
+        self.inputs = []  # [(relax Var, name)]: the traced function's data inputs
+
+    def input_name(self, tensor):
+        """The data input `tensor` is (its name), or None for any other tensor."""
+        return next((n for v, n in self.inputs if v.same_as(tensor.expr)), None)
+
+    def bound(self, table, key, value, keep):
+        """table[key] = keep(its value, value): the tightest of the bounds recorded."""
+        getattr(self, table)[key] = keep(getattr(self, table).get(key, value), value)
 
     def lookup(self, obj):
         try:

@@ -36,9 +36,9 @@ class CausalLM(Module):
       [num_layers, B, nhead, context, head_dim] holding rows 0..T-1 (rows >= T zero).
     decode(token [B, 1], pos 0-d int64, k_cache, v_cache) -> (logits [B, V], k_cache',
       v_cache'): the token at position `pos` attends over cache rows <= pos; its row is
-      written. pos is a runtime input: one compiled step serves every position. The
-      compiled step cannot check pos < context (nor forward's T <= context on a symbolic T:
-      positions past the table read its last row); tvf.generate.sample checks both first.
+      written. pos is a runtime input: one compiled step serves every position. A compiled
+      module refuses pos outside 0..context-1, ids outside the vocabulary and a symbolic T
+      past the context (its trace bounds them: tvmfront/runtime/bounds.py).
 
     >>> model = nn.CausalLM(96, context=128, d_model=128, nhead=4, num_layers=4,
     ...                     dim_feedforward=512)

@@ -9,7 +9,7 @@ tvf.generate, refuses a position past the context before it gets here).
 """
 
 from .._tvm import te, tirx
-from ..op import op
+from ..op import Op, op
 from ._dims import same, same_shape, show
 
 
@@ -25,7 +25,17 @@ def _i64(v):
     return v.astype("int64")
 
 
-@op
+class _Positions(Op):
+    """positions' output remembers what it counts, `counts` = (T, start): an index op that
+    reads a table with it bounds T or start (ops/index.py's _record_bounds)."""
+
+    def _emit(self, inputs, attrs):
+        out = super()._emit(inputs, attrs)
+        out.counts = (inputs[0].shape[-1] if inputs[0].shape else None, inputs[1])
+        return out
+
+
+@_Positions
 def positions(ids, start):
     """ids [..., T] (only T is read), start 0-d int -> [T] int64: start, start+1, ...,
     start+T-1 (torch.arange(start, start + T)): the position ids of a block of tokens that

@@ -6,9 +6,12 @@ the row it names.
 
 Out-of-range ids: eagerly (numpy inputs) they are a ValueError naming the op, the offending
 id and the valid range, raised before any kernel runs. In compiled code (a model traced into
-a train step or inference module) the ids cannot be checked before the kernel runs, so every
-id is clamped into [0, n - 1]: an id below 0 reads row 0, an id >= n reads row n - 1, and the
-gradient goes to that same row. No kernel ever reads outside the table.
+a train step or inference module) the kernel clamps every id into [0, n - 1]: an id below 0
+reads row 0, an id >= n reads row n - 1, and the gradient goes to that same row, so no kernel
+ever reads outside the table. Before that, the compiled module checks the ids it can: the
+trace records each data input used as ids (values in [0, n)), and ids made by
+ops.positions from a sequence length T (start + T <= n: a symbolic T gets a largest size, a
+runtime start a range), and every call is checked against them (runtime/modules.py).
 """
 
 import contextlib
@@ -17,6 +20,7 @@ import numpy as np
 
 from .._tvm import IRBuilder, te, tir_builder, tirx
 from ..op import Op
+from ..tensor import Tensor, current_trace
 from ._dims import dims, show, static
 
 
@@ -56,9 +60,10 @@ class _IndexOp(Op):
     """An op whose integer input (position `ids_at`) indexes an axis of size `size(arrays,
     attrs)`: eagerly the ids are checked before any kernel runs."""
 
-    def __init__(self, fn, ids_at, size, what="id"):
+    def __init__(self, fn, ids_at, size, what="id", reads=True):
         super().__init__(fn)
         self._ids_at, self._size, self._what = ids_at, size, what
+        self._reads = reads  # the ids select rows to read (not one_hot's): bound calls
 
     def _check(self, arrays, attrs):
         arrays = [np.asarray(a) for a in arrays]
@@ -73,14 +78,48 @@ class _IndexOp(Op):
         self._check(arrays, attrs)
         return super().vjp(dy, *arrays, derived=derived, **attrs)
 
+    def _emit(self, inputs, attrs):
+        ids = inputs[self._ids_at] if len(inputs) > self._ids_at else None
+        trace = current_trace()
+        if self._reads and isinstance(ids, Tensor) and trace is not None:
+            n = self._size(inputs, attrs)
+            if isinstance(n, int):  # a table of a symbolic size (rows are the batch): none
+                _record_bounds(self.name, trace, ids, n)
+        return super()._emit(inputs, attrs)
+
     def unchecked(self, *arrays, **attrs):
         """The forward kernel on numpy arrays without the eager id check: what compiled code
         does with out-of-range ids (clamps them). For tests of that behaviour."""
         return super().eager(*arrays, **attrs)
 
 
-def _index_op(ids_at, size, what="id"):
-    return lambda fn: _IndexOp(fn, ids_at, size, what)
+def _record_bounds(name, trace, ids, n):
+    """Record in `trace` what calls must satisfy for `ids` to index n rows in range: a data
+    input's values in [0, n); positions start..start+T-1 (ops.positions, its `counts`) within
+    n rows: T <= n - start for a symbolic T and a constant start (a trace-time error for a
+    constant T), start in [0, n - T] for a runtime start (a data input) and a constant T."""
+    source = trace.input_name(ids)
+    if source is not None:
+        trace.bound("id_ranges", source, n, min)
+    length, start = getattr(ids, "counts", (None, None))
+    if length is None:
+        return
+    if not isinstance(start, Tensor):  # a constant start
+        first = int(np.asarray(start))
+        if isinstance(length, int):
+            if first + length > n:
+                raise ValueError(f"{name}: positions {first}..{first + length - 1} index a "
+                                 f"table of {n} rows (0..{n - 1})")
+        elif isinstance(getattr(length, "name", None), str):
+            trace.bound("max_sizes", length.name, n - first, min)
+    elif isinstance(length, int):
+        source = trace.input_name(start)
+        if source is not None:  # start in [0, n - length]: values below n - length + 1
+            trace.bound("id_ranges", source, n - length + 1, min)
+
+
+def _index_op(ids_at, size, what="id", reads=True):
+    return lambda fn: _IndexOp(fn, ids_at, size, what, reads)
 
 
 # ---- take ------------------------------------------------------------------------------------
@@ -191,7 +230,7 @@ def _(dy, weight, ids, padding_idx=None):
 
 
 # ---- one_hot ---------------------------------------------------------------------------------
-@_index_op(0, lambda arrays, attrs: attrs["depth"], "class id")
+@_index_op(0, lambda arrays, attrs: attrs["depth"], "class id", reads=False)
 def one_hot(indices, depth, dtype="float32"):
     """indices [...] -> [..., depth], 1 at each index, 0 elsewhere (no gradient: the input is
     integer). Compiled code with an out-of-range id gives an all-zero row (no read involved)."""

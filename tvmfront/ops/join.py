@@ -227,7 +227,7 @@ def _needs_positions(dim, count):
     trace = current_trace()
     name = getattr(dim, "name", None)
     if trace is not None and isinstance(name, str):
-        trace.min_sizes[name] = max(trace.min_sizes.get(name, 0), count)
+        trace.bound("min_sizes", name, count, max)
 
 
 def getitem(x, key):

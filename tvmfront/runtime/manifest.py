@@ -71,17 +71,32 @@ def _output(v):
 def _methods(v):
     return isinstance(v, dict) and all(
         _str(name) and name.isidentifier() and isinstance(m, dict)
-        and {"inputs", "outputs"} <= set(m) <= {"inputs", "outputs", "min_sizes"}
+        and {"inputs", "outputs"} <= set(m) <= {"inputs", "outputs", *_BOUNDS}
         and _tensors(m["inputs"], symbolic="name")
         and (_output(m["outputs"]) or isinstance(m["outputs"], list)
              and all(_output(o) for o in m["outputs"]))
-        and _min_sizes(m.get("min_sizes", {}))
+        and all(check(m.get(kind, {})) for kind, (check, _) in _BOUNDS.items())
         for name, m in v.items())
 
 
-def _min_sizes(v):
-    """{symbolic dimension name: the fewest positions a function's int indices need}."""
-    return isinstance(v, dict) and all(_str(k) and _is_int(n) and n >= 1 for k, n in v.items())
+def _counts(least):
+    """{a symbolic dimension's or an input's name: an int >= least}."""
+    return lambda v: isinstance(v, dict) and all(_str(k) and _is_int(n) and n >= least
+                                                 for k, n in v.items())
+
+
+# What calls of a compiled function must satisfy (tvmfront.graph.BOUND_KINDS): a method
+# carries each kind as {key: n}; the manifest's top level as {"predict", "step": {key: n}}.
+_BOUNDS = {
+    "min_sizes": (_counts(1), "{dimension: the fewest positions its int indices need}"),
+    "max_sizes": (_counts(0), "{dimension: the most positions its tables have rows for}"),
+    "id_ranges": (_counts(1), "{input: n, its values index n rows: each in [0, n)}"),
+}
+
+
+def _per_function(check):
+    return lambda v: isinstance(v, dict) and set(v) <= {"predict", "step"} and all(
+        check(b) for b in v.values())
 
 
 def _optimizer(v):
@@ -129,12 +144,10 @@ FIELDS = {
     "accumulate": (lambda v: isinstance(v, bool), "true or false", frozenset()),
     "seed": (lambda v: _is_int(v) and 0 <= v < 2**64, "an integer in [0, 2**64)", frozenset()),
     "methods": (_methods, "{method name: {inputs: [{name, shape, dtype}], outputs: {shape, "
-                "dtype} or a list of them, and optionally min_sizes: {dimension: int >= 1}}}",
-                frozenset()),
-    "min_sizes": (lambda v: isinstance(v, dict) and set(v) <= {"predict", "step"}
-                  and all(_min_sizes(m) for m in v.values()),
-                  "{predict, step: {dimension: int >= 1}} (the positions their int indices "
-                  "need)", frozenset()),
+                "dtype} or a list of them, and optionally min_sizes, max_sizes and id_ranges: "
+                "{name: int}}}", frozenset()),
+    **{kind: (_per_function(check), "{predict, step: " + what + "}", frozenset())
+       for kind, (check, what) in _BOUNDS.items()},
     "frozen": (lambda v: isinstance(v, list) and all(_str(n) for n in v),
                "a list of parameter names (requires_grad=False)", frozenset()),
     # tvf.quantize: the layers run as int8 kernels, and those kept in float (no int8 kernel)

@@ -16,6 +16,7 @@ from .._tvm import (TVM_VERSION, cross_compiler_name, device_available, device_f
                    tuple_items, virtual_machine)
 from ..errors import BundleError, ShapeError, TargetError
 from . import bundle, cpu
+from .bounds import CallBounds, array_sizes
 from .held import HeldTensors, fits
 from .manifest import LIBRARY, OPTIMIZER, PARAMS
 
@@ -75,35 +76,6 @@ def _match(name, got, dtype_ok, got_dtype, spec, sizes, batch_free=False):
         want = ["N"] + shape[1:] if batch_free else shape
         raise ShapeError(f"{name}: expected shape {tuple(want)} dtype {dtype}, "
                          f"got shape {tuple(got)} dtype {got_dtype}")
-
-
-def _check_min_sizes(caller, min_sizes, sizes):
-    """ShapeError where a symbolic dimension of this call is smaller than the function's int
-    indices into it need (`min_sizes`, {dimension: positions}, recorded when it was traced:
-    x[:, -1] needs 1): the kernel would read outside its buffer. sizes: {dimension: (size,
-    the tensor it was first seen in)}."""
-    for name, need in min_sizes.items():
-        size, where = sizes.get(name, (need, None))
-        if size < need:
-            raise ShapeError(f"{caller}: dimension '{name}' is {size} in {where}, but {caller} "
-                             f"indexes {need} position(s) into it (an int index on that axis, "
-                             f"e.g. x[:, -1]): it needs at least {need}")
-
-
-def _short_of(min_sizes, sizes):
-    """Whether a size in `sizes` ({dimension: size}, as fits fills it) is below its need:
-    the fast paths then leave the call to the general one, which raises."""
-    return any(sizes.get(name, need) < need for name, need in min_sizes.items())
-
-
-def _array_sizes(specs, arrays, label):
-    """{symbolic dimension: (size, tensor label)} of arrays already checked against specs."""
-    sizes = {}
-    for (name, spec), a in zip(specs, arrays):
-        for want, have in zip(spec["shape"], a.shape):
-            if isinstance(want, str):
-                sizes.setdefault(want, (have, label(name)))
-    return sizes
 
 
 def _is_tensor(value):
@@ -231,6 +203,16 @@ def why_not_runnable_here(manifest):
     return None
 
 
+def _host_view(value):
+    """A numpy array as it is; a TVM tensor's values: a view of a CPU one (0.3 us), else a
+    copy."""
+    if type(value) is np.ndarray:
+        return value
+    if value.device.dlpack_device_type() == 1:
+        return np.from_dlpack(value)
+    return to_numpy(value)
+
+
 def _host_copy(array):
     """numpy copy of a TVM runtime tensor or an array-like."""
     return to_numpy(array) if hasattr(array, "numpy") else np.array(array)
@@ -264,8 +246,10 @@ class _Compiled:
         self._buffers = [self._to_device(params[n]) for n in self.buffer_names]
         self._inputs = input_specs(manifest)
         # {dimension: positions} predict's and the step's int indices need, or None
-        needs = manifest.get("min_sizes", {})
-        self._predict_needs, self._step_needs = needs.get("predict"), needs.get("step")
+        # what predict's and the step's calls must satisfy (runtime/bounds.py), or None
+        self._predict_bounds = CallBounds.of("predict", manifest, "predict")
+        self._step_bounds = CallBounds.of("step", manifest, "step")
+        self._method_bounds = {}  # method -> its CallBounds or None, looked up once
         self._fast = self._fast_input_spec()
         self._held_inputs = HeldTensors()  # the fast path's input tensors, per input shape
         # (the parameter list they were made from, predict_packed, the transformed parameters);
@@ -291,11 +275,14 @@ class _Compiled:
         fast = self._fast
         if fast is None or type(x) is not np.ndarray or x.dtype != fast[1]:
             return None
+        bounds = self._predict_bounds
+        if bounds is not None and not bounds.ids_fit(self._inputs[0][0], x):
+            return None
         held = self._held_inputs.get(x.shape)
         if held is None:
             sizes = {}
             if not fits(x.shape, fast[0], sizes) or \
-                    self._predict_needs and _short_of(self._predict_needs, sizes):
+                    bounds is not None and not bounds.sizes_fit(sizes):
                 return None
             return self._held_inputs.make(x.shape, [x], self.device)[0][0]
         held[1][0][...] = x
@@ -379,6 +366,17 @@ class _Compiled:
     def _input_label(self, name):
         return "x" if len(self._inputs) == 1 else f"input '{name}'"
 
+    @staticmethod
+    def _labelled(specs, arrays, label):
+        """{name: (its label in errors, array)} for CallBounds.check_ids."""
+        return {name: (label(name), a) for (name, _), a in zip(specs, arrays)}
+
+    def _bounds_of(self, method, spec):
+        """The CallBounds of compiled method `method` (its spec), or None; looked up once."""
+        if method not in self._method_bounds:
+            self._method_bounds[method] = CallBounds.of(method, spec)
+        return self._method_bounds[method]
+
     def _inputs_in(self, caller, x, batch_free=False, sizes=None):
         """The input arrays as the compiled function takes them, checked, one per input.
         sizes: the symbolic dimensions' sizes seen so far in this call (see _check)."""
@@ -410,9 +408,10 @@ class _Compiled:
         return forward, self._packed[2]
 
     def _run_predict(self, arrays):
-        if self._predict_needs:  # per compiled batch: predict's last one may be smaller
-            _check_min_sizes("predict", self._predict_needs,
-                             _array_sizes(self._inputs, arrays, self._input_label))
+        bounds = self._predict_bounds
+        if bounds is not None:  # per compiled batch: predict's last one may be smaller
+            bounds.check(array_sizes(self._inputs, arrays, self._input_label),
+                         self._labelled(self._inputs, arrays, self._input_label))
         forward, params = self._forward()
         return to_numpy(forward(*[to_device(a, self.device) for a in arrays], *params,
                                 *self._buffers))
@@ -489,7 +488,9 @@ class _Compiled:
         label = (lambda n: f"{method}: input '{n}'")
         sizes = {}
         arrays = _checked_arrays(method, "inputs", value, specs, label, sizes)
-        _check_min_sizes(method, spec.get("min_sizes", {}), sizes)
+        bounds = self._bounds_of(method, spec)
+        if bounds is not None:
+            bounds.check(sizes, self._labelled(specs, arrays, lambda n: f"input '{n}'"))
         out = self._function(f"method_{method}")(*[to_device(a, self.device) for a in arrays],
                                                    *self._params, *self._buffers)
         outs = spec["outputs"]
@@ -513,7 +514,7 @@ class _Compiled:
         if len(inputs) != len(inputs_plan):
             raise ShapeError(f"{method}: this method takes {len(inputs_plan)} inputs "
                              f"{[s['name'] for _, s, _, _ in inputs_plan]}, got {len(inputs)}")
-        sizes, args = {}, []
+        sizes, args, host = {}, [], []
         for (label, s, shape, dtype), value in zip(inputs_plan, inputs):
             if type(value) is not np.ndarray and _is_tensor(value):
                 # one tuple and one string comparison for a tensor of static shape (a decode
@@ -521,12 +522,17 @@ class _Compiled:
                 if value.shape != shape or value.dtype != dtype or value.device != self.device:
                     _check_tensor(label, value, s, self.device, sizes)
                 args.append(value)
+                host.append(value)
             else:
                 array = _as_integer(label, value, s)
                 _check(label, array, s, sizes=sizes)
                 args.append(to_device(array, self.device))
-        if "min_sizes" in spec:
-            _check_min_sizes(method, spec["min_sizes"], sizes)
+                host.append(array)
+        bounds = self._bounds_of(method, spec)
+        if bounds is not None:  # ids held in a tensor are read back (token and pos: bytes)
+            bounds.check(sizes, {s["name"]: (f"input '{s['name']}'", _host_view(v))
+                                 for (_, s, _, _), v in zip(inputs_plan, host)
+                                 if s["name"] in bounds.id_ranges})
         out = self._function(f"method_{method}")(*args, *self._params, *self._buffers)
         outs = spec["outputs"]
         if not isinstance(outs, list):
@@ -669,10 +675,14 @@ class TrainingModule(_Compiled):
             return None
         shapes = (x.shape, y.shape)
         held = self._held_steps.get(shapes)
+        bounds = self._step_bounds
+        if bounds is not None and not (bounds.ids_fit(self._inputs[0][0], x)
+                                       and bounds.ids_fit("y", y)):
+            return None
         if held is None:
             sizes = {}
             if not (fits(x.shape, fast[0], sizes) and fits(y.shape, plan["y"][0], sizes)) or \
-                    self._step_needs and _short_of(self._step_needs, sizes):
+                    bounds is not None and not bounds.sizes_fit(sizes):
                 return None
         classes = plan["classes"]
         if classes is not None and y.size and not _labels_in_range(y, classes):
@@ -739,8 +749,6 @@ class TrainingModule(_Compiled):
         if empty:  # a loss averaged over no samples: no number, and no update to make
             raise ShapeError(f"dimension '{empty[0]}' is 0: a loss and its gradients need at "
                              f"least one sample")
-        if self._step_needs:
-            _check_min_sizes("step", self._step_needs, sizes)
         classes = self.manifest.get("num_classes")
         if classes is not None and y.size and not _labels_in_range(y, classes):
             ignore = self.manifest.get("ignore_index")
@@ -760,6 +768,12 @@ class TrainingModule(_Compiled):
             raise ShapeError("step: this module's loss takes no extra inputs, got extras=")
         else:
             extra_arrays = []
+        bounds = self._step_bounds
+        if bounds is not None:
+            bounds.check(sizes, {**self._labelled(self._inputs, arrays, self._input_label),
+                                 "y": ("y", y),
+                                 **self._labelled(extra_specs, extra_arrays,
+                                                  lambda n: f"extra '{n}'")})
         return [to_device(a, self.device)
                 for a in [*arrays, y, *extra_arrays, *self._rng(micro)]]
 
