@@ -112,10 +112,31 @@ def test_required_files_must_be_listed_and_nothing_else(copy, exported):
     ({"kind": "other"}, "unknown module kind 'other'"),
     ({"format_version": 2}, "format version 2"),
     ({"format_version": True}, "'format_version' must be an integer"),
+    ({"inputs": {"shape": [2, 16], "dtype": "float99"}}, "'inputs' must be"),
+    ({"scalar_dtype": "int8"}, "'scalar_dtype' must be one of"),
 ])
 def test_manifest_fields_are_checked(copy, change, message):
     path, manifest = copy
     _rewrite(path, dict(manifest, **change))
+    with pytest.raises(tvf.BundleError, match=message):
+        tvf.load(path)
+
+
+@pytest.mark.parametrize("change, message", [
+    # a larger class count had let labels index past the logits: a finite, wrong loss
+    (lambda m: m.update(num_classes=100), "'num_classes' is 100, but the outputs have 3"),
+    # finite as JSON, inf in the step's float32 lr: every parameter inf after one step
+    (lambda m: m["optimizer"].update(lr=1e39), "optimizer lr 1e\\+39 does not fit the "
+                                               "step's float32 scalars"),
+    (lambda m: m["optimizer"].update(lr=-1), "'optimizer' must be .*lr \\(a finite number"),
+], ids=["num-classes", "lr-past-float32", "lr-negative"])
+def test_a_training_manifest_whose_fields_disagree_is_refused(exported, tmp_path, change,
+                                                              message):
+    path = str(tmp_path / "t")
+    shutil.copytree(exported[2], path)
+    manifest = json.load(open(os.path.join(path, "manifest.json")))
+    change(manifest)
+    _rewrite(path, manifest)
     with pytest.raises(tvf.BundleError, match=message):
         tvf.load(path)
 

@@ -92,7 +92,7 @@ def _damaged(saved, tmp_path, damage):
     (lambda d: d[:len(d) - 1], "corrupt or truncated"),
     (lambda d: d[:20], "truncated"),
     (lambda d: b"", "too short"),
-    (lambda d: d[:-4] + bytes(b ^ 0xFF for b in d[-4:]), "does not match its recorded SHA-256"),
+    (lambda d: d[:-4] + bytes(b ^ 0xFF for b in d[-4:]), "does not match the SHA-256 it records"),
     (lambda d: d[:8] + b"[" + d[9:], "corrupt safetensors header"),
     (lambda d: d[:9] + b"\xff" + d[10:], "corrupt safetensors header"),
 ], ids=["half", "last-byte", "header-cut", "empty", "bit-flip", "header-not-object",
@@ -105,6 +105,73 @@ def test_damaged_checkpoint_is_refused(saved, tmp_path, damage, match):
         trainer.load_checkpoint(path)
     assert trainer.module.step_count == 0
     assert all(np.array_equal(before[n], v) for n, v in trainer.module.state_dict().items())
+
+
+def _with_meta(saved, tmp_path, change, rehash=True):
+    """The saved checkpoint with its metadata changed by change(meta) (re-hashed as a writer
+    would, unless not `rehash`: a flipped byte)."""
+    from safetensors.numpy import load_file, save_file
+
+    from tvmfront import checkpoint
+    with safe_open(saved[0], "np") as f:
+        header = f.metadata()
+    meta = json.loads(header["meta"])
+    change(meta)
+    tensors = load_file(saved[0])
+    if rehash:
+        meta["sha256"] = checkpoint._digest(tensors, meta)
+    path = str(tmp_path / "meta.safetensors")
+    save_file(tensors, path, metadata=dict(header, meta=json.dumps(meta, sort_keys=True)))
+    return path
+
+
+def _refused_unchanged(path, match):
+    trainer = tvf.Trainer(_module(0), progress=False)
+    before = trainer.module.state_dict()
+    with pytest.raises(tvf.CheckpointError, match=match):
+        trainer.load_checkpoint(path)
+    assert trainer.module.step_count == 0 and trainer.module.lr == 0.05
+    assert all(np.array_equal(before[n], v) for n, v in trainer.module.state_dict().items())
+
+
+def test_the_sha256_covers_the_metadata(saved, tmp_path):
+    # one digit of the step count changed, tensors intact: it had loaded as step 9
+    path = _with_meta(saved, tmp_path, lambda m: m.update(step=9), rehash=False)
+    _refused_unchanged(path, "the data \\(tensors and metadata\\) does not match the SHA-256")
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda m: m.update(step="abc"), "'step' must be an integer >= 0, got 'abc'"),
+    (lambda m: m.update(step=-7), "'step' must be an integer >= 0, got -7"),
+    (lambda m: m.pop("step"), "lacks 'step'"),
+    (lambda m: m.pop("lr"), "lacks 'lr'"),
+    (lambda m: m.update(lr=float("nan")), "'lr' must be a finite number >= 0"),
+    (lambda m: m.update(lr=-5), "'lr' must be a finite number >= 0"),
+    (lambda m: m.update(lr=1e39), "lr 1e\\+39 does not fit the step's float32 scalars"),
+    (lambda m: m.update(history=5), "'history' must be a list"),
+    (lambda m: m.pop("seed"), "lacks 'seed'"),
+    (lambda m: m.update(batch_size=0), "'batch_size' must be null or an integer >= 1"),
+], ids=["step-str", "step-negative", "no-step", "no-lr", "lr-nan", "lr-negative",
+        "lr-past-float32", "history-int", "no-seed", "batch-size-0"])
+def test_bad_metadata_is_refused_before_anything_changes(saved, tmp_path, change, match):
+    # these had raised KeyError/TypeError after the parameters were replaced, or loaded
+    _refused_unchanged(_with_meta(saved, tmp_path, change), match)
+
+
+def test_a_version_1_checkpoint_still_loads(saved, tmp_path):
+    # version 1 hashed the tensors alone
+    from safetensors.numpy import load_file, save_file
+
+    from tvmfront import checkpoint
+    tensors = load_file(saved[0])
+    with safe_open(saved[0], "np") as f:
+        header = f.metadata()
+    meta = dict(json.loads(header["meta"]), sha256=checkpoint._digest(tensors))
+    path = str(tmp_path / "v1.safetensors")
+    save_file(tensors, path, metadata=dict(header, format_version="1",
+                                           meta=json.dumps(meta, sort_keys=True)))
+    trainer = tvf.Trainer(_module(0), progress=False).load_checkpoint(path)
+    assert trainer.module.step_count == 5 and trainer.seed == 5
 
 
 def test_checkpoint_of_another_model_is_refused(saved):

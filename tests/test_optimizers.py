@@ -113,7 +113,7 @@ def test_runtime_scalars_are_checked():
     with pytest.raises(ValueError, match=r"gives max_norm no default; pass step\(x, y, "
                                          r"max_norm=...\)"):
         module.step(x, y)
-    with pytest.raises(ValueError, match="max_norm must be >= 0, got nan"):
+    with pytest.raises(ValueError, match="step: max_norm must be a number >= 0, got nan"):
         module.step(x, y, max_norm=float("nan"))
     with pytest.raises(TypeError, match=r"unknown keyword\(s\) \['max_nrom'\]; this step's "
                                         r"runtime scalars are \['lr', 'step', 'max_norm'\]"):

@@ -68,13 +68,53 @@ def test_bad_batches_still_raise_after_fast_steps(bad, message):
     assert module.step_count == 1
 
 
-@pytest.mark.parametrize("lr", [float("nan"), -1.0, float("inf")])
-def test_bad_learning_rates_still_raise_after_fast_steps(lr):
+@pytest.mark.parametrize("lr, message", [
+    (float("nan"), "learning rate must be a finite number >= 0, got nan"),
+    (-1.0, "learning rate must be a finite number >= 0, got -1.0"),
+    (float("inf"), "learning rate must be a finite number >= 0, got inf"),
+    # finite as a Python float, inf in the step's float32 scalar: it had made every
+    # parameter inf after one step
+    (1e39, r"learning rate 1e\+39 does not fit the step's float32 scalars"),
+    (np.float64(3.5e38), r"learning rate 3.5e\+38 does not fit the step's float32 scalars"),
+    ("abc", "learning rate must be a number, got 'abc'"),
+    ([1e-3], r"learning rate must be a number, got \[0.001\]"),
+    (1e-3 + 1j, "learning rate must be a number"),
+    (np.array([1e-3, 1e-3]), "learning rate must be a number"),
+    (True, "learning rate must be a number, got True"),
+])
+def test_bad_learning_rates_are_refused_and_change_nothing(lr, message):
     module = _module()
     x, y = _batches(1)[0]
-    module.step(x, y)
-    with pytest.raises(ValueError, match="learning rate must be finite and >= 0"):
+    module.step(x, y)  # the fast path's tensors exist before the bad call
+    before = module.state_dict()
+    with pytest.raises(ValueError, match=message):
         module.step(x, y, lr=lr)
+    with pytest.raises(ValueError, match=message):
+        module.lr = lr  # the default lr of later steps: checked when set
+    assert module.step_count == 1 and module.lr == 1e-2
+    for name, value in module.state_dict().items():
+        np.testing.assert_array_equal(value, before[name])
+    module.lr = np.float32(0.5)  # a number of any type that fits is taken, as a float
+    assert type(module.lr) is float and module.lr == 0.5
+
+
+def test_a_batch_whose_labels_are_all_ignored_leaves_the_parameters_finite():
+    # PyTorch: the mean over no labels is NaN, the gradient 0. The gradient had been NaN too,
+    # and one step on such a batch (padding tokens only) made every parameter NaN.
+    module = _module(tvf.optim.SGD(0.1))
+    x, _ = _batches(1)[0]
+    ignored = np.full(4, -100, np.int64)
+    before = module.state_dict()
+    loss, grads = module.loss_and_grads(x, ignored)
+    assert np.isnan(loss)
+    assert all(not g.any() for g in grads.values())
+    assert np.isnan(module.step(x, ignored))
+    for name, value in module.state_dict().items():  # SGD: a zero gradient changes nothing
+        np.testing.assert_array_equal(value, before[name])
+    partly = ignored.copy()
+    partly[1] = 2  # one label counts: the mean over it alone, as before
+    _, grads = module.loss_and_grads(x, partly)
+    assert all(np.isfinite(g).all() and g.any() for g in grads.values())
 
 
 def _last_lr():
@@ -175,6 +215,23 @@ def test_predict_at_any_batch_size_takes_any_number_of_samples():
     for batch_size in (2, 3, 7, 256):
         np.testing.assert_allclose(infer.predict(x, batch_size=batch_size), want, rtol=1e-6)
     np.testing.assert_allclose(infer(x), want, rtol=1e-6)
-    with pytest.raises(ValueError, match="batch_size must be positive"):
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
         infer.predict(x, batch_size=0)
     assert module.step(*_batch(rng, 2)) > 0
+
+
+def test_wrong_kinds_of_arguments_are_named():
+    module = _module()
+    state = module.state_dict()
+    for bad in (list(state.values()), list(state.items())):
+        with pytest.raises(TypeError, match="load_state_dict: expects a dict .* got list"):
+            module.load_state_dict(bad)
+    with pytest.raises(TypeError, match="load_optimizer_state: expects a dict .* got list"):
+        module.load_optimizer_state(list(module.optimizer_state().values()))
+    tvf.manual_seed(0)
+    infer = tvf.compile_inference(nn.Linear(4, 2), inputs=("batch", 4), records=False)
+    x = np.ones((3, 4), "float32")
+    for batch_size in (None, "abc", 2.5, True, -1):
+        with pytest.raises(ValueError, match="predict: batch_size must be a positive int, got"):
+            infer.predict(x, batch_size=batch_size)
+    assert infer.predict(x, batch_size=np.int64(2)).shape == (3, 2)

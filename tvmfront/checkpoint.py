@@ -4,8 +4,10 @@ Tensors: ``param/<name>`` (parameters) and ``optim/<name>`` (optimizer state). T
 metadata holds ``format``, ``format_version`` and ``meta``: JSON with the step count (also the
 position of a per-step lr schedule), epoch, trainer seed (batch order and augmentation draw
 from (seed, epoch), so seed + epoch is the whole RNG state), learning rate, the schedule's
-description, history, the spec of every tensor and a SHA-256 over the tensor bytes, so a
-flipped byte is caught as well as a cut-off file. No pickle anywhere.
+description, history, the spec of every tensor and a SHA-256 over the tensor bytes and that
+metadata, so a flipped byte is caught as well as a cut-off file (format version 1, still
+read, hashed the tensors alone). The metadata is checked as a schema before anything of the
+file is used. No pickle anywhere.
 
 Writes are atomic: a temporary file in the same folder, fsync, os.replace, fsync of the
 folder; a crash leaves the old checkpoint or the new one, never half of one.
@@ -14,6 +16,7 @@ folder; a crash leaves the old checkpoint or the new one, never half of one.
 
 import hashlib
 import json
+import math
 import os
 import struct
 
@@ -25,17 +28,62 @@ from . import _files
 from .errors import CheckpointError
 
 FORMAT = "tvmfront-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the SHA-256 covers the metadata too; version 1 files are read
+_READS = ("1", "2")
 _PARAM, _OPTIM = "param/", "optim/"
 
 
-def _digest(tensors):
+def _digest(tensors, meta=None):
+    """SHA-256 of the tensors' names, specs and bytes, then of `meta` (its JSON without the
+    digest itself) unless None (a version 1 file)."""
     h = hashlib.sha256()
     for name in sorted(tensors):
         a = np.require(tensors[name], requirements="C")
         h.update(f"{name}:{a.dtype}:{a.shape};".encode())
         h.update(a.tobytes())
+    if meta is not None:
+        h.update(json.dumps({k: v for k, v in meta.items() if k != "sha256"},
+                            sort_keys=True).encode())
     return h.hexdigest()
+
+
+def _is_int(v, least=None):
+    return isinstance(v, int) and not isinstance(v, bool) and (least is None or v >= least)
+
+
+def _is_rate(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) \
+        and v >= 0
+
+
+# what load_checkpoint uses from the metadata: key -> (check, what it must be); the other
+# keys are informative (target_key, ranks, lr_schedule's description)
+_META = {
+    "step": (lambda v: _is_int(v, 0), "an integer >= 0"),
+    "epoch": (lambda v: _is_int(v, 0), "an integer >= 0"),
+    "seed": (lambda v: _is_int(v, 0), "an integer >= 0"),
+    "lr": (_is_rate, "a finite number >= 0"),
+    "history": (lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v),
+                "a list of per-epoch records"),
+    "optimizer": (lambda v: isinstance(v, str), "a string"),
+    "batch_size": (lambda v: v is None or _is_int(v, 1), "null or an integer >= 1"),
+    "dropout_seed": (lambda v: _is_int(v, 0) and v < 2**64, "an integer in [0, 2**64)"),
+}
+_OPTIONAL_META = {"batch_size", "dropout_seed"}
+
+
+def _check_meta(path, meta):
+    """CheckpointError naming the first metadata field load_checkpoint would fail on."""
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: corrupt checkpoint metadata (not a JSON object)")
+    for key, (check, what) in _META.items():
+        if key not in meta:
+            if key in _OPTIONAL_META:
+                continue
+            raise CheckpointError(f"{path}: the checkpoint metadata lacks '{key}'")
+        if not check(meta[key]):
+            raise CheckpointError(f"{path}: checkpoint metadata '{key}' must be {what}, got "
+                                  f"{meta[key]!r:.80}")
 
 
 def _specs(arrays):
@@ -47,8 +95,8 @@ def encode(params, optim, meta):
     meta dict."""
     tensors = {_PARAM + n: np.require(a, requirements="C") for n, a in params.items()}
     tensors.update({_OPTIM + n: np.require(a, requirements="C") for n, a in optim.items()})
-    meta = dict(meta, parameters=_specs(params), optimizer_state=_specs(optim),
-                sha256=_digest(tensors))
+    meta = dict(meta, parameters=_specs(params), optimizer_state=_specs(optim))
+    meta["sha256"] = _digest(tensors, meta)
     return st_save(tensors, metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION),
                                       "meta": json.dumps(meta, sort_keys=True)})
 
@@ -77,11 +125,11 @@ def _header_metadata(path, data):
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a tvmfront checkpoint (format "
                               f"{meta.get('format')!r})")
-    if meta.get("format_version") != str(FORMAT_VERSION):
+    if meta.get("format_version") not in _READS:
         raise CheckpointError(f"{path}: checkpoint format version {meta.get('format_version')}, "
-                              f"this tvmfront reads version {FORMAT_VERSION}")
+                              f"this tvmfront reads versions {', '.join(_READS)}")
     try:
-        return json.loads(meta["meta"])
+        return meta["format_version"], json.loads(meta["meta"])
     except (KeyError, ValueError) as e:
         raise CheckpointError(f"{path}: corrupt checkpoint metadata ({e})") from None
 
@@ -95,14 +143,18 @@ def read(path):
             data = f.read()
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
-    meta = _header_metadata(path, data)
+    version, meta = _header_metadata(path, data)
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: corrupt checkpoint metadata (not a JSON object)")
     try:
         tensors = st_load(data)
     except Exception as e:  # safetensors raises its own error type for every malformation
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({e})") from None
-    if _digest(tensors) != meta.get("sha256"):
-        raise CheckpointError(f"{path}: tensor data does not match its recorded SHA-256 "
-                              "(the file is corrupt)")
+    if _digest(tensors, meta if version != "1" else None) != meta.get("sha256"):
+        what = "the tensor data" if version == "1" else "the data (tensors and metadata)"
+        raise CheckpointError(f"{path}: {what} does not match the SHA-256 it records (the "
+                              f"file is corrupt)")
+    _check_meta(path, meta)
     params = {n[len(_PARAM):]: a for n, a in tensors.items() if n.startswith(_PARAM)}
     optim = {n[len(_OPTIM):]: a for n, a in tensors.items() if n.startswith(_OPTIM)}
     if _specs(params) != meta.get("parameters") or _specs(optim) != meta.get("optimizer_state"):

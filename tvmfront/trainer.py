@@ -14,6 +14,7 @@ from .distributed.shard import shard
 from .errors import CheckpointError, NonFiniteLossError
 from .optim import schedules
 from .runtime.modules import _named_arrays
+from .runtime.scalars import step_scalar
 
 
 def _log_softmax(logits):
@@ -115,6 +116,12 @@ def _loss_names(loss):
     """The names compile_training may record for a loss (manifest 'loss'): its `name`, else
     its type's name (today's, "function" for a function) or its own __name__."""
     return {getattr(loss, "name", None), type(loss).__name__, getattr(loss, "__name__", None)}
+
+
+def _scalar_dtype(module):
+    """The dtype of the module's step scalars (lr): a module of our own records it; one that
+    only acts like a TrainingModule (tests' stand-ins) is taken as float64."""
+    return module.manifest.get("scalar_dtype", "float64")
 
 
 def _describe(schedule):
@@ -229,15 +236,12 @@ class Trainer:
             return None
         arg = self.module.step_count if isinstance(s, schedules.Schedule) else epoch
         lr = s(arg)
-        try:
-            ok = math.isfinite(lr) and lr >= 0
-        except TypeError:
-            ok = False
-        if not ok:
+        try:  # the step's own check, named here by the schedule's call
+            return step_scalar("a learning rate", lr, _scalar_dtype(self.module))
+        except ValueError as err:
             raise ValueError(f"lr_schedule({arg}) returned {lr!r} for train step "
                              f"{self.module.step_count + 1} (epoch {epoch + 1}, batch {step}): "
-                             f"a learning rate must be a finite number >= 0")
-        return float(lr)
+                             f"{err}") from None
 
     def _batch_size(self, batch_size):
         """The batch size fit steps with: the compiled one for a module of one batch size
@@ -390,9 +394,13 @@ class Trainer:
             warnings.warn(f"{path}: saved by a run with lr_schedule {saved}, this trainer has "
                           f"{mine}; it continues from train step {meta['step']} on its own "
                           f"schedule", stacklevel=2)
+        try:  # checked before anything changes: a refused checkpoint leaves the module as is
+            lr = step_scalar("lr", meta["lr"], _scalar_dtype(m))
+        except ValueError as err:
+            raise CheckpointError(f"{path}: checkpoint metadata {err}") from None
         m.load_state_dict(params)
         m.load_optimizer_state(optim)
-        m.step_count, m.lr = int(meta["step"]), float(meta["lr"])
+        m.step_count, m.lr = meta["step"], lr
         if "dropout_seed" in meta and "seed" in m.manifest:
             m.manifest["seed"] = int(meta["dropout_seed"])
         self.seed, self.history = meta["seed"], list(meta["history"])

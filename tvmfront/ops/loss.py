@@ -78,9 +78,13 @@ def _(dy, logits, labels, ignore_index=-100, label_smoothing=0.0):
     valid, count = _valid_count(labels, ignore_index, logits.dtype)
     one = tirx.const(1.0, logits.dtype)
     lead = tuple(logits.shape[:-1])
-    # per row: the sample's weight dy * valid / count and 1 / sum(exp), so that each logit
-    # takes multiplies only (two divisions per element cost as much as the row's exp)
-    weight = te.compute(lead, lambda *r: dy() * valid(*r) / count(), name="ce_row_weight")
+    # per row: the sample's weight dy / count (0 for an ignored row) and 1 / sum(exp), so
+    # that each logit takes multiplies only (two divisions per element cost as much as the
+    # row's exp). An ignored row's weight is 0, not 0 * dy / count: when every label is
+    # ignored the loss is 0/0 = NaN but the gradient 0, as PyTorch's (a NaN gradient would
+    # make every parameter NaN after one step, e.g. on a batch of padding tokens only)
+    weight = te.compute(lead, lambda *r: te.if_then_else(valid(*r) > zero, dy() / count(),
+                                                         zero), name="ce_row_weight")
     inv_se = te.compute(lead, lambda *r: one / se(*r), name="ce_inv_sumexp")
     dlogits = te.compute(logits.shape, lambda *i: weight(*i[:-1]) * (
         e(*i) * inv_se(*i[:-1]) - spread

@@ -6,9 +6,11 @@ files a module needs all listed and nothing else. A key a new tvmfront version a
 FIELDS (and, if it changes how a bundle is read, FORMAT_VERSION goes up).
 """
 
+import math
 import re
 
 from ..errors import BundleError
+from .scalars import fits_float
 
 FORMAT = "tvmfront-bundle"
 FORMAT_VERSION = 1
@@ -45,9 +47,15 @@ def _dimension(d, symbolic):
     return pattern is not None and _str(d) and pattern.fullmatch(d) is not None
 
 
+# the dtypes a compiled module's tensors have: another name ("float99") is a damaged manifest
+DTYPES = frozenset({"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+                    "uint64", "float16", "bfloat16", "float32", "float64"})
+FLOAT_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64"})
+
+
 def _tensor(v, named=False, symbolic=None):
     want = {"shape", "dtype", "name"} if named else {"shape", "dtype"}
-    return (isinstance(v, dict) and set(v) == want and _str(v["dtype"])
+    return (isinstance(v, dict) and set(v) == want and v["dtype"] in DTYPES
             and isinstance(v["shape"], list)
             and all(_dimension(d, symbolic) for d in v["shape"])
             and (not named or _str(v["name"]) and v["name"] != ""))
@@ -102,7 +110,8 @@ def _per_function(check):
 def _optimizer(v):
     return (isinstance(v, dict) and set(v) == {"name", "lr", "hyperparameters", "state"}
             and _str(v["name"]) and isinstance(v["lr"], (int, float))
-            and not isinstance(v["lr"], bool) and isinstance(v["hyperparameters"], dict)
+            and not isinstance(v["lr"], bool) and math.isfinite(v["lr"]) and v["lr"] >= 0
+            and isinstance(v["hyperparameters"], dict)
             and _tensors(v["state"]))
 
 
@@ -128,7 +137,7 @@ FIELDS = {
                "{shape, dtype}, or a list of {name, shape, dtype} for several inputs", _BOTH),
     "outputs": (_output, "{shape, dtype}", _BOTH),
     "parameters": (_tensors, "a list of {name, shape, dtype} with distinct names", _BOTH),
-    "scalar_dtype": (_str, "a string", _BOTH),
+    "scalar_dtype": (lambda v: v in FLOAT_DTYPES, f"one of {sorted(FLOAT_DTYPES)}", _BOTH),
     "labels": (_data, "{shape, dtype}", _TRAINING),
     "extras": (lambda v: _tensors(v, symbolic="name"), "a list of {name, shape, dtype} (the loss's extra inputs)",
                frozenset()),
@@ -138,8 +147,8 @@ FIELDS = {
                         and 0 <= v <= 1, "a number in [0, 1] (CrossEntropyLoss's)", frozenset()),
     "loss": (_str, "a string", _TRAINING),
     "num_classes": (lambda v: _is_int(v) and v > 0, "a positive integer", frozenset()),
-    "optimizer": (_optimizer, "{name, lr, hyperparameters, state: [{name, shape, dtype}]}",
-                  _TRAINING),
+    "optimizer": (_optimizer, "{name, lr (a finite number >= 0), hyperparameters, state: "
+                  "[{name, shape, dtype}]}", _TRAINING),
     "step": (lambda v: _is_int(v) and v >= 0, "a non-negative integer", _TRAINING),
     "accumulate": (lambda v: isinstance(v, bool), "true or false", frozenset()),
     "seed": (lambda v: _is_int(v) and 0 <= v < 2**64, "an integer in [0, 2**64)", frozenset()),
@@ -170,6 +179,21 @@ def check_file_name(name, where):
     return name
 
 
+def _check_agreement(manifest, where):
+    """BundleError where two fields disagree: the class count CrossEntropyLoss's label check
+    uses and the logits' last axis (a larger one let labels index past the classes), a
+    learning rate the step's scalar dtype cannot hold (inf there: every parameter inf after
+    one step)."""
+    classes, out = manifest.get("num_classes"), manifest["outputs"]["shape"]
+    if classes is not None and out and isinstance(out[-1], int) and out[-1] != classes:
+        raise BundleError(f"{where}: manifest 'num_classes' is {classes}, but the outputs "
+                          f"have {out[-1]} classes (shape {out})")
+    lr = manifest.get("optimizer", {}).get("lr")
+    if lr is not None and not fits_float(lr, manifest["scalar_dtype"]):
+        raise BundleError(f"{where}: manifest optimizer lr {lr} does not fit the step's "
+                          f"{manifest['scalar_dtype']} scalars")
+
+
 def validate(manifest, where):
     """Raise BundleError naming the first problem unless `manifest` is a well-formed bundle
     manifest of this format version; returns it."""
@@ -195,6 +219,7 @@ def validate(manifest, where):
         check, what, _ = FIELDS[key]
         if not check(value):
             raise BundleError(f"{where}: manifest '{key}' must be {what}, got {value!r:.200}")
+    _check_agreement(manifest, where)
     files = manifest["files"]
     for name, digest in files.items():
         check_file_name(name, where)

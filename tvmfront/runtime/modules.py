@@ -5,7 +5,6 @@ model's Python class or the rest of tvmfront's frontend.
 """
 
 import functools
-import math
 import shutil
 from collections import OrderedDict
 
@@ -18,6 +17,7 @@ from ..errors import BundleError, ShapeError, TargetError
 from . import bundle, cpu
 from .bounds import CallBounds, array_sizes
 from .held import HeldTensors, fits
+from .scalars import largest, step_scalar
 from .manifest import LIBRARY, OPTIMIZER, PARAMS
 
 # The VM functions of an inference library whose dense weights are packed once
@@ -341,6 +341,9 @@ class _Compiled:
 
     def load_state_dict(self, state):
         """Replace every parameter and buffer ({name: array}, shapes and dtypes as compiled)."""
+        if not hasattr(state, "keys"):
+            raise TypeError(f"load_state_dict: expects a dict {{name: array}} (as state_dict() "
+                            f"returns), got {type(state).__name__}")
         params = self.manifest["parameters"]
         buffers = self.manifest.get("buffers", [])
         missing = [b["name"] for b in buffers if b["name"] not in state]
@@ -450,9 +453,11 @@ class _Compiled:
         arrays = self._inputs_in("predict", x, batch_free=True)
         first = self._inputs[0][1]["shape"][0]
         fixed = isinstance(first, int)
+        if not fixed and (isinstance(batch_size, (bool, np.bool_))
+                          or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0):
+            raise ValueError(f"predict: batch_size must be a positive int, got "
+                             f"{batch_size!r:.80}")
         b = first if fixed else int(batch_size)
-        if b <= 0:
-            raise ValueError(f"predict: batch_size must be positive, got {batch_size}")
         n_samples = len(arrays[0])
         out_shape = self.manifest["outputs"]["shape"]
         if not out_shape or out_shape[0] != first:
@@ -633,16 +638,25 @@ class TrainingModule(_Compiled):
         self._state = [self._to_device(opt_state[n]) for n in self.state_names]
         self.step_count = int(manifest["step"])
         self._grad_sum, self._micro = None, 0  # gradient accumulation (accumulate, apply)
-        self.lr = float(manifest["optimizer"]["lr"])
+        self._scalar = manifest["scalar_dtype"]
+        self.lr = manifest["optimizer"]["lr"]
         # The step's runtime scalars in train_step's order: lr, step, then the optimizer's own
         # (e.g. max_norm), whose defaults its hyperparameters hold under their names.
         hyper = manifest["optimizer"]["hyperparameters"]
         self.scalar_inputs = list(hyper.get("scalar_inputs", ("lr", "step")))
         self.scalar_defaults = {n: hyper.get(n) for n in self.scalar_inputs[2:]}
-        self._scalar = manifest["scalar_dtype"]
         self._scalar_tensors = {}  # value -> its device tensor: lr is the same every step
         self._step_plan = self._fast_step_plan()
         self._held_steps = HeldTensors()  # the fast path's step tensors, per (x, y) shapes
+
+    @property
+    def lr(self):
+        """The learning rate step() uses when given none (a float; set it to change it)."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, value):
+        self._lr = step_scalar("learning rate", value, self._scalar)
 
     def _fast_step_plan(self):
         """What step()'s fast path needs, when it applies: one input on this CPU (_fast), no
@@ -658,6 +672,7 @@ class TrainingModule(_Compiled):
         return {"y": (tuple(spec["shape"]), np.dtype(spec["dtype"])),
                 "classes": self.manifest.get("num_classes"), "rest": rest,
                 "scalar": np.dtype(self._scalar), "checked": False,
+                "lr_max": largest(self._scalar),
                 "dropout": self.manifest.get("seed") is not None, "key": (None, None)}
 
     def _fast_step_args(self, x, y, lr):
@@ -687,14 +702,9 @@ class TrainingModule(_Compiled):
         classes = plan["classes"]
         if classes is not None and y.size and not _labels_in_range(y, classes):
             return None
-        lr = self.lr if lr is None else lr
-        if type(lr) is not float:
-            try:
-                lr = float(lr)
-            except (TypeError, ValueError):
-                return None
-        if not (lr >= 0 and math.isfinite(lr)):
-            return None
+        lr = self._lr if lr is None else lr
+        if type(lr) is not float or not 0 <= lr <= plan["lr_max"]:  # NaN and inf fail too
+            return None  # the general path converts a number of another type, or raises
         if held is None:  # the tensors' first values are refilled below like every step's
             scalar = np.zeros((), plan["scalar"])
             dropout = [np.zeros(2, "uint32"), np.zeros((), "int64")] if plan["dropout"] else []
@@ -808,9 +818,7 @@ class TrainingModule(_Compiled):
         if unknown:
             raise TypeError(f"{caller}: unknown keyword(s) {unknown}; this step's runtime "
                             f"scalars are {self.scalar_inputs}")
-        lr = self.lr if lr is None else float(lr)
-        if not (lr >= 0 and math.isfinite(lr)):
-            raise ValueError(f"learning rate must be finite and >= 0, got {lr}")
+        lr = self._lr if lr is None else step_scalar("learning rate", lr, self._scalar)
         values = {"lr": lr, "step": self.step_count + 1}
         for name, default in self.scalar_defaults.items():
             value = scalars.get(name, default)
@@ -818,9 +826,7 @@ class TrainingModule(_Compiled):
                 call = "step(x, y, " if caller == "step" else f"{caller}("
                 raise ValueError(f"{caller}: the optimizer gives {name} no default; pass "
                                  f"{call}{name}=...)")
-            if not float(value) >= 0:  # NaN fails too
-                raise ValueError(f"{caller}: {name} must be >= 0, got {value}")
-            values[name] = float(value)
+            values[name] = step_scalar(f"{caller}: {name}", value, self._scalar, finite=False)
         return [self._scalar_in(values[n]) for n in self.scalar_inputs]
 
     def step(self, x, y, lr=None, extras=None, **scalars):
@@ -973,6 +979,9 @@ class TrainingModule(_Compiled):
     def load_optimizer_state(self, state):
         """Replace the optimizer state ({state name: array}, every name, shapes and dtypes as
         optimizer_state() gives them)."""
+        if not hasattr(state, "keys"):
+            raise TypeError(f"load_optimizer_state: expects a dict {{name: array}} (as "
+                            f"optimizer_state() returns), got {type(state).__name__}")
         self._state = self._checked_tensors("load_optimizer_state", "optimizer state", state,
                                             self.manifest["optimizer"]["state"])
 
