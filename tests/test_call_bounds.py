@@ -25,7 +25,7 @@ import tvmfront as tvf
 from tvmfront import nn, ops
 
 SPEC = tvf.Spec(("batch", "seq", 4), "float32")
-TOO_SHORT = "dimension 'seq' is 1 in x, but {} indexes 2 position\\(s\\) into it"
+TOO_SHORT = "dimension 'seq' is 1 in x, but {} needs at least 2 position\\(s\\) along it"
 
 
 class SecondToLast(nn.Module):
@@ -271,3 +271,38 @@ def test_decode_refuses_a_position_outside_the_context(lm):
                            to_device(np.array(3, np.int64)), k, v)
     logits, _, _ = infer.decode(token, np.array(CONTEXT - 1, np.int64), k, v)
     assert np.isfinite(logits).all()
+
+
+# ---- reductions over an empty axis ------------------------------------------------------------
+
+class ReduceAfterFirst(nn.Module):
+    """A reduction over the positions after the first: x[:, 1:] is empty at seq 1."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, x):
+        return getattr(ops, self.kind)(x[:, 1:], axis=1)
+
+
+def test_reductions_over_an_empty_axis_are_numpy_s_or_refused():
+    # the fixed-size mean had returned uninitialised memory (another value each run), the
+    # max the float's lowest value, and the schedule rule failed on both (ZeroDivisionError)
+    x = np.arange(6, dtype="float32").reshape(2, 1, 3)
+    fixed = (2, 1, 3)
+    np.testing.assert_array_equal(tvf.compile_inference(ReduceAfterFirst("sum"), fixed)(x),
+                                  np.zeros((2, 3), "float32"))
+    mean = tvf.compile_inference(ReduceAfterFirst("mean"), fixed)
+    assert mean.build_info["fallback_kernels"] == {}
+    assert np.isnan(mean(x)).all()  # numpy and PyTorch: NaN
+    with pytest.raises(ValueError, match=r"max: reducing \[2, 0, 3\] over axis \[1\] of size 0"):
+        tvf.compile_inference(ReduceAfterFirst("max"), fixed)
+    # over a symbolic length, the max needs seq >= 2 (x[:, 1:] is max(seq - 1, 0) long)
+    module = tvf.compile_inference(ReduceAfterFirst("max"), ("batch", "seq", 3))
+    assert module.manifest["min_sizes"] == {"predict": {"seq": 2}}
+    with pytest.raises(tvf.ShapeError, match="dimension 'seq' is 1 in x, but predict needs "
+                                             "at least 2 position"):
+        module.predict(x)
+    y = np.arange(18, dtype="float32").reshape(2, 3, 3)
+    np.testing.assert_array_equal(module.predict(y), y[:, 1:].max(axis=1))

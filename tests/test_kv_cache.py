@@ -155,7 +155,7 @@ def test_prefill_of_an_empty_prompt_is_refused_not_read_outside_its_buffer(lm, t
     for m in (module, loaded):
         for call in (m.prefill, lambda ids: m.call_tensors("prefill", ids)):
             with pytest.raises(tvf.ShapeError, match="dimension 'seq' is 0 in prefill: input "
-                                                     "'idx', but prefill indexes 1 position"):
+                                                     "'idx', but prefill needs at least 1 position"):
                 call(np.zeros((2, 0), np.int64))
         logits, _, _ = m.prefill(_ids((2, 1)))  # one position is enough
         assert logits.shape == (2, SIZES["vocab_size"])

@@ -6,7 +6,8 @@ derived gradient does not apply; the derived ones are checked against them."""
 from .._tvm import te, tirx
 from ..autodiff import first_extremum, if_else_zero
 from ..op import op
-from ._dims import dims, reciprocal, size
+from ._dims import dims, reciprocal, show, size
+from .join import _needs_positions
 
 
 def _axes(x, axis, name):
@@ -23,11 +24,25 @@ def _axes(x, axis, name):
     return norm
 
 
-def _reduce(x, axis, keepdims, name, combine, scale=None):
+def _reduce(x, axis, keepdims, name, combine, scale=None, empty=None):
+    """`combine` over `axis`. An axis of size 0 gives `empty` (sum's 0, mean's NaN, as numpy
+    and PyTorch); with none (max) it is a ValueError for a static size and, for a symbolic
+    one, a size the compiled module refuses (runtime/bounds.py): the kernel would return the
+    reduction's initial value (-3.4e38) as if it were a maximum."""
     axes = _axes(x, axis, name)
     r = {a: te.reduce_axis((0, x.shape[a]), f"r{a}") for a in axes}
     shape = tuple(1 if a in r else x.shape[a]
                   for a in range(len(x.shape)) if keepdims or a not in r)
+    extents = {a: dims(x.shape)[a] for a in axes}
+    if any(isinstance(n, int) and n == 0 for n in extents.values()):
+        if empty is None:
+            raise ValueError(f"{name}: reducing {show(x.shape)} over axis "
+                             f"{[a for a, n in extents.items() if n == 0]} of size 0: there "
+                             f"is no {name} of no elements (numpy and PyTorch refuse it too)")
+        return te.compute(shape, lambda *j: tirx.const(empty, x.dtype), name=name)
+    if empty is None:
+        for n in extents.values():
+            _needs_one(n)
 
     def body(*j):
         it = iter(j)
@@ -45,6 +60,18 @@ def _reduce(x, axis, keepdims, name, combine, scale=None):
     if not r:  # nothing to reduce (axis=() or a 0-d input): a copy
         return te.compute(x.shape, lambda *i: x(*i), name=name)
     return te.compute(shape, body, name=name)
+
+
+def _needs_one(extent):
+    """Record that a symbolic extent T (or T - c, a slice's x[:, c:], which strided_slice
+    writes max(T - c, 0)) must be at least 1."""
+    if isinstance(extent, tirx.Max) and isinstance(extent.b, tirx.IntImm) and \
+            extent.b.value == 0:
+        extent = extent.a
+    if isinstance(extent, tirx.Sub) and isinstance(extent.b, tirx.IntImm):
+        _needs_positions(extent.a, int(extent.b.value) + 1)
+    elif not isinstance(extent, int):
+        _needs_positions(extent, 1)
 
 
 def _out_index(x, axis, keepdims, i):
@@ -66,7 +93,7 @@ def _spread(dy, x, axis, keepdims, name, scale=None):
 @op
 def sum(x, axis=None, keepdims=False):  # noqa: A001  (tvf.ops.sum, as numpy.sum)
     """Sum over `axis` (an int, a tuple, or None for all)."""
-    return _reduce(x, axis, keepdims, "sum", te.sum)
+    return _reduce(x, axis, keepdims, "sum", te.sum, empty=0)
 
 
 @sum.grad
@@ -84,7 +111,8 @@ def _inverse_count(x, axis):
 @op
 def mean(x, axis=None, keepdims=False):
     """Mean over `axis` (an int, a tuple, or None for all)."""
-    return _reduce(x, axis, keepdims, "mean", te.sum, _inverse_count(x, axis))
+    return _reduce(x, axis, keepdims, "mean", te.sum, _inverse_count(x, axis),
+                   empty=float("nan"))
 
 
 @mean.grad

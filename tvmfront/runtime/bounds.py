@@ -3,7 +3,8 @@
 each call: otherwise a kernel would read outside an input's buffer or clamp an index into a
 table, and return numbers that mean nothing.
 
-- min_sizes {dimension: n}: an int index into a symbolic axis (x[:, -1] needs 1 position);
+- min_sizes {dimension: n}: an int index into a symbolic axis (x[:, -1] needs 1 position),
+  a max over it (x[:, 1:].max(1) needs 2);
 - max_sizes {dimension: n}: positions 0..T-1 of a symbolic T index a table of n rows
   (CausalLM's positional embedding: T <= context);
 - id_ranges {input: n}: the input's values index a table of n rows (token ids into an
@@ -56,8 +57,8 @@ class CallBounds:
             size, where = sizes.get(name, (need, None))
             if size < need:
                 raise ShapeError(f"{caller}: dimension '{name}' is {size} in {where}, but "
-                                 f"{caller} indexes {need} position(s) into it (an int index "
-                                 f"on that axis, e.g. x[:, -1]): it needs at least {need}")
+                                 f"{caller} needs at least {need} position(s) along it (an int "
+                                 f"index such as x[:, -1], or a max over it)")
         for name, most in self.max_sizes.items():
             size, where = sizes.get(name, (most, None))
             if size > most:
