@@ -52,8 +52,11 @@ def _is_int(v, least=None):
 
 
 def _is_rate(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) \
-        and v >= 0
+    try:  # an int too large for a float is no rate either
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) \
+            and v >= 0
+    except OverflowError:
+        return False
 
 
 # what load_checkpoint uses from the metadata: key -> (check, what it must be); the other
@@ -73,9 +76,8 @@ _OPTIONAL_META = {"batch_size", "dropout_seed"}
 
 
 def _check_meta(path, meta):
-    """CheckpointError naming the first metadata field load_checkpoint would fail on."""
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{path}: corrupt checkpoint metadata (not a JSON object)")
+    """CheckpointError naming the first metadata field (of a dict) load_checkpoint would
+    fail on."""
     for key, (check, what) in _META.items():
         if key not in meta:
             if key in _OPTIONAL_META:

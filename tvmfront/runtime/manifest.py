@@ -107,10 +107,18 @@ def _per_function(check):
         check(b) for b in v.values())
 
 
+def _finite(v):
+    """Whether the number `v` is finite (an int too large for a float is not)."""
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
+
+
 def _optimizer(v):
     return (isinstance(v, dict) and set(v) == {"name", "lr", "hyperparameters", "state"}
             and _str(v["name"]) and isinstance(v["lr"], (int, float))
-            and not isinstance(v["lr"], bool) and math.isfinite(v["lr"]) and v["lr"] >= 0
+            and not isinstance(v["lr"], bool) and _finite(v["lr"]) and v["lr"] >= 0
             and isinstance(v["hyperparameters"], dict)
             and _tensors(v["state"]))
 

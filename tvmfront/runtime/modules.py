@@ -17,8 +17,8 @@ from ..errors import BundleError, ShapeError, TargetError
 from . import bundle, cpu
 from .bounds import CallBounds, array_sizes
 from .held import HeldTensors, fits
-from .scalars import largest, step_scalar
 from .manifest import LIBRARY, OPTIMIZER, PARAMS
+from .scalars import largest, step_scalar
 
 # The VM functions of an inference library whose dense weights are packed once
 # (tvmfront.prepack, whose TRANSFORM and PACKED they are: the runtime imports no frontend
@@ -245,7 +245,6 @@ class _Compiled:
         self.buffer_names = [b["name"] for b in manifest.get("buffers", ())]
         self._buffers = [self._to_device(params[n]) for n in self.buffer_names]
         self._inputs = input_specs(manifest)
-        # {dimension: positions} predict's and the step's int indices need, or None
         # what predict's and the step's calls must satisfy (runtime/bounds.py), or None
         self._predict_bounds = CallBounds.of("predict", manifest, "predict")
         self._step_bounds = CallBounds.of("step", manifest, "step")

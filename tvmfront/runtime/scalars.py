@@ -30,6 +30,9 @@ def step_scalar(what, value, dtype, finite=True):
         v = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{what} must be a number, got {value!r:.80}") from None
+    except OverflowError:  # an int past any float
+        raise ValueError(f"{what} {value!r:.80} does not fit the step's {dtype} scalars: it "
+                         f"would be inf there") from None
     if not v >= 0 or finite and not math.isfinite(v):  # NaN fails v >= 0
         raise ValueError(f"{what} must be a {'finite ' if finite else ''}number >= 0, got "
                          f"{value!r:.80}")
