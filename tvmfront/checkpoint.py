@@ -16,7 +16,6 @@ folder; a crash leaves the old checkpoint or the new one, never half of one.
 
 import hashlib
 import json
-import math
 import os
 import struct
 
@@ -26,6 +25,7 @@ from safetensors.numpy import save as st_save
 
 from . import _files
 from .errors import CheckpointError
+from .runtime.scalars import is_rate
 
 FORMAT = "tvmfront-checkpoint"
 FORMAT_VERSION = 2  # 2: the SHA-256 covers the metadata too; version 1 files are read
@@ -51,21 +51,13 @@ def _is_int(v, least=None):
     return isinstance(v, int) and not isinstance(v, bool) and (least is None or v >= least)
 
 
-def _is_rate(v):
-    try:  # an int too large for a float is no rate either
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) \
-            and v >= 0
-    except OverflowError:
-        return False
-
-
 # what load_checkpoint uses from the metadata: key -> (check, what it must be); the other
 # keys are informative (target_key, ranks, lr_schedule's description)
 _META = {
     "step": (lambda v: _is_int(v, 0), "an integer >= 0"),
     "epoch": (lambda v: _is_int(v, 0), "an integer >= 0"),
     "seed": (lambda v: _is_int(v, 0), "an integer >= 0"),
-    "lr": (_is_rate, "a finite number >= 0"),
+    "lr": (is_rate, "a finite number >= 0"),
     "history": (lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v),
                 "a list of per-epoch records"),
     "optimizer": (lambda v: isinstance(v, str), "a string"),

@@ -8,6 +8,7 @@ from .nn.init import seed
 from .nn.loss import CrossEntropyLoss
 from .runtime.modules import InferenceModule, TrainingModule
 from .target import resolve_target, target_architecture, target_json, target_key
+from .tensor import BOUND_KINDS
 
 
 def _named_json(named):
@@ -41,7 +42,7 @@ def _manifest(kind, sig, target):
         manifest["buffers"] = _named_json(sig.buffers)
     # id_ranges name inputs as the runtime does: a module of one input calls it "x"
     runtime_name = {sig.inputs[0][0]: "x"} if len(sig.inputs) == 1 else {}
-    for kind in graph.BOUND_KINDS:  # e.g. "min_sizes": {"predict": {...}, "step": {...}}
+    for kind in BOUND_KINDS:  # e.g. "min_sizes": {"predict": {...}, "step": {...}}
         per_function = {f: {runtime_name.get(k, k) if kind == "id_ranges" else k: n
                             for k, n in b[kind].items()}
                         for f, b in sig.bounds.items() if b.get(kind)}

@@ -24,7 +24,7 @@ from ._tvm import relax
 from .errors import ShapeError
 from .nn.dropout import Dropout, rng_inputs
 from .spec import TensorSpec
-from .tensor import Tensor, Trace, new_var, tracing
+from .tensor import BOUND_KINDS, Tensor, Trace, new_var, tracing
 
 
 @dataclass
@@ -50,10 +50,6 @@ class GraphSignature:
     # loss: the train step and loss functions): {kind: {dimension or input: n}}}
     bounds: dict = field(default_factory=dict)
     method_bounds: dict = field(default_factory=dict)  # the same per compiled method
-
-
-# each kind of bound: how two bounds on one dimension or input combine (the tighter wins)
-BOUND_KINDS = {"min_sizes": max, "max_sizes": min, "id_ranges": min}
 
 
 def _bounds_of(trace, table, name):

@@ -44,6 +44,11 @@ class Tensor:
                         "data-dependent Python control flow cannot be compiled")
 
 
+# What a call of a traced function must satisfy (Trace's tables, checked before each call by
+# runtime/bounds.py), and how two bounds on one dimension or input combine: the tighter wins
+BOUND_KINDS = {"min_sizes": max, "max_sizes": min, "id_ranges": min}
+
+
 class Trace:
     """One tracing session: the BlockBuilder ops emit into, and parameter bindings."""
 
@@ -63,9 +68,10 @@ class Trace:
         """The data input `tensor` is (its name), or None for any other tensor."""
         return next((n for v, n in self.inputs if v.same_as(tensor.expr)), None)
 
-    def bound(self, table, key, value, keep):
-        """table[key] = keep(its value, value): the tightest of the bounds recorded."""
-        getattr(self, table)[key] = keep(getattr(self, table).get(key, value), value)
+    def bound(self, kind, key, value):
+        """Record bound `value` of `kind` (a BOUND_KINDS name) on `key`, the tightest kept."""
+        table = getattr(self, kind)
+        table[key] = BOUND_KINDS[kind](table.get(key, value), value)
 
     def lookup(self, obj):
         try:

@@ -100,7 +100,7 @@ def _record_bounds(name, trace, ids, n):
     constant T), start in [0, n - T] for a runtime start (a data input) and a constant T."""
     source = trace.input_name(ids)
     if source is not None:
-        trace.bound("id_ranges", source, n, min)
+        trace.bound("id_ranges", source, n)
     length, start = getattr(ids, "counts", (None, None))
     if length is None:
         return
@@ -111,11 +111,11 @@ def _record_bounds(name, trace, ids, n):
                 raise ValueError(f"{name}: positions {first}..{first + length - 1} index a "
                                  f"table of {n} rows (0..{n - 1})")
         elif isinstance(getattr(length, "name", None), str):
-            trace.bound("max_sizes", length.name, n - first, min)
+            trace.bound("max_sizes", length.name, n - first)
     elif isinstance(length, int):
         source = trace.input_name(start)
         if source is not None:  # start in [0, n - length]: values below n - length + 1
-            trace.bound("id_ranges", source, n - length + 1, min)
+            trace.bound("id_ranges", source, n - length + 1)
 
 
 def _index_op(ids_at, size, what="id", reads=True):

@@ -227,7 +227,7 @@ def _needs_positions(dim, count):
     trace = current_trace()
     name = getattr(dim, "name", None)
     if trace is not None and isinstance(name, str):
-        trace.bound("min_sizes", name, count, max)
+        trace.bound("min_sizes", name, count)
 
 
 def getitem(x, key):

@@ -1,5 +1,5 @@
 """What the calls of a compiled function must satisfy, recorded when it was traced
-(tvmfront.tensor.Trace, tvmfront.graph.BOUND_KINDS) and kept in the manifest, checked before
+(tvmfront.tensor.Trace, tvmfront.tensor.BOUND_KINDS) and kept in the manifest, checked before
 each call: otherwise a kernel would read outside an input's buffer or clamp an index into a
 table, and return numbers that mean nothing.
 

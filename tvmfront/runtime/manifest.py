@@ -6,11 +6,10 @@ files a module needs all listed and nothing else. A key a new tvmfront version a
 FIELDS (and, if it changes how a bundle is read, FORMAT_VERSION goes up).
 """
 
-import math
 import re
 
 from ..errors import BundleError
-from .scalars import fits_float
+from .scalars import fits_float, is_rate
 
 FORMAT = "tvmfront-bundle"
 FORMAT_VERSION = 1
@@ -93,7 +92,7 @@ def _counts(least):
                                                  for k, n in v.items())
 
 
-# What calls of a compiled function must satisfy (tvmfront.graph.BOUND_KINDS): a method
+# What calls of a compiled function must satisfy (tvmfront.tensor.BOUND_KINDS): a method
 # carries each kind as {key: n}; the manifest's top level as {"predict", "step": {key: n}}.
 _BOUNDS = {
     "min_sizes": (_counts(1), "{dimension: the fewest positions its int indices need}"),
@@ -107,19 +106,9 @@ def _per_function(check):
         check(b) for b in v.values())
 
 
-def _finite(v):
-    """Whether the number `v` is finite (an int too large for a float is not)."""
-    try:
-        return math.isfinite(v)
-    except OverflowError:
-        return False
-
-
 def _optimizer(v):
     return (isinstance(v, dict) and set(v) == {"name", "lr", "hyperparameters", "state"}
-            and _str(v["name"]) and isinstance(v["lr"], (int, float))
-            and not isinstance(v["lr"], bool) and _finite(v["lr"]) and v["lr"] >= 0
-            and isinstance(v["hyperparameters"], dict)
+            and _str(v["name"]) and is_rate(v["lr"]) and isinstance(v["hyperparameters"], dict)
             and _tensors(v["state"]))
 
 

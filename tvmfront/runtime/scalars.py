@@ -20,6 +20,16 @@ def fits_float(value, dtype):
     return abs(value) <= largest(dtype)
 
 
+def is_rate(value):
+    """Whether `value`, as JSON gives it (an int or float), is a finite number >= 0: a
+    learning rate a manifest or checkpoint may record (an int too large for a float is not)."""
+    try:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+            math.isfinite(value) and value >= 0
+    except OverflowError:
+        return False
+
+
 def step_scalar(what, value, dtype, finite=True):
     """`value` as a float for a 0-d `dtype` scalar of the step, or ValueError naming `what`:
     a real number (numpy scalars and 0-d arrays too) >= 0, and with `finite`, finite and
@@ -38,5 +48,5 @@ def step_scalar(what, value, dtype, finite=True):
                          f"{value!r:.80}")
     if finite and not fits_float(v, dtype):
         raise ValueError(f"{what} {v!r} does not fit the step's {dtype} scalars (at most "
-                         f"{_LARGEST[dtype]:.6g}): it would be inf there")
+                         f"{largest(dtype):.6g}): it would be inf there")
     return v
