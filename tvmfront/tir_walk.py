@@ -67,9 +67,11 @@ def rebuild(node, change):
     return None
 
 
-def with_block(block, body=None, init=None, annotations=None, alloc_buffers=None):
-    """`block` (an SBlock) with a new body, init, annotations or buffers (the rest kept)."""
-    return s_tir.SBlock(block.iter_vars, block.reads, block.writes, block.name_hint,
+def with_block(block, body=None, init=None, annotations=None, alloc_buffers=None, writes=None):
+    """`block` (an SBlock) with a new body, init, annotations, buffers or written regions
+    (the rest kept)."""
+    return s_tir.SBlock(block.iter_vars, block.reads,
+                        writes if writes is not None else block.writes, block.name_hint,
                         body if body is not None else block.body,
                         init if init is not None else block.init,
                         alloc_buffers if alloc_buffers is not None else block.alloc_buffers,

@@ -18,6 +18,8 @@ says more; a file imports only the ones listed before it):
   partial last tile (the GEMM family's AVX2 tiles of 6 rows);
 - ``deferred_writeback``: a register tile's write-back moved into the next tile's reduction
   loop, its stores spread over FMA work (conv_forward's NCHW write-back);
+- ``phase_writes``: a strided d/dx's phases storing into dx themselves, its interleave pass
+  removed (conv_phases marks them);
 - ``pad_borders``: a zero padding placed in a loop copied once, its column borders apart
   from its interior (no zero fill of the whole block first);
 - ``padded_terms``: a zero padding inlined into a sum, the terms over it skipped by a
@@ -53,7 +55,7 @@ x86 unless TVM_NUM_THREADS is set.
 
 from . import (analysis, conv, conv_forward, conv_phases, conv_weight_grad, deferred_writeback,
                dispatch, failures, gemm, gemv, int8, loops, pad_borders, padded_terms, params,
-               predicates, reductions, spatial, window_blocks, window_reindex)
+               phase_writes, predicates, reductions, spatial, window_blocks, window_reindex)
 from .analysis import kernel_work, loop_kinds
 from .dispatch import RULE_ATTR, SCHEDULED_ATTR, default_cpu_schedule, is_scheduled, \
     schedule_prim_func
@@ -65,9 +67,9 @@ __all__ = ["CpuParams", "NotApplicable", "RULE_ATTR", "SCHEDULED_ATTR", "SMALL_W
            "loop_kinds", "schedule_prim_func"]
 
 # In import order: a file imports only those before it (tests/test_layering.py).
-FILES = (params, failures, analysis, loops, predicates, deferred_writeback, pad_borders,
-         padded_terms, window_blocks, conv, spatial, gemm, window_reindex, conv_forward,
-         conv_phases, conv_weight_grad, gemv, reductions, int8, dispatch)
+FILES = (params, failures, analysis, loops, predicates, deferred_writeback, phase_writes,
+         pad_borders, padded_terms, window_blocks, conv, spatial, gemm, window_reindex,
+         conv_forward, conv_phases, conv_weight_grad, gemv, reductions, int8, dispatch)
 
 
 def __getattr__(name):
