@@ -91,6 +91,14 @@ def test_integer_labels_of_any_dtype_train_like_int64(trained, dtype):
     assert module.step(x, y.astype(dtype)) == pytest.approx(want, rel=1e-6)
 
 
+def test_mse_targets_of_another_shape_are_a_shape_error_as_cross_entropys_labels():
+    """The same mistake (labels that do not fit the prediction) is one error type for both
+    losses: MSELoss raised a bare ValueError where CrossEntropyLoss raises a ShapeError."""
+    with pytest.raises(tvf.ShapeError, match=r"mse_loss: pred \[6, 3\] and target \[6\] differ"):
+        tvf.compile_training(_model(), nn.MSELoss(), tvf.optim.SGD(0.1),
+                             inputs=(6, 4), labels=(6,))
+
+
 def test_float_labels_for_cross_entropy_are_refused():
     with pytest.raises(tvf.ShapeError, match="labels: CrossEntropyLoss takes integer class ids, "
                                              "got dtype float32"):

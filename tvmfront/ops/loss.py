@@ -1,6 +1,7 @@
 """Losses (mean over the batch)."""
 
 from .._tvm import te, tirx
+from ..errors import ShapeError
 from ..op import op
 from .softmax_axis import _max_and_sumexp
 from ._dims import reciprocal, same_shape, show, size, static
@@ -97,7 +98,8 @@ def _(dy, logits, labels, ignore_index=-100, label_smoothing=0.0):
 def mse_loss(pred, target):
     """mean((pred - target)^2) over all elements."""
     if not same_shape(pred.shape, target.shape):
-        raise ValueError(f"mse_loss: pred {show(pred.shape)} and target {show(target.shape)} "
+        # a ShapeError, as cross_entropy's labels (MSELoss's targets are the step's labels)
+        raise ShapeError(f"mse_loss: pred {show(pred.shape)} and target {show(target.shape)} "
                          f"differ")
     axes = [te.reduce_axis((0, d), f"r{i}") for i, d in enumerate(pred.shape)]
     inv = reciprocal(size(pred.shape), pred.dtype)
