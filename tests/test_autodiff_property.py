@@ -73,6 +73,19 @@ def test_named_read_pattern(name):
     assert tvf.gradcheck(op, [x], derived=True)
 
 
+def test_a_quotients_gradient_keeps_values_whose_denominator_squared_leaves_float32():
+    """d(a/b)/db = -(a / b) / b, PyTorch's form: -a / (b * b) gave -0 for a divisor of 1e20
+    (b * b = 1e40, inf in float32) and lost 5 digits for 1e-20 (b * b = 1e-40, a denormal),
+    where the gradient itself is an ordinary float32."""
+    quotient = tvf.op(lambda a, b: te.compute(a.shape, lambda i: a[i] / b[i], name="quot"))
+    a = np.array([1e30, 1e-20, 3.0], "float32")
+    b = np.array([1e20, 1e-20, 2.0], "float32")
+    da, db = quotient.vjp(np.ones(3, "float32"), a, b, derived=True)
+    want = -(a.astype("float64") / b) / b
+    np.testing.assert_allclose(db, want, rtol=1e-6)
+    np.testing.assert_allclose(da, 1 / b.astype("float64"), rtol=1e-6)
+
+
 def test_reshape_partial_coverage_gives_exact_zeros():
     op, _ = _op("rs", (2, 4), NAMED["reshape-partial"][1], (3, 4), f=lambda v: v)
     x = np.random.default_rng(0).standard_normal((3, 4))

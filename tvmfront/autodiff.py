@@ -247,8 +247,10 @@ def diff(expr, target):
         return _add(_mul(diff(expr.a, target), expr.b), _mul(diff(expr.b, target), expr.a))
     if isinstance(expr, P.Div):
         da, db = diff(expr.a, target), diff(expr.b, target)
+        # d/db = -(a / b) / b, as PyTorch's DivBackward: -a / (b * b) loses a representable
+        # gradient wherever b * b leaves float32 (a = 1e30, b = 1e20: -1e-10 came out -0)
         return _add(None if da is None else da / expr.b,
-                    None if db is None else -(expr.a * db) / (expr.b * expr.b))
+                    None if db is None else -(expr.a / expr.b) / expr.b * db)
     if isinstance(expr, (P.Max, P.Min)):
         pick_a = expr.a >= expr.b if isinstance(expr, P.Max) else expr.a <= expr.b
         return _if(pick_a, diff(expr.a, target), diff(expr.b, target), dtype)
