@@ -265,6 +265,31 @@ def diff(expr, target):
     raise _Unsupported(f"no derivative rule for {type(expr).__name__}: {show(expr)}")
 
 
+def _children(expr):
+    kids = [getattr(expr, k, None) for k in ("a", "b", "value", "condition", "true_value",
+                                             "false_value")]
+    kids += [] if _is_load(expr) else list(getattr(expr, "args", []) or [])
+    return [k for k in kids if k is not None and hasattr(k, "ty")]
+
+
+def _reads(expr, target):
+    """Whether `expr` reads the load `target` anywhere (through integer parts too)."""
+    if _is_load(expr):
+        return _same_load(expr, target) or any(_reads(i, target) for i in _load_parts(expr)[1])
+    return any(_reads(c, target) for c in _children(expr))
+
+
+def _reads_bits(expr, target):
+    """Whether `expr` reinterprets a float that reads `target` as another type."""
+    if isinstance(expr, Call) and expr.op.name == "tirx.reinterpret":
+        arg = expr.args[0]
+        if "float" in _dtype(arg) and _reads(arg, target):
+            return True
+    if _is_load(expr):
+        return False
+    return any(_reads_bits(c, target) for c in _children(expr))
+
+
 def _diff_call(expr, target, dtype):
     name = expr.op.name
     if name == "prim.if_then_else":
@@ -272,6 +297,15 @@ def _diff_call(expr, target, dtype):
         return _if(cond, diff(t, target), diff(f, target), dtype)
     if name in ("tirx.floor", "tirx.ceil", "tirx.round", "tirx.trunc", "tirx.nearbyint"):
         return None  # piecewise constant: zero almost everywhere
+    if name == "tirx.reinterpret":
+        # a float's own bits read as an integer (an abs by clearing the sign bit): integer
+        # arithmetic on them is not piecewise constant, and its "no derivative" read as zero.
+        # Bits made from an integer (fastmath's 2^n from floor(x / ln 2)) are constant
+        # between steps: zero almost everywhere, as floor's.
+        if _reads_bits(expr.args[0], target):
+            raise _Unsupported(f"no derivative through the bits of a float (reinterpret) in "
+                               f"{show(expr)}")
+        return None
     a = expr.args[0]
     da = diff(a, target)
     if name == "tirx.pow":

@@ -78,6 +78,26 @@ def _build(mod, target, records, dump_ir, debug_nans, graph_stages=()):
     return build_lowered(lowered, target, records, dump_ir)
 
 
+def _check_objects(**objects):
+    """TypeError naming the argument where a class was passed for an instance (nn.MSELoss,
+    optim.Adam: a forgotten call), a model is no nn.Module, or an optimizer has no init and
+    update: they failed deep inside with an unrelated message ('ignore_index must be an int,
+    got Tensor', "'NoneType' object has no attribute 'init'")."""
+    from .nn.module import Module
+    for what, value in objects.items():
+        if isinstance(value, type):
+            raise TypeError(f"compile: {what} is the class {value.__name__}; pass an instance, "
+                            f"e.g. {value.__name__}(...)")
+        if what == "model" and not isinstance(value, Module):
+            raise TypeError(f"compile: model must be an nn.Module, got {type(value).__name__}")
+        if what == "loss" and not callable(value):
+            raise TypeError(f"compile: loss must be a loss module (e.g. nn.CrossEntropyLoss()), "
+                            f"got {value!r}")
+        if what == "optimizer" and not (hasattr(value, "init") and hasattr(value, "update")):
+            raise TypeError(f"compile: optimizer must be a tvf.optim optimizer (e.g. "
+                            f"tvf.optim.Adam(1e-3)), got {value!r}")
+
+
 def compile_training(model, loss, optimizer, inputs, labels, target="x86", records=None,
                      dump_ir=None, derived_gradients=None, debug_nans=None, extras=None,
                      accumulate=False):
@@ -103,7 +123,8 @@ def compile_training(model, loss, optimizer, inputs, labels, target="x86", recor
       Only records made for this target are applied, default schedules cover the rest.
     dump_ir: directory receiving the IR after every pipeline stage (or TVMFRONT_DUMP_IR).
     derived_gradients: True uses every op's derived gradient even where an explicit `.grad`
-      exists (or TVMFRONT_DERIVED_GRADIENTS=1).
+      exists (so does None inside `with tvf.derived_gradients():`, or with
+      TVMFRONT_DERIVED_GRADIENTS=1).
     accumulate: True also compiles the update alone, for gradient accumulation over
       micro-batches: module.accumulate(x, y) per micro-batch, then module.apply() (the mean
       of their gradients, one optimizer step).
@@ -114,8 +135,9 @@ def compile_training(model, loss, optimizer, inputs, labels, target="x86", recor
     ...                             inputs=(64, 1, 8, 8), labels=(64,))
     >>> loss = step.step(x_batch, y_batch)
     """
-    if derived_gradients is None:
-        derived_gradients = config.derived_gradients()
+    _check_objects(model=model, loss=loss, optimizer=optimizer)
+    if derived_gradients is None:  # inside `with tvf.derived_gradients():` too
+        derived_gradients = op_mod.deriving() or config.derived_gradients()
     with op_mod.derived_gradients(derived_gradients):
         mod, sig = graph.build_training(model, loss, inputs, labels, extras)
         stages = [("gradient", lambda m: graph.gradient(m, sig)),
@@ -158,6 +180,7 @@ def compile_inference(model, inputs, target="x86", records=None, dump_ir=None, d
       sharing its parameters: `module.<name>(*arrays)` runs one and returns its Tensor's
       array, or a tuple for a method returning a tuple (e.g. `decode(token, pos, k_cache,
       v_cache) -> (logits, k_cache, v_cache)` for generation with a KV cache)."""
+    _check_objects(model=model)
     mod, sig = graph.build_forward(model, inputs, methods)
     target = resolve_target(target)
     built = _build(mod, target, records, dump_ir, debug_nans, [_prepack_stage(sig, target)])

@@ -3,6 +3,7 @@
 import numpy as np
 
 from .errors import GradientError
+from .op import Op
 
 
 def _float64(a):
@@ -24,18 +25,44 @@ def gradcheck(op, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, seed=0, derived=None, 
     >>> gradcheck(ops.tanh, [np.random.rand(3, 4)])
     True
     """
+    if not isinstance(op, Op):
+        raise TypeError(f"gradcheck: the first argument must be a tvf.op (decorate the TE "
+                        f"forward with @tvf.op), got {type(op).__name__} {op!r}")
+    if not isinstance(inputs, (list, tuple)):
+        raise TypeError(f"gradcheck: inputs must be a list with one array per input of op "
+                        f"'{getattr(op, 'name', op)}', got {type(inputs).__name__}")
+    for name, value, low in (("eps", eps, 0.0), ("atol", atol, 0.0), ("rtol", rtol, 0.0)):
+        if not isinstance(value, (int, float, np.floating, np.integer)) or \
+                isinstance(value, bool) or not np.isfinite(value) or value < low or \
+                (name == "eps" and value == 0):
+            raise ValueError(f"gradcheck: {name} must be a finite number "
+                             f"{'> 0' if name == 'eps' else '>= 0'}, got {value!r}")
     op.check_attrs(attrs, len(inputs), caller="gradcheck",
                    own=("eps", "atol", "rtol", "seed", "derived"))
     xs = [_float64(x) for x in inputs]
+    if not any(x.dtype.kind == "f" for x in xs):
+        raise GradientError(f"gradcheck: op '{op.name}' has no floating-point input to check "
+                            f"(got dtypes {[str(x.dtype) for x in xs]}); integer inputs have "
+                            "no gradient")
+    for k, x in enumerate(xs):
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            raise ValueError(f"gradcheck: input {k} of op '{op.name}' holds non-finite values "
+                             f"(at {tuple(int(v) for v in np.argwhere(~np.isfinite(x))[0])}): "
+                             "finite differences need finite inputs")
     out = op.eager(*xs, **attrs)
     rng = np.random.default_rng(seed)
     several = isinstance(out, tuple)
-    # several outputs: one cotangent each, projected together: sum_k <dy_k, out_k>
-    dys = [rng.standard_normal(o.shape) for o in (out if several else (out,))]
+    # several outputs: one cotangent each, projected together: sum_k <dy_k, out_k>. Output
+    # elements infinite at x (causal_fill's -inf) get no cotangent: -inf * dy made every
+    # projection -inf, every finite difference NaN, and NaN had read as a pass. A NaN output
+    # keeps its cotangent, and fails.
+    finite = [~np.isinf(o) for o in (out if several else (out,))]
+    dys = [np.where(f, rng.standard_normal(f.shape), 0.0) for f in finite]
 
     def project():
         outs = op.eager(*xs, **attrs)
-        return float(sum(np.sum(o * d) for o, d in zip(outs if several else (outs,), dys)))
+        return float(sum(np.sum(np.where(f, o * d, 0.0))
+                         for o, d, f in zip(outs if several else (outs,), dys, finite)))
 
     analytic = op.vjp(dys if several else dys[0], *xs, derived=derived, **attrs)
     worst = None  # (excess, input, index, numeric, analytic)
@@ -52,6 +79,9 @@ def gradcheck(op, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, seed=0, derived=None, 
             x[idx] = orig
             numeric[idx] = (plus - minus) / (2 * eps)
         err = np.abs(numeric - analytic[k]) - (atol + rtol * np.abs(numeric))
+        # NaN anywhere (a non-finite input, an output NaN at one element) fails, as
+        # torch.autograd.gradcheck's allclose does: `nan > 0` had read as a pass
+        err = np.where(np.isnan(err), np.inf, err)
         if err.size and (worst is None or err.max() > worst[0]):
             i = np.unravel_index(int(np.argmax(err)), err.shape)
             worst = (float(err.max()), k, i, numeric[i], analytic[k][i])

@@ -38,10 +38,13 @@ _EAGER_TARGET = "llvm"
 
 def _freeze(value):
     if isinstance(value, (list, tuple)):
-        return tuple(_freeze(v) for v in value)
+        return (type(value).__name__, tuple(_freeze(v) for v in value))
     if isinstance(value, dict):
-        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
-    return value
+        return ("dict", tuple(sorted((k, _freeze(v)) for k, v in value.items())))
+    # typed: 1, 1.0 and True are equal and hash alike, but a forward may branch on the type
+    # (a dtype from a fill value, `mode is True`); one cache entry for all three gave
+    # whichever was built first
+    return (type(value).__name__, value)
 
 
 def _freeze_attrs(op_name, attrs):
@@ -173,8 +176,8 @@ class Op:
         if not outs or not all(isinstance(o, te.Tensor) for o in outs):
             raise TypeError(f"op '{self.name}' must return a te.Tensor or a list of them, "
                             f"got {type(out).__name__}")
-        _refuse_reduction_conditions(self.name, outs)
-        return out
+        outs = _computed(self.name, "forward", outs, inputs)
+        return type(out)(outs) if isinstance(out, (list, tuple)) else outs[0]
 
     def _derived(self, derived=None):
         return (_force_derived.get() or not self.has_grad) if derived is None else derived
@@ -195,8 +198,22 @@ class Op:
             grads = self._grad_fn(dy, *inputs, **attrs)
         if isinstance(grads, te.Tensor):
             grads = [grads]
+        if not isinstance(grads, (list, tuple)):
+            raise GradientError(f"gradient of op '{self.name}' must return a list with one TE "
+                                f"tensor (or None) per input, got {type(grads).__name__}")
         grads = list(grads)
-        _refuse_reduction_conditions(self.name, [g for g in grads if isinstance(g, te.Tensor)])
+        for i, g in enumerate(grads):
+            if g is not None and not isinstance(g, te.Tensor):
+                raise GradientError(f"gradient of op '{self.name}' for input {i} is a "
+                                    f"{type(g).__name__}, not a TE tensor (te.compute) or None")
+        given = [dy] if isinstance(dy, te.Tensor) else list(dy)
+        if self._grad_uses_output and not self._derived(derived) and forward_output is not None:
+            given += list(forward_output) if isinstance(forward_output, (list, tuple)) \
+                else [forward_output]
+        tensors = _computed(self.name, "gradient", [g for g in grads if g is not None],
+                            given + list(inputs))
+        it = iter(tensors)
+        grads = [None if g is None else next(it) for g in grads]
         if len(grads) != len(inputs):
             raise GradientError(f"gradient of op '{self.name}' returned {len(grads)} tensors "
                                 f"for {len(inputs)} inputs")
@@ -227,6 +244,10 @@ class Op:
 
     # ---- calling -----------------------------------------------------------------------------
     def __call__(self, *inputs, **attrs):
+        if inputs and any(isinstance(v, te.Tensor) for v in inputs):
+            # inside another op's forward or gradient: compose at the TE level
+            self.check_attrs(attrs, len(inputs))
+            return self.te_forward(*inputs, **attrs)
         inputs = [resolve(v) for v in inputs]
         for i, v in enumerate(inputs):
             if isinstance(v, (int, float, bool)):
@@ -350,7 +371,7 @@ class Op:
     def eager(self, *arrays, **attrs):
         """Run the forward on numpy arrays (kernel compiled once per shapes/dtypes/attrs)."""
         self.check_attrs(attrs, len(arrays))
-        arrays = [np.asarray(a) for a in arrays]
+        arrays = [_as_array(a) for a in arrays]
         return self._run(self._kernel("forward", arrays, attrs), arrays)
 
     def vjp(self, dy, *arrays, derived=None, **attrs):
@@ -360,7 +381,7 @@ class Op:
         `derived=False` the explicit one even inside `derived_gradients()`; None (default):
         the explicit one unless inside `derived_gradients()` or there is none."""
         self.check_attrs(attrs, len(arrays))
-        arrays = [np.asarray(a) for a in arrays]
+        arrays = [_as_array(a) for a in arrays]
         _, specs, several, _ = self._kernel("forward", arrays, attrs)
         if several and not isinstance(dy, (list, tuple)):
             raise ShapeError(f"op '{self.name}' has {len(specs)} outputs: pass a list of "
@@ -389,17 +410,54 @@ def op(fn=None, *, name=None):
     return Op(fn, name=name)
 
 
-def _refuse_reduction_conditions(name, outputs):
-    """ValueError for a reduction with a where= condition among the stages computing
-    `outputs`: TVM 0.27's te.create_prim_func drops the condition (te.max(x[i, k], axis=k,
-    where=k != 1) compiles to the max over every k), a silent wrong answer."""
-    seen, pending = set(), list(outputs)
+def _as_array(a):
+    """`a` as a numpy array: a TVM runtime tensor through .numpy() (np.asarray made it a 0-d
+    object array, refused as 'unknown dtype object')."""
+    if not isinstance(a, np.ndarray) and hasattr(a, "numpy") and hasattr(a, "shape"):
+        return a.numpy()
+    return np.asarray(a)
+
+
+def _copy(t, name):
+    return te.compute(t.shape, lambda *i: t(*i), name=name)
+
+
+def _computed(name, what, outputs, given):
+    """`outputs` of op `name`'s forward or gradient (`what`), checked against the tensors it
+    was `given`, as tensors a kernel can write:
+    - one of the given tensors returned as it is (an identity forward, a straight-through
+      gradient returning dy) becomes a copy: returned bare, the kernel's output was its own
+      input, and a compiled step read uninitialised memory;
+    - a tensor returned twice is copied the second time (the kernel declared it twice);
+    - a placeholder that is none of the given tensors, returned or read, is a TypeError: its
+      values would come from nowhere;
+    - a reduction with a where= condition is a ValueError: TVM 0.27's te.create_prim_func
+      drops the condition (te.max(x[i, k], axis=k, where=k != 1) compiled to the max over
+      every k), a silent wrong answer;
+    - a reduction over an axis of size 0 is a ValueError: its output is never written (numpy
+      and PyTorch give a sum of 0; TVM's kernel leaves memory as it was)."""
+    given_ops = [t.op for t in given]
+    out, seen_outputs = [], []
+    for k, t in enumerate(outputs):
+        if any(t.op.same_as(o) for o in given_ops) or \
+                any(t.same_as(o) for o in seen_outputs):
+            t = _copy(t, f"{name}_copy{k}")
+        elif isinstance(t.op, te.PlaceholderOp):
+            raise TypeError(f"op '{name}': its {what} returns the placeholder '{t.op.name}', "
+                            "which is none of its inputs: an op computes its outputs from its "
+                            "inputs (te.compute); pass other arrays as inputs")
+        seen_outputs.append(t)
+        out.append(t)
+    seen, pending = set(), list(out)
     while pending:
         t = pending.pop()
         op = t.op
-        if op in seen:
-            continue
+        if op in seen or any(op.same_as(o) for o in given_ops):
+            continue  # a given tensor: computed by whoever gave it (an outer op's forward)
         seen.add(op)
+        if isinstance(op, te.PlaceholderOp):
+            raise TypeError(f"op '{name}': its {what} reads the placeholder '{op.name}', "
+                            "which is none of its inputs; pass it as an input")
         for body in op.body if isinstance(op, te.ComputeOp) else []:  # not an extern's loops
             if not isinstance(body, tvm.tirx.Reduce):
                 continue
@@ -411,4 +469,13 @@ def _refuse_reduction_conditions(name, outputs):
                     "into the reduced value instead: te.max(te.if_then_else(cond, x[i, k], "
                     "te.min_value(x.dtype)), axis=k), or te.sum(te.if_then_else(cond, v, 0), "
                     "axis=k)")
+            empty = [str(ax.var.name) for ax in body.axis
+                     if isinstance(ax.dom.extent, tvm.tirx.IntImm) and ax.dom.extent.value == 0]
+            if empty:
+                raise ValueError(
+                    f"op '{name}': the reduction '{op.name}' runs over an axis of size 0 "
+                    f"({', '.join(empty)}), whose output TVM never writes (it would be "
+                    "uninitialised memory); give the empty case its value in the forward, "
+                    "e.g. te.compute(shape, lambda *i: tvm.tirx.const(0, dtype))")
         pending.extend(op.input_tensors)
+    return out

@@ -7,11 +7,13 @@ import numpy as np
 
 from .errors import GradientError, TvmfrontError
 from .gradcheck import gradcheck
+from ._tvm import te
+from .op import Op
 
 # Default sweep for one-input ops: a size-1 tensor, sizes that are not multiples of any
 # vector width, and a broadcast-like unit axis.
 DEFAULT_SHAPES = [[(1,)], [(7,)], [(3, 17)], [(2, 1, 5)]]
-_FORWARD_TOL = {"float32": (1e-5, 1e-5), "float64": (1e-10, 1e-12)}
+_FORWARD_TOL = {"float16": (2e-3, 1e-3), "float32": (1e-5, 1e-5), "float64": (1e-10, 1e-12)}
 
 
 class OpCheckError(TvmfrontError, AssertionError):
@@ -77,6 +79,10 @@ def opcheck(op, shapes=None, ref=None, dtypes=("float32", "float64"), int_inputs
 
     >>> print(tvf.opcheck(tvf.ops.tanh, ref=np.tanh))
     """
+    _check_op(op, "opcheck")
+    if shapes is not None and not callable(shapes) and not isinstance(shapes, (list, tuple)) \
+            and hasattr(shapes, "__iter__"):
+        shapes = list(shapes)  # a generator of cases
     tensor_params = [p for p in inspect.signature(op.fn).parameters.values()
                      if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY,
                                                             p.POSITIONAL_OR_KEYWORD)]
@@ -87,7 +93,25 @@ def opcheck(op, shapes=None, ref=None, dtypes=("float32", "float64"), int_inputs
     if callable(shapes):  # opcheck(op, np.tanh): the reference passed where shapes go
         raise TypeError(f"opcheck: shapes= is a function ({getattr(shapes, '__name__', shapes)}); "
                         "pass the numpy reference as ref=, e.g. opcheck(op, ref=np.tanh)")
+    if isinstance(dtypes, str):  # dtypes="float64": one dtype, not its characters
+        dtypes = (dtypes,)
+    if shapes is not None and (not isinstance(shapes, (list, tuple)) or not shapes or
+                               not all(isinstance(case, (list, tuple)) and
+                                       all(isinstance(sh, (list, tuple)) for sh in case)
+                                       for case in shapes)):
+        raise TypeError(f"opcheck: shapes= is a list of cases, each a list with one shape per "
+                        f"input (e.g. [[(3, 4)], [(1, 5)]] for a one-input op), got {shapes!r}")
+    if not dtypes:
+        raise ValueError("opcheck: dtypes= is empty: nothing would be checked")
     int_inputs = dict(int_inputs or {})
+    inputs = len(shapes[0]) if shapes else len(tensor_params)
+    for i, high in int_inputs.items():
+        if not isinstance(i, int) or not 0 <= i < inputs:
+            raise ValueError(f"opcheck: int_inputs= names input {i!r}, but op '{op.name}' "
+                             f"takes {inputs} input(s)")
+        if not isinstance(high, (int, np.integer)) or high < 1:
+            raise ValueError(f"opcheck: int_inputs= bound for input {i} must be an int >= 1 "
+                             f"(values are drawn from [0, bound)), got {high!r}")
     if shapes is None:
         if len(tensor_params) != 1:
             raise ValueError(f"opcheck: op '{op.name}' takes several inputs; pass shapes=")
@@ -104,7 +128,11 @@ def opcheck(op, shapes=None, ref=None, dtypes=("float32", "float64"), int_inputs
             if dtype == "float64":
                 label = "grad vs fd" if op.has_grad else "derived grad vs fd"
                 checks.append((label, lambda: _check_grad(op, xs, attrs, False)))
-                if op.has_grad:
+                underivable = _underivable(op, xs, attrs) if op.has_grad else None
+                if underivable:  # take's, embedding's: the explicit gradient is the op's
+                    rows.append(CheckRow(list(shape_set), dtype, "derived grad", True,
+                                         f"skipped, none derived: {underivable}"))
+                elif op.has_grad:
                     checks.append(("derived grad vs fd", lambda: _check_grad(op, xs, attrs, True)))
                     checks.append(("derived vs explicit", lambda: _compare_grads(op, xs, attrs)))
             for name, run in checks:
@@ -120,18 +148,52 @@ def opcheck(op, shapes=None, ref=None, dtypes=("float32", "float64"), int_inputs
     return report
 
 
+def _check_op(op, caller):
+    """TypeError unless `op` is a tvf.op (a plain function or a numpy ufunc has no kernels)."""
+    if not isinstance(op, Op):
+        raise TypeError(f"{caller}: the first argument must be a tvf.op (decorate the TE "
+                        f"forward with @tvf.op), got {type(op).__name__} {op!r}")
+
+
+def _underivable(op, xs, attrs):
+    """Why `op`'s forward has no derived gradient for inputs like `xs` (a GradientError's
+    message), or None where it has one."""
+    tensors = [te.placeholder(x.shape, str(x.dtype), name=f"x{i}") for i, x in enumerate(xs)]
+    try:
+        out = op.te_forward(*tensors, **attrs)
+        dy = [te.placeholder(o.shape, o.dtype, name=f"dy{i}") for i, o in enumerate(out)] \
+            if isinstance(out, (list, tuple)) else te.placeholder(out.shape, out.dtype, name="dy")
+        op.te_grad(dy, *tensors, derived=True, **attrs)
+    except GradientError as err:
+        return str(err).split(". Supply it explicitly")[0]
+    return None
+
+
+def _worst(got, want, rtol, atol):
+    """The index of the worst mismatch of `got` against `want` (np.isclose's, a NaN matching
+    only a NaN), or None: `nan > 0` and max(0.0, nan) had read NaN as a match."""
+    bad = ~np.isclose(got, want, rtol=rtol, atol=atol, equal_nan=True)
+    if not bad.any():
+        return None
+    err = np.where(bad, np.abs(got - want), -1.0)
+    err = np.where(np.isnan(err), np.inf, err)
+    return np.unravel_index(int(np.argmax(err)), err.shape)
+
+
 def _check_forward(op, ref, xs, dtype, attrs):
     got = op.eager(*xs, **attrs)
     want = np.asarray(ref(*xs, **attrs))
+    if isinstance(got, tuple):
+        raise AssertionError(f"op '{op.name}' has {len(got)} outputs: compare them in "
+                             "make_inputs/ref of one output each, or in a test of your own")
     if np.shape(got) != want.shape:
         raise AssertionError(f"forward shape {np.shape(got)}, reference {want.shape}")
     rtol, atol = _FORWARD_TOL.get(dtype, (1e-5, 1e-5))
-    err = np.abs(got - want) - (atol + rtol * np.abs(want))
-    if err.size and err.max() > 0:
-        i = np.unravel_index(int(np.argmax(err)), err.shape)
+    i = _worst(got, want, rtol, atol)
+    if i is not None:
         raise AssertionError(f"forward at {tuple(int(v) for v in i)}: got {got[i]:.8g}, "
                              f"reference {want[i]:.8g}")
-    return f"max |err| {float(np.abs(got - want).max()) if got.size else 0:.2g}"
+    return f"max |err| {float(np.nanmax(np.abs(got - want))) if got.size else 0:.2g}"
 
 
 def _check_grad(op, xs, attrs, derived):
@@ -150,10 +212,9 @@ def _compare_grads(op, xs, attrs):
     for k, (e, d) in enumerate(zip(explicit, derived)):
         if e.dtype.kind != "f" or not e.size:
             continue
-        err = np.abs(e - d) - (1e-9 + 1e-7 * np.abs(e))
-        if err.max() > 0:
-            i = np.unravel_index(int(np.argmax(err)), err.shape)
+        i = _worst(d, e, 1e-7, 1e-9)
+        if i is not None:
             raise GradientError(f"input {k} at {tuple(int(v) for v in i)}: derived {d[i]:.10g}, "
                                 f"explicit {e[i]:.10g}")
-        worst = max(worst, float(np.abs(e - d).max()))
+        worst = max(worst, float(np.nanmax(np.abs(e - d))))
     return f"max |diff| {worst:.2g}"

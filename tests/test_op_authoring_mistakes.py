@@ -1,0 +1,225 @@
+"""An op author's mistakes and shortcuts (the twenty-third session's sweep of the op DSL):
+each either works as PyTorch's autograd.Function or JAX would have it, or is an error that
+names the op, never a kernel reading uninitialised memory or a check that passes blind."""
+
+import numpy as np
+import pytest
+
+import tvmfront as tvf
+from tvmfront import nn
+from tvmfront._tvm import tvm
+from tvmfront.errors import GradientError
+from tvmfront.opcheck import OpCheckError
+
+te = tvf.te
+
+
+def _model(op):
+    """Linear -> op -> Linear, so that the op's gradient is on the weights' path."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 3), nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.b(op(self.a(x)))
+    tvf.manual_seed(0)
+    return Net()
+
+
+def _sign_ste():
+    """A straight-through sign: forward sign(x), gradient dy returned as it is."""
+    @tvf.op
+    def sign_ste(x):
+        return te.compute(x.shape, lambda *i: te.if_then_else(x(*i) >= 0, 1.0, -1.0),
+                          name="sign_ste")
+
+    @sign_ste.grad
+    def _(dy, x):
+        return [dy]
+    return sign_ste
+
+
+def test_a_gradient_returning_dy_as_it_is_trains_as_the_identity_gradient():
+    """A straight-through estimator returns dy itself; the kernel's output was its input and
+    the compiled step updated from uninitialised memory (weights off by up to 8e5)."""
+    ste = _sign_ste()
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype("float32")
+    np.testing.assert_array_equal(ste.vjp(np.arange(20.0).reshape(5, 4), x)[0],
+                                  np.arange(20.0).reshape(5, 4))
+    y = np.array([0, 1, 1, 0, 1])
+    model = _model(ste)
+    module = tvf.compile_training(model, nn.CrossEntropyLoss(), tvf.optim.SGD(0.5),
+                                  inputs=(5, 4), labels=(5,))
+    w0 = {k: v.copy() for k, v in module.state_dict().items()}
+    module.step(x, y)
+    # numpy: the same step, sign in the forward and the identity in its gradient
+    a_w, a_b, b_w, b_b = (w0[k] for k in ("a.weight", "a.bias", "b.weight", "b.bias"))
+    h = x @ a_w.T + a_b
+    s = np.where(h >= 0, 1.0, -1.0)
+    logits = s @ b_w.T + b_b
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    d = (p - np.eye(2)[y]) / 5
+    dh = d @ b_w  # the straight-through gradient
+    np.testing.assert_allclose(module.state_dict()["a.weight"], a_w - 0.5 * dh.T @ x,
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(module.state_dict()["b.weight"], b_w - 0.5 * d.T @ s,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_an_identity_forward_and_an_output_returned_twice_are_copies():
+    ident = tvf.op(lambda x: x)
+    twice = tvf.op(lambda x: [te.compute(x.shape, lambda *i: x(*i) * 2)] * 2)
+    x = np.arange(6.0).reshape(2, 3)
+    np.testing.assert_array_equal(ident(x), x)
+    a, b = twice(x)
+    np.testing.assert_array_equal(a, 2 * x)
+    np.testing.assert_array_equal(b, 2 * x)
+    model = _model(ident)
+    module = tvf.compile_inference(model, inputs=(2, 4))
+    x4 = np.random.default_rng(1).standard_normal((2, 4)).astype("float32")
+    p = model.state_dict()
+    want = (x4 @ p["a.weight"].T + p["a.bias"]) @ p["b.weight"].T + p["b.bias"]
+    np.testing.assert_allclose(module.predict(x4), want, rtol=1e-5, atol=1e-6)
+
+
+def test_placeholders_that_are_no_input_are_named():
+    w = te.placeholder((3,), "float32", name="w")
+    returns = tvf.op(lambda x: w, name="returns_w")
+    reads = tvf.op(lambda x: te.compute(x.shape, lambda i: x[i] + w[i]), name="reads_w")
+    with pytest.raises(TypeError, match="op 'returns_w': its forward returns the placeholder "
+                                        "'w', which is none of its inputs"):
+        returns(np.zeros(3, "float32"))
+    with pytest.raises(TypeError, match="op 'reads_w': its forward reads the placeholder 'w'"):
+        reads(np.zeros(3, "float32"))
+
+
+def test_a_reduction_over_an_empty_axis_is_refused_not_left_unwritten():
+    @tvf.op
+    def rowsum(x):
+        k = te.reduce_axis((0, x.shape[1]), "k")
+        return te.compute((x.shape[0],), lambda i: te.sum(x[i, k], axis=k), name="rowsum")
+    np.testing.assert_allclose(rowsum(np.ones((3, 2))), [2, 2, 2])
+    with pytest.raises(ValueError, match="op 'rowsum': the reduction 'rowsum' runs over an "
+                                         "axis of size 0"):
+        rowsum(np.ones((3, 0)))
+
+
+def test_an_op_called_inside_another_ops_forward_composes():
+    @tvf.op
+    def double_relu(x):
+        return tvf.ops.relu(tvf.ops.mul_scalar(x, value=2.0))
+    x = np.array([-1.0, 0.5, 2.0], "float32")
+    np.testing.assert_allclose(double_relu(x), [0.0, 1.0, 4.0])
+    assert tvf.gradcheck(double_relu, [np.array([-1.0, 0.5, 2.0])])
+
+
+def test_attribute_values_equal_across_types_get_kernels_of_their_own():
+    """1, 1.0 and True are equal and hash alike; the forward may branch on the type."""
+    @tvf.op
+    def fill_like(x, value=0):
+        dtype = "int32" if isinstance(value, int) and not isinstance(value, bool) else x.dtype
+        return te.compute(x.shape, lambda *i: tvm.tirx.const(value, dtype), name="fill")
+    x = np.zeros(2, "float32")
+    assert fill_like(x, value=1).dtype == np.int32
+    assert fill_like(x, value=1.0).dtype == np.float32
+
+
+def test_a_derived_gradient_through_a_floats_bits_is_refused():
+    @tvf.op
+    def bit_abs(x):
+        return te.compute(x.shape, lambda i: tvm.tirx.reinterpret(
+            "float32", tvm.tirx.reinterpret("int32", x[i]) & 0x7FFFFFFF), name="bit_abs")
+    x = np.array([-2.0, 3.0], "float32")
+    np.testing.assert_array_equal(bit_abs(x), [2.0, 3.0])
+    with pytest.raises(GradientError, match="reinterpret"):
+        bit_abs.vjp(np.ones(2, "float32"), x)
+
+
+def _cube(wrong=False):
+    @tvf.op
+    def cube(x):
+        return te.compute(x.shape, lambda *i: x(*i) * x(*i) * x(*i), name="cube")
+
+    @cube.grad
+    def _(dy, x):
+        k = 2.0 if wrong else 3.0
+        return [te.compute(x.shape, lambda *i: k * x(*i) * x(*i) * dy(*i))]
+    return cube
+
+
+def test_gradcheck_fails_on_nan_and_refuses_what_it_cannot_check():
+    good, bad = _cube(), _cube(wrong=True)
+    x = np.random.default_rng(0).standard_normal((2, 3))
+    assert tvf.gradcheck(good, [x])
+    x[0, 0] = np.nan
+    with pytest.raises(ValueError, match="input 0 of op 'cube' holds non-finite values"):
+        tvf.gradcheck(bad, [x])  # was True: err.max() was NaN, and NaN > 0 is False
+
+    @tvf.op
+    def nan_at_one(x):  # NaN at one output element: no finite difference there either
+        return te.compute(x.shape, lambda i: te.if_then_else(
+            i == 1, x[i] * tvm.tirx.const(float("nan"), x.dtype), x[i] * x[i]), name="nan1")
+
+    @nan_at_one.grad
+    def _(dy, x):
+        return [te.compute(x.shape, lambda i: 2 * x[i] * dy[i])]
+    with pytest.raises(GradientError, match="finite difference nan"):
+        tvf.gradcheck(nan_at_one, [np.array([1.0, 2.0, 3.0])])
+    with pytest.raises(GradientError, match="no floating-point input"):
+        tvf.gradcheck(bad, [np.array([[1, 2], [3, 4]])])
+    for kw in ({"eps": 0.0}, {"atol": float("nan")}, {"rtol": -1.0}):
+        with pytest.raises(ValueError, match=next(iter(kw))):
+            tvf.gradcheck(good, [np.ones(3)], **kw)
+    with pytest.raises(TypeError, match="a list with one array per input"):
+        tvf.gradcheck(good, np.ones(3))
+    with pytest.raises(TypeError, match="must be a tvf.op"):
+        tvf.gradcheck(np.tanh, [np.ones(3)])
+
+
+def test_opcheck_reports_nan_mismatches_as_failures():
+    @tvf.op
+    def nan_at_one(x):
+        return te.compute(x.shape, lambda i, j: te.if_then_else(
+            te.all(i == 0, j == 1), tvm.tirx.const(float("nan"), x.dtype), x[i, j] * 3),
+            name="nan_at_one")
+    with pytest.raises(OpCheckError, match="forward at \\(0, 1\\): got nan"):
+        tvf.opcheck(nan_at_one, shapes=[[(2, 3)]], ref=lambda x: x * 3, dtypes="float32")
+
+
+def test_opcheck_skips_the_derived_rows_of_an_op_whose_gradient_must_be_explicit():
+    report = tvf.opcheck(tvf.ops.take, shapes=[[(5, 3), (4,)]], int_inputs={1: 5},
+                         ref=lambda t, i: t[i], dtypes=("float64",))
+    assert report.ok
+    assert any(r.check == "derived grad" and r.detail.startswith("skipped") for r in report.rows)
+
+
+def test_opcheck_validates_its_own_arguments():
+    with pytest.raises(TypeError, match="shapes= is a list of cases"):
+        tvf.opcheck(_cube(), shapes=[(3, 4)])
+    with pytest.raises(ValueError, match="dtypes= is empty"):
+        tvf.opcheck(_cube(), dtypes=())
+    with pytest.raises(ValueError, match="int_inputs= names input 3"):
+        tvf.opcheck(_cube(), int_inputs={3: 5})
+
+
+def test_compile_training_honours_the_derived_gradients_block():
+    """Inside `with tvf.derived_gradients():` compile_training's default (None) took the
+    environment's setting and compiled the explicit gradient."""
+    bad = _cube(wrong=True)  # its explicit gradient is wrong: only the derived one trains right
+    x = np.random.default_rng(2).standard_normal((5, 4)).astype("float32")
+    y = np.array([0, 1, 1, 0, 1])
+    steps = {}
+    for derived in (True, False):
+        with tvf.derived_gradients(derived):
+            module = tvf.compile_training(_model(bad), nn.CrossEntropyLoss(),
+                                          tvf.optim.SGD(0.5), inputs=(5, 4), labels=(5,))
+        module.step(x, y)
+        steps[derived] = module.state_dict()["a.weight"]
+    with tvf.derived_gradients():
+        module = tvf.compile_training(_model(_cube()), nn.CrossEntropyLoss(),
+                                      tvf.optim.SGD(0.5), inputs=(5, 4), labels=(5,))
+    module.step(x, y)
+    np.testing.assert_allclose(steps[True], module.state_dict()["a.weight"], rtol=1e-5)
+    assert not np.allclose(steps[False], module.state_dict()["a.weight"], rtol=1e-3)
