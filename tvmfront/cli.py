@@ -28,6 +28,7 @@ over all of them. Kernels are then timed on the device; the end-to-end time is n
 import argparse
 import importlib.util
 import inspect
+import math
 import os
 import sys
 
@@ -251,7 +252,20 @@ def main(argv=None):
             args.sizes = _sizes(args.size)
         except ValueError as err:
             parser.error(str(err))
-    _target_arg(args)
+    for flag, value, low in (("--budget", getattr(args, "budget", None), 1),
+                             ("--rounds", getattr(args, "rounds", None), 1)):
+        if value is not None and value < low:
+            parser.error(f"{flag} must be at least {low}, got {value}")
+    for flag, value in (("--seconds", getattr(args, "seconds", None)),
+                        ("--min-speedup", getattr(args, "min_speedup", None))):
+        # --min-speedup nan kept no record (every comparison with NaN is false): --prune
+        # deleted them all; --seconds -1 ran a batch of trials and stopped
+        if value is not None and not (math.isfinite(value) and value > 0):
+            parser.error(f"{flag} must be a finite number > 0, got {value}")
+    try:
+        _target_arg(args)
+    except ValueError as err:  # a malformed JSON dict
+        parser.error(f"--target: {err}")
     try:
         return cmd_tune(args) if args.command == "tune" else cmd_records_check(args)
     except TvmfrontError as err:

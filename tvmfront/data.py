@@ -44,8 +44,13 @@ def load_digits(test_fraction=0.2, seed=0, dtype="float32"):
         >>> x_train.shape, x_test.shape
         ((1438, 1, 8, 8), (359, 1, 8, 8))
     """
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    if isinstance(test_fraction, bool) or \
+            not isinstance(test_fraction, (int, float, np.integer, np.floating)) or \
+            not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be a number in (0, 1), got {test_fraction!r}")
+    if np.dtype(dtype).kind != "f":  # int8 truncated the [0, 1] pixels to {0, 1}
+        raise ValueError(f"load_digits: dtype must be a float dtype (pixels lie in [0, 1]), "
+                         f"got {dtype!r}")
     from sklearn.datasets import load_digits as _sk_load_digits
 
     digits = _sk_load_digits()
@@ -54,6 +59,9 @@ def load_digits(test_fraction=0.2, seed=0, dtype="float32"):
     y = digits.target.astype(np.int64)
     order = np.random.default_rng(seed).permutation(len(y))
     n_test = int(round(len(y) * test_fraction))
+    if not 0 < n_test < len(y):  # as scikit-learn's train_test_split: no empty side
+        raise ValueError(f"load_digits: test_fraction={test_fraction} leaves "
+                         f"{'no test' if n_test == 0 else 'no training'} sample of {len(y)}")
     test, train = order[:n_test], order[n_test:]
     return x[train], y[train], x[test], y[test]
 
@@ -301,6 +309,12 @@ def lm_windows(ids, batch, length, rng):
     of `ids` (drawn by numpy Generator `rng`), and the same windows shifted by one, the next
     character to predict: ``(x, y)``, both int64 [batch, length]."""
     ids = np.asarray(ids)
+    for name, value in (("batch", batch), ("length", length)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"lm_windows: {name} must be an int >= 1, got {value!r}")
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"lm_windows: rng must be a numpy Generator "
+                        f"(np.random.default_rng(seed)), got {rng!r}")
     if ids.ndim != 1 or len(ids) <= length:
         raise ValueError(f"lm_windows: need a 1-d array of more than length={length} ids, got "
                          f"shape {ids.shape}")

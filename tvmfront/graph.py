@@ -282,6 +282,11 @@ def build_training(model, loss_fn, inputs, labels, extras=None):
         raise ValueError("compile_training: every parameter has requires_grad=False; "
                          "there is nothing to train")
     named, named_buffers = model.named_parameters(), model.named_buffers()
+    for name, param in named:
+        if param.requires_grad and np.dtype(param.dtype).kind != "f":
+            raise TypeError(f"compile_training: parameter '{name}' is {param.dtype}; only "
+                            "float parameters have gradients (set requires_grad=False to keep "
+                            "it fixed, or register it as a buffer)")
     sig.rng = _draws_random_numbers(model)
     bb = relax.BlockBuilder(mod)
     data = data_vars(sig, labels=True)

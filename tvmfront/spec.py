@@ -53,6 +53,10 @@ class TensorSpec:
     dtype: str = "float32"
 
     def __post_init__(self):
+        if isinstance(self.shape, (str, bytes)) or not hasattr(self.shape, "__iter__"):
+            raise ShapeError(f"TensorSpec: shape must be a tuple of sizes, got {self.shape!r}")
+        if self.dtype is None:  # np.dtype(None) is float64; the default is float32
+            raise ShapeError("TensorSpec: dtype None; name one (the default is float32)")
         dims = tuple(_dim(d) for d in self.shape)
         if None in dims:
             raise ShapeError(f"shape {tuple(self.shape)!r}: every dimension must be an int or a "

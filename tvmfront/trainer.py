@@ -283,6 +283,12 @@ class Trainer:
         The batch order comes from seed + epoch and `rng` is seeded with (seed, epoch), so the
         epoch number and seed are the whole RNG state: a run resumed from a checkpoint draws
         what the uninterrupted run would have."""
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
+            # epochs=-1 returned [] and trained nothing
+            raise ValueError(f"fit: epochs must be an int >= 0, got {epochs!r}")
+        for name, fn in (("augment", augment), ("on_step", on_step)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"fit: {name} must be callable or None, got {fn!r}")
         m = self.module
         if self._parallel is not None:
             self._sync()  # before the batch size: a checkpoint read on rank 0 may set it

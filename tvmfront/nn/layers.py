@@ -14,12 +14,34 @@ from . import init
 from .module import Module, Parameter
 
 
+def sizes(layer, **counts):
+    """The counts (channels, features, heads, ...) of `layer`'s constructor as ints, each a
+    TypeError unless an int (numpy's too; not a bool or a float) and a ValueError below 1: a
+    Linear(0, 10) divided by zero in its initialisation, and a float reached a raw error."""
+    out = []
+    for what, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{layer}: {what} must be an int, got {value!r}")
+        if value < 1:
+            raise ValueError(f"{layer}: {what} must be at least 1, got {value}")
+        out.append(int(value))
+    return out if len(out) > 1 else out[0]
+
+
+def window(layer, what, value, low):
+    """A kernel size, stride or padding (an int or a pair) as a pair of ints >= `low`, else a
+    TypeError or ValueError naming `layer` and `what` (ops.conv._pair's check)."""
+    return _pair(value, what, layer, low)
+
+
 class Linear(Module):
     """y = x @ W^T + b, W: [out, in], over the last axis of x [..., in] (as PyTorch);
     Kaiming-uniform init as in PyTorch."""
 
     def __init__(self, in_features, out_features, bias=True, dtype="float32"):
         super().__init__()
+        in_features, out_features = sizes("Linear", in_features=in_features,
+                                          out_features=out_features)
         self.in_features, self.out_features = in_features, out_features
         self.weight = Parameter(init.kaiming_uniform((out_features, in_features), dtype=dtype))
         self.bias = Parameter(init.bias_uniform((out_features,), in_features, dtype)) if bias else None
@@ -42,7 +64,11 @@ class Conv2d(Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
                  dtype="float32"):
         super().__init__()
-        k = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+        in_channels, out_channels = sizes("Conv2d", in_channels=in_channels,
+                                          out_channels=out_channels)
+        k = window("Conv2d", "kernel_size", kernel_size, 1)
+        window("Conv2d", "stride", stride, 1)
+        window("Conv2d", "padding", padding, 0)
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, k
         self.stride, self.padding = stride, padding
         self.weight = Parameter(init.kaiming_uniform((out_channels, in_channels, *k), dtype=dtype))
@@ -80,6 +106,11 @@ class _Pool(Module):
 
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
+        name = type(self).__name__
+        window(name, "kernel_size", kernel_size, 1)
+        if stride is not None:
+            window(name, "stride", stride, 1)
+        window(name, "padding", padding, 0)
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
 
     def forward(self, x):
@@ -129,6 +160,14 @@ class Sequential(Module):
     def __init__(self, *layers):
         super().__init__()
         for i, layer in enumerate(layers):
+            if not isinstance(layer, Module):
+                # dropped before: a forgotten call (nn.ReLU), an op or a string trained a
+                # model without the layer
+                hint = (" (a class: call it, e.g. nn.ReLU())" if isinstance(layer, type) else
+                        " (an op: wrap it in a Module whose forward calls it)"
+                        if callable(layer) else "")
+                raise TypeError(f"Sequential: layer {i} is a {type(layer).__name__} "
+                                f"{layer!r}, not a Module instance{hint}")
             setattr(self, str(i), layer)
 
     def __getitem__(self, i):
@@ -163,9 +202,12 @@ class LayerNorm(Module):
 
     def __init__(self, normalized_shape, eps=1e-5, dtype="float32"):
         super().__init__()
-        shape = ((normalized_shape,) if isinstance(normalized_shape, (int, np.integer))
+        shape = ((normalized_shape,) if not isinstance(normalized_shape, (tuple, list))
                  else tuple(normalized_shape))
-        self.normalized_shape, self.eps = tuple(int(d) for d in shape), eps
+        if not shape:
+            raise ValueError("LayerNorm: normalized_shape must name at least one axis, got ()")
+        shape = [sizes("LayerNorm", normalized_shape=d) for d in shape]
+        self.normalized_shape, self.eps = tuple(shape), eps
         self.weight = Parameter(np.ones(self.normalized_shape, dtype))
         self.bias = Parameter(np.zeros(self.normalized_shape, dtype))
 
@@ -181,6 +223,8 @@ class GroupNorm(Module):
 
     def __init__(self, num_groups, num_channels, eps=1e-5, dtype="float32"):
         super().__init__()
+        num_groups, num_channels = sizes("GroupNorm", num_groups=num_groups,
+                                         num_channels=num_channels)
         if num_channels % num_groups:
             raise ValueError(f"GroupNorm: {num_channels} channels do not split into "
                              f"{num_groups} groups")
@@ -210,6 +254,7 @@ class _BatchNorm(Module):
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, dtype="float32"):
         super().__init__()
+        num_features = sizes(type(self).__name__, num_features=num_features)
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.affine, self.track_running_stats = affine, track_running_stats
         if affine:
@@ -291,6 +336,7 @@ class SelfAttention(Module):
 
     def __init__(self, dim, heads=1, dtype="float32"):
         super().__init__()
+        dim, heads = sizes("SelfAttention", dim=dim, heads=heads)
         if dim % heads:
             raise ValueError(f"SelfAttention: dim {dim} is not divisible by {heads} heads")
         self.dim, self.heads = dim, heads
@@ -339,7 +385,12 @@ class Embedding(Module):
 
     def __init__(self, num_embeddings, embedding_dim, padding_idx=None, dtype="float32"):
         super().__init__()
+        num_embeddings, embedding_dim = sizes("Embedding", num_embeddings=num_embeddings,
+                                              embedding_dim=embedding_dim)
         if padding_idx is not None:
+            if isinstance(padding_idx, bool) or not isinstance(padding_idx, (int, np.integer)):
+                raise TypeError(f"Embedding: padding_idx must be an int or None, got "
+                                f"{padding_idx!r}")
             if not -num_embeddings <= padding_idx < num_embeddings:
                 raise ValueError(f"Embedding: padding_idx {padding_idx} out of range for "
                                  f"{num_embeddings} embeddings")

@@ -37,6 +37,8 @@ class Parameter(_State):
 
     def __init__(self, data, requires_grad=True):
         super().__init__(data)
+        if not isinstance(requires_grad, (bool, np.bool_)):  # bool("no") is True
+            raise TypeError(f"Parameter: requires_grad must be a bool, got {requires_grad!r}")
         self.requires_grad = bool(requires_grad)
 
     def __repr__(self):
@@ -71,6 +73,17 @@ class Module:
         if name in self.__dict__.get("_buffers", {}) and not isinstance(value, Module) \
                 and not isinstance(value, (Parameter, Buffer)) and value is not None:
             self._set_buffer(name, value)
+            return
+        if name in self._parameters and value is not None and \
+                not isinstance(value, Parameter):
+            # as PyTorch: an array here turned the parameter into a constant, left out of
+            # state_dict and of training
+            raise TypeError(f"cannot assign a {type(value).__name__} as parameter '{name}' "
+                            "(a Parameter or None expected; to change its values, "
+                            f"load_state_dict or assign Parameter(array))")
+        if isinstance(value, Parameter) and name in self._parameters:
+            self._parameters[name] = value  # in its place: state_dict keeps its order
+            object.__setattr__(self, name, value)
             return
         self._parameters.pop(name, None)
         self._buffers.pop(name, None)

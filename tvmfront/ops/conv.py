@@ -1,13 +1,28 @@
 """2-D convolution, NCHW input and OIHW weights, with stride and zero padding. The batch N
 may be symbolic; channels, height, width and the kernel are fixed sizes."""
 
+import numpy as np
+
 from .._tvm import te, tirx
 from ..op import op
 from ._dims import dim, dims, show, static_shape
 
 
-def _pair(v):
-    return (int(v), int(v)) if isinstance(v, int) else tuple(int(x) for x in v)
+def _pair(v, what="size", name="conv2d", low=None):
+    """`v` (an int or a pair of ints) as a pair of ints; a TypeError naming `name` and `what`
+    for anything else (a float stride, padding='same', a triple), a ValueError for a value
+    below `low` (a kernel or stride of 0, a negative padding)."""
+    def whole(x):
+        return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+    if whole(v):
+        pair = (int(v), int(v))
+    elif isinstance(v, (tuple, list)) and len(v) == 2 and all(whole(x) for x in v):
+        pair = (int(v[0]), int(v[1]))
+    else:
+        raise TypeError(f"{name}: {what} must be an int or a pair of ints, got {v!r}")
+    if low is not None and min(pair) < low:
+        raise ValueError(f"{name}: {what} must be at least {low}, got {v!r}")
+    return pair
 
 
 def _out_size(size, k, s, p):
@@ -32,10 +47,7 @@ def _check(x, w, stride, padding):
     if c != c_w:
         raise ValueError(f"conv2d expects x [N, C, H, W] and w [O, C, KH, KW], got "
                          f"{show(x.shape)} and {show(w.shape)}")
-    (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
-    if min(sh, sw) < 1 or min(ph, pw) < 0:
-        raise ValueError(f"conv2d: stride {stride} must be positive and padding {padding} "
-                         f"non-negative")
+    (sh, sw), (ph, pw) = _pair(stride, "stride", low=1), _pair(padding, "padding", low=0)
     ho = _out_size(h, kh, sh, ph)
     wo = _out_size(wd, kw, sw, pw)
     if ho <= 0 or wo <= 0:

@@ -15,9 +15,9 @@ def _hw(x, name):
 def _geometry(x, kernel, stride, padding, name="pooling"):
     if len(x.shape) != 4:
         raise ValueError(f"pooling expects x [N, C, H, W], got {show(x.shape)}")
-    (kh, kw) = _pair(kernel)
-    (sh, sw) = _pair(stride if stride is not None else kernel)
-    (ph, pw) = _pair(padding)
+    (kh, kw) = _pair(kernel, "kernel", name, low=1)
+    (sh, sw) = _pair(stride if stride is not None else kernel, "stride", name, low=1)
+    (ph, pw) = _pair(padding, "padding", name, low=0)
     if ph * 2 > kh or pw * 2 > kw:
         raise ValueError(f"pooling padding {padding} must be at most half the kernel {kernel}")
     h, w = _hw(x, name)

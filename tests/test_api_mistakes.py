@@ -1,0 +1,138 @@
+"""A model author's mistakes with layers, compile, Trainer, data helpers and the CLI (the
+twenty-third session's sweep of 431 probes): each is an error that names the argument, where
+it had been silently dropped (a Sequential without its ReLU, a weight turned constant), had
+cropped the input (a negative pooling padding), had deleted every record (--min-speedup nan)
+or failed deep inside with an unrelated message."""
+
+import numpy as np
+import pytest
+
+import tvmfront as tvf
+from tvmfront import cli, nn
+from tvmfront.errors import ShapeError
+
+
+@pytest.mark.parametrize("layer, hint", [("relu", ""), (tvf.ops.relu, "an op"),
+                                         (nn.ReLU, "call it"), (None, "")])
+def test_sequential_refuses_what_is_not_a_module(layer, hint):
+    with pytest.raises(TypeError, match=f"Sequential: layer 1 is a .*not a Module instance.*{hint}"):
+        nn.Sequential(nn.Linear(8, 4), layer)
+
+
+def test_assigning_an_array_to_a_parameter_is_refused_as_in_pytorch():
+    lin = nn.Linear(4, 3)
+    with pytest.raises(TypeError, match="cannot assign a ndarray as parameter 'weight'"):
+        lin.weight = np.zeros((3, 4), "float32")
+    lin.weight = tvf.nn.Parameter(np.zeros((3, 4), "float32"))  # a Parameter is fine
+    assert [n for n, _ in lin.named_parameters()] == ["weight", "bias"]
+    with pytest.raises(TypeError, match="requires_grad must be a bool"):
+        tvf.nn.Parameter(np.zeros(3), requires_grad="no")
+
+
+@pytest.mark.parametrize("make, error, match", [
+    (lambda: nn.MaxPool2d(2, padding=-1), ValueError, "MaxPool2d: padding must be at least 0"),
+    (lambda: nn.AvgPool2d(2, stride=0), ValueError, "AvgPool2d: stride must be at least 1"),
+    (lambda: nn.MaxPool2d(0), ValueError, "MaxPool2d: kernel_size must be at least 1"),
+    (lambda: nn.Conv2d(1, 4, 3, padding="same"), TypeError,
+     "Conv2d: padding must be an int or a pair of ints, got 'same'"),
+    (lambda: nn.Conv2d(1, 4, 3, stride=1.5), TypeError, "Conv2d: stride must be an int"),
+    (lambda: nn.Conv2d(1, 4, (3, 0)), ValueError, "Conv2d: kernel_size must be at least 1"),
+    (lambda: nn.Conv2d(0, 4, 3), ValueError, "Conv2d: in_channels must be at least 1, got 0"),
+    (lambda: nn.Linear(0, 10), ValueError, "Linear: in_features must be at least 1, got 0"),
+    (lambda: nn.Linear(4.0, 10), TypeError, "Linear: in_features must be an int, got 4.0"),
+    (lambda: nn.LayerNorm(8.5), TypeError, "LayerNorm: normalized_shape must be an int"),
+    (lambda: nn.GroupNorm(-2, 8), ValueError, "GroupNorm: num_groups must be at least 1"),
+    (lambda: nn.BatchNorm2d(0), ValueError, "BatchNorm2d: num_features must be at least 1"),
+    (lambda: nn.SelfAttention(8, 0), ValueError, "SelfAttention: heads must be at least 1"),
+    (lambda: nn.Embedding(10, 4, padding_idx=1.5), TypeError,
+     "Embedding: padding_idx must be an int or None"),
+])
+def test_layer_arguments_are_checked_when_the_layer_is_made(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+def test_a_negative_pooling_padding_no_longer_crops_the_input():
+    x = np.random.default_rng(0).standard_normal((4, 1, 8, 8)).astype("float32")
+    with pytest.raises(ValueError, match="max_pool2d: padding must be at least 0"):
+        tvf.ops.max_pool2d(x, kernel=2, padding=-1)
+    assert nn.MaxPool2d(2)(x).shape == (4, 1, 4, 4)
+    assert nn.MaxPool2d((2, 2), stride=np.int64(2))(x).shape == (4, 1, 4, 4)
+
+
+def test_compile_names_a_class_or_object_passed_for_an_instance():
+    model = nn.Sequential(nn.Linear(4, 3))
+    for kw, match in (({"loss": nn.CrossEntropyLoss}, "loss is the class CrossEntropyLoss"),
+                      ({"optimizer": None}, "optimizer must be a tvf.optim optimizer"),
+                      ({"model": nn.Linear}, "model is the class Linear"),
+                      ({"model": lambda x: x}, "model must be an nn.Module")):
+        args = {"model": model, "loss": nn.CrossEntropyLoss(), "optimizer": tvf.optim.SGD(0.1),
+                **kw}
+        with pytest.raises(TypeError, match=match):
+            tvf.compile_training(args["model"], args["loss"], args["optimizer"],
+                                 inputs=(2, 4), labels=(2,))
+
+
+def test_an_integer_parameter_to_train_is_named():
+    class Counter(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 3)
+            self.k = tvf.nn.Parameter(np.zeros(3, "int64"))
+
+        def forward(self, x):
+            return self.lin(x)
+    with pytest.raises(TypeError, match="parameter 'k' is int64; only float parameters"):
+        tvf.compile_training(Counter(), nn.CrossEntropyLoss(), tvf.optim.SGD(0.1),
+                             inputs=(2, 4), labels=(2,))
+
+
+def test_fit_refuses_a_negative_epoch_count_and_uncallable_hooks():
+    module = tvf.compile_training(nn.Sequential(nn.Linear(4, 3)), nn.CrossEntropyLoss(),
+                                  tvf.optim.SGD(0.1), inputs=(2, 4), labels=(2,))
+    trainer = tvf.Trainer(module, progress=False)
+    x, y = np.zeros((4, 4), "float32"), np.zeros(4, "int64")
+    with pytest.raises(ValueError, match="fit: epochs must be an int >= 0, got -1"):
+        trainer.fit(x, y, epochs=-1)  # was: [] and nothing trained
+    with pytest.raises(ValueError, match="epochs must be an int"):
+        trainer.fit(x, y, epochs=1.5)
+    with pytest.raises(TypeError, match="fit: on_step must be callable"):
+        trainer.fit(x, y, on_step=3)
+    assert trainer.fit(x, y, epochs=0) == []
+
+
+def test_data_helpers_refuse_degenerate_splits_and_windows():
+    with pytest.raises(ValueError, match="leaves no test sample"):
+        tvf.data.load_digits(test_fraction=1e-4)
+    with pytest.raises(ValueError, match="leaves no training sample"):
+        tvf.data.load_digits(test_fraction=0.9999)
+    with pytest.raises(ValueError, match="dtype must be a float dtype"):
+        tvf.data.load_digits(dtype="int8")
+    ids = np.arange(50)
+    with pytest.raises(ValueError, match="lm_windows: length must be an int >= 1"):
+        tvf.data.lm_windows(ids, 2, -3, np.random.default_rng(0))
+    with pytest.raises(TypeError, match="rng must be a numpy Generator"):
+        tvf.data.lm_windows(ids, 2, 4, 0)
+
+
+def test_tensor_spec_names_a_missing_dtype_and_a_bare_size():
+    with pytest.raises(ShapeError, match="dtype None"):
+        tvf.TensorSpec((4,), None)
+    with pytest.raises(ShapeError, match="shape must be a tuple of sizes, got 5"):
+        tvf.TensorSpec(5)
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["records", "check", "--prune", "--min-speedup", "nan"], "--min-speedup must be a finite"),
+    (["records", "check", "--rounds", "0"], "--rounds must be at least 1"),
+    (["tune", "x.py", "--seconds", "-1"], "--seconds must be a finite number > 0"),
+    (["tune", "x.py", "--budget", "-5"], "--budget must be at least 1"),
+    (["tune", "x.py", "--target", "{bad"], "--target: Expecting property name"),
+])
+def test_cli_refuses_nonsense_flags_before_touching_a_record(argv, match, capsys):
+    """--min-speedup nan made every comparison false: `records check --prune` deleted every
+    record."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2
+    assert match in capsys.readouterr().err
