@@ -136,3 +136,25 @@ def test_cli_refuses_nonsense_flags_before_touching_a_record(argv, match, capsys
         cli.main(argv)
     assert exit_.value.code == 2
     assert match in capsys.readouterr().err
+
+
+def test_numpy_scalars_are_accepted_where_python_ones_are():
+    assert nn.Dropout(np.float32(0.5)).p == 0.5
+    assert tvf.optim.schedules.cosine(0.1, np.int64(10))(10) == pytest.approx(0.0)
+    sparsity = tvf.nn.pruning.PolynomialSparsity(0.5, end_step=np.int64(10))
+    assert sparsity(10) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="PolynomialSparsity: power must be a number > 0"):
+        tvf.nn.pruning.PolynomialSparsity(0.5, power=-1)
+
+
+def test_trainer_names_an_uncompiled_model():
+    with pytest.raises(TypeError, match="Trainer takes a compiled training module, got "
+                                        "Sequential \\(an nn.Module: compile it"):
+        tvf.Trainer(nn.Sequential(nn.Linear(4, 3)))
+
+
+def test_an_unknown_mcpu_is_refused_not_built_for_generic():
+    with pytest.raises(tvf.TargetError, match="unknown mcpu 'nonsense'"):
+        tvf.target.resolve_target({"kind": "llvm", "mcpu": "nonsense"})
+    assert tvf.target.resolve_target({"kind": "llvm", "mcpu": "znver3",
+                                      "mtriple": "x86_64-linux-gnu"})

@@ -131,7 +131,7 @@ __all__ = [
     "tuple_items",
     "structural_equal",
     "device_for", "virtual_machine", "call_tir_with_grad_op", "llvm_system_cpu",
-    "llvm_has_features", "llvm_cpu_features", "llvm_host_cpu_features",
+    "llvm_has_features", "llvm_cpu_features", "llvm_host_cpu_features", "llvm_valid_cpu",
 ]
 
 TVM_VERSION = _tvm_version()
@@ -208,6 +208,17 @@ def llvm_system_cpu():
     from tvm.target import codegen
 
     return codegen.llvm_get_system_cpu()
+
+
+def llvm_valid_cpu(cpu, triple=None):
+    """Whether LLVM knows the CPU `cpu` for `triple` (default: this machine's); True where
+    LLVM cannot tell."""
+    from tvm.target import codegen
+
+    try:
+        return bool(codegen.llvm_is_valid_cpu(cpu, triple or codegen.llvm_get_system_triple()))
+    except Exception:  # an LLVM without this backend or the query
+        return True
 
 
 def llvm_has_features(target, *features):

@@ -25,7 +25,7 @@ import os
 import re
 
 from ._tvm import (TVM_VERSION, Target, cuda_device_arch, host_arch, llvm_has_features,
-                   llvm_system_cpu, target_arch)
+                   llvm_system_cpu, llvm_valid_cpu, target_arch)
 from .errors import TargetError
 
 DEFAULT_CUDA_ARCH = "sm_80"
@@ -99,6 +99,14 @@ def resolve_target(target):
     if isinstance(target, str):
         return Target(_named(target))
     if isinstance(target, dict):
+        cpu = target.get("mcpu")
+        if target.get("kind") == "llvm" and cpu and not llvm_valid_cpu(str(cpu),
+                                                                    target.get("mtriple")):
+            # LLVM logs an error and builds for 'generic'; the bundle's manifest then named
+            # a CPU its code was never built for
+            raise TargetError(f"unknown mcpu {cpu!r} for {target.get('mtriple') or 'this host'}"
+                              f" (LLVM would build for 'generic' instead); e.g. 'znver3', "
+                              f"'skylake-avx512', 'cortex-a72'")
         try:
             return Target(target)
         except Exception as err:  # TVM raises ValueError/TVMError with its own wording

@@ -192,6 +192,11 @@ class Trainer:
 
     def __init__(self, module, seed=0, lr_schedule=None, progress=None, loss=None,
                  distributed=False):
+        if not (hasattr(module, "step") and hasattr(module, "manifest")):
+            hint = (" (an nn.Module: compile it with tvf.compile_training first)"
+                    if hasattr(module, "named_parameters") else "")
+            raise TypeError(f"Trainer takes a compiled training module, got "
+                            f"{type(module).__name__}{hint}")
         self.module = module
         self.seed = seed
         self.lr_schedule = lr_schedule

@@ -197,6 +197,8 @@ class PolynomialSparsity:
     def __init__(self, final, initial=0.0, begin_step=0, end_step=1000, frequency=1, power=3):
         for name, v in (("final", final), ("initial", initial)):
             _check(v, "global", f"PolynomialSparsity's {name}")
+        begin_step, end_step, frequency = (int(v) if isinstance(v, np.integer) else v
+                                           for v in (begin_step, end_step, frequency))
         if not (isinstance(begin_step, int) and isinstance(end_step, int)
                 and 0 <= begin_step < end_step):
             raise ValueError(f"PolynomialSparsity: need integers 0 <= begin_step < end_step, got "
@@ -204,6 +206,11 @@ class PolynomialSparsity:
         if not isinstance(frequency, int) or frequency < 1:
             raise ValueError(f"PolynomialSparsity: frequency must be an int >= 1, got "
                              f"{frequency!r}")
+        if isinstance(power, bool) or not isinstance(power, (int, float, np.integer,
+                                                              np.floating)) or \
+                not np.isfinite(power) or power <= 0:
+            # power -1 gave sparsities of -0.6 and -6.2, refused later as an "amount"
+            raise ValueError(f"PolynomialSparsity: power must be a number > 0, got {power!r}")
         self.final, self.initial, self.power = float(final), float(initial), power
         self.begin, self.end, self.frequency = begin_step, end_step, frequency
 

@@ -12,6 +12,8 @@ steps, then runs the cosine from its own step 0. ``Trainer(module, lr_schedule=s
 
 import math
 
+import numpy as np
+
 
 class Schedule:
     """A per-step schedule: ``schedule(step) -> lr``, described by its repr (kept in
@@ -28,9 +30,9 @@ class Schedule:
 
 
 def _positive_int(name, value, what):
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise ValueError(f"{name}: {what} must be a positive integer, got {value!r}")
-    return value
+    return int(value)
 
 
 def _as_schedule(value):
