@@ -223,3 +223,17 @@ def test_compile_training_honours_the_derived_gradients_block():
     module.step(x, y)
     np.testing.assert_allclose(steps[True], module.state_dict()["a.weight"], rtol=1e-5)
     assert not np.allclose(steps[False], module.state_dict()["a.weight"], rtol=1e-3)
+
+
+def test_an_op_and_its_gradient_must_be_functions():
+    with pytest.raises(TypeError, match="tvf.op takes a function"):
+        tvf.op(3)
+    with pytest.raises(TypeError, match="op 'cube': .grad takes a function"):
+        _cube().grad(3)
+    bad = tvf.op(lambda x: te.compute(x.shape, lambda i: x[i] * 2), name="twice")
+    bad.grad(lambda dy, x: np.ones(3))
+    with pytest.raises(GradientError, match="gradient of op 'twice' must return a list"):
+        bad.vjp(np.ones(3, "float32"), np.ones(3, "float32"))
+    bad.grad(lambda dy, x: [np.ones(3)])
+    with pytest.raises(GradientError, match="for input 0 is a ndarray, not a TE tensor"):
+        bad.vjp(np.ones(3, "float32"), np.ones(3, "float32"))

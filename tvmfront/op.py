@@ -111,6 +111,8 @@ class Op:
     """A tensor op: a TE forward (`fn(*te_tensors, **attrs)`) and an optional TE gradient."""
 
     def __init__(self, fn, name=None):
+        if not callable(fn):
+            raise TypeError(f"tvf.op takes a function of TE tensors (the forward), got {fn!r}")
         self.fn = fn
         self.name = name or fn.__name__
         self.__doc__ = fn.__doc__
@@ -135,6 +137,9 @@ class Op:
         making it can fuse with the op (one pass over the activation fewer each way)."""
         if fn is None:
             return lambda f: self.grad(f, uses_output=uses_output)
+        if not callable(fn):  # `.grad(3)` failed only at the first gradient
+            raise TypeError(f"op '{self.name}': .grad takes a function (dy, *inputs, **attrs), "
+                            f"got {fn!r}")
         self._grad_fn, self._grad_uses_output = fn, uses_output
         self._kernels.clear()
         return fn
