@@ -28,6 +28,22 @@ def test_fit_stops_when_the_loss_is_not_finite():
     assert info.value.epoch == 1 and 1 < info.value.step <= 4
     assert module.step_count == info.value.step  # it stopped at once
     assert isinstance(info.value, tvf.TvmfrontError)
+    assert "parameter(s) are no longer finite" in str(info.value)
+    assert "lower the learning rate" in str(info.value)
+
+
+def test_a_nan_loss_over_finite_parameters_is_told_apart():
+    """A batch whose labels are all ignore_index has a NaN loss (a mean over no sample, as in
+    PyTorch) and leaves the parameters as they were: advice to lower the learning rate was
+    wrong there."""
+    tvf.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3))
+    module = tvf.compile_training(model, nn.CrossEntropyLoss(), tvf.optim.SGD(0.1),
+                                  inputs=(8, 4), labels=(8,))
+    x, _ = _data(8)
+    with pytest.raises(tvf.NonFiniteLossError, match="the parameters are all still finite, so "
+                                                     "the batch itself gave it"):
+        tvf.Trainer(module, progress=False).fit(x, np.full(8, -100), epochs=1)
 
 
 class LogModel(nn.Module):

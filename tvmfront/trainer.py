@@ -158,6 +158,19 @@ class _Progress:
         self.stream.flush()
 
 
+def _parameters_after(module):
+    """What a non-finite loss did to the parameters, for its error: a NaN loss over finite
+    parameters is the batch's (every label ignore_index: a mean over no sample, NaN as in
+    PyTorch), where advice to lower the learning rate was wrong."""
+    bad = [name for name, value in module.state_dict().items()
+           if np.asarray(value).dtype.kind == "f" and not np.isfinite(value).all()]
+    if not bad:
+        return ("the parameters are all still finite, so the batch itself gave it (e.g. every "
+                "label equal to ignore_index: a mean over no sample).")
+    return (f"{len(bad)} parameter(s) are no longer finite (first: {bad[0]}): lower the "
+            "learning rate, or clip gradients.")
+
+
 class Trainer:
     """Drives a TrainingModule over numpy data: shuffled (seeded) batches, one compiled step
     per batch, validation after every epoch.
@@ -337,8 +350,7 @@ class Trainer:
                     self.progress.end(e + 1, start_epoch + epochs, {"loss": losses[-1]})
                     raise NonFiniteLossError(
                         f"fit: the loss became {losses[-1]} at epoch {e + 1}, step {i} "
-                        f"(train step {m.step_count}); the parameters this step wrote are "
-                        f"likely not finite either. Lower the learning rate, or compile under "
+                        f"(train step {m.step_count}); {_parameters_after(m)} Compile under "
                         f"tvf.debug_nans() to name the op that first produced NaN/Inf.",
                         epoch=e + 1, step=i)
                 if on_step is not None:
