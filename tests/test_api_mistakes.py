@@ -158,3 +158,22 @@ def test_an_unknown_mcpu_is_refused_not_built_for_generic():
         tvf.target.resolve_target({"kind": "llvm", "mcpu": "nonsense"})
     assert tvf.target.resolve_target({"kind": "llvm", "mcpu": "znver3",
                                       "mtriple": "x86_64-linux-gnu"})
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["launch", "-n", "0", "x.py"], "-n must be at least 1, got 0"),
+    (["launch", "-n", "2", "--hosts", "/nonexistent/hosts", "x.py"], "is not a file"),
+])
+def test_cli_launch_refuses_nonsense_as_a_usage_error(argv, match, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2
+    assert match in capsys.readouterr().err
+
+
+def test_load_state_dict_and_self_attention_name_the_mistake():
+    with pytest.raises(TypeError, match="expected a dict-like state_dict"):
+        nn.Linear(4, 3).load_state_dict(None)
+    with pytest.raises(ValueError, match=r"SelfAttention\(8\): expected x \[B, T, 8\], got "
+                                         r"shape \[4, 8\]"):
+        tvf.compile_inference(nn.SelfAttention(8, 2), inputs=(4, 8))

@@ -189,8 +189,10 @@ def test_one_rank_of_a_distributed_trainer_trains_as_without(no_launcher, data, 
 def test_launch_builds_the_mpiexec_command_beside_this_python(tmp_path):
     from tvmfront.distributed import launch
 
-    argv = launch.command(4, "train.py", ["--epochs", "2"], hosts="hosts.txt")
-    assert argv[1:] == ["-f", "hosts.txt", "-n", "4", sys.executable, "train.py", "--epochs",
+    hosts = tmp_path / "hosts.txt"
+    hosts.write_text("localhost\n")
+    argv = launch.command(4, "train.py", ["--epochs", "2"], hosts=str(hosts))
+    assert argv[1:] == ["-f", str(hosts), "-n", "4", sys.executable, "train.py", "--epochs",
                         "2"]
     assert argv[0].endswith("mpiexec")
     with pytest.raises(ValueError, match="at least 1"):

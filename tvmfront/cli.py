@@ -246,7 +246,10 @@ def main(argv=None):
     launch.add_arguments(p)
     args = parser.parse_args(argv)
     if args.command == "launch":
-        return launch.run(args)
+        try:
+            return launch.run(args)
+        except ValueError as err:  # -n 0, a missing host file: a usage error, not a traceback
+            parser.error(str(err))
     if args.command == "tune":
         try:
             args.sizes = _sizes(args.size)

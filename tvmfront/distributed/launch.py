@@ -29,6 +29,8 @@ def command(processes, script, args=(), hosts=None):
     """The mpiexec command line running `script` with `args` on `processes` ranks."""
     if processes < 1:
         raise ValueError(f"launch: -n must be at least 1, got {processes}")
+    if hosts and not os.path.isfile(hosts):  # mpiexec said only "error parsing parameters"
+        raise ValueError(f"launch: --hosts {hosts!r} is not a file")
     hostfile = ["-f", hosts] if hosts else []
     return [mpiexec_path(), *hostfile, "-n", str(processes), sys.executable, script, *args]
 
@@ -51,7 +53,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="tvmfront launch", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
-    run(parser.parse_args(argv))
+    try:
+        run(parser.parse_args(argv))
+    except ValueError as err:
+        parser.error(str(err))
 
 
 if __name__ == "__main__":

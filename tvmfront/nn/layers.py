@@ -344,6 +344,9 @@ class SelfAttention(Module):
         self.out = Linear(dim, dim, dtype=dtype)
 
     def forward(self, x):
+        if len(x.shape) != 3 or x.shape[2] != self.dim:
+            raise ValueError(f"SelfAttention({self.dim}): expected x [B, T, {self.dim}], got "
+                             f"shape {show(tuple(x.shape))}")
         b, t, d = x.shape
         h, hd = self.heads, d // self.heads
         if not is_static((b, t)):

@@ -207,6 +207,9 @@ class Module:
         """Copy arrays into the parameters; shape and dtype must match, names too if strict.
         A tied Parameter may be given under any of its names (PyTorch's state_dict lists them
         all); given under several, the values must agree."""
+        if not hasattr(state, "keys") or not hasattr(state, "__getitem__"):
+            raise TypeError(f"load_state_dict: expected a dict-like state_dict (name -> array), "
+                            f"got {type(state).__name__}")
         params = dict(self.named_parameters() + self.named_buffers())
         aliases = dict(self.named_parameters(remove_duplicate=False)
                        + self.named_buffers(remove_duplicate=False))
