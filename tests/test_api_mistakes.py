@@ -177,3 +177,11 @@ def test_load_state_dict_and_self_attention_name_the_mistake():
     with pytest.raises(ValueError, match=r"SelfAttention\(8\): expected x \[B, T, 8\], got "
                                          r"shape \[4, 8\]"):
         tvf.compile_inference(nn.SelfAttention(8, 2), inputs=(4, 8))
+
+
+def test_a_size_0_input_axis_is_a_shape_error_naming_the_input():
+    with pytest.raises(ShapeError, match=r"inputs: x \(0, 4\) has a size-0 axis"):
+        tvf.compile_inference(nn.Sequential(nn.Linear(4, 3)), inputs=(0, 4))
+    with pytest.raises(ShapeError, match="size-0 axis"):
+        tvf.compile_training(nn.Sequential(nn.Linear(4, 3)), nn.CrossEntropyLoss(),
+                             tvf.optim.SGD(0.1), inputs=(0, 4), labels=(0,))

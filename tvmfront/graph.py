@@ -23,7 +23,7 @@ import numpy as np
 from ._tvm import relax
 from .errors import ShapeError
 from .nn.dropout import Dropout, rng_inputs
-from .spec import TensorSpec
+from .spec import TensorSpec, is_symbolic
 from .tensor import BOUND_KINDS, Tensor, Trace, new_var, tracing
 
 
@@ -207,6 +207,12 @@ def build_forward(model, inputs, methods=None):
     `method_<name>(*its inputs, *params, *buffers)` (eval mode) returning its Tensor or tuple
     of Tensors, e.g. a one-token decode step that takes and returns a KV cache."""
     specs = named_specs(inputs, _forward_arg_names(model), "inputs")
+    for name, spec in specs:
+        if any(not is_symbolic(d) and d == 0 for d in spec.shape):
+            # TVM's constant folding failed on it ("Divide by zero", an InternalError)
+            raise ShapeError(f"inputs: {name} {tuple(spec.shape)} has a size-0 axis; a "
+                             "compiled module takes at least one element along each (name an "
+                             "axis, e.g. ('batch', 1, 8, 8), for any size)")
     named, named_buffers = model.named_parameters(), model.named_buffers()
     bb = relax.BlockBuilder()
     sig = GraphSignature(inputs=specs,
