@@ -237,3 +237,17 @@ def test_an_op_and_its_gradient_must_be_functions():
     bad.grad(lambda dy, x: [np.ones(3)])
     with pytest.raises(GradientError, match="for input 0 is a ndarray, not a TE tensor"):
         bad.vjp(np.ones(3, "float32"), np.ones(3, "float32"))
+
+
+def test_opcheck_compares_each_output_of_an_op_with_several():
+    @tvf.op
+    def sum_and_double(x):  # outputs of two shapes: a tuple ref could not be compared
+        k = te.reduce_axis((0, x.shape[1]), "k")
+        return [te.compute((x.shape[0],), lambda i: te.sum(x[i, k], axis=k), name="rows"),
+                te.compute(x.shape, lambda i, j: x[i, j] * 2, name="double")]
+    report = tvf.opcheck(sum_and_double, shapes=[[(3, 4)]], dtypes="float32",
+                         ref=lambda x: (x.sum(1), 2 * x))
+    assert report.ok
+    with pytest.raises(OpCheckError, match="forward output 1 at"):
+        tvf.opcheck(sum_and_double, shapes=[[(3, 4)]], dtypes="float32",
+                    ref=lambda x: (x.sum(1), 3 * x))
