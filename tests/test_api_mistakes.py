@@ -185,3 +185,22 @@ def test_a_size_0_input_axis_is_a_shape_error_naming_the_input():
     with pytest.raises(ShapeError, match="size-0 axis"):
         tvf.compile_training(nn.Sequential(nn.Linear(4, 3)), nn.CrossEntropyLoss(),
                              tvf.optim.SGD(0.1), inputs=(0, 4), labels=(0,))
+
+
+def test_seeds_and_huge_sizes_are_named():
+    tvf.manual_seed(-1)  # as torch.manual_seed: taken modulo 2**64
+    a = nn.Linear(2, 2).state_dict()["weight"]
+    tvf.manual_seed(2 ** 64 - 1)
+    np.testing.assert_array_equal(nn.Linear(2, 2).state_dict()["weight"], a)
+    module = tvf.compile_training(nn.Sequential(nn.Linear(4, 3)), nn.CrossEntropyLoss(),
+                                  tvf.optim.SGD(0.1), inputs=(2, 4), labels=(2,))
+    for bad in (-1, None, 1.5):
+        with pytest.raises(ValueError, match="Trainer: seed must be an int >= 0"):
+            tvf.Trainer(module, seed=bad)
+    with pytest.raises(ShapeError, match="too large for int64"):
+        tvf.TensorSpec((2 ** 70, 4))
+
+
+def test_cli_tune_names_a_directory_given_for_its_file(tmp_path, capsys):
+    assert cli.main(["tune", str(tmp_path)]) == 2
+    assert "not a file" in capsys.readouterr().err

@@ -251,3 +251,18 @@ def test_opcheck_compares_each_output_of_an_op_with_several():
     with pytest.raises(OpCheckError, match="forward output 1 at"):
         tvf.opcheck(sum_and_double, shapes=[[(3, 4)]], dtypes="float32",
                     ref=lambda x: (x.sum(1), 3 * x))
+
+
+def test_attributes_named_as_the_checkers_keywords_go_in_attrs():
+    """layer_norm's eps: gradcheck(op, x, eps=1e-5) is gradcheck's step; attrs= is the op's."""
+    @tvf.op
+    def shift(x, eps=0.0, seed=0):
+        return te.compute(x.shape, lambda i: x[i] * x[i] + eps + seed, name="shift")
+    x = np.array([1.0, 2.0])
+    assert tvf.gradcheck(shift, [x], attrs={"eps": 0.5, "seed": 3})
+    report = tvf.opcheck(shift, shapes=[[(3,)]], dtypes="float64", attrs={"eps": 0.5, "seed": 3},
+                         ref=lambda x, eps, seed: x * x + eps + seed)
+    assert report.ok
+    with pytest.raises(OpCheckError, match="forward at"):  # the attribute reached the op
+        tvf.opcheck(shift, shapes=[[(3,)]], dtypes="float64", attrs={"eps": 0.5},
+                    ref=lambda x, eps: x * x)

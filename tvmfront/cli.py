@@ -41,6 +41,9 @@ def _load_modules(path, target, explicit_target):
     path = os.path.abspath(path)
     if not os.path.exists(path):
         raise TvmfrontError(f"{path}: no such file")
+    if not os.path.isfile(path):  # a directory failed inside importlib ('loader')
+        raise TvmfrontError(f"{path}: not a file (give the Python file that defines "
+                            "tvmfront_modules())")
     folder = os.path.dirname(path)
     if folder not in sys.path:
         sys.path.insert(0, folder)  # the file's own imports (e.g. the examples' _common)

@@ -11,7 +11,8 @@ def _float64(a):
     return a.astype(np.float64) if a.dtype.kind == "f" else a
 
 
-def gradcheck(op, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, seed=0, derived=None, **attrs):
+def gradcheck(op, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, seed=0, derived=None, attrs=None,
+              **more_attrs):
     """True if `op`'s gradient matches central differences; raises GradientError otherwise.
 
     The check projects the output on a random cotangent `dy` and compares
@@ -20,11 +21,14 @@ def gradcheck(op, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, seed=0, derived=None, 
     The error names the worst element: its input, index, both values and the error.
     `derived=True` checks the gradient derived from the forward even when `.grad` exists,
     `derived=False` the explicit one; by default the one `op.vjp` uses (see derived_gradients).
-    Keywords other than these are the op's attributes; an unknown one is a TypeError.
+    Keywords other than these are the op's attributes; an unknown one is a TypeError. An
+    attribute named as one of gradcheck's own keywords (layer_norm's eps) goes in `attrs=`,
+    a dict of attributes.
 
     >>> gradcheck(ops.tanh, [np.random.rand(3, 4)])
     True
     """
+    attrs = {**(attrs or {}), **more_attrs}
     if not isinstance(op, Op):
         raise TypeError(f"gradcheck: the first argument must be a tvf.op (decorate the TE "
                         f"forward with @tvf.op), got {type(op).__name__} {op!r}")
@@ -38,7 +42,7 @@ def gradcheck(op, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, seed=0, derived=None, 
             raise ValueError(f"gradcheck: {name} must be a finite number "
                              f"{'> 0' if name == 'eps' else '>= 0'}, got {value!r}")
     op.check_attrs(attrs, len(inputs), caller="gradcheck",
-                   own=("eps", "atol", "rtol", "seed", "derived"))
+                   own=("eps", "atol", "rtol", "seed", "derived", "attrs"))
     xs = [_float64(x) for x in inputs]
     if not any(x.dtype.kind == "f" for x in xs):
         raise GradientError(f"gradcheck: op '{op.name}' has no floating-point input to check "

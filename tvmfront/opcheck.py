@@ -61,7 +61,7 @@ def _make_inputs(shapes, dtype, int_inputs, rng):
 
 
 def opcheck(op, shapes=None, ref=None, dtypes=("float32", "float64"), int_inputs=None,
-            make_inputs=None, seed=0, **attrs):
+            make_inputs=None, seed=0, attrs=None, **more_attrs):
     """Check `op` over a sweep of input shapes and dtypes; return an OpCheckReport.
 
     For each shape set: the forward against `ref` (a numpy function) in every dtype; in float64
@@ -75,10 +75,12 @@ def opcheck(op, shapes=None, ref=None, dtypes=("float32", "float64"), int_inputs
     make_inputs: optional (rng, shapes, dtype) -> list of arrays, for ops with input domains
       (e.g. positive inputs for log).
     Other keywords are the op's attributes; one the op's forward does not take is a TypeError
-    naming it. The explicit and derived gradients are both checked inside derived_gradients() too.
+    naming it; one named as opcheck's own keywords (a `seed` attribute) goes in `attrs=`, a
+    dict. The explicit and derived gradients are both checked inside derived_gradients() too.
 
     >>> print(tvf.opcheck(tvf.ops.tanh, ref=np.tanh))
     """
+    attrs = {**(attrs or {}), **more_attrs}
     _check_op(op, "opcheck")
     if shapes is not None and not callable(shapes) and not isinstance(shapes, (list, tuple)) \
             and hasattr(shapes, "__iter__"):
@@ -89,7 +91,7 @@ def opcheck(op, shapes=None, ref=None, dtypes=("float32", "float64"), int_inputs
     given = shapes is not None and not callable(shapes)
     op.check_attrs(attrs, len(shapes[0]) if given and shapes else len(tensor_params),
                    caller="opcheck",
-                   own=("shapes", "ref", "dtypes", "int_inputs", "make_inputs", "seed"))
+                   own=("shapes", "ref", "dtypes", "int_inputs", "make_inputs", "seed", "attrs"))
     if callable(shapes):  # opcheck(op, np.tanh): the reference passed where shapes go
         raise TypeError(f"opcheck: shapes= is a function ({getattr(shapes, '__name__', shapes)}); "
                         "pass the numpy reference as ref=, e.g. opcheck(op, ref=np.tanh)")
@@ -206,7 +208,7 @@ def _check_forward(op, ref, xs, dtype, attrs):
 
 
 def _check_grad(op, xs, attrs, derived):
-    gradcheck(op, [x.copy() for x in xs], derived=derived, **attrs)  # False: the explicit one
+    gradcheck(op, [x.copy() for x in xs], derived=derived, attrs=attrs)  # False: explicit
     return "matches finite differences"
 
 

@@ -63,6 +63,8 @@ class TensorSpec:
                              f"name (a str, for any size)")
         if any(not is_symbolic(d) and d < 0 for d in dims):
             raise ShapeError(f"negative dimension in shape {dims}")
+        if any(not is_symbolic(d) and d >= 2 ** 63 for d in dims):  # a TVM FFI BigInt error
+            raise ShapeError(f"dimension too large for int64 in shape {dims}")
         try:
             dtype = str(np.dtype(self.dtype))
         except TypeError:

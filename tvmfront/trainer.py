@@ -210,8 +210,11 @@ class Trainer:
                     if hasattr(module, "named_parameters") else "")
             raise TypeError(f"Trainer takes a compiled training module, got "
                             f"{type(module).__name__}{hint}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            # -1, None, 1.5 failed only at fit, inside numpy
+            raise ValueError(f"Trainer: seed must be an int >= 0, got {seed!r}")
         self.module = module
-        self.seed = seed
+        self.seed = int(seed)
         self.lr_schedule = lr_schedule
         self.world = _distributed.init() if distributed else None
         self._parallel = (_distributed.DataParallel(module, self.world)
