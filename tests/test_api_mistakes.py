@@ -204,3 +204,46 @@ def test_seeds_and_huge_sizes_are_named():
 def test_cli_tune_names_a_directory_given_for_its_file(tmp_path, capsys):
     assert cli.main(["tune", str(tmp_path)]) == 2
     assert "not a file" in capsys.readouterr().err
+
+
+def _pruned_mlp():
+    tvf.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    return tvf.nn.pruning.prune(model, 0.5)
+
+
+def test_pruning_masks_only_grow_and_an_int_amount_is_named():
+    """A second prune(0.3) after prune(0.5) revived pruned weights; amount=1 (an int, a count
+    in PyTorch) pruned every weight."""
+    model = _pruned_mlp()
+    with pytest.raises(ValueError, match="amount 0.3 is below the sparsity 0.5"):
+        tvf.nn.pruning.prune(model, 0.3)
+    assert tvf.nn.pruning.sparsity(model)["global"] == pytest.approx(0.5)
+    tvf.nn.pruning.prune(model, 0.7)  # further: fine
+    assert tvf.nn.pruning.sparsity(model)["global"] == pytest.approx(0.7, abs=0.01)
+    with pytest.raises(ValueError, match="the int 1 would prune every weight"):
+        tvf.nn.pruning.prune(model, 1)
+
+
+def test_prepare_qat_ranges_hold_zero_and_fit_8_bits():
+    model = nn.Sequential(nn.Linear(8, 4))
+    for kw in ({"weight_range": (-2 ** 40, 2 ** 40)}, {"activation_range": (0, 300)},
+               {"activation_range": (5, 255)}):
+        with pytest.raises(ValueError, match="must hold 0 and fit 8 bits"):
+            tvf.nn.quantization.prepare_qat(model, **kw)
+    with pytest.raises(ValueError, match="qmin and qmax must be integers"):
+        tvf.nn.quantization.prepare_qat(model, weight_range=(True, 127))
+
+
+def test_next_token_refuses_logits_that_are_not_finite():
+    rng = np.random.default_rng(0)
+    gen = tvf.generate.next_token
+    with pytest.raises(ValueError, match="logits are nan at row 0, id 1"):
+        gen(np.array([[1.0, np.nan, 3.0]]), 1.0, None, rng)  # was: token 0, no error
+    with pytest.raises(ValueError, match="logits are inf at row 0, id 1"):
+        gen(np.array([[1.0, np.inf, 3.0]]), 1.0, None, rng)
+    with pytest.raises(ValueError, match="temperature 1e-310 overflows it"):
+        gen(np.array([[1.0, 2.0, 3.0]]), 1e-310, None, rng)
+    with pytest.raises(ValueError, match="every logit is -inf"):
+        gen(np.array([[-np.inf, -np.inf]]), 1.0, None, rng)
+    assert gen(np.array([[-np.inf, 0.0, -np.inf]]), 1.0, None, rng)[0] == 1  # a mask is fine

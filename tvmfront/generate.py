@@ -47,8 +47,8 @@ def _prompt(prompt_ids):
 def _check_options(steps, temperature, top_k, vocab):
     if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
         raise ValueError(f"sample: steps must be an int >= 0, got {steps!r}")
-    if not isinstance(temperature, numbers.Real) or not temperature > 0 \
-            or not np.isfinite(temperature):
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) \
+            or not temperature > 0 or not np.isfinite(temperature):
         raise ValueError(f"sample: temperature must be a finite number > 0, got {temperature!r} "
                          f"(for greedy decoding use top_k=1)")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral)
@@ -62,9 +62,23 @@ def next_token(logits, temperature=1.0, top_k=None, rng=None):
     otherwise a draw from softmax(logits / temperature) restricted to the top_k largest
     logits (all when None; ties at the k-th value are all kept). rng: a numpy Generator."""
     logits = np.asarray(logits, np.float64)
+    # NaN (a diverged model) and +inf had drawn token 0 with no error; torch.multinomial
+    # refuses them. -inf is a mask: that token has no mass.
+    bad = np.isnan(logits) | np.isposinf(logits)
+    if bad.any():
+        row, col = (int(v) for v in np.argwhere(bad)[0])
+        raise ValueError(f"next_token: the logits are {logits[row, col]} at row {row}, id {col}: "
+                         "the model's output is not finite")
     if top_k == 1:
         return logits.argmax(axis=-1)
-    z = logits / temperature
+    with np.errstate(over="ignore"):  # a tiny temperature: refused below, naming it
+        z = logits / temperature
+    top = z.max(axis=-1)
+    if not np.isfinite(top).all():
+        row = int(np.argmax(~np.isfinite(top)))
+        why = "every logit is -inf" if np.isneginf(logits[row]).all() else \
+            f"temperature {temperature} overflows it"
+        raise ValueError(f"next_token: row {row} has no finite logit / temperature ({why})")
     if top_k is not None and top_k < z.shape[-1]:
         kth = np.partition(z, -top_k, axis=-1)[:, -top_k][:, None]
         z = np.where(z >= kth, z, -np.inf)

@@ -113,6 +113,26 @@ def _check(amount, scope, what="amount"):
     if isinstance(amount, bool) or not isinstance(amount, (int, float, np.floating)) \
             or not 0 <= amount <= 1:
         raise ValueError(f"pruning: {what} must be a fraction in [0, 1], got {amount!r}")
+    if isinstance(amount, int) and amount == 1:
+        # torch.nn.utils.prune reads an int as a count of entries; here 1 was every weight
+        raise ValueError(f"pruning: {what} is a fraction; the int 1 would prune every weight "
+                         "(PyTorch's int amount is a count of entries): give 1.0 for all")
+
+
+def _masks_only_grow(masks, amount, scope):
+    """ValueError where `amount` masks fewer entries than are masked now: a second prune(0.3)
+    after prune(0.5) revived weights ('already pruned layers are pruned further'; PyTorch's
+    would prune 30% of what is left)."""
+    groups = [[n] for n in masks] if scope == "layer" else [list(masks)]
+    for names in groups:
+        size = sum(masks[n].size for n in names)
+        masked = sum(int(np.sum(masks[n] == 0)) for n in names)
+        if round(amount * size) < masked:
+            where = f"layer '{names[0]}'" if scope == "layer" else "the pruned layers"
+            raise ValueError(f"pruning: amount {amount} is below the sparsity {masked / size:.4g} "
+                             f"{where} already have: amount is the total fraction pruned and "
+                             "masks only grow (PyTorch's repeated prune takes a fraction of what "
+                             "is left); give at least that, or remove() first")
 
 
 def _magnitude_masks(weights, masks, amount, scope):
@@ -149,6 +169,7 @@ def update_masks(target, amount, scope="global"):
     key = {n: (f"{n}." if n else "") for n in names}
     masks = {n: np.asarray(state[key[n] + _MASK]) for n in names}
     weights = {n: np.asarray(state[key[n] + _ORIG]) for n in names}
+    _masks_only_grow(masks, amount, scope)
     new = _magnitude_masks(weights, masks, amount, scope)
     state.update({key[n] + _MASK: new[n] for n in names})
     target.load_state_dict(state)

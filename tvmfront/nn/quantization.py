@@ -160,6 +160,12 @@ def prepare_qat(model, activation_range=(0, 255), weight_range=(-128, 127),
         if len(tuple(r)) != 2:
             raise ValueError(f"prepare_qat: {name} must be (qmin, qmax), got {r!r}")
         quant._check_range(f"prepare_qat: {name}", *r)
+        # as torch.ao's FakeQuantize: the range holds 0 and fits the 8 bits int8 conversion
+        # (tvf.quantize) gives it; (-2**40, 2**40) trained, then converted wrong
+        qmin, qmax = r
+        if not qmin <= 0 <= qmax or qmin < -128 or qmax > 255 or qmax - qmin > 255:
+            raise ValueError(f"prepare_qat: {name} must hold 0 and fit 8 bits (int8 "
+                             f"[-128, 127] or uint8 [0, 255]), got {tuple(r)}")
     config = {"activation_range": tuple(activation_range), "weight_range": tuple(weight_range),
               "averaging_constant": averaging_constant}
     model = model if inplace else copy.deepcopy(model)

@@ -33,7 +33,7 @@ def _c(value, dtype):
 
 def _check_range(name, qmin, qmax):
     if not (isinstance(qmin, (int, np.integer)) and isinstance(qmax, (int, np.integer))
-            and qmin < qmax):
+            and not isinstance(qmin, bool) and not isinstance(qmax, bool) and qmin < qmax):
         raise ValueError(f"{name}: qmin and qmax must be integers with qmin < qmax, got "
                          f"qmin={qmin!r}, qmax={qmax!r}")
 
