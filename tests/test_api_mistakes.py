@@ -247,3 +247,9 @@ def test_next_token_refuses_logits_that_are_not_finite():
     with pytest.raises(ValueError, match="every logit is -inf"):
         gen(np.array([[-np.inf, -np.inf]]), 1.0, None, rng)
     assert gen(np.array([[-np.inf, 0.0, -np.inf]]), 1.0, None, rng)[0] == 1  # a mask is fine
+
+
+def test_quantize_reduce_range_must_be_a_bool():
+    with pytest.raises(TypeError, match="reduce_range must be True, False or None, got 'no'"):
+        tvf.quantize(nn.Sequential(nn.Linear(8, 4)), np.zeros((4, 8), "float32"),
+                     inputs=(4, 8), reduce_range="no")

@@ -266,3 +266,13 @@ def test_attributes_named_as_the_checkers_keywords_go_in_attrs():
     with pytest.raises(OpCheckError, match="forward at"):  # the attribute reached the op
         tvf.opcheck(shift, shapes=[[(3,)]], dtypes="float64", attrs={"eps": 0.5},
                     ref=lambda x, eps: x * x)
+
+
+def test_an_attribute_passed_positionally_as_a_tuple_is_named_not_hung():
+    """reshape(x, (-1, 32)) made the tuple a tensor input; iterating that TE tensor as a shape
+    never ended, and compile_inference hung."""
+    x = np.zeros((2, 2, 4, 4), "float32")
+    with pytest.raises(TypeError, match=r"op 'reshape': shape is an attribute; pass it by "
+                                        r"keyword \(shape=\(-1, 32\)\)"):
+        tvf.ops.reshape(x, (-1, 32))
+    assert tvf.ops.reshape(x, shape=(-1, 32)).shape == (2, 32)

@@ -249,6 +249,14 @@ class Op:
 
     # ---- calling -----------------------------------------------------------------------------
     def __call__(self, *inputs, **attrs):
+        params = [p for p in inspect.signature(self.fn).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        for v, p in zip(inputs, params):
+            if isinstance(v, (tuple, list)) and p.default is not p.empty:
+                # reshape(x, (-1, 32)): the tuple became a tensor input, and iterating that
+                # TE tensor as a shape never ended (compile hung)
+                raise TypeError(f"op '{self.name}': {p.name} is an attribute; pass it by "
+                                f"keyword ({p.name}={v!r}): positional inputs are tensors")
         if inputs and any(isinstance(v, te.Tensor) for v in inputs):
             # inside another op's forward or gradient: compose at the TE level
             self.check_attrs(attrs, len(inputs))

@@ -317,6 +317,9 @@ def quantize(model, calibration=None, method="minmax", percentile=99.99, inputs=
     model = copy.deepcopy(model).eval()
     pack, reduce = _dot_product(target)
     if reduce_range is not None:
+        if not isinstance(reduce_range, (bool, np.bool_)):  # bool("no") is True
+            raise TypeError(f"quantize: reduce_range must be True, False or None, got "
+                            f"{reduce_range!r}")
         reduce = bool(reduce_range)
     if qat_layers(model):
         if calibration is not None:
