@@ -274,9 +274,7 @@ def _children(expr):
 
 def _reads(expr, target):
     """Whether `expr` reads the load `target` anywhere (through integer parts too)."""
-    if _is_load(expr):
-        return _same_load(expr, target) or any(_reads(i, target) for i in _load_parts(expr)[1])
-    return any(_reads(c, target) for c in _children(expr))
+    return any(_same_load(load, target) for load in _loads(expr, []))
 
 
 def _reads_bits(expr, target):

@@ -11,6 +11,13 @@ def _float64(a):
     return a.astype(np.float64) if a.dtype.kind == "f" else a
 
 
+def _check_op(op, caller):
+    """TypeError unless `op` is a tvf.op (a plain function or a numpy ufunc has no kernels)."""
+    if not isinstance(op, Op):
+        raise TypeError(f"{caller}: the first argument must be a tvf.op (decorate the TE "
+                        f"forward with @tvf.op), got {type(op).__name__} {op!r}")
+
+
 def gradcheck(op, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, seed=0, derived=None, attrs=None,
               **more_attrs):
     """True if `op`'s gradient matches central differences; raises GradientError otherwise.
@@ -29,9 +36,7 @@ def gradcheck(op, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, seed=0, derived=None, 
     True
     """
     attrs = {**(attrs or {}), **more_attrs}
-    if not isinstance(op, Op):
-        raise TypeError(f"gradcheck: the first argument must be a tvf.op (decorate the TE "
-                        f"forward with @tvf.op), got {type(op).__name__} {op!r}")
+    _check_op(op, "gradcheck")
     if not isinstance(inputs, (list, tuple)):
         raise TypeError(f"gradcheck: inputs must be a list with one array per input of op "
                         f"'{getattr(op, 'name', op)}', got {type(inputs).__name__}")

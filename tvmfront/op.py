@@ -250,7 +250,8 @@ class Op:
     # ---- calling -----------------------------------------------------------------------------
     def __call__(self, *inputs, **attrs):
         params = [p for p in inspect.signature(self.fn).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)] \
+            if any(isinstance(v, (tuple, list)) for v in inputs) else []
         for v, p in zip(inputs, params):
             if isinstance(v, (tuple, list)) and p.default is not p.empty:
                 # reshape(x, (-1, 32)): the tuple became a tensor input, and iterating that

@@ -6,9 +6,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import GradientError, TvmfrontError
-from .gradcheck import gradcheck
+from .gradcheck import _check_op, gradcheck
 from ._tvm import te
-from .op import Op
 
 # Default sweep for one-input ops: a size-1 tensor, sizes that are not multiples of any
 # vector width, and a broadcast-like unit axis.
@@ -148,13 +147,6 @@ def opcheck(op, shapes=None, ref=None, dtypes=("float32", "float64"), int_inputs
     if failures:
         raise OpCheckError(f"{report}\nfirst failure: {failures[0]}")
     return report
-
-
-def _check_op(op, caller):
-    """TypeError unless `op` is a tvf.op (a plain function or a numpy ufunc has no kernels)."""
-    if not isinstance(op, Op):
-        raise TypeError(f"{caller}: the first argument must be a tvf.op (decorate the TE "
-                        f"forward with @tvf.op), got {type(op).__name__} {op!r}")
 
 
 def _underivable(op, xs, attrs):

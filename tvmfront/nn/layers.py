@@ -28,12 +28,6 @@ def sizes(layer, **counts):
     return out if len(out) > 1 else out[0]
 
 
-def window(layer, what, value, low):
-    """A kernel size, stride or padding (an int or a pair) as a pair of ints >= `low`, else a
-    TypeError or ValueError naming `layer` and `what` (ops.conv._pair's check)."""
-    return _pair(value, what, layer, low)
-
-
 class Linear(Module):
     """y = x @ W^T + b, W: [out, in], over the last axis of x [..., in] (as PyTorch);
     Kaiming-uniform init as in PyTorch."""
@@ -66,9 +60,9 @@ class Conv2d(Module):
         super().__init__()
         in_channels, out_channels = sizes("Conv2d", in_channels=in_channels,
                                           out_channels=out_channels)
-        k = window("Conv2d", "kernel_size", kernel_size, 1)
-        window("Conv2d", "stride", stride, 1)
-        window("Conv2d", "padding", padding, 0)
+        k = _pair(kernel_size, "kernel_size", "Conv2d", 1)
+        _pair(stride, "stride", "Conv2d", 1)
+        _pair(padding, "padding", "Conv2d", 0)
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, k
         self.stride, self.padding = stride, padding
         self.weight = Parameter(init.kaiming_uniform((out_channels, in_channels, *k), dtype=dtype))
@@ -107,10 +101,10 @@ class _Pool(Module):
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
         name = type(self).__name__
-        window(name, "kernel_size", kernel_size, 1)
+        _pair(kernel_size, "kernel_size", name, 1)
         if stride is not None:
-            window(name, "stride", stride, 1)
-        window(name, "padding", padding, 0)
+            _pair(stride, "stride", name, 1)
+        _pair(padding, "padding", name, 0)
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
 
     def forward(self, x):
