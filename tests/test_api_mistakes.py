@@ -253,3 +253,24 @@ def test_quantize_reduce_range_must_be_a_bool():
     with pytest.raises(TypeError, match="reduce_range must be True, False or None, got 'no'"):
         tvf.quantize(nn.Sequential(nn.Linear(8, 4)), np.zeros((4, 8), "float32"),
                      inputs=(4, 8), reduce_range="no")
+
+
+def test_whole_number_arguments_refuse_bools_and_take_numpy_ints():
+    """One predicate (_checks.is_whole) decides "an int" everywhere: a bool is refused (axis=True
+    had quantized along axis 1, an int_inputs bound of True drew only zeros) and numpy's ints
+    are taken (ModuleList[np.int64(0)] had been a TypeError; PyTorch indexes with it)."""
+    x = np.ones((2, 3), "float32")
+    with pytest.raises(ValueError, match="fake_quant: axis True out of range"):
+        tvf.ops.fake_quant(x, np.ones(3, "float32"), np.zeros(3, "int32"), axis=True)
+    with pytest.raises(ValueError, match="symmetric_scale: axis True out of range"):
+        tvf.ops.quant.symmetric_scale(x, axis=True)
+    with pytest.raises(ValueError, match="int_inputs= bound for input 1 must be an int >= 1"):
+        tvf.opcheck(tvf.ops.take, int_inputs={1: True})
+    layers = nn.ModuleList([nn.ReLU(), nn.Tanh()])
+    assert isinstance(layers[np.int64(-1)], nn.Tanh)
+    with pytest.raises(TypeError, match="ModuleList indices must be integers or slices, not bool"):
+        layers[True]
+    scale = np.float32([1, 0.5, 0.25])
+    np.testing.assert_array_equal(
+        tvf.ops.fake_quant(x * 0.3, scale, np.zeros(3, "int32"), axis=np.int64(1)),
+        np.float32([0, 0.5, 0.25]) * np.ones((2, 1), "float32"))

@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+from ._checks import is_whole
 from ._files import write_atomic
 
 # The text helpers below (load_pydoc_text, char_vocab, encode, decode, lm_windows) are public
@@ -68,10 +69,7 @@ def load_digits(test_fraction=0.2, seed=0, dtype="float32"):
 
 def upsample(x, factor):
     """Nearest-neighbour upsampling of the last two (H, W) axes by an integer factor."""
-    # bool is an int subclass, but upsample(x, True) is surely a bug.
-    if isinstance(factor, (bool, np.bool_)) or not isinstance(factor, (int, np.integer)):
-        raise ValueError(f"upsample factor must be a positive int, got {factor!r}")
-    if factor <= 0:
+    if not is_whole(factor, least=1):
         raise ValueError(f"upsample factor must be a positive int, got {factor!r}")
     x = np.asarray(x)
     if x.ndim < 2:
@@ -231,7 +229,7 @@ def batches(x, y, batch_size, shuffle, seed, drop_last=True, extras=None):
         ...     module.step((tokens, mask), labels)
     """
     # Validate here, not inside the generator, so mistakes surface at the call site.
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+    if not is_whole(batch_size, least=1):
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     xs, x_back = _arrays(x, "x")
     es, e_back = _arrays(extras, "extras") if extras is not None else ([], None)
@@ -310,7 +308,7 @@ def lm_windows(ids, batch, length, rng):
     character to predict: ``(x, y)``, both int64 [batch, length]."""
     ids = np.asarray(ids)
     for name, value in (("batch", batch), ("length", length)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        if not is_whole(value, least=1):
             raise ValueError(f"lm_windows: {name} must be an int >= 1, got {value!r}")
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"lm_windows: rng must be a numpy Generator "

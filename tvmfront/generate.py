@@ -13,6 +13,7 @@ import numbers
 
 import numpy as np
 
+from ._checks import is_whole
 from ._tvm import to_device, to_numpy
 
 
@@ -45,14 +46,13 @@ def _prompt(prompt_ids):
 
 
 def _check_options(steps, temperature, top_k, vocab):
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
+    if not is_whole(steps, least=0):
         raise ValueError(f"sample: steps must be an int >= 0, got {steps!r}")
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) \
             or not temperature > 0 or not np.isfinite(temperature):
         raise ValueError(f"sample: temperature must be a finite number > 0, got {temperature!r} "
                          f"(for greedy decoding use top_k=1)")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral)
-                              or not 1 <= top_k <= vocab):
+    if top_k is not None and not is_whole(top_k, 1, vocab):
         raise ValueError(f"sample: top_k must be None or an int in 1..{vocab} (the vocabulary), "
                          f"got {top_k!r}")
 

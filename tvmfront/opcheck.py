@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._checks import is_whole
 from .errors import GradientError, TvmfrontError
 from .gradcheck import _check_op, gradcheck
 from ._tvm import te
@@ -107,10 +108,10 @@ def opcheck(op, shapes=None, ref=None, dtypes=("float32", "float64"), int_inputs
     int_inputs = dict(int_inputs or {})
     inputs = len(shapes[0]) if shapes else len(tensor_params)
     for i, high in int_inputs.items():
-        if not isinstance(i, int) or not 0 <= i < inputs:
+        if not is_whole(i, 0, inputs - 1):
             raise ValueError(f"opcheck: int_inputs= names input {i!r}, but op '{op.name}' "
                              f"takes {inputs} input(s)")
-        if not isinstance(high, (int, np.integer)) or high < 1:
+        if not is_whole(high, least=1):
             raise ValueError(f"opcheck: int_inputs= bound for input {i} must be an int >= 1 "
                              f"(values are drawn from [0, bound)), got {high!r}")
     if shapes is None:

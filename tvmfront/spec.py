@@ -5,12 +5,12 @@ function then takes any size there, and every dimension of the same name (across
 labels and extras) must be the same size at each call.
 """
 
-import numbers
 import re
 from dataclasses import dataclass
 
 import numpy as np
 
+from ._checks import is_whole
 from .errors import ShapeError
 
 
@@ -25,7 +25,7 @@ def _dim(d):
             raise ShapeError(f"symbolic dimension {d!r}: a name must be an identifier "
                              f"(letters, digits, _), e.g. 'batch'")
         return d
-    if isinstance(d, (bool, np.bool_)) or not isinstance(d, (numbers.Integral, np.integer)):
+    if not is_whole(d):
         return None
     return int(d)
 

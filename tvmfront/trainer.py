@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 
+from ._checks import is_whole
 from . import checkpoint, config
 from . import distributed as _distributed
 from .data import _arrays, _num_samples, batches
@@ -210,7 +211,7 @@ class Trainer:
                     if hasattr(module, "named_parameters") else "")
             raise TypeError(f"Trainer takes a compiled training module, got "
                             f"{type(module).__name__}{hint}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        if not is_whole(seed, least=0):
             # -1, None, 1.5 failed only at fit, inside numpy
             raise ValueError(f"Trainer: seed must be an int >= 0, got {seed!r}")
         self.module = module
@@ -269,8 +270,7 @@ class Trainer:
         (batch_size must be None or equal it); for a module taking any batch size,
         batch_size, else the last fit's or checkpoint's, else 32."""
         compiled = self.module.batch_size
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(
-                batch_size, (int, np.integer)) or batch_size <= 0):
+        if batch_size is not None and not is_whole(batch_size, least=1):
             raise ValueError(f"fit: batch_size must be a positive int, got {batch_size!r}")
         if compiled is not None:
             if batch_size is not None and batch_size != compiled:
@@ -304,7 +304,7 @@ class Trainer:
         The batch order comes from seed + epoch and `rng` is seeded with (seed, epoch), so the
         epoch number and seed are the whole RNG state: a run resumed from a checkpoint draws
         what the uninterrupted run would have."""
-        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
+        if not is_whole(epochs, least=0):
             # epochs=-1 returned [] and trained nothing
             raise ValueError(f"fit: epochs must be an int >= 0, got {epochs!r}")
         for name, fn in (("augment", augment), ("on_step", on_step)):

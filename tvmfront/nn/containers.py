@@ -4,6 +4,7 @@ Neither has a forward: the model that holds them decides how to call them."""
 
 from collections import OrderedDict
 
+from .._checks import is_whole
 from .module import Module
 
 
@@ -38,7 +39,7 @@ class ModuleList(Module):
 
     def _index(self, i):
         n = len(self)
-        if not isinstance(i, int) or isinstance(i, bool):
+        if not is_whole(i):
             raise TypeError(f"ModuleList indices must be integers or slices, not "
                             f"{type(i).__name__}")
         if not -n <= i < n:

@@ -4,6 +4,8 @@ import math
 
 import numpy as np
 
+from .._checks import is_whole
+
 _rng = np.random.default_rng(0)
 
 
@@ -11,7 +13,7 @@ def manual_seed(seed):
     """Reseed the generator every layer draws its initial values from. An int of any sign,
     as torch.manual_seed (a negative one is taken modulo 2**64, numpy refusing it)."""
     global _rng
-    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+    if is_whole(seed):
         seed = int(seed) % 2 ** 64
     _rng = np.random.default_rng(seed)
 

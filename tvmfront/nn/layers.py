@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 
+from .._checks import is_whole
 from .. import ops
 from ..ops import batch_stats, norm
 from ..ops.conv import _pair
@@ -20,7 +21,7 @@ def sizes(layer, **counts):
     Linear(0, 10) divided by zero in its initialisation, and a float reached a raw error."""
     out = []
     for what, value in counts.items():
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        if not is_whole(value):
             raise TypeError(f"{layer}: {what} must be an int, got {value!r}")
         if value < 1:
             raise ValueError(f"{layer}: {what} must be at least 1, got {value}")
@@ -385,7 +386,7 @@ class Embedding(Module):
         num_embeddings, embedding_dim = sizes("Embedding", num_embeddings=num_embeddings,
                                               embedding_dim=embedding_dim)
         if padding_idx is not None:
-            if isinstance(padding_idx, bool) or not isinstance(padding_idx, (int, np.integer)):
+            if not is_whole(padding_idx):
                 raise TypeError(f"Embedding: padding_idx must be an int or None, got "
                                 f"{padding_idx!r}")
             if not -num_embeddings <= padding_idx < num_embeddings:

@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from .._checks import is_whole
 from .. import ops
 from .._tvm import te
 from ..errors import ShapeError
@@ -33,7 +34,7 @@ class CrossEntropyLoss(Module):
 
     def __init__(self, ignore_index=-100, label_smoothing=0.0):
         super().__init__()
-        if not isinstance(ignore_index, (int, np.integer)) or isinstance(ignore_index, bool):
+        if not is_whole(ignore_index):
             raise TypeError(f"CrossEntropyLoss: ignore_index must be an int, got {ignore_index!r}")
         if not 0.0 <= float(label_smoothing) <= 1.0:
             raise ValueError(f"CrossEntropyLoss: label_smoothing must lie in [0, 1], got "

@@ -1,8 +1,7 @@
 """2-D convolution, NCHW input and OIHW weights, with stride and zero padding. The batch N
 may be symbolic; channels, height, width and the kernel are fixed sizes."""
 
-import numpy as np
-
+from .._checks import is_whole
 from .._tvm import te, tirx
 from ..op import op
 from ._dims import dim, dims, show, static_shape
@@ -12,11 +11,9 @@ def _pair(v, what="size", name="conv2d", low=None):
     """`v` (an int or a pair of ints) as a pair of ints; a TypeError naming `name` and `what`
     for anything else (a float stride, padding='same', a triple), a ValueError for a value
     below `low` (a kernel or stride of 0, a negative padding)."""
-    def whole(x):
-        return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-    if whole(v):
+    if is_whole(v):
         pair = (int(v), int(v))
-    elif isinstance(v, (tuple, list)) and len(v) == 2 and all(whole(x) for x in v):
+    elif isinstance(v, (tuple, list)) and len(v) == 2 and all(is_whole(x) for x in v):
         pair = (int(v[0]), int(v[1]))
     else:
         raise TypeError(f"{name}: {what} must be an int or a pair of ints, got {v!r}")

@@ -17,6 +17,7 @@ symmetric observers, in float32 arithmetic as PyTorch does it.
 
 import numpy as np
 
+from .._checks import is_whole
 from .._tvm import te, tirx
 from ..autodiff import if_else_zero
 from ..errors import ShapeError
@@ -32,8 +33,7 @@ def _c(value, dtype):
 
 
 def _check_range(name, qmin, qmax):
-    if not (isinstance(qmin, (int, np.integer)) and isinstance(qmax, (int, np.integer))
-            and not isinstance(qmin, bool) and not isinstance(qmax, bool) and qmin < qmax):
+    if not (is_whole(qmin) and is_whole(qmax) and qmin < qmax):
         raise ValueError(f"{name}: qmin and qmax must be integers with qmin < qmax, got "
                          f"qmin={qmin!r}, qmax={qmax!r}")
 
@@ -53,7 +53,7 @@ def _channel_reader(x, scale, zero_point, axis):
         at = (lambda i: ()) if len(scale.shape) == 0 else (lambda i: (0,))
     else:
         ndim = len(x.shape)
-        if not isinstance(axis, (int, np.integer)) or not -ndim <= axis < ndim:
+        if not is_whole(axis, -ndim, ndim - 1):
             raise ValueError(f"fake_quant: axis {axis!r} out of range for a {ndim}-d input")
         axis = int(axis) % ndim
         if len(scale.shape) != 1 or not same(scale.shape[0], x.shape[axis]):
@@ -207,7 +207,7 @@ def symmetric_scale(w, qmin=-128, qmax=127, axis=0):
     eps. The zero points are 0."""
     _check_range("symmetric_scale", qmin, qmax)
     ndim = len(w.shape)
-    if not isinstance(axis, (int, np.integer)) or not -ndim <= axis < ndim:
+    if not is_whole(axis, -ndim, ndim - 1):
         raise ValueError(f"symmetric_scale: axis {axis!r} out of range for a {ndim}-d input")
     axis = int(axis) % ndim
     dt = w.dtype

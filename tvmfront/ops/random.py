@@ -26,6 +26,7 @@ uint32/int32 array of shape (2,) ([lo, hi]). Python ints are accepted for both.
 
 import numpy as np
 
+from .._checks import is_whole
 from .._tvm import te, tirx
 from ..op import Op
 from ._dims import dims, size
@@ -111,8 +112,7 @@ def key(seed):
 
 
 def check_stream(stream):
-    if isinstance(stream, bool) or not isinstance(stream, (int, np.integer)) \
-            or not 0 <= stream <= _MASK32:
+    if not is_whole(stream, 0, _MASK32):
         raise ValueError(f"random: stream must be an integer in 0 .. 2**32 - 1, got {stream!r}")
     return int(stream)
 

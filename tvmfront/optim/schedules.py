@@ -12,7 +12,7 @@ steps, then runs the cosine from its own step 0. ``Trainer(module, lr_schedule=s
 
 import math
 
-import numpy as np
+from .._checks import is_whole
 
 
 class Schedule:
@@ -30,7 +30,7 @@ class Schedule:
 
 
 def _positive_int(name, value, what):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+    if not is_whole(value, least=1):
         raise ValueError(f"{name}: {what} must be a positive integer, got {value!r}")
     return int(value)
 

@@ -22,6 +22,7 @@ in TranslateAddOutputRVs). So, as TVM users do:
 
 import logging
 
+from .._checks import is_whole
 from .._tvm import meta_schedule, normalize_prim_func, prim_func_type, s_tir, \
     schedule_trace_types, structural_hash, structural_map, \
     tirx, tvm
@@ -153,11 +154,10 @@ def check_sizes(sizes):
         raise TypeError(f"sizes must be a dict {{dimension name: size}}, e.g. {{'batch': 64}}, "
                         f"got {type(sizes).__name__}")
     for name, size in sizes.items():
-        if not isinstance(name, str) or isinstance(size, bool) or not isinstance(size, int) \
-                or size < 1:
+        if not isinstance(name, str) or not is_whole(size, least=1):
             raise ValueError(f"sizes: {name!r}: {size!r} must be a positive int for a "
                              f"dimension name")
-    return dict(sizes)
+    return {name: int(size) for name, size in sizes.items()}
 
 
 def tuning_module(lowered, sizes=None):
