@@ -274,3 +274,49 @@ def test_whole_number_arguments_refuse_bools_and_take_numpy_ints():
     np.testing.assert_array_equal(
         tvf.ops.fake_quant(x * 0.3, scale, np.zeros(3, "int32"), axis=np.int64(1)),
         np.float32([0, 0.5, 0.25]) * np.ones((2, 1), "float32"))
+
+
+def _int8_entry(**change):
+    entry = {"weight_scale": np.full(3, 0.01, np.float32), "input_scale": 0.05,
+             "input_zero_point": 0, "input_qmin": -128, "input_qmax": 127}
+    entry.update(change)
+    return {k: v for k, v in entry.items() if v is not None}
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"weight_scale": -np.full(3, 0.01)}, "weight_scale must be finite numbers > 0"),
+    ({"weight_scale": np.full(3, np.nan)}, "weight_scale must be finite numbers > 0"),
+    ({"weight_scale": np.ones(4)}, r"one per output channel \(3\)"),
+    ({"input_scale": 0.0}, "input_scale must be a finite number > 0"),
+    ({"input_zero_point": 300}, r"input_zero_point must be an int in .* \[-128, 127\], got 300"),
+    ({"input_qmin": 5, "input_qmax": 2}, "input_qmin, input_qmax must be ints"),
+    ({"input_scale": None}, r"lacks \['input_scale'\]"),
+])
+def test_int8_convert_checks_the_scales_it_is_given(change, match):
+    """A negative or NaN scale or a zero point out of range had converted into a model giving
+    wrong outputs; a missing key was a bare KeyError."""
+    model = nn.Sequential(nn.Linear(4, 3))
+    tvf.nn.int8.convert(model, {"0": _int8_entry()})  # the unchanged entry converts
+    with pytest.raises(ValueError, match=r"int8.convert: scales\['0'\].*" + match):
+        tvf.nn.int8.convert(model, {"0": _int8_entry(**change)})
+
+
+def test_qat_and_pruning_arguments_are_named():
+    """Each had failed with an unrelated message: len() of an int, 'no Linear or Conv2d' for a
+    model prepared already, isinstance() of a class, calling a float."""
+    qat = tvf.nn.quantization
+    with pytest.raises(ValueError, match=r"activation_range must be \(qmin, qmax\), got 8"):
+        qat.prepare_qat(nn.Sequential(nn.Linear(8, 4)), activation_range=8)
+    prepared = qat.prepare_qat(nn.Sequential(nn.Linear(8, 4)))
+    with pytest.raises(ValueError, match="it is prepared already"):
+        qat.prepare_qat(prepared)
+    pruning = tvf.nn.pruning
+    model = pruning.prune(nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2)), 0.5,
+                          layers=nn.Linear)  # one class, as isinstance takes it
+    assert pruning.sparsity(model)["global"] == pytest.approx(0.5, abs=0.03)
+    with pytest.raises(TypeError, match="layers must be a layer class or a tuple of them"):
+        pruning.prune(model, 0.6, layers="Linear")
+    with pytest.raises(TypeError, match="schedule must be callable"):
+        pruning.fit(None, np.zeros((4, 8)), np.zeros(4), 0.5)
+    with pytest.raises(ValueError, match="epochs must be an int >= 0, got -1"):
+        pruning.fit(None, np.zeros((4, 8)), np.zeros(4), lambda step: 0.5, epochs=-1)

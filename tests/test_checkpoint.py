@@ -78,6 +78,23 @@ def test_save_replaces_an_existing_checkpoint(saved, tmp_path):
     assert os.listdir(tmp_path) == ["c.safetensors"]
 
 
+
+def test_save_through_a_symlink_keeps_the_link(saved, tmp_path):
+    """A checkpoint saved to a symlink (latest.safetensors -> run/3.safetensors) replaces the
+    link's target, as torch.save's open() does; the atomic os.replace had turned the link
+    into a plain file, leaving the target stale."""
+    _, trainer = saved
+    (tmp_path / "run").mkdir()
+    target = tmp_path / "run" / "3.safetensors"
+    target.write_bytes(b"old")
+    link = tmp_path / "latest.safetensors"
+    link.symlink_to(os.path.join("run", "3.safetensors"))
+    trainer.save_checkpoint(str(link))
+    assert link.is_symlink() and os.readlink(link) == os.path.join("run", "3.safetensors")
+    fresh = tvf.Trainer(_module(0), progress=False).load_checkpoint(str(target))
+    assert fresh.module.step_count == trainer.module.step_count
+    assert sorted(os.listdir(tmp_path / "run")) == ["3.safetensors"]
+
 def _damaged(saved, tmp_path, damage):
     with open(saved[0], "rb") as f:
         data = bytearray(f.read())

@@ -22,8 +22,12 @@ def temp_prefix(path):
 
 def write_atomic(path, data, mode=None):
     """Write `data` (bytes or str) to `path`, atomically; returns the absolute path. `mode`:
-    the file's permissions (default: those of the file it replaces, else 0o644)."""
+    the file's permissions (default: those of the file it replaces, else 0o644). A symlink is
+    written through, as open() would: its target is replaced and the link kept (os.replace
+    on the link itself had turned it into a plain file)."""
     path = os.path.abspath(os.fspath(path))
+    if os.path.islink(path):
+        path = os.path.realpath(path)
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=temp_prefix(path), suffix=_TMP)

@@ -28,8 +28,11 @@ itself; and a run of such layers handing each other integers is one kernel
 
 import copy
 
+import numbers
+
 import numpy as np
 
+from .._checks import is_whole
 from ..errors import TvmfrontError
 from ..ops import int8 as q
 from ..ops.conv import _pair
@@ -294,6 +297,7 @@ def convert(model, scales, pack=None):
         for name, child in list(parent._modules.items()):
             full = f"{parent_name}.{name}" if parent_name else name
             if isinstance(child, INT8_KINDS) and full in scales:
+                _check_entry(full, scales[full], float_weight(child.weight).shape[0])
                 cls = QuantizedConv2d if isinstance(child, Conv2d) else QuantizedLinear
                 new = cls(child, scales[full], pack=bool(pack and pack(scales[full])))
                 parent._modules[name] = new  # in place in the dict (Sequential's order)
@@ -306,6 +310,43 @@ def convert(model, scales, pack=None):
         _chain(seq)
     model.eval()
     return model
+
+
+_NEEDED = ("weight_scale", "input_scale", "input_zero_point", "input_qmin", "input_qmax")
+
+
+def _check_entry(name, entry, out_channels):
+    """The description of layer `name` as qat_scales writes it, or an error naming what is
+    wrong: a negative or NaN scale, or a zero point outside its range, had converted into a
+    model giving wrong outputs, and a missing key was a bare KeyError."""
+    where = f"int8.convert: scales[{name!r}]"
+    if not isinstance(entry, dict):
+        raise TypeError(f"{where} must be a dict as qat_scales returns, got {type(entry).__name__}")
+    missing = [k for k in _NEEDED if k not in entry]
+    if missing:
+        raise ValueError(f"{where} lacks {missing} (qat_scales gives {list(_NEEDED)})")
+    for lo, hi, bounds in (("input_qmin", "input_qmax", (-128, 255)),
+                           ("weight_qmin", "weight_qmax", (-128, 127))):
+        a, b = entry.get(lo, -128), entry.get(hi, 127)
+        if not (is_whole(a, *bounds) and is_whole(b, *bounds) and a < b):
+            raise ValueError(f"{where}: {lo}, {hi} must be ints with {bounds[0]} <= {lo} < {hi} "
+                             f"<= {bounds[1]}, got {a!r}, {b!r}")
+    s_x = entry["input_scale"]
+    if isinstance(s_x, bool) or not isinstance(s_x, (numbers.Real, np.ndarray)) or \
+            np.size(s_x) != 1 or not (np.isfinite(s_x) and s_x > 0):
+        raise ValueError(f"{where}: input_scale must be a finite number > 0, got {s_x!r}")
+    zx = entry["input_zero_point"]
+    if not is_whole(zx, entry["input_qmin"], entry["input_qmax"]):
+        raise ValueError(f"{where}: input_zero_point must be an int in [input_qmin, input_qmax] "
+                         f"= [{entry['input_qmin']}, {entry['input_qmax']}], got {zx!r}")
+    try:
+        w = np.asarray(entry["weight_scale"], np.float64)
+    except (TypeError, ValueError):  # strings, None, ragged lists
+        w = np.asarray(np.nan)
+    if w.shape not in ((), (1,), (out_channels,)) or \
+            not (np.isfinite(w).all() and (w > 0).all()):
+        raise ValueError(f"{where}: weight_scale must be finite numbers > 0, one per output "
+                         f"channel ({out_channels}) or one in all, got {entry['weight_scale']!r:.80}")
 
 
 def _pool_into(seq):

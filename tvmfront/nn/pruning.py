@@ -31,9 +31,10 @@ are exact zeros.
 import numpy as np
 
 from .. import ops
+from .._checks import is_whole
 from ..tensor import current_trace
 from .layers import Conv2d, Linear
-from .module import Parameter
+from .module import Module, Parameter
 
 _MASK, _ORIG = "weight_mask", "weight_orig"
 
@@ -88,6 +89,11 @@ def pruned_layers(model):
 def prune(model, amount=0.5, scope="global", layers=(Linear, Conv2d)):
     """Prune the weights of every layer of the given types (already pruned layers are pruned
     further) by magnitude, in place; returns the model. See the module docstring."""
+    layers = (layers,) if isinstance(layers, type) else layers
+    if not isinstance(layers, (tuple, list)) or not layers or \
+            not all(isinstance(t, type) and issubclass(t, Module) for t in layers):
+        raise TypeError(f"prune: layers must be a layer class or a tuple of them, e.g. "
+                        f"(nn.Linear, nn.Conv2d), got {layers!r}")
     chosen = [m for _, m in model.named_modules() if isinstance(m, tuple(layers))]
     if not chosen:
         raise ValueError(f"prune: the model has no layer of type "
@@ -256,9 +262,15 @@ def fit(trainer, x, y, schedule, epochs=1, scope="global", every=None, **fit_kwa
     also after every `every` steps when given; a mask change is a buffer write, no recompile.
     Returns the trainer's history, each record with the ``sparsity`` it ended the epoch at.
     Other keywords go to ``trainer.fit``."""
+    if not callable(schedule):
+        raise TypeError(f"pruning.fit: schedule must be callable (step -> target sparsity), e.g. "
+                        f"PolynomialSparsity(0.8, end_step=1000); for a fixed sparsity "
+                        f"`lambda step: 0.5`; got {schedule!r}")
+    if not is_whole(epochs, least=0):
+        raise ValueError(f"pruning.fit: epochs must be an int >= 0, got {epochs!r}")
+    if every is not None and not is_whole(every, least=1):
+        raise ValueError(f"pruning.fit: every must be a positive number of steps, got {every!r}")
     module = trainer.module
-    if every is not None and (not isinstance(every, int) or every < 1):
-        raise ValueError(f"fit: every must be a positive number of steps, got {every!r}")
     achieved = [None]
 
     def on_step(m):

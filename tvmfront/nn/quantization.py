@@ -157,7 +157,7 @@ def prepare_qat(model, activation_range=(0, 255), weight_range=(-128, 127),
     ``<layer>.input_fake_quant.min_val`` / ``max_val``). A copy unless inplace=True, as
     torch.ao.quantization.prepare_qat. Compile and train it like any model."""
     for name, r in (("activation_range", activation_range), ("weight_range", weight_range)):
-        if len(tuple(r)) != 2:
+        if not isinstance(r, (tuple, list)) or len(r) != 2:
             raise ValueError(f"prepare_qat: {name} must be (qmin, qmax), got {r!r}")
         quant._check_range(f"prepare_qat: {name}", *r)
         # as torch.ao's FakeQuantize: the range holds 0 and fits the 8 bits int8 conversion
@@ -185,7 +185,8 @@ def prepare_qat(model, activation_range=(0, 255), weight_range=(-128, 127),
                 object.__setattr__(parent, name, new)
                 replaced += 1
     if not replaced:
-        raise ValueError("prepare_qat: the model has no Linear or Conv2d layer to quantize")
+        already = "" if not qat_layers(model) else " (it is prepared already: its layers are QAT ones)"
+        raise ValueError(f"prepare_qat: the model has no Linear or Conv2d layer to quantize{already}")
     return model
 
 
