@@ -243,9 +243,11 @@ class Op:
     def _check_derivable(self, tensors, attrs):
         xs = self._placeholders([(t.shape, t.dtype) for t in tensors])
         out = self.te_forward(*xs, **attrs)
-        if isinstance(out, (list, tuple)):
-            return  # reported below: several outputs cannot be differentiated yet
-        self.te_grad(te.placeholder(out.shape, out.dtype, name="dy"), *xs, **attrs)
+        if isinstance(out, (list, tuple)):  # one output gradient per output
+            self.te_grad([te.placeholder(o.shape, o.dtype, name=f"dy{k}")
+                          for k, o in enumerate(out)], *xs, **attrs)
+        else:
+            self.te_grad(te.placeholder(out.shape, out.dtype, name="dy"), *xs, **attrs)
 
     # ---- calling -----------------------------------------------------------------------------
     def __call__(self, *inputs, **attrs):
@@ -309,10 +311,7 @@ class Op:
                 f"apart (e.g. [B, T, E], not a reshape to [B*T, E]) on the gradient path")
         var = bb.emit(call)
         if isinstance(var.ty, relax.TupleType):
-            if requires:
-                raise GradientError(f"op '{self.name}' has several outputs; differentiating "
-                                    "multi-output ops is not supported yet")
-            return tuple(Tensor(bb.emit(relax.TupleGetItem(var, i)))
+            return tuple(Tensor(bb.emit(relax.TupleGetItem(var, i)), requires_grad=requires)
                          for i in range(len(var.ty.fields)))
         return Tensor(var, requires_grad=requires)
 
@@ -323,6 +322,13 @@ class Op:
         args = list(call.args[1])
         # orig_var, the forward's output in the step, for a gradient that reads it
         outs = [orig_var] if self._grad_uses_output and not self._derived() else []
+        if isinstance(output_grad.ty, relax.TupleType):
+            # several outputs: Gradient hands a tuple (zeros for an output the loss does not
+            # read), which emit_te cannot take; .grad receives the list of its fields
+            output_grad = [ctx.emit(relax.TupleGetItem(output_grad, k))
+                           for k in range(len(output_grad.ty.fields))]
+            outs = [[ctx.emit(relax.TupleGetItem(orig_var, k))
+                     for k in range(len(orig_var.ty.fields))]] if outs else []
         partials = []
         for i, arg in enumerate(args):
             if needs[i]:

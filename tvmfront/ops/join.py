@@ -1,7 +1,8 @@
 """Joining and cutting tensors: concat, stack, strided slices, split.
 
-split is several slices, not one op with several outputs: a compiled train step cannot
-differentiate multi-output ops yet (Op._emit refuses them), and slices train.
+split is several slices, not one op with several outputs: each slice is a kernel of its own
+that fuses with its consumer, where one multi-output kernel stays apart (TVM 0.27's FuseTIR
+fails on it: pipeline.keep_multi_output_kernels_unfused).
 """
 
 from .._tvm import te, tirx
