@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import tvmfront as tvf
+from _fd import finite_difference_grads
 
 nn = tvf.nn
 te = tvf.te
@@ -85,24 +86,6 @@ class TanhPair(nn.Module):
         return t + t2 * t
 
 
-def _finite_differences(tm, x, y, eps=1e-6):
-    base = tm.state_dict()
-    grads = {}
-    for name in tm.param_names:
-        grad = np.zeros_like(base[name])
-        for idx in np.ndindex(grad.shape):
-            losses = []
-            for sign in (1.0, -1.0):
-                moved = {k: v.copy() for k, v in base.items()}
-                moved[name][idx] += sign * eps
-                tm.load_state_dict(moved)
-                losses.append(tm.loss(x, y))
-            grad[idx] = (losses[0] - losses[1]) / (2 * eps)
-        grads[name] = grad
-    tm.load_state_dict(base)
-    return grads
-
-
 def _closed_form(case, w, b, x, y):
     """(loss, dL/dw, dL/db) of MSE(model(x), y) by hand."""
     h = x @ w.T + b
@@ -147,7 +130,7 @@ def test_a_train_step_differentiates_ops_with_several_outputs(case, derived):
     assert np.abs(want_w).max() > 1e-3  # not vacuous
     np.testing.assert_allclose(grads["lin.weight"], want_w, rtol=1e-10, atol=1e-13)
     np.testing.assert_allclose(grads["lin.bias"], want_b, rtol=1e-10, atol=1e-13)
-    fd = _finite_differences(tm, x, y)
+    fd = finite_difference_grads(tm, x, y)
     for name in tm.param_names:
         np.testing.assert_allclose(grads[name], fd[name], rtol=1e-6, atol=1e-8, err_msg=name)
     tm.step(x, y)  # the SGD step applies them

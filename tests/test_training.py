@@ -20,6 +20,8 @@ import tvmfront as tvf
 from tvmfront import nn
 from tvmfront.nn.layers import BatchNorm1d
 
+from _fd import finite_difference_grads
+
 F64 = "float64"
 
 
@@ -117,25 +119,6 @@ def _reset(g):
     return g.tm
 
 
-def _finite_difference_grads(tm, x, y, eps=1e-6):
-    base = tm.state_dict()
-    grads = {}
-    for name in tm.param_names:  # not the buffers (running statistics)
-        p = base[name]
-        grad = np.zeros_like(p)
-        for idx in np.ndindex(p.shape):
-            losses = []
-            for sign in (1.0, -1.0):
-                moved = {k: v.copy() for k, v in base.items()}
-                moved[name][idx] += sign * eps
-                tm.load_state_dict(moved)
-                losses.append(tm.loss(x, y))
-            grad[idx] = (losses[0] - losses[1]) / (2 * eps)
-        grads[name] = grad
-    tm.load_state_dict(base)
-    return grads
-
-
 def test_gradients_match_finite_differences(grad_model):
     g = grad_model
     tm = _reset(g)
@@ -143,7 +126,7 @@ def test_gradients_match_finite_differences(grad_model):
     loss, grads = tm.loss_and_grads(g.x, g.y)
     assert loss == pytest.approx(tm.loss(g.x, g.y), rel=1e-12)
     assert list(grads) == tm.param_names
-    fd = _finite_difference_grads(tm, g.x, g.y)
+    fd = finite_difference_grads(tm, g.x, g.y)
     for name in tm.param_names:
         assert grads[name].shape == g.init[name].shape and grads[name].dtype == np.float64
         # a vanishing gradient would make the comparison vacuous
