@@ -268,6 +268,17 @@ def test_attributes_named_as_the_checkers_keywords_go_in_attrs():
                     ref=lambda x, eps: x * x)
 
 
+
+def test_an_attribute_may_not_take_a_name_vjp_and_te_grad_use():
+    """vjp's and te_grad's own `derived=` had taken an op's attribute of that name."""
+    with pytest.raises(TypeError, match="op 'scaled': derived cannot name an attribute"):
+        @tvf.op
+        def scaled(x, derived=2.0):
+            return te.compute(x.shape, lambda i: x[i] * derived, name="scaled")
+    with pytest.raises(TypeError, match="forward_output cannot name an attribute"):
+        tvf.op(lambda x, forward_output=None: x)
+
+
 def test_an_attribute_passed_positionally_as_a_tuple_is_named_not_hung():
     """reshape(x, (-1, 32)) made the tuple a tensor input; iterating that TE tensor as a shape
     never ended, and compile_inference hung."""

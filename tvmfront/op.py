@@ -107,6 +107,10 @@ def _zeros(like, name):
     return te.compute(like.shape, lambda *_: zero, name=name)
 
 
+# keywords of te_grad / vjp beside an op's attributes
+_RESERVED_ATTRIBUTES = frozenset({"derived", "forward_output"})
+
+
 class Op:
     """A tensor op: a TE forward (`fn(*te_tensors, **attrs)`) and an optional TE gradient."""
 
@@ -115,6 +119,12 @@ class Op:
             raise TypeError(f"tvf.op takes a function of TE tensors (the forward), got {fn!r}")
         self.fn = fn
         self.name = name or fn.__name__
+        taken = _RESERVED_ATTRIBUTES & set(inspect.signature(fn).parameters)
+        if taken:
+            # te_grad and vjp take these keywords themselves: an attribute so named was
+            # silently theirs (vjp(dy, x, derived=3.0) chose the derived gradient)
+            raise TypeError(f"op '{self.name}': {', '.join(sorted(taken))} cannot name an "
+                            f"attribute (te_grad's and vjp's own keyword); rename it")
         self.__doc__ = fn.__doc__
         self.__name__ = self.name
         self._grad_fn, self._grad_uses_output = None, False
