@@ -144,3 +144,6 @@ def test_one_input_errors_name_the_tensor():
         tvf.compile_inference(Tagger(), inputs=[(1, 3), (1, 3), (1, 3)])
     with pytest.raises(TypeError, match=r"unknown names \['tokenz'\]"):
         tvf.compile_inference(Tagger(), inputs={"tokenz": (1, 3), "mask": (1, 3, 1)})
+    with pytest.raises(TypeError, match=r"inputs: an empty dict; give a spec for each of the "
+                                        r"arguments \['tokens', 'mask'\]"):
+        tvf.compile_inference(Tagger(), inputs={})  # had said "missing []"

@@ -96,7 +96,10 @@ def named_specs(value, names, what, default_dtype="float32"):
         # trailing arguments may be left out (they keep their defaults), as with a tuple
         last = max((names.index(n) for n in value if n in names), default=-1)
         missing = [n for n in names[:last + 1] if n not in value]
-        if unknown or missing or not value:
+        if not value:  # {}: every argument missing
+            raise TypeError(f"{what}: an empty dict; give a spec for each of the "
+                            f"arguments {names}")
+        if unknown or missing:
             raise TypeError(f"{what}: unknown names {unknown}, missing {missing}; the "
                             f"arguments are {names}")
         ordered = [n for n in names if n in value]
