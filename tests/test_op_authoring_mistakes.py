@@ -287,3 +287,20 @@ def test_an_attribute_passed_positionally_as_a_tuple_is_named_not_hung():
                                         r"keyword \(shape=\(-1, 32\)\)"):
         tvf.ops.reshape(x, (-1, 32))
     assert tvf.ops.reshape(x, shape=(-1, 32)).shape == (2, 32)
+
+
+@pytest.mark.parametrize("forward, inputs, error, match", [
+    (lambda x: te.compute(x.shape, lambda i: x[i * 0.5], name="f"), [np.arange(4.0)],
+     TypeError, r"stage 'f' indexes 'x' with the float32 index \(float32\(i\) \* 0.5\)"),
+    (lambda x: te.compute((-1,), lambda i: x[i], name="f"), [np.arange(3.0)],
+     ValueError, r"stage 'f' has a negative extent \(-1\)"),
+    (lambda x: te.compute(x.shape, lambda i: x[i] * x[i], name="f"), [np.array([True, False])],
+     TypeError, r"stage 'f' does arithmetic on bools, \(x\[i\] \* x\[i\]\)"),
+    (lambda x, idx: te.compute(idx.shape, lambda i: x[i, idx[i]], name="f"),
+     [np.ones((3, 4)), np.zeros(3)], TypeError, r"indexes 'x' with the float64 index idx\[i\]"),
+])
+def test_a_forward_te_cannot_build_is_named_before_tvm_fails(forward, inputs, error, match):
+    """Each was a TVM InternalError from LLVM (a float index, bool arithmetic) or a
+    std::bad_alloc (a negative extent) when the kernel was built."""
+    with pytest.raises(error, match=match):
+        tvf.op(forward)(*inputs)

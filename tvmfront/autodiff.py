@@ -195,6 +195,25 @@ def _loads(expr, out):
     return out
 
 
+def _nodes(expr):
+    """expr and every expression inside it that _loads walks (pre-order, a reduction's
+    sources too): for checks of a forward's expressions (op._check_stage)."""
+    stack = [expr]
+    while stack:
+        e = stack.pop()
+        yield e
+        if isinstance(e, Reduce):
+            stack.extend(e.source)
+        elif _is_load(e) or isinstance(e, Call):
+            stack.extend(e.args[1:] if _is_load(e) else e.args)
+        elif isinstance(e, _binary()) or isinstance(e, P.Not):
+            stack.extend([e.a, e.b] if hasattr(e, "b") else [e.a])
+        elif isinstance(e, P.Select):
+            stack.extend([e.condition, e.true_value, e.false_value])
+        elif isinstance(e, P.Cast):
+            stack.append(e.value)
+
+
 # ---- symbolic derivative of a scalar expression ---------------------------------------------
 def _add(a, b):
     return b if a is None else a if b is None else a + b

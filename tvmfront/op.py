@@ -27,7 +27,7 @@ import numpy as np
 
 from . import boundcheck, config
 from ._tvm import register_global_func, relax, te, to_device, tvm
-from .autodiff import derive_for_op
+from .autodiff import _dtype, _is_load, _nodes, derive_for_op, show
 from .errors import GradientError, ShapeError
 from .tensor import Tensor, current_trace, resolve, shape_text
 
@@ -127,6 +127,9 @@ class Op:
                             f"attribute (te_grad's and vjp's own keyword); rename it")
         self.__doc__ = fn.__doc__
         self.__name__ = self.name
+        # _check_stage walks every expression (2% of the char Transformer's compile): for
+        # the ops users write, not for tvmfront's own, which the op tests cover
+        self._check_stages = not getattr(fn, "__module__", "").startswith("tvmfront.")
         self._grad_fn, self._grad_uses_output = None, False
         self._kernels = {}  # eager kernels keyed by (input shapes/dtypes, attrs, which)
         self._calls = []  # call id -> (attrs, needs-grad flags), read by the gradient handler
@@ -191,7 +194,7 @@ class Op:
         if not outs or not all(isinstance(o, te.Tensor) for o in outs):
             raise TypeError(f"op '{self.name}' must return a te.Tensor or a list of them, "
                             f"got {type(out).__name__}")
-        outs = _computed(self.name, "forward", outs, inputs)
+        outs = _computed(self.name, "forward", outs, inputs, self._check_stages)
         return type(out)(outs) if isinstance(out, (list, tuple)) else outs[0]
 
     def _derived(self, derived=None):
@@ -226,7 +229,7 @@ class Op:
             given += list(forward_output) if isinstance(forward_output, (list, tuple)) \
                 else [forward_output]
         tensors = _computed(self.name, "gradient", [g for g in grads if g is not None],
-                            given + list(inputs))
+                            given + list(inputs), self._check_stages)
         it = iter(tensors)
         grads = [None if g is None else next(it) for g in grads]
         if len(grads) != len(inputs):
@@ -452,7 +455,7 @@ def _copy(t, name):
     return te.compute(t.shape, lambda *i: t(*i), name=name)
 
 
-def _computed(name, what, outputs, given):
+def _computed(name, what, outputs, given, check_stages=True):
     """`outputs` of op `name`'s forward or gradient (`what`), checked against the tensors it
     was `given`, as tensors a kernel can write:
     - one of the given tensors returned as it is (an identity forward, a straight-through
@@ -465,7 +468,8 @@ def _computed(name, what, outputs, given):
       drops the condition (te.max(x[i, k], axis=k, where=k != 1) compiled to the max over
       every k), a silent wrong answer;
     - a reduction over an axis of size 0 is a ValueError: its output is never written (numpy
-      and PyTorch give a sum of 0; TVM's kernel leaves memory as it was)."""
+      and PyTorch give a sum of 0; TVM's kernel leaves memory as it was);
+    - with `check_stages`, what TVM would fail on when building the kernel (_check_stage)."""
     given_ops = [t.op for t in given]
     out, seen_outputs = [], []
     for k, t in enumerate(outputs):
@@ -488,6 +492,8 @@ def _computed(name, what, outputs, given):
         if isinstance(op, te.PlaceholderOp):
             raise TypeError(f"op '{name}': its {what} reads the placeholder '{op.name}', "
                             "which is none of its inputs; pass it as an input")
+        if check_stages and isinstance(op, te.ComputeOp):
+            _check_stage(name, what, op)
         for body in op.body if isinstance(op, te.ComputeOp) else []:  # not an extern's loops
             if not isinstance(body, tvm.tirx.Reduce):
                 continue
@@ -509,3 +515,30 @@ def _computed(name, what, outputs, given):
                     "e.g. te.compute(shape, lambda *i: tvm.tirx.const(0, dtype))")
         pending.extend(op.input_tensors)
     return out
+
+
+_ARITHMETIC = ("Add", "Sub", "Mul", "Div", "FloorDiv", "Mod", "FloorMod")
+
+
+def _check_stage(name, what, op):
+    """A TypeError or ValueError naming the stage, for what TVM reports only as an internal
+    error or a crash when the kernel is built: a negative extent (std::bad_alloc), an index
+    that is no integer (x[i * 0.5], or a float input used as indices), arithmetic on bools."""
+    for ax in op.axis:
+        extent = ax.dom.extent
+        if isinstance(extent, tvm.tirx.IntImm) and extent.value < 0:
+            raise ValueError(f"op '{name}': its {what}'s stage '{op.name}' has a negative "
+                             f"extent ({extent.value})")
+    for body in op.body:
+        for e in _nodes(body):
+            if _is_load(e):
+                bad = [i for i in e.args[1:] if not _dtype(i).startswith(("int", "uint"))]
+                if bad:
+                    raise TypeError(
+                        f"op '{name}': its {what}'s stage '{op.name}' indexes "
+                        f"'{e.args[0].op.name}' with the {_dtype(bad[0])} index {show(bad[0])}; "
+                        f"indices must be integers (an index input must be an int array: "
+                        f"opcheck's int_inputs=)")
+            elif type(e).__name__ in _ARITHMETIC and _dtype(e) == "bool":
+                raise TypeError(f"op '{name}': its {what}'s stage '{op.name}' does arithmetic "
+                                f"on bools, {show(e)}; cast them first (x.astype('float32'))")
