@@ -6,6 +6,7 @@ model's Python class or the rest of tvmfront's frontend.
 
 import functools
 import shutil
+import threading
 from collections import OrderedDict
 
 import numpy as np
@@ -218,6 +219,19 @@ def _host_copy(array):
     return to_numpy(array) if hasattr(array, "numpy") else np.array(array)
 
 
+def _serialized(method):
+    """`method` run holding its module's lock. A module's Relax VM, the input tensors its fast
+    paths refill, and its parameter and state lists are one state: calls on one module from
+    several Python threads had raced on it (a TVM InternalError 'reg < frame->register_file
+    .size()', a segfault). One call at a time, as a torch module's forward is safe to call
+    from threads; modules of their own run in parallel."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return run
+
+
 class _Compiled:
     """What training and inference modules share: parameters, predict, export."""
 
@@ -235,6 +249,7 @@ class _Compiled:
         # GPU here) still keeps its parameters and exports; running it raises TargetError.
         self.not_runnable_reason = why_not_runnable_here(manifest)
         self._vm_ = None if self.not_runnable_reason else virtual_machine(library, self.device)
+        self._lock = threading.RLock()  # _serialized: one call at a time (RLock: they nest)
         self._functions = {}  # VM function name -> its PackedFunc (a lookup costs ~3 us)
         self._tensor_plans = {}  # method -> (its spec, per input: label, spec, shape, dtype)
         self._executable, self._library_bytes = executable, library_bytes
@@ -323,6 +338,7 @@ class _Compiled:
         array = np.asarray(array)
         return np.array(array) if self._vm_ is None else to_device(array, self.device)
 
+    @_serialized
     def _replace_library(self, library, library_bytes=None, executable=None):
         """Run a rebuild of the same program from now on (tvf.tune's tuned build); the
         parameters, optimizer state and step count stay."""
@@ -333,11 +349,13 @@ class _Compiled:
         self._executable, self._library_bytes = executable, library_bytes
 
     # ---- parameters ------------------------------------------------------------------------
+    @_serialized
     def state_dict(self):
         """{name: numpy array}, a copy: every parameter, then every buffer."""
         return OrderedDict((n, _host_copy(p)) for n, p in
                            zip(self.param_names + self.buffer_names, self._params + self._buffers))
 
+    @_serialized
     def load_state_dict(self, state):
         """Replace every parameter and buffer ({name: array}, shapes and dtypes as compiled)."""
         if not hasattr(state, "keys"):
@@ -434,6 +452,7 @@ class _Compiled:
         b = self._inputs[0][1]["shape"][0] if self._inputs[0][1]["shape"] else None
         return b if isinstance(b, int) else None
 
+    @_serialized
     def predict(self, x, batch_size=256):
         """Forward in eval mode on any number of samples. A module compiled for any batch size
         runs them `batch_size` at a time, the last batch as it is (never padded); one compiled
@@ -480,6 +499,7 @@ class _Compiled:
         return np.concatenate(outs)
 
     # ---- other methods (compile_inference(..., methods=)) ----------------------------------
+    @_serialized
     def call(self, method, *inputs):
         """Run the compiled model method `method` (eval mode) on numpy arrays, one per
         argument in order (or one dict by name); returns its output array, or a tuple of
@@ -502,6 +522,7 @@ class _Compiled:
             return to_numpy(out)
         return (to_numpy(out),) if len(outs) == 1 else tuple(to_numpy(o) for o in out)
 
+    @_serialized
     def call_tensors(self, method, *inputs):
         """``call`` that keeps its outputs on the device: returns TVM runtime tensors (a tuple
         for a method that returns a tuple), and takes numpy arrays or such tensors, in order.
@@ -591,6 +612,7 @@ class _Compiled:
     def _manifest_now(self):
         return dict(self.manifest)
 
+    @_serialized
     def export(self, path, sign_key=None):
         """Write the bundle directory at `path` (atomically); returns the path.
 
@@ -613,6 +635,7 @@ class InferenceModule(_Compiled):
 
     kind = "inference"
 
+    @_serialized
     def __call__(self, x):
         """The forward (eval mode) at the compiled shape; x as for predict."""
         out = self._predict_fast(x)
@@ -828,6 +851,7 @@ class TrainingModule(_Compiled):
             values[name] = step_scalar(f"{caller}: {name}", value, self._scalar, finite=False)
         return [self._scalar_in(values[n]) for n in self.scalar_inputs]
 
+    @_serialized
     def step(self, x, y, lr=None, extras=None, **scalars):
         """One optimizer step on batch (x, y); returns the loss before the update.
 
@@ -868,6 +892,7 @@ class TrainingModule(_Compiled):
         return float(to_numpy(out[0]))
 
     # ---- gradient accumulation -------------------------------------------------------------
+    @_serialized
     def accumulate(self, x, y, extras=None):
         """Gradients of one micro-batch, added to those accumulated since the last apply();
         returns its loss. The forward runs in training mode and updates the buffers, as each
@@ -894,6 +919,7 @@ class TrainingModule(_Compiled):
         self._state = [out[p + i] for i in range(len(self._state))]
         self.step_count += 1
 
+    @_serialized
     def apply(self, lr=None, **scalars):
         """One optimizer step with the mean of the gradients accumulated since the last apply
         (for micro-batches of equal size: the step on their concatenation); the runtime
@@ -906,6 +932,7 @@ class TrainingModule(_Compiled):
         self._apply_grads(mean, hyper)
         self._grad_sum, self._micro = None, 0
 
+    @_serialized
     def loss(self, x, y, extras=None):
         """The loss on batch (x, y) at the current parameters (training mode; no update, the
         buffers stay as they are)."""
@@ -913,6 +940,7 @@ class TrainingModule(_Compiled):
         out = vm["loss"](*self._check_batch(x, y, extras), *self._params, *self._buffers)
         return float(to_numpy(out[0] if self._buffers else out))
 
+    @_serialized
     def loss_and_grads(self, x, y, extras=None):
         """(loss, {parameter name: gradient}) on batch (x, y), no update. Frozen parameters
         (requires_grad=False) have no gradient and are not in the dict."""
@@ -930,6 +958,7 @@ class TrainingModule(_Compiled):
         frozen = set(self.manifest.get("frozen", ()))
         return [p for p in self.manifest["parameters"] if p["name"] not in frozen]
 
+    @_serialized
     def compute_gradients(self, x, y, extras=None, stream=None):
         """(loss, [gradient arrays in gradient_specs' order]) of batch (x, y), no optimizer
         step. The forward runs in training mode and updates the buffers, as accumulate()
@@ -943,10 +972,12 @@ class TrainingModule(_Compiled):
         loss = out[0][0] if self._buffers else out[0]
         return float(to_numpy(loss)), [to_numpy(g) for g in out[1]]
 
+    @_serialized
     def buffer_arrays(self):
         """The buffers (BatchNorm's running statistics), numpy copies in buffer_names' order."""
         return [_host_copy(b) for b in self._buffers]
 
+    @_serialized
     def set_buffer_arrays(self, arrays):
         """Replace the buffers with `arrays` (buffer_names' order, shapes and dtypes as
         compiled): the mean of the ranks' running statistics after a data-parallel step."""
@@ -957,6 +988,7 @@ class TrainingModule(_Compiled):
         self._buffers = self._checked_tensors("set_buffer_arrays", "buffer",
                                               dict(zip(self.buffer_names, arrays)), specs)
 
+    @_serialized
     def apply_gradients(self, grads, lr=None, **scalars):
         """One optimizer step with `grads` (numpy arrays in gradient_specs' order, e.g. the
         mean of every rank's); the runtime scalars as in step(). Needs
@@ -975,6 +1007,7 @@ class TrainingModule(_Compiled):
         hyper = self._scalars("apply_gradients", lr, scalars)
         self._apply_grads([to_device(g, self.device) for g in grads], hyper)
 
+    @_serialized
     def load_optimizer_state(self, state):
         """Replace the optimizer state ({state name: array}, every name, shapes and dtypes as
         optimizer_state() gives them)."""
@@ -984,6 +1017,7 @@ class TrainingModule(_Compiled):
         self._state = self._checked_tensors("load_optimizer_state", "optimizer state", state,
                                             self.manifest["optimizer"]["state"])
 
+    @_serialized
     def optimizer_state(self):
         return OrderedDict((n, _host_copy(s)) for n, s in zip(self.state_names, self._state))
 
