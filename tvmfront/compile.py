@@ -5,8 +5,10 @@ from . import op as op_mod
 from ._tvm import TVM_VERSION
 from ._version import __version__
 from .nn.init import seed
+from .nn.layers import _BatchNorm
 from .nn.loss import CrossEntropyLoss
 from .runtime.modules import InferenceModule, TrainingModule
+from .spec import TensorSpec
 from .target import resolve_target, target_architecture, target_json, target_key
 from .tensor import BOUND_KINDS
 
@@ -21,6 +23,38 @@ def _inputs_json(sig):
     if len(sig.inputs) == 1:
         return sig.inputs[0][1].to_json()
     return _named_json(sig.inputs)
+
+
+def _predict_one_batch(model, sig):
+    """Why predict must run the samples it is given as one compiled batch, or None when it may
+    split them into batches and pad a fixed batch's last (runtime.modules._unsplittable):
+    - a BatchNorm with track_running_stats=False normalises with the batch's statistics in
+      eval mode too: padding rows, or another split, changed every prediction;
+    - an output whose first axis does not follow the batch, e.g. [4, B] at B = 4, was split
+      and padded along its 4 rows. At a fixed batch B the forward is traced again at B + 1
+      (shapes only, ~40 ms) to tell; a forward that does not trace there (one written for
+      its batch: a reshape to B * T) is taken by its output's size, as before."""
+    for name, layer in model.named_modules():
+        if isinstance(layer, _BatchNorm) and not layer.track_running_stats:
+            return (f"layer '{name}' (BatchNorm, track_running_stats=False) normalises with the "
+                    f"batch's statistics in eval mode too")
+    first = sig.inputs[0][1].shape[0] if sig.inputs[0][1].shape else None
+    out = sig.outputs.shape
+    if not out or out[0] != first:
+        return f"its output has shape {tuple(out)} for a batch of {first}: its first axis is " \
+            f"not the batch"
+    if not isinstance(first, int):
+        return None  # symbolic: the output's first axis is the batch's own dimension
+    grown = [TensorSpec((s.shape[0] + 1, *s.shape[1:]), s.dtype) for _, s in sig.inputs]
+    try:
+        _, sig_grown = graph.build_forward(model, grown[0] if len(grown) == 1 else grown)
+    except Exception:  # noqa: BLE001 - a forward fixed to its batch (reshape(B * T, -1)):
+        return None  # its output's size says the batch, as it did before this check
+    if sig_grown.outputs.shape[:1] != (first + 1,):
+        return (f"its output's first axis does not follow the batch (shape "
+                f"{tuple(out)} at a batch of {first}, {tuple(sig_grown.outputs.shape)} at "
+                f"{first + 1})")
+    return None
 
 
 def _manifest(kind, sig, target):
@@ -148,6 +182,9 @@ def compile_training(model, loss, optimizer, inputs, labels, target="x86", recor
         mod = pipeline_mod.run(mod, stages, dump_ir)
     built = _build(mod, target, records, dump_ir and f"{dump_ir}/lowering", debug_nans)
     manifest = _manifest("training", sig, built.target)
+    why = _predict_one_batch(model, sig)
+    if why is not None:
+        manifest["predict_one_batch"] = why
     manifest["labels"] = sig.labels.to_json()
     if sig.extras:
         manifest["extras"] = _named_json(sig.extras)
@@ -184,7 +221,11 @@ def compile_inference(model, inputs, target="x86", records=None, dump_ir=None, d
     mod, sig = graph.build_forward(model, inputs, methods)
     target = resolve_target(target)
     built = _build(mod, target, records, dump_ir, debug_nans, [_prepack_stage(sig, target)])
-    module = InferenceModule(built.library, _manifest("inference", sig, built.target),
+    manifest = _manifest("inference", sig, built.target)
+    why = _predict_one_batch(model, sig)
+    if why is not None:
+        manifest["predict_one_batch"] = why
+    module = InferenceModule(built.library, manifest,
                              model.state_dict(), library_bytes=built.library_bytes,
                              executable=built.executable)
     return _remember(module, built, records)

@@ -154,6 +154,8 @@ FIELDS = {
                 "{name: int}}}", frozenset()),
     **{kind: (_per_function(check), "{predict, step: " + what + "}", frozenset())
        for kind, (check, what) in _BOUNDS.items()},
+    "predict_one_batch": (_str, "a string (why predict runs its samples as one batch)",
+                          frozenset()),
     "frozen": (lambda v: isinstance(v, list) and all(_str(n) for n in v),
                "a list of parameter names (requires_grad=False)", frozenset()),
     # tvf.quantize: the layers run as int8 kernels, and those kept in float (no int8 kernel)

@@ -157,10 +157,11 @@ def _named_arrays(caller, what, value, specs, label):
 
 def _checked_arrays(caller, what, value, specs, label, sizes, batch_free=False):
     """_named_arrays, each array then checked against its spec (_check) with the call's
-    symbolic sizes `sizes`."""
+    symbolic sizes `sizes`. batch_free: a bool, or one per spec."""
     arrays = _named_arrays(caller, what, value, specs, label)
-    for (name, spec), a in zip(specs, arrays):
-        _check(label(name), a, spec, batch_free=batch_free, sizes=sizes)
+    free = batch_free if isinstance(batch_free, list) else [batch_free] * len(specs)
+    for (name, spec), a, f in zip(specs, arrays, free):
+        _check(label(name), a, spec, batch_free=f, sizes=sizes)
     return arrays
 
 
@@ -305,14 +306,25 @@ class _Compiled:
     def _one_batch(self, x, batch_size):
         """Whether predict(x, batch_size) runs `x` as one compiled batch: always at a fixed
         batch (the fast path takes only exactly it); at any batch size, when x has at most
-        batch_size samples or the output's first axis is not the batch (predict then never
-        splits)."""
+        batch_size samples or the samples may not be split (predict then never splits)."""
         first = self._inputs[0][1]["shape"][0] if self._inputs[0][1]["shape"] else None
         if isinstance(first, int) or type(x) is not np.ndarray or not x.ndim:
             return True
+        return (type(batch_size) is int and x.shape[0] <= batch_size) or \
+            self._unsplittable() is not None
+
+    def _unsplittable(self):
+        """Why predict may not split samples into batches (or pad a fixed batch's last),
+        or None: compile's own finding ("predict_one_batch": an output whose first axis does
+        not follow the batch, a BatchNorm normalising with the batch's statistics), else, for
+        bundles from before it, an output whose first axis is not the batch's size."""
+        why = self.manifest.get("predict_one_batch")
+        first = self._inputs[0][1]["shape"][0] if self._inputs[0][1]["shape"] else None
         out_shape = self.manifest["outputs"]["shape"]
-        return (type(batch_size) is int and x.shape[0] <= batch_size) or not out_shape \
-            or out_shape[0] != first
+        if why is None and (not out_shape or out_shape[0] != first):
+            why = (f"its output has shape {tuple(out_shape)} for a batch of {first}: its "
+                   f"first axis is not the batch")
+        return why
 
     def _function(self, name):
         """The VM's function `name` (looked up once)."""
@@ -400,12 +412,24 @@ class _Compiled:
     def _inputs_in(self, caller, x, batch_free=False, sizes=None):
         """The input arrays as the compiled function takes them, checked, one per input.
         sizes: the symbolic dimensions' sizes seen so far in this call (see _check)."""
+        if batch_free:
+            batch_free = self._batched_inputs()
         arrays = _checked_arrays(caller, "inputs", x, self._inputs, self._input_label,
                                  {} if sizes is None else sizes, batch_free)
-        if batch_free and len({len(a) for a in arrays}) > 1:
-            raise ShapeError(f"{caller}: the inputs hold different numbers of samples: "
-                             f"{ {n: len(a) for (n, _), a in zip(self._inputs, arrays)} }")
+        counts = {n: len(a) for (n, _), a, f in zip(self._inputs, arrays, batch_free or ()) if f}
+        if len(set(counts.values())) > 1:
+            raise ShapeError(f"{caller}: the inputs hold different numbers of samples: {counts}")
         return arrays
+
+    def _batched_inputs(self):
+        """Per input, whether its first axis holds the samples predict splits: at any batch
+        size, those whose first dimension is the first input's (a mask [T, T] beside tokens
+        [batch, T] is passed whole to every batch: split, it had failed in TVM's match_cast);
+        at a fixed batch, every input (the shapes cannot tell)."""
+        first = [spec["shape"][0] if spec["shape"] else None for _, spec in self._inputs]
+        if isinstance(first[0], int):
+            return [True] * len(first)
+        return [f == first[0] for f in first]
 
     def _forward(self):
         """(the forward's VM function, its parameters): predict_packed on the parameters that
@@ -456,13 +480,16 @@ class _Compiled:
     def predict(self, x, batch_size=256):
         """Forward in eval mode on any number of samples. A module compiled for any batch size
         runs them `batch_size` at a time, the last batch as it is (never padded); one compiled
-        for a fixed batch runs batches of that size, the last zero-padded. Eval mode normalises
-        each sample on its own (BatchNorm's running statistics), so a sample's prediction
-        does not depend on the others in its batch. x: an array, or for a model of several
+        for a fixed batch runs batches of that size, the last padded with copies of its last
+        sample (their outputs dropped). Eval mode normalises each sample on its own
+        (BatchNorm's running statistics), so a sample's prediction does not depend on the
+        others in its batch. x: an array, or for a model of several
         inputs a tuple of arrays in forward's order (or a dict by argument name), all with
-        the same number of samples. Splitting and joining along axis 0 is right only when the
-        output's axis 0 is the batch; for other outputs (e.g. logits reshaped to [B*T, V])
-        predict takes exactly one compiled batch."""
+        the same number of samples. Splitting and padding are right only when the output's
+        first axis follows the batch and samples are independent; otherwise (an output [4, B]
+        or [B*T, V], a BatchNorm with track_running_stats=False, which normalises with the
+        batch's statistics in eval mode too) predict runs the samples as one batch: exactly
+        the compiled batch, or all of them at any batch size."""
         # One compiled batch: the forward itself
         out = self._predict_fast(x) if self._one_batch(x, batch_size) else None
         if out is not None:
@@ -478,20 +505,25 @@ class _Compiled:
         b = first if fixed else int(batch_size)
         n_samples = len(arrays[0])
         out_shape = self.manifest["outputs"]["shape"]
-        if not out_shape or out_shape[0] != first:
+        why = self._unsplittable()
+        if why is not None:
             if not fixed or n_samples == b:
                 return self._run_predict(arrays)
             raise ShapeError(
-                f"predict: this model's output has shape {tuple(out_shape)} for a batch of {b}, "
-                f"so its first axis is not the batch and outputs of several batches cannot be "
-                f"joined; pass exactly {b} samples (got {n_samples})")
+                f"predict: this model's samples cannot be split into batches or padded: {why}; "
+                f"pass exactly {b} samples (got {n_samples}), or compile it for any batch "
+                f"size (inputs=('batch', ...)), which predict runs as one batch")
         outs = []
+        batched = self._batched_inputs()
         for start in range(0, n_samples, b):
-            chunks = [a[start:start + b] for a in arrays]
+            chunks = [a[start:start + b] if f else a for a, f in zip(arrays, batched)]
             n = len(chunks[0])
             if n < b and fixed:
-                chunks = [np.concatenate([c, np.zeros((b - n, *c.shape[1:]), c.dtype)])
-                          for c in chunks]
+                # padded with copies of the last sample, not zeros: zeros can lie outside the
+                # model's domain (log(x * x) at 0 raised debug_nans' NonFiniteOpError on rows
+                # nobody passed); their outputs are dropped either way
+                chunks = [np.concatenate([c, np.repeat(c[-1:], b - n, axis=0)]) if f else c
+                          for c, f in zip(chunks, batched)]
             outs.append(self._run_predict(chunks)[:n])
         if not outs:
             rest = [d if isinstance(d, int) else 0 for d in out_shape[1:]]
