@@ -320,3 +320,28 @@ def test_qat_and_pruning_arguments_are_named():
         pruning.fit(None, np.zeros((4, 8)), np.zeros(4), 0.5)
     with pytest.raises(ValueError, match="epochs must be an int >= 0, got -1"):
         pruning.fit(None, np.zeros((4, 8)), np.zeros(4), lambda step: 0.5, epochs=-1)
+
+
+def test_call_boundary_arguments_are_checked_on_every_path():
+    """From the sweep of the call boundary: a fixed batch's predict ignored batch_size (0,
+    2.5, an array passed in its place), lr='0.1' went through float(), an explicit
+    max_norm=None was 'no default' though the optimizer has one, and next_token failed with
+    a bare AttributeError (rng=None) or IndexError (logits [V])."""
+    tvf.manual_seed(0)
+    x = np.zeros((4, 8), "float32")
+    module = tvf.compile_training(nn.Sequential(nn.Linear(8, 3)), nn.MSELoss(),
+                                  tvf.optim.AdamW(0.01, max_norm=0.5), inputs=(4, 8),
+                                  labels=(4, 3))
+    for bad in (0, 2.5, True, x):
+        with pytest.raises(ValueError, match="predict: batch_size must be a positive int"):
+            module.predict(x, bad)
+    with pytest.raises(ValueError, match="learning rate must be a number, got '0.1'"):
+        module.step(x, np.zeros((4, 3), "float32"), lr="0.1")
+    assert module.step(x, np.zeros((4, 3), "float32"), max_norm=None) >= 0  # the default
+    logits = np.array([0.0, 3.0, 1.0])
+    assert tvf.generate.next_token(logits, top_k=1) == 1
+    token = tvf.generate.next_token(logits, rng=None)
+    assert isinstance(token, int) and 0 <= token < 3
+    with pytest.raises(ValueError, match=r"logits must be \[batch, vocabulary\] or "
+                                         r"\[vocabulary\], got shape \(1, 2, 3\)"):
+        tvf.generate.next_token(logits.reshape(1, 1, 3) * np.ones((1, 2, 1)))

@@ -58,10 +58,18 @@ def _check_options(steps, temperature, top_k, vocab):
 
 
 def next_token(logits, temperature=1.0, top_k=None, rng=None):
-    """One token per row of logits [B, V]: top_k=1 is argmax (greedy, the first of ties);
-    otherwise a draw from softmax(logits / temperature) restricted to the top_k largest
-    logits (all when None; ties at the k-th value are all kept). rng: a numpy Generator."""
+    """One token per row of logits [B, V] (one int for logits [V], as torch.multinomial takes
+    both): top_k=1 is argmax (greedy, the first of ties); otherwise a draw from
+    softmax(logits / temperature) restricted to the top_k largest logits (all when None; ties
+    at the k-th value are all kept). rng: a numpy Generator; None draws from a fresh one
+    (np.random.default_rng())."""
     logits = np.asarray(logits, np.float64)
+    if logits.ndim == 1:  # a bare IndexError below had met them
+        return int(next_token(logits[None], temperature, top_k, rng)[0])
+    if logits.ndim != 2 or not logits.shape[-1]:
+        raise ValueError(f"next_token: logits must be [batch, vocabulary] or [vocabulary], got "
+                         f"shape {logits.shape}")
+    rng = np.random.default_rng() if rng is None else rng  # None had been an AttributeError
     # NaN (a diverged model) and +inf had drawn token 0 with no error; torch.multinomial
     # refuses them. -inf is a mask: that token has no mass.
     bad = np.isnan(logits) | np.isposinf(logits)

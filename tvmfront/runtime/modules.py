@@ -490,6 +490,12 @@ class _Compiled:
         or [B*T, V], a BatchNorm with track_running_stats=False, which normalises with the
         batch's statistics in eval mode too) predict runs the samples as one batch: exactly
         the compiled batch, or all of them at any batch size."""
+        if isinstance(batch_size, (bool, np.bool_)) or not isinstance(
+                batch_size, (int, np.integer)) or batch_size <= 0:
+            # checked at a fixed batch too, which does not use it: predict(x, 0) or
+            # predict(x, mask) passed silently there
+            raise ValueError(f"predict: batch_size must be a positive int, got "
+                             f"{batch_size!r:.80}")
         # One compiled batch: the forward itself
         out = self._predict_fast(x) if self._one_batch(x, batch_size) else None
         if out is not None:
@@ -498,10 +504,6 @@ class _Compiled:
         arrays = self._inputs_in("predict", x, batch_free=True)
         first = self._inputs[0][1]["shape"][0]
         fixed = isinstance(first, int)
-        if not fixed and (isinstance(batch_size, (bool, np.bool_))
-                          or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0):
-            raise ValueError(f"predict: batch_size must be a positive int, got "
-                             f"{batch_size!r:.80}")
         b = first if fixed else int(batch_size)
         n_samples = len(arrays[0])
         out_shape = self.manifest["outputs"]["shape"]
@@ -875,7 +877,8 @@ class TrainingModule(_Compiled):
         lr = self._lr if lr is None else step_scalar("learning rate", lr, self._scalar)
         values = {"lr": lr, "step": self.step_count + 1}
         for name, default in self.scalar_defaults.items():
-            value = scalars.get(name, default)
+            value = scalars.get(name)
+            value = default if value is None else value  # None: the default, as lr=None is
             if value is None:
                 call = "step(x, y, " if caller == "step" else f"{caller}("
                 raise ValueError(f"{caller}: the optimizer gives {name} no default; pass "

@@ -34,8 +34,8 @@ def step_scalar(what, value, dtype, finite=True):
     """`value` as a float for a 0-d `dtype` scalar of the step, or ValueError naming `what`:
     a real number (numpy scalars and 0-d arrays too) >= 0, and with `finite`, finite and
     within `dtype`'s range (lr=1e39 is inf in float32: every parameter inf after one step)."""
-    if isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{what} must be a number, got {value!r}")
+    if isinstance(value, (bool, np.bool_, str, bytes)):  # float('0.1') would take a string
+        raise ValueError(f"{what} must be a number, got {value!r:.80}")
     try:
         v = float(value)
     except (TypeError, ValueError):
