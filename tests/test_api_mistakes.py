@@ -345,3 +345,13 @@ def test_call_boundary_arguments_are_checked_on_every_path():
     with pytest.raises(ValueError, match=r"logits must be \[batch, vocabulary\] or "
                                          r"\[vocabulary\], got shape \(1, 2, 3\)"):
         tvf.generate.next_token(logits.reshape(1, 1, 3) * np.ones((1, 2, 1)))
+
+
+def test_load_state_dict_takes_tvm_tensors():
+    """Another module's tensors on the device had been 0-d object arrays: 'got shape ()'."""
+    from tvmfront._tvm import to_device
+    module = tvf.compile_inference(nn.Sequential(nn.Linear(3, 2)), inputs=(1, 3))
+    state = {k: v + 1 for k, v in module.state_dict().items()}
+    module.load_state_dict({k: to_device(v) for k, v in state.items()})
+    for k, v in module.state_dict().items():
+        np.testing.assert_array_equal(v, state[k])

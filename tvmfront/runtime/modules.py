@@ -215,6 +215,17 @@ def _host_view(value):
     return to_numpy(value)
 
 
+def _dlpack_view(value):
+    """A host tensor that is no numpy array (a TVM or torch CPU tensor) as a numpy view of it
+    (np.asarray made a TVM tensor a 0-d object array); anything else as it is."""
+    if isinstance(value, np.ndarray) or not hasattr(value, "__dlpack__"):
+        return value
+    try:
+        return np.from_dlpack(value)
+    except (BufferError, RuntimeError, TypeError, ValueError):  # on a GPU: named by _check
+        return value
+
+
 def _host_copy(array):
     """numpy copy of a TVM runtime tensor or an array-like."""
     return to_numpy(array) if hasattr(array, "numpy") else np.array(array)
@@ -390,6 +401,9 @@ class _Compiled:
             raise KeyError(f"{caller}: missing {sorted(set(names) - set(state))}, "
                            f"unexpected {sorted(set(state) - set(names))}")
         buffers = set(self.buffer_names)
+        # TVM tensors (another module's state_dict on the device) as their values: np.asarray
+        # made them 0-d object arrays, 'got shape () dtype object'
+        state = {n: _dlpack_view(v) for n, v in state.items()}
         for spec in specs:
             kind = "buffer" if spec["name"] in buffers else what
             _check(f"{kind} '{spec['name']}'", np.asarray(state[spec["name"]]), spec)
