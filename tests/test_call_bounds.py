@@ -122,7 +122,7 @@ def test_an_index_in_the_loss_binds_the_step_only():
     model = nn.Linear(4, 3)
     train = tvf.compile_training(model, LastPositionLoss(), tvf.optim.SGD(0.1), inputs=SPEC,
                                  labels=tvf.Spec(("batch", 3), "float32"))
-    assert train.manifest["min_sizes"] == {"step": {"seq": 1}}
+    assert train.manifest["min_sizes"] == {"step": {"seq": 1, "batch": 1}}  # batch: the mean
     empty = np.zeros((2, 0, 4), "float32")
     assert train.predict(empty).shape == (2, 0, 3)  # predict indexes nothing: allowed
     x, y = _x(3), np.ones((2, 3), "float32")
@@ -306,3 +306,20 @@ def test_reductions_over_an_empty_axis_are_numpy_s_or_refused():
         module.predict(x)
     y = np.arange(18, dtype="float32").reshape(2, 3, 3)
     np.testing.assert_array_equal(module.predict(y), y[:, 1:].max(axis=1))
+
+
+@pytest.mark.parametrize("kind", ["sum", "mean"])
+def test_a_sum_or_mean_over_a_symbolic_size_0_is_refused(kind):
+    """Its kernel never wrote the output: a sum or mean over 'seq' 0 returned whatever the
+    memory held (NaN, 3e-41, another value each call)."""
+    class Reduce(nn.Module):
+        def forward(self, x):
+            return getattr(ops, kind)(x, axis=1)
+
+    module = tvf.compile_inference(Reduce(), inputs=tvf.Spec(("batch", "seq"), "float32"))
+    x = np.arange(6, dtype="float32").reshape(2, 3)
+    np.testing.assert_allclose(module(x), getattr(np, kind)(x, axis=1))
+    assert module.manifest["min_sizes"] == {"predict": {"seq": 1}}
+    with pytest.raises(tvf.ShapeError, match="dimension 'seq' is 0 in x, but predict needs at "
+                                             "least 1 position.*a sum, mean or max over it"):
+        module(np.zeros((2, 0), "float32"))

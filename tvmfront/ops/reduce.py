@@ -25,10 +25,10 @@ def _axes(x, axis, name):
 
 
 def _reduce(x, axis, keepdims, name, combine, scale=None, empty=None):
-    """`combine` over `axis`. An axis of size 0 gives `empty` (sum's 0, mean's NaN, as numpy
-    and PyTorch); with none (max) it is a ValueError for a static size and, for a symbolic
-    one, a size the compiled module refuses (runtime/bounds.py): the kernel would return the
-    reduction's initial value (-3.4e38) as if it were a maximum."""
+    """`combine` over `axis`. A static axis of size 0 gives `empty` (sum's 0, mean's NaN, as
+    numpy and PyTorch); with none (max) it is a ValueError. A symbolic axis of size 0 is a
+    size the compiled module refuses (runtime/bounds.py): its kernel never writes the output
+    (a max would return its initial value, -3.4e38, a sum or mean uninitialised memory)."""
     axes = _axes(x, axis, name)
     r = {a: te.reduce_axis((0, x.shape[a]), f"r{a}") for a in axes}
     shape = tuple(1 if a in r else x.shape[a]
@@ -40,9 +40,10 @@ def _reduce(x, axis, keepdims, name, combine, scale=None, empty=None):
                              f"{[a for a, n in extents.items() if n == 0]} of size 0: there "
                              f"is no {name} of no elements (numpy and PyTorch refuse it too)")
         return te.compute(shape, lambda *j: tirx.const(empty, x.dtype), name=name)
-    if empty is None:
-        for n in extents.values():
-            _needs_one(n)
+    for n in extents.values():
+        # over a symbolic size 0 the kernel never writes its output (a sum or mean had
+        # returned whatever memory held, another value each call): the call is refused
+        _needs_one(n)
 
     def body(*j):
         it = iter(j)

@@ -58,7 +58,7 @@ class CallBounds:
             if size < need:
                 raise ShapeError(f"{caller}: dimension '{name}' is {size} in {where}, but "
                                  f"{caller} needs at least {need} position(s) along it (an int "
-                                 f"index such as x[:, -1], or a max over it)")
+                                 f"index such as x[:, -1], or a sum, mean or max over it)")
         for name, most in self.max_sizes.items():
             size, where = sizes.get(name, (most, None))
             if size > most:
