@@ -183,6 +183,31 @@ def test_conv_tiles_keep_their_accumulators_in_registers(isa, x_shape, w_shape, 
                                       qconv2d_ref(x, w, b, m, **REQUANT, **kw))
 
 
+
+@pytest.mark.parametrize("x_shape,w_shape,kw", [
+    ((1, 1, 3, 3), (32, 1, 1, 1), {}),  # the smallest that failed: 120 of 288 wrong
+    ((2, 3, 8, 8), (32, 3, 3, 3), {"padding": 1}),
+    ((2, 1, 21, 21), (64, 1, 1, 1), {"padding": 2, **REQUANT}),
+])
+@pytest.mark.parametrize("isa", ["vnni", "avx2"])
+def test_a_flat_output_is_written_from_its_own_tile(isa, x_shape, w_shape, kw):
+    """flat=True (a Flatten after the conv) writes [N, C * H * W], no box of a tile's
+    (n, i, j, channel) ranges: computed at the tile, the epilogue ran over the interval from
+    the tile's first flat element to its last and read other tiles' accumulators, never
+    computed there (VNNI: 120 of 288 outputs wrong for the first case). It now stays a
+    loop nest of its own wherever it would not cover exactly the tile. Exact where this CPU
+    runs the code."""
+    vnni = isa == "vnni"
+    target = resolve_target(VNNI_TARGET if vnni else "x86:avx2")
+    x_max = 255 if vnni else 127
+    x, w, b, m = operands(np.random.default_rng(9), x_shape, w_shape, x_max=x_max)
+    ex, rule, fallbacks, out = build("conv", x, w, b, m, target, x_max=x_max, flat=True,
+                                     x_zero_point=5, **kw)
+    assert not fallbacks and "epilogue in tile" not in rule, rule
+    if VNNI if vnni else AVX2:
+        want = qconv2d_ref(x, w, b, m, x_zero_point=5, **kw)
+        np.testing.assert_array_equal(run(ex, out, x, w, b, m), want.reshape(len(want), -1))
+
 def test_vnni_epilogue_reads_the_tile_by_channels_and_chunks_the_parallel_tiles():
     """A requantizing convolution on VNNI: the epilogue runs along the channels (the tile's
     own layout, one register of 16 channels per row), not along the pixels (a column of

@@ -276,6 +276,7 @@ def _tile(sch, name, rows, intrin, lanes, params, span=1):
         trial = sch.copy()
         try:  # the epilogue reads the tile while it is in registers (dense: affine index)
             trial.reverse_compute_at(consumers[0], tile)
+            _epilogue_covers_tile(trial, consumers[0], tile, rows * LANES)
             trial.set_scope(trial.get_sblock(name), 0, "local")  # the tile, in registers
             sch, epilogue = trial, ", epilogue in tile"
         except Exception as err:  # noqa: BLE001 - the epilogue stays its own loop nest
@@ -334,6 +335,20 @@ def _tile_loops(sch, loops, parallel):
         lead += 1
     fuse = lambda group: sch.fuse(*group) if len(group) > 1 else group[0]  # noqa: E731
     return fuse(loops[:lead]), fuse(loops[lead:])
+
+
+def _epilogue_covers_tile(sch, epilogue, tile, elements):
+    """Raise NotApplicable unless the epilogue computed at `tile` runs over exactly the tile's
+    `elements`. A flat output [N, C * H * W] (a Flatten after the conv) is no box of the
+    tile's (n, i, j, channel) ranges: TVM bounds it by the interval from its first element to
+    its last, and that epilogue read accumulators of other tiles, never computed there (120
+    of 288 outputs wrong, 1x1 conv of 32 channels on a 3x3 image)."""
+    loops = sch.get_loops(epilogue)
+    inside = loops[_position(sch, loops, tile) + 1:]
+    covered = int(np.prod([_const(sch.get(lp).extent) or 0 for lp in inside]))
+    if covered != elements:
+        raise NotApplicable(f"the epilogue at the tile runs over {covered} elements, the tile "
+                            f"holds {elements}")
 
 
 def _position(sch, loops, loop):
