@@ -355,3 +355,17 @@ def test_load_state_dict_takes_tvm_tensors():
     module.load_state_dict({k: to_device(v) for k, v in state.items()})
     for k, v in module.state_dict().items():
         np.testing.assert_array_equal(v, state[k])
+
+
+def test_cross_entropy_skips_ignored_rows_and_checks_eager_labels():
+    """An ignored row with logits all -inf (a padded position's) or NaN made the loss NaN
+    (0 * NaN; PyTorch skips the row); eagerly, a label out of range gave logsumexp alone as
+    its loss where PyTorch raises and the compiled step refuses it."""
+    loss = nn.CrossEntropyLoss()
+    row0 = np.log(1 + np.exp(-1.5))  # -log softmax([0.5, -1])[0]
+    for bad in ([-np.inf, -np.inf], [np.nan, np.nan]):
+        logits = np.array([[0.5, -1.0], bad])
+        assert float(loss(logits, np.array([0, -100]))) == pytest.approx(row0, rel=1e-12)
+    with pytest.raises(ShapeError, match=r"labels must lie in \[0, 4\) or ignore_index -100, "
+                                         r"got values in \[-1, 4\]"):
+        loss(np.zeros((2, 4)), np.array([4, -1]))

@@ -114,3 +114,26 @@ def test_the_last_partial_batch_is_padded_with_real_samples():
     out = module.predict(x)
     np.testing.assert_array_equal(out[:4], module.predict(x[:4]))
     np.testing.assert_array_equal(out[4:], module.predict(np.repeat(x[4:], 4, axis=0))[:1])
+
+
+class SeqFirst(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.mha = nn.MultiheadAttention(4, 2, batch_first=False)
+
+    def forward(self, x):
+        return self.mha(x, x, x)[0]
+
+
+def test_a_sequence_first_model_keeps_its_sequence_whole():
+    """axis 0 of a batch_first=False attention is the sequence: predict had split and padded
+    it like samples (a T = 3 call of a T = 2 layer off by 0.5)."""
+    tvf.manual_seed(2)
+    model = SeqFirst()
+    x = np.random.default_rng(4).standard_normal((300, 1, 4)).astype("float32")
+    fixed = tvf.compile_inference(model, inputs=(2, 1, 4))
+    with pytest.raises(tvf.ShapeError, match=r"layer 'mha' takes its input sequence first"):
+        fixed.predict(x[:3])
+    any_length = tvf.compile_inference(model, inputs=("seq", 1, 4))
+    np.testing.assert_allclose(any_length.predict(x), any_length(x), rtol=1e-6)
+    np.testing.assert_allclose(any_length.predict(x[:3]), model(x[:3]), rtol=1e-4, atol=1e-5)

@@ -30,6 +30,7 @@ def _predict_one_batch(model, sig):
     split them into batches and pad a fixed batch's last (runtime.modules._unsplittable):
     - a BatchNorm with track_running_stats=False normalises with the batch's statistics in
       eval mode too: padding rows, or another split, changed every prediction;
+    - a layer with batch_first=False (attention) reads axis 0 as the sequence;
     - an output whose first axis does not follow the batch, e.g. [4, B] at B = 4, was split
       and padded along its 4 rows. At a fixed batch B the forward is traced again at B + 1
       (shapes only, ~40 ms) to tell; a forward that does not trace there (one written for
@@ -38,6 +39,11 @@ def _predict_one_batch(model, sig):
         if isinstance(layer, _BatchNorm) and not layer.track_running_stats:
             return (f"layer '{name}' (BatchNorm, track_running_stats=False) normalises with the "
                     f"batch's statistics in eval mode too")
+        if getattr(layer, "batch_first", True) is False:
+            # [T, B, E]: axis 0 is the sequence, whose positions attend to each other (split
+            # or padded, a T = 3 call of a T = 2 layer was off by 0.5)
+            return (f"layer '{name or type(layer).__name__}' takes its input sequence first "
+                    f"(batch_first=False): axis 0 is no batch of independent samples")
     first = sig.inputs[0][1].shape[0] if sig.inputs[0][1].shape else None
     out = sig.outputs.shape
     if not out or out[0] != first:

@@ -50,6 +50,8 @@ class CrossEntropyLoss(Module):
             raise ShapeError(f"labels: CrossEntropyLoss takes logits [..., C] and labels [...] "
                              f"(classes on the last axis), got logits {show(logits.shape)} and "
                              f"labels {show(labels.shape)}")
+        if isinstance(labels, np.ndarray):  # eager: the values are here (a compiled step
+            _check_label_values(labels, logits.shape[-1], self.ignore_index)  # checks its own)
         if labels.dtype not in ("int32", "int64"):
             labels = _labels_to_int32(labels)
         # [B, T, V] -> [B*T, V]; symbolic B or T stay apart (ops.cross_entropy takes [..., V]):
@@ -63,6 +65,17 @@ class CrossEntropyLoss(Module):
 
     def extra_repr(self):
         return f"ignore_index={self.ignore_index}, label_smoothing={self.label_smoothing}"
+
+
+def _check_label_values(labels, classes, ignore_index):
+    """ShapeError, as a compiled step's, for an eager call's labels outside [0, classes) that
+    are not ignore_index: picked by no class, they had given logsumexp alone as their loss
+    (PyTorch raises 'Target 4 is out of bounds')."""
+    counted = labels[labels != ignore_index]
+    if counted.size and (counted.min() < 0 or counted.max() >= classes):
+        raise ShapeError(f"labels: CrossEntropyLoss's labels must lie in [0, {classes}) or "
+                         f"ignore_index {ignore_index}, got values in [{counted.min()}, "
+                         f"{counted.max()}]")
 
 
 class MSELoss(Module):

@@ -66,7 +66,10 @@ def cross_entropy(logits, labels, ignore_index=-100, label_smoothing=0.0):
             return te.log(se(*i)) + mx(*i) - picked(*i)
     valid, count = _valid_count(labels, ignore_index, logits.dtype)
     kb = _lead_axes(labels, "kb")
-    total = te.compute((), lambda: te.sum(valid(*kb) * term(*kb), axis=kb), name="ce_total")
+    # a select, not valid * term: an ignored row's term may be NaN (logits all -inf there, a
+    # padded position's), and 0 * NaN had made the loss NaN (PyTorch skips the row)
+    total = te.compute((), lambda: te.sum(te.if_then_else(valid(*kb) > zero, term(*kb), zero),
+                                          axis=kb), name="ce_total")
     return te.compute((), lambda: total() / count(), name="cross_entropy")
 
 
