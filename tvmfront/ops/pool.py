@@ -79,6 +79,9 @@ def _max_window(x, kernel, stride, padding):
     return (x.shape[0], x.shape[1], ho, wo), (kh, kw), value
 
 
+INLINE_PADDED_TAPS = 16
+
+
 def _first_max(x, n, c, oh, ow, kernel, stride, padding):
     """The position (rh * kw + rw) of window (oh, ow)'s first maximal element in scan order
     (padding counts as the dtype's lowest value, as in the forward), kh * kw where no element
@@ -152,8 +155,11 @@ def _(dy, x, kernel=2, stride=None, padding=0):
     # unrolled scan of the window (_first_max), where first_extremum's (position, value)
     # tuple reducer has no fast schedule.
     shape, (kh, kw), _ = _max_window(x, kernel, stride, padding)
-    _, _, sh, sw, _, _, _, _ = _geometry(x, kernel, stride, padding)
-    if kh <= sh and kw <= sw:
+    _, _, sh, sw, ph, pw, _, _ = _geometry(x, kernel, stride, padding)
+    # Past INLINE_PADDED_TAPS taps a padded window goes the overlapping windows' way: its
+    # inline scan's clamped reads and index tests grew an expression TVM's simplifier did
+    # not finish (k5 s5 p2: te.create_prim_func over 300 s; k4 p2 took 1.6 s)
+    if kh <= sh and kw <= sw and (kh * kw <= INLINE_PADDED_TAPS or not (ph or pw)):
         # Windows do not overlap: each input is in one window at most, whose first max is
         # found inline (its elements read from cache), in one pass: the same expression for
         # every element of a window and for every window (the vectorized column loop
