@@ -150,3 +150,14 @@ def test_multi_output_ops_run_eagerly_in_inference_and_in_a_train_step():
     y = np.zeros((3, 2), "float32")
     assert train.step(x, y) == pytest.approx(np.mean((h[:, :2] * h[:, 2:]) ** 2), rel=1e-5)
     assert train.loss(x, y) < np.mean((h[:, :2] * h[:, 2:]) ** 2)
+
+
+@pytest.mark.parametrize("n, step", [(8, -2), (16, -2), (100, -2), (101, -3), (100, 3)])
+def test_strided_slice_gradient_eagerly_at_every_step(n, step):
+    """The eager kernel (unscheduled, plain LLVM) put x[::-2]'s gradient one position off at
+    even lengths: TVM 0.27 lowered floordiv(7 - v, 2) one low inside the select."""
+    dy = np.arange(1.0, len(range(0, n)[::step]) + 1)
+    (dx,) = tvf.ops.strided_slice.vjp(dy, np.zeros(n), slices=((None, None, step),))
+    want = np.zeros(n)
+    want[::step] = dy
+    np.testing.assert_array_equal(dx, want)

@@ -192,8 +192,12 @@ def _(dy, x, slices=()):
                 j.append(v)
                 continue
             t = (v - s) if st > 0 else (s - v)
-            ok += [t >= 0, t % abs(st) == 0, t // abs(st) < n]
-            j.append(t // abs(st))
+            # truncdiv, not //: t >= 0 where it counts, and TVM 0.27's unscheduled LLVM
+            # lowering computed floordiv(7 - v, 2) one low inside the select (eager vjp of
+            # x[::-2] on 8 elements put dy one position off); the scheduled kernel did not
+            q, r = tirx.truncdiv(t, abs(st)), tirx.truncmod(t, abs(st))
+            ok += [t >= 0, r == 0, q < n]
+            j.append(q)
         return te.if_then_else(te.all(*ok), dy(*j), zero) if ok else dy(*j)
 
     return [te.compute(x.shape, body, name="strided_slice_grad")]
