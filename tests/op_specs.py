@@ -317,6 +317,8 @@ spec(ops.reshape, lambda x, shape: x.reshape(x.shape[0], -1), concat(randn(2, 3,
 spec(ops.softmax, softmax_ref, concat(randn(3, 5)), id="softmax-3x5")
 spec(ops.softmax, softmax_ref, concat(randn(1, 4)), id="softmax-1x4")
 spec(ops.softmax, softmax_ref, concat(randn(2, 1)), id="softmax-2x1")
+spec(ops.masked_softmax, softmax_ref, concat(randn(3, 5)), id="masked_softmax-3x5")
+spec(ops.masked_softmax, softmax_ref, concat(randn(2, 1)), id="masked_softmax-2x1")
 spec(ops.softmax, softmax_ref, lambda rng: [rng.standard_normal((2, 4)) * 30],
      id="softmax-large-logits")
 spec(ops.cross_entropy, cross_entropy_ref, concat(randn(4, 5), labels(4, 5, np.int64)),

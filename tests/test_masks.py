@@ -77,3 +77,36 @@ def test_padding_mask_in_a_compiled_model():
     w = model.emb.weight.data
     expected = np.stack([w[t[t != 0]].mean(0) for t in tokens])
     np.testing.assert_allclose(infer(tokens), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_query_with_every_key_masked_attends_to_nothing():
+    """As PyTorch's scaled_dot_product_attention (nn.MultiheadAttention with need_weights=False,
+    TransformerEncoderLayer): zero weights, so the output is the out-projection's bias, and the
+    sample's gradients stay finite. NaN had spread through the whole padded sample."""
+    row = np.array([[0.5, -1.0, 2.0], [-np.inf, -np.inf, -np.inf]])
+    got = tvf.ops.masked_softmax(row)
+    np.testing.assert_allclose(got[0], np.exp(row[0]) / np.exp(row[0]).sum(), rtol=1e-12)
+    np.testing.assert_array_equal(got[1], np.zeros(3))
+    assert np.isnan(tvf.ops.softmax(row)[1]).all()  # softmax itself stays torch.softmax's
+    tvf.manual_seed(0)
+    mha = tvf.nn.MultiheadAttention(4, 2, dtype="float64")
+    x = np.random.default_rng(0).standard_normal((2, 3, 4))
+    pad = np.array([[False, False, True], [True, True, True]])  # sample 1: all padding
+    out, _ = mha(x, x, x, key_padding_mask=pad)
+    np.testing.assert_allclose(out[1], np.broadcast_to(mha.out_proj.bias.data, (3, 4)))
+    assert np.isfinite(out[0]).all()
+
+    class Model(tvf.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mha = mha
+
+        def forward(self, x, pad):
+            return self.mha(x, x, x, key_padding_mask=pad)[0]
+
+    step = tvf.compile_training(Model(), tvf.nn.MSELoss(), tvf.optim.SGD(0.1),
+                                inputs=(tvf.TensorSpec((2, 3, 4), "float64"),
+                                        tvf.TensorSpec((2, 3), "bool")),
+                                labels=tvf.TensorSpec((2, 3, 4), "float64"))
+    loss, grads = step.loss_and_grads((x, pad), np.zeros((2, 3, 4)))
+    assert np.isfinite(loss) and all(np.isfinite(g).all() for g in grads.values())

@@ -169,8 +169,11 @@ class MultiheadAttention(Module):
             scores = fill(scores)
         if mask is not None:
             scores = ops.add(scores, mask)
-        # dropped-out weights are the ones returned too, as in PyTorch
-        weights = self.attn_dropout(ops.softmax(scores, axis=-1))
+        # dropped-out weights are the ones returned too, as in PyTorch. Masked: a query whose
+        # every key is masked (a padded sample) gets zero weights, as PyTorch's
+        # scaled_dot_product_attention gives them (NaN had spread through the whole sample)
+        softmax = ops.softmax if fill is None and mask is None else ops.masked_softmax
+        weights = self.attn_dropout(softmax(scores, axis=-1))
         return ops.batch_matmul(weights, v), weights                     # [B, H, T, hd]
 
     def _merge(self, ctx, b, t):

@@ -20,7 +20,7 @@ from .quant import fake_quant
 from .random import random_bits, uniform
 from .reduce import max, mean, sum  # noqa: A004  (tvf.ops.sum etc., as numpy's)
 from .shape import flatten, reshape, slice_first
-from .softmax_axis import log_softmax, softmax
+from .softmax_axis import log_softmax, masked_softmax, softmax
 
 install_operators()
 
@@ -29,7 +29,8 @@ __all__ = [
     "cache_pad", "cache_write", "causal_fill", "causal_mask",
     "clip", "concat", "conv2d", "cross_entropy", "dense", "div", "embedding", "exp", "fake_quant",
     "flatten",
-    "gelu", "group_norm", "layer_norm", "log", "log_softmax", "matmul", "max", "max_pool2d",
+    "gelu", "group_norm", "layer_norm", "log", "log_softmax", "masked_softmax", "matmul", "max",
+    "max_pool2d",
     "mean", "mse_loss", "mul", "mul_scalar", "neg", "one_hot", "one_minus_pow", "padding_mask",
     "positions",
     "pow_scalar",

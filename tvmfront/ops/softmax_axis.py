@@ -17,13 +17,18 @@ def _rest(i, a):
     return (*i[:a], *i[a + 1:])
 
 
-def _max_and_sumexp(x, a):
+def _max_and_sumexp(x, a, masked_rows=False):
     """(max over axis a, exp(x - max), its sum over axis a). exp is a stage of its own, not
     inside the sum: there it ran once per element, vectorized, where inside the reduction's
-    scalar tiles (and again in softmax's output) it made a 16x4x64x64 softmax 5x slower."""
+    scalar tiles (and again in softmax's output) it made a 16x4x64x64 softmax 5x slower.
+    masked_rows: a row all -inf subtracts 0, not its max (-inf - -inf is NaN): exp 0, sum 0."""
     rest = (*x.shape[:a], *x.shape[a + 1:])
     k1, k2 = te.reduce_axis((0, x.shape[a]), "k1"), te.reduce_axis((0, x.shape[a]), "k2")
     mx = te.compute(rest, lambda *j: te.max(x(*j[:a], k1, *j[a:]), axis=k1), name="sm_max")
+    if masked_rows:
+        minus_inf, zero = tirx.const(float("-inf"), x.dtype), tirx.const(0, x.dtype)
+        mx = te.compute(rest, lambda *j: te.if_then_else(mx(*j) == minus_inf, zero, mx(*j)),
+                        name="sm_max_or_0")
     e = te.compute(x.shape, lambda *i: exp(x(*i) - mx(*_rest(i, a))), name="sm_exp")
     se = te.compute(rest, lambda *j: te.sum(e(*j[:a], k2, *j[a:]), axis=k2), name="sm_sum")
     return mx, e, se
@@ -39,14 +44,15 @@ def _dot_along(dy, s, a):
                                               axis=k), name="dot")
 
 
-def softmax_along(x, a, name):
+def softmax_along(x, a, name, masked_rows=False):
     """exp(x - max) times the reciprocal of its sum along axis a: one division per row, not
     one per element (a vector division takes about as long as the exp; attention's
     [16, 4, 64, 64] softmax alone, 2 AVX-512 cores: 107-114 -> 95 us). PyTorch's CPU softmax
-    multiplies by the reciprocal too."""
-    _, e, se = _max_and_sumexp(x, a)
-    one = tirx.const(1.0, x.dtype)
-    inv = te.compute(se.shape, lambda *j: one / se(*j), name="sm_inv")
+    multiplies by the reciprocal too. masked_rows: a row all -inf gives zeros (masked_softmax)."""
+    _, e, se = _max_and_sumexp(x, a, masked_rows)
+    one, zero = tirx.const(1.0, x.dtype), tirx.const(0, x.dtype)
+    inv = te.compute(se.shape, lambda *j: te.if_then_else(se(*j) == zero, zero, one / se(*j))
+                     if masked_rows else one / se(*j), name="sm_inv")
     return te.compute(x.shape, lambda *i: e(*i) * inv(*_rest(i, a)), name=name)
 
 
@@ -69,6 +75,20 @@ def softmax(x, axis=-1):
 @softmax.grad(uses_output=True)
 def _(dy, s, x, axis=-1):
     return [softmax_output_vjp(dy, s, _axis(x, axis, "softmax"), "softmax_grad")]
+
+
+@op
+def masked_softmax(x, axis=-1):
+    """softmax, except that a row whose elements are all -inf (every key masked) gives zeros,
+    not NaN: PyTorch's scaled_dot_product_attention (2.5 on: nn.MultiheadAttention with
+    need_weights=False, TransformerEncoderLayer), which attention uses. Its gradient there is
+    0 too."""
+    return softmax_along(x, _axis(x, axis, "masked_softmax"), "masked_softmax", True)
+
+
+@masked_softmax.grad(uses_output=True)
+def _(dy, s, x, axis=-1):
+    return [softmax_output_vjp(dy, s, _axis(x, axis, "masked_softmax"), "masked_softmax_grad")]
 
 
 @op
