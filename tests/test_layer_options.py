@@ -32,3 +32,17 @@ def test_gelu_layer_takes_the_tanh_form():
     assert not np.allclose(exact, tanh_form, rtol=0, atol=1e-6)  # the two forms differ
     with pytest.raises(ValueError, match="approximate"):
         nn.GELU(approximate="fast")
+
+
+def test_bias_false_drops_the_norms_biases_as_pytorch():
+    """TransformerEncoderLayer(bias=False) had kept trainable norm biases: a PyTorch
+    state_dict did not load and the biases trained away from PyTorch's model."""
+    layer = tvf.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, bias=False)
+    assert [n for n, _ in layer.named_parameters()] == [  # PyTorch 2.13's names
+        "self_attn.in_proj_weight", "self_attn.out_proj.weight", "linear1.weight",
+        "linear2.weight", "norm1.weight", "norm2.weight"]
+    norm = tvf.nn.LayerNorm(4, bias=False, dtype="float64")
+    norm.weight.data[:] = [1.0, 2.0, 3.0, 4.0]
+    x = np.random.default_rng(0).standard_normal((3, 4))
+    want = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(norm(x), want * norm.weight.data, rtol=1e-10)

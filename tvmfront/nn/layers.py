@@ -193,9 +193,9 @@ class GELU(Module):
 class LayerNorm(Module):
     """Normalise over the last dims, of shape `normalized_shape` (an int: the last axis; a
     tuple: the last len(tuple) axes), with affine weight and bias of that shape (PyTorch's
-    layout)."""
+    layout); bias=False leaves the bias out, as PyTorch's LayerNorm(bias=False)."""
 
-    def __init__(self, normalized_shape, eps=1e-5, dtype="float32"):
+    def __init__(self, normalized_shape, eps=1e-5, dtype="float32", bias=True):
         super().__init__()
         shape = ((normalized_shape,) if not isinstance(normalized_shape, (tuple, list))
                  else tuple(normalized_shape))
@@ -204,10 +204,13 @@ class LayerNorm(Module):
         shape = [sizes("LayerNorm", normalized_shape=d) for d in shape]
         self.normalized_shape, self.eps = tuple(shape), eps
         self.weight = Parameter(np.ones(self.normalized_shape, dtype))
-        self.bias = Parameter(np.zeros(self.normalized_shape, dtype))
+        self.bias = Parameter(np.zeros(self.normalized_shape, dtype)) if bias else None
+        self._dtype = dtype
 
     def forward(self, x):
-        return ops.layer_norm(x, self.weight, self.bias, eps=self.eps)
+        bias = self.bias if self.bias is not None else \
+            np.zeros(self.normalized_shape, self._dtype)  # a constant: no parameter, no grad
+        return ops.layer_norm(x, self.weight, bias, eps=self.eps)
 
     def extra_repr(self):
         return f"{self.normalized_shape}, eps={self.eps}"

@@ -50,8 +50,9 @@ class TransformerEncoderLayer(Module):
         self.linear1 = Linear(d_model, dim_feedforward, bias=bias, dtype=dtype)
         self.dropout = dropout_module(dropout, owner)
         self.linear2 = Linear(dim_feedforward, d_model, bias=bias, dtype=dtype)
-        self.norm1 = LayerNorm(d_model, eps=layer_norm_eps, dtype=dtype)
-        self.norm2 = LayerNorm(d_model, eps=layer_norm_eps, dtype=dtype)
+        # bias=False drops the norms' biases too, as PyTorch's layer does
+        self.norm1 = LayerNorm(d_model, eps=layer_norm_eps, dtype=dtype, bias=bias)
+        self.norm2 = LayerNorm(d_model, eps=layer_norm_eps, dtype=dtype, bias=bias)
         self.dropout1 = dropout_module(dropout, owner)
         self.dropout2 = dropout_module(dropout, owner)
 
