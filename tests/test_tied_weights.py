@@ -68,6 +68,22 @@ def test_load_state_dict_accepts_any_name_of_a_tied_parameter():
         model.load_state_dict(dict(state, **{"a.weight": w, "b.weight": w * 2}))
 
 
+def test_a_compiled_module_loads_any_name_of_a_tied_parameter(tmp_path):
+    """Its manifest lists the other names ('aliases'): a PyTorch-style state_dict, naming the
+    weight twice or only as b.weight, had been a KeyError ('unexpected ['b.weight']')."""
+    module = tvf.compile_inference(Tied(), inputs=(2, 4))
+    assert module.manifest["aliases"] == {"b.weight": "a.weight"}
+    state = module.state_dict()
+    w = state.pop("a.weight") + 1
+    module.load_state_dict(dict(state, **{"a.weight": w, "b.weight": w}))  # every name
+    module.load_state_dict(dict(state, **{"b.weight": w}))  # the alias alone
+    np.testing.assert_array_equal(module.state_dict()["a.weight"], w)
+    with pytest.raises(tvf.ShapeError, match="'b.weight' is tied to 'a.weight'"):
+        module.load_state_dict(dict(state, **{"a.weight": w, "b.weight": w * 2}))
+    module.export(tmp_path / "tied")
+    tvf.load(tmp_path / "tied").load_state_dict(dict(state, **{"b.weight": w}))
+
+
 def test_one_parameter_one_gradient_one_state():
     tvf.manual_seed(0)
     model = Tied()

@@ -63,6 +63,29 @@ def _predict_one_batch(model, sig):
     return None
 
 
+def _model_facts(manifest, model, sig):
+    """What the runtime needs to know of the model beyond its signature, into `manifest`."""
+    why = _predict_one_batch(model, sig)
+    if why is not None:
+        manifest["predict_one_batch"] = why
+    aliases = _aliases(model)
+    if aliases:
+        manifest["aliases"] = aliases
+
+
+def _aliases(model):
+    """{other name: first name} of every parameter and buffer the model reaches by several
+    paths (tied weights): a compiled module's load_state_dict takes them under any, as the
+    model's does (a PyTorch state_dict lists every name)."""
+    out = {}
+    for named in (model.named_parameters, model.named_buffers):
+        first = {}
+        for name, t in named(remove_duplicate=False):
+            if first.setdefault(id(t), name) != name:
+                out[name] = first[id(t)]
+    return out
+
+
 def _manifest(kind, sig, target):
     manifest = {
         "kind": kind,
@@ -188,9 +211,7 @@ def compile_training(model, loss, optimizer, inputs, labels, target="x86", recor
         mod = pipeline_mod.run(mod, stages, dump_ir)
     built = _build(mod, target, records, dump_ir and f"{dump_ir}/lowering", debug_nans)
     manifest = _manifest("training", sig, built.target)
-    why = _predict_one_batch(model, sig)
-    if why is not None:
-        manifest["predict_one_batch"] = why
+    _model_facts(manifest, model, sig)
     manifest["labels"] = sig.labels.to_json()
     if sig.extras:
         manifest["extras"] = _named_json(sig.extras)
@@ -228,9 +249,7 @@ def compile_inference(model, inputs, target="x86", records=None, dump_ir=None, d
     target = resolve_target(target)
     built = _build(mod, target, records, dump_ir, debug_nans, [_prepack_stage(sig, target)])
     manifest = _manifest("inference", sig, built.target)
-    why = _predict_one_batch(model, sig)
-    if why is not None:
-        manifest["predict_one_batch"] = why
+    _model_facts(manifest, model, sig)
     module = InferenceModule(built.library, manifest,
                              model.state_dict(), library_bytes=built.library_bytes,
                              executable=built.executable)

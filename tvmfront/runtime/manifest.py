@@ -156,6 +156,8 @@ FIELDS = {
        for kind, (check, what) in _BOUNDS.items()},
     "predict_one_batch": (_str, "a string (why predict runs its samples as one batch)",
                           frozenset()),
+    "aliases": (lambda v: isinstance(v, dict) and all(_str(k) and _str(n) for k, n in v.items()),
+                "{other name: parameter or buffer name} (tied weights)", frozenset()),
     "frozen": (lambda v: isinstance(v, list) and all(_str(n) for n in v),
                "a list of parameter names (requires_grad=False)", frozenset()),
     # tvf.quantize: the layers run as int8 kernels, and those kept in float (no int8 kernel)

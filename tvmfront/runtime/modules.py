@@ -384,6 +384,7 @@ class _Compiled:
         if not hasattr(state, "keys"):
             raise TypeError(f"load_state_dict: expects a dict {{name: array}} (as state_dict() "
                             f"returns), got {type(state).__name__}")
+        state = self._unaliased(state)
         params = self.manifest["parameters"]
         buffers = self.manifest.get("buffers", [])
         missing = [b["name"] for b in buffers if b["name"] not in state]
@@ -392,6 +393,25 @@ class _Compiled:
                            f"and other non-trainable state are part of the state_dict)")
         tensors = self._checked_tensors("load_state_dict", "parameter", state, params + buffers)
         self._params, self._buffers = tensors[:len(params)], tensors[len(params):]
+
+    def _unaliased(self, state):
+        """`state` with a tied weight's other names (a PyTorch state_dict lists every one)
+        under its first, the one the module keeps; given under several, they must agree."""
+        aliases = self.manifest.get("aliases", {})
+        if not any(name in state for name in aliases):
+            return state
+        state = dict(state)
+        for name, first in aliases.items():
+            if name not in state:
+                continue
+            value = state.pop(name)
+            if first not in state:
+                state[first] = value
+            elif not np.array_equal(np.asarray(_dlpack_view(value)),
+                                    np.asarray(_dlpack_view(state[first]))):
+                raise ShapeError(f"load_state_dict: '{name}' is tied to '{first}' but the "
+                                 f"two entries hold different values")
+        return state
 
     def _checked_tensors(self, caller, what, state, specs):
         """Device copies of `state` in the order of `specs` ([{name, shape, dtype}]), after
