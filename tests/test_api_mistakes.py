@@ -128,6 +128,7 @@ def test_tensor_spec_names_a_missing_dtype_and_a_bare_size():
     (["tune", "x.py", "--seconds", "-1"], "--seconds must be a finite number > 0"),
     (["tune", "x.py", "--budget", "-5"], "--budget must be at least 1"),
     (["tune", "x.py", "--target", "{bad"], "--target: Expecting property name"),
+    (["tune", "x.py", "--size", "batch=0"], "--size 'batch=0': expected NAME=N, N >= 1"),
 ])
 def test_cli_refuses_nonsense_flags_before_touching_a_record(argv, match, capsys):
     """--min-speedup nan made every comparison false: `records check --prune` deleted every
@@ -369,3 +370,11 @@ def test_cross_entropy_skips_ignored_rows_and_checks_eager_labels():
     with pytest.raises(ShapeError, match=r"labels must lie in \[0, 4\) or ignore_index -100, "
                                          r"got values in \[-1, 4\]"):
         loss(np.zeros((2, 4)), np.array([4, -1]))
+
+
+def test_a_checkpoint_path_that_is_a_directory_is_named(tmp_path):
+    """os.replace's IsADirectoryError had named the internal temporary file."""
+    from tvmfront import checkpoint
+    with pytest.raises(IsADirectoryError, match=f"checkpoint path {tmp_path} is a directory"):
+        checkpoint.write_atomic(tmp_path, b"data")
+    assert list(tmp_path.iterdir()) == []

@@ -99,6 +99,9 @@ def write_atomic(path, data):
     """Write `data` to `path` so that a crash at any moment leaves the old file or the new;
     the temporaries of saves killed earlier are removed first."""
     path = os.path.abspath(os.fspath(path))
+    if os.path.isdir(path):  # os.replace's IsADirectoryError had named the temporary
+        raise IsADirectoryError(f"checkpoint path {path} is a directory; give a file name, e.g. "
+                                f"{os.path.join(path, 'checkpoint.safetensors')}")
     if os.path.isdir(os.path.dirname(path)):
         _files.remove_stale_temporaries(os.path.dirname(path), os.path.basename(path))
     return _files.write_atomic(path, data)

@@ -82,8 +82,9 @@ def _sizes(items):
     sizes = {}
     for item in items:
         name, _, value = item.partition("=")
-        if not name or not value.strip().isdigit():
-            raise ValueError(f"--size {item!r}: expected NAME=N, e.g. batch=64")
+        # batch=0 passed here and failed deep in the tuning as a raw ValueError
+        if not name or not value.strip().isdigit() or int(value) < 1:
+            raise ValueError(f"--size {item!r}: expected NAME=N, N >= 1, e.g. batch=64")
         sizes[name.strip()] = int(value)
     return sizes or None
 
