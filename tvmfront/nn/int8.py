@@ -27,7 +27,6 @@ itself; and a run of such layers handing each other integers is one kernel
 """
 
 import copy
-
 import numbers
 
 import numpy as np

@@ -205,11 +205,10 @@ class LayerNorm(Module):
         self.normalized_shape, self.eps = tuple(shape), eps
         self.weight = Parameter(np.ones(self.normalized_shape, dtype))
         self.bias = Parameter(np.zeros(self.normalized_shape, dtype)) if bias else None
-        self._dtype = dtype
 
     def forward(self, x):
         bias = self.bias if self.bias is not None else \
-            np.zeros(self.normalized_shape, self._dtype)  # a constant: no parameter, no grad
+            np.zeros(self.normalized_shape, self.weight.data.dtype)  # a constant: no grad
         return ops.layer_norm(x, self.weight, bias, eps=self.eps)
 
     def extra_repr(self):

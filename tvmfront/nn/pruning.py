@@ -125,12 +125,16 @@ def _check(amount, scope, what="amount"):
                          "(PyTorch's int amount is a count of entries): give 1.0 for all")
 
 
+def _scope_groups(names, scope):
+    """The layer names pruned together: each alone (scope 'layer') or all as one ('global')."""
+    return [[n] for n in names] if scope == "layer" else [list(names)]
+
+
 def _masks_only_grow(masks, amount, scope):
     """ValueError where `amount` masks fewer entries than are masked now: a second prune(0.3)
     after prune(0.5) revived weights ('already pruned layers are pruned further'; PyTorch's
     would prune 30% of what is left)."""
-    groups = [[n] for n in masks] if scope == "layer" else [list(masks)]
-    for names in groups:
+    for names in _scope_groups(masks, scope):
         size = sum(masks[n].size for n in names)
         masked = sum(int(np.sum(masks[n] == 0)) for n in names)
         if round(amount * size) < masked:
@@ -147,9 +151,8 @@ def _magnitude_masks(weights, masks, amount, scope):
     def importance(n):
         return np.where(masks[n] != 0, np.abs(weights[n] * masks[n]), -1.0).ravel()
 
-    groups = [[n] for n in weights] if scope == "layer" else [list(weights)]
     out = {}
-    for names in groups:
+    for names in _scope_groups(weights, scope):
         scores = np.concatenate([importance(n) for n in names])
         k = round(amount * scores.size)
         keep = np.ones(scores.size, bool)
