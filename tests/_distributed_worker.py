@@ -98,6 +98,23 @@ def kill(world, out):
     return {"survived": True}
 
 
+def exit(world, out):
+    """Rank 1's script ends early (sys.exit in the third step): rank 0, in that step's
+    allreduce, must stop waiting at once, not after TVMFRONT_DIST_TIMEOUT."""
+    x, y = blobs()
+    trainer = tvf.Trainer(mlp(0, norm=False), seed=0, distributed=True, progress=False)
+    steps = []
+
+    def leave(xb, rng):
+        steps.append(1)
+        if world.rank == 1 and len(steps) == 3:
+            sys.exit(3)
+        return xb
+
+    trainer.fit(x, y, epochs=1, batch_size=16, augment=leave)
+    return {"survived": True}
+
+
 def hang(world, out):
     """Rank 1 stops answering (not dead: the launcher sees nothing); rank 0's allreduce must
     give up after TVMFRONT_DIST_TIMEOUT and end the job."""

@@ -84,6 +84,7 @@ class _NeverDone:
 def test_a_collective_that_never_completes_raises_after_the_timeout():
     comm = Communicator.__new__(Communicator)
     comm.rank, comm.size, comm.timeout, comm.waited = 1, 2, 0.05, 0.0
+    comm.departures = None
     request = _NeverDone()
     with pytest.raises(DistributedError, match=r"rank 1 of 2: the allreduce waited .* "
                                                r"TVMFRONT_DIST_TIMEOUT"):
@@ -94,6 +95,31 @@ def test_a_collective_that_never_completes_raises_after_the_timeout():
     start = request.polled_at[0]
     after_spin = [t for t in request.polled_at if t - start > comm_module._SPIN_S]
     assert after_spin and len(after_spin) < 1_000, len(after_spin)
+
+
+class _Departed:
+    """Departures whose rank 0 left after this rank's wait began (at its 5th poll)."""
+
+    def __init__(self):
+        self.departed, self.polls = [], 0
+
+    def poll(self):
+        self.polls += 1
+        if self.polls == 5:
+            self.departed.append(0)
+        return self.departed
+
+
+def test_a_collective_a_rank_left_raises_after_a_grace_not_the_timeout():
+    comm = Communicator.__new__(Communicator)
+    comm.rank, comm.size, comm.timeout, comm.waited = 1, 2, 600.0, 0.0
+    comm.departures = _Departed()
+    start = time.perf_counter()
+    with pytest.raises(DistributedError, match=r"rank 1 of 2: the allreduce cannot finish: "
+                                               r"rank\(s\) 0 left the job"):
+        comm._wait(_NeverDone(), "the allreduce")
+    # it kept polling the collective for the grace (the rank may have done its part)
+    assert comm_module._DEPARTED_GRACE_S <= time.perf_counter() - start < 10
 
 
 def test_packed_lays_tensors_out_in_one_buffer_per_dtype():

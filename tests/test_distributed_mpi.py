@@ -139,6 +139,16 @@ def test_a_killed_rank_ends_the_job_and_its_checkpoint_resumes(mpiexec, tmp_path
     assert one.module.step_count == two["step"]
 
 
+def test_a_rank_that_exits_early_ends_the_job_at_once(mpiexec, tmp_path):
+    worker.mlp(0, norm=False)
+    proc, seconds, ranks = launch(mpiexec, 2, "exit", tmp_path, timeout=90,
+                                  env={"TVMFRONT_DIST_TIMEOUT": "600"})
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and not ranks, output
+    assert "rank(s) 1 left the job" in output and "aborting the job" in output, output
+    assert seconds < 60, seconds
+
+
 def test_a_hung_rank_times_out_and_ends_the_job(mpiexec, tmp_path):
     worker.mlp(0, norm=False)
     proc, seconds, ranks = launch(mpiexec, 2, "hang", tmp_path, timeout=90,

@@ -4,8 +4,9 @@ A collective never waits forever: it is started non-blocking and polled against 
 (TVMFRONT_DIST_TIMEOUT seconds, default 600). Polling also lets a waiting rank sleep instead
 of spinning, which matters when ranks share cores with other work: MPICH's blocking calls
 busy-wait. A rank that dies is normally reaped by the launcher (hydra kills the whole job and
-reports which rank died); the deadline covers the cases it cannot see: a rank that hangs, or
-a launcher run without cleanup.
+reports which rank died), and a rank that exits sends a notice (departures.py) that ends the
+wait at once; the deadline covers the cases neither can see: a rank that hangs, or a launcher
+run without cleanup.
 """
 
 import json
@@ -16,12 +17,15 @@ import time
 import numpy as np
 
 from ..errors import TvmfrontError
+from .departures import Departures
 
 DEFAULT_TIMEOUT = 600.0  # seconds: torch.distributed's default for NCCL too
 _SPIN_S = 1e-3   # poll without sleeping this long: in a balanced step the peer is that close
 _SPIN_BYTES_PER_S = 1e9  # ...and as long as moving the buffer may take: MPICH moves a large
                          # one in rounds, each driven by a poll, so a sleeping rank stalls it
 _NAP_MAX_S = 5e-4  # the longest sleep between polls: the latency a late peer can add
+_DEPARTED_GRACE_S = 1.0  # a rank that left after its part of this collective: the rest of
+                         # the transfer may still need polls here to complete
 
 
 class DistributedError(TvmfrontError, RuntimeError):
@@ -71,6 +75,7 @@ class Communicator:
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self.timeout = timeout_from_env() if timeout is None else float(timeout)
         self.waited = 0.0  # seconds spent in collectives (the allreduce's share of a step)
+        self.departures = Departures(mpi, self.comm) if self.size > 1 else None
 
     def _wait(self, request, what, nbytes=0):
         """Poll `request` until done: spin while the transfer of `nbytes` may be under way,
@@ -79,6 +84,7 @@ class Communicator:
         start = time.perf_counter()
         spin = _SPIN_S + nbytes / _SPIN_BYTES_PER_S
         nap = 1e-5
+        departed_at = None
         while not request.Test():
             now = time.perf_counter()
             if now - start < spin:
@@ -86,8 +92,17 @@ class Communicator:
             if now - start > self.timeout:
                 raise DistributedError(
                     f"rank {self.rank} of {self.size}: {what} waited {now - start:.0f} s for "
-                    f"the other ranks: one of them died or hangs (the launcher's output names "
-                    f"a rank that died). TVMFRONT_DIST_TIMEOUT sets how long to wait.")
+                    f"the other ranks: one of them hangs, or died (the launcher's output then "
+                    f"names it). TVMFRONT_DIST_TIMEOUT sets how long to wait.")
+            if departed_at is None and self.departures and self.departures.poll():
+                departed_at = now
+            if departed_at is not None and now - departed_at > _DEPARTED_GRACE_S:
+                gone = ", ".join(map(str, self.departures.departed))
+                raise DistributedError(
+                    f"rank {self.rank} of {self.size}: {what} cannot finish: rank(s) {gone} "
+                    f"left the job (the script returned or called sys.exit) while this rank "
+                    f"still needed them; every rank must run the same collectives (the same "
+                    f"number of steps and epochs)")
             time.sleep(nap)
             nap = min(2 * nap, _NAP_MAX_S)
         self.waited += time.perf_counter() - start

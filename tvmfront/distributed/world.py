@@ -1,5 +1,6 @@
 """Joining the job: init() once per process, then rank() and world_size()."""
 
+import atexit
 import os
 import sys
 import time
@@ -19,6 +20,8 @@ def init(timeout=None):
 
     - makes an uncaught exception on any rank abort the whole job (MPI_Abort), where the
       other ranks would otherwise wait forever in their next collective;
+    - makes a rank whose script ends (or calls sys.exit) while the others still wait for it in
+      a collective end their wait at once with a DistributedError naming it;
     - gives TVM ``cores // ranks on this machine`` threads per rank unless TVM_NUM_THREADS is
       set, so that ranks sharing a machine do not oversubscribe it.
 
@@ -46,6 +49,8 @@ def init(timeout=None):
     _world = Communicator(MPI, timeout)
     if _world.size > 1:
         _abort_on_uncaught_exception(_world)
+        # runs before mpi4py's MPI_Finalize, which is a C-level exit hook
+        atexit.register(_world.departures.leave)
     return _world
 
 
