@@ -32,11 +32,12 @@ the generic rules, which compute the same integers.
 
 import numpy as np
 
-from .._tvm import llvm_has_features, s_tir, tvm
+from .._tvm import arith, llvm_has_features, s_tir, tirx, tvm
 from ..ops.int8 import (GEMM_ATTR, GEMM_STEPS, GROUP, LANES, PIXELS_ATTR, PIXELS_POOL, QUADS,
                         QUANTIZED, WINDOWS)
 from .analysis import _const, _root_blocks, _walk_stmts
 from .failures import NotApplicable, _current, _probe, log
+from .tile_reads import analyzer_for, reads_stay_in_tile
 from . import spatial
 
 ROWS = 4  # accumulator rows per tile: 4 x 16 int32 = 8 ymm / 4 zmm registers
@@ -275,12 +276,13 @@ def _tile(sch, name, rows, intrin, lanes, params, span=1):
     if len(consumers) == 1:
         trial = sch.copy()
         try:  # the epilogue reads the tile while it is in registers (dense: affine index)
-            trial.reverse_compute_at(consumers[0], tile)
-            _epilogue_covers_tile(trial, consumers[0], tile, rows * LANES)
+            _epilogue_at_tile(trial, name, trial.get_sblock(sch.get(consumers[0]).name_hint),
+                              tile)
             trial.set_scope(trial.get_sblock(name), 0, "local")  # the tile, in registers
             sch, epilogue = trial, ", epilogue in tile"
         except Exception as err:  # noqa: BLE001 - the epilogue stays its own loop nest
             _probe(f"reverse_compute_at of {name}'s epilogue", err)
+        consumers = sch.get_consumers(sch.get_sblock(name))
         block = sch.get_sblock(name)
     a_scope = "global"
     for producer in sch.get_producers(block):  # a convolution's windows: gathered per tile
@@ -337,18 +339,46 @@ def _tile_loops(sch, loops, parallel):
     return fuse(loops[:lead]), fuse(loops[lead:])
 
 
-def _epilogue_covers_tile(sch, epilogue, tile, elements):
-    """Raise NotApplicable unless the epilogue computed at `tile` runs over exactly the tile's
-    `elements`. A flat output [N, C * H * W] (a Flatten after the conv) is no box of the
-    tile's (n, i, j, channel) ranges: TVM bounds it by the interval from its first element to
-    its last, and that epilogue read accumulators of other tiles, never computed there (120
-    of 288 outputs wrong, 1x1 conv of 32 channels on a 3x3 image)."""
-    loops = sch.get_loops(epilogue)
-    inside = loops[_position(sch, loops, tile) + 1:]
-    covered = int(np.prod([_const(sch.get(lp).extent) or 0 for lp in inside]))
-    if covered != elements:
-        raise NotApplicable(f"the epilogue at the tile runs over {covered} elements, the tile "
-                            f"holds {elements}")
+def _epilogue_at_tile(sch, name, epilogue, tile):
+    """The epilogue block (the accumulator `name`'s one consumer) computed under the loop
+    `tile`, in place, where it then reads the tile from registers; NotApplicable (the
+    schedule left half-changed: work on a copy) unless that is exact. A consumer that is the
+    next layer's padding (a qchain) has its border split off first, filled once outside the
+    tiles: moved whole, it ran only over the border's inside (reverse_compute_at places what
+    the tile's values reach) and the border stayed unwritten."""
+    if sch.get(epilogue).name_hint.startswith(_PAD):
+        _split_padding(sch, sch.get(epilogue).name_hint, at=0)
+    domain = _iterations(sch, sch.get_loops(epilogue))
+    sch.reverse_compute_at(epilogue, tile)
+    _epilogue_covers_tile(sch, name, epilogue, tile, domain)
+
+
+def _epilogue_covers_tile(sch, name, epilogue, tile, domain):
+    """Raise NotApplicable unless the epilogue computed at `tile` reads nothing of the
+    accumulator `name` outside the tile (which then lives in registers, one tile at a time)
+    and, over all tiles, computes its whole `domain` (its iteration count before the move).
+    Refused, each a wrong answer before:
+    - a flat output [N, C * H * W] (a Flatten after the conv) is no box of the tile's
+      (n, i, j, channel) ranges: TVM bounds it by the interval from its first element to its
+      last (120 of 288 outputs wrong, 1x1 conv of 32 channels on a 3x3 image);
+    - a max-pool epilogue whose windows straddle tiles (a 1-pixel tile, 7x7 image: 147 of 288
+      pooled outputs wrong);
+    - an epilogue that writes more than the tiles reach (the next layer's padded input with
+      its border in the same block: 896 of 2048 outputs wrong)."""
+    if not reads_stay_in_tile(sch, name, epilogue, tile):
+        raise NotApplicable("the epilogue at the tile reads accumulators outside it")
+    computed = _iterations(sch, sch.get_loops(epilogue))
+    if not analyzer_for(computed, domain).can_prove(computed >= domain):
+        raise NotApplicable(f"the epilogue at the tiles would compute {computed} of its "
+                            f"{domain} elements")
+
+
+def _iterations(sch, loops):
+    """The product of the loops' extents (symbolic where one is)."""
+    total = tirx.IntImm("int64", 1)
+    for lp in loops:
+        total = total * tirx.Cast("int64", sch.get(lp).extent)
+    return arith.Analyzer().simplify(total)
 
 
 def _position(sch, loops, loop):
@@ -532,7 +562,7 @@ def _int8_pixels(sch, name, target, params, into_stages=True):
     if len(consumers) != 1:
         raise NotApplicable(f"{len(consumers)} consumers of the accumulator")
     epilogue = sch.get(consumers[0]).name_hint
-    sch.reverse_compute_at(consumers[0], tile)
+    _epilogue_at_tile(sch, name, consumers[0], tile)
     sch.set_scope(block, 0, "local")
     quads, pad, quantized = _own_stages(sch, name)
     for producer in (quads, pad, quantized):  # per image, before its tiles
@@ -580,14 +610,14 @@ def _own_stages(sch, name):
     return found
 
 
-def _split_padding(sch, name):
+def _split_padding(sch, name, at=1):
     """The padding block `name` split into a constant fill and the copy of the inside (in
     place): vectors without a per-element branch, whose masked loads of the 0-d scale and
-    zero point were gathers (a third of the pixel-lanes kernel's time). The fill's name, if
-    split."""
+    zero point were gathers (a third of the pixel-lanes kernel's time). The fill goes before
+    the block's loop `at` (1: under the image). The fill's name, if split."""
     block = sch.get_sblock(name)
     try:
-        fill = sch.decompose_padding(block, sch.get_loops(block)[1])  # under the image
+        fill = sch.decompose_padding(block, sch.get_loops(block)[at])
     except Exception as err:  # noqa: BLE001 - TVM's own check: one block, branches
         _probe(f"decompose_padding of block {name}", err)
         return []
