@@ -57,7 +57,9 @@ std::string read_file(int dir_fd, const std::string& dir, const char* name, off_
   return data;
 }
 
-TensorSpec tensor_spec(const json::Value& v, const std::string& where, bool named) {
+// least: the smallest size a numbered dimension may have (an input's: 1, as compile asks)
+TensorSpec tensor_spec(const json::Value& v, const std::string& where, bool named,
+                       int64_t least = 0) {
   json::Object obj = as_object(v, where);
   TensorSpec spec;
   if (named) spec.name = as_string(member(obj, "name", where), where + " name");
@@ -70,7 +72,10 @@ TensorSpec tensor_spec(const json::Value& v, const std::string& where, bool name
       spec.symbols.emplace_back(*sym);
     } else {
       int64_t n = as_int(d, where + " shape entry");
-      if (n < 0) throw Fail(where + " has a negative dimension");
+      if (n < least)
+        throw Fail(where + " has a dimension of " + std::to_string(n) + "; " +
+                   (least ? "an input has at least one element along each axis"
+                          : "sizes are not negative"));
       spec.shape.push_back(n);
       spec.symbols.emplace_back();
     }
@@ -89,6 +94,30 @@ std::vector<TensorSpec> tensor_list(const json::Object& manifest, const char* ke
       throw Fail(where + ": parameter '" + out.back().name + "' has a symbolic dimension");
   }
   return out;
+}
+
+// predict's entries of the manifest's 'min_sizes', 'max_sizes' and 'id_ranges' ({kind:
+// {function: {key: n}}}); the one input's id range is keyed by its name, "x"
+void read_bounds(const json::Object& m, Bundle& b, const std::string& where) {
+  for (const char* kind : {"min_sizes", "max_sizes", "id_ranges"}) {
+    if (!has_member(m, kind)) continue;
+    std::string at = where + " '" + kind + "'";
+    json::Object functions = as_object(member(m, kind, where), at);
+    if (!has_member(functions, "predict")) continue;
+    for (const auto& [key, value] : as_object(member(functions, "predict", at), at + " 'predict'")) {
+      std::string name = as_string(key, at + " key");
+      int64_t n = as_int(value, at + " '" + name + "'");
+      if (n < (std::string(kind) == "max_sizes" ? 0 : 1))
+        throw Fail(at + " '" + name + "' is " + std::to_string(n));
+      if (std::string(kind) == "id_ranges") {
+        if (name != "x")
+          throw Fail(at + " names input '" + name + "'; this bundle's one input is 'x'");
+        b.id_range = n;
+      } else {
+        (std::string(kind) == "min_sizes" ? b.min_sizes : b.max_sizes).emplace_back(name, n);
+      }
+    }
+  }
 }
 
 // "0.27.0.post1" -> "0.27.0": a post release rebuilds the same runtime
@@ -174,7 +203,7 @@ Bundle read_bundle(const std::string& path) {
   json::Value inputs = member(m, "inputs", where);
   if (!inputs.as<json::Object>())
     throw Fail(path + ": the forward takes several inputs; this runner feeds one");
-  b.input = tensor_spec(inputs, where + " 'inputs'", false);
+  b.input = tensor_spec(inputs, where + " 'inputs'", false, 1);
   b.input.name = "x";
   for (size_t axis = 1; axis < b.input.shape.size(); ++axis)
     if (b.input.shape[axis] < 0)
@@ -182,6 +211,9 @@ Bundle read_bundle(const std::string& path) {
                  std::to_string(axis) + ") is symbolic; this runner sizes axis 0 only");
   // (a dimension may be an expression of symbolic names, "batch * 8": any string is symbolic)
   b.output = tensor_spec(member(m, "outputs", where), where + " 'outputs'", false);
+  if (has_member(m, "predict_one_batch"))
+    b.one_batch = as_string(member(m, "predict_one_batch", where), where + " 'predict_one_batch'");
+  read_bounds(m, b, where);
   b.tensors = tensor_list(m, "parameters", where);
   b.parameters = b.tensors.size();
   for (TensorSpec& t : tensor_list(m, "buffers", where)) b.tensors.push_back(t);

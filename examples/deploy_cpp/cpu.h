@@ -8,8 +8,9 @@
 #include <vector>
 
 namespace deploy {
-// The features of `wanted` this CPU lacks. Names this check does not know are assumed
-// present (on aarch64 every name is: the baseline there is what the bundle targets).
+// The features of `wanted` this CPU lacks, read from /proc/cpuinfo as tvmfront's Python
+// runtime reads them (x86-64 and aarch64): a name it does not know counts as lacking; where
+// /proc/cpuinfo shows none of the known features (an emulator), nothing is.
 std::vector<std::string> missing_cpu_features(const std::vector<std::string>& wanted);
 }  // namespace deploy
 

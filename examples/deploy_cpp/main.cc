@@ -10,6 +10,7 @@
 // --time N runs the forward on the input N more times and prints to stderr the VM function it
 // calls (predict_packed: the weights packed once at load) and the median time of a run. Any problem (missing or corrupt bundle file, wrong input size, an error inside
 // TVM) is one line on stderr and exit status 1.
+#include <sys/stat.h>
 #include <tvm/ffi/error.h>
 
 #include <algorithm>
@@ -30,6 +31,9 @@ namespace {
 using deploy::Fail;
 
 std::string read_input(const std::string& path) {
+  struct stat st;
+  if (stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode))
+    throw Fail(path + ": is a directory, not an input file");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Fail(path + ": cannot open the input file (" + std::strerror(errno) + ")");
   std::ostringstream data;
@@ -80,6 +84,8 @@ int run(int argc, char** argv) {
       if (*end || n < 1 || n > 1000000) throw Fail(std::string("--time takes a count of runs "
                                                               "from 1 to 1000000, not ") + argv[i]);
       repeat = n;
+    } else if (a == "--output" || a == "--time") {
+      throw Fail(a + (a == "--output" ? " needs a file name" : " needs a count of runs"));
     } else if (a.size() > 1 && a[0] == '-') {
       throw Fail("unknown option " + a);
     } else if (bundle_dir.empty()) {

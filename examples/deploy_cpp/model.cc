@@ -135,6 +135,41 @@ ffi::Tensor Model::call(const char* data, size_t size, int64_t samples) const {
   return *out;
 }
 
+void Model::check_bounds(const std::string& data, int64_t samples, const std::string& what) const {
+  const TensorSpec& in = bundle_.input;
+  const std::string axis0 = in.symbols.empty() ? "" : in.symbols[0];
+  for (const auto& [name, need] : bundle_.min_sizes)
+    if (name == axis0 && samples < need)
+      throw Fail(what + " holds " + std::to_string(samples) + " samples; the bundle's predict needs at "
+                 "least " + std::to_string(need) + " along '" + name + "'");
+  for (const auto& [name, most] : bundle_.max_sizes)
+    if (name == axis0 && samples > most)
+      throw Fail(what + " holds " + std::to_string(samples) + " samples; the bundle's predict reads a "
+                 "table with rows for at most " + std::to_string(most) + " along '" + name + "'");
+  int64_t n = bundle_.id_range;
+  if (!n) return;
+  const DLDataType& dt = in.dtype->dl;
+  if (dt.code != kDLInt && dt.code != kDLUInt)
+    throw Fail(bundle_.path + ": manifest gives the " + in.dtype->name + " input an id range");
+  int64_t count = int64_t(data.size()) / in.dtype->bytes;
+  for (int64_t i = 0; i < count; ++i) {
+    const char* p = data.data() + i * in.dtype->bytes;
+    int64_t v = 0;
+    switch (in.dtype->bytes * 8 + (dt.code == kDLUInt ? 1 : 0)) {
+      case 64: { int64_t x; std::memcpy(&x, p, 8); v = x; break; }
+      case 32: { int32_t x; std::memcpy(&x, p, 4); v = x; break; }
+      case 16: { int16_t x; std::memcpy(&x, p, 2); v = x; break; }
+      case 8: v = static_cast<int8_t>(*p); break;
+      case 9: v = static_cast<uint8_t>(*p); break;
+      default: throw Fail(bundle_.path + ": cannot check the ids of a " + in.dtype->name + " input");
+    }
+    if (v < 0 || v >= n)
+      throw Fail(what + " holds " + std::to_string(v) + " at value " + std::to_string(i) +
+                 ", out of range: it indexes a table of " + std::to_string(n) +
+                 " rows, so it must lie in 0.." + std::to_string(n - 1));
+  }
+}
+
 Output Model::predict(const std::string& data, const std::string& what) const {
   const TensorSpec& in = bundle_.input;
   int64_t per = in.dtype->bytes;  // bytes of one sample: the input without axis 0
@@ -157,20 +192,27 @@ Output Model::predict(const std::string& data, const std::string& what) const {
   if (data.empty() || data.size() % per)
     throw wrong_size("a positive multiple of " + std::to_string(per) + " bytes (one sample)");
   int64_t samples = int64_t(data.size()) / per, batch = in.shape[0];
-  // a fixed batch runs in pieces only when the output's axis 0 is that batch too: other
-  // outputs (logits reshaped to [B*T, V]) cannot be joined
+  check_bounds(data, samples, what);
+  // a fixed batch runs in pieces only when the output's axis 0 follows the batch: compile
+  // traced it at another batch size and wrote 'predict_one_batch' where it does not (an
+  // output [4, B], a BatchNorm normalising with the batch's own statistics); bundles from
+  // before it, by the output's axis 0 being the batch's size
   const std::vector<int64_t>& out_spec = bundle_.output.shape;
-  bool joinable = batch < 0 || (!out_spec.empty() && out_spec[0] == batch);
-  if (!joinable && samples != batch)
+  bool joinable = bundle_.one_batch.empty() &&
+                  (batch < 0 || (!out_spec.empty() && out_spec[0] == batch));
+  if (!joinable && batch >= 0 && samples != batch)
     throw wrong_size("exactly " + std::to_string(batch * per) + " bytes (the compiled batch of " +
-                     std::to_string(batch) + "; its output's axis 0 is not the batch, so batches "
-                     "cannot be joined)");
-  int64_t step = batch < 0 ? samples : batch;
+                     std::to_string(batch) + "; batches cannot be joined: " +
+                     (bundle_.one_batch.empty() ? "its output's axis 0 is not the batch"
+                                                : bundle_.one_batch) + ")");
+  int64_t step = batch < 0 || !joinable ? samples : batch;
   checked_mul(step, per, what);  // the padded batch's bytes: a manifest can say anything
   for (int64_t start = 0; start < samples; start += step) {
     int64_t n = std::min(step, samples - start);
     std::string chunk = data.substr(size_t(start * per), size_t(n * per));
-    chunk.resize(size_t(step * per), '\0');  // the last batch zero-padded
+    // the last batch padded with copies of its last sample, as predict does: real values
+    // (zeros could be out of a model's domain: log(0) under debug_nans, a token id's range)
+    while (int64_t(chunk.size()) < step * per) chunk.append(chunk, chunk.size() - size_t(per), size_t(per));
     ffi::Tensor t = call(chunk.data(), chunk.size(), step);
     const DLTensor& d = *t.GetDLTensorPtr();
     if (start == 0) {

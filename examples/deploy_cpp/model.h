@@ -32,13 +32,16 @@ class Model {
   // The forward on every sample of `data` (raw little-endian values of the input dtype; the
   // input file `what` in errors), as InferenceModule.predict runs it: a bundle compiled for
   // any batch size in one call, one compiled for batch B B samples at a time, the last batch
-  // zero-padded (eval mode: padding never changes a sample's prediction).
+  // padded with copies of its last sample (eval mode: padding never changes a sample's
+  // prediction), and its bounds checked first (the input's ids, its samples' count).
   Output predict(const std::string& data, const std::string& what) const;
   // The VM function predict calls: "predict_packed" or "predict".
   const std::string& forward_name() const { return forward_name_; }
 
  private:
   tvm::ffi::Tensor call(const char* data, size_t size, int64_t samples) const;
+  // Fail where `data` (`samples` of them) leaves the manifest's bounds for predict
+  void check_bounds(const std::string& data, int64_t samples, const std::string& what) const;
 
   const Bundle& bundle_;
   tvm::ffi::Module library_;  // module.so, kept loaded while the VM runs its code

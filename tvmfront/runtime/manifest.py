@@ -37,11 +37,11 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}")
 _EXPRESSION = re.compile(r"[A-Za-z_(][A-Za-z0-9_ +*/%()-]{0,199}")
 
 
-def _dimension(d, symbolic):
-    """An int >= 0; a symbolic dimension's name ("batch") where `symbolic` is "name"; also an
-    expression of names ("batch * seq", an output's) where it is "expression"."""
+def _dimension(d, symbolic, least=0):
+    """An int >= least; a symbolic dimension's name ("batch") where `symbolic` is "name"; also
+    an expression of names ("batch * seq", an output's) where it is "expression"."""
     if _is_int(d):
-        return d >= 0
+        return d >= least
     pattern = {"name": _NAME, "expression": _EXPRESSION}.get(symbolic)
     return pattern is not None and _str(d) and pattern.fullmatch(d) is not None
 
@@ -52,22 +52,29 @@ DTYPES = frozenset({"bool", "int8", "int16", "int32", "int64", "uint8", "uint16"
 FLOAT_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64"})
 
 
-def _tensor(v, named=False, symbolic=None):
+def _tensor(v, named=False, symbolic=None, least=0):
     want = {"shape", "dtype", "name"} if named else {"shape", "dtype"}
     return (isinstance(v, dict) and set(v) == want and v["dtype"] in DTYPES
             and isinstance(v["shape"], list)
-            and all(_dimension(d, symbolic) for d in v["shape"])
+            and all(_dimension(d, symbolic, least) for d in v["shape"])
             and (not named or _str(v["name"]) and v["name"] != ""))
 
 
-def _tensors(v, symbolic=None):
-    return (isinstance(v, list) and all(_tensor(t, named=True, symbolic=symbolic) for t in v)
+def _tensors(v, symbolic=None, least=0):
+    return (isinstance(v, list)
+            and all(_tensor(t, named=True, symbolic=symbolic, least=least) for t in v)
             and len({t["name"] for t in v}) == len(v))
 
 
 def _data(v):
-    """An input's, label's or extra's spec: a dimension may be a symbolic name."""
-    return _tensor(v, symbolic="name")
+    """An input's or label's spec: a dimension may be a symbolic name; a number is >= 1, as
+    compile requires (a batch of 0 made predict's batching loop step by 0)."""
+    return _tensor(v, symbolic="name", least=1)
+
+
+def _inputs(v):
+    """Named inputs' specs (several inputs, a method's, the loss's extras)."""
+    return _tensors(v, symbolic="name", least=1)
 
 
 def _output(v):
@@ -79,7 +86,7 @@ def _methods(v):
     return isinstance(v, dict) and all(
         _str(name) and name.isidentifier() and isinstance(m, dict)
         and {"inputs", "outputs"} <= set(m) <= {"inputs", "outputs", *_BOUNDS}
-        and _tensors(m["inputs"], symbolic="name")
+        and _inputs(m["inputs"])
         and (_output(m["outputs"]) or isinstance(m["outputs"], list)
              and all(_output(o) for o in m["outputs"]))
         and all(check(m.get(kind, {})) for kind, (check, _) in _BOUNDS.items())
@@ -130,13 +137,14 @@ FIELDS = {
     "target_key": (_str, "a string", _BOTH),
     "target_arch": (_str, "a string", _BOTH),
     "cpu_features": (_features, "a list of CPU feature names", frozenset()),
-    "inputs": (lambda v: _data(v) or _tensors(v, symbolic="name") and len(v) > 1,
-               "{shape, dtype}, or a list of {name, shape, dtype} for several inputs", _BOTH),
+    "inputs": (lambda v: _data(v) or _inputs(v) and len(v) > 1,
+               "{shape, dtype} (each size a name or >= 1), or a list of {name, shape, dtype} "
+               "for several inputs", _BOTH),
     "outputs": (_output, "{shape, dtype}", _BOTH),
     "parameters": (_tensors, "a list of {name, shape, dtype} with distinct names", _BOTH),
     "scalar_dtype": (lambda v: v in FLOAT_DTYPES, f"one of {sorted(FLOAT_DTYPES)}", _BOTH),
     "labels": (_data, "{shape, dtype}", _TRAINING),
-    "extras": (lambda v: _tensors(v, symbolic="name"), "a list of {name, shape, dtype} (the loss's extra inputs)",
+    "extras": (_inputs, "a list of {name, shape, dtype} (the loss's extra inputs)",
                frozenset()),
     "buffers": (_tensors, "a list of {name, shape, dtype} with distinct names", frozenset()),
     "ignore_index": (_is_int, "an integer (the label CrossEntropyLoss ignores)", frozenset()),
