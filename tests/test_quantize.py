@@ -200,6 +200,13 @@ def test_bad_calibration_data_is_a_clear_error():
         tvf.quantize(model, calibration=x, method="entropy")
     with pytest.raises(ValueError, match="give calibration samples"):
         tvf.quantize(model)
+    with pytest.raises(TypeError, match="percentile must be a number in"):
+        tvf.quantize(model, calibration=x, method="percentile", percentile="99")
+    # without inputs=, the samples' dtype is the module's: named before anything is traced
+    with pytest.raises(TypeError, match="calibration samples are float16.*astype"):
+        tvf.quantize(model, calibration=x.astype(np.float16))
+    with pytest.raises(TypeError, match="module takes what the calibration samples are, int64"):
+        tvf.quantize(model, calibration=np.rint(x).astype(np.int64))
 
 
 # ---- accuracy (slow: trains) -----------------------------------------------------------------

@@ -167,6 +167,11 @@ def _spec(inputs, calibration):
     if calibration.dtype.kind not in "fiu":
         raise ValueError(f"quantize: calibration must be float samples (or integer ones for a "
                          f"model taking token ids), got {calibration.dtype}")
+    if inputs is None and calibration.dtype.kind == "f" and \
+            calibration.dtype not in (np.float32, np.float64):  # the module's input dtype
+        raise TypeError(f"quantize: calibration samples are {calibration.dtype}, and without "
+                        f"inputs= they give the module's input dtype: pass them as float32 "
+                        f"(calibration.astype('float32')), or give inputs=")
     bad = ~np.isfinite(calibration) if calibration.dtype.kind == "f" else np.zeros(1, bool)
     if bad.any():
         where = tuple(int(i) for i in np.argwhere(bad)[0])
@@ -241,6 +246,10 @@ def calibrate(model, calibration, method="minmax", percentile=99.99, inputs=None
     target = host_target() if target is None else target
     if method not in METHODS:
         raise ValueError(f"quantize: method must be one of {METHODS}, got {method!r}")
+    if method == "percentile" and (isinstance(percentile, (bool, np.bool_)) or not isinstance(
+            percentile, (int, float, np.integer, np.floating))):
+        raise TypeError(f"quantize: percentile must be a number in (50, 100], got "
+                        f"{percentile!r}")
     if method == "percentile" and not 50 < percentile <= 100:
         raise ValueError(f"quantize: percentile must be in (50, 100], got {percentile!r}")
     spec = _spec(inputs, calibration)
@@ -345,7 +354,15 @@ def quantize(model, calibration=None, method="minmax", percentile=99.99, inputs=
         warnings.warn("quantize: no int8 kernel for " + ", ".join(
             f"'{n}' ({k})" for n, k in stays) + "; these layers stay float", stacklevel=2)
     converted = int8.convert(model, scales, pack=pack)
-    module = compile_inference(converted, spec, target=target, records=records)
+    try:
+        module = compile_inference(converted, spec, target=target, records=records)
+    except TypeError as err:
+        if inputs is not None or calibration is None or calibration.dtype.kind == "f":
+            raise
+        raise TypeError(f"quantize: without inputs=, the module takes what the calibration "
+                        f"samples are, {calibration.dtype}, and an int8 layer of the model "
+                        f"reads that input ({err}); pass float32 samples, or give inputs= "
+                        f"(integer samples are for a model that takes token ids)") from err
     module.quantization = {"int8": sorted(scales), "float": stays, "scales": scales,
                            "folded": folded}
     # in the exported bundle too: what a deployed int8 module still runs in float
