@@ -139,6 +139,12 @@ def test_cli_refuses_nonsense_flags_before_touching_a_record(argv, match, capsys
     assert match in capsys.readouterr().err
 
 
+def test_records_check_names_a_missing_records_folder(tmp_path, capsys):
+    """It said "nothing to check" with exit status 0: a typo passed for a clean store."""
+    assert cli.main(["records", "check", "--records", str(tmp_path / "typo")]) == 2
+    assert f"--records {tmp_path / 'typo'} does not exist" in capsys.readouterr().err
+
+
 def test_numpy_scalars_are_accepted_where_python_ones_are():
     assert nn.Dropout(np.float32(0.5)).p == 0.5
     assert tvf.optim.schedules.cosine(0.1, np.int64(10))(10) == pytest.approx(0.0)

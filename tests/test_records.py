@@ -180,6 +180,36 @@ def test_merge_database_into_root_goes_under_its_key(tmp_path):
     assert records.read(tmp_path / "root" / KEY).best_seconds() == {"y": 2e-6, "x": 1e-6}
 
 
+def test_another_targets_record_in_a_key_folder_does_not_hide_new_records(tmp_path):
+    """A record of another key, copied into this key's folder, faster than what tuning found:
+    it made the merge (tuning's save) keep nothing. It never applies here: the folder keeps
+    this key's records, the files as they were kept aside."""
+    other = dict(TARGET, mcpu="znver2")
+    dst = tmp_path / "root" / KEY
+    records.write(dst, records.Database([("x", "ir-x")], [(0, rec([1e-9], other))]),
+                  {"target_key": KEY})
+    write_store(tmp_path / "tuned", [("x", 2e-6)])
+    with pytest.warns(records.RecordsWarning, match=r"1 tuning record\(s\) in .* were made for "
+                                                    r"another target .*\.foreign-"):
+        assert records.merge(tmp_path / "tuned", dst) == 1
+    assert records.read(dst).best_seconds() == {"x": 2e-6}
+    assert chosen(records.select(str(tmp_path / "root"), TARGET)) == {"x": 2e-6}
+    aside = sorted(f for f in os.listdir(dst) if ".foreign-" in f)
+    assert len(aside) == 3 and "1e-09" in (dst / next(
+        f for f in aside if f.startswith(records.RECORDS))).read_text()
+
+
+def test_a_merge_into_a_root_another_merge_is_making_waits_its_turn(tmp_path):
+    """Two merges into one new root at once: the second saw the first's key folder holding
+    only its .lock and called the root "neither a records database nor a root"."""
+    write_store(tmp_path / "a" / KEY, [("x", 1e-6)])
+    (tmp_path / "new" / KEY).mkdir(parents=True)
+    (tmp_path / "new" / KEY / ".lock").write_text("")
+    assert records.kind(tmp_path / "new") == "root"
+    assert records.merge(tmp_path / "a", tmp_path / "new") == 1
+    assert records.read(tmp_path / "new" / KEY).best_seconds() == {"x": 1e-6}
+
+
 def test_merge_refuses_what_it_cannot_do(tmp_path):
     write_store(tmp_path / "root" / KEY, [("x", 1e-6)])
     write_store(tmp_path / "db", [("y", 1e-6)])

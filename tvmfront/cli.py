@@ -147,6 +147,8 @@ def cmd_records_check(args):
     beat the default schedules (tvmfront.tuning.verify)."""
     from .tuning import policy, store, verify
 
+    if args.records and not os.path.exists(args.records):  # a typo checked nothing, exit 0
+        raise TvmfrontError(f"records check: --records {args.records} does not exist")
     root = args.records or policy.shipped_root() or policy.user_root()
     files = args.files or _example_files()
     if not files:

@@ -11,6 +11,7 @@ atomically, under the store's lock.
 """
 
 import os
+import shutil
 
 from .. import _files
 from . import store
@@ -108,6 +109,7 @@ def _merge_db(src_db, src_name, dst_dir, key=None, target=None):
                 if k != "kernels":  # src's verdicts were judged against src's records
                     meta.setdefault(k, v)
             meta["target_key"] = key
+        dst = _without_foreign_records(dst, dst_dir, key)
         mine, others = for_key(src_db, key)
         if others:
             store.warning(f"{sum(others.values())} tuning record(s) in {src_name} were made for "
@@ -119,6 +121,25 @@ def _merge_db(src_db, src_name, dst_dir, key=None, target=None):
         meta["updated"] = store.stamp()
         store.write(dst_dir, merged, meta)
     return changed
+
+
+def _without_foreign_records(dst, dst_dir, key):
+    """dst with only its records for `key`. Another target's record in a key's folder (copied
+    in by hand) never applies to a build, but it took part in the comparison: a faster one
+    made tuning keep nothing, silently. The files as they were are kept aside."""
+    own, others = for_key(dst, key)
+    if not others:
+        return dst
+    stamp = store.stamp()
+    for name in (store.WORKLOADS, store.RECORDS, store.META):
+        p = os.path.join(dst_dir, name)
+        if os.path.exists(p):
+            shutil.copy2(p, f"{p}.foreign-{stamp}")
+    store.warning(f"{sum(others.values())} tuning record(s) in {dst_dir} were made for another "
+                  f"target ({', '.join(sorted(others))}), not this folder's {key}: builds never "
+                  f"apply them, and they hid this target's records from the merge; the folder "
+                  f"keeps {key}'s records only (the files as they were: *.foreign-{stamp})")
+    return own
 
 
 def _best_of(dst, src):

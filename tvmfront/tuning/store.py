@@ -109,7 +109,14 @@ def kind(path):
         return "empty"
     if any(is_database(os.path.join(path, e)) for e in entries):
         return "root"
+    if all(_being_made(os.path.join(path, e)) for e in entries):
+        return "root"  # another merge's key folder, locked and not written yet
     return "other"
+
+
+def _being_made(path):
+    """A folder holding nothing but dot files (a store's .lock, before its first write)."""
+    return os.path.isdir(path) and all(e.startswith(".") for e in os.listdir(path))
 
 
 # ---- reading ----------------------------------------------------------------------------------
