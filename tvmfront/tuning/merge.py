@@ -89,11 +89,7 @@ def _merge_db(src_db, src_name, dst_dir, key=None, target=None):
         _files.remove_stale_temporaries(dst_dir)  # what killed merges left
         dst = store.read(dst_dir, warn=False) if store.is_database(dst_dir) else Database()
         if dst is None:
-            stamp = store.stamp()
-            for name in (store.WORKLOADS, store.RECORDS, store.META):
-                p = os.path.join(dst_dir, name)
-                if os.path.exists(p):
-                    os.replace(p, f"{p}.corrupt-{stamp}")
+            stamp = _set_aside(dst_dir, "corrupt", os.replace)
             store.warning(f"corrupt tuning records in {dst_dir} were moved aside "
                           f"(*.corrupt-{stamp}); the store starts again from the merged records")
             dst = Database()
@@ -130,16 +126,23 @@ def _without_foreign_records(dst, dst_dir, key):
     own, others = for_key(dst, key)
     if not others:
         return dst
-    stamp = store.stamp()
-    for name in (store.WORKLOADS, store.RECORDS, store.META):
-        p = os.path.join(dst_dir, name)
-        if os.path.exists(p):
-            shutil.copy2(p, f"{p}.foreign-{stamp}")
+    stamp = _set_aside(dst_dir, "foreign", shutil.copy2)
     store.warning(f"{sum(others.values())} tuning record(s) in {dst_dir} were made for another "
                   f"target ({', '.join(sorted(others))}), not this folder's {key}: builds never "
                   f"apply them, and they hid this target's records from the merge; the folder "
                   f"keeps {key}'s records only (the files as they were: *.foreign-{stamp})")
     return own
+
+
+def _set_aside(dst_dir, why, how):
+    """The store's files in dst_dir moved (how=os.replace) or copied (shutil.copy2) to
+    `<file>.<why>-<time>`; the time stamp."""
+    stamp = store.stamp()
+    for name in (store.WORKLOADS, store.RECORDS, store.META):
+        p = os.path.join(dst_dir, name)
+        if os.path.exists(p):
+            how(p, f"{p}.{why}-{stamp}")
+    return stamp
 
 
 def _best_of(dst, src):
