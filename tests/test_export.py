@@ -2,6 +2,7 @@
 
 import json
 import os
+import stat
 import subprocess
 import sys
 
@@ -107,6 +108,29 @@ def test_loaded_module_reexports_and_overwrites_atomically(trained, tmp_path):
     reloaded = tvf.load(again)
     x = _batches(1, seed=7)[0][0]
     np.testing.assert_array_equal(reloaded.predict(x), loaded.predict(x))
+
+
+def test_reexport_keeps_the_users_files_and_the_folders_mode(trained, tmp_path):
+    """What the user put beside a bundle's files survives a re-export into its folder (it was
+    deleted), a training bundle's optimizer state does not outlive it as an inference one,
+    and the folder has an ordinary mode (mkdtemp's 0700 had made it private)."""
+    loaded = tvf.load(trained[0])
+    path = loaded.export(str(tmp_path / "b"))
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o755
+    (tmp_path / "b" / "vocab.txt").write_text("a b c")
+    (tmp_path / "b" / "notes").mkdir()
+    (tmp_path / "b" / "notes" / "card.md").write_text("# model")
+    os.symlink("vocab.txt", tmp_path / "b" / "latest-vocab")
+    os.chmod(path, 0o750)
+    inference = tvf.compile_inference(_model(), inputs=(2, 1, 8, 8))
+    inference.export(path)
+    assert sorted(os.listdir(path)) == ["latest-vocab", "manifest.json", "module.so", "notes",
+                                        "params.safetensors", "vocab.txt"]
+    assert (tmp_path / "b" / "notes" / "card.md").read_text() == "# model"
+    assert os.readlink(tmp_path / "b" / "latest-vocab") == "vocab.txt"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o750
+    assert isinstance(tvf.load(path), tvf.InferenceModule)
+    assert sorted(os.listdir(tmp_path)) == ["b"]  # no temporary leftovers
 
 
 def test_predict_handles_any_batch_count(trained):

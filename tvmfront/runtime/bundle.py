@@ -32,7 +32,7 @@ from .._tvm import load_module
 from ..errors import BundleError
 from . import signing
 from .elf import check_shared_object
-from .manifest import FORMAT, FORMAT_VERSION, MANIFEST, SIGNATURE, validate
+from .manifest import FILES, FORMAT, FORMAT_VERSION, MANIFEST, SIGNATURE, validate
 
 MAX_MANIFEST_BYTES = 16 << 20  # a manifest is a few kB; anything near this is not one
 
@@ -88,13 +88,20 @@ def _write(path, data):
         os.fsync(f.fileno())
 
 
+# what a bundle folder holds of its own; anything else in it is the user's
+_BUNDLE_NAMES = frozenset({MANIFEST, SIGNATURE, *(n for names in FILES.values() for n in names)})
+_NEW_BUNDLE_MODE = 0o755  # mkdtemp makes 0700: what an ordinary mkdir would give (as write_atomic)
+
+
 def _swap_into_place(tmp, path):
     if not os.path.exists(path):
+        os.chmod(tmp, _NEW_BUNDLE_MODE)
         os.rename(tmp, path)
         return
     if not os.path.isdir(path) or (os.listdir(path) and not os.path.exists(
             os.path.join(path, MANIFEST))):
         raise BundleError(f"{path} exists and is not a tvmfront bundle; refusing to overwrite it")
+    _keep_the_users_files(path, tmp)
     if _exchange(tmp, path):  # one atomic step: tmp now holds the old bundle
         shutil.rmtree(tmp, ignore_errors=True)
         return
@@ -105,6 +112,31 @@ def _swap_into_place(tmp, path):
     os.rename(path, old)
     os.rename(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _keep_the_users_files(path, tmp):
+    """The new bundle `tmp` keeps the old bundle folder's mode and what the user put beside
+    its files (a vocabulary, a model card): a re-export had deleted them and left the folder
+    0700. Files are hard-linked where the filesystem allows (no second copy on disk), and the
+    originals stay in the old folder until the swap, so a crash loses neither."""
+    os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
+    for name in os.listdir(path):
+        if name in _BUNDLE_NAMES:
+            continue
+        src, dst = os.path.join(path, name), os.path.join(tmp, name)
+        if os.path.islink(src):
+            os.symlink(os.readlink(src), dst)
+        elif os.path.isdir(src):
+            shutil.copytree(src, dst, symlinks=True, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(src, dst)
+
+
+def _link_or_copy(src, dst):
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 _RENAME_EXCHANGE = 2  # linux/fs.h
