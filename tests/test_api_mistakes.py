@@ -139,6 +139,24 @@ def test_cli_refuses_nonsense_flags_before_touching_a_record(argv, match, capsys
     assert match in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("make", [
+    lambda dt: nn.Linear(4, 3, dtype=dt), lambda dt: nn.Conv2d(1, 2, 3, dtype=dt),
+    lambda dt: nn.LayerNorm(4, dtype=dt), lambda dt: nn.GroupNorm(2, 4, dtype=dt),
+    lambda dt: nn.BatchNorm2d(4, dtype=dt), lambda dt: nn.Embedding(5, 2, dtype=dt),
+    lambda dt: nn.MultiheadAttention(4, 2, dtype=dt),
+])
+def test_layers_take_float_parameter_dtypes_only(make):
+    """int32 weights were drawn from a uniform (-0.5, 0.5) and truncated to zeros (a layer
+    that learns nothing, compiled without a word; PyTorch refuses them); bfloat16 was numpy's
+    "data type 'bfloat16' not understood"."""
+    for bad in ("int32", "uint8", "bfloat16", "bool"):
+        with pytest.raises(TypeError, match=f"dtype must be one of float16, float32, float64 "
+                                            f".*got '{bad}'"):
+            make(bad)
+    floats = {str(v.dtype) for v in make(np.float64).state_dict().values() if v.dtype.kind == "f"}
+    assert floats == {"float64"}
+
+
 def test_records_check_names_a_missing_records_folder(tmp_path, capsys):
     """It said "nothing to check" with exit status 0: a typo passed for a clean store."""
     assert cli.main(["records", "check", "--records", str(tmp_path / "typo")]) == 2

@@ -72,6 +72,7 @@ class MultiheadAttention(Module):
     def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, batch_first=True,
                  dtype="float32"):
         super().__init__()
+        dtype = init.float_dtype(dtype, "MultiheadAttention")
         if embed_dim <= 0 or num_heads <= 0 or embed_dim % num_heads:
             raise ValueError(f"MultiheadAttention: embed_dim {embed_dim} must be a positive "
                              f"multiple of num_heads {num_heads}")

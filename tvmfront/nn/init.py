@@ -27,6 +27,23 @@ def seed():
     return entropy % 2 ** 64
 
 
+PARAMETER_DTYPES = ("float16", "float32", "float64")
+
+
+def float_dtype(dtype, layer):
+    """`dtype` as a numpy dtype where a layer's parameters may have it (a float; numpy has no
+    bfloat16), else TypeError naming the layer: int32 weights were drawn from a uniform
+    (-0.5, 0.5) and truncated to zeros, a layer that learns nothing (PyTorch refuses them)."""
+    try:
+        found = np.dtype(dtype)
+    except TypeError:
+        found = None
+    if found is None or found.name not in PARAMETER_DTYPES:
+        raise TypeError(f"{layer}: dtype must be one of {', '.join(PARAMETER_DTYPES)} (its "
+                        f"parameters are trained floats), got {dtype!r}")
+    return found.name
+
+
 def _fans(shape):
     receptive = math.prod(shape[2:]) if len(shape) > 2 else 1
     return shape[1] * receptive, shape[0] * receptive

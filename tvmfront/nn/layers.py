@@ -35,6 +35,7 @@ class Linear(Module):
 
     def __init__(self, in_features, out_features, bias=True, dtype="float32"):
         super().__init__()
+        dtype = init.float_dtype(dtype, "Linear")
         in_features, out_features = sizes("Linear", in_features=in_features,
                                           out_features=out_features)
         self.in_features, self.out_features = in_features, out_features
@@ -59,6 +60,7 @@ class Conv2d(Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
                  dtype="float32"):
         super().__init__()
+        dtype = init.float_dtype(dtype, "Conv2d")
         in_channels, out_channels = sizes("Conv2d", in_channels=in_channels,
                                           out_channels=out_channels)
         k = _pair(kernel_size, "kernel_size", "Conv2d", 1)
@@ -197,6 +199,7 @@ class LayerNorm(Module):
 
     def __init__(self, normalized_shape, eps=1e-5, dtype="float32", bias=True):
         super().__init__()
+        dtype = init.float_dtype(dtype, "LayerNorm")
         shape = ((normalized_shape,) if not isinstance(normalized_shape, (tuple, list))
                  else tuple(normalized_shape))
         if not shape:
@@ -220,6 +223,7 @@ class GroupNorm(Module):
 
     def __init__(self, num_groups, num_channels, eps=1e-5, dtype="float32"):
         super().__init__()
+        dtype = init.float_dtype(dtype, "GroupNorm")
         num_groups, num_channels = sizes("GroupNorm", num_groups=num_groups,
                                          num_channels=num_channels)
         if num_channels % num_groups:
@@ -251,6 +255,7 @@ class _BatchNorm(Module):
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, dtype="float32"):
         super().__init__()
+        dtype = init.float_dtype(dtype, type(self).__name__)
         num_features = sizes(type(self).__name__, num_features=num_features)
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.affine, self.track_running_stats = affine, track_running_stats
@@ -385,6 +390,7 @@ class Embedding(Module):
 
     def __init__(self, num_embeddings, embedding_dim, padding_idx=None, dtype="float32"):
         super().__init__()
+        dtype = init.float_dtype(dtype, "Embedding")
         num_embeddings, embedding_dim = sizes("Embedding", num_embeddings=num_embeddings,
                                               embedding_dim=embedding_dim)
         if padding_idx is not None:
