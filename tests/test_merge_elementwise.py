@@ -141,3 +141,39 @@ def test_the_loop_merge_takes_blocks_that_read_each_other_in_place_only():
 
     assert spatial._nest_pointwise_outputs(s_tir.Schedule(_two_outputs(False))) == ["a"]
     assert spatial._nest_pointwise_outputs(s_tir.Schedule(_two_outputs(True))) == []
+
+
+@tvf.op
+def _reversed_times_next(x):
+    """y[i] = x[8 - 2i] * x[i + 1]: its derived gradient's kernel holds an intermediate
+    pointwise block (the loss's d/dpred) beside pointwise outputs of the same extent."""
+    te = tvf.te
+    return te.compute((4,), lambda i: x[8 - 2 * i] * x[i + 1], name="reversed_times_next")
+
+
+class _ScaledOp(tvf.nn.Module):
+    def __init__(self, p):
+        super().__init__()
+        self.p = tvf.nn.Parameter(p)
+
+    def forward(self, x):
+        return _reversed_times_next(self.p) * x
+
+
+def test_an_intermediate_is_not_nested_into_a_vectorized_loop():
+    """TVM 0.27 miscompiles a vectorized loop in which one block writes an intermediate
+    buffer and the next reads it (every lane read the last lane's value): the compiled
+    gradient was wrong where eager vjp and numpy agreed."""
+    rng = np.random.default_rng(0)
+    p, x, y = rng.standard_normal(9), rng.standard_normal(4), rng.standard_normal(4)
+    module = tvf.compile_training(_ScaledOp(p.copy()), tvf.nn.MSELoss(), tvf.optim.SGD(0.1),
+                                  inputs=tvf.TensorSpec((4,), "float64"),
+                                  labels=tvf.TensorSpec((4,), "float64"))
+    _, grads = module.loss_and_grads(x, y)
+    dy = 2 * (p[8::-2][:4] * p[1:5] * x - y) / 4 * x
+    want = np.zeros(9)
+    for i in range(4):
+        want[8 - 2 * i] += p[i + 1] * dy[i]
+        want[i + 1] += p[8 - 2 * i] * dy[i]
+    np.testing.assert_allclose(_reversed_times_next.vjp(dy, p)[0], want, rtol=1e-12)
+    np.testing.assert_allclose(grads["p"], want, rtol=1e-12)

@@ -51,7 +51,13 @@ def _nest_pointwise_outputs(sch):
     outputs of the step, then the parameter's update that reads them): one loop nest then
     writes every output, each element's moments read back from L1 as they are computed, not
     streamed again. compute_at refuses output blocks; Schedule.merge takes sibling loops.
-    Returns the names of the blocks merged into a later one's loops."""
+    Returns the names of the blocks merged into a later one's loops.
+
+    Only blocks that write the kernel's outputs are merged into a later one's loop: TVM 0.27
+    miscompiles a vectorized loop in which one block writes an intermediate buffer and a
+    later one reads it (every lane read the last lane's value: a user op's compiled gradient
+    wrong where its eager one was right)."""
+    outputs = {sch.get(b).name_hint for b in sch.get_output_blocks(sch.get_sblock("root"))}
     nested = []
     run, key = [], None
     for block in [*_root_blocks(sch), None]:
@@ -61,6 +67,7 @@ def _nest_pointwise_outputs(sch):
         # copies, which a merged loop would lose: the Transformer's d(qkv) 34 -> 204 us),
         # checked last, on candidates only: it walks the whole expression
         if this is not None and this == key and _reads_in_place(info, run) and \
+                all(i.name in outputs for i in run) and \
                 not _has_if_then_else(info.stmt) and \
                 (len(run) > 1 or not _has_if_then_else(run[0].stmt)):
             run.append(info)
