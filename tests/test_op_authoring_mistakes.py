@@ -126,6 +126,37 @@ def test_attribute_values_equal_across_types_get_kernels_of_their_own():
     assert fill_like(x, value=1.0).dtype == np.float32
 
 
+def test_attribute_floats_are_keyed_by_their_bits():
+    """-0.0 == 0.0: copysign(x, s=-0.0) got the kernel built for s=0.0."""
+    @tvf.op
+    def with_sign_of(x, s=1.0):
+        return te.compute(x.shape, lambda i: tvm.tirx.copysign(x[i], tvm.tirx.const(s, x.dtype)),
+                          name="with_sign_of")
+    x = np.array([1.0, 2.0])
+    np.testing.assert_array_equal(with_sign_of(x, s=0.0), [1.0, 2.0])
+    np.testing.assert_array_equal(with_sign_of(x, s=-0.0), [-1.0, -2.0])
+    np.testing.assert_array_equal(with_sign_of(x, s=np.float32(-0.0)), [-1.0, -2.0])
+
+
+@pytest.mark.parametrize("reducer", [
+    lambda: te.comm_reducer(lambda a, b: a + b * b, lambda t: tvm.tirx.const(0, t)),  # sum x^2
+    lambda: te.comm_reducer(lambda a, b: te.max(a, b), lambda t: tvm.tirx.const(0, t)),  # from 0
+    lambda: te.comm_reducer(lambda a, b: te.min(a, b), lambda t: tvm.tirx.const(1, t)),
+])
+def test_a_reducer_other_than_sum_max_min_is_refused_not_misread(reducer):
+    """The combiner's node type alone was read: a + b * b was differentiated as a sum
+    (gradient 1 where it is 2x) and a max starting from 0 as a plain max."""
+    reduce = reducer()
+
+    @tvf.op
+    def reduced(x):
+        k = te.reduce_axis((0, x.shape[1]), name="k")
+        return te.compute((x.shape[0],), lambda i: reduce(x[i, k], axis=k), name="reduced")
+    with pytest.raises(GradientError, match="a reduction with combiner .*te.sum, te.max and "
+                                            "te.min only"):
+        reduced.vjp(np.ones(2), -np.ones((2, 3)))
+
+
 def test_a_derived_gradient_through_a_floats_bits_is_refused():
     @tvf.op
     def bit_abs(x):

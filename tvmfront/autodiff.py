@@ -1550,6 +1550,28 @@ def _sum_exprs(exprs):
     return total
 
 
+def _standard_combiner(combiner):
+    """P.Add, P.Max or P.Min for a reducer that is exactly te.sum, te.max or te.min: a + b
+    from 0, max(a, b) from the lowest value, min(a, b) from the highest. Anything else is
+    refused: the node type alone took a + b * b for a sum (gradient 1 for 2x) and a max from 0
+    for a plain max (a row of negatives sent dy to an element)."""
+    result = combiner.result[0] if len(combiner.result) == 1 else None
+    kind = type(result)
+    if kind in (P.Add, P.Max, P.Min):
+        a, b = combiner.lhs[0], combiner.rhs[0]
+        operands = (result.a, result.b)
+        ident = combiner.identity_element[0]
+        value = getattr(ident, "value", None)
+        low, high = tirx.min_value(_dtype(ident)).value, tirx.max_value(_dtype(ident)).value
+        identity_ok = value is not None and (
+            value == 0 if kind is P.Add else value <= low if kind is P.Max else value >= high)
+        if identity_ok and (operands[0].same_as(a) and operands[1].same_as(b) or
+                            operands[0].same_as(b) and operands[1].same_as(a)):
+            return kind
+    raise _Unsupported(f"a reduction with combiner {combiner}: a derived gradient takes "
+                       f"te.sum, te.max and te.min only")
+
+
 def _backprop(name, t, dT, live, phased=None):
     """[(input tensor, its adjoint contribution)] for compute tensor t with adjoint dT
     (`phased`: see _adjoint_of_read)."""
@@ -1562,7 +1584,7 @@ def _backprop(name, t, dT, live, phased=None):
     source = body
     dtype = str(t.dtype)
     if isinstance(body, Reduce):
-        combiner = type(body.combiner.result[0])
+        combiner = _standard_combiner(body.combiner)
         source = body.source[0]
         reduce_loops = [_Loop(iv.var, iv.dom.extent, iv.dom.min) for iv in body.axis]
         if not (isinstance(body.condition, P.IntImm) and body.condition.value == 1):
@@ -1575,8 +1597,6 @@ def _backprop(name, t, dT, live, phased=None):
             here = reduction_position([(lp.var, lp.start, lp.extent) for lp in reduce_loops])
             hit = P.EQ(*_promote(here, first))
             mask = hit if mask is None else P.And(mask, hit)
-        elif combiner is not P.Add:
-            raise _Unsupported(f"reduction with combiner {body.combiner} (only sum, max, min)")
     # One index width: Relax gives int64 shapes, Python-int shapes give int32 loops, and the
     # casts between them would hide affine indices from the linear analysis.
     wide = {lp.var: Var(lp.var.name, tvm.ir.PrimType("int64")) for lp in spatial + reduce_loops

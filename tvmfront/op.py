@@ -43,7 +43,10 @@ def _freeze(value):
         return ("dict", tuple(sorted((k, _freeze(v)) for k, v in value.items())))
     # typed: 1, 1.0 and True are equal and hash alike, but a forward may branch on the type
     # (a dtype from a fill value, `mode is True`); one cache entry for all three gave
-    # whichever was built first
+    # whichever was built first. A float by its bits: -0.0 == 0.0 (copysign(x, s=-0.0) got
+    # the kernel built for 0.0), and NaN equals nothing (a new build per call).
+    if isinstance(value, (float, np.floating)):
+        return (type(value).__name__, float(value).hex())
     return (type(value).__name__, value)
 
 
