@@ -157,6 +157,33 @@ def test_a_reducer_other_than_sum_max_min_is_refused_not_misread(reducer):
         reduced.vjp(np.ones(2), -np.ones((2, 3)))
 
 
+@pytest.mark.parametrize("form, closed", [
+    (lambda x: tvm.tirx.hypot(tvm.tirx.const(2.0, "float64"), x), lambda x: x / np.hypot(2, x)),
+    (lambda x: tvm.tirx.atan2(tvm.tirx.const(1.0, "float64"), x), lambda x: -1 / (1 + x * x)),
+    (lambda x: tvm.tirx.atan2(x, tvm.tirx.const(2.0, "float64")), lambda x: 2 / (4 + x * x)),
+    (lambda x: tvm.tirx.hypot(x, x * 3), lambda x: np.sign(x) * np.sqrt(10.0)),
+])
+def test_two_argument_intrinsics_differentiate_through_either_argument(form, closed):
+    """Only the first argument was differentiated: atan2(1, x) and hypot(2, x) had a zero
+    gradient, in eager and compiled steps alike."""
+    @tvf.op
+    def two_args(x):
+        return te.compute(x.shape, lambda i: form(x[i]), name="two_args")
+    x = np.array([-1.5, -0.2, 0.7, 2.0])
+    np.testing.assert_allclose(two_args.vjp(np.ones(4), x)[0], closed(x), rtol=1e-12)
+    assert tvf.gradcheck(two_args, [x])
+
+
+def test_an_intrinsic_without_a_rule_is_refused_through_any_argument():
+    @tvf.op
+    def sign_from(x):
+        return te.compute(x.shape, lambda i: tvm.tirx.copysign(
+            tvm.tirx.const(2.0, "float64"), x[i]), name="sign_from")
+    with pytest.raises(GradientError, match="no derivative rule for intrinsic tirx.copysign .*"
+                                            "argument"):
+        sign_from.vjp(np.ones(2), np.array([-1.0, 1.0]))
+
+
 def test_a_derived_gradient_through_a_floats_bits_is_refused():
     @tvf.op
     def bit_abs(x):

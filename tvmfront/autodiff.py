@@ -330,6 +330,17 @@ def _diff_call(expr, target, dtype):
         db = diff(b, target)
         return _add(_mul(da, b * te.power(a, b - _const(1, dtype))),
                     _mul(db, expr * te.log(a)))
+    if name in ("tirx.hypot", "tirx.atan2"):  # (as PyTorch's: NaN where both are 0)
+        b = expr.args[1]
+        db = diff(b, target)
+        if name == "tirx.hypot":
+            return _add(_mul(da, a / expr), _mul(db, b / expr))
+        norm = a * a + b * b  # atan2(a, b): d/da = b / norm, d/db = -a / norm
+        return _add(_mul(da, b / norm), _mul(db, -a / norm))
+    if any(diff(other, target) is not None for other in expr.args[1:]):
+        # only the first argument was differentiated: atan2(c, x)'s gradient came out 0
+        raise _Unsupported(f"no derivative rule for intrinsic {name} in {show(expr)} "
+                           f"through its argument(s) after the first")
     if da is None:
         return None
     one = _const(1, dtype)
