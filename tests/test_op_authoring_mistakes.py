@@ -184,6 +184,22 @@ def test_an_intrinsic_without_a_rule_is_refused_through_any_argument():
         sign_from.vjp(np.ones(2), np.array([-1.0, 1.0]))
 
 
+def test_a_derived_gradient_through_an_extern_stage_is_refused():
+    """Its path was dropped: (2x via te.extern) * x got the gradient 2x, not 4x."""
+    @tvf.op
+    def doubled_times(x):
+        def double(ins, outs):
+            i = tvm.tirx.Var("i", "int32")
+            return tvm.tirx.For(i, 0, ins[0].shape[0], tvm.tirx.ForKind.SERIAL, tvm.tirx.BufferStore(
+                outs[0], tvm.tirx.BufferLoad(ins[0], [i]) * tvm.tirx.const(2.0, "float64"), [i]))
+        doubled = te.extern(x.shape, [x], double, name="doubled", dtype="float64")
+        return te.compute(x.shape, lambda i: doubled[i] * x[i], name="doubled_times")
+    x = np.array([0.5, -1.0])
+    np.testing.assert_array_equal(doubled_times(x), 2 * x * x)
+    with pytest.raises(GradientError, match="stage 'doubled' is no te.compute"):
+        doubled_times.vjp(np.ones(2), x)
+
+
 def test_a_derived_gradient_through_a_floats_bits_is_refused():
     @tvf.op
     def bit_abs(x):

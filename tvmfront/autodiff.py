@@ -1527,9 +1527,12 @@ def derive(name, outputs, inputs, output_grads, needs=None):
     # tensors on a path from a wanted input: only those need adjoints
     live = set(wanted)
     for t in order:
-        if isinstance(t.op, te.ComputeOp) and _key(t) not in wanted and \
-                any(_key(p) in live for p in t.op.input_tensors):
-            live.add(_key(t))
+        if _key(t) in wanted or not any(_key(p) in live for p in t.op.input_tensors):
+            continue
+        if not isinstance(t.op, te.ComputeOp):  # its path had been dropped: a gradient short
+            raise _Unsupported(f"stage '{t.op.name}' is no te.compute ({type(t.op).__name__}: "
+                               f"a te.extern call): no derivative through it")
+        live.add(_key(t))
     for t in reversed(order):
         k = _key(t)
         if k in wanted or k not in adj or not isinstance(t.op, te.ComputeOp):
