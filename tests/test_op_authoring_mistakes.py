@@ -200,6 +200,18 @@ def test_a_derived_gradient_through_an_extern_stage_is_refused():
         doubled_times.vjp(np.ones(2), x)
 
 
+def test_a_wrap_around_read_is_refused_not_a_zero_gradient():
+    """x[(i + 1) % 4]: TVM's iter-map detection dropped the offset, and every element's
+    gradient came out 0 (a compiled step never moved the parameter)."""
+    @tvf.op
+    def rotated(x):
+        return te.compute((4,), lambda i: x[(i + 1) % 4], name="rotated")
+    np.testing.assert_array_equal(rotated(np.arange(4.0)), [1.0, 2.0, 3.0, 0.0])
+    with pytest.raises(GradientError, match=r"index \[\(\(i \+ 1\) % 4\)\]: its inverse could "
+                                            r"not be verified"):
+        rotated.vjp(np.ones(4), np.arange(4.0))
+
+
 def test_a_derived_gradient_through_a_floats_bits_is_refused():
     @tvf.op
     def bit_abs(x):

@@ -585,12 +585,28 @@ def _solve_bijective(indices, loops, j):
         except KeyError:  # an extent-1 loop, folded to a constant by detect_iter_map
             sub[lp.var] = _const(lp.start, _dtype(lp.var))
         guards += [sub[lp.var] >= lp.start, sub[lp.var] < lp.start + lp.extent]
+    _check_round_trip(indices, used, domain, sub, j)
     # The inverse formula is only right on the read's image: an element j the forward never
     # reads (a read covering part of its input) gets loop values outside their ranges, or
     # inside them but mapping back to another element. Both contribute zero.
     for k, e in enumerate(indices):
         guards.append(P.EQ(*_promote(substitute(e, sub), j[k])))
     return sub, guards, [lp for lp in loops if lp not in used], {}
+
+
+def _check_round_trip(indices, used, domain, sub, j):
+    """Refuse an inverse that does not take every loop point back to itself. detect_iter_map
+    takes (i + 1) % 4 for the map i (the offset dropped), and the guards below then turned
+    every element's gradient into 0, silently."""
+    analyzer = tvm.sym.Analyzer()
+    for var, rng in domain.items():
+        analyzer.bind(var, rng)
+    back = {jk: e for jk, e in zip(j, indices)}
+    for lp in used:
+        if not analyzer.can_prove(P.EQ(*_promote(substitute(sub[lp.var], back), lp.var))):
+            raise _Unsupported(f"index [{', '.join(show(e) for e in indices)}]: its inverse "
+                               f"could not be verified (a wrap-around such as (i + 1) % n is "
+                               f"not supported)")
 
 
 def _divisors(indices):
