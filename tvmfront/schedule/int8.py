@@ -406,18 +406,23 @@ def _vectorize_epilogue(sch, block, tile, image_rows=False, channels_first=False
         _probe("fuse the int8 epilogue's image rows", err)
         trial = sch.copy()
     sch = trial
-    outer, inner = sch.get_loops(block)[-2:]
+    loops = sch.get_loops(block)
+    # the loops under the tile: one where the other's extent is 1 (a Linear of width 1)
+    *outer, inner = loops[_position(sch, loops, tile) + 1:][-2:] or [None]
+    if inner is None:
+        return sch, ""
     trial = sch.copy()
     try:
         if _const(trial.get(inner).extent) is None:
             raise NotApplicable("a symbolic tile")
         trial.vectorize(inner)
-        _unroll(trial, outer)
+        for lp in outer:
+            _unroll(trial, lp)
         return trial, ""
     except Exception as err:  # noqa: BLE001 - scalar, unrolled
         _probe("vectorize the int8 epilogue", err)
-        _unroll(sch, outer)
-        _unroll(sch, inner)
+        for lp in (*outer, inner):
+            _unroll(sch, lp)
         return sch, ""
 
 
