@@ -41,6 +41,7 @@ says more; a file imports only the ones listed before it):
 - ``gemv``: matrix times vector (a Linear layer at batch 1);
 - ``reductions``: reductions with no vectorizable output axis (scalar tiles, plain loops),
   and sums over leading axes split across the cores;
+- ``tile_reads``: whether an epilogue computed under a tile reads only what the tile wrote;
 - ``int8``: ops.int8's packed GEMM tensorized with the CPU's 8-bit dot product;
 - ``dispatch``: the entry points and the order in which rules are tried.
 
@@ -55,7 +56,8 @@ x86 unless TVM_NUM_THREADS is set.
 
 from . import (analysis, conv, conv_forward, conv_phases, conv_weight_grad, deferred_writeback,
                dispatch, failures, gemm, gemv, int8, loops, pad_borders, padded_terms, params,
-               phase_writes, predicates, reductions, spatial, window_blocks, window_reindex)
+               phase_writes, predicates, reductions, spatial, tile_reads, window_blocks,
+               window_reindex)
 from .analysis import kernel_work, loop_kinds
 from .dispatch import RULE_ATTR, SCHEDULED_ATTR, default_cpu_schedule, is_scheduled, \
     schedule_prim_func
@@ -69,7 +71,8 @@ __all__ = ["CpuParams", "NotApplicable", "RULE_ATTR", "SCHEDULED_ATTR", "SMALL_W
 # In import order: a file imports only those before it (tests/test_layering.py).
 FILES = (params, failures, analysis, loops, predicates, deferred_writeback, phase_writes,
          pad_borders, padded_terms, window_blocks, conv, spatial, gemm, window_reindex,
-         conv_forward, conv_phases, conv_weight_grad, gemv, reductions, int8, dispatch)
+         conv_forward, conv_phases, conv_weight_grad, gemv, reductions, tile_reads, int8,
+         dispatch)
 
 
 def __getattr__(name):

@@ -16,7 +16,7 @@ import math
 from .._tvm import tirx
 from .failures import NotApplicable, _probe
 from .analysis import (_BlockInfo, _const, _elements, _has_if_then_else, _reduction_iters,
-                       _root_blocks, _size, _walk_block_exprs)
+                       _root_blocks, _size, _walk_block_exprs, _walk_stmts)
 from .loops import _parallel_worth_it, _parallelize, _vector_factor
 from .conv import _schedule_spatial_split, _split_divisors
 
@@ -57,7 +57,9 @@ def _nest_pointwise_outputs(sch):
     miscompiles a vectorized loop in which one block writes an intermediate buffer and a
     later one reads it (every lane read the last lane's value: a user op's compiled gradient
     wrong where its eager one was right)."""
-    outputs = {sch.get(b).name_hint for b in sch.get_output_blocks(sch.get_sblock("root"))}
+    allocated = set()  # the kernel's intermediates (its outputs are its parameters')
+    _walk_stmts(sch.mod["main"].body, lambda node: allocated.update(
+        b.name for b in getattr(node, "alloc_buffers", None) or ()))
     nested = []
     run, key = [], None
     for block in [*_root_blocks(sch), None]:
@@ -67,7 +69,7 @@ def _nest_pointwise_outputs(sch):
         # copies, which a merged loop would lose: the Transformer's d(qkv) 34 -> 204 us),
         # checked last, on candidates only: it walks the whole expression
         if this is not None and this == key and _reads_in_place(info, run) and \
-                all(i.name in outputs for i in run) and \
+                not any(i.write.source.name in allocated for i in run) and \
                 not _has_if_then_else(info.stmt) and \
                 (len(run) > 1 or not _has_if_then_else(run[0].stmt)):
             run.append(info)
