@@ -73,6 +73,16 @@ def launch(mpiexec, n, scenario, out, timeout=120, env=None, args=()):
     return proc, seconds, results
 
 
+def _assert_job_ended(proc, seconds, ranks, *fragments):
+    """A launch (launch's result) that failed as a whole within a minute, no rank finishing,
+    its output holding each fragment."""
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and not ranks, output
+    for fragment in fragments:
+        assert fragment in output, (fragment, output)
+    assert seconds < 60, seconds
+
+
 def test_two_ranks_follow_one_rank_at_twice_the_batch(mpiexec, tmp_path):
     x, y = worker.digits64()
     reference = tvf.Trainer(worker.lenet(100), seed=0, progress=False)  # rank 0's init
@@ -118,11 +128,8 @@ def test_two_ranks_follow_one_rank_at_twice_the_batch(mpiexec, tmp_path):
 
 def test_a_killed_rank_ends_the_job_and_its_checkpoint_resumes(mpiexec, tmp_path):
     worker.mlp(0, norm=False)  # fills the compile cache for the ranks
-    proc, seconds, ranks = launch(mpiexec, 2, "kill", tmp_path, timeout=90)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode != 0 and not ranks, output
-    assert "signal 9" in output, output  # the launcher names the death
-    assert seconds < 60, seconds
+    # the launcher names the death
+    _assert_job_ended(*launch(mpiexec, 2, "kill", tmp_path, timeout=90), "signal 9")
 
     # rank 0's checkpoint (after 2 epochs) resumes on 2 ranks of 16 ...
     proc, _, ranks = launch(mpiexec, 2, "resume", tmp_path, env={"LOCAL_BATCH": "16"})
@@ -141,23 +148,16 @@ def test_a_killed_rank_ends_the_job_and_its_checkpoint_resumes(mpiexec, tmp_path
 
 def test_a_rank_that_exits_early_ends_the_job_at_once(mpiexec, tmp_path):
     worker.mlp(0, norm=False)
-    proc, seconds, ranks = launch(mpiexec, 2, "exit", tmp_path, timeout=90,
-                                  env={"TVMFRONT_DIST_TIMEOUT": "600"})
-    output = proc.stdout + proc.stderr
-    assert proc.returncode != 0 and not ranks, output
-    assert "rank(s) 1 left the job" in output and "aborting the job" in output, output
-    assert seconds < 60, seconds
+    _assert_job_ended(*launch(mpiexec, 2, "exit", tmp_path, timeout=90,
+                              env={"TVMFRONT_DIST_TIMEOUT": "600"}),
+                      "rank(s) 1 left the job", "aborting the job")
 
 
 def test_a_hung_rank_times_out_and_ends_the_job(mpiexec, tmp_path):
     worker.mlp(0, norm=False)
-    proc, seconds, ranks = launch(mpiexec, 2, "hang", tmp_path, timeout=90,
-                                  env={"TVMFRONT_DIST_TIMEOUT": "3"})
-    output = proc.stdout + proc.stderr
-    assert proc.returncode != 0 and not ranks, output
-    assert "DistributedError" in output and "waited" in output, output
-    assert "aborting the job" in output, output
-    assert seconds < 60, seconds
+    _assert_job_ended(*launch(mpiexec, 2, "hang", tmp_path, timeout=90,
+                              env={"TVMFRONT_DIST_TIMEOUT": "3"}),
+                      "DistributedError", "waited", "aborting the job")
 
 
 def test_lenet_example_trains_on_two_ranks(mpiexec, tmp_path):
