@@ -174,6 +174,45 @@ def test_two_argument_intrinsics_differentiate_through_either_argument(form, clo
     assert tvf.gradcheck(two_args, [x])
 
 
+def _zero(dtype="float64"):
+    return tvm.tirx.const(0.0, dtype)
+
+
+@pytest.mark.parametrize("form, live", [
+    (lambda v: te.sqrt(te.max(v, _zero())), lambda x: x > 0),
+    (lambda v: te.power(te.max(v, _zero()), tvm.tirx.const(0.5, "float64")), lambda x: x > 0),
+    (lambda v: te.sqrt(te.if_then_else(v > 0, v, _zero())), lambda x: x > 0),
+    (lambda v: te.sqrt(te.min(v, _zero()) * -1.0), lambda x: x < 0),
+    (lambda v: te.max(v, _zero()) / te.sqrt(te.max(v, _zero())), lambda x: x > 0),
+], ids=["sqrt-max", "pow-max", "sqrt-select", "sqrt-min-scaled", "quotient"])
+def test_a_masked_derivative_is_zero_where_its_mask_is_off(form, live):
+    """sqrt(max(x, 0)) had the gradient 0 * (0.5 / sqrt(0)) = NaN at every x < 0, where
+    PyTorch's where(mask, grad, 0) gives 0: the outer factor now goes inside the select."""
+    @tvf.op
+    def masked(x):
+        return te.compute(x.shape, lambda *i: form(x(*i)), name="masked")
+    x = np.array([-1.0, -0.3, 0.4, 1.2])
+    grad = masked.vjp(np.ones(4), x)[0]
+    np.testing.assert_array_equal(grad[~live(x)], 0.0)
+    assert np.isfinite(grad).all() and (grad[live(x)] != 0).all(), grad
+
+
+def test_a_masked_derivative_trains_without_nan():
+    """The compiled step's parameters were NaN after one step through sqrt(max(x, 0))."""
+    @tvf.op
+    def sqrt_relu(x):
+        return te.compute(x.shape, lambda *i: te.sqrt(te.max(x(*i), _zero(x.dtype))),
+                          name="sqrt_relu")
+    with tvf.derived_gradients():
+        module = tvf.compile_training(_model(sqrt_relu), nn.CrossEntropyLoss(),
+                                      tvf.optim.SGD(0.1), inputs=(8, 4), labels=(8,))
+    x = np.random.default_rng(3).standard_normal((8, 4)).astype("float32")
+    before = module.state_dict()["a.weight"].copy()
+    module.step(x, np.arange(8) % 2)
+    after = module.state_dict()["a.weight"]
+    assert np.isfinite(after).all() and not np.array_equal(after, before)
+
+
 def test_an_intrinsic_without_a_rule_is_refused_through_any_argument():
     @tvf.op
     def sign_from(x):

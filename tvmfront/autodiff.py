@@ -220,7 +220,30 @@ def _add(a, b):
 
 
 def _mul(d, factor):
-    return None if d is None else d * factor
+    return _chain(d, lambda v: v * factor)
+
+
+def _is_zero(e):
+    return isinstance(e, P.FloatImm) and e.value == 0
+
+
+def _chain(d, apply):
+    """apply(d) (the chain rule's product with an outer factor), taken inside each branch of a
+    selected derivative that has a zero branch: where the select picks 0 the result is 0
+    whatever the factor, as PyTorch's where(mask, grad, 0). Outside, sqrt(max(x, 0))'s
+    gradient was 0 * (0.5 / 0) = NaN at every x < 0 (PyTorch: 0)."""
+    if d is None:
+        return None
+    if isinstance(d, Call) and d.op.name == "prim.if_then_else":
+        cond, t, f = d.args
+    elif isinstance(d, P.Select):
+        cond, t, f = d.condition, d.true_value, d.false_value
+    else:
+        return apply(d)
+    if not (_is_zero(t) or _is_zero(f)):
+        return apply(d)  # both branches live: one product, not one in each
+    t, f = (t if _is_zero(t) else _chain(t, apply)), (f if _is_zero(f) else _chain(f, apply))
+    return type(d)(cond, t, f) if isinstance(d, P.Select) else tvm.tirx.if_then_else(cond, t, f)
 
 
 def _if(cond, t, f, dtype):
@@ -268,8 +291,8 @@ def diff(expr, target):
         da, db = diff(expr.a, target), diff(expr.b, target)
         # d/db = -(a / b) / b, as PyTorch's DivBackward: -a / (b * b) loses a representable
         # gradient wherever b * b leaves float32 (a = 1e30, b = 1e20: -1e-10 came out -0)
-        return _add(None if da is None else da / expr.b,
-                    None if db is None else -(expr.a / expr.b) / expr.b * db)
+        return _add(_chain(da, lambda v: v / expr.b),
+                    _chain(db, lambda v: -(expr.a / expr.b) / expr.b * v))
     if isinstance(expr, (P.Max, P.Min)):
         pick_a = expr.a >= expr.b if isinstance(expr, P.Max) else expr.a <= expr.b
         return _if(pick_a, diff(expr.a, target), diff(expr.b, target), dtype)
@@ -359,7 +382,7 @@ def _diff_call(expr, target, dtype):
     }
     if name not in rules:
         raise _Unsupported(f"no derivative rule for intrinsic {name} in {show(expr)}")
-    return da * rules[name]()
+    return _chain(da, lambda v: v * rules[name]())
 
 
 # ---- adjoint of one read: solve the index equation -------------------------------------------
