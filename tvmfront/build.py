@@ -15,7 +15,7 @@ from .tuning import policy as records_mod
 from .tuning import symbolic
 from ._tvm import (cpu_vector_bits, cross_compiler_name, device_available, export_library,
                    host_arch, load_module, normalize_prim_func, prim_func_type, relax,
-                   structural_hash, target_arch, tvm)
+                   structural_hash, target_arch, tirx, tvm)
 from .target import resolve_target, target_key
 
 log = config.logger("build")
@@ -236,12 +236,26 @@ def compile_kernels(mod, target):
                            tir_pipeline=kernel_tir_pipeline())
 
 
+# The name under which kernel_tir_pipeline registers the TIR pipeline with TVM.
+KERNEL_PIPELINE = "tvmfront"
+
+
 def kernel_tir_pipeline():
     """The name of the TIR pipeline every kernel build uses (tvm.compile's tir_pipeline,
-    tvm.tirx.build's pipeline): TVM's default after tvmfront.denormals' FlushDenormals."""
-    from . import denormals
+    tvm.tirx.build's pipeline), registered with TVM: index_division's PositiveDivisions (a
+    TVM index bug), tvmfront.denormals' FlushDenormals (where config.flush_denormals()), then
+    TVM's default."""
+    from . import denormals, index_division
 
-    return denormals.register_pipeline()
+    def factory():
+        lower, host, device = tirx.get_tir_pipeline("default")
+        first = [index_division.module_pass()]
+        if config.flush_denormals():
+            first.append(denormals.module_pass())
+        return tvm.transform.Sequential([*first, lower]), host, device
+
+    tirx.register_tir_pipeline(KERNEL_PIPELINE, factory)
+    return KERNEL_PIPELINE
 
 
 def vm_pipeline():

@@ -25,7 +25,6 @@ whose kernels TVM builds without such a prologue), and op.eager's unscheduled ke
 opcheck and gradcheck run), keep IEEE arithmetic.
 """
 
-from . import config
 from ._tvm import s_tir, target_arch, tirx, tvm
 from .tir_walk import rebuild, with_block
 
@@ -35,23 +34,6 @@ MXCSR_FLUSH = 0x8040
 FPCR_FLUSH = 1 << 24
 
 ARCHES = ("x86_64", "aarch64")
-
-# The TIR pipeline kernels are built with (register_pipeline): TVM's own, after FlushDenormals.
-PIPELINE = "tvmfront"
-
-
-def register_pipeline():
-    """Register PIPELINE with TVM (tvm.compile's tir_pipeline, tvm.tirx.build's pipeline) and
-    return its name: FlushDenormals (where config.flush_denormals()), then TVM's default."""
-    def factory():
-        lower, host, device = tirx.get_tir_pipeline("default")
-        if not config.flush_denormals():
-            return lower, host, device
-        return tvm.transform.Sequential([module_pass(), lower]), host, device
-
-    tirx.register_tir_pipeline(PIPELINE, factory)
-    return PIPELINE
-
 
 def _arch(func):
     """The architecture in ARCHES whose CPU runs `func` (by its target attribute), else None."""

@@ -25,7 +25,7 @@ import itertools
 
 import numpy as np
 
-from . import boundcheck, config
+from . import boundcheck, config, index_division
 from ._tvm import register_global_func, relax, te, to_device, tvm
 from .autodiff import _dtype, _is_load, _nodes, derive_for_op, show
 from .errors import GradientError, ShapeError
@@ -385,8 +385,8 @@ class Op:
                                 derived=which == "derived", **attrs)
             args = dyp + xs + outs
         checks = boundcheck.read_checks(outs) if checked else []
-        lib = tvm.compile(te.create_prim_func(args + [c for c, _ in checks]),
-                          target=_EAGER_TARGET)
+        func = te.create_prim_func(args + [c for c, _ in checks])
+        lib = tvm.compile(index_division.rewrite_func(func), target=_EAGER_TARGET)
         spec = [(tuple(int(d) for d in o.shape), o.dtype) for o in outs]
         kernel = (lib, spec, isinstance(out, (list, tuple)) if which == "forward" else True,
                   [d for _, d in checks])
