@@ -162,6 +162,8 @@ def test_a_reducer_other_than_sum_max_min_is_refused_not_misread(reducer):
     (lambda x: tvm.tirx.atan2(tvm.tirx.const(1.0, "float64"), x), lambda x: -1 / (1 + x * x)),
     (lambda x: tvm.tirx.atan2(x, tvm.tirx.const(2.0, "float64")), lambda x: 2 / (4 + x * x)),
     (lambda x: tvm.tirx.hypot(x, x * 3), lambda x: np.sign(x) * np.sqrt(10.0)),
+    (lambda x: te.fmod(x * 3.0, tvm.tirx.const(1.25, "float64")), lambda x: 3.0 + 0 * x),
+    (lambda x: te.fmod(tvm.tirx.const(5.0, "float64"), x), lambda x: -np.trunc(5.0 / x)),
 ])
 def test_two_argument_intrinsics_differentiate_through_either_argument(form, closed):
     """Only the first argument was differentiated: atan2(1, x) and hypot(2, x) had a zero
@@ -169,7 +171,7 @@ def test_two_argument_intrinsics_differentiate_through_either_argument(form, clo
     @tvf.op
     def two_args(x):
         return te.compute(x.shape, lambda i: form(x[i]), name="two_args")
-    x = np.array([-1.5, -0.2, 0.7, 2.0])
+    x = np.array([-1.5, -0.3, 0.7, 2.0])  # (none where fmod(5, x) jumps: 5 / x whole)
     np.testing.assert_allclose(two_args.vjp(np.ones(4), x)[0], closed(x), rtol=1e-12)
     assert tvf.gradcheck(two_args, [x])
 
@@ -211,6 +213,24 @@ def test_a_masked_derivative_trains_without_nan():
     module.step(x, np.arange(8) % 2)
     after = module.state_dict()["a.weight"]
     assert np.isfinite(after).all() and not np.array_equal(after, before)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fmod_builds_and_computes_cs_fmod(dtype):
+    """te.fmod had no CPU lowering in TVM 0.27: 'unknown intrinsic tirx.fmod' at the build."""
+    @tvf.op
+    def remainder(x, y):
+        return te.compute(x.shape, lambda i: te.fmod(x[i], y[i]), name="remainder")
+    x = np.array([-4.0, -1.6, 0.3, 2.9, 1e7, 7.0], dtype)
+    y = np.array([1.5, 1.5, -0.7, -1.2, 3.1, 7.0], dtype)
+    np.testing.assert_array_equal(remainder(x, y), np.fmod(x, y))
+
+    class Model(nn.Module):
+        def forward(self, x):
+            return remainder(x, x * 0.0 + 1.5)
+    module = tvf.compile_inference(Model(), inputs=(6,))
+    x = x.astype("float32")
+    np.testing.assert_allclose(np.asarray(module(x)), np.fmod(x, np.float32(1.5)), rtol=1e-6)
 
 
 def test_an_intrinsic_without_a_rule_is_refused_through_any_argument():

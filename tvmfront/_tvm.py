@@ -28,14 +28,34 @@ _pending = []  # (function name in tvm_ffi, args, kwargs) registered before TVM 
 
 def _tvm_loaded():
     """Import TVM (once) and replay the registrations made before."""
-    if "tvm" not in _sys.modules or _pending:
+    if "tvm" not in _sys.modules or _pending or not _lowerings:
         import tvm_ffi
 
         _importlib.import_module("tvm")
         while _pending:
             name, args, kwargs = _pending.pop(0)
             getattr(tvm_ffi, name)(*args, **kwargs)
+        if not _lowerings:
+            _register_lowerings()
     return _sys.modules["tvm"]
+
+
+_lowerings = []  # the intrinsic lowerings _register_lowerings added (once per process)
+
+
+def _register_lowerings():
+    """CPU lowerings TVM 0.27 lacks: te.fmod had none ("unknown intrinsic tirx.fmod" when
+    its kernel was built); it becomes libm's fmod/fmodf, as C computes it."""
+    tvm = _sys.modules["tvm"]
+
+    def lower_fmod(call):
+        dtype = str(call.ty)
+        name = {"float32": "fmodf", "float64": "fmod"}.get(dtype)
+        return tvm.tirx.call_pure_extern(dtype, name, *call.args) if name else call
+
+    if tvm.ir.Op.get("tirx.fmod").get_attr("llvm.FLowerIntrinsic") is None:  # (a newer TVM's)
+        tvm.ir.register_op_attr("tirx.fmod", "llvm.FLowerIntrinsic", lower_fmod, level=10)
+    _lowerings.append("tirx.fmod")
 
 
 class _LazyModule:

@@ -360,6 +360,9 @@ def _diff_call(expr, target, dtype):
             return _add(_mul(da, a / expr), _mul(db, b / expr))
         norm = a * a + b * b  # atan2(a, b): d/da = b / norm, d/db = -a / norm
         return _add(_mul(da, b / norm), _mul(db, -a / norm))
+    if name == "tirx.fmod":  # as PyTorch's: d/da = 1, d/db = -trunc(a / b)
+        b = expr.args[1]
+        return _add(da, _mul(diff(b, target), -te.trunc(a / b)))
     if any(diff(other, target) is not None for other in expr.args[1:]):
         # only the first argument was differentiated: atan2(c, x)'s gradient came out 0
         raise _Unsupported(f"no derivative rule for intrinsic {name} in {show(expr)} "
