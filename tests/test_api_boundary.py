@@ -104,3 +104,22 @@ def test_float_labels_for_cross_entropy_are_refused():
                                              "got dtype float32"):
         tvf.compile_training(_model(), nn.CrossEntropyLoss(), tvf.optim.SGD(0.1),
                              inputs=(6, 4), labels=tvf.TensorSpec((6,), "float32"))
+
+
+def _masked(a):
+    return np.ma.array(a, mask=np.arange(a.size).reshape(a.shape) % 2 == 0)
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda m, x, y: m.step(_masked(x), y), "x"),
+    (lambda m, x, y: m.step(x, _masked(y)), "y"),
+    (lambda m, x, y: m.load_state_dict({k: _masked(np.asarray(v))
+                                        for k, v in m.state_dict().items()}), "parameter"),
+    (lambda m, x, y: tvf.compile_inference(_model(), inputs=x).predict(_masked(x)), "x"),
+    (lambda m, x, y: nn.Linear(4, 3)(_masked(x)), "op .dense."),
+])
+def test_masked_arrays_are_refused_not_read_without_their_mask(trained, call, name):
+    """A masked array passed the ndarray check and its masked values were read as they are."""
+    module, x, y = trained
+    with pytest.raises(TypeError, match=f"{name}.*a masked array; its mask would be ignored"):
+        call(module, x, y)

@@ -407,7 +407,7 @@ class Op:
     def eager(self, *arrays, **attrs):
         """Run the forward on numpy arrays (kernel compiled once per shapes/dtypes/attrs)."""
         self.check_attrs(attrs, len(arrays))
-        arrays = [_as_array(a) for a in arrays]
+        arrays = [_as_array(a, self.name) for a in arrays]
         return self._run(self._kernel("forward", arrays, attrs), arrays)
 
     def vjp(self, dy, *arrays, derived=None, **attrs):
@@ -417,12 +417,12 @@ class Op:
         `derived=False` the explicit one even inside `derived_gradients()`; None (default):
         the explicit one unless inside `derived_gradients()` or there is none."""
         self.check_attrs(attrs, len(arrays))
-        arrays = [_as_array(a) for a in arrays]
+        arrays = [_as_array(a, self.name) for a in arrays]
         _, specs, several, _ = self._kernel("forward", arrays, attrs)
         if several and not isinstance(dy, (list, tuple)):
             raise ShapeError(f"op '{self.name}' has {len(specs)} outputs: pass a list of "
                              f"{len(specs)} output gradients, got one array")
-        dys = [np.asarray(d) for d in dy] if several else [np.asarray(dy)]
+        dys = [_as_array(d, self.name) for d in dy] if several else [_as_array(dy, self.name)]
         if len(dys) != len(specs):
             raise ShapeError(f"op '{self.name}' has {len(specs)} outputs, got {len(dys)} output "
                              "gradients")
@@ -446,11 +446,15 @@ def op(fn=None, *, name=None):
     return Op(fn, name=name)
 
 
-def _as_array(a):
+def _as_array(a, op_name):
     """`a` as a numpy array: a TVM runtime tensor through .numpy() (np.asarray made it a 0-d
-    object array, refused as 'unknown dtype object')."""
+    object array, refused as 'unknown dtype object'); a masked array refused."""
     if not isinstance(a, np.ndarray) and hasattr(a, "numpy") and hasattr(a, "shape"):
         return a.numpy()
+    if isinstance(a, np.ma.MaskedArray):  # np.asarray drops the mask
+        raise TypeError(f"op '{op_name}': a masked array; its mask would be ignored. Pass "
+                        f"array.filled(value) (or np.ma.getdata(array) for the data as they "
+                        f"are)")
     return np.asarray(a)
 
 

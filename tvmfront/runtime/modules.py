@@ -50,8 +50,17 @@ def _check(name, array, spec, batch_free=False, sizes=None):
     batch_free: axis 0 may have any size (predict splits the samples into batches)."""
     if not isinstance(array, np.ndarray):
         raise ShapeError(f"{name}: expected a numpy array, got {type(array).__name__}")
+    _refuse_masked(name, array)
     _match(name, list(array.shape), _same_dtype(array, spec["dtype"]), array.dtype, spec,
            {} if sizes is None else sizes, batch_free)
+
+
+def _refuse_masked(name, array):
+    """A masked array's mask would be dropped (its data read as they are, masked or not)."""
+    if isinstance(array, np.ma.MaskedArray):
+        raise TypeError(f"{name}: a masked array; its mask would be ignored. Pass "
+                        f"array.filled(value) (or np.ma.getdata(array) for the data as they "
+                        f"are)")
 
 
 def _match(name, got, dtype_ok, got_dtype, spec, sizes, batch_free=False):
@@ -426,6 +435,7 @@ class _Compiled:
         state = {n: _dlpack_view(v) for n, v in state.items()}
         for spec in specs:
             kind = "buffer" if spec["name"] in buffers else what
+            _refuse_masked(f"{kind} '{spec['name']}'", state[spec["name"]])
             _check(f"{kind} '{spec['name']}'", np.asarray(state[spec["name"]]), spec)
         return [self._to_device(state[n]) for n in names]
 
