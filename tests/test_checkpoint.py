@@ -158,8 +158,11 @@ def test_the_sha256_covers_the_metadata(saved, tmp_path):
 
 
 @pytest.mark.parametrize("change, match", [
-    (lambda m: m.update(step="abc"), "'step' must be an integer >= 0, got 'abc'"),
-    (lambda m: m.update(step=-7), "'step' must be an integer >= 0, got -7"),
+    (lambda m: m.update(step="abc"), "'step' must be an integer in \\[0, 2\\*\\*63\\), got 'abc'"),
+    (lambda m: m.update(step=-7), "'step' must be an integer in \\[0, 2\\*\\*63\\), got -7"),
+    (lambda m: m.update(step=2**63), "'step' must be an integer in \\[0, 2\\*\\*63\\)"),
+    (lambda m: m.update(in_epoch={"steps": 2, "batch": 8, "losses": [1.0], "sizes": [8, 8],
+                                  "lr": None}), "'in_epoch' must be fit's position"),
     (lambda m: m.pop("step"), "lacks 'step'"),
     (lambda m: m.pop("lr"), "lacks 'lr'"),
     (lambda m: m.update(lr=float("nan")), "'lr' must be a finite number >= 0"),
@@ -168,7 +171,7 @@ def test_the_sha256_covers_the_metadata(saved, tmp_path):
     (lambda m: m.update(history=5), "'history' must be a list"),
     (lambda m: m.pop("seed"), "lacks 'seed'"),
     (lambda m: m.update(batch_size=0), "'batch_size' must be null or an integer >= 1"),
-], ids=["step-str", "step-negative", "no-step", "no-lr", "lr-nan", "lr-negative",
+], ids=["step-str", "step-negative", "step-past-int64", "in-epoch-short", "no-step", "no-lr", "lr-nan", "lr-negative",
         "lr-past-float32", "history-int", "no-seed", "batch-size-0"])
 def test_bad_metadata_is_refused_before_anything_changes(saved, tmp_path, change, match):
     # these had raised KeyError/TypeError after the parameters were replaced, or loaded
@@ -229,3 +232,78 @@ def test_checkpoint_of_a_model_with_buffers_resumes_them(tmp_path):
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
     assert trainer.module.step(x[:8], y[:8]) == resumed.module.step(x[:8], y[:8])
+
+
+def _save_at(trainer, path, at):
+    """on_step saving `trainer`'s checkpoint at train step `at`."""
+    def on_step(module):
+        if module.step_count == at:
+            trainer.save_checkpoint(path)
+    return on_step
+
+
+def _shift(xb, rng):  # an augmentation drawing from the epoch's rng
+    return xb + rng.standard_normal(xb.shape).astype(xb.dtype) * 0.1
+
+
+@pytest.mark.parametrize("at", [7, 10], ids=["mid-epoch", "epoch-end"])
+def test_a_checkpoint_saved_within_an_epoch_resumes_there(tmp_path, at):
+    """Saved from on_step at step 7 (2 of epoch 2's 5 batches done), the resumed fit replayed
+    the whole epoch: 12 steps for 10, other weights (0.03 apart), another epoch loss. At the
+    epoch's last step (10) it replayed the whole epoch too."""
+    path = str(tmp_path / "mid.safetensors")
+    x, y = _data()
+    uninterrupted = tvf.Trainer(_module(0), seed=5, progress=False)
+    uninterrupted.fit(x, y, epochs=1, augment=_shift)
+    uninterrupted.fit(x, y, epochs=2, augment=_shift,
+                      on_step=_save_at(uninterrupted, path, at))
+    resumed = tvf.Trainer(_module(1), seed=0, progress=False)
+    resumed.load_checkpoint(path)
+    assert resumed.module.step_count == at and len(resumed.history) == 1
+    resumed.fit(x, y, epochs=2, augment=_shift)
+    assert resumed.module.step_count == uninterrupted.module.step_count == 15
+    for mine, theirs in zip(resumed.history, uninterrupted.history):
+        assert {k: v for k, v in mine.items() if k != "samples_per_s"} == \
+            {k: v for k, v in theirs.items() if k != "samples_per_s"}
+    for n, v in uninterrupted.module.state_dict().items():
+        assert np.array_equal(resumed.module.state_dict()[n], v), n
+
+
+def test_a_mid_epoch_checkpoint_refuses_another_batch_size(tmp_path):
+    path = str(tmp_path / "mid.safetensors")
+    x, y = _data()
+    tvf.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    module = tvf.compile_training(model, nn.CrossEntropyLoss(), tvf.optim.SGD(0.1),
+                                  inputs=("batch", 4), labels=("batch",))
+    trainer = tvf.Trainer(module, progress=False)
+    trainer.fit(x, y, epochs=1, batch_size=8, on_step=_save_at(trainer, path, 2))
+    resumed = tvf.Trainer(module, progress=False).load_checkpoint(path)
+    with pytest.raises(ValueError, match="after 2 batches of 8 samples into epoch 1; it "
+                                         "resumes only with batches of 8 .*, not 10"):
+        resumed.fit(x, y, epochs=1, batch_size=10)
+
+
+def test_a_checkpoint_of_other_optimizer_settings_warns(saved):
+    """Loaded without a word into Adam(betas=(0.5, 0.9), eps=1e-3): its run then differed
+    from the saved one's by 0.02."""
+    path, _ = saved
+    tvf.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    other = tvf.compile_training(model, nn.CrossEntropyLoss(),
+                                 tvf.optim.Adam(0.05, betas=(0.5, 0.9), eps=1e-3),
+                                 inputs=(8, 4), labels=(8,))
+    with pytest.warns(UserWarning, match=r"Adam had betas=\[0.9, 0.999\], eps=1e-08; this "
+                                         r"module's has betas=\[0.5, 0.9\], eps=0.001"):
+        tvf.Trainer(other, progress=False).load_checkpoint(path)
+
+
+@pytest.mark.parametrize("loss, key", [
+    (nn.CrossEntropyLoss(label_smoothing=0.5), "label_smoothing=0.5"),
+    (nn.CrossEntropyLoss(ignore_index=1), "ignore_index=1"),
+])
+def test_a_trainer_loss_of_other_settings_is_refused(saved, loss, key):
+    """evaluate reported the given loss's value (and the compiled ignore_index's accuracy)."""
+    _, trainer = saved
+    with pytest.raises(ValueError, match=f"loss has {key}, but this module was compiled"):
+        tvf.Trainer(trainer.module, loss=loss)

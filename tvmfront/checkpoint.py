@@ -53,8 +53,22 @@ def _is_int(v, least=None):
 
 # what load_checkpoint uses from the metadata: key -> (check, what it must be); the other
 # keys are informative (target_key, ranks, lr_schedule's description)
+def _is_in_epoch(v):
+    """fit's position within an epoch (Trainer._in_epoch as save_checkpoint writes it)."""
+    if not isinstance(v, dict) or set(v) != {"steps", "batch", "losses", "sizes", "lr"}:
+        return False
+    return (_is_int(v["steps"], 1) and _is_int(v["batch"], 1)
+            and isinstance(v["losses"], list) and len(v["losses"]) == v["steps"]
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                    for x in v["losses"])
+            and isinstance(v["sizes"], list) and len(v["sizes"]) == v["steps"]
+            and all(_is_int(x, 1) for x in v["sizes"])
+            and (v["lr"] is None or is_rate(v["lr"])))
+
+
 _META = {
-    "step": (lambda v: _is_int(v, 0), "an integer >= 0"),
+    # (a step count beyond int64 loaded, then fit failed in numpy: OverflowError)
+    "step": (lambda v: _is_int(v, 0) and v < 2**63, "an integer in [0, 2**63)"),
     "epoch": (lambda v: _is_int(v, 0), "an integer >= 0"),
     "seed": (lambda v: _is_int(v, 0), "an integer >= 0"),
     "lr": (is_rate, "a finite number >= 0"),
@@ -63,8 +77,11 @@ _META = {
     "optimizer": (lambda v: isinstance(v, str), "a string"),
     "batch_size": (lambda v: v is None or _is_int(v, 1), "null or an integer >= 1"),
     "dropout_seed": (lambda v: _is_int(v, 0) and v < 2**64, "an integer in [0, 2**64)"),
+    "in_epoch": (_is_in_epoch, "fit's position within an epoch (steps, batch, losses, sizes, "
+                               "lr)"),
+    "optimizer_hyperparameters": (lambda v: isinstance(v, dict), "a JSON object"),
 }
-_OPTIONAL_META = {"batch_size", "dropout_seed"}
+_OPTIONAL_META = {"batch_size", "dropout_seed", "in_epoch", "optimizer_hyperparameters"}
 
 
 def _check_meta(path, meta):

@@ -226,10 +226,21 @@ class Trainer:
         self.loss = loss
         # the batch size of a module that takes any: set by fit, kept by checkpoints
         self.batch_size = None
+        # within an epoch fit is running: {"steps", "losses", "sizes", "batch", "lr"} (the
+        # batches done, their losses and sizes, the global batch size, the last lr), for
+        # save_checkpoint from on_step; after load_checkpoint of such a checkpoint, where the
+        # next fit resumes
+        self._in_epoch = None
         compiled = module.manifest.get("loss")
         if loss is not None and compiled is not None and compiled not in _loss_names(loss):
             raise ValueError(f"Trainer: loss {getattr(loss, 'name', loss)!r} is not the loss "
                              f"this module was compiled with ({compiled!r})")
+        for key in ("ignore_index", "label_smoothing"):  # a cross entropy's settings
+            # (evaluate reported one loss's value with another's ignore_index in its accuracy)
+            if loss is not None and key in module.manifest and hasattr(loss, key) and \
+                    getattr(loss, key) != module.manifest[key]:
+                raise ValueError(f"Trainer: loss has {key}={getattr(loss, key)!r}, but this "
+                                 f"module was compiled with {key}={module.manifest[key]!r}")
 
     @property
     def is_main(self):
@@ -244,9 +255,11 @@ class Trainer:
         self._parallel.broadcast_state()
         mine = {"seed": self.seed, "history": self.history, "batch_size": self.batch_size,
                 "dropout_seed": m.manifest.get("seed")}
+        mine["in_epoch"] = self._in_epoch
         state = self.world.broadcast_json(mine, "the trainer state")
         self.seed, self.history, self.batch_size = state["seed"], state["history"], \
             state["batch_size"]
+        self._in_epoch = state["in_epoch"]
         if state["dropout_seed"] is not None:
             m.manifest["seed"] = state["dropout_seed"]
 
@@ -333,17 +346,34 @@ class Trainer:
                 raise ValueError("fit: val must be (x, y) or (x, y, extras)")
             _evaluable(m.manifest, self.loss)  # before training, not after the first epoch
         start_epoch = len(self.history)
+        resumed = self._in_epoch
+        if epochs:
+            self._in_epoch = None
+        if resumed is not None and epochs and resumed["batch"] != gbs:
+            raise ValueError(f"fit: the checkpoint was saved after {resumed['steps']} batches "
+                             f"of {resumed['batch']} samples into epoch {start_epoch + 1}; "
+                             f"it resumes only with batches of {resumed['batch']} (ranks x "
+                             f"batch size), not {gbs}")
         for e in range(start_epoch, start_epoch + epochs):
             t0, losses, sizes = time.perf_counter(), [], []
+            skip, lr = 0, None
+            if resumed is not None and e == start_epoch:  # within the epoch a checkpoint left
+                skip, losses, sizes = resumed["steps"], resumed["losses"], resumed["sizes"]
+                lr = resumed["lr"]  # (the epoch's record when no step is left in it)
             # ranks augment their shards with draws of their own
             rng = np.random.default_rng((self.seed, e) if ranks == 1 else
                                         (self.seed, e, self.world.rank))
             for i, batch in enumerate(batches(x, y, gbs, shuffle=True, seed=self.seed + e,
                                               drop_last=not partial, extras=extras), 1):
-                sizes.append(len(batch[1]))
+                size = len(batch[1])  # the global batch's
                 if ranks > 1:
                     batch = shard(batch, self.world.rank, ranks)
                 xb, yb = batch[:2]
+                if i <= skip:  # trained before the checkpoint: only its augment draws again
+                    if augment is not None:
+                        augment(xb, rng)
+                    continue
+                sizes.append(size)
                 lr = self._lr(e, i)
                 if augment is not None:
                     xb = augment(xb, rng)
@@ -356,6 +386,8 @@ class Trainer:
                         f"(train step {m.step_count}); {_parameters_after(m)} Compile under "
                         f"tvf.debug_nans() to name the op that first produced NaN/Inf.",
                         epoch=e + 1, step=i)
+                self._in_epoch = {"steps": i, "losses": losses, "sizes": sizes, "batch": gbs,
+                                  "lr": lr}
                 if on_step is not None:
                     on_step(m)
                 rate = sum(sizes) / (time.perf_counter() - t0)
@@ -370,6 +402,7 @@ class Trainer:
                 if self._parallel is not None:  # the others wait for rank 0's metrics
                     metrics = self.world.broadcast_json(metrics, "the validation metrics")
                 record.update({f"val_{k}": v for k, v in metrics.items()})
+            self._in_epoch = None
             self.history.append(record)
             self.progress.end(e + 1, start_epoch + epochs, record)
         return self.history
@@ -386,6 +419,7 @@ class Trainer:
         meta = {"step": m.step_count, "epoch": len(self.history), "seed": self.seed,
                 "lr": m.lr, "history": self.history, "target_key": m.manifest.get("target_key"),
                 "optimizer": m.manifest["optimizer"]["name"],
+                "optimizer_hyperparameters": m.manifest["optimizer"].get("hyperparameters", {}),
                 "lr_schedule": _describe(self.lr_schedule)}
         if "seed" in m.manifest:  # dropout's key: a resumed run draws the masks it would have
             meta["dropout_seed"] = m.manifest["seed"]
@@ -393,6 +427,12 @@ class Trainer:
             meta["batch_size"] = self.batch_size
         if self.world is not None:  # informative: a resumed run may have another number
             meta["ranks"] = self.world.size
+        if self._in_epoch is not None:  # saved from on_step: fit resumes within the epoch
+            done = self._in_epoch
+            meta["in_epoch"] = {"steps": done["steps"], "batch": done["batch"],
+                                "losses": [float(v) for v in done["losses"]],
+                                "sizes": [int(v) for v in done["sizes"]],
+                                "lr": None if done["lr"] is None else float(done["lr"])}
         data = checkpoint.encode(m.state_dict(), m.optimizer_state(), meta)
         return checkpoint.write_atomic(path, data)
 
@@ -415,6 +455,15 @@ class Trainer:
         if meta.get("optimizer") != m.manifest["optimizer"]["name"]:
             raise CheckpointError(f"{path}: saved with optimizer {meta.get('optimizer')}, this "
                                   f"module trains with {m.manifest['optimizer']['name']}")
+        saved, mine = (meta.get("optimizer_hyperparameters"),
+                       m.manifest["optimizer"].get("hyperparameters", {}))
+        if saved is not None and saved != mine:
+            differ = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+            warnings.warn(f"{path}: saved by a run whose {meta['optimizer']} had "
+                          f"{', '.join(f'{k}={saved.get(k)!r}' for k in differ)}; this module's "
+                          f"has {', '.join(f'{k}={mine.get(k)!r}' for k in differ)}: it "
+                          f"continues from train step {meta['step']} with its own, not as the "
+                          f"saved run would have", stacklevel=2)
         saved, mine = meta.get("lr_schedule"), _describe(self.lr_schedule)
         if "lr_schedule" in meta and saved != mine:
             warnings.warn(f"{path}: saved by a run with lr_schedule {saved}, this trainer has "
@@ -430,6 +479,7 @@ class Trainer:
         if "dropout_seed" in meta and "seed" in m.manifest:
             m.manifest["seed"] = int(meta["dropout_seed"])
         self.seed, self.history = meta["seed"], list(meta["history"])
+        self._in_epoch = meta.get("in_epoch")
         if meta.get("batch_size") is not None and m.batch_size is None:
             self.batch_size = int(meta["batch_size"])
         return self
