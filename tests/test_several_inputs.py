@@ -147,3 +147,28 @@ def test_one_input_errors_name_the_tensor():
     with pytest.raises(TypeError, match=r"inputs: an empty dict; give a spec for each of the "
                                         r"arguments \['tokens', 'mask'\]"):
         tvf.compile_inference(Tagger(), inputs={})  # had said "missing []"
+
+
+class SharedMatrix(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 2)
+
+    def forward(self, x, m):  # x [B, 4], m [4, 4]: one matrix for every sample
+        return self.lin(ops.dense(x, m))
+
+
+@pytest.mark.parametrize("n", [1, 3, 4, 7])
+def test_predict_passes_an_unbatched_input_whole_at_a_fixed_batch(n):
+    """At a fixed batch every input was split as samples: m [4, 4] beside x [3, 4] made predict
+    refuse 3 and 7 samples ('different numbers of samples') and crash in TVM's match_cast at
+    4. It goes whole to every batch, as at any batch size."""
+    tvf.manual_seed(0)
+    model = SharedMatrix()
+    rng = np.random.default_rng(0)
+    m = rng.standard_normal((4, 4)).astype("float32")
+    x = rng.standard_normal((n, 4)).astype("float32")
+    module = tvf.compile_inference(model, inputs=(tvf.Spec((3, 4), "float32"),
+                                                  tvf.Spec((4, 4), "float32")))
+    want = (x @ m.T) @ np.asarray(model.lin.weight.data).T + np.asarray(model.lin.bias.data)
+    np.testing.assert_allclose(module.predict((x, m)), want, rtol=1e-5, atol=1e-6)

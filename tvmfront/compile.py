@@ -51,7 +51,8 @@ def _predict_one_batch(model, sig):
             f"not the batch"
     if not isinstance(first, int):
         return None  # symbolic: the output's first axis is the batch's own dimension
-    grown = [TensorSpec((s.shape[0] + 1, *s.shape[1:]), s.dtype) for _, s in sig.inputs]
+    grown = [TensorSpec((s.shape[0] + 1, *s.shape[1:]), s.dtype)  # the batched inputs
+             if s.shape and s.shape[0] == first else s for _, s in sig.inputs]
     try:
         _, sig_grown = graph.build_forward(model, grown[0] if len(grown) == 1 else grown)
     except Exception:  # noqa: BLE001 - a forward fixed to its batch (reshape(B * T, -1)):

@@ -466,13 +466,13 @@ class _Compiled:
         return arrays
 
     def _batched_inputs(self):
-        """Per input, whether its first axis holds the samples predict splits: at any batch
-        size, those whose first dimension is the first input's (a mask [T, T] beside tokens
-        [batch, T] is passed whole to every batch: split, it had failed in TVM's match_cast);
-        at a fixed batch, every input (the shapes cannot tell)."""
+        """Per input, whether its first axis holds the samples predict splits: those whose
+        first dimension is the first input's, at any batch size and at a fixed one alike. A
+        mask [T, T] beside tokens [batch, T] is passed whole to every batch (split, it had
+        failed in TVM's match_cast); at a fixed batch of 3, a matrix [4, 4] beside x [3, 4]
+        too (every input was split there: 4 samples crashed in match_cast, 3 and 7 were
+        refused). An input whose first dimension happens to equal the batch's is split."""
         first = [spec["shape"][0] if spec["shape"] else None for _, spec in self._inputs]
-        if isinstance(first[0], int):
-            return [True] * len(first)
         return [f == first[0] for f in first]
 
     def _forward(self):
