@@ -39,6 +39,20 @@ def test_bad_schedule_arguments(make, match):
         make()
 
 
+@pytest.mark.parametrize("make, match", [
+    (lambda: schedules.warmup(3, lambda t: 0.1), r"warmup|constant: expected a number or a "
+                                                 r"schedule, got <function.*per_step"),
+    (lambda: schedules.constant("0.1"), "constant: expected a number or a schedule, got '0.1'"),
+    (lambda: tvf.Trainer(_module(), lr_schedule=0.01), "Trainer: lr_schedule must be a "
+                                                       "schedule.*got 0.01"),
+])
+def test_a_schedule_of_the_wrong_kind_is_refused_where_it_is_made(make, match):
+    """Each was accepted, then failed at the first step: a bare TypeError in the schedule,
+    "'float' object is not callable" in fit."""
+    with pytest.raises(TypeError, match=match):
+        make()
+
+
 def _module(seed=0, optimizer=None):
     tvf.manual_seed(seed)
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))

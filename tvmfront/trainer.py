@@ -216,6 +216,11 @@ class Trainer:
             raise ValueError(f"Trainer: seed must be an int >= 0, got {seed!r}")
         self.module = module
         self.seed = int(seed)
+        if lr_schedule is not None and not callable(lr_schedule):
+            # (a number failed in fit: "'float' object is not callable")
+            raise TypeError(f"Trainer: lr_schedule must be a schedule, a function of the epoch "
+                            f"or None, got {lr_schedule!r} (a fixed lr: the module's, "
+                            f"module.lr = {lr_schedule!r})")
         self.lr_schedule = lr_schedule
         self.world = _distributed.init() if distributed else None
         self._parallel = (_distributed.DataParallel(module, self.world)

@@ -11,6 +11,7 @@ steps, then runs the cosine from its own step 0. ``Trainer(module, lr_schedule=s
 """
 
 import math
+import numbers
 
 from .._checks import is_whole
 
@@ -39,12 +40,21 @@ def _as_schedule(value):
     return value if isinstance(value, Schedule) else constant(value)
 
 
+def _number(name, value):
+    """TypeError unless `value` is an lr: a real number (a function here had failed only at the first step,
+    inside the schedule, with a bare TypeError)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        hint = " (a function of the step: schedules.per_step(fn))" if callable(value) else ""
+        raise TypeError(f"{name}: expected a number or a schedule, got {value!r}{hint}")
+
+
 def per_step(fn):
     """Any function of the step (0-based) as a schedule the Trainer calls every step."""
     return Schedule(fn, f"per_step({getattr(fn, '__name__', fn)!s})")
 
 
 def constant(lr):
+    _number("constant", lr)
     return Schedule(lambda t: lr, f"constant({lr})")
 
 
