@@ -259,3 +259,21 @@ def test_a_large_padded_window_gradient_compiles_and_is_exact():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]
+
+
+@pytest.mark.parametrize("k", [8, 16])
+def test_a_wide_window_gradient_goes_to_each_windows_first_max(k):
+    """Past 16 taps a non-overlapping window's first max comes from a reduction of its own:
+    scanned inline per element, k8 at b32 64@32 took 85 s to compile and ran 29 ms (the
+    suite's k16 case 167 s to schedule)."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 3, (2, 3, 2 * k, 2 * k)).astype("float64")  # ties: the first takes dy
+    dy = rng.standard_normal((2, 3, 2, 2))
+    want = np.zeros_like(x)
+    for n, c, i, j in np.ndindex(dy.shape):
+        window = x[n, c, i * k:(i + 1) * k, j * k:(j + 1) * k]
+        r, q = np.unravel_index(np.argmax(window), window.shape)  # numpy's first max
+        want[n, c, i * k + r, j * k + q] = dy[n, c, i, j]
+    for derived in (False, True):
+        np.testing.assert_array_equal(ops.max_pool2d.vjp(dy, x, kernel=k, derived=derived)[0],
+                                      want)

@@ -1,7 +1,7 @@
 """2-D max and average pooling (NCHW), gradients written as gathers over windows."""
 
 from .._tvm import te, tirx
-from ..autodiff import if_else_zero, least_found
+from ..autodiff import first_extremum, if_else_zero, least_found
 from ..op import op
 from ._dims import show, static
 from .conv import _out_size, _pair
@@ -79,7 +79,9 @@ def _max_window(x, kernel, stride, padding):
     return (x.shape[0], x.shape[1], ho, wo), (kh, kw), value
 
 
-INLINE_PADDED_TAPS = 16
+# A non-overlapping window of at most this many elements has its first max found inline, in
+# the gather (4x4 at b32 64@32: 1.4 ms against 1.7-1.8 for the two passes).
+INLINE_TAPS = 16
 
 
 def _first_max(x, n, c, oh, ow, kernel, stride, padding):
@@ -154,12 +156,27 @@ def _(dy, x, kernel=2, stride=None, padding=0):
     # rule), the element autodiff.first_extremum picks for the derived gradient, found by an
     # unrolled scan of the window (_first_max), where first_extremum's (position, value)
     # tuple reducer has no fast schedule.
-    shape, (kh, kw), _ = _max_window(x, kernel, stride, padding)
+    shape, (kh, kw), value = _max_window(x, kernel, stride, padding)
     _, _, sh, sw, ph, pw, _, _ = _geometry(x, kernel, stride, padding)
-    # Past INLINE_PADDED_TAPS taps a padded window goes the overlapping windows' way: its
-    # inline scan's clamped reads and index tests grew an expression TVM's simplifier did
-    # not finish (k5 s5 p2: te.create_prim_func over 300 s; k4 p2 took 1.6 s)
-    if kh <= sh and kw <= sw and (kh * kw <= INLINE_PADDED_TAPS or not (ph or pw)):
+    if kh <= sh and kw <= sw and kh * kw > INLINE_TAPS and not (ph or pw):
+        # Wide windows that do not overlap (k8, k16): autodiff's (position, value) reduction
+        # of the forward finds each window's first max, then the gather. Scanned inline, the
+        # scan per element grew with the window: k8 at b32 64@32 took 85 s to compile and ran
+        # 29 ms (3.2 ms with this, compiled in 1.1 s); k16 took 100 s to schedule
+        rh, rw = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw")
+        forward = te.compute(shape, lambda n, c, i, j: te.max(value(n, c, i, j, rh, rw),
+                                                              axis=[rh, rw]), name="max_pool2d")
+        first = first_extremum(forward, name="max_pool2d_first")
+
+        def term(n, c, oh, ow, dh, dw):
+            return if_else_zero(tirx.Cast(first.dtype, dh * kw + dw) == first[n, c, oh, ow],
+                                dy[n, c, oh, ow], x.dtype)
+
+        return [_window_gather(x, dy, kernel, stride, padding, term, "max_pool2d_grad")]
+    # Past INLINE_TAPS taps a padded window goes the overlapping windows' way: its inline
+    # scan's clamped reads and index tests grew an expression TVM's simplifier did not finish
+    # (k5 s5 p2: te.create_prim_func over 300 s; k4 p2 took 1.6 s)
+    if kh <= sh and kw <= sw and kh * kw <= INLINE_TAPS:
         # Windows do not overlap: each input is in one window at most, whose first max is
         # found inline (its elements read from cache), in one pass: the same expression for
         # every element of a window and for every window (the vectorized column loop
