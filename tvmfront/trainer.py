@@ -1,5 +1,6 @@
 """Trainer: the Python loop around a compiled train step (fit / evaluate over numpy data)."""
 
+import json
 import math
 import sys
 import time
@@ -460,8 +461,8 @@ class Trainer:
         if meta.get("optimizer") != m.manifest["optimizer"]["name"]:
             raise CheckpointError(f"{path}: saved with optimizer {meta.get('optimizer')}, this "
                                   f"module trains with {m.manifest['optimizer']['name']}")
-        saved, mine = (meta.get("optimizer_hyperparameters"),
-                       m.manifest["optimizer"].get("hyperparameters", {}))
+        saved, mine = (meta.get("optimizer_hyperparameters"),  # (as JSON: tuples are lists)
+                       json.loads(json.dumps(m.manifest["optimizer"].get("hyperparameters", {}))))
         if saved is not None and saved != mine:
             differ = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
             warnings.warn(f"{path}: saved by a run whose {meta['optimizer']} had "
