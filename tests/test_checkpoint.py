@@ -171,8 +171,8 @@ def test_the_sha256_covers_the_metadata(saved, tmp_path):
     (lambda m: m.update(history=5), "'history' must be a list"),
     (lambda m: m.pop("seed"), "lacks 'seed'"),
     (lambda m: m.update(batch_size=0), "'batch_size' must be null or an integer >= 1"),
-], ids=["step-str", "step-negative", "step-past-int64", "in-epoch-short", "no-step", "no-lr", "lr-nan", "lr-negative",
-        "lr-past-float32", "history-int", "no-seed", "batch-size-0"])
+], ids=["step-str", "step-negative", "step-past-int64", "in-epoch-short", "no-step", "no-lr",
+        "lr-nan", "lr-negative", "lr-past-float32", "history-int", "no-seed", "batch-size-0"])
 def test_bad_metadata_is_refused_before_anything_changes(saved, tmp_path, change, match):
     # these had raised KeyError/TypeError after the parameters were replaced, or loaded
     _refused_unchanged(_with_meta(saved, tmp_path, change), match)

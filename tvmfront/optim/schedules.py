@@ -41,8 +41,8 @@ def _as_schedule(value):
 
 
 def _number(name, value):
-    """TypeError unless `value` is an lr: a real number (a function here had failed only at the first step,
-    inside the schedule, with a bare TypeError)."""
+    """TypeError unless `value` is an lr: a real number (a function here had failed only at
+    the first step, inside the schedule, with a bare TypeError)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         hint = " (a function of the step: schedules.per_step(fn))" if callable(value) else ""
         raise TypeError(f"{name}: expected a number or a schedule, got {value!r}{hint}")
