@@ -51,8 +51,6 @@ def _is_int(v, least=None):
     return isinstance(v, int) and not isinstance(v, bool) and (least is None or v >= least)
 
 
-# what load_checkpoint uses from the metadata: key -> (check, what it must be); the other
-# keys are informative (target_key, ranks, lr_schedule's description)
 def _is_in_epoch(v):
     """fit's position within an epoch (Trainer._in_epoch as save_checkpoint writes it)."""
     if not isinstance(v, dict) or set(v) != {"steps", "batch", "losses", "sizes", "lr"}:
@@ -66,6 +64,8 @@ def _is_in_epoch(v):
             and (v["lr"] is None or is_rate(v["lr"])))
 
 
+# what load_checkpoint uses from the metadata: key -> (check, what it must be); the other
+# keys are informative (target_key, ranks, lr_schedule's description)
 _META = {
     # (a step count beyond int64 loaded, then fit failed in numpy: OverflowError)
     "step": (lambda v: _is_int(v, 0) and v < 2**63, "an integer in [0, 2**63)"),

@@ -117,9 +117,9 @@ def _rewrite(e):
         a, b = e.a, e.b
         new_a, new_b = _rewrite(a), _rewrite(b)
         a, b = _or(new_a, a), _or(new_b, b)
-        negated = _negated(a, b) if kind == "division" else None
+        negated = _negated(a, b, isinstance(e, tirx.FloorDiv)) if kind == "division" else None
         if negated is not None:
-            return negated(isinstance(e, tirx.FloorDiv))
+            return negated
         return None if new_a is None and new_b is None else type(e)(a, b)
     if kind == "load":
         indices = _rewrite_all(e.indices)
@@ -145,9 +145,9 @@ def _rewrite(e):
     return None
 
 
-def _negated(n, s):
-    """A function of is_div building the negated form of floordiv/floormod(n, s), or None
-    where s is no positive constant or n has a term of positive coefficient (or none)."""
+def _negated(n, s, is_div):
+    """The negated form of floordiv(n, s) (is_div) or floormod(n, s), or None where s is no
+    positive constant or n has a term of positive coefficient (or none)."""
     if not isinstance(s, tirx.IntImm) or s.value <= 0:
         return None
     terms, const = [], [0]
@@ -157,12 +157,9 @@ def _negated(n, s):
     flipped = tirx.const(s.value - 1 - const[0], dtype)
     for coeff, term in terms:
         flipped = flipped + (term if coeff == -1 else term * tirx.const(-coeff, dtype))
-
-    def build(is_div):
-        if is_div:
-            return tirx.const(0, dtype) - tirx.floordiv(flipped, s)
-        return tirx.const(s.value - 1, dtype) - tirx.floormod(flipped, s)
-    return build
+    if is_div:
+        return tirx.const(0, dtype) - tirx.floordiv(flipped, s)
+    return tirx.const(s.value - 1, dtype) - tirx.floormod(flipped, s)
 
 
 def _linear(e, sign, terms, const):

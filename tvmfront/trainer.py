@@ -256,12 +256,12 @@ class Trainer:
 
     def _sync(self):
         """Rank 0's training state on every rank: the module's (parameters, buffers, optimizer
-        state, step count, lr) and this trainer's seed, history and batch size."""
+        state, step count, lr) and this trainer's seed, history, batch size and position within
+        an epoch (a checkpoint's, saved from on_step)."""
         m = self.module
         self._parallel.broadcast_state()
         mine = {"seed": self.seed, "history": self.history, "batch_size": self.batch_size,
-                "dropout_seed": m.manifest.get("seed")}
-        mine["in_epoch"] = self._in_epoch
+                "dropout_seed": m.manifest.get("seed"), "in_epoch": self._in_epoch}
         state = self.world.broadcast_json(mine, "the trainer state")
         self.seed, self.history, self.batch_size = state["seed"], state["history"], \
             state["batch_size"]

@@ -141,13 +141,18 @@ def _first_max_of_padded(xp, n, c, oh, ow, kernel, stride):
     return least_found([v == top for v in vals])
 
 
-@op
-def max_pool2d(x, kernel=2, stride=None, padding=0):
+def _max_reduction(x, kernel, stride, padding):
+    """The forward's stage: the max over each window (the lowest value over the padding)."""
     shape, (kh, kw), value = _max_window(x, kernel, stride, padding)
     rh = te.reduce_axis((0, kh), "rh")
     rw = te.reduce_axis((0, kw), "rw")
     return te.compute(shape, lambda n, c, i, j: te.max(value(n, c, i, j, rh, rw), axis=[rh, rw]),
                       name="max_pool2d")
+
+
+@op
+def max_pool2d(x, kernel=2, stride=None, padding=0):
+    return _max_reduction(x, kernel, stride, padding)
 
 
 @max_pool2d.grad
@@ -156,23 +161,8 @@ def _(dy, x, kernel=2, stride=None, padding=0):
     # rule), the element autodiff.first_extremum picks for the derived gradient, found by an
     # unrolled scan of the window (_first_max), where first_extremum's (position, value)
     # tuple reducer has no fast schedule.
-    shape, (kh, kw), value = _max_window(x, kernel, stride, padding)
+    shape, (kh, kw), _ = _max_window(x, kernel, stride, padding)
     _, _, sh, sw, ph, pw, _, _ = _geometry(x, kernel, stride, padding)
-    if kh <= sh and kw <= sw and kh * kw > INLINE_TAPS and not (ph or pw):
-        # Wide windows that do not overlap (k8, k16): autodiff's (position, value) reduction
-        # of the forward finds each window's first max, then the gather. Scanned inline, the
-        # scan per element grew with the window: k8 at b32 64@32 took 85 s to compile and ran
-        # 29 ms (3.2 ms with this, compiled in 1.1 s); k16 took 100 s to schedule
-        rh, rw = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw")
-        forward = te.compute(shape, lambda n, c, i, j: te.max(value(n, c, i, j, rh, rw),
-                                                              axis=[rh, rw]), name="max_pool2d")
-        first = first_extremum(forward, name="max_pool2d_first")
-
-        def term(n, c, oh, ow, dh, dw):
-            return if_else_zero(tirx.Cast(first.dtype, dh * kw + dw) == first[n, c, oh, ow],
-                                dy[n, c, oh, ow], x.dtype)
-
-        return [_window_gather(x, dy, kernel, stride, padding, term, "max_pool2d_grad")]
     # Past INLINE_TAPS taps a padded window goes the overlapping windows' way: its inline
     # scan's clamped reads and index tests grew an expression TVM's simplifier did not finish
     # (k5 s5 p2: te.create_prim_func over 300 s; k4 p2 took 1.6 s)
@@ -186,22 +176,31 @@ def _(dy, x, kernel=2, stride=None, padding=0):
             return if_else_zero(first == dh * kw + dw, dy[n, c, oh, ow], x.dtype)
 
         return [_window_gather(x, dy, kernel, stride, padding, term, "max_pool2d_grad")]
-    # Overlapping windows: each window's first max position in one pass over the windows
-    # (the forward's reads), then the gather over the covering windows. The pass is a
-    # one-step reduction so that it stays a kernel of its own: the schedule inlines spatial
-    # producers into their consumers, which would scan each window again for each of the
-    # up to 4 inputs of the gather's 2x2 block that it covers. It reads x padded with the
-    # lowest value (a copy per image, in cache, that the schedule places in the pass's image
-    # loop): affine reads and no test of the padding per element (k3 s2 p1 at 64@28: the
-    # pass 2.8 -> 1.6 ms on one core, the clamped reads and index tests of _first_max).
-    xp = _padded_lowest(x, kernel, stride, padding)
-    one = te.reduce_axis((0, 1), "one")
-    first = te.compute(shape, lambda n, c, i, j: te.min(_first_max_of_padded(
-        xp, n, c, i, j, kernel, stride), axis=one), name="max_pool2d_first")
+    if kh <= sh and kw <= sw and not (ph or pw):
+        # Wide windows that do not overlap (k8, k16): autodiff's (position, value) reduction
+        # of the forward finds each window's first max, then the gather. Scanned inline, the
+        # scan per element grew with the window: k8 at b32 64@32 took 85 s to compile and ran
+        # 29 ms (3.2 ms with this, compiled in 1.1 s); k16 took 100 s to schedule
+        first = first_extremum(_max_reduction(x, kernel, stride, padding),
+                               name="max_pool2d_first")
+    else:
+        # Overlapping windows: each window's first max position in one pass over the windows
+        # (the forward's reads), then the gather over the covering windows. The pass is a
+        # one-step reduction so that it stays a kernel of its own: the schedule inlines
+        # spatial producers into their consumers, which would scan each window again for each
+        # of the up to 4 inputs of the gather's 2x2 block that it covers. It reads x padded
+        # with the lowest value (a copy per image, in cache, that the schedule places in the
+        # pass's image loop): affine reads and no test of the padding per element (k3 s2 p1
+        # at 64@28: the pass 2.8 -> 1.6 ms on one core, the clamped reads and index tests of
+        # _first_max).
+        xp = _padded_lowest(x, kernel, stride, padding)
+        one = te.reduce_axis((0, 1), "one")
+        first = te.compute(shape, lambda n, c, i, j: te.min(_first_max_of_padded(
+            xp, n, c, i, j, kernel, stride), axis=one), name="max_pool2d_first")
 
     def term(n, c, oh, ow, dh, dw):
         return if_else_zero(tirx.Cast(first.dtype, dh * kw + dw) == first[n, c, oh, ow],
-                             dy[n, c, oh, ow], x.dtype)
+                            dy[n, c, oh, ow], x.dtype)
 
     return [_window_gather(x, dy, kernel, stride, padding, term, "max_pool2d_grad")]
 
