@@ -45,13 +45,25 @@ _lowerings = []  # the intrinsic lowerings _register_lowerings added (once per p
 
 def _register_lowerings():
     """CPU lowerings TVM 0.27 lacks: te.fmod had none ("unknown intrinsic tirx.fmod" when
-    its kernel was built); it becomes libm's fmod/fmodf, as C computes it."""
+    its kernel was built). Floats become libm's fmod/fmodf, as C computes it (float16 and
+    bfloat16 through fmodf: the remainder is exact, so it fits their own type); integers the
+    truncated remainder, 0 for a 0 divisor as numpy's fmod (C's would trap)."""
     tvm = _sys.modules["tvm"]
 
     def lower_fmod(call):
-        dtype = str(call.ty)
-        name = {"float32": "fmodf", "float64": "fmod"}.get(dtype)
-        return tvm.tirx.call_pure_extern(dtype, name, *call.args) if name else call
+        tirx = tvm.tirx
+        dtype, (a, b) = str(call.ty), call.args
+        if dtype == "float64":
+            return tirx.call_pure_extern(dtype, "fmod", a, b)
+        if dtype == "float32":
+            return tirx.call_pure_extern(dtype, "fmodf", a, b)
+        if dtype in ("float16", "bfloat16"):
+            return tirx.Cast(dtype, tirx.call_pure_extern(
+                "float32", "fmodf", tirx.Cast("float32", a), tirx.Cast("float32", b)))
+        if dtype.startswith(("int", "uint")):
+            zero, one = tirx.const(0, dtype), tirx.const(1, dtype)
+            return tirx.Select(b == zero, zero, tirx.truncmod(a, tirx.Select(b == zero, one, b)))
+        return call
 
     if tvm.ir.Op.get("tirx.fmod").get_attr("llvm.FLowerIntrinsic") is None:  # (a newer TVM's)
         tvm.ir.register_op_attr("tirx.fmod", "llvm.FLowerIntrinsic", lower_fmod, level=10)
