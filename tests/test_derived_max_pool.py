@@ -1,7 +1,8 @@
 """The derived max-pool gradient, scheduled as a train step builds it, in float32: the whole dy
-of a window goes to its first maximal element in scan order (the padding, counted as the
-dtype's lowest value, never receives any), element for element as the explicit gradient and
-a numpy model of the rule, with ties, -inf, the lowest float and windows of nothing else.
+of a window goes to its first maximal element in scan order (the padding never receives any;
+a window of -inf gives it to its first element), element for element as the explicit
+gradient and a numpy model of the rule, with ties, -inf, the lowest float and windows of
+nothing else.
 
 Its form: windows that do not overlap (stride == kernel) find their first maximum inline, in
 the gradient's own pass (no (position, value) tuple reduction, which the schedules run on
@@ -48,16 +49,19 @@ def _run(lib, x, dy):
 
 
 def _rule(x, dy, kernel, stride, padding, is_max=True):
-    """numpy: per window, the extreme of its elements and the padding (the lowest value for a
-    max, the highest for a min), starting from that value; dy goes to the first element in
-    scan order equal to it, unless that is a padding element or there is none (-inf)."""
+    """numpy: per window, the extreme of its elements and the padding, dy to the first
+    element in scan order equal to it, unless that is a padding element or there is none.
+    ops.max_pool2d's (is_max): the max of the elements inside x only (-inf for a window of
+    -inf). te.min's (min_pool2d): from the highest value, the padding counting as that."""
     sign = 1 if is_max else -1
-    worst = np.float32(LOWEST)
+    worst = np.float32(-np.inf if is_max else LOWEST)
     dx = np.zeros_like(x)
     h, w = x.shape[2:]
     for b, ch, oh, ow in np.ndindex(dy.shape):
         points = [(oh * stride + rh - padding, ow * stride + rw - padding)
                   for rh in range(kernel) for rw in range(kernel)]
+        if is_max:  # the padding is no element
+            points = [(i, j) for i, j in points if 0 <= i < h and 0 <= j < w]
         vals = [sign * x[b, ch, i, j] if 0 <= i < h and 0 <= j < w else worst
                 for i, j in points]
         top = max([worst] + vals)
@@ -164,9 +168,9 @@ def test_overlapping_windows_find_their_first_max_in_a_vector_pass_and_gather_un
                             resolve_target(name))
     _, rule, func = kernels["derived"]
     assert "max_pool2d_first=tiled[window" in rule, rule  # not the scalar tuple reduction
-    # the padded window's elements come from a copy of x padded with the lowest value: no
-    # guarded read, and no select of a clamped one (TVM drops the clamps under a select)
-    assert "deinterleaved x_pad" in rule, rule
+    # the padded window's elements come from a copy of x's keys padded with NaN: no guarded
+    # read, and no select of a clamped one (TVM drops the clamps under a select)
+    assert "deinterleaved x_key_pad" in rule, rule
     assert "max_pool2d_dx0=spatial[split 2x2, unrolled, v6" in rule, rule  # one vector pass
     blocks = _blocks(func)
     assert len(blocks["max_pool2d_first"].writes) == 1  # positions only

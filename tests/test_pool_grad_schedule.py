@@ -55,10 +55,9 @@ def test_max_pool_gradient_kernel_has_no_data_dependent_branch(shape, attrs):
                                    dict(kernel=3, stride=3, padding=1)])
 def test_max_pool_gradient_over_padding_matches_the_derived_one(attrs):
     # The gradient reads the padding at clamped indices (a copy of a real element) and tells
-    # the padding apart by index: windows of ties, of -inf (the max is the lowest float, as
-    # the forward's reduction starts from it: no element gets dy; k2's inline scan gave it
-    # to the first -inf) and of the lowest float itself (a tie with the padding: the first
-    # in scan order wins).
+    # the padding apart by index; the derived one reads keys padded with NaN, which none
+    # equals: windows of ties, of -inf (the max is -inf: the first element inside x gets
+    # dy, never the padding) and of the lowest float itself.
     rng = np.random.default_rng(5)
     x = rng.integers(0, 3, (2, 2, 7, 8)).astype(np.float32)
     x[0, 0, :3, :3] = -np.inf

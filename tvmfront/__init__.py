@@ -4,7 +4,7 @@ compiled module."""
 import importlib as _importlib
 
 from ._version import __version__
-from . import data, distributed, generate, nn, ops, optim  # distributed loads MPI in init() only
+from . import data, distributed, extremum, generate, nn, ops, optim  # distributed: MPI in init() only
 from ._tvm import te, tirx
 from .ops import fastmath
 from .compile import compile_inference, compile_training
@@ -48,7 +48,7 @@ __all__ = [
     "ShapeError", "TargetError",
     "Spec", "TensorSpec", "Trainer", "TrainingModule", "TvmfrontError", "compile_inference",
     "bound_checks", "compile_training", "data", "distributed", "debug_nans", "generate",
-    "derived_gradients", "fastmath", "gradcheck", "load", "opcheck", "manual_seed", "nn", "op", "ops", "optim",
+    "derived_gradients", "extremum", "fastmath", "gradcheck", "load", "opcheck", "manual_seed", "nn", "op", "ops", "optim",
     "quantize", "targets", "te", "tirx",
     "tune", "TuneReport",
 ]

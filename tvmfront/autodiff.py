@@ -22,6 +22,7 @@ import functools
 import itertools
 import math
 
+from . import extremum
 from ._tvm import lazy, structural_equal, te, tirx, tvm
 from .errors import GradientError
 
@@ -436,6 +437,11 @@ def _uses_any(expr, vars_):
         elif isinstance(e, Call):
             for a in e.args:
                 visit(a)
+        elif isinstance(e, P.Select):  # a max's NaN test (extremum.ordering_key) is one
+            for part in (e.condition, e.true_value, e.false_value):
+                visit(part)
+        elif isinstance(e, P.Not):
+            visit(e.a)
     visit(expr)
     return bool(found)
 
@@ -1158,9 +1164,9 @@ def _inlined_reduction(term, dT, analyzer):
 
 
 # ---- ties: the first extremal element -------------------------------------------------------
-def _first_extremum_reducer(is_max):
+def _first_extremum_reducer(is_max, worst):
     """comm_reducer over (reduction index, value): the extreme value, and on ties the smallest
-    index (order-independent, so the reduction may run in any order)."""
+    index (order-independent, so the reduction may run in any order), from `worst`(dtype)."""
 
     def combine(x, y):
         (ix, vx), (iy, vy) = x, y
@@ -1169,10 +1175,23 @@ def _first_extremum_reducer(is_max):
         return tvm.tirx.Select(take, iy, ix), tvm.tirx.Select(take, vy, vx)
 
     def identity(idx_dtype, value_dtype):
-        worst = te.min_value(value_dtype) if is_max else te.max_value(value_dtype)
-        return te.max_value(idx_dtype), worst
+        return te.max_value(idx_dtype), worst(value_dtype)
 
     return te.comm_reducer(combine, identity, name="first_max" if is_max else "first_min")
+
+
+def _extremum_search(red):
+    """(is_max, key, worst) for a max or min reduction's first-extremum search: compare
+    key(element) from worst(dtype) on. A NaN-propagating reduction (extremum.max_reducer)
+    has NaN as its extreme, found as the first NaN (key: NaN at the far end), and starts
+    from -inf, so a window of -inf finds its first element as PyTorch does; te.max's
+    (TVM's: NaN dropped, from the lowest finite value) compares the elements as they are,
+    as its forward did."""
+    is_max = extremum.kind(red.combiner) == "max"
+    if extremum.propagates_nan(red.combiner):
+        return (is_max, lambda v: extremum.ordering_key(v, is_max),
+                extremum.lowest if is_max else extremum.highest)
+    return is_max, lambda v: v, te.min_value if is_max else te.max_value
 
 
 def reduction_position(loops):
@@ -1205,8 +1224,8 @@ def first_extremum(t, name=None):
     the whole output gradient goes to that one element, so the total is dy, not k * dy."""
     op = t.op
     red = op.body[0]
-    is_max = type(red.combiner.result[0]) is P.Max
-    reducer = _first_extremum_reducer(is_max)
+    is_max, key, worst = _extremum_search(red)
+    reducer = _first_extremum_reducer(is_max, worst)
 
     def body(*i):
         axes = [te.reduce_axis(iv.dom, iv.var.name) for iv in red.axis]
@@ -1214,7 +1233,7 @@ def first_extremum(t, name=None):
         vmap.update({iv.var: ax.var for iv, ax in zip(red.axis, axes)})
         pos = reduction_position([(ax.var, iv.dom.min, iv.dom.extent)
                                   for iv, ax in zip(red.axis, axes)])
-        value = substitute(red.source[red.value_index], vmap)
+        value = key(substitute(red.source[red.value_index], vmap))
         cond = substitute(red.condition, vmap)
         return reducer((pos, value), axis=axes, where=cond)
 
@@ -1248,6 +1267,31 @@ class _Guarded(Exception):
     """A guarded read that is not a padded window's element."""
 
 
+def _keyed_unguarded(expr, analyzer, pads, key):
+    """key(expr unguarded) for a window's element that is one (guarded) read: a padded read
+    reads a copy of key(x) padded with NaN (no key equals NaN and no max or min over keys,
+    `k > top ? k : top`, takes it), so that the padding is never a window's first extremum,
+    as it is none of its elements. None for any other expression."""
+    if isinstance(expr, Call) and expr.op.name == "prim.if_then_else":
+        cond = _try_simplify(analyzer, expr.args[0])
+        if isinstance(cond, P.IntImm):
+            return _keyed_unguarded(expr.args[1] if cond.value else expr.args[2], analyzer,
+                                    pads, key)
+        then, other = expr.args[1:]
+        if not _is_load(then) or not isinstance(other, (P.FloatImm, P.IntImm)) or \
+                not _guards_its_bounds(cond, then, analyzer):
+            return None
+        tensor, _ = _load_parts(then)
+        keys = pads.get(("keys", tensor))
+        if keys is None:
+            keys = pads[("keys", tensor)] = te.compute(
+                tensor.shape, lambda *i: key(tensor(*i)), name=f"{tensor.op.name}_key")
+        nan = _const(math.nan, str(tensor.dtype))
+        return _unguarded(tvm.tirx.if_then_else(cond, substitute(then, {}, loads={
+            tensor: lambda idx: keys(*idx)}), nan), analyzer, pads)
+    return key(expr) if _is_load(expr) else None
+
+
 def _unguarded(expr, analyzer, pads):
     """expr with each guarded read if_then_else(x's bounds at i, x[i], v) (a padded window's
     element) made a read of x padded with v (_padded, one copy per (x, v) in `pads`): the
@@ -1267,7 +1311,7 @@ def _unguarded(expr, analyzer, pads):
         tensor, idx = _load_parts(then)
         bounds = [analyzer.const_int_bound(i) for i in idx]
         lo = [min(0, int(b.min_value)) for b in bounds]
-        key = (tensor, float(other.value))
+        key = (tensor, repr(float(other.value)))  # a NaN fill (a keyed copy) equals itself
         if key not in pads:
             # as much padding after as before at least, the forward's padded input: its
             # planes split evenly by the stride (the schedule's deinterleaved plane copy)
@@ -1359,19 +1403,26 @@ def _scan_first_extremum(t, index, pads=None):
     red = op.body[0]
     if not _is_true(red.condition):
         raise _Guarded(show(red.condition))
-    is_max = type(red.combiner.result[0]) is P.Max
+    is_max, key, worst = _extremum_search(red)
     analyzer = tvm.sym.Analyzer()
     for iv in list(op.axis) + list(red.axis):
         analyzer.bind(iv.var, iv.dom)
-    source = _unguarded(red.source[red.value_index], analyzer, {} if pads is None else pads)
+    pads = {} if pads is None else pads
+    source = red.source[red.value_index]
+    keyed = None
+    if extremum.propagates_nan(red.combiner):
+        # keys (and their padding) ahead of the padding: a padded window of -inf finds its
+        # first element, not the padding (-inf too), as the explicit max-pool gradient
+        keyed = _keyed_unguarded(source, analyzer, pads, key)
+    source = keyed if keyed is not None else _unguarded(source, analyzer, pads)
     at = {iv.var: i for iv, i in zip(op.axis, index)}
     vals = []
     for point in _window_points(red):
         vmap = {iv.var: _const(p, _dtype(iv.var)) for iv, p in zip(red.axis, point)}
         vmap.update(at)
-        vals.append(substitute(source, vmap))
-    dtype = _dtype(vals[0])
-    top = te.min_value(dtype) if is_max else te.max_value(dtype)
+        value = substitute(source, vmap)
+        vals.append(value if keyed is not None else key(value))
+    top = worst(_dtype(vals[0]))
     for value in vals:
         # max(value, top) compiles to value > top ? value : top, the reducer's test
         top = te.max(value, top) if is_max else te.min(value, top)
@@ -1607,23 +1658,22 @@ def _sum_exprs(exprs):
 
 
 def _standard_combiner(combiner):
-    """P.Add, P.Max or P.Min for a reducer that is exactly te.sum, te.max or te.min: a + b
-    from 0, max(a, b) from the lowest value, min(a, b) from the highest. Anything else is
-    refused: the node type alone took a + b * b for a sum (gradient 1 for 2x) and a max from 0
-    for a plain max (a row of negatives sent dy to an element)."""
+    """P.Add, P.Max or P.Min for a reducer that is exactly te.sum, te.max or te.min (a + b
+    from 0, max(a, b) from the lowest value, min(a, b) from the highest) or extremum's
+    NaN-propagating max or min. Anything else is refused: the node type alone took a + b * b
+    for a sum (gradient 1 for 2x) and a max from 0 for a plain max (a row of negatives sent
+    dy to an element)."""
+    extreme = extremum.kind(combiner)
+    if extreme is not None:
+        return P.Max if extreme == "max" else P.Min
     result = combiner.result[0] if len(combiner.result) == 1 else None
-    kind = type(result)
-    if kind in (P.Add, P.Max, P.Min):
+    if isinstance(result, P.Add):
         a, b = combiner.lhs[0], combiner.rhs[0]
         operands = (result.a, result.b)
-        ident = combiner.identity_element[0]
-        value = getattr(ident, "value", None)
-        low, high = tirx.min_value(_dtype(ident)).value, tirx.max_value(_dtype(ident)).value
-        identity_ok = value is not None and (
-            value == 0 if kind is P.Add else value <= low if kind is P.Max else value >= high)
-        if identity_ok and (operands[0].same_as(a) and operands[1].same_as(b) or
-                            operands[0].same_as(b) and operands[1].same_as(a)):
-            return kind
+        if getattr(combiner.identity_element[0], "value", None) == 0 and (
+                operands[0].same_as(a) and operands[1].same_as(b) or
+                operands[0].same_as(b) and operands[1].same_as(a)):
+            return P.Add
     raise _Unsupported(f"a reduction with combiner {combiner}: a derived gradient takes "
                        f"te.sum, te.max and te.min only")
 

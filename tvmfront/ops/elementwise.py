@@ -5,6 +5,7 @@ Every op has its TE gradient right below it.
 
 import math
 
+from .. import extremum
 from .._tvm import te, tirx
 from ..autodiff import if_else_zero
 from ..op import op
@@ -265,8 +266,9 @@ def _(dy, x, base=0.5):
 
 @op
 def clip(x, lo=0.0, hi=1.0):
-    """min(max(x, lo), hi)"""
-    return _unary(x, lambda v: te.min(te.max(v, _c(lo, x.dtype)), _c(hi, x.dtype)), "clip")
+    """min(max(x, lo), hi), NaN where x is NaN (as numpy and PyTorch's clamp)."""
+    return _unary(x, lambda v: extremum.minimum(extremum.maximum(v, _c(lo, x.dtype)),
+                                                _c(hi, x.dtype)), "clip")
 
 
 @clip.grad

@@ -1,5 +1,6 @@
 """2-D max and average pooling (NCHW), gradients written as gathers over windows."""
 
+from .. import extremum
 from .._tvm import te, tirx
 from ..autodiff import first_extremum, if_else_zero, least_found
 from ..op import op
@@ -67,13 +68,18 @@ def _window_gather(x, dy, kernel, stride, padding, term, name):
 
 def _max_window(x, kernel, stride, padding):
     """(output shape, window reduce axes, value(n, c, i, j, rh, rw)): the window's element,
-    the dtype's lowest value where the window hangs over the padding."""
+    -inf where the window hangs over the padding."""
     kh, kw, sh, sw, ph, pw, ho, wo = _geometry(x, kernel, stride, padding, "max_pool2d")
     h, w = _hw(x, "max_pool2d")
-    lowest = te.min_value(x.dtype)
+    lowest = extremum.lowest(x.dtype)
 
     def value(n, c, i, j, rh, rw):
         r, q = i * sh + rh - ph, j * sw + rw - pw
+        if not (ph or pw):
+            # every window inside x: a plain read, which the window rule vectorizes (a
+            # guard, even one always true, left the loop scalar: the NaN-propagating max's
+            # select per element then cost 3.5x te.max's at k2 b32 64@28)
+            return x[n, c, r, q]
         return te.if_then_else(te.all(r >= 0, r < h, q >= 0, q < w), x[n, c, r, q], lowest)
 
     return (x.shape[0], x.shape[1], ho, wo), (kh, kw), value
@@ -85,68 +91,67 @@ INLINE_TAPS = 16
 
 
 def _first_max(x, n, c, oh, ow, kernel, stride, padding):
-    """The position (rh * kw + rw) of window (oh, ow)'s first maximal element in scan order
-    (padding counts as the dtype's lowest value, as in the forward), kh * kw where no element
-    equals the max (a NaN, a window of -inf). Straight-line code, no reduction loop and no
-    guarded load (a guarded load is a branch, or a scalarized vector loop): each element is
-    read at an index clamped into x, which over the padding reads a copy of an element of
-    the same window, leaving the max as it is; the padding's own positions are told apart
-    by index only."""
+    """The position (rh * kw + rw) of window (oh, ow)'s first maximal element in scan order,
+    PyTorch's: the first NaN if any (_window_keys), the first element where all are -inf,
+    never the padding. Straight-line code, no reduction loop and no guarded load (a guarded
+    load is a branch, or a scalarized vector loop): each element is read at an index clamped
+    into x, which over the padding reads a copy of an element of the same window, leaving
+    the max as it is; the padding's own positions are told apart by index only."""
     kh, kw, sh, sw, ph, pw, _, _ = _geometry(x, kernel, stride, padding, "max_pool2d")
     h, w = _hw(x, "max_pool2d")
-    lowest = te.min_value(x.dtype)
     vals, inside = [], []
     for e in range(kh * kw):
         r, q = oh * sh + e // kw - ph, ow * sw + e % kw - pw
         vals.append(x[n, c, te.max(te.min(r, h - 1), 0), te.max(te.min(q, w - 1), 0)])
         inside.append(te.all(r >= 0, r < h, q >= 0, q < w))
-    top = _window_max(vals, lowest)
+    keys = [extremum.ordering_key(v, True) for v in vals]
+    top = _keys_max(keys)
     if not (ph or pw):
-        return least_found([v == top for v in vals])
-    return least_found([tirx.Or(tirx.And(inside[e], vals[e] == top),
-                                 tirx.And(tirx.Not(inside[e]), top == lowest))
-                         for e in range(kh * kw)])
+        return least_found([k == top for k in keys])
+    return least_found([tirx.And(inside[e], keys[e] == top) for e in range(kh * kw)])
 
 
-def _window_max(vals, lowest):
-    """The max of a window's elements starting from the lowest value, as the forward's max
-    reduction does (its identity): a window of -inf has the lowest value as its max, held by
-    no element."""
-    top = lowest
-    for v in vals:
-        top = te.max(top, v)
+def _keys_max(keys):
+    """The max of a window's ordering keys (extremum.ordering_key: NaN as +inf, so that the
+    first key equal to it is the first NaN in a window holding one) from -inf (a window of
+    -inf finds its first element). A NaN among `keys` (_padded_keys's padding) is never
+    taken: max(k, top) is `k > top ? k : top`."""
+    top = extremum.lowest(extremum.dtype_of(keys[0]))
+    for k in keys:
+        top = te.max(k, top)
     return top
 
 
-def _padded_lowest(x, kernel, stride, padding):
-    """x padded by the pooling's padding with the dtype's lowest value (x when unpadded)."""
+def _padded_keys(x, kernel, stride, padding):
+    """x's ordering keys (extremum.ordering_key) padded by the pooling's padding with NaN,
+    which no key equals and no max over keys takes: a padding position is never a window's
+    first max."""
     _, _, _, _, ph, pw, _, _ = _geometry(x, kernel, stride, padding, "max_pool2d")
-    if not ph and not pw:
-        return x
     h, w = _hw(x, "max_pool2d")
-    lowest = te.min_value(x.dtype)
+    nan = tirx.const(float("nan"), x.dtype)
     return te.compute((x.shape[0], x.shape[1], h + 2 * ph, w + 2 * pw), lambda n, c, i, j: (
         te.if_then_else(te.all(i >= ph, i < h + ph, j >= pw, j < w + pw),
-                        x[n, c, i - ph, j - pw], lowest)), name="max_pool2d_pad")
+                        extremum.ordering_key(x[n, c, i - ph, j - pw], True), nan)),
+        name="max_pool2d_pad")
 
 
 def _first_max_of_padded(xp, n, c, oh, ow, kernel, stride):
-    """_first_max over x padded with the lowest value (_padded_lowest): the same position,
-    since a padded element equals the max exactly when the max is the lowest value, which
-    is what _first_max tests for the padding by index."""
+    """_first_max over _padded_keys (NaN padding, never found): the same position."""
     kh, kw = _pair(kernel)
     sh, sw = _pair(stride if stride is not None else kernel)
-    vals = [xp[n, c, oh * sh + e // kw, ow * sw + e % kw] for e in range(kh * kw)]
-    top = _window_max(vals, te.min_value(xp.dtype))
-    return least_found([v == top for v in vals])
+    keys = [xp[n, c, oh * sh + e // kw, ow * sw + e % kw] for e in range(kh * kw)]
+    top = _keys_max(keys)
+    return least_found([k == top for k in keys])
 
 
 def _max_reduction(x, kernel, stride, padding):
-    """The forward's stage: the max over each window (the lowest value over the padding)."""
+    """The forward's stage: the max over each window (-inf over the padding), NaN where the
+    window holds one (PyTorch's; TVM's te.max drops it)."""
     shape, (kh, kw), value = _max_window(x, kernel, stride, padding)
     rh = te.reduce_axis((0, kh), "rh")
     rw = te.reduce_axis((0, kw), "rw")
-    return te.compute(shape, lambda n, c, i, j: te.max(value(n, c, i, j, rh, rw), axis=[rh, rw]),
+    nan_max = extremum.max_reducer()
+    return te.compute(shape, lambda n, c, i, j: nan_max(value(n, c, i, j, rh, rw), axis=[rh, rw]),
                       name="max_pool2d")
 
 
@@ -188,12 +193,12 @@ def _(dy, x, kernel=2, stride=None, padding=0):
         # (the forward's reads), then the gather over the covering windows. The pass is a
         # one-step reduction so that it stays a kernel of its own: the schedule inlines
         # spatial producers into their consumers, which would scan each window again for each
-        # of the up to 4 inputs of the gather's 2x2 block that it covers. It reads x padded
-        # with the lowest value (a copy per image, in cache, that the schedule places in the
-        # pass's image loop): affine reads and no test of the padding per element (k3 s2 p1
+        # of the up to 4 inputs of the gather's 2x2 block that it covers. It reads x's keys
+        # padded with NaN (_padded_keys: a copy per image, in cache, that the schedule places
+        # in the pass's image loop): affine reads and no test of the padding per element (k3 s2 p1
         # at 64@28: the pass 2.8 -> 1.6 ms on one core, the clamped reads and index tests of
         # _first_max).
-        xp = _padded_lowest(x, kernel, stride, padding)
+        xp = _padded_keys(x, kernel, stride, padding)
         one = te.reduce_axis((0, 1), "one")
         first = te.compute(shape, lambda n, c, i, j: te.min(_first_max_of_padded(
             xp, n, c, i, j, kernel, stride), axis=one), name="max_pool2d_first")

@@ -3,6 +3,7 @@ Each has an explicit gradient (a broadcast of dy back over the reduced axes; max
 to the first maximum, PyTorch's rule), so they train on symbolic shapes too, where the
 derived gradient does not apply; the derived ones are checked against them."""
 
+from .. import extremum
 from .._tvm import te, tirx
 from ..autodiff import first_extremum, if_else_zero
 from ..op import op
@@ -24,7 +25,7 @@ def _axes(x, axis, name):
     return norm
 
 
-def _reduce(x, axis, keepdims, name, combine, scale=None, empty=None):
+def _reduce(x, axis, keepdims, name, combine, scale=None, empty=None, value=None):
     """`combine` over `axis`. A static axis of size 0 gives `empty` (sum's 0, mean's NaN, as
     numpy and PyTorch); with none (max) it is a ValueError. A symbolic axis of size 0 is a
     size the compiled module refuses (runtime/bounds.py): its kernel never writes the output
@@ -55,7 +56,7 @@ def _reduce(x, axis, keepdims, name, combine, scale=None, empty=None):
                 idx.append(r[a])
             else:
                 idx.append(next(it))
-        v = x(*idx)
+        v = x(*idx) if value is None else value(x(*idx))
         return combine(v * scale if scale is not None else v, axis=list(r.values()))
 
     if not r:  # nothing to reduce (axis=() or a 0-d input): a copy
@@ -123,8 +124,15 @@ def _(dy, x, axis=None, keepdims=False):
 
 @op
 def max(x, axis=None, keepdims=False):  # noqa: A001
-    """Maximum over `axis`; the gradient goes to the first maximum (PyTorch's rule)."""
-    return _reduce(x, axis, keepdims, "max", te.max)
+    """Maximum over `axis`, NaN where a NaN is (numpy's and PyTorch's max, not TVM's te.max,
+    which drops it); the gradient goes to the first maximum, the first NaN if any
+    (torch.max(x, dim)'s rule)."""
+    top = _reduce(x, axis, keepdims, "max", te.max)
+    if "float" not in str(x.dtype) or not isinstance(top.op.body[0], tirx.Reduce):
+        return top  # integers, or no axis to reduce (a copy)
+    cls = _reduce(x, axis, keepdims, "max_class", te.max, value=extremum.max_class)
+    return te.compute(top.shape, lambda *i: extremum.classified_max(top(*i), cls(*i)),
+                      name="max_nan")
 
 
 @max.grad
@@ -132,7 +140,7 @@ def _(dy, x, axis=None, keepdims=False):
     axes = _axes(x, axis, "max")
     if not axes:
         return [te.compute(x.shape, lambda *i: dy(*i), name="max_grad")]
-    first = first_extremum(_reduce(x, axis, keepdims, "max", te.max))
+    first = first_extremum(_reduce(x, axis, keepdims, "max", extremum.max_reducer()))
     dt = first.dtype
     red = [dims(x.shape)[a] for a in axes]
 

@@ -289,7 +289,7 @@ def _column_reduction(sch, name, params):
     loops = info.loops
     r = sch.fuse(*loops[len(spatial):]) if len(red) > 1 else loops[-1]
     per_core, _ = sch.split(r, factors=[params.cores, None])
-    partial = sch.rfactor(per_core, factor_axis=0)
+    partial = _rfactor(sch, info, per_core, 0)
     # the partial sums' loops: (spatial..., core, rows of the core) -> (core, rows, C)
     ploops = sch.get_loops(partial)
     core, own_rows, columns = ploops[len(spatial)], ploops[-1], ploops[len(spatial) - 1]
@@ -308,8 +308,14 @@ def _lane_partials(sch, info, loop, vec):
     results (rfactor) after the output axes, so that each output's partial results are one
     contiguous vector. Returns the partial block."""
     _, lane = sch.split(loop, factors=[None, vec])
+    return _rfactor(sch, info, lane, len(info.spatial))
+
+
+def _rfactor(sch, info, loop, factor_axis):
+    """sch.rfactor, or NotApplicable where TVM refuses the block's reducer: it splits only
+    the reducers it knows (a sum, te.max; not extremum's NaN-propagating max)."""
     try:
-        return sch.rfactor(lane, factor_axis=len(info.spatial))
+        return sch.rfactor(loop, factor_axis=factor_axis)
     except Exception as err:  # noqa: BLE001 - TVM's own check: a reducer it cannot split
         _probe(f"rfactor of block {info.name}", err)
         raise NotApplicable("rfactor refused") from err
