@@ -24,7 +24,7 @@ from ._tvm import relax
 from .errors import ShapeError
 from .nn.dropout import Dropout, rng_inputs
 from .spec import TensorSpec, is_symbolic
-from .tensor import BOUND_KINDS, Tensor, Trace, new_var, tracing
+from .tensor import BOUND_KINDS, Tensor, Trace, new_var, resolve, tracing
 
 
 @dataclass
@@ -322,12 +322,24 @@ def build_training(model, loss_fn, inputs, labels, extras=None):
         if not named_buffers:
             return loss  # not a 1-tuple: TVM 0.27's FuseOps/FuseTIR fail on one
         # the buffers as the forward left them (unchanged ones pass through)
-        return [loss, *[trace.bindings[id(b)] for _, b in named_buffers]]
+        return [loss, *[_as_dtype(bb, trace.bindings[id(b)], b.dtype) for _, b in named_buffers]]
 
     _emit_function(bb, "loss", [*data, *pvars, *bvars], body)
     if sig.params:
         sig.scalar_dtype = sig.params[0][1].dtype
     return bb.get(), sig
+
+
+def _as_dtype(bb, expr, dtype):
+    """`expr` cast to `dtype` where its dtype differs: a parameter's gradient and new value,
+    its optimizer state and a buffer's new value keep their dtype, whatever the data promoted
+    them to (PyTorch's rule). float64 labels for a float32 model's MSELoss had made every
+    parameter float64 after one step, and the next step failed in TVM's VM."""
+    expr = resolve(expr)
+    expr = expr.expr if isinstance(expr, Tensor) else expr
+    if str(expr.ty.dtype) == str(np.dtype(dtype)):
+        return expr
+    return bb.emit(relax.op.astype(expr, str(np.dtype(dtype))))
 
 
 def trainable(sig):
@@ -389,7 +401,8 @@ def append_optimizer(mod, sig, optimizer, apply_grads=False):
         if missing:
             raise RuntimeError(f"optimizer {optimizer!r}: update returned state {sorted(new_state)}"
                                f" but init declared {sorted(state)}")
-        return [*new_params, *[new_state[n] for n, _, _ in sig.state]]
+        return [*[_as_dtype(bb, p, s.dtype) for p, (_, s) in zip(new_params, sig.params)],
+                *[_as_dtype(bb, new_state[n], s.dtype) for n, s, _ in sig.state]]
 
     def body():
         result = bb.emit(relax.Call(adjoint, [*data, *pvars, *bvars]))
@@ -397,7 +410,9 @@ def append_optimizer(mod, sig, optimizer, apply_grads=False):
         loss = bb.emit(relax.TupleGetItem(outs, 0)) if bvars else outs
         new_buffers = [bb.emit(relax.TupleGetItem(outs, 1 + i)) for i in range(len(bvars))]
         grads_tuple = bb.emit(relax.TupleGetItem(result, 1))
-        grads = {n: Tensor(bb.emit(relax.TupleGetItem(grads_tuple, i))) for i, n in enumerate(names)}
+        specs = dict(sig.params)
+        grads = {n: Tensor(_as_dtype(bb, bb.emit(relax.TupleGetItem(grads_tuple, i)),
+                                     specs[n].dtype)) for i, n in enumerate(names)}
         new_params_and_state = update(grads, scalars, pvars, svars)
         p = len(sig.params)
         return [loss, *new_params_and_state[:p], *new_buffers, *new_params_and_state[p:]]

@@ -50,6 +50,20 @@ def _freeze(value):
     return (type(value).__name__, value)
 
 
+def _refuse_mixed_floats(name, inputs, err):
+    """A TypeError naming the op and its inputs' float dtypes where a forward given several
+    failed in TVM's own checks (BatchNorm's float32 parameters and a float64 input met in a
+    select: "Check failed: (false_ty == true_ty) is false: mismatched types")."""
+    floats = [str(t.dtype) for t in inputs
+              if isinstance(t, te.Tensor) and "float" in str(t.dtype)]
+    if len(set(floats)) > 1 and "Check failed" in str(err):
+        first = str(err).strip().splitlines()[-1][:200]
+        raise TypeError(f"op '{name}': its inputs mix float dtypes ({', '.join(floats)}), "
+                        f"which its forward does not combine (TVM: {first}); give them one "
+                        "dtype (e.g. the input's .astype of the parameters' dtype, as PyTorch "
+                        "requires)") from err
+
+
 def _freeze_attrs(op_name, attrs):
     """attrs as a hashable key (attributes are static: kernels are cached per value)."""
     frozen = []
@@ -192,7 +206,11 @@ class Op:
 
     # ---- TE level ----------------------------------------------------------------------------
     def te_forward(self, *inputs, **attrs):
-        out = self.fn(*inputs, **attrs)
+        try:
+            out = self.fn(*inputs, **attrs)
+        except Exception as err:
+            _refuse_mixed_floats(self.name, inputs, err)
+            raise
         outs = out if isinstance(out, (list, tuple)) else [out]
         if not outs or not all(isinstance(o, te.Tensor) for o in outs):
             raise TypeError(f"op '{self.name}' must return a te.Tensor or a list of them, "

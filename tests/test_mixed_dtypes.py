@@ -1,0 +1,66 @@
+"""Data of another float dtype than the parameters: the step keeps every parameter, optimizer
+state and buffer in its own dtype (PyTorch's rule: a leaf's gradient has its dtype).
+
+float64 labels for a float32 model (numpy's default, `y = x @ w`) had made every parameter
+float64 after one step; the next step failed in TVM's VM, and an export after it wrote a
+bundle that load refused.
+"""
+
+import numpy as np
+import pytest
+
+import tvmfront as tvf
+
+nn = tvf.nn
+
+
+def _dtypes(module):
+    return {k: str(v.dtype) for k, v in module.state_dict().items()}
+
+
+def test_float64_labels_train_a_float32_model_in_float32(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 4)).astype("float32")
+    y = x @ rng.standard_normal((4, 1))  # float64
+    tvf.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 1))
+    w0, b0 = (model.state_dict()[k].astype(np.float64) for k in ("0.weight", "0.bias"))
+    module = tvf.compile_training(model, nn.MSELoss(), tvf.optim.SGD(0.05), inputs=x, labels=y)
+    loss = module.step(x, y)
+    assert _dtypes(module) == {"0.weight": "float32", "0.bias": "float32"}
+    # the loss in float64 (the labels'), the gradient cast to float32 before the update
+    err = x.astype(np.float64) @ w0.T + b0 - y
+    assert loss == pytest.approx(np.mean(err ** 2), rel=1e-6)
+    dw = (2 / err.size * err.T @ x).astype(np.float32)
+    db = (2 / err.size * err.sum(0)).astype(np.float32)
+    state = module.state_dict()
+    np.testing.assert_allclose(state["0.weight"], w0.astype(np.float32) - 0.05 * dw, rtol=1e-6)
+    np.testing.assert_allclose(state["0.bias"], b0.astype(np.float32) - 0.05 * db, rtol=1e-6)
+    module.step(x, y)  # failed in TVM's VM: its parameters had become float64
+    tvf.Trainer(module, progress=False).fit(x, y, epochs=1, batch_size=8)
+    module.export(tmp_path / "bundle")
+    assert _dtypes(tvf.load(tmp_path / "bundle")) == _dtypes(module)
+
+
+@pytest.mark.parametrize("optimizer", [tvf.optim.SGD(0.1, momentum=0.9), tvf.optim.Adam(0.1)])
+def test_float64_inputs_and_mixed_layers_keep_each_dtype(optimizer):
+    x = np.random.default_rng(1).standard_normal((4, 4))  # float64
+    y = np.array([0, 1, 2, 0])
+    for model in (nn.Sequential(nn.Linear(4, 3)),
+                  nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 3, dtype="float64"))):
+        module = tvf.compile_training(model, nn.CrossEntropyLoss(), optimizer,
+                                      inputs=x, labels=y)
+        before = _dtypes(module)
+        first = module.step(x, y)
+        assert _dtypes(module) == before
+        assert module.step(x, y) < first
+
+
+def test_an_op_given_mixed_float_dtypes_names_them():
+    # BatchNorm's float32 parameters met a float64 input's moments in one select: a raw TVM
+    # "Check failed: ... mismatched types" from the compile
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    with pytest.raises(TypeError, match=r"op 'bn_coefficients': its inputs mix float dtypes "
+                                        r"\(float64, float32, float32\)"):
+        tvf.compile_training(model, nn.CrossEntropyLoss(), tvf.optim.SGD(0.1),
+                             inputs=tvf.TensorSpec((4, 4), "float64"), labels=(4,))
