@@ -83,6 +83,20 @@ def test_a_convolution_called_twice_is_not_folded():
     assert ptq.fold_batchnorms(Shared().eval(), tvf.TensorSpec(SPEC, "float32")) == []
 
 
+def test_a_convolution_placed_twice_in_a_sequential_is_not_folded():
+    # Sequential(conv, bn1, relu, conv, bn2): only the conv's first name was spied on, so
+    # its second call went unseen; bn1 was folded into it and bn2 read the folded conv
+    rng = np.random.default_rng(3)
+    tvf.manual_seed(0)
+    conv = nn.Conv2d(2, 2, 3, padding=1)
+    model = nn.Sequential(conv, _trained_bn(nn.BatchNorm2d(2), rng), nn.ReLU(), conv,
+                          _trained_bn(nn.BatchNorm2d(2), rng)).eval()
+    want = tvf.compile_inference(model, SPEC).predict(_x())
+    folded = copy.deepcopy(model)
+    assert ptq.fold_batchnorms(folded, tvf.TensorSpec(SPEC, "float32")) == []
+    np.testing.assert_array_equal(tvf.compile_inference(folded, SPEC).predict(_x()), want)
+
+
 def test_a_pruned_convolution_keeps_its_zeros_when_folded():
     model = Block().eval()
     pruning.prune(model, amount=0.5, scope="layer")

@@ -136,15 +136,35 @@ def foldable_pairs(model, spec):
     pairs = []
     kinds = dict(int8.named_modules(spied))
     calls = [name for name, _, _ in seen]
+    placed = _placements(model)
     for name, x, y in seen:
         if isinstance(kinds[name].layer, nn.Conv2d):
             convs[id(y)] = (name, y)
         elif id(x) in convs and convs[id(x)][1] is x:
             conv = convs[id(x)][0]
-            # the BatchNorm is the only reader; a layer called twice (shared) is not folded
-            if uses.get(x.expr, 0) == 1 and calls.count(conv) == calls.count(name) == 1:
+            # the BatchNorm is the only reader; a layer called twice (shared) is not folded,
+            # nor one placed at two names (nn.Sequential(conv, bn1, relu, conv, bn2)): only
+            # its first name is spied on, so its second call went unseen, and folding bn1
+            # into it changed what bn2 reads
+            if uses.get(x.expr, 0) == 1 and calls.count(conv) == calls.count(name) == 1 and \
+                    placed[conv] == placed[name] == 1:
                 pairs.append((conv, name))
     return pairs
+
+
+def _placements(model):
+    """{name (int8.named_modules's): how many places in the module tree hold that module}."""
+    count = {}
+
+    def walk(module):
+        for child in module._modules.values():
+            if child is not None:
+                count[id(child)] = count.get(id(child), 0) + 1
+                if count[id(child)] == 1:
+                    walk(child)
+
+    walk(model)
+    return {n: count.get(id(m), 1) for n, m in int8.named_modules(model)}
 
 
 def fold_batchnorms(model, spec):
