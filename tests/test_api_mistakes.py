@@ -231,6 +231,14 @@ def test_cli_tune_names_a_directory_given_for_its_file(tmp_path, capsys):
     assert "not a file" in capsys.readouterr().err
 
 
+def test_cli_loads_a_model_file_without_the_py_suffix(tmp_path, capsys):
+    # importlib's spec_from_file_location gave None for it: a raw AttributeError ('loader')
+    model = tmp_path / "model_noext"
+    model.write_text("def tvmfront_modules():\n    return {}\n")
+    assert cli.main(["tune", str(model)]) == 2
+    assert "must return a non-empty dict" in capsys.readouterr().err
+
+
 def _pruned_mlp():
     tvf.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))

@@ -26,6 +26,7 @@ over all of them. Kernels are then timed on the device; the end-to-end time is n
 """
 
 import argparse
+import importlib.machinery
 import importlib.util
 import inspect
 import math
@@ -48,7 +49,9 @@ def _load_modules(path, target, explicit_target):
     if folder not in sys.path:
         sys.path.insert(0, folder)  # the file's own imports (e.g. the examples' _common)
     name = "_tvmfront_user_" + os.path.splitext(os.path.basename(path))[0]
-    spec = importlib.util.spec_from_file_location(name, path)
+    # a source loader whatever the suffix, as `python FILE` runs it (spec_from_file_location
+    # knows the file only by a .py suffix: None, and a raw AttributeError, without one)
+    spec = importlib.util.spec_from_loader(name, importlib.machinery.SourceFileLoader(name, path))
     user = importlib.util.module_from_spec(spec)
     sys.modules[name] = user
     spec.loader.exec_module(user)
