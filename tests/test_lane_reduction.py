@@ -138,7 +138,7 @@ def test_short_layer_norm_rows_take_one_vector_accumulator(which, name):
     # 16 lanes of partial sums: one AVX-512 vector (8 steps) or two AVX2 ones (8 steps each)
     # (", parallel" follows where the rows are work enough for two cores: AVX2's 8 lanes)
     assert lanes in (8, 16) and "ln_var=tiled[lanes v16" in rule, rule
-    assert "ln_mean=tiled[lanes v16" in rule, rule
+    assert "ln_mean_offset=tiled[lanes v16" in rule, rule
     assert "scalar" not in rule, rule
     got, = run(func, target, args, [tuple(int(s) for s in out.shape)])
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
@@ -204,7 +204,7 @@ def test_transformer_sized_layer_norm_rows_are_fused_on_several_cores(cores, whi
     shape = (16, 64, 128)
     out, inputs, args, want = _layer_norm_case(shape, which, 5)
     func, rule = cpu_schedule.schedule_prim_func(te.create_prim_func(inputs + [out]), target)
-    fused = re.search(r"ln_mean=tiled\[fused rows of 128, lanes v\d+, parallel\]", rule)
+    fused = re.search(r"ln_mean_offset=tiled\[fused rows of 128, lanes v\d+, parallel\]", rule)
     assert bool(fused) == (cores == 2), rule
     got, = run(func, target, args, [shape])
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

@@ -161,9 +161,11 @@ def div(a, b):
 
 @div.grad
 def _(dy, a, b):
+    # d/db = -dy * (a / b) / b, PyTorch's order: b * b under- or overflowed (a = b = 1e-20:
+    # -inf, not -1e20; a = 0, b = 1e-30: 0 / 0 = NaN)
     return [reduce_to(a.shape, dy.shape, lambda i: dy(*i) / _at(b, i)),
             reduce_to(b.shape, dy.shape,
-                      lambda i: -dy(*i) * _at(a, i) / (_at(b, i) * _at(b, i)))]
+                      lambda i: -dy(*i) * (_at(a, i) / _at(b, i) / _at(b, i)))]
 
 
 # ---- with a Python scalar attribute -----------------------------------------------------------
@@ -179,6 +181,11 @@ def _(dy, x, value=0.0):
 
 @op
 def mul_scalar(x, value=1.0):
+    if value == 0 and "float" in str(x.dtype):
+        # TVM's simplifier folds v * 0 to 0: NaN and inf times 0 are NaN (numpy, PyTorch)
+        inf, nan = _c(math.inf, x.dtype), _c(math.nan, x.dtype)
+        return _unary(x, lambda v: tirx.Select(te.abs(v) < inf, _c(0.0, x.dtype), nan),
+                      "mul_scalar")
     return _unary(x, lambda v: v * _c(value, x.dtype), "mul_scalar")
 
 
