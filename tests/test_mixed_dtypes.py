@@ -64,3 +64,25 @@ def test_an_op_given_mixed_float_dtypes_names_them():
                                         r"\(float64, float32, float32\)"):
         tvf.compile_training(model, nn.CrossEntropyLoss(), tvf.optim.SGD(0.1),
                              inputs=tvf.TensorSpec((4, 4), "float64"), labels=(4,))
+
+
+def test_float64_labels_through_relu_and_batchnorm_at_any_batch_size():
+    # the MSE gradient for the float32 prediction came out float64 and failed in the ReLU's
+    # gradient (TVM: "Reinterpret requires size match"): an input's gradient takes its dtype
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((24, 4)).astype("float32")
+    y = x @ rng.standard_normal((4, 1))  # float64
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 1))
+    module = tvf.compile_training(model, nn.MSELoss(), tvf.optim.Adam(0.01),
+                                  inputs=tvf.TensorSpec(("batch", 4), "float32"),
+                                  labels=tvf.TensorSpec(("batch", 1), "float64"),
+                                  accumulate=True)
+    before = _dtypes(module)
+    first = module.step(x[:8], y[:8])
+    module.step(x[:5], y[:5])
+    module.accumulate(x[:4], y[:4])
+    module.accumulate(x[4:8], y[4:8])
+    module.apply()
+    assert _dtypes(module) == before
+    tvf.Trainer(module, progress=False).fit(x, y, epochs=3, batch_size=8)
+    assert module.loss(x[:8], y[:8]) < first

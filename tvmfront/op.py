@@ -50,6 +50,10 @@ def _freeze(value):
     return (type(value).__name__, value)
 
 
+def _cast(t, dtype):
+    return te.compute(t.shape, lambda *i: t(*i).astype(dtype), name=f"{t.op.name}_{dtype}")
+
+
 def _refuse_mixed_floats(name, inputs, err):
     """A TypeError naming the op and its inputs' float dtypes where a forward given several
     failed in TVM's own checks (BatchNorm's float32 parameters and a float64 input met in a
@@ -264,6 +268,11 @@ class Op:
                 raise GradientError(f"gradient of op '{self.name}' for input {i} has shape "
                                     f"{tuple(shape_text(g.shape))}, input has "
                                     f"{tuple(shape_text(x.shape))}")
+            elif str(g.dtype) != str(x.dtype) and "float" in str(x.dtype):
+                # an input's gradient has its dtype (PyTorch's rule): a float32 prediction's
+                # from a loss promoted to float64 by float64 labels had reached a ReLU's
+                # gradient as float64 and failed in TVM (a reinterpret of 64 bits to 32)
+                g = _cast(g, str(x.dtype))
             out.append(g)
         return out
 
