@@ -6,7 +6,8 @@ a sweep of special values against PyTorch, which got each of them right):
 - cross-entropy from the gaps to each row's max (log(se) + max - picked had rounded the loss
   to ulp(max): 0.3125 for 0.31326, 0 for log 4, -2.7e22 compiled with label smoothing);
 - x * 0.0 is NaN at NaN and inf (TVM folds v * 0 to 0), and div's d/db = -dy (a / b) / b
-  (b * b under- and overflowed).
+  (b * b under- and overflowed);
+- float64 tanh near 0 by its series (TVM's cancelled).
 """
 
 import numpy as np
@@ -95,3 +96,10 @@ def test_div_gradient_of_tiny_and_huge_divisors():
         _, db = ops.div.vjp(np.ones(5, np.float32), a, b, derived=derived)
         np.testing.assert_allclose(db, want, rtol=1e-6)
         assert np.isfinite(db).all()
+
+
+def test_float64_tanh_near_zero():
+    # TVM's float64 tanh cancels there: 2.2e-5 relative at 1e-12, 0 below ~1e-17
+    x = np.array([1e-300, 1e-30, -1e-17, 1e-12, -1e-8, 1e-4, 0.0099, 0.01, 0.1, -3.0])
+    np.testing.assert_allclose(ops.tanh(x), np.tanh(x), rtol=1e-14, atol=0)
+    assert ops.tanh(np.array([0.0, -0.0]))[0] == 0
