@@ -7,23 +7,20 @@ import math
 from .._tvm import te, tirx
 from ..op import op
 from . import fastmath
+from ._dims import require_float
 
 
 def _c(v, dtype):
     return tirx.const(v, dtype)
 
 
-def _check_float(name, x):
-    # an integer x would be rounded back to integers (gelu of int32 [1, 2] gave [0, 0])
-    if not str(x.dtype).startswith(("float", "bfloat")):
-        raise TypeError(f"{name}: x must be a float tensor, got {x.dtype}")
 
 
 @op
 def gelu(x, approximate="none"):
     """x * Phi(x): the exact erf form (approximate="none"), or PyTorch's tanh form
     0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (approximate="tanh")."""
-    _check_float("gelu", x)
+    require_float("gelu", x)
     d = x.dtype
     if approximate == "none":
         # float32 Phi in vector arithmetic, accurate in the tail x -> -inf where 1/2 (1 + erf)
@@ -44,13 +41,13 @@ def gelu(x, approximate="none"):
 @op
 def silu(x):
     """x * sigmoid(x) (also called swish)."""
-    _check_float("silu", x)
+    require_float("silu", x)
     return te.compute(x.shape, lambda *i: x(*i) * fastmath.sigmoid(x(*i)), name="silu")
 
 
 @gelu.grad
 def _(dy, x, approximate="none"):
-    _check_float("gelu", x)
+    require_float("gelu", x)
     d = x.dtype
     if approximate == "none":  # Phi(x) + x phi(x), sharing one exp in float32
         def body(*i):
@@ -70,7 +67,7 @@ def _(dy, x, approximate="none"):
 
 @silu.grad
 def _(dy, x):  # s + x s (1 - s)
-    _check_float("silu", x)
+    require_float("silu", x)
     one = _c(1, x.dtype)
 
     def body(*i):

@@ -11,6 +11,7 @@ from ..autodiff import if_else_zero
 from ..op import op
 from . import fastmath
 from ._broadcast import broadcast_shape, index_into, reduce_to
+from ._dims import integral_scalar, require_float
 
 
 def _c(value, dtype):
@@ -45,6 +46,7 @@ def _(dy, out, x):
 
 @op
 def sigmoid(x):
+    require_float("sigmoid", x)
     return _unary(x, fastmath.sigmoid, "sigmoid")
 
 
@@ -58,6 +60,7 @@ def _(dy, x):
 
 @op
 def tanh(x):
+    require_float("tanh", x)
     return _unary(x, fastmath.tanh, "tanh")
 
 
@@ -71,6 +74,7 @@ def _(dy, x):
 
 @op
 def exp(x):
+    require_float("exp", x)
     return _unary(x, fastmath.exp, "exp")
 
 
@@ -81,6 +85,7 @@ def _(dy, x):
 
 @op
 def log(x):
+    require_float("log", x)
     return _unary(x, te.log, "log")
 
 
@@ -91,6 +96,7 @@ def _(dy, x):
 
 @op
 def sqrt(x):
+    require_float("sqrt", x)
     return _unary(x, te.sqrt, "sqrt")
 
 
@@ -156,6 +162,10 @@ def _(dy, a, b):
 
 @op
 def div(a, b):
+    if not any(str(t.dtype).startswith(("float", "bfloat")) for t in (a, b)):
+        # TVM refuses an integer "/" ("supports multiple types of integer divisions")
+        raise TypeError(f"div: true division of integers ({a.dtype} / {b.dtype}); cast one "
+                        "to a float dtype")
     return _binary(a, b, lambda u, v: u / v, "div")
 
 
@@ -171,6 +181,7 @@ def _(dy, a, b):
 # ---- with a Python scalar attribute -----------------------------------------------------------
 @op
 def add_scalar(x, value=0.0):
+    integral_scalar("add_scalar", x, value)
     return _unary(x, lambda v: v + _c(value, x.dtype), "add_scalar")
 
 
@@ -181,6 +192,7 @@ def _(dy, x, value=0.0):
 
 @op
 def mul_scalar(x, value=1.0):
+    integral_scalar("mul_scalar", x, value)
     if value == 0 and "float" in str(x.dtype):
         # TVM's simplifier folds v * 0 to 0: NaN and inf times 0 are NaN (numpy, PyTorch)
         inf, nan = _c(math.inf, x.dtype), _c(math.nan, x.dtype)
@@ -197,6 +209,7 @@ def _(dy, x, value=1.0):
 @op
 def rsub_scalar(x, value=0.0):
     """value - x"""
+    integral_scalar("rsub_scalar", x, value)
     return _unary(x, lambda v: _c(value, x.dtype) - v, "rsub_scalar")
 
 
@@ -208,6 +221,7 @@ def _(dy, x, value=0.0):
 @op
 def rdiv_scalar(x, value=1.0):
     """value / x"""
+    require_float("rdiv_scalar", x)
     return _unary(x, lambda v: _c(value, x.dtype) / v, "rdiv_scalar")
 
 
@@ -220,6 +234,7 @@ def _(dy, x, value=1.0):
 @op
 def pow_scalar(x, exponent=2.0):
     """x ** exponent"""
+    require_float("pow_scalar", x)
     return _unary(x, lambda v: te.power(v, _c(exponent, x.dtype)), "pow_scalar")
 
 
@@ -232,6 +247,7 @@ def _(dy, x, exponent=2.0):
 @op
 def rpow_scalar(x, base=2.0):
     """base ** x."""
+    require_float("rpow_scalar", x)
     if base <= 0:
         raise ValueError(f"rpow_scalar: base must be positive, got {base}")
     # libm's exp, not fastmath's: a user forming 1 - base ** x with it would see fastmath's
@@ -274,6 +290,8 @@ def _(dy, x, base=0.5):
 @op
 def clip(x, lo=0.0, hi=1.0):
     """min(max(x, lo), hi), NaN where x is NaN (as numpy and PyTorch's clamp)."""
+    integral_scalar("clip", x, lo, "lo")
+    integral_scalar("clip", x, hi, "hi")
     return _unary(x, lambda v: extremum.minimum(extremum.maximum(v, _c(lo, x.dtype)),
                                                 _c(hi, x.dtype)), "clip")
 

@@ -32,6 +32,10 @@ def _clamped(idx, i, n):
 
 
 def _clamp_id(value, dtype, n):
+    if dtype in ("int8", "int16", "uint8", "uint16"):
+        # widened first: n - 1 may not fit (int8 ids of a 300-row table: "Literal value 299
+        # exceeds range of int8" from TVM)
+        value, dtype = value.astype("int32"), "int32"
     lo = tirx.const(0, dtype)
     hi = tirx.const(n - 1, dtype) if isinstance(n, int) else (n - 1).astype(dtype)
     return te.max(te.min(value, hi), lo).astype("int32")
@@ -238,4 +242,5 @@ def one_hot(indices, depth, dtype="float32"):
         raise TypeError(f"one_hot: indices must be integers, got {indices.dtype}")
     one, zero = tirx.const(1, dtype), tirx.const(0, dtype)
     return te.compute((*indices.shape, int(depth)), lambda *i: te.if_then_else(
-        indices(*i[:-1]) == i[-1].astype(indices.dtype), one, zero), name="one_hot")
+        # compared as int64: i cast to an int8 id wrapped (depth 300: id 5 also hit 261)
+        indices(*i[:-1]).astype("int64") == i[-1].astype("int64"), one, zero), name="one_hot")

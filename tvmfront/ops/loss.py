@@ -16,17 +16,23 @@ def _check_ce(logits, labels):
         raise ValueError(f"cross_entropy labels must be integers, got {labels.dtype}")
 
 
+def _label(labels, i):
+    return labels(*i).astype("int64")
+
+
 def _lead_axes(labels, tag):
     return [te.reduce_axis((0, d), f"{tag}{j}") for j, d in enumerate(labels.shape)]
 
 
 def _valid_count(labels, ignore_index, dtype):
     """(valid(*i): 1 where labels[i] != ignore_index else 0, their count as a 0-d tensor)."""
-    ignore = tirx.const(ignore_index, labels.dtype)
+    # labels compared as int64 (_label): ignore_index -100 is no uint8, and a class index
+    # cast to int8 wrapped past 127 (300 classes: the wrong logit picked)
+    ignore = tirx.const(ignore_index, "int64")
     one, zero = tirx.const(1, dtype), tirx.const(0, dtype)
 
     def valid(*i):
-        return te.if_then_else(labels(*i) != ignore, one, zero)
+        return te.if_then_else(_label(labels, i) != ignore, one, zero)
 
     kb = _lead_axes(labels, "kv")
     count = te.compute((), lambda: te.sum(valid(*kb), axis=kb), name="valid_count")
@@ -51,7 +57,8 @@ def cross_entropy(logits, labels, ignore_index=-100, label_smoothing=0.0):
     zero = tirx.const(0, logits.dtype)
     kc = te.reduce_axis((0, c), "kc")
     picked = te.compute(lead, lambda *i: te.sum(te.if_then_else(
-        kc.var.astype(labels.dtype) == labels(*i), logits(*i, kc), zero), axis=kc), name="picked")
+        kc.var.astype("int64") == _label(labels, i), logits(*i, kc), zero), axis=kc),
+        name="picked")
     keep = tirx.const(1.0 - label_smoothing, logits.dtype)
     # Each row's loss from the gaps to its max, no term of the logits' size: log(se) + max -
     # picked had rounded the loss to ulp(max) (logits [1e6, 1e6 - 1, 0, 0]: 0.3125, not
@@ -98,7 +105,7 @@ def _(dy, logits, labels, ignore_index=-100, label_smoothing=0.0):
     inv_se = te.compute(lead, lambda *r: one / se(*r), name="ce_inv_sumexp")
     dlogits = te.compute(logits.shape, lambda *i: weight(*i[:-1]) * (
         e(*i) * inv_se(*i[:-1]) - spread
-        - te.if_then_else(i[-1].astype(labels.dtype) == labels(*i[:-1]), keep, zero)),
+        - te.if_then_else(i[-1].astype("int64") == _label(labels, i[:-1]), keep, zero)),
         name="cross_entropy_grad")
     return [dlogits, None]
 

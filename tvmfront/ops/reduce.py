@@ -7,7 +7,7 @@ from .. import extremum
 from .._tvm import te, tirx
 from ..autodiff import first_extremum, if_else_zero
 from ..op import op
-from ._dims import dims, reciprocal, show, size
+from ._dims import dims, reciprocal, require_float, show, size
 from .join import _needs_positions
 
 
@@ -113,6 +113,7 @@ def _inverse_count(x, axis):
 @op
 def mean(x, axis=None, keepdims=False):
     """Mean over `axis` (an int, a tuple, or None for all)."""
+    require_float("mean", x)  # an integer mean was cut to an integer (PyTorch refuses it)
     return _reduce(x, axis, keepdims, "mean", te.sum, _inverse_count(x, axis),
                    empty=float("nan"))
 

@@ -3,6 +3,7 @@ subtracted before exp), each with its explicit gradient; the derived ones are ch
 
 from .._tvm import te, tirx
 from ..op import op
+from ._dims import require_float
 from .fastmath import exp
 
 
@@ -22,6 +23,7 @@ def _max_and_sumexp(x, a, masked_rows=False):
     inside the sum: there it ran once per element, vectorized, where inside the reduction's
     scalar tiles (and again in softmax's output) it made a 16x4x64x64 softmax 5x slower.
     masked_rows: a row all -inf subtracts 0, not its max (-inf - -inf is NaN): exp 0, sum 0."""
+    require_float("softmax", x)
     rest = (*x.shape[:a], *x.shape[a + 1:])
     k1, k2 = te.reduce_axis((0, x.shape[a]), "k1"), te.reduce_axis((0, x.shape[a]), "k2")
     mx = te.compute(rest, lambda *j: te.max(x(*j[:a], k1, *j[a:]), axis=k1), name="sm_max")
