@@ -466,3 +466,13 @@ def test_a_forward_te_cannot_build_is_named_before_tvm_fails(forward, inputs, er
     std::bad_alloc (a negative extent) when the kernel was built."""
     with pytest.raises(error, match=match):
         tvf.op(forward)(*inputs)
+
+
+def test_an_array_given_for_an_attribute_is_named():
+    # masked_softmax(x, mask): the mask became axis=, and the forward failed on "'<=' not
+    # supported between instances of 'int' and 'Tensor'"
+    x = np.zeros((2, 3), np.float32)
+    with pytest.raises(TypeError, match=r"op 'masked_softmax' takes axis= as an attribute "
+                                        r"\(default -1\), not a tensor; its tensor inputs: x"):
+        tvf.ops.masked_softmax(x, np.ones((2, 3), bool))
+    assert tvf.ops.masked_softmax(x, axis=-1).shape == (2, 3)

@@ -140,6 +140,7 @@ class Op:
             raise TypeError(f"tvf.op takes a function of TE tensors (the forward), got {fn!r}")
         self.fn = fn
         self.name = name or fn.__name__
+        self._n_required = None  # _required_inputs, on first call
         taken = _RESERVED_ATTRIBUTES & set(inspect.signature(fn).parameters)
         if taken:
             # te_grad and vjp take these keywords themselves: an attribute so named was
@@ -183,6 +184,14 @@ class Op:
         return self._grad_fn is not None
 
     # ---- attributes --------------------------------------------------------------------------
+    def _required_inputs(self):
+        """How many positional parameters the forward has without a default."""
+        if self._n_required is None:
+            self._n_required = sum(
+                1 for p in inspect.signature(self.fn).parameters.values()
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty)
+        return self._n_required
+
     def attribute_names(self, n_inputs):
         """Keywords the forward takes as attributes after `n_inputs` tensor inputs (None: any,
         the forward takes **kwargs)."""
@@ -296,13 +305,21 @@ class Op:
     def __call__(self, *inputs, **attrs):
         params = [p for p in inspect.signature(self.fn).parameters.values()
                   if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)] \
-            if any(isinstance(v, (tuple, list)) for v in inputs) else []
+            if any(isinstance(v, (tuple, list)) for v in inputs) or \
+            len(inputs) > self._required_inputs() else []
         for v, p in zip(inputs, params):
             if isinstance(v, (tuple, list)) and p.default is not p.empty:
                 # reshape(x, (-1, 32)): the tuple became a tensor input, and iterating that
                 # TE tensor as a shape never ended (compile hung)
                 raise TypeError(f"op '{self.name}': {p.name} is an attribute; pass it by "
                                 f"keyword ({p.name}={v!r}): positional inputs are tensors")
+            if p.default not in (p.empty, None) and (hasattr(v, "shape") or
+                                                     isinstance(v, Tensor)):
+                # masked_softmax(x, mask): the mask became axis=, and the forward failed on
+                # "'<=' not supported between instances of 'int' and 'Tensor'"
+                raise TypeError(f"op '{self.name}' takes {p.name}= as an attribute (default "
+                                f"{p.default!r}), not a tensor; its tensor inputs: "
+                                f"{', '.join(q.name for q in params if q.default is q.empty)}")
         if inputs and any(isinstance(v, te.Tensor) for v in inputs):
             # inside another op's forward or gradient: compose at the TE level
             self.check_attrs(attrs, len(inputs))
