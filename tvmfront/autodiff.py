@@ -1268,28 +1268,24 @@ class _Guarded(Exception):
 
 
 def _keyed_unguarded(expr, analyzer, pads, key):
-    """key(expr unguarded) for a window's element that is one (guarded) read: a padded read
-    reads a copy of key(x) padded with NaN (no key equals NaN and no max or min over keys,
-    `k > top ? k : top`, takes it), so that the padding is never a window's first extremum,
-    as it is none of its elements. None for any other expression."""
-    if isinstance(expr, Call) and expr.op.name == "prim.if_then_else":
-        cond = _try_simplify(analyzer, expr.args[0])
-        if isinstance(cond, P.IntImm):
-            return _keyed_unguarded(expr.args[1] if cond.value else expr.args[2], analyzer,
-                                    pads, key)
-        then, other = expr.args[1:]
-        if not _is_load(then) or not isinstance(other, (P.FloatImm, P.IntImm)) or \
-                not _guards_its_bounds(cond, then, analyzer):
-            return None
-        tensor, _ = _load_parts(then)
-        keys = pads.get(("keys", tensor))
-        if keys is None:
-            keys = pads[("keys", tensor)] = te.compute(
-                tensor.shape, lambda *i: key(tensor(*i)), name=f"{tensor.op.name}_key")
-        nan = _const(math.nan, str(tensor.dtype))
-        return _unguarded(tvm.tirx.if_then_else(cond, substitute(then, {}, loads={
-            tensor: lambda idx: keys(*idx)}), nan), analyzer, pads)
-    return key(expr) if _is_load(expr) else None
+    """key(expr unguarded) for a window's element that is one read, guarded or not: a guarded
+    read becomes a read of a copy of key(x) padded with NaN (no key equals NaN and no max or
+    min over keys, `k > top ? k : top`, takes it), so that the padding is never a window's
+    first extremum, as it is none of its elements. None for any other expression."""
+    if _is_load(expr):
+        return key(expr)
+    if not (isinstance(expr, Call) and expr.op.name == "prim.if_then_else"
+            and _is_load(expr.args[1]) and isinstance(expr.args[2], (P.FloatImm, P.IntImm))):
+        return None
+    cond, then = expr.args[:2]
+    tensor, _ = _load_parts(then)
+    keys = pads.get(("keys", tensor))
+    if keys is None:
+        keys = pads[("keys", tensor)] = te.compute(
+            tensor.shape, lambda *i: key(tensor(*i)), name=f"{tensor.op.name}_key")
+    read = substitute(then, {}, loads={tensor: lambda idx: keys(*idx)})
+    return _unguarded(tvm.tirx.if_then_else(cond, read, _const(math.nan, str(tensor.dtype))),
+                      analyzer, pads)
 
 
 def _unguarded(expr, analyzer, pads):

@@ -118,15 +118,11 @@ def kind(combiner):
     if ident is None:
         return None
     dtype = dtype_of(a)
-    for name, plain, ours, extreme in (("max", te.max, maximum, lowest),
-                                       ("min", te.min, minimum, highest)):
-        beyond = ident <= extreme(dtype).value if name == "max" else ident >= extreme(dtype).value
-        at_extreme = beyond or ident == (te.min_value(dtype) if name == "max"
-                                         else te.max_value(dtype)).value
-        if not at_extreme:
-            continue
-        if any(structural_equal(result, f(x, y), map_free_vars=False)
-               for f in (plain, ours) for x, y in ((a, b), (b, a))):
+    for name, plain, ours, at_extreme in (
+            ("max", te.max, maximum, ident <= te.min_value(dtype).value),  # or -inf
+            ("min", te.min, minimum, ident >= te.max_value(dtype).value)):  # or +inf
+        if at_extreme and any(structural_equal(result, f(x, y), map_free_vars=False)
+                              for f in (plain, ours) for x, y in ((a, b), (b, a))):
             return name
     return None
 

@@ -13,11 +13,16 @@ from ..spec import dim_text
 from ..tensor import dim, shape_text
 
 
+def is_float(x):
+    """Whether tensor x is of a float dtype (bfloat16 too)."""
+    return str(x.dtype).startswith(("float", "bfloat"))
+
+
 def require_float(name, x):
     """TypeError unless x is a float tensor: an integer x came back rounded to integers
     (gelu of int32 [1, 2] gave [0, 0]) or failed in TVM ("Cannot find intrinsic
     declaration ... llvm.exp", "TVM supports multiple types of integer divisions")."""
-    if not str(x.dtype).startswith(("float", "bfloat")):
+    if not is_float(x):
         raise TypeError(f"{name}: x must be a float tensor, got {x.dtype} (cast it, e.g. "
                         f"x.astype('float32'))")
 
@@ -26,7 +31,7 @@ def integral_scalar(name, x, value, what="value"):
     """TypeError where a non-integral scalar meets an integer x: the scalar was cut to x's
     dtype (mul_scalar(int32 [1, 2, 3], 1.5) gave [1, 2, 3], a compiled x / 2 gave 0), where
     numpy and PyTorch promote to float."""
-    if not str(x.dtype).startswith(("float", "bfloat")) and float(value) != int(value):
+    if not is_float(x) and float(value) != int(value):
         raise TypeError(f"{name}: {what}={value} is no integer and x is {x.dtype}: the result "
                         f"would be cut to integers; cast x to a float dtype first")
 

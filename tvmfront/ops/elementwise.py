@@ -11,7 +11,7 @@ from ..autodiff import if_else_zero
 from ..op import op
 from . import fastmath
 from ._broadcast import broadcast_shape, index_into, reduce_to
-from ._dims import integral_scalar, require_float
+from ._dims import integral_scalar, is_float, require_float
 
 
 def _c(value, dtype):
@@ -162,7 +162,7 @@ def _(dy, a, b):
 
 @op
 def div(a, b):
-    if not any(str(t.dtype).startswith(("float", "bfloat")) for t in (a, b)):
+    if not (is_float(a) or is_float(b)):
         # TVM refuses an integer "/" ("supports multiple types of integer divisions")
         raise TypeError(f"div: true division of integers ({a.dtype} / {b.dtype}); cast one "
                         "to a float dtype")
@@ -193,7 +193,7 @@ def _(dy, x, value=0.0):
 @op
 def mul_scalar(x, value=1.0):
     integral_scalar("mul_scalar", x, value)
-    if value == 0 and "float" in str(x.dtype):
+    if value == 0 and is_float(x):
         # TVM's simplifier folds v * 0 to 0: NaN and inf times 0 are NaN (numpy, PyTorch)
         inf, nan = _c(math.inf, x.dtype), _c(math.nan, x.dtype)
         return _unary(x, lambda v: tirx.Select(te.abs(v) < inf, _c(0.0, x.dtype), nan),

@@ -92,7 +92,7 @@ INLINE_TAPS = 16
 
 def _first_max(x, n, c, oh, ow, kernel, stride, padding):
     """The position (rh * kw + rw) of window (oh, ow)'s first maximal element in scan order,
-    PyTorch's: the first NaN if any (_window_keys), the first element where all are -inf,
+    PyTorch's: the first NaN if any (_keys_max), the first element where all are -inf,
     never the padding. Straight-line code, no reduction loop and no guarded load (a guarded
     load is a branch, or a scalarized vector loop): each element is read at an index clamped
     into x, which over the padding reads a copy of an element of the same window, leaving
