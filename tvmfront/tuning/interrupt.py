@@ -19,15 +19,22 @@ A worker that gets it while importing TVM prints a KeyboardInterrupt traceback, 
 gets it mid-candidate fails that candidate, so the first press could not finish the batch it
 promised to. So during the block the main thread blocks SIGINT: the threads it starts inherit
 the mask, and the workers those threads spawn inherit it through exec, so workers never see a
-press. A helper thread started before the mask keeps SIGINT unblocked, so the kernel delivers
-presses to it and Python runs the handler in the main thread as before. A stop-at-once press
-ends the workers (SIGTERM: quiet) so the batch in flight ends now.
+press. A stop-at-once press ends the workers (SIGTERM: quiet) so the batch in flight ends now.
+
+Presses are handled in a receiver thread, not by a Python signal handler. With SIGINT blocked
+in the main thread the kernel delivers a press to another thread, and CPython (3.11) then runs
+the Python handler only once the main thread re-checks its pending signals, which it may not
+do for a whole tuning run: CI saw a first press ignored for ten batches (two minutes). The C
+handler writes every press to the wakeup fd (signal.set_wakeup_fd) from whichever thread the
+kernel chose, and the receiver, blocked on that fd, handles it at once.
 """
 
 import contextlib
+import os
 import signal
 import sys
 import threading
+import time
 
 import psutil
 
@@ -91,29 +98,64 @@ def handled(run):
     if threading.current_thread() is not threading.main_thread():
         yield sigint
         return
-    previous = signal.signal(signal.SIGINT, sigint)
-    receiver = _Receiver()
+    receiver = _Receiver(sigint)
+    # the C handler must be installed for the wakeup fd to be written; the Python one the
+    # main thread runs later has nothing left to do (the receiver handled the press)
+    previous = signal.signal(signal.SIGINT, _handled_by_receiver)
+    previous_fd = signal.set_wakeup_fd(receiver.wakeup_fd, warn_on_full_buffer=False)
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield sigint
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a pending press is delivered here
-        receiver.stop()
+        signal.set_wakeup_fd(previous_fd)
+        receiver.stop()  # after it has handled every press written to the fd
+        _run_pending_handlers()
         signal.signal(signal.SIGINT, previous)
     sigint.checkpoint()
 
 
-class _Receiver:
-    """A thread with SIGINT unblocked while the main thread blocks it: the kernel delivers a
-    process-wide SIGINT to a thread that does not block it, and CPython's C handler, wherever
-    it runs, has the main thread run the Python handler."""
+def _handled_by_receiver(signum, frame):
+    """The Python-level SIGINT handler during the block: the receiver thread did the work."""
 
-    def __init__(self):
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._done.wait, name="tvmfront-sigint",
+
+def _run_pending_handlers():
+    """Have the main thread run the Python handlers of presses it has not run yet, before the
+    previous handler returns: a press handled during the block must not raise
+    KeyboardInterrupt later. Retaking the GIL makes CPython 3.11 recompute whether the main
+    thread has signals to handle; the next call checks and runs them."""
+    for _ in range(2):
+        time.sleep(0.001)
+
+
+class _Receiver:
+    """A thread that handles each press written to its pipe by CPython's C-level handler
+    (the wakeup fd) as soon as it arrives, whichever thread the kernel delivered it to."""
+
+    _STOP = b"\0"  # no signal has number 0
+
+    def __init__(self, sigint):
+        self._sigint = sigint
+        self._read, self.wakeup_fd = os.pipe()
+        os.set_blocking(self.wakeup_fd, False)  # the C handler writes it: it must never block
+        self._thread = threading.Thread(target=self._serve, name="tvmfront-sigint",
                                         daemon=True)
-        self._thread.start()  # before the main thread blocks SIGINT: it inherits the mask
+        # before the main thread blocks SIGINT: this thread keeps it unblocked, so the kernel
+        # always has a thread to deliver a press to (else it would wait, pending, to the end)
+        self._thread.start()
+
+    def _serve(self):
+        try:
+            while True:
+                for byte in os.read(self._read, 64):
+                    if byte == 0:
+                        return
+                    if byte == signal.SIGINT:
+                        self._sigint(signal.SIGINT, None)
+        finally:
+            os.close(self._read)
 
     def stop(self):
-        self._done.set()
+        os.write(self.wakeup_fd, self._STOP)
         self._thread.join()
+        os.close(self.wakeup_fd)
