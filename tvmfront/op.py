@@ -54,6 +54,24 @@ def _cast(t, dtype):
     return te.compute(t.shape, lambda *i: t(*i).astype(dtype), name=f"{t.op.name}_{dtype}")
 
 
+_HALF_FLOATS = ("float16", "bfloat16")
+
+
+def _any_half(tensors):
+    return any(isinstance(t, te.Tensor) and str(t.dtype) in _HALF_FLOATS for t in tensors)
+
+
+def _widened(tensors):
+    """float16/bfloat16 TE tensors cast to float32, the dtype ops compute them in; the others
+    as they are. A tensor or a list of them, as given (a gradient's dy is a list for an op
+    with several outputs)."""
+    if isinstance(tensors, te.Tensor):
+        return _widened([tensors])[0]
+    if not isinstance(tensors, (list, tuple)):
+        return tensors
+    return type(tensors)(_cast(t, "float32") if _any_half([t]) else t for t in tensors)
+
+
 def _refuse_mixed_floats(name, inputs, err):
     """A TypeError naming the op and its inputs' float dtypes where a forward given several
     failed in TVM's own checks (BatchNorm's float32 parameters and a float64 input met in a
@@ -218,7 +236,7 @@ class Op:
         _freeze_attrs(self.name, attrs)
 
     # ---- TE level ----------------------------------------------------------------------------
-    def te_forward(self, *inputs, **attrs):
+    def _forward(self, inputs, attrs):
         try:
             out = self.fn(*inputs, **attrs)
         except Exception as err:
@@ -228,8 +246,42 @@ class Op:
         if not outs or not all(isinstance(o, te.Tensor) for o in outs):
             raise TypeError(f"op '{self.name}' must return a te.Tensor or a list of them, "
                             f"got {type(out).__name__}")
+        return out, list(outs)
+
+    def te_forward(self, *inputs, **attrs):
+        if _any_half(inputs):
+            out, outs = self._half_forward(inputs, attrs)
+        else:
+            out, outs = self._forward(inputs, attrs)
         outs = _computed(self.name, "forward", outs, inputs, self._check_stages)
         return type(out)(outs) if isinstance(out, (list, tuple)) else outs[0]
+
+    def _half_forward(self, inputs, attrs):
+        """float16/bfloat16 inputs computed in float32, each output rounded once to the dtype
+        the forward gives it on the inputs as they are (PyTorch's and JAX's CPU rule): a sum
+        of 4096 float16 ones accumulated in float16 was 2048, a float16 LayerNorm's variance
+        overflowed to inf for |x| of a few hundred. A forward TVM cannot build on the half
+        dtype itself (te.power on bfloat16) gives its float32 outputs that dtype."""
+        first = None  # the forward's error on the inputs as they are
+        try:
+            out, outs = self._forward(inputs, attrs)
+            dtypes = [str(o.dtype) for o in outs]
+        except Exception as err:
+            floats = {str(t.dtype) for t in inputs
+                      if isinstance(t, te.Tensor) and "float" in str(t.dtype)}
+            if len(floats) != 1:  # mixed float dtypes: the forward's own error stands
+                raise
+            first, half = err, floats.pop()
+        try:
+            wide, outs = self._forward(_widened(inputs), attrs)
+        except Exception:
+            if first is not None:  # failing in float32 too: the error on the inputs given
+                raise first from None
+            raise
+        if first is not None:
+            out, dtypes = wide, [half if str(w.dtype) == "float32" else str(w.dtype)
+                                 for w in outs]
+        return out, [w if str(w.dtype) == d else _cast(w, d) for w, d in zip(outs, dtypes)]
 
     def _derived(self, derived=None):
         return (_force_derived.get() or not self.has_grad) if derived is None else derived
@@ -243,11 +295,11 @@ class Op:
         from `inputs` (inlined into the gradient kernel) when it is None."""
         if self._derived(derived):
             grads = derive_for_op(self.name, lambda *xs: self.te_forward(*xs, **attrs), inputs, dy)
-        elif self._grad_uses_output:
+        elif self._grad_uses_output:  # in float32 for float16/bfloat16, as te_forward
             out = self.te_forward(*inputs, **attrs) if forward_output is None else forward_output
-            grads = self._grad_fn(dy, out, *inputs, **attrs)
+            grads = self._grad_fn(_widened(dy), _widened(out), *_widened(inputs), **attrs)
         else:
-            grads = self._grad_fn(dy, *inputs, **attrs)
+            grads = self._grad_fn(_widened(dy), *_widened(inputs), **attrs)
         if isinstance(grads, te.Tensor):
             grads = [grads]
         if not isinstance(grads, (list, tuple)):
