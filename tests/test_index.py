@@ -22,10 +22,25 @@ nn, ops = tvf.nn, tvf.ops
      r"embedding: id 4 at position \(1, 0\) is out of range: the valid range is 0\.\.3"),
     (lambda: ops.one_hot(np.array([0, 3]), depth=3), r"one_hot: class id 3"),
     (lambda: ops.embedding.vjp(np.ones((1, 2)), np.ones((4, 2)), np.array([9])), r"id 9"),
-], ids=["take-too-big", "take-negative", "embedding-int32", "one_hot", "embedding-vjp"])
+    # a label out of range had given a loss silently (nn.CrossEntropyLoss refused it)
+    (lambda: ops.cross_entropy(np.zeros((3, 5)), np.array([0, 7, 1])),
+     r"cross_entropy: label 7 at position \(1,\) is out of range: the valid range is 0\.\.4 "
+     r"\(or -100, which is ignored\)"),
+    (lambda: ops.cross_entropy.vjp(np.float64(1), np.zeros((2, 5)), np.array([-1, 0])),
+     r"label -1"),
+    (lambda: ops.cross_entropy(np.zeros((2, 5)), np.array([-100, 5]), ignore_index=-100),
+     r"label 5"),
+], ids=["take-too-big", "take-negative", "embedding-int32", "one_hot", "embedding-vjp",
+        "cross_entropy", "cross_entropy-vjp", "cross_entropy-ignored-beside"])
 def test_out_of_range_ids_are_a_clear_eager_error(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_cross_entropy_skips_ignore_index_in_its_label_check():
+    x = np.zeros((3, 5), np.float32)
+    assert ops.cross_entropy(x, np.array([0, 9, 1]), ignore_index=9) == \
+        pytest.approx(np.log(5), rel=1e-6)
 
 
 def test_float_ids_are_a_type_error():

@@ -15,6 +15,7 @@ runtime start a range), and every call is checked against them (runtime/modules.
 """
 
 import contextlib
+import inspect
 
 import numpy as np
 
@@ -47,32 +48,42 @@ def _axis(axis, ndim, name):
     return axis % ndim
 
 
-def _check_ids(name, ids, n, what="id"):
+def _check_ids(name, ids, n, what="id", ignored=None):
+    """ValueError naming the first id out of [0, n) (`ignored`, e.g. cross_entropy's
+    ignore_index, is no id: it is skipped)."""
     ids = np.asarray(ids)
     if ids.dtype.kind not in "iu":
         raise TypeError(f"{name}: {what}s must be integers (int32 or int64), got {ids.dtype}")
-    if ids.size:
-        lo, hi = int(ids.min()), int(ids.max())
+    counted = ids if ignored is None else ids[ids != ignored]
+    if counted.size:
+        lo, hi = int(counted.min()), int(counted.max())
         if lo < 0 or hi >= n:
             bad = lo if lo < 0 else hi
             where = tuple(int(v) for v in np.argwhere(ids == bad)[0])
+            also = "" if ignored is None else f" (or {ignored}, which is ignored)"
             raise ValueError(f"{name}: {what} {bad} at position {where} is out of range: the "
-                             f"valid range is 0..{n - 1}")
+                             f"valid range is 0..{n - 1}{also}")
 
 
 class _IndexOp(Op):
     """An op whose integer input (position `ids_at`) indexes an axis of size `size(arrays,
     attrs)`: eagerly the ids are checked before any kernel runs."""
 
-    def __init__(self, fn, ids_at, size, what="id", reads=True):
+    def __init__(self, fn, ids_at, size, what="id", reads=True, ignored=None):
         super().__init__(fn)
         self._ids_at, self._size, self._what = ids_at, size, what
         self._reads = reads  # the ids select rows to read (not one_hot's): bound calls
+        self._ignored = ignored  # the attribute naming an id value that is skipped, if any
 
     def _check(self, arrays, attrs):
         arrays = [np.asarray(a) for a in arrays]
         if len(arrays) > self._ids_at:
-            _check_ids(self.name, arrays[self._ids_at], self._size(arrays, attrs), self._what)
+            ignored = None
+            if self._ignored is not None:
+                ignored = attrs.get(self._ignored, inspect.signature(self.fn).parameters[
+                    self._ignored].default)
+            _check_ids(self.name, arrays[self._ids_at], self._size(arrays, attrs), self._what,
+                       ignored)
 
     def eager(self, *arrays, **attrs):
         self._check(arrays, attrs)
@@ -122,8 +133,8 @@ def _record_bounds(name, trace, ids, n):
             trace.bound("id_ranges", source, n - length + 1)
 
 
-def _index_op(ids_at, size, what="id", reads=True):
-    return lambda fn: _IndexOp(fn, ids_at, size, what, reads)
+def _index_op(ids_at, size, what="id", reads=True, ignored=None):
+    return lambda fn: _IndexOp(fn, ids_at, size, what, reads, ignored)
 
 
 # ---- take ------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from .._tvm import te, tirx
 from ..errors import ShapeError
 from ..op import op
+from .index import _index_op
 from .softmax_axis import _max_and_sumexp
 from ._dims import reciprocal, same_shape, show, size, static
 
@@ -44,7 +45,10 @@ def _spread(label_smoothing, logits):
     return tirx.const(label_smoothing / c, logits.dtype)
 
 
-@op
+# eagerly a label out of range is a ValueError, as in PyTorch (it had given a loss silently;
+# compiled steps check theirs in runtime/modules.py)
+@_index_op(1, lambda arrays, attrs: arrays[0].shape[-1], what="label", reads=False,
+           ignored="ignore_index")
 def cross_entropy(logits, labels, ignore_index=-100, label_smoothing=0.0):
     """Mean over the samples whose label is not ignore_index of
     logsumexp(logits[b]) - (1 - s) * logits[b, labels[b]] - s * mean_c(logits[b, c]),
