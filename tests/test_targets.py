@@ -186,6 +186,21 @@ def cuda_modules():
     return train, infer
 
 
+def test_float16_training_builds_for_cuda():
+    """dlight's gpu.Reduction failed inside TVM on the float16 MSELoss kernel (float32 compute
+    between casts) and took the whole build with it; a rule that fails now passes the kernel
+    to the next one, and build_info names it."""
+    model = nn.Sequential(nn.Linear(64, 32, dtype="float16"), nn.ReLU(),
+                          nn.LayerNorm(32, dtype="float16"), nn.Linear(32, 10, dtype="float16"))
+    train = tvf.compile_training(model, nn.MSELoss(), tvf.optim.Adam(1e-3),
+                                 inputs=tvf.TensorSpec((8, 64), "float16"),
+                                 labels=tvf.TensorSpec((8, 10), "float16"), target="cuda:sm_80")
+    assert "cuda" in _device_module_kinds(train._executable)
+    for kernel, causes in train.build_info["fallback_kernels"].items():
+        assert all(c.startswith(("Matmul:", "GEMV:", "Reduction:", "GeneralReduction:"))
+                   for c in causes), (kernel, causes)
+
+
 def _batch(seed=0):
     rng = np.random.default_rng(seed)
     return (rng.standard_normal((BATCH, 1, 4, 4)).astype("float32"),

@@ -7,6 +7,7 @@ cache (tvmfront.cache): the library is exported once, into the cache, and loaded
 
 import collections
 import os
+import re
 import shutil
 import tempfile
 
@@ -33,8 +34,10 @@ def schedule_stage(target, records=None, fallbacks=None):
             if target.kind.name == "cuda":
                 from tvm.s_tir import dlight as dl  # GPU kernels cannot run unscheduled
 
-                mod = dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
-                                              dl.gpu.GeneralReduction(), dl.gpu.Fallback())(mod)
+                rules = (dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
+                         dl.gpu.GeneralReduction(), dl.gpu.Fallback())
+                names = {func: gv.name_hint for gv, func in mod.functions_items()}
+                mod = dl.ApplyDefaultSchedule(*_guarded(dl, rules, names, fallbacks))(mod)
             elif target.kind.name == "llvm":
                 # Every kernel the records did not cover gets a default CPU schedule
                 # (dlight's CPU rules where they fit, tvmfront's own rules elsewhere).
@@ -44,6 +47,32 @@ def schedule_stage(target, records=None, fallbacks=None):
         return mod
 
     return schedule
+
+
+def _guarded(dl, rules, names, fallbacks):
+    """dlight `rules` where one that raises on a kernel passes it to the next (as the CPU
+    rules do, tvmfront.schedule), noting why in `fallbacks` under the kernel's name (`names`:
+    {PrimFunc: name}): gpu.Reduction's rfactor failed inside TVM on a float16 MSELoss's
+    kernel (float32 compute between casts), and the whole CUDA build with it."""
+
+    class Guarded(dl.ScheduleRule):
+        def __init__(self, rule):
+            self.rule = rule
+
+        def apply(self, func, target, tunable):
+            try:
+                return self.rule.apply(func, target, tunable)
+            except Exception as err:  # noqa: BLE001  (TVM raises its own error types)
+                name = names.get(func, "?")
+                lines = str(err).strip().splitlines()
+                cause = f"{type(self.rule).__name__}: {lines[-1][:200] if lines else err!r}"
+                cause = re.sub(r" \(0x[0-9a-f]+ vs\. 0x[0-9a-f]+\)", "", cause)  # addresses
+                log.info("kernel %s: dlight %s", name, cause)
+                if isinstance(fallbacks, dict):
+                    fallbacks.setdefault(name, []).append(cause)
+                return None
+
+    return [Guarded(rule) for rule in rules]
 
 
 def build(mod, target, records=None, dump_dir=None):
