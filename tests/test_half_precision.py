@@ -126,3 +126,35 @@ def test_a_float16_model_trains_like_its_float32_copy():
         losses[dtype] = [float(step.step(x.astype(dtype), y.astype(dtype))) for _ in range(5)]
     assert all(np.isfinite(losses["float16"]))  # the LayerNorm's variance overflowed before
     np.testing.assert_allclose(losses["float16"], losses["float32"], rtol=2e-2)
+
+
+def test_module_to_casts_float_state_in_place_as_pytorch():
+    tvf.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(64, 3))
+    model.eval()
+    x = np.random.default_rng(0).standard_normal((2, 1, 6, 6)).astype(np.float32)
+    want = tvf.compile_inference(model, inputs=x)(x)
+    state = model.state_dict()
+    assert model.half() is model
+    dtypes = {k: str(v.dtype) for k, v in model.state_dict().items()}
+    assert dtypes.pop("1.num_batches_tracked") == "int64"  # integer buffers keep theirs
+    assert set(dtypes.values()) == {"float16"}
+    got = tvf.compile_inference(model, inputs=x.astype(np.float16))(x.astype(np.float16))
+    assert got.dtype == np.float16
+    np.testing.assert_allclose(_f32(got), want, rtol=1e-2, atol=1e-2)
+    model.float()
+    for k, v in model.state_dict().items():  # float32 again, the values rounded once
+        assert v.dtype == state[k].dtype
+        np.testing.assert_array_equal(v, state[k].astype(np.float16).astype(state[k].dtype)
+                                      if v.dtype.kind == "f" else state[k])
+    assert model.double().state_dict()["4.weight"].dtype == np.float64
+    with pytest.raises(TypeError, match="Sequential.to: dtype must be one of float16"):
+        model.to("int32")
+
+
+def test_module_to_keeps_a_tied_parameter_one():
+    a, b = nn.Linear(4, 4), nn.Linear(4, 4)
+    b.weight = a.weight
+    model = nn.Sequential(a, b).to("float16")
+    assert a.weight is b.weight and a.weight.dtype == "float16"

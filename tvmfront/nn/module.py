@@ -6,6 +6,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..tensor import Tensor, current_trace
+from .init import float_dtype
 
 
 class _State:
@@ -137,6 +138,29 @@ class Module:
     def eval(self):
         """Evaluation mode (BatchNorm normalises with its running statistics); train(False)."""
         return self.train(False)
+
+    def to(self, dtype):
+        """Cast every float parameter and buffer to `dtype` (float16, float32 or float64), in
+        place, and return self: PyTorch's module.to(dtype). Integer buffers (BatchNorm's
+        num_batches_tracked) keep their dtype; a tied parameter stays one. Compile after it:
+        a compiled module keeps the dtypes it was compiled with."""
+        dtype = float_dtype(dtype, f"{type(self).__name__}.to")
+        for _, state in self.named_parameters() + self.named_buffers():
+            if state.data.dtype.kind == "f":
+                state.data = state.data.astype(dtype)
+        return self
+
+    def half(self):
+        """to('float16')"""
+        return self.to("float16")
+
+    def float(self):
+        """to('float32')"""
+        return self.to("float32")
+
+    def double(self):
+        """to('float64')"""
+        return self.to("float64")
 
     def modules(self):
         """This module and every submodule, depth first (a shared one once)."""
