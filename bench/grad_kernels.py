@@ -47,6 +47,7 @@ CASES = {
     "max_pool2d b32 64@28 k3 s2 p1": ("max_pool2d", ops.max_pool2d, [(32, 64, 28, 28)],
                                       {"kernel": 3, "stride": 2, "padding": 1}),
     "avg_pool2d b32 64@28 k2": ("avg_pool2d", ops.avg_pool2d, [(32, 64, 28, 28)], {"kernel": 2}),
+    "relu b32 64@28": ("relu", ops.relu, [(32, 64, 28, 28)], {}),
 }
 # examples/resnet_digits.py's convolutions at batch 64: stem, stage convs at 32/16/8 (stride 1),
 # the first conv of stages 2 and 3 (stride 2) and their 1x1 stride-2 projections.

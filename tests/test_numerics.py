@@ -7,7 +7,9 @@ a sweep of special values against PyTorch, which got each of them right):
   to ulp(max): 0.3125 for 0.31326, 0 for log 4, -2.7e22 compiled with label smoothing);
 - x * 0.0 is NaN at NaN and inf (TVM folds v * 0 to 0), and div's d/db = -dy (a / b) / b
   (b * b under- and overflowed);
-- float64 tanh near 0 by its series (TVM's cancelled).
+- float64 tanh near 0 by its series (TVM's cancelled);
+- relu's gradient passes dy where its output is NaN (PyTorch's where(out <= 0, 0, dy); it
+  gave 0).
 """
 
 import numpy as np
@@ -103,3 +105,12 @@ def test_float64_tanh_near_zero():
     x = np.array([1e-300, 1e-30, -1e-17, 1e-12, -1e-8, 1e-4, 0.0099, 0.01, 0.1, -3.0])
     np.testing.assert_allclose(ops.tanh(x), np.tanh(x), rtol=1e-14, atol=0)
     assert ops.tanh(np.array([0.0, -0.0]))[0] == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_relu_gradient_passes_dy_at_nan_as_pytorch(dtype):
+    x = np.array([-1.0, 0.0, 2.0, np.nan, -np.nan, np.inf, -np.inf], dtype)
+    dy = np.arange(1, 8, dtype=dtype)
+    (dx,) = ops.relu.vjp(dy, x)
+    assert dx.dtype == dtype
+    np.testing.assert_array_equal(dx, [0, 0, 3, 4, 5, 6, 0])

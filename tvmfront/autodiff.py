@@ -274,6 +274,21 @@ def if_else_zero(condition, value, dtype):
     return tirx.reinterpret(dtype, tirx.reinterpret(bits, value) & mask)
 
 
+def zero_where(condition, value, dtype):
+    """condition ? 0 : value, branch-free as if_else_zero, with no negation of `condition`
+    (TVM's simplifier turns not(a <= b) into b < a, false for a NaN a): PyTorch's
+    where(out <= 0, 0, dy), which passes dy where out is NaN."""
+    dtype = str(dtype)
+    width = "".join(ch for ch in dtype if ch.isdigit())
+    if not (dtype.startswith(("int", "float")) and width in ("16", "32", "64")):
+        return P.Select(condition, _const(0, dtype), value)
+    bits = "int" + width
+    mask = P.Cast(bits, condition) - _const(1, bits)  # all ones where the condition is false
+    if dtype.startswith("int"):
+        return value & mask
+    return tirx.reinterpret(dtype, tirx.reinterpret(bits, value) & mask)
+
+
 def diff(expr, target):
     """d expr / d target, where target is one tensor load; None stands for zero."""
     if _is_load(expr):

@@ -7,7 +7,7 @@ import math
 
 from .. import extremum
 from .._tvm import te, tirx
-from ..autodiff import if_else_zero
+from ..autodiff import if_else_zero, zero_where
 from ..op import op
 from . import fastmath
 from ._broadcast import broadcast_shape, index_into, reduce_to
@@ -33,15 +33,16 @@ def relu(x):
 
 @relu.grad(uses_output=True)
 def _(dy, out, x):
-    # out > 0 exactly where x > 0 (relu'(0) = 0; NaN: both false). Reading the output, not x,
+    # dy where out > 0, exactly where x > 0 (relu'(0) = 0), and where out is NaN (PyTorch's
+    # where(out <= 0, 0, dy); if_else_zero(out > 0) had given 0 there). Reading the output, not x,
     # leaves x to relu alone, so the kernel making x (a BatchNorm, a residual add) fuses
     # with relu: x is never written out in the forward nor read again in the backward.
     # if_else_zero, not if_then_else: a guarded load is a branch per element wherever the
     # kernel is not vectorized, which the ReLU's real mask mispredicts (an AVX2 ResNet
     # step's stride-2 shortcut gradient: 0.3 ms alone on random positive data, 1.9 ms in
     # the step).
-    return [te.compute(x.shape, lambda *i: if_else_zero(out(*i) > _c(0, x.dtype), dy(*i),
-                                                         x.dtype), name="relu_grad")]
+    return [te.compute(x.shape, lambda *i: zero_where(out(*i) <= _c(0, out.dtype), dy(*i),
+                                                       dy.dtype), name="relu_grad")]
 
 
 @op
