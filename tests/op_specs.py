@@ -233,6 +233,16 @@ for _op, _ref in _BINARY:
              id=f"{_op.name}-{'x'.join(map(str, _sa)) or 'scalar'}"
                 f"-{'x'.join(map(str, _sb)) or 'scalar'}")
 
+# x + value * a * b, broadcasting the three
+def addcmul_ref(x, a, b, value=1.0):
+    return (x + value * a * b).astype(x.dtype)
+
+
+spec(ops.addcmul, addcmul_ref, concat(randn(3, 4), randn(3, 4), randn(3, 4)),
+     attrs={"value": -0.25}, id="addcmul-3x4")
+spec(ops.addcmul, addcmul_ref, concat(randn(4, 1), randn(3, 1, 5), randn(5)), batch=(),
+     id="addcmul-broadcast")
+
 # Ops with a Python scalar attribute.
 spec(ops.add_scalar, _cast_like(lambda x, value=0.0: x + value), concat(randn(3, 4)),
      id="add_scalar-default")

@@ -158,3 +158,108 @@ def test_module_to_keeps_a_tied_parameter_one():
     b.weight = a.weight
     model = nn.Sequential(a, b).to("float16")
     assert a.weight is b.weight and a.weight.dtype == "float16"
+
+
+# ---- found by a float16/bfloat16 sweep against PyTorch ---------------------------------------
+def _large_gradient_model():
+    tvf.manual_seed(0)
+    model = nn.Linear(4, 2, dtype="float16")
+    x, y = np.full((8, 4), 10.0, np.float16), np.full((8, 2), 100.0, np.float16)
+    return model, x, y  # gradients of about 1100: their squares pass float16's 65504
+
+
+@pytest.mark.parametrize("optimizer, moved", [
+    (lambda: tvf.optim.Adam(lr=0.01), 0.03),  # PyTorch: +0.0300 after 3 steps
+    (lambda: tvf.optim.RMSprop(lr=0.01), 0.2256),  # PyTorch: +0.2256 (its square_avg 33792)
+])
+def test_second_moments_of_large_float16_gradients_stay_finite(optimizer, moved):
+    # nu + (1 - b2) * g * g op by op made g * g inf: nu inf, every later update 0
+    model, x, y = _large_gradient_model()
+    w0 = model.state_dict()["weight"].astype(np.float64)
+    step = tvf.compile_training(model, nn.MSELoss(), optimizer(), inputs=x, labels=y)
+    for _ in range(3):
+        step.step(x, y)
+    change = step.state_dict()["weight"].astype(np.float64) - w0
+    np.testing.assert_allclose(change, moved, rtol=5e-3)
+
+
+def test_clipping_a_float16_gradient_norm_past_256_still_steps():
+    # its sum of squares in float16 was inf: the clip coefficient 0, no step at all
+    model, x, y = _large_gradient_model()
+    w0 = model.state_dict()
+    step = tvf.compile_training(model, nn.MSELoss(), tvf.optim.SGD(lr=0.1, max_norm=1.0),
+                                inputs=x, labels=y)
+    step.step(x, y)
+    moved = [step.state_dict()[k].astype(np.float64) - w0[k] for k in w0]
+    norm = np.sqrt(sum(float((m ** 2).sum()) for m in moved)) / 0.1
+    assert norm == pytest.approx(1.0, rel=1e-2)  # PyTorch's clip_grad_norm_: 0.998
+
+
+def test_float16_with_bfloat16_promotes_to_float32_as_pytorch():
+    a = np.array([1.0, 2.0, 3.0], np.float16)
+    b = np.array([1e5, 3e38, 1e-3], ml_dtypes.bfloat16)
+    out = ops.add(a, b)  # float16 before: [inf, inf, 3.002]
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, a.astype(np.float32) + b.astype(np.float32), rtol=1e-6)
+
+
+@tvf.op
+def to_bfloat16(x):
+    return te.compute(x.shape, lambda *i: x(*i).astype("bfloat16"), name="to_bf16")
+
+
+@tvf.op
+def to_float32(x):
+    return te.compute(x.shape, lambda *i: x(*i).astype("float32"), name="to_f32")
+
+
+class _Bfloat16Inside(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return to_float32(ops.tanh(to_bfloat16(self.lin(x))))
+
+
+def test_gradients_flow_through_a_bfloat16_activation_in_a_compiled_step():
+    # numpy calls bfloat16 kind 'V': its input was taken for one without a gradient, and
+    # every parameter before it got 0
+    tvf.manual_seed(0)
+    model = _Bfloat16Inside()
+    x, y = np.ones((2, 4), np.float32), np.zeros((2, 3), np.float32)
+    w, b = model.lin.weight.data.astype(np.float64), model.lin.bias.data.astype(np.float64)
+    step = tvf.compile_training(model, nn.MSELoss(), tvf.optim.SGD(lr=0.1), inputs=x, labels=y)
+    _, grads = step.loss_and_grads(x, y)
+    t = np.tanh(x @ w.T + b)
+    want = (2 * t / t.size * (1 - t ** 2)).sum(0)  # float64, no bfloat16 rounding
+    np.testing.assert_allclose(grads["lin.bias"], want, rtol=1e-2)
+
+
+def test_modules_take_bfloat16_inputs():
+    # "Unsupported dtype in DLTensor" at every call (numpy cannot view bfloat16 tensors)
+    tvf.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU())
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype(ml_dtypes.bfloat16)
+    want = np.maximum(x.astype(np.float32) @ model[0].weight.data.T + model[0].bias.data, 0)
+    np.testing.assert_allclose(tvf.compile_inference(model, inputs=x)(x), want, rtol=1e-5)
+    step = tvf.compile_training(model, nn.MSELoss(), tvf.optim.SGD(0.1), inputs=x,
+                                labels=np.zeros((2, 3), np.float32))
+    losses = [float(step.step(x, np.zeros((2, 3), np.float32))) for _ in range(3)]
+    assert losses[0] == pytest.approx(float((want ** 2).mean()), rel=1e-5)
+    assert losses[2] < losses[0]
+
+
+def test_gradcheck_and_evaluate_of_half_dtypes():
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(ml_dtypes.bfloat16)
+    assert tvf.gradcheck(ops.tanh, [x])  # "has no floating-point input" before
+    tvf.manual_seed(0)
+    model = nn.Linear(4, 1, dtype="float16")
+    x16, y16 = np.ones((8, 4), np.float16), np.zeros((8, 1), np.float16)
+    y16[0] = 300.0
+    module = tvf.compile_training(model, nn.MSELoss(), tvf.optim.SGD(lr=0.0), inputs=x16,
+                                  labels=y16)
+    pred = module.predict(x16).astype(np.float64)
+    # its squares in float16 numpy were inf; the compiled loss is finite
+    assert tvf.Trainer(module, progress=False).evaluate(x16, y16)["loss"] == \
+        pytest.approx(float(np.mean((pred - y16.astype(np.float64)) ** 2)), rel=1e-9)

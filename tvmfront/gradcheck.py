@@ -2,13 +2,14 @@
 
 import numpy as np
 
+from ._checks import is_float_dtype
 from .errors import GradientError
 from .op import Op
 
 
 def _float64(a):
     a = np.asarray(a)
-    return a.astype(np.float64) if a.dtype.kind == "f" else a
+    return a.astype(np.float64) if is_float_dtype(a.dtype) else a
 
 
 def _check_op(op, caller):
@@ -49,12 +50,12 @@ def gradcheck(op, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, seed=0, derived=None, 
     op.check_attrs(attrs, len(inputs), caller="gradcheck",
                    own=("eps", "atol", "rtol", "seed", "derived", "attrs"))
     xs = [_float64(x) for x in inputs]
-    if not any(x.dtype.kind == "f" for x in xs):
+    if not any(is_float_dtype(x.dtype) for x in xs):
         raise GradientError(f"gradcheck: op '{op.name}' has no floating-point input to check "
                             f"(got dtypes {[str(x.dtype) for x in xs]}); integer inputs have "
                             "no gradient")
     for k, x in enumerate(xs):
-        if x.dtype.kind == "f" and not np.isfinite(x).all():
+        if is_float_dtype(x.dtype) and not np.isfinite(x).all():
             raise ValueError(f"gradcheck: input {k} of op '{op.name}' holds non-finite values "
                              f"(at {tuple(int(v) for v in np.argwhere(~np.isfinite(x))[0])}): "
                              "finite differences need finite inputs")
@@ -76,7 +77,7 @@ def gradcheck(op, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, seed=0, derived=None, 
     analytic = op.vjp(dys if several else dys[0], *xs, derived=derived, **attrs)
     worst = None  # (excess, input, index, numeric, analytic)
     for k, x in enumerate(xs):
-        if x.dtype.kind != "f":
+        if not is_float_dtype(x.dtype):
             continue
         numeric = np.zeros_like(x)
         for idx in np.ndindex(x.shape):

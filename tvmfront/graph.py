@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._tvm import relax
+from ._checks import is_float_dtype
 from .errors import ShapeError
 from .nn.dropout import Dropout, rng_inputs
 from .spec import TensorSpec, is_symbolic
@@ -292,7 +293,7 @@ def build_training(model, loss_fn, inputs, labels, extras=None):
                          "there is nothing to train")
     named, named_buffers = model.named_parameters(), model.named_buffers()
     for name, param in named:
-        if param.requires_grad and np.dtype(param.dtype).kind != "f":
+        if param.requires_grad and not is_float_dtype(param.dtype):
             raise TypeError(f"compile_training: parameter '{name}' is {param.dtype}; only "
                             "float parameters have gradients (set requires_grad=False to keep "
                             "it fixed, or register it as a buffer)")

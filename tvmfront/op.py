@@ -26,6 +26,7 @@ import itertools
 import numpy as np
 
 from . import boundcheck, config, index_division
+from ._checks import is_float_dtype
 from ._tvm import register_global_func, relax, te, to_device, tvm
 from .autodiff import _dtype, _is_load, _nodes, derive_for_op, show
 from .errors import GradientError, ShapeError
@@ -102,7 +103,7 @@ def _freeze_attrs(op_name, attrs):
 
 
 def _is_float(dtype):
-    return np.dtype(dtype).kind == "f"
+    return is_float_dtype(dtype)
 
 
 _force_derived = contextvars.ContextVar("tvmfront_force_derived", default=False)
@@ -281,6 +282,10 @@ class Op:
         if first is not None:
             out, dtypes = wide, [half if str(w.dtype) == "float32" else str(w.dtype)
                                  for w in outs]
+        if len({str(t.dtype) for t in inputs if _any_half([t])}) > 1:
+            # float16 with bfloat16: float32, as PyTorch promotes them (TVM's float16 turned
+            # bfloat16 values past 65504 into inf)
+            dtypes = ["float32" if d in _HALF_FLOATS else d for d in dtypes]
         return out, [w if str(w.dtype) == d else _cast(w, d) for w, d in zip(outs, dtypes)]
 
     def _derived(self, derived=None):

@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 
-from ._checks import is_whole
+from ._checks import is_float_dtype, is_whole
 from . import checkpoint, config
 from . import distributed as _distributed
 from .data import _arrays, _num_samples, batches
@@ -89,7 +89,9 @@ def _metrics(manifest, outputs, y, extras=(), loss=None):
         if outputs.shape != y.shape:  # numpy would broadcast [N, 1] against [N] to [N, N]
             raise ValueError(f"evaluate: mean squared error takes targets of the outputs' "
                              f"shape {outputs.shape}, got {y.shape}")
-        value = float(np.mean((outputs - y) ** 2))
+        # in float64, as the cross entropy: float16 squares past 65504 were inf (a finite
+        # compiled loss of 11304 evaluated to inf)
+        value = float(np.mean((outputs.astype(np.float64) - y.astype(np.float64)) ** 2))
     result = {"loss": value}
     accuracy = _accuracy(outputs, y, ignore)
     if accuracy is not None:
@@ -165,7 +167,7 @@ def _parameters_after(module):
     parameters is the batch's (every label ignore_index: a mean over no sample, NaN as in
     PyTorch), where advice to lower the learning rate was wrong."""
     bad = [name for name, value in module.state_dict().items()
-           if np.asarray(value).dtype.kind == "f" and not np.isfinite(value).all()]
+           if is_float_dtype(np.asarray(value).dtype) and not np.isfinite(value).all()]
     if not bad:
         return ("the parameters are all still finite, so the batch itself gave it (e.g. every "
                 "label equal to ignore_index: a mean over no sample).")

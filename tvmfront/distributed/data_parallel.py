@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 
+from .._checks import is_float_dtype
 from .comm import DistributedError
 from .pack import Packed
 
@@ -40,7 +41,7 @@ class DataParallel:
         grads = [(tuple(s["shape"]), s["dtype"]) for s in module.gradient_specs()]
         buffers = module.manifest.get("buffers", [])
         # integer buffers (BatchNorm's batch counter) are counters every rank advances alike
-        self._averaged = [i for i, b in enumerate(buffers) if np.dtype(b["dtype"]).kind == "f"]
+        self._averaged = [i for i, b in enumerate(buffers) if is_float_dtype(b["dtype"])]
         specs = grads + [(tuple(buffers[i]["shape"]), buffers[i]["dtype"])
                          for i in self._averaged]
         odd = sorted({str(d) for _, d in specs if np.dtype(d) not in _REDUCIBLE})

@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from .. import ops
+from .._checks import is_float_dtype
 from ..ops._dims import dims, is_static, same, same_shape, show
 from ..tensor import Tensor
 from . import init
@@ -39,7 +40,7 @@ def _additive(mask, dtype, what):
     mask = np.asarray(mask)
     if mask.dtype == bool:
         return np.where(mask, -np.inf, 0.0).astype(dtype)
-    if mask.dtype.kind != "f":
+    if not is_float_dtype(mask.dtype):
         raise TypeError(f"MultiheadAttention: {what} must be bool (True = masked out) or float "
                         f"(added to the scores), got {mask.dtype}")
     return mask.astype(dtype)

@@ -4,6 +4,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from .._checks import is_float_dtype
 from ..errors import ShapeError
 from ..tensor import Tensor, current_trace
 from .init import float_dtype
@@ -146,7 +147,7 @@ class Module:
         a compiled module keeps the dtypes it was compiled with."""
         dtype = float_dtype(dtype, f"{type(self).__name__}.to")
         for _, state in self.named_parameters() + self.named_buffers():
-            if state.data.dtype.kind == "f":
+            if is_float_dtype(state.data.dtype):
                 state.data = state.data.astype(dtype)
         return self
 

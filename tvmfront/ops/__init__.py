@@ -5,9 +5,9 @@ from .attention import batch_matmul, softmax_last, transpose
 from .cache import cache_mask, cache_pad, cache_write, positions
 from .conv import conv2d
 from .dropout import dropout
-from .elementwise import (add, add_scalar, clip, div, exp, log, mul, mul_scalar, neg,
-                          one_minus_pow, pow_scalar, rdiv_scalar, relu, rpow_scalar, rsub_scalar,
-                          sigmoid, sqrt, sub, tanh)
+from .elementwise import (add, add_scalar, addcmul, clip, div, exp, log, mul, mul_scalar,
+                          neg, one_minus_pow, pow_scalar, rdiv_scalar, relu, rpow_scalar,
+                          rsub_scalar, sigmoid, sqrt, sub, tanh)
 from .index import embedding, one_hot, take
 from .join import concat, split, stack, strided_slice
 from .linalg import bias_add, dense, matmul

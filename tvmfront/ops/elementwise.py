@@ -181,6 +181,26 @@ def _(dy, a, b):
 
 # ---- with a Python scalar attribute -----------------------------------------------------------
 @op
+def addcmul(x, a, b, value=1.0):
+    """x + value * a * b, numpy-broadcast (torch.addcmul): one op, so a float16 moment
+    update is rounded once, as PyTorch's addcmul_ rounds it (Adam's nu + (1 - b2) * g * g
+    computed op by op overflowed at |g| > 256, g * g alone past 65504, and the parameter
+    froze)."""
+    integral_scalar("addcmul", x, value)
+    shape = broadcast_shape(broadcast_shape(x.shape, a.shape), b.shape)
+    c = _c(value, x.dtype)
+    return te.compute(shape, lambda *i: _at(x, i) + c * _at(a, i) * _at(b, i), name="addcmul")
+
+
+@addcmul.grad
+def _(dy, x, a, b, value=1.0):
+    c = _c(value, dy.dtype)
+    return [reduce_to(x.shape, dy.shape, lambda i: dy(*i)),
+            reduce_to(a.shape, dy.shape, lambda i: c * dy(*i) * _at(b, i)),
+            reduce_to(b.shape, dy.shape, lambda i: c * dy(*i) * _at(a, i))]
+
+
+@op
 def add_scalar(x, value=0.0):
     integral_scalar("add_scalar", x, value)
     return _unary(x, lambda v: v + _c(value, x.dtype), "add_scalar")

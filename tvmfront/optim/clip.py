@@ -10,16 +10,25 @@ _EPS = 1e-6  # torch.nn.utils.clip_grad_norm_ divides by total_norm + 1e-6
 
 @op
 def sum_of_squares(x):
-    """sum(x * x) over every element: a 0-d tensor."""
+    """sum(x * x) over every element: a 0-d tensor, float32 for float16 and bfloat16 (their
+    largest square is 65504 = 256^2 in float16: a gradient norm past 256 became inf and
+    clipping scaled every gradient to 0, skipping the step), float64 for float64."""
+    acc = "float64" if str(x.dtype) == "float64" else "float32"
+
+    def square(*i):
+        v = x(*i).astype(acc)
+        return v * v
+
     if not x.shape:
-        return te.compute((), lambda: x() * x(), name="sum_of_squares")
+        return te.compute((), lambda: square(), name="sum_of_squares")
     axes = [te.reduce_axis((0, d), f"r{i}") for i, d in enumerate(x.shape)]
-    return te.compute((), lambda: te.sum(x(*axes) * x(*axes), axis=axes), name="sum_of_squares")
+    return te.compute((), lambda: te.sum(square(*axes), axis=axes), name="sum_of_squares")
 
 
 @sum_of_squares.grad
 def _(dy, x):
-    return [te.compute(x.shape, lambda *i: dy() * x(*i) * 2, name="sum_of_squares_grad")]
+    return [te.compute(x.shape, lambda *i: dy().astype(x.dtype) * x(*i) * 2,
+                       name="sum_of_squares_grad")]
 
 
 def global_norm(grads):

@@ -119,7 +119,9 @@ def scale_by_adam(b1=0.9, b2=0.999, eps=1e-8):
         out, new_state = {}, {}
         for n, g in grads.items():
             mu = state[f"mu.{n}"] * b1 + g * (1.0 - b1)
-            nu = state[f"nu.{n}"] * b2 + (g * g) * (1.0 - b2)
+            # one rounding of (1 - b2) g^2 (addcmul, PyTorch's): in float16, g * g alone
+            # overflowed at |g| > 256 and froze the parameter
+            nu = ops.addcmul(state[f"nu.{n}"] * b2, g, g, value=1.0 - b2)
             new_state[f"mu.{n}"], new_state[f"nu.{n}"] = mu, nu
             out[n] = (mu * inv_correct1) / (ops.sqrt(nu) * inv_sqrt_correct2 + eps)
         return out, new_state
@@ -140,7 +142,7 @@ def scale_by_rms(alpha=0.99, eps=1e-8, centered=False):
     def update(grads, state, params, hyper):
         out, new_state = {}, {}
         for n, g in grads.items():
-            nu = state[f"nu.{n}"] * alpha + (g * g) * (1.0 - alpha)
+            nu = ops.addcmul(state[f"nu.{n}"] * alpha, g, g, value=1.0 - alpha)  # as Adam's
             new_state[f"nu.{n}"] = nu
             if centered:
                 mu = state[f"mu.{n}"] * alpha + g * (1.0 - alpha)
@@ -165,7 +167,7 @@ def scale_by_rss(initial_accumulator_value=0.0, eps=1e-10, lr_decay=0.0):
                  if lr_decay else None)
         out, new_state = {}, {}
         for n, g in grads.items():
-            total = state[f"sum.{n}"] + g * g
+            total = ops.addcmul(state[f"sum.{n}"], g, g)
             new_state[f"sum.{n}"] = total
             u = g / (ops.sqrt(total) + eps)
             out[n] = u * decay if decay is not None else u

@@ -120,6 +120,13 @@ def _as_integer(name, array, spec, kind=""):
     return array.astype(want)
 
 
+def _numpy_views(dtype):
+    """Whether numpy can view a device tensor of `dtype` (np.from_dlpack), as the fast paths'
+    held tensors need: not bfloat16 ("Unsupported dtype in DLTensor" on every call of a
+    module compiled for bfloat16 inputs); the general path converts those."""
+    return np.dtype(dtype).kind in "biuf"
+
+
 def _labels_in_range(y, classes):
     """Whether every label of the integer array `y` lies in [0, classes): one comparison of
     the labels read as unsigned (a negative one reads huge), ~1 us where min and max take
@@ -299,6 +306,8 @@ class _Compiled:
         if self._vm_ is None or len(self._inputs) != 1 or self.device.dlpack_device_type() != 1:
             return None
         spec = self._inputs[0][1]
+        if not _numpy_views(spec["dtype"]):
+            return None
         return tuple(spec["shape"]), np.dtype(spec["dtype"])
 
     def _fast_input(self, x):
@@ -764,7 +773,7 @@ class TrainingModule(_Compiled):
         (the general path only). Symbolic dimensions and dropout's inputs are fine."""
         spec = self.manifest["labels"]
         if self._fast is None or self.manifest.get("extras") or \
-                self.scalar_inputs[:2] != ["lr", "step"] or \
+                not _numpy_views(spec["dtype"]) or self.scalar_inputs[:2] != ["lr", "step"] or \
                 not all(v is not None and float(v) >= 0 for v in self.scalar_defaults.values()):
             return None
         rest = [to_device(np.asarray(float(self.scalar_defaults[n]), dtype=self._scalar),

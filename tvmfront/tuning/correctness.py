@@ -29,6 +29,7 @@ import numpy as np
 from .._tvm import host_arch, prim_func_type, to_device, tvm
 from ..build import compile_kernels, runnable_here, schedule_lowered
 from ..target import resolve_target
+from .._checks import is_float_dtype
 from . import policy, store, symbolic
 
 log = logging.getLogger("tvmfront.tune")
@@ -102,7 +103,7 @@ def max_error(got, want):
     mismatch of integers or of NaNs)."""
     worst = 0.0
     for g, w in zip(got, want):
-        if g.dtype.kind != "f":
+        if not is_float_dtype(g.dtype):
             worst = max(worst, 0.0 if np.array_equal(g, w) else np.inf)
             continue
         if not np.array_equal(np.isnan(g), np.isnan(w)):
