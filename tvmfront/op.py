@@ -58,8 +58,8 @@ def _cast(t, dtype):
 _HALF_FLOATS = ("float16", "bfloat16")
 
 
-def _any_half(tensors):
-    return any(isinstance(t, te.Tensor) and str(t.dtype) in _HALF_FLOATS for t in tensors)
+def _is_half(t):
+    return isinstance(t, te.Tensor) and str(t.dtype) in _HALF_FLOATS
 
 
 def _widened(tensors):
@@ -70,7 +70,7 @@ def _widened(tensors):
         return _widened([tensors])[0]
     if not isinstance(tensors, (list, tuple)):
         return tensors
-    return type(tensors)(_cast(t, "float32") if _any_half([t]) else t for t in tensors)
+    return type(tensors)(_cast(t, "float32") if _is_half(t) else t for t in tensors)
 
 
 def _refuse_mixed_floats(name, inputs, err):
@@ -100,10 +100,6 @@ def _freeze_attrs(op_name, attrs):
                             "pass arrays as inputs)") from None
         frozen.append((k, v))
     return tuple(frozen)
-
-
-def _is_float(dtype):
-    return is_float_dtype(dtype)
 
 
 _force_derived = contextvars.ContextVar("tvmfront_force_derived", default=False)
@@ -250,7 +246,7 @@ class Op:
         return out, list(outs)
 
     def te_forward(self, *inputs, **attrs):
-        if _any_half(inputs):
+        if any(_is_half(t) for t in inputs):
             out, outs = self._half_forward(inputs, attrs)
         else:
             out, outs = self._forward(inputs, attrs)
@@ -269,7 +265,7 @@ class Op:
             dtypes = [str(o.dtype) for o in outs]
         except Exception as err:
             floats = {str(t.dtype) for t in inputs
-                      if isinstance(t, te.Tensor) and "float" in str(t.dtype)}
+                      if isinstance(t, te.Tensor) and is_float_dtype(str(t.dtype))}
             if len(floats) != 1:  # mixed float dtypes: the forward's own error stands
                 raise
             first, half = err, floats.pop()
@@ -282,7 +278,7 @@ class Op:
         if first is not None:
             out, dtypes = wide, [half if str(w.dtype) == "float32" else str(w.dtype)
                                  for w in outs]
-        if len({str(t.dtype) for t in inputs if _any_half([t])}) > 1:
+        if len({str(t.dtype) for t in inputs if _is_half(t)}) > 1:
             # float16 with bfloat16: float32, as PyTorch promotes them (TVM's float16 turned
             # bfloat16 values past 65504 into inf)
             dtypes = ["float32" if d in _HALF_FLOATS else d for d in dtypes]
@@ -398,7 +394,7 @@ class Op:
         # relax.const without a dtype narrows float64 to float32 and int64 to int32
         tensors = [v if isinstance(v, Tensor) else
                    Tensor(relax.const(np.asarray(v), str(np.asarray(v).dtype))) for v in inputs]
-        needs = [t.requires_grad and _is_float(t.dtype) for t in tensors]
+        needs = [t.requires_grad and is_float_dtype(t.dtype) for t in tensors]
         if any(needs) and (_force_derived.get() or not self.has_grad):
             self._check_derivable(tensors, attrs)  # fail now, naming the op, not inside Relax
         # The handler finds attrs and needs-grad flags through this id; equal calls share one.

@@ -34,10 +34,10 @@ def relu(x):
 @relu.grad(uses_output=True)
 def _(dy, out, x):
     # dy where out > 0, exactly where x > 0 (relu'(0) = 0), and where out is NaN (PyTorch's
-    # where(out <= 0, 0, dy); if_else_zero(out > 0) had given 0 there). Reading the output, not x,
-    # leaves x to relu alone, so the kernel making x (a BatchNorm, a residual add) fuses
-    # with relu: x is never written out in the forward nor read again in the backward.
-    # if_else_zero, not if_then_else: a guarded load is a branch per element wherever the
+    # where(out <= 0, 0, dy); if_else_zero(out > 0) had given 0 there). Reading the output,
+    # not x, leaves x to relu alone, so the kernel making x (a BatchNorm, a residual add)
+    # fuses with relu: x is never written out in the forward nor read again in the backward.
+    # A bit mask, not if_then_else: a guarded load is a branch per element wherever the
     # kernel is not vectorized, which the ReLU's real mask mispredicts (an AVX2 ResNet
     # step's stride-2 shortcut gradient: 0.3 ms alone on random positive data, 1.9 ms in
     # the step).
