@@ -9,7 +9,9 @@ a sweep of special values against PyTorch, which got each of them right):
   (b * b under- and overflowed);
 - float64 tanh near 0 by its series (TVM's cancelled);
 - relu's gradient passes dy where its output is NaN (PyTorch's where(out <= 0, 0, dy); it
-  gave 0).
+  gave 0);
+- an eager kernel's long float sum in two levels (tvmfront/long_sums.py): 2^20 copies of 0.1
+  summed one at a time were 1% off.
 """
 
 import numpy as np
@@ -114,3 +116,21 @@ def test_relu_gradient_passes_dy_at_nan_as_pytorch(dtype):
     (dx,) = ops.relu.vjp(dy, x)
     assert dx.dtype == dtype
     np.testing.assert_array_equal(dx, [0, 0, 3, 4, 5, 6, 0])
+
+
+@pytest.mark.parametrize("call, want", [
+    (lambda x: ops.sum(x), 0.1 * 2 ** 20),
+    (lambda x: ops.mean(x.reshape(1024, 1024)), 0.1),  # two reduction axes, fused
+    (lambda x: ops.sum(x.reshape(2, 524288), axis=1), 0.1 * 2 ** 19),
+    (lambda x: ops.sum(x[:1000003]), 0.1 * 1000003),  # a ragged last partial
+    (lambda x: ops.mse_loss(x.reshape(1024, 1024), np.zeros((1024, 1024), np.float32)), 0.01),
+    (lambda x: ops.sum.vjp(np.float32(1), x[:8]), None),  # short: untouched, still right
+], ids=["sum", "mean-2d", "rows", "ragged", "mse", "short"])
+def test_eager_long_float32_sums_are_accurate(call, want):
+    x = np.full(2 ** 20, 0.1, np.float32)
+    got = call(x)
+    if want is None:
+        np.testing.assert_array_equal(got[0], 1)
+        return
+    # one accumulator: 9.9e-3 off (sum), 1.4e-2 (mse); numpy's pairwise sum 2e-7
+    np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=5e-5)

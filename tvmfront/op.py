@@ -25,7 +25,7 @@ import itertools
 
 import numpy as np
 
-from . import boundcheck, config, index_division
+from . import boundcheck, config, index_division, long_sums
 from ._checks import is_float_dtype
 from ._tvm import register_global_func, relax, te, to_device, tvm
 from .autodiff import _dtype, _is_load, _nodes, derive_for_op, show
@@ -482,7 +482,7 @@ class Op:
                                 derived=which == "derived", **attrs)
             args = dyp + xs + outs
         checks = boundcheck.read_checks(outs) if checked else []
-        func = te.create_prim_func(args + [c for c, _ in checks])
+        func = long_sums.split_long_sums(te.create_prim_func(args + [c for c, _ in checks]))
         lib = tvm.compile(index_division.rewrite_func(func), target=_EAGER_TARGET)
         spec = [(tuple(int(d) for d in o.shape), o.dtype) for o in outs]
         kernel = (lib, spec, isinstance(out, (list, tuple)) if which == "forward" else True,
