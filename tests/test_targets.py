@@ -201,6 +201,32 @@ def test_float16_training_builds_for_cuda():
                    for c in causes), (kernel, causes)
 
 
+class _RowMax(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 16)
+
+    def forward(self, x):  # [B, T, 8] -> [B, 16]
+        return tvf.ops.max(self.lin(x), axis=1)
+
+
+def test_nan_propagating_max_reductions_build_for_cuda():
+    """gpu.GeneralReduction bound the window of a float16 max_pool2d, and ops.max's gradient
+    (float32 too), to threads, which TVM could not lower for tvmfront's NaN-propagating max
+    ("No matched reducer"): the build failed after the rule had returned. Such a schedule
+    is now checked, and the kernel goes to the next rule."""
+    tvf.manual_seed(0)
+    pool = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, dtype="float16"), nn.MaxPool2d(2))
+    infer = tvf.compile_inference(pool, inputs=tvf.TensorSpec((4, 1, 8, 8), "float16"),
+                                  target="cuda:sm_80")
+    train = tvf.compile_training(_RowMax(), nn.MSELoss(), tvf.optim.SGD(0.1),
+                                 inputs=(4, 6, 8), labels=(4, 16), target="cuda:sm_80")
+    assert "max_pool2d" in infer.build_info["fallback_kernels"]
+    assert "max_grad0" in train.build_info["fallback_kernels"]
+    for module in (infer, train):
+        assert "cuda" in _device_module_kinds(module._executable)
+
+
 def _batch(seed=0):
     rng = np.random.default_rng(seed)
     return (rng.standard_normal((BATCH, 1, 4, 4)).astype("float32"),

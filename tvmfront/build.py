@@ -56,12 +56,17 @@ def _guarded(dl, rules, names, fallbacks):
     kernel (float32 compute between casts), and the whole CUDA build with it."""
 
     class Guarded(dl.ScheduleRule):
-        def __init__(self, rule):
-            self.rule = rule
+        def __init__(self, rule, last):
+            self.rule, self.last = rule, last
 
         def apply(self, func, target, tunable):
             try:
-                return self.rule.apply(func, target, tunable)
+                space = self.rule.apply(func, target, tunable)
+                if not self.last:  # the last rule's schedule is taken as it is
+                    for sch in [] if space is None else space if isinstance(space, list) \
+                            else [space]:
+                        _check_gpu_lowering(sch.mod)
+                return space
             except Exception as err:  # noqa: BLE001  (TVM raises its own error types)
                 name = names.get(func, "?")
                 lines = str(err).strip().splitlines()
@@ -72,7 +77,17 @@ def _guarded(dl, rules, names, fallbacks):
                     fallbacks.setdefault(name, []).append(cause)
                 return None
 
-    return [Guarded(rule) for rule in rules]
+    return [Guarded(rule, k == len(rules) - 1) for k, rule in enumerate(rules)]
+
+
+def _check_gpu_lowering(mod):
+    """Raise where TVM would fail to lower a scheduled GPU kernel after the rule returned it
+    (where _guarded could no longer pass the kernel on): a cross-thread reduction over a
+    combiner TVM does not know ("No matched reducer": tvmfront's NaN-propagating max, in
+    float16 max_pool2d and in ops.max's gradient, which gpu.GeneralReduction took)."""
+    from tvm.s_tir import transform as s_tir_transform  # only GPU builds get here
+
+    s_tir_transform.LowerCrossThreadReduction()(mod)
 
 
 def build(mod, target, records=None, dump_dir=None):
