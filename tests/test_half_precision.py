@@ -263,3 +263,19 @@ def test_gradcheck_and_evaluate_of_half_dtypes():
     # its squares in float16 numpy were inf; the compiled loss is finite
     assert tvf.Trainer(module, progress=False).evaluate(x16, y16)["loss"] == \
         pytest.approx(float(np.mean((pred - y16.astype(np.float64)) ** 2)), rel=1e-9)
+
+
+def test_float16_embedding_gradient_compiles_with_its_rule_and_matches_float32():
+    # the scatter's float32 result cast to float16: an extern block declaring no output had
+    # made the CPU rule fail (IndexError in its analysis), and the kernel fall back
+    ids = np.array([[1, 3, 3, 0], [2, 2, 9, 1]], np.int64)
+    labels = np.array([[0, 1, 2, 1], [2, 0, 1, 1]], np.int64)
+    grads = {}
+    for dtype in ("float32", "float16"):
+        tvf.manual_seed(0)
+        model = nn.Sequential(nn.Embedding(10, 8, dtype=dtype), nn.Linear(8, 3, dtype=dtype))
+        step = tvf.compile_training(model, nn.CrossEntropyLoss(), tvf.optim.SGD(0.1),
+                                    inputs=ids, labels=labels)
+        assert step.build_info["fallback_kernels"] == {}, step.build_info["fallback_kernels"]
+        grads[dtype] = step.loss_and_grads(ids, labels)[1]["0.weight"]
+    np.testing.assert_allclose(_f32(grads["float16"]), grads["float32"], rtol=2e-2, atol=2e-3)

@@ -257,6 +257,8 @@ class _BlockInfo:
         for loop, iv in zip(self.loops, stmt.iter_vars):
             if not _same_extent(sch.get(loop).extent, iv.dom.extent):
                 raise NotApplicable(f"block {self.name}: loops are not trivially bound")
+        if not stmt.writes:  # an extern's opaque block (a scatter) declares none
+            raise NotApplicable(f"block {self.name}: no declared output")
         if len(stmt.writes) != 1 and not _same_places(stmt.writes):
             raise NotApplicable(f"block {self.name}: {len(stmt.writes)} outputs")
         self.write = stmt.writes[0]
