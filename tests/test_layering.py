@@ -13,7 +13,7 @@ PKG = pathlib.Path(__file__).resolve().parents[1] / "tvmfront"
 # rest of tuning (5.3) builds.
 LAYERS = {
     "_tvm": 0, "_files": 0, "_checks": 0, "_version": 0, "errors": 0, "config": 0, "data": 0, "target": 0,
-    "spec": 1, "tensor": 1, "tir_walk": 1, "index_division": 1, "extremum": 1,
+    "spec": 1, "tensor": 1, "tir_walk": 1, "index_division": 1, "extremum": 1, "long_sums": 1,
     "autodiff": 2, "boundcheck": 2, "op": 2, "ops": 2, "gradcheck": 2, "opcheck": 2,
     "nn": 3, "optim": 3,
     "graph": 4, "pipeline": 4, "debug": 4, "unread_inputs": 4, "prepack": 4,
