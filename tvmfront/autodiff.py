@@ -262,31 +262,30 @@ def if_else_zero(condition, value, dtype):
     parallel loop's closure it does not: LeNet's 6@16 k2 max-pool gradient took 295 us
     against a 7 us forward). (A Let-bound load would do too, but TVM's common-subexpression
     pass breaks such Lets under some schedules: "cse_v used before definition".)"""
-    dtype = str(dtype)
-    width = "".join(ch for ch in dtype if ch.isdigit())
-    is_int = dtype.startswith("int") and width in ("8", "16", "32", "64")
-    if not is_int and not (dtype.startswith("float") and width in ("16", "32", "64")):
-        return P.Select(condition, value, _const(0, dtype))
-    bits = "int" + width
-    mask = _const(0, bits) - P.Cast(bits, condition)
-    if is_int:
-        return value & mask
-    return tirx.reinterpret(dtype, tirx.reinterpret(bits, value) & mask)
+    return _bits_and(value, dtype, lambda bits: _const(0, bits) - P.Cast(bits, condition),
+                     lambda: P.Select(condition, value, _const(0, str(dtype))))
 
 
 def zero_where(condition, value, dtype):
     """condition ? 0 : value, branch-free as if_else_zero, with no negation of `condition`
     (TVM's simplifier turns not(a <= b) into b < a, false for a NaN a): PyTorch's
     where(out <= 0, 0, dy), which passes dy where out is NaN."""
+    return _bits_and(value, dtype, lambda bits: P.Cast(bits, condition) - _const(1, bits),
+                     lambda: P.Select(condition, _const(0, str(dtype)), value))
+
+
+def _bits_and(value, dtype, mask, otherwise):
+    """`value`'s bits and-ed with mask(bits), an integer of its width that is all ones or
+    all zeros: for 8-64-bit integers and 16-64-bit floats; otherwise() for other dtypes."""
     dtype = str(dtype)
     width = "".join(ch for ch in dtype if ch.isdigit())
-    if not (dtype.startswith(("int", "float")) and width in ("16", "32", "64")):
-        return P.Select(condition, _const(0, dtype), value)
+    is_int = dtype.startswith("int") and width in ("8", "16", "32", "64")
+    if not is_int and not (dtype.startswith("float") and width in ("16", "32", "64")):
+        return otherwise()
     bits = "int" + width
-    mask = P.Cast(bits, condition) - _const(1, bits)  # all ones where the condition is false
-    if dtype.startswith("int"):
-        return value & mask
-    return tirx.reinterpret(dtype, tirx.reinterpret(bits, value) & mask)
+    if is_int:
+        return value & mask(bits)
+    return tirx.reinterpret(dtype, tirx.reinterpret(bits, value) & mask(bits))
 
 
 def diff(expr, target):

@@ -21,11 +21,12 @@ So no test here is ever negated.
 import functools
 import math
 
+from ._checks import is_float_dtype
 from ._tvm import structural_equal, te, tirx
 
 
 def _is_float(dtype):
-    return "float" in str(dtype)
+    return is_float_dtype(str(dtype))
 
 
 def _expr(a):

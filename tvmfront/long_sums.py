@@ -10,11 +10,11 @@ there. Compiled kernels keep their schedules (tvmfront.schedule); this is for ea
 
 import math
 
+from ._checks import is_float_dtype
 from ._tvm import s_tir, tirx
 
 LEAST = 4096  # elements a sum runs over before it is split
 MOST_PARTIALS = 1 << 22  # partial sums one kernel may hold (16 MB in float32)
-_COMM_REDUCE = 2  # IterVar.iter_type of a reduction axis
 
 
 def split_long_sums(func):
@@ -48,13 +48,13 @@ def _plan(sch, block):
     node = sch.get(block)
     store = node.body
     if node.init is None or not isinstance(store, tirx.BufferStore) or \
-            not str(store.buffer.dtype).startswith(("float", "bfloat")):
+            not is_float_dtype(str(store.buffer.dtype)):
         return None
     total = store.value  # a sum: out[i] = out[i] + value (TE's form for te.sum)
     if not (isinstance(total, tirx.Add) and type(total.a).__name__ == "TensorLoad"
             and total.a.source.same_as(store.buffer)):
         return None
-    reduce = sum(1 for v in node.iter_vars if v.iter_type == _COMM_REDUCE)
+    reduce = sum(1 for v in node.iter_vars if int(v.iter_type) == int(tirx.IterVar.CommReduce))
     loops = sch.get_loops(block)
     extents = [sch.get(loop).extent for loop in loops]
     if not reduce or len(loops) < reduce or \

@@ -7,6 +7,7 @@ serves static and symbolic shapes alike.
 
 import math
 
+from .._checks import is_float_dtype
 from .._tvm import arith, is_prim_expr, tirx
 from ..errors import ShapeError
 from ..spec import dim_text
@@ -15,7 +16,7 @@ from ..tensor import dim, shape_text
 
 def is_float(x):
     """Whether tensor x is of a float dtype (bfloat16 too)."""
-    return str(x.dtype).startswith(("float", "bfloat"))
+    return is_float_dtype(str(x.dtype))
 
 
 def require_float(name, x):
