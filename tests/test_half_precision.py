@@ -128,6 +128,19 @@ def test_a_float16_model_trains_like_its_float32_copy():
     np.testing.assert_allclose(losses["float16"], losses["float32"], rtol=2e-2)
 
 
+def test_a_float16_models_lr_and_step_are_float32_scalars():
+    # gradient 1000 at lr 1e-7: float16 scalars had rounded the lr to 1.19e-7 (a subnormal),
+    # the weight moving 19% too far; PyTorch computes a float16 update in float32
+    model = nn.Linear(1, 1, bias=False, dtype="float16")
+    model.load_state_dict({"weight": np.zeros((1, 1), np.float16)})
+    spec = tvf.TensorSpec((1, 1), "float16")
+    step = tvf.compile_training(model, nn.MSELoss(), tvf.optim.SGD(lr=1e-7), inputs=spec,
+                                labels=spec)
+    assert step.manifest["scalar_dtype"] == "float32"
+    step.step(np.ones((1, 1), np.float16), np.full((1, 1), -500, np.float16))
+    assert abs(float(step.state_dict()["weight"][0, 0]) + 1e-4) < 1e-7
+
+
 def test_module_to_casts_float_state_in_place_as_pytorch():
     tvf.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
