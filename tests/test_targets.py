@@ -227,6 +227,22 @@ def test_nan_propagating_max_reductions_build_for_cuda():
         assert "cuda" in _device_module_kinds(module._executable)
 
 
+def test_float16_layer_norm_over_a_symbolic_batch_builds_for_cuda():
+    """gpu.GeneralReduction kept every row's mean and variance of a float16 LayerNorm's
+    weight gradient over [batch, F] in shared memory of `batch` floats, which CUDA codegen
+    refuses ("Can only handle constant size stack allocation"), after the rule had returned:
+    the build failed. Such a schedule is now checked, and the kernel goes to the next rule."""
+    tvf.manual_seed(0)
+    model = nn.Sequential(nn.LayerNorm(16, dtype="float16"), nn.Linear(16, 10, dtype="float16"))
+    train = tvf.compile_training(model, nn.MSELoss(), tvf.optim.SGD(0.1),
+                                 inputs=tvf.TensorSpec(("batch", 16), "float16"),
+                                 labels=tvf.TensorSpec(("batch", 10), "float16"),
+                                 target="cuda:sm_80")
+    causes = train.build_info["fallback_kernels"]["layer_norm_grad1"]
+    assert any(c.startswith("GeneralReduction:") and "symbolic size" in c for c in causes)
+    assert "cuda" in _device_module_kinds(train._executable)
+
+
 def _batch(seed=0):
     rng = np.random.default_rng(seed)
     return (rng.standard_normal((BATCH, 1, 4, 4)).astype("float32"),

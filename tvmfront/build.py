@@ -11,12 +11,12 @@ import re
 import shutil
 import tempfile
 
-from . import cache, config, pipeline
+from . import cache, config, pipeline, tir_walk
 from .tuning import policy as records_mod
 from .tuning import symbolic
 from ._tvm import (cpu_vector_bits, cross_compiler_name, device_available, export_library,
                    host_arch, load_module, normalize_prim_func, prim_func_type, relax,
-                   structural_hash, target_arch, tirx, tvm)
+                   s_tir, structural_hash, target_arch, tirx, tvm)
 from .target import resolve_target, target_key
 
 log = config.logger("build")
@@ -82,12 +82,29 @@ def _guarded(dl, rules, names, fallbacks):
 
 def _check_gpu_lowering(mod):
     """Raise where TVM would fail to lower a scheduled GPU kernel after the rule returned it
-    (where _guarded could no longer pass the kernel on): a cross-thread reduction over a
-    combiner TVM does not know ("No matched reducer": tvmfront's NaN-propagating max, in
-    float16 max_pool2d and in ops.max's gradient, which gpu.GeneralReduction took)."""
-    from tvm.s_tir import transform as s_tir_transform  # only GPU builds get here
-
-    s_tir_transform.LowerCrossThreadReduction()(mod)
+    (where _guarded could no longer pass the kernel on):
+    - a cross-thread reduction over a combiner TVM does not know ("No matched reducer":
+      tvmfront's NaN-propagating max, in float16 max_pool2d and in ops.max's gradient, which
+      gpu.GeneralReduction took);
+    - a shared or local buffer of a symbolic size once compacted, which CUDA codegen refuses
+      ("Can only handle constant size stack allocation"): gpu.GeneralReduction on a float16
+      LayerNorm's weight gradient over [batch, F] kept every row's mean and variance in
+      shared memory of `batch` floats, and the whole build failed.
+    The s_tir lowering passes up to the buffer compaction (s_tir.pipeline's order) take a
+    few milliseconds a kernel."""
+    passes = s_tir.transform
+    lowered = tvm.ir.transform.Sequential([
+        passes.CanonicalizeLoop(), passes.LowerCrossThreadReduction(), passes.LowerInitBlock(),
+        passes.PlanAndUpdateBufferAllocationLocation(), passes.ConvertBlocksToOpaque(),
+        passes.LiftThreadBinding(), passes.ManifestSharedMemoryLocalStage(),
+        passes.CompactBufferAllocation()])(mod)
+    for func in lowered.functions.values():
+        for stmt in tir_walk.statements(func.body):
+            for buf in getattr(stmt, "alloc_buffers", None) or ():
+                if buf.scope() != "global" and \
+                        not all(isinstance(d, tirx.IntImm) for d in buf.shape):
+                    raise ValueError(f"{buf.scope()} buffer {buf.name} of symbolic size "
+                                     f"{[str(d) for d in buf.shape]}")
 
 
 def build(mod, target, records=None, dump_dir=None):
