@@ -65,9 +65,10 @@ def prune_and_fine_tune(float_model, data, sparsity, epochs, seed, out=None):
     x_train, y_train, x_test, y_test = data
     model = nn.pruning.prune(_copy(float_model), amount=0.0)
     module = _compile(model, 1e-3)
+    dense = module.state_dict()
     nn.pruning.update_masks(module, sparsity)
     one_shot = _accuracy(module, x_test, y_test)
-    nn.pruning.update_masks(module, 0.0)
+    module.load_state_dict(dense)  # masks of ones again: update_masks only grows them
     steps = epochs * -(-len(x_train) // BATCH)
     schedule = nn.pruning.PolynomialSparsity(sparsity, end_step=max(1, 2 * steps // 3))
     trainer = tvf.Trainer(module, seed=seed, progress=False)

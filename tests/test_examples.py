@@ -43,3 +43,17 @@ def test_custom_op_example():
     stdout, _ = _run("custom_op.py")
     assert "gradcheck passed" in stdout
     assert _accuracy(stdout) > 0.9
+
+
+@pytest.mark.slow
+def test_compress_example(tmp_path):
+    """It had crashed at its first pruning stage: it reset the one-shot masks with
+    update_masks(module, 0.0), which masks-only-grow refuses."""
+    stdout, _ = _run("compress_digits.py", "--epochs", "3", "--out", str(tmp_path))
+    for tag, fraction in (("50", "0.500"), ("80", "0.800"), ("90", "0.900")):
+        assert re.search(rf"^accuracy pruned{tag}_one_shot=[0-9.]+$", stdout, re.M), stdout
+        assert re.search(rf"^accuracy pruned{tag}=[0-9.]+ \(exported, reloaded; {fraction} of "
+                         r"the weights are exact zeros\)$", stdout, re.M), stdout
+        assert os.path.isfile(tmp_path / f"pruned{tag}" / "manifest.json")
+    accuracy = dict(re.findall(r"^accuracy (float|qat_int8)=([0-9.]+)$", stdout, re.M))
+    assert float(accuracy["float"]) > 0.5 and float(accuracy["qat_int8"]) > 0.5
