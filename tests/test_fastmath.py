@@ -262,3 +262,23 @@ def test_float32_derived_gradients_stay_finite_where_exp_overflows(name, attrs):
     # far out both are ~0 (the derived one the more exact: tanh's 1 - t^2 is 0 once t rounds
     # to 1), as the other derived-gradient test allows
     np.testing.assert_allclose(derived[finite], explicit[finite], rtol=2e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name, attrs", [("tanh", {}), ("gelu", {"approximate": "tanh"}),
+                                         ("gelu", {}), ("exp", {}), ("sigmoid", {}),
+                                         ("silu", {})])
+def test_float32_derived_gradients_are_nan_at_nan(name, attrs):
+    """A NaN input gives a NaN gradient, derived or explicit, as PyTorch's. Derived ones went
+    through fastmath's NaN branch (the input itself), whose derivative is 1: derived exp and
+    tanh gave dy at NaN."""
+    op = getattr(ops, name)
+    a = np.array([np.nan, 0.5, -np.nan], np.float32)
+    x = te.placeholder(a.shape, "float32", name="x")
+    dy = te.placeholder(a.shape, "float32", name="dy")
+    for derived in (False, True):
+        grad = op.te_grad(dy, x, derived=derived, **attrs)[0]
+        lib = tvm.compile(te.create_prim_func([dy, x, grad]), target="llvm")
+        out = tvm.runtime.empty(a.shape, "float32", tvm.cpu())
+        lib["main"](tvm.runtime.tensor(np.ones_like(a)), tvm.runtime.tensor(a), out)
+        got = out.numpy()
+        assert np.isnan(got[[0, 2]]).all() and np.isfinite(got[1]), (derived, got)
