@@ -63,9 +63,19 @@ def _kernel_args(binding, mod):
     if not isinstance(out.shape, relax.ShapeExpr) or \
             not all(isinstance(d, tirx.IntImm) for d in out.shape.values) or not out.shape.values:
         return None
-    if _has_reduction(func) or relax.analysis.has_reshape_pattern(func):
+    if _has_reduction(func) or _may_reshape(func):
         return None  # a reshape becomes a view (reshape_views): merged, it would be a copy
     return list(call.args[1].fields)
+
+
+def _may_reshape(func):
+    """Whether `func` may be a reshape: TVM's has_reshape_pattern, or True where that fails
+    (its flattened index is int32: "Literal value 2147549184 exceeds range of int32" over a
+    tensor of 2^31 elements or more, which failed the whole build)."""
+    try:
+        return relax.analysis.has_reshape_pattern(func)
+    except ValueError:
+        return True
 
 
 def _has_reduction(func):

@@ -482,7 +482,9 @@ class Op:
                                 derived=which == "derived", **attrs)
             args = dyp + xs + outs
         checks = boundcheck.read_checks(outs) if checked else []
-        func = long_sums.split_long_sums(te.create_prim_func(args + [c for c, _ in checks]))
+        wide = _wide_indices([[int(d) for d in t.shape] for t in args])
+        func = long_sums.split_long_sums(te.create_prim_func(
+            args + [c for c, _ in checks], index_dtype_override="int64" if wide else None))
         lib = tvm.compile(index_division.rewrite_func(func), target=_EAGER_TARGET)
         spec = [(tuple(int(d) for d in o.shape), o.dtype) for o in outs]
         kernel = (lib, spec, isinstance(out, (list, tuple)) if which == "forward" else True,
@@ -646,3 +648,14 @@ def _check_stage(name, what, op):
             elif type(e).__name__ in _ARITHMETIC and _dtype(e) == "bool":
                 raise TypeError(f"op '{name}': its {what}'s stage '{op.name}' does arithmetic "
                                 f"on bools, {show(e)}; cast them first (x.astype('float32'))")
+
+
+# An eager kernel indexes its tensors in int32 (TVM's default) unless one of them has this many
+# elements or more: then in int64. In int32 TVM failed to build it ("Literal value 2147549184
+# exceeds range of int32", naming no op).
+INT32_ELEMENTS = 2 ** 31
+
+
+def _wide_indices(shapes):
+    """Whether a kernel over tensors of `shapes` needs int64 indices."""
+    return any(int(np.prod(shape, dtype=np.float64)) >= INT32_ELEMENTS for shape in shapes)

@@ -27,9 +27,12 @@ from ._dims import dims, show, static
 
 def _clamped(idx, i, n):
     """idx(*i) clamped into [0, n-1] (in the id's own dtype, so no overflow), then int32 for
-    indexing (n fits int32, so the clamped value does). n may be symbolic (a table whose
+    indexing (int64 for a table of more than 2^31 rows). n may be symbolic (a table whose
     rows are the batch)."""
     return _clamp_id(idx(*i), str(idx.dtype), n)
+
+
+INT32_MAX = 2 ** 31 - 1
 
 
 def _clamp_id(value, dtype, n):
@@ -39,7 +42,10 @@ def _clamp_id(value, dtype, n):
         value, dtype = value.astype("int32"), "int32"
     lo = tirx.const(0, dtype)
     hi = tirx.const(n - 1, dtype) if isinstance(n, int) else (n - 1).astype(dtype)
-    return te.max(te.min(value, hi), lo).astype("int32")
+    # int32 indexes a table of up to 2^31 rows; past them int64 (as int32, id 2^32 + 5 read
+    # row 5 and id 2^31 crashed the process)
+    wide = isinstance(n, int) and n > INT32_MAX
+    return te.max(te.min(value, hi), lo).astype("int64" if wide else "int32")
 
 
 def _axis(axis, ndim, name):

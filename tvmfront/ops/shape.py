@@ -1,14 +1,25 @@
 """Reshapes, written as index maps so they fuse into their neighbours."""
 
+import math
+
 from .._tvm import te, tirx
 from ..op import op
 from ._dims import dims, infer_shape, rebind, show
 
 
+def _wide(shape):
+    """Whether a fixed shape has 2^31 elements or more: its positions need int64 (in int32
+    TVM refused the literals, and an eager reshape past them failed to build)."""
+    extents = dims(shape)
+    return all(isinstance(d, int) for d in extents) and math.prod(extents) >= 2 ** 31
+
+
 def _flat_index(shape, idx):
-    flat = 0
+    """The row-major position of `idx` in `shape` (int64 for a _wide one)."""
+    wide = _wide(shape)
+    flat = tirx.const(0, "int64") if wide else 0
     for d, i in zip(dims(shape), idx):
-        flat = flat * d + i
+        flat = flat * d + (i.astype("int64") if wide else i)
     return flat
 
 
