@@ -46,3 +46,65 @@ def test_bias_false_drops_the_norms_biases_as_pytorch():
     x = np.random.default_rng(0).standard_normal((3, 4))
     want = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
     np.testing.assert_allclose(norm(x), want * norm.weight.data, rtol=1e-10)
+
+
+# ---- PyTorch's argument order (a layer-constructor sweep against torch) ----------------------
+@pytest.mark.parametrize("make, error, match", [
+    # Conv2d's sixth argument had been bias: PyTorch's dilation=2 built an undilated conv
+    (lambda: nn.Conv2d(4, 3, 3, 1, 2, 2), ValueError, "Conv2d: dilation=2 is not supported"),
+    (lambda: nn.Conv2d(4, 3, 3, groups=2), ValueError, "Conv2d: groups=2 is not supported"),
+    # MultiheadAttention's fifth had been batch_first (PyTorch's add_bias_kv)
+    (lambda: nn.MultiheadAttention(8, 2, 0.0, True, True), ValueError,
+     "add_bias_kv=True is not supported"),
+    (lambda: nn.MultiheadAttention(8, 2, kdim=4), ValueError, "kdim=4 is not supported"),
+    (lambda: nn.Embedding(6, 3, None, 1.0), ValueError, "max_norm=1.0 is not supported"),
+    (lambda: nn.CrossEntropyLoss(np.ones(3)), ValueError, "CrossEntropyLoss: weight="),
+    (lambda: nn.MSELoss(reduction="sum"), ValueError, "reduction='sum' is not supported"),
+    # device and dtype are keyword-only: a device where dtype was had been "dtype must be ..."
+    (lambda: nn.Linear(5, 4, True, "cpu"), TypeError, "positional arguments"),
+])
+def test_pytorch_arguments_tvmfront_lacks_are_refused_by_name(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+def test_pytorch_positional_calls_mean_what_they_mean_in_pytorch():
+    assert nn.Conv2d(4, 3, 3, 1, 0, 1, 1, False).bias is None  # bias is the eighth
+    assert nn.Conv2d(4, 3, 3, dilation=(1, 1), groups=1, padding_mode="zeros").bias is not None
+    assert nn.MultiheadAttention(8, 2, 0.0, True, False, False, 8, 8).batch_first
+    assert nn.CrossEntropyLoss(None, None, 3).ignore_index == 3
+    assert not list(nn.LayerNorm(5, 1e-5, False).state_dict())  # elementwise_affine=False
+    assert not list(nn.GroupNorm(2, 4, 1e-5, False).state_dict())  # affine=False
+    x = np.array([[-1.0, 2.0]], np.float32)
+    np.testing.assert_array_equal(nn.ReLU(inplace=True)(x), [[0, 2]])
+    assert nn.Dropout(0.2, True).p == 0.2
+
+
+def test_norms_without_affine_parameters_normalise_and_train():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 6, 3, 2)).astype(np.float32)
+    groups = x.reshape(4, 2, -1)
+    want = ((groups - groups.mean(-1, keepdims=True))
+            / np.sqrt(groups.var(-1, keepdims=True) + 1e-5)).reshape(x.shape)
+    np.testing.assert_allclose(nn.GroupNorm(2, 6, affine=False)(x), want, rtol=1e-4, atol=1e-5)
+    want = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(nn.LayerNorm(2, elementwise_affine=False)(x), want, rtol=1e-4,
+                               atol=1e-5)
+    tvf.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8, elementwise_affine=False),
+                          nn.Linear(8, 2))
+    step = tvf.compile_training(model, nn.MSELoss(), tvf.optim.SGD(0.1), inputs=(4, 8),
+                                labels=(4, 2))
+    assert sorted(step.state_dict()) == ["0.bias", "0.weight", "2.bias", "2.weight"]
+    data = rng.standard_normal((4, 8)).astype(np.float32), np.ones((4, 2), np.float32)
+    losses = [float(step.step(*data)) for _ in range(5)]
+    assert losses[-1] < losses[0]
+
+
+def test_flatten_merges_start_dim_to_end_dim_as_pytorch():
+    x = np.arange(120, dtype=np.float32).reshape(2, 3, 4, 5)
+    for args, shape in [((), (2, 60)), ((0, 1), (6, 4, 5)), ((2,), (2, 3, 20)),
+                        ((1, 2), (2, 12, 5)), ((0, -1), (120,))]:
+        np.testing.assert_array_equal(nn.Flatten(*args)(x), x.reshape(shape))
+    with pytest.raises(ValueError, match=r"Flatten\(1, -1\): dimension out of range"):
+        nn.Flatten()(np.ones(5, np.float32))  # (5, 1) before; PyTorch raises too

@@ -70,9 +70,13 @@ class MultiheadAttention(Module):
     >>> out, _ = mha(x, x, x, is_causal=True)     # x: [B, T, 16] -> out: [B, T, 16]
     """
 
-    def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, batch_first=True,
+    def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, add_bias_kv=False,
+                 add_zero_attn=False, kdim=None, vdim=None, batch_first=True, *,
                  dtype="float32"):
         super().__init__()
+        init.torch_only("MultiheadAttention", add_bias_kv=(add_bias_kv, [False]),
+                        add_zero_attn=(add_zero_attn, [False]),
+                        kdim=(kdim, [None, embed_dim]), vdim=(vdim, [None, embed_dim]))
         dtype = init.float_dtype(dtype, "MultiheadAttention")
         if embed_dim <= 0 or num_heads <= 0 or embed_dim % num_heads:
             raise ValueError(f"MultiheadAttention: embed_dim {embed_dim} must be a positive "

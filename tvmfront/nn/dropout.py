@@ -84,8 +84,11 @@ class Dropout(Module):
     rng_inputs(training=False)) the identity. Masks come from ops.dropout: a pure function
     of the step's seed and counter, new every step, the same on replay."""
 
-    def __init__(self, p=0.5):
+    def __init__(self, p=0.5, inplace=False):
         super().__init__()
+        # PyTorch's inplace overwrites the input; tvmfront's ops never write their inputs, so
+        # it changes nothing here (the output is the same)
+        self.inplace = bool(inplace)
         if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)) \
                 or not 0.0 <= p <= 1.0:
             raise ValueError(f"dropout probability has to be between 0 and 1, but got {p!r}")

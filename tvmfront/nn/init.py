@@ -44,6 +44,21 @@ def float_dtype(dtype, layer):
     return found.name
 
 
+def torch_only(layer, **arguments):
+    """ValueError naming the first of a layer's PyTorch arguments given a value tvmfront does
+    not implement: {name: (value, the values implemented)}. The layers keep PyTorch's
+    argument order, those arguments included, so that a positional call written for PyTorch
+    means the same or is refused: Conv2d's sixth argument had been bias (PyTorch's is
+    dilation: Conv2d(4, 3, 3, 1, 2, 2) built an undilated conv with a bias), and
+    MultiheadAttention's fifth batch_first (PyTorch's add_bias_kv)."""
+    for name, (value, implemented) in arguments.items():
+        given = tuple(value) if isinstance(value, list) else value
+        if not any(given is v if isinstance(v, (bool, type(None))) or isinstance(given, bool)
+                   else given == v for v in implemented):
+            raise ValueError(f"{layer}: {name}={value!r} is not supported (only "
+                             f"{' or '.join(repr(v) for v in implemented)})")
+
+
 def _fans(shape):
     receptive = math.prod(shape[2:]) if len(shape) > 2 else 1
     return shape[1] * receptive, shape[0] * receptive

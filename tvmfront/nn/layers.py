@@ -15,6 +15,13 @@ from . import init
 from .module import Module, Parameter
 
 
+def _float_dtype_of(x):
+    """x's dtype where a float (a parameterless norm's constants take it), else float32 (the
+    op then names the wrong input)."""
+    dtype = str(np.dtype(x.dtype)) if not isinstance(x.dtype, str) else x.dtype
+    return dtype if dtype in init.PARAMETER_DTYPES else "float32"
+
+
 def sizes(layer, **counts):
     """The counts (channels, features, heads, ...) of `layer`'s constructor as ints, each a
     TypeError unless an int (numpy's too; not a bool or a float) and a ValueError below 1: a
@@ -33,7 +40,7 @@ class Linear(Module):
     """y = x @ W^T + b, W: [out, in], over the last axis of x [..., in] (as PyTorch);
     Kaiming-uniform init as in PyTorch."""
 
-    def __init__(self, in_features, out_features, bias=True, dtype="float32"):
+    def __init__(self, in_features, out_features, bias=True, *, dtype="float32"):
         super().__init__()
         dtype = init.float_dtype(dtype, "Linear")
         in_features, out_features = sizes("Linear", in_features=in_features,
@@ -55,11 +62,14 @@ class Linear(Module):
 
 
 class Conv2d(Module):
-    """NCHW convolution, weight [out, in, k, k]; Kaiming-uniform init as in PyTorch."""
+    """NCHW convolution, weight [out, in, k, k]; Kaiming-uniform init as in PyTorch.
+    dilation and groups keep PyTorch's places; only 1 is implemented."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
-                 dtype="float32"):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, padding_mode="zeros", *, dtype="float32"):
         super().__init__()
+        init.torch_only("Conv2d", dilation=(dilation, [1, (1, 1)]), groups=(groups, [1]),
+                        padding_mode=(padding_mode, ["zeros"]))
         dtype = init.float_dtype(dtype, "Conv2d")
         in_channels, out_channels = sizes("Conv2d", in_channels=in_channels,
                                           out_channels=out_channels)
@@ -126,14 +136,42 @@ class AvgPool2d(_Pool):
 
 
 class Flatten(Module):
-    """[N, ...] -> [N, prod(...)]"""
+    """Axes start_dim to end_dim (negative: from the end) merged into one, as torch.nn.Flatten:
+    by default [N, ...] -> [N, prod(...)]."""
+
+    def __init__(self, start_dim=1, end_dim=-1):
+        super().__init__()
+        for what, v in (("start_dim", start_dim), ("end_dim", end_dim)):
+            if not is_whole(v):
+                raise TypeError(f"Flatten: {what} must be an int, got {v!r}")
+        self.start_dim, self.end_dim = int(start_dim), int(end_dim)
 
     def forward(self, x):
-        return ops.flatten(x)
+        shape = list(x.shape)
+        start, end = self.start_dim, self.end_dim
+        if not (-len(shape) <= start < len(shape) and -len(shape) <= end < len(shape)):
+            raise ValueError(f"Flatten({start}, {end}): dimension out of range for an input "
+                             f"of shape {show(shape)}")
+        start, end = start % len(shape), end % len(shape)
+        if start > end:
+            raise ValueError(f"Flatten({self.start_dim}, {self.end_dim}): start_dim comes after "
+                             f"end_dim for an input of shape {show(shape)}")
+        if (start, end) == (1, len(shape) - 1):
+            return ops.flatten(x)
+        return ops.reshape(x, shape=(*shape[:start], -1, *shape[end + 1:]))
+
+    def extra_repr(self):
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
 
 
 class _Activation(Module):
     op = None
+
+    def __init__(self, inplace=False):
+        # PyTorch's inplace overwrites the input; tvmfront's ops never write their inputs, so
+        # it changes nothing here (the output is the same)
+        super().__init__()
+        self.inplace = bool(inplace)
 
     def forward(self, x):
         return type(self).op(x)
@@ -197,7 +235,8 @@ class LayerNorm(Module):
     tuple: the last len(tuple) axes), with affine weight and bias of that shape (PyTorch's
     layout); bias=False leaves the bias out, as PyTorch's LayerNorm(bias=False)."""
 
-    def __init__(self, normalized_shape, eps=1e-5, dtype="float32", bias=True):
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, *,
+                 dtype="float32"):
         super().__init__()
         dtype = init.float_dtype(dtype, "LayerNorm")
         shape = ((normalized_shape,) if not isinstance(normalized_shape, (tuple, list))
@@ -206,13 +245,18 @@ class LayerNorm(Module):
             raise ValueError("LayerNorm: normalized_shape must name at least one axis, got ()")
         shape = [sizes("LayerNorm", normalized_shape=d) for d in shape]
         self.normalized_shape, self.eps = tuple(shape), eps
-        self.weight = Parameter(np.ones(self.normalized_shape, dtype))
-        self.bias = Parameter(np.zeros(self.normalized_shape, dtype)) if bias else None
+        self.elementwise_affine = affine = bool(elementwise_affine)
+        self.weight = Parameter(np.ones(self.normalized_shape, dtype)) if affine else None
+        self.bias = Parameter(np.zeros(self.normalized_shape, dtype)) if affine and bias \
+            else None
 
     def forward(self, x):
-        bias = self.bias if self.bias is not None else \
-            np.zeros(self.normalized_shape, self.weight.data.dtype)  # a constant: no grad
-        return ops.layer_norm(x, self.weight, bias, eps=self.eps)
+        # a missing weight or bias is a constant (no gradient), as PyTorch's None, of the
+        # parameters' dtype (the input's without parameters: a half() model's stays float16)
+        dtype = self.weight.data.dtype if self.weight is not None else _float_dtype_of(x)
+        weight = self.weight if self.weight is not None else np.ones(self.normalized_shape, dtype)
+        bias = self.bias if self.bias is not None else np.zeros(self.normalized_shape, dtype)
+        return ops.layer_norm(x, weight, bias, eps=self.eps)
 
     def extra_repr(self):
         return f"{self.normalized_shape}, eps={self.eps}"
@@ -221,7 +265,7 @@ class LayerNorm(Module):
 class GroupNorm(Module):
     """NCHW group normalisation with per-channel affine weight and bias."""
 
-    def __init__(self, num_groups, num_channels, eps=1e-5, dtype="float32"):
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, *, dtype="float32"):
         super().__init__()
         dtype = init.float_dtype(dtype, "GroupNorm")
         num_groups, num_channels = sizes("GroupNorm", num_groups=num_groups,
@@ -230,10 +274,14 @@ class GroupNorm(Module):
             raise ValueError(f"GroupNorm: {num_channels} channels do not split into "
                              f"{num_groups} groups")
         self.num_groups, self.num_channels, self.eps = num_groups, num_channels, eps
-        self.weight = Parameter(np.ones(num_channels, dtype))
-        self.bias = Parameter(np.zeros(num_channels, dtype))
+        self.affine = bool(affine)
+        self.weight = Parameter(np.ones(num_channels, dtype)) if self.affine else None
+        self.bias = Parameter(np.zeros(num_channels, dtype)) if self.affine else None
 
     def forward(self, x):
+        if not self.affine:  # constants: no gradient, as PyTorch's affine=False
+            ones = np.ones(self.num_channels, _float_dtype_of(x))
+            return ops.group_norm(x, ones, ones * 0, groups=self.num_groups, eps=self.eps)
         return ops.group_norm(x, self.weight, self.bias, groups=self.num_groups, eps=self.eps)
 
     def extra_repr(self):
@@ -253,7 +301,7 @@ class _BatchNorm(Module):
     ranks = ()
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, dtype="float32"):
+                 track_running_stats=True, *, dtype="float32"):
         super().__init__()
         dtype = init.float_dtype(dtype, type(self).__name__)
         num_features = sizes(type(self).__name__, num_features=num_features)
@@ -388,8 +436,12 @@ class Embedding(Module):
     Out-of-range ids: a ValueError eagerly, clamped into range in compiled code
     (tvmfront/ops/index.py)."""
 
-    def __init__(self, num_embeddings, embedding_dim, padding_idx=None, dtype="float32"):
+    def __init__(self, num_embeddings, embedding_dim, padding_idx=None, max_norm=None,
+                 norm_type=2.0, scale_grad_by_freq=False, sparse=False, *, dtype="float32"):
         super().__init__()
+        init.torch_only("Embedding", max_norm=(max_norm, [None]),
+                        scale_grad_by_freq=(scale_grad_by_freq, [False]),
+                        sparse=(sparse, [False]))
         dtype = init.float_dtype(dtype, "Embedding")
         num_embeddings, embedding_dim = sizes("Embedding", num_embeddings=num_embeddings,
                                               embedding_dim=embedding_dim)

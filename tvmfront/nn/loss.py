@@ -8,6 +8,7 @@ from .._tvm import te
 from ..errors import ShapeError
 from ..op import op
 from ..ops._dims import is_static, same_shape, show
+from . import init
 from .module import Module
 
 
@@ -32,8 +33,13 @@ class CrossEntropyLoss(Module):
     name = "cross_entropy"
     label_dtype = "int64"
 
-    def __init__(self, ignore_index=-100, label_smoothing=0.0):
+    def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None,
+                 reduction="mean", label_smoothing=0.0):
         super().__init__()
+        # PyTorch's order: its first argument is the class weights
+        init.torch_only("CrossEntropyLoss", weight=(weight, [None]),
+                        size_average=(size_average, [None]), reduce=(reduce, [None]),
+                        reduction=(reduction, ["mean"]))
         if not is_whole(ignore_index):
             raise TypeError(f"CrossEntropyLoss: ignore_index must be an int, got {ignore_index!r}")
         if not 0.0 <= float(label_smoothing) <= 1.0:
@@ -83,6 +89,11 @@ class MSELoss(Module):
 
     name = "mse"
     label_dtype = None  # the prediction's dtype
+
+    def __init__(self, size_average=None, reduce=None, reduction="mean"):
+        super().__init__()
+        init.torch_only("MSELoss", size_average=(size_average, [None]), reduce=(reduce, [None]),
+                        reduction=(reduction, ["mean"]))
 
     def forward(self, pred, target):
         return ops.mse_loss(pred, target)

@@ -29,7 +29,7 @@ class TransformerEncoderLayer(Module):
     """
 
     def __init__(self, d_model, nhead, dim_feedforward=2048, dropout=0.1, activation="relu",
-                 layer_norm_eps=1e-5, batch_first=True, norm_first=False, bias=True,
+                 layer_norm_eps=1e-5, batch_first=True, norm_first=False, bias=True, *,
                  dtype="float32"):
         super().__init__()
         if isinstance(activation, str):
