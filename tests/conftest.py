@@ -30,17 +30,24 @@ if not os.environ.get("TVMFRONT_CACHE_DIR"):
 os.environ.setdefault("TVMFRONT_BOUND_CHECKS", "1")
 
 
-# The files that take longest, longest first (CPU seconds per file, 2026-12-03: 153 s for
-# test_ops.py down to 33 s for test_random.py): under xdist they start first, so no worker is
-# left with one of them at the end while the other idles. Files not named keep their order after these; a file missing here only costs
-# balance (the example and parity files are new: estimated).
-LONGEST_FIRST = ["test_ops.py", "test_rpc.py", "test_distributed_mpi.py", "test_symbolic_models.py",
-                 "test_example_char.py", "test_example_resnet.py", "test_tune_interrupt.py", "test_tune.py", "test_arm.py",
-                 "test_training.py", "test_symbolic_ops.py", "test_parity_adamw.py",
-                 "test_parity_char_lm.py", "test_parity_resnet.py", "test_attention_torch.py",
-                 "test_examples.py", "test_attention.py", "test_cache.py", "test_tune_symbolic.py",
-                 "test_schedule.py", "test_random.py", "test_qat.py", "test_pruning.py",
-                 "test_deploy_cpp.py", "test_fake_quant.py"]
+# The files that take longest, longest first (seconds per file in one 2-worker run of the whole
+# suite, 2026-12-07: 482 s for test_schedule_fidelity.py down to 32 s for test_join.py): under
+# xdist (scripts/test.sh: --dist loadfile --no-loadscope-reorder) they start first, so no
+# worker is left with one of them at the end while the other idles. Simulated on that run's
+# times, this order ends 1784 s after the start against 1845 s for the list it replaced (from
+# 2026-12-03, without test_schedule_fidelity.py, which then started late). Files not named keep
+# their order after these; a file missing here only costs balance. Remeasure with
+# --junitxml and sum each file's testcase times.
+LONGEST_FIRST = ["test_schedule_fidelity.py", "test_tune.py", "test_rpc.py", "test_ops.py",
+                 "test_tune_interrupt.py", "test_arm.py", "test_dropout_training.py",
+                 "test_derived_max_pool.py", "test_symbolic_models.py", "test_training.py",
+                 "test_examples.py", "test_conv_grad.py", "test_tune_symbolic.py",
+                 "test_random.py", "test_schedule_row_tails.py", "test_cache.py",
+                 "test_attention.py", "test_tune_correctness.py", "test_optim_torch.py",
+                 "test_distributed_mpi.py", "test_fused_batchnorm.py", "test_fastmath.py",
+                 "test_pool_grad_schedule.py", "test_untuple_gradients.py",
+                 "test_symbolic_ops.py", "test_derived_training.py", "test_quantize.py",
+                 "test_fold_bn.py", "test_checkpoint.py", "test_join.py"]
 
 
 def pytest_collection_modifyitems(session, config, items):
