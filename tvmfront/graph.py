@@ -333,11 +333,10 @@ def build_training(model, loss_fn, inputs, labels, extras=None):
 def scalar_dtype(param_dtypes):
     """The dtype of a step's lr and step inputs: float64 where a parameter is float64, else
     float32. Never a half dtype (PyTorch's optimizers take Python floats and compute a
-    float16 parameter's update in float32): float16 scalars counted steps exactly only to
-    2048 (Adam's bias correction stalled there) and rounded an lr below 6e-5 (float16's
+    float16 parameter's update in float32): float16 scalars held step counts exactly only to
+    2048 (Adam's bias corrections read them) and rounded an lr below 6e-5 (float16's
     smallest normal) to a few bits."""
-    return "float64" if "float64" in [str(d) for d in param_dtypes] \
-        else "float32"
+    return "float64" if "float64" in [str(d) for d in param_dtypes] else "float32"
 
 
 def _as_dtype(bb, expr, dtype):

@@ -20,7 +20,7 @@ import inspect
 import numpy as np
 
 from .._tvm import IRBuilder, te, tir_builder, tirx
-from ..op import Op
+from ..op import INT32_ELEMENTS, Op
 from ..tensor import Tensor, current_trace
 from ._dims import dims, show, static
 
@@ -32,7 +32,7 @@ def _clamped(idx, i, n):
     return _clamp_id(idx(*i), str(idx.dtype), n)
 
 
-INT32_MAX = 2 ** 31 - 1
+INT32_MAX = INT32_ELEMENTS - 1
 
 
 def _clamp_id(value, dtype, n):
