@@ -496,7 +496,9 @@ class Op:
         lib, spec, many, checks = kernel
         dev = tvm.cpu()
         outs = [tvm.runtime.empty(shape, dtype, dev) for shape, dtype in spec]
-        counts = [tvm.runtime.empty((1,), "int64", dev) for _ in checks]
+        # zeroed here: a kernel over an empty output runs no iteration, and a count left
+        # uninitialised reported garbage reads (a reshape of a (0, 3) array, "17179869184")
+        counts = [to_device(np.zeros(1, np.int64)) for _ in checks]
         lib["main"](*[to_device(np.require(a, requirements="C")) for a in arrays], *outs,
                     *counts)
         boundcheck.raise_if_out_of_bounds(self.name, checks, [c.numpy()[0] for c in counts])

@@ -70,9 +70,14 @@ def size(shape):
     return arith.Analyzer().simplify(out)
 
 
-def reciprocal(count, dtype):
-    """1 / count as a TE scalar of `dtype` (count: an int or a symbolic expression)."""
+def reciprocal(count, dtype, op="a mean"):
+    """1 / count as a TE scalar of `dtype` (count: an int or a symbolic expression); a
+    ShapeError naming `op` for a count of 0 (a bare ZeroDivisionError before: mse_loss of
+    empty arrays, layer_norm over an empty axis, batch_norm of an empty batch)."""
     if isinstance(count, int):
+        if count == 0:
+            raise ShapeError(f"{op}: averages over no elements (an input has a dimension of "
+                             f"size 0)")
         return tirx.const(1.0 / count, dtype)
     return tirx.const(1.0, dtype) / count.astype(dtype)
 

@@ -122,7 +122,7 @@ def mse_loss(pred, target):
         raise ShapeError(f"mse_loss: pred {show(pred.shape)} and target {show(target.shape)} "
                          f"differ")
     axes = [te.reduce_axis((0, d), f"r{i}") for i, d in enumerate(pred.shape)]
-    inv = reciprocal(size(pred.shape), pred.dtype)
+    inv = reciprocal(size(pred.shape), pred.dtype, "mse_loss")
 
     def sq(*i):
         d = pred(*i) - target(*i)
@@ -133,7 +133,7 @@ def mse_loss(pred, target):
 
 @mse_loss.grad
 def _(dy, pred, target):
-    k = tirx.const(2.0, pred.dtype) * reciprocal(size(pred.shape), pred.dtype)
+    k = tirx.const(2.0, pred.dtype) * reciprocal(size(pred.shape), pred.dtype, "mse_loss")
     dp = te.compute(pred.shape, lambda *i: dy() * k * (pred(*i) - target(*i)), name="mse_dpred")
     dt = te.compute(pred.shape, lambda *i: -dy() * k * (pred(*i) - target(*i)), name="mse_dtarget")
     return [dp, dt]

@@ -48,7 +48,7 @@ def _shifted_mean(shape, first, value, axes, inv, name):
 
 
 def _ln_stats(x, norm_shape, lead, tag):
-    inv_n = reciprocal(size(norm_shape), x.dtype)
+    inv_n = reciprocal(size(norm_shape), x.dtype, "layer_norm")
     r1, r2 = _axes(f"k1{tag}_", norm_shape), _axes(f"k2{tag}_", norm_shape)
     k = len(norm_shape)
     mean = _shifted_mean(lead, lambda *i: x(*i, *[0] * k), lambda *a: x(*a), r1, inv_n,
@@ -78,7 +78,7 @@ def _(dy, x, gamma, beta, eps=1e-5):
     k, norm_shape, lead = _ln_check(x, gamma, beta)
     mean, var = _ln_stats(x, norm_shape, lead, "g")
     n, d = len(lead), x.dtype
-    inv_n = reciprocal(size(norm_shape), d)
+    inv_n = reciprocal(size(norm_shape), d, "layer_norm")
     rstd = te.compute(lead, lambda *i: te.rsqrt(var(*i) + _c(eps, d)), name="ln_rstd")
 
     def xhat(*i):
@@ -114,7 +114,7 @@ def _gn_check(x, gamma, beta, groups):
 
 def _gn_stats(x, groups, cg, h, w, tag):
     n = x.shape[0]
-    inv = reciprocal(size((cg, h, w)), x.dtype)
+    inv = reciprocal(size((cg, h, w)), x.dtype, "group_norm")
     a1, a2 = _axes(f"a{tag}_", (cg, h, w)), _axes(f"b{tag}_", (cg, h, w))
     mean = _shifted_mean((n, groups), lambda b, g: x[b, g * cg, 0, 0],
                          lambda b, g, k, i, j: x[b, g * cg + k, i, j], a1, inv, "gn_mean")
@@ -191,7 +191,7 @@ def _bn_check(x, gamma, beta):
 def _count_inv(x):
     """1 / (N * H * W) of NCHW x (a TE expression when N is symbolic)."""
     n, _, h, w = dims(x.shape)
-    return reciprocal(size((n, h, w)), x.dtype)
+    return reciprocal(size((n, h, w)), x.dtype, "batch_norm")
 
 
 def batch_moments(x, tag=""):

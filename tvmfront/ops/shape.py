@@ -26,6 +26,9 @@ def _flat_index(shape, idx):
 def _unflat_index(shape, flat):
     idx = []
     for d in reversed(dims(shape)):
+        # a size-0 dimension: the kernel runs no iteration, but TVM folds `% 0` at build time
+        # ("Divide by zero", a raw InternalError for a reshape of an empty array)
+        d = 1 if isinstance(d, int) and d == 0 else d
         idx.append(flat % d)
         flat = flat // d
     return list(reversed(idx))
@@ -51,6 +54,9 @@ def _(dy, x, shape=()):
 
 def flatten(x):
     """[N, ...] -> [N, prod(...)] (N may be symbolic: the batch stays the batch)."""
+    rest = dims(x.shape)[1:]
+    if all(isinstance(d, int) for d in rest):  # (0, 2, 3) -> (0, 6): a -1 there is ambiguous
+        return reshape(x, shape=(x.shape[0], math.prod(rest)))
     return reshape(x, shape=(x.shape[0], -1))
 
 
