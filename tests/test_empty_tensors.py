@@ -34,3 +34,9 @@ def test_flatten_keeps_the_feature_count_of_an_empty_batch():
 def test_means_over_no_elements_are_shape_errors_naming_the_op(name, call):
     with pytest.raises(ShapeError, match=f"{name}: averages over no elements"):
         call(lambda *s: np.zeros(s, np.float32))
+
+
+def test_an_ambiguous_minus_one_on_an_empty_array_is_refused_as_numpy_does():
+    for shape, target in (((0, 3), (0, -1)), ((3, 0), (-1, 0))):
+        with pytest.raises(ShapeError, match="cannot infer the -1"):  # it had been (0, 0)
+            ops.reshape(np.zeros(shape, np.float32), shape=target)

@@ -181,9 +181,11 @@ def infer_shape(in_shape, shape, op):
                                  f"symbolic factor {key} does not divide the element count")
             left[key] = (expr, have - power)
         left = {k: v for k, v in left.items() if v[1]}
-        if coef == 0:
-            inferred = 0 if not left else None
-        elif total[0] % coef:
+        if coef == 0:  # (0, 3) -> (0, -1): any size fits; it had silently been 0
+            raise ShapeError(f"{op}: cannot infer the -1 of {show(shape)} for {show(in_shape)}: "
+                             f"the other dimensions hold no elements, so any size fits (numpy "
+                             f"refuses it too)")
+        if total[0] % coef:
             inferred = None
         else:
             inferred = _monomial(total[0] // coef, left)
