@@ -482,7 +482,7 @@ class Op:
                                 derived=which == "derived", **attrs)
             args = dyp + xs + outs
         checks = boundcheck.read_checks(outs) if checked else []
-        wide = _wide_indices([[int(d) for d in t.shape] for t in args])
+        wide = wide_indices([[int(d) for d in t.shape] for t in args])
         func = long_sums.split_long_sums(te.create_prim_func(
             args + [c for c, _ in checks], index_dtype_override="int64" if wide else None))
         lib = tvm.compile(index_division.rewrite_func(func), target=_EAGER_TARGET)
@@ -658,6 +658,6 @@ def _check_stage(name, what, op):
 INT32_ELEMENTS = 2 ** 31
 
 
-def _wide_indices(shapes):
+def wide_indices(shapes):
     """Whether a kernel over tensors of `shapes` needs int64 indices."""
     return any(int(np.prod(shape, dtype=np.float64)) >= INT32_ELEMENTS for shape in shapes)

@@ -3,7 +3,7 @@
 import math
 
 from .._tvm import te, tirx
-from ..op import INT32_ELEMENTS, op
+from ..op import op, wide_indices
 from ._dims import dims, infer_shape, rebind, show
 
 
@@ -11,7 +11,7 @@ def _wide(shape):
     """Whether a fixed shape has 2^31 elements or more: its positions need int64 (in int32
     TVM refused the literals, and an eager reshape past them failed to build)."""
     extents = dims(shape)
-    return all(isinstance(d, int) for d in extents) and math.prod(extents) >= INT32_ELEMENTS
+    return all(isinstance(d, int) for d in extents) and wide_indices([extents])
 
 
 def _flat_index(shape, idx):
