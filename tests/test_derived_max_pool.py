@@ -171,13 +171,15 @@ def test_overlapping_windows_find_their_first_max_in_a_vector_pass_and_gather_un
     # the padded window's elements come from a copy of x's keys padded with NaN: no guarded
     # read, and no select of a clamped one (TVM drops the clamps under a select)
     assert "deinterleaved x_key_pad" in rule, rule
-    assert "max_pool2d_dx0=spatial[split 2x2, unrolled, v6" in rule, rule  # one vector pass
+    # one vector pass (the forward reads x padded with -inf: the gather is that copy's
+    # adjoint, read back at x's elements)
+    assert "max_pool2d_padded_dx0=spatial[split 2x2, unrolled, v6" in rule, rule
     blocks = _blocks(func)
     assert len(blocks["max_pool2d_first"].writes) == 1  # positions only
     assert not [n for n in blocks if "_p0" in n or "_p1" in n]  # no per-phase parts
     # the gather reads dy and the positions from zero-padded copies: a select of in-bounds
     # reads per covering window, no guarded load
-    gather = str(blocks["max_pool2d_dx0"].body)
+    gather = str(blocks["max_pool2d_dmax_pool2d_padded0"].body)
     assert "if_then_else" not in gather and "dy_pad" in gather and "first_pad" in gather
 
 

@@ -1418,7 +1418,7 @@ def _scan_first_extremum(t, index, pads=None):
     for iv in list(op.axis) + list(red.axis):
         analyzer.bind(iv.var, iv.dom)
     pads = {} if pads is None else pads
-    source = red.source[red.value_index]
+    source = _inline_paddings(red.source[red.value_index])
     keyed = None
     if extremum.propagates_nan(red.combiner):
         # keys (and their padding) ahead of the padding: a padded window of -inf finds its
@@ -1437,6 +1437,26 @@ def _scan_first_extremum(t, index, pads=None):
         # max(value, top) compiles to value > top ? value : top, the reducer's test
         top = te.max(value, top) if is_max else te.min(value, top)
     return least_found([P.EQ(value, top) for value in vals])
+
+
+def _inline_paddings(expr):
+    """expr with each read of a padding stage, a te.compute of if_then_else(cond, x[..],
+    constant) (max-pool's forward reads x padded with the lowest value), replaced by that
+    stage's value at the read's index: a guarded read of x, which the scan tells from x's
+    own elements (_keyed_unguarded), so that a padded window of -inf finds its first element
+    of x, not the padding, as PyTorch's gradient does."""
+    stages = {}
+    for load in _loads(expr, []):
+        tensor, _ = _load_parts(load)
+        op = tensor.op
+        if not isinstance(op, te.ComputeOp) or len(op.body) != 1:
+            continue
+        body = op.body[0]
+        if isinstance(body, Call) and body.op.name == "prim.if_then_else" and \
+                _is_load(body.args[1]) and isinstance(body.args[2], (P.FloatImm, P.IntImm)):
+            stages[tensor] = (lambda idx, op=op, body=body: substitute(
+                body, {iv.var: i for iv, i in zip(op.axis, idx)}))
+    return substitute(expr, {}, loads=stages) if stages else expr
 
 
 def least_found(found):

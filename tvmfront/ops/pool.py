@@ -73,14 +73,25 @@ def _max_window(x, kernel, stride, padding):
     h, w = _hw(x, "max_pool2d")
     lowest = extremum.lowest(x.dtype)
 
-    def value(n, c, i, j, rh, rw):
-        r, q = i * sh + rh - ph, j * sw + rw - pw
-        if not (ph or pw):
-            # every window inside x: a plain read, which the window rule vectorizes (a
-            # guard, even one always true, left the loop scalar: the NaN-propagating max's
-            # select per element then cost 3.5x te.max's at k2 b32 64@28)
-            return x[n, c, r, q]
-        return te.if_then_else(te.all(r >= 0, r < h, q >= 0, q < w), x[n, c, r, q], lowest)
+    if not (ph or pw):
+        # every window inside x: a plain read, which the window rule vectorizes (a guard,
+        # even one always true, left the loop scalar: the NaN-propagating max's select per
+        # element then cost 3.5x te.max's at k2 b32 64@28)
+        def value(n, c, i, j, rh, rw):
+            return x[n, c, i * sh + rh, j * sw + rw]
+    else:
+        # Padded, the windows read a copy of x padded with the lowest value, which no max
+        # takes (a window holds an element of x): plain reads again, and the window rule
+        # makes the copy per plane, deinterleaved (schedule/reductions._window_reduction).
+        # Guarded reads of x left the forward scalar: k3 s2 p1 at b32 64@28 ran 2.3x its
+        # backward's first-max pass over the same windows.
+        xp = te.compute((x.shape[0], x.shape[1], h + 2 * ph, w + 2 * pw),
+                        lambda n, c, r, q: te.if_then_else(
+                            te.all(r >= ph, r < h + ph, q >= pw, q < w + pw),
+                            x[n, c, r - ph, q - pw], lowest), name="max_pool2d_padded")
+
+        def value(n, c, i, j, rh, rw):
+            return xp[n, c, i * sh + rh, j * sw + rw]
 
     return (x.shape[0], x.shape[1], ho, wo), (kh, kw), value
 

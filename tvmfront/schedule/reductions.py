@@ -38,13 +38,13 @@ def _gather_reduction(sch, name, params):
 
 def _window_reduction(sch, info, params):
     """A short reduction over windows that its output's columns step across with a stride d
-    (max-pool's first-max pass over x padded with the lowest value; not the forward, whose
-    reads of the padding are guarded): the columns vectorized, the reduction unrolled outside them, and the strided operand
-    copied per plane (the last two axes) into a local buffer laid out [.., w % d, w // d]
-    (conv._deinterleave), which the vectors read contiguously; a padding block producing
-    the operand is itself computed into that local plane (no padded copy of the whole
-    tensor). Without it the scalar tile's strided, clamped reads cost 2.2x the forward (k3
-    s2 p1 at 64@28), as much again as the rest of the gradient."""
+    (max-pool's forward over x padded with the lowest value, its first-max pass over x's
+    keys padded with NaN): the columns vectorized, the reduction unrolled outside them, and
+    the strided operand copied per plane (the last two axes) into a local buffer laid out
+    [.., w % d, w // d] (conv._deinterleave), which the vectors read contiguously; a padding
+    block producing the operand is itself computed into that local plane (no padded copy of
+    the whole tensor). Without it the scalar tile's strided, clamped reads cost 2.2x the
+    forward (k3 s2 p1 at 64@28), as much again as the rest of the gradient."""
     spatial, red = info.spatial, info.reduction
     if "O" in info.kinds or not red or info.symbolic & set(spatial[-3:]) or \
             info.kinds != ["S"] * len(spatial) + ["R"] * len(red) or len(spatial) < 3:
