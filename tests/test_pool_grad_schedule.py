@@ -278,35 +278,49 @@ def test_a_wide_window_gradient_goes_to_each_windows_first_max(k):
                                       want)
 
 
+def _pool_reference(kind, x, kernel, stride, padding):
+    """numpy's max-pool (NaN where a window holds one, the padding -inf) or avg-pool (the
+    padding zeros, counted in the divisor)."""
+    fill = -np.inf if kind == "max" else 0.0
+    padded = np.pad(x, [(0, 0), (0, 0), (padding, padding), (padding, padding)],
+                    constant_values=fill)
+    ho = (x.shape[2] + 2 * padding - kernel) // stride + 1
+    wo = (x.shape[3] + 2 * padding - kernel) // stride + 1
+    windows = np.stack([padded[:, :, a:a + stride * ho:stride, b:b + stride * wo:stride]
+                        for a in range(kernel) for b in range(kernel)])
+    if kind == "avg":
+        return windows.mean(0, dtype=np.float64)
+    return np.where(np.isnan(windows).any(0), np.nan, np.nanmax(windows, 0))
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
 @pytest.mark.parametrize("schedule_for", ["x86:avx2", "x86:avx512"])
 @pytest.mark.parametrize("shape,attrs,vectors", [
     ((4, 8, 28, 28), dict(kernel=3, stride=2, padding=1), True),
     ((2, 4, 16, 16), dict(kernel=2, padding=1), True),
     ((2, 4, 9, 9), dict(kernel=3, stride=3, padding=1), False)])  # 3 columns: no vector
-def test_padded_max_pool_forward_reads_vectors_of_windows(schedule_for, shape, attrs, vectors):
+def test_padded_pool_forward_reads_vectors_of_windows(kind, schedule_for, shape, attrs, vectors):
     # A padded forward read x through guarded loads, which left its loop scalar: ResNet's
-    # k3 s2 p1 at b32 64@28 took 3.2 ms on one AVX-512 core, 2.3x its own gradient's
-    # first-max pass over the same windows. It reads a copy of x padded with -inf now, made
-    # per plane and deinterleaved (0.66 ms). Ties, NaN, inf and -inf next to the padding:
-    # the scheduled kernel equals numpy's max over the -inf-padded windows, NaN where a window
-    # holds one (PyTorch's).
+    # max-pool k3 s2 p1 at b32 64@28 took 3.2 ms on one AVX-512 core, 2.3x its own
+    # gradient's first-max pass over the same windows; avg-pool 1.6 ms. Each reads a copy of
+    # x padded with -inf (max) or zeros (avg) now, made per plane and deinterleaved (0.66
+    # and 0.51 ms). The scheduled kernel equals numpy's pooling of the padded x, with ties,
+    # NaN and +-inf beside the padding (max-pool: NaN where a window holds one, PyTorch's).
     target = resolve_target(schedule_for)
+    op = ops.max_pool2d if kind == "max" else ops.avg_pool2d
     x = te.placeholder(shape, "float32", name="x")
-    y = ops.max_pool2d.te_forward(x, **attrs)
+    y = op.te_forward(x, **attrs)
     func, rule = schedule_prim_func(te.create_prim_func([x, y]), target)
     if vectors:
-        assert "tiled[window v" in rule and "deinterleaved max_pool2d_padded" in rule, rule
+        assert "tiled[window v" in rule and f"deinterleaved {kind}_pool2d_padded" in rule, rule
     rng = np.random.default_rng(8)
     x_val = rng.integers(-2, 3, shape).astype("float32")
-    x_val[0, 0, :3, :3] = -np.inf
-    x_val[0, 1, 0, 0] = np.nan
-    x_val[1, 0, -2:, -2:] = np.inf
+    if kind == "max":
+        x_val[0, 0, :3, :3] = -np.inf
+        x_val[0, 1, 0, 0] = np.nan
+        x_val[1, 0, -2:, -2:] = np.inf
     out = tvm.runtime.empty([int(d) for d in y.shape], "float32", tvm.cpu())
     tvm.compile(func, target=resolve_target("x86"))(tvm.runtime.tensor(x_val), out)
-    k, s, p = attrs["kernel"], attrs.get("stride", attrs["kernel"]), attrs["padding"]
-    padded = np.pad(x_val, [(0, 0), (0, 0), (p, p), (p, p)], constant_values=-np.inf)
-    ho, wo = out.shape[2:]
-    windows = np.stack([padded[:, :, a:a + s * ho:s, b:b + s * wo:s]
-                        for a in range(k) for b in range(k)])
-    want = np.where(np.isnan(windows).any(0), np.nan, np.nanmax(windows, 0))
-    np.testing.assert_array_equal(out.numpy(), want, err_msg=rule)
+    want = _pool_reference(kind, x_val, attrs["kernel"], attrs.get("stride", attrs["kernel"]),
+                           attrs["padding"])
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-6, atol=1e-6, err_msg=rule)

@@ -230,11 +230,15 @@ def avg_pool2d(x, kernel=2, stride=None, padding=0):
     rw = te.reduce_axis((0, kw), "rw")
     zero = tirx.const(0, x.dtype)
     scale = tirx.const(1.0 / (kh * kw), x.dtype)
+    # Plain reads, which the window rule vectorizes (as max_pool2d's): of x itself, or of a
+    # copy padded with zeros (a guard per read, even one always true, left the loop scalar)
+    src = x if not (ph or pw) else te.compute(
+        (x.shape[0], x.shape[1], h + 2 * ph, w + 2 * pw), lambda n, c, r, q: te.if_then_else(
+            te.all(r >= ph, r < h + ph, q >= pw, q < w + pw), x[n, c, r - ph, q - pw], zero),
+        name="avg_pool2d_padded")
 
     def body(n, c, i, j):
-        r, q = i * sh + rh - ph, j * sw + rw - pw
-        inside = te.all(r >= 0, r < h, q >= 0, q < w)
-        return te.sum(te.if_then_else(inside, x[n, c, r, q], zero) * scale, axis=[rh, rw])
+        return te.sum(src[n, c, i * sh + rh, j * sw + rw] * scale, axis=[rh, rw])
 
     return te.compute((x.shape[0], x.shape[1], ho, wo), body, name="avg_pool2d")
 
