@@ -32,10 +32,16 @@ def make(case):
     elif kind == "conv2d":
         f = lambda: F.conv2d(xs[0], xs[1], stride=attrs.get("stride", 1),
                              padding=attrs.get("padding", 0))
-    elif kind == "max_pool2d":
-        f = lambda: F.max_pool2d(xs[0], attrs["kernel"], attrs.get("stride"))
+    elif kind == "max_pool2d":  # the padding too: k3 s2 p1 had timed PyTorch's unpadded pool
+        f = lambda: F.max_pool2d(xs[0], attrs["kernel"], attrs.get("stride"),
+                                 attrs.get("padding", 0))
     elif kind == "avg_pool2d":
-        f = lambda: F.avg_pool2d(xs[0], attrs["kernel"], attrs.get("stride"))
+        f = lambda: F.avg_pool2d(xs[0], attrs["kernel"], attrs.get("stride"),
+                                 attrs.get("padding", 0))
+    elif kind == "relu":
+        f = lambda: F.relu(xs[0])
+    else:  # a case grad_kernels.py gained without its PyTorch form: say which
+        raise ValueError(f"no PyTorch form for op {kind!r}")
     out = f()
     dy = torch.randn_like(out)
 

@@ -46,6 +46,9 @@ CASES = {
     "max_pool2d b32 64@28 k2": ("max_pool2d", ops.max_pool2d, [(32, 64, 28, 28)], {"kernel": 2}),
     "max_pool2d b32 64@28 k3 s2 p1": ("max_pool2d", ops.max_pool2d, [(32, 64, 28, 28)],
                                       {"kernel": 3, "stride": 2, "padding": 1}),
+    # rows of windows filling whole vectors (16 a row): a CIFAR-sized ResNet stem's pool
+    "max_pool2d b32 16@32 k3 s2 p1": ("max_pool2d", ops.max_pool2d, [(32, 16, 32, 32)],
+                                      {"kernel": 3, "stride": 2, "padding": 1}),
     "avg_pool2d b32 64@28 k2": ("avg_pool2d", ops.avg_pool2d, [(32, 64, 28, 28)], {"kernel": 2}),
     "relu b32 64@28": ("relu", ops.relu, [(32, 64, 28, 28)], {}),
 }
