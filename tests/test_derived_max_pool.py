@@ -261,3 +261,21 @@ def test_infinite_dy_reaches_the_first_max_unchanged(kernel, stride, padding):
     with np.errstate(invalid="ignore"):  # inf - inf where two windows pick one element: NaN
         want = _rule(x, dy, kernel, stride, padding)
     _assert_close(_run(kernels["derived"][0], x, dy), want, "infinite dy")
+
+
+@pytest.mark.parametrize("attrs", [dict(kernel=5, stride=1, padding=2),
+                                   dict(kernel=(5, 4), stride=2, padding=2),
+                                   dict(kernel=5, stride=4, padding=(1, 0))])
+def test_large_padded_windows_of_minus_inf_give_dy_to_x_not_the_padding(attrs):
+    # Windows of more than 16 elements find their first max by the (position, value) tuple
+    # reduction, which took the padding (-inf, and earlier in the window) as the first max
+    # of a window of -inf: the derived gradient dropped dy (PyTorch's goes to the first
+    # element of x). A sweep against PyTorch found it (kernels 5x5, 5x4 with padding).
+    x = np.full((1, 2, 6, 6), -np.inf, np.float32)
+    x[0, 1, 3:, 3:] = np.arange(9, dtype=np.float32).reshape(3, 3)  # and real values
+    y = ops.max_pool2d(x, **attrs)
+    dy = np.random.default_rng(3).standard_normal(y.shape).astype(np.float32)
+    explicit = ops.max_pool2d.vjp(dy, x, derived=False, **attrs)[0]
+    derived = ops.max_pool2d.vjp(dy, x, derived=True, **attrs)[0]
+    np.testing.assert_array_equal(derived, explicit)
+    np.testing.assert_allclose(derived.sum(), dy.sum(), rtol=1e-5)  # every window's dy lands

@@ -1247,7 +1247,8 @@ def first_extremum(t, name=None):
         vmap.update({iv.var: ax.var for iv, ax in zip(red.axis, axes)})
         pos = reduction_position([(ax.var, iv.dom.min, iv.dom.extent)
                                   for iv, ax in zip(red.axis, axes)])
-        value = key(substitute(red.source[red.value_index], vmap))
+        value = _keyed_guarded(substitute(_inline_paddings(red.source[red.value_index]), vmap),
+                               key)
         cond = substitute(red.condition, vmap)
         return reducer((pos, value), axis=axes, where=cond)
 
@@ -1359,6 +1360,11 @@ def _padded(tensor, fill, lo, hi):
     return te.compute(_pad_shape(tensor, pads), body, name=f"{tensor.op.name}_pad")
 
 
+# A stage so annotated stays a loop nest of its own: the schedules do not inline it into its
+# readers (schedule/spatial._inline_spatial), and split a padding into a fill and a copy.
+MATERIALIZED = "tvmfront.materialized"
+
+
 def _zero_padded_kernel(tensor, pads):
     """`tensor` extended to [lo, hi] along each axis of pads {axis: (lo <= 0, hi)} with
     zeros, indexed from 0, as a kernel of its own (a one-step reduction: the schedules
@@ -1437,6 +1443,19 @@ def _scan_first_extremum(t, index, pads=None):
         # max(value, top) compiles to value > top ? value : top, the reducer's test
         top = te.max(value, top) if is_max else te.min(value, top)
     return least_found([P.EQ(value, top) for value in vals])
+
+
+def _keyed_guarded(expr, key):
+    """key(expr), where a guarded read if_then_else(cond, x[i], v) (a padded window's
+    element) keys to NaN outside x, which the first-extremum reducer never takes (neither
+    better nor equal): a padded window of -inf finds its first element of x, not the
+    padding (-inf too), as PyTorch's gradient does (windows of more than SCAN_WINDOW_MAX
+    elements, reduced by first_extremum)."""
+    if isinstance(expr, Call) and expr.op.name == "prim.if_then_else" and \
+            _is_load(expr.args[1]) and isinstance(expr.args[2], (P.FloatImm, P.IntImm)):
+        keyed = key(expr.args[1])
+        return tvm.tirx.if_then_else(expr.args[0], keyed, _const(math.nan, _dtype(keyed)))
+    return key(expr)
 
 
 def _inline_paddings(expr):

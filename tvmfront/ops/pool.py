@@ -2,7 +2,7 @@
 
 from .. import extremum
 from .._tvm import te, tirx
-from ..autodiff import first_extremum, if_else_zero, least_found
+from ..autodiff import MATERIALIZED, first_extremum, if_else_zero, least_found
 from ..op import op
 from ._dims import show, static
 from .conv import _out_size, _pair
@@ -29,41 +29,70 @@ def _geometry(x, kernel, stride, padding, name="pooling"):
     return kh, kw, sh, sw, ph, pw, ho, wo
 
 
-def _covering(i, p, s, k, n_out):
-    """[(o, offset, valid)] for the output windows o of one axis that may cover input index
-    i: o = (i + p) // s - t for t < ceil(k / s), at `offset` = i + p - o * s in the window,
-    `valid` when 0 <= o < n_out and offset < k. Only these windows are visited: no loop over
-    all k taps with a divisibility test each."""
+def _covering(i, p, s, k):
+    """[(o, offset, valid)] for the windows o of one axis that may cover input index i:
+    o = (i + p) // s - t for t < ceil(k / s), at `offset` = i + p - o * s in the window,
+    `valid` when offset < k (a window past the output's edge reads zeros: _window_gather).
+    Only these windows are visited: no loop over all k taps with a divisibility test each."""
     base, rest = (i + p) // s, (i + p) % s
     out = []
     for t in range(-(-k // s)):
         offset = rest + t * s
-        out.append((base - t, offset, te.all(base - t >= 0, base - t < n_out, offset < k)))
+        out.append((base - t, offset, offset < k))
     return out
 
 
-def _window_gather(x, dy, kernel, stride, padding, term, name):
-    """dx[i] = sum over the output windows that cover input i of term(n, c, oh, ow, dh, dw),
-    (dh, dw) the position of i in the window. An unrolled sum (a spatial kernel, not
-    a reduction), ceil(k / s) windows per axis."""
+def _window_gather(x, reads, kernel, stride, padding, term, name):
+    """dx[i] = sum over the output windows that cover input i of term(values, n, c, oh, ow,
+    dh, dw): `values` the elements of the window-shaped tensors `reads` (dy, max-pool's
+    first-max positions) at window (oh, ow), (dh, dw) the position of i in it. An unrolled
+    sum (a spatial kernel, not a reduction), ceil(k / s) windows per axis.
+
+    `reads` come from copies extended with zeros by the windows that hang off their edges
+    (_window_extended), read at indices in bounds for every i. They had been read at
+    clamped indices under the select, which TVM's simplifier made plain, taking the select's
+    condition as known inside its value; but a select reads its value anyway: the gradient
+    read past the end of dy (k3 s2 p1 at 28x28: row 14 of 14), a fault with dy at the end of
+    a mapping. The select now tests the position in the window only."""
     kh, kw, sh, sw, ph, pw, ho, wo = _geometry(x, kernel, stride, padding)
+    h, w = _hw(x, "pooling")
     zero = tirx.const(0, x.dtype)
+    # window indices (i + p) // s - t for t < ceil(k / s), over every input i
+    low_h, low_w = -(-kh // sh) - 1, -(-kw // sw) - 1
+    high_h = max(0, (h - 1 + ph) // sh - (ho - 1))
+    high_w = max(0, (w - 1 + pw) // sw - (wo - 1))
+    extended = [_window_extended(t, low_h, high_h, low_w, high_w) for t in reads]
 
     def body(n, c, i, j):
         total = None
-        for oh, dh, ok_h in _covering(i, ph, sh, kh, ho):
-            for ow, dw, ok_w in _covering(j, pw, sw, kw, wo):
+        for oh, dh, ok_h in _covering(i, ph, sh, kh):
+            for ow, dw, ok_w in _covering(j, pw, sw, kw):
                 # A select, not if_then_else: a guarded load made TVM scalarize the whole
                 # vectorized column loop (max-pool k3 s2 p1's gradient: 6.9x its forward, 3.5x
-                # as a select). Clamped indices keep the read of a window that does not
-                # cover i in bounds; the select drops its value.
-                value = tirx.Select(te.all(ok_h, ok_w), term(
-                    n, c, te.max(te.min(oh, ho - 1), 0), te.max(te.min(ow, wo - 1), 0),
-                    dh, dw), zero)
+                # as a select). Windows outside dy read its extension's zeros.
+                values = [t[n, c, oh + low_h, ow + low_w] for t in extended]
+                value = tirx.Select(te.all(ok_h, ok_w), term(values, n, c, oh, ow, dh, dw),
+                                    zero)
                 total = value if total is None else total + value
         return total
 
     return te.compute(x.shape, body, name=name)
+
+
+def _window_extended(t, low_h, high_h, low_w, high_w):
+    """t [N, C, H, W] extended with zeros by (low, high) rows and columns, as a stage the
+    schedules keep (autodiff.MATERIALIZED: inlined into the gather, its guarded reads would
+    scalarize it) and split into a fill and a vectorized copy; t itself where nothing hangs
+    off (a k2 pool of even sizes)."""
+    if not (low_h or high_h or low_w or high_w):
+        return t
+    n_, c_, h, w = t.shape
+    zero = tirx.const(0, t.dtype)
+    return te.compute((n_, c_, h + low_h + high_h, w + low_w + high_w),
+                      lambda n, c, r, q: te.if_then_else(
+                          te.all(r >= low_h, r < h + low_h, q >= low_w, q < w + low_w),
+                          t[n, c, r - low_h, q - low_w], zero),
+                      name=f"{t.op.name}_extended", attrs={MATERIALIZED: 1})
 
 
 def _max_window(x, kernel, stride, padding):
@@ -178,7 +207,7 @@ def _(dy, x, kernel=2, stride=None, padding=0):
     # unrolled scan of the window (_first_max), where first_extremum's (position, value)
     # tuple reducer has no fast schedule.
     shape, (kh, kw), _ = _max_window(x, kernel, stride, padding)
-    _, _, sh, sw, ph, pw, _, _ = _geometry(x, kernel, stride, padding)
+    _, _, sh, sw, ph, pw, ho, wo = _geometry(x, kernel, stride, padding)
     # Past INLINE_TAPS taps a padded window goes the overlapping windows' way: its inline
     # scan's clamped reads and index tests grew an expression TVM's simplifier did not finish
     # (k5 s5 p2: te.create_prim_func over 300 s; k4 p2 took 1.6 s)
@@ -187,11 +216,14 @@ def _(dy, x, kernel=2, stride=None, padding=0):
         # found inline (its elements read from cache), in one pass: the same expression for
         # every element of a window and for every window (the vectorized column loop
         # computes it on whole vectors).
-        def term(n, c, oh, ow, dh, dw):
-            first = _first_max(x, n, c, oh, ow, kernel, stride, padding)
-            return if_else_zero(first == dh * kw + dw, dy[n, c, oh, ow], x.dtype)
+        def term(values, n, c, oh, ow, dh, dw):
+            # x read at windows clamped into the output (a window past its edge, over
+            # inputs no window covers, reads zeros of dy: any position will do)
+            first = _first_max(x, n, c, te.max(te.min(oh, ho - 1), 0),
+                               te.max(te.min(ow, wo - 1), 0), kernel, stride, padding)
+            return if_else_zero(first == dh * kw + dw, values[0], x.dtype)
 
-        return [_window_gather(x, dy, kernel, stride, padding, term, "max_pool2d_grad")]
+        return [_window_gather(x, [dy], kernel, stride, padding, term, "max_pool2d_grad")]
     if kh <= sh and kw <= sw and not (ph or pw):
         # Wide windows that do not overlap (k8, k16): autodiff's (position, value) reduction
         # of the forward finds each window's first max, then the gather. Scanned inline, the
@@ -214,11 +246,12 @@ def _(dy, x, kernel=2, stride=None, padding=0):
         first = te.compute(shape, lambda n, c, i, j: te.min(_first_max_of_padded(
             xp, n, c, i, j, kernel, stride), axis=one), name="max_pool2d_first")
 
-    def term(n, c, oh, ow, dh, dw):
-        return if_else_zero(tirx.Cast(first.dtype, dh * kw + dw) == first[n, c, oh, ow],
-                            dy[n, c, oh, ow], x.dtype)
+    def term(values, n, c, oh, ow, dh, dw):
+        dy_value, position = values
+        return if_else_zero(tirx.Cast(first.dtype, dh * kw + dw) == position, dy_value,
+                            x.dtype)
 
-    return [_window_gather(x, dy, kernel, stride, padding, term, "max_pool2d_grad")]
+    return [_window_gather(x, [dy, first], kernel, stride, padding, term, "max_pool2d_grad")]
 
 
 @op
@@ -247,5 +280,5 @@ def avg_pool2d(x, kernel=2, stride=None, padding=0):
 def _(dy, x, kernel=2, stride=None, padding=0):
     kh, kw = _pair(kernel)
     scale = tirx.const(1.0 / (kh * kw), x.dtype)
-    return [_window_gather(x, dy, kernel, stride, padding,
-                           lambda n, c, oh, ow, *_: dy[n, c, oh, ow] * scale, "avg_pool2d_grad")]
+    return [_window_gather(x, [dy], kernel, stride, padding,
+                           lambda values, *_: values[0] * scale, "avg_pool2d_grad")]

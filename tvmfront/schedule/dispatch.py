@@ -32,6 +32,7 @@ lane reductions sum per-lane partial sums (BatchNorm's statistics: about 1e-6 re
 import math
 
 from .._tvm import dlight, s_tir, tirx, tvm
+from ..autodiff import MATERIALIZED
 from .params import CpuParams, DLIGHT_REDUCTION_MIN_WORK, GEMV_MAX_VECTOR_REGISTERS, SMALL_WORK
 from .failures import NotApplicable, _Kernel, _current, _failed, _probe, log
 from .analysis import (_buffers, _children, _const, _has_contraction, _max_block_iterations,
@@ -243,7 +244,10 @@ def _tvmfront_rule(func, params, tiled_only=False):
         sch = trial
         done.update(nested)
         notes.append(f"{'+'.join(nested)}=nested")
-    for block in _root_blocks(sch):
+    # Copies the schedules keep (autodiff.MATERIALIZED) last: their reader may place them
+    # per plane first (conv._extensions_per_plane); those left get their own loops then.
+    blocks = _root_blocks(sch)
+    for block in sorted(blocks, key=lambda b: MATERIALIZED in sch.get(b).annotations):
         name = sch.get(block).name_hint
         if name in done:
             continue

@@ -14,6 +14,7 @@
 import math
 
 from .._tvm import tirx
+from ..autodiff import MATERIALIZED
 from .failures import NotApplicable, _probe
 from .analysis import (_BlockInfo, _const, _elements, _has_if_then_else, _reduction_iters,
                        _root_blocks, _size, _walk_block_exprs, _walk_stmts)
@@ -31,7 +32,8 @@ def _inline_spatial(sch):
         outputs = {sch.get(b).name_hint for b in sch.get_output_blocks(sch.get_sblock("root"))}
         for block in blocks:
             stmt = sch.get(block)
-            if stmt.name_hint in outputs or _reduction_iters(stmt):
+            if stmt.name_hint in outputs or _reduction_iters(stmt) or \
+                    MATERIALIZED in stmt.annotations:
                 continue
             consumers = sch.get_consumers(block)
             if not consumers or any(_reduction_iters(sch.get(c)) for c in consumers):
