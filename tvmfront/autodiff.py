@@ -876,11 +876,9 @@ def _padding_of(tensor):
     if not isinstance(op, te.ComputeOp) or len(op.body) != 1:
         return None
     body = op.body[0]
-    if not (isinstance(body, Call) and body.op.name == "prim.if_then_else"):
+    if not _is_guarded_read(body) or body.args[2].value:  # a zero fill only
         return None
-    cond, then, other = body.args
-    if not _is_load(then) or not isinstance(other, (P.FloatImm, P.IntImm)) or other.value:
-        return None
+    cond, then, _ = body.args
     source, idx = _load_parts(then)
     axes = [_Loop(iv.var, iv.dom.extent, iv.dom.min) for iv in op.axis]
     if len(idx) != len(axes):
@@ -1289,8 +1287,7 @@ def _keyed_unguarded(expr, analyzer, pads, key):
     first extremum, as it is none of its elements. None for any other expression."""
     if _is_load(expr):
         return key(expr)
-    if not (isinstance(expr, Call) and expr.op.name == "prim.if_then_else"
-            and _is_load(expr.args[1]) and isinstance(expr.args[2], (P.FloatImm, P.IntImm))):
+    if not _is_guarded_read(expr):
         return None
     cond, then = expr.args[:2]
     tensor, _ = _load_parts(then)
@@ -1445,14 +1442,19 @@ def _scan_first_extremum(t, index, pads=None):
     return least_found([P.EQ(value, top) for value in vals])
 
 
+def _is_guarded_read(expr):
+    """Whether expr is if_then_else(cond, x[i], constant): a padded window's element."""
+    return isinstance(expr, Call) and expr.op.name == "prim.if_then_else" and \
+        _is_load(expr.args[1]) and isinstance(expr.args[2], (P.FloatImm, P.IntImm))
+
+
 def _keyed_guarded(expr, key):
     """key(expr), where a guarded read if_then_else(cond, x[i], v) (a padded window's
     element) keys to NaN outside x, which the first-extremum reducer never takes (neither
     better nor equal): a padded window of -inf finds its first element of x, not the
     padding (-inf too), as PyTorch's gradient does (windows of more than SCAN_WINDOW_MAX
     elements, reduced by first_extremum)."""
-    if isinstance(expr, Call) and expr.op.name == "prim.if_then_else" and \
-            _is_load(expr.args[1]) and isinstance(expr.args[2], (P.FloatImm, P.IntImm)):
+    if _is_guarded_read(expr):
         keyed = key(expr.args[1])
         return tvm.tirx.if_then_else(expr.args[0], keyed, _const(math.nan, _dtype(keyed)))
     return key(expr)
@@ -1471,8 +1473,7 @@ def _inline_paddings(expr):
         if not isinstance(op, te.ComputeOp) or len(op.body) != 1:
             continue
         body = op.body[0]
-        if isinstance(body, Call) and body.op.name == "prim.if_then_else" and \
-                _is_load(body.args[1]) and isinstance(body.args[2], (P.FloatImm, P.IntImm)):
+        if _is_guarded_read(body):
             stages[tensor] = (lambda idx, op=op, body=body: substitute(
                 body, {iv.var: i for iv, i in zip(op.axis, idx)}))
     return substitute(expr, {}, loads=stages) if stages else expr

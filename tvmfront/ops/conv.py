@@ -26,13 +26,16 @@ def _out_size(size, k, s, p):
     return (size + 2 * p - k) // s + 1
 
 
-def _padded(x, ph, pw, name):
+def _padded(x, ph, pw, name, fill=0):
+    """NCHW x padded by (ph, pw) rows and columns on each side with `fill` (a number or a
+    TE constant); x itself unpadded."""
     if ph == 0 and pw == 0:
         return x
     n, c, h, w = dims(x.shape)
-    zero = tirx.const(0, x.dtype)
+    value = tirx.const(fill, x.dtype) if isinstance(fill, (int, float)) else fill
     return te.compute((n, c, h + 2 * ph, w + 2 * pw), lambda a, b, i, j: te.if_then_else(
-        te.all(i >= ph, i < h + ph, j >= pw, j < w + pw), x[a, b, i - ph, j - pw], zero), name=name)
+        te.all(i >= ph, i < h + ph, j >= pw, j < w + pw), x[a, b, i - ph, j - pw], value),
+        name=name)
 
 
 def _check(x, w, stride, padding):

@@ -5,7 +5,7 @@ from .._tvm import te, tirx
 from ..autodiff import MATERIALIZED, first_extremum, if_else_zero, least_found
 from ..op import op
 from ._dims import show, static
-from .conv import _out_size, _pair
+from .conv import _out_size, _padded, _pair
 
 
 def _hw(x, name):
@@ -99,28 +99,18 @@ def _max_window(x, kernel, stride, padding):
     """(output shape, window reduce axes, value(n, c, i, j, rh, rw)): the window's element,
     -inf where the window hangs over the padding."""
     kh, kw, sh, sw, ph, pw, ho, wo = _geometry(x, kernel, stride, padding, "max_pool2d")
-    h, w = _hw(x, "max_pool2d")
-    lowest = extremum.lowest(x.dtype)
 
-    if not (ph or pw):
-        # every window inside x: a plain read, which the window rule vectorizes (a guard,
-        # even one always true, left the loop scalar: the NaN-propagating max's select per
-        # element then cost 3.5x te.max's at k2 b32 64@28)
-        def value(n, c, i, j, rh, rw):
-            return x[n, c, i * sh + rh, j * sw + rw]
-    else:
-        # Padded, the windows read a copy of x padded with the lowest value, which no max
-        # takes (a window holds an element of x): plain reads again, and the window rule
-        # makes the copy per plane, deinterleaved (schedule/reductions._window_reduction).
-        # Guarded reads of x left the forward scalar: k3 s2 p1 at b32 64@28 ran 2.3x its
-        # backward's first-max pass over the same windows.
-        xp = te.compute((x.shape[0], x.shape[1], h + 2 * ph, w + 2 * pw),
-                        lambda n, c, r, q: te.if_then_else(
-                            te.all(r >= ph, r < h + ph, q >= pw, q < w + pw),
-                            x[n, c, r - ph, q - pw], lowest), name="max_pool2d_padded")
+    # Plain reads, which the window rule vectorizes: of x itself where every window is
+    # inside it (a guard, even one always true, left the loop scalar: the NaN-propagating
+    # max's select per element then cost 3.5x te.max's at k2 b32 64@28), else of a copy of x
+    # padded with the lowest value, which no max takes (a window holds an element of x), and
+    # which the window rule makes per plane, deinterleaved (schedule/reductions.
+    # _window_reduction). Guarded reads of x left the padded forward scalar: k3 s2 p1 at b32
+    # 64@28 ran 2.3x its backward's first-max pass over the same windows.
+    xp = _padded(x, ph, pw, "max_pool2d_padded", fill=extremum.lowest(x.dtype))
 
-        def value(n, c, i, j, rh, rw):
-            return xp[n, c, i * sh + rh, j * sw + rw]
+    def value(n, c, i, j, rh, rw):
+        return xp[n, c, i * sh + rh, j * sw + rw]
 
     return (x.shape[0], x.shape[1], ho, wo), (kh, kw), value
 
@@ -258,17 +248,12 @@ def _(dy, x, kernel=2, stride=None, padding=0):
 def avg_pool2d(x, kernel=2, stride=None, padding=0):
     """Average over each window; padded zeros count in the divisor (PyTorch's default)."""
     kh, kw, sh, sw, ph, pw, ho, wo = _geometry(x, kernel, stride, padding, "avg_pool2d")
-    h, w = _hw(x, "avg_pool2d")
     rh = te.reduce_axis((0, kh), "rh")
     rw = te.reduce_axis((0, kw), "rw")
-    zero = tirx.const(0, x.dtype)
     scale = tirx.const(1.0 / (kh * kw), x.dtype)
     # Plain reads, which the window rule vectorizes (as max_pool2d's): of x itself, or of a
     # copy padded with zeros (a guard per read, even one always true, left the loop scalar)
-    src = x if not (ph or pw) else te.compute(
-        (x.shape[0], x.shape[1], h + 2 * ph, w + 2 * pw), lambda n, c, r, q: te.if_then_else(
-            te.all(r >= ph, r < h + ph, q >= pw, q < w + pw), x[n, c, r - ph, q - pw], zero),
-        name="avg_pool2d_padded")
+    src = _padded(x, ph, pw, "avg_pool2d_padded")
 
     def body(n, c, i, j):
         return te.sum(src[n, c, i * sh + rh, j * sw + rw] * scale, axis=[rh, rw])
