@@ -282,3 +282,42 @@ def test_float32_derived_gradients_are_nan_at_nan(name, attrs):
         lib["main"](tvm.runtime.tensor(np.ones_like(a)), tvm.runtime.tensor(a), out)
         got = out.numpy()
         assert np.isnan(got[[0, 2]]).all() and np.isfinite(got[1]), (derived, got)
+
+
+def _expression_size(tensor):
+    """Expression nodes in `tensor`'s stages and every stage it reads."""
+    from tvmfront.autodiff import _nodes
+
+    seen, size, stack = set(), 0, [tensor]
+    while stack:
+        t = stack.pop()
+        if t.op in seen or not hasattr(t.op, "body"):
+            continue
+        seen.add(t.op)
+        size += sum(sum(1 for _ in _nodes(b)) for b in t.op.body)
+        stack.extend(t.op.input_tensors)
+    return size
+
+
+@pytest.mark.parametrize("name, attrs", [("tanh", {}), ("gelu", {"approximate": "tanh"}),
+                                         ("exp", {}), ("sigmoid", {}), ("silu", {})])
+def test_the_nan_branch_does_not_repeat_the_math(name, attrs, monkeypatch):
+    """fastmath's NaN branch had been `a * value`: `value` twice at every fastmath call made
+    tanh's forward 3.8x and tanh-GELU's derived gradient 4.3x the expression they are with a
+    NaN branch of `a` alone (LeNet's derived train step compiled in 11-15 s instead of 5-6).
+    Within 5% of that, and still NaN at NaN (the test above)."""
+    from tvmfront.ops import fastmath
+
+    op = getattr(ops, name)
+    x = te.placeholder((8,), "float32", name="x")
+    dy = te.placeholder((8,), "float32", name="dy")
+
+    def sizes():
+        return (_expression_size(op.te_forward(x, **attrs)),
+                _expression_size(op.te_grad(dy, x, derived=True, **attrs)[0]))
+
+    got = sizes()
+    monkeypatch.setattr(fastmath, "_nan_kept", lambda a, value: tvm.tirx.Select(
+        te.abs(a) <= fastmath._c(math.inf), value, a))
+    bare = sizes()
+    assert got[0] <= 1.05 * bare[0] and got[1] <= 1.05 * bare[1], (got, bare)
