@@ -86,3 +86,25 @@ def test_float64_labels_through_relu_and_batchnorm_at_any_batch_size():
     assert _dtypes(module) == before
     tvf.Trainer(module, progress=False).fit(x, y, epochs=3, batch_size=8)
     assert module.loss(x[:8], y[:8]) < first
+
+
+@pytest.mark.parametrize("pool", ["max_pool2d", "avg_pool2d"])
+def test_vjp_casts_an_output_gradient_to_the_outputs_dtype(pool):
+    # a float64 dy for a float32 pool's output had built a mixed-dtype gradient kernel: TVM's
+    # raw InternalError/TypeError. PyTorch's autograd casts it to the output's dtype.
+    op = getattr(tvf.ops, pool)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 2, 5, 5)).astype("float32")
+    dy = rng.standard_normal((1, 2, 3, 3))  # float64
+    (dx,) = op.vjp(dy, x, kernel=3, stride=2, padding=1)
+    assert dx.dtype == np.float32
+    np.testing.assert_array_equal(dx, op.vjp(dy.astype("float32"), x, kernel=3, stride=2,
+                                             padding=1)[0])
+    assert op.vjp(np.ones((1, 2, 3, 3), "int64"), x, kernel=3, stride=2,
+                  padding=1)[0].dtype == np.float32
+
+
+def test_vjp_refuses_an_output_gradient_that_is_no_number():
+    with pytest.raises(TypeError, match=r"op 'relu': dy is <U1, the output it is the gradient "
+                                        r"of is float32"):
+        tvf.ops.relu.vjp(np.array(["a", "b"]), np.ones(2, "float32"))

@@ -527,11 +527,12 @@ class Op:
         if len(dys) != len(specs):
             raise ShapeError(f"op '{self.name}' has {len(specs)} outputs, got {len(dys)} output "
                              "gradients")
-        for i, (d, (shape, _)) in enumerate(zip(dys, specs)):
+        for i, (d, (shape, dtype)) in enumerate(zip(dys, specs)):
+            what = f"dy[{i}]" if several else "dy"
             if d.shape != shape:
-                what = f"dy[{i}]" if several else "dy"
                 raise ShapeError(f"op '{self.name}': {what} has shape {d.shape}, output has "
                                  f"{shape}")
+            dys[i] = _in_output_dtype(d, dtype, self.name, what)
         if derived is None:
             derived = _force_derived.get()
         derived = derived or not self.has_grad
@@ -557,6 +558,19 @@ def _as_array(a, op_name):
                         f"array.filled(value) (or np.ma.getdata(array) for the data as they "
                         f"are)")
     return np.asarray(a)
+
+
+def _in_output_dtype(dy, dtype, op_name, what):
+    """`dy` in its output's float `dtype`, as PyTorch's autograd casts an output gradient: a
+    float64 dy for a float32 output had built a mixed-dtype gradient kernel, which TVM refused
+    with a raw internal error in some ops (max_pool2d) and computed in float64 in others. A
+    non-numeric dy, or any dy for a non-float output, is a TypeError naming both dtypes."""
+    if dy.dtype.name == str(dtype):
+        return dy
+    if is_float_dtype(str(dtype)) and (is_float_dtype(dy.dtype) or dy.dtype.kind in "iub"):
+        return dy.astype(str(dtype))
+    raise TypeError(f"op '{op_name}': {what} is {dy.dtype}, the output it is the gradient of "
+                    f"is {dtype}")
 
 
 def _copy(t, name):
