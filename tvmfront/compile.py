@@ -130,16 +130,22 @@ def build_lowered(lowered, target, records, dump_ir):
     return build(lowered, target, records, dump_ir)
 
 
-def _build(mod, target, records, dump_ir, debug_nans, graph_stages=()):
-    """Lower (with NaN/Inf checks after every kernel under debug_nans), schedule, compile.
-    graph_stages: (name, fn) stages run before legalize (pipeline.lowering)."""
+def _lower(mod, dump_ir, debug_nans, graph_stages=()):
+    """The Relax module lowered to kernels (with NaN/Inf checks after every kernel under
+    debug_nans), not yet scheduled. graph_stages: (name, fn) stages run before legalize
+    (pipeline.lowering)."""
     from . import debug  # these subclass TVM classes: imported when a compile needs TVM
     from . import pipeline as pipeline_mod
 
-    dump_ir = dump_ir or config.dump_ir_dir()
     stages = pipeline_mod.lowering(debug.enabled(debug_nans), graph_stages)
-    lowered = pipeline_mod.run(mod, stages, dump_ir)
-    return build_lowered(lowered, target, records, dump_ir)
+    return pipeline_mod.run(mod, stages, dump_ir)
+
+
+def _build(mod, target, records, dump_ir, debug_nans, graph_stages=()):
+    """Lower, schedule, compile."""
+    dump_ir = dump_ir or config.dump_ir_dir()
+    return build_lowered(_lower(mod, dump_ir, debug_nans, graph_stages), target, records,
+                         dump_ir)
 
 
 def _check_objects(**objects):
@@ -199,17 +205,8 @@ def compile_training(model, loss, optimizer, inputs, labels, target="x86", recor
     ...                             inputs=(64, 1, 8, 8), labels=(64,))
     >>> loss = step.step(x_batch, y_batch)
     """
-    _check_objects(model=model, loss=loss, optimizer=optimizer)
-    if derived_gradients is None:  # inside `with tvf.derived_gradients():` too
-        derived_gradients = op_mod.deriving() or config.derived_gradients()
-    with op_mod.derived_gradients(derived_gradients):
-        mod, sig = graph.build_training(model, loss, inputs, labels, extras)
-        stages = [("gradient", lambda m: graph.gradient(m, sig)),
-                  ("append_optimizer",
-                   lambda m: graph.append_optimizer(m, sig, optimizer, apply_grads=accumulate))]
-        from . import pipeline as pipeline_mod  # loads TVM
-
-        mod = pipeline_mod.run(mod, stages, dump_ir)
+    mod, sig = _training_graph(model, loss, optimizer, inputs, labels, extras,
+                               derived_gradients, accumulate, dump_ir)
     built = _build(mod, target, records, dump_ir and f"{dump_ir}/lowering", debug_nans)
     manifest = _manifest("training", sig, built.target)
     _model_facts(manifest, model, sig)
@@ -233,6 +230,32 @@ def compile_training(model, loss, optimizer, inputs, labels, target="x86", recor
     module = TrainingModule(built.library, manifest, model.state_dict(), graph.initial_state(sig),
                             library_bytes=built.library_bytes, executable=built.executable)
     return _remember(module, built, records)
+
+
+def _training_graph(model, loss, optimizer, inputs, labels, extras, derived_gradients,
+                    accumulate, dump_ir):
+    """(the train step as a Relax module: forward, loss, gradient, optimizer; its signature)."""
+    _check_objects(model=model, loss=loss, optimizer=optimizer)
+    if derived_gradients is None:  # inside `with tvf.derived_gradients():` too
+        derived_gradients = op_mod.deriving() or config.derived_gradients()
+    with op_mod.derived_gradients(derived_gradients):
+        mod, sig = graph.build_training(model, loss, inputs, labels, extras)
+        stages = [("gradient", lambda m: graph.gradient(m, sig)),
+                  ("append_optimizer",
+                   lambda m: graph.append_optimizer(m, sig, optimizer, apply_grads=accumulate))]
+        from . import pipeline as pipeline_mod  # loads TVM
+
+        return pipeline_mod.run(mod, stages, dump_ir), sig
+
+
+def lower_training(model, loss, optimizer, inputs, labels, derived_gradients=None,
+                   extras=None, accumulate=False):
+    """The IRModule of compile_training's train step with the same arguments, lowered to
+    kernels but neither scheduled nor built (what tvf.tune and the schedules start from): for
+    inspecting or checking kernels without paying for a build."""
+    mod, _ = _training_graph(model, loss, optimizer, inputs, labels, extras, derived_gradients,
+                             accumulate, None)
+    return _lower(mod, None, None)
 
 
 def compile_inference(model, inputs, target="x86", records=None, dump_ir=None, debug_nans=None,
