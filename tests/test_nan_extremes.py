@@ -3,8 +3,8 @@
 TVM's max(a, b) is `a > b ? a : b` (a NaN survives only as the second operand) and te.max
 starts from the lowest finite value: ops.max([1, nan, 3]) was 3, a max-pool window of -inf
 gave -3.4e38 and clip(nan) its lower bound. The gradient goes to the first NaN, else the first
-maximum (torch.max(x, dim)'s rule; a window holding both NaN and +inf: the first of them),
-counting only a pool window's elements inside the input.
+maximum (torch.max(x, dim)'s rule; a window holding both NaN and +inf: the first of them,
+where PyTorch takes a NaN), counting only a pool window's elements inside the input.
 """
 
 import math

@@ -122,9 +122,12 @@ INLINE_TAPS = 16
 
 def _first_max(x, n, c, oh, ow, kernel, stride, padding):
     """The position (rh * kw + rw) of window (oh, ow)'s first maximal element in scan order,
-    PyTorch's: the first NaN if any (_keys_max), the first element where all are -inf,
-    never the padding. Straight-line code, no reduction loop and no guarded load (a guarded
-    load is a branch, or a scalarized vector loop): each element is read at an index clamped
+    the first NaN-or-+inf where the window holds a NaN (_keys_max: NaN keys as +inf), the
+    first element where all are -inf, never the padding. Without NaN that is PyTorch's rule;
+    with NaN PyTorch picks a NaN (torch.max(x, dim) the first, F.max_pool2d the last), so a
+    window [+inf, NaN] differs: ours gives its dy to the +inf. Straight-line code, no
+    reduction loop and no guarded load (a guarded load is a branch, or a scalarized vector
+    loop): each element is read at an index clamped
     into x, which over the padding reads a copy of an element of the same window, leaving
     the max as it is; the padding's own positions are told apart by index only."""
     kh, kw, sh, sw, ph, pw, _, _ = _geometry(x, kernel, stride, padding, "max_pool2d")
@@ -193,9 +196,9 @@ def max_pool2d(x, kernel=2, stride=None, padding=0):
 @max_pool2d.grad
 def _(dy, x, kernel=2, stride=None, padding=0):
     # The whole dy of a window goes to its FIRST maximal element in scan order (PyTorch's
-    # rule), the element autodiff.first_extremum picks for the derived gradient, found by an
-    # unrolled scan of the window (_first_max), where first_extremum's (position, value)
-    # tuple reducer has no fast schedule.
+    # rule for numbers; NaN: _first_max), the element autodiff.first_extremum picks for the
+    # derived gradient, found by an unrolled scan of the window (_first_max), where
+    # first_extremum's (position, value) tuple reducer has no fast schedule.
     shape, (kh, kw), _ = _max_window(x, kernel, stride, padding)
     _, _, sh, sw, ph, pw, ho, wo = _geometry(x, kernel, stride, padding)
     # Past INLINE_TAPS taps a padded window goes the overlapping windows' way: its inline
