@@ -357,3 +357,23 @@ def test_padded_pool_gradient_vectorizes_rows_of_whole_vectors(schedule_for, lan
     want = ops.avg_pool2d.vjp(dy_val.astype(np.float64), x_val.astype(np.float64), **attrs)[0]
     np.testing.assert_allclose(out.numpy(), want, rtol=1e-6, atol=1e-7, err_msg=rule)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("schedule_for", ["x86:avx2", "x86:avx512"])
+@pytest.mark.parametrize("shape,attrs", [
+    ((2, 3, 10, 10), dict(kernel=4, stride=4, padding=2)),
+    ((2, 3, 9, 11), dict(kernel=(3, 5), stride=(3, 5), padding=(1, 2))),
+    ((2, 3, 7, 7), dict(kernel=2, stride=2, padding=1))])
+def test_padded_windows_that_do_not_overlap_take_the_first_max_pass(schedule_for, shape, attrs):
+    # Found inline in the gather, the first max of a padded window read x at clamped indices
+    # and tested the index per element: at b32 64@32 k4 s4 p2 it built in 9.3 s and ran
+    # 13.5 ms, 3x5 p(1, 2) at 30 in 24.5 s and 9.1 ms; with the windows' first-max pass over
+    # NaN-padded keys, 0.9 s and 2.8 / 2.9 ms. Exact on ties, -inf and the lowest float.
+    func, rule, naive, dy_shape = _scheduled_gradient(shape, attrs, schedule_for)
+    assert "max_pool2d_first=" in rule, rule
+    rng = np.random.default_rng(11)
+    x_val = rng.integers(0, 3, shape).astype("float32")
+    x_val[0, 0, :3, :5] = -np.inf
+    x_val[0, 1, :3, :] = np.finfo(np.float32).min
+    x_val[1, 2] = 1.0
+    _assert_same_as_unscheduled(func, naive, x_val, dy_shape, rule)

@@ -120,28 +120,25 @@ def _max_window(x, kernel, stride, padding):
 INLINE_TAPS = 16
 
 
-def _first_max(x, n, c, oh, ow, kernel, stride, padding):
-    """The position (rh * kw + rw) of window (oh, ow)'s first maximal element in scan order,
-    the first NaN-or-+inf where the window holds a NaN (_keys_max: NaN keys as +inf), the
-    first element where all are -inf, never the padding. Without NaN that is PyTorch's rule;
-    with NaN PyTorch picks a NaN (torch.max(x, dim) the first, F.max_pool2d the last), so a
-    window [+inf, NaN] differs: ours gives its dy to the +inf. Straight-line code, no
-    reduction loop and no guarded load (a guarded load is a branch, or a scalarized vector
-    loop): each element is read at an index clamped
-    into x, which over the padding reads a copy of an element of the same window, leaving
-    the max as it is; the padding's own positions are told apart by index only."""
-    kh, kw, sh, sw, ph, pw, _, _ = _geometry(x, kernel, stride, padding, "max_pool2d")
-    h, w = _hw(x, "max_pool2d")
-    vals, inside = [], []
-    for e in range(kh * kw):
-        r, q = oh * sh + e // kw - ph, ow * sw + e % kw - pw
-        vals.append(x[n, c, te.max(te.min(r, h - 1), 0), te.max(te.min(q, w - 1), 0)])
-        inside.append(te.all(r >= 0, r < h, q >= 0, q < w))
-    keys = [extremum.ordering_key(v, True) for v in vals]
+def _first_max(x, n, c, oh, ow, kernel, stride):
+    """The position (rh * kw + rw) of unpadded window (oh, ow)'s first maximal element in scan
+    order: _first_key_max over x's ordering keys, computed as read."""
+    return _first_key_max(lambda i, j: extremum.ordering_key(x[n, c, i, j], True), oh, ow,
+                          kernel, stride)
+
+
+def _first_key_max(key, oh, ow, kernel, stride):
+    """The position (rh * kw + rw) of window (oh, ow)'s first maximal key (`key(i, j)`: the
+    ordering key at row i, column j) in scan order: the first NaN-or-+inf where the window
+    holds a NaN (_keys_max: NaN keys as +inf), the first element where all are -inf. Without
+    NaN that is PyTorch's rule; with NaN PyTorch picks a NaN (torch.max(x, dim) the first,
+    F.max_pool2d the last), so a window [+inf, NaN] differs: ours gives its dy to the +inf.
+    Straight-line code, no reduction loop."""
+    kh, kw = _pair(kernel)
+    sh, sw = _pair(stride if stride is not None else kernel)
+    keys = [key(oh * sh + e // kw, ow * sw + e % kw) for e in range(kh * kw)]
     top = _keys_max(keys)
-    if not (ph or pw):
-        return least_found([k == top for k in keys])
-    return least_found([tirx.And(inside[e], keys[e] == top) for e in range(kh * kw)])
+    return least_found([k == top for k in keys])
 
 
 def _keys_max(keys):
@@ -168,13 +165,6 @@ def _padded_keys(x, kernel, stride, padding):
         name="max_pool2d_pad")
 
 
-def _first_max_of_padded(xp, n, c, oh, ow, kernel, stride):
-    """_first_max over _padded_keys (NaN padding, never found): the same position."""
-    kh, kw = _pair(kernel)
-    sh, sw = _pair(stride if stride is not None else kernel)
-    keys = [xp[n, c, oh * sh + e // kw, ow * sw + e % kw] for e in range(kh * kw)]
-    top = _keys_max(keys)
-    return least_found([k == top for k in keys])
 
 
 def _max_reduction(x, kernel, stride, padding):
@@ -196,15 +186,17 @@ def max_pool2d(x, kernel=2, stride=None, padding=0):
 @max_pool2d.grad
 def _(dy, x, kernel=2, stride=None, padding=0):
     # The whole dy of a window goes to its FIRST maximal element in scan order (PyTorch's
-    # rule for numbers; NaN: _first_max), the element autodiff.first_extremum picks for the
-    # derived gradient, found by an unrolled scan of the window (_first_max), where
+    # rule for numbers; NaN: _first_key_max), the element autodiff.first_extremum picks for the
+    # derived gradient, found by an unrolled scan of the window (_first_key_max), where
     # first_extremum's (position, value) tuple reducer has no fast schedule.
     shape, (kh, kw), _ = _max_window(x, kernel, stride, padding)
     _, _, sh, sw, ph, pw, ho, wo = _geometry(x, kernel, stride, padding)
-    # Past INLINE_TAPS taps a padded window goes the overlapping windows' way: its inline
-    # scan's clamped reads and index tests grew an expression TVM's simplifier did not finish
-    # (k5 s5 p2: te.create_prim_func over 300 s; k4 p2 took 1.6 s)
-    if kh <= sh and kw <= sw and kh * kw <= INLINE_TAPS:
+    # A padded window goes the overlapping windows' way: its inline scan's clamped reads and
+    # index tests grew an expression TVM's simplifier did not finish (k5 s5 p2:
+    # te.create_prim_func over 300 s), took 2-25 s to build from 9 taps on, and ran slower than
+    # the two passes (b32 64@32 k4 s4 p2: 13.5 against 2.8 ms; 3x5 p(1, 2) at 30: 9.1 against
+    # 2.9; k3 s3 p1: 27.6 against 10.8)
+    if kh <= sh and kw <= sw and kh * kw <= INLINE_TAPS and not (ph or pw):
         # Windows do not overlap: each input is in one window at most, whose first max is
         # found inline (its elements read from cache), in one pass: the same expression for
         # every element of a window and for every window (the vectorized column loop
@@ -213,7 +205,7 @@ def _(dy, x, kernel=2, stride=None, padding=0):
             # x read at windows clamped into the output (a window past its edge, over
             # inputs no window covers, reads zeros of dy: any position will do)
             first = _first_max(x, n, c, te.max(te.min(oh, ho - 1), 0),
-                               te.max(te.min(ow, wo - 1), 0), kernel, stride, padding)
+                               te.max(te.min(ow, wo - 1), 0), kernel, stride)
             return if_else_zero(first == dh * kw + dw, values[0], x.dtype)
 
         return [_window_gather(x, [dy], kernel, stride, padding, term, "max_pool2d_grad")]
@@ -231,13 +223,14 @@ def _(dy, x, kernel=2, stride=None, padding=0):
         # spatial producers into their consumers, which would scan each window again for each
         # of the up to 4 inputs of the gather's 2x2 block that it covers. It reads x's keys
         # padded with NaN (_padded_keys: a copy per image, in cache, that the schedule places
-        # in the pass's image loop): affine reads and no test of the padding per element (k3 s2 p1
-        # at 64@28: the pass 2.8 -> 1.6 ms on one core, the clamped reads and index tests of
-        # _first_max).
+        # in the pass's image loop): affine reads and no test of the padding per element (k3 s2
+        # p1 at 64@28: the pass 2.8 -> 1.6 ms on one core against reads of x clamped into it
+        # and index tests).
         xp = _padded_keys(x, kernel, stride, padding)
         one = te.reduce_axis((0, 1), "one")
-        first = te.compute(shape, lambda n, c, i, j: te.min(_first_max_of_padded(
-            xp, n, c, i, j, kernel, stride), axis=one), name="max_pool2d_first")
+        first = te.compute(shape, lambda n, c, i, j: te.min(_first_key_max(
+            lambda r, q: xp[n, c, r, q], i, j, kernel, stride), axis=one),
+            name="max_pool2d_first")
 
     def term(values, n, c, oh, ow, dh, dw):
         dy_value, position = values
