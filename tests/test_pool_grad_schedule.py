@@ -200,6 +200,16 @@ def _assert_same_as_unscheduled(func, naive, x_val, dy_shape, rule):
     np.testing.assert_array_equal(outs[0], outs[1], err_msg=rule)
 
 
+def _ties_and_extremes(shape, seed, rows, cols, ones):
+    """x of small integers (ties), with plane (0, 0)'s first rows x cols -inf, plane (0, 1)'s
+    first rows the lowest float, and plane `ones` all 1."""
+    x_val = np.random.default_rng(seed).integers(0, 3, shape).astype("float32")
+    x_val[0, 0, :rows, :cols] = -np.inf
+    x_val[0, 1, :rows, :] = np.finfo(np.float32).min
+    x_val[ones] = 1.0
+    return x_val
+
+
 @pytest.mark.parametrize("shape,lanes", [((64, 6, 16, 16), 16), ((64, 16, 4, 4), 8)])
 def test_lenet_max_pool_gradient_vectors_span_rows_of_windows(shape, lanes):
     # LeNet's pools have 8 and 2 windows a row: the vectors ran over one row of windows (v8
@@ -224,11 +234,7 @@ def test_max_pool_gradient_by_window_blocks_equals_the_unscheduled_one(schedule_
     # lowest float (the first does), in blocks of windows that span rows (6@16 on AVX-512)
     # and planes (4x4), and under the other rules (3x3 windows, padded)
     func, rule, naive, dy_shape = _scheduled_gradient(shape, attrs, schedule_for)
-    rng = np.random.default_rng(10)
-    x_val = rng.integers(0, 3, shape).astype("float32")
-    x_val[0, 0, :2, :4] = -np.inf
-    x_val[0, 1, :2, :] = np.finfo(np.float32).min
-    x_val[1, 0] = 1.0
+    x_val = _ties_and_extremes(shape, 10, rows=2, cols=4, ones=(1, 0))
     _assert_same_as_unscheduled(func, naive, x_val, dy_shape, rule)
 
 
@@ -371,9 +377,5 @@ def test_padded_windows_that_do_not_overlap_take_the_first_max_pass(schedule_for
     # NaN-padded keys, 0.9 s and 2.8 / 2.9 ms. Exact on ties, -inf and the lowest float.
     func, rule, naive, dy_shape = _scheduled_gradient(shape, attrs, schedule_for)
     assert "max_pool2d_first=" in rule, rule
-    rng = np.random.default_rng(11)
-    x_val = rng.integers(0, 3, shape).astype("float32")
-    x_val[0, 0, :3, :5] = -np.inf
-    x_val[0, 1, :3, :] = np.finfo(np.float32).min
-    x_val[1, 2] = 1.0
+    x_val = _ties_and_extremes(shape, 11, rows=3, cols=5, ones=(1, 2))
     _assert_same_as_unscheduled(func, naive, x_val, dy_shape, rule)
