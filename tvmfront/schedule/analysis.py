@@ -355,6 +355,19 @@ def _has_if_then_else(stmt):
     return found[0]
 
 
+def _guard_reads(stmt, var):
+    """Whether a condition of the block's if_then_else calls (its guarded reads) reads `var`."""
+    found = [False]
+
+    def visit(e):
+        if isinstance(e, tvm.ir.Call) and str(getattr(e.op, "name", "")).endswith("if_then_else"):
+            _walk_expr(e.args[0], lambda v: found.__setitem__(0, True)
+                       if isinstance(v, tirx.Var) and v.same_as(var) else None)
+
+    _walk_block_exprs(stmt, visit)
+    return found[0]
+
+
 def _elements(buf):
     return math.prod(_size(d) for d in buf.shape)
 
