@@ -165,8 +165,6 @@ def _padded_keys(x, kernel, stride, padding):
         name="max_pool2d_pad")
 
 
-
-
 def _max_reduction(x, kernel, stride, padding):
     """The forward's stage: the max over each window (-inf over the padding), NaN where the
     window holds one (PyTorch's; TVM's te.max drops it)."""

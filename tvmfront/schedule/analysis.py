@@ -343,28 +343,33 @@ def _walk_block_exprs(stmt, fn):
     _walk_stmts(stmt.body, visit_stmt)
 
 
-def _has_if_then_else(stmt):
-    """Whether the block's body computes an if_then_else (a guarded read)."""
-    found = [False]
+def _guards(stmt):
+    """The conditions of the block's if_then_else calls (its guarded reads)."""
+    found = []
 
     def visit(e):
         if isinstance(e, tvm.ir.Call) and str(getattr(e.op, "name", "")).endswith("if_then_else"):
-            found[0] = True
+            found.append(e.args[0])
 
     _walk_block_exprs(stmt, visit)
-    return found[0]
+    return found
+
+
+def _has_if_then_else(stmt):
+    """Whether the block's body computes an if_then_else (a guarded read)."""
+    return bool(_guards(stmt))
 
 
 def _guard_reads(stmt, var):
-    """Whether a condition of the block's if_then_else calls (its guarded reads) reads `var`."""
+    """Whether a condition of the block's guarded reads reads `var`."""
     found = [False]
 
     def visit(e):
-        if isinstance(e, tvm.ir.Call) and str(getattr(e.op, "name", "")).endswith("if_then_else"):
-            _walk_expr(e.args[0], lambda v: found.__setitem__(0, True)
-                       if isinstance(v, tirx.Var) and v.same_as(var) else None)
+        if isinstance(e, tirx.Var) and e.same_as(var):
+            found[0] = True
 
-    _walk_block_exprs(stmt, visit)
+    for condition in _guards(stmt):
+        _walk_expr(condition, visit)
     return found[0]
 
 
