@@ -321,3 +321,23 @@ def test_the_nan_branch_does_not_repeat_the_math(name, attrs, monkeypatch):
         te.abs(a) <= fastmath._c(math.inf), value, a))
     bare = sizes()
     assert got[0] <= 1.05 * bare[0] and got[1] <= 1.05 * bare[1], (got, bare)
+
+
+def test_float32_derived_exp_gradient_is_infinite_where_exp_overflows():
+    """exp's derived gradient where exp is inf (x > 88.72): dy * inf, as its explicit one
+    and PyTorch's (the sign of dy kept). Through the clamp at 89 it had been 0 beyond it: a
+    silent wrong gradient of an overflowed exp. The forward stays inf there."""
+    a = np.concatenate([np.linspace(88.75, 89.5, 64), [100.0, 1e30, np.inf]]).astype(np.float32)
+    x = te.placeholder(a.shape, "float32", name="x")
+    dy = te.placeholder(a.shape, "float32", name="dy")
+    forward = tvm.compile(te.create_prim_func([x, ops.exp.te_forward(x)]), target="llvm")
+    out = tvm.runtime.empty(a.shape, "float32", tvm.cpu())
+    forward["main"](tvm.runtime.tensor(a), out)
+    assert np.isposinf(out.numpy()).all(), a[~np.isposinf(out.numpy())]
+    for derived in (False, True):
+        grad = ops.exp.te_grad(dy, x, derived=derived)[0]
+        lib = tvm.compile(te.create_prim_func([dy, x, grad]), target="llvm")
+        for sign in (1.0, -1.0):
+            lib["main"](tvm.runtime.tensor(np.full_like(a, sign)), tvm.runtime.tensor(a), out)
+            got = out.numpy()
+            assert (got == sign * np.inf).all(), (derived, sign, a[got != sign * np.inf][:5])

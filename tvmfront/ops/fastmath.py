@@ -32,6 +32,8 @@ _ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
 _LN2_HI, _LN2_LO, _LOG2E = 0.693359375, -2.12194440e-4, 1.44269504088896341
 # The float32 just above ln(2^-126): exp of it is the smallest normal float32 (rounded up).
 _EXP_MIN = -87.33654
+# exp's clamp from above: inf beyond ln(FLT_MAX) = 88.72 in float32.
+_EXP_MAX = 89.0
 _EXP_P = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
           1.6666665459e-1, 5.0000001201e-1)
 
@@ -80,7 +82,9 @@ def exp(a):
     dtypes by te.exp."""
     if str(a.ty) != "float32":
         return te.exp(a)
-    return _exp32(a, 89.0)
+    # Above the clamp, a * inf: inf as the clamped value is, and a derived gradient through
+    # it is dy * inf, as exp's own (through the clamp alone it was 0 above 89).
+    return tirx.Select(a > _c(_EXP_MAX), a * _c(math.inf), _exp32(a, _EXP_MAX))
 
 
 def _exp32(a, high):
