@@ -32,7 +32,8 @@ _ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
 _LN2_HI, _LN2_LO, _LOG2E = 0.693359375, -2.12194440e-4, 1.44269504088896341
 # The float32 just above ln(2^-126): exp of it is the smallest normal float32 (rounded up).
 _EXP_MIN = -87.33654
-# exp's clamp from above: inf beyond ln(FLT_MAX) = 88.72 in float32.
+# exp's n = round(a / ln 2) stops here, at 2^128 (inf in float32: exp is inf beyond
+# ln(FLT_MAX) = 88.72).
 _EXP_MAX = 89.0
 _EXP_P = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
           1.6666665459e-1, 5.0000001201e-1)
@@ -82,21 +83,23 @@ def exp(a):
     dtypes by te.exp."""
     if str(a.ty) != "float32":
         return te.exp(a)
-    # Above the clamp, a * inf: inf as the clamped value is, and a derived gradient through
-    # it is dy * inf, as exp's own (through the clamp alone it was 0 above 89).
-    return tirx.Select(a > _c(_EXP_MAX), a * _c(math.inf), _exp32(a, _EXP_MAX))
+    return _exp32(a)
 
 
-def _exp32(a, high):
-    """float32 exp of `a` clamped to at most `high` (89: inf above ln(FLT_MAX) = 88.72)."""
-    # exp overflows to inf above 89 in float32. Below ln(smallest normal) it returns 0, not a
-    # subnormal: subnormal arithmetic takes a microcode assist (~100x) on x86, and a causal
-    # softmax's masked scores (-inf) made every exp, the row sum, the stored weights and the
-    # softmax gradient that reads them subnormal or slow: 2.8x the softmax's time (390 against
-    # 138 us for [16, 4, 64, 64] at 2 threads) and 3.4x in the Transformer's step.
-    x = te.max(te.min(a, _c(high)), _c(_EXP_MIN))
+def _exp32(a, high=None):
+    """float32 exp of `a`, or of `a` clamped to at most `high` (tanh's: exp(2|x|) of at most
+    19, where tanh rounds to 1). Unclamped, inf above ln(FLT_MAX) = 88.72, and so is its
+    derivative: 2^n stops at 2^128 (inf), times exp(r) of the rest of `a` (at least 1). A
+    clamp of `a` at 89 had given the same inf, but a derived gradient of 0 beyond it."""
+    # Below ln(smallest normal) it returns 0, not a subnormal: subnormal arithmetic takes a
+    # microcode assist (~100x) on x86, and a causal softmax's masked scores (-inf) made every
+    # exp, the row sum, the stored weights and the softmax gradient that reads them subnormal
+    # or slow: 2.8x the softmax's time (390 against 138 us for [16, 4, 64, 64] at 2 threads)
+    # and 3.4x in the Transformer's step.
+    low = te.max(a, _c(_EXP_MIN))
+    x = te.min(low, _c(high if high is not None else _EXP_MAX))
     n = te.floor(x * _c(_LOG2E) + _c(0.5))
-    r = x - n * _c(_LN2_HI) - n * _c(_LN2_LO)
+    r = (x if high is not None else low) - n * _c(_LN2_HI) - n * _c(_LN2_LO)
     value = _c(1.0) + r + r * r * _horner(_EXP_P, r)
     # 2^n as two powers of two built from their exponent bits: each of n//2 and n - n//2 stays
     # a normal float32 exponent over n in [-150, 129].
