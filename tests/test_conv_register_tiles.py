@@ -195,8 +195,9 @@ def test_padding_stays_whole_where_the_parallel_loop_is_not_the_images():
 def test_small_output_dx_sums_over_dy_not_over_taps(h, k, padding):
     """A stride-1 conv with fewer outputs than taps per axis (LeNet's second conv: 4x4
     outputs of 5x5 taps) sums d/dx over the dy positions (16 per channel), not over the
-    taps of a dy padded by k - 1 (25, most of them zeros), and pads the small weight, not
-    dy (one core: 204 -> 118 us at batch 64). Values as the derived gradient's."""
+    taps of a dy padded by k - 1 (25, most of them zeros), and reads the weight under its
+    bounds, copying neither (a zero-padded weight's zeros were multiplied: one AVX-512 core,
+    batch 64, 127 -> 63 us). Values as the derived gradient's."""
     n, c, o = 2, 3, 4
     x = te.placeholder((n, c, h, h), "float32", name="x")
     w = te.placeholder((o, c, k, k), "float32", name="w")
@@ -206,7 +207,7 @@ def test_small_output_dx_sums_over_dy_not_over_taps(h, k, padding):
     dy = te.placeholder(y.shape, "float32", name="dy")
     dx = ops.conv2d.te_grad(dy, x, w, padding=padding, derived=False)[0]
     assert [int(a.dom.extent) for a in dx.op.reduce_axis] == [o, ho, ho]
-    assert [t.op.name for t in dx.op.input_tensors] == ["dy", "conv2d_dx_w_pad"]
+    assert sorted(t.op.name for t in dx.op.input_tensors) == ["dy", "w"]
     rng = np.random.default_rng(5)
     xv, wv = rng.standard_normal((n, c, h, h)), rng.standard_normal((o, c, k, k))
     dyv = rng.standard_normal((n, o, ho, ho))

@@ -3,14 +3,16 @@ read copied out (``reindex``) so the block becomes a contraction the GEMM family
 pad and tile along the symbolic axis.
 
 LeNet's second convolution's d/dx (dy of [batch, 16, 4, 4] as the kernel swept over the
-padded weight: dx[n, c, i, j] = sum dy[n, o, a, b] * w_pad[o, c, i + 3 - a, j + 3 - b]) is
+weight: dx[n, c, i, j] = sum dy[n, o, a, b] * w[o, c, i - a, j - b], read under w's bounds;
+it had read a zero-padded copy w_pad[o, c, i + 3 - a, j + 3 - b], timed below) is
 vectorized along the batch at a fixed size (32 images per vector, dy in panels). Over a
 symbolic batch TVM's pad_einsum refuses the block (the window index i + 3 - a is no einsum),
 so the batch cannot be padded to whole vectors and the rule vectorized the 8 output columns
 instead: 267 us against 124 us at batch 64 on one AVX-512 core. The window read does not
 depend on the batch: copied out once per call as w_pad_reindex[c, i, j, o, a, b] (98K
 elements, 393 KB), the block reads every operand by loop variables, and the GEMM rule pads
-the batch and vectorizes it: 150 us.
+the batch and vectorizes it: 150 us (159 us on a 2-core AVX-512 EPYC, from w_pad or from w
+under its bounds alike).
 """
 
 import math
@@ -61,9 +63,9 @@ def _window_reindex(sch, name, params):
 
 
 def _inline_producers(sch, copy):
-    """Inline into the window copy the pointwise blocks that only it reads (the weight's
-    zero padding): one pass over the weight instead of a padded copy and a copy of that
-    (LeNet's d/dx above: 203 -> 151 us)."""
+    """Inline into the window copy the pointwise blocks that only it reads (a zero padding
+    of the weight, as LeNet's d/dx above had read): one pass over the weight instead of a
+    padded copy and a copy of that (that d/dx: 203 -> 151 us)."""
     block = sch.get(copy)
     for producer in sch.get_producers(copy):
         if _reduction_iters(sch.get(producer)) or \
