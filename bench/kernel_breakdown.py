@@ -4,6 +4,7 @@ the "what bounds it" of bench/peers.py's transformer and resnet sections, kernel
     .venv/bin/python bench/kernel_breakdown.py transformer        # or resnet
     .venv/bin/python bench/kernel_breakdown.py transformer --infer 64 --top 12
     .venv/bin/python bench/kernel_breakdown.py mlp --optimizer adam     # bench/peers.py's MLP
+    .venv/bin/python bench/kernel_breakdown.py lenet                    # and its LeNet
 
 The step is compiled with the default schedules (records=False) at the examples' shapes
 (bench/_workloads.py's placeholders where an example is missing). Every distinct kernel is
@@ -56,14 +57,26 @@ def mlp_shapes(optimizer):
             "source": f"bench/_peer_tvmfront.py's MLP, batch 64, {optimizer}"}
 
 
+def lenet_model():
+    """examples/lenet_digits.py's model, exactly (as bench/peers.py's LeNet)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(HERE), "examples"))
+    import lenet_digits
+    return lenet_digits.make_model()
+
+
 def build(section, infer, optimizer="sgd"):
     """The compiled module (train step, or the forward at batch `infer`) and its config."""
     tvf.manual_seed(0)
-    if section == "mlp":
+    if section in ("mlp", "lenet"):
         cfg = mlp_shapes(optimizer)
         nn = tvf.nn
-        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256),
-                              nn.ReLU(), nn.Linear(256, 10))
+        if section == "lenet":
+            cfg.update(x_shape=(1, 16, 16), source="examples/lenet_digits.py's model, batch "
+                       f"64, {optimizer}")
+            model = lenet_model()
+        else:
+            model = nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.ReLU(),
+                                  nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
         if infer:
             return tvf.compile_inference(model, inputs=(infer, *cfg["x_shape"]),
                                          records=False), cfg
@@ -205,9 +218,9 @@ def report(rows, step_s, peak, top, in_step=None):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("section", choices=["transformer", "resnet", "mlp"])
+    p.add_argument("section", choices=["transformer", "resnet", "mlp", "lenet"])
     p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd",
-                   help="the MLP's optimizer (the mlp section)")
+                   help="the optimizer of the mlp and lenet sections")
     p.add_argument("--infer", type=int, default=0, metavar="B",
                    help="the forward at batch B instead of the train step")
     p.add_argument("--top", type=int, default=10)
