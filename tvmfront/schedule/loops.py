@@ -5,7 +5,8 @@ the thread pool, and vectorizing a block's innermost loop.
 
 import math
 
-from .params import CALL_ITERATIONS, PARALLEL_CHUNKS_PER_CORE, PARALLEL_MIN_ITERATIONS
+from .params import (CALL_ITERATIONS, PARALLEL_CHUNKS_PER_CORE, PARALLEL_MIN_ITERATIONS,
+                     PARALLEL_TASKS, PARALLEL_TASKS_MAX)
 from .analysis import _const, _size
 
 
@@ -59,6 +60,21 @@ def _parallelize(sch, loops, params):
     head = sch.fuse(*loops[:count]) if count > 1 else loops[0]
     sch.parallel(head)
     return [head] + list(loops[count:]), "parallel"
+
+
+def _in_tasks(sch, loop):
+    """[loop] to parallelize, or, where it has more than PARALLEL_TASKS_MAX iterations, [its
+    tasks, their serial iterations]: split by the least divisor of its extent from
+    PARALLEL_TASKS on that leaves each task at least 4 iterations (none: a symbolic or prime
+    extent, as it is). A parallel loop's body is each task's code (the denormal mode's check,
+    see params.PARALLEL_TASKS_MAX)."""
+    extent = _const(sch.get(loop).extent)
+    if extent is None or extent <= PARALLEL_TASKS_MAX:
+        return [loop]
+    tasks = next((p for p in range(PARALLEL_TASKS, extent // 4 + 1) if extent % p == 0), None)
+    if tasks is None:
+        return [loop]
+    return list(sch.split(loop, factors=[tasks, None]))
 
 
 def _vectorize_innermost(sch, block, lanes):

@@ -17,7 +17,8 @@ from .params import PLAIN_PARALLEL_PENALTY, UNROLL_MAX_BODY, _dtype_bits
 from .failures import NotApplicable, _probe
 from .analysis import (_BlockInfo, _const, _has_if_then_else, _reduction_iters, _root_blocks,
                        _unroll_extent, _walk_stmts)
-from .loops import _parallel_worth_it, _parallelize, _vector_factor, _vectorize_innermost
+from .loops import (_in_tasks, _parallel_worth_it, _parallelize, _vector_factor,
+                    _vectorize_innermost)
 from .conv import (_column_values, _deinterleave, _deinterleaved_layout, _index_divisors,
                    _plane_fits, _split_by_divisors, _split_divisors)
 from . import gemm
@@ -423,7 +424,10 @@ def _row_fusion(sch, name, params):
     # Marked parallel while the output is its only block: TVM checks a parallel loop's
     # subtree for compact dataflow, which the partial sums computed at it would fail.
     if parallel:
-        _, note = _parallelize(sch, [row], params)
+        # tasks of several rows each where there are many rows (loops._in_tasks): the
+        # attention softmax's 4096 rows of 64 each paid the denormal check of a task
+        *tasks, row = _in_tasks(sch, row)
+        _, note = _parallelize(sch, [*tasks, row] if tasks else [row], params)
         if note:
             notes.append(note)
     inner = [sch.get(b).name_hint for b in _root_blocks(sch)]

@@ -18,7 +18,7 @@ from ..autodiff import MATERIALIZED
 from .failures import NotApplicable, _probe
 from .analysis import (_BlockInfo, _const, _elements, _has_if_then_else, _reduction_iters,
                        _root_blocks, _size, _walk_block_exprs, _walk_stmts)
-from .loops import _parallel_worth_it, _parallelize, _vector_factor
+from .loops import _in_tasks, _parallel_worth_it, _parallelize, _vector_factor
 from .conv import _schedule_spatial_split, _split_divisors
 
 
@@ -323,29 +323,6 @@ def _transpose_by_tiles(sch, block, outer, v, fv, u, fu, scope="local"):
     return v_out, u_out, tile
 
 
-# A parallel loop of more iterations than this is split into PARALLEL_TASKS iterations, each
-# running its share serially: the body of a parallel loop is each task's own code (the
-# denormal mode's check, tvmfront.denormals: a read of MXCSR). A fused elementwise loop ran it
-# for every vector: relu over b32 64@28, 114688 vectors of 14, took 810 us on one AVX-512 EPYC
-# core, 169 us split (204 us without the check).
-PARALLEL_TASKS_MAX = 4096
-PARALLEL_TASKS = 256
-
-
-def _in_tasks(sch, outer):
-    """`outer` (the loops to parallelize) with a first loop of more than PARALLEL_TASKS_MAX
-    iterations split into PARALLEL_TASKS-odd tasks (the least divisor of its extent from
-    PARALLEL_TASKS on) and their serial iterations, where such a divisor leaves each task
-    at least 4 iterations; as it is otherwise (a symbolic or prime extent)."""
-    extent = _const(sch.get(outer[0]).extent)
-    if extent is None or extent <= PARALLEL_TASKS_MAX:
-        return outer
-    tasks = next((p for p in range(PARALLEL_TASKS, extent // 4 + 1) if extent % p == 0), None)
-    if tasks is None:
-        return outer
-    return [*sch.split(outer[0], factors=[tasks, None]), *outer[1:]]
-
-
 def _schedule_spatial(sch, block, params, transposes=False):
     """Fuse the contiguous trailing loops, vectorize them, parallelize the rest. A padding
     block is first split into a constant fill and an in-bounds copy (no per-element branch);
@@ -412,7 +389,7 @@ def _schedule_spatial(sch, block, params, transposes=False):
     # blocks merged into this one's loops (_nest_pointwise_outputs) add theirs
     info.work *= len(sch.get_child_blocks(outer[0])) if outer else 1
     if outer and _parallel_worth_it(info, min(vec, lanes) if vec else 1, params):
-        outer = _in_tasks(sch, outer)
+        outer = _in_tasks(sch, outer[0]) + outer[1:]
         outer, note = _parallelize(sch, outer, params)
         if note:
             notes.append(note)
