@@ -427,7 +427,7 @@ def _row_fusion(sch, name, params):
         # tasks of several rows each where there are many rows (loops._in_tasks): the
         # attention softmax's 4096 rows of 64 each paid the denormal check of a task
         *tasks, row = _in_tasks(sch, row)
-        _, note = _parallelize(sch, [*tasks, row] if tasks else [row], params)
+        _, note = _parallelize(sch, [*tasks, row], params)
         if note:
             notes.append(note)
     inner = [sch.get(b).name_hint for b in _root_blocks(sch)]
