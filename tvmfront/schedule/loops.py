@@ -74,22 +74,12 @@ def _in_tasks(sch, loop):
     # Not over an if_then_else: TVM runs the vector loop holding one as scalars, and LLVM
     # then vectorized the tasks' serial loop across its iterations, by gathers and scatters
     # (the derived relu gradient over b32 64@28: 916 -> 3960 us)
-    if any(_has_if_then_else(sch.get(b)) for b in _blocks_under(sch, loop)):
+    if any(_has_if_then_else(sch.get(b)) for b in sch.get_child_blocks(loop)):
         return [loop]
     tasks = next((p for p in range(PARALLEL_TASKS, extent // 4 + 1) if extent % p == 0), None)
     if tasks is None:
         return [loop]
     return list(sch.split(loop, factors=[tasks, None]))
-
-
-def _blocks_under(sch, loop):
-    """Every block in `loop`'s body, nested ones too."""
-    found, stack = [], list(sch.get_child_blocks(loop))
-    while stack:
-        block = stack.pop()
-        found.append(block)
-        stack.extend(sch.get_child_blocks(block))
-    return found
 
 
 def _vectorize_innermost(sch, block, lanes):
