@@ -59,8 +59,7 @@ def mlp_shapes(optimizer):
 
 def lenet_model():
     """examples/lenet_digits.py's model, exactly (as bench/peers.py's LeNet)."""
-    sys.path.insert(0, os.path.join(os.path.dirname(HERE), "examples"))
-    import lenet_digits
+    import lenet_digits  # examples/, on the path _tvf_models puts it on
     return lenet_digits.make_model()
 
 
