@@ -38,12 +38,15 @@ def test_an_elementwise_kernel_runs_in_tasks(name, which):
     np.testing.assert_array_equal(out.numpy(), want)
 
 
-def test_a_small_or_prime_extent_stays_one_loop():
-    x = te.placeholder((7, 1031), "float32", name="x")  # 1031 is prime: no task split
-    func, _ = schedule_prim_func(te.create_prim_func([x, ops.relu.te_forward(x)]),
-                                 resolve_target("x86"))
-    assert all(e <= params.PARALLEL_TASKS_MAX or e % params.PARALLEL_TASKS
-               for e in _parallel_extents(func))
+@pytest.mark.parametrize("shape, extent", [((7, 1031), 1031), ((2, 64, 8, 64), 1024)])
+def test_a_prime_or_short_parallel_loop_stays_one_loop(shape, extent):
+    """A prime extent over PARALLEL_TASKS_MAX has no divisor to split by (7 x 1031: 1031
+    iterations), and a loop of at most PARALLEL_TASKS_MAX iterations is not split (1024
+    vectors of 64): each stays the one parallel loop it was."""
+    x = te.placeholder(shape, "float32", name="x")
+    func, rule = schedule_prim_func(te.create_prim_func([x, ops.relu.te_forward(x)]),
+                                    resolve_target("x86"))
+    assert _parallel_extents(func) == [extent], (_parallel_extents(func), rule)
 
 
 def test_softmax_rows_run_in_tasks():
